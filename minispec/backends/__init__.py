@@ -1,0 +1,30 @@
+"""Backends: the same operations on NumPy (the reference, float32) and on CUDA (CuPy + own kernels)."""
+
+from __future__ import annotations
+
+from ..errors import MinispecError
+
+
+def cuda_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def make_backend(device: str, dtype: str | None = None):
+    if device not in ("cpu", "cuda", "auto"):
+        raise MinispecError(f"unknown device {device!r}: use cpu, cuda or auto")
+    if device == "auto":
+        device = "cuda" if cuda_available() else "cpu"
+    if device == "cpu":
+        from .numpy_backend import NumpyBackend
+
+        return NumpyBackend()
+    if not cuda_available():
+        raise MinispecError("no CUDA GPU found (or CuPy is not installed: pip install cupy-cuda12x/13x); use --device cpu")
+    from .cuda_backend import CudaBackend
+
+    return CudaBackend(dtype=dtype or "bfloat16")

@@ -1,0 +1,168 @@
+"""The NumPy reference backend (float32): the oracle for every CUDA kernel.
+
+Each function is written for clarity and follows the math in the header of
+the matching `kernels/*.cu` file line by line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..step import StepPlan
+from ..tree import ancestor_mask
+
+
+# ----------------------------------------------------------------------------- elementwise and norms
+
+
+def embedding(table: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    return table[tokens].astype(np.float32)  # [N, hidden]
+
+
+def add_rmsnorm(x: np.ndarray, residual: np.ndarray | None, weight: np.ndarray, eps: float):
+    """residual <- x + residual;  y = residual / sqrt(mean(residual^2) + eps) * weight."""
+    residual = x if residual is None else x + residual  # [N, hidden]
+    variance = np.mean(residual * residual, axis=-1, keepdims=True)
+    return (residual / np.sqrt(variance + eps)) * weight, residual
+
+
+def linear(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    return x @ weight.T  # [M, K] x [N, K]^T -> [M, N]
+
+
+def silu_mul(gate_up: np.ndarray) -> np.ndarray:
+    """gate_up: [N, 2I] (gate | up) -> silu(gate) * up: [N, I]."""
+    gate, up = np.split(gate_up, 2, axis=-1)
+    return gate / (1.0 + np.exp(-gate)) * up
+
+
+def rope_tables(inv_freq: np.ndarray, positions: np.ndarray):
+    angle = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # [N, D/2]
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate pairs (i, i + D/2) of each head (the Hugging Face "rotate_half" layout). x: [N, heads, D]."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+
+
+def split_qkv_rope(qkv, positions, inv_freq, H, Hkv, D):
+    """qkv: [N, (H + 2 Hkv) D] -> q [N, H, D], k [N, Hkv, D] rotated, v [N, Hkv, D]."""
+    N = qkv.shape[0]
+    q = qkv[:, : H * D].reshape(N, H, D)
+    k = qkv[:, H * D : (H + Hkv) * D].reshape(N, Hkv, D)
+    v = qkv[:, (H + Hkv) * D :].reshape(N, Hkv, D)
+    cos, sin = rope_tables(inv_freq, positions)
+    return rope(q, cos, sin), rope(k, cos, sin), v
+
+
+# ----------------------------------------------------------------------------- paged KV
+
+
+def write_kv(k_cache, v_cache, k, v, slots, page_size):
+    """k_cache[slot // P, :, slot % P, :] = k[n] for every row n (slot < 0: skip)."""
+    for n, slot in enumerate(slots):
+        if slot >= 0:
+            k_cache[slot // page_size, :, slot % page_size, :] = k[n]
+            v_cache[slot // page_size, :, slot % page_size, :] = v[n]
+
+
+def gather_kv(cache: np.ndarray, page_table: np.ndarray, length: int) -> np.ndarray:
+    """Positions 0 .. length-1 of one sequence: [length, Hkv, D]."""
+    P = cache.shape[2]
+    s = np.arange(length)
+    return cache[page_table[s // P], :, s % P, :]
+
+
+def visibility(plan: StepPlan, b: int) -> np.ndarray:
+    """Dense [T, kv_len] mask of sequence b: the prefix is visible, tree nodes through their ancestor bits."""
+    T = plan.cu_q[b + 1] - plan.cu_q[b]
+    L, length = plan.tree_start[b], plan.kv_len[b]
+    visible = np.zeros((T, length), dtype=bool)
+    visible[:, :L] = True
+    if plan.causal[b]:
+        visible[:, L:] = np.tril(np.ones((T, T), dtype=bool))
+    else:
+        visible[:, L:] = ancestor_mask(plan.masks[plan.cu_q[b] : plan.cu_q[b + 1]])
+    return visible
+
+
+def attention(q, k_cache, v_cache, plan: StepPlan, scale: float) -> np.ndarray:
+    """o_i = sum_j softmax_j(q_i . k_j * scale, visible_ij) v_j per query head (GQA: head h reads KV head h // G).
+
+    q: [N, H, D], caches [NP, Hkv, P, D] -> o: [N, H * D]
+    """
+    N, H, D = q.shape
+    Hkv = k_cache.shape[1]
+    G = H // Hkv
+    out = np.empty((N, H, D), dtype=np.float32)
+    for b in range(plan.batch_size):
+        rows = slice(plan.cu_q[b], plan.cu_q[b + 1])
+        keys = gather_kv(k_cache, plan.page_tables[b], plan.kv_len[b])  # [S, Hkv, D]
+        values = gather_kv(v_cache, plan.page_tables[b], plan.kv_len[b])
+        keys = np.repeat(keys, G, axis=1)  # [S, H, D]
+        values = np.repeat(values, G, axis=1)
+        scores = np.einsum("thd,shd->hts", q[rows], keys) * scale  # [H, T, S]
+        scores = np.where(visibility(plan, b)[None], scores, -np.inf)
+        scores -= scores.max(axis=-1, keepdims=True)
+        weights = np.exp(scores)
+        weights /= weights.sum(axis=-1, keepdims=True)
+        out[rows] = np.einsum("hts,shd->thd", weights, values)
+    return out.reshape(N, H * D)
+
+
+class NumpyBackend:
+    name = "cpu"
+
+    def __init__(self):
+        self.xp = np
+
+    def convert(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def empty_cache(self, shape):
+        return np.empty(shape, dtype=np.float32)
+
+    def to_host(self, array) -> np.ndarray:
+        return np.asarray(array)
+
+    def copy_page(self, ks, vs, source: int, destination: int) -> None:
+        for cache in (*ks, *vs):
+            cache[destination] = cache[source]
+
+    def move_slots(self, ks, vs, source_slots, destination_slots) -> None:
+        """cache[dst] = cache[src] for every pair, all reads before any write."""
+        for cache in (*ks, *vs):
+            P = cache.shape[2]
+            rows = cache[source_slots // P, :, source_slots % P, :].copy()  # read all first
+            cache[destination_slots // P, :, destination_slots % P, :] = rows
+
+    # The model calls these through the backend so the CUDA backend can swap in kernels.
+    embedding = staticmethod(embedding)
+    add_rmsnorm = staticmethod(add_rmsnorm)
+    linear = staticmethod(linear)
+    silu_mul = staticmethod(silu_mul)
+
+    def qkv_rope(self, qkv, positions, inv_freq, H, Hkv, D):
+        return split_qkv_rope(qkv, positions, inv_freq, H, Hkv, D)
+
+    def write_kv(self, k_cache, v_cache, k, v, plan: StepPlan):
+        write_kv(k_cache, v_cache, k, v, plan.slots, k_cache.shape[2])
+
+    def attention(self, q, k_cache, v_cache, plan: StepPlan, scale: float):
+        return attention(q, k_cache, v_cache, plan, scale)
+
+    def logits(self, h, lm_head):
+        return linear(h, lm_head)
+
+    def prepare_plan(self, plan: StepPlan) -> StepPlan:
+        return plan
+
+    def default_kv_tokens(self, config, max_model_len: int) -> int:
+        return 4 * max_model_len  # np.empty pages are only backed by memory once written
+
+    def check_fits(self, config, tensors) -> None:
+        pass  # host memory: let the OS say no

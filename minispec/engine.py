@@ -1,0 +1,180 @@
+"""The engine: prefill, then draft -> verify -> accept -> commit -> emit, for a batch of sequences."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import MinispecError
+from .sampling import SamplingParams, choose_token
+from .step import StepItem, build_plan
+from .tokenizer import StreamDecoder, Tokenizer
+from .tree import Tree
+from .verify import verify
+
+
+@dataclass
+class Stats:
+    steps: int = 0  # target forwards after prefill
+    emitted: int = 0  # tokens emitted by those forwards
+    accepted_lengths: Counter = field(default_factory=Counter)  # tokens per step -> count
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.emitted / self.steps if self.steps else 0.0
+
+
+@dataclass
+class Sequence:
+    """One sample being generated: its tokens, pages, random stream and output."""
+
+    index: int  # which prompt
+    sample: int  # which of its n samples
+    tokens: list[int]  # prompt + emitted tokens
+    prompt_len: int
+    params: SamplingParams
+    rng: np.random.Generator
+    decoder: StreamDecoder
+    table: list[int] = field(default_factory=list)  # page table of the target cache
+    L: int = 0  # tokens whose K/V is in the cache; tokens[L] is the root of the next tree
+    finish_reason: str | None = None
+    text: str = ""
+    stats: Stats = field(default_factory=Stats)
+    draft_state: object = None  # the drafter's own per-sequence state
+
+    @property
+    def output(self) -> list[int]:
+        return self.tokens[self.prompt_len :]
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+def sample_rng(seed: int | None, sample: int) -> np.random.Generator:
+    """Sample i of a request draws from its own stream; the same seed gives the same output."""
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng(np.random.SeedSequence([seed, sample]))
+
+
+class Engine:
+    def __init__(self, model, tokenizer: Tokenizer, cache, drafter, max_model_len: int, prefill_chunk: int = 512):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cache = cache
+        self.drafter = drafter
+        self.max_model_len = max_model_len
+        self.prefill_chunk = prefill_chunk
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, prompts: list[list[int]], params: list[SamplingParams]):
+        """Yield (sequence, text piece) as tokens are accepted; returns when every sequence is done."""
+        for prompt in prompts:
+            self.check_prompt(prompt)
+        parents = [self.new_sequence(i, 0, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params))]
+        seqs: list[Sequence] = []
+        try:
+            last_logits = self.prefill(parents)  # KV for every prompt token
+            for parent, logits in zip(parents, last_logits):
+                seqs += self.fork_samples(parent)  # n samples share the prompt's pages
+                for seq in seqs[-parent.params.n :]:
+                    yield from self.emit(seq, [choose_token(logits, seq.params, seq.rng)])
+                    self.drafter.start(seq)
+            while active := [s for s in seqs if not s.done]:
+                budgets = [self.max_model_len - s.L for s in active]
+                trees = self.drafter.propose(active, budgets)  # tokens[T], parents[T] per sequence
+                items = []
+                for seq, tree in zip(active, trees):
+                    self.cache.prepare(seq.table, seq.L, len(tree))
+                    items.append(StepItem(seq.table, seq.L, tree.tokens, tree))
+                logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [N, V]
+                offset = 0
+                for seq, tree in zip(active, trees):
+                    path, bonus = verify(tree, logits[offset : offset + len(tree)], seq.params, seq.rng)
+                    offset += len(tree)
+                    self.cache.commit(seq.table, seq.L, path)  # accepted K/V to L .. L+len(path)-1
+                    seq.L += len(path)
+                    accepted = [int(tree.tokens[node]) for node in path[1:]] + [bonus]
+                    seq.stats.steps += 1
+                    seq.stats.accepted_lengths[len(accepted)] += 1
+                    yield from self.emit(seq, accepted)
+                    self.drafter.commit(seq, path, accepted)
+            return seqs
+        finally:
+            for seq in parents + seqs:
+                self.cache.release(seq.table)
+                self.drafter.release(seq)
+
+    # ------------------------------------------------------------------ pieces of the loop
+    def check_prompt(self, prompt: list[int]) -> None:
+        if not prompt:
+            raise MinispecError("the prompt is empty")
+        if len(prompt) >= self.max_model_len:
+            raise MinispecError(
+                f"the prompt has {len(prompt)} tokens, over the context limit of {self.max_model_len} "
+                "(one more token must fit): shorten it"
+            )
+        if max(prompt) >= self.model.config.vocab_size or min(prompt) < 0:
+            raise MinispecError("the prompt holds token ids outside the vocabulary")
+
+    def new_sequence(self, index: int, sample: int, prompt: list[int], params: SamplingParams) -> Sequence:
+        return Sequence(index, sample, list(prompt), len(prompt), params, sample_rng(params.seed, sample), self.tokenizer.stream_decoder())
+
+    def prefill(self, seqs: list[Sequence]) -> list[np.ndarray]:
+        """Chunked prefill of every prompt, several sequences per step; the last row's logits of each."""
+        last = [None] * len(seqs)
+        while pending := [i for i, s in enumerate(seqs) if s.L < s.prompt_len]:
+            items, owners, budget = [], [], self.prefill_chunk
+            for i in pending:
+                seq = seqs[i]
+                take = min(budget, seq.prompt_len - seq.L)
+                if take == 0:
+                    break
+                self.cache.prepare(seq.table, seq.L, take)
+                chunk = np.asarray(seq.tokens[seq.L : seq.L + take])
+                items.append(StepItem(seq.table, seq.L, chunk, tree=None, all_logits=False))
+                owners.append(i)
+                budget -= take
+            logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [B, V]
+            for row, i in enumerate(owners):
+                seqs[i].L += len(items[row].tokens)
+                last[i] = logits[row]
+        return last
+
+    def fork_samples(self, parent: Sequence) -> list[Sequence]:
+        if parent.params.n == 1:
+            return [parent]
+        children = []
+        for sample in range(parent.params.n):
+            child = self.new_sequence(parent.index, sample, parent.tokens, parent.params)
+            child.table, child.L = self.cache.fork(parent.table), parent.L
+            children.append(child)
+        self.cache.release(parent.table)
+        return children
+
+    def emit(self, seq: Sequence, tokens: list[int]):
+        """Append accepted tokens one by one until a stop condition; yield text pieces."""
+        params = seq.params
+        for token in tokens:
+            if token in self.tokenizer.stop_token_ids and not params.ignore_eos:
+                seq.finish_reason = "stop"
+                break
+            seq.tokens.append(token)
+            seq.stats.emitted += 1 if seq.stats.steps else 0
+            piece = seq.decoder.step(token)
+            if piece:
+                seq.text += piece
+                stop_at = min((seq.text.find(s) for s in params.stop if s in seq.text), default=-1)
+                if stop_at >= 0:
+                    piece = piece[: max(0, len(piece) - (len(seq.text) - stop_at))]
+                    seq.text = seq.text[:stop_at]
+                    seq.finish_reason = "stop"
+                yield seq, piece
+            if seq.done:
+                break
+            if len(seq.output) >= params.max_tokens or len(seq.tokens) >= self.max_model_len:
+                seq.finish_reason = "length"
+                break

@@ -1,0 +1,101 @@
+"""Paged KV cache: a pool of fixed-size pages with reference counts and per-sequence page tables.
+
+Per layer, `k` and `v` are `[NP, Hkv, P, D]`. Position s of a sequence lives in
+page `table[s // P]`, row `s % P`; its flat slot id is `page * P + row`.
+Pages are shared between sequences by reference count (`fork`, for n > 1
+samples of one prompt); a shared page is copied before it is written
+(copy-on-write), so a sample never changes another's prefix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import MinispecError
+
+
+class KVPoolFull(MinispecError):
+    pass
+
+
+class KVCache:
+    def __init__(self, backend, num_layers: int, num_pages: int, num_kv_heads: int, page_size: int, head_dim: int):
+        if page_size < 1 or num_pages < 1:
+            raise MinispecError("page size and page count must be >= 1")
+        self.backend = backend
+        self.page_size = page_size  # P
+        self.num_pages = num_pages  # NP
+        shape = (num_pages, num_kv_heads, page_size, head_dim)  # [NP, Hkv, P, D]
+        self.k = [backend.empty_cache(shape) for _ in range(num_layers)]
+        self.v = [backend.empty_cache(shape) for _ in range(num_layers)]
+        self.refcount = np.zeros(num_pages, dtype=np.int64)
+        self.free = list(range(num_pages - 1, -1, -1))  # pop() hands out low page ids first
+
+    # ------------------------------------------------------------------ page bookkeeping
+    @property
+    def free_pages(self) -> int:
+        return len(self.free)
+
+    def pages_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.page_size)
+
+    def _take_page(self) -> int:
+        if not self.free:
+            raise KVPoolFull(
+                f"KV cache is full ({self.num_pages} pages of {self.page_size} tokens): "
+                "use fewer or shorter requests, or a larger kv_cache_tokens / --kv-cache-tokens"
+            )
+        page = self.free.pop()
+        self.refcount[page] = 1
+        return page
+
+    def _drop_page(self, page: int) -> None:
+        self.refcount[page] -= 1
+        assert self.refcount[page] >= 0, "page reference count went negative"
+        if self.refcount[page] == 0:
+            self.free.append(page)
+
+    def prepare(self, table: list[int], start: int, num_tokens: int) -> None:
+        """Make positions start .. start+num_tokens-1 writable: copy shared pages, add new ones."""
+        end = start + num_tokens
+        first = start // self.page_size
+        for index in range(first, min(len(table), self.pages_for(end))):
+            if self.refcount[table[index]] > 1:  # copy-on-write
+                page = self._take_page()
+                self.backend.copy_page(self.k, self.v, table[index], page)
+                self._drop_page(table[index])
+                table[index] = page
+        while len(table) < self.pages_for(end):
+            table.append(self._take_page())
+
+    def fork(self, table: list[int]) -> list[int]:
+        """A child table sharing every page; writes are copied on demand by `prepare`."""
+        for page in table:
+            self.refcount[page] += 1
+        return list(table)
+
+    def truncate(self, table: list[int], length: int) -> None:
+        """Release pages holding only positions >= length."""
+        while len(table) > self.pages_for(length):
+            self._drop_page(table.pop())
+
+    def release(self, table: list[int]) -> None:
+        self.truncate(table, 0)
+
+    def slots(self, table: list[int], positions: np.ndarray) -> np.ndarray:
+        """Flat slot ids (page * P + row) of a sequence's positions."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return np.asarray(table, dtype=np.int64)[positions // self.page_size] * self.page_size + positions % self.page_size
+
+    def commit(self, table: list[int], L: int, path: list[int]) -> None:
+        """Keep the accepted tree nodes: node path[j] (position L + path[j]) moves to position L + j.
+
+        Sources and destinations overlap (accept 0, 2, 3 after rejecting 1), so the
+        backend reads every source before it writes. Afterwards the sequence holds
+        L + len(path) positions and pages past them are released.
+        """
+        moves = [(L + node, L + j) for j, node in enumerate(path) if node != j]
+        if moves:
+            source, destination = zip(*moves)
+            self.backend.move_slots(self.k, self.v, self.slots(table, source), self.slots(table, destination))
+        self.truncate(table, L + len(path))

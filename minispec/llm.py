@@ -1,0 +1,133 @@
+"""The public API: `LLM(model=..., device=...)`, `generate`, `chat`, `stream`, `logits`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends import make_backend
+from .drafters import NoDrafter
+from .engine import Engine, Stats
+from .errors import MinispecError
+from .fetch import DEFAULT_MODEL, resolve_model
+from .model import Model
+from .sampling import SamplingParams
+from .step import StepItem, build_plan
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class Sample:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    stats: Stats
+
+
+@dataclass
+class GenerationResult:
+    prompt_token_ids: list[int]
+    samples: list[Sample]
+    stats: Stats = field(default_factory=Stats)  # summed over the samples
+
+    @property
+    def text(self) -> str:
+        return self.samples[0].text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.samples[0].token_ids
+
+    @property
+    def finish_reason(self) -> str:
+        return self.samples[0].finish_reason
+
+
+class LLM:
+    """A loaded model with its tokenizer, KV page pool and drafter.
+
+    model: a Hugging Face Llama-family directory, or "smollm2-135m-instruct"
+    (fetched and converted on first use). device: "cpu" (NumPy reference),
+    "cuda" or "auto".
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        device: str = "auto",
+        dtype: str | None = None,
+        max_model_len: int | None = None,
+        page_size: int = 16,
+        kv_cache_tokens: int | None = None,
+        prefill_chunk: int = 512,
+    ):
+        self.backend = make_backend(device, dtype)
+        self.model_dir = resolve_model(model)
+        self.model = Model.load(self.model_dir, self.backend)
+        config = self.model.config
+        self.tokenizer = Tokenizer(self.model_dir, config.eos_token_ids)
+        self.max_model_len = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
+        if page_size < 1:
+            raise MinispecError("page_size must be >= 1")
+        tokens = kv_cache_tokens or self.backend.default_kv_tokens(config, self.max_model_len)
+        self.cache = self.model.new_cache(-(-tokens // page_size), page_size)
+        self.drafter = NoDrafter()
+        self.engine = Engine(self.model, self.tokenizer, self.cache, self.drafter, self.max_model_len, prefill_chunk)
+
+    # ------------------------------------------------------------------ prompts
+    def _encode(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        return [int(t) for t in prompt]
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None) -> list[GenerationResult]:
+        """prompts: a string, a list of token ids, or a list of either. One result per prompt."""
+        single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int))
+        prompt_ids = [self._encode(p) for p in ([prompts] if single else prompts)]
+        params = params or SamplingParams()
+        params_list = params if isinstance(params, list) else [params] * len(prompt_ids)
+        events = self.engine.run(prompt_ids, params_list)
+        while True:  # drain the stream; the generator returns the finished sequences
+            try:
+                next(events)
+            except StopIteration as finished:
+                seqs = finished.value
+                break
+        samples, results = {}, []
+        for seq in seqs:
+            samples.setdefault(seq.index, []).append(seq)
+        for index, ids in enumerate(prompt_ids):
+            seqs = sorted(samples[index], key=lambda s: s.sample)
+            total = Stats()
+            for s in seqs:
+                total.steps += s.stats.steps
+                total.emitted += s.stats.emitted
+                total.accepted_lengths.update(s.stats.accepted_lengths)
+            results.append(GenerationResult(ids, [Sample(s.text, s.output, s.finish_reason, s.stats) for s in seqs], total))
+        return results[0] if single else results
+
+    def chat(self, messages: list[dict], params: SamplingParams | None = None) -> GenerationResult:
+        return self.generate(self.chat_prompt(messages), params)
+
+    def stream(self, prompt, params: SamplingParams | None = None):
+        """Yield text pieces of one prompt's first sample as they are accepted."""
+        for seq, piece in self.engine.run([self._encode(prompt)], [params or SamplingParams()]):
+            if seq.sample == 0:
+                yield piece
+
+    def logits(self, token_ids) -> np.ndarray:
+        """float32 [n, V] logits of every position of `token_ids` (one causal forward, cache released)."""
+        ids = self._encode(token_ids)
+        self.engine.check_prompt(ids)
+        table: list[int] = []
+        try:
+            self.cache.prepare(table, 0, len(ids))
+            plan = build_plan([StepItem(table, 0, np.asarray(ids), tree=None, all_logits=True)], self.cache.page_size)
+            return np.asarray(self.model.forward(plan, self.cache), dtype=np.float32)
+        finally:
+            self.cache.release(table)

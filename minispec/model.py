@@ -1,0 +1,64 @@
+"""The Llama forward over a step plan, written once for every backend.
+
+Per layer: RMSNorm -> fused QKV GEMM -> RoPE -> write K/V to slots -> paged tree
+attention -> O GEMM -> (+ residual) RMSNorm -> fused gate/up GEMM -> SiLU*mul ->
+down GEMM. Then the final norm and the LM head, only for the rows that need logits.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import ModelWeights, fuse_weights, read_checkpoint_tensors
+from .config import ModelConfig, rope_inv_freq
+from .kv_cache import KVCache
+from .step import StepPlan
+
+
+class Model:
+    def __init__(self, config: ModelConfig, weights: ModelWeights, backend, num_layers: int | None = None):
+        self.config = config
+        self.weights = weights
+        self.backend = backend
+        self.num_layers = num_layers or config.num_layers  # fewer for a `self:K` early-exit drafter
+        self.inv_freq = rope_inv_freq(config)  # [D/2] float64
+        self.scale = 1.0 / math.sqrt(config.head_dim)
+
+    @classmethod
+    def load(cls, model_dir: Path, backend) -> "Model":
+        config = ModelConfig.from_file(Path(model_dir) / "config.json")
+        tensors = read_checkpoint_tensors(model_dir)
+        backend.check_fits(config, tensors)  # fail before anything is half-loaded
+        return cls(config, fuse_weights(config, tensors, backend.convert), backend)
+
+    def truncated(self, num_layers: int) -> "Model":
+        """The first `num_layers` layers with the same head and weights (no copy): early exit."""
+        return Model(self.config, self.weights, self.backend, num_layers)
+
+    def new_cache(self, num_pages: int, page_size: int) -> KVCache:
+        c = self.config
+        return KVCache(self.backend, self.num_layers, num_pages, c.num_kv_heads, page_size, c.head_dim)
+
+    def forward(self, plan: StepPlan, cache: KVCache) -> np.ndarray:
+        """Logits [R, V] (float32, on the host) of the plan's `logit_rows`."""
+        ops, c, w = self.backend, self.config, self.weights
+        H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_dim
+        plan = ops.prepare_plan(plan)
+        x = ops.embedding(w.embed, plan.tokens)  # x: [N, hidden]
+        residual = None
+        for i in range(self.num_layers):
+            layer = w.layers[i]
+            h, residual = ops.add_rmsnorm(x, residual, layer.attn_norm, c.rms_norm_eps)  # [N, hidden]
+            qkv = ops.linear(h, layer.wqkv)  # [N, (H + 2 Hkv) D]
+            q, k, v = ops.qkv_rope(qkv, plan.positions, self.inv_freq, H, Hkv, D)  # [N, H, D], [N, Hkv, D] x2
+            ops.write_kv(cache.k[i], cache.v[i], k, v, plan)
+            o = ops.attention(q, cache.k[i], cache.v[i], plan, self.scale)  # [N, H D]
+            x = ops.linear(o, layer.wo)  # [N, hidden]
+            h, residual = ops.add_rmsnorm(x, residual, layer.mlp_norm, c.rms_norm_eps)
+            x = ops.linear(ops.silu_mul(ops.linear(h, layer.w_gate_up)), layer.w_down)  # [N, hidden]
+        h, _ = ops.add_rmsnorm(x, residual, w.final_norm, c.rms_norm_eps)
+        h = h[plan.logit_rows]  # [R, hidden]
+        return ops.to_host(ops.logits(h, w.lm_head))  # [R, V]

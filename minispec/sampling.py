@@ -1,0 +1,74 @@
+"""Sampling settings and the target distribution p they define.
+
+Order: temperature, then top-k, top-p and min-p filters on the tempered
+softmax, then renormalisation. temperature = 0 means greedy (argmax).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import MinispecError
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1  # samples per prompt (they share the prompt's pages)
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # nucleus mass, in (0, 1]
+    min_p: float = 0.0  # keep tokens with p >= min_p * max p
+    seed: int | None = None  # same seed, same output
+    max_tokens: int = 256
+    stop: list[str] = field(default_factory=list)  # stop strings (not included in the text)
+    ignore_eos: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        checks = [
+            (isinstance(self.n, int) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}"),
+            (self.temperature >= 0 and np.isfinite(self.temperature), f"temperature must be >= 0, got {self.temperature!r}"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}"),
+            (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}"),
+            (isinstance(self.max_tokens, int) and self.max_tokens >= 1, f"max_tokens must be an integer >= 1, got {self.max_tokens!r}"),
+            (self.seed is None or (isinstance(self.seed, int) and self.seed >= 0), f"seed must be an integer >= 0, got {self.seed!r}"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MinispecError(f"invalid sampling parameter: {message}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def target_distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """p over the vocabulary (float64 [V]) for one row of logits, after all filters."""
+    z = logits.astype(np.float64) / params.temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    keep = np.ones_like(p, dtype=bool)
+    order = np.argsort(-p, kind="stable")  # most probable first; ties by token id
+    if params.top_k and params.top_k < len(p):
+        keep[order[params.top_k :]] = False
+    if params.top_p < 1.0:
+        cumulative = np.cumsum(p[order])
+        # keep the smallest prefix whose mass reaches top_p (the token that crosses it stays)
+        cut = int(np.searchsorted(cumulative, params.top_p, side="left")) + 1
+        keep[order[cut:]] = False
+    if params.min_p > 0.0:
+        keep &= p >= params.min_p * p.max()
+    p = np.where(keep, p, 0.0)
+    return p / p.sum()
+
+
+def choose_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    if params.greedy:
+        return int(np.argmax(logits))
+    p = target_distribution(logits, params)
+    return int(rng.choice(len(p), p=p))
