@@ -1,19 +1,80 @@
 """Drafters: who proposes the token tree of each step.
 
 Every drafter answers `propose(seqs, budgets) -> [Tree]` (root = the sequence's
-last token, not yet cached) and hears back what was accepted via `commit`.
+last token, not yet cached; `budgets[b]` caps T by the context left) and hears
+back what was accepted through `commit`. A tree budget (T, depth, width) with
+width 1 is a chain, so chains and trees run on the same code.
 """
 
 from __future__ import annotations
 
-from .tree import Tree
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import MinispecError
+from .step import StepItem, build_plan
+from .tree import MAX_TREE_NODES, Tree
+
+
+@dataclass(frozen=True)
+class TreeBudget:
+    nodes: int = 16  # T, root included
+    depth: int = 6  # longest draft path
+    width: int = 4  # continuations / children per expanded node
+
+    def __post_init__(self):
+        if not 1 <= self.nodes <= MAX_TREE_NODES:
+            raise MinispecError(f"tree budget: T must be in 1..{MAX_TREE_NODES} nodes, got {self.nodes}")
+        if self.depth < 1 or self.width < 1:
+            raise MinispecError("tree budget: depth and width must be >= 1")
+
+    @classmethod
+    def parse(cls, text) -> "TreeBudget":
+        """"T,depth,width" (e.g. "16,6,4"), a tuple, or None for the default."""
+        if text is None:
+            return cls()
+        if isinstance(text, TreeBudget):
+            return text
+        parts = text.split(",") if isinstance(text, str) else list(text)
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise MinispecError(f"tree budget {text!r}: expected T,depth,width such as 16,6,4") from None
+        if len(values) != 3:
+            raise MinispecError(f"tree budget {text!r}: expected T,depth,width such as 16,6,4")
+        return cls(*values)
+
+    @classmethod
+    def chain(cls, nodes: int) -> "TreeBudget":
+        return cls(nodes, max(1, nodes - 1), 1)
+
+
+class Trie:
+    """Builds a Tree from token paths below a root, sharing common prefixes, within a node budget."""
+
+    def __init__(self, root: int, max_nodes: int):
+        self.tokens, self.parents, self.max_nodes = [root], [-1], max_nodes
+        self.child = {}  # (parent node, token) -> node
+
+    def insert(self, path) -> None:
+        node = 0
+        for token in path:
+            token = int(token)
+            if (node, token) not in self.child:
+                if len(self.tokens) >= self.max_nodes:
+                    return
+                self.child[(node, token)] = len(self.tokens)
+                self.tokens.append(token)
+                self.parents.append(node)
+            node = self.child[(node, token)]
+
+    def tree(self) -> Tree:
+        return Tree(self.tokens, self.parents)
 
 
 class NoDrafter:
     """Plain decoding: the tree is the root alone (T = 1)."""
-
-    def start(self, seq) -> None:
-        pass
 
     def propose(self, seqs, budgets) -> list[Tree]:
         return [Tree.single(seq.tokens[seq.L]) for seq in seqs]
@@ -23,3 +84,162 @@ class NoDrafter:
 
     def release(self, seq) -> None:
         pass
+
+
+class NgramDrafter(NoDrafter):
+    """Prompt lookup: continuations of the longest recent suffix match in prompt + output, merged into a tree."""
+
+    def __init__(self, budget: TreeBudget, max_ngram: int = 4):
+        self.budget = budget
+        self.max_ngram = max_ngram
+
+    def continuations(self, tokens: np.ndarray) -> list[np.ndarray]:
+        """Up to `width` continuations, longest suffix match first, most recent first."""
+        found, seen = [], set()
+        depth, width = self.budget.depth, self.budget.width
+        for n in range(min(self.max_ngram, len(tokens) - 1), 0, -1):
+            suffix = tokens[-n:]
+            # starts i with tokens[i:i+n] == suffix and at least one token after the match
+            starts = np.nonzero(tokens[: len(tokens) - n] == suffix[0])[0]
+            for i in starts[::-1]:
+                if np.array_equal(tokens[i : i + n], suffix):
+                    continuation = tokens[i + n : i + n + depth]
+                    key = tuple(continuation)
+                    if key not in seen:
+                        seen.add(key)
+                        found.append(continuation)
+                        if len(found) >= width:
+                            return found
+        return found
+
+    def propose(self, seqs, budgets) -> list[Tree]:
+        trees = []
+        for seq, budget in zip(seqs, budgets):
+            tokens = np.asarray(seq.tokens)
+            trie = Trie(int(tokens[-1]), min(self.budget.nodes, budget))
+            for continuation in self.continuations(tokens):
+                trie.insert(continuation)
+            trees.append(trie.tree())
+        return trees
+
+
+class Candidates:
+    """Draft nodes of one sequence (node 0 = root) with cumulative draft log-probabilities."""
+
+    def __init__(self, root: int):
+        self.tokens, self.parents, self.score = [root], [-1], [0.0]
+
+    def expand(self, nodes: list[int], logprobs: np.ndarray, width: int, limit: int) -> list[int]:
+        """Give the `width` best of `nodes` (rows of `logprobs`) their `width` most probable children."""
+        added = []
+        for i in sorted(range(len(nodes)), key=lambda i: -self.score[nodes[i]])[:width]:
+            for token in np.argsort(-logprobs[i], kind="stable")[:width]:
+                if len(self.tokens) >= limit:
+                    return added
+                self.tokens.append(int(token))
+                self.parents.append(nodes[i])
+                self.score.append(self.score[nodes[i]] + float(logprobs[i][token]))
+                added.append(len(self.tokens) - 1)
+        return added
+
+    def tree(self) -> Tree:
+        return Tree(self.tokens, self.parents)
+
+    def best(self, nodes: int) -> Tree:
+        """The root and the nodes - 1 best candidates; a child never outscores its parent, so ancestors come along."""
+        ranked = sorted(range(1, len(self.tokens)), key=lambda n: (-self.score[n], n))[: nodes - 1]
+        chosen = [0] + sorted(ranked)  # creation order is topological
+        index = {node: i for i, node in enumerate(chosen)}
+        return Tree([self.tokens[n] for n in chosen], [-1] + [index[self.parents[n]] for n in chosen[1:]])
+
+
+class ModelDrafter(NoDrafter):
+    """A draft model (another checkpoint, or the target's first K layers) growing the tree level by level.
+
+    EAGLE-2 style: each level expands the `width` best new nodes (by cumulative
+    draft log-probability) into their `width` most probable children, with one
+    draft forward per level over the new nodes (the same tree attention as the
+    target: node i at position L + i, the root at L); the best T - 1 nodes and
+    the root make the tree. The draft keeps its own paged cache; tokens the
+    target accepted are fed to it at the start of the next proposal.
+    """
+
+    def __init__(self, model, budget: TreeBudget, num_pages: int, page_size: int):
+        self.model = model
+        self.budget = budget
+        self.cache = model.new_cache(num_pages, page_size)
+        self.state = {}  # id(seq) -> DraftState
+
+    def forward(self, items) -> np.ndarray:
+        return log_softmax(self.model.forward(build_plan(items, self.cache.page_size), self.cache))
+
+    def propose(self, seqs, budgets) -> list[Tree]:
+        width, limit = self.budget.width, MAX_TREE_NODES
+        items = []  # level 0: every token the draft has not cached yet, the root included
+        for seq in seqs:
+            state = self.state.setdefault(id(seq), DraftState())
+            new = seq.tokens[state.cached : seq.L + 1]
+            self.cache.prepare(state.table, state.cached, len(new))
+            items.append(StepItem.chunk(state.table, state.cached, new))
+            state.cached = seq.L + 1
+        rows = list(self.forward(items)[:, None, :])  # per sequence [1, V]: q at the root
+        grown = [Candidates(seq.tokens[seq.L]) for seq in seqs]
+        frontier = [[0] for _ in seqs]
+        for level in range(self.budget.depth):
+            frontier = [c.expand(f, r, width, limit) if len(f) else [] for c, f, r in zip(grown, frontier, rows)]
+            if level == self.budget.depth - 1 or not any(frontier):
+                break
+            items = []
+            for seq, c, new in zip(seqs, grown, frontier):
+                if new:
+                    table = self.state[id(seq)].table
+                    self.cache.prepare(table, seq.L + new[0], new[-1] - new[0] + 1)
+                    items.append(StepItem.tree(table, seq.L, c.tree(), new))
+            out, offset = self.forward(items), 0  # [sum of new nodes, V]
+            for b, new in enumerate(frontier):
+                rows[b] = out[offset : offset + len(new)]
+                offset += len(new)
+        return [c.best(min(self.budget.nodes, cap)) for c, cap in zip(grown, budgets)]
+
+    def commit(self, seq, path, accepted) -> None:
+        state = self.state[id(seq)]
+        state.cached = seq.L - len(path) + 1  # the old root stays; accepted tokens are fed next time
+        self.cache.truncate(state.table, state.cached)
+
+    def release(self, seq) -> None:
+        state = self.state.pop(id(seq), None)
+        if state:
+            self.cache.release(state.table)
+
+
+@dataclass
+class DraftState:
+    table: list = field(default_factory=list)  # page table in the draft's cache
+    cached: int = 0  # tokens of the sequence whose draft K/V is cached
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def make_drafter(draft, budget, target_model, tokenizer, backend, num_pages: int, page_size: int, load_model=None):
+    """None -> plain decoding; "ngram"; "self:K"; or a draft model directory with the target's tokenizer."""
+    if draft is None or draft == "none":
+        return NoDrafter()
+    budget = TreeBudget.parse(budget)
+    if draft == "ngram":
+        return NgramDrafter(budget)
+    if isinstance(draft, str) and draft.startswith("self:"):
+        try:
+            K = int(draft.split(":", 1)[1])
+        except ValueError:
+            raise MinispecError(f"draft {draft!r}: expected self:K with K an integer") from None
+        if not 1 <= K < target_model.config.num_layers:
+            raise MinispecError(f"draft {draft!r}: K must be in 1..{target_model.config.num_layers - 1} (the target has {target_model.config.num_layers} layers)")
+        return ModelDrafter(target_model.truncated(K), budget, num_pages, page_size)
+    draft_model, draft_tokenizer = load_model(draft)
+    if draft_model.config.vocab_size != target_model.config.vocab_size or draft_tokenizer.hf.get_vocab() != tokenizer.hf.get_vocab():
+        raise MinispecError(f"draft model {draft!r} has a different tokenizer or vocabulary than the target: it cannot draft for it")
+    return ModelDrafter(draft_model, budget, num_pages, page_size)

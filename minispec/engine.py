@@ -82,14 +82,13 @@ class Engine:
                 seqs += self.fork_samples(parent)  # n samples share the prompt's pages
                 for seq in seqs[-parent.params.n :]:
                     yield from self.emit(seq, [choose_token(logits, seq.params, seq.rng)])
-                    self.drafter.start(seq)
             while active := [s for s in seqs if not s.done]:
                 budgets = [self.max_model_len - s.L for s in active]
                 trees = self.drafter.propose(active, budgets)  # tokens[T], parents[T] per sequence
                 items = []
                 for seq, tree in zip(active, trees):
                     self.cache.prepare(seq.table, seq.L, len(tree))
-                    items.append(StepItem(seq.table, seq.L, tree.tokens, tree))
+                    items.append(StepItem.tree(seq.table, seq.L, tree))
                 logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [N, V]
                 offset = 0
                 for seq, tree in zip(active, trees):
@@ -135,7 +134,7 @@ class Engine:
                     break
                 self.cache.prepare(seq.table, seq.L, take)
                 chunk = np.asarray(seq.tokens[seq.L : seq.L + take])
-                items.append(StepItem(seq.table, seq.L, chunk, tree=None, all_logits=False))
+                items.append(StepItem.chunk(seq.table, seq.L, chunk))
                 owners.append(i)
                 budget -= take
             logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [B, V]

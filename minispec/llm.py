@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends import make_backend
-from .drafters import NoDrafter
+from .drafters import make_drafter
 from .engine import Engine, Stats
 from .errors import MinispecError
 from .fetch import DEFAULT_MODEL, resolve_model
@@ -49,7 +49,9 @@ class LLM:
 
     model: a Hugging Face Llama-family directory, or "smollm2-135m-instruct"
     (fetched and converted on first use). device: "cpu" (NumPy reference),
-    "cuda" or "auto".
+    "cuda" or "auto". draft: None (plain decoding), "ngram", "self:K" (the
+    target's first K layers) or a draft model directory with the same
+    tokenizer. tree: budget (T, depth, width) or "T,depth,width"; width 1 is a chain.
     """
 
     def __init__(
@@ -61,6 +63,8 @@ class LLM:
         page_size: int = 16,
         kv_cache_tokens: int | None = None,
         prefill_chunk: int = 512,
+        draft: str | None = None,
+        tree=None,
     ):
         self.backend = make_backend(device, dtype)
         self.model_dir = resolve_model(model)
@@ -72,8 +76,14 @@ class LLM:
             raise MinispecError("page_size must be >= 1")
         tokens = kv_cache_tokens or self.backend.default_kv_tokens(config, self.max_model_len)
         self.cache = self.model.new_cache(-(-tokens // page_size), page_size)
-        self.drafter = NoDrafter()
+        num_pages = self.cache.num_pages
+        self.drafter = make_drafter(draft, tree, self.model, self.tokenizer, self.backend, num_pages, page_size, self._load_draft)
         self.engine = Engine(self.model, self.tokenizer, self.cache, self.drafter, self.max_model_len, prefill_chunk)
+
+    def _load_draft(self, path):
+        model_dir = resolve_model(path)
+        model = Model.load(model_dir, self.backend)
+        return model, Tokenizer(model_dir, model.config.eos_token_ids)
 
     # ------------------------------------------------------------------ prompts
     def _encode(self, prompt) -> list[int]:
@@ -116,9 +126,14 @@ class LLM:
 
     def stream(self, prompt, params: SamplingParams | None = None):
         """Yield text pieces of one prompt's first sample as they are accepted."""
+        for piece, _ in self.stream_events(prompt, params):
+            yield piece
+
+    def stream_events(self, prompt, params: SamplingParams | None = None):
+        """Yield (text piece, sequence) of one prompt's first sample; the sequence carries tokens and stats."""
         for seq, piece in self.engine.run([self._encode(prompt)], [params or SamplingParams()]):
             if seq.sample == 0:
-                yield piece
+                yield piece, seq
 
     def logits(self, token_ids) -> np.ndarray:
         """float32 [n, V] logits of every position of `token_ids` (one causal forward, cache released)."""
@@ -127,7 +142,7 @@ class LLM:
         table: list[int] = []
         try:
             self.cache.prepare(table, 0, len(ids))
-            plan = build_plan([StepItem(table, 0, np.asarray(ids), tree=None, all_logits=True)], self.cache.page_size)
+            plan = build_plan([StepItem.chunk(table, 0, ids, all_logits=True)], self.cache.page_size)
             return np.asarray(self.model.forward(plan, self.cache), dtype=np.float32)
         finally:
             self.cache.release(table)

@@ -4,7 +4,8 @@ One plan serves prefill chunks (causal), plain decode (T = 1) and tree
 verification, mixed in one batch (nano-vllm style flat arrays). Query rows of
 sequence b are `cu_q[b] : cu_q[b+1]`; it attends to positions `0 .. kv_len[b]-1`
 of its pages, positions `< tree_start[b]` unmasked, the rest through the
-ancestor bits `masks` (or causally when `causal[b]`, for chunks longer than 64).
+ancestor bits `masks` (or causally when `causal[b]`, for chunks longer than 64:
+the T_b queries then sit at the last T_b positions and see keys up to their own).
 """
 
 from __future__ import annotations
@@ -40,13 +41,38 @@ class StepPlan:
 
 @dataclass
 class StepItem:
-    """One sequence's share of a step: a causal chunk or a tree, written at positions L.. ."""
+    """One sequence's share of a step.
 
-    table: list[int]  # the sequence's page table (already `prepare`d for L .. L+T-1)
-    L: int  # committed tokens in the cache
+    Queries are written at `slot_positions` and attend to positions
+    `0 .. kv_len-1`: those `< tree_start` freely, the rest through the ancestor
+    bits `masks` (relative to tree_start), or causally when `masks` is None.
+    """
+
+    table: list[int]  # the sequence's page table (already `prepare`d for the written positions)
+    tree_start: int  # L
     tokens: np.ndarray  # [T]
-    tree: Tree | None = None  # None: a causal chunk
+    positions: np.ndarray  # [T] RoPE positions
+    slot_positions: np.ndarray  # [T] sequence positions the new K/V rows go to
+    masks: np.ndarray | None  # [T] uint64, or None for a causal chunk
+    kv_len: int
     all_logits: bool = True  # False: only the last row needs logits (prefill chunk)
+
+    @classmethod
+    def chunk(cls, table, L: int, tokens, all_logits: bool = False) -> "StepItem":
+        """Causal chunk: tokens at positions L .. L+T-1 (prefill, or a draft model catching up)."""
+        T = len(tokens)
+        span = L + np.arange(T)
+        return cls(table, L, np.asarray(tokens), span, span, None, L + T, all_logits)
+
+    @classmethod
+    def tree(cls, table, L: int, tree: Tree, nodes=None) -> "StepItem":
+        """Tree nodes `nodes` (default: all) as queries; node i lives at position L + i, rotated as L + depth[i].
+
+        A draft model growing a tree level by level passes only the newest level's
+        nodes; the earlier levels' K/V is already in its pages.
+        """
+        nodes = np.arange(len(tree)) if nodes is None else np.asarray(nodes)
+        return cls(table, L, tree.tokens[nodes], L + tree.depth[nodes], L + nodes, tree.anc[nodes], L + int(nodes.max()) + 1)
 
 
 def build_plan(items: list[StepItem], page_size: int) -> StepPlan:
@@ -58,21 +84,15 @@ def build_plan(items: list[StepItem], page_size: int) -> StepPlan:
         T = len(item.tokens)
         offset = cu_q[-1]
         table = np.asarray(item.table, dtype=np.int64)
-        slot_positions = item.L + np.arange(T)
         tokens.append(item.tokens)
-        slots.append(table[slot_positions // page_size] * page_size + slot_positions % page_size)
-        if item.tree is None:
-            positions.append(slot_positions)
-            masks.append(np.zeros(T, dtype=np.uint64))
-            causal.append(1)
-        else:
-            positions.append(item.L + item.tree.depth)
-            masks.append(item.tree.anc)
-            causal.append(0)
+        positions.append(item.positions)
+        slots.append(table[item.slot_positions // page_size] * page_size + item.slot_positions % page_size)
+        masks.append(np.zeros(T, dtype=np.uint64) if item.masks is None else item.masks)
+        causal.append(int(item.masks is None))
         logit_rows.append(offset + (np.arange(T) if item.all_logits else np.array([T - 1])))
         cu_q.append(offset + T)
-        kv_len.append(item.L + T)
-        tree_start.append(item.L)
+        kv_len.append(item.kv_len)
+        tree_start.append(item.tree_start)
         page_tables[b, : len(table)] = table
     return StepPlan(
         tokens=np.concatenate(tokens).astype(np.int32),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..step import StepPlan
-from ..tree import ancestor_mask
 
 
 # ----------------------------------------------------------------------------- elementwise and norms
@@ -81,12 +80,12 @@ def visibility(plan: StepPlan, b: int) -> np.ndarray:
     """Dense [T, kv_len] mask of sequence b: the prefix is visible, tree nodes through their ancestor bits."""
     T = plan.cu_q[b + 1] - plan.cu_q[b]
     L, length = plan.tree_start[b], plan.kv_len[b]
+    if plan.causal[b]:  # query r sits at position length - T + r and sees keys up to it
+        return np.arange(length)[None, :] <= (length - T + np.arange(T))[:, None]
     visible = np.zeros((T, length), dtype=bool)
     visible[:, :L] = True
-    if plan.causal[b]:
-        visible[:, L:] = np.tril(np.ones((T, T), dtype=bool))
-    else:
-        visible[:, L:] = ancestor_mask(plan.masks[plan.cu_q[b] : plan.cu_q[b + 1]])
+    bits = np.uint64(1) << np.arange(length - L, dtype=np.uint64)  # tree node j at position L + j
+    visible[:, L:] = (plan.masks[plan.cu_q[b] : plan.cu_q[b + 1], None] & bits[None, :]) != 0
     return visible
 
 

