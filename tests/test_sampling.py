@@ -1,0 +1,71 @@
+"""Sampling settings: validation, the filters' allowed sets and frequencies, seeded reproducibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minispec import MinispecError, SamplingParams
+from minispec.sampling import choose_token, target_distribution
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1), dict(min_p=1.2), dict(max_tokens=0), dict(n=0), dict(seed=-3), dict(stop=[""])],
+)
+def test_invalid_values_are_rejected(bad):
+    with pytest.raises(MinispecError, match="invalid sampling parameter"):
+        SamplingParams(**bad)
+
+
+def reference_allowed(p, top_k, top_p, min_p):
+    """Allowed set written directly from the definitions (ties do not occur: p is distinct)."""
+    order = list(np.argsort(-p))
+    allowed = set(order[:top_k]) if top_k else set(order)
+    if top_p < 1:
+        mass, nucleus = 0.0, set()
+        for token in order:
+            nucleus.add(token)
+            mass += p[token]
+            if mass >= top_p:
+                break
+        allowed &= nucleus
+    if min_p:
+        allowed &= {t for t in range(len(p)) if p[t] >= min_p * p.max()}
+    return allowed
+
+
+@pytest.mark.parametrize("filters", [dict(top_k=3), dict(top_p=0.7), dict(min_p=0.2), dict(top_k=5, top_p=0.8, min_p=0.05), dict()])
+def test_filters_sample_only_the_allowed_set_with_the_right_frequencies(filters):
+    rng = np.random.default_rng(11)
+    V = 12
+    logits = rng.normal(size=V).astype(np.float32) * 2
+    params = SamplingParams(temperature=0.8, **filters)
+    tempered = np.exp(logits.astype(np.float64) / 0.8)
+    tempered /= tempered.sum()
+    allowed = reference_allowed(tempered, filters.get("top_k", 0), filters.get("top_p", 1.0), filters.get("min_p", 0.0))
+    expected = np.zeros(V)
+    expected[list(allowed)] = tempered[list(allowed)]
+    expected /= expected.sum()
+    np.testing.assert_allclose(target_distribution(logits, params), expected, rtol=1e-12, atol=1e-15)
+    draws = 60_000
+    counts = np.bincount([choose_token(logits, params, rng) for _ in range(draws)], minlength=V)
+    assert set(np.nonzero(counts)[0]) <= allowed
+    # total variation within a bound far beyond sampling noise (~sqrt(V / draws))
+    assert 0.5 * np.abs(counts / draws - expected).sum() < 0.015
+
+
+def test_greedy_is_argmax():
+    logits = np.array([0.1, 3.0, -1.0, 2.9], dtype=np.float32)
+    assert choose_token(logits, SamplingParams(temperature=0), np.random.default_rng()) == 1
+
+
+def test_same_seed_same_output(tiny_model):
+    from minispec import LLM
+
+    llm = LLM(model=str(tiny_model), device="cpu")
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=30, ignore_eos=True)
+    first = llm.generate("hello there", params).token_ids
+    assert llm.generate("hello there", params).token_ids == first
+    other = llm.generate("hello there", SamplingParams(temperature=1.0, top_p=0.9, seed=99, max_tokens=30, ignore_eos=True)).token_ids
+    assert other != first

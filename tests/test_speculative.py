@@ -1,0 +1,157 @@
+"""Speculative decoding: every drafter and tree shape gives plain greedy's tokens; pages always come back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minispec import LLM, MinispecError, SamplingParams
+from minispec.drafters import NoDrafter
+from minispec.tree import Tree
+
+PROMPTS = [
+    "Summarise: The committee met on Tuesday to discuss the new budget. The committee agreed that the budget for "
+    "parks should rise, and the committee asked the mayor to publish the budget for parks by Friday.",
+    "Write a short poem about rain.",
+    "Extract the names from this list: Alice Smith, Bob Jones, Carol White, Dan Brown. Names:",
+]
+
+
+class OracleTreeDrafter(NoDrafter):
+    """Random tree shapes whose nodes follow the known greedy continuation with probability 0.6."""
+
+    def __init__(self, expected: list[list[int]], vocab: int, seed: int = 0):
+        self.expected, self.vocab, self.rng = expected, vocab, np.random.default_rng(seed)
+
+    def propose(self, seqs, budgets):
+        trees = []
+        for seq, budget in zip(seqs, budgets):
+            truth = self.expected[seq.index]
+            T = int(self.rng.integers(1, min(24, budget) + 1))
+            tokens, parents, on_path = [seq.tokens[seq.L]], [-1], [True]
+            for i in range(1, T):
+                parent = int(self.rng.integers(0, i))
+                depth = 0
+                node = parent
+                while node > 0:
+                    node, depth = parents[node], depth + 1
+                position = seq.L + depth + 1
+                correct = on_path[parent] and position < len(truth) and self.rng.random() < 0.6
+                tokens.append(truth[position] if correct else int(self.rng.integers(0, self.vocab)))
+                parents.append(parent)
+                on_path.append(bool(correct))
+            trees.append(Tree(tokens, parents))
+        return trees
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(default_llm):
+    return [default_llm.chat_prompt([{"role": "user", "content": p}]) for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def plain_outputs(default_llm, prompt_ids):
+    default_llm.use_drafter(None)
+    return [r.token_ids for r in default_llm.generate(prompt_ids, SamplingParams(temperature=0, max_tokens=64, ignore_eos=True))]
+
+
+GREEDY = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "draft,tree",
+    [("ngram", (1, 1, 1)), ("ngram", (8, 7, 1)), ("ngram", (16, 6, 4)), ("ngram", (24, 2, 12)), ("ngram", (32, 24, 2)), ("self:6", (12, 4, 3)), ("self:10", (6, 5, 1))],
+    ids=["single-node", "chain", "tree", "wide", "deep", "self-tree", "self-chain"],
+)
+def test_speculative_greedy_equals_plain_greedy(default_llm, prompt_ids, plain_outputs, draft, tree):
+    default_llm.use_drafter(draft, tree)
+    try:
+        results = default_llm.generate(prompt_ids, GREEDY)
+    finally:
+        default_llm.use_drafter(None)
+    for result, expected in zip(results, plain_outputs):
+        assert len(result.token_ids) == 64
+        assert result.token_ids == expected
+    assert default_llm.cache.free_pages == default_llm.cache.num_pages
+    if draft == "ngram" and tree[0] > 1:
+        assert results[0].stats.tokens_per_step > 1.2  # the summary prompt repeats itself
+
+
+@pytest.mark.slow
+def test_random_trees_with_partial_matches(default_llm, prompt_ids, plain_outputs):
+    expected = [p + o for p, o in zip(prompt_ids, plain_outputs)]
+    default_llm.engine.drafter = OracleTreeDrafter(expected, default_llm.model.config.vocab_size)
+    try:
+        results = default_llm.generate(prompt_ids, GREEDY)
+    finally:
+        default_llm.use_drafter(None)
+    assert [r.token_ids for r in results] == plain_outputs
+    assert max(max(r.stats.accepted_lengths) for r in results) >= 3
+    assert default_llm.cache.free_pages == default_llm.cache.num_pages
+
+
+@pytest.mark.parametrize("draft", [None, "ngram", "self:1"])
+def test_tiny_model_speculation_and_page_sizes(tmp_path, draft):
+    from .conftest import make_tiny_checkpoint
+
+    directory = make_tiny_checkpoint(tmp_path / "m", layers=3)
+    outputs = []
+    for page_size in (1, 3, 16):
+        llm = LLM(model=str(directory), device="cpu", page_size=page_size, draft=draft, tree=(10, 4, 3))
+        prompts = ["abcabcabcabc", "x", "the quick brown fox jumps over the lazy dog " * 3]
+        outputs.append([r.token_ids for r in llm.generate(prompts, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))])
+        assert llm.cache.free_pages == llm.cache.num_pages
+    plain = LLM(model=str(directory), device="cpu")
+    expected = [r.token_ids for r in plain.generate(prompts, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))]
+    assert all(o == expected for o in outputs)
+
+
+def test_parallel_samples_share_the_prompt_and_reproduce_per_seed(tiny_model):
+    llm = LLM(model=str(tiny_model), device="cpu", draft="ngram", tree=(8, 4, 2))
+    params = SamplingParams(n=4, temperature=1.0, seed=7, max_tokens=25, ignore_eos=True)
+    prompt = "shared prompt " * 6  # 84 tokens: 5 full pages + a partial one
+    first = llm.generate(prompt, params)
+    assert len(first.samples) == 4
+    assert len({tuple(s.token_ids) for s in first.samples}) > 1  # samples differ from each other
+    again = llm.generate(prompt, params)
+    assert [s.token_ids for s in again.samples] == [s.token_ids for s in first.samples]
+    assert llm.cache.free_pages == llm.cache.num_pages
+    # sampled speculation is lossless in distribution, not draw for draw: plain decoding has its own draws
+    plain = LLM(model=str(tiny_model), device="cpu")
+    assert [s.token_ids for s in plain.generate(prompt, params).samples] == [s.token_ids for s in plain.generate(prompt, params).samples]
+
+
+def test_prefill_pages_are_shared_between_samples(tiny_model):
+    llm = LLM(model=str(tiny_model), device="cpu")
+    prompt = list(range(3, 3 + 64))  # exactly 4 pages
+    events = llm.engine.run([prompt], [SamplingParams(n=3, temperature=1.0, seed=1, max_tokens=2, ignore_eos=True)])
+    seq, _ = next(events)
+    shared = [p for p in seq.table[:4] if llm.cache.refcount[p] == 3]
+    assert len(shared) == 4
+    events.close()
+    assert llm.cache.free_pages == llm.cache.num_pages
+
+
+def test_bad_speculation_settings_are_clear_errors(tiny_model, tmp_path):
+    from .conftest import make_tiny_checkpoint
+
+    with pytest.raises(MinispecError, match="K must be in 1..1"):
+        LLM(model=str(tiny_model), device="cpu", draft="self:2")
+    with pytest.raises(MinispecError, match="T must be in 1..64"):
+        LLM(model=str(tiny_model), device="cpu", draft="ngram", tree=(65, 8, 4))
+    with pytest.raises(MinispecError, match="n must be"):
+        SamplingParams(n=0)
+    other = make_tiny_checkpoint(tmp_path / "other")
+    (other / "tokenizer.json").write_text((other / "tokenizer.json").read_text().replace('"a"', '"A_"', 1))
+    with pytest.raises(MinispecError, match="different tokenizer"):
+        LLM(model=str(tiny_model), device="cpu", draft=str(other))
+
+
+def test_running_out_of_pages_is_an_error_and_frees_everything(tiny_model):
+    llm = LLM(model=str(tiny_model), device="cpu", kv_cache_tokens=64, page_size=16, draft="ngram")
+    with pytest.raises(MinispecError, match="KV cache is full"):
+        llm.generate(["a" * 30, "b" * 30], SamplingParams(temperature=0, max_tokens=60, ignore_eos=True))
+    assert llm.cache.free_pages == llm.cache.num_pages
+    result = llm.generate("c" * 10, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
+    assert len(result.token_ids) == 20
