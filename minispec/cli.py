@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(run=command_chat)
 
     bench = commands.add_parser("bench", help="benchmarks: spec, attention, gemm, e2e")
-    bench.add_argument("what", choices=["spec", "attention", "gemm", "e2e"])
+    bench.add_argument("what", choices=["spec", "attention", "gemm", "e2e"], help="spec: tokens per target forward and tokens/s of plain, chain and tree decoding; attention, gemm, e2e: GPU kernels against their limits")
     bench.add_argument("--quick", action="store_true", help="fewer prompts / shapes")
     add_model_arguments(bench)
     bench.set_defaults(run=command_bench)

@@ -171,7 +171,7 @@ class ModelDrafter(NoDrafter):
         self.state = {}  # id(seq) -> DraftState
 
     def forward(self, items) -> np.ndarray:
-        return log_softmax(self.model.forward(build_plan(items, self.cache.page_size), self.cache))
+        return log_softmax(self.model.forward(build_plan(items, self.cache.page_size), self.cache).host())
 
     def propose(self, seqs, budgets) -> list[Tree]:
         width, limit = self.budget.width, MAX_TREE_NODES

@@ -92,7 +92,7 @@ class Engine:
                 logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [N, V]
                 offset = 0
                 for seq, tree in zip(active, trees):
-                    path, bonus = verify(tree, logits[offset : offset + len(tree)], seq.params, seq.rng)
+                    path, bonus = verify(tree, logits, seq.params, seq.rng, slice(offset, offset + len(tree)))
                     offset += len(tree)
                     self.cache.commit(seq.table, seq.L, path)  # accepted K/V to L .. L+len(path)-1
                     seq.L += len(path)
@@ -140,7 +140,8 @@ class Engine:
             logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [B, V]
             for row, i in enumerate(owners):
                 seqs[i].L += len(items[row].tokens)
-                last[i] = logits[row]
+                if seqs[i].L == seqs[i].prompt_len:
+                    last[i] = logits.host()[row]
         return last
 
     def fork_samples(self, parent: Sequence) -> list[Sequence]:

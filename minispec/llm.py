@@ -148,6 +148,6 @@ class LLM:
         try:
             self.cache.prepare(table, 0, len(ids))
             plan = build_plan([StepItem.chunk(table, 0, ids, all_logits=True)], self.cache.page_size)
-            return np.asarray(self.model.forward(plan, self.cache), dtype=np.float32)
+            return self.model.forward(plan, self.cache).host()
         finally:
             self.cache.release(table)

@@ -42,8 +42,8 @@ class Model:
         c = self.config
         return KVCache(self.backend, self.num_layers, num_pages, c.num_kv_heads, page_size, c.head_dim)
 
-    def forward(self, plan: StepPlan, cache: KVCache) -> np.ndarray:
-        """Logits [R, V] (float32, on the host) of the plan's `logit_rows`."""
+    def forward(self, plan: StepPlan, cache: KVCache) -> "StepLogits":
+        """Logits [R, V] of the plan's `logit_rows` (left on the device until asked for)."""
         ops, c, w = self.backend, self.config, self.weights
         H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_dim
         plan = ops.prepare_plan(plan)
@@ -53,7 +53,7 @@ class Model:
             layer = w.layers[i]
             h, residual = ops.add_rmsnorm(x, residual, layer.attn_norm, c.rms_norm_eps)  # [N, hidden]
             qkv = ops.linear(h, layer.wqkv)  # [N, (H + 2 Hkv) D]
-            q, k, v = ops.qkv_rope(qkv, plan.positions, self.inv_freq, H, Hkv, D)  # [N, H, D], [N, Hkv, D] x2
+            q, k, v = ops.qkv_rope(qkv, plan, self.inv_freq, H, Hkv, D)  # [N, H, D], [N, Hkv, D] x2
             ops.write_kv(cache.k[i], cache.v[i], k, v, plan)
             o = ops.attention(q, cache.k[i], cache.v[i], plan, self.scale)  # [N, H D]
             x = ops.linear(o, layer.wo)  # [N, hidden]
@@ -61,4 +61,22 @@ class Model:
             x = ops.linear(ops.silu_mul(ops.linear(h, layer.w_gate_up)), layer.w_down)  # [N, hidden]
         h, _ = ops.add_rmsnorm(x, residual, w.final_norm, c.rms_norm_eps)
         h = h[plan.logit_rows]  # [R, hidden]
-        return ops.to_host(ops.logits(h, w.lm_head))  # [R, V]
+        return StepLogits(ops, ops.logits(h, w.lm_head))  # [R, V]
+
+
+class StepLogits:
+    """A step's logits on the backend; the host gets argmax ids (greedy) or full rows only when asked."""
+
+    def __init__(self, backend, logits):
+        self.backend, self.device = backend, logits
+        self._host = self._argmax = None
+
+    def host(self) -> np.ndarray:  # float32 [R, V]
+        if self._host is None:
+            self._host = np.asarray(self.backend.to_host(self.device), dtype=np.float32)
+        return self._host
+
+    def argmax(self) -> np.ndarray:  # [R]
+        if self._argmax is None:
+            self._argmax = self.backend.argmax(self.device)
+        return self._argmax

@@ -21,11 +21,11 @@ from .sampling import SamplingParams, target_distribution
 from .tree import Tree
 
 
-def verify_greedy(tree: Tree, logits: np.ndarray) -> tuple[list[int], int]:
-    """logits: [T, V] of the tree's nodes -> (accepted path of node ids from the root, bonus token)."""
+def verify_greedy(tree: Tree, targets: np.ndarray) -> tuple[list[int], int]:
+    """targets: [T] target argmax after each node -> (accepted path of node ids from the root, bonus token)."""
     node, path = 0, [0]
     while True:
-        target = int(np.argmax(logits[node]))
+        target = int(targets[node])
         match = next((c for c in tree.children(node) if tree.tokens[c] == target), None)
         if match is None:
             return path, target
@@ -61,7 +61,9 @@ def verify_sampled(tree: Tree, logits: np.ndarray, params: SamplingParams, rng: 
         node = accepted
 
 
-def verify(tree: Tree, logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> tuple[list[int], int]:
+def verify(tree: Tree, logits, params: SamplingParams, rng: np.random.Generator, rows: slice | None = None) -> tuple[list[int], int]:
+    """logits: the step's `StepLogits`; rows: this tree's rows in it (greedy copies back argmax ids only)."""
+    rows = rows or slice(0, len(tree))
     if params.greedy:
-        return verify_greedy(tree, logits)
-    return verify_sampled(tree, logits, params, rng)
+        return verify_greedy(tree, logits.argmax()[rows])
+    return verify_sampled(tree, logits.host()[rows], params, rng)

@@ -8,7 +8,14 @@ import pytest
 from minispec import SamplingParams
 from minispec.sampling import target_distribution
 from minispec.tree import Tree
-from minispec.verify import verify, verify_greedy
+from minispec.backends.numpy_backend import NumpyBackend
+from minispec.model import StepLogits
+from minispec.verify import verify as verify_rows
+from minispec.verify import verify_greedy
+
+
+def verify(tree, logits, params, rng):
+    return verify_rows(tree, StepLogits(NumpyBackend(), logits), params, rng)
 
 V = 6
 
@@ -19,13 +26,13 @@ def test_greedy_follows_matching_children_and_returns_bonus():
     logits = np.full((5, V), -5.0)
     logits[0, 2] = 5  # root's argmax is token 2 -> node 2 (a leaf)
     logits[2, 5] = 5  # after node 2: bonus 5
-    assert verify_greedy(tree, logits) == ([0, 2], 5)
+    assert verify_greedy(tree, np.argmax(logits, -1)) == ([0, 2], 5)
     logits[0] = -5
     logits[0, 1] = 5
     logits[1, 3] = 5
     logits[3, 4] = 5
     logits[4, 0] = 5
-    assert verify_greedy(tree, logits) == ([0, 1, 3, 4], 0)
+    assert verify_greedy(tree, np.argmax(logits, -1)) == ([0, 1, 3, 4], 0)
 
 
 def total_variation(counts, p):

@@ -119,6 +119,12 @@ class NumpyBackend:
     def __init__(self):
         self.xp = np
 
+    def describe(self) -> str:
+        import platform
+        import os
+
+        return f"CPU (NumPy reference, {os.cpu_count()} cores, {platform.machine()})"
+
     def convert(self, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=np.float32)
 
@@ -145,8 +151,11 @@ class NumpyBackend:
     linear = staticmethod(linear)
     silu_mul = staticmethod(silu_mul)
 
-    def qkv_rope(self, qkv, positions, inv_freq, H, Hkv, D):
-        return split_qkv_rope(qkv, positions, inv_freq, H, Hkv, D)
+    def qkv_rope(self, qkv, plan: StepPlan, inv_freq, H, Hkv, D):
+        return split_qkv_rope(qkv, plan.positions, inv_freq, H, Hkv, D)
+
+    def argmax(self, logits) -> np.ndarray:
+        return np.argmax(logits, axis=-1)
 
     def write_kv(self, k_cache, v_cache, k, v, plan: StepPlan):
         write_kv(k_cache, v_cache, k, v, plan.slots, k_cache.shape[2])

@@ -1,0 +1,247 @@
+"""The CUDA backend: CuPy arrays and the project's own kernels from `kernels/`.
+
+Weights and KV pages are bf16 (stored as uint16 bit patterns: CuPy has no
+bfloat16 dtype) or float32 for exactness checks; activations are float32.
+Each kernel has one launcher here that checks shapes, dtypes and contiguity
+and casts scalars (CuPy passes Python ints as 64-bit and floats as doubles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import MinispecError
+from ..step import StepPlan
+
+KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
+SMALL_M = 64  # rows at or under which the own tensor-core GEMM runs
+
+
+def kernel_source(name: str) -> str:
+    """A kernel file with `#include "storage.cuh"` inlined (the compile cache keys on the source text)."""
+    source = (KERNELS / name).read_text()
+    header = (KERNELS / "storage.cuh").read_text().replace("#pragma once", "")
+    return source.replace('#include "storage.cuh"', header)
+
+
+@dataclass
+class DevicePlan:
+    """StepPlan arrays on the GPU plus the host facts launchers need."""
+
+    host: StepPlan
+    tokens: object
+    positions: object
+    slots: object
+    cu_q: object
+    kv_len: object
+    tree_start: object
+    masks: object
+    causal: object
+    page_tables: object
+    logit_rows: object
+
+    @property
+    def num_tokens(self):
+        return self.host.num_tokens
+
+    @property
+    def batch_size(self):
+        return self.host.batch_size
+
+
+class CudaBackend:
+    name = "cuda"
+
+    def __init__(self, dtype: str = "bfloat16", kv_memory_fraction: float = 0.5):
+        import cupy as cp
+
+        if dtype not in ("bfloat16", "float32"):
+            raise MinispecError(f"dtype {dtype!r}: the CUDA backend runs bfloat16 or float32")
+        if not 0 < kv_memory_fraction <= 0.95:
+            raise MinispecError("kv_memory_fraction must be in (0, 0.95]")
+        self.cp = cp
+        self.bf16 = dtype == "bfloat16"
+        self.store_dtype = cp.uint16 if self.bf16 else cp.float32
+        self.kv_memory_fraction = kv_memory_fraction
+        self.modules = {}
+        self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2]
+
+    # ------------------------------------------------------------------ compilation
+    def kernel(self, file: str, name: str):
+        key = (file, self.bf16)
+        if key not in self.modules:
+            source = kernel_source(file)
+            options = ("-std=c++17", "-DSTORAGE_BF16") if self.bf16 else ("-std=c++17",)
+            options += (f"-DSOURCE_HASH_{hashlib.sha1(source.encode()).hexdigest()[:12]}",)
+            self.modules[key] = self.cp.RawModule(code=source, options=options)
+        return self.modules[key].get_function(name)
+
+    def describe(self) -> str:
+        cp = self.cp
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        return f"{props['name'].decode()} ({'bf16' if self.bf16 else 'fp32'} weights)"
+
+    # ------------------------------------------------------------------ memory
+    def _device_bytes(self, shape) -> int:
+        return int(np.prod(shape)) * (2 if self.bf16 else 4)
+
+    def check_fits(self, config, tensors) -> None:
+        needed = sum(self._device_bytes(t.shape) for t in tensors.values())
+        free, total = self.cp.cuda.runtime.memGetInfo()
+        if needed > 0.95 * free:
+            raise MinispecError(
+                f"the model needs {needed / 2**30:.1f} GiB of GPU memory for its weights, but only "
+                f"{free / 2**30:.1f} GiB of {total / 2**30:.1f} GiB is free: use a smaller model or dtype"
+            )
+
+    def default_kv_tokens(self, config, max_model_len: int) -> int:
+        free, _ = self.cp.cuda.runtime.memGetInfo()
+        per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * (2 if self.bf16 else 4)
+        fits = int(self.kv_memory_fraction * free // per_token)
+        if fits < 16:
+            raise MinispecError(f"no GPU memory left for the KV cache ({free / 2**30:.2f} GiB free)")
+        return min(fits, 64 * max_model_len)
+
+    def convert(self, array: np.ndarray):
+        if array.ndim == 1:  # norm weights: tiny, kept in float32
+            return self.cp.asarray(np.asarray(array, dtype=np.float32))
+        if self.bf16:
+            host = np.ascontiguousarray(np.asarray(array).astype(ml_dtypes.bfloat16)).view(np.uint16)
+            return self.cp.asarray(host)
+        return self.cp.asarray(np.ascontiguousarray(array, dtype=np.float32))
+
+    def empty_cache(self, shape):
+        return self.cp.empty(shape, dtype=self.store_dtype)
+
+    def to_host(self, array) -> np.ndarray:
+        return self.cp.asnumpy(array)
+
+    # ------------------------------------------------------------------ step plan
+    def prepare_plan(self, plan: StepPlan) -> DevicePlan:
+        cp = self.cp
+        put = lambda a, dtype: cp.asarray(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
+        return DevicePlan(
+            host=plan, tokens=put(plan.tokens, np.int32), positions=put(plan.positions, np.int32),
+            slots=put(plan.slots, np.int32), cu_q=put(plan.cu_q, np.int32), kv_len=put(plan.kv_len, np.int32),
+            tree_start=put(plan.tree_start, np.int32), masks=put(plan.masks, np.uint64), causal=put(plan.causal, np.int32),
+            page_tables=put(plan.page_tables, np.int32), logit_rows=put(plan.logit_rows, np.int32),
+        )
+
+    # ------------------------------------------------------------------ launchers
+    @staticmethod
+    def _check(array, dtype, ndim, name):
+        if array.dtype != dtype or array.ndim != ndim or not array.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a C-contiguous {ndim}-d {np.dtype(dtype).name} array, got {array.dtype} {array.shape}")
+
+    def embedding(self, table, tokens):
+        cp = self.cp
+        self._check(table, self.store_dtype, 2, "embedding table")
+        out = cp.empty((len(tokens), table.shape[1]), dtype=cp.float32)  # [N, hidden]
+        self.kernel("elementwise.cu", "embedding")((len(tokens),), (256,), (table, tokens, out, np.int32(table.shape[1])))
+        return out
+
+    def add_rmsnorm(self, x, residual, weight, eps):
+        cp = self.cp
+        self._check(x, cp.float32, 2, "rmsnorm input")
+        has_residual = residual is not None
+        residual = residual if has_residual else cp.empty_like(x)
+        out = cp.empty_like(x)
+        self.kernel("elementwise.cu", "add_rmsnorm")(
+            (x.shape[0],), (256,), (x, residual, np.int32(has_residual), weight, out, np.int32(x.shape[1]), np.float32(eps))
+        )
+        return out, residual
+
+    def linear(self, x, weight):
+        """y[M, N] = x[M, K] W[N, K]^T: own tensor-core kernel (bf16) or cuBLAS (float32 mode)."""
+        cp = self.cp
+        self._check(x, cp.float32, 2, "linear input")
+        M, K = x.shape
+        N = weight.shape[0]
+        if weight.shape[1] != K:
+            raise ValueError(f"linear: x has K = {K}, weight is {weight.shape}")
+        if not self.bf16:
+            return cp.matmul(x, weight.T)
+        if K % 16:
+            raise ValueError(f"linear: K = {K} must be a multiple of 16 for the tensor-core kernel")
+        y = cp.empty((M, N), dtype=cp.float32)
+        self.kernel("gemm.cu", "gemm_bf16")(((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
+        return y
+
+    def logits(self, h, lm_head):
+        return self.linear(self.cp.ascontiguousarray(h), lm_head)
+
+    def silu_mul(self, gate_up):
+        cp = self.cp
+        self._check(gate_up, cp.float32, 2, "silu_mul input")
+        N, I = gate_up.shape[0], gate_up.shape[1] // 2
+        out = cp.empty((N, I), dtype=cp.float32)
+        self.kernel("elementwise.cu", "silu_mul")(((N * I + 255) // 256,), (256,), (gate_up, out, np.int32(N), np.int32(I)))
+        return out
+
+    def rope_tables(self, inv_freq, max_position: int):
+        cached = self.rope_cache.get(id(inv_freq))
+        if cached is None or cached[0].shape[0] <= max_position:
+            size = max(4096, 1 << int(max_position).bit_length())
+            angle = np.arange(size, dtype=np.float64)[:, None] * inv_freq[None, :]  # float64 like the reference
+            cached = (self.cp.asarray(np.cos(angle).astype(np.float32)), self.cp.asarray(np.sin(angle).astype(np.float32)))
+            self.rope_cache[id(inv_freq)] = cached
+        return cached
+
+    def qkv_rope(self, qkv, plan: DevicePlan, inv_freq, H, Hkv, D):
+        cp = self.cp
+        self._check(qkv, cp.float32, 2, "qkv")
+        N = qkv.shape[0]
+        positions = plan.positions
+        cos, sin = self.rope_tables(inv_freq, int(plan.host.positions.max()))
+        q = cp.empty((N, H, D), dtype=cp.float32)
+        k = cp.empty((N, Hkv, D), dtype=cp.float32)
+        v = cp.empty((N, Hkv, D), dtype=cp.float32)
+        self.kernel("elementwise.cu", "qkv_rope")((N,), (128,), (qkv, positions, cos, sin, q, k, v, np.int32(H), np.int32(Hkv), np.int32(D)))
+        return q, k, v
+
+    def write_kv(self, k_cache, v_cache, k, v, plan: DevicePlan):
+        _, Hkv, P, D = k_cache.shape
+        self.kernel("kv_cache.cu", "write_kv")((plan.num_tokens,), (128,), (k, v, plan.slots, k_cache, v_cache, np.int32(Hkv), np.int32(P), np.int32(D)))
+
+    def attention(self, q, k_cache, v_cache, plan: DevicePlan, scale: float):
+        cp = self.cp
+        N, H, D = q.shape
+        _, Hkv, P, _ = k_cache.shape
+        if D % 32 or D > 256:
+            raise ValueError(f"attention: head dim {D} must be a multiple of 32 and <= 256")
+        out = cp.empty((N, H * D), dtype=cp.float32)
+        self.kernel("attention.cu", "tree_attention")(
+            (N, H), (32,),
+            (q, k_cache, v_cache, plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
+             np.int32(plan.page_tables.shape[1]), np.int32(plan.batch_size), out, np.int32(H), np.int32(Hkv), np.int32(P),
+             np.int32(D), np.float32(scale)),
+        )
+        return out
+
+    def argmax(self, logits) -> np.ndarray:
+        cp = self.cp
+        logits = cp.ascontiguousarray(logits)
+        ids = cp.empty(logits.shape[0], dtype=cp.int32)
+        self.kernel("sampling.cu", "argmax_rows")((logits.shape[0],), (256,), (logits, ids, np.int32(logits.shape[1])))
+        return cp.asnumpy(ids)
+
+    def copy_page(self, ks, vs, source: int, destination: int) -> None:
+        for cache in (*ks, *vs):
+            cache[destination] = cache[source]
+
+    def move_slots(self, ks, vs, source_slots, destination_slots) -> None:
+        """KV commit: gather every source row into a buffer, then scatter (sources and destinations overlap)."""
+        cp = self.cp
+        source = cp.asarray(np.asarray(source_slots, dtype=np.int32))
+        destination = cp.asarray(np.asarray(destination_slots, dtype=np.int32))
+        _, Hkv, P, D = ks[0].shape
+        buffer = cp.empty((len(source), Hkv, D), dtype=self.store_dtype)
+        gather, scatter = self.kernel("kv_cache.cu", "gather_slots"), self.kernel("kv_cache.cu", "scatter_slots")
+        for cache in (*ks, *vs):
+            gather((len(source),), (128,), (cache, source, buffer, np.int32(Hkv), np.int32(P), np.int32(D)))
+            scatter((len(source),), (128,), (cache, destination, buffer, np.int32(Hkv), np.int32(P), np.int32(D)))

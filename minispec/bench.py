@@ -1,0 +1,72 @@
+"""Benchmarks: `minispec bench spec` (CPU or GPU); the kernel benchmarks need a GPU."""
+
+from __future__ import annotations
+
+import time
+
+from .errors import MinispecError
+
+SPEC_PROMPTS = {
+    "summarise": (
+        "Summarise this in two sentences: The city council met on Monday to discuss the new library. The new library "
+        "will open in the spring, and the new library will have a large children's section, a cafe and a garden. "
+        "The council said the new library will cost less than the old library to run, because the new library uses "
+        "solar panels and the new library has a smaller building."
+    ),
+    "rewrite": (
+        "Rewrite this paragraph in the past tense: The team builds a small robot. The robot walks across the room, "
+        "picks up a red ball and puts the red ball in a box. The team watches the robot and the team writes down "
+        "every step the robot takes."
+    ),
+    "extract": (
+        "Extract every person's name and city from this text as a list of 'name - city': Maria Lopez lives in Madrid. "
+        "John Smith lives in London. Akira Tanaka lives in Tokyo. Fatima Khan lives in Lahore. Pierre Martin lives in Paris."
+    ),
+    "chat": "Tell me a short story about a dragon who learns to bake bread.",
+}
+INPUT_GROUNDED = ("summarise", "rewrite", "extract")
+
+
+def bench_spec(args) -> None:
+    from .llm import LLM
+    from .sampling import SamplingParams
+
+    T = 16
+    configs = [("plain", None, None), (f"chain T={T}", "ngram", (T, T - 1, 1)), (f"tree T={T}", "ngram", (T, 8, 4))]
+    if args.draft and args.draft != "ngram":
+        configs += [(f"{args.draft} chain", args.draft, (8, 7, 1)), (f"{args.draft} tree", args.draft, (T, 5, 3))]
+    llm = LLM(model=args.model, device=args.device, dtype=args.dtype, kv_cache_tokens=args.kv_cache_tokens)
+    params = SamplingParams(temperature=0, max_tokens=48 if args.quick else 128)
+    prompts = {k: v for k, v in SPEC_PROMPTS.items() if not args.quick or k in ("summarise", "chat")}
+    print(f"minispec bench spec: {llm.model_dir.name} on {llm.backend.describe()}, greedy, {params.max_tokens} new tokens")
+    print(f"{'prompt':<10} {'decoding':<14} {'tokens/forward':>15} {'tokens/s':>9} {'speed-up':>9}  same output")
+    for name, text in prompts.items():
+        ids = llm.chat_prompt([{"role": "user", "content": text}])
+        baseline = None
+        for label, draft, tree in configs:
+            llm.use_drafter(draft, tree)
+            llm.generate(ids[:8], SamplingParams(temperature=0, max_tokens=2))  # warm-up (compile, caches)
+            start = time.perf_counter()
+            result = llm.generate(ids, params)
+            elapsed = time.perf_counter() - start
+            rate = len(result.token_ids) / elapsed
+            if baseline is None:
+                baseline = (rate, result.token_ids)
+            print(
+                f"{name:<10} {label:<14} {result.stats.tokens_per_step:>15.2f} {rate:>9.1f} {rate / baseline[0]:>8.2f}x  "
+                f"{'yes' if result.token_ids == baseline[1] else 'NO'}"
+            )
+    llm.use_drafter(None)
+
+
+def main(args) -> None:
+    runners = {"spec": bench_spec}
+    try:
+        from . import bench_gpu
+
+        runners.update(bench_gpu.RUNNERS)
+    except ImportError:
+        pass
+    if args.what not in runners:
+        raise MinispecError(f"bench {args.what} is not available in this build")
+    runners[args.what](args)

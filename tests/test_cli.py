@@ -1,0 +1,36 @@
+"""The README's commands, end to end on the default model (CPU)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "minispec.cli", *args], input=stdin, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_generate_answers_paris(default_model):
+    result = run("generate", "--device", "cpu", "What is the capital of France?")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+@pytest.mark.slow
+def test_chat_keeps_the_conversation_and_resets(default_model):
+    script = "My name is Ada.\nWhat is my name?\n/reset\n/exit\n"
+    result = run("chat", "--device", "cpu", "--max-tokens", "24", stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert "Ada" in result.stdout
+    assert "tokens/s" in result.stderr and "conversation cleared" in result.stderr
+
+
+def test_help_explains_every_command():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("fetch", "generate", "chat", "bench"):
+        assert command in result.stdout
+    assert "--draft" in run("generate", "--help").stdout

@@ -1,0 +1,109 @@
+"""Bad input: a clear one-line error (CLI exit code 1), never a half-written or half-loaded model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from minispec import LLM, MinispecError, SamplingParams
+from minispec.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "minispec.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_missing_model_path(tmp_path):
+    with pytest.raises(MinispecError, match="not found"):
+        LLM(model=str(tmp_path / "nope"), device="cpu")
+
+
+def test_directory_without_config(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MinispecError, match="no config.json"):
+        LLM(model=str(tmp_path / "empty"), device="cpu")
+
+
+def test_unsupported_architecture(tiny_model):
+    config = json.loads((tiny_model / "config.json").read_text())
+    config.update(architectures=["GPT2LMHeadModel"], model_type="gpt2")
+    (tiny_model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MinispecError, match="unsupported architecture"):
+        LLM(model=str(tiny_model), device="cpu")
+
+
+def test_truncated_safetensors(tiny_model):
+    path = tiny_model / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(MinispecError, match="truncated"):
+        LLM(model=str(tiny_model), device="cpu")
+
+
+def test_missing_tokenizer(tiny_model):
+    (tiny_model / "tokenizer.json").unlink()
+    with pytest.raises(MinispecError, match="no tokenizer.json"):
+        LLM(model=str(tiny_model), device="cpu")
+
+
+def test_prompt_over_the_context_limit(tiny_model):
+    llm = LLM(model=str(tiny_model), device="cpu", max_model_len=64)
+    with pytest.raises(MinispecError, match="over the context limit of 64"):
+        llm.generate("x" * 64, SamplingParams(max_tokens=4))
+    assert llm.cache.free_pages == llm.cache.num_pages
+    # generation stops at the limit rather than running past it
+    result = llm.generate("x" * 60, SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
+    assert result.finish_reason == "length" and len(result.token_ids) == 4
+
+
+def test_cuda_without_gpu_is_a_one_line_error(tiny_model):
+    from minispec.backends import cuda_available
+
+    if cuda_available():
+        pytest.skip("a GPU is present")
+    result = run_cli("generate", "hi", "--model", str(tiny_model), "--device", "cuda")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "--device cpu" in result.stderr
+
+
+@pytest.mark.parametrize("flags,message", [(["--temperature", "-1"], "temperature"), (["--top-p", "0"], "top_p"), (["-n", "0"], "n must be")])
+def test_cli_invalid_sampling_values(tiny_model, flags, message, capsys):
+    assert main(["generate", "hi", "--model", str(tiny_model), "--device", "cpu", *flags]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_cli_bad_model_path(tmp_path, capsys):
+    assert main(["generate", "hi", "--model", str(tmp_path / "missing"), "--device", "cpu"]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_interrupted_conversion_leaves_no_model(tmp_path, monkeypatch):
+    from minispec import fetch
+
+    monkeypatch.setenv("MINISPEC_WEIGHTS", str(tmp_path))
+    fake = tmp_path / "broken.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(MinispecError):
+        fetch.fetch_default_model(source=fake)
+    assert not (tmp_path / fetch.DEFAULT_MODEL).exists()
+    assert not any(p.name.startswith(".") and "partial" in p.name for p in tmp_path.iterdir())
+
+
+def test_conversion_interrupted_while_writing_leaves_no_model(tmp_path, monkeypatch, default_gguf):
+    from minispec import fetch
+
+    monkeypatch.setenv("MINISPEC_WEIGHTS", str(tmp_path))
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fetch, "gguf_tokenizer_json", explode)  # dies after the weights are written
+    with pytest.raises(KeyboardInterrupt):
+        fetch.fetch_default_model(source=default_gguf)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(MinispecError, match="not fetched"):
+        fetch.resolve_model(fetch.DEFAULT_MODEL, fetch_if_missing=False)
