@@ -41,7 +41,7 @@ extern "C" __global__ void tree_attention(
         query[e] = q[((long long)n * H + h) * D + lane + 32 * e] * scale;
         acc[e] = 0.0f;
     }
-    float running_max = -INFINITY, denominator = 0.0f;
+    float running_max = -__int_as_float(0x7f800000), denominator = 0.0f;
     int last = is_causal ? S - T + i : S - 1;
     for (int j = 0; j <= last; j++) {
         if (!is_causal && j >= start && !((mask >> (j - start)) & 1ull)) continue;

@@ -8,7 +8,7 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ logits, int* __
     __shared__ float best_value[256];
     __shared__ int best_index[256];
     const float* row = logits + (long long)blockIdx.x * V;
-    float value = -INFINITY;
+    float value = -__int_as_float(0x7f800000);
     int index = 0x7fffffff;
     for (int v = threadIdx.x; v < V; v += blockDim.x) {
         float x = row[v];

@@ -30,7 +30,10 @@ def ancestors(parents, i):
 
 
 def make_problem(rng, page_size: int, specs, H=4, Hkv=2, D=16, spare_pages=5, dtype=np.float32):
-    """specs: list of (L, kind, T) with kind "chunk" or a tree shape. Returns (q, k_cache, v_cache, plan, expected)."""
+    """specs: list of (L, kind, T) with kind "chunk" or a tree shape. Returns (q, k_cache, v_cache, plan, expected).
+
+    dtype is the cache's storage type (float32 or ml_dtypes.bfloat16); the reference uses the stored values.
+    """
     G = H // Hkv
     total_pages = sum(-(-(L + T) // page_size) for L, _, T in specs) + spare_pages
     k_cache = np.full((total_pages, Hkv, page_size, D), np.nan, dtype=dtype)  # foreign pages stay NaN
@@ -39,13 +42,13 @@ def make_problem(rng, page_size: int, specs, H=4, Hkv=2, D=16, spare_pages=5, dt
     items, expected, queries = [], [], []
     for L, kind, T in specs:
         S = L + T
-        keys = rng.normal(size=(S, Hkv, D)).astype(dtype) * 2  # peaked softmax: a wrong mask shows
+        keys = (rng.normal(size=(S, Hkv, D)) * 2).astype(dtype)  # peaked softmax: a wrong mask shows
         values = rng.normal(size=(S, Hkv, D)).astype(dtype)
         table = [int(free.pop()) for _ in range(-(-S // page_size))]
         for s in range(S):
             k_cache[table[s // page_size], :, s % page_size] = keys[s]
             v_cache[table[s // page_size], :, s % page_size] = values[s]
-        q = rng.normal(size=(T, H, D)).astype(dtype) * 2
+        q = (rng.normal(size=(T, H, D)) * 2).astype(np.float32)
         if kind == "chunk":
             item = StepItem.chunk(table, L, np.zeros(T, dtype=np.int64), all_logits=True)
             visible = [set(range(L + i + 1)) for i in range(T)]

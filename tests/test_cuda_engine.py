@@ -1,0 +1,84 @@
+"""The engine on the GPU against the NumPy reference, end to end (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minispec import LLM, SamplingParams
+
+pytestmark = pytest.mark.gpu
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Rewrite in the past tense: I walk to the shop and I buy bread, then I walk home."]
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(default_llm):
+    return [default_llm.chat_prompt([{"role": "user", "content": p}]) for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def reference_outputs(default_llm, prompt_ids):
+    return [r.token_ids for r in default_llm.generate(prompt_ids, SamplingParams(temperature=0, max_tokens=64, ignore_eos=True))]
+
+
+@pytest.fixture(scope="module")
+def gpu_fp32(default_model):
+    return LLM(model=str(default_model), device="cuda", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def gpu_bf16(default_model):
+    return LLM(model=str(default_model), device="cuda", dtype="bfloat16")
+
+
+def test_fp32_logits_and_greedy_match_reference(default_llm, gpu_fp32, prompt_ids, reference_outputs):
+    for ids in prompt_ids:
+        expected = default_llm.logits(ids)
+        got = gpu_fp32.logits(ids)
+        assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-4
+    results = gpu_fp32.generate(prompt_ids, SamplingParams(temperature=0, max_tokens=64, ignore_eos=True))
+    assert [r.token_ids for r in results] == reference_outputs
+
+
+def test_bf16_logits_close_and_greedy_starts_identical(default_llm, gpu_bf16, prompt_ids, reference_outputs):
+    ids = prompt_ids[0]
+    expected, got = default_llm.logits(ids), gpu_bf16.logits(ids)
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= 3e-2
+    results = gpu_bf16.generate(prompt_ids, SamplingParams(temperature=0, max_tokens=64, ignore_eos=True))
+    for result, expected_ids in zip(results, reference_outputs):
+        assert result.token_ids[:16] == expected_ids[:16]
+    assert "Paris" in gpu_bf16.chat([{"role": "user", "content": PROMPTS[0]}], SamplingParams(temperature=0, max_tokens=20)).text
+
+
+@pytest.mark.parametrize(
+    "draft,tree", [("ngram", (1, 1, 1)), ("ngram", (8, 7, 1)), ("ngram", (16, 6, 4)), ("ngram", (64, 8, 8)), ("self:6", (12, 4, 3))]
+)
+def test_speculative_equals_plain_on_gpu(gpu_bf16, prompt_ids, draft, tree):
+    params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+    gpu_bf16.use_drafter(None)
+    plain = [r.token_ids for r in gpu_bf16.generate(prompt_ids, params)]
+    gpu_bf16.use_drafter(draft, tree)
+    try:
+        spec = [r.token_ids for r in gpu_bf16.generate(prompt_ids, params)]
+    finally:
+        gpu_bf16.use_drafter(None)
+    assert spec == plain
+    assert gpu_bf16.cache.free_pages == gpu_bf16.cache.num_pages
+
+
+def test_parallel_samples_reproducible_on_gpu(gpu_bf16):
+    params = SamplingParams(n=3, temperature=0.9, top_p=0.95, seed=11, max_tokens=24)
+    first = [s.token_ids for s in gpu_bf16.generate("Tell me a joke.", params).samples]
+    assert first == [s.token_ids for s in gpu_bf16.generate("Tell me a joke.", params).samples]
+    assert gpu_bf16.cache.free_pages == gpu_bf16.cache.num_pages
+
+
+def test_model_too_large_is_a_clear_error(default_model, monkeypatch):
+    import cupy as cp
+
+    from minispec import MinispecError
+
+    monkeypatch.setattr(cp.cuda.runtime, "memGetInfo", lambda: (100 << 20, 80 << 30))
+    with pytest.raises(MinispecError, match="GiB of GPU memory"):
+        LLM(model=str(default_model), device="cuda")

@@ -1,0 +1,163 @@
+"""Every CUDA kernel against its NumPy reference (run on an H100/H200; skipped without a GPU).
+
+Random inputs (never zeros); every allocation is poisoned with NaN bytes before
+a kernel writes it; foreign pages hold NaN; odd sizes; page sizes 1, 3, 16.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from minispec.backends import numpy_backend as ref
+
+from .attention_cases import make_problem, problem_specs
+
+pytestmark = pytest.mark.gpu
+BF16 = ml_dtypes.bfloat16
+
+
+@pytest.fixture(autouse=True)
+def poisoned_allocations():
+    """Fill every new device allocation with 0xFF bytes (NaN in fp32 and bf16) so unwritten outputs show."""
+    import cupy as cp
+
+    pool = cp.cuda.MemoryPool()
+
+    def allocate(size):
+        memory = pool.malloc(size)
+        cp.cuda.runtime.memset(memory.ptr, 0xFF, size)
+        return memory
+
+    cp.cuda.set_allocator(allocate)
+    yield
+    cp.cuda.set_allocator(cp.get_default_memory_pool().malloc)
+
+
+def backend(dtype):
+    from minispec.backends.cuda_backend import CudaBackend
+
+    return CudaBackend(dtype=dtype)
+
+
+def stored(array, dtype):
+    """Host values exactly as the backend stores them."""
+    return np.asarray(array, dtype=np.float32).astype(BF16).astype(np.float32) if dtype == "bfloat16" else np.asarray(array, dtype=np.float32)
+
+
+def assert_close(out, expected, rtol, atol, what):
+    out, expected = np.asarray(out, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert np.isfinite(out).all(), f"{what}: {np.size(out) - np.isfinite(out).sum()} non-finite outputs (unwritten or poisoned reads)"
+    error = np.abs(out - expected) - (atol + rtol * np.abs(expected))
+    worst = np.unravel_index(np.argmax(error), error.shape)
+    assert error.max() <= 0, f"{what}: worst element {worst}: got {out[worst]}, expected {expected[worst]}"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_elementwise_kernels(dtype):
+    import cupy as cp
+
+    be, rng = backend(dtype), np.random.default_rng(0)
+    V, C, N = 301, 200, 37
+    table = rng.normal(size=(V, C)).astype(np.float32)
+    tokens = rng.integers(0, V, size=N).astype(np.int32)
+    out = be.embedding(be.convert(table), cp.asarray(tokens))
+    assert_close(cp.asnumpy(out), ref.embedding(stored(table, dtype), tokens), 0, 0, "embedding")
+
+    x = rng.normal(size=(N, C)).astype(np.float32)
+    residual = rng.normal(size=(N, C)).astype(np.float32)
+    weight = (1 + 0.1 * rng.normal(size=C)).astype(np.float32)
+    for with_residual in (False, True):
+        h, r = be.add_rmsnorm(cp.asarray(x), cp.asarray(residual) if with_residual else None, be.convert(weight), 1e-5)
+        h_ref, r_ref = ref.add_rmsnorm(x, residual if with_residual else None, weight, 1e-5)
+        assert_close(cp.asnumpy(h), h_ref, 1e-5, 1e-5, "add_rmsnorm")
+        assert_close(cp.asnumpy(r), r_ref, 0, 0, "add_rmsnorm residual")
+
+    H, Hkv, D = 6, 2, 64
+    qkv = rng.normal(size=(N, (H + 2 * Hkv) * D)).astype(np.float32)
+    positions = rng.integers(0, 5000, size=N).astype(np.int32)
+    inv_freq = 1.0 / (10000.0 ** (np.arange(0, D, 2) / D))
+    from minispec.step import StepPlan
+
+    class Plan:  # only what qkv_rope reads
+        host = StepPlan(*(np.zeros(1),) * 10)
+    plan = Plan()
+    plan.host.positions, plan.positions = positions, cp.asarray(positions)
+    q, k, v = be.qkv_rope(cp.asarray(qkv), plan, inv_freq, H, Hkv, D)
+    q_ref, k_ref, v_ref = ref.split_qkv_rope(qkv, positions, inv_freq, H, Hkv, D)
+    for got, want, name in ((q, q_ref, "rope q"), (k, k_ref, "rope k"), (v, v_ref, "v")):
+        assert_close(cp.asnumpy(got), want, 1e-5, 1e-5, name)
+
+    gate_up = rng.normal(size=(N, 2 * 97)).astype(np.float32) * 3
+    assert_close(cp.asnumpy(be.silu_mul(cp.asarray(gate_up))), ref.silu_mul(gate_up), 1e-5, 1e-6, "silu_mul")
+
+
+@pytest.mark.parametrize("M", [1, 3, 16, 17, 64, 65, 130])
+@pytest.mark.parametrize("N,K", [(8, 16), (200, 576), (577, 1536)])
+def test_gemm_bf16_matches_reference(M, N, K):
+    import cupy as cp
+
+    be, rng = backend("bfloat16"), np.random.default_rng(M * N + K)
+    x = rng.normal(size=(M, K)).astype(np.float32)
+    w = rng.normal(size=(N, K)).astype(np.float32) / np.sqrt(K)
+    y = cp.asnumpy(be.linear(cp.asarray(x), be.convert(w)))
+    expected = stored(x, "bfloat16").astype(np.float64) @ stored(w, "bfloat16").astype(np.float64).T  # bf16 operands, exact sums
+    assert_close(y, expected, 1e-3, 1e-3 * np.abs(expected).max(), f"gemm M={M} N={N} K={K}")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("page_size", [1, 3, 16])
+@pytest.mark.parametrize("D", [64, 128])
+def test_tree_attention_matches_dense_reference(dtype, page_size, D):
+    import cupy as cp
+
+    be, rng = backend(dtype), np.random.default_rng(page_size * D)
+    storage = BF16 if dtype == "bfloat16" else np.float32
+    q, k_cache, v_cache, plan, expected = make_problem(rng, page_size, problem_specs(page_size), H=8, Hkv=2, D=D, dtype=storage)
+    to_device = (lambda a: cp.asarray(a.view(np.uint16))) if dtype == "bfloat16" else cp.asarray
+    out = be.attention(cp.asarray(q), to_device(k_cache), to_device(v_cache), be.prepare_plan(plan), 1 / np.sqrt(D))
+    reference = ref.attention(q, k_cache.astype(np.float32), v_cache.astype(np.float32), plan, 1 / np.sqrt(D))
+    assert_close(cp.asnumpy(out), reference, 2e-4, 2e-4, "tree attention vs NumPy reference")
+    assert_close(cp.asnumpy(out), expected, 2e-4, 2e-4, "tree attention vs dense reference")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_kv_write_and_commit(dtype):
+    import cupy as cp
+
+    be, rng = backend(dtype), np.random.default_rng(5)
+    NP, Hkv, P, D = 7, 3, 3, 64
+    initial = rng.normal(size=(NP, Hkv, P, D)).astype(np.float32)
+    k_cache, v_cache = be.convert(initial), be.convert(-initial)
+    slots = np.array([4, 0, 20, -1, 11, 7], dtype=np.int32)
+    k = rng.normal(size=(len(slots), Hkv, D)).astype(np.float32)
+    v = rng.normal(size=(len(slots), Hkv, D)).astype(np.float32)
+
+    class Plan:
+        num_tokens = len(slots)
+    plan = Plan()
+    plan.slots = cp.asarray(slots)
+    be.write_kv(k_cache, v_cache, cp.asarray(k), cp.asarray(v), plan)
+    k_ref, v_ref = stored(initial, dtype), stored(-initial, dtype)
+    ref.write_kv(k_ref, v_ref, stored(k, dtype), stored(v, dtype), slots, P)
+    host = lambda a: a.get().view(BF16).astype(np.float32) if dtype == "bfloat16" else a.get()  # noqa: E731
+    assert_close(host(k_cache), k_ref, 0, 0, "write_kv k")
+    assert_close(host(v_cache), v_ref, 0, 0, "write_kv v")
+    # commit with overlapping moves: accept nodes 0, 2, 3 after rejecting 1 (L = 5): 7 -> 6, 8 -> 7
+    source, destination = np.array([7, 8, 13, 14]), np.array([6, 7, 12, 13])
+    be.move_slots([k_cache], [v_cache], source, destination)
+    from minispec.backends.numpy_backend import NumpyBackend
+
+    NumpyBackend().move_slots([k_ref], [v_ref], source, destination)
+    assert_close(host(k_cache), k_ref, 0, 0, "commit k")
+    assert_close(host(v_cache), v_ref, 0, 0, "commit v")
+
+
+def test_argmax_rows_first_index_on_ties():
+    import cupy as cp
+
+    be, rng = backend("bfloat16"), np.random.default_rng(9)
+    logits = rng.normal(size=(33, 49157)).astype(np.float32)
+    logits[3, [10, 20000, 40000]] = 50.0  # ties: the first index wins, as in numpy
+    assert (be.argmax(cp.asarray(logits)) == np.argmax(logits, axis=-1)).all()
