@@ -1,16 +1,24 @@
-// Small-M GEMM on tensor cores: y[M, N] = x[M, K] . W[N, K]^T, bf16 operands, fp32 accumulate.
+// Small-M GEMM on tensor cores, streaming the weights: y[M, N] = x[M, K] . W[N, K]^T (M <= 64 per launch row-tile).
 //
-// x float [M, K] (rounded to bf16 as it is loaded), W bf16 [N, K] (the checkpoint layout), y float [M, N].
-// K must be a multiple of 16 (the launcher checks; every Llama width is).
-// mma.sync.m16n8k16.row.col (PTX; NVRTC cannot include <mma.h> here). Fragments, g = lane / 4, t = lane % 4:
-//   A (16x16, rows of x):  a0 = (g, 2t..2t+1)  a1 = (g+8, 2t..)  a2 = (g, 2t+8..)  a3 = (g+8, 2t+8..)
-//   B (16x8, k x n):       b0 = (k 2t..2t+1, n g)  b1 = (k 2t+8.., n g)   -> two consecutive bf16 of W row n
-//   C (16x8):              c0,c1 = (g, 2t..2t+1)   c2,c3 = (g+8, 2t..)
-// Launch: grid (ceil(N / 32), ceil(M / 64)), block 128: warp w owns columns (blockIdx.x * 4 + w) * 8 .. +8
-// and the rows blockIdx.y * 64 .. +64 in four m16 tiles, so each weight is read once per 64 rows.
-// This is the first correct version; the weight-streaming version (wide loads, several in flight,
-// split-K) is the speed issue's work.
-// NumPy reference: numpy_backend.linear. Tests: tests/test_cuda_kernels.py.
+// Decode and tree verify have M = B * T <= 64 rows, so the cost is reading W once (N * K * 2 bytes);
+// the kernel is built to keep many wide weight loads in flight.
+//
+// Operands: x bf16 [M, K] (activations are converted once per GEMM by to_bf16), W bf16 [N, K]
+// (the checkpoint layout, y = x W^T), partial float [splits, M, N] (y itself when splits == 1).
+// K / splits must be a multiple of 32 (the launcher checks; else it uses the plain kernel below).
+//
+// mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32 (inline PTX). Standard fragments, g = lane / 4, t = lane % 4:
+//   A: a0 = (row g, k 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B: b0 = (k 2t..2t+1, col g), b1 = (k 2t+8..2t+9, col g);  C: c0,c1 = (g, 2t..), c2,c3 = (g+8, 2t..)
+// The sum over k does not care about the order of k, so we permute k inside each 32-wide block to match
+// one 16-byte load per lane: lane (g, t) loads W[n0 + g][kb + 8t .. kb + 8t + 7] and uses elements
+// 0-3 as (b0, b1) of the first mma and 4-7 as those of the second; its A fragments are read from the
+// same physical k positions of x, so each product pairs the right x and W elements.
+// Launch: grid (ceil(N / 64), splits, ceil(M / 64)), block 256 (8 warps x 8 columns); block (bx, s)
+// covers columns bx*64 .. +64 and k range [s * K / splits, (s+1) * K / splits) in 128-wide steps with
+// four 16-byte loads per lane in flight, then 32-wide steps for the rest. splits > 1 writes partials that reduce_splits sums in a fixed
+// order (deterministic: the same inputs give the same bits).
+// NumPy reference: numpy_backend.linear (on bf16-rounded x and W). Tests: tests/test_cuda_kernels.py.
 #include <cuda_bf16.h>
 
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
@@ -18,6 +26,74 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
     return *reinterpret_cast<unsigned*>(&v);
 }
 
+__device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// x float [M, K] -> bf16 [M, K]
+extern "C" __global__ void to_bf16(const float* __restrict__ x, __nv_bfloat16* __restrict__ out, long long count) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) out[i] = __float2bfloat16_rn(x[i]);
+}
+
+// Two mmas over one 32-wide k block: lane's 16-byte weight load b covers physical k .. k + 7.
+__device__ __forceinline__ void mma_block(float (*acc)[4], const __nv_bfloat16* __restrict__ x, uint4 b, int k,
+                                          int m_base, int m_tiles, int M, int K, int g) {
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++) {
+        if (mt >= m_tiles) break;
+        int r0 = m_base + mt * 16 + g, r1 = r0 + 8;
+        uint4 x0 = r0 < M ? *reinterpret_cast<const uint4*>(x + (long long)r0 * K + k) : make_uint4(0, 0, 0, 0);
+        uint4 x1 = r1 < M ? *reinterpret_cast<const uint4*>(x + (long long)r1 * K + k) : make_uint4(0, 0, 0, 0);
+        mma_bf16(acc[mt], x0.x, x1.x, x0.y, x1.y, b.x, b.y);
+        mma_bf16(acc[mt], x0.z, x1.z, x0.w, x1.w, b.z, b.w);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemm_stream(
+    const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w, float* __restrict__ out,
+    int M, int N, int K) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    int n0 = blockIdx.x * 64 + warp * 8, m_base = blockIdx.z * 64;
+    int k_per_split = K / gridDim.y, k_begin = blockIdx.y * k_per_split, k_end = k_begin + k_per_split;
+    int n = min(n0 + g, N - 1);  // clamped rows are computed and dropped at the store
+    const uint4* w_row = reinterpret_cast<const uint4*>(w + (long long)n * K);
+    int m_tiles = min(4, (M - m_base + 15) / 16);
+    float acc[4][4] = {};
+    int kb = k_begin;
+    for (; kb + 128 <= k_end; kb += 128) {
+        uint4 b[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) b[j] = __ldg(w_row + (kb + 32 * j + 8 * t) / 8);  // four 16-byte loads in flight
+#pragma unroll
+        for (int j = 0; j < 4; j++) mma_block(acc, x, b[j], kb + 32 * j + 8 * t, m_base, m_tiles, M, K, g);
+    }
+    for (; kb < k_end; kb += 32) mma_block(acc, x, __ldg(w_row + (kb + 8 * t) / 8), kb + 8 * t, m_base, m_tiles, M, K, g);
+    float* dst = out + (long long)blockIdx.y * M * N;
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++) {
+        int r0 = m_base + mt * 16 + g, r1 = r0 + 8, c = n0 + 2 * t;
+        if (r0 < M && c < N) dst[(long long)r0 * N + c] = acc[mt][0];
+        if (r0 < M && c + 1 < N) dst[(long long)r0 * N + c + 1] = acc[mt][1];
+        if (r1 < M && c < N) dst[(long long)r1 * N + c] = acc[mt][2];
+        if (r1 < M && c + 1 < N) dst[(long long)r1 * N + c + 1] = acc[mt][3];
+    }
+}
+
+// y[i] = sum over s of partial[s, i], in split order.   grid (ceil(M * N / 256)), block 256.
+extern "C" __global__ void reduce_splits(const float* __restrict__ partial, float* __restrict__ y, int splits, long long count) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    float sum = 0.0f;
+    for (int s = 0; s < splits; s++) sum += partial[s * count + i];
+    y[i] = sum;
+}
+
+// The plain version for any K that is a multiple of 16 (one 4-byte weight load per fragment).
+// Launch: grid (ceil(N / 32), ceil(M / 64)), block 128: warp w owns columns (blockIdx.x * 4 + w) * 8 .. +8.
 extern "C" __global__ void gemm_bf16(const float* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                                      float* __restrict__ y, int M, int N, int K) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -27,8 +103,8 @@ extern "C" __global__ void gemm_bf16(const float* __restrict__ x, const __nv_bfl
     const __nv_bfloat16* w_row = w + (long long)min(n, N - 1) * K;
     float acc[4][4] = {};
     for (int k0 = 0; k0 < K; k0 += 16) {
-        unsigned b0 = n < N ? *reinterpret_cast<const unsigned*>(w_row + k0 + 2 * t) : 0u;
-        unsigned b1 = n < N ? *reinterpret_cast<const unsigned*>(w_row + k0 + 2 * t + 8) : 0u;
+        unsigned b0 = *reinterpret_cast<const unsigned*>(w_row + k0 + 2 * t);
+        unsigned b1 = *reinterpret_cast<const unsigned*>(w_row + k0 + 2 * t + 8);
 #pragma unroll
         for (int mt = 0; mt < 4; mt++) {
             int r0 = m_base + mt * 16 + g, r1 = r0 + 8;
@@ -37,12 +113,7 @@ extern "C" __global__ void gemm_bf16(const float* __restrict__ x, const __nv_bfl
             float2 x10 = r1 < M ? *reinterpret_cast<const float2*>(x + (long long)r1 * K + k0 + 2 * t) : make_float2(0, 0);
             float2 x01 = r0 < M ? *reinterpret_cast<const float2*>(x + (long long)r0 * K + k0 + 2 * t + 8) : make_float2(0, 0);
             float2 x11 = r1 < M ? *reinterpret_cast<const float2*>(x + (long long)r1 * K + k0 + 2 * t + 8) : make_float2(0, 0);
-            unsigned a0 = pack_bf16(x00.x, x00.y), a1 = pack_bf16(x10.x, x10.y);
-            unsigned a2 = pack_bf16(x01.x, x01.y), a3 = pack_bf16(x11.x, x11.y);
-            asm volatile(
-                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                : "+f"(acc[mt][0]), "+f"(acc[mt][1]), "+f"(acc[mt][2]), "+f"(acc[mt][3])
-                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+            mma_bf16(acc[mt], pack_bf16(x00.x, x00.y), pack_bf16(x10.x, x10.y), pack_bf16(x01.x, x01.y), pack_bf16(x11.x, x11.y), b0, b1);
         }
     }
 #pragma unroll

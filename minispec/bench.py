@@ -32,7 +32,7 @@ def bench_spec(args) -> None:
     from .sampling import SamplingParams
 
     T = 16
-    configs = [("plain", None, None), (f"chain T={T}", "ngram", (T, T - 1, 1)), (f"tree T={T}", "ngram", (T, 8, 4))]
+    configs = [("plain", None, None), (f"chain T={T}", "ngram", (T, T - 1, 1)), (f"tree T={T}", "ngram", (T, T - 1, 4))]
     if args.draft and args.draft != "ngram":
         configs += [(f"{args.draft} chain", args.draft, (8, 7, 1)), (f"{args.draft} tree", args.draft, (T, 5, 3))]
     llm = LLM(model=args.model, device=args.device, dtype=args.dtype, kv_cache_tokens=args.kv_cache_tokens)

@@ -20,7 +20,7 @@ from .tree import MAX_TREE_NODES, Tree
 @dataclass(frozen=True)
 class TreeBudget:
     nodes: int = 16  # T, root included
-    depth: int = 6  # longest draft path
+    depth: int = 12  # longest draft path
     width: int = 4  # continuations / children per expanded node
 
     def __post_init__(self):
@@ -31,7 +31,7 @@ class TreeBudget:
 
     @classmethod
     def parse(cls, text) -> "TreeBudget":
-        """"T,depth,width" (e.g. "16,6,4"), a tuple, or None for the default."""
+        """"T,depth,width" (e.g. "16,12,4"), a tuple, or None for the default."""
         if text is None:
             return cls()
         if isinstance(text, TreeBudget):
@@ -51,26 +51,34 @@ class TreeBudget:
 
 
 class Trie:
-    """Builds a Tree from token paths below a root, sharing common prefixes, within a node budget."""
+    """Token paths below a root sharing common prefixes, within a node budget; `best` cuts a Tree out of it."""
 
     def __init__(self, root: int, max_nodes: int):
         self.tokens, self.parents, self.max_nodes = [root], [-1], max_nodes
         self.child = {}  # (parent node, token) -> node
 
-    def insert(self, path) -> None:
-        node = 0
-        for token in path:
-            token = int(token)
-            if (node, token) not in self.child:
-                if len(self.tokens) >= self.max_nodes:
-                    return
-                self.child[(node, token)] = len(self.tokens)
-                self.tokens.append(token)
-                self.parents.append(node)
-            node = self.child[(node, token)]
+    def insert_child(self, node: int, token: int) -> None:
+        if (node, token) not in self.child and len(self.tokens) < self.max_nodes:
+            self.child[(node, token)] = len(self.tokens)
+            self.tokens.append(token)
+            self.parents.append(node)
 
     def tree(self) -> Tree:
         return Tree(self.tokens, self.parents)
+
+    def best(self, score: np.ndarray, nodes: int, width: int) -> Tree:
+        """The root and the best-scoring nodes (at most `width` children each), ancestors first."""
+        kept, per_parent = [0], {}
+        for node in sorted(range(1, len(self.tokens)), key=lambda n: (-score[n], n)):
+            parent = self.parents[node]
+            if len(kept) >= nodes:
+                break
+            if parent in kept and per_parent.get(parent, 0) < width:
+                kept.append(node)
+                per_parent[parent] = per_parent.get(parent, 0) + 1
+        kept.sort()  # creation order is topological
+        index = {node: i for i, node in enumerate(kept)}
+        return Tree([self.tokens[n] for n in kept], [-1] + [index[self.parents[n]] for n in kept[1:]])
 
 
 class NoDrafter:
@@ -87,40 +95,73 @@ class NoDrafter:
 
 
 class NgramDrafter(NoDrafter):
-    """Prompt lookup: continuations of the longest recent suffix match in prompt + output, merged into a tree."""
+    """Prompt lookup: continuations of recent suffix matches in prompt + output, merged into a tree.
 
-    def __init__(self, budget: TreeBudget, max_ngram: int = 4):
+    Matches of the longest suffix come first (most recent first), then shorter
+    ones; each continuation weighs its match length. A node's value estimates
+    the chance the target reaches it: value(child) = value(parent) * alpha *
+    weight(child) / weight(parent), where alpha is this sequence's measured
+    rate at which a drafted child of an accepted node is accepted. The best
+    T - 1 nodes are kept: deep single branches when drafts are reliable
+    (copying), bushier trees when they are not. Width 1 uses the first
+    continuation only: a chain.
+    """
+
+    def __init__(self, budget: TreeBudget, max_ngram: int = 4, max_matches: int = 8):
         self.budget = budget
         self.max_ngram = max_ngram
+        self.max_matches = max_matches if budget.width > 1 else 1
+        self.history = {}  # id(seq) -> [accepted children, tries, last tree]
 
-    def continuations(self, tokens: np.ndarray) -> list[np.ndarray]:
-        """Up to `width` continuations, longest suffix match first, most recent first."""
-        found, seen = [], set()
-        depth, width = self.budget.depth, self.budget.width
+    def continuations(self, tokens: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """(continuation, match length) pairs, longest match first, most recent first."""
+        found = []
         for n in range(min(self.max_ngram, len(tokens) - 1), 0, -1):
             suffix = tokens[-n:]
-            # starts i with tokens[i:i+n] == suffix and at least one token after the match
-            starts = np.nonzero(tokens[: len(tokens) - n] == suffix[0])[0]
+            starts = np.nonzero(tokens[: len(tokens) - n] == suffix[0])[0]  # candidate i with tokens[i:i+n] == suffix
             for i in starts[::-1]:
                 if np.array_equal(tokens[i : i + n], suffix):
-                    continuation = tokens[i + n : i + n + depth]
-                    key = tuple(continuation)
-                    if key not in seen:
-                        seen.add(key)
-                        found.append(continuation)
-                        if len(found) >= width:
-                            return found
+                    found.append((tokens[i + n : i + n + self.budget.depth], n))
+                    if len(found) >= self.max_matches:
+                        return found
         return found
 
     def propose(self, seqs, budgets) -> list[Tree]:
         trees = []
         for seq, budget in zip(seqs, budgets):
+            history = self.history.setdefault(id(seq), [1.0, 2.0, None])
+            alpha = history[0] / history[1]  # Laplace-smoothed acceptance rate of drafted children
             tokens = np.asarray(seq.tokens)
-            trie = Trie(int(tokens[-1]), min(self.budget.nodes, budget))
-            for continuation in self.continuations(tokens):
-                trie.insert(continuation)
-            trees.append(trie.tree())
+            trie = Trie(int(tokens[-1]), MAX_TREE_NODES)
+            weight = np.zeros(MAX_TREE_NODES)  # match weight through each node
+            for continuation, n in self.continuations(tokens):
+                node = 0
+                weight[0] += n
+                for token in continuation:
+                    trie.insert_child(node, int(token))
+                    node = trie.child.get((node, int(token)))
+                    if node is None:  # trie full
+                        break
+                    weight[node] += n
+            value = np.zeros(len(trie.tokens))
+            value[0] = np.inf
+            for node in range(1, len(trie.tokens)):  # parents come before children
+                parent = trie.parents[node]
+                value[node] = (1.0 if parent == 0 else value[parent]) * alpha * weight[node] / weight[parent]
+            history[2] = trie.best(value, min(self.budget.nodes, budget), self.budget.width)
+            trees.append(history[2])
         return trees
+
+    def commit(self, seq, path, accepted) -> None:
+        history = self.history[id(seq)]
+        tree = history[2]
+        for j, node in enumerate(path):
+            if tree.children(node):
+                history[1] += 1
+                history[0] += j + 1 < len(path)
+
+    def release(self, seq) -> None:
+        self.history.pop(id(seq), None)
 
 
 class Candidates:

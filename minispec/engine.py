@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import MinispecError
-from .sampling import SamplingParams, choose_token
+from .sampling import SamplingParams
 from .step import StepItem, build_plan
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import Tree
@@ -77,11 +77,11 @@ class Engine:
         parents = [self.new_sequence(i, 0, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params))]
         seqs: list[Sequence] = []
         try:
-            last_logits = self.prefill(parents)  # KV for every prompt token
-            for parent, logits in zip(parents, last_logits):
+            last_rows = self.prefill(parents)  # KV for every prompt token; (logits, row) of each last token
+            for parent, (logits, row) in zip(parents, last_rows):
                 seqs += self.fork_samples(parent)  # n samples share the prompt's pages
                 for seq in seqs[-parent.params.n :]:
-                    yield from self.emit(seq, [choose_token(logits, seq.params, seq.rng)])
+                    yield from self.emit(seq, [logits.choose(row, seq.params, seq.rng)])
             while active := [s for s in seqs if not s.done]:
                 budgets = [self.max_model_len - s.L for s in active]
                 trees = self.drafter.propose(active, budgets)  # tokens[T], parents[T] per sequence
@@ -122,8 +122,8 @@ class Engine:
     def new_sequence(self, index: int, sample: int, prompt: list[int], params: SamplingParams) -> Sequence:
         return Sequence(index, sample, list(prompt), len(prompt), params, sample_rng(params.seed, sample), self.tokenizer.stream_decoder())
 
-    def prefill(self, seqs: list[Sequence]) -> list[np.ndarray]:
-        """Chunked prefill of every prompt, several sequences per step; the last row's logits of each."""
+    def prefill(self, seqs: list[Sequence]) -> list[tuple]:
+        """Chunked prefill of every prompt, several sequences per step; (StepLogits, row) of each last token."""
         last = [None] * len(seqs)
         while pending := [i for i, s in enumerate(seqs) if s.L < s.prompt_len]:
             items, owners, budget = [], [], self.prefill_chunk
@@ -141,7 +141,7 @@ class Engine:
             for row, i in enumerate(owners):
                 seqs[i].L += len(items[row].tokens)
                 if seqs[i].L == seqs[i].prompt_len:
-                    last[i] = logits.host()[row]
+                    last[i] = (logits, row)
         return last
 
     def fork_samples(self, parent: Sequence) -> list[Sequence]:

@@ -80,3 +80,9 @@ class StepLogits:
         if self._argmax is None:
             self._argmax = self.backend.argmax(self.device)
         return self._argmax
+
+    def choose(self, row: int, params, rng) -> int:
+        """One token from row `row`: argmax, or a sample drawn on the backend with u from the request's generator."""
+        if params.greedy:
+            return int(self.argmax()[row])
+        return int(self.backend.sample_rows(self.device, [row], [params], [rng.random()])[0])

@@ -66,4 +66,6 @@ def verify(tree: Tree, logits, params: SamplingParams, rng: np.random.Generator,
     rows = rows or slice(0, len(tree))
     if params.greedy:
         return verify_greedy(tree, logits.argmax()[rows])
+    if len(tree) == 1:  # plain sampling: drawn on the device, only the token comes back
+        return [0], logits.choose(rows.start, params, rng)
     return verify_sampled(tree, logits.host()[rows], params, rng)

@@ -161,3 +161,24 @@ def test_argmax_rows_first_index_on_ties():
     logits = rng.normal(size=(33, 49157)).astype(np.float32)
     logits[3, [10, 20000, 40000]] = 50.0  # ties: the first index wins, as in numpy
     assert (be.argmax(cp.asarray(logits)) == np.argmax(logits, axis=-1)).all()
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.7, top_k=20), dict(temperature=1.2, top_p=0.8), dict(temperature=0.9, min_p=0.05), dict(temperature=1.0, top_k=50, top_p=0.9, min_p=0.01)])
+def test_sample_rows_matches_reference(settings):
+    import cupy as cp
+
+    from minispec import SamplingParams
+    from minispec.sampling import target_distribution
+
+    be, rng = backend("bfloat16"), np.random.default_rng(21)
+    R, V = 64, 4099
+    logits = (rng.normal(size=(R, V)) * 3).astype(np.float32)
+    params = [SamplingParams(**settings)] * R
+    uniforms = rng.random(R)
+    rows = rng.permutation(R)
+    tokens = be.sample_rows(cp.asarray(logits), rows, params, uniforms)
+    for token, row, u in zip(tokens, rows, uniforms):
+        p = target_distribution(logits[row], params[0])
+        assert p[token] > 0, "sampled a filtered-out token"
+        before, through = p[:token].sum(), p[: token + 1].sum()
+        assert before - 1e-4 <= u <= through + 1e-4, f"u={u} outside the token's CDF interval [{before}, {through}]"

@@ -69,6 +69,7 @@ class CudaBackend:
         self.store_dtype = cp.uint16 if self.bf16 else cp.float32
         self.kv_memory_fraction = kv_memory_fraction
         self.modules = {}
+        self.sm_count = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
         self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2]
 
     # ------------------------------------------------------------------ compilation
@@ -169,8 +170,26 @@ class CudaBackend:
         if K % 16:
             raise ValueError(f"linear: K = {K} must be a multiple of 16 for the tensor-core kernel")
         y = cp.empty((M, N), dtype=cp.float32)
-        self.kernel("gemm.cu", "gemm_bf16")(((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
+        if K % 32:
+            self.kernel("gemm.cu", "gemm_bf16")(((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
+            return y
+        x16 = cp.empty((M, K), dtype=cp.uint16)
+        self.kernel("gemm.cu", "to_bf16")(((M * K + 255) // 256,), (256,), (x, x16, np.int64(M * K)))
+        splits = self.gemm_splits(M, N, K)
+        partial = y if splits == 1 else cp.empty((splits, M, N), dtype=cp.float32)
+        grid = ((N + 63) // 64, splits, (M + 63) // 64)
+        self.kernel("gemm.cu", "gemm_stream")(grid, (256,), (x16, weight, partial, np.int32(M), np.int32(N), np.int32(K)))
+        if splits > 1:
+            self.kernel("gemm.cu", "reduce_splits")(((M * N + 255) // 256,), (256,), (partial, y, np.int32(splits), np.int64(M * N)))
         return y
+
+    def gemm_splits(self, M, N, K) -> int:
+        """Split K until the grid has about 4 blocks per SM (weights stream from many SMs at once)."""
+        blocks = (N + 63) // 64 * ((M + 63) // 64)
+        splits = 1
+        while blocks * splits < 4 * self.sm_count and (K // 32) % (splits * 2) == 0 and K // (splits * 2) >= 256:
+            splits *= 2
+        return splits
 
     def logits(self, h, lm_head):
         return self.linear(self.cp.ascontiguousarray(h), lm_head)
@@ -229,6 +248,21 @@ class CudaBackend:
         ids = cp.empty(logits.shape[0], dtype=cp.int32)
         self.kernel("sampling.cu", "argmax_rows")((logits.shape[0],), (256,), (logits, ids, np.int32(logits.shape[1])))
         return cp.asnumpy(ids)
+
+    def sample_rows(self, logits, rows, params, uniforms) -> np.ndarray:
+        """tokens[r] drawn from p of params[r] at uniform u[r] (u comes from the request's seeded generator)."""
+        cp = self.cp
+        logits = cp.ascontiguousarray(logits)
+        R = len(rows)
+        put = lambda values, dtype: cp.asarray(np.asarray(values, dtype=dtype))  # noqa: E731
+        tokens = cp.empty(R, dtype=cp.int32)
+        self.kernel("sampling.cu", "sample_rows")(
+            (R,), (512,),
+            (logits, put(rows, np.int32), put([p.temperature for p in params], np.float32), put([p.top_k for p in params], np.int32),
+             put([p.top_p for p in params], np.float32), put([p.min_p for p in params], np.float32), put(uniforms, np.float64),
+             tokens, np.int32(logits.shape[1])),
+        )
+        return cp.asnumpy(tokens)
 
     def copy_page(self, ks, vs, source: int, destination: int) -> None:
         for cache in (*ks, *vs):

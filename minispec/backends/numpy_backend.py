@@ -157,6 +157,12 @@ class NumpyBackend:
     def argmax(self, logits) -> np.ndarray:
         return np.argmax(logits, axis=-1)
 
+    def sample_rows(self, logits, rows, params, uniforms) -> np.ndarray:
+        """Reference of the sample_rows kernel: inverse CDF of p at u, in token order."""
+        from ..sampling import sample_from, target_distribution
+
+        return np.array([sample_from(target_distribution(logits[r], p), u) for r, p, u in zip(rows, params, uniforms)])
+
     def write_kv(self, k_cache, v_cache, k, v, plan: StepPlan):
         write_kv(k_cache, v_cache, k, v, plan.slots, k_cache.shape[2])
 

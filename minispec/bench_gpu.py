@@ -1,0 +1,260 @@
+"""GPU benchmarks: `minispec bench gemm | attention | e2e`. Every figure is printed beside a limit or a
+peer measured in the same run (copy bandwidth, cuBLAS, PyTorch SDPA, transformers), with the card named."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .errors import MinispecError
+
+
+def require_gpu():
+    from .backends import cuda_available
+
+    if not cuda_available():
+        raise MinispecError("GPU benchmarks need a CUDA GPU and CuPy: use `minispec bench spec --device cpu` on a CPU")
+    import cupy
+
+    return cupy
+
+
+def time_gpu(fn, warmup: int = 3, repeat: int = 20) -> float:
+    """Median seconds of fn() measured with CUDA events."""
+    cp = require_gpu()
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
+    return float(np.median(times))
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 2 GiB, counting bytes read + written (bytes/s)."""
+    cp = require_gpu()
+    source = cp.empty(1 << 30, dtype=cp.uint16)
+    destination = cp.empty_like(source)
+    seconds = time_gpu(lambda: destination.__setitem__(Ellipsis, source), 2, 10)
+    del source, destination
+    return 2 * (1 << 31) / seconds
+
+
+def card_name() -> str:
+    cp = require_gpu()
+    return cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"].decode()
+
+
+# ----------------------------------------------------------------------------- gemm
+
+
+def bench_gemm(args) -> None:
+    cp = require_gpu()
+    from .backends.cuda_backend import CudaBackend
+
+    backend = CudaBackend("bfloat16")
+    bandwidth = copy_bandwidth()
+    shapes = {"smollm2 qkv": (576, 960), "smollm2 gate/up": (576, 3072), "smollm2 down": (1536, 576), "8B qkv": (4096, 6144), "8B gate/up": (4096, 28672), "8B down": (14336, 4096)}
+    print(f"minispec bench gemm on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)")
+    print(f"{'shape':<16} {'M':>4} {'own µs':>8} {'cuBLAS µs':>10} {'floor µs':>9} {'own/floor':>10} {'own GB/s':>9} {'% of copy':>9}")
+    for name, (K, N) in shapes.items():
+        weight = cp.asarray((np.random.default_rng(0).standard_normal((N, K), dtype=np.float32) / 30).astype(np.float16)).view(cp.uint16)
+        weight_fp16 = weight.view(cp.float16)
+        floor = N * K * 2 / bandwidth
+        for M in (1, 2, 4, 8, 16, 32, 64, 128):
+            x = cp.random.standard_normal((M, K), dtype=cp.float32)
+            x16 = x.astype(cp.float16)
+            own = time_gpu(lambda: backend.linear(x, weight))
+            cublas = time_gpu(lambda: cp.matmul(x16, weight_fp16.T))  # cuBLAS fp16 (same bytes as bf16)
+            print(f"{name:<16} {M:>4} {own * 1e6:>8.1f} {cublas * 1e6:>10.1f} {floor * 1e6:>9.1f} {own / floor:>10.2f} {N * K * 2 / own / 1e9:>9.0f} {N * K * 2 / own / bandwidth * 100:>8.0f}%")
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def attention_case(cp, backend, B, T, context, H, Hkv, D, P=16, causal=False):
+    from .step import StepItem, build_plan
+    from .tree import Tree
+
+    rng = np.random.default_rng(0)
+    pages_per_seq = -(-(context + T) // P)
+    NP = B * pages_per_seq
+    k_cache = (cp.random.standard_normal((NP, Hkv, P, D), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)
+    v_cache = (cp.random.standard_normal((NP, Hkv, P, D), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)
+    items = []
+    for b in range(B):
+        table = list(range(b * pages_per_seq, (b + 1) * pages_per_seq))
+        if causal:
+            items.append(StepItem.chunk(table, context, np.zeros(T, dtype=np.int64), all_logits=True))
+        else:
+            parents = [-1] + [int(rng.integers(0, i)) for i in range(1, T)]
+            items.append(StepItem.tree(table, context, Tree(np.zeros(T), parents)))
+    plan = backend.prepare_plan(build_plan(items, P))
+    q = cp.random.standard_normal((B * T, H, D), dtype=cp.float32)
+    return q, k_cache, v_cache, plan
+
+
+def bench_attention(args) -> None:
+    cp = require_gpu()
+    from .backends.cuda_backend import CudaBackend
+
+    backend = CudaBackend("bfloat16")
+    bandwidth = copy_bandwidth()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    print(f"minispec bench attention on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; page size 16; bf16 KV")
+    print(f"{'heads':<10} {'B':>3} {'T':>3} {'context':>8} {'tree µs':>9} {'no-mask µs':>10} {'SDPA µs':>9} {'floor µs':>9} {'floor/tree':>10}")
+    shapes = [("8B 32/8/128", 32, 8, 128), ("smol 9/3/64", 9, 3, 64)]
+    contexts = (1024, 8192) if args.quick else (1024, 8192, 32768)
+    for name, H, Hkv, D in shapes:
+        for B in (1, 16) if not args.quick else (1,):
+            for T in (1, 16, 64):
+                for context in contexts:
+                    if B * context > 16 * 8192:
+                        continue
+                    q, k_cache, v_cache, plan = attention_case(cp, backend, B, T, context, H, Hkv, D)
+                    tree = time_gpu(lambda: backend.attention(q, k_cache, v_cache, plan, 0.1), 2, 5)
+                    q2, k2, v2, plan2 = attention_case(cp, backend, B, T, context, H, Hkv, D, causal=True)
+                    plain = time_gpu(lambda: backend.attention(q2, k2, v2, plan2, 0.1), 2, 5)
+                    sdpa = float("nan")
+                    if torch is not None and B == 1:
+                        S = context + T
+                        kt = torch.randn(1, H, S, D, device="cuda", dtype=torch.bfloat16)
+                        vt = torch.randn(1, H, S, D, device="cuda", dtype=torch.bfloat16)
+                        qt = torch.randn(1, H, T, D, device="cuda", dtype=torch.bfloat16)
+                        mask = torch.ones(T, S, dtype=torch.bool, device="cuda")
+                        sdpa = time_gpu(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask), 2, 5)
+                    floor = B * (context + T) * Hkv * D * 2 * 2 / bandwidth
+                    print(f"{name:<10} {B:>3} {T:>3} {context:>8} {tree * 1e6:>9.1f} {plain * 1e6:>10.1f} {sdpa * 1e6:>9.1f} {floor * 1e6:>9.1f} {floor / tree:>10.2f}")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def random_model_on_gpu(config, backend):
+    """Random bf16 weights with the config's shapes, made on the GPU (no download)."""
+    cp = backend.cp
+    from .checkpoint import LayerWeights, ModelWeights
+
+    def matrix(n, k):
+        bits = (cp.random.standard_normal((n, k), dtype=cp.float32) * (1 / np.sqrt(k))).view(cp.uint32) >> 16
+        return bits.astype(cp.uint16)
+
+    ones = lambda n: cp.ones(n, dtype=cp.float32)  # noqa: E731
+    c = config
+    layers = [
+        LayerWeights(ones(c.hidden_size), matrix(c.qkv_size, c.hidden_size), matrix(c.hidden_size, c.num_heads * c.head_dim),
+                     ones(c.hidden_size), matrix(2 * c.intermediate_size, c.hidden_size), matrix(c.hidden_size, c.intermediate_size))
+        for _ in range(c.num_layers)
+    ]
+    embed = matrix(c.vocab_size, c.hidden_size)
+    return ModelWeights(embed, layers, ones(c.hidden_size), matrix(c.vocab_size, c.hidden_size))
+
+
+def llama_8b_config():
+    from .config import ModelConfig
+
+    return ModelConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8,
+                       head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192, tie_word_embeddings=False)
+
+
+def weight_bytes(weights) -> int:
+    arrays = [weights.embed, weights.final_norm] + ([] if weights.lm_head is weights.embed else [weights.lm_head])
+    for layer in weights.layers:
+        arrays += [layer.attn_norm, layer.wqkv, layer.wo, layer.mlp_norm, layer.w_gate_up, layer.w_down]
+    return sum(a.nbytes for a in arrays) - weights.embed.nbytes  # the embedding is gathered, not streamed
+
+
+def step_times(model, context: int, tree_sizes=(16, 32, 64)):
+    """Seconds per forward: plain decode (T = 1) and tree verify (T in tree_sizes), batch 1, at `context`."""
+    from .step import StepItem, build_plan
+    from .tree import Tree
+
+    rng = np.random.default_rng(0)
+    cache = model.new_cache(-(-(context + 64) // 16) + 1, 16)
+    table = []
+    cache.prepare(table, 0, context + 64)
+    results = {}
+    for T in (1, *tree_sizes):
+        parents = [-1] + [int(rng.integers(max(0, i - 4), i)) for i in range(1, T)]
+        plan = build_plan([StepItem.tree(table, context, Tree(rng.integers(0, 1000, T), parents))], 16)
+        results[T] = time_gpu(lambda: model.forward(plan, cache).argmax(), 2, 10)
+    return results
+
+
+def bench_e2e(args) -> None:
+    cp = require_gpu()
+    from .backends.cuda_backend import CudaBackend
+    from .llm import LLM
+    from .model import Model
+    from .sampling import SamplingParams
+
+    bandwidth = copy_bandwidth()
+    print(f"minispec bench e2e on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    llm = LLM(model=args.model, device="cuda")
+    backend = llm.backend
+    rows = [("default (SmolLM2-135M)", llm.model)]
+    if not args.quick:
+        config = llama_8b_config()
+        rows.append(("random Llama-3.1-8B shapes", Model(config, random_model_on_gpu(config, backend), backend)))
+    print(f"{'model':<28} {'step':<12} {'ms/step':>8} {'floor ms':>9} {'x floor':>8} {'x plain':>8}")
+    for name, model in rows:
+        floor = weight_bytes(model.weights) / bandwidth
+        times = step_times(model, context=512)
+        for T, seconds in times.items():
+            label = "plain decode" if T == 1 else f"tree T={T}"
+            print(f"{name:<28} {label:<12} {seconds * 1e3:>8.3f} {floor * 1e3:>9.3f} {seconds / floor:>8.2f} {seconds / times[1]:>8.2f}")
+        del model
+    # end-to-end decoding on the default model: ours, speculation, transformers
+    from .bench import INPUT_GROUNDED, SPEC_PROMPTS
+
+    params = SamplingParams(temperature=0, max_tokens=256, ignore_eos=True)
+    ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS["chat"]}])
+    llm.generate(ids, SamplingParams(temperature=0, max_tokens=8))
+    start = time.perf_counter()
+    plain = llm.generate(ids, params)
+    plain_rate = len(plain.token_ids) / (time.perf_counter() - start)
+    print(f"\nplain greedy decode, default model: {plain_rate:.0f} tokens/s")
+    spec_rates = []
+    for key in INPUT_GROUNDED:
+        ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}])
+        rates = []
+        for draft in (None, "ngram"):
+            llm.use_drafter(draft, (16, 8, 4))
+            llm.generate(ids, SamplingParams(temperature=0, max_tokens=8))
+            start = time.perf_counter()
+            result = llm.generate(ids, SamplingParams(temperature=0, max_tokens=128))
+            rates.append((len(result.token_ids) / (time.perf_counter() - start), result.stats.tokens_per_step))
+        llm.use_drafter(None)
+        spec_rates.append(rates[1][0] / rates[0][0])
+        print(f"  {key:<10} plain {rates[0][0]:>7.0f} tok/s   n-gram tree {rates[1][0]:>7.0f} tok/s ({rates[1][1]:.2f} tokens/forward)  x{rates[1][0] / rates[0][0]:.2f}")
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        print("transformers/torch not installed: no peer row")
+        return
+    model = AutoModelForCausalLM.from_pretrained(str(llm.model_dir), dtype=torch.bfloat16).cuda().eval()
+    x = torch.tensor([llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS["chat"]}])], device="cuda")
+    for label, extra in (("eager", {}), ("static cache", {"cache_implementation": "static"})):
+        if args.quick and extra:
+            continue
+        with torch.no_grad():
+            model.generate(x, max_new_tokens=16, min_new_tokens=16, do_sample=False, **extra)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            model.generate(x, max_new_tokens=256, min_new_tokens=256, do_sample=False, **extra)
+            torch.cuda.synchronize()
+        rate = 256 / (time.perf_counter() - start)
+        print(f"transformers generate ({label}), same model and card: {rate:.0f} tokens/s; minispec plain / transformers = {plain_rate / rate:.1f}x")
+
+
+RUNNERS = {"gemm": bench_gemm, "attention": bench_attention, "e2e": bench_e2e}
