@@ -11,7 +11,8 @@
 //
 // Arguments: q float [N, H, D]; k_cache, v_cache store_t [NP, Hkv, P, D]; cu_q int32 [B+1];
 //   kv_len, tree_start, causal int32 [B]; masks uint64 [N]; page_tables int32 [B, max_pages];
-//   out float [N, H * D].  D <= 256 and a multiple of 32.
+//   out float [N, H * D].  D <= 256 and a multiple of 32. Rows n >= cu_q[B] (padding of a captured
+//   graph's bucket) are written as zeros.
 // Launch: grid (N, H), block 32: one warp per (query row, head); lane l owns dims l, l + 32, ...
 //   Online softmax in fp32 (running max m, denominator l, accumulator acc).
 // This is the first, exact version (CUDA cores); the tensor-core version (G heads x T rows per tile,
@@ -28,6 +29,10 @@ extern "C" __global__ void tree_attention(
     const int* __restrict__ page_tables, int max_pages, int B,
     float* __restrict__ out, int H, int Hkv, int P, int D, float scale) {
     int n = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
+    if (n >= cu_q[B]) {  // a padded row of a captured bucket: defined output, no reads
+        for (int d = lane; d < D; d += 32) out[((long long)n * H + h) * D + d] = 0.0f;
+        return;
+    }
     int b = 0;
     while (b + 1 < B && cu_q[b + 1] <= n) b++;
     int T = cu_q[b + 1] - cu_q[b], i = n - cu_q[b];

@@ -205,13 +205,17 @@ def bench_e2e(args) -> None:
     if not args.quick:
         config = llama_8b_config()
         rows.append(("random Llama-3.1-8B shapes", Model(config, random_model_on_gpu(config, backend), backend)))
-    print(f"{'model':<28} {'step':<12} {'ms/step':>8} {'floor ms':>9} {'x floor':>8} {'x plain':>8}")
+    print(f"{'model':<28} {'step':<12} {'ms/step':>8} {'no graph':>9} {'floor ms':>9} {'x floor':>8} {'x plain':>8}")
     for name, model in rows:
         floor = weight_bytes(model.weights) / bandwidth
         times = step_times(model, context=512)
+        backend.use_graphs = False
+        eager = step_times(model, context=512)
+        backend.use_graphs = True
         for T, seconds in times.items():
             label = "plain decode" if T == 1 else f"tree T={T}"
-            print(f"{name:<28} {label:<12} {seconds * 1e3:>8.3f} {floor * 1e3:>9.3f} {seconds / floor:>8.2f} {seconds / times[1]:>8.2f}")
+            print(f"{name:<28} {label:<12} {seconds * 1e3:>8.3f} {eager[T] * 1e3:>9.3f} {floor * 1e3:>9.3f} {seconds / floor:>8.2f} {seconds / times[1]:>8.2f}")
+        backend.graphs.clear()
         del model
     # end-to-end decoding on the default model: ours, speculation, transformers
     from .bench import INPUT_GROUNDED, SPEC_PROMPTS

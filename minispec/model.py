@@ -43,10 +43,19 @@ class Model:
         return KVCache(self.backend, self.num_layers, num_pages, c.num_kv_heads, page_size, c.head_dim)
 
     def forward(self, plan: StepPlan, cache: KVCache) -> "StepLogits":
-        """Logits [R, V] of the plan's `logit_rows` (left on the device until asked for)."""
+        """Logits [R, V] of the plan's `logit_rows` (left on the device until asked for).
+
+        Decode and tree-verify steps replay a captured CUDA graph on the GPU backend;
+        everything else (and the NumPy backend) runs the layers one launch at a time.
+        """
+        if self.backend.can_replay(plan):
+            return StepLogits(self.backend, self.backend.replay(self, plan, cache))
+        return StepLogits(self.backend, self.compute(self.backend.prepare_plan(plan), cache))
+
+    def compute(self, plan, cache: KVCache):
+        """The layers over a backend plan -> logits [R, V] on the backend."""
         ops, c, w = self.backend, self.config, self.weights
         H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_dim
-        plan = ops.prepare_plan(plan)
         x = ops.embedding(w.embed, plan.tokens)  # x: [N, hidden]
         residual = None
         for i in range(self.num_layers):
@@ -60,8 +69,9 @@ class Model:
             h, residual = ops.add_rmsnorm(x, residual, layer.mlp_norm, c.rms_norm_eps)
             x = ops.linear(ops.silu_mul(ops.linear(h, layer.w_gate_up)), layer.w_down)  # [N, hidden]
         h, _ = ops.add_rmsnorm(x, residual, w.final_norm, c.rms_norm_eps)
-        h = h[plan.logit_rows]  # [R, hidden]
-        return StepLogits(ops, ops.logits(h, w.lm_head))  # [R, V]
+        if not plan.all_logits:
+            h = h[plan.logit_rows]  # [R, hidden]
+        return ops.logits(h, w.lm_head)  # [R, V]
 
 
 class StepLogits:

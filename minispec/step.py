@@ -38,6 +38,10 @@ class StepPlan:
     def batch_size(self) -> int:  # B
         return len(self.kv_len)
 
+    @property
+    def all_logits(self) -> bool:  # every row needs logits (decode, tree verify)
+        return len(self.logit_rows) == len(self.tokens)
+
 
 @dataclass
 class StepItem:

@@ -82,3 +82,19 @@ def test_model_too_large_is_a_clear_error(default_model, monkeypatch):
     monkeypatch.setattr(cp.cuda.runtime, "memGetInfo", lambda: (100 << 20, 80 << 30))
     with pytest.raises(MinispecError, match="GiB of GPU memory"):
         LLM(model=str(default_model), device="cuda")
+
+
+def test_graph_replay_equals_eager_launches(default_model):
+    """Decode and tree steps replayed from captured graphs give the eager launches' logits and tokens."""
+    graphs = LLM(model=str(default_model), device="cuda")
+    eager = LLM(model=str(default_model), device="cuda")
+    eager.backend.use_graphs = False
+    prompts = ["Rewrite in the past tense: I walk to the shop and I buy bread.", "Name three colours."]
+    ids = [graphs.chat_prompt([{"role": "user", "content": p}]) for p in prompts]
+    params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+    for llm in (graphs, eager):
+        llm.use_drafter("ngram", (16, 12, 4))
+    assert [r.token_ids for r in graphs.generate(ids, params)] == [r.token_ids for r in eager.generate(ids, params)]
+    assert graphs.backend.graphs, "no step was captured"
+    # a fresh batch of another size reuses nothing stale
+    assert graphs.generate(ids[0], params).token_ids == eager.generate(ids[0], params).token_ids

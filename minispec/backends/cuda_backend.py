@@ -31,9 +31,12 @@ def kernel_source(name: str) -> str:
 
 @dataclass
 class DevicePlan:
-    """StepPlan arrays on the GPU plus the host facts launchers need."""
+    """StepPlan arrays on the GPU plus the host facts launchers need (frozen into a captured graph)."""
 
-    host: StepPlan
+    num_tokens: int  # N (padded to the bucket in a graph)
+    batch_size: int  # B
+    max_position: int
+    all_logits: bool
     tokens: object
     positions: object
     slots: object
@@ -45,19 +48,53 @@ class DevicePlan:
     page_tables: object
     logit_rows: object
 
-    @property
-    def num_tokens(self):
-        return self.host.num_tokens
 
-    @property
-    def batch_size(self):
-        return self.host.batch_size
+class CapturedStep:
+    """One captured forward for (model, cache, B, N bucket): static inputs in one device buffer, static logits.
+
+    Layout of `packed` (int32): masks as 2 * N int32 (uint64 view) | tokens N | positions N | slots N |
+    logit_rows N | cu_q B+1 | kv_len B | tree_start B | causal B | page_tables B * W.
+    """
+
+    def __init__(self, cp, B: int, N: int, W: int, max_position: int):
+        self.B, self.N, self.W = B, N, W
+        sizes = [2 * N, N, N, N, N, B + 1, B, B, B, B * W]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.host = np.zeros(self.offsets[-1], dtype=np.int32)
+        self.packed = cp.zeros(self.offsets[-1], dtype=cp.int32)
+        part = lambda i: self.packed[self.offsets[i] : self.offsets[i + 1]]  # noqa: E731
+        self.plan = DevicePlan(
+            num_tokens=N, batch_size=B, max_position=max_position, all_logits=True, masks=part(0).view(cp.uint64),
+            tokens=part(1), positions=part(2), slots=part(3), logit_rows=part(4), cu_q=part(5), kv_len=part(6),
+            tree_start=part(7), causal=part(8), page_tables=part(9).reshape(B, W),
+        )
+        self.graph = self.logits = None
+        self.keep = []  # memory allocated during capture stays owned by the graph
+
+    def fill(self, plan: StepPlan) -> None:
+        n, N, B, W = plan.num_tokens, self.N, self.B, self.W
+        host, o = self.host, self.offsets
+        host[:] = 0
+        host[o[0] : o[0] + 2 * n] = plan.masks.view(np.int32)
+        host[o[1] : o[1] + n] = plan.tokens
+        host[o[2] : o[2] + n] = plan.positions
+        host[o[3] : o[4]] = -1  # padded rows write no K/V
+        host[o[3] : o[3] + n] = plan.slots
+        host[o[4] : o[5]] = np.arange(N)
+        host[o[5] : o[6]] = plan.cu_q
+        host[o[6] : o[7]] = plan.kv_len
+        host[o[7] : o[8]] = plan.tree_start
+        host[o[8] : o[9]] = plan.causal
+        tables = np.full((B, W), -1, dtype=np.int32)
+        tables[:, : plan.page_tables.shape[1]] = plan.page_tables
+        host[o[9] : o[10]] = tables.reshape(-1)
+        self.packed.set(host)
 
 
 class CudaBackend:
     name = "cuda"
 
-    def __init__(self, dtype: str = "bfloat16", kv_memory_fraction: float = 0.5):
+    def __init__(self, dtype: str = "bfloat16", kv_memory_fraction: float = 0.5, use_graphs: bool | None = None):
         import cupy as cp
 
         if dtype not in ("bfloat16", "float32"):
@@ -66,9 +103,14 @@ class CudaBackend:
             raise MinispecError("kv_memory_fraction must be in (0, 0.95]")
         self.cp = cp
         self.bf16 = dtype == "bfloat16"
+        use_graphs = self.bf16 if use_graphs is None else use_graphs  # float32 mode calls cuBLAS, which cannot be captured
         self.store_dtype = cp.uint16 if self.bf16 else cp.float32
         self.kv_memory_fraction = kv_memory_fraction
         self.modules = {}
+        self.graphs = {}  # (model, cache, B, N bucket) -> CapturedStep
+        self.use_graphs = use_graphs
+        self.stream = cp.cuda.Stream(non_blocking=True)  # every launch goes here, so steps can be captured
+        self.stream.use()
         self.sm_count = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
         self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2]
 
@@ -127,11 +169,51 @@ class CudaBackend:
         cp = self.cp
         put = lambda a, dtype: cp.asarray(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
         return DevicePlan(
-            host=plan, tokens=put(plan.tokens, np.int32), positions=put(plan.positions, np.int32),
+            num_tokens=plan.num_tokens, batch_size=plan.batch_size, max_position=int(plan.positions.max()),
+            all_logits=plan.all_logits, tokens=put(plan.tokens, np.int32), positions=put(plan.positions, np.int32),
             slots=put(plan.slots, np.int32), cu_q=put(plan.cu_q, np.int32), kv_len=put(plan.kv_len, np.int32),
             tree_start=put(plan.tree_start, np.int32), masks=put(plan.masks, np.uint64), causal=put(plan.causal, np.int32),
             page_tables=put(plan.page_tables, np.int32), logit_rows=put(plan.logit_rows, np.int32),
         )
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def can_replay(self, plan: StepPlan) -> bool:
+        """Decode and tree-verify steps (no causal chunk, every row's logits, N <= 64) run as graphs."""
+        return self.use_graphs and plan.num_tokens <= 64 and plan.all_logits and not plan.causal.any()
+
+    def replay(self, model, plan: StepPlan, cache):
+        """Fill the bucket's static inputs, launch its graph (capturing it the first time); logits [N, V]."""
+        cp = self.cp
+        N, B = plan.num_tokens, plan.batch_size
+        bucket = 1 << (N - 1).bit_length()
+        key = (id(model), id(cache), B, bucket)
+        step = self.graphs.get(key)
+        if step is None:
+            limit = model.config.max_position_embeddings + 128
+            self.rope_tables(model.inv_freq, limit)  # sized once: a captured graph keeps its pointer
+            W = cache.pages_for(limit) + 1
+            step = CapturedStep(cp, B, bucket, W, limit)
+            step.fill(plan)
+            model.compute(step.plan, cache)  # warm-up: compiles kernels, leaves pool blocks of the right sizes
+            previous = cp.cuda.get_allocator()
+            pool = cp.get_default_memory_pool()
+
+            def keep_alive(size):
+                memory = pool.malloc(size)
+                step.keep.append(memory)
+                return memory
+
+            cp.cuda.set_allocator(keep_alive)
+            try:
+                self.stream.begin_capture()
+                step.logits = model.compute(step.plan, cache)
+                step.graph = self.stream.end_capture()
+            finally:
+                cp.cuda.set_allocator(previous)
+            self.graphs[key] = step
+        step.fill(plan)
+        step.graph.launch(self.stream)
+        return step.logits[:N]
 
     # ------------------------------------------------------------------ launchers
     @staticmethod
@@ -216,7 +298,7 @@ class CudaBackend:
         self._check(qkv, cp.float32, 2, "qkv")
         N = qkv.shape[0]
         positions = plan.positions
-        cos, sin = self.rope_tables(inv_freq, int(plan.host.positions.max()))
+        cos, sin = self.rope_tables(inv_freq, plan.max_position)
         q = cp.empty((N, H, D), dtype=cp.float32)
         k = cp.empty((N, Hkv, D), dtype=cp.float32)
         v = cp.empty((N, Hkv, D), dtype=cp.float32)

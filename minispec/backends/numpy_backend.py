@@ -175,6 +175,9 @@ class NumpyBackend:
     def prepare_plan(self, plan: StepPlan) -> StepPlan:
         return plan
 
+    def can_replay(self, plan: StepPlan) -> bool:
+        return False
+
     def default_kv_tokens(self, config, max_model_len: int) -> int:
         return 4 * max_model_len  # np.empty pages are only backed by memory once written
 
