@@ -62,3 +62,230 @@ extern "C" __global__ void tree_attention(
     }
     for (int e = 0; e < per_lane; e++) out[((long long)n * H + h) * D + lane + 32 * e] = acc[e] / denominator;
 }
+
+// ------------------------------------------------------------------------------------------------
+// Tensor-core version (bf16 pages): the G query heads of all T tree nodes of one sequence that share a
+// KV head are the rows of one tile (GQA packing: row r = node r / G, head kv_head * G + r % G), so each
+// K/V tile is read once per 64 rows. Keys go in tiles of 16 positions (any page size P: a tile gathers
+// its rows through the page table); a tile wholly before tree_start takes no mask work, tiles holding
+// tree tokens test the ancestor bits. S = Q K^T and O += P V are mma.sync.m16n8k16 bf16 -> fp32, with
+// an online softmax in fp32 between them (the C fragments of S are the A fragments of P).
+// Split-KV: blockIdx.z takes a contiguous share of the key tiles and writes an unnormalised partial
+// (o, running max m, denominator l); attention_merge combines the shares.
+//
+// Launch: grid (row tiles (upper bound: ceil(N G / 64) + B), Hkv, splits), block 128 (4 warps x 16 rows).
+// o_part float [splits, N, H, D], ml_part float [splits, N, H, 2]; merge grid (N, H), block D / 2... see below.
+// Fragments (g = lane / 4, t = lane % 4): A (g | g+8, k 2t..2t+1 | 2t+8..), B (k 2t.. | 2t+8.., n g),
+// C (g | g+8, n 2t..2t+1).
+
+#define KEYS_PER_TILE 16
+
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&v);
+}
+
+__device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int D>
+__device__ void tree_attention_mma(
+    const float* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache, const __nv_bfloat16* __restrict__ v_cache,
+    const int* __restrict__ cu_q, const int* __restrict__ kv_len, const int* __restrict__ tree_start,
+    const unsigned long long* __restrict__ masks, const int* __restrict__ causal,
+    const int* __restrict__ page_tables, int max_pages, int B,
+    float* __restrict__ o_part, float* __restrict__ ml_part, int N, int H, int Hkv, int P, float scale) {
+    constexpr int STRIDE = D + 8;  // padded smem rows: 16-byte aligned, spreads banks
+    __shared__ __align__(16) __nv_bfloat16 k_tile[KEYS_PER_TILE * STRIDE];
+    __shared__ __align__(16) __nv_bfloat16 v_tile[KEYS_PER_TILE * STRIDE];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int G = H / Hkv, kv_head = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+
+    // which sequence and row tile this block works on
+    int b = 0, tile = blockIdx.x;
+    for (; b < B; b++) {
+        int tiles_b = ((cu_q[b + 1] - cu_q[b]) * G + 63) / 64;
+        if (tile < tiles_b) break;
+        tile -= tiles_b;
+    }
+    if (b >= B) return;
+    const int T = cu_q[b + 1] - cu_q[b], rows = T * G, S = kv_len[b], start = tree_start[b], is_causal = causal[b];
+    const int* table = page_tables + (long long)b * max_pages;
+
+    // this thread's two rows (g and g + 8 of the warp's 16)
+    const int r0 = tile * 64 + warp * 16 + g, r1 = r0 + 8;
+    const bool valid0 = r0 < rows, valid1 = r1 < rows;
+    const int node0 = valid0 ? r0 / G : 0, node1 = valid1 ? r1 / G : 0;
+    const int head0 = kv_head * G + (valid0 ? r0 % G : 0), head1 = kv_head * G + (valid1 ? r1 % G : 0);
+    const long long qrow0 = (long long)(cu_q[b] + node0) * H + head0, qrow1 = (long long)(cu_q[b] + node1) * H + head1;
+    const unsigned long long mask0 = masks[cu_q[b] + node0], mask1 = masks[cu_q[b] + node1];
+    const bool warp_active = tile * 64 + warp * 16 < rows;
+
+    unsigned qa[D / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+        int d = ks * 16 + 2 * t;
+        float2 x00 = valid0 ? *reinterpret_cast<const float2*>(q + qrow0 * D + d) : make_float2(0, 0);
+        float2 x10 = valid1 ? *reinterpret_cast<const float2*>(q + qrow1 * D + d) : make_float2(0, 0);
+        float2 x01 = valid0 ? *reinterpret_cast<const float2*>(q + qrow0 * D + d + 8) : make_float2(0, 0);
+        float2 x11 = valid1 ? *reinterpret_cast<const float2*>(q + qrow1 * D + d + 8) : make_float2(0, 0);
+        qa[ks][0] = pack_bf16x2(x00.x * scale, x00.y * scale);
+        qa[ks][1] = pack_bf16x2(x10.x * scale, x10.y * scale);
+        qa[ks][2] = pack_bf16x2(x01.x * scale, x01.y * scale);
+        qa[ks][3] = pack_bf16x2(x11.x * scale, x11.y * scale);
+    }
+    float acc[D / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+
+    // causal rows see keys up to their own position; tree rows up to kv_len
+    const int last_key = is_causal ? min(S - 1, S - T + (tile * 64 + 63) / G) : S - 1;
+    const int key_tiles = last_key / KEYS_PER_TILE + 1;
+    const int per_split = (key_tiles + splits - 1) / splits;
+    const int tile_begin = split * per_split, tile_end = min(key_tiles, tile_begin + per_split);
+
+    for (int kt = tile_begin; kt < tile_end; kt++) {
+        const int key0 = kt * KEYS_PER_TILE;
+        __syncthreads();  // previous tile fully consumed
+        // 16 keys x D bf16 for K and V: 16-byte chunks, D / 8 per key
+        for (int c = threadIdx.x; c < KEYS_PER_TILE * D / 8; c += blockDim.x) {
+            int key = c / (D / 8), part = c % (D / 8), pos = key0 + key;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+            if (pos < S) {
+                long long base = (((long long)table[pos / P] * Hkv + kv_head) * P + pos % P) * D + part * 8;
+                kv = *reinterpret_cast<const uint4*>(k_cache + base);
+                vv = *reinterpret_cast<const uint4*>(v_cache + base);
+            }
+            *reinterpret_cast<uint4*>(k_tile + key * STRIDE + part * 8) = kv;
+            *reinterpret_cast<uint4*>(v_tile + key * STRIDE + part * 8) = vv;
+        }
+        __syncthreads();
+        if (!warp_active) continue;
+
+        float s[2][4] = {};
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            const __nv_bfloat16* krow = k_tile + (nt * 8 + g) * STRIDE;
+#pragma unroll
+            for (int ks = 0; ks < D / 16; ks++) {
+                unsigned b0 = *reinterpret_cast<const unsigned*>(krow + ks * 16 + 2 * t);
+                unsigned b1 = *reinterpret_cast<const unsigned*>(krow + ks * 16 + 8 + 2 * t);
+                mma16816(s[nt], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b0, b1);
+            }
+        }
+        // mask: only tiles reaching past the prefix (or the sequence end, or causal rows) do any work
+        const bool needs_mask = is_causal || key0 + KEYS_PER_TILE > start || key0 + KEYS_PER_TILE > S;
+        if (needs_mask) {
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int key = key0 + nt * 8 + 2 * t + (e & 1), node = e < 2 ? node0 : node1;
+                    unsigned long long mask = e < 2 ? mask0 : mask1;
+                    bool visible = key < S && (is_causal ? key <= S - T + node
+                                                         : (key < start || ((mask >> (key - start)) & 1ull)));
+                    if (!visible) s[nt][e] = NEG_INF;
+                }
+        }
+        // online softmax, rows g (elements 0, 1) and g + 8 (elements 2, 3); a row's 4 lanes share it
+        float mx0 = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
+        float mx1 = fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 2));
+        float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
+        float base0 = new0 == NEG_INF ? 0.0f : new0, base1 = new1 == NEG_INF ? 0.0f : new1;
+        float corr0 = __expf(m0 - base0), corr1 = __expf(m1 - base1);
+        m0 = new0;
+        m1 = new1;
+        float p[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            p[nt][0] = __expf(s[nt][0] - base0);
+            p[nt][1] = __expf(s[nt][1] - base0);
+            p[nt][2] = __expf(s[nt][2] - base1);
+            p[nt][3] = __expf(s[nt][3] - base1);
+        }
+        l0 = l0 * corr0 + p[0][0] + p[0][1] + p[1][0] + p[1][1];
+        l1 = l1 * corr1 + p[0][2] + p[0][3] + p[1][2] + p[1][3];
+        unsigned pa0 = pack_bf16x2(p[0][0], p[0][1]), pa1 = pack_bf16x2(p[0][2], p[0][3]);
+        unsigned pa2 = pack_bf16x2(p[1][0], p[1][1]), pa3 = pack_bf16x2(p[1][2], p[1][3]);
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            acc[dt][0] *= corr0;
+            acc[dt][1] *= corr0;
+            acc[dt][2] *= corr1;
+            acc[dt][3] *= corr1;
+            const __nv_bfloat16* vcol = v_tile + dt * 8 + g;
+            __nv_bfloat162 lo0, lo1;
+            lo0.x = vcol[(2 * t) * STRIDE];
+            lo0.y = vcol[(2 * t + 1) * STRIDE];
+            lo1.x = vcol[(2 * t + 8) * STRIDE];
+            lo1.y = vcol[(2 * t + 9) * STRIDE];
+            mma16816(acc[dt], pa0, pa1, pa2, pa3, *reinterpret_cast<unsigned*>(&lo0), *reinterpret_cast<unsigned*>(&lo1));
+        }
+    }
+    if (!warp_active) return;
+    l0 += __shfl_xor_sync(0xffffffff, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffff, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffff, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffff, l1, 2);
+    float* o = o_part + (long long)split * N * H * D;
+    float* ml = ml_part + (long long)split * N * H * 2;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+        int d = dt * 8 + 2 * t;
+        if (valid0) *reinterpret_cast<float2*>(o + qrow0 * D + d) = make_float2(acc[dt][0], acc[dt][1]);
+        if (valid1) *reinterpret_cast<float2*>(o + qrow1 * D + d) = make_float2(acc[dt][2], acc[dt][3]);
+    }
+    if (t == 0 && valid0) { ml[qrow0 * 2] = m0; ml[qrow0 * 2 + 1] = l0; }
+    if (t == 0 && valid1) { ml[qrow1 * 2] = m1; ml[qrow1 * 2 + 1] = l1; }
+}
+
+#define TREE_ATTENTION_MMA(D)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) tree_attention_mma_d##D(                                 \
+        const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* cu_q,         \
+        const int* kv_len, const int* tree_start, const unsigned long long* masks, const int* causal,          \
+        const int* page_tables, int max_pages, int B, float* o_part, float* ml_part, int N, int H, int Hkv,   \
+        int P, float scale) {                                                                                  \
+        tree_attention_mma<D>(q, k_cache, v_cache, cu_q, kv_len, tree_start, masks, causal, page_tables,       \
+                              max_pages, B, o_part, ml_part, N, H, Hkv, P, scale);                             \
+    }
+TREE_ATTENTION_MMA(64)
+TREE_ATTENTION_MMA(128)
+
+// out[n, h, :] = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s over the splits (M = max m_s);
+// rows n >= cu_q[B] (padding of a captured bucket) are written as zeros.
+// grid (N, H), block 64; o_part [splits, N, H, D], ml_part [splits, N, H, 2], out float [N, H * D].
+extern "C" __global__ void attention_merge(const float* __restrict__ o_part, const float* __restrict__ ml_part,
+                                           const int* __restrict__ cu_q, int B, float* __restrict__ out,
+                                           int N, int H, int D, int splits) {
+    int n = blockIdx.x, h = blockIdx.y;
+    long long row = (long long)n * H + h;
+    if (n >= cu_q[B]) {
+        for (int d = threadIdx.x; d < D; d += blockDim.x) out[row * D + d] = 0.0f;
+        return;
+    }
+    float M = -__int_as_float(0x7f800000);
+    for (int s = 0; s < splits; s++) M = fmaxf(M, ml_part[((long long)s * N * H + row) * 2]);
+    float L = 0.0f;
+    for (int s = 0; s < splits; s++) {
+        const float* ml = ml_part + ((long long)s * N * H + row) * 2;
+        if (ml[1] > 0.0f) L += __expf(ml[0] - M) * ml[1];
+    }
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            const float* ml = ml_part + ((long long)s * N * H + row) * 2;
+            if (ml[1] > 0.0f) sum += __expf(ml[0] - M) * o_part[((long long)s * N * H + row) * D + d];
+        }
+        out[row * D + d] = sum / L;
+    }
+}

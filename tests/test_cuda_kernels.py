@@ -116,8 +116,24 @@ def test_tree_attention_matches_dense_reference(dtype, page_size, D):
     to_device = (lambda a: cp.asarray(a.view(np.uint16))) if dtype == "bfloat16" else cp.asarray
     out = be.attention(cp.asarray(q), to_device(k_cache), to_device(v_cache), be.prepare_plan(plan), 1 / np.sqrt(D))
     reference = ref.attention(q, k_cache.astype(np.float32), v_cache.astype(np.float32), plan, 1 / np.sqrt(D))
-    assert_close(cp.asnumpy(out), reference, 2e-4, 2e-4, "tree attention vs NumPy reference")
-    assert_close(cp.asnumpy(out), expected, 2e-4, 2e-4, "tree attention vs dense reference")
+    # bf16 pages run on tensor cores: q and the softmax weights are rounded to bf16 (a few 1e-3 relative)
+    tolerance = 2e-2 if dtype == "bfloat16" else 2e-4
+    assert_close(cp.asnumpy(out), reference, tolerance, tolerance, "tree attention vs NumPy reference")
+    assert_close(cp.asnumpy(out), expected, tolerance, tolerance, "tree attention vs dense reference")
+    # a wrong mask moves outputs by O(1) (peaked softmax): the tolerance above is far tighter than that
+    assert np.abs(cp.asnumpy(out) - expected).mean() < 2e-3 if dtype == "bfloat16" else True
+
+
+@pytest.mark.parametrize("splits_blocks", [1, 1000])
+def test_tree_attention_split_kv_merge(splits_blocks, monkeypatch):
+    """Long contexts with one split and with the most splits give the same result."""
+    import cupy as cp
+
+    be, rng = backend("bfloat16"), np.random.default_rng(3)
+    be.sm_count = splits_blocks  # drives the split count
+    q, k_cache, v_cache, plan, expected = make_problem(rng, 16, [(700, "random", 40), (1500, "single", 1), (300, "chunk", 70)], H=8, Hkv=2, D=128, dtype=BF16)
+    out = be.attention(cp.asarray(q), cp.asarray(k_cache.view(np.uint16)), cp.asarray(v_cache.view(np.uint16)), be.prepare_plan(plan), 1 / np.sqrt(128))
+    assert_close(cp.asnumpy(out), expected, 2e-2, 2e-2, f"split-KV attention (sm_count={splits_blocks})")
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

@@ -91,6 +91,18 @@ class CapturedStep:
         self.packed.set(host)
 
 
+_STREAM = None
+
+
+def compute_stream(cp):
+    """One stream for every backend in the process: launches from two models can never race."""
+    global _STREAM
+    if _STREAM is None:
+        _STREAM = cp.cuda.Stream(non_blocking=True)
+    _STREAM.use()
+    return _STREAM
+
+
 class CudaBackend:
     name = "cuda"
 
@@ -109,8 +121,7 @@ class CudaBackend:
         self.modules = {}
         self.graphs = {}  # (model, cache, B, N bucket) -> CapturedStep
         self.use_graphs = use_graphs
-        self.stream = cp.cuda.Stream(non_blocking=True)  # every launch goes here, so steps can be captured
-        self.stream.use()
+        self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         self.sm_count = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
         self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2]
 
@@ -313,6 +324,8 @@ class CudaBackend:
         cp = self.cp
         N, H, D = q.shape
         _, Hkv, P, _ = k_cache.shape
+        if self.bf16 and D in (64, 128):
+            return self.attention_mma(q, k_cache, v_cache, plan, scale)
         if D % 32 or D > 256:
             raise ValueError(f"attention: head dim {D} must be a multiple of 32 and <= 256")
         out = cp.empty((N, H * D), dtype=cp.float32)
@@ -321,6 +334,29 @@ class CudaBackend:
             (q, k_cache, v_cache, plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
              np.int32(plan.page_tables.shape[1]), np.int32(plan.batch_size), out, np.int32(H), np.int32(Hkv), np.int32(P),
              np.int32(D), np.float32(scale)),
+        )
+        return out
+
+    def attention_mma(self, q, k_cache, v_cache, plan: DevicePlan, scale: float):
+        """Tensor-core paged tree attention with split-KV, then the merge of the splits."""
+        cp = self.cp
+        N, H, D = q.shape
+        _, Hkv, P, _ = k_cache.shape
+        B, G = plan.batch_size, H // Hkv
+        row_tiles = -(-N * G // 64) + B  # upper bound of sum over b of ceil(T_b G / 64)
+        # enough blocks to fill the GPU twice; independent of kv_len, so a captured graph stays right
+        splits = max(1, min(32, -(-2 * self.sm_count // (row_tiles * Hkv))))
+        o_part = cp.empty((splits, N, H, D), dtype=cp.float32)
+        ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32)
+        self.kernel("attention.cu", f"tree_attention_mma_d{D}")(
+            (row_tiles, Hkv, splits), (128,),
+            (q, k_cache, v_cache, plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
+             np.int32(plan.page_tables.shape[1]), np.int32(B), o_part, ml_part, np.int32(N), np.int32(H), np.int32(Hkv),
+             np.int32(P), np.float32(scale)),
+        )
+        out = cp.empty((N, H * D), dtype=cp.float32)
+        self.kernel("attention.cu", "attention_merge")(
+            (N, H), (64,), (o_part, ml_part, plan.cu_q, np.int32(B), out, np.int32(N), np.int32(H), np.int32(D), np.int32(splits))
         )
         return out
 
