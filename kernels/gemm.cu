@@ -16,7 +16,8 @@
 // same physical k positions of x, so each product pairs the right x and W elements.
 // Launch: grid (ceil(N / 64), splits, ceil(M / 64)), block 256 (8 warps x 8 columns); block (bx, s)
 // covers columns bx*64 .. +64 and k range [s * K / splits, (s+1) * K / splits) in 128-wide steps with
-// four 16-byte loads per lane in flight, then 32-wide steps for the rest. splits > 1 writes partials that reduce_splits sums in a fixed
+// U (4 or 8) 16-byte loads per lane in flight (gemm_stream_pipelined also prefetches the next stage),
+// then 32-wide steps for the rest. splits > 1 writes partials that reduce_splits sums in a fixed
 // order (deterministic: the same inputs give the same bits).
 // NumPy reference: numpy_backend.linear (on bf16-rounded x and W). Tests: tests/test_cuda_kernels.py.
 #include <cuda_bf16.h>
@@ -53,9 +54,11 @@ __device__ __forceinline__ void mma_block(float (*acc)[4], const __nv_bfloat16* 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) gemm_stream(
-    const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w, float* __restrict__ out,
-    int M, int N, int K) {
+// U 16-byte weight loads per lane per stage; with PIPELINE the next stage's loads are issued before this
+// stage's mmas, so 2 U loads per lane are in flight while the tensor cores work.
+template <int U, bool PIPELINE>
+__device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
+                                                 float* __restrict__ out, int M, int N, int K) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int n0 = blockIdx.x * 64 + warp * 8, m_base = blockIdx.z * 64;
     int k_per_split = K / gridDim.y, k_begin = blockIdx.y * k_per_split, k_end = k_begin + k_per_split;
@@ -63,13 +66,24 @@ extern "C" __global__ void __launch_bounds__(256) gemm_stream(
     const uint4* w_row = reinterpret_cast<const uint4*>(w + (long long)n * K);
     int m_tiles = min(4, (M - m_base + 15) / 16);
     float acc[4][4] = {};
+    constexpr int STEP = 32 * U;
     int kb = k_begin;
-    for (; kb + 128 <= k_end; kb += 128) {
-        uint4 b[4];
+    uint4 cur[U], nxt[U];
+    if (kb + STEP <= k_end) {
 #pragma unroll
-        for (int j = 0; j < 4; j++) b[j] = __ldg(w_row + (kb + 32 * j + 8 * t) / 8);  // four 16-byte loads in flight
+        for (int j = 0; j < U; j++) cur[j] = __ldg(w_row + (kb + 32 * j + 8 * t) / 8);
+    }
+    for (; kb + STEP <= k_end; kb += STEP) {
+        if (PIPELINE && kb + 2 * STEP <= k_end) {
 #pragma unroll
-        for (int j = 0; j < 4; j++) mma_block(acc, x, b[j], kb + 32 * j + 8 * t, m_base, m_tiles, M, K, g);
+            for (int j = 0; j < U; j++) nxt[j] = __ldg(w_row + (kb + STEP + 32 * j + 8 * t) / 8);
+        }
+#pragma unroll
+        for (int j = 0; j < U; j++) mma_block(acc, x, cur[j], kb + 32 * j + 8 * t, m_base, m_tiles, M, K, g);
+        if (kb + 2 * STEP <= k_end) {
+#pragma unroll
+            for (int j = 0; j < U; j++) cur[j] = PIPELINE ? nxt[j] : __ldg(w_row + (kb + STEP + 32 * j + 8 * t) / 8);
+        }
     }
     for (; kb < k_end; kb += 32) mma_block(acc, x, __ldg(w_row + (kb + 8 * t) / 8), kb + 8 * t, m_base, m_tiles, M, K, g);
     float* dst = out + (long long)blockIdx.y * M * N;
@@ -81,6 +95,14 @@ extern "C" __global__ void __launch_bounds__(256) gemm_stream(
         if (r1 < M && c < N) dst[(long long)r1 * N + c] = acc[mt][2];
         if (r1 < M && c + 1 < N) dst[(long long)r1 * N + c + 1] = acc[mt][3];
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemm_stream(const __nv_bfloat16* x, const __nv_bfloat16* w, float* out, int M, int N, int K) {
+    gemm_stream_body<4, false>(x, w, out, M, N, K);
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemm_stream_pipelined(const __nv_bfloat16* x, const __nv_bfloat16* w, float* out, int M, int N, int K) {
+    gemm_stream_body<8, true>(x, w, out, M, N, K);
 }
 
 // y[i] = sum over s of partial[s, i], in split order.   grid (ceil(M * N / 256)), block 256.

@@ -62,7 +62,7 @@ def bench_gemm(args) -> None:
     bandwidth = copy_bandwidth()
     shapes = {"smollm2 qkv": (576, 960), "smollm2 gate/up": (576, 3072), "smollm2 down": (1536, 576), "8B qkv": (4096, 6144), "8B gate/up": (4096, 28672), "8B down": (14336, 4096)}
     print(f"minispec bench gemm on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)")
-    print(f"{'shape':<16} {'M':>4} {'own µs':>8} {'cuBLAS µs':>10} {'floor µs':>9} {'own/floor':>10} {'own GB/s':>9} {'% of copy':>9}")
+    print(f"{'shape':<16} {'M':>4} {'own µs':>8} {'unpiped µs':>10} {'cuBLAS µs':>10} {'floor µs':>9} {'own/floor':>10} {'own GB/s':>9} {'% of copy':>9}")
     for name, (K, N) in shapes.items():
         weight = cp.asarray((np.random.default_rng(0).standard_normal((N, K), dtype=np.float32) / 30).astype(np.float16)).view(cp.uint16)
         weight_fp16 = weight.view(cp.float16)
@@ -71,8 +71,11 @@ def bench_gemm(args) -> None:
             x = cp.random.standard_normal((M, K), dtype=cp.float32)
             x16 = x.astype(cp.float16)
             own = time_gpu(lambda: backend.linear(x, weight))
+            backend.gemm_variant = "gemm_stream"
+            unpiped = time_gpu(lambda: backend.linear(x, weight))
+            backend.gemm_variant = "gemm_stream_pipelined"
             cublas = time_gpu(lambda: cp.matmul(x16, weight_fp16.T))  # cuBLAS fp16 (same bytes as bf16)
-            print(f"{name:<16} {M:>4} {own * 1e6:>8.1f} {cublas * 1e6:>10.1f} {floor * 1e6:>9.1f} {own / floor:>10.2f} {N * K * 2 / own / 1e9:>9.0f} {N * K * 2 / own / bandwidth * 100:>8.0f}%")
+            print(f"{name:<16} {M:>4} {own * 1e6:>8.1f} {unpiped * 1e6:>10.1f} {cublas * 1e6:>10.1f} {floor * 1e6:>9.1f} {own / floor:>10.2f} {N * K * 2 / own / 1e9:>9.0f} {N * K * 2 / own / bandwidth * 100:>8.0f}%")
 
 
 # ----------------------------------------------------------------------------- attention

@@ -91,12 +91,14 @@ def test_elementwise_kernels(dtype):
     assert_close(cp.asnumpy(be.silu_mul(cp.asarray(gate_up))), ref.silu_mul(gate_up), 1e-5, 1e-6, "silu_mul")
 
 
+@pytest.mark.parametrize("variant", ["gemm_stream", "gemm_stream_pipelined"])
 @pytest.mark.parametrize("M", [1, 3, 16, 17, 64, 65, 130])
-@pytest.mark.parametrize("N,K", [(8, 16), (200, 576), (577, 1536)])
-def test_gemm_bf16_matches_reference(M, N, K):
+@pytest.mark.parametrize("N,K", [(8, 16), (200, 576), (577, 1536), (64, 4096)])
+def test_gemm_bf16_matches_reference(M, N, K, variant):
     import cupy as cp
 
     be, rng = backend("bfloat16"), np.random.default_rng(M * N + K)
+    be.gemm_variant = variant
     x = rng.normal(size=(M, K)).astype(np.float32)
     w = rng.normal(size=(N, K)).astype(np.float32) / np.sqrt(K)
     y = cp.asnumpy(be.linear(cp.asarray(x), be.convert(w)))

@@ -120,6 +120,7 @@ class CudaBackend:
         self.kv_memory_fraction = kv_memory_fraction
         self.modules = {}
         self.graphs = {}  # (model, cache, B, N bucket) -> CapturedStep
+        self.gemm_variant = "gemm_stream_pipelined"  # or "gemm_stream" (bench gemm compares them)
         self.use_graphs = use_graphs
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         self.sm_count = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
@@ -271,7 +272,7 @@ class CudaBackend:
         splits = self.gemm_splits(M, N, K)
         partial = y if splits == 1 else cp.empty((splits, M, N), dtype=cp.float32)
         grid = ((N + 63) // 64, splits, (M + 63) // 64)
-        self.kernel("gemm.cu", "gemm_stream")(grid, (256,), (x16, weight, partial, np.int32(M), np.int32(N), np.int32(K)))
+        self.kernel("gemm.cu", self.gemm_variant)(grid, (256,), (x16, weight, partial, np.int32(M), np.int32(N), np.int32(K)))
         if splits > 1:
             self.kernel("gemm.cu", "reduce_splits")(((M * N + 255) // 256,), (256,), (partial, y, np.int32(splits), np.int64(M * N)))
         return y
