@@ -118,12 +118,13 @@ def test_tree_attention_matches_dense_reference(dtype, page_size, D):
     to_device = (lambda a: cp.asarray(a.view(np.uint16))) if dtype == "bfloat16" else cp.asarray
     out = be.attention(cp.asarray(q), to_device(k_cache), to_device(v_cache), be.prepare_plan(plan), 1 / np.sqrt(D))
     reference = ref.attention(q, k_cache.astype(np.float32), v_cache.astype(np.float32), plan, 1 / np.sqrt(D))
-    # bf16 pages run on tensor cores: q and the softmax weights are rounded to bf16 (a few 1e-3 relative)
-    tolerance = 2e-2 if dtype == "bfloat16" else 2e-4
+    # bf16 pages run on tensor cores: q and the softmax weights are rounded to bf16, which moves peaked
+    # scores by ~1% of their size; a wrong mask moves a whole row by O(1), far past the per-row bound
+    tolerance = 6e-2 if dtype == "bfloat16" else 2e-4
     assert_close(cp.asnumpy(out), reference, tolerance, tolerance, "tree attention vs NumPy reference")
     assert_close(cp.asnumpy(out), expected, tolerance, tolerance, "tree attention vs dense reference")
-    # a wrong mask moves outputs by O(1) (peaked softmax): the tolerance above is far tighter than that
-    assert np.abs(cp.asnumpy(out) - expected).mean() < 2e-3 if dtype == "bfloat16" else True
+    worst_row = np.abs(cp.asnumpy(out) - expected).mean(axis=1).max()
+    assert worst_row < (1e-2 if dtype == "bfloat16" else 1e-4), f"worst row mean error {worst_row}"
 
 
 @pytest.mark.parametrize("splits_blocks", [1, 1000])
@@ -135,7 +136,8 @@ def test_tree_attention_split_kv_merge(splits_blocks, monkeypatch):
     be.sm_count = splits_blocks  # drives the split count
     q, k_cache, v_cache, plan, expected = make_problem(rng, 16, [(700, "random", 40), (1500, "single", 1), (300, "chunk", 70)], H=8, Hkv=2, D=128, dtype=BF16)
     out = be.attention(cp.asarray(q), cp.asarray(k_cache.view(np.uint16)), cp.asarray(v_cache.view(np.uint16)), be.prepare_plan(plan), 1 / np.sqrt(128))
-    assert_close(cp.asnumpy(out), expected, 2e-2, 2e-2, f"split-KV attention (sm_count={splits_blocks})")
+    assert_close(cp.asnumpy(out), expected, 6e-2, 6e-2, f"split-KV attention (sm_count={splits_blocks})")
+    assert np.abs(cp.asnumpy(out) - expected).mean(axis=1).max() < 1e-2
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
