@@ -11,7 +11,7 @@
 //
 // Arguments: q float [N, H, D]; k_cache, v_cache store_t [NP, Hkv, P, D]; cu_q int32 [B+1];
 //   kv_len, tree_start, causal int32 [B]; masks uint64 [N]; page_tables int32 [B, max_pages];
-//   out float [N, H * D].  D <= 256 and a multiple of 32. Rows n >= cu_q[B] (padding of a captured
+//   out store_t [N, H * D] (the O projection's input).  D <= 256 and a multiple of 32. Rows n >= cu_q[B] (padding of a captured
 //   graph's bucket) are written as zeros.
 // Launch: grid (N, H), block 32: one warp per (query row, head); lane l owns dims l, l + 32, ...
 //   Online softmax in fp32 (running max m, denominator l, accumulator acc).
@@ -27,10 +27,10 @@ extern "C" __global__ void tree_attention(
     const int* __restrict__ cu_q, const int* __restrict__ kv_len, const int* __restrict__ tree_start,
     const unsigned long long* __restrict__ masks, const int* __restrict__ causal,
     const int* __restrict__ page_tables, int max_pages, int B,
-    float* __restrict__ out, int H, int Hkv, int P, int D, float scale) {
+    store_t* __restrict__ out, int H, int Hkv, int P, int D, float scale) {
     int n = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
     if (n >= cu_q[B]) {  // a padded row of a captured bucket: defined output, no reads
-        for (int d = lane; d < D; d += 32) out[((long long)n * H + h) * D + d] = 0.0f;
+        for (int d = lane; d < D; d += 32) out[((long long)n * H + h) * D + d] = to_store(0.0f);
         return;
     }
     int b = 0;
@@ -60,7 +60,7 @@ extern "C" __global__ void tree_attention(
         for (int e = 0; e < per_lane; e++) acc[e] = acc[e] * correction + weight * load_f(v_cache + base + lane + 32 * e);
         running_max = new_max;
     }
-    for (int e = 0; e < per_lane; e++) out[((long long)n * H + h) * D + lane + 32 * e] = acc[e] / denominator;
+    for (int e = 0; e < per_lane; e++) out[((long long)n * H + h) * D + lane + 32 * e] = to_store(acc[e] / denominator);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ extern "C" __global__ void tree_attention(
 // (o, running max m, denominator l); attention_merge combines the shares.
 //
 // Launch: grid (row tiles (upper bound: ceil(N G / 64) + B), Hkv, splits), block 128 (4 warps x 16 rows).
-// o_part float [splits, N, H, D], ml_part float [splits, N, H, 2]; merge grid (N, H), block D / 2... see below.
+// o_part float [splits, N, H, D], ml_part float [splits, N, H, 2]; attention_merge (below) combines them.
 // Fragments (g = lane / 4, t = lane % 4): A (g | g+8, k 2t..2t+1 | 2t+8..), B (k 2t.. | 2t+8.., n g),
 // C (g | g+8, n 2t..2t+1).
 
@@ -263,14 +263,14 @@ TREE_ATTENTION_MMA(128)
 
 // out[n, h, :] = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s over the splits (M = max m_s);
 // rows n >= cu_q[B] (padding of a captured bucket) are written as zeros.
-// grid (N, H), block 64; o_part [splits, N, H, D], ml_part [splits, N, H, 2], out float [N, H * D].
+// grid (N, H), block 64; o_part [splits, N, H, D], ml_part [splits, N, H, 2], out store_t [N, H * D].
 extern "C" __global__ void attention_merge(const float* __restrict__ o_part, const float* __restrict__ ml_part,
-                                           const int* __restrict__ cu_q, int B, float* __restrict__ out,
+                                           const int* __restrict__ cu_q, int B, store_t* __restrict__ out,
                                            int N, int H, int D, int splits) {
     int n = blockIdx.x, h = blockIdx.y;
     long long row = (long long)n * H + h;
     if (n >= cu_q[B]) {
-        for (int d = threadIdx.x; d < D; d += blockDim.x) out[row * D + d] = 0.0f;
+        for (int d = threadIdx.x; d < D; d += blockDim.x) out[row * D + d] = to_store(0.0f);
         return;
     }
     float M = -__int_as_float(0x7f800000);
@@ -286,6 +286,6 @@ extern "C" __global__ void attention_merge(const float* __restrict__ o_part, con
             const float* ml = ml_part + ((long long)s * N * H + row) * 2;
             if (ml[1] > 0.0f) sum += __expf(ml[0] - M) * o_part[((long long)s * N * H + row) * D + d];
         }
-        out[row * D + d] = sum / L;
+        out[row * D + d] = to_store(sum / L);
     }
 }

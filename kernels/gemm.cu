@@ -3,7 +3,7 @@
 // Decode and tree verify have M = B * T <= 64 rows, so the cost is reading W once (N * K * 2 bytes);
 // the kernel is built to keep many wide weight loads in flight.
 //
-// Operands: x bf16 [M, K] (activations are converted once per GEMM by to_bf16), W bf16 [N, K]
+// Operands: x bf16 [M, K] (written in bf16 by the op before the GEMM), W bf16 [N, K]
 // (the checkpoint layout, y = x W^T), partial float [splits, M, N] (y itself when splits == 1).
 // K / splits must be a multiple of 32 (the launcher checks; else it uses the plain kernel below).
 //
@@ -18,26 +18,16 @@
 // covers columns bx*64 .. +64 and k range [s * K / splits, (s+1) * K / splits) in 128-wide steps with
 // U (4 or 8) 16-byte loads per lane in flight (gemm_stream_pipelined also prefetches the next stage),
 // then 32-wide steps for the rest. splits > 1 writes partials that reduce_splits sums in a fixed
-// order (deterministic: the same inputs give the same bits).
+// order (deterministic: the same inputs give the same bits); the ops after a GEMM sum the partials
+// themselves (elementwise.cu), reduce_splits serves the LM head.
 // NumPy reference: numpy_backend.linear (on bf16-rounded x and W). Tests: tests/test_cuda_kernels.py.
 #include <cuda_bf16.h>
-
-__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<unsigned*>(&v);
-}
 
 __device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// x float [M, K] -> bf16 [M, K]
-extern "C" __global__ void to_bf16(const float* __restrict__ x, __nv_bfloat16* __restrict__ out, long long count) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < count) out[i] = __float2bfloat16_rn(x[i]);
 }
 
 // Two mmas over one 32-wide k block: lane's 16-byte weight load b covers physical k .. k + 7.
@@ -116,13 +106,12 @@ extern "C" __global__ void reduce_splits(const float* __restrict__ partial, floa
 
 // The plain version for any K that is a multiple of 16 (one 4-byte weight load per fragment).
 // Launch: grid (ceil(N / 32), ceil(M / 64)), block 128: warp w owns columns (blockIdx.x * 4 + w) * 8 .. +8.
-extern "C" __global__ void gemm_bf16(const float* __restrict__ x, const __nv_bfloat16* __restrict__ w,
+extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                                      float* __restrict__ y, int M, int N, int K) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int n0 = (blockIdx.x * 4 + warp) * 8, m_base = blockIdx.y * 64;
     if (n0 >= N) return;
-    int n = n0 + g;
-    const __nv_bfloat16* w_row = w + (long long)min(n, N - 1) * K;
+    const __nv_bfloat16* w_row = w + (long long)min(n0 + g, N - 1) * K;
     float acc[4][4] = {};
     for (int k0 = 0; k0 < K; k0 += 16) {
         unsigned b0 = *reinterpret_cast<const unsigned*>(w_row + k0 + 2 * t);
@@ -131,11 +120,9 @@ extern "C" __global__ void gemm_bf16(const float* __restrict__ x, const __nv_bfl
         for (int mt = 0; mt < 4; mt++) {
             int r0 = m_base + mt * 16 + g, r1 = r0 + 8;
             if (m_base + mt * 16 >= M) break;
-            float2 x00 = r0 < M ? *reinterpret_cast<const float2*>(x + (long long)r0 * K + k0 + 2 * t) : make_float2(0, 0);
-            float2 x10 = r1 < M ? *reinterpret_cast<const float2*>(x + (long long)r1 * K + k0 + 2 * t) : make_float2(0, 0);
-            float2 x01 = r0 < M ? *reinterpret_cast<const float2*>(x + (long long)r0 * K + k0 + 2 * t + 8) : make_float2(0, 0);
-            float2 x11 = r1 < M ? *reinterpret_cast<const float2*>(x + (long long)r1 * K + k0 + 2 * t + 8) : make_float2(0, 0);
-            mma_bf16(acc[mt], pack_bf16(x00.x, x00.y), pack_bf16(x10.x, x10.y), pack_bf16(x01.x, x01.y), pack_bf16(x11.x, x11.y), b0, b1);
+            const unsigned* x0 = reinterpret_cast<const unsigned*>(x + (long long)r0 * K + k0 + 2 * t);
+            const unsigned* x1 = reinterpret_cast<const unsigned*>(x + (long long)r1 * K + k0 + 2 * t);
+            mma_bf16(acc[mt], r0 < M ? x0[0] : 0u, r1 < M ? x1[0] : 0u, r0 < M ? x0[4] : 0u, r1 < M ? x1[4] : 0u, b0, b1);
         }
     }
 #pragma unroll

@@ -1,32 +1,15 @@
-// Paged KV cache writes and the commit of accepted tree nodes.
+// KV commit of accepted tree nodes (new K/V rows are written by rope_write_kv in elementwise.cu).
 //
-// Cache layout: store_t [NP, Hkv, P, D]; flat slot s = page * P + row lives at
-// cache[s / P, h, s % P, :] for every KV head h.
-//
-// write_kv:   cache[slots[n] / P, h, slots[n] % P, :] = k[n, h, :]  (and v), slots[n] < 0: skipped
-//   k, v float [N, Hkv, D]; slots int32 [N].          grid (N), block 128.
-// gather_slots: buffer[i, h, :] = cache[src[i] / P, h, src[i] % P, :]   buffer store_t [count, Hkv, D]
+// Cache layout: store_t [NP, Hkv, P, D]; flat slot s = page * P + row lives at cache[s / P, h, s % P, :].
+// gather_slots:  buffer[i, h, :] = cache[src[i] / P, h, src[i] % P, :]     buffer store_t [count, Hkv, D]
 // scatter_slots: cache[dst[i] / P, h, dst[i] % P, :] = buffer[i, h, :]
 //   KV commit = gather every source, then scatter: sources and destinations overlap
-//   (accept nodes 0, 2, 3 after rejecting 1), so no write may precede a read.
-//                                                     grid (count), block 128.
-// NumPy reference: numpy_backend.write_kv, NumpyBackend.move_slots. Tests: tests/test_cuda_kernels.py.
+//   (accept nodes 0, 2, 3 after rejecting 1), so no write may precede a read.   grid (count), block 128.
+// NumPy reference: NumpyBackend.move_slots. Tests: tests/test_cuda_kernels.py.
 #include "storage.cuh"
 
 __device__ __forceinline__ long long slot_offset(int slot, int h, int Hkv, int P, int D) {
     return (((long long)(slot / P) * Hkv + h) * P + slot % P) * D;
-}
-
-extern "C" __global__ void write_kv(const float* __restrict__ k, const float* __restrict__ v, const int* __restrict__ slots,
-                                    store_t* __restrict__ k_cache, store_t* __restrict__ v_cache, int Hkv, int P, int D) {
-    int n = blockIdx.x, slot = slots[n];
-    if (slot < 0) return;
-    for (int idx = threadIdx.x; idx < Hkv * D; idx += blockDim.x) {
-        int h = idx / D, d = idx % D;
-        long long dst = slot_offset(slot, h, Hkv, P, D) + d;
-        k_cache[dst] = to_store(k[(long long)n * Hkv * D + idx]);
-        v_cache[dst] = to_store(v[(long long)n * Hkv * D + idx]);
-    }
 }
 
 extern "C" __global__ void gather_slots(const store_t* __restrict__ cache, const int* __restrict__ source,

@@ -1,6 +1,6 @@
 """The Llama forward over a step plan, written once for every backend.
 
-Per layer: RMSNorm -> fused QKV GEMM -> RoPE -> write K/V to slots -> paged tree
+Per layer: RMSNorm -> fused QKV GEMM -> RoPE + write K/V to slots -> paged tree
 attention -> O GEMM -> (+ residual) RMSNorm -> fused gate/up GEMM -> SiLU*mul ->
 down GEMM. Then the final norm and the LM head, only for the rows that need logits.
 """
@@ -62,8 +62,7 @@ class Model:
             layer = w.layers[i]
             h, residual = ops.add_rmsnorm(x, residual, layer.attn_norm, c.rms_norm_eps)  # [N, hidden]
             qkv = ops.linear(h, layer.wqkv)  # [N, (H + 2 Hkv) D]
-            q, k, v = ops.qkv_rope(qkv, plan, self.inv_freq, H, Hkv, D)  # [N, H, D], [N, Hkv, D] x2
-            ops.write_kv(cache.k[i], cache.v[i], k, v, plan)
+            q = ops.rope_write_kv(qkv, plan, self.inv_freq, cache.k[i], cache.v[i], H, Hkv, D)  # [N, H, D]; K/V to slots
             o = ops.attention(q, cache.k[i], cache.v[i], plan, self.scale)  # [N, H D]
             x = ops.linear(o, layer.wo)  # [N, hidden]
             h, residual = ops.add_rmsnorm(x, residual, layer.mlp_norm, c.rms_norm_eps)

@@ -91,6 +91,25 @@ class CapturedStep:
         self.packed.set(host)
 
 
+@dataclass
+class Partial:
+    """A GEMM result as split-K partial sums [splits, M, N] (fp32); the op that reads it adds them up."""
+
+    buffer: object
+
+    @property
+    def splits(self) -> int:
+        return self.buffer.shape[0]
+
+    @property
+    def shape(self):
+        return self.buffer.shape[1:]
+
+
+def as_partial(x) -> Partial:
+    return x if isinstance(x, Partial) else Partial(x.reshape(1, *x.shape))
+
+
 _STREAM = None
 
 
@@ -241,41 +260,49 @@ class CudaBackend:
         return out
 
     def add_rmsnorm(self, x, residual, weight, eps):
+        """x: fp32 [N, C] or a Partial -> (normalised [N, C] in the storage type, residual fp32 [N, C])."""
         cp = self.cp
-        self._check(x, cp.float32, 2, "rmsnorm input")
+        x = as_partial(x)
+        N, C = x.shape
         has_residual = residual is not None
-        residual = residual if has_residual else cp.empty_like(x)
-        out = cp.empty_like(x)
+        residual = residual if has_residual else cp.empty((N, C), dtype=cp.float32)
+        out = cp.empty((N, C), dtype=self.store_dtype)
         self.kernel("elementwise.cu", "add_rmsnorm")(
-            (x.shape[0],), (256,), (x, residual, np.int32(has_residual), weight, out, np.int32(x.shape[1]), np.float32(eps))
+            (N,), (256,), (x.buffer, np.int32(x.splits), residual, np.int32(has_residual), weight, out, np.int32(N), np.int32(C), np.float32(eps))
         )
         return out, residual
 
-    def linear(self, x, weight):
-        """y[M, N] = x[M, K] W[N, K]^T: own tensor-core kernel (bf16) or cuBLAS (float32 mode)."""
+    def linear(self, x, weight) -> Partial:
+        """y[M, N] = x[M, K] W[N, K]^T: own tensor-core kernel (bf16; split-K partials) or cuBLAS (float32 mode)."""
         cp = self.cp
-        self._check(x, cp.float32, 2, "linear input")
+        self._check(x, self.store_dtype, 2, "linear input")
         M, K = x.shape
         N = weight.shape[0]
         if weight.shape[1] != K:
             raise ValueError(f"linear: x has K = {K}, weight is {weight.shape}")
         if not self.bf16:
-            return cp.matmul(x, weight.T)
+            return as_partial(cp.matmul(x, weight.T))
         if K % 16:
             raise ValueError(f"linear: K = {K} must be a multiple of 16 for the tensor-core kernel")
-        y = cp.empty((M, N), dtype=cp.float32)
         if K % 32:
+            y = cp.empty((1, M, N), dtype=cp.float32)
             self.kernel("gemm.cu", "gemm_bf16")(((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
-            return y
-        x16 = cp.empty((M, K), dtype=cp.uint16)
-        self.kernel("gemm.cu", "to_bf16")(((M * K + 255) // 256,), (256,), (x, x16, np.int64(M * K)))
+            return Partial(y)
         splits = self.gemm_splits(M, N, K)
-        partial = y if splits == 1 else cp.empty((splits, M, N), dtype=cp.float32)
+        partial = cp.empty((splits, M, N), dtype=cp.float32)
         grid = ((N + 63) // 64, splits, (M + 63) // 64)
-        self.kernel("gemm.cu", self.gemm_variant)(grid, (256,), (x16, weight, partial, np.int32(M), np.int32(N), np.int32(K)))
-        if splits > 1:
-            self.kernel("gemm.cu", "reduce_splits")(((M * N + 255) // 256,), (256,), (partial, y, np.int32(splits), np.int64(M * N)))
-        return y
+        self.kernel("gemm.cu", self.gemm_variant)(grid, (256,), (x, weight, partial, np.int32(M), np.int32(N), np.int32(K)))
+        return Partial(partial)
+
+    def reduce(self, y: Partial):
+        """The fp32 [M, N] sum of a Partial."""
+        if y.splits == 1:
+            return y.buffer[0]
+        cp = self.cp
+        M, N = y.shape
+        out = cp.empty((M, N), dtype=cp.float32)
+        self.kernel("gemm.cu", "reduce_splits")(((M * N + 255) // 256,), (256,), (y.buffer, out, np.int32(y.splits), np.int64(M * N)))
+        return out
 
     def gemm_splits(self, M, N, K) -> int:
         """Split K until the grid has about 4 blocks per SM (weights stream from many SMs at once)."""
@@ -286,14 +313,15 @@ class CudaBackend:
         return splits
 
     def logits(self, h, lm_head):
-        return self.linear(self.cp.ascontiguousarray(h), lm_head)
+        return self.reduce(self.linear(self.cp.ascontiguousarray(h), lm_head))
 
     def silu_mul(self, gate_up):
+        """gate_up: Partial [N, 2I] -> silu(gate) * up [N, I] in the storage type."""
         cp = self.cp
-        self._check(gate_up, cp.float32, 2, "silu_mul input")
+        gate_up = as_partial(gate_up)
         N, I = gate_up.shape[0], gate_up.shape[1] // 2
-        out = cp.empty((N, I), dtype=cp.float32)
-        self.kernel("elementwise.cu", "silu_mul")(((N * I + 255) // 256,), (256,), (gate_up, out, np.int32(N), np.int32(I)))
+        out = cp.empty((N, I), dtype=self.store_dtype)
+        self.kernel("elementwise.cu", "silu_mul")((N,), (256,), (gate_up.buffer, np.int32(gate_up.splits), out, np.int32(N), np.int32(I)))
         return out
 
     def rope_tables(self, inv_freq, max_position: int):
@@ -305,21 +333,20 @@ class CudaBackend:
             self.rope_cache[id(inv_freq)] = cached
         return cached
 
-    def qkv_rope(self, qkv, plan: DevicePlan, inv_freq, H, Hkv, D):
+    def rope_write_kv(self, qkv, plan: DevicePlan, inv_freq, k_cache, v_cache, H, Hkv, D):
+        """qkv Partial [N, (H + 2 Hkv) D] -> rotated q fp32 [N, H, D]; rotated k and v go to their cache slots."""
         cp = self.cp
-        self._check(qkv, cp.float32, 2, "qkv")
+        qkv = as_partial(qkv)
         N = qkv.shape[0]
-        positions = plan.positions
+        P = k_cache.shape[2]
         cos, sin = self.rope_tables(inv_freq, plan.max_position)
         q = cp.empty((N, H, D), dtype=cp.float32)
-        k = cp.empty((N, Hkv, D), dtype=cp.float32)
-        v = cp.empty((N, Hkv, D), dtype=cp.float32)
-        self.kernel("elementwise.cu", "qkv_rope")((N,), (128,), (qkv, positions, cos, sin, q, k, v, np.int32(H), np.int32(Hkv), np.int32(D)))
-        return q, k, v
-
-    def write_kv(self, k_cache, v_cache, k, v, plan: DevicePlan):
-        _, Hkv, P, D = k_cache.shape
-        self.kernel("kv_cache.cu", "write_kv")((plan.num_tokens,), (128,), (k, v, plan.slots, k_cache, v_cache, np.int32(Hkv), np.int32(P), np.int32(D)))
+        self.kernel("elementwise.cu", "rope_write_kv")(
+            (N,), (128,),
+            (qkv.buffer, np.int32(qkv.splits), np.int32(N), plan.positions, cos, sin, plan.slots, q, k_cache, v_cache,
+             np.int32(H), np.int32(Hkv), np.int32(D), np.int32(P)),
+        )
+        return q
 
     def attention(self, q, k_cache, v_cache, plan: DevicePlan, scale: float):
         cp = self.cp
@@ -329,7 +356,7 @@ class CudaBackend:
             return self.attention_mma(q, k_cache, v_cache, plan, scale)
         if D % 32 or D > 256:
             raise ValueError(f"attention: head dim {D} must be a multiple of 32 and <= 256")
-        out = cp.empty((N, H * D), dtype=cp.float32)
+        out = cp.empty((N, H * D), dtype=self.store_dtype)
         self.kernel("attention.cu", "tree_attention")(
             (N, H), (32,),
             (q, k_cache, v_cache, plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
@@ -355,7 +382,7 @@ class CudaBackend:
              np.int32(plan.page_tables.shape[1]), np.int32(B), o_part, ml_part, np.int32(N), np.int32(H), np.int32(Hkv),
              np.int32(P), np.float32(scale)),
         )
-        out = cp.empty((N, H * D), dtype=cp.float32)
+        out = cp.empty((N, H * D), dtype=self.store_dtype)
         self.kernel("attention.cu", "attention_merge")(
             (N, H), (64,), (o_part, ml_part, plan.cu_q, np.int32(B), out, np.int32(N), np.int32(H), np.int32(D), np.int32(splits))
         )

@@ -151,8 +151,10 @@ class NumpyBackend:
     linear = staticmethod(linear)
     silu_mul = staticmethod(silu_mul)
 
-    def qkv_rope(self, qkv, plan: StepPlan, inv_freq, H, Hkv, D):
-        return split_qkv_rope(qkv, plan.positions, inv_freq, H, Hkv, D)
+    def rope_write_kv(self, qkv, plan: StepPlan, inv_freq, k_cache, v_cache, H, Hkv, D):
+        q, k, v = split_qkv_rope(qkv, plan.positions, inv_freq, H, Hkv, D)
+        write_kv(k_cache, v_cache, k, v, plan.slots, k_cache.shape[2])
+        return q
 
     def argmax(self, logits) -> np.ndarray:
         return np.argmax(logits, axis=-1)
@@ -162,9 +164,6 @@ class NumpyBackend:
         from ..sampling import sample_from, target_distribution
 
         return np.array([sample_from(target_distribution(logits[r], p), u) for r, p, u in zip(rows, params, uniforms)])
-
-    def write_kv(self, k_cache, v_cache, k, v, plan: StepPlan):
-        write_kv(k_cache, v_cache, k, v, plan.slots, k_cache.shape[2])
 
     def attention(self, q, k_cache, v_cache, plan: StepPlan, scale: float):
         return attention(q, k_cache, v_cache, plan, scale)
