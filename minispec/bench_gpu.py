@@ -36,6 +36,46 @@ def time_gpu(fn, warmup: int = 3, repeat: int = 20) -> float:
     return float(np.median(times))
 
 
+def time_captured(fn, reps: int = 20) -> float:
+    """Seconds per fn() on the GPU alone: `reps` calls captured into one CUDA graph, the graph timed."""
+    cp = require_gpu()
+    from .backends.cuda_backend import compute_stream
+
+    stream = compute_stream(cp)
+    fn()  # compile, and leave pool blocks of the right sizes
+    keep, previous, pool = [], cp.cuda.get_allocator(), cp.get_default_memory_pool()
+    cp.cuda.set_allocator(lambda size: keep.append(pool.malloc(size)) or keep[-1])
+    try:
+        stream.begin_capture()
+        for _ in range(reps):
+            fn()
+        graph = stream.end_capture()
+    finally:
+        cp.cuda.set_allocator(previous)
+    return time_gpu(lambda: graph.launch(stream), 2, 10) / reps
+
+
+def time_async(fn, reps: int = 20) -> float:
+    """Seconds per fn() for a peer that cannot be captured: `reps` back-to-back asynchronous calls."""
+    return time_gpu(lambda: [fn() for _ in range(reps)], 1, 5) / reps
+
+
+def time_torch(torch, fn, reps: int = 20) -> float:
+    """Seconds per fn() for a PyTorch peer, with PyTorch's own events on its own stream."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(5):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        stop.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(stop) / 1e3 / reps)
+    return float(np.median(times))
+
+
 def copy_bandwidth() -> float:
     """Device-to-device copy of 2 GiB, counting bytes read + written (bytes/s)."""
     cp = require_gpu()
@@ -61,20 +101,21 @@ def bench_gemm(args) -> None:
     backend = CudaBackend("bfloat16")
     bandwidth = copy_bandwidth()
     shapes = {"smollm2 qkv": (576, 960), "smollm2 gate/up": (576, 3072), "smollm2 down": (1536, 576), "8B qkv": (4096, 6144), "8B gate/up": (4096, 28672), "8B down": (14336, 4096)}
-    print(f"minispec bench gemm on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)")
+    print(f"minispec bench gemm on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write); "
+          "own kernels timed as a captured graph of 20 calls, cuBLAS (CuPy fp16 matmul) as 20 async calls")
     print(f"{'shape':<16} {'M':>4} {'own µs':>8} {'unpiped µs':>10} {'cuBLAS µs':>10} {'floor µs':>9} {'own/floor':>10} {'own GB/s':>9} {'% of copy':>9}")
     for name, (K, N) in shapes.items():
         weight = cp.asarray((np.random.default_rng(0).standard_normal((N, K), dtype=np.float32) / 30).astype(np.float16)).view(cp.uint16)
         weight_fp16 = weight.view(cp.float16)
         floor = N * K * 2 / bandwidth
         for M in (1, 2, 4, 8, 16, 32, 64, 128):
-            x = cp.random.standard_normal((M, K), dtype=cp.float32)
-            x16 = x.astype(cp.float16)
-            own = time_gpu(lambda: backend.linear(x, weight))
+            x16 = cp.random.standard_normal((M, K), dtype=cp.float32).astype(cp.float16)
+            x = x16.view(cp.uint16)  # random bits pattern of a bf16-sized operand
+            own = time_captured(lambda: backend.linear(x, weight))
             backend.gemm_variant = "gemm_stream"
-            unpiped = time_gpu(lambda: backend.linear(x, weight))
+            unpiped = time_captured(lambda: backend.linear(x, weight))
             backend.gemm_variant = "gemm_stream_pipelined"
-            cublas = time_gpu(lambda: cp.matmul(x16, weight_fp16.T))  # cuBLAS fp16 (same bytes as bf16)
+            cublas = time_async(lambda: cp.matmul(x16, weight_fp16.T))  # cuBLAS fp16 (same bytes as bf16)
             print(f"{name:<16} {M:>4} {own * 1e6:>8.1f} {unpiped * 1e6:>10.1f} {cublas * 1e6:>10.1f} {floor * 1e6:>9.1f} {own / floor:>10.2f} {N * K * 2 / own / 1e9:>9.0f} {N * K * 2 / own / bandwidth * 100:>8.0f}%")
 
 
@@ -113,7 +154,8 @@ def bench_attention(args) -> None:
         import torch
     except ImportError:
         torch = None
-    print(f"minispec bench attention on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; page size 16; bf16 KV")
+    print(f"minispec bench attention on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; page size 16; bf16 KV; "
+          "own kernel timed as a captured graph of 20 calls (kernel + split merge), SDPA (dense bool mask, gathered K/V) as 20 async calls")
     print(f"{'heads':<10} {'B':>3} {'T':>3} {'context':>8} {'tree µs':>9} {'no-mask µs':>10} {'SDPA µs':>9} {'floor µs':>9} {'floor/tree':>10}")
     shapes = [("8B 32/8/128", 32, 8, 128), ("smol 9/3/64", 9, 3, 64)]
     contexts = (1024, 8192) if args.quick else (1024, 8192, 32768)
@@ -124,9 +166,9 @@ def bench_attention(args) -> None:
                     if B * context > 16 * 8192:
                         continue
                     q, k_cache, v_cache, plan = attention_case(cp, backend, B, T, context, H, Hkv, D)
-                    tree = time_gpu(lambda: backend.attention(q, k_cache, v_cache, plan, 0.1), 2, 5)
+                    tree = time_captured(lambda: backend.attention(q, k_cache, v_cache, plan, 0.1))
                     q2, k2, v2, plan2 = attention_case(cp, backend, B, T, context, H, Hkv, D, causal=True)
-                    plain = time_gpu(lambda: backend.attention(q2, k2, v2, plan2, 0.1), 2, 5)
+                    plain = time_captured(lambda: backend.attention(q2, k2, v2, plan2, 0.1))
                     sdpa = float("nan")
                     if torch is not None and B == 1:
                         S = context + T
@@ -134,7 +176,7 @@ def bench_attention(args) -> None:
                         vt = torch.randn(1, H, S, D, device="cuda", dtype=torch.bfloat16)
                         qt = torch.randn(1, H, T, D, device="cuda", dtype=torch.bfloat16)
                         mask = torch.ones(T, S, dtype=torch.bool, device="cuda")
-                        sdpa = time_gpu(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask), 2, 5)
+                        sdpa = time_torch(torch, lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask))
                     floor = B * (context + T) * Hkv * D * 2 * 2 / bandwidth
                     print(f"{name:<10} {B:>3} {T:>3} {context:>8} {tree * 1e6:>9.1f} {plain * 1e6:>10.1f} {sdpa * 1e6:>9.1f} {floor * 1e6:>9.1f} {floor / tree:>10.2f}")
 
