@@ -71,7 +71,8 @@ extern "C" __global__ void tree_attention(
 // tree tokens test the ancestor bits. S = Q K^T and O += P V are mma.sync.m16n8k16 bf16 -> fp32, with
 // an online softmax in fp32 between them (the C fragments of S are the A fragments of P).
 // Split-KV: blockIdx.z takes a contiguous share of the key tiles and writes an unnormalised partial
-// (o, running max m, denominator l); attention_merge combines the shares.
+// (o, running max m, denominator l); attention_merge combines the shares. With one split the block
+// writes the normalised bf16 output itself and no merge runs.
 //
 // Launch: grid (row tiles (upper bound: ceil(N G / 64) + B), Hkv, splits), block 128 (4 warps x 16 rows).
 // o_part float [splits, N, H, D], ml_part float [splits, N, H, 2]; attention_merge (below) combines them.
@@ -98,7 +99,8 @@ __device__ void tree_attention_mma(
     const int* __restrict__ cu_q, const int* __restrict__ kv_len, const int* __restrict__ tree_start,
     const unsigned long long* __restrict__ masks, const int* __restrict__ causal,
     const int* __restrict__ page_tables, int max_pages, int B,
-    float* __restrict__ o_part, float* __restrict__ ml_part, int N, int H, int Hkv, int P, float scale) {
+    float* __restrict__ o_part, float* __restrict__ ml_part, __nv_bfloat16* __restrict__ out,
+    int N, int H, int Hkv, int P, float scale) {
     constexpr int STRIDE = D + 8;  // padded smem rows: 16-byte aligned, spreads banks
     __shared__ __align__(16) __nv_bfloat16 k_tile[KEYS_PER_TILE * STRIDE];
     __shared__ __align__(16) __nv_bfloat16 v_tile[KEYS_PER_TILE * STRIDE];
@@ -237,6 +239,15 @@ __device__ void tree_attention_mma(
     l0 += __shfl_xor_sync(0xffffffff, l0, 2);
     l1 += __shfl_xor_sync(0xffffffff, l1, 1);
     l1 += __shfl_xor_sync(0xffffffff, l1, 2);
+    if (splits == 1) {  // the only share: normalise and write the O projection's input directly
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            int d = dt * 8 + 2 * t;
+            if (valid0) *reinterpret_cast<__nv_bfloat162*>(out + qrow0 * D + d) = __floats2bfloat162_rn(acc[dt][0] / l0, acc[dt][1] / l0);
+            if (valid1) *reinterpret_cast<__nv_bfloat162*>(out + qrow1 * D + d) = __floats2bfloat162_rn(acc[dt][2] / l1, acc[dt][3] / l1);
+        }
+        return;
+    }
     float* o = o_part + (long long)split * N * H * D;
     float* ml = ml_part + (long long)split * N * H * 2;
 #pragma unroll
@@ -253,10 +264,10 @@ __device__ void tree_attention_mma(
     extern "C" __global__ void __launch_bounds__(128) tree_attention_mma_d##D(                                 \
         const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* cu_q,         \
         const int* kv_len, const int* tree_start, const unsigned long long* masks, const int* causal,          \
-        const int* page_tables, int max_pages, int B, float* o_part, float* ml_part, int N, int H, int Hkv,   \
-        int P, float scale) {                                                                                  \
+        const int* page_tables, int max_pages, int B, float* o_part, float* ml_part, __nv_bfloat16* out, int N, \
+        int H, int Hkv, int P, float scale) {                                                                  \
         tree_attention_mma<D>(q, k_cache, v_cache, cu_q, kv_len, tree_start, masks, causal, page_tables,       \
-                              max_pages, B, o_part, ml_part, N, H, Hkv, P, scale);                             \
+                              max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale);                        \
     }
 TREE_ATTENTION_MMA(64)
 TREE_ATTENTION_MMA(128)

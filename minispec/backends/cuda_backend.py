@@ -36,6 +36,7 @@ class DevicePlan:
     num_tokens: int  # N (padded to the bucket in a graph)
     batch_size: int  # B
     max_position: int
+    max_kv_len: int  # longest context in the step (a power-of-two bucket in a captured graph)
     all_logits: bool
     tokens: object
     positions: object
@@ -56,7 +57,7 @@ class CapturedStep:
     logit_rows N | cu_q B+1 | kv_len B | tree_start B | causal B | page_tables B * W.
     """
 
-    def __init__(self, cp, B: int, N: int, W: int, max_position: int):
+    def __init__(self, cp, B: int, N: int, W: int, max_position: int, context: int):
         self.B, self.N, self.W = B, N, W
         sizes = [2 * N, N, N, N, N, B + 1, B, B, B, B * W]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -64,7 +65,7 @@ class CapturedStep:
         self.packed = cp.zeros(self.offsets[-1], dtype=cp.int32)
         part = lambda i: self.packed[self.offsets[i] : self.offsets[i + 1]]  # noqa: E731
         self.plan = DevicePlan(
-            num_tokens=N, batch_size=B, max_position=max_position, all_logits=True, masks=part(0).view(cp.uint64),
+            num_tokens=N, batch_size=B, max_position=max_position, max_kv_len=context, all_logits=True, masks=part(0).view(cp.uint64),
             tokens=part(1), positions=part(2), slots=part(3), logit_rows=part(4), cu_q=part(5), kv_len=part(6),
             tree_start=part(7), causal=part(8), page_tables=part(9).reshape(B, W),
         )
@@ -138,8 +139,9 @@ class CudaBackend:
         self.store_dtype = cp.uint16 if self.bf16 else cp.float32
         self.kv_memory_fraction = kv_memory_fraction
         self.modules = {}
-        self.graphs = {}  # (model, cache, B, N bucket) -> CapturedStep
-        self.gemm_variant = "gemm_stream"  # or "gemm_stream_pipelined" (bench gemm compares them)
+        self.graphs = {}  # (model, cache, B, N bucket, context bucket) -> CapturedStep
+        self.gemm_variant = "gemm_stream"  # bench gemm compares the variants in kernels/gemm.cu
+        self.gemm_blocks_per_sm = 4
         self.cublas_ok = True  # M > SMALL_M goes to cuBLAS (never inside a captured graph: those steps have M <= 64)
         self.use_graphs = use_graphs
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
@@ -202,7 +204,7 @@ class CudaBackend:
         put = lambda a, dtype: cp.asarray(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
         return DevicePlan(
             num_tokens=plan.num_tokens, batch_size=plan.batch_size, max_position=int(plan.positions.max()),
-            all_logits=plan.all_logits, tokens=put(plan.tokens, np.int32), positions=put(plan.positions, np.int32),
+            max_kv_len=int(plan.kv_len.max()), all_logits=plan.all_logits, tokens=put(plan.tokens, np.int32), positions=put(plan.positions, np.int32),
             slots=put(plan.slots, np.int32), cu_q=put(plan.cu_q, np.int32), kv_len=put(plan.kv_len, np.int32),
             tree_start=put(plan.tree_start, np.int32), masks=put(plan.masks, np.uint64), causal=put(plan.causal, np.int32),
             page_tables=put(plan.page_tables, np.int32), logit_rows=put(plan.logit_rows, np.int32),
@@ -218,13 +220,14 @@ class CudaBackend:
         cp = self.cp
         N, B = plan.num_tokens, plan.batch_size
         bucket = 1 << (N - 1).bit_length()
-        key = (id(model), id(cache), B, bucket)
+        context = max(256, 1 << (int(plan.kv_len.max()) - 1).bit_length())  # attention splits follow the context
+        key = (id(model), id(cache), B, bucket, context)
         step = self.graphs.get(key)
         if step is None:
             limit = model.config.max_position_embeddings + 128
             self.rope_tables(model.inv_freq, limit)  # sized once: a captured graph keeps its pointer
             W = cache.pages_for(limit) + 1
-            step = CapturedStep(cp, B, bucket, W, limit)
+            step = CapturedStep(cp, B, bucket, W, limit, context)
             step.fill(plan)
             model.compute(step.plan, cache)  # warm-up: compiles kernels, leaves pool blocks of the right sizes
             previous = cp.cuda.get_allocator()
@@ -328,10 +331,10 @@ class CudaBackend:
         return out
 
     def gemm_splits(self, M, N, K) -> int:
-        """Split K until the grid has about 4 blocks per SM (weights stream from many SMs at once)."""
+        """Split K until the grid has `gemm_blocks_per_sm` blocks per SM (weights stream from many SMs at once)."""
         blocks = (N + 63) // 64 * ((M + 63) // 64)
         splits = 1
-        while blocks * splits < 4 * self.sm_count and (K // 32) % (splits * 2) == 0 and K // (splits * 2) >= 256:
+        while blocks * splits < self.gemm_blocks_per_sm * self.sm_count and (K // 32) % (splits * 2) == 0 and K // (splits * 2) >= 256:
             splits *= 2
         return splits
 
@@ -395,17 +398,20 @@ class CudaBackend:
         _, Hkv, P, _ = k_cache.shape
         B, G = plan.batch_size, H // Hkv
         row_tiles = -(-N * G // 64) + B  # upper bound of sum over b of ceil(T_b G / 64)
-        # enough blocks to fill the GPU twice; independent of kv_len, so a captured graph stays right
-        splits = max(1, min(32, -(-2 * self.sm_count // (row_tiles * Hkv))))
-        o_part = cp.empty((splits, N, H, D), dtype=cp.float32)
-        ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32)
+        # enough blocks to fill the GPU twice, but at least 4 key tiles (64 keys) per share; plan.max_kv_len
+        # is the context bucket in a captured graph, so the split stays right for every replay
+        splits = max(1, min(32, -(-2 * self.sm_count // (row_tiles * Hkv)), plan.max_kv_len // 64))
+        out = cp.empty((N, H * D), dtype=self.store_dtype)
+        o_part = cp.empty((splits, N, H, D), dtype=cp.float32) if splits > 1 else out
+        ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32) if splits > 1 else out
         self.kernel("attention.cu", f"tree_attention_mma_d{D}")(
             (row_tiles, Hkv, splits), (128,),
             (q, k_cache, v_cache, plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
-             np.int32(plan.page_tables.shape[1]), np.int32(B), o_part, ml_part, np.int32(N), np.int32(H), np.int32(Hkv),
-             np.int32(P), np.float32(scale)),
+             np.int32(plan.page_tables.shape[1]), np.int32(B), o_part, ml_part, out, np.int32(N), np.int32(H),
+             np.int32(Hkv), np.int32(P), np.float32(scale)),
         )
-        out = cp.empty((N, H * D), dtype=self.store_dtype)
+        if splits == 1:
+            return out
         self.kernel("attention.cu", "attention_merge")(
             (N, H), (64,), (o_part, ml_part, plan.cu_q, np.int32(B), out, np.int32(N), np.int32(H), np.int32(D), np.int32(splits))
         )
