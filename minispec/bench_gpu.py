@@ -109,11 +109,11 @@ def bench_gemm_variants(backend, bandwidth) -> None:
                 backend.gemm_variant = variant
                 shares = []
                 for per_sm in (2, 4, 8):
-                    backend.gemm_blocks_per_sm = per_sm
+                    backend.gemm_blocks_per_sm, backend.cublas_min_m = per_sm, 1 << 30
                     shares.append(N * K * 2 / time_captured(lambda: backend.linear(x, weight)) / bandwidth * 100)
                 cells.append("|".join(f"{v:4.0f}" for v in shares))
             print(f"{name:<12} {M:>3} " + " ".join(f"{c:>16}" for c in cells))
-    backend.gemm_variant, backend.gemm_blocks_per_sm = "gemm_stream", 4
+    backend.gemm_variant, backend.gemm_blocks_per_sm, backend.cublas_min_m = "gemm_stream", 4, 65
 
 
 def bench_gemm(args) -> None:
@@ -124,8 +124,8 @@ def bench_gemm(args) -> None:
     bandwidth = copy_bandwidth()
     shapes = {"smollm2 qkv": (576, 960), "smollm2 gate/up": (576, 3072), "smollm2 down": (1536, 576), "8B qkv": (4096, 6144), "8B gate/up": (4096, 28672), "8B down": (14336, 4096)}
     print(f"minispec bench gemm on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write); "
-          "own kernels timed as a captured graph of 20 calls, cuBLAS (CuPy fp16 matmul) as 20 async calls")
-    print(f"{'shape':<16} {'M':>4} {'own µs':>8} {'piped µs':>10} {'cuBLAS µs':>10} {'floor µs':>9} {'own/floor':>10} {'own GB/s':>9} {'% of copy':>9}")
+          "own kernel and cuBLAS (ctypes, bf16) timed as captured graphs of 20 calls, CuPy fp16 matmul as 20 async calls")
+    print(f"{'shape':<16} {'M':>4} {'own µs':>8} {'cuBLAS µs':>10} {'CuPy µs':>10} {'floor µs':>9} {'own/floor':>10} {'own GB/s':>9} {'% of copy':>9}")
     for name, (K, N) in shapes.items():
         weight = cp.asarray((np.random.default_rng(0).standard_normal((N, K), dtype=np.float32) / 30).astype(np.float16)).view(cp.uint16)
         weight_fp16 = weight.view(cp.float16)
@@ -133,15 +133,14 @@ def bench_gemm(args) -> None:
         for M in (1, 2, 4, 8, 16, 32, 64, 128):
             x16 = cp.random.standard_normal((M, K), dtype=cp.float32).astype(cp.float16)
             x = x16.view(cp.uint16)  # random bits pattern of a bf16-sized operand
-            if M > 64:  # the dispatcher sends these to cuBLAS, which cannot be captured
-                own = unpiped = time_async(lambda: backend.linear(x, weight))
-            else:
-                own = time_captured(lambda: backend.linear(x, weight))
-                backend.gemm_variant = "gemm_stream_pipelined"
-                unpiped = time_captured(lambda: backend.linear(x, weight))
-                backend.gemm_variant = "gemm_stream"
-            cublas = time_async(lambda: cp.matmul(x16, weight_fp16.T))  # cuBLAS fp16 (same bytes as bf16)
-            print(f"{name:<16} {M:>4} {own * 1e6:>8.1f} {unpiped * 1e6:>10.1f} {cublas * 1e6:>10.1f} {floor * 1e6:>9.1f} {own / floor:>10.2f} {N * K * 2 / own / 1e9:>9.0f} {N * K * 2 / own / bandwidth * 100:>8.0f}%")
+            threshold = backend.cublas_min_m
+            backend.cublas_min_m = 1 << 30
+            own = time_captured(lambda: backend.linear(x, weight))
+            backend.cublas_min_m = 1
+            captured_cublas = time_captured(lambda: backend.linear(x, weight)) if backend.cublas else float("nan")
+            backend.cublas_min_m = threshold
+            cublas = time_async(lambda: cp.matmul(x16, weight_fp16.T))  # cuBLAS fp16 through CuPy (same bytes as bf16)
+            print(f"{name:<16} {M:>4} {own * 1e6:>8.1f} {captured_cublas * 1e6:>10.1f} {cublas * 1e6:>10.1f} {floor * 1e6:>9.1f} {own / floor:>10.2f} {N * K * 2 / own / 1e9:>9.0f} {N * K * 2 / own / bandwidth * 100:>8.0f}%")
     if not args.quick:
         bench_gemm_variants(backend, bandwidth)
 

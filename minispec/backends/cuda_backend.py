@@ -142,7 +142,13 @@ class CudaBackend:
         self.graphs = {}  # (model, cache, B, N bucket, context bucket) -> CapturedStep
         self.gemm_variant = "gemm_stream"  # bench gemm compares the variants in kernels/gemm.cu
         self.gemm_blocks_per_sm = 4
-        self.cublas_ok = True  # M > SMALL_M goes to cuBLAS (never inside a captured graph: those steps have M <= 64)
+        try:  # cuBLAS through ctypes: capturable, unlike CuPy's
+            from .cublas import Cublas
+
+            self.cublas = Cublas(cp, self.stream)
+        except (OSError, RuntimeError, AttributeError):
+            self.cublas = None  # the own kernel serves every M
+        self.cublas_min_m = SMALL_M + 1  # rows from which cuBLAS beats the own kernel (bench gemm measures it)
         self.use_graphs = use_graphs
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         self.sm_count = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
@@ -286,11 +292,10 @@ class CudaBackend:
             raise ValueError(f"linear: x has K = {K}, weight is {weight.shape}")
         if not self.bf16:
             return as_partial(cp.matmul(x, weight.T))
-        if M > SMALL_M and self.cublas_ok:
-            try:
-                return Partial(self.cublas_linear(x, weight)[None])
-            except Exception:  # a CuPy build without gemmEx: the own kernel serves every M
-                self.cublas_ok = False
+        if M >= self.cublas_min_m and self.cublas is not None:
+            y = cp.empty((1, M, N), dtype=cp.float32)
+            self.cublas.gemm_bf16(x, weight, y[0])
+            return Partial(y)
         if K % 16:
             raise ValueError(f"linear: K = {K} must be a multiple of 16 for the tensor-core kernel")
         if K % 32:
@@ -302,23 +307,6 @@ class CudaBackend:
         grid = ((N + 63) // 64, splits, (M + 63) // 64)
         self.kernel("gemm.cu", self.gemm_variant)(grid, (256,), (x, weight, partial, np.int32(M), np.int32(N), np.int32(K)))
         return Partial(partial)
-
-    def cublas_linear(self, x, weight):
-        """cuBLAS bf16 GEMM with fp32 output for large M (prefill). Row-major y = x W^T is column-major
-        y^T = W x^T: A = W (op T, lda K), B = x (op N, ldb K), C = y^T (ldc N)."""
-        cp = self.cp
-        from cupy_backends.cuda.libs import cublas
-
-        M, K = x.shape
-        N = weight.shape[0]
-        y = cp.empty((M, N), dtype=cp.float32)
-        handle = cp.cuda.device.get_cublas_handle()
-        cublas.setStream(handle, self.stream.ptr)
-        one, zero = np.array(1.0, dtype=np.float32), np.array(0.0, dtype=np.float32)
-        BF16, F32, COMPUTE_32F, DEFAULT_ALGO = 14, 0, 68, -1
-        cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, N, M, K, one.ctypes.data, weight.data.ptr, BF16, K,
-                      x.data.ptr, BF16, K, zero.ctypes.data, y.data.ptr, F32, N, COMPUTE_32F, DEFAULT_ALGO)
-        return y
 
     def reduce(self, y: Partial):
         """The fp32 [M, N] sum of a Partial."""
