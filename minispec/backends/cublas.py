@@ -21,8 +21,12 @@ CUBLAS_GEMM_DEFAULT = -1
 LIBRARY_NAMES = ("libcublas.so.13", "libcublas.so.12", "libcublas.so")
 
 
-def load_library():
-    for name in LIBRARY_NAMES:
+def load_library(cp):
+    """libcublas as CuPy loaded it (often from a pip wheel's folder), else by soname."""
+    cp.cuda.device.get_cublas_handle()  # makes CuPy load libcublas into the process
+    with open("/proc/self/maps") as maps:
+        paths = sorted({line.split()[-1] for line in maps if "libcublas.so" in line and "Lt" not in line})
+    for name in (*paths, *LIBRARY_NAMES):
         try:
             return ctypes.CDLL(name)
         except OSError:
@@ -32,7 +36,7 @@ def load_library():
 
 class Cublas:
     def __init__(self, cp, stream, workspace_bytes: int = 32 << 20):
-        library = load_library()
+        library = load_library(cp)
         if library is None:
             raise OSError(f"none of {', '.join(LIBRARY_NAMES)} could be loaded")
         self.library, self.cp = library, cp
