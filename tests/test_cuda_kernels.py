@@ -138,7 +138,7 @@ def test_gemm_bf16_matches_reference(M, N, K, variant):
     y = cp.asnumpy(be.reduce(be.linear(be.convert(x), be.convert(w))))
     expected = stored(x, "bfloat16").astype(np.float64) @ stored(w, "bfloat16").astype(np.float64).T  # bf16 operands, exact sums
     assert_close(y, expected, 1e-3, 1e-3 * np.abs(expected).max(), f"gemm M={M} N={N} K={K}")
-    assert be.cublas is not None, "cuBLAS could not be loaded through ctypes"
+    assert be.cublas is not None, f"cuBLAS could not be loaded through ctypes: {be.cublas_error}"
     be.cublas_min_m = 1  # the same product through cuBLAS at every M
     y = cp.asnumpy(be.reduce(be.linear(be.convert(x), be.convert(w))))
     assert_close(y, expected, 1e-3, 1e-3 * np.abs(expected).max(), f"cuBLAS gemm M={M} N={N} K={K}")

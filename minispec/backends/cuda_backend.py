@@ -146,8 +146,8 @@ class CudaBackend:
             from .cublas import Cublas
 
             self.cublas = Cublas(cp, self.stream)
-        except (OSError, RuntimeError, AttributeError):
-            self.cublas = None  # the own kernel serves every M
+        except (OSError, RuntimeError, AttributeError) as error:
+            self.cublas, self.cublas_error = None, f"{type(error).__name__}: {error}"  # the own kernel serves every M
         self.cublas_min_m = SMALL_M + 1  # rows from which cuBLAS beats the own kernel (bench gemm measures it)
         self.use_graphs = use_graphs
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
