@@ -142,15 +142,15 @@ class CudaBackend:
         self.graphs = {}  # (model, cache, B, N bucket, context bucket) -> CapturedStep
         self.gemm_variant = "gemm_stream"  # bench gemm compares the variants in kernels/gemm.cu
         self.gemm_blocks_per_sm = 8  # measured best for M <= 16 on 8B shapes (bench gemm variants)
+        self.cublas_min_m = SMALL_M + 1  # rows from which cuBLAS beats the own kernel (bench gemm measures it)
+        self.use_graphs = use_graphs
+        self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         try:  # cuBLAS through ctypes: capturable, unlike CuPy's
             from .cublas import Cublas
 
             self.cublas = Cublas(cp, self.stream)
         except (OSError, RuntimeError, AttributeError) as error:
             self.cublas, self.cublas_error = None, f"{type(error).__name__}: {error}"  # the own kernel serves every M
-        self.cublas_min_m = SMALL_M + 1  # rows from which cuBLAS beats the own kernel (bench gemm measures it)
-        self.use_graphs = use_graphs
-        self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         self.sm_count = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
         self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2]
 
