@@ -87,17 +87,11 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     }
 }
 
-// Variants by loads per stage (U) and prefetch; the launcher uses gemm_stream, bench gemm times the others.
-#define GEMM_STREAM(NAME, U, PIPELINE)                                                                             \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const __nv_bfloat16* x, const __nv_bfloat16* w, float* out, \
-                                                           int M, int N, int K) {                                 \
-        gemm_stream_body<U, PIPELINE>(x, w, out, M, N, K);                                                        \
-    }
-GEMM_STREAM(gemm_stream, 4, false)
-GEMM_STREAM(gemm_stream_u8, 8, false)
-GEMM_STREAM(gemm_stream_u2p, 2, true)
-GEMM_STREAM(gemm_stream_u4p, 4, true)
-GEMM_STREAM(gemm_stream_pipelined, 8, true)
+// U = 4 without prefetch measured best of U in {2, 4, 8} with and without prefetch (notes/gemm_variants.log).
+extern "C" __global__ void __launch_bounds__(256) gemm_stream(const __nv_bfloat16* x, const __nv_bfloat16* w, float* out,
+                                                              int M, int N, int K) {
+    gemm_stream_body<4, false>(x, w, out, M, N, K);
+}
 
 // y[i] = sum over s of partial[s, i], in split order.   grid (ceil(M * N / 256)), block 256.
 extern "C" __global__ void reduce_splits(const float* __restrict__ partial, float* __restrict__ y, int splits, long long count) {

@@ -94,28 +94,6 @@ def card_name() -> str:
 # ----------------------------------------------------------------------------- gemm
 
 
-def bench_gemm_variants(backend, bandwidth) -> None:
-    """Loads in flight and split policy of the streaming kernel, on the 8B shapes (GPU time, captured)."""
-    cp = backend.cp
-    variants = ["gemm_stream", "gemm_stream_u8", "gemm_stream_u2p", "gemm_stream_u4p", "gemm_stream_pipelined"]
-    print(f"\nvariants (% of copy bandwidth), blocks/SM target 2 | 4 | 8:")
-    print(f"{'shape':<12} {'M':>3} " + " ".join(f"{v.replace('gemm_stream', 'gs'):>16}" for v in variants))
-    for name, (K, N) in {"8B qkv": (4096, 6144), "8B gate/up": (4096, 28672), "8B down": (14336, 4096)}.items():
-        weight = (cp.random.standard_normal((N, K), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)
-        for M in (1, 16, 64):
-            x = (cp.random.standard_normal((M, K), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)
-            cells = []
-            for variant in variants:
-                backend.gemm_variant = variant
-                shares = []
-                for per_sm in (2, 4, 8):
-                    backend.gemm_blocks_per_sm, backend.cublas_min_m = per_sm, 1 << 30
-                    shares.append(N * K * 2 / time_captured(lambda: backend.linear(x, weight)) / bandwidth * 100)
-                cells.append("|".join(f"{v:4.0f}" for v in shares))
-            print(f"{name:<12} {M:>3} " + " ".join(f"{c:>16}" for c in cells))
-    backend.gemm_variant, backend.gemm_blocks_per_sm, backend.cublas_min_m = "gemm_stream", 4, 65
-
-
 def bench_gemm(args) -> None:
     cp = require_gpu()
     from .backends.cuda_backend import CudaBackend
@@ -141,8 +119,6 @@ def bench_gemm(args) -> None:
             backend.cublas_min_m = threshold
             cublas = time_async(lambda: cp.matmul(x16, weight_fp16.T))  # cuBLAS fp16 through CuPy (same bytes as bf16)
             print(f"{name:<16} {M:>4} {own * 1e6:>8.1f} {captured_cublas * 1e6:>10.1f} {cublas * 1e6:>10.1f} {floor * 1e6:>9.1f} {own / floor:>10.2f} {N * K * 2 / own / 1e9:>9.0f} {N * K * 2 / own / bandwidth * 100:>8.0f}%")
-    if not args.quick:
-        bench_gemm_variants(backend, bandwidth)
 
 
 # ----------------------------------------------------------------------------- attention

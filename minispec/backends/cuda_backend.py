@@ -19,7 +19,6 @@ from ..errors import MinispecError
 from ..step import StepPlan
 
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
-SMALL_M = 64  # rows at or under which the own tensor-core GEMM runs
 
 
 def kernel_source(name: str) -> str:
@@ -140,9 +139,10 @@ class CudaBackend:
         self.kv_memory_fraction = kv_memory_fraction
         self.modules = {}
         self.graphs = {}  # (model, cache, B, N bucket, context bucket) -> CapturedStep
-        self.gemm_variant = "gemm_stream"  # bench gemm compares the variants in kernels/gemm.cu
         self.gemm_blocks_per_sm = 8  # measured best for M <= 16 on 8B shapes (bench gemm variants)
-        self.cublas_min_m = SMALL_M + 1  # rows from which cuBLAS beats the own kernel (bench gemm measures it)
+        # rows from which cuBLAS is used: measured faster at every M and shape on an H200 (notes/gemm_cublas_vs_own.log),
+        # so the own kernel serves only when cuBLAS cannot be loaded (or a test or benchmark asks for it)
+        self.cublas_min_m = 1
         self.use_graphs = use_graphs
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         try:  # cuBLAS through ctypes: capturable, unlike CuPy's
@@ -305,7 +305,7 @@ class CudaBackend:
         splits = self.gemm_splits(M, N, K)
         partial = cp.empty((splits, M, N), dtype=cp.float32)
         grid = ((N + 63) // 64, splits, (M + 63) // 64)
-        self.kernel("gemm.cu", self.gemm_variant)(grid, (256,), (x, weight, partial, np.int32(M), np.int32(N), np.int32(K)))
+        self.kernel("gemm.cu", "gemm_stream")(grid, (256,), (x, weight, partial, np.int32(M), np.int32(N), np.int32(K)))
         return Partial(partial)
 
     def reduce(self, y: Partial):
