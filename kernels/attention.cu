@@ -93,6 +93,13 @@ __device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, uns
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// 16 bytes global -> shared without passing through registers; zero-filled when !valid
+__device__ __forceinline__ void copy16_async(__nv_bfloat16* shared, const __nv_bfloat16* global, bool valid) {
+    unsigned address = (unsigned)__cvta_generic_to_shared(shared);
+    int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(bytes));
+}
+
 template <int D>
 __device__ void tree_attention_mma(
     const float* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache, const __nv_bfloat16* __restrict__ v_cache,
@@ -102,8 +109,8 @@ __device__ void tree_attention_mma(
     float* __restrict__ o_part, float* __restrict__ ml_part, __nv_bfloat16* __restrict__ out,
     int N, int H, int Hkv, int P, float scale) {
     constexpr int STRIDE = D + 8;  // padded smem rows: 16-byte aligned, spreads banks
-    __shared__ __align__(16) __nv_bfloat16 k_tile[KEYS_PER_TILE * STRIDE];
-    __shared__ __align__(16) __nv_bfloat16 v_tile[KEYS_PER_TILE * STRIDE];
+    __shared__ __align__(16) __nv_bfloat16 k_tile[2 * KEYS_PER_TILE * STRIDE];  // two buffers
+    __shared__ __align__(16) __nv_bfloat16 v_tile[2 * KEYS_PER_TILE * STRIDE];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int G = H / Hkv, kv_head = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
 
@@ -152,28 +159,38 @@ __device__ void tree_attention_mma(
     const int per_split = (key_tiles + splits - 1) / splits;
     const int tile_begin = split * per_split, tile_end = min(key_tiles, tile_begin + per_split);
 
-    for (int kt = tile_begin; kt < tile_end; kt++) {
+    // K/V tiles are double-buffered: cp.async brings tile kt + 1 while the tensor cores work on tile kt
+    auto load_tile = [&](int kt, int buffer) {
         const int key0 = kt * KEYS_PER_TILE;
-        __syncthreads();  // previous tile fully consumed
-        // 16 keys x D bf16 for K and V: 16-byte chunks, D / 8 per key
         for (int c = threadIdx.x; c < KEYS_PER_TILE * D / 8; c += blockDim.x) {
             int key = c / (D / 8), part = c % (D / 8), pos = key0 + key;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (pos < S) {
-                long long base = (((long long)table[pos / P] * Hkv + kv_head) * P + pos % P) * D + part * 8;
-                kv = *reinterpret_cast<const uint4*>(k_cache + base);
-                vv = *reinterpret_cast<const uint4*>(v_cache + base);
-            }
-            *reinterpret_cast<uint4*>(k_tile + key * STRIDE + part * 8) = kv;
-            *reinterpret_cast<uint4*>(v_tile + key * STRIDE + part * 8) = vv;
+            long long base = pos < S ? (((long long)table[pos / P] * Hkv + kv_head) * P + pos % P) * D + part * 8 : 0;
+            copy16_async(k_tile + (buffer * KEYS_PER_TILE + key) * STRIDE + part * 8, k_cache + base, pos < S);
+            copy16_async(v_tile + (buffer * KEYS_PER_TILE + key) * STRIDE + part * 8, v_cache + base, pos < S);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+    if (tile_begin < tile_end) load_tile(tile_begin, 0);
+    for (int kt = tile_begin; kt < tile_end; kt++) {
+        const int key0 = kt * KEYS_PER_TILE, buffer = (kt - tile_begin) & 1;
+        if (kt + 1 < tile_end) {
+            load_tile(kt + 1, buffer ^ 1);
+            asm volatile("cp.async.wait_group 1;\n" ::);  // tile kt has landed, kt + 1 may still be in flight
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
         }
         __syncthreads();
-        if (!warp_active) continue;
+        if (!warp_active) {
+            __syncthreads();
+            continue;
+        }
+        const __nv_bfloat16* k_buf = k_tile + buffer * KEYS_PER_TILE * STRIDE;
+        const __nv_bfloat16* v_buf = v_tile + buffer * KEYS_PER_TILE * STRIDE;
 
         float s[2][4] = {};
 #pragma unroll
         for (int nt = 0; nt < 2; nt++) {
-            const __nv_bfloat16* krow = k_tile + (nt * 8 + g) * STRIDE;
+            const __nv_bfloat16* krow = k_buf + (nt * 8 + g) * STRIDE;
 #pragma unroll
             for (int ks = 0; ks < D / 16; ks++) {
                 unsigned b0 = *reinterpret_cast<const unsigned*>(krow + ks * 16 + 2 * t);
@@ -225,14 +242,14 @@ __device__ void tree_attention_mma(
             acc[dt][1] *= corr0;
             acc[dt][2] *= corr1;
             acc[dt][3] *= corr1;
-            const __nv_bfloat16* vcol = v_tile + dt * 8 + g;
-            __nv_bfloat162 lo0, lo1;
-            lo0.x = vcol[(2 * t) * STRIDE];
-            lo0.y = vcol[(2 * t + 1) * STRIDE];
-            lo1.x = vcol[(2 * t + 8) * STRIDE];
-            lo1.y = vcol[(2 * t + 9) * STRIDE];
-            mma16816(acc[dt], pa0, pa1, pa2, pa3, *reinterpret_cast<unsigned*>(&lo0), *reinterpret_cast<unsigned*>(&lo1));
+            // B fragments of V (keys x dims) straight from the row-major tile: ldmatrix with transpose,
+            // lanes 0-15 give the addresses of keys 0-15 at dims dt*8 .. dt*8+7
+            unsigned b0, b1;
+            unsigned address = (unsigned)__cvta_generic_to_shared(v_buf + (lane % 16) * STRIDE + dt * 8);
+            asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(address));
+            mma16816(acc[dt], pa0, pa1, pa2, pa3, b0, b1);
         }
+        __syncthreads();  // every warp is done with this buffer before it is refilled
     }
     if (!warp_active) return;
     l0 += __shfl_xor_sync(0xffffffff, l0, 1);
