@@ -118,12 +118,11 @@ class NgramDrafter(NoDrafter):
         found = []
         for n in range(min(self.max_ngram, len(tokens) - 1), 0, -1):
             suffix = tokens[-n:]
-            starts = np.nonzero(tokens[: len(tokens) - n] == suffix[0])[0]  # candidate i with tokens[i:i+n] == suffix
-            for i in starts[::-1]:
-                if np.array_equal(tokens[i : i + n], suffix):
-                    found.append((tokens[i + n : i + n + self.budget.depth], n))
-                    if len(found) >= self.max_matches:
-                        return found
+            windows = np.lib.stride_tricks.sliding_window_view(tokens[:-1], n)  # [len - n, n]: every earlier n-gram
+            for i in np.flatnonzero((windows == suffix).all(axis=1))[::-1]:
+                found.append((tokens[i + n : i + n + self.budget.depth], n))
+                if len(found) >= self.max_matches:
+                    return found
         return found
 
     def propose(self, seqs, budgets) -> list[Tree]:

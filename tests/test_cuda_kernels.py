@@ -189,12 +189,17 @@ def test_kv_commit_with_overlapping_moves(dtype):
     initial = rng.normal(size=(NP, Hkv, P, D)).astype(np.float32)
     k_cache, v_cache = be.convert(initial), be.convert(-initial)
     k_ref, v_ref = stored(initial, dtype), stored(-initial, dtype)
+    k2, v2 = be.convert(2 * initial), be.convert(3 * initial)  # a second layer: one launch covers both
+    k2_ref, v2_ref = stored(2 * initial, dtype), stored(3 * initial, dtype)
     # accept nodes 0, 2, 3 after rejecting 1 (L = 5): slots 7 -> 6 and 8 -> 7; a second sequence's 13, 14 -> 12, 13
     source, destination = np.array([7, 8, 13, 14]), np.array([6, 7, 12, 13])
-    be.move_slots([k_cache], [v_cache], source, destination)
-    NumpyBackend().move_slots([k_ref], [v_ref], source, destination)
-    assert_close(host_float(k_cache, dtype), k_ref, 0, 0, "commit k")
-    assert_close(host_float(v_cache, dtype), v_ref, 0, 0, "commit v")
+    be.move_slots([k_cache, k2], [v_cache, v2], source, destination)
+    NumpyBackend().move_slots([k_ref, k2_ref], [v_ref, v2_ref], source, destination)
+    for got, want, name in ((k_cache, k_ref, "k"), (v_cache, v_ref, "v"), (k2, k2_ref, "k layer 2"), (v2, v2_ref, "v layer 2")):
+        assert_close(host_float(got, dtype), want, 0, 0, f"commit {name}")
+    be.copy_page([k_cache, k2], [v_cache, v2], 1, 5)  # copy-on-write of a whole page
+    NumpyBackend().copy_page([k_ref, k2_ref], [v_ref, v2_ref], 1, 5)
+    assert_close(host_float(k2, dtype), k2_ref, 0, 0, "page copy")
 
 
 def test_argmax_rows_first_index_on_ties():

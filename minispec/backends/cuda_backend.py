@@ -153,6 +153,7 @@ class CudaBackend:
             self.cublas, self.cublas_error = None, f"{type(error).__name__}: {error}"  # the own kernel serves every M
         self.sm_count = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
         self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2]
+        self.pointer_tables = {}  # (id(k caches), id(v caches)) -> uint64 device pointers
 
     # ------------------------------------------------------------------ compilation
     def kernel(self, file: str, name: str):
@@ -428,18 +429,27 @@ class CudaBackend:
         )
         return cp.asnumpy(tokens)
 
+    def cache_pointers(self, ks, vs):
+        """Device table of every layer's K and V cache pointers (one per KVCache, made once)."""
+        key = (id(ks), id(vs))
+        if key not in self.pointer_tables:
+            self.pointer_tables[key] = self.cp.asarray(np.array([c.data.ptr for c in (*ks, *vs)], dtype=np.uint64))
+        return self.pointer_tables[key]
+
     def copy_page(self, ks, vs, source: int, destination: int) -> None:
-        for cache in (*ks, *vs):
-            cache[destination] = cache[source]
+        P = ks[0].shape[2]
+        rows = np.arange(P)
+        self.move_slots(ks, vs, source * P + rows, destination * P + rows)
 
     def move_slots(self, ks, vs, source_slots, destination_slots) -> None:
-        """KV commit: gather every source row into a buffer, then scatter (sources and destinations overlap)."""
+        """KV commit for all layers in two launches: gather every source row, then scatter (they overlap)."""
         cp = self.cp
         source = cp.asarray(np.asarray(source_slots, dtype=np.int32))
         destination = cp.asarray(np.asarray(destination_slots, dtype=np.int32))
         _, Hkv, P, D = ks[0].shape
-        buffer = cp.empty((len(source), Hkv, D), dtype=self.store_dtype)
-        gather, scatter = self.kernel("kv_cache.cu", "gather_slots"), self.kernel("kv_cache.cu", "scatter_slots")
-        for cache in (*ks, *vs):
-            gather((len(source),), (128,), (cache, source, buffer, np.int32(Hkv), np.int32(P), np.int32(D)))
-            scatter((len(source),), (128,), (cache, destination, buffer, np.int32(Hkv), np.int32(P), np.int32(D)))
+        caches = self.cache_pointers(ks, vs)
+        buffer = cp.empty((len(caches), len(source), Hkv, D), dtype=self.store_dtype)
+        grid = (len(source), len(caches))
+        args = (np.int32(Hkv), np.int32(P), np.int32(D))
+        self.kernel("kv_cache.cu", "gather_slots")(grid, (128,), (caches, source, buffer, *args))
+        self.kernel("kv_cache.cu", "scatter_slots")(grid, (128,), (caches, destination, buffer, *args))
