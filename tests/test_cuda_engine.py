@@ -51,20 +51,36 @@ def test_bf16_logits_close_and_greedy_starts_identical(default_llm, gpu_bf16, pr
     assert "Paris" in gpu_bf16.chat([{"role": "user", "content": PROMPTS[0]}], SamplingParams(temperature=0, max_tokens=20)).text
 
 
-@pytest.mark.parametrize(
-    "draft,tree", [("ngram", (1, 1, 1)), ("ngram", (8, 7, 1)), ("ngram", (16, 6, 4)), ("ngram", (64, 8, 8)), ("self:6", (12, 4, 3))]
-)
-def test_speculative_equals_plain_on_gpu(gpu_bf16, prompt_ids, draft, tree):
+SHAPES = [("ngram", (1, 1, 1)), ("ngram", (8, 7, 1)), ("ngram", (16, 6, 4)), ("ngram", (64, 8, 8)), ("self:6", (12, 4, 3))]
+
+
+def speculative_and_plain(llm, prompt_ids, draft, tree):
     params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
-    gpu_bf16.use_drafter(None)
-    plain = [r.token_ids for r in gpu_bf16.generate(prompt_ids, params)]
-    gpu_bf16.use_drafter(draft, tree)
+    llm.use_drafter(None)
+    plain = [r.token_ids for r in llm.generate(prompt_ids, params)]
+    llm.use_drafter(draft, tree)
     try:
-        spec = [r.token_ids for r in gpu_bf16.generate(prompt_ids, params)]
+        spec = [r.token_ids for r in llm.generate(prompt_ids, params)]
     finally:
-        gpu_bf16.use_drafter(None)
+        llm.use_drafter(None)
+    assert llm.cache.free_pages == llm.cache.num_pages
+    return spec, plain
+
+
+@pytest.mark.parametrize("draft,tree", SHAPES)
+def test_speculative_equals_plain_on_gpu_fp32(gpu_fp32, prompt_ids, draft, tree):
+    """Exact token equality: the float32 mode computes every visible key in position order, like decoding."""
+    spec, plain = speculative_and_plain(gpu_fp32, prompt_ids, draft, tree)
     assert spec == plain
-    assert gpu_bf16.cache.free_pages == gpu_bf16.cache.num_pages
+
+
+@pytest.mark.parametrize("draft,tree", SHAPES)
+def test_speculative_agrees_with_plain_on_gpu_bf16(gpu_bf16, prompt_ids, draft, tree):
+    """bf16: a tree step rounds differently from a one-token step (GEMM shapes, split counts, key tiling),
+    so a near-tied argmax may flip late in a long output; the start must agree token for token."""
+    spec, plain = speculative_and_plain(gpu_bf16, prompt_ids, draft, tree)
+    for s, p in zip(spec, plain):
+        assert s[:16] == p[:16]
 
 
 def test_parallel_samples_reproducible_on_gpu(gpu_bf16):
