@@ -26,8 +26,9 @@ def poisoned_allocations():
     pool = cp.cuda.MemoryPool()
 
     def allocate(size):
+        # on the current (compute) stream: a recycled block may still be read by a kernel queued there
         memory = pool.malloc(size)
-        cp.cuda.runtime.memset(memory.ptr, 0xFF, size)
+        cp.cuda.runtime.memsetAsync(memory.ptr, 0xFF, size, cp.cuda.get_current_stream().ptr)
         return memory
 
     cp.cuda.set_allocator(allocate)
