@@ -35,7 +35,7 @@ def bench_spec(args) -> None:
     configs = [("plain", None, None), (f"chain T={T}", "ngram", (T, T - 1, 1)), (f"tree T={T}", "ngram", (T, T - 1, 4))]
     if args.draft and args.draft != "ngram":
         configs += [(f"{args.draft} chain", args.draft, (8, 7, 1)), (f"{args.draft} tree", args.draft, (T, 5, 3))]
-    llm = LLM(model=args.model, device=args.device, dtype=args.dtype, kv_cache_tokens=args.kv_cache_tokens)
+    llm = LLM(model=args.model, device=args.device, dtype=args.dtype, kv_cache_tokens=args.kv_cache_tokens, kv_memory_fraction=args.kv_memory_fraction)
     params = SamplingParams(temperature=0, max_tokens=48 if args.quick else 128)
     prompts = {k: v for k, v in SPEC_PROMPTS.items() if not args.quick or k in ("summarise", "chat")}
     print(f"minispec bench spec: {llm.model_dir.name} on {llm.backend.describe()}, greedy, {params.max_tokens} new tokens")

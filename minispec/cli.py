@@ -17,6 +17,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="weight/KV dtype on cuda (default bfloat16)")
     group.add_argument("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
     group.add_argument("--kv-cache-tokens", type=int, default=None, help="size of the KV page pool in tokens")
+    group.add_argument("--kv-memory-fraction", type=float, default=0.5, help="GPU: share of free memory for the KV pool when --kv-cache-tokens is not given")
     group.add_argument("--draft", default=None, help="speculative drafter: ngram, self:K (first K layers) or a draft model directory")
     group.add_argument("--tree", default=None, help="tree budget T,depth,width (e.g. 16,6,4; width 1 = chain)")
 
@@ -47,7 +48,7 @@ def load_llm(args):
 
     return LLM(
         model=args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
-        kv_cache_tokens=args.kv_cache_tokens, draft=args.draft, tree=args.tree,
+        kv_cache_tokens=args.kv_cache_tokens, draft=args.draft, tree=args.tree, kv_memory_fraction=args.kv_memory_fraction,
     )
 
 

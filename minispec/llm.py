@@ -52,6 +52,8 @@ class LLM:
     "cuda" or "auto". draft: None (plain decoding), "ngram", "self:K" (the
     target's first K layers) or a draft model directory with the same
     tokenizer. tree: budget (T, depth, width) or "T,depth,width"; width 1 is a chain.
+    kv_cache_tokens sizes the KV page pool; by default the GPU pool takes
+    kv_memory_fraction of the memory left free after the weights.
     """
 
     def __init__(
@@ -65,8 +67,9 @@ class LLM:
         prefill_chunk: int = 512,
         draft: str | None = None,
         tree=None,
+        kv_memory_fraction: float = 0.5,
     ):
-        self.backend = make_backend(device, dtype)
+        self.backend = make_backend(device, dtype, kv_memory_fraction)
         self.model_dir = resolve_model(model)
         self.model = Model.load(self.model_dir, self.backend)
         config = self.model.config

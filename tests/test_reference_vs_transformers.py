@@ -20,6 +20,7 @@ CONFIGS = {
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
     ),
     "bf16-sharded": dict(heads=4, kv_heads=1, dtype="bf16", shards=3),
+    "fp16-tied": dict(heads=4, kv_heads=2, tied=True, dtype=np.float16),
 }
 
 

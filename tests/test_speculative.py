@@ -107,6 +107,21 @@ def test_tiny_model_speculation_and_page_sizes(tmp_path, draft):
     assert all(o == expected for o in outputs)
 
 
+def test_separate_draft_checkpoint(tmp_path):
+    """A smaller checkpoint with the same tokenizer drafts for the target: greedy output unchanged."""
+    from .conftest import make_tiny_checkpoint
+
+    target = make_tiny_checkpoint(tmp_path / "target", layers=3, seed=1)
+    draft = make_tiny_checkpoint(tmp_path / "draft", layers=1, hidden=32, heads=2, kv_heads=1, intermediate=48, seed=2)
+    params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+    prompts = ["abcabcabc", "hello hello hello world"]
+    expected = [r.token_ids for r in LLM(model=str(target), device="cpu").generate(prompts, params)]
+    llm = LLM(model=str(target), device="cpu", draft=str(draft), tree=(8, 3, 3))
+    assert [r.token_ids for r in llm.generate(prompts, params)] == expected
+    assert llm.cache.free_pages == llm.cache.num_pages
+    assert llm.engine.drafter.cache.free_pages == llm.engine.drafter.cache.num_pages
+
+
 def test_parallel_samples_share_the_prompt_and_reproduce_per_seed(tiny_model):
     llm = LLM(model=str(tiny_model), device="cpu", draft="ngram", tree=(8, 4, 2))
     params = SamplingParams(n=4, temperature=1.0, seed=7, max_tokens=25, ignore_eos=True)

@@ -14,7 +14,7 @@ def cuda_available() -> bool:
         return False
 
 
-def make_backend(device: str, dtype: str | None = None):
+def make_backend(device: str, dtype: str | None = None, kv_memory_fraction: float = 0.5):
     if device not in ("cpu", "cuda", "auto"):
         raise MinispecError(f"unknown device {device!r}: use cpu, cuda or auto")
     if device == "auto":
@@ -27,4 +27,4 @@ def make_backend(device: str, dtype: str | None = None):
         raise MinispecError("no CUDA GPU found (or CuPy is not installed: pip install cupy-cuda12x/13x); use --device cpu")
     from .cuda_backend import CudaBackend
 
-    return CudaBackend(dtype=dtype or "bfloat16")
+    return CudaBackend(dtype=dtype or "bfloat16", kv_memory_fraction=kv_memory_fraction)
