@@ -40,7 +40,8 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ logits, int* __
 //   u[r] in [0, 1) is drawn on the host from the request's own seeded generator, so a seed
 //   reproduces its samples and the NumPy backend draws the very same tokens.
 // logits float [R_all, V]; rows int32 [R]; temperature, top_p, min_p float [R]; top_k int32 [R];
-// u float64 [R]; tokens int32 [R].  grid (R), block 512.  Thresholds by bisection (40 steps).
+// u float64 [R]; probs float [R, V] scratch; tokens int32 [R].  grid (R), block 512.
+// Thresholds by bisection (40 steps).
 // NumPy reference: minispec.sampling.sample_from(target_distribution(...), u). Tests: test_cuda_kernels.py.
 #define SAMPLE_THREADS 512
 
@@ -65,76 +66,138 @@ __device__ float block_reduce(float value, bool take_max, float* scratch) {
     return scratch[0];
 }
 
-extern "C" __global__ void sample_rows(const float* __restrict__ logits, const int* __restrict__ rows,
-                                       const float* __restrict__ temperature, const int* __restrict__ top_k,
-                                       const float* __restrict__ top_p, const float* __restrict__ min_p,
-                                       const double* __restrict__ u, int* __restrict__ tokens, int V) {
-    __shared__ float scratch[32];
-    __shared__ float chunk_sum[SAMPLE_THREADS];
-    const float* row = logits + (long long)rows[blockIdx.x] * V;
-    float inv_t = 1.0f / temperature[blockIdx.x];
+// p_out[v] = p_v if kept else 0 for one row (block-wide); returns the kept mass.
+__device__ float target_probs(const float* __restrict__ row, float* __restrict__ p_out, int V, float temperature,
+                              int top_k, float top_p, float min_p, float* scratch) {
+    float inv_t = 1.0f / temperature;
     float local_max = -__int_as_float(0x7f800000);
     for (int v = threadIdx.x; v < V; v += blockDim.x) local_max = fmaxf(local_max, row[v] * inv_t);
     float z_max = block_reduce(local_max, true, scratch);
     float local_sum = 0.0f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) local_sum += __expf(row[v] * inv_t - z_max);
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        float e = __expf(row[v] * inv_t - z_max);
+        p_out[v] = e;
+        local_sum += e;
+    }
     float total = block_reduce(local_sum, false, scratch);
-    // p_v = exp(z_v - z_max) / total; max p = 1 / total
-    float tau = min_p[blockIdx.x] / total;
-    int k = top_k[blockIdx.x];
-    if (k > 0 && k < V) {
+    for (int v = threadIdx.x; v < V; v += blockDim.x) p_out[v] /= total;
+    __syncthreads();
+    float tau = min_p / total;  // max p = 1 / total
+    if (top_k > 0 && top_k < V) {
         float lo = 0.0f, hi = 1.0f / total;
         for (int step = 0; step < 40; step++) {
             float mid = 0.5f * (lo + hi), count = 0.0f;
-            for (int v = threadIdx.x; v < V; v += blockDim.x) count += __expf(row[v] * inv_t - z_max) / total >= mid;
-            if (block_reduce(count, false, scratch) >= k) lo = mid; else hi = mid;
+            for (int v = threadIdx.x; v < V; v += blockDim.x) count += p_out[v] >= mid;
+            if (block_reduce(count, false, scratch) >= top_k) lo = mid; else hi = mid;
         }
         tau = fmaxf(tau, lo);
     }
-    if (top_p[blockIdx.x] < 1.0f) {
+    if (top_p < 1.0f) {
         float lo = 0.0f, hi = 1.0f / total;
         for (int step = 0; step < 40; step++) {
             float mid = 0.5f * (lo + hi), mass = 0.0f;
-            for (int v = threadIdx.x; v < V; v += blockDim.x) {
-                float p = __expf(row[v] * inv_t - z_max) / total;
-                mass += p >= mid ? p : 0.0f;
-            }
-            if (block_reduce(mass, false, scratch) >= top_p[blockIdx.x]) lo = mid; else hi = mid;
+            for (int v = threadIdx.x; v < V; v += blockDim.x) mass += p_out[v] >= mid ? p_out[v] : 0.0f;
+            if (block_reduce(mass, false, scratch) >= top_p) lo = mid; else hi = mid;
         }
         tau = fmaxf(tau, lo);
     }
-    // inverse CDF over kept tokens in index order: thread t owns the contiguous chunk [t * C, (t + 1) * C)
+    float kept = 0.0f;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        float p = p_out[v] >= tau ? p_out[v] : 0.0f;
+        p_out[v] = p;
+        kept += p;
+    }
+    return block_reduce(kept, false, scratch);
+}
+
+// The first v (index order) whose running sum of p exceeds u * mass; thread t scans the chunk [t C, (t+1) C).
+__device__ int sample_index(const float* __restrict__ p, int V, double u, float* chunk_sum, float* scratch) {
+    __shared__ int found, last_kept;
     int C = (V + blockDim.x - 1) / blockDim.x, begin = threadIdx.x * C, end = min(V, begin + C);
     float mine = 0.0f;
+    int my_last = -1;
     for (int v = begin; v < end; v++) {
-        float p = __expf(row[v] * inv_t - z_max) / total;
-        mine += p >= tau ? p : 0.0f;
+        mine += p[v];
+        if (p[v] > 0.0f) my_last = v;
     }
     chunk_sum[threadIdx.x] = mine;
+    if (threadIdx.x == 0) { found = 0x7fffffff; last_kept = -1; }
     __syncthreads();
     if (threadIdx.x == 0) {
         float running = 0.0f;
         for (int t = 0; t < blockDim.x; t++) { float s = chunk_sum[t]; chunk_sum[t] = running; running += s; }
-        scratch[0] = running;  // kept mass
-        tokens[blockIdx.x] = -1;
+        scratch[0] = running;
     }
     __syncthreads();
-    float target = (float)(u[blockIdx.x] * scratch[0]);
-    float running = chunk_sum[threadIdx.x];
-    int last_kept = -1;
+    float target = (float)(u * scratch[0]), running = chunk_sum[threadIdx.x];
     for (int v = begin; v < end; v++) {
-        float p = __expf(row[v] * inv_t - z_max) / total;
-        if (p < tau) continue;
-        last_kept = v;
-        running += p;
-        if (running > target && running - p <= target) { tokens[blockIdx.x] = v; break; }
+        if (p[v] <= 0.0f) continue;
+        running += p[v];
+        if (running > target) { atomicMin(&found, v); break; }
     }
+    if (my_last >= 0) atomicMax(&last_kept, my_last);
     __syncthreads();
-    // rounding can leave u * mass past the last sum: take the last kept token
-    __shared__ int fallback;
-    if (threadIdx.x == 0) fallback = -1;
+    int token = found == 0x7fffffff ? last_kept : found;  // rounding past the last sum: the last kept token
     __syncthreads();
-    if (last_kept >= 0) atomicMax(&fallback, last_kept);
-    __syncthreads();
-    if (threadIdx.x == 0 && tokens[blockIdx.x] < 0) tokens[blockIdx.x] = fallback;
+    return token;
+}
+
+extern "C" __global__ void sample_rows(const float* __restrict__ logits, const int* __restrict__ rows,
+                                       const float* __restrict__ temperature, const int* __restrict__ top_k,
+                                       const float* __restrict__ top_p, const float* __restrict__ min_p,
+                                       const double* __restrict__ u, float* __restrict__ probs, int* __restrict__ tokens, int V) {
+    __shared__ float scratch[32];
+    __shared__ float chunk_sum[SAMPLE_THREADS];
+    int r = blockIdx.x;
+    float* p = probs + (long long)r * V;
+    target_probs(logits + (long long)rows[r] * V, p, V, temperature[r], top_k[r], top_p[r], min_p[r], scratch);
+    int token = sample_index(p, V, u[r], chunk_sum, scratch);
+    if (threadIdx.x == 0) tokens[r] = token;
+}
+
+// verify_tree: lossless sampled verification of one tree of deterministic candidates (n-gram, top-k trees),
+// so a step copies back only the accepted path and the bonus token.
+//   From the root: r = p(node) (after the filters); try the node's children in order, accepting child c
+//   when u < r(c) / sum(r), else r(c) = 0; if none is accepted the bonus is drawn from r (inverse CDF).
+//   Uniforms u[0 .. T] are drawn on the host from the request's generator and used in order.
+// logits float [R, V] (the tree's rows start at row0); parents, tokens int32 [T]; uniforms float64 [T + 1];
+// probs float [V] scratch; out int32 [T + 2]: out[0] = path length, out[1] = bonus, out[2..] = path nodes.
+// grid (1), block 512. NumPy reference: minispec.verify.verify_sampled. Tests: tests/test_cuda_kernels.py.
+extern "C" __global__ void verify_tree(const float* __restrict__ logits, int row0, int T, const int* __restrict__ parents,
+                                       const int* __restrict__ tokens, float temperature, int top_k, float top_p, float min_p,
+                                       const double* __restrict__ uniforms, float* __restrict__ probs, int* __restrict__ out, int V) {
+    __shared__ float scratch[32];
+    __shared__ float chunk_sum[SAMPLE_THREADS];
+    __shared__ int accepted;
+    int node = 0, length = 1, next_uniform = 0;
+    if (threadIdx.x == 0) out[2] = 0;
+    while (true) {
+        float mass = target_probs(logits + (long long)(row0 + node) * V, probs, V, temperature, top_k, top_p, min_p, scratch);
+        if (threadIdx.x == 0) {
+            accepted = -1;
+            for (int c = node + 1; c < T && accepted < 0; c++) {
+                if (parents[c] != node) continue;
+                float pc = probs[tokens[c]];
+                if (uniforms[next_uniform++] * mass < pc) {
+                    accepted = c;
+                } else {
+                    probs[tokens[c]] = 0.0f;
+                    mass -= pc;
+                }
+            }
+            scratch[1] = (float)next_uniform;
+        }
+        __syncthreads();
+        next_uniform = (int)scratch[1];
+        if (accepted < 0) break;
+        node = accepted;
+        if (threadIdx.x == 0) out[2 + length] = node;
+        length++;
+        __syncthreads();
+    }
+    int bonus = sample_index(probs, V, uniforms[next_uniform], chunk_sum, scratch);
+    if (threadIdx.x == 0) {
+        out[0] = length;
+        out[1] = bonus;
+    }
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sampling import SamplingParams, target_distribution
+from .sampling import SamplingParams, sample_from, target_distribution
 from .tree import Tree
 
 
@@ -33,39 +33,45 @@ def verify_greedy(tree: Tree, targets: np.ndarray) -> tuple[list[int], int]:
         node = match
 
 
-def verify_sampled(tree: Tree, logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> tuple[list[int], int]:
+def verify_sampled(tree: Tree, logits: np.ndarray, params: SamplingParams, uniforms: np.ndarray) -> tuple[list[int], int]:
+    """logits: [T, V] host rows; uniforms: T + 1 draws in [0, 1), used in order (the verify_tree kernel's contract)."""
+    draws = iter(uniforms)
     node, path = 0, [0]
     while True:
         residual = target_distribution(logits[node], params)  # r = p
-        accepted = None
+        total, accepted = 1.0, None
         for child in tree.children(node):
             token = int(tree.tokens[child])
-            if tree.sampled:
+            u = next(draws)
+            if tree.sampled:  # SpecInfer: accept with min(1, r/q), else r <- max(r - q, 0)
                 q = tree.q[node]
-                if rng.random() < min(1.0, residual[token] / q[token]):
+                if u < min(1.0, residual[token] / total / q[token]):
                     accepted = child
                     break
-                residual = np.maximum(residual - q, 0.0)
-            else:
-                if rng.random() < residual[token]:
+                residual = np.maximum(residual / total - q, 0.0)
+                total = residual.sum()
+            else:  # deterministic candidates: accept with r(c) / sum(r), else remove c
+                if u * total < residual[token]:
                     accepted = child
                     break
+                total -= residual[token]
                 residual[token] = 0.0
-            total = residual.sum()
-            if total <= 0:  # p is fully covered by rejected candidates: cannot happen for valid p, q
-                break
-            residual /= total
         if accepted is None:
-            return path, int(rng.choice(len(residual), p=residual / residual.sum()))
+            return path, sample_from(residual, next(draws))
         path.append(accepted)
         node = accepted
 
 
 def verify(tree: Tree, logits, params: SamplingParams, rng: np.random.Generator, rows: slice | None = None) -> tuple[list[int], int]:
-    """logits: the step's `StepLogits`; rows: this tree's rows in it (greedy copies back argmax ids only)."""
+    """logits: the step's `StepLogits`; rows: this tree's rows in it.
+
+    Greedy copies back T argmax ids; sampled verification of deterministic candidates runs on the
+    backend (the verify_tree kernel on the GPU) and copies back the path and the bonus only.
+    """
     rows = rows or slice(0, len(tree))
     if params.greedy:
         return verify_greedy(tree, logits.argmax()[rows])
-    if len(tree) == 1:  # plain sampling: drawn on the device, only the token comes back
-        return [0], logits.choose(rows.start, params, rng)
-    return verify_sampled(tree, logits.host()[rows], params, rng)
+    uniforms = rng.random(len(tree) + 1)  # every child test and the bonus draw, in order
+    if tree.sampled:
+        return verify_sampled(tree, logits.host()[rows], params, uniforms)
+    return logits.backend.verify_tree(logits.device, rows.start, tree, params, uniforms)

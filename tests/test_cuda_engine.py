@@ -83,10 +83,18 @@ def test_speculative_agrees_with_plain_on_gpu_bf16(gpu_bf16, prompt_ids, draft, 
         assert s[:16] == p[:16]
 
 
-def test_parallel_samples_reproducible_on_gpu(gpu_bf16):
-    params = SamplingParams(n=3, temperature=0.9, top_p=0.95, seed=11, max_tokens=24)
-    first = [s.token_ids for s in gpu_bf16.generate("Tell me a joke.", params).samples]
-    assert first == [s.token_ids for s in gpu_bf16.generate("Tell me a joke.", params).samples]
+@pytest.mark.parametrize("draft", [None, "ngram"])
+def test_parallel_samples_reproducible_on_gpu(gpu_bf16, draft):
+    """n > 1 sampling (trees verified on the device by verify_tree when drafting) repeats per seed."""
+    gpu_bf16.use_drafter(draft, (16, 8, 4))
+    prompt = "Repeat after me: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."
+    params = SamplingParams(n=3, temperature=0.9, top_p=0.95, seed=11, max_tokens=32)
+    try:
+        first = [s.token_ids for s in gpu_bf16.generate(prompt, params).samples]
+        assert first == [s.token_ids for s in gpu_bf16.generate(prompt, params).samples]
+        assert len({tuple(f) for f in first}) > 1
+    finally:
+        gpu_bf16.use_drafter(None)
     assert gpu_bf16.cache.free_pages == gpu_bf16.cache.num_pages
 
 

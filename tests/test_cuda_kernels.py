@@ -231,3 +231,51 @@ def test_sample_rows_matches_reference(settings):
         assert p[token] > 0, "sampled a filtered-out token"
         before, through = p[:token].sum(), p[: token + 1].sum()
         assert before - 1e-4 <= u <= through + 1e-4, f"u={u} outside the token's CDF interval [{before}, {through}]"
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.8, top_k=30, top_p=0.9)])
+def test_verify_tree_matches_reference(settings):
+    """Same uniforms, same decisions as minispec.verify.verify_sampled (up to fp32 vs fp64 at a boundary)."""
+    import cupy as cp
+
+    from minispec import SamplingParams
+    from minispec.verify import verify_sampled
+
+    from .attention_cases import random_tree
+
+    be, rng = backend("bfloat16"), np.random.default_rng(4)
+    params = SamplingParams(**settings)
+    V, agree, trials = 300, 0, 200
+    for trial in range(trials):
+        T = int(rng.integers(1, 17))
+        logits = (rng.normal(size=(T + 3, V)) * 2).astype(np.float32)
+        tree = random_tree(rng, T, ["chain", "star", "random"][trial % 3])
+        # candidates drawn from the rows' likely tokens so that acceptances happen
+        tree.tokens[1:] = [int(np.argsort(-logits[2 + p])[rng.integers(0, 3)]) for p in tree.parents[1:]]
+        uniforms = rng.random(T + 1)
+        path, bonus = be.verify_tree(cp.asarray(logits), 2, tree, params, uniforms)
+        assert path[0] == 0 and all(tree.parents[b] == a for a, b in zip(path, path[1:])), "not a root path"
+        agree += (path, bonus) == verify_sampled(tree, logits[2 : 2 + T], params, uniforms)
+    assert agree >= 0.97 * trials
+
+
+def test_verify_tree_is_lossless():
+    """The first emitted token of a star tree follows p (total variation over 20k device verifications)."""
+    import cupy as cp
+
+    from minispec import SamplingParams
+    from minispec.sampling import target_distribution
+    from minispec.tree import Tree
+
+    be, rng = backend("bfloat16"), np.random.default_rng(6)
+    V = 8
+    logits = (rng.normal(size=(4, V)) * 1.5).astype(np.float32)
+    params = SamplingParams(temperature=1.0)
+    tree = Tree(tokens=[0, 1, 4, 6], parents=[-1, 0, 0, 0])
+    device_logits = cp.asarray(logits)
+    counts = np.zeros(V)
+    for _ in range(20_000):
+        path, bonus = be.verify_tree(device_logits, 0, tree, params, rng.random(5))
+        counts[int(tree.tokens[path[1]]) if len(path) > 1 else bonus] += 1
+    p = target_distribution(logits[0], params)
+    assert 0.5 * np.abs(counts / counts.sum() - p).sum() < 0.02

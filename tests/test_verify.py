@@ -15,7 +15,7 @@ from minispec.verify import verify_greedy
 
 
 def verify(tree, logits, params, rng):
-    return verify_rows(tree, StepLogits(NumpyBackend(), logits), params, rng)
+    return verify_rows(tree, StepLogits(NumpyBackend(), np.asarray(logits, dtype=np.float32)), params, rng)
 
 V = 6
 

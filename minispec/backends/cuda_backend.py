@@ -421,13 +421,30 @@ class CudaBackend:
         R = len(rows)
         put = lambda values, dtype: cp.asarray(np.asarray(values, dtype=dtype))  # noqa: E731
         tokens = cp.empty(R, dtype=cp.int32)
+        probs = cp.empty((R, logits.shape[1]), dtype=cp.float32)
         self.kernel("sampling.cu", "sample_rows")(
             (R,), (512,),
             (logits, put(rows, np.int32), put([p.temperature for p in params], np.float32), put([p.top_k for p in params], np.int32),
              put([p.top_p for p in params], np.float32), put([p.min_p for p in params], np.float32), put(uniforms, np.float64),
-             tokens, np.int32(logits.shape[1])),
+             probs, tokens, np.int32(logits.shape[1])),
         )
         return cp.asnumpy(tokens)
+
+    def verify_tree(self, logits, row0: int, tree, params, uniforms):
+        """Sampled verification of a deterministic-candidate tree on the device; only the path comes back."""
+        cp = self.cp
+        T, V = len(tree), logits.shape[1]
+        put = lambda values, dtype: cp.asarray(np.asarray(values, dtype=dtype))  # noqa: E731
+        out = cp.empty(T + 2, dtype=cp.int32)
+        probs = cp.empty(V, dtype=cp.float32)
+        self.kernel("sampling.cu", "verify_tree")(
+            (1,), (512,),
+            (cp.ascontiguousarray(logits), np.int32(row0), np.int32(T), put(tree.parents, np.int32), put(tree.tokens, np.int32),
+             np.float32(params.temperature), np.int32(params.top_k), np.float32(params.top_p), np.float32(params.min_p),
+             put(uniforms, np.float64), probs, out, np.int32(V)),
+        )
+        result = cp.asnumpy(out)
+        return [int(n) for n in result[2 : 2 + result[0]]], int(result[1])
 
     def cache_pointers(self, ks, vs):
         """Device table of every layer's K and V cache pointers (one per KVCache, made once)."""

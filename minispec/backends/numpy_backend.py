@@ -159,6 +159,12 @@ class NumpyBackend:
     def argmax(self, logits) -> np.ndarray:
         return np.argmax(logits, axis=-1)
 
+    def verify_tree(self, logits, row0: int, tree, params, uniforms):
+        """Reference of the verify_tree kernel."""
+        from ..verify import verify_sampled
+
+        return verify_sampled(tree, logits[row0 : row0 + len(tree)], params, uniforms)
+
     def sample_rows(self, logits, rows, params, uniforms) -> np.ndarray:
         """Reference of the sample_rows kernel: inverse CDF of p at u, in token order."""
         from ..sampling import sample_from, target_distribution
