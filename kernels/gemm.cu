@@ -30,6 +30,19 @@ __device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, uns
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// C fragments of four m16 tiles (rows m_base ..) and one n8 tile (columns n0 ..) to y [M, N], bounds-checked.
+__device__ __forceinline__ void store_tiles(float* __restrict__ y, const float (*acc)[4], int m_base, int n0, int M, int N,
+                                            int g, int t) {
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++) {
+        int r0 = m_base + mt * 16 + g, r1 = r0 + 8, c = n0 + 2 * t;
+        if (r0 < M && c < N) y[(long long)r0 * N + c] = acc[mt][0];
+        if (r0 < M && c + 1 < N) y[(long long)r0 * N + c + 1] = acc[mt][1];
+        if (r1 < M && c < N) y[(long long)r1 * N + c] = acc[mt][2];
+        if (r1 < M && c + 1 < N) y[(long long)r1 * N + c + 1] = acc[mt][3];
+    }
+}
+
 // Two mmas over one 32-wide k block: lane's 16-byte weight load b covers physical k .. k + 7.
 __device__ __forceinline__ void mma_block(float (*acc)[4], const __nv_bfloat16* __restrict__ x, uint4 b, int k,
                                           int m_base, int m_tiles, int M, int K, int g) {
@@ -76,15 +89,7 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
         }
     }
     for (; kb < k_end; kb += 32) mma_block(acc, x, __ldg(w_row + (kb + 8 * t) / 8), kb + 8 * t, m_base, m_tiles, M, K, g);
-    float* dst = out + (long long)blockIdx.y * M * N;
-#pragma unroll
-    for (int mt = 0; mt < 4; mt++) {
-        int r0 = m_base + mt * 16 + g, r1 = r0 + 8, c = n0 + 2 * t;
-        if (r0 < M && c < N) dst[(long long)r0 * N + c] = acc[mt][0];
-        if (r0 < M && c + 1 < N) dst[(long long)r0 * N + c + 1] = acc[mt][1];
-        if (r1 < M && c < N) dst[(long long)r1 * N + c] = acc[mt][2];
-        if (r1 < M && c + 1 < N) dst[(long long)r1 * N + c + 1] = acc[mt][3];
-    }
+    store_tiles(out + (long long)blockIdx.y * M * N, acc, m_base, n0, M, N, g, t);
 }
 
 // U = 4 without prefetch measured best of U in {2, 4, 8} with and without prefetch (notes/gemm_variants.log).
@@ -123,12 +128,5 @@ extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const 
             mma_bf16(acc[mt], r0 < M ? x0[0] : 0u, r1 < M ? x1[0] : 0u, r0 < M ? x0[4] : 0u, r1 < M ? x1[4] : 0u, b0, b1);
         }
     }
-#pragma unroll
-    for (int mt = 0; mt < 4; mt++) {
-        int r0 = m_base + mt * 16 + g, r1 = r0 + 8, c = n0 + 2 * t;
-        if (r0 < M && c < N) y[(long long)r0 * N + c] = acc[mt][0];
-        if (r0 < M && c + 1 < N) y[(long long)r0 * N + c + 1] = acc[mt][1];
-        if (r1 < M && c < N) y[(long long)r1 * N + c] = acc[mt][2];
-        if (r1 < M && c + 1 < N) y[(long long)r1 * N + c + 1] = acc[mt][3];
-    }
+    store_tiles(y, acc, m_base, n0, M, N, g, t);
 }
