@@ -11,7 +11,6 @@ from .errors import MinispecError
 from .sampling import SamplingParams
 from .step import StepItem, build_plan
 from .tokenizer import StreamDecoder, Tokenizer
-from .tree import Tree
 from .verify import verify
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from minispec.fetch import DEFAULT_MODEL, fetch_default_model, weights_dir
+from minispec.fetch import fetch_default_model, weights_dir
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
