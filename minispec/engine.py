@@ -80,7 +80,7 @@ class Engine:
             for parent, (logits, row) in zip(parents, last_rows):
                 seqs += self.fork_samples(parent)  # n samples share the prompt's pages
                 for seq in seqs[-parent.params.n :]:
-                    yield from self.emit(seq, [logits.choose(row, seq.params, seq.rng)])
+                    yield from self.emit(seq, [logits.choose(row, seq.params, seq.rng)], from_step=False)
             while active := [s for s in seqs if not s.done]:
                 budgets = [self.max_model_len - s.L for s in active]
                 trees = self.drafter.propose(active, budgets)  # tokens[T], parents[T] per sequence
@@ -154,15 +154,18 @@ class Engine:
         self.cache.release(parent.table)
         return children
 
-    def emit(self, seq: Sequence, tokens: list[int]):
-        """Append accepted tokens one by one until a stop condition; yield text pieces."""
+    def emit(self, seq: Sequence, tokens: list[int], from_step: bool = True):
+        """Append accepted tokens one by one until a stop condition; yield text pieces.
+
+        from_step: the tokens come from a draft/verify step (counted in tokens per step), not the prefill.
+        """
         params = seq.params
         for token in tokens:
             if token in self.tokenizer.stop_token_ids and not params.ignore_eos:
                 seq.finish_reason = "stop"
                 break
             seq.tokens.append(token)
-            seq.stats.emitted += 1 if seq.stats.steps else 0
+            seq.stats.emitted += from_step
             piece = seq.decoder.step(token)
             if piece:
                 seq.text += piece
