@@ -6,14 +6,14 @@
 // add_rmsnorm:   x = sum_s x_part[s, n, :];  r = x + residual (residual <- r; r = x when has_residual = 0)
 //                out = r / sqrt(mean(r^2) + eps) * weight
 //   x_part float [splits, N, C], residual float [N, C], weight float [C], out store_t [N, C].
-//                                                                                     grid (N), block 256.
+//                                                                         grid (N), block 1024 (one row each).
 // rope_write_kv: qkv = sum_s qkv_part[s, n, :] laid out [(H + 2 Hkv) D]; rotate pairs (i, i + D/2) of every
 //                q and k head by angle positions[n] * inv_freq[i] (Hugging Face rotate_half):
 //                x1' = x1 cos - x2 sin,  x2' = x2 cos + x1 sin  (cos/sin float [positions, D/2] tables)
 //                q_out[n] = rotated q;  k/v of row n go to cache slot slots[n] (page slot / P, row slot % P;
-//                slot < 0: not written). caches store_t [NP, Hkv, P, D].              grid (N), block 128.
+//                slot < 0: not written). caches store_t [NP, Hkv, P, D].              grid (N), block 512.
 // silu_mul:      gate_up = sum_s part[s, n, :] (gate | up);  out[n, i] = gate / (1 + exp(-gate)) * up
-//   part float [splits, N, 2I], out store_t [N, I].                                  grid (N), block 256.
+//   part float [splits, N, 2I], out store_t [N, I].                     grid (N, ceil(I / 256)), block 256.
 // NumPy reference: numpy_backend.embedding, add_rmsnorm, split_qkv_rope + write_kv, silu_mul.
 // Tests: tests/test_cuda_kernels.py.
 #include "storage.cuh"
@@ -95,8 +95,8 @@ extern "C" __global__ void rope_write_kv(const float* __restrict__ qkv_part, int
 
 extern "C" __global__ void silu_mul(const float* __restrict__ part, int splits, store_t* __restrict__ out, int N, int I) {
     long long row = (long long)blockIdx.x * 2 * I, stride = (long long)N * 2 * I;
-    for (int i = threadIdx.x; i < I; i += blockDim.x) {
-        float gate = sum_splits(part, splits, stride, row + i), up = sum_splits(part, splits, stride, row + I + i);
-        out[(long long)blockIdx.x * I + i] = to_store(gate / (1.0f + __expf(-gate)) * up);
-    }
+    int i = blockIdx.y * blockDim.x + threadIdx.x;  // many blocks per row: a decode step has N = 1
+    if (i >= I) return;
+    float gate = sum_splits(part, splits, stride, row + i), up = sum_splits(part, splits, stride, row + I + i);
+    out[(long long)blockIdx.x * I + i] = to_store(gate / (1.0f + __expf(-gate)) * up);
 }

@@ -279,7 +279,7 @@ class CudaBackend:
         residual = residual if has_residual else cp.empty((N, C), dtype=cp.float32)
         out = cp.empty((N, C), dtype=self.store_dtype)
         self.kernel("elementwise.cu", "add_rmsnorm")(
-            (N,), (256,), (x.buffer, np.int32(x.splits), residual, np.int32(has_residual), weight, out, np.int32(N), np.int32(C), np.float32(eps))
+            (N,), (1024,), (x.buffer, np.int32(x.splits), residual, np.int32(has_residual), weight, out, np.int32(N), np.int32(C), np.float32(eps))
         )
         return out, residual
 
@@ -336,7 +336,7 @@ class CudaBackend:
         gate_up = as_partial(gate_up)
         N, I = gate_up.shape[0], gate_up.shape[1] // 2
         out = cp.empty((N, I), dtype=self.store_dtype)
-        self.kernel("elementwise.cu", "silu_mul")((N,), (256,), (gate_up.buffer, np.int32(gate_up.splits), out, np.int32(N), np.int32(I)))
+        self.kernel("elementwise.cu", "silu_mul")((N, (I + 255) // 256), (256,), (gate_up.buffer, np.int32(gate_up.splits), out, np.int32(N), np.int32(I)))
         return out
 
     def rope_tables(self, inv_freq, max_position: int):
@@ -357,7 +357,7 @@ class CudaBackend:
         cos, sin = self.rope_tables(inv_freq, plan.max_position)
         q = cp.empty((N, H, D), dtype=cp.float32)
         self.kernel("elementwise.cu", "rope_write_kv")(
-            (N,), (128,),
+            (N,), (512,),
             (qkv.buffer, np.int32(qkv.splits), np.int32(N), plan.positions, cos, sin, plan.slots, q, k_cache, v_cache,
              np.int32(H), np.int32(Hkv), np.int32(D), np.int32(P)),
         )
