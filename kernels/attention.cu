@@ -66,7 +66,7 @@ extern "C" __global__ void tree_attention(
 // ------------------------------------------------------------------------------------------------
 // Tensor-core version (bf16 pages): the G query heads of all T tree nodes of one sequence that share a
 // KV head are the rows of one tile (GQA packing: row r = node r / G, head kv_head * G + r % G), so each
-// K/V tile is read once per 64 rows. Keys go in tiles of 16 positions (any page size P: a tile gathers
+// K/V tile is read once per 64 rows. Keys go in tiles of KEYS_PER_TILE positions (any page size P: a tile gathers
 // its rows through the page table); a tile wholly before tree_start takes no mask work, tiles holding
 // tree tokens test the ancestor bits. S = Q K^T and O += P V are mma.sync.m16n8k16 bf16 -> fp32, with
 // an online softmax in fp32 between them (the C fragments of S are the A fragments of P).
@@ -79,7 +79,7 @@ extern "C" __global__ void tree_attention(
 // Fragments (g = lane / 4, t = lane % 4): A (g | g+8, k 2t..2t+1 | 2t+8..), B (k 2t.. | 2t+8.., n g),
 // C (g | g+8, n 2t..2t+1).
 
-#define KEYS_PER_TILE 16
+#define KEYS_PER_TILE 32  // keys per K/V tile: KEYS_PER_TILE / 8 n-tiles of S, KEYS_PER_TILE / 16 k-steps of P V
 
 __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -187,9 +187,10 @@ __device__ void tree_attention_mma(
         const __nv_bfloat16* k_buf = k_tile + buffer * KEYS_PER_TILE * STRIDE;
         const __nv_bfloat16* v_buf = v_tile + buffer * KEYS_PER_TILE * STRIDE;
 
-        float s[2][4] = {};
+        constexpr int NT = KEYS_PER_TILE / 8;  // n8 tiles of S per key tile
+        float s[NT][4] = {};
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++) {
+        for (int nt = 0; nt < NT; nt++) {
             const __nv_bfloat16* krow = k_buf + (nt * 8 + g) * STRIDE;
 #pragma unroll
             for (int ks = 0; ks < D / 16; ks++) {
@@ -202,7 +203,7 @@ __device__ void tree_attention_mma(
         const bool needs_mask = is_causal || key0 + KEYS_PER_TILE > start || key0 + KEYS_PER_TILE > S;
         if (needs_mask) {
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++)
+            for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int key = key0 + nt * 8 + 2 * t + (e & 1), node = e < 2 ? node0 : node1;
@@ -213,8 +214,12 @@ __device__ void tree_attention_mma(
                 }
         }
         // online softmax, rows g (elements 0, 1) and g + 8 (elements 2, 3); a row's 4 lanes share it
-        float mx0 = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
-        float mx1 = fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]));
+        float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+        }
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 1));
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 2));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 1));
@@ -224,30 +229,38 @@ __device__ void tree_attention_mma(
         float corr0 = __expf(m0 - base0), corr1 = __expf(m1 - base1);
         m0 = new0;
         m1 = new1;
-        float p[2][4];
+        l0 *= corr0;
+        l1 *= corr1;
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++) {
-            p[nt][0] = __expf(s[nt][0] - base0);
-            p[nt][1] = __expf(s[nt][1] - base0);
-            p[nt][2] = __expf(s[nt][2] - base1);
-            p[nt][3] = __expf(s[nt][3] - base1);
+        for (int nt = 0; nt < NT; nt++) {
+            s[nt][0] = __expf(s[nt][0] - base0);
+            s[nt][1] = __expf(s[nt][1] - base0);
+            s[nt][2] = __expf(s[nt][2] - base1);
+            s[nt][3] = __expf(s[nt][3] - base1);
+            l0 += s[nt][0] + s[nt][1];
+            l1 += s[nt][2] + s[nt][3];
         }
-        l0 = l0 * corr0 + p[0][0] + p[0][1] + p[1][0] + p[1][1];
-        l1 = l1 * corr1 + p[0][2] + p[0][3] + p[1][2] + p[1][3];
-        unsigned pa0 = pack_bf16x2(p[0][0], p[0][1]), pa1 = pack_bf16x2(p[0][2], p[0][3]);
-        unsigned pa2 = pack_bf16x2(p[1][0], p[1][1]), pa3 = pack_bf16x2(p[1][2], p[1][3]);
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++) {
             acc[dt][0] *= corr0;
             acc[dt][1] *= corr0;
             acc[dt][2] *= corr1;
             acc[dt][3] *= corr1;
-            // B fragments of V (keys x dims) straight from the row-major tile: ldmatrix with transpose,
-            // lanes 0-15 give the addresses of keys 0-15 at dims dt*8 .. dt*8+7
-            unsigned b0, b1;
-            unsigned address = (unsigned)__cvta_generic_to_shared(v_buf + (lane % 16) * STRIDE + dt * 8);
-            asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(address));
-            mma16816(acc[dt], pa0, pa1, pa2, pa3, b0, b1);
+        }
+        // O += P V, one k-step per 16 keys: the C fragments of S n-tiles 2kk, 2kk+1 are the A fragment of P
+#pragma unroll
+        for (int kk = 0; kk < KEYS_PER_TILE / 16; kk++) {
+            unsigned pa0 = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pa1 = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+            unsigned pa2 = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pa3 = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                // B fragments of V (keys x dims) straight from the row-major tile: ldmatrix with transpose,
+                // lanes 0-15 give the addresses of keys kk*16 + 0..15 at dims dt*8 .. dt*8+7
+                unsigned b0, b1;
+                unsigned address = (unsigned)__cvta_generic_to_shared(v_buf + (kk * 16 + lane % 16) * STRIDE + dt * 8);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(address));
+                mma16816(acc[dt], pa0, pa1, pa2, pa3, b0, b1);
+            }
         }
         __syncthreads();  // every warp is done with this buffer before it is refilled
     }

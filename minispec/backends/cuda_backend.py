@@ -387,10 +387,10 @@ class CudaBackend:
         _, Hkv, P, _ = k_cache.shape
         B, G = plan.batch_size, H // Hkv
         row_tiles = -(-N * G // 64) + B  # upper bound of sum over b of ceil(T_b G / 64)
-        # about 4 blocks per SM (each block walks its key tiles one after another, so parallelism hides the
-        # latency), at least 4 key tiles (64 keys) per share; plan.max_kv_len is the context bucket in a
-        # captured graph, so the split stays right for every replay
-        splits = max(1, min(32, -(-4 * self.sm_count // (row_tiles * Hkv)), plan.max_kv_len // 64))
+        # about 8 blocks per SM (each block walks its key tiles one after another, so parallelism hides the
+        # latency), at least 64 keys per share; plan.max_kv_len is the context bucket in a captured graph,
+        # so the split stays right for every replay
+        splits = max(1, min(32, -(-8 * self.sm_count // (row_tiles * Hkv)), plan.max_kv_len // 64))
         out = cp.empty((N, H * D), dtype=self.store_dtype)
         o_part = cp.empty((splits, N, H, D), dtype=cp.float32) if splits > 1 else out
         ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32) if splits > 1 else out
