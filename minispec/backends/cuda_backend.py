@@ -388,9 +388,9 @@ class CudaBackend:
         B, G = plan.batch_size, H // Hkv
         row_tiles = -(-N * G // 64) + B  # upper bound of sum over b of ceil(T_b G / 64)
         # about 8 blocks per SM (each block walks its key tiles one after another, so parallelism hides the
-        # latency), at least 64 keys per share; plan.max_kv_len is the context bucket in a captured graph,
-        # so the split stays right for every replay
-        splits = max(1, min(32, -(-8 * self.sm_count // (row_tiles * Hkv)), plan.max_kv_len // 64))
+        # latency), at least 128 keys per share (each share writes N x H x D partials for the merge to read);
+        # plan.max_kv_len is the context bucket in a captured graph, so the split stays right for every replay
+        splits = max(1, min(32, -(-8 * self.sm_count // (row_tiles * Hkv)), plan.max_kv_len // 128))
         out = cp.empty((N, H * D), dtype=self.store_dtype)
         o_part = cp.empty((splits, N, H, D), dtype=cp.float32) if splits > 1 else out
         ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32) if splits > 1 else out
