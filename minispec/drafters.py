@@ -63,9 +63,6 @@ class Trie:
             self.tokens.append(token)
             self.parents.append(node)
 
-    def tree(self) -> Tree:
-        return Tree(self.tokens, self.parents)
-
     def best(self, score: np.ndarray, nodes: int, width: int) -> Tree:
         """The root and the best-scoring nodes (at most `width` children each), ancestors first."""
         kept, per_parent = [0], {}

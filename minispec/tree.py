@@ -55,13 +55,3 @@ class Tree:
     def single(cls, token: int) -> "Tree":
         return cls(tokens=[token], parents=[-1])
 
-    @classmethod
-    def chain(cls, tokens) -> "Tree":
-        return cls(tokens=tokens, parents=np.arange(len(tokens)) - 1)
-
-
-def ancestor_mask(anc: np.ndarray) -> np.ndarray:
-    """Dense boolean [T, T] visibility among tree nodes (row i sees column j)."""
-    T = len(anc)
-    bits = np.uint64(1) << np.arange(T, dtype=np.uint64)
-    return (anc[:, None] & bits[None, :]) != 0
