@@ -109,15 +109,26 @@ class NgramDrafter(NoDrafter):
         self.max_ngram = max_ngram
         self.max_matches = max_matches if budget.width > 1 else 1
         self.history = {}  # id(seq) -> [accepted children, tries, last tree]
+        self.index = {}  # id(seq) -> (n-gram -> continuation starts, oldest first; tokens indexed so far)
 
-    def continuations(self, tokens: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    def update_index(self, seq) -> dict:
+        """Index the n-grams ending at every token emitted since the last call: O(max_ngram) per token."""
+        grams, done = self.index.get(id(seq), ({}, 0))
+        tokens = seq.tokens
+        for end in range(done, len(tokens)):  # the n-gram tokens[end-n+1 .. end] continues at end + 1
+            for n in range(1, min(self.max_ngram, end + 1) + 1):
+                grams.setdefault(tuple(tokens[end - n + 1 : end + 1]), []).append(end + 1)
+        self.index[id(seq)] = (grams, len(tokens))
+        return grams
+
+    def continuations(self, seq) -> list[tuple[list[int], int]]:
         """(continuation, match length) pairs, longest match first, most recent first."""
-        found = []
+        grams, tokens, found = self.update_index(seq), seq.tokens, []
         for n in range(min(self.max_ngram, len(tokens) - 1), 0, -1):
-            suffix = tokens[-n:]
-            windows = np.lib.stride_tricks.sliding_window_view(tokens[:-1], n)  # [len - n, n]: every earlier n-gram
-            for i in np.flatnonzero((windows == suffix).all(axis=1))[::-1]:
-                found.append((tokens[i + n : i + n + self.budget.depth], n))
+            for start in reversed(grams.get(tuple(tokens[-n:]), ())):
+                if start >= len(tokens):  # the suffix itself: nothing follows it yet
+                    continue
+                found.append((tokens[start : start + self.budget.depth], n))
                 if len(found) >= self.max_matches:
                     return found
         return found
@@ -127,10 +138,9 @@ class NgramDrafter(NoDrafter):
         for seq, budget in zip(seqs, budgets):
             history = self.history.setdefault(id(seq), [1.0, 2.0, None])
             alpha = history[0] / history[1]  # Laplace-smoothed acceptance rate of drafted children
-            tokens = np.asarray(seq.tokens)
-            trie = Trie(int(tokens[-1]), MAX_TREE_NODES)
+            trie = Trie(int(seq.tokens[-1]), MAX_TREE_NODES)
             weight = np.zeros(MAX_TREE_NODES)  # match weight through each node
-            for continuation, n in self.continuations(tokens):
+            for continuation, n in self.continuations(seq):
                 node = 0
                 weight[0] += n
                 for token in continuation:
@@ -158,6 +168,7 @@ class NgramDrafter(NoDrafter):
 
     def release(self, seq) -> None:
         self.history.pop(id(seq), None)
+        self.index.pop(id(seq), None)
 
 
 class Candidates:

@@ -37,12 +37,12 @@ class Tree:
             raise MinispecError("tree parents must have one entry per node and parents[0] = -1")
         if T > 1 and not np.all((self.parents[1:] >= 0) & (self.parents[1:] < np.arange(1, T))):
             raise MinispecError("tree nodes must be in topological order: 0 <= parents[i] < i")
-        self.depth = np.zeros(T, dtype=np.int64)
-        anc = [np.uint64(1)]
+        parents = self.parents.tolist()
+        depth, anc = [0] * T, [1] * T  # Python ints: a per-node NumPy scalar costs more than the whole tree
         for i in range(1, T):
-            p = self.parents[i]
-            self.depth[i] = self.depth[p] + 1
-            anc.append(anc[p] | (np.uint64(1) << np.uint64(i)))
+            depth[i] = depth[parents[i]] + 1
+            anc[i] = anc[parents[i]] | (1 << i)
+        self.depth = np.array(depth, dtype=np.int64)
         self.anc = np.array(anc, dtype=np.uint64)
 
     def __len__(self) -> int:
