@@ -19,7 +19,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kv-cache-tokens", type=int, default=None, help="size of the KV page pool in tokens")
     group.add_argument("--kv-memory-fraction", type=float, default=0.5, help="GPU: share of free memory for the KV pool when --kv-cache-tokens is not given")
     group.add_argument("--draft", default=None, help="speculative drafter: ngram, self:K (first K layers) or a draft model directory")
-    group.add_argument("--tree", default=None, help="tree budget T,depth,width (e.g. 16,6,4; width 1 = chain)")
+    group.add_argument("--tree", default=None, help="tree budget T,depth,width (default 16,12,4; width 1 = chain; T <= 64)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, temperature: float) -> None:
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(run=command_fetch)
 
     generate = commands.add_parser("generate", help="complete one prompt and stream the answer")
-    generate.add_argument("prompt")
+    generate.add_argument("prompt", help="the user message (the model's chat template is applied unless --raw)")
     generate.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
     add_model_arguments(generate)
     add_sampling_arguments(generate, temperature=0.0)
