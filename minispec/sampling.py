@@ -71,9 +71,3 @@ def sample_from(p: np.ndarray, u: float) -> int:
     """Inverse CDF in token order: the first token whose running mass exceeds u * total (u in [0, 1))."""
     cumulative = np.cumsum(p)
     return int(min(np.searchsorted(cumulative, u * cumulative[-1], side="right"), np.flatnonzero(p)[-1]))
-
-
-def choose_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    if params.greedy:
-        return int(np.argmax(logits))
-    return sample_from(target_distribution(logits, params), rng.random())

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from minispec import MinispecError, SamplingParams
-from minispec.sampling import choose_token, target_distribution
+from minispec.backends.numpy_backend import NumpyBackend
+from minispec.model import StepLogits
+from minispec.sampling import target_distribution
+
+
+def choose_token(logits, params, rng):
+    """The engine's path: one row chosen through StepLogits (greedy argmax or the backend's sampler)."""
+    return StepLogits(NumpyBackend(), logits[None]).choose(0, params, rng)
 
 
 @pytest.mark.parametrize(

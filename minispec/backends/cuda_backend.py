@@ -137,7 +137,8 @@ class CudaBackend:
         use_graphs = self.bf16 if use_graphs is None else use_graphs  # float32 mode calls cuBLAS, which cannot be captured
         self.store_dtype = cp.uint16 if self.bf16 else cp.float32
         self.kv_memory_fraction = kv_memory_fraction
-        self.modules = {}
+        self.modules = {}  # kernel file -> RawModule (compiled for this backend's storage type)
+        self.functions = {}  # (file, kernel name) -> Function
         self.graphs = {}  # (model, cache, B, N bucket, context bucket) -> CapturedStep
         self.gemm_blocks_per_sm = 8  # measured best for M <= 16 on 8B shapes (bench gemm variants)
         # rows from which cuBLAS is used: measured faster at every M and shape on an H200 (notes/gemm_cublas_vs_own.log),
@@ -157,13 +158,19 @@ class CudaBackend:
 
     # ------------------------------------------------------------------ compilation
     def kernel(self, file: str, name: str):
-        key = (file, self.bf16)
-        if key not in self.modules:
-            source = kernel_source(file)
-            options = ("-std=c++17", "-DSTORAGE_BF16") if self.bf16 else ("-std=c++17",)
-            options += (f"-DSOURCE_HASH_{hashlib.sha1(source.encode()).hexdigest()[:12]}",)
-            self.modules[key] = self.cp.RawModule(code=source, options=options)
-        return self.modules[key].get_function(name)
+        """The compiled kernel `name` of kernels/`file` (module and function looked up once per process)."""
+        if (file, name) not in self.functions:
+            if file not in self.modules:
+                source = kernel_source(file)
+                options = ("-std=c++17", "-DSTORAGE_BF16") if self.bf16 else ("-std=c++17",)
+                options += (f"-DSOURCE_HASH_{hashlib.sha1(source.encode()).hexdigest()[:12]}",)
+                self.modules[file] = self.cp.RawModule(code=source, options=options)
+            self.functions[(file, name)] = self.modules[file].get_function(name)
+        return self.functions[(file, name)]
+
+    def put(self, values, dtype):
+        """A host value or array as a contiguous device array of `dtype`."""
+        return self.cp.asarray(np.ascontiguousarray(values, dtype=dtype))
 
     def describe(self) -> str:
         cp = self.cp
@@ -207,8 +214,7 @@ class CudaBackend:
 
     # ------------------------------------------------------------------ step plan
     def prepare_plan(self, plan: StepPlan) -> DevicePlan:
-        cp = self.cp
-        put = lambda a, dtype: cp.asarray(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
+        put = self.put
         return DevicePlan(
             num_tokens=plan.num_tokens, batch_size=plan.batch_size, max_position=int(plan.positions.max()),
             max_kv_len=int(plan.kv_len.max()), all_logits=plan.all_logits, tokens=put(plan.tokens, np.int32), positions=put(plan.positions, np.int32),
@@ -418,8 +424,7 @@ class CudaBackend:
         """tokens[r] drawn from p of params[r] at uniform u[r] (u comes from the request's seeded generator)."""
         cp = self.cp
         logits = cp.ascontiguousarray(logits)
-        R = len(rows)
-        put = lambda values, dtype: cp.asarray(np.asarray(values, dtype=dtype))  # noqa: E731
+        R, put = len(rows), self.put
         tokens = cp.empty(R, dtype=cp.int32)
         probs = cp.empty((R, logits.shape[1]), dtype=cp.float32)
         self.kernel("sampling.cu", "sample_rows")(
@@ -433,8 +438,7 @@ class CudaBackend:
     def verify_tree(self, logits, row0: int, tree, params, uniforms):
         """Sampled verification of a deterministic-candidate tree on the device; only the path comes back."""
         cp = self.cp
-        T, V = len(tree), logits.shape[1]
-        put = lambda values, dtype: cp.asarray(np.asarray(values, dtype=dtype))  # noqa: E731
+        T, V, put = len(tree), logits.shape[1], self.put
         out = cp.empty(T + 2, dtype=cp.int32)
         probs = cp.empty(V, dtype=cp.float32)
         self.kernel("sampling.cu", "verify_tree")(
@@ -461,8 +465,7 @@ class CudaBackend:
     def move_slots(self, ks, vs, source_slots, destination_slots) -> None:
         """KV commit for all layers in two launches: gather every source row, then scatter (they overlap)."""
         cp = self.cp
-        source = cp.asarray(np.asarray(source_slots, dtype=np.int32))
-        destination = cp.asarray(np.asarray(destination_slots, dtype=np.int32))
+        source, destination = self.put(source_slots, np.int32), self.put(destination_slots, np.int32)
         _, Hkv, P, D = ks[0].shape
         caches = self.cache_pointers(ks, vs)
         buffer = cp.empty((len(caches), len(source), Hkv, D), dtype=self.store_dtype)
