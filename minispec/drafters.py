@@ -40,18 +40,33 @@ class TreeBudget:
         try:
             values = [int(p) for p in parts]
         except ValueError:
-            raise MinispecError(f"tree budget {text!r}: expected T,depth,width such as 16,6,4") from None
+            raise MinispecError(f"tree budget {text!r}: expected T,depth,width such as 16,12,4") from None
         if len(values) != 3:
-            raise MinispecError(f"tree budget {text!r}: expected T,depth,width such as 16,6,4")
+            raise MinispecError(f"tree budget {text!r}: expected T,depth,width such as 16,12,4")
         return cls(*values)
 
-    @classmethod
-    def chain(cls, nodes: int) -> "TreeBudget":
-        return cls(nodes, max(1, nodes - 1), 1)
+
+def best_subtree(tokens: list[int], parents: list[int], score, nodes: int, width: int | None = None) -> Tree:
+    """The root and the best-scoring candidates (nodes in all, at most `width` children each) as a Tree.
+
+    Candidates are in creation order (parents first) and a child never outscores its parent, so taking
+    them by descending score (ties: older first) keeps every chosen node's ancestors.
+    """
+    kept, children = {0}, {}
+    for node in sorted(range(1, len(tokens)), key=lambda n: (-score[n], n)):
+        if len(kept) >= nodes:
+            break
+        parent = parents[node]
+        if parent in kept and (width is None or children.get(parent, 0) < width):
+            kept.add(node)
+            children[parent] = children.get(parent, 0) + 1
+    chosen = sorted(kept)  # creation order is topological
+    index = {node: i for i, node in enumerate(chosen)}
+    return Tree([tokens[n] for n in chosen], [-1] + [index[parents[n]] for n in chosen[1:]])
 
 
 class Trie:
-    """Token paths below a root sharing common prefixes, within a node budget; `best` cuts a Tree out of it."""
+    """Token paths below a root sharing common prefixes, within a node budget."""
 
     def __init__(self, root: int, max_nodes: int):
         self.tokens, self.parents, self.max_nodes = [root], [-1], max_nodes
@@ -62,20 +77,6 @@ class Trie:
             self.child[(node, token)] = len(self.tokens)
             self.tokens.append(token)
             self.parents.append(node)
-
-    def best(self, score: np.ndarray, nodes: int, width: int) -> Tree:
-        """The root and the best-scoring nodes (at most `width` children each), ancestors first."""
-        kept, per_parent = [0], {}
-        for node in sorted(range(1, len(self.tokens)), key=lambda n: (-score[n], n)):
-            parent = self.parents[node]
-            if len(kept) >= nodes:
-                break
-            if parent in kept and per_parent.get(parent, 0) < width:
-                kept.append(node)
-                per_parent[parent] = per_parent.get(parent, 0) + 1
-        kept.sort()  # creation order is topological
-        index = {node: i for i, node in enumerate(kept)}
-        return Tree([self.tokens[n] for n in kept], [-1] + [index[self.parents[n]] for n in kept[1:]])
 
 
 class NoDrafter:
@@ -154,7 +155,7 @@ class NgramDrafter(NoDrafter):
             for node in range(1, len(trie.tokens)):  # parents come before children
                 parent = trie.parents[node]
                 value[node] = (1.0 if parent == 0 else value[parent]) * alpha * weight[node] / weight[parent]
-            history[2] = trie.best(value, min(self.budget.nodes, budget), self.budget.width)
+            history[2] = best_subtree(trie.tokens, trie.parents, value, min(self.budget.nodes, budget), self.budget.width)
             trees.append(history[2])
         return trees
 
@@ -194,11 +195,7 @@ class Candidates:
         return Tree(self.tokens, self.parents)
 
     def best(self, nodes: int) -> Tree:
-        """The root and the nodes - 1 best candidates; a child never outscores its parent, so ancestors come along."""
-        ranked = sorted(range(1, len(self.tokens)), key=lambda n: (-self.score[n], n))[: nodes - 1]
-        chosen = [0] + sorted(ranked)  # creation order is topological
-        index = {node: i for i, node in enumerate(chosen)}
-        return Tree([self.tokens[n] for n in chosen], [-1] + [index[self.parents[n]] for n in chosen[1:]])
+        return best_subtree(self.tokens, self.parents, self.score, nodes)
 
 
 class ModelDrafter(NoDrafter):
