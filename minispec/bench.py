@@ -27,6 +27,16 @@ SPEC_PROMPTS = {
 INPUT_GROUNDED = ("summarise", "rewrite", "extract")
 
 
+def timed_generate(llm, ids, params):
+    """(tokens/s, result) of one generation after a short warm-up (kernel compilation, graph capture, caches)."""
+    from .sampling import SamplingParams
+
+    llm.generate(ids, SamplingParams(temperature=0, max_tokens=8))
+    start = time.perf_counter()
+    result = llm.generate(ids, params)
+    return len(result.token_ids) / (time.perf_counter() - start), result
+
+
 def bench_spec(args) -> None:
     from .llm import LLM
     from .sampling import SamplingParams
@@ -45,11 +55,7 @@ def bench_spec(args) -> None:
         baseline = None
         for label, draft, tree in configs:
             llm.use_drafter(draft, tree)
-            llm.generate(ids[:8], SamplingParams(temperature=0, max_tokens=2))  # warm-up (compile, caches)
-            start = time.perf_counter()
-            result = llm.generate(ids, params)
-            elapsed = time.perf_counter() - start
-            rate = len(result.token_ids) / elapsed
+            rate, result = timed_generate(llm, ids, params)
             if baseline is None:
                 baseline = (rate, result.token_ids)
             agree = next((i for i, (a, b) in enumerate(zip(result.token_ids, baseline[1])) if a != b), None)

@@ -263,27 +263,19 @@ def bench_e2e(args) -> None:
         backend.graphs.clear()
         del model
     # end-to-end decoding on the default model: ours, speculation, transformers
-    from .bench import INPUT_GROUNDED, SPEC_PROMPTS
+    from .bench import INPUT_GROUNDED, SPEC_PROMPTS, timed_generate
 
-    params = SamplingParams(temperature=0, max_tokens=256, ignore_eos=True)
     ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS["chat"]}])
-    llm.generate(ids, SamplingParams(temperature=0, max_tokens=8))
-    start = time.perf_counter()
-    plain = llm.generate(ids, params)
-    plain_rate = len(plain.token_ids) / (time.perf_counter() - start)
+    plain_rate, _ = timed_generate(llm, ids, SamplingParams(temperature=0, max_tokens=256, ignore_eos=True))
     print(f"\nplain greedy decode, default model: {plain_rate:.0f} tokens/s")
-    spec_rates = []
-    for key in INPUT_GROUNDED:
+    for key in INPUT_GROUNDED:  # n-gram tree speculation at the default budget vs our plain decode
         ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}])
         rates = []
         for draft in (None, "ngram"):
-            llm.use_drafter(draft, (16, 8, 4))
-            llm.generate(ids, SamplingParams(temperature=0, max_tokens=8))
-            start = time.perf_counter()
-            result = llm.generate(ids, SamplingParams(temperature=0, max_tokens=128))
-            rates.append((len(result.token_ids) / (time.perf_counter() - start), result.stats.tokens_per_step))
+            llm.use_drafter(draft)
+            rate, result = timed_generate(llm, ids, SamplingParams(temperature=0, max_tokens=128))
+            rates.append((rate, result.stats.tokens_per_step))
         llm.use_drafter(None)
-        spec_rates.append(rates[1][0] / rates[0][0])
         print(f"  {key:<10} plain {rates[0][0]:>7.0f} tok/s   n-gram tree {rates[1][0]:>7.0f} tok/s ({rates[1][1]:.2f} tokens/forward)  x{rates[1][0] / rates[0][0]:.2f}")
     try:
         import torch
