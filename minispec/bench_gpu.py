@@ -219,7 +219,7 @@ def weight_bytes(weights) -> int:
     return sum(a.nbytes for a in arrays) - weights.embed.nbytes  # the embedding is gathered, not streamed
 
 
-def step_times(model, context: int, tree_sizes=(16, 32, 64)):
+def step_times(model, context: int, tree_sizes=(4, 16, 32, 64)):
     """Seconds per forward: plain decode (T = 1) and tree verify (T in tree_sizes), batch 1, at `context`."""
     from .step import StepItem, build_plan
     from .tree import Tree
@@ -236,6 +236,25 @@ def step_times(model, context: int, tree_sizes=(16, 32, 64)):
     return results
 
 
+FUSED_PHASES = ("qkv+rope", "attention", "merge", "o-proj", "gate/up", "down")
+
+
+def fused_phase_times(model) -> np.ndarray:
+    """Microseconds per layer of each phase of the fused-layers kernel in a decode step (context 512): the
+    %globaltimer stamps its block 0 writes after every grid barrier, averaged over the layers after the first."""
+    backend = model.backend
+    cp = backend.cp
+    backend.fused_clock = cp.zeros(1 + 6 * model.num_layers, dtype=cp.uint64)
+    backend.graphs.clear()  # the clock pointer is captured into the graph
+    try:
+        step_times(model, 512, ())
+        stamps = cp.asnumpy(backend.fused_clock).astype(np.int64)
+    finally:
+        backend.fused_clock = None
+        backend.graphs.clear()
+    return np.diff(stamps).reshape(model.num_layers, 6)[1:].mean(axis=0) / 1e3
+
+
 def bench_e2e(args) -> None:
     require_gpu()
     from .llm import LLM
@@ -250,16 +269,23 @@ def bench_e2e(args) -> None:
     if not args.quick:
         config = llama_8b_config()
         rows.append(("random Llama-3.1-8B shapes", Model(config, random_model_on_gpu(config, backend), backend)))
-    print(f"{'model':<28} {'step':<12} {'ms/step':>8} {'no graph':>9} {'floor ms':>9} {'x floor':>8} {'x plain':>8}")
+    print("ms/step: the engine's choice (fused layers for steps of <= 16 rows, else layer by layer, as a CUDA graph);")
+    print("layered: the layer-by-layer kernels as a CUDA graph; no graph: the same launched one by one from Python")
+    print(f"{'model':<28} {'step':<12} {'ms/step':>8} {'layered':>8} {'no graph':>9} {'floor ms':>9} {'x floor':>8} {'x plain':>8}")
     for name, model in rows:
         floor = weight_bytes(model.weights) / bandwidth
         times = step_times(model, context=512)
+        fused_max_rows, backend.fused_max_rows = backend.fused_max_rows, 0
+        layered = step_times(model, context=512)
         backend.use_graphs = False
         eager = step_times(model, context=512)
-        backend.use_graphs = True
+        backend.use_graphs, backend.fused_max_rows = True, fused_max_rows
         for T, seconds in times.items():
             label = "plain decode" if T == 1 else f"tree T={T}"
-            print(f"{name:<28} {label:<12} {seconds * 1e3:>8.3f} {eager[T] * 1e3:>9.3f} {floor * 1e3:>9.3f} {seconds / floor:>8.2f} {seconds / times[1]:>8.2f}")
+            print(f"{name:<28} {label:<12} {seconds * 1e3:>8.3f} {layered[T] * 1e3:>8.3f} {eager[T] * 1e3:>9.3f} {floor * 1e3:>9.3f} "
+                  f"{seconds / floor:>8.2f} {seconds / times[1]:>8.2f}")
+        phases = fused_phase_times(model)
+        print(f"  fused decode, µs per layer: " + ", ".join(f"{n} {t:.1f}" for n, t in zip(FUSED_PHASES, phases)))
         backend.graphs.clear()
         del model
     # end-to-end decoding on the default model: ours, speculation, transformers

@@ -57,6 +57,10 @@ class Model:
         ops, c, w = self.backend, self.config, self.weights
         H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_dim
         x = ops.embedding(w.embed, plan.tokens)  # x: [N, hidden]
+        rows = ops.fused_rows(self, plan)
+        if rows:  # CUDA, small decode or tree step: every layer in one persistent launch (kernels/fused_layers.cu)
+            h, _ = ops.add_rmsnorm(ops.fused_layers(self, plan, cache, x, rows), None, w.final_norm, c.rms_norm_eps)
+            return ops.logits(h if plan.all_logits else h[plan.logit_rows], w.lm_head)
         residual = None
         for i in range(self.num_layers):
             layer = w.layers[i]

@@ -131,3 +131,27 @@ def test_own_gemm_kernel_through_the_engine(default_model, prompt_ids, reference
     results = llm.generate(prompt_ids, SamplingParams(temperature=0, max_tokens=64, ignore_eos=True))
     for result, expected_ids in zip(results, reference_outputs):
         assert result.token_ids[:16] == expected_ids[:16]
+
+
+def test_fused_decode_agrees_with_layer_by_layer(default_model, prompt_ids, reference_outputs):
+    """Batch-1 decode runs every layer in one persistent launch; the layer-by-layer path gives the same start."""
+    fused = LLM(model=str(default_model), device="cuda")
+    layered = LLM(model=str(default_model), device="cuda")
+    layered.backend.fused_max_rows = 0
+    params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+    for ids, expected in zip(prompt_ids, reference_outputs):  # one prompt at a time: decode steps have one row
+        a, b = fused.generate(ids, params).token_ids, layered.generate(ids, params).token_ids
+        assert a[:16] == b[:16] == expected[:16]
+    assert fused.backend.fused_rows(fused.model, fused.backend.prepare_plan(single_decode_plan(fused))) == 1
+
+
+def single_decode_plan(llm):
+    from minispec.step import StepItem, build_plan
+    from minispec.tree import Tree
+
+    table = []
+    llm.cache.prepare(table, 0, 8)
+    try:
+        return build_plan([StepItem.tree(table, 7, Tree([5], [-1]))], llm.cache.page_size)
+    finally:
+        llm.cache.release(table)

@@ -37,6 +37,7 @@ class DevicePlan:
     max_position: int
     max_kv_len: int  # longest context in the step (a power-of-two bucket in a captured graph)
     all_logits: bool
+    has_causal: bool  # a prefill chunk is in the step (the fused-layers kernel takes decode and trees only)
     tokens: object
     positions: object
     slots: object
@@ -64,7 +65,7 @@ class CapturedStep:
         self.packed = cp.zeros(self.offsets[-1], dtype=cp.int32)
         part = lambda i: self.packed[self.offsets[i] : self.offsets[i + 1]]  # noqa: E731
         self.plan = DevicePlan(
-            num_tokens=N, batch_size=B, max_position=max_position, max_kv_len=context, all_logits=True, masks=part(0).view(cp.uint64),
+            num_tokens=N, batch_size=B, max_position=max_position, max_kv_len=context, all_logits=True, has_causal=False, masks=part(0).view(cp.uint64),
             tokens=part(1), positions=part(2), slots=part(3), logit_rows=part(4), cu_q=part(5), kv_len=part(6),
             tree_start=part(7), causal=part(8), page_tables=part(9).reshape(B, W),
         )
@@ -154,6 +155,14 @@ class CudaBackend:
             self.cublas, self.cublas_error = None, f"{type(error).__name__}: {error}"  # the own kernel serves every M
         self.sm_count = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
         self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2]
+        self.layer_tables = {}  # (id(weights), layers, id(cache)) -> uint64 [L, 8] device pointers
+        # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off).
+        # Measured on an H200 (notes/fused_layers.log): faster than layer by layer at 1 and 2 rows on the
+        # default model and on 8B shapes, slower from 4 rows (its GEMV runs on CUDA cores, one row at a time)
+        self.fused_max_rows = 2
+        self.fused_blocks = self.sm_count
+        self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)  # one resident block per SM (tests shrink it to exercise the striding)
+        self.max_shared = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["sharedMemPerBlockOptin"] - 2048
         self.pointer_tables = {}  # (id(k caches), id(v caches)) -> uint64 device pointers
 
     # ------------------------------------------------------------------ compilation
@@ -217,7 +226,7 @@ class CudaBackend:
         put = self.put
         return DevicePlan(
             num_tokens=plan.num_tokens, batch_size=plan.batch_size, max_position=int(plan.positions.max()),
-            max_kv_len=int(plan.kv_len.max()), all_logits=plan.all_logits, tokens=put(plan.tokens, np.int32), positions=put(plan.positions, np.int32),
+            max_kv_len=int(plan.kv_len.max()), all_logits=plan.all_logits, has_causal=bool(plan.causal.any()), tokens=put(plan.tokens, np.int32), positions=put(plan.positions, np.int32),
             slots=put(plan.slots, np.int32), cu_q=put(plan.cu_q, np.int32), kv_len=put(plan.kv_len, np.int32),
             tree_start=put(plan.tree_start, np.int32), masks=put(plan.masks, np.uint64), causal=put(plan.causal, np.int32),
             page_tables=put(plan.page_tables, np.int32), logit_rows=put(plan.logit_rows, np.int32),
@@ -412,6 +421,72 @@ class CudaBackend:
             (N, H), (64,), (o_part, ml_part, plan.cu_q, np.int32(B), out, np.int32(N), np.int32(H), np.int32(D), np.int32(splits))
         )
         return out
+
+    # ------------------------------------------------------------------ fused layers
+    def fused_rows(self, model, plan: DevicePlan) -> int:
+        """Row capacity MR of the fused-layers kernel that runs this step's layers, or 0 (layer by layer)."""
+        c = model.config
+        N = plan.num_tokens
+        if not self.bf16 or plan.has_causal or N > min(16, self.fused_max_rows) or c.head_dim not in (64, 128):
+            return 0
+        if c.hidden_size % 8 or c.intermediate_size % 8:
+            return 0
+        rows = 1 << (N - 1).bit_length()
+        return rows if self.fused_shared_bytes(c, rows) <= self.max_shared else 0
+
+    @staticmethod
+    def fused_shared_bytes(c, rows: int) -> int:
+        """Shared memory of the fused kernel: the staged GEMV input rows, or 16 warps' attention tiles (q, p, key offsets)."""
+        staged = rows * max(c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size) * 2
+        return max(staged, 16 * (4 * c.head_dim + 4 * 32 + 64) * 4)
+
+    def layer_table(self, model, cache):
+        """uint64 [L, 8] device pointers of each layer's norms, weights and K/V pages (made once per model and cache)."""
+        key = (id(model.weights), model.num_layers, id(cache))
+        if key not in self.layer_tables:
+            rows = [
+                [a.data.ptr for a in (layer.attn_norm, layer.wqkv, layer.wo, layer.mlp_norm, layer.w_gate_up, layer.w_down, k, v)]
+                for layer, k, v in zip(model.weights.layers[: model.num_layers], cache.k, cache.v)
+            ]
+            self.layer_tables[key] = self.cp.asarray(np.array(rows, dtype=np.uint64))
+        return self.layer_tables[key]
+
+    def fused_layers(self, model, plan: DevicePlan, cache, x, rows: int):
+        """Every layer of a small step in one persistent launch; x: embeddings fp32 [N, C] -> residual stream."""
+        cp, c = self.cp, model.config
+        N, B = plan.num_tokens, plan.batch_size
+        H, Hkv, D, C, I = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
+        P = cache.page_size
+        groups = -(-N * (H // Hkv) // 4)  # 4-row groups of a sequence's packed (node, head) rows; T_b <= N
+        # split the keys until every warp of the grid has a share, but no share under 32 keys
+        splits = max(1, min(256, self.fused_blocks * 16 // (B * Hkv * groups), -(-plan.max_kv_len // 32)))
+        cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
+        q = cp.empty((N, H, D), dtype=cp.float32)
+        o_part = cp.empty((splits, N, H, D), dtype=cp.float32)
+        ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32)
+        attn = cp.empty((N, H * D), dtype=cp.uint16)
+        act = cp.empty((N, I), dtype=cp.uint16)
+        barrier = cp.empty(1, dtype=cp.uint32)
+        cp.cuda.runtime.memsetAsync(barrier.data.ptr, 0, 4, self.stream.ptr)
+        layer = model.weights.layers[0]
+        layer_bytes = sum(w.nbytes for w in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down))
+        prefetch = layer_bytes <= 16 << 20  # the next layer's weights fit in L2 beside this one's
+        kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
+        prefetch_kv = kv_bytes <= 8 << 20
+        kernel = self.kernel("fused_layers.cu", f"fused_layers_r{rows}_d{D}")
+        shared = self.fused_shared_bytes(c, rows)
+        if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
+            kernel.max_dynamic_shared_size_bytes = shared
+        i32 = np.int32
+        kernel(
+            (self.fused_blocks,), (512,),
+            (self.layer_table(model, cache), i32(model.num_layers), x, plan.positions, plan.slots, cos, sin, plan.cu_q,
+             plan.kv_len, plan.tree_start, plan.masks, plan.page_tables, i32(plan.page_tables.shape[1]), i32(B), q, o_part,
+             ml_part, attn, act, barrier, i32(N), i32(C), i32(H), i32(Hkv), i32(I), i32(P), i32(groups), i32(splits),
+             np.float32(c.rms_norm_eps), np.float32(model.scale), i32(prefetch), i32(prefetch_kv), np.uint64(0) if self.fused_clock is None else self.fused_clock),
+            shared_mem=shared,
+        )
+        return x
 
     def argmax(self, logits) -> np.ndarray:
         cp = self.cp

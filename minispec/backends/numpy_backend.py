@@ -183,6 +183,9 @@ class NumpyBackend:
     def can_replay(self, plan: StepPlan) -> bool:
         return False
 
+    def fused_rows(self, model, plan: StepPlan) -> int:
+        return 0  # the reference runs layer by layer
+
     def default_kv_tokens(self, config, max_model_len: int) -> int:
         return 4 * max_model_len  # np.empty pages are only backed by memory once written
 

@@ -1,0 +1,555 @@
+// Every transformer layer of a small step (M = B * T <= 16 query rows, bf16) in ONE persistent launch.
+//
+// Why: a decode step runs ~10 launches per layer. Inside a CUDA graph each still costs 3-4 µs of launch,
+// ramp-up and drain, while a small model's layer streams its weights in under 2 µs. Here one block per
+// SM stays resident for the whole step and the phases of a layer are separated by grid-wide barriers
+// (~1 µs each); the weights of every phase stream like a GEMV from all SMs at once.
+//
+// Per layer (rows m < M, columns split among all warps of the grid; "units" are a warp's work items):
+//   A  x = bf16(rmsnorm(resid) * attn_norm)                                  (every block, into shared memory)
+//      qkv = x Wqkv^T, one unit = the column pair (i, i + D/2) of a head, so RoPE (rotate_half) is local:
+//      q -> q_buf (fp32, like rope_write_kv), rotated k and v -> the cache slot slots[m] (slot < 0: none)
+//   B  attention partials: unit = (sequence b, kv head, group of 8 packed rows, key split s);
+//      packed row r of b = (node r / G, head kv_head * G + r % G); keys [s * span, (s+1) * span) of
+//      kv_len[b]; key j visible iff j < tree_start[b] or bit (j - tree_start[b]) of masks[node] is set
+//      (decode and tree steps only: the host never sends a causal chunk here). One lane per key for
+//      q.k, online softmax in fp32, then lanes own D/32 dims for p.V. Writes unnormalised o and (max, sum).
+//   C  merge the splits (unit = row, head) -> attn bf16 [M, H D]; padded rows (m >= cu_q[B]) get zeros
+//   D  resid += attn Wo^T                                            (unit = output column)
+//   E  x = bf16(rmsnorm(resid) * mlp_norm);  act = bf16(silu(x Wg^T) * (x Wu^T))   (unit = column pair i, I + i)
+//   F  resid += act Wdown^T                                          (unit = output column)
+// The roundings are those of the layer-by-layer path (bf16 GEMM inputs, fp32 sums, bf16 K/V), so both
+// agree up to fp32 summation order. NumPy reference: Model.compute on numpy_backend (tests compare the
+// two CUDA paths and the reference). Tests: tests/test_cuda_fused.py.
+//
+// Layouts: resid float [M, C] (the embeddings in, the residual stream after the last layer out);
+//   layers uint64 [L, 8]: attn_norm f32 [C], wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm f32 [C],
+//   w_gate_up [2 I, C], w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]; weights and pages bf16.
+//   q_buf float [M, H, D]; o_part float [S, M, H, D]; ml_part float [S, M, H, 2]; attn bf16 [M, H D];
+//   act bf16 [M, I]; barrier uint32 (zero before the launch). C, H D and I are multiples of 8.
+// Launch: grid = #SMs (all resident, or the barriers deadlock: 1 block of 512 threads per SM),
+//   block 512, dynamic shared memory = max(MR * max(C, H D, I) * 2, 16 * (8 D + 256) * 4) bytes.
+// Coherence: data written inside the launch (resid, q_buf, partials, attn, act) is read with ld.global.cg
+// (L2), never through the non-coherent L1; weights are read once with an L1 no-allocate stream load.
+#include <cuda_bf16.h>
+
+#define WARPS 16
+#define THREADS (WARPS * 32)
+#define GROUP_ROWS 4  // packed (node, head) rows per attention unit: a decode step's G heads
+#define NEG_INF (-__int_as_float(0x7f800000))  // NVRTC has no math.h INFINITY
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ float2 bf2(unsigned u) { return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u)); }
+
+__device__ __forceinline__ void unpack8(uint4 v, float* f) {
+    float2 a = bf2(v.x), b = bf2(v.y), c = bf2(v.z), d = bf2(v.w);
+    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y, f[4] = c.x, f[5] = c.y, f[6] = d.x, f[7] = d.y;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+
+// All blocks arrive, then all leave: a monotonically growing counter, `target` = barriers so far x grid.
+// Thread 0 publishes its block's writes (ordered before it by __syncthreads) with a gpu-scope release add
+// and waits with acquire loads; __threadfence() here would be a sequentially consistent fence (MEMBAR.SC),
+// measurably slower, and not needed.
+__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned& target) {
+    target += gridDim.x;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+        unsigned seen, spins = 0;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+            if (++spins == (1u << 22)) __trap();  // seconds of waiting: a block is not resident; fail, do not hang
+        } while (seen < target);
+    }
+    __syncthreads();
+}
+
+// xs[m, :] = bf16(resid[m, :] * rsqrt(mean(resid[m]^2) + eps) * weight), every block for itself.
+// Thread t takes the 8-float vectors t, t + 512, ... of resid (C % 8 == 0: a vector never crosses a row),
+// STAGE_BATCH of them in flight at once; the second pass reads them again from L2 (keeping them in
+// registers across the block barrier made the compiler spill in the hot loops).
+#define STAGE_BATCH 4
+__device__ void stage_norm(bf16* xs, const float* resid, const float* __restrict__ weight, int M, int C, float eps) {
+    __shared__ float row_sum[16], scale[16];
+    int lane = threadIdx.x % 32, C8 = C / 8, total = M * C8;
+    if (threadIdx.x < 16) row_sum[threadIdx.x] = 0.0f;
+    __syncthreads();
+    const float4* r4 = reinterpret_cast<const float4*>(resid);
+    float4 v[STAGE_BATCH][2];
+    // the bound is the warp's first vector, so whole warps iterate together (the loop has warp collectives)
+    for (int base = threadIdx.x - lane; base < total; base += STAGE_BATCH * THREADS) {
+        int j0 = base + lane;
+#pragma unroll
+        for (int b = 0; b < STAGE_BATCH; b++) {
+            int j = j0 + b * THREADS;
+            v[b][0] = j < total ? __ldcg(r4 + 2 * j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            v[b][1] = j < total ? __ldcg(r4 + 2 * j + 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int b = 0; b < STAGE_BATCH; b++) {
+            int j = j0 + b * THREADS, m = j < total ? j / C8 : -1;
+            float sq = v[b][0].x * v[b][0].x + v[b][0].y * v[b][0].y + v[b][0].z * v[b][0].z + v[b][0].w * v[b][0].w +
+                       v[b][1].x * v[b][1].x + v[b][1].y * v[b][1].y + v[b][1].z * v[b][1].z + v[b][1].w * v[b][1].w;
+            // one warp sum for the row of lane 0; lanes on a later row (a warp spans a row end) add their own
+            int m0 = __shfl_sync(0xffffffff, m, 0);
+            float part = warp_sum(m == m0 ? sq : 0.0f);
+            if (lane == 0 && m0 >= 0) atomicAdd(&row_sum[m0], part);
+            if (m >= 0 && m != m0) atomicAdd(&row_sum[m], sq);
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < M) scale[threadIdx.x] = rsqrtf(row_sum[threadIdx.x] / C + eps);
+    __syncthreads();
+    const float4* w4 = reinterpret_cast<const float4*>(weight);
+    uint4* x4 = reinterpret_cast<uint4*>(xs);
+    for (int j0 = threadIdx.x; j0 < total; j0 += STAGE_BATCH * THREADS) {
+#pragma unroll
+        for (int b = 0; b < STAGE_BATCH; b++) {
+            int j = j0 + b * THREADS;
+            if (j >= total) break;
+            float4 a = __ldcg(r4 + 2 * j), c = __ldcg(r4 + 2 * j + 1);
+            float4 wa = __ldg(w4 + 2 * (j % C8)), wc = __ldg(w4 + 2 * (j % C8) + 1);
+            float f = scale[j / C8];
+            __nv_bfloat162 o0 = __floats2bfloat162_rn(a.x * f * wa.x, a.y * f * wa.y), o1 = __floats2bfloat162_rn(a.z * f * wa.z, a.w * f * wa.w);
+            __nv_bfloat162 o2 = __floats2bfloat162_rn(c.x * f * wc.x, c.y * f * wc.y), o3 = __floats2bfloat162_rn(c.z * f * wc.z, c.w * f * wc.w);
+            x4[j] = make_uint4(*reinterpret_cast<unsigned*>(&o0), *reinterpret_cast<unsigned*>(&o1), *reinterpret_cast<unsigned*>(&o2),
+                               *reinterpret_cast<unsigned*>(&o3));
+        }
+    }
+    __syncthreads();
+}
+
+// xs = src [M, K] bf16 (written earlier in this launch: read through L2), STAGE_BATCH loads in flight.
+__device__ void stage_copy(uint4* xs, const bf16* src, int M, int K) {
+    const uint4* s = reinterpret_cast<const uint4*>(src);
+    int total = M * K / 8;
+    for (int i0 = threadIdx.x; i0 < total; i0 += STAGE_BATCH * THREADS) {
+        uint4 v[STAGE_BATCH];
+#pragma unroll
+        for (int b = 0; b < STAGE_BATCH; b++) v[b] = i0 + b * THREADS < total ? __ldcg(s + i0 + b * THREADS) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int b = 0; b < STAGE_BATCH; b++)
+            if (i0 + b * THREADS < total) xs[i0 + b * THREADS] = v[b];
+    }
+    __syncthreads();
+}
+
+// acc[n][m] = sum_k x[m, k] W_n[k] for NC weight rows and M <= MR rows, summed over the warp (every lane
+// ends with the totals). Lane l reads 16-byte chunks l, l + 32, ...; 8 / NC chunks per row in flight.
+template <int MR, int NC>
+__device__ __forceinline__ void gemv_unit(const bf16* const (&w)[NC], const uint4* xs, int K8, int M, int lane,
+                                          float (&acc)[NC][MR]) {
+    constexpr int U = 8 / NC;
+#pragma unroll
+    for (int n = 0; n < NC; n++)
+#pragma unroll
+        for (int m = 0; m < MR; m++) acc[n][m] = 0.0f;
+    for (int c0 = lane; c0 < K8; c0 += 32 * U) {
+        uint4 wv[NC][U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int n = 0; n < NC; n++)
+                wv[n][u] = c0 + 32 * u < K8 ? load_stream(reinterpret_cast<const uint4*>(w[n]) + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int c = c0 + 32 * u;
+            if (c >= K8) break;
+            float wf[NC][8];
+#pragma unroll
+            for (int n = 0; n < NC; n++) unpack8(wv[n][u], wf[n]);
+#pragma unroll
+            for (int m = 0; m < MR; m++) {
+                if (m >= M) break;
+                float xf[8];
+                unpack8(xs[m * K8 + c], xf);
+#pragma unroll
+                for (int n = 0; n < NC; n++)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) acc[n][m] = fmaf(xf[e], wf[n][e], acc[n][m]);
+            }
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < NC; n++)
+#pragma unroll
+        for (int m = 0; m < MR; m++) acc[n][m] = warp_sum(acc[n][m]);  // unconditional: see phase_attention
+}
+
+struct Step {
+    const unsigned long long* layers;
+    int L;
+    float* resid;
+    const int *positions, *slots, *cu_q, *kv_len, *tree_start, *page_tables;
+    const unsigned long long* masks;
+    const float *cos_table, *sin_table;
+    int W, B;
+    float *q_buf, *o_part, *ml_part;
+    bf16 *attn, *act;
+    unsigned* barrier;
+    int M, C, H, Hkv, I, P, groups, splits;
+    float eps, scale;
+    int prefetch;                 // 1: pull the next layer's weights into L2 during this layer (small models)
+    int prefetch_kv;              // 1: pull the next layer's K/V pages of the step into L2 (short contexts)
+    unsigned long long* clock;    // optional [1 + 6 L] %globaltimer stamps of block 0 after each phase, or null
+};
+
+__device__ __forceinline__ void stamp(const Step& s, int index) {
+    if (s.clock != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        s.clock[index] = t;
+    }
+}
+
+// Every thread of the grid asks L2 for the K and V pages of every sequence of the step in one layer's caches
+// (the pages [Hkv, P, D] are contiguous, so each page is a run of 128-byte lines).
+__device__ void prefetch_pages(const Step& s, const bf16* k_cache, const bf16* v_cache, int D) {
+    long long page_elems = (long long)s.Hkv * s.P * D, lines = (page_elems * 2 + 127) / 128;
+    long long stride = (long long)gridDim.x * THREADS, first = (long long)blockIdx.x * THREADS + threadIdx.x;
+    for (int b = 0; b < s.B; b++) {
+        long long pages = (s.kv_len[b] + s.P - 1) / s.P, total = 2 * pages * lines;
+        const int* table = s.page_tables + (long long)b * s.W;
+        for (long long i = first; i < total; i += stride) {
+            long long page = table[(i / lines) % pages], line = i % lines;
+            const bf16* cache = i < pages * lines ? k_cache : v_cache;
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(cache + page * page_elems + line * 64));
+        }
+    }
+}
+
+// Every thread of the grid asks L2 for its share of [base, base + bytes) (128-byte lines); no registers wait.
+__device__ __forceinline__ void prefetch_l2(const void* base, long long bytes) {
+    const char* b = reinterpret_cast<const char*>(base);
+    long long stride = (long long)gridDim.x * THREADS;
+    for (long long i = (long long)blockIdx.x * THREADS + threadIdx.x; i < bytes / 128; i += stride)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(b + i * 128));
+}
+
+template <int MR, int D>
+__device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* v_cache, const uint4* xs, int gw, int tw, int lane) {
+    constexpr int half = D / 2;
+    int units = (s.H + 2 * s.Hkv) * half, K8 = s.C / 8;
+    for (int u = gw; u < units; u += tw) {
+        int head = u / half, d = u % half, col = head * D + d;
+        const bf16* w[2] = {wqkv + (long long)col * s.C, wqkv + (long long)(col + half) * s.C};
+        // this lane's row (m = lane) epilogue inputs, loaded before the GEMV so their latency hides behind it
+        float c = 1.0f, sn = 0.0f;
+        int slot = -1;
+        if (lane < s.M) {
+            slot = s.slots[lane];
+            if (head < s.H + s.Hkv) {  // q and k heads rotate; v heads do not
+                long long at = (long long)s.positions[lane] * half + d;
+                c = s.cos_table[at], sn = s.sin_table[at];
+            }
+        }
+        float acc[2][MR];
+        gemv_unit<MR, 2>(w, xs, K8, s.M, lane, acc);
+        if (lane >= s.M) continue;
+        float x1 = 0.0f, x2 = 0.0f;
+#pragma unroll
+        for (int m = 0; m < MR; m++)
+            if (m == lane) x1 = acc[0][m], x2 = acc[1][m];
+        float y1 = x1 * c - x2 * sn, y2 = x2 * c + x1 * sn;
+        if (head < s.H) {
+            float* q = s.q_buf + ((long long)lane * s.H + head) * D + d;
+            q[0] = y1, q[half] = y2;
+        } else if (slot >= 0) {
+            int kv_head = (head - s.H) % s.Hkv;
+            bf16* cache = head < s.H + s.Hkv ? k_cache : v_cache;
+            bf16* dst = cache + (((long long)(slot / s.P) * s.Hkv + kv_head) * s.P + slot % s.P) * D + d;
+            dst[0] = __float2bfloat16_rn(y1), dst[half] = __float2bfloat16_rn(y2);
+        }
+    }
+}
+
+// Warp collectives (shuffles) sit outside any branch the compiler cannot prove warp-uniform: inside one it
+// emits slow WARPSYNC/collective code, and this kernel is instruction-fetch sensitive (each phase's code
+// runs once per layer), so rows past R are computed on zero queries and only their stores are skipped.
+template <int D>
+__device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* v_cache, float* smem, int gw, int tw, int warp, int lane) {
+    constexpr int DPL = D / 32, ROWS = GROUP_ROWS;  // dims per lane in p.V; packed rows per unit
+    int G = s.H / s.Hkv, units = s.B * s.Hkv * s.groups * s.splits;
+    float* qs = smem + warp * (ROWS * D + 32 * ROWS + 64);       // [ROWS][D] scaled queries
+    float* ps = qs + ROWS * D;                                    // [32 keys][ROWS] softmax weights
+    long long* offsets = reinterpret_cast<long long*>(ps + 32 * ROWS);  // [32] page offsets of the keys
+    for (int u = gw; u < units; u += tw) {
+        int split = u % s.splits, rest = u / s.splits;
+        int group = rest % s.groups;
+        rest /= s.groups;
+        int kv_head = rest % s.Hkv, b = rest / s.Hkv;
+        int q0 = s.cu_q[b], T = s.cu_q[b + 1] - q0, R = min(ROWS, T * G - group * ROWS);
+        if (R <= 0) continue;
+        int length = s.kv_len[b], start = s.tree_start[b];
+        int span = ((length + s.splits - 1) / s.splits + 31) / 32 * 32;
+        int k_begin = split * span, k_end = min(length, k_begin + span);
+        const int* table = s.page_tables + (long long)b * s.W;
+        __syncwarp();
+#pragma unroll
+        for (int k = 0; k < ROWS * D / 128; k++) {  // the group's queries as float4s, all in flight
+            int i = lane + 32 * k, r = i / (D / 4), packed = group * ROWS + r;
+            const float4* q = reinterpret_cast<const float4*>(s.q_buf + ((long long)(q0 + packed / G) * s.H + kv_head * G + packed % G) * D);
+            float4 v = r < R ? __ldcg(q + i % (D / 4)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            reinterpret_cast<float4*>(qs)[i] = make_float4(v.x * s.scale, v.y * s.scale, v.z * s.scale, v.w * s.scale);
+        }
+        unsigned long long mask[ROWS];
+        float run_max[ROWS], lane_sum[ROWS], acc[ROWS][DPL];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            mask[r] = r < R ? s.masks[q0 + (group * ROWS + r) / G] : 0ull;
+            run_max[r] = NEG_INF, lane_sum[r] = 0.0f;
+#pragma unroll
+            for (int e = 0; e < DPL; e++) acc[r][e] = 0.0f;
+        }
+        __syncwarp();
+        for (int k0 = k_begin; k0 < k_end; k0 += 32) {
+            int j = k0 + lane;
+            // offset of key j's row in the K and V pages (the same layout)
+            long long offset = j < k_end ? (((long long)table[j / s.P] * s.Hkv + kv_head) * s.P + j % s.P) * D : 0;
+            offsets[lane] = offset;
+            float score[ROWS];
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) score[r] = 0.0f;
+            if (j < k_end) {  // lane j: q . k_j for every row of the group, 8 16-byte loads in flight
+                const uint4* key = reinterpret_cast<const uint4*>(k_cache + offset);
+#pragma unroll
+                for (int c0 = 0; c0 < D / 8; c0 += 8) {
+                    uint4 raw[8];
+#pragma unroll
+                    for (int c = 0; c < 8; c++) raw[c] = key[c0 + c];
+#pragma unroll
+                    for (int c = 0; c < 8; c++) {
+                        float kf[8];
+                        unpack8(raw[c], kf);
+#pragma unroll
+                        for (int r = 0; r < ROWS; r++) {
+                            float4 qa = *reinterpret_cast<const float4*>(qs + r * D + 8 * (c0 + c));
+                            float4 qb = *reinterpret_cast<const float4*>(qs + r * D + 8 * (c0 + c) + 4);
+                            score[r] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
+                                        qb.z * kf[6] + qb.w * kf[7];
+                        }
+                    }
+                }
+            }
+            float p[ROWS];
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) {
+                bool visible = j < k_end && (j < start || ((mask[r] >> (j - start)) & 1ull));
+                float sc = visible ? score[r] : NEG_INF;
+                float new_max = fmaxf(run_max[r], warp_max(sc));
+                p[r] = new_max == NEG_INF ? 0.0f : __expf(sc - new_max);
+                float correction = new_max == NEG_INF ? 1.0f : __expf(run_max[r] - new_max);
+                lane_sum[r] = lane_sum[r] * correction + p[r];
+#pragma unroll
+                for (int e = 0; e < DPL; e++) acc[r][e] *= correction;
+                run_max[r] = new_max;
+            }
+            reinterpret_cast<float4*>(ps)[lane] = make_float4(p[0], p[1], p[2], p[3]);
+            __syncwarp();
+            int keys = min(32, k_end - k0);
+            constexpr int VB = D == 64 ? 32 : 16;  // value rows in flight (32 registers); lane owns dims lane * DPL ..
+            for (int j0 = 0; j0 < keys; j0 += VB) {
+                float v[VB][DPL];
+#pragma unroll
+                for (int q = 0; q < VB; q++) {
+                    const bf16* value = v_cache + offsets[j0 + q] + lane * DPL;
+                    if (DPL == 2) {
+                        float2 f = j0 + q < keys ? bf2(*reinterpret_cast<const unsigned*>(value)) : make_float2(0.0f, 0.0f);
+                        v[q][0] = f.x, v[q][DPL - 1] = f.y;
+                    } else {
+                        uint2 raw = j0 + q < keys ? *reinterpret_cast<const uint2*>(value) : make_uint2(0, 0);
+                        float2 a = bf2(raw.x), c = bf2(raw.y);
+                        v[q][0] = a.x, v[q][1] = a.y, v[q][DPL - 2] = c.x, v[q][DPL - 1] = c.y;
+                    }
+                }
+#pragma unroll
+                for (int q = 0; q < VB; q++) {
+                    float4 w = reinterpret_cast<const float4*>(ps)[j0 + q];  // keys past `keys` have p = 0
+                    float pw[ROWS] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+                    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+                        for (int e = 0; e < DPL; e++) acc[r][e] = fmaf(pw[r], v[q][e], acc[r][e]);
+                }
+            }
+            __syncwarp();
+        }
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            float total = warp_sum(lane_sum[r]);
+            int packed = group * ROWS + r;
+            long long row = ((long long)split * s.M + q0 + packed / G) * s.H + kv_head * G + packed % G;
+            if (r < R) {
+#pragma unroll
+                for (int e = 0; e < DPL; e++) s.o_part[row * D + lane * DPL + e] = acc[r][e];
+                if (lane == 0) s.ml_part[2 * row] = run_max[r], s.ml_part[2 * row + 1] = total;
+            }
+        }
+    }
+}
+
+// attn[m, h] = sum_k w_k o_k / sum_k w_k l_k, w_k = exp(m_k - max_k m_k), over the splits k (unit = row, head).
+template <int D>
+__device__ void phase_merge(const Step& s, float* smem, int gw, int tw, int warp, int lane) {
+    int rows = s.cu_q[s.B];
+    long long stride = (long long)s.M * s.H;
+    float* weights = smem + warp * s.splits;  // per warp: w_k
+    for (int u = gw; u < s.M * s.H; u += tw) {
+        bool live = u / s.H < rows;  // padded rows of a captured bucket get zeros
+        float top = NEG_INF, den = 0.0f;
+        for (int k = lane; k < s.splits; k += 32) top = fmaxf(top, live ? __ldcg(s.ml_part + 2 * (k * stride + u)) : NEG_INF);
+        top = warp_max(top);
+        for (int k = lane; k < s.splits; k += 32) {
+            float w = live && top != NEG_INF ? __expf(__ldcg(s.ml_part + 2 * (k * stride + u)) - top) : 0.0f;
+            weights[k] = w;
+            den += w * (live ? __ldcg(s.ml_part + 2 * (k * stride + u) + 1) : 0.0f);
+        }
+        den = warp_sum(den);
+        __syncwarp();
+        for (int d = lane; d < D; d += 32) {
+            float num = 0.0f;
+            if (den > 0.0f) {
+                int k = 0;
+                for (; k + 8 <= s.splits; k += 8) {  // 8 independent loads in flight
+                    float o[8];
+#pragma unroll
+                    for (int q = 0; q < 8; q++) o[q] = __ldcg(s.o_part + ((k + q) * stride + u) * D + d);
+#pragma unroll
+                    for (int q = 0; q < 8; q++) num += weights[k + q] * o[q];
+                }
+                for (; k < s.splits; k++) num += weights[k] * __ldcg(s.o_part + (k * stride + u) * D + d);
+            }
+            s.attn[(long long)u * D + d] = __float2bfloat16_rn(den > 0.0f ? num / den : 0.0f);
+        }
+        __syncwarp();
+    }
+}
+
+// resid[m, n] += x[m, :] . W[n, :] for every output column n (one warp per column).
+template <int MR>
+__device__ void phase_residual_gemv(const Step& s, const bf16* w_all, const uint4* xs, int K, int gw, int tw, int lane) {
+    for (int n = gw; n < s.C; n += tw) {
+        const bf16* w[1] = {w_all + (long long)n * K};
+        float before = lane < s.M ? __ldcg(s.resid + (long long)lane * s.C + n) : 0.0f;  // row m = lane, read early
+        float acc[1][MR];
+        gemv_unit<MR, 1>(w, xs, K / 8, s.M, lane, acc);
+#pragma unroll
+        for (int m = 0; m < MR; m++)
+            if (m < s.M && lane == m) s.resid[(long long)m * s.C + n] = before + acc[0][m];
+    }
+}
+
+template <int MR>
+__device__ void phase_gate_up(const Step& s, const bf16* wgu, const uint4* xs, int gw, int tw, int lane) {
+    for (int i = gw; i < s.I; i += tw) {
+        const bf16* w[2] = {wgu + (long long)i * s.C, wgu + (long long)(s.I + i) * s.C};
+        float acc[2][MR];
+        gemv_unit<MR, 2>(w, xs, s.C / 8, s.M, lane, acc);
+#pragma unroll
+        for (int m = 0; m < MR; m++)
+            if (m < s.M && lane == m) {
+                float gate = acc[0][m], up = acc[1][m];
+                s.act[(long long)m * s.I + i] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
+            }
+    }
+}
+
+template <int MR, int D>
+__device__ void fused_layers_body(const Step& s) {
+    extern __shared__ uint4 smem[];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int gw = blockIdx.x * WARPS + warp, tw = gridDim.x * WARPS;
+    unsigned target = 0;
+    bf16* xs = reinterpret_cast<bf16*>(smem);
+    stamp(s, 0);
+    if (s.prefetch_kv) prefetch_pages(s, reinterpret_cast<const bf16*>(s.layers[6]), reinterpret_cast<const bf16*>(s.layers[7]), D);
+    for (int l = 0; l < s.L; l++) {
+        const unsigned long long* p = s.layers + 8 * l;
+        const float* attn_norm = reinterpret_cast<const float*>(p[0]);
+        const bf16* wqkv = reinterpret_cast<const bf16*>(p[1]);
+        const bf16* wo = reinterpret_cast<const bf16*>(p[2]);
+        const float* mlp_norm = reinterpret_cast<const float*>(p[3]);
+        const bf16* wgu = reinterpret_cast<const bf16*>(p[4]);
+        const bf16* wdown = reinterpret_cast<const bf16*>(p[5]);
+        bf16* k_cache = reinterpret_cast<bf16*>(p[6]);
+        bf16* v_cache = reinterpret_cast<bf16*>(p[7]);
+
+        stage_norm(xs, s.resid, attn_norm, s.M, s.C, s.eps);
+        phase_qkv<MR, D>(s, wqkv, k_cache, v_cache, smem, gw, tw, lane);
+        if (s.prefetch_kv && l + 1 < s.L) {  // its pages sit in L2 by the time its attention reads them
+            const unsigned long long* next = s.layers + 8 * (l + 1);
+            prefetch_pages(s, reinterpret_cast<const bf16*>(next[6]), reinterpret_cast<const bf16*>(next[7]), D);
+        }
+        if (s.prefetch && l + 1 < s.L) {  // the next layer's weights stream into L2 while attention runs
+            const unsigned long long* next = s.layers + 8 * (l + 1);
+            long long C = s.C, qkv = (long long)(s.H + 2 * s.Hkv) * D;
+            prefetch_l2(reinterpret_cast<const void*>(next[1]), qkv * C * 2);
+            prefetch_l2(reinterpret_cast<const void*>(next[2]), C * s.H * D * 2);
+            prefetch_l2(reinterpret_cast<const void*>(next[4]), 2LL * s.I * C * 2);
+            prefetch_l2(reinterpret_cast<const void*>(next[5]), C * s.I * 2);
+        }
+        grid_barrier(s.barrier, target);
+        stamp(s, 1 + 6 * l);
+        phase_attention<D>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
+        grid_barrier(s.barrier, target);
+        stamp(s, 2 + 6 * l);
+        phase_merge<D>(s, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
+        grid_barrier(s.barrier, target);
+        stamp(s, 3 + 6 * l);
+        stage_copy(smem, s.attn, s.M, s.H * D);
+        phase_residual_gemv<MR>(s, wo, smem, s.H * D, gw, tw, lane);
+        grid_barrier(s.barrier, target);
+        stamp(s, 4 + 6 * l);
+        stage_norm(xs, s.resid, mlp_norm, s.M, s.C, s.eps);
+        phase_gate_up<MR>(s, wgu, smem, gw, tw, lane);
+        grid_barrier(s.barrier, target);
+        stamp(s, 5 + 6 * l);
+        stage_copy(smem, s.act, s.M, s.I);
+        phase_residual_gemv<MR>(s, wdown, smem, s.I, gw, tw, lane);
+        if (l + 1 < s.L) grid_barrier(s.barrier, target);
+        stamp(s, 6 + 6 * l);
+    }
+}
+
+#define FUSED_LAYERS(MR, D)                                                                                            \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_layers_r##MR##_d##D(                                \
+        const unsigned long long* layers, int L, float* resid, const int* positions, const int* slots,                \
+        const float* cos_table, const float* sin_table, const int* cu_q, const int* kv_len, const int* tree_start,    \
+        const unsigned long long* masks, const int* page_tables, int W, int B, float* q_buf, float* o_part,            \
+        float* ml_part, bf16* attn, bf16* act, unsigned* barrier, int M, int C, int H, int Hkv, int I, int P,         \
+        int groups, int splits, float eps, float scale, int prefetch, int prefetch_kv, unsigned long long* clock) {    \
+        Step s{layers, L, resid, positions, slots, cu_q, kv_len, tree_start, page_tables, masks, cos_table, sin_table, \
+               W, B, q_buf, o_part, ml_part, attn, act, barrier, M, C, H, Hkv, I, P, groups, splits, eps, scale,       \
+               prefetch, prefetch_kv, clock};                                                                          \
+        fused_layers_body<MR, D>(s);                                                                                   \
+    }
+
+FUSED_LAYERS(1, 64)
+FUSED_LAYERS(2, 64)
+FUSED_LAYERS(4, 64)
+FUSED_LAYERS(8, 64)
+FUSED_LAYERS(16, 64)
+FUSED_LAYERS(1, 128)
+FUSED_LAYERS(2, 128)
+FUSED_LAYERS(4, 128)
+FUSED_LAYERS(8, 128)
+FUSED_LAYERS(16, 128)

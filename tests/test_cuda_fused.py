@@ -1,0 +1,117 @@
+"""The fused-layers kernel (every layer of a small step in one launch) against the layer-by-layer CUDA
+path and the NumPy reference, on tiny random bf16 models (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from minispec.backends.numpy_backend import NumpyBackend
+from minispec.model import Model
+from minispec.step import StepItem, build_plan
+
+from .attention_cases import random_tree
+from .conftest import make_tiny_checkpoint
+from .test_cuda_kernels import assert_close, poisoned_allocations  # noqa: F401  (autouse: outputs start as NaN)
+
+pytestmark = pytest.mark.gpu
+BF16 = ml_dtypes.bfloat16
+
+# (prefix length L, tree shape, T) per sequence; every step has at most 16 rows
+STEPS = {
+    "decode": [(40, "single", 1)],
+    "decode batch": [(40, "single", 1), (0, "single", 1), (200, "single", 1), (17, "single", 1)],
+    "tree": [(75, "random", 16)],
+    "mixed trees": [(20, "chain", 7), (33, "star", 5), (0, "single", 1), (130, "random", 3)],
+}
+MODELS = {64: dict(heads=4, kv_heads=2, head_dim=64), 128: dict(heads=6, kv_heads=2, head_dim=128)}
+
+
+def tiny_bf16_model(directory, D):
+    return make_tiny_checkpoint(directory, hidden=192, layers=3, intermediate=328, dtype=BF16, seed=D, **MODELS[D])
+
+
+def random_step(rng, specs, page_size, num_pages):
+    """A plan over shuffled pages; the pages no table uses are left out (the caller fills them with NaN)."""
+    free = list(rng.permutation(num_pages))
+    items = []
+    for L, shape, T in specs:
+        table = [int(free.pop()) for _ in range(-(-(L + T) // page_size))]
+        items.append(StepItem.tree(table, L, random_tree(rng, T, shape)))
+    used = sorted(set(range(num_pages)) - set(free))
+    return build_plan(items, page_size), used
+
+
+@pytest.mark.parametrize("blocks", [None, 3])
+@pytest.mark.parametrize("page_size", [1, 3, 16])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("step", list(STEPS))
+def test_fused_layers_match_layer_by_layer_and_reference(tmp_path, step, D, page_size, blocks):
+    import cupy as cp
+
+    from minispec.backends.cuda_backend import CudaBackend
+
+    rng = np.random.default_rng(D * 100 + page_size)
+    directory = tiny_bf16_model(tmp_path / "model", D)
+    be = CudaBackend("bfloat16")
+    if blocks:
+        be.fused_blocks = blocks  # fewer blocks than units: every phase strides
+    model = Model.load(directory, be)
+    num_pages = -(-600 // page_size)
+    plan, used = random_step(rng, STEPS[step], page_size, num_pages)
+    cache = model.new_cache(num_pages, page_size)
+    start = []
+    for layer_k, layer_v in zip(cache.k, cache.v):
+        for c in (layer_k, layer_v):
+            values = rng.normal(size=c.shape).astype(BF16)
+            values[[p for p in range(num_pages) if p not in used]] = np.nan  # foreign pages: a stray read shows
+            c[...] = cp.asarray(values.view(np.uint16))
+            start.append(values.astype(np.float32))
+
+    def run(max_rows):
+        for c, values in zip([*cache.k, *cache.v], start):
+            c[...] = cp.asarray(values.astype(BF16).view(np.uint16))
+        be.fused_max_rows = max_rows
+        device_plan = be.prepare_plan(plan)
+        assert (be.fused_rows(model, device_plan) > 0) == (max_rows > 0)
+        logits = cp.asnumpy(model.compute(device_plan, cache))
+        pages = [c.get().view(BF16).astype(np.float32)[used] for c in [*cache.k, *cache.v]]
+        return logits, pages
+
+    layered, layered_pages = run(0)
+    fused, fused_pages = run(16)
+
+    reference = Model.load(directory, NumpyBackend())
+    ref_cache = reference.new_cache(num_pages, page_size)
+    for c, values in zip([*ref_cache.k, *ref_cache.v], start):
+        c[...] = values
+    expected = reference.compute(plan, ref_cache)
+    scale = np.abs(expected).max()
+    # both CUDA paths round the same intermediates to bf16 (GEMM inputs, K/V, attention output), but their
+    # fp32 sums run in different orders, so a value on a rounding edge can land one bf16 step apart and
+    # carry that into the next layers: each is held to the float32 reference, the fused one no worse
+    assert_close(fused, expected, 0, 3e-2 * scale, f"{step}: fused vs NumPy reference")
+    assert_close(layered, expected, 0, 3e-2 * scale, f"{step}: layer-by-layer vs NumPy reference")
+    fused_error, layered_error = np.abs(fused - expected).mean(), np.abs(layered - expected).mean()
+    assert fused_error <= 1.5 * layered_error + 1e-3 * scale, f"{step}: mean error fused {fused_error}, layered {layered_error}"
+    for i, (got, want) in enumerate(zip(fused_pages, layered_pages)):  # the new K/V rows land in the same slots
+        assert_close(got, want, 0, 3e-2 * np.abs(want).max(), f"{step}: K/V pages of cache {i}")
+
+
+def test_fused_layers_serve_small_steps_only(tmp_path):
+    from minispec.backends.cuda_backend import CudaBackend
+
+    be = CudaBackend("bfloat16")
+    model = Model.load(tiny_bf16_model(tmp_path / "model", 64), be)
+    rng = np.random.default_rng(0)
+    decode, _ = random_step(rng, [(10, "single", 1)], 16, 8)
+    small, _ = random_step(rng, [(10, "random", 16)], 16, 8)
+    large, _ = random_step(rng, [(10, "random", 17)], 16, 8)
+    chunk = build_plan([StepItem.chunk([0, 1], 0, np.arange(5))], 16)
+    assert be.fused_rows(model, be.prepare_plan(decode)) == 1  # the default limit takes decode steps
+    assert be.fused_rows(model, be.prepare_plan(small)) == 0
+    be.fused_max_rows = 16  # the kernel itself serves up to 16 rows
+    assert be.fused_rows(model, be.prepare_plan(small)) == 16
+    assert be.fused_rows(model, be.prepare_plan(large)) == 0
+    assert be.fused_rows(model, be.prepare_plan(chunk)) == 0  # causal chunks run layer by layer
