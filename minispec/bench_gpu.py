@@ -269,8 +269,8 @@ def bench_e2e(args) -> None:
     if not args.quick:
         config = llama_8b_config()
         rows.append(("random Llama-3.1-8B shapes", Model(config, random_model_on_gpu(config, backend), backend)))
-    print("ms/step: the engine's choice (fused layers for steps of <= 16 rows, else layer by layer, as a CUDA graph);")
-    print("layered: the layer-by-layer kernels as a CUDA graph; no graph: the same launched one by one from Python")
+    print("ms/step: the engine's choice (fused layers for steps of <= 4 rows on small models, <= 2 on large ones; else layer by layer,")
+    print("as a CUDA graph); layered: the layer-by-layer kernels as a CUDA graph; no graph: the same launched one by one from Python")
     print(f"{'model':<28} {'step':<12} {'ms/step':>8} {'layered':>8} {'no graph':>9} {'floor ms':>9} {'x floor':>8} {'x plain':>8}")
     for name, model in rows:
         floor = weight_bytes(model.weights) / bandwidth

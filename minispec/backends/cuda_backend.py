@@ -156,10 +156,9 @@ class CudaBackend:
         self.sm_count = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
         self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2]
         self.layer_tables = {}  # (id(weights), layers, id(cache)) -> uint64 [L, 8] device pointers
-        # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off).
-        # Measured on an H200 (notes/fused_layers.log): faster than layer by layer at 1 and 2 rows on the
-        # default model and on 8B shapes, slower from 4 rows (its GEMV runs on CUDA cores, one row at a time)
-        self.fused_max_rows = 2
+        # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
+        # None: measured defaults, see fused_row_limit)
+        self.fused_max_rows = None
         self.fused_blocks = self.sm_count
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)  # one resident block per SM (tests shrink it to exercise the striding)
         self.max_shared = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["sharedMemPerBlockOptin"] - 2048
@@ -423,11 +422,21 @@ class CudaBackend:
         return out
 
     # ------------------------------------------------------------------ fused layers
+    def fused_row_limit(self, model) -> int:
+        """Most rows a step may have to run fused. Measured on an H200 (notes/fused_layers.log): with 1-2 rows it
+        beats the layer-by-layer graph on both the default model and 8B shapes; with 4 rows it wins only where the
+        layers are small (launch-bound), since its GEMV runs on CUDA cores, one row after another; with 16 it loses."""
+        if self.fused_max_rows is not None:
+            return min(16, self.fused_max_rows)
+        layer = model.weights.layers[0]
+        layer_bytes = sum(w.nbytes for w in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down))
+        return 4 if layer_bytes <= 16 << 20 else 2
+
     def fused_rows(self, model, plan: DevicePlan) -> int:
         """Row capacity MR of the fused-layers kernel that runs this step's layers, or 0 (layer by layer)."""
         c = model.config
         N = plan.num_tokens
-        if not self.bf16 or plan.has_causal or N > min(16, self.fused_max_rows) or c.head_dim not in (64, 128):
+        if not self.bf16 or plan.has_causal or N > self.fused_row_limit(model) or c.head_dim not in (64, 128):
             return 0
         if c.hidden_size % 8 or c.intermediate_size % 8:
             return 0
