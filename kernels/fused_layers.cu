@@ -1,4 +1,6 @@
 // Every transformer layer of a small step (M = B * T <= 16 query rows, bf16) in ONE persistent launch.
+// Instances fused_layers_r{MR}_d{D}: MR = 1 (decode) or 4 rows per GEMV pass (more rows take several
+// passes), head dim D in {64, 128}.
 //
 // Why: a decode step runs ~10 launches per layer. Inside a CUDA graph each still costs 3-4 µs of launch,
 // ramp-up and drain, while a small model's layer streams its weights in under 2 µs. Here one block per
@@ -99,7 +101,7 @@ __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned& target
 // STAGE_BATCH of them in flight at once; the second pass reads them again from L2 (keeping them in
 // registers across the block barrier made the compiler spill in the hot loops).
 #define STAGE_BATCH 4
-__device__ void stage_norm(bf16* xs, const float* resid, const float* __restrict__ weight, int M, int C, float eps) {
+__device__ __noinline__ void stage_norm(bf16* xs, const float* resid, const float* __restrict__ weight, int M, int C, float eps) {
     __shared__ float partial[WARPS][16], scale[16];  // per warp and row: sums in a fixed order (deterministic)
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, C8 = C / 8, total = M * C8;
     if (lane < 16) partial[warp][lane] = 0.0f;
@@ -171,12 +173,15 @@ __device__ void stage_copy(uint4* xs, const bf16* src, int M, int K) {
     __syncthreads();
 }
 
-// acc[n][m] = sum_k x[m, k] W_n[k] for NC weight rows and M <= MR rows, summed over the warp (every lane
-// ends with the totals). Lane l reads 16-byte chunks l, l + 32, ...; 8 / NC chunks per row in flight.
+// y[n] = sum_k x[r0 + lane, k] W_n[k] for NC weight rows, for the lanes lane < rows (rows <= MR of x, from
+// row r0: xs points there). The sums run over the warp; lane l reads 16-byte chunks l, l + 32, ..., 8 / NC
+// chunks per weight row in flight. A step of more than MR rows calls this once per chunk of MR rows (the
+// weights then come from L2 after the first chunk): only MR = 1 and 4 are compiled, which keeps the file's
+// build time down (with 1, 2, 4, 8 and 16 it took most of a minute of cicc and ptxas).
 template <int MR, int NC>
-__device__ __forceinline__ void gemv_unit(const bf16* const (&w)[NC], const uint4* xs, int K8, int M, int lane,
-                                          float (&acc)[NC][MR]) {
+__device__ __forceinline__ void gemv_rows(const bf16* const (&w)[NC], const uint4* xs, int K8, int rows, int lane, float (&y)[NC]) {
     constexpr int U = 8 / NC;
+    float acc[NC][MR];
 #pragma unroll
     for (int n = 0; n < NC; n++)
 #pragma unroll
@@ -197,7 +202,7 @@ __device__ __forceinline__ void gemv_unit(const bf16* const (&w)[NC], const uint
             for (int n = 0; n < NC; n++) unpack8(wv[n][u], wf[n]);
 #pragma unroll
             for (int m = 0; m < MR; m++) {
-                if (m >= M) break;
+                if (m >= rows) break;
                 float xf[8];
                 unpack8(xs[m * K8 + c], xf);
 #pragma unroll
@@ -208,9 +213,14 @@ __device__ __forceinline__ void gemv_unit(const bf16* const (&w)[NC], const uint
         }
     }
 #pragma unroll
-    for (int n = 0; n < NC; n++)
+    for (int n = 0; n < NC; n++) {
+        y[n] = 0.0f;
 #pragma unroll
-        for (int m = 0; m < MR; m++) acc[n][m] = warp_sum(acc[n][m]);  // unconditional: see phase_attention
+        for (int m = 0; m < MR; m++) {
+            float total = warp_sum(acc[n][m]);  // unconditional: see phase_attention
+            if (m == lane) y[n] = total;
+        }
+    }
 }
 
 struct Step {
@@ -270,32 +280,31 @@ __device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* 
     for (int u = gw; u < units; u += tw) {
         int head = u / half, d = u % half, col = head * D + d;
         const bf16* w[2] = {wqkv + (long long)col * s.C, wqkv + (long long)(col + half) * s.C};
-        // this lane's row (m = lane) epilogue inputs, loaded before the GEMV so their latency hides behind it
-        float c = 1.0f, sn = 0.0f;
-        int slot = -1;
-        if (lane < s.M) {
-            slot = s.slots[lane];
-            if (head < s.H + s.Hkv) {  // q and k heads rotate; v heads do not
-                long long at = (long long)s.positions[lane] * half + d;
-                c = s.cos_table[at], sn = s.sin_table[at];
+        for (int r0 = 0; r0 < s.M; r0 += MR) {
+            int rows = min(MR, s.M - r0), m = r0 + lane;
+            // this lane's row epilogue inputs, loaded before the GEMV so their latency hides behind it
+            float c = 1.0f, sn = 0.0f;
+            int slot = -1;
+            if (lane < rows) {
+                slot = s.slots[m];
+                if (head < s.H + s.Hkv) {  // q and k heads rotate; v heads do not
+                    long long at = (long long)s.positions[m] * half + d;
+                    c = s.cos_table[at], sn = s.sin_table[at];
+                }
             }
-        }
-        float acc[2][MR];
-        gemv_unit<MR, 2>(w, xs, K8, s.M, lane, acc);
-        if (lane >= s.M) continue;
-        float x1 = 0.0f, x2 = 0.0f;
-#pragma unroll
-        for (int m = 0; m < MR; m++)
-            if (m == lane) x1 = acc[0][m], x2 = acc[1][m];
-        float y1 = x1 * c - x2 * sn, y2 = x2 * c + x1 * sn;
-        if (head < s.H) {
-            float* q = s.q_buf + ((long long)lane * s.H + head) * D + d;
-            q[0] = y1, q[half] = y2;
-        } else if (slot >= 0) {
-            int kv_head = (head - s.H) % s.Hkv;
-            bf16* cache = head < s.H + s.Hkv ? k_cache : v_cache;
-            bf16* dst = cache + (((long long)(slot / s.P) * s.Hkv + kv_head) * s.P + slot % s.P) * D + d;
-            dst[0] = __float2bfloat16_rn(y1), dst[half] = __float2bfloat16_rn(y2);
+            float x[2];
+            gemv_rows<MR, 2>(w, xs + r0 * K8, K8, rows, lane, x);
+            if (lane >= rows) continue;
+            float y1 = x[0] * c - x[1] * sn, y2 = x[1] * c + x[0] * sn;
+            if (head < s.H) {
+                float* q = s.q_buf + ((long long)m * s.H + head) * D + d;
+                q[0] = y1, q[half] = y2;
+            } else if (slot >= 0) {
+                int kv_head = (head - s.H) % s.Hkv;
+                bf16* cache = head < s.H + s.Hkv ? k_cache : v_cache;
+                bf16* dst = cache + (((long long)(slot / s.P) * s.Hkv + kv_head) * s.P + slot % s.P) * D + d;
+                dst[0] = __float2bfloat16_rn(y1), dst[half] = __float2bfloat16_rn(y2);
+            }
         }
     }
 }
@@ -462,32 +471,38 @@ __device__ void phase_merge(const Step& s, float* smem, int gw, int tw, int warp
     }
 }
 
-// resid[m, n] += x[m, :] . W[n, :] for every output column n (one warp per column).
+// The GEMV phases and stage_norm do not depend on D: as out-of-line functions they are compiled once for
+// both head dims (halving the file's build time). Their arguments are scalars, not the Step, which would
+// have to sit in local memory to be passed by reference.
+
+// resid[m, n] += x[m, :] . W[n, :] for every output column n < C (one warp per column), M rows.
 template <int MR>
-__device__ void phase_residual_gemv(const Step& s, const bf16* w_all, const uint4* xs, int K, int gw, int tw, int lane) {
-    for (int n = gw; n < s.C; n += tw) {
+__device__ __noinline__ void phase_residual_gemv(float* resid, const bf16* w_all, const uint4* xs, int M, int C, int K, int gw,
+                                                 int tw, int lane) {
+    for (int n = gw; n < C; n += tw) {
         const bf16* w[1] = {w_all + (long long)n * K};
-        float before = lane < s.M ? __ldcg(s.resid + (long long)lane * s.C + n) : 0.0f;  // row m = lane, read early
-        float acc[1][MR];
-        gemv_unit<MR, 1>(w, xs, K / 8, s.M, lane, acc);
-#pragma unroll
-        for (int m = 0; m < MR; m++)
-            if (m < s.M && lane == m) s.resid[(long long)m * s.C + n] = before + acc[0][m];
+        for (int r0 = 0; r0 < M; r0 += MR) {
+            int rows = min(MR, M - r0);
+            float* out = resid + (long long)(r0 + lane) * C + n;
+            float before = lane < rows ? __ldcg(out) : 0.0f;  // read early, behind the GEMV's loads
+            float y[1];
+            gemv_rows<MR, 1>(w, xs + r0 * (K / 8), K / 8, rows, lane, y);
+            if (lane < rows) *out = before + y[0];
+        }
     }
 }
 
+// act[m, i] = bf16(silu(x[m] . Wg[i]) * (x[m] . Wu[i])) for i < I (one warp per column pair), M rows.
 template <int MR>
-__device__ void phase_gate_up(const Step& s, const bf16* wgu, const uint4* xs, int gw, int tw, int lane) {
-    for (int i = gw; i < s.I; i += tw) {
-        const bf16* w[2] = {wgu + (long long)i * s.C, wgu + (long long)(s.I + i) * s.C};
-        float acc[2][MR];
-        gemv_unit<MR, 2>(w, xs, s.C / 8, s.M, lane, acc);
-#pragma unroll
-        for (int m = 0; m < MR; m++)
-            if (m < s.M && lane == m) {
-                float gate = acc[0][m], up = acc[1][m];
-                s.act[(long long)m * s.I + i] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
-            }
+__device__ __noinline__ void phase_gate_up(bf16* act, const bf16* wgu, const uint4* xs, int M, int C, int I, int gw, int tw, int lane) {
+    for (int i = gw; i < I; i += tw) {
+        const bf16* w[2] = {wgu + (long long)i * C, wgu + (long long)(I + i) * C};
+        for (int r0 = 0; r0 < M; r0 += MR) {
+            int rows = min(MR, M - r0);
+            float y[2];
+            gemv_rows<MR, 2>(w, xs + r0 * (C / 8), C / 8, rows, lane, y);
+            if (lane < rows) act[(long long)(r0 + lane) * I + i] = __float2bfloat16_rn(y[0] / (1.0f + __expf(-y[0])) * y[1]);
+        }
     }
 }
 
@@ -536,15 +551,15 @@ __device__ void fused_layers_body(const Step& s) {
         grid_barrier(s.barrier, target);
         stamp(s, 3 + 6 * l);
         stage_copy(smem, s.attn, s.M, s.H * D);
-        phase_residual_gemv<MR>(s, wo, smem, s.H * D, gw, tw, lane);
+        phase_residual_gemv<MR>(s.resid, wo, smem, s.M, s.C, s.H * D, gw, tw, lane);
         grid_barrier(s.barrier, target);
         stamp(s, 4 + 6 * l);
         stage_norm(xs, s.resid, mlp_norm, s.M, s.C, s.eps);
-        phase_gate_up<MR>(s, wgu, smem, gw, tw, lane);
+        phase_gate_up<MR>(s.act, wgu, smem, s.M, s.C, s.I, gw, tw, lane);
         grid_barrier(s.barrier, target);
         stamp(s, 5 + 6 * l);
         stage_copy(smem, s.act, s.M, s.I);
-        phase_residual_gemv<MR>(s, wdown, smem, s.I, gw, tw, lane);
+        phase_residual_gemv<MR>(s.resid, wdown, smem, s.M, s.C, s.I, gw, tw, lane);
         if (l + 1 < s.L) grid_barrier(s.barrier, target);
         stamp(s, 6 + 6 * l);
     }
@@ -564,12 +579,6 @@ __device__ void fused_layers_body(const Step& s) {
     }
 
 FUSED_LAYERS(1, 64)
-FUSED_LAYERS(2, 64)
 FUSED_LAYERS(4, 64)
-FUSED_LAYERS(8, 64)
-FUSED_LAYERS(16, 64)
 FUSED_LAYERS(1, 128)
-FUSED_LAYERS(2, 128)
 FUSED_LAYERS(4, 128)
-FUSED_LAYERS(8, 128)
-FUSED_LAYERS(16, 128)

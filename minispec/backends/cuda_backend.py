@@ -433,7 +433,8 @@ class CudaBackend:
         return 4 if layer_bytes <= 16 << 20 else 2
 
     def fused_rows(self, model, plan: DevicePlan) -> int:
-        """Row capacity MR of the fused-layers kernel that runs this step's layers, or 0 (layer by layer)."""
+        """The step's rows rounded up to a power of two (the staged rows of the fused-layers kernel), or 0 when
+        the step runs layer by layer."""
         c = model.config
         N = plan.num_tokens
         if not self.bf16 or plan.has_causal or N > self.fused_row_limit(model) or c.head_dim not in (64, 128):
@@ -482,7 +483,8 @@ class CudaBackend:
         prefetch = layer_bytes <= 16 << 20  # the next layer's weights fit in L2 beside this one's
         kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
         prefetch_kv = kv_bytes <= 8 << 20
-        kernel = self.kernel("fused_layers.cu", f"fused_layers_r{rows}_d{D}")
+        # rows per GEMV pass: 1 for decode, else 4 (a step of more rows makes several passes over L2-hot weights)
+        kernel = self.kernel("fused_layers.cu", f"fused_layers_r{1 if rows == 1 else 4}_d{D}")
         shared = self.fused_shared_bytes(c, rows)
         if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
             kernel.max_dynamic_shared_size_bytes = shared
