@@ -31,10 +31,6 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
 
     @property
-    def group_size(self) -> int:  # G = H / Hkv
-        return self.num_heads // self.num_kv_heads
-
-    @property
     def qkv_size(self) -> int:  # rows of the fused QKV weight: (H + 2 Hkv) D
         return (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
 

@@ -57,20 +57,20 @@ class Model:
         ops, c, w = self.backend, self.config, self.weights
         H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_dim
         x = ops.embedding(w.embed, plan.tokens)  # x: [N, hidden]
+        residual = None
         rows = ops.fused_rows(self, plan)
         if rows:  # CUDA, small decode or tree step: every layer in one persistent launch (kernels/fused_layers.cu)
-            h, _ = ops.add_rmsnorm(ops.fused_layers(self, plan, cache, x, rows), None, w.final_norm, c.rms_norm_eps)
-            return ops.logits(h if plan.all_logits else h[plan.logit_rows], w.lm_head)
-        residual = None
-        for i in range(self.num_layers):
-            layer = w.layers[i]
-            h, residual = ops.add_rmsnorm(x, residual, layer.attn_norm, c.rms_norm_eps)  # [N, hidden]
-            qkv = ops.linear(h, layer.wqkv)  # [N, (H + 2 Hkv) D]
-            q = ops.rope_write_kv(qkv, plan, self.inv_freq, cache.k[i], cache.v[i], H, Hkv, D)  # [N, H, D]; K/V to slots
-            o = ops.attention(q, cache.k[i], cache.v[i], plan, self.scale)  # [N, H D]
-            x = ops.linear(o, layer.wo)  # [N, hidden]
-            h, residual = ops.add_rmsnorm(x, residual, layer.mlp_norm, c.rms_norm_eps)
-            x = ops.linear(ops.silu_mul(ops.linear(h, layer.w_gate_up)), layer.w_down)  # [N, hidden]
+            x = ops.fused_layers(self, plan, cache, x, rows)  # the residual stream after the last layer
+        else:
+            for i in range(self.num_layers):
+                layer = w.layers[i]
+                h, residual = ops.add_rmsnorm(x, residual, layer.attn_norm, c.rms_norm_eps)  # [N, hidden]
+                qkv = ops.linear(h, layer.wqkv)  # [N, (H + 2 Hkv) D]
+                q = ops.rope_write_kv(qkv, plan, self.inv_freq, cache.k[i], cache.v[i], H, Hkv, D)  # [N, H, D]; K/V to slots
+                o = ops.attention(q, cache.k[i], cache.v[i], plan, self.scale)  # [N, H D]
+                x = ops.linear(o, layer.wo)  # [N, hidden]
+                h, residual = ops.add_rmsnorm(x, residual, layer.mlp_norm, c.rms_norm_eps)
+                x = ops.linear(ops.silu_mul(ops.linear(h, layer.w_gate_up)), layer.w_down)  # [N, hidden]
         h, _ = ops.add_rmsnorm(x, residual, w.final_norm, c.rms_norm_eps)
         if not plan.all_logits:
             h = h[plan.logit_rows]  # [R, hidden]

@@ -153,15 +153,16 @@ class CudaBackend:
             self.cublas = Cublas(cp, self.stream)
         except (OSError, RuntimeError, AttributeError) as error:
             self.cublas, self.cublas_error = None, f"{type(error).__name__}: {error}"  # the own kernel serves every M
-        self.sm_count = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        self.sm_count = props["multiProcessorCount"]
         self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2]
         self.layer_tables = {}  # (id(weights), layers, id(cache)) -> uint64 [L, 8] device pointers
         # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
         # None: measured defaults, see fused_row_limit)
         self.fused_max_rows = None
-        self.fused_blocks = self.sm_count
-        self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)  # one resident block per SM (tests shrink it to exercise the striding)
-        self.max_shared = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["sharedMemPerBlockOptin"] - 2048
+        self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
+        self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
+        self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
         self.pointer_tables = {}  # (id(k caches), id(v caches)) -> uint64 device pointers
 
     # ------------------------------------------------------------------ compilation
@@ -428,9 +429,13 @@ class CudaBackend:
         layers are small (launch-bound), since its GEMV runs on CUDA cores, one row after another; with 16 it loses."""
         if self.fused_max_rows is not None:
             return min(16, self.fused_max_rows)
+        return 4 if self.small_layers(model) else 2
+
+    @staticmethod
+    def small_layers(model) -> bool:
+        """A layer's weights are at most 16 MiB: launch-bound, and the next layer's fit in L2 beside them."""
         layer = model.weights.layers[0]
-        layer_bytes = sum(w.nbytes for w in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down))
-        return 4 if layer_bytes <= 16 << 20 else 2
+        return sum(w.nbytes for w in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down)) <= 16 << 20
 
     def fused_rows(self, model, plan: DevicePlan) -> int:
         """The step's rows rounded up to a power of two (the staged rows of the fused-layers kernel), or 0 when
@@ -478,9 +483,7 @@ class CudaBackend:
         act = cp.empty((N, I), dtype=cp.uint16)
         barrier = cp.empty(1, dtype=cp.uint32)
         cp.cuda.runtime.memsetAsync(barrier.data.ptr, 0, 4, self.stream.ptr)
-        layer = model.weights.layers[0]
-        layer_bytes = sum(w.nbytes for w in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down))
-        prefetch = layer_bytes <= 16 << 20  # the next layer's weights fit in L2 beside this one's
+        prefetch = self.small_layers(model)  # the next layer's weights go to L2 during this one
         kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
         prefetch_kv = kv_bytes <= 8 << 20
         # rows per GEMV pass: 1 for decode, else 4 (a step of more rows makes several passes over L2-hot weights)
