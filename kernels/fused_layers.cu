@@ -25,7 +25,8 @@
 // the same bits every time (seeded sampling repeats). NumPy reference: Model.compute on numpy_backend
 // (tests compare the two CUDA paths and the reference). Tests: tests/test_cuda_fused.py.
 //
-// What it costs (bench e2e prints it: %globaltimer stamps of block 0 after each barrier, `clock`): on an
+// What it cost before the last build changes (GEMV passes of 1 or 4 rows, out-of-line GEMV phases, fixed-
+// order row sums: not yet timed on a GPU) (bench e2e prints it: %globaltimer stamps of block 0, `clock`): on an
 // H200, 8B shapes, decode at context 512, per layer: qkv 18 µs (weights alone 12), attention 7, merge 2,
 // o-proj 10.5 (8), gate/up 56 (56), down 29 (28): the big phases stream at 95-100% of copy bandwidth.
 // Lessons kept in the code: spread units over SMs (u -> block u % grid; one SM's load bandwidth is
