@@ -15,8 +15,8 @@
 //   graph's bucket) are written as zeros.
 // Launch: grid (N, H), block 32: one warp per (query row, head); lane l owns dims l, l + 32, ...
 //   Online softmax in fp32 (running max m, denominator l, accumulator acc).
-// This is the first, exact version (CUDA cores); the tensor-core version (G heads x T rows per tile,
-// split-KV) is the speed issue's work.
+// The exact CUDA-core version (fp32 pages and head dims other than 64 / 128); bf16 pages of D = 64 / 128
+// take the tensor-core version below.
 // NumPy reference: numpy_backend.attention. Tests: tests/test_cuda_kernels.py.
 #include "storage.cuh"
 
@@ -66,20 +66,25 @@ extern "C" __global__ void tree_attention(
 // ------------------------------------------------------------------------------------------------
 // Tensor-core version (bf16 pages): the G query heads of all T tree nodes of one sequence that share a
 // KV head are the rows of one tile (GQA packing: row r = node r / G, head kv_head * G + r % G), so each
-// K/V tile is read once per 64 rows. Keys go in tiles of KEYS_PER_TILE positions (any page size P: a tile gathers
-// its rows through the page table); a tile wholly before tree_start takes no mask work, tiles holding
-// tree tokens test the ancestor bits. S = Q K^T and O += P V are mma.sync.m16n8k16 bf16 -> fp32, with
-// an online softmax in fp32 between them (the C fragments of S are the A fragments of P).
+// K/V tile is read once per ROWS = 16 x WARPS rows (64 or 128). Keys go in tiles of KEYS (32 or 64) positions
+// (any page size P: a tile gathers its rows through the page table); a tile wholly before tree_start takes
+// no mask work, tiles holding tree tokens test the ancestor bits. S = Q K^T and O += P V are
+// mma.sync.m16n8k16 bf16 -> fp32, with an online softmax in fp32 between them (the C fragments of S are
+// the A fragments of P).
+// Loads: a STAGES-deep cp.async ring of K/V tiles in dynamic shared memory, so STAGES - 1 tiles are in
+// flight while the tensor cores work on one (a single __syncthreads per tile both publishes the landed tile
+// and frees the buffer the next load overwrites).
 // Split-KV: blockIdx.z takes a contiguous share of the key tiles and writes an unnormalised partial
 // (o, running max m, denominator l); attention_merge combines the shares. With one split the block
 // writes the normalised bf16 output itself and no merge runs.
 //
-// Launch: grid (row tiles (upper bound: ceil(N G / 64) + B), Hkv, splits), block 128 (4 warps x 16 rows).
+// Launch: grid (row tiles (upper bound: ceil(N G / ROWS) + B), Hkv, splits), block 32 x WARPS,
+// dynamic shared memory STAGES x 2 x KEYS x (D + 8) x 2 bytes.
 // o_part float [splits, N, H, D], ml_part float [splits, N, H, 2]; attention_merge (below) combines them.
 // Fragments (g = lane / 4, t = lane % 4): A (g | g+8, k 2t..2t+1 | 2t+8..), B (k 2t.. | 2t+8.., n g),
 // C (g | g+8, n 2t..2t+1).
 
-#define KEYS_PER_TILE 32  // keys per K/V tile: KEYS_PER_TILE / 8 n-tiles of S, KEYS_PER_TILE / 16 k-steps of P V
+#define STAGES 4          // K/V tiles in the shared-memory ring
 
 __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -100,7 +105,15 @@ __device__ __forceinline__ void copy16_async(__nv_bfloat16* shared, const __nv_b
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(bytes));
 }
 
-template <int D>
+// 2^x on the SFU (ex2.approx: -inf -> +0); the tensor-core kernel keeps scores in base 2 (q is pre-scaled by
+// log2 e), which saves the multiply __expf does before its own ex2
+__device__ __forceinline__ float exp2_fast(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <int D, int WARPS, int KEYS>
 __device__ void tree_attention_mma(
     const float* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache, const __nv_bfloat16* __restrict__ v_cache,
     const int* __restrict__ cu_q, const int* __restrict__ kv_len, const int* __restrict__ tree_start,
@@ -108,16 +121,18 @@ __device__ void tree_attention_mma(
     const int* __restrict__ page_tables, int max_pages, int B,
     float* __restrict__ o_part, float* __restrict__ ml_part, __nv_bfloat16* __restrict__ out,
     int N, int H, int Hkv, int P, float scale) {
-    constexpr int STRIDE = D + 8;  // padded smem rows: 16-byte aligned, spreads banks
-    __shared__ __align__(16) __nv_bfloat16 k_tile[2 * KEYS_PER_TILE * STRIDE];  // two buffers
-    __shared__ __align__(16) __nv_bfloat16 v_tile[2 * KEYS_PER_TILE * STRIDE];
+    constexpr int STRIDE = D + 8;  // padded smem rows: 16-byte aligned, conflict-free fragment loads
+    constexpr int ROWS = 16 * WARPS, THREADS = 32 * WARPS, TILE = KEYS * STRIDE;
+    extern __shared__ __align__(16) __nv_bfloat16 ring[];  // K tiles [STAGES][KEYS][STRIDE], then V tiles
+    __nv_bfloat16* k_ring = ring;
+    __nv_bfloat16* v_ring = ring + STAGES * TILE;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int G = H / Hkv, kv_head = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
 
     // which sequence and row tile this block works on
     int b = 0, tile = blockIdx.x;
     for (; b < B; b++) {
-        int tiles_b = ((cu_q[b + 1] - cu_q[b]) * G + 63) / 64;
+        int tiles_b = ((cu_q[b + 1] - cu_q[b]) * G + ROWS - 1) / ROWS;
         if (tile < tiles_b) break;
         tile -= tiles_b;
     }
@@ -126,15 +141,16 @@ __device__ void tree_attention_mma(
     const int* table = page_tables + (long long)b * max_pages;
 
     // this thread's two rows (g and g + 8 of the warp's 16)
-    const int r0 = tile * 64 + warp * 16 + g, r1 = r0 + 8;
+    const int r0 = tile * ROWS + warp * 16 + g, r1 = r0 + 8;
     const bool valid0 = r0 < rows, valid1 = r1 < rows;
     const int node0 = valid0 ? r0 / G : 0, node1 = valid1 ? r1 / G : 0;
     const int head0 = kv_head * G + (valid0 ? r0 % G : 0), head1 = kv_head * G + (valid1 ? r1 % G : 0);
     const long long qrow0 = (long long)(cu_q[b] + node0) * H + head0, qrow1 = (long long)(cu_q[b] + node1) * H + head1;
     const unsigned long long mask0 = masks[cu_q[b] + node0], mask1 = masks[cu_q[b] + node1];
-    const bool warp_active = tile * 64 + warp * 16 < rows;
+    const bool warp_active = tile * ROWS + warp * 16 < rows;
 
     unsigned qa[D / 16][4];
+    scale *= 1.4426950408889634f;  // log2 e: softmax in base 2
 #pragma unroll
     for (int ks = 0; ks < D / 16; ks++) {
         int d = ks * 16 + 2 * t;
@@ -154,53 +170,69 @@ __device__ void tree_attention_mma(
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
 
     // causal rows see keys up to their own position; tree rows up to kv_len
-    const int last_key = is_causal ? min(S - 1, S - T + (tile * 64 + 63) / G) : S - 1;
-    const int key_tiles = last_key / KEYS_PER_TILE + 1;
+    const int last_key = is_causal ? min(S - 1, S - T + (tile * ROWS + ROWS - 1) / G) : S - 1;
+    const int key_tiles = last_key / KEYS + 1;
     const int per_split = (key_tiles + splits - 1) / splits;
-    const int tile_begin = split * per_split, tile_end = min(key_tiles, tile_begin + per_split);
+    const int tile_begin = split * per_split, tile_count = max(0, min(key_tiles, tile_begin + per_split) - tile_begin);
 
-    // K/V tiles are double-buffered: cp.async brings tile kt + 1 while the tensor cores work on tile kt
+    // one tile = KEYS x D / 8 16-byte chunks of K and as many of V. Thread x always copies chunk
+    // x % CHUNKS of its keys x / CHUNKS + i KEYS_PER_PASS, so the in-page and shared-memory offsets are fixed
+    // and a tile costs each thread PASSES page-table reads (no division when P is a power of two).
+    constexpr int CHUNKS = D / 8, KEYS_PER_PASS = THREADS / CHUNKS, PASSES = KEYS / KEYS_PER_PASS;
+    static_assert(KEYS % KEYS_PER_PASS == 0, "a tile is a whole number of passes");
+    const int my_key = threadIdx.x / CHUNKS, my_chunk = threadIdx.x % CHUNKS;
+    const int shared_offset = my_key * STRIDE + my_chunk * 8;
+    const int head_offset = kv_head * P * D + my_chunk * 8;  // within a page: [Hkv, P, D]
+    const long long page_elements = (long long)Hkv * P * D;
+    const int p_shift = (P & (P - 1)) == 0 ? __ffs(P) - 1 : -1;
     auto load_tile = [&](int kt, int buffer) {
-        const int key0 = kt * KEYS_PER_TILE;
-        for (int c = threadIdx.x; c < KEYS_PER_TILE * D / 8; c += blockDim.x) {
-            int key = c / (D / 8), part = c % (D / 8), pos = key0 + key;
-            long long base = pos < S ? (((long long)table[pos / P] * Hkv + kv_head) * P + pos % P) * D + part * 8 : 0;
-            copy16_async(k_tile + (buffer * KEYS_PER_TILE + key) * STRIDE + part * 8, k_cache + base, pos < S);
-            copy16_async(v_tile + (buffer * KEYS_PER_TILE + key) * STRIDE + part * 8, v_cache + base, pos < S);
+#pragma unroll
+        for (int pass = 0; pass < PASSES; pass++) {
+            const int pos = kt * KEYS + pass * KEYS_PER_PASS + my_key;
+            const bool valid = pos < S;
+            const int page = p_shift >= 0 ? pos >> p_shift : pos / P, row = pos - page * P;
+            const long long offset = valid ? table[page] * page_elements + head_offset + row * D : 0;
+            const int at = buffer * TILE + pass * KEYS_PER_PASS * STRIDE + shared_offset;
+            copy16_async(k_ring + at, k_cache + offset, valid);
+            copy16_async(v_ring + at, v_cache + offset, valid);
         }
-        asm volatile("cp.async.commit_group;\n" ::);
     };
-    if (tile_begin < tile_end) load_tile(tile_begin, 0);
-    for (int kt = tile_begin; kt < tile_end; kt++) {
-        const int key0 = kt * KEYS_PER_TILE, buffer = (kt - tile_begin) & 1;
-        if (kt + 1 < tile_end) {
-            load_tile(kt + 1, buffer ^ 1);
-            asm volatile("cp.async.wait_group 1;\n" ::);  // tile kt has landed, kt + 1 may still be in flight
-        } else {
-            asm volatile("cp.async.wait_group 0;\n" ::);
-        }
-        __syncthreads();
-        if (!warp_active) {
-            __syncthreads();
-            continue;
-        }
-        const __nv_bfloat16* k_buf = k_tile + buffer * KEYS_PER_TILE * STRIDE;
-        const __nv_bfloat16* v_buf = v_tile + buffer * KEYS_PER_TILE * STRIDE;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < tile_count) load_tile(tile_begin + s, s);
+        asm volatile("cp.async.commit_group;\n" ::);  // empty groups keep the count uniform
+    }
+    for (int i = 0; i < tile_count; i++) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2));  // this thread's copies of tile i landed
+        __syncthreads();  // everyone's copies of tile i landed; everyone is done with tile i - 1's buffer
+        if (i + STAGES - 1 < tile_count) load_tile(tile_begin + i + STAGES - 1, (i + STAGES - 1) % STAGES);
+        asm volatile("cp.async.commit_group;\n" ::);
+        if (!warp_active) continue;
+        const int key0 = (tile_begin + i) * KEYS;
+        const __nv_bfloat16* k_buf = k_ring + (i % STAGES) * TILE;
+        const __nv_bfloat16* v_buf = v_ring + (i % STAGES) * TILE;
 
-        constexpr int NT = KEYS_PER_TILE / 8;  // n8 tiles of S per key tile
+        constexpr int NT = KEYS / 8;  // n8 tiles of S per key tile
         float s[NT][4] = {};
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            const __nv_bfloat16* krow = k_buf + (nt * 8 + g) * STRIDE;
+        for (int ks = 0; ks < D / 16; ks += 2) {
+            // B fragments of K for k-steps ks and ks + 1: four 8x8 matrices (keys nt*8.., 8 dims each), lanes
+            // 8j .. 8j+7 address the rows of matrix j; the NT products of a k-step are independent, so the
+            // tensor pipe never waits on its own accumulator
+            unsigned kb[NT][4];
 #pragma unroll
-            for (int ks = 0; ks < D / 16; ks++) {
-                unsigned b0 = *reinterpret_cast<const unsigned*>(krow + ks * 16 + 2 * t);
-                unsigned b1 = *reinterpret_cast<const unsigned*>(krow + ks * 16 + 8 + 2 * t);
-                mma16816(s[nt], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b0, b1);
+            for (int nt = 0; nt < NT; nt++) {
+                unsigned address = (unsigned)__cvta_generic_to_shared(k_buf + (nt * 8 + lane % 8) * STRIDE + ks * 16 + (lane / 8) * 8);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                             : "=r"(kb[nt][0]), "=r"(kb[nt][1]), "=r"(kb[nt][2]), "=r"(kb[nt][3]) : "r"(address));
             }
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) mma16816(s[nt], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], kb[nt][0], kb[nt][1]);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) mma16816(s[nt], qa[ks + 1][0], qa[ks + 1][1], qa[ks + 1][2], qa[ks + 1][3], kb[nt][2], kb[nt][3]);
         }
         // mask: only tiles reaching past the prefix (or the sequence end, or causal rows) do any work
-        const bool needs_mask = is_causal || key0 + KEYS_PER_TILE > start || key0 + KEYS_PER_TILE > S;
+        const bool needs_mask = is_causal || key0 + KEYS > start || key0 + KEYS > S;
         if (needs_mask) {
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
@@ -226,44 +258,48 @@ __device__ void tree_attention_mma(
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 2));
         float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
         float base0 = new0 == NEG_INF ? 0.0f : new0, base1 = new1 == NEG_INF ? 0.0f : new1;
-        float corr0 = __expf(m0 - base0), corr1 = __expf(m1 - base1);
+        float corr0 = exp2_fast(m0 - base0), corr1 = exp2_fast(m1 - base1);
         m0 = new0;
         m1 = new1;
         l0 *= corr0;
         l1 *= corr1;
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
-            s[nt][0] = __expf(s[nt][0] - base0);
-            s[nt][1] = __expf(s[nt][1] - base0);
-            s[nt][2] = __expf(s[nt][2] - base1);
-            s[nt][3] = __expf(s[nt][3] - base1);
+            s[nt][0] = exp2_fast(s[nt][0] - base0);
+            s[nt][1] = exp2_fast(s[nt][1] - base0);
+            s[nt][2] = exp2_fast(s[nt][2] - base1);
+            s[nt][3] = exp2_fast(s[nt][3] - base1);
             l0 += s[nt][0] + s[nt][1];
             l1 += s[nt][2] + s[nt][3];
         }
+        if (__any_sync(0xffffffff, corr0 != 1.0f || corr1 != 1.0f)) {  // once the maxima settle, tiles skip this
 #pragma unroll
-        for (int dt = 0; dt < D / 8; dt++) {
-            acc[dt][0] *= corr0;
-            acc[dt][1] *= corr0;
-            acc[dt][2] *= corr1;
-            acc[dt][3] *= corr1;
+            for (int dt = 0; dt < D / 8; dt++) {
+                acc[dt][0] *= corr0;
+                acc[dt][1] *= corr0;
+                acc[dt][2] *= corr1;
+                acc[dt][3] *= corr1;
+            }
         }
         // O += P V, one k-step per 16 keys: the C fragments of S n-tiles 2kk, 2kk+1 are the A fragment of P
 #pragma unroll
-        for (int kk = 0; kk < KEYS_PER_TILE / 16; kk++) {
+        for (int kk = 0; kk < KEYS / 16; kk++) {
             unsigned pa0 = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pa1 = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
             unsigned pa2 = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pa3 = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
-            for (int dt = 0; dt < D / 8; dt++) {
+            for (int dt = 0; dt < D / 8; dt += 2) {
                 // B fragments of V (keys x dims) straight from the row-major tile: ldmatrix with transpose,
-                // lanes 0-15 give the addresses of keys kk*16 + 0..15 at dims dt*8 .. dt*8+7
-                unsigned b0, b1;
-                unsigned address = (unsigned)__cvta_generic_to_shared(v_buf + (kk * 16 + lane % 16) * STRIDE + dt * 8);
-                asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(address));
+                // lanes 0-15 address keys kk*16 + 0..15 at dims dt*8.., lanes 16-31 the same keys at (dt+1)*8..
+                unsigned b0, b1, b2, b3;
+                unsigned address = (unsigned)__cvta_generic_to_shared(v_buf + (kk * 16 + lane % 16) * STRIDE + (dt + lane / 16) * 8);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                             : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3) : "r"(address));
                 mma16816(acc[dt], pa0, pa1, pa2, pa3, b0, b1);
+                mma16816(acc[dt + 1], pa0, pa1, pa2, pa3, b2, b3);
             }
         }
-        __syncthreads();  // every warp is done with this buffer before it is refilled
     }
+    asm volatile("cp.async.wait_group 0;\n" ::);  // no copy may outlive the block
     if (!warp_active) return;
     l0 += __shfl_xor_sync(0xffffffff, l0, 1);
     l0 += __shfl_xor_sync(0xffffffff, l0, 2);
@@ -290,43 +326,67 @@ __device__ void tree_attention_mma(
     if (t == 0 && valid1) { ml[qrow1 * 2] = m1; ml[qrow1 * 2 + 1] = l1; }
 }
 
-#define TREE_ATTENTION_MMA(D)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(128) tree_attention_mma_d##D(                                 \
-        const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* cu_q,         \
-        const int* kv_len, const int* tree_start, const unsigned long long* masks, const int* causal,          \
-        const int* page_tables, int max_pages, int B, float* o_part, float* ml_part, __nv_bfloat16* out, int N, \
-        int H, int Hkv, int P, float scale) {                                                                  \
-        tree_attention_mma<D>(q, k_cache, v_cache, cu_q, kv_len, tree_start, masks, causal, page_tables,       \
-                              max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale);                        \
+// tree_attention_mma_d{D}_w{WARPS}: 4 warps (64 rows, 32-key tiles: three blocks fit an SM) for few rows per
+// sequence; 8 warps (128 rows, 64-key tiles, one block per SM) for large trees, where a 64-row tile would make
+// every K/V tile cross L2 twice as often and 64 keys halve the per-tile softmax and barrier overhead
+#define TREE_ATTENTION_MMA(D, WARPS)                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, 1) tree_attention_mma_d##D##_w##WARPS(                \
+        const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* cu_q,          \
+        const int* kv_len, const int* tree_start, const unsigned long long* masks, const int* causal,           \
+        const int* page_tables, int max_pages, int B, float* o_part, float* ml_part, __nv_bfloat16* out, int N,  \
+        int H, int Hkv, int P, float scale) {                                                                   \
+        tree_attention_mma<D, WARPS, 32 * (WARPS / 4)>(q, k_cache, v_cache, cu_q, kv_len, tree_start, masks, causal, page_tables, \
+                                     max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale);                  \
     }
-TREE_ATTENTION_MMA(64)
-TREE_ATTENTION_MMA(128)
+TREE_ATTENTION_MMA(64, 4)
+TREE_ATTENTION_MMA(64, 8)
+TREE_ATTENTION_MMA(128, 4)
+TREE_ATTENTION_MMA(128, 8)
 
-// out[n, h, :] = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s over the splits (M = max m_s);
-// rows n >= cu_q[B] (padding of a captured bucket) are written as zeros.
-// grid (N, H), block 64; o_part [splits, N, H, D], ml_part [splits, N, H, 2], out store_t [N, H * D].
+// out[n, h, :] = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s (the partials' maxima are base 2) over the splits (M = max m_s; shares with
+// l_s = 0 saw no key and are skipped); rows n >= cu_q[B] (padding of a captured bucket) are written as zeros.
+// One warp per (n, h) row, 4 rows per block: lane s holds split s's weight (and s + 32's), each lane owns
+// D / 32 adjacent dims and reads the splits' partials for them with independent loads.
+// grid ceil(N H / 4), block 128; o_part [splits, N, H, D], ml_part [splits, N, H, 2], out store_t [N, H * D];
+// splits <= 64, D in {64, 128}.
 extern "C" __global__ void attention_merge(const float* __restrict__ o_part, const float* __restrict__ ml_part,
                                            const int* __restrict__ cu_q, int B, store_t* __restrict__ out,
                                            int N, int H, int D, int splits) {
-    int n = blockIdx.x, h = blockIdx.y;
-    long long row = (long long)n * H + h;
-    if (n >= cu_q[B]) {
-        for (int d = threadIdx.x; d < D; d += blockDim.x) out[row * D + d] = to_store(0.0f);
+    const int lane = threadIdx.x % 32;
+    const long long row = (long long)blockIdx.x * 4 + threadIdx.x / 32;
+    if (row >= (long long)N * H) return;
+    const int per_lane = D / 32, d0 = lane * per_lane;
+    if (row / H >= cu_q[B]) {
+        for (int e = 0; e < per_lane; e++) out[row * D + d0 + e] = to_store(0.0f);
         return;
     }
-    float M = -__int_as_float(0x7f800000);
-    for (int s = 0; s < splits; s++) M = fmaxf(M, ml_part[((long long)s * N * H + row) * 2]);
-    float L = 0.0f;
+    const long long stride = (long long)N * H;
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    float m[2], l[2];
+    for (int i = 0; i < 2; i++) {
+        const int s = lane + 32 * i;
+        m[i] = s < splits ? ml_part[(s * stride + row) * 2] : NEG_INF;
+        l[i] = s < splits ? ml_part[(s * stride + row) * 2 + 1] : 0.0f;
+    }
+    float M = fmaxf(l[0] > 0.0f ? m[0] : NEG_INF, l[1] > 0.0f ? m[1] : NEG_INF);
+    for (int offset = 16; offset > 0; offset >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffff, M, offset));
+    float w[2], L = 0.0f;
+    for (int i = 0; i < 2; i++) {
+        w[i] = l[i] > 0.0f ? exp2_fast(m[i] - M) : 0.0f;
+        L += w[i] * l[i];
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) L += __shfl_xor_sync(0xffffffff, L, offset);
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 8
     for (int s = 0; s < splits; s++) {
-        const float* ml = ml_part + ((long long)s * N * H + row) * 2;
-        if (ml[1] > 0.0f) L += __expf(ml[0] - M) * ml[1];
-    }
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float sum = 0.0f;
-        for (int s = 0; s < splits; s++) {
-            const float* ml = ml_part + ((long long)s * N * H + row) * 2;
-            if (ml[1] > 0.0f) sum += __expf(ml[0] - M) * o_part[((long long)s * N * H + row) * D + d];
+        const float ws = __shfl_sync(0xffffffff, s < 32 ? w[0] : w[1], s % 32);
+        const float* o = o_part + (s * stride + row) * D + d0;
+        if (per_lane == 4) {
+            const float4 x = *reinterpret_cast<const float4*>(o);
+            sum[0] += ws * x.x, sum[1] += ws * x.y, sum[2] += ws * x.z, sum[3] += ws * x.w;
+        } else {
+            for (int e = 0; e < per_lane; e++) sum[e] += ws * o[e];
         }
-        out[row * D + d] = to_store(sum / L);
     }
+    for (int e = 0; e < per_lane; e++) out[row * D + d0 + e] = to_store(sum[e] / L);
 }

@@ -160,6 +160,9 @@ class CudaBackend:
         # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
         # None: measured defaults, see fused_row_limit)
         self.fused_max_rows = None
+        # tensor-core attention's launch shape (None: chosen per step; tests and benchmarks set them):
+        self.attention_warps = None  # 4 or 8 warps of 16 rows per block
+        self.attention_splits = None  # key shares per block (see attention_split_count)
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
@@ -401,26 +404,39 @@ class CudaBackend:
         N, H, D = q.shape
         _, Hkv, P, _ = k_cache.shape
         B, G = plan.batch_size, H // Hkv
-        row_tiles = -(-N * G // 64) + B  # upper bound of sum over b of ceil(T_b G / 64)
-        # about 8 blocks per SM (each block walks its key tiles one after another, so parallelism hides the
-        # latency), at least 128 keys per share (each share writes N x H x D partials for the merge to read);
-        # plan.max_kv_len is the context bucket in a captured graph, so the split stays right for every replay
-        splits = max(1, min(32, -(-8 * self.sm_count // (row_tiles * Hkv)), plan.max_kv_len // 128))
+        rows = -(-N // B) * G  # rows per sequence's KV head (the mean over the step; N is the graph's bucket)
+        warps = self.attention_warps or (8 if rows > 16 else 4)
+        row_tiles = -(-N * G // (16 * warps)) + B  # upper bound of sum over b of ceil(T_b G / rows per block)
+        splits = self.attention_splits or self.attention_split_count(B * -(-rows // (16 * warps)) * Hkv, rows, plan.max_kv_len, warps)
+        splits = min(64, splits)  # the merge takes at most 64
         out = cp.empty((N, H * D), dtype=self.store_dtype)
         o_part = cp.empty((splits, N, H, D), dtype=cp.float32) if splits > 1 else out
         ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32) if splits > 1 else out
-        self.kernel("attention.cu", f"tree_attention_mma_d{D}")(
-            (row_tiles, Hkv, splits), (128,),
+        kernel = self.kernel("attention.cu", f"tree_attention_mma_d{D}_w{warps}")
+        shared = 4 * 2 * 8 * warps * (D + 8) * 2  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16
+        if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
+            kernel.max_dynamic_shared_size_bytes = shared
+        kernel(
+            (row_tiles, Hkv, splits), (32 * warps,),
             (q, k_cache, v_cache, plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
              np.int32(plan.page_tables.shape[1]), np.int32(B), o_part, ml_part, out, np.int32(N), np.int32(H),
              np.int32(Hkv), np.int32(P), np.float32(scale)),
+            shared_mem=shared,
         )
         if splits == 1:
             return out
         self.kernel("attention.cu", "attention_merge")(
-            (N, H), (64,), (o_part, ml_part, plan.cu_q, np.int32(B), out, np.int32(N), np.int32(H), np.int32(D), np.int32(splits))
+            (-(-N * H // 4),), (128,), (o_part, ml_part, plan.cu_q, np.int32(B), out, np.int32(N), np.int32(H), np.int32(D), np.int32(splits))
         )
         return out
+
+    def attention_split_count(self, blocks: int, rows: int, context: int, warps: int) -> int:
+        """Key shares per (row tile, KV head) block. Measured on an H100 (notes/attention_splits.log): one wave of
+        blocks is best (2 per SM of 4 warps, 1 of 8); a second, partial wave costs a whole block's time, so the
+        count rounds down. Each share keeps at least 4 key tiles, and beyond 32 shares the merge costs more than
+        the parallelism gains."""
+        wave = self.sm_count * (2 if warps == 4 else 1)
+        return max(1, min(wave // blocks, context // (32 * warps), 32))
 
     # ------------------------------------------------------------------ fused layers
     def fused_row_limit(self, model) -> int:
