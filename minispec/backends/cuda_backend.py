@@ -28,6 +28,16 @@ def kernel_source(name: str) -> str:
     return source.replace('#include "storage.cuh"', header)
 
 
+def pow2_bucket(n: int) -> int:
+    """The smallest power of two >= n: captured graphs are keyed by it."""
+    return 1 << (n - 1).bit_length()
+
+
+def context_bucket(kv_len: int) -> int:
+    """A captured graph's context bucket (attention's launch shape follows it)."""
+    return max(256, pow2_bucket(kv_len))
+
+
 @dataclass
 class DevicePlan:
     """StepPlan arrays on the GPU plus the host facts launchers need (frozen into a captured graph)."""
@@ -244,8 +254,8 @@ class CudaBackend:
         """Fill the bucket's static inputs, launch its graph (capturing it the first time); logits [N, V]."""
         cp = self.cp
         N, B = plan.num_tokens, plan.batch_size
-        bucket = 1 << (N - 1).bit_length()
-        context = max(256, 1 << (int(plan.kv_len.max()) - 1).bit_length())  # attention splits follow the context
+        bucket = pow2_bucket(N)
+        context = context_bucket(int(plan.kv_len.max()))  # attention splits follow the context
         key = (id(model), id(cache), B, bucket, context)
         step = self.graphs.get(key)
         if step is None:
@@ -404,10 +414,13 @@ class CudaBackend:
         N, H, D = q.shape
         _, Hkv, P, _ = k_cache.shape
         B, G = plan.batch_size, H // Hkv
-        rows = -(-N // B) * G  # rows per sequence's KV head (the mean over the step; N is the graph's bucket)
+        # The launch shape changes the order of the softmax sums, so it follows the buckets a captured graph is
+        # keyed by (N, context), not the exact step: eager launches and graph replays give the same bits.
+        rows = -(-pow2_bucket(N) // B) * G  # rows per sequence's KV head (mean over the step)
+        context = context_bucket(plan.max_kv_len)
         warps = self.attention_warps or (8 if rows > 16 else 4)
         row_tiles = -(-N * G // (16 * warps)) + B  # upper bound of sum over b of ceil(T_b G / rows per block)
-        splits = self.attention_splits or self.attention_split_count(B * -(-rows // (16 * warps)) * Hkv, rows, plan.max_kv_len, warps)
+        splits = self.attention_splits or self.attention_split_count(B * -(-rows // (16 * warps)) * Hkv, rows, context, warps)
         splits = min(64, splits)  # the merge takes at most 64
         out = cp.empty((N, H * D), dtype=self.store_dtype)
         o_part = cp.empty((splits, N, H, D), dtype=cp.float32) if splits > 1 else out
@@ -462,7 +475,7 @@ class CudaBackend:
             return 0
         if c.hidden_size % 8 or c.intermediate_size % 8:
             return 0
-        rows = 1 << (N - 1).bit_length()
+        rows = pow2_bucket(N)
         return rows if self.fused_shared_bytes(c, rows) <= self.max_shared else 0
 
     @staticmethod
@@ -488,9 +501,10 @@ class CudaBackend:
         N, B = plan.num_tokens, plan.batch_size
         H, Hkv, D, C, I = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
         P = cache.page_size
-        groups = -(-N * (H // Hkv) // 4)  # 4-row groups of a sequence's packed (node, head) rows; T_b <= N
-        # split the keys until every warp of the grid has a share, but no share under 32 keys
-        splits = max(1, min(256, self.fused_blocks * 16 // (B * Hkv * groups), -(-plan.max_kv_len // 32)))
+        groups = -(-rows * (H // Hkv) // 4)  # 4-row groups of a sequence's packed (node, head) rows; T_b <= rows
+        # split the keys until every warp of the grid has a share, but no share under 32 keys; from the graph
+        # buckets (rows, context), as in attention_mma, so eager launches and replays give the same bits
+        splits = max(1, min(256, self.fused_blocks * 16 // (B * Hkv * groups), context_bucket(plan.max_kv_len) // 32))
         cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
         q = cp.empty((N, H, D), dtype=cp.float32)
         o_part = cp.empty((splits, N, H, D), dtype=cp.float32)
