@@ -175,13 +175,12 @@ __device__ void stage_copy(uint4* xs, const bf16* src, int M, int K) {
 }
 
 // y[n] = sum_k x[r0 + lane, k] W_n[k] for NC weight rows, for the lanes lane < rows (rows <= MR of x, from
-// row r0: xs points there; x rows are `stride` 16-byte chunks apart, the sum runs over the first K8). The sums run over the warp; lane l reads 16-byte chunks l, l + 32, ..., 8 / NC
+// row r0: xs points there). The sums run over the warp; lane l reads 16-byte chunks l, l + 32, ..., 8 / NC
 // chunks per weight row in flight. A step of more than MR rows calls this once per chunk of MR rows (the
 // weights then come from L2 after the first chunk): only MR = 1 and 4 are compiled, which keeps the file's
 // build time down (with 1, 2, 4, 8 and 16 it took most of a minute of cicc and ptxas).
 template <int MR, int NC>
-__device__ __forceinline__ void gemv_rows(const bf16* const (&w)[NC], const uint4* xs, int K8, int stride, int rows, int lane,
-                                          float (&y)[NC]) {
+__device__ __forceinline__ void gemv_rows(const bf16* const (&w)[NC], const uint4* xs, int K8, int rows, int lane, float (&y)[NC]) {
     constexpr int U = 8 / NC;
     float acc[NC][MR];
 #pragma unroll
@@ -206,7 +205,7 @@ __device__ __forceinline__ void gemv_rows(const bf16* const (&w)[NC], const uint
             for (int m = 0; m < MR; m++) {
                 if (m >= rows) break;
                 float xf[8];
-                unpack8(xs[m * stride + c], xf);
+                unpack8(xs[m * K8 + c], xf);
 #pragma unroll
                 for (int n = 0; n < NC; n++)
 #pragma unroll
@@ -236,9 +235,6 @@ struct Step {
     float *q_buf, *o_part, *ml_part;
     bf16 *attn, *act;
     unsigned* barrier;
-    float* qkv_part;              // [pairs, 2, MR, 2] K-half sums of phase A (qkv_split = 2)
-    unsigned* qkv_count;          // [pairs] halves finished so far (zero before the launch; +2 per layer)
-    int qkv_split;                // 1, or 2: a column pair's K is split between two warps (see phase_qkv)
     int M, C, H, Hkv, I, P, groups, splits;
     float eps, scale;
     int prefetch;                 // 1: pull the next layer's weights into L2 during this layer (small models)
@@ -278,19 +274,13 @@ __device__ __forceinline__ void prefetch_l2(const void* base, long long bytes) {
         asm volatile("prefetch.global.L2 [%0];" ::"l"(b + i * 128));
 }
 
-// Unit = column pair, or with qkv_split = 2 (more pairs than warps: 8B shapes have 3072 pairs for 2112 warps,
-// two rounds for 1.45 rounds of work) a column pair's half of K: 3 rounds of half the work. The warp that
-// finishes second (a gpu-scope counter per pair; its parity tells) adds the other half's sums (fp32 addition
-// of two terms is commutative: the result does not depend on which half came first) and does the epilogue.
-// The host sets qkv_split = 2 only for steps of at most MR rows (one row pass; the counter counts passes).
 template <int MR, int D>
 __device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* v_cache, const uint4* xs, int gw, int tw, int lane) {
     constexpr int half = D / 2;
-    const int pairs = (s.H + 2 * s.Hkv) * half, K8 = s.C / 8, span = K8 / s.qkv_split;
-    for (int u = gw; u < pairs * s.qkv_split; u += tw) {
-        int pair = u % pairs, part = u / pairs;
-        int head = pair / half, d = pair % half, col = head * D + d;
-        const bf16* w[2] = {wqkv + (long long)col * s.C + part * span * 8, wqkv + (long long)(col + half) * s.C + part * span * 8};
+    int units = (s.H + 2 * s.Hkv) * half, K8 = s.C / 8;
+    for (int u = gw; u < units; u += tw) {
+        int head = u / half, d = u % half, col = head * D + d;
+        const bf16* w[2] = {wqkv + (long long)col * s.C, wqkv + (long long)(col + half) * s.C};
         for (int r0 = 0; r0 < s.M; r0 += MR) {
             int rows = min(MR, s.M - r0), m = r0 + lane;
             // this lane's row epilogue inputs, loaded before the GEMV so their latency hides behind it
@@ -304,23 +294,8 @@ __device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* 
                 }
             }
             float x[2];
-            gemv_rows<MR, 2>(w, xs + r0 * K8 + part * span, span, K8, rows, lane, x);
-            bool finish = true;
-            if (s.qkv_split > 1) {  // uniform: a kernel argument
-                float* mine = s.qkv_part + (((long long)pair * 2 + part) * MR + lane) * 2;
-                if (lane < rows) mine[0] = x[0], mine[1] = x[1];
-                __syncwarp();  // the lanes' sums are ordered before lane 0's release
-                unsigned before = 0;
-                if (lane == 0) asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(before) : "l"(s.qkv_count + pair) : "memory");
-                before = __shfl_sync(0xffffffff, before, 0);
-                __syncwarp();  // lane 0's acquire is ordered before the lanes' reads of the other half
-                finish = before & 1;
-                if (finish && lane < rows) {
-                    const float* other = s.qkv_part + (((long long)pair * 2 + 1 - part) * MR + lane) * 2;
-                    x[0] += __ldcg(other), x[1] += __ldcg(other + 1);
-                }
-            }
-            if (!finish || lane >= rows) continue;
+            gemv_rows<MR, 2>(w, xs + r0 * K8, K8, rows, lane, x);
+            if (lane >= rows) continue;
             float y1 = x[0] * c - x[1] * sn, y2 = x[1] * c + x[0] * sn;
             if (head < s.H) {
                 float* q = s.q_buf + ((long long)m * s.H + head) * D + d;
@@ -512,7 +487,7 @@ __device__ __noinline__ void phase_residual_gemv(float* resid, const bf16* w_all
             float* out = resid + (long long)(r0 + lane) * C + n;
             float before = lane < rows ? __ldcg(out) : 0.0f;  // read early, behind the GEMV's loads
             float y[1];
-            gemv_rows<MR, 1>(w, xs + r0 * (K / 8), K / 8, K / 8, rows, lane, y);
+            gemv_rows<MR, 1>(w, xs + r0 * (K / 8), K / 8, rows, lane, y);
             if (lane < rows) *out = before + y[0];
         }
     }
@@ -526,7 +501,7 @@ __device__ __noinline__ void phase_gate_up(bf16* act, const bf16* wgu, const uin
         for (int r0 = 0; r0 < M; r0 += MR) {
             int rows = min(MR, M - r0);
             float y[2];
-            gemv_rows<MR, 2>(w, xs + r0 * (C / 8), C / 8, C / 8, rows, lane, y);
+            gemv_rows<MR, 2>(w, xs + r0 * (C / 8), C / 8, rows, lane, y);
             if (lane < rows) act[(long long)(r0 + lane) * I + i] = __float2bfloat16_rn(y[0] / (1.0f + __expf(-y[0])) * y[1]);
         }
     }
@@ -596,12 +571,10 @@ __device__ void fused_layers_body(const Step& s) {
         const unsigned long long* layers, int L, float* resid, const int* positions, const int* slots,                \
         const float* cos_table, const float* sin_table, const int* cu_q, const int* kv_len, const int* tree_start,    \
         const unsigned long long* masks, const int* page_tables, int W, int B, float* q_buf, float* o_part,            \
-        float* ml_part, bf16* attn, bf16* act, unsigned* barrier, float* qkv_part, unsigned* qkv_count,               \
-        int qkv_split, int M, int C, int H, int Hkv, int I, int P,                                                      \
+        float* ml_part, bf16* attn, bf16* act, unsigned* barrier, int M, int C, int H, int Hkv, int I, int P,         \
         int groups, int splits, float eps, float scale, int prefetch, int prefetch_kv, unsigned long long* clock) {    \
         Step s{layers, L, resid, positions, slots, cu_q, kv_len, tree_start, page_tables, masks, cos_table, sin_table, \
-               W, B, q_buf, o_part, ml_part, attn, act, barrier, qkv_part, qkv_count, qkv_split, M, C, H, Hkv, I, P,    \
-               groups, splits, eps, scale,                                                                             \
+               W, B, q_buf, o_part, ml_part, attn, act, barrier, M, C, H, Hkv, I, P, groups, splits, eps, scale,       \
                prefetch, prefetch_kv, clock};                                                                          \
         fused_layers_body<MR, D>(s);                                                                                   \
     }

@@ -43,15 +43,11 @@ def random_step(rng, specs, page_size, num_pages):
     return build_plan(items, page_size), used
 
 
-# the QKV phase's K split (two warps per column pair) is forced on the one-pass steps (<= 4 rows)
-SPLIT_CASES = [(step, None) for step in STEPS] + [("decode", 2), ("decode batch", 2)]
-
-
 @pytest.mark.parametrize("blocks", [None, 3])
 @pytest.mark.parametrize("page_size", [1, 3, 16])
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("step,qkv_split", SPLIT_CASES)
-def test_fused_layers_match_layer_by_layer_and_reference(tmp_path, step, qkv_split, D, page_size, blocks):
+@pytest.mark.parametrize("step", list(STEPS))
+def test_fused_layers_match_layer_by_layer_and_reference(tmp_path, step, D, page_size, blocks):
     import cupy as cp
 
     from minispec.backends.cuda_backend import CudaBackend
@@ -61,7 +57,6 @@ def test_fused_layers_match_layer_by_layer_and_reference(tmp_path, step, qkv_spl
     be = CudaBackend("bfloat16")
     if blocks:
         be.fused_blocks = blocks  # fewer blocks than units: every phase strides
-    be.fused_qkv_split_override = qkv_split
     model = Model.load(directory, be)
     num_pages = -(-600 // page_size)
     plan, used = random_step(rng, STEPS[step], page_size, num_pages)
@@ -80,8 +75,6 @@ def test_fused_layers_match_layer_by_layer_and_reference(tmp_path, step, qkv_spl
         be.fused_max_rows = max_rows
         device_plan = be.prepare_plan(plan)
         assert (be.fused_rows(model, device_plan) > 0) == (max_rows > 0)
-        if max_rows and qkv_split:
-            assert be.fused_qkv_split(model.config, be.fused_rows(model, device_plan) <= 4) == qkv_split
         logits = cp.asnumpy(model.compute(device_plan, cache))
         pages = [c.get().view(BF16).astype(np.float32)[used] for c in [*cache.k, *cache.v]]
         return logits, pages
@@ -126,11 +119,7 @@ def test_fused_layers_serve_small_steps_only(tmp_path):
     assert be.fused_rows(model, be.prepare_plan(chunk)) == 0  # causal chunks run layer by layer
 
 
-@pytest.mark.parametrize("specs,rows,qkv_split", [
-    ([(90, "single", 1), (40, "single", 1), (7, "random", 5)], 8, None),
-    ([(90, "single", 1), (40, "single", 1), (7, "random", 2)], 4, 2),  # K halves finish in either order
-])
-def test_fused_layers_are_deterministic(tmp_path, specs, rows, qkv_split):
+def test_fused_layers_are_deterministic(tmp_path):
     """Seeded sampling must repeat: the same step gives the same logits bit for bit (no float atomics)."""
     import cupy as cp
 
@@ -138,15 +127,14 @@ def test_fused_layers_are_deterministic(tmp_path, specs, rows, qkv_split):
 
     be = CudaBackend("bfloat16")
     be.fused_max_rows = 16
-    be.fused_qkv_split_override = qkv_split
     model = Model.load(tiny_bf16_model(tmp_path / "model", 64), be)
     rng = np.random.default_rng(4)
-    plan, _ = random_step(rng, specs, 16, 40)
+    plan, _ = random_step(rng, [(90, "single", 1), (40, "single", 1), (7, "random", 5)], 16, 40)
     cache = model.new_cache(40, 16)
     for c in [*cache.k, *cache.v]:
         c[...] = cp.asarray(rng.normal(size=c.shape).astype(BF16).view(np.uint16))
     device_plan = be.prepare_plan(plan)
-    assert be.fused_rows(model, device_plan) == rows
+    assert be.fused_rows(model, device_plan) == 8
     first = cp.asnumpy(model.compute(device_plan, cache))  # rewrites the same K/V slots with the same values
     for _ in range(20):
         assert np.array_equal(cp.asnumpy(model.compute(device_plan, cache)), first)

@@ -174,7 +174,6 @@ class CudaBackend:
         self.attention_warps = None  # 4 or 8 warps of 16 rows per block
         self.attention_splits = None  # key shares per block (see attention_split_count)
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
-        self.fused_qkv_split_override = None  # tests: force the QKV phase's K split (1 or 2)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
         self.pointer_tables = {}  # (id(k caches), id(v caches)) -> uint64 device pointers
@@ -479,19 +478,6 @@ class CudaBackend:
         rows = pow2_bucket(N)
         return rows if self.fused_shared_bytes(c, rows) <= self.max_shared else 0
 
-    def fused_qkv_split(self, c, one_pass: bool) -> int:
-        """2 when the fused kernel's QKV phase has more column pairs than warps and halving K evens out the rounds
-        (8B shapes: 3072 pairs over 2112 warps on 132 SMs, 2 rounds -> 3 of half the work); the step must be one
-        GEMV pass of rows (the pair counters count passes)."""
-        if not one_pass or c.hidden_size % 16:
-            return 1
-        if self.fused_qkv_split_override is not None:
-            return self.fused_qkv_split_override
-        pairs, warps = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim // 2, self.fused_blocks * 16
-        if pairs <= warps:
-            return 1
-        return 2 if -(-2 * pairs // warps) < 2 * -(-pairs // warps) else 1
-
     @staticmethod
     def fused_shared_bytes(c, rows: int) -> int:
         """Shared memory of the fused kernel: the staged GEMV input rows, or 16 warps' attention tiles (q, p, key offsets)."""
@@ -531,14 +517,7 @@ class CudaBackend:
         kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
         prefetch_kv = kv_bytes <= 8 << 20
         # rows per GEMV pass: 1 for decode, else 4 (a step of more rows makes several passes over L2-hot weights)
-        pass_rows = 1 if rows == 1 else 4
-        kernel = self.kernel("fused_layers.cu", f"fused_layers_r{pass_rows}_d{D}")
-        qkv_split = self.fused_qkv_split(c, rows <= pass_rows)
-        pairs = (H + 2 * Hkv) * D // 2
-        qkv_part = cp.empty((pairs, 2, pass_rows, 2), dtype=cp.float32) if qkv_split > 1 else barrier
-        qkv_count = cp.empty(pairs, dtype=cp.uint32) if qkv_split > 1 else barrier
-        if qkv_split > 1:
-            cp.cuda.runtime.memsetAsync(qkv_count.data.ptr, 0, qkv_count.nbytes, self.stream.ptr)
+        kernel = self.kernel("fused_layers.cu", f"fused_layers_r{1 if rows == 1 else 4}_d{D}")
         shared = self.fused_shared_bytes(c, rows)
         if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
             kernel.max_dynamic_shared_size_bytes = shared
@@ -547,7 +526,7 @@ class CudaBackend:
             (self.fused_blocks,), (512,),
             (self.layer_table(model, cache), i32(model.num_layers), x, plan.positions, plan.slots, cos, sin, plan.cu_q,
              plan.kv_len, plan.tree_start, plan.masks, plan.page_tables, i32(plan.page_tables.shape[1]), i32(B), q, o_part,
-             ml_part, attn, act, barrier, qkv_part, qkv_count, i32(qkv_split), i32(N), i32(C), i32(H), i32(Hkv), i32(I), i32(P), i32(groups), i32(splits),
+             ml_part, attn, act, barrier, i32(N), i32(C), i32(H), i32(Hkv), i32(I), i32(P), i32(groups), i32(splits),
              np.float32(c.rms_norm_eps), np.float32(model.scale), i32(prefetch), i32(prefetch_kv), np.uint64(0) if self.fused_clock is None else self.fused_clock),
             shared_mem=shared,
         )
