@@ -25,10 +25,10 @@
 // the same bits every time (seeded sampling repeats). NumPy reference: Model.compute on numpy_backend
 // (tests compare the two CUDA paths and the reference). Tests: tests/test_cuda_fused.py.
 //
-// What it cost before the last build changes (GEMV passes of 1 or 4 rows, out-of-line GEMV phases, fixed-
-// order row sums: not yet timed on a GPU) (bench e2e prints it: %globaltimer stamps of block 0, `clock`): on an
-// H200, 8B shapes, decode at context 512, per layer: qkv 18 µs (weights alone 12), attention 7, merge 2,
-// o-proj 10.5 (8), gate/up 56 (56), down 29 (28): the big phases stream at 95-100% of copy bandwidth.
+// What it costs (bench e2e prints it: %globaltimer stamps of block 0, `clock`): on an H100 (copy 3.0 TB/s),
+// 8B shapes, decode at context 512, per layer: qkv 22.7 µs (weights alone 16.8), attention 7.9, merge 2.4,
+// o-proj 14.1 (11.2), gate/up 80.8 (78.5), down 41.7 (39.3): the big phases stream at 94-97% of copy
+// bandwidth. Splitting QKV's K between two warps to even out its rounds was slower (notes/fused_layers.log).
 // Lessons kept in the code: spread units over SMs (u -> block u % grid; one SM's load bandwidth is
 // ~1/132 of the card's), keep warp shuffles out of branches the compiler cannot prove uniform (else it
 // emits WARPSYNC/collective code), load in batches (a loop of one load per iteration pays one L2 latency
