@@ -83,6 +83,10 @@ extern "C" __global__ void tree_attention(
 // o_part float [splits, N, H, D], ml_part float [splits, N, H, 2]; attention_merge (below) combines them.
 // Fragments (g = lane / 4, t = lane % 4): A (g | g+8, k 2t..2t+1 | 2t+8..), B (k 2t.. | 2t+8.., n g),
 // C (g | g+8, n 2t..2t+1).
+// Measured (H100, bench attention; notes/attention_splits.log has the sweeps and ncu readings): decode-like
+// shapes stream K/V at 55-91% of copy bandwidth; T = 64 trees reach only 23-32% of the K/V floor, bound by
+// the mma loop itself (tensor pipe busy 31% of cycles with 2 warps per scheduler: the 8-warp variant needs
+// 239 registers). Tried and slower: queries in shared memory to fit two 8-warp blocks per SM.
 
 #define STAGES 4          // K/V tiles in the shared-memory ring
 
