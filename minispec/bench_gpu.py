@@ -236,6 +236,29 @@ def step_times(model, context: int, tree_sizes=(4, 16, 32, 64)):
     return results
 
 
+def decode_ahead_time(model, context: int, steps: int = 32) -> float:
+    """Seconds per plain greedy decode step as Engine.decode_ahead runs them, batch 1, from `context`: each
+    step's token is the previous step's argmax on the device, and the host copies a step's token back while
+    the next step runs (plans built on the host in the loop, as the engine does)."""
+    from .step import StepItem, build_plan
+    from .tree import Tree
+
+    backend = model.backend
+    cache = model.new_cache(-(-(context + steps + 1) // 16) + 1, 16)
+    table = []
+    cache.prepare(table, 0, context + steps + 1)
+
+    def run():
+        ids = model.forward(build_plan([StepItem.tree(table, context, Tree.single(0))], 16), cache).argmax_device()
+        for i in range(1, steps):
+            plan = build_plan([StepItem.tree(table, context + i, Tree.single(0))], 16)
+            previous, ids = ids, model.forward(plan, cache, backend.gather(ids, [0])).argmax_device()
+            backend.to_host(previous)
+        backend.to_host(ids)
+
+    return time_gpu(run, 2, 7) / steps
+
+
 FUSED_PHASES = ("qkv+rope", "attention", "merge", "o-proj", "gate/up", "down")
 
 
@@ -284,6 +307,9 @@ def bench_e2e(args) -> None:
             label = "plain decode" if T == 1 else f"tree T={T}"
             print(f"{name:<28} {label:<12} {seconds * 1e3:>8.3f} {layered[T] * 1e3:>8.3f} {eager[T] * 1e3:>9.3f} {floor * 1e3:>9.3f} "
                   f"{seconds / floor:>8.2f} {seconds / times[1]:>8.2f}")
+        ahead = decode_ahead_time(model, 512)
+        print(f"  plain decode one step ahead (the engine's greedy loop: the host works while the GPU runs the next step): "
+              f"{ahead * 1e3:.3f} ms/step, {ahead / floor:.2f}x floor")
         phases = fused_phase_times(model)
         print(f"  fused decode, µs per layer: " + ", ".join(f"{n} {t:.1f}" for n, t in zip(FUSED_PHASES, phases)))
         backend.graphs.clear()

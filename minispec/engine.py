@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import MinispecError
+from .drafters import NoDrafter
 from .sampling import SamplingParams
 from .step import StepItem, build_plan
 from .tokenizer import StreamDecoder, Tokenizer
+from .tree import Tree
 from .verify import verify
 
 
@@ -67,6 +69,7 @@ class Engine:
         self.drafter = drafter
         self.max_model_len = max_model_len
         self.prefill_chunk = prefill_chunk
+        self.decode_ahead_enabled = True  # greedy decoding without a drafter runs one step ahead (decode_ahead)
 
     # ------------------------------------------------------------------ the loop
     def run(self, prompts: list[list[int]], params: list[SamplingParams]):
@@ -81,6 +84,8 @@ class Engine:
                 seqs += self.fork_samples(parent)  # n samples share the prompt's pages
                 for seq in seqs[-parent.params.n :]:
                     yield from self.emit(seq, [logits.choose(row, seq.params, seq.rng)], from_step=False)
+            if self.decode_ahead_enabled and type(self.drafter) is NoDrafter and all(s.params.greedy for s in seqs):
+                yield from self.decode_ahead(seqs)
             while active := [s for s in seqs if not s.done]:
                 budgets = [self.max_model_len - s.L for s in active]
                 trees = self.drafter.propose(active, budgets)  # tokens[T], parents[T] per sequence
@@ -105,6 +110,47 @@ class Engine:
             for seq in parents + seqs:
                 self.cache.release(seq.table)
                 self.drafter.release(seq)
+
+    def decode_ahead(self, seqs: list[Sequence]):
+        """Greedy decoding without a drafter, one step ahead of the host.
+
+        Step k + 1 is launched with the token step k left on the device (Model.forward's `tokens`) before the
+        host reads that token, so the host's work between steps (the copy back, emitting text, stop checks,
+        the next plan) overlaps the GPU's. A sequence that stops at step k's token wastes the step launched
+        past it: its K/V landed beyond L on a page the sequence owns, and nothing reads it. The tokens are
+        those of step-by-step greedy decoding (same kernels, same inputs)."""
+        backend = self.model.backend
+        pending = None  # (sequences of the step in flight, its argmax ids on the device)
+        while True:
+            if pending is None:
+                rows, ahead = [s for s in seqs if not s.done], 0
+            else:  # those the pending token cannot finish by length (a stop token shows only when it is read)
+                rows = [s for s in pending[0] if not s.done and len(s.output) + 1 < s.params.max_tokens and s.L + 2 < self.max_model_len]
+                ahead = 1
+            launched = None
+            if rows:
+                items = []
+                for s in rows:  # the root of s sits at L, or at L + 1 behind the pending step's token
+                    self.cache.prepare(s.table, s.L + ahead, 1)
+                    root = s.tokens[s.L] if not ahead else 0  # 0: a placeholder, the token is on the device
+                    items.append(StepItem.tree(s.table, s.L + ahead, Tree.single(root)))
+                tokens = None
+                if ahead:
+                    where = {id(s): i for i, s in enumerate(pending[0])}
+                    tokens = backend.gather(pending[1], [where[id(s)] for s in rows])
+                logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache, tokens)
+                launched = (rows, logits.argmax_device())
+            if pending is not None:
+                for s, token in zip(pending[0], backend.to_host(pending[1])):
+                    if s.done:  # stopped at the previous token: this step ran past its end
+                        continue
+                    s.L += 1  # the root's K/V is in place (a one-node path moves nothing)
+                    s.stats.steps += 1
+                    s.stats.accepted_lengths[1] += 1
+                    yield from self.emit(s, [int(token)])
+            if launched is None:
+                return
+            pending = launched
 
     # ------------------------------------------------------------------ pieces of the loop
     def check_prompt(self, prompt: list[int]) -> None:

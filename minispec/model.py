@@ -7,6 +7,8 @@ down GEMM. Then the final norm and the LM head, only for the rows that need logi
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from pathlib import Path
 
@@ -42,15 +44,21 @@ class Model:
         c = self.config
         return KVCache(self.backend, self.num_layers, num_pages, c.num_kv_heads, page_size, c.head_dim)
 
-    def forward(self, plan: StepPlan, cache: KVCache) -> "StepLogits":
+    def forward(self, plan: StepPlan, cache: KVCache, tokens=None) -> "StepLogits":
         """Logits [R, V] of the plan's `logit_rows` (left on the device until asked for).
 
         Decode and tree-verify steps replay a captured CUDA graph on the GPU backend;
         everything else (and the NumPy backend) runs the layers one launch at a time.
+        tokens: the step's input tokens as a backend array, in place of plan.tokens (the previous step's
+        argmax, still on the device: see Engine.decode_ahead).
         """
-        if self.backend.can_replay(plan):
-            return StepLogits(self.backend, self.backend.replay(self, plan, cache))
-        return StepLogits(self.backend, self.compute(self.backend.prepare_plan(plan), cache))
+        backend = self.backend
+        if backend.can_replay(plan):
+            return StepLogits(backend, backend.replay(self, plan, cache, tokens))
+        device_plan = backend.prepare_plan(plan)
+        if tokens is not None:
+            device_plan = dataclasses.replace(device_plan, tokens=tokens)
+        return StepLogits(backend, self.compute(device_plan, cache))
 
     def compute(self, plan, cache: KVCache):
         """The layers over a backend plan -> logits [R, V] on the backend."""
@@ -91,8 +99,11 @@ class StepLogits:
 
     def argmax(self) -> np.ndarray:  # [R]
         if self._argmax is None:
-            self._argmax = self.backend.argmax(self.device)
+            self._argmax = self.backend.to_host(self.argmax_device())
         return self._argmax
+
+    def argmax_device(self):  # [R] int32 on the backend, not waited for
+        return self.backend.argmax_device(self.device)
 
     def choose(self, row: int, params, rng) -> int:
         """One token from row `row`: argmax, or a sample drawn on the backend with u from the request's generator."""

@@ -155,3 +155,20 @@ def single_decode_plan(llm):
         return build_plan([StepItem.tree(table, 7, Tree([5], [-1]))], llm.cache.page_size)
     finally:
         llm.cache.release(table)
+
+
+@pytest.mark.parametrize("use_graphs", [True, False])
+def test_decode_ahead_equals_step_by_step_on_gpu(gpu_bf16, prompt_ids, use_graphs):
+    """Greedy decoding one step ahead (the next step reads the previous step's argmax on the device, copied
+    into the graph's token input) gives step-by-step decoding's tokens bit for bit: same kernels, same inputs."""
+    params = [SamplingParams(temperature=0, max_tokens=40, ignore_eos=True), SamplingParams(temperature=0, max_tokens=25)]
+    gpu_bf16.backend.use_graphs = use_graphs
+    try:
+        ahead = [r.token_ids for r in gpu_bf16.generate(prompt_ids[:2], params)]
+        gpu_bf16.engine.decode_ahead_enabled = False
+        step = [r.token_ids for r in gpu_bf16.generate(prompt_ids[:2], params)]
+    finally:
+        gpu_bf16.engine.decode_ahead_enabled = True
+        gpu_bf16.backend.use_graphs = True
+    assert ahead == step
+    assert gpu_bf16.cache.free_pages == gpu_bf16.cache.num_pages

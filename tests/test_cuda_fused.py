@@ -138,3 +138,29 @@ def test_fused_layers_are_deterministic(tmp_path):
     first = cp.asnumpy(model.compute(device_plan, cache))  # rewrites the same K/V slots with the same values
     for _ in range(20):
         assert np.array_equal(cp.asnumpy(model.compute(device_plan, cache)), first)
+
+
+def test_graphs_are_not_replayed_into_a_freed_cache(tmp_path):
+    """Captured graphs are keyed by id(cache): a new cache (of another size, at new addresses) created after
+    the old one is freed may get the old id, and must not replay the old cache's graph."""
+    import gc
+
+    import cupy as cp
+
+    from minispec.backends.cuda_backend import CudaBackend
+
+    be = CudaBackend("bfloat16")
+    model = Model.load(tiny_bf16_model(tmp_path / "model", 64), be)
+    rng = np.random.default_rng(5)
+    for pages in (40, 90, 60):
+        cache = model.new_cache(pages, 16)
+        for c in [*cache.k, *cache.v]:
+            c[...] = cp.asarray(rng.normal(size=c.shape).astype(BF16).view(np.uint16))
+        plan, _ = random_step(rng, [(70, "single", 1)], 16, pages)
+        replayed = cp.asnumpy(model.forward(plan, cache).device)
+        be.use_graphs = False
+        eager = cp.asnumpy(model.forward(plan, cache).device)
+        be.use_graphs = True
+        assert np.array_equal(replayed, eager)
+        del cache
+        gc.collect()

@@ -170,3 +170,37 @@ def test_running_out_of_pages_is_an_error_and_frees_everything(tiny_model):
     assert llm.cache.free_pages == llm.cache.num_pages
     result = llm.generate("c" * 10, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
     assert len(result.token_ids) == 20
+
+
+def test_decode_ahead_equals_step_by_step(tiny_model):
+    """Greedy decoding without a drafter runs one step ahead of the host: each step takes the previous step's
+    argmax as a backend array. It must emit what step-by-step decoding emits, stop where that stops (token
+    budget, stop string, context limit, with samples sharing pages) and give every page back."""
+    llm = LLM(model=str(tiny_model), device="cpu", max_model_len=100)
+    prompts = ["shared prompt " * 6, "a b c", "x" * 30]
+    params = [
+        SamplingParams(temperature=0, max_tokens=30, ignore_eos=True),
+        SamplingParams(temperature=0, max_tokens=9, stop=["a"]),
+        SamplingParams(temperature=0, max_tokens=500, ignore_eos=True, n=2),  # runs into max_model_len
+    ]
+    forward, chained = llm.model.forward, []
+
+    def spy(plan, cache, tokens=None):
+        chained.append(tokens is not None)
+        return forward(plan, cache, tokens)
+
+    llm.model.forward = spy
+    ahead = llm.generate(prompts, params)
+    assert sum(chained) > 50  # steps did take their tokens from the previous step's argmax
+    assert llm.cache.free_pages == llm.cache.num_pages
+    llm.engine.decode_ahead_enabled = False
+    chained.clear()
+    step = llm.generate(prompts, params)
+    assert not any(chained)
+    for a, b in zip(ahead, step):
+        assert [s.token_ids for s in a.samples] == [s.token_ids for s in b.samples]
+        assert [(s.finish_reason, s.text) for s in a.samples] == [(s.finish_reason, s.text) for s in b.samples]
+        assert a.stats.steps == b.stats.steps and a.stats.emitted == b.stats.emitted
+    assert [s.finish_reason for s in ahead[2].samples] == ["length", "length"]
+    assert len(ahead[2].samples[0].token_ids) < 500  # stopped by the context limit, not by max_tokens
+    assert llm.cache.free_pages == llm.cache.num_pages

@@ -80,6 +80,7 @@ class CapturedStep:
             tree_start=part(7), causal=part(8), page_tables=part(9).reshape(B, W),
         )
         self.graph = self.logits = None
+        self.owners = ()  # (model, cache) of the key, held while the graph lives
         self.keep = []  # memory allocated during capture stays owned by the graph
 
     def fill(self, plan: StepPlan) -> None:
@@ -165,8 +166,10 @@ class CudaBackend:
             self.cublas, self.cublas_error = None, f"{type(error).__name__}: {error}"  # the own kernel serves every M
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
         self.sm_count = props["multiProcessorCount"]
-        self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2]
-        self.layer_tables = {}  # (id(weights), layers, id(cache)) -> uint64 [L, 8] device pointers
+        # Tables keyed by id() also hold the keyed objects, so that an id cannot be reused by a new object (a new
+        # cache at a freed one's address would replay a graph or pointer table into freed memory)
+        self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2], inv_freq
+        self.layer_tables = {}  # (id(weights), layers, id(cache)) -> uint64 [L, 8] device pointers, weights, cache
         # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
         # None: measured defaults, see fused_row_limit)
         self.fused_max_rows = None
@@ -176,7 +179,7 @@ class CudaBackend:
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
-        self.pointer_tables = {}  # (id(k caches), id(v caches)) -> uint64 device pointers
+        self.pointer_tables = {}  # (id(k caches), id(v caches)) -> uint64 device pointers, k caches, v caches
 
     # ------------------------------------------------------------------ compilation
     def kernel(self, file: str, name: str):
@@ -250,8 +253,9 @@ class CudaBackend:
         """Decode and tree-verify steps (no causal chunk, every row's logits, N <= 64) run as graphs."""
         return self.use_graphs and plan.num_tokens <= 64 and plan.all_logits and not plan.causal.any()
 
-    def replay(self, model, plan: StepPlan, cache):
-        """Fill the bucket's static inputs, launch its graph (capturing it the first time); logits [N, V]."""
+    def replay(self, model, plan: StepPlan, cache, tokens=None):
+        """Fill the bucket's static inputs, launch its graph (capturing it the first time); logits [N, V].
+        tokens: a device array that replaces the plan's tokens (copied in stream order, after the fill)."""
         cp = self.cp
         N, B = plan.num_tokens, plan.batch_size
         bucket = pow2_bucket(N)
@@ -263,6 +267,7 @@ class CudaBackend:
             self.rope_tables(model.inv_freq, limit)  # sized once: a captured graph keeps its pointer
             W = cache.pages_for(limit) + 1
             step = CapturedStep(cp, B, bucket, W, limit, context)
+            step.owners = (model, cache)  # the key's ids stay theirs while the graph exists
             step.fill(plan)
             model.compute(step.plan, cache)  # warm-up: compiles kernels, leaves pool blocks of the right sizes
             previous = cp.cuda.get_allocator()
@@ -282,6 +287,8 @@ class CudaBackend:
                 cp.cuda.set_allocator(previous)
             self.graphs[key] = step
         step.fill(plan)
+        if tokens is not None:
+            step.plan.tokens[: plan.num_tokens] = tokens
         step.graph.launch(self.stream)
         return step.logits[:N]
 
@@ -372,9 +379,9 @@ class CudaBackend:
         if cached is None or cached[0].shape[0] <= max_position:
             size = max(4096, 1 << int(max_position).bit_length())
             angle = np.arange(size, dtype=np.float64)[:, None] * inv_freq[None, :]  # float64 like the reference
-            cached = (self.cp.asarray(np.cos(angle).astype(np.float32)), self.cp.asarray(np.sin(angle).astype(np.float32)))
+            cached = (self.cp.asarray(np.cos(angle).astype(np.float32)), self.cp.asarray(np.sin(angle).astype(np.float32)), inv_freq)
             self.rope_cache[id(inv_freq)] = cached
-        return cached
+        return cached[:2]
 
     def rope_write_kv(self, qkv, plan: DevicePlan, inv_freq, k_cache, v_cache, H, Hkv, D):
         """qkv Partial [N, (H + 2 Hkv) D] -> rotated q fp32 [N, H, D]; rotated k and v go to their cache slots."""
@@ -492,8 +499,8 @@ class CudaBackend:
                 [a.data.ptr for a in (layer.attn_norm, layer.wqkv, layer.wo, layer.mlp_norm, layer.w_gate_up, layer.w_down, k, v)]
                 for layer, k, v in zip(model.weights.layers[: model.num_layers], cache.k, cache.v)
             ]
-            self.layer_tables[key] = self.cp.asarray(np.array(rows, dtype=np.uint64))
-        return self.layer_tables[key]
+            self.layer_tables[key] = (self.cp.asarray(np.array(rows, dtype=np.uint64)), model.weights, cache)
+        return self.layer_tables[key][0]
 
     def fused_layers(self, model, plan: DevicePlan, cache, x, rows: int):
         """Every layer of a small step in one persistent launch; x: embeddings fp32 [N, C] -> residual stream."""
@@ -532,12 +539,17 @@ class CudaBackend:
         )
         return x
 
-    def argmax(self, logits) -> np.ndarray:
+    def argmax_device(self, logits):
+        """int32 [R] argmax of each row, left on the device (the host copy waits for the step)."""
         cp = self.cp
         logits = cp.ascontiguousarray(logits)
         ids = cp.empty(logits.shape[0], dtype=cp.int32)
         self.kernel("sampling.cu", "argmax_rows")((logits.shape[0],), (256,), (logits, ids, np.int32(logits.shape[1])))
-        return cp.asnumpy(ids)
+        return ids
+
+    def gather(self, array, index: list[int]):
+        """array[index] on the device, in stream order (rows of a step's tokens for the next step)."""
+        return self.cp.take(array, self.put(index, np.int64))
 
     def sample_rows(self, logits, rows, params, uniforms) -> np.ndarray:
         """tokens[r] drawn from p of params[r] at uniform u[r] (u comes from the request's seeded generator)."""
@@ -573,8 +585,8 @@ class CudaBackend:
         """Device table of every layer's K and V cache pointers (one per KVCache, made once)."""
         key = (id(ks), id(vs))
         if key not in self.pointer_tables:
-            self.pointer_tables[key] = self.cp.asarray(np.array([c.data.ptr for c in (*ks, *vs)], dtype=np.uint64))
-        return self.pointer_tables[key]
+            self.pointer_tables[key] = (self.cp.asarray(np.array([c.data.ptr for c in (*ks, *vs)], dtype=np.uint64)), ks, vs)
+        return self.pointer_tables[key][0]
 
     def copy_page(self, ks, vs, source: int, destination: int) -> None:
         P = ks[0].shape[2]

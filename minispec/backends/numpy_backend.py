@@ -156,8 +156,11 @@ class NumpyBackend:
         write_kv(k_cache, v_cache, k, v, plan.slots, k_cache.shape[2])
         return q
 
-    def argmax(self, logits) -> np.ndarray:
-        return np.argmax(logits, axis=-1)
+    def argmax_device(self, logits) -> np.ndarray:
+        return np.argmax(logits, axis=-1).astype(np.int32)
+
+    def gather(self, array, index: list[int]):
+        return np.asarray(array)[np.asarray(index, dtype=np.int64)]
 
     def verify_tree(self, logits, row0: int, tree, params, uniforms):
         """Reference of the verify_tree kernel."""
