@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import MinispecError
+from .kv_cache import KVPoolFull
 from .drafters import NoDrafter
 from .sampling import SamplingParams
 from .step import StepItem, build_plan
@@ -118,7 +119,9 @@ class Engine:
         host reads that token, so the host's work between steps (the copy back, emitting text, stop checks,
         the next plan) overlaps the GPU's. A sequence that stops at step k's token wastes the step launched
         past it: its K/V landed beyond L on a page the sequence owns, and nothing reads it. The tokens are
-        those of step-by-step greedy decoding (same kernels, same inputs)."""
+        those of step-by-step greedy decoding (same kernels, same inputs). When the pool has no page for the
+        step ahead, that round waits for the pending tokens and goes step by step (a sequence that stops
+        there never needed the page)."""
         backend = self.model.backend
         pending = None  # (sequences of the step in flight, its argmax ids on the device)
         while True:
@@ -128,10 +131,16 @@ class Engine:
                 rows = [s for s in pending[0] if not s.done and len(s.output) + 1 < s.params.max_tokens and s.L + 2 < self.max_model_len]
                 ahead = 1
             launched = None
-            if rows:
-                items = []
+            try:
                 for s in rows:  # the root of s sits at L, or at L + 1 behind the pending step's token
                     self.cache.prepare(s.table, s.L + ahead, 1)
+            except KVPoolFull:
+                if not ahead:
+                    raise
+                rows = []
+            if rows:
+                items = []
+                for s in rows:
                     root = s.tokens[s.L] if not ahead else 0  # 0: a placeholder, the token is on the device
                     items.append(StepItem.tree(s.table, s.L + ahead, Tree.single(root)))
                 tokens = None
@@ -148,9 +157,9 @@ class Engine:
                     s.stats.steps += 1
                     s.stats.accepted_lengths[1] += 1
                     yield from self.emit(s, [int(token)])
-            if launched is None:
+            if launched is None and pending is None:
                 return
-            pending = launched
+            pending = launched  # None: the next round goes step by step
 
     # ------------------------------------------------------------------ pieces of the loop
     def check_prompt(self, prompt: list[int]) -> None:

@@ -204,3 +204,25 @@ def test_decode_ahead_equals_step_by_step(tiny_model):
     assert [s.finish_reason for s in ahead[2].samples] == ["length", "length"]
     assert len(ahead[2].samples[0].token_ids) < 500  # stopped by the context limit, not by max_tokens
     assert llm.cache.free_pages == llm.cache.num_pages
+
+
+def test_decode_ahead_needs_no_page_that_step_by_step_does_not(tiny_model):
+    """A stop string ends a sequence at a token whose step-ahead would open a new page; with a pool that holds
+    exactly what step-by-step decoding needs, decoding ahead must not fail for want of that page."""
+    llm = LLM(model=str(tiny_model), device="cpu")
+    llm.engine.decode_ahead_enabled = False
+    prompt = llm.tokenizer.encode("shared prompt " * 2)
+    P, L = 16, len(prompt)
+    output = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)).token_ids
+    k = next(k for k in range(1, 40) if (L + k) % P == 0)  # token k is read while the step at L + k runs ahead
+    decoder = llm.tokenizer.stream_decoder()
+    stop = "".join(decoder.step(t) or "" for t in output[: k + 1])  # the text through token k: it stops there
+    params = SamplingParams(temperature=0, max_tokens=40, stop=[stop])
+    results = []
+    for ahead in (False, True):
+        small = LLM(model=str(tiny_model), device="cpu", kv_cache_tokens=L + k, page_size=P)
+        small.engine.decode_ahead_enabled = ahead
+        results.append(small.generate(prompt, params))
+        assert small.cache.free_pages == small.cache.num_pages
+    assert results[0].samples[0].finish_reason == results[1].samples[0].finish_reason == "stop"
+    assert results[0].token_ids == results[1].token_ids == output[: k + 1]  # the stop trims the text, not the tokens
