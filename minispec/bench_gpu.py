@@ -252,7 +252,7 @@ def decode_ahead_time(model, context: int, steps: int = 32) -> float:
         ids = model.forward(build_plan([StepItem.tree(table, context, Tree.single(0))], 16), cache).argmax_device()
         for i in range(1, steps):
             plan = build_plan([StepItem.tree(table, context + i, Tree.single(0))], 16)
-            previous, ids = ids, model.forward(plan, cache, backend.gather(ids, [0])).argmax_device()
+            previous, ids = ids, model.forward(plan, cache, ids).argmax_device()
             backend.to_host(previous)
         backend.to_host(ids)
 

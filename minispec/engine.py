@@ -144,9 +144,11 @@ class Engine:
                     root = s.tokens[s.L] if not ahead else 0  # 0: a placeholder, the token is on the device
                     items.append(StepItem.tree(s.table, s.L + ahead, Tree.single(root)))
                 tokens = None
-                if ahead:
-                    where = {id(s): i for i, s in enumerate(pending[0])}
-                    tokens = backend.gather(pending[1], [where[id(s)] for s in rows])
+                if ahead:  # the pending ids as they are, or the rows of the sequences still going
+                    tokens = pending[1]
+                    if len(rows) < len(pending[0]):
+                        where = {id(s): i for i, s in enumerate(pending[0])}
+                        tokens = backend.gather(pending[1], [where[id(s)] for s in rows])
                 logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache, tokens)
                 launched = (rows, logits.argmax_device())
             if pending is not None:

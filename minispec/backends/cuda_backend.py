@@ -151,7 +151,7 @@ class CudaBackend:
         self.kv_memory_fraction = kv_memory_fraction
         self.modules = {}  # kernel file -> RawModule (compiled for this backend's storage type)
         self.functions = {}  # (file, kernel name) -> Function
-        self.graphs = {}  # (model, cache, B, N bucket, context bucket) -> CapturedStep
+        self.graphs = {}  # (model, cache, B, N bucket, context bucket, launch settings) -> CapturedStep
         self.gemm_blocks_per_sm = 8  # measured best for M <= 16 on 8B shapes (bench gemm variants)
         # rows from which cuBLAS is used: measured faster at every M and shape on an H200 (notes/gemm_cublas_vs_own.log),
         # so the own kernel serves only when cuBLAS cannot be loaded (or a test or benchmark asks for it)
@@ -260,7 +260,9 @@ class CudaBackend:
         N, B = plan.num_tokens, plan.batch_size
         bucket = pow2_bucket(N)
         context = context_bucket(int(plan.kv_len.max()))  # attention splits follow the context
-        key = (id(model), id(cache), B, bucket, context)
+        # the launch settings are part of the key: changing one (tests, benchmarks) must capture anew
+        settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), self.attention_warps, self.attention_splits)
+        key = (id(model), id(cache), B, bucket, context, settings)
         step = self.graphs.get(key)
         if step is None:
             limit = model.config.max_position_embeddings + 128
