@@ -1,34 +1,87 @@
 // Token selection on the GPU, so a greedy step copies back T ids instead of T x V logits.
 //
-// argmax_rows: ids[r] = argmax_v logits[r, v] (first index on ties, like numpy.argmax)
-//   logits float [R, V], ids int32 [R].  grid (R), block 256; block-wide (value, index) reduction.
+// argmax_rows: ids[r] = argmax_v logits[r, v] in numpy.argmax's order: NaN above every number (the first NaN
+//   wins, so a step that went NaN still feeds the next one a valid id), then the value, then the lower index.
+//   Two launches, so that a decode step's one row of 128k logits is read by many SMs at once (one block per
+//   row reads it at one SM's latency-bound pace: 200 µs for Llama-3's vocabulary, a twentieth of the step):
+//   argmax_share  grid (S, R), block 256: block s scans the s-th share of row r, 8 loads in flight per
+//                 thread, and writes its best (value, index) to best_value/best_index [R, S];
+//   argmax_merge  grid (R), block 32: one warp picks each row's best of its S shares.
+//   logits float [R, V], ids int32 [R].
 // NumPy reference: numpy.argmax. Tests: tests/test_cuda_kernels.py.
 
-extern "C" __global__ void argmax_rows(const float* __restrict__ logits, int* __restrict__ ids, int V) {
-    __shared__ float best_value[256];
-    __shared__ int best_index[256];
-    const float* row = logits + (long long)blockIdx.x * V;
-    float value = -__int_as_float(0x7f800000);
-    int index = 0x7fffffff;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        float x = row[v];
-        if (x > value) { value = x; index = v; }  // strided scan: the first max of this thread's share
+#define NO_INDEX 0x7fffffff  // no candidate yet
+#define ARGMAX_THREADS 256
+#define ARGMAX_UNROLL 8
+
+__device__ __forceinline__ bool argmax_beats(float x, int i, float best, int best_i) {
+    if (i == NO_INDEX) return false;
+    if (best_i == NO_INDEX) return true;
+    const bool x_nan = x != x, best_nan = best != best;
+    if (x_nan != best_nan) return x_nan;
+    if (!x_nan && x != best) return x > best;
+    return i < best_i;
+}
+
+__device__ __forceinline__ void argmax_warp(float& value, int& index) {
+    #pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        float other = __shfl_down_sync(0xffffffffu, value, offset);
+        int other_index = __shfl_down_sync(0xffffffffu, index, offset);
+        if (argmax_beats(other, other_index, value, index)) { value = other; index = other_index; }
     }
-    best_value[threadIdx.x] = value;
-    best_index[threadIdx.x] = index;
-    __syncthreads();
-    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) {
-            float other = best_value[threadIdx.x + stride];
-            int other_index = best_index[threadIdx.x + stride];
-            if (other > best_value[threadIdx.x] || (other == best_value[threadIdx.x] && other_index < best_index[threadIdx.x])) {
-                best_value[threadIdx.x] = other;
-                best_index[threadIdx.x] = other_index;
-            }
+}
+
+extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
+argmax_share(const float* __restrict__ logits, float* __restrict__ best_value, int* __restrict__ best_index, int V) {
+    const int r = blockIdx.y, S = gridDim.x;
+    const int share = (V + S - 1) / S;
+    const int begin = blockIdx.x * share, end = min(V, begin + share);
+    const float* row = logits + (long long)r * V;
+    float value = 0.0f;
+    int index = NO_INDEX;
+    for (int base = begin + threadIdx.x; base < end; base += ARGMAX_UNROLL * ARGMAX_THREADS) {
+        float x[ARGMAX_UNROLL];
+        #pragma unroll
+        for (int u = 0; u < ARGMAX_UNROLL; ++u) {  // every load issued before the first compare
+            const int v = base + u * ARGMAX_THREADS;
+            x[u] = v < end ? row[v] : 0.0f;
         }
-        __syncthreads();
+        #pragma unroll
+        for (int u = 0; u < ARGMAX_UNROLL; ++u) {  // ascending v within the thread: the first max stays
+            const int v = base + u * ARGMAX_THREADS;
+            if (v < end && argmax_beats(x[u], v, value, index)) { value = x[u]; index = v; }
+        }
     }
-    if (threadIdx.x == 0) ids[blockIdx.x] = best_index[0];
+    argmax_warp(value, index);
+    __shared__ float warp_value[ARGMAX_THREADS / 32];
+    __shared__ int warp_index[ARGMAX_THREADS / 32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) { warp_value[warp] = value; warp_index[warp] = index; }
+    __syncthreads();
+    if (warp == 0) {
+        value = lane < ARGMAX_THREADS / 32 ? warp_value[lane] : 0.0f;
+        index = lane < ARGMAX_THREADS / 32 ? warp_index[lane] : NO_INDEX;
+        argmax_warp(value, index);
+        if (lane == 0) {
+            best_value[r * S + blockIdx.x] = value;
+            best_index[r * S + blockIdx.x] = index;
+        }
+    }
+}
+
+extern "C" __global__ void argmax_merge(const float* __restrict__ best_value, const int* __restrict__ best_index, int* __restrict__ ids, int S) {
+    const int r = blockIdx.x;
+    float value = 0.0f;
+    int index = NO_INDEX;
+    for (int s = threadIdx.x; s < S; s += 32) {
+        if (argmax_beats(best_value[r * S + s], best_index[r * S + s], value, index)) {
+            value = best_value[r * S + s];
+            index = best_index[r * S + s];
+        }
+    }
+    argmax_warp(value, index);
+    if (threadIdx.x == 0) ids[r] = index == NO_INDEX ? 0 : index;
 }
 
 // sample_rows: one token per selected row from the target distribution p of the sampling settings
@@ -39,11 +92,19 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ logits, int* __
 //   token = first v (in index order) whose running sum of kept p exceeds u[r] * sum(kept p)
 //   u[r] in [0, 1) is drawn on the host from the request's own seeded generator, so a seed
 //   reproduces its samples and the NumPy backend draws the very same tokens.
-// logits float [R_all, V]; rows int32 [R]; temperature, top_p, min_p float [R]; top_k int32 [R];
-// u float64 [R]; probs float [R, V] scratch; tokens int32 [R].  grid (R), block 512.
-// Thresholds by bisection (40 steps).
+// logits float [R_all, V]; settings float64 [R, 6]: row, temperature, top_k, top_p, min_p, u (one upload; in
+// double as the reference reads them: top_p = 0.999 as a float is 1.3e-8 larger, which at V = 49k moved the cut
+// by a token); probs float [R, V] scratch; tokens int32 [R].  grid (R), block 1024.
+// The block works on e_v = exp(z_v - max z) = p_v / max p (no normalising pass; max e = 1). Thresholds are
+// exact order statistics by radix select on e's bits (positive floats order as their bits): 3 rounds of
+// 10-11 bits, each one pass over the row building a histogram of the values still matching the prefix, then
+// a scan for the bin where the running count (top-k) or mass (top-p) from the top reaches the goal.
+// Masses are summed in 2^-40 fixed point with integer atomics, so the result does not depend on the order
+// the threads add in (a seed reproduces its token). About 10 passes in all; bisection took 85.
 // NumPy reference: minispec.sampling.sample_from(target_distribution(...), u). Tests: test_cuda_kernels.py.
-#define SAMPLE_THREADS 512
+#define SAMPLE_THREADS 1024
+#define RADIX_BINS 2048
+#define MASS_ONE 1099511627776.0  // 2^40: e in (0, 1] as a fixed-point integer; V e's sum below 2^57
 
 __device__ float block_reduce(float value, bool take_max, float* scratch) {
     for (int offset = 16; offset > 0; offset >>= 1) {
@@ -66,92 +127,265 @@ __device__ float block_reduce(float value, bool take_max, float* scratch) {
     return scratch[0];
 }
 
-// p_out[v] = p_v if kept else 0 for one row (block-wide); returns the kept mass.
-__device__ float target_probs(const float* __restrict__ row, float* __restrict__ p_out, int V, float temperature,
-                              int top_k, float top_p, float min_p, float* scratch) {
-    float inv_t = 1.0f / temperature;
-    float local_max = -__int_as_float(0x7f800000);
-    for (int v = threadIdx.x; v < V; v += blockDim.x) local_max = fmaxf(local_max, row[v] * inv_t);
-    float z_max = block_reduce(local_max, true, scratch);
-    float local_sum = 0.0f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        float e = __expf(row[v] * inv_t - z_max);
-        p_out[v] = e;
-        local_sum += e;
+// f(v, x[v]) for this thread's share of x[0..V): 12 loads in flight per thread before the first f (one block
+// reads the row, so a pass is bound by its loads' latency: one at a time, a 128k row took 75 µs a pass).
+#define ROW_UNROLL 12
+template <typename F>
+__device__ __forceinline__ void for_each_in_row(const float* __restrict__ x, int V, F f) {
+    for (int base = threadIdx.x; base < V; base += ROW_UNROLL * blockDim.x) {
+        float values[ROW_UNROLL];
+        #pragma unroll
+        for (int u = 0; u < ROW_UNROLL; u++) {
+            const int v = base + u * blockDim.x;
+            values[u] = v < V ? x[v] : 0.0f;
+        }
+        #pragma unroll
+        for (int u = 0; u < ROW_UNROLL; u++) {
+            const int v = base + u * blockDim.x;
+            if (v < V) f(v, values[u]);
+        }
     }
-    float total = block_reduce(local_sum, false, scratch);
-    for (int v = threadIdx.x; v < V; v += blockDim.x) p_out[v] /= total;
+}
+
+// A bin's mass is kept as four 10-bit digit sums of the 40-bit fixed-point masses, each in its own 32-bit
+// histogram: shared-memory atomics are native at 32 bits (a 64-bit add is a compare-and-swap loop, which
+// contended bins turn into the pass's whole cost), a digit sum over V <= 2^22 values stays below 2^32, and
+// the small e of the long tail have zero high digits, so they cost fewer adds.
+struct RadixShared {
+    unsigned int digits[4][RADIX_BINS];  // counts in digits[0] when selecting by count
+    unsigned long long warp_sums[32];
+    unsigned long long above;
+    int bin;
+};
+
+__device__ __forceinline__ unsigned long long bin_total(const RadixShared& sh, int b, bool by_mass) {
+    if (!by_mass) return sh.digits[0][b];
+    return (unsigned long long)sh.digits[0][b] + ((unsigned long long)sh.digits[1][b] << 10) +
+           ((unsigned long long)sh.digits[2][b] << 20) + ((unsigned long long)sh.digits[3][b] << 30);
+}
+
+// Bins in descending order: the bin where the running total first reaches `need` (and the total of the bins
+// above it), or bin -1 when all of them together stay below. Block-wide; every thread gets the answer.
+__device__ int find_crossing(RadixShared& sh, int bins, bool by_mass, unsigned long long need, unsigned long long& above) {
+    const int per = (bins + blockDim.x - 1) / blockDim.x;  // bins per thread, highest first
+    unsigned long long mine = 0;
+    for (int j = 0; j < per; j++) {
+        int pos = threadIdx.x * per + j;
+        if (pos < bins) mine += bin_total(sh, bins - 1 - pos, by_mass);
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    unsigned long long inclusive = mine;
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        unsigned long long other = __shfl_up_sync(0xffffffffu, inclusive, offset);
+        if (lane >= offset) inclusive += other;
+    }
+    if (lane == 31) sh.warp_sums[warp] = inclusive;
+    if (threadIdx.x == 0) sh.bin = -1;
     __syncthreads();
-    float tau = min_p / total;  // max p = 1 / total
-    if (top_k > 0 && top_k < V) {
-        float lo = 0.0f, hi = 1.0f / total;
-        for (int step = 0; step < 40; step++) {
-            float mid = 0.5f * (lo + hi), count = 0.0f;
-            for (int v = threadIdx.x; v < V; v += blockDim.x) count += p_out[v] >= mid;
-            if (block_reduce(count, false, scratch) >= top_k) lo = mid; else hi = mid;
+    if (warp == 0) {
+        unsigned long long total = lane < blockDim.x / 32 ? sh.warp_sums[lane] : 0;
+        for (int offset = 1; offset < 32; offset <<= 1) {
+            unsigned long long other = __shfl_up_sync(0xffffffffu, total, offset);
+            if (lane >= offset) total += other;
         }
-        tau = fmaxf(tau, lo);
+        sh.warp_sums[lane] = total;  // inclusive over warps
     }
-    if (top_p < 1.0f) {
-        float lo = 0.0f, hi = 1.0f / total;
-        for (int step = 0; step < 40; step++) {
-            float mid = 0.5f * (lo + hi), mass = 0.0f;
-            for (int v = threadIdx.x; v < V; v += blockDim.x) mass += p_out[v] >= mid ? p_out[v] : 0.0f;
-            if (block_reduce(mass, false, scratch) >= top_p) lo = mid; else hi = mid;
+    __syncthreads();
+    inclusive += warp > 0 ? sh.warp_sums[warp - 1] : 0;
+    unsigned long long running = inclusive - mine;
+    if (running < need && need <= inclusive) {  // exactly one thread holds the crossing
+        for (int j = 0; j < per; j++) {
+            int b = bins - 1 - (threadIdx.x * per + j);
+            unsigned long long here = bin_total(sh, b, by_mass);
+            if (running + here >= need) { sh.bin = b; sh.above = running; break; }
+            running += here;
         }
-        tau = fmaxf(tau, lo);
+    }
+    __syncthreads();
+    above = sh.above;
+    int bin = sh.bin;
+    __syncthreads();  // the next round may clear the histograms and bin
+    return bin;
+}
+
+// The bits of the e (an order statistic of e[0..V)) where the count (by_mass false: each e counts 1) or the
+// fixed-point mass from the top first reaches `need`; 0 when the goal is never reached.
+__device__ unsigned int radix_select(const float* __restrict__ e, int V, bool by_mass, unsigned long long need, RadixShared& sh) {
+    const int shifts[3] = {21, 10, 0}, widths[3] = {10, 11, 10};  // bit 31 (the sign) is 0
+    unsigned int prefix = 0, mask = 0;
+    #pragma unroll
+    for (int round = 0; round < 3; round++) {
+        const int shift = shifts[round], bins = 1 << widths[round];
+        for (int b = threadIdx.x; b < bins; b += blockDim.x) {
+            sh.digits[0][b] = 0;
+            if (by_mass) sh.digits[1][b] = sh.digits[2][b] = sh.digits[3][b] = 0;
+        }
+        __syncthreads();
+        for_each_in_row(e, V, [&](int, float x) {
+            unsigned int bits = __float_as_uint(x);
+            if ((bits & mask) == prefix) {
+                const int b = (bits >> shift) & (bins - 1);
+                if (!by_mass) {
+                    atomicAdd(&sh.digits[0][b], 1u);
+                } else {
+                    unsigned long long m = (unsigned long long)((double)x * MASS_ONE);
+                    #pragma unroll
+                    for (int d = 0; d < 4; d++) {
+                        unsigned int digit = (unsigned int)(m >> (10 * d)) & (d == 3 ? 0x7ffu : 0x3ffu);  // m <= 2^40
+                        if (digit) atomicAdd(&sh.digits[d][b], digit);
+                    }
+                }
+            }
+        });
+        __syncthreads();
+        unsigned long long above;
+        int bin = find_crossing(sh, bins, by_mass, need, above);
+        if (bin < 0) return 0u;
+        need -= above;
+        prefix |= (unsigned int)bin << shift;
+        mask |= (unsigned int)(bins - 1) << shift;
+    }
+    return prefix;
+}
+
+// p_out[v] = e_v if kept else 0 for one row (block-wide); returns the kept mass (in e units).
+__device__ float target_probs(const float* __restrict__ row, float* __restrict__ p_out, int V, double temperature,
+                              int top_k, double top_p, double min_p, float* scratch, RadixShared& sh) {
+    float local_max = -__int_as_float(0x7f800000);
+    for_each_in_row(row, V, [&](int, float x) { local_max = fmaxf(local_max, x); });
+    const double inv_t = 1.0 / temperature, z_max = (double)block_reduce(local_max, true, scratch) * inv_t;
+    unsigned long long local_mass = 0;
+    for_each_in_row(row, V, [&](int v, float x) {
+        // z - max z in double, as the reference divides: at top_p near 1 the cut falls among tokens of p ~ 1e-6
+        // of the mass, and a float z's error (|z| ulp, the same sign for neighbours) moved the cut by a token;
+        // exp itself in float (a double exp per logit is most of the kernel's time on one SM)
+        float e = expf((float)fma((double)x, inv_t, -z_max));
+        p_out[v] = e;
+        local_mass += (unsigned long long)((double)e * MASS_ONE);
+    });
+    __syncthreads();  // every e is in p_out before the passes below read other threads' entries
+    float tau = (float)min_p;  // min_p * max p, and max e = 1
+    if (top_k > 0 && top_k < V) tau = fmaxf(tau, __uint_as_float(radix_select(p_out, V, false, (unsigned long long)top_k, sh)));
+    if (top_p < 1.0) {
+        // the total mass in the same fixed point, summed exactly (integer adds commute)
+        for (int offset = 16; offset > 0; offset >>= 1) local_mass += __shfl_xor_sync(0xffffffffu, local_mass, offset);
+        if (threadIdx.x == 0) sh.above = 0;
+        __syncthreads();
+        if (threadIdx.x % 32 == 0) atomicAdd(&sh.above, local_mass);
+        __syncthreads();
+        unsigned long long total = sh.above;
+        __syncthreads();
+        unsigned long long need = (unsigned long long)ceil(top_p * (double)total);
+        tau = fmaxf(tau, __uint_as_float(radix_select(p_out, V, true, need > 0 ? need : 1ull, sh)));
     }
     float kept = 0.0f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        float p = p_out[v] >= tau ? p_out[v] : 0.0f;
+    for_each_in_row(p_out, V, [&](int v, float e) {
+        float p = e >= tau ? e : 0.0f;
         p_out[v] = p;
         kept += p;
-    }
+    });
     return block_reduce(kept, false, scratch);
 }
 
-// The first v (index order) whose running sum of p exceeds u * mass; thread t scans the chunk [t C, (t+1) C).
-__device__ int sample_index(const float* __restrict__ p, int V, double u, float* chunk_sum, float* scratch) {
-    __shared__ int found, last_kept;
-    int C = (V + blockDim.x - 1) / blockDim.x, begin = threadIdx.x * C, end = min(V, begin + C);
-    float mine = 0.0f;
-    int my_last = -1;
-    for (int v = begin; v < end; v++) {
-        mine += p[v];
-        if (p[v] > 0.0f) my_last = v;
+// Sum of p over [begin, end) by one warp, lanes strided, 12 loads in flight per lane (a fixed order: the same
+// bits every run); also the last v with p > 0 there (-1 if none).
+__device__ float warp_range_sum(const float* __restrict__ p, int begin, int end, int& last) {
+    const int lane = threadIdx.x % 32;
+    float sum = 0.0f;
+    last = -1;
+    for (int base = begin + lane; base < end; base += 32 * ROW_UNROLL) {
+        float x[ROW_UNROLL];
+        #pragma unroll
+        for (int u = 0; u < ROW_UNROLL; u++) x[u] = base + 32 * u < end ? p[base + 32 * u] : 0.0f;
+        #pragma unroll
+        for (int u = 0; u < ROW_UNROLL; u++) {
+            sum += x[u];
+            if (x[u] > 0.0f) last = base + 32 * u;
+        }
     }
-    chunk_sum[threadIdx.x] = mine;
-    if (threadIdx.x == 0) { found = 0x7fffffff; last_kept = -1; }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        last = max(last, __shfl_xor_sync(0xffffffffu, last, offset));
+    }
+    return sum;
+}
+
+// The first v (index order) whose running sum of p exceeds u * (sum of p); the last v with p > 0 when rounding
+// leaves the target past the end. Two rounds narrow the range: the row (then the chunk found) is cut into one
+// chunk per warp, each warp sums its chunk, and thread 0 finds the chunk where the running sum passes the
+// target; then one warp scans that last chunk (about 128 values at Llama 3's vocabulary) 32 at a time.
+__device__ int sample_index(const float* __restrict__ p, int V, double u, float* warp_sum, float* scratch) {
+    __shared__ int range_begin, range_end, last_kept;
+    __shared__ float before, target;
+    const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int begin = 0, end = V;
+    for (int round = 0; round < 2; round++) {
+        const int C = ((end - begin + warps - 1) / warps + 31) / 32 * 32;
+        const int chunk_begin = min(end, begin + warp * C), chunk_end = min(end, chunk_begin + C);
+        int last;
+        float sum = warp_range_sum(p, chunk_begin, chunk_end, last);
+        if (lane == 0) { warp_sum[warp] = sum; scratch[warp] = __int_as_float(last); }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            if (round == 0) {
+                float total = 0.0f;
+                last_kept = -1;
+                for (int w = 0; w < warps; w++) { total += warp_sum[w]; last_kept = max(last_kept, __float_as_int(scratch[w])); }
+                target = (float)(u * total);
+                before = 0.0f;
+            }
+            float running = before;
+            range_begin = range_end = end;  // not found: the scan below finds nothing
+            for (int w = 0; w < warps; w++) {
+                if (warp_sum[w] > 0.0f && running + warp_sum[w] > target) {
+                    range_begin = min(end, begin + w * C);
+                    range_end = min(end, range_begin + C);
+                    break;
+                }
+                running += warp_sum[w];
+            }
+            before = running;
+        }
+        __syncthreads();
+        begin = range_begin;
+        end = range_end;
+    }
+    __shared__ int found;
+    if (threadIdx.x == 0) found = -1;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        float running = 0.0f;
-        for (int t = 0; t < blockDim.x; t++) { float s = chunk_sum[t]; chunk_sum[t] = running; running += s; }
-        scratch[0] = running;
+    if (warp == 0) {
+        float running = before;
+        for (int base = begin; base < end; base += 32) {
+            float x = base + lane < end ? p[base + lane] : 0.0f;
+            float inclusive = x;
+            for (int offset = 1; offset < 32; offset <<= 1) {
+                float other = __shfl_up_sync(0xffffffffu, inclusive, offset);
+                if (lane >= offset) inclusive += other;
+            }
+            unsigned int crossed = __ballot_sync(0xffffffffu, x > 0.0f && running + inclusive > target);
+            if (crossed) {
+                if (lane == __ffs(crossed) - 1) found = base + lane;
+                break;
+            }
+            running += __shfl_sync(0xffffffffu, inclusive, 31);
+        }
     }
     __syncthreads();
-    float target = (float)(u * scratch[0]), running = chunk_sum[threadIdx.x];
-    for (int v = begin; v < end; v++) {
-        if (p[v] <= 0.0f) continue;
-        running += p[v];
-        if (running > target) { atomicMin(&found, v); break; }
-    }
-    if (my_last >= 0) atomicMax(&last_kept, my_last);
-    __syncthreads();
-    int token = found == 0x7fffffff ? last_kept : found;  // rounding past the last sum: the last kept token
+    int token = found >= 0 ? found : last_kept;
     __syncthreads();
     return token;
 }
 
-extern "C" __global__ void sample_rows(const float* __restrict__ logits, const int* __restrict__ rows,
-                                       const float* __restrict__ temperature, const int* __restrict__ top_k,
-                                       const float* __restrict__ top_p, const float* __restrict__ min_p,
-                                       const double* __restrict__ u, float* __restrict__ probs, int* __restrict__ tokens, int V) {
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(const float* __restrict__ logits, const double* __restrict__ settings,
+                                                                         float* __restrict__ probs, int* __restrict__ tokens, int V) {
     __shared__ float scratch[32];
-    __shared__ float chunk_sum[SAMPLE_THREADS];
-    int r = blockIdx.x;
+    __shared__ float warp_sum[SAMPLE_THREADS / 32];
+    __shared__ RadixShared radix;
+    const int r = blockIdx.x;
+    const double* s = settings + 6 * r;  // row, temperature, top_k, top_p, min_p, u
     float* p = probs + (long long)r * V;
-    target_probs(logits + (long long)rows[r] * V, p, V, temperature[r], top_k[r], top_p[r], min_p[r], scratch);
-    int token = sample_index(p, V, u[r], chunk_sum, scratch);
+    target_probs(logits + (long long)s[0] * V, p, V, s[1], (int)s[2], s[3], s[4], scratch, radix);
+    int token = sample_index(p, V, s[5], warp_sum, scratch);
     if (threadIdx.x == 0) tokens[r] = token;
 }
 
@@ -162,17 +396,18 @@ extern "C" __global__ void sample_rows(const float* __restrict__ logits, const i
 //   Uniforms u[0 .. T] are drawn on the host from the request's generator and used in order.
 // logits float [R, V] (the tree's rows start at row0); parents, tokens int32 [T]; uniforms float64 [T + 1];
 // probs float [V] scratch; out int32 [T + 2]: out[0] = path length, out[1] = bonus, out[2..] = path nodes.
-// grid (1), block 512. NumPy reference: minispec.verify.verify_sampled. Tests: tests/test_cuda_kernels.py.
-extern "C" __global__ void verify_tree(const float* __restrict__ logits, int row0, int T, const int* __restrict__ parents,
-                                       const int* __restrict__ tokens, float temperature, int top_k, float top_p, float min_p,
+// grid (1), block 1024. NumPy reference: minispec.verify.verify_sampled. Tests: tests/test_cuda_kernels.py.
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) verify_tree(const float* __restrict__ logits, int row0, int T, const int* __restrict__ parents,
+                                       const int* __restrict__ tokens, double temperature, int top_k, double top_p, double min_p,
                                        const double* __restrict__ uniforms, float* __restrict__ probs, int* __restrict__ out, int V) {
     __shared__ float scratch[32];
-    __shared__ float chunk_sum[SAMPLE_THREADS];
+    __shared__ float warp_sum[SAMPLE_THREADS / 32];
+    __shared__ RadixShared radix;
     __shared__ int accepted;
     int node = 0, length = 1, next_uniform = 0;
     if (threadIdx.x == 0) out[2] = 0;
     while (true) {
-        float mass = target_probs(logits + (long long)(row0 + node) * V, probs, V, temperature, top_k, top_p, min_p, scratch);
+        float mass = target_probs(logits + (long long)(row0 + node) * V, probs, V, temperature, top_k, top_p, min_p, scratch, radix);
         if (threadIdx.x == 0) {
             accepted = -1;
             for (int c = node + 1; c < T && accepted < 0; c++) {
@@ -195,7 +430,7 @@ extern "C" __global__ void verify_tree(const float* __restrict__ logits, int row
         length++;
         __syncthreads();
     }
-    int bonus = sample_index(probs, V, uniforms[next_uniform], chunk_sum, scratch);
+    int bonus = sample_index(probs, V, uniforms[next_uniform], warp_sum, scratch);
     if (threadIdx.x == 0) {
         out[0] = length;
         out[1] = bonus;

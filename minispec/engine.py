@@ -123,7 +123,7 @@ class Engine:
         step ahead, that round waits for the pending tokens and goes step by step (a sequence that stops
         there never needed the page)."""
         backend = self.model.backend
-        pending = None  # (sequences of the step in flight, its argmax ids on the device)
+        pending = None  # (sequences of the step in flight, its argmax ids on the device, their host copy's wait)
         while True:
             if pending is None:
                 rows, ahead = [s for s in seqs if not s.done], 0
@@ -150,9 +150,10 @@ class Engine:
                         where = {id(s): i for i, s in enumerate(pending[0])}
                         tokens = backend.gather(pending[1], [where[id(s)] for s in rows])
                 logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache, tokens)
-                launched = (rows, logits.argmax_device())
+                ids = logits.argmax_device()
+                launched = (rows, ids, backend.to_host_soon(ids))  # the copy is queued before step k + 1
             if pending is not None:
-                for s, token in zip(pending[0], backend.to_host(pending[1])):
+                for s, token in zip(pending[0], pending[2]()):  # waits for step k alone
                     if s.done:  # stopped at the previous token: this step ran past its end
                         continue
                     s.L += 1  # the root's K/V is in place (a one-node path moves nothing)

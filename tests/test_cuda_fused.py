@@ -141,8 +141,9 @@ def test_fused_layers_are_deterministic(tmp_path):
 
 
 def test_graphs_are_not_replayed_into_a_freed_cache(tmp_path):
-    """Captured graphs are keyed by id(cache): a new cache (of another size, at new addresses) created after
-    the old one is freed may get the old id, and must not replay the old cache's graph."""
+    """Captured graphs are keyed by their cache: a new cache (of another size, at new addresses) created after
+    the old one is freed may get the old id, and must not replay the old cache's graph (the entry goes with
+    the cache: backends.cuda_backend.IdentityTable)."""
     import gc
 
     import cupy as cp

@@ -209,24 +209,56 @@ def test_kv_commit_with_overlapping_moves(dtype):
     assert_close(host_float(k2, dtype), k2_ref, 0, 0, "page copy")
 
 
-def test_argmax_rows_first_index_on_ties():
+@pytest.mark.parametrize("R, V", [(33, 49157), (1, 128256), (64, 128256), (3, 5)])
+def test_argmax_rows_first_index_on_ties(R, V):
+    """Each row's share scans and the merge of shares must keep numpy's order: NaN first, then value, then index."""
     import cupy as cp
 
-    be, rng = backend("bfloat16"), np.random.default_rng(9)
-    logits = rng.normal(size=(33, 49157)).astype(np.float32)
-    logits[3, [10, 20000, 40000]] = 50.0  # ties: the first index wins, as in numpy
+    be, rng = backend("bfloat16"), np.random.default_rng(9 + R)
+    logits = rng.normal(size=(R, V)).astype(np.float32)
+    logits[0, [V - 1, 1, V // 2]] = 50.0  # ties across shares: the first index wins, as in numpy
+    if R > 8:
+        logits[5, [V - 3, 300 % V, V // 3]] = np.nan  # NaN is the max, the first one wins (a NaN step still gives a valid id)
+        logits[6] = np.nan
+        logits[7] = -np.inf  # no value beats -inf: index 0
+        logits[8, V - 1] = np.inf
     assert (be.to_host(be.argmax_device(cp.asarray(logits))) == np.argmax(logits, axis=-1)).all()
 
 
+def test_to_host_soon_copies_in_stream_order_and_waits_for_nothing_later():
+    """decode_ahead reads step k's tokens with to_host_soon while step k + 1 runs: the copy must see the values
+    queued before it (not a later overwrite), and waiting for it must not wait for work queued after it."""
+    import cupy as cp
+
+    be = backend("bfloat16")
+    spin = cp.RawKernel(
+        r"""extern "C" __global__ void spin(long long cycles, int* x) {
+            long long start = clock64();
+            while (clock64() - start < cycles) {}
+            x[0] = 7;
+        }""",
+        "spin",
+    )
+    ids = be.put(np.arange(5, 10), np.int32)
+    read = be.to_host_soon(ids)
+    later = cp.cuda.Event()
+    spin((1,), (1,), (np.int64(2_000_000_000), ids))  # about a second at 1.7 GHz, then overwrites ids[0]
+    later.record(be.stream)
+    assert list(read()) == [5, 6, 7, 8, 9]
+    assert not later.done, "waiting for the copy waited for the work queued after it"
+    later.synchronize()
+    assert be.to_host(ids)[0] == 7
+
+
 @pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.7, top_k=20), dict(temperature=1.2, top_p=0.8), dict(temperature=0.9, min_p=0.05), dict(temperature=1.0, top_k=50, top_p=0.9, min_p=0.01)])
-def test_sample_rows_matches_reference(settings):
+@pytest.mark.parametrize("R, V", [(64, 4099), (6, 128256)])
+def test_sample_rows_matches_reference(settings, R, V):
     import cupy as cp
 
     from minispec import SamplingParams
     from minispec.sampling import target_distribution
 
     be, rng = backend("bfloat16"), np.random.default_rng(21)
-    R, V = 64, 4099
     logits = (rng.normal(size=(R, V)) * 3).astype(np.float32)
     params = [SamplingParams(**settings)] * R
     uniforms = rng.random(R)
@@ -237,6 +269,32 @@ def test_sample_rows_matches_reference(settings):
         assert p[token] > 0, "sampled a filtered-out token"
         before, through = p[:token].sum(), p[: token + 1].sum()
         assert before - 1e-4 <= u <= through + 1e-4, f"u={u} outside the token's CDF interval [{before}, {through}]"
+
+
+@pytest.mark.parametrize("V", [4099, 49152, 128256])
+@pytest.mark.parametrize("settings", [dict(temperature=0.7, top_k=20), dict(temperature=1.2, top_p=0.8), dict(temperature=0.9, min_p=0.05),
+                                      dict(temperature=1.0, top_k=3000, top_p=0.95), dict(temperature=2.0, top_p=0.999)])
+def test_kept_set_is_the_reference_s(settings, V):
+    """The filters' thresholds (radix select on the kernel's side, a sort on the reference's) keep the same tokens,
+    with the same relative probabilities: the scratch row the kernel samples from, read back."""
+    import cupy as cp
+
+    from minispec import SamplingParams
+    from minispec.sampling import target_distribution
+
+    be, rng = backend("bfloat16"), np.random.default_rng(V)
+    R = 3
+    logits = (rng.normal(size=(R, V)) * rng.uniform(1, 6, size=(R, 1))).astype(np.float32)
+    params = SamplingParams(**settings)
+    probs = cp.full((R, V), np.nan, dtype=cp.float32)
+    tokens = cp.full(R, -1, dtype=cp.int32)
+    packed = [(r, params.temperature, params.top_k, params.top_p, params.min_p, u) for r, u in enumerate(rng.random(R))]
+    be.kernel("sampling.cu", "sample_rows")((R,), (1024,), (cp.asarray(logits), be.put(packed, np.float64), probs, tokens, np.int32(V)))
+    kept = cp.asnumpy(probs)
+    for r in range(R):
+        p = target_distribution(logits[r], params)
+        assert np.array_equal(kept[r] > 0, p > 0), f"row {r}: kept {int((kept[r] > 0).sum())} tokens, the reference {int((p > 0).sum())}"
+        np.testing.assert_allclose(kept[r] / kept[r].sum(), p, rtol=2e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.8, top_k=30, top_p=0.9)])

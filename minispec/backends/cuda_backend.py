@@ -9,6 +9,7 @@ and casts scalars (CuPy passes Python ints as 64-bit and floats as doubles).
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,34 @@ def kernel_source(name: str) -> str:
     source = (KERNELS / name).read_text()
     header = (KERNELS / "storage.cuh").read_text().replace("#pragma once", "")
     return source.replace('#include "storage.cuh"', header)
+
+
+class IdentityTable:
+    """Values keyed by live objects (by identity, held weakly) plus plain values (sizes, settings).
+
+    An entry goes when one of its objects is freed: an object made later at a freed one's address (and so with
+    its id) never finds that entry, and the table keeps nothing alive (a captured graph or pointer table must not
+    hold its model or cache, or the backend that holds the table would keep both, and their GPU memory, forever).
+    """
+
+    def __init__(self):
+        self.entries = {}
+
+    def get(self, objects: tuple, extra=()):
+        return self.entries.get((tuple(map(id, objects)), extra))
+
+    def put(self, objects: tuple, extra, value):
+        key = (tuple(map(id, objects)), extra)
+        self.entries[key] = value
+        for owner in objects:
+            weakref.finalize(owner, self.entries.pop, key, None)
+        return value
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def clear(self) -> None:
+        self.entries.clear()
 
 
 def pow2_bucket(n: int) -> int:
@@ -80,7 +109,6 @@ class CapturedStep:
             tree_start=part(7), causal=part(8), page_tables=part(9).reshape(B, W),
         )
         self.graph = self.logits = None
-        self.owners = ()  # (model, cache) of the key, held while the graph lives
         self.keep = []  # memory allocated during capture stays owned by the graph
 
     def fill(self, plan: StepPlan) -> None:
@@ -123,6 +151,7 @@ def as_partial(x) -> Partial:
 
 
 _STREAM = None
+_CUBLAS = None
 
 
 def compute_stream(cp):
@@ -132,6 +161,20 @@ def compute_stream(cp):
         _STREAM = cp.cuda.Stream(non_blocking=True)
     _STREAM.use()
     return _STREAM
+
+
+def process_cublas(cp, stream):
+    """(handle, None) or (None, why): one cuBLAS handle (and workspace) per process, bound to the one stream;
+    a handle per backend would leak a handle and 32 MiB for every model loaded."""
+    global _CUBLAS
+    if _CUBLAS is None:
+        try:  # cuBLAS through ctypes: capturable, unlike CuPy's
+            from .cublas import Cublas
+
+            _CUBLAS = (Cublas(cp, stream), None)
+        except (OSError, RuntimeError, AttributeError) as error:
+            _CUBLAS = (None, f"{type(error).__name__}: {error}")
+    return _CUBLAS
 
 
 class CudaBackend:
@@ -151,25 +194,18 @@ class CudaBackend:
         self.kv_memory_fraction = kv_memory_fraction
         self.modules = {}  # kernel file -> RawModule (compiled for this backend's storage type)
         self.functions = {}  # (file, kernel name) -> Function
-        self.graphs = {}  # (model, cache, B, N bucket, context bucket, launch settings) -> CapturedStep
+        self.graphs = IdentityTable()  # (model, cache), (B, N bucket, context bucket, launch settings) -> CapturedStep
         self.gemm_blocks_per_sm = 8  # measured best for M <= 16 on 8B shapes (bench gemm variants)
         # rows from which cuBLAS is used: measured faster at every M and shape on an H200 (notes/gemm_cublas_vs_own.log),
         # so the own kernel serves only when cuBLAS cannot be loaded (or a test or benchmark asks for it)
         self.cublas_min_m = 1
         self.use_graphs = use_graphs
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
-        try:  # cuBLAS through ctypes: capturable, unlike CuPy's
-            from .cublas import Cublas
-
-            self.cublas = Cublas(cp, self.stream)
-        except (OSError, RuntimeError, AttributeError) as error:
-            self.cublas, self.cublas_error = None, f"{type(error).__name__}: {error}"  # the own kernel serves every M
+        self.cublas, self.cublas_error = process_cublas(cp, self.stream)  # None: the own kernel serves every M
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
         self.sm_count = props["multiProcessorCount"]
-        # Tables keyed by id() also hold the keyed objects, so that an id cannot be reused by a new object (a new
-        # cache at a freed one's address would replay a graph or pointer table into freed memory)
-        self.rope_cache = {}  # id(inv_freq) -> (cos, sin) device tables [positions, D/2], inv_freq
-        self.layer_tables = {}  # (id(weights), layers, id(cache)) -> uint64 [L, 8] device pointers, weights, cache
+        self.rope_cache = IdentityTable()  # (inv_freq) -> (cos, sin) device tables [positions, D/2]
+        self.layer_tables = IdentityTable()  # (weights, cache), (layers) -> uint64 [L, 8] device pointers
         # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
         # None: measured defaults, see fused_row_limit)
         self.fused_max_rows = None
@@ -179,7 +215,7 @@ class CudaBackend:
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
-        self.pointer_tables = {}  # (id(k caches), id(v caches)) -> uint64 device pointers, k caches, v caches
+        self.pointer_tables = {}  # the K and V cache pointers themselves -> the same as a uint64 device array
 
     # ------------------------------------------------------------------ compilation
     def kernel(self, file: str, name: str):
@@ -235,7 +271,26 @@ class CudaBackend:
         return self.cp.empty(shape, dtype=self.store_dtype)
 
     def to_host(self, array) -> np.ndarray:
-        return self.cp.asnumpy(array)
+        return self.cp.asnumpy(array)  # waits for everything launched so far
+
+    def to_host_soon(self, array):
+        """Start copying a small device array to pinned host memory in stream order; returns a function that
+        waits for that copy alone, not for work launched after it, and gives the host array (decode_ahead
+        reads step k's tokens while step k + 1 runs)."""
+        import cupyx
+
+        cp = self.cp
+        array = cp.ascontiguousarray(array)
+        host = cupyx.empty_pinned(array.shape, array.dtype)
+        cp.cuda.runtime.memcpyAsync(host.ctypes.data, array.data.ptr, array.nbytes, cp.cuda.runtime.memcpyDeviceToHost, self.stream.ptr)
+        copied = cp.cuda.Event(disable_timing=True)
+        copied.record(self.stream)
+
+        def wait(array=array):  # the device array stays alive until the copy is waited for
+            copied.synchronize()
+            return host
+
+        return wait
 
     # ------------------------------------------------------------------ step plan
     def prepare_plan(self, plan: StepPlan) -> DevicePlan:
@@ -262,14 +317,13 @@ class CudaBackend:
         context = context_bucket(int(plan.kv_len.max()))  # attention splits follow the context
         # the launch settings are part of the key: changing one (tests, benchmarks) must capture anew
         settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), self.attention_warps, self.attention_splits)
-        key = (id(model), id(cache), B, bucket, context, settings)
-        step = self.graphs.get(key)
+        key = (B, bucket, context, settings)
+        step = self.graphs.get((model, cache), key)
         if step is None:
             limit = model.config.max_position_embeddings + 128
             self.rope_tables(model.inv_freq, limit)  # sized once: a captured graph keeps its pointer
             W = cache.pages_for(limit) + 1
             step = CapturedStep(cp, B, bucket, W, limit, context)
-            step.owners = (model, cache)  # the key's ids stay theirs while the graph exists
             step.fill(plan)
             model.compute(step.plan, cache)  # warm-up: compiles kernels, leaves pool blocks of the right sizes
             previous = cp.cuda.get_allocator()
@@ -287,7 +341,7 @@ class CudaBackend:
                 step.graph = self.stream.end_capture()
             finally:
                 cp.cuda.set_allocator(previous)
-            self.graphs[key] = step
+            self.graphs.put((model, cache), key, step)
         step.fill(plan)
         if tokens is not None:
             step.plan.tokens[: plan.num_tokens] = tokens
@@ -377,13 +431,12 @@ class CudaBackend:
         return out
 
     def rope_tables(self, inv_freq, max_position: int):
-        cached = self.rope_cache.get(id(inv_freq))
+        cached = self.rope_cache.get((inv_freq,))
         if cached is None or cached[0].shape[0] <= max_position:
             size = max(4096, 1 << int(max_position).bit_length())
             angle = np.arange(size, dtype=np.float64)[:, None] * inv_freq[None, :]  # float64 like the reference
-            cached = (self.cp.asarray(np.cos(angle).astype(np.float32)), self.cp.asarray(np.sin(angle).astype(np.float32)), inv_freq)
-            self.rope_cache[id(inv_freq)] = cached
-        return cached[:2]
+            cached = self.rope_cache.put((inv_freq,), (), (self.cp.asarray(np.cos(angle).astype(np.float32)), self.cp.asarray(np.sin(angle).astype(np.float32))))
+        return cached
 
     def rope_write_kv(self, qkv, plan: DevicePlan, inv_freq, k_cache, v_cache, H, Hkv, D):
         """qkv Partial [N, (H + 2 Hkv) D] -> rotated q fp32 [N, H, D]; rotated k and v go to their cache slots."""
@@ -495,14 +548,14 @@ class CudaBackend:
 
     def layer_table(self, model, cache):
         """uint64 [L, 8] device pointers of each layer's norms, weights and K/V pages (made once per model and cache)."""
-        key = (id(model.weights), model.num_layers, id(cache))
-        if key not in self.layer_tables:
+        table = self.layer_tables.get((model.weights, cache), model.num_layers)
+        if table is None:
             rows = [
                 [a.data.ptr for a in (layer.attn_norm, layer.wqkv, layer.wo, layer.mlp_norm, layer.w_gate_up, layer.w_down, k, v)]
                 for layer, k, v in zip(model.weights.layers[: model.num_layers], cache.k, cache.v)
             ]
-            self.layer_tables[key] = (self.cp.asarray(np.array(rows, dtype=np.uint64)), model.weights, cache)
-        return self.layer_tables[key][0]
+            table = self.layer_tables.put((model.weights, cache), model.num_layers, self.cp.asarray(np.array(rows, dtype=np.uint64)))
+        return table
 
     def fused_layers(self, model, plan: DevicePlan, cache, x, rows: int):
         """Every layer of a small step in one persistent launch; x: embeddings fp32 [N, C] -> residual stream."""
@@ -545,8 +598,14 @@ class CudaBackend:
         """int32 [R] argmax of each row, left on the device (the host copy waits for the step)."""
         cp = self.cp
         logits = cp.ascontiguousarray(logits)
-        ids = cp.empty(logits.shape[0], dtype=cp.int32)
-        self.kernel("sampling.cu", "argmax_rows")((logits.shape[0],), (256,), (logits, ids, np.int32(logits.shape[1])))
+        R, V = logits.shape
+        # shares of at least 2048 logits, about two blocks per SM in all
+        S = max(1, min(-(-V // 2048), -(-2 * self.sm_count // R)))
+        best_value = cp.empty((R, S), dtype=cp.float32)
+        best_index = cp.empty((R, S), dtype=cp.int32)
+        ids = cp.empty(R, dtype=cp.int32)
+        self.kernel("sampling.cu", "argmax_share")((S, R), (256,), (logits, best_value, best_index, np.int32(V)))
+        self.kernel("sampling.cu", "argmax_merge")((R,), (32,), (best_value, best_index, ids, np.int32(S)))
         return ids
 
     def gather(self, array, index: list[int]):
@@ -557,15 +616,11 @@ class CudaBackend:
         """tokens[r] drawn from p of params[r] at uniform u[r] (u comes from the request's seeded generator)."""
         cp = self.cp
         logits = cp.ascontiguousarray(logits)
-        R, put = len(rows), self.put
+        R, V = len(rows), logits.shape[1]
+        settings = [(row, p.temperature, p.top_k, p.top_p, p.min_p, u) for row, p, u in zip(rows, params, uniforms)]
         tokens = cp.empty(R, dtype=cp.int32)
-        probs = cp.empty((R, logits.shape[1]), dtype=cp.float32)
-        self.kernel("sampling.cu", "sample_rows")(
-            (R,), (512,),
-            (logits, put(rows, np.int32), put([p.temperature for p in params], np.float32), put([p.top_k for p in params], np.int32),
-             put([p.top_p for p in params], np.float32), put([p.min_p for p in params], np.float32), put(uniforms, np.float64),
-             probs, tokens, np.int32(logits.shape[1])),
-        )
+        probs = cp.empty((R, V), dtype=cp.float32)
+        self.kernel("sampling.cu", "sample_rows")((R,), (1024,), (logits, self.put(settings, np.float64), probs, tokens, np.int32(V)))
         return cp.asnumpy(tokens)
 
     def verify_tree(self, logits, row0: int, tree, params, uniforms):
@@ -575,9 +630,9 @@ class CudaBackend:
         out = cp.empty(T + 2, dtype=cp.int32)
         probs = cp.empty(V, dtype=cp.float32)
         self.kernel("sampling.cu", "verify_tree")(
-            (1,), (512,),
+            (1,), (1024,),
             (cp.ascontiguousarray(logits), np.int32(row0), np.int32(T), put(tree.parents, np.int32), put(tree.tokens, np.int32),
-             np.float32(params.temperature), np.int32(params.top_k), np.float32(params.top_p), np.float32(params.min_p),
+             np.float64(params.temperature), np.int32(params.top_k), np.float64(params.top_p), np.float64(params.min_p),
              put(uniforms, np.float64), probs, out, np.int32(V)),
         )
         result = cp.asnumpy(out)
@@ -585,10 +640,10 @@ class CudaBackend:
 
     def cache_pointers(self, ks, vs):
         """Device table of every layer's K and V cache pointers (one per KVCache, made once)."""
-        key = (id(ks), id(vs))
+        key = tuple(c.data.ptr for c in (*ks, *vs))  # the table is its key: a new cache at the same addresses may share it
         if key not in self.pointer_tables:
-            self.pointer_tables[key] = (self.cp.asarray(np.array([c.data.ptr for c in (*ks, *vs)], dtype=np.uint64)), ks, vs)
-        return self.pointer_tables[key][0]
+            self.pointer_tables[key] = self.cp.asarray(np.array(key, dtype=np.uint64))
+        return self.pointer_tables[key]
 
     def copy_page(self, ks, vs, source: int, destination: int) -> None:
         P = ks[0].shape[2]
