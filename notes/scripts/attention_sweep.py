@@ -1,4 +1,4 @@
-"""Device probe: tensor-core attention split/warp sweep against the K/V floor."""
+"""Device probe: tensor-core attention split/warp sweep against the K/V floor (`short`: the contexts of bench e2e)."""
 import sys
 sys.path.insert(0, ".")
 from minispec.backends.cuda_backend import CudaBackend
@@ -11,12 +11,16 @@ print(card_name(), f"copy {bw/1e12:.2f} TB/s", flush=True)
 cases = [("8B", 32, 8, 128, 1, 1, 8192), ("8B", 32, 8, 128, 1, 16, 8192), ("8B", 32, 8, 128, 1, 64, 8192),
          ("8B", 32, 8, 128, 1, 64, 32768), ("8B", 32, 8, 128, 16, 64, 8192), ("8B", 32, 8, 128, 1, 64, 1024),
          ("smol", 9, 3, 64, 1, 1, 8192), ("smol", 9, 3, 64, 1, 64, 8192)]
+split_counts = (None, 2, 4, 8, 16, 32)
+if sys.argv[1:] == ["short"]:  # the contexts of bench e2e's steps
+    cases = [("8B", 32, 8, 128, 1, 64, 512), ("8B", 32, 8, 128, 1, 16, 512), ("8B", 32, 8, 128, 1, 64, 2048)]
+    split_counts = (None, 1, 2, 3, 4, 8)
 for name, H, Hkv, D, B, T, ctx in cases:
     q, k, v, plan = attention_case(cp, be, B, T, ctx, H, Hkv, D)
     floor = B * (ctx + T) * Hkv * D * 4 / bw
     res = []
     for warps in (None, 4, 8):
-        for splits in (None, 2, 4, 8, 16, 32):
+        for splits in split_counts:
             if (warps is None) != (splits is None):
                 continue
             be.attention_warps, be.attention_splits = warps, splits

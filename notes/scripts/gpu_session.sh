@@ -1,0 +1,24 @@
+#!/bin/bash
+# Device probe: the second of the two calls that bring the default model over (see notes/README.md), then
+# what is asked: "tests", "e2e", "profile", "attention", "gemm", "spec", "sampling", "kernels", "sweep-short" (in the order given). Logs go to $OUT.
+set -o pipefail
+cat /root/parts/gguf.part.aa .parts/b/gguf.part.ab > /root/smollm2.gguf || exit 1
+export PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights PYTHONUNBUFFERED=1
+timeout 120 python3 -m minispec.cli fetch --from /root/smollm2.gguf > /dev/null 2>&1 || { echo fetch failed; exit 1; }
+for what in "$@"; do
+  case $what in
+    tests) timeout 300 python3 -m pytest -q tests/test_cuda_kernels.py tests/test_cuda_engine.py tests/test_cuda_fused.py 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
+    e2e) timeout 300 python3 -m minispec.cli bench e2e 2>&1 | grep -v "it/s\]" | tee $OUT/bench_e2e.log ;;
+    e2e-quick) timeout 200 python3 -m minispec.cli bench e2e --quick 2>&1 | grep -v "it/s\]" | tee $OUT/bench_e2e_quick.log ;;
+    attention) timeout 300 python3 -m minispec.cli bench attention 2>&1 | tee $OUT/bench_attention.log ;;
+    gemm) timeout 300 python3 -m minispec.cli bench gemm --quick 2>&1 | tee $OUT/bench_gemm.log ;;
+    sampling) timeout 200 python3 notes/scripts/sampling_probe.py 2>&1 | tee $OUT/sampling_probe.log ;;
+    sweep-short) timeout 200 python3 notes/scripts/attention_sweep.py short 2>&1 | tee $OUT/attention_sweep_short.log ;;
+    kernels) timeout 200 python3 -m pytest -q -x tests/test_cuda_kernels.py 2>&1 | tail -15 ;;
+    spec) timeout 300 python3 -m minispec.cli bench spec --device cuda 2>&1 | tee $OUT/bench_spec.log ;;
+    profile) for T in 64 1; do
+        timeout 200 ncu --clock-control none --nvtx --nvtx-include "step/" --metrics gpu__time_duration.sum --csv \
+          python3 notes/scripts/layer_profile.py $T 3 > $OUT/profile_T$T.csv 2> $OUT/profile_T$T.err
+        tail -3 $OUT/profile_T$T.err; done ;;
+  esac
+done
