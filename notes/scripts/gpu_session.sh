@@ -14,6 +14,9 @@ for what in "$@"; do
     gemm) timeout 300 python3 -m minispec.cli bench gemm --quick 2>&1 | tee $OUT/bench_gemm.log ;;
     sampling) timeout 200 python3 notes/scripts/sampling_probe.py 2>&1 | tee $OUT/sampling_probe.log ;;
     sweep-short) timeout 200 python3 notes/scripts/attention_sweep.py short 2>&1 | tee $OUT/attention_sweep_short.log ;;
+    sampled) timeout 200 python3 notes/scripts/sampled_decode.py 2>&1 | grep -v "it/s\]" | tee $OUT/sampled_decode.log
+        if [ -d .old ]; then echo "# the same with .old (an older build: git archive REV minispec kernels)" | tee -a $OUT/sampled_decode.log
+          (cd .old && timeout 200 python3 ../notes/scripts/sampled_decode.py 2>&1 | grep -v "it/s\]" | tee -a $OUT/sampled_decode.log); fi ;;
     kernels) timeout 200 python3 -m pytest -q -x tests/test_cuda_kernels.py 2>&1 | tail -15 ;;
     spec) timeout 300 python3 -m minispec.cli bench spec --device cuda 2>&1 | tee $OUT/bench_spec.log ;;
     profile) for T in 64 1; do
