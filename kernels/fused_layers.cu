@@ -1,6 +1,7 @@
 // Every transformer layer of a small step (M = B * T <= 16 query rows, bf16) in ONE persistent launch.
-// Instances fused_layers_r{MR}_d{D}: MR = 1 (decode) or 4 rows per GEMV pass (more rows take several
-// passes), head dim D in {64, 128}.
+// Instances fused_layers_r{MR}_d{D}, head dim D in {64, 128}: MR = 1 (decode) or 4 rows per CUDA-core GEMV
+// pass (more rows take several passes), or MR = 16: the GEMV phases on tensor cores, all rows in one pass
+// (steps of 5-16 rows where the GEMV inputs C, H D and I are multiples of 64; see "16-row instances").
 //
 // Why: a decode step runs ~10 launches per layer. Inside a CUDA graph each still costs 3-4 µs of launch,
 // ramp-up and drain, while a small model's layer streams its weights in under 2 µs. Here one block per
@@ -42,7 +43,8 @@
 //   act bf16 [M, I]; barrier uint32 (zero before the launch). C, H D and I are multiples of 8.
 // Launch: grid = #SMs (all resident, or the barriers deadlock: 1 block of 512 threads per SM; a barrier
 //   that waits for seconds traps instead of hanging), block 512, dynamic shared memory =
-//   max(MR * max(C, H D, I) * 2, 16 * (4 D + 192) * 4) bytes.
+//   max(R * max(C, H D, I) * 2, 16 * (4 D + 192) * 4) bytes for R staged rows (the step's rows rounded up to a
+//   power of two); MR = 16 stages 16 rows and adds 16 * 32 * 4 floats for its cross-warp sums.
 // Coherence: data written inside the launch (resid, q_buf, partials, attn, act) is read with ld.global.cg
 // (L2), never through the non-coherent L1; weights are read once with an L1 no-allocate stream load.
 #include <cuda_bf16.h>
@@ -102,7 +104,12 @@ __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned& target
 // STAGE_BATCH of them in flight at once; the second pass reads them again from L2 (keeping them in
 // registers across the block barrier made the compiler spill in the hot loops).
 #define STAGE_BATCH 4
-__device__ __noinline__ void stage_norm(bf16* xs, const float* resid, const float* __restrict__ weight, int M, int C, float eps) {
+// swizzle (the tensor-core GEMV of the 16-row instances): row m's 16-byte chunk j goes to chunk j ^ 4 (m & 1),
+// so the 8 lanes of a quarter-warp reading rows g, g + 1 at chunks j..j+3 hit 8 different bank groups
+// (needs C / 8 and the row stride to be multiples of 8: K % 64 == 0).
+__device__ __forceinline__ int swizzled(int j, int m, int swizzle) { return j ^ (swizzle & m) << 2; }
+
+__device__ __noinline__ void stage_norm(bf16* xs, const float* resid, const float* __restrict__ weight, int M, int C, float eps, int swizzle) {
     __shared__ float partial[WARPS][16], scale[16];  // per warp and row: sums in a fixed order (deterministic)
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, C8 = C / 8, total = M * C8;
     if (lane < 16) partial[warp][lane] = 0.0f;
@@ -152,24 +159,27 @@ __device__ __noinline__ void stage_norm(bf16* xs, const float* resid, const floa
             float f = scale[j / C8];
             __nv_bfloat162 o0 = __floats2bfloat162_rn(a.x * f * wa.x, a.y * f * wa.y), o1 = __floats2bfloat162_rn(a.z * f * wa.z, a.w * f * wa.w);
             __nv_bfloat162 o2 = __floats2bfloat162_rn(c.x * f * wc.x, c.y * f * wc.y), o3 = __floats2bfloat162_rn(c.z * f * wc.z, c.w * f * wc.w);
-            x4[j] = make_uint4(*reinterpret_cast<unsigned*>(&o0), *reinterpret_cast<unsigned*>(&o1), *reinterpret_cast<unsigned*>(&o2),
-                               *reinterpret_cast<unsigned*>(&o3));
+            int m = j / C8;
+            x4[m * C8 + swizzled(j % C8, m, swizzle)] = make_uint4(*reinterpret_cast<unsigned*>(&o0), *reinterpret_cast<unsigned*>(&o1),
+                                                                 *reinterpret_cast<unsigned*>(&o2), *reinterpret_cast<unsigned*>(&o3));
         }
     }
     __syncthreads();
 }
 
 // xs = src [M, K] bf16 (written earlier in this launch: read through L2), STAGE_BATCH loads in flight.
-__device__ void stage_copy(uint4* xs, const bf16* src, int M, int K) {
+__device__ void stage_copy(uint4* xs, const bf16* src, int M, int K, int swizzle) {
     const uint4* s = reinterpret_cast<const uint4*>(src);
-    int total = M * K / 8;
+    int total = M * K / 8, K8 = K / 8;
     for (int i0 = threadIdx.x; i0 < total; i0 += STAGE_BATCH * THREADS) {
         uint4 v[STAGE_BATCH];
 #pragma unroll
         for (int b = 0; b < STAGE_BATCH; b++) v[b] = i0 + b * THREADS < total ? __ldcg(s + i0 + b * THREADS) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-        for (int b = 0; b < STAGE_BATCH; b++)
-            if (i0 + b * THREADS < total) xs[i0 + b * THREADS] = v[b];
+        for (int b = 0; b < STAGE_BATCH; b++) {
+            int i = i0 + b * THREADS, m = i / K8;
+            if (i < total) xs[m * K8 + swizzled(i % K8, m, swizzle)] = v[b];
+        }
     }
     __syncthreads();
 }
@@ -507,6 +517,133 @@ __device__ __noinline__ void phase_gate_up(bf16* act, const bf16* wgu, const uin
     }
 }
 
+// ---- 16-row instances: the GEMV phases on tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate) ----
+// A tile is 8 weight rows (n) x the 16 staged rows (rows >= M are computed and never stored). The block's 16
+// warps split K into slices of 32-column chunks, then warp 0 adds their accumulators in warp order (a fixed
+// order: a step repeats bit for bit) and runs the epilogue. Within a 32-column chunk, lane (g = lane / 4,
+// c = lane % 4) loads 16 contiguous bytes of weight row n_g, columns 8c .. 8c + 7, and the same columns of
+// staged rows g and g + 8: the k order inside the mma is permuted (k-step 0 takes columns 8c .. 8c + 3, step 1
+// 8c + 4 .. 8c + 7), identically for A and B, which leaves the dot products unchanged and makes every
+// load 16 bytes wide. C fragment: lane holds rows g and g + 8, columns 2c and 2c + 1 of the tile.
+// Units go to blocks (unit u -> block u % grid), so a phase's tiles spread over the SMs.
+#define MMA_RED_FLOATS (WARPS * 32 * 4)  // shared floats for the cross-warp sums, after the staged rows
+
+__device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// acc (warp 0's lanes; other warps' are partial) = the 16 x 8 tile of xs . W^T, w_row = this lane's weight row
+// n_g; xs swizzled [16, K8] chunks, red = MMA_RED_FLOATS of shared memory. Every thread of the block calls it.
+#define MMA_LOADS 2  // 32-column chunks in flight per lane
+__device__ __forceinline__ void block_tile(const bf16* w_row, const uint4* xs, int K8, float* red, float (&acc)[4]) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const int groups = K8 / 4, per = (groups + WARPS - 1) / WARPS;  // 4 chunks = 32 columns per group
+    const int begin = min(groups, warp * per) * 4, end = min(groups, (warp + 1) * per) * 4;
+    const uint4* w = reinterpret_cast<const uint4*>(w_row);
+    const uint4 *xa = xs + g * K8, *xb = xs + (g + 8) * K8;
+    const int sw = (g & 1) << 2;
+    acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
+    for (int j0 = begin; j0 < end; j0 += 4 * MMA_LOADS) {
+        uint4 wv[MMA_LOADS];
+#pragma unroll
+        for (int u = 0; u < MMA_LOADS; u++) wv[u] = j0 + 4 * u < end ? load_stream(w + j0 + 4 * u + c) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < MMA_LOADS; u++) {
+            if (j0 + 4 * u >= end) break;
+            const int j = (j0 + 4 * u + c) ^ sw;
+            const uint4 a = xa[j], b = xb[j];
+            mma16816(acc, a.x, b.x, a.y, b.y, wv[u].x, wv[u].y);
+            mma16816(acc, a.z, b.z, a.w, b.w, wv[u].z, wv[u].w);
+        }
+    }
+    float4* r = reinterpret_cast<float4*>(red);
+    r[warp * 32 + lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    __syncthreads();
+    if (warp == 0) {
+        float4 t = r[lane];
+        for (int v = 1; v < WARPS; v++) {
+            float4 o = r[v * 32 + lane];
+            t.x += o.x, t.y += o.y, t.z += o.z, t.w += o.w;
+        }
+        acc[0] = t.x, acc[1] = t.y, acc[2] = t.z, acc[3] = t.w;
+    }
+    __syncthreads();  // red is free for the next tile
+}
+
+// qkv: a tile is 4 RoPE pairs (d0 + j, d0 + j + D/2) of a head: n = 2j and 2j + 1, so lane c holds the pair
+// d = d0 + c of rows g and g + 8 (the epilogue of phase_qkv, per row).
+template <int D>
+__device__ void phase_qkv_mma(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* v_cache, const uint4* xs, float* red) {
+    constexpr int half = D / 2;
+    const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, K8 = s.C / 8;
+    const int units = (s.H + 2 * s.Hkv) * (half / 4);
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        const int head = u / (half / 4), d0 = (u % (half / 4)) * 4;
+        float acc[4];
+        block_tile(wqkv + (long long)(head * D + d0 + g / 2 + (g & 1) * half) * s.C, xs, K8, red, acc);
+        if (threadIdx.x >= 32) continue;
+        const int d = d0 + c;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int m = g + 8 * h;
+            if (m >= s.M) continue;
+            const float x0 = acc[2 * h], x1 = acc[2 * h + 1];
+            float cs = 1.0f, sn = 0.0f;
+            if (head < s.H + s.Hkv) {  // q and k heads rotate; v heads do not
+                long long at = (long long)s.positions[m] * half + d;
+                cs = s.cos_table[at], sn = s.sin_table[at];
+            }
+            const float y1 = x0 * cs - x1 * sn, y2 = x1 * cs + x0 * sn;
+            if (head < s.H) {
+                float* q = s.q_buf + ((long long)m * s.H + head) * D + d;
+                q[0] = y1, q[half] = y2;
+            } else if (s.slots[m] >= 0) {
+                const int slot = s.slots[m], kv_head = (head - s.H) % s.Hkv;
+                bf16* cache = head < s.H + s.Hkv ? k_cache : v_cache;
+                bf16* dst = cache + (((long long)(slot / s.P) * s.Hkv + kv_head) * s.P + slot % s.P) * D + d;
+                dst[0] = __float2bfloat16_rn(y1), dst[half] = __float2bfloat16_rn(y2);
+            }
+        }
+    }
+}
+
+// resid[m, n] += x[m, :] . W[n, :]: a tile is 8 output columns n0 .. n0 + 7 (lane c: n0 + 2c, n0 + 2c + 1).
+__device__ __noinline__ void phase_residual_mma(float* resid, const bf16* w_all, const uint4* xs, int M, int C, int K, float* red) {
+    const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    for (int u = blockIdx.x; u < C / 8; u += gridDim.x) {
+        float acc[4];
+        block_tile(w_all + (long long)(8 * u + g) * K, xs, K / 8, red, acc);
+        if (threadIdx.x >= 32) continue;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int m = g + 8 * h;
+            if (m >= M) continue;
+            float2* out = reinterpret_cast<float2*>(resid + (long long)m * C + 8 * u + 2 * c);
+            float2 before = __ldcg(out);
+            *out = make_float2(before.x + acc[2 * h], before.y + acc[2 * h + 1]);
+        }
+    }
+}
+
+// act[m, i] = bf16(silu(x[m] . Wg[i]) * (x[m] . Wu[i])): a tile is 4 column pairs (gate i0 + j, up I + i0 + j)
+// as n = 2j and 2j + 1 (lane c: column i0 + c of rows g and g + 8).
+__device__ __noinline__ void phase_gate_up_mma(bf16* act, const bf16* wgu, const uint4* xs, int M, int C, int I, float* red) {
+    const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    for (int u = blockIdx.x; u < I / 4; u += gridDim.x) {
+        float acc[4];
+        block_tile(wgu + (long long)((g & 1) * I + 4 * u + g / 2) * C, xs, C / 8, red, acc);
+        if (threadIdx.x >= 32) continue;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int m = g + 8 * h;
+            if (m < M) act[(long long)m * I + 4 * u + c] = __float2bfloat16_rn(acc[2 * h] / (1.0f + __expf(-acc[2 * h])) * acc[2 * h + 1]);
+        }
+    }
+}
+
 template <int MR, int D>
 __device__ void fused_layers_body(const Step& s) {
     extern __shared__ uint4 smem[];
@@ -516,6 +653,9 @@ __device__ void fused_layers_body(const Step& s) {
     int gw = warp * gridDim.x + blockIdx.x, tw = gridDim.x * WARPS;
     unsigned target = 0;
     bf16* xs = reinterpret_cast<bf16*>(smem);
+    constexpr int TENSOR = MR == 16;  // 16 staged rows, swizzled, and the GEMV phases on tensor cores
+    // the cross-warp sums of the tensor-core tiles sit after the 16 staged rows of the widest input
+    float* red = reinterpret_cast<float*>(xs + 16 * max(s.C, max(s.H * D, s.I)));
     stamp(s, 0);
     if (s.prefetch_kv) prefetch_pages(s, reinterpret_cast<const bf16*>(s.layers[6]), reinterpret_cast<const bf16*>(s.layers[7]), D);
     for (int l = 0; l < s.L; l++) {
@@ -529,8 +669,9 @@ __device__ void fused_layers_body(const Step& s) {
         bf16* k_cache = reinterpret_cast<bf16*>(p[6]);
         bf16* v_cache = reinterpret_cast<bf16*>(p[7]);
 
-        stage_norm(xs, s.resid, attn_norm, s.M, s.C, s.eps);
-        phase_qkv<MR, D>(s, wqkv, k_cache, v_cache, smem, gw, tw, lane);
+        stage_norm(xs, s.resid, attn_norm, s.M, s.C, s.eps, TENSOR);
+        if constexpr (TENSOR) phase_qkv_mma<D>(s, wqkv, k_cache, v_cache, smem, red);
+        else phase_qkv<MR, D>(s, wqkv, k_cache, v_cache, smem, gw, tw, lane);
         if (s.prefetch_kv && l + 1 < s.L) {  // its pages sit in L2 by the time its attention reads them
             const unsigned long long* next = s.layers + 8 * (l + 1);
             prefetch_pages(s, reinterpret_cast<const bf16*>(next[6]), reinterpret_cast<const bf16*>(next[7]), D);
@@ -551,16 +692,19 @@ __device__ void fused_layers_body(const Step& s) {
         phase_merge<D>(s, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
         grid_barrier(s.barrier, target);
         stamp(s, 3 + 6 * l);
-        stage_copy(smem, s.attn, s.M, s.H * D);
-        phase_residual_gemv<MR>(s.resid, wo, smem, s.M, s.C, s.H * D, gw, tw, lane);
+        stage_copy(smem, s.attn, s.M, s.H * D, TENSOR);
+        if constexpr (TENSOR) phase_residual_mma(s.resid, wo, smem, s.M, s.C, s.H * D, red);
+        else phase_residual_gemv<MR>(s.resid, wo, smem, s.M, s.C, s.H * D, gw, tw, lane);
         grid_barrier(s.barrier, target);
         stamp(s, 4 + 6 * l);
-        stage_norm(xs, s.resid, mlp_norm, s.M, s.C, s.eps);
-        phase_gate_up<MR>(s.act, wgu, smem, s.M, s.C, s.I, gw, tw, lane);
+        stage_norm(xs, s.resid, mlp_norm, s.M, s.C, s.eps, TENSOR);
+        if constexpr (TENSOR) phase_gate_up_mma(s.act, wgu, smem, s.M, s.C, s.I, red);
+        else phase_gate_up<MR>(s.act, wgu, smem, s.M, s.C, s.I, gw, tw, lane);
         grid_barrier(s.barrier, target);
         stamp(s, 5 + 6 * l);
-        stage_copy(smem, s.act, s.M, s.I);
-        phase_residual_gemv<MR>(s.resid, wdown, smem, s.M, s.C, s.I, gw, tw, lane);
+        stage_copy(smem, s.act, s.M, s.I, TENSOR);
+        if constexpr (TENSOR) phase_residual_mma(s.resid, wdown, smem, s.M, s.C, s.I, red);
+        else phase_residual_gemv<MR>(s.resid, wdown, smem, s.M, s.C, s.I, gw, tw, lane);
         if (l + 1 < s.L) grid_barrier(s.barrier, target);
         stamp(s, 6 + 6 * l);
     }
@@ -581,5 +725,7 @@ __device__ void fused_layers_body(const Step& s) {
 
 FUSED_LAYERS(1, 64)
 FUSED_LAYERS(4, 64)
+FUSED_LAYERS(16, 64)
 FUSED_LAYERS(1, 128)
 FUSED_LAYERS(4, 128)
+FUSED_LAYERS(16, 128)

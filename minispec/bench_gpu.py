@@ -264,15 +264,16 @@ def decode_ahead_time(model, context: int, steps: int = 32) -> float:
 FUSED_PHASES = ("qkv+rope", "attention", "merge", "o-proj", "gate/up", "down")
 
 
-def fused_phase_times(model) -> np.ndarray:
-    """Microseconds per layer of each phase of the fused-layers kernel in a decode step (context 512): the
-    %globaltimer stamps its block 0 writes after every grid barrier, averaged over the layers after the first."""
+def fused_phase_times(model, tree_size: int = 1) -> np.ndarray:
+    """Microseconds per layer of each phase of the fused-layers kernel in a decode step, or a tree step of
+    `tree_size` nodes (context 512): the %globaltimer stamps its block 0 writes after every grid barrier,
+    averaged over the layers after the first (the tree step runs last, so its stamps stay)."""
     backend = model.backend
     cp = backend.cp
     backend.fused_clock = cp.zeros(1 + 6 * model.num_layers, dtype=cp.uint64)
     backend.graphs.clear()  # the clock pointer is captured into the graph
     try:
-        step_times(model, 512, ())
+        step_times(model, 512, () if tree_size == 1 else (tree_size,))
         stamps = cp.asnumpy(backend.fused_clock).astype(np.int64)
     finally:
         backend.fused_clock = None
@@ -294,8 +295,9 @@ def bench_e2e(args) -> None:
     if not args.quick:
         config = llama_8b_config()
         rows.append(("random Llama-3.1-8B shapes", Model(config, random_model_on_gpu(config, backend), backend)))
-    print("ms/step: the engine's choice (fused layers for steps of <= 4 rows on small models, <= 2 on large ones; else layer by layer,")
-    print("as a CUDA graph); layered: the layer-by-layer kernels as a CUDA graph; no graph: the same launched one by one from Python")
+    print("ms/step: the engine's choice (fused layers for steps of <= 16 rows on small models, those of 5-16 rows on tensor cores,")
+    print("<= 2 on large ones; else layer by layer, as a CUDA graph); layered: the layer-by-layer kernels as a CUDA graph;")
+    print("no graph: the same launched one by one from Python")
     print(f"{'model':<28} {'step':<12} {'ms/step':>8} {'layered':>8} {'no graph':>9} {'floor ms':>9} {'x floor':>8} {'x plain':>8}")
     for name, model in rows:
         floor = weight_bytes(model.weights) / bandwidth
@@ -312,8 +314,12 @@ def bench_e2e(args) -> None:
         ahead = decode_ahead_time(model, 512)
         print(f"  plain decode one step ahead (the engine's greedy loop: the host works while the GPU runs the next step): "
               f"{ahead * 1e3:.3f} ms/step, {ahead / floor:.2f}x floor")
-        phases = fused_phase_times(model)
-        print(f"  fused decode, µs per layer: " + ", ".join(f"{n} {t:.1f}" for n, t in zip(FUSED_PHASES, phases)))
+        for T in (1, 16):
+            if T > 1 and backend.fused_row_limit(model) < T:
+                continue
+            phases = fused_phase_times(model, T)
+            label = "decode" if T == 1 else f"tree T={T}"
+            print(f"  fused {label}, µs per layer: " + ", ".join(f"{n} {t:.1f}" for n, t in zip(FUSED_PHASES, phases)))
         backend.graphs.clear()
         del model
     # end-to-end decoding on the default model: ours, speculation, transformers

@@ -23,13 +23,16 @@ STEPS = {
     "decode": [(40, "single", 1)],
     "decode batch": [(40, "single", 1), (0, "single", 1), (200, "single", 1), (17, "single", 1)],
     "tree": [(75, "random", 16)],
+    "small tree": [(50, "random", 6)],  # 6 rows of 8 staged (16 for the tensor-core instance)
     "mixed trees": [(20, "chain", 7), (33, "star", 5), (0, "single", 1), (130, "random", 3)],
 }
 MODELS = {64: dict(heads=4, kv_heads=2, head_dim=64), 128: dict(heads=6, kv_heads=2, head_dim=128)}
 
 
-def tiny_bf16_model(directory, D):
-    return make_tiny_checkpoint(directory, hidden=192, layers=3, intermediate=328, dtype=BF16, seed=D, **MODELS[D])
+def tiny_bf16_model(directory, D, intermediate=328):
+    """intermediate 328 (not a multiple of 64): steps of 5-16 rows take the CUDA-core GEMV in passes of 4 rows;
+    384: the tensor-core instance (fused_layers_r16)."""
+    return make_tiny_checkpoint(directory, hidden=192, layers=3, intermediate=intermediate, dtype=BF16, seed=D, **MODELS[D])
 
 
 def random_step(rng, specs, page_size, num_pages):
@@ -43,17 +46,18 @@ def random_step(rng, specs, page_size, num_pages):
     return build_plan(items, page_size), used
 
 
+@pytest.mark.parametrize("intermediate", [328, 384])
 @pytest.mark.parametrize("blocks", [None, 3])
 @pytest.mark.parametrize("page_size", [1, 3, 16])
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("step", list(STEPS))
-def test_fused_layers_match_layer_by_layer_and_reference(tmp_path, step, D, page_size, blocks):
+def test_fused_layers_match_layer_by_layer_and_reference(tmp_path, step, D, page_size, blocks, intermediate):
     import cupy as cp
 
     from minispec.backends.cuda_backend import CudaBackend
 
     rng = np.random.default_rng(D * 100 + page_size)
-    directory = tiny_bf16_model(tmp_path / "model", D)
+    directory = tiny_bf16_model(tmp_path / "model", D, intermediate)
     be = CudaBackend("bfloat16")
     if blocks:
         be.fused_blocks = blocks  # fewer blocks than units: every phase strides
@@ -117,9 +121,16 @@ def test_fused_layers_serve_small_steps_only(tmp_path):
     assert be.fused_rows(model, be.prepare_plan(small)) == 16
     assert be.fused_rows(model, be.prepare_plan(large)) == 0
     assert be.fused_rows(model, be.prepare_plan(chunk)) == 0  # causal chunks run layer by layer
+    # GEMV inputs in 64-column multiples: the tensor-core instance takes up to 16 rows by default
+    be = CudaBackend("bfloat16")
+    model = Model.load(tiny_bf16_model(tmp_path / "model64", 64, 384), be)
+    assert be.fused_rows(model, be.prepare_plan(small)) == 16
+    assert be.fused_pass_rows(model.config, 16) == 16 and be.fused_pass_rows(model.config, 4) == 4
+    assert be.fused_rows(model, be.prepare_plan(large)) == 0
 
 
-def test_fused_layers_are_deterministic(tmp_path):
+@pytest.mark.parametrize("intermediate", [328, 384])
+def test_fused_layers_are_deterministic(tmp_path, intermediate):
     """Seeded sampling must repeat: the same step gives the same logits bit for bit (no float atomics)."""
     import cupy as cp
 
@@ -127,7 +138,7 @@ def test_fused_layers_are_deterministic(tmp_path):
 
     be = CudaBackend("bfloat16")
     be.fused_max_rows = 16
-    model = Model.load(tiny_bf16_model(tmp_path / "model", 64), be)
+    model = Model.load(tiny_bf16_model(tmp_path / "model", 64, intermediate), be)
     rng = np.random.default_rng(4)
     plan, _ = random_step(rng, [(90, "single", 1), (40, "single", 1), (7, "random", 5)], 16, 40)
     cache = model.new_cache(40, 16)

@@ -516,11 +516,28 @@ class CudaBackend:
     # ------------------------------------------------------------------ fused layers
     def fused_row_limit(self, model) -> int:
         """Most rows a step may have to run fused. Measured on an H200 (notes/fused_layers.log): with 1-2 rows it
-        beats the layer-by-layer graph on both the default model and 8B shapes; with 4 rows it wins only where the
-        layers are small (launch-bound), since its GEMV runs on CUDA cores, one row after another; with 16 it loses."""
+        beats the layer-by-layer graph on both the default model and 8B shapes; with 4 rows its CUDA-core GEMV
+        (a row after another) wins only where the layers are small (launch-bound). Small layers whose GEMV inputs
+        suit the tensor-core instance (fused_pass_rows) take up to 16 rows."""
         if self.fused_max_rows is not None:
             return min(16, self.fused_max_rows)
-        return 4 if self.small_layers(model) else 2
+        if not self.small_layers(model):
+            return 2
+        c = model.config
+        return 16 if self.fused_tensor_ok(c) and self.fused_shared_bytes(c, 16) <= self.max_shared else 4
+
+    @staticmethod
+    def fused_tensor_ok(c) -> bool:
+        """The 16-row instance's tensor-core GEMV swizzles its staged rows in 64-column groups."""
+        return all(k % 64 == 0 for k in (c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size))
+
+    @classmethod
+    def fused_pass_rows(cls, c, rows: int) -> int:
+        """Rows per GEMV pass of the fused kernel instance for a step of `rows` (staged) rows: 1 (decode), 16 (the
+        tensor-core GEMV, steps of 5-16 rows where it applies), else 4 (CUDA cores, one pass per 4 rows)."""
+        if rows == 1:
+            return 1
+        return 16 if rows > 4 and cls.fused_tensor_ok(c) else 4
 
     @staticmethod
     def small_layers(model) -> bool:
@@ -540,10 +557,12 @@ class CudaBackend:
         rows = pow2_bucket(N)
         return rows if self.fused_shared_bytes(c, rows) <= self.max_shared else 0
 
-    @staticmethod
-    def fused_shared_bytes(c, rows: int) -> int:
-        """Shared memory of the fused kernel: the staged GEMV input rows, or 16 warps' attention tiles (q, p, key offsets)."""
-        staged = rows * max(c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size) * 2
+    @classmethod
+    def fused_shared_bytes(cls, c, rows: int) -> int:
+        """Shared memory of the fused kernel: the staged GEMV input rows (the tensor-core instance: always 16,
+        then 16 warps x 32 lanes x 4 fp32 of cross-warp sums), or 16 warps' attention tiles (q, p, key offsets)."""
+        widest = max(c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size)
+        staged = 16 * widest * 2 + 16 * 32 * 4 * 4 if cls.fused_pass_rows(c, rows) == 16 else rows * widest * 2
         return max(staged, 16 * (4 * c.head_dim + 4 * 32 + 64) * 4)
 
     def layer_table(self, model, cache):
@@ -578,8 +597,7 @@ class CudaBackend:
         prefetch = self.small_layers(model)  # the next layer's weights go to L2 during this one
         kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
         prefetch_kv = kv_bytes <= 8 << 20
-        # rows per GEMV pass: 1 for decode, else 4 (a step of more rows makes several passes over L2-hot weights)
-        kernel = self.kernel("fused_layers.cu", f"fused_layers_r{1 if rows == 1 else 4}_d{D}")
+        kernel = self.kernel("fused_layers.cu", f"fused_layers_r{self.fused_pass_rows(c, rows)}_d{D}")
         shared = self.fused_shared_bytes(c, rows)
         if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
             kernel.max_dynamic_shared_size_bytes = shared
