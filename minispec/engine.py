@@ -14,7 +14,7 @@ from .sampling import SamplingParams
 from .step import StepItem, build_plan
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import Tree
-from .verify import verify
+from .verify import tree_uniforms, verify
 
 
 @dataclass
@@ -85,7 +85,8 @@ class Engine:
                 seqs += self.fork_samples(parent)  # n samples share the prompt's pages
                 for seq in seqs[-parent.params.n :]:
                     yield from self.emit(seq, [logits.choose(row, seq.params, seq.rng)], from_step=False)
-            if self.decode_ahead_enabled and type(self.drafter) is NoDrafter and all(s.params.greedy for s in seqs):
+            # all greedy or all sampled: a step's next tokens come from one kernel (argmax or the sampler)
+            if self.decode_ahead_enabled and type(self.drafter) is NoDrafter and len({s.params.greedy for s in seqs}) == 1:
                 yield from self.decode_ahead(seqs)
             while active := [s for s in seqs if not s.done]:
                 budgets = [self.max_model_len - s.L for s in active]
@@ -113,15 +114,16 @@ class Engine:
                 self.drafter.release(seq)
 
     def decode_ahead(self, seqs: list[Sequence]):
-        """Greedy decoding without a drafter, one step ahead of the host.
+        """Decoding without a drafter (all greedy, or all sampled), one step ahead of the host.
 
         Step k + 1 is launched with the token step k left on the device (Model.forward's `tokens`) before the
         host reads that token, so the host's work between steps (the copy back, emitting text, stop checks,
         the next plan) overlaps the GPU's. A sequence that stops at step k's token wastes the step launched
         past it: its K/V landed beyond L on a page the sequence owns, and nothing reads it. The tokens are
-        those of step-by-step greedy decoding (same kernels, same inputs). When the pool has no page for the
-        step ahead, that round waits for the pending tokens and goes step by step (a sequence that stops
-        there never needed the page)."""
+        those of step-by-step decoding (same kernels, same inputs; a sampled step draws each sequence's
+        uniforms when it is launched, as a step-by-step one-node tree draws them: verify.tree_uniforms). When
+        the pool has no page for the step ahead, that round waits for the pending tokens and goes step by
+        step (a sequence that stops there never needed the page)."""
         backend = self.model.backend
         pending = None  # (sequences of the step in flight, its argmax ids on the device, their host copy's wait)
         while True:
@@ -150,7 +152,10 @@ class Engine:
                         where = {id(s): i for i, s in enumerate(pending[0])}
                         tokens = backend.gather(pending[1], [where[id(s)] for s in rows])
                 logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache, tokens)
-                ids = logits.argmax_device()
+                if rows[0].params.greedy:
+                    ids = logits.argmax_device()
+                else:
+                    ids = logits.sample_device([s.params for s in rows], [tree_uniforms(s.rng, 1)[0] for s in rows])
                 launched = (rows, ids, backend.to_host_soon(ids))  # the copy is queued before step k + 1
             if pending is not None:
                 for s, token in zip(pending[0], pending[2]()):  # waits for step k alone

@@ -105,6 +105,9 @@ class StepLogits:
     def argmax_device(self):  # [R] int32 on the backend, not waited for
         return self.backend.argmax_device(self.device)
 
+    def sample_device(self, params, uniforms):  # [R] int32 on the backend: row r drawn with params[r] at u[r]
+        return self.backend.sample_rows_device(self.device, list(range(len(params))), params, uniforms)
+
     def choose(self, row: int, params, rng) -> int:
         """One token from row `row`: argmax, or a sample drawn on the backend with u from the request's generator."""
         if params.greedy:

@@ -62,6 +62,13 @@ def verify_sampled(tree: Tree, logits: np.ndarray, params: SamplingParams, unifo
         node = accepted
 
 
+def tree_uniforms(rng: np.random.Generator, T: int) -> np.ndarray:
+    """The uniforms a sampled step of a T-node tree draws from its sequence's generator: every child test and
+    the bonus draw, in order (T + 1; a one-node tree's token takes the first). Engine.decode_ahead draws the
+    same, so a seed gives the same tokens one step ahead or step by step."""
+    return rng.random(T + 1)
+
+
 def verify(tree: Tree, logits, params: SamplingParams, rng: np.random.Generator, rows: slice | None = None) -> tuple[list[int], int]:
     """logits: the step's `StepLogits`; rows: this tree's rows in it.
 
@@ -71,7 +78,7 @@ def verify(tree: Tree, logits, params: SamplingParams, rng: np.random.Generator,
     rows = rows or slice(0, len(tree))
     if params.greedy:
         return verify_greedy(tree, logits.argmax()[rows])
-    uniforms = rng.random(len(tree) + 1)  # every child test and the bonus draw, in order
+    uniforms = tree_uniforms(rng, len(tree))
     if tree.sampled:
         return verify_sampled(tree, logits.host()[rows], params, uniforms)
     return logits.backend.verify_tree(logits.device, rows.start, tree, params, uniforms)

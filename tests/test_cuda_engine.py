@@ -157,16 +157,19 @@ def single_decode_plan(llm):
         llm.cache.release(table)
 
 
+@pytest.mark.parametrize("sampled", [False, True])
 @pytest.mark.parametrize("use_graphs", [True, False])
-def test_decode_ahead_equals_step_by_step_on_gpu(gpu_bf16, prompt_ids, use_graphs):
-    """Greedy decoding one step ahead (the next step reads the previous step's argmax on the device, copied
-    into the graph's token input) gives step-by-step decoding's tokens bit for bit: same kernels, same inputs."""
-    params = [SamplingParams(temperature=0, max_tokens=40, ignore_eos=True), SamplingParams(temperature=0, max_tokens=25)]
+def test_decode_ahead_equals_step_by_step_on_gpu(gpu_bf16, prompt_ids, use_graphs, sampled):
+    """Decoding one step ahead (the next step reads the previous step's argmax, or seeded draw, on the device,
+    copied into the graph's token input) gives step-by-step decoding's tokens bit for bit: same kernels, same
+    inputs, the same uniforms in the same order."""
+    mode = dict(temperature=0.8, top_p=0.9, seed=11) if sampled else dict(temperature=0)
+    params = [SamplingParams(max_tokens=40, ignore_eos=True, **mode), SamplingParams(max_tokens=25, n=2, **mode)]
     gpu_bf16.backend.use_graphs = use_graphs
     try:
-        ahead = [r.token_ids for r in gpu_bf16.generate(prompt_ids[:2], params)]
+        ahead = [[s.token_ids for s in r.samples] for r in gpu_bf16.generate(prompt_ids[:2], params)]
         gpu_bf16.engine.decode_ahead_enabled = False
-        step = [r.token_ids for r in gpu_bf16.generate(prompt_ids[:2], params)]
+        step = [[s.token_ids for s in r.samples] for r in gpu_bf16.generate(prompt_ids[:2], params)]
     finally:
         gpu_bf16.engine.decode_ahead_enabled = True
         gpu_bf16.backend.use_graphs = True

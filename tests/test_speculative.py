@@ -172,16 +172,18 @@ def test_running_out_of_pages_is_an_error_and_frees_everything(tiny_model):
     assert len(result.token_ids) == 20
 
 
-def test_decode_ahead_equals_step_by_step(tiny_model):
-    """Greedy decoding without a drafter runs one step ahead of the host: each step takes the previous step's
-    argmax as a backend array. It must emit what step-by-step decoding emits, stop where that stops (token
-    budget, stop string, context limit, with samples sharing pages) and give every page back."""
+@pytest.mark.parametrize("sampled", [False, True])
+def test_decode_ahead_equals_step_by_step(tiny_model, sampled):
+    """Decoding without a drafter runs one step ahead of the host: each step takes the previous step's argmax
+    (or its seeded draw) as a backend array. It must emit what step-by-step decoding emits, stop where that
+    stops (token budget, stop string, context limit, with samples sharing pages) and give every page back."""
     llm = LLM(model=str(tiny_model), device="cpu", max_model_len=100)
     prompts = ["shared prompt " * 6, "a b c", "x" * 30]
+    mode = dict(temperature=0.9, top_k=40, top_p=0.95, seed=7) if sampled else dict(temperature=0)
     params = [
-        SamplingParams(temperature=0, max_tokens=30, ignore_eos=True),
-        SamplingParams(temperature=0, max_tokens=9, stop=["a"]),
-        SamplingParams(temperature=0, max_tokens=500, ignore_eos=True, n=2),  # runs into max_model_len
+        SamplingParams(max_tokens=30, ignore_eos=True, **mode),
+        SamplingParams(max_tokens=9, stop=["a"], **mode),
+        SamplingParams(max_tokens=500, ignore_eos=True, n=2, **mode),  # runs into max_model_len
     ]
     forward, chained = llm.model.forward, []
 

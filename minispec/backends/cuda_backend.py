@@ -632,6 +632,10 @@ class CudaBackend:
 
     def sample_rows(self, logits, rows, params, uniforms) -> np.ndarray:
         """tokens[r] drawn from p of params[r] at uniform u[r] (u comes from the request's seeded generator)."""
+        return self.cp.asnumpy(self.sample_rows_device(logits, rows, params, uniforms))
+
+    def sample_rows_device(self, logits, rows, params, uniforms):
+        """sample_rows, the tokens left on the device (int32 [R], not waited for)."""
         cp = self.cp
         logits = cp.ascontiguousarray(logits)
         R, V = len(rows), logits.shape[1]
@@ -639,7 +643,7 @@ class CudaBackend:
         tokens = cp.empty(R, dtype=cp.int32)
         probs = cp.empty((R, V), dtype=cp.float32)
         self.kernel("sampling.cu", "sample_rows")((R,), (1024,), (logits, self.put(settings, np.float64), probs, tokens, np.int32(V)))
-        return cp.asnumpy(tokens)
+        return tokens
 
     def verify_tree(self, logits, row0: int, tree, params, uniforms):
         """Sampled verification of a deterministic-candidate tree on the device; only the path comes back."""

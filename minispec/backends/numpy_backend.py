@@ -177,6 +177,9 @@ class NumpyBackend:
 
         return np.array([sample_from(target_distribution(logits[r], p), u) for r, p, u in zip(rows, params, uniforms)])
 
+    def sample_rows_device(self, logits, rows, params, uniforms) -> np.ndarray:
+        return self.sample_rows(logits, rows, params, uniforms).astype(np.int32)
+
     def attention(self, q, k_cache, v_cache, plan: StepPlan, scale: float):
         return attention(q, k_cache, v_cache, plan, scale)
 
