@@ -17,6 +17,7 @@ for what in "$@"; do
     sampled) timeout 200 python3 notes/scripts/sampled_decode.py 2>&1 | grep -v "it/s\]" | tee $OUT/sampled_decode.log
         if [ -d .old ]; then echo "# the same with .old (an older build: git archive REV minispec kernels)" | tee -a $OUT/sampled_decode.log
           (cd .old && timeout 200 python3 ../notes/scripts/sampled_decode.py 2>&1 | grep -v "it/s\]" | tee -a $OUT/sampled_decode.log); fi ;;
+    spec-profile) timeout 200 python3 notes/scripts/spec_host_profile.py 2>&1 | grep -v "it/s\]" | tee $OUT/spec_host_profile.log ;;
     kernels) timeout 200 python3 -m pytest -q -x tests/test_cuda_kernels.py 2>&1 | tail -15 ;;
     spec) timeout 300 python3 -m minispec.cli bench spec --device cuda 2>&1 | tee $OUT/bench_spec.log ;;
     profile) for T in 64 1; do
