@@ -236,10 +236,11 @@ def step_times(model, context: int, tree_sizes=(4, 16, 32, 64)):
     return results
 
 
-def decode_ahead_time(model, context: int, steps: int = 32) -> float:
-    """Seconds per plain greedy decode step as Engine.decode_ahead runs them, batch 1, from `context`: each
-    step's token is the previous step's argmax on the device, and the host copies a step's token back while
-    the next step runs (plans built on the host in the loop, as the engine does)."""
+def decode_ahead_time(model, context: int, steps: int = 32, params=None) -> float:
+    """Seconds per plain decode step as Engine.decode_ahead runs them, batch 1, from `context`: each step's
+    token is the previous step's argmax (or, with sampling `params`, its draw) on the device, and the host
+    copies a step's token back while the next step runs (plans built on the host in the loop, as the engine
+    does)."""
     from .step import StepItem, build_plan
     from .tree import Tree
 
@@ -247,13 +248,17 @@ def decode_ahead_time(model, context: int, steps: int = 32) -> float:
     cache = model.new_cache(-(-(context + steps + 1) // 16) + 1, 16)
     table = []
     cache.prepare(table, 0, context + steps + 1)
+    rng = np.random.default_rng(0)
+
+    def next_ids(logits):
+        return logits.argmax_device() if params is None else logits.sample_device([params], [rng.random()])
 
     def run():
-        ids = model.forward(build_plan([StepItem.tree(table, context, Tree.single(0))], 16), cache).argmax_device()
+        ids = next_ids(model.forward(build_plan([StepItem.tree(table, context, Tree.single(0))], 16), cache))
         read = backend.to_host_soon(ids)
         for i in range(1, steps):
             plan = build_plan([StepItem.tree(table, context + i, Tree.single(0))], 16)
-            ids = model.forward(plan, cache, ids).argmax_device()
+            ids = next_ids(model.forward(plan, cache, ids))
             previous, read = read, backend.to_host_soon(ids)
             previous()  # step i - 1's token, while step i runs
         read()
@@ -314,6 +319,9 @@ def bench_e2e(args) -> None:
         ahead = decode_ahead_time(model, 512)
         print(f"  plain decode one step ahead (the engine's greedy loop: the host works while the GPU runs the next step): "
               f"{ahead * 1e3:.3f} ms/step, {ahead / floor:.2f}x floor")
+        sampled = decode_ahead_time(model, 512, params=SamplingParams(temperature=0.8, top_k=50, top_p=0.9))
+        print(f"  sampled decode one step ahead (temperature 0.8, top-k 50, top-p 0.9): {sampled * 1e3:.3f} ms/step, "
+              f"{sampled / ahead:.2f}x greedy")
         for T in (1, 16):
             if T > 1 and backend.fused_row_limit(model) < T:
                 continue
