@@ -311,7 +311,7 @@ __device__ float warp_range_sum(const float* __restrict__ p, int begin, int end,
 }
 
 // The first v (index order) whose running sum of p exceeds u * (sum of p); the last v with p > 0 when rounding
-// leaves the target past the end. Two rounds narrow the range: the row (then the chunk found) is cut into one
+// leaves the target past the end; 0 when no p > 0 (NaN or -inf logits). Two rounds narrow the range: the row (then the chunk found) is cut into one
 // chunk per warp, each warp sums its chunk, and thread 0 finds the chunk where the running sum passes the
 // target; then one warp scans that last chunk (about 128 values at Llama 3's vocabulary) 32 at a time.
 __device__ int sample_index(const float* __restrict__ p, int V, double u, float* warp_sum, float* scratch) {
@@ -371,7 +371,8 @@ __device__ int sample_index(const float* __restrict__ p, int V, double u, float*
         }
     }
     __syncthreads();
-    int token = found >= 0 ? found : last_kept;
+    // nothing kept at all (a row of NaN or -inf logits): token 0, so that a step ahead still reads a valid id
+    int token = found >= 0 ? found : max(last_kept, 0);
     __syncthreads();
     return token;
 }

@@ -297,6 +297,23 @@ def test_kept_set_is_the_reference_s(settings, V):
         np.testing.assert_allclose(kept[r] / kept[r].sum(), p, rtol=2e-5, atol=1e-9)
 
 
+def test_sampling_a_degenerate_row_gives_a_valid_token():
+    """A step whose logits went NaN (or all -inf) must still hand the next step a token id in [0, V): decoding
+    one step ahead feeds it to the embedding before the host sees it (an invalid id read far out of bounds)."""
+    import cupy as cp
+
+    from minispec import SamplingParams
+
+    be, V = backend("bfloat16"), 128256
+    logits = np.random.default_rng(3).normal(size=(3, V)).astype(np.float32)
+    logits[0] = np.nan
+    logits[1] = -np.inf
+    logits[2, :100] = np.nan
+    params = [SamplingParams(temperature=0.8, top_k=50, top_p=0.9)] * 3
+    tokens = be.sample_rows(cp.asarray(logits), [0, 1, 2], params, [0.3, 0.6, 0.9])
+    assert ((tokens >= 0) & (tokens < V)).all(), tokens
+
+
 @pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.8, top_k=30, top_p=0.9)])
 def test_verify_tree_matches_reference(settings):
     """Same uniforms, same decisions as minispec.verify.verify_sampled (up to fp32 vs fp64 at a boundary)."""
