@@ -535,23 +535,32 @@ __device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, uns
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// acc (warp 0's lanes; other warps' are partial) = the 16 x 8 tile of xs . W^T, w_row = this lane's weight row
-// n_g; xs swizzled [16, K8] chunks, red = MMA_RED_FLOATS of shared memory. Every thread of the block calls it.
-#define MMA_LOADS 2  // 32-column chunks in flight per lane
-__device__ __forceinline__ void block_tile(const bf16* w_row, const uint4* xs, int K8, float* red, float (&acc)[4]) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    const int groups = K8 / 4, per = (groups + WARPS - 1) / WARPS;  // 4 chunks = 32 columns per group
+// acc (the team's first warp's lanes; the others' are partial) = the 16 x 8 tile of xs . W^T over a team of
+// TEAM warps (16: the block; 4: a quarter, so that 4 tiles run at once), w_row = this lane's weight row n_g;
+// xs swizzled [16, K8] chunks, red = MMA_RED_FLOATS of shared memory (each team its own part). Every thread of
+// the team calls it; the team syncs by itself (named barrier 1 + team), so teams may run different tile counts.
+template <int TEAM>
+__device__ __forceinline__ void team_sync() {
+    if constexpr (TEAM == WARPS) __syncthreads();
+    else asm volatile("bar.sync %0, %1;" ::"r"(1 + (int)threadIdx.x / (32 * TEAM)), "r"(32 * TEAM) : "memory");
+}
+
+template <int TEAM>
+__device__ __forceinline__ void team_tile(const bf16* w_row, const uint4* xs, int K8, float* red, float (&acc)[4]) {
+    constexpr int LOADS = TEAM == WARPS ? 2 : 4;  // 32-column chunks in flight per lane (a smaller team: longer slices)
+    const int warp = threadIdx.x / 32 % TEAM, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const int groups = K8 / 4, per = (groups + TEAM - 1) / TEAM;  // 4 chunks = 32 columns per group
     const int begin = min(groups, warp * per) * 4, end = min(groups, (warp + 1) * per) * 4;
     const uint4* w = reinterpret_cast<const uint4*>(w_row);
     const uint4 *xa = xs + g * K8, *xb = xs + (g + 8) * K8;
     const int sw = (g & 1) << 2;
     acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
-    for (int j0 = begin; j0 < end; j0 += 4 * MMA_LOADS) {
-        uint4 wv[MMA_LOADS];
+    for (int j0 = begin; j0 < end; j0 += 4 * LOADS) {
+        uint4 wv[LOADS];
 #pragma unroll
-        for (int u = 0; u < MMA_LOADS; u++) wv[u] = j0 + 4 * u < end ? load_stream(w + j0 + 4 * u + c) : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < LOADS; u++) wv[u] = j0 + 4 * u < end ? load_stream(w + j0 + 4 * u + c) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-        for (int u = 0; u < MMA_LOADS; u++) {
+        for (int u = 0; u < LOADS; u++) {
             if (j0 + 4 * u >= end) break;
             const int j = (j0 + 4 * u + c) ^ sw;
             const uint4 a = xa[j], b = xb[j];
@@ -559,18 +568,22 @@ __device__ __forceinline__ void block_tile(const bf16* w_row, const uint4* xs, i
             mma16816(acc, a.z, b.z, a.w, b.w, wv[u].z, wv[u].w);
         }
     }
-    float4* r = reinterpret_cast<float4*>(red);
+    float4* r = reinterpret_cast<float4*>(red) + (int)threadIdx.x / (32 * TEAM) * TEAM * 32;
     r[warp * 32 + lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-    __syncthreads();
+    team_sync<TEAM>();
     if (warp == 0) {
         float4 t = r[lane];
-        for (int v = 1; v < WARPS; v++) {
+        for (int v = 1; v < TEAM; v++) {
             float4 o = r[v * 32 + lane];
             t.x += o.x, t.y += o.y, t.z += o.z, t.w += o.w;
         }
         acc[0] = t.x, acc[1] = t.y, acc[2] = t.z, acc[3] = t.w;
     }
-    __syncthreads();  // red is free for the next tile
+    team_sync<TEAM>();  // red is free for the next tile
+}
+
+__device__ __forceinline__ void block_tile(const bf16* w_row, const uint4* xs, int K8, float* red, float (&acc)[4]) {
+    team_tile<WARPS>(w_row, xs, K8, red, acc);
 }
 
 // qkv: a tile is 4 RoPE pairs (d0 + j, d0 + j + D/2) of a head: n = 2j and 2j + 1, so lane c holds the pair
@@ -630,18 +643,27 @@ __device__ __noinline__ void phase_residual_mma(float* resid, const bf16* w_all,
 
 // act[m, i] = bf16(silu(x[m] . Wg[i]) * (x[m] . Wu[i])): a tile is 4 column pairs (gate i0 + j, up I + i0 + j)
 // as n = 2j and 2j + 1 (lane c: column i0 + c of rows g and g + 8).
-__device__ __noinline__ void phase_gate_up_mma(bf16* act, const bf16* wgu, const uint4* xs, int M, int C, int I, float* red) {
-    const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    for (int u = blockIdx.x; u < I / 4; u += gridDim.x) {
+// With more than two tiles per block, teams of 4 warps take a tile each (4 at once per block).
+template <int TEAM>
+__device__ void gate_up_tiles(bf16* act, const bf16* wgu, const uint4* xs, int M, int C, int I, float* red) {
+    constexpr int TEAMS = WARPS / TEAM;
+    const int team = threadIdx.x / (32 * TEAM), lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    for (int u = blockIdx.x + team * gridDim.x; u < I / 4; u += gridDim.x * TEAMS) {
         float acc[4];
-        block_tile(wgu + (long long)((g & 1) * I + 4 * u + g / 2) * C, xs, C / 8, red, acc);
-        if (threadIdx.x >= 32) continue;
+        team_tile<TEAM>(wgu + (long long)((g & 1) * I + 4 * u + g / 2) * C, xs, C / 8, red, acc);
+        if (threadIdx.x % (32 * TEAM) >= 32) continue;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int m = g + 8 * h;
             if (m < M) act[(long long)m * I + 4 * u + c] = __float2bfloat16_rn(acc[2 * h] / (1.0f + __expf(-acc[2 * h])) * acc[2 * h + 1]);
         }
     }
+}
+
+__device__ __noinline__ void phase_gate_up_mma(bf16* act, const bf16* wgu, const uint4* xs, int M, int C, int I, float* red) {
+    if (I / 4 > 2 * (int)gridDim.x) gate_up_tiles<4>(act, wgu, xs, M, C, I, red);
+    else gate_up_tiles<WARPS>(act, wgu, xs, M, C, I, red);
+    __syncthreads();  // the teams finish at different times; the staging that follows overwrites xs
 }
 
 template <int MR, int D>
