@@ -525,7 +525,9 @@ __device__ __noinline__ void phase_gate_up(bf16* act, const bf16* wgu, const uin
 // staged rows g and g + 8: the k order inside the mma is permuted (k-step 0 takes columns 8c .. 8c + 3, step 1
 // 8c + 4 .. 8c + 7), identically for A and B, which leaves the dot products unchanged and makes every
 // load 16 bytes wide. C fragment: lane holds rows g and g + 8, columns 2c and 2c + 1 of the tile.
-// Units go to blocks (unit u -> block u % grid), so a phase's tiles spread over the SMs.
+// Units go to blocks (unit u -> block u % grid), so a phase's tiles spread over the SMs. Where a phase has more
+// than two tiles per block (gate/up of the default model: 384 tiles), teams of 4 warps take a tile each, so a
+// block runs 4 at once instead of one after another (each team syncs on its own named barrier).
 #define MMA_RED_FLOATS (WARPS * 32 * 4)  // shared floats for the cross-warp sums, after the staged rows
 
 __device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
