@@ -1,6 +1,6 @@
 // Token selection on the GPU, so a greedy step copies back T ids instead of T x V logits.
 //
-// argmax_rows: ids[r] = argmax_v logits[r, v] in numpy.argmax's order: NaN above every number (the first NaN
+// argmax (argmax_share, then argmax_merge): ids[r] = argmax_v logits[r, v] in numpy.argmax's order: NaN above every number (the first NaN
 //   wins, so a step that went NaN still feeds the next one a valid id), then the value, then the lower index.
 //   Two launches, so that a decode step's one row of 128k logits is read by many SMs at once (one block per
 //   row reads it at one SM's latency-bound pace: 200 µs for Llama-3's vocabulary, a twentieth of the step):
@@ -100,7 +100,9 @@ extern "C" __global__ void argmax_merge(const float* __restrict__ best_value, co
 // 10-11 bits, each one pass over the row building a histogram of the values still matching the prefix, then
 // a scan for the bin where the running count (top-k) or mass (top-p) from the top reaches the goal.
 // Masses are summed in 2^-40 fixed point with integer atomics, so the result does not depend on the order
-// the threads add in (a seed reproduces its token). About 10 passes in all; bisection took 85.
+// the threads add in (a seed reproduces its token). About 10 passes in all; bisection took 85. On an H100,
+// one row with top-k 50 and top-p 0.9: 70 µs at V = 49152, 157 µs at V = 128256 (the bisection version took
+// 0.6 and 3.2 ms a call: notes/sampling_h100.log); one block reads the row at one SM's pace, ~20 µs a pass.
 // NumPy reference: minispec.sampling.sample_from(target_distribution(...), u). Tests: test_cuda_kernels.py.
 #define SAMPLE_THREADS 1024
 #define RADIX_BINS 2048
