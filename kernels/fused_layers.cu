@@ -584,10 +584,6 @@ __device__ __forceinline__ void team_tile(const bf16* w_row, const uint4* xs, in
     team_sync<TEAM>();  // red is free for the next tile
 }
 
-__device__ __forceinline__ void block_tile(const bf16* w_row, const uint4* xs, int K8, float* red, float (&acc)[4]) {
-    team_tile<WARPS>(w_row, xs, K8, red, acc);
-}
-
 // qkv: a tile is 4 RoPE pairs (d0 + j, d0 + j + D/2) of a head: n = 2j and 2j + 1, so lane c holds the pair
 // d = d0 + c of rows g and g + 8 (the epilogue of phase_qkv, per row).
 template <int D>
@@ -598,7 +594,7 @@ __device__ void phase_qkv_mma(const Step& s, const bf16* wqkv, bf16* k_cache, bf
     for (int u = blockIdx.x; u < units; u += gridDim.x) {
         const int head = u / (half / 4), d0 = (u % (half / 4)) * 4;
         float acc[4];
-        block_tile(wqkv + (long long)(head * D + d0 + g / 2 + (g & 1) * half) * s.C, xs, K8, red, acc);
+        team_tile<WARPS>(wqkv + (long long)(head * D + d0 + g / 2 + (g & 1) * half) * s.C, xs, K8, red, acc);
         if (threadIdx.x >= 32) continue;
         const int d = d0 + c;
 #pragma unroll
@@ -630,7 +626,7 @@ __device__ __noinline__ void phase_residual_mma(float* resid, const bf16* w_all,
     const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     for (int u = blockIdx.x; u < C / 8; u += gridDim.x) {
         float acc[4];
-        block_tile(w_all + (long long)(8 * u + g) * K, xs, K / 8, red, acc);
+        team_tile<WARPS>(w_all + (long long)(8 * u + g) * K, xs, K / 8, red, acc);
         if (threadIdx.x >= 32) continue;
 #pragma unroll
         for (int h = 0; h < 2; h++) {

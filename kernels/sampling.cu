@@ -316,8 +316,8 @@ __device__ float warp_range_sum(const float* __restrict__ p, int begin, int end,
 // leaves the target past the end; 0 when no p > 0 (NaN or -inf logits). Two rounds narrow the range: the row (then the chunk found) is cut into one
 // chunk per warp, each warp sums its chunk, and thread 0 finds the chunk where the running sum passes the
 // target; then one warp scans that last chunk (about 128 values at Llama 3's vocabulary) 32 at a time.
-__device__ int sample_index(const float* __restrict__ p, int V, double u, float* warp_sum, float* scratch) {
-    __shared__ int range_begin, range_end, last_kept;
+__device__ int sample_index(const float* __restrict__ p, int V, double u, float* warp_sum) {
+    __shared__ int range_begin, range_end, last_kept, warp_last[32];
     __shared__ float before, target;
     const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int begin = 0, end = V;
@@ -326,13 +326,13 @@ __device__ int sample_index(const float* __restrict__ p, int V, double u, float*
         const int chunk_begin = min(end, begin + warp * C), chunk_end = min(end, chunk_begin + C);
         int last;
         float sum = warp_range_sum(p, chunk_begin, chunk_end, last);
-        if (lane == 0) { warp_sum[warp] = sum; scratch[warp] = __int_as_float(last); }
+        if (lane == 0) { warp_sum[warp] = sum; warp_last[warp] = last; }
         __syncthreads();
         if (threadIdx.x == 0) {
             if (round == 0) {
                 float total = 0.0f;
                 last_kept = -1;
-                for (int w = 0; w < warps; w++) { total += warp_sum[w]; last_kept = max(last_kept, __float_as_int(scratch[w])); }
+                for (int w = 0; w < warps; w++) { total += warp_sum[w]; last_kept = max(last_kept, warp_last[w]); }
                 target = (float)(u * total);
                 before = 0.0f;
             }
@@ -388,7 +388,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(const f
     const double* s = settings + 6 * r;  // row, temperature, top_k, top_p, min_p, u
     float* p = probs + (long long)r * V;
     target_probs(logits + (long long)s[0] * V, p, V, s[1], (int)s[2], s[3], s[4], scratch, radix);
-    int token = sample_index(p, V, s[5], warp_sum, scratch);
+    int token = sample_index(p, V, s[5], warp_sum);
     if (threadIdx.x == 0) tokens[r] = token;
 }
 
@@ -433,7 +433,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) verify_tree(const f
         length++;
         __syncthreads();
     }
-    int bonus = sample_index(probs, V, uniforms[next_uniform], warp_sum, scratch);
+    int bonus = sample_index(probs, V, uniforms[next_uniform], warp_sum);
     if (threadIdx.x == 0) {
         out[0] = length;
         out[1] = bonus;

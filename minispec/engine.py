@@ -70,7 +70,7 @@ class Engine:
         self.drafter = drafter
         self.max_model_len = max_model_len
         self.prefill_chunk = prefill_chunk
-        self.decode_ahead_enabled = True  # greedy decoding without a drafter runs one step ahead (decode_ahead)
+        self.decode_ahead_enabled = True  # decoding without a drafter (all greedy or all sampled) runs one step ahead
 
     # ------------------------------------------------------------------ the loop
     def run(self, prompts: list[list[int]], params: list[SamplingParams]):
