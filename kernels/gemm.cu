@@ -1,25 +1,29 @@
-// Small-M GEMM on tensor cores, streaming the weights: y[M, N] = x[M, K] . W[N, K]^T (M <= 64 per launch row-tile).
+// Small-M GEMM on tensor cores, streaming the weights: y[M, N] = x[M, K] . W[N, K]^T.
 //
-// Decode and tree verify have M = B * T <= 64 rows, so the cost is reading W once (N * K * 2 bytes);
-// the kernel is built to keep many wide weight loads in flight.
+// Decode and tree verify have M = B * T <= 64 rows, so the cost is reading W once (N * K * 2 bytes); the
+// kernel keeps the whole GPU's weight reads in flight through a cp.async ring in shared memory.
 //
-// Operands: x bf16 [M, K] (written in bf16 by the op before the GEMM), W bf16 [N, K]
-// (the checkpoint layout, y = x W^T), partial float [splits, M, N] (y itself when splits == 1).
-// K / splits must be a multiple of 32 (the launcher checks; else it uses the plain kernel below).
+// Operands: x bf16 [M, K] (written in bf16 by the op before the GEMM), W bf16 [N, K] (the checkpoint
+// layout, y = x W^T), y float [M, N].
 //
-// mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32 (inline PTX). Standard fragments, g = lane / 4, t = lane % 4:
-//   A: a0 = (row g, k 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
-//   B: b0 = (k 2t..2t+1, col g), b1 = (k 2t+8..2t+9, col g);  C: c0,c1 = (g, 2t..), c2,c3 = (g+8, 2t..)
-// The sum over k does not care about the order of k, so we permute k inside each 32-wide block to match
-// one 16-byte load per lane: lane (g, t) loads W[n0 + g][kb + 8t .. kb + 8t + 7] and uses elements
-// 0-3 as (b0, b1) of the first mma and 4-7 as those of the second; its A fragments are read from the
-// same physical k positions of x, so each product pairs the right x and W elements.
-// Launch: grid (ceil(N / 64), splits, ceil(M / 64)), block 256 (8 warps x 8 columns); block (bx, s)
-// covers columns bx*64 .. +64 and k range [s * K / splits, (s+1) * K / splits) in 128-wide steps with
-// U (4 or 8) 16-byte loads per lane in flight (gemm_stream_pipelined also prefetches the next stage),
-// then 32-wide steps for the rest. splits > 1 writes partials that reduce_splits sums in a fixed
-// order (deterministic: the same inputs give the same bits); the ops after a GEMM sum the partials
-// themselves (elementwise.cu), reduce_splits serves the LM head.
+// gemm_stream_r{R}_k{BK}_s{S} (R = 8, 16, 32, 64 staged x rows; BK = 64 or 128 k per stage; S = 1, 2, 4, 8
+// blocks per cluster), K % (BK S) == 0, N K < 2^32 (element offsets are 32-bit):
+//   The product is computed transposed, y^T = W x^T, so the weight rows fill the 16-row side of
+//   mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32 and the few x rows its 8-column side (R / 8 column tiles).
+//   Fragments (g = lane / 4, t = lane % 4), read from shared memory with ldmatrix.x4:
+//     A (W):   a0 = (row g, k 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//     B (x^T): b0 = (k 2t..2t+1, col g), b1 = (k 2t+8..2t+9, col g);   C: c0,c1 = (g, 2t..), c2,c3 = (g+8, 2t..)
+//   Launch: grid (ceil(N / 128), S, ceil(M / R)), block 256, cluster (1, S, 1), dynamic shared memory
+//   STAGES x (128 + R) x BK x 2 bytes. Block (bx, s, bz) owns weight rows bx*128 .. +128, x rows bz*R .. +R and
+//   k range [s K / S, (s+1) K / S). Its 8 warps are 4 row groups of 32 weight rows x 2 halves of each
+//   k stage; a stage is W [128, BK] + x [R, BK] in bf16, its 16-byte chunks swizzled (chunk c of row r
+//   sits at c ^ (r % 8)) so the 8 rows of every ldmatrix phase and cp.async quarter-warp hit 32 distinct banks.
+//   STAGES - 1 stages are in flight while the tensor cores work on the oldest.
+//   Reduction, in a fixed order (the same inputs give the same bits): the k-half 1 warps store their
+//   sums in shared memory, the k-half 0 warps add theirs, then rank r of the cluster sums rows
+//   r * 128 / S .. +128 / S over the S blocks' shared memory (rank order, through distributed shared
+//   memory) and writes them to y, coalesced along N. So y is complete when the kernel ends.
+// gemm_bf16: the plain version for any K that is a multiple of 16 (one 4-byte weight load per fragment).
 // NumPy reference: numpy_backend.linear (on bf16-rounded x and W). Tests: tests/test_cuda_kernels.py.
 #include <cuda_bf16.h>
 
@@ -29,6 +33,177 @@ __device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, uns
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+
+namespace stream {
+constexpr int ROWS = 128;            // weight rows (columns of y) per block
+constexpr int THREADS = 256;
+constexpr int RED_STRIDE = ROWS + 4;  // floats per x row of the reduction buffer (+4: the warps' stores hit distinct banks)
+}  // namespace stream
+
+__device__ __forceinline__ void cp_async16(unsigned shared_address, const void* global, int bytes) {
+    // bytes = 0 reads nothing and fills the 16 bytes with zeros (x rows past M)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address), "l"(global), "r"(bytes));
+}
+
+__device__ __forceinline__ int swizzle(int row, int chunk) { return chunk ^ (row & 7); }
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+// The float at the same shared-memory offset as `local`, in the shared memory of cluster block `rank`.
+__device__ __forceinline__ float load_cluster(const float* local, unsigned rank) {
+    unsigned address = (unsigned)__cvta_generic_to_shared(local), remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(rank));
+    float value;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(value) : "r"(remote) : "memory");
+    return value;
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned shared_address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address));
+}
+
+template <int R, int S, int BK, int STAGES>
+__device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
+                                                 float* __restrict__ y, int M, int N, int K) {
+    using namespace stream;
+    constexpr int NT = R / 8;                                  // 8-column mma tiles over the staged x rows
+    constexpr int CHUNKS = BK / 8, ROW_STEP = THREADS / CHUNKS;  // 16-byte chunks per staged row; a thread's row step
+    constexpr int W_BYTES = ROWS * BK * 2, STAGE_BYTES = W_BYTES + R * BK * 2;
+    constexpr int W_LOADS = ROWS * CHUNKS / THREADS, X_LOADS = (R * CHUNKS + THREADS - 1) / THREADS;
+    extern __shared__ __align__(128) unsigned char shared[];  // STAGES x (W [128, BK] | x [R, BK]), then the reduction
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int group = warp & 3, half = warp >> 2;             // weight rows group*32 .. +32; k chunks half*4 .. +4
+    const int n0 = blockIdx.x * ROWS, k_len = K / S, k_begin = blockIdx.y * k_len, steps = k_len / BK;
+    const int m_base = blockIdx.z * R;
+    x += (long long)m_base * K;
+    y += (long long)m_base * N;
+    M = min(M - m_base, R);
+    const unsigned base = (unsigned)__cvta_generic_to_shared(shared);
+
+    // This thread copies chunk c of staged rows r0 + ROW_STEP j (the same swizzle for every j: ROW_STEP % 8 == 0).
+    const int c = tid % CHUNKS, r0 = tid / CHUNKS;
+    const unsigned chunk_offset = (r0 * CHUNKS + swizzle(r0, c)) * 16;
+    unsigned w_src[W_LOADS], x_src[X_LOADS];                  // element offsets (32-bit: fewer registers than pointers)
+#pragma unroll
+    for (int j = 0; j < W_LOADS; j++) w_src[j] = (unsigned)min(n0 + r0 + ROW_STEP * j, N - 1) * K + k_begin + c * 8;
+#pragma unroll
+    for (int j = 0; j < X_LOADS; j++) x_src[j] = (unsigned)min(r0 + ROW_STEP * j, M - 1) * K + k_begin + c * 8;
+    auto load_stage = [&](int step) {
+        unsigned ws = base + (step % STAGES) * STAGE_BYTES + chunk_offset, xs = ws + W_BYTES;
+        unsigned k = step * BK;
+#pragma unroll
+        for (int j = 0; j < W_LOADS; j++) cp_async16(ws + j * ROW_STEP * BK * 2, w + (w_src[j] + k), 16);
+#pragma unroll
+        for (int j = 0; j < X_LOADS; j++)
+            if (r0 + ROW_STEP * j < R) cp_async16(xs + j * ROW_STEP * BK * 2, x + (x_src[j] + k), r0 + ROW_STEP * j < M ? 16 : 0);
+    };
+
+    // ldmatrix rows: A (weights) lane l gives row l % 16 of a 16-row tile, k chunk + l / 16 (matrices a0..a3);
+    // B (x) lane l gives row l % 8 of an 8-row tile, chunk + l / 8 (b0, b1 of k 0-15, then of k 16-31).
+    const int a_row = group * 32 + (lane & 15), a_chunk = half * CHUNKS / 2 + (lane >> 4);
+    const int b_row = lane & 7, b_chunk = half * CHUNKS / 2 + (lane >> 3);
+    float acc[2][NT][4] = {};
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < steps) load_stage(s);
+        asm volatile("cp.async.commit_group;\n" ::);           // empty groups keep the count uniform
+    }
+    for (int step = 0; step < steps; step++) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2));  // this thread's copies of `step` landed
+        __syncthreads();                                       // everyone's did; and stage step - 1 is free to refill
+        if (step + STAGES - 1 < steps) load_stage(step + STAGES - 1);
+        asm volatile("cp.async.commit_group;\n" ::);
+        const unsigned ws = base + (step % STAGES) * STAGE_BYTES, xs = ws + W_BYTES;
+#pragma unroll
+        for (int u = 0; u < BK / 64; u++) {                    // the warp's half of the stage, 32 k at a time
+        unsigned a[2][2][4];                                   // [row tile][k 0-15, 16-31][a0..a3]
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int k16 = 0; k16 < 2; k16++) {
+                int r = a_row + mt * 16;
+                ldmatrix_x4(a[mt][k16], ws + (r * CHUNKS + swizzle(r, a_chunk + 4 * u + 2 * k16)) * 16);
+            }
+        // Column tiles in groups of up to 4, k 0-15 of every (row tile, column tile) pair before k 16-31, so
+        // 2 x 4 independent mmas separate each mma from the one that adds to its result.
+        constexpr int GROUP = NT < 4 ? NT : 4;
+#pragma unroll
+        for (int n1 = 0; n1 < NT; n1 += GROUP) {
+            unsigned b[GROUP][4];
+#pragma unroll
+            for (int j = 0; j < GROUP; j++) {
+                int r = (n1 + j) * 8 + b_row;
+                ldmatrix_x4(b[j], xs + (r * CHUNKS + swizzle(r, b_chunk + 4 * u)) * 16);
+            }
+#pragma unroll
+            for (int k16 = 0; k16 < 2; k16++)
+#pragma unroll
+                for (int j = 0; j < GROUP; j++)
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++)
+                        mma_bf16(acc[mt][n1 + j], a[mt][k16][0], a[mt][k16][1], a[mt][k16][2], a[mt][k16][3], b[j][2 * k16], b[j][2 * k16 + 1]);
+        }
+        }
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();                                           // the ring is free: it becomes the reduction buffer
+
+    float* red = reinterpret_cast<float*>(shared);            // [R][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
+    for (int pass = 1; pass >= 0; pass--) {                    // k-half 1 stores, then k-half 0 adds
+        if (half == pass) {
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        float& slot = red[(nt * 8 + 2 * t + (i & 1)) * RED_STRIDE + group * 32 + mt * 16 + g + 8 * (i >> 1)];
+                        slot = pass ? acc[mt][nt][i] : slot + acc[mt][nt][i];
+                    }
+        }
+        __syncthreads();
+    }
+    if constexpr (S > 1) cluster_sync();                       // every block's sums are in its shared memory
+    constexpr int SLICE = ROWS / S;
+    const int rank = blockIdx.y;                               // the cluster spans grid y, so this is the cluster rank
+    for (int e = tid; e < SLICE * R; e += THREADS) {
+        int m = e / SLICE, row = rank * SLICE + e % SLICE;
+        if (m >= M || n0 + row >= N) continue;
+        const float* local = red + m * RED_STRIDE + row;
+        float sum;
+        if constexpr (S == 1) {
+            sum = *local;
+        } else {
+            sum = load_cluster(local, 0);
+#pragma unroll
+            for (int q = 1; q < S; q++) sum += load_cluster(local, q);
+        }
+        y[(long long)m * N + n0 + row] = sum;
+    }
+    if constexpr (S > 1) cluster_sync();                       // no block leaves while another reads its shared memory
+}
+
+// Ring shapes measured best (notes/gemm_stages_h100.log): k 128 x 3 stages for up to 16 rows (longer runs
+// per weight row), k 64 x 4 for more (k 128 would leave one block per SM there). cuda_backend.stream_shape mirrors this.
+#define GEMM_STREAM(R, BK, STAGES, S, CLUSTER)                                                                         \
+    extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_r##R##_k##BK##_s##S(                     \
+        const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K) {                               \
+        gemm_stream_body<R, S, BK, STAGES>(x, w, y, M, N, K);                                                          \
+    }
+#define GEMM_STREAM_CLUSTERS(R, BK, STAGES)                          \
+    GEMM_STREAM(R, BK, STAGES, 1, )                                  \
+    GEMM_STREAM(R, BK, STAGES, 2, __cluster_dims__(1, 2, 1))         \
+    GEMM_STREAM(R, BK, STAGES, 4, __cluster_dims__(1, 4, 1))         \
+    GEMM_STREAM(R, BK, STAGES, 8, __cluster_dims__(1, 8, 1))
+GEMM_STREAM_CLUSTERS(8, 128, 3)
+GEMM_STREAM_CLUSTERS(16, 128, 3)
+GEMM_STREAM_CLUSTERS(8, 64, 4)   // K a multiple of 64, not of 128
+GEMM_STREAM_CLUSTERS(16, 64, 4)
+GEMM_STREAM_CLUSTERS(32, 64, 4)
+GEMM_STREAM_CLUSTERS(64, 64, 4)
 
 // C fragments of four m16 tiles (rows m_base ..) and one n8 tile (columns n0 ..) to y [M, N], bounds-checked.
 __device__ __forceinline__ void store_tiles(float* __restrict__ y, const float (*acc)[4], int m_base, int n0, int M, int N,
@@ -43,71 +218,6 @@ __device__ __forceinline__ void store_tiles(float* __restrict__ y, const float (
     }
 }
 
-// Two mmas over one 32-wide k block: lane's 16-byte weight load b covers physical k .. k + 7.
-__device__ __forceinline__ void mma_block(float (*acc)[4], const __nv_bfloat16* __restrict__ x, uint4 b, int k,
-                                          int m_base, int m_tiles, int M, int K, int g) {
-#pragma unroll
-    for (int mt = 0; mt < 4; mt++) {
-        if (mt >= m_tiles) break;
-        int r0 = m_base + mt * 16 + g, r1 = r0 + 8;
-        uint4 x0 = r0 < M ? *reinterpret_cast<const uint4*>(x + (long long)r0 * K + k) : make_uint4(0, 0, 0, 0);
-        uint4 x1 = r1 < M ? *reinterpret_cast<const uint4*>(x + (long long)r1 * K + k) : make_uint4(0, 0, 0, 0);
-        mma_bf16(acc[mt], x0.x, x1.x, x0.y, x1.y, b.x, b.y);
-        mma_bf16(acc[mt], x0.z, x1.z, x0.w, x1.w, b.z, b.w);
-    }
-}
-
-// U 16-byte weight loads per lane per stage; with PIPELINE the next stage's loads are issued before this
-// stage's mmas, so 2 U loads per lane are in flight while the tensor cores work.
-template <int U, bool PIPELINE>
-__device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                                                 float* __restrict__ out, int M, int N, int K) {
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    int n0 = blockIdx.x * 64 + warp * 8, m_base = blockIdx.z * 64;
-    int k_per_split = K / gridDim.y, k_begin = blockIdx.y * k_per_split, k_end = k_begin + k_per_split;
-    int n = min(n0 + g, N - 1);  // clamped rows are computed and dropped at the store
-    const uint4* w_row = reinterpret_cast<const uint4*>(w + (long long)n * K);
-    int m_tiles = min(4, (M - m_base + 15) / 16);
-    float acc[4][4] = {};
-    constexpr int STEP = 32 * U;
-    int kb = k_begin;
-    uint4 cur[U], nxt[U];
-    if (kb + STEP <= k_end) {
-#pragma unroll
-        for (int j = 0; j < U; j++) cur[j] = __ldg(w_row + (kb + 32 * j + 8 * t) / 8);
-    }
-    for (; kb + STEP <= k_end; kb += STEP) {
-        if (PIPELINE && kb + 2 * STEP <= k_end) {
-#pragma unroll
-            for (int j = 0; j < U; j++) nxt[j] = __ldg(w_row + (kb + STEP + 32 * j + 8 * t) / 8);
-        }
-#pragma unroll
-        for (int j = 0; j < U; j++) mma_block(acc, x, cur[j], kb + 32 * j + 8 * t, m_base, m_tiles, M, K, g);
-        if (kb + 2 * STEP <= k_end) {
-#pragma unroll
-            for (int j = 0; j < U; j++) cur[j] = PIPELINE ? nxt[j] : __ldg(w_row + (kb + STEP + 32 * j + 8 * t) / 8);
-        }
-    }
-    for (; kb < k_end; kb += 32) mma_block(acc, x, __ldg(w_row + (kb + 8 * t) / 8), kb + 8 * t, m_base, m_tiles, M, K, g);
-    store_tiles(out + (long long)blockIdx.y * M * N, acc, m_base, n0, M, N, g, t);
-}
-
-// U = 4 without prefetch measured best of U in {2, 4, 8} with and without prefetch (notes/gemm_variants.log).
-extern "C" __global__ void __launch_bounds__(256) gemm_stream(const __nv_bfloat16* x, const __nv_bfloat16* w, float* out,
-                                                              int M, int N, int K) {
-    gemm_stream_body<4, false>(x, w, out, M, N, K);
-}
-
-// y[i] = sum over s of partial[s, i], in split order.   grid (ceil(M * N / 256)), block 256.
-extern "C" __global__ void reduce_splits(const float* __restrict__ partial, float* __restrict__ y, int splits, long long count) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= count) return;
-    float sum = 0.0f;
-    for (int s = 0; s < splits; s++) sum += partial[s * count + i];
-    y[i] = sum;
-}
-
-// The plain version for any K that is a multiple of 16 (one 4-byte weight load per fragment).
 // Launch: grid (ceil(N / 32), ceil(M / 64)), block 128: warp w owns columns (blockIdx.x * 4 + w) * 8 .. +8.
 extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                                      float* __restrict__ y, int M, int N, int K) {

@@ -124,10 +124,12 @@ def test_graph_replay_equals_eager_launches(default_model):
     assert graphs.generate(ids[0], params).token_ids == eager.generate(ids[0], params).token_ids
 
 
-def test_own_gemm_kernel_through_the_engine(default_model, prompt_ids, reference_outputs):
-    """The project's own tensor-core GEMM in every layer (cuBLAS off) still gives the reference tokens."""
+@pytest.mark.parametrize("gemm", ["own", "cublas"])
+def test_each_gemm_through_the_engine(default_model, prompt_ids, reference_outputs, gemm):
+    """The project's own tensor-core GEMM in every layer, prefill included (or cuBLAS in every layer),
+    still gives the reference tokens."""
     llm = LLM(model=str(default_model), device="cuda")
-    llm.backend.cublas_min_m = 1 << 30
+    llm.backend.gemm = gemm
     results = llm.generate(prompt_ids, SamplingParams(temperature=0, max_tokens=64, ignore_eos=True))
     for result, expected_ids in zip(results, reference_outputs):
         assert result.token_ids[:16] == expected_ids[:16]

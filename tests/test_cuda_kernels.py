@@ -134,15 +134,37 @@ def test_gemm_bf16_matches_reference(M, N, K, implementation):
 
     be, rng = backend("bfloat16"), np.random.default_rng(M * N + K)
     if implementation == "own":
-        be.cublas_min_m = 1 << 30  # the project's tensor-core kernel at every M
+        be.gemm = "own"  # the project's tensor-core kernels at every M
     else:
         assert be.cublas is not None, f"cuBLAS could not be loaded through ctypes: {be.cublas_error}"
-        be.cublas_min_m = 1  # cuBLAS gemmEx through ctypes, bf16 in, fp32 out
+        be.gemm = "cublas"  # cuBLAS gemmEx through ctypes, bf16 in, fp32 out
     x = rng.normal(size=(M, K)).astype(np.float32)
     w = rng.normal(size=(N, K)).astype(np.float32) / np.sqrt(K)
     y = cp.asnumpy(be.reduce(be.linear(be.convert(x), be.convert(w))))
     expected = stored(x, "bfloat16").astype(np.float64) @ stored(w, "bfloat16").astype(np.float64).T  # bf16 operands, exact sums
     assert_close(y, expected, 1e-3, 1e-3 * np.abs(expected).max(), f"{implementation} gemm M={M} N={N} K={K}")
+
+
+@pytest.mark.parametrize("S", [1, 2, 4, 8])
+@pytest.mark.parametrize("M", [1, 8, 13, 16, 31, 64, 100])
+@pytest.mark.parametrize("K", [1024, 2560])
+def test_gemm_stream_every_cluster_size(M, S, K):
+    """gemm_stream_r{8..64}_s{1..8}: every staged-row count and cluster size, N off the 128-row tile,
+    K / S from 2 stages (fewer than the ring holds) up; y poisoned first, so every element is written."""
+    import cupy as cp
+
+    be, rng = backend("bfloat16"), np.random.default_rng(M * 8 + S + K)
+    be.gemm_cluster = S
+    N = 333
+    x = rng.normal(size=(M, K)).astype(np.float32)
+    w = rng.normal(size=(N, K)).astype(np.float32) / np.sqrt(K)
+    y = cp.full((M, N), cp.nan, dtype=cp.float32)
+    be.gemm_stream(be.convert(x), be.convert(w), y)
+    expected = stored(x, "bfloat16").astype(np.float64) @ stored(w, "bfloat16").astype(np.float64).T
+    assert_close(cp.asnumpy(y), expected, 1e-3, 1e-3 * np.abs(expected).max(), f"gemm_stream M={M} S={S} K={K}")
+    again = cp.full((M, N), cp.nan, dtype=cp.float32)
+    be.gemm_stream(be.convert(x), be.convert(w), again)
+    assert cp.array_equal(y, again), "the cluster's fixed-order sum gives the same bits every time"
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

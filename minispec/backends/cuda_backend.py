@@ -20,6 +20,13 @@ from ..errors import MinispecError
 from ..step import StepPlan
 
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
+STREAM_ROWS = 128  # gemm_stream's weight rows per block
+
+
+def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
+    """gemm_stream's (k per stage, ring depth) for R staged x rows and S blocks per cluster, as instantiated in
+    kernels/gemm.cu: k 128 x 3 up to 16 rows where K / S allows it, else k 64 x 4 (notes/gemm_stages_h100.log)."""
+    return (128, 3) if R <= 16 and K % (128 * S) == 0 else (64, 4)
 
 
 def kernel_source(name: str) -> str:
@@ -195,10 +202,10 @@ class CudaBackend:
         self.modules = {}  # kernel file -> RawModule (compiled for this backend's storage type)
         self.functions = {}  # (file, kernel name) -> Function
         self.graphs = IdentityTable()  # (model, cache), (B, N bucket, context bucket, launch settings) -> CapturedStep
-        self.gemm_blocks_per_sm = 8  # measured best for M <= 16 on 8B shapes (bench gemm variants)
-        # rows from which cuBLAS is used: measured faster at every M and shape on an H200 (notes/gemm_cublas_vs_own.log),
-        # so the own kernel serves only when cuBLAS cannot be loaded (or a test or benchmark asks for it)
-        self.cublas_min_m = 1
+        # which GEMM serves `linear`: None follows `own_gemm_serves` (measured by `bench gemm`); "own" or "cublas"
+        # forces one (tests, benchmarks); the own kernel also serves when cuBLAS cannot be loaded
+        self.gemm = None
+        self.gemm_cluster = None  # gemm_stream's blocks per cluster along K (None: stream_cluster_size)
         self.use_graphs = use_graphs
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         self.cublas, self.cublas_error = process_cublas(cp, self.stream)  # None: the own kernel serves every M
@@ -375,7 +382,7 @@ class CudaBackend:
         return out, residual
 
     def linear(self, x, weight) -> Partial:
-        """y[M, N] = x[M, K] W[N, K]^T: own tensor-core kernel (bf16; split-K partials) or cuBLAS (float32 mode)."""
+        """y[M, N] = x[M, K] W[N, K]^T: the own weight-streaming kernel or cuBLAS (bf16), cuBLAS through CuPy (float32)."""
         cp = self.cp
         self._check(x, self.store_dtype, 2, "linear input")
         M, K = x.shape
@@ -384,39 +391,52 @@ class CudaBackend:
             raise ValueError(f"linear: x has K = {K}, weight is {weight.shape}")
         if not self.bf16:
             return as_partial(cp.matmul(x, weight.T))
-        if M >= self.cublas_min_m and self.cublas is not None:
-            y = cp.empty((1, M, N), dtype=cp.float32)
+        y = cp.empty((1, M, N), dtype=cp.float32)
+        own = self.cublas is None or self.gemm == "own" or (self.gemm is None and self.own_gemm_serves(M, N, K))
+        if not own:
             self.cublas.gemm_bf16(x, weight, y[0])
-            return Partial(y)
-        if K % 16:
-            raise ValueError(f"linear: K = {K} must be a multiple of 16 for the tensor-core kernel")
-        if K % 32:
-            y = cp.empty((1, M, N), dtype=cp.float32)
+        elif K % 64 == 0:
+            self.gemm_stream(x, weight, y[0])
+        elif K % 16 == 0:
             self.kernel("gemm.cu", "gemm_bf16")(((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
-            return Partial(y)
-        splits = self.gemm_splits(M, N, K)
-        partial = cp.empty((splits, M, N), dtype=cp.float32)
-        grid = ((N + 63) // 64, splits, (M + 63) // 64)
-        self.kernel("gemm.cu", "gemm_stream")(grid, (256,), (x, weight, partial, np.int32(M), np.int32(N), np.int32(K)))
-        return Partial(partial)
+        else:
+            raise ValueError(f"linear: K = {K} must be a multiple of 16 for the tensor-core kernel")
+        return Partial(y)
+
+    @staticmethod
+    def own_gemm_serves(M: int, N: int, K: int) -> bool:
+        """Whether the own kernel serves rather than cuBLAS: up to 16 rows, where it matched or beat cuBLAS on
+        every 8B shape; cuBLAS was faster from 32 rows (`bench gemm`, notes/bench_gemm_h100_stop10.log)."""
+        return M <= 16 and K % 128 == 0
+
+    def gemm_stream(self, x, weight, y) -> None:
+        """gemm_stream_r{R}_k{BK}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: R staged x rows (one launch
+        row-tile), BK k per ring stage, S blocks of a cluster share K and sum their parts on chip."""
+        M, K = x.shape
+        N = weight.shape[0]
+        R = min(64, max(8, pow2_bucket(M)))
+        S = self.gemm_cluster or self.stream_cluster_size(-(-N // STREAM_ROWS) * -(-M // R), K, stream_shape(R, K)[0])
+        BK, stages = stream_shape(R, K, S)
+        if K % (BK * S):
+            raise ValueError(f"gemm_stream: K = {K} is not a multiple of {BK} x {S} blocks per cluster")
+        shared = stages * (STREAM_ROWS + R) * BK * 2
+        kernel = self.kernel("gemm.cu", f"gemm_stream_r{R}_k{BK}_s{S}")
+        if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
+            kernel.max_dynamic_shared_size_bytes = shared
+        kernel((-(-N // STREAM_ROWS), S, -(-M // R)), (256,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=shared)
+
+    def stream_cluster_size(self, tiles: int, K: int, BK: int) -> int:
+        """The most blocks per cluster (1, 2, 4, 8) that keep the grid within 1.5 blocks per SM: measured best or
+        within 5% of it on 8B shapes at M = 1..64 (notes/gemm_sweep_h100.log); more blocks pay more ring fill and
+        on-chip reduction than they gain."""
+        S = 1
+        while S < 8 and tiles * S * 2 <= 1.5 * self.sm_count and K % (BK * S * 2) == 0:
+            S *= 2
+        return S
 
     def reduce(self, y: Partial):
-        """The fp32 [M, N] sum of a Partial."""
-        if y.splits == 1:
-            return y.buffer[0]
-        cp = self.cp
-        M, N = y.shape
-        out = cp.empty((M, N), dtype=cp.float32)
-        self.kernel("gemm.cu", "reduce_splits")(((M * N + 255) // 256,), (256,), (y.buffer, out, np.int32(y.splits), np.int64(M * N)))
-        return out
-
-    def gemm_splits(self, M, N, K) -> int:
-        """Split K until the grid has `gemm_blocks_per_sm` blocks per SM (weights stream from many SMs at once)."""
-        blocks = (N + 63) // 64 * ((M + 63) // 64)
-        splits = 1
-        while blocks * splits < self.gemm_blocks_per_sm * self.sm_count and (K // 32) % (splits * 2) == 0 and K // (splits * 2) >= 256:
-            splits *= 2
-        return splits
+        """The fp32 [M, N] sum of a Partial (split partials come only from tests; every GEMM gives one part)."""
+        return y.buffer.sum(axis=0) if y.splits > 1 else y.buffer[0]
 
     def logits(self, h, lm_head):
         return self.reduce(self.linear(self.cp.ascontiguousarray(h), lm_head))

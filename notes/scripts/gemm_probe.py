@@ -1,0 +1,68 @@
+"""gemm_stream probe: own kernel per cluster size S at 8B shapes, cuBLAS beside it (`sweep`), its
+two ring shapes at up to 16 rows (`stages`), or a few launches for ncu (`profile`: run
+under ncu --kernel-name regex:gemm_stream).
+
+    python3 notes/scripts/gemm_probe.py sweep
+    python3 notes/scripts/gemm_probe.py stages
+    ncu --clock-control none --kernel-name regex:gemm_stream --metrics ... python3 notes/scripts/gemm_probe.py profile
+"""
+
+import sys
+
+import numpy as np
+
+from minispec.backends.cuda_backend import CudaBackend
+from minispec.bench_gpu import card_name, copy_bandwidth, require_gpu, time_captured
+
+cp = require_gpu()
+backend = CudaBackend("bfloat16")
+SHAPES = {"8B qkv": (4096, 6144), "8B o": (4096, 4096), "8B gate/up": (4096, 28672), "8B down": (14336, 4096)}
+
+
+def operands(K, N, M):
+    weight = (cp.random.standard_normal((N, K), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16) & 0xBFFF
+    x = (cp.random.standard_normal((M, K), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)
+    return x, weight
+
+
+if sys.argv[1] == "sweep":
+    bandwidth = copy_bandwidth()
+    print(f"gemm_stream per cluster size S on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; µs per call (graphs of 20)")
+    print(f"{'shape':<12} {'M':>3} {'S=1':>7} {'S=2':>7} {'S=4':>7} {'S=8':>7} {'auto':>7} {'cuBLAS':>7} {'floor':>7}")
+    for name, (K, N) in SHAPES.items():
+        for M in (1, 16, 32, 64):
+            x, weight = operands(K, N, M)
+            cells = []
+            for S in (1, 2, 4, 8, None):
+                backend.gemm, backend.gemm_cluster = "own", S
+                cells.append(time_captured(lambda: backend.linear(x, weight)) * 1e6 if S is None or K % (64 * S) == 0 else float("nan"))
+            backend.gemm, backend.gemm_cluster = "cublas", None
+            cells.append(time_captured(lambda: backend.linear(x, weight)) * 1e6)
+            cells.append(N * K * 2 / bandwidth * 1e6)
+            print(f"{name:<12} {M:>3} " + " ".join(f"{c:>7.1f}" for c in cells))
+elif sys.argv[1] == "stages":
+    import minispec.backends.cuda_backend as cuda_backend
+
+    print(f"gemm_stream's two ring shapes at up to 16 rows on {card_name()} (cluster size chosen as in the engine); µs per call")
+    print(f"{'shape':<12} {'M':>3} {'k64 x4':>9} {'k128 x3':>9}")
+    chosen = cuda_backend.stream_shape
+    backend.gemm = "own"
+    for name, (K, N) in SHAPES.items():
+        for M in (1, 16):
+            x, weight = operands(K, N, M)
+            cells = []
+            for shape in ((64, 4), (128, 3)):
+                cuda_backend.stream_shape = lambda R, K, S=1, shape=shape: shape
+                cells.append(time_captured(lambda: backend.linear(x, weight)) * 1e6)
+            print(f"{name:<12} {M:>3} " + " ".join(f"{c:>9.1f}" for c in cells))
+    cuda_backend.stream_shape = chosen
+else:
+    backend.gemm = "own"
+    for name, (K, N) in SHAPES.items():
+        if name not in ("8B gate/up", "8B down"):
+            continue
+        for M in (1, 64):
+            x, weight = operands(K, N, M)
+            for _ in range(2):
+                backend.linear(x, weight)
+    cp.cuda.Device().synchronize()
