@@ -1,19 +1,19 @@
-// Per-token ops between the GEMMs. Each sums the split-K partials of the GEMM before it (so no separate
-// reduce pass runs) and writes the next GEMM's input in the storage type (bf16, or fp32 in exact mode).
+// Per-token ops between the GEMMs. Each reads the fp32 output of the GEMM before it and writes the next
+// GEMM's input in the storage type (bf16, or fp32 in exact mode).
 //
 // embedding:     out[n, :] = table[tokens[n], :]
 //   table store_t [V, C], tokens int32 [N], out float [N, C].                        grid (N), block 256.
-// add_rmsnorm:   x = sum_s x_part[s, n, :];  r = x + residual (residual <- r; r = x when has_residual = 0)
+// add_rmsnorm:   r = x + residual (residual <- r; r = x when has_residual = 0)
 //                out = r / sqrt(mean(r^2) + eps) * weight
-//   x_part float [splits, N, C], residual float [N, C], weight float [C], out store_t [N, C].
+//   x float [N, C], residual float [N, C], weight float [C], out store_t [N, C].
 //                                                                         grid (N), block 1024 (one row each).
-// rope_write_kv: qkv = sum_s qkv_part[s, n, :] laid out [(H + 2 Hkv) D]; rotate pairs (i, i + D/2) of every
+// rope_write_kv: qkv float [N, (H + 2 Hkv) D] (q heads | k heads | v heads); rotate pairs (i, i + D/2) of every
 //                q and k head by angle positions[n] * inv_freq[i] (Hugging Face rotate_half):
 //                x1' = x1 cos - x2 sin,  x2' = x2 cos + x1 sin  (cos/sin float [positions, D/2] tables)
 //                q_out[n] = rotated q;  k/v of row n go to cache slot slots[n] (page slot / P, row slot % P;
 //                slot < 0: not written). caches store_t [NP, Hkv, P, D].              grid (N), block 512.
-// silu_mul:      gate_up = sum_s part[s, n, :] (gate | up);  out[n, i] = gate / (1 + exp(-gate)) * up
-//   part float [splits, N, 2I], out store_t [N, I].                     grid (N, ceil(I / 256)), block 256.
+// silu_mul:      out[n, i] = gate / (1 + exp(-gate)) * up,  gate = gate_up[n, i], up = gate_up[n, I + i]
+//   gate_up float [N, 2I], out store_t [N, I].                              grid (N, ceil(I / 256)), block 256.
 // NumPy reference: numpy_backend.embedding, add_rmsnorm, split_qkv_rope + write_kv, silu_mul.
 // Tests: tests/test_cuda_kernels.py.
 #include "storage.cuh"
@@ -41,19 +41,13 @@ __device__ float block_sum(float value) {
     return total;
 }
 
-__device__ __forceinline__ float sum_splits(const float* __restrict__ part, int splits, long long stride, long long i) {
-    float x = part[i];
-    for (int s = 1; s < splits; s++) x += part[s * stride + i];
-    return x;
-}
-
-extern "C" __global__ void add_rmsnorm(const float* __restrict__ x_part, int splits, float* __restrict__ residual,
+extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, float* __restrict__ residual,
                                        int has_residual, const float* __restrict__ weight, store_t* __restrict__ out,
-                                       int N, int C, float eps) {
-    long long base = (long long)blockIdx.x * C, stride = (long long)N * C;
+                                       int C, float eps) {
+    long long base = (long long)blockIdx.x * C;
     float square_sum = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float r = sum_splits(x_part, splits, stride, base + c) + (has_residual ? residual[base + c] : 0.0f);
+        float r = x[base + c] + (has_residual ? residual[base + c] : 0.0f);
         residual[base + c] = r;
         square_sum += r * r;
     }
@@ -61,19 +55,18 @@ extern "C" __global__ void add_rmsnorm(const float* __restrict__ x_part, int spl
     for (int c = threadIdx.x; c < C; c += blockDim.x) out[base + c] = to_store(residual[base + c] * scale * weight[c]);
 }
 
-extern "C" __global__ void rope_write_kv(const float* __restrict__ qkv_part, int splits, int N,
+extern "C" __global__ void rope_write_kv(const float* __restrict__ qkv,
                                          const int* __restrict__ positions, const float* __restrict__ cos_table,
                                          const float* __restrict__ sin_table, const int* __restrict__ slots,
                                          float* __restrict__ q_out, store_t* __restrict__ k_cache,
                                          store_t* __restrict__ v_cache, int H, int Hkv, int D, int P) {
     int n = blockIdx.x, half = D / 2, width = (H + 2 * Hkv) * D, slot = slots[n];
-    long long row = (long long)n * width, stride = (long long)N * width;
+    long long row = (long long)n * width;
     const float* cos_row = cos_table + (long long)positions[n] * half;
     const float* sin_row = sin_table + (long long)positions[n] * half;
     for (int idx = threadIdx.x; idx < (H + Hkv) * half; idx += blockDim.x) {
         int head = idx / half, i = idx % half;
-        float x1 = sum_splits(qkv_part, splits, stride, row + head * D + i);
-        float x2 = sum_splits(qkv_part, splits, stride, row + head * D + i + half);
+        float x1 = qkv[row + head * D + i], x2 = qkv[row + head * D + i + half];
         float c = cos_row[i], s = sin_row[i];
         float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
         if (head < H) {
@@ -89,14 +82,14 @@ extern "C" __global__ void rope_write_kv(const float* __restrict__ qkv_part, int
     for (int idx = threadIdx.x; idx < Hkv * D; idx += blockDim.x) {
         int h = idx / D, d = idx % D;
         long long dst = (((long long)(slot / P) * Hkv + h) * P + slot % P) * D + d;
-        v_cache[dst] = to_store(sum_splits(qkv_part, splits, stride, row + (H + Hkv) * D + idx));
+        v_cache[dst] = to_store(qkv[row + (H + Hkv) * D + idx]);
     }
 }
 
-extern "C" __global__ void silu_mul(const float* __restrict__ part, int splits, store_t* __restrict__ out, int N, int I) {
-    long long row = (long long)blockIdx.x * 2 * I, stride = (long long)N * 2 * I;
+extern "C" __global__ void silu_mul(const float* __restrict__ gate_up, store_t* __restrict__ out, int I) {
+    long long row = (long long)blockIdx.x * 2 * I;
     int i = blockIdx.y * blockDim.x + threadIdx.x;  // many blocks per row: a decode step has N = 1
     if (i >= I) return;
-    float gate = sum_splits(part, splits, stride, row + i), up = sum_splits(part, splits, stride, row + I + i);
+    float gate = gate_up[row + i], up = gate_up[row + I + i];
     out[(long long)blockIdx.x * I + i] = to_store(gate / (1.0f + __expf(-gate)) * up);
 }

@@ -138,25 +138,6 @@ class CapturedStep:
         self.packed.set(host)
 
 
-@dataclass
-class Partial:
-    """A GEMM result as split-K partial sums [splits, M, N] (fp32); the op that reads it adds them up."""
-
-    buffer: object
-
-    @property
-    def splits(self) -> int:
-        return self.buffer.shape[0]
-
-    @property
-    def shape(self):
-        return self.buffer.shape[1:]
-
-
-def as_partial(x) -> Partial:
-    return x if isinstance(x, Partial) else Partial(x.reshape(1, *x.shape))
-
-
 _STREAM = None
 _CUBLAS = None
 
@@ -369,20 +350,20 @@ class CudaBackend:
         return out
 
     def add_rmsnorm(self, x, residual, weight, eps):
-        """x: fp32 [N, C] or a Partial -> (normalised [N, C] in the storage type, residual fp32 [N, C])."""
+        """x: fp32 [N, C] -> (normalised [N, C] in the storage type, residual fp32 [N, C])."""
         cp = self.cp
-        x = as_partial(x)
+        self._check(x, cp.float32, 2, "add_rmsnorm input")
         N, C = x.shape
         has_residual = residual is not None
         residual = residual if has_residual else cp.empty((N, C), dtype=cp.float32)
         out = cp.empty((N, C), dtype=self.store_dtype)
         self.kernel("elementwise.cu", "add_rmsnorm")(
-            (N,), (1024,), (x.buffer, np.int32(x.splits), residual, np.int32(has_residual), weight, out, np.int32(N), np.int32(C), np.float32(eps))
+            (N,), (1024,), (x, residual, np.int32(has_residual), weight, out, np.int32(C), np.float32(eps))
         )
         return out, residual
 
-    def linear(self, x, weight) -> Partial:
-        """y[M, N] = x[M, K] W[N, K]^T: the own weight-streaming kernel or cuBLAS (bf16), cuBLAS through CuPy (float32)."""
+    def linear(self, x, weight):
+        """y fp32 [M, N] = x[M, K] W[N, K]^T: the own weight-streaming kernel or cuBLAS (bf16), cuBLAS through CuPy (float32)."""
         cp = self.cp
         self._check(x, self.store_dtype, 2, "linear input")
         M, K = x.shape
@@ -390,23 +371,23 @@ class CudaBackend:
         if weight.shape[1] != K:
             raise ValueError(f"linear: x has K = {K}, weight is {weight.shape}")
         if not self.bf16:
-            return as_partial(cp.matmul(x, weight.T))
-        y = cp.empty((1, M, N), dtype=cp.float32)
+            return cp.matmul(x, weight.T)
+        y = cp.empty((M, N), dtype=cp.float32)
         own = self.cublas is None or self.gemm == "own" or (self.gemm is None and self.own_gemm_serves(M, N, K))
         if not own:
-            self.cublas.gemm_bf16(x, weight, y[0])
+            self.cublas.gemm_bf16(x, weight, y)
         elif K % 64 == 0:
-            self.gemm_stream(x, weight, y[0])
+            self.gemm_stream(x, weight, y)
         elif K % 16 == 0:
             self.kernel("gemm.cu", "gemm_bf16")(((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
         else:
             raise ValueError(f"linear: K = {K} must be a multiple of 16 for the tensor-core kernel")
-        return Partial(y)
+        return y
 
     @staticmethod
     def own_gemm_serves(M: int, N: int, K: int) -> bool:
         """Whether the own kernel serves rather than cuBLAS: up to 16 rows, where it matched or beat cuBLAS on
-        every 8B shape; cuBLAS was faster from 32 rows (`bench gemm`, notes/bench_gemm_h100_stop10.log)."""
+        every 8B shape; cuBLAS was faster from 32 rows (`bench gemm`, notes/bench_gemm_h100_stop10_l2.log)."""
         return M <= 16 and K % 128 == 0
 
     def gemm_stream(self, x, weight, y) -> None:
@@ -434,20 +415,16 @@ class CudaBackend:
             S *= 2
         return S
 
-    def reduce(self, y: Partial):
-        """The fp32 [M, N] sum of a Partial (split partials come only from tests; every GEMM gives one part)."""
-        return y.buffer.sum(axis=0) if y.splits > 1 else y.buffer[0]
-
     def logits(self, h, lm_head):
-        return self.reduce(self.linear(self.cp.ascontiguousarray(h), lm_head))
+        return self.linear(self.cp.ascontiguousarray(h), lm_head)
 
     def silu_mul(self, gate_up):
-        """gate_up: Partial [N, 2I] -> silu(gate) * up [N, I] in the storage type."""
+        """gate_up fp32 [N, 2I] -> silu(gate) * up [N, I] in the storage type."""
         cp = self.cp
-        gate_up = as_partial(gate_up)
+        self._check(gate_up, cp.float32, 2, "silu_mul input")
         N, I = gate_up.shape[0], gate_up.shape[1] // 2
         out = cp.empty((N, I), dtype=self.store_dtype)
-        self.kernel("elementwise.cu", "silu_mul")((N, (I + 255) // 256), (256,), (gate_up.buffer, np.int32(gate_up.splits), out, np.int32(N), np.int32(I)))
+        self.kernel("elementwise.cu", "silu_mul")((N, (I + 255) // 256), (256,), (gate_up, out, np.int32(I)))
         return out
 
     def rope_tables(self, inv_freq, max_position: int):
@@ -459,16 +436,16 @@ class CudaBackend:
         return cached
 
     def rope_write_kv(self, qkv, plan: DevicePlan, inv_freq, k_cache, v_cache, H, Hkv, D):
-        """qkv Partial [N, (H + 2 Hkv) D] -> rotated q fp32 [N, H, D]; rotated k and v go to their cache slots."""
+        """qkv fp32 [N, (H + 2 Hkv) D] -> rotated q fp32 [N, H, D]; rotated k and v go to their cache slots."""
         cp = self.cp
-        qkv = as_partial(qkv)
+        self._check(qkv, cp.float32, 2, "rope_write_kv input")
         N = qkv.shape[0]
         P = k_cache.shape[2]
         cos, sin = self.rope_tables(inv_freq, plan.max_position)
         q = cp.empty((N, H, D), dtype=cp.float32)
         self.kernel("elementwise.cu", "rope_write_kv")(
             (N,), (512,),
-            (qkv.buffer, np.int32(qkv.splits), np.int32(N), plan.positions, cos, sin, plan.slots, q, k_cache, v_cache,
+            (qkv, plan.positions, cos, sin, plan.slots, q, k_cache, v_cache,
              np.int32(H), np.int32(Hkv), np.int32(D), np.int32(P)),
         )
         return q
