@@ -100,7 +100,7 @@ def bench_gemm(args) -> None:
 
     backend = CudaBackend("bfloat16")
     bandwidth = copy_bandwidth()
-    shapes = {"smollm2 qkv": (576, 960), "smollm2 gate/up": (576, 3072), "smollm2 down": (1536, 576), "8B qkv": (4096, 6144), "8B o": (4096, 4096), "8B gate/up": (4096, 28672), "8B down": (14336, 4096)}
+    shapes = {"smollm2 qkv": (576, 960), "smollm2 gate/up": (576, 3072), "smollm2 down": (1536, 576), "8B qkv": (4096, 6144), "8B o": (4096, 4096), "8B gate/up": (4096, 28672), "8B down": (14336, 4096), "8B lm head": (4096, 128256)}
     l2_bytes = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["l2CacheSize"]
     print(f"minispec bench gemm on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write); "
           "own kernel and cuBLAS (ctypes, bf16) timed as captured graphs of 20 calls, CuPy fp16 matmul as 20 async calls; "
