@@ -119,33 +119,33 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
         const unsigned ws = base + (step % STAGES) * STAGE_BYTES, xs = ws + W_BYTES;
 #pragma unroll
         for (int u = 0; u < BK / 64; u++) {                    // the warp's half of the stage, 32 k at a time
-        unsigned a[2][2][4];                                   // [row tile][k 0-15, 16-31][a0..a3]
+            unsigned a[2][2][4];                                   // [row tile][k 0-15, 16-31][a0..a3]
 #pragma unroll
-        for (int mt = 0; mt < 2; mt++)
+            for (int mt = 0; mt < 2; mt++)
 #pragma unroll
-            for (int k16 = 0; k16 < 2; k16++) {
-                int r = a_row + mt * 16;
-                ldmatrix_x4(a[mt][k16], ws + (r * CHUNKS + swizzle(r, a_chunk + 4 * u + 2 * k16)) * 16);
+                for (int k16 = 0; k16 < 2; k16++) {
+                    int r = a_row + mt * 16;
+                    ldmatrix_x4(a[mt][k16], ws + (r * CHUNKS + swizzle(r, a_chunk + 4 * u + 2 * k16)) * 16);
+                }
+            // Column tiles in groups of up to 4, k 0-15 of every (row tile, column tile) pair before k 16-31, so
+            // 2 x 4 independent mmas separate each mma from the one that adds to its result.
+            constexpr int GROUP = NT < 4 ? NT : 4;
+#pragma unroll
+            for (int n1 = 0; n1 < NT; n1 += GROUP) {
+                unsigned b[GROUP][4];
+#pragma unroll
+                for (int j = 0; j < GROUP; j++) {
+                    int r = (n1 + j) * 8 + b_row;
+                    ldmatrix_x4(b[j], xs + (r * CHUNKS + swizzle(r, b_chunk + 4 * u)) * 16);
+                }
+#pragma unroll
+                for (int k16 = 0; k16 < 2; k16++)
+#pragma unroll
+                    for (int j = 0; j < GROUP; j++)
+#pragma unroll
+                        for (int mt = 0; mt < 2; mt++)
+                            mma_bf16(acc[mt][n1 + j], a[mt][k16][0], a[mt][k16][1], a[mt][k16][2], a[mt][k16][3], b[j][2 * k16], b[j][2 * k16 + 1]);
             }
-        // Column tiles in groups of up to 4, k 0-15 of every (row tile, column tile) pair before k 16-31, so
-        // 2 x 4 independent mmas separate each mma from the one that adds to its result.
-        constexpr int GROUP = NT < 4 ? NT : 4;
-#pragma unroll
-        for (int n1 = 0; n1 < NT; n1 += GROUP) {
-            unsigned b[GROUP][4];
-#pragma unroll
-            for (int j = 0; j < GROUP; j++) {
-                int r = (n1 + j) * 8 + b_row;
-                ldmatrix_x4(b[j], xs + (r * CHUNKS + swizzle(r, b_chunk + 4 * u)) * 16);
-            }
-#pragma unroll
-            for (int k16 = 0; k16 < 2; k16++)
-#pragma unroll
-                for (int j = 0; j < GROUP; j++)
-#pragma unroll
-                    for (int mt = 0; mt < 2; mt++)
-                        mma_bf16(acc[mt][n1 + j], a[mt][k16][0], a[mt][k16][1], a[mt][k16][2], a[mt][k16][3], b[j][2 * k16], b[j][2 * k16 + 1]);
-        }
         }
     }
     asm volatile("cp.async.wait_group 0;\n" ::);
