@@ -376,7 +376,7 @@ class CudaBackend:
         own = self.cublas is None or self.gemm == "own" or (self.gemm is None and self.own_gemm_serves(M, N, K))
         if not own:
             self.cublas.gemm_bf16(x, weight, y)
-        elif K % 64 == 0:
+        elif K % 64 == 0 and N * K < 1 << 32:
             self.gemm_stream(x, weight, y)
         elif K % 16 == 0:
             self.kernel("gemm.cu", "gemm_bf16")(((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
@@ -388,7 +388,7 @@ class CudaBackend:
     def own_gemm_serves(M: int, N: int, K: int) -> bool:
         """Whether the own kernel serves rather than cuBLAS: up to 16 rows, where it matched or beat cuBLAS on
         every 8B shape; cuBLAS was faster from 32 rows (`bench gemm`, notes/bench_gemm_h100_stop10_l2.log)."""
-        return M <= 16 and K % 128 == 0
+        return M <= 16 and K % 128 == 0 and N * K < 1 << 32
 
     def gemm_stream(self, x, weight, y) -> None:
         """gemm_stream_r{R}_k{BK}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: R staged x rows (one launch
@@ -400,6 +400,8 @@ class CudaBackend:
         BK, stages = stream_shape(R, K, S)
         if K % (BK * S):
             raise ValueError(f"gemm_stream: K = {K} is not a multiple of {BK} x {S} blocks per cluster")
+        if N * K >= 1 << 32:
+            raise ValueError(f"gemm_stream: {N} x {K} weights are past its 32-bit element offsets")
         shared = stages * (STREAM_ROWS + R) * BK * 2
         kernel = self.kernel("gemm.cu", f"gemm_stream_r{R}_k{BK}_s{S}")
         if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
