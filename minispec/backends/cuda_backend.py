@@ -29,6 +29,11 @@ def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
     return (128, 3) if R <= 16 and K % (128 * S) == 0 else (64, 4)
 
 
+def stream_fits(N: int, K: int) -> bool:
+    """Whether gemm_stream takes [N, K] weights: K in whole 64-wide stages, N K within its 32-bit element offsets."""
+    return K % 64 == 0 and N * K < 1 << 32
+
+
 def kernel_source(name: str) -> str:
     """A kernel file with `#include "storage.cuh"` inlined (the compile cache keys on the source text)."""
     source = (KERNELS / name).read_text()
@@ -376,7 +381,7 @@ class CudaBackend:
         own = self.cublas is None or self.gemm == "own" or (self.gemm is None and self.own_gemm_serves(M, N, K))
         if not own:
             self.cublas.gemm_bf16(x, weight, y)
-        elif K % 64 == 0 and N * K < 1 << 32:
+        elif stream_fits(N, K):
             self.gemm_stream(x, weight, y)
         elif K % 16 == 0:
             self.kernel("gemm.cu", "gemm_bf16")(((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
@@ -388,7 +393,7 @@ class CudaBackend:
     def own_gemm_serves(M: int, N: int, K: int) -> bool:
         """Whether the own kernel serves rather than cuBLAS: up to 16 rows, where it matched or beat cuBLAS on
         every 8B shape; cuBLAS was faster from 32 rows (`bench gemm`, notes/bench_gemm_h100_stop10_l2.log)."""
-        return M <= 16 and K % 128 == 0 and N * K < 1 << 32
+        return M <= 16 and K % 128 == 0 and stream_fits(N, K)
 
     def gemm_stream(self, x, weight, y) -> None:
         """gemm_stream_r{R}_k{BK}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: R staged x rows (one launch
@@ -396,12 +401,12 @@ class CudaBackend:
         M, K = x.shape
         N = weight.shape[0]
         R = min(64, max(8, pow2_bucket(M)))
+        if not stream_fits(N, K):
+            raise ValueError(f"gemm_stream: [{N}, {K}] weights need K % 64 == 0 and N K < 2^32")
         S = self.gemm_cluster or self.stream_cluster_size(-(-N // STREAM_ROWS) * -(-M // R), K, stream_shape(R, K)[0])
         BK, stages = stream_shape(R, K, S)
         if K % (BK * S):
             raise ValueError(f"gemm_stream: K = {K} is not a multiple of {BK} x {S} blocks per cluster")
-        if N * K >= 1 << 32:
-            raise ValueError(f"gemm_stream: {N} x {K} weights are past its 32-bit element offsets")
         shared = stages * (STREAM_ROWS + R) * BK * 2
         kernel = self.kernel("gemm.cu", f"gemm_stream_r{R}_k{BK}_s{S}")
         if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
