@@ -12,7 +12,7 @@
 //   A  x = bf16(rmsnorm(resid) * attn_norm)                                  (every block, into shared memory)
 //      qkv = x Wqkv^T, one unit = the column pair (i, i + D/2) of a head, so RoPE (rotate_half) is local:
 //      q -> q_buf (fp32, like rope_write_kv), rotated k and v -> the cache slot slots[m] (slot < 0: none)
-//   B  attention partials: unit = (sequence b, kv head, group of 4 packed rows, key split s);
+//   B  attention partials: unit = (sequence b, kv head, group of 4 packed rows (decode: 1), key split s);
 //      packed row r of b = (node r / G, head kv_head * G + r % G); keys [s * span, (s+1) * span) of
 //      kv_len[b]; key j visible iff j < tree_start[b] or bit (j - tree_start[b]) of masks[node] is set
 //      (decode and tree steps only: the host never sends a causal chunk here). One lane per key for
@@ -27,9 +27,12 @@
 // (tests compare the two CUDA paths and the reference). Tests: tests/test_cuda_fused.py.
 //
 // What it costs (bench e2e prints it: %globaltimer stamps of block 0, `clock`): on an H100 (copy 3.0 TB/s),
-// 8B shapes, decode at context 512, per layer: qkv 22.7 µs (weights alone 16.8), attention 7.9, merge 2.4,
-// o-proj 14.1 (11.2), gate/up 80.8 (78.5), down 41.7 (39.3): the big phases stream at 94-97% of copy
-// bandwidth. Splitting QKV's K between two warps to even out its rounds was slower (notes/fused_layers.log).
+// 8B shapes, decode at context 512, per layer: qkv 22.0 µs (weights alone 16.8), attention 5.4, merge 2.3,
+// o-proj 14.1 (11.2), gate/up 80.0 (78.5), down 41.4 (39.3): the big phases stream at 94-97% of copy
+// bandwidth. The default model's decode layer (24 µs; `notes/scripts/fused_probe.py ... trace`) is latency:
+// six grid barriers of ~1-1.4 µs, an L2 round trip of ~0.3 µs, and a warp's own instruction chain, which
+// nothing hides (one warp a unit; its first run a layer also fetches its code: the same attention run twice
+// took 3.6 then 2.4 µs). Splitting QKV's K between two warps to even out its rounds was slower (notes/fused_layers.log).
 // Lessons kept in the code: spread units over SMs (u -> block u % grid; one SM's load bandwidth is
 // ~1/132 of the card's), keep warp shuffles out of branches the compiler cannot prove uniform (else it
 // emits WARPSYNC/collective code), load in batches (a loop of one load per iteration pays one L2 latency
@@ -51,7 +54,7 @@
 
 #define WARPS 16
 #define THREADS (WARPS * 32)
-#define GROUP_ROWS 4  // packed (node, head) rows per attention unit: a decode step's G heads
+#define GROUP_ROWS 4  // packed (node, head) rows per attention unit of a tree step (decode, MR = 1: one row)
 #define NEG_INF (-__int_as_float(0x7f800000))  // NVRTC has no math.h INFINITY
 
 typedef __nv_bfloat16 bf16;
@@ -100,14 +103,50 @@ __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned& target
 }
 
 // xs[m, :] = bf16(resid[m, :] * rsqrt(mean(resid[m]^2) + eps) * weight), every block for itself.
-// Thread t takes the 8-float vectors t, t + 512, ... of resid (C % 8 == 0: a vector never crosses a row),
-// STAGE_BATCH of them in flight at once; the second pass reads them again from L2 (keeping them in
-// registers across the block barrier made the compiler spill in the hot loops).
+// Thread t takes the 8-float vectors t, t + 512, ... of resid (C % 8 == 0: a vector never crosses a row).
+// With at most one vector a thread (decode) it keeps it in registers across the block barrier; with more,
+// STAGE_BATCH of them are in flight at once and the second pass reads them again from L2 (keeping several
+// in registers across the barrier made the compiler spill in the hot loops).
 #define STAGE_BATCH 4
 // swizzle (the tensor-core GEMV of the 16-row instances): row m's 16-byte chunk j goes to chunk j ^ 4 (m & 1),
 // so the 8 lanes of a quarter-warp reading rows g, g + 1 at chunks j..j+3 hit 8 different bank groups
 // (needs C / 8 and the row stride to be multiples of 8: K % 64 == 0).
 __device__ __forceinline__ int swizzled(int j, int m, int swizzle) { return j ^ (swizzle & m) << 2; }
+
+__device__ __forceinline__ float square_sum(float4 a, float4 c) {
+    return a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + c.x * c.x + c.y * c.y + c.z * c.z + c.w * c.w;
+}
+
+// partial[warp][row] += the warp's sum of sq over its lanes in `row`, for each row its 32 consecutive vectors
+// touch (two at most once C >= 256); m = the lane's row, -1 past the end (invalid lanes are a suffix).
+__device__ __forceinline__ void add_square_sums(float (*partial)[16], int m, float sq, int total, int C8, int warp, int lane) {
+    int first = __shfl_sync(0xffffffff, m, 0), last = __shfl_sync(0xffffffff, m, 31);
+    if (last < 0 && first >= 0) last = (total - 1) / C8;
+    for (int row = max(first, 0); row <= last; row++) {
+        float part = warp_sum(m == row ? sq : 0.0f);
+        if (lane == 0) partial[warp][row] += part;
+    }
+}
+
+// scale[m] = rsqrt(mean square + eps) from the per-warp partials, summed in warp order (deterministic)
+__device__ __forceinline__ void row_scales(float (*partial)[16], float* scale, int M, int C, float eps) {
+    __syncthreads();
+    if (threadIdx.x < M) {
+        float sum = 0.0f;
+        for (int w = 0; w < WARPS; w++) sum += partial[w][threadIdx.x];
+        scale[threadIdx.x] = rsqrtf(sum / C + eps);
+    }
+    __syncthreads();
+}
+
+// xs vector j (row m = j / C8) = bf16(resid vector (a, c) * f * weight vector (wa, wc))
+__device__ __forceinline__ void store_normed(uint4* x4, int j, int C8, float4 a, float4 c, float4 wa, float4 wc, float f, int swizzle) {
+    __nv_bfloat162 o0 = __floats2bfloat162_rn(a.x * f * wa.x, a.y * f * wa.y), o1 = __floats2bfloat162_rn(a.z * f * wa.z, a.w * f * wa.w);
+    __nv_bfloat162 o2 = __floats2bfloat162_rn(c.x * f * wc.x, c.y * f * wc.y), o3 = __floats2bfloat162_rn(c.z * f * wc.z, c.w * f * wc.w);
+    int m = j / C8;
+    x4[m * C8 + swizzled(j % C8, m, swizzle)] = make_uint4(*reinterpret_cast<unsigned*>(&o0), *reinterpret_cast<unsigned*>(&o1),
+                                                         *reinterpret_cast<unsigned*>(&o2), *reinterpret_cast<unsigned*>(&o3));
+}
 
 __device__ __noinline__ void stage_norm(bf16* xs, const float* resid, const float* __restrict__ weight, int M, int C, float eps, int swizzle) {
     __shared__ float partial[WARPS][16], scale[16];  // per warp and row: sums in a fixed order (deterministic)
@@ -115,6 +154,18 @@ __device__ __noinline__ void stage_norm(bf16* xs, const float* resid, const floa
     if (lane < 16) partial[warp][lane] = 0.0f;
     __syncwarp();
     const float4* r4 = reinterpret_cast<const float4*>(resid);
+    const float4* w4 = reinterpret_cast<const float4*>(weight);
+    uint4* x4 = reinterpret_cast<uint4*>(xs);
+    if (total <= THREADS) {  // a vector per thread at most (decode): one read of resid, with the norm weights beside it
+        int j = threadIdx.x;
+        float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f), a = zero, c = zero, wa = zero, wc = zero;
+        if (j < total) a = __ldcg(r4 + 2 * j), c = __ldcg(r4 + 2 * j + 1), wa = __ldg(w4 + 2 * (j % C8)), wc = __ldg(w4 + 2 * (j % C8) + 1);
+        add_square_sums(partial, j < total ? j / C8 : -1, square_sum(a, c), total, C8, warp, lane);
+        row_scales(partial, scale, M, C, eps);
+        if (j < total) store_normed(x4, j, C8, a, c, wa, wc, scale[j / C8], swizzle);
+        __syncthreads();
+        return;
+    }
     float4 v[STAGE_BATCH][2];
     // the bound is the warp's first vector, so whole warps iterate together (the loop has warp collectives)
     for (int base = threadIdx.x - lane; base < total; base += STAGE_BATCH * THREADS) {
@@ -127,41 +178,18 @@ __device__ __noinline__ void stage_norm(bf16* xs, const float* resid, const floa
         }
 #pragma unroll
         for (int b = 0; b < STAGE_BATCH; b++) {
-            int j = j0 + b * THREADS, m = j < total ? j / C8 : -1;
-            float sq = v[b][0].x * v[b][0].x + v[b][0].y * v[b][0].y + v[b][0].z * v[b][0].z + v[b][0].w * v[b][0].w +
-                       v[b][1].x * v[b][1].x + v[b][1].y * v[b][1].y + v[b][1].z * v[b][1].z + v[b][1].w * v[b][1].w;
-            // the warp's 32 consecutive vectors cover rows first .. last (two at most once C >= 256)
-            // (invalid lanes, m = -1, are a suffix: the last valid vector is total - 1)
-            int first = __shfl_sync(0xffffffff, m, 0), last = __shfl_sync(0xffffffff, m, 31);
-            if (last < 0 && first >= 0) last = (total - 1) / C8;
-            for (int row = max(first, 0); row <= last; row++) {
-                float part = warp_sum(m == row ? sq : 0.0f);
-                if (lane == 0) partial[warp][row] += part;
-            }
+            int j = j0 + b * THREADS;
+            add_square_sums(partial, j < total ? j / C8 : -1, square_sum(v[b][0], v[b][1]), total, C8, warp, lane);
         }
     }
-    __syncthreads();
-    if (threadIdx.x < M) {
-        float sum = 0.0f;
-        for (int w = 0; w < WARPS; w++) sum += partial[w][threadIdx.x];
-        scale[threadIdx.x] = rsqrtf(sum / C + eps);
-    }
-    __syncthreads();
-    const float4* w4 = reinterpret_cast<const float4*>(weight);
-    uint4* x4 = reinterpret_cast<uint4*>(xs);
+    row_scales(partial, scale, M, C, eps);
     for (int j0 = threadIdx.x; j0 < total; j0 += STAGE_BATCH * THREADS) {
 #pragma unroll
         for (int b = 0; b < STAGE_BATCH; b++) {
             int j = j0 + b * THREADS;
             if (j >= total) break;
-            float4 a = __ldcg(r4 + 2 * j), c = __ldcg(r4 + 2 * j + 1);
-            float4 wa = __ldg(w4 + 2 * (j % C8)), wc = __ldg(w4 + 2 * (j % C8) + 1);
-            float f = scale[j / C8];
-            __nv_bfloat162 o0 = __floats2bfloat162_rn(a.x * f * wa.x, a.y * f * wa.y), o1 = __floats2bfloat162_rn(a.z * f * wa.z, a.w * f * wa.w);
-            __nv_bfloat162 o2 = __floats2bfloat162_rn(c.x * f * wc.x, c.y * f * wc.y), o3 = __floats2bfloat162_rn(c.z * f * wc.z, c.w * f * wc.w);
-            int m = j / C8;
-            x4[m * C8 + swizzled(j % C8, m, swizzle)] = make_uint4(*reinterpret_cast<unsigned*>(&o0), *reinterpret_cast<unsigned*>(&o1),
-                                                                 *reinterpret_cast<unsigned*>(&o2), *reinterpret_cast<unsigned*>(&o3));
+            store_normed(x4, j, C8, __ldcg(r4 + 2 * j), __ldcg(r4 + 2 * j + 1), __ldg(w4 + 2 * (j % C8)), __ldg(w4 + 2 * (j % C8) + 1),
+                         scale[j / C8], swizzle);
         }
     }
     __syncthreads();
@@ -323,9 +351,12 @@ __device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* 
 // Warp collectives (shuffles) sit outside any branch the compiler cannot prove warp-uniform: inside one it
 // emits slow WARPSYNC/collective code, and this kernel is instruction-fetch sensitive (each phase's code
 // runs once per layer), so rows past R are computed on zero queries and only their stores are skipped.
-template <int D>
+// ROWS packed rows per unit: a warp alone runs a unit's instructions one after another (nothing hides their
+// latency), so decode gives each row of a KV head's group its own warp (ROWS = 1: a third of the work per
+// warp for G = 3, and three times the warps; the K and V rows are read by each, from L2).
+template <int D, int ROWS>
 __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* v_cache, float* smem, int gw, int tw, int warp, int lane) {
-    constexpr int DPL = D / 32, ROWS = GROUP_ROWS;  // dims per lane in p.V; packed rows per unit
+    constexpr int DPL = D / 32;  // dims per lane in p.V
     int G = s.H / s.Hkv, units = s.B * s.Hkv * s.groups * s.splits;
     float* qs = smem + warp * (ROWS * D + 32 * ROWS + 64);       // [ROWS][D] scaled queries
     float* ps = qs + ROWS * D;                                    // [32 keys][ROWS] softmax weights
@@ -343,8 +374,9 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
         const int* table = s.page_tables + (long long)b * s.W;
         __syncwarp();
 #pragma unroll
-        for (int k = 0; k < ROWS * D / 128; k++) {  // the group's queries as float4s, all in flight
+        for (int k = 0; k < (ROWS * D / 4 + 31) / 32; k++) {  // the group's queries as float4s, all in flight
             int i = lane + 32 * k, r = i / (D / 4), packed = group * ROWS + r;
+            if (i >= ROWS * D / 4) break;
             const float4* q = reinterpret_cast<const float4*>(s.q_buf + ((long long)(q0 + packed / G) * s.H + kv_head * G + packed % G) * D);
             float4 v = r < R ? __ldcg(q + i % (D / 4)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             reinterpret_cast<float4*>(qs)[i] = make_float4(v.x * s.scale, v.y * s.scale, v.z * s.scale, v.w * s.scale);
@@ -401,7 +433,10 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
                 for (int e = 0; e < DPL; e++) acc[r][e] *= correction;
                 run_max[r] = new_max;
             }
-            reinterpret_cast<float4*>(ps)[lane] = make_float4(p[0], p[1], p[2], p[3]);
+            if constexpr (ROWS == 4) reinterpret_cast<float4*>(ps)[lane] = make_float4(p[0], p[1], p[2], p[3]);
+            else
+#pragma unroll
+                for (int r = 0; r < ROWS; r++) ps[lane * ROWS + r] = p[r];
             __syncwarp();
             int keys = min(32, k_end - k0);
             constexpr int VB = D == 64 ? 32 : 16;  // value rows in flight (32 registers); lane owns dims lane * DPL ..
@@ -421,8 +456,13 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
                 }
 #pragma unroll
                 for (int q = 0; q < VB; q++) {
-                    float4 w = reinterpret_cast<const float4*>(ps)[j0 + q];  // keys past `keys` have p = 0
-                    float pw[ROWS] = {w.x, w.y, w.z, w.w};
+                    float pw[ROWS];  // keys past `keys` have p = 0
+                    if constexpr (ROWS == 4) {
+                        float4 w = reinterpret_cast<const float4*>(ps)[j0 + q];
+                        pw[0] = w.x, pw[1] = w.y, pw[2] = w.z, pw[3] = w.w;
+                    } else
+#pragma unroll
+                        for (int r = 0; r < ROWS; r++) pw[r] = ps[(j0 + q) * ROWS + r];
 #pragma unroll
                     for (int r = 0; r < ROWS; r++)
 #pragma unroll
@@ -664,6 +704,15 @@ __device__ __noinline__ void phase_gate_up_mma(bf16* act, const bf16* wgu, const
     __syncthreads();  // the teams finish at different times; the staging that follows overwrites xs
 }
 
+// Probe builds (-DFUSED_TRACE, notes/scripts/fused_probe.py): block 0's thread 0 also stamps points inside
+// each layer's phases, after the 1 + 6 L phase stamps (TRACE_POINTS a layer).
+#define TRACE_POINTS 11
+#ifdef FUSED_TRACE
+#define TRACE(l, i) stamp(s, 1 + 6 * s.L + TRACE_POINTS * (l) + (i))
+#else
+#define TRACE(l, i)
+#endif
+
 template <int MR, int D>
 __device__ void fused_layers_body(const Step& s) {
     extern __shared__ uint4 smem[];
@@ -680,6 +729,7 @@ __device__ void fused_layers_body(const Step& s) {
     if (s.prefetch_kv) prefetch_pages(s, reinterpret_cast<const bf16*>(s.layers[6]), reinterpret_cast<const bf16*>(s.layers[7]), D);
     for (int l = 0; l < s.L; l++) {
         const unsigned long long* p = s.layers + 8 * l;
+        const unsigned long long* next = l + 1 < s.L ? p + 8 : nullptr;
         const float* attn_norm = reinterpret_cast<const float*>(p[0]);
         const bf16* wqkv = reinterpret_cast<const bf16*>(p[1]);
         const bf16* wo = reinterpret_cast<const bf16*>(p[2]);
@@ -690,42 +740,53 @@ __device__ void fused_layers_body(const Step& s) {
         bf16* v_cache = reinterpret_cast<bf16*>(p[7]);
 
         stage_norm(xs, s.resid, attn_norm, s.M, s.C, s.eps, TENSOR);
+        TRACE(l, 0);
         if constexpr (TENSOR) phase_qkv_mma<D>(s, wqkv, k_cache, v_cache, smem, red);
         else phase_qkv<MR, D>(s, wqkv, k_cache, v_cache, smem, gw, tw, lane);
-        if (s.prefetch_kv && l + 1 < s.L) {  // its pages sit in L2 by the time its attention reads them
-            const unsigned long long* next = s.layers + 8 * (l + 1);
+        if (s.prefetch_kv && next != nullptr)  // its pages sit in L2 by the time its attention reads them
             prefetch_pages(s, reinterpret_cast<const bf16*>(next[6]), reinterpret_cast<const bf16*>(next[7]), D);
-        }
-        if (s.prefetch && l + 1 < s.L) {  // the next layer's weights stream into L2 while attention runs
-            const unsigned long long* next = s.layers + 8 * (l + 1);
+        if (s.prefetch && next != nullptr) {  // the next layer's weights stream into L2 while attention runs
             long long C = s.C, qkv = (long long)(s.H + 2 * s.Hkv) * D;
             prefetch_l2(reinterpret_cast<const void*>(next[1]), qkv * C * 2);
             prefetch_l2(reinterpret_cast<const void*>(next[2]), C * s.H * D * 2);
             prefetch_l2(reinterpret_cast<const void*>(next[4]), 2LL * s.I * C * 2);
             prefetch_l2(reinterpret_cast<const void*>(next[5]), C * s.I * 2);
         }
+        TRACE(l, 1);
         grid_barrier(s.barrier, target);
         stamp(s, 1 + 6 * l);
-        phase_attention<D>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
+        phase_attention<D, MR == 1 ? 1 : GROUP_ROWS>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
+#ifdef FUSED_TRACE_TWICE  // experiment: the same attention again, its code and data now cached
+        TRACE(l, 10);
+        phase_attention<D, MR == 1 ? 1 : GROUP_ROWS>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
+#endif
+        TRACE(l, 2);
         grid_barrier(s.barrier, target);
         stamp(s, 2 + 6 * l);
         phase_merge<D>(s, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
+        TRACE(l, 3);
         grid_barrier(s.barrier, target);
         stamp(s, 3 + 6 * l);
         stage_copy(smem, s.attn, s.M, s.H * D, TENSOR);
+        TRACE(l, 4);
         if constexpr (TENSOR) phase_residual_mma(s.resid, wo, smem, s.M, s.C, s.H * D, red);
         else phase_residual_gemv<MR>(s.resid, wo, smem, s.M, s.C, s.H * D, gw, tw, lane);
+        TRACE(l, 5);
         grid_barrier(s.barrier, target);
         stamp(s, 4 + 6 * l);
         stage_norm(xs, s.resid, mlp_norm, s.M, s.C, s.eps, TENSOR);
+        TRACE(l, 6);
         if constexpr (TENSOR) phase_gate_up_mma(s.act, wgu, smem, s.M, s.C, s.I, red);
         else phase_gate_up<MR>(s.act, wgu, smem, s.M, s.C, s.I, gw, tw, lane);
+        TRACE(l, 7);
         grid_barrier(s.barrier, target);
         stamp(s, 5 + 6 * l);
         stage_copy(smem, s.act, s.M, s.I, TENSOR);
+        TRACE(l, 8);
         if constexpr (TENSOR) phase_residual_mma(s.resid, wdown, smem, s.M, s.C, s.I, red);
         else phase_residual_gemv<MR>(s.resid, wdown, smem, s.M, s.C, s.I, gw, tw, lane);
-        if (l + 1 < s.L) grid_barrier(s.barrier, target);
+        TRACE(l, 9);
+        if (next != nullptr) grid_barrier(s.barrier, target);
         stamp(s, 6 + 6 * l);
     }
 }

@@ -586,7 +586,10 @@ class CudaBackend:
         N, B = plan.num_tokens, plan.batch_size
         H, Hkv, D, C, I = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
         P = cache.page_size
-        groups = -(-rows * (H // Hkv) // 4)  # 4-row groups of a sequence's packed (node, head) rows; T_b <= rows
+        # attention units take groups of a sequence's packed (node, head) rows (T_b <= rows): one row each in
+        # a decode step's instance, 4 in the others (fused_layers.cu, phase_attention)
+        group_rows = 1 if self.fused_pass_rows(c, rows) == 1 else 4
+        groups = -(-rows * (H // Hkv) // group_rows)
         # split the keys until every warp of the grid has a share, but no share under 32 keys; from the graph
         # buckets (rows, context), as in attention_mma, so eager launches and replays give the same bits
         splits = max(1, min(256, self.fused_blocks * 16 // (B * Hkv * groups), context_bucket(plan.max_kv_len) // 32))
@@ -611,7 +614,8 @@ class CudaBackend:
             (self.layer_table(model, cache), i32(model.num_layers), x, plan.positions, plan.slots, cos, sin, plan.cu_q,
              plan.kv_len, plan.tree_start, plan.masks, plan.page_tables, i32(plan.page_tables.shape[1]), i32(B), q, o_part,
              ml_part, attn, act, barrier, i32(N), i32(C), i32(H), i32(Hkv), i32(I), i32(P), i32(groups), i32(splits),
-             np.float32(c.rms_norm_eps), np.float32(model.scale), i32(prefetch), i32(prefetch_kv), np.uint64(0) if self.fused_clock is None else self.fused_clock),
+             np.float32(c.rms_norm_eps), np.float32(model.scale), i32(prefetch), i32(prefetch_kv),
+             np.uint64(0) if self.fused_clock is None else self.fused_clock),
             shared_mem=shared,
         )
         return x

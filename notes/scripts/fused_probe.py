@@ -1,0 +1,68 @@
+"""Device probe: the fused-layers kernel on a random model with the default model's shapes (no download):
+step times (decode, tree T = 16) at the contexts given (default 512), the per-phase breakdown of block 0's
+%globaltimer stamps, and the whole kernel's span against the step (the rest: embedding, final norm, LM head,
+argmax, gaps). `trace`: a build with stamps inside the phases too; `twice`: with `trace`, each layer runs its
+attention twice, the second time with its code and data cached. Run from the repository root (or from an older
+build's copy, to compare in the same call): python3 notes/scripts/fused_probe.py 512 2048 [trace [twice]]"""
+import sys
+
+import numpy as np
+
+sys.path.insert(0, ".")
+from minispec.backends.cuda_backend import CudaBackend  # noqa: E402
+from minispec.bench_gpu import FUSED_PHASES, card_name, random_model_on_gpu, require_gpu, step_times  # noqa: E402
+from minispec.config import ModelConfig  # noqa: E402
+from minispec.model import Model  # noqa: E402
+
+cp = require_gpu()
+smol = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
+                   head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True)
+backend = CudaBackend()
+model = Model(smol, random_model_on_gpu(smol, backend), backend)
+contexts = [int(a) for a in sys.argv[1:] if a.isdigit()] or [512]
+print(card_name(), "SmolLM2-135M shapes, random weights", flush=True)
+TRACE = "trace" in sys.argv  # block 0's stamps inside the phases too (kernels/fused_layers.cu, FUSED_TRACE)
+if TRACE:
+    import minispec.backends.cuda_backend as cb
+    source = cb.kernel_source
+    defines = "#define FUSED_TRACE\n" + ("#define FUSED_TRACE_TWICE\n" if "twice" in sys.argv else "")
+    cb.kernel_source = lambda name: (defines if name == "fused_layers.cu" else "") + source(name)
+L = smol.num_layers
+# (the span that ends at an event, 12: a trace point or 6: a phase stamp, its index in the layer) in time order
+EVENTS = [("stage norm", 12, 0), ("qkv GEMV+prefetch", 12, 1), ("barrier", 6, 1),
+          ("attention", 12, 2), ("barrier", 6, 2), ("merge", 12, 3), ("barrier+stage", 12, 4), ("o GEMV", 12, 5),
+          ("barrier", 6, 4), ("stage norm", 12, 6), ("gate/up GEMV", 12, 7), ("barrier", 6, 5), ("stage act", 12, 8),
+          ("down GEMV", 12, 9), ("barrier", 6, 6)]
+
+
+def trace_spans(stamps):
+    """µs per layer (mean over layers 1..L-1) of each span between consecutive trace events."""
+    rows = []
+    for l in range(1, L):
+        times = [stamps[6 * l]] + [stamps[1 + 6 * L + 11 * l + i] if stride == 12 else stamps[6 * l + i] for _, stride, i in EVENTS]
+        rows.append(np.diff(np.array(times, dtype=np.int64)))
+    return np.mean(rows, axis=0) / 1e3
+
+
+for context in contexts:
+    times = step_times(model, context, (16,))
+    line = [f"context {context}: decode {times[1] * 1e6:.0f} µs/step ({1 / times[1]:.0f}/s), tree T=16 {times[16] * 1e6:.0f} µs"]
+    for T in (1, 16):
+        backend.fused_clock = cp.zeros(1 + (17 if TRACE else 6) * smol.num_layers, dtype=cp.uint64)
+        backend.graphs.clear()
+        step_times(model, context, () if T == 1 else (T,))
+        stamps = cp.asnumpy(backend.fused_clock).astype(np.int64)
+        backend.fused_clock = None
+        backend.graphs.clear()
+        phases = np.diff(stamps[: 1 + 6 * L]).reshape(L, 6)[1:].mean(axis=0) / 1e3
+        first = (stamps[6] - stamps[0]) / 1e3
+        span = (stamps[6 * L] - stamps[0]) / 1e3
+        line.append(f"  T={T}: kernel span {span:.0f} µs (first layer {first:.1f}), µs per layer {phases.sum():.1f}: "
+                    + ", ".join(f"{n} {t:.2f}" for n, t in zip(FUSED_PHASES, phases)))
+        if "twice" in sys.argv:
+            first = np.mean([stamps[1 + 6 * L + 11 * l + 10] - stamps[1 + 6 * l] for l in range(1, L)]) / 1e3
+            second = np.mean([stamps[1 + 6 * L + 11 * l + 2] - stamps[1 + 6 * L + 11 * l + 10] for l in range(1, L)]) / 1e3
+            line.append(f"    attention twice: first {first:.2f} µs, second {second:.2f} µs")
+        if TRACE:
+            line.append("    inside: " + ", ".join(f"{n} {t:.2f}" for (n, _, _), t in zip(EVENTS, trace_spans(stamps))))
+    print("\n".join(line), flush=True)
