@@ -217,6 +217,14 @@ def llama_8b_config():
                        head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192, tie_word_embeddings=False)
 
 
+def smollm2_135m_config():
+    """The default model's shapes (for random-weight probes that need no download)."""
+    from .config import ModelConfig
+
+    return ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
+                       head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True)
+
+
 def weight_bytes(weights) -> int:
     arrays = [weights.embed, weights.final_norm] + ([] if weights.lm_head is weights.embed else [weights.lm_head])
     for layer in weights.layers:
@@ -274,21 +282,30 @@ def decode_ahead_time(model, context: int, steps: int = 32, params=None) -> floa
 FUSED_PHASES = ("qkv+rope", "attention", "merge", "o-proj", "gate/up", "down")
 
 
-def fused_phase_times(model, tree_size: int = 1) -> np.ndarray:
-    """Microseconds per layer of each phase of the fused-layers kernel in a decode step, or a tree step of
-    `tree_size` nodes (context 512): the %globaltimer stamps its block 0 writes after every grid barrier,
-    averaged over the layers after the first (the tree step runs last, so its stamps stay)."""
+def fused_stamps(model, tree_size: int = 1, context: int = 512, extra: int = 0) -> np.ndarray:
+    """The %globaltimer stamps (ns) block 0 of the fused-layers kernel writes in a decode step, or a tree step of
+    `tree_size` nodes: [1 + 6 L] after every grid barrier, then `extra` more for a build that stamps inside the
+    phases (fused_layers.cu, FUSED_TRACE). The tree step runs last, so its stamps stay."""
     backend = model.backend
     cp = backend.cp
-    backend.fused_clock = cp.zeros(1 + 6 * model.num_layers, dtype=cp.uint64)
+    backend.fused_clock = cp.zeros(1 + 6 * model.num_layers + extra, dtype=cp.uint64)
     backend.graphs.clear()  # the clock pointer is captured into the graph
     try:
-        step_times(model, 512, () if tree_size == 1 else (tree_size,))
-        stamps = cp.asnumpy(backend.fused_clock).astype(np.int64)
+        step_times(model, context, () if tree_size == 1 else (tree_size,))
+        return cp.asnumpy(backend.fused_clock).astype(np.int64)
     finally:
         backend.fused_clock = None
         backend.graphs.clear()
-    return np.diff(stamps).reshape(model.num_layers, 6)[1:].mean(axis=0) / 1e3
+
+
+def layer_phases(stamps: np.ndarray, num_layers: int) -> np.ndarray:
+    """Microseconds per layer of each of the FUSED_PHASES, averaged over the layers after the first."""
+    return np.diff(stamps[: 1 + 6 * num_layers]).reshape(num_layers, 6)[1:].mean(axis=0) / 1e3
+
+
+def fused_phase_times(model, tree_size: int = 1) -> np.ndarray:
+    """µs per layer of each phase of the fused-layers kernel at context 512 (see fused_stamps)."""
+    return layer_phases(fused_stamps(model, tree_size), model.num_layers)
 
 
 def bench_e2e(args) -> None:

@@ -2,21 +2,21 @@
 step times (decode, tree T = 16) at the contexts given (default 512), the per-phase breakdown of block 0's
 %globaltimer stamps, and the whole kernel's span against the step (the rest: embedding, final norm, LM head,
 argmax, gaps). `trace`: a build with stamps inside the phases too; `twice`: with `trace`, each layer runs its
-attention twice, the second time with its code and data cached. Run from the repository root (or from an older
-build's copy, to compare in the same call): python3 notes/scripts/fused_probe.py 512 2048 [trace [twice]]"""
+attention twice, the second time with its code and data cached. Run from the repository root (or from a copy of
+another build that has bench_gpu.fused_stamps, to compare in the same call):
+python3 notes/scripts/fused_probe.py 512 2048 [trace [twice]]"""
 import sys
 
 import numpy as np
 
 sys.path.insert(0, ".")
 from minispec.backends.cuda_backend import CudaBackend  # noqa: E402
-from minispec.bench_gpu import FUSED_PHASES, card_name, random_model_on_gpu, require_gpu, step_times  # noqa: E402
-from minispec.config import ModelConfig  # noqa: E402
+from minispec.bench_gpu import (  # noqa: E402
+    FUSED_PHASES, card_name, fused_stamps, layer_phases, random_model_on_gpu, require_gpu, smollm2_135m_config, step_times)
 from minispec.model import Model  # noqa: E402
 
-cp = require_gpu()
-smol = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
-                   head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True)
+require_gpu()
+smol = smollm2_135m_config()
 backend = CudaBackend()
 model = Model(smol, random_model_on_gpu(smol, backend), backend)
 contexts = [int(a) for a in sys.argv[1:] if a.isdigit()] or [512]
@@ -48,13 +48,8 @@ for context in contexts:
     times = step_times(model, context, (16,))
     line = [f"context {context}: decode {times[1] * 1e6:.0f} µs/step ({1 / times[1]:.0f}/s), tree T=16 {times[16] * 1e6:.0f} µs"]
     for T in (1, 16):
-        backend.fused_clock = cp.zeros(1 + (17 if TRACE else 6) * smol.num_layers, dtype=cp.uint64)
-        backend.graphs.clear()
-        step_times(model, context, () if T == 1 else (T,))
-        stamps = cp.asnumpy(backend.fused_clock).astype(np.int64)
-        backend.fused_clock = None
-        backend.graphs.clear()
-        phases = np.diff(stamps[: 1 + 6 * L]).reshape(L, 6)[1:].mean(axis=0) / 1e3
+        stamps = fused_stamps(model, T, context, 11 * L if TRACE else 0)
+        phases = layer_phases(stamps, L)
         first = (stamps[6] - stamps[0]) / 1e3
         span = (stamps[6 * L] - stamps[0]) / 1e3
         line.append(f"  T={T}: kernel span {span:.0f} µs (first layer {first:.1f}), µs per layer {phases.sum():.1f}: "

@@ -4,8 +4,7 @@ import sys
 import numpy as np
 sys.path.insert(0, ".")
 from minispec.backends.cuda_backend import CudaBackend
-from minispec.bench_gpu import random_model_on_gpu, llama_8b_config, step_times, weight_bytes, copy_bandwidth, card_name, require_gpu
-from minispec.config import ModelConfig
+from minispec.bench_gpu import random_model_on_gpu, llama_8b_config, smollm2_135m_config, step_times, weight_bytes, copy_bandwidth, card_name, require_gpu
 from minispec.model import Model
 from minispec.step import StepItem, build_plan
 from minispec.tree import Tree
@@ -13,8 +12,7 @@ from minispec.tree import Tree
 cp = require_gpu()
 bw = copy_bandwidth()
 print(card_name(), f"copy {bw/1e12:.2f} TB/s", flush=True)
-smol = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
-                   rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True)
+smol = smollm2_135m_config()
 be = CudaBackend()
 for name, cfg in (("smollm2-shapes", smol), ("8B-shapes", llama_8b_config())):
     model = Model(cfg, random_model_on_gpu(cfg, be), be)
