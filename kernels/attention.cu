@@ -102,6 +102,77 @@ __device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, uns
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// ---- Hopper warpgroup MMA (wgmma, sm_90a): 4 warps issue one asynchronous 64 x N x 16 product.
+// A (64 rows x k16) comes from registers in the m16n8k16 A-fragment layout, warp w of the group holding rows
+// 16w .. 16w+15; the accumulator is the m16n8 C-fragment layout stacked over N / 8 column tiles (d[j][0..3] =
+// (row g, cols 8j+2t, +1), (row g+8, same cols)), so the softmax code is the same as for mma.sync.
+// B comes from shared memory through a descriptor: start address, LBO and SBO (bytes / 16, 14 bits each)
+// and the swizzle mode (bits 62-63: 1 = 128-byte). Tiles here use the 128-byte swizzle: a 128-byte row r of
+// an 8-row, 1024-byte-aligned group keeps its 16-byte chunk c at chunk c ^ (r % 8).
+//   K-major B (keys x dims, dims contiguous: K for S = Q K^T): rows of 64 dims; SBO = 1024 (the next 8 keys);
+//     k-step s of a 64-dim atom starts 32 s bytes in; the second atom (dims 64..127) is a separate block.
+//   MN-major B (keys x dims with dims contiguous used as k = keys, n = dims: V for O += P V, transposed):
+//     LBO = the byte distance between 64-dim atoms along n, SBO = 1024 (the next 8 keys along k).
+__device__ __forceinline__ unsigned long long smem_descriptor(const void* tile, unsigned lbo, unsigned sbo) {
+    const unsigned long long address = (unsigned)__cvta_generic_to_shared(tile);
+    return ((address & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// the compiler must not move reads of an accumulator above the wait that makes it valid
+template <int NT>
+__device__ __forceinline__ void wgmma_pin(float (&d)[NT][4]) {
+#pragma unroll
+    for (int j = 0; j < NT; j++) asm volatile("" : "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])::"memory");
+}
+// shared memory written by cp.async / st.shared must be made visible to wgmma's (async proxy) reads
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+#define WG_ACC4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define WG_ACC32 WG_ACC4(0), WG_ACC4(1), WG_ACC4(2), WG_ACC4(3), WG_ACC4(4), WG_ACC4(5), WG_ACC4(6), WG_ACC4(7)
+#define WG_ACC64 WG_ACC32, WG_ACC4(8), WG_ACC4(9), WG_ACC4(10), WG_ACC4(11), WG_ACC4(12), WG_ACC4(13), WG_ACC4(14), WG_ACC4(15)
+
+// d[64 x 64] (+)= A[64 x 16] B[16 x 64]; accumulate = 0 overwrites d
+template <int TRANS_B>
+__device__ __forceinline__ void wgmma_n64(float (&d)[8][4], const unsigned (&a)[4], unsigned long long b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+        : WG_ACC32
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate), "n"(TRANS_B));
+}
+
+// d[64 x 64] (+)= A[64 x 16] B[16 x 64], A from shared memory too (K-major)
+__device__ __forceinline__ void wgmma_n64_ss(float (&d)[8][4], unsigned long long a, unsigned long long b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        : WG_ACC32
+        : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// d[64 x 128] (+)= A[64 x 16] B[16 x 128]
+template <int TRANS_B>
+__device__ __forceinline__ void wgmma_n128(float (&d)[16][4], const unsigned (&a)[4], unsigned long long b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+        : WG_ACC64
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate), "n"(TRANS_B));
+}
+
 // 16 bytes global -> shared without passing through registers; zero-filled when !valid
 __device__ __forceinline__ void copy16_async(__nv_bfloat16* shared, const __nv_bfloat16* global, bool valid) {
     unsigned address = (unsigned)__cvta_generic_to_shared(shared);
@@ -115,6 +186,156 @@ __device__ __forceinline__ float exp2_fast(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+}
+
+// ---- pieces both tensor-core kernels share: a thread owns rows g and g + 8 of its warp's 16 packed rows
+
+// Block x of the grid -> (sequence b, its row tile `tile` of `rows_per_block` rows); false past the last one.
+__device__ __forceinline__ bool locate_row_tile(const int* __restrict__ cu_q, int B, int G, int rows_per_block, int& b, int& tile) {
+    tile = blockIdx.x;
+    for (b = 0; b < B; b++) {
+        const int tiles_b = ((cu_q[b + 1] - cu_q[b]) * G + rows_per_block - 1) / rows_per_block;
+        if (tile < tiles_b) return true;
+        tile -= tiles_b;
+    }
+    return false;
+}
+
+// A thread's two packed rows: node r / G, head kv_head G + r % G (rows past `rows` read and write nothing)
+struct QueryRows {
+    bool valid0, valid1;
+    int node0, node1;
+    long long qrow0, qrow1;  // (token, head) rows of q and out
+    unsigned long long mask0, mask1;
+    __device__ __forceinline__ QueryRows(int r0, int rows, int G, int kv_head, int H, int first_token,
+                                         const unsigned long long* __restrict__ masks) {
+        const int r1 = r0 + 8;
+        valid0 = r0 < rows, valid1 = r1 < rows;
+        node0 = valid0 ? r0 / G : 0, node1 = valid1 ? r1 / G : 0;
+        qrow0 = (long long)(first_token + node0) * H + kv_head * G + (valid0 ? r0 % G : 0);
+        qrow1 = (long long)(first_token + node1) * H + kv_head * G + (valid1 ? r1 % G : 0);
+        mask0 = masks[first_token + node0], mask1 = masks[first_token + node1];
+    }
+};
+
+// q rows (fp32) scaled by scale log2 e, as the A fragments of D / 16 k-steps
+template <int D>
+__device__ __forceinline__ void load_query(const float* __restrict__ q, const QueryRows& r, float scale, int t, unsigned (&qa)[D / 16][4]) {
+    scale *= 1.4426950408889634f;  // log2 e: softmax in base 2
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+        const int d = ks * 16 + 2 * t;
+        const float2 x00 = r.valid0 ? *reinterpret_cast<const float2*>(q + r.qrow0 * D + d) : make_float2(0, 0);
+        const float2 x10 = r.valid1 ? *reinterpret_cast<const float2*>(q + r.qrow1 * D + d) : make_float2(0, 0);
+        const float2 x01 = r.valid0 ? *reinterpret_cast<const float2*>(q + r.qrow0 * D + d + 8) : make_float2(0, 0);
+        const float2 x11 = r.valid1 ? *reinterpret_cast<const float2*>(q + r.qrow1 * D + d + 8) : make_float2(0, 0);
+        qa[ks][0] = pack_bf16x2(x00.x * scale, x00.y * scale);
+        qa[ks][1] = pack_bf16x2(x10.x * scale, x10.y * scale);
+        qa[ks][2] = pack_bf16x2(x01.x * scale, x01.y * scale);
+        qa[ks][3] = pack_bf16x2(x11.x * scale, x11.y * scale);
+    }
+}
+
+// -inf where a key is not visible; only tiles reaching past the prefix (or the sequence end, or causal rows)
+// do any work
+template <int NT>
+__device__ __forceinline__ void mask_scores(float (&s)[NT][4], int key0, int S, int start, int is_causal, int T, const QueryRows& r, int t) {
+    if (!(is_causal || key0 + NT * 8 > start || key0 + NT * 8 > S)) return;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int key = key0 + nt * 8 + 2 * t + (e & 1), node = e < 2 ? r.node0 : r.node1;
+            const unsigned long long mask = e < 2 ? r.mask0 : r.mask1;
+            const bool visible = key < S && (is_causal ? key <= S - T + node : (key < start || ((mask >> (key - start)) & 1ull)));
+            if (!visible) s[nt][e] = -__int_as_float(0x7f800000);
+        }
+}
+
+// Online softmax over one key tile (base 2), rows g (elements 0, 1) and g + 8 (elements 2, 3); a row's 4
+// lanes share it. s becomes the tile's unnormalised weights; m and l move on; corr scales the old O.
+template <int NT>
+__device__ __forceinline__ void softmax_tile(float (&s)[NT][4], float& m0, float& m1, float& l0, float& l1, float& corr0, float& corr1) {
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 2));
+    const float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
+    const float base0 = new0 == NEG_INF ? 0.0f : new0, base1 = new1 == NEG_INF ? 0.0f : new1;
+    corr0 = exp2_fast(m0 - base0), corr1 = exp2_fast(m1 - base1);
+    m0 = new0, m1 = new1;
+    l0 *= corr0, l1 *= corr1;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        s[nt][0] = exp2_fast(s[nt][0] - base0);
+        s[nt][1] = exp2_fast(s[nt][1] - base0);
+        s[nt][2] = exp2_fast(s[nt][2] - base1);
+        s[nt][3] = exp2_fast(s[nt][3] - base1);
+        l0 += s[nt][0] + s[nt][1];
+        l1 += s[nt][2] + s[nt][3];
+    }
+}
+
+template <int DT>
+__device__ __forceinline__ void rescale(float (&acc)[DT][4], float corr0, float corr1) {
+    if (!__any_sync(0xffffffff, corr0 != 1.0f || corr1 != 1.0f)) return;  // once the maxima settle, tiles skip this
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) acc[dt][0] *= corr0, acc[dt][1] *= corr0, acc[dt][2] *= corr1, acc[dt][3] *= corr1;
+}
+
+// P's A fragment for k-step kk (keys 16 kk ..): the C fragments of S n-tiles 2kk, 2kk+1
+template <int NT>
+__device__ __forceinline__ void pack_p(const float (&s)[NT][4], int kk, unsigned (&pa)[4]) {
+    pa[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+    pa[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+    pa[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    pa[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// One split: normalise and write out (bf16) directly; several: the unnormalised partial (o, m, l) for the merge
+template <int D>
+__device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float m0, float m1, float l0, float l1, const QueryRows& r,
+                                           int t, int split, int splits, float* __restrict__ o_part, float* __restrict__ ml_part,
+                                           __nv_bfloat16* __restrict__ out, int N, int H) {
+    l0 += __shfl_xor_sync(0xffffffff, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffff, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffff, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffff, l1, 2);
+    if (splits == 1) {
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            const int d = dt * 8 + 2 * t;
+            if (r.valid0) *reinterpret_cast<__nv_bfloat162*>(out + r.qrow0 * D + d) = __floats2bfloat162_rn(acc[dt][0] / l0, acc[dt][1] / l0);
+            if (r.valid1) *reinterpret_cast<__nv_bfloat162*>(out + r.qrow1 * D + d) = __floats2bfloat162_rn(acc[dt][2] / l1, acc[dt][3] / l1);
+        }
+        return;
+    }
+    float* o = o_part + (long long)split * N * H * D;
+    float* ml = ml_part + (long long)split * N * H * 2;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+        const int d = dt * 8 + 2 * t;
+        if (r.valid0) *reinterpret_cast<float2*>(o + r.qrow0 * D + d) = make_float2(acc[dt][0], acc[dt][1]);
+        if (r.valid1) *reinterpret_cast<float2*>(o + r.qrow1 * D + d) = make_float2(acc[dt][2], acc[dt][3]);
+    }
+    if (t == 0 && r.valid0) ml[r.qrow0 * 2] = m0, ml[r.qrow0 * 2 + 1] = l0;
+    if (t == 0 && r.valid1) ml[r.qrow1 * 2] = m1, ml[r.qrow1 * 2 + 1] = l1;
+}
+
+// The key tiles of this block's split: [tile_begin, tile_begin + tile_count) of KEYS keys each. Causal rows
+// see keys up to their own position, tree rows up to kv_len.
+__device__ __forceinline__ void split_tiles(int S, int T, int G, int is_causal, int last_row, int keys, int& tile_begin, int& tile_count) {
+    const int last_key = is_causal ? min(S - 1, S - T + last_row / G) : S - 1;
+    const int key_tiles = last_key / keys + 1, per_split = (key_tiles + gridDim.z - 1) / gridDim.z;
+    tile_begin = blockIdx.z * per_split;
+    tile_count = max(0, min(key_tiles, tile_begin + per_split) - tile_begin);
 }
 
 template <int D, int WARPS, int KEYS>
@@ -131,53 +352,21 @@ __device__ void tree_attention_mma(
     __nv_bfloat16* k_ring = ring;
     __nv_bfloat16* v_ring = ring + STAGES * TILE;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int G = H / Hkv, kv_head = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
-
-    // which sequence and row tile this block works on
-    int b = 0, tile = blockIdx.x;
-    for (; b < B; b++) {
-        int tiles_b = ((cu_q[b + 1] - cu_q[b]) * G + ROWS - 1) / ROWS;
-        if (tile < tiles_b) break;
-        tile -= tiles_b;
-    }
-    if (b >= B) return;
+    const int G = H / Hkv, kv_head = blockIdx.y;
+    int b, tile;
+    if (!locate_row_tile(cu_q, B, G, ROWS, b, tile)) return;
     const int T = cu_q[b + 1] - cu_q[b], rows = T * G, S = kv_len[b], start = tree_start[b], is_causal = causal[b];
     const int* table = page_tables + (long long)b * max_pages;
-
-    // this thread's two rows (g and g + 8 of the warp's 16)
-    const int r0 = tile * ROWS + warp * 16 + g, r1 = r0 + 8;
-    const bool valid0 = r0 < rows, valid1 = r1 < rows;
-    const int node0 = valid0 ? r0 / G : 0, node1 = valid1 ? r1 / G : 0;
-    const int head0 = kv_head * G + (valid0 ? r0 % G : 0), head1 = kv_head * G + (valid1 ? r1 % G : 0);
-    const long long qrow0 = (long long)(cu_q[b] + node0) * H + head0, qrow1 = (long long)(cu_q[b] + node1) * H + head1;
-    const unsigned long long mask0 = masks[cu_q[b] + node0], mask1 = masks[cu_q[b] + node1];
+    const QueryRows r(tile * ROWS + warp * 16 + g, rows, G, kv_head, H, cu_q[b], masks);
     const bool warp_active = tile * ROWS + warp * 16 < rows;
 
     unsigned qa[D / 16][4];
-    scale *= 1.4426950408889634f;  // log2 e: softmax in base 2
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) {
-        int d = ks * 16 + 2 * t;
-        float2 x00 = valid0 ? *reinterpret_cast<const float2*>(q + qrow0 * D + d) : make_float2(0, 0);
-        float2 x10 = valid1 ? *reinterpret_cast<const float2*>(q + qrow1 * D + d) : make_float2(0, 0);
-        float2 x01 = valid0 ? *reinterpret_cast<const float2*>(q + qrow0 * D + d + 8) : make_float2(0, 0);
-        float2 x11 = valid1 ? *reinterpret_cast<const float2*>(q + qrow1 * D + d + 8) : make_float2(0, 0);
-        qa[ks][0] = pack_bf16x2(x00.x * scale, x00.y * scale);
-        qa[ks][1] = pack_bf16x2(x10.x * scale, x10.y * scale);
-        qa[ks][2] = pack_bf16x2(x01.x * scale, x01.y * scale);
-        qa[ks][3] = pack_bf16x2(x11.x * scale, x11.y * scale);
-    }
-    float acc[D / 8][4];
-#pragma unroll
-    for (int dt = 0; dt < D / 8; dt++) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+    load_query<D>(q, r, scale, t, qa);
+    float acc[D / 8][4] = {};
     const float NEG_INF = -__int_as_float(0x7f800000);
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
-
-    // causal rows see keys up to their own position; tree rows up to kv_len
-    const int last_key = is_causal ? min(S - 1, S - T + (tile * ROWS + ROWS - 1) / G) : S - 1;
-    const int key_tiles = last_key / KEYS + 1;
-    const int per_split = (key_tiles + splits - 1) / splits;
-    const int tile_begin = split * per_split, tile_count = max(0, min(key_tiles, tile_begin + per_split) - tile_begin);
+    int tile_begin, tile_count;
+    split_tiles(S, T, G, is_causal, tile * ROWS + ROWS - 1, KEYS, tile_begin, tile_count);
 
     // one tile = KEYS x D / 8 16-byte chunks of K and as many of V. Thread x always copies chunk
     // x % CHUNKS of its keys x / CHUNKS + i KEYS_PER_PASS, so the in-page and shared-memory offsets are fixed
@@ -235,61 +424,15 @@ __device__ void tree_attention_mma(
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) mma16816(s[nt], qa[ks + 1][0], qa[ks + 1][1], qa[ks + 1][2], qa[ks + 1][3], kb[nt][2], kb[nt][3]);
         }
-        // mask: only tiles reaching past the prefix (or the sequence end, or causal rows) do any work
-        const bool needs_mask = is_causal || key0 + KEYS > start || key0 + KEYS > S;
-        if (needs_mask) {
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int key = key0 + nt * 8 + 2 * t + (e & 1), node = e < 2 ? node0 : node1;
-                    unsigned long long mask = e < 2 ? mask0 : mask1;
-                    bool visible = key < S && (is_causal ? key <= S - T + node
-                                                         : (key < start || ((mask >> (key - start)) & 1ull)));
-                    if (!visible) s[nt][e] = NEG_INF;
-                }
-        }
-        // online softmax, rows g (elements 0, 1) and g + 8 (elements 2, 3); a row's 4 lanes share it
-        float mx0 = NEG_INF, mx1 = NEG_INF;
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 2));
-        float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
-        float base0 = new0 == NEG_INF ? 0.0f : new0, base1 = new1 == NEG_INF ? 0.0f : new1;
-        float corr0 = exp2_fast(m0 - base0), corr1 = exp2_fast(m1 - base1);
-        m0 = new0;
-        m1 = new1;
-        l0 *= corr0;
-        l1 *= corr1;
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            s[nt][0] = exp2_fast(s[nt][0] - base0);
-            s[nt][1] = exp2_fast(s[nt][1] - base0);
-            s[nt][2] = exp2_fast(s[nt][2] - base1);
-            s[nt][3] = exp2_fast(s[nt][3] - base1);
-            l0 += s[nt][0] + s[nt][1];
-            l1 += s[nt][2] + s[nt][3];
-        }
-        if (__any_sync(0xffffffff, corr0 != 1.0f || corr1 != 1.0f)) {  // once the maxima settle, tiles skip this
-#pragma unroll
-            for (int dt = 0; dt < D / 8; dt++) {
-                acc[dt][0] *= corr0;
-                acc[dt][1] *= corr0;
-                acc[dt][2] *= corr1;
-                acc[dt][3] *= corr1;
-            }
-        }
-        // O += P V, one k-step per 16 keys: the C fragments of S n-tiles 2kk, 2kk+1 are the A fragment of P
+        mask_scores(s, key0, S, start, is_causal, T, r, t);
+        float corr0, corr1;
+        softmax_tile(s, m0, m1, l0, l1, corr0, corr1);
+        rescale(acc, corr0, corr1);
+        // O += P V, one k-step per 16 keys
 #pragma unroll
         for (int kk = 0; kk < KEYS / 16; kk++) {
-            unsigned pa0 = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pa1 = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-            unsigned pa2 = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pa3 = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            unsigned pa[4];
+            pack_p(s, kk, pa);
 #pragma unroll
             for (int dt = 0; dt < D / 8; dt += 2) {
                 // B fragments of V (keys x dims) straight from the row-major tile: ldmatrix with transpose,
@@ -298,36 +441,13 @@ __device__ void tree_attention_mma(
                 unsigned address = (unsigned)__cvta_generic_to_shared(v_buf + (kk * 16 + lane % 16) * STRIDE + (dt + lane / 16) * 8);
                 asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                              : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3) : "r"(address));
-                mma16816(acc[dt], pa0, pa1, pa2, pa3, b0, b1);
-                mma16816(acc[dt + 1], pa0, pa1, pa2, pa3, b2, b3);
+                mma16816(acc[dt], pa[0], pa[1], pa[2], pa[3], b0, b1);
+                mma16816(acc[dt + 1], pa[0], pa[1], pa[2], pa[3], b2, b3);
             }
         }
     }
     asm volatile("cp.async.wait_group 0;\n" ::);  // no copy may outlive the block
-    if (!warp_active) return;
-    l0 += __shfl_xor_sync(0xffffffff, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffff, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffff, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffff, l1, 2);
-    if (splits == 1) {  // the only share: normalise and write the O projection's input directly
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt++) {
-            int d = dt * 8 + 2 * t;
-            if (valid0) *reinterpret_cast<__nv_bfloat162*>(out + qrow0 * D + d) = __floats2bfloat162_rn(acc[dt][0] / l0, acc[dt][1] / l0);
-            if (valid1) *reinterpret_cast<__nv_bfloat162*>(out + qrow1 * D + d) = __floats2bfloat162_rn(acc[dt][2] / l1, acc[dt][3] / l1);
-        }
-        return;
-    }
-    float* o = o_part + (long long)split * N * H * D;
-    float* ml = ml_part + (long long)split * N * H * 2;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; dt++) {
-        int d = dt * 8 + 2 * t;
-        if (valid0) *reinterpret_cast<float2*>(o + qrow0 * D + d) = make_float2(acc[dt][0], acc[dt][1]);
-        if (valid1) *reinterpret_cast<float2*>(o + qrow1 * D + d) = make_float2(acc[dt][2], acc[dt][3]);
-    }
-    if (t == 0 && valid0) { ml[qrow0 * 2] = m0; ml[qrow0 * 2 + 1] = l0; }
-    if (t == 0 && valid1) { ml[qrow1 * 2] = m1; ml[qrow1 * 2 + 1] = l1; }
+    if (warp_active) store_rows<D>(acc, m0, m1, l0, l1, r, t, blockIdx.z, gridDim.z, o_part, ml_part, out, N, H);
 }
 
 // tree_attention_mma_d{D}_w{WARPS}: 4 warps (64 rows, 32-key tiles: three blocks fit an SM) for few rows per
@@ -346,6 +466,217 @@ TREE_ATTENTION_MMA(64, 4)
 TREE_ATTENTION_MMA(64, 8)
 TREE_ATTENTION_MMA(128, 4)
 TREE_ATTENTION_MMA(128, 8)
+
+// ------------------------------------------------------------------------------------------------
+// Hopper version (sm_90a): both products on warpgroup MMA, loads on their own warpgroup.
+#define ATTENTION_RING 6  // K/V slots: 6 x 32 KB at D = 128, with both Q tiles 224 KB of the SM's 227
+// Block = 3 warpgroups: group 0 copies K/V tiles (64 keys, cp.async) into a RING-deep ring; groups 1 and 2
+// each own 64 of the block's 128 packed rows. Tiles are 128-byte swizzled [D / 64][64 keys][64 dims] (the
+// layout the wgmma descriptors read), and each consumer's Q sits in the same layout, so S = Q K^T reads
+// both operands from shared memory. Per ring slot two mbarriers: `full` (the producer's 128 threads arrive
+// once their copies of the tile landed, after a proxy fence) and `empty` (the 8 consumer warps arrive once
+// their products no longer read it). The consumer warpgroups never meet at a block barrier, so one's softmax
+// overlaps the other's products; within a warpgroup, O += P(i-1) V(i-1) runs on the tensor cores while the
+// softmax of S(i) runs on the CUDA cores (FlashAttention-3's ordering).
+// Launch: grid as the mma.sync version with 128 rows per block, block 384, dynamic shared memory
+// (2 + 2 RING) x 64 x D x 2 + 1024 (alignment) + 16 RING (barriers) bytes.
+// Measured (H100, notes/attention_splits.log): at 8B heads, T = 64, 8k keys the block's key tiles cost
+// ~1 µs each in loads alone and ~1 µs in products alone; a deeper ring (6 slots, 3 tiles in flight per
+// producer thread) overlaps them better than 4 (2 in flight); the page-table reads are a tenth of a tile.
+__device__ __forceinline__ void mbarrier_init(unsigned long long* bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(unsigned long long* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
+}
+__device__ __forceinline__ void mbarrier_wait(unsigned long long* bar, unsigned parity) {
+    asm volatile(
+        "{\n.reg .pred ready;\nWAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 ready, [%0], %1;\n"
+        "@!ready bra WAIT;\n}\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(parity) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+
+template <int D>
+__device__ void tree_attention_wgmma(
+    const float* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache, const __nv_bfloat16* __restrict__ v_cache,
+    const int* __restrict__ cu_q, const int* __restrict__ kv_len, const int* __restrict__ tree_start,
+    const unsigned long long* __restrict__ masks, const int* __restrict__ causal,
+    const int* __restrict__ page_tables, int max_pages, int B,
+    float* __restrict__ o_part, float* __restrict__ ml_part, __nv_bfloat16* __restrict__ out,
+    int N, int H, int Hkv, int P, float scale) {
+    constexpr int KEYS = 64, ROWS = 128, RING = ATTENTION_RING, TILE = KEYS * D, NT = KEYS / 8;
+    // tiles a producer thread keeps in flight beyond the one it publishes: with the consumers holding two
+    // slots (S of one tile, P V of the one before), RING - 3 is the most that never waits on a release
+    constexpr int LAG = RING - 3;
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    __nv_bfloat16* base = reinterpret_cast<__nv_bfloat16*>(shared_bytes + (1024 - (unsigned)__cvta_generic_to_shared(shared_bytes) % 1024) % 1024);
+    __nv_bfloat16* k_ring = base + 2 * 64 * D;  // after the two consumers' Q tiles
+    __nv_bfloat16* v_ring = k_ring + RING * TILE;
+    unsigned long long* full = reinterpret_cast<unsigned long long*>(v_ring + RING * TILE);
+    unsigned long long* empty = full + RING;
+    // group and warp read through a shuffle: the compiler then knows them warp-uniform, which wgmma needs to
+    // stay asynchronous (on a path it thinks divergent, ptxas serialises the products)
+    const int group = __shfl_sync(0xffffffff, threadIdx.x / 128, 0), warp = __shfl_sync(0xffffffff, threadIdx.x / 32 % 4, 0);
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int G = H / Hkv, kv_head = blockIdx.y;
+    int b, tile;
+    if (!locate_row_tile(cu_q, B, G, ROWS, b, tile)) return;
+    const int T = cu_q[b + 1] - cu_q[b], rows = T * G, S = kv_len[b], start = tree_start[b], is_causal = causal[b];
+    int tile_begin, tile_count;
+    split_tiles(S, T, G, is_causal, tile * ROWS + ROWS - 1, KEYS, tile_begin, tile_count);
+    if (threadIdx.x == 0)
+        for (int i = 0; i < RING; i++) mbarrier_init(full + i, 128), mbarrier_init(empty + i, 8);
+
+    const QueryRows r(tile * ROWS + (group - 1) * 64 + warp * 16 + g, rows, G, kv_head, H, cu_q[b], masks);
+    __nv_bfloat16* q_tile = base + (group - 1) * 64 * D;
+    if (group > 0) {  // Q's fragments into the warpgroup's swizzled tile (rows 16 warp + g, + 8)
+        unsigned qa[D / 16][4];
+        load_query<D>(q, r, scale, t, qa);
+        const int row0 = warp * 16 + g, row1 = row0 + 8;
+        auto at = [&](int row, int ks, int half) { return ks / 4 * 64 * 64 + row * 64 + (((ks % 4 * 2 + half) ^ (row % 8)) * 8) + 2 * t; };
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks++) {
+            *reinterpret_cast<unsigned*>(q_tile + at(row0, ks, 0)) = qa[ks][0];
+            *reinterpret_cast<unsigned*>(q_tile + at(row1, ks, 0)) = qa[ks][1];
+            *reinterpret_cast<unsigned*>(q_tile + at(row0, ks, 1)) = qa[ks][2];
+            *reinterpret_cast<unsigned*>(q_tile + at(row1, ks, 1)) = qa[ks][3];
+        }
+        fence_async_shared();
+    }
+    __syncthreads();  // barriers initialised, Q tiles written (the last block-wide barrier)
+
+    if (group == 0) {  // producer: thread x copies chunk x % CHUNKS of keys x / CHUNKS + KEYS_PER_PASS i
+        constexpr int CHUNKS = D / 8, KEYS_PER_PASS = 128 / CHUNKS, PASSES = KEYS / KEYS_PER_PASS;
+        const int my_key = threadIdx.x / CHUNKS, my_chunk = threadIdx.x % CHUNKS;
+        // chunk c of a 128-byte row sits at c ^ (row % 8) of its 64-dim atom (KEYS_PER_PASS is a multiple of 8)
+        const int shared_offset = my_chunk / 8 * KEYS * 64 + my_key * 64 + ((my_chunk % 8) ^ (my_key % 8)) * 8;
+        const int head_offset = kv_head * P * D + my_chunk * 8;  // within a page: [Hkv, P, D]
+        const long long page_elements = (long long)Hkv * P * D;
+        const int p_shift = (P & (P - 1)) == 0 ? __ffs(P) - 1 : -1;
+        const int* table = page_tables + (long long)b * max_pages;
+        int pages[PASSES];  // the page-table entries of the next tile, read one tile ahead
+        auto read_pages = [&](int j) {
+#pragma unroll
+            for (int pass = 0; pass < PASSES; pass++) {
+                const int pos = (tile_begin + j) * KEYS + pass * KEYS_PER_PASS + my_key;
+                pages[pass] = pos < S ? table[p_shift >= 0 ? pos >> p_shift : pos / P] : 0;
+            }
+        };
+        if (tile_count > 0) read_pages(0);
+        for (int j = 0; j < tile_count; j++) {
+            const int slot = j % RING;
+            if (j >= RING) mbarrier_wait(empty + slot, (j / RING - 1) & 1);  // tile j - RING's readers are done
+#pragma unroll
+            for (int pass = 0; pass < PASSES; pass++) {
+                const int pos = (tile_begin + j) * KEYS + pass * KEYS_PER_PASS + my_key;
+                const bool valid = pos < S;
+                const int row = p_shift >= 0 ? pos & (P - 1) : pos % P;
+                const long long offset = valid ? pages[pass] * page_elements + head_offset + row * D : 0;
+                const int at = slot * TILE + pass * KEYS_PER_PASS * 64 + shared_offset;
+                copy16_async(k_ring + at, k_cache + offset, valid);
+                copy16_async(v_ring + at, v_cache + offset, valid);
+            }
+            asm volatile("cp.async.commit_group;\n" ::);
+            if (j + 1 < tile_count) read_pages(j + 1);
+            if (j >= LAG) {  // tile j - LAG landed: publish it to the async proxy, then to the consumers
+                asm volatile("cp.async.wait_group %0;\n" ::"n"(LAG));
+                fence_async_shared();
+                mbarrier_arrive(full + (j - LAG) % RING);
+            }
+        }
+        asm volatile("cp.async.wait_group 0;\n" ::);
+        fence_async_shared();
+        for (int j = max(0, tile_count - LAG); j < tile_count; j++) mbarrier_arrive(full + j % RING);
+        return;
+    }
+
+    // consumers
+    const bool active = tile * ROWS + (group - 1) * 64 < rows;  // a warpgroup issues wgmma together
+    float o[D / 8][4] = {}, s[NT][4];
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+    unsigned pa[KEYS / 16][4];  // P of the previous tile, the A operand of its O += P V
+    auto release = [&](int j) {  // this warp's products no longer read tile j's slot
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(empty + j % RING);
+    };
+    auto issue_pv = [&](int j) {
+        const __nv_bfloat16* v_buf = v_ring + j % RING * TILE;
+#pragma unroll
+        for (int kk = 0; kk < KEYS / 16; kk++) {
+            const unsigned long long desc = smem_descriptor(v_buf + kk * 16 * 64, KEYS * 64 * 2, 1024);
+            if constexpr (D == 128) wgmma_n128<1>(o, pa[kk], desc, 1);
+            else wgmma_n64<1>(o, pa[kk], desc, 1);
+        }
+        wgmma_commit();
+    };
+    if (!active) {  // no rows here: only let the producer reuse the slots
+        for (int i = 0; i < tile_count; i++) {
+            mbarrier_wait(full + i % RING, (i / RING) & 1);
+            release(i);
+        }
+    } else {
+        auto issue_s = [&](int i) {  // S(i) = Q K(i)^T, after tile i landed
+            mbarrier_wait(full + i % RING, (i / RING) & 1);
+            const __nv_bfloat16* k_buf = k_ring + i % RING * TILE;
+            wgmma_fence();
+    #pragma unroll
+            for (int ks = 0; ks < D / 16; ks++)
+                wgmma_n64_ss(s, smem_descriptor(q_tile + ks / 4 * 64 * 64 + ks % 4 * 16, 16, 1024),
+                             smem_descriptor(k_buf + ks / 4 * KEYS * 64 + ks % 4 * 16, 16, 1024), ks > 0);
+            wgmma_commit();
+        };
+        auto softmax = [&](int i, float& corr0, float& corr1) {  // S(i) -> the weights of tile i
+            wgmma_pin(s);
+            mask_scores(s, (tile_begin + i) * KEYS, S, start, is_causal, T, r, t);
+            softmax_tile(s, m0, m1, l0, l1, corr0, corr1);
+        };
+        float corr0, corr1;
+        if (tile_count > 0) {  // the first tile alone, so that the loop below always has a P V in flight
+            issue_s(0);
+            wgmma_wait<0>();
+            softmax(0, corr0, corr1);
+    #pragma unroll
+            for (int kk = 0; kk < KEYS / 16; kk++) pack_p(s, kk, pa[kk]);
+        }
+        for (int i = 1; i < tile_count; i++) {
+            issue_s(i);
+            issue_pv(i - 1);
+            wgmma_wait<1>();  // S(i) is done; O += P(i-1) V(i-1) may still run while the softmax does
+            softmax(i, corr0, corr1);
+            wgmma_wait<0>();
+            wgmma_pin(o);
+            release(i - 1);
+            rescale(o, corr0, corr1);
+    #pragma unroll
+            for (int kk = 0; kk < KEYS / 16; kk++) pack_p(s, kk, pa[kk]);
+        }
+        if (tile_count > 0) {
+            wgmma_fence();
+            issue_pv(tile_count - 1);
+            wgmma_wait<0>();
+            wgmma_pin(o);
+            release(tile_count - 1);
+        }
+        store_rows<D>(o, m0, m1, l0, l1, r, t, blockIdx.z, gridDim.z, o_part, ml_part, out, N, H);
+    }
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define TREE_ATTENTION_WGMMA(D)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(384, 1) tree_attention_wgmma_d##D(                             \
+        const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* cu_q,          \
+        const int* kv_len, const int* tree_start, const unsigned long long* masks, const int* causal,           \
+        const int* page_tables, int max_pages, int B, float* o_part, float* ml_part, __nv_bfloat16* out, int N,  \
+        int H, int Hkv, int P, float scale) {                                                                   \
+        tree_attention_wgmma<D>(q, k_cache, v_cache, cu_q, kv_len, tree_start, masks, causal, page_tables, max_pages, \
+                                B, o_part, ml_part, out, N, H, Hkv, P, scale);                                  \
+    }
+TREE_ATTENTION_WGMMA(64)
+TREE_ATTENTION_WGMMA(128)
+#endif
 
 // out[n, h, :] = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s (the partials' maxima are base 2) over the splits (M = max m_s; shares with
 // l_s = 0 saw no key and are skipped); rows n >= cu_q[B] (padding of a captured bucket) are written as zeros.

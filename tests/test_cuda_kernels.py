@@ -156,17 +156,25 @@ def test_gemm_stream_every_cluster_size(M, S, K):
     assert cp.array_equal(y, again), "the cluster's fixed-order sum gives the same bits every time"
 
 
+def use_attention_kernel(be, kernel: str) -> None:
+    """w4 / w8: the mma.sync kernel with 4 or 8 warps; wgmma: the 8-warp kernel on warpgroup MMA (Hopper)."""
+    if kernel == "wgmma" and not be.hopper:
+        pytest.skip("wgmma needs a Hopper GPU")
+    be.attention_warps = 4 if kernel == "w4" else 8
+    be.attention_wgmma = kernel == "wgmma"
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("page_size", [1, 3, 16])
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("warps", [4, 8])
-def test_tree_attention_matches_dense_reference(dtype, page_size, D, warps):
+@pytest.mark.parametrize("kernel", ["w4", "w8", "wgmma"])
+def test_tree_attention_matches_dense_reference(dtype, page_size, D, kernel):
     import cupy as cp
 
-    if dtype == "float32" and warps == 8:
+    if dtype == "float32" and kernel != "w4":
         pytest.skip("fp32 pages take the CUDA-core kernel, which has no warp count")
     be, rng = backend(dtype), np.random.default_rng(page_size * D)
-    be.attention_warps = warps
+    use_attention_kernel(be, kernel)
     storage = BF16 if dtype == "bfloat16" else np.float32
     q, k_cache, v_cache, plan, expected = make_problem(rng, page_size, problem_specs(page_size), H=8, Hkv=2, D=D, dtype=storage)
     to_device = (lambda a: cp.asarray(a.view(np.uint16))) if dtype == "bfloat16" else cp.asarray
@@ -183,18 +191,19 @@ def test_tree_attention_matches_dense_reference(dtype, page_size, D, warps):
 
 
 @pytest.mark.parametrize("splits", [None, 1, 5, 64])
-@pytest.mark.parametrize("warps", [4, 8])
-def test_tree_attention_split_kv_merge(splits, warps):
+@pytest.mark.parametrize("kernel", ["w4", "w8", "wgmma"])
+def test_tree_attention_split_kv_merge(splits, kernel):
     """Long contexts give the same result with one key share, a few, and more shares than key tiles (empty
     shares write m = -inf, l = 0 partials that the merge must skip)."""
     import cupy as cp
 
     be, rng = backend("bfloat16"), np.random.default_rng(3)
-    be.attention_warps, be.attention_splits = warps, splits
+    use_attention_kernel(be, kernel)
+    be.attention_splits = splits
     q, k_cache, v_cache, plan, expected = make_problem(rng, 16, [(700, "random", 40), (1500, "single", 1), (300, "chunk", 70)], H=8, Hkv=2, D=128, dtype=BF16)
     out = be.attention(cp.asarray(q), cp.asarray(k_cache.view(np.uint16)), cp.asarray(v_cache.view(np.uint16)), be.prepare_plan(plan), 1 / np.sqrt(128))
     out = cp.asarray(host_float(out, "bfloat16"))
-    assert_close(cp.asnumpy(out), expected, 6e-2, 6e-2, f"split-KV attention (splits={splits}, warps={warps})")
+    assert_close(cp.asnumpy(out), expected, 6e-2, 6e-2, f"split-KV attention (splits={splits}, {kernel})")
     assert np.abs(cp.asnumpy(out) - expected).mean(axis=1).max() < 1e-2
 
 

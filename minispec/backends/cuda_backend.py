@@ -21,6 +21,7 @@ from ..step import StepPlan
 
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
+WGMMA_RING = 6  # K/V slots of tree_attention_wgmma (kernels/attention.cu, ATTENTION_RING)
 
 
 def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
@@ -197,6 +198,9 @@ class CudaBackend:
         self.cublas, self.cublas_error = process_cublas(cp, self.stream)  # None: the own kernel serves every M
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
         self.sm_count = props["multiProcessorCount"]
+        # Hopper (compute capability 9.0): kernels compile for sm_90a, whose warpgroup MMA (wgmma) the 8-warp
+        # tree attention uses
+        self.hopper = (props["major"], props["minor"]) == (9, 0)
         self.rope_cache = IdentityTable()  # (inv_freq) -> (cos, sin) device tables [positions, D/2]
         self.layer_tables = IdentityTable()  # (weights, cache), (layers) -> uint64 [L, 8] device pointers
         # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
@@ -205,6 +209,7 @@ class CudaBackend:
         # tensor-core attention's launch shape (None: chosen per step; tests and benchmarks set them):
         self.attention_warps = None  # 4 or 8 warps of 16 rows per block
         self.attention_splits = None  # key shares per block (see attention_split_count)
+        self.attention_wgmma = None  # 8-warp blocks on wgmma (None: on Hopper from 2k keys; True / False: always / never)
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
@@ -217,6 +222,7 @@ class CudaBackend:
             if file not in self.modules:
                 source = kernel_source(file)
                 options = ("-std=c++17", "-DSTORAGE_BF16") if self.bf16 else ("-std=c++17",)
+                options += ("-arch=sm_90a",) if self.hopper else ()
                 options += (f"-DSOURCE_HASH_{hashlib.sha1(source.encode()).hexdigest()[:12]}",)
                 self.modules[file] = self.cp.RawModule(code=source, options=options)
             self.functions[(file, name)] = self.modules[file].get_function(name)
@@ -309,7 +315,8 @@ class CudaBackend:
         bucket = pow2_bucket(N)
         context = context_bucket(int(plan.kv_len.max()))  # attention splits follow the context
         # the launch settings are part of the key: changing one (tests, benchmarks) must capture anew
-        settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), self.attention_warps, self.attention_splits)
+        settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), self.attention_warps, self.attention_splits,
+                    self.attention_wgmma)
         key = (B, bucket, context, settings)
         step = self.graphs.get((model, cache), key)
         if step is None:
@@ -485,18 +492,27 @@ class CudaBackend:
         rows = -(-pow2_bucket(N) // B) * G  # rows per sequence's KV head (mean over the step)
         context = context_bucket(plan.max_kv_len)
         warps = self.attention_warps or (8 if rows > 16 else 4)
+        # wgmma from 2k keys: measured on an H100 (notes/attention_splits.log) 1.4-1.7x faster than mma.sync at 8B
+        # heads, T = 64, 8k-32k keys; at 1k keys and below the two are within noise at T = 64 and mma.sync wins
+        # at T = 16 (64 rows leave one of the two consumer warpgroups idle)
+        auto_wgmma = self.hopper and context >= 2048
+        wgmma = warps == 8 and (auto_wgmma if self.attention_wgmma is None else self.attention_wgmma)
+        if wgmma and not self.hopper:
+            raise MinispecError("attention_wgmma: warpgroup MMA needs a Hopper GPU (compute capability 9.0)")
         row_tiles = -(-N * G // (16 * warps)) + B  # upper bound of sum over b of ceil(T_b G / rows per block)
         splits = self.attention_splits or self.attention_split_count(B * -(-rows // (16 * warps)) * Hkv, rows, context, warps)
         splits = min(64, splits)  # the merge takes at most 64
         out = cp.empty((N, H * D), dtype=self.store_dtype)
         o_part = cp.empty((splits, N, H, D), dtype=cp.float32) if splits > 1 else out
         ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32) if splits > 1 else out
-        kernel = self.kernel("attention.cu", f"tree_attention_mma_d{D}_w{warps}")
-        shared = 4 * 2 * 8 * warps * (D + 8) * 2  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16
+        if wgmma:  # (2 warpgroups' Q + RING x (K, V)) x 64 rows x D, bf16, swizzled; 1024 to align them; 2 RING barriers
+            kernel, shared = self.kernel("attention.cu", f"tree_attention_wgmma_d{D}"), (2 + 2 * WGMMA_RING) * 64 * D * 2 + 1024 + 16 * WGMMA_RING
+        else:  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16
+            kernel, shared = self.kernel("attention.cu", f"tree_attention_mma_d{D}_w{warps}"), 4 * 2 * 8 * warps * (D + 8) * 2
         if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
             kernel.max_dynamic_shared_size_bytes = shared
         kernel(
-            (row_tiles, Hkv, splits), (32 * warps,),
+            (row_tiles, Hkv, splits), (384 if wgmma else 32 * warps,),
             (q, k_cache, v_cache, plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
              np.int32(plan.page_tables.shape[1]), np.int32(B), o_part, ml_part, out, np.int32(N), np.int32(H),
              np.int32(Hkv), np.int32(P), np.float32(scale)),
