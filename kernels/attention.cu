@@ -86,7 +86,8 @@ extern "C" __global__ void tree_attention(
 // Measured (H100, bench attention; notes/attention_splits.log has the sweeps and ncu readings): decode-like
 // shapes stream K/V at 55-91% of copy bandwidth; T = 64 trees reach only 23-32% of the K/V floor, bound by
 // the mma loop itself (tensor pipe busy 31% of cycles with 2 warps per scheduler: the 8-warp variant needs
-// 239 registers). Tried and slower: queries in shared memory to fit two 8-warp blocks per SM.
+// 239 registers). Tried and slower: queries in shared memory to fit two 8-warp blocks per SM. On Hopper the
+// 8-warp launches of long contexts or many rows go to tree_attention_wgmma (below): 1.5-1.8x faster there.
 
 #define STAGES 4          // K/V tiles in the shared-memory ring
 
@@ -468,26 +469,39 @@ TREE_ATTENTION_MMA(128, 4)
 TREE_ATTENTION_MMA(128, 8)
 
 // ------------------------------------------------------------------------------------------------
-// Hopper version (sm_90a): both products on warpgroup MMA, loads on their own warpgroup.
-#define ATTENTION_RING 6  // K/V slots: 6 x 32 KB at D = 128, with both Q tiles 224 KB of the SM's 227
-// Block = 3 warpgroups: group 0 copies K/V tiles (64 keys, cp.async) into a RING-deep ring; groups 1 and 2
-// each own 64 of the block's 128 packed rows. Tiles are 128-byte swizzled [D / 64][64 keys][64 dims] (the
-// layout the wgmma descriptors read), and each consumer's Q sits in the same layout, so S = Q K^T reads
-// both operands from shared memory. Per ring slot two mbarriers: `full` (the producer's 128 threads arrive
-// once their copies of the tile landed, after a proxy fence) and `empty` (the 8 consumer warps arrive once
-// their products no longer read it). The consumer warpgroups never meet at a block barrier, so one's softmax
-// overlaps the other's products; within a warpgroup, O += P(i-1) V(i-1) runs on the tensor cores while the
-// softmax of S(i) runs on the CUDA cores (FlashAttention-3's ordering).
-// Launch: grid as the mma.sync version with 128 rows per block, block 384, dynamic shared memory
+// Hopper version (sm_90a): both products on warpgroup MMA, K/V brought by the tensor memory accelerator.
+// Block = 2 consumer warpgroups (warps 0-7, 64 of the block's 128 packed rows each) + 1 producer warp.
+// The producer fills a RING-slot ring of 64-key tiles: each page segment of a tile (R = P rows of one head,
+// contiguous in the cache) is one TMA box per 64-dim atom of K and of V, written 128-byte swizzled
+// [D / 64][64 keys][64 dims], the layout the wgmma descriptors read. Rows TMA cannot box (past the sequence
+// end, which must read as zeros, or a page size that does not divide 64) go by cp.async with zero fill.
+// Per slot two mbarriers: `full` (the producer's expected bytes, and its arrive once any cp.async rows
+// landed) and `empty` (the 8 consumer warps, once their products no longer read the slot). Each consumer's
+// Q sits in its own swizzled tile, so S = Q K^T reads both operands from shared memory; O += P(i-1) V(i-1)
+// runs on the tensor cores while the softmax of S(i) runs on the CUDA cores (FlashAttention-3's order), and
+// the two consumer warpgroups never meet at a block barrier.
+// k_map / v_map: TMA descriptors of the caches viewed as [NP Hkv P rows, D] with 64 x box_rows boxes,
+// 128-byte swizzle (box_rows = P when P divides 64 and P >= 8, else 0: cp.async only).
+// Launch: grid as the mma.sync version with 128 rows per block, block 288, dynamic shared memory
 // (2 + 2 RING) x 64 x D x 2 + 1024 (alignment) + 16 RING (barriers) bytes.
-// Measured (H100, notes/attention_splits.log): at 8B heads, T = 64, 8k keys the block's key tiles cost
-// ~1 µs each in loads alone and ~1 µs in products alone; a deeper ring (6 slots, 3 tiles in flight per
-// producer thread) overlaps them better than 4 (2 in flight); the page-table reads are a tenth of a tile.
+// Measured (H100, notes/attention_splits.log), 8B heads, T = 64, 8k keys, 8 splits: 49 µs on mma.sync, 42 with
+// wgmma and 128 cp.async producer threads (4 slots), 37 with 6 slots, 33 with the TMA producer. Built with
+// loads or products left out, a block's tile cost ~1 µs for the loads alone and ~1 µs for the products alone,
+// and the sum with both: the cp.async producer was bound by its SM's outstanding requests, which TMA leaves.
+// Tried and not kept: the last split merging in the kernel instead of attention_merge (slower: one block then
+// reads every share serially), and FlashAttention-3's ping-pong of the two warpgroups (within 3%).
+#define ATTENTION_RING 6  // K/V slots: 6 x 32 KB at D = 128, with both Q tiles 224 KB of the SM's 227
+struct __align__(64) TensorMap {
+    unsigned long long words[16];
+};
 __device__ __forceinline__ void mbarrier_init(unsigned long long* bar, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(count) : "memory");
 }
 __device__ __forceinline__ void mbarrier_arrive(unsigned long long* bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
+}
+__device__ __forceinline__ void mbarrier_expect_bytes(unsigned long long* bar, unsigned bytes) {
+    asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void mbarrier_wait(unsigned long long* bar, unsigned parity) {
     asm volatile(
@@ -495,30 +509,34 @@ __device__ __forceinline__ void mbarrier_wait(unsigned long long* bar, unsigned 
         "mbarrier.try_wait.parity.shared::cta.b64 ready, [%0], %1;\n"
         "@!ready bra WAIT;\n}\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(parity) : "memory");
 }
+// box (c0 = column, c1 = row) of the 2-d tensor behind `map` into shared memory; its bytes complete on `bar`
+__device__ __forceinline__ void tma_load(void* shared, const TensorMap* map, int c0, int c1, unsigned long long* bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+                 ::"r"((unsigned)__cvta_generic_to_shared(shared)), "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1),
+                 "r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
+}
 template <int N>
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 
 template <int D>
 __device__ void tree_attention_wgmma(
     const float* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache, const __nv_bfloat16* __restrict__ v_cache,
+    const TensorMap& k_map, const TensorMap& v_map, int box_rows,
     const int* __restrict__ cu_q, const int* __restrict__ kv_len, const int* __restrict__ tree_start,
     const unsigned long long* __restrict__ masks, const int* __restrict__ causal,
     const int* __restrict__ page_tables, int max_pages, int B,
     float* __restrict__ o_part, float* __restrict__ ml_part, __nv_bfloat16* __restrict__ out,
     int N, int H, int Hkv, int P, float scale) {
-    constexpr int KEYS = 64, ROWS = 128, RING = ATTENTION_RING, TILE = KEYS * D, NT = KEYS / 8;
-    // tiles a producer thread keeps in flight beyond the one it publishes: with the consumers holding two
-    // slots (S of one tile, P V of the one before), RING - 3 is the most that never waits on a release
-    constexpr int LAG = RING - 3;
+    constexpr int KEYS = 64, ROWS = 128, RING = ATTENTION_RING, TILE = KEYS * D, NT = KEYS / 8, ATOMS = D / 64;
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     __nv_bfloat16* base = reinterpret_cast<__nv_bfloat16*>(shared_bytes + (1024 - (unsigned)__cvta_generic_to_shared(shared_bytes) % 1024) % 1024);
     __nv_bfloat16* k_ring = base + 2 * 64 * D;  // after the two consumers' Q tiles
     __nv_bfloat16* v_ring = k_ring + RING * TILE;
     unsigned long long* full = reinterpret_cast<unsigned long long*>(v_ring + RING * TILE);
     unsigned long long* empty = full + RING;
-    // group and warp read through a shuffle: the compiler then knows them warp-uniform, which wgmma needs to
-    // stay asynchronous (on a path it thinks divergent, ptxas serialises the products)
-    const int group = __shfl_sync(0xffffffff, threadIdx.x / 128, 0), warp = __shfl_sync(0xffffffff, threadIdx.x / 32 % 4, 0);
+    // warp read through a shuffle: the compiler then knows it warp-uniform, which wgmma needs to stay
+    // asynchronous (on a path it thinks divergent, ptxas serialises the products)
+    const int warp = __shfl_sync(0xffffffff, threadIdx.x / 32, 0), group = warp / 4;  // group 2: the producer
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int G = H / Hkv, kv_head = blockIdx.y;
     int b, tile;
@@ -527,14 +545,14 @@ __device__ void tree_attention_wgmma(
     int tile_begin, tile_count;
     split_tiles(S, T, G, is_causal, tile * ROWS + ROWS - 1, KEYS, tile_begin, tile_count);
     if (threadIdx.x == 0)
-        for (int i = 0; i < RING; i++) mbarrier_init(full + i, 128), mbarrier_init(empty + i, 8);
+        for (int i = 0; i < RING; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 8);
 
-    const QueryRows r(tile * ROWS + (group - 1) * 64 + warp * 16 + g, rows, G, kv_head, H, cu_q[b], masks);
-    __nv_bfloat16* q_tile = base + (group - 1) * 64 * D;
-    if (group > 0) {  // Q's fragments into the warpgroup's swizzled tile (rows 16 warp + g, + 8)
+    const QueryRows r(tile * ROWS + group * 64 + warp % 4 * 16 + g, rows, G, kv_head, H, cu_q[b], masks);
+    __nv_bfloat16* q_tile = base + group * 64 * D;
+    if (group < 2) {  // Q's fragments into the warpgroup's swizzled tile (rows 16 (warp % 4) + g, + 8)
         unsigned qa[D / 16][4];
         load_query<D>(q, r, scale, t, qa);
-        const int row0 = warp * 16 + g, row1 = row0 + 8;
+        const int row0 = warp % 4 * 16 + g, row1 = row0 + 8;
         auto at = [&](int row, int ks, int half) { return ks / 4 * 64 * 64 + row * 64 + (((ks % 4 * 2 + half) ^ (row % 8)) * 8) + 2 * t; };
 #pragma unroll
         for (int ks = 0; ks < D / 16; ks++) {
@@ -547,53 +565,49 @@ __device__ void tree_attention_wgmma(
     }
     __syncthreads();  // barriers initialised, Q tiles written (the last block-wide barrier)
 
-    if (group == 0) {  // producer: thread x copies chunk x % CHUNKS of keys x / CHUNKS + KEYS_PER_PASS i
-        constexpr int CHUNKS = D / 8, KEYS_PER_PASS = 128 / CHUNKS, PASSES = KEYS / KEYS_PER_PASS;
-        const int my_key = threadIdx.x / CHUNKS, my_chunk = threadIdx.x % CHUNKS;
-        // chunk c of a 128-byte row sits at c ^ (row % 8) of its 64-dim atom (KEYS_PER_PASS is a multiple of 8)
-        const int shared_offset = my_chunk / 8 * KEYS * 64 + my_key * 64 + ((my_chunk % 8) ^ (my_key % 8)) * 8;
-        const int head_offset = kv_head * P * D + my_chunk * 8;  // within a page: [Hkv, P, D]
-        const long long page_elements = (long long)Hkv * P * D;
-        const int p_shift = (P & (P - 1)) == 0 ? __ffs(P) - 1 : -1;
+    if (group == 2) {  // the producer warp
+        // lane j < jobs loads TMA box j of a tile: segment j / (2 ATOMS), atom j / 2 % ATOMS, K or V by j % 2
+        const int segments = box_rows ? KEYS / box_rows : 0, jobs = segments * 2 * ATOMS;
+        const int segment = lane / (2 * ATOMS), atom = lane / 2 % ATOMS, is_v = lane % 2;
         const int* table = page_tables + (long long)b * max_pages;
-        int pages[PASSES];  // the page-table entries of the next tile, read one tile ahead
-        auto read_pages = [&](int j) {
-#pragma unroll
-            for (int pass = 0; pass < PASSES; pass++) {
-                const int pos = (tile_begin + j) * KEYS + pass * KEYS_PER_PASS + my_key;
-                pages[pass] = pos < S ? table[p_shift >= 0 ? pos >> p_shift : pos / P] : 0;
-            }
+        const long long page_elements = (long long)Hkv * P * D;
+        // the page of this lane's segment in tile j if the segment is whole (all its rows < S), else -1
+        auto segment_page = [&](int j) {
+            const int key = (tile_begin + j) * KEYS + segment * box_rows;
+            return lane < jobs && j < tile_count && key + box_rows <= S ? table[key / P] : -1;
         };
-        if (tile_count > 0) read_pages(0);
+        int page = segment_page(0), next_page = segment_page(1);  // page-table reads run two tiles ahead
         for (int j = 0; j < tile_count; j++) {
-            const int slot = j % RING;
+            const int slot = j % RING, key0 = (tile_begin + j) * KEYS;
             if (j >= RING) mbarrier_wait(empty + slot, (j / RING - 1) & 1);  // tile j - RING's readers are done
-#pragma unroll
-            for (int pass = 0; pass < PASSES; pass++) {
-                const int pos = (tile_begin + j) * KEYS + pass * KEYS_PER_PASS + my_key;
-                const bool valid = pos < S;
-                const int row = p_shift >= 0 ? pos & (P - 1) : pos % P;
-                const long long offset = valid ? pages[pass] * page_elements + head_offset + row * D : 0;
-                const int at = slot * TILE + pass * KEYS_PER_PASS * 64 + shared_offset;
-                copy16_async(k_ring + at, k_cache + offset, valid);
-                copy16_async(v_ring + at, v_cache + offset, valid);
+            const int boxes = __popc(__ballot_sync(0xffffffff, page >= 0));
+            if (lane == 0) mbarrier_expect_bytes(full + slot, boxes * box_rows * 128);
+            __syncwarp();
+            if (page >= 0)
+                tma_load((is_v ? v_ring : k_ring) + slot * TILE + atom * KEYS * 64 + segment * box_rows * 64, is_v ? &v_map : &k_map,
+                         atom * 64, (page * Hkv + kv_head) * P + (key0 + segment * box_rows) % P, full + slot);
+            const int boxed_rows = boxes / (2 * ATOMS) * box_rows;  // whole segments are a prefix of the tile
+            if (boxed_rows < KEYS) {  // the rest by cp.async, zero past S (masked keys must meet finite V)
+                for (int i = lane; i < (KEYS - boxed_rows) * (D / 8); i += 32) {
+                    const int row = boxed_rows + i / (D / 8), chunk = i % (D / 8), key = key0 + row;
+                    const long long offset = key < S ? table[key / P] * page_elements + (kv_head * P + key % P) * D + chunk * 8 : 0;
+                    const int at = slot * TILE + chunk / 8 * KEYS * 64 + row * 64 + ((chunk % 8) ^ (row % 8)) * 8;
+                    copy16_async(k_ring + at, k_cache + offset, key < S);
+                    copy16_async(v_ring + at, v_cache + offset, key < S);
+                }
+                asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+                fence_async_shared();  // generic-proxy writes, read by wgmma
+                __syncwarp();
             }
-            asm volatile("cp.async.commit_group;\n" ::);
-            if (j + 1 < tile_count) read_pages(j + 1);
-            if (j >= LAG) {  // tile j - LAG landed: publish it to the async proxy, then to the consumers
-                asm volatile("cp.async.wait_group %0;\n" ::"n"(LAG));
-                fence_async_shared();
-                mbarrier_arrive(full + (j - LAG) % RING);
-            }
+            if (lane == 0) mbarrier_arrive(full + slot);
+            page = next_page;
+            next_page = segment_page(j + 2);
         }
-        asm volatile("cp.async.wait_group 0;\n" ::);
-        fence_async_shared();
-        for (int j = max(0, tile_count - LAG); j < tile_count; j++) mbarrier_arrive(full + j % RING);
         return;
     }
 
     // consumers
-    const bool active = tile * ROWS + (group - 1) * 64 < rows;  // a warpgroup issues wgmma together
+    const bool active = tile * ROWS + group * 64 < rows;  // a warpgroup issues wgmma together
     float o[D / 8][4] = {}, s[NT][4];
     const float NEG_INF = -__int_as_float(0x7f800000);
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
@@ -617,62 +631,63 @@ __device__ void tree_attention_wgmma(
             mbarrier_wait(full + i % RING, (i / RING) & 1);
             release(i);
         }
-    } else {
-        auto issue_s = [&](int i) {  // S(i) = Q K(i)^T, after tile i landed
-            mbarrier_wait(full + i % RING, (i / RING) & 1);
-            const __nv_bfloat16* k_buf = k_ring + i % RING * TILE;
-            wgmma_fence();
-    #pragma unroll
-            for (int ks = 0; ks < D / 16; ks++)
-                wgmma_n64_ss(s, smem_descriptor(q_tile + ks / 4 * 64 * 64 + ks % 4 * 16, 16, 1024),
-                             smem_descriptor(k_buf + ks / 4 * KEYS * 64 + ks % 4 * 16, 16, 1024), ks > 0);
-            wgmma_commit();
-        };
-        auto softmax = [&](int i, float& corr0, float& corr1) {  // S(i) -> the weights of tile i
-            wgmma_pin(s);
-            mask_scores(s, (tile_begin + i) * KEYS, S, start, is_causal, T, r, t);
-            softmax_tile(s, m0, m1, l0, l1, corr0, corr1);
-        };
-        float corr0, corr1;
-        if (tile_count > 0) {  // the first tile alone, so that the loop below always has a P V in flight
-            issue_s(0);
-            wgmma_wait<0>();
-            softmax(0, corr0, corr1);
-    #pragma unroll
-            for (int kk = 0; kk < KEYS / 16; kk++) pack_p(s, kk, pa[kk]);
-        }
-        for (int i = 1; i < tile_count; i++) {
-            issue_s(i);
-            issue_pv(i - 1);
-            wgmma_wait<1>();  // S(i) is done; O += P(i-1) V(i-1) may still run while the softmax does
-            softmax(i, corr0, corr1);
-            wgmma_wait<0>();
-            wgmma_pin(o);
-            release(i - 1);
-            rescale(o, corr0, corr1);
-    #pragma unroll
-            for (int kk = 0; kk < KEYS / 16; kk++) pack_p(s, kk, pa[kk]);
-        }
-        if (tile_count > 0) {
-            wgmma_fence();
-            issue_pv(tile_count - 1);
-            wgmma_wait<0>();
-            wgmma_pin(o);
-            release(tile_count - 1);
-        }
-        store_rows<D>(o, m0, m1, l0, l1, r, t, blockIdx.z, gridDim.z, o_part, ml_part, out, N, H);
+        return;
     }
+    auto issue_s = [&](int i) {  // S(i) = Q K(i)^T, after tile i landed
+        mbarrier_wait(full + i % RING, (i / RING) & 1);
+        const __nv_bfloat16* k_buf = k_ring + i % RING * TILE;
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks++)
+            wgmma_n64_ss(s, smem_descriptor(q_tile + ks / 4 * 64 * 64 + ks % 4 * 16, 16, 1024),
+                         smem_descriptor(k_buf + ks / 4 * KEYS * 64 + ks % 4 * 16, 16, 1024), ks > 0);
+        wgmma_commit();
+    };
+    auto softmax = [&](int i, float& corr0, float& corr1) {  // S(i) -> the weights of tile i
+        wgmma_pin(s);
+        mask_scores(s, (tile_begin + i) * KEYS, S, start, is_causal, T, r, t);
+        softmax_tile(s, m0, m1, l0, l1, corr0, corr1);
+    };
+    float corr0, corr1;
+    if (tile_count > 0) {  // the first tile alone, so that the loop below always has a P V in flight
+        issue_s(0);
+        wgmma_wait<0>();
+        softmax(0, corr0, corr1);
+#pragma unroll
+        for (int kk = 0; kk < KEYS / 16; kk++) pack_p(s, kk, pa[kk]);
+    }
+    for (int i = 1; i < tile_count; i++) {
+        issue_s(i);
+        issue_pv(i - 1);
+        wgmma_wait<1>();  // S(i) is done; O += P(i-1) V(i-1) may still run while the softmax does
+        softmax(i, corr0, corr1);
+        wgmma_wait<0>();
+        wgmma_pin(o);
+        release(i - 1);
+        rescale(o, corr0, corr1);
+#pragma unroll
+        for (int kk = 0; kk < KEYS / 16; kk++) pack_p(s, kk, pa[kk]);
+    }
+    if (tile_count > 0) {
+        wgmma_fence();
+        issue_pv(tile_count - 1);
+        wgmma_wait<0>();
+        wgmma_pin(o);
+        release(tile_count - 1);
+    }
+    store_rows<D>(o, m0, m1, l0, l1, r, t, blockIdx.z, gridDim.z, o_part, ml_part, out, N, H);
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define TREE_ATTENTION_WGMMA(D)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(384, 1) tree_attention_wgmma_d##D(                             \
-        const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* cu_q,          \
-        const int* kv_len, const int* tree_start, const unsigned long long* masks, const int* causal,           \
-        const int* page_tables, int max_pages, int B, float* o_part, float* ml_part, __nv_bfloat16* out, int N,  \
-        int H, int Hkv, int P, float scale) {                                                                   \
-        tree_attention_wgmma<D>(q, k_cache, v_cache, cu_q, kv_len, tree_start, masks, causal, page_tables, max_pages, \
-                                B, o_part, ml_part, out, N, H, Hkv, P, scale);                                  \
+    extern "C" __global__ void __launch_bounds__(288, 1) tree_attention_wgmma_d##D(                             \
+        const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,                          \
+        const __grid_constant__ TensorMap k_map, const __grid_constant__ TensorMap v_map, int box_rows,         \
+        const int* cu_q, const int* kv_len, const int* tree_start, const unsigned long long* masks,            \
+        const int* causal, const int* page_tables, int max_pages, int B, float* o_part, float* ml_part,        \
+        __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale) {                                        \
+        tree_attention_wgmma<D>(q, k_cache, v_cache, k_map, v_map, box_rows, cu_q, kv_len, tree_start, masks,    \
+                                causal, page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale);  \
     }
 TREE_ATTENTION_WGMMA(64)
 TREE_ATTENTION_WGMMA(128)

@@ -165,7 +165,7 @@ def use_attention_kernel(be, kernel: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-@pytest.mark.parametrize("page_size", [1, 3, 16])
+@pytest.mark.parametrize("page_size", [1, 3, 16, 64])  # wgmma: cp.async rows only (1, 3), TMA page segments (16, 64)
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("kernel", ["w4", "w8", "wgmma"])
 def test_tree_attention_matches_dense_reference(dtype, page_size, D, kernel):

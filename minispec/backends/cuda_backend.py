@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import MinispecError
 from ..step import StepPlan
+from . import tensor_map
 
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
@@ -200,7 +201,8 @@ class CudaBackend:
         self.sm_count = props["multiProcessorCount"]
         # Hopper (compute capability 9.0): kernels compile for sm_90a, whose warpgroup MMA (wgmma) the 8-warp
         # tree attention uses
-        self.hopper = (props["major"], props["minor"]) == (9, 0)
+        self.hopper = (props["major"], props["minor"]) == (9, 0) and tensor_map.available()
+        self.tensor_maps = IdentityTable()  # (k_cache, v_cache) -> TMA descriptors of the wgmma attention
         self.rope_cache = IdentityTable()  # (inv_freq) -> (cos, sin) device tables [positions, D/2]
         self.layer_tables = IdentityTable()  # (weights, cache), (layers) -> uint64 [L, 8] device pointers
         # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
@@ -492,32 +494,32 @@ class CudaBackend:
         rows = -(-pow2_bucket(N) // B) * G  # rows per sequence's KV head (mean over the step)
         context = context_bucket(plan.max_kv_len)
         warps = self.attention_warps or (8 if rows > 16 else 4)
-        # wgmma from 2k keys: measured on an H100 (notes/attention_splits.log) 1.4-1.7x faster than mma.sync at 8B
-        # heads, T = 64, 8k-32k keys; at 1k keys and below the two are within noise at T = 64 and mma.sync wins
-        # at T = 16 (64 rows leave one of the two consumer warpgroups idle)
-        auto_wgmma = self.hopper and context >= 2048
+        # wgmma where both of a block's 64-row warpgroups have rows, or from 2k keys: measured on an H100
+        # (notes/attention_splits.log) 1.5-1.8x faster than mma.sync at 8B heads, T = 64, 8k-32k keys, and 0-2 µs
+        # faster at T = 64, 512-2k keys; with 64 rows or fewer mma.sync is 2 µs faster below 2k keys
+        auto_wgmma = self.hopper and (rows > 64 or context >= 2048)
         wgmma = warps == 8 and (auto_wgmma if self.attention_wgmma is None else self.attention_wgmma)
         if wgmma and not self.hopper:
             raise MinispecError("attention_wgmma: warpgroup MMA needs a Hopper GPU (compute capability 9.0)")
         row_tiles = -(-N * G // (16 * warps)) + B  # upper bound of sum over b of ceil(T_b G / rows per block)
-        splits = self.attention_splits or self.attention_split_count(B * -(-rows // (16 * warps)) * Hkv, rows, context, warps)
+        splits = self.attention_splits or self.attention_split_count(B * -(-rows // (16 * warps)) * Hkv, context, warps, wgmma)
         splits = min(64, splits)  # the merge takes at most 64
         out = cp.empty((N, H * D), dtype=self.store_dtype)
         o_part = cp.empty((splits, N, H, D), dtype=cp.float32) if splits > 1 else out
         ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32) if splits > 1 else out
+        args = (plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
+                np.int32(plan.page_tables.shape[1]), np.int32(B), o_part, ml_part, out, np.int32(N), np.int32(H),
+                np.int32(Hkv), np.int32(P), np.float32(scale))
         if wgmma:  # (2 warpgroups' Q + RING x (K, V)) x 64 rows x D, bf16, swizzled; 1024 to align them; 2 RING barriers
             kernel, shared = self.kernel("attention.cu", f"tree_attention_wgmma_d{D}"), (2 + 2 * WGMMA_RING) * 64 * D * 2 + 1024 + 16 * WGMMA_RING
+            k_map, v_map, box_rows = self.attention_tensor_maps(k_cache, v_cache)
+            args, threads = (q, k_cache, v_cache, k_map, v_map, np.int32(box_rows)) + args, 288
         else:  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16
             kernel, shared = self.kernel("attention.cu", f"tree_attention_mma_d{D}_w{warps}"), 4 * 2 * 8 * warps * (D + 8) * 2
+            args, threads = (q, k_cache, v_cache) + args, 32 * warps
         if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
             kernel.max_dynamic_shared_size_bytes = shared
-        kernel(
-            (row_tiles, Hkv, splits), (384 if wgmma else 32 * warps,),
-            (q, k_cache, v_cache, plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
-             np.int32(plan.page_tables.shape[1]), np.int32(B), o_part, ml_part, out, np.int32(N), np.int32(H),
-             np.int32(Hkv), np.int32(P), np.float32(scale)),
-            shared_mem=shared,
-        )
+        kernel((row_tiles, Hkv, splits), (threads,), args, shared_mem=shared)
         if splits == 1:
             return out
         self.kernel("attention.cu", "attention_merge")(
@@ -525,13 +527,25 @@ class CudaBackend:
         )
         return out
 
-    def attention_split_count(self, blocks: int, rows: int, context: int, warps: int) -> int:
+    def attention_tensor_maps(self, k_cache, v_cache):
+        """(k map, v map, box rows) of one layer's caches for tree_attention_wgmma: [NP Hkv P, D] read a page
+        segment (P rows of one head) per box when P divides the 64-key tile and is at least 8, else box rows 0
+        (the kernel then copies every row by cp.async; the maps are made with 1-row boxes and not read)."""
+        maps = self.tensor_maps.get((k_cache, v_cache))
+        if maps is None:
+            NP, Hkv, P, D = k_cache.shape
+            box_rows = P if 64 % P == 0 and P >= 8 else 0
+            maps = self.tensor_maps.put((k_cache, v_cache), (), tuple(
+                tensor_map.swizzled_rows(cache, NP * Hkv * P, D, box_rows or 1) for cache in (k_cache, v_cache)) + (box_rows,))
+        return maps
+
+    def attention_split_count(self, blocks: int, context: int, warps: int, wgmma: bool = False) -> int:
         """Key shares per (row tile, KV head) block. Measured on an H100 (notes/attention_splits.log): one wave of
         blocks is best (2 per SM of 4 warps, 1 of 8); a second, partial wave costs a whole block's time, so the
-        count rounds down. Each share keeps at least 4 key tiles, and beyond 32 shares the merge costs more than
-        the parallelism gains."""
+        count rounds down. Each share keeps at least 4 key tiles (2 of 64 keys on wgmma, whose tiles cost less
+        to start), and beyond 32 shares the merge costs more than the parallelism gains."""
         wave = self.sm_count * (2 if warps == 4 else 1)
-        return max(1, min(wave // blocks, context // (32 * warps), 32))
+        return max(1, min(wave // blocks, context // (128 if wgmma else 32 * warps), 32))
 
     # ------------------------------------------------------------------ fused layers
     def fused_row_limit(self, model) -> int:

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Device probe: the second of the two calls that bring the default model over (see notes/README.md), then
-# what is asked: "tests", "e2e", "profile", "attention", "gemm", "spec", "sampling", "kernels", "sweep-short" (in the order given). Logs go to $OUT.
+# what is asked: "tests", "e2e", "profile", "attention", "gemm", "spec", "sampling", "kernels", "sweep-short", "sweep",
+# "op-times" (in the order given). Logs go to $OUT.
 set -o pipefail
 cat /root/parts/gguf.part.aa .parts/b/gguf.part.ab > /root/smollm2.gguf || exit 1
 export PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights PYTHONUNBUFFERED=1
@@ -14,6 +15,8 @@ for what in "$@"; do
     gemm) timeout 300 python3 -m minispec.cli bench gemm --quick 2>&1 | tee $OUT/bench_gemm.log ;;
     sampling) timeout 200 python3 notes/scripts/sampling_probe.py 2>&1 | tee $OUT/sampling_probe.log ;;
     sweep-short) timeout 200 python3 notes/scripts/attention_sweep.py short 2>&1 | tee $OUT/attention_sweep_short.log ;;
+    sweep) timeout 300 python3 notes/scripts/attention_sweep.py 2>&1 | tee $OUT/attention_sweep.log ;;
+    op-times) timeout 300 python3 notes/scripts/op_times.py 64 32 16 2>&1 | tee $OUT/op_times.log ;;
     sampled) timeout 200 python3 notes/scripts/sampled_decode.py 2>&1 | grep -v "it/s\]" | tee $OUT/sampled_decode.log
         if [ -d .old ]; then echo "# the same with .old (an older build: git archive REV minispec kernels)" | tee -a $OUT/sampled_decode.log
           (cd .old && timeout 200 python3 ../notes/scripts/sampled_decode.py 2>&1 | grep -v "it/s\]" | tee -a $OUT/sampled_decode.log); fi ;;
