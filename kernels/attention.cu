@@ -120,7 +120,9 @@ __device__ __forceinline__ unsigned long long smem_descriptor(const void* tile, 
 }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// until at most N of this warpgroup's committed groups are pending (they complete in order)
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 // the compiler must not move reads of an accumulator above the wait that makes it valid
 template <int NT>
 __device__ __forceinline__ void wgmma_pin(float (&d)[NT][4]) {
@@ -147,7 +149,9 @@ __device__ __forceinline__ void wgmma_n64(float (&d)[8][4], const unsigned (&a)[
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate), "n"(TRANS_B));
 }
 
-// d[64 x 64] (+)= A[64 x 16] B[16 x 64], A from shared memory too (K-major)
+// d[64 x 64] (+)= A[64 x 16] B[16 x 64], A from shared memory too (K-major). S = Q K^T takes Q this way:
+// with Q's fragments in registers across the key loop, ptxas (CUDA 13) gave P's fragments the same registers
+// at D = 64, so every key tile after the first multiplied by P (the PTX was right)
 __device__ __forceinline__ void wgmma_n64_ss(float (&d)[8][4], unsigned long long a, unsigned long long b, int accumulate) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
@@ -515,9 +519,6 @@ __device__ __forceinline__ void tma_load(void* shared, const TensorMap* map, int
                  ::"r"((unsigned)__cvta_generic_to_shared(shared)), "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1),
                  "r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
 }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-
 template <int D>
 __device__ void tree_attention_wgmma(
     const float* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache, const __nv_bfloat16* __restrict__ v_cache,

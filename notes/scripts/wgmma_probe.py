@@ -15,73 +15,54 @@ from minispec.backends.cuda_backend import kernel_source
 from minispec.bench_gpu import require_gpu
 
 PROBE = r"""
+// one warpgroup's accumulator (rows 16 warp + g, + 8; cols 8j + 2t, + 1) into a row-major [64, cols] array
+template <int NT>
+__device__ void store_tile(const float (&d)[NT][4], float* out, int cols) {
+    const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4, r0 = 16 * warp + g, r1 = r0 + 8;
+    for (int j = 0; j < NT; j++) {
+        out[r0 * cols + 8 * j + 2 * t] = d[j][0], out[r0 * cols + 8 * j + 2 * t + 1] = d[j][1];
+        out[r1 * cols + 8 * j + 2 * t] = d[j][2], out[r1 * cols + 8 * j + 2 * t + 1] = d[j][3];
+    }
+}
+
+// the A fragment of k-step ks of a row-major bf16 [64, cols] matrix
+__device__ void a_fragment(const __nv_bfloat16* m, int cols, int ks, unsigned (&a)[4]) {
+    const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4, r0 = 16 * warp + g, r1 = r0 + 8;
+    auto pair = [](const __nv_bfloat16* p) { return *reinterpret_cast<const unsigned*>(p); };
+    a[0] = pair(m + r0 * cols + 16 * ks + 2 * t), a[1] = pair(m + r1 * cols + 16 * ks + 2 * t);
+    a[2] = pair(m + r0 * cols + 16 * ks + 2 * t + 8), a[3] = pair(m + r1 * cols + 16 * ks + 2 * t + 8);
+}
+
 extern "C" __global__ void wgmma_probe(const __nv_bfloat16* A, const __nv_bfloat16* Kt, const __nv_bfloat16* Pm,
                                        const __nv_bfloat16* V, float* S_out, float* O_out, int lbo, int sbo) {
     extern __shared__ __align__(1024) unsigned char smem[];
     __nv_bfloat16* kt = reinterpret_cast<__nv_bfloat16*>(smem);
     __nv_bfloat16* vt = kt + 8192;
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    for (int c = tid; c < 64 * 16; c += 128) {
-        const int key = c / 16, chunk = c % 16, atom = chunk / 8, cc = chunk % 8;
-        const int at = atom * 64 * 64 + key * 64 + ((cc ^ (key & 7)) * 8);
+    for (int c = threadIdx.x; c < 64 * 16; c += 128) {  // K and V [64 keys, 128 dims] into swizzled [2][64][64]
+        const int key = c / 16, chunk = c % 16, at = chunk / 8 * 64 * 64 + key * 64 + ((chunk % 8) ^ (key & 7)) * 8;
         *reinterpret_cast<uint4*>(kt + at) = *reinterpret_cast<const uint4*>(Kt + key * 128 + chunk * 8);
         *reinterpret_cast<uint4*>(vt + at) = *reinterpret_cast<const uint4*>(V + key * 128 + chunk * 8);
     }
     fence_async_shared();
     __syncthreads();
-    const int r0 = 16 * warp + g, r1 = r0 + 8;
-    auto pair = [](const __nv_bfloat16* p) { return *reinterpret_cast<const unsigned*>(p); };
-    float s[8][4];
+    unsigned a[4];
+    float s[8][4], o[16][4], o64[8][4];  // o64: the first 64 dims alone (the n64 product, one atom along n)
     wgmma_fence();
-#pragma unroll
     for (int ks = 0; ks < 8; ks++) {
-        const unsigned a[4] = {pair(A + r0 * 128 + 16 * ks + 2 * t), pair(A + r1 * 128 + 16 * ks + 2 * t),
-                               pair(A + r0 * 128 + 16 * ks + 2 * t + 8), pair(A + r1 * 128 + 16 * ks + 2 * t + 8)};
-        wgmma_n64<0>(s, a, smem_descriptor(kt + (ks / 4) * 4096 + (ks % 4) * 16, 16, 1024), ks > 0);
+        a_fragment(A, 128, ks, a);
+        wgmma_n64<0>(s, a, smem_descriptor(kt + ks / 4 * 4096 + ks % 4 * 16, 16, 1024), ks > 0);
     }
-    wgmma_commit();
-    wgmma_wait_all();
-    wgmma_pin(s);
-    for (int j = 0; j < 8; j++) {
-        S_out[r0 * 64 + 8 * j + 2 * t] = s[j][0];
-        S_out[r0 * 64 + 8 * j + 2 * t + 1] = s[j][1];
-        S_out[r1 * 64 + 8 * j + 2 * t] = s[j][2];
-        S_out[r1 * 64 + 8 * j + 2 * t + 1] = s[j][3];
-    }
-    float o[16][4];
-    wgmma_fence();
-#pragma unroll
     for (int kk = 0; kk < 4; kk++) {
-        const unsigned a[4] = {pair(Pm + r0 * 64 + 16 * kk + 2 * t), pair(Pm + r1 * 64 + 16 * kk + 2 * t),
-                               pair(Pm + r0 * 64 + 16 * kk + 2 * t + 8), pair(Pm + r1 * 64 + 16 * kk + 2 * t + 8)};
+        a_fragment(Pm, 64, kk, a);
         wgmma_n128<1>(o, a, smem_descriptor(vt + kk * 16 * 64, lbo, sbo), kk > 0);
-    }
-    wgmma_commit();
-    wgmma_wait_all();
-    wgmma_pin(o);
-    float o64[8][4];  // the first 64 dims alone: the n64 product with a single atom along n
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
-        const unsigned a[4] = {pair(Pm + r0 * 64 + 16 * kk + 2 * t), pair(Pm + r1 * 64 + 16 * kk + 2 * t),
-                               pair(Pm + r0 * 64 + 16 * kk + 2 * t + 8), pair(Pm + r1 * 64 + 16 * kk + 2 * t + 8)};
         wgmma_n64<1>(o64, a, smem_descriptor(vt + kk * 16 * 64, lbo, sbo), kk > 0);
     }
     wgmma_commit();
-    wgmma_wait_all();
-    wgmma_pin(o64);
-    for (int j = 0; j < 8; j++) {
-        O_out[64 * 128 + r0 * 64 + 8 * j + 2 * t] = o64[j][0];
-        O_out[64 * 128 + r0 * 64 + 8 * j + 2 * t + 1] = o64[j][1];
-        O_out[64 * 128 + r1 * 64 + 8 * j + 2 * t] = o64[j][2];
-        O_out[64 * 128 + r1 * 64 + 8 * j + 2 * t + 1] = o64[j][3];
-    }
-    for (int j = 0; j < 16; j++) {
-        O_out[r0 * 128 + 8 * j + 2 * t] = o[j][0];
-        O_out[r0 * 128 + 8 * j + 2 * t + 1] = o[j][1];
-        O_out[r1 * 128 + 8 * j + 2 * t] = o[j][2];
-        O_out[r1 * 128 + 8 * j + 2 * t + 1] = o[j][3];
-    }
+    wgmma_wait<0>();
+    wgmma_pin(s), wgmma_pin(o), wgmma_pin(o64);
+    store_tile(s, S_out, 64);
+    store_tile(o, O_out, 128);
+    store_tile(o64, O_out + 64 * 128, 64);
 }
 """
 
