@@ -23,9 +23,11 @@
 //   sums in shared memory, the k-half 0 warps add theirs, then rank r of the cluster sums rows
 //   r * 128 / S .. +128 / S over the S blocks' shared memory (rank order, through distributed shared
 //   memory) and writes them to y, coalesced along N. So y is complete when the kernel ends.
+// gemm_wgmma_s{S} (below, sm_90a): 17-64 rows on warpgroup MMA, operands brought by TMA.
 // gemm_bf16: the plain version for any K that is a multiple of 16 (one 4-byte weight load per fragment).
 // NumPy reference: numpy_backend.linear (on bf16-rounded x and W). Tests: tests/test_cuda_kernels.py.
 #include <cuda_bf16.h>
+#include "hopper.cuh"
 
 __device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
     asm volatile(
@@ -240,3 +242,110 @@ extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const 
     }
     store_tiles(y, acc, m_base, n0, M, N, g, t);
 }
+
+// ------------------------------------------------------------------------------------------------
+// gemm_wgmma_s{S} (sm_90a): the same product for 16 < M <= 64 rows, on warpgroup MMA with weights and x
+// brought by the tensor memory accelerator. y^T = W x^T: a block's 128 weight rows are the M side of two
+// warpgroups' wgmma.m64n64k16 (64 rows each) and the x rows (zero past M) the N side; both operands K-major
+// from shared memory, 128-byte swizzled as TMA writes them. A producer warp fills a STAGES-deep ring (W
+// [128][64] and x [64][64] a stage) under full / empty mbarriers; each warpgroup keeps one stage's products in
+// flight. Split-K over a cluster of S blocks, summed in a fixed order through distributed shared memory as in
+// gemm_stream, so y is complete, with the same bits every time, when the kernel ends.
+// w_map: W [N, K] in 64 x 128 boxes; x_map: x [M, K] in 64 x 64 boxes (rows past M read as zeros); K % (64 S) == 0.
+// Launch: grid (ceil(N / 128), S), cluster (1, S, 1), block 288 (two blocks fit an SM), dynamic shared memory
+// STAGES x 24 KB + 1024 (alignment) + 64 (barriers).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+namespace wg {
+constexpr int ROWS = 128, BK = 64, STAGES = 4, XROWS = 64, THREADS = 288;
+constexpr int W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
+constexpr int RED_STRIDE = ROWS + 4;                     // floats per x row of the reduction buffer
+}  // namespace wg
+
+template <int S>
+__device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, float* __restrict__ y, int M, int N, int K) {
+    using namespace wg;
+    extern __shared__ __align__(128) unsigned char shared[];
+    unsigned char* base = shared + (1024 - (unsigned)__cvta_generic_to_shared(shared) % 1024) % 1024;
+    __nv_bfloat16* w_ring = reinterpret_cast<__nv_bfloat16*>(base);  // [STAGES][128 rows][64 k]
+    __nv_bfloat16* x_ring = w_ring + STAGES * W_TILE;                 // [STAGES][64 rows][64 k]
+    unsigned long long* full = reinterpret_cast<unsigned long long*>(x_ring + STAGES * X_TILE);
+    unsigned long long* empty = full + STAGES;
+    // read through a shuffle so the compiler knows it warp-uniform (else ptxas serialises the wgmma)
+    const int warp = __shfl_sync(0xffffffff, threadIdx.x / 32, 0), group = warp / 4;  // group 2: the producer
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int n0 = blockIdx.x * ROWS, k_len = K / S, k_begin = blockIdx.y * k_len, steps = k_len / BK;
+    if (threadIdx.x == 0)
+        for (int i = 0; i < STAGES; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 8);
+    __syncthreads();
+
+    float acc[8][4] = {};  // a consumer's 64 weight rows x the 64 x rows (m16n8 C fragments stacked over 8 tiles)
+    if (group == 2) {
+        if (lane == 0)
+            for (int i = 0; i < steps; i++) {
+                const int slot = i % STAGES;
+                if (i >= STAGES) mbarrier_wait(empty + slot, (i / STAGES - 1) & 1);  // step i - STAGES was read
+                mbarrier_expect_bytes(full + slot, (W_TILE + X_TILE) * 2);
+                tma_load(w_ring + slot * W_TILE, &w_map, k_begin + i * BK, n0, full + slot);
+                tma_load(x_ring + slot * X_TILE, &x_map, k_begin + i * BK, 0, full + slot);
+                mbarrier_arrive(full + slot);
+            }
+        __syncwarp();
+    } else {
+        auto release = [&](int i) {
+            __syncwarp();
+            if (lane == 0) mbarrier_arrive(empty + i % STAGES);
+        };
+        for (int i = 0; i < steps; i++) {
+            const int slot = i % STAGES;
+            mbarrier_wait(full + slot, (i / STAGES) & 1);
+            const __nv_bfloat16* w_tile = w_ring + slot * W_TILE + group * 64 * BK;  // this warpgroup's 64 rows
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < BK / 16; ks++)
+                wgmma_n64_ss(acc, smem_descriptor(w_tile + ks * 16, 16, 1024), smem_descriptor(x_ring + slot * X_TILE + ks * 16, 16, 1024), 1);
+            wgmma_commit();
+            wgmma_wait<1>();  // step i - 1's products are done: its slot can be refilled
+            if (i > 0) release(i - 1);
+        }
+        wgmma_wait<0>();
+        wgmma_pin(acc);
+        if (steps > 0) release(steps - 1);
+    }
+    __syncthreads();  // every product has read its stage: the ring becomes the reduction buffer
+
+    float* red = reinterpret_cast<float*>(base);  // [64 x rows][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
+    if (group < 2)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                red[(8 * j + 2 * t + (e & 1)) * RED_STRIDE + group * 64 + warp % 4 * 16 + g + 8 * (e >> 1)] = acc[j][e];
+    __syncthreads();
+    if constexpr (S > 1) cluster_sync();  // every block's sums are in its shared memory
+    constexpr int SLICE = ROWS / S;
+    const int rank = blockIdx.y;  // the cluster spans grid y, so this is the cluster rank
+    for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
+        const int m = e / SLICE, row = rank * SLICE + e % SLICE;
+        if (m >= M || n0 + row >= N) continue;
+        const float* local = red + m * RED_STRIDE + row;
+        float sum = *local;
+        if constexpr (S > 1) {
+            sum = load_cluster(local, 0);
+#pragma unroll
+            for (int q = 1; q < S; q++) sum += load_cluster(local, q);
+        }
+        y[(long long)m * N + n0 + row] = sum;
+    }
+    if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
+}
+
+#define GEMM_WGMMA(S, CLUSTER)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(288, 2) CLUSTER gemm_wgmma_s##S(                                    \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { \
+        gemm_wgmma_body<S>(w_map, x_map, y, M, N, K);                                                                 \
+    }
+GEMM_WGMMA(1, )
+GEMM_WGMMA(2, __cluster_dims__(1, 2, 1))
+GEMM_WGMMA(4, __cluster_dims__(1, 4, 1))
+GEMM_WGMMA(8, __cluster_dims__(1, 8, 1))
+#endif

@@ -105,7 +105,8 @@ def bench_gemm(args) -> None:
     print(f"minispec bench gemm on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write); "
           "own kernel and cuBLAS (ctypes, bf16) timed as captured graphs of 20 calls, CuPy fp16 matmul as 20 async calls; "
           f"consecutive calls read different copies of the weights (at least 2 x the {l2_bytes >> 20} MiB L2 in all), as a step's layers do")
-    print("own: gemm_stream where K % 64 == 0, else gemm_bf16; serves: the engine's choice (own_gemm_serves)")
+    print("own: gemm_wgmma for 17-64 rows on Hopper, else gemm_stream where K % 64 == 0, else gemm_bf16; "
+          "serves: the engine's choice (own_gemm_serves)")
     print(f"{'shape':<16} {'M':>4} {'own µs':>8} {'cuBLAS µs':>10} {'CuPy µs':>10} {'floor µs':>9} {'own/floor':>10} {'own GB/s':>9} {'% of copy':>9} {'serves':>7}")
     for name, (K, N) in shapes.items():
         weight = cp.asarray((np.random.default_rng(0).standard_normal((N, K), dtype=np.float32) / 30).astype(np.float16)).view(cp.uint16)

@@ -140,20 +140,39 @@ def test_gemm_bf16_matches_reference(M, N, K, implementation):
 def test_gemm_stream_every_cluster_size(M, S, K):
     """gemm_stream_r{8..64}_s{1..8}: every staged-row count and cluster size, N off the 128-row tile,
     K / S from 2 stages (fewer than the ring holds) up; y poisoned first, so every element is written."""
+    be = backend("bfloat16")
+    be.gemm_cluster = S
+    check_cluster_gemm(be, be.gemm_stream, M, 333, K, np.random.default_rng(M * 8 + S + K), f"gemm_stream M={M} S={S} K={K}")
+
+
+def check_cluster_gemm(be, gemm, M, N, K, rng, what):
+    """gemm(x, W, y) into a poisoned y against float64 sums of the bf16 operands, then the same bits again."""
     import cupy as cp
 
-    be, rng = backend("bfloat16"), np.random.default_rng(M * 8 + S + K)
-    be.gemm_cluster = S
-    N = 333
     x = rng.normal(size=(M, K)).astype(np.float32)
     w = rng.normal(size=(N, K)).astype(np.float32) / np.sqrt(K)
     y = cp.full((M, N), cp.nan, dtype=cp.float32)
-    be.gemm_stream(be.convert(x), be.convert(w), y)
+    gemm(be.convert(x), be.convert(w), y)
     expected = stored(x, "bfloat16").astype(np.float64) @ stored(w, "bfloat16").astype(np.float64).T
-    assert_close(cp.asnumpy(y), expected, 1e-3, 1e-3 * np.abs(expected).max(), f"gemm_stream M={M} S={S} K={K}")
+    assert_close(cp.asnumpy(y), expected, 1e-3, 1e-3 * np.abs(expected).max(), what)
     again = cp.full((M, N), cp.nan, dtype=cp.float32)
-    be.gemm_stream(be.convert(x), be.convert(w), again)
+    gemm(be.convert(x), be.convert(w), again)
     assert cp.array_equal(y, again), "the cluster's fixed-order sum gives the same bits every time"
+
+
+@pytest.mark.parametrize("S", [1, 2, 4, 8])
+@pytest.mark.parametrize("M", [17, 33, 64])
+@pytest.mark.parametrize("N,K", [(333, 1024), (1024, 2560), (4096, 4096), (700, 576)])
+def test_gemm_wgmma_every_cluster_size(M, S, N, K):
+    """gemm_wgmma_s{1..8} (Hopper, 17-64 rows): every cluster size, N off the 128-row tile, K / S from 2 stages
+    (fewer than the ring holds) up; y poisoned first, so every element is written; the same bits twice."""
+    be = backend("bfloat16")
+    if not be.hopper:
+        pytest.skip("gemm_wgmma needs a Hopper GPU")
+    if K % (64 * S):
+        pytest.skip(f"K = {K} is not a whole number of 64-wide stages per block at {S} blocks per cluster")
+    be.gemm_cluster = S
+    check_cluster_gemm(be, be.gemm_wgmma, M, N, K, np.random.default_rng(M * 8 + S + K + N), f"gemm_wgmma M={M} S={S} N={N} K={K}")
 
 
 def use_attention_kernel(be, kernel: str) -> None:

@@ -23,6 +23,7 @@ from . import tensor_map
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
 WGMMA_RING = 6  # K/V slots of tree_attention_wgmma (kernels/attention.cu, ATTENTION_RING)
+WGMMA_GEMM_ROWS, WGMMA_GEMM_SHARED = 128, 4 * (128 + 64) * 64 * 2 + 1024 + 64  # gemm_wgmma's block: rows, shared bytes
 
 
 def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
@@ -36,11 +37,20 @@ def stream_fits(N: int, K: int) -> bool:
     return K % 64 == 0 and N * K < 1 << 32
 
 
+def allow_shared(kernel, nbytes: int) -> None:
+    """Let `kernel` take `nbytes` of dynamic shared memory (over 48 KiB needs the function's opt-in; set only when
+    it grows, one driver call fewer per launch)."""
+    if kernel.max_dynamic_shared_size_bytes < nbytes:  # noqa: PLR1730
+        kernel.max_dynamic_shared_size_bytes = nbytes
+
+
 def kernel_source(name: str) -> str:
-    """A kernel file with `#include "storage.cuh"` inlined (the compile cache keys on the source text)."""
+    """A kernel file with its `#include "<header>.cuh"` lines (kernels/ headers) inlined: NVRTC gets one text,
+    and CuPy's compile cache keys on it, so a header change recompiles."""
     source = (KERNELS / name).read_text()
-    header = (KERNELS / "storage.cuh").read_text().replace("#pragma once", "")
-    return source.replace('#include "storage.cuh"', header)
+    for header in sorted(KERNELS.glob("*.cuh")):
+        source = source.replace(f'#include "{header.name}"', header.read_text().replace("#pragma once", ""))
+    return source
 
 
 class IdentityTable:
@@ -202,7 +212,7 @@ class CudaBackend:
         # Hopper (compute capability 9.0): kernels compile for sm_90a, whose warpgroup MMA (wgmma) the 8-warp
         # tree attention uses
         self.hopper = (props["major"], props["minor"]) == (9, 0) and tensor_map.available()
-        self.tensor_maps = IdentityTable()  # (k_cache, v_cache) -> TMA descriptors of the wgmma attention
+        self.tensor_maps = IdentityTable()  # (k_cache, v_cache) -> TMA descriptors of the wgmma attention; (weight) -> gemm_wgmma's
         self.rope_cache = IdentityTable()  # (inv_freq) -> (cos, sin) device tables [positions, D/2]
         self.layer_tables = IdentityTable()  # (weights, cache), (layers) -> uint64 [L, 8] device pointers
         # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
@@ -390,6 +400,8 @@ class CudaBackend:
         own = self.cublas is None or self.gemm == "own" or (self.gemm is None and self.own_gemm_serves(M, N, K))
         if not own:
             self.cublas.gemm_bf16(x, weight, y)
+        elif self.wgmma_gemm_fits(M, K):
+            self.gemm_wgmma(x, weight, y)
         elif stream_fits(N, K):
             self.gemm_stream(x, weight, y)
         elif K % 16 == 0:
@@ -398,11 +410,14 @@ class CudaBackend:
             raise ValueError(f"linear: K = {K} must be a multiple of 16 for the tensor-core kernel")
         return y
 
-    @staticmethod
-    def own_gemm_serves(M: int, N: int, K: int) -> bool:
-        """Whether the own kernel serves rather than cuBLAS: up to 16 rows, where it matched or beat cuBLAS on
-        every 8B shape; cuBLAS was faster from 32 rows (`bench gemm`, notes/bench_gemm_h100_stop10_l2.log)."""
-        return M <= 16 and K % 128 == 0 and stream_fits(N, K)
+    def own_gemm_serves(self, M: int, N: int, K: int) -> bool:
+        """Whether the own kernels serve rather than cuBLAS (`bench gemm`, notes/bench_gemm_h100_stop12.log):
+        gemm_stream up to 16 rows, where it matched or beat cuBLAS on every 8B shape; gemm_wgmma for 17-64 rows
+        where the weight has a 128-row tile for every SM (the 8B gate/up and LM head: at par and 8% faster); with
+        fewer tiles its split-K clusters stream too little per block, and cuBLAS was faster (qkv, O, down)."""
+        if M <= 16:
+            return K % 128 == 0 and stream_fits(N, K)
+        return self.wgmma_gemm_fits(M, K) and -(-N // WGMMA_GEMM_ROWS) >= self.sm_count
 
     def gemm_stream(self, x, weight, y) -> None:
         """gemm_stream_r{R}_k{BK}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: R staged x rows (one launch
@@ -418,9 +433,40 @@ class CudaBackend:
             raise ValueError(f"gemm_stream: K = {K} is not a multiple of {BK} x {S} blocks per cluster")
         shared = stages * (STREAM_ROWS + R) * BK * 2
         kernel = self.kernel("gemm.cu", f"gemm_stream_r{R}_k{BK}_s{S}")
-        if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
-            kernel.max_dynamic_shared_size_bytes = shared
+        allow_shared(kernel, shared)
         kernel((-(-N // STREAM_ROWS), S, -(-M // R)), (256,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=shared)
+
+    def wgmma_gemm_fits(self, M: int, K: int) -> bool:
+        """Whether gemm_wgmma takes x [M, K]: Hopper, 17-64 rows (its 64-column tile; gemm_stream keeps up to 16),
+        K in whole 64-wide stages."""
+        return self.hopper and 16 < M <= 64 and K % 64 == 0
+
+    def gemm_wgmma(self, x, weight, y) -> None:
+        """gemm_wgmma_s{S} (kernels/gemm.cu) into y fp32 [M, N]: 128 weight rows a block, S blocks of a cluster
+        share K and sum their parts on chip; W and x reach shared memory by TMA."""
+        M, K = x.shape
+        N = weight.shape[0]
+        if not self.wgmma_gemm_fits(M, K):
+            raise ValueError(f"gemm_wgmma: x [{M}, {K}] needs Hopper, 17-64 rows and K % 64 == 0")
+        tiles = -(-N // WGMMA_GEMM_ROWS)
+        S = self.gemm_cluster or self.wgmma_cluster_size(tiles, K)
+        if K % (64 * S):
+            raise ValueError(f"gemm_wgmma: K = {K} is not a multiple of 64 x {S} blocks per cluster")
+        w_map = self.tensor_maps.get((weight,))
+        if w_map is None:
+            w_map = self.tensor_maps.put((weight,), (), tensor_map.swizzled_rows(weight, N, K, WGMMA_GEMM_ROWS))
+        x_map = tensor_map.swizzled_rows(x, M, K, 64)  # rows past M read as zeros
+        kernel = self.kernel("gemm.cu", f"gemm_wgmma_s{S}")
+        allow_shared(kernel, WGMMA_GEMM_SHARED)
+        kernel((tiles, S), (288,), (w_map, x_map, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=WGMMA_GEMM_SHARED)
+
+    def wgmma_cluster_size(self, tiles: int, K: int) -> int:
+        """The most blocks per cluster (1, 2, 4, 8) that keep the grid one co-resident wave (two blocks an SM) with
+        at least 4 stages of K per block."""
+        S = 1
+        while S < 8 and tiles * S * 2 <= 2 * self.sm_count and K % (64 * S * 2) == 0 and K // (S * 2) >= 256:
+            S *= 2
+        return S
 
     def stream_cluster_size(self, tiles: int, K: int, BK: int) -> int:
         """The most blocks per cluster (1, 2, 4, 8) that keep the grid within 1.5 blocks per SM: measured best or
@@ -517,8 +563,7 @@ class CudaBackend:
         else:  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16
             kernel, shared = self.kernel("attention.cu", f"tree_attention_mma_d{D}_w{warps}"), 4 * 2 * 8 * warps * (D + 8) * 2
             args, threads = (q, k_cache, v_cache) + args, 32 * warps
-        if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
-            kernel.max_dynamic_shared_size_bytes = shared
+        allow_shared(kernel, shared)
         kernel((row_tiles, Hkv, splits), (threads,), args, shared_mem=shared)
         if splits == 1:
             return out
@@ -636,8 +681,7 @@ class CudaBackend:
         prefetch_kv = kv_bytes <= 8 << 20
         kernel = self.kernel("fused_layers.cu", f"fused_layers_r{self.fused_pass_rows(c, rows)}_d{D}")
         shared = self.fused_shared_bytes(c, rows)
-        if kernel.max_dynamic_shared_size_bytes < shared:  # over 48 KiB needs the function's opt-in
-            kernel.max_dynamic_shared_size_bytes = shared
+        allow_shared(kernel, shared)
         i32 = np.int32
         kernel(
             (self.fused_blocks,), (512,),
