@@ -23,7 +23,7 @@
 //   sums in shared memory, the k-half 0 warps add theirs, then rank r of the cluster sums rows
 //   r * 128 / S .. +128 / S over the S blocks' shared memory (rank order, through distributed shared
 //   memory) and writes them to y, coalesced along N. So y is complete when the kernel ends.
-// gemm_wgmma_s{S} (below, sm_90a): 17-64 rows on warpgroup MMA, operands brought by TMA.
+// gemm_wgmma_w{WGS}_s{S} (below, sm_90a): 17-64 rows on warpgroup MMA, operands brought by TMA.
 // gemm_bf16: the plain version for any K that is a multiple of 16 (one 4-byte weight load per fragment).
 // NumPy reference: numpy_backend.linear (on bf16-rounded x and W). Tests: tests/test_cuda_kernels.py.
 #include <cuda_bf16.h>
@@ -244,42 +244,38 @@ extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const 
 }
 
 // ------------------------------------------------------------------------------------------------
-// gemm_wgmma_s{S} (sm_90a): the same product for 16 < M <= 64 rows, on warpgroup MMA with weights and x
-// brought by the tensor memory accelerator. y^T = W x^T: a block's 128 weight rows are the M side of two
+// gemm_wgmma_w{WGS}_s{S} (sm_90a): the same product for 16 < M <= 64 rows, on warpgroup MMA with weights and x
+// brought by the tensor memory accelerator. y^T = W x^T: a block's 64 WGS weight rows are the M side of WGS
 // warpgroups' wgmma.m64n64k16 (64 rows each) and the x rows (zero past M) the N side; both operands K-major
 // from shared memory, 128-byte swizzled as TMA writes them. A producer warp fills a STAGES-deep ring (W
-// [128][64] and x [64][64] a stage) under full / empty mbarriers; each warpgroup keeps one stage's products in
-// flight. Split-K over a cluster of S blocks, summed in a fixed order through distributed shared memory as in
-// gemm_stream, so y is complete, with the same bits every time, when the kernel ends.
-// w_map: W [N, K] in 64 x 128 boxes; x_map: x [M, K] in 64 x 64 boxes (rows past M read as zeros); K % (64 S) == 0.
-// Launch: grid (ceil(N / 128), S), cluster (1, S, 1), block 288 (two blocks fit an SM), dynamic shared memory
-// STAGES x 24 KB + 1024 (alignment) + 64 (barriers).
+// [64 WGS][64] and x [64][64] a stage) under full / empty mbarriers; each warpgroup keeps one stage's products
+// in flight. Split-K over a cluster of S blocks, summed in a fixed order through distributed shared memory as
+// in gemm_stream, so y is complete, with the same bits every time, when the kernel ends.
+// w_map: W [N, K] in 64 x 64 WGS boxes; x_map: x [M, K] in 64 x 64 boxes (rows past M read as zeros);
+// K % (64 S) == 0. Launch: grid (ceil(N / (64 WGS)), S), cluster (1, S, 1), block 128 WGS + 32 (two blocks fit
+// an SM), dynamic shared memory STAGES x (64 WGS + 64) x 128 + 1024 (alignment) + 64 (barriers).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-namespace wg {
-constexpr int ROWS = 128, BK = 64, STAGES = 4, XROWS = 64, THREADS = 288;
-constexpr int W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
-constexpr int RED_STRIDE = ROWS + 4;                     // floats per x row of the reduction buffer
-}  // namespace wg
-
-template <int S>
+template <int WGS, int STAGES, int S>
 __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, float* __restrict__ y, int M, int N, int K) {
-    using namespace wg;
+    constexpr int ROWS = 64 * WGS, BK = 64, XROWS = 64, THREADS = 128 * WGS + 32;
+    constexpr int W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
+    constexpr int RED_STRIDE = ROWS + 4;                     // floats per x row of the reduction buffer
     extern __shared__ __align__(128) unsigned char shared[];
     unsigned char* base = shared + (1024 - (unsigned)__cvta_generic_to_shared(shared) % 1024) % 1024;
-    __nv_bfloat16* w_ring = reinterpret_cast<__nv_bfloat16*>(base);  // [STAGES][128 rows][64 k]
+    __nv_bfloat16* w_ring = reinterpret_cast<__nv_bfloat16*>(base);  // [STAGES][ROWS][64 k]
     __nv_bfloat16* x_ring = w_ring + STAGES * W_TILE;                 // [STAGES][64 rows][64 k]
     unsigned long long* full = reinterpret_cast<unsigned long long*>(x_ring + STAGES * X_TILE);
     unsigned long long* empty = full + STAGES;
     // read through a shuffle so the compiler knows it warp-uniform (else ptxas serialises the wgmma)
-    const int warp = __shfl_sync(0xffffffff, threadIdx.x / 32, 0), group = warp / 4;  // group 2: the producer
+    const int warp = __shfl_sync(0xffffffff, threadIdx.x / 32, 0), group = warp / 4;  // group WGS: the producer
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int n0 = blockIdx.x * ROWS, k_len = K / S, k_begin = blockIdx.y * k_len, steps = k_len / BK;
     if (threadIdx.x == 0)
-        for (int i = 0; i < STAGES; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 8);
+        for (int i = 0; i < STAGES; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 4 * WGS);
     __syncthreads();
 
     float acc[8][4] = {};  // a consumer's 64 weight rows x the 64 x rows (m16n8 C fragments stacked over 8 tiles)
-    if (group == 2) {
+    if (group == WGS) {
         if (lane == 0)
             for (int i = 0; i < steps; i++) {
                 const int slot = i % STAGES;
@@ -314,7 +310,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     __syncthreads();  // every product has read its stage: the ring becomes the reduction buffer
 
     float* red = reinterpret_cast<float*>(base);  // [64 x rows][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
-    if (group < 2)
+    if (group < WGS)
 #pragma unroll
         for (int j = 0; j < 8; j++)
 #pragma unroll
@@ -339,13 +335,17 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
 }
 
-#define GEMM_WGMMA(S, CLUSTER)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(288, 2) CLUSTER gemm_wgmma_s##S(                                    \
+// gemm_wgmma_w{WGS}_s{S}: WGS consumer warpgroups (64 weight rows each); STAGES fill about 96 KB, two blocks an SM
+#define GEMM_WGMMA(WGS, STAGES, S, CLUSTER)                                                                          \
+    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_s##S(               \
         const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { \
-        gemm_wgmma_body<S>(w_map, x_map, y, M, N, K);                                                                 \
+        gemm_wgmma_body<WGS, STAGES, S>(w_map, x_map, y, M, N, K);                                                    \
     }
-GEMM_WGMMA(1, )
-GEMM_WGMMA(2, __cluster_dims__(1, 2, 1))
-GEMM_WGMMA(4, __cluster_dims__(1, 4, 1))
-GEMM_WGMMA(8, __cluster_dims__(1, 8, 1))
+#define GEMM_WGMMA_CLUSTERS(WGS, STAGES)                            \
+    GEMM_WGMMA(WGS, STAGES, 1, )                                    \
+    GEMM_WGMMA(WGS, STAGES, 2, __cluster_dims__(1, 2, 1))           \
+    GEMM_WGMMA(WGS, STAGES, 4, __cluster_dims__(1, 4, 1))           \
+    GEMM_WGMMA(WGS, STAGES, 8, __cluster_dims__(1, 8, 1))
+GEMM_WGMMA_CLUSTERS(1, 6)
+GEMM_WGMMA_CLUSTERS(2, 4)
 #endif

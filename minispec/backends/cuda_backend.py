@@ -23,7 +23,7 @@ from . import tensor_map
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
 WGMMA_RING = 6  # K/V slots of tree_attention_wgmma (kernels/attention.cu, ATTENTION_RING)
-WGMMA_GEMM_ROWS, WGMMA_GEMM_SHARED = 128, 4 * (128 + 64) * 64 * 2 + 1024 + 64  # gemm_wgmma's block: rows, shared bytes
+WGMMA_GEMM_STAGES = {1: 6, 2: 4}  # gemm_wgmma's ring depth by consumer warpgroups (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
 
 
 def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
@@ -203,7 +203,8 @@ class CudaBackend:
         # which GEMM serves `linear`: None follows `own_gemm_serves` (measured by `bench gemm`); "own" or "cublas"
         # forces one (tests, benchmarks); the own kernel also serves when cuBLAS cannot be loaded
         self.gemm = None
-        self.gemm_cluster = None  # gemm_stream's blocks per cluster along K (None: stream_cluster_size)
+        self.gemm_cluster = None  # gemm_stream's / gemm_wgmma's blocks per cluster along K (None: by their rules)
+        self.gemm_wgmma_groups = None  # gemm_wgmma's 64-row warpgroups per block, 1 or 2 (None: wgmma_groups)
         self.use_graphs = use_graphs
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         self.cublas, self.cublas_error = process_cublas(cp, self.stream)  # None: the own kernel serves every M
@@ -417,7 +418,7 @@ class CudaBackend:
         fewer tiles its split-K clusters stream too little per block, and cuBLAS was faster (qkv, O, down)."""
         if M <= 16:
             return K % 128 == 0 and stream_fits(N, K)
-        return self.wgmma_gemm_fits(M, K) and -(-N // WGMMA_GEMM_ROWS) >= self.sm_count
+        return self.wgmma_gemm_fits(M, K) and -(-N // 128) >= self.sm_count
 
     def gemm_stream(self, x, weight, y) -> None:
         """gemm_stream_r{R}_k{BK}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: R staged x rows (one launch
@@ -442,23 +443,31 @@ class CudaBackend:
         return self.hopper and 16 < M <= 64 and K % 64 == 0
 
     def gemm_wgmma(self, x, weight, y) -> None:
-        """gemm_wgmma_s{S} (kernels/gemm.cu) into y fp32 [M, N]: 128 weight rows a block, S blocks of a cluster
-        share K and sum their parts on chip; W and x reach shared memory by TMA."""
+        """gemm_wgmma_w{G}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: G warpgroups of 64 weight rows a block, S
+        blocks of a cluster share K and sum their parts on chip; W and x reach shared memory by TMA."""
         M, K = x.shape
         N = weight.shape[0]
         if not self.wgmma_gemm_fits(M, K):
             raise ValueError(f"gemm_wgmma: x [{M}, {K}] needs Hopper, 17-64 rows and K % 64 == 0")
-        tiles = -(-N // WGMMA_GEMM_ROWS)
+        G = self.gemm_wgmma_groups or self.wgmma_groups(N)
+        rows = 64 * G
+        tiles = -(-N // rows)
         S = self.gemm_cluster or self.wgmma_cluster_size(tiles, K)
         if K % (64 * S):
             raise ValueError(f"gemm_wgmma: K = {K} is not a multiple of 64 x {S} blocks per cluster")
-        w_map = self.tensor_maps.get((weight,))
+        w_map = self.tensor_maps.get((weight,), rows)
         if w_map is None:
-            w_map = self.tensor_maps.put((weight,), (), tensor_map.swizzled_rows(weight, N, K, WGMMA_GEMM_ROWS))
+            w_map = self.tensor_maps.put((weight,), rows, tensor_map.swizzled_rows(weight, N, K, rows))
         x_map = tensor_map.swizzled_rows(x, M, K, 64)  # rows past M read as zeros
-        kernel = self.kernel("gemm.cu", f"gemm_wgmma_s{S}")
-        allow_shared(kernel, WGMMA_GEMM_SHARED)
-        kernel((tiles, S), (288,), (w_map, x_map, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=WGMMA_GEMM_SHARED)
+        kernel = self.kernel("gemm.cu", f"gemm_wgmma_w{G}_s{S}")
+        shared = WGMMA_GEMM_STAGES[G] * (rows + 64) * 64 * 2 + 1024 + 64
+        allow_shared(kernel, shared)
+        kernel((tiles, S), (128 * G + 32,), (w_map, x_map, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=shared)
+
+    def wgmma_groups(self, N: int) -> int:
+        """gemm_wgmma's warpgroups a block: 2 (128 rows) where that gives every SM a tile without splitting K,
+        else 1, so that split-K clusters keep more k stages a block."""
+        return 2 if -(-N // 128) >= self.sm_count else 1
 
     def wgmma_cluster_size(self, tiles: int, K: int) -> int:
         """The most blocks per cluster (1, 2, 4, 8) that keep the grid one co-resident wave (two blocks an SM) with
