@@ -1,6 +1,7 @@
-"""Device probe: where the host's time goes in n-gram tree speculation on the default model (the `rewrite`
-prompt, 256 tokens, greedy): cProfile of the timed generation, top functions by own time. The GPU step of a
-T = 16 tree is about 1.1 ms; the rest of a step's wall time is the host's."""
+"""Device probe: where the host's time goes in n-gram tree speculation on the default model (a built-in prompt,
+`rewrite` unless named: python3 spec_host_profile.py [prompt]; 256 tokens, greedy): cProfile of the timed
+generation, top functions by own time. The GPU step of a T = 16 tree is about 1.1 ms; the rest of a step's
+wall time is the host's."""
 import cProfile
 import pstats
 import sys
@@ -12,7 +13,7 @@ from minispec.bench import SPEC_PROMPTS
 from minispec.bench_gpu import card_name
 
 llm = LLM(device="cuda", draft="ngram")
-ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS["rewrite"]}])
+ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[sys.argv[1] if len(sys.argv) > 1 else "rewrite"]}])
 params = SamplingParams(temperature=0, max_tokens=256, ignore_eos=True)
 print(card_name())
 llm.generate(ids, params)
