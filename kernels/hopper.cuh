@@ -8,14 +8,16 @@
 // ---- warpgroup MMA: 4 warps issue one asynchronous 64 x N x 16 product.
 // A (64 rows x k16) comes from registers in the m16n8k16 A-fragment layout, warp w of the group holding rows
 // 16w .. 16w+15; the accumulator is the m16n8 C-fragment layout stacked over N / 8 column tiles (d[j][0..3] =
-// (row g, cols 8j+2t, +1), (row g+8, same cols)), so the softmax code is the same as for mma.sync.
-// B comes from shared memory through a descriptor: start address, LBO and SBO (bytes / 16, 14 bits each)
-// and the swizzle mode (bits 62-63: 1 = 128-byte). Tiles here use the 128-byte swizzle: a 128-byte row r of
-// an 8-row, 1024-byte-aligned group keeps its 16-byte chunk c at chunk c ^ (r % 8).
-//   K-major B (keys x dims, dims contiguous: K for S = Q K^T): rows of 64 dims; SBO = 1024 (the next 8 keys);
-//     k-step s of a 64-dim atom starts 32 s bytes in; the second atom (dims 64..127) is a separate block.
-//   MN-major B (keys x dims with dims contiguous used as k = keys, n = dims: V for O += P V, transposed):
-//     LBO = the byte distance between 64-dim atoms along n, SBO = 1024 (the next 8 keys along k).
+// (row g, cols 8j+2t, +1), (row g+8, same cols)), so code written for mma.sync fragments reads it unchanged.
+// B (and A in the _ss form) comes from shared memory through a descriptor: start address, LBO and SBO (bytes
+// / 16, 14 bits each) and the swizzle mode (bits 62-63: 1 = 128-byte). Tiles here use the 128-byte swizzle
+// (as TMA writes it): a 128-byte row r of an 8-row, 1024-byte-aligned group keeps its 16-byte chunk c at
+// chunk c ^ (r % 8).
+//   K-major (rows x k, k contiguous: Q and K for S = Q K^T, both GEMM operands): rows of 64 k; SBO = 1024
+//     (the next 8 rows); k-step s of a 64-wide atom starts 32 s bytes in; the next 64 k are a separate block.
+//   MN-major B (k x n with n contiguous: V [keys, dims] for O += P V, read transposed): LBO = the byte
+//     distance between 64-wide atoms along n, SBO = 1024 (the next 8 rows along k).
+// notes/scripts/wgmma_probe.py checks both against NumPy.
 __device__ __forceinline__ unsigned long long smem_descriptor(const void* tile, unsigned lbo, unsigned sbo) {
     const unsigned long long address = (unsigned)__cvta_generic_to_shared(tile);
     return ((address & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
