@@ -255,8 +255,13 @@ extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const 
 // K % (64 S) == 0. Launch: grid (ceil(N / (64 WGS)), S), cluster (1, S, 1), block 128 WGS + 32 (two blocks fit
 // an SM), dynamic shared memory STAGES x (64 WGS + 64) x 128 + 1024 (alignment) + 64 (barriers).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-template <int WGS, int STAGES, int S>
-__device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, float* __restrict__ y, int M, int N, int K) {
+// GLU (the gated variant, WGS = 2, S = 1): W is the fused [gate; up] weight [2I, K] and N = I. A block's
+// warpgroup 0 takes gate rows n0 .. n0 + 63 and warpgroup 1 the up rows I + n0 .., so the epilogue writes
+// act [M, I] = silu(gate) * up in bf16 (the expression of elementwise.cu's silu_mul, so the bits are those of
+// the GEMM followed by silu_mul) and the fp32 [M, 2I] product never reaches memory.
+template <int WGS, int STAGES, int S, bool GLU = false>
+__device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K) {
+    static_assert(!GLU || (WGS == 2 && S == 1), "the gated epilogue pairs two warpgroups' rows in one block");
     constexpr int ROWS = 64 * WGS, BK = 64, XROWS = 64, THREADS = 128 * WGS + 32;
     constexpr int W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
     constexpr int RED_STRIDE = ROWS + 4;                     // floats per x row of the reduction buffer
@@ -269,7 +274,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     // read through a shuffle so the compiler knows it warp-uniform (else ptxas serialises the wgmma)
     const int warp = __shfl_sync(0xffffffff, threadIdx.x / 32, 0), group = warp / 4;  // group WGS: the producer
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int n0 = blockIdx.x * ROWS, k_len = K / S, k_begin = blockIdx.y * k_len, steps = k_len / BK;
+    const int n0 = blockIdx.x * (GLU ? 64 : ROWS), k_len = K / S, k_begin = blockIdx.y * k_len, steps = k_len / BK;
     if (threadIdx.x == 0)
         for (int i = 0; i < STAGES; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 4 * WGS);
     __syncthreads();
@@ -282,6 +287,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
                 if (i >= STAGES) mbarrier_wait(empty + slot, (i / STAGES - 1) & 1);  // step i - STAGES was read
                 mbarrier_expect_bytes(full + slot, (W_TILE + X_TILE) * 2);
                 tma_load(w_ring + slot * W_TILE, &w_map, k_begin + i * BK, n0, full + slot);
+                if (GLU) tma_load(w_ring + slot * W_TILE + 64 * BK, &w_map, k_begin + i * BK, N + n0, full + slot);  // up rows
                 tma_load(x_ring + slot * X_TILE, &x_map, k_begin + i * BK, 0, full + slot);
                 mbarrier_arrive(full + slot);
             }
@@ -317,6 +323,17 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
             for (int e = 0; e < 4; e++)
                 red[(8 * j + 2 * t + (e & 1)) * RED_STRIDE + group * 64 + warp % 4 * 16 + g + 8 * (e >> 1)] = acc[j][e];
     __syncthreads();
+    if constexpr (GLU) {
+        __nv_bfloat16* act = reinterpret_cast<__nv_bfloat16*>(out);
+        for (int e = threadIdx.x; e < 64 * XROWS; e += THREADS) {
+            const int m = e / 64, j = e % 64;
+            if (m >= M || n0 + j >= N) continue;
+            const float gate = red[m * RED_STRIDE + j], up = red[m * RED_STRIDE + 64 + j];
+            act[(long long)m * N + n0 + j] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
+        }
+        return;
+    }
+    float* y = reinterpret_cast<float*>(out);
     if constexpr (S > 1) cluster_sync();  // every block's sums are in its shared memory
     constexpr int SLICE = ROWS / S;
     const int rank = blockIdx.y;  // the cluster spans grid y, so this is the cluster rank
@@ -348,4 +365,10 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     GEMM_WGMMA(WGS, STAGES, 8, __cluster_dims__(1, 8, 1))
 GEMM_WGMMA_CLUSTERS(1, 6)
 GEMM_WGMMA_CLUSTERS(2, 4)
+// gemm_wgmma_glu: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight (64-row boxes);
+// grid ceil(I / 64), block 288, the shared memory of gemm_wgmma_w2
+extern "C" __global__ void __launch_bounds__(288, 2) gemm_wgmma_glu(const __grid_constant__ TensorMap w_map,
+        const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K) {
+    gemm_wgmma_body<2, 4, 1, true>(w_map, x_map, act, M, I, K);
+}
 #endif

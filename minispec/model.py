@@ -78,7 +78,7 @@ class Model:
                 o = ops.attention(q, cache.k[i], cache.v[i], plan, self.scale)  # [N, H D]
                 x = ops.linear(o, layer.wo)  # [N, hidden]
                 h, residual = ops.add_rmsnorm(x, residual, layer.mlp_norm, c.rms_norm_eps)
-                x = ops.linear(ops.silu_mul(ops.linear(h, layer.w_gate_up)), layer.w_down)  # [N, hidden]
+                x = ops.linear(ops.gate_up_silu(h, layer.w_gate_up), layer.w_down)  # [N, hidden]
         h, _ = ops.add_rmsnorm(x, residual, w.final_norm, c.rms_norm_eps)
         if not plan.all_logits:
             h = h[plan.logit_rows]  # [R, hidden]

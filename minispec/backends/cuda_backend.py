@@ -489,6 +489,36 @@ class CudaBackend:
     def logits(self, h, lm_head):
         return self.linear(self.cp.ascontiguousarray(h), lm_head)
 
+    def gate_up_silu(self, h, w_gate_up):
+        """silu(h W_gate^T) * (h W_up^T) [N, I] in the storage type, from the fused [2I, K] weight: one
+        gemm_wgmma_glu launch where gemm_wgmma would serve the whole product in one pass (two warpgroups a block,
+        no split-K), so the fp32 [N, 2I] product never reaches memory; else linear, then silu_mul."""
+        M, K = h.shape
+        N2 = w_gate_up.shape[0]
+        if not self.wgmma_glu_serves(M, N2, K):
+            return self.silu_mul(self.linear(h, w_gate_up))
+        self._check(h, self.store_dtype, 2, "gate_up_silu input")
+        I = N2 // 2
+        act = self.cp.empty((M, I), dtype=self.store_dtype)
+        w_map = self.tensor_maps.get((w_gate_up,), 64)
+        if w_map is None:
+            w_map = self.tensor_maps.put((w_gate_up,), 64, tensor_map.swizzled_rows(w_gate_up, N2, K, 64))
+        kernel = self.kernel("gemm.cu", "gemm_wgmma_glu")
+        shared = WGMMA_GEMM_STAGES[2] * (128 + 64) * 64 * 2 + 1024 + 64
+        allow_shared(kernel, shared)
+        kernel((-(-I // 64),), (288,), (w_map, tensor_map.swizzled_rows(h, M, K, 64), act, np.int32(M), np.int32(I), np.int32(K)),
+               shared_mem=shared)
+        return act
+
+    def wgmma_glu_serves(self, M: int, N2: int, K: int) -> bool:
+        """Whether gate_up_silu takes the gated gemm_wgmma: bf16, the own kernels chosen for this product (or
+        forced, or no cuBLAS), and gemm_wgmma's choice for it one pass of two warpgroups a block."""
+        own = self.cublas is None or self.gemm == "own" or (self.gemm is None and self.own_gemm_serves(M, N2, K))
+        tiles = -(-N2 // 128)
+        return (self.bf16 and own and self.wgmma_gemm_fits(M, K) and N2 % 2 == 0
+                and (self.gemm_wgmma_groups or self.wgmma_groups(N2)) == 2
+                and (self.gemm_cluster or self.wgmma_cluster_size(tiles, K)) == 1)
+
     def silu_mul(self, gate_up):
         """gate_up fp32 [N, 2I] -> silu(gate) * up [N, I] in the storage type."""
         cp = self.cp

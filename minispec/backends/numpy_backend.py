@@ -154,6 +154,11 @@ class NumpyBackend:
     linear = staticmethod(linear)
     silu_mul = staticmethod(silu_mul)
 
+    @staticmethod
+    def gate_up_silu(h, w_gate_up):
+        """silu(h W_gate^T) * (h W_up^T) from the fused [2I, K] weight (the CUDA backend may do both in one kernel)."""
+        return silu_mul(linear(h, w_gate_up))
+
     def rope_write_kv(self, qkv, plan: StepPlan, inv_freq, k_cache, v_cache, H, Hkv, D):
         q, k, v = split_qkv_rope(qkv, plan.positions, inv_freq, H, Hkv, D)
         write_kv(k_cache, v_cache, k, v, plan.slots, k_cache.shape[2])

@@ -41,8 +41,7 @@ for T in sizes:
     qkv = be.linear(h, w.layers[0].wqkv)
     q = be.rope_write_kv(qkv, dp, model.inv_freq, cache.k[0], cache.v[0], H, Hkv, D)
     o = be.attention(q, cache.k[0], cache.v[0], dp, model.scale)
-    gu = be.linear(h, w.layers[0].w_gate_up)
-    act = be.silu_mul(gu)
+    act = be.gate_up_silu(h, w.layers[0].w_gate_up)
     counter = iter(range(10**9))
 
     def layer():  # the next layer's index, so weights and caches rotate as in the step
@@ -54,8 +53,7 @@ for T in sizes:
         "rope_write_kv": lambda: (lambda i: be.rope_write_kv(qkv, dp, model.inv_freq, cache.k[i], cache.v[i], H, Hkv, D))(layer()),
         "attention (+merge)": lambda: (lambda i: be.attention(q, cache.k[i], cache.v[i], dp, model.scale))(layer()),
         "o gemm": lambda: be.linear(o, w.layers[layer()].wo),
-        "gate/up gemm": lambda: be.linear(h, w.layers[layer()].w_gate_up),
-        "silu_mul": lambda: be.silu_mul(gu),
+        "gate/up + SiLU·mul": lambda: be.gate_up_silu(h, w.layers[layer()].w_gate_up),
         "down gemm": lambda: be.linear(act, w.layers[layer()].w_down),
     }
     print(f"T = {T}: step {step:.1f} ({'fused ' + str(fused) + ' rows' if fused else 'layer by layer'})")
