@@ -470,10 +470,11 @@ class CudaBackend:
         return 2 if -(-N // 128) >= self.sm_count else 1
 
     def wgmma_cluster_size(self, tiles: int, K: int) -> int:
-        """The most blocks per cluster (1, 2, 4, 8) that keep the grid one co-resident wave (two blocks an SM) with
-        at least 4 stages of K per block."""
+        """The most blocks per cluster (1, 2, 4, 8) that keep the grid within one block per SM, with at least 4
+        stages of K per block: the best or within 4% of it on the 8B shapes at 32 and 64 rows (notes/
+        gemm_wgmma_sweep_h100.log; filling two blocks an SM took down from 46 to 52 µs, O from 17 to 21)."""
         S = 1
-        while S < 8 and tiles * S * 2 <= 2 * self.sm_count and K % (64 * S * 2) == 0 and K // (S * 2) >= 256:
+        while S < 8 and tiles * S * 2 <= self.sm_count and K % (64 * S * 2) == 0 and K // (S * 2) >= 256:
             S *= 2
         return S
 

@@ -1,9 +1,10 @@
 """gemm_stream probe: own kernel per cluster size S at 8B shapes, cuBLAS beside it (`sweep`), its
-two ring shapes at up to 16 rows (`stages`), or a few launches for ncu (`profile`: run
-under ncu --kernel-name regex:gemm_stream).
+two ring shapes at up to 16 rows (`stages`), gemm_wgmma per block height G and cluster size S at 32 and 64
+rows (`wgmma`), or a few launches for ncu (`profile`: run under ncu --kernel-name regex:gemm_stream).
 
     python3 notes/scripts/gemm_probe.py sweep
     python3 notes/scripts/gemm_probe.py stages
+    python3 notes/scripts/gemm_probe.py wgmma
     ncu --clock-control none --kernel-name regex:gemm_stream --metrics ... python3 notes/scripts/gemm_probe.py profile
 """
 
@@ -40,6 +41,28 @@ if sys.argv[1] == "sweep":
             cells.append(time_captured(lambda: backend.linear(x, weight)) * 1e6)
             cells.append(N * K * 2 / bandwidth * 1e6)
             print(f"{name:<12} {M:>3} " + " ".join(f"{c:>7.1f}" for c in cells))
+elif sys.argv[1] == "wgmma":
+    bandwidth = copy_bandwidth()
+    print(f"gemm_wgmma per warpgroups a block G and cluster size S on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; "
+          "µs per call (graphs of 20; consecutive calls read different weight copies, >= 2x L2, as in bench gemm)")
+    print(f"{'shape':<12} {'M':>3} " + " ".join(f"{f'G{G}S{S}':>7}" for G in (1, 2) for S in (1, 2, 4, 8)) + f" {'cuBLAS':>7} {'floor':>7}")
+    backend.gemm = "own"
+    for name, (K, N) in SHAPES.items():
+        for M in (32, 64):
+            x, weight = operands(K, N, M)
+            copies = [weight] + [weight.copy() for _ in range(-(-100 * 2**20 // weight.nbytes) - 1)]
+            turn = iter(range(10**9))
+            rotating = lambda: copies[next(turn) % len(copies)]  # noqa: E731
+            cells = []
+            for G in (1, 2):
+                for S in (1, 2, 4, 8):
+                    backend.gemm_wgmma_groups, backend.gemm_cluster = G, S
+                    cells.append(time_captured(lambda: backend.linear(x, rotating())) * 1e6 if K % (64 * S) == 0 else float("nan"))
+            backend.gemm, backend.gemm_wgmma_groups, backend.gemm_cluster = "cublas", None, None
+            cells.append(time_captured(lambda: backend.linear(x, rotating())) * 1e6)
+            backend.gemm = "own"
+            cells.append(N * K * 2 / bandwidth * 1e6)
+            print(f"{name:<12} {M:>3} " + " ".join(f"{c:>7.1f}" for c in cells), flush=True)
 elif sys.argv[1] == "stages":
     import minispec.backends.cuda_backend as cuda_backend
 
