@@ -412,10 +412,11 @@ class CudaBackend:
         return y
 
     def own_gemm_serves(self, M: int, N: int, K: int) -> bool:
-        """Whether the own kernels serve rather than cuBLAS (`bench gemm`, notes/bench_gemm_h100_stop12.log):
+        """Whether the own kernels serve rather than cuBLAS (`bench gemm`, notes/bench_gemm_h100_stop12_final.log):
         gemm_stream up to 16 rows, where it matched or beat cuBLAS on every 8B shape; gemm_wgmma for 17-64 rows
-        where the weight has a 128-row tile for every SM (the 8B gate/up and LM head: at par and 8% faster); with
-        fewer tiles its split-K clusters stream too little per block, and cuBLAS was faster (qkv, O, down)."""
+        where the weight has a 128-row tile for every SM (the 8B gate/up and LM head: 2% and 8% faster). With
+        fewer tiles each of its blocks reads as many bytes of x as of weights: cuBLAS was faster on qkv and O
+        and level on down, so it keeps those."""
         if M <= 16:
             return K % 128 == 0 and stream_fits(N, K)
         return self.wgmma_gemm_fits(M, K) and -(-N // 128) >= self.sm_count
