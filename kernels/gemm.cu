@@ -67,6 +67,30 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned shared_ad
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address));
 }
 
+// The end of a split-K block, for gemm_stream and gemm_wgmma: red [XROWS][RED_STRIDE] holds this block's sums
+// red[m][row] of y[m][n0 + row]; cluster rank r adds rows r ROWS / S .. of the S blocks' buffers in rank order
+// (through distributed shared memory, so the same inputs give the same bits) and writes them to y, coalesced
+// along N. With S = 1 the block writes its own sums.
+template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
+__device__ __forceinline__ void store_cluster_sums(const float* red, float* __restrict__ y, int M, int N, int n0) {
+    if constexpr (S > 1) cluster_sync();  // every block's sums are in its shared memory
+    constexpr int SLICE = ROWS / S;
+    const int rank = blockIdx.y;  // the cluster spans grid y, so this is the cluster rank
+    for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
+        const int m = e / SLICE, row = rank * SLICE + e % SLICE;
+        if (m >= M || n0 + row >= N) continue;
+        const float* local = red + m * RED_STRIDE + row;
+        float sum = *local;
+        if constexpr (S > 1) {
+            sum = load_cluster(local, 0);
+#pragma unroll
+            for (int q = 1; q < S; q++) sum += load_cluster(local, q);
+        }
+        y[(long long)m * N + n0 + row] = sum;
+    }
+    if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
+}
+
 template <int R, int S, int BK, int STAGES>
 __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                                                  float* __restrict__ y, int M, int N, int K) {
@@ -168,24 +192,7 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
         }
         __syncthreads();
     }
-    if constexpr (S > 1) cluster_sync();                       // every block's sums are in its shared memory
-    constexpr int SLICE = ROWS / S;
-    const int rank = blockIdx.y;                               // the cluster spans grid y, so this is the cluster rank
-    for (int e = tid; e < SLICE * R; e += THREADS) {
-        int m = e / SLICE, row = rank * SLICE + e % SLICE;
-        if (m >= M || n0 + row >= N) continue;
-        const float* local = red + m * RED_STRIDE + row;
-        float sum;
-        if constexpr (S == 1) {
-            sum = *local;
-        } else {
-            sum = load_cluster(local, 0);
-#pragma unroll
-            for (int q = 1; q < S; q++) sum += load_cluster(local, q);
-        }
-        y[(long long)m * N + n0 + row] = sum;
-    }
-    if constexpr (S > 1) cluster_sync();                       // no block leaves while another reads its shared memory
+    store_cluster_sums<S, ROWS, R, RED_STRIDE, THREADS>(red, y, M, N, n0);
 }
 
 // Ring shapes measured best (notes/gemm_stages_h100.log): k 128 x 3 stages for up to 16 rows (longer runs
@@ -333,23 +340,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
         }
         return;
     }
-    float* y = reinterpret_cast<float*>(out);
-    if constexpr (S > 1) cluster_sync();  // every block's sums are in its shared memory
-    constexpr int SLICE = ROWS / S;
-    const int rank = blockIdx.y;  // the cluster spans grid y, so this is the cluster rank
-    for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
-        const int m = e / SLICE, row = rank * SLICE + e % SLICE;
-        if (m >= M || n0 + row >= N) continue;
-        const float* local = red + m * RED_STRIDE + row;
-        float sum = *local;
-        if constexpr (S > 1) {
-            sum = load_cluster(local, 0);
-#pragma unroll
-            for (int q = 1; q < S; q++) sum += load_cluster(local, q);
-        }
-        y[(long long)m * N + n0 + row] = sum;
-    }
-    if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
+    store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out), M, N, n0);
 }
 
 // gemm_wgmma_w{WGS}_s{S}: WGS consumer warpgroups (64 weight rows each); STAGES fill about 96 KB, two blocks an SM

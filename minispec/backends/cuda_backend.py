@@ -40,7 +40,7 @@ def stream_fits(N: int, K: int) -> bool:
 def allow_shared(kernel, nbytes: int) -> None:
     """Let `kernel` take `nbytes` of dynamic shared memory (over 48 KiB needs the function's opt-in; set only when
     it grows, one driver call fewer per launch)."""
-    if kernel.max_dynamic_shared_size_bytes < nbytes:  # noqa: PLR1730
+    if kernel.max_dynamic_shared_size_bytes < nbytes:
         kernel.max_dynamic_shared_size_bytes = nbytes
 
 
@@ -398,8 +398,7 @@ class CudaBackend:
         if not self.bf16:
             return cp.matmul(x, weight.T)
         y = cp.empty((M, N), dtype=cp.float32)
-        own = self.cublas is None or self.gemm == "own" or (self.gemm is None and self.own_gemm_serves(M, N, K))
-        if not own:
+        if not self.own_gemm_chosen(M, N, K):
             self.cublas.gemm_bf16(x, weight, y)
         elif self.wgmma_gemm_fits(M, K):
             self.gemm_wgmma(x, weight, y)
@@ -410,6 +409,10 @@ class CudaBackend:
         else:
             raise ValueError(f"linear: K = {K} must be a multiple of 16 for the tensor-core kernel")
         return y
+
+    def own_gemm_chosen(self, M: int, N: int, K: int) -> bool:
+        """Whether this product runs on the own kernels: forced (`gemm`), by own_gemm_serves, or for want of cuBLAS."""
+        return self.cublas is None or self.gemm == "own" or (self.gemm is None and self.own_gemm_serves(M, N, K))
 
     def own_gemm_serves(self, M: int, N: int, K: int) -> bool:
         """Whether the own kernels serve rather than cuBLAS (`bench gemm`, notes/bench_gemm_h100_stop12_final.log):
@@ -456,14 +459,20 @@ class CudaBackend:
         S = self.gemm_cluster or self.wgmma_cluster_size(tiles, K)
         if K % (64 * S):
             raise ValueError(f"gemm_wgmma: K = {K} is not a multiple of 64 x {S} blocks per cluster")
-        w_map = self.tensor_maps.get((weight,), rows)
+        self.launch_wgmma(f"gemm_wgmma_w{G}_s{S}", G, (tiles, S), x, weight, rows, y, N)
+
+    def launch_wgmma(self, name: str, G: int, grid, x, weight, box_rows: int, out, N: int) -> None:
+        """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
+        descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it)."""
+        M, K = x.shape
+        w_map = self.tensor_maps.get((weight,), box_rows)
         if w_map is None:
-            w_map = self.tensor_maps.put((weight,), rows, tensor_map.swizzled_rows(weight, N, K, rows))
+            w_map = self.tensor_maps.put((weight,), box_rows, tensor_map.swizzled_rows(weight, weight.shape[0], K, box_rows))
         x_map = tensor_map.swizzled_rows(x, M, K, 64)  # rows past M read as zeros
-        kernel = self.kernel("gemm.cu", f"gemm_wgmma_w{G}_s{S}")
-        shared = WGMMA_GEMM_STAGES[G] * (rows + 64) * 64 * 2 + 1024 + 64
+        kernel = self.kernel("gemm.cu", name)
+        shared = WGMMA_GEMM_STAGES[G] * (64 * G + 64) * 64 * 2 + 1024 + 64  # the ring (W and x stages), alignment, barriers
         allow_shared(kernel, shared)
-        kernel((tiles, S), (128 * G + 32,), (w_map, x_map, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=shared)
+        kernel(grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K)), shared_mem=shared)
 
     def wgmma_groups(self, N: int) -> int:
         """gemm_wgmma's warpgroups a block: 2 (128 rows) where that gives every SM a tile without splitting K,
@@ -502,22 +511,14 @@ class CudaBackend:
         self._check(h, self.store_dtype, 2, "gate_up_silu input")
         I = N2 // 2
         act = self.cp.empty((M, I), dtype=self.store_dtype)
-        w_map = self.tensor_maps.get((w_gate_up,), 64)
-        if w_map is None:
-            w_map = self.tensor_maps.put((w_gate_up,), 64, tensor_map.swizzled_rows(w_gate_up, N2, K, 64))
-        kernel = self.kernel("gemm.cu", "gemm_wgmma_glu")
-        shared = WGMMA_GEMM_STAGES[2] * (128 + 64) * 64 * 2 + 1024 + 64
-        allow_shared(kernel, shared)
-        kernel((-(-I // 64),), (288,), (w_map, tensor_map.swizzled_rows(h, M, K, 64), act, np.int32(M), np.int32(I), np.int32(K)),
-               shared_mem=shared)
+        self.launch_wgmma("gemm_wgmma_glu", 2, (-(-I // 64),), h, w_gate_up, 64, act, I)  # gate and up in 64-row boxes
         return act
 
     def wgmma_glu_serves(self, M: int, N2: int, K: int) -> bool:
         """Whether gate_up_silu takes the gated gemm_wgmma: bf16, the own kernels chosen for this product (or
         forced, or no cuBLAS), and gemm_wgmma's choice for it one pass of two warpgroups a block."""
-        own = self.cublas is None or self.gemm == "own" or (self.gemm is None and self.own_gemm_serves(M, N2, K))
         tiles = -(-N2 // 128)
-        return (self.bf16 and own and self.wgmma_gemm_fits(M, K) and N2 % 2 == 0
+        return (self.bf16 and self.own_gemm_chosen(M, N2, K) and self.wgmma_gemm_fits(M, K) and N2 % 2 == 0
                 and (self.gemm_wgmma_groups or self.wgmma_groups(N2)) == 2
                 and (self.gemm_cluster or self.wgmma_cluster_size(tiles, K)) == 1)
 
