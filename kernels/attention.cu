@@ -19,6 +19,7 @@
 // take the tensor-core version below.
 // NumPy reference: numpy_backend.attention. Tests: tests/test_cuda_kernels.py.
 #include "storage.cuh"
+#include "ampere.cuh"
 #include "hopper.cuh"
 
 #define MAX_DIMS_PER_LANE 8
@@ -97,18 +98,9 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     return *reinterpret_cast<unsigned*>(&v);
 }
 
-__device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 // 16 bytes global -> shared without passing through registers; zero-filled when !valid
 __device__ __forceinline__ void copy16_async(__nv_bfloat16* shared, const __nv_bfloat16* global, bool valid) {
-    unsigned address = (unsigned)__cvta_generic_to_shared(shared);
-    int bytes = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(bytes));
+    cp_async16((unsigned)__cvta_generic_to_shared(shared), global, valid ? 16 : 0);
 }
 
 // 2^x on the SFU (ex2.approx: -inf -> +0); the tensor-core kernel keeps scores in base 2 (q is pre-scaled by
@@ -324,13 +316,13 @@ __device__ void tree_attention_mma(
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
         if (s < tile_count) load_tile(tile_begin + s, s);
-        asm volatile("cp.async.commit_group;\n" ::);  // empty groups keep the count uniform
+        cp_async_commit();  // empty groups keep the count uniform
     }
     for (int i = 0; i < tile_count; i++) {
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2));  // this thread's copies of tile i landed
+        cp_async_wait<STAGES - 2>();  // this thread's copies of tile i landed
         __syncthreads();  // everyone's copies of tile i landed; everyone is done with tile i - 1's buffer
         if (i + STAGES - 1 < tile_count) load_tile(tile_begin + i + STAGES - 1, (i + STAGES - 1) % STAGES);
-        asm volatile("cp.async.commit_group;\n" ::);
+        cp_async_commit();
         if (!warp_active) continue;
         const int key0 = (tile_begin + i) * KEYS;
         const __nv_bfloat16* k_buf = k_ring + (i % STAGES) * TILE;
@@ -377,7 +369,7 @@ __device__ void tree_attention_mma(
             }
         }
     }
-    asm volatile("cp.async.wait_group 0;\n" ::);  // no copy may outlive the block
+    cp_async_wait<0>();  // no copy may outlive the block
     if (warp_active) store_rows<D>(acc, m0, m1, l0, l1, r, t, blockIdx.z, gridDim.z, o_part, ml_part, out, N, H);
 }
 
@@ -498,7 +490,8 @@ __device__ void tree_attention_wgmma(
                     copy16_async(k_ring + at, k_cache + offset, key < S);
                     copy16_async(v_ring + at, v_cache + offset, key < S);
                 }
-                asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+                cp_async_commit();
+                cp_async_wait<0>();
                 fence_async_shared();  // generic-proxy writes, read by wgmma
                 __syncwarp();
             }

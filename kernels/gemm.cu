@@ -27,25 +27,14 @@
 // gemm_bf16: the plain version for any K that is a multiple of 16 (one 4-byte weight load per fragment).
 // NumPy reference: numpy_backend.linear (on bf16-rounded x and W). Tests: tests/test_cuda_kernels.py.
 #include <cuda_bf16.h>
+#include "ampere.cuh"
 #include "hopper.cuh"
-
-__device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 namespace stream {
 constexpr int ROWS = 128;            // weight rows (columns of y) per block
 constexpr int THREADS = 256;
 constexpr int RED_STRIDE = ROWS + 4;  // floats per x row of the reduction buffer (+4: the warps' stores hit distinct banks)
 }  // namespace stream
-
-__device__ __forceinline__ void cp_async16(unsigned shared_address, const void* global, int bytes) {
-    // bytes = 0 reads nothing and fills the 16 bytes with zeros (x rows past M)
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address), "l"(global), "r"(bytes));
-}
 
 __device__ __forceinline__ int swizzle(int row, int chunk) { return chunk ^ (row & 7); }
 
@@ -135,13 +124,13 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
         if (s < steps) load_stage(s);
-        asm volatile("cp.async.commit_group;\n" ::);           // empty groups keep the count uniform
+        cp_async_commit();  // empty groups keep the count uniform
     }
     for (int step = 0; step < steps; step++) {
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2));  // this thread's copies of `step` landed
+        cp_async_wait<STAGES - 2>();  // this thread's copies of `step` landed
         __syncthreads();                                       // everyone's did; and stage step - 1 is free to refill
         if (step + STAGES - 1 < steps) load_stage(step + STAGES - 1);
-        asm volatile("cp.async.commit_group;\n" ::);
+        cp_async_commit();
         const unsigned ws = base + (step % STAGES) * STAGE_BYTES, xs = ws + W_BYTES;
 #pragma unroll
         for (int u = 0; u < BK / 64; u++) {                    // the warp's half of the stage, 32 k at a time
@@ -170,11 +159,11 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
                     for (int j = 0; j < GROUP; j++)
 #pragma unroll
                         for (int mt = 0; mt < 2; mt++)
-                            mma_bf16(acc[mt][n1 + j], a[mt][k16][0], a[mt][k16][1], a[mt][k16][2], a[mt][k16][3], b[j][2 * k16], b[j][2 * k16 + 1]);
+                            mma16816(acc[mt][n1 + j], a[mt][k16][0], a[mt][k16][1], a[mt][k16][2], a[mt][k16][3], b[j][2 * k16], b[j][2 * k16 + 1]);
             }
         }
     }
-    asm volatile("cp.async.wait_group 0;\n" ::);
+    cp_async_wait<0>();
     __syncthreads();                                           // the ring is free: it becomes the reduction buffer
 
     float* red = reinterpret_cast<float*>(shared);            // [R][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
@@ -244,7 +233,7 @@ extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const 
             if (m_base + mt * 16 >= M) break;
             const unsigned* x0 = reinterpret_cast<const unsigned*>(x + (long long)r0 * K + k0 + 2 * t);
             const unsigned* x1 = reinterpret_cast<const unsigned*>(x + (long long)r1 * K + k0 + 2 * t);
-            mma_bf16(acc[mt], r0 < M ? x0[0] : 0u, r1 < M ? x1[0] : 0u, r0 < M ? x0[4] : 0u, r1 < M ? x1[4] : 0u, b0, b1);
+            mma16816(acc[mt], r0 < M ? x0[0] : 0u, r1 < M ? x1[0] : 0u, r0 < M ? x0[4] : 0u, r1 < M ? x1[4] : 0u, b0, b1);
         }
     }
     store_tiles(y, acc, m_base, n0, M, N, g, t);
