@@ -29,10 +29,13 @@
 // What it costs (bench e2e prints it: %globaltimer stamps of block 0, `clock`): on an H100 (copy 3.0 TB/s),
 // 8B shapes, decode at context 512, per layer: qkv 22.0 µs (weights alone 16.8), attention 5.4, merge 2.3,
 // o-proj 14.1 (11.2), gate/up 80.0 (78.5), down 41.4 (39.3): the big phases stream at 94-97% of copy
-// bandwidth. The default model's decode layer (24 µs; `notes/scripts/fused_probe.py ... trace`) is latency:
-// six grid barriers of ~1-1.4 µs, an L2 round trip of ~0.3 µs, and a warp's own instruction chain, which
-// nothing hides (one warp a unit; its first run a layer also fetches its code: the same attention run twice
-// took 3.6 then 2.4 µs). Splitting QKV's K between two warps to even out its rounds was slower (notes/fused_layers.log).
+// bandwidth. The default model's decode layer (~20 µs at context 512, attention 3.5 of it;
+// `notes/scripts/fused_probe.py ... trace`) is latency: six grid barriers of ~1-1.4 µs, L2 round trips, and a
+// warp's own instruction chain, which nothing hides (one warp a unit). Tried and measured slower or level
+// (notes/fused_layers.log): splitting QKV's K between two warps; every block merging the attention splits
+// itself instead of a merge phase (132 blocks reading the same lines); each block's GEMV weights copied into
+// its shared memory a layer ahead by TMA (the GEMVs gained 2.3 µs a layer, the phase the copies ran beside lost
+// ~2 µs wherever they went); the merge's o loads issued beside its (m, l) loads.
 // Lessons kept in the code: spread units over SMs (u -> block u % grid; one SM's load bandwidth is
 // ~1/132 of the card's), keep warp shuffles out of branches the compiler cannot prove uniform (else it
 // emits WARPSYNC/collective code), load in batches (a loop of one load per iteration pays one L2 latency
@@ -52,7 +55,6 @@
 // (L2), never through the non-coherent L1; weights are read once with an L1 no-allocate stream load.
 #include <cuda_bf16.h>
 #include "ampere.cuh"
-#include "hopper.cuh"
 
 #define WARPS 16
 #define THREADS (WARPS * 32)
@@ -64,12 +66,6 @@ typedef __nv_bfloat16 bf16;
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
     uint4 v;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ uint4 load_shared(const void* p) {
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"((unsigned)__cvta_generic_to_shared(p)));
     return v;
 }
 
@@ -224,9 +220,8 @@ __device__ void stage_copy(uint4* xs, const bf16* src, int M, int K, int swizzle
 // row r0: xs points there). The sums run over the warp; lane l reads 16-byte chunks l, l + 32, ..., 8 / NC
 // chunks per weight row in flight. A step of more than MR rows calls this once per chunk of MR rows (the
 // weights then come from L2 after the first chunk): only MR = 1 and 4 are compiled, which keeps the file's
-// build time down (with 1, 2, 4, 8 and 16 it took most of a minute of cicc and ptxas). STAGED: the weight rows
-// sit in this block's shared memory (stage_weights), not in global memory.
-template <int MR, int NC, bool STAGED>
+// build time down (with 1, 2, 4, 8 and 16 it took most of a minute of cicc and ptxas).
+template <int MR, int NC>
 __device__ __forceinline__ void gemv_rows(const bf16* const (&w)[NC], const uint4* xs, int K8, int rows, int lane, float (&y)[NC]) {
     constexpr int U = 8 / NC;
     float acc[NC][MR];
@@ -240,9 +235,7 @@ __device__ __forceinline__ void gemv_rows(const bf16* const (&w)[NC], const uint
         for (int u = 0; u < U; u++)
 #pragma unroll
             for (int n = 0; n < NC; n++)
-                wv[n][u] = c0 + 32 * u >= K8 ? make_uint4(0, 0, 0, 0)
-                           : STAGED          ? load_shared(reinterpret_cast<const uint4*>(w[n]) + c0 + 32 * u)
-                                             : load_stream(reinterpret_cast<const uint4*>(w[n]) + c0 + 32 * u);
+                wv[n][u] = c0 + 32 * u < K8 ? load_stream(reinterpret_cast<const uint4*>(w[n]) + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int c = c0 + 32 * u;
@@ -288,7 +281,6 @@ struct Step {
     float eps, scale;
     int prefetch;                 // 1: pull the next layer's weights into L2 during this layer (small models)
     int prefetch_kv;              // 1: pull the next layer's K/V pages of the step into L2 (short contexts)
-    int stage_weights;            // byte offset in shared memory of the staged GEMV weights (stage_unit_weights), 0: none
     unsigned long long* clock;    // optional [1 + 6 L] %globaltimer stamps of block 0 after each phase, or null
 };
 
@@ -324,58 +316,13 @@ __device__ __forceinline__ void prefetch_l2(const void* base, long long bytes) {
         asm volatile("prefetch.global.L2 [%0];" ::"l"(b + i * 128));
 }
 
-// ---- GEMV weights staged in shared memory (Hopper, models whose layer shared out over the blocks fits twice:
-// the default one). Unit u of a GEMV phase runs on block u % grid (gw, tw in the body), so block b's j-th unit is
-// u = b + j grid, and its weight rows are known long before the phase's input is. During layer l's attention
-// phase (latency-bound, DRAM idle; a decode step's attention leaves the last warp idle) one thread has the TMA
-// unit copy all of layer l + 1's rows of the block into shared memory, one bulk copy a row, completing on one
-// mbarrier; two such sets alternate between layers. The GEMV loads are then shared-memory reads, and weight
-// latency leaves the chain that runs between two grid barriers.
-// Measured (H100, notes/fused_layers.log): the copies issued in the grid barrier after each phase, for the
-// next layer's same phase, made that barrier wait for them (gate/up's 28 KB a block: +2 µs); with cp.async, 16
-// bytes a thread at a time, issuing them took ~1 µs of every thread.
-// Set: the regions of qkv, o, gate/up and down, each [its units in the block][rows a unit][K] bf16, with
-// slots for (units / grid rounded up) units.
-struct UnitRows {
-    int units, rows, K;  // unit u's row n is weight row (u / a) b + u % a + n c
-    int a, b, c;
-};
-__device__ __forceinline__ int staged_bytes(const UnitRows& m) { return (m.units + gridDim.x - 1) / gridDim.x * m.rows * m.K * 2; }
-__device__ __forceinline__ int block_rows(const UnitRows& m) {
-    return max(0, (m.units - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x) * m.rows;
-}
-
-// weights = the layer's table entries of qkv, o, gate/up, down; one thread calls it
-__device__ void stage_layer_weights(bf16* set, const bf16* const (&weights)[4], const UnitRows (&phases)[4], unsigned long long* bar) {
-#if __CUDA_ARCH__ >= 900
-    unsigned bytes = 0;
-    for (int p = 0; p < 4; p++) bytes += block_rows(phases[p]) * phases[p].K * 2;
-    mbarrier_expect_bytes(bar, bytes);
-    for (int p = 0; p < 4; p++) {
-        const UnitRows& m = phases[p];
-        for (int r = 0; r < block_rows(m); r++) {
-            const int u = blockIdx.x + r / m.rows * gridDim.x, n = r % m.rows;
-            bulk_load(set + r * m.K, weights[p] + ((long long)(u / m.a) * m.b + u % m.a + (long long)n * m.c) * m.K, m.K * 2, bar);
-        }
-        set += staged_bytes(m) / 2;
-    }
-    mbarrier_arrive(bar);
-#else
-    __trap();  // the host stages weights on Hopper only
-#endif
-}
-
-// the block's slot of unit u (u = blockIdx.x + slot * grid)
-__device__ __forceinline__ int unit_slot(int u) { return (u - (int)blockIdx.x) / (int)gridDim.x; }
-
-template <int MR, int D, bool STAGED>
+template <int MR, int D>
 __device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* v_cache, const uint4* xs, int gw, int tw, int lane) {
     constexpr int half = D / 2;
     int units = (s.H + 2 * s.Hkv) * half, K8 = s.C / 8;
     for (int u = gw; u < units; u += tw) {
         int head = u / half, d = u % half, col = head * D + d;
         const bf16* w[2] = {wqkv + (long long)col * s.C, wqkv + (long long)(col + half) * s.C};
-        if (STAGED) w[0] = wqkv + 2LL * unit_slot(u) * s.C, w[1] = w[0] + s.C;  // wqkv: the staged region
         for (int r0 = 0; r0 < s.M; r0 += MR) {
             int rows = min(MR, s.M - r0), m = r0 + lane;
             // this lane's row epilogue inputs, loaded before the GEMV so their latency hides behind it
@@ -389,7 +336,7 @@ __device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* 
                 }
             }
             float x[2];
-            gemv_rows<MR, 2, STAGED>(w, xs + r0 * K8, K8, rows, lane, x);
+            gemv_rows<MR, 2>(w, xs + r0 * K8, K8, rows, lane, x);
             if (lane >= rows) continue;
             float y1 = x[0] * c - x[1] * sn, y2 = x[1] * c + x[0] * sn;
             if (head < s.H) {
@@ -429,15 +376,6 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
         int span = ((length + s.splits - 1) / s.splits + 31) / 32 * 32;
         int k_begin = split * span, k_end = min(length, k_begin + span);
         const int* table = s.page_tables + (long long)b * s.W;
-        __syncwarp();
-#pragma unroll
-        for (int k = 0; k < (ROWS * D / 4 + 31) / 32; k++) {  // the group's queries as float4s, all in flight
-            int i = lane + 32 * k, r = i / (D / 4), packed = group * ROWS + r;
-            if (i >= ROWS * D / 4) break;
-            const float4* q = reinterpret_cast<const float4*>(s.q_buf + ((long long)(q0 + packed / G) * s.H + kv_head * G + packed % G) * D);
-            float4 v = r < R ? __ldcg(q + i % (D / 4)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            reinterpret_cast<float4*>(qs)[i] = make_float4(v.x * s.scale, v.y * s.scale, v.z * s.scale, v.w * s.scale);
-        }
         unsigned long long mask[ROWS];
         float run_max[ROWS], lane_sum[ROWS], acc[ROWS][DPL];
 #pragma unroll
@@ -447,33 +385,69 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
 #pragma unroll
             for (int e = 0; e < DPL; e++) acc[r][e] = 0.0f;
         }
-        __syncwarp();
+        constexpr int VB = D == 64 ? 32 : 16;  // value rows in flight (32 registers); lane owns dims lane * DPL ..
+        // decode (ROWS = 1): the first VB keys' values and the first 8 chunks of key j go out before anything waits,
+        // and on the first tile the queries after them: one L2 round trip where the queries, the scores and p.V
+        // each waited for one. (With 4 rows the registers this holds made the compiler spill.)
+        constexpr bool EARLY = ROWS == 1;
+        auto stage_queries = [&]() {  // the group's queries as float4s, all in flight
+#pragma unroll
+            for (int k = 0; k < (ROWS * D / 4 + 31) / 32; k++) {
+                int i = lane + 32 * k, r = i / (D / 4), packed = group * ROWS + r;
+                if (i >= ROWS * D / 4) break;
+                const float4* q = reinterpret_cast<const float4*>(s.q_buf + ((long long)(q0 + packed / G) * s.H + kv_head * G + packed % G) * D);
+                float4 v = r < R ? __ldcg(q + i % (D / 4)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                reinterpret_cast<float4*>(qs)[i] = make_float4(v.x * s.scale, v.y * s.scale, v.z * s.scale, v.w * s.scale);
+            }
+            __syncwarp();
+        };
+        __syncwarp();  // the previous unit is done with qs, ps and offsets
+        if (!EARLY) stage_queries();
         for (int k0 = k_begin; k0 < k_end; k0 += 32) {
-            int j = k0 + lane;
+            const int j = k0 + lane, keys = min(32, k_end - k0);
             // offset of key j's row in the K and V pages (the same layout)
             long long offset = j < k_end ? (((long long)table[j / s.P] * s.Hkv + kv_head) * s.P + j % s.P) * D : 0;
             offsets[lane] = offset;
+            __syncwarp();
+            unsigned vraw[VB][DPL / 2];
+            auto load_values = [&](int j0) {
+#pragma unroll
+                for (int q = 0; q < VB; q++) {
+                    const bf16* value = v_cache + offsets[j0 + q] + lane * DPL;
+                    if constexpr (DPL == 2) vraw[q][0] = j0 + q < keys ? *reinterpret_cast<const unsigned*>(value) : 0u;
+                    else {
+                        uint2 raw = j0 + q < keys ? *reinterpret_cast<const uint2*>(value) : make_uint2(0, 0);
+                        vraw[q][0] = raw.x, vraw[q][DPL / 2 - 1] = raw.y;
+                    }
+                }
+            };
+            const uint4* key = reinterpret_cast<const uint4*>(k_cache + offset);
+            uint4 raw[8];
+#pragma unroll
+            for (int c = 0; c < 8; c++) raw[c] = j < k_end ? key[c] : make_uint4(0, 0, 0, 0);
+            if (EARLY) {
+                load_values(0);
+                if (k0 == k_begin) stage_queries();
+            }
             float score[ROWS];
 #pragma unroll
             for (int r = 0; r < ROWS; r++) score[r] = 0.0f;
-            if (j < k_end) {  // lane j: q . k_j for every row of the group, 8 16-byte loads in flight
-                const uint4* key = reinterpret_cast<const uint4*>(k_cache + offset);
+            // lane j: q . k_j for every row of the group, 8 16-byte loads in flight (lanes past the end: zeros)
 #pragma unroll
-                for (int c0 = 0; c0 < D / 8; c0 += 8) {
-                    uint4 raw[8];
+            for (int c0 = 0; c0 < D / 8; c0 += 8) {
+                if (c0 > 0)
 #pragma unroll
-                    for (int c = 0; c < 8; c++) raw[c] = key[c0 + c];
+                    for (int c = 0; c < 8; c++) raw[c] = j < k_end ? key[c0 + c] : make_uint4(0, 0, 0, 0);
 #pragma unroll
-                    for (int c = 0; c < 8; c++) {
-                        float kf[8];
-                        unpack8(raw[c], kf);
+                for (int c = 0; c < 8; c++) {
+                    float kf[8];
+                    unpack8(raw[c], kf);
 #pragma unroll
-                        for (int r = 0; r < ROWS; r++) {
-                            float4 qa = *reinterpret_cast<const float4*>(qs + r * D + 8 * (c0 + c));
-                            float4 qb = *reinterpret_cast<const float4*>(qs + r * D + 8 * (c0 + c) + 4);
-                            score[r] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
-                                        qb.z * kf[6] + qb.w * kf[7];
-                        }
+                    for (int r = 0; r < ROWS; r++) {
+                        float4 qa = *reinterpret_cast<const float4*>(qs + r * D + 8 * (c0 + c));
+                        float4 qb = *reinterpret_cast<const float4*>(qs + r * D + 8 * (c0 + c) + 4);
+                        score[r] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
+                                    qb.z * kf[6] + qb.w * kf[7];
                     }
                 }
             }
@@ -495,24 +469,17 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) ps[lane * ROWS + r] = p[r];
             __syncwarp();
-            int keys = min(32, k_end - k0);
-            constexpr int VB = D == 64 ? 32 : 16;  // value rows in flight (32 registers); lane owns dims lane * DPL ..
             for (int j0 = 0; j0 < keys; j0 += VB) {
-                float v[VB][DPL];
+                if (!EARLY || j0 > 0) load_values(j0);
 #pragma unroll
                 for (int q = 0; q < VB; q++) {
-                    const bf16* value = v_cache + offsets[j0 + q] + lane * DPL;
-                    if (DPL == 2) {
-                        float2 f = j0 + q < keys ? bf2(*reinterpret_cast<const unsigned*>(value)) : make_float2(0.0f, 0.0f);
-                        v[q][0] = f.x, v[q][DPL - 1] = f.y;
-                    } else {
-                        uint2 raw = j0 + q < keys ? *reinterpret_cast<const uint2*>(value) : make_uint2(0, 0);
-                        float2 a = bf2(raw.x), c = bf2(raw.y);
-                        v[q][0] = a.x, v[q][1] = a.y, v[q][DPL - 2] = c.x, v[q][DPL - 1] = c.y;
+                    float v[DPL];
+                    float2 a = bf2(vraw[q][0]);
+                    v[0] = a.x, v[1] = a.y;
+                    if constexpr (DPL == 4) {
+                        float2 c = bf2(vraw[q][1]);
+                        v[2] = c.x, v[3] = c.y;
                     }
-                }
-#pragma unroll
-                for (int q = 0; q < VB; q++) {
                     float pw[ROWS];  // keys past `keys` have p = 0
                     if constexpr (ROWS == 4) {
                         float4 w = reinterpret_cast<const float4*>(ps)[j0 + q];
@@ -523,7 +490,7 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
 #pragma unroll
                     for (int r = 0; r < ROWS; r++)
 #pragma unroll
-                        for (int e = 0; e < DPL; e++) acc[r][e] = fmaf(pw[r], v[q][e], acc[r][e]);
+                        for (int e = 0; e < DPL; e++) acc[r][e] = fmaf(pw[r], v[e], acc[r][e]);
                 }
             }
             __syncwarp();
@@ -583,35 +550,32 @@ __device__ void phase_merge(const Step& s, float* smem, int gw, int tw, int warp
 // both head dims (halving the file's build time). Their arguments are scalars, not the Step, which would
 // have to sit in local memory to be passed by reference.
 
-// resid[m, n] += x[m, :] . W[n, :] for every output column n < C (one warp per column), M rows. STAGED: w_all
-// is the staged region (one row a unit).
-template <int MR, bool STAGED>
+// resid[m, n] += x[m, :] . W[n, :] for every output column n < C (one warp per column), M rows.
+template <int MR>
 __device__ __noinline__ void phase_residual_gemv(float* resid, const bf16* w_all, const uint4* xs, int M, int C, int K, int gw,
                                                  int tw, int lane) {
     for (int n = gw; n < C; n += tw) {
-        const bf16* w[1] = {w_all + (long long)(STAGED ? unit_slot(n) : n) * K};
+        const bf16* w[1] = {w_all + (long long)n * K};
         for (int r0 = 0; r0 < M; r0 += MR) {
             int rows = min(MR, M - r0);
             float* out = resid + (long long)(r0 + lane) * C + n;
             float before = lane < rows ? __ldcg(out) : 0.0f;  // read early, behind the GEMV's loads
             float y[1];
-            gemv_rows<MR, 1, STAGED>(w, xs + r0 * (K / 8), K / 8, rows, lane, y);
+            gemv_rows<MR, 1>(w, xs + r0 * (K / 8), K / 8, rows, lane, y);
             if (lane < rows) *out = before + y[0];
         }
     }
 }
 
-// act[m, i] = bf16(silu(x[m] . Wg[i]) * (x[m] . Wu[i])) for i < I (one warp per column pair), M rows. STAGED: wgu
-// is the staged region (gate row, up row a unit).
-template <int MR, bool STAGED>
+// act[m, i] = bf16(silu(x[m] . Wg[i]) * (x[m] . Wu[i])) for i < I (one warp per column pair), M rows.
+template <int MR>
 __device__ __noinline__ void phase_gate_up(bf16* act, const bf16* wgu, const uint4* xs, int M, int C, int I, int gw, int tw, int lane) {
     for (int i = gw; i < I; i += tw) {
         const bf16* w[2] = {wgu + (long long)i * C, wgu + (long long)(I + i) * C};
-        if (STAGED) w[0] = wgu + 2LL * unit_slot(i) * C, w[1] = w[0] + C;
         for (int r0 = 0; r0 < M; r0 += MR) {
             int rows = min(MR, M - r0);
             float y[2];
-            gemv_rows<MR, 2, STAGED>(w, xs + r0 * (C / 8), C / 8, rows, lane, y);
+            gemv_rows<MR, 2>(w, xs + r0 * (C / 8), C / 8, rows, lane, y);
             if (lane < rows) act[(long long)(r0 + lane) * I + i] = __float2bfloat16_rn(y[0] / (1.0f + __expf(-y[0])) * y[1]);
         }
     }
@@ -778,29 +742,7 @@ __device__ void fused_layers_body(const Step& s) {
     constexpr int TENSOR = MR == 16;  // 16 staged rows, swizzled, and the GEMV phases on tensor cores
     // the cross-warp sums of the tensor-core tiles sit after the 16 staged rows of the widest input
     float* red = reinterpret_cast<float*>(xs + 16 * max(s.C, max(s.H * D, s.I)));
-    // GEMV weights staged a layer ahead in shared memory (stage_layer_weights; never in the tensor-core instance)
-    const bool staged = !TENSOR && s.stage_weights != 0;
-    const UnitRows phases[4] = {{(s.H + 2 * s.Hkv) * (D / 2), 2, s.C, D / 2, D, D / 2}, {s.C, 1, s.H * D, s.C, 0, 0},
-                                {s.I, 2, s.C, s.I, 0, s.I}, {s.C, 1, s.I, s.C, 0, 0}};
-    const int set_elems = (staged_bytes(phases[0]) + staged_bytes(phases[1]) + staged_bytes(phases[2]) + staged_bytes(phases[3])) / 2;
-    __shared__ unsigned long long weight_bars[2];  // set i's copies complete on weight_bars[i]
-    auto staged_set = [&](int l) { return reinterpret_cast<bf16*>(reinterpret_cast<char*>(smem) + s.stage_weights) + (l & 1) * set_elems; };
-    auto stage_layer = [&](int l) {  // by the last warp's lane 0
-        if (staged && l < s.L && threadIdx.x == THREADS - 32) {
-            const unsigned long long* p = s.layers + 8 * l;
-            const bf16* const weights[4] = {reinterpret_cast<const bf16*>(p[1]), reinterpret_cast<const bf16*>(p[2]),
-                                            reinterpret_cast<const bf16*>(p[4]), reinterpret_cast<const bf16*>(p[5])};
-            stage_layer_weights(staged_set(l), weights, phases, weight_bars + (l & 1));
-        }
-    };
     stamp(s, 0);
-    if (staged) {
-#if __CUDA_ARCH__ >= 900
-        if (threadIdx.x == 0) mbarrier_init(weight_bars, 1), mbarrier_init(weight_bars + 1, 1);
-#endif
-        __syncthreads();
-        stage_layer(0);
-    }
     if (s.prefetch_kv) prefetch_pages(s, reinterpret_cast<const bf16*>(s.layers[6]), reinterpret_cast<const bf16*>(s.layers[7]), D);
     for (int l = 0; l < s.L; l++) {
         const unsigned long long* p = s.layers + 8 * l;
@@ -816,19 +758,11 @@ __device__ void fused_layers_body(const Step& s) {
 
         stage_norm(xs, s.resid, attn_norm, s.M, s.C, s.eps, TENSOR);
         TRACE(l, 0);
-        bf16* staged_qkv = staged_set(l);
-        bf16* staged_o = staged_qkv + staged_bytes(phases[0]) / 2;
-        bf16* staged_gu = staged_o + staged_bytes(phases[1]) / 2;
-        bf16* staged_down = staged_gu + staged_bytes(phases[2]) / 2;
-#if __CUDA_ARCH__ >= 900
-        if (staged) mbarrier_wait(weight_bars + (l & 1), (l >> 1) & 1);  // set l & 1 completes every other layer
-#endif
         if constexpr (TENSOR) phase_qkv_mma<D>(s, wqkv, k_cache, v_cache, smem, red);
-        else if (staged) phase_qkv<MR, D, true>(s, staged_qkv, k_cache, v_cache, smem, gw, tw, lane);
-        else phase_qkv<MR, D, false>(s, wqkv, k_cache, v_cache, smem, gw, tw, lane);
+        else phase_qkv<MR, D>(s, wqkv, k_cache, v_cache, smem, gw, tw, lane);
         if (s.prefetch_kv && next != nullptr)  // its pages sit in L2 by the time its attention reads them
             prefetch_pages(s, reinterpret_cast<const bf16*>(next[6]), reinterpret_cast<const bf16*>(next[7]), D);
-        if (s.prefetch && !staged && next != nullptr) {  // the next layer's weights stream into L2 while attention runs
+        if (s.prefetch && next != nullptr) {  // the next layer's weights stream into L2 while attention runs
             long long C = s.C, qkv = (long long)(s.H + 2 * s.Hkv) * D;
             prefetch_l2(reinterpret_cast<const void*>(next[1]), qkv * C * 2);
             prefetch_l2(reinterpret_cast<const void*>(next[2]), C * s.H * D * 2);
@@ -838,7 +772,6 @@ __device__ void fused_layers_body(const Step& s) {
         TRACE(l, 1);
         grid_barrier(s.barrier, target);
         stamp(s, 1 + 6 * l);
-        stage_layer(l + 1);  // into the other set, which layer l - 1 is done with
         phase_attention<D, MR == 1 ? 1 : GROUP_ROWS>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
 #ifdef FUSED_TRACE_TWICE  // experiment: the same attention again, its code and data now cached
         TRACE(l, 10);
@@ -854,24 +787,21 @@ __device__ void fused_layers_body(const Step& s) {
         stage_copy(smem, s.attn, s.M, s.H * D, TENSOR);
         TRACE(l, 4);
         if constexpr (TENSOR) phase_residual_mma(s.resid, wo, smem, s.M, s.C, s.H * D, red);
-        else if (staged) phase_residual_gemv<MR, true>(s.resid, staged_o, smem, s.M, s.C, s.H * D, gw, tw, lane);
-        else phase_residual_gemv<MR, false>(s.resid, wo, smem, s.M, s.C, s.H * D, gw, tw, lane);
+        else phase_residual_gemv<MR>(s.resid, wo, smem, s.M, s.C, s.H * D, gw, tw, lane);
         TRACE(l, 5);
         grid_barrier(s.barrier, target);
         stamp(s, 4 + 6 * l);
         stage_norm(xs, s.resid, mlp_norm, s.M, s.C, s.eps, TENSOR);
         TRACE(l, 6);
         if constexpr (TENSOR) phase_gate_up_mma(s.act, wgu, smem, s.M, s.C, s.I, red);
-        else if (staged) phase_gate_up<MR, true>(s.act, staged_gu, smem, s.M, s.C, s.I, gw, tw, lane);
-        else phase_gate_up<MR, false>(s.act, wgu, smem, s.M, s.C, s.I, gw, tw, lane);
+        else phase_gate_up<MR>(s.act, wgu, smem, s.M, s.C, s.I, gw, tw, lane);
         TRACE(l, 7);
         grid_barrier(s.barrier, target);
         stamp(s, 5 + 6 * l);
         stage_copy(smem, s.act, s.M, s.I, TENSOR);
         TRACE(l, 8);
         if constexpr (TENSOR) phase_residual_mma(s.resid, wdown, smem, s.M, s.C, s.I, red);
-        else if (staged) phase_residual_gemv<MR, true>(s.resid, staged_down, smem, s.M, s.C, s.I, gw, tw, lane);
-        else phase_residual_gemv<MR, false>(s.resid, wdown, smem, s.M, s.C, s.I, gw, tw, lane);
+        else phase_residual_gemv<MR>(s.resid, wdown, smem, s.M, s.C, s.I, gw, tw, lane);
         TRACE(l, 9);
         if (next != nullptr) grid_barrier(s.barrier, target);
         stamp(s, 6 + 6 * l);
@@ -884,11 +814,10 @@ __device__ void fused_layers_body(const Step& s) {
         const float* cos_table, const float* sin_table, const int* cu_q, const int* kv_len, const int* tree_start,    \
         const unsigned long long* masks, const int* page_tables, int W, int B, float* q_buf, float* o_part,            \
         float* ml_part, bf16* attn, bf16* act, unsigned* barrier, int M, int C, int H, int Hkv, int I, int P,         \
-        int groups, int splits, float eps, float scale, int prefetch, int prefetch_kv, int stage_weights,              \
-        unsigned long long* clock) {                                                                                   \
+        int groups, int splits, float eps, float scale, int prefetch, int prefetch_kv, unsigned long long* clock) {    \
         Step s{layers, L, resid, positions, slots, cu_q, kv_len, tree_start, page_tables, masks, cos_table, sin_table, \
                W, B, q_buf, o_part, ml_part, attn, act, barrier, M, C, H, Hkv, I, P, groups, splits, eps, scale,       \
-               prefetch, prefetch_kv, stage_weights, clock};                                              \
+               prefetch, prefetch_kv, clock};                                                                          \
         fused_layers_body<MR, D>(s);                                                                                   \
     }
 

@@ -107,10 +107,3 @@ __device__ __forceinline__ void tma_load(void* shared, const TensorMap* map, int
                  ::"r"((unsigned)__cvta_generic_to_shared(shared)), "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1),
                  "r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
 }
-// `bytes` (a multiple of 16; both addresses 16-byte aligned) from global to shared memory by the TMA unit, one
-// instruction however long the run; the bytes complete on `bar`
-__device__ __forceinline__ void bulk_load(void* shared, const void* global, unsigned bytes, unsigned long long* bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-                 ::"r"((unsigned)__cvta_generic_to_shared(shared)), "l"(global), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar))
-                 : "memory");
-}

@@ -151,46 +151,6 @@ def test_fused_layers_are_deterministic(tmp_path, intermediate):
         assert np.array_equal(cp.asnumpy(model.compute(device_plan, cache)), first)
 
 
-@pytest.mark.parametrize("blocks", [None, 16])
-@pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("step", ["decode", "decode batch", "small tree", "mixed trees"])
-def test_fused_staged_weights_keep_the_bits(tmp_path, step, D, blocks):
-    """The CUDA-core instances' GEMV weights copied into shared memory a layer ahead (on Hopper) change where
-    the weights are read from, not the arithmetic: the same logits and K/V bits as weights read from global memory."""
-    import cupy as cp
-
-    from minispec.backends.cuda_backend import CudaBackend
-
-    rng = np.random.default_rng(D + 7)
-    be = CudaBackend("bfloat16")
-    if not be.hopper:
-        pytest.skip("weights are staged by the Hopper TMA unit")
-    be.fused_max_rows = 16
-    if blocks:
-        be.fused_blocks = blocks  # several units per warp: the staged slots stride too
-    model = Model.load(tiny_bf16_model(tmp_path / "model", D), be)
-    plan, _ = random_step(rng, STEPS[step], 16, 40)
-    device_plan = be.prepare_plan(plan)
-    rows = be.fused_rows(model, device_plan)
-    assert be.fused_pass_rows(model.config, rows) in (1, 4)  # the CUDA-core instances
-    cache = model.new_cache(40, 16)
-    start = [rng.normal(size=c.shape).astype(BF16).view(np.uint16) for c in [*cache.k, *cache.v]]
-
-    def run(stage_weights):
-        for array, values in zip([*cache.k, *cache.v], start):
-            array[...] = cp.asarray(values)
-        be.fused_stage_weights = stage_weights
-        assert (be.fused_launch(model.config, device_plan, rows).stage_offset > 0) == stage_weights  # it does stage
-        logits = cp.asnumpy(model.compute(device_plan, cache))
-        return logits, [cp.asnumpy(array) for array in [*cache.k, *cache.v]]
-
-    plain, plain_pages = run(False)
-    assert np.isfinite(plain).all()
-    staged, staged_pages = run(True)
-    assert np.array_equal(staged, plain)
-    assert all(np.array_equal(a, b) for a, b in zip(staged_pages, plain_pages))
-
-
 def test_graphs_are_not_replayed_into_a_freed_cache(tmp_path):
     """Captured graphs are keyed by their cache: a new cache (of another size, at new addresses) created after
     the old one is freed may get the old id, and must not replay the old cache's graph (the entry goes with

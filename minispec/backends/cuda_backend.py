@@ -91,17 +91,6 @@ def context_bucket(kv_len: int) -> int:
     return max(256, pow2_bucket(kv_len))
 
 
-@dataclass(frozen=True)
-class FusedLaunch:
-    """How fused_layers launches for a step (CudaBackend.fused_launch)."""
-
-    pass_rows: int  # the instance: rows per GEMV pass (1, 4, or 16 on tensor cores)
-    groups: int  # attention units per (sequence, KV head) ...
-    splits: int  # ... and key shares per unit
-    stage_offset: int  # byte offset of the GEMV weights staged in shared memory; 0: read from global memory
-    shared: int  # dynamic shared memory bytes
-
-
 @dataclass
 class DevicePlan:
     """StepPlan arrays on the GPU plus the host facts launchers need (frozen into a captured graph)."""
@@ -236,9 +225,6 @@ class CudaBackend:
         self.attention_wgmma = None  # 8-warp blocks on wgmma (None: on Hopper from 2k keys; True / False: always / never)
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
-        # CUDA-core fused instances on Hopper: each block's GEMV weights copied into its shared memory a layer ahead
-        # where two layers' fit (False: read from global memory; fused_layers.cu, stage_layer_weights)
-        self.fused_stage_weights = True
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
         self.pointer_tables = {}  # the K and V cache pointers themselves -> the same as a uint64 device array
 
@@ -342,8 +328,8 @@ class CudaBackend:
         bucket = pow2_bucket(N)
         context = context_bucket(int(plan.kv_len.max()))  # attention splits follow the context
         # the launch settings are part of the key: changing one (tests, benchmarks) must capture anew
-        settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), self.fused_stage_weights,
-                    self.attention_warps, self.attention_splits, self.attention_wgmma)
+        settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), self.attention_warps, self.attention_splits,
+                    self.attention_wgmma)
         key = (B, bucket, context, settings)
         step = self.graphs.get((model, cache), key)
         if step is None:
@@ -700,14 +686,6 @@ class CudaBackend:
         staged = 16 * widest * 2 + 16 * 32 * 4 * 4 if cls.fused_pass_rows(c, rows) == 16 else rows * widest * 2
         return max(staged, 16 * (4 * c.head_dim + 4 * 32 + 64) * 4)
 
-    @staticmethod
-    def fused_weight_bytes(c, grid: int) -> int:
-        """Shared memory a block needs for one layer's GEMV weights (fused_layers.cu, stage_layer_weights): per
-        phase, its units over the grid rounded up x rows a unit x K bf16 (qkv, o, gate/up, down)."""
-        C, I, D = c.hidden_size, c.intermediate_size, c.head_dim
-        phases = (((c.num_heads + 2 * c.num_kv_heads) * D // 2, 2, C), (C, 1, c.num_heads * D), (I, 2, C), (C, 1, I))
-        return sum(-(-units // grid) * rows * K * 2 for units, rows, K in phases)
-
     def layer_table(self, model, cache):
         """uint64 [L, 8] device pointers of each layer's norms, weights and K/V pages (made once per model and cache)."""
         table = self.layer_tables.get((model.weights, cache), model.num_layers)
@@ -719,34 +697,23 @@ class CudaBackend:
             table = self.layer_tables.put((model.weights, cache), model.num_layers, self.cp.asarray(np.array(rows, dtype=np.uint64)))
         return table
 
-    def fused_launch(self, c, plan: DevicePlan, rows: int) -> "FusedLaunch":
-        """The fused-layers launch for a step of `rows` staged rows: instance, attention units and shared memory."""
-        B, H = plan.batch_size, c.num_heads
-        pass_rows = self.fused_pass_rows(c, rows)
-        # attention units take groups of a sequence's packed (node, head) rows (T_b <= rows): one row each in
-        # a decode step's instance, 4 in the others (fused_layers.cu, phase_attention)
-        groups = -(-rows * (H // c.num_kv_heads) // (1 if pass_rows == 1 else 4))
-        # split the keys until every warp of the grid has a share, but no share under 32 keys; from the graph
-        # buckets (rows, context), as in attention_mma, so eager launches and replays give the same bits
-        splits = max(1, min(256, self.fused_blocks * 16 // (B * c.num_kv_heads * groups), context_bucket(plan.max_kv_len) // 32))
-        shared = -(-self.fused_shared_bytes(c, rows) // 16) * 16
-        weights = 2 * self.fused_weight_bytes(c, self.fused_blocks)  # two layers' sets, alternating
-        stage_offset = 0  # the staged weights sit after the scratch (an offset > 0 switches them on)
-        if pass_rows != 16 and self.hopper and self.fused_stage_weights and shared + weights <= self.max_shared:
-            stage_offset, shared = shared, shared + weights
-        return FusedLaunch(pass_rows, groups, splits, stage_offset, shared)
-
     def fused_layers(self, model, plan: DevicePlan, cache, x, rows: int):
         """Every layer of a small step in one persistent launch; x: embeddings fp32 [N, C] -> residual stream."""
         cp, c = self.cp, model.config
         N, B = plan.num_tokens, plan.batch_size
         H, Hkv, D, C, I = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
         P = cache.page_size
-        launch = self.fused_launch(c, plan, rows)
+        # attention units take groups of a sequence's packed (node, head) rows (T_b <= rows): one row each in
+        # a decode step's instance, 4 in the others (fused_layers.cu, phase_attention)
+        group_rows = 1 if self.fused_pass_rows(c, rows) == 1 else 4
+        groups = -(-rows * (H // Hkv) // group_rows)
+        # split the keys until every warp of the grid has a share, but no share under 32 keys; from the graph
+        # buckets (rows, context), as in attention_mma, so eager launches and replays give the same bits
+        splits = max(1, min(256, self.fused_blocks * 16 // (B * Hkv * groups), context_bucket(plan.max_kv_len) // 32))
         cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
         q = cp.empty((N, H, D), dtype=cp.float32)
-        o_part = cp.empty((launch.splits, N, H, D), dtype=cp.float32)
-        ml_part = cp.empty((launch.splits, N, H, 2), dtype=cp.float32)
+        o_part = cp.empty((splits, N, H, D), dtype=cp.float32)
+        ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32)
         attn = cp.empty((N, H * D), dtype=cp.uint16)
         act = cp.empty((N, I), dtype=cp.uint16)
         barrier = cp.empty(1, dtype=cp.uint32)
@@ -754,17 +721,18 @@ class CudaBackend:
         prefetch = self.small_layers(model)  # the next layer's weights go to L2 during this one
         kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
         prefetch_kv = kv_bytes <= 8 << 20
-        kernel = self.kernel("fused_layers.cu", f"fused_layers_r{launch.pass_rows}_d{D}")
-        allow_shared(kernel, launch.shared)
+        kernel = self.kernel("fused_layers.cu", f"fused_layers_r{self.fused_pass_rows(c, rows)}_d{D}")
+        shared = self.fused_shared_bytes(c, rows)
+        allow_shared(kernel, shared)
         i32 = np.int32
         kernel(
             (self.fused_blocks,), (512,),
             (self.layer_table(model, cache), i32(model.num_layers), x, plan.positions, plan.slots, cos, sin, plan.cu_q,
              plan.kv_len, plan.tree_start, plan.masks, plan.page_tables, i32(plan.page_tables.shape[1]), i32(B), q, o_part,
-             ml_part, attn, act, barrier, i32(N), i32(C), i32(H), i32(Hkv), i32(I), i32(P), i32(launch.groups),
-             i32(launch.splits), np.float32(c.rms_norm_eps), np.float32(model.scale), i32(prefetch), i32(prefetch_kv),
-             i32(launch.stage_offset), np.uint64(0) if self.fused_clock is None else self.fused_clock),
-            shared_mem=launch.shared,
+             ml_part, attn, act, barrier, i32(N), i32(C), i32(H), i32(Hkv), i32(I), i32(P), i32(groups), i32(splits),
+             np.float32(c.rms_norm_eps), np.float32(model.scale), i32(prefetch), i32(prefetch_kv),
+             np.uint64(0) if self.fused_clock is None else self.fused_clock),
+            shared_mem=shared,
         )
         return x
 

@@ -2,10 +2,9 @@
 step times (decode, tree T = 16) at the contexts given (default 512), the per-phase breakdown of block 0's
 %globaltimer stamps, and the whole kernel's span against the step (the rest: embedding, final norm, LM head,
 argmax, gaps). `trace`: a build with stamps inside the phases too; `twice`: with `trace`, each layer runs its
-attention twice, the second time with its code and data cached; `variants`: each context with the GEMV
-weights staged in shared memory and read from global memory (the backend's fused_stage_weights). Run from the repository root (or from a copy of
+attention twice, the second time with its code and data cached. Run from the repository root (or from a copy of
 another build that has bench_gpu.fused_stamps, to compare in the same call):
-python3 notes/scripts/fused_probe.py 512 2048 [trace [twice]] [variants]"""
+python3 notes/scripts/fused_probe.py 512 2048 [trace [twice]]"""
 import sys
 
 import numpy as np
@@ -45,11 +44,9 @@ def trace_spans(stamps):
     return np.mean(rows, axis=0) / 1e3
 
 
-VARIANTS = [True, False] if "variants" in sys.argv else [backend.fused_stage_weights]
-for context, stage in [(c, v) for c in contexts for v in VARIANTS]:
-    backend.fused_stage_weights = stage
+for context in contexts:
     times = step_times(model, context, (16,))
-    line = [f"context {context}, weights {'staged' if stage else 'global'}: decode {times[1] * 1e6:.0f} µs/step ({1 / times[1]:.0f}/s), tree T=16 {times[16] * 1e6:.0f} µs"]
+    line = [f"context {context}: decode {times[1] * 1e6:.0f} µs/step ({1 / times[1]:.0f}/s), tree T=16 {times[16] * 1e6:.0f} µs"]
     for T in (1, 16):
         stamps = fused_stamps(model, T, context, 11 * L if TRACE else 0)
         phases = layer_phases(stamps, L)
