@@ -67,7 +67,7 @@ class Model:
         x = ops.embedding(w.embed, plan.tokens)  # x: [N, hidden]
         residual = None
         rows = ops.fused_rows(self, plan)
-        if rows:  # CUDA, small decode or tree step: every layer in one persistent launch (kernels/fused_layers.cu)
+        if rows:  # CUDA, small decode or tree step: every layer in one persistent launch (kernels/fused_layers.cuh)
             x = ops.fused_layers(self, plan, cache, x, rows)  # the residual stream after the last layer
         else:
             for i in range(self.num_layers):

@@ -9,6 +9,7 @@ and casts scalars (CuPy passes Python ints as 64-bit and floats as doubles).
 from __future__ import annotations
 
 import hashlib
+import re
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..step import StepPlan
 from . import tensor_map
 
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
+INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by kernel_source
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
 WGMMA_RING = 6  # K/V slots of tree_attention_wgmma (kernels/attention.cu, ATTENTION_RING)
 WGMMA_GEMM_STAGES = {1: 6, 2: 4}  # gemm_wgmma's ring depth by consumer warpgroups (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
@@ -45,12 +47,18 @@ def allow_shared(kernel, nbytes: int) -> None:
 
 
 def kernel_source(name: str) -> str:
-    """A kernel file with its `#include "<header>.cuh"` lines (kernels/ headers) inlined: NVRTC gets one text,
-    and CuPy's compile cache keys on it, so a header change recompiles."""
-    source = (KERNELS / name).read_text()
-    for header in sorted(KERNELS.glob("*.cuh")):
-        source = source.replace(f'#include "{header.name}"', header.read_text().replace("#pragma once", ""))
-    return source
+    """A kernel file with its `#include "<header>.cuh"` lines (kernels/ headers, and theirs in turn) inlined, each
+    header once: NVRTC gets one text, and CuPy's compile cache keys on it, so a header change recompiles."""
+    inlined = set()
+
+    def inline(match) -> str:
+        header = match.group(1)
+        if header in inlined:
+            return ""
+        inlined.add(header)
+        return INCLUDE.sub(inline, (KERNELS / header).read_text().replace("#pragma once", ""))
+
+    return INCLUDE.sub(inline, (KERNELS / name).read_text())
 
 
 class IdentityTable:
@@ -704,7 +712,7 @@ class CudaBackend:
         H, Hkv, D, C, I = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
         P = cache.page_size
         # attention units take groups of a sequence's packed (node, head) rows (T_b <= rows): one row each in
-        # a decode step's instance, 4 in the others (fused_layers.cu, phase_attention)
+        # a decode step's instance, 4 in the others (fused_layers.cuh, phase_attention)
         group_rows = 1 if self.fused_pass_rows(c, rows) == 1 else 4
         groups = -(-rows * (H // Hkv) // group_rows)
         # split the keys until every warp of the grid has a share, but no share under 32 keys; from the graph
@@ -721,7 +729,8 @@ class CudaBackend:
         prefetch = self.small_layers(model)  # the next layer's weights go to L2 during this one
         kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
         prefetch_kv = kv_bytes <= 8 << 20
-        kernel = self.kernel("fused_layers.cu", f"fused_layers_r{self.fused_pass_rows(c, rows)}_d{D}")
+        pass_rows = self.fused_pass_rows(c, rows)
+        kernel = self.kernel(f"fused_layers_r{pass_rows}.cu", f"fused_layers_r{pass_rows}_d{D}")
         shared = self.fused_shared_bytes(c, rows)
         allow_shared(kernel, shared)
         i32 = np.int32

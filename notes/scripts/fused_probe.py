@@ -21,12 +21,12 @@ backend = CudaBackend()
 model = Model(smol, random_model_on_gpu(smol, backend), backend)
 contexts = [int(a) for a in sys.argv[1:] if a.isdigit()] or [512]
 print(card_name(), "SmolLM2-135M shapes, random weights", flush=True)
-TRACE = "trace" in sys.argv  # block 0's stamps inside the phases too (kernels/fused_layers.cu, FUSED_TRACE)
+TRACE = "trace" in sys.argv  # block 0's stamps inside the phases too (kernels/fused_layers.cuh, FUSED_TRACE)
 if TRACE:
     import minispec.backends.cuda_backend as cb
     source = cb.kernel_source
     defines = "#define FUSED_TRACE\n" + ("#define FUSED_TRACE_TWICE\n" if "twice" in sys.argv else "")
-    cb.kernel_source = lambda name: (defines if name == "fused_layers.cu" else "") + source(name)
+    cb.kernel_source = lambda name: (defines if name.startswith("fused_layers") else "") + source(name)
 L = smol.num_layers
 # (the span that ends at an event, 12: a trace point or 6: a phase stamp, its index in the layer) in time order
 EVENTS = [("stage norm", 12, 0), ("qkv GEMV+prefetch", 12, 1), ("barrier", 6, 1),

@@ -2,6 +2,9 @@
 // Instances fused_layers_r{MR}_d{D}, head dim D in {64, 128}: MR = 1 (decode) or 4 rows per CUDA-core GEMV
 // pass (more rows take several passes), or MR = 16: the GEMV phases on tensor cores, all rows in one pass
 // (steps of 5-16 rows where the GEMV inputs C, H D and I are multiples of 64; see "16-row instances").
+// This header holds the kernel; kernels/fused_layers_r{MR}.cu each instantiate one MR for both head dims, so
+// each file builds in a third of the time (all six in one file took ~20 s of nvcc on a 2-core machine) and
+// the backend compiles only the instance a step needs.
 //
 // Why: a decode step runs ~10 launches per layer. Inside a CUDA graph each still costs 3-4 µs of launch,
 // ramp-up and drain, while a small model's layer streams its weights in under 2 µs. Here one block per
@@ -53,6 +56,7 @@
 //   power of two); MR = 16 stages 16 rows and adds 16 * 32 * 4 floats for its cross-warp sums.
 // Coherence: data written inside the launch (resid, q_buf, partials, attn, act) is read with ld.global.cg
 // (L2), never through the non-coherent L1; weights are read once with an L1 no-allocate stream load.
+#pragma once
 #include <cuda_bf16.h>
 #include "ampere.cuh"
 
@@ -820,10 +824,3 @@ __device__ void fused_layers_body(const Step& s) {
                prefetch, prefetch_kv, clock};                                                                          \
         fused_layers_body<MR, D>(s);                                                                                   \
     }
-
-FUSED_LAYERS(1, 64)
-FUSED_LAYERS(4, 64)
-FUSED_LAYERS(16, 64)
-FUSED_LAYERS(1, 128)
-FUSED_LAYERS(4, 128)
-FUSED_LAYERS(16, 128)

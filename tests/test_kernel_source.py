@@ -1,0 +1,26 @@
+"""kernel_source: the text NVRTC compiles has every kernels/ header inlined, headers that include headers too,
+each header once (CPU: no GPU needed)."""
+
+import re
+
+from minispec.backends.cuda_backend import KERNELS, kernel_source
+
+
+def test_every_kernel_file_gets_its_headers_inlined_once():
+    headers = {path.name: path.read_text() for path in KERNELS.glob("*.cuh")}
+    for path in KERNELS.glob("*.cu"):
+        source = kernel_source(path.name)
+        assert '#include "' not in source, path.name  # NVRTC gets no include path
+        wanted, todo = set(), re.findall(r'#include "(\w+\.cuh)"', path.read_text())
+        while todo:  # the headers it includes, directly or through another header
+            name = todo.pop()
+            if name not in wanted:
+                wanted.add(name)
+                todo += re.findall(r'#include "(\w+\.cuh)"', headers[name])
+        for name in headers:
+            # a header's first definition line shows up once if included, never otherwise
+            first = next(line for line in headers[name].splitlines() if line.startswith(("__device__", "typedef", "struct", "template")))
+            assert source.count(first) == (1 if name in wanted else 0), (path.name, name)
+    # the fused-layers instances take the kernel header and, through it, the sm_80 helpers
+    assert "fused_layers_body" in kernel_source("fused_layers_r1.cu")
+    assert kernel_source("fused_layers_r4.cu").count("void mma16816(") == 1
