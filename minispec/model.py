@@ -47,8 +47,8 @@ class Model:
     def forward(self, plan: StepPlan, cache: KVCache, tokens=None) -> "StepLogits":
         """Logits [R, V] of the plan's `logit_rows` (left on the device until asked for).
 
-        Decode and tree-verify steps replay a captured CUDA graph on the GPU backend;
-        everything else (and the NumPy backend) runs the layers one launch at a time.
+        Decode, tree-verify and short prefill steps replay a captured CUDA graph on the GPU backend
+        (`can_replay`); everything else (and the NumPy backend) runs the layers one launch at a time.
         tokens: the step's input tokens as a backend array, in place of plan.tokens (the previous step's
         argmax, still on the device: see Engine.decode_ahead).
         """

@@ -124,6 +124,39 @@ def test_graph_replay_equals_eager_launches(default_model):
     assert graphs.generate(ids[0], params).token_ids == eager.generate(ids[0], params).token_ids
 
 
+def prefill_logits(llm, prompts):
+    """float32 [B, V]: the logits of each prompt's last token, from the engine's prefill (pages released)."""
+    engine = llm.engine
+    seqs = [engine.new_sequence(i, 0, p, SamplingParams()) for i, p in enumerate(prompts)]
+    try:
+        return np.stack([logits.host()[row] for logits, row in engine.prefill(seqs)])
+    finally:
+        for seq in seqs:
+            llm.cache.release(seq.table)
+
+
+def test_prefill_replays_a_graph_up_to_its_row_limit(default_model):
+    """Prefill steps of up to PREFILL_GRAPH_ROWS rows replay a captured graph (rows padded to a power of two,
+    each chunk's last row's logits); longer ones run eagerly. Both give the eager launches' logits, in a batch
+    of prompts of several lengths too, and the graph of a bucket serves a second batch of other lengths."""
+    from minispec.backends.cuda_backend import PREFILL_GRAPH_ROWS
+
+    graphs = LLM(model=str(default_model), device="cuda")
+    eager = LLM(model=str(default_model), device="cuda")
+    eager.backend.use_graphs = False
+    rng = np.random.default_rng(11)
+    prompt = lambda n: rng.integers(0, graphs.model.config.vocab_size, size=n).tolist()  # noqa: E731
+    prefill_keys = lambda: {key for (_, key) in graphs.backend.graphs.entries if key[3]}  # noqa: E731
+    batches = [[prompt(37)], [prompt(5), prompt(50)], [prompt(20), prompt(41)], [prompt(PREFILL_GRAPH_ROWS + 70)]]
+    for batch in batches:
+        expected, got = prefill_logits(eager, batch), prefill_logits(graphs, batch)
+        assert np.isfinite(got).all()
+        assert np.abs(got - expected).max() / np.abs(expected).max() <= 2e-2, [len(p) for p in batch]
+        if sum(map(len, batch)) <= PREFILL_GRAPH_ROWS:
+            assert (len(batch), 1 << (sum(map(len, batch)) - 1).bit_length()) in {key[:2] for key in prefill_keys()}
+    assert len(prefill_keys()) == 2  # (1, 64) and (2, 64): the third batch replayed the second's graph; the last ran eagerly
+
+
 @pytest.mark.parametrize("gemm", ["own", "cublas"])
 def test_each_gemm_through_the_engine(default_model, prompt_ids, reference_outputs, gemm):
     """The project's own tensor-core GEMM in every layer, prefill included (or cuBLAS in every layer),
