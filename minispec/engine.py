@@ -85,12 +85,16 @@ class Engine:
                 seqs += self.fork_samples(parent)  # n samples share the prompt's pages
                 for seq in seqs[-parent.params.n :]:
                     yield from self.emit(seq, [logits.choose(row, seq.params, seq.rng)], from_step=False)
-            # all greedy or all sampled: a step's next tokens come from one kernel (argmax or the sampler)
-            if self.decode_ahead_enabled and type(self.drafter) is NoDrafter and len({s.params.greedy for s in seqs}) == 1:
-                yield from self.decode_ahead(seqs)
+            # all greedy or all sampled: a step's next tokens come from one kernel (argmax or the sampler), so
+            # while there is nothing to verify the steps run one ahead of the host (decode_ahead)
+            ahead = self.decode_ahead_enabled and self.drafter.host_only and len({s.params.greedy for s in seqs}) == 1
+            asks = None if type(self.drafter) is NoDrafter else self.drafts_ready
             while active := [s for s in seqs if not s.done]:
                 budgets = [self.max_model_len - s.L for s in active]
                 trees = self.drafter.propose(active, budgets)  # tokens[T], parents[T] per sequence
+                if ahead and all(len(tree) == 1 for tree in trees):
+                    yield from self.decode_ahead(active, asks)  # until the drafter has drafts again
+                    continue
                 items = []
                 for seq, tree in zip(active, trees):
                     self.cache.prepare(seq.table, seq.L, len(tree))
@@ -113,8 +117,13 @@ class Engine:
                 self.cache.release(seq.table)
                 self.drafter.release(seq)
 
-    def decode_ahead(self, seqs: list[Sequence]):
-        """Decoding without a drafter (all greedy, or all sampled), one step ahead of the host.
+    def drafts_ready(self, seqs: list[Sequence]) -> bool:
+        """Whether the drafter proposes more than the root for any of `seqs` (a host-only drafter: asking is cheap)."""
+        trees = self.drafter.propose(seqs, [self.max_model_len - s.L for s in seqs])
+        return any(len(tree) > 1 for tree in trees)
+
+    def decode_ahead(self, seqs: list[Sequence], until=None):
+        """Decoding without drafts (all greedy, or all sampled), one step ahead of the host.
 
         Step k + 1 is launched with the token step k left on the device (Model.forward's `tokens`) before the
         host reads that token, so the host's work between steps (the copy back, emitting text, stop checks,
@@ -123,11 +132,20 @@ class Engine:
         those of step-by-step decoding (same kernels, same inputs; a sampled step draws each sequence's
         uniforms when it is launched, as a step-by-step one-node tree draws them: verify.tree_uniforms). When
         the pool has no page for the step ahead, that round waits for the pending tokens and goes step by
-        step (a sequence that stops there never needed the page)."""
+        step (a sequence that stops there never needed the page).
+
+        until(sequences still going) -> bool, asked after each step's tokens: True launches no further step; the
+        one in flight is read (its token is the next one whatever drafts come) and the stretch returns. A greedy
+        run with a drafter gives the same tokens with or without stretches; a sampled one draws its uniforms in
+        other groups (a stretch's last step is a one-node step where step by step a tree would have been
+        verified), so a seed repeats its tokens but not those of a run without stretches."""
         backend = self.model.backend
         pending = None  # (sequences of the step in flight, its argmax ids on the device, their host copy's wait)
+        stopping = False
         while True:
-            if pending is None:
+            if stopping:
+                rows, ahead = [], 0
+            elif pending is None:
                 rows, ahead = [s for s in seqs if not s.done], 0
             else:  # those the pending token cannot finish by length (a stop token shows only when it is read)
                 rows = [s for s in pending[0] if not s.done and len(s.output) + 1 < s.params.max_tokens and s.L + 2 < self.max_model_len]
@@ -165,6 +183,8 @@ class Engine:
                     s.stats.steps += 1
                     s.stats.accepted_lengths[1] += 1
                     yield from self.emit(s, [int(token)])
+                live = [s for s in pending[0] if not s.done]
+                stopping = stopping or (until is not None and bool(live) and until(live))
             if launched is None and pending is None:
                 return
             pending = launched  # None: the next round goes step by step

@@ -208,6 +208,47 @@ def test_decode_ahead_equals_step_by_step(tiny_model, sampled):
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
+@pytest.mark.parametrize("sampled", [False, True])
+def test_ngram_decodes_ahead_between_drafts(tiny_model, sampled):
+    """With the n-gram drafter, stretches where it finds no match run one step ahead of the host, and the
+    drafter is asked after each token. Greedy: the tokens, stops and texts of step-by-step speculation.
+    Sampled: the draws group otherwise (a stretch ends with a one-node step where step by step a tree is
+    verified), so a seed repeats its own tokens, stops and texts."""
+    llm = LLM(model=str(tiny_model), device="cpu", draft="ngram", tree=(8, 4, 2), max_model_len=120)
+    prompts = ["abcabcabc " * 3 + "q", "zyx", "the cat sat on the mat, the cat sat on the"]
+    mode = dict(temperature=0.9, top_k=40, top_p=0.95, seed=3) if sampled else dict(temperature=0)
+    params = [
+        SamplingParams(max_tokens=40, ignore_eos=True, **mode),
+        SamplingParams(max_tokens=12, stop=["b"], **mode),
+        SamplingParams(max_tokens=500, ignore_eos=True, n=2, **mode),  # runs into max_model_len
+    ]
+    forward, kinds = llm.model.forward, []
+
+    def spy(plan, cache, tokens=None):
+        kinds.append("ahead" if tokens is not None else ("tree" if plan.num_tokens > plan.batch_size else "one"))
+        return forward(plan, cache, tokens)
+
+    llm.model.forward = spy
+    ahead = llm.generate(prompts, params)
+    assert kinds.count("ahead") > 10 and kinds.count("tree") > 3  # both kinds of stretch ran
+    assert llm.cache.free_pages == llm.cache.num_pages
+    if sampled:
+        again = llm.generate(prompts, params)
+    else:
+        llm.engine.decode_ahead_enabled = False
+        kinds.clear()
+        again = llm.generate(prompts, params)
+        assert "ahead" not in kinds
+    for a, b in zip(ahead, again):
+        assert [s.token_ids for s in a.samples] == [s.token_ids for s in b.samples]
+        assert [(s.finish_reason, s.text) for s in a.samples] == [(s.finish_reason, s.text) for s in b.samples]
+        assert a.stats.emitted == b.stats.emitted
+    assert ahead[1].samples[0].finish_reason == "stop" or len(ahead[1].samples[0].token_ids) == 12
+    assert [s.finish_reason for s in ahead[2].samples] == ["length", "length"]
+    assert len(ahead[2].samples[0].token_ids) < 500  # stopped by the context limit, not by max_tokens
+    assert llm.cache.free_pages == llm.cache.num_pages
+
+
 def test_decode_ahead_needs_no_page_that_step_by_step_does_not(tiny_model):
     """A stop string ends a sequence at a token whose step-ahead would open a new page; with a pool that holds
     exactly what step-by-step decoding needs, decoding ahead must not fail for want of that page."""

@@ -1,16 +1,22 @@
-"""Where a short generation's time goes: prefill vs the decode steps, per bench prompt, plain and n-gram tree,
-with prefill steps replayed from captured graphs (PREFILL_GRAPH_ROWS) and run eagerly.
+"""Where a short generation's time goes: prefill vs the decode steps, per bench prompt: plain decoding with the
+prefill run eagerly and replayed from a captured graph (PREFILL_GRAPH_ROWS); n-gram tree speculation step by
+step and with its stretches decoded one step ahead (Engine.decode_ahead).
 
 python3 notes/scripts/generate_profile.py   (on the device, with the default model fetched; see gpu_session.sh)
 """
 
+import sys
 import time
+from pathlib import Path
 
 import cupy as cp
 
 from minispec import LLM, SamplingParams
 from minispec.backends import cuda_backend
 from minispec.bench import SPEC_PROMPTS
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ngram_offline import MORE_PROMPTS  # noqa: E402
 
 llm = LLM(device="cuda")
 print(llm.backend.describe())
@@ -29,21 +35,29 @@ def timed_prefill(seqs):
 
 engine.prefill = timed_prefill
 limit = cuda_backend.PREFILL_GRAPH_ROWS
-print(f"{'prompt':<10} {'prefill':<8} {'decoding':<7} {'prompt':>6} {'tokens':>6} {'steps':>5} {'total ms':>9} {'prefill ms':>10} {'rest ms':>8} {'tok/s':>7}")
-for name, text in SPEC_PROMPTS.items():
+# (prefill, drafter, decode one step ahead where nothing is drafted)
+configs = [("eager", None, True), ("graph", None, True), ("graph", "ngram", False), ("graph", "ngram", True)]
+print(f"{'prompt':<10} {'prefill':<8} {'decoding':<14} {'prompt':>6} {'tokens':>6} {'steps':>5} {'total ms':>9} {'prefill ms':>10} {'rest ms':>8} {'tok/s':>7}")
+totals = {}
+for name, text in {**SPEC_PROMPTS, **MORE_PROMPTS}.items():
     ids = llm.chat_prompt([{"role": "user", "content": text}])
-    for rows, label in ((0, "eager"), (limit, "graph")):
-        cuda_backend.PREFILL_GRAPH_ROWS = rows
-        for draft in (None, "ngram"):
-            llm.use_drafter(draft)
-            params = SamplingParams(temperature=0, max_tokens=128)
-            times = []
-            for _ in range(4):  # the first run captures what the others replay
-                start = time.perf_counter()
-                result = llm.generate(ids, params)
-                times.append((time.perf_counter() - start, spent["prefill"]))
-            total, pre = sorted(times[1:])[1]
-            n = len(result.token_ids)
-            print(f"{name:<10} {label:<8} {draft or 'plain':<7} {len(ids):>6} {n:>6} {result.stats.steps:>5} {total * 1e3:>9.2f} "
-                  f"{pre * 1e3:>10.2f} {(total - pre) * 1e3:>8.2f} {n / total:>7.0f}")
+    for prefill_kind, draft, ahead in configs:
+        cuda_backend.PREFILL_GRAPH_ROWS = limit if prefill_kind == "graph" else 0
+        llm.use_drafter(draft)
+        engine.decode_ahead_enabled = ahead
+        params = SamplingParams(temperature=0, max_tokens=128)
+        times = []
+        for _ in range(4):  # the first run captures what the others replay
+            start = time.perf_counter()
+            result = llm.generate(ids, params)
+            times.append((time.perf_counter() - start, spent["prefill"]))
+        total, pre = sorted(times[1:])[1]
+        n = len(result.token_ids)
+        label = (draft or "plain") + ("" if ahead or not draft else " no ahead")
+        totals[(prefill_kind, label)] = totals.get((prefill_kind, label), 0.0) + total
+        print(f"{name:<10} {prefill_kind:<8} {label:<14} {len(ids):>6} {n:>6} {result.stats.steps:>5} {total * 1e3:>9.2f} "
+              f"{pre * 1e3:>10.2f} {(total - pre) * 1e3:>8.2f} {n / total:>7.0f}")
 cuda_backend.PREFILL_GRAPH_ROWS = limit
+engine.decode_ahead_enabled = True
+plain = totals[("graph", "plain")]
+print("all prompts, total ms: " + ", ".join(f"{p} {d} {t * 1e3:.1f} (plain / it {plain / t:.2f}x)" for (p, d), t in totals.items()))

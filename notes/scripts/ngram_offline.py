@@ -1,0 +1,90 @@
+"""N-gram speculation without a model: greedy verification accepts exactly the drafted path that follows the
+target's greedy continuation, so once that continuation is known (one plain run per prompt) any drafter policy
+can be replayed on the host and priced with measured step costs.
+
+python3 notes/scripts/ngram_offline.py outputs   # greedy outputs of the prompts, default model, NumPy backend
+python3 notes/scripts/ngram_offline.py           # replay: plain vs n-gram tree, with and without the one-ahead stretches
+
+Costs (ms): the default model's graph steps on an H100 (notes/bench_e2e_h100_stop13.log: plain decode one step
+ahead 0.667, trees of <= 4 / 16 / 32 / 64 nodes 0.858 / 1.028 / 1.280 / 1.311) plus HOST ms of host work a tree
+step (draft, plan, verify; not hidden behind the GPU).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from minispec.bench import SPEC_PROMPTS
+from minispec.drafters import NgramDrafter, TreeBudget
+
+OUTPUTS = Path(__file__).parent.parent / "ngram_outputs.json"
+MORE_PROMPTS = {
+    "fix_code": "Fix the bug in this Python function and show the corrected function: def total(items):\n    s = 0\n    for i in range(len(items) + 1):\n        s += items[i]\n    return s",
+    "list": "Turn this sentence into a bulleted list of the fruits it names: We bought apples, bananas, cherries, dates and figs at the market on Saturday morning.",
+    "qa_doc": "Read the text and answer: what colour is the door of the blue house? Text: The blue house on Elm Street has a green door. The red house next to it has a yellow door. The blue house was built in 1920.",
+    "email": "Write a short polite email to my manager asking to move our meeting from Tuesday to Wednesday.",
+    "explain": "Explain in simple words why the sky is blue.",
+    "json": "Convert this to JSON with keys name and age: Tom is 31 years old. Anna is 27 years old. Lee is 45 years old.",
+    "shorten": "Make this sentence shorter without changing its meaning: The meeting that was planned for the afternoon of Friday has been moved to the morning of Monday because the room was not free.",
+    "recipe": "List the steps to make a cup of tea.",
+}
+AHEAD, TREE = 0.667, {4: 0.858, 16: 1.028, 32: 1.280, 64: 1.311}
+HOST = 0.15
+
+
+def outputs():
+    from minispec import LLM, SamplingParams
+
+    llm = LLM(device="cpu")
+    data = {}
+    for name, text in {**SPEC_PROMPTS, **MORE_PROMPTS}.items():
+        ids = llm.chat_prompt([{"role": "user", "content": text}])
+        data[name] = {"prompt": ids, "output": llm.generate(ids, SamplingParams(temperature=0, max_tokens=128)).token_ids}
+    OUTPUTS.write_text(json.dumps(data))
+
+
+class Seq:
+    def __init__(self, tokens):
+        self.tokens = list(tokens)
+
+
+def replay(drafter, prompt, truth, stretches):
+    """ms of n-gram speculation over `truth` (the greedy output, then the stop token)."""
+    seq, k, ms = Seq(prompt + truth[:1]), 1, 0.0  # the prefill chose the first token
+    while k < len(truth):
+        tree = drafter.propose([seq], [1 << 20])[0]
+        if stretches and len(tree) == 1:  # decode_ahead: one token at the plain step's cost
+            seq.tokens.append(truth[k])
+            k, ms = k + 1, ms + AHEAD
+            continue
+        node, path = 0, [0]
+        while k + len(path) - 1 < len(truth):
+            child = next((c for c in tree.children(node) if tree.tokens[c] == truth[k + len(path) - 1]), None)
+            if child is None:
+                break
+            node = child
+            path.append(child)
+        accepted = truth[k : k + len(path)]  # the drafts on the path, then the bonus token
+        drafter.commit(seq, path, accepted)
+        seq.tokens += accepted
+        k += len(accepted)
+        ms += HOST + (TREE[next(b for b in sorted(TREE) if b >= len(tree))] if len(tree) > 1 else AHEAD + 0.03)
+    drafter.release(seq)
+    return ms
+
+
+def main():
+    data, eos = json.loads(OUTPUTS.read_text()), 2
+    print(f"{'prompt':<10} {'tokens':>6} {'plain ms':>8}  n-gram x plain: step by step, with stretches")
+    totals = [0.0, 0.0, 0.0]
+    for name, d in data.items():
+        truth = d["output"] + [eos]
+        plain = (len(truth) - 1) * AHEAD
+        runs = [replay(NgramDrafter(TreeBudget()), d["prompt"], truth, s) for s in (False, True)]
+        totals = [a + b for a, b in zip(totals, [plain] + runs)]
+        print(f"{name:<10} {len(truth) - 1:>6} {plain:>8.1f}  {plain / runs[0]:.2f}x {plain / runs[1]:.2f}x")
+    print(f"{'all':<10} {'':>6} {totals[0]:>8.1f}  {totals[0] / totals[1]:.2f}x {totals[0] / totals[2]:.2f}x")
+
+
+if __name__ == "__main__":
+    outputs() if sys.argv[1:] == ["outputs"] else main()
