@@ -172,6 +172,38 @@ def test_running_out_of_pages_is_an_error_and_frees_everything(tiny_model):
     assert len(result.token_ids) == 20
 
 
+def stopping_requests(sampled: bool, seed: int, budget: int, stop: str) -> list[SamplingParams]:
+    """Three requests that end three ways: a token budget, a stop string, the context limit (two samples
+    sharing pages); greedy or seeded sampling."""
+    mode = dict(temperature=0.9, top_k=40, top_p=0.95, seed=seed) if sampled else dict(temperature=0)
+    return [
+        SamplingParams(max_tokens=budget, ignore_eos=True, **mode),
+        SamplingParams(max_tokens=budget // 3, stop=[stop], **mode),
+        SamplingParams(max_tokens=500, ignore_eos=True, n=2, **mode),  # runs into max_model_len
+    ]
+
+
+def spy_on_steps(llm, kinds: list) -> None:
+    """Record each target forward: "ahead" (its tokens come from the previous step on the backend), "tree"
+    (more rows than sequences) or "one"."""
+    forward = llm.model.forward
+
+    def spy(plan, cache, tokens=None):
+        kinds.append("ahead" if tokens is not None else ("tree" if plan.num_tokens > plan.batch_size else "one"))
+        return forward(plan, cache, tokens)
+
+    llm.model.forward = spy
+
+
+def assert_same_outputs(results, others) -> None:
+    for a, b in zip(results, others):
+        assert [s.token_ids for s in a.samples] == [s.token_ids for s in b.samples]
+        assert [(s.finish_reason, s.text) for s in a.samples] == [(s.finish_reason, s.text) for s in b.samples]
+        assert a.stats.emitted == b.stats.emitted
+    assert [s.finish_reason for s in results[2].samples] == ["length", "length"]
+    assert len(results[2].samples[0].token_ids) < 500  # stopped by the context limit, not by max_tokens
+
+
 @pytest.mark.parametrize("sampled", [False, True])
 def test_decode_ahead_equals_step_by_step(tiny_model, sampled):
     """Decoding without a drafter runs one step ahead of the host: each step takes the previous step's argmax
@@ -179,32 +211,17 @@ def test_decode_ahead_equals_step_by_step(tiny_model, sampled):
     stops (token budget, stop string, context limit, with samples sharing pages) and give every page back."""
     llm = LLM(model=str(tiny_model), device="cpu", max_model_len=100)
     prompts = ["shared prompt " * 6, "a b c", "x" * 30]
-    mode = dict(temperature=0.9, top_k=40, top_p=0.95, seed=7) if sampled else dict(temperature=0)
-    params = [
-        SamplingParams(max_tokens=30, ignore_eos=True, **mode),
-        SamplingParams(max_tokens=9, stop=["a"], **mode),
-        SamplingParams(max_tokens=500, ignore_eos=True, n=2, **mode),  # runs into max_model_len
-    ]
-    forward, chained = llm.model.forward, []
-
-    def spy(plan, cache, tokens=None):
-        chained.append(tokens is not None)
-        return forward(plan, cache, tokens)
-
-    llm.model.forward = spy
+    params, kinds = stopping_requests(sampled, seed=7, budget=30, stop="a"), []
+    spy_on_steps(llm, kinds)
     ahead = llm.generate(prompts, params)
-    assert sum(chained) > 50  # steps did take their tokens from the previous step's argmax
+    assert kinds.count("ahead") > 50  # steps did take their tokens from the previous step's argmax
     assert llm.cache.free_pages == llm.cache.num_pages
     llm.engine.decode_ahead_enabled = False
-    chained.clear()
+    kinds.clear()
     step = llm.generate(prompts, params)
-    assert not any(chained)
-    for a, b in zip(ahead, step):
-        assert [s.token_ids for s in a.samples] == [s.token_ids for s in b.samples]
-        assert [(s.finish_reason, s.text) for s in a.samples] == [(s.finish_reason, s.text) for s in b.samples]
-        assert a.stats.steps == b.stats.steps and a.stats.emitted == b.stats.emitted
-    assert [s.finish_reason for s in ahead[2].samples] == ["length", "length"]
-    assert len(ahead[2].samples[0].token_ids) < 500  # stopped by the context limit, not by max_tokens
+    assert "ahead" not in kinds
+    assert_same_outputs(ahead, step)
+    assert [r.stats.steps for r in ahead] == [r.stats.steps for r in step]
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
@@ -216,36 +233,17 @@ def test_ngram_decodes_ahead_between_drafts(tiny_model, sampled):
     verified), so a seed repeats its own tokens, stops and texts."""
     llm = LLM(model=str(tiny_model), device="cpu", draft="ngram", tree=(8, 4, 2), max_model_len=120)
     prompts = ["abcabcabc " * 3 + "q", "zyx", "the cat sat on the mat, the cat sat on the"]
-    mode = dict(temperature=0.9, top_k=40, top_p=0.95, seed=3) if sampled else dict(temperature=0)
-    params = [
-        SamplingParams(max_tokens=40, ignore_eos=True, **mode),
-        SamplingParams(max_tokens=12, stop=["b"], **mode),
-        SamplingParams(max_tokens=500, ignore_eos=True, n=2, **mode),  # runs into max_model_len
-    ]
-    forward, kinds = llm.model.forward, []
-
-    def spy(plan, cache, tokens=None):
-        kinds.append("ahead" if tokens is not None else ("tree" if plan.num_tokens > plan.batch_size else "one"))
-        return forward(plan, cache, tokens)
-
-    llm.model.forward = spy
+    params, kinds = stopping_requests(sampled, seed=3, budget=40, stop="b"), []
+    spy_on_steps(llm, kinds)
     ahead = llm.generate(prompts, params)
     assert kinds.count("ahead") > 10 and kinds.count("tree") > 3  # both kinds of stretch ran
     assert llm.cache.free_pages == llm.cache.num_pages
-    if sampled:
-        again = llm.generate(prompts, params)
-    else:
+    if not sampled:
         llm.engine.decode_ahead_enabled = False
-        kinds.clear()
-        again = llm.generate(prompts, params)
-        assert "ahead" not in kinds
-    for a, b in zip(ahead, again):
-        assert [s.token_ids for s in a.samples] == [s.token_ids for s in b.samples]
-        assert [(s.finish_reason, s.text) for s in a.samples] == [(s.finish_reason, s.text) for s in b.samples]
-        assert a.stats.emitted == b.stats.emitted
-    assert ahead[1].samples[0].finish_reason == "stop" or len(ahead[1].samples[0].token_ids) == 12
-    assert [s.finish_reason for s in ahead[2].samples] == ["length", "length"]
-    assert len(ahead[2].samples[0].token_ids) < 500  # stopped by the context limit, not by max_tokens
+    kinds.clear()
+    again = llm.generate(prompts, params)
+    assert sampled or "ahead" not in kinds
+    assert_same_outputs(ahead, again)
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
