@@ -132,12 +132,16 @@ class NgramDrafter(NoDrafter):
         self.index[id(seq)] = (grams, len(tokens))
         return grams
 
+    def acceptance(self, seq) -> float:
+        """alpha: the Laplace-smoothed rate at which this sequence's drafted children of accepted nodes were accepted."""
+        accepted, tries, _ = self.history.setdefault(id(seq), [1.0, 2.0, None])
+        return accepted / tries
+
     def continuations(self, seq) -> list[tuple[list[int], int]]:
         """(continuation, match length) pairs, longest match first, most recent first; one-token matches
         only while the sequence's drafts are accepted at least half the time."""
         grams, tokens, found = self.update_index(seq), seq.tokens, []
-        accepted, tries, _ = self.history.get(id(seq), (1.0, 2.0, None))
-        shortest = 1 if accepted / tries >= 0.5 else 2
+        shortest = 1 if self.acceptance(seq) >= 0.5 else 2
         for n in range(min(self.max_ngram, len(tokens) - 1), shortest - 1, -1):
             for start in reversed(grams.get(tuple(tokens[-n:]), ())):
                 if start >= len(tokens):  # the suffix itself: nothing follows it yet
@@ -150,8 +154,7 @@ class NgramDrafter(NoDrafter):
     def propose(self, seqs, budgets) -> list[Tree]:
         trees = []
         for seq, budget in zip(seqs, budgets):
-            history = self.history.setdefault(id(seq), [1.0, 2.0, None])
-            alpha = history[0] / history[1]  # Laplace-smoothed acceptance rate of drafted children
+            alpha = self.acceptance(seq)
             trie = Trie(int(seq.tokens[-1]), MAX_TREE_NODES)
             weight = np.zeros(MAX_TREE_NODES)  # match weight through each node
             for continuation, n in self.continuations(seq):
@@ -168,8 +171,9 @@ class NgramDrafter(NoDrafter):
             for node in range(1, len(trie.tokens)):  # parents come before children
                 parent = trie.parents[node]
                 value[node] = (1.0 if parent == 0 else value[parent]) * alpha * weight[node] / weight[parent]
-            history[2] = best_subtree(trie.tokens, trie.parents, value, min(self.budget.nodes, budget), self.budget.width)
-            trees.append(history[2])
+            tree = best_subtree(trie.tokens, trie.parents, value, min(self.budget.nodes, budget), self.budget.width)
+            self.history[id(seq)][2] = tree
+            trees.append(tree)
         return trees
 
     def commit(self, seq, path, accepted) -> None:
