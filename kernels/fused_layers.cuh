@@ -34,7 +34,11 @@
 // o-proj 14.1 (11.2), gate/up 80.0 (78.5), down 41.4 (39.3): the big phases stream at 94-97% of copy
 // bandwidth. The default model's decode layer (~20 µs at context 512, attention 3.5 of it;
 // `notes/scripts/fused_probe.py ... trace`) is latency: six grid barriers of ~1-1.4 µs, L2 round trips, and a
-// warp's own instruction chain, which nothing hides (one warp a unit). Tried and measured slower or level
+// warp's own instruction chain, which nothing hides (one warp a unit). The decode instance hides one round
+// trip of each GEMV phase: while its block waits at the grid barrier in front of the phase, each warp's first
+// weight chunks go by cp.async into a shared-memory slot (copy_batch), and the phase's scalar inputs (RoPE
+// cos/sin, the resid values it adds to) into registers; the GEMVs gained ~1.9 µs a layer, the barriers beside
+// the copies lost ~1 of it (H100, context 512: 20.2 -> 19.3 µs a layer). Tried and measured slower or level
 // (notes/fused_layers.log): splitting QKV's K between two warps; every block merging the attention splits
 // itself instead of a merge phase (132 blocks reading the same lines); each block's GEMV weights copied into
 // its shared memory a layer ahead by TMA (the GEMVs gained 2.3 µs a layer, the phase the copies ran beside lost
@@ -53,7 +57,8 @@
 // Launch: grid = #SMs (all resident, or the barriers deadlock: 1 block of 512 threads per SM; a barrier
 //   that waits for seconds traps instead of hanging), block 512, dynamic shared memory =
 //   max(R * max(C, H D, I) * 2, 16 * (4 D + 192) * 4) bytes for R staged rows (the step's rows rounded up to a
-//   power of two); MR = 16 stages 16 rows and adds 16 * 32 * 4 floats for its cross-warp sums.
+//   power of two); MR = 16 stages 16 rows and adds 16 * 32 * 4 floats for its cross-warp sums; MR = 1 adds
+//   16 warps' weight slots of SLOT_CHUNKS 16-byte chunks after it.
 // Coherence: data written inside the launch (resid, q_buf, partials, attn, act) is read with ld.global.cg
 // (L2), never through the non-coherent L1; weights are read once with an L1 no-allocate stream load.
 #pragma once
@@ -95,12 +100,19 @@ __device__ __forceinline__ float warp_max(float v) {
 // All blocks arrive, then all leave: a monotonically growing counter, `target` = barriers so far x grid.
 // Thread 0 publishes its block's writes (ordered before it by __syncthreads) with a gpu-scope release add
 // and waits with acquire loads; __threadfence() here would be a sequentially consistent fence (MEMBAR.SC),
-// measurably slower, and not needed.
-__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned& target) {
+// measurably slower, and not needed. ~1 µs on an H100 or H200 with every block arriving at once
+// (notes/scripts/barrier_probe.py: per-group counters, flag words and cluster-level barriers were all slower).
+// Split in two so that a block can issue loads that do not depend on the other blocks between its arrival and
+// its wait (decode: the next GEMV's first weights, copy_batch). Not into the L1: every acquire poll
+// invalidates it (CCTL.IVALL), so an L1 prefetch would not survive the wait.
+__device__ __forceinline__ void grid_arrive(unsigned* counter, unsigned& target) {
     target += gridDim.x;
     __syncthreads();
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+}
+
+__device__ __forceinline__ void grid_wait(const unsigned* counter, unsigned target) {
     if (threadIdx.x == 0) {
-        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
         unsigned seen, spins = 0;
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
@@ -108,6 +120,11 @@ __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned& target
         } while (seen < target);
     }
     __syncthreads();
+}
+
+__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned& target) {
+    grid_arrive(counter, target);
+    grid_wait(counter, target);
 }
 
 // xs[m, :] = bf16(resid[m, :] * rsqrt(mean(resid[m]^2) + eps) * weight), every block for itself.
@@ -220,13 +237,32 @@ __device__ void stage_copy(uint4* xs, const bf16* src, int M, int K, int swizzle
     __syncthreads();
 }
 
+// One batch of a warp's weight loads in gemv_rows: 16-byte chunks c0 + 32 u (u < 8 / NC) of each of NC weight
+// rows, for lane c0 = lane + 32 (8 / NC) i. The caller provides the first batch (c0 = lane): load_batch, or the
+// copy it started earlier (copy_batch, batch_from_slot).
+template <int NC>
+struct WeightBatch {
+    uint4 v[NC][8 / NC];
+};
+
+template <int NC>
+__device__ __forceinline__ void load_batch(WeightBatch<NC>& b, const bf16* const (&w)[NC], int c0, int K8) {
+#pragma unroll
+    for (int u = 0; u < 8 / NC; u++)
+#pragma unroll
+        for (int n = 0; n < NC; n++)
+            b.v[n][u] = c0 + 32 * u < K8 ? load_stream(reinterpret_cast<const uint4*>(w[n]) + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+}
+
 // y[n] = sum_k x[r0 + lane, k] W_n[k] for NC weight rows, for the lanes lane < rows (rows <= MR of x, from
 // row r0: xs points there). The sums run over the warp; lane l reads 16-byte chunks l, l + 32, ..., 8 / NC
-// chunks per weight row in flight. A step of more than MR rows calls this once per chunk of MR rows (the
-// weights then come from L2 after the first chunk): only MR = 1 and 4 are compiled, which keeps the file's
-// build time down (with 1, 2, 4, 8 and 16 it took most of a minute of cicc and ptxas).
+// chunks per weight row in flight; `wb` holds the first batch on entry (load_batch(wb, w, lane, K8)). A step of
+// more than MR rows calls this once per chunk of MR rows (the weights then come from L2 after the first chunk):
+// only MR = 1 and 4 are compiled, which keeps the file's build time down (with 1, 2, 4, 8 and 16 it took most
+// of a minute of cicc and ptxas).
 template <int MR, int NC>
-__device__ __forceinline__ void gemv_rows(const bf16* const (&w)[NC], const uint4* xs, int K8, int rows, int lane, float (&y)[NC]) {
+__device__ __forceinline__ void gemv_rows(const bf16* const (&w)[NC], WeightBatch<NC>& wb, const uint4* xs, int K8, int rows, int lane,
+                                          float (&y)[NC]) {
     constexpr int U = 8 / NC;
     float acc[NC][MR];
 #pragma unroll
@@ -234,19 +270,14 @@ __device__ __forceinline__ void gemv_rows(const bf16* const (&w)[NC], const uint
 #pragma unroll
         for (int m = 0; m < MR; m++) acc[n][m] = 0.0f;
     for (int c0 = lane; c0 < K8; c0 += 32 * U) {
-        uint4 wv[NC][U];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-#pragma unroll
-            for (int n = 0; n < NC; n++)
-                wv[n][u] = c0 + 32 * u < K8 ? load_stream(reinterpret_cast<const uint4*>(w[n]) + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+        if (c0 != lane) load_batch(wb, w, c0, K8);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int c = c0 + 32 * u;
             if (c >= K8) break;
             float wf[NC][8];
 #pragma unroll
-            for (int n = 0; n < NC; n++) unpack8(wv[n][u], wf[n]);
+            for (int n = 0; n < NC; n++) unpack8(wb.v[n][u], wf[n]);
 #pragma unroll
             for (int m = 0; m < MR; m++) {
                 if (m >= rows) break;
@@ -268,6 +299,36 @@ __device__ __forceinline__ void gemv_rows(const bf16* const (&w)[NC], const uint
             if (m == lane) y[n] = total;
         }
     }
+}
+
+// Decode: the first batch of a warp's first unit in a GEMV phase goes by cp.async into the warp's slot of shared
+// memory (SLOT_CHUNKS 16-byte chunks, after the kernel's other shared memory) between its block's arrival at the
+// grid barrier in front of the phase and its wait, so its L2 round trip runs beside the barrier's. Registers
+// would hold it as well, but held across the barrier they made ptxas spill in the attention phase; the L1
+// cannot: the barrier's acquire polls invalidate it (CCTL.IVALL).
+#define SLOT_CHUNKS (8 * 32)
+
+template <int NC>
+__device__ __forceinline__ void copy_batch(uint4* slot, const bf16* const (&w)[NC], int lane, int K8) {
+#pragma unroll
+    for (int u = 0; u < 8 / NC; u++)
+#pragma unroll
+        for (int n = 0; n < NC; n++) {
+            int c = lane + 32 * u;  // chunks past the row copy nothing and land as zeros
+            cp_async16(static_cast<unsigned>(__cvta_generic_to_shared(slot + (n * (8 / NC) + u) * 32 + lane)),
+                       reinterpret_cast<const uint4*>(w[n]) + (c < K8 ? c : 0), c < K8 ? 16 : 0);
+        }
+    cp_async_commit();
+}
+
+// wb = the batch copy_batch put in the slot (each lane reads only what it copied: no warp sync needed)
+template <int NC>
+__device__ __forceinline__ void batch_from_slot(WeightBatch<NC>& wb, const uint4* slot, int lane) {
+    cp_async_wait<0>();
+#pragma unroll
+    for (int u = 0; u < 8 / NC; u++)
+#pragma unroll
+        for (int n = 0; n < NC; n++) wb.v[n][u] = slot[(n * (8 / NC) + u) * 32 + lane];
 }
 
 struct Step {
@@ -320,36 +381,63 @@ __device__ __forceinline__ void prefetch_l2(const void* base, long long bytes) {
         asm volatile("prefetch.global.L2 [%0];" ::"l"(b + i * 128));
 }
 
+// A qkv unit's row epilogue for rows r0 .. r0 + MR - 1: this lane's RoPE cos and sin and K/V slot. They come
+// from before the step, so the decode instance loads its first unit's before the grid barrier in front of the
+// phase has let it go (with the unit's first weights in its slot: copy_batch).
+struct QkvEpilogue {
+    float c, sn;
+    int slot;
+};
+
+template <int D>
+__device__ __forceinline__ void qkv_weight_rows(const Step& s, const bf16* wqkv, int u, const bf16* (&w)[2]) {
+    int head = u / (D / 2), col = head * D + u % (D / 2);
+    w[0] = wqkv + (long long)col * s.C, w[1] = wqkv + (long long)(col + D / 2) * s.C;
+}
+
 template <int MR, int D>
-__device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* v_cache, const uint4* xs, int gw, int tw, int lane) {
+__device__ __forceinline__ QkvEpilogue qkv_epilogue(const Step& s, int u, int r0, int lane) {
+    constexpr int half = D / 2;
+    int head = u / half, m = r0 + lane;
+    QkvEpilogue e{1.0f, 0.0f, -1};
+    if (lane < min(MR, s.M - r0)) {
+        e.slot = s.slots[m];
+        if (head < s.H + s.Hkv) {  // q and k heads rotate; v heads do not
+            long long at = (long long)s.positions[m] * half + u % half;
+            e.c = s.cos_table[at], e.sn = s.sin_table[at];
+        }
+    }
+    return e;
+}
+
+// slot != null (decode): it holds the first batch of this warp's first unit (u = gw), `first` that unit's
+// epilogue for rows 0 .. MR - 1.
+template <int MR, int D>
+__device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* v_cache, const uint4* xs, int gw, int tw, int lane,
+                          const uint4* slot, QkvEpilogue first) {
     constexpr int half = D / 2;
     int units = (s.H + 2 * s.Hkv) * half, K8 = s.C / 8;
     for (int u = gw; u < units; u += tw) {
-        int head = u / half, d = u % half, col = head * D + d;
-        const bf16* w[2] = {wqkv + (long long)col * s.C, wqkv + (long long)(col + half) * s.C};
+        int head = u / half, d = u % half;
+        const bf16* w[2];
+        qkv_weight_rows<D>(s, wqkv, u, w);
         for (int r0 = 0; r0 < s.M; r0 += MR) {
             int rows = min(MR, s.M - r0), m = r0 + lane;
-            // this lane's row epilogue inputs, loaded before the GEMV so their latency hides behind it
-            float c = 1.0f, sn = 0.0f;
-            int slot = -1;
-            if (lane < rows) {
-                slot = s.slots[m];
-                if (head < s.H + s.Hkv) {  // q and k heads rotate; v heads do not
-                    long long at = (long long)s.positions[m] * half + d;
-                    c = s.cos_table[at], sn = s.sin_table[at];
-                }
-            }
+            WeightBatch<2> wb;
+            QkvEpilogue e;
+            if (slot != nullptr && u == gw && r0 == 0) batch_from_slot(wb, slot, lane), e = first;
+            else load_batch(wb, w, lane, K8), e = qkv_epilogue<MR, D>(s, u, r0, lane);  // epilogue loads behind the weights'
             float x[2];
-            gemv_rows<MR, 2>(w, xs + r0 * K8, K8, rows, lane, x);
+            gemv_rows<MR, 2>(w, wb, xs + r0 * K8, K8, rows, lane, x);
             if (lane >= rows) continue;
-            float y1 = x[0] * c - x[1] * sn, y2 = x[1] * c + x[0] * sn;
+            float y1 = x[0] * e.c - x[1] * e.sn, y2 = x[1] * e.c + x[0] * e.sn;
             if (head < s.H) {
                 float* q = s.q_buf + ((long long)m * s.H + head) * D + d;
                 q[0] = y1, q[half] = y2;
-            } else if (slot >= 0) {
+            } else if (e.slot >= 0) {
                 int kv_head = (head - s.H) % s.Hkv;
                 bf16* cache = head < s.H + s.Hkv ? k_cache : v_cache;
-                bf16* dst = cache + (((long long)(slot / s.P) * s.Hkv + kv_head) * s.P + slot % s.P) * D + d;
+                bf16* dst = cache + (((long long)(e.slot / s.P) * s.Hkv + kv_head) * s.P + e.slot % s.P) * D + d;
                 dst[0] = __float2bfloat16_rn(y1), dst[half] = __float2bfloat16_rn(y2);
             }
         }
@@ -550,36 +638,49 @@ __device__ void phase_merge(const Step& s, float* smem, int gw, int tw, int warp
     }
 }
 
-// The GEMV phases and stage_norm do not depend on D: as out-of-line functions they are compiled once for
-// both head dims (halving the file's build time). Their arguments are scalars, not the Step, which would
-// have to sit in local memory to be passed by reference.
+// The GEMV phases do not depend on D: as out-of-line functions they are compiled once for both head dims
+// (halving the file's build time). Their arguments are scalars, not the Step, which would have to sit in local
+// memory to be passed by reference. slot != null (decode): the warp's slot holds the first batch of its first
+// unit (copy_batch), and for the residual phases `first_before` that unit's resid value (rows 0 .. MR - 1).
 
 // resid[m, n] += x[m, :] . W[n, :] for every output column n < C (one warp per column), M rows.
 template <int MR>
 __device__ __noinline__ void phase_residual_gemv(float* resid, const bf16* w_all, const uint4* xs, int M, int C, int K, int gw,
-                                                 int tw, int lane) {
+                                                 int tw, int lane, const uint4* slot, float first_before) {
     for (int n = gw; n < C; n += tw) {
         const bf16* w[1] = {w_all + (long long)n * K};
         for (int r0 = 0; r0 < M; r0 += MR) {
             int rows = min(MR, M - r0);
             float* out = resid + (long long)(r0 + lane) * C + n;
-            float before = lane < rows ? __ldcg(out) : 0.0f;  // read early, behind the GEMV's loads
+            WeightBatch<1> wb;
+            float before;
+            if (slot != nullptr && n == gw && r0 == 0) batch_from_slot(wb, slot, lane), before = first_before;
+            else load_batch(wb, w, lane, K / 8), before = lane < rows ? __ldcg(out) : 0.0f;  // behind the weights' loads
             float y[1];
-            gemv_rows<MR, 1>(w, xs + r0 * (K / 8), K / 8, rows, lane, y);
+            gemv_rows<MR, 1>(w, wb, xs + r0 * (K / 8), K / 8, rows, lane, y);
             if (lane < rows) *out = before + y[0];
         }
     }
 }
 
 // act[m, i] = bf16(silu(x[m] . Wg[i]) * (x[m] . Wu[i])) for i < I (one warp per column pair), M rows.
+__device__ __forceinline__ void gate_up_rows(const bf16* wgu, int C, int I, int i, const bf16* (&w)[2]) {
+    w[0] = wgu + (long long)i * C, w[1] = wgu + (long long)(I + i) * C;
+}
+
 template <int MR>
-__device__ __noinline__ void phase_gate_up(bf16* act, const bf16* wgu, const uint4* xs, int M, int C, int I, int gw, int tw, int lane) {
+__device__ __noinline__ void phase_gate_up(bf16* act, const bf16* wgu, const uint4* xs, int M, int C, int I, int gw, int tw, int lane,
+                                           const uint4* slot) {
     for (int i = gw; i < I; i += tw) {
-        const bf16* w[2] = {wgu + (long long)i * C, wgu + (long long)(I + i) * C};
+        const bf16* w[2];
+        gate_up_rows(wgu, C, I, i, w);
         for (int r0 = 0; r0 < M; r0 += MR) {
             int rows = min(MR, M - r0);
+            WeightBatch<2> wb;
+            if (slot != nullptr && i == gw && r0 == 0) batch_from_slot(wb, slot, lane);
+            else load_batch(wb, w, lane, C / 8);
             float y[2];
-            gemv_rows<MR, 2>(w, xs + r0 * (C / 8), C / 8, rows, lane, y);
+            gemv_rows<MR, 2>(w, wb, xs + r0 * (C / 8), C / 8, rows, lane, y);
             if (lane < rows) act[(long long)(r0 + lane) * I + i] = __float2bfloat16_rn(y[0] / (1.0f + __expf(-y[0])) * y[1]);
         }
     }
@@ -746,6 +847,11 @@ __device__ void fused_layers_body(const Step& s) {
     constexpr int TENSOR = MR == 16;  // 16 staged rows, swizzled, and the GEMV phases on tensor cores
     // the cross-warp sums of the tensor-core tiles sit after the 16 staged rows of the widest input
     float* red = reinterpret_cast<float*>(xs + 16 * max(s.C, max(s.H * D, s.I)));
+    // decode (PRE): each GEMV phase's first weight batch (in the warp's slot, copy_batch) and its scalar inputs are
+    // loaded between the arrival at the grid barrier in front of the phase and the wait; the slots sit after the
+    // staged row and the attention tiles (CudaBackend.fused_shared_bytes)
+    constexpr bool PRE = MR == 1;
+    uint4* slot = smem + max(max(s.C, max(s.H * D, s.I)) * 2, WARPS * (4 * D + 192) * 4) / 16 + warp * SLOT_CHUNKS;
     stamp(s, 0);
     if (s.prefetch_kv) prefetch_pages(s, reinterpret_cast<const bf16*>(s.layers[6]), reinterpret_cast<const bf16*>(s.layers[7]), D);
     for (int l = 0; l < s.L; l++) {
@@ -759,11 +865,23 @@ __device__ void fused_layers_body(const Step& s) {
         const bf16* wdown = reinterpret_cast<const bf16*>(p[5]);
         bf16* k_cache = reinterpret_cast<bf16*>(p[6]);
         bf16* v_cache = reinterpret_cast<bf16*>(p[7]);
+        const bool qkv_pre = PRE && gw < (s.H + 2 * s.Hkv) * (D / 2), o_pre = PRE && gw < s.C, gate_up_pre = PRE && gw < s.I;
 
+        QkvEpilogue qkv_first{1.0f, 0.0f, -1};
+        if (qkv_pre) {
+            const bf16* w[2];
+            qkv_weight_rows<D>(s, wqkv, gw, w);
+            copy_batch(slot, w, lane, s.C / 8);
+            qkv_first = qkv_epilogue<MR, D>(s, gw, 0, lane);
+        }
+        if (PRE && l > 0) {  // the previous layer's last barrier: arrived at the end of its down phase
+            grid_wait(s.barrier, target);
+            stamp(s, 6 * l);
+        }
         stage_norm(xs, s.resid, attn_norm, s.M, s.C, s.eps, TENSOR);
         TRACE(l, 0);
         if constexpr (TENSOR) phase_qkv_mma<D>(s, wqkv, k_cache, v_cache, smem, red);
-        else phase_qkv<MR, D>(s, wqkv, k_cache, v_cache, smem, gw, tw, lane);
+        else phase_qkv<MR, D>(s, wqkv, k_cache, v_cache, smem, gw, tw, lane, qkv_pre ? slot : nullptr, qkv_first);
         if (s.prefetch_kv && next != nullptr)  // its pages sit in L2 by the time its attention reads them
             prefetch_pages(s, reinterpret_cast<const bf16*>(next[6]), reinterpret_cast<const bf16*>(next[7]), D);
         if (s.prefetch && next != nullptr) {  // the next layer's weights stream into L2 while attention runs
@@ -772,6 +890,8 @@ __device__ void fused_layers_body(const Step& s) {
             prefetch_l2(reinterpret_cast<const void*>(next[2]), C * s.H * D * 2);
             prefetch_l2(reinterpret_cast<const void*>(next[4]), 2LL * s.I * C * 2);
             prefetch_l2(reinterpret_cast<const void*>(next[5]), C * s.I * 2);
+            prefetch_l2(reinterpret_cast<const void*>(next[0]), C * 4);  // the RMSNorm weights
+            prefetch_l2(reinterpret_cast<const void*>(next[3]), C * 4);
         }
         TRACE(l, 1);
         grid_barrier(s.barrier, target);
@@ -786,29 +906,53 @@ __device__ void fused_layers_body(const Step& s) {
         stamp(s, 2 + 6 * l);
         phase_merge<D>(s, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
         TRACE(l, 3);
-        grid_barrier(s.barrier, target);
+        // the resid values the residual phases add to were written two barriers before them: read before the wait
+        grid_arrive(s.barrier, target);
+        float before = 0.0f;
+        if (o_pre) {
+            const bf16* w[1] = {wo + (long long)gw * s.H * D};
+            copy_batch(slot, w, lane, s.H * D / 8);
+            if (lane < min(MR, s.M)) before = __ldcg(s.resid + (long long)lane * s.C + gw);
+        }
+        grid_wait(s.barrier, target);
         stamp(s, 3 + 6 * l);
         stage_copy(smem, s.attn, s.M, s.H * D, TENSOR);
         TRACE(l, 4);
         if constexpr (TENSOR) phase_residual_mma(s.resid, wo, smem, s.M, s.C, s.H * D, red);
-        else phase_residual_gemv<MR>(s.resid, wo, smem, s.M, s.C, s.H * D, gw, tw, lane);
+        else phase_residual_gemv<MR>(s.resid, wo, smem, s.M, s.C, s.H * D, gw, tw, lane, o_pre ? slot : nullptr, before);
         TRACE(l, 5);
-        grid_barrier(s.barrier, target);
+        grid_arrive(s.barrier, target);
+        if (gate_up_pre) {
+            const bf16* w[2];
+            gate_up_rows(wgu, s.C, s.I, gw, w);
+            copy_batch(slot, w, lane, s.C / 8);
+        }
+        grid_wait(s.barrier, target);
         stamp(s, 4 + 6 * l);
         stage_norm(xs, s.resid, mlp_norm, s.M, s.C, s.eps, TENSOR);
         TRACE(l, 6);
         if constexpr (TENSOR) phase_gate_up_mma(s.act, wgu, smem, s.M, s.C, s.I, red);
-        else phase_gate_up<MR>(s.act, wgu, smem, s.M, s.C, s.I, gw, tw, lane);
+        else phase_gate_up<MR>(s.act, wgu, smem, s.M, s.C, s.I, gw, tw, lane, gate_up_pre ? slot : nullptr);
         TRACE(l, 7);
-        grid_barrier(s.barrier, target);
+        grid_arrive(s.barrier, target);
+        if (o_pre) {  // down writes the same columns as o
+            const bf16* w[1] = {wdown + (long long)gw * s.I};
+            copy_batch(slot, w, lane, s.I / 8);
+            if (lane < min(MR, s.M)) before = __ldcg(s.resid + (long long)lane * s.C + gw);
+        }
+        grid_wait(s.barrier, target);
         stamp(s, 5 + 6 * l);
         stage_copy(smem, s.act, s.M, s.I, TENSOR);
         TRACE(l, 8);
         if constexpr (TENSOR) phase_residual_mma(s.resid, wdown, smem, s.M, s.C, s.I, red);
-        else phase_residual_gemv<MR>(s.resid, wdown, smem, s.M, s.C, s.I, gw, tw, lane);
+        else phase_residual_gemv<MR>(s.resid, wdown, smem, s.M, s.C, s.I, gw, tw, lane, o_pre ? slot : nullptr, before);
         TRACE(l, 9);
-        if (next != nullptr) grid_barrier(s.barrier, target);
-        stamp(s, 6 + 6 * l);
+        if (next == nullptr) stamp(s, 6 + 6 * l);
+        else if (PRE) grid_arrive(s.barrier, target);  // waited for at the top of the next layer
+        else {
+            grid_barrier(s.barrier, target);
+            stamp(s, 6 + 6 * l);
+        }
     }
 }
 

@@ -710,10 +710,13 @@ class CudaBackend:
     @classmethod
     def fused_shared_bytes(cls, c, rows: int) -> int:
         """Shared memory of the fused kernel: the staged GEMV input rows (the tensor-core instance: always 16,
-        then 16 warps x 32 lanes x 4 fp32 of cross-warp sums), or 16 warps' attention tiles (q, p, key offsets)."""
+        then 16 warps x 32 lanes x 4 fp32 of cross-warp sums), or 16 warps' attention tiles (q, p, key offsets);
+        the decode instance then has a slot per warp for its next GEMV's first weights (8 x 32 16-byte chunks)."""
         widest = max(c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size)
-        staged = 16 * widest * 2 + 16 * 32 * 4 * 4 if cls.fused_pass_rows(c, rows) == 16 else rows * widest * 2
-        return max(staged, 16 * (4 * c.head_dim + 4 * 32 + 64) * 4)
+        pass_rows = cls.fused_pass_rows(c, rows)
+        staged = 16 * widest * 2 + 16 * 32 * 4 * 4 if pass_rows == 16 else rows * widest * 2
+        shared = max(staged, 16 * (4 * c.head_dim + 4 * 32 + 64) * 4)
+        return shared + 16 * 8 * 32 * 16 if pass_rows == 1 else shared
 
     def layer_table(self, model, cache):
         """uint64 [L, 8] device pointers of each layer's norms, weights and K/V pages (made once per model and cache)."""
