@@ -20,7 +20,7 @@ import cupy as cp
 import numpy as np
 
 sys.path.insert(0, ".")
-from minispec.bench_gpu import card_name, require_gpu  # noqa: E402
+from minispec.bench_gpu import card_name, require_gpu
 
 SOURCE = r"""
 #define SPIN_LIMIT (1u << 24)
@@ -167,7 +167,7 @@ def main():
     for name, grid in cases:
         kernel = module.get_function(name)
 
-        def run():
+        def run(kernel=kernel, grid=grid):
             counter.fill(0)
             kernel((grid,), (512,), (counter, np.int32(iters)))
 
