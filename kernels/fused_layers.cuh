@@ -24,6 +24,10 @@
 //   D  resid += attn Wo^T                                            (unit = output column)
 //   E  x = bf16(rmsnorm(resid) * mlp_norm);  act = bf16(silu(x Wg^T) * (x Wu^T))   (unit = column pair i, I + i)
 //   F  resid += act Wdown^T                                          (unit = output column)
+// The decode instance (MR = 1) has no grid barrier between A, B, C and D: an attention unit waits only for
+// the qkv units of its query, key and value heads, a merge row only for its splits, and the O phase for every
+// merged row, through per-head and per-row counters (head_done; each costs about what a barrier does, ~1 µs,
+// but waits for the producers it reads instead of the slowest block: context 2048, 22.1 -> 21.5 µs a layer).
 // The roundings are those of the layer-by-layer path (bf16 GEMM inputs, fp32 sums, bf16 K/V), so both
 // agree up to fp32 summation order. Every sum runs in a fixed order (no float atomics), so a step gives
 // the same bits every time (seeded sampling repeats). NumPy reference: Model.compute on numpy_backend
@@ -53,7 +57,8 @@
 //   layers uint64 [L, 8]: attn_norm f32 [C], wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm f32 [C],
 //   w_gate_up [2 I, C], w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]; weights and pages bf16.
 //   q_buf float [M, H, D]; o_part float [S, M, H, D]; ml_part float [S, M, H, 2]; attn bf16 [M, H D];
-//   act bf16 [M, I]; barrier uint32 (zero before the launch). C, H D and I are multiples of 8.
+//   act bf16 [M, I]; barrier uint32 [32 (2 + H + 2 Hkv + M H)] (zero before the launch: the grid barrier's counter, then the
+//   decode instance's dataflow counters, head_done). C, H D and I are multiples of 8.
 // Launch: grid = #SMs (all resident, or the barriers deadlock: 1 block of 512 threads per SM; a barrier
 //   that waits for seconds traps instead of hanging), block 512, dynamic shared memory =
 //   max(R * max(C, H D, I) * 2, 16 * (4 D + 192) * 4) bytes for R staged rows (the step's rows rounded up to a
@@ -111,20 +116,37 @@ __device__ __forceinline__ void grid_arrive(unsigned* counter, unsigned& target)
     if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
 }
 
+// until *counter >= target (acquire); seconds of waiting mean a block is not resident: fail, do not hang
+__device__ __forceinline__ void poll_until(const unsigned* counter, unsigned target) {
+    unsigned seen, spins = 0;
+    do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+        if (++spins == (1u << 22)) __trap();
+    } while (seen < target);
+}
+
 __device__ __forceinline__ void grid_wait(const unsigned* counter, unsigned target) {
-    if (threadIdx.x == 0) {
-        unsigned seen, spins = 0;
-        do {
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
-            if (++spins == (1u << 22)) __trap();  // seconds of waiting: a block is not resident; fail, do not hang
-        } while (seen < target);
-    }
+    if (threadIdx.x == 0) poll_until(counter, target);
     __syncthreads();
 }
 
 __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned& target) {
     grid_arrive(counter, target);
     grid_wait(counter, target);
+}
+
+// Dataflow counters (the decode instance, between qkv, attention, merge and O): a warp that finished a unit adds 1
+// to its output's counter (its lanes' writes ordered before lane 0's release by __syncwarp), and a warp that
+// needs that output waits until the counter reaches this layer's count (lane 0's acquire passed on by
+// __syncwarp). Only the producers a unit reads are waited for, where a grid barrier waits for every block.
+__device__ __forceinline__ void signal_count(unsigned* counter, int lane) {
+    __syncwarp();
+    if (lane == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+}
+
+__device__ __forceinline__ void wait_count(const unsigned* counter, unsigned target, int lane) {
+    if (lane == 0) poll_until(counter, target);
+    __syncwarp();
 }
 
 // xs[m, :] = bf16(resid[m, :] * rsqrt(mean(resid[m]^2) + eps) * weight), every block for itself.
@@ -349,6 +371,12 @@ struct Step {
     unsigned long long* clock;    // optional [1 + 6 L] %globaltimer stamps of block 0 after each phase, or null
 };
 
+// the decode instance's counters, each on its own 128-byte line after the grid barrier's: one per qkv head
+// (its units done), one per attention row (its splits done), then one for the merged rows
+__device__ __forceinline__ unsigned* head_done(const Step& s, int head) { return s.barrier + 32 * (1 + head); }
+__device__ __forceinline__ unsigned* row_done(const Step& s, int row) { return s.barrier + 32 * (1 + s.H + 2 * s.Hkv + row); }
+__device__ __forceinline__ unsigned* rows_merged(const Step& s) { return s.barrier + 32 * (1 + s.H + 2 * s.Hkv + s.M * s.H); }
+
 __device__ __forceinline__ void stamp(const Step& s, int index) {
     if (s.clock != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
         unsigned long long t;
@@ -411,8 +439,8 @@ __device__ __forceinline__ QkvEpilogue qkv_epilogue(const Step& s, int u, int r0
 }
 
 // slot != null (decode): it holds the first batch of this warp's first unit (u = gw), `first` that unit's
-// epilogue for rows 0 .. MR - 1.
-template <int MR, int D>
+// epilogue for rows 0 .. MR - 1. FLAGS: each unit done counts on its head's counter (head_done).
+template <int MR, int D, bool FLAGS>
 __device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* v_cache, const uint4* xs, int gw, int tw, int lane,
                           const uint4* slot, QkvEpilogue first) {
     constexpr int half = D / 2;
@@ -441,6 +469,7 @@ __device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* 
                 dst[0] = __float2bfloat16_rn(y1), dst[half] = __float2bfloat16_rn(y2);
             }
         }
+        if constexpr (FLAGS) signal_count(head_done(s, head), lane);
     }
 }
 
@@ -450,8 +479,12 @@ __device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* 
 // ROWS packed rows per unit: a warp alone runs a unit's instructions one after another (nothing hides their
 // latency), so decode gives each row of a KV head's group its own warp (ROWS = 1: a third of the work per
 // warp for G = 3, and three times the warps; the K and V rows are read by each, from L2).
-template <int D, int ROWS>
-__device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* v_cache, float* smem, int gw, int tw, int warp, int lane) {
+// FLAGS (decode, one row a unit): a unit first waits for its query head and its KV group's K and V heads of
+// layer l (head_done), and counts on its row's counter when its partials are written (row_done).
+template <int D, int ROWS, bool FLAGS>
+__device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* v_cache, float* smem, int gw, int tw, int warp, int lane,
+                                int l) {
+    static_assert(!FLAGS || ROWS == 1, "the counters are per row");
     constexpr int DPL = D / 32;  // dims per lane in p.V
     int G = s.H / s.Hkv, units = s.B * s.Hkv * s.groups * s.splits;
     float* qs = smem + warp * (ROWS * D + 32 * ROWS + 64);       // [ROWS][D] scaled queries
@@ -463,7 +496,13 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
         rest /= s.groups;
         int kv_head = rest % s.Hkv, b = rest / s.Hkv;
         int q0 = s.cu_q[b], T = s.cu_q[b + 1] - q0, R = min(ROWS, T * G - group * ROWS);
-        if (R <= 0) continue;
+        if (R <= 0) continue;  // (FLAGS: a decode step has no such unit)
+        if constexpr (FLAGS) {
+            unsigned done = (D / 2) * (l + 1);  // qkv units a head has after layer l
+            wait_count(head_done(s, kv_head * G + group % G), done, lane);
+            wait_count(head_done(s, s.H + kv_head), done, lane);
+            wait_count(head_done(s, s.H + s.Hkv + kv_head), done, lane);
+        }
         int length = s.kv_len[b], start = s.tree_start[b];
         int span = ((length + s.splits - 1) / s.splits + 31) / 32 * 32;
         int k_begin = split * span, k_end = min(length, k_begin + span);
@@ -597,18 +636,21 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
                 for (int e = 0; e < DPL; e++) s.o_part[row * D + lane * DPL + e] = acc[r][e];
                 if (lane == 0) s.ml_part[2 * row] = run_max[r], s.ml_part[2 * row + 1] = total;
             }
+            if constexpr (FLAGS) signal_count(row_done(s, (q0 + packed / G) * s.H + kv_head * G + packed % G), lane);
         }
     }
 }
 
 // attn[m, h] = sum_k w_k o_k / sum_k w_k l_k, w_k = exp(m_k - max_k m_k), over the splits k (unit = row, head).
-template <int D>
-__device__ void phase_merge(const Step& s, float* smem, int gw, int tw, int warp, int lane) {
+// FLAGS: a row waits for its splits of layer l (row_done) and counts on rows_merged when written; `weights`
+// (s.splits floats a warp) then is the warp's own, since other warps of the block may still run attention.
+template <int D, bool FLAGS>
+__device__ void phase_merge(const Step& s, float* weights, int gw, int tw, int lane, int l) {
     int rows = s.cu_q[s.B];
     long long stride = (long long)s.M * s.H;
-    float* weights = smem + warp * s.splits;  // per warp: w_k
     for (int u = gw; u < s.M * s.H; u += tw) {
         bool live = u / s.H < rows;  // padded rows of a captured bucket get zeros
+        if (FLAGS && live) wait_count(row_done(s, u), s.splits * (l + 1), lane);
         float top = NEG_INF, den = 0.0f;
         for (int k = lane; k < s.splits; k += 32) top = fmaxf(top, live ? __ldcg(s.ml_part + 2 * (k * stride + u)) : NEG_INF);
         top = warp_max(top);
@@ -634,6 +676,7 @@ __device__ void phase_merge(const Step& s, float* smem, int gw, int tw, int warp
             }
             s.attn[(long long)u * D + d] = __float2bfloat16_rn(den > 0.0f ? num / den : 0.0f);
         }
+        if constexpr (FLAGS) signal_count(rows_merged(s), lane);
         __syncwarp();
     }
 }
@@ -835,6 +878,20 @@ __device__ __noinline__ void phase_gate_up_mma(bf16* act, const bf16* wgu, const
 #define TRACE(l, i)
 #endif
 
+// The next layer's K/V pages of the step (short contexts) and weights (small models) into L2, ahead of their use.
+__device__ void prefetch_layer(const Step& s, const unsigned long long* next, int D) {
+    if (s.prefetch_kv) prefetch_pages(s, reinterpret_cast<const bf16*>(next[6]), reinterpret_cast<const bf16*>(next[7]), D);
+    if (s.prefetch) {
+        long long C = s.C, qkv = (long long)(s.H + 2 * s.Hkv) * D;
+        prefetch_l2(reinterpret_cast<const void*>(next[1]), qkv * C * 2);
+        prefetch_l2(reinterpret_cast<const void*>(next[2]), C * s.H * D * 2);
+        prefetch_l2(reinterpret_cast<const void*>(next[4]), 2LL * s.I * C * 2);
+        prefetch_l2(reinterpret_cast<const void*>(next[5]), C * s.I * 2);
+        prefetch_l2(reinterpret_cast<const void*>(next[0]), C * 4);  // the RMSNorm weights
+        prefetch_l2(reinterpret_cast<const void*>(next[3]), C * 4);
+    }
+}
+
 template <int MR, int D>
 __device__ void fused_layers_body(const Step& s) {
     extern __shared__ uint4 smem[];
@@ -881,40 +938,39 @@ __device__ void fused_layers_body(const Step& s) {
         stage_norm(xs, s.resid, attn_norm, s.M, s.C, s.eps, TENSOR);
         TRACE(l, 0);
         if constexpr (TENSOR) phase_qkv_mma<D>(s, wqkv, k_cache, v_cache, smem, red);
-        else phase_qkv<MR, D>(s, wqkv, k_cache, v_cache, smem, gw, tw, lane, qkv_pre ? slot : nullptr, qkv_first);
-        if (s.prefetch_kv && next != nullptr)  // its pages sit in L2 by the time its attention reads them
-            prefetch_pages(s, reinterpret_cast<const bf16*>(next[6]), reinterpret_cast<const bf16*>(next[7]), D);
-        if (s.prefetch && next != nullptr) {  // the next layer's weights stream into L2 while attention runs
-            long long C = s.C, qkv = (long long)(s.H + 2 * s.Hkv) * D;
-            prefetch_l2(reinterpret_cast<const void*>(next[1]), qkv * C * 2);
-            prefetch_l2(reinterpret_cast<const void*>(next[2]), C * s.H * D * 2);
-            prefetch_l2(reinterpret_cast<const void*>(next[4]), 2LL * s.I * C * 2);
-            prefetch_l2(reinterpret_cast<const void*>(next[5]), C * s.I * 2);
-            prefetch_l2(reinterpret_cast<const void*>(next[0]), C * 4);  // the RMSNorm weights
-            prefetch_l2(reinterpret_cast<const void*>(next[3]), C * 4);
-        }
+        else phase_qkv<MR, D, PRE>(s, wqkv, k_cache, v_cache, smem, gw, tw, lane, qkv_pre ? slot : nullptr, qkv_first);
+        if (next != nullptr) prefetch_layer(s, next, D);  // (decode: issued after attention instead measured level)
         TRACE(l, 1);
-        grid_barrier(s.barrier, target);
+        // decode: no grid barrier between qkv, attention, merge and O; each unit waits for the units it reads
+        // (dataflow counters: phase_attention, phase_merge). What a warp or block writes there is read by
+        // no other phase before the O phase's wait, which follows every merge and so every qkv unit.
+        if constexpr (!PRE) grid_barrier(s.barrier, target);
         stamp(s, 1 + 6 * l);
-        phase_attention<D, MR == 1 ? 1 : GROUP_ROWS>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
+        phase_attention<D, MR == 1 ? 1 : GROUP_ROWS, PRE>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane, l);
 #ifdef FUSED_TRACE_TWICE  // experiment: the same attention again, its code and data now cached
         TRACE(l, 10);
-        phase_attention<D, MR == 1 ? 1 : GROUP_ROWS>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
+        phase_attention<D, MR == 1 ? 1 : GROUP_ROWS, false>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane, l);
 #endif
         TRACE(l, 2);
-        grid_barrier(s.barrier, target);
+        if constexpr (!PRE) grid_barrier(s.barrier, target);
         stamp(s, 2 + 6 * l);
-        phase_merge<D>(s, reinterpret_cast<float*>(smem), gw, tw, warp, lane);
+        // decode: the merge's split weights go to the warp's slot (free until the O copy below), not over the
+        // attention tiles of the block's other warps, which may still be at work
+        phase_merge<D, PRE>(s, PRE ? reinterpret_cast<float*>(slot) : reinterpret_cast<float*>(smem) + warp * s.splits, gw, tw, lane, l);
         TRACE(l, 3);
         // the resid values the residual phases add to were written two barriers before them: read before the wait
-        grid_arrive(s.barrier, target);
+        if constexpr (PRE) __syncthreads();  // the block's warps are done with shared memory (the O staging overwrites it)
+        else grid_arrive(s.barrier, target);
         float before = 0.0f;
         if (o_pre) {
             const bf16* w[1] = {wo + (long long)gw * s.H * D};
             copy_batch(slot, w, lane, s.H * D / 8);
             if (lane < min(MR, s.M)) before = __ldcg(s.resid + (long long)lane * s.C + gw);
         }
-        grid_wait(s.barrier, target);
+        if constexpr (PRE) {  // every row merged: every unit of qkv, attention and merge of this layer is done
+            if (threadIdx.x == 0) poll_until(rows_merged(s), s.M * s.H * (l + 1));
+            __syncthreads();
+        } else grid_wait(s.barrier, target);
         stamp(s, 3 + 6 * l);
         stage_copy(smem, s.attn, s.M, s.H * D, TENSOR);
         TRACE(l, 4);

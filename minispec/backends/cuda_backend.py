@@ -748,8 +748,10 @@ class CudaBackend:
         ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32)
         attn = cp.empty((N, H * D), dtype=cp.uint16)
         act = cp.empty((N, I), dtype=cp.uint16)
-        barrier = cp.empty(1, dtype=cp.uint32)
-        cp.cuda.runtime.memsetAsync(barrier.data.ptr, 0, 4, self.stream.ptr)
+        # the grid barrier's counter, then (the decode instance) a counter per qkv head, per attention row and one
+        # for the merged rows, each on its own 128-byte line (fused_layers.cuh, head_done)
+        barrier = cp.empty(32 * (2 + H + 2 * Hkv + N * H), dtype=cp.uint32)
+        cp.cuda.runtime.memsetAsync(barrier.data.ptr, 0, barrier.nbytes, self.stream.ptr)
         prefetch = self.small_layers(model)  # the next layer's weights go to L2 during this one
         kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
         prefetch_kv = kv_bytes <= 8 << 20

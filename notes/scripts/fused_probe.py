@@ -4,7 +4,10 @@ step times (decode, tree T = 16) at the contexts given (default 512), the per-ph
 argmax, gaps). `trace`: a build with stamps inside the phases too; `twice`: with `trace`, each layer runs its
 attention twice, the second time with its code and data cached. Run from the repository root (or from a copy of
 another build that has bench_gpu.fused_stamps, to compare in the same call):
-python3 notes/scripts/fused_probe.py 512 2048 [trace [twice]]"""
+python3 notes/scripts/fused_probe.py 512 2048 [trace [twice]]
+Since stop 15 the decode instance has no grid barrier after qkv and after attention (its units wait on counters
+inside the phases), so in its trace those two "barrier" spans are empty and "barrier+stage" is the wait for every
+merged row and the O staging."""
 import sys
 
 import numpy as np
