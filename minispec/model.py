@@ -53,7 +53,7 @@ class Model:
         argmax, still on the device: see Engine.decode_ahead).
         """
         backend = self.backend
-        if backend.can_replay(plan):
+        if backend.can_replay(plan, self):
             return StepLogits(backend, backend.replay(self, plan, cache, tokens))
         device_plan = backend.prepare_plan(plan)
         if tokens is not None:

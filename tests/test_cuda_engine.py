@@ -136,25 +136,33 @@ def prefill_logits(llm, prompts):
 
 
 def test_prefill_replays_a_graph_up_to_its_row_limit(default_model):
-    """Prefill steps of up to PREFILL_GRAPH_ROWS rows replay a captured graph (rows padded to a power of two,
-    each chunk's last row's logits); longer ones run eagerly. Both give the eager launches' logits, in a batch
-    of prompts of several lengths too, and the graph of a bucket serves a second batch of other lengths."""
-    from minispec.backends.cuda_backend import PREFILL_GRAPH_ROWS
+    """Prefill steps of up to prefill_graph_rows rows replay a captured graph (rows padded to a power of two,
+    each chunk's last row's logits): on the default model, whose layers are small, the engine's whole chunk of
+    512; longer ones run eagerly (here with the limit of large models, 128). Both give the eager launches'
+    logits, in a batch of prompts of several lengths too, and the graph of a bucket serves a second batch of
+    other lengths."""
+    from minispec.backends.cuda_backend import PREFILL_GRAPH_ROWS, SMALL_PREFILL_GRAPH_ROWS
 
     graphs = LLM(model=str(default_model), device="cuda")
     eager = LLM(model=str(default_model), device="cuda")
     eager.backend.use_graphs = False
+    assert graphs.backend.prefill_graph_rows(graphs.model) == SMALL_PREFILL_GRAPH_ROWS
     rng = np.random.default_rng(11)
     prompt = lambda n: rng.integers(0, graphs.model.config.vocab_size, size=n).tolist()  # noqa: E731
-    prefill_keys = lambda: {key for (_, key) in graphs.backend.graphs.entries if key[3]}  # noqa: E731
-    batches = [[prompt(37)], [prompt(5), prompt(50)], [prompt(20), prompt(41)], [prompt(PREFILL_GRAPH_ROWS + 70)]]
-    for batch in batches:
+    prefill_keys = lambda: {key[:2] for (_, key) in graphs.backend.graphs.entries if key[3]}  # noqa: E731
+
+    def check(batch):
         expected, got = prefill_logits(eager, batch), prefill_logits(graphs, batch)
         assert np.isfinite(got).all()
         assert np.abs(got - expected).max() / np.abs(expected).max() <= 2e-2, [len(p) for p in batch]
-        if sum(map(len, batch)) <= PREFILL_GRAPH_ROWS:
-            assert (len(batch), 1 << (sum(map(len, batch)) - 1).bit_length()) in {key[:2] for key in prefill_keys()}
-    assert len(prefill_keys()) == 2  # (1, 64) and (2, 64): the third batch replayed the second's graph; the last ran eagerly
+
+    for batch in [[prompt(37)], [prompt(5), prompt(50)], [prompt(20), prompt(41)], [prompt(300)]]:
+        check(batch)
+    assert prefill_keys() == {(1, 64), (2, 64), (1, 512)}  # the third batch replayed the second's graph
+    graphs.backend.prefill_graph_limit = PREFILL_GRAPH_ROWS
+    check([prompt(PREFILL_GRAPH_ROWS + 70)])  # over the limit: eager
+    check([prompt(100)])
+    assert prefill_keys() == {(1, 64), (2, 64), (1, 512), (1, 128)}
 
 
 @pytest.mark.parametrize("gemm", ["own", "cublas"])

@@ -92,7 +92,10 @@ class IdentityTable:
 # Prefill steps of up to this many rows replay a captured graph: a prompt (or a chat turn) of that size is
 # launch-bound when run layer by layer (~7 ms of launches for 30 layers, against ~1 ms of GPU work on the
 # default model); larger chunks run eagerly, where each bucket's activations would cost a graph its memory.
+# Models with small layers (CudaBackend.small_layers) replay chunks of up to SMALL_PREFILL_GRAPH_ROWS, the
+# engine's whole prefill chunk: their activations at 512 rows are a few MB a graph.
 PREFILL_GRAPH_ROWS = 128
+SMALL_PREFILL_GRAPH_ROWS = 512
 
 
 def pow2_bucket(n: int) -> int:
@@ -224,6 +227,7 @@ class CudaBackend:
         self.gemm_cluster = None  # gemm_stream's / gemm_wgmma's blocks per cluster along K (None: by their rules)
         self.gemm_wgmma_groups = None  # gemm_wgmma's 64-row warpgroups per block, 1 or 2 (None: wgmma_groups)
         self.use_graphs = use_graphs
+        self.prefill_graph_limit = None  # most rows of a prefill step replayed as a graph (None: prefill_graph_rows)
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         self.cublas, self.cublas_error = process_cublas(cp, self.stream)  # None: the own kernel serves every M
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
@@ -334,14 +338,20 @@ class CudaBackend:
         )
 
     # ------------------------------------------------------------------ CUDA graphs
-    def can_replay(self, plan: StepPlan) -> bool:
+    def can_replay(self, plan: StepPlan, model) -> bool:
         """Decode and tree-verify steps (no causal chunk, every row's logits, N <= 64) and prefill steps (causal
-        chunks only, each one's last row's logits, N <= PREFILL_GRAPH_ROWS) run as graphs."""
+        chunks only, each one's last row's logits, N <= prefill_graph_rows) run as graphs."""
         if not self.use_graphs:
             return False
         if not plan.causal.any():
             return plan.num_tokens <= 64 and plan.all_logits
-        return self.is_prefill(plan) and plan.num_tokens <= PREFILL_GRAPH_ROWS
+        return self.is_prefill(plan) and plan.num_tokens <= self.prefill_graph_rows(model)
+
+    def prefill_graph_rows(self, model) -> int:
+        """Most rows of a prefill step that replays a graph: the engine's whole chunk on small models."""
+        if self.prefill_graph_limit is not None:
+            return self.prefill_graph_limit
+        return SMALL_PREFILL_GRAPH_ROWS if self.small_layers(model) else PREFILL_GRAPH_ROWS
 
     @staticmethod
     def is_prefill(plan: StepPlan) -> bool:

@@ -194,7 +194,7 @@ class NumpyBackend:
     def prepare_plan(self, plan: StepPlan) -> StepPlan:
         return plan
 
-    def can_replay(self, plan: StepPlan) -> bool:
+    def can_replay(self, plan: StepPlan, model) -> bool:
         return False
 
     def fused_rows(self, model, plan: StepPlan) -> int:
