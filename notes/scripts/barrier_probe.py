@@ -1,7 +1,7 @@
 """Device probe: what one grid-wide barrier costs on this card, for the barrier designs the fused-layers kernel
 could use, and the L2 round trips they are made of. Each kernel runs ITERS barriers back to back in one
 persistent launch of one 512-thread block per SM (as kernels/fused_layers.cuh does); µs per barrier is the
-launch's time over ITERS (CUDA events, best of 5). Run from the repository root: python3 notes/scripts/barrier_probe.py
+launch's time over ITERS (CUDA events, median of 5). Run from the repository root: python3 notes/scripts/barrier_probe.py
 
   flat        the current grid_barrier: __syncthreads, thread 0 red.release.gpu on one counter, polls it with
               ld.acquire.gpu, __syncthreads
@@ -20,7 +20,7 @@ import cupy as cp
 import numpy as np
 
 sys.path.insert(0, ".")
-from minispec.bench_gpu import card_name, require_gpu
+from minispec.bench_gpu import card_name, require_gpu, time_gpu  # noqa: E402
 
 SOURCE = r"""
 #define SPIN_LIMIT (1u << 24)
@@ -31,7 +31,9 @@ __device__ __forceinline__ unsigned ld_relaxed(const unsigned* p) {
 __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
 
-extern "C" __global__ void __launch_bounds__(512, 1) flat(unsigned* counter, int iters) {
+// flat: poll with ld.acquire; relaxed: with ld.relaxed and one fence after the wait
+template <bool RELAXED>
+__device__ void flat_barriers(unsigned* counter, int iters) {
     unsigned target = 0;
     for (int i = 0; i < iters; i++) {
         target += gridDim.x;
@@ -39,26 +41,14 @@ extern "C" __global__ void __launch_bounds__(512, 1) flat(unsigned* counter, int
         if (threadIdx.x == 0) {
             asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
             unsigned spins = 0;
-            while (ld_acquire(counter) < target) if (++spins == SPIN_LIMIT) __trap();
+            while ((RELAXED ? ld_relaxed(counter) : ld_acquire(counter)) < target) if (++spins == SPIN_LIMIT) __trap();
+            if (RELAXED) asm volatile("fence.acq_rel.gpu;" ::: "memory");
         }
         __syncthreads();
     }
 }
-
-extern "C" __global__ void __launch_bounds__(512, 1) relaxed(unsigned* counter, int iters) {
-    unsigned target = 0;
-    for (int i = 0; i < iters; i++) {
-        target += gridDim.x;
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
-            unsigned spins = 0;
-            while (ld_relaxed(counter) < target) if (++spins == SPIN_LIMIT) __trap();
-            asm volatile("fence.acq_rel.gpu;" ::: "memory");
-        }
-        __syncthreads();
-    }
-}
+extern "C" __global__ void __launch_bounds__(512, 1) flat(unsigned* c, int iters) { flat_barriers<false>(c, iters); }
+extern "C" __global__ void __launch_bounds__(512, 1) relaxed(unsigned* c, int iters) { flat_barriers<true>(c, iters); }
 
 extern "C" __global__ void __launch_bounds__(512, 1) flag(unsigned* counter, int iters) {
     unsigned* flag_word = counter + 32;  // its own 128-byte line
@@ -142,17 +132,9 @@ extern "C" __global__ void atom_chase(unsigned* word, int steps, unsigned* out) 
 """
 
 
-def timed(fn, repeats=5):
-    """best of `repeats` (ms) of fn(), between CUDA events"""
-    best = float("inf")
-    for _ in range(repeats):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        best = min(best, cp.cuda.get_elapsed_time(start, stop))
-    return best
+def timed(fn):
+    """ms of fn(), the median of 5 between CUDA events after a warm-up run"""
+    return time_gpu(fn, 1, 5) * 1e3
 
 
 def main():
