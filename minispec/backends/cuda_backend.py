@@ -26,6 +26,7 @@ INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by 
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
 WGMMA_RING = 6  # K/V slots of tree_attention_wgmma (kernels/attention.cu, ATTENTION_RING)
 WGMMA_GEMM_STAGES = {1: 6, 2: 4}  # gemm_wgmma's ring depth by consumer warpgroups (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
+FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots: 16 warps x SLOT_CHUNKS x 16 bytes
 
 
 def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
@@ -726,7 +727,7 @@ class CudaBackend:
         pass_rows = cls.fused_pass_rows(c, rows)
         staged = 16 * widest * 2 + 16 * 32 * 4 * 4 if pass_rows == 16 else rows * widest * 2
         shared = max(staged, 16 * (4 * c.head_dim + 4 * 32 + 64) * 4)
-        return shared + 16 * 8 * 32 * 16 if pass_rows == 1 else shared
+        return shared + FUSED_SLOT_BYTES if pass_rows == 1 else shared
 
     def layer_table(self, model, cache):
         """uint64 [L, 8] device pointers of each layer's norms, weights and K/V pages (made once per model and cache)."""
