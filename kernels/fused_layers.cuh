@@ -728,6 +728,15 @@ __device__ void phase_merge(const Step& s, float* weights, int gw, int tw, int l
 // memory to be passed by reference. slot != null (decode): the warp's slot holds the first batch of its first
 // unit (copy_batch), and for the residual phases `first_before` that unit's resid value (rows 0 .. MR - 1).
 
+// decode, between a barrier's arrival and its wait: the first weight row of the residual GEMV unit gw (output
+// column gw of W [C, K]) into the warp's slot, and the resid values (rows 0 .. MR - 1) that unit adds to
+template <int MR>
+__device__ __forceinline__ float start_residual(const Step& s, uint4* slot, const bf16* w_all, int K, int gw, int lane) {
+    const bf16* w[1] = {w_all + (long long)gw * K};
+    copy_batch(slot, w, lane, K / 8);
+    return lane < min(MR, s.M) ? __ldcg(s.resid + (long long)lane * s.C + gw) : 0.0f;
+}
+
 // resid[m, n] += x[m, :] . W[n, :] for every output column n < C (one warp per column), M rows.
 template <int MR>
 __device__ __noinline__ void phase_residual_gemv(float* resid, const bf16* w_all, const uint4* xs, int M, int C, int K, int gw,
@@ -1003,12 +1012,7 @@ __device__ void fused_layers_body(const Step& s) {
         // the resid values the residual phases add to were written two barriers before them: read before the wait
         if constexpr (PRE) __syncthreads();  // the block's warps are done with shared memory (the O staging overwrites it)
         else grid_arrive(s.barrier, target);
-        float before = 0.0f;
-        if (o_pre) {
-            const bf16* w[1] = {wo + (long long)gw * s.H * D};
-            copy_batch(slot, w, lane, s.H * D / 8);
-            if (lane < min(MR, s.M)) before = __ldcg(s.resid + (long long)lane * s.C + gw);
-        }
+        float before = o_pre ? start_residual<MR>(s, slot, wo, s.H * D, gw, lane) : 0.0f;
         if constexpr (PRE) {  // every row merged: every unit of qkv, attention and merge of this layer is done
             if (threadIdx.x == 0) poll_until(rows_merged(s), s.M * s.H * (l + 1));
             __syncthreads();
@@ -1033,11 +1037,7 @@ __device__ void fused_layers_body(const Step& s) {
         else phase_gate_up<MR>(s.act, wgu, smem, s.M, s.C, s.I, gw, tw, lane, gate_up_pre ? slot : nullptr);
         TRACE(l, 7);
         grid_arrive(s.barrier, target);
-        if (o_pre) {  // down writes the same columns as o
-            const bf16* w[1] = {wdown + (long long)gw * s.I};
-            copy_batch(slot, w, lane, s.I / 8);
-            if (lane < min(MR, s.M)) before = __ldcg(s.resid + (long long)lane * s.C + gw);
-        }
+        if (o_pre) before = start_residual<MR>(s, slot, wdown, s.I, gw, lane);  // down writes the same columns as o
         grid_wait(s.barrier, target);
         stamp(s, 5 + 6 * l);
         stage_copy(smem, s.act, s.M, s.I, TENSOR);
