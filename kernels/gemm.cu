@@ -29,7 +29,6 @@
 #include <cuda_bf16.h>
 #include "ampere.cuh"
 #include "hopper.cuh"
-#include "pdl.cuh"
 
 namespace stream {
 constexpr int ROWS = 128;            // weight rows (columns of y) per block
@@ -189,7 +188,7 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
 // per weight row), k 64 x 4 for more (k 128 would leave one block per SM there). cuda_backend.stream_shape mirrors this.
 #define GEMM_STREAM(R, BK, STAGES, S, CLUSTER)                                                                         \
     extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_r##R##_k##BK##_s##S(                     \
-        const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K) { pdl_begin();                  \
+        const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K) {                               \
         gemm_stream_body<R, S, BK, STAGES>(x, w, y, M, N, K);                                                          \
     }
 #define GEMM_STREAM_CLUSTERS(R, BK, STAGES)                          \
@@ -220,7 +219,6 @@ __device__ __forceinline__ void store_tiles(float* __restrict__ y, const float (
 // Launch: grid (ceil(N / 32), ceil(M / 64)), block 128: warp w owns columns (blockIdx.x * 4 + w) * 8 .. +8.
 extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                                      float* __restrict__ y, int M, int N, int K) {
-    pdl_begin();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int n0 = (blockIdx.x * 4 + warp) * 8, m_base = blockIdx.y * 64;
     if (n0 >= N) return;
@@ -337,7 +335,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
 // gemm_wgmma_w{WGS}_s{S}: WGS consumer warpgroups (64 weight rows each); STAGES fill about 96 KB, two blocks an SM
 #define GEMM_WGMMA(WGS, STAGES, S, CLUSTER)                                                                          \
     extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_s##S(               \
-        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { pdl_begin(); \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { \
         gemm_wgmma_body<WGS, STAGES, S>(w_map, x_map, y, M, N, K);                                                    \
     }
 #define GEMM_WGMMA_CLUSTERS(WGS, STAGES)                            \
@@ -351,7 +349,6 @@ GEMM_WGMMA_CLUSTERS(2, 4)
 // grid ceil(I / 64), block 288, the shared memory of gemm_wgmma_w2
 extern "C" __global__ void __launch_bounds__(288, 2) gemm_wgmma_glu(const __grid_constant__ TensorMap w_map,
         const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K) {
-    pdl_begin();
     gemm_wgmma_body<2, 4, 1, true>(w_map, x_map, act, M, I, K);
 }
 #endif
