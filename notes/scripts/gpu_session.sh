@@ -1,7 +1,7 @@
 #!/bin/bash
 # Device probe: the second of the two calls that bring the default model over (see notes/README.md), then
 # what is asked: "tests", "e2e", "profile", "attention", "gemm", "spec", "sampling", "kernels", "sweep-short", "sweep",
-# "op-times", "spec-profile", "spec-profile-extract" (in the order given). Logs go to $OUT.
+# "op-times", "agreement", "spec-profile", "spec-profile-extract" (in the order given). Logs go to $OUT.
 set -o pipefail
 cat /root/parts/gguf.part.aa .parts/b/gguf.part.ab > /root/smollm2.gguf || exit 1
 export PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights PYTHONUNBUFFERED=1
@@ -22,6 +22,7 @@ for what in "$@"; do
           (cd .old && timeout 200 python3 ../notes/scripts/sampled_decode.py 2>&1 | grep -v "it/s\]" | tee -a $OUT/sampled_decode.log); fi ;;
     spec-profile) timeout 200 python3 notes/scripts/spec_host_profile.py 2>&1 | grep -v "it/s\]" | tee $OUT/spec_host_profile.log ;;
     spec-profile-extract) timeout 200 python3 notes/scripts/spec_host_profile.py extract 2>&1 | grep -v "it/s\]" | tee $OUT/spec_host_profile_extract.log ;;
+    agreement) timeout 200 python3 notes/scripts/spec_agreement.py 2>&1 | grep -v "it/s\]" | tee $OUT/spec_agreement.log ;;
     kernels) timeout 200 python3 -m pytest -q -x tests/test_cuda_kernels.py 2>&1 | tail -15 ;;
     spec) timeout 300 python3 -m minispec.cli bench spec --device cuda 2>&1 | tee $OUT/bench_spec.log ;;
     profile) for T in 64 1; do
