@@ -19,6 +19,7 @@
 // take the tensor-core version below.
 // NumPy reference: numpy_backend.attention. Tests: tests/test_cuda_kernels.py.
 #include "storage.cuh"
+#include "pdl.cuh"
 #include "ampere.cuh"
 #include "hopper.cuh"
 
@@ -30,6 +31,7 @@ extern "C" __global__ void tree_attention(
     const unsigned long long* __restrict__ masks, const int* __restrict__ causal,
     const int* __restrict__ page_tables, int max_pages, int B,
     store_t* __restrict__ out, int H, int Hkv, int P, int D, float scale) {
+    pdl_wait();
     int n = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
     if (n >= cu_q[B]) {  // a padded row of a captured bucket: defined output, no reads
         for (int d = lane; d < D; d += 32) out[((long long)n * H + h) * D + d] = to_store(0.0f);
@@ -381,7 +383,7 @@ __device__ void tree_attention_mma(
         const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* cu_q,          \
         const int* kv_len, const int* tree_start, const unsigned long long* masks, const int* causal,           \
         const int* page_tables, int max_pages, int B, float* o_part, float* ml_part, __nv_bfloat16* out, int N,  \
-        int H, int Hkv, int P, float scale) {                                                                   \
+        int H, int Hkv, int P, float scale) { pdl_wait();                                                       \
         tree_attention_mma<D, WARPS, 32 * (WARPS / 4)>(q, k_cache, v_cache, cu_q, kv_len, tree_start, masks, causal, page_tables, \
                                      max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale);                  \
     }
@@ -581,7 +583,7 @@ __device__ void tree_attention_wgmma(
         const __grid_constant__ TensorMap k_map, const __grid_constant__ TensorMap v_map, int box_rows,         \
         const int* cu_q, const int* kv_len, const int* tree_start, const unsigned long long* masks,            \
         const int* causal, const int* page_tables, int max_pages, int B, float* o_part, float* ml_part,        \
-        __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale) {                                        \
+        __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale) { pdl_wait();                            \
         tree_attention_wgmma<D>(q, k_cache, v_cache, k_map, v_map, box_rows, cu_q, kv_len, tree_start, masks,    \
                                 causal, page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale);  \
     }
@@ -598,6 +600,7 @@ TREE_ATTENTION_WGMMA(128)
 extern "C" __global__ void attention_merge(const float* __restrict__ o_part, const float* __restrict__ ml_part,
                                            const int* __restrict__ cu_q, int B, store_t* __restrict__ out,
                                            int N, int H, int D, int splits) {
+    pdl_begin();
     const int lane = threadIdx.x % 32;
     const long long row = (long long)blockIdx.x * 4 + threadIdx.x / 32;
     if (row >= (long long)N * H) return;

@@ -17,9 +17,11 @@
 // NumPy reference: numpy_backend.embedding, add_rmsnorm, split_qkv_rope + write_kv, silu_mul.
 // Tests: tests/test_cuda_kernels.py.
 #include "storage.cuh"
+#include "pdl.cuh"
 
 extern "C" __global__ void embedding(const store_t* __restrict__ table, const int* __restrict__ tokens,
                                      float* __restrict__ out, int C) {
+    pdl_begin();
     const store_t* row = table + (long long)tokens[blockIdx.x] * C;
     float* dst = out + (long long)blockIdx.x * C;
     for (int c = threadIdx.x; c < C; c += blockDim.x) dst[c] = load_f(row + c);
@@ -44,6 +46,7 @@ __device__ float block_sum(float value) {
 extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, float* __restrict__ residual,
                                        int has_residual, const float* __restrict__ weight, store_t* __restrict__ out,
                                        int C, float eps) {
+    pdl_begin();
     long long base = (long long)blockIdx.x * C;
     float square_sum = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -60,6 +63,7 @@ extern "C" __global__ void rope_write_kv(const float* __restrict__ qkv,
                                          const float* __restrict__ sin_table, const int* __restrict__ slots,
                                          float* __restrict__ q_out, store_t* __restrict__ k_cache,
                                          store_t* __restrict__ v_cache, int H, int Hkv, int D, int P) {
+    pdl_begin();
     int n = blockIdx.x, half = D / 2, width = (H + 2 * Hkv) * D, slot = slots[n];
     long long row = (long long)n * width;
     const float* cos_row = cos_table + (long long)positions[n] * half;
@@ -87,6 +91,7 @@ extern "C" __global__ void rope_write_kv(const float* __restrict__ qkv,
 }
 
 extern "C" __global__ void silu_mul(const float* __restrict__ gate_up, store_t* __restrict__ out, int I) {
+    pdl_begin();
     long long row = (long long)blockIdx.x * 2 * I;
     int i = blockIdx.y * blockDim.x + threadIdx.x;  // many blocks per row: a decode step has N = 1
     if (i >= I) return;

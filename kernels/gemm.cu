@@ -29,6 +29,7 @@
 #include <cuda_bf16.h>
 #include "ampere.cuh"
 #include "hopper.cuh"
+#include "pdl.cuh"
 
 namespace stream {
 constexpr int ROWS = 128;            // weight rows (columns of y) per block
@@ -106,11 +107,15 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     for (int j = 0; j < W_LOADS; j++) w_src[j] = (unsigned)min(n0 + r0 + ROW_STEP * j, N - 1) * K + k_begin + c * 8;
 #pragma unroll
     for (int j = 0; j < X_LOADS; j++) x_src[j] = (unsigned)min(r0 + ROW_STEP * j, M - 1) * K + k_begin + c * 8;
-    auto load_stage = [&](int step) {
-        unsigned ws = base + (step % STAGES) * STAGE_BYTES + chunk_offset, xs = ws + W_BYTES;
+    auto load_weights = [&](int step) {
+        unsigned ws = base + (step % STAGES) * STAGE_BYTES + chunk_offset;
         unsigned k = step * BK;
 #pragma unroll
         for (int j = 0; j < W_LOADS; j++) cp_async16(ws + j * ROW_STEP * BK * 2, w + (w_src[j] + k), 16);
+    };
+    auto load_x = [&](int step) {
+        unsigned xs = base + (step % STAGES) * STAGE_BYTES + chunk_offset + W_BYTES;
+        unsigned k = step * BK;
 #pragma unroll
         for (int j = 0; j < X_LOADS; j++)
             if (r0 + ROW_STEP * j < R) cp_async16(xs + j * ROW_STEP * BK * 2, x + (x_src[j] + k), r0 + ROW_STEP * j < M ? 16 : 0);
@@ -121,15 +126,21 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     const int a_row = group * 32 + (lane & 15), a_chunk = half * CHUNKS / 2 + (lane >> 4);
     const int b_row = lane & 7, b_chunk = half * CHUNKS / 2 + (lane >> 3);
     float acc[2][NT][4] = {};
+    // The ring's first weight stages go out before the wait for the previous kernel (kernels/pdl.cuh): no
+    // kernel writes W, while x is the previous kernel's output. The first commit group holds them all.
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++)
+        if (s < steps) load_weights(s);
+    pdl_wait();
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
-        if (s < steps) load_stage(s);
+        if (s < steps) load_x(s);
         cp_async_commit();  // empty groups keep the count uniform
     }
     for (int step = 0; step < steps; step++) {
         cp_async_wait<STAGES - 2>();  // this thread's copies of `step` landed
         __syncthreads();                                       // everyone's did; and stage step - 1 is free to refill
-        if (step + STAGES - 1 < steps) load_stage(step + STAGES - 1);
+        if (step + STAGES - 1 < steps) load_weights(step + STAGES - 1), load_x(step + STAGES - 1);
         cp_async_commit();
         const unsigned ws = base + (step % STAGES) * STAGE_BYTES, xs = ws + W_BYTES;
 #pragma unroll
@@ -164,6 +175,7 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
         }
     }
     cp_async_wait<0>();
+    pdl_trigger();  // the next kernel may launch (a GEMM copies its first weights while these blocks reduce)
     __syncthreads();                                           // the ring is free: it becomes the reduction buffer
 
     float* red = reinterpret_cast<float*>(shared);            // [R][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
@@ -219,6 +231,7 @@ __device__ __forceinline__ void store_tiles(float* __restrict__ y, const float (
 // Launch: grid (ceil(N / 32), ceil(M / 64)), block 128: warp w owns columns (blockIdx.x * 4 + w) * 8 .. +8.
 extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                                      float* __restrict__ y, int M, int N, int K) {
+    pdl_wait();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int n0 = (blockIdx.x * 4 + warp) * 8, m_base = blockIdx.y * 64;
     if (n0 >= N) return;
@@ -335,7 +348,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
 // gemm_wgmma_w{WGS}_s{S}: WGS consumer warpgroups (64 weight rows each); STAGES fill about 96 KB, two blocks an SM
 #define GEMM_WGMMA(WGS, STAGES, S, CLUSTER)                                                                          \
     extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_s##S(               \
-        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { pdl_wait();  \
         gemm_wgmma_body<WGS, STAGES, S>(w_map, x_map, y, M, N, K);                                                    \
     }
 #define GEMM_WGMMA_CLUSTERS(WGS, STAGES)                            \
@@ -349,6 +362,7 @@ GEMM_WGMMA_CLUSTERS(2, 4)
 // grid ceil(I / 64), block 288, the shared memory of gemm_wgmma_w2
 extern "C" __global__ void __launch_bounds__(288, 2) gemm_wgmma_glu(const __grid_constant__ TensorMap w_map,
         const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K) {
+    pdl_wait();
     gemm_wgmma_body<2, 4, 1, true>(w_map, x_map, act, M, I, K);
 }
 #endif

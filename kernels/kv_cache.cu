@@ -11,6 +11,7 @@
 //   grid (count, C), block 128.
 // NumPy reference: NumpyBackend.move_slots. Tests: tests/test_cuda_kernels.py.
 #include "storage.cuh"
+#include "pdl.cuh"
 
 __device__ __forceinline__ long long slot_offset(int slot, int h, int Hkv, int P, int D) {
     return (((long long)(slot / P) * Hkv + h) * P + slot % P) * D;
@@ -18,6 +19,7 @@ __device__ __forceinline__ long long slot_offset(int slot, int h, int Hkv, int P
 
 extern "C" __global__ void gather_slots(const unsigned long long* __restrict__ caches, const int* __restrict__ source,
                                         store_t* __restrict__ buffer, int Hkv, int P, int D) {
+    pdl_begin();
     const store_t* cache = reinterpret_cast<const store_t*>(caches[blockIdx.y]);
     long long row = ((long long)blockIdx.y * gridDim.x + blockIdx.x) * Hkv * D;
     for (int idx = threadIdx.x; idx < Hkv * D; idx += blockDim.x)
@@ -26,6 +28,7 @@ extern "C" __global__ void gather_slots(const unsigned long long* __restrict__ c
 
 extern "C" __global__ void scatter_slots(const unsigned long long* __restrict__ caches, const int* __restrict__ destination,
                                          const store_t* __restrict__ buffer, int Hkv, int P, int D) {
+    pdl_begin();
     store_t* cache = reinterpret_cast<store_t*>(caches[blockIdx.y]);
     long long row = ((long long)blockIdx.y * gridDim.x + blockIdx.x) * Hkv * D;
     for (int idx = threadIdx.x; idx < Hkv * D; idx += blockDim.x)

@@ -10,6 +10,7 @@
 //   logits float [R, V], ids int32 [R].
 // NumPy reference: numpy.argmax. Tests: tests/test_cuda_kernels.py.
 
+#include "pdl.cuh"
 #define NO_INDEX 0x7fffffff  // no candidate yet
 #define ARGMAX_THREADS 256
 #define ARGMAX_UNROLL 8
@@ -34,6 +35,7 @@ __device__ __forceinline__ void argmax_warp(float& value, int& index) {
 
 extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
 argmax_share(const float* __restrict__ logits, float* __restrict__ best_value, int* __restrict__ best_index, int V) {
+    pdl_begin();
     const int r = blockIdx.y, S = gridDim.x;
     const int share = (V + S - 1) / S;
     const int begin = blockIdx.x * share, end = min(V, begin + share);
@@ -71,6 +73,7 @@ argmax_share(const float* __restrict__ logits, float* __restrict__ best_value, i
 }
 
 extern "C" __global__ void argmax_merge(const float* __restrict__ best_value, const int* __restrict__ best_index, int* __restrict__ ids, int S) {
+    pdl_begin();
     const int r = blockIdx.x;
     float value = 0.0f;
     int index = NO_INDEX;
@@ -381,6 +384,7 @@ __device__ int sample_index(const float* __restrict__ p, int V, double u, float*
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(const float* __restrict__ logits, const double* __restrict__ settings,
                                                                          float* __restrict__ probs, int* __restrict__ tokens, int V) {
+    pdl_begin();
     __shared__ float scratch[32];
     __shared__ float warp_sum[SAMPLE_THREADS / 32];
     __shared__ RadixShared radix;
@@ -403,6 +407,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(const f
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) verify_tree(const float* __restrict__ logits, int row0, int T, const int* __restrict__ parents,
                                        const int* __restrict__ tokens, double temperature, int top_k, double top_p, double min_p,
                                        const double* __restrict__ uniforms, float* __restrict__ probs, int* __restrict__ out, int V) {
+    pdl_begin();
     __shared__ float scratch[32];
     __shared__ float warp_sum[SAMPLE_THREADS / 32];
     __shared__ RadixShared radix;

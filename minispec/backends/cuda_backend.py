@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import MinispecError
 from ..step import StepPlan
-from . import tensor_map
+from . import driver, tensor_map
 
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by kernel_source
@@ -236,6 +236,9 @@ class CudaBackend:
         # Hopper (compute capability 9.0): kernels compile for sm_90a, whose warpgroup MMA (wgmma) the 8-warp
         # tree attention uses
         self.hopper = (props["major"], props["minor"]) == (9, 0) and tensor_map.available()
+        # programmatic dependent launch for every kernel but the fused one (driver.py, kernels/pdl.cuh): a step's
+        # short dependent kernels launch and start while the one before them finishes
+        self.pdl = self.hopper and driver.launch_available()
         self.tensor_maps = IdentityTable()  # (k_cache, v_cache) -> TMA descriptors of the wgmma attention; (weight) -> gemm_wgmma's
         self.rope_cache = IdentityTable()  # (inv_freq) -> (cos, sin) device tables [positions, D/2]
         self.layer_tables = IdentityTable()  # (weights, cache), (layers) -> uint64 [L, 8] device pointers
@@ -263,6 +266,14 @@ class CudaBackend:
                 self.modules[file] = self.cp.RawModule(code=source, options=options)
             self.functions[(file, name)] = self.modules[file].get_function(name)
         return self.functions[(file, name)]
+
+    def launch(self, kernel, grid, block, args, shared_mem: int = 0) -> None:
+        """Launch a project kernel on the compute stream: with programmatic dependent launch where `pdl` is on
+        (Hopper; every kernel but the fused one opens with pdl_begin), else through CuPy."""
+        if self.pdl:
+            driver.launch(kernel, grid, block, args, shared_mem, self.stream.ptr)
+        else:
+            kernel(grid, block, args, shared_mem=shared_mem)
 
     def put(self, values, dtype):
         """A host value or array as a contiguous device array of `dtype`."""
@@ -369,7 +380,7 @@ class CudaBackend:
         prefill = bool(plan.causal.any())
         # the launch settings are part of the key: changing one (tests, benchmarks) must capture anew
         settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), self.attention_warps, self.attention_splits,
-                    self.attention_wgmma)
+                    self.attention_wgmma, self.pdl)
         key = (B, bucket, context, prefill, settings)
         step = self.graphs.get((model, cache), key)
         if step is None:
@@ -411,7 +422,7 @@ class CudaBackend:
         cp = self.cp
         self._check(table, self.store_dtype, 2, "embedding table")
         out = cp.empty((len(tokens), table.shape[1]), dtype=cp.float32)  # [N, hidden]
-        self.kernel("elementwise.cu", "embedding")((len(tokens),), (256,), (table, tokens, out, np.int32(table.shape[1])))
+        self.launch(self.kernel("elementwise.cu", "embedding"), (len(tokens),), (256,), (table, tokens, out, np.int32(table.shape[1])))
         return out
 
     def add_rmsnorm(self, x, residual, weight, eps):
@@ -422,7 +433,7 @@ class CudaBackend:
         has_residual = residual is not None
         residual = residual if has_residual else cp.empty((N, C), dtype=cp.float32)
         out = cp.empty((N, C), dtype=self.store_dtype)
-        self.kernel("elementwise.cu", "add_rmsnorm")(
+        self.launch(self.kernel("elementwise.cu", "add_rmsnorm"),
             (N,), (1024,), (x, residual, np.int32(has_residual), weight, out, np.int32(C), np.float32(eps))
         )
         return out, residual
@@ -445,7 +456,7 @@ class CudaBackend:
         elif stream_fits(N, K):
             self.gemm_stream(x, weight, y)
         elif K % 16 == 0:
-            self.kernel("gemm.cu", "gemm_bf16")(((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
+            self.launch(self.kernel("gemm.cu", "gemm_bf16"), ((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
         else:
             raise ValueError(f"linear: K = {K} must be a multiple of 16 for the tensor-core kernel")
         return y
@@ -479,7 +490,7 @@ class CudaBackend:
         shared = stages * (STREAM_ROWS + R) * BK * 2
         kernel = self.kernel("gemm.cu", f"gemm_stream_r{R}_k{BK}_s{S}")
         allow_shared(kernel, shared)
-        kernel((-(-N // STREAM_ROWS), S, -(-M // R)), (256,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=shared)
+        self.launch(kernel, (-(-N // STREAM_ROWS), S, -(-M // R)), (256,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)), shared)
 
     def wgmma_gemm_fits(self, M: int, K: int) -> bool:
         """Whether gemm_wgmma takes x [M, K]: Hopper, 17-64 rows (its 64-column tile; gemm_stream keeps up to 16),
@@ -512,7 +523,7 @@ class CudaBackend:
         kernel = self.kernel("gemm.cu", name)
         shared = WGMMA_GEMM_STAGES[G] * (64 * G + 64) * 64 * 2 + 1024 + 64  # the ring (W and x stages), alignment, barriers
         allow_shared(kernel, shared)
-        kernel(grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K)), shared_mem=shared)
+        self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K)), shared)
 
     def wgmma_groups(self, N: int) -> int:
         """gemm_wgmma's warpgroups a block: 2 (128 rows) where that gives every SM a tile without splitting K,
@@ -568,7 +579,7 @@ class CudaBackend:
         self._check(gate_up, cp.float32, 2, "silu_mul input")
         N, I = gate_up.shape[0], gate_up.shape[1] // 2
         out = cp.empty((N, I), dtype=self.store_dtype)
-        self.kernel("elementwise.cu", "silu_mul")((N, (I + 255) // 256), (256,), (gate_up, out, np.int32(I)))
+        self.launch(self.kernel("elementwise.cu", "silu_mul"), (N, (I + 255) // 256), (256,), (gate_up, out, np.int32(I)))
         return out
 
     def rope_tables(self, inv_freq, max_position: int):
@@ -587,7 +598,7 @@ class CudaBackend:
         P = k_cache.shape[2]
         cos, sin = self.rope_tables(inv_freq, plan.max_position)
         q = cp.empty((N, H, D), dtype=cp.float32)
-        self.kernel("elementwise.cu", "rope_write_kv")(
+        self.launch(self.kernel("elementwise.cu", "rope_write_kv"),
             (N,), (512,),
             (qkv, plan.positions, cos, sin, plan.slots, q, k_cache, v_cache,
              np.int32(H), np.int32(Hkv), np.int32(D), np.int32(P)),
@@ -603,7 +614,7 @@ class CudaBackend:
         if D % 32 or D > 256:
             raise ValueError(f"attention: head dim {D} must be a multiple of 32 and <= 256")
         out = cp.empty((N, H * D), dtype=self.store_dtype)
-        self.kernel("attention.cu", "tree_attention")(
+        self.launch(self.kernel("attention.cu", "tree_attention"),
             (N, H), (32,),
             (q, k_cache, v_cache, plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
              np.int32(plan.page_tables.shape[1]), np.int32(plan.batch_size), out, np.int32(H), np.int32(Hkv), np.int32(P),
@@ -646,10 +657,10 @@ class CudaBackend:
             kernel, shared = self.kernel("attention.cu", f"tree_attention_mma_d{D}_w{warps}"), 4 * 2 * 8 * warps * (D + 8) * 2
             args, threads = (q, k_cache, v_cache) + args, 32 * warps
         allow_shared(kernel, shared)
-        kernel((row_tiles, Hkv, splits), (threads,), args, shared_mem=shared)
+        self.launch(kernel, (row_tiles, Hkv, splits), (threads,), args, shared)
         if splits == 1:
             return out
-        self.kernel("attention.cu", "attention_merge")(
+        self.launch(self.kernel("attention.cu", "attention_merge"),
             (-(-N * H // 4),), (128,), (o_part, ml_part, plan.cu_q, np.int32(B), out, np.int32(N), np.int32(H), np.int32(D), np.int32(splits))
         )
         return out
@@ -792,8 +803,8 @@ class CudaBackend:
         best_value = cp.empty((R, S), dtype=cp.float32)
         best_index = cp.empty((R, S), dtype=cp.int32)
         ids = cp.empty(R, dtype=cp.int32)
-        self.kernel("sampling.cu", "argmax_share")((S, R), (256,), (logits, best_value, best_index, np.int32(V)))
-        self.kernel("sampling.cu", "argmax_merge")((R,), (32,), (best_value, best_index, ids, np.int32(S)))
+        self.launch(self.kernel("sampling.cu", "argmax_share"), (S, R), (256,), (logits, best_value, best_index, np.int32(V)))
+        self.launch(self.kernel("sampling.cu", "argmax_merge"), (R,), (32,), (best_value, best_index, ids, np.int32(S)))
         return ids
 
     def gather(self, array, index: list[int]):
@@ -812,7 +823,7 @@ class CudaBackend:
         settings = [(row, p.temperature, p.top_k, p.top_p, p.min_p, u) for row, p, u in zip(rows, params, uniforms)]
         tokens = cp.empty(R, dtype=cp.int32)
         probs = cp.empty((R, V), dtype=cp.float32)
-        self.kernel("sampling.cu", "sample_rows")((R,), (1024,), (logits, self.put(settings, np.float64), probs, tokens, np.int32(V)))
+        self.launch(self.kernel("sampling.cu", "sample_rows"), (R,), (1024,), (logits, self.put(settings, np.float64), probs, tokens, np.int32(V)))
         return tokens
 
     def verify_tree(self, logits, row0: int, tree, params, uniforms):
@@ -821,7 +832,7 @@ class CudaBackend:
         T, V, put = len(tree), logits.shape[1], self.put
         out = cp.empty(T + 2, dtype=cp.int32)
         probs = cp.empty(V, dtype=cp.float32)
-        self.kernel("sampling.cu", "verify_tree")(
+        self.launch(self.kernel("sampling.cu", "verify_tree"),
             (1,), (1024,),
             (cp.ascontiguousarray(logits), np.int32(row0), np.int32(T), put(tree.parents, np.int32), put(tree.tokens, np.int32),
              np.float64(params.temperature), np.int32(params.top_k), np.float64(params.top_p), np.float64(params.min_p),
@@ -851,5 +862,5 @@ class CudaBackend:
         buffer = cp.empty((len(caches), len(source), Hkv, D), dtype=self.store_dtype)
         grid = (len(source), len(caches))
         args = (np.int32(Hkv), np.int32(P), np.int32(D))
-        self.kernel("kv_cache.cu", "gather_slots")(grid, (128,), (caches, source, buffer, *args))
-        self.kernel("kv_cache.cu", "scatter_slots")(grid, (128,), (caches, destination, buffer, *args))
+        self.launch(self.kernel("kv_cache.cu", "gather_slots"), grid, (128,), (caches, source, buffer, *args))
+        self.launch(self.kernel("kv_cache.cu", "scatter_slots"), grid, (128,), (caches, destination, buffer, *args))

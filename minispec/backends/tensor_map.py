@@ -1,5 +1,5 @@
 """TMA descriptors (CUtensorMap) through the CUDA driver, for kernels that load tiles with Hopper's tensor
-memory accelerator. CuPy does not wrap cuTensorMapEncodeTiled, so ctypes calls libcuda directly; the
+memory accelerator. CuPy does not wrap cuTensorMapEncodeTiled, so it is called through ctypes (driver.py); the
 descriptor is 128 host bytes that a kernel takes by value (a `__grid_constant__` parameter), so a captured
 graph keeps its own copy.
 """
@@ -10,6 +10,8 @@ import ctypes
 
 import numpy as np
 
+from . import driver
+
 UINT16, INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_256B, OOB_FILL_NONE = 1, 0, 3, 3, 0  # cuda.h enums
 DESCRIPTOR = np.dtype([("words", np.uint64, (16,))])  # a CUtensorMap's 128 bytes
 _encode = None
@@ -19,9 +21,9 @@ def _driver_encode():
     """cuTensorMapEncodeTiled, or None where the driver has no TMA (before CUDA 12)."""
     global _encode
     if _encode is None:
-        try:
-            function = ctypes.CDLL("libcuda.so.1").cuTensorMapEncodeTiled
-        except (OSError, AttributeError):
+        library = driver.libcuda()
+        function = getattr(library, "cuTensorMapEncodeTiled", None) if library is not None else None
+        if function is None:
             return None
         u64p, u32p = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32)
         function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, u64p, u64p, u32p, u32p,

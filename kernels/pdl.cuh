@@ -1,0 +1,36 @@
+// Programmatic dependent launch (sm_90 and later). On Hopper the engine launches every kernel of a step except
+// the fused layers with the programmatic-stream-serialization attribute (backends/driver.py): a kernel's blocks
+// may then be placed on the SMs before the kernel ahead of it in the stream has finished, once every block of
+// that kernel has run griddepcontrol.launch_dependents. What it buys: a GEMM streams weights that no earlier
+// kernel writes, so it copies its first stages of them while the short kernel before it (an RMSNorm, the
+// attention merge, SiLU·mul) still runs, and only then waits (gemm_stream_body).
+//
+//   pdl_wait()     every kernel, every thread, before it reads anything an earlier kernel writes or writes
+//                  anything an earlier kernel reads: waits until the kernel before has finished and its writes
+//                  are visible. No thread passes it before that, so no kernel finishes before the one before
+//                  it, and waiting on the previous kernel is waiting on all earlier ones.
+//   pdl_trigger()  the short kernels, first thing: the next kernel may launch now. gemm_stream, once its blocks
+//                  have streamed their weights (before their reduction). Attention and the wgmma GEMMs do
+//                  not: blocks of the next kernel would sit on SMs that theirs may need
+//                  (notes/pdl_probe_h100_stop16.log: with every kernel triggering first thing, the 8B T = 4
+//                  step was 8% slower).
+// Without the attribute (other GPUs, the fused kernel, cuBLAS) both are no-ops.
+#pragma once
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// a short kernel's opening: let the next kernel launch, then wait for the previous one
+__device__ __forceinline__ void pdl_begin() {
+    pdl_trigger();
+    pdl_wait();
+}
