@@ -290,18 +290,31 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
 
     float acc[8][4] = {};  // a consumer's 64 weight rows x the 64 x rows (m16n8 C fragments stacked over 8 tiles)
     if (group == WGS) {
-        if (lane == 0)
-            for (int i = 0; i < steps; i++) {
+        if (lane == 0) {
+            auto load_weights = [&](int i) {
                 const int slot = i % STAGES;
-                if (i >= STAGES) mbarrier_wait(empty + slot, (i / STAGES - 1) & 1);  // step i - STAGES was read
                 mbarrier_expect_bytes(full + slot, (W_TILE + X_TILE) * 2);
                 tma_load(w_ring + slot * W_TILE, &w_map, k_begin + i * BK, n0, full + slot);
                 if (GLU) tma_load(w_ring + slot * W_TILE + 64 * BK, &w_map, k_begin + i * BK, N + n0, full + slot);  // up rows
+            };
+            // the whole ring's weights go out before the wait for the previous kernel (kernels/pdl.cuh): no kernel
+            // writes W, while x is the previous kernel's output
+            const int early = min(STAGES, steps);
+            for (int i = 0; i < early; i++) load_weights(i);
+            pdl_wait();
+            for (int i = 0; i < steps; i++) {
+                const int slot = i % STAGES;
+                if (i >= early) {
+                    mbarrier_wait(empty + slot, (i / STAGES - 1) & 1);  // step i - STAGES was read
+                    load_weights(i);
+                }
                 tma_load(x_ring + slot * X_TILE, &x_map, k_begin + i * BK, 0, full + slot);
                 mbarrier_arrive(full + slot);
             }
+        } else pdl_wait();
         __syncwarp();
     } else {
+        pdl_wait();
         auto release = [&](int i) {
             __syncwarp();
             if (lane == 0) mbarrier_arrive(empty + i % STAGES);
@@ -322,6 +335,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
         wgmma_pin(acc);
         if (steps > 0) release(steps - 1);
     }
+    pdl_trigger();  // the next kernel may launch (a GEMM copies its first weights while these blocks reduce)
     __syncthreads();  // every product has read its stage: the ring becomes the reduction buffer
 
     float* red = reinterpret_cast<float*>(base);  // [64 x rows][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
@@ -348,7 +362,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
 // gemm_wgmma_w{WGS}_s{S}: WGS consumer warpgroups (64 weight rows each); STAGES fill about 96 KB, two blocks an SM
 #define GEMM_WGMMA(WGS, STAGES, S, CLUSTER)                                                                          \
     extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_s##S(               \
-        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { pdl_wait();  \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) {              \
         gemm_wgmma_body<WGS, STAGES, S>(w_map, x_map, y, M, N, K);                                                    \
     }
 #define GEMM_WGMMA_CLUSTERS(WGS, STAGES)                            \
@@ -362,7 +376,6 @@ GEMM_WGMMA_CLUSTERS(2, 4)
 // grid ceil(I / 64), block 288, the shared memory of gemm_wgmma_w2
 extern "C" __global__ void __launch_bounds__(288, 2) gemm_wgmma_glu(const __grid_constant__ TensorMap w_map,
         const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K) {
-    pdl_wait();
     gemm_wgmma_body<2, 4, 1, true>(w_map, x_map, act, M, I, K);
 }
 #endif

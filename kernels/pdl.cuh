@@ -9,9 +9,9 @@
 //                  anything an earlier kernel reads: waits until the kernel before has finished and its writes
 //                  are visible. No thread passes it before that, so no kernel finishes before the one before
 //                  it, and waiting on the previous kernel is waiting on all earlier ones.
-//   pdl_trigger()  the short kernels, first thing: the next kernel may launch now. gemm_stream, once its blocks
-//                  have streamed their weights (before their reduction). Attention and the wgmma GEMMs do
-//                  not: blocks of the next kernel would sit on SMs that theirs may need
+//   pdl_trigger()  the short kernels, first thing: the next kernel may launch now. The GEMMs (gemm_stream,
+//                  gemm_wgmma), once their blocks have streamed their weights (before their reduction).
+//                  Attention does not: blocks of the next kernel would sit on SMs that theirs may need
 //                  (notes/pdl_probe_h100_stop16.log: with every kernel triggering first thing, the 8B T = 4
 //                  step was 8% slower).
 // Without the attribute (other GPUs, the fused kernel, cuBLAS) both are no-ops.

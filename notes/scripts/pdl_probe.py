@@ -4,8 +4,9 @@ process, on random weights (no download):
 - each step's captured graph launched 20 times back to back (GPU time, no host work between), context 512:
   plain decode and tree verify T = 4 / 16 / 64 at Llama-3.1-8B and SmolLM2-135M shapes, on the small model also
   the layered path (fused kernel off) and 128- / 512-row prefill chunks;
-- the 8B qkv and O GEMMs alone as bench gemm times them (graphs of 20 calls, consecutive calls on other copies
-  of the weights), % of copy bandwidth.
+- the 8B qkv, O and down GEMMs alone as bench gemm times them (graphs of 20 calls, consecutive calls on other
+  copies of the weights), % of copy bandwidth: the own kernels with PDL off and on, cuBLAS beside them at 32-64 rows;
+  on the 8B model also every step with the own GEMMs for every product.
   python3 notes/scripts/pdl_probe.py [8b] [smol] [gemm]"""
 import itertools
 import sys
@@ -64,13 +65,16 @@ if "gemm" in which:
         copies = [weight] + [weight.copy() for _ in range(-(-2 * l2 // weight.nbytes) - 1)]
         turn = itertools.count()
         row = []
-        for M in (1, 4, 16):
+        for M in (1, 4, 16, 32, 64):
             x = cp.random.standard_normal((M, K), dtype=cp.float32).astype(cp.float16).view(cp.uint16)
-            for pdl in (False, True, False, True):
-                be.pdl = pdl
+            cells = []
+            for gemm, pdl in [("own", False), ("own", True)] + ([("cublas", False)] if M > 16 else []):
+                be.gemm, be.pdl = gemm, pdl
                 t = time_captured(lambda: be.linear(x, copies[next(turn) % len(copies)]))
-                row.append(f"M={M} pdl={int(pdl)} {N * K * 2 / t / bandwidth * 100:.0f}%")
-        print(f"{name}: " + "  ".join(row), flush=True)
+                cells.append(f"{gemm}{'+pdl' if pdl else ''} {N * K * 2 / t / bandwidth * 100:.0f}%")
+            be.gemm = None
+            row.append(f"M={M}: " + " ".join(cells))
+        print(f"{name}: " + "  |  ".join(row), flush=True)
         del copies, weight
 
 for name in [w for w in which if w in ("8b", "smol")]:
@@ -92,5 +96,10 @@ for name in [w for w in which if w in ("8b", "smol")]:
                 line = "  ".join(f"T={T} {graph_ms(model, *plans[T]):.3f}" for T in sizes)
                 print(f"  {label:8s} pdl={int(pdl)} run {run}: ms  {line}", flush=True)
     be.fused_max_rows = None
+    if name == "8b":  # the own GEMMs for every product (gemm_wgmma for qkv, O and down at 17-64 rows too)
+        for pdl in (False, True):
+            be.pdl, be.gemm = pdl, "own"
+            print(f"  own GEMMs pdl={int(pdl)}: ms  " + "  ".join(f"T={T} {graph_ms(model, *plans[T]):.3f}" for T in sizes), flush=True)
+        be.gemm = None
     del model, plans
     cp.get_default_memory_pool().free_all_blocks()
