@@ -176,3 +176,38 @@ def test_graphs_are_not_replayed_into_a_freed_cache(tmp_path):
         assert np.array_equal(replayed, eager)
         del cache
         gc.collect()
+
+
+@pytest.mark.parametrize("T", [16, 40])  # the own GEMMs: gemm_stream up to 16 rows, gemm_wgmma for 17-64
+def test_programmatic_dependent_launch_keeps_the_bits(tmp_path, T):
+    """A step launched with programmatic dependent launch (each GEMM's first weights copied before it waits for
+    the kernel ahead of it) gives the bits of plain launches, eager and replayed, again and again: a kernel that
+    read or wrote before its wait would show here as a difference."""
+    import cupy as cp
+
+    from minispec.backends.cuda_backend import CudaBackend
+
+    be = CudaBackend("bfloat16")
+    if not be.pdl:
+        pytest.skip("programmatic dependent launch needs Hopper and cuLaunchKernelEx")
+    be.gemm, be.fused_max_rows = "own", 0  # the layer-by-layer kernels, every product on the own GEMMs
+    directory = make_tiny_checkpoint(tmp_path / "model", hidden=256, layers=3, intermediate=512, dtype=BF16, seed=T,
+                                     heads=4, kv_heads=2, head_dim=64)
+    model = Model.load(directory, be)
+    rng = np.random.default_rng(T)
+    plan, _ = random_step(rng, [(300, "random", T)], 16, 64)
+    cache = model.new_cache(64, 16)
+    start = [rng.normal(size=c.shape).astype(BF16).view(np.uint16) for c in [*cache.k, *cache.v]]
+
+    def run(pdl, graphs):
+        be.pdl, be.use_graphs = pdl, graphs
+        be.graphs.clear()
+        for c, values in zip([*cache.k, *cache.v], start):
+            c[...] = cp.asarray(values)
+        return [model.forward(plan, cache).host() for _ in range(3)]  # with graphs: a capture, then replays
+
+    plain = run(False, False)[0]
+    assert np.isfinite(plain).all()
+    for pdl, graphs in ((True, False), (True, True), (False, True)):
+        for i, logits in enumerate(run(pdl, graphs)):
+            assert np.array_equal(logits, plain), f"pdl={pdl} graphs={graphs} run {i}: {np.count_nonzero(logits != plain)} logits differ"
