@@ -20,28 +20,27 @@ class FakeDeviceArray:
     data = Memory()
 
 
-def raw(argument) -> bytes:
-    return ctypes.string_at(ctypes.addressof(argument), ctypes.sizeof(argument))
-
-
 def test_arguments_carry_the_bytes_cupy_would_pass():
-    assert raw(driver._argument(np.int32(-7))) == np.int32(-7).tobytes()
-    assert raw(driver._argument(np.float32(0.1))) == np.float32(0.1).tobytes()
-    assert raw(driver._argument(np.float64(-2.5))) == np.float64(-2.5).tobytes()
-    assert raw(driver._argument(np.uint64(1 << 40))) == np.uint64(1 << 40).tobytes()
-    assert raw(driver._argument(3)) == np.int64(3).tobytes()  # Python numbers as CuPy passes them: int64, double
-    assert raw(driver._argument(0.5)) == np.float64(0.5).tobytes()
-    assert raw(driver._argument(FakeDeviceArray())) == (0x7F00_1234_5670).to_bytes(8, "little")
     descriptor = np.zeros(1, dtype=DESCRIPTOR)  # a TMA descriptor: 128 bytes by value
     descriptor["words"][0] = np.arange(16, dtype=np.uint64) * 0x0101
-    packed = raw(driver._argument(descriptor))
-    assert len(packed) == 128 and packed == descriptor.tobytes()
+    args = [np.int32(-7), np.float32(0.1), FakeDeviceArray(), np.float64(-2.5), np.uint64(1 << 40), descriptor, np.int32(9),
+            3, 0.5]  # Python numbers as CuPy passes them: int64, double
+    expected = [np.int32(-7).tobytes(), np.float32(0.1).tobytes(), (0x7F00_1234_5670).to_bytes(8, "little"),
+                np.float64(-2.5).tobytes(), np.uint64(1 << 40).tobytes(), descriptor.tobytes(), np.int32(9).tobytes(),
+                np.int64(3).tobytes(), np.float64(0.5).tobytes()]
+    buffer, pointers = driver.pack_arguments(args)
+    assert len(pointers) == len(args)
+    for pointer, want in zip(pointers, expected):
+        assert ctypes.string_at(pointer, len(want)) == want
+    # each at its natural alignment from the buffer's start (the 8-byte ones after the 4-byte ones padded)
+    offsets = [p - ctypes.addressof(buffer) for p in pointers]
+    assert offsets == [0, 4, 8, 16, 24, 32, 160, 168, 176]
 
 
-@pytest.mark.parametrize("value", [True, None])
+@pytest.mark.parametrize("value", [True, None, [1, 2]])
 def test_ambiguous_arguments_are_refused(value):
     with pytest.raises(TypeError):
-        driver._argument(value)
+        driver.pack_arguments([np.int32(1), value])
 
 
 def test_launch_attribute_layout_matches_cuda_h():

@@ -12,6 +12,8 @@ the previous kernel's tail. In a captured graph the attribute becomes a programm
 from __future__ import annotations
 
 import ctypes
+import re
+import struct
 
 import numpy as np
 
@@ -59,29 +61,51 @@ def _driver_launch_ex():
     return _launch_ex
 
 
-def _argument(value):
-    """A kernel argument as a ctypes object holding its bytes, as CuPy would pass it: a device array by its
-    pointer, a NumPy scalar or one-element array (a TMA descriptor) by value, a Python int as int64 and a float
-    as double."""
-    if hasattr(value, "data") and hasattr(value.data, "ptr"):
-        return ctypes.c_void_p(value.data.ptr)
-    if isinstance(value, bool) or value is None:
-        raise TypeError(f"kernel argument {value!r}: pass a NumPy scalar or a device array")
-    if isinstance(value, int):
-        value = np.int64(value)
-    elif isinstance(value, float):
-        value = np.float64(value)
-    raw = np.ascontiguousarray(value).tobytes()
-    return (ctypes.c_char * len(raw)).from_buffer_copy(raw)
+CODES = {np.int32: "i", np.uint32: "I", np.int64: "q", np.uint64: "Q", np.float32: "f", np.float64: "d", int: "q", float: "d"}
+_layouts = {}  # struct format -> (Struct, each argument's offset)
+
+
+def _layout(fmt: str):
+    if fmt not in _layouts:
+        codes = struct.Struct("@" + fmt)
+        parts = re.findall(r"\d*[a-zA-Z]", fmt)
+        offsets = [struct.calcsize("@" + "".join(parts[:i + 1])) - struct.calcsize("@" + parts[i]) for i in range(len(parts))]
+        _layouts[fmt] = (codes, offsets)
+    return _layouts[fmt]
+
+
+def pack_arguments(args):
+    """The kernel arguments in one host buffer, as CuPy would pass them (a device array by its pointer, a NumPy
+    scalar or one-element array, such as a TMA descriptor, by value, a Python int as int64 and a float as
+    double), each at its natural alignment; returns (buffer, the array of pointers to each argument)."""
+    fmt, values = [], []
+    for value in args:
+        code = CODES.get(type(value))
+        if code is not None:
+            fmt.append(code)
+            values.append(value)
+        elif hasattr(value, "data") and hasattr(value.data, "ptr"):
+            fmt.append("Q")
+            values.append(value.data.ptr)
+        elif isinstance(value, np.ndarray):
+            raw = np.ascontiguousarray(value).tobytes()
+            fmt.append(f"{len(raw)}s")
+            values.append(raw)
+        else:
+            raise TypeError(f"kernel argument {value!r}: pass a NumPy scalar or array, or a device array")
+    codes, offsets = _layout("".join(fmt))
+    buffer = ctypes.create_string_buffer(max(1, codes.size))
+    codes.pack_into(buffer, 0, *values)
+    base = ctypes.addressof(buffer)
+    return buffer, (ctypes.c_void_p * max(1, len(offsets)))(*[base + o for o in offsets])
 
 
 def launch(function, grid, block, args, shared_bytes: int, stream_ptr: int) -> None:
     """Launch `function` (a CuPy RawKernel, from RawModule.get_function) with programmatic stream serialization
     on the stream `stream_ptr`. The driver copies the arguments during the call (or into the graph node while
-    capturing), so the ctypes buffers need live only until it returns."""
+    capturing), so the host buffer needs live only until it returns."""
     launch_ex = _driver_launch_ex()
-    held = [_argument(a) for a in args]
-    pointers = (ctypes.c_void_p * max(1, len(held)))(*[ctypes.addressof(h) for h in held])
+    buffer, pointers = pack_arguments(args)
     attribute = LaunchAttribute(id=PROGRAMMATIC_STREAM_SERIALIZATION)
     attribute.value[0] = 1  # programmaticStreamSerializationAllowed
     grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
