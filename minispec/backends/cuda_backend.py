@@ -236,8 +236,8 @@ class CudaBackend:
         # Hopper (compute capability 9.0): kernels compile for sm_90a, whose warpgroup MMA (wgmma) the 8-warp
         # tree attention uses
         self.hopper = (props["major"], props["minor"]) == (9, 0) and tensor_map.available()
-        # programmatic dependent launch for every kernel but the fused one (driver.py, kernels/pdl.cuh): a step's
-        # short dependent kernels launch and start while the one before them finishes
+        # programmatic dependent launch for every kernel but the fused one (driver.py, kernels/pdl.cuh): a GEMM
+        # copies its first weight stages while the kernel ahead of it finishes (tests and benchmarks turn it off)
         self.pdl = self.hopper and driver.launch_available()
         self.tensor_maps = IdentityTable()  # (k_cache, v_cache) -> TMA descriptors of the wgmma attention; (weight) -> gemm_wgmma's
         self.rope_cache = IdentityTable()  # (inv_freq) -> (cos, sin) device tables [positions, D/2]
@@ -269,7 +269,7 @@ class CudaBackend:
 
     def launch(self, kernel, grid, block, args, shared_mem: int = 0) -> None:
         """Launch a project kernel on the compute stream: with programmatic dependent launch where `pdl` is on
-        (Hopper; every kernel but the fused one opens with pdl_begin), else through CuPy."""
+        (Hopper; every kernel launched here waits for the one ahead of it with pdl_wait), else through CuPy."""
         if self.pdl:
             driver.launch(kernel, grid, block, args, shared_mem, self.stream.ptr)
         else:
