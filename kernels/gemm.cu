@@ -362,7 +362,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
 // gemm_wgmma_w{WGS}_s{S}: WGS consumer warpgroups (64 weight rows each); STAGES fill about 96 KB, two blocks an SM
 #define GEMM_WGMMA(WGS, STAGES, S, CLUSTER)                                                                          \
     extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_s##S(               \
-        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) {              \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { \
         gemm_wgmma_body<WGS, STAGES, S>(w_map, x_map, y, M, N, K);                                                    \
     }
 #define GEMM_WGMMA_CLUSTERS(WGS, STAGES)                            \

@@ -49,3 +49,5 @@ def test_launch_attribute_layout_matches_cuda_h():
     fields = [name for name, _ in driver.LaunchConfig._fields_]
     assert fields == ["grid", "block", "shared_bytes", "stream", "attrs", "num_attrs"]
     assert driver.LaunchConfig.stream.offset == 32 and driver.LaunchConfig.attrs.offset == 40
+    # the attribute every launch carries: CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, allowed
+    assert driver.SERIALIZATION.id == 6 and driver.SERIALIZATION.value[0] == 1 and not any(driver.SERIALIZATION.value[1:])

@@ -4,9 +4,9 @@
 Programmatic dependent launch (Hopper): a kernel launched with the programmatic-stream-serialization attribute
 may be placed on the SMs as soon as every block of the kernel before it in the stream has run
 `griddepcontrol.launch_dependents`, instead of after that kernel has finished; its own `griddepcontrol.wait`
-then holds it until the kernel before has finished and its writes are visible. Every project kernel opens
-with both (kernels/pdl.cuh), so a step's chain of short dependent kernels overlaps each launch and ramp with
-the previous kernel's tail. In a captured graph the attribute becomes a programmatic edge.
+then holds it until the kernel before has finished and its writes are visible. Every kernel launched here
+waits so (kernels/pdl.cuh); the GEMMs copy their first weight stages before waiting, which is where the time
+is won. In a captured graph the attribute becomes a programmatic edge.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ class LaunchConfig(ctypes.Structure):  # CUlaunchConfig, in cuda.h's field order
     _fields_ = [("grid", ctypes.c_uint32 * 3), ("block", ctypes.c_uint32 * 3), ("shared_bytes", ctypes.c_uint32),
                 ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(LaunchAttribute)), ("num_attrs", ctypes.c_uint32)]
 
+
+# the one attribute every launch carries (the driver copies it at the launch)
+SERIALIZATION = LaunchAttribute(id=PROGRAMMATIC_STREAM_SERIALIZATION)
+SERIALIZATION.value[0] = 1  # programmaticStreamSerializationAllowed
 
 _library = None
 _launch_ex = None
@@ -106,11 +110,9 @@ def launch(function, grid, block, args, shared_bytes: int, stream_ptr: int) -> N
     capturing), so the host buffer needs live only until it returns."""
     launch_ex = _driver_launch_ex()
     buffer, pointers = pack_arguments(args)
-    attribute = LaunchAttribute(id=PROGRAMMATIC_STREAM_SERIALIZATION)
-    attribute.value[0] = 1  # programmaticStreamSerializationAllowed
     grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
     config = LaunchConfig((ctypes.c_uint32 * 3)(*grid), (ctypes.c_uint32 * 3)(*block), shared_bytes, stream_ptr,
-                          ctypes.pointer(attribute), 1)
+                          ctypes.pointer(SERIALIZATION), 1)
     result = launch_ex(ctypes.byref(config), ctypes.c_void_p(function.kernel.ptr), pointers, None)
     if result != 0:
         raise RuntimeError(f"cuLaunchKernelEx failed (CUresult {result}) for grid {grid}, block {block}, {shared_bytes} B shared")
