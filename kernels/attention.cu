@@ -244,14 +244,24 @@ __device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float m
     }
     float* o = o_part + (long long)split * N * H * D;
     float* ml = ml_part + (long long)split * N * H * 2;
+    // a row that saw no key here (l = 0) has weight 0 in attention_merge, which then skips its o: not written
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) {
         const int d = dt * 8 + 2 * t;
-        if (r.valid0) *reinterpret_cast<float2*>(o + r.qrow0 * D + d) = make_float2(acc[dt][0], acc[dt][1]);
-        if (r.valid1) *reinterpret_cast<float2*>(o + r.qrow1 * D + d) = make_float2(acc[dt][2], acc[dt][3]);
+        if (r.valid0 && l0 > 0.0f) *reinterpret_cast<float2*>(o + r.qrow0 * D + d) = make_float2(acc[dt][0], acc[dt][1]);
+        if (r.valid1 && l1 > 0.0f) *reinterpret_cast<float2*>(o + r.qrow1 * D + d) = make_float2(acc[dt][2], acc[dt][3]);
     }
     if (t == 0 && r.valid0) ml[r.qrow0 * 2] = m0, ml[r.qrow0 * 2 + 1] = l0;
     if (t == 0 && r.valid1) ml[r.qrow1 * 2] = m1, ml[r.qrow1 * 2 + 1] = l1;
+}
+
+// A share with no key tile (past the row tile's last key: the split count follows the context bucket, not
+// kv_len): only (m, l) = (-inf, 0) for its rows, which attention_merge weighs 0 without reading their o
+__device__ __forceinline__ void store_empty_share(const QueryRows& r, int t, float* __restrict__ ml_part, int N, int H) {
+    float* ml = ml_part + (long long)blockIdx.z * N * H * 2;
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    if (t == 0 && r.valid0) ml[r.qrow0 * 2] = NEG_INF, ml[r.qrow0 * 2 + 1] = 0.0f;
+    if (t == 0 && r.valid1) ml[r.qrow1 * 2] = NEG_INF, ml[r.qrow1 * 2 + 1] = 0.0f;
 }
 
 // The key tiles of this block's split: [tile_begin, tile_begin + tile_count) of KEYS keys each. Causal rows
@@ -285,11 +295,6 @@ __device__ void tree_attention_mma(
     const QueryRows r(tile * ROWS + warp * 16 + g, rows, G, kv_head, H, cu_q[b], masks);
     const bool warp_active = tile * ROWS + warp * 16 < rows;
 
-    unsigned qa[D / 16][4];
-    load_query<D>(q, r, scale, t, qa);
-    float acc[D / 8][4] = {};
-    const float NEG_INF = -__int_as_float(0x7f800000);
-    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
     int tile_begin, tile_count;
     split_tiles(S, T, G, is_causal, tile * ROWS + ROWS - 1, KEYS, tile_begin, tile_count);
 
@@ -315,8 +320,25 @@ __device__ void tree_attention_mma(
             copy16_async(v_ring + at, v_cache + offset, valid);
         }
     };
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; s++) {
+    // Tiles wholly before tree_start go into the ring before the wait for the previous kernel (kernels/pdl.cuh):
+    // this step writes K/V only at positions from tree_start on, and the page table is the step plan's.
+    int early = 0;
+    while (early < STAGES - 1 && early < tile_count && (tile_begin + early + 1) * KEYS <= start) early++;
+    for (int s = 0; s < early; s++) {
+        load_tile(tile_begin + s, s);
+        cp_async_commit();
+    }
+    pdl_wait();
+    if (tile_count == 0) {  // (never with one split: split 0 always has a tile)
+        store_empty_share(r, t, ml_part, N, H);
+        return;
+    }
+    unsigned qa[D / 16][4];
+    load_query<D>(q, r, scale, t, qa);
+    float acc[D / 8][4] = {};
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+    for (int s = early; s < STAGES - 1; s++) {
         if (s < tile_count) load_tile(tile_begin + s, s);
         cp_async_commit();  // empty groups keep the count uniform
     }
@@ -383,7 +405,7 @@ __device__ void tree_attention_mma(
         const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* cu_q,          \
         const int* kv_len, const int* tree_start, const unsigned long long* masks, const int* causal,           \
         const int* page_tables, int max_pages, int B, float* o_part, float* ml_part, __nv_bfloat16* out, int N,  \
-        int H, int Hkv, int P, float scale) { pdl_wait();                                                       \
+        int H, int Hkv, int P, float scale) {                                                                   \
         tree_attention_mma<D, WARPS, 32 * (WARPS / 4)>(q, k_cache, v_cache, cu_q, kv_len, tree_start, masks, causal, page_tables, \
                                      max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale);                  \
     }
@@ -441,10 +463,63 @@ __device__ void tree_attention_wgmma(
     const int T = cu_q[b + 1] - cu_q[b], rows = T * G, S = kv_len[b], start = tree_start[b], is_causal = causal[b];
     int tile_begin, tile_count;
     split_tiles(S, T, G, is_causal, tile * ROWS + ROWS - 1, KEYS, tile_begin, tile_count);
-    if (threadIdx.x == 0)
-        for (int i = 0; i < RING; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 8);
-
     const QueryRows r(tile * ROWS + group * 64 + warp % 4 * 16 + g, rows, G, kv_head, H, cu_q[b], masks);
+    if (tile_count == 0) {  // the whole block leaves before its first barrier (never with one split)
+        pdl_wait();
+        if (group < 2) store_empty_share(r, t, ml_part, N, H);
+        return;
+    }
+
+    // the producer warp's tile loads: lane j < jobs loads TMA box j of a tile (segment j / (2 ATOMS), atom
+    // j / 2 % ATOMS, K or V by j % 2); rows past the whole segments by cp.async
+    const int segments = box_rows ? KEYS / box_rows : 0, jobs = segments * 2 * ATOMS;
+    const int segment = lane / (2 * ATOMS), atom = lane / 2 % ATOMS, is_v = lane % 2;
+    const int* table = page_tables + (long long)b * max_pages;
+    const long long page_elements = (long long)Hkv * P * D;
+    // the page of this lane's segment in tile j if the segment is whole (all its rows < S), else -1
+    auto segment_page = [&](int j) {
+        const int key = (tile_begin + j) * KEYS + segment * box_rows;
+        return lane < jobs && j < tile_count && key + box_rows <= S ? table[key / P] : -1;
+    };
+    auto load_tile = [&](int j, int page) {  // tile j into its slot, whose previous readers are done
+        const int slot = j % RING, key0 = (tile_begin + j) * KEYS;
+        const int boxes = __popc(__ballot_sync(0xffffffff, page >= 0));
+        if (lane == 0) mbarrier_expect_bytes(full + slot, boxes * box_rows * 128);
+        __syncwarp();
+        if (page >= 0)
+            tma_load((is_v ? v_ring : k_ring) + slot * TILE + atom * KEYS * 64 + segment * box_rows * 64, is_v ? &v_map : &k_map,
+                     atom * 64, (page * Hkv + kv_head) * P + (key0 + segment * box_rows) % P, full + slot);
+        const int boxed_rows = boxes / (2 * ATOMS) * box_rows;  // whole segments are a prefix of the tile
+        if (boxed_rows < KEYS) {  // the rest by cp.async, zero past S (masked keys must meet finite V)
+            for (int i = lane; i < (KEYS - boxed_rows) * (D / 8); i += 32) {
+                const int row = boxed_rows + i / (D / 8), chunk = i % (D / 8), key = key0 + row;
+                const long long offset = key < S ? table[key / P] * page_elements + (kv_head * P + key % P) * D + chunk * 8 : 0;
+                const int at = slot * TILE + chunk / 8 * KEYS * 64 + row * 64 + ((chunk % 8) ^ (row % 8)) * 8;
+                copy16_async(k_ring + at, k_cache + offset, key < S);
+                copy16_async(v_ring + at, v_cache + offset, key < S);
+            }
+            cp_async_commit();
+            cp_async_wait<0>();
+            fence_async_shared();  // generic-proxy writes, read by wgmma
+            __syncwarp();
+        }
+        if (lane == 0) mbarrier_arrive(full + slot);
+    };
+    // Tiles wholly before tree_start (TMA boxes only) go out before the wait for the previous kernel
+    // (kernels/pdl.cuh): this step writes K/V only at positions from tree_start on, and the page table is the
+    // step plan's. Their latency then overlaps the Q staging below and the kernel ahead's tail.
+    int early = 0;
+    while (box_rows && early < RING && early < tile_count && (tile_begin + early + 1) * KEYS <= start) early++;
+    if (group == 2) {
+        if (lane == 0) {
+            for (int i = 0; i < RING; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 8);
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // before the TMA completes on them
+        }
+        __syncwarp();
+        for (int j = 0; j < early; j++) load_tile(j, segment_page(j));
+    }
+    pdl_wait();
+
     __nv_bfloat16* q_tile = base + group * 64 * D;
     if (group < 2) {  // Q's fragments into the warpgroup's swizzled tile (rows 16 (warp % 4) + g, + 8)
         unsigned qa[D / 16][4];
@@ -460,44 +535,13 @@ __device__ void tree_attention_wgmma(
         }
         fence_async_shared();
     }
-    __syncthreads();  // barriers initialised, Q tiles written (the last block-wide barrier)
+    __syncthreads();  // barriers initialised, Q tiles written (the only block-wide barrier)
 
-    if (group == 2) {  // the producer warp
-        // lane j < jobs loads TMA box j of a tile: segment j / (2 ATOMS), atom j / 2 % ATOMS, K or V by j % 2
-        const int segments = box_rows ? KEYS / box_rows : 0, jobs = segments * 2 * ATOMS;
-        const int segment = lane / (2 * ATOMS), atom = lane / 2 % ATOMS, is_v = lane % 2;
-        const int* table = page_tables + (long long)b * max_pages;
-        const long long page_elements = (long long)Hkv * P * D;
-        // the page of this lane's segment in tile j if the segment is whole (all its rows < S), else -1
-        auto segment_page = [&](int j) {
-            const int key = (tile_begin + j) * KEYS + segment * box_rows;
-            return lane < jobs && j < tile_count && key + box_rows <= S ? table[key / P] : -1;
-        };
-        int page = segment_page(0), next_page = segment_page(1);  // page-table reads run two tiles ahead
-        for (int j = 0; j < tile_count; j++) {
-            const int slot = j % RING, key0 = (tile_begin + j) * KEYS;
-            if (j >= RING) mbarrier_wait(empty + slot, (j / RING - 1) & 1);  // tile j - RING's readers are done
-            const int boxes = __popc(__ballot_sync(0xffffffff, page >= 0));
-            if (lane == 0) mbarrier_expect_bytes(full + slot, boxes * box_rows * 128);
-            __syncwarp();
-            if (page >= 0)
-                tma_load((is_v ? v_ring : k_ring) + slot * TILE + atom * KEYS * 64 + segment * box_rows * 64, is_v ? &v_map : &k_map,
-                         atom * 64, (page * Hkv + kv_head) * P + (key0 + segment * box_rows) % P, full + slot);
-            const int boxed_rows = boxes / (2 * ATOMS) * box_rows;  // whole segments are a prefix of the tile
-            if (boxed_rows < KEYS) {  // the rest by cp.async, zero past S (masked keys must meet finite V)
-                for (int i = lane; i < (KEYS - boxed_rows) * (D / 8); i += 32) {
-                    const int row = boxed_rows + i / (D / 8), chunk = i % (D / 8), key = key0 + row;
-                    const long long offset = key < S ? table[key / P] * page_elements + (kv_head * P + key % P) * D + chunk * 8 : 0;
-                    const int at = slot * TILE + chunk / 8 * KEYS * 64 + row * 64 + ((chunk % 8) ^ (row % 8)) * 8;
-                    copy16_async(k_ring + at, k_cache + offset, key < S);
-                    copy16_async(v_ring + at, v_cache + offset, key < S);
-                }
-                cp_async_commit();
-                cp_async_wait<0>();
-                fence_async_shared();  // generic-proxy writes, read by wgmma
-                __syncwarp();
-            }
-            if (lane == 0) mbarrier_arrive(full + slot);
+    if (group == 2) {  // the producer warp: the rest of the tiles
+        int page = segment_page(early), next_page = segment_page(early + 1);  // page-table reads run two tiles ahead
+        for (int j = early; j < tile_count; j++) {
+            if (j >= RING) mbarrier_wait(empty + j % RING, (j / RING - 1) & 1);  // tile j - RING's readers are done
+            load_tile(j, page);
             page = next_page;
             next_page = segment_page(j + 2);
         }
@@ -583,7 +627,7 @@ __device__ void tree_attention_wgmma(
         const __grid_constant__ TensorMap k_map, const __grid_constant__ TensorMap v_map, int box_rows,         \
         const int* cu_q, const int* kv_len, const int* tree_start, const unsigned long long* masks,            \
         const int* causal, const int* page_tables, int max_pages, int B, float* o_part, float* ml_part,        \
-        __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale) { pdl_wait();                            \
+        __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale) {                                        \
         tree_attention_wgmma<D>(q, k_cache, v_cache, k_map, v_map, box_rows, cu_q, kv_len, tree_start, masks,    \
                                 causal, page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale);  \
     }
@@ -592,7 +636,7 @@ TREE_ATTENTION_WGMMA(128)
 #endif
 
 // out[n, h, :] = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s (the partials' maxima are base 2) over the splits (M = max m_s; shares with
-// l_s = 0 saw no key and are skipped); rows n >= cu_q[B] (padding of a captured bucket) are written as zeros.
+// l_s = 0 saw no key: weight 0, their o neither written nor read); rows n >= cu_q[B] (padding of a captured bucket) are written as zeros.
 // One warp per (n, h) row, 4 rows per block: lane s holds split s's weight (and s + 32's), each lane owns
 // D / 32 adjacent dims and reads the splits' partials for them with independent loads.
 // grid ceil(N H / 4), block 128; o_part [splits, N, H, D], ml_part [splits, N, H, 2], out store_t [N, H * D];
@@ -629,6 +673,7 @@ extern "C" __global__ void attention_merge(const float* __restrict__ o_part, con
 #pragma unroll 8
     for (int s = 0; s < splits; s++) {
         const float ws = __shfl_sync(0xffffffff, s < 32 ? w[0] : w[1], s % 32);
+        if (ws == 0.0f) continue;  // a share that saw no key (its o unwritten) or whose max underflows: adds +0
         const float* o = o_part + (s * stride + row) * D + d0;
         if (per_lane == 4) {
             const float4 x = *reinterpret_cast<const float4*>(o);

@@ -3,12 +3,15 @@
 // may then be placed on the SMs before the kernel ahead of it in the stream has finished, once every block of
 // that kernel has run griddepcontrol.launch_dependents. What it buys: a GEMM streams weights that no earlier
 // kernel writes, so it copies its first stages of them while the short kernel before it (an RMSNorm, the
-// attention merge, SiLU·mul) still runs, and only then waits (gemm_stream_body).
+// attention merge, SiLU·mul) still runs, and only then waits (gemm_stream_body). Attention likewise copies its
+// first K/V tiles that lie wholly before tree_start: a step writes K/V only at positions from tree_start on.
 //
 //   pdl_wait()     every kernel, every thread, before it reads anything an earlier kernel writes or writes
 //                  anything an earlier kernel reads: waits until the kernel before has finished and its writes
 //                  are visible. No thread passes it before that, so no kernel finishes before the one before
-//                  it, and waiting on the previous kernel is waiting on all earlier ones.
+//                  it, and waiting on the previous kernel is waiting on all earlier ones. (A block that reads
+//                  and writes nothing, an attention row tile past the last row, may leave without it: the
+//                  kernel's other blocks still wait.)
 //   pdl_trigger()  the short kernels, first thing: the next kernel may launch now. The GEMMs (gemm_stream,
 //                  gemm_wgmma), once their blocks have streamed their weights (before their reduction).
 //                  Attention does not: blocks of the next kernel would sit on SMs that theirs may need

@@ -1,0 +1,43 @@
+"""A/B of step graphs: µs per replay (20 back to back) of model.forward(plan) on random weights.
+usage (repo root): PYTHONPATH=$PWD python3 notes/scripts/graph_ab.py TAG [smol,8b,8bfused]
+An older build beside it: `git archive REV minispec kernels | tar -x -C .old`, then in .old
+`PYTHONPATH=$PWD python3 ../notes/scripts/graph_ab.py old` (the script imports whichever minispec is on the path)."""
+import sys
+import numpy as np
+from minispec.backends.cuda_backend import CudaBackend
+from minispec.bench_gpu import llama_8b_config, random_model_on_gpu, require_gpu, smollm2_135m_config, time_gpu
+from minispec.model import Model
+from minispec.step import StepItem, build_plan
+from minispec.tree import Tree
+import minispec
+cp = require_gpu()
+tag = sys.argv[1]
+models = sys.argv[2].split(",") if len(sys.argv) > 2 else ["smol", "8b"]
+print(tag, minispec.__file__, flush=True)
+CASES = {"smol": [(513, 1), (513, 4), (513, 16), (1024, 1), (2049, 1), (2049, 4), (2049, 16), (4100, 1)],
+         "8b": [(512, 4), (512, 16), (512, 64), (2049, 1), (2049, 16), (2049, 64)],
+         "8bfused": [(513, 1), (2049, 1), (4100, 1)]}
+for name in models:
+    cfg = llama_8b_config() if name.startswith("8b") else smollm2_135m_config()
+    be = CudaBackend()
+    model = Model(cfg, random_model_on_gpu(cfg, be), be)
+    captured = []
+    put = be.graphs.put
+    be.graphs.put = lambda o, e, v: captured.append(v) or put(o, e, v)
+    out = []
+    for ctx, T in CASES[name]:
+        rng = np.random.default_rng(T)
+        cache = model.new_cache(-(-(ctx + 64) // 16) + 1, 16)
+        table = []
+        cache.prepare(table, 0, ctx + 64)
+        parents = [-1] + [int(rng.integers(max(0, i - 4), i)) for i in range(1, T)]
+        plan = build_plan([StepItem.tree(table, ctx, Tree(rng.integers(0, 1000, T), parents))], 16)
+        model.forward(plan, cache).host()
+        g = captured[-1].graph
+        t = time_gpu(lambda: [g.launch(be.stream) for _ in range(20)], 3, 10) / 20 * 1e6
+        out.append(f"{ctx}/T{T} {t:.1f}")
+        del cache
+    print(f"{tag} {name}: " + "  ".join(out), flush=True)
+    del model, captured
+    be.graphs.put = put
+    cp.get_default_memory_pool().free_all_blocks()
