@@ -6,12 +6,16 @@
 // add_rmsnorm:   r = x + residual (residual <- r; r = x when has_residual = 0)
 //                out = r / sqrt(mean(r^2) + eps) * weight
 //   x float [N, C], residual float [N, C], weight float [C], out store_t [N, C].
-//                                                                         grid (N), block 1024 (one row each).
+//                                                                         grid (N), block 1024 (one row each);
+//                rows of up to NORM_HELD x 1024 stay in registers between the sum and the scaling, their loads
+//                all in flight at once (a loop over the row would wait an L2 round trip per element).
 // rope_write_kv: qkv float [N, (H + 2 Hkv) D] (q heads | k heads | v heads); rotate pairs (i, i + D/2) of every
 //                q and k head by angle positions[n] * inv_freq[i] (Hugging Face rotate_half):
 //                x1' = x1 cos - x2 sin,  x2' = x2 cos + x1 sin  (cos/sin float [positions, D/2] tables)
 //                q_out[n] = rotated q;  k/v of row n go to cache slot slots[n] (page slot / P, row slot % P;
-//                slot < 0: not written). caches store_t [NP, Hkv, P, D].              grid (N), block 512.
+//                slot < 0: not written). caches store_t [NP, Hkv, P, D].
+//                grid (N, ceil(((H + Hkv) D / 2 + Hkv D) / 256)), block 256: a thread per rotated pair or
+//                V element, so every load of a row is in flight at once.
 // silu_mul:      out[n, i] = gate / (1 + exp(-gate)) * up,  gate = gate_up[n, i], up = gate_up[n, I + i]
 //   gate_up float [N, 2I], out store_t [N, I].                              grid (N, ceil(I / 256)), block 256.
 // NumPy reference: numpy_backend.embedding, add_rmsnorm, split_qkv_rope + write_kv, silu_mul.
@@ -43,12 +47,34 @@ __device__ float block_sum(float value) {
     return total;
 }
 
+#define NORM_HELD 8  // values a thread holds across the block sum (rows of up to 8192)
+
 extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, float* __restrict__ residual,
                                        int has_residual, const float* __restrict__ weight, store_t* __restrict__ out,
                                        int C, float eps) {
     pdl_begin();
     long long base = (long long)blockIdx.x * C;
     float square_sum = 0.0f;
+    if (C <= NORM_HELD * (int)blockDim.x) {
+        float held[NORM_HELD];
+#pragma unroll
+        for (int k = 0; k < NORM_HELD; k++) {
+            const int c = threadIdx.x + k * blockDim.x;
+            held[k] = c < C ? x[base + c] + (has_residual ? residual[base + c] : 0.0f) : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < NORM_HELD; k++) {  // the same terms in the same order as the loop below
+            const int c = threadIdx.x + k * blockDim.x;
+            if (c < C) residual[base + c] = held[k], square_sum += held[k] * held[k];
+        }
+        float scale = rsqrtf(block_sum(square_sum) / C + eps);
+#pragma unroll
+        for (int k = 0; k < NORM_HELD; k++) {
+            const int c = threadIdx.x + k * blockDim.x;
+            if (c < C) out[base + c] = to_store(held[k] * scale * weight[c]);
+        }
+        return;
+    }
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         float r = x[base + c] + (has_residual ? residual[base + c] : 0.0f);
         residual[base + c] = r;
@@ -64,29 +90,27 @@ extern "C" __global__ void rope_write_kv(const float* __restrict__ qkv,
                                          float* __restrict__ q_out, store_t* __restrict__ k_cache,
                                          store_t* __restrict__ v_cache, int H, int Hkv, int D, int P) {
     pdl_begin();
-    int n = blockIdx.x, half = D / 2, width = (H + 2 * Hkv) * D, slot = slots[n];
-    long long row = (long long)n * width;
-    const float* cos_row = cos_table + (long long)positions[n] * half;
-    const float* sin_row = sin_table + (long long)positions[n] * half;
-    for (int idx = threadIdx.x; idx < (H + Hkv) * half; idx += blockDim.x) {
-        int head = idx / half, i = idx % half;
-        float x1 = qkv[row + head * D + i], x2 = qkv[row + head * D + i + half];
-        float c = cos_row[i], s = sin_row[i];
-        float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+    const int n = blockIdx.x, half = D / 2, width = (H + 2 * Hkv) * D, slot = slots[n];
+    const int idx = blockIdx.y * blockDim.x + threadIdx.x, pairs = (H + Hkv) * half;
+    const long long row = (long long)n * width;
+    if (idx < pairs) {
+        const int head = idx / half, i = idx % half;
+        if (head >= H && slot < 0) return;
+        const float x1 = qkv[row + head * D + i], x2 = qkv[row + head * D + i + half];
+        const float c = cos_table[(long long)positions[n] * half + i], s = sin_table[(long long)positions[n] * half + i];
+        const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
         if (head < H) {
             q_out[((long long)n * H + head) * D + i] = y1;
             q_out[((long long)n * H + head) * D + i + half] = y2;
-        } else if (slot >= 0) {
+        } else {
             long long dst = (((long long)(slot / P) * Hkv + head - H) * P + slot % P) * D;
             k_cache[dst + i] = to_store(y1);
             k_cache[dst + i + half] = to_store(y2);
         }
-    }
-    if (slot < 0) return;
-    for (int idx = threadIdx.x; idx < Hkv * D; idx += blockDim.x) {
-        int h = idx / D, d = idx % D;
+    } else if (idx - pairs < Hkv * D && slot >= 0) {  // V element idx - pairs
+        const int e = idx - pairs, h = e / D, d = e % D;
         long long dst = (((long long)(slot / P) * Hkv + h) * P + slot % P) * D + d;
-        v_cache[dst] = to_store(qkv[row + (H + Hkv) * D + idx]);
+        v_cache[dst] = to_store(qkv[row + (H + Hkv) * D + e]);
     }
 }
 

@@ -720,8 +720,9 @@ __device__ __forceinline__ void merge_row(const Step& s, float* weights, long lo
 // keys, so just above a power of two about half the splits saw no key. Past 64 splits the merge reads only the
 // used ones, (kv_len + span - 1) / span: the rest would add weight-0 terms, so every sum keeps its terms, its
 // order and its bits. Measured (H100, notes/fused_layers.log, stop 17): default model's shapes, decode at
-// context 4100 900 -> 772 µs a step. With the bound at every split count, decode at contexts 513-1024 lost
-// 1.5-2% (a fixed cost of ~0.5 µs a layer, above the reads saved there), hence two paths.
+// context 4100 900 -> 772 µs a step, 2049 -0.7%. With the bound at every split count, decode at contexts
+// 513-1024 lost 1.5-2.8% (a fixed cost of ~0.5 µs a layer, above the reads saved there), hence two paths; as
+// kept they still lose 0.5-1.7% there (ptxas allocates the body anew: d64 decode spills 4 -> 20 bytes).
 template <int D, bool FLAGS>
 __device__ void phase_merge(const Step& s, float* weights, int gw, int tw, int lane, int l) {
     int rows = s.cu_q[s.B];

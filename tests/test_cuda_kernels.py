@@ -73,14 +73,15 @@ def test_elementwise_kernels(dtype):
     out = be.embedding(be.convert(table), cp.asarray(tokens))
     assert_close(cp.asnumpy(out), ref.embedding(stored(table, dtype), tokens), 0, 0, "embedding")
 
-    x = rng.normal(size=(N, C)).astype(np.float32)
-    residual = rng.normal(size=(N, C)).astype(np.float32)
-    weight = (1 + 0.1 * rng.normal(size=C)).astype(np.float32)
-    for with_residual in (False, True):
-        h, r = be.add_rmsnorm(cp.asarray(x), cp.asarray(residual) if with_residual else None, be.convert(weight), 1e-5)
-        h_ref, r_ref = ref.add_rmsnorm(x, residual if with_residual else None, weight, 1e-5)
-        assert_close(host_float(h, dtype), h_ref, tol, tol, "add_rmsnorm")
-        assert_close(cp.asnumpy(r), r_ref, 1e-5, 1e-5, "add_rmsnorm residual")
+    for C in (200, 5003, 9001):  # rows held in registers (up to 8 x 1024), and the loop past that
+        x = rng.normal(size=(N, C)).astype(np.float32)
+        residual = rng.normal(size=(N, C)).astype(np.float32)
+        weight = (1 + 0.1 * rng.normal(size=C)).astype(np.float32)
+        for with_residual in (False, True):
+            h, r = be.add_rmsnorm(cp.asarray(x), cp.asarray(residual) if with_residual else None, be.convert(weight), 1e-5)
+            h_ref, r_ref = ref.add_rmsnorm(x, residual if with_residual else None, weight, 1e-5)
+            assert_close(host_float(h, dtype), h_ref, tol, tol, f"add_rmsnorm C={C}")
+            assert_close(cp.asnumpy(r), r_ref, 1e-5, 1e-5, f"add_rmsnorm residual C={C}")
 
     gate_up = rng.normal(size=(N, 2 * 97)).astype(np.float32) * 3
     assert_close(host_float(be.silu_mul(cp.asarray(gate_up)), dtype), ref.silu_mul(gate_up), tol, tol, "silu_mul")

@@ -2,6 +2,7 @@
 usage (repo root): PYTHONPATH=$PWD python3 notes/scripts/graph_ab.py TAG [smol,8b,8bfused]
 An older build beside it: `git archive REV minispec kernels | tar -x -C .old`, then in .old
 `PYTHONPATH=$PWD python3 ../notes/scripts/graph_ab.py old` (the script imports whichever minispec is on the path)."""
+import hashlib
 import sys
 import numpy as np
 from minispec.backends.cuda_backend import CudaBackend
@@ -20,6 +21,7 @@ CASES = {"smol": [(513, 1), (513, 4), (513, 16), (1024, 1), (2049, 1), (2049, 4)
 for name in models:
     cfg = llama_8b_config() if name.startswith("8b") else smollm2_135m_config()
     be = CudaBackend()
+    cp.random.seed(0)  # the same weights and pages in every build: equal digests mean equal bits
     model = Model(cfg, random_model_on_gpu(cfg, be), be)
     captured = []
     put = be.graphs.put
@@ -30,12 +32,15 @@ for name in models:
         cache = model.new_cache(-(-(ctx + 64) // 16) + 1, 16)
         table = []
         cache.prepare(table, 0, ctx + 64)
+        for pages in cache.k + cache.v:  # K/V of the context: random bf16
+            pages[...] = (cp.random.standard_normal(pages.shape, dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)
         parents = [-1] + [int(rng.integers(max(0, i - 4), i)) for i in range(1, T)]
         plan = build_plan([StepItem.tree(table, ctx, Tree(rng.integers(0, 1000, T), parents))], 16)
-        model.forward(plan, cache).host()
+        logits = model.forward(plan, cache).host()
+        digest = hashlib.sha1(np.ascontiguousarray(logits).tobytes()).hexdigest()[:8]  # equal digests: equal bits
         g = captured[-1].graph
         t = time_gpu(lambda: [g.launch(be.stream) for _ in range(20)], 3, 10) / 20 * 1e6
-        out.append(f"{ctx}/T{T} {t:.1f}")
+        out.append(f"{ctx}/T{T} {t:.1f} [{digest}]")
         del cache
     print(f"{tag} {name}: " + "  ".join(out), flush=True)
     del model, captured
