@@ -80,7 +80,10 @@ extern "C" __global__ void tree_attention(
 // and frees the buffer the next load overwrites).
 // Split-KV: blockIdx.z takes a contiguous share of the key tiles and writes an unnormalised partial
 // (o, running max m, denominator l); attention_merge combines the shares. With one split the block
-// writes the normalised bf16 output itself and no merge runs.
+// writes the normalised bf16 output itself and no merge runs. The share count follows the context bucket,
+// so a share may hold no tile: it writes only (m, l) = (-inf, 0), and the merge skips shares of weight 0.
+// Programmatic dependent launch (kernels/pdl.cuh): the tiles wholly before tree_start, which this step does
+// not write, go into the ring before the wait for the kernel ahead; Q and everything else after it.
 //
 // Launch: grid (row tiles (upper bound: ceil(N G / ROWS) + B), Hkv, splits), block 32 x WARPS,
 // dynamic shared memory STAGES x 2 x KEYS x (D + 8) x 2 bytes.
