@@ -681,9 +681,9 @@ class CudaBackend:
     def attention_split_count(self, blocks: int, context: int, warps: int, wgmma: bool = False) -> int:
         """Key shares per (row tile, KV head) block. Measured on an H100 (notes/attention_splits.log): one wave of
         blocks is best (2 per SM of 4 warps, 1 of 8); a second, partial wave costs a whole block's time, so the
-        count rounds down. Each share keeps at least 2 key tiles: once empty shares cost nothing and the first
-        tiles load before the PDL wait (stop 17), 8 shares of 2 tiles beat 4 of 4 at 8B heads, T = 16, 512 keys
-        (9.1 against 10.8 µs); beyond 32 shares the merge costs more than the parallelism gains."""
+        count rounds down. Each share keeps at least 2 key tiles: 8 shares of 2 tiles beat 4 of 4 at 8B heads,
+        T = 16, 512 keys (9.1 against 10.8 µs at stop 17; the older sweep, attention_sweep_short_h100.log, had
+        shown 9.6 against 11.7); beyond 32 shares the merge costs more than the parallelism gains."""
         wave = self.sm_count * (2 if warps == 4 else 1)
         return max(1, min(wave // blocks, context // (128 if wgmma else 16 * warps), 32))
 
