@@ -515,6 +515,10 @@ __device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* 
     }
 }
 
+// Keys a split of a sequence of `length` keys takes: an equal share, rounded up to 32 (one key a lane). The
+// attention phase cuts the keys so; the merge derives from it which splits saw keys.
+__device__ __forceinline__ int split_span(int length, int splits) { return ((length + splits - 1) / splits + 31) / 32 * 32; }
+
 // Warp collectives (shuffles) sit outside any branch the compiler cannot prove warp-uniform: inside one it
 // emits slow WARPSYNC/collective code, and this kernel is instruction-fetch sensitive (each phase's code
 // runs once per layer), so rows past R are computed on zero queries and only their stores are skipped.
@@ -546,7 +550,7 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
             wait_count(head_done(s, s.H + s.Hkv + kv_head), done, lane);
         }
         int length = s.kv_len[b], start = s.tree_start[b];
-        int span = ((length + s.splits - 1) / s.splits + 31) / 32 * 32;
+        int span = split_span(length, s.splits);
         int k_begin = split * span, k_end = min(length, k_begin + span);
         const int* table = s.page_tables + (long long)b * s.W;
         unsigned long long mask[ROWS];
@@ -733,7 +737,7 @@ __device__ void phase_merge(const Step& s, float* weights, int gw, int tw, int l
         if (live && s.splits > 64) {
             int b = 0;
             while (b + 1 < s.B && s.cu_q[b + 1] <= u / s.H) b++;
-            const int length = s.kv_len[b], span = ((length + s.splits - 1) / s.splits + 31) / 32 * 32;
+            const int length = s.kv_len[b], span = split_span(length, s.splits);
             used = min(s.splits, (length + span - 1) / span);
         }
         if (FLAGS && live) wait_count(row_done(s, u), s.splits * (l + 1), lane);
