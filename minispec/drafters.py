@@ -8,6 +8,7 @@ width 1 is a chain, so chains and trees run on the same code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,20 +66,6 @@ def best_subtree(tokens: list[int], parents: list[int], score, nodes: int, width
     return Tree([tokens[n] for n in chosen], [-1] + [index[parents[n]] for n in chosen[1:]])
 
 
-class Trie:
-    """Token paths below a root sharing common prefixes, within a node budget."""
-
-    def __init__(self, root: int, max_nodes: int):
-        self.tokens, self.parents, self.max_nodes = [root], [-1], max_nodes
-        self.child = {}  # (parent node, token) -> node
-
-    def insert_child(self, node: int, token: int) -> None:
-        if (node, token) not in self.child and len(self.tokens) < self.max_nodes:
-            self.child[(node, token)] = len(self.tokens)
-            self.tokens.append(token)
-            self.parents.append(node)
-
-
 class NoDrafter:
     """Plain decoding: the tree is the root alone (T = 1)."""
 
@@ -119,7 +106,7 @@ class NgramDrafter(NoDrafter):
         self.budget = budget
         self.max_ngram = max_ngram
         self.max_matches = max_matches if budget.width > 1 else 1
-        self.history = {}  # id(seq) -> [accepted children, tries, last tree]
+        self.history = {}  # id(seq) -> [accepted children, tries, last tree, (tokens, node cap) it was proposed for]
         self.index = {}  # id(seq) -> (n-gram -> continuation starts, oldest first; tokens indexed so far)
 
     def update_index(self, seq) -> dict:
@@ -134,53 +121,66 @@ class NgramDrafter(NoDrafter):
 
     def acceptance(self, seq) -> float:
         """alpha: the Laplace-smoothed rate at which this sequence's drafted children of accepted nodes were accepted."""
-        accepted, tries, _ = self.history.setdefault(id(seq), [1.0, 2.0, None])
+        accepted, tries, _, _ = self.history.setdefault(id(seq), [1.0, 2.0, None, None])
         return accepted / tries
 
     def continuations(self, seq) -> list[tuple[list[int], int]]:
-        """(continuation, match length) pairs, longest match first, most recent first; one-token matches
-        only while the sequence's drafts are accepted at least half the time."""
-        grams, tokens, found = self.update_index(seq), seq.tokens, []
+        """(continuation, weight) pairs from the `max_matches` first suffix matches, longest match first, most
+        recent first; one-token matches only while the sequence's drafts are accepted at least half the time.
+        A start found by several suffix lengths comes once (at its first place), weighing the sum of its
+        match lengths: the trie it builds is that of one continuation per match, walked once."""
+        grams, tokens, found, matches = self.update_index(seq), seq.tokens, {}, 0
         shortest = 1 if self.acceptance(seq) >= 0.5 else 2
         for n in range(min(self.max_ngram, len(tokens) - 1), shortest - 1, -1):
             for start in reversed(grams.get(tuple(tokens[-n:]), ())):
                 if start >= len(tokens):  # the suffix itself: nothing follows it yet
                     continue
-                found.append((tokens[start : start + self.budget.depth], n))
-                if len(found) >= self.max_matches:
-                    return found
-        return found
+                found[start] = found.get(start, 0) + n
+                matches += 1
+                if matches >= self.max_matches:
+                    break
+            if matches >= self.max_matches:
+                break
+        return [(tokens[start : start + self.budget.depth], weight) for start, weight in found.items()]
 
     def propose(self, seqs, budgets) -> list[Tree]:
         trees = []
         for seq, budget in zip(seqs, budgets):
             alpha = self.acceptance(seq)
-            trie = Trie(int(seq.tokens[-1]), MAX_TREE_NODES)
-            weight = np.zeros(MAX_TREE_NODES)  # match weight through each node
-            for continuation, n in self.continuations(seq):
+            history = self.history[id(seq)]
+            if history[3] == (len(seq.tokens), budget):  # asked again before a commit (Engine.drafts_ready, then the step)
+                trees.append(history[2])
+                continue
+            # the trie of the continuations (plain lists and a dict: this runs on the host every step)
+            tokens, parents, weight, child = [int(seq.tokens[-1])], [-1], [0], {}  # weight: match weight through each node
+            for continuation, n in self.continuations(seq):  # n: the continuation's match weight
                 node = 0
                 weight[0] += n
                 for token in continuation:
-                    trie.insert_child(node, int(token))
-                    node = trie.child.get((node, int(token)))
-                    if node is None:  # trie full
-                        break
-                    weight[node] += n
-            value = np.zeros(len(trie.tokens))
-            value[0] = np.inf
-            for node in range(1, len(trie.tokens)):  # parents come before children
-                parent = trie.parents[node]
+                    next_node = child.get((node, token))
+                    if next_node is None:
+                        if len(tokens) >= MAX_TREE_NODES:  # trie full
+                            break
+                        next_node = child[(node, token)] = len(tokens)
+                        tokens.append(token)
+                        parents.append(node)
+                        weight.append(0)
+                    weight[next_node] += n
+                    node = next_node
+            value = [math.inf] * len(tokens)
+            for node in range(1, len(tokens)):  # parents come before children
+                parent = parents[node]
                 value[node] = (1.0 if parent == 0 else value[parent]) * alpha * weight[node] / weight[parent]
-            tree = best_subtree(trie.tokens, trie.parents, value, min(self.budget.nodes, budget), self.budget.width)
-            self.history[id(seq)][2] = tree
+            tree = best_subtree(tokens, parents, value, min(self.budget.nodes, budget), self.budget.width)
+            history[2:] = tree, (len(seq.tokens), budget)
             trees.append(tree)
         return trees
 
     def commit(self, seq, path, accepted) -> None:
         history = self.history[id(seq)]
-        tree = history[2]
+        tree, history[3] = history[2], None
         for j, node in enumerate(path):
-            if tree.children(node):
+            if tree.kids[node]:
                 history[1] += 1
                 history[0] += j + 1 < len(path)
 

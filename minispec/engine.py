@@ -51,6 +51,10 @@ class Sequence:
         return self.tokens[self.prompt_len :]
 
     @property
+    def output_len(self) -> int:  # len(output), without the copy
+        return len(self.tokens) - self.prompt_len
+
+    @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
@@ -148,7 +152,7 @@ class Engine:
             elif pending is None:
                 rows, ahead = [s for s in seqs if not s.done], 0
             else:  # those the pending token cannot finish by length (a stop token shows only when it is read)
-                rows = [s for s in pending[0] if not s.done and len(s.output) + 1 < s.params.max_tokens and s.L + 2 < self.max_model_len]
+                rows = [s for s in pending[0] if not s.done and s.output_len + 1 < s.params.max_tokens and s.L + 2 < self.max_model_len]
                 ahead = 1
             launched = None
             try:
@@ -260,6 +264,6 @@ class Engine:
                 yield seq, piece
             if seq.done:
                 break
-            if len(seq.output) >= params.max_tokens or len(seq.tokens) >= self.max_model_len:
+            if seq.output_len >= params.max_tokens or len(seq.tokens) >= self.max_model_len:
                 seq.finish_reason = "length"
                 break

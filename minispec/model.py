@@ -54,7 +54,7 @@ class Model:
         """
         backend = self.backend
         if backend.can_replay(plan, self):
-            return StepLogits(backend, backend.replay(self, plan, cache, tokens))
+            return StepLogits(backend, *backend.replay(self, plan, cache, tokens))
         device_plan = backend.prepare_plan(plan)
         if tokens is not None:
             device_plan = dataclasses.replace(device_plan, tokens=tokens)
@@ -88,8 +88,9 @@ class Model:
 class StepLogits:
     """A step's logits on the backend; the host gets argmax ids (greedy) or full rows only when asked."""
 
-    def __init__(self, backend, logits):
+    def __init__(self, backend, logits, ids=None):
         self.backend, self.device = backend, logits
+        self.ids = ids  # argmax ids [R] on the backend where the step computed them already (a replayed graph)
         self._host = self._argmax = None
 
     def host(self) -> np.ndarray:  # float32 [R, V]
@@ -103,7 +104,7 @@ class StepLogits:
         return self._argmax
 
     def argmax_device(self):  # [R] int32 on the backend, not waited for
-        return self.backend.argmax_device(self.device)
+        return self.ids if self.ids is not None else self.backend.argmax_device(self.device)
 
     def sample_device(self, params, uniforms):  # [R] int32 on the backend: row r drawn with params[r] at u[r]
         return self.backend.sample_rows_device(self.device, list(range(len(params))), params, uniforms)

@@ -75,11 +75,16 @@ class StepItem:
         A draft model growing a tree level by level passes only the newest level's
         nodes; the earlier levels' K/V is already in its pages.
         """
-        nodes = np.arange(len(tree)) if nodes is None else np.asarray(nodes)
+        if nodes is None:  # every node (the target's verify step): no gathers
+            T = len(tree)
+            return cls(table, L, tree.tokens, L + tree.depth, np.arange(L, L + T), tree.anc, L + T)
+        nodes = np.asarray(nodes)
         return cls(table, L, tree.tokens[nodes], L + tree.depth[nodes], L + nodes, tree.anc[nodes], L + int(nodes.max()) + 1)
 
 
 def build_plan(items: list[StepItem], page_size: int) -> StepPlan:
+    # built on the host every step: few NumPy calls per item (each costs about what a small copy does)
+    join = (lambda parts: parts[0]) if len(items) == 1 else np.concatenate
     tokens, positions, slots, masks, logit_rows = [], [], [], [], []
     cu_q, kv_len, tree_start, causal = [0], [], [], []
     max_pages = max(len(item.table) for item in items)
@@ -87,26 +92,27 @@ def build_plan(items: list[StepItem], page_size: int) -> StepPlan:
     for b, item in enumerate(items):
         T = len(item.tokens)
         offset = cu_q[-1]
-        table = np.asarray(item.table, dtype=np.int64)
+        table = page_tables[b, : len(item.table)]
+        table[:] = item.table
         tokens.append(item.tokens)
         positions.append(item.positions)
-        slots.append(table[item.slot_positions // page_size] * page_size + item.slot_positions % page_size)
+        slot = np.asarray(item.slot_positions)
+        slots.append(table[slot // page_size] * page_size + slot % page_size)
         masks.append(np.zeros(T, dtype=np.uint64) if item.masks is None else item.masks)
         causal.append(int(item.masks is None))
-        logit_rows.append(offset + (np.arange(T) if item.all_logits else np.array([T - 1])))
+        logit_rows.append(np.arange(offset, offset + T) if item.all_logits else np.array([offset + T - 1]))
         cu_q.append(offset + T)
         kv_len.append(item.kv_len)
         tree_start.append(item.tree_start)
-        page_tables[b, : len(table)] = table
     return StepPlan(
-        tokens=np.concatenate(tokens).astype(np.int32),
-        positions=np.concatenate(positions).astype(np.int32),
-        slots=np.concatenate(slots).astype(np.int32),
+        tokens=join(tokens).astype(np.int32),
+        positions=join(positions).astype(np.int32),
+        slots=join(slots).astype(np.int32),
         cu_q=np.asarray(cu_q, dtype=np.int32),
         kv_len=np.asarray(kv_len, dtype=np.int32),
         tree_start=np.asarray(tree_start, dtype=np.int32),
-        masks=np.concatenate(masks).astype(np.uint64),
+        masks=join(masks).astype(np.uint64),
         causal=np.asarray(causal, dtype=np.int32),
         page_tables=page_tables,
-        logit_rows=np.concatenate(logit_rows).astype(np.int32),
+        logit_rows=join(logit_rows).astype(np.int32),
     )

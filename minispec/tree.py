@@ -26,30 +26,38 @@ class Tree:
     sampled: bool = False  # True when children were sampled from q (SpecInfer rule applies)
     depth: np.ndarray = field(init=False)  # [T]
     anc: np.ndarray = field(init=False)  # [T] uint64
+    token_list: list = field(init=False, repr=False)  # tokens as Python ints (the host's per-node loops)
+    kids: list = field(init=False, repr=False)  # kids[i]: children of node i, in order
 
     def __post_init__(self):
+        # Python ints and lists throughout: a tree is built every step, and a per-node NumPy scalar (or a
+        # NumPy call per node) costs more than the whole tree
         self.tokens = np.asarray(self.tokens, dtype=np.int64).reshape(-1)
         self.parents = np.asarray(self.parents, dtype=np.int64).reshape(-1)
-        T = len(self.tokens)
+        tokens, parents = self.tokens.tolist(), self.parents.tolist()
+        T = len(tokens)
         if T < 1 or T > MAX_TREE_NODES:
             raise MinispecError(f"a tree has 1..{MAX_TREE_NODES} nodes, got {T}")
-        if len(self.parents) != T or self.parents[0] != -1:
+        if len(parents) != T or parents[0] != -1:
             raise MinispecError("tree parents must have one entry per node and parents[0] = -1")
-        if T > 1 and not np.all((self.parents[1:] >= 0) & (self.parents[1:] < np.arange(1, T))):
-            raise MinispecError("tree nodes must be in topological order: 0 <= parents[i] < i")
-        parents = self.parents.tolist()
-        depth, anc = [0] * T, [1] * T  # Python ints: a per-node NumPy scalar costs more than the whole tree
+        depth, anc, kids = [0] * T, [1] * T, [[] for _ in range(T)]
         for i in range(1, T):
-            depth[i] = depth[parents[i]] + 1
-            anc[i] = anc[parents[i]] | (1 << i)
+            parent = parents[i]
+            if not 0 <= parent < i:
+                raise MinispecError("tree nodes must be in topological order: 0 <= parents[i] < i")
+            depth[i] = depth[parent] + 1
+            anc[i] = anc[parent] | (1 << i)
+            kids[parent].append(i)
+        self.token_list, self.kids = tokens, kids
         self.depth = np.array(depth, dtype=np.int64)
         self.anc = np.array(anc, dtype=np.uint64)
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return len(self.token_list)
 
     def children(self, node: int) -> list[int]:
-        return [int(c) for c in np.nonzero(self.parents == node)[0]]
+        """Node ids whose parent is `node`, in order."""
+        return self.kids[node]
 
     @classmethod
     def single(cls, token: int) -> "Tree":

@@ -23,10 +23,10 @@ from .tree import Tree
 
 def verify_greedy(tree: Tree, targets: np.ndarray) -> tuple[list[int], int]:
     """targets: [T] target argmax after each node -> (accepted path of node ids from the root, bonus token)."""
-    node, path = 0, [0]
+    targets, tokens, node, path = targets.tolist(), tree.token_list, 0, [0]
     while True:
-        target = int(targets[node])
-        match = next((c for c in tree.children(node) if tree.tokens[c] == target), None)
+        target = targets[node]
+        match = next((c for c in tree.kids[node] if tokens[c] == target), None)
         if match is None:
             return path, target
         path.append(match)

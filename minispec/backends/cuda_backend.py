@@ -143,8 +143,10 @@ class CapturedStep:
     def __init__(self, cp, B: int, N: int, W: int, max_position: int, context: int, prefill: bool = False):
         self.B, self.N, self.W = B, N, W
         sizes = [2 * N, N, N, N, N, B + 1, B, B, B, B * W]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.offsets = [0, *np.cumsum(sizes).tolist()]  # Python ints: fill slices with them every step
         self.host = np.zeros(self.offsets[-1], dtype=np.int32)
+        self.tables = self.host[self.offsets[9] : self.offsets[10]].reshape(B, W)  # a view: fill writes the page tables here
+        self.rows = np.arange(N, dtype=np.int32)
         self.packed = cp.zeros(self.offsets[-1], dtype=cp.int32)
         part = lambda i: self.packed[self.offsets[i] : self.offsets[i + 1]]  # noqa: E731
         self.plan = DevicePlan(
@@ -153,27 +155,32 @@ class CapturedStep:
             logit_rows=part(4)[:B] if prefill else part(4), cu_q=part(5), kv_len=part(6), tree_start=part(7), causal=part(8),
             page_tables=part(9).reshape(B, W),
         )
-        self.graph = self.logits = None
+        self.graph = self.logits = self.ids = None  # logits [R, V] and their argmax ids [R], written by the graph
         self.keep = []  # memory allocated during capture stays owned by the graph
+        self.views = {}  # R -> (logits[:R], ids[:R]): a CuPy slice costs the host more than the lookup
+
+    def outputs(self, R: int):
+        if R not in self.views:
+            self.views[R] = (self.logits[:R], self.ids[:R])
+        return self.views[R]
 
     def fill(self, plan: StepPlan) -> None:
-        n, N, B, W = plan.num_tokens, self.N, self.B, self.W
-        host, o = self.host, self.offsets
+        """Write the plan into the static inputs: into `host`, then one copy in stream order."""
+        n, host, o = plan.num_tokens, self.host, self.offsets
         host[:] = 0
         host[o[0] : o[0] + 2 * n] = plan.masks.view(np.int32)
         host[o[1] : o[1] + n] = plan.tokens
         host[o[2] : o[2] + n] = plan.positions
         host[o[3] : o[4]] = -1  # padded rows write no K/V
         host[o[3] : o[3] + n] = plan.slots
-        host[o[4] : o[5]] = np.arange(N)
+        host[o[4] : o[5]] = self.rows
         host[o[4] : o[4] + len(plan.logit_rows)] = plan.logit_rows
         host[o[5] : o[6]] = plan.cu_q
         host[o[6] : o[7]] = plan.kv_len
         host[o[7] : o[8]] = plan.tree_start
         host[o[8] : o[9]] = plan.causal
-        tables = np.full((B, W), -1, dtype=np.int32)
-        tables[:, : plan.page_tables.shape[1]] = plan.page_tables
-        host[o[9] : o[10]] = tables.reshape(-1)
+        host[o[9] : o[10]] = -1
+        self.tables[:, : plan.page_tables.shape[1]] = plan.page_tables
         self.packed.set(host)
 
 
@@ -371,7 +378,8 @@ class CudaBackend:
         return bool(plan.causal.all()) and np.array_equal(plan.logit_rows, plan.cu_q[1:] - 1)
 
     def replay(self, model, plan: StepPlan, cache, tokens=None):
-        """Fill the bucket's static inputs, launch its graph (capturing it the first time); logits [R, V].
+        """Fill the bucket's static inputs, launch its graph (capturing it the first time); (logits [R, V], the
+        argmax ids of those rows [R] int32), both the graph's static outputs: the next replay overwrites them.
         tokens: a device array that replaces the plan's tokens (copied in stream order, after the fill)."""
         cp = self.cp
         N, B = plan.num_tokens, plan.batch_size
@@ -389,7 +397,7 @@ class CudaBackend:
             W = cache.pages_for(limit) + 1
             step = CapturedStep(cp, B, bucket, W, limit, context, prefill)
             step.fill(plan)
-            model.compute(step.plan, cache)  # warm-up: compiles kernels, leaves pool blocks of the right sizes
+            self.argmax_device(model.compute(step.plan, cache))  # warm-up: compiles kernels, leaves pool blocks of the right sizes
             previous = cp.cuda.get_allocator()
             pool = cp.get_default_memory_pool()
 
@@ -402,6 +410,9 @@ class CudaBackend:
             try:
                 self.stream.begin_capture()
                 step.logits = model.compute(step.plan, cache)
+                # every row's argmax in the graph too: a greedy step's host then only copies ids (two launches
+                # from Python cost the host more than the ~2 µs of GPU time a sampled step spends on them)
+                step.ids = self.argmax_device(step.logits)
                 step.graph = self.stream.end_capture()
             finally:
                 cp.cuda.set_allocator(previous)
@@ -410,7 +421,7 @@ class CudaBackend:
         if tokens is not None:
             step.plan.tokens[: plan.num_tokens] = tokens
         step.graph.launch(self.stream)
-        return step.logits[: len(plan.logit_rows)]
+        return step.outputs(len(plan.logit_rows))
 
     # ------------------------------------------------------------------ launchers
     @staticmethod

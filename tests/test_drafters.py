@@ -1,0 +1,103 @@
+"""Token trees and the n-gram drafter against references written from their docstrings (no model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minispec import MinispecError
+from minispec.drafters import NgramDrafter, TreeBudget
+from minispec.tree import Tree
+
+
+def random_parents(rng, T: int) -> list[int]:
+    return [-1] + [int(rng.integers(0, i)) for i in range(1, T)]
+
+
+def test_tree_depths_ancestors_and_children():
+    rng = np.random.default_rng(0)
+    for T in [1, 2, 7, 33, 64]:
+        parents = random_parents(rng, T)
+        tree = Tree(rng.integers(0, 50, T), parents)
+        for i in range(T):
+            chain, node = [], i
+            while node >= 0:  # walk up to the root
+                chain.append(node)
+                node = parents[node]
+            assert tree.depth[i] == len(chain) - 1
+            assert int(tree.anc[i]) == sum(1 << j for j in chain)
+            assert tree.children(i) == [c for c in range(T) if parents[c] == i]
+        assert tree.token_list == tree.tokens.tolist() and len(tree) == T
+
+
+@pytest.mark.parametrize("parents", [[0, 0], [-1, 1], [-1, 0, 3, 0], [-1, -1], list(range(-1, 64))])
+def test_bad_trees_are_errors(parents):
+    with pytest.raises(MinispecError):
+        Tree(list(range(len(parents))), parents)
+
+
+class Seq:
+    def __init__(self, tokens):
+        self.tokens = list(tokens)
+
+
+def reference_tree(tokens, alpha, budget: TreeBudget, max_ngram=4, max_matches=8):
+    """The n-gram drafter's tree as its docstring states it, by brute force: the first `max_matches` suffix
+    matches (longest n first, most recent first; n >= 2 while alpha < 1/2), one trie walk per match adding n
+    to every node it passes, value(child) = value(parent) * alpha * weight(child) / weight(parent), and the
+    best T - 1 nodes (ties: older first) whose parents are kept, at most `width` children each."""
+    L, matches = len(tokens), []
+    max_matches = max_matches if budget.width > 1 else 1
+    for n in range(min(max_ngram, L - 1), (1 if alpha >= 0.5 else 2) - 1, -1):
+        starts = [end + 1 for end in range(n - 1, L) if tokens[end - n + 1 : end + 1] == tokens[L - n :]]
+        for start in reversed(starts):
+            if start < L and len(matches) < max_matches:
+                matches.append((start, n))
+    nodes, weight = [(tokens[-1], -1)], {0: 0}  # (token, parent) in creation order
+    for start, n in matches:
+        node = 0
+        weight[0] += n
+        for token in tokens[start : start + budget.depth]:
+            found = next((i for i, (t, p) in enumerate(nodes) if p == node and t == token), None)
+            if found is None:
+                if len(nodes) == 64:
+                    break
+                nodes.append((token, node))
+                found = len(nodes) - 1
+            weight[found] = weight.get(found, 0) + n
+            node = found
+    value = [float("inf")] + [0.0] * (len(nodes) - 1)
+    for i in range(1, len(nodes)):
+        p = nodes[i][1]
+        value[i] = (1.0 if p == 0 else value[p]) * alpha * weight[i] / weight[p]
+    kept, children = [0], {}
+    for i in sorted(range(1, len(nodes)), key=lambda i: (-value[i], i)):
+        p = nodes[i][1]
+        if len(kept) < budget.nodes and p in kept and children.get(p, 0) < budget.width:
+            kept.append(i)
+            children[p] = children.get(p, 0) + 1
+    kept.sort()
+    return [nodes[i][0] for i in kept], [-1] + [kept.index(nodes[i][1]) for i in kept[1:]]
+
+
+@pytest.mark.parametrize("budget", [(16, 12, 4), (8, 7, 1), (24, 3, 8), (64, 12, 4)])
+def test_ngram_trees_equal_the_reference(budget):
+    """Random text over a small vocabulary (many overlapping matches), with commits that move alpha both ways."""
+    rng = np.random.default_rng(budget[0] * 100 + budget[2])
+    budget = TreeBudget(*budget)
+    for trial in range(6):
+        drafter = NgramDrafter(budget)
+        seq = Seq(rng.integers(0, 4 + trial, 40).tolist())
+        for step in range(25):
+            tree = drafter.propose([seq], [1 << 20])[0]
+            tokens, parents = reference_tree(seq.tokens, drafter.acceptance(seq), budget)
+            assert tree.tokens.tolist() == tokens and tree.parents.tolist() == parents, (trial, step)
+            assert drafter.propose([seq], [1 << 20])[0] is tree  # asked again before a commit: the same tree
+            path = [0]  # accept a random prefix of a random branch
+            while tree.children(path[-1]) and rng.random() < 0.7:
+                path.append(int(rng.choice(tree.children(path[-1]))))
+            accepted = [tree.token_list[n] for n in path[1:]] + [int(rng.integers(0, 6))]
+            drafter.commit(seq, path, accepted)
+            seq.tokens += accepted
+        drafter.release(seq)
+        assert not drafter.history and not drafter.index
