@@ -2,8 +2,8 @@
 
 Every piece of Engine.run's draft -> verify -> accept -> commit -> emit loop is timed by wrapping it (the
 wrappers cost ~1 µs a call); `verify` is split into the wait for the step's GPU work (a stream synchronise
-before it) and the host's own part. Per prompt: µs a tree step for each piece, the GPU time of the same
-T-node step's graph launched back to back, and the generation's tokens/s.
+before it) and the host's own part. Per prompt: each piece's ms a generation, µs a call and µs a tree step, and
+the generation's tokens/s (the median of 10 runs: the host's pace varies between runs).
 
 python3 notes/scripts/spec_step_probe.py [--profile] [--freeze] [--cpu] [prompt ...]   (on the device, default model fetched)
 --profile: a cProfile of one more generation; --freeze: gc.freeze() first (tried: no gain); --cpu: a check of the probe
