@@ -226,8 +226,8 @@ class Engine:
             logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [B, V]
             for row, i in enumerate(owners):
                 seqs[i].L += len(items[row].tokens)
-                if seqs[i].L == seqs[i].prompt_len:
-                    last[i] = (logits, row)
+                if seqs[i].L == seqs[i].prompt_len:  # a copy of the row: a later step may replay this graph
+                    last[i] = (logits.row(row), 0)
         return last
 
     def fork_samples(self, parent: Sequence) -> list[Sequence]:

@@ -93,6 +93,12 @@ class StepLogits:
         self.ids = ids  # argmax ids [R] on the backend where the step computed them already (a replayed graph)
         self._host = self._argmax = None
 
+    def row(self, r: int) -> "StepLogits":
+        """Row r alone, copied: a replayed step's logits and ids are the graph's static buffers, which the next
+        replay of that graph overwrites (the engine keeps a prompt's last row across the prefill's later steps)."""
+        ids = None if self.ids is None else self.ids[r : r + 1].copy()
+        return StepLogits(self.backend, self.device[r : r + 1].copy(), ids)
+
     def host(self) -> np.ndarray:  # float32 [R, V]
         if self._host is None:
             self._host = np.asarray(self.backend.to_host(self.device), dtype=np.float32)

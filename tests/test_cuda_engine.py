@@ -159,10 +159,14 @@ def test_prefill_replays_a_graph_up_to_its_row_limit(default_model):
     for batch in [[prompt(37)], [prompt(5), prompt(50)], [prompt(20), prompt(41)], [prompt(300)]]:
         check(batch)
     assert prefill_keys() == {(1, 64), (2, 64), (1, 512)}  # the third batch replayed the second's graph
+    # two steps of one prefill on one graph (A + B's start, then B's rest + C: two chunks of 512 rows each):
+    # the first step's last-row logits (A's) must survive the second step's replay
+    check([prompt(400), prompt(400), prompt(300)])
+    assert (2, 512) in prefill_keys()
     graphs.backend.prefill_graph_limit = PREFILL_GRAPH_ROWS
     check([prompt(PREFILL_GRAPH_ROWS + 70)])  # over the limit: eager
     check([prompt(100)])
-    assert prefill_keys() == {(1, 64), (2, 64), (1, 512), (1, 128)}
+    assert prefill_keys() == {(1, 64), (2, 64), (1, 512), (2, 512), (1, 128)}
 
 
 @pytest.mark.parametrize("gemm", ["own", "cublas"])
