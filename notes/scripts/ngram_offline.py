@@ -5,9 +5,11 @@ can be replayed on the host and priced with measured step costs.
 python3 notes/scripts/ngram_offline.py outputs   # greedy outputs of the prompts, default model, NumPy backend
 python3 notes/scripts/ngram_offline.py           # replay: plain vs n-gram tree, with and without the one-ahead stretches
 
-Costs (ms): the default model's graph steps on an H100 (notes/bench_e2e_h100_stop13.log: plain decode one step
-ahead 0.667, with the host in the loop 0.696, trees of <= 4 / 16 / 32 / 64 nodes 0.858 / 1.028 / 1.280 / 1.311)
-plus HOST ms of host work a step that is not decoded ahead (draft, plan, verify; not hidden behind the GPU).
+Costs (ms): the default model's graph steps on an H100 (notes/bench_e2e_h100_stop18.log: plain decode one step
+ahead 0.632, with the host in the loop 0.639, trees of <= 4 / 16 / 32 / 64 nodes 0.793 / 0.881 / 1.168 / 1.160)
+plus HOST ms of host work a step that is not decoded ahead (draft, plan, verify; not hidden behind the GPU: ~0.2 on
+stop 18's code, notes/spec_step_probe_h100_stop18.log). Until stop 18 the costs were stop 13's (0.667, 0.696, 0.858 /
+1.028 / 1.280 / 1.311, HOST 0.15). The drafter is the engine's default (drafters.NGRAM_BUDGET).
 """
 
 import json
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 from minispec.bench import SPEC_PROMPTS
-from minispec.drafters import NgramDrafter, TreeBudget
+from minispec.drafters import NGRAM_BUDGET, NgramDrafter
 
 OUTPUTS = Path(__file__).parent.parent / "ngram_outputs.json"
 MORE_PROMPTS = {
@@ -28,8 +30,8 @@ MORE_PROMPTS = {
     "shorten": "Make this sentence shorter without changing its meaning: The meeting that was planned for the afternoon of Friday has been moved to the morning of Monday because the room was not free.",
     "recipe": "List the steps to make a cup of tea.",
 }
-AHEAD, ONE, TREE = 0.667, 0.696, {4: 0.858, 16: 1.028, 32: 1.280, 64: 1.311}
-HOST = 0.15
+AHEAD, ONE, TREE = 0.632, 0.639, {4: 0.793, 16: 0.881, 32: 1.168, 64: 1.160}
+HOST = 0.2
 
 
 def outputs():
@@ -88,7 +90,7 @@ def main():
     for name, d in data.items():
         truth = d["output"] + [eos]
         plain = (len(truth) - 1) * AHEAD
-        runs = [replay(NgramDrafter(TreeBudget()), d["prompt"], truth, s) for s in (False, True)]
+        runs = [replay(NgramDrafter(NGRAM_BUDGET), d["prompt"], truth, s) for s in (False, True)]
         totals = [a + b for a, b in zip(totals, [plain] + runs)]
         print(f"{name:<10} {len(truth) - 1:>6} {plain:>8.1f}  {plain / runs[0]:.2f}x {plain / runs[1]:.2f}x")
     print(f"{'all':<10} {'':>6} {totals[0]:>8.1f}  {totals[0] / totals[1]:.2f}x {totals[0] / totals[2]:.2f}x")
