@@ -4,6 +4,7 @@ can be replayed on the host and priced with measured step costs.
 
 python3 notes/scripts/ngram_offline.py outputs   # greedy outputs of the prompts, default model, NumPy backend
 python3 notes/scripts/ngram_offline.py           # replay: plain vs n-gram tree, with and without the one-ahead stretches
+python3 notes/scripts/ngram_offline.py oracle    # the bound of a drafter that knows which span the output copies next
 
 Costs (ms): the default model's graph steps on an H100 (notes/bench_e2e_h100_stop18.log: plain decode one step
 ahead 0.632, with the host in the loop 0.639, trees of <= 4 / 16 / 32 / 64 nodes 0.793 / 0.881 / 1.168 / 1.160)
@@ -96,5 +97,31 @@ def main():
     print(f"{'all':<10} {'':>6} {totals[0]:>8.1f}  {totals[0] / totals[1]:.2f}x {totals[0] / totals[2]:.2f}x")
 
 
+def longest_copy(context, rest):
+    """The longest prefix of `rest` found anywhere in `context` (as a span)."""
+    best = 0
+    for i in range(len(context)):
+        n = 0
+        while n < len(rest) and i + n < len(context) and context[i + n] == rest[n]:
+            n += 1
+        best = max(best, n)
+    return best
+
+
+def oracle():
+    """A bound for any drafter that copies: each step drafts exactly the longest span of prompt + output so far
+    that the greedy output continues with (knowing it, whether or not a suffix match points there), priced as a
+    16-node tree step plus HOST; where nothing copies, a plain step one ahead."""
+    data, eos = json.loads(OUTPUTS.read_text()), 2
+    for name, d in data.items():
+        truth = d["output"] + [eos]
+        k, ms = 1, 0.0
+        while k < len(truth):
+            n = longest_copy(d["prompt"] + truth[:k], truth[k:])
+            ms += TREE[16] + HOST if n else AHEAD
+            k += n + 1
+        print(f"{name:<10} copying oracle {(len(truth) - 1) * AHEAD / ms:.2f}x plain")
+
+
 if __name__ == "__main__":
-    outputs() if sys.argv[1:] == ["outputs"] else main()
+    {"outputs": outputs, "oracle": oracle}.get(sys.argv[1] if sys.argv[1:] else "", main)()
