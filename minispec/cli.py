@@ -77,7 +77,8 @@ def command_chat(args) -> None:
     params = sampling_params(args)
     llm = load_llm(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
-    print(f"minispec chat: {llm.model_dir.name} on {llm.backend.name}. /reset clears the conversation, /exit quits.", file=sys.stderr)
+    print(f"minispec chat: {llm.model_dir.name} on {llm.backend.name}. /reset clears the conversation, /exit quits, "
+          "Ctrl-C ends a reply.", file=sys.stderr)
     while True:
         try:
             line = input("> ")
@@ -93,12 +94,22 @@ def command_chat(args) -> None:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
-        prompt = llm.chat_prompt(messages)
-        start, reply, tokens = time.perf_counter(), "", 0
-        for piece, seq in llm.stream_events(prompt, params):
-            print(piece, end="", flush=True)
-            reply += piece
-            tokens = len(seq.output)
+        start, reply, tokens, events = time.perf_counter(), "", 0, None
+        try:
+            events = llm.stream_events(llm.chat_prompt(messages), params)
+            for piece, seq in events:
+                print(piece, end="", flush=True)
+                reply += piece
+                tokens = seq.output_len
+        except MinispecError as error:  # e.g. the conversation outgrew the context: the chat goes on without this turn
+            messages.pop()
+            print(f"\nerror: {error}\n(this message was dropped; /reset starts a new conversation)", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:  # Ctrl-C ends this reply, not the chat; the reply so far stays in the conversation
+            print("\n(interrupted)", file=sys.stderr)
+        finally:
+            if events is not None:
+                events.close()  # the engine releases the reply's KV pages
         elapsed = time.perf_counter() - start
         print(f"\n[{tokens} tokens, {tokens / elapsed:.1f} tokens/s]", file=sys.stderr)
         messages.append({"role": "assistant", "content": reply})
@@ -130,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(generate, temperature=0.0)
     generate.set_defaults(run=command_generate)
 
-    chat = commands.add_parser("chat", help="interactive chat (/reset, /exit); prints tokens/s after each reply")
+    chat = commands.add_parser("chat", help="interactive chat (/reset, /exit; Ctrl-C ends a reply); prints tokens/s after each reply")
     chat.add_argument("--system", default=None, help="system message")
     add_model_arguments(chat)
     add_sampling_arguments(chat, temperature=0.0)

@@ -28,6 +28,16 @@ def test_chat_keeps_the_conversation_and_resets(default_model):
     assert "tokens/s" in result.stderr and "conversation cleared" in result.stderr
 
 
+def test_chat_survives_a_turn_over_the_context_limit(tiny_model):
+    """A message that takes the conversation past the context is an error for that turn only: it is dropped,
+    and the chat goes on (here after /reset)."""
+    script = "hi\n" + "x" * 200 + "\n/reset\nhello\n/exit\n"
+    result = run("chat", "--model", str(tiny_model), "--device", "cpu", "--max-tokens", "4", "--max-model-len", "96", stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert "over the context limit" in result.stderr and "this message was dropped" in result.stderr
+    assert result.stderr.count("tokens/s") == 2  # the turns before and after the failed one were answered
+
+
 def test_help_explains_every_command():
     result = run("--help")
     assert result.returncode == 0
