@@ -205,14 +205,16 @@ def single_decode_plan(llm):
 
 
 @pytest.mark.parametrize("sampled", [False, True])
-@pytest.mark.parametrize("use_graphs", [True, False])
-def test_decode_ahead_equals_step_by_step_on_gpu(gpu_bf16, prompt_ids, use_graphs, sampled):
+@pytest.mark.parametrize("use_graphs,fused", [(True, True), (False, True), (True, False)], ids=["graphs", "eager", "layered graphs"])
+def test_decode_ahead_equals_step_by_step_on_gpu(gpu_bf16, prompt_ids, use_graphs, fused, sampled):
     """Decoding one step ahead (the next step reads the previous step's argmax, or seeded draw, on the device,
     copied into the graph's token input) gives step-by-step decoding's tokens bit for bit: same kernels, same
-    inputs, the same uniforms in the same order."""
+    inputs, the same uniforms in the same order; with the fused decode (the default model's) and layer by layer
+    (large models' path)."""
     mode = dict(temperature=0.8, top_p=0.9, seed=11) if sampled else dict(temperature=0)
     params = [SamplingParams(max_tokens=40, ignore_eos=True, **mode), SamplingParams(max_tokens=25, n=2, **mode)]
     gpu_bf16.backend.use_graphs = use_graphs
+    gpu_bf16.backend.fused_max_rows = None if fused else 0
     try:
         ahead = [[s.token_ids for s in r.samples] for r in gpu_bf16.generate(prompt_ids[:2], params)]
         gpu_bf16.engine.decode_ahead_enabled = False
@@ -220,5 +222,6 @@ def test_decode_ahead_equals_step_by_step_on_gpu(gpu_bf16, prompt_ids, use_graph
     finally:
         gpu_bf16.engine.decode_ahead_enabled = True
         gpu_bf16.backend.use_graphs = True
+        gpu_bf16.backend.fused_max_rows = None
     assert ahead == step
     assert gpu_bf16.cache.free_pages == gpu_bf16.cache.num_pages

@@ -700,14 +700,16 @@ class CudaBackend:
 
     # ------------------------------------------------------------------ fused layers
     def fused_row_limit(self, model) -> int:
-        """Most rows a step may have to run fused. Measured on an H200 (notes/fused_layers.log): with 1-2 rows it
-        beats the layer-by-layer graph on both the default model and 8B shapes; with 4 rows its CUDA-core GEMV
-        (a row after another) wins only where the layers are small (launch-bound). Small layers whose GEMV inputs
-        suit the tensor-core instance (fused_pass_rows) take up to 16 rows."""
+        """Most rows a step may have to run fused: only models with small layers (launch-bound) run fused, up to 4
+        rows on the CUDA-core GEMV, up to 16 where the GEMV inputs suit the tensor-core instance (fused_pass_rows).
+        Large models run layer by layer: on 8B shapes the layer-by-layer graph (with programmatic dependent launch
+        since stop 16 and tensor-core attention) beat the fused decode at every context in stop 18's A/B
+        (notes/fused_vs_layered_stop18.log: 513 / 2049 / 4100 keys, H100 -0.2 / -1.0 / -2.3%, H200 -3.8 / -5.1 /
+        -6.8%); the fused kernel had won 1-2 rows there before those (an H200, notes/fused_layers.log)."""
         if self.fused_max_rows is not None:
             return min(16, self.fused_max_rows)
         if not self.small_layers(model):
-            return 2
+            return 0
         c = model.config
         return 16 if self.fused_tensor_ok(c) and self.fused_shared_bytes(c, 16) <= self.max_shared else 4
 
