@@ -706,7 +706,8 @@ class CudaBackend:
         Large models run layer by layer: on 8B shapes the layer-by-layer graph (with programmatic dependent launch
         since stop 16 and tensor-core attention) beat the fused decode at every context in stop 18's A/B
         (notes/fused_vs_layered_stop18.log: 513 / 2049 / 4100 keys, H100 -0.2 / -1.0 / -2.3%, H200 -3.8 / -5.1 /
-        -6.8%); the fused kernel had won 1-2 rows there before those (an H200, notes/fused_layers.log)."""
+        -6.8%); the fused kernel had won 1-2 rows there before those (an H200, notes/fused_layers.log). Models
+        between the two sizes measured (layers over 16 MiB, under 8B's ~430 MiB) were measured under neither rule."""
         if self.fused_max_rows is not None:
             return min(16, self.fused_max_rows)
         if not self.small_layers(model):
