@@ -1,7 +1,9 @@
 """Device probe: decode on Llama-3.1-8B shapes (random weights), the fused-layers launch against the layer-by-layer
 graph, alternating in one process (the same weights and pages), µs a step (its graph launched 20 times back to back).
-CudaBackend.fused_row_limit sends 1-2 row steps of large models to the fused kernel; this checks that choice.
-usage (repo root): PYTHONPATH=$PWD python3 notes/scripts/fused_vs_layered.py [contexts, default 513,2049,4100]"""
+Until the end of stop 18 CudaBackend.fused_row_limit sent 1-2 row steps of large models to the fused kernel; this
+A/B (fused forced with fused_max_rows = 2, layered with 0) moved them layer by layer.
+usage (repo root): PYTHONPATH=$PWD python3 notes/scripts/fused_vs_layered.py [contexts, default 513,2049,4100] [8b | 1b]
+(1b: Llama-3.2-1B's shapes, a model between the two sizes stop 18 measured)"""
 import sys
 
 import numpy as np
@@ -13,15 +15,22 @@ from minispec.step import StepItem, build_plan
 from minispec.tree import Tree
 
 cp = require_gpu()
-contexts = [int(c) for c in sys.argv[1].split(",")] if len(sys.argv) > 1 else [513, 2049, 4100]
-cfg = llama_8b_config()
+args = sys.argv[1:]
+contexts = [int(c) for c in args[0].split(",")] if args and args[0][0].isdigit() else [513, 2049, 4100]
+if "1b" in args:
+    from minispec.config import ModelConfig
+
+    cfg = ModelConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32, num_kv_heads=8,
+                      head_dim=64, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192, tie_word_embeddings=True)
+else:
+    cfg = llama_8b_config()
 be = CudaBackend()
 cp.random.seed(0)
 model = Model(cfg, random_model_on_gpu(cfg, be), be)
 captured = []
 put = be.graphs.put
 be.graphs.put = lambda o, e, v: captured.append(v) or put(o, e, v)
-print(card_name(), "8B shapes, decode, µs a step", flush=True)
+print(card_name(), "1B" if "1b" in args else "8B", "shapes, decode, µs a step", flush=True)
 for ctx in contexts:
     cache = model.new_cache(-(-(ctx + 64) // 16) + 1, 16)
     table = []
@@ -31,7 +40,7 @@ for ctx in contexts:
     plan = build_plan([StepItem.tree(table, ctx, Tree.single(int(np.random.default_rng(ctx).integers(0, 1000))))], 16)
     times, graphs = {"fused": [], "layered": []}, {}
     for _ in range(3):
-        for name, limit in (("fused", None), ("layered", 0)):
+        for name, limit in (("fused", 2), ("layered", 0)):
             be.fused_max_rows = limit
             before = len(captured)
             model.forward(plan, cache).argmax()
