@@ -88,6 +88,16 @@ class NoDrafter:
         pass
 
 
+@dataclass
+class NgramHistory:
+    """One sequence's state in the n-gram drafter."""
+
+    accepted: float = 1.0  # drafted children of accepted nodes that were accepted (Laplace prior 1 of 2)
+    tries: float = 2.0  # drafted children of accepted nodes
+    tree: Tree | None = None  # the last proposal
+    asked: tuple | None = None  # (token count, node cap) it answered, until the next commit
+
+
 class NgramDrafter(NoDrafter):
     """Prompt lookup: continuations of recent suffix matches in prompt + output, merged into a tree.
 
@@ -113,7 +123,7 @@ class NgramDrafter(NoDrafter):
         self.budget = budget
         self.max_ngram = max_ngram
         self.max_matches = max_matches if budget.width > 1 else 1
-        self.history = {}  # id(seq) -> [accepted children, tries, last tree, (tokens, node cap) it was proposed for]
+        self.history = {}  # id(seq) -> NgramHistory
         self.index = {}  # id(seq) -> (n-gram -> continuation starts, oldest first; tokens indexed so far)
 
     def update_index(self, seq) -> dict:
@@ -128,8 +138,8 @@ class NgramDrafter(NoDrafter):
 
     def acceptance(self, seq) -> float:
         """alpha: the Laplace-smoothed rate at which this sequence's drafted children of accepted nodes were accepted."""
-        accepted, tries, _, _ = self.history.setdefault(id(seq), [1.0, 2.0, None, None])
-        return accepted / tries
+        history = self.history.setdefault(id(seq), NgramHistory())
+        return history.accepted / history.tries
 
     def continuations(self, seq) -> list[tuple[list[int], int]]:
         """(continuation, weight) pairs from the `max_matches` first suffix matches, longest match first, most
@@ -155,8 +165,8 @@ class NgramDrafter(NoDrafter):
         for seq, budget in zip(seqs, budgets):
             alpha = self.acceptance(seq)
             history = self.history[id(seq)]
-            if history[3] == (len(seq.tokens), budget):  # asked again before a commit (Engine.drafts_ready, then the step)
-                trees.append(history[2])
+            if history.asked == (len(seq.tokens), budget):  # asked again before a commit (Engine.drafts_ready, then the step)
+                trees.append(history.tree)
                 continue
             # the trie of the continuations (plain lists and a dict: this runs on the host every step)
             tokens, parents, weight, child = [int(seq.tokens[-1])], [-1], [0], {}  # weight: match weight through each node
@@ -179,17 +189,17 @@ class NgramDrafter(NoDrafter):
                 parent = parents[node]
                 value[node] = (1.0 if parent == 0 else value[parent]) * alpha * weight[node] / weight[parent]
             tree = best_subtree(tokens, parents, value, min(self.budget.nodes, budget), self.budget.width)
-            history[2:] = tree, (len(seq.tokens), budget)
+            history.tree, history.asked = tree, (len(seq.tokens), budget)
             trees.append(tree)
         return trees
 
     def commit(self, seq, path, accepted) -> None:
         history = self.history[id(seq)]
-        tree, history[3] = history[2], None
+        history.asked = None
         for j, node in enumerate(path):
-            if tree.kids[node]:
-                history[1] += 1
-                history[0] += j + 1 < len(path)
+            if history.tree.children(node):
+                history.tries += 1
+                history.accepted += j + 1 < len(path)
 
     def release(self, seq) -> None:
         self.history.pop(id(seq), None)

@@ -26,7 +26,7 @@ def verify_greedy(tree: Tree, targets: np.ndarray) -> tuple[list[int], int]:
     targets, tokens, node, path = targets.tolist(), tree.token_list, 0, [0]
     while True:
         target = targets[node]
-        match = next((c for c in tree.kids[node] if tokens[c] == target), None)
+        match = next((c for c in tree.children(node) if tokens[c] == target), None)
         if match is None:
             return path, target
         path.append(match)
