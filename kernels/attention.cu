@@ -85,7 +85,7 @@ extern "C" __global__ void tree_attention(
 // Programmatic dependent launch (kernels/pdl.cuh): the tiles wholly before tree_start, which this step does
 // not write, go into the ring before the wait for the kernel ahead; Q and everything else after it.
 //
-// Launch: grid (row tiles (upper bound: ceil(N G / ROWS) + B), Hkv, splits), block 32 x WARPS,
+// Launch: grid (row tiles (upper bound: ceil(N G / ROWS) + B - 1), Hkv, splits), block 32 x WARPS,
 // dynamic shared memory STAGES x 2 x KEYS x (D + 8) x 2 bytes.
 // o_part float [splits, N, H, D], ml_part float [splits, N, H, 2]; attention_merge (below) combines them.
 // Fragments (g = lane / 4, t = lane % 4): A (g | g+8, k 2t..2t+1 | 2t+8..), B (k 2t.. | 2t+8.., n g),
@@ -276,6 +276,14 @@ __device__ __forceinline__ void split_tiles(int S, int T, int G, int is_causal, 
     tile_count = max(0, min(key_tiles, tile_begin + per_split) - tile_begin);
 }
 
+// How many of a share's first tiles (at most `limit`) lie wholly before tree_start: a step writes K/V only at
+// positions from tree_start on, so those may be copied before the wait for the previous kernel (kernels/pdl.cuh).
+__device__ __forceinline__ int tiles_before_tree(int tile_begin, int tile_count, int keys, int start, int limit) {
+    int early = 0;
+    while (early < limit && early < tile_count && (tile_begin + early + 1) * keys <= start) early++;
+    return early;
+}
+
 template <int D, int WARPS, int KEYS>
 __device__ void tree_attention_mma(
     const float* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache, const __nv_bfloat16* __restrict__ v_cache,
@@ -323,10 +331,10 @@ __device__ void tree_attention_mma(
             copy16_async(v_ring + at, v_cache + offset, valid);
         }
     };
-    // Tiles wholly before tree_start go into the ring before the wait for the previous kernel (kernels/pdl.cuh):
-    // this step writes K/V only at positions from tree_start on, and the page table is the step plan's.
-    int early = 0;
-    while (early < STAGES - 1 && early < tile_count && (tile_begin + early + 1) * KEYS <= start) early++;
+    // Tiles wholly before tree_start go into the ring before the wait for the previous kernel; the page table
+    // is the step plan's. (Reading the page table a tile ahead of the copies, in registers, made this kernel
+    // 15-35% slower on decode shapes: notes/attention_splits.log, stop 19.)
+    const int early = tiles_before_tree(tile_begin, tile_count, KEYS, start, STAGES - 1);
     for (int s = 0; s < early; s++) {
         load_tile(tile_begin + s, s);
         cp_async_commit();
@@ -508,23 +516,39 @@ __device__ void tree_attention_wgmma(
         }
         if (lane == 0) mbarrier_arrive(full + slot);
     };
-    // Tiles wholly before tree_start (TMA boxes only) go out before the wait for the previous kernel
-    // (kernels/pdl.cuh): this step writes K/V only at positions from tree_start on, and the page table is the
-    // step plan's. Their latency then overlaps the Q staging below and the kernel ahead's tail.
-    int early = 0;
-    while (box_rows && early < RING && early < tile_count && (tile_begin + early + 1) * KEYS <= start) early++;
-    if (group == 2) {
-        if (lane == 0) {
-            for (int i = 0; i < RING; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 8);
-            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // before the TMA completes on them
-        }
-        __syncwarp();
-        for (int j = 0; j < early; j++) load_tile(j, segment_page(j));
+    if (group == 2 && lane == 0) {
+        for (int i = 0; i < RING; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 8);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // before the TMA completes on them
     }
-    pdl_wait();
+    __syncthreads();  // barriers initialised (the only block-wide barrier: each consumer's Q has its own below)
 
+    if (group == 2) {  // the producer warp
+        // Tiles wholly before tree_start go out before the wait for the previous kernel: their latency overlaps
+        // the Q staging and the kernel ahead's tail (the page table is the step plan's).
+        const int early = box_rows ? tiles_before_tree(tile_begin, tile_count, KEYS, start, RING) : 0;
+        // The page-table reads run RING tiles ahead in a shift register (constant indices keep it in registers),
+        // the first RING in flight together. Read one per tile before the block barrier, they had held every
+        // block ~8 µs at 8k keys (notes/attention_splits.log, stop 19).
+        int pages[RING];
+#pragma unroll
+        for (int k = 0; k < RING; k++) pages[k] = segment_page(k);
+        for (int j = 0; j < tile_count; j++) {
+            if (j == early) pdl_wait();
+            if (j >= RING) mbarrier_wait(empty + j % RING, (j / RING - 1) & 1);  // tile j - RING's readers are done
+            const int page = pages[0];
+#pragma unroll
+            for (int k = 0; k < RING - 1; k++) pages[k] = pages[k + 1];
+            pages[RING - 1] = segment_page(j + RING);
+            load_tile(j, page);
+        }
+        return;
+    }
+
+    // consumers
+    pdl_wait();
+    const bool active = tile * ROWS + group * 64 < rows;  // a warpgroup issues wgmma together
     __nv_bfloat16* q_tile = base + group * 64 * D;
-    if (group < 2) {  // Q's fragments into the warpgroup's swizzled tile (rows 16 (warp % 4) + g, + 8)
+    if (active) {  // Q's fragments into the warpgroup's swizzled tile (rows 16 (warp % 4) + g, + 8)
         unsigned qa[D / 16][4];
         load_query<D>(q, r, scale, t, qa);
         const int row0 = warp % 4 * 16 + g, row1 = row0 + 8;
@@ -537,22 +561,8 @@ __device__ void tree_attention_wgmma(
             *reinterpret_cast<unsigned*>(q_tile + at(row1, ks, 1)) = qa[ks][3];
         }
         fence_async_shared();
+        asm volatile("bar.sync %0, 128;" ::"r"(1 + group) : "memory");  // the warpgroup's Q tile is written
     }
-    __syncthreads();  // barriers initialised, Q tiles written (the only block-wide barrier)
-
-    if (group == 2) {  // the producer warp: the rest of the tiles
-        int page = segment_page(early), next_page = segment_page(early + 1);  // page-table reads run two tiles ahead
-        for (int j = early; j < tile_count; j++) {
-            if (j >= RING) mbarrier_wait(empty + j % RING, (j / RING - 1) & 1);  // tile j - RING's readers are done
-            load_tile(j, page);
-            page = next_page;
-            next_page = segment_page(j + 2);
-        }
-        return;
-    }
-
-    // consumers
-    const bool active = tile * ROWS + group * 64 < rows;  // a warpgroup issues wgmma together
     float o[D / 8][4] = {}, s[NT][4];
     const float NEG_INF = -__int_as_float(0x7f800000);
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
@@ -639,51 +649,70 @@ TREE_ATTENTION_WGMMA(128)
 #endif
 
 // out[n, h, :] = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s (the partials' maxima are base 2) over the splits (M = max m_s; shares with
-// l_s = 0 saw no key: weight 0, their o neither written nor read); rows n >= cu_q[B] (padding of a captured bucket) are written as zeros.
-// One warp per (n, h) row, 4 rows per block: lane s holds split s's weight (and s + 32's), each lane owns
-// D / 32 adjacent dims and reads the splits' partials for them with independent loads.
-// grid ceil(N H / 4), block 128; o_part [splits, N, H, D], ml_part [splits, N, H, 2], out store_t [N, H * D];
-// splits <= 64, D in {64, 128}.
-extern "C" __global__ void attention_merge(const float* __restrict__ o_part, const float* __restrict__ ml_part,
-                                           const int* __restrict__ cu_q, int B, store_t* __restrict__ out,
-                                           int N, int H, int D, int splits) {
+// l_s = 0 saw no key: weight 0, their o never written); rows n >= cu_q[B] (padding of a captured bucket) are written as zeros.
+// W warps per (n, h) row (blockDim.x = 32 W; blockDim.y rows per block): warp w sums the splits w, w + W, ..., each lane D / 32
+// adjacent dims, four splits' o in flight at a time, the first four loaded together with the (m, l) pairs before their weights
+// are known (a share of weight 0 is selected away, never multiplied: its o is unwritten memory). The warps' sums meet in shared
+// memory in warp order, a fixed order: the same bits every run. The backend gives few rows many warps (decode: a warp per two
+// shares, one round trip to L2 per row) and many rows one warp (CudaBackend.merge_shape). One warp per row looping over 32
+// shares took 7.5 µs at 8B heads, T = 1, 8k keys; 3.0 µs so (notes/attention_parts_h100_stop19.log).
+// grid ceil(N H / blockDim.y), dynamic shared memory blockDim.y x W x 512 bytes; o_part [splits, N, H, D], ml_part
+// [splits, N, H, 2], out store_t [N, H * D]; splits <= 64, D in {64, 128}.
+extern "C" __global__ void __launch_bounds__(1024) attention_merge(
+    const float* __restrict__ o_part, const float* __restrict__ ml_part, const int* __restrict__ cu_q, int B,
+    store_t* __restrict__ out, int N, int H, int D, int splits) {
+    extern __shared__ float4 partial[];  // [blockDim.y][W][32]
     pdl_begin();
-    const int lane = threadIdx.x % 32;
-    const long long row = (long long)blockIdx.x * 4 + threadIdx.x / 32;
-    if (row >= (long long)N * H) return;
-    const int per_lane = D / 32, d0 = lane * per_lane;
-    if (row / H >= cu_q[B]) {
-        for (int e = 0; e < per_lane; e++) out[row * D + d0 + e] = to_store(0.0f);
-        return;
-    }
-    const long long stride = (long long)N * H;
+    const int W = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32, per_lane = D / 32, d0 = lane * per_lane;
+    const long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y, stride = (long long)N * H;
+    const bool live = row < stride && row / H < cu_q[B];  // (no early return: the block meets at a barrier below)
     const float NEG_INF = -__int_as_float(0x7f800000);
-    float m[2], l[2];
-    for (int i = 0; i < 2; i++) {
-        const int s = lane + 32 * i;
-        m[i] = s < splits ? ml_part[(s * stride + row) * 2] : NEG_INF;
-        l[i] = s < splits ? ml_part[(s * stride + row) * 2 + 1] : 0.0f;
-    }
-    float M = fmaxf(l[0] > 0.0f ? m[0] : NEG_INF, l[1] > 0.0f ? m[1] : NEG_INF);
-    for (int offset = 16; offset > 0; offset >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffff, M, offset));
-    float w[2], L = 0.0f;
-    for (int i = 0; i < 2; i++) {
-        w[i] = l[i] > 0.0f ? exp2_fast(m[i] - M) : 0.0f;
-        L += w[i] * l[i];
-    }
-    for (int offset = 16; offset > 0; offset >>= 1) L += __shfl_xor_sync(0xffffffff, L, offset);
-    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 8
-    for (int s = 0; s < splits; s++) {
-        const float ws = __shfl_sync(0xffffffff, s < 32 ? w[0] : w[1], s % 32);
-        if (ws == 0.0f) continue;  // a share that saw no key (its o unwritten) or whose max underflows: adds +0
-        const float* o = o_part + (s * stride + row) * D + d0;
-        if (per_lane == 4) {
-            const float4 x = *reinterpret_cast<const float4*>(o);
-            sum[0] += ws * x.x, sum[1] += ws * x.y, sum[2] += ws * x.z, sum[3] += ws * x.w;
-        } else {
-            for (int e = 0; e < per_lane; e++) sum[e] += ws * o[e];
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float L = 0.0f;
+    float w[2];  // lane s holds split s's weight, and s + 32's
+    for (int first = warp; live && first < splits; first += 4 * W) {
+        float4 x[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int s = first + W * i;
+            const float* o = o_part + (s * stride + row) * D + d0;
+            if (s >= splits) x[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            else if (per_lane == 4) x[i] = *reinterpret_cast<const float4*>(o);
+            else x[i] = make_float4(o[0], o[1], 0.0f, 0.0f);
+        }
+        if (first == warp) {  // the weights, while the first o loads are in flight
+            float m[2], l[2];
+            for (int i = 0; i < 2; i++) {
+                const int s = lane + 32 * i;
+                m[i] = s < splits ? ml_part[(s * stride + row) * 2] : NEG_INF;
+                l[i] = s < splits ? ml_part[(s * stride + row) * 2 + 1] : 0.0f;
+            }
+            float M = fmaxf(l[0] > 0.0f ? m[0] : NEG_INF, l[1] > 0.0f ? m[1] : NEG_INF);
+            for (int offset = 16; offset > 0; offset >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffff, M, offset));
+            for (int i = 0; i < 2; i++) {
+                w[i] = l[i] > 0.0f ? exp2_fast(m[i] - M) : 0.0f;
+                L += w[i] * l[i];
+            }
+            for (int offset = 16; offset > 0; offset >>= 1) L += __shfl_xor_sync(0xffffffff, L, offset);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int s = first + W * i;
+            const float ws = __shfl_sync(0xffffffff, s < 32 ? w[0] : w[1], s % 32);
+            if (s < splits && ws != 0.0f)  // a share that saw no key (o unwritten) or whose max underflows adds +0
+                sum.x += ws * x[i].x, sum.y += ws * x[i].y, sum.z += ws * x[i].z, sum.w += ws * x[i].w;
         }
     }
-    for (int e = 0; e < per_lane; e++) out[row * D + d0 + e] = to_store(sum[e] / L);
+    float4* mine = partial + threadIdx.y * W * 32;
+    mine[warp * 32 + lane] = sum;
+    __syncthreads();
+    if (warp == 0 && row < stride) {
+        float4 total = mine[lane];
+        for (int v = 1; v < W; v++) {
+            const float4 p = mine[v * 32 + lane];
+            total.x += p.x, total.y += p.y, total.z += p.z, total.w += p.w;
+        }
+        const float t[4] = {total.x, total.y, total.z, total.w};
+        for (int e = 0; e < per_lane; e++) out[row * D + d0 + e] = to_store(live ? t[e] / L : 0.0f);
+    }
 }

@@ -653,7 +653,9 @@ class CudaBackend:
         wgmma = warps == 8 and (auto_wgmma if self.attention_wgmma is None else self.attention_wgmma)
         if wgmma and not self.hopper:
             raise MinispecError("attention_wgmma: warpgroup MMA needs a Hopper GPU (compute capability 9.0)")
-        row_tiles = -(-N * G // (16 * warps)) + B  # upper bound of sum over b of ceil(T_b G / rows per block)
+        # sum over b of ceil(T_b G / R) <= ceil(N G / R) + B - 1 (each ceil adds less than 1): one step's exact
+        # count when B = 1, an upper bound otherwise (blocks past the last row tile leave at once)
+        row_tiles = -(-N * G // (16 * warps)) + B - 1
         splits = self.attention_splits or self.attention_split_count(B * -(-rows // (16 * warps)) * Hkv, context, warps, wgmma)
         splits = min(64, splits)  # the merge takes at most 64
         out = cp.empty((N, H * D), dtype=self.store_dtype)
@@ -673,10 +675,22 @@ class CudaBackend:
         self.launch(kernel, (row_tiles, Hkv, splits), (threads,), args, shared)
         if splits == 1:
             return out
+        warps, rows = self.merge_shape(N * H, splits)
         self.launch(self.kernel("attention.cu", "attention_merge"),
-            (-(-N * H // 4),), (128,), (o_part, ml_part, plan.cu_q, np.int32(B), out, np.int32(N), np.int32(H), np.int32(D), np.int32(splits))
-        )
+            (-(-N * H // rows),), (32 * warps, rows),
+            (o_part, ml_part, plan.cu_q, np.int32(B), out, np.int32(N), np.int32(H), np.int32(D), np.int32(splits)),
+            rows * warps * 32 * 16)
         return out
+
+    @staticmethod
+    def merge_shape(rows: int, splits: int) -> tuple[int, int]:
+        """attention_merge's (warps per row, rows per block): about 4096 warps in all, at most a warp per two
+        shares (decode's few rows: one round trip to L2 each) and at least one per row (many rows); blocks of at
+        least 4 warps. Measured on an H100 (notes/attention_parts_h100_stop19.log): 8B heads, T = 1 at 8k keys (32
+        rows, 32 shares, 16 warps a row) 7.5 -> 3.0 µs; T = 64 (2048 rows, 8 shares, 2 warps a row) 4.4 -> 3.6 µs;
+        B = 4, T = 64 (8192 rows, 2 shares, one warp) level; a block per row at every size had doubled that one."""
+        warps = max(1, min(-(-splits // 2), 4096 // rows))
+        return warps, max(1, 4 // warps)
 
     def attention_tensor_maps(self, k_cache, v_cache):
         """(k map, v map, box rows) of one layer's caches for tree_attention_wgmma: [NP Hkv P, D] read a page
