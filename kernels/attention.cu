@@ -680,7 +680,7 @@ extern "C" __global__ void __launch_bounds__(1024) attention_merge(
             else if (per_lane == 4) x[i] = *reinterpret_cast<const float4*>(o);
             else x[i] = make_float4(o[0], o[1], 0.0f, 0.0f);
         }
-        if (first == warp) {  // the weights, while the first o loads are in flight
+        if (first == warp) {  // the weights, while the first o loads are in flight (every warp of the row alike: no barrier)
             float m[2], l[2];
             for (int i = 0; i < 2; i++) {
                 const int s = lane + 32 * i;
