@@ -86,6 +86,23 @@ def copy_bandwidth() -> float:
     return 2 * (1 << 31) / seconds  # both buffers go back to the pool on return
 
 
+def tensor_rate(backend) -> float:
+    """Dense bf16 products with fp32 sums on the tensor cores, measured (flops/s): cuBLAS on an 8192-cube, captured
+    (CuPy's fp16 matmul where the backend found no cuBLAS: the same rate on Hopper). Attention's two products are
+    this arithmetic, so flops / this rate is the time no kernel of them beats on the card."""
+    cp, n = backend.cp, 8192
+    bits = lambda: (cp.random.standard_normal((n, n), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)  # noqa: E731
+    x, w = bits(), bits()
+    if backend.cublas is None:
+        x16 = cp.random.standard_normal((n, n), dtype=cp.float32).astype(cp.float16)
+        return 2 * n**3 / time_async(lambda: cp.matmul(x16, x16.T), 5)
+    previous, backend.gemm = backend.gemm, "cublas"
+    try:
+        return 2 * n**3 / time_captured(lambda: backend.linear(x, w), 5)
+    finally:
+        backend.gemm = previous
+
+
 def card_name() -> str:
     cp = require_gpu()
     return cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"].decode()
@@ -156,14 +173,18 @@ def bench_attention(args) -> None:
     from .backends.cuda_backend import CudaBackend
 
     backend = CudaBackend("bfloat16")
-    bandwidth = copy_bandwidth()
+    bandwidth, rate = copy_bandwidth(), tensor_rate(backend)
     try:
         import torch
     except ImportError:
         torch = None
-    print(f"minispec bench attention on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; page size 16; bf16 KV; "
-          "own kernel timed as a captured graph of 20 calls (kernel + split merge), SDPA (dense bool mask, gathered K/V) as 20 async calls")
-    print(f"{'heads':<10} {'B':>3} {'T':>3} {'context':>8} {'tree µs':>9} {'no-mask µs':>10} {'SDPA µs':>9} {'floor µs':>9} {'floor/tree':>10}")
+    print(f"minispec bench attention on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; tensor cores {rate / 1e12:.0f} "
+          "TFLOP/s (cuBLAS bf16, 8192-cube); page size 16; bf16 KV; own kernel timed as a captured graph of 20 calls (kernel + split "
+          "merge), SDPA (dense bool mask, gathered K/V) as 20 async calls")
+    print("floor: K/V bytes / copy bandwidth; tensor: the two products' flops (4 x rows x keys x D) / the tensor-core rate; "
+          "limit/tree: the larger of the two over the kernel's time")
+    print(f"{'heads':<10} {'B':>3} {'T':>3} {'context':>8} {'tree µs':>9} {'no-mask µs':>10} {'SDPA µs':>9} {'floor µs':>9} "
+          f"{'tensor µs':>9} {'floor/tree':>10} {'limit/tree':>10}")
     shapes = [("8B 32/8/128", 32, 8, 128), ("smol 9/3/64", 9, 3, 64)]
     contexts = (1024, 8192) if args.quick else (1024, 8192, 32768)
     for name, H, Hkv, D in shapes:
@@ -185,7 +206,9 @@ def bench_attention(args) -> None:
                         mask = torch.ones(T, S, dtype=torch.bool, device="cuda")
                         sdpa = time_torch(torch, lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask))
                     floor = B * (context + T) * Hkv * D * 2 * 2 / bandwidth
-                    print(f"{name:<10} {B:>3} {T:>3} {context:>8} {tree * 1e6:>9.1f} {plain * 1e6:>10.1f} {sdpa * 1e6:>9.1f} {floor * 1e6:>9.1f} {floor / tree:>10.2f}")
+                    tensor = 4 * B * T * H * (context + T) * D / rate  # every row against every key (a tree row sees about all)
+                    print(f"{name:<10} {B:>3} {T:>3} {context:>8} {tree * 1e6:>9.1f} {plain * 1e6:>10.1f} {sdpa * 1e6:>9.1f} {floor * 1e6:>9.1f} "
+                          f"{tensor * 1e6:>9.1f} {floor / tree:>10.2f} {max(floor, tensor) / tree:>10.2f}")
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -253,6 +253,32 @@ def test_tree_attention_split_kv_merge(splits, kernel):
     assert np.abs(cp.asnumpy(out) - expected).mean(axis=1).max() < 1e-2
 
 
+@pytest.mark.parametrize("B, D", [(1, 128), (2, 128), (1, 64)])
+def test_long_decode_takes_wgmma_and_matches_reference(B, D):
+    """Decode steps past 8192 keys run on the wgmma kernel (Hopper) by the backend's own choice, and agree with
+    the dense reference; a step just below stays on the 4-warp mma.sync kernel."""
+    import cupy as cp
+
+    be, rng = backend("bfloat16"), np.random.default_rng(11 + B + D)
+    if not be.hopper:
+        pytest.skip("the choice concerns Hopper GPUs")
+    H, Hkv = (8, 2) if D == 128 else (9, 3)
+    assert be.attention_kernel(1, 8192, B, Hkv, D) == (4, False)
+    assert be.attention_kernel(4, 16384, 16, 3, 64) == (4, False)  # the small heads of many sequences keep mma.sync
+    assert be.attention_kernel(4, 16384, B, Hkv, D) == (8, True)
+    specs = [(9000 + 517 * b, "single", 1) for b in range(B)]
+    q, k_cache, v_cache, plan, expected = make_problem(rng, 16, specs, H=H, Hkv=Hkv, D=D, dtype=BF16)
+    launched = []
+    launch = be.launch
+    be.launch = lambda kernel, *a, **kw: launched.append(kernel) or launch(kernel, *a, **kw)
+    out = be.attention(cp.asarray(q), cp.asarray(k_cache.view(np.uint16)), cp.asarray(v_cache.view(np.uint16)), be.prepare_plan(plan), 1 / np.sqrt(D))
+    be.launch = launch
+    assert launched[0] is be.kernel("attention.cu", f"tree_attention_wgmma_d{D}")
+    out = host_float(out, "bfloat16")
+    assert_close(out, expected, 6e-2, 6e-2, f"long decode on wgmma (B={B}, D={D})")
+    assert np.abs(out - expected).mean(axis=1).max() < 1e-2
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_kv_commit_with_overlapping_moves(dtype):
     from minispec.backends.numpy_backend import NumpyBackend

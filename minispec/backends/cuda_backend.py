@@ -645,14 +645,7 @@ class CudaBackend:
         # keyed by (N, context), not the exact step: eager launches and graph replays give the same bits.
         rows = -(-pow2_bucket(N) // B) * G  # rows per sequence's KV head (mean over the step)
         context = context_bucket(plan.max_kv_len)
-        warps = self.attention_warps or (8 if rows > 16 else 4)
-        # wgmma where both of a block's 64-row warpgroups have rows, or from 2k keys: measured on an H100
-        # (notes/attention_splits.log) 1.5-1.8x faster than mma.sync at 8B heads, T = 64, 8k-32k keys, and 0-2 µs
-        # faster at T = 64, 512-2k keys; with 64 rows or fewer mma.sync is 2 µs faster below 2k keys
-        auto_wgmma = self.hopper and (rows > 64 or context >= 2048)
-        wgmma = warps == 8 and (auto_wgmma if self.attention_wgmma is None else self.attention_wgmma)
-        if wgmma and not self.hopper:
-            raise MinispecError("attention_wgmma: warpgroup MMA needs a Hopper GPU (compute capability 9.0)")
+        warps, wgmma = self.attention_kernel(rows, context, B, Hkv, D)
         # sum over b of ceil(T_b G / R) <= ceil(N G / R) + B - 1 (each ceil adds less than 1): one step's exact
         # count when B = 1, an upper bound otherwise (blocks past the last row tile leave at once)
         row_tiles = -(-N * G // (16 * warps)) + B - 1
@@ -681,6 +674,27 @@ class CudaBackend:
             (o_part, ml_part, plan.cu_q, np.int32(B), out, np.int32(N), np.int32(H), np.int32(D), np.int32(splits)),
             rows * warps * 32 * 16)
         return out
+
+    def attention_kernel(self, rows: int, context: int, B: int, Hkv: int, D: int) -> tuple[int, bool]:
+        """(warps, wgmma) of attention_mma's kernel for `rows` query rows per sequence's KV head at a context
+        bucket: the mma.sync kernel of 4 warps (64 rows) or 8, or the 8-warp kernel on wgmma (Hopper).
+        Measured on an H100:
+        - wgmma where both of a block's 64-row warpgroups have rows, or from 2k keys (notes/attention_splits.log):
+          1.5-1.8x faster than mma.sync at 8B heads, T = 64, 8k-32k keys, 0-2 µs faster at T = 64, 512-2k keys;
+          with 64 rows or fewer mma.sync is 2 µs faster below 2k keys;
+        - decode-like steps (16 rows or fewer) on 4 warps, except from the 16k-key bucket (more than 8192 keys)
+          where the wgmma kernel's TMA stream wins with a block per SM (notes/decode_dispatch_h100_stop20.log): 8B
+          heads, 8193 keys, batch 1 16.1 -> 14.5 µs (0.69 -> 0.77 of the K/V floor), 32k keys 0.81 -> 0.85, batch 4
+          and 16 2.5-5% faster; the default model's heads (D = 64) gain only with few (sequence, KV head) pairs
+          (batch 1, 8193 keys 8.8 -> 7.6 µs, 32k 23.7 -> 15.3) and lose 5% at batch 4 and 16, so they keep 4 warps
+          there."""
+        long_decode = self.hopper and rows <= 16 and context >= 16384 and (D == 128 or B * Hkv <= 4)
+        warps = self.attention_warps or (8 if rows > 16 or long_decode else 4)
+        auto_wgmma = self.hopper and (rows > 64 or context >= 2048)
+        wgmma = warps == 8 and (auto_wgmma if self.attention_wgmma is None else self.attention_wgmma)
+        if wgmma and not self.hopper:
+            raise MinispecError("attention_wgmma: warpgroup MMA needs a Hopper GPU (compute capability 9.0)")
+        return warps, wgmma
 
     @staticmethod
     def merge_shape(rows: int, splits: int) -> tuple[int, int]:
