@@ -86,16 +86,20 @@ def copy_bandwidth() -> float:
     return 2 * (1 << 31) / seconds  # both buffers go back to the pool on return
 
 
+def random_bf16(cp, shape, scale: float = 1.0):
+    """bf16 bits (uint16) of normal values times `scale`, made on the GPU: the top half of each float32."""
+    return ((cp.random.standard_normal(shape, dtype=cp.float32) * np.float32(scale)).view(cp.uint32) >> 16).astype(cp.uint16)
+
+
 def tensor_rate(backend) -> float:
     """Dense bf16 products with fp32 sums on the tensor cores, measured (flops/s): cuBLAS on an 8192-cube, captured
     (CuPy's fp16 matmul where the backend found no cuBLAS: the same rate on Hopper). Attention's two products are
     this arithmetic, so flops / this rate is the time no kernel of them beats on the card."""
     cp, n = backend.cp, 8192
-    bits = lambda: (cp.random.standard_normal((n, n), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)  # noqa: E731
-    x, w = bits(), bits()
     if backend.cublas is None:
         x16 = cp.random.standard_normal((n, n), dtype=cp.float32).astype(cp.float16)
         return 2 * n**3 / time_async(lambda: cp.matmul(x16, x16.T), 5)
+    x, w = random_bf16(cp, (n, n)), random_bf16(cp, (n, n))
     previous, backend.gemm = backend.gemm, "cublas"
     try:
         return 2 * n**3 / time_captured(lambda: backend.linear(x, w), 5)
@@ -153,8 +157,7 @@ def attention_case(cp, backend, B, T, context, H, Hkv, D, P=16, causal=False):
     rng = np.random.default_rng(0)
     pages_per_seq = -(-(context + T) // P)
     NP = B * pages_per_seq
-    k_cache = (cp.random.standard_normal((NP, Hkv, P, D), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)
-    v_cache = (cp.random.standard_normal((NP, Hkv, P, D), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)
+    k_cache, v_cache = random_bf16(cp, (NP, Hkv, P, D)), random_bf16(cp, (NP, Hkv, P, D))
     items = []
     for b in range(B):
         table = list(range(b * pages_per_seq, (b + 1) * pages_per_seq))
@@ -220,8 +223,7 @@ def random_model_on_gpu(config, backend):
     from .checkpoint import LayerWeights, ModelWeights
 
     def matrix(n, k):
-        bits = (cp.random.standard_normal((n, k), dtype=cp.float32) * np.float32(1 / np.sqrt(k))).view(cp.uint32) >> 16
-        return bits.astype(cp.uint16)
+        return random_bf16(cp, (n, k), 1 / np.sqrt(k))
 
     ones = lambda n: cp.ones(n, dtype=cp.float32)  # noqa: E731
     c = config

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from minispec.backends.cuda_backend import CudaBackend
-from minispec.bench_gpu import card_name, llama_8b_config, random_model_on_gpu, require_gpu, time_gpu
+from minispec.bench_gpu import card_name, llama_8b_config, random_bf16, random_model_on_gpu, require_gpu, time_gpu
 from minispec.model import Model
 from minispec.step import StepItem, build_plan
 from minispec.tree import Tree
@@ -36,7 +36,7 @@ for ctx in contexts:
     table = []
     cache.prepare(table, 0, ctx + 64)
     for pages in cache.k + cache.v:
-        pages[...] = (cp.random.standard_normal(pages.shape, dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)
+        pages[...] = random_bf16(cp, pages.shape)
     plan = build_plan([StepItem.tree(table, ctx, Tree.single(int(np.random.default_rng(ctx).integers(0, 1000))))], 16)
     times, graphs = {"fused": [], "layered": []}, {}
     for _ in range(3):
