@@ -427,27 +427,34 @@ TREE_ATTENTION_MMA(128, 8)
 
 // ------------------------------------------------------------------------------------------------
 // Hopper version (sm_90a): both products on warpgroup MMA, K/V brought by the tensor memory accelerator.
-// Block = 2 consumer warpgroups (warps 0-7, 64 of the block's 128 packed rows each) + 1 producer warp.
-// The producer fills a RING-slot ring of 64-key tiles: each page segment of a tile (R = P rows of one head,
+// Block = 2 consumer warpgroups (warps 0-7, 64 of the block's 128 packed rows each) + a producer warpgroup
+// (warps 8-11, of which `producers` = 1 or 2 work; the rest leave at once).
+// The producers fill a RING-slot ring of 64-key tiles: each page segment of a tile (R = P rows of one head,
 // contiguous in the cache) is one TMA box per 64-dim atom of K and of V, written 128-byte swizzled
 // [D / 64][64 keys][64 dims], the layout the wgmma descriptors read. Rows TMA cannot box (past the sequence
 // end, which must read as zeros, or a page size that does not divide 64) go by cp.async with zero fill.
-// Per slot two mbarriers: `full` (the producer's expected bytes, and its arrive once any cp.async rows
-// landed) and `empty` (the 8 consumer warps, once their products no longer read the slot). Each consumer's
-// Q sits in its own swizzled tile, so S = Q K^T reads both operands from shared memory; O += P(i-1) V(i-1)
-// runs on the tensor cores while the softmax of S(i) runs on the CUDA cores (FlashAttention-3's order), and
-// the two consumer warpgroups never meet at a block barrier.
+// Per slot two mbarriers: `full` (each producer's expected bytes, and its arrive once any cp.async rows
+// landed) and `empty` (the 8 consumer warps, once their products no longer read the slot). Q's A fragments
+// stay in each consumer's registers (S = Q K^T reads only K from shared memory), which setmaxnreg makes room
+// for; O += P(i-1) V(i-1) is issued with S(i) (FlashAttention-3's order; ptxas nonetheless waits for both
+// before the softmax, notes/attention_splits.log, stop 20), and the two consumer warpgroups never meet at a
+// block barrier.
 // k_map / v_map: TMA descriptors of the caches viewed as [NP Hkv P rows, D] with 64 x box_rows boxes,
 // 128-byte swizzle (box_rows = P when P divides 64 and P >= 8, else 0: cp.async only).
-// Launch: grid as the mma.sync version with 128 rows per block, block 288, dynamic shared memory
-// (2 + 2 RING) x 64 x D x 2 + 1024 (alignment) + 16 RING (barriers) bytes.
+// Launch: grid as the mma.sync version with 128 rows per block, block 384, dynamic shared memory
+// 2 RING x 64 x D x 2 + 1024 (alignment) + 16 RING (barriers) bytes.
 // Measured (H100, notes/attention_splits.log), 8B heads, T = 64, 8k keys, 8 splits: 49 µs on mma.sync, 42 with
 // wgmma and 128 cp.async producer threads (4 slots), 37 with 6 slots, 33 with the TMA producer. Built with
 // loads or products left out, a block's tile cost ~1 µs for the loads alone and ~1 µs for the products alone,
 // and the sum with both: the cp.async producer was bound by its SM's outstanding requests, which TMA leaves.
+// Stop 21: the producer itself bounded the loop at P = 16 (16 boxes a tile, each lane's TMA issued in turn,
+// and two runtime divisions by P per box): without the divisions one split at 8k keys took 163 -> 132 µs,
+// with the boxes over two warps 121 (0.94 µs a tile); decode-like steps keep one producer warp (8193 keys
+// 14.5 -> 13.5 µs, where two gave 14.5). Q from registers instead of shared memory changed nothing alone.
 // Tried and not kept: the last split merging in the kernel instead of attention_merge (slower: one block then
-// reads every share serially), and FlashAttention-3's ping-pong of the two warpgroups (within 3%).
-#define ATTENTION_RING 6  // K/V slots: 6 x 32 KB at D = 128, with both Q tiles 224 KB of the SM's 227
+// reads every share serially), FlashAttention-3's ping-pong of the two warpgroups (within 3%), a seventh slot
+// (level), four producer warps (as two).
+#define ATTENTION_RING 6  // K/V slots: 6 x 32 KB at D = 128 (a seventh fits; it measured level)
 template <int D>
 __device__ void tree_attention_wgmma(
     const float* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache, const __nv_bfloat16* __restrict__ v_cache,
@@ -456,17 +463,17 @@ __device__ void tree_attention_wgmma(
     const unsigned long long* __restrict__ masks, const int* __restrict__ causal,
     const int* __restrict__ page_tables, int max_pages, int B,
     float* __restrict__ o_part, float* __restrict__ ml_part, __nv_bfloat16* __restrict__ out,
-    int N, int H, int Hkv, int P, float scale) {
+    int N, int H, int Hkv, int P, float scale, int producers) {
     constexpr int KEYS = 64, ROWS = 128, RING = ATTENTION_RING, TILE = KEYS * D, NT = KEYS / 8, ATOMS = D / 64;
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     __nv_bfloat16* base = reinterpret_cast<__nv_bfloat16*>(shared_bytes + (1024 - (unsigned)__cvta_generic_to_shared(shared_bytes) % 1024) % 1024);
-    __nv_bfloat16* k_ring = base + 2 * 64 * D;  // after the two consumers' Q tiles
+    __nv_bfloat16* k_ring = base;
     __nv_bfloat16* v_ring = k_ring + RING * TILE;
     unsigned long long* full = reinterpret_cast<unsigned long long*>(v_ring + RING * TILE);
     unsigned long long* empty = full + RING;
     // warp read through a shuffle: the compiler then knows it warp-uniform, which wgmma needs to stay
     // asynchronous (on a path it thinks divergent, ptxas serialises the products)
-    const int warp = __shfl_sync(0xffffffff, threadIdx.x / 32, 0), group = warp / 4;  // group 2: the producer
+    const int warp = __shfl_sync(0xffffffff, threadIdx.x / 32, 0), group = warp / 4;  // group 2: the producers
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int G = H / Hkv, kv_head = blockIdx.y;
     int b, tile;
@@ -481,16 +488,19 @@ __device__ void tree_attention_wgmma(
         return;
     }
 
-    // the producer warp's tile loads: lane j < jobs loads TMA box j of a tile (segment j / (2 ATOMS), atom
-    // j / 2 % ATOMS, K or V by j % 2); rows past the whole segments by cp.async
+    // The producer warps' tile loads: box j = producers x lane + warp of a tile (segment j / (2 ATOMS), atom
+    // j / 2 % ATOMS, K or V by j % 2), so the warps issue a tile's boxes side by side; rows past the whole
+    // segments by cp.async (producer warp 0). A segment is one page's box_rows = P rows: its page is entry
+    // tile x KEYS / P + segment of the table (no division by the runtime P), its first row the page's first.
+    const int producer = warp - 8, job = lane * producers + producer;
     const int segments = box_rows ? KEYS / box_rows : 0, jobs = segments * 2 * ATOMS;
-    const int segment = lane / (2 * ATOMS), atom = lane / 2 % ATOMS, is_v = lane % 2;
+    const int segment = job / (2 * ATOMS), atom = job / 2 % ATOMS, is_v = job % 2;
     const int* table = page_tables + (long long)b * max_pages;
     const long long page_elements = (long long)Hkv * P * D;
     // the page of this lane's segment in tile j if the segment is whole (all its rows < S), else -1
     auto segment_page = [&](int j) {
         const int key = (tile_begin + j) * KEYS + segment * box_rows;
-        return lane < jobs && j < tile_count && key + box_rows <= S ? table[key / P] : -1;
+        return job < jobs && j < tile_count && key + box_rows <= S ? table[(tile_begin + j) * segments + segment] : -1;
     };
     auto load_tile = [&](int j, int page) {  // tile j into its slot, whose previous readers are done
         const int slot = j % RING, key0 = (tile_begin + j) * KEYS;
@@ -499,9 +509,10 @@ __device__ void tree_attention_wgmma(
         __syncwarp();
         if (page >= 0)
             tma_load((is_v ? v_ring : k_ring) + slot * TILE + atom * KEYS * 64 + segment * box_rows * 64, is_v ? &v_map : &k_map,
-                     atom * 64, (page * Hkv + kv_head) * P + (key0 + segment * box_rows) % P, full + slot);
-        const int boxed_rows = boxes / (2 * ATOMS) * box_rows;  // whole segments are a prefix of the tile
-        if (boxed_rows < KEYS) {  // the rest by cp.async, zero past S (masked keys must meet finite V)
+                     atom * 64, (page * Hkv + kv_head) * P, full + slot);
+        // whole segments are a prefix of the tile
+        const int boxed_rows = !box_rows ? 0 : key0 + KEYS <= S ? KEYS : max(0, S - key0) / box_rows * box_rows;
+        if (producer == 0 && boxed_rows < KEYS) {  // the rest by cp.async, zero past S (masked keys must meet finite V)
             for (int i = lane; i < (KEYS - boxed_rows) * (D / 8); i += 32) {
                 const int row = boxed_rows + i / (D / 8), chunk = i % (D / 8), key = key0 + row;
                 const long long offset = key < S ? table[key / P] * page_elements + (kv_head * P + key % P) * D + chunk * 8 : 0;
@@ -516,13 +527,18 @@ __device__ void tree_attention_wgmma(
         }
         if (lane == 0) mbarrier_arrive(full + slot);
     };
-    if (group == 2 && lane == 0) {
-        for (int i = 0; i < RING; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 8);
+    if (group == 2 && lane == 0 && producer == 0) {
+        for (int i = 0; i < RING; i++) mbarrier_init(full + i, producers), mbarrier_init(empty + i, 8);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // before the TMA completes on them
     }
-    __syncthreads();  // barriers initialised (the only block-wide barrier: each consumer's Q has its own below)
+    __syncthreads();  // barriers initialised (the only block-wide barrier)
 
-    if (group == 2) {  // the producer warp
+    // Registers move from the producer warpgroup to the consumers, whose Q fragments, O, S and P live in
+    // registers: ptxas gives 384 threads 168 each, and the consumers' loop needs ~180 without spilling
+    if (group == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
+    else asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+    if (group == 2) {  // the producer warps
+        if (producer >= producers) return;
         // Tiles wholly before tree_start go out before the wait for the previous kernel: their latency overlaps
         // the Q staging and the kernel ahead's tail (the page table is the step plan's).
         const int early = box_rows ? tiles_before_tree(tile_begin, tile_count, KEYS, start, RING) : 0;
@@ -547,22 +563,8 @@ __device__ void tree_attention_wgmma(
     // consumers
     pdl_wait();
     const bool active = tile * ROWS + group * 64 < rows;  // a warpgroup issues wgmma together
-    __nv_bfloat16* q_tile = base + group * 64 * D;
-    if (active) {  // Q's fragments into the warpgroup's swizzled tile (rows 16 (warp % 4) + g, + 8)
-        unsigned qa[D / 16][4];
-        load_query<D>(q, r, scale, t, qa);
-        const int row0 = warp % 4 * 16 + g, row1 = row0 + 8;
-        auto at = [&](int row, int ks, int half) { return ks / 4 * 64 * 64 + row * 64 + (((ks % 4 * 2 + half) ^ (row % 8)) * 8) + 2 * t; };
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ks++) {
-            *reinterpret_cast<unsigned*>(q_tile + at(row0, ks, 0)) = qa[ks][0];
-            *reinterpret_cast<unsigned*>(q_tile + at(row1, ks, 0)) = qa[ks][1];
-            *reinterpret_cast<unsigned*>(q_tile + at(row0, ks, 1)) = qa[ks][2];
-            *reinterpret_cast<unsigned*>(q_tile + at(row1, ks, 1)) = qa[ks][3];
-        }
-        fence_async_shared();
-        asm volatile("bar.sync %0, 128;" ::"r"(1 + group) : "memory");  // the warpgroup's Q tile is written
-    }
+    unsigned qa[D / 16][4];  // Q's A fragments, in registers across the key loop (S = Q K^T reads only K from shared memory)
+    if (active) load_query<D>(q, r, scale, t, qa);
     float o[D / 8][4] = {}, s[NT][4];
     const float NEG_INF = -__int_as_float(0x7f800000);
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
@@ -594,8 +596,7 @@ __device__ void tree_attention_wgmma(
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < D / 16; ks++)
-            wgmma_n64_ss(s, smem_descriptor(q_tile + ks / 4 * 64 * 64 + ks % 4 * 16, 16, 1024),
-                         smem_descriptor(k_buf + ks / 4 * KEYS * 64 + ks % 4 * 16, 16, 1024), ks > 0);
+            wgmma_n64<0>(s, qa[ks], smem_descriptor(k_buf + ks / 4 * KEYS * 64 + ks % 4 * 16, 16, 1024), ks > 0);
         wgmma_commit();
     };
     auto softmax = [&](int i, float& corr0, float& corr1) {  // S(i) -> the weights of tile i
@@ -635,14 +636,15 @@ __device__ void tree_attention_wgmma(
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define TREE_ATTENTION_WGMMA(D)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(288, 1) tree_attention_wgmma_d##D(                             \
+    extern "C" __global__ void __launch_bounds__(384, 1) tree_attention_wgmma_d##D(                             \
         const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,                          \
         const __grid_constant__ TensorMap k_map, const __grid_constant__ TensorMap v_map, int box_rows,         \
         const int* cu_q, const int* kv_len, const int* tree_start, const unsigned long long* masks,            \
         const int* causal, const int* page_tables, int max_pages, int B, float* o_part, float* ml_part,        \
-        __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale) {                                        \
+        __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale, int producers) {                         \
         tree_attention_wgmma<D>(q, k_cache, v_cache, k_map, v_map, box_rows, cu_q, kv_len, tree_start, masks,    \
-                                causal, page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale);  \
+                                causal, page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale,   \
+                                producers);                                                                      \
     }
 TREE_ATTENTION_WGMMA(64)
 TREE_ATTENTION_WGMMA(128)

@@ -53,9 +53,11 @@ __device__ __forceinline__ void wgmma_n64(float (&d)[8][4], const unsigned (&a)[
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate), "n"(TRANS_B));
 }
 
-// d[64 x 64] (+)= A[64 x 16] B[16 x 64], A from shared memory too (K-major). S = Q K^T takes Q this way:
-// with Q's fragments in registers across the key loop, ptxas (CUDA 13) gave P's fragments the same registers
-// at D = 64, so every key tile after the first multiplied by P (the PTX was right)
+// d[64 x 64] (+)= A[64 x 16] B[16 x 64], A from shared memory too (K-major): gemm_wgmma's weight tile.
+// (The attention's S = Q K^T took Q this way from stop 12 to 20: with Q's fragments in registers, the ptxas of
+// then gave P's fragments the same registers at D = 64, and a 288-thread block capped the kernel at 168
+// registers. With setmaxnreg the SASS keeps them apart, and the attention tests would catch a repeat: every
+// key tile after the first would be multiplied by P.)
 __device__ __forceinline__ void wgmma_n64_ss(float (&d)[8][4], unsigned long long a, unsigned long long b, int accumulate) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"

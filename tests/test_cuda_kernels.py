@@ -253,20 +253,45 @@ def test_tree_attention_split_kv_merge(splits, kernel):
     assert np.abs(cp.asnumpy(out) - expected).mean(axis=1).max() < 1e-2
 
 
-@pytest.mark.parametrize("B, D", [(1, 128), (2, 128), (1, 64)])
-def test_long_decode_takes_wgmma_and_matches_reference(B, D):
+@pytest.mark.parametrize("page_size", [3, 16, 64])  # cp.async rows only; TMA boxes of 16 and 64 rows
+@pytest.mark.parametrize("D", [64, 128])
+def test_wgmma_attention_producer_counts_agree(page_size, D):
+    """The wgmma kernel's tiles issued by one producer warp or by two land as the same bytes: the same bits out,
+    and the dense reference's values, on trees, decode rows and a causal chunk."""
+    import cupy as cp
+
+    be, rng = backend("bfloat16"), np.random.default_rng(7 * page_size + D)
+    use_attention_kernel(be, "wgmma")
+    q, k_cache, v_cache, plan, expected = make_problem(rng, page_size, problem_specs(page_size), H=8, Hkv=2, D=D, dtype=BF16)
+    args = (cp.asarray(q), cp.asarray(k_cache.view(np.uint16)), cp.asarray(v_cache.view(np.uint16)), be.prepare_plan(plan), 1 / np.sqrt(D))
+    outs = []
+    for producers in (1, 2):
+        be.attention_producers = producers
+        outs.append(be.attention(*args))
+    assert cp.array_equal(outs[0], outs[1]), "one producer warp and two give different bits"
+    out = host_float(outs[1], "bfloat16")
+    assert_close(out, expected, 6e-2, 6e-2, f"wgmma attention, P={page_size}, D={D}")
+    assert np.abs(out - expected).mean(axis=1).max() < 1e-2
+
+
+@pytest.mark.parametrize("B, D, keys, step", [(1, 128, 9000, 0), (2, 128, 9000, 517), (1, 64, 9000, 0), (16, 64, 1100, 37)])
+def test_long_decode_takes_wgmma_and_matches_reference(B, D, keys, step):
     """Decode steps past 8192 keys run on the wgmma kernel (Hopper) by the backend's own choice, and agree with
-    the dense reference; a step just below stays on the 4-warp mma.sync kernel."""
+    the dense reference; a step just below stays on the 4-warp mma.sync kernel unless 32 (sequence, KV head)
+    pairs or more share the launch."""
     import cupy as cp
 
     be, rng = backend("bfloat16"), np.random.default_rng(11 + B + D)
     if not be.hopper:
         pytest.skip("the choice concerns Hopper GPUs")
     H, Hkv = (8, 2) if D == 128 else (9, 3)
-    assert be.attention_kernel(1, 8192, B, Hkv, D) == (4, False)
-    assert be.attention_kernel(4, 16384, 16, 3, 64) == (4, False)  # the small heads of many sequences keep mma.sync
+    assert be.attention_kernel(1, 8192, 1, Hkv, D) == (4, False)
     assert be.attention_kernel(4, 16384, B, Hkv, D) == (8, True)
-    specs = [(9000 + 517 * b, "single", 1) for b in range(B)]
+    assert be.attention_kernel(1, 8192, 2, 8, 128) == (4, False)  # 16 pairs
+    assert be.attention_kernel(1, 2048, 4, 8, 128) == (8, True)  # 32 pairs from the 2k-key bucket
+    assert be.attention_kernel(4, 1024, 16, 3, 64) == (4, False)
+    assert be.attention_kernel(1, 4096, 16, 3, 64) == (8, True)
+    specs = [(keys + step * b, "single", 1) for b in range(B)]
     q, k_cache, v_cache, plan, expected = make_problem(rng, 16, specs, H=H, Hkv=Hkv, D=D, dtype=BF16)
     launched = []
     launch = be.launch

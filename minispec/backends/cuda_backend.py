@@ -256,6 +256,7 @@ class CudaBackend:
         self.attention_warps = None  # 4 or 8 warps of 16 rows per block
         self.attention_splits = None  # key shares per block (see attention_split_count)
         self.attention_wgmma = None  # 8-warp blocks on wgmma (None: on Hopper from 2k keys; True / False: always / never)
+        self.attention_producers = None  # TMA producer warps of the wgmma kernel, 1 or 2 (None: attention_producer_count)
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
@@ -657,10 +658,12 @@ class CudaBackend:
         args = (plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
                 np.int32(plan.page_tables.shape[1]), np.int32(B), o_part, ml_part, out, np.int32(N), np.int32(H),
                 np.int32(Hkv), np.int32(P), np.float32(scale))
-        if wgmma:  # (2 warpgroups' Q + RING x (K, V)) x 64 rows x D, bf16, swizzled; 1024 to align them; 2 RING barriers
-            kernel, shared = self.kernel("attention.cu", f"tree_attention_wgmma_d{D}"), (2 + 2 * WGMMA_RING) * 64 * D * 2 + 1024 + 16 * WGMMA_RING
+        if wgmma:  # RING x (K, V) x 64 rows x D, bf16, swizzled; 1024 to align them; 2 RING barriers
+            kernel, shared = self.kernel("attention.cu", f"tree_attention_wgmma_d{D}"), 2 * WGMMA_RING * 64 * D * 2 + 1024 + 16 * WGMMA_RING
             k_map, v_map, box_rows = self.attention_tensor_maps(k_cache, v_cache)
-            args, threads = (q, k_cache, v_cache, k_map, v_map, np.int32(box_rows)) + args, 288
+            producers = self.attention_producers or self.attention_producer_count(rows)
+            args = (q, k_cache, v_cache, k_map, v_map, np.int32(box_rows)) + args + (np.int32(producers),)
+            threads = 384
         else:  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16
             kernel, shared = self.kernel("attention.cu", f"tree_attention_mma_d{D}_w{warps}"), 4 * 2 * 8 * warps * (D + 8) * 2
             args, threads = (q, k_cache, v_cache) + args, 32 * warps
@@ -682,19 +685,30 @@ class CudaBackend:
         - wgmma where both of a block's 64-row warpgroups have rows, or from 2k keys (notes/attention_splits.log):
           1.5-1.8x faster than mma.sync at 8B heads, T = 64, 8k-32k keys, 0-2 µs faster at T = 64, 512-2k keys;
           with 64 rows or fewer mma.sync is 2 µs faster below 2k keys;
-        - decode-like steps (16 rows or fewer) on 4 warps, except from the 16k-key bucket (more than 8192 keys)
-          where the wgmma kernel's TMA stream wins with a block per SM (notes/decode_dispatch_h100_stop20.log): 8B
-          heads, 8193 keys, batch 1 16.1 -> 14.5 µs (0.69 -> 0.77 of the K/V floor), 32k keys 0.81 -> 0.85, batch 4
-          and 16 2.5-5% faster; the default model's heads (D = 64) gain only with few (sequence, KV head) pairs
-          (batch 1, 8193 keys 8.8 -> 7.6 µs, 32k 23.7 -> 15.3) and lose 5% at batch 4 and 16, so they keep 4 warps
-          there."""
-        long_decode = self.hopper and rows <= 16 and context >= 16384 and (D == 128 or B * Hkv <= 4)
+        - decode-like steps (16 rows or fewer) on 4 warps, except where the wgmma kernel's TMA stream wins with a
+          block per SM (notes/decode_dispatch_h100_stop21.log, every batch size and context; one consumer
+          warpgroup idles): from the 16k-key bucket (more than 8192 keys: 8B heads, batch 1, 8193 keys 13.0 µs,
+          0.86 of the K/V floor; the default model's heads at batch 4, 32k keys 43.2 -> 40.5), and from the
+          2k-key bucket (more than 1024 keys) with 32 (sequence, KV head) pairs or more (8B heads, batch 4, 1025
+          keys 10.4 -> 9.2 µs, 2049 keys 15.5 -> 12.7; the default model's heads, batch 16, 4097 keys 27.1 -> 24.3,
+          within 2% below that). With fewer pairs below
+          16k keys the 4-warp kernel stays faster (8B heads, batch 1, 4097 keys: 10.7 against 11.8 µs)."""
+        long_decode = self.hopper and rows <= 16 and (context >= 16384 or (B * Hkv >= 32 and context >= 2048))
         warps = self.attention_warps or (8 if rows > 16 or long_decode else 4)
         auto_wgmma = self.hopper and (rows > 64 or context >= 2048)
         wgmma = warps == 8 and (auto_wgmma if self.attention_wgmma is None else self.attention_wgmma)
         if wgmma and not self.hopper:
             raise MinispecError("attention_wgmma: warpgroup MMA needs a Hopper GPU (compute capability 9.0)")
         return warps, wgmma
+
+    @staticmethod
+    def attention_producer_count(rows: int) -> int:
+        """TMA producer warps of tree_attention_wgmma for `rows` query rows per sequence's KV head. One warp issues a
+        tile's 16 boxes (P = 16, D = 128) in turn; two issue them side by side. Measured on an H100 (stop 21,
+        notes/attention_splits.log): two take 8B heads at T = 64 from 75 to 73 µs at 32k keys and one split at 8k
+        from 132 to 121; decode-like steps (16 rows or fewer, one consumer warpgroup idle) are faster with one
+        (8193 keys, batch 1: 13.5 against 14.5 µs)."""
+        return 1 if rows <= 16 else 2
 
     @staticmethod
     def merge_shape(rows: int, splits: int) -> tuple[int, int]:
