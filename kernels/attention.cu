@@ -441,8 +441,11 @@ TREE_ATTENTION_MMA(128, 8)
 // block barrier.
 // k_map / v_map: TMA descriptors of the caches viewed as [NP Hkv P rows, D] with 64 x box_rows boxes,
 // 128-byte swizzle (box_rows = P when P divides 64 and P >= 8, else 0: cp.async only).
+// Key tiles of KEYS = 64 or 128 positions (tree_attention_wgmma_d{D}_k{KEYS}): 128 halves the per-tile work of
+// the loop (barriers, row maxima, P V's issue) and makes S one N = 128 product per k-step, but leaves 3 slots of
+// 64 KB at D = 128 and doubles the smallest share; the backend takes it for long shares (attention_tile_keys).
 // Launch: grid as the mma.sync version with 128 rows per block, block 384, dynamic shared memory
-// 2 RING x 64 x D x 2 + 1024 (alignment) + 16 RING (barriers) bytes.
+// 2 RING x KEYS x D x 2 + 1024 (alignment) + 16 RING (barriers) bytes, RING = attention_ring(D, KEYS).
 // Measured (H100, notes/attention_splits.log), 8B heads, T = 64, 8k keys, 8 splits: 49 µs on mma.sync, 42 with
 // wgmma and 128 cp.async producer threads (4 slots), 37 with 6 slots, 33 with the TMA producer. Built with
 // loads or products left out, a block's tile cost ~1 µs for the loads alone and ~1 µs for the products alone,
@@ -451,11 +454,15 @@ TREE_ATTENTION_MMA(128, 8)
 // and two runtime divisions by P per box): without the divisions one split at 8k keys took 163 -> 132 µs,
 // with the boxes over two warps 121 (0.94 µs a tile); decode-like steps keep one producer warp (8193 keys
 // 14.5 -> 13.5 µs, where two gave 14.5). Q from registers instead of shared memory changed nothing alone.
+// 128-key tiles (8B heads, shares of 8192 keys or more): one split at 8k keys 121 -> 108 µs, T = 64 at 32k
+// keys 72.5 -> 69.5, batch 16 at 8k 3-8% faster; shorter shares lost (T = 64 at 512 keys 12.8 -> 15.3).
 // Tried and not kept: the last split merging in the kernel instead of attention_merge (slower: one block then
 // reads every share serially), FlashAttention-3's ping-pong of the two warpgroups (within 3%), a seventh slot
 // (level), four producer warps (as two).
-#define ATTENTION_RING 6  // K/V slots: 6 x 32 KB at D = 128 (a seventh fits; it measured level)
-template <int D>
+// K/V slots: as many as 192 KB hold, at most 6 (6 x 32 KB at D = 128, KEYS = 64: a seventh fits, it measured
+// level); CudaBackend.attention_tile_keys sizes the launch by the same rule
+__host__ __device__ constexpr int attention_ring(int D, int KEYS) { return 196608 / (4 * KEYS * D) < 6 ? 196608 / (4 * KEYS * D) : 6; }
+template <int D, int KEYS>
 __device__ void tree_attention_wgmma(
     const float* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache, const __nv_bfloat16* __restrict__ v_cache,
     const TensorMap& k_map, const TensorMap& v_map, int box_rows,
@@ -464,7 +471,7 @@ __device__ void tree_attention_wgmma(
     const int* __restrict__ page_tables, int max_pages, int B,
     float* __restrict__ o_part, float* __restrict__ ml_part, __nv_bfloat16* __restrict__ out,
     int N, int H, int Hkv, int P, float scale, int producers) {
-    constexpr int KEYS = 64, ROWS = 128, RING = ATTENTION_RING, TILE = KEYS * D, NT = KEYS / 8, ATOMS = D / 64;
+    constexpr int ROWS = 128, RING = attention_ring(D, KEYS), TILE = KEYS * D, NT = KEYS / 8, ATOMS = D / 64;
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     __nv_bfloat16* base = reinterpret_cast<__nv_bfloat16*>(shared_bytes + (1024 - (unsigned)__cvta_generic_to_shared(shared_bytes) % 1024) % 1024);
     __nv_bfloat16* k_ring = base;
@@ -494,6 +501,7 @@ __device__ void tree_attention_wgmma(
     // tile x KEYS / P + segment of the table (no division by the runtime P), its first row the page's first.
     const int producer = warp - 8, job = lane * producers + producer;
     const int segments = box_rows ? KEYS / box_rows : 0, jobs = segments * 2 * ATOMS;
+    if (jobs > 32 * producers) __trap();  // a box per lane: the backend never sends more (attention_tile_keys)
     const int segment = job / (2 * ATOMS), atom = job / 2 % ATOMS, is_v = job % 2;
     const int* table = page_tables + (long long)b * max_pages;
     const long long page_elements = (long long)Hkv * P * D;
@@ -596,7 +604,8 @@ __device__ void tree_attention_wgmma(
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < D / 16; ks++)
-            wgmma_n64<0>(s, qa[ks], smem_descriptor(k_buf + ks / 4 * KEYS * 64 + ks % 4 * 16, 16, 1024), ks > 0);
+            if constexpr (KEYS == 128) wgmma_n128<0>(s, qa[ks], smem_descriptor(k_buf + ks / 4 * KEYS * 64 + ks % 4 * 16, 16, 1024), ks > 0);
+            else wgmma_n64<0>(s, qa[ks], smem_descriptor(k_buf + ks / 4 * KEYS * 64 + ks % 4 * 16, 16, 1024), ks > 0);
         wgmma_commit();
     };
     auto softmax = [&](int i, float& corr0, float& corr1) {  // S(i) -> the weights of tile i
@@ -635,19 +644,21 @@ __device__ void tree_attention_wgmma(
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TREE_ATTENTION_WGMMA(D)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(384, 1) tree_attention_wgmma_d##D(                             \
+#define TREE_ATTENTION_WGMMA(D, KEYS)                                                                            \
+    extern "C" __global__ void __launch_bounds__(384, 1) tree_attention_wgmma_d##D##_k##KEYS(                   \
         const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,                          \
         const __grid_constant__ TensorMap k_map, const __grid_constant__ TensorMap v_map, int box_rows,         \
         const int* cu_q, const int* kv_len, const int* tree_start, const unsigned long long* masks,            \
         const int* causal, const int* page_tables, int max_pages, int B, float* o_part, float* ml_part,        \
         __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale, int producers) {                         \
-        tree_attention_wgmma<D>(q, k_cache, v_cache, k_map, v_map, box_rows, cu_q, kv_len, tree_start, masks,    \
-                                causal, page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale,   \
-                                producers);                                                                      \
+        tree_attention_wgmma<D, KEYS>(q, k_cache, v_cache, k_map, v_map, box_rows, cu_q, kv_len, tree_start,     \
+                                      masks, causal, page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, \
+                                      P, scale, producers);                                                      \
     }
-TREE_ATTENTION_WGMMA(64)
-TREE_ATTENTION_WGMMA(128)
+TREE_ATTENTION_WGMMA(64, 64)
+TREE_ATTENTION_WGMMA(64, 128)
+TREE_ATTENTION_WGMMA(128, 64)
+TREE_ATTENTION_WGMMA(128, 128)
 #endif
 
 // out[n, h, :] = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s (the partials' maxima are base 2) over the splits (M = max m_s; shares with

@@ -253,15 +253,17 @@ def test_tree_attention_split_kv_merge(splits, kernel):
     assert np.abs(cp.asnumpy(out) - expected).mean(axis=1).max() < 1e-2
 
 
+@pytest.mark.parametrize("keys", [64, 128])
 @pytest.mark.parametrize("page_size", [3, 16, 64])  # cp.async rows only; TMA boxes of 16 and 64 rows
 @pytest.mark.parametrize("D", [64, 128])
-def test_wgmma_attention_producer_counts_agree(page_size, D):
-    """The wgmma kernel's tiles issued by one producer warp or by two land as the same bytes: the same bits out,
-    and the dense reference's values, on trees, decode rows and a causal chunk."""
+def test_wgmma_attention_producer_counts_agree(page_size, D, keys):
+    """The wgmma kernel's tiles (64 or 128 keys) issued by one producer warp or by two land as the same bytes:
+    the same bits out, and the dense reference's values, on trees, decode rows and a causal chunk."""
     import cupy as cp
 
     be, rng = backend("bfloat16"), np.random.default_rng(7 * page_size + D)
     use_attention_kernel(be, "wgmma")
+    be.attention_keys = keys
     q, k_cache, v_cache, plan, expected = make_problem(rng, page_size, problem_specs(page_size), H=8, Hkv=2, D=D, dtype=BF16)
     args = (cp.asarray(q), cp.asarray(k_cache.view(np.uint16)), cp.asarray(v_cache.view(np.uint16)), be.prepare_plan(plan), 1 / np.sqrt(D))
     outs = []
@@ -270,8 +272,19 @@ def test_wgmma_attention_producer_counts_agree(page_size, D):
         outs.append(be.attention(*args))
     assert cp.array_equal(outs[0], outs[1]), "one producer warp and two give different bits"
     out = host_float(outs[1], "bfloat16")
-    assert_close(out, expected, 6e-2, 6e-2, f"wgmma attention, P={page_size}, D={D}")
+    assert_close(out, expected, 6e-2, 6e-2, f"wgmma attention, P={page_size}, D={D}, {keys}-key tiles")
     assert np.abs(out - expected).mean(axis=1).max() < 1e-2
+
+
+def test_wgmma_attention_tile_keys_rule():
+    """128-key tiles only for long shares, and never with more TMA boxes a tile than producer lanes."""
+    be = backend("bfloat16")
+    assert be.attention_tile_keys(16384, 128, 16, 2) == 128 and be.attention_tile_keys(4096, 128, 16, 2) == 64
+    assert be.attention_tile_keys(16384, 64, 16, 2) == 64
+    assert be.attention_tile_keys(16384, 128, 8, 1) == 64  # 64 boxes of 8 rows: two producer warps needed
+    be.attention_keys = 128
+    with pytest.raises(ValueError, match="TMA boxes"):
+        be.attention_tile_keys(1024, 128, 8, 1)
 
 
 @pytest.mark.parametrize("B, D, keys, step", [(1, 128, 9000, 0), (2, 128, 9000, 517), (1, 64, 9000, 0), (16, 64, 1100, 37)])
@@ -298,7 +311,7 @@ def test_long_decode_takes_wgmma_and_matches_reference(B, D, keys, step):
     be.launch = lambda kernel, *a, **kw: launched.append(kernel) or launch(kernel, *a, **kw)
     out = be.attention(cp.asarray(q), cp.asarray(k_cache.view(np.uint16)), cp.asarray(v_cache.view(np.uint16)), be.prepare_plan(plan), 1 / np.sqrt(D))
     be.launch = launch
-    assert launched[0] is be.kernel("attention.cu", f"tree_attention_wgmma_d{D}")
+    assert launched[0] in [be.kernel("attention.cu", f"tree_attention_wgmma_d{D}_k{keys}") for keys in (64, 128)]
     out = host_float(out, "bfloat16")
     assert_close(out, expected, 6e-2, 6e-2, f"long decode on wgmma (B={B}, D={D})")
     assert np.abs(out - expected).mean(axis=1).max() < 1e-2

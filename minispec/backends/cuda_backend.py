@@ -24,7 +24,6 @@ from . import driver, tensor_map
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by kernel_source
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
-WGMMA_RING = 6  # K/V slots of tree_attention_wgmma (kernels/attention.cu, ATTENTION_RING)
 WGMMA_GEMM_STAGES = {1: 6, 2: 4}  # gemm_wgmma's ring depth by consumer warpgroups (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
 FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots: 16 warps x SLOT_CHUNKS x 16 bytes
 
@@ -257,6 +256,7 @@ class CudaBackend:
         self.attention_splits = None  # key shares per block (see attention_split_count)
         self.attention_wgmma = None  # 8-warp blocks on wgmma (None: on Hopper from 2k keys; True / False: always / never)
         self.attention_producers = None  # TMA producer warps of the wgmma kernel, 1 or 2 (None: attention_producer_count)
+        self.attention_keys = None  # the wgmma kernel's key tile, 64 or 128 (None: attention_tile_keys)
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
@@ -658,10 +658,13 @@ class CudaBackend:
         args = (plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
                 np.int32(plan.page_tables.shape[1]), np.int32(B), o_part, ml_part, out, np.int32(N), np.int32(H),
                 np.int32(Hkv), np.int32(P), np.float32(scale))
-        if wgmma:  # RING x (K, V) x 64 rows x D, bf16, swizzled; 1024 to align them; 2 RING barriers
-            kernel, shared = self.kernel("attention.cu", f"tree_attention_wgmma_d{D}"), 2 * WGMMA_RING * 64 * D * 2 + 1024 + 16 * WGMMA_RING
+        if wgmma:
             k_map, v_map, box_rows = self.attention_tensor_maps(k_cache, v_cache)
             producers = self.attention_producers or self.attention_producer_count(rows)
+            keys = self.attention_tile_keys(context // splits, D, box_rows, producers)
+            ring = min(6, 196608 // (4 * keys * D))  # attention_ring in kernels/attention.cu
+            # RING x (K, V) x keys x D, bf16, swizzled; 1024 to align them; 2 RING barriers
+            kernel, shared = self.kernel("attention.cu", f"tree_attention_wgmma_d{D}_k{keys}"), 2 * ring * keys * D * 2 + 1024 + 16 * ring
             args = (q, k_cache, v_cache, k_map, v_map, np.int32(box_rows)) + args + (np.int32(producers),)
             threads = 384
         else:  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16
@@ -709,6 +712,25 @@ class CudaBackend:
         from 132 to 121; decode-like steps (16 rows or fewer, one consumer warpgroup idle) are faster with one
         (8193 keys, batch 1: 13.5 against 14.5 µs)."""
         return 1 if rows <= 16 else 2
+
+    def attention_tile_keys(self, share_keys: int, D: int, box_rows: int, producers: int) -> int:
+        """Key positions per tile of tree_attention_wgmma, 64 or 128, for shares of `share_keys` (the context bucket
+        over the split count, so graph replays keep the shape). 128-key tiles halve the loop's per-tile work but
+        leave 3 ring slots at D = 128 and make short shares coarser. Measured on an H100 (stop 21,
+        notes/attention_keys_h100_stop21.log, both in one call), 8B heads: 128 from 8192 keys a share (T = 64 at
+        32k keys 72.5-73.3 -> 69.3-69.5 µs; batch 16 at 8k: T = 1 195 -> 184, T = 16 196 -> 190.5, T = 64
+        274-292 -> 263-269), 64 below (T = 64 at 512 keys 128 gave 15.3 against 12.8 µs, T = 16 at 8k 20 against
+        17.7). The default model's heads (D = 64) keep 64: at batch 16, 8k keys, 128 was faster at T = 64 (99
+        against 106-114 µs) but slower at T = 16 (50 against 47-48). A tile's TMA boxes must fit a lane each:
+        (keys / box_rows) x 2 x D / 64 <= 32 x producers."""
+        keys = self.attention_keys or (128 if share_keys >= 8192 and D == 128 else 64)
+        if keys not in (64, 128):
+            raise ValueError(f"attention_keys: {keys} (64 or 128)")
+        if box_rows and keys // box_rows * 2 * (D // 64) > 32 * producers:
+            if self.attention_keys:
+                raise ValueError(f"attention_keys = {keys}: {keys // box_rows * 2 * (D // 64)} TMA boxes a tile at page size {box_rows}, more than {32 * producers}")
+            keys = 64
+        return keys
 
     @staticmethod
     def merge_shape(rows: int, splits: int) -> tuple[int, int]:
