@@ -429,9 +429,9 @@ TREE_ATTENTION_MMA(128, 8)
 // Hopper version (sm_90a): both products on warpgroup MMA, K/V brought by the tensor memory accelerator.
 // Block = 2 consumer warpgroups (warps 0-7, 64 of the block's 128 packed rows each) + a producer warpgroup
 // (warps 8-11, of which `producers` = 1 or 2 work; the rest leave at once).
-// The producers fill a RING-slot ring of 64-key tiles: each page segment of a tile (R = P rows of one head,
+// The producers fill a RING-slot ring of KEYS-key tiles: each page segment of a tile (R = P rows of one head,
 // contiguous in the cache) is one TMA box per 64-dim atom of K and of V, written 128-byte swizzled
-// [D / 64][64 keys][64 dims], the layout the wgmma descriptors read. Rows TMA cannot box (past the sequence
+// [D / 64][KEYS keys][64 dims], the layout the wgmma descriptors read. Rows TMA cannot box (past the sequence
 // end, which must read as zeros, or a page size that does not divide 64) go by cp.async with zero fill.
 // Per slot two mbarriers: `full` (each producer's expected bytes, and its arrive once any cp.async rows
 // landed) and `empty` (the 8 consumer warps, once their products no longer read the slot). Q's A fragments

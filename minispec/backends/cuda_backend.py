@@ -694,8 +694,8 @@ class CudaBackend:
           0.86 of the K/V floor; the default model's heads at batch 4, 32k keys 43.2 -> 40.5), and from the
           2k-key bucket (more than 1024 keys) with 32 (sequence, KV head) pairs or more (8B heads, batch 4, 1025
           keys 10.4 -> 9.2 µs, 2049 keys 15.5 -> 12.7; the default model's heads, batch 16, 4097 keys 27.1 -> 24.3,
-          within 2% below that). With fewer pairs below
-          16k keys the 4-warp kernel stays faster (8B heads, batch 1, 4097 keys: 10.7 against 11.8 µs)."""
+          within 2% below that). With fewer pairs below 16k keys the 4-warp kernel stays faster (8B heads, batch 1,
+          4097 keys: 10.7 against 11.8 µs)."""
         long_decode = self.hopper and rows <= 16 and (context >= 16384 or (B * Hkv >= 32 and context >= 2048))
         warps = self.attention_warps or (8 if rows > 16 or long_decode else 4)
         auto_wgmma = self.hopper and (rows > 64 or context >= 2048)
