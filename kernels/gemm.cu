@@ -28,6 +28,7 @@
 // NumPy reference: numpy_backend.linear (on bf16-rounded x and W). Tests: tests/test_cuda_kernels.py.
 #include <cuda_bf16.h>
 #include "ampere.cuh"
+#include "cluster.cuh"
 #include "hopper.cuh"
 #include "pdl.cuh"
 
@@ -38,19 +39,6 @@ constexpr int RED_STRIDE = ROWS + 4;  // floats per x row of the reduction buffe
 }  // namespace stream
 
 __device__ __forceinline__ int swizzle(int row, int chunk) { return chunk ^ (row & 7); }
-
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-
-// The float at the same shared-memory offset as `local`, in the shared memory of cluster block `rank`.
-__device__ __forceinline__ float load_cluster(const float* local, unsigned rank) {
-    unsigned address = (unsigned)__cvta_generic_to_shared(local), remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(rank));
-    float value;
-    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(value) : "r"(remote) : "memory");
-    return value;
-}
 
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned shared_address) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"

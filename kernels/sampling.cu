@@ -97,19 +97,55 @@ extern "C" __global__ void argmax_merge(const float* __restrict__ best_value, co
 //   reproduces its samples and the NumPy backend draws the very same tokens.
 // logits float [R_all, V]; settings float64 [R, 6]: row, temperature, top_k, top_p, min_p, u (one upload; in
 // double as the reference reads them: top_p = 0.999 as a float is 1.3e-8 larger, which at V = 49k moved the cut
-// by a token); probs float [R, V] scratch; tokens int32 [R].  grid (R), block 1024.
+// by a token); tokens int32 [R]; probs float [R, V] or null: the kept p of each row (e units, 0 where filtered),
+// for tests.  grid (SAMPLE_CLUSTER, R), cluster (SAMPLE_CLUSTER, 1, 1), block SAMPLE_THREADS, dynamic shared memory
+// slice_len(V) floats.
+// A row is cut into SAMPLE_CLUSTER slices, one a block of a cluster, each held in its block's shared memory for
+// the whole kernel: the row is read from global memory once, every later pass reads shared memory, and eight
+// SMs share the passes. (One block a row read the row from L2 about ten times at one SM's pace: 70 µs at
+// V = 49152 with top-k and top-p, 157 µs at 128256; notes/sampling_h100.log.) Cluster-wide values (the max,
+// the masses, the histograms' totals, the slices' sums) go through distributed shared memory.
 // The block works on e_v = exp(z_v - max z) = p_v / max p (no normalising pass; max e = 1). Thresholds are
 // exact order statistics by radix select on e's bits (positive floats order as their bits): 3 rounds of
-// 10-11 bits, each one pass over the row building a histogram of the values still matching the prefix, then
-// a scan for the bin where the running count (top-k) or mass (top-p) from the top reaches the goal.
-// Masses are summed in 2^-40 fixed point with integer atomics, so the result does not depend on the order
-// the threads add in (a seed reproduces its token). About 10 passes in all; bisection took 85. On an H100,
-// one row with top-k 50 and top-p 0.9: 70 µs at V = 49152, 157 µs at V = 128256 (the bisection version took
-// 0.6 and 3.2 ms a call: notes/sampling_h100.log); one block reads the row at one SM's pace, ~20 µs a pass.
+// 10-11 bits, each one pass over the slices building per-block histograms of the values still matching the
+// prefix; each block then totals its share of the bins over the cluster, and every block scans those totals
+// for the bin where the running count (top-k) or mass (top-p) from the top reaches the goal.
+// Masses are summed in 2^-40 fixed point with integer adds, so the result does not depend on the order the
+// threads add in; the kept sums that the draw walks are float sums in a fixed order (a seed reproduces its token).
 // NumPy reference: minispec.sampling.sample_from(target_distribution(...), u). Tests: test_cuda_kernels.py.
-#define SAMPLE_THREADS 1024
+#include "cluster.cuh"
+#define SAMPLE_CLUSTER 8
+#ifndef SAMPLE_THREADS
+#define SAMPLE_THREADS 1024  // CudaBackend.SAMPLE_THREADS (256 and 512 measured slower: notes/sampling_h100_stop22.log)
+#endif
+#define SAMPLE_WARPS (SAMPLE_THREADS / 32)
 #define RADIX_BINS 2048
 #define MASS_ONE 1099511627776.0  // 2^40: e in (0, 1] as a fixed-point integer; V e's sum below 2^57
+#define ROW_UNROLL 12  // logits in flight per thread while a slice is read (the row's one pass over global memory)
+
+__device__ __forceinline__ int slice_len(int V) { return (V + SAMPLE_CLUSTER - 1) / SAMPLE_CLUSTER; }
+
+// A bin's mass is kept as four 10-bit digit sums of the 40-bit fixed-point masses, each in its own 32-bit
+// histogram: shared-memory atomics are native at 32 bits (a 64-bit add is a compare-and-swap loop, which
+// contended bins turn into the pass's whole cost), a digit sum over V <= 2^22 values stays below 2^32, and
+// the small e of the long tail have zero high digits, so they cost fewer adds.
+// The fields after `summed` are this block's part of cluster-wide values, which the other blocks read.
+struct SampleShared {
+    unsigned int digits[4][RADIX_BINS];  // this block's histogram (counts in digits[0] when selecting by count)
+    unsigned long long summed[RADIX_BINS / SAMPLE_CLUSTER];  // totals over the cluster of this block's share of bins
+    unsigned long long warp_u64[SAMPLE_WARPS];
+    float warp_f[SAMPLE_WARPS];
+    int warp_last[SAMPLE_WARPS];
+    float scratch[SAMPLE_WARPS];
+    unsigned long long above;  // block-wide broadcasts
+    int bin, range_begin, range_end, found;
+    float before, target;
+    float max_x;              // cluster-wide: the slice's largest logit
+    unsigned long long mass;  // the slice's fixed-point mass
+    float sum;                // the slice's kept p, summed in a fixed order (slice_sums)
+    int last;                 // the slice's last index with p > 0 (-1: none)
+    int accepted, next_uniform;  // verify_tree: block 0's decision for the node
+};
 
 __device__ float block_reduce(float value, bool take_max, float* scratch) {
     for (int offset = 16; offset > 0; offset >>= 1) {
@@ -132,51 +168,55 @@ __device__ float block_reduce(float value, bool take_max, float* scratch) {
     return scratch[0];
 }
 
-// f(v, x[v]) for this thread's share of x[0..V): 12 loads in flight per thread before the first f (one block
-// reads the row, so a pass is bound by its loads' latency: one at a time, a 128k row took 75 µs a pass).
-#define ROW_UNROLL 12
-template <typename F>
-__device__ __forceinline__ void for_each_in_row(const float* __restrict__ x, int V, F f) {
-    for (int base = threadIdx.x; base < V; base += ROW_UNROLL * blockDim.x) {
-        float values[ROW_UNROLL];
-        #pragma unroll
-        for (int u = 0; u < ROW_UNROLL; u++) {
-            const int v = base + u * blockDim.x;
-            values[u] = v < V ? x[v] : 0.0f;
-        }
-        #pragma unroll
-        for (int u = 0; u < ROW_UNROLL; u++) {
-            const int v = base + u * blockDim.x;
-            if (v < V) f(v, values[u]);
-        }
-    }
+// Integer sum over the block (the order does not matter); every thread gets it.
+__device__ unsigned long long block_sum_u64(unsigned long long value, SampleShared& sh) {
+    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) sh.warp_u64[warp] = value;
+    __syncthreads();
+    unsigned long long total = 0;
+    for (int w = 0; w < SAMPLE_WARPS; w++) total += sh.warp_u64[w];
+    return total;
 }
 
-// A bin's mass is kept as four 10-bit digit sums of the 40-bit fixed-point masses, each in its own 32-bit
-// histogram: shared-memory atomics are native at 32 bits (a 64-bit add is a compare-and-swap loop, which
-// contended bins turn into the pass's whole cost), a digit sum over V <= 2^22 values stays below 2^32, and
-// the small e of the long tail have zero high digits, so they cost fewer adds.
-struct RadixShared {
-    unsigned int digits[4][RADIX_BINS];  // counts in digits[0] when selecting by count
-    unsigned long long warp_sums[32];
-    unsigned long long above;
-    int bin;
-};
-
-__device__ __forceinline__ unsigned long long bin_total(const RadixShared& sh, int b, bool by_mass) {
-    if (!by_mass) return sh.digits[0][b];
-    return (unsigned long long)sh.digits[0][b] + ((unsigned long long)sh.digits[1][b] << 10) +
-           ((unsigned long long)sh.digits[2][b] << 20) + ((unsigned long long)sh.digits[3][b] << 30);
+// Values each block of the cluster put at `local`'s offset, gathered by every warp (lane q reads block q's) and
+// combined; every lane gets the result. The float sum adds the blocks' values in rank order.
+__device__ __forceinline__ float cluster_max(const float* local) {
+    const int lane = threadIdx.x % 32;
+    float value = lane < SAMPLE_CLUSTER ? load_cluster(local, lane) : -__int_as_float(0x7f800000);
+    for (int offset = 16; offset > 0; offset >>= 1) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    return value;
+}
+__device__ __forceinline__ unsigned long long cluster_sum(const unsigned long long* local) {
+    const int lane = threadIdx.x % 32;
+    unsigned long long value = lane < SAMPLE_CLUSTER ? load_cluster(local, lane) : 0;
+    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
+}
+__device__ __forceinline__ float cluster_sum_in_order(const float* local) {
+    const int lane = threadIdx.x % 32;
+    const float value = lane < SAMPLE_CLUSTER ? load_cluster(local, lane) : 0.0f;
+    float total = 0.0f;
+    #pragma unroll
+    for (int q = 0; q < SAMPLE_CLUSTER; q++) total += __shfl_sync(0xffffffffu, value, q);
+    return total;
 }
 
 // Bins in descending order: the bin where the running total first reaches `need` (and the total of the bins
-// above it), or bin -1 when all of them together stay below. Block-wide; every thread gets the answer.
-__device__ int find_crossing(RadixShared& sh, int bins, bool by_mass, unsigned long long need, unsigned long long& above) {
-    const int per = (bins + blockDim.x - 1) / blockDim.x;  // bins per thread, highest first
-    unsigned long long mine = 0;
-    for (int j = 0; j < per; j++) {
+// above it), or bin -1 when all of them together stay below. total(b) is bin b's cluster-wide total.
+// Block-wide; every thread gets the answer.
+template <typename Total>
+__device__ int find_crossing(SampleShared& sh, int bins, unsigned long long need, unsigned long long& above, Total total) {
+    constexpr int MAX_PER = RADIX_BINS / SAMPLE_THREADS;
+    const int per = bins / SAMPLE_THREADS;  // bins per thread, highest first
+    unsigned long long mine = 0, own[MAX_PER];
+    #pragma unroll
+    for (int j = 0; j < MAX_PER; j++) {
+        if (j >= per) break;
         int pos = threadIdx.x * per + j;
-        if (pos < bins) mine += bin_total(sh, bins - 1 - pos, by_mass);
+        own[j] = pos < bins ? total(bins - 1 - pos) : 0;
+        mine += own[j];
     }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     unsigned long long inclusive = mine;
@@ -184,49 +224,55 @@ __device__ int find_crossing(RadixShared& sh, int bins, bool by_mass, unsigned l
         unsigned long long other = __shfl_up_sync(0xffffffffu, inclusive, offset);
         if (lane >= offset) inclusive += other;
     }
-    if (lane == 31) sh.warp_sums[warp] = inclusive;
+    if (lane == 31) sh.warp_u64[warp] = inclusive;
     if (threadIdx.x == 0) sh.bin = -1;
     __syncthreads();
     if (warp == 0) {
-        unsigned long long total = lane < blockDim.x / 32 ? sh.warp_sums[lane] : 0;
+        unsigned long long sum = lane < SAMPLE_WARPS ? sh.warp_u64[lane] : 0;
         for (int offset = 1; offset < 32; offset <<= 1) {
-            unsigned long long other = __shfl_up_sync(0xffffffffu, total, offset);
-            if (lane >= offset) total += other;
+            unsigned long long other = __shfl_up_sync(0xffffffffu, sum, offset);
+            if (lane >= offset) sum += other;
         }
-        sh.warp_sums[lane] = total;  // inclusive over warps
+        if (lane < SAMPLE_WARPS) sh.warp_u64[lane] = sum;  // inclusive over warps
     }
     __syncthreads();
-    inclusive += warp > 0 ? sh.warp_sums[warp - 1] : 0;
+    inclusive += warp > 0 ? sh.warp_u64[warp - 1] : 0;
     unsigned long long running = inclusive - mine;
     if (running < need && need <= inclusive) {  // exactly one thread holds the crossing
-        for (int j = 0; j < per; j++) {
-            int b = bins - 1 - (threadIdx.x * per + j);
-            unsigned long long here = bin_total(sh, b, by_mass);
-            if (running + here >= need) { sh.bin = b; sh.above = running; break; }
-            running += here;
+        #pragma unroll
+        for (int j = 0; j < MAX_PER; j++) {
+            if (j >= per) break;
+            if (running + own[j] >= need) { sh.bin = bins - 1 - (threadIdx.x * per + j); sh.above = running; break; }
+            running += own[j];
         }
     }
     __syncthreads();
     above = sh.above;
     int bin = sh.bin;
-    __syncthreads();  // the next round may clear the histograms and bin
+    __syncthreads();  // warp_u64, bin and above are reused next
     return bin;
 }
 
-// The bits of the e (an order statistic of e[0..V)) where the count (by_mass false: each e counts 1) or the
-// fixed-point mass from the top first reaches `need`; 0 when the goal is never reached.
-__device__ unsigned int radix_select(const float* __restrict__ e, int V, bool by_mass, unsigned long long need, RadixShared& sh) {
+// The bits of the e (an order statistic of the row's e, whose slices are e[0..n) in each block) where the count
+// (by_mass false: each e counts 1) or the fixed-point mass from the top first reaches `need`; 0 when the goal is
+// never reached. Per round: this block's histogram, a cluster barrier, this block's share of the bins totalled
+// over the cluster's histograms (into `summed`), a cluster barrier, and every block reads every share. A block
+// clears its histogram only after the second barrier (the others have totalled it), and writes `summed` only
+// after the next round's first one (the others have read it).
+__device__ unsigned int radix_select(const float* e, int n, bool by_mass, unsigned long long need, SampleShared& sh) {
     const int shifts[3] = {21, 10, 0}, widths[3] = {10, 11, 10};  // bit 31 (the sign) is 0
+    const unsigned rank = blockIdx.x;
     unsigned int prefix = 0, mask = 0;
     #pragma unroll
     for (int round = 0; round < 3; round++) {
-        const int shift = shifts[round], bins = 1 << widths[round];
+        const int shift = shifts[round], bins = 1 << widths[round], share = bins / SAMPLE_CLUSTER;
         for (int b = threadIdx.x; b < bins; b += blockDim.x) {
             sh.digits[0][b] = 0;
             if (by_mass) sh.digits[1][b] = sh.digits[2][b] = sh.digits[3][b] = 0;
         }
         __syncthreads();
-        for_each_in_row(e, V, [&](int, float x) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            const float x = e[i];
             unsigned int bits = __float_as_uint(x);
             if ((bits & mask) == prefix) {
                 const int b = (bits >> shift) & (bins - 1);
@@ -241,10 +287,23 @@ __device__ unsigned int radix_select(const float* __restrict__ e, int V, bool by
                     }
                 }
             }
-        });
-        __syncthreads();
+        }
+        cluster_sync();
+        for (int j = threadIdx.x; j < share; j += blockDim.x) {
+            const int b = rank * share + j;
+            unsigned long long total = 0;
+            for (unsigned q = 0; q < SAMPLE_CLUSTER; q++) {
+                total += load_cluster(&sh.digits[0][b], q);
+                if (by_mass)
+                    total += ((unsigned long long)load_cluster(&sh.digits[1][b], q) << 10) +
+                             ((unsigned long long)load_cluster(&sh.digits[2][b], q) << 20) +
+                             ((unsigned long long)load_cluster(&sh.digits[3][b], q) << 30);
+            }
+            sh.summed[j] = total;
+        }
+        cluster_sync();
         unsigned long long above;
-        int bin = find_crossing(sh, bins, by_mass, need, above);
+        int bin = find_crossing(sh, bins, need, above, [&](int b) { return load_cluster(&sh.summed[b % share], b / share); });
         if (bin < 0) return 0u;
         need -= above;
         prefix |= (unsigned int)bin << shift;
@@ -253,60 +312,65 @@ __device__ unsigned int radix_select(const float* __restrict__ e, int V, bool by
     return prefix;
 }
 
-// p_out[v] = e_v if kept else 0 for one row (block-wide); returns the kept mass (in e units).
-__device__ float target_probs(const float* __restrict__ row, float* __restrict__ p_out, int V, double temperature,
-                              int top_k, double top_p, double min_p, float* scratch, RadixShared& sh) {
+// The row's slice [begin, begin + n) into p (shared memory) as kept e: e_v if v passes the filters, else 0.
+__device__ void target_probs(const float* __restrict__ row, float* p, int n, int V, double temperature, int top_k, double top_p,
+                             double min_p, SampleShared& sh) {
     float local_max = -__int_as_float(0x7f800000);
-    for_each_in_row(row, V, [&](int, float x) { local_max = fmaxf(local_max, x); });
-    const double inv_t = 1.0 / temperature, z_max = (double)block_reduce(local_max, true, scratch) * inv_t;
+    for (int base = threadIdx.x; base < n; base += ROW_UNROLL * blockDim.x) {
+        float values[ROW_UNROLL];
+        #pragma unroll
+        for (int u = 0; u < ROW_UNROLL; u++) {  // every load issued before the first store
+            const int i = base + u * blockDim.x;
+            values[u] = i < n ? row[i] : 0.0f;
+        }
+        #pragma unroll
+        for (int u = 0; u < ROW_UNROLL; u++) {
+            const int i = base + u * blockDim.x;
+            if (i < n) {
+                p[i] = values[u];
+                local_max = fmaxf(local_max, values[u]);
+            }
+        }
+    }
+    local_max = block_reduce(local_max, true, sh.scratch);
+    if (threadIdx.x == 0) sh.max_x = local_max;
+    cluster_sync();
+    const float row_max = cluster_max(&sh.max_x);
+    const double inv_t = 1.0 / temperature, z_max = (double)row_max * inv_t;
     unsigned long long local_mass = 0;
-    for_each_in_row(row, V, [&](int v, float x) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
         // z - max z in double, as the reference divides: at top_p near 1 the cut falls among tokens of p ~ 1e-6
         // of the mass, and a float z's error (|z| ulp, the same sign for neighbours) moved the cut by a token;
-        // exp itself in float (a double exp per logit is most of the kernel's time on one SM)
-        float e = expf((float)fma((double)x, inv_t, -z_max));
-        p_out[v] = e;
+        // exp itself in float (a double exp per logit cost more than the rest of a pass)
+        float e = expf((float)fma((double)p[i], inv_t, -z_max));
+        p[i] = e;
         local_mass += (unsigned long long)((double)e * MASS_ONE);
-    });
-    __syncthreads();  // every e is in p_out before the passes below read other threads' entries
-    float tau = (float)min_p;  // min_p * max p, and max e = 1
-    if (top_k > 0 && top_k < V) tau = fmaxf(tau, __uint_as_float(radix_select(p_out, V, false, (unsigned long long)top_k, sh)));
-    if (top_p < 1.0) {
-        // the total mass in the same fixed point, summed exactly (integer adds commute)
-        for (int offset = 16; offset > 0; offset >>= 1) local_mass += __shfl_xor_sync(0xffffffffu, local_mass, offset);
-        if (threadIdx.x == 0) sh.above = 0;
-        __syncthreads();
-        if (threadIdx.x % 32 == 0) atomicAdd(&sh.above, local_mass);
-        __syncthreads();
-        unsigned long long total = sh.above;
-        __syncthreads();
-        unsigned long long need = (unsigned long long)ceil(top_p * (double)total);
-        tau = fmaxf(tau, __uint_as_float(radix_select(p_out, V, true, need > 0 ? need : 1ull, sh)));
     }
-    float kept = 0.0f;
-    for_each_in_row(p_out, V, [&](int v, float e) {
-        float p = e >= tau ? e : 0.0f;
-        p_out[v] = p;
-        kept += p;
-    });
-    return block_reduce(kept, false, scratch);
+    __syncthreads();  // every e is in p before the passes below read other threads' entries
+    float tau = (float)min_p;  // min_p * max p, and max e = 1
+    if (top_k > 0 && top_k < V) tau = fmaxf(tau, __uint_as_float(radix_select(p, n, false, (unsigned long long)top_k, sh)));
+    if (top_p < 1.0) {
+        // the row's total mass in the same fixed point, summed exactly (integer adds commute)
+        local_mass = block_sum_u64(local_mass, sh);
+        if (threadIdx.x == 0) sh.mass = local_mass;
+        cluster_sync();
+        const unsigned long long total = cluster_sum(&sh.mass);
+        unsigned long long need = (unsigned long long)ceil(top_p * (double)total);
+        tau = fmaxf(tau, __uint_as_float(radix_select(p, n, true, need > 0 ? need : 1ull, sh)));
+    }
+    for (int i = threadIdx.x; i < n; i += blockDim.x) p[i] = p[i] >= tau ? p[i] : 0.0f;
+    __syncthreads();
 }
 
-// Sum of p over [begin, end) by one warp, lanes strided, 12 loads in flight per lane (a fixed order: the same
-// bits every run); also the last v with p > 0 there (-1 if none).
-__device__ float warp_range_sum(const float* __restrict__ p, int begin, int end, int& last) {
+// Sum of p over [begin, end) by one warp, lanes strided (a fixed order: the same bits every run); also the
+// last index with p > 0 there (-1 if none).
+__device__ float warp_range_sum(const float* p, int begin, int end, int& last) {
     const int lane = threadIdx.x % 32;
     float sum = 0.0f;
     last = -1;
-    for (int base = begin + lane; base < end; base += 32 * ROW_UNROLL) {
-        float x[ROW_UNROLL];
-        #pragma unroll
-        for (int u = 0; u < ROW_UNROLL; u++) x[u] = base + 32 * u < end ? p[base + 32 * u] : 0.0f;
-        #pragma unroll
-        for (int u = 0; u < ROW_UNROLL; u++) {
-            sum += x[u];
-            if (x[u] > 0.0f) last = base + 32 * u;
-        }
+    for (int i = begin + lane; i < end; i += 32) {
+        sum += p[i];
+        if (p[i] > 0.0f) last = i;
     }
     for (int offset = 16; offset > 0; offset >>= 1) {
         sum += __shfl_xor_sync(0xffffffffu, sum, offset);
@@ -315,85 +379,128 @@ __device__ float warp_range_sum(const float* __restrict__ p, int begin, int end,
     return sum;
 }
 
+// The slice cut into one chunk a warp: each warp's sum (sh.warp_f, in a fixed order), its last index with p > 0
+// (sh.warp_last, slice index), and the slice's sum (sh.sum: the warps' sums added in warp order, as the draw
+// walks them) and last kept index (sh.last, row index, -1: none).
+__device__ __forceinline__ int warp_chunk(int n) { return ((n + SAMPLE_WARPS - 1) / SAMPLE_WARPS + 31) / 32 * 32; }
+
+__device__ void slice_sums(const float* p, int n, int begin, SampleShared& sh) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, C = warp_chunk(n);
+    const int chunk_begin = min(n, warp * C), chunk_end = min(n, chunk_begin + C);
+    int last;
+    float sum = warp_range_sum(p, chunk_begin, chunk_end, last);
+    if (lane == 0) { sh.warp_f[warp] = sum; sh.warp_last[warp] = last; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float total = 0.0f;
+        int last_kept = -1;
+        for (int w = 0; w < SAMPLE_WARPS; w++) { total += sh.warp_f[w]; last_kept = max(last_kept, sh.warp_last[w]); }
+        sh.sum = total;
+        sh.last = last_kept >= 0 ? begin + last_kept : -1;
+    }
+}
+
 // The first v (index order) whose running sum of p exceeds u * (sum of p); the last v with p > 0 when rounding
-// leaves the target past the end; 0 when no p > 0 (NaN or -inf logits). Two rounds narrow the range: the row (then the chunk found) is cut into one
-// chunk per warp, each warp sums its chunk, and thread 0 finds the chunk where the running sum passes the
-// target; then one warp scans that last chunk (about 128 values at Llama 3's vocabulary) 32 at a time.
-__device__ int sample_index(const float* __restrict__ p, int V, double u, float* warp_sum) {
-    __shared__ int range_begin, range_end, last_kept, warp_last[32];
-    __shared__ float before, target;
-    const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int begin = 0, end = V;
+// leaves the target past the end; 0 when no p > 0 (NaN or -inf logits). Every block of the cluster calls it
+// after target_probs (p: its slice [begin, begin + n)); the block where the running sum passes the target
+// returns the token, the others -1 (block 0 returns it when no block does). Rounds narrow the range: the slices
+// (their sums in rank order), the holding slice's warp chunks (slice_sums), one warp chunk cut again into one
+// piece a warp, then one warp scans the last piece 32 at a time.
+__device__ int sample_index(const float* p, int n, int begin, double u, SampleShared& sh) {
+    slice_sums(p, n, begin, sh);
+    cluster_sync();
+    __shared__ int holder, last_kept;
+    const int warps = SAMPLE_WARPS, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp == 0) {  // the slices' sums in rank order: the one where the running sum passes the target
+        const float sum = lane < SAMPLE_CLUSTER ? load_cluster(&sh.sum, lane) : 0.0f;
+        int last = lane < SAMPLE_CLUSTER ? load_cluster(&sh.last, lane) : -1;
+        for (int offset = 16; offset > 0; offset >>= 1) last = max(last, __shfl_xor_sync(0xffffffffu, last, offset));
+        float total = 0.0f;
+        #pragma unroll
+        for (int q = 0; q < SAMPLE_CLUSTER; q++) total += __shfl_sync(0xffffffffu, sum, q);
+        const float target = (float)(u * total);
+        float running = 0.0f;
+        int found = -1;
+        #pragma unroll
+        for (int q = 0; q < SAMPLE_CLUSTER; q++) {
+            const float here = __shfl_sync(0xffffffffu, sum, q);
+            if (found < 0 && here > 0.0f && running + here > target) found = q;
+            if (found < 0) running += here;
+        }
+        if (lane == 0) {
+            holder = found;
+            last_kept = last;
+            sh.before = running;
+            sh.target = target;
+        }
+    }
+    cluster_sync();  // no block reads another's shared memory past here
+    if (holder != (int)blockIdx.x) return holder < 0 && blockIdx.x == 0 ? max(last_kept, 0) : -1;
+    int lo = 0, hi = n, C = warp_chunk(n);
     for (int round = 0; round < 2; round++) {
-        const int C = ((end - begin + warps - 1) / warps + 31) / 32 * 32;
-        const int chunk_begin = min(end, begin + warp * C), chunk_end = min(end, chunk_begin + C);
-        int last;
-        float sum = warp_range_sum(p, chunk_begin, chunk_end, last);
-        if (lane == 0) { warp_sum[warp] = sum; warp_last[warp] = last; }
-        __syncthreads();
+        if (round == 1) {  // the chunk found, cut again into one piece a warp
+            C = ((hi - lo + warps - 1) / warps + 31) / 32 * 32;
+            const int piece_begin = min(hi, lo + warp * C), piece_end = min(hi, piece_begin + C);
+            int last;
+            float sum = warp_range_sum(p, piece_begin, piece_end, last);
+            if (lane == 0) sh.warp_f[warp] = sum;
+            __syncthreads();
+        }
         if (threadIdx.x == 0) {
-            if (round == 0) {
-                float total = 0.0f;
-                last_kept = -1;
-                for (int w = 0; w < warps; w++) { total += warp_sum[w]; last_kept = max(last_kept, warp_last[w]); }
-                target = (float)(u * total);
-                before = 0.0f;
-            }
-            float running = before;
-            range_begin = range_end = end;  // not found: the scan below finds nothing
+            float running = sh.before;
+            sh.range_begin = sh.range_end = hi;  // not found: the scan below finds nothing
             for (int w = 0; w < warps; w++) {
-                if (warp_sum[w] > 0.0f && running + warp_sum[w] > target) {
-                    range_begin = min(end, begin + w * C);
-                    range_end = min(end, range_begin + C);
+                if (sh.warp_f[w] > 0.0f && running + sh.warp_f[w] > sh.target) {
+                    sh.range_begin = min(hi, lo + w * C);
+                    sh.range_end = min(hi, sh.range_begin + C);
                     break;
                 }
-                running += warp_sum[w];
+                running += sh.warp_f[w];
             }
-            before = running;
+            sh.before = running;
         }
         __syncthreads();
-        begin = range_begin;
-        end = range_end;
+        lo = sh.range_begin;
+        hi = sh.range_end;
+        __syncthreads();  // warp_f is rewritten next round
     }
-    __shared__ int found;
-    if (threadIdx.x == 0) found = -1;
+    if (threadIdx.x == 0) sh.found = -1;
     __syncthreads();
     if (warp == 0) {
-        float running = before;
-        for (int base = begin; base < end; base += 32) {
-            float x = base + lane < end ? p[base + lane] : 0.0f;
+        float running = sh.before;
+        for (int base = lo; base < hi; base += 32) {
+            float x = base + lane < hi ? p[base + lane] : 0.0f;
             float inclusive = x;
             for (int offset = 1; offset < 32; offset <<= 1) {
                 float other = __shfl_up_sync(0xffffffffu, inclusive, offset);
                 if (lane >= offset) inclusive += other;
             }
-            unsigned int crossed = __ballot_sync(0xffffffffu, x > 0.0f && running + inclusive > target);
+            unsigned int crossed = __ballot_sync(0xffffffffu, x > 0.0f && running + inclusive > sh.target);
             if (crossed) {
-                if (lane == __ffs(crossed) - 1) found = base + lane;
+                if (lane == __ffs(crossed) - 1) sh.found = base + lane;
                 break;
             }
             running += __shfl_sync(0xffffffffu, inclusive, 31);
         }
     }
     __syncthreads();
-    // nothing kept at all (a row of NaN or -inf logits): token 0, so that a step ahead still reads a valid id
-    int token = found >= 0 ? found : max(last_kept, 0);
-    __syncthreads();
-    return token;
+    // not found (rounding): the last kept token; nothing kept at all (a row of NaN or -inf logits): token 0, so
+    // that a step ahead still reads a valid id
+    return sh.found >= 0 ? begin + sh.found : max(last_kept, 0);
 }
 
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(const float* __restrict__ logits, const double* __restrict__ settings,
-                                                                         float* __restrict__ probs, int* __restrict__ tokens, int V) {
+extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS)
+sample_rows(const float* __restrict__ logits, const double* __restrict__ settings, int* __restrict__ tokens, float* __restrict__ probs, int V) {
     pdl_begin();
-    __shared__ float scratch[32];
-    __shared__ float warp_sum[SAMPLE_THREADS / 32];
-    __shared__ RadixShared radix;
-    const int r = blockIdx.x;
+    extern __shared__ float p[];  // [slice_len(V)]
+    __shared__ SampleShared sh;
+    const int r = blockIdx.y, S = slice_len(V), begin = blockIdx.x * S, n = max(0, min(V, begin + S) - begin);
     const double* s = settings + 6 * r;  // row, temperature, top_k, top_p, min_p, u
-    float* p = probs + (long long)r * V;
-    target_probs(logits + (long long)s[0] * V, p, V, s[1], (int)s[2], s[3], s[4], scratch, radix);
-    int token = sample_index(p, V, s[5], warp_sum);
-    if (threadIdx.x == 0) tokens[r] = token;
+    target_probs(logits + (long long)s[0] * V + begin, p, n, V, s[1], (int)s[2], s[3], s[4], sh);
+    if (probs != nullptr)
+        for (int i = threadIdx.x; i < n; i += blockDim.x) probs[(long long)r * V + begin + i] = p[i];
+    int token = sample_index(p, n, begin, s[5], sh);
+    if (threadIdx.x == 0 && token >= 0) tokens[r] = token;
 }
 
 // verify_tree: lossless sampled verification of one tree of deterministic candidates (n-gram, top-k trees),
@@ -402,45 +509,51 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(const f
 //   when u < r(c) / sum(r), else r(c) = 0; if none is accepted the bonus is drawn from r (inverse CDF).
 //   Uniforms u[0 .. T] are drawn on the host from the request's generator and used in order.
 // logits float [R, V] (the tree's rows start at row0); parents, tokens int32 [T]; uniforms float64 [T + 1];
-// probs float [V] scratch; out int32 [T + 2]: out[0] = path length, out[1] = bonus, out[2..] = path nodes.
-// grid (1), block 1024. NumPy reference: minispec.verify.verify_sampled. Tests: tests/test_cuda_kernels.py.
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) verify_tree(const float* __restrict__ logits, int row0, int T, const int* __restrict__ parents,
-                                       const int* __restrict__ tokens, double temperature, int top_k, double top_p, double min_p,
-                                       const double* __restrict__ uniforms, float* __restrict__ probs, int* __restrict__ out, int V) {
+// out int32 [T + 2]: out[0] = path length, out[1] = bonus, out[2..] = path nodes. One cluster as in sample_rows:
+// grid (SAMPLE_CLUSTER), block SAMPLE_THREADS, dynamic shared memory slice_len(V) floats; thread 0 of block 0 tries the
+// children, reading (and zeroing) r(c) in the slice that holds c. NumPy reference: minispec.verify.verify_sampled.
+// Tests: tests/test_cuda_kernels.py.
+extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS)
+verify_tree(const float* __restrict__ logits, int row0, int T, const int* __restrict__ parents, const int* __restrict__ tokens,
+            double temperature, int top_k, double top_p, double min_p, const double* __restrict__ uniforms, int* __restrict__ out, int V) {
     pdl_begin();
-    __shared__ float scratch[32];
-    __shared__ float warp_sum[SAMPLE_THREADS / 32];
-    __shared__ RadixShared radix;
-    __shared__ int accepted;
+    extern __shared__ float p[];  // [slice_len(V)]
+    __shared__ SampleShared sh;
+    const int S = slice_len(V), begin = blockIdx.x * S, n = max(0, min(V, begin + S) - begin);
     int node = 0, length = 1, next_uniform = 0;
-    if (threadIdx.x == 0) out[2] = 0;
+    if (blockIdx.x == 0 && threadIdx.x == 0) out[2] = 0;
     while (true) {
-        float mass = target_probs(logits + (long long)(row0 + node) * V, probs, V, temperature, top_k, top_p, min_p, scratch, radix);
-        if (threadIdx.x == 0) {
-            accepted = -1;
+        target_probs(logits + (long long)(row0 + node) * V + begin, p, n, V, temperature, top_k, top_p, min_p, sh);
+        slice_sums(p, n, begin, sh);
+        cluster_sync();
+        float mass = cluster_sum_in_order(&sh.sum);
+        if (blockIdx.x == 0 && threadIdx.x == 0) {
+            int accepted = -1;
             for (int c = node + 1; c < T && accepted < 0; c++) {
                 if (parents[c] != node) continue;
-                float pc = probs[tokens[c]];
+                const int token = tokens[c];
+                const float pc = load_cluster(p + token % S, token / S);
                 if (uniforms[next_uniform++] * mass < pc) {
                     accepted = c;
                 } else {
-                    probs[tokens[c]] = 0.0f;
+                    store_cluster(p + token % S, token / S, 0.0f);
                     mass -= pc;
                 }
             }
-            scratch[1] = (float)next_uniform;
+            sh.accepted = accepted;
+            sh.next_uniform = next_uniform;
         }
-        __syncthreads();
-        next_uniform = (int)scratch[1];
+        cluster_sync();
+        const int accepted = load_cluster(&sh.accepted, 0);
+        next_uniform = load_cluster(&sh.next_uniform, 0);
         if (accepted < 0) break;
         node = accepted;
-        if (threadIdx.x == 0) out[2 + length] = node;
+        if (blockIdx.x == 0 && threadIdx.x == 0) out[2 + length] = node;
         length++;
-        __syncthreads();
     }
-    int bonus = sample_index(probs, V, uniforms[next_uniform], warp_sum);
-    if (threadIdx.x == 0) {
-        out[0] = length;
+    int bonus = sample_index(p, n, begin, uniforms[next_uniform], sh);
+    if (threadIdx.x == 0 && bonus >= 0) {
         out[1] = bonus;
+        out[0] = length;
     }
 }

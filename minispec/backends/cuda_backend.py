@@ -25,6 +25,8 @@ KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by kernel_source
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
 WGMMA_GEMM_STAGES = {1: 6, 2: 4}  # gemm_wgmma's ring depth by consumer warpgroups (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
+SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
+SAMPLE_STATIC_SHARED = 36 << 10  # its blocks' static shared memory (SampleShared), rounded up
 FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots: 16 warps x SLOT_CHUNKS x 16 bytes
 
 
@@ -896,28 +898,39 @@ class CudaBackend:
         """tokens[r] drawn from p of params[r] at uniform u[r] (u comes from the request's seeded generator)."""
         return self.cp.asnumpy(self.sample_rows_device(logits, rows, params, uniforms))
 
-    def sample_rows_device(self, logits, rows, params, uniforms):
-        """sample_rows, the tokens left on the device (int32 [R], not waited for)."""
+    def sample_rows_device(self, logits, rows, params, uniforms, probs=None):
+        """sample_rows, the tokens left on the device (int32 [R], not waited for). probs: float [R, V] or None,
+        filled with each row's kept p (e units) for tests."""
         cp = self.cp
         logits = cp.ascontiguousarray(logits)
         R, V = len(rows), logits.shape[1]
         settings = [(row, p.temperature, p.top_k, p.top_p, p.min_p, u) for row, p, u in zip(rows, params, uniforms)]
         tokens = cp.empty(R, dtype=cp.int32)
-        probs = cp.empty((R, V), dtype=cp.float32)
-        self.launch(self.kernel("sampling.cu", "sample_rows"), (R,), (1024,), (logits, self.put(settings, np.float64), probs, tokens, np.int32(V)))
+        kernel, shared = self.sampling_kernel("sample_rows", V)
+        self.launch(kernel, (SAMPLE_CLUSTER, R), (SAMPLE_THREADS,), (logits, self.put(settings, np.float64), tokens, np.uint64(0) if probs is None else probs, np.int32(V)), shared)
         return tokens
+
+    def sampling_kernel(self, name: str, V: int):
+        """A kernels/sampling.cu kernel that spreads a row of V logits over a cluster of SAMPLE_CLUSTER blocks, and
+        the dynamic shared memory of a block's slice."""
+        shared = -(-V // SAMPLE_CLUSTER) * 4
+        if shared > self.max_shared - SAMPLE_STATIC_SHARED:
+            raise MinispecError(f"sampling: a vocabulary of {V} tokens is over the {SAMPLE_CLUSTER} shared-memory slices the kernel holds")
+        kernel = self.kernel("sampling.cu", name)
+        allow_shared(kernel, shared)
+        return kernel, shared
 
     def verify_tree(self, logits, row0: int, tree, params, uniforms):
         """Sampled verification of a deterministic-candidate tree on the device; only the path comes back."""
         cp = self.cp
         T, V, put = len(tree), logits.shape[1], self.put
         out = cp.empty(T + 2, dtype=cp.int32)
-        probs = cp.empty(V, dtype=cp.float32)
-        self.launch(self.kernel("sampling.cu", "verify_tree"),
-            (1,), (1024,),
+        kernel, shared = self.sampling_kernel("verify_tree", V)
+        self.launch(kernel, (SAMPLE_CLUSTER,), (SAMPLE_THREADS,),
             (cp.ascontiguousarray(logits), np.int32(row0), np.int32(T), put(tree.parents, np.int32), put(tree.tokens, np.int32),
              np.float64(params.temperature), np.int32(params.top_k), np.float64(params.top_p), np.float64(params.min_p),
-             put(uniforms, np.float64), probs, out, np.int32(V)),
+             put(uniforms, np.float64), out, np.int32(V)),
+            shared,
         )
         result = cp.asnumpy(out)
         return [int(n) for n in result[2 : 2 + result[0]]], int(result[1])

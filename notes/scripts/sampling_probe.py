@@ -1,7 +1,8 @@
 """Device probe: time of the sampling kernels on one step's logits (the vocabularies of the default model and of
 Llama 3). Host calls (greedy argmax, one sampled token, sampled tree verification at T = 16) wait for their result,
 so their times include uploads, launch and the copy back; `kernel` lines time the sample_rows kernel alone (a
-captured graph of 20 launches) for each filter."""
+captured graph of 20 launches) for each filter; then greedy against sampled decode one step ahead (bench e2e's
+lines) on random weights with the default model's shapes. Usage: PYTHONPATH=$PWD python3 notes/scripts/sampling_probe.py"""
 import sys
 
 import numpy as np
@@ -27,12 +28,32 @@ for V in (49152, 128256):
     verify = time_gpu(lambda: be.verify_tree(logits, 0, tree, params, rng.random(17)), 3, 20)
     print(f"V = {V}: argmax 1 row {argmax*1e6:.1f} us, 16 rows {argmax16*1e6:.1f} us; sample 1 row {sample*1e6:.1f} us; "
           f"verify_tree T=16 (chain) {verify*1e6:.1f} us", flush=True)
-    probs = cp.empty((1, V), dtype=cp.float32)
-    tokens = cp.empty(1, dtype=cp.int32)
-    for settings in (dict(temperature=0.8), dict(temperature=0.8, top_k=50), dict(temperature=0.8, top_p=0.9), dict(temperature=0.8, min_p=0.05),
-                     dict(temperature=0.8, top_k=50, top_p=0.9)):
+    tokens = cp.empty(16, dtype=cp.int32)
+    cluster = hasattr(be, "sampling_kernel")  # since stop 22 a row spreads over a cluster of blocks
+    for rows, settings in ((1, dict(temperature=0.8)), (1, dict(temperature=0.8, top_k=50)), (1, dict(temperature=0.8, top_p=0.9)),
+                           (1, dict(temperature=0.8, min_p=0.05)), (1, dict(temperature=0.8, top_k=50, top_p=0.9)),
+                           (16, dict(temperature=0.8, top_k=50, top_p=0.9))):
         p = SamplingParams(**settings)
-        args = (logits, be.put([(0, p.temperature, p.top_k, p.top_p, p.min_p, 0.5)], np.float64), probs, tokens, np.int32(V))
-        kernel = be.kernel("sampling.cu", "sample_rows")
-        t = time_captured(lambda: kernel((1,), (1024,), args))
-        print(f"  kernel sample_rows {settings}: {t*1e6:.1f} us", flush=True)
+        packed = be.put([(r, p.temperature, p.top_k, p.top_p, p.min_p, 0.5) for r in range(rows)], np.float64)
+        if cluster:
+            from minispec.backends.cuda_backend import SAMPLE_CLUSTER, SAMPLE_THREADS
+
+            kernel, shared = be.sampling_kernel("sample_rows", V)
+            launch = lambda: be.launch(kernel, (SAMPLE_CLUSTER, rows), (SAMPLE_THREADS,), (logits, packed, tokens, np.uint64(0), np.int32(V)), shared)  # noqa: E731
+        else:
+            probs = cp.empty((16, V), dtype=cp.float32)
+            kernel = be.kernel("sampling.cu", "sample_rows")
+            launch = lambda: kernel((rows,), (1024,), (logits, packed, probs, tokens, np.int32(V)))  # noqa: E731
+        t = time_captured(launch)
+        print(f"  kernel sample_rows, {rows} row(s), {settings}: {t*1e6:.1f} us", flush=True)
+
+# sampled decode one step ahead on random weights with the default model's shapes (bench e2e's line)
+from minispec.bench_gpu import decode_ahead_time, random_model_on_gpu, smollm2_135m_config
+from minispec.model import Model
+
+config = smollm2_135m_config()
+model = Model(config, random_model_on_gpu(config, be), be)
+greedy = decode_ahead_time(model, 512)
+sampled = decode_ahead_time(model, 512, params=params)
+print(f"default model's shapes, decode one step ahead at 512 keys: greedy {greedy*1e6:.1f} us, sampled (t 0.8, top-k 50, top-p 0.9) "
+      f"{sampled*1e6:.1f} us ({sampled/greedy:.3f}x)", flush=True)

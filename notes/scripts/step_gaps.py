@@ -1,0 +1,81 @@
+"""Device probe: the GPU cost of each stream operation around a replayed decode step (random weights, default
+model's shapes, context 512): 32 steps back to back with only some of the pieces, CUDA events around the loop."""
+import sys
+
+import numpy as np
+
+sys.path.insert(0, ".")
+from minispec.backends.cuda_backend import CudaBackend, CapturedStep
+from minispec.bench_gpu import card_name, random_model_on_gpu, require_gpu, smollm2_135m_config
+from minispec.model import Model
+from minispec.step import StepItem, build_plan
+from minispec.tree import Tree
+import cupyx
+
+cp = require_gpu()
+print(card_name(), flush=True)
+be = CudaBackend()
+cfg = smollm2_135m_config()
+model = Model(cfg, random_model_on_gpu(cfg, be), be)
+context = 512
+cache = model.new_cache(-(-(context + 64) // 16) + 1, 16)
+table = []
+cache.prepare(table, 0, context + 64)
+plan = build_plan([StepItem.tree(table, context, Tree.single(7))], 16)
+seen = []
+fill = CapturedStep.fill
+CapturedStep.fill = lambda self, p: (seen.append(self), fill(self, p))[1]
+ids = model.forward(plan, cache).argmax_device()
+step = seen[-1]
+s = be.stream
+pinned = cupyx.empty_pinned((1,), np.int32)
+
+
+def loop(parts, n=32):
+    a, b = cp.cuda.Event(), cp.cuda.Event()
+    a.record(s)
+    for _ in range(n):
+        if "fill" in parts:
+            step.fill(plan)
+        if "tokens" in parts:
+            step.plan.tokens[:1] = step.ids[:1]
+        step.graph.launch(s)
+        if "read" in parts:
+            be.to_host_soon(step.ids[:1])
+        if "d2h" in parts:
+            cp.cuda.runtime.memcpyAsync(pinned.ctypes.data, step.ids.data.ptr, 4, cp.cuda.runtime.memcpyDeviceToHost, s.ptr)
+    b.record(s)
+    b.synchronize()
+    return cp.cuda.get_elapsed_time(a, b) * 1e3 / n
+
+
+cases = [(), ("fill",), ("tokens",), ("d2h",), ("read",), ("fill", "tokens"), ("fill", "tokens", "read")]
+for _ in range(2):
+    for parts in cases:
+        t = np.median([loop(parts) for _ in range(7)])
+        print(f"graph + {'+'.join(parts) or 'nothing':<20} {t:7.1f} us/step", flush=True)
+
+# the ahead loop of bench_gpu.decode_ahead_time, varied: one plan for every step or a new one per step (build_plan),
+# and the host waiting for step i - depth's token
+def ahead(depth, new_plans, n=32):
+    reads = []
+    a, b = cp.cuda.Event(), cp.cuda.Event()
+    a.record(s)
+    ids = None
+    for i in range(n):
+        p = build_plan([StepItem.tree(table, context + i, Tree.single(0))], 16) if new_plans else plan
+        ids = model.forward(p, cache, ids).argmax_device()
+        reads.append(be.to_host_soon(ids))
+        if len(reads) > depth:
+            reads.pop(0)()
+    for r in reads:
+        r()
+    b.record(s)
+    b.synchronize()
+    return cp.cuda.get_elapsed_time(a, b) * 1e3 / n
+
+for _ in range(2):
+    for depth in (1, 2, 4):
+        for new_plans in (False, True):
+            t = np.median([ahead(depth, new_plans) for _ in range(7)])
+            print(f"ahead depth {depth} {'new plans' if new_plans else 'one plan '} {t:7.1f} us/step", flush=True)
