@@ -1,5 +1,8 @@
 """Device probe: the GPU cost of each stream operation around a replayed decode step (random weights, default
-model's shapes, context 512): 32 steps back to back with only some of the pieces, CUDA events around the loop."""
+model's shapes, context 512): 32 steps back to back with only some of the pieces, CUDA events around the loop; how
+long the host's forward() (plan copy from pageable memory, launch) takes with a graph in flight; and decode ahead's
+loop at depths 1, 2 and 4. Usage: python3 notes/scripts/step_gaps.py"""
+import time
 import sys
 
 import numpy as np
@@ -49,6 +52,18 @@ def loop(parts, n=32):
     return cp.cuda.get_elapsed_time(a, b) * 1e3 / n
 
 
+def fill_time():  # the host's forward() behind a graph in flight: a copy that waited for the graph would take ~600 µs
+    out = []
+    for _ in range(20):
+        model.forward(plan, cache)
+        t = time.perf_counter()
+        model.forward(plan, cache)
+        out.append(time.perf_counter() - t)
+        s.synchronize()
+    return np.median(out) * 1e6
+
+
+print(f"forward() host time with a graph in flight (pageable plan copy): {fill_time():.1f} us", flush=True)
 cases = [(), ("fill",), ("tokens",), ("d2h",), ("read",), ("fill", "tokens"), ("fill", "tokens", "read")]
 for _ in range(2):
     for parts in cases:
