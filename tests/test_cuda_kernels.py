@@ -42,6 +42,20 @@ def backend(dtype):
     return CudaBackend(dtype=dtype)
 
 
+def test_a_gpu_before_hopper_is_refused_in_one_line(monkeypatch):
+    """The kernels launch thread block clusters (compute capability 9.0): an older GPU gets a clear error at load
+    time, not a compile error at the first GEMM or sampled token."""
+    import cupy as cp
+
+    from minispec.backends.cuda_backend import CudaBackend
+    from minispec.errors import MinispecError
+
+    real = cp.cuda.runtime.getDeviceProperties
+    monkeypatch.setattr(cp.cuda.runtime, "getDeviceProperties", lambda device: {**real(device), "major": 8, "minor": 0, "name": b"NVIDIA A100"})
+    with pytest.raises(MinispecError, match=r"compute capability 9\.0 or later.*A100 is 8\.0"):
+        CudaBackend()
+
+
 def stored(array, dtype):
     """Host values exactly as the backend stores them."""
     return np.asarray(array, dtype=np.float32).astype(BF16).astype(np.float32) if dtype == "bfloat16" else np.asarray(array, dtype=np.float32)

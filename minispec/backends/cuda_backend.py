@@ -240,6 +240,11 @@ class CudaBackend:
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         self.cublas, self.cublas_error = process_cublas(cp, self.stream)  # None: the own kernel serves every M
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        if props["major"] < 9:  # gemm.cu and sampling.cu launch thread block clusters, which older GPUs lack
+            raise MinispecError(
+                f"the CUDA backend needs a GPU of compute capability 9.0 or later (Hopper); {props['name'].decode()} is "
+                f"{props['major']}.{props['minor']}: use --device cpu"
+            )
         self.sm_count = props["multiProcessorCount"]
         # Hopper (compute capability 9.0): kernels compile for sm_90a, whose warpgroup MMA (wgmma) the 8-warp
         # tree attention uses
