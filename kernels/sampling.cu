@@ -119,6 +119,9 @@ extern "C" __global__ void argmax_merge(const float* __restrict__ best_value, co
 #define SAMPLE_THREADS 1024  // CudaBackend.SAMPLE_THREADS (256 and 512 measured slower: notes/sampling_h100_stop22.log)
 #endif
 #define SAMPLE_WARPS (SAMPLE_THREADS / 32)
+// Two blocks a SM (__launch_bounds__(SAMPLE_THREADS, 2): 32 registers, a few bytes of spill), so that 16 clusters of
+// 8 run at once (a 16-row sample, filter_rows' rows): at one block a SM (64 registers, no spill) one row took 6% less
+// but 16 rows 35% more, their last clusters waiting for a second wave (notes/sampling_h100_stop22.log).
 #define RADIX_BINS 2048
 #define MASS_ONE 1099511627776.0  // 2^40: e in (0, 1] as a fixed-point integer; V e's sum below 2^57
 #define ROW_UNROLL 12  // logits in flight per thread while a slice is read (the row's one pass over global memory)
@@ -489,7 +492,7 @@ __device__ int sample_index(const float* p, int n, int begin, double u, SampleSh
     return sh.found >= 0 ? begin + sh.found : max(last_kept, 0);
 }
 
-extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS)
+extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS, 2)
 sample_rows(const float* __restrict__ logits, const double* __restrict__ settings, int* __restrict__ tokens, float* __restrict__ probs, int V) {
     pdl_begin();
     extern __shared__ float p[];  // [slice_len(V)]
@@ -508,14 +511,31 @@ sample_rows(const float* __restrict__ logits, const double* __restrict__ setting
 //   From the root: r = p(node) (after the filters); try the node's children in order, accepting child c
 //   when u < r(c) / sum(r), else r(c) = 0; if none is accepted the bonus is drawn from r (inverse CDF).
 //   Uniforms u[0 .. T] are drawn on the host from the request's generator and used in order.
+// Two launches. filter_rows first filters the first `ready` rows of the tree at once, a cluster each, into probs
+// [ready, V] (kept e, as target_probs leaves them): the path is only known as it is walked, and walking it one
+// filtered row at a time cost a whole filter (~25-35 µs at V = 49152) per accepted node. verify_tree then walks
+// the path with one cluster, loading a node's row from probs (rows past `ready`: filtered there and then).
 // logits float [R, V] (the tree's rows start at row0); parents, tokens int32 [T]; uniforms float64 [T + 1];
-// out int32 [T + 2]: out[0] = path length, out[1] = bonus, out[2..] = path nodes. One cluster as in sample_rows:
-// grid (SAMPLE_CLUSTER), block SAMPLE_THREADS, dynamic shared memory slice_len(V) floats; thread 0 of block 0 tries the
-// children, reading (and zeroing) r(c) in the slice that holds c. NumPy reference: minispec.verify.verify_sampled.
-// Tests: tests/test_cuda_kernels.py.
-extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS)
+// out int32 [T + 2]: out[0] = path length, out[1] = bonus, out[2..] = path nodes. Clusters as in sample_rows:
+// grid (SAMPLE_CLUSTER, ready) and (SAMPLE_CLUSTER), block SAMPLE_THREADS, dynamic shared memory slice_len(V)
+// floats; thread 0 of block 0 tries the children, reading (and zeroing) r(c) in the slice that holds c.
+// NumPy reference: minispec.verify.verify_sampled. Tests: tests/test_cuda_kernels.py.
+extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS, 2)
+filter_rows(const float* __restrict__ logits, int row0, double temperature, int top_k, double top_p, double min_p,
+            float* __restrict__ probs, int V) {
+    pdl_begin();
+    extern __shared__ float p[];  // [slice_len(V)]
+    __shared__ SampleShared sh;
+    const int t = blockIdx.y, S = slice_len(V), begin = blockIdx.x * S, n = max(0, min(V, begin + S) - begin);
+    target_probs(logits + (long long)(row0 + t) * V + begin, p, n, V, temperature, top_k, top_p, min_p, sh);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) probs[(long long)t * V + begin + i] = p[i];
+    cluster_sync();  // the radix rounds' last remote reads are done before any block leaves
+}
+
+extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS, 2)
 verify_tree(const float* __restrict__ logits, int row0, int T, const int* __restrict__ parents, const int* __restrict__ tokens,
-            double temperature, int top_k, double top_p, double min_p, const double* __restrict__ uniforms, int* __restrict__ out, int V) {
+            double temperature, int top_k, double top_p, double min_p, const double* __restrict__ uniforms,
+            const float* __restrict__ probs, int ready, int* __restrict__ out, int V) {
     pdl_begin();
     extern __shared__ float p[];  // [slice_len(V)]
     __shared__ SampleShared sh;
@@ -523,7 +543,12 @@ verify_tree(const float* __restrict__ logits, int row0, int T, const int* __rest
     int node = 0, length = 1, next_uniform = 0;
     if (blockIdx.x == 0 && threadIdx.x == 0) out[2] = 0;
     while (true) {
-        target_probs(logits + (long long)(row0 + node) * V + begin, p, n, V, temperature, top_k, top_p, min_p, sh);
+        if (node < ready) {  // filtered by filter_rows (the same for every block: no cluster barrier here)
+            for (int i = threadIdx.x; i < n; i += blockDim.x) p[i] = probs[(long long)node * V + begin + i];
+            __syncthreads();
+        } else {
+            target_probs(logits + (long long)(row0 + node) * V + begin, p, n, V, temperature, top_k, top_p, min_p, sh);
+        }
         slice_sums(p, n, begin, sh);
         cluster_sync();
         float mass = cluster_sum_in_order(&sh.sum);
@@ -543,7 +568,7 @@ verify_tree(const float* __restrict__ logits, int row0, int T, const int* __rest
             sh.accepted = accepted;
             sh.next_uniform = next_uniform;
         }
-        cluster_sync();
+        cluster_sync();  // (another block's slice is read and written above only while the others wait here)
         const int accepted = load_cluster(&sh.accepted, 0);
         next_uniform = load_cluster(&sh.next_uniform, 0);
         if (accepted < 0) break;
