@@ -120,7 +120,7 @@ extern "C" __global__ void argmax_merge(const float* __restrict__ best_value, co
 #endif
 #define SAMPLE_WARPS (SAMPLE_THREADS / 32)
 // Two blocks a SM (__launch_bounds__(SAMPLE_THREADS, 2): 32 registers, a few bytes of spill), so that 16 clusters of
-// 8 run at once (a 16-row sample, filter_rows' rows): at one block a SM (64 registers, no spill) one row took 6% less
+// 8 run at once (a 16-row sample): at one block a SM (64 registers, no spill) one row took 6% less
 // but 16 rows 35% more, their last clusters waiting for a second wave (notes/sampling_h100_stop22.log).
 #define RADIX_BINS 2048
 #define MASS_ONE 1099511627776.0  // 2^40: e in (0, 1] as a fixed-point integer; V e's sum below 2^57
@@ -511,31 +511,17 @@ sample_rows(const float* __restrict__ logits, const double* __restrict__ setting
 //   From the root: r = p(node) (after the filters); try the node's children in order, accepting child c
 //   when u < r(c) / sum(r), else r(c) = 0; if none is accepted the bonus is drawn from r (inverse CDF).
 //   Uniforms u[0 .. T] are drawn on the host from the request's generator and used in order.
-// Two launches. filter_rows first filters the first `ready` rows of the tree at once, a cluster each, into probs
-// [ready, V] (kept e, as target_probs leaves them): the path is only known as it is walked, and walking it one
-// filtered row at a time cost a whole filter (~25-35 µs at V = 49152) per accepted node. verify_tree then walks
-// the path with one cluster, loading a node's row from probs (rows past `ready`: filtered there and then).
 // logits float [R, V] (the tree's rows start at row0); parents, tokens int32 [T]; uniforms float64 [T + 1];
-// out int32 [T + 2]: out[0] = path length, out[1] = bonus, out[2..] = path nodes. Clusters as in sample_rows:
-// grid (SAMPLE_CLUSTER, ready) and (SAMPLE_CLUSTER), block SAMPLE_THREADS, dynamic shared memory slice_len(V)
-// floats; thread 0 of block 0 tries the children, reading (and zeroing) r(c) in the slice that holds c.
-// NumPy reference: minispec.verify.verify_sampled. Tests: tests/test_cuda_kernels.py.
-extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS, 2)
-filter_rows(const float* __restrict__ logits, int row0, double temperature, int top_k, double top_p, double min_p,
-            float* __restrict__ probs, int V) {
-    pdl_begin();
-    extern __shared__ float p[];  // [slice_len(V)]
-    __shared__ SampleShared sh;
-    const int t = blockIdx.y, S = slice_len(V), begin = blockIdx.x * S, n = max(0, min(V, begin + S) - begin);
-    target_probs(logits + (long long)(row0 + t) * V + begin, p, n, V, temperature, top_k, top_p, min_p, sh);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) probs[(long long)t * V + begin + i] = p[i];
-    cluster_sync();  // the radix rounds' last remote reads are done before any block leaves
-}
-
+// out int32 [T + 2]: out[0] = path length, out[1] = bonus, out[2..] = path nodes. One cluster as in sample_rows:
+// grid (SAMPLE_CLUSTER), block SAMPLE_THREADS, dynamic shared memory slice_len(V) floats; thread 0 of block 0 tries
+// the children, reading (and zeroing) r(c) in the slice that holds c. Each node of the path is filtered as the walk
+// reaches it (~25-35 µs at V = 49152). Filtering the tree's first 16 rows at once ahead of the walk made a 16-node
+// path 3x cheaper but a root rejected at once ~15-20 µs dearer, and sampled speculation end to end level or up to 9%
+// slower: its paths are short (notes/sampling_h100_stop22.log). NumPy reference: minispec.verify.verify_sampled.
+// Tests: tests/test_cuda_kernels.py.
 extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS, 2)
 verify_tree(const float* __restrict__ logits, int row0, int T, const int* __restrict__ parents, const int* __restrict__ tokens,
-            double temperature, int top_k, double top_p, double min_p, const double* __restrict__ uniforms,
-            const float* __restrict__ probs, int ready, int* __restrict__ out, int V) {
+            double temperature, int top_k, double top_p, double min_p, const double* __restrict__ uniforms, int* __restrict__ out, int V) {
     pdl_begin();
     extern __shared__ float p[];  // [slice_len(V)]
     __shared__ SampleShared sh;
@@ -543,12 +529,7 @@ verify_tree(const float* __restrict__ logits, int row0, int T, const int* __rest
     int node = 0, length = 1, next_uniform = 0;
     if (blockIdx.x == 0 && threadIdx.x == 0) out[2] = 0;
     while (true) {
-        if (node < ready) {  // filtered by filter_rows (the same for every block: no cluster barrier here)
-            for (int i = threadIdx.x; i < n; i += blockDim.x) p[i] = probs[(long long)node * V + begin + i];
-            __syncthreads();
-        } else {
-            target_probs(logits + (long long)(row0 + node) * V + begin, p, n, V, temperature, top_k, top_p, min_p, sh);
-        }
+        target_probs(logits + (long long)(row0 + node) * V + begin, p, n, V, temperature, top_k, top_p, min_p, sh);
         slice_sums(p, n, begin, sh);
         cluster_sync();
         float mass = cluster_sum_in_order(&sh.sum);

@@ -27,9 +27,6 @@ STREAM_ROWS = 128  # gemm_stream's weight rows per block
 WGMMA_GEMM_STAGES = {1: 6, 2: 4}  # gemm_wgmma's ring depth by consumer warpgroups (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
 SAMPLE_STATIC_SHARED = 36 << 10  # its blocks' static shared memory (SampleShared), rounded up
-# sampled verification filters up to this many tree rows at once before walking the path (one wave of clusters of 8 on an
-# H100's 132 SMs; notes/sampling_h100_stop22.log)
-SAMPLE_READY_ROWS = 16
 FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots: 16 warps x SLOT_CHUNKS x 16 bytes
 
 
@@ -928,33 +925,25 @@ class CudaBackend:
         allow_shared(kernel, shared)
         return kernel, shared
 
-    def verify_tree(self, logits, row0: int, tree, params, uniforms, ready: int | None = None):
-        """Sampled verification of a deterministic-candidate tree on the device; only the path comes back.
-        ready: how many of the tree's first rows filter_rows filters at once before the walk (None: up to
-        SAMPLE_READY_ROWS; tests set it), the rest one at a time as the walk reaches them."""
+    def verify_tree(self, logits, row0: int, tree, params, uniforms):
+        """Sampled verification of a deterministic-candidate tree on the device; only the path comes back."""
         cp = self.cp
-        T, V, put = len(tree), logits.shape[1], self.put
-        ready = min(T, SAMPLE_READY_ROWS) if ready is None else ready
-        logits = cp.ascontiguousarray(logits)
-        filters = (np.float64(params.temperature), np.int32(params.top_k), np.float64(params.top_p), np.float64(params.min_p))
+        T, V = len(tree), logits.shape[1]
         out = cp.empty(T + 2, dtype=cp.int32)
-        probs = cp.empty((max(ready, 1), V), dtype=cp.float32)
         # one upload: uniforms float64 [T + 1], then parents and tokens int32 [T] each (a host-to-device copy costs the
         # host ~15 µs, and this call runs once per sampled speculation step)
         inputs = np.concatenate([np.asarray(uniforms, dtype=np.float64).view(np.uint8),
                                  np.asarray(tree.parents, dtype=np.int32).view(np.uint8), np.asarray(tree.tokens, dtype=np.int32).view(np.uint8)])
-        device_inputs = put(inputs, np.uint8)
+        device_inputs = self.put(inputs, np.uint8)
         base = device_inputs.data.ptr
         uniforms_at, parents_at, tokens_at = (np.uint64(base + offset) for offset in (0, 8 * (T + 1), 8 * (T + 1) + 4 * T))
-        if ready:
-            kernel, shared = self.sampling_kernel("filter_rows", V)
-            self.launch(kernel, (SAMPLE_CLUSTER, ready), (SAMPLE_THREADS,), (logits, np.int32(row0), *filters, probs, np.int32(V)), shared)
         kernel, shared = self.sampling_kernel("verify_tree", V)
         self.launch(kernel, (SAMPLE_CLUSTER,), (SAMPLE_THREADS,),
-            (logits, np.int32(row0), np.int32(T), parents_at, tokens_at, *filters, uniforms_at, probs, np.int32(ready), out, np.int32(V)),
+            (cp.ascontiguousarray(logits), np.int32(row0), np.int32(T), parents_at, tokens_at, np.float64(params.temperature),
+             np.int32(params.top_k), np.float64(params.top_p), np.float64(params.min_p), uniforms_at, out, np.int32(V)),
             shared,
         )
-        result = cp.asnumpy(out)
+        result = cp.asnumpy(out)  # (device_inputs stays alive until the kernel is done)
         return [int(n) for n in result[2 : 2 + result[0]]], int(result[1])
 
     def cache_pointers(self, ks, vs):

@@ -48,21 +48,16 @@ for V in (49152, 128256):
         print(f"  kernel sample_rows, {rows} row(s), {settings}: {t*1e6:.1f} us", flush=True)
 
     # sampled verification of a 16-node chain whose first `accept` drafts the target takes almost surely (their logit
-    # raised by 30), host calls: every row filtered ahead (filter_rows, since stop 22) against each filtered as the
-    # walk reaches it (ready=0: the earlier kernels' way)
+    # raised by 30), host calls
     chain = Tree(rng.integers(0, V, 16), [-1] + list(range(15)))
     for accept in (0, 3, 15):
         peaked = logits.copy()
         for c in range(1, accept + 1):
             peaked[c - 1, int(chain.tokens[c])] += 30.0
         u = rng.random(17)
-        ahead = time_gpu(lambda: be.verify_tree(peaked, 0, chain, params, u), 3, 20)
-        try:
-            walk = time_gpu(lambda: be.verify_tree(peaked, 0, chain, params, u, ready=0), 3, 20)
-        except TypeError:  # a build before filter_rows
-            walk = float("nan")
+        t = time_gpu(lambda: be.verify_tree(peaked, 0, chain, params, u), 3, 20)
         path, _ = be.verify_tree(peaked, 0, chain, params, u)
-        print(f"  verify_tree, 16-node chain, path of {len(path)}: rows filtered ahead {ahead*1e6:.1f} us, one at a time {walk*1e6:.1f} us", flush=True)
+        print(f"  verify_tree, 16-node chain, path of {len(path)}: {t*1e6:.1f} us", flush=True)
 
 # sampled decode one step ahead on random weights with the default model's shapes (bench e2e's line)
 from minispec.bench_gpu import decode_ahead_time, random_model_on_gpu, smollm2_135m_config
