@@ -132,7 +132,7 @@ __device__ __forceinline__ int slice_len(int V) { return (V + SAMPLE_CLUSTER - 1
 // histogram: shared-memory atomics are native at 32 bits (a 64-bit add is a compare-and-swap loop, which
 // contended bins turn into the pass's whole cost), a digit sum over V <= 2^22 values stays below 2^32, and
 // the small e of the long tail have zero high digits, so they cost fewer adds.
-// The fields after `summed` are this block's part of cluster-wide values, which the other blocks read.
+// The other blocks of the cluster read `digits` (their share of the bins), `summed`, and the fields from `max_x` on.
 struct SampleShared {
     unsigned int digits[4][RADIX_BINS];  // this block's histogram (counts in digits[0] when selecting by count)
     unsigned long long summed[RADIX_BINS / SAMPLE_CLUSTER];  // totals over the cluster of this block's share of bins
