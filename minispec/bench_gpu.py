@@ -379,7 +379,7 @@ def bench_e2e(args) -> None:
         backend.graphs.clear()
         del model
     # end-to-end decoding on the default model: ours, speculation, transformers
-    from .bench import INPUT_GROUNDED, SPEC_PROMPTS, timed_generate
+    from .bench import SPEC_PROMPTS, timed_generate
 
     ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS["chat"]}])
     plain_rate, _ = timed_generate(llm, ids, SamplingParams(temperature=0, max_tokens=256, ignore_eos=True), repeats=5)
@@ -389,15 +389,8 @@ def bench_e2e(args) -> None:
                           (" (sampled, temperature 0.7)", SamplingParams(temperature=0.7, seed=0, max_tokens=128))):
         if label:
             print(f"  the same{label}:")
-        for key in INPUT_GROUNDED:
-            ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}])
-            rates = []
-            for draft in (None, "ngram"):
-                llm.use_drafter(draft)
-                rate, result = timed_generate(llm, ids, params, repeats=5)
-                rates.append((rate, result.stats.tokens_per_step))
-            llm.use_drafter(None)
-            print(f"  {key:<10} plain {rates[0][0]:>7.0f} tok/s   n-gram tree {rates[1][0]:>7.0f} tok/s ({rates[1][1]:.2f} tokens/forward)  x{rates[1][0] / rates[0][0]:.2f}")
+        for key, plain, ngram, per_forward in speculation_rates(llm, params):
+            print(f"  {key:<10} plain {plain:>7.0f} tok/s   n-gram tree {ngram:>7.0f} tok/s ({per_forward:.2f} tokens/forward)  x{ngram / plain:.2f}")
     try:
         import torch
         from transformers import AutoModelForCausalLM
@@ -417,6 +410,22 @@ def bench_e2e(args) -> None:
             torch.cuda.synchronize()
         rate = 256 / (time.perf_counter() - start)
         print(f"transformers generate ({label}), same model and card: {rate:.0f} tokens/s; minispec plain / transformers = {plain_rate / rate:.1f}x")
+
+
+def speculation_rates(llm, params):
+    """Per input-grounded prompt: (name, plain tokens/s, n-gram tree tokens/s, n-gram tokens a forward), each rate the
+    median of 5 generations after a warm-up (bench.timed_generate), at the engine's default tree budget."""
+    from .bench import INPUT_GROUNDED, SPEC_PROMPTS, timed_generate
+
+    for key in INPUT_GROUNDED:
+        ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}])
+        rates = []
+        for draft in (None, "ngram"):
+            llm.use_drafter(draft)
+            rate, result = timed_generate(llm, ids, params, repeats=5)
+            rates.append((rate, result.stats.tokens_per_step))
+        llm.use_drafter(None)
+        yield key, rates[0][0], rates[1][0], rates[1][1]
 
 
 RUNNERS = {"gemm": bench_gemm, "attention": bench_attention, "e2e": bench_e2e}

@@ -8,20 +8,10 @@ import sys
 
 sys.path.insert(0, ".")
 from minispec import LLM, SamplingParams  # noqa: E402
-from minispec.bench import INPUT_GROUNDED, SPEC_PROMPTS, timed_generate  # noqa: E402
-from minispec.bench_gpu import card_name  # noqa: E402
+from minispec.bench_gpu import card_name, speculation_rates  # noqa: E402
 
 llm = LLM(device="cuda")
 temperature = float(sys.argv[1]) if len(sys.argv) > 1 else 0.7
 print(card_name(), f"temperature {temperature}", flush=True)
-params = SamplingParams(temperature=temperature, seed=0, max_tokens=128)
-for key in INPUT_GROUNDED:
-    ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}])
-    rates = []
-    for draft in (None, "ngram"):
-        llm.use_drafter(draft)
-        rate, result = timed_generate(llm, ids, params, repeats=5)
-        rates.append((rate, result.stats.tokens_per_step))
-    llm.use_drafter(None)
-    print(f"{key:<10} plain {rates[0][0]:6.0f} tok/s   n-gram tree {rates[1][0]:6.0f} tok/s ({rates[1][1]:.2f} tokens/forward)  "
-          f"x{rates[1][0] / rates[0][0]:.2f}", flush=True)
+for key, plain, ngram, per_forward in speculation_rates(llm, SamplingParams(temperature=temperature, seed=0, max_tokens=128)):
+    print(f"{key:<10} plain {plain:6.0f} tok/s   n-gram tree {ngram:6.0f} tok/s ({per_forward:.2f} tokens/forward)  x{ngram / plain:.2f}", flush=True)
