@@ -124,6 +124,7 @@ extern "C" __global__ void argmax_merge(const float* __restrict__ best_value, co
 // but 16 rows 35% more, their last clusters waiting for a second wave (notes/sampling_h100_stop22.log).
 #define RADIX_BINS 2048
 #define MASS_ONE 1099511627776.0  // 2^40: e in (0, 1] as a fixed-point integer; V e's sum below 2^57
+#define SAMPLE_CANDIDATES 256  // top-k up to this many: top-p's threshold from the top-k candidates, not a radix select
 #define ROW_UNROLL 12  // logits in flight per thread while a slice is read (the row's one pass over global memory)
 
 __device__ __forceinline__ int slice_len(int V) { return (V + SAMPLE_CLUSTER - 1) / SAMPLE_CLUSTER; }
@@ -148,6 +149,10 @@ struct SampleShared {
     float sum;                // the slice's kept p, summed in a fixed order (slice_sums)
     int last;                 // the slice's last index with p > 0 (-1: none)
     int accepted, next_uniform;  // verify_tree: block 0's decision for the node
+    int candidates;              // top-k with top-p: the slice's e >= tau_k (candidates_tau_p), the first ones in
+    float candidate[SAMPLE_CANDIDATES];  // `candidate`
+    float gathered[SAMPLE_CANDIDATES];   // every block's candidates, and their fixed-point masses (block-local)
+    unsigned long long gathered_mass[SAMPLE_CANDIDATES];
 };
 
 __device__ float block_reduce(float value, bool take_max, float* scratch) {
@@ -194,6 +199,12 @@ __device__ __forceinline__ float cluster_max(const float* local) {
 __device__ __forceinline__ unsigned long long cluster_sum(const unsigned long long* local) {
     const int lane = threadIdx.x % 32;
     unsigned long long value = lane < SAMPLE_CLUSTER ? load_cluster(local, lane) : 0;
+    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
+}
+__device__ __forceinline__ int cluster_sum_int(const int* local) {
+    const int lane = threadIdx.x % 32;
+    int value = lane < SAMPLE_CLUSTER ? load_cluster(local, lane) : 0;
     for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
     return value;
 }
@@ -315,6 +326,29 @@ __device__ unsigned int radix_select(const float* e, int n, bool by_mass, unsign
     return prefix;
 }
 
+// tau_p from the `count` candidates (every e >= tau_k of the row, in the blocks' `candidate` lists): the largest
+// candidate t whose mass(e >= t), in the fixed point, reaches `need`; 0 when none does (then mass(e >= tau_k) < need,
+// so tau_p < tau_k and tau_k decides). The same value the radix select by mass finds when it is >= tau_k. Each block
+// gathers all candidates (count <= SAMPLE_CANDIDATES) and checks each against all: count^2 / blockDim steps.
+__device__ float candidates_tau_p(int count, unsigned long long need, SampleShared& sh) {
+    for (int g = threadIdx.x; g < count; g += blockDim.x) {  // candidate g: block q's entry g - (those of blocks < q)
+        int q = 0, before = 0;
+        for (int here; q < SAMPLE_CLUSTER && g >= before + (here = min(load_cluster(&sh.candidates, q), SAMPLE_CANDIDATES)); q++) before += here;
+        const float e = load_cluster(&sh.candidate[g - before], q);
+        sh.gathered[g] = e;
+        sh.gathered_mass[g] = (unsigned long long)((double)e * MASS_ONE);
+    }
+    __syncthreads();
+    float best = 0.0f;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+        const float t = sh.gathered[i];
+        unsigned long long above = 0;
+        for (int j = 0; j < count; j++) above += sh.gathered[j] >= t ? sh.gathered_mass[j] : 0ull;
+        if (above >= need) best = fmaxf(best, t);
+    }
+    return block_reduce(best, true, sh.scratch);
+}
+
 // The row's slice [begin, begin + n) into p (shared memory) as kept e: e_v if v passes the filters, else 0.
 __device__ void target_probs(const float* __restrict__ row, float* p, int n, int V, double temperature, int top_k, double top_p,
                              double min_p, SampleShared& sh) {
@@ -351,15 +385,31 @@ __device__ void target_probs(const float* __restrict__ row, float* p, int n, int
     }
     __syncthreads();  // every e is in p before the passes below read other threads' entries
     float tau = (float)min_p;  // min_p * max p, and max e = 1
-    if (top_k > 0 && top_k < V) tau = fmaxf(tau, __uint_as_float(radix_select(p, n, false, (unsigned long long)top_k, sh)));
+    const bool by_k = top_k > 0 && top_k < V;
+    const float tau_k = by_k ? __uint_as_float(radix_select(p, n, false, (unsigned long long)top_k, sh)) : 0.0f;
+    tau = fmaxf(tau, tau_k);
     if (top_p < 1.0) {
+        // with top-k on, tau_p matters only where it is above tau_k, and then it is one of the e >= tau_k: the
+        // slices' candidates (e >= tau_k) go out with the masses, and no radix select runs (candidates_tau_p)
+        const bool gather = by_k && top_k <= SAMPLE_CANDIDATES;
+        if (threadIdx.x == 0) sh.candidates = 0;
+        __syncthreads();
+        if (gather)
+            for (int i = threadIdx.x; i < n; i += blockDim.x)
+                if (p[i] >= tau_k) {
+                    const int at = atomicAdd(&sh.candidates, 1);
+                    if (at < SAMPLE_CANDIDATES) sh.candidate[at] = p[i];
+                }
         // the row's total mass in the same fixed point, summed exactly (integer adds commute)
         local_mass = block_sum_u64(local_mass, sh);
         if (threadIdx.x == 0) sh.mass = local_mass;
         cluster_sync();
         const unsigned long long total = cluster_sum(&sh.mass);
         unsigned long long need = (unsigned long long)ceil(top_p * (double)total);
-        tau = fmaxf(tau, __uint_as_float(radix_select(p, n, true, need > 0 ? need : 1ull, sh)));
+        need = need > 0 ? need : 1ull;
+        const int count = gather ? cluster_sum_int(&sh.candidates) : SAMPLE_CANDIDATES + 1;
+        const float tau_p = count <= SAMPLE_CANDIDATES ? candidates_tau_p(count, need, sh) : __uint_as_float(radix_select(p, n, true, need, sh));
+        tau = fmaxf(tau, tau_p);
     }
     for (int i = threadIdx.x; i < n; i += blockDim.x) p[i] = p[i] >= tau ? p[i] : 0.0f;
     __syncthreads();

@@ -419,10 +419,16 @@ def test_sample_rows_matches_reference(settings, R, V):
 
 @pytest.mark.parametrize("V", [4099, 49152, 128256])
 @pytest.mark.parametrize("settings", [dict(temperature=0.7, top_k=20), dict(temperature=1.2, top_p=0.8), dict(temperature=0.9, min_p=0.05),
-                                      dict(temperature=1.0, top_k=3000, top_p=0.95), dict(temperature=2.0, top_p=0.999)])
+                                      dict(temperature=1.0, top_k=3000, top_p=0.95), dict(temperature=2.0, top_p=0.999),
+                                      # top-k up to 256 with top-p: top-p's threshold from the top-k candidates, above
+                                      # tau_k (1-4 tokens kept; 150-196 of the 256 at V = 4099 with the second) or below
+                                      # it (0.999, and the second at the larger V); 257: the radix select again
+                                      dict(temperature=0.5, top_k=256, top_p=0.3), dict(temperature=3.0, top_k=256, top_p=0.2),
+                                      dict(temperature=1.0, top_k=50, top_p=0.999),
+                                      dict(temperature=0.6, top_k=257, top_p=0.5)])
 def test_kept_set_is_the_reference_s(settings, V):
-    """The filters' thresholds (radix select on the kernel's side, a sort on the reference's) keep the same tokens,
-    with the same relative probabilities: the kept p the kernel samples from (its `probs` output)."""
+    """The filters' thresholds (radix select or the top-k candidates on the kernel's side, a sort on the reference's)
+    keep the same tokens, with the same relative probabilities: the kept p the kernel samples from (its `probs` output)."""
     import cupy as cp
 
     from minispec import SamplingParams

@@ -26,7 +26,7 @@ INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by 
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
 WGMMA_GEMM_STAGES = {1: 6, 2: 4}  # gemm_wgmma's ring depth by consumer warpgroups (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
-SAMPLE_STATIC_SHARED = 36 << 10  # its blocks' static shared memory (SampleShared), rounded up
+SAMPLE_STATIC_SHARED = 40 << 10  # its blocks' static shared memory (SampleShared), rounded up
 FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots: 16 warps x SLOT_CHUNKS x 16 bytes
 
 
