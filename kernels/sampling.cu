@@ -109,7 +109,9 @@ extern "C" __global__ void argmax_merge(const float* __restrict__ best_value, co
 // exact order statistics by radix select on e's bits (positive floats order as their bits): 3 rounds of
 // 10-11 bits, each one pass over the slices building per-block histograms of the values still matching the
 // prefix; each block then totals its share of the bins over the cluster, and every block scans those totals
-// for the bin where the running count (top-k) or mass (top-p) from the top reaches the goal.
+// for the bin where the running count (top-k) or mass (top-p) from the top reaches the goal. With top-k on (k up to
+// SAMPLE_CANDIDATES) top-p needs no radix select: its threshold matters only where it is above tau_k, and then it is
+// one of the e >= tau_k, which the blocks gather (candidates_tau_p): one cluster round instead of seven barriers.
 // Masses are summed in 2^-40 fixed point with integer adds, so the result does not depend on the order the
 // threads add in; the kept sums that the draw walks are float sums in a fixed order (a seed reproduces its token).
 // NumPy reference: minispec.sampling.sample_from(target_distribution(...), u). Tests: test_cuda_kernels.py.
