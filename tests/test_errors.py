@@ -69,6 +69,17 @@ def test_cuda_without_gpu_is_a_one_line_error(tiny_model):
     assert result.stderr.strip().count("\n") == 0 and "--device cpu" in result.stderr
 
 
+def test_auto_device_leaves_a_gpu_the_cuda_backend_cannot_run_on(monkeypatch):
+    """device "auto" picks the NumPy backend where the only GPU is older than the kernels need (compute capability
+    9.0); "cuda" still reaches CudaBackend, which refuses it in one line (tests/test_cuda_kernels.py)."""
+    from minispec import backends
+    from minispec.backends.numpy_backend import NumpyBackend
+
+    monkeypatch.setattr(backends, "cuda_available", lambda: True)
+    monkeypatch.setattr(backends, "cuda_capability", lambda: (8, 0))
+    assert isinstance(backends.make_backend("auto"), NumpyBackend)
+
+
 @pytest.mark.parametrize("flags,message", [(["--temperature", "-1"], "temperature"), (["--top-p", "0"], "top_p"), (["-n", "0"], "n must be")])
 def test_cli_invalid_sampling_values(tiny_model, flags, message, capsys):
     assert main(["generate", "hi", "--model", str(tiny_model), "--device", "cpu", *flags]) == 1

@@ -14,11 +14,22 @@ def cuda_available() -> bool:
         return False
 
 
+def cuda_capability() -> tuple[int, int]:
+    """The compute capability of the current GPU (call only where cuda_available())."""
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    return props["major"], props["minor"]
+
+
+CUDA_CAPABILITY = (9, 0)  # the CUDA backend's kernels launch thread block clusters (CudaBackend refuses older GPUs)
+
+
 def make_backend(device: str, dtype: str | None = None, kv_memory_fraction: float = 0.5):
     if device not in ("cpu", "cuda", "auto"):
         raise MinispecError(f"unknown device {device!r}: use cpu, cuda or auto")
-    if device == "auto":
-        device = "cuda" if cuda_available() else "cpu"
+    if device == "auto":  # a GPU the CUDA backend cannot run on leaves the NumPy backend
+        device = "cuda" if cuda_available() and cuda_capability() >= CUDA_CAPABILITY else "cpu"
     if device == "cpu":
         from .numpy_backend import NumpyBackend
 

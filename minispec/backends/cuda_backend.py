@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import MinispecError
 from ..step import StepPlan
-from . import driver, tensor_map
+from . import CUDA_CAPABILITY, driver, tensor_map
 
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by kernel_source
@@ -240,10 +240,10 @@ class CudaBackend:
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         self.cublas, self.cublas_error = process_cublas(cp, self.stream)  # None: the own kernel serves every M
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-        if props["major"] < 9:  # gemm.cu and sampling.cu launch thread block clusters, which older GPUs lack
+        if (props["major"], props["minor"]) < CUDA_CAPABILITY:  # gemm.cu and sampling.cu launch thread block clusters
             raise MinispecError(
-                f"the CUDA backend needs a GPU of compute capability 9.0 or later (Hopper); {props['name'].decode()} is "
-                f"{props['major']}.{props['minor']}: use --device cpu"
+                f"the CUDA backend needs a GPU of compute capability {'.'.join(map(str, CUDA_CAPABILITY))} or later (Hopper); "
+                f"{props['name'].decode()} is {props['major']}.{props['minor']}: use --device cpu"
             )
         self.sm_count = props["multiProcessorCount"]
         # Hopper (compute capability 9.0): kernels compile for sm_90a, whose warpgroup MMA (wgmma) the 8-warp
