@@ -191,23 +191,13 @@ __device__ unsigned long long block_sum_u64(unsigned long long value, SampleShar
 }
 
 // Values each block of the cluster put at `local`'s offset, gathered by every warp (lane q reads block q's) and
-// combined; every lane gets the result. The float sum adds the blocks' values in rank order.
-__device__ __forceinline__ float cluster_max(const float* local) {
+// combined; every lane gets the result. cluster_reduce: an order-free combine (max, integer sums), lanes past the
+// cluster holding `none`; cluster_sum_in_order: a float sum over the blocks in rank order.
+template <typename T, typename Combine>
+__device__ __forceinline__ T cluster_reduce(const T* local, T none, Combine combine) {
     const int lane = threadIdx.x % 32;
-    float value = lane < SAMPLE_CLUSTER ? load_cluster(local, lane) : -__int_as_float(0x7f800000);
-    for (int offset = 16; offset > 0; offset >>= 1) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
-    return value;
-}
-__device__ __forceinline__ unsigned long long cluster_sum(const unsigned long long* local) {
-    const int lane = threadIdx.x % 32;
-    unsigned long long value = lane < SAMPLE_CLUSTER ? load_cluster(local, lane) : 0;
-    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
-    return value;
-}
-__device__ __forceinline__ int cluster_sum_int(const int* local) {
-    const int lane = threadIdx.x % 32;
-    int value = lane < SAMPLE_CLUSTER ? load_cluster(local, lane) : 0;
-    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    T value = lane < SAMPLE_CLUSTER ? load_cluster(local, lane) : none;
+    for (int offset = 16; offset > 0; offset >>= 1) value = combine(value, __shfl_xor_sync(0xffffffffu, value, offset));
     return value;
 }
 __device__ __forceinline__ float cluster_sum_in_order(const float* local) {
@@ -374,7 +364,7 @@ __device__ void target_probs(const float* __restrict__ row, float* p, int n, int
     local_max = block_reduce(local_max, true, sh.scratch);
     if (threadIdx.x == 0) sh.max_x = local_max;
     cluster_sync();
-    const float row_max = cluster_max(&sh.max_x);
+    const float row_max = cluster_reduce(&sh.max_x, -__int_as_float(0x7f800000), [](float a, float b) { return fmaxf(a, b); });
     const double inv_t = 1.0 / temperature, z_max = (double)row_max * inv_t;
     unsigned long long local_mass = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -406,10 +396,10 @@ __device__ void target_probs(const float* __restrict__ row, float* p, int n, int
         local_mass = block_sum_u64(local_mass, sh);
         if (threadIdx.x == 0) sh.mass = local_mass;
         cluster_sync();
-        const unsigned long long total = cluster_sum(&sh.mass);
+        const unsigned long long total = cluster_reduce(&sh.mass, 0ull, [](unsigned long long a, unsigned long long b) { return a + b; });
         unsigned long long need = (unsigned long long)ceil(top_p * (double)total);
         need = need > 0 ? need : 1ull;
-        const int count = gather ? cluster_sum_int(&sh.candidates) : SAMPLE_CANDIDATES + 1;
+        const int count = gather ? cluster_reduce(&sh.candidates, 0, [](int a, int b) { return a + b; }) : SAMPLE_CANDIDATES + 1;
         const float tau_p = count <= SAMPLE_CANDIDATES ? candidates_tau_p(count, need, sh) : __uint_as_float(radix_select(p, n, true, need, sh));
         tau = fmaxf(tau, tau_p);
     }
