@@ -4,7 +4,8 @@
 // (steps of 5-16 rows where the GEMV inputs C, H D and I are multiples of 64; see "16-row instances").
 // This header holds the kernel; kernels/fused_layers_r{MR}.cu each instantiate one MR for both head dims, so
 // each file builds in a third of the time (all six in one file took ~20 s of nvcc on a 2-core machine) and
-// the backend compiles only the instance a step needs.
+// the backend compiles only the instance a step needs. fused_layers_r1_block_d{D} (its own file) is the decode
+// instance for up to 256 keys: attention and merge in one phase, a block per head (phase_attention, BLOCK).
 //
 // Why: a decode step runs ~10 launches per layer. Inside a CUDA graph each still costs 3-4 µs of launch,
 // ramp-up and drain, while a small model's layer streams its weights in under 2 µs. Here one block per
@@ -21,6 +22,8 @@
 //      (decode and tree steps only: the host never sends a causal chunk here). One lane per key for
 //      q.k, online softmax in fp32, then lanes own D/32 dims for p.V. Writes unnormalised o and (max, sum).
 //   C  merge the splits (unit = row, head) -> attn bf16 [M, H D]; padded rows (m >= cu_q[B]) get zeros
+//      (decode up to 256 keys, the BLOCK instance: B and C are one phase, a block per head, splits merged in
+//      shared memory)
 //   D  resid += attn Wo^T                                            (unit = output column)
 //   E  x = bf16(rmsnorm(resid) * mlp_norm);  act = bf16(silu(x Wg^T) * (x Wu^T))   (unit = column pair i, I + i)
 //   F  resid += act Wdown^T                                          (unit = output column)
@@ -521,184 +524,152 @@ __device__ void phase_qkv(const Step& s, const bf16* wqkv, bf16* k_cache, bf16* 
 // attention phase cuts the keys so; the merge derives from it which splits saw keys.
 __device__ __forceinline__ int split_span(int length, int splits) { return ((length + splits - 1) / splits + 31) / 32 * 32; }
 
-// Warp collectives (shuffles) sit outside any branch the compiler cannot prove warp-uniform: inside one it
-// emits slow WARPSYNC/collective code, and this kernel is instruction-fetch sensitive (each phase's code
-// runs once per layer), so rows past R are computed on zero queries and only their stores are skipped.
-// ROWS packed rows per unit: a warp alone runs a unit's instructions one after another (nothing hides their
-// latency), so decode gives each row of a KV head's group its own warp (ROWS = 1: a third of the work per
-// warp for G = 3, and three times the warps; the K and V rows are read by each, from L2).
-// FLAGS (decode, one row a unit): a unit first waits for its query head and its KV group's K and V heads of
-// layer l (head_done), and counts on its row's counter when its partials are written (row_done).
-template <int D, int ROWS, bool FLAGS>
-__device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* v_cache, float* smem, int gw, int tw, int warp, int lane,
-                                int l) {
-    static_assert(!FLAGS || ROWS == 1, "the counters are per row");
+// One attention unit's partials: packed rows group * ROWS .. + R - 1 of sequence b (query rows from q0; packed row
+// r = (node r / G, head kv_head * G + r % G)) over keys [k_begin, k_end) of its kv_len: per row the running max,
+// this lane's share of the exp sum and this lane's DPL dims of the unnormalised p.V. qs, ps and offsets are the
+// warp's shared-memory tiles (see phase_attention).
+template <int D, int ROWS>
+__device__ __forceinline__ void attend(const Step& s, const bf16* k_cache, const bf16* v_cache, float* qs, int b, int q0, int kv_head,
+                                       int group, int R, int k_begin, int k_end, int lane, float (&run_max)[ROWS],
+                                       float (&lane_sum)[ROWS], float (&acc)[ROWS][D / 32]) {
     constexpr int DPL = D / 32;  // dims per lane in p.V
-    int G = s.H / s.Hkv, units = s.B * s.Hkv * s.groups * s.splits;
-    float* qs = smem + warp * (ROWS * D + 32 * ROWS + 64);       // [ROWS][D] scaled queries
+    int G = s.H / s.Hkv;
     float* ps = qs + ROWS * D;                                    // [32 keys][ROWS] softmax weights
     long long* offsets = reinterpret_cast<long long*>(ps + 32 * ROWS);  // [32] page offsets of the keys
-    for (int u = gw; u < units; u += tw) {
-        int split = u % s.splits, rest = u / s.splits;
-        int group = rest % s.groups;
-        rest /= s.groups;
-        int kv_head = rest % s.Hkv, b = rest / s.Hkv;
-        int q0 = s.cu_q[b], T = s.cu_q[b + 1] - q0, R = min(ROWS, T * G - group * ROWS);
-        if (R <= 0) continue;  // (FLAGS: a decode step has no such unit)
-        if constexpr (FLAGS) {
-            unsigned done = (D / 2) * (l + 1);  // qkv units a head has after layer l
-            wait_count(head_done(s, kv_head * G + group % G), done, lane);
-            wait_count(head_done(s, s.H + kv_head), done, lane);
-            wait_count(head_done(s, s.H + s.Hkv + kv_head), done, lane);
+    int start = s.tree_start[b];
+    const int* table = s.page_tables + (long long)b * s.W;
+    unsigned long long mask[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        mask[r] = r < R ? s.masks[q0 + (group * ROWS + r) / G] : 0ull;
+        run_max[r] = NEG_INF, lane_sum[r] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < DPL; e++) acc[r][e] = 0.0f;
+    }
+    constexpr int VB = D == 64 ? 32 : 16;  // value rows in flight (32 registers); lane owns dims lane * DPL ..
+    // decode (ROWS = 1): the first VB keys' values and the first 8 chunks of key j go out before anything waits,
+    // and on the first tile the queries after them: one L2 round trip where the queries, the scores and p.V
+    // each waited for one. (With 4 rows the registers this holds made the compiler spill.)
+    constexpr bool EARLY = ROWS == 1;
+    auto stage_queries = [&]() {  // the group's queries as float4s, all in flight
+#pragma unroll
+        for (int k = 0; k < (ROWS * D / 4 + 31) / 32; k++) {
+            int i = lane + 32 * k, r = i / (D / 4), packed = group * ROWS + r;
+            if (i >= ROWS * D / 4) break;
+            const float4* q = reinterpret_cast<const float4*>(s.q_buf + ((long long)(q0 + packed / G) * s.H + kv_head * G + packed % G) * D);
+            float4 v = r < R ? __ldcg(q + i % (D / 4)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            reinterpret_cast<float4*>(qs)[i] = make_float4(v.x * s.scale, v.y * s.scale, v.z * s.scale, v.w * s.scale);
         }
-        int length = s.kv_len[b], start = s.tree_start[b];
-        int span = split_span(length, s.splits);
-        int k_begin = split * span, k_end = min(length, k_begin + span);
-        const int* table = s.page_tables + (long long)b * s.W;
-        unsigned long long mask[ROWS];
-        float run_max[ROWS], lane_sum[ROWS], acc[ROWS][DPL];
+        __syncwarp();
+    };
+    __syncwarp();  // the previous unit is done with qs, ps and offsets
+    if (!EARLY) stage_queries();
+    for (int k0 = k_begin; k0 < k_end; k0 += 32) {
+        const int j = k0 + lane, keys = min(32, k_end - k0);
+        // offset of key j's row in the K and V pages (the same layout)
+        long long offset = j < k_end ? (((long long)table[j / s.P] * s.Hkv + kv_head) * s.P + j % s.P) * D : 0;
+        offsets[lane] = offset;
+        __syncwarp();
+        unsigned vraw[VB][DPL / 2];
+        auto load_values = [&](int j0) {
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) {
-            mask[r] = r < R ? s.masks[q0 + (group * ROWS + r) / G] : 0ull;
-            run_max[r] = NEG_INF, lane_sum[r] = 0.0f;
-#pragma unroll
-            for (int e = 0; e < DPL; e++) acc[r][e] = 0.0f;
-        }
-        constexpr int VB = D == 64 ? 32 : 16;  // value rows in flight (32 registers); lane owns dims lane * DPL ..
-        // decode (ROWS = 1): the first VB keys' values and the first 8 chunks of key j go out before anything waits,
-        // and on the first tile the queries after them: one L2 round trip where the queries, the scores and p.V
-        // each waited for one. (With 4 rows the registers this holds made the compiler spill.)
-        constexpr bool EARLY = ROWS == 1;
-        auto stage_queries = [&]() {  // the group's queries as float4s, all in flight
-#pragma unroll
-            for (int k = 0; k < (ROWS * D / 4 + 31) / 32; k++) {
-                int i = lane + 32 * k, r = i / (D / 4), packed = group * ROWS + r;
-                if (i >= ROWS * D / 4) break;
-                const float4* q = reinterpret_cast<const float4*>(s.q_buf + ((long long)(q0 + packed / G) * s.H + kv_head * G + packed % G) * D);
-                float4 v = r < R ? __ldcg(q + i % (D / 4)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                reinterpret_cast<float4*>(qs)[i] = make_float4(v.x * s.scale, v.y * s.scale, v.z * s.scale, v.w * s.scale);
+            for (int q = 0; q < VB; q++) {
+                const bf16* value = v_cache + offsets[j0 + q] + lane * DPL;
+                if constexpr (DPL == 2) vraw[q][0] = j0 + q < keys ? *reinterpret_cast<const unsigned*>(value) : 0u;
+                else {
+                    uint2 raw = j0 + q < keys ? *reinterpret_cast<const uint2*>(value) : make_uint2(0, 0);
+                    vraw[q][0] = raw.x, vraw[q][DPL / 2 - 1] = raw.y;
+                }
             }
-            __syncwarp();
         };
-        __syncwarp();  // the previous unit is done with qs, ps and offsets
-        if (!EARLY) stage_queries();
-        for (int k0 = k_begin; k0 < k_end; k0 += 32) {
-            const int j = k0 + lane, keys = min(32, k_end - k0);
-            // offset of key j's row in the K and V pages (the same layout)
-            long long offset = j < k_end ? (((long long)table[j / s.P] * s.Hkv + kv_head) * s.P + j % s.P) * D : 0;
-            offsets[lane] = offset;
-            __syncwarp();
-            unsigned vraw[VB][DPL / 2];
-            auto load_values = [&](int j0) {
+        const uint4* key = reinterpret_cast<const uint4*>(k_cache + offset);
+        uint4 raw[8];
 #pragma unroll
-                for (int q = 0; q < VB; q++) {
-                    const bf16* value = v_cache + offsets[j0 + q] + lane * DPL;
-                    if constexpr (DPL == 2) vraw[q][0] = j0 + q < keys ? *reinterpret_cast<const unsigned*>(value) : 0u;
-                    else {
-                        uint2 raw = j0 + q < keys ? *reinterpret_cast<const uint2*>(value) : make_uint2(0, 0);
-                        vraw[q][0] = raw.x, vraw[q][DPL / 2 - 1] = raw.y;
-                    }
-                }
-            };
-            const uint4* key = reinterpret_cast<const uint4*>(k_cache + offset);
-            uint4 raw[8];
-#pragma unroll
-            for (int c = 0; c < 8; c++) raw[c] = j < k_end ? key[c] : make_uint4(0, 0, 0, 0);
-            if (EARLY) {
-                load_values(0);
-                if (k0 == k_begin) stage_queries();
-            }
-            float score[ROWS];
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) score[r] = 0.0f;
-            // lane j: q . k_j for every row of the group, 8 16-byte loads in flight (lanes past the end: zeros)
-#pragma unroll
-            for (int c0 = 0; c0 < D / 8; c0 += 8) {
-                if (c0 > 0)
-#pragma unroll
-                    for (int c = 0; c < 8; c++) raw[c] = j < k_end ? key[c0 + c] : make_uint4(0, 0, 0, 0);
-#pragma unroll
-                for (int c = 0; c < 8; c++) {
-                    float kf[8];
-                    unpack8(raw[c], kf);
-#pragma unroll
-                    for (int r = 0; r < ROWS; r++) {
-                        float4 qa = *reinterpret_cast<const float4*>(qs + r * D + 8 * (c0 + c));
-                        float4 qb = *reinterpret_cast<const float4*>(qs + r * D + 8 * (c0 + c) + 4);
-                        score[r] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
-                                    qb.z * kf[6] + qb.w * kf[7];
-                    }
-                }
-            }
-            float p[ROWS];
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) {
-                bool visible = j < k_end && (j < start || ((mask[r] >> (j - start)) & 1ull));
-                float sc = visible ? score[r] : NEG_INF;
-                float new_max = fmaxf(run_max[r], warp_max(sc));
-                p[r] = new_max == NEG_INF ? 0.0f : __expf(sc - new_max);
-                float correction = new_max == NEG_INF ? 1.0f : __expf(run_max[r] - new_max);
-                lane_sum[r] = lane_sum[r] * correction + p[r];
-#pragma unroll
-                for (int e = 0; e < DPL; e++) acc[r][e] *= correction;
-                run_max[r] = new_max;
-            }
-            if constexpr (ROWS == 4) reinterpret_cast<float4*>(ps)[lane] = make_float4(p[0], p[1], p[2], p[3]);
-            else
-#pragma unroll
-                for (int r = 0; r < ROWS; r++) ps[lane * ROWS + r] = p[r];
-            __syncwarp();
-            for (int j0 = 0; j0 < keys; j0 += VB) {
-                if (!EARLY || j0 > 0) load_values(j0);
-#pragma unroll
-                for (int q = 0; q < VB; q++) {
-                    float v[DPL];
-                    float2 a = bf2(vraw[q][0]);
-                    v[0] = a.x, v[1] = a.y;
-                    if constexpr (DPL == 4) {
-                        float2 c = bf2(vraw[q][1]);
-                        v[2] = c.x, v[3] = c.y;
-                    }
-                    float pw[ROWS];  // keys past `keys` have p = 0
-                    if constexpr (ROWS == 4) {
-                        float4 w = reinterpret_cast<const float4*>(ps)[j0 + q];
-                        pw[0] = w.x, pw[1] = w.y, pw[2] = w.z, pw[3] = w.w;
-                    } else
-#pragma unroll
-                        for (int r = 0; r < ROWS; r++) pw[r] = ps[(j0 + q) * ROWS + r];
-#pragma unroll
-                    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-                        for (int e = 0; e < DPL; e++) acc[r][e] = fmaf(pw[r], v[e], acc[r][e]);
-                }
-            }
-            __syncwarp();
+        for (int c = 0; c < 8; c++) raw[c] = j < k_end ? key[c] : make_uint4(0, 0, 0, 0);
+        if (EARLY) {
+            load_values(0);
+            if (k0 == k_begin) stage_queries();
         }
+        float score[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) score[r] = 0.0f;
+        // lane j: q . k_j for every row of the group, 8 16-byte loads in flight (lanes past the end: zeros)
+#pragma unroll
+        for (int c0 = 0; c0 < D / 8; c0 += 8) {
+            if (c0 > 0)
+#pragma unroll
+                for (int c = 0; c < 8; c++) raw[c] = j < k_end ? key[c0 + c] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int c = 0; c < 8; c++) {
+                float kf[8];
+                unpack8(raw[c], kf);
+#pragma unroll
+                for (int r = 0; r < ROWS; r++) {
+                    float4 qa = *reinterpret_cast<const float4*>(qs + r * D + 8 * (c0 + c));
+                    float4 qb = *reinterpret_cast<const float4*>(qs + r * D + 8 * (c0 + c) + 4);
+                    score[r] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
+                                qb.z * kf[6] + qb.w * kf[7];
+                }
+            }
+        }
+        float p[ROWS];
 #pragma unroll
         for (int r = 0; r < ROWS; r++) {
-            float total = warp_sum(lane_sum[r]);
-            int packed = group * ROWS + r;
-            long long row = ((long long)split * s.M + q0 + packed / G) * s.H + kv_head * G + packed % G;
-            if (r < R) {
+            bool visible = j < k_end && (j < start || ((mask[r] >> (j - start)) & 1ull));
+            float sc = visible ? score[r] : NEG_INF;
+            float new_max = fmaxf(run_max[r], warp_max(sc));
+            p[r] = new_max == NEG_INF ? 0.0f : __expf(sc - new_max);
+            float correction = new_max == NEG_INF ? 1.0f : __expf(run_max[r] - new_max);
+            lane_sum[r] = lane_sum[r] * correction + p[r];
 #pragma unroll
-                for (int e = 0; e < DPL; e++) s.o_part[row * D + lane * DPL + e] = acc[r][e];
-                if (lane == 0) s.ml_part[2 * row] = run_max[r], s.ml_part[2 * row + 1] = total;
-            }
-            if constexpr (FLAGS) signal_count(row_done(s, (q0 + packed / G) * s.H + kv_head * G + packed % G), lane);
+            for (int e = 0; e < DPL; e++) acc[r][e] *= correction;
+            run_max[r] = new_max;
         }
+        if constexpr (ROWS == 4) reinterpret_cast<float4*>(ps)[lane] = make_float4(p[0], p[1], p[2], p[3]);
+        else
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) ps[lane * ROWS + r] = p[r];
+        __syncwarp();
+        for (int j0 = 0; j0 < keys; j0 += VB) {
+            if (!EARLY || j0 > 0) load_values(j0);
+#pragma unroll
+            for (int q = 0; q < VB; q++) {
+                float v[DPL];
+                float2 a = bf2(vraw[q][0]);
+                v[0] = a.x, v[1] = a.y;
+                if constexpr (DPL == 4) {
+                    float2 c = bf2(vraw[q][1]);
+                    v[2] = c.x, v[3] = c.y;
+                }
+                float pw[ROWS];  // keys past `keys` have p = 0
+                if constexpr (ROWS == 4) {
+                    float4 w = reinterpret_cast<const float4*>(ps)[j0 + q];
+                    pw[0] = w.x, pw[1] = w.y, pw[2] = w.z, pw[3] = w.w;
+                } else
+#pragma unroll
+                    for (int r = 0; r < ROWS; r++) pw[r] = ps[(j0 + q) * ROWS + r];
+#pragma unroll
+                for (int r = 0; r < ROWS; r++)
+#pragma unroll
+                    for (int e = 0; e < DPL; e++) acc[r][e] = fmaf(pw[r], v[e], acc[r][e]);
+            }
+        }
+        __syncwarp();
     }
 }
 
-// One merged row u (unit = row, head) from its first `end` splits (the rest have weight 0; see phase_merge)
-template <int D>
-__device__ __forceinline__ void merge_row(const Step& s, float* weights, long long stride, int u, bool live, int end, int lane) {
+// One merged row from its first `end` splits (the rest have weight 0; see phase_merge): split k's running max is
+// ml(k, 0), its exp sum ml(k, 1), its unnormalised output o(k, d); the row goes to out [D] in bf16. `weights`:
+// end floats of the warp's own. The order of every sum is fixed (the same bits wherever the partials are read).
+template <int D, class ML, class O>
+__device__ __forceinline__ void merge_splits(float* weights, int end, bool live, int lane, ML ml, O o, bf16* out) {
     float top = NEG_INF, den = 0.0f;
-    for (int k = lane; k < end; k += 32) top = fmaxf(top, live ? __ldcg(s.ml_part + 2 * (k * stride + u)) : NEG_INF);
+    for (int k = lane; k < end; k += 32) top = fmaxf(top, live ? ml(k, 0) : NEG_INF);
     top = warp_max(top);
     for (int k = lane; k < end; k += 32) {
-        float w = live && top != NEG_INF ? __expf(__ldcg(s.ml_part + 2 * (k * stride + u)) - top) : 0.0f;
+        float w = live && top != NEG_INF ? __expf(ml(k, 0) - top) : 0.0f;
         weights[k] = w;
-        den += w * (live ? __ldcg(s.ml_part + 2 * (k * stride + u) + 1) : 0.0f);
+        den += w * (live ? ml(k, 1) : 0.0f);
     }
     den = warp_sum(den);
     __syncwarp();
@@ -707,15 +678,113 @@ __device__ __forceinline__ void merge_row(const Step& s, float* weights, long lo
         if (den > 0.0f) {
             int k = 0;
             for (; k + 8 <= end; k += 8) {  // 8 independent loads in flight
-                float o[8];
+                float v[8];
 #pragma unroll
-                for (int q = 0; q < 8; q++) o[q] = __ldcg(s.o_part + ((k + q) * stride + u) * D + d);
+                for (int q = 0; q < 8; q++) v[q] = o(k + q, d);
 #pragma unroll
-                for (int q = 0; q < 8; q++) num += weights[k + q] * o[q];
+                for (int q = 0; q < 8; q++) num += weights[k + q] * v[q];
             }
-            for (; k < end; k++) num += weights[k] * __ldcg(s.o_part + (k * stride + u) * D + d);
+            for (; k < end; k++) num += weights[k] * o(k, d);
         }
-        s.attn[(long long)u * D + d] = __float2bfloat16_rn(den > 0.0f ? num / den : 0.0f);
+        out[d] = __float2bfloat16_rn(den > 0.0f ? num / den : 0.0f);
+    }
+}
+
+// One merged row u (unit = row, head) of the split partials in L2 (o_part, ml_part)
+template <int D>
+__device__ __forceinline__ void merge_row(const Step& s, float* weights, long long stride, int u, bool live, int end, int lane) {
+    merge_splits<D>(
+        weights, end, live, lane, [&](int k, int i) { return __ldcg(s.ml_part + 2 * (k * stride + u) + i); },
+        [&](int k, int d) { return __ldcg(s.o_part + (k * stride + u) * D + d); }, s.attn + (long long)u * D);
+}
+
+// Warp collectives (shuffles) sit outside any branch the compiler cannot prove warp-uniform: inside one it
+// emits slow WARPSYNC/collective code, and this kernel is instruction-fetch sensitive (each phase's code
+// runs once per layer), so rows past R are computed on zero queries and only their stores are skipped.
+// ROWS packed rows per unit: a warp alone runs a unit's instructions one after another (nothing hides their
+// latency), so decode gives each row of a KV head's group its own warp (ROWS = 1: a third of the work per
+// warp for G = 3, and three times the warps; the K and V rows are read by each, from L2).
+// FLAGS (decode, one row a unit): a unit first waits for its query head and its KV group's K and V heads of
+// layer l (head_done), and counts on its row's counter when its partials are written (row_done).
+// BLOCK (the decode instance fused_layers_r1_block, which CudaBackend.fused_layers launches for contexts of up to
+// 256 keys): attention and merge in one phase, a block per head. Block u % grid takes head u of the step's one
+// row, its warp w split w (the shares of the split-and-merge path, at most WARPS of them); the partials go to
+// shared memory, and after a block barrier warp 0 merges them with merge_splits (the same sums in the same
+// order: the same bits as the separate merge phase), writes attn and counts on rows_merged. The splits meet in
+// shared memory instead of L2 and the merge waits at a block barrier instead of a counter poll: no row_done, no
+// merge phase. The price is one SM reading all of a head's keys (256 bytes a key at D = 64), which is why it
+// serves up to 8 splits of 32 keys. A separate instance, not a branch: with both paths in one kernel the split
+// path's phases ran 3% slower (a bigger body). Measured: notes/fused_block_h100_stop23.log.
+template <int D, int ROWS, bool FLAGS, bool BLOCK>
+__device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* v_cache, float* smem, int gw, int tw, int warp, int lane,
+                                int l) {
+    static_assert(!FLAGS || ROWS == 1, "the counters are per row");
+    static_assert(!BLOCK || FLAGS, "a block per head is a decode step's");
+    constexpr int DPL = D / 32, PART = D + 2;  // dims per lane in p.V; a split's partial in shared memory: o, max, sum
+    int G = s.H / s.Hkv, units = s.B * s.Hkv * s.groups * s.splits;
+    float* qs = smem + warp * (ROWS * D + 32 * ROWS + 64);  // the warp's tiles: [ROWS][D] scaled queries, then attend's
+    float* parts = smem + WARPS * (ROWS * D + 32 * ROWS + 64);  // block: [splits][PART]
+    constexpr bool block = BLOCK;
+    if (block && s.splits > WARPS) __trap();  // a split per warp (the host sends at most 8)
+    for (int u = block ? blockIdx.x : gw; u < (block ? s.H : units); u += block ? gridDim.x : tw) {
+        int split, group, kv_head, b;
+        if (block) split = warp, group = u % G, kv_head = u / G, b = 0;
+        else {
+            split = u % s.splits;
+            int rest = u / s.splits;
+            group = rest % s.groups;
+            rest /= s.groups;
+            kv_head = rest % s.Hkv, b = rest / s.Hkv;
+        }
+        int q0 = s.cu_q[b], T = s.cu_q[b + 1] - q0, R = min(ROWS, T * G - group * ROWS);
+        if (R <= 0) continue;  // (FLAGS: a decode step has no such unit)
+        if constexpr (FLAGS) {
+            unsigned done = (D / 2) * (l + 1);  // qkv units a head has after layer l
+            if (block) {  // one thread polls: warps spinning on L2 would take issue slots from the block's qkv warps
+                if (threadIdx.x == 0) {
+                    poll_until(head_done(s, u), done);
+                    poll_until(head_done(s, s.H + kv_head), done);
+                    poll_until(head_done(s, s.H + s.Hkv + kv_head), done);
+                }
+                __syncthreads();
+            } else {
+                wait_count(head_done(s, kv_head * G + group % G), done, lane);
+                wait_count(head_done(s, s.H + kv_head), done, lane);
+                wait_count(head_done(s, s.H + s.Hkv + kv_head), done, lane);
+            }
+        }
+        int length = s.kv_len[b];
+        int span = split_span(length, s.splits);
+        int k_begin = split * span, k_end = min(length, k_begin + span);  // (block: warps past the splits get none)
+        float run_max[ROWS], lane_sum[ROWS], acc[ROWS][DPL];
+        attend<D, ROWS>(s, k_cache, v_cache, qs, b, q0, kv_head, group, R, k_begin, k_end, lane, run_max, lane_sum, acc);
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            float total = warp_sum(lane_sum[r]);
+            int packed = group * ROWS + r;
+            long long row = ((long long)split * s.M + q0 + packed / G) * s.H + kv_head * G + packed % G;
+            if (block) {
+                float* part = parts + split * PART;
+#pragma unroll
+                for (int e = 0; e < DPL; e++) part[lane * DPL + e] = acc[r][e];
+                if (lane == 0) part[D] = run_max[r], part[D + 1] = total;
+            } else if (r < R) {
+#pragma unroll
+                for (int e = 0; e < DPL; e++) s.o_part[row * D + lane * DPL + e] = acc[r][e];
+                if (lane == 0) s.ml_part[2 * row] = run_max[r], s.ml_part[2 * row + 1] = total;
+            }
+            if constexpr (FLAGS && !block) signal_count(row_done(s, (q0 + packed / G) * s.H + kv_head * G + packed % G), lane);
+        }
+        if constexpr (block) {
+            __syncthreads();  // every split's partial is in shared memory
+            if (warp == 0) {
+                merge_splits<D>(
+                    qs, s.splits, true, lane, [&](int k, int i) { return parts[k * PART + D + i]; },
+                    [&](int k, int d) { return parts[k * PART + d]; }, s.attn + (long long)u * D);
+                signal_count(rows_merged(s), lane);
+            }
+            __syncthreads();  // warp 0 is done with the partials before the next head's overwrite them
+        }
     }
 }
 
@@ -970,7 +1039,7 @@ __device__ void prefetch_layer(const Step& s, const unsigned long long* next, in
     }
 }
 
-template <int MR, int D>
+template <int MR, int D, bool BLOCK>
 __device__ void fused_layers_body(const Step& s) {
     extern __shared__ uint4 smem[];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -1024,17 +1093,18 @@ __device__ void fused_layers_body(const Step& s) {
         // no other phase before the O phase's wait, which follows every merge and so every qkv unit.
         if constexpr (!PRE) grid_barrier(s.barrier, target);
         stamp(s, 1 + 6 * l);
-        phase_attention<D, MR == 1 ? 1 : GROUP_ROWS, PRE>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane, l);
+        phase_attention<D, MR == 1 ? 1 : GROUP_ROWS, PRE, BLOCK>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane, l);
 #ifdef FUSED_TRACE_TWICE  // experiment: the same attention again, its code and data now cached
         TRACE(l, 10);
-        phase_attention<D, MR == 1 ? 1 : GROUP_ROWS, false>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane, l);
+        phase_attention<D, MR == 1 ? 1 : GROUP_ROWS, false, false>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane, l);
 #endif
         TRACE(l, 2);
         if constexpr (!PRE) grid_barrier(s.barrier, target);
         stamp(s, 2 + 6 * l);
         // decode: the merge's split weights go to the warp's slot (free until the O copy below), not over the
         // attention tiles of the block's other warps, which may still be at work
-        phase_merge<D, PRE>(s, PRE ? reinterpret_cast<float*>(slot) : reinterpret_cast<float*>(smem) + warp * s.splits, gw, tw, lane, l);
+        if constexpr (!BLOCK)  // (BLOCK: merged in phase_attention)
+            phase_merge<D, PRE>(s, PRE ? reinterpret_cast<float*>(slot) : reinterpret_cast<float*>(smem) + warp * s.splits, gw, tw, lane, l);
         TRACE(l, 3);
         // the resid values the residual phases add to were written two barriers before them: read before the wait
         if constexpr (PRE) __syncthreads();  // the block's warps are done with shared memory (the O staging overwrites it)
@@ -1081,8 +1151,8 @@ __device__ void fused_layers_body(const Step& s) {
     }
 }
 
-#define FUSED_LAYERS(MR, D)                                                                                            \
-    extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_layers_r##MR##_d##D(                                \
+#define FUSED_LAYERS_KERNEL(NAME, MR, D, BLOCK)                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) NAME(                                                     \
         const unsigned long long* layers, int L, float* resid, const int* positions, const int* slots,                \
         const float* cos_table, const float* sin_table, const int* cu_q, const int* kv_len, const int* tree_start,    \
         const unsigned long long* masks, const int* page_tables, int W, int B, float* q_buf, float* o_part,            \
@@ -1091,5 +1161,8 @@ __device__ void fused_layers_body(const Step& s) {
         Step s{layers, L, resid, positions, slots, cu_q, kv_len, tree_start, page_tables, masks, cos_table, sin_table, \
                W, B, q_buf, o_part, ml_part, attn, act, barrier, M, C, H, Hkv, I, P, groups, splits, eps, scale,       \
                prefetch, prefetch_kv, clock};                                                                          \
-        fused_layers_body<MR, D>(s);                                                                                   \
+        fused_layers_body<MR, D, BLOCK>(s);                                                                            \
     }
+#define FUSED_LAYERS(MR, D) FUSED_LAYERS_KERNEL(fused_layers_r##MR##_d##D, MR, D, false)
+// the decode instance with attention and merge in one phase, a block per head (phase_attention, BLOCK)
+#define FUSED_LAYERS_BLOCK(D) FUSED_LAYERS_KERNEL(fused_layers_r1_block_d##D, 1, D, true)

@@ -28,6 +28,12 @@ WGMMA_GEMM_STAGES = {1: 6, 2: 4}  # gemm_wgmma's ring depth by consumer warpgrou
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
 SAMPLE_STATIC_SHARED = 40 << 10  # its blocks' static shared memory (SampleShared), rounded up
 FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots: 16 warps x SLOT_CHUNKS x 16 bytes
+# Decode steps whose attention takes at most this many key shares (up to 256 keys: context_bucket // 32) run the
+# fused decode instance that merges them in shared memory, a block per head. Measured on the default model's
+# shapes (H100, notes/fused_block_h100_stop23.log): kernel span at 100 keys 561 -> 492 µs, at 8 full shares (255
+# keys) 548 -> 512; 16 shares (the 512 bucket) were level over the bucket: 528 against ~550 µs at 300 keys,
+# 571 against ~550 at 500.
+FUSED_BLOCK_SPLITS = 8
 
 
 def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
@@ -866,7 +872,9 @@ class CudaBackend:
         kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
         prefetch_kv = kv_bytes <= 8 << 20
         pass_rows = self.fused_pass_rows(c, rows)
-        kernel = self.kernel(f"fused_layers_r{pass_rows}.cu", f"fused_layers_r{pass_rows}_d{D}")
+        # decode over at most FUSED_BLOCK_SPLITS shares: a block per head merges them itself (fused_layers.cuh, BLOCK)
+        name = f"fused_layers_r{pass_rows}" + ("_block" if pass_rows == 1 and splits <= FUSED_BLOCK_SPLITS else "")
+        kernel = self.kernel(f"{name}.cu", f"{name}_d{D}")
         shared = self.fused_shared_bytes(c, rows)
         allow_shared(kernel, shared)
         i32 = np.int32

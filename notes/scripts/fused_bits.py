@@ -21,7 +21,7 @@ backend = CudaBackend()
 model = Model(config, random_model_on_gpu(config, backend), backend)
 rng = np.random.default_rng(0)
 out = {}
-for context in (100, 600, 3000):
+for context in (100, 250, 600, 3000):
     cache = model.new_cache(-(-(context + 64) // 16) + 1, 16)
     table = []
     cache.prepare(table, 0, context + 64)

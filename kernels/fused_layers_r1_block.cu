@@ -1,0 +1,6 @@
+// The fused-layers kernel (kernels/fused_layers.cuh) for decode steps of up to 256 keys: 1 row per GEMV pass,
+// attention and its merge in one phase, a block per head (phase_attention, BLOCK).
+#include "fused_layers.cuh"
+
+FUSED_LAYERS_BLOCK(64)
+FUSED_LAYERS_BLOCK(128)
