@@ -4,8 +4,9 @@
 // (steps of 5-16 rows where the GEMV inputs C, H D and I are multiples of 64; see "16-row instances").
 // This header holds the kernel; kernels/fused_layers_r{MR}.cu each instantiate one MR for both head dims, so
 // each file builds in a third of the time (all six in one file took ~20 s of nvcc on a 2-core machine) and
-// the backend compiles only the instance a step needs. fused_layers_r1_block_d{D} (its own file) is the decode
-// instance for up to 256 keys: attention and merge in one phase, a block per head (phase_attention, BLOCK).
+// the backend compiles only the instance a step needs. fused_layers_r{MR}_block_d{D} (files of their own) serve
+// steps of up to 256 keys: attention and merge in one phase, a block per KV head and row group (phase_attention,
+// BLOCK).
 //
 // Why: a decode step runs ~10 launches per layer. Inside a CUDA graph each still costs 3-4 µs of launch,
 // ramp-up and drain, while a small model's layer streams its weights in under 2 µs. Here one block per
@@ -22,8 +23,8 @@
 //      (decode and tree steps only: the host never sends a causal chunk here). One lane per key for
 //      q.k, online softmax in fp32, then lanes own D/32 dims for p.V. Writes unnormalised o and (max, sum).
 //   C  merge the splits (unit = row, head) -> attn bf16 [M, H D]; padded rows (m >= cu_q[B]) get zeros
-//      (decode up to 256 keys, the BLOCK instance: B and C are one phase, a block per head, splits merged in
-//      shared memory)
+//      (up to 256 keys, the BLOCK instances: B and C are one phase, a block per unit of B without its split,
+//      the splits merged in shared memory)
 //   D  resid += attn Wo^T                                            (unit = output column)
 //   E  x = bf16(rmsnorm(resid) * mlp_norm);  act = bf16(silu(x Wg^T) * (x Wu^T))   (unit = column pair i, I + i)
 //   F  resid += act Wdown^T                                          (unit = output column)
@@ -706,33 +707,31 @@ __device__ __forceinline__ void merge_row(const Step& s, float* weights, long lo
 // warp for G = 3, and three times the warps; the K and V rows are read by each, from L2).
 // FLAGS (decode, one row a unit): a unit first waits for its query head and its KV group's K and V heads of
 // layer l (head_done), and counts on its row's counter when its partials are written (row_done).
-// BLOCK (the decode instance fused_layers_r1_block, which CudaBackend.fused_layers launches for contexts of up to
-// 256 keys): attention and merge in one phase, a block per head. Block u % grid takes head u of the step's one
-// row, its warp w split w (the shares of the split-and-merge path, at most WARPS of them); the partials go to
-// shared memory, and after a block barrier warp 0 merges them with merge_splits (the same sums in the same
-// order: the same bits as the separate merge phase), writes attn and counts on rows_merged. The splits meet in
-// shared memory instead of L2 and the merge waits at a block barrier instead of a counter poll: no row_done, no
-// merge phase. The price is one SM reading all of a head's keys (256 bytes a key at D = 64), which is why it
-// serves up to 8 splits of 32 keys. A separate instance, not a branch: with both paths in one kernel the split
-// path's phases ran 3% slower (a bigger body). Measured: notes/fused_block_h100_stop23.log.
+// BLOCK (the instances fused_layers_r{MR}_block, which CudaBackend.fused_layers launches for steps of up to 256 keys):
+// attention and merge in one phase. Block u % grid takes unit u = (sequence, KV head, row group) whole, its warp w
+// split w (the shares of the split-and-merge path, at most WARPS of them); the partials go to shared memory, and
+// after a block barrier warp r merges packed row r with merge_splits (the merge phase's sums in its order: the same
+// bits) and writes attn. The splits meet in shared memory instead of L2: no merge phase and no grid barrier
+// (trees) or row_done counters (decode: one thread polls the head counters for the block, and the merging warp
+// counts on rows_merged). The price is one SM reading all of a KV head's keys (256 bytes a key at D = 64), which
+// is why it serves up to 8 splits of 32 keys. Separate instances, not a branch: with both paths in one kernel the
+// split path's phases ran 3% slower (a bigger body). Measured: notes/fused_block_h100_stop23.log.
 template <int D, int ROWS, bool FLAGS, bool BLOCK>
 __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* v_cache, float* smem, int gw, int tw, int warp, int lane,
                                 int l) {
     static_assert(!FLAGS || ROWS == 1, "the counters are per row");
-    static_assert(!BLOCK || FLAGS, "a block per head is a decode step's");
     constexpr int DPL = D / 32, PART = D + 2;  // dims per lane in p.V; a split's partial in shared memory: o, max, sum
-    int G = s.H / s.Hkv, units = s.B * s.Hkv * s.groups * s.splits;
+    int G = s.H / s.Hkv, units = FLAGS && BLOCK ? s.H : s.B * s.Hkv * s.groups * (BLOCK ? 1 : s.splits);
     float* qs = smem + warp * (ROWS * D + 32 * ROWS + 64);  // the warp's tiles: [ROWS][D] scaled queries, then attend's
-    float* parts = smem + WARPS * (ROWS * D + 32 * ROWS + 64);  // block: [splits][PART]
+    float* parts = smem + WARPS * (ROWS * D + 32 * ROWS + 64);  // BLOCK: [splits][ROWS][PART]
     constexpr bool block = BLOCK;
     if (block && s.splits > WARPS) __trap();  // a split per warp (the host sends at most 8)
-    for (int u = block ? blockIdx.x : gw; u < (block ? s.H : units); u += block ? gridDim.x : tw) {
+    for (int u = block ? blockIdx.x : gw; u < units; u += block ? gridDim.x : tw) {
         int split, group, kv_head, b;
-        if (block) split = warp, group = u % G, kv_head = u / G, b = 0;
+        if constexpr (FLAGS && block) split = warp, group = u % G, kv_head = u / G, b = 0;  // decode: one row, head u
         else {
-            split = u % s.splits;
-            int rest = u / s.splits;
-            group = rest % s.groups;
+            int rest = block ? u : u / s.splits;
+            split = block ? warp : u % s.splits, group = rest % s.groups;
             rest /= s.groups;
             kv_head = rest % s.Hkv, b = rest / s.Hkv;
         }
@@ -742,7 +741,7 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
             unsigned done = (D / 2) * (l + 1);  // qkv units a head has after layer l
             if (block) {  // one thread polls: warps spinning on L2 would take issue slots from the block's qkv warps
                 if (threadIdx.x == 0) {
-                    poll_until(head_done(s, u), done);
+                    poll_until(head_done(s, kv_head * G + group % G), done);
                     poll_until(head_done(s, s.H + kv_head), done);
                     poll_until(head_done(s, s.H + s.Hkv + kv_head), done);
                 }
@@ -764,7 +763,7 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
             int packed = group * ROWS + r;
             long long row = ((long long)split * s.M + q0 + packed / G) * s.H + kv_head * G + packed % G;
             if (block) {
-                float* part = parts + split * PART;
+                float* part = parts + (split * ROWS + r) * PART;
 #pragma unroll
                 for (int e = 0; e < DPL; e++) part[lane * DPL + e] = acc[r][e];
                 if (lane == 0) part[D] = run_max[r], part[D + 1] = total;
@@ -777,14 +776,20 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
         }
         if constexpr (block) {
             __syncthreads();  // every split's partial is in shared memory
-            if (warp == 0) {
+            if (FLAGS ? warp == 0 : warp < R) {  // warp r merges packed row r (decode: warp 0 the row of head u)
+                const int r = warp, packed = group * ROWS + r;
+                const long long row = FLAGS ? u : (long long)(q0 + packed / G) * s.H + kv_head * G + packed % G;
                 merge_splits<D>(
-                    qs, s.splits, true, lane, [&](int k, int i) { return parts[k * PART + D + i]; },
-                    [&](int k, int d) { return parts[k * PART + d]; }, s.attn + (long long)u * D);
-                signal_count(rows_merged(s), lane);
+                    qs, s.splits, true, lane, [&](int k, int i) { return parts[(k * ROWS + r) * PART + D + i]; },
+                    [&](int k, int d) { return parts[(k * ROWS + r) * PART + d]; }, s.attn + row * D);
+                if constexpr (FLAGS) signal_count(rows_merged(s), lane);
             }
-            __syncthreads();  // warp 0 is done with the partials before the next head's overwrite them
+            __syncthreads();  // the merging warps are done with the partials before the next unit's overwrite them
         }
+    }
+    if constexpr (block && !FLAGS) {  // padded rows of a captured bucket (m >= cu_q[B]) get zeros, as phase_merge gives them
+        const int live = s.cu_q[s.B] * s.H * D, total = s.M * s.H * D;
+        for (int i = live + blockIdx.x * THREADS + threadIdx.x; i < total; i += gridDim.x * THREADS) s.attn[i] = __float2bfloat16_rn(0.0f);
     }
 }
 
@@ -1099,7 +1104,7 @@ __device__ void fused_layers_body(const Step& s) {
         phase_attention<D, MR == 1 ? 1 : GROUP_ROWS, false, false>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane, l);
 #endif
         TRACE(l, 2);
-        if constexpr (!PRE) grid_barrier(s.barrier, target);
+        if constexpr (!PRE && !BLOCK) grid_barrier(s.barrier, target);
         stamp(s, 2 + 6 * l);
         // decode: the merge's split weights go to the warp's slot (free until the O copy below), not over the
         // attention tiles of the block's other warps, which may still be at work
@@ -1164,5 +1169,5 @@ __device__ void fused_layers_body(const Step& s) {
         fused_layers_body<MR, D, BLOCK>(s);                                                                            \
     }
 #define FUSED_LAYERS(MR, D) FUSED_LAYERS_KERNEL(fused_layers_r##MR##_d##D, MR, D, false)
-// the decode instance with attention and merge in one phase, a block per head (phase_attention, BLOCK)
-#define FUSED_LAYERS_BLOCK(D) FUSED_LAYERS_KERNEL(fused_layers_r1_block_d##D, 1, D, true)
+// attention and merge in one phase, a block per (sequence, KV head, row group) (phase_attention, BLOCK)
+#define FUSED_LAYERS_BLOCK(MR, D) FUSED_LAYERS_KERNEL(fused_layers_r##MR##_block_d##D, MR, D, true)

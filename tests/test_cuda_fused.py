@@ -20,11 +20,13 @@ BF16 = ml_dtypes.bfloat16
 
 # (prefix length L, tree shape, T) per sequence; every step has at most 16 rows
 STEPS = {
-    "decode": [(40, "single", 1)],  # up to 256 keys a block per head merges its 8 splits (two with keys here)
+    # up to 256 keys a block per (sequence, KV head, row group) merges the 8 key splits (here two with keys)
+    "decode": [(40, "single", 1)],
     "decode 250": [(250, "single", 1)],  # every one of the 8 splits with keys
-    "decode 300": [(300, "single", 1)],  # 16 splits, spread over the grid, then a merge phase
+    "decode 300": [(300, "single", 1)],  # past 256 keys: 16 splits spread over the grid, then a merge phase
     "decode batch": [(40, "single", 1), (0, "single", 1), (200, "single", 1), (17, "single", 1)],
     "tree": [(75, "random", 16)],
+    "long tree": [(300, "random", 16)],  # the split-and-merge path
     "small tree": [(50, "random", 6)],  # 6 rows of 8 staged (16 for the tensor-core instance)
     "mixed trees": [(20, "chain", 7), (33, "star", 5), (0, "single", 1), (130, "random", 3)],
 }

@@ -28,11 +28,11 @@ WGMMA_GEMM_STAGES = {1: 6, 2: 4}  # gemm_wgmma's ring depth by consumer warpgrou
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
 SAMPLE_STATIC_SHARED = 40 << 10  # its blocks' static shared memory (SampleShared), rounded up
 FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots: 16 warps x SLOT_CHUNKS x 16 bytes
-# Decode steps whose attention takes at most this many key shares (up to 256 keys: context_bucket // 32) run the
-# fused decode instance that merges them in shared memory, a block per head. Measured on the default model's
-# shapes (H100, notes/fused_block_h100_stop23.log): kernel span at 100 keys 561 -> 492 µs, at 8 full shares (255
-# keys) 548 -> 512; 16 shares (the 512 bucket) were level over the bucket: 528 against ~550 µs at 300 keys,
-# 571 against ~550 at 500.
+# Steps whose attention takes at most this many key shares (up to 256 keys: context_bucket // 32) run the fused
+# instances that merge them in shared memory, a block per (sequence, KV head, row group). Measured on the default
+# model's shapes (H100, notes/fused_block_h100_stop23.log), decode: kernel span at 100 keys 561 -> 492 µs, at 8 full
+# shares (255 keys) 548 -> 512; 16 shares (the 512 bucket) were level over the bucket: 528 against ~550 µs at 300
+# keys, 571 against ~550 at 500.
 FUSED_BLOCK_SPLITS = 8
 
 
@@ -824,14 +824,16 @@ class CudaBackend:
         return rows if self.fused_shared_bytes(c, rows) <= self.max_shared else 0
 
     @classmethod
-    def fused_shared_bytes(cls, c, rows: int) -> int:
+    def fused_shared_bytes(cls, c, rows: int, block: bool = True) -> int:
         """Shared memory of the fused kernel: the staged GEMV input rows (the tensor-core instance: always 16,
-        then 16 warps x 32 lanes x 4 fp32 of cross-warp sums), or 16 warps' attention tiles (q, p, key offsets);
-        the decode instance then has a slot per warp for its next GEMV's first weights (8 x 32 16-byte chunks)."""
+        then 16 warps x 32 lanes x 4 fp32 of cross-warp sums), or 16 warps' attention tiles (q, p, key offsets;
+        the block instances of more than one row then 16 splits x 4 rows of partials); the decode instance then
+        has a slot per warp for its next GEMV's first weights (8 x 32 16-byte chunks)."""
         widest = max(c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size)
         pass_rows = cls.fused_pass_rows(c, rows)
         staged = 16 * widest * 2 + 16 * 32 * 4 * 4 if pass_rows == 16 else rows * widest * 2
-        shared = max(staged, 16 * (4 * c.head_dim + 4 * 32 + 64) * 4)
+        partials = 16 * 4 * (c.head_dim + 2) * 4 if block and pass_rows > 1 else 0
+        shared = max(staged, 16 * (4 * c.head_dim + 4 * 32 + 64) * 4 + partials)
         return shared + FUSED_SLOT_BYTES if pass_rows == 1 else shared
 
     def layer_table(self, model, cache):
@@ -872,10 +874,11 @@ class CudaBackend:
         kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
         prefetch_kv = kv_bytes <= 8 << 20
         pass_rows = self.fused_pass_rows(c, rows)
-        # decode over at most FUSED_BLOCK_SPLITS shares: a block per head merges them itself (fused_layers.cuh, BLOCK)
-        name = f"fused_layers_r{pass_rows}" + ("_block" if pass_rows == 1 and splits <= FUSED_BLOCK_SPLITS else "")
+        # at most FUSED_BLOCK_SPLITS shares: a block per (sequence, KV head, row group) merges them (fused_layers.cuh, BLOCK)
+        block = splits <= FUSED_BLOCK_SPLITS
+        name = f"fused_layers_r{pass_rows}" + ("_block" if block else "")
         kernel = self.kernel(f"{name}.cu", f"{name}_d{D}")
-        shared = self.fused_shared_bytes(c, rows)
+        shared = self.fused_shared_bytes(c, rows, block)
         allow_shared(kernel, shared)
         i32 = np.int32
         kernel(
