@@ -31,8 +31,8 @@ FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots:
 # Steps whose attention takes at most this many key shares (up to 256 keys: context_bucket // 32) run the fused
 # instances that merge them in shared memory, a block per (sequence, KV head, row group). Measured on the default
 # model's shapes (H100, notes/fused_block_h100_stop23.log), decode: kernel span at 100 keys 561 -> 492 µs, at 8 full
-# shares (255 keys) 548 -> 512; 16 shares (the 512 bucket) were level over the bucket: 528 against ~550 µs at 300
-# keys, 571 against ~550 at 500.
+# shares (255 keys) 548 -> 512; a T = 16 tree at 100 keys 782 -> 718. 16 shares (the 512 bucket) were level over the
+# bucket for decode: 528 against ~550 µs at 300 keys, 571 against ~550 at 500.
 FUSED_BLOCK_SPLITS = 8
 
 
