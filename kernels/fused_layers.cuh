@@ -724,14 +724,13 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
     int G = s.H / s.Hkv, units = FLAGS && BLOCK ? s.H : s.B * s.Hkv * s.groups * (BLOCK ? 1 : s.splits);
     float* qs = smem + warp * (ROWS * D + 32 * ROWS + 64);  // the warp's tiles: [ROWS][D] scaled queries, then attend's
     float* parts = smem + WARPS * (ROWS * D + 32 * ROWS + 64);  // BLOCK: [splits][ROWS][PART]
-    constexpr bool block = BLOCK;
-    if (block && s.splits > WARPS) __trap();  // a split per warp (the host sends at most 8)
-    for (int u = block ? blockIdx.x : gw; u < units; u += block ? gridDim.x : tw) {
+    if (BLOCK && s.splits > WARPS) __trap();  // a split per warp (the host sends at most 8)
+    for (int u = BLOCK ? blockIdx.x : gw; u < units; u += BLOCK ? gridDim.x : tw) {
         int split, group, kv_head, b;
-        if constexpr (FLAGS && block) split = warp, group = u % G, kv_head = u / G, b = 0;  // decode: one row, head u
+        if constexpr (FLAGS && BLOCK) split = warp, group = u % G, kv_head = u / G, b = 0;  // decode: one row, head u
         else {
-            int rest = block ? u : u / s.splits;
-            split = block ? warp : u % s.splits, group = rest % s.groups;
+            int rest = BLOCK ? u : u / s.splits;
+            split = BLOCK ? warp : u % s.splits, group = rest % s.groups;
             rest /= s.groups;
             kv_head = rest % s.Hkv, b = rest / s.Hkv;
         }
@@ -739,7 +738,7 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
         if (R <= 0) continue;  // (FLAGS: a decode step has no such unit)
         if constexpr (FLAGS) {
             unsigned done = (D / 2) * (l + 1);  // qkv units a head has after layer l
-            if (block) {  // one thread polls: warps spinning on L2 would take issue slots from the block's qkv warps
+            if constexpr (BLOCK) {  // one thread polls: warps spinning on L2 would take issue slots from the block's qkv warps
                 if (threadIdx.x == 0) {
                     poll_until(head_done(s, kv_head * G + group % G), done);
                     poll_until(head_done(s, s.H + kv_head), done);
@@ -762,7 +761,7 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
             float total = warp_sum(lane_sum[r]);
             int packed = group * ROWS + r;
             long long row = ((long long)split * s.M + q0 + packed / G) * s.H + kv_head * G + packed % G;
-            if (block) {
+            if constexpr (BLOCK) {
                 float* part = parts + (split * ROWS + r) * PART;
 #pragma unroll
                 for (int e = 0; e < DPL; e++) part[lane * DPL + e] = acc[r][e];
@@ -772,9 +771,9 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
                 for (int e = 0; e < DPL; e++) s.o_part[row * D + lane * DPL + e] = acc[r][e];
                 if (lane == 0) s.ml_part[2 * row] = run_max[r], s.ml_part[2 * row + 1] = total;
             }
-            if constexpr (FLAGS && !block) signal_count(row_done(s, (q0 + packed / G) * s.H + kv_head * G + packed % G), lane);
+            if constexpr (FLAGS && !BLOCK) signal_count(row_done(s, (q0 + packed / G) * s.H + kv_head * G + packed % G), lane);
         }
-        if constexpr (block) {
+        if constexpr (BLOCK) {
             __syncthreads();  // every split's partial is in shared memory
             if (FLAGS ? warp == 0 : warp < R) {  // warp r merges packed row r (decode: warp 0 the row of head u)
                 const int r = warp, packed = group * ROWS + r;
@@ -787,7 +786,7 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
             __syncthreads();  // the merging warps are done with the partials before the next unit's overwrite them
         }
     }
-    if constexpr (block && !FLAGS) {  // padded rows of a captured bucket (m >= cu_q[B]) get zeros, as phase_merge gives them
+    if constexpr (BLOCK && !FLAGS) {  // padded rows of a captured bucket (m >= cu_q[B]) get zeros, as phase_merge gives them
         const int live = s.cu_q[s.B] * s.H * D, total = s.M * s.H * D;
         for (int i = live + blockIdx.x * THREADS + threadIdx.x; i < total; i += gridDim.x * THREADS) s.attn[i] = __float2bfloat16_rn(0.0f);
     }
