@@ -493,12 +493,14 @@ class CudaBackend:
 
     def own_gemm_serves(self, M: int, N: int, K: int) -> bool:
         """Whether the own kernels serve rather than cuBLAS (`bench gemm`, notes/bench_gemm_h100_stop12_final.log):
-        gemm_stream up to 16 rows, where it matched or beat cuBLAS on every 8B shape; gemm_wgmma for 17-64 rows
-        where the weight has a 128-row tile for every SM (the 8B gate/up and LM head: 2% and 8% faster). With
-        fewer tiles each of its blocks reads as many bytes of x as of weights: cuBLAS was faster on qkv and O
-        and level on down, so it keeps those."""
+        gemm_stream up to 16 rows, where it matched or beat cuBLAS on every 8B shape, and where K is not a multiple
+        of 128 (the k 64 ring) if the weight has a 128-row tile for every SM: the default model's LM head, 20.7 /
+        21.2 / 23.3 µs against cuBLAS's 22.6 / 23.0 / 24.1 at 1 / 4 / 16 rows (notes/graph_tail_h100_stop24.log);
+        gemm_wgmma for 17-64 rows where the weight has a tile for every SM (the 8B gate/up and LM head: 2% and 8%
+        faster). With fewer tiles each of its blocks reads as many bytes of x as of weights: cuBLAS was faster on
+        qkv and O and level on down, so it keeps those."""
         if M <= 16:
-            return K % 128 == 0 and stream_fits(N, K)
+            return stream_fits(N, K) and (K % 128 == 0 or -(-N // STREAM_ROWS) >= self.sm_count)
         return self.wgmma_gemm_fits(M, K) and -(-N // 128) >= self.sm_count
 
     def gemm_stream(self, x, weight, y) -> None:
@@ -861,9 +863,12 @@ class CudaBackend:
         # buckets (rows, context), as in attention_mma, so eager launches and replays give the same bits
         splits = max(1, min(256, self.fused_blocks * 16 // (B * Hkv * groups), context_bucket(plan.max_kv_len) // 32))
         cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
+        # at most FUSED_BLOCK_SPLITS shares: a block per (sequence, KV head, row group) merges them in its shared
+        # memory (fused_layers.cuh, BLOCK), so the split partials need no buffers (null pointers)
+        block = splits <= FUSED_BLOCK_SPLITS
         q = cp.empty((N, H, D), dtype=cp.float32)
-        o_part = cp.empty((splits, N, H, D), dtype=cp.float32)
-        ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32)
+        o_part = np.uint64(0) if block else cp.empty((splits, N, H, D), dtype=cp.float32)
+        ml_part = np.uint64(0) if block else cp.empty((splits, N, H, 2), dtype=cp.float32)
         attn = cp.empty((N, H * D), dtype=cp.uint16)
         act = cp.empty((N, I), dtype=cp.uint16)
         # the grid barrier's counter, then (the decode instance) a counter per qkv head, per attention row and one
@@ -874,8 +879,6 @@ class CudaBackend:
         kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
         prefetch_kv = kv_bytes <= 8 << 20
         pass_rows = self.fused_pass_rows(c, rows)
-        # at most FUSED_BLOCK_SPLITS shares: a block per (sequence, KV head, row group) merges them (fused_layers.cuh, BLOCK)
-        block = splits <= FUSED_BLOCK_SPLITS
         name = f"fused_layers_r{pass_rows}" + ("_block" if block else "")
         kernel = self.kernel(f"{name}.cu", f"{name}_d{D}")
         shared = self.fused_shared_bytes(c, rows, block)
