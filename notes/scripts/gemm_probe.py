@@ -3,6 +3,7 @@ two ring shapes at up to 16 rows (`stages`), gemm_wgmma per block height G and c
 rows (`wgmma`), or a few launches for ncu (`profile`: run under ncu --kernel-name regex:gemm_stream).
 
     python3 notes/scripts/gemm_probe.py sweep
+    python3 notes/scripts/gemm_probe.py sweep-rotated
     python3 notes/scripts/gemm_probe.py stages
     python3 notes/scripts/gemm_probe.py wgmma
     ncu --clock-control none --kernel-name regex:gemm_stream --metrics ... python3 notes/scripts/gemm_probe.py profile
@@ -41,6 +42,28 @@ if sys.argv[1] == "sweep":
             cells.append(time_captured(lambda: backend.linear(x, weight)) * 1e6)
             cells.append(N * K * 2 / bandwidth * 1e6)
             print(f"{name:<12} {M:>3} " + " ".join(f"{c:>7.1f}" for c in cells))
+elif sys.argv[1] == "sweep-rotated":  # the same at up to 16 rows, consecutive calls reading different weight copies
+    bandwidth = copy_bandwidth()
+    print(f"gemm_stream per cluster size S on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; µs per call (graphs of 20; "
+          "consecutive calls read different weight copies, >= 100 MiB, as in bench gemm); best: % of copy")
+    print(f"{'shape':<12} {'M':>3} {'S=1':>7} {'S=2':>7} {'S=4':>7} {'S=8':>7} {'auto':>7} {'cuBLAS':>7} {'floor':>7} {'best %':>7}")
+    for name, (K, N) in SHAPES.items():
+        for M in (1, 4, 16):
+            x, weight = operands(K, N, M)
+            copies = [weight] + [weight.copy() for _ in range(-(-100 * 2**20 // weight.nbytes) - 1)]
+            turn = iter(range(10**9))
+            rotating = lambda: copies[next(turn) % len(copies)]  # noqa: E731
+            cells = []
+            for S in (1, 2, 4, 8, None):
+                backend.gemm, backend.gemm_cluster = "own", S
+                cells.append(time_captured(lambda: backend.linear(x, rotating())) * 1e6 if S is None or K % (64 * S) == 0 else float("nan"))
+            backend.gemm, backend.gemm_cluster = "cublas", None
+            cells.append(time_captured(lambda: backend.linear(x, rotating())) * 1e6)
+            floor = N * K * 2 / bandwidth * 1e6
+            cells.append(floor)
+            print(f"{name:<12} {M:>3} " + " ".join(f"{c:>7.1f}" for c in cells) + f" {floor / np.nanmin(cells[:4]) * 100:>6.0f}%", flush=True)
+            del copies
+    backend.gemm = backend.gemm_cluster = None
 elif sys.argv[1] == "wgmma":
     bandwidth = copy_bandwidth()
     print(f"gemm_wgmma per warpgroups a block G and cluster size S on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; "

@@ -8,7 +8,7 @@ export PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights PYTHONUNBUFFERE
 timeout 120 python3 -m minispec.cli fetch --from /root/smollm2.gguf > /dev/null 2>&1 || { echo fetch failed; exit 1; }
 for what in "$@"; do
   case $what in
-    tests) timeout 300 python3 -m pytest -q tests/test_cuda_kernels.py tests/test_cuda_engine.py tests/test_cuda_fused.py 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
+    tests) timeout 540 python3 -m pytest -q tests/test_cuda_kernels.py tests/test_cuda_engine.py tests/test_cuda_fused.py 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
     e2e) timeout 300 python3 -m minispec.cli bench e2e 2>&1 | grep -v "it/s\]" | tee $OUT/bench_e2e.log ;;
     e2e-quick) timeout 200 python3 -m minispec.cli bench e2e --quick 2>&1 | grep -v "it/s\]" | tee $OUT/bench_e2e_quick.log ;;
     attention) timeout 300 python3 -m minispec.cli bench attention 2>&1 | tee $OUT/bench_attention.log ;;
