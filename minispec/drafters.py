@@ -47,6 +47,17 @@ class TreeBudget:
         return cls(*values)
 
 
+# When a tree step pays (NgramDrafter): a tree step with its host work and the stretch of decoding ahead it breaks
+# costs ~2.6 plain steps end to end on the default model (H100, stop 24: summarise's 10 tree steps cost 5.4 ms more
+# than the replay's stop 18 costs had them, notes/ngram_gate_stop24.log), so a sequence whose tree steps have given
+# fewer than NGRAM_PAYS tokens each drafts only where a suffix match is strong (match weight >= NGRAM_STRONG, the
+# sum of the suffix lengths that found the start: e.g. 4 + 3 + 1). NGRAM_PRIOR: one tree step of 3 tokens before
+# any is seen. Replayed on the 12 stored prompts at those costs: 1.04x -> 1.08x plain in all, summarise 0.93x ->
+# 1.01x, list 0.75x -> 0.99x, the copying prompts unchanged.
+NGRAM_PAYS = 3.0
+NGRAM_STRONG = 8
+NGRAM_PRIOR = (3.0, 1.0)  # (tokens, tree steps)
+
 # The n-gram drafter's default: 16 nodes, paths of up to 15 (the depth of the default TreeBudget, 12, is a draft
 # model's number of draft forwards). Replayed on the 12 stored prompts' greedy outputs (notes/scripts/ngram_offline.py,
 # H100 step costs of stop 18): 1.152x -> 1.156x plain in all, a question answered from its text (qa_doc) 3.96x ->
@@ -94,6 +105,8 @@ class NgramHistory:
 
     accepted: float = 1.0  # drafted children of accepted nodes that were accepted (Laplace prior 1 of 2)
     tries: float = 2.0  # drafted children of accepted nodes
+    tree_tokens: float = NGRAM_PRIOR[0]  # tokens that tree steps (more than the root) gave, prior included
+    tree_steps: float = NGRAM_PRIOR[1]
     tree: Tree | None = None  # the last proposal
     asked: tuple | None = None  # (token count, node cap) it answered, until the next commit
 
@@ -117,6 +130,10 @@ class NgramDrafter(NoDrafter):
     outputs of 12 prompts (notes/scripts/ngram_offline.py), this took n-gram
     speculation from 1.06x to 1.16x plain in all (the worst prompt 0.80x ->
     0.93x) and left the copying prompts as they were.
+
+    A tree step must also pay for itself: once this sequence's tree steps give
+    fewer than NGRAM_PAYS tokens each, it drafts only on a strong match
+    (NGRAM_STRONG), and plain decoding ahead runs the rest.
     """
 
     def __init__(self, budget: TreeBudget, max_ngram: int = 4, max_matches: int = 8):
@@ -140,6 +157,13 @@ class NgramDrafter(NoDrafter):
         """alpha: the Laplace-smoothed rate at which this sequence's drafted children of accepted nodes were accepted."""
         history = self.history.setdefault(id(seq), NgramHistory())
         return history.accepted / history.tries
+
+    def pays(self, seq, continuations) -> bool:
+        """Whether this sequence drafts now: its tree steps have paid (NGRAM_PAYS tokens each), or a match is strong."""
+        history = self.history[id(seq)]
+        if history.tree_tokens >= NGRAM_PAYS * history.tree_steps:
+            return True
+        return max((n for _, n in continuations), default=0) >= NGRAM_STRONG
 
     def continuations(self, seq) -> list[tuple[list[int], int]]:
         """(continuation, weight) pairs from the `max_matches` first suffix matches, longest match first, most
@@ -170,7 +194,8 @@ class NgramDrafter(NoDrafter):
                 continue
             # the trie of the continuations (plain lists and a dict: this runs on the host every step)
             tokens, parents, weight, child = [int(seq.tokens[-1])], [-1], [0], {}  # weight: match weight through each node
-            for continuation, n in self.continuations(seq):  # n: the continuation's match weight
+            continuations = self.continuations(seq)
+            for continuation, n in continuations if self.pays(seq, continuations) else ():  # n: the continuation's match weight
                 node = 0
                 weight[0] += n
                 for token in continuation:
@@ -196,6 +221,9 @@ class NgramDrafter(NoDrafter):
     def commit(self, seq, path, accepted) -> None:
         history = self.history[id(seq)]
         history.asked = None
+        if len(history.tree) > 1:
+            history.tree_tokens += len(accepted)
+            history.tree_steps += 1
         for j, node in enumerate(path):
             if history.tree.children(node):
                 history.tries += 1

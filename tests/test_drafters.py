@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minispec import MinispecError
-from minispec.drafters import NgramDrafter, TreeBudget
+from minispec.drafters import NGRAM_PAYS, NGRAM_PRIOR, NGRAM_STRONG, NgramDrafter, TreeBudget
 from minispec.tree import Tree
 
 
@@ -41,11 +41,13 @@ class Seq:
         self.tokens = list(tokens)
 
 
-def reference_tree(tokens, alpha, budget: TreeBudget, max_ngram=4, max_matches=8):
+def reference_tree(tokens, alpha, budget: TreeBudget, max_ngram=4, max_matches=8, paid=True):
     """The n-gram drafter's tree as its docstring states it, by brute force: the first `max_matches` suffix
     matches (longest n first, most recent first; n >= 2 while alpha < 1/2), one trie walk per match adding n
     to every node it passes, value(child) = value(parent) * alpha * weight(child) / weight(parent), and the
-    best T - 1 nodes (ties: older first) whose parents are kept, at most `width` children each."""
+    best T - 1 nodes (ties: older first) whose parents are kept, at most `width` children each. paid = False
+    (the sequence's tree steps gave fewer than NGRAM_PAYS tokens each): the root alone unless a start's match
+    weight (the sum of the suffix lengths that found it) reaches NGRAM_STRONG."""
     L, matches = len(tokens), []
     max_matches = max_matches if budget.width > 1 else 1
     for n in range(min(max_ngram, L - 1), (1 if alpha >= 0.5 else 2) - 1, -1):
@@ -53,6 +55,11 @@ def reference_tree(tokens, alpha, budget: TreeBudget, max_ngram=4, max_matches=8
         for start in reversed(starts):
             if start < L and len(matches) < max_matches:
                 matches.append((start, n))
+    strength = {}
+    for start, n in matches:
+        strength[start] = strength.get(start, 0) + n
+    if not paid and max(strength.values(), default=0) < NGRAM_STRONG:
+        matches = []
     nodes, weight = [(tokens[-1], -1)], {0: 0}  # (token, parent) in creation order
     for start, n in matches:
         node = 0
@@ -85,19 +92,40 @@ def test_ngram_trees_equal_the_reference(budget):
     """Random text over a small vocabulary (many overlapping matches), with commits that move alpha both ways."""
     rng = np.random.default_rng(budget[0] * 100 + budget[2])
     budget = TreeBudget(*budget)
+    cases = set()  # (tree steps have paid, a tree was drafted)
     for trial in range(6):
         drafter = NgramDrafter(budget)
         seq = Seq(rng.integers(0, 4 + trial, 40).tolist())
+        gained, steps = NGRAM_PRIOR  # tokens and steps of trees with more than the root
         for step in range(25):
             tree = drafter.propose([seq], [1 << 20])[0]
-            tokens, parents = reference_tree(seq.tokens, drafter.acceptance(seq), budget)
+            paid = gained >= NGRAM_PAYS * steps
+            tokens, parents = reference_tree(seq.tokens, drafter.acceptance(seq), budget, paid=paid)
+            cases.add((paid, len(tokens) > 1))
             assert tree.tokens.tolist() == tokens and tree.parents.tolist() == parents, (trial, step)
             assert drafter.propose([seq], [1 << 20])[0] is tree  # asked again before a commit: the same tree
             path = [0]  # accept a random prefix of a random branch
             while tree.children(path[-1]) and rng.random() < 0.7:
                 path.append(int(rng.choice(tree.children(path[-1]))))
             accepted = [tree.token_list[n] for n in path[1:]] + [int(rng.integers(0, 6))]
+            if len(tree) > 1:
+                gained, steps = gained + len(accepted), steps + 1
             drafter.commit(seq, path, accepted)
             seq.tokens += accepted
         drafter.release(seq)
         assert not drafter.history and not drafter.index
+    assert {(True, True), (False, False)} <= cases  # drafting, and the gate closed (test_ngram_gate: a strong match past it)
+
+
+def test_ngram_gate_lets_only_strong_matches_past_trees_that_did_not_pay():
+    drafter = NgramDrafter(TreeBudget(16, 15, 4))
+    seq = Seq([5, 1, 2, 3, 7, 8, 1, 2, 3])
+    assert len(drafter.propose([seq], [1 << 20])[0]) > 1  # the prior lets a first tree through
+    drafter.commit(seq, [0], [6])  # nothing accepted: the tree step gave 1 token
+    seq.tokens += [6, 1, 2, 3]  # the same match of weight 3 + 2 (alpha is 1/3: no one-token matches)
+    assert len(drafter.propose([seq], [1 << 20])[0]) == 1
+    seq.tokens += [4, 9, 1, 2, 3, 4]  # "1 2 3 4" again: weight 4 + 3 + 2 >= NGRAM_STRONG
+    tree = drafter.propose([seq], [1 << 20])[0]
+    assert tree.token_list[:2] == [4, 9]
+    drafter.commit(seq, [0, 1], [9, 1])
+    assert drafter.history[id(seq)].tree_tokens == NGRAM_PRIOR[0] + 3 and drafter.history[id(seq)].tree_steps == NGRAM_PRIOR[1] + 2
