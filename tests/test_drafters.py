@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minispec import MinispecError
+from minispec import MinispecError, SamplingParams
 from minispec.drafters import NGRAM_PAYS, NGRAM_PRIOR, NGRAM_STRONG, NgramDrafter, TreeBudget
 from minispec.tree import Tree
 
@@ -37,8 +37,9 @@ def test_bad_trees_are_errors(parents):
 
 
 class Seq:
-    def __init__(self, tokens):
+    def __init__(self, tokens, params=SamplingParams(temperature=0)):
         self.tokens = list(tokens)
+        self.params = params
 
 
 def reference_tree(tokens, alpha, budget: TreeBudget, max_ngram=4, max_matches=8, paid=True):
@@ -129,3 +130,8 @@ def test_ngram_gate_lets_only_strong_matches_past_trees_that_did_not_pay():
     assert tree.token_list[:2] == [4, 9]
     drafter.commit(seq, [0, 1], [9, 1])
     assert drafter.history[id(seq)].tree_tokens == NGRAM_PRIOR[0] + 3 and drafter.history[id(seq)].tree_steps == NGRAM_PRIOR[1] + 2
+    sampled = Seq([5, 1, 2, 3, 7, 8, 1, 2, 3], SamplingParams(temperature=0.7))  # sampled sequences are not gated
+    drafter.propose([sampled], [1 << 20])
+    drafter.commit(sampled, [0], [6])
+    sampled.tokens += [6, 1, 2, 3]
+    assert len(drafter.propose([sampled], [1 << 20])[0]) > 1

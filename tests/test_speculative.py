@@ -75,7 +75,8 @@ def test_speculative_greedy_equals_plain_greedy(default_llm, prompt_ids, plain_o
         assert result.token_ids == expected
     assert default_llm.cache.free_pages == default_llm.cache.num_pages
     if draft == "ngram" and tree[0] > 1:
-        assert results[0].stats.tokens_per_step > 1.2  # the summary prompt repeats itself
+        # the summary prompt repeats itself (the greedy gate leaves it fewer trees: 1.17 tokens a step at the default)
+        assert results[0].stats.tokens_per_step > 1.1 and max(results[0].stats.accepted_lengths) >= 3
 
 
 @pytest.mark.slow
@@ -225,18 +226,23 @@ def test_decode_ahead_equals_step_by_step(tiny_model, sampled):
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
+@pytest.mark.parametrize("gate", [True, False], ids=["gate", "no gate"])
 @pytest.mark.parametrize("sampled", [False, True])
-def test_ngram_decodes_ahead_between_drafts(tiny_model, sampled):
+def test_ngram_decodes_ahead_between_drafts(tiny_model, sampled, gate, monkeypatch):
     """With the n-gram drafter, stretches where it finds no match run one step ahead of the host, and the
     drafter is asked after each token. Greedy: the tokens, stops and texts of step-by-step speculation.
     Sampled: the draws group otherwise (a stretch ends with a one-node step where step by step a tree is
-    verified), so a seed repeats its own tokens, stops and texts."""
+    verified), so a seed repeats its own tokens, stops and texts. With the greedy gate (NGRAM_PAYS) and
+    without it: the tiny random model's drafts mostly fail, so the gate leaves few trees."""
+    import minispec.drafters as drafters
+
+    monkeypatch.setattr(drafters, "NGRAM_PAYS", drafters.NGRAM_PAYS if gate else 0.0)
     llm = LLM(model=str(tiny_model), device="cpu", draft="ngram", tree=(8, 4, 2), max_model_len=120)
     prompts = ["abcabcabc " * 3 + "q", "zyx", "the cat sat on the mat, the cat sat on the"]
     params, kinds = stopping_requests(sampled, seed=3, budget=40, stop="b"), []
     spy_on_steps(llm, kinds)
     ahead = llm.generate(prompts, params)
-    assert kinds.count("ahead") > 10 and kinds.count("tree") > 3  # both kinds of stretch ran
+    assert kinds.count("ahead") > 10 and kinds.count("tree") > (1 if gate and not sampled else 3)  # both kinds ran
     assert llm.cache.free_pages == llm.cache.num_pages
     if not sampled:
         llm.engine.decode_ahead_enabled = False

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from minispec.bench import SPEC_PROMPTS
 from minispec.drafters import NGRAM_BUDGET, NgramDrafter
+from minispec.sampling import SamplingParams
 
 OUTPUTS = Path(__file__).parent.parent / "ngram_outputs.json"
 MORE_PROMPTS = {
@@ -52,8 +53,9 @@ def outputs():
 
 
 class Seq:
-    def __init__(self, tokens):
+    def __init__(self, tokens, params=SamplingParams(temperature=0)):
         self.tokens = list(tokens)
+        self.params = params
 
 
 def replay(drafter, prompt, truth, stretches):
