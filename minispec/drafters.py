@@ -51,7 +51,8 @@ class TreeBudget:
 # costs ~2.6 plain steps end to end on the default model (H100, stop 24: summarise's 10 tree steps cost 5.4 ms more
 # than the replay's stop 18 costs had them, notes/ngram_gate_stop24.log), so a sequence whose tree steps have given
 # fewer than NGRAM_PAYS tokens each drafts only where a suffix match is strong (match weight >= NGRAM_STRONG, the
-# sum of the suffix lengths that found the start: e.g. 4 + 3 + 1). NGRAM_PRIOR: one tree step of 3 tokens before
+# sum of the suffix lengths that found the start: a start the last 4 tokens find weighs 4 + 3 + 2 (+ 1 while one-token
+# matches count), one the last 3 find 6 at most). NGRAM_PRIOR: one tree step of 3 tokens before
 # any is seen. Replayed on the 12 stored prompts at those costs: 1.04x -> 1.08x plain in all, summarise 0.93x ->
 # 1.01x, list 0.75x -> 0.99x, the copying prompts unchanged.
 NGRAM_PAYS = 3.0
