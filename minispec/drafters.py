@@ -47,14 +47,14 @@ class TreeBudget:
         return cls(*values)
 
 
-# When a greedy tree step pays (NgramDrafter): a tree step with its host work and the stretch of decoding ahead it breaks
-# costs ~2.6 plain steps end to end on the default model (H100, stop 24: summarise's 10 tree steps cost 5.4 ms more
-# than the replay's stop 18 costs had them, notes/ngram_gate_stop24.log), so a sequence whose tree steps have given
-# fewer than NGRAM_PAYS tokens each drafts only where a suffix match is strong (match weight >= NGRAM_STRONG, the
-# sum of the suffix lengths that found the start: a start the last 4 tokens find weighs 4 + 3 + 2 (+ 1 while one-token
-# matches count), one the last 3 find 6 at most). NGRAM_PRIOR: one tree step of 3 tokens before
-# any is seen. Replayed on the 12 stored prompts at those costs: 1.04x -> 1.08x plain in all, summarise 0.93x ->
-# 1.01x, list 0.75x -> 0.99x, the copying prompts unchanged.
+# When a greedy tree step pays (NgramDrafter): a tree step with its host work and the stretch of decoding ahead it
+# breaks costs ~2.6 plain steps end to end on the default model (H100, stop 24: summarise's 10 tree steps cost 5.4 ms
+# more than the replay's stop 18 costs had them, notes/ngram_gate_stop24.log), so a sequence whose tree steps have
+# given fewer than NGRAM_PAYS tokens each drafts only where a suffix match is strong: match weight >= NGRAM_STRONG,
+# the sum of the suffix lengths that found the start (a start the last 4 tokens find weighs 4 + 3 + 2, + 1 while
+# one-token matches count; one the last 3 find, 6 at most). NGRAM_PRIOR: one tree step of 3 tokens before any is seen.
+# Replayed on the 12 stored prompts at those costs: 1.04x -> 1.08x plain in all, summarise 0.93x -> 1.01x, list
+# 0.75x -> 0.99x, the copying prompts unchanged.
 NGRAM_PAYS = 3.0
 NGRAM_STRONG = 8
 NGRAM_PRIOR = (3.0, 1.0)  # (tokens, tree steps)
@@ -199,7 +199,9 @@ class NgramDrafter(NoDrafter):
             # the trie of the continuations (plain lists and a dict: this runs on the host every step)
             tokens, parents, weight, child = [int(seq.tokens[-1])], [-1], [0], {}  # weight: match weight through each node
             continuations = self.continuations(seq)
-            for continuation, n in continuations if self.pays(seq, continuations) else ():  # n: the continuation's match weight
+            if not self.pays(seq, continuations):
+                continuations = []  # the root alone: plain decoding ahead until a tree pays
+            for continuation, n in continuations:  # n: the continuation's match weight
                 node = 0
                 weight[0] += n
                 for token in continuation:
