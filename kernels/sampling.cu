@@ -383,15 +383,16 @@ __device__ void target_probs(const float* __restrict__ row, float* p, int n, int
     if (top_p < 1.0) {
         // with top-k on, tau_p matters only where it is above tau_k, and then it is one of the e >= tau_k: the
         // slices' candidates (e >= tau_k) go out with the masses, and no radix select runs (candidates_tau_p)
-        const bool gather = by_k && top_k <= SAMPLE_CANDIDATES;
-        if (threadIdx.x == 0) sh.candidates = 0;
-        __syncthreads();
-        if (gather)
+        const bool gather = by_k && top_k <= SAMPLE_CANDIDATES;  // the same in every thread: the barrier is safe
+        if (gather) {
+            if (threadIdx.x == 0) sh.candidates = 0;
+            __syncthreads();
             for (int i = threadIdx.x; i < n; i += blockDim.x)
                 if (p[i] >= tau_k) {
                     const int at = atomicAdd(&sh.candidates, 1);
                     if (at < SAMPLE_CANDIDATES) sh.candidate[at] = p[i];
                 }
+        }
         // the row's total mass in the same fixed point, summed exactly (integer adds commute)
         local_mass = block_sum_u64(local_mass, sh);
         if (threadIdx.x == 0) sh.mass = local_mass;
