@@ -38,10 +38,10 @@ EVENTS = [("stage norm", 12, 0), ("qkv GEMV+prefetch", 12, 1), ("barrier", 6, 1)
           ("down GEMV", 12, 9), ("barrier", 6, 6)]
 
 
-def trace_spans(stamps):
-    """µs per layer (mean over layers 1..L-1) of each span between consecutive trace events."""
+def trace_spans(stamps, layers=range(1, L)):
+    """µs per layer (mean over `layers`, by default 1..L-1) of each span between consecutive trace events."""
     rows = []
-    for l in range(1, L):
+    for l in layers:
         times = [stamps[6 * l]] + [stamps[1 + 6 * L + 11 * l + i] if stride == 12 else stamps[6 * l + i] for _, stride, i in EVENTS]
         rows.append(np.diff(np.array(times, dtype=np.int64)))
     return np.mean(rows, axis=0) / 1e3
@@ -57,10 +57,13 @@ for context in contexts:
         span = (stamps[6 * L] - stamps[0]) / 1e3
         line.append(f"  T={T}: kernel span {span:.0f} µs (first layer {first:.1f}), µs per layer {phases.sum():.1f}: "
                     + ", ".join(f"{n} {t:.2f}" for n, t in zip(FUSED_PHASES, phases)))
+        first_phases = np.diff(stamps[:7]) / 1e3  # layer 0 from the kernel's entry stamp
+        line.append("    layer 0: " + ", ".join(f"{n} {t:.2f}" for n, t in zip(FUSED_PHASES, first_phases)))
         if "twice" in sys.argv:
             first = np.mean([stamps[1 + 6 * L + 11 * l + 10] - stamps[1 + 6 * l] for l in range(1, L)]) / 1e3
             second = np.mean([stamps[1 + 6 * L + 11 * l + 2] - stamps[1 + 6 * L + 11 * l + 10] for l in range(1, L)]) / 1e3
             line.append(f"    attention twice: first {first:.2f} µs, second {second:.2f} µs")
         if TRACE:
             line.append("    inside: " + ", ".join(f"{n} {t:.2f}" for (n, _, _), t in zip(EVENTS, trace_spans(stamps))))
+            line.append("    layer 0 inside: " + ", ".join(f"{n} {t:.2f}" for (n, _, _), t in zip(EVENTS, trace_spans(stamps, [0]))))
     print("\n".join(line), flush=True)
