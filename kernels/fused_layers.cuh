@@ -425,6 +425,22 @@ __device__ __forceinline__ unsigned* head_done(const Step& s, int head) { return
 __device__ __forceinline__ unsigned* row_done(const Step& s, int row) { return s.barrier + 32 * (1 + s.H + 2 * s.Hkv + row); }
 __device__ __forceinline__ unsigned* rows_merged(const Step& s) { return s.barrier + 32 * (1 + s.H + 2 * s.Hkv + s.M * s.H); }
 
+// until the three counters a decode attention unit reads (its query head's, its K head's and its V head's) reach
+// `target`: relaxed polls with the three loads in flight together, then one acquire fence. Three acquire polls one
+// after another cost three L2 round trips even where every count is already there: an acquire load holds back the
+// loads behind it (H100, random weights with the default model's shapes, decode one step ahead: 542 -> 533 µs at
+// 100 keys, 612-618 -> 594-597 at 512; notes/fused_poll_h100_stop25.log).
+__device__ __forceinline__ void poll_heads(const unsigned* q, const unsigned* k, const unsigned* v, unsigned target) {
+    unsigned a, b, c, spins = 0;
+    do {
+        asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(a) : "l"(q) : "memory");
+        asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(b) : "l"(k) : "memory");
+        asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(c) : "l"(v) : "memory");
+        if (++spins == (1u << 22)) __trap();  // seconds: a block is not resident (see poll_until)
+    } while (min(a, min(b, c)) < target);
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");  // the relaxed reads that saw the counts, made acquires
+}
+
 __device__ __forceinline__ void stamp(const Step& s, int index) {
     if (s.clock != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
         unsigned long long t;
@@ -737,18 +753,14 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
         int q0 = s.cu_q[b], T = s.cu_q[b + 1] - q0, R = min(ROWS, T * G - group * ROWS);
         if (R <= 0) continue;  // (FLAGS: a decode step has no such unit)
         if constexpr (FLAGS) {
-            unsigned done = (D / 2) * (l + 1);  // qkv units a head has after layer l
+            const unsigned done = (D / 2) * (l + 1);  // qkv units a head has after layer l
+            const unsigned *q = head_done(s, kv_head * G + group % G), *k = head_done(s, s.H + kv_head), *v = head_done(s, s.H + s.Hkv + kv_head);
             if constexpr (BLOCK) {  // one thread polls: warps spinning on L2 would take issue slots from the block's qkv warps
-                if (threadIdx.x == 0) {
-                    poll_until(head_done(s, kv_head * G + group % G), done);
-                    poll_until(head_done(s, s.H + kv_head), done);
-                    poll_until(head_done(s, s.H + s.Hkv + kv_head), done);
-                }
+                if (threadIdx.x == 0) poll_heads(q, k, v, done);
                 __syncthreads();
             } else {
-                wait_count(head_done(s, kv_head * G + group % G), done, lane);
-                wait_count(head_done(s, s.H + kv_head), done, lane);
-                wait_count(head_done(s, s.H + s.Hkv + kv_head), done, lane);
+                if (lane == 0) poll_heads(q, k, v, done);
+                __syncwarp();
             }
         }
         int length = s.kv_len[b];
