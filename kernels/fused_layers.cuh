@@ -1041,9 +1041,16 @@ __device__ __noinline__ void phase_gate_up_mma(bf16* act, const bf16* wgu, const
 #define TRACE(l, i)
 #endif
 
-// The next layer's K/V pages of the step (short contexts) and weights (small models) into L2, ahead of their use.
+// The next layer's weights (small models) into L2, ahead of their use. Its K/V pages (prefetch_next_pages) go where the
+// block waits at a grid barrier anyway: each thread first loads kv_len and a page-table entry and waits for them (two
+// L2 round trips), which after the qkv phase held back the decode attention blocks and every block's arrival at a tree
+// step's barrier (H100, default model's shapes, 100 keys: decode one step ahead 537.8 -> 529.8 µs, T = 16 kernel span
+// 725 / 729 -> 714 / 717; notes/fused_prefetch_h100_stop25.log).
+__device__ void prefetch_next_pages(const Step& s, const unsigned long long* next, int D) {
+    if (next != nullptr && s.prefetch_kv) prefetch_pages(s, reinterpret_cast<const bf16*>(next[6]), reinterpret_cast<const bf16*>(next[7]), D);
+}
+
 __device__ void prefetch_layer(const Step& s, const unsigned long long* next, int D) {
-    if (s.prefetch_kv) prefetch_pages(s, reinterpret_cast<const bf16*>(next[6]), reinterpret_cast<const bf16*>(next[7]), D);
     if (s.prefetch) {
         long long C = s.C, qkv = (long long)(s.H + 2 * s.Hkv) * D;
         prefetch_l2(reinterpret_cast<const void*>(next[1]), qkv * C * 2);
@@ -1107,7 +1114,11 @@ __device__ void fused_layers_body(const Step& s) {
         // decode: no grid barrier between qkv, attention, merge and O; each unit waits for the units it reads
         // (dataflow counters: phase_attention, phase_merge). What a warp or block writes there is read by
         // no other phase before the O phase's wait, which follows every merge and so every qkv unit.
-        if constexpr (!PRE) grid_barrier(s.barrier, target);
+        if constexpr (!PRE) {
+            grid_arrive(s.barrier, target);
+            prefetch_next_pages(s, next, D);
+            grid_wait(s.barrier, target);
+        }
         stamp(s, 1 + 6 * l);
         phase_attention<D, MR == 1 ? 1 : GROUP_ROWS, PRE, BLOCK>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane, l);
 #ifdef FUSED_TRACE_TWICE  // experiment: the same attention again, its code and data now cached
@@ -1137,6 +1148,7 @@ __device__ void fused_layers_body(const Step& s) {
         else phase_residual_gemv<MR>(s.resid, wo, smem, s.M, s.C, s.H * D, gw, tw, lane, o_pre ? slot : nullptr, before);
         TRACE(l, 5);
         grid_arrive(s.barrier, target);
+        if constexpr (PRE) prefetch_next_pages(s, next, D);
         if (gate_up_pre) {
             const bf16* w[2];
             gate_up_rows(wgu, s.C, s.I, gw, w);
