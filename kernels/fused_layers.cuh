@@ -1062,6 +1062,28 @@ __device__ void prefetch_layer(const Step& s, const unsigned long long* next, in
     }
 }
 
+// Tree steps (MR > 1): the step's small inputs that every layer reads again (the layer table, and per sequence or row
+// cu_q, kv_len, tree_start, positions, slots, masks) copied into shared memory at the kernel's start (one round trip).
+// From global memory each read was an L2 round trip, every layer: the acquire polls of the barriers and counters
+// invalidate the L1 (CCTL.IVALL). H100, default model's shapes, T = 16 kernel span 718 / 717 -> 703 / 701 µs at 100 keys,
+// 812 / 807 -> 799 / 804 at 512. The decode instance does without: there it measured 531 -> 534 µs a step at 100 keys
+// (592 against 596 at 512), its attention's wait for the qkv units being what bounds that phase
+// (notes/fused_shared_inputs_h100_stop25.log).
+#define FUSED_MAX_LAYERS 64  // (CudaBackend.fused_row_limit)
+__device__ __forceinline__ void step_in_shared(Step& s) {
+    __shared__ unsigned long long layers[FUSED_MAX_LAYERS * 8], masks[16];
+    __shared__ int cu_q[17], kv_len[16], tree_start[16], positions[16], slots[16];
+    if (s.L > FUSED_MAX_LAYERS || s.M > 16) __trap();
+    for (int i = threadIdx.x; i < s.L * 8; i += blockDim.x) layers[i] = s.layers[i];
+    const int t = threadIdx.x;
+    if (t <= s.B) cu_q[t] = s.cu_q[t];
+    if (t < s.B) kv_len[t] = s.kv_len[t], tree_start[t] = s.tree_start[t];
+    if (t < s.M) positions[t] = s.positions[t], slots[t] = s.slots[t], masks[t] = s.masks[t];
+    __syncthreads();
+    s.layers = layers, s.cu_q = cu_q, s.kv_len = kv_len, s.tree_start = tree_start, s.positions = positions, s.slots = slots;
+    s.masks = masks;
+}
+
 template <int MR, int D, bool BLOCK>
 __device__ void fused_layers_body(const Step& s) {
     extern __shared__ uint4 smem[];
@@ -1189,6 +1211,7 @@ __device__ void fused_layers_body(const Step& s) {
         Step s{layers, L, resid, positions, slots, cu_q, kv_len, tree_start, page_tables, masks, cos_table, sin_table, \
                W, B, q_buf, o_part, ml_part, attn, act, barrier, M, C, H, Hkv, I, P, groups, splits, eps, scale,       \
                prefetch, prefetch_kv, clock};                                                                          \
+        if constexpr (MR != 1) step_in_shared(s);                                                                      \
         fused_layers_body<MR, D, BLOCK>(s);                                                                            \
     }
 #define FUSED_LAYERS(MR, D) FUSED_LAYERS_KERNEL(fused_layers_r##MR##_d##D, MR, D, false)

@@ -27,6 +27,8 @@ STREAM_ROWS = 128  # gemm_stream's weight rows per block
 WGMMA_GEMM_STAGES = {1: 6, 2: 4}  # gemm_wgmma's ring depth by consumer warpgroups (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
 SAMPLE_STATIC_SHARED = 40 << 10  # its blocks' static shared memory (SampleShared), rounded up
+FUSED_MAX_LAYERS = 64  # the fused kernel's layer table in shared memory (kernels/fused_layers.cuh, step_in_shared)
+FUSED_STATIC_SHARED = 6 << 10  # its static shared memory (that table, the step's small inputs), rounded up
 FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots: 16 warps x SLOT_CHUNKS x 16 bytes
 # Steps whose attention takes at most this many key shares (up to 256 keys: context_bucket // 32) run the fused
 # instances that merge them in shared memory, a block per (sequence, KV head, row group). Measured on the default
@@ -787,12 +789,14 @@ class CudaBackend:
         (notes/fused_vs_layered_stop18.log: 513 / 2049 / 4100 keys, H100 -0.2 / -1.0 / -2.3%, H200 -3.8 / -5.1 /
         -6.8%); the fused kernel had won 1-2 rows there before those (an H200, notes/fused_layers.log). Models
         between the two sizes measured (layers over 16 MiB, under 8B's ~430 MiB) were measured under neither rule."""
+        if model.num_layers > FUSED_MAX_LAYERS:
+            return 0
         if self.fused_max_rows is not None:
             return min(16, self.fused_max_rows)
         if not self.small_layers(model):
             return 0
         c = model.config
-        return 16 if self.fused_tensor_ok(c) and self.fused_shared_bytes(c, 16) <= self.max_shared else 4
+        return 16 if self.fused_tensor_ok(c) and self.fused_shared_bytes(c, 16) <= self.max_shared - FUSED_STATIC_SHARED else 4
 
     @staticmethod
     def fused_tensor_ok(c) -> bool:
@@ -823,7 +827,7 @@ class CudaBackend:
         if c.hidden_size % 8 or c.intermediate_size % 8:
             return 0
         rows = pow2_bucket(N)
-        return rows if self.fused_shared_bytes(c, rows) <= self.max_shared else 0
+        return rows if self.fused_shared_bytes(c, rows) <= self.max_shared - FUSED_STATIC_SHARED else 0
 
     @classmethod
     def fused_shared_bytes(cls, c, rows: int, block: bool = True) -> int:
