@@ -4,7 +4,7 @@ step times (decode, tree T = 16) at the contexts given (default 512), the per-ph
 argmax, gaps). `trace`: a build with stamps inside the phases too; `twice`: with `trace`, each layer runs its
 attention twice, the second time with its code and data cached. Run from the repository root (or from a copy of
 another build that has bench_gpu.fused_stamps, to compare in the same call):
-python3 notes/scripts/fused_probe.py 512 2048 [trace [twice]]
+python3 notes/scripts/fused_probe.py 512 2048 [t=1,4,16] [trace [twice]]
 Since stop 15 the decode instance has no grid barrier after qkv and after attention (its units wait on counters
 inside the phases), so in its trace those two "barrier" spans are empty and "barrier+stage" is the wait for every
 merged row and the O staging."""
@@ -23,6 +23,8 @@ smol = smollm2_135m_config()
 backend = CudaBackend()
 model = Model(smol, random_model_on_gpu(smol, backend), backend)
 contexts = [int(a) for a in sys.argv[1:] if a.isdigit()] or [512]
+# t=1,4,16: the step sizes whose stamps are read (default 1 and 16; step times are taken for the trees among them)
+sizes = [int(v) for a in sys.argv[1:] if a.startswith("t=") for v in a[2:].split(",")] or [1, 16]
 print(card_name(), "SmolLM2-135M shapes, random weights", flush=True)
 TRACE = "trace" in sys.argv  # block 0's stamps inside the phases too (kernels/fused_layers.cuh, FUSED_TRACE)
 if TRACE:
@@ -48,9 +50,10 @@ def trace_spans(stamps, layers=range(1, L)):
 
 
 for context in contexts:
-    times = step_times(model, context, (16,))
-    line = [f"context {context}: decode {times[1] * 1e6:.0f} µs/step ({1 / times[1]:.0f}/s), tree T=16 {times[16] * 1e6:.0f} µs"]
-    for T in (1, 16):
+    times = step_times(model, context, tuple(T for T in sizes if T > 1))
+    line = [f"context {context}: decode {times[1] * 1e6:.0f} µs/step ({1 / times[1]:.0f}/s)"
+            + "".join(f", tree T={T} {times[T] * 1e6:.0f} µs" for T in sizes if T > 1)]
+    for T in sizes:
         stamps = fused_stamps(model, T, context, 11 * L if TRACE else 0)
         phases = layer_phases(stamps, L)
         first = (stamps[6] - stamps[0]) / 1e3
