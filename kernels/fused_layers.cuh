@@ -56,7 +56,9 @@
 // Lessons kept in the code: spread units over SMs (u -> block u % grid; one SM's load bandwidth is
 // ~1/132 of the card's), keep warp shuffles out of branches the compiler cannot prove uniform (else it
 // emits WARPSYNC/collective code), load in batches (a loop of one load per iteration pays one L2 latency
-// per element), use release/acquire in the barrier (__threadfence is a MEMBAR.SC), and prefetch the
+// per element), use release/acquire in the barrier (__threadfence is a MEMBAR.SC), poll several counters with
+// relaxed loads and one acquire fence (an acquire load holds back the loads behind it: poll_heads), keep loads
+// a thread must wait for (page tables, kv_len) out of a phase's tail and in a barrier's window, and prefetch the
 // next layer's weights and K/V pages into L2 when they fit.
 //
 // Layouts: resid float [M, C] (the embeddings in, the residual stream after the last layer out);
