@@ -294,11 +294,11 @@ def decode_ahead_time(model, context: int, steps: int = 32, params=None) -> floa
 
     def run():
         ids = next_ids(model.forward(build_plan([StepItem.tree(table, context, Tree.single(0))], 16), cache))
-        read = backend.to_host_soon(ids)
+        read = backend.to_host_soon(ids, defer=True)
         for i in range(1, steps):
             plan = build_plan([StepItem.tree(table, context + i, Tree.single(0))], 16)
             ids = next_ids(model.forward(plan, cache, ids))
-            previous, read = read, backend.to_host_soon(ids)
+            previous, read = read, backend.to_host_soon(ids, defer=True)
             previous()  # step i - 1's token, while step i runs
         read()
 

@@ -178,7 +178,9 @@ class Engine:
                     ids = logits.argmax_device()
                 else:
                     ids = logits.sample_device([s.params for s in rows], [tree_uniforms(s.rng, 1)[0] for s in rows])
-                launched = (rows, ids, backend.to_host_soon(ids))  # the copy is queued before step k + 1
+                # the copy starts with step k + 1, from that step's token input (CudaBackend.to_host_soon, defer):
+                # the ids are a graph's output or a fresh array, which nothing but a replay writes
+                launched = (rows, ids, backend.to_host_soon(ids, defer=True))
             if pending is not None:
                 for s, token in zip(pending[0], pending[2]()):  # waits for step k alone
                     if s.done:  # stopped at the previous token: this step ran past its end

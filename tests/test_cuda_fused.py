@@ -215,3 +215,36 @@ def test_programmatic_dependent_launch_keeps_the_bits(tmp_path, T):
     for pdl, graphs in ((True, False), (True, True), (False, True)):
         for i, logits in enumerate(run(pdl, graphs)):
             assert np.array_equal(logits, plain), f"pdl={pdl} graphs={graphs} run {i}: {np.count_nonzero(logits != plain)} logits differ"
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_deferred_host_reads_give_each_steps_ids(tmp_path, graphs):
+    """Decode one step ahead reads step k's ids with to_host_soon(defer=True): the copy waits for the next replay
+    and, where that replay takes the ids as its tokens, reads them from its token input on a side stream. Each read
+    must give its own step's ids although the next replay of the same graph overwrites them: here against step by
+    step reads, with a host-fed step every third step (the pending copy then goes ahead of that replay in stream
+    order) and every read waited for only at the end."""
+    from minispec.backends.cuda_backend import CudaBackend
+    from minispec.tree import Tree
+
+    be = CudaBackend("bfloat16")
+    be.use_graphs = graphs
+    model = Model.load(tiny_bf16_model(tmp_path / "model", 64), be)
+    cache = model.new_cache(16, 16)
+    table = []
+    cache.prepare(table, 0, 64)
+
+    def step(position, token, tokens=None):
+        return model.forward(build_plan([StepItem.tree(table, position, Tree.single(token))], 16), cache, tokens).argmax_device()
+
+    expected, token = [], 3
+    for i in range(9):  # step by step: each step's argmax read before the next launch
+        token = int(be.to_host(step(i, token))[0])
+        expected.append(token)
+    reads, ids = [], None
+    for i in range(9):
+        ids = step(i, 3) if i == 0 else step(i, 0, ids) if i % 3 else step(i, expected[i - 1])
+        reads.append(be.to_host_soon(ids, defer=True))
+    assert len(set(expected)) > 1  # (reads of the wrong step would show)
+    assert [int(read()[0]) for read in reads] == expected
+    assert be._host_read is None

@@ -165,6 +165,7 @@ class CapturedStep:
             page_tables=part(9).reshape(B, W),
         )
         self.graph = self.logits = self.ids = None  # logits [R, V] and their argmax ids [R], written by the graph
+        self.tokens_read = None  # event: a host copy of the token input done (CudaBackend.replay), before a refill
         self.keep = []  # memory allocated during capture stays owned by the graph
         self.views = {}  # R -> (logits[:R], ids[:R]): a CuPy slice costs the host more than the lookup
 
@@ -191,6 +192,40 @@ class CapturedStep:
         host[o[9] : o[10]] = -1
         self.tables[:, : plan.page_tables.shape[1]] = plan.page_tables
         self.packed.set(host)
+
+
+class HostRead:
+    """A small device array's copy to pinned host memory (CudaBackend.to_host_soon), started when the backend says."""
+
+    def __init__(self, cp, array):
+        import cupyx
+
+        self.cp, self.array = cp, array
+        self.host = cupyx.empty_pinned(array.shape, array.dtype)
+        self.copied = None
+
+    def same(self, tokens) -> bool:
+        """tokens is this array's content at the same place (the ids that a replay takes as its token input)."""
+        a = self.array
+        return tokens is not None and tokens.data.ptr == a.data.ptr and tokens.nbytes == a.nbytes and tokens.dtype == a.dtype
+
+    def start(self, stream, source):
+        """Copy `source` (this array, or a copy of it made in `stream`'s order) to the host on `stream`."""
+        cp = self.cp
+        cp.cuda.runtime.memcpyAsync(self.host.ctypes.data, source.data.ptr, self.array.nbytes, cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
+        self.copied = cp.cuda.Event(disable_timing=True)
+        self.copied.record(stream)
+        return self.copied
+
+    def wait_from(self, backend):
+        def wait():
+            if self.copied is None:  # still deferred: start it now
+                backend.flush_host_read()
+            self.copied.synchronize()
+            self.array = None  # the device array stays alive until the copy is done
+            return self.host
+
+        return wait
 
 
 _STREAM = None
@@ -276,6 +311,8 @@ class CudaBackend:
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
         self.pointer_tables = {}  # the K and V cache pointers themselves -> the same as a uint64 device array
+        self._host_read = None  # to_host_soon's copy, deferred to the next replay
+        self.side_stream = None  # where a replay's token input is copied to the host (created on first use)
 
     # ------------------------------------------------------------------ compilation
     def kernel(self, file: str, name: str):
@@ -342,27 +379,34 @@ class CudaBackend:
     def to_host(self, array) -> np.ndarray:
         return self.cp.asnumpy(array)  # waits for everything launched so far
 
-    def to_host_soon(self, array):
-        """Start copying a small device array to pinned host memory in stream order; returns a function that
-        waits for that copy alone, not for work launched after it, and gives the host array (decode_ahead
-        reads step k's tokens while step k + 1 runs)."""
-        import cupyx
+    def to_host_soon(self, array, defer: bool = False):
+        """Copy a small device array to pinned host memory in stream order; returns a function that waits for that
+        copy alone, not for work launched after it, and gives the host array (decode_ahead reads step k's tokens
+        while step k + 1 runs).
 
-        cp = self.cp
-        array = cp.ascontiguousarray(array)
-        host = cupyx.empty_pinned(array.shape, array.dtype)
-        cp.cuda.runtime.memcpyAsync(host.ctypes.data, array.data.ptr, array.nbytes, cp.cuda.runtime.memcpyDeviceToHost, self.stream.ptr)
-        copied = cp.cuda.Event(disable_timing=True)
-        copied.record(self.stream)
+        defer: the copy waits for the next replay, and the caller promises that nothing but a replay writes the
+        array before then (a graph's ids, or a fresh array). Where that replay takes this very array as its tokens
+        (decode ahead feeding step k's ids to step k + 1), the copy reads the step's token input on a stream of its
+        own once the tokens are in, and the step's stream runs copy-free from one graph to the next: in stream order
+        the ids' copy cost ~11 µs a step (H100, notes/step_gaps_h100_stop25.log). Any other replay, another
+        to_host_soon or the wait itself first starts the copy in stream order."""
+        self.flush_host_read()
+        read = HostRead(self.cp, self.cp.ascontiguousarray(array))
+        if defer:
+            self._host_read = read
+        else:
+            read.start(self.stream, read.array)
+        return read.wait_from(self)
 
-        def wait(array=array):  # the device array stays alive until the copy is waited for
-            copied.synchronize()
-            return host
-
-        return wait
+    def flush_host_read(self) -> None:
+        """Start the deferred host copy (to_host_soon) in stream order, behind everything queued so far."""
+        read, self._host_read = self._host_read, None
+        if read is not None:
+            read.start(self.stream, read.array)
 
     # ------------------------------------------------------------------ step plan
     def prepare_plan(self, plan: StepPlan) -> DevicePlan:
+        self.flush_host_read()  # an eager step: a deferred copy (to_host_soon) goes ahead of it, as a replay's would
         put = self.put
         return DevicePlan(
             num_tokens=plan.num_tokens, batch_size=plan.batch_size, max_position=int(plan.positions.max()),
@@ -434,9 +478,23 @@ class CudaBackend:
             finally:
                 cp.cuda.set_allocator(previous)
             self.graphs.put((model, cache), key, step)
+        read, self._host_read = self._host_read, None  # to_host_soon's deferred copy
+        if read is not None and not read.same(tokens):
+            read.start(self.stream, read.array)  # in stream order, before this replay can overwrite it
+            read = None
+        if step.tokens_read is not None:  # the fill overwrites the token input a side copy reads
+            self.stream.wait_event(step.tokens_read)
+            step.tokens_read = None
         step.fill(plan)
         if tokens is not None:
             step.plan.tokens[: plan.num_tokens] = tokens
+            if read is not None:  # the tokens' host copy from the step's own input, off this stream
+                filled = cp.cuda.Event(disable_timing=True)
+                filled.record(self.stream)
+                if self.side_stream is None:
+                    self.side_stream = cp.cuda.Stream(non_blocking=True)
+                self.side_stream.wait_event(filled)
+                step.tokens_read = read.start(self.side_stream, step.plan.tokens[: plan.num_tokens])
         step.graph.launch(self.stream)
         return step.outputs(len(plan.logit_rows))
 

@@ -134,7 +134,7 @@ class NumpyBackend:
     def to_host(self, array) -> np.ndarray:
         return np.asarray(array)
 
-    def to_host_soon(self, array):
+    def to_host_soon(self, array, defer: bool = False):
         return lambda: np.asarray(array)  # nothing runs ahead of the host here
 
     def copy_page(self, ks, vs, source: int, destination: int) -> None:

@@ -1,7 +1,9 @@
 """Device probe: the GPU cost of each stream operation around a replayed decode step (random weights, default
 model's shapes, context 512): 32 steps back to back with only some of the pieces, CUDA events around the loop; how
 long the host's forward() (plan copy from pageable memory, launch) takes with a graph in flight; and decode ahead's
-loop at depths 1, 2 and 4. Usage: python3 notes/scripts/step_gaps.py"""
+loop at depths 1, 2 and 4. "sideread" (stop 25): the ids' copy on a stream of its own after an event, as a bound on
+what moving it off the step's stream could give; "sideguard": the same, each replay waiting for the copy of the
+replay before (which it would overwrite). Usage: python3 notes/scripts/step_gaps.py"""
 import time
 import sys
 
@@ -32,19 +34,31 @@ ids = model.forward(plan, cache).argmax_device()
 step = seen[-1]
 s = be.stream
 pinned = cupyx.empty_pinned((1,), np.int32)
+side = cp.cuda.Stream(non_blocking=True)  # "sideread": the ids' copy on a stream of its own, after an event
 
 
 def loop(parts, n=32):
     a, b = cp.cuda.Event(), cp.cuda.Event()
     a.record(s)
+    copied = None
     for _ in range(n):
         if "fill" in parts:
             step.fill(plan)
         if "tokens" in parts:
             step.plan.tokens[:1] = step.ids[:1]
+        if copied is not None:  # "sideguard": the next replay (which overwrites the ids) waits for their copy
+            s.wait_event(copied)
         step.graph.launch(s)
         if "read" in parts:
             be.to_host_soon(step.ids[:1])
+        if "sideread" in parts or "sideguard" in parts:
+            done = cp.cuda.Event(disable_timing=True)
+            done.record(s)
+            side.wait_event(done)
+            cp.cuda.runtime.memcpyAsync(pinned.ctypes.data, step.ids.data.ptr, 4, cp.cuda.runtime.memcpyDeviceToHost, side.ptr)
+            if "sideguard" in parts:
+                copied = cp.cuda.Event(disable_timing=True)
+                copied.record(side)
         if "d2h" in parts:
             cp.cuda.runtime.memcpyAsync(pinned.ctypes.data, step.ids.data.ptr, 4, cp.cuda.runtime.memcpyDeviceToHost, s.ptr)
     b.record(s)
@@ -64,7 +78,8 @@ def fill_time():  # the host's forward() behind a graph in flight: a copy that w
 
 
 print(f"forward() host time with a graph in flight (pageable plan copy): {fill_time():.1f} us", flush=True)
-cases = [(), ("fill",), ("tokens",), ("d2h",), ("read",), ("fill", "tokens"), ("fill", "tokens", "read")]
+cases = [(), ("fill",), ("tokens",), ("d2h",), ("read",), ("sideread",), ("fill", "tokens"), ("fill", "tokens", "read"),
+         ("fill", "tokens", "sideread"), ("fill", "tokens", "sideguard")]
 for _ in range(2):
     for parts in cases:
         t = np.median([loop(parts) for _ in range(7)])
