@@ -207,7 +207,8 @@ class HostRead:
     def same(self, tokens) -> bool:
         """tokens is this array's content at the same place (the ids that a replay takes as its token input)."""
         a = self.array
-        return tokens is not None and tokens.data.ptr == a.data.ptr and tokens.nbytes == a.nbytes and tokens.dtype == a.dtype
+        return (isinstance(tokens, self.cp.ndarray) and tokens.data.ptr == a.data.ptr and tokens.nbytes == a.nbytes
+                and tokens.dtype == a.dtype)
 
     def start(self, stream, source):
         """Copy `source` (this array, or a copy of it made in `stream`'s order) to the host on `stream`."""
