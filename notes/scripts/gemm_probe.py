@@ -9,6 +9,7 @@ rows (`wgmma`), or a few launches for ncu (`profile`: run under ncu --kernel-nam
     ncu --clock-control none --kernel-name regex:gemm_stream --metrics ... python3 notes/scripts/gemm_probe.py profile
 """
 
+import itertools
 import sys
 
 import numpy as np
@@ -25,6 +26,14 @@ def operands(K, N, M):
     weight = (cp.random.standard_normal((N, K), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16) & 0xBFFF
     x = (cp.random.standard_normal((M, K), dtype=cp.float32).view(cp.uint32) >> 16).astype(cp.uint16)
     return x, weight
+
+
+def rotated(weight, total=100 << 20):
+    """A callable that gives another copy of `weight` each call (at least `total` bytes of copies in all), so that
+    consecutive calls read past L2 as a step's layers do (bench gemm's rule)."""
+    copies = [weight] + [weight.copy() for _ in range(-(-total // weight.nbytes) - 1)]
+    turn = itertools.count()
+    return lambda: copies[next(turn) % len(copies)]
 
 
 if sys.argv[1] == "sweep":
@@ -50,9 +59,7 @@ elif sys.argv[1] == "sweep-rotated":  # the same at up to 16 rows, consecutive c
     for name, (K, N) in SHAPES.items():
         for M in (1, 4, 16):
             x, weight = operands(K, N, M)
-            copies = [weight] + [weight.copy() for _ in range(-(-100 * 2**20 // weight.nbytes) - 1)]
-            turn = iter(range(10**9))
-            rotating = lambda: copies[next(turn) % len(copies)]  # noqa: E731
+            rotating = rotated(weight)
             cells = []
             for S in (1, 2, 4, 8, None):
                 backend.gemm, backend.gemm_cluster = "own", S
@@ -62,7 +69,7 @@ elif sys.argv[1] == "sweep-rotated":  # the same at up to 16 rows, consecutive c
             floor = N * K * 2 / bandwidth * 1e6
             cells.append(floor)
             print(f"{name:<12} {M:>3} " + " ".join(f"{c:>7.1f}" for c in cells) + f" {floor / np.nanmin(cells[:4]) * 100:>6.0f}%", flush=True)
-            del copies
+            del rotating
     backend.gemm = backend.gemm_cluster = None
 elif sys.argv[1] == "wgmma":
     bandwidth = copy_bandwidth()
@@ -73,9 +80,7 @@ elif sys.argv[1] == "wgmma":
     for name, (K, N) in SHAPES.items():
         for M in (32, 64):
             x, weight = operands(K, N, M)
-            copies = [weight] + [weight.copy() for _ in range(-(-100 * 2**20 // weight.nbytes) - 1)]
-            turn = iter(range(10**9))
-            rotating = lambda: copies[next(turn) % len(copies)]  # noqa: E731
+            rotating = rotated(weight)
             cells = []
             for G in (1, 2):
                 for S in (1, 2, 4, 8):
