@@ -1,0 +1,17 @@
+"""Host-side rules of the CUDA backend that need no GPU (CPU): which steps the fused-layers kernel may take."""
+
+import re
+from types import SimpleNamespace
+
+from minispec.backends.cuda_backend import FUSED_MAX_LAYERS, CudaBackend, kernel_source
+
+
+def test_models_past_the_fused_layer_table_run_layer_by_layer():
+    """The fused tree instances copy the layer table into shared memory sized FUSED_MAX_LAYERS (a kernel that got
+    more layers would trap): deeper models run layer by layer, even where a test or benchmark forces fused rows."""
+    source = kernel_source("fused_layers_r16.cu")
+    assert int(re.search(r"#define FUSED_MAX_LAYERS (\d+)", source).group(1)) == FUSED_MAX_LAYERS
+    forced = SimpleNamespace(fused_max_rows=16)  # the rows CudaBackend.fused_row_limit is told to allow
+    assert CudaBackend.fused_row_limit(forced, SimpleNamespace(num_layers=FUSED_MAX_LAYERS + 1)) == 0
+    assert CudaBackend.fused_row_limit(forced, SimpleNamespace(num_layers=FUSED_MAX_LAYERS)) == 16
+    assert CudaBackend.fused_row_limit(SimpleNamespace(fused_max_rows=4), SimpleNamespace(num_layers=30)) == 4
