@@ -52,12 +52,12 @@ class TreeBudget:
 # more than the replay's stop 18 costs had them, notes/ngram_gate_stop24.log), so a sequence whose tree steps have
 # given fewer than NGRAM_PAYS tokens each drafts only where a suffix match is strong: match weight >= NGRAM_STRONG,
 # the sum of the suffix lengths that found the start (a start the last 4 tokens find weighs 4 + 3 + 2, + 1 while
-# one-token matches count; one the last 3 find, 6 at most). NGRAM_PRIOR: one tree step of 3 tokens before any is seen.
+# one-token matches count; one the last 3 find, 6 at most). Until its first tree step a sequence drafts freely (a prior
+# of one NGRAM_PAYS-token step, which the replays of stop 24 used, changes no decision: it sits on the threshold).
 # Replayed on the 12 stored prompts at those costs: 1.04x -> 1.08x plain in all, summarise 0.93x -> 1.01x, list
 # 0.75x -> 0.99x, the copying prompts unchanged.
 NGRAM_PAYS = 3.0
 NGRAM_STRONG = 8
-NGRAM_PRIOR = (3.0, 1.0)  # (tokens, tree steps)
 
 # The n-gram drafter's default: 16 nodes, paths of up to 15 (the depth of the default TreeBudget, 12, is a draft
 # model's number of draft forwards). Replayed on the 12 stored prompts' greedy outputs (notes/scripts/ngram_offline.py,
@@ -106,8 +106,8 @@ class NgramHistory:
 
     accepted: float = 1.0  # drafted children of accepted nodes that were accepted (Laplace prior 1 of 2)
     tries: float = 2.0  # drafted children of accepted nodes
-    tree_tokens: float = NGRAM_PRIOR[0]  # tokens that tree steps (more than the root) gave, prior included
-    tree_steps: float = NGRAM_PRIOR[1]
+    tree_tokens: int = 0  # tokens that tree steps (more than the root) gave
+    tree_steps: int = 0
     tree: Tree | None = None  # the last proposal
     asked: tuple | None = None  # (token count, node cap) it answered, until the next commit
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minispec import MinispecError, SamplingParams
-from minispec.drafters import NGRAM_PAYS, NGRAM_PRIOR, NGRAM_STRONG, NgramDrafter, TreeBudget
+from minispec.drafters import NGRAM_PAYS, NGRAM_STRONG, NgramDrafter, TreeBudget
 from minispec.tree import Tree
 
 
@@ -97,7 +97,7 @@ def test_ngram_trees_equal_the_reference(budget):
     for trial in range(6):
         drafter = NgramDrafter(budget)
         seq = Seq(rng.integers(0, 4 + trial, 40).tolist())
-        gained, steps = NGRAM_PRIOR  # tokens and steps of trees with more than the root
+        gained, steps = 0, 0  # tokens and steps of trees with more than the root
         for step in range(25):
             tree = drafter.propose([seq], [1 << 20])[0]
             paid = gained >= NGRAM_PAYS * steps
@@ -121,7 +121,7 @@ def test_ngram_trees_equal_the_reference(budget):
 def test_ngram_gate_lets_only_strong_matches_past_trees_that_did_not_pay():
     drafter = NgramDrafter(TreeBudget(16, 15, 4))
     seq = Seq([5, 1, 2, 3, 7, 8, 1, 2, 3])
-    assert len(drafter.propose([seq], [1 << 20])[0]) > 1  # the prior lets a first tree through
+    assert len(drafter.propose([seq], [1 << 20])[0]) > 1  # no tree step yet: the gate is open
     drafter.commit(seq, [0], [6])  # nothing accepted: the tree step gave 1 token
     seq.tokens += [6, 1, 2, 3]  # the same match of weight 3 + 2 (alpha is 1/3: no one-token matches)
     assert len(drafter.propose([seq], [1 << 20])[0]) == 1
@@ -129,7 +129,7 @@ def test_ngram_gate_lets_only_strong_matches_past_trees_that_did_not_pay():
     tree = drafter.propose([seq], [1 << 20])[0]
     assert tree.token_list[:2] == [4, 9]
     drafter.commit(seq, [0, 1], [9, 1])
-    assert drafter.history[id(seq)].tree_tokens == NGRAM_PRIOR[0] + 3 and drafter.history[id(seq)].tree_steps == NGRAM_PRIOR[1] + 2
+    assert drafter.history[id(seq)].tree_tokens == 3 and drafter.history[id(seq)].tree_steps == 2
     sampled = Seq([5, 1, 2, 3, 7, 8, 1, 2, 3], SamplingParams(temperature=0.7))  # sampled sequences are not gated
     drafter.propose([sampled], [1 << 20])
     drafter.commit(sampled, [0], [6])
