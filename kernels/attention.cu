@@ -457,7 +457,10 @@ TREE_ATTENTION_MMA(128, 8)
 // 128-key tiles (8B heads, shares of 8192 keys or more): one split at 8k keys 121 -> 108 µs, T = 64 at 32k
 // keys 72.5 -> 69.5, batch 16 at 8k 3-8% faster; shorter shares lost (T = 64 at 512 keys 12.8 -> 15.3).
 // Tried and not kept: the last split merging in the kernel instead of attention_merge (slower: one block then
-// reads every share serially), FlashAttention-3's ping-pong of the two warpgroups (within 3%), a seventh slot
+// reads every share serially), and every split block of a (row tile, KV head) pair merging a share of the pair's
+// rows once all have written (stop 26: 8B T = 64 step 6.61 -> 6.81 ms at 512 keys; attention_merge, a launch of its
+// own, lets the next kernel be placed and copy its first stages under PDL while it runs,
+// notes/attention_merge_inside_h100_stop26.log), FlashAttention-3's ping-pong of the two warpgroups (within 3%), a seventh slot
 // (level), four producer warps (as two).
 // K/V slots: as many as 192 KB hold, at most 6 (6 x 32 KB at D = 128, KEYS = 64: a seventh fits, it measured
 // level); CudaBackend.attention_tile_keys sizes the launch by the same rule

@@ -52,7 +52,11 @@
 // (notes/fused_layers.log): splitting QKV's K between two warps; every block merging the attention splits
 // itself instead of a merge phase (132 blocks reading the same lines); each block's GEMV weights copied into
 // its shared memory a layer ahead by TMA (the GEMVs gained 2.3 µs a layer, the phase the copies ran beside lost
-// ~2 µs wherever they went); the merge's o loads issued beside its (m, l) loads.
+// ~2 µs wherever they went); the merge's o loads issued beside its (m, l) loads; the O projection folded into the
+// decode attention blocks, each head's block multiplying its row by its slice of Wo, which removes the O phase and a
+// grid barrier (stop 26: 520 -> 551 µs a step at 100 keys; 9 SMs then read what 132 did, and the gate/up staging
+// sums 9 partials: notes/o_fold_h100_stop26.log); the LM head's last rows pulled into L2 during the last layer
+// (level to slower, notes/lm_head_prefetch_h100_stop26.log).
 // Lessons kept in the code: spread units over SMs (u -> block u % grid; one SM's load bandwidth is
 // ~1/132 of the card's), keep warp shuffles out of branches the compiler cannot prove uniform (else it
 // emits WARPSYNC/collective code), load in batches (a loop of one load per iteration pays one L2 latency
