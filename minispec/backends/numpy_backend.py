@@ -100,16 +100,18 @@ def attention(q, k_cache, v_cache, plan: StepPlan, scale: float) -> np.ndarray:
     out = np.empty((N, H, D), dtype=np.float32)
     for b in range(plan.batch_size):
         rows = slice(plan.cu_q[b], plan.cu_q[b + 1])
-        keys = gather_kv(k_cache, plan.page_tables[b], plan.kv_len[b])  # [S, Hkv, D]
-        values = gather_kv(v_cache, plan.page_tables[b], plan.kv_len[b])
-        keys = np.repeat(keys, G, axis=1)  # [S, H, D]
-        values = np.repeat(values, G, axis=1)
-        scores = np.einsum("thd,shd->hts", q[rows], keys) * scale  # [H, T, S]
-        scores = np.where(visibility(plan, b)[None], scores, -np.inf)
+        T = rows.stop - rows.start
+        keys = gather_kv(k_cache, plan.page_tables[b], plan.kv_len[b]).transpose(1, 2, 0)  # [Hkv, D, S]
+        values = gather_kv(v_cache, plan.page_tables[b], plan.kv_len[b]).transpose(1, 0, 2)  # [Hkv, S, D]
+        # the G query heads of each KV head, all T rows: [Hkv, G T, D] (head h = kv G + g), one matrix product per KV head
+        queries = q[rows].reshape(T, Hkv, G, D).transpose(1, 2, 0, 3).reshape(Hkv, G * T, D)
+        scores = (queries @ keys * scale).reshape(Hkv, G, T, -1)  # [Hkv, G, T, S]
+        scores = np.where(visibility(plan, b), scores, -np.inf)
         scores -= scores.max(axis=-1, keepdims=True)
         weights = np.exp(scores)
         weights /= weights.sum(axis=-1, keepdims=True)
-        out[rows] = np.einsum("hts,shd->thd", weights, values)
+        o = weights.reshape(Hkv, G * T, -1) @ values  # [Hkv, G T, D]
+        out[rows] = o.reshape(Hkv, G, T, D).transpose(2, 0, 1, 3).reshape(T, H, D)
     return out.reshape(N, H * D)
 
 
