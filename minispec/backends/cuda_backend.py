@@ -479,10 +479,11 @@ class CudaBackend:
             finally:
                 cp.cuda.set_allocator(previous)
             self.graphs.put((model, cache), key, step)
-        read, self._host_read = self._host_read, None  # to_host_soon's deferred copy
+        read = self._host_read  # to_host_soon's deferred copy
         if read is not None and not read.same(tokens):
-            read.start(self.stream, read.array)  # in stream order, before this replay can overwrite it
+            self.flush_host_read()  # in stream order, before this replay can overwrite it
             read = None
+        self._host_read = None
         if step.tokens_read is not None:  # the fill overwrites the token input a side copy reads
             self.stream.wait_event(step.tokens_read)
             step.tokens_read = None
