@@ -11,7 +11,8 @@ only for the bytes it reads (st.async with an mbarrier's complete_tx, the consum
                own mbarrier for the 8 N floats it receives (an all-to-all: the MLP's down partials, 72 floats)
   gather N     µs per round: 8 blocks push N floats to rank 0, which waits, then pushes N floats back to all
                (qkv -> one attention block -> O)
-  grid         µs per flat grid barrier (release add, acquire poll) over the same grid
+  grid         µs per flat grid barrier over the same grid (notes/scripts/barrier_probe.py's `flat`, launched in
+               clusters of 8)
 
 Run from the repository root: python3 notes/scripts/cluster_push_probe.py"""
 import sys
@@ -21,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, ".")
 sys.path.insert(0, "notes/scripts")
+from barrier_probe import SOURCE as BARRIER_SOURCE  # noqa: E402
 from cluster_stream_probe import launch  # noqa: E402
 
 from minispec.bench_gpu import card_name, require_gpu, time_gpu  # noqa: E402
@@ -37,6 +39,7 @@ __device__ __forceinline__ unsigned rank_in_cluster() {
 __device__ __forceinline__ void expect(unsigned long long* bar, unsigned bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
 }
+// hopper.cuh's mbarrier_wait with cluster-scope acquire: the bytes it waits for were stored by other blocks
 __device__ __forceinline__ void wait_cluster(unsigned long long* bar, unsigned parity) {
     asm volatile(
         "{\n.reg .pred ready;\nWAIT:\n"
@@ -139,20 +142,6 @@ extern "C" __global__ void __launch_bounds__(512, 1) gather(int iters, int n, fl
     cluster_sync();
 }
 
-extern "C" __global__ void __launch_bounds__(512, 1) grid(int iters, unsigned* counter, float* sink) {
-    unsigned target = 0;
-    for (int i = 0; i < iters; i++) {
-        target += gridDim.x;
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
-            unsigned seen;
-            do asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
-            while (seen < target);
-        }
-        __syncthreads();
-    }
-}
 """
 
 
@@ -161,7 +150,8 @@ def main():
     from minispec.backends.cuda_backend import KERNELS
 
     module = cp.RawModule(code=SOURCE, options=("-std=c++17", "-arch=sm_90a", f"-I{KERNELS}"))
-    kernels = {name: module.get_function(name) for name in ("cbar", "ping", "a2a", "gather", "grid")}
+    kernels = {name: module.get_function(name) for name in ("cbar", "ping", "a2a", "gather")}
+    kernels["grid"] = cp.RawModule(code=BARRIER_SOURCE, options=("-std=c++17", "-arch=sm_90a")).get_function("flat")
     shared = 120 << 10  # one block an SM, as the fused kernel
     for kernel in kernels.values():
         kernel.max_dynamic_shared_size_bytes = shared
@@ -185,7 +175,7 @@ def main():
 
         def run_grid():
             counter.fill(0)
-            launch(kernels["grid"], grid, 8, (np.int32(iters), counter, sink), shared)
+            launch(kernels["grid"], grid, 8, (counter, np.int32(iters)), shared)
 
         ms = time_gpu(run_grid, 2, 5)
         print(f"  grid {grid:3d}  {'grid':12s} {ms * 1e3 / iters * 1e3:7.3f} µs", flush=True)
