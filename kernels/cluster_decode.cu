@@ -53,6 +53,8 @@
 #define CD_THREADS (CD_WARPS * 32)
 #define CD_CLUSTER 8
 #define CD_NEG_INF (-__int_as_float(0x7f800000))
+#define CD_PARTIAL_GROUPS 3  // add_partials: thread groups, each loading up to CD_PARTIAL_BATCH partial sums at once
+#define CD_PARTIAL_BATCH 8   // (at most 24 partials of each role: CudaBackend.CLUSTER_DECODE_MAX_PARTIALS)
 // experiment (notes/scripts/cluster_decode_probe.py): copy layer 0's weights only (wrong results: the timing
 // without the copy traffic)
 #ifndef CD_COPY_ONCE
@@ -245,16 +247,16 @@ __device__ __forceinline__ void stage_norm(const float* h, const float* w, uint4
 // in `red4` and are added in group order (every block sums in the same order: h stays equal everywhere)
 __device__ __forceinline__ void add_partials(float* h, const float* part, int count, int C, float4* red4) {
     const int t = threadIdx.x, Q = C / 4, g = t / Q, q = t % Q;
-    if (g < 3) {
-        float4 v[8];
+    if (g < CD_PARTIAL_GROUPS) {
+        float4 v[CD_PARTIAL_BATCH];
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const int k = g + 3 * i;
+        for (int i = 0; i < CD_PARTIAL_BATCH; i++) {
+            const int k = g + CD_PARTIAL_GROUPS * i;
             v[i] = k < count ? __ldcg(reinterpret_cast<const float4*>(part + (long long)k * C) + q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
         float4 sum = v[0];
 #pragma unroll
-        for (int i = 1; i < 8; i++) sum.x += v[i].x, sum.y += v[i].y, sum.z += v[i].z, sum.w += v[i].w;
+        for (int i = 1; i < CD_PARTIAL_BATCH; i++) sum.x += v[i].x, sum.y += v[i].y, sum.z += v[i].z, sum.w += v[i].w;
         red4[t] = sum;
     }
     __syncthreads();
