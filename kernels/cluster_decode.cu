@@ -1,6 +1,10 @@
 // Every layer of a one-token decode step (one sequence, bf16) in ONE persistent launch of thread block clusters of 8,
 // in two roles that hand each layer to each other through two counters, instead of the fused-layers kernel's five
-// dependent grid-wide exchanges a layer. (Experiment, stop 27: not dispatched by the engine yet.)
+// dependent grid-wide exchanges a layer. Who runs it: CudaBackend.cluster_decode_shape (Hopper, B = 1, T = 1, the
+// models the fused kernel takes, when the clusters fit); batches and trees stay on the fused kernel.
+// Measured (H100, random weights with the default model's shapes, notes/cluster_decode_h100_stop27.log): 12.5 / 13.5 /
+// 14.3 µs a layer at 100 / 512 / 1024 keys against the fused kernel's 15.9 / 18.6 / 20.0; plain greedy decode on the
+// default model 1870 -> 2304-2314 tokens/s (notes/bench_e2e_quick_h100_stop27.log).
 //
 // h = the residual stream (C floats), kept by EVERY block in its shared memory; all copies stay equal, since every
 // block adds the same partial sums in the same order.
@@ -61,7 +65,7 @@
 #define CD_COPY_ONCE 0
 #endif
 
-typedef __nv_bfloat16 bf16;
+using bf16 = __nv_bfloat16;
 
 namespace cd {
 
