@@ -38,7 +38,8 @@
 // (tests compare the two CUDA paths and the reference). Tests: tests/test_cuda_fused.py.
 //
 // Who runs it: CudaBackend.fused_row_limit, models whose layers are small (large ones run layer by layer: their
-// layered decode graph beat this kernel at every context in stop 18's A/B, notes/fused_vs_layered_stop18.log).
+// layered decode graph beat this kernel at every context in stop 18's A/B, notes/fused_vs_layered_stop18.log). On Hopper
+// a decode step of one sequence goes to kernels/cluster_decode.cu instead where it fits (CudaBackend.cluster_decode_shape).
 // What it costs (bench e2e prints it: %globaltimer stamps of block 0, `clock`): on an H100 (copy 3.0 TB/s),
 // 8B shapes, decode at context 512, per layer: qkv 22.0 µs (weights alone 16.8), attention 5.4, merge 2.3,
 // o-proj 14.1 (11.2), gate/up 80.0 (78.5), down 41.4 (39.3): the big phases stream at 94-97% of copy

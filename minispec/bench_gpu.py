@@ -309,18 +309,20 @@ FUSED_PHASES = ("qkv+rope", "attention", "merge", "o-proj", "gate/up", "down")
 
 
 def fused_stamps(model, tree_size: int = 1, context: int = 512, extra: int = 0) -> np.ndarray:
-    """The %globaltimer stamps (ns) block 0 of the fused-layers kernel writes in a decode step, or a tree step of
-    `tree_size` nodes: [1 + 6 L] after every grid barrier, then `extra` more for a build that stamps inside the
+    """The %globaltimer stamps (ns) block 0 of the fused-layers kernel writes in a decode step (run on that kernel even
+    where the engine takes kernels/cluster_decode.cu), or a tree step of `tree_size` nodes: [1 + 6 L] after every grid barrier, then `extra` more for a build that stamps inside the
     phases (fused_layers.cuh, FUSED_TRACE). The tree step runs last, so its stamps stay."""
     backend = model.backend
     cp = backend.cp
     backend.fused_clock = cp.zeros(1 + 6 * model.num_layers + extra, dtype=cp.uint64)
     backend.graphs.clear()  # the clock pointer is captured into the graph
+    cluster_decode, backend.cluster_decode = backend.cluster_decode, False  # decode on the fused kernel too (its stamps)
     try:
         step_times(model, context, () if tree_size == 1 else (tree_size,))
         return cp.asnumpy(backend.fused_clock).astype(np.int64)
     finally:
         backend.fused_clock = None
+        backend.cluster_decode = cluster_decode
         backend.graphs.clear()
 
 

@@ -24,6 +24,8 @@ STEPS = {
     "decode": [(40, "single", 1)],
     "decode 250": [(250, "single", 1)],  # every one of the 8 splits with keys
     "decode 300": [(300, "single", 1)],  # past 256 keys: 16 splits spread over the grid, then a merge phase
+    # 3 keys: kernels/cluster_decode.cu's blocks 3..7 of each attention cluster hold no key
+    "decode short": [(2, "single", 1)],
     "decode batch": [(40, "single", 1), (0, "single", 1), (200, "single", 1), (17, "single", 1)],
     "tree": [(75, "random", 16)],
     "long tree": [(300, "random", 16)],  # the split-and-merge path
@@ -65,6 +67,7 @@ def test_fused_layers_match_layer_by_layer_and_reference(tmp_path, step, D, page
     be = CudaBackend("bfloat16")
     if blocks:
         be.fused_blocks = blocks  # fewer blocks than units: every phase strides
+        be.cluster_decode = False  # ... and the fused kernel serves one-sequence decode steps too
     model = Model.load(directory, be)
     num_pages = -(-600 // page_size)
     plan, used = random_step(rng, STEPS[step], page_size, num_pages)
@@ -83,6 +86,10 @@ def test_fused_layers_match_layer_by_layer_and_reference(tmp_path, step, D, page
         be.fused_max_rows = max_rows
         device_plan = be.prepare_plan(plan)
         assert (be.fused_rows(model, device_plan) > 0) == (max_rows > 0)
+        # one-sequence decode steps go to kernels/cluster_decode.cu on Hopper unless turned off
+        if max_rows:
+            clustered = be.cluster_decode_shape(model, device_plan, page_size) is not None
+            assert clustered == (be.cluster_decode and plan.batch_size == 1 and plan.num_tokens == 1)
         logits = cp.asnumpy(model.compute(device_plan, cache))
         pages = [c.get().view(BF16).astype(np.float32)[used] for c in [*cache.k, *cache.v]]
         return logits, pages
@@ -153,6 +160,54 @@ def test_fused_layers_are_deterministic(tmp_path, intermediate):
     first = cp.asnumpy(model.compute(device_plan, cache))  # rewrites the same K/V slots with the same values
     for _ in range(20):
         assert np.array_equal(cp.asnumpy(model.compute(device_plan, cache)), first)
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("context", [40, 300])
+def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, context):
+    """kernels/cluster_decode.cu against the fused-layers kernel on the same decode step (the same roundings, other
+    fp32 sum orders), the same bits on every run (fixed-order sums only), the same K/V written at the step's slot."""
+    import cupy as cp
+
+    from minispec.backends.cuda_backend import CudaBackend
+
+    be = CudaBackend("bfloat16")
+    if not be.cluster_decode:
+        pytest.skip("kernels/cluster_decode.cu needs Hopper")
+    model = Model.load(tiny_bf16_model(tmp_path / "model", D), be)
+    rng = np.random.default_rng(context + D)
+    plan, used = random_step(rng, [(context, "single", 1)], 16, 40)
+    cache = model.new_cache(40, 16)
+    start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
+    device_plan = be.prepare_plan(plan)
+    shape = be.cluster_decode_shape(model, device_plan, 16)
+    assert shape is not None and shape[0] > model.config.num_kv_heads  # attention clusters and MLP clusters
+
+    def run():
+        for c, values in zip([*cache.k, *cache.v], start):
+            c[...] = cp.asarray(values.view(np.uint16))
+        logits = cp.asnumpy(model.compute(device_plan, cache))
+        return logits, [c.get().view(BF16).astype(np.float32)[used] for c in [*cache.k, *cache.v]]
+
+    clustered, clustered_pages = run()
+    for _ in range(10):
+        again, again_pages = run()
+        assert np.array_equal(again, clustered)
+        assert all(np.array_equal(a, b) for a, b in zip(again_pages, clustered_pages))
+    be.cluster_decode = False
+    assert be.cluster_decode_shape(model, device_plan, 16) is None
+    fused, fused_pages = run()
+    scale = np.abs(fused).max()
+    assert_close(clustered, fused, 0, 3e-2 * scale, "cluster decode vs fused kernel")
+    assert np.abs(clustered - fused).mean() <= 3e-3 * scale
+    for got, want in zip(clustered_pages, fused_pages):
+        assert_close(got, want, 0, 3e-2 * np.abs(want).max(), "K/V pages")
+    # a batch of two and a tree step stay on the fused kernel
+    be.cluster_decode = True
+    two, _ = random_step(rng, [(10, "single", 1), (20, "single", 1)], 16, 40)
+    tree, _ = random_step(rng, [(10, "random", 4)], 16, 40)
+    assert be.cluster_decode_shape(model, be.prepare_plan(two), 16) is None
+    assert be.cluster_decode_shape(model, be.prepare_plan(tree), 16) is None
 
 
 def test_graphs_are_not_replayed_into_a_freed_cache(tmp_path):

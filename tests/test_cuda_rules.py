@@ -3,7 +3,8 @@
 import re
 from types import SimpleNamespace
 
-from minispec.backends.cuda_backend import FUSED_MAX_LAYERS, CudaBackend, kernel_source
+from minispec.backends.cuda_backend import (
+    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, FUSED_MAX_LAYERS, CudaBackend, kernel_source)
 
 
 def test_models_past_the_fused_layer_table_run_layer_by_layer():
@@ -15,3 +16,12 @@ def test_models_past_the_fused_layer_table_run_layer_by_layer():
     assert CudaBackend.fused_row_limit(forced, SimpleNamespace(num_layers=FUSED_MAX_LAYERS + 1)) == 0
     assert CudaBackend.fused_row_limit(forced, SimpleNamespace(num_layers=FUSED_MAX_LAYERS)) == 16
     assert CudaBackend.fused_row_limit(SimpleNamespace(fused_max_rows=4), SimpleNamespace(num_layers=30)) == 4
+
+
+def test_cluster_decode_constants_agree_with_the_kernel():
+    """The backend launches kernels/cluster_decode.cu in clusters of CLUSTER_DECODE_BLOCKS and gives each role at most
+    CLUSTER_DECODE_MAX_PARTIALS partial sums, which the kernel adds in one batch of loads."""
+    source = kernel_source("cluster_decode.cu")
+    define = lambda name: int(re.search(rf"#define {name} (\d+)", source).group(1))  # noqa: E731
+    assert define("CD_CLUSTER") == CLUSTER_DECODE_BLOCKS
+    assert define("CD_PARTIAL_GROUPS") * define("CD_PARTIAL_BATCH") == CLUSTER_DECODE_MAX_PARTIALS

@@ -36,6 +36,8 @@ FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots:
 # shares (255 keys) 548 -> 512; a T = 16 tree at 100 keys 782 -> 718. 16 shares (the 512 bucket) were level over the
 # bucket for decode: 528 against ~550 µs at 300 keys, 571 against ~550 at 500.
 FUSED_BLOCK_SPLITS = 8
+CLUSTER_DECODE_BLOCKS = 8  # blocks per cluster of kernels/cluster_decode.cu (CD_CLUSTER)
+CLUSTER_DECODE_MAX_PARTIALS = 24  # partial sums it adds in one round trip (add_partials: 3 thread groups x 8)
 
 
 def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
@@ -310,6 +312,10 @@ class CudaBackend:
         self.attention_keys = None  # the wgmma kernel's key tile, 64 or 128 (None: attention_tile_keys)
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
+        # one-sequence decode steps of small models on kernels/cluster_decode.cu where it applies (cluster_decode_shape);
+        # False: the fused-layers kernel serves them (tests, the fused kernel's stamps)
+        self.cluster_decode = self.hopper
+        self.cluster_counts = {}  # shared bytes -> clusters of cluster_decode.cu resident at once (the driver's answer)
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
         self.pointer_tables = {}  # the K and V cache pointers themselves -> the same as a uint64 device array
         self._host_read = None  # to_host_soon's copy, deferred to the next replay
@@ -449,7 +455,7 @@ class CudaBackend:
         prefill = bool(plan.causal.any())
         # the launch settings are part of the key: changing one (tests, benchmarks) must capture anew
         settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), self.attention_warps, self.attention_splits,
-                    self.attention_wgmma, self.pdl)
+                    self.attention_wgmma, self.pdl, self.cluster_decode)
         key = (B, bucket, context, prefill, settings)
         step = self.graphs.get((model, cache), key)
         if step is None:
@@ -915,6 +921,9 @@ class CudaBackend:
 
     def fused_layers(self, model, plan: DevicePlan, cache, x, rows: int):
         """Every layer of a small step in one persistent launch; x: embeddings fp32 [N, C] -> residual stream."""
+        shape = self.cluster_decode_shape(model, plan, cache.page_size) if rows == 1 else None
+        if shape is not None:
+            return self.cluster_decode_layers(model, plan, cache, x, *shape)
         cp, c = self.cp, model.config
         N, B = plan.num_tokens, plan.batch_size
         H, Hkv, D, C, I = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
@@ -955,6 +964,76 @@ class CudaBackend:
              ml_part, attn, act, barrier, i32(N), i32(C), i32(H), i32(Hkv), i32(I), i32(P), i32(groups), i32(splits),
              np.float32(c.rms_norm_eps), np.float32(model.scale), i32(prefetch), i32(prefetch_kv),
              np.uint64(0) if self.fused_clock is None else self.fused_clock),
+            shared_mem=shared,
+        )
+        return x
+
+    # ------------------------------------------------------------------ cluster decode
+    @staticmethod
+    def cluster_decode_shared_bytes(c, num_layers: int, mlp_blocks: int, span: int, page_size: int) -> int:
+        """Dynamic shared memory of kernels/cluster_decode.cu (its Layout, region by region, each rounded to 16 bytes)
+        for MLP blocks over the intermediate groups and `span` keys a block at most."""
+        C, D, I = c.hidden_size, c.head_dim, c.intermediate_size
+        G = c.num_heads // c.num_kv_heads
+        pairs_block = -(-((G + 2) * D // 2) // CLUSTER_DECODE_BLOCKS)
+        OC, OK = C // CLUSTER_DECODE_BLOCKS, G * D
+        ni_max = 8 * -(-(I // 8) // mlp_blocks)
+        regions = [C * 4, max(C, OK) * 2, (G + 2) * D * 4, 8 * G * (D + 2) * 4, G * -(-span // 32) * (D + 2) * 4, OK * 2,
+                   ni_max * 4, 8 * OC * 4, 16 * 4, 3 * C * 4, pairs_block * 2 * 4, C * 4, C * 4, 5 * 8, num_layers * 64,
+                   (span // page_size + 2) * 4, pairs_block * 2 * C * 2, OC * OK * 2, ni_max * 2 * C * 2, C * ni_max * 2,
+                   2 * span * D * 2]
+        return sum(-(-r // 16) * 16 for r in regions)
+
+    def cluster_decode_shape(self, model, plan: DevicePlan, page_size: int):
+        """(clusters, keys a block at most, shared bytes) of kernels/cluster_decode.cu for this step, or None where the
+        fused-layers kernel serves it: decode steps of one sequence on a model the fused kernel takes, whose shapes
+        the kernel handles and whose attention share and weight slices fit one block's shared memory."""
+        c = model.config
+        if not (self.cluster_decode and plan.batch_size == 1 and plan.num_tokens == 1 and not plan.has_causal):
+            return None
+        if c.head_dim not in (64, 128) or c.hidden_size % (4 * CLUSTER_DECODE_BLOCKS) or c.intermediate_size % 8:
+            return None
+        if c.num_kv_heads > CLUSTER_DECODE_MAX_PARTIALS or model.num_layers > FUSED_MAX_LAYERS:
+            return None
+        span = -(-plan.max_kv_len // CLUSTER_DECODE_BLOCKS)  # (a graph's context bucket: any step of the bucket fits)
+        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_d{c.head_dim}")
+        # every block must be resident at once (the counters would deadlock): ask the driver how many clusters fit,
+        # which depends on the shared memory, which depends on how many MLP blocks share the intermediate groups
+        clusters = self.sm_count // CLUSTER_DECODE_BLOCKS
+        for _ in range(3):
+            clusters = min(clusters, c.num_kv_heads + CLUSTER_DECODE_MAX_PARTIALS)
+            if clusters < c.num_kv_heads + 1:
+                return None
+            shared = self.cluster_decode_shared_bytes(c, model.num_layers, CLUSTER_DECODE_BLOCKS * (clusters - c.num_kv_heads),
+                                                      span, page_size)
+            if shared > self.max_shared:
+                return None
+            if shared not in self.cluster_counts:
+                allow_shared(kernel, shared)
+                self.cluster_counts[shared] = driver.max_active_clusters(kernel, 512, shared, CLUSTER_DECODE_BLOCKS)
+            if self.cluster_counts[shared] >= clusters:
+                return clusters, span, shared
+            clusters = self.cluster_counts[shared]
+        return None
+
+    def cluster_decode_layers(self, model, plan: DevicePlan, cache, x, clusters: int, span: int, shared: int):
+        """Every layer of a one-token decode step on kernels/cluster_decode.cu; x: the embedding fp32 [1, C] -> the
+        residual stream after the last layer (in place)."""
+        cp, c = self.cp, model.config
+        C, Hkv = c.hidden_size, c.num_kv_heads
+        opart = cp.empty((2, Hkv, C), dtype=cp.float32)
+        dpart = cp.empty((2, clusters - Hkv, C), dtype=cp.float32)
+        counters = cp.empty(64, dtype=cp.uint32)  # attention blocks done at 0, MLP blocks done at 32 (own lines)
+        cp.cuda.runtime.memsetAsync(counters.data.ptr, 0, counters.nbytes, self.stream.ptr)
+        cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
+        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_d{c.head_dim}")
+        allow_shared(kernel, shared)
+        i32 = np.int32
+        kernel(
+            (CLUSTER_DECODE_BLOCKS * clusters,), (512,),
+            (self.layer_table(model, cache), i32(model.num_layers), x, plan.positions, plan.slots, plan.kv_len,
+             plan.page_tables, cos, sin, opart, dpart, counters, i32(C), i32(c.num_heads), i32(Hkv), i32(c.intermediate_size),
+             i32(cache.page_size), i32(span), np.float32(c.rms_norm_eps), np.float32(model.scale), np.uint64(0)),
             shared_mem=shared,
         )
         return x

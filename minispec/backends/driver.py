@@ -116,3 +116,19 @@ def launch(function, grid, block, args, shared_bytes: int, stream_ptr: int) -> N
     result = launch_ex(ctypes.byref(config), ctypes.c_void_p(function.kernel.ptr), pointers, None)
     if result != 0:
         raise RuntimeError(f"cuLaunchKernelEx failed (CUresult {result}) for grid {grid}, block {block}, {shared_bytes} B shared")
+
+
+def max_active_clusters(function, block: int, shared_bytes: int, cluster: int) -> int:
+    """How many clusters of `function` (compiled with __cluster_dims__(cluster, 1, 1)) the device runs at once with
+    `block` threads and `shared_bytes` of dynamic shared memory a block; 0 where the driver cannot say."""
+    library = libcuda()
+    query = getattr(library, "cuOccupancyMaxActiveClusters", None) if library is not None else None
+    if query is None:
+        return 0
+    query.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.POINTER(LaunchConfig)]
+    query.restype = ctypes.c_int
+    count = ctypes.c_int(0)
+    config = LaunchConfig((ctypes.c_uint32 * 3)(cluster, 1, 1), (ctypes.c_uint32 * 3)(block, 1, 1), shared_bytes, None, None, 0)
+    if query(ctypes.byref(count), ctypes.c_void_p(function.kernel.ptr), ctypes.byref(config)) != 0:
+        return 0
+    return count.value

@@ -1,0 +1,617 @@
+// Every layer of a one-token decode step (one sequence, bf16) in ONE persistent launch of thread block clusters of 8,
+// in two roles that hand each layer to each other through two counters, instead of the fused-layers kernel's five
+// dependent grid-wide exchanges a layer. Who runs it: CudaBackend.cluster_decode_shape (Hopper, B = 1, T = 1, the
+// models the fused kernel takes, when the clusters fit); batches and trees stay on the fused kernel.
+// Measured (H100, random weights with the default model's shapes, notes/cluster_decode_h100_stop27.log): 12.5 / 13.5 /
+// 14.3 µs a layer at 100 / 512 / 1024 keys against the fused kernel's 15.9 / 18.6 / 20.0; plain greedy decode on the
+// default model 1870 -> 2304-2314 tokens/s (notes/bench_e2e_quick_h100_stop27.log).
+//
+// h = the residual stream (C floats), kept by EVERY block in its shared memory; all copies stay equal, since every
+// block adds the same partial sums in the same order.
+//   attention role, the cluster of KV head c (clusters 0 .. Hkv-1), per layer l:
+//     wait for every MLP block's layer l-1 (mlp_done); h += its down sums
+//     x = bf16(rmsnorm(h) * attn_norm)
+//     qkv: the cluster's (G + 2) D columns (G query heads, its key head, its value head) as RoPE column pairs
+//          (d, d + D/2), pair u to cluster block u % 8; each block pushes its rotated values to all 8 blocks
+//          (st.async, counted on the receiver's mbarrier: only the receiver waits); k and v rounded to bf16 and
+//          written to the cache slot
+//     attention: block r takes keys [r share, (r+1) share) of n = kv_len; the old ones are in its shared memory
+//          (copied during the layer before), the new one is the pushed k, v. Per query head: the share's running
+//          max m, exp sum l and unnormalised o, pushed to all 8 blocks; every block merges the 8 shares in rank order
+//          into attn = bf16(sum_r e^(m_r - M) o_r / sum_r e^(m_r - M) l_r)
+//     O partial: block r: columns [r C/8, (r+1) C/8) of attn_c . Wo[:, c G D .. (c+1) G D]^T -> opart[l % 2][c, :]
+//     count itself done (attention_done); copy its next layer's weights and K/V rows; then, while the MLP role
+//     works, wait for every attention block and h += the layer's O sums
+//   MLP role, the other clusters, per layer l:
+//     wait for every attention block (attention_done); h += sum_c opart[c, :] (c in order)
+//     x = bf16(rmsnorm(h) * mlp_norm); block b owns intermediate indices [i0, i0 + ni) (groups of 8):
+//     act_i = bf16(silu(x . Wg_i) (x . Wu_i)), then its share of down, a partial [C] over its indices; block r of
+//     the cluster sums column slice r of its 8 blocks' partials (pushed to it) in rank order -> dpart[l % 2][k, :]
+//     count itself done (mlp_done); copy its next layer's weights; then, while the attention role works, wait for
+//     every MLP block and h += the layer's down sums
+// Why: a grid barrier costs ~1.0 µs and a cluster barrier ~0.7, but a push that only its receiver waits for ~0.3 (an
+// all-to-all of 72 floats 0.35 µs; notes/cluster_push_probe_h100_stop27.log). Weights never stream on the critical
+// path: each block copies its slices of layer l + 1 into shared memory (cp.async.bulk, an mbarrier per role's group)
+// once it is done with layer l's, while the other role works: copies issued beside a block's own critical loads
+// held those up by ~2.5 µs a layer (notes/cluster_decode_h200_stop27.log, runs 1-2).
+// Partial sums alternate between two buffers by layer: a block may write layer l + 1's while a slower block of the
+// other role still reads layer l's; layer l + 2's writers wait, through the counters, for every reader of layer l.
+// Every sum runs in a fixed order (no float atomics): a step gives the same bits every time.
+// The roundings are those of the layer-by-layer path (bf16 GEMV inputs, fp32 sums, bf16 K/V and attention output);
+// they agree up to fp32 summation order. NumPy reference: Model.compute on numpy_backend.
+//
+// Layouts: resid float [C] (the embedding in, the residual stream after the last layer out); layers uint64 [L, 8]
+//   as kernels/fused_layers.cuh (attn_norm, wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm, w_gate_up [2 I, C],
+//   w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]); opart float [2, Hkv, C]; dpart float [2, MLP clusters, C];
+//   barrier uint32 [64] (zero before the launch: attention_done at 0, mlp_done at 32). C % 32 == 0, I % 8 == 0,
+//   at most 24 clusters of each role, I / 8 <= 2 x MLP blocks.
+// Launch: grid = 8 x clusters (every block resident at once, or the counters deadlock: ask the driver how many
+//   clusters fit, driver.max_active_clusters), block 512, dynamic shared memory as Layout below
+//   (notes/scripts/cluster_decode_probe.py, shared_bytes, mirrors it).
+#include <cuda_bf16.h>
+#include "ampere.cuh"
+#include "hopper.cuh"
+#include "cluster.cuh"
+
+#define CD_WARPS 16
+#define CD_THREADS (CD_WARPS * 32)
+#define CD_CLUSTER 8
+#define CD_NEG_INF (-__int_as_float(0x7f800000))
+#define CD_PARTIAL_GROUPS 3  // add_partials: thread groups, each loading up to CD_PARTIAL_BATCH partial sums at once
+#define CD_PARTIAL_BATCH 8   // (at most 24 partials of each role: CudaBackend.CLUSTER_DECODE_MAX_PARTIALS)
+// experiment (notes/scripts/cluster_decode_probe.py): copy layer 0's weights only (wrong results: the timing
+// without the copy traffic)
+#ifndef CD_COPY_ONCE
+#define CD_COPY_ONCE 0
+#endif
+
+using bf16 = __nv_bfloat16;
+
+namespace cd {
+
+__device__ __forceinline__ float2 bf2(unsigned u) { return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u)); }
+
+// dot of 8 bf16 weights with 8 bf16 inputs, added to acc
+__device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc) {
+    const unsigned* wu = reinterpret_cast<const unsigned*>(&w);
+    const unsigned* xu = reinterpret_cast<const unsigned*>(&x);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float2 a = bf2(wu[k]), b = bf2(xu[k]);
+        acc = fmaf(a.x, b.x, acc);
+        acc = fmaf(a.y, b.y, acc);
+    }
+    return acc;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) global -> this block's shared memory by the copy
+// engine, counted on the mbarrier `bar` (its expected bytes announced with expect)
+__device__ __forceinline__ void bulk(void* shared, const void* global, unsigned bytes, unsigned long long* bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                 ::"r"((unsigned)__cvta_generic_to_shared(shared)), "l"(global), "r"(bytes),
+                 "r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
+}
+
+// ---- pushes into a cluster block's shared memory, counted on its mbarrier (st.async complete_tx)
+__device__ __forceinline__ void push(float* local, unsigned long long* bar, unsigned rank, float v) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.f32 [%0], %1, [%2];\n"
+                 ::"r"(cluster_address(local, rank)), "f"(v), "r"(cluster_address(bar, rank)) : "memory");
+}
+__device__ __forceinline__ void push2(float* local, unsigned long long* bar, unsigned rank, float a, float b) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];\n"
+                 ::"r"(cluster_address(local, rank)), "f"(a), "f"(b), "r"(cluster_address(bar, rank)) : "memory");
+}
+__device__ __forceinline__ void push4(float* local, unsigned long long* bar, unsigned rank, float4 v) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\n"
+                 ::"r"(cluster_address(local, rank)), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(cluster_address(bar, rank)) : "memory");
+}
+// the receiver: thread 0 announces the bytes of this layer's round (before or after they land), all wait
+__device__ __forceinline__ void expect(unsigned long long* bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void wait_pushes(unsigned long long* bar, unsigned parity) {
+    asm volatile(
+        "{\n.reg .pred ready;\nWAIT:\n"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 ready, [%0], %1;\n"
+        "@!ready bra WAIT;\n}\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(parity) : "memory");
+}
+
+// ---- counters between the roles: a block done adds 1 (release, after __syncthreads: its writes first), a block
+// that reads the other role's output waits (acquire) for its count; a wait of seconds traps instead of hanging
+__device__ __forceinline__ void signal_done(unsigned* counter) {
+    __syncthreads();
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+}
+__device__ __forceinline__ void wait_count(const unsigned* counter, unsigned target) {
+    if (threadIdx.x == 0) {
+        unsigned seen, spins = 0;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+            if (++spins == (1u << 24)) __trap();
+        } while (seen < target);
+    }
+    __syncthreads();
+}
+
+struct Step {
+    const unsigned long long* layers;
+    int L;
+    float* resid;
+    const int *positions, *slots, *kv_len, *page_table;
+    const float *cos_table, *sin_table;
+    float *opart, *dpart;
+    unsigned* barrier;
+    int C, H, Hkv, I, P, span;
+    float eps, scale;
+    unsigned long long* clock;
+};
+
+__device__ __forceinline__ void stamp(const Step& s, int index, int block = 0) {
+    if (s.clock != nullptr && blockIdx.x == block && threadIdx.x == 0) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        s.clock[index] = t;
+    }
+}
+
+// Shared memory carve-up (byte offsets; the backend's cluster_decode_shared_bytes mirrors it)
+template <int D>
+struct Layout {
+    int G, pairs_block, OC, OK, ni_max, keys_max;
+    int h, xs, qkv_in, part_in, upart, attn, act, dred_in, red, red4, rope, norm_a, norm_m, bars, table, pages, wqkv, wo, wgu, wd, kv, total;
+    __device__ Layout(const Step& s) {
+        G = s.H / s.Hkv;
+        pairs_block = ((G + 2) * D / 2 + CD_CLUSTER - 1) / CD_CLUSTER;
+        OC = s.C / CD_CLUSTER;
+        OK = G * D;
+        const int groups = s.I / 8;
+        const int mlp_blocks = gridDim.x - CD_CLUSTER * s.Hkv;
+        ni_max = 8 * ((groups + mlp_blocks - 1) / mlp_blocks);
+        keys_max = s.span;
+        int at = 0;
+        auto take = [&](int bytes) { int o = at; at += (bytes + 15) / 16 * 16; return o; };
+        h = take(s.C * 4);
+        xs = take(max(s.C, OK) * 2);
+        qkv_in = take((G + 2) * D * 4);
+        part_in = take(CD_CLUSTER * G * (D + 2) * 4);
+        upart = take(G * ((keys_max + 31) / 32) * (D + 2) * 4);
+        attn = take(OK * 2);
+        act = take(ni_max * 4);
+        dred_in = take(CD_CLUSTER * OC * 4);
+        red = take(CD_WARPS * 4);
+        red4 = take(3 * s.C * 4);
+        rope = take(pairs_block * 2 * 4);
+        norm_a = take(s.C * 4);
+        norm_m = take(s.C * 4);
+        bars = take(5 * 8);
+        table = take(s.L * 8 * 8);
+        pages = take((keys_max / s.P + 2) * 4);
+        wqkv = take(pairs_block * 2 * s.C * 2);
+        wo = take(OC * OK * 2);
+        wgu = take(ni_max * 2 * s.C * 2);
+        wd = take(s.C * ni_max * 2);
+        kv = take(2 * keys_max * D * 2);
+        total = at;
+    }
+};
+
+// the global column of a cluster's qkv pair u (0 .. (G + 2) D / 2 - 1): head slot hg = u / (D / 2) of the G query
+// heads, then the key head, then the value head
+template <int D>
+__device__ __forceinline__ int pair_column(const Step& s, int c, int G, int u) {
+    const int hg = u / (D / 2), d = u % (D / 2);
+    const int head = hg < G ? c * G + hg : (hg == G ? s.H + c : s.H + s.Hkv + c);
+    return head * D + d;
+}
+
+// xs = bf16(h * rsqrt(mean(h^2) + eps) * w): thread t < C / 8 takes 8 values; warp sums meet in `red` in warp order
+__device__ __forceinline__ void stage_norm(const float* h, const float* w, uint4* xs, float* red, int C, float eps) {
+    const int t = threadIdx.x, warp = t / 32, lane = t % 32;
+    float v[8], sq = 0.0f;
+    const bool in = t < C / 8;
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        v[e] = in ? h[8 * t + e] : 0.0f;
+        sq = fmaf(v[e], v[e], sq);
+    }
+    sq = warp_sum(sq);
+    if (lane == 0) red[warp] = sq;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (int k = 0; k < CD_WARPS; k++) total += red[k];
+    const float f = rsqrtf(total / C + eps);
+    if (in) {
+        unsigned o[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            __nv_bfloat162 p = __floats2bfloat162_rn(v[2 * k] * f * w[8 * t + 2 * k], v[2 * k + 1] * f * w[8 * t + 2 * k + 1]);
+            o[k] = *reinterpret_cast<unsigned*>(&p);
+        }
+        xs[t] = make_uint4(o[0], o[1], o[2], o[3]);
+    }
+    __syncthreads();
+}
+
+// h += sum_k part[k, :] over k < count (written in this launch: read through L2), in one round trip: thread group g
+// (of 3, C / 4 threads each) loads the partials k = g, g + 3, ... (at most 8 each) together; the groups' sums meet
+// in `red4` and are added in group order (every block sums in the same order: h stays equal everywhere)
+__device__ __forceinline__ void add_partials(float* h, const float* part, int count, int C, float4* red4) {
+    const int t = threadIdx.x, Q = C / 4, g = t / Q, q = t % Q;
+    if (g < CD_PARTIAL_GROUPS) {
+        float4 v[CD_PARTIAL_BATCH];
+#pragma unroll
+        for (int i = 0; i < CD_PARTIAL_BATCH; i++) {
+            const int k = g + CD_PARTIAL_GROUPS * i;
+            v[i] = k < count ? __ldcg(reinterpret_cast<const float4*>(part + (long long)k * C) + q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        float4 sum = v[0];
+#pragma unroll
+        for (int i = 1; i < CD_PARTIAL_BATCH; i++) sum.x += v[i].x, sum.y += v[i].y, sum.z += v[i].z, sum.w += v[i].w;
+        red4[t] = sum;
+    }
+    __syncthreads();
+    if (t < Q) {
+        const float4 a = red4[t], b = red4[Q + t], c = red4[2 * Q + t];
+        float4* h4 = reinterpret_cast<float4*>(h) + t;
+        float4 x = *h4;
+        x.x += (a.x + b.x) + c.x, x.y += (a.y + b.y) + c.y, x.z += (a.z + b.z) + c.z, x.w += (a.w + b.w) + c.w;
+        *h4 = x;
+    }
+    __syncthreads();
+}
+
+template <int D>
+__device__ void cluster_decode_body(const Step& s) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const Layout<D> lay(s);
+    const int t = threadIdx.x, warp = t / 32, lane = t % 32;
+    unsigned rank;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    const int cluster = blockIdx.x / CD_CLUSTER;
+    const bool attends = cluster < s.Hkv;  // this cluster's KV head: c = cluster
+    const int c = cluster, G = lay.G, C = s.C, C8 = C / 8;
+    float* h = reinterpret_cast<float*>(smem + lay.h);
+    uint4* xs = reinterpret_cast<uint4*>(smem + lay.xs);
+    float* qkv_in = reinterpret_cast<float*>(smem + lay.qkv_in);
+    float* part_in = reinterpret_cast<float*>(smem + lay.part_in);
+    float* upart = reinterpret_cast<float*>(smem + lay.upart);
+    uint4* attn = reinterpret_cast<uint4*>(smem + lay.attn);
+    float* act = reinterpret_cast<float*>(smem + lay.act);
+    float* dred_in = reinterpret_cast<float*>(smem + lay.dred_in);
+    float* red = reinterpret_cast<float*>(smem + lay.red);
+    float4* red4 = reinterpret_cast<float4*>(smem + lay.red4);
+    float* rope = reinterpret_cast<float*>(smem + lay.rope);
+    float* norm_a = reinterpret_cast<float*>(smem + lay.norm_a);
+    float* norm_m = reinterpret_cast<float*>(smem + lay.norm_m);
+    // mbarriers: pushes of qkv values, of attention partials, of down sums; copies of the attention group, of the MLP group
+    unsigned long long* bars = reinterpret_cast<unsigned long long*>(smem + lay.bars);
+    unsigned long long* table = reinterpret_cast<unsigned long long*>(smem + lay.table);  // the layer table
+    int* pages = reinterpret_cast<int*>(smem + lay.pages);  // page ids of this block's old keys, from page k0 / P
+    uint4* wqkv_s = reinterpret_cast<uint4*>(smem + lay.wqkv);
+    uint4* wo_s = reinterpret_cast<uint4*>(smem + lay.wo);
+    uint4* wgu_s = reinterpret_cast<uint4*>(smem + lay.wgu);
+    uint4* wd_s = reinterpret_cast<uint4*>(smem + lay.wd);
+    bf16* kv_s = reinterpret_cast<bf16*>(smem + lay.kv);  // [K, V][keys_max][D]
+
+    // step constants: the new token's position and slot, the sequence length, this block's keys and MLP indices
+    const int n = s.kv_len[0], position = s.positions[0], slot = s.slots[0];
+    const int share = (n + CD_CLUSTER - 1) / CD_CLUSTER;
+    const int k0 = min(n, (int)rank * share), k1 = min(n, k0 + share), keys = k1 - k0;
+    const int old_end = max(k0, min(k1, n - 1));  // keys before the new one come from the cache
+    const int pairs = (G + 2) * D / 2;
+    const int my_pairs = attends ? (pairs - (int)rank + CD_CLUSTER - 1) / CD_CLUSTER : 0;
+    const int attention_blocks = CD_CLUSTER * s.Hkv, mlp_blocks = gridDim.x - attention_blocks, mlp_clusters = mlp_blocks / CD_CLUSTER;
+    const int groups = s.I / 8, b = blockIdx.x - attention_blocks;  // (MLP blocks: b >= 0)
+    const int g0 = attends ? 0 : (int)((long long)b * groups / mlp_blocks), g1 = attends ? 0 : (int)((long long)(b + 1) * groups / mlp_blocks);
+    const int i0 = 8 * g0, ni = 8 * (g1 - g0), M8 = lay.ni_max / 8;
+    // each role counts its blocks done on its own counter (128 bytes apart); the other role waits for them
+    unsigned* attention_done = s.barrier;
+    unsigned* mlp_done = s.barrier + 32;
+    // partial sums alternate between two buffers by layer: a block may write layer l + 1's while a slower one of
+    // the other role still reads layer l's (layer l + 2's writers wait, through the counters, for every reader of l)
+    auto opart = [&](int layer) { return s.opart + (long long)(layer % 2) * s.Hkv * C; };
+    auto dpart = [&](int layer) { return s.dpart + (long long)(layer % 2) * mlp_clusters * C; };
+    const int first_page = k0 / s.P, page_count = old_end > k0 ? (old_end - 1) / s.P - first_page + 1 : 0;
+    const unsigned attention_bytes = attends ? (my_pairs * 2 * C + lay.OC * lay.OK + 2 * (old_end - k0) * D) * 2 + C * 4 : 0;
+    const unsigned mlp_bytes = (ni * 2 * C + C * ni) * 2 + C * 4;
+
+    if (t == 0) {
+        for (int k = 0; k < 5; k++) mbarrier_init(&bars[k], 1);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    for (int k = t; k < 8 * s.L; k += CD_THREADS) table[k] = s.layers[k];
+    for (int k = t; k < page_count; k += CD_THREADS) pages[k] = s.page_table[first_page + k];
+    for (int p = t; p < my_pairs; p += CD_THREADS) {  // RoPE factors of this block's pairs (v pairs: identity)
+        const int u = (int)rank + CD_CLUSTER * p, hg = u / (D / 2), d = u % (D / 2);
+        const bool rotates = hg <= G;
+        rope[2 * p] = rotates ? s.cos_table[(long long)position * (D / 2) + d] : 1.0f;
+        rope[2 * p + 1] = rotates ? s.sin_table[(long long)position * (D / 2) + d] : 0.0f;
+    }
+    for (int k = t; k < C / 4; k += CD_THREADS) reinterpret_cast<float4*>(h)[k] = __ldcg(reinterpret_cast<const float4*>(s.resid) + k);
+    __syncthreads();  // the tables, before the first copies use them
+
+    // copy group "attention" of layer l (attention clusters): qkv pair rows, O slice, old K/V rows, attn_norm;
+    // a bulk copy per contiguous run, counted on bars[3]
+    auto issue_attention = [&](int l) {
+        if (!attends || l >= s.L || (CD_COPY_ONCE && l > 0)) return;
+        const unsigned long long* p = table + 8 * l;
+        if (t == 0) expect(&bars[3], attention_bytes);
+        if (t < my_pairs * 2) {
+            const int col = pair_column<D>(s, c, G, (int)rank + CD_CLUSTER * (t / 2)) + (t % 2) * (D / 2);
+            bulk(wqkv_s + t * C8, reinterpret_cast<const bf16*>(p[1]) + (long long)col * C, C * 2, &bars[3]);
+        }
+        const int OK8 = lay.OK / 8;
+        for (int k = t; k < lay.OC; k += CD_THREADS)
+            bulk(wo_s + k * OK8, reinterpret_cast<const bf16*>(p[2]) + (long long)((int)rank * lay.OC + k) * (s.H * D) + c * lay.OK,
+                 lay.OK * 2, &bars[3]);
+        for (int k = t; k < 2 * page_count; k += CD_THREADS) {  // K and V rows of one page: contiguous in the cache
+            const int which = k / page_count, pg = k % page_count;
+            const int j0 = max(k0, (first_page + pg) * s.P), j1 = min(old_end, (first_page + pg + 1) * s.P);
+            const bf16* cache = reinterpret_cast<const bf16*>(p[6 + which]);
+            bulk(kv_s + ((long long)which * lay.keys_max + j0 - k0) * D, cache + (((long long)pages[pg] * s.Hkv + c) * s.P + j0 % s.P) * D,
+                 (j1 - j0) * D * 2, &bars[3]);
+        }
+        if (t == CD_THREADS - 1) bulk(norm_a, reinterpret_cast<const float*>(p[0]), C * 4, &bars[3]);
+    };
+    // copy group "MLP" of layer l: gate/up rows and the down columns of this block's indices, mlp_norm (bars[4])
+    auto issue_mlp = [&](int l) {
+        if (attends || l >= s.L || (CD_COPY_ONCE && l > 0)) return;
+        const unsigned long long* p = table + 8 * l;
+        if (t == 0) expect(&bars[4], mlp_bytes);
+        if (t < ni * 2) bulk(wgu_s + t * C8, reinterpret_cast<const bf16*>(p[4]) + (long long)((t % 2) * s.I + i0 + t / 2) * C, C * 2, &bars[4]);
+        if (ni > 0)
+            for (int k = t; k < C; k += CD_THREADS) bulk(wd_s + k * M8, reinterpret_cast<const bf16*>(p[5]) + (long long)k * s.I + i0, ni * 2, &bars[4]);
+        if (t == CD_THREADS - 1) bulk(norm_m, reinterpret_cast<const float*>(p[3]), C * 4, &bars[4]);
+    };
+    issue_attention(0);
+    issue_mlp(0);
+    cluster_sync();  // mbarriers initialised before any push reaches them; h and rope visible
+    stamp(s, 0);
+    // block 0's stamps a layer (clock [1 + 7 L]): qkv pushed, merged, O written, grid 1 passed and O sums added,
+    // down pushed, down sums written, grid 2 passed and down sums added
+#define CD_STAMP(i) stamp(s, 1 + 7 * l + (i), (i) < 4 ? 0 : CD_CLUSTER * s.Hkv)
+
+    for (int l = 0; l < s.L; l++) {
+        const unsigned long long* p = table + 8 * l;
+        const unsigned parity = l & 1;
+        if (attends) {
+            bf16* k_cache = reinterpret_cast<bf16*>(p[6]);
+            bf16* v_cache = reinterpret_cast<bf16*>(p[7]);
+            if (l > 0) {  // the layer before's down sums into h (its O sums went in while the MLP clusters worked)
+                wait_count(mlp_done, mlp_blocks * l);
+                add_partials(h, dpart(l - 1), mlp_clusters, C, red4);
+            }
+            CD_STAMP(0);
+            if (!CD_COPY_ONCE || l == 0) wait_pushes(&bars[3], parity);  // this layer's attention copies
+            if (t == 0) {
+                expect(&bars[0], (G + 2) * D * 4);
+                expect(&bars[1], CD_CLUSTER * G * (D + 2) * 4);
+            }
+            stage_norm(h, norm_a, xs, red, C, s.eps);
+            // qkv: warp w takes the block's pairs w, w + 16, ...; lanes the 16-byte chunks of both rows
+            for (int pr = warp; pr < my_pairs; pr += CD_WARPS) {
+                const uint4* w0 = wqkv_s + pr * 2 * C8;
+                float a0 = 0.0f, a1 = 0.0f;
+                for (int ch = lane; ch < C8; ch += 32) {
+                    const uint4 x = xs[ch];
+                    a0 = dot8(w0[ch], x, a0), a1 = dot8(w0[C8 + ch], x, a1);
+                }
+                a0 = warp_sum(a0), a1 = warp_sum(a1);
+                const int u = (int)rank + CD_CLUSTER * pr, hg = u / (D / 2), d = u % (D / 2);
+                const float cs = rope[2 * pr], sn = rope[2 * pr + 1];
+                float y1 = a0 * cs - a1 * sn, y2 = a1 * cs + a0 * sn;
+                if (hg >= G) {  // key or value: bf16 in the cache, and as the attention reads it
+                    const bf16 b1 = __float2bfloat16_rn(y1), b2 = __float2bfloat16_rn(y2);
+                    y1 = __bfloat162float(b1), y2 = __bfloat162float(b2);
+                    if (lane == 0 && slot >= 0) {
+                        bf16* cache = hg == G ? k_cache : v_cache;
+                        bf16* dst = cache + (((long long)(slot / s.P) * s.Hkv + c) * s.P + slot % s.P) * D + d;
+                        dst[0] = b1, dst[D / 2] = b2;
+                    }
+                }
+                if (lane < 2 * CD_CLUSTER) push(qkv_in + hg * D + d + (lane / CD_CLUSTER) * (D / 2), &bars[0], lane % CD_CLUSTER, lane < CD_CLUSTER ? y1 : y2);
+            }
+            CD_STAMP(1);
+            wait_pushes(&bars[0], parity);
+            // the new key and value into the share that holds key n - 1
+            if (k1 == n && keys > 0)
+                for (int k = t; k < 2 * D; k += CD_THREADS)
+                    kv_s[((long long)(k / D) * lay.keys_max + (n - 1 - k0)) * D + k % D] = __float2bfloat16_rn(qkv_in[(G + k / D) * D + k % D]);
+            __syncthreads();
+            // attention units: (query head hg, chunk of 32 keys); lane = key; then lanes own dims 2 lane .. (D = 64)
+            const int chunks = (keys + 31) / 32;
+            for (int u = warp; u < G * chunks; u += CD_WARPS) {
+                const int hg = u / chunks, ch = u % chunks, j = 32 * ch + lane;
+                const bool valid = j < keys;
+                const float* q = qkv_in + hg * D;
+                const uint4* krow = reinterpret_cast<const uint4*>(kv_s + (long long)(valid ? j : 0) * D);
+                float sc = 0.0f;
+                // lane j reads its row's 16-byte chunks from chunk j on (rows are 128 or 256 bytes: lanes reading the
+                // same chunk of consecutive rows would all hit one bank group); the sum order is then the lane's
+#pragma unroll
+                for (int e0 = 0; e0 < D / 8; e0++) {
+                    const int e = (e0 + lane) % (D / 8);
+                    const uint4 kk = krow[e];
+                    const unsigned* ku = reinterpret_cast<const unsigned*>(&kk);
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        const float2 kf = bf2(ku[k]);
+                        sc = fmaf(q[8 * e + 2 * k], kf.x, sc);
+                        sc = fmaf(q[8 * e + 2 * k + 1], kf.y, sc);
+                    }
+                }
+                sc = valid ? sc * s.scale : CD_NEG_INF;
+                const float m = warp_max(sc);
+                const float pk = valid ? __expf(sc - m) : 0.0f;
+                const float lsum = warp_sum(pk);
+                float o[D / 32];
+#pragma unroll
+                for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
+                const int count = min(32, keys - 32 * ch);
+                for (int kk = 0; kk < count; kk++) {
+                    const float w = __shfl_sync(0xffffffff, pk, kk);
+                    const bf16* vrow = kv_s + ((long long)lay.keys_max + 32 * ch + kk) * D;
+                    if constexpr (D == 64) {
+                        const float2 v = bf2(reinterpret_cast<const unsigned*>(vrow)[lane]);
+                        o[0] = fmaf(w, v.x, o[0]), o[1] = fmaf(w, v.y, o[1]);
+                    } else {
+                        const uint2 vv = reinterpret_cast<const uint2*>(vrow)[lane];
+                        const float2 a = bf2(vv.x), b = bf2(vv.y);
+                        o[0] = fmaf(w, a.x, o[0]), o[1] = fmaf(w, a.y, o[1]), o[2] = fmaf(w, b.x, o[2]), o[3] = fmaf(w, b.y, o[3]);
+                    }
+                }
+                float* up = upart + u * (D + 2);
+#pragma unroll
+                for (int e = 0; e < D / 32; e++) up[(D / 32) * lane + e] = o[e];
+                if (lane == 0) up[D] = m, up[D + 1] = lsum;
+            }
+            __syncthreads();
+            // the share's partial per query head (its chunks merged), pushed to all 8 blocks
+            for (int hg = warp; hg < G; hg += CD_WARPS) {
+                float M = CD_NEG_INF;
+                for (int ch = 0; ch < chunks; ch++) M = fmaxf(M, upart[(hg * chunks + ch) * (D + 2) + D]);
+                float Lsum = 0.0f, o[D / 32];
+#pragma unroll
+                for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
+                for (int ch = 0; ch < chunks; ch++) {
+                    const float* up = upart + (hg * chunks + ch) * (D + 2);
+                    const float w = M == CD_NEG_INF ? 0.0f : __expf(up[D] - M);
+                    Lsum = fmaf(w, up[D + 1], Lsum);
+#pragma unroll
+                    for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, up[(D / 32) * lane + e], o[e]);
+                }
+                float* dst = part_in + ((int)rank * G + hg) * (D + 2);
+                for (int r = 0; r < CD_CLUSTER; r++) {
+#pragma unroll
+                    for (int e = 0; e < D / 32; e += 2) push2(dst + (D / 32) * lane + e, &bars[1], r, o[e], o[e + 1]);
+                    if (lane == 0) push2(dst + D, &bars[1], r, M, Lsum);
+                }
+            }
+            wait_pushes(&bars[1], parity);
+            // merge the 8 shares of each query head (rank order): attn = bf16(sum w_r o_r / sum w_r l_r)
+            for (int hg = warp; hg < G; hg += CD_WARPS) {
+                float M = CD_NEG_INF;
+                for (int r = 0; r < CD_CLUSTER; r++) M = fmaxf(M, part_in[(r * G + hg) * (D + 2) + D]);
+                float Lsum = 0.0f, o[D / 32];
+#pragma unroll
+                for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
+                for (int r = 0; r < CD_CLUSTER; r++) {
+                    const float* pp = part_in + (r * G + hg) * (D + 2);
+                    const float w = pp[D] == CD_NEG_INF ? 0.0f : __expf(pp[D] - M);
+                    Lsum = fmaf(w, pp[D + 1], Lsum);
+#pragma unroll
+                    for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, pp[(D / 32) * lane + e], o[e]);
+                }
+                __nv_bfloat16* a = reinterpret_cast<__nv_bfloat16*>(attn) + hg * D + (D / 32) * lane;
+#pragma unroll
+                for (int e = 0; e < D / 32; e++) a[e] = __float2bfloat16_rn(o[e] / Lsum);
+            }
+            __syncthreads();
+            CD_STAMP(2);
+            // O partial: columns rank * OC + oc, K = this cluster's G D attention values
+            const int OK8 = lay.OK / 8;
+            for (int oc = warp; oc < lay.OC; oc += CD_WARPS) {
+                float acc = 0.0f;
+                for (int ch = lane; ch < OK8; ch += 32) acc = dot8(wo_s[oc * OK8 + ch], attn[ch], acc);
+                acc = warp_sum(acc);
+                if (lane == 0) opart(l)[(long long)c * C + (int)rank * lay.OC + oc] = acc;
+            }
+            CD_STAMP(3);
+            signal_done(attention_done);  // (its __syncthreads: the attention group's buffers are free)
+            issue_attention(l + 1);       // the next layer's, while the MLP clusters work
+            wait_count(attention_done, attention_blocks * (l + 1));  // off the critical path: the layer's O sums
+            add_partials(h, opart(l), s.Hkv, C, red4);
+            continue;
+        }
+        // MLP clusters: the layer's O sums (and the layer before's down sums) into h
+        wait_count(attention_done, attention_blocks * (l + 1));
+        add_partials(h, opart(l), s.Hkv, C, red4);
+        CD_STAMP(4);
+        if (!CD_COPY_ONCE || l == 0) wait_pushes(&bars[4], parity);  // this layer's MLP copies
+        if (t == 0) expect(&bars[2], CD_CLUSTER * lay.OC * 4);
+        stage_norm(h, norm_m, xs, red, C, s.eps);
+        // gate/up: warp w takes index i0 + w (and + 16, ...)
+        for (int li = warp; li < ni; li += CD_WARPS) {
+            const uint4* w0 = wgu_s + li * 2 * C8;
+            float a0 = 0.0f, a1 = 0.0f;
+            for (int ch = lane; ch < C8; ch += 32) {
+                const uint4 x = xs[ch];
+                a0 = dot8(w0[ch], x, a0), a1 = dot8(w0[C8 + ch], x, a1);
+            }
+            a0 = warp_sum(a0), a1 = warp_sum(a1);
+            if (lane == 0) act[li] = round_bf16(a0 / (1.0f + __expf(-a0)) * a1);
+        }
+        __syncthreads();
+        // down: thread t takes columns 4t .. 4t + 3 over the block's indices, pushed to the block that sums that slice
+        if (t < C / 4) {
+            float y[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int g = 0; g < ni / 8; g++) {
+                float a[8];
+#pragma unroll
+                for (int e = 0; e < 8; e++) a[e] = act[8 * g + e];
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const uint4 w = wd_s[(4 * t + q) * M8 + g];
+                    const unsigned* wu = reinterpret_cast<const unsigned*>(&w);
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        const float2 wf = bf2(wu[k]);
+                        y[q] = fmaf(a[2 * k], wf.x, y[q]);
+                        y[q] = fmaf(a[2 * k + 1], wf.y, y[q]);
+                    }
+                }
+            }
+            const int col = 4 * t, dest = col / lay.OC;
+            push4(dred_in + (int)rank * lay.OC + col % lay.OC, &bars[2], dest, make_float4(y[0], y[1], y[2], y[3]));
+        }
+        CD_STAMP(5);
+        wait_pushes(&bars[2], parity);
+        for (int k = t; k < lay.OC; k += CD_THREADS) {
+            float sum = 0.0f;
+            for (int r = 0; r < CD_CLUSTER; r++) sum += dred_in[r * lay.OC + k];
+            dpart(l)[(long long)(cluster - s.Hkv) * C + (int)rank * lay.OC + k] = sum;
+        }
+        CD_STAMP(6);
+        signal_done(mlp_done);  // (its __syncthreads: the MLP group's buffers are free)
+        issue_mlp(l + 1);       // the next layer's, while the attention clusters work
+        wait_count(mlp_done, mlp_blocks * (l + 1));  // off the critical path: the layer's down sums
+        add_partials(h, dpart(l), mlp_clusters, C, red4);
+    }
+#undef CD_STAMP
+    if (blockIdx.x == 0) {  // the last layer's sums: the residual stream out
+        wait_count(mlp_done, mlp_blocks * s.L);
+        add_partials(h, dpart(s.L - 1), mlp_clusters, C, red4);
+        for (int k = t; k < C / 4; k += CD_THREADS) reinterpret_cast<float4*>(s.resid)[k] = reinterpret_cast<const float4*>(h)[k];
+    }
+    cluster_sync();  // no block leaves while a cluster peer may still address its shared memory
+}
+
+}  // namespace cd
+
+#define CLUSTER_DECODE(D)                                                                                              \
+    extern "C" __global__ void __cluster_dims__(CD_CLUSTER, 1, 1) __launch_bounds__(CD_THREADS, 1) cluster_decode_d##D( \
+        const unsigned long long* layers, int L, float* resid, const int* positions, const int* slots,                \
+        const int* kv_len, const int* page_table, const float* cos_table, const float* sin_table, float* opart,       \
+        float* dpart, unsigned* barrier, int C, int H, int Hkv, int I, int P, int span, float eps, float scale,       \
+        unsigned long long* clock) {                                                                                   \
+        cd::Step s{layers, L, resid, positions, slots, kv_len, page_table, cos_table, sin_table, opart, dpart,         \
+                   barrier, C, H, Hkv, I, P, span, eps, scale, clock};                                                  \
+        cd::cluster_decode_body<D>(s);                                                                                 \
+    }
+
+CLUSTER_DECODE(64)
+CLUSTER_DECODE(128)
