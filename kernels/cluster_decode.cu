@@ -171,7 +171,7 @@ __device__ __forceinline__ void stamp(const Step& s, int index, int block = 0) {
 template <int D>
 struct Layout {
     int G, pairs_block, OC, OK, ni_max, keys_max;
-    int h, qkv_in, part_in, upart, attn, act, dred_in, red4, rope, norm_a, norm_m, bars, table, pages, wqkv, wo, wgu, wd, kv, total;
+    int h, xs, qkv_in, part_in, upart, attn, act, dred_in, red, red4, rope, norm_a, norm_m, bars, table, pages, wqkv, wo, wgu, wd, kv, total;
     __device__ Layout(const Step& s) {
         G = s.H / s.Hkv;
         pairs_block = ((G + 2) * D / 2 + CD_CLUSTER - 1) / CD_CLUSTER;
@@ -184,12 +184,14 @@ struct Layout {
         int at = 0;
         auto take = [&](int bytes) { int o = at; at += (bytes + 15) / 16 * 16; return o; };
         h = take(s.C * 4);
+        xs = take(max(s.C, OK) * 2);
         qkv_in = take((G + 2) * D * 4);
         part_in = take(CD_CLUSTER * G * (D + 2) * 4);
         upart = take(G * ((keys_max + 31) / 32) * (D + 2) * 4);
         attn = take(OK * 2);
         act = take(ni_max * 4);
         dred_in = take(CD_CLUSTER * OC * 4);
+        red = take(CD_WARPS * 4);
         red4 = take(3 * s.C * 4);
         rope = take(pairs_block * 2 * 4);
         norm_a = take(s.C * 4);
@@ -215,48 +217,33 @@ __device__ __forceinline__ int pair_column(const Step& s, int c, int G, int u) {
     return head * D + d;
 }
 
-// x = bf16(h * rsqrt(mean(h^2) + eps) * w), each warp for itself: lane l holds the 8-value chunks l + 32 k (k < CD_NX,
-// C <= 32 x 8 CD_NX) in registers, the GEMV input of its lanes; the sum of squares is one warp sum, so no block
-// barrier and no staging in shared memory (every warp sums in the same order: the same x everywhere)
-#define CD_NX 4
-__device__ __forceinline__ void warp_norm(const float* h, const float* w, int C, float eps, int lane, uint4 (&x)[CD_NX]) {
-    const int C8 = C / 8;
-    const float4* h4 = reinterpret_cast<const float4*>(h);
-    const float4* w4 = reinterpret_cast<const float4*>(w);
-    float sq = 0.0f;
+// xs = bf16(h * rsqrt(mean(h^2) + eps) * w): thread t < C / 8 takes 8 values; warp sums meet in `red` in warp order
+__device__ __forceinline__ void stage_norm(const float* h, const float* w, uint4* xs, float* red, int C, float eps) {
+    const int t = threadIdx.x, warp = t / 32, lane = t % 32;
+    float v[8], sq = 0.0f;
+    const bool in = t < C / 8;
 #pragma unroll
-    for (int k = 0; k < CD_NX; k++) {
-        const int ch = lane + 32 * k;
-        if (ch < C8) {
-            const float4 a = h4[2 * ch], b = h4[2 * ch + 1];
-            sq += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
+    for (int e = 0; e < 8; e++) {
+        v[e] = in ? h[8 * t + e] : 0.0f;
+        sq = fmaf(v[e], v[e], sq);
+    }
+    sq = warp_sum(sq);
+    if (lane == 0) red[warp] = sq;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (int k = 0; k < CD_WARPS; k++) total += red[k];
+    const float f = rsqrtf(total / C + eps);
+    if (in) {
+        unsigned o[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            __nv_bfloat162 p = __floats2bfloat162_rn(v[2 * k] * f * w[8 * t + 2 * k], v[2 * k + 1] * f * w[8 * t + 2 * k + 1]);
+            o[k] = *reinterpret_cast<unsigned*>(&p);
         }
+        xs[t] = make_uint4(o[0], o[1], o[2], o[3]);
     }
-    const float f = rsqrtf(warp_sum(sq) / C + eps);
-#pragma unroll
-    for (int k = 0; k < CD_NX; k++) {
-        const int ch = lane + 32 * k;
-        if (ch < C8) {
-            const float4 a = h4[2 * ch], b = h4[2 * ch + 1], wa = w4[2 * ch], wb = w4[2 * ch + 1];
-            __nv_bfloat162 o0 = __floats2bfloat162_rn(a.x * f * wa.x, a.y * f * wa.y), o1 = __floats2bfloat162_rn(a.z * f * wa.z, a.w * f * wa.w);
-            __nv_bfloat162 o2 = __floats2bfloat162_rn(b.x * f * wb.x, b.y * f * wb.y), o3 = __floats2bfloat162_rn(b.z * f * wb.z, b.w * f * wb.w);
-            x[k] = make_uint4(*reinterpret_cast<unsigned*>(&o0), *reinterpret_cast<unsigned*>(&o1), *reinterpret_cast<unsigned*>(&o2),
-                              *reinterpret_cast<unsigned*>(&o3));
-        } else {
-            x[k] = make_uint4(0, 0, 0, 0);
-        }
-    }
-}
-
-// the two rows' dot products with the warp's normed x (chunks lane + 32 k), summed over the warp
-__device__ __forceinline__ void warp_gemv2(const uint4* w0, const uint4* w1, const uint4 (&x)[CD_NX], int C8, int lane, float& a0, float& a1) {
-    a0 = 0.0f, a1 = 0.0f;
-#pragma unroll
-    for (int k = 0; k < CD_NX; k++) {
-        const int ch = lane + 32 * k;
-        if (ch < C8) a0 = dot8(w0[ch], x[k], a0), a1 = dot8(w1[ch], x[k], a1);
-    }
-    a0 = warp_sum(a0), a1 = warp_sum(a1);
+    __syncthreads();
 }
 
 // h += sum_k part[k, :] over k < count (written in this launch: read through L2), in one round trip: thread group g
@@ -298,12 +285,14 @@ __device__ void cluster_decode_body(const Step& s) {
     const bool attends = cluster < s.Hkv;  // this cluster's KV head: c = cluster
     const int c = cluster, G = lay.G, C = s.C, C8 = C / 8;
     float* h = reinterpret_cast<float*>(smem + lay.h);
+    uint4* xs = reinterpret_cast<uint4*>(smem + lay.xs);
     float* qkv_in = reinterpret_cast<float*>(smem + lay.qkv_in);
     float* part_in = reinterpret_cast<float*>(smem + lay.part_in);
     float* upart = reinterpret_cast<float*>(smem + lay.upart);
     uint4* attn = reinterpret_cast<uint4*>(smem + lay.attn);
     float* act = reinterpret_cast<float*>(smem + lay.act);
     float* dred_in = reinterpret_cast<float*>(smem + lay.dred_in);
+    float* red = reinterpret_cast<float*>(smem + lay.red);
     float4* red4 = reinterpret_cast<float4*>(smem + lay.red4);
     float* rope = reinterpret_cast<float*>(smem + lay.rope);
     float* norm_a = reinterpret_cast<float*>(smem + lay.norm_a);
@@ -412,26 +401,37 @@ __device__ void cluster_decode_body(const Step& s) {
                 expect(&bars[0], (G + 2) * D * 4);
                 expect(&bars[1], CD_CLUSTER * G * (D + 2) * 4);
             }
-            uint4 x[CD_NX];
-            warp_norm(h, norm_a, C, s.eps, lane, x);
-            // qkv: warp w takes the block's pairs w, w + 16, ...; lanes the 16-byte chunks of both rows
-            for (int pr = warp; pr < my_pairs; pr += CD_WARPS) {
-                const uint4* w0 = wqkv_s + pr * 2 * C8;
-                float a0, a1;
-                warp_gemv2(w0, w0 + C8, x, C8, lane, a0, a1);
+            stage_norm(h, norm_a, xs, red, C, s.eps);
+            // qkv: half-warp v (of 32) takes the block's pairs v, v + 32, ...; its 16 lanes the 16-byte chunks of both
+            // rows (20 pairs on the default model: one round, where a warp a pair took two for some warps). Every lane
+            // runs the loop to its warp's last round, the shuffles unconditional.
+            const int half = lane / 16, hl = lane % 16;
+            for (int pr0 = 2 * warp; pr0 < my_pairs; pr0 += 2 * CD_WARPS) {
+                const int pr = pr0 + half;
+                const bool live = pr < my_pairs;
+                const uint4* w0 = wqkv_s + (live ? pr : 0) * 2 * C8;
+                float a0 = 0.0f, a1 = 0.0f;
+                if (live)
+                    for (int ch = hl; ch < C8; ch += 16) {
+                        const uint4 x = xs[ch];
+                        a0 = dot8(w0[ch], x, a0), a1 = dot8(w0[C8 + ch], x, a1);
+                    }
+#pragma unroll
+                for (int o = 8; o > 0; o >>= 1) a0 += __shfl_xor_sync(0xffffffff, a0, o), a1 += __shfl_xor_sync(0xffffffff, a1, o);
+                if (!live) continue;
                 const int u = (int)rank + CD_CLUSTER * pr, hg = u / (D / 2), d = u % (D / 2);
                 const float cs = rope[2 * pr], sn = rope[2 * pr + 1];
                 float y1 = a0 * cs - a1 * sn, y2 = a1 * cs + a0 * sn;
                 if (hg >= G) {  // key or value: bf16 in the cache, and as the attention reads it
                     const bf16 b1 = __float2bfloat16_rn(y1), b2 = __float2bfloat16_rn(y2);
                     y1 = __bfloat162float(b1), y2 = __bfloat162float(b2);
-                    if (lane == 0 && slot >= 0) {
+                    if (hl == 0 && slot >= 0) {
                         bf16* cache = hg == G ? k_cache : v_cache;
                         bf16* dst = cache + (((long long)(slot / s.P) * s.Hkv + c) * s.P + slot % s.P) * D + d;
                         dst[0] = b1, dst[D / 2] = b2;
                     }
                 }
-                if (lane < 2 * CD_CLUSTER) push(qkv_in + hg * D + d + (lane / CD_CLUSTER) * (D / 2), &bars[0], lane % CD_CLUSTER, lane < CD_CLUSTER ? y1 : y2);
+                push(qkv_in + hg * D + d + (hl / CD_CLUSTER) * (D / 2), &bars[0], hl % CD_CLUSTER, hl < CD_CLUSTER ? y1 : y2);
             }
             CD_STAMP(1);
             wait_pushes(&bars[0], parity);
@@ -532,7 +532,8 @@ __device__ void cluster_decode_body(const Step& s) {
             CD_STAMP(2);
             // O partial: columns rank * OC + oc, K = this cluster's G D attention values
             const int OK8 = lay.OK / 8;
-            // (8 lanes a column, 4 columns a warp at once: K is short, 24 chunks on the default model)
+            // (8 lanes a column, 4 columns a warp at once: K is short, 24 chunks on the default model; a warp a column
+            // took 1.43 µs, this 0.77, notes/cluster_decode_ab_h100_stop27.log)
             for (int oc0 = 4 * warp; oc0 < lay.OC; oc0 += 4 * CD_WARPS) {
                 const int oc = oc0 + lane / 8;
                 float acc = 0.0f;
@@ -556,13 +557,16 @@ __device__ void cluster_decode_body(const Step& s) {
         CD_STAMP(4);
         if (!CD_COPY_ONCE || l == 0) wait_pushes(&bars[4], parity);  // this layer's MLP copies
         if (t == 0) expect(&bars[2], CD_CLUSTER * lay.OC * 4);
-        uint4 x[CD_NX];
-        warp_norm(h, norm_m, C, s.eps, lane, x);
+        stage_norm(h, norm_m, xs, red, C, s.eps);
         // gate/up: warp w takes index i0 + w (and + 16, ...)
         for (int li = warp; li < ni; li += CD_WARPS) {
             const uint4* w0 = wgu_s + li * 2 * C8;
-            float a0, a1;
-            warp_gemv2(w0, w0 + C8, x, C8, lane, a0, a1);
+            float a0 = 0.0f, a1 = 0.0f;
+            for (int ch = lane; ch < C8; ch += 32) {
+                const uint4 x = xs[ch];
+                a0 = dot8(w0[ch], x, a0), a1 = dot8(w0[C8 + ch], x, a1);
+            }
+            a0 = warp_sum(a0), a1 = warp_sum(a1);
             if (lane == 0) act[li] = round_bf16(a0 / (1.0f + __expf(-a0)) * a1);
         }
         __syncthreads();

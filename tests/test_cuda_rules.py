@@ -4,7 +4,7 @@ import re
 from types import SimpleNamespace
 
 from minispec.backends.cuda_backend import (
-    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_HIDDEN, CLUSTER_DECODE_MAX_PARTIALS, FUSED_MAX_LAYERS, CudaBackend, kernel_source)
+    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, FUSED_MAX_LAYERS, CudaBackend, kernel_source)
 
 
 def test_models_past_the_fused_layer_table_run_layer_by_layer():
@@ -25,4 +25,3 @@ def test_cluster_decode_constants_agree_with_the_kernel():
     define = lambda name: int(re.search(rf"#define {name} (\d+)", source).group(1))  # noqa: E731
     assert define("CD_CLUSTER") == CLUSTER_DECODE_BLOCKS
     assert define("CD_PARTIAL_GROUPS") * define("CD_PARTIAL_BATCH") == CLUSTER_DECODE_MAX_PARTIALS
-    assert 32 * 8 * define("CD_NX") == CLUSTER_DECODE_MAX_HIDDEN

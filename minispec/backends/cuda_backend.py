@@ -38,7 +38,6 @@ FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots:
 FUSED_BLOCK_SPLITS = 8
 CLUSTER_DECODE_BLOCKS = 8  # blocks per cluster of kernels/cluster_decode.cu (CD_CLUSTER)
 CLUSTER_DECODE_MAX_PARTIALS = 24  # partial sums it adds in one round trip (add_partials: 3 thread groups x 8)
-CLUSTER_DECODE_MAX_HIDDEN = 1024  # a warp's normed input row in registers: 32 lanes x CD_NX chunks of 8 (warp_norm)
 
 
 def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
@@ -979,8 +978,8 @@ class CudaBackend:
         pairs_block = -(-((G + 2) * D // 2) // CLUSTER_DECODE_BLOCKS)
         OC, OK = C // CLUSTER_DECODE_BLOCKS, G * D
         ni_max = 8 * -(-(I // 8) // mlp_blocks)
-        regions = [C * 4, (G + 2) * D * 4, 8 * G * (D + 2) * 4, G * -(-span // 32) * (D + 2) * 4, OK * 2,
-                   ni_max * 4, 8 * OC * 4, 3 * C * 4, pairs_block * 2 * 4, C * 4, C * 4, 5 * 8, num_layers * 64,
+        regions = [C * 4, max(C, OK) * 2, (G + 2) * D * 4, 8 * G * (D + 2) * 4, G * -(-span // 32) * (D + 2) * 4, OK * 2,
+                   ni_max * 4, 8 * OC * 4, 16 * 4, 3 * C * 4, pairs_block * 2 * 4, C * 4, C * 4, 5 * 8, num_layers * 64,
                    (span // page_size + 2) * 4, pairs_block * 2 * C * 2, OC * OK * 2, ni_max * 2 * C * 2, C * ni_max * 2,
                    2 * span * D * 2]
         return sum(-(-r // 16) * 16 for r in regions)
@@ -993,8 +992,6 @@ class CudaBackend:
         if not (self.cluster_decode and plan.batch_size == 1 and plan.num_tokens == 1 and not plan.has_causal):
             return None
         if c.head_dim not in (64, 128) or c.hidden_size % (4 * CLUSTER_DECODE_BLOCKS) or c.intermediate_size % 8:
-            return None
-        if c.hidden_size > CLUSTER_DECODE_MAX_HIDDEN:
             return None
         if c.num_kv_heads > CLUSTER_DECODE_MAX_PARTIALS or model.num_layers > FUSED_MAX_LAYERS:
             return None
