@@ -402,28 +402,36 @@ __device__ void cluster_decode_body(const Step& s) {
                 expect(&bars[1], CD_CLUSTER * G * (D + 2) * 4);
             }
             stage_norm(h, norm_a, xs, red, C, s.eps);
-            // qkv: warp w takes the block's pairs w, w + 16, ...; lanes the 16-byte chunks of both rows
-            for (int pr = warp; pr < my_pairs; pr += CD_WARPS) {
-                const uint4* w0 = wqkv_s + pr * 2 * C8;
+            // qkv: half-warp v (of 32) takes the block's pairs v, v + 32, ...; its 16 lanes the 16-byte chunks of both
+            // rows (20 pairs on the default model: one round, where a warp a pair took two for some warps). Every lane
+            // runs the loop to its warp's last round, the shuffles unconditional.
+            const int half = lane / 16, hl = lane % 16;
+            for (int pr0 = 2 * warp; pr0 < my_pairs; pr0 += 2 * CD_WARPS) {
+                const int pr = pr0 + half;
+                const bool live = pr < my_pairs;
+                const uint4* w0 = wqkv_s + (live ? pr : 0) * 2 * C8;
                 float a0 = 0.0f, a1 = 0.0f;
-                for (int ch = lane; ch < C8; ch += 32) {
-                    const uint4 x = xs[ch];
-                    a0 = dot8(w0[ch], x, a0), a1 = dot8(w0[C8 + ch], x, a1);
-                }
-                a0 = warp_sum(a0), a1 = warp_sum(a1);
+                if (live)
+                    for (int ch = hl; ch < C8; ch += 16) {
+                        const uint4 x = xs[ch];
+                        a0 = dot8(w0[ch], x, a0), a1 = dot8(w0[C8 + ch], x, a1);
+                    }
+#pragma unroll
+                for (int o = 8; o > 0; o >>= 1) a0 += __shfl_xor_sync(0xffffffff, a0, o), a1 += __shfl_xor_sync(0xffffffff, a1, o);
+                if (!live) continue;
                 const int u = (int)rank + CD_CLUSTER * pr, hg = u / (D / 2), d = u % (D / 2);
                 const float cs = rope[2 * pr], sn = rope[2 * pr + 1];
                 float y1 = a0 * cs - a1 * sn, y2 = a1 * cs + a0 * sn;
                 if (hg >= G) {  // key or value: bf16 in the cache, and as the attention reads it
                     const bf16 b1 = __float2bfloat16_rn(y1), b2 = __float2bfloat16_rn(y2);
                     y1 = __bfloat162float(b1), y2 = __bfloat162float(b2);
-                    if (lane == 0 && slot >= 0) {
+                    if (hl == 0 && slot >= 0) {
                         bf16* cache = hg == G ? k_cache : v_cache;
                         bf16* dst = cache + (((long long)(slot / s.P) * s.Hkv + c) * s.P + slot % s.P) * D + d;
                         dst[0] = b1, dst[D / 2] = b2;
                     }
                 }
-                if (lane < 2 * CD_CLUSTER) push(qkv_in + hg * D + d + (lane / CD_CLUSTER) * (D / 2), &bars[0], lane % CD_CLUSTER, lane < CD_CLUSTER ? y1 : y2);
+                push(qkv_in + hg * D + d + (hl / CD_CLUSTER) * (D / 2), &bars[0], hl % CD_CLUSTER, hl < CD_CLUSTER ? y1 : y2);
             }
             CD_STAMP(1);
             wait_pushes(&bars[0], parity);
@@ -524,11 +532,17 @@ __device__ void cluster_decode_body(const Step& s) {
             CD_STAMP(2);
             // O partial: columns rank * OC + oc, K = this cluster's G D attention values
             const int OK8 = lay.OK / 8;
-            for (int oc = warp; oc < lay.OC; oc += CD_WARPS) {
+            // (8 lanes a column, 4 columns a warp at once: K is short, 24 chunks on the default model; a warp a column
+            // took 1.43 µs, this 0.77, notes/cluster_decode_ab_h100_stop27.log)
+            for (int oc0 = 4 * warp; oc0 < lay.OC; oc0 += 4 * CD_WARPS) {
+                const int oc = oc0 + lane / 8;
                 float acc = 0.0f;
-                for (int ch = lane; ch < OK8; ch += 32) acc = dot8(wo_s[oc * OK8 + ch], attn[ch], acc);
-                acc = warp_sum(acc);
-                if (lane == 0) opart(l)[(long long)c * C + (int)rank * lay.OC + oc] = acc;
+                if (oc < lay.OC)
+                    for (int ch = lane % 8; ch < OK8; ch += 8) acc = dot8(wo_s[oc * OK8 + ch], attn[ch], acc);
+                acc += __shfl_xor_sync(0xffffffff, acc, 4);
+                acc += __shfl_xor_sync(0xffffffff, acc, 2);
+                acc += __shfl_xor_sync(0xffffffff, acc, 1);
+                if (lane % 8 == 0 && oc < lay.OC) opart(l)[(long long)c * C + (int)rank * lay.OC + oc] = acc;
             }
             CD_STAMP(3);
             signal_done(attention_done);  // (its __syncthreads: the attention group's buffers are free)

@@ -15,18 +15,6 @@ from minispec.step import StepItem, build_plan  # noqa: E402
 from minispec.tree import Tree  # noqa: E402
 
 
-def shared_bytes(C, H, Hkv, D, I, blocks, span, L, P=16):
-    """kernels/cluster_decode.cu's Layout, in bytes"""
-    G = H // Hkv
-    pairs_block = -(-((G + 2) * D // 2) // 8)
-    OC, OK = C // 8, G * D
-    ni_max = 8 * -(-(I // 8) // (blocks - 8 * Hkv))
-    parts = [C * 4, max(C, OK) * 2, (G + 2) * D * 4, 8 * G * (D + 2) * 4, G * -(-span // 32) * (D + 2) * 4, OK * 2,
-             ni_max * 4, 8 * OC * 4, 16 * 4, 3 * C * 4, pairs_block * 2 * 4, C * 4, C * 4, 5 * 8, L * 64, (span // P + 2) * 4,
-             pairs_block * 2 * C * 2, OC * OK * 2, ni_max * 2 * C * 2, C * ni_max * 2, 2 * span * D * 2]
-    return sum(-(-p // 16) * 16 for p in parts)
-
-
 def main():
     cp = require_gpu()
     config = smollm2_135m_config()
@@ -63,7 +51,7 @@ def main():
         cos, sin = backend.rope_tables(model.inv_freq, dplan.max_position)
         blocks = 8 * clusters
         span = -(-n // 8)
-        shared = shared_bytes(C, H, Hkv, D, I, blocks, span, L)
+        shared = CudaBackend.cluster_decode_shared_bytes(c, L, blocks - 8 * Hkv, span, 16)
         allow_shared(kernel, shared)
         opart = cp.empty((2, Hkv, C), dtype=cp.float32)
         dpart = cp.empty((2, blocks // 8 - Hkv, C), dtype=cp.float32)
@@ -81,8 +69,12 @@ def main():
                    shared_mem=shared)
             return resid
 
-        def theirs(resid):
-            return backend.fused_layers(model, dplan, cache, resid, 1)
+        def theirs(resid):  # the fused-layers kernel (the engine would take cluster_decode.cu itself)
+            backend.cluster_decode = False
+            try:
+                return backend.fused_layers(model, dplan, cache, resid, 1)
+            finally:
+                backend.cluster_decode = True
 
         ref = theirs(x.copy())
         slot = int(plan.slots[0])
