@@ -2,9 +2,11 @@
 // in two roles that hand each layer to each other through two counters, instead of the fused-layers kernel's five
 // dependent grid-wide exchanges a layer. Who runs it: CudaBackend.cluster_decode_shape (Hopper, B = 1, T = 1, the
 // models the fused kernel takes, when the clusters fit); batches and trees stay on the fused kernel.
-// Measured (H100, random weights with the default model's shapes, notes/cluster_decode_h100_stop27.log): 12.5 / 13.5 /
-// 14.3 µs a layer at 100 / 512 / 1024 keys against the fused kernel's 15.9 / 18.6 / 20.0; plain greedy decode on the
-// default model 1870 -> 2304-2314 tokens/s (notes/bench_e2e_quick_h100_stop27.log).
+// Measured (random weights with the default model's shapes): 11.2-11.4 / 12.2-12.4 / 12.9-13.1 µs a layer at 100 / 512 /
+// 1024 keys against the fused kernel's 15.5 / 18.1 / 19.4 (H200, notes/cluster_decode_ab_h200_stop27.log); plain greedy
+// decode on the default model 1870 -> 2478 tokens/s (H100, notes/bench_e2e_quick_h100_stop27_final.log). Tried and not
+// kept: each warp norming the GEMV input into its own registers instead of the block's staged row (no block barrier,
+// but qkv 1.79 -> 2.46 µs; notes/cluster_decode_ab_h100_stop27.log).
 //
 // h = the residual stream (C floats), kept by EVERY block in its shared memory; all copies stay equal, since every
 // block adds the same partial sums in the same order.
