@@ -54,6 +54,7 @@
 #include "ampere.cuh"
 #include "hopper.cuh"
 #include "cluster.cuh"
+#include "warp.cuh"
 
 #define CD_WARPS 16
 #define CD_THREADS (CD_WARPS * 32)
@@ -84,17 +85,6 @@ __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc) {
         acc = fmaf(a.y, b.y, acc);
     }
     return acc;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    return v;
 }
 
 __device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
@@ -274,6 +264,24 @@ __device__ __forceinline__ void add_partials(float* h, const float* part, int co
         *h4 = x;
     }
     __syncthreads();
+}
+
+// count attention partials, partial i at first + i stride: [D] unnormalised o, then its max m and exp sum l. M = max m_i;
+// Lsum = sum_i e^(m_i - M) l_i; o = this lane's dims (D / 32 lane ..) of sum_i e^(m_i - M) o_i, in i order (a partial
+// that saw no key, m = -inf, weighs 0)
+template <int D>
+__device__ __forceinline__ void merge_partials(const float* first, int stride, int count, int lane, float& M, float& Lsum, float (&o)[D / 32]) {
+    M = CD_NEG_INF, Lsum = 0.0f;
+    for (int i = 0; i < count; i++) M = fmaxf(M, first[i * stride + D]);
+#pragma unroll
+    for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
+    for (int i = 0; i < count; i++) {
+        const float* p = first + i * stride;
+        const float w = p[D] == CD_NEG_INF ? 0.0f : __expf(p[D] - M);
+        Lsum = fmaf(w, p[D + 1], Lsum);
+#pragma unroll
+        for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, p[(D / 32) * lane + e], o[e]);
+    }
 }
 
 template <int D>
@@ -492,18 +500,8 @@ __device__ void cluster_decode_body(const Step& s) {
             __syncthreads();
             // the share's partial per query head (its chunks merged), pushed to all 8 blocks
             for (int hg = warp; hg < G; hg += CD_WARPS) {
-                float M = CD_NEG_INF;
-                for (int ch = 0; ch < chunks; ch++) M = fmaxf(M, upart[(hg * chunks + ch) * (D + 2) + D]);
-                float Lsum = 0.0f, o[D / 32];
-#pragma unroll
-                for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
-                for (int ch = 0; ch < chunks; ch++) {
-                    const float* up = upart + (hg * chunks + ch) * (D + 2);
-                    const float w = M == CD_NEG_INF ? 0.0f : __expf(up[D] - M);
-                    Lsum = fmaf(w, up[D + 1], Lsum);
-#pragma unroll
-                    for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, up[(D / 32) * lane + e], o[e]);
-                }
+                float M, Lsum, o[D / 32];
+                merge_partials<D>(upart + hg * chunks * (D + 2), D + 2, chunks, lane, M, Lsum, o);
                 float* dst = part_in + ((int)rank * G + hg) * (D + 2);
                 for (int r = 0; r < CD_CLUSTER; r++) {
 #pragma unroll
@@ -514,18 +512,8 @@ __device__ void cluster_decode_body(const Step& s) {
             wait_pushes(&bars[1], parity);
             // merge the 8 shares of each query head (rank order): attn = bf16(sum w_r o_r / sum w_r l_r)
             for (int hg = warp; hg < G; hg += CD_WARPS) {
-                float M = CD_NEG_INF;
-                for (int r = 0; r < CD_CLUSTER; r++) M = fmaxf(M, part_in[(r * G + hg) * (D + 2) + D]);
-                float Lsum = 0.0f, o[D / 32];
-#pragma unroll
-                for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
-                for (int r = 0; r < CD_CLUSTER; r++) {
-                    const float* pp = part_in + (r * G + hg) * (D + 2);
-                    const float w = pp[D] == CD_NEG_INF ? 0.0f : __expf(pp[D] - M);
-                    Lsum = fmaf(w, pp[D + 1], Lsum);
-#pragma unroll
-                    for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, pp[(D / 32) * lane + e], o[e]);
-                }
+                float M, Lsum, o[D / 32];
+                merge_partials<D>(part_in + hg * (D + 2), G * (D + 2), CD_CLUSTER, lane, M, Lsum, o);
                 __nv_bfloat16* a = reinterpret_cast<__nv_bfloat16*>(attn) + hg * D + (D / 32) * lane;
 #pragma unroll
                 for (int e = 0; e < D / 32; e++) a[e] = __float2bfloat16_rn(o[e] / Lsum);

@@ -82,6 +82,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include "ampere.cuh"
+#include "warp.cuh"
 
 #define WARPS 16
 #define THREADS (WARPS * 32)
@@ -101,18 +102,6 @@ __device__ __forceinline__ float2 bf2(unsigned u) { return __bfloat1622float2(*r
 __device__ __forceinline__ void unpack8(uint4 v, float* f) {
     float2 a = bf2(v.x), b = bf2(v.y), c = bf2(v.z), d = bf2(v.w);
     f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y, f[4] = c.x, f[5] = c.y, f[6] = d.x, f[7] = d.y;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    return v;
 }
 
 // All blocks arrive, then all leave: a monotonically growing counter, `target` = barriers so far x grid.
