@@ -114,6 +114,7 @@ __device__ __forceinline__ void push4(float* local, unsigned long long* bar, uns
 __device__ __forceinline__ void expect(unsigned long long* bar, unsigned bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
 }
+// (hopper.cuh's mbarrier_wait with cluster-scope acquire: the bytes were stored by other blocks of the cluster)
 __device__ __forceinline__ void wait_pushes(unsigned long long* bar, unsigned parity) {
     asm volatile(
         "{\n.reg .pred ready;\nWAIT:\n"
