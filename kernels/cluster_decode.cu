@@ -46,10 +46,10 @@
 //   as kernels/fused_layers.cuh (attn_norm, wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm, w_gate_up [2 I, C],
 //   w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]); opart float [2, Hkv, C]; dpart float [2, MLP clusters, C];
 //   barrier uint32 [64] (zero before the launch: attention_done at 0, mlp_done at 32). C % 32 == 0, I % 8 == 0,
-//   at most 24 clusters of each role, I / 8 <= 2 x MLP blocks.
+//   at most 24 clusters of each role (CD_PARTIAL_GROUPS x CD_PARTIAL_BATCH).
 // Launch: grid = 8 x clusters (every block resident at once, or the counters deadlock: ask the driver how many
 //   clusters fit, driver.max_active_clusters), block 512, dynamic shared memory as Layout below
-//   (notes/scripts/cluster_decode_probe.py, shared_bytes, mirrors it).
+//   (CudaBackend.cluster_decode_shared_bytes mirrors it region by region).
 #include <cuda_bf16.h>
 #include "ampere.cuh"
 #include "hopper.cuh"
