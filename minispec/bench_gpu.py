@@ -376,7 +376,10 @@ def bench_e2e(args) -> None:
             if backend.fused_row_limit(model) < T:  # the engine runs this step layer by layer
                 continue
             phases = fused_phase_times(model, T)
-            label = "decode" if T == 1 else f"tree T={T}"
+            # (decode: the fused kernel's phases, though the engine runs one-sequence decode on cluster_decode.cu where
+            # it fits: fused_stamps turns that off)
+            label = ("decode" + (" (the fused kernel; the engine's decode is cluster decode)" if backend.cluster_decode else "")
+                     if T == 1 else f"tree T={T}")
             print(f"  fused {label}, µs per layer: " + ", ".join(f"{n} {t:.1f}" for n, t in zip(FUSED_PHASES, phases)))
         backend.graphs.clear()
         del model

@@ -210,6 +210,22 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
     assert be.cluster_decode_shape(model, be.prepare_plan(tree), 16) is None
 
 
+def test_cluster_decode_leaves_long_contexts_to_the_fused_kernel(tmp_path):
+    """A block of cluster_decode.cu holds its eighth of the keys in shared memory: a context whose shares do not fit
+    stays on the fused kernel."""
+    from minispec.backends.cuda_backend import CudaBackend
+
+    be = CudaBackend("bfloat16")
+    if not be.cluster_decode:
+        pytest.skip("kernels/cluster_decode.cu needs Hopper")
+    model = Model.load(tiny_bf16_model(tmp_path / "model", 64), be)
+    rng = np.random.default_rng(5)
+    short, _ = random_step(rng, [(1000, "single", 1)], 16, 1300)
+    long, _ = random_step(rng, [(20000, "single", 1)], 16, 1300)  # 2501 keys a block: 640 KB of K/V
+    assert be.cluster_decode_shape(model, be.prepare_plan(short), 16) is not None
+    assert be.cluster_decode_shape(model, be.prepare_plan(long), 16) is None
+
+
 def test_graphs_are_not_replayed_into_a_freed_cache(tmp_path):
     """Captured graphs are keyed by their cache: a new cache (of another size, at new addresses) created after
     the old one is freed may get the old id, and must not replay the old cache's graph (the entry goes with
