@@ -55,6 +55,7 @@
 #include "hopper.cuh"
 #include "cluster.cuh"
 #include "warp.cuh"
+#include "counters.cuh"
 
 #define CD_WARPS 16
 #define CD_THREADS (CD_WARPS * 32)
@@ -122,23 +123,6 @@ __device__ __forceinline__ void wait_pushes(unsigned long long* bar, unsigned pa
         "@!ready bra WAIT;\n}\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(parity) : "memory");
 }
 
-// ---- counters between the roles: a block done adds 1 (release, after __syncthreads: its writes first), a block
-// that reads the other role's output waits (acquire) for its count; a wait of seconds traps instead of hanging
-__device__ __forceinline__ void signal_done(unsigned* counter) {
-    __syncthreads();
-    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
-}
-__device__ __forceinline__ void wait_count(const unsigned* counter, unsigned target) {
-    if (threadIdx.x == 0) {
-        unsigned seen, spins = 0;
-        do {
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
-            if (++spins == (1u << 24)) __trap();
-        } while (seen < target);
-    }
-    __syncthreads();
-}
-
 struct Step {
     const unsigned long long* layers;
     int L;
@@ -164,7 +148,7 @@ __device__ __forceinline__ void stamp(const Step& s, int index, int block = 0) {
 template <int D>
 struct Layout {
     int G, pairs_block, OC, OK, ni_max, keys_max;
-    int h, xs, qkv_in, part_in, upart, attn, act, dred_in, red, red4, rope, norm_a, norm_m, bars, table, pages, wqkv, wo, wgu, wd, kv, total;
+    int h, xs, qkv_in, part_in, upart, attn, act, dred_in, red, red4, rope, norm_a, norm_m, bars, table, pages, wqkv, wo, wgu, wd, kv;
     __device__ Layout(const Step& s) {
         G = s.H / s.Hkv;
         pairs_block = ((G + 2) * D / 2 + CD_CLUSTER - 1) / CD_CLUSTER;
@@ -197,7 +181,6 @@ struct Layout {
         wgu = take(ni_max * 2 * s.C * 2);
         wd = take(s.C * ni_max * 2);
         kv = take(2 * keys_max * D * 2);
-        total = at;
     }
 };
 
@@ -265,24 +248,6 @@ __device__ __forceinline__ void add_partials(float* h, const float* part, int co
         *h4 = x;
     }
     __syncthreads();
-}
-
-// count attention partials, partial i at first + i stride: [D] unnormalised o, then its max m and exp sum l. M = max m_i;
-// Lsum = sum_i e^(m_i - M) l_i; o = this lane's dims (D / 32 lane ..) of sum_i e^(m_i - M) o_i, in i order (a partial
-// that saw no key, m = -inf, weighs 0)
-template <int D>
-__device__ __forceinline__ void merge_partials(const float* first, int stride, int count, int lane, float& M, float& Lsum, float (&o)[D / 32]) {
-    M = CD_NEG_INF, Lsum = 0.0f;
-    for (int i = 0; i < count; i++) M = fmaxf(M, first[i * stride + D]);
-#pragma unroll
-    for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
-    for (int i = 0; i < count; i++) {
-        const float* p = first + i * stride;
-        const float w = p[D] == CD_NEG_INF ? 0.0f : __expf(p[D] - M);
-        Lsum = fmaf(w, p[D + 1], Lsum);
-#pragma unroll
-        for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, p[(D / 32) * lane + e], o[e]);
-    }
 }
 
 template <int D>
@@ -392,8 +357,9 @@ __device__ void cluster_decode_body(const Step& s) {
     issue_mlp(0);
     cluster_sync();  // mbarriers initialised before any push reaches them; h and rope visible
     stamp(s, 0);
-    // block 0's stamps a layer (clock [1 + 7 L]): qkv pushed, merged, O written, grid 1 passed and O sums added,
-    // down pushed, down sums written, grid 2 passed and down sums added
+    // stamps a layer (clock [1 + 7 L]; notes/scripts/cluster_decode_probe.py): block 0 (attention) after the down sums are
+    // added, the qkv pushed, the merge, the O columns written; the first MLP block after the O sums are added, the down
+    // partials pushed, the down sums written
 #define CD_STAMP(i) stamp(s, 1 + 7 * l + (i), (i) < 4 ? 0 : CD_CLUSTER * s.Hkv)
 
     for (int l = 0; l < s.L; l++) {
@@ -403,7 +369,7 @@ __device__ void cluster_decode_body(const Step& s) {
             bf16* k_cache = reinterpret_cast<bf16*>(p[6]);
             bf16* v_cache = reinterpret_cast<bf16*>(p[7]);
             if (l > 0) {  // the layer before's down sums into h (its O sums went in while the MLP clusters worked)
-                wait_count(mlp_done, mlp_blocks * l);
+                block_wait(mlp_done, mlp_blocks * l);
                 add_partials(h, dpart(l - 1), mlp_clusters, C, red4);
             }
             CD_STAMP(0);
@@ -501,8 +467,18 @@ __device__ void cluster_decode_body(const Step& s) {
             __syncthreads();
             // the share's partial per query head (its chunks merged), pushed to all 8 blocks
             for (int hg = warp; hg < G; hg += CD_WARPS) {
-                float M, Lsum, o[D / 32];
-                merge_partials<D>(upart + hg * chunks * (D + 2), D + 2, chunks, lane, M, Lsum, o);
+                float M = CD_NEG_INF;
+                for (int ch = 0; ch < chunks; ch++) M = fmaxf(M, upart[(hg * chunks + ch) * (D + 2) + D]);
+                float Lsum = 0.0f, o[D / 32];
+#pragma unroll
+                for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
+                for (int ch = 0; ch < chunks; ch++) {
+                    const float* up = upart + (hg * chunks + ch) * (D + 2);
+                    const float w = M == CD_NEG_INF ? 0.0f : __expf(up[D] - M);
+                    Lsum = fmaf(w, up[D + 1], Lsum);
+#pragma unroll
+                    for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, up[(D / 32) * lane + e], o[e]);
+                }
                 float* dst = part_in + ((int)rank * G + hg) * (D + 2);
                 for (int r = 0; r < CD_CLUSTER; r++) {
 #pragma unroll
@@ -513,8 +489,18 @@ __device__ void cluster_decode_body(const Step& s) {
             wait_pushes(&bars[1], parity);
             // merge the 8 shares of each query head (rank order): attn = bf16(sum w_r o_r / sum w_r l_r)
             for (int hg = warp; hg < G; hg += CD_WARPS) {
-                float M, Lsum, o[D / 32];
-                merge_partials<D>(part_in + hg * (D + 2), G * (D + 2), CD_CLUSTER, lane, M, Lsum, o);
+                float M = CD_NEG_INF;
+                for (int r = 0; r < CD_CLUSTER; r++) M = fmaxf(M, part_in[(r * G + hg) * (D + 2) + D]);
+                float Lsum = 0.0f, o[D / 32];
+#pragma unroll
+                for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
+                for (int r = 0; r < CD_CLUSTER; r++) {
+                    const float* pp = part_in + (r * G + hg) * (D + 2);
+                    const float w = pp[D] == CD_NEG_INF ? 0.0f : __expf(pp[D] - M);
+                    Lsum = fmaf(w, pp[D + 1], Lsum);
+#pragma unroll
+                    for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, pp[(D / 32) * lane + e], o[e]);
+                }
                 __nv_bfloat16* a = reinterpret_cast<__nv_bfloat16*>(attn) + hg * D + (D / 32) * lane;
 #pragma unroll
                 for (int e = 0; e < D / 32; e++) a[e] = __float2bfloat16_rn(o[e] / Lsum);
@@ -536,14 +522,14 @@ __device__ void cluster_decode_body(const Step& s) {
                 if (lane % 8 == 0 && oc < lay.OC) opart(l)[(long long)c * C + (int)rank * lay.OC + oc] = acc;
             }
             CD_STAMP(3);
-            signal_done(attention_done);  // (its __syncthreads: the attention group's buffers are free)
+            block_arrive(attention_done);  // (its __syncthreads: the attention group's buffers are free)
             issue_attention(l + 1);       // the next layer's, while the MLP clusters work
-            wait_count(attention_done, attention_blocks * (l + 1));  // off the critical path: the layer's O sums
+            block_wait(attention_done, attention_blocks * (l + 1));  // off the critical path: the layer's O sums
             add_partials(h, opart(l), s.Hkv, C, red4);
             continue;
         }
         // MLP clusters: the layer's O sums (and the layer before's down sums) into h
-        wait_count(attention_done, attention_blocks * (l + 1));
+        block_wait(attention_done, attention_blocks * (l + 1));
         add_partials(h, opart(l), s.Hkv, C, red4);
         CD_STAMP(4);
         if (!CD_COPY_ONCE || l == 0) wait_pushes(&bars[4], parity);  // this layer's MLP copies
@@ -591,14 +577,14 @@ __device__ void cluster_decode_body(const Step& s) {
             dpart(l)[(long long)(cluster - s.Hkv) * C + (int)rank * lay.OC + k] = sum;
         }
         CD_STAMP(6);
-        signal_done(mlp_done);  // (its __syncthreads: the MLP group's buffers are free)
+        block_arrive(mlp_done);  // (its __syncthreads: the MLP group's buffers are free)
         issue_mlp(l + 1);       // the next layer's, while the attention clusters work
-        wait_count(mlp_done, mlp_blocks * (l + 1));  // off the critical path: the layer's down sums
+        block_wait(mlp_done, mlp_blocks * (l + 1));  // off the critical path: the layer's down sums
         add_partials(h, dpart(l), mlp_clusters, C, red4);
     }
 #undef CD_STAMP
     if (blockIdx.x == 0) {  // the last layer's sums: the residual stream out
-        wait_count(mlp_done, mlp_blocks * s.L);
+        block_wait(mlp_done, mlp_blocks * s.L);
         add_partials(h, dpart(s.L - 1), mlp_clusters, C, red4);
         for (int k = t; k < C / 4; k += CD_THREADS) reinterpret_cast<float4*>(s.resid)[k] = reinterpret_cast<const float4*>(h)[k];
     }

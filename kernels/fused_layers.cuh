@@ -83,6 +83,7 @@
 #include <cuda_bf16.h>
 #include "ampere.cuh"
 #include "warp.cuh"
+#include "counters.cuh"
 
 #define WARPS 16
 #define THREADS (WARPS * 32)
@@ -105,32 +106,18 @@ __device__ __forceinline__ void unpack8(uint4 v, float* f) {
 }
 
 // All blocks arrive, then all leave: a monotonically growing counter, `target` = barriers so far x grid.
-// Thread 0 publishes its block's writes (ordered before it by __syncthreads) with a gpu-scope release add
-// and waits with acquire loads; __threadfence() here would be a sequentially consistent fence (MEMBAR.SC),
-// measurably slower, and not needed. ~1 µs on an H100 or H200 with every block arriving at once
+// Thread 0 publishes its block's writes with a release add and waits with acquire polls (kernels/counters.cuh).
+// ~1 µs on an H100 or H200 with every block arriving at once
 // (notes/scripts/barrier_probe.py: per-group counters, flag words and cluster-level barriers were all slower).
 // Split in two so that a block can issue loads that do not depend on the other blocks between its arrival and
 // its wait (decode: the next GEMV's first weights, copy_batch). Not into the L1: every acquire poll
 // invalidates it (CCTL.IVALL), so an L1 prefetch would not survive the wait.
 __device__ __forceinline__ void grid_arrive(unsigned* counter, unsigned& target) {
     target += gridDim.x;
-    __syncthreads();
-    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+    block_arrive(counter);
 }
 
-// until *counter >= target (acquire); seconds of waiting mean a block is not resident: fail, do not hang
-__device__ __forceinline__ void poll_until(const unsigned* counter, unsigned target) {
-    unsigned seen, spins = 0;
-    do {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
-        if (++spins == (1u << 22)) __trap();
-    } while (seen < target);
-}
-
-__device__ __forceinline__ void grid_wait(const unsigned* counter, unsigned target) {
-    if (threadIdx.x == 0) poll_until(counter, target);
-    __syncthreads();
-}
+__device__ __forceinline__ void grid_wait(const unsigned* counter, unsigned target) { block_wait(counter, target); }
 
 __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned& target) {
     grid_arrive(counter, target);
@@ -143,7 +130,7 @@ __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned& target
 // __syncwarp). Only the producers a unit reads are waited for, where a grid barrier waits for every block.
 __device__ __forceinline__ void signal_count(unsigned* counter, int lane) {
     __syncwarp();
-    if (lane == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+    if (lane == 0) release_add(counter);
 }
 
 __device__ __forceinline__ void wait_count(const unsigned* counter, unsigned target, int lane) {
