@@ -309,9 +309,10 @@ FUSED_PHASES = ("qkv+rope", "attention", "merge", "o-proj", "gate/up", "down")
 
 
 def fused_stamps(model, tree_size: int = 1, context: int = 512, extra: int = 0) -> np.ndarray:
-    """The %globaltimer stamps (ns) block 0 of the fused-layers kernel writes in a decode step (run on that kernel even
-    where the engine takes kernels/cluster_decode.cu), or a tree step of `tree_size` nodes: [1 + 6 L] after every grid barrier, then `extra` more for a build that stamps inside the
-    phases (fused_layers.cuh, FUSED_TRACE). The tree step runs last, so its stamps stay."""
+    """The %globaltimer stamps (ns) block 0 of the fused-layers kernel writes in a decode step (run on that kernel
+    even where the engine takes kernels/cluster_decode.cu), or a tree step of `tree_size` nodes: [1 + 6 L] after
+    every grid barrier, then `extra` more for a build that stamps inside the phases (fused_layers.cuh, FUSED_TRACE).
+    The tree step runs last, so its stamps stay."""
     backend = model.backend
     cp = backend.cp
     backend.fused_clock = cp.zeros(1 + 6 * model.num_layers + extra, dtype=cp.uint64)
@@ -376,10 +377,9 @@ def bench_e2e(args) -> None:
             if backend.fused_row_limit(model) < T:  # the engine runs this step layer by layer
                 continue
             phases = fused_phase_times(model, T)
-            # (decode: the fused kernel's phases, though the engine runs one-sequence decode on cluster_decode.cu where
-            # it fits: fused_stamps turns that off)
-            label = ("decode" + (" (the fused kernel; the engine's decode is cluster decode)" if backend.cluster_decode else "")
-                     if T == 1 else f"tree T={T}")
+            label = f"tree T={T}" if T > 1 else "decode"
+            if T == 1 and backend.cluster_decode:  # fused_stamps ran decode on the fused kernel, not the engine's
+                label += " (the fused kernel; the engine's decode is cluster decode)"
             print(f"  fused {label}, µs per layer: " + ", ".join(f"{n} {t:.1f}" for n, t in zip(FUSED_PHASES, phases)))
         backend.graphs.clear()
         del model
