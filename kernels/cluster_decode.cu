@@ -1,17 +1,20 @@
 // Every layer of a one-token decode step (one sequence, bf16) in ONE persistent launch of thread block clusters of 8,
-// in two roles that hand each layer to each other through two counters, instead of the fused-layers kernel's five
+// in two roles that hand each layer to each other through tagged partial sums, instead of the fused-layers kernel's five
 // dependent grid-wide exchanges a layer. Who runs it: CudaBackend.cluster_decode_shape (Hopper, B = 1, T = 1, the
 // models the fused kernel takes, when the clusters fit); batches and trees stay on the fused kernel.
 // Measured (random weights with the default model's shapes): 11.2-11.4 / 12.2-12.4 / 12.9-13.1 µs a layer at 100 / 512 /
 // 1024 keys against the fused kernel's 15.5 / 18.1 / 19.4 (H200, notes/cluster_decode_ab_h200_stop27.log); plain greedy
-// decode on the default model 1870 -> 2478 tokens/s (H100, notes/bench_e2e_quick_h100_stop27_final.log). Tried and not
-// kept: each warp norming the GEMV input into its own registers instead of the block's staged row (no block barrier,
-// but qkv 1.79 -> 2.46 µs; notes/cluster_decode_ab_h100_stop27.log).
+// decode on the default model 1870 -> 2478 tokens/s (H100, notes/bench_e2e_quick_h100_stop27_final.log). Since stop 28
+// the hand-overs poll tagged partial sums instead of two counters: 11.42 / 12.45 -> 10.50 / 11.78 µs a layer at 100 /
+// 512 keys (H200, notes/cluster_decode_tagged_h200_stop28.log). Tried and not kept: each warp norming the GEMV input
+// into its own registers instead of the block's staged row (no block barrier, but qkv 1.79 -> 2.46 µs;
+// notes/cluster_decode_ab_h100_stop27.log); the next layer's copies issued after the block's own role's sums, and a
+// 100 ns sleep between polls (both level, stop 28's log).
 //
 // h = the residual stream (C floats), kept by EVERY block in its shared memory; all copies stay equal, since every
 // block adds the same partial sums in the same order.
 //   attention role, the cluster of KV head c (clusters 0 .. Hkv-1), per layer l:
-//     wait for every MLP block's layer l-1 (mlp_done); h += its down sums
+//     h += the MLP clusters' layer l-1 down sums (dpart[(l-1) % 2], polled until tagged with layer l-1)
 //     x = bf16(rmsnorm(h) * attn_norm)
 //     qkv: the cluster's (G + 2) D columns (G query heads, its key head, its value head) as RoPE column pairs
 //          (d, d + D/2), pair u to cluster block u % 8; each block pushes its rotated values to all 8 blocks
@@ -22,32 +25,31 @@
 //          max m, exp sum l and unnormalised o, pushed to all 8 blocks; every block merges the 8 shares in rank order
 //          into attn = bf16(sum_r e^(m_r - M) o_r / sum_r e^(m_r - M) l_r)
 //     O partial: block r: columns [r C/8, (r+1) C/8) of attn_c . Wo[:, c G D .. (c+1) G D]^T -> opart[l % 2][c, :]
-//     count itself done (attention_done); copy its next layer's weights and K/V rows; then, while the MLP role
-//     works, wait for every attention block and h += the layer's O sums
+//     copy its next layer's weights and K/V rows; then, while the MLP role works, h += the layer's O sums
 //   MLP role, the other clusters, per layer l:
-//     wait for every attention block (attention_done); h += sum_c opart[c, :] (c in order)
+//     h += sum_c opart[l % 2][c, :] (c in order, polled until tagged with layer l)
 //     x = bf16(rmsnorm(h) * mlp_norm); block b owns intermediate indices [i0, i0 + ni) (groups of 8):
 //     act_i = bf16(silu(x . Wg_i) (x . Wu_i)), then its share of down, a partial [C] over its indices; block r of
 //     the cluster sums column slice r of its 8 blocks' partials (pushed to it) in rank order -> dpart[l % 2][k, :]
-//     count itself done (mlp_done); copy its next layer's weights; then, while the attention role works, wait for
-//     every MLP block and h += the layer's down sums
+//     copy its next layer's weights; then, while the attention role works, h += the layer's down sums
 // Why: a grid barrier costs ~1.0 µs and a cluster barrier ~0.7, but a push that only its receiver waits for ~0.3 (an
 // all-to-all of 72 floats 0.35 µs; notes/cluster_push_probe_h100_stop27.log). Weights never stream on the critical
 // path: each block copies its slices of layer l + 1 into shared memory (cp.async.bulk, an mbarrier per role's group)
 // once it is done with layer l's, while the other role works: copies issued beside a block's own critical loads
 // held those up by ~2.5 µs a layer (notes/cluster_decode_h200_stop27.log, runs 1-2).
 // Partial sums alternate between two buffers by layer: a block may write layer l + 1's while a slower block of the
-// other role still reads layer l's; layer l + 2's writers wait, through the counters, for every reader of layer l.
+// other role still reads layer l's. Layer l + 2's writers cannot pass a reader of layer l: they need layer l + 1's sums
+// of every block of the other role (its O columns, its down partials), each of which that block wrote after its own
+// reads of layer l's.
 // Every sum runs in a fixed order (no float atomics): a step gives the same bits every time.
 // The roundings are those of the layer-by-layer path (bf16 GEMV inputs, fp32 sums, bf16 K/V and attention output);
 // they agree up to fp32 summation order. NumPy reference: Model.compute on numpy_backend.
 //
 // Layouts: resid float [C] (the embedding in, the residual stream after the last layer out); layers uint64 [L, 8]
 //   as kernels/fused_layers.cuh (attn_norm, wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm, w_gate_up [2 I, C],
-//   w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]); opart float [2, Hkv, C]; dpart float [2, MLP clusters, C];
-//   barrier uint32 [64] (zero before the launch: attention_done at 0, mlp_done at 32). C % 32 == 0, I % 8 == 0,
-//   at most 24 clusters of each role (CD_PARTIAL_GROUPS x CD_PARTIAL_BATCH).
-// Launch: grid = 8 x clusters (every block resident at once, or the counters deadlock: ask the driver how many
+//   w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]); opart uint64 [2, Hkv, C], dpart uint64 [2, MLP clusters, C]
+//   (tagged values, layer_tag below), epoch uint32 [1]: they outlive launches (CudaBackend.cluster_decode_buffers). C % 32 == 0, I % 8 == 0, at most 24 clusters of each role (CD_PARTIAL_GROUPS x CD_PARTIAL_BATCH).
+// Launch: grid = 8 x clusters (every block resident at once, or the polls deadlock: ask the driver how many
 //   clusters fit, driver.max_active_clusters), block 512, dynamic shared memory as Layout below
 //   (CudaBackend.cluster_decode_shared_bytes mirrors it region by region).
 #include <cuda_bf16.h>
@@ -55,7 +57,6 @@
 #include "hopper.cuh"
 #include "cluster.cuh"
 #include "warp.cuh"
-#include "counters.cuh"
 
 #define CD_WARPS 16
 #define CD_THREADS (CD_WARPS * 32)
@@ -67,6 +68,14 @@
 // without the copy traffic)
 #ifndef CD_COPY_ONCE
 #define CD_COPY_ONCE 0
+#endif
+// experiments: issue the next layer's copies after the block's own role's sums are in (not before), so that they
+// do not meet the other role's hand-over loads; sleep between polls of partial sums (ns, 0: none)
+#ifndef CD_COPY_LATE
+#define CD_COPY_LATE 0
+#endif
+#ifndef CD_POLL_SLEEP
+#define CD_POLL_SLEEP 0
 #endif
 
 using bf16 = __nv_bfloat16;
@@ -129,8 +138,8 @@ struct Step {
     float* resid;
     const int *positions, *slots, *kv_len, *page_table;
     const float *cos_table, *sin_table;
-    float *opart, *dpart;
-    unsigned* barrier;
+    unsigned long long *opart, *dpart;
+    unsigned* epoch;
     int C, H, Hkv, I, P, span;
     float eps, scale;
     unsigned long long* clock;
@@ -222,17 +231,52 @@ __device__ __forceinline__ void stage_norm(const float* h, const float* w, uint4
     __syncthreads();
 }
 
-// h += sum_k part[k, :] over k < count (written in this launch: read through L2), in one round trip: thread group g
-// (of 3, C / 4 threads each) loads the partials k = g, g + 3, ... (at most 8 each) together; the groups' sums meet
-// in `red4` and are added in group order (every block sums in the same order: h stays equal everywhere)
-__device__ __forceinline__ void add_partials(float* h, const float* part, int count, int C, float4* red4) {
+// ---- partial sums tagged with their layer: a u64 per value, (tag << 32) | the float's bits, written in ONE 8-byte
+// store (single-copy atomic), so a reader that sees the tag sees the value. No counter, no release fence: a reader
+// reloads until every value carries the tag it expects, one L2 round trip after the stores land, where a counter
+// took three (the writer's fence, its add, the reader's poll, then the loads). Tags: (epoch << 6) | layer, the
+// epoch counted up by each launch (block 0, at its end), so neither the layer two back (same buffer) nor the last
+// launch's values pass.
+__device__ __forceinline__ unsigned layer_tag(unsigned epoch, int layer) { return epoch << 6 | (unsigned)layer; }
+__device__ __forceinline__ void store_tagged(unsigned long long* at, float v, unsigned tag) {
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(at), "l"((unsigned long long)tag << 32 | __float_as_uint(v)) : "memory");
+}
+// four tagged values: their floats into v, whether all four carry `tag` returned
+__device__ __forceinline__ bool load_tagged4(const unsigned long long* at, unsigned tag, float4& v) {
+    unsigned t0, t1, t2, t3;
+    asm volatile("{\n.reg .b64 a, b;\nld.relaxed.gpu.global.v2.u64 {a, b}, [%8];\nmov.b64 {%0, %1}, a;\nmov.b64 {%2, %3}, b;\n"
+                 "ld.relaxed.gpu.global.v2.u64 {a, b}, [%9];\nmov.b64 {%4, %5}, a;\nmov.b64 {%6, %7}, b;\n}\n"
+                 : "=f"(v.x), "=r"(t0), "=f"(v.y), "=r"(t1), "=f"(v.z), "=r"(t2), "=f"(v.w), "=r"(t3)
+                 : "l"(at), "l"(at + 2));
+    return t0 == tag && t1 == tag && t2 == tag && t3 == tag;
+}
+
+// h += sum_k part[k, :] over k < count (tagged, written in this launch), in one round trip once they land: thread
+// group g (of 3, C / 4 threads each) loads the partials k = g, g + 3, ... (at most 8 each) together, and again those
+// not yet tagged; the groups' sums meet in `red4` and are added in group order (every block sums in the same order:
+// h stays equal everywhere). Seconds of waiting mean a block is not resident: fail, do not hang.
+__device__ __forceinline__ void add_partials(float* h, const unsigned long long* part, int count, int C, float4* red4, unsigned tag) {
     const int t = threadIdx.x, Q = C / 4, g = t / Q, q = t % Q;
     if (g < CD_PARTIAL_GROUPS) {
         float4 v[CD_PARTIAL_BATCH];
+        unsigned pending = 0, spins = 0;
 #pragma unroll
         for (int i = 0; i < CD_PARTIAL_BATCH; i++) {
-            const int k = g + CD_PARTIAL_GROUPS * i;
-            v[i] = k < count ? __ldcg(reinterpret_cast<const float4*>(part + (long long)k * C) + q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (g + CD_PARTIAL_GROUPS * i < count) pending |= 1u << i;
+        }
+        while (pending) {  // (the loads of a round all issued before any is checked)
+            bool tagged[CD_PARTIAL_BATCH];
+#pragma unroll
+            for (int i = 0; i < CD_PARTIAL_BATCH; i++)
+                tagged[i] = (pending >> i & 1) && load_tagged4(part + (long long)(g + CD_PARTIAL_GROUPS * i) * C + 4 * q, tag, v[i]);
+#pragma unroll
+            for (int i = 0; i < CD_PARTIAL_BATCH; i++)
+                if (tagged[i]) pending &= ~(1u << i);
+            if (pending) {
+                if (++spins == (1u << 22)) __trap();
+                if (CD_POLL_SLEEP) __nanosleep(CD_POLL_SLEEP);
+            }
         }
         float4 sum = v[0];
 #pragma unroll
@@ -294,11 +338,10 @@ __device__ void cluster_decode_body(const Step& s) {
     const int groups = s.I / 8, b = blockIdx.x - attention_blocks;  // (MLP blocks: b >= 0)
     const int g0 = attends ? 0 : (int)((long long)b * groups / mlp_blocks), g1 = attends ? 0 : (int)((long long)(b + 1) * groups / mlp_blocks);
     const int i0 = 8 * g0, ni = 8 * (g1 - g0), M8 = lay.ni_max / 8;
-    // each role counts its blocks done on its own counter (128 bytes apart); the other role waits for them
-    unsigned* attention_done = s.barrier;
-    unsigned* mlp_done = s.barrier + 32;
-    // partial sums alternate between two buffers by layer: a block may write layer l + 1's while a slower one of
-    // the other role still reads layer l's (layer l + 2's writers wait, through the counters, for every reader of l)
+    // this launch's tags (layer_tag); block 0 counts the epoch up at its end, when every block has read it
+    unsigned epoch;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(epoch) : "l"(s.epoch));
+    // partial sums alternate between two buffers by layer (see the header)
     auto opart = [&](int layer) { return s.opart + (long long)(layer % 2) * s.Hkv * C; };
     auto dpart = [&](int layer) { return s.dpart + (long long)(layer % 2) * mlp_clusters * C; };
     const int first_page = k0 / s.P, page_count = old_end > k0 ? (old_end - 1) / s.P - first_page + 1 : 0;
@@ -368,10 +411,8 @@ __device__ void cluster_decode_body(const Step& s) {
         if (attends) {
             bf16* k_cache = reinterpret_cast<bf16*>(p[6]);
             bf16* v_cache = reinterpret_cast<bf16*>(p[7]);
-            if (l > 0) {  // the layer before's down sums into h (its O sums went in while the MLP clusters worked)
-                block_wait(mlp_done, mlp_blocks * l);
-                add_partials(h, dpart(l - 1), mlp_clusters, C, red4);
-            }
+            if (l > 0)  // the layer before's down sums into h (its O sums went in while the MLP clusters worked)
+                add_partials(h, dpart(l - 1), mlp_clusters, C, red4, layer_tag(epoch, l - 1));
             CD_STAMP(0);
             if (!CD_COPY_ONCE || l == 0) wait_pushes(&bars[3], parity);  // this layer's attention copies
             if (t == 0) {
@@ -519,18 +560,17 @@ __device__ void cluster_decode_body(const Step& s) {
                 acc += __shfl_xor_sync(0xffffffff, acc, 4);
                 acc += __shfl_xor_sync(0xffffffff, acc, 2);
                 acc += __shfl_xor_sync(0xffffffff, acc, 1);
-                if (lane % 8 == 0 && oc < lay.OC) opart(l)[(long long)c * C + (int)rank * lay.OC + oc] = acc;
+                if (lane % 8 == 0 && oc < lay.OC) store_tagged(opart(l) + (long long)c * C + (int)rank * lay.OC + oc, acc, layer_tag(epoch, l));
             }
             CD_STAMP(3);
-            block_arrive(attention_done);  // (its __syncthreads: the attention group's buffers are free)
-            issue_attention(l + 1);       // the next layer's, while the MLP clusters work
-            block_wait(attention_done, attention_blocks * (l + 1));  // off the critical path: the layer's O sums
-            add_partials(h, opart(l), s.Hkv, C, red4);
+            __syncthreads();  // the attention group's buffers are free
+            if (!CD_COPY_LATE) issue_attention(l + 1);  // the next layer's, while the MLP clusters work
+            add_partials(h, opart(l), s.Hkv, C, red4, layer_tag(epoch, l));  // off the critical path: the layer's O sums
+            if (CD_COPY_LATE) issue_attention(l + 1);
             continue;
         }
         // MLP clusters: the layer's O sums (and the layer before's down sums) into h
-        block_wait(attention_done, attention_blocks * (l + 1));
-        add_partials(h, opart(l), s.Hkv, C, red4);
+        add_partials(h, opart(l), s.Hkv, C, red4, layer_tag(epoch, l));
         CD_STAMP(4);
         if (!CD_COPY_ONCE || l == 0) wait_pushes(&bars[4], parity);  // this layer's MLP copies
         if (t == 0) expect(&bars[2], CD_CLUSTER * lay.OC * 4);
@@ -574,34 +614,35 @@ __device__ void cluster_decode_body(const Step& s) {
         for (int k = t; k < lay.OC; k += CD_THREADS) {
             float sum = 0.0f;
             for (int r = 0; r < CD_CLUSTER; r++) sum += dred_in[r * lay.OC + k];
-            dpart(l)[(long long)(cluster - s.Hkv) * C + (int)rank * lay.OC + k] = sum;
+            store_tagged(dpart(l) + (long long)(cluster - s.Hkv) * C + (int)rank * lay.OC + k, sum, layer_tag(epoch, l));
         }
         CD_STAMP(6);
-        block_arrive(mlp_done);  // (its __syncthreads: the MLP group's buffers are free)
-        issue_mlp(l + 1);       // the next layer's, while the attention clusters work
-        block_wait(mlp_done, mlp_blocks * (l + 1));  // off the critical path: the layer's down sums
-        add_partials(h, dpart(l), mlp_clusters, C, red4);
+        __syncthreads();  // the MLP group's buffers are free
+        if (!CD_COPY_LATE) issue_mlp(l + 1);  // the next layer's, while the attention clusters work
+        add_partials(h, dpart(l), mlp_clusters, C, red4, layer_tag(epoch, l));  // off the critical path: the layer's down sums
+        if (CD_COPY_LATE) issue_mlp(l + 1);
     }
 #undef CD_STAMP
     if (blockIdx.x == 0) {  // the last layer's sums: the residual stream out
-        block_wait(mlp_done, mlp_blocks * s.L);
-        add_partials(h, dpart(s.L - 1), mlp_clusters, C, red4);
+        add_partials(h, dpart(s.L - 1), mlp_clusters, C, red4, layer_tag(epoch, s.L - 1));
         for (int k = t; k < C / 4; k += CD_THREADS) reinterpret_cast<float4*>(s.resid)[k] = reinterpret_cast<const float4*>(h)[k];
+        // every block has read the epoch: each wrote a value the sums just added carry its tag
+        if (t == 0) asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(s.epoch), "r"(epoch + 1) : "memory");
     }
     cluster_sync();  // no block leaves while a cluster peer may still address its shared memory
 }
 
 }  // namespace cd
 
-#define CLUSTER_DECODE(D)                                                                                              \
+#define CLUSTER_DECODE(D)                                                                                               \
     extern "C" __global__ void __cluster_dims__(CD_CLUSTER, 1, 1) __launch_bounds__(CD_THREADS, 1) cluster_decode_d##D( \
-        const unsigned long long* layers, int L, float* resid, const int* positions, const int* slots,                \
-        const int* kv_len, const int* page_table, const float* cos_table, const float* sin_table, float* opart,       \
-        float* dpart, unsigned* barrier, int C, int H, int Hkv, int I, int P, int span, float eps, float scale,       \
-        unsigned long long* clock) {                                                                                   \
-        cd::Step s{layers, L, resid, positions, slots, kv_len, page_table, cos_table, sin_table, opart, dpart,         \
-                   barrier, C, H, Hkv, I, P, span, eps, scale, clock};                                                  \
-        cd::cluster_decode_body<D>(s);                                                                                 \
+        const unsigned long long* layers, int L, float* resid, const int* positions, const int* slots,                  \
+        const int* kv_len, const int* page_table, const float* cos_table, const float* sin_table,                       \
+        unsigned long long* opart, unsigned long long* dpart, unsigned* epoch, int C, int H, int Hkv, int I, int P,     \
+        int span, float eps, float scale, unsigned long long* clock) {                                                  \
+        cd::Step s{layers, L, resid, positions, slots, kv_len, page_table, cos_table, sin_table, opart, dpart,          \
+                   epoch, C, H, Hkv, I, P, span, eps, scale, clock};                                                    \
+        cd::cluster_decode_body<D>(s);                                                                                  \
     }
 
 CLUSTER_DECODE(64)

@@ -2,8 +2,8 @@
 // add, after a __syncthreads that orders the block's writes before it), and a block that reads them waits until the
 // count reaches a target (thread 0's acquire polls, then a __syncthreads that passes the acquire on). The acquire is
 // what a reader needs; __threadfence() would be a sequentially consistent fence (MEMBAR.SC), measurably slower.
-// Every acquire poll invalidates the L1 (CCTL.IVALL). Shared by kernels/fused_layers.cuh (its grid barrier and
-// dataflow counters) and kernels/cluster_decode.cu (the two roles' hand-overs).
+// Every acquire poll invalidates the L1 (CCTL.IVALL). Used by kernels/fused_layers.cuh (its grid barrier and dataflow
+// counters); kernels/cluster_decode.cu polls tagged values instead (one round trip where these take three).
 #pragma once
 
 __device__ __forceinline__ void release_add(unsigned* counter) {

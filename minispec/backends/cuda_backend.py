@@ -316,6 +316,7 @@ class CudaBackend:
         # False: the fused-layers kernel serves them (tests, the fused kernel's stamps)
         self.cluster_decode = self.hopper
         self.cluster_counts = {}  # shared bytes -> clusters of cluster_decode.cu resident at once (the driver's answer)
+        self.cluster_partials = {}  # hidden size -> cluster_decode.cu's tagged partial sums and epoch (cluster_decode_buffers)
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
         self.pointer_tables = {}  # the K and V cache pointers themselves -> the same as a uint64 device array
         self._host_read = None  # to_host_soon's copy, deferred to the next replay
@@ -1021,10 +1022,7 @@ class CudaBackend:
         residual stream after the last layer (in place)."""
         cp, c = self.cp, model.config
         C, Hkv = c.hidden_size, c.num_kv_heads
-        opart = cp.empty((2, Hkv, C), dtype=cp.float32)
-        dpart = cp.empty((2, clusters - Hkv, C), dtype=cp.float32)
-        counters = cp.empty(64, dtype=cp.uint32)  # attention blocks done at 0, MLP blocks done at 32 (own lines)
-        cp.cuda.runtime.memsetAsync(counters.data.ptr, 0, counters.nbytes, self.stream.ptr)
+        opart, dpart, epoch = self.cluster_decode_buffers(C)
         cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
         kernel = self.kernel("cluster_decode.cu", f"cluster_decode_d{c.head_dim}")
         allow_shared(kernel, shared)
@@ -1032,11 +1030,25 @@ class CudaBackend:
         kernel(
             (CLUSTER_DECODE_BLOCKS * clusters,), (512,),
             (self.layer_table(model, cache), i32(model.num_layers), x, plan.positions, plan.slots, plan.kv_len,
-             plan.page_tables, cos, sin, opart, dpart, counters, i32(C), i32(c.num_heads), i32(Hkv), i32(c.intermediate_size),
+             plan.page_tables, cos, sin, opart, dpart, epoch, i32(C), i32(c.num_heads), i32(Hkv), i32(c.intermediate_size),
              i32(cache.page_size), i32(span), np.float32(c.rms_norm_eps), np.float32(model.scale), np.uint64(0)),
             shared_mem=shared,
         )
         return x
+
+    def cluster_decode_buffers(self, C: int):
+        """kernels/cluster_decode.cu's partial sums, tagged with (epoch, layer): uint64 [2 layers, MAX_PARTIALS, C] of
+        each role, and the epoch (uint32 [1]), which each launch counts up. They outlive launches and graphs: a
+        launch tells its values from the last one's by the epoch alone, so they are made once, outside any capture
+        (a captured zero fill would reset the epoch at every replay), by the eager warm-up before it."""
+        if C not in self.cluster_partials:
+            if self.stream.is_capturing():
+                raise RuntimeError("cluster_decode.cu's buffers must be made before a graph capture (run the step eagerly first)")
+            cp = self.cp
+            parts = cp.zeros((2, 2, CLUSTER_DECODE_MAX_PARTIALS, C), dtype=cp.uint64)
+            epoch = cp.ones(1, dtype=cp.uint32)  # (tags of epoch 0, layer 0 would pass the zeros); both in stream order
+            self.cluster_partials[C] = (parts[0], parts[1], epoch)
+        return self.cluster_partials[C]
 
     def argmax_device(self, logits):
         """int32 [R] argmax of each row, left on the device (the host copy waits for the step)."""

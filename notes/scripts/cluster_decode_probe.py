@@ -1,5 +1,5 @@
 """Device probe: kernels/cluster_decode.cu (every layer of a one-token decode step in one launch of thread block
-clusters, two grid barriers a layer) against the fused-layers kernel the engine runs now, on a random model with the
+clusters in two roles) against the fused-layers kernel the engine runs now, on a random model with the
 default model's shapes and random K/V pages: the residual stream after all layers (difference to the fused kernel's),
 the K/V written at the step's slot, and each kernel's time (CUDA events, medians), plus block 0's stamps of layer 0.
 Run from the repository root: python3 notes/scripts/cluster_decode_probe.py [contexts...]"""
@@ -28,7 +28,8 @@ def main():
     from minispec.backends.cuda_backend import kernel_source
     variants = {name: cupy.RawModule(code=defines + kernel_source("cluster_decode.cu"),
                                      options=("-std=c++17", "-DSTORAGE_BF16", "-arch=sm_90a")).get_function(f"cluster_decode_d{D}")
-                for name, defines in (("copy once", "#define CD_COPY_ONCE 1\n"),)}
+                for name, defines in (("copy once", "#define CD_COPY_ONCE 1\n"), ("copy late", "#define CD_COPY_LATE 1\n"),
+                                                 ("poll sleep 100 ns", "#define CD_POLL_SLEEP 100\n"))}
     from minispec.backends import driver
     allow_shared(kernel, 200 << 10)
     clusters = driver.max_active_clusters(kernel, 512, 200 << 10, 8)
@@ -53,18 +54,15 @@ def main():
         span = -(-n // 8)
         shared = CudaBackend.cluster_decode_shared_bytes(c, L, blocks - 8 * Hkv, span, 16)
         allow_shared(kernel, shared)
-        opart = cp.empty((2, Hkv, C), dtype=cp.float32)
-        dpart = cp.empty((2, blocks // 8 - Hkv, C), dtype=cp.float32)
-        barrier = cp.zeros(64, dtype=cp.uint32)
+        opart, dpart, epoch = backend.cluster_decode_buffers(C)
         clock = cp.zeros(1 + 7 * L, dtype=cp.uint64)
         layers = backend.layer_table(model, cache)
         i32 = np.int32
 
         def ours(resid, stamps=False, kernel=kernel):
-            barrier.fill(0)
             allow_shared(kernel, shared)
             kernel((blocks,), (512,), (layers, i32(L), resid, dplan.positions, dplan.slots, dplan.kv_len, dplan.page_tables,
-                                       cos, sin, opart, dpart, barrier, i32(C), i32(H), i32(Hkv), i32(I), i32(16), i32(span),
+                                       cos, sin, opart, dpart, epoch, i32(C), i32(H), i32(Hkv), i32(I), i32(16), i32(span),
                                        np.float32(c.rms_norm_eps), np.float32(model.scale), clock if stamps else np.uint64(0)),
                    shared_mem=shared)
             return resid
@@ -111,10 +109,13 @@ def main():
         print(f"  block 0, µs a layer (layers 1..{L - 1}; {spans.sum():.2f} in all; layer 0 {(stamps[7] - stamps[0]) / 1e3:.2f}; "
               f"kernel span {(stamps[-1] - stamps[0]) / 1e3:.0f} µs; fused_layers {fused_layer:.2f} a layer, span {(fused[-1] - fused[0]) / 1e3:.0f}): " + ", ".join(f"{a} {b:.2f}" for a, b in zip(names, spans)), flush=True)
         for name, variant in variants.items():
-            ours(x.copy(), True, variant)
-            v = np.diff(cp.asnumpy(clock).astype(np.int64)).reshape(L, 7)[1:].mean(axis=0) / 1e3
-            print(f"  {name}: {v.sum():.2f} µs a layer: " + ", ".join(f"{a} {b:.2f}" for a, b in zip(names, v)), flush=True)
-
+            runs = []
+            for _ in range(5):
+                ours(x.copy(), True, variant)
+                runs.append(np.diff(cp.asnumpy(clock).astype(np.int64)).reshape(L, 7)[1:].mean(axis=0) / 1e3)
+            v = np.median(np.array(runs), axis=0)
+            t_variant = time_gpu(lambda: ours(x.copy(), kernel=variant), 0, 20)
+            print(f"  {name}: {t_variant * 1e6:.1f} µs, {v.sum():.2f} µs a layer: " + ", ".join(f"{a} {b:.2f}" for a, b in zip(names, v)), flush=True)
 
 if __name__ == "__main__":
     main()
