@@ -6,10 +6,12 @@
 // 1024 keys against the fused kernel's 15.5 / 18.1 / 19.4 (H200, notes/cluster_decode_ab_h200_stop27.log); plain greedy
 // decode on the default model 1870 -> 2478 tokens/s (H100, notes/bench_e2e_quick_h100_stop27_final.log). Since stop 28
 // the hand-overs poll tagged partial sums instead of two counters: 11.42 / 12.45 -> 10.50 / 11.78 µs a layer at 100 /
-// 512 keys (H200, notes/cluster_decode_tagged_h200_stop28.log). Tried and not kept: each warp norming the GEMV input
+// 512 keys (H200, notes/cluster_decode_tagged_h200_stop28.log); decode one step ahead on the default model 0.423 ->
+// 0.408 ms (H100, notes/bench_e2e_quick_h100_stop28.log). Tried and not kept: each warp norming the GEMV input
 // into its own registers instead of the block's staged row (no block barrier, but qkv 1.79 -> 2.46 µs;
-// notes/cluster_decode_ab_h100_stop27.log); the next layer's copies issued after the block's own role's sums, and a
-// 100 ns sleep between polls (both level, stop 28's log).
+// notes/cluster_decode_ab_h100_stop27.log); the next layer's copies issued after the block's own role's sums, a
+// 100 ns sleep between polls (both level, stop 28's log), more accumulator chains in the attention (level,
+// notes/cluster_decode_norm_fold_h200_stop28.log).
 //
 // h = the residual stream (C floats), kept by EVERY block in its shared memory; all copies stay equal, since every
 // block adds the same partial sums in the same order.
@@ -48,7 +50,9 @@
 // Layouts: resid float [C] (the embedding in, the residual stream after the last layer out); layers uint64 [L, 8]
 //   as kernels/fused_layers.cuh (attn_norm, wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm, w_gate_up [2 I, C],
 //   w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]); opart uint64 [2, Hkv, C], dpart uint64 [2, MLP clusters, C]
-//   (tagged values, layer_tag below), epoch uint32 [1]: they outlive launches (CudaBackend.cluster_decode_buffers). C % 32 == 0, I % 8 == 0, at most 24 clusters of each role (CD_PARTIAL_GROUPS x CD_PARTIAL_BATCH).
+//   (tagged values, layer_tag below), epoch uint32 [1]: they outlive launches (CudaBackend.cluster_decode_buffers).
+//   C % 32 == 0, I % 8 == 0, L <= 64 (the tag's layer bits), at most 24 clusters of each role (CD_PARTIAL_GROUPS x
+//   CD_PARTIAL_BATCH).
 // Launch: grid = 8 x clusters (every block resident at once, or the polls deadlock: ask the driver how many
 //   clusters fit, driver.max_active_clusters), block 512, dynamic shared memory as Layout below
 //   (CudaBackend.cluster_decode_shared_bytes mirrors it region by region).
@@ -69,15 +73,6 @@
 #ifndef CD_COPY_ONCE
 #define CD_COPY_ONCE 0
 #endif
-// experiments: issue the next layer's copies after the block's own role's sums are in (not before), so that they
-// do not meet the other role's hand-over loads; sleep between polls of partial sums (ns, 0: none)
-#ifndef CD_COPY_LATE
-#define CD_COPY_LATE 0
-#endif
-#ifndef CD_POLL_SLEEP
-#define CD_POLL_SLEEP 0
-#endif
-
 
 using bf16 = __nv_bfloat16;
 
@@ -255,11 +250,11 @@ __device__ __forceinline__ bool load_tagged4(const unsigned long long* at, unsig
     return t0 == tag && t1 == tag && t2 == tag && t3 == tag;
 }
 
-// h += sum_k part[k, :] over k < count (tagged, written in this launch), in one round trip once they land (and the
-// new h's sum of squares by warp into red, for stage_norm): thread
-// group g (of 3, C / 4 threads each) loads the partials k = g, g + 3, ... (at most 8 each) together, and again those
-// not yet tagged; the groups' sums meet in `red4` and are added in group order (every block sums in the same order:
-// h stays equal everywhere). Seconds of waiting mean a block is not resident: fail, do not hang.
+// h += sum_k part[k, :] over k < count (tagged, written in this launch), in one round trip once they land, and the
+// new h's sum of squares by warp into red (for stage_norm): thread group g (of 3, C / 4 threads each) loads the
+// partials k = g, g + 3, ... (at most 8 each) together, and again those not yet tagged; the groups' sums meet in
+// `red4` and are added in group order (every block sums in the same order: h stays equal everywhere). Seconds of
+// waiting mean a block is not resident: fail, do not hang.
 __device__ __forceinline__ void add_partials(float* h, const unsigned long long* part, int count, int C, float4* red4, unsigned tag, float* red) {
     const int t = threadIdx.x, Q = C / 4, g = t / Q, q = t % Q;
     if (g < CD_PARTIAL_GROUPS) {
@@ -280,7 +275,6 @@ __device__ __forceinline__ void add_partials(float* h, const unsigned long long*
                 if (tagged[i]) pending &= ~(1u << i);
             if (pending) {
                 if (++spins == (1u << 22)) __trap();
-                if (CD_POLL_SLEEP) __nanosleep(CD_POLL_SLEEP);
             }
         }
         float4 sum = v[0];
@@ -575,9 +569,8 @@ __device__ void cluster_decode_body(const Step& s) {
             }
             CD_STAMP(3);
             __syncthreads();  // the attention group's buffers are free
-            if (!CD_COPY_LATE) issue_attention(l + 1);  // the next layer's, while the MLP clusters work
+            issue_attention(l + 1);  // the next layer's, while the MLP clusters work
             add_partials(h, opart(l), s.Hkv, C, red4, layer_tag(epoch, l), red);  // off the critical path: the layer's O sums
-            if (CD_COPY_LATE) issue_attention(l + 1);
             continue;
         }
         // MLP clusters: the layer's O sums (and the layer before's down sums) into h
@@ -629,9 +622,8 @@ __device__ void cluster_decode_body(const Step& s) {
         }
         CD_STAMP(6);
         __syncthreads();  // the MLP group's buffers are free
-        if (!CD_COPY_LATE) issue_mlp(l + 1);  // the next layer's, while the attention clusters work
+        issue_mlp(l + 1);  // the next layer's, while the attention clusters work
         add_partials(h, dpart(l), mlp_clusters, C, red4, layer_tag(epoch, l), red);  // off the critical path: the layer's down sums
-        if (CD_COPY_LATE) issue_mlp(l + 1);
     }
 #undef CD_STAMP
     if (blockIdx.x == 0) {  // the last layer's sums: the residual stream out

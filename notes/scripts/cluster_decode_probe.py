@@ -28,7 +28,7 @@ def main():
     from minispec.backends.cuda_backend import kernel_source
     variants = {name: cupy.RawModule(code=defines + kernel_source("cluster_decode.cu"),
                                      options=("-std=c++17", "-DSTORAGE_BF16", "-arch=sm_90a")).get_function(f"cluster_decode_d{D}")
-                for name, defines in (("copy once", "#define CD_COPY_ONCE 1\n"), ("copy late", "#define CD_COPY_LATE 1\n"))}
+                for name, defines in (("copy once", "#define CD_COPY_ONCE 1\n"),)}
     from minispec.backends import driver
     allow_shared(kernel, 200 << 10)
     clusters = driver.max_active_clusters(kernel, 512, 200 << 10, 8)
