@@ -117,15 +117,9 @@ __device__ __forceinline__ void push4(float* local, unsigned long long* bar, uns
                  ::"r"(cluster_address(local, rank)), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(cluster_address(bar, rank)) : "memory");
 }
 // the receiver: thread 0 announces the bytes of this layer's round (before or after they land), all wait
+// (mbarrier_wait<true>: the bytes came from other blocks of the cluster)
 __device__ __forceinline__ void expect(unsigned long long* bar, unsigned bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
-}
-// (hopper.cuh's mbarrier_wait with cluster-scope acquire: the bytes were stored by other blocks of the cluster)
-__device__ __forceinline__ void wait_pushes(unsigned long long* bar, unsigned parity) {
-    asm volatile(
-        "{\n.reg .pred ready;\nWAIT:\n"
-        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 ready, [%0], %1;\n"
-        "@!ready bra WAIT;\n}\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(parity) : "memory");
 }
 
 struct Step {
@@ -419,7 +413,7 @@ __device__ void cluster_decode_body(const Step& s) {
             if (l > 0)  // the layer before's down sums into h (its O sums went in while the MLP clusters worked)
                 add_partials(h, dpart(l - 1), mlp_clusters, C, red4, layer_tag(epoch, l - 1), red);
             CD_STAMP(0);
-            if (!CD_COPY_ONCE || l == 0) wait_pushes(&bars[3], parity);  // this layer's attention copies
+            if (!CD_COPY_ONCE || l == 0) mbarrier_wait<true>(&bars[3], parity);  // this layer's attention copies
             if (t == 0) {
                 expect(&bars[0], (G + 2) * D * 4);
                 expect(&bars[1], CD_CLUSTER * G * (D + 2) * 4);
@@ -457,7 +451,7 @@ __device__ void cluster_decode_body(const Step& s) {
                 push(qkv_in + hg * D + d + (hl / CD_CLUSTER) * (D / 2), &bars[0], hl % CD_CLUSTER, hl < CD_CLUSTER ? y1 : y2);
             }
             CD_STAMP(1);
-            wait_pushes(&bars[0], parity);
+            mbarrier_wait<true>(&bars[0], parity);
             // the new key and value into the share that holds key n - 1
             if (k1 == n && keys > 0)
                 for (int k = t; k < 2 * D; k += CD_THREADS)
@@ -532,7 +526,7 @@ __device__ void cluster_decode_body(const Step& s) {
                     if (lane == 0) push2(dst + D, &bars[1], r, M, Lsum);
                 }
             }
-            wait_pushes(&bars[1], parity);
+            mbarrier_wait<true>(&bars[1], parity);
             // merge the 8 shares of each query head (rank order): attn = bf16(sum w_r o_r / sum w_r l_r)
             for (int hg = warp; hg < G; hg += CD_WARPS) {
                 float M = CD_NEG_INF;
@@ -576,7 +570,7 @@ __device__ void cluster_decode_body(const Step& s) {
         // MLP clusters: the layer's O sums (and the layer before's down sums) into h
         add_partials(h, opart(l), s.Hkv, C, red4, layer_tag(epoch, l), red);
         CD_STAMP(4);
-        if (!CD_COPY_ONCE || l == 0) wait_pushes(&bars[4], parity);  // this layer's MLP copies
+        if (!CD_COPY_ONCE || l == 0) mbarrier_wait<true>(&bars[4], parity);  // this layer's MLP copies
         if (t == 0) expect(&bars[2], CD_CLUSTER * lay.OC * 4);
         stage_norm(h, norm_m, xs, red, C, s.eps, true);
         // gate/up: warp w takes index i0 + w (and + 16, ...)
@@ -614,7 +608,7 @@ __device__ void cluster_decode_body(const Step& s) {
             push4(dred_in + (int)rank * lay.OC + col % lay.OC, &bars[2], dest, make_float4(y[0], y[1], y[2], y[3]));
         }
         CD_STAMP(5);
-        wait_pushes(&bars[2], parity);
+        mbarrier_wait<true>(&bars[2], parity);
         for (int k = t; k < lay.OC; k += CD_THREADS) {
             float sum = 0.0f;
             for (int r = 0; r < CD_CLUSTER; r++) sum += dred_in[r * lay.OC + k];

@@ -97,11 +97,17 @@ __device__ __forceinline__ void mbarrier_arrive(unsigned long long* bar) {
 __device__ __forceinline__ void mbarrier_expect_bytes(unsigned long long* bar, unsigned bytes) {
     asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
 }
+// until the mbarrier's phase of `parity` completes. CLUSTER: the acquire at cluster scope, where the bytes counted on
+// it were stored by other blocks of the cluster (st.async pushes, kernels/cluster_decode.cu)
+template <bool CLUSTER = false>
 __device__ __forceinline__ void mbarrier_wait(unsigned long long* bar, unsigned parity) {
-    asm volatile(
-        "{\n.reg .pred ready;\nWAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 ready, [%0], %1;\n"
-        "@!ready bra WAIT;\n}\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(parity) : "memory");
+#define MBARRIER_WAIT(SEMANTICS)                                                                              \
+    asm volatile("{\n.reg .pred ready;\nWAIT:\n"                                                            \
+                 "mbarrier.try_wait.parity" SEMANTICS ".shared::cta.b64 ready, [%0], %1;\n"                   \
+                 "@!ready bra WAIT;\n}\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(parity) : "memory")
+    if constexpr (CLUSTER) MBARRIER_WAIT(".acquire.cluster");
+    else MBARRIER_WAIT("");
+#undef MBARRIER_WAIT
 }
 // box (c0 = column, c1 = row) of the 2-d tensor behind `map` into shared memory; its bytes complete on `bar`
 __device__ __forceinline__ void tma_load(void* shared, const TensorMap* map, int c0, int c1, unsigned long long* bar) {

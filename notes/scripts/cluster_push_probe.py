@@ -39,13 +39,6 @@ __device__ __forceinline__ unsigned rank_in_cluster() {
 __device__ __forceinline__ void expect(unsigned long long* bar, unsigned bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
 }
-// hopper.cuh's mbarrier_wait with cluster-scope acquire: the bytes it waits for were stored by other blocks
-__device__ __forceinline__ void wait_cluster(unsigned long long* bar, unsigned parity) {
-    asm volatile(
-        "{\n.reg .pred ready;\nWAIT:\n"
-        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 ready, [%0], %1;\n"
-        "@!ready bra WAIT;\n}\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(parity) : "memory");
-}
 // 16 bytes into block `rank`'s copy of `local`, counted on its copy of `bar`
 __device__ __forceinline__ void push4(float* local, unsigned long long* bar, unsigned rank, float4 v) {
     asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\n"
@@ -81,11 +74,11 @@ extern "C" __global__ void __launch_bounds__(512, 1) ping(int iters, float* sink
             if (rank == 0) {
                 push1(&buf[s][0], &bars[s], 1, v);
                 expect(&bars[s], 4);
-                wait_cluster(&bars[s], (i >> 1) & 1);
+                mbarrier_wait<true>(&bars[s], (i >> 1) & 1);
                 v = buf[s][0] + 1.0f;
             } else {
                 expect(&bars[s], 4);
-                wait_cluster(&bars[s], (i >> 1) & 1);
+                mbarrier_wait<true>(&bars[s], (i >> 1) & 1);
                 v = buf[s][0] + 1.0f;
                 push1(&buf[s][0], &bars[s], 0, v);
             }
@@ -107,7 +100,7 @@ extern "C" __global__ void __launch_bounds__(512, 1) a2a(int iters, int n, float
             int dest = t / quads, j = t % quads;
             push4(&buf[s][rank * n + 4 * j], &bars[s], dest, make_float4(i, j, 0, 0));
         }
-        wait_cluster(&bars[s], (i >> 1) & 1);
+        mbarrier_wait<true>(&bars[s], (i >> 1) & 1);
         if (threadIdx.x < 8 * n) acc += buf[s][threadIdx.x];
     }
     if (acc == 12345.0f) *sink = acc;
@@ -129,13 +122,13 @@ extern "C" __global__ void __launch_bounds__(512, 1) gather(int iters, int n, fl
         }
         for (int t = threadIdx.x; t < quads; t += blockDim.x) push4(&buf[0][rank * n + 4 * t], &bars[0], 0, make_float4(i, t, 0, 0));
         if (rank == 0) {
-            wait_cluster(&bars[0], parity);
+            mbarrier_wait<true>(&bars[0], parity);
             for (int t = threadIdx.x; t < 8 * quads; t += blockDim.x) {
                 int dest = t / quads, j = t % quads;
                 push4(&buf[1][4 * j], &bars[1], dest, make_float4(buf[0][dest * n + 4 * j], 0, 0, 0));
             }
         }
-        wait_cluster(&bars[1], parity);
+        mbarrier_wait<true>(&bars[1], parity);
         if (threadIdx.x < n) acc += buf[1][threadIdx.x];
     }
     if (acc == 12345.0f) *sink = acc;
