@@ -1,17 +1,23 @@
 // Every layer of a one-token decode step (one sequence, bf16) in ONE persistent launch of thread block clusters of 8,
 // in two roles that hand each layer to each other through tagged partial sums, instead of the fused-layers kernel's five
-// dependent grid-wide exchanges a layer. Who runs it: CudaBackend.cluster_decode_shape (Hopper, B = 1, T = 1, the
-// models the fused kernel takes, when the clusters fit); batches and trees stay on the fused kernel.
+// dependent grid-wide exchanges a layer. Who runs it: CudaBackend.decode_in_one_launch, where cluster_decode_shape
+// allows (Hopper, B = 1, T = 1, the models the fused kernel takes, when the clusters fit); batches and trees stay on the
+// fused kernel.
 // Measured (random weights with the default model's shapes): 11.2-11.4 / 12.2-12.4 / 12.9-13.1 µs a layer at 100 / 512 /
 // 1024 keys against the fused kernel's 15.5 / 18.1 / 19.4 (H200, notes/cluster_decode_ab_h200_stop27.log); plain greedy
 // decode on the default model 1870 -> 2478 tokens/s (H100, notes/bench_e2e_quick_h100_stop27_final.log). Since stop 28
 // the hand-overs poll tagged partial sums instead of two counters: 11.42 / 12.45 -> 10.50 / 11.78 µs a layer at 100 /
 // 512 keys (H200, notes/cluster_decode_tagged_h200_stop28.log); decode one step ahead on the default model 0.423 ->
-// 0.408 ms (H100, notes/bench_e2e_quick_h100_stop28.log). Tried and not kept: each warp norming the GEMV input
+// 0.408 ms (H100, notes/bench_e2e_quick_h100_stop28.log). Since stop 29 the launch also reads the token's embedding
+// row and leaves the final norm (the step lost two launches), and its first round trip brings the layer table, so
+// layer 0's weight copies go out one round trip in instead of five: decode one step ahead 365.5 -> 359.5 µs at 100
+// keys (H200, notes/cluster_decode_fold_ab_h200_stop29.log). Tried and not kept: each warp norming the GEMV input
 // into its own registers instead of the block's staged row (no block barrier, but qkv 1.79 -> 2.46 µs;
 // notes/cluster_decode_ab_h100_stop27.log); the next layer's copies issued after the block's own role's sums, a
 // 100 ns sleep between polls (both level, stop 28's log), more accumulator chains in the attention (level,
-// notes/cluster_decode_norm_fold_h200_stop28.log).
+// notes/cluster_decode_norm_fold_h200_stop28.log); a context of up to 160 keys attended whole by every block, with no
+// exchange of shares (1.2-1.7 µs a layer slower: twelve warps on whole 32-key chunks), and the P V products grouped by
+// key (level; notes/cluster_decode_whole_h200_stop29.log).
 //
 // h = the residual stream (C floats), kept by EVERY block in its shared memory; all copies stay equal, since every
 // block adds the same partial sums in the same order.
@@ -47,12 +53,15 @@
 // The roundings are those of the layer-by-layer path (bf16 GEMV inputs, fp32 sums, bf16 K/V and attention output);
 // they agree up to fp32 summation order. NumPy reference: Model.compute on numpy_backend.
 //
-// Layouts: resid float [C] (the embedding in, the residual stream after the last layer out); layers uint64 [L, 8]
+// Layouts: tokens int [1] (the step's token), embed bf16 [V, C] (its row is h before layer 0), final_norm float [C],
+//   normed bf16 [C] out (bf16(rmsnorm(h) * final_norm) after the last layer: the LM head's input, so the step has no
+//   embedding or norm launch around this one), resid float [C] out (h after the last layer); layers uint64 [L, 8]
 //   as kernels/fused_layers.cuh (attn_norm, wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm, w_gate_up [2 I, C],
 //   w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]); opart uint64 [2, Hkv, C], dpart uint64 [2, MLP clusters, C]
 //   (tagged values, layer_tag below), epoch uint32 [1]: they outlive launches (CudaBackend.cluster_decode_buffers).
-//   C % 32 == 0, I % 8 == 0, L <= 64 (the tag's layer bits), at most 24 clusters of each role (CD_PARTIAL_GROUPS x
-//   CD_PARTIAL_BATCH).
+//   C % 32 == 0, 3 C / 4 <= 512 (add_partials' thread groups), I % 8 == 0, L <= 64 (the tag's layer bits; 8 L
+//   table entries, one a thread), (G + 2) D / 16 <= 512 (a thread's RoPE pair), at most 24 clusters of each role
+//   (CD_PARTIAL_GROUPS x CD_PARTIAL_BATCH).
 // Launch: grid = 8 x clusters (every block resident at once, or the polls deadlock: ask the driver how many
 //   clusters fit, driver.max_active_clusters), block 512, dynamic shared memory as Layout below
 //   (CudaBackend.cluster_decode_shared_bytes mirrors it region by region).
@@ -125,6 +134,10 @@ __device__ __forceinline__ void expect(unsigned long long* bar, unsigned bytes) 
 struct Step {
     const unsigned long long* layers;
     int L;
+    const int* tokens;
+    const bf16* embed;
+    const float* final_norm;
+    bf16* normed;
     float* resid;
     const int *positions, *slots, *kv_len, *page_table;
     const float *cos_table, *sin_table;
@@ -135,12 +148,22 @@ struct Step {
     unsigned long long* clock;
 };
 
+__device__ __forceinline__ unsigned long long globaltimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
 __device__ __forceinline__ void stamp(const Step& s, int index, int block = 0) {
-    if (s.clock != nullptr && blockIdx.x == block && threadIdx.x == 0) {
-        unsigned long long t;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-        s.clock[index] = t;
-    }
+    if (s.clock != nullptr && blockIdx.x == block && threadIdx.x == 0) s.clock[index] = globaltimer();
+}
+// a ring of the last CD_LAUNCH_RING launches after the layer stamps, by epoch: [block 0 in, the last block in, block 0
+// out], so a probe sees what a step spends outside this kernel (notes/scripts/step_anatomy.py)
+#define CD_LAUNCH_RING 64
+__device__ __forceinline__ void launch_stamps(const Step& s, unsigned epoch, unsigned long long t, bool out) {
+    if (s.clock == nullptr || threadIdx.x != 0) return;
+    unsigned long long* ring = s.clock + 1 + 7 * s.L + 3 * (epoch % CD_LAUNCH_RING);
+    if (blockIdx.x == 0) ring[out ? 2 : 0] = t;
+    if (!out) atomicMax(ring + 1, t);  // (later launches stamp later: the slot's last cycle never wins)
 }
 
 // Shared memory carve-up (byte offsets; the backend's cluster_decode_shared_bytes mirrors it)
@@ -295,6 +318,7 @@ __device__ __forceinline__ void add_partials(float* h, const unsigned long long*
 
 template <int D>
 __device__ void cluster_decode_body(const Step& s) {
+    const unsigned long long entered = s.clock != nullptr ? globaltimer() : 0;
     extern __shared__ __align__(128) unsigned char smem[];
     const Layout<D> lay(s);
     const int t = threadIdx.x, warp = t / 32, lane = t % 32;
@@ -326,8 +350,14 @@ __device__ void cluster_decode_body(const Step& s) {
     uint4* wd_s = reinterpret_cast<uint4*>(smem + lay.wd);
     bf16* kv_s = reinterpret_cast<bf16*>(smem + lay.kv);  // [K, V][keys_max][D]
 
-    // step constants: the new token's position and slot, the sequence length, this block's keys and MLP indices
-    const int n = s.kv_len[0], position = s.positions[0], slot = s.slots[0];
+    // step constants: the new token, its position and slot, the sequence length, this block's keys and MLP indices, and
+    // the layer table; their loads go out together (one round trip), this launch's epoch among them (layer_tag;
+    // block 0 counts it up at its end, when every block has read it)
+    const int n = s.kv_len[0], position = s.positions[0], slot = s.slots[0], token = s.tokens[0];
+    unsigned epoch;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(epoch) : "l"(s.epoch));
+    const unsigned long long table_entry = t < 8 * s.L ? s.layers[t] : 0;  // (L <= 64: one entry a thread at most)
+    launch_stamps(s, epoch, entered, false);
     const int share = (n + CD_CLUSTER - 1) / CD_CLUSTER;
     const int k0 = min(n, (int)rank * share), k1 = min(n, k0 + share), keys = k1 - k0;
     const int old_end = max(k0, min(k1, n - 1));  // keys before the new one come from the cache
@@ -337,9 +367,6 @@ __device__ void cluster_decode_body(const Step& s) {
     const int groups = s.I / 8, b = blockIdx.x - attention_blocks;  // (MLP blocks: b >= 0)
     const int g0 = attends ? 0 : (int)((long long)b * groups / mlp_blocks), g1 = attends ? 0 : (int)((long long)(b + 1) * groups / mlp_blocks);
     const int i0 = 8 * g0, ni = 8 * (g1 - g0), M8 = lay.ni_max / 8;
-    // this launch's tags (layer_tag); block 0 counts the epoch up at its end, when every block has read it
-    unsigned epoch;
-    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(epoch) : "l"(s.epoch));
     // partial sums alternate between two buffers by layer (see the header)
     auto opart = [&](int layer) { return s.opart + (long long)(layer % 2) * s.Hkv * C; };
     auto dpart = [&](int layer) { return s.dpart + (long long)(layer % 2) * mlp_clusters * C; };
@@ -351,19 +378,11 @@ __device__ void cluster_decode_body(const Step& s) {
         for (int k = 0; k < 5; k++) mbarrier_init(&bars[k], 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    for (int k = t; k < 8 * s.L; k += CD_THREADS) table[k] = s.layers[k];
-    for (int k = t; k < page_count; k += CD_THREADS) pages[k] = s.page_table[first_page + k];
-    for (int p = t; p < my_pairs; p += CD_THREADS) {  // RoPE factors of this block's pairs (v pairs: identity)
-        const int u = (int)rank + CD_CLUSTER * p, hg = u / (D / 2), d = u % (D / 2);
-        const bool rotates = hg <= G;
-        rope[2 * p] = rotates ? s.cos_table[(long long)position * (D / 2) + d] : 1.0f;
-        rope[2 * p + 1] = rotates ? s.sin_table[(long long)position * (D / 2) + d] : 0.0f;
-    }
-    for (int k = t; k < C / 4; k += CD_THREADS) reinterpret_cast<float4*>(h)[k] = __ldcg(reinterpret_cast<const float4*>(s.resid) + k);
-    __syncthreads();  // the tables, before the first copies use them
+    if (t < 8 * s.L) table[t] = table_entry;
+    __syncthreads();  // the table and the mbarriers, before the first copies use them
 
-    // copy group "attention" of layer l (attention clusters): qkv pair rows, O slice, old K/V rows, attn_norm;
-    // a bulk copy per contiguous run, counted on bars[3]
+    // copy group "attention" of layer l (attention clusters): qkv pair rows, O slice, attn_norm, then the old K/V rows
+    // (issue_kv: they need the page ids); a bulk copy per contiguous run, counted on bars[3]
     auto issue_attention = [&](int l) {
         if (!attends || l >= s.L || (CD_COPY_ONCE && l > 0)) return;
         const unsigned long long* p = table + 8 * l;
@@ -376,6 +395,11 @@ __device__ void cluster_decode_body(const Step& s) {
         for (int k = t; k < lay.OC; k += CD_THREADS)
             bulk(wo_s + k * OK8, reinterpret_cast<const bf16*>(p[2]) + (long long)((int)rank * lay.OC + k) * (s.H * D) + c * lay.OK,
                  lay.OK * 2, &bars[3]);
+        if (t == CD_THREADS - 1) bulk(norm_a, reinterpret_cast<const float*>(p[0]), C * 4, &bars[3]);
+    };
+    auto issue_kv = [&](int l) {
+        if (!attends || l >= s.L || (CD_COPY_ONCE && l > 0)) return;
+        const unsigned long long* p = table + 8 * l;
         for (int k = t; k < 2 * page_count; k += CD_THREADS) {  // K and V rows of one page: contiguous in the cache
             const int which = k / page_count, pg = k % page_count;
             const int j0 = max(k0, (first_page + pg) * s.P), j1 = min(old_end, (first_page + pg + 1) * s.P);
@@ -383,7 +407,6 @@ __device__ void cluster_decode_body(const Step& s) {
             bulk(kv_s + ((long long)which * lay.keys_max + j0 - k0) * D, cache + (((long long)pages[pg] * s.Hkv + c) * s.P + j0 % s.P) * D,
                  (j1 - j0) * D * 2, &bars[3]);
         }
-        if (t == CD_THREADS - 1) bulk(norm_a, reinterpret_cast<const float*>(p[0]), C * 4, &bars[3]);
     };
     // copy group "MLP" of layer l: gate/up rows and the down columns of this block's indices, mlp_norm (bars[4])
     auto issue_mlp = [&](int l) {
@@ -397,9 +420,30 @@ __device__ void cluster_decode_body(const Step& s) {
     };
     issue_attention(0);
     issue_mlp(0);
+    // the second round trip: the page ids of this block's old keys (from page k0 / P), the RoPE factors of its pairs (v
+    // pairs: identity), the token's embedding row (h); the loads first, then the stores
+    const int page0 = t < page_count ? s.page_table[first_page + t] : 0;
+    const int u_rope = (int)rank + CD_CLUSTER * t, hg_rope = u_rope / (D / 2), d_rope = u_rope % (D / 2);
+    const bool rotates = t < my_pairs && hg_rope <= G;
+    const float cs0 = rotates ? s.cos_table[(long long)position * (D / 2) + d_rope] : 1.0f;
+    const float sn0 = rotates ? s.sin_table[(long long)position * (D / 2) + d_rope] : 0.0f;
+    const uint4 e0 = t < C8 ? reinterpret_cast<const uint4*>(s.embed + (long long)token * C)[t] : make_uint4(0, 0, 0, 0);
+    if (t < page_count) pages[t] = page0;
+    for (int k = t + CD_THREADS; k < page_count; k += CD_THREADS) pages[k] = s.page_table[first_page + k];  // (page size 1)
+    if (t < my_pairs) rope[2 * t] = cs0, rope[2 * t + 1] = sn0;  // (my_pairs <= (G + 2) D / 16 <= CD_THREADS)
+    if (t < C8) {
+        const unsigned* eu = reinterpret_cast<const unsigned*>(&e0);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float2 f = bf2(eu[k]);
+            h[8 * t + 2 * k] = f.x, h[8 * t + 2 * k + 1] = f.y;
+        }
+    }
+    __syncthreads();  // the page ids
+    issue_kv(0);
     cluster_sync();  // mbarriers initialised before any push reaches them; h and rope visible
     stamp(s, 0);
-    // stamps a layer (clock [1 + 7 L]; notes/scripts/cluster_decode_probe.py): block 0 (attention) after the down sums are
+    // stamps a layer (clock [1 + 7 L + 3 CD_LAUNCH_RING]; notes/scripts/cluster_decode_probe.py): block 0 (attention) after the down sums are
     // added, the qkv pushed, the merge, the O columns written; the first MLP block after the O sums are added, the down
     // partials pushed, the down sums written
 #define CD_STAMP(i) stamp(s, 1 + 7 * l + (i), (i) < 4 ? 0 : CD_CLUSTER * s.Hkv)
@@ -564,6 +608,7 @@ __device__ void cluster_decode_body(const Step& s) {
             CD_STAMP(3);
             __syncthreads();  // the attention group's buffers are free
             issue_attention(l + 1);  // the next layer's, while the MLP clusters work
+            issue_kv(l + 1);
             add_partials(h, opart(l), s.Hkv, C, red4, layer_tag(epoch, l), red);  // off the critical path: the layer's O sums
             continue;
         }
@@ -620,25 +665,29 @@ __device__ void cluster_decode_body(const Step& s) {
         add_partials(h, dpart(l), mlp_clusters, C, red4, layer_tag(epoch, l), red);  // off the critical path: the layer's down sums
     }
 #undef CD_STAMP
-    if (blockIdx.x == 0) {  // the last layer's sums: the residual stream out
+    if (blockIdx.x == 0) {  // the last layer's sums: the residual stream and the final norm (the LM head's input) out
         add_partials(h, dpart(s.L - 1), mlp_clusters, C, red4, layer_tag(epoch, s.L - 1), red);
+        stage_norm(h, s.final_norm, xs, red, C, s.eps, true);
+        for (int k = t; k < C8; k += CD_THREADS) reinterpret_cast<uint4*>(s.normed)[k] = xs[k];
         for (int k = t; k < C / 4; k += CD_THREADS) reinterpret_cast<float4*>(s.resid)[k] = reinterpret_cast<const float4*>(h)[k];
         // every block has read the epoch: each wrote a value the sums just added carry its tag
         if (t == 0) asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(s.epoch), "r"(epoch + 1) : "memory");
     }
     cluster_sync();  // no block leaves while a cluster peer may still address its shared memory
+    launch_stamps(s, epoch, globaltimer(), true);
 }
 
 }  // namespace cd
 
 #define CLUSTER_DECODE(D)                                                                                               \
     extern "C" __global__ void __cluster_dims__(CD_CLUSTER, 1, 1) __launch_bounds__(CD_THREADS, 1) cluster_decode_d##D( \
-        const unsigned long long* layers, int L, float* resid, const int* positions, const int* slots,                  \
-        const int* kv_len, const int* page_table, const float* cos_table, const float* sin_table,                       \
-        unsigned long long* opart, unsigned long long* dpart, unsigned* epoch, int C, int H, int Hkv, int I, int P,     \
-        int span, float eps, float scale, unsigned long long* clock) {                                                  \
-        cd::Step s{layers, L, resid, positions, slots, kv_len, page_table, cos_table, sin_table, opart, dpart,          \
-                   epoch, C, H, Hkv, I, P, span, eps, scale, clock};                                                    \
+        const unsigned long long* layers, int L, const int* tokens, const bf16* embed, const float* final_norm,         \
+        bf16* normed, float* resid, const int* positions, const int* slots, const int* kv_len, const int* page_table, \
+        const float* cos_table, const float* sin_table, unsigned long long* opart, unsigned long long* dpart,           \
+        unsigned* epoch, int C, int H, int Hkv, int I, int P, int span, float eps, float scale,                        \
+        unsigned long long* clock) {                                                                                    \
+        cd::Step s{layers, L, tokens, embed, final_norm, normed, resid, positions, slots, kv_len, page_table,          \
+                   cos_table, sin_table, opart, dpart, epoch, C, H, Hkv, I, P, span, eps, scale, clock};               \
         cd::cluster_decode_body<D>(s);                                                                                  \
     }
 

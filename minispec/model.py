@@ -62,6 +62,18 @@ class Model:
 
     def compute(self, plan, cache: KVCache):
         """The layers over a backend plan -> logits [R, V] on the backend."""
+        ops, w = self.backend, self.weights
+        # CUDA on Hopper, a one-sequence decode step: the embedding, every layer and the final norm in one launch
+        # (kernels/cluster_decode.cu)
+        h = ops.decode_in_one_launch(self, plan, cache)
+        if h is None:
+            h = self.final_hidden(plan, cache)
+        if not plan.all_logits:
+            h = h[plan.logit_rows]  # [R, hidden]
+        return ops.logits(h, w.lm_head)  # [R, V]
+
+    def final_hidden(self, plan, cache: KVCache):
+        """The embedding, the layers and the final norm -> the LM head's input [N, hidden] on the backend."""
         ops, c, w = self.backend, self.config, self.weights
         H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_dim
         x = ops.embedding(w.embed, plan.tokens)  # x: [N, hidden]
@@ -80,9 +92,7 @@ class Model:
                 h, residual = ops.add_rmsnorm(x, residual, layer.mlp_norm, c.rms_norm_eps)
                 x = ops.linear(ops.gate_up_silu(h, layer.w_gate_up), layer.w_down)  # [N, hidden]
         h, _ = ops.add_rmsnorm(x, residual, w.final_norm, c.rms_norm_eps)
-        if not plan.all_logits:
-            h = h[plan.logit_rows]  # [R, hidden]
-        return ops.logits(h, w.lm_head)  # [R, V]
+        return h
 
 
 class StepLogits:

@@ -312,6 +312,7 @@ class CudaBackend:
         self.attention_keys = None  # the wgmma kernel's key tile, 64 or 128 (None: attention_tile_keys)
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
+        self.cluster_clock = None  # uint64 [1 + 7 L + 3 x 64]: cluster_decode.cu's stamps (notes/scripts/step_anatomy.py)
         # one-sequence decode steps of small models on kernels/cluster_decode.cu where it applies (cluster_decode_shape);
         # False: the fused-layers kernel serves them (tests, the fused kernel's stamps)
         self.cluster_decode = self.hopper
@@ -455,8 +456,8 @@ class CudaBackend:
         context = context_bucket(int(plan.kv_len.max()))  # attention splits follow the context
         prefill = bool(plan.causal.any())
         # the launch settings are part of the key: changing one (tests, benchmarks) must capture anew
-        settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), self.attention_warps, self.attention_splits,
-                    self.attention_wgmma, self.pdl, self.cluster_decode)
+        settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
+                    self.attention_splits, self.attention_wgmma, self.pdl, self.cluster_decode)
         key = (B, bucket, context, prefill, settings)
         step = self.graphs.get((model, cache), key)
         if step is None:
@@ -922,9 +923,6 @@ class CudaBackend:
 
     def fused_layers(self, model, plan: DevicePlan, cache, x, rows: int):
         """Every layer of a small step in one persistent launch; x: embeddings fp32 [N, C] -> residual stream."""
-        shape = self.cluster_decode_shape(model, plan, cache.page_size) if rows == 1 else None
-        if shape is not None:
-            return self.cluster_decode_layers(model, plan, cache, x, *shape)
         cp, c = self.cp, model.config
         N, B = plan.num_tokens, plan.batch_size
         H, Hkv, D, C, I = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
@@ -994,11 +992,13 @@ class CudaBackend:
             return None
         if c.head_dim not in (64, 128) or c.hidden_size % (4 * CLUSTER_DECODE_BLOCKS) or c.intermediate_size % 8:
             return None
+        if 3 * (c.hidden_size // 4) > 512:  # add_partials' three thread groups of C / 4
+            return None
         if c.num_kv_heads > CLUSTER_DECODE_MAX_PARTIALS or model.num_layers > FUSED_MAX_LAYERS:
             return None
         span = -(-plan.max_kv_len // CLUSTER_DECODE_BLOCKS)  # (a graph's context bucket: any step of the bucket fits)
         kernel = self.kernel("cluster_decode.cu", f"cluster_decode_d{c.head_dim}")
-        # every block must be resident at once (the counters would deadlock): ask the driver how many clusters fit,
+        # every block must be resident at once (the polls would deadlock): ask the driver how many clusters fit,
         # which depends on the shared memory, which depends on how many MLP blocks share the intermediate groups
         clusters = self.sm_count // CLUSTER_DECODE_BLOCKS
         for _ in range(3):
@@ -1017,11 +1017,22 @@ class CudaBackend:
             clusters = self.cluster_counts[shared]
         return None
 
-    def cluster_decode_layers(self, model, plan: DevicePlan, cache, x, clusters: int, span: int, shared: int):
-        """Every layer of a one-token decode step on kernels/cluster_decode.cu; x: the embedding fp32 [1, C] -> the
-        residual stream after the last layer (in place)."""
-        cp, c = self.cp, model.config
+    def decode_in_one_launch(self, model, plan: DevicePlan, cache):
+        """A one-sequence decode step's embedding, every layer and the final norm in one launch of
+        kernels/cluster_decode.cu -> the LM head's input, bf16 [1, C]; None where the step takes the other paths
+        (cluster_decode_shape)."""
+        if self.fused_rows(model, plan) != 1:
+            return None
+        shape = self.cluster_decode_shape(model, plan, cache.page_size)
+        return None if shape is None else self.cluster_decode_layers(model, plan, cache, *shape)[0]
+
+    def cluster_decode_layers(self, model, plan: DevicePlan, cache, clusters: int, span: int, shared: int):
+        """kernels/cluster_decode.cu on a one-token decode step -> (the final norm of the residual stream after the
+        last layer, bf16 [1, C]; that residual stream, fp32 [1, C])."""
+        cp, c, w = self.cp, model.config, model.weights
         C, Hkv = c.hidden_size, c.num_kv_heads
+        normed = cp.empty((1, C), dtype=self.store_dtype)
+        resid = cp.empty((1, C), dtype=cp.float32)
         opart, dpart, epoch = self.cluster_decode_buffers(C)
         cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
         kernel = self.kernel("cluster_decode.cu", f"cluster_decode_d{c.head_dim}")
@@ -1029,12 +1040,13 @@ class CudaBackend:
         i32 = np.int32
         kernel(
             (CLUSTER_DECODE_BLOCKS * clusters,), (512,),
-            (self.layer_table(model, cache), i32(model.num_layers), x, plan.positions, plan.slots, plan.kv_len,
-             plan.page_tables, cos, sin, opart, dpart, epoch, i32(C), i32(c.num_heads), i32(Hkv), i32(c.intermediate_size),
-             i32(cache.page_size), i32(span), np.float32(c.rms_norm_eps), np.float32(model.scale), np.uint64(0)),
+            (self.layer_table(model, cache), i32(model.num_layers), plan.tokens, w.embed, w.final_norm, normed, resid,
+             plan.positions, plan.slots, plan.kv_len, plan.page_tables, cos, sin, opart, dpart, epoch, i32(C), i32(c.num_heads),
+             i32(Hkv), i32(c.intermediate_size), i32(cache.page_size), i32(span), np.float32(c.rms_norm_eps), np.float32(model.scale),
+             np.uint64(0) if self.cluster_clock is None else self.cluster_clock),
             shared_mem=shared,
         )
-        return x
+        return normed, resid
 
     def cluster_decode_buffers(self, C: int):
         """kernels/cluster_decode.cu's partial sums, tagged with (epoch, layer): uint64 [2 layers, MAX_PARTIALS, C] of

@@ -202,6 +202,9 @@ class NumpyBackend:
     def fused_rows(self, model, plan: StepPlan) -> int:
         return 0  # the reference runs layer by layer
 
+    def decode_in_one_launch(self, model, plan: StepPlan, cache):
+        return None  # (the CUDA backend's one-launch decode step)
+
     def default_kv_tokens(self, config, max_model_len: int) -> int:
         return 4 * max_model_len  # np.empty pages are only backed by memory once written
 
