@@ -70,6 +70,7 @@
 #include "hopper.cuh"
 #include "cluster.cuh"
 #include "warp.cuh"
+#include "pdl.cuh"
 
 #define CD_WARPS 16
 #define CD_THREADS (CD_WARPS * 32)
@@ -442,6 +443,10 @@ __device__ void cluster_decode_body(const Step& s) {
     __syncthreads();  // the page ids
     issue_kv(0);
     cluster_sync();  // mbarriers initialised before any push reaches them; h and rope visible
+    // the LM head may launch now (kernels/pdl.cuh): its blocks take the SMs no cluster holds, and those each block of
+    // this launch leaves, and copy their first weight stages there before they wait for this launch to end. (Every
+    // block of this launch is resident by now: the trigger counts only once all have given it.)
+    pdl_trigger();
     stamp(s, 0);
     // stamps a layer (clock [1 + 7 L + 3 CD_LAUNCH_RING]; notes/scripts/cluster_decode_probe.py): block 0 (attention) after the down sums are
     // added, the qkv pushed, the merge, the O columns written; the first MLP block after the O sums are added, the down
