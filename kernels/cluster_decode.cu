@@ -11,7 +11,10 @@
 // 0.408 ms (H100, notes/bench_e2e_quick_h100_stop28.log). Since stop 29 the launch also reads the token's embedding
 // row and leaves the final norm (the step lost two launches), and its first round trip brings the layer table, so
 // layer 0's weight copies go out one round trip in instead of five: decode one step ahead 365.5 -> 359.5 µs at 100
-// keys (H200, notes/cluster_decode_fold_ab_h200_stop29.log). Tried and not kept: each warp norming the GEMV input
+// keys (H200, notes/cluster_decode_fold_ab_h200_stop29.log). Since stop 29 every block adds the partial sums to its
+// slice of h alone and sends the slice to its cluster (slice_partials): decode one step ahead 372.8 -> 317.5 µs at
+// 100 keys and 419 -> 345 at 512 (H100); 359 -> 319 and 404 -> 351 on the H200 with both roles' critical-path adds
+// by slice, before the off-path adds of the O sums went by slice too (notes/cluster_decode_slices_stop29.log). Tried and not kept: each warp norming the GEMV input
 // into its own registers instead of the block's staged row (no block barrier, but qkv 1.79 -> 2.46 µs;
 // notes/cluster_decode_ab_h100_stop27.log); the next layer's copies issued after the block's own role's sums, a
 // 100 ns sleep between polls (both level, stop 28's log), more accumulator chains in the attention (level,
@@ -19,11 +22,12 @@
 // exchange of shares (1.2-1.7 µs a layer slower: twelve warps on whole 32-key chunks), and the P V products grouped by
 // key (level; notes/cluster_decode_whole_h200_stop29.log).
 //
-// h = the residual stream (C floats), kept by EVERY block in its shared memory; all copies stay equal, since every
-// block adds the same partial sums in the same order.
+// h = the residual stream (C floats), held by slices: block r of a cluster keeps slice r (columns [r C/8, (r+1) C/8))
+// current and adds the partial sums to it alone; before each RMSNorm it sends the new slice, and its sum of squares,
+// to the 8 blocks of its cluster (st.async onto hin; slice_partials), so each block reads an eighth of the partials.
 //   attention role, the cluster of KV head c (clusters 0 .. Hkv-1), per layer l:
-//     h += the MLP clusters' layer l-1 down sums (dpart[(l-1) % 2], polled until tagged with layer l-1)
-//     x = bf16(rmsnorm(h) * attn_norm)
+//     h += the MLP clusters' layer l-1 down sums (dpart[(l-1) % 2], polled until tagged with layer l-1), by slice
+//     x = bf16(rmsnorm(h) * attn_norm) from the slices sent (hin)
 //     qkv: the cluster's (G + 2) D columns (G query heads, its key head, its value head) as RoPE column pairs
 //          (d, d + D/2), pair u to cluster block u % 8; each block pushes its rotated values to all 8 blocks
 //          (st.async, counted on the receiver's mbarrier: only the receiver waits); k and v rounded to bf16 and
@@ -33,13 +37,14 @@
 //          max m, exp sum l and unnormalised o, pushed to all 8 blocks; every block merges the 8 shares in rank order
 //          into attn = bf16(sum_r e^(m_r - M) o_r / sum_r e^(m_r - M) l_r)
 //     O partial: block r: columns [r C/8, (r+1) C/8) of attn_c . Wo[:, c G D .. (c+1) G D]^T -> opart[l % 2][c, :]
-//     copy its next layer's weights and K/V rows; then, while the MLP role works, h += the layer's O sums
+//     copy its next layer's weights and K/V rows; then, while the MLP role works, h += the layer's O sums (its slice)
 //   MLP role, the other clusters, per layer l:
-//     h += sum_c opart[l % 2][c, :] (c in order, polled until tagged with layer l)
-//     x = bf16(rmsnorm(h) * mlp_norm); block b owns intermediate indices [i0, i0 + ni) (groups of 8):
+//     h += sum_c opart[l % 2][c, :] (c in order, polled until tagged with layer l), by slice
+//     x = bf16(rmsnorm(h) * mlp_norm) from the slices sent; block b owns intermediate indices [i0, i0 + ni) (groups of 8):
 //     act_i = bf16(silu(x . Wg_i) (x . Wu_i)), then its share of down, a partial [C] over its indices; block r of
 //     the cluster sums column slice r of its 8 blocks' partials (pushed to it) in rank order -> dpart[l % 2][k, :]
-//     copy its next layer's weights; then, while the attention role works, h += the layer's down sums
+//     copy its next layer's weights; then, while the attention role works, h += the layer's down sums (its slice)
+//   the first attention cluster then adds the last layer's down sums by slice; block 0 writes h and its final norm.
 // Why: a grid barrier costs ~1.0 µs and a cluster barrier ~0.7, but a push that only its receiver waits for ~0.3 (an
 // all-to-all of 72 floats 0.35 µs; notes/cluster_push_probe_h100_stop27.log). Weights never stream on the critical
 // path: each block copies its slices of layer l + 1 into shared memory (cp.async.bulk, an mbarrier per role's group)
@@ -48,7 +53,8 @@
 // Partial sums alternate between two buffers by layer: a block may write layer l + 1's while a slower block of the
 // other role still reads layer l's. Layer l + 2's writers cannot pass a reader of layer l: they need layer l + 1's sums
 // of every block of the other role (its O columns, its down partials), each of which that block wrote after its own
-// reads of layer l's.
+// reads of layer l's. hin needs one buffer: a block norms it before its own partial sums of the layer go out, and
+// its cluster's next slices need those.
 // Every sum runs in a fixed order (no float atomics): a step gives the same bits every time.
 // The roundings are those of the layer-by-layer path (bf16 GEMV inputs, fp32 sums, bf16 K/V and attention output);
 // they agree up to fp32 summation order. NumPy reference: Model.compute on numpy_backend.
@@ -59,9 +65,9 @@
 //   as kernels/fused_layers.cuh (attn_norm, wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm, w_gate_up [2 I, C],
 //   w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]); opart uint64 [2, Hkv, C], dpart uint64 [2, MLP clusters, C]
 //   (tagged values, layer_tag below), epoch uint32 [1]: they outlive launches (CudaBackend.cluster_decode_buffers).
-//   C % 32 == 0, 3 C / 4 <= 512 (add_partials' thread groups), I % 8 == 0, L <= 64 (the tag's layer bits; 8 L
-//   table entries, one a thread), (G + 2) D / 16 <= 512 (a thread's RoPE pair), at most 24 clusters of each role
-//   (CD_PARTIAL_GROUPS x CD_PARTIAL_BATCH).
+//   C % 32 == 0, C <= 1024 (a lane's float4 of a slice), I % 8 == 0, L <= 64 (the tag's layer bits; 8 L table
+//   entries, one a thread), (G + 2) D / 16 <= 512 (a thread's RoPE pair), at most CD_MAX_PARTIALS clusters of each
+//   role.
 // Launch: grid = 8 x clusters (every block resident at once, or the polls deadlock: ask the driver how many
 //   clusters fit, driver.max_active_clusters), block 512, dynamic shared memory as Layout below
 //   (CudaBackend.cluster_decode_shared_bytes mirrors it region by region).
@@ -76,8 +82,7 @@
 #define CD_THREADS (CD_WARPS * 32)
 #define CD_CLUSTER 8
 #define CD_NEG_INF (-__int_as_float(0x7f800000))
-#define CD_PARTIAL_GROUPS 3  // add_partials: thread groups, each loading up to CD_PARTIAL_BATCH partial sums at once
-#define CD_PARTIAL_BATCH 8   // (at most 24 partials of each role: CudaBackend.CLUSTER_DECODE_MAX_PARTIALS)
+#define CD_MAX_PARTIALS 24  // partial sums of each role at most (CudaBackend.CLUSTER_DECODE_MAX_PARTIALS; polled's size)
 // experiment (notes/scripts/cluster_decode_probe.py): copy layer 0's weights only (wrong results: the timing
 // without the copy traffic)
 #ifndef CD_COPY_ONCE
@@ -171,7 +176,7 @@ __device__ __forceinline__ void launch_stamps(const Step& s, unsigned epoch, uns
 template <int D>
 struct Layout {
     int G, pairs_block, OC, OK, ni_max, keys_max;
-    int h, xs, qkv_in, part_in, upart, attn, act, dred_in, red, red4, rope, norm_a, norm_m, bars, table, pages, wqkv, wo, wgu, wd, kv;
+    int h, hin, sq_in, xs, qkv_in, part_in, upart, attn, act, dred_in, red, polled, rope, norm_a, norm_m, bars, table, pages, wqkv, wo, wgu, wd, kv;
     __device__ Layout(const Step& s) {
         G = s.H / s.Hkv;
         pairs_block = ((G + 2) * D / 2 + CD_CLUSTER - 1) / CD_CLUSTER;
@@ -184,6 +189,8 @@ struct Layout {
         int at = 0;
         auto take = [&](int bytes) { int o = at; at += (bytes + 15) / 16 * 16; return o; };
         h = take(s.C * 4);
+        hin = take(s.C * 4);
+        sq_in = take(CD_CLUSTER * 4);
         xs = take(max(s.C, OK) * 2);
         qkv_in = take((G + 2) * D * 4);
         part_in = take(CD_CLUSTER * G * (D + 2) * 4);
@@ -192,11 +199,11 @@ struct Layout {
         act = take(ni_max * 4);
         dred_in = take(CD_CLUSTER * OC * 4);
         red = take(CD_WARPS * 4);
-        red4 = take(3 * s.C * 4);
+        polled = take(CD_MAX_PARTIALS * (s.C / 32) * 16);
         rope = take(pairs_block * 2 * 4);
         norm_a = take(s.C * 4);
         norm_m = take(s.C * 4);
-        bars = take(5 * 8);
+        bars = take(6 * 8);
         table = take(s.L * 8 * 8);
         pages = take((keys_max / s.P + 2) * 4);
         wqkv = take(pairs_block * 2 * s.C * 2);
@@ -218,7 +225,8 @@ __device__ __forceinline__ int pair_column(const Step& s, int c, int G, int u) {
 
 // xs = bf16(h * rsqrt(mean(h^2) + eps) * w): thread t < C / 8 takes 8 values; warp sums meet in `red` in warp order
 // (folded: the add of partial sums that last changed h left them there)
-__device__ __forceinline__ void stage_norm(const float* h, const float* w, uint4* xs, float* red, int C, float eps, bool folded = false) {
+__device__ __forceinline__ void stage_norm(const float* h, const float* w, uint4* xs, float* red, int C, float eps, bool folded = false,
+                                           int parts = CD_WARPS) {
     const int t = threadIdx.x, warp = t / 32, lane = t % 32;
     float v[8], sq = 0.0f;
     const bool in = t < C / 8;
@@ -233,8 +241,7 @@ __device__ __forceinline__ void stage_norm(const float* h, const float* w, uint4
         __syncthreads();
     }
     float total = 0.0f;
-#pragma unroll
-    for (int k = 0; k < CD_WARPS; k++) total += red[k];
+    for (int k = 0; k < parts; k++) total += red[k];
     const float f = rsqrtf(total / C + eps);
     if (in) {
         unsigned o[4];
@@ -268,53 +275,53 @@ __device__ __forceinline__ bool load_tagged4(const unsigned long long* at, unsig
     return t0 == tag && t1 == tag && t2 == tag && t3 == tag;
 }
 
-// h += sum_k part[k, :] over k < count (tagged, written in this launch), in one round trip once they land, and the
-// new h's sum of squares by warp into red (for stage_norm): thread group g (of 3, C / 4 threads each) loads the
-// partials k = g, g + 3, ... (at most 8 each) together, and again those not yet tagged; the groups' sums meet in
-// `red4` and are added in group order (every block sums in the same order: h stays equal everywhere). Seconds of
-// waiting mean a block is not resident: fail, do not hang.
-__device__ __forceinline__ void add_partials(float* h, const unsigned long long* part, int count, int C, float4* red4, unsigned tag, float* red) {
-    const int t = threadIdx.x, Q = C / 4, g = t / Q, q = t % Q;
-    if (g < CD_PARTIAL_GROUPS) {
-        float4 v[CD_PARTIAL_BATCH];
-        unsigned pending = 0, spins = 0;
-#pragma unroll
-        for (int i = 0; i < CD_PARTIAL_BATCH; i++) {
-            v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (g + CD_PARTIAL_GROUPS * i < count) pending |= 1u << i;
+// h[slice] += sum_k part[k, slice] over k < count (tagged, written in this launch), by slice: block `rank` of a cluster
+// adds only its column slice (C / 8 values; every block keeps only its slice of h current) and (send) sends the new
+// slice, and its sum of squares, to every block of its cluster (st.async onto hin and sq_in, counted on `bar`; the
+// caller waits, then norms hin). So each block reads an eighth of the partials (the attention role's hand-over: 12 x
+// 72 x 8 bytes on the default model, where every block adding all of h read 12 x 576 x 8; that read, on the critical
+// path, and the MLP blocks' 5.3 MB a layer beside it, cost the step 55 of 373 µs at 100 keys on the H100:
+// notes/cluster_decode_slices_stop29.log).
+// Warp w polls partial w (and w + 16) into polled [count][C / 32]; warp 0 sums them in k order, the norm's sum of squares
+// is taken by slice and added in rank order: every block the same bits. Seconds of waiting mean a block is not
+// resident: fail, do not hang.
+__device__ __forceinline__ void slice_partials(float* h, const unsigned long long* part, int count, int C, unsigned rank,
+                                               float4* polled, unsigned tag, bool send, float* hin, float* sq_in,
+                                               unsigned long long* bar) {
+    const int t = threadIdx.x, w = t / 32, q = t % 32, Q = C / 32;  // Q float4 in the slice (C / 32 <= 32)
+    const int col = (int)rank * (C / CD_CLUSTER) + 4 * q;
+    if (q < Q)
+        for (int k = w; k < count; k += CD_WARPS) {
+            float4 v;
+            unsigned spins = 0;
+            while (!load_tagged4(part + (long long)k * C + col, tag, v))
+                if (++spins == (1u << 22)) __trap();  // seconds: a block is not resident
+            polled[k * Q + q] = v;
         }
-        while (pending) {  // (the loads of a round all issued before any is checked)
-            bool tagged[CD_PARTIAL_BATCH];
-#pragma unroll
-            for (int i = 0; i < CD_PARTIAL_BATCH; i++)
-                tagged[i] = (pending >> i & 1) && load_tagged4(part + (long long)(g + CD_PARTIAL_GROUPS * i) * C + 4 * q, tag, v[i]);
-#pragma unroll
-            for (int i = 0; i < CD_PARTIAL_BATCH; i++)
-                if (tagged[i]) pending &= ~(1u << i);
-            if (pending) {
-                if (++spins == (1u << 22)) __trap();
+    __syncthreads();
+    if (w == 0) {
+        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float sq = 0.0f;
+        if (q < Q) {
+            float4 sum = polled[q];  // (count >= 1)
+            for (int k = 1; k < count; k++) {
+                const float4 v = polled[k * Q + q];
+                sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
             }
+            float4* h4 = reinterpret_cast<float4*>(h) + col / 4;
+            x = *h4;
+            x.x += sum.x, x.y += sum.y, x.z += sum.z, x.w += sum.w;
+            *h4 = x;
+            sq = fmaf(x.x, x.x, fmaf(x.y, x.y, fmaf(x.z, x.z, x.w * x.w)));
         }
-        float4 sum = v[0];
-#pragma unroll
-        for (int i = 1; i < CD_PARTIAL_BATCH; i++) sum.x += v[i].x, sum.y += v[i].y, sum.z += v[i].z, sum.w += v[i].w;
-        red4[t] = sum;
+        if (send) {
+            sq = warp_sum(sq);
+            if (q < Q)
+                for (int r = 0; r < CD_CLUSTER; r++) push4(hin + col, bar, r, x);
+            if (q < CD_CLUSTER) push(sq_in + rank, bar, q, sq);
+        }
     }
-    __syncthreads();
-    float sq = 0.0f;
-    if (t < Q) {
-        const float4 a = red4[t], b = red4[Q + t], c = red4[2 * Q + t];
-        float4* h4 = reinterpret_cast<float4*>(h) + t;
-        float4 x = *h4;
-        x.x += (a.x + b.x) + c.x, x.y += (a.y + b.y) + c.y, x.z += (a.z + b.z) + c.z, x.w += (a.w + b.w) + c.w;
-        *h4 = x;
-        sq = fmaf(x.x, x.x, fmaf(x.y, x.y, fmaf(x.z, x.z, x.w * x.w)));
-    }
-    // the RMSNorm's sum of squares of the new h, by warp (stage_norm, folded: one block barrier less before each GEMV;
-    // H200 10.56 / 11.76 -> 10.47 / 11.69 µs a layer at 100 / 512 keys, notes/cluster_decode_norm_fold_h200_stop28.log)
-    sq = warp_sum(sq);
-    if (t % 32 == 0) red[t / 32] = sq;
-    __syncthreads();
+    if (!send) __syncthreads();  // polled read before the next call writes it (where no other barrier comes between)
 }
 
 template <int D>
@@ -329,6 +336,8 @@ __device__ void cluster_decode_body(const Step& s) {
     const bool attends = cluster < s.Hkv;  // this cluster's KV head: c = cluster
     const int c = cluster, G = lay.G, C = s.C, C8 = C / 8;
     float* h = reinterpret_cast<float*>(smem + lay.h);
+    float* hin = reinterpret_cast<float*>(smem + lay.hin);  // (attention role) h as the cluster's blocks send it, by slice
+    float* sq_in = reinterpret_cast<float*>(smem + lay.sq_in);  // and each slice's sum of squares
     uint4* xs = reinterpret_cast<uint4*>(smem + lay.xs);
     float* qkv_in = reinterpret_cast<float*>(smem + lay.qkv_in);
     float* part_in = reinterpret_cast<float*>(smem + lay.part_in);
@@ -337,11 +346,12 @@ __device__ void cluster_decode_body(const Step& s) {
     float* act = reinterpret_cast<float*>(smem + lay.act);
     float* dred_in = reinterpret_cast<float*>(smem + lay.dred_in);
     float* red = reinterpret_cast<float*>(smem + lay.red);
-    float4* red4 = reinterpret_cast<float4*>(smem + lay.red4);
+    float4* polled = reinterpret_cast<float4*>(smem + lay.polled);
     float* rope = reinterpret_cast<float*>(smem + lay.rope);
     float* norm_a = reinterpret_cast<float*>(smem + lay.norm_a);
     float* norm_m = reinterpret_cast<float*>(smem + lay.norm_m);
-    // mbarriers: pushes of qkv values, of attention partials, of down sums; copies of the attention group, of the MLP group
+    // mbarriers: pushes of qkv values, of attention partials, of down sums; copies of the attention group, of the MLP
+    // group; pushes of h's slices (push_slice)
     unsigned long long* bars = reinterpret_cast<unsigned long long*>(smem + lay.bars);
     unsigned long long* table = reinterpret_cast<unsigned long long*>(smem + lay.table);  // the layer table
     int* pages = reinterpret_cast<int*>(smem + lay.pages);  // page ids of this block's old keys, from page k0 / P
@@ -376,7 +386,7 @@ __device__ void cluster_decode_body(const Step& s) {
     const unsigned mlp_bytes = (ni * 2 * C + C * ni) * 2 + C * 4;
 
     if (t == 0) {
-        for (int k = 0; k < 5; k++) mbarrier_init(&bars[k], 1);
+        for (int k = 0; k < 6; k++) mbarrier_init(&bars[k], 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     if (t < 8 * s.L) table[t] = table_entry;
@@ -459,15 +469,21 @@ __device__ void cluster_decode_body(const Step& s) {
         if (attends) {
             bf16* k_cache = reinterpret_cast<bf16*>(p[6]);
             bf16* v_cache = reinterpret_cast<bf16*>(p[7]);
-            if (l > 0)  // the layer before's down sums into h (its O sums went in while the MLP clusters worked)
-                add_partials(h, dpart(l - 1), mlp_clusters, C, red4, layer_tag(epoch, l - 1), red);
+            if (l > 0) {  // the layer before's down sums into h (its O sums went in while the MLP clusters worked), by slice
+                if (t == 0) expect(&bars[5], CD_CLUSTER * (C / CD_CLUSTER + 1) * 4);
+                slice_partials(h, dpart(l - 1), mlp_clusters, C, rank, polled, layer_tag(epoch, l - 1), true, hin, sq_in, &bars[5]);
+                mbarrier_wait<true>(&bars[5], (l - 1) & 1);
+            }
             CD_STAMP(0);
             if (!CD_COPY_ONCE || l == 0) mbarrier_wait<true>(&bars[3], parity);  // this layer's attention copies
             if (t == 0) {
                 expect(&bars[0], (G + 2) * D * 4);
                 expect(&bars[1], CD_CLUSTER * G * (D + 2) * 4);
             }
-            stage_norm(h, norm_a, xs, red, C, s.eps, l > 0);  // (layer 0: no add before it)
+            if (l == 0)
+                stage_norm(h, norm_a, xs, red, C, s.eps);  // (no add before it)
+            else
+                stage_norm(hin, norm_a, xs, sq_in, C, s.eps, true, CD_CLUSTER);
             // qkv: half-warp v (of 32) takes the block's pairs v, v + 32, ...; its 16 lanes the 16-byte chunks of both
             // rows (20 pairs on the default model: one round, where a warp a pair took two for some warps). Every lane
             // runs the loop to its warp's last round, the shuffles unconditional.
@@ -614,15 +630,23 @@ __device__ void cluster_decode_body(const Step& s) {
             __syncthreads();  // the attention group's buffers are free
             issue_attention(l + 1);  // the next layer's, while the MLP clusters work
             issue_kv(l + 1);
-            add_partials(h, opart(l), s.Hkv, C, red4, layer_tag(epoch, l), red);  // off the critical path: the layer's O sums
+            // off the critical path: the layer's O sums, into this block's slice of h (every block keeps only its slice
+            // current; hin, which stage_norm read, is not overwritten before this block's O columns went out)
+            slice_partials(h, opart(l), s.Hkv, C, rank, polled, layer_tag(epoch, l), false, hin, sq_in, &bars[5]);
             continue;
         }
-        // MLP clusters: the layer's O sums (and the layer before's down sums) into h
-        add_partials(h, opart(l), s.Hkv, C, red4, layer_tag(epoch, l), red);
+        // MLP clusters: the layer's O sums into h (the layer before's down sums went in while the attention clusters
+        // worked), by slice: an MLP block keeps only its slice of h current
+        if (t == 0) {
+            expect(&bars[5], CD_CLUSTER * (C / CD_CLUSTER + 1) * 4);
+            expect(&bars[2], CD_CLUSTER * lay.OC * 4);
+        }
+        slice_partials(h, opart(l), s.Hkv, C, rank, polled, layer_tag(epoch, l), true, hin, sq_in, &bars[5]);
+        mbarrier_wait<true>(&bars[5], parity);
         CD_STAMP(4);
         if (!CD_COPY_ONCE || l == 0) mbarrier_wait<true>(&bars[4], parity);  // this layer's MLP copies
-        if (t == 0) expect(&bars[2], CD_CLUSTER * lay.OC * 4);
-        stage_norm(h, norm_m, xs, red, C, s.eps, true);
+        stage_norm(hin, norm_m, xs, sq_in, C, s.eps, true, CD_CLUSTER);  // (the slices of the next layer come after this
+                                                                          // block's down sums: hin is not overwritten)
         // gate/up: warp w takes index i0 + w (and + 16, ...)
         for (int li = warp; li < ni; li += CD_WARPS) {
             const uint4* w0 = wgu_s + li * 2 * C8;
@@ -667,16 +691,23 @@ __device__ void cluster_decode_body(const Step& s) {
         CD_STAMP(6);
         __syncthreads();  // the MLP group's buffers are free
         issue_mlp(l + 1);  // the next layer's, while the attention clusters work
-        add_partials(h, dpart(l), mlp_clusters, C, red4, layer_tag(epoch, l), red);  // off the critical path: the layer's down sums
+        // off the critical path: the layer's down sums, into this block's slice of h
+        slice_partials(h, dpart(l), mlp_clusters, C, rank, polled, layer_tag(epoch, l), false, hin, sq_in, &bars[5]);
     }
 #undef CD_STAMP
-    if (blockIdx.x == 0) {  // the last layer's sums: the residual stream and the final norm (the LM head's input) out
-        add_partials(h, dpart(s.L - 1), mlp_clusters, C, red4, layer_tag(epoch, s.L - 1), red);
-        stage_norm(h, s.final_norm, xs, red, C, s.eps, true);
-        for (int k = t; k < C8; k += CD_THREADS) reinterpret_cast<uint4*>(s.normed)[k] = xs[k];
-        for (int k = t; k < C / 4; k += CD_THREADS) reinterpret_cast<float4*>(s.resid)[k] = reinterpret_cast<const float4*>(h)[k];
-        // every block has read the epoch: each wrote a value the sums just added carry its tag
-        if (t == 0) asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(s.epoch), "r"(epoch + 1) : "memory");
+    if (blockIdx.x < CD_CLUSTER) {  // the last layer's sums, by slice in the first cluster: block 0 writes the residual
+                                    // stream and its final norm (the LM head's input)
+        if (t == 0) expect(&bars[5], CD_CLUSTER * (C / CD_CLUSTER + 1) * 4);
+        slice_partials(h, dpart(s.L - 1), mlp_clusters, C, rank, polled, layer_tag(epoch, s.L - 1), true, hin, sq_in, &bars[5]);
+        mbarrier_wait<true>(&bars[5], (s.L - 1) & 1);
+        if (blockIdx.x == 0) {
+            stage_norm(hin, s.final_norm, xs, sq_in, C, s.eps, true, CD_CLUSTER);
+            for (int k = t; k < C8; k += CD_THREADS) reinterpret_cast<uint4*>(s.normed)[k] = xs[k];
+            for (int k = t; k < C / 4; k += CD_THREADS) reinterpret_cast<float4*>(s.resid)[k] = reinterpret_cast<const float4*>(hin)[k];
+            // every block has read the epoch: each block's values reach the slices just added, through the partial sums
+            // and the slices sent within clusters
+            if (t == 0) asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(s.epoch), "r"(epoch + 1) : "memory");
+        }
     }
     cluster_sync();  // no block leaves while a cluster peer may still address its shared memory
     launch_stamps(s, epoch, globaltimer(), true);

@@ -37,7 +37,7 @@ FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots:
 # bucket for decode: 528 against ~550 µs at 300 keys, 571 against ~550 at 500.
 FUSED_BLOCK_SPLITS = 8
 CLUSTER_DECODE_BLOCKS = 8  # blocks per cluster of kernels/cluster_decode.cu (CD_CLUSTER)
-CLUSTER_DECODE_MAX_PARTIALS = 24  # partial sums it adds in one round trip (add_partials: 3 thread groups x 8)
+CLUSTER_DECODE_MAX_PARTIALS = 24  # partial sums of each role at most (CD_MAX_PARTIALS: the polled slices' buffer)
 
 
 def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
@@ -977,8 +977,8 @@ class CudaBackend:
         pairs_block = -(-((G + 2) * D // 2) // CLUSTER_DECODE_BLOCKS)
         OC, OK = C // CLUSTER_DECODE_BLOCKS, G * D
         ni_max = 8 * -(-(I // 8) // mlp_blocks)
-        regions = [C * 4, max(C, OK) * 2, (G + 2) * D * 4, 8 * G * (D + 2) * 4, G * -(-span // 32) * (D + 2) * 4, OK * 2,
-                   ni_max * 4, 8 * OC * 4, 16 * 4, 3 * C * 4, pairs_block * 2 * 4, C * 4, C * 4, 5 * 8, num_layers * 64,
+        regions = [C * 4, C * 4, 8 * 4, max(C, OK) * 2, (G + 2) * D * 4, 8 * G * (D + 2) * 4, G * -(-span // 32) * (D + 2) * 4, OK * 2,
+                   ni_max * 4, 8 * OC * 4, 16 * 4, CLUSTER_DECODE_MAX_PARTIALS * (C // 32) * 16, pairs_block * 2 * 4, C * 4, C * 4, 6 * 8, num_layers * 64,
                    (span // page_size + 2) * 4, pairs_block * 2 * C * 2, OC * OK * 2, ni_max * 2 * C * 2, C * ni_max * 2,
                    2 * span * D * 2]
         return sum(-(-r // 16) * 16 for r in regions)
@@ -992,7 +992,7 @@ class CudaBackend:
             return None
         if c.head_dim not in (64, 128) or c.hidden_size % (4 * CLUSTER_DECODE_BLOCKS) or c.intermediate_size % 8:
             return None
-        if 3 * (c.hidden_size // 4) > 512:  # add_partials' three thread groups of C / 4
+        if c.hidden_size > 1024:  # a lane's float4 of a slice of C / 8 (slice_partials)
             return None
         if c.num_kv_heads > CLUSTER_DECODE_MAX_PARTIALS or model.num_layers > FUSED_MAX_LAYERS:
             return None
