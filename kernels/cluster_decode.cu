@@ -14,7 +14,9 @@
 // keys (H200, notes/cluster_decode_fold_ab_h200_stop29.log). Since stop 29 every block adds the partial sums to its
 // slice of h alone and sends the slice to its cluster (slice_partials): decode one step ahead 372.8 -> 317.5 µs at
 // 100 keys and 419 -> 345 at 512 (H100); 359 -> 319 and 404 -> 351 on the H200 with both roles' critical-path adds
-// by slice, before the off-path adds of the O sums went by slice too (notes/cluster_decode_slices_stop29.log). Tried and not kept: each warp norming the GEMV input
+// by slice, before the off-path adds of the O sums went by slice too (notes/cluster_decode_slices_stop29.log); a
+// one-chunk attention share pushed straight from its unit and the final norm's weights copied ahead, 316 -> 307.5 µs
+// at 100 keys (H100, notes/cluster_decode_direct_h100_stop29.log). Tried and not kept: each warp norming the GEMV input
 // into its own registers instead of the block's staged row (no block barrier, but qkv 1.79 -> 2.46 µs;
 // notes/cluster_decode_ab_h100_stop27.log); the next layer's copies issued after the block's own role's sums, a
 // 100 ns sleep between polls (both level, stop 28's log), more accumulator chains in the attention (level,
@@ -395,7 +397,14 @@ __device__ void cluster_decode_body(const Step& s) {
     // copy group "attention" of layer l (attention clusters): qkv pair rows, O slice, attn_norm, then the old K/V rows
     // (issue_kv: they need the page ids); a bulk copy per contiguous run, counted on bars[3]
     auto issue_attention = [&](int l) {
-        if (!attends || l >= s.L || (CD_COPY_ONCE && l > 0)) return;
+        if (!attends || (CD_COPY_ONCE && l > 0)) return;
+        if (l >= s.L) {  // after the last layer: block 0's final norm weights (its last hand-over waits for them)
+            if (l == s.L && blockIdx.x == 0 && t == 0) {
+                expect(&bars[3], C * 4);
+                bulk(norm_a, s.final_norm, C * 4, &bars[3]);
+            }
+            return;
+        }
         const unsigned long long* p = table + 8 * l;
         if (t == 0) expect(&bars[3], attention_bytes);
         if (t < my_pairs * 2) {
@@ -522,8 +531,20 @@ __device__ void cluster_decode_body(const Step& s) {
                 for (int k = t; k < 2 * D; k += CD_THREADS)
                     kv_s[((long long)(k / D) * lay.keys_max + (n - 1 - k0)) * D + k % D] = __float2bfloat16_rn(qkv_in[(G + k / D) * D + k % D]);
             __syncthreads();
-            // attention units: (query head hg, chunk of 32 keys); lane = key; then lanes own dims 2 lane .. (D = 64)
+            // the share's partial (running max M, exp sum L, unnormalised o) of query head hg, from its warp to all 8 blocks
+            auto push_share = [&](int hg, float M, float Lsum, const float (&o)[D / 32]) {
+                float* dst = part_in + ((int)rank * G + hg) * (D + 2);
+                for (int r = 0; r < CD_CLUSTER; r++) {
+#pragma unroll
+                    for (int e = 0; e < D / 32; e += 2) push2(dst + (D / 32) * lane + e, &bars[1], r, o[e], o[e + 1]);
+                    if (lane == 0) push2(dst + D, &bars[1], r, M, Lsum);
+                }
+            };
+            // attention units: (query head hg, chunk of 32 keys); lane = key; then lanes own dims 2 lane .. (D = 64).
+            // A share of one chunk (up to 256 keys in all) is its unit's partial: pushed straight from the unit (the
+            // merge below would weigh it by e^0 = 1: the same bits), with no block barrier and no pass through upart
             const int chunks = (keys + 31) / 32;
+            const bool direct = chunks == 1;
             for (int u = warp; u < G * chunks; u += CD_WARPS) {
                 const int hg = u / chunks, ch = u % chunks, j = 32 * ch + lane;
                 const bool valid = j < keys;
@@ -564,14 +585,18 @@ __device__ void cluster_decode_body(const Step& s) {
                         o[0] = fmaf(w, a.x, o[0]), o[1] = fmaf(w, a.y, o[1]), o[2] = fmaf(w, b.x, o[2]), o[3] = fmaf(w, b.y, o[3]);
                     }
                 }
+                if (direct) {
+                    push_share(hg, m, lsum, o);
+                    continue;
+                }
                 float* up = upart + u * (D + 2);
 #pragma unroll
                 for (int e = 0; e < D / 32; e++) up[(D / 32) * lane + e] = o[e];
                 if (lane == 0) up[D] = m, up[D + 1] = lsum;
             }
-            __syncthreads();
-            // the share's partial per query head (its chunks merged), pushed to all 8 blocks
-            for (int hg = warp; hg < G; hg += CD_WARPS) {
+            if (!direct) __syncthreads();
+            // the share's partial per query head (its chunks merged; a share with no keys: M = -inf, L = 0), pushed
+            for (int hg = warp; hg < G && !direct; hg += CD_WARPS) {
                 float M = CD_NEG_INF;
                 for (int ch = 0; ch < chunks; ch++) M = fmaxf(M, upart[(hg * chunks + ch) * (D + 2) + D]);
                 float Lsum = 0.0f, o[D / 32];
@@ -584,12 +609,7 @@ __device__ void cluster_decode_body(const Step& s) {
 #pragma unroll
                     for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, up[(D / 32) * lane + e], o[e]);
                 }
-                float* dst = part_in + ((int)rank * G + hg) * (D + 2);
-                for (int r = 0; r < CD_CLUSTER; r++) {
-#pragma unroll
-                    for (int e = 0; e < D / 32; e += 2) push2(dst + (D / 32) * lane + e, &bars[1], r, o[e], o[e + 1]);
-                    if (lane == 0) push2(dst + D, &bars[1], r, M, Lsum);
-                }
+                push_share(hg, M, Lsum, o);
             }
             mbarrier_wait<true>(&bars[1], parity);
             // merge the 8 shares of each query head (rank order): attn = bf16(sum w_r o_r / sum w_r l_r)
@@ -701,7 +721,8 @@ __device__ void cluster_decode_body(const Step& s) {
         slice_partials(h, dpart(s.L - 1), mlp_clusters, C, rank, polled, layer_tag(epoch, s.L - 1), true, hin, sq_in, &bars[5]);
         mbarrier_wait<true>(&bars[5], (s.L - 1) & 1);
         if (blockIdx.x == 0) {
-            stage_norm(hin, s.final_norm, xs, sq_in, C, s.eps, true, CD_CLUSTER);
+            if (!CD_COPY_ONCE) mbarrier_wait<true>(&bars[3], s.L & 1);  // the final norm's weights, in norm_a
+            stage_norm(hin, CD_COPY_ONCE ? s.final_norm : norm_a, xs, sq_in, C, s.eps, true, CD_CLUSTER);
             for (int k = t; k < C8; k += CD_THREADS) reinterpret_cast<uint4*>(s.normed)[k] = xs[k];
             for (int k = t; k < C / 4; k += CD_THREADS) reinterpret_cast<float4*>(s.resid)[k] = reinterpret_cast<const float4*>(hin)[k];
             // every block has read the epoch: each block's values reach the slices just added, through the partial sums
