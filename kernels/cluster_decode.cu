@@ -226,7 +226,7 @@ __device__ __forceinline__ int pair_column(const Step& s, int c, int G, int u) {
 }
 
 // xs = bf16(h * rsqrt(mean(h^2) + eps) * w): thread t < C / 8 takes 8 values; warp sums meet in `red` in warp order
-// (folded: the add of partial sums that last changed h left them there)
+// (folded: the sum of squares is already there in `parts` pieces, added in order: the slices' sums in sq_in)
 __device__ __forceinline__ void stage_norm(const float* h, const float* w, uint4* xs, float* red, int C, float eps, bool folded = false,
                                            int parts = CD_WARPS) {
     const int t = threadIdx.x, warp = t / 32, lane = t % 32;

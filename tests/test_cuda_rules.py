@@ -20,8 +20,8 @@ def test_models_past_the_fused_layer_table_run_layer_by_layer():
 
 def test_cluster_decode_constants_agree_with_the_kernel():
     """The backend launches kernels/cluster_decode.cu in clusters of CLUSTER_DECODE_BLOCKS and gives each role at most
-    CLUSTER_DECODE_MAX_PARTIALS partial sums, which the kernel adds in one batch of loads."""
+    CLUSTER_DECODE_MAX_PARTIALS partial sums, for which the kernel's buffer of polled slices is sized."""
     source = kernel_source("cluster_decode.cu")
     define = lambda name: int(re.search(rf"#define {name} (\d+)", source).group(1))  # noqa: E731
     assert define("CD_CLUSTER") == CLUSTER_DECODE_BLOCKS
-    assert define("CD_PARTIAL_GROUPS") * define("CD_PARTIAL_BATCH") == CLUSTER_DECODE_MAX_PARTIALS
+    assert define("CD_MAX_PARTIALS") == CLUSTER_DECODE_MAX_PARTIALS
