@@ -2,7 +2,8 @@
 12 stored prompts with the drafter's own gate off ("current"), then with a gate applied on top: once a sequence's tree
 steps have given fewer than c tokens each (a prior of one 3-token step), it drafts only where a suffix match's weight
 reaches `strong` (99: never). At HOST 0.1 (the GPU time and plan of a tree step alone) and 0.6 (the host and broken
-stretch a tree step costs end to end, which gives the H100's measured ratios). python3 notes/scripts/ngram_gate_sweep.py"""
+stretch a tree step costs end to end, which gives the H100's measured ratios). python3 notes/scripts/ngram_gate_sweep.py
+[stop29: the replay at stop 29's step costs, notes/ngram_gate_stop29.log]"""
 import json
 import sys
 
@@ -53,6 +54,16 @@ def run(make, host, label):
     print(f"{label:<22}", " ".join(cells), f"ALL {plain_ms / spec_ms:.3f}")
 
 
+if sys.argv[1:] == ["stop29"]:  # stop 29's step costs (H100, notes/bench_e2e_quick_h100_stop29_final.log): plain decode
+    # one step ahead 0.336 ms, a tree step 2.7 of them; the gate as shipped (NGRAM_PAYS 3, NGRAM_STRONG 8), stricter ones
+    replay.AHEAD, replay.ONE, replay.TREE = 0.336, 0.365, {4: 0.80, 16: 0.895, 32: 1.11, 64: 1.15}
+    for host in (0.6, 0.4):
+        print("HOST", host)
+        run(lambda: NgramDrafter(NGRAM_BUDGET), host, "no gate")
+        for c in (3.0, 3.5, 4.0):
+            for strong in (8, 10, 99):
+                run(lambda: Gated(NGRAM_BUDGET, c, strong), host, f"c {c} strong {strong}")
+    sys.exit()
 for host in (0.1, 0.6):
     print("HOST", host)
     run(lambda: NgramDrafter(NGRAM_BUDGET), host, "current")
