@@ -648,11 +648,14 @@ __device__ void cluster_decode_body(const Step& s) {
             }
             CD_STAMP(3);
             __syncthreads();  // the attention group's buffers are free
-            issue_attention(l + 1);  // the next layer's, while the MLP clusters work
-            issue_kv(l + 1);
             // off the critical path: the layer's O sums, into this block's slice of h (every block keeps only its slice
             // current; hin, which stage_norm read, is not overwritten before this block's O columns went out)
             slice_partials(h, opart(l), s.Hkv, C, rank, polled, layer_tag(epoch, l), false, hin, sq_in, &bars[5]);
+            // the next layer's copies, while the MLP clusters work. After the add, which waits as long as the MLP
+            // clusters' own hand-over does: issued before it, they held that up (8.59 -> 8.18 µs a layer at 100 keys
+            // without them there, H100, notes/cluster_decode_copy_late_h100_stop29.log)
+            issue_attention(l + 1);
+            issue_kv(l + 1);
             continue;
         }
         // MLP clusters: the layer's O sums into h (the layer before's down sums went in while the attention clusters
@@ -710,9 +713,10 @@ __device__ void cluster_decode_body(const Step& s) {
         }
         CD_STAMP(6);
         __syncthreads();  // the MLP group's buffers are free
-        issue_mlp(l + 1);  // the next layer's, while the attention clusters work
-        // off the critical path: the layer's down sums, into this block's slice of h
+        // off the critical path: the layer's down sums, into this block's slice of h; then the next layer's copies, while
+        // the attention clusters work (after the add, as above: out of the attention clusters' hand-over)
         slice_partials(h, dpart(l), mlp_clusters, C, rank, polled, layer_tag(epoch, l), false, hin, sq_in, &bars[5]);
+        issue_mlp(l + 1);
     }
 #undef CD_STAMP
     if (blockIdx.x < CD_CLUSTER) {  // the last layer's sums, by slice in the first cluster: block 0 writes the residual
