@@ -16,13 +16,15 @@
 // 100 keys and 419 -> 345 at 512 (H100); 359 -> 319 and 404 -> 351 on the H200 with both roles' critical-path adds
 // by slice, before the off-path adds of the O sums went by slice too (notes/cluster_decode_slices_stop29.log); a
 // one-chunk attention share pushed straight from its unit and the final norm's weights copied ahead, 316 -> 307.5 µs
-// at 100 keys (H100, notes/cluster_decode_direct_h100_stop29.log). Tried and not kept: each warp norming the GEMV input
+// at 100 keys (H100, notes/cluster_decode_direct_h100_stop29.log); the next layer's copies issued after the block's
+// end-of-layer add, 308.6 -> 298.8 µs (H100, notes/bench_e2e_quick_h100_stop29_copy_late.log). Tried and not kept: each warp norming the GEMV input
 // into its own registers instead of the block's staged row (no block barrier, but qkv 1.79 -> 2.46 µs;
 // notes/cluster_decode_ab_h100_stop27.log); the next layer's copies issued after the block's own role's sums, a
 // 100 ns sleep between polls (both level, stop 28's log), more accumulator chains in the attention (level,
 // notes/cluster_decode_norm_fold_h200_stop28.log); a context of up to 160 keys attended whole by every block, with no
 // exchange of shares (1.2-1.7 µs a layer slower: twelve warps on whole 32-key chunks), and the P V products grouped by
-// key (level; notes/cluster_decode_whole_h200_stop29.log).
+// key (level, then slower in one call; notes/cluster_decode_whole_h200_stop29.log,
+// notes/cluster_decode_copy_late_h100_stop29.log), a wait before the next layer's copies (slower, same log).
 //
 // h = the residual stream (C floats), held by slices: block r of a cluster keeps slice r (columns [r C/8, (r+1) C/8))
 // current and adds the partial sums to it alone; before each RMSNorm it sends the new slice, and its sum of squares,
