@@ -977,8 +977,9 @@ class CudaBackend:
         pairs_block = -(-((G + 2) * D // 2) // CLUSTER_DECODE_BLOCKS)
         OC, OK = C // CLUSTER_DECODE_BLOCKS, G * D
         ni_max = 8 * -(-(I // 8) // mlp_blocks)
-        regions = [C * 4, C * 4, 8 * 4, max(C, OK) * 2, (G + 2) * D * 4, 8 * G * (D + 2) * 4, G * -(-span // 32) * (D + 2) * 4, OK * 2,
-                   ni_max * 4, 8 * OC * 4, 16 * 4, CLUSTER_DECODE_MAX_PARTIALS * (C // 32) * 16, pairs_block * 2 * 4, C * 4, C * 4, 6 * 8, num_layers * 64,
+        regions = [C * 4, C * 4, 8 * 4, max(C, OK) * 2, (G + 2) * D * 4, 8 * G * (D + 2) * 4,
+                   G * -(-span // 32) * (D + 2) * 4, OK * 2, ni_max * 4, 8 * OC * 4, 16 * 4,
+                   CLUSTER_DECODE_MAX_PARTIALS * (C // 32) * 16, pairs_block * 2 * 4, C * 4, C * 4, 6 * 8, num_layers * 64,
                    (span // page_size + 2) * 4, pairs_block * 2 * C * 2, OC * OK * 2, ni_max * 2 * C * 2, C * ni_max * 2,
                    2 * span * D * 2]
         return sum(-(-r // 16) * 16 for r in regions)
@@ -1041,8 +1042,9 @@ class CudaBackend:
         kernel(
             (CLUSTER_DECODE_BLOCKS * clusters,), (512,),
             (self.layer_table(model, cache), i32(model.num_layers), plan.tokens, w.embed, w.final_norm, normed, resid,
-             plan.positions, plan.slots, plan.kv_len, plan.page_tables, cos, sin, opart, dpart, epoch, i32(C), i32(c.num_heads),
-             i32(Hkv), i32(c.intermediate_size), i32(cache.page_size), i32(span), np.float32(c.rms_norm_eps), np.float32(model.scale),
+             plan.positions, plan.slots, plan.kv_len, plan.page_tables, cos, sin, opart, dpart, epoch, i32(C),
+             i32(c.num_heads), i32(Hkv), i32(c.intermediate_size), i32(cache.page_size), i32(span),
+             np.float32(c.rms_norm_eps), np.float32(model.scale),
              np.uint64(0) if self.cluster_clock is None else self.cluster_clock),
             shared_mem=shared,
         )
