@@ -3,6 +3,8 @@
 import re
 from types import SimpleNamespace
 
+import pytest
+
 from minispec.backends.cuda_backend import (
     CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, FUSED_MAX_LAYERS, CudaBackend, kernel_source)
 
@@ -25,3 +27,26 @@ def test_cluster_decode_constants_agree_with_the_kernel():
     define = lambda name: int(re.search(rf"#define {name} (\d+)", source).group(1))  # noqa: E731
     assert define("CD_CLUSTER") == CLUSTER_DECODE_BLOCKS
     assert define("CD_MAX_PARTIALS") == CLUSTER_DECODE_MAX_PARTIALS
+
+
+def test_cluster_decode_takes_hidden_sizes_up_to_1024():
+    """kernels/cluster_decode.cu holds a slice of C / 8 columns as one float4 a lane of a warp (slice_partials): a model
+    wider than 1024 leaves one-sequence decode steps to the fused kernel, before any kernel is looked up."""
+
+    class Looked(Exception):
+        pass
+
+    def kernel(*args):
+        raise Looked  # past the shape rules: the backend asks for the kernel next
+
+    backend = SimpleNamespace(cluster_decode=True, kernel=kernel)
+    plan = SimpleNamespace(batch_size=1, num_tokens=1, has_causal=False, max_kv_len=100)
+
+    def model(hidden):
+        config = SimpleNamespace(head_dim=64, hidden_size=hidden, intermediate_size=4 * hidden, num_heads=hidden // 64,
+                                 num_kv_heads=3)
+        return SimpleNamespace(config=config, num_layers=30)
+
+    assert CudaBackend.cluster_decode_shape(backend, model(1088), plan, 16) is None
+    with pytest.raises(Looked):
+        CudaBackend.cluster_decode_shape(backend, model(1024), plan, 16)
