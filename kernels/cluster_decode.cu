@@ -41,19 +41,20 @@
 //          max m, exp sum l and unnormalised o, pushed to all 8 blocks; every block merges the 8 shares in rank order
 //          into attn = bf16(sum_r e^(m_r - M) o_r / sum_r e^(m_r - M) l_r)
 //     O partial: block r: columns [r C/8, (r+1) C/8) of attn_c . Wo[:, c G D .. (c+1) G D]^T -> opart[l % 2][c, :]
-//     copy its next layer's weights and K/V rows; then, while the MLP role works, h += the layer's O sums (its slice)
+//     while the MLP role works: h += the layer's O sums (its slice), then copy its next layer's weights and K/V rows
 //   MLP role, the other clusters, per layer l:
 //     h += sum_c opart[l % 2][c, :] (c in order, polled until tagged with layer l), by slice
 //     x = bf16(rmsnorm(h) * mlp_norm) from the slices sent; block b owns intermediate indices [i0, i0 + ni) (groups of 8):
 //     act_i = bf16(silu(x . Wg_i) (x . Wu_i)), then its share of down, a partial [C] over its indices; block r of
 //     the cluster sums column slice r of its 8 blocks' partials (pushed to it) in rank order -> dpart[l % 2][k, :]
-//     copy its next layer's weights; then, while the attention role works, h += the layer's down sums (its slice)
+//     while the attention role works: h += the layer's down sums (its slice), then copy its next layer's weights
 //   the first attention cluster then adds the last layer's down sums by slice; block 0 writes h and its final norm.
 // Why: a grid barrier costs ~1.0 µs and a cluster barrier ~0.7, but a push that only its receiver waits for ~0.3 (an
 // all-to-all of 72 floats 0.35 µs; notes/cluster_push_probe_h100_stop27.log). Weights never stream on the critical
 // path: each block copies its slices of layer l + 1 into shared memory (cp.async.bulk, an mbarrier per role's group)
 // once it is done with layer l's, while the other role works: copies issued beside a block's own critical loads
-// held those up by ~2.5 µs a layer (notes/cluster_decode_h200_stop27.log, runs 1-2).
+// held those up by ~2.5 µs a layer (notes/cluster_decode_h200_stop27.log, runs 1-2), and since stop 29 only after its
+// end-of-layer add, which lasts as long as the other role's hand-over (copies beside those polls held them up too).
 // Partial sums alternate between two buffers by layer: a block may write layer l + 1's while a slower block of the
 // other role still reads layer l's. Layer l + 2's writers cannot pass a reader of layer l: they need layer l + 1's sums
 // of every block of the other role (its O columns, its down partials), each of which that block wrote after its own
