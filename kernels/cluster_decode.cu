@@ -389,6 +389,7 @@ __device__ void cluster_decode_body(const Step& s) {
     const int first_page = k0 / s.P, page_count = old_end > k0 ? (old_end - 1) / s.P - first_page + 1 : 0;
     const unsigned attention_bytes = attends ? (my_pairs * 2 * C + lay.OC * lay.OK + 2 * (old_end - k0) * D) * 2 + C * 4 : 0;
     const unsigned mlp_bytes = (ni * 2 * C + C * ni) * 2 + C * 4;
+    const unsigned slice_bytes = CD_CLUSTER * (C / CD_CLUSTER + 1) * 4;  // a round of slice_partials pushes
 
     if (t == 0) {
         for (int k = 0; k < 6; k++) mbarrier_init(&bars[k], 1);
@@ -482,7 +483,7 @@ __device__ void cluster_decode_body(const Step& s) {
             bf16* k_cache = reinterpret_cast<bf16*>(p[6]);
             bf16* v_cache = reinterpret_cast<bf16*>(p[7]);
             if (l > 0) {  // the layer before's down sums into h (its O sums went in while the MLP clusters worked), by slice
-                if (t == 0) expect(&bars[5], CD_CLUSTER * (C / CD_CLUSTER + 1) * 4);
+                if (t == 0) expect(&bars[5], slice_bytes);
                 slice_partials(h, dpart(l - 1), mlp_clusters, C, rank, polled, layer_tag(epoch, l - 1), true, hin, sq_in, &bars[5]);
                 mbarrier_wait<true>(&bars[5], (l - 1) & 1);
             }
@@ -664,7 +665,7 @@ __device__ void cluster_decode_body(const Step& s) {
         // MLP clusters: the layer's O sums into h (the layer before's down sums went in while the attention clusters
         // worked), by slice: an MLP block keeps only its slice of h current
         if (t == 0) {
-            expect(&bars[5], CD_CLUSTER * (C / CD_CLUSTER + 1) * 4);
+            expect(&bars[5], slice_bytes);
             expect(&bars[2], CD_CLUSTER * lay.OC * 4);
         }
         slice_partials(h, opart(l), s.Hkv, C, rank, polled, layer_tag(epoch, l), true, hin, sq_in, &bars[5]);
@@ -724,7 +725,7 @@ __device__ void cluster_decode_body(const Step& s) {
 #undef CD_STAMP
     if (blockIdx.x < CD_CLUSTER) {  // the last layer's sums, by slice in the first cluster: block 0 writes the residual
                                     // stream and its final norm (the LM head's input)
-        if (t == 0) expect(&bars[5], CD_CLUSTER * (C / CD_CLUSTER + 1) * 4);
+        if (t == 0) expect(&bars[5], slice_bytes);
         slice_partials(h, dpart(s.L - 1), mlp_clusters, C, rank, polled, layer_tag(epoch, s.L - 1), true, hin, sq_in, &bars[5]);
         mbarrier_wait<true>(&bars[5], (s.L - 1) & 1);
         if (blockIdx.x == 0) {
