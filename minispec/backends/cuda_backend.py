@@ -1025,11 +1025,12 @@ class CudaBackend:
         if self.fused_rows(model, plan) != 1:
             return None
         shape = self.cluster_decode_shape(model, plan, cache.page_size)
-        return None if shape is None else self.cluster_decode_layers(model, plan, cache, *shape)[0]
+        return None if shape is None else self.cluster_decode_layers(model, plan, cache, *shape)
 
     def cluster_decode_layers(self, model, plan: DevicePlan, cache, clusters: int, span: int, shared: int):
-        """kernels/cluster_decode.cu on a one-token decode step -> (the final norm of the residual stream after the
-        last layer, bf16 [1, C]; that residual stream, fp32 [1, C])."""
+        """kernels/cluster_decode.cu on a one-token decode step -> the final norm of the residual stream after the last
+        layer, bf16 [1, C]. (The kernel also writes that residual stream, fp32, for probes that compare it with the
+        fused kernel's: notes/scripts/cluster_decode_probe.py.)"""
         cp, c, w = self.cp, model.config, model.weights
         C, Hkv = c.hidden_size, c.num_kv_heads
         normed = cp.empty((1, C), dtype=self.store_dtype)
@@ -1048,7 +1049,7 @@ class CudaBackend:
              np.uint64(0) if self.cluster_clock is None else self.cluster_clock),
             shared_mem=shared,
         )
-        return normed, resid
+        return normed
 
     def cluster_decode_buffers(self, C: int):
         """kernels/cluster_decode.cu's partial sums, tagged with (epoch, layer): uint64 [2 layers, MAX_PARTIALS, C] of
