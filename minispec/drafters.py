@@ -9,6 +9,7 @@ width 1 is a chain, so chains and trees run on the same code.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,8 +73,11 @@ def best_subtree(tokens: list[int], parents: list[int], score, nodes: int, width
     Candidates are in creation order (parents first) and a child never outscores its parent, so taking
     them by descending score (ties: older first) keeps every chosen node's ancestors.
     """
+    if len(tokens) <= nodes and (width is None or len(set(parents)) == len(parents) or max(Counter(parents[1:]).values()) <= width):
+        return Tree(tokens, parents)  # every candidate fits (a copied span: one chain, no parent twice)
     kept, children = {0}, {}
-    for node in sorted(range(1, len(tokens)), key=lambda n: (-score[n], n)):
+    # descending score; a stable sort keeps ties in creation order (older first)
+    for node in sorted(range(1, len(tokens)), key=score.__getitem__, reverse=True):
         if len(kept) >= nodes:
             break
         parent = parents[node]

@@ -32,9 +32,13 @@ class Tree:
     def __post_init__(self):
         # Python ints and lists throughout: a tree is built every step, and a per-node NumPy scalar (or a
         # NumPy call per node) costs more than the whole tree
-        self.tokens = np.asarray(self.tokens, dtype=np.int64).reshape(-1)
-        self.parents = np.asarray(self.parents, dtype=np.int64).reshape(-1)
-        tokens, parents = self.tokens.tolist(), self.parents.tolist()
+        if type(self.tokens) is list and type(self.parents) is list:  # (the drafters' trees: lists of Python ints)
+            tokens, parents = self.tokens, self.parents
+            self.tokens, self.parents = np.array(tokens, dtype=np.int64), np.array(parents, dtype=np.int64)
+        else:
+            self.tokens = np.asarray(self.tokens, dtype=np.int64).reshape(-1)
+            self.parents = np.asarray(self.parents, dtype=np.int64).reshape(-1)
+            tokens, parents = self.tokens.tolist(), self.parents.tolist()
         T = len(tokens)
         if T < 1 or T > MAX_TREE_NODES:
             raise MinispecError(f"a tree has 1..{MAX_TREE_NODES} nodes, got {T}")
