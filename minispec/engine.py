@@ -93,10 +93,13 @@ class Engine:
             # while there is nothing to verify the steps run one ahead of the host (decode_ahead)
             ahead = self.decode_ahead_enabled and self.drafter.host_only and len({s.params.greedy for s in seqs}) == 1
             asks = None if type(self.drafter) is NoDrafter else self.drafts_ready
+            text_due = []  # (sequence, tokens) of the last step whose text is not out yet (see below)
             while active := [s for s in seqs if not s.done]:
                 budgets = [self.max_model_len - s.L for s in active]
                 trees = self.drafter.propose(active, budgets)  # tokens[T], parents[T] per sequence
                 if ahead and all(len(tree) == 1 for tree in trees):
+                    yield from self.emit_text(text_due)
+                    text_due = []
                     yield from self.decode_ahead(active, asks)  # until the drafter has drafts again
                     continue
                 items = []
@@ -104,6 +107,11 @@ class Engine:
                     self.cache.prepare(seq.table, seq.L, len(tree))
                     items.append(StepItem.tree(seq.table, seq.L, tree))
                 logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [N, V]
+                # the last step's text while this one runs: a sequence without stop strings has its tokens, and its
+                # stop by a stop token or length, before its text (the host's ~20 µs a step of text off the GPU's
+                # idle time between tree steps)
+                yield from self.emit_text(text_due)
+                text_due = []
                 offset = 0
                 for seq, tree in zip(active, trees):
                     path, bonus = verify(tree, logits, seq.params, seq.rng, slice(offset, offset + len(tree)))
@@ -113,8 +121,12 @@ class Engine:
                     accepted = [int(tree.tokens[node]) for node in path[1:]] + [bonus]
                     seq.stats.steps += 1
                     seq.stats.accepted_lengths[len(accepted)] += 1
-                    yield from self.emit(seq, accepted)
+                    if seq.params.stop:  # its text decides where it stops
+                        yield from self.emit(seq, accepted)
+                    else:
+                        text_due.append((seq, self.take_tokens(seq, accepted)))
                     self.drafter.commit(seq, path, accepted)
+            yield from self.emit_text(text_due)
             return seqs
         finally:
             for seq in parents + seqs:
@@ -242,6 +254,31 @@ class Engine:
             children.append(child)
         self.cache.release(parent.table)
         return children
+
+    def take_tokens(self, seq: Sequence, tokens: list[int]) -> list[int]:
+        """A step's accepted tokens appended to a sequence without stop strings, up to a stop token or the length
+        limit (as emit does); the tokens appended, whose text emit_text gives later."""
+        params, taken = seq.params, []
+        for token in tokens:
+            if token in self.tokenizer.stop_token_ids and not params.ignore_eos:
+                seq.finish_reason = "stop"
+                break
+            seq.tokens.append(token)
+            seq.stats.emitted += 1
+            taken.append(token)
+            if seq.output_len >= params.max_tokens or len(seq.tokens) >= self.max_model_len:
+                seq.finish_reason = "length"
+                break
+        return taken
+
+    def emit_text(self, due: list[tuple[Sequence, list[int]]]):
+        """The text pieces of tokens take_tokens appended, in order."""
+        for seq, tokens in due:
+            for token in tokens:
+                piece = seq.decoder.step(token)
+                if piece:
+                    seq.text += piece
+                    yield seq, piece
 
     def emit(self, seq: Sequence, tokens: list[int], from_step: bool = True):
         """Append accepted tokens one by one until a stop condition; yield text pieces.
