@@ -329,6 +329,27 @@ __device__ __forceinline__ void slice_partials(float* h, const unsigned long lon
     if (!send) __syncthreads();  // polled read before the next call writes it (where no other barrier comes between)
 }
 
+// Partials (o: D floats, this lane's D / 32 at (D / 32) lane; then m, l) at first + k stride, k < count, merged in k
+// order: M = max m, o = sum e^(m_k - M) o_k; returns L = sum e^(m_k - M) l_k. A partial with no keys (m = -inf) weighs
+// 0 (all of them: M = -inf, L = 0). The attention's chunks into a share, and the 8 shares of a head.
+template <int D>
+__device__ __forceinline__ float merge_partials(const float* first, int count, int stride, float& M, float (&o)[D / 32]) {
+    const int lane = threadIdx.x % 32;
+    M = CD_NEG_INF;
+    for (int k = 0; k < count; k++) M = fmaxf(M, first[k * stride + D]);
+    float L = 0.0f;
+#pragma unroll
+    for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
+    for (int k = 0; k < count; k++) {
+        const float* p = first + k * stride;
+        const float w = p[D] == CD_NEG_INF ? 0.0f : __expf(p[D] - M);
+        L = fmaf(w, p[D + 1], L);
+#pragma unroll
+        for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, p[(D / 32) * lane + e], o[e]);
+    }
+    return L;
+}
+
 template <int D>
 __device__ void cluster_decode_body(const Step& s) {
     const unsigned long long entered = s.clock != nullptr ? globaltimer() : 0;
@@ -601,35 +622,15 @@ __device__ void cluster_decode_body(const Step& s) {
             if (!direct) __syncthreads();
             // the share's partial per query head (its chunks merged; a share with no keys: M = -inf, L = 0), pushed
             for (int hg = warp; hg < G && !direct; hg += CD_WARPS) {
-                float M = CD_NEG_INF;
-                for (int ch = 0; ch < chunks; ch++) M = fmaxf(M, upart[(hg * chunks + ch) * (D + 2) + D]);
-                float Lsum = 0.0f, o[D / 32];
-#pragma unroll
-                for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
-                for (int ch = 0; ch < chunks; ch++) {
-                    const float* up = upart + (hg * chunks + ch) * (D + 2);
-                    const float w = M == CD_NEG_INF ? 0.0f : __expf(up[D] - M);
-                    Lsum = fmaf(w, up[D + 1], Lsum);
-#pragma unroll
-                    for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, up[(D / 32) * lane + e], o[e]);
-                }
+                float M, o[D / 32];
+                const float Lsum = merge_partials<D>(upart + hg * chunks * (D + 2), chunks, D + 2, M, o);
                 push_share(hg, M, Lsum, o);
             }
             mbarrier_wait<true>(&bars[1], parity);
             // merge the 8 shares of each query head (rank order): attn = bf16(sum w_r o_r / sum w_r l_r)
             for (int hg = warp; hg < G; hg += CD_WARPS) {
-                float M = CD_NEG_INF;
-                for (int r = 0; r < CD_CLUSTER; r++) M = fmaxf(M, part_in[(r * G + hg) * (D + 2) + D]);
-                float Lsum = 0.0f, o[D / 32];
-#pragma unroll
-                for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
-                for (int r = 0; r < CD_CLUSTER; r++) {
-                    const float* pp = part_in + (r * G + hg) * (D + 2);
-                    const float w = pp[D] == CD_NEG_INF ? 0.0f : __expf(pp[D] - M);
-                    Lsum = fmaf(w, pp[D + 1], Lsum);
-#pragma unroll
-                    for (int e = 0; e < D / 32; e++) o[e] = fmaf(w, pp[(D / 32) * lane + e], o[e]);
-                }
+                float M, o[D / 32];
+                const float Lsum = merge_partials<D>(part_in + hg * (D + 2), CD_CLUSTER, G * (D + 2), M, o);
                 __nv_bfloat16* a = reinterpret_cast<__nv_bfloat16*>(attn) + hg * D + (D / 32) * lane;
 #pragma unroll
                 for (int e = 0; e < D / 32; e++) a[e] = __float2bfloat16_rn(o[e] / Lsum);
