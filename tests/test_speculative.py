@@ -92,6 +92,30 @@ def test_random_trees_with_partial_matches(default_llm, prompt_ids, plain_output
     assert default_llm.cache.free_pages == default_llm.cache.num_pages
 
 
+@pytest.mark.slow
+def test_tree_steps_give_plain_decodings_text(default_llm, prompt_ids, plain_outputs):
+    """A tree step's text is decoded after the next step is launched (Engine.take_tokens, emit_text): the streamed
+    pieces and the final text are plain decoding's; with a stop string the text decides as each token comes, and the
+    tokens and text are plain decoding's too."""
+    ids = prompt_ids[0]
+    plain = default_llm.generate(ids, GREEDY)
+    stop = plain.text[len(plain.text) // 2 : len(plain.text) // 2 + 4]
+    stopping = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True, stop=[stop])
+    plain_stopped = default_llm.generate(ids, stopping)
+    default_llm.engine.drafter = OracleTreeDrafter([ids + plain_outputs[0]], default_llm.model.config.vocab_size)
+    try:
+        pieces = list(default_llm.stream(ids, GREEDY))
+        tree = default_llm.generate(ids, GREEDY)
+        tree_stopped = default_llm.generate(ids, stopping)
+    finally:
+        default_llm.use_drafter(None)
+    assert tree.token_ids == plain.token_ids and max(tree.stats.accepted_lengths) >= 3
+    assert "".join(pieces) == tree.text == plain.text
+    assert plain_stopped.finish_reason == "stop" and len(plain_stopped.text) < len(plain.text)
+    assert (tree_stopped.text, tree_stopped.token_ids, tree_stopped.finish_reason) == (
+        plain_stopped.text, plain_stopped.token_ids, plain_stopped.finish_reason)
+
+
 @pytest.mark.parametrize("draft", [None, "ngram", "self:1"])
 def test_tiny_model_speculation_and_page_sizes(tmp_path, draft):
     from .conftest import make_tiny_checkpoint
