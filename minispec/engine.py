@@ -103,10 +103,14 @@ class Engine:
                     yield from self.decode_ahead(active, asks)  # until the drafter has drafts again
                     continue
                 items = []
-                for seq, tree in zip(active, trees):
-                    self.cache.prepare(seq.table, seq.L, len(tree))
-                    items.append(StepItem.tree(seq.table, seq.L, tree))
-                logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [N, V]
+                try:
+                    for seq, tree in zip(active, trees):
+                        self.cache.prepare(seq.table, seq.L, len(tree))
+                        items.append(StepItem.tree(seq.table, seq.L, tree))
+                    logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [N, V]
+                except Exception:  # (a full pool): the text of the tokens taken so far goes out before the error
+                    yield from self.emit_text(text_due)
+                    raise
                 # the last step's text while this one runs: a sequence without stop strings has its tokens, and its
                 # stop by a stop token or length, before its text (the host's ~20 µs a step of text off the GPU's
                 # idle time between tree steps)

@@ -195,6 +195,27 @@ def test_running_out_of_pages_is_an_error_and_frees_everything(tiny_model):
     assert llm.cache.free_pages == llm.cache.num_pages
     result = llm.generate("c" * 10, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
     assert len(result.token_ids) == 20
+    # streamed, every step a tree that copies the greedy continuation: every token the sequence took before the
+    # error has its text out (a tree step's text goes out after the next launch, or before the error that stops it)
+    params = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
+    prompt = llm._encode("a" * 30)
+    truth = prompt + LLM(model=str(tiny_model), device="cpu", page_size=16).generate(prompt, params).token_ids
+
+    class Copy(NoDrafter):  # three-node chains of the greedy continuation, no step decoded ahead
+        host_only = False
+
+        def propose(self, seqs, budgets):
+            return [Tree(truth[seq.L : seq.L + 3], [-1, 0, 1]) for seq in seqs]
+
+    llm.engine.drafter = Copy()
+    pieces, seq = [], None
+    with pytest.raises(MinispecError, match="KV cache is full"):
+        for seq, piece in llm.engine.run([prompt], [params]):
+            pieces.append(piece)
+    decoder = llm.tokenizer.stream_decoder()
+    assert max(seq.stats.accepted_lengths) == 3 and len(seq.output) > 10
+    assert "".join(pieces) == "".join(decoder.step(t) or "" for t in seq.output)
+    assert llm.cache.free_pages == llm.cache.num_pages
 
 
 def stopping_requests(sampled: bool, seed: int, budget: int, stop: str) -> list[SamplingParams]:
