@@ -259,16 +259,19 @@ class Engine:
         self.cache.release(parent.table)
         return children
 
-    def take_tokens(self, seq: Sequence, tokens: list[int]) -> list[int]:
-        """A step's accepted tokens appended to a sequence without stop strings, up to a stop token or the length
-        limit (as emit does); the tokens appended, whose text emit_text gives later."""
+    def take_tokens(self, seq: Sequence, tokens: list[int], from_step: bool = True) -> list[int]:
+        """Append accepted tokens up to a stop token or the length limit; the tokens appended, whose text emit_text
+        gives (now, or for a tree step of a sequence without stop strings, once the next step is launched).
+
+        from_step: the tokens come from a draft/verify step (counted in tokens per step), not the prefill.
+        """
         params, taken = seq.params, []
         for token in tokens:
             if token in self.tokenizer.stop_token_ids and not params.ignore_eos:
                 seq.finish_reason = "stop"
                 break
             seq.tokens.append(token)
-            seq.stats.emitted += 1
+            seq.stats.emitted += from_step
             taken.append(token)
             if seq.output_len >= params.max_tokens or len(seq.tokens) >= self.max_model_len:
                 seq.finish_reason = "length"
@@ -276,37 +279,29 @@ class Engine:
         return taken
 
     def emit_text(self, due: list[tuple[Sequence, list[int]]]):
-        """The text pieces of tokens take_tokens appended, in order."""
+        """The text pieces of tokens take_tokens appended, in order; a stop string ends the sequence's text there."""
         for seq, tokens in due:
             for token in tokens:
                 piece = seq.decoder.step(token)
-                if piece:
-                    seq.text += piece
-                    yield seq, piece
-
-    def emit(self, seq: Sequence, tokens: list[int], from_step: bool = True):
-        """Append accepted tokens one by one until a stop condition; yield text pieces.
-
-        from_step: the tokens come from a draft/verify step (counted in tokens per step), not the prefill.
-        """
-        params = seq.params
-        for token in tokens:
-            if token in self.tokenizer.stop_token_ids and not params.ignore_eos:
-                seq.finish_reason = "stop"
-                break
-            seq.tokens.append(token)
-            seq.stats.emitted += from_step
-            piece = seq.decoder.step(token)
-            if piece:
+                if not piece:
+                    continue
                 seq.text += piece
-                stop_at = min((seq.text.find(s) for s in params.stop if s in seq.text), default=-1)
+                stop_at = min((seq.text.find(s) for s in seq.params.stop if s in seq.text), default=-1)
                 if stop_at >= 0:
                     piece = piece[: max(0, len(piece) - (len(seq.text) - stop_at))]
                     seq.text = seq.text[:stop_at]
                     seq.finish_reason = "stop"
                 yield seq, piece
+                if stop_at >= 0:
+                    break
+
+    def emit(self, seq: Sequence, tokens: list[int], from_step: bool = True):
+        """Append accepted tokens until a stop condition; yield text pieces. With stop strings a token at a time: its
+        text decides whether the next one is taken."""
+        if not seq.params.stop:
+            yield from self.emit_text([(seq, self.take_tokens(seq, tokens, from_step))])
+            return
+        for token in tokens:
+            yield from self.emit_text([(seq, self.take_tokens(seq, [token], from_step))])
             if seq.done:
-                break
-            if seq.output_len >= params.max_tokens or len(seq.tokens) >= self.max_model_len:
-                seq.finish_reason = "length"
                 break
