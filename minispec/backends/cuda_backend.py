@@ -37,7 +37,6 @@ FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots:
 # bucket for decode: 528 against ~550 µs at 300 keys, 571 against ~550 at 500.
 FUSED_BLOCK_SPLITS = 8
 CLUSTER_DECODE_BLOCKS = 8  # blocks per cluster of kernels/cluster_decode.cu (CD_CLUSTER)
-SMALL_READ_BYTES = 4096  # CudaBackend.to_host copies arrays up to this size through a pinned buffer
 CLUSTER_DECODE_MAX_PARTIALS = 24  # partial sums of each role at most (CD_MAX_PARTIALS: the polled slices' buffer)
 
 
@@ -323,7 +322,6 @@ class CudaBackend:
         self.pointer_tables = {}  # the K and V cache pointers themselves -> the same as a uint64 device array
         self._host_read = None  # to_host_soon's copy, deferred to the next replay
         self.side_stream = None  # where a replay's token input is copied to the host (created on first use)
-        self.small_read = None  # pinned host memory for to_host's small arrays (created on first use)
 
     # ------------------------------------------------------------------ compilation
     def kernel(self, file: str, name: str):
@@ -388,20 +386,7 @@ class CudaBackend:
         return self.cp.empty(shape, dtype=self.store_dtype)
 
     def to_host(self, array) -> np.ndarray:
-        """The array on the host, after everything launched so far. A small one (a step's argmax ids, which a greedy
-        tree step waits for) through a pinned buffer kept for it: cp.asnumpy's pageable copy cost the host ~30 µs
-        a tree step (notes/host_tree_step_h100_stop30.log)."""
-        cp = self.cp
-        if array.nbytes > SMALL_READ_BYTES or not array.flags.c_contiguous:
-            return cp.asnumpy(array)
-        if self.small_read is None:
-            import cupyx
-
-            self.small_read = cupyx.empty_pinned(SMALL_READ_BYTES, np.uint8)
-        cp.cuda.runtime.memcpyAsync(self.small_read.ctypes.data, array.data.ptr, array.nbytes, cp.cuda.runtime.memcpyDeviceToHost,
-                                    self.stream.ptr)
-        self.stream.synchronize()
-        return self.small_read[: array.nbytes].view(array.dtype).reshape(array.shape).copy()
+        return self.cp.asnumpy(array)  # waits for everything launched so far
 
     def to_host_soon(self, array, defer: bool = False):
         """Copy a small device array to pinned host memory in stream order; returns a function that waits for that
