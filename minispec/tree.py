@@ -18,6 +18,19 @@ from .errors import MinispecError
 MAX_TREE_NODES = 64  # one uint64 of ancestor bits per node
 
 
+def _chain_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """parents, depth and ancestor bits of the longest chain; a chain of T nodes is their first T entries."""
+    arrays = (np.arange(-1, MAX_TREE_NODES - 1, dtype=np.int64), np.arange(MAX_TREE_NODES, dtype=np.int64),
+              np.array([(2 << i) - 1 for i in range(MAX_TREE_NODES)], dtype=np.uint64))
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays
+
+
+_CHAIN_PARENTS = list(range(-1, MAX_TREE_NODES - 1))
+_CHAIN_ARRAYS = _chain_arrays()
+
+
 @dataclass
 class Tree:
     tokens: np.ndarray  # [T] int64 token ids
@@ -34,14 +47,18 @@ class Tree:
         # NumPy call per node) costs more than the whole tree
         if type(self.tokens) is list and type(self.parents) is list:  # (the drafters' trees: lists of Python ints)
             tokens, parents = self.tokens, self.parents
-            self.tokens, self.parents = np.array(tokens, dtype=np.int64), np.array(parents, dtype=np.int64)
+            self.tokens = np.array(tokens, dtype=np.int64)
         else:
             self.tokens = np.asarray(self.tokens, dtype=np.int64).reshape(-1)
-            self.parents = np.asarray(self.parents, dtype=np.int64).reshape(-1)
-            tokens, parents = self.tokens.tolist(), self.parents.tolist()
+            tokens, parents = self.tokens.tolist(), np.asarray(self.parents, dtype=np.int64).reshape(-1).tolist()
         T = len(tokens)
         if T < 1 or T > MAX_TREE_NODES:
             raise MinispecError(f"a tree has 1..{MAX_TREE_NODES} nodes, got {T}")
+        self.token_list = tokens
+        if parents == _CHAIN_PARENTS[:T]:  # a chain (a copied span, a plain step): its arrays are shared, read-only
+            self.parents, self.depth, self.anc = _CHAIN_ARRAYS[0][:T], _CHAIN_ARRAYS[1][:T], _CHAIN_ARRAYS[2][:T]
+            self.kids = [[i + 1] for i in range(T - 1)] + [[]]
+            return
         if len(parents) != T or parents[0] != -1:
             raise MinispecError("tree parents must have one entry per node and parents[0] = -1")
         depth, anc, kids = [0] * T, [1] * T, [[] for _ in range(T)]
@@ -52,7 +69,8 @@ class Tree:
             depth[i] = depth[parent] + 1
             anc[i] = anc[parent] | (1 << i)
             kids[parent].append(i)
-        self.token_list, self.kids = tokens, kids
+        self.kids = kids
+        self.parents = np.array(parents, dtype=np.int64)
         self.depth = np.array(depth, dtype=np.int64)
         self.anc = np.array(anc, dtype=np.uint64)
 
