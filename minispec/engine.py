@@ -85,14 +85,19 @@ class Engine:
         seqs: list[Sequence] = []
         try:
             last_rows = self.prefill(parents)  # KV for every prompt token; (logits, row) of each last token
-            for parent, (logits, row) in zip(parents, last_rows):
+            for parent, (logits, _) in zip(parents, last_rows):
+                if parent.params.greedy:  # its first token's id: the copy queued now, read below
+                    logits.fetch_argmax()
                 seqs += self.fork_samples(parent)  # n samples share the prompt's pages
-                for seq in seqs[-parent.params.n :]:
-                    yield from self.emit(seq, [logits.choose(row, seq.params, seq.rng)], from_step=False)
+            self.drafter.start(seqs)  # while the prefill's last step runs (nothing has waited for it yet)
+            for seq in seqs:
+                logits, row = last_rows[seq.index]
+                yield from self.emit(seq, [logits.choose(row, seq.params, seq.rng)], from_step=False)
             # all greedy or all sampled: a step's next tokens come from one kernel (argmax or the sampler), so
             # while there is nothing to verify the steps run one ahead of the host (decode_ahead)
             ahead = self.decode_ahead_enabled and self.drafter.host_only and len({s.params.greedy for s in seqs}) == 1
             asks = None if type(self.drafter) is NoDrafter else self.drafts_ready
+            greedy = all(s.params.greedy for s in seqs)
             text_due = []  # (sequence, tokens) of the last step whose text is not out yet (see below)
             while active := [s for s in seqs if not s.done]:
                 budgets = [self.max_model_len - s.L for s in active]
@@ -108,6 +113,8 @@ class Engine:
                         self.cache.prepare(seq.table, seq.L, len(tree))
                         items.append(StepItem.tree(seq.table, seq.L, tree))
                     logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [N, V]
+                    if greedy:  # verification reads the ids next
+                        logits.fetch_argmax()
                 except Exception:  # (a full pool): the text of the tokens taken so far goes out before the error
                     yield from self.emit_text(text_due)
                     raise
@@ -122,7 +129,7 @@ class Engine:
                     offset += len(tree)
                     self.cache.commit(seq.table, seq.L, path)  # accepted K/V to L .. L+len(path)-1
                     seq.L += len(path)
-                    accepted = [int(tree.tokens[node]) for node in path[1:]] + [bonus]
+                    accepted = [tree.token_list[node] for node in path[1:]] + [int(bonus)]
                     seq.stats.steps += 1
                     seq.stats.accepted_lengths[len(accepted)] += 1
                     if seq.params.stop:  # its text decides where it stops

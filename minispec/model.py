@@ -101,7 +101,7 @@ class StepLogits:
     def __init__(self, backend, logits, ids=None):
         self.backend, self.device = backend, logits
         self.ids = ids  # argmax ids [R] on the backend where the step computed them already (a replayed graph)
-        self._host = self._argmax = None
+        self._host = self._argmax = self._argmax_read = None
 
     def row(self, r: int) -> "StepLogits":
         """Row r alone, copied: a replayed step's logits and ids are the graph's static buffers, which the next
@@ -116,8 +116,15 @@ class StepLogits:
 
     def argmax(self) -> np.ndarray:  # [R]
         if self._argmax is None:
-            self._argmax = self.backend.to_host(self.argmax_device())
+            self._argmax = self._argmax_read() if self._argmax_read else self.backend.to_host(self.argmax_device())
         return self._argmax
+
+    def fetch_argmax(self) -> None:
+        """Queue the argmax ids' copy to the host behind the step now, for an argmax() to come: the copy's host calls
+        run while the GPU works, and argmax() only waits (a greedy tree step's verification: ~15-20 µs less of
+        host work between two tree steps, while the GPU idles)."""
+        if self._argmax is None and self._argmax_read is None:
+            self._argmax_read = self.backend.to_host_soon(self.argmax_device())
 
     def argmax_device(self):  # [R] int32 on the backend, not waited for
         return self.ids if self.ids is not None else self.backend.argmax_device(self.device)
