@@ -11,6 +11,7 @@ the T_b queries then sit at the last T_b positions and see keys up to their own)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -41,6 +42,15 @@ class StepPlan:
     @property
     def all_logits(self) -> bool:  # every row needs logits (decode, tree verify)
         return len(self.logit_rows) == len(self.tokens)
+
+    # asked by the backend's graph lookup every step: one NumPy reduction each, once
+    @cached_property
+    def has_causal(self) -> bool:  # a causal chunk is in the step
+        return bool(self.causal.any())
+
+    @cached_property
+    def max_kv_len(self) -> int:
+        return int(self.kv_len.max())
 
 
 @dataclass

@@ -1,12 +1,15 @@
-"""Host-side rules of the CUDA backend that need no GPU (CPU): which steps the fused-layers kernel may take."""
+"""Host-side rules of the CUDA backend that need no GPU (CPU): which steps the fused-layers kernel may take, how a\ncaptured step's inputs are laid out."""
 
 import re
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from minispec.backends.cuda_backend import (
-    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, FUSED_MAX_LAYERS, CudaBackend, kernel_source)
+    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, FUSED_MAX_LAYERS, CapturedStep, CudaBackend, kernel_source)
+from minispec.step import StepItem, build_plan
+from minispec.tree import Tree
 
 
 def test_models_past_the_fused_layer_table_run_layer_by_layer():
@@ -50,3 +53,43 @@ def test_cluster_decode_takes_hidden_sizes_up_to_1024():
     assert CudaBackend.cluster_decode_shape(backend, model(1088), plan, 16) is None
     with pytest.raises(Looked):
         CudaBackend.cluster_decode_shape(backend, model(1024), plan, 16)
+
+
+class HostOnlyCupy:
+    """What CapturedStep needs of CuPy to build its buffers, without a GPU: the upload is recorded, not made."""
+
+    int32, uint64 = np.int32, np.uint64
+
+    class Array(np.ndarray):
+        def set(self, host):
+            self.uploaded = host.copy()
+
+    def zeros(self, n, dtype):
+        return np.zeros(n, dtype).view(self.Array)
+
+
+def test_captured_step_fill_writes_the_documented_layout_and_pads_the_bucket():
+    """CapturedStep.fill against its docstring's layout, written here from scratch; a big plan then a smaller one into
+    the same buffers, so stale values of the first must not survive into the second's padding."""
+    rng = np.random.default_rng(3)
+    B, N, W, page_size = 2, 16, 9, 4
+    step = CapturedStep(HostOnlyCupy(), B, N, W, max_position=64, context=256)
+    for sizes in [(9, 7), (3, 5), (1, 1)]:
+        items = []
+        for T in sizes:
+            L = int(rng.integers(0, 10))
+            table = [int(p) for p in rng.permutation(50)[: -(-(L + T) // page_size)]]
+            tree = Tree(rng.integers(0, 100, T), [-1] + [int(rng.integers(0, i)) for i in range(1, T)])
+            items.append(StepItem.tree(table, L, tree))
+        plan = build_plan(items, page_size)
+        step.fill(plan)
+        n = plan.num_tokens
+        pad = lambda values, fill: np.concatenate([np.asarray(values, np.int64), np.full(N - len(values), fill)])  # noqa: E731
+        masks = np.zeros(N, np.uint64)
+        masks[:n] = plan.masks
+        tables = np.full((B, W), -1)
+        tables[:, : plan.page_tables.shape[1]] = plan.page_tables
+        want = np.concatenate([masks.view(np.int32), pad(plan.tokens, 0), pad(plan.positions, 0), pad(plan.slots, -1),
+                               np.concatenate([plan.logit_rows, np.arange(len(plan.logit_rows), N)]), plan.cu_q,
+                               plan.kv_len, plan.tree_start, plan.causal, tables.reshape(-1)])
+        assert np.array_equal(step.packed.uploaded, want.astype(np.int32)), sizes

@@ -177,21 +177,27 @@ class CapturedStep:
         return self.views[R]
 
     def fill(self, plan: StepPlan) -> None:
-        """Write the plan into the static inputs: into `host`, then one copy in stream order."""
-        n, host, o = plan.num_tokens, self.host, self.offsets
-        host[:] = 0
+        """Write the plan into the static inputs: into `host`, then one copy in stream order. Rows past the plan's
+        (the bucket's padding) see no tree node, sit at position 0, write no K/V and have logit rows of their own."""
+        n, R, host, o = plan.num_tokens, len(plan.logit_rows), self.host, self.offsets
+        if n < self.N:
+            host[o[0] + 2 * n : o[1]] = 0
+            host[o[1] + n : o[2]] = 0
+            host[o[2] + n : o[3]] = 0
+            host[o[3] + n : o[4]] = -1
+        if R < self.N:
+            host[o[4] + R : o[5]] = self.rows[R:]
         host[o[0] : o[0] + 2 * n] = plan.masks.view(np.int32)
         host[o[1] : o[1] + n] = plan.tokens
         host[o[2] : o[2] + n] = plan.positions
-        host[o[3] : o[4]] = -1  # padded rows write no K/V
         host[o[3] : o[3] + n] = plan.slots
-        host[o[4] : o[5]] = self.rows
-        host[o[4] : o[4] + len(plan.logit_rows)] = plan.logit_rows
+        host[o[4] : o[4] + R] = plan.logit_rows
         host[o[5] : o[6]] = plan.cu_q
         host[o[6] : o[7]] = plan.kv_len
         host[o[7] : o[8]] = plan.tree_start
         host[o[8] : o[9]] = plan.causal
-        host[o[9] : o[10]] = -1
+        if plan.page_tables.shape[1] < self.W:
+            host[o[9] : o[10]] = -1
         self.tables[:, : plan.page_tables.shape[1]] = plan.page_tables
         self.packed.set(host)
 
@@ -419,7 +425,7 @@ class CudaBackend:
         put = self.put
         return DevicePlan(
             num_tokens=plan.num_tokens, batch_size=plan.batch_size, max_position=int(plan.positions.max()),
-            max_kv_len=int(plan.kv_len.max()), all_logits=plan.all_logits, has_causal=bool(plan.causal.any()), tokens=put(plan.tokens, np.int32), positions=put(plan.positions, np.int32),
+            max_kv_len=plan.max_kv_len, all_logits=plan.all_logits, has_causal=plan.has_causal, tokens=put(plan.tokens, np.int32), positions=put(plan.positions, np.int32),
             slots=put(plan.slots, np.int32), cu_q=put(plan.cu_q, np.int32), kv_len=put(plan.kv_len, np.int32),
             tree_start=put(plan.tree_start, np.int32), masks=put(plan.masks, np.uint64), causal=put(plan.causal, np.int32),
             page_tables=put(plan.page_tables, np.int32), logit_rows=put(plan.logit_rows, np.int32),
@@ -431,7 +437,7 @@ class CudaBackend:
         chunks only, each one's last row's logits, N <= prefill_graph_rows) run as graphs."""
         if not self.use_graphs:
             return False
-        if not plan.causal.any():
+        if not plan.has_causal:
             return plan.num_tokens <= 64 and plan.all_logits
         return self.is_prefill(plan) and plan.num_tokens <= self.prefill_graph_rows(model)
 
@@ -453,8 +459,8 @@ class CudaBackend:
         cp = self.cp
         N, B = plan.num_tokens, plan.batch_size
         bucket = pow2_bucket(N)
-        context = context_bucket(int(plan.kv_len.max()))  # attention splits follow the context
-        prefill = bool(plan.causal.any())
+        context = context_bucket(plan.max_kv_len)  # attention splits follow the context
+        prefill = plan.has_causal
         # the launch settings are part of the key: changing one (tests, benchmarks) must capture anew
         settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
                     self.attention_splits, self.attention_wgmma, self.pdl, self.cluster_decode)
