@@ -1,5 +1,6 @@
 """Host-side rules of the CUDA backend that need no GPU (CPU): which steps the fused-layers kernel may take, how a\ncaptured step's inputs are laid out."""
 
+import ctypes
 import re
 from types import SimpleNamespace
 
@@ -56,16 +57,20 @@ def test_cluster_decode_takes_hidden_sizes_up_to_1024():
 
 
 class HostOnlyCupy:
-    """What CapturedStep needs of CuPy to build its buffers, without a GPU: the upload is recorded, not made."""
+    """What CapturedStep needs of CuPy, without a GPU: its "device" buffer is host memory, its copy a memmove."""
 
     int32, uint64 = np.int32, np.uint64
 
     class Array(np.ndarray):
-        def set(self, host):
-            self.uploaded = host.copy()
+        @property
+        def data(self):
+            return SimpleNamespace(ptr=self.ctypes.data)
 
     def zeros(self, n, dtype):
         return np.zeros(n, dtype).view(self.Array)
+
+    cuda = SimpleNamespace(runtime=SimpleNamespace(
+        memcpyHostToDevice=1, memcpyAsync=lambda dst, src, size, kind, stream: ctypes.memmove(dst, src, size)))
 
 
 def test_captured_step_fill_writes_the_documented_layout_and_pads_the_bucket():
@@ -82,7 +87,7 @@ def test_captured_step_fill_writes_the_documented_layout_and_pads_the_bucket():
             tree = Tree(rng.integers(0, 100, T), [-1] + [int(rng.integers(0, i)) for i in range(1, T)])
             items.append(StepItem.tree(table, L, tree))
         plan = build_plan(items, page_size)
-        step.fill(plan)
+        step.fill(plan, SimpleNamespace(ptr=0))
         n = plan.num_tokens
         pad = lambda values, fill: np.concatenate([np.asarray(values, np.int64), np.full(N - len(values), fill)])  # noqa: E731
         masks = np.zeros(N, np.uint64)
@@ -92,4 +97,4 @@ def test_captured_step_fill_writes_the_documented_layout_and_pads_the_bucket():
         want = np.concatenate([masks.view(np.int32), pad(plan.tokens, 0), pad(plan.positions, 0), pad(plan.slots, -1),
                                np.concatenate([plan.logit_rows, np.arange(len(plan.logit_rows), N)]), plan.cu_q,
                                plan.kv_len, plan.tree_start, plan.causal, tables.reshape(-1)])
-        assert np.array_equal(step.packed.uploaded, want.astype(np.int32)), sizes
+        assert np.array_equal(step.packed, want.astype(np.int32)), sizes

@@ -155,6 +155,7 @@ class CapturedStep:
         self.B, self.N, self.W = B, N, W
         sizes = [2 * N, N, N, N, N, B + 1, B, B, B, B * W]
         self.offsets = [0, *np.cumsum(sizes).tolist()]  # Python ints: fill slices with them every step
+        self.cp = cp
         self.host = np.zeros(self.offsets[-1], dtype=np.int32)
         self.tables = self.host[self.offsets[9] : self.offsets[10]].reshape(B, W)  # a view: fill writes the page tables here
         self.rows = np.arange(N, dtype=np.int32)
@@ -176,9 +177,14 @@ class CapturedStep:
             self.views[R] = (self.logits[:R], self.ids[:R])
         return self.views[R]
 
-    def fill(self, plan: StepPlan) -> None:
-        """Write the plan into the static inputs: into `host`, then one copy in stream order. Rows past the plan's
-        (the bucket's padding) see no tree node, sit at position 0, write no K/V and have logit rows of their own."""
+    def fill(self, plan: StepPlan, stream) -> None:
+        """Write the plan into the static inputs: into `host`, then one copy in `stream`'s order. Rows past the plan's
+        (the bucket's padding) see no tree node, sit at position 0, write no K/V and have logit rows of their own.
+
+        The copy is from pageable memory: the driver takes the few KB at once, and on the GPU it costs ~1 µs between
+        two graphs, where a copy from pinned memory (a DMA by a copy engine) cost decode one step ahead ~3%
+        (3259-3288 against 3369-3393 tokens/s, H100, notes/host_tree_step_h100_stop31.log). One cudaMemcpyAsync
+        call: CuPy's ndarray.set took the host 10.1 against 6.3 µs (notes/scripts/replay_host_probe.py)."""
         n, R, host, o = plan.num_tokens, len(plan.logit_rows), self.host, self.offsets
         if n < self.N:
             host[o[0] + 2 * n : o[1]] = 0
@@ -199,7 +205,8 @@ class CapturedStep:
         if plan.page_tables.shape[1] < self.W:
             host[o[9] : o[10]] = -1
         self.tables[:, : plan.page_tables.shape[1]] = plan.page_tables
-        self.packed.set(host)
+        runtime = self.cp.cuda.runtime
+        runtime.memcpyAsync(self.packed.data.ptr, host.ctypes.data, host.nbytes, runtime.memcpyHostToDevice, stream.ptr)
 
 
 class HostRead:
@@ -471,7 +478,7 @@ class CudaBackend:
             self.rope_tables(model.inv_freq, limit)  # sized once: a captured graph keeps its pointer
             W = cache.pages_for(limit) + 1
             step = CapturedStep(cp, B, bucket, W, limit, context, prefill)
-            step.fill(plan)
+            step.fill(plan, self.stream)
             self.argmax_device(model.compute(step.plan, cache))  # warm-up: compiles kernels, leaves pool blocks of the right sizes
             previous = cp.cuda.get_allocator()
             pool = cp.get_default_memory_pool()
@@ -501,7 +508,7 @@ class CudaBackend:
         if step.tokens_read is not None:  # the fill overwrites the token input a side copy reads
             self.stream.wait_event(step.tokens_read)
             step.tokens_read = None
-        step.fill(plan)
+        step.fill(plan, self.stream)
         if tokens is not None:
             step.plan.tokens[: plan.num_tokens] = tokens
             if read is not None:  # the tokens' host copy from the step's own input, off this stream

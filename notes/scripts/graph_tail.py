@@ -23,7 +23,7 @@ print(card_name(), "SmolLM2-135M shapes, random weights", flush=True)
 contexts = [int(a) for a in sys.argv[1:] if a.isdigit()] or [100, 512]
 seen = []
 fill = CapturedStep.fill
-CapturedStep.fill = lambda self, p: (seen.append(self), fill(self, p))[1]
+CapturedStep.fill = lambda self, p, stream: (seen.append(self), fill(self, p, stream))[1]
 for context in contexts:
     cache = model.new_cache(-(-(context + 64) // 16) + 1, 16)
     table = []

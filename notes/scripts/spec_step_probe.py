@@ -75,6 +75,8 @@ engine.model.forward = timed("forward (host)", engine.model.forward)
 engine.emit = timed_generator("emit", engine.emit)
 engine.decode_ahead = timed_generator("decode_ahead (all)", engine.decode_ahead)
 engine.drafts_ready = timed("drafts_ready", engine.drafts_ready)
+if hasattr(engine.drafter, "start"):  # since stop 31: the prompt indexed while the prefill runs
+    engine.drafter.start = timed("drafter.start", engine.drafter.start)
 
 if "--freeze" in sys.argv:  # experiment: the objects made so far moved out of the garbage collector's scans
     import gc

@@ -29,7 +29,7 @@ cache.prepare(table, 0, context + 64)
 plan = build_plan([StepItem.tree(table, context, Tree.single(7))], 16)
 seen = []
 fill = CapturedStep.fill
-CapturedStep.fill = lambda self, p: (seen.append(self), fill(self, p))[1]
+CapturedStep.fill = lambda self, p, stream: (seen.append(self), fill(self, p, stream))[1]
 ids = model.forward(plan, cache).argmax_device()
 step = seen[-1]
 s = be.stream
@@ -43,7 +43,7 @@ def loop(parts, n=32):
     copied = None
     for _ in range(n):
         if "fill" in parts:
-            step.fill(plan)
+            step.fill(plan, s)
         if "tokens" in parts:
             step.plan.tokens[:1] = step.ids[:1]
         if copied is not None:  # "sideguard": the next replay (which overwrites the ids) waits for their copy
