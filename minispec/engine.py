@@ -37,7 +37,6 @@ class Sequence:
     tokens: list[int]  # prompt + emitted tokens
     prompt_len: int
     params: SamplingParams
-    rng: np.random.Generator
     decoder: StreamDecoder
     table: list[int] = field(default_factory=list)  # page table of the target cache
     L: int = 0  # tokens whose K/V is in the cache; tokens[L] is the root of the next tree
@@ -45,6 +44,15 @@ class Sequence:
     text: str = ""
     stats: Stats = field(default_factory=Stats)
     draft_state: object = None  # the drafter's own per-sequence state
+    _rng: np.random.Generator | None = field(default=None, repr=False)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """This sample's random stream, made when first drawn from: a greedy sequence never draws, and an unseeded
+        generator costs ~50 µs of OS entropy before the prefill can launch."""
+        if self._rng is None:
+            self._rng = sample_rng(self.params.seed, self.sample)
+        return self._rng
 
     @property
     def output(self) -> list[int]:
@@ -231,7 +239,7 @@ class Engine:
             raise MinispecError("the prompt holds token ids outside the vocabulary")
 
     def new_sequence(self, index: int, sample: int, prompt: list[int], params: SamplingParams) -> Sequence:
-        return Sequence(index, sample, list(prompt), len(prompt), params, sample_rng(params.seed, sample), self.tokenizer.stream_decoder())
+        return Sequence(index, sample, list(prompt), len(prompt), params, self.tokenizer.stream_decoder())
 
     def prefill(self, seqs: list[Sequence]) -> list[tuple]:
         """Chunked prefill of every prompt, several sequences per step; (StepLogits, row) of each last token."""
