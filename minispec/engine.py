@@ -93,19 +93,26 @@ class Engine:
         seqs: list[Sequence] = []
         try:
             last_rows = self.prefill(parents)  # KV for every prompt token; (logits, row) of each last token
-            for parent, (logits, _) in zip(parents, last_rows):
-                if parent.params.greedy:  # its first token's id: the copy queued now, read below
-                    logits.fetch_argmax()
+            for parent in parents:
                 seqs += self.fork_samples(parent)  # n samples share the prompt's pages
-            self.drafter.start(seqs)  # while the prefill's last step runs (nothing has waited for it yet)
-            for seq in seqs:
-                logits, row = last_rows[seq.index]
-                yield from self.emit(seq, [logits.choose(row, seq.params, seq.rng)], from_step=False)
             # all greedy or all sampled: a step's next tokens come from one kernel (argmax or the sampler), so
             # while there is nothing to verify the steps run one ahead of the host (decode_ahead)
             ahead = self.decode_ahead_enabled and self.drafter.host_only and len({s.params.greedy for s in seqs}) == 1
             asks = None if type(self.drafter) is NoDrafter else self.drafts_ready
             greedy = all(s.params.greedy for s in seqs)
+            if ahead and len(seqs) == 1:  # one sequence: its first step launched behind the prefill (decode_ahead)
+                seq = seqs[0]
+                first = last_rows[0][0].choose_device(last_rows[0][1], seq.params, seq.rng)
+                self.drafter.start(seqs)
+                yield from self.decode_ahead(seqs, asks, first)
+            else:
+                for parent, (logits, _) in zip(parents, last_rows):
+                    if parent.params.greedy:  # its first token's id: the copy queued now, read below
+                        logits.fetch_argmax()
+                self.drafter.start(seqs)  # while the prefill's last step runs (nothing has waited for it yet)
+                for seq in seqs:
+                    logits, row = last_rows[seq.index]
+                    yield from self.emit(seq, [logits.choose(row, seq.params, seq.rng)], from_step=False)
             text_due = []  # (sequence, tokens) of the last step whose text is not out yet (see below)
             while active := [s for s in seqs if not s.done]:
                 budgets = [self.max_model_len - s.L for s in active]
@@ -157,7 +164,7 @@ class Engine:
         trees = self.drafter.propose(seqs, [self.max_model_len - s.L for s in seqs])
         return any(len(tree) > 1 for tree in trees)
 
-    def decode_ahead(self, seqs: list[Sequence], until=None):
+    def decode_ahead(self, seqs: list[Sequence], until=None, first=None):
         """Decoding without drafts (all greedy, or all sampled), one step ahead of the host.
 
         Step k + 1 is launched with the token step k left on the device (Model.forward's `tokens`) before the
@@ -173,9 +180,17 @@ class Engine:
         one in flight is read (its token is the next one whatever drafts come) and the stretch returns. A greedy
         run with a drafter gives the same tokens with or without stretches; a sampled one draws its uniforms in
         other groups (a stretch's last step is a one-node step where step by step a tree would have been
-        verified), so a seed repeats its tokens but not those of a run without stretches."""
+        verified), so a seed repeats its tokens but not those of a run without stretches.
+
+        first: the sequences' first tokens on the device, chosen from the prefill's logits (StepLogits.choose_device)
+        and not yet emitted: the first step is launched behind the prefill with them as its roots (at L), so the
+        host's first read, drafts and plan run while the GPU works; the tokens are those of choose."""
         backend = self.model.backend
-        pending = None  # (sequences of the step in flight, its argmax ids on the device, their host copy's wait)
+        # (sequences of the step in flight, its argmax ids on the device, their host copy's wait, where its token
+        # goes: 1 = L + 1 behind its root at L, 0 = L itself for the prefill's first tokens)
+        pending = None
+        if first is not None:
+            pending = (list(seqs), first, backend.to_host_soon(first, defer=True), 0)
         stopping = False
         while True:
             if stopping:
@@ -183,23 +198,23 @@ class Engine:
             elif pending is None:
                 rows, ahead = [s for s in seqs if not s.done], 0
             else:  # those the pending token cannot finish by length (a stop token shows only when it is read)
-                rows = [s for s in pending[0] if not s.done and s.output_len + 1 < s.params.max_tokens and s.L + 2 < self.max_model_len]
-                ahead = 1
+                ahead = pending[3]
+                rows = [s for s in pending[0] if not s.done and s.output_len + 1 < s.params.max_tokens and s.L + ahead + 1 < self.max_model_len]
             launched = None
             try:
-                for s in rows:  # the root of s sits at L, or at L + 1 behind the pending step's token
+                for s in rows:  # the root of s sits at L, or at L + ahead behind the pending step's token
                     self.cache.prepare(s.table, s.L + ahead, 1)
             except KVPoolFull:
-                if not ahead:
+                if pending is None:
                     raise
                 rows = []
             if rows:
                 items = []
                 for s in rows:
-                    root = s.tokens[s.L] if not ahead else 0  # 0: a placeholder, the token is on the device
+                    root = s.tokens[s.L] if pending is None else 0  # 0: a placeholder, the token is on the device
                     items.append(StepItem.tree(s.table, s.L + ahead, Tree.single(root)))
                 tokens = None
-                if ahead:  # the pending ids as they are, or the rows of the sequences still going
+                if pending is not None:  # the pending ids as they are, or the rows of the sequences still going
                     tokens = pending[1]
                     if len(rows) < len(pending[0]):
                         where = {id(s): i for i, s in enumerate(pending[0])}
@@ -211,10 +226,13 @@ class Engine:
                     ids = logits.sample_device([s.params for s in rows], [tree_uniforms(s.rng, 1)[0] for s in rows])
                 # the copy starts with step k + 1, from that step's token input (CudaBackend.to_host_soon, defer):
                 # the ids are a graph's output or a fresh array, which nothing but a replay writes
-                launched = (rows, ids, backend.to_host_soon(ids, defer=True))
+                launched = (rows, ids, backend.to_host_soon(ids, defer=True), 1)
             if pending is not None:
                 for s, token in zip(pending[0], pending[2]()):  # waits for step k alone
                     if s.done:  # stopped at the previous token: this step ran past its end
+                        continue
+                    if not pending[3]:  # the prefill's token: no step made it
+                        yield from self.emit(s, [int(token)], from_step=False)
                         continue
                     s.L += 1  # the root's K/V is in place (a one-node path moves nothing)
                     s.stats.steps += 1

@@ -137,3 +137,9 @@ class StepLogits:
         if params.greedy:
             return int(self.argmax()[row])
         return int(self.backend.sample_rows(self.device, [row], [params], [rng.random()])[0])
+
+    def choose_device(self, row: int, params, rng):
+        """choose's token left on the device ([1] int32, not waited for): the same argmax, or the same draw."""
+        if params.greedy:
+            return self.argmax_device()[row : row + 1]
+        return self.backend.sample_rows_device(self.device, [row], [params], [rng.random()])

@@ -271,6 +271,38 @@ def test_decode_ahead_equals_step_by_step(tiny_model, sampled):
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
+@pytest.mark.parametrize("sampled", [False, True])
+def test_one_sequence_decodes_ahead_from_the_prefill(tiny_model, sampled):
+    """A single sequence's first step is launched behind the prefill, its root the first token still on the backend
+    (Engine.decode_ahead's `first`). The tokens, texts, stops and step counts of step-by-step decoding at every edge:
+    a budget of one token (the step ahead runs past the end) or two, a stop string, and the context limit reached by
+    the first token itself or by the one after it."""
+    llm = LLM(model=str(tiny_model), device="cpu", max_model_len=40)
+    mode = dict(temperature=0.9, top_k=40, seed=5) if sampled else dict(temperature=0)
+    text = llm.tokenizer.encode("shared prompt " * 10)
+    prompt = text[:12]
+    free = llm.generate(prompt, SamplingParams(max_tokens=20, ignore_eos=True, **mode)).text
+    cases = [(prompt, SamplingParams(max_tokens=1, **mode)), (prompt, SamplingParams(max_tokens=2, ignore_eos=True, **mode)),
+             (prompt, SamplingParams(max_tokens=20, stop=[free[3:6]], **mode)),
+             (prompt, SamplingParams(max_tokens=100, ignore_eos=True, **mode)),
+             (text[:39], SamplingParams(max_tokens=100, ignore_eos=True, **mode)),  # the first token fills the context
+             (text[:38], SamplingParams(max_tokens=100, ignore_eos=True, **mode))]
+    kinds = []
+    spy_on_steps(llm, kinds)
+    for ids, params in cases:
+        llm.engine.decode_ahead_enabled = True
+        kinds.clear()
+        ahead = llm.generate(ids, params)
+        assert "one" not in kinds[1:]  # after the prefill, every step took its root from the backend
+        llm.engine.decode_ahead_enabled = False
+        step = llm.generate(ids, params)
+        assert ahead.token_ids == step.token_ids and ahead.text == step.text, params
+        assert ahead.samples[0].finish_reason == step.samples[0].finish_reason
+        assert (ahead.stats.steps, ahead.stats.emitted) == (step.stats.steps, step.stats.emitted)
+        assert llm.cache.free_pages == llm.cache.num_pages
+    assert len(ahead.token_ids) == 2 and ahead.samples[0].finish_reason == "length"
+
+
 @pytest.mark.parametrize("gate", [True, False], ids=["gate", "no gate"])
 @pytest.mark.parametrize("sampled", [False, True])
 def test_ngram_decodes_ahead_between_drafts(tiny_model, sampled, gate, monkeypatch):
