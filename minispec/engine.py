@@ -100,11 +100,10 @@ class Engine:
             ahead = self.decode_ahead_enabled and self.drafter.host_only and len({s.params.greedy for s in seqs}) == 1
             asks = None if type(self.drafter) is NoDrafter else self.drafts_ready
             greedy = all(s.params.greedy for s in seqs)
-            if ahead and len(seqs) == 1:  # one sequence: its first step launched behind the prefill (decode_ahead)
-                seq = seqs[0]
-                first = last_rows[0][0].choose_device(last_rows[0][1], seq.params, seq.rng)
+            if ahead:  # the first step launched behind the prefill, its roots the first tokens left on the device
+                firsts = [last_rows[s.index][0].choose_device(last_rows[s.index][1], s.params, s.rng) for s in seqs]
                 self.drafter.start(seqs)
-                yield from self.decode_ahead(seqs, asks, first)
+                yield from self.decode_ahead(seqs, asks, firsts[0] if len(seqs) == 1 else self.model.backend.concat(firsts))
             else:
                 for parent, (logits, _) in zip(parents, last_rows):
                     if parent.params.greedy:  # its first token's id: the copy queued now, read below

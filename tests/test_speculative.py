@@ -261,6 +261,7 @@ def test_decode_ahead_equals_step_by_step(tiny_model, sampled):
     spy_on_steps(llm, kinds)
     ahead = llm.generate(prompts, params)
     assert kinds.count("ahead") > 50  # steps did take their tokens from the previous step's argmax
+    assert "one" not in kinds  # the first step too: its roots were the prefill's tokens, left on the backend
     assert llm.cache.free_pages == llm.cache.num_pages
     llm.engine.decode_ahead_enabled = False
     kinds.clear()
@@ -273,8 +274,8 @@ def test_decode_ahead_equals_step_by_step(tiny_model, sampled):
 
 @pytest.mark.parametrize("sampled", [False, True])
 def test_one_sequence_decodes_ahead_from_the_prefill(tiny_model, sampled):
-    """A single sequence's first step is launched behind the prefill, its root the first token still on the backend
-    (Engine.decode_ahead's `first`). The tokens, texts, stops and step counts of step-by-step decoding at every edge:
+    """A sequence's first step is launched behind the prefill, its root the first token still on the backend
+    (Engine.decode_ahead's `first`; batches: test_decode_ahead_equals_step_by_step). The tokens, texts, stops and step counts of step-by-step decoding at every edge:
     a budget of one token (the step ahead runs past the end) or two, a stop string, and the context limit reached by
     the first token itself or by the one after it."""
     llm = LLM(model=str(tiny_model), device="cpu", max_model_len=40)

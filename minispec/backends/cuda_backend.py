@@ -1096,6 +1096,10 @@ class CudaBackend:
         """array[index] on the device, in stream order (rows of a step's tokens for the next step)."""
         return self.cp.take(array, self.put(index, np.int64))
 
+    def concat(self, arrays):
+        """The arrays end to end on the device, in stream order (the sequences' first tokens for their first step)."""
+        return self.cp.concatenate(arrays)
+
     def sample_rows(self, logits, rows, params, uniforms) -> np.ndarray:
         """tokens[r] drawn from p of params[r] at uniform u[r] (u comes from the request's seeded generator)."""
         return self.cp.asnumpy(self.sample_rows_device(logits, rows, params, uniforms))

@@ -172,6 +172,9 @@ class NumpyBackend:
     def gather(self, array, index: list[int]):
         return np.asarray(array)[np.asarray(index, dtype=np.int64)]
 
+    def concat(self, arrays):
+        return np.concatenate(arrays)
+
     def verify_tree(self, logits, row0: int, tree, params, uniforms):
         """Reference of the verify_tree kernel."""
         from ..verify import verify_sampled
