@@ -3,8 +3,9 @@
 Every drafter answers `propose(seqs, budgets) -> [Tree]` (root = the sequence's
 last token, not yet cached; `budgets[b]` caps T by the context left) and hears
 back what was accepted through `commit`; `start(seqs)` comes once the prompts
-are prefilled (their prefill may still run on the device), `release` at the end. A tree budget (T, depth, width) with
-width 1 is a chain, so chains and trees run on the same code.
+are prefilled (their prefill may still run on the device), `release` at the
+end. A tree budget (T, depth, width) with width 1 is a chain, so chains and
+trees run on the same code.
 """
 
 from __future__ import annotations
