@@ -62,6 +62,12 @@ class TreeBudget:
 NGRAM_PAYS = 3.0
 NGRAM_STRONG = 8
 
+# A token that alone matches (no longer suffix does) and follows at NGRAM_COMMON or more earlier places is a common
+# one ("the", "a"), whose continuations disagree: no draft. Replayed on the 12 stored prompts at stop 31's H100 costs
+# (notes/scripts/ngram_offline.py; plain one ahead 0.296 ms, a T = 16 tree 0.72 ms + 0.15-0.3 ms of host): list
+# 0.91x -> 1.01x (0.82x -> 0.93x at 0.3 ms), summarise +0.01-0.02x, no prompt slower; 4 would cost rewrite 1.92x -> 1.75x.
+NGRAM_COMMON = 5
+
 # The n-gram drafter's default: 16 nodes, paths of up to 15 (the depth of the default TreeBudget, 12, is a draft
 # model's number of draft forwards). Replayed on the 12 stored prompts' greedy outputs (notes/scripts/ngram_offline.py,
 # H100 step costs of stop 18): 1.152x -> 1.156x plain in all, a question answered from its text (qa_doc) 3.96x ->
@@ -169,7 +175,8 @@ class NgramDrafter(NoDrafter):
     continuation only: a chain.
 
     A one-token match is weak evidence: it drafts only while alpha >= 1/2 (the
-    prior), so free text, where such drafts mostly fail, leaves the steps to
+    prior), and not for a common token (NGRAM_COMMON places or more), so free
+    text, where such drafts mostly fail, leaves the steps to
     plain decoding one step ahead (Engine.decode_ahead) until a longer match
     shows. Replayed offline with H100 step costs on the default model's greedy
     outputs of 12 prompts (notes/scripts/ngram_offline.py), this took n-gram
@@ -227,7 +234,10 @@ class NgramDrafter(NoDrafter):
         grams, tokens, found, matches = self.update_index(seq), seq.tokens, {}, 0
         shortest = 1 if self.acceptance(seq) >= 0.5 else 2
         for n in range(min(self.max_ngram, len(tokens) - 1), shortest - 1, -1):
-            for start in reversed(grams.get(tuple(tokens[-n:]), ())):
+            starts = grams.get(tuple(tokens[-n:]), ())
+            if n == 1 and not found and len(starts) > NGRAM_COMMON:  # (one start is the suffix itself)
+                break  # a common token alone matches: its continuations disagree (NGRAM_COMMON)
+            for start in reversed(starts):
                 if start >= len(tokens):  # the suffix itself: nothing follows it yet
                     continue
                 found[start] = found.get(start, 0) + n

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minispec import MinispecError, SamplingParams
-from minispec.drafters import NGRAM_PAYS, NGRAM_STRONG, NgramDrafter, TreeBudget
+from minispec.drafters import NGRAM_COMMON, NGRAM_PAYS, NGRAM_STRONG, NgramDrafter, TreeBudget
 from minispec.tree import Tree
 
 
@@ -44,7 +44,8 @@ class Seq:
 
 def reference_tree(tokens, alpha, budget: TreeBudget, max_ngram=4, max_matches=8, paid=True):
     """The n-gram drafter's tree as its docstring states it, by brute force: the first `max_matches` suffix
-    matches (longest n first, most recent first; n >= 2 while alpha < 1/2), one trie walk per match adding n
+    matches (longest n first, most recent first; n >= 2 while alpha < 1/2; none where only the last token matches
+    and it follows at NGRAM_COMMON or more earlier places), one trie walk per match adding n
     to every node it passes, value(child) = value(parent) * alpha * weight(child) / weight(parent), and the
     best T - 1 nodes (ties: older first) whose parents are kept, at most `width` children each. paid = False
     (the sequence's tree steps gave fewer than NGRAM_PAYS tokens each): the root alone unless a start's match
@@ -53,6 +54,8 @@ def reference_tree(tokens, alpha, budget: TreeBudget, max_ngram=4, max_matches=8
     max_matches = max_matches if budget.width > 1 else 1
     for n in range(min(max_ngram, L - 1), (1 if alpha >= 0.5 else 2) - 1, -1):
         starts = [end + 1 for end in range(n - 1, L) if tokens[end - n + 1 : end + 1] == tokens[L - n :]]
+        if n == 1 and not matches and len([s for s in starts if s < L]) >= NGRAM_COMMON:
+            break  # the last token alone matches, and it is common
         for start in reversed(starts):
             if start < L and len(matches) < max_matches:
                 matches.append((start, n))
