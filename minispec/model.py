@@ -136,7 +136,7 @@ class StepLogits:
         """One token from row `row`: argmax, or a sample drawn on the backend with u from the request's generator."""
         if params.greedy:
             return int(self.argmax()[row])
-        return int(self.backend.sample_rows(self.device, [row], [params], [rng.random()])[0])
+        return int(self.backend.to_host(self.choose_device(row, params, rng))[0])
 
     def choose_device(self, row: int, params, rng):
         """choose's token left on the device ([1] int32, not waited for): the same argmax, or the same draw."""
