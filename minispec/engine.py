@@ -103,7 +103,7 @@ class Engine:
             if ahead:  # the first step launched behind the prefill, its roots the first tokens left on the device
                 firsts = [last_rows[s.index][0].choose_device(last_rows[s.index][1], s.params, s.rng) for s in seqs]
                 self.drafter.start(seqs)
-                yield from self.decode_ahead(seqs, asks, firsts[0] if len(seqs) == 1 else self.model.backend.concat(firsts))
+                yield from self.decode_ahead(seqs, asks, self.model.backend.concat(firsts))
             else:
                 for parent, (logits, _) in zip(parents, last_rows):
                     if parent.params.greedy:  # its first token's id: the copy queued now, read below

@@ -1097,8 +1097,9 @@ class CudaBackend:
         return self.cp.take(array, self.put(index, np.int64))
 
     def concat(self, arrays):
-        """The arrays end to end on the device, in stream order (the sequences' first tokens for their first step)."""
-        return self.cp.concatenate(arrays)
+        """The arrays end to end on the device, in stream order (the sequences' first tokens for their first step);
+        one array is itself."""
+        return arrays[0] if len(arrays) == 1 else self.cp.concatenate(arrays)
 
     def sample_rows(self, logits, rows, params, uniforms) -> np.ndarray:
         """tokens[r] drawn from p of params[r] at uniform u[r] (u comes from the request's seeded generator)."""

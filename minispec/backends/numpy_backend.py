@@ -173,7 +173,7 @@ class NumpyBackend:
         return np.asarray(array)[np.asarray(index, dtype=np.int64)]
 
     def concat(self, arrays):
-        return np.concatenate(arrays)
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
     def verify_tree(self, logits, row0: int, tree, params, uniforms):
         """Reference of the verify_tree kernel."""
