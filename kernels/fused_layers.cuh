@@ -886,6 +886,11 @@ __device__ __noinline__ void phase_gate_up(bf16* act, const bf16* wgu, const uin
 // Units go to blocks (unit u -> block u % grid), so a phase's tiles spread over the SMs. Where a phase has more
 // than two tiles per block (gate/up of the default model: 384 tiles), teams of 4 warps take a tile each, so a
 // block runs 4 at once instead of one after another (each team syncs on its own named barrier).
+// Each phase's epilogue inputs (qkv's RoPE factors, the resid values O and down add to) are read before its tile, and
+// a warp keeps up to 4 chunks of its K slice in flight (down: its 3 in one round trip): H100, default model's shapes,
+// T = 16 kernel span 693-697 -> 671-676 µs at 100 keys, qkv 5.3 -> 5.1, O 3.06 -> 2.8, down 4.2 -> 3.85 µs a layer,
+// same bits (notes/fused_epilogue_h100_stop32.log; tried there and dropped: blocks without a tile skipping the
+// staging, which made the others' staging slower, and the tree attention reading its first page before its queries).
 #define MMA_RED_FLOATS (WARPS * 32 * 4)  // shared floats for the cross-warp sums, after the staged rows
 
 // acc (the team's first warp's lanes; the others' are partial) = the 16 x 8 tile of xs . W^T over a team of
@@ -900,7 +905,7 @@ __device__ __forceinline__ void team_sync() {
 
 template <int TEAM>
 __device__ __forceinline__ void team_tile(const bf16* w_row, const uint4* xs, int K8, float* red, float (&acc)[4]) {
-    constexpr int LOADS = TEAM == WARPS ? 2 : 4;  // 32-column chunks in flight per lane (a smaller team: longer slices)
+    constexpr int LOADS = 4;  // 32-column chunks in flight per lane: a warp's slice in one round trip where it fits
     const int warp = threadIdx.x / 32 % TEAM, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const int groups = K8 / 4, per = (groups + TEAM - 1) / TEAM;  // 4 chunks = 32 columns per group
     const int begin = min(groups, warp * per) * 4, end = min(groups, (warp + 1) * per) * 4;
@@ -943,22 +948,25 @@ __device__ void phase_qkv_mma(const Step& s, const bf16* wqkv, bf16* k_cache, bf
     const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, K8 = s.C / 8;
     const int units = (s.H + 2 * s.Hkv) * (half / 4);
     for (int u = blockIdx.x; u < units; u += gridDim.x) {
-        const int head = u / (half / 4), d0 = (u % (half / 4)) * 4;
+        const int head = u / (half / 4), d0 = (u % (half / 4)) * 4, d = d0 + c;
+        // the epilogue's RoPE factors (rows g and g + 8) are read before the tile: their round trip overlaps its loads
+        float cs[2] = {1.0f, 1.0f}, sn[2] = {0.0f, 0.0f};
+        if (threadIdx.x < 32 && head < s.H + s.Hkv) {  // q and k heads rotate; v heads do not
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const long long at = (long long)s.positions[min(g + 8 * h, s.M - 1)] * half + d;
+                cs[h] = s.cos_table[at], sn[h] = s.sin_table[at];
+            }
+        }
         float acc[4];
         team_tile<WARPS>(wqkv + (long long)(head * D + d0 + g / 2 + (g & 1) * half) * s.C, xs, K8, red, acc);
         if (threadIdx.x >= 32) continue;
-        const int d = d0 + c;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int m = g + 8 * h;
             if (m >= s.M) continue;
             const float x0 = acc[2 * h], x1 = acc[2 * h + 1];
-            float cs = 1.0f, sn = 0.0f;
-            if (head < s.H + s.Hkv) {  // q and k heads rotate; v heads do not
-                long long at = (long long)s.positions[m] * half + d;
-                cs = s.cos_table[at], sn = s.sin_table[at];
-            }
-            const float y1 = x0 * cs - x1 * sn, y2 = x1 * cs + x0 * sn;
+            const float y1 = x0 * cs[h] - x1 * sn[h], y2 = x1 * cs[h] + x0 * sn[h];
             if (head < s.H) {
                 float* q = s.q_buf + ((long long)m * s.H + head) * D + d;
                 q[0] = y1, q[half] = y2;
@@ -972,21 +980,24 @@ __device__ void phase_qkv_mma(const Step& s, const bf16* wqkv, bf16* k_cache, bf
     }
 }
 
-// resid[m, n] += x[m, :] . W[n, :]: a tile is 8 output columns n0 .. n0 + 7 (lane c: n0 + 2c, n0 + 2c + 1).
+// resid[m, n] += x[m, :] . W[n, :]: a tile is 8 output columns n0 .. n0 + 7 (lane c: n0 + 2c, n0 + 2c + 1). The resid
+// values it adds to are read before the tile (this unit alone writes them): their round trip overlaps its loads.
 __device__ __noinline__ void phase_residual_mma(float* resid, const bf16* w_all, const uint4* xs, int M, int C, int K, float* red) {
     const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     for (int u = blockIdx.x; u < C / 8; u += gridDim.x) {
+        float2* out[2];
+        float2 before[2] = {make_float2(0.0f, 0.0f), make_float2(0.0f, 0.0f)};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            out[h] = reinterpret_cast<float2*>(resid + (long long)min(g + 8 * h, M - 1) * C + 8 * u + 2 * c);
+            if (threadIdx.x < 32 && g + 8 * h < M) before[h] = __ldcg(out[h]);
+        }
         float acc[4];
         team_tile<WARPS>(w_all + (long long)(8 * u + g) * K, xs, K / 8, red, acc);
         if (threadIdx.x >= 32) continue;
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int m = g + 8 * h;
-            if (m >= M) continue;
-            float2* out = reinterpret_cast<float2*>(resid + (long long)m * C + 8 * u + 2 * c);
-            float2 before = __ldcg(out);
-            *out = make_float2(before.x + acc[2 * h], before.y + acc[2 * h + 1]);
-        }
+        for (int h = 0; h < 2; h++)
+            if (g + 8 * h < M) *out[h] = make_float2(before[h].x + acc[2 * h], before[h].y + acc[2 * h + 1]);
     }
 }
 
