@@ -17,7 +17,8 @@
 //   A  x = bf16(rmsnorm(resid) * attn_norm)                                  (every block, into shared memory)
 //      qkv = x Wqkv^T, one unit = the column pair (i, i + D/2) of a head, so RoPE (rotate_half) is local:
 //      q -> q_buf (fp32, like rope_write_kv), rotated k and v -> the cache slot slots[m] (slot < 0: none)
-//   B  attention partials: unit = (sequence b, kv head, group of 4 packed rows (decode: 1), key split s);
+//   B  attention partials: unit = (sequence b, kv head, group of GROUP_ROWS (BLOCK: BLOCK_GROUP_ROWS) packed rows
+//      (decode: 1), key split s);
 //      packed row r of b = (node r / G, head kv_head * G + r % G); keys [s * span, (s+1) * span) of
 //      kv_len[b]; key j visible iff j < tree_start[b] or bit (j - tree_start[b]) of masks[node] is set
 //      (decode and tree steps only: the host never sends a causal chunk here). One lane per key for
@@ -87,7 +88,17 @@
 
 #define WARPS 16
 #define THREADS (WARPS * 32)
-#define GROUP_ROWS 4  // packed (node, head) rows per attention unit of a tree step (decode, MR = 1: one row)
+// Packed (node, head) rows per attention unit of a tree step (decode, MR = 1: one row; CudaBackend.FUSED_GROUP_ROWS):
+// GROUP_ROWS where the keys are split over units and merged in a phase of their own, BLOCK_GROUP_ROWS in the block
+// instances (up to 256 keys). There 2, not 4: a T = 16 step of the default model's heads (48 packed rows a KV head)
+// has 72 units instead of 36, each warp's chain of score and p.V products half as long, still one wave of blocks
+// (one row a unit: 144, two waves). H100, 100 / 200 keys: attention 4.82 -> 3.82 / 5.36 -> 4.38 µs a layer, kernel
+// span 676-685 -> 646 / 697 -> 660 µs, the same bits (notes/fused_group_rows_stop32.log). With split keys 2 rows
+// halve the split count (the grid's warps over twice the units) and cost more than they gain: at 3000 keys
+// attention 13.6 -> 18.4 µs a layer.
+#define GROUP_ROWS 4
+#define BLOCK_GROUP_ROWS 2
+static_assert(GROUP_ROWS <= 4 && BLOCK_GROUP_ROWS <= 4, "CudaBackend.fused_shared_bytes sizes the attention tiles for 4 rows");
 #define NEG_INF (-__int_as_float(0x7f800000))  // NVRTC has no math.h INFINITY
 
 typedef __nv_bfloat16 bf16;
@@ -1136,7 +1147,7 @@ __device__ void fused_layers_body(const Step& s) {
             grid_wait(s.barrier, target);
         }
         stamp(s, 1 + 6 * l);
-        phase_attention<D, MR == 1 ? 1 : GROUP_ROWS, PRE, BLOCK>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane, l);
+        phase_attention<D, MR == 1 ? 1 : BLOCK ? BLOCK_GROUP_ROWS : GROUP_ROWS, PRE, BLOCK>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane, l);
 #ifdef FUSED_TRACE_TWICE  // experiment: the same attention again, its code and data now cached
         TRACE(l, 10);
         phase_attention<D, MR == 1 ? 1 : GROUP_ROWS, false, false>(s, k_cache, v_cache, reinterpret_cast<float*>(smem), gw, tw, warp, lane, l);

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from minispec.backends.cuda_backend import (
-    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, FUSED_MAX_LAYERS, CapturedStep, CudaBackend, kernel_source)
+    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS, CapturedStep, CudaBackend,
+    kernel_source)
 from minispec.step import StepItem, build_plan
 from minispec.tree import Tree
 
@@ -22,6 +23,16 @@ def test_models_past_the_fused_layer_table_run_layer_by_layer():
     assert CudaBackend.fused_row_limit(forced, SimpleNamespace(num_layers=FUSED_MAX_LAYERS + 1)) == 0
     assert CudaBackend.fused_row_limit(forced, SimpleNamespace(num_layers=FUSED_MAX_LAYERS)) == 16
     assert CudaBackend.fused_row_limit(SimpleNamespace(fused_max_rows=4), SimpleNamespace(num_layers=30)) == 4
+
+
+def test_fused_attention_groups_agree_with_the_kernel():
+    """The backend counts a tree step's attention units in groups of FUSED_GROUP_ROWS packed rows (the block instances:
+    FUSED_BLOCK_GROUP_ROWS), which the fused kernel's tree instances take per unit: a mismatch would leave rows
+    unattended or attend past them."""
+    source = kernel_source("fused_layers_r16_block.cu")
+    define = lambda name: int(re.search(rf"#define {name} (\d+)", source).group(1))  # noqa: E731
+    assert define("GROUP_ROWS") == FUSED_GROUP_ROWS <= 4
+    assert define("BLOCK_GROUP_ROWS") == FUSED_BLOCK_GROUP_ROWS <= 4
 
 
 def test_cluster_decode_constants_agree_with_the_kernel():

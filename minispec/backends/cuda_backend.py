@@ -36,6 +36,9 @@ FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots:
 # shares (255 keys) 548 -> 512; a T = 16 tree at 100 keys 782 -> 718. 16 shares (the 512 bucket) were level over the
 # bucket for decode: 528 against ~550 µs at 300 keys, 571 against ~550 at 500.
 FUSED_BLOCK_SPLITS = 8
+# packed (node, head) rows per attention unit of a tree step: split keys, and the block instances (kernels/fused_layers.cuh,
+# GROUP_ROWS and BLOCK_GROUP_ROWS)
+FUSED_GROUP_ROWS, FUSED_BLOCK_GROUP_ROWS = 4, 2
 CLUSTER_DECODE_BLOCKS = 8  # blocks per cluster of kernels/cluster_decode.cu (CD_CLUSTER)
 CLUSTER_DECODE_MAX_PARTIALS = 24  # partial sums of each role at most (CD_MAX_PARTIALS: the polled slices' buffer)
 
@@ -915,7 +918,8 @@ class CudaBackend:
         """Shared memory of the fused kernel: the staged GEMV input rows (the tensor-core instance: always 16,
         then 16 warps x 32 lanes x 4 fp32 of cross-warp sums), or 16 warps' attention tiles (q, p, key offsets;
         the block instances of more than one row then 16 splits x 4 rows of partials); the decode instance then
-        has a slot per warp for its next GEMV's first weights (8 x 32 16-byte chunks)."""
+        has a slot per warp for its next GEMV's first weights (8 x 32 16-byte chunks). The attention tiles are sized
+        for 4 rows, a bound on the group rows that the decode instance's slot offset assumes (fused_layers_body)."""
         widest = max(c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size)
         pass_rows = cls.fused_pass_rows(c, rows)
         staged = 16 * widest * 2 + 16 * 32 * 4 * 4 if pass_rows == 16 else rows * widest * 2
@@ -941,16 +945,23 @@ class CudaBackend:
         H, Hkv, D, C, I = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
         P = cache.page_size
         # attention units take groups of a sequence's packed (node, head) rows (T_b <= rows): one row each in
-        # a decode step's instance, 4 in the others (fused_layers.cuh, phase_attention)
-        group_rows = 1 if self.fused_pass_rows(c, rows) == 1 else 4
-        groups = -(-rows * (H // Hkv) // group_rows)
-        # split the keys until every warp of the grid has a share, but no share under 32 keys; from the graph
-        # buckets (rows, context), as in attention_mma, so eager launches and replays give the same bits
-        splits = max(1, min(256, self.fused_blocks * 16 // (B * Hkv * groups), context_bucket(plan.max_kv_len) // 32))
-        cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
+        # a decode step's instance, FUSED_GROUP_ROWS in the others, FUSED_BLOCK_GROUP_ROWS in their block
+        # instances (fused_layers.cuh, phase_attention)
+        decode = self.fused_pass_rows(c, rows) == 1
+
+        def shares(group_rows):  # (row groups, key shares)
+            groups = -(-rows * (H // Hkv) // group_rows)
+            # split the keys until every warp of the grid has a share, but no share under 32 keys; from the graph
+            # buckets (rows, context), as in attention_mma, so eager launches and replays give the same bits
+            return groups, max(1, min(256, self.fused_blocks * 16 // (B * Hkv * groups), context_bucket(plan.max_kv_len) // 32))
+
+        groups, splits = shares(1 if decode else FUSED_GROUP_ROWS)
         # at most FUSED_BLOCK_SPLITS shares: a block per (sequence, KV head, row group) merges them in its shared
         # memory (fused_layers.cuh, BLOCK), so the split partials need no buffers (null pointers)
         block = splits <= FUSED_BLOCK_SPLITS
+        if block and not decode:
+            groups, splits = shares(FUSED_BLOCK_GROUP_ROWS)
+        cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
         q = cp.empty((N, H, D), dtype=cp.float32)
         o_part = np.uint64(0) if block else cp.empty((splits, N, H, D), dtype=cp.float32)
         ml_part = np.uint64(0) if block else cp.empty((splits, N, H, 2), dtype=cp.float32)
