@@ -227,8 +227,13 @@ class NgramDrafter(NoDrafter):
         return max((n for _, n in continuations), default=0) >= NGRAM_STRONG
 
     def continuations(self, seq) -> list[tuple[list[int], int]]:
-        """(continuation, weight) pairs from the `max_matches` first suffix matches, longest match first, most
-        recent first; one-token matches only while the sequence's drafts are accepted at least half the time.
+        """(continuation, weight) pairs, one per match start (match_starts), its tokens up to the budget's depth."""
+        tokens, depth = seq.tokens, self.budget.depth
+        return [(tokens[start : start + depth], weight) for start, weight in self.match_starts(seq).items()]
+
+    def match_starts(self, seq) -> dict[int, int]:
+        """{start: weight} of the `max_matches` first suffix matches, longest match first, most recent first (the
+        dict's order); one-token matches only while the sequence's drafts are accepted at least half the time.
         A start found by several suffix lengths comes once (at its first place), weighing the sum of its
         match lengths: the trie it builds is that of one continuation per match, walked once."""
         grams, tokens, found, matches = self.update_index(seq), seq.tokens, {}, 0
@@ -246,7 +251,7 @@ class NgramDrafter(NoDrafter):
                     break
             if matches >= self.max_matches:
                 break
-        return [(tokens[start : start + self.budget.depth], weight) for start, weight in found.items()]
+        return found
 
     def propose(self, seqs, budgets) -> list[Tree]:
         trees = []

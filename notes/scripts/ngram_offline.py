@@ -104,6 +104,20 @@ def main():
     print(f"{'all':<10} {'':>6} {totals[0]:>8.1f}  {totals[0] / totals[1]:.2f}x {totals[0] / totals[2]:.2f}x")
 
 
+def compare(other):
+    """Each stored prompt's ratio to plain decoding for the engine's n-gram schedule (replay, with stretches) and for
+    `other(prompt, truth) -> (ms, note)`, at this module's costs (a script may set them first)."""
+    data, totals = json.loads(OUTPUTS.read_text()), [0.0, 0.0, 0.0]
+    for name, d in data.items():
+        truth = d["output"] + [2]
+        plain = (len(truth) - 1) * AHEAD
+        engine = replay(NgramDrafter(NGRAM_BUDGET), d["prompt"], truth, True)
+        ms, note = other(d["prompt"], truth)
+        totals = [a + b for a, b in zip(totals, [plain, engine, ms])]
+        print(f"{name:<10} {plain / engine:.2f}x -> {plain / ms:.2f}x  {note}")
+    print(f"{'all':<10} {totals[0] / totals[1]:.2f}x -> {totals[0] / totals[2]:.2f}x")
+
+
 def longest_copy(context, rest):
     """The longest prefix of `rest` found anywhere in `context` (as a span)."""
     best = 0

@@ -9,7 +9,6 @@ engine's schedule and for this one.
 
 Stop 32 (README, "End to end, stop 32"): rewrite 1.82 -> 1.62x, extract 2.14 -> 2.32x, all 12 prompts 1.03 -> 1.05x
 at HOST 0.3: the plain step costs what the host's gap did, and the tree behind it loses its draft's first level."""
-import json
 import sys
 
 sys.path.insert(0, "notes/scripts")
@@ -80,14 +79,9 @@ def replay_pipe(drafter, prompt, truth, stats):
     return ms
 
 
-data = json.loads(no.OUTPUTS.read_text())
-tot = [0, 0, 0]
-for name, d in data.items():
-    truth = d["output"] + [2]
-    plain = (len(truth) - 1) * no.AHEAD
-    a = no.replay(NgramDrafter(NGRAM_BUDGET), d["prompt"], truth, True)
+def pipelined(prompt, truth):
     stats = dict(plain=0, tree=0, wasted=0, tree_tokens=0)
-    b = replay_pipe(NgramDrafter(NGRAM_BUDGET), d["prompt"], truth, stats)
-    tot = [tot[0] + plain, tot[1] + a, tot[2] + b]
-    print(f"{name:<10} {plain / a:.2f}x -> {plain / b:.2f}x   {stats}")
-print(f"all        {tot[0] / tot[1]:.2f}x -> {tot[0] / tot[2]:.2f}x")
+    return replay_pipe(NgramDrafter(NGRAM_BUDGET), prompt, truth, stats), stats
+
+
+no.compare(pipelined)

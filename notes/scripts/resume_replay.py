@@ -8,12 +8,10 @@ Prints each stored prompt's ratio to plain decoding without and with it, at stop
 
 Stop 32 (README, "End to end, stop 32"): every setting tried left rewrite and extract slower or level; the default
 model's rewrites are not one-token substitutions of the prompt."""
-import json
 import sys
 
 sys.path.insert(0, "notes/scripts")
 import ngram_offline as no  # noqa: E402
-from minispec import drafters  # noqa: E402
 from minispec.drafters import NGRAM_BUDGET, NgramDrafter  # noqa: E402
 
 no.AHEAD, no.ONE = 0.296, 0.33  # stop 31-32's H100 costs: plain one ahead, a lone one-node step
@@ -29,27 +27,13 @@ class Resume(NgramDrafter):
         super().__init__(*a, **k)
         self.sources, self.resume = {}, {}
 
-    def continuations(self, seq):
-        grams, tokens, found, matches = self.update_index(seq), seq.tokens, {}, 0
-        shortest = 1 if self.acceptance(seq) >= 0.5 else 2
-        for n in range(min(self.max_ngram, len(tokens) - 1), shortest - 1, -1):
-            starts = grams.get(tuple(tokens[-n:]), ())
-            if n == 1 and not found and len(starts) > drafters.NGRAM_COMMON:
-                break
-            for start in reversed(starts):
-                if start >= len(tokens):
-                    continue
-                found[start] = found.get(start, 0) + n
-                matches += 1
-                if matches >= self.max_matches:
-                    break
-            if matches >= self.max_matches:
-                break
+    def match_starts(self, seq):
+        found = super().match_starts(seq)
         for ptr in self.resume.pop(id(seq), ()):
-            if ptr < len(tokens) - 1 and ptr not in found:
+            if ptr < len(seq.tokens) - 1 and ptr not in found:
                 found[ptr] = W
         self.sources[id(seq)] = list(found)
-        return [(tokens[start : start + self.budget.depth], weight) for start, weight in found.items()]
+        return found
 
     def commit(self, seq, path, accepted):
         tree = self.history[id(seq)].tree
@@ -66,13 +50,4 @@ class Resume(NgramDrafter):
                 return
 
 
-data = json.loads(no.OUTPUTS.read_text())
-tot = [0, 0, 0]
-for name, d in data.items():
-    truth = d["output"] + [2]
-    plain = (len(truth) - 1) * no.AHEAD
-    a = no.replay(NgramDrafter(NGRAM_BUDGET), d["prompt"], truth, True)
-    b = no.replay(Resume(NGRAM_BUDGET), d["prompt"], truth, True)
-    tot = [tot[0] + plain, tot[1] + a, tot[2] + b]
-    print(f"{name:<10} {plain / a:.2f}x -> {plain / b:.2f}x")
-print(f"all        {tot[0] / tot[1]:.2f}x -> {tot[0] / tot[2]:.2f}x")
+no.compare(lambda prompt, truth: (no.replay(Resume(NGRAM_BUDGET), prompt, truth, True), ""))
