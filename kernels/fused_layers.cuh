@@ -1216,7 +1216,10 @@ __device__ void fused_layers_body(const Step& s) {
         Step s{layers, L, resid, positions, slots, cu_q, kv_len, tree_start, page_tables, masks, cos_table, sin_table, \
                W, B, q_buf, o_part, ml_part, attn, act, barrier, M, C, H, Hkv, I, P, groups, splits, eps, scale,       \
                prefetch, prefetch_kv, clock};                                                                          \
-        if constexpr (MR != 1) step_in_shared(s);                                                                      \
+        if constexpr (MR != 1) {                                                                                       \
+            step_in_shared(s);                                                                                         \
+            if (s.cu_q[s.B] == 0) return; /* an empty plan: a device-drafted step past its sequence's end */           \
+        }                                                                                                              \
         fused_layers_body<MR, D, BLOCK>(s);                                                                            \
     }
 #define FUSED_LAYERS(MR, D) FUSED_LAYERS_KERNEL(fused_layers_r##MR##_d##D, MR, D, false)

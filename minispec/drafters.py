@@ -131,6 +131,38 @@ def continuation_trie(root: int, continuations) -> tuple[list[int], list[int], l
     return tokens, parents, weight
 
 
+def ngram_tree(root: int, continuations, alpha: float, nodes: int, width: int) -> Tree:
+    """The n-gram drafter's tree from its (continuation, weight) pairs: their trie under `root`, each node valued
+    value(child) = value(parent) * alpha * weight(child) / weight(parent), the best `nodes` kept (best_subtree).
+    The device's drafter (kernels/ngram_step.cu) computes the same doubles in the same order."""
+    tokens, parents, weight = continuation_trie(root, continuations)
+    value = [math.inf] * len(tokens)
+    for node in range(1, len(tokens)):  # parents come before children
+        parent = parents[node]
+        value[node] = (1.0 if parent == 0 else value[parent]) * alpha * weight[node] / weight[parent]
+    return best_subtree(tokens, parents, value, nodes, width)
+
+
+def scan_match_starts(tokens: np.ndarray, max_ngram: int, max_matches: int, shortest: int) -> dict[int, int]:
+    """NgramDrafter.match_starts by a scan of the whole sequence instead of an n-gram index (the device drafter's
+    way, kernels/ngram_step.cu, whose reference this is): {start: weight}, longest match first, most recent first.
+    tokens: the sequence, int array; shortest: 1 while the sequence's drafts are accepted at least half the time."""
+    found, matches, total = {}, 0, len(tokens)
+    for n in range(min(max_ngram, total - 1), shortest - 1, -1):
+        hit = np.ones(total - n, dtype=bool)  # hit[e - n + 1]: the n tokens ending at e equal the suffix (e < total - 1)
+        for k in range(n):
+            hit &= tokens[k : total - n + k] == tokens[total - n + k]
+        starts = (np.flatnonzero(hit)[::-1] + n).tolist()  # most recent first; the suffix itself is not among them
+        if n == 1 and not found and len(starts) >= NGRAM_COMMON:
+            break  # a common token alone matches (NGRAM_COMMON counts the suffix itself too)
+        for start in starts:
+            found[start] = found.get(start, 0) + n
+            matches += 1
+            if matches >= max_matches:
+                return found
+    return found
+
+
 class NoDrafter:
     """Plain decoding: the tree is the root alone (T = 1)."""
 
@@ -264,12 +296,7 @@ class NgramDrafter(NoDrafter):
             continuations = self.continuations(seq)
             if not self.pays(seq, continuations):
                 continuations = []  # the root alone: plain decoding ahead until a tree pays
-            tokens, parents, weight = continuation_trie(int(seq.tokens[-1]), continuations)
-            value = [math.inf] * len(tokens)
-            for node in range(1, len(tokens)):  # parents come before children
-                parent = parents[node]
-                value[node] = (1.0 if parent == 0 else value[parent]) * alpha * weight[node] / weight[parent]
-            tree = best_subtree(tokens, parents, value, min(self.budget.nodes, budget), self.budget.width)
+            tree = ngram_tree(int(seq.tokens[-1]), continuations, alpha, min(self.budget.nodes, budget), self.budget.width)
             history.tree, history.asked = tree, (len(seq.tokens), budget)
             trees.append(tree)
         return trees

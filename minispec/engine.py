@@ -9,7 +9,8 @@ import numpy as np
 
 from .errors import MinispecError
 from .kv_cache import KVPoolFull
-from .drafters import NoDrafter
+from .drafters import NgramDrafter, NoDrafter
+from .ngram_device import OUT_TOKENS, NgramParams, state_row, step_rows, tree_rows
 from .sampling import SamplingParams
 from .step import StepItem, build_plan
 from .tokenizer import StreamDecoder, Tokenizer
@@ -83,6 +84,9 @@ class Engine:
         self.max_model_len = max_model_len
         self.prefill_chunk = prefill_chunk
         self.decode_ahead_enabled = True  # decoding without a drafter (all greedy or all sampled) runs one step ahead
+        # one greedy sequence with the n-gram drafter: tree steps drafted, verified and committed on the device
+        # (speculate_on_device); False keeps every tree step's host work between the steps
+        self.device_drafting_enabled = True
 
     # ------------------------------------------------------------------ the loop
     def run(self, prompts: list[list[int]], params: list[SamplingParams]):
@@ -121,6 +125,11 @@ class Engine:
                     text_due = []
                     yield from self.decode_ahead(active, asks)  # until the drafter has drafts again
                     continue
+                if self.drafts_on_device(active, trees):
+                    yield from self.emit_text(text_due)
+                    text_due = []
+                    yield from self.speculate_on_device(active[0], trees[0])  # until the device drafts no tree
+                    continue
                 items = []
                 try:
                     for seq, tree in zip(active, trees):
@@ -157,6 +166,78 @@ class Engine:
             for seq in parents + seqs:
                 self.cache.release(seq.table)
                 self.drafter.release(seq)
+
+    def drafts_on_device(self, seqs: list[Sequence], trees: list[Tree]) -> bool:
+        """Whether the next tree steps run drafted on the device: one greedy sequence with the n-gram drafter whose
+        tree has drafts, on a backend that can (both can; the NumPy backend's is the kernel's reference), with room
+        for the steps in flight before the context limit."""
+        if not self.device_drafting_enabled or type(self.drafter) is not NgramDrafter or len(seqs) != 1:
+            return False
+        seq, drafter = seqs[0], self.drafter
+        N = step_rows(drafter.budget.nodes)
+        return (seq.params.greedy and len(trees[0]) > 1 and hasattr(self.model.backend, "ngram_advance")
+                and NgramParams.of(drafter, self.max_model_len).supported() and seq.L + 3 * N <= self.max_model_len)
+
+    def speculate_on_device(self, seq: Sequence, tree: Tree):
+        """Greedy tree steps of one sequence with the n-gram drafter's work on the device (minispec/ngram_device.py):
+        after each step one kernel verifies, commits, drafts the next tree and writes its plan, and the host launches
+        step k + 1 before it reads step k's record (its tokens, the next tree's size, the drafter's counts). The tokens
+        and trees are those of the host's loop: the same rules, in the same order.
+
+        Step k + 1 is launched while step k runs only where step k's tree has drafts: a step the device gave no tree
+        (its drafter found no match, or its tree steps stopped paying) is read first, and when the tree after it has
+        none either the stretch returns to the host's loop (plain decoding ahead). Before each launch the sequence has
+        pages for every position the steps in flight may write (3 N past what is read); a pool that cannot give them
+        ends the stretch, and the host's loop then asks for only what a step needs. A sequence that stops wastes the
+        steps launched past its end, as in decode_ahead."""
+        backend, cache, drafter = self.model.backend, self.cache, self.drafter
+        history = drafter.history[id(seq)]
+        params = NgramParams.of(drafter, self.max_model_len, seq, self.tokenizer.stop_token_ids)
+        N = step_rows(drafter.budget.nodes)
+        buffers = backend.ngram_buffers(self.model, cache, N, backend.graph_width(self.model, cache), self.max_model_len + 4 * N)
+        try:
+            cache.prepare(seq.table, seq.L, 3 * N)
+        except KVPoolFull:
+            cache.truncate(seq.table, seq.L)  # the host's step asks for its tree alone
+            return
+        counts = (history.accepted, history.tries, history.tree_tokens, history.tree_steps)
+        plan = build_plan([StepItem.tree(seq.table, seq.L, tree)], cache.page_size)
+        backend.ngram_load(buffers, seq.tokens, state_row(seq.L, len(tree), *counts), tree_rows(tree), plan)
+        sizes = {0: len(tree)}  # step -> its tree's nodes, once known
+        launched = read = 0  # steps launched, steps whose record the host has read
+        L, pages = seq.L, len(seq.table)  # L: what the records read so far make final
+        while True:
+            size = sizes.get(launched, sizes.get(launched - 1, 0))  # the step to launch's tree, or the one in flight's
+            if not seq.done and launched - read < 2 and size > 1 and L + 3 * N <= self.max_model_len:
+                try:
+                    cache.prepare(seq.table, L, 3 * N)  # every position the steps in flight and their drafts may reach
+                except KVPoolFull:
+                    size = 0
+                else:
+                    if len(seq.table) != pages:
+                        backend.ngram_table(buffers, seq.table)
+                        pages = len(seq.table)
+                    # the most keys this step may have: the records in flight may each take N tokens
+                    _, ids = backend.replay_packed(self.model, cache, buffers, L + N * (launched - read + 1))
+                    backend.ngram_advance(cache, buffers, ids, launched % 2, params)
+                    launched += 1
+                    continue
+            if read == launched:
+                break
+            record = backend.ngram_read(buffers, read % 2)
+            read += 1
+            taken, sizes[read] = record[0], int(record[1])
+            if seq.done:  # stopped at an earlier record: this step ran past its end
+                continue
+            L = seq.L = int(record[2])
+            history.accepted, history.tries, history.tree_tokens, history.tree_steps = (float(record[3]), float(record[4]),
+                                                                                        int(record[5]), int(record[6]))
+            seq.stats.steps += 1
+            seq.stats.accepted_lengths[int(taken)] += 1
+            yield from self.emit(seq, record[OUT_TOKENS : OUT_TOKENS + taken].tolist())
+        history.asked = history.tree = None
+        if not seq.done:
+            cache.truncate(seq.table, seq.L)
 
     def drafts_ready(self, seqs: list[Sequence]) -> bool:
         """Whether the drafter proposes more than the root for any of `seqs` (a host-only drafter: asking is cheap)."""

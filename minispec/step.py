@@ -153,3 +153,48 @@ def build_plan_one(item: StepItem, page_size: int) -> StepPlan:
         page_tables=table.reshape(1, -1),
         logit_rows=logit_rows.astype(np.int32),
     )
+
+
+def packed_offsets(B: int, N: int, W: int) -> list[int]:
+    """Where each array of a plan starts in one int32 buffer (a captured graph's static inputs, the device drafter's
+    next plan): masks as 2 N int32 (uint64 view) | tokens N | positions N | slots N | logit_rows N | cu_q B+1 |
+    kv_len B | tree_start B | causal B | page_tables B * W; the last entry is the size."""
+    sizes = [2 * N, N, N, N, N, B + 1, B, B, B, B * W]
+    return [0, *np.cumsum(sizes).tolist()]
+
+
+def unpack_plan(packed: np.ndarray, N: int, W: int) -> StepPlan:
+    """A one-sequence plan of every row's logits from its packed form (rows past cu_q[1] are padding)."""
+    o = packed_offsets(1, N, W)
+    n = int(packed[o[5] + 1])
+    return StepPlan(
+        tokens=packed[o[1] : o[1] + n].copy(),
+        positions=packed[o[2] : o[2] + n].copy(),
+        slots=packed[o[3] : o[3] + n].copy(),
+        cu_q=packed[o[5] : o[6]].copy(),
+        kv_len=packed[o[6] : o[7]].copy(),
+        tree_start=packed[o[7] : o[8]].copy(),
+        masks=packed[o[0] : o[0] + 2 * n].copy().view(np.uint64),
+        causal=packed[o[8] : o[9]].copy(),
+        page_tables=packed[o[9] : o[10]].reshape(1, W).copy(),
+        logit_rows=np.arange(n, dtype=np.int32),
+    )
+
+
+def pack_plan(plan: StepPlan, packed: np.ndarray, N: int, W: int) -> None:
+    """Write a one-sequence plan of every row's logits into `packed` (N rows: the padding as CapturedStep.fill writes
+    it, no mask, position 0, slot -1, a logit row of its own; the page table padded with -1)."""
+    o, n = packed_offsets(1, N, W), plan.num_tokens
+    packed[:] = 0
+    packed[o[0] : o[0] + 2 * n] = plan.masks.view(np.int32)
+    packed[o[1] : o[1] + n] = plan.tokens
+    packed[o[2] : o[2] + n] = plan.positions
+    packed[o[3] : o[4]] = -1
+    packed[o[3] : o[3] + n] = plan.slots
+    packed[o[4] : o[5]] = np.arange(N)
+    packed[o[5] : o[6]] = plan.cu_q
+    packed[o[6] : o[7]] = plan.kv_len
+    packed[o[7] : o[8]] = plan.tree_start
+    packed[o[8] : o[9]] = plan.causal
+    packed[o[9] : o[10]] = -1
+    packed[o[9] : o[9] + plan.page_tables.shape[1]] = plan.page_tables[0]

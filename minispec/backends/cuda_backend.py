@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import MinispecError
-from ..step import StepPlan
+from ..step import StepPlan, packed_offsets
 from . import CUDA_CAPABILITY, driver, tensor_map
 
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
@@ -154,15 +154,16 @@ class CapturedStep:
     logit_rows N | cu_q B+1 | kv_len B | tree_start B | causal B | page_tables B * W.
     """
 
-    def __init__(self, cp, B: int, N: int, W: int, max_position: int, context: int, prefill: bool = False):
+    def __init__(self, cp, B: int, N: int, W: int, max_position: int, context: int, prefill: bool = False, packed=None):
+        """packed: the device buffer of the inputs (the device drafter's next plan, which its kernel writes), or None
+        for one of the step's own."""
         self.B, self.N, self.W = B, N, W
-        sizes = [2 * N, N, N, N, N, B + 1, B, B, B, B * W]
-        self.offsets = [0, *np.cumsum(sizes).tolist()]  # Python ints: fill slices with them every step
+        self.offsets = packed_offsets(B, N, W)  # Python ints: fill slices with them every step
         self.cp = cp
         self.host = np.zeros(self.offsets[-1], dtype=np.int32)
         self.tables = self.host[self.offsets[9] : self.offsets[10]].reshape(B, W)  # a view: fill writes the page tables here
         self.rows = np.arange(N, dtype=np.int32)
-        self.packed = cp.zeros(self.offsets[-1], dtype=cp.int32)
+        self.packed = cp.zeros(self.offsets[-1], dtype=cp.int32) if packed is None else packed
         part = lambda i: self.packed[self.offsets[i] : self.offsets[i + 1]]  # noqa: E731
         self.plan = DevicePlan(
             num_tokens=N, batch_size=B, max_position=max_position, max_kv_len=context, all_logits=not prefill, has_causal=prefill,
@@ -471,37 +472,12 @@ class CudaBackend:
         bucket = pow2_bucket(N)
         context = context_bucket(plan.max_kv_len)  # attention splits follow the context
         prefill = plan.has_causal
-        # the launch settings are part of the key: changing one (tests, benchmarks) must capture anew
-        settings = (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
-                    self.attention_splits, self.attention_wgmma, self.pdl, self.cluster_decode)
-        key = (B, bucket, context, prefill, settings)
+        key = (B, bucket, context, prefill, self.launch_settings())
         step = self.graphs.get((model, cache), key)
         if step is None:
-            limit = model.config.max_position_embeddings + 128
-            self.rope_tables(model.inv_freq, limit)  # sized once: a captured graph keeps its pointer
-            W = cache.pages_for(limit) + 1
-            step = CapturedStep(cp, B, bucket, W, limit, context, prefill)
+            step = CapturedStep(cp, B, bucket, self.graph_width(model, cache), self.graph_positions(model), context, prefill)
             step.fill(plan, self.stream)
-            self.argmax_device(model.compute(step.plan, cache))  # warm-up: compiles kernels, leaves pool blocks of the right sizes
-            previous = cp.cuda.get_allocator()
-            pool = cp.get_default_memory_pool()
-
-            def keep_alive(size):
-                memory = pool.malloc(size)
-                step.keep.append(memory)
-                return memory
-
-            cp.cuda.set_allocator(keep_alive)
-            try:
-                self.stream.begin_capture()
-                step.logits = model.compute(step.plan, cache)
-                # every row's argmax in the graph too: a greedy step's host then only copies ids; two launches
-                # from Python cost the host more than the GPU time a sampled step spends on them (0.7% of the
-                # default model's sampled decode, notes/step_ab_h100_stop18.log)
-                step.ids = self.argmax_device(step.logits)
-                step.graph = self.stream.end_capture()
-            finally:
-                cp.cuda.set_allocator(previous)
+            self.capture(step, model, cache)
             self.graphs.put((model, cache), key, step)
         read = self._host_read  # to_host_soon's deferred copy
         if read is not None and not read.same(tokens):
@@ -523,6 +499,46 @@ class CudaBackend:
                 step.tokens_read = read.start(self.side_stream, step.plan.tokens[: plan.num_tokens])
         step.graph.launch(self.stream)
         return step.outputs(len(plan.logit_rows))
+
+    def launch_settings(self) -> tuple:
+        """The launch settings, part of a graph's key: changing one (tests, benchmarks) must capture anew."""
+        return (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
+                self.attention_splits, self.attention_wgmma, self.pdl, self.cluster_decode)
+
+    def graph_positions(self, model) -> int:
+        """RoPE positions a captured graph's tables cover (sized once: a graph keeps their pointer)."""
+        limit = model.config.max_position_embeddings + 128
+        self.rope_tables(model.inv_freq, limit)
+        return limit
+
+    def graph_width(self, model, cache) -> int:
+        """W, the page-table entries of a captured step's sequence."""
+        return cache.pages_for(model.config.max_position_embeddings + 128) + 1
+
+    def capture(self, step: CapturedStep, model, cache) -> None:
+        """Run the step once (compiles kernels, leaves pool blocks of the right sizes), then capture it as a graph; the
+        inputs in step.packed are those of a real step (the warm-up writes K/V where the step itself will)."""
+        cp = self.cp
+        self.argmax_device(model.compute(step.plan, cache))
+        previous = cp.cuda.get_allocator()
+        pool = cp.get_default_memory_pool()
+
+        def keep_alive(size):
+            memory = pool.malloc(size)
+            step.keep.append(memory)
+            return memory
+
+        cp.cuda.set_allocator(keep_alive)
+        try:
+            self.stream.begin_capture()
+            step.logits = model.compute(step.plan, cache)
+            # every row's argmax in the graph too: a greedy step's host then only copies ids; two launches
+            # from Python cost the host more than the GPU time a sampled step spends on them (0.7% of the
+            # default model's sampled decode, notes/step_ab_h100_stop18.log)
+            step.ids = self.argmax_device(step.logits)
+            step.graph = self.stream.end_capture()
+        finally:
+            cp.cuda.set_allocator(previous)
 
     # ------------------------------------------------------------------ launchers
     @staticmethod
@@ -1165,6 +1181,88 @@ class CudaBackend:
         if key not in self.pointer_tables:
             self.pointer_tables[key] = self.cp.asarray(np.array(key, dtype=np.uint64))
         return self.pointer_tables[key]
+
+    # ------------------------------------------------------------------ n-gram speculation on the device
+    def ngram_buffers(self, model, cache, N: int, W: int, capacity: int):
+        """A sequence's device drafting state (minispec/ngram_device.py), one set per (model, cache, N) for the
+        process: the graphs captured on its packed plan keep its pointer. The records are pinned host memory, which
+        the kernel writes over the bus (unified addressing), so no copy sits in the stream between two steps."""
+        from ..ngram_device import OUT_SIZE, STATE_SIZE, NgramBuffers
+        from ..tree import MAX_TREE_NODES
+        import cupyx
+
+        key = ("ngram", N, W, capacity)
+        buffers = self.graphs.get((model, cache), key)
+        if buffers is None:
+            cp = self.cp
+            out = cupyx.empty_pinned((2, OUT_SIZE), np.int32)
+            buffers = NgramBuffers(N, W, cp.zeros(capacity, cp.int32), cp.zeros(STATE_SIZE, cp.int32),
+                                   cp.zeros((2, MAX_TREE_NODES), cp.int32), cp.zeros(packed_offsets(1, N, W)[-1], cp.int32),
+                                   out, [cp.cuda.Event(disable_timing=True) for _ in range(2)])
+            self.graphs.put((model, cache), key, buffers)
+        return buffers
+
+    def upload(self, array, host: np.ndarray, offset: int = 0) -> None:
+        """host (int32) into a device int32 array from element `offset`, in stream order (one cudaMemcpyAsync)."""
+        host = np.ascontiguousarray(host, dtype=np.int32)
+        runtime = self.cp.cuda.runtime
+        runtime.memcpyAsync(array.data.ptr + 4 * offset, host.ctypes.data, host.nbytes, runtime.memcpyHostToDevice, self.stream.ptr)
+
+    def ngram_load(self, buffers, tokens, state, tree, plan: StepPlan) -> None:
+        """The sequence's tokens, its state and tree rows (ngram_device.state_row, tree_rows), and its first plan."""
+        from ..step import pack_plan
+
+        self.flush_host_read()
+        packed = np.zeros(buffers.packed.size, dtype=np.int32)
+        pack_plan(plan, packed, buffers.N, buffers.W)
+        self.upload(buffers.hist, np.asarray(tokens))
+        self.upload(buffers.state, state)
+        self.upload(buffers.tree, tree)
+        self.upload(buffers.packed, packed)
+
+    def ngram_table(self, buffers, table: list[int]) -> None:
+        """The sequence's page table into the packed plan (pages added since), in stream order."""
+        row = np.full(buffers.W, -1, dtype=np.int32)
+        row[: len(table)] = table
+        self.upload(buffers.packed, row, packed_offsets(1, buffers.N, buffers.W)[9])
+
+    def replay_packed(self, model, cache, buffers, max_kv_len: int):
+        """Launch the step whose plan the device wrote into buffers.packed (its graph captured on that buffer the
+        first time; max_kv_len bounds its keys, which the host does not know) -> (logits [N, V], argmax ids [N]),
+        the graph's static outputs."""
+        self.flush_host_read()
+        context = context_bucket(max_kv_len)
+        key = (1, buffers.N, context, "ngram", self.launch_settings())
+        step = self.graphs.get((model, cache), key)
+        if step is None:
+            step = CapturedStep(self.cp, 1, buffers.N, buffers.W, self.graph_positions(model), context, packed=buffers.packed)
+            if self.use_graphs:
+                self.capture(step, model, cache)
+            self.graphs.put((model, cache), key, step)
+        if step.graph is None:  # graphs off: launch by launch
+            logits = model.compute(step.plan, cache)
+            return logits, self.argmax_device(logits)
+        step.graph.launch(self.stream)
+        return step.outputs(buffers.N)
+
+    def ngram_advance(self, cache, buffers, ids, slot: int, params) -> None:
+        """The ngram_advance kernel after the step (kernels/ngram_step.cu): record `slot` is ready when its event is."""
+        b = buffers
+        _, Hkv, P, D = cache.k[0].shape
+        caches = self.cache_pointers(cache.k, cache.v)
+        row_words = D * np.dtype(self.store_dtype).itemsize // 4
+        i32 = np.int32
+        args = (ids, b.hist, b.state, b.tree, b.packed, np.uint64(b.out[slot].ctypes.data), caches, i32(len(caches)),
+                i32(Hkv), i32(P), i32(row_words), i32(b.N), i32(b.W), i32(params.max_len), i32(params.max_ngram),
+                i32(params.max_matches), i32(params.depth), i32(params.nodes), i32(params.width), i32(params.common),
+                i32(params.strong), np.float64(params.pays), *map(i32, params.stop_args()))
+        self.launch(self.kernel("ngram_step.cu", "ngram_advance"), (1,), (256,), args)
+        b.done[slot].record(self.stream)
+
+    def ngram_read(self, buffers, slot: int) -> np.ndarray:
+        """Record `slot` once its step's advance has run (waits for that alone)."""
+        buffers.done[slot].synchronize()
+        return buffers.out[slot].copy()
 
     def copy_page(self, ks, vs, source: int, destination: int) -> None:
         P = ks[0].shape[2]

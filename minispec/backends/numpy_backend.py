@@ -208,6 +208,106 @@ class NumpyBackend:
     def decode_in_one_launch(self, model, plan: StepPlan, cache):
         return None  # (the CUDA backend's one-launch decode step)
 
+    # ------------------------------------------------------------------ n-gram speculation on the device
+    def graph_width(self, model, cache) -> int:
+        """W, the page-table entries of a packed plan (the CUDA backend's graph width)."""
+        return cache.pages_for(model.config.max_position_embeddings + 128) + 1
+
+    def ngram_buffers(self, model, cache, N: int, W: int, capacity: int):
+        from ..ngram_device import OUT_SIZE, STATE_SIZE, NgramBuffers
+        from ..step import packed_offsets
+        from ..tree import MAX_TREE_NODES
+
+        return NgramBuffers(N, W, np.zeros(capacity, np.int32), np.zeros(STATE_SIZE, np.int32),
+                            np.zeros((2, MAX_TREE_NODES), np.int32), np.zeros(packed_offsets(1, N, W)[-1], np.int32),
+                            np.zeros((2, OUT_SIZE), np.int32))
+
+    def ngram_load(self, buffers, tokens, state, tree, plan: StepPlan) -> None:
+        """The sequence's tokens, its state and tree rows (ngram_device.state_row, tree_rows), and its first plan."""
+        from ..step import pack_plan
+
+        buffers.hist[: len(tokens)] = tokens
+        buffers.state[:] = state
+        buffers.tree[:] = tree
+        pack_plan(plan, buffers.packed, buffers.N, buffers.W)
+
+    def ngram_table(self, buffers, table: list[int]) -> None:
+        """The sequence's page table into the packed plan (pages added since)."""
+        from ..step import packed_offsets
+
+        o = packed_offsets(1, buffers.N, buffers.W)[9]
+        buffers.packed[o : o + buffers.W] = -1
+        buffers.packed[o : o + len(table)] = table
+
+    def replay_packed(self, model, cache, buffers, max_kv_len: int):
+        """The step whose plan is in buffers.packed -> (logits [n, V], argmax ids [n])."""
+        from ..step import unpack_plan
+
+        plan = unpack_plan(buffers.packed, buffers.N, buffers.W)
+        if plan.num_tokens == 0:  # an empty plan (the sequence stopped at the step before): no work
+            return np.zeros((0, model.config.vocab_size), np.float32), np.zeros(0, np.int32)
+        logits = model.compute(plan, cache)
+        return logits, self.argmax_device(logits)
+
+    def ngram_advance(self, cache, buffers, ids, slot: int, params) -> None:
+        """Reference of the ngram_advance kernel (kernels/ngram_step.cu), from the host drafter's own pieces."""
+        from ..drafters import ngram_tree, scan_match_starts
+        from ..ngram_device import OUT_TOKENS, state_row, tree_rows
+        from ..step import StepItem, build_plan_one, pack_plan, packed_offsets
+        from ..tree import Tree
+        from ..verify import verify_greedy
+
+        b, P = buffers, cache.page_size
+        L, T, accepted, tries, tree_tokens, tree_steps = b.state[:6].tolist()
+        if T == 0:  # stopped at an earlier step: nothing to verify, the plan stays empty
+            b.out[slot, :2] = 0
+            return
+        tree = Tree(b.tree[0, :T].tolist(), b.tree[1, :T].tolist())
+        path, bonus = verify_greedy(tree, np.asarray(ids)[:T])
+        for j, node in enumerate(path):  # NgramDrafter.commit's counts
+            if tree.children(node):
+                tries += 1
+                accepted += j + 1 < len(path)
+        if T > 1:
+            tree_tokens, tree_steps = tree_tokens + len(path), tree_steps + 1
+        o = packed_offsets(1, b.N, b.W)
+        table = b.packed[o[9] : o[10]]
+        moves = [(L + node, L + j) for j, node in enumerate(path) if node != j]  # KVCache.commit
+        if moves:
+            source, destination = (np.array(side) for side in zip(*moves))
+            self.move_slots(cache.k, cache.v, table[source // P] * P + source % P, table[destination // P] * P + destination % P)
+        taken = [tree.token_list[node] for node in path[1:]] + [int(bonus)]
+        b.hist[L + 1 : L + 1 + len(taken)] = taken
+        L += len(path)
+        tokens = b.hist[: L + 1]
+        stop, stop_len = params.stop_args()[:-1], params.stop_args()[-1]
+        if L + 1 >= stop_len or any(token in stop for token in taken):  # the sequence ends here (Engine.take_tokens)
+            b.packed[o[0] : o[4]] = 0  # an empty plan: no rows
+            b.packed[o[3] : o[4]] = -1
+            b.packed[o[5] : o[9]] = [0, 0, L, L, 0]
+            b.state[:] = state_row(L, 0, accepted, tries, tree_tokens, tree_steps)
+            b.tree[0], b.tree[1] = 0, -1
+            b.out[slot] = 0
+            b.out[slot, :7] = [len(path), 0, L, accepted, tries, tree_tokens, tree_steps]
+            b.out[slot, OUT_TOKENS : OUT_TOKENS + len(taken)] = taken
+            return
+        alpha = accepted / tries
+        found = scan_match_starts(tokens, params.max_ngram, params.max_matches, 1 if alpha >= 0.5 else 2)
+        if not tree_tokens >= params.pays * tree_steps and max(found.values(), default=0) < params.strong:
+            found = {}  # NgramDrafter.pays
+        continuations = [(tokens[start : start + params.depth].tolist(), weight) for start, weight in found.items()]
+        draft = ngram_tree(int(tokens[L]), continuations, alpha, min(params.nodes, params.max_len - L), params.width)
+        pack_plan(build_plan_one(StepItem.tree(table[table >= 0].tolist(), L, draft), P), b.packed, b.N, b.W)
+
+        b.state[:] = state_row(L, len(draft), accepted, tries, tree_tokens, tree_steps)
+        b.tree[:] = tree_rows(draft)
+        b.out[slot] = 0
+        b.out[slot, :7] = [len(path), len(draft), L, accepted, tries, tree_tokens, tree_steps]
+        b.out[slot, OUT_TOKENS : OUT_TOKENS + len(taken)] = taken
+
+    def ngram_read(self, buffers, slot: int) -> np.ndarray:
+        return buffers.out[slot].copy()
+
     def default_kv_tokens(self, config, max_model_len: int) -> int:
         return 4 * max_model_len  # np.empty pages are only backed by memory once written
 

@@ -1,0 +1,257 @@
+"""N-gram speculation drafted on the device (minispec/ngram_device.py, kernels/ngram_step.cu): the NumPy reference
+step against the host drafter's own loop, the kernel against the reference, and the engine both ways."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from minispec import LLM, SamplingParams
+from minispec.backends.numpy_backend import NumpyBackend
+from minispec.drafters import NGRAM_BUDGET, NgramDrafter, TreeBudget
+from minispec.kv_cache import KVCache
+from minispec.ngram_device import OUT_TOKENS, NgramParams, state_row, step_rows, tree_rows
+from minispec.step import StepItem, build_plan_one, pack_plan, packed_offsets
+from minispec.verify import verify_greedy
+
+
+class Seq:
+    def __init__(self, tokens):
+        self.tokens, self.params = list(tokens), SamplingParams(temperature=0)
+
+
+def random_ids(rng, tree, N: int, vocab: int) -> np.ndarray:
+    """A step's argmax ids that accept a random path of the tree (each child taken with probability 0.75)."""
+    ids = rng.integers(0, vocab, N).astype(np.int32)
+    node = 0
+    while True:
+        tokens = {tree.token_list[c]: c for c in tree.children(node)}
+        if tokens and (rng.random() < 0.75 or len(tokens) == vocab):  # (children of every token: one is taken)
+            ids[node] = rng.choice(list(tokens))
+            node = tokens[int(ids[node])]
+            continue
+        while int(ids[node]) in tokens:  # the bonus is no child's token
+            ids[node] = rng.integers(0, vocab)
+        return ids
+
+
+def host_caches(rng, layers: int, pages: int, Hkv: int, P: int, D: int) -> KVCache:
+    cache = KVCache(NumpyBackend(), layers, pages, Hkv, P, D)
+    for array in (*cache.k, *cache.v):
+        array[:] = rng.standard_normal(array.shape).astype(np.float32)
+    return cache
+
+
+class Owner:  # the model the buffers are kept for (a weak key on the CUDA backend; the reference needs none)
+    pass
+
+
+def run_host_and_device(rng, tokens, budget: TreeBudget, vocab: int, steps: int, max_len: int, P: int = 4, device=None,
+                        stop_ids=()):
+    """The host's loop (NgramDrafter.propose, verify_greedy, KVCache.commit, NgramDrafter.commit) and the NumPy
+    reference's advance from the same first tree, step by step, compared after each; `device` (a CudaBackend) runs
+    the kernel on the same ids and a copy of the same pages, and is compared with the reference. Returns the set of
+    (a draft was accepted, the next tree has drafts) seen."""
+    backend, owner = NumpyBackend(), Owner()
+    drafter = NgramDrafter(budget)
+    seq = Seq(tokens)
+    L = len(tokens) - 1
+    N = step_rows(budget.nodes)
+    cache = host_caches(rng, 2, 4 * max_len // P, 2, P, 8)
+    if device is not None and device.bf16:  # values the device's pages hold exactly
+        for array in (*cache.k, *cache.v):
+            array[:] = device.to_host(device.convert(array)).view(ml_dtypes.bfloat16).astype(np.float32)
+    mirror = KVCache(backend, 2, cache.num_pages, 2, P, 8)  # the host loop's copy of the pages
+    for a, b in zip((*mirror.k, *mirror.v), (*cache.k, *cache.v)):
+        a[:] = b
+    table = []
+    W = cache.pages_for(max_len + 4 * N) + 1
+    # (the engine stops drafting on the device 3 N before the context limit; here the trees run into it)
+    params = dataclasses.replace(NgramParams.of(drafter, max_len), stop_len=max_len + 4 * N, stop_ids=tuple(stop_ids))
+    tree = drafter.propose([seq], [max_len - L])[0]
+    history = drafter.history[id(seq)]
+    buffers = backend.ngram_buffers(owner, cache, N, W, max_len + 4 * N)
+    cache.prepare(table, L, 3 * N)
+    mirror_table = list(table)
+    mirror.free = [page for page in mirror.free if page not in table]
+    mirror.refcount[table] = 1
+    first = (seq.tokens, state_row(L, len(tree), history.accepted, history.tries, 0, 0), tree_rows(tree),
+             build_plan_one(StepItem.tree(table, L, tree), P))
+    backend.ngram_load(buffers, *first)
+    if device is not None:
+        device_cache = KVCache(device, 2, cache.num_pages, 2, P, 8)
+        device_cache.k, device_cache.v = [device.convert(a) for a in cache.k], [device.convert(a) for a in cache.v]
+        device_buffers = device.ngram_buffers(owner, device_cache, N, W, max_len + 4 * N)
+        for array in (device_buffers.hist, device_buffers.state, device_buffers.tree, device_buffers.packed):
+            array.fill(-7)  # poisoned: the load and the kernel write what is compared
+        device_buffers.out[:] = -7
+        device.ngram_load(device_buffers, *first)
+    seen = set()
+    for step in range(steps):
+        ids = random_ids(rng, tree, N, vocab)
+        backend.ngram_advance(cache, buffers, ids, step % 2, params)
+        if device is not None:
+            device.ngram_advance(device_cache, device_buffers, device.put(ids, np.int32), step % 2, params)
+        # the host's loop
+        path, bonus = verify_greedy(tree, ids[: len(tree)])
+        accepted = [tree.token_list[n] for n in path[1:]] + [int(bonus)]
+        mirror.commit(mirror_table, L, path)
+        drafter.commit(seq, path, accepted)
+        seq.tokens += accepted
+        L += len(path)
+        record = backend.ngram_read(buffers, step % 2)
+        if set(accepted) & set(stop_ids):  # the sequence ends: an empty plan, and the advance after it does nothing
+            assert record[0] == len(path) and record[1] == 0 and record[2] == L
+            assert record[OUT_TOKENS : OUT_TOKENS + len(path)].tolist() == accepted
+            o = packed_offsets(1, N, W)
+            assert buffers.packed[o[5] : o[9]].tolist() == [0, 0, L, L, 0] and (buffers.packed[o[3] : o[4]] == -1).all()
+            backend.ngram_advance(cache, buffers, ids, (step + 1) % 2, params)
+            assert backend.ngram_read(buffers, (step + 1) % 2)[:2].tolist() == [0, 0]
+            if device is not None:
+                check_device(device, device_buffers, device_cache, buffers, cache, step, L)
+                device.ngram_advance(device_cache, device_buffers, device.put(ids, np.int32), (step + 1) % 2, params)
+                assert device.ngram_read(device_buffers, (step + 1) % 2)[:2].tolist() == [0, 0]
+                np.testing.assert_array_equal(device.to_host(device_buffers.packed), buffers.packed)
+            seen.add("stopped")
+            break
+        tree = drafter.propose([seq], [max_len - L])[0]
+        seen.add((len(path) > 1, len(tree) > 1))
+        assert record[0] == len(path) and record[1] == len(tree) and record[2] == L, step
+        assert record[OUT_TOKENS : OUT_TOKENS + len(path)].tolist() == accepted
+        assert record[3:7].tolist() == [history.accepted, history.tries, history.tree_tokens, history.tree_steps]
+        assert buffers.hist[: L + 1].tolist() == seq.tokens
+        assert buffers.tree[0, : len(tree)].tolist() == tree.token_list and buffers.tree[1, : len(tree)].tolist() == tree.parents.tolist()
+        expected = np.zeros_like(buffers.packed)
+        pack_plan(build_plan_one(StepItem.tree(table, L, tree), P), expected, N, W)
+        np.testing.assert_array_equal(buffers.packed, expected)
+        kept = np.array(table)[np.arange(L) // P], np.arange(L) % P  # the committed positions' rows
+        for a, b in zip((*mirror.k, *mirror.v), (*cache.k, *cache.v)):  # the accepted K/V moved as commit moves it
+            np.testing.assert_array_equal(a[kept[0], :, kept[1]], b[kept[0], :, kept[1]])
+        if device is not None:
+            check_device(device, device_buffers, device_cache, buffers, cache, step, L)
+        if L + 2 > max_len:  # (the engine stops drafting on the device 3 N before the limit; the kernel need not)
+            break
+        pages = len(table)
+        cache.prepare(table, L, 3 * N)
+        mirror_table += table[len(mirror_table) :]
+        mirror.free = [page for page in mirror.free if page not in table]
+        mirror.refcount[table] = 1
+        if len(table) != pages:
+            backend.ngram_table(buffers, table)
+            if device is not None:
+                device.ngram_table(device_buffers, table)
+    return seen
+
+
+def check_device(device, buffers, cache, reference, reference_cache, step, L):
+    record = device.ngram_read(buffers, step % 2)
+    expected = reference.out[step % 2]
+    n = OUT_TOKENS + int(expected[0])
+    np.testing.assert_array_equal(record[:n], expected[:n], err_msg=f"step {step}")
+    np.testing.assert_array_equal(device.to_host(buffers.hist)[: L + 1], reference.hist[: L + 1])
+    np.testing.assert_array_equal(device.to_host(buffers.state)[:6], reference.state[:6])
+    np.testing.assert_array_equal(device.to_host(buffers.tree), reference.tree)
+    np.testing.assert_array_equal(device.to_host(buffers.packed), reference.packed)
+    for a, b in zip((*cache.k, *cache.v), (*reference_cache.k, *reference_cache.v)):
+        host = device.to_host(a)
+        host = host.view(ml_dtypes.bfloat16).astype(np.float32) if device.bf16 else host
+        np.testing.assert_array_equal(host, b, err_msg=f"step {step}")
+
+
+@pytest.mark.parametrize("budget", [(16, 15, 4), (8, 7, 1), (24, 3, 8), (64, 40, 4)])
+def test_reference_step_equals_the_host_drafters_loop(budget):
+    """Random text over small vocabularies (many overlapping matches, common tokens, trees that pay and do not)."""
+    rng = np.random.default_rng(budget[0] + budget[2])
+    seen = set()
+    for trial in range(4):
+        vocab = 3 + 2 * trial
+        seen |= run_host_and_device(rng, rng.integers(0, vocab, 30 + 20 * trial).tolist(), TreeBudget(*budget), vocab, 25, 600)
+    assert (True, True) in seen and (False, True) in seen  # trees accepted and rejected, drafting on
+
+
+def test_reference_step_ends_at_a_stop_token():
+    rng = np.random.default_rng(11)
+    seen = set()
+    for trial in range(6):
+        seen |= run_host_and_device(rng, rng.integers(0, 6, 60).tolist(), NGRAM_BUDGET, 6, 40, 600, stop_ids=(5,))
+    assert "stopped" in seen
+
+
+def test_reference_step_near_the_context_limit():
+    """Trees shrink to the room left (max_len - L), as the engine's budgets make the host drafter's."""
+    rng = np.random.default_rng(7)
+    sizes = []
+    drafter_propose = NgramDrafter.propose
+    NgramDrafter.propose = lambda self, seqs, budgets: (sizes.append(budgets[0]), drafter_propose(self, seqs, budgets))[1]
+    try:
+        run_host_and_device(rng, [1, 2, 3, 4] * 20, NGRAM_BUDGET, 5, 40, 130)
+    finally:
+        NgramDrafter.propose = drafter_propose
+    assert min(sizes) < NGRAM_BUDGET.nodes  # steps ran where the room left caps the tree
+
+
+def tiny_llm(model_dir, device="cpu", **kwargs):
+    return LLM(model=str(model_dir), device=device, **kwargs)
+
+
+def generate_both_ways(llm, prompt, params):
+    """(tokens, stats) with the device's drafting, then with the host's; the number of device steps run."""
+    backend, runs = llm.backend, []
+    advance, calls = backend.ngram_advance, []
+    backend.ngram_advance = lambda *a: (calls.append(1), advance(*a))[1]
+    try:
+        for on in (True, False):
+            llm.engine.device_drafting_enabled = on
+            result = llm.generate([prompt], params)[0]
+            runs.append((result.token_ids, result.stats.steps, dict(result.stats.accepted_lengths), result.finish_reason))
+            assert llm.cache.free_pages == llm.cache.num_pages
+    finally:
+        backend.ngram_advance = advance
+        llm.engine.device_drafting_enabled = True
+    return runs, len(calls)
+
+
+@pytest.mark.parametrize("max_tokens,ignore_eos", [(120, True), (37, True), (200, False)])
+def test_engine_drafting_on_the_device_gives_the_host_loops_tokens_and_steps(tiny_model, max_tokens, ignore_eos):
+    """A random model loops, so the n-gram drafter's trees are accepted: the same tokens, steps and accepted
+    lengths with the drafting on the device (NumPy reference) as on the host, and every page back."""
+    llm = tiny_llm(tiny_model)
+    llm.use_drafter("ngram")
+    prompt = llm.tokenizer.encode("abcabcabd abcab")
+    (device, host), calls = generate_both_ways(llm, prompt, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=ignore_eos))
+    assert device == host
+    assert calls > 0 and device[1] < len(device[0])  # tree steps ran on the device and took more than one token
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("store", ["bfloat16", "float32"])
+def test_ngram_advance_kernel_equals_the_reference(store):
+    """Long random histories (scans of several blocks of ends), pages of 16, poisoned buffers: every output equal."""
+    from minispec.backends.cuda_backend import CudaBackend
+
+    cuda = CudaBackend(dtype=store)
+    rng = np.random.default_rng(3)
+    seen = set()
+    for length, vocab, budget in [(40, 3, (16, 15, 4)), (700, 5, (16, 15, 4)), (2500, 4, (64, 40, 4)), (1200, 9, (8, 7, 1)), (300, 40, (16, 15, 4))]:
+        tokens = rng.integers(0, vocab, length).tolist()
+        seen |= run_host_and_device(rng, tokens, TreeBudget(*budget), vocab, 20, length + 500, 16, cuda)
+    assert (True, True) in seen and (False, True) in seen
+    for trial in range(3):  # a stop token ends the drafting: an empty plan, then a step that does nothing
+        seen |= run_host_and_device(rng, rng.integers(0, 6, 300).tolist(), NGRAM_BUDGET, 6, 40, 900, 16, cuda, stop_ids=(2, 5))
+    assert "stopped" in seen
+
+
+@pytest.mark.gpu
+def test_engine_drafting_on_the_device_on_gpu(default_model):
+    """The default model on the GPU (bf16, graphs): the device's drafting gives the host loop's tokens and steps on
+    prompts that copy from their text."""
+    llm = LLM(model=str(default_model), device="cuda")
+    llm.use_drafter("ngram")
+    for text in ["Repeat exactly: the quick brown fox jumps over the lazy dog, the quick brown fox jumps over the lazy dog.",
+                 "Extract the names from this list: Alice Smith, Bob Jones, Carol White, Dan Brown. Names:"]:
+        prompt = llm.chat_prompt([{"role": "user", "content": text}])
+        (device, host), calls = generate_both_ways(llm, prompt, SamplingParams(temperature=0, max_tokens=96))
+        assert device == host and calls > 0
