@@ -8,7 +8,7 @@ export PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights PYTHONUNBUFFERE
 timeout 120 python3 -m minispec.cli fetch --from /root/smollm2.gguf > /dev/null 2>&1 || { echo fetch failed; exit 1; }
 for what in "$@"; do
   case $what in
-    tests) timeout 540 python3 -m pytest -q tests/test_cuda_kernels.py tests/test_cuda_engine.py tests/test_cuda_fused.py 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
+    tests) timeout 540 python3 -m pytest -q tests/test_cuda_kernels.py tests/test_cuda_engine.py tests/test_cuda_fused.py tests/test_ngram_device.py 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
     e2e) timeout 300 python3 -m minispec.cli bench e2e 2>&1 | grep -v "it/s\]" | tee $OUT/bench_e2e.log ;;
     e2e-quick) timeout 200 python3 -m minispec.cli bench e2e --quick 2>&1 | grep -v "it/s\]" | tee $OUT/bench_e2e_quick.log ;;
     attention) timeout 300 python3 -m minispec.cli bench attention 2>&1 | tee $OUT/bench_attention.log ;;
@@ -24,6 +24,8 @@ for what in "$@"; do
     spec-profile-extract) timeout 200 python3 notes/scripts/spec_host_profile.py extract 2>&1 | grep -v "it/s\]" | tee $OUT/spec_host_profile_extract.log ;;
     agreement) timeout 200 python3 notes/scripts/spec_agreement.py 2>&1 | grep -v "it/s\]" | tee $OUT/spec_agreement.log ;;
     kernels) timeout 200 python3 -m pytest -q -x tests/test_cuda_kernels.py 2>&1 | tail -15 ;;
+    device-draft) timeout 200 python3 -m pytest -q tests/test_ngram_device.py 2>&1 | tail -15
+        timeout 300 python3 notes/scripts/device_draft_ab.py 6 2>&1 | grep -v "it/s\]" | tee $OUT/device_draft_ab.log ;;
     spec) timeout 300 python3 -m minispec.cli bench spec --device cuda 2>&1 | tee $OUT/bench_spec.log ;;
     profile) for T in 64 1; do
         timeout 200 ncu --clock-control none --nvtx --nvtx-include "step/" --metrics gpu__time_duration.sum --csv \
