@@ -184,9 +184,10 @@ class Engine:
         step k + 1 before it reads step k's record (its tokens, the next tree's size, the drafter's counts). The tokens
         and trees are those of the host's loop: the same rules, in the same order.
 
-        Step k + 1 is launched while step k runs only where step k's tree has drafts: a step the device gave no tree
-        (its drafter found no match, or its tree steps stopped paying) is read first, and when the tree after it has
-        none either the stretch returns to the host's loop (plain decoding ahead). Before each launch the sequence has
+        Step k + 1 is launched while step k runs where step k's tree has drafts. Where the device's drafter gives no
+        tree (no match, or tree steps that stopped paying) or the sequence ends, step k + 1's plan is empty: that step
+        costs ~0.04 ms and gives no token, and the stretch returns to the host's loop, which decodes plainly one step
+        ahead until a tree pays, as without the device (the same steps and tokens). Before each launch the sequence has
         pages for every position the steps in flight may write (3 N past what is read); a pool that cannot give them
         ends the stretch, and the host's loop then asks for only what a step needs. A sequence that stops wastes the
         steps launched past its end, as in decode_ahead."""
@@ -227,7 +228,7 @@ class Engine:
             record = backend.ngram_read(buffers, read % 2)
             read += 1
             taken, sizes[read] = record[0], int(record[1])
-            if seq.done:  # stopped at an earlier record: this step ran past its end
+            if seq.done or not taken:  # stopped at an earlier record, or its plan was empty: this step did nothing
                 continue
             L = seq.L = int(record[2])
             history.accepted, history.tries, history.tree_tokens, history.tree_steps = (float(record[3]), float(record[4]),

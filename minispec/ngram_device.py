@@ -83,6 +83,8 @@ class NgramBuffers:
     packed: object
     out: np.ndarray  # [2, OUT_SIZE] host-readable records (pinned memory on the GPU)
     done: list | None = None  # per record: an event the host waits for (GPU), None on the NumPy backend
+    block: object = None  # (GPU) one allocation holding state | tree | packed | hist, loaded in one copy
+    staging: np.ndarray | None = None  # (GPU) the load's host side of `block`
 
 
 def step_rows(nodes: int) -> int:

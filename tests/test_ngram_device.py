@@ -119,13 +119,21 @@ def run_host_and_device(rng, tokens, budget: TreeBudget, vocab: int, steps: int,
             break
         tree = drafter.propose([seq], [max_len - L])[0]
         seen.add((len(path) > 1, len(tree) > 1))
-        assert record[0] == len(path) and record[1] == len(tree) and record[2] == L, step
+        assert record[0] == len(path) and record[1] == (len(tree) if len(tree) > 1 else 0) and record[2] == L, step
         assert record[OUT_TOKENS : OUT_TOKENS + len(path)].tolist() == accepted
         assert record[3:7].tolist() == [history.accepted, history.tries, history.tree_tokens, history.tree_steps]
         assert buffers.hist[: L + 1].tolist() == seq.tokens
-        assert buffers.tree[0, : len(tree)].tolist() == tree.token_list and buffers.tree[1, : len(tree)].tolist() == tree.parents.tolist()
         expected = np.zeros_like(buffers.packed)
         pack_plan(build_plan_one(StepItem.tree(table, L, tree), P), expected, N, W)
+        empty = len(tree) == 1  # no draft: an empty plan, no tree rows
+        if empty:
+            o = packed_offsets(1, N, W)
+            expected[: o[4]] = 0
+            expected[o[3] : o[4]] = -1
+            expected[o[5] : o[9]] = [0, 0, L, L, 0]
+            assert buffers.state[1] == 0 and (buffers.tree[0] == 0).all() and (buffers.tree[1] == -1).all()
+        else:
+            assert buffers.tree[0, : len(tree)].tolist() == tree.token_list and buffers.tree[1, : len(tree)].tolist() == tree.parents.tolist()
         np.testing.assert_array_equal(buffers.packed, expected)
         kept = np.array(table)[np.arange(L) // P], np.arange(L) % P  # the committed positions' rows
         for a, b in zip((*mirror.k, *mirror.v), (*cache.k, *cache.v)):  # the accepted K/V moved as commit moves it
@@ -139,7 +147,13 @@ def run_host_and_device(rng, tokens, budget: TreeBudget, vocab: int, steps: int,
         mirror_table += table[len(mirror_table) :]
         mirror.free = [page for page in mirror.free if page not in table]
         mirror.refcount[table] = 1
-        if len(table) != pages:
+        if empty:  # the device's next advance would do nothing: the root alone is loaded, as a stretch would load it
+            first = (seq.tokens, state_row(L, 1, history.accepted, history.tries, history.tree_tokens, history.tree_steps),
+                     tree_rows(tree), build_plan_one(StepItem.tree(table, L, tree), P))
+            backend.ngram_load(buffers, *first)
+            if device is not None:
+                device.ngram_load(device_buffers, *first)
+        elif len(table) != pages:
             backend.ngram_table(buffers, table)
             if device is not None:
                 device.ngram_table(device_buffers, table)
@@ -170,6 +184,7 @@ def test_reference_step_equals_the_host_drafters_loop(budget):
         vocab = 3 + 2 * trial
         seen |= run_host_and_device(rng, rng.integers(0, vocab, 30 + 20 * trial).tolist(), TreeBudget(*budget), vocab, 25, 600)
     assert (True, True) in seen and (False, True) in seen  # trees accepted and rejected, drafting on
+    assert {(True, False), (False, False)} & seen  # and no draft: an empty plan
 
 
 def test_reference_step_ends_at_a_stop_token():
@@ -238,7 +253,7 @@ def test_ngram_advance_kernel_equals_the_reference(store):
     for length, vocab, budget in [(40, 3, (16, 15, 4)), (700, 5, (16, 15, 4)), (2500, 4, (64, 40, 4)), (1200, 9, (8, 7, 1)), (300, 40, (16, 15, 4))]:
         tokens = rng.integers(0, vocab, length).tolist()
         seen |= run_host_and_device(rng, tokens, TreeBudget(*budget), vocab, 20, length + 500, 16, cuda)
-    assert (True, True) in seen and (False, True) in seen
+    assert (True, True) in seen and (False, True) in seen and {(True, False), (False, False)} & seen
     for trial in range(3):  # a stop token ends the drafting: an empty plan, then a step that does nothing
         seen |= run_host_and_device(rng, rng.integers(0, 6, 300).tolist(), NGRAM_BUDGET, 6, 40, 900, 16, cuda, stop_ids=(2, 5))
     assert "stopped" in seen

@@ -1195,10 +1195,13 @@ class CudaBackend:
         buffers = self.graphs.get((model, cache), key)
         if buffers is None:
             cp = self.cp
-            out = cupyx.empty_pinned((2, OUT_SIZE), np.int32)
-            buffers = NgramBuffers(N, W, cp.zeros(capacity, cp.int32), cp.zeros(STATE_SIZE, cp.int32),
-                                   cp.zeros((2, MAX_TREE_NODES), cp.int32), cp.zeros(packed_offsets(1, N, W)[-1], cp.int32),
-                                   out, [cp.cuda.Event(disable_timing=True) for _ in range(2)])
+            # one allocation, state | tree | packed | hist, so that a stretch's load is one copy (ngram_load)
+            sizes = [STATE_SIZE, 2 * MAX_TREE_NODES, packed_offsets(1, N, W)[-1], capacity]
+            at = np.cumsum([0, *sizes]).tolist()
+            block = cp.zeros(at[-1], cp.int32)
+            buffers = NgramBuffers(N, W, block[at[3] :], block[: at[1]], block[at[1] : at[2]].reshape(2, MAX_TREE_NODES),
+                                   block[at[2] : at[3]], cupyx.empty_pinned((2, OUT_SIZE), np.int32),
+                                   [cp.cuda.Event(disable_timing=True) for _ in range(2)], block, np.zeros(at[-1], np.int32))
             self.graphs.put((model, cache), key, buffers)
         return buffers
 
@@ -1213,12 +1216,12 @@ class CudaBackend:
         from ..step import pack_plan
 
         self.flush_host_read()
-        packed = np.zeros(buffers.packed.size, dtype=np.int32)
-        pack_plan(plan, packed, buffers.N, buffers.W)
-        self.upload(buffers.hist, np.asarray(tokens))
-        self.upload(buffers.state, state)
-        self.upload(buffers.tree, tree)
-        self.upload(buffers.packed, packed)
+        staging, head = buffers.staging, buffers.block.size - buffers.hist.size  # state | tree | packed, then hist
+        staging[: state.size] = state
+        staging[state.size : state.size + tree.size] = tree.reshape(-1)
+        pack_plan(plan, staging[state.size + tree.size : head], buffers.N, buffers.W)
+        staging[head : head + len(tokens)] = tokens
+        self.upload(buffers.block, staging[: head + len(tokens)])  # one copy: the GPU idles while the host loads
 
     def ngram_table(self, buffers, table: list[int]) -> None:
         """The sequence's page table into the packed plan (pages added since), in stream order."""

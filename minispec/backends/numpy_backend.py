@@ -281,8 +281,16 @@ class NumpyBackend:
         L += len(path)
         tokens = b.hist[: L + 1]
         stop, stop_len = params.stop_args()[:-1], params.stop_args()[-1]
-        if L + 1 >= stop_len or any(token in stop for token in taken):  # the sequence ends here (Engine.take_tokens)
-            b.packed[o[0] : o[4]] = 0  # an empty plan: no rows
+        draft = None
+        if L + 1 < stop_len and not any(token in stop for token in taken):  # not the end (Engine.take_tokens)
+            alpha = accepted / tries
+            found = scan_match_starts(tokens, params.max_ngram, params.max_matches, 1 if alpha >= 0.5 else 2)
+            if not tree_tokens >= params.pays * tree_steps and max(found.values(), default=0) < params.strong:
+                found = {}  # NgramDrafter.pays
+            continuations = [(tokens[start : start + params.depth].tolist(), weight) for start, weight in found.items()]
+            draft = ngram_tree(int(tokens[L]), continuations, alpha, min(params.nodes, params.max_len - L), params.width)
+        if draft is None or len(draft) == 1:  # the end, or no draft: an empty plan (no rows)
+            b.packed[o[0] : o[4]] = 0
             b.packed[o[3] : o[4]] = -1
             b.packed[o[5] : o[9]] = [0, 0, L, L, 0]
             b.state[:] = state_row(L, 0, accepted, tries, tree_tokens, tree_steps)
@@ -291,12 +299,6 @@ class NumpyBackend:
             b.out[slot, :7] = [len(path), 0, L, accepted, tries, tree_tokens, tree_steps]
             b.out[slot, OUT_TOKENS : OUT_TOKENS + len(taken)] = taken
             return
-        alpha = accepted / tries
-        found = scan_match_starts(tokens, params.max_ngram, params.max_matches, 1 if alpha >= 0.5 else 2)
-        if not tree_tokens >= params.pays * tree_steps and max(found.values(), default=0) < params.strong:
-            found = {}  # NgramDrafter.pays
-        continuations = [(tokens[start : start + params.depth].tolist(), weight) for start, weight in found.items()]
-        draft = ngram_tree(int(tokens[L]), continuations, alpha, min(params.nodes, params.max_len - L), params.width)
         pack_plan(build_plan_one(StepItem.tree(table[table >= 0].tolist(), L, draft), P), b.packed, b.N, b.W)
 
         b.state[:] = state_row(L, len(draft), accepted, tries, tree_tokens, tree_steps)
