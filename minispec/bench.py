@@ -42,6 +42,40 @@ def timed_generate(llm, ids, params, repeats: int = 1):
     return sorted(rates)[len(rates) // 2], result
 
 
+class SpeculationRounds:
+    """bench e2e's speculation rows (plain and n-gram greedy decoding of each prompt, the median of 3 timed runs)
+    measured in rounds for variants of the engine by turns in one process, so that the host's pace, which moves
+    single runs by +-10% between processes, weighs on all alike (notes/scripts/kernel_ab.py, device_draft_ab.py)."""
+
+    def __init__(self, llm, prompts: dict, params):
+        self.llm, self.prompts, self.params = llm, prompts, params
+        self.rates, self.tokens, self.steps = {}, {}, {}
+
+    def round(self, tag: str) -> None:
+        """One round of the variant `tag` (as the caller has set it up)."""
+        for key, ids in self.prompts.items():
+            for draft in (None, "ngram"):
+                self.llm.use_drafter(draft)
+                rate, result = timed_generate(self.llm, ids, self.params, repeats=3)
+                self.rates.setdefault((tag, key, draft), []).append(rate)
+                self.tokens.setdefault((key, draft), set()).add(tuple(result.token_ids))
+                self.steps.setdefault((tag, key, draft), set()).add(result.stats.steps)
+        self.llm.use_drafter(None)
+
+    def report(self, tags, header: str) -> None:
+        """Per variant, medians over the rounds: n-gram / plain tokens/s per prompt, and the n-gram runs' steps."""
+        import statistics
+
+        print(header)
+        for tag in tags:
+            cells = []
+            for key in self.prompts:
+                plain, ngram = (statistics.median(self.rates[(tag, key, d)]) for d in (None, "ngram"))
+                cells.append(f"{key} {ngram:.0f} / {plain:.0f} = {ngram / plain:.2f}x ({sorted(self.steps[(tag, key, 'ngram')])} steps)")
+            print(f"{tag:<6} " + "; ".join(cells))
+        print("the same tokens in every run of a prompt and decoding:", all(len(v) == 1 for v in self.tokens.values()))
+
+
 def bench_spec(args) -> None:
     from .llm import LLM
     from .sampling import SamplingParams

@@ -5,13 +5,12 @@ Host constants that must follow a kernel build are set per variant (VARIANT_CONS
 
   PYTHONPATH=$PWD python3 notes/scripts/kernel_ab.py OTHER_KERNELS_DIR [ROUNDS]
 """
-import statistics
 import sys
 from pathlib import Path
 
 import minispec.backends.cuda_backend as cuda_backend
 from minispec import LLM, SamplingParams
-from minispec.bench import INPUT_GROUNDED, SPEC_PROMPTS, timed_generate
+from minispec.bench import INPUT_GROUNDED, SPEC_PROMPTS, SpeculationRounds
 from minispec.bench_gpu import card_name
 
 # stop 32: the block instances' attention units of 2 rows (the work tree) against 4 (stop 31's kernels)
@@ -23,25 +22,12 @@ llm = LLM(device="cuda")
 backend = llm.backend
 params = SamplingParams(temperature=0, max_tokens=128)
 prompts = {key: llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}]) for key in INPUT_GROUNDED}
-rates, tokens = {}, {}
+runs = SpeculationRounds(llm, prompts, params)
 for r in range(rounds):
     for tag in (("work", "base") if r % 2 == 0 else ("base", "work")):
         cuda_backend.KERNELS = variants[tag]
         for name, value in {**defaults, **VARIANT_CONSTANTS[tag]}.items():
             setattr(cuda_backend, name, value)
         backend.modules.clear(), backend.functions.clear(), backend.graphs.clear()
-        for key, ids in prompts.items():
-            for draft in (None, "ngram"):
-                llm.use_drafter(draft)
-                rate, result = timed_generate(llm, ids, params, repeats=3)
-                rates.setdefault((tag, key, draft), []).append(rate)
-                tokens.setdefault((key, draft), set()).add(tuple(result.token_ids))
-        llm.use_drafter(None)
-print(card_name(), f"{rounds} rounds, medians (tokens/s): n-gram / plain")
-for tag in variants:
-    cells = []
-    for key in prompts:
-        plain, ngram = (statistics.median(rates[(tag, key, d)]) for d in (None, "ngram"))
-        cells.append(f"{key} {ngram:.0f} / {plain:.0f} = {ngram / plain:.2f}x")
-    print(f"{tag:<5} " + "; ".join(cells))
-print("the same tokens in every run of a prompt and decoding:", all(len(v) == 1 for v in tokens.values()))
+        runs.round(tag)
+runs.report(variants, f"{card_name()} {rounds} rounds, medians (tokens/s): n-gram / plain")
