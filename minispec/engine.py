@@ -178,7 +178,7 @@ class Engine:
         return (seq.params.greedy and len(trees[0]) > 1 and hasattr(self.model.backend, "ngram_advance")
                 and NgramParams.of(drafter, self.max_model_len).supported() and seq.L + 3 * N <= self.max_model_len)
 
-    def speculate_on_device(self, seq: Sequence, tree: Tree):
+    def speculate_on_device(self, seq: Sequence, tree: Tree | None = None, inflight=None):
         """Greedy tree steps of one sequence with the n-gram drafter's work on the device (minispec/ngram_device.py):
         after each step one kernel verifies, commits, drafts the next tree and writes its plan, and the host launches
         step k + 1 before it reads step k's record (its tokens, the next tree's size, the drafter's counts). The tokens
@@ -190,7 +190,12 @@ class Engine:
         ahead until a tree pays, as without the device (the same steps and tokens). Before each launch the sequence has
         pages for every position the steps in flight may write (3 N past what is read); a pool that cannot give them
         ends the stretch, and the host's loop then asks for only what a step needs. A sequence that stops wastes the
-        steps launched past its end, as in decode_ahead."""
+        steps launched past its end, as in decode_ahead. Returns whether the stretch ended where the device drafted
+        nothing (the sequence goes on with plain decoding).
+
+        inflight: instead of `tree`, the argmax ids of a plain step already launched at L (decode_ahead hands its
+        sequence over once drafts show): the device verifies that one-node step, drafts the first tree from its
+        token and the host launches that tree step at once, with no host draft or GPU idle time in between."""
         backend, cache, drafter = self.model.backend, self.cache, self.drafter
         history = drafter.history[id(seq)]
         params = NgramParams.of(drafter, self.max_model_len, seq, self.tokenizer.stop_token_ids)
@@ -202,10 +207,14 @@ class Engine:
             cache.truncate(seq.table, seq.L)  # the host's step asks for its tree alone
             return
         counts = (history.accepted, history.tries, history.tree_tokens, history.tree_steps)
-        plan = build_plan([StepItem.tree(seq.table, seq.L, tree)], cache.page_size)
-        backend.ngram_load(buffers, seq.tokens, state_row(seq.L, len(tree), *counts), tree_rows(tree), plan)
-        sizes = {0: len(tree)}  # step -> its tree's nodes, once known
+        first = tree or Tree.single(seq.tokens[seq.L])  # (the plain step's plan carries the page table only)
+        plan = build_plan([StepItem.tree(seq.table, seq.L, first)], cache.page_size)
+        backend.ngram_load(buffers, seq.tokens, state_row(seq.L, len(first), *counts), tree_rows(first), plan)
+        sizes = {0: len(first)}  # step -> its tree's nodes, once known
         launched = read = 0  # steps launched, steps whose record the host has read
+        if inflight is not None:  # the plain step is step 0; step 1 goes behind it whatever its draft (an empty plan
+            backend.ngram_advance(cache, buffers, inflight, 0, params)  # costs ~0.04 ms)
+            sizes[0], launched = 2, 1
         L, pages = seq.L, len(seq.table)  # L: what the records read so far make final
         while True:
             size = sizes.get(launched, sizes.get(launched - 1, 0))  # the step to launch's tree, or the one in flight's
@@ -239,6 +248,15 @@ class Engine:
         history.asked = history.tree = None
         if not seq.done:
             cache.truncate(seq.table, seq.L)
+        # ended where the device drafted nothing (not at the end, the context limit or a full pool)
+        return not seq.done and read > 0 and sizes[read] == 0 and seq.L + 3 * N <= self.max_model_len
+
+    def hands_over(self, rows: list[Sequence]) -> bool:
+        """Whether decode_ahead hands the step in flight to a device-drafted stretch: one sequence going on, whose
+        tree (drafts_ready has just proposed it; the drafter answers again from its cache) drafts on the device."""
+        if len(rows) != 1 or rows[0].done:
+            return False
+        return self.drafts_on_device(rows, self.drafter.propose(rows, [self.max_model_len - rows[0].L]))
 
     def drafts_ready(self, seqs: list[Sequence]) -> bool:
         """Whether the drafter proposes more than the root for any of `seqs` (a host-only drafter: asking is cheap)."""
@@ -321,6 +339,13 @@ class Engine:
                     yield from self.emit(s, [int(token)])
                 live = [s for s in pending[0] if not s.done]
                 stopping = stopping or (until is not None and bool(live) and until(live))
+                if stopping and launched is not None and self.hands_over(launched[0]):
+                    # drafts show for a sequence that drafts on the device: the step in flight becomes that stretch's
+                    # first (its token verified there), so no host draft and no idle GPU come between
+                    if (yield from self.speculate_on_device(launched[0][0], inflight=launched[1])):
+                        pending, stopping = None, False  # the device drafted nothing: plain steps again from here
+                        continue  # (the host's drafter would say the same: it is asked after the next step)
+                    return
             if launched is None and pending is None:
                 return
             pending = launched  # None: the next round goes step by step

@@ -229,12 +229,15 @@ def generate_both_ways(llm, prompt, params):
     return runs, len(calls)
 
 
-@pytest.mark.parametrize("max_tokens,ignore_eos", [(120, True), (37, True), (200, False)])
-def test_engine_drafting_on_the_device_gives_the_host_loops_tokens_and_steps(tiny_model, max_tokens, ignore_eos):
+@pytest.mark.parametrize("max_tokens,ignore_eos,ahead", [(120, True, True), (37, True, True), (200, False, True), (120, True, False)])
+def test_engine_drafting_on_the_device_gives_the_host_loops_tokens_and_steps(tiny_model, max_tokens, ignore_eos, ahead):
     """A random model loops, so the n-gram drafter's trees are accepted: the same tokens, steps and accepted
-    lengths with the drafting on the device (NumPy reference) as on the host, and every page back."""
+    lengths with the drafting on the device (NumPy reference) as on the host, and every page back. With decoding
+    ahead (the default) decode_ahead hands its step in flight over to the device's stretch; without, the host's
+    loop starts each stretch from its own tree."""
     llm = tiny_llm(tiny_model)
     llm.use_drafter("ngram")
+    llm.engine.decode_ahead_enabled = ahead
     prompt = llm.tokenizer.encode("abcabcabd abcab")
     (device, host), calls = generate_both_ways(llm, prompt, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=ignore_eos))
     assert device == host
