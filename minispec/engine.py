@@ -128,8 +128,8 @@ class Engine:
                 if self.drafts_on_device(active, trees):
                     yield from self.emit_text(text_due)
                     text_due = []
-                    yield from self.speculate_on_device(active[0], trees[0])  # until the device drafts no tree
-                    continue
+                    if (yield from self.speculate_on_device(active[0], trees[0])) is not None:  # until no tree
+                        continue  # (None: the pool could not give the stretch its pages; the host's step asks less)
                 items = []
                 try:
                     for seq, tree in zip(active, trees):
@@ -170,13 +170,14 @@ class Engine:
     def drafts_on_device(self, seqs: list[Sequence], trees: list[Tree]) -> bool:
         """Whether the next tree steps run drafted on the device: one greedy sequence with the n-gram drafter whose
         tree has drafts, on a backend that can (both can; the NumPy backend's is the kernel's reference), with room
-        for the steps in flight before the context limit."""
+        for the steps in flight before the context limit, and pages for them in the pool."""
         if not self.device_drafting_enabled or type(self.drafter) is not NgramDrafter or len(seqs) != 1:
             return False
-        seq, drafter = seqs[0], self.drafter
+        seq, drafter, cache = seqs[0], self.drafter, self.cache
         N = step_rows(drafter.budget.nodes)
         return (seq.params.greedy and len(trees[0]) > 1 and hasattr(self.model.backend, "ngram_advance")
-                and NgramParams.of(drafter, self.max_model_len).supported() and seq.L + 3 * N <= self.max_model_len)
+                and NgramParams.of(drafter, self.max_model_len).supported() and seq.L + 3 * N <= self.max_model_len
+                and cache.pages_for(seq.L + 3 * N) - len(seq.table) <= cache.free_pages)  # the stretch's pages
 
     def speculate_on_device(self, seq: Sequence, tree: Tree | None = None, inflight=None):
         """Greedy tree steps of one sequence with the n-gram drafter's work on the device (minispec/ngram_device.py):
@@ -203,9 +204,10 @@ class Engine:
         buffers = backend.ngram_buffers(self.model, cache, N, backend.graph_width(self.model, cache), self.max_model_len + 4 * N)
         try:
             cache.prepare(seq.table, seq.L, 3 * N)
-        except KVPoolFull:
-            cache.truncate(seq.table, seq.L)  # the host's step asks for its tree alone
-            return
+        except KVPoolFull:  # (drafts_on_device counts the pages first) the host's step asks for its tree alone
+            if inflight is None:  # (a plain step in flight writes at L: its page stays)
+                cache.truncate(seq.table, seq.L)
+            return None
         counts = (history.accepted, history.tries, history.tree_tokens, history.tree_steps)
         first = tree or Tree.single(seq.tokens[seq.L])  # (the plain step's plan carries the page table only)
         plan = build_plan([StepItem.tree(seq.table, seq.L, first)], cache.page_size)
@@ -342,10 +344,13 @@ class Engine:
                 if stopping and launched is not None and self.hands_over(launched[0]):
                     # drafts show for a sequence that drafts on the device: the step in flight becomes that stretch's
                     # first (its token verified there), so no host draft and no idle GPU come between
-                    if (yield from self.speculate_on_device(launched[0][0], inflight=launched[1])):
+                    handed = yield from self.speculate_on_device(launched[0][0], inflight=launched[1])
+                    if handed:
                         pending, stopping = None, False  # the device drafted nothing: plain steps again from here
                         continue  # (the host's drafter would say the same: it is asked after the next step)
-                    return
+                    if handed is not None:
+                        return
+                    # (None: no stretch started; the step in flight is read below as any other)
             if launched is None and pending is None:
                 return
             pending = launched  # None: the next round goes step by step

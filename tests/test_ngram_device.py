@@ -273,3 +273,12 @@ def test_engine_drafting_on_the_device_on_gpu(default_model):
         prompt = llm.chat_prompt([{"role": "user", "content": text}])
         (device, host), calls = generate_both_ways(llm, prompt, SamplingParams(temperature=0, max_tokens=96))
         assert device == host and calls > 0
+
+
+def test_a_pool_without_room_for_a_stretch_leaves_the_steps_to_the_host(tiny_model):
+    """A stretch holds pages for 3 N positions past what is read; where the pool has fewer, the host's loop runs the
+    tree steps (asking only for what each needs): the same tokens, and every page back."""
+    llm = tiny_llm(tiny_model, kv_cache_tokens=64, page_size=16)
+    llm.use_drafter("ngram")
+    (device, host), calls = generate_both_ways(llm, llm.tokenizer.encode("abcabcabd abcab"), SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+    assert device == host and calls == 0 and max(device[2]) > 1  # trees ran, on the host
