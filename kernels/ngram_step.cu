@@ -43,7 +43,7 @@
 extern "C" __global__ void __launch_bounds__(THREADS)
 ngram_advance(const int* __restrict__ ids, int* __restrict__ hist, int* __restrict__ state, int* __restrict__ tree,
               int* __restrict__ packed, int* __restrict__ out, const unsigned long long* __restrict__ caches,
-              int num_caches, int Hkv, int page_size, int row_words, int N, int W, int max_len, int max_ngram,
+              int num_caches, int Hkv, int page_size, int row_words, int N, int max_len, int max_ngram,
               int max_matches, int depth, int nodes, int width, int common, int strong, double pays, int stop0,
               int stop1, int stop2, int stop3, int stop_len) {
     __shared__ int s_path[MAX_NODES], s_P, s_L, s_len, s_stopped;

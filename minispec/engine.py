@@ -10,9 +10,9 @@ import numpy as np
 from .errors import MinispecError
 from .kv_cache import KVPoolFull
 from .drafters import NgramDrafter, NoDrafter
-from .ngram_device import OUT_TOKENS, NgramParams, state_row, step_rows, tree_rows
+from .ngram_device import OUT_TOKENS, NgramParams, state_row, tree_rows
 from .sampling import SamplingParams
-from .step import StepItem, build_plan
+from .step import StepItem, build_plan, pow2_bucket
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import Tree
 from .verify import tree_uniforms, verify
@@ -169,13 +169,13 @@ class Engine:
 
     def drafts_on_device(self, seqs: list[Sequence], trees: list[Tree]) -> bool:
         """Whether the next tree steps run drafted on the device: one greedy sequence with the n-gram drafter whose
-        tree has drafts, on a backend that can (both can; the NumPy backend's is the kernel's reference), with room
+        tree has drafts (both backends can: the NumPy backend's is the kernel's reference), with room
         for the steps in flight before the context limit, and pages for them in the pool."""
         if not self.device_drafting_enabled or type(self.drafter) is not NgramDrafter or len(seqs) != 1:
             return False
         seq, drafter, cache = seqs[0], self.drafter, self.cache
-        N = step_rows(drafter.budget.nodes)
-        return (seq.params.greedy and len(trees[0]) > 1 and hasattr(self.model.backend, "ngram_advance")
+        N = pow2_bucket(drafter.budget.nodes)
+        return (seq.params.greedy and len(trees[0]) > 1
                 and NgramParams.of(drafter, self.max_model_len).supported() and seq.L + 3 * N <= self.max_model_len
                 and cache.pages_for(seq.L + 3 * N) - len(seq.table) <= cache.free_pages)  # the stretch's pages
 
@@ -200,8 +200,10 @@ class Engine:
         backend, cache, drafter = self.model.backend, self.cache, self.drafter
         history = drafter.history[id(seq)]
         params = NgramParams.of(drafter, self.max_model_len, seq, self.tokenizer.stop_token_ids)
-        N = step_rows(drafter.budget.nodes)
-        buffers = backend.ngram_buffers(self.model, cache, N, backend.graph_width(self.model, cache), self.max_model_len + 4 * N)
+        N = pow2_bucket(drafter.budget.nodes)  # the rows of a full tree's graph bucket
+        # page-table entries and tokens for every position a stretch may reach (3 N past L, L + 3 N <= max_model_len)
+        W, capacity = cache.pages_for(self.max_model_len + 4 * N) + 1, self.max_model_len + 4 * N
+        buffers = backend.ngram_buffers(self.model, cache, N, W, capacity)
         try:
             cache.prepare(seq.table, seq.L, 3 * N)
         except KVPoolFull:  # (drafts_on_device counts the pages first) the host's step asks for its tree alone

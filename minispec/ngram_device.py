@@ -44,7 +44,7 @@ class NgramParams:
     nodes: int
     width: int
     max_len: int  # the engine's context limit: a tree has at most max_len - L nodes
-    stop_len: int = 0  # the sequence ends at this many tokens (its output limit, or the context's); 0: max_len
+    stop_len: int  # the sequence ends at this many tokens (its output limit, or the context's)
     stop_ids: tuple = ()  # stop tokens that end it (none where the request ignores them), at most MAX_STOP_IDS
     common: int = NGRAM_COMMON
     strong: int = NGRAM_STRONG
@@ -64,7 +64,7 @@ class NgramParams:
 
     def stop_args(self) -> list[int]:
         """stop0..3 and stop_len as the kernel takes them."""
-        return [*self.stop_ids, *[-1] * (MAX_STOP_IDS - len(self.stop_ids)), self.stop_len or self.max_len]
+        return [*self.stop_ids, *[-1] * (MAX_STOP_IDS - len(self.stop_ids)), self.stop_len]
 
     def supported(self) -> bool:
         """Whether the kernel's fixed room holds these settings."""
@@ -85,11 +85,6 @@ class NgramBuffers:
     done: list | None = None  # per record: an event the host waits for (GPU), None on the NumPy backend
     block: object = None  # (GPU) one allocation holding state | tree | packed | hist, loaded in one copy
     staging: np.ndarray | None = None  # (GPU) the load's host side of `block`
-
-
-def step_rows(nodes: int) -> int:
-    """N: the smallest power of two >= the tree budget (the graph bucket of a full tree)."""
-    return 1 << (nodes - 1).bit_length()
 
 
 def state_row(L: int, T: int, accepted, tries, tree_tokens: int, tree_steps: int) -> np.ndarray:

@@ -155,6 +155,11 @@ def build_plan_one(item: StepItem, page_size: int) -> StepPlan:
     )
 
 
+def pow2_bucket(n: int) -> int:
+    """The smallest power of two >= n: captured graphs are keyed by it (a step's rows, a context's keys)."""
+    return 1 << (n - 1).bit_length()
+
+
 def packed_offsets(B: int, N: int, W: int) -> list[int]:
     """Where each array of a plan starts in one int32 buffer (a captured graph's static inputs, the device drafter's
     next plan): masks as 2 N int32 (uint64 view) | tokens N | positions N | slots N | logit_rows N | cu_q B+1 |

@@ -13,8 +13,8 @@ from minispec import LLM, SamplingParams
 from minispec.backends.numpy_backend import NumpyBackend
 from minispec.drafters import NGRAM_BUDGET, NgramDrafter, TreeBudget
 from minispec.kv_cache import KVCache
-from minispec.ngram_device import OUT_TOKENS, NgramParams, state_row, step_rows, tree_rows
-from minispec.step import StepItem, build_plan_one, pack_plan, packed_offsets
+from minispec.ngram_device import OUT_TOKENS, NgramParams, state_row, tree_rows
+from minispec.step import StepItem, build_plan_one, pack_plan, packed_offsets, pow2_bucket
 from minispec.verify import verify_greedy
 
 
@@ -59,7 +59,7 @@ def run_host_and_device(rng, tokens, budget: TreeBudget, vocab: int, steps: int,
     drafter = NgramDrafter(budget)
     seq = Seq(tokens)
     L = len(tokens) - 1
-    N = step_rows(budget.nodes)
+    N = pow2_bucket(budget.nodes)
     cache = host_caches(rng, 2, 4 * max_len // P, 2, P, 8)
     if device is not None and device.bf16:  # values the device's pages hold exactly
         for array in (*cache.k, *cache.v):

@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import MinispecError
-from ..step import StepPlan, packed_offsets
+from ..step import StepPlan, packed_offsets, pow2_bucket
 from . import CUDA_CAPABILITY, driver, tensor_map
 
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
@@ -111,11 +111,6 @@ class IdentityTable:
 # engine's whole prefill chunk: their activations at 512 rows are a few MB a graph.
 PREFILL_GRAPH_ROWS = 128
 SMALL_PREFILL_GRAPH_ROWS = 512
-
-
-def pow2_bucket(n: int) -> int:
-    """The smallest power of two >= n: captured graphs are keyed by it."""
-    return 1 << (n - 1).bit_length()
 
 
 def context_bucket(kv_len: int) -> int:
@@ -475,7 +470,8 @@ class CudaBackend:
         key = (B, bucket, context, prefill, self.launch_settings())
         step = self.graphs.get((model, cache), key)
         if step is None:
-            step = CapturedStep(cp, B, bucket, self.graph_width(model, cache), self.graph_positions(model), context, prefill)
+            W = cache.pages_for(model.config.max_position_embeddings + 128) + 1  # a sequence's page-table entries
+            step = CapturedStep(cp, B, bucket, W, self.graph_positions(model), context, prefill)
             step.fill(plan, self.stream)
             self.capture(step, model, cache)
             self.graphs.put((model, cache), key, step)
@@ -510,10 +506,6 @@ class CudaBackend:
         limit = model.config.max_position_embeddings + 128
         self.rope_tables(model.inv_freq, limit)
         return limit
-
-    def graph_width(self, model, cache) -> int:
-        """W, the page-table entries of a captured step's sequence."""
-        return cache.pages_for(model.config.max_position_embeddings + 128) + 1
 
     def capture(self, step: CapturedStep, model, cache) -> None:
         """Run the step once (compiles kernels, leaves pool blocks of the right sizes), then capture it as a graph; the
@@ -1256,7 +1248,7 @@ class CudaBackend:
         row_words = D * np.dtype(self.store_dtype).itemsize // 4
         i32 = np.int32
         args = (ids, b.hist, b.state, b.tree, b.packed, np.uint64(b.out[slot].ctypes.data), caches, i32(len(caches)),
-                i32(Hkv), i32(P), i32(row_words), i32(b.N), i32(b.W), i32(params.max_len), i32(params.max_ngram),
+                i32(Hkv), i32(P), i32(row_words), i32(b.N), i32(params.max_len), i32(params.max_ngram),
                 i32(params.max_matches), i32(params.depth), i32(params.nodes), i32(params.width), i32(params.common),
                 i32(params.strong), np.float64(params.pays), *map(i32, params.stop_args()))
         self.launch(self.kernel("ngram_step.cu", "ngram_advance"), (1,), (256,), args)

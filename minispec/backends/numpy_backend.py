@@ -209,10 +209,6 @@ class NumpyBackend:
         return None  # (the CUDA backend's one-launch decode step)
 
     # ------------------------------------------------------------------ n-gram speculation on the device
-    def graph_width(self, model, cache) -> int:
-        """W, the page-table entries of a packed plan (the CUDA backend's graph width)."""
-        return cache.pages_for(model.config.max_position_embeddings + 128) + 1
-
     def ngram_buffers(self, model, cache, N: int, W: int, capacity: int):
         from ..ngram_device import OUT_SIZE, STATE_SIZE, NgramBuffers
         from ..step import packed_offsets
@@ -289,22 +285,19 @@ class NumpyBackend:
                 found = {}  # NgramDrafter.pays
             continuations = [(tokens[start : start + params.depth].tolist(), weight) for start, weight in found.items()]
             draft = ngram_tree(int(tokens[L]), continuations, alpha, min(params.nodes, params.max_len - L), params.width)
-        if draft is None or len(draft) == 1:  # the end, or no draft: an empty plan (no rows)
+        if draft is None or len(draft) == 1:  # the end, or no draft: an empty plan (no rows), no tree
+            T = 0
             b.packed[o[0] : o[4]] = 0
             b.packed[o[3] : o[4]] = -1
             b.packed[o[5] : o[9]] = [0, 0, L, L, 0]
-            b.state[:] = state_row(L, 0, accepted, tries, tree_tokens, tree_steps)
             b.tree[0], b.tree[1] = 0, -1
-            b.out[slot] = 0
-            b.out[slot, :7] = [len(path), 0, L, accepted, tries, tree_tokens, tree_steps]
-            b.out[slot, OUT_TOKENS : OUT_TOKENS + len(taken)] = taken
-            return
-        pack_plan(build_plan_one(StepItem.tree(table[table >= 0].tolist(), L, draft), P), b.packed, b.N, b.W)
-
-        b.state[:] = state_row(L, len(draft), accepted, tries, tree_tokens, tree_steps)
-        b.tree[:] = tree_rows(draft)
+        else:
+            T = len(draft)
+            pack_plan(build_plan_one(StepItem.tree(table[table >= 0].tolist(), L, draft), P), b.packed, b.N, b.W)
+            b.tree[:] = tree_rows(draft)
+        b.state[:] = state_row(L, T, accepted, tries, tree_tokens, tree_steps)
         b.out[slot] = 0
-        b.out[slot, :7] = [len(path), len(draft), L, accepted, tries, tree_tokens, tree_steps]
+        b.out[slot, :7] = [len(path), T, L, accepted, tries, tree_tokens, tree_steps]
         b.out[slot, OUT_TOKENS : OUT_TOKENS + len(taken)] = taken
 
     def ngram_read(self, buffers, slot: int) -> np.ndarray:

@@ -13,8 +13,8 @@ from minispec.backends.cuda_backend import CudaBackend
 from minispec.bench_gpu import card_name
 from minispec.drafters import NGRAM_BUDGET, NgramDrafter
 from minispec.kv_cache import KVCache
-from minispec.ngram_device import NgramParams, state_row, step_rows, tree_rows
-from minispec.step import StepItem, build_plan_one
+from minispec.ngram_device import NgramParams, state_row, tree_rows
+from minispec.step import StepItem, build_plan_one, pow2_bucket
 from minispec.tree import Tree
 
 
@@ -43,7 +43,7 @@ for history in [int(a) for a in sys.argv[1:]] or [200, 1000, 4000]:
     max_len = history + 2000
     cache = KVCache(cuda, 30, max_len // 16 + 64, 3, 16, 64)
     owner, drafter = Owner(), NgramDrafter(NGRAM_BUDGET)
-    N, W = step_rows(NGRAM_BUDGET.nodes), cache.pages_for(max_len + 64) + 1
+    N, W = pow2_bucket(NGRAM_BUDGET.nodes), cache.pages_for(max_len + 64) + 1
 
     class Seq:
         tokens, params = copying_text(rng, history), SamplingParams(temperature=0)
