@@ -130,6 +130,10 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
         __syncthreads();                                       // everyone's did; and stage step - 1 is free to refill
         if (step + STAGES - 1 < steps) load_weights(step + STAGES - 1), load_x(step + STAGES - 1);
         cp_async_commit();
+        // The block's last copies are out: the next kernel may launch, so that a GEMM behind this one copies its first
+        // weight stages while these blocks drain their ring (notes/gemm_trigger_ab_h100_stop34.log: 8B O at one row
+        // 81 -> 88% of copy bandwidth, qkv 86 -> 93%; triggering first thing, or earlier in the loop, was slower).
+        if (step + STAGES >= steps) pdl_trigger();
         const unsigned ws = base + (step % STAGES) * STAGE_BYTES, xs = ws + W_BYTES;
 #pragma unroll
         for (int u = 0; u < BK / 64; u++) {                    // the warp's half of the stage, 32 k at a time
@@ -163,7 +167,6 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
         }
     }
     cp_async_wait<0>();
-    pdl_trigger();  // the next kernel may launch (a GEMM copies its first weights while these blocks reduce)
     __syncthreads();                                           // the ring is free: it becomes the reduction buffer
 
     float* red = reinterpret_cast<float*>(shared);            // [R][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
@@ -347,7 +350,10 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out), M, N, n0);
 }
 
-// gemm_wgmma_w{WGS}_s{S}: WGS consumer warpgroups (64 weight rows each); STAGES fill about 96 KB, two blocks an SM
+// gemm_wgmma_w{WGS}_s{S}: WGS consumer warpgroups (64 weight rows each). One warpgroup serves weights with fewer
+// 128-row tiles than SMs (qkv, O, down), a grid of one block an SM: 12 stages (192 KB) keep 96 KB of weights in
+// flight (6 stages, two blocks an SM, gave 8B down 83-86% of copy, 12 gave 89-91%; qkv 65 -> 81%, O 64 -> 69-74%,
+// notes/gemm_wgmma_ring_h100_stop34.log). Two serve the rest (gate/up, LM head), two blocks an SM: 4 stages, 96 KB.
 #define GEMM_WGMMA(WGS, STAGES, S, CLUSTER)                                                                          \
     extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_s##S(               \
         const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { \
@@ -358,7 +364,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     GEMM_WGMMA(WGS, STAGES, 2, __cluster_dims__(1, 2, 1))           \
     GEMM_WGMMA(WGS, STAGES, 4, __cluster_dims__(1, 4, 1))           \
     GEMM_WGMMA(WGS, STAGES, 8, __cluster_dims__(1, 8, 1))
-GEMM_WGMMA_CLUSTERS(1, 6)
+GEMM_WGMMA_CLUSTERS(1, 12)
 GEMM_WGMMA_CLUSTERS(2, 4)
 // gemm_wgmma_glu: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight (64-row boxes);
 // grid ceil(I / 64), block 288, the shared memory of gemm_wgmma_w2

@@ -12,8 +12,9 @@
 //                  it, and waiting on the previous kernel is waiting on all earlier ones. (A block that reads
 //                  and writes nothing, an attention row tile past the last row, may leave without it: the
 //                  kernel's other blocks still wait.)
-//   pdl_trigger()  the short kernels, first thing: the next kernel may launch now. The GEMMs (gemm_stream,
-//                  gemm_wgmma), once their blocks have streamed their weights (before their reduction).
+//   pdl_trigger()  the short kernels, first thing: the next kernel may launch now. gemm_stream once its
+//                  blocks have issued their last weight copies, gemm_wgmma once its blocks have streamed
+//                  their weights (before their reduction).
 //                  Attention does not: blocks of the next kernel would sit on SMs that theirs may need
 //                  (notes/pdl_probe_h100_stop16.log: with every kernel triggering first thing, the 8B T = 4
 //                  step was 8% slower).

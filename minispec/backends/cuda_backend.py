@@ -24,7 +24,7 @@ from . import CUDA_CAPABILITY, driver, tensor_map
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by kernel_source
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
-WGMMA_GEMM_STAGES = {1: 6, 2: 4}  # gemm_wgmma's ring depth by consumer warpgroups (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
+WGMMA_GEMM_STAGES = {1: 12, 2: 4}  # gemm_wgmma's ring depth by consumer warpgroups (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
 SAMPLE_STATIC_SHARED = 40 << 10  # its blocks' static shared memory (SampleShared), rounded up
 FUSED_MAX_LAYERS = 64  # the fused kernel's layer table in shared memory (kernels/fused_layers.cuh, step_in_shared)
@@ -586,16 +586,22 @@ class CudaBackend:
         return self.cublas is None or self.gemm == "own" or (self.gemm is None and self.own_gemm_serves(M, N, K))
 
     def own_gemm_serves(self, M: int, N: int, K: int) -> bool:
-        """Whether the own kernels serve rather than cuBLAS (`bench gemm`, notes/bench_gemm_h100_stop12_final.log):
-        gemm_stream up to 16 rows, where it matched or beat cuBLAS on every 8B shape, and where K is not a multiple
-        of 128 (the k 64 ring) if the weight has a 128-row tile for every SM: the default model's LM head, 20.7 /
-        21.2 / 23.3 µs against cuBLAS's 22.6 / 23.0 / 24.1 at 1 / 4 / 16 rows (notes/graph_tail_h100_stop24.log);
-        gemm_wgmma for 17-64 rows where the weight has a tile for every SM (the 8B gate/up and LM head: 2% and 8%
-        faster). With fewer tiles each of its blocks reads as many bytes of x as of weights: cuBLAS was faster on
-        qkv and O and level on down, so it keeps those."""
+        """Whether the own kernels serve rather than cuBLAS (`bench gemm`, notes/bench_gemm_h100_stop34.log):
+        gemm_stream up to 16 rows, where it beat cuBLAS on every 8B shape, and where K is not a multiple of 128
+        (the k 64 ring) if the weight has a 128-row tile for every SM: the default model's LM head, 20.7 / 21.2 /
+        23.3 µs against cuBLAS's 22.6 / 23.0 / 24.1 at 1 / 4 / 16 rows (notes/graph_tail_h100_stop24.log).
+        gemm_wgmma for 17-64 rows where the weight has a tile for every SM (the 8B gate/up and LM head: 2% and
+        8% faster), or where each block streams at least 512 KB of weights (8B qkv 81-82% of copy against
+        cuBLAS's 77-81%, down 89-91% against 84-87%; notes/gemm_wgmma_ring_h100_stop34.log). With shorter
+        streams (the 8B O, 256 KB a block) the ring's start, the split-K sum and x, which each block reads as
+        much of as of weights, weigh more: cuBLAS was faster there (74-76% against 69-74%)."""
         if M <= 16:
             return stream_fits(N, K) and (K % 128 == 0 or -(-N // STREAM_ROWS) >= self.sm_count)
-        return self.wgmma_gemm_fits(M, K) and -(-N // 128) >= self.sm_count
+        if not self.wgmma_gemm_fits(M, K):
+            return False
+        G = self.wgmma_groups(N)
+        S = self.wgmma_cluster_size(-(-N // (64 * G)), K)
+        return G == 2 or 64 * (K // S) * 2 >= 512 << 10
 
     def gemm_stream(self, x, weight, y) -> None:
         """gemm_stream_r{R}_k{BK}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: R staged x rows (one launch

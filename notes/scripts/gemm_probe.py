@@ -1,11 +1,12 @@
 """gemm_stream probe: own kernel per cluster size S at 8B shapes, cuBLAS beside it (`sweep`), its
 two ring shapes at up to 16 rows (`stages`), gemm_wgmma per block height G and cluster size S at 32 and 64
-rows (`wgmma`), or a few launches for ncu (`profile`: run under ncu --kernel-name regex:gemm_stream).
+rows (`wgmma`), its ring at two depths (`wgmma-ring`), or a few launches for ncu (`profile`: run under ncu --kernel-name regex:gemm_stream).
 
     python3 notes/scripts/gemm_probe.py sweep
     python3 notes/scripts/gemm_probe.py sweep-rotated
     python3 notes/scripts/gemm_probe.py stages
     python3 notes/scripts/gemm_probe.py wgmma
+    python3 notes/scripts/gemm_probe.py wgmma-ring
     ncu --clock-control none --kernel-name regex:gemm_stream --metrics ... python3 notes/scripts/gemm_probe.py profile
 """
 
@@ -91,21 +92,73 @@ elif sys.argv[1] == "wgmma":
             backend.gemm = "own"
             cells.append(N * K * 2 / bandwidth * 1e6)
             print(f"{name:<12} {M:>3} " + " ".join(f"{c:>7.1f}" for c in cells), flush=True)
+elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two warpgroups; two blocks fit an SM) and 12 / 8
+    import re
+
+    import minispec.backends.cuda_backend as cuda_backend
+    from minispec.bench_gpu import backend_with_edit
+
+    def ring(stages):
+        def edit(text):
+            for G, n in stages.items():
+                text = re.sub(rf"GEMM_WGMMA_CLUSTERS\({G}, \d+\)", f"GEMM_WGMMA_CLUSTERS({G}, {n})", text)
+            return text
+        return backend_with_edit("gemm.cu", "gemm_wgmma_w1_s1", edit), stages
+
+    committed = dict(cuda_backend.WGMMA_GEMM_STAGES)
+    rings = {"shallow": ring({1: 6, 2: 4}), "deep": ring({1: 12, 2: 8})}
+    bandwidth = copy_bandwidth()
+    shapes = [(1, 2), (1, 4), (2, 2), (2, 4), (None, None)]
+    print(f"gemm_wgmma's ring, shallow ({rings['shallow'][1]}: two blocks fit an SM) and deep ({rings['deep'][1]}: one), by "
+          f"warpgroups a block G and cluster size S, on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; % of copy per call "
+          "(graphs of 20, rotated weight copies); GNoneSNone: the rule's G and S; cuBLAS and gemm_stream beside")
+    for rounds in range(2):
+        for name, (K, N) in SHAPES.items():
+            if name == "8B gate/up":
+                continue
+            for M in (32, 64):
+                x, weight = operands(K, N, M)
+                rotating = rotated(weight)
+                cells = []
+                for label, (b, stages) in rings.items():
+                    cuda_backend.WGMMA_GEMM_STAGES.update(stages)  # launch_wgmma sizes the ring's shared memory from it
+                    b.gemm = "own"
+                    for G, S in shapes:
+                        if S is not None and K % (64 * S):
+                            continue
+                        b.gemm_wgmma_groups, b.gemm_cluster = G, S
+                        t = time_captured(lambda: b.linear(x, rotating()))
+                        cells.append(f"{label} G{G}S{S} {N * K * 2 / bandwidth / t * 100:.0f}%")
+                    b.gemm = b.gemm_wgmma_groups = b.gemm_cluster = None
+                cuda_backend.WGMMA_GEMM_STAGES.update(committed)
+                backend.gemm = "cublas"
+                cells.append(f"cuBLAS {N * K * 2 / bandwidth / time_captured(lambda: backend.linear(x, rotating())) * 100:.0f}%")
+                y = cp.empty((M, N), dtype=cp.float32)
+                backend.gemm = "own"
+                cells.append(f"stream {N * K * 2 / bandwidth / time_captured(lambda: backend.gemm_stream(x, rotating(), y)) * 100:.0f}%")
+                backend.gemm = None
+                print(f"{name:<12} {M:>3}  " + "  ".join(cells), flush=True)
+                del rotating
 elif sys.argv[1] == "stages":
     import minispec.backends.cuda_backend as cuda_backend
 
-    print(f"gemm_stream's two ring shapes at up to 16 rows on {card_name()} (cluster size chosen as in the engine); µs per call")
-    print(f"{'shape':<12} {'M':>3} {'k64 x4':>9} {'k128 x3':>9}")
+    print(f"gemm_stream's two ring shapes at up to 16 rows on {card_name()} (cluster size chosen as in the engine); µs per call "
+          "(graphs of 20; consecutive calls read different weight copies, as in bench gemm)")
+    print(f"{'shape':<12} {'M':>3} {'k64 x4':>9} {'k128 x3':>9} {'floor':>9}")
+    bandwidth = copy_bandwidth()
     chosen = cuda_backend.stream_shape
     backend.gemm = "own"
     for name, (K, N) in SHAPES.items():
-        for M in (1, 16):
+        for M in (1, 4, 16):
             x, weight = operands(K, N, M)
+            rotating = rotated(weight)
             cells = []
             for shape in ((64, 4), (128, 3)):
                 cuda_backend.stream_shape = lambda R, K, S=1, shape=shape: shape
-                cells.append(time_captured(lambda: backend.linear(x, weight)) * 1e6)
-            print(f"{name:<12} {M:>3} " + " ".join(f"{c:>9.1f}" for c in cells))
+                cells.append(time_captured(lambda: backend.linear(x, rotating())) * 1e6)
+            cells.append(N * K * 2 / bandwidth * 1e6)
+            print(f"{name:<12} {M:>3} " + " ".join(f"{c:>9.1f}" for c in cells), flush=True)
+            del rotating
     cuda_backend.stream_shape = chosen
 else:
     backend.gemm = "own"
