@@ -1,12 +1,13 @@
 """gemm_stream probe: own kernel per cluster size S at 8B shapes, cuBLAS beside it (`sweep`), its
 two ring shapes at up to 16 rows (`stages`), gemm_wgmma per block height G and cluster size S at 32 and 64
-rows (`wgmma`), its ring at two depths (`wgmma-ring`), or a few launches for ncu (`profile`: run under ncu --kernel-name regex:gemm_stream).
+rows (`wgmma`), its ring at two depths (`wgmma-ring`), gemm_stream's rings (`stream-ring`), or a few launches for ncu (`profile`: run under ncu --kernel-name regex:gemm_stream).
 
     python3 notes/scripts/gemm_probe.py sweep
     python3 notes/scripts/gemm_probe.py sweep-rotated
     python3 notes/scripts/gemm_probe.py stages
     python3 notes/scripts/gemm_probe.py wgmma
     python3 notes/scripts/gemm_probe.py wgmma-ring
+    python3 notes/scripts/gemm_probe.py stream-ring
     ncu --clock-control none --kernel-name regex:gemm_stream --metrics ... python3 notes/scripts/gemm_probe.py profile
 """
 
@@ -137,6 +138,48 @@ elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two 
                 backend.gemm = "own"
                 cells.append(f"stream {N * K * 2 / bandwidth / time_captured(lambda: backend.gemm_stream(x, rotating(), y)) * 100:.0f}%")
                 backend.gemm = None
+                print(f"{name:<12} {M:>3}  " + "  ".join(cells), flush=True)
+                del rotating
+elif sys.argv[1] == "stream-ring":  # gemm_stream's ring per staged rows R: as committed against deeper (one block an SM)
+    import re
+
+    import minispec.backends.cuda_backend as cuda_backend
+    from minispec.bench_gpu import backend_with_edit
+
+    RINGS = [(128, 3), (128, 4), (128, 5), (64, 8)]  # (k per stage, stages); the first is committed up to 16 rows
+
+    def fitted(R, BK, stages):
+        while stages > 2 and stages * (128 + R) * BK * 2 > backend.max_shared:
+            stages -= 1
+        return stages
+
+    def ring_backend(BK, stages):
+        def edit(text):
+            text = re.sub(r"GEMM_STREAM_CLUSTERS\(\d+, \d+, \d+\)[^\n]*\n", "", text)  # every committed ring goes
+            return text + "".join(f"GEMM_STREAM_CLUSTERS({R}, {BK}, {fitted(R, BK, stages)})\n" for R in (8, 16, 32, 64))
+        return backend_with_edit("gemm.cu", f"gemm_stream_r8_k{BK}_s1", edit)
+
+    committed_shape = cuda_backend.stream_shape
+    rings = {ring: ring_backend(*ring) for ring in RINGS}
+    bandwidth = copy_bandwidth()
+    print(f"gemm_stream's ring (k per stage x stages, fewer where the shared memory runs out) by staged rows, on {card_name()}, "
+          f"copy {bandwidth / 1e12:.2f} TB/s; % of copy per call (graphs of 20, rotated weight copies); committed: "
+          "the engine's shape (k 128 x 3 up to 16 rows, k 64 x 4 above)")
+    for rounds in range(2):
+        for name, (K, N) in SHAPES.items():
+            if name == "8B gate/up":
+                continue
+            for M in (1, 16, 32, 64):
+                x, weight = operands(K, N, M)
+                rotating = rotated(weight)
+                y = cp.empty((M, N), dtype=cp.float32)
+                cells = [f"committed {N * K * 2 / bandwidth / time_captured(lambda: backend.gemm_stream(x, rotating(), y)) * 100:.0f}%"]
+                for (BK, stages), b in rings.items():
+                    R = min(64, max(8, 1 << (M - 1).bit_length()))
+                    cuda_backend.stream_shape = lambda R_, K_, S=1, BK=BK, stages=stages: (BK, fitted(R_, BK, stages))
+                    t = time_captured(lambda: b.gemm_stream(x, rotating(), y))
+                    cells.append(f"k{BK}x{fitted(R, BK, stages)} {N * K * 2 / bandwidth / t * 100:.0f}%")
+                cuda_backend.stream_shape = committed_shape
                 print(f"{name:<12} {M:>3}  " + "  ".join(cells), flush=True)
                 del rotating
 elif sys.argv[1] == "stages":
