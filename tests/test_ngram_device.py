@@ -275,6 +275,47 @@ def test_engine_drafting_on_the_device_on_gpu(default_model):
         assert device == host and calls > 0
 
 
+@pytest.mark.gpu
+# the fused kernel's CUDA-core instance (intermediate 328: up to 4 rows) and its tensor-core one (384: up to 16)
+@pytest.mark.parametrize("intermediate,T", [(328, 3), (384, 13)])
+def test_a_device_written_empty_plan_leaves_the_cache_untouched(tmp_path, intermediate, T):
+    """A step launched past its sequence's end replays its graph on an empty plan (cu_q[1] = 0, as ngram_advance
+    writes it): the fused kernel returns at once, so no page of any layer changes. The same graph on the plan
+    it was captured for writes its rows' K/V (the check sees writes)."""
+    import cupy as cp
+
+    from minispec.backends.cuda_backend import CudaBackend
+    from minispec.model import Model
+
+    from .attention_cases import random_tree
+    from .test_cuda_fused import tiny_bf16_model
+
+    rng = np.random.default_rng(intermediate)
+    be = CudaBackend("bfloat16")
+    model = Model.load(tiny_bf16_model(tmp_path / "model", 64, intermediate), be)
+    P, num_pages, L = 16, 12, 50
+    N = pow2_bucket(T)
+    cache = model.new_cache(num_pages, P)
+    table = [int(p) for p in rng.permutation(num_pages)[: -(-(L + T) // P)]]
+    plan = build_plan_one(StepItem.tree(table, L, random_tree(rng, T, "random")), P)
+    assert be.fused_rows(model, be.prepare_plan(plan))  # the step runs on the fused kernel
+    pages = [c for pair in zip(cache.k, cache.v) for c in pair]
+    start = [rng.normal(size=c.shape).astype(ml_dtypes.bfloat16).view(np.uint16) for c in pages]
+    buffers = be.ngram_buffers(model, cache, N, num_pages, 256)
+    packed = np.zeros(buffers.packed.size, np.int32)
+    pack_plan(plan, packed, N, num_pages)
+    cu_q = packed_offsets(1, N, num_pages)[5]
+    for empty in (False, True, False, True):  # the graph is captured on the first, then replayed
+        for c, values in zip(pages, start):
+            c[...] = cp.asarray(values)
+        packed[cu_q + 1] = 0 if empty else T
+        buffers.packed[...] = cp.asarray(packed)
+        be.replay_packed(model, cache, buffers, L + N)
+        cp.cuda.Device().synchronize()
+        changed = [not np.array_equal(cp.asnumpy(c), values) for c, values in zip(pages, start)]
+        assert not any(changed) if empty else all(changed), (empty, changed)
+
+
 def test_a_pool_without_room_for_a_stretch_leaves_the_steps_to_the_host(tiny_model):
     """A stretch holds pages for 3 N positions past what is read; where the pool has fewer, the host's loop runs the
     tree steps (asking only for what each needs): the same tokens, and every page back."""
