@@ -668,11 +668,14 @@ class CudaBackend:
         return S
 
     def stream_cluster_size(self, tiles: int, K: int, BK: int) -> int:
-        """The most blocks per cluster (1, 2, 4, 8) that keep the grid within 1.5 blocks per SM: measured best or
-        within 5% of it on 8B shapes at M = 1..64 (notes/gemm_sweep_h100.log); more blocks pay more ring fill and
-        on-chip reduction than they gain."""
+        """The most blocks per cluster (1, 2, 4, 8) that keep the grid within 1.5 blocks per SM, and at least 4 where
+        K allows: measured best or within 5% of it on 8B shapes at M = 1..64 (notes/gemm_sweep_h100.log); more
+        blocks pay more ring fill and on-chip reduction than they gain. The floor of 4 serves weights with many
+        tiles (gate/up, the 8B LM head): since stop 34's trigger, blocks streaming a quarter of K spread over the
+        SMs more evenly than whole rows did (8B gate/up at one row 80.6 -> 77.1 µs, the LM head 345 -> 336;
+        notes/gemm_sweep_rotated_h100_stop34.log)."""
         S = 1
-        while S < 8 and tiles * S * 2 <= 1.5 * self.sm_count and K % (BK * S * 2) == 0:
+        while S < 8 and (S < 4 or tiles * S * 2 <= 1.5 * self.sm_count) and K % (BK * S * 2) == 0:
             S *= 2
         return S
 

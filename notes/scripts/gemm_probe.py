@@ -3,7 +3,7 @@ two ring shapes at up to 16 rows (`stages`), gemm_wgmma per block height G and c
 rows (`wgmma`), its ring at two depths (`wgmma-ring`), gemm_stream's rings (`stream-ring`), or a few launches for ncu (`profile`: run under ncu --kernel-name regex:gemm_stream).
 
     python3 notes/scripts/gemm_probe.py sweep
-    python3 notes/scripts/gemm_probe.py sweep-rotated
+    python3 notes/scripts/gemm_probe.py sweep-rotated ["8B lm head" "smol lm head" "smol gate/up" "smol down"]
     python3 notes/scripts/gemm_probe.py stages
     python3 notes/scripts/gemm_probe.py wgmma
     python3 notes/scripts/gemm_probe.py wgmma-ring
@@ -22,6 +22,7 @@ from minispec.bench_gpu import card_name, copy_bandwidth, require_gpu, time_capt
 cp = require_gpu()
 backend = CudaBackend("bfloat16")
 SHAPES = {"8B qkv": (4096, 6144), "8B o": (4096, 4096), "8B gate/up": (4096, 28672), "8B down": (14336, 4096)}
+MORE_SHAPES = {"8B lm head": (4096, 128256), "smol lm head": (576, 49152), "smol gate/up": (576, 3072), "smol down": (1536, 576)}
 
 
 def operands(K, N, M):
@@ -58,7 +59,8 @@ elif sys.argv[1] == "sweep-rotated":  # the same at up to 16 rows, consecutive c
     print(f"gemm_stream per cluster size S on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; µs per call (graphs of 20; "
           "consecutive calls read different weight copies, >= 100 MiB, as in bench gemm); best: % of copy")
     print(f"{'shape':<12} {'M':>3} {'S=1':>7} {'S=2':>7} {'S=4':>7} {'S=8':>7} {'auto':>7} {'cuBLAS':>7} {'floor':>7} {'best %':>7}")
-    for name, (K, N) in SHAPES.items():
+    chosen = {name: MORE_SHAPES[name] for name in sys.argv[2:]} or SHAPES  # `sweep-rotated "8B lm head" ...`: those shapes
+    for name, (K, N) in chosen.items():
         for M in (1, 4, 16):
             x, weight = operands(K, N, M)
             rotating = rotated(weight)
