@@ -59,8 +59,15 @@ class TreeBudget:
 # of one NGRAM_PAYS-token step, which the replays of stop 24 used, changes no decision: it sits on the threshold).
 # Replayed on the 12 stored prompts at those costs: 1.04x -> 1.08x plain in all, summarise 0.93x -> 1.01x, list
 # 0.75x -> 0.99x, the copying prompts unchanged.
-NGRAM_PAYS = 3.0
-NGRAM_STRONG = 8
+# Stop 34 set both again for the device's drafting (Engine.speculate_on_device): its tree steps run back to back at
+# ~0.69 ms, but each stretch of them costs ~0.3 ms of idle GPU at its start and at its end, against 0.295 ms a plain
+# step, so a stretch of one tree step pays from about 4.5 tokens; and a strong match is one that every suffix of 4
+# down to 1 tokens finds (4 + 3 + 2 + 1; one-token matches count while the drafts are accepted half the time). The
+# replay at those costs (notes/scripts/ngram_offline.py device, costs fitted to bench e2e's measured 0.87 / 1.81 /
+# 2.09x): 1.00x -> 1.04x plain in all, summarise 0.87x -> 0.92x, json 0.79x -> 0.94x, shorten 0.79x -> 0.87x, no
+# prompt slower (3 and 8 had been set for host-drafted steps; notes/ngram_gate_stop34.log).
+NGRAM_PAYS = 4.5
+NGRAM_STRONG = 10
 
 # A token that alone matches (no longer suffix does) and follows at NGRAM_COMMON or more earlier places is a common
 # one ("the", "a"), whose continuations disagree: no draft. Replayed on the 12 stored prompts at stop 31's H100 costs
@@ -143,18 +150,19 @@ def ngram_tree(root: int, continuations, alpha: float, nodes: int, width: int) -
     return best_subtree(tokens, parents, value, nodes, width)
 
 
-def scan_match_starts(tokens: np.ndarray, max_ngram: int, max_matches: int, shortest: int) -> dict[int, int]:
+def scan_match_starts(tokens: np.ndarray, max_ngram: int, max_matches: int, shortest: int, common: int) -> dict[int, int]:
     """NgramDrafter.match_starts by a scan of the whole sequence instead of an n-gram index (the device drafter's
     way, kernels/ngram_step.cu, whose reference this is): {start: weight}, longest match first, most recent first.
-    tokens: the sequence, int array; shortest: 1 while the sequence's drafts are accepted at least half the time."""
+    tokens: the sequence, int array; shortest: 1 while the sequence's drafts are accepted at least half the time;
+    common: NgramDrafter.common."""
     found, matches, total = {}, 0, len(tokens)
     for n in range(min(max_ngram, total - 1), shortest - 1, -1):
         hit = np.ones(total - n, dtype=bool)  # hit[e - n + 1]: the n tokens ending at e equal the suffix (e < total - 1)
         for k in range(n):
             hit &= tokens[k : total - n + k] == tokens[total - n + k]
         starts = (np.flatnonzero(hit)[::-1] + n).tolist()  # most recent first; the suffix itself is not among them
-        if n == 1 and not found and len(starts) >= NGRAM_COMMON:
-            break  # a common token alone matches (NGRAM_COMMON counts the suffix itself too)
+        if n == 1 and not found and len(starts) >= common:
+            break  # a common token alone matches (`common` counts the suffix itself too)
         for start in starts:
             found[start] = found.get(start, 0) + n
             matches += 1
@@ -220,10 +228,12 @@ class NgramDrafter(NoDrafter):
     match (NGRAM_STRONG), and plain decoding ahead runs the rest.
     """
 
-    def __init__(self, budget: TreeBudget, max_ngram: int = 4, max_matches: int = 8):
+    def __init__(self, budget: TreeBudget, max_ngram: int = 4, max_matches: int = 8, *, pays: float = NGRAM_PAYS,
+                 strong: int = NGRAM_STRONG, common: int = NGRAM_COMMON):
         self.budget = budget
         self.max_ngram = max_ngram
         self.max_matches = max_matches if budget.width > 1 else 1
+        self.pays_rate, self.strong, self.common = pays, strong, common  # the gate (NGRAM_PAYS, NGRAM_STRONG, NGRAM_COMMON)
         self.history = {}  # id(seq) -> NgramHistory
         self.index = {}  # id(seq) -> (n-gram -> continuation starts, oldest first; tokens indexed so far)
 
@@ -254,9 +264,9 @@ class NgramDrafter(NoDrafter):
         (extract sampled: 2.21 tokens a forward, 1.54-1.70x plain), but the gate, set on greedy replays, cut them to
         0.90-0.95x (notes/bench_e2e_quick_gate_h100_stop24.log)."""
         history = self.history[id(seq)]
-        if not seq.params.greedy or history.tree_tokens >= NGRAM_PAYS * history.tree_steps:
+        if not seq.params.greedy or history.tree_tokens >= self.pays_rate * history.tree_steps:
             return True
-        return max((n for _, n in continuations), default=0) >= NGRAM_STRONG
+        return max((n for _, n in continuations), default=0) >= self.strong
 
     def continuations(self, seq) -> list[tuple[list[int], int]]:
         """(continuation, weight) pairs, one per match start (match_starts), its tokens up to the budget's depth."""
@@ -272,7 +282,7 @@ class NgramDrafter(NoDrafter):
         shortest = 1 if self.acceptance(seq) >= 0.5 else 2
         for n in range(min(self.max_ngram, len(tokens) - 1), shortest - 1, -1):
             starts = grams.get(tuple(tokens[-n:]), ())
-            if n == 1 and not found and len(starts) > NGRAM_COMMON:  # (one start is the suffix itself)
+            if n == 1 and not found and len(starts) > self.common:  # (one start is the suffix itself)
                 break  # a common token alone matches: its continuations disagree (NGRAM_COMMON)
             for start in reversed(starts):
                 if start >= len(tokens):  # the suffix itself: nothing follows it yet

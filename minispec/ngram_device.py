@@ -60,7 +60,8 @@ class NgramParams:
             stop_len = min(max_len, seq.prompt_len + seq.params.max_tokens)
             if not seq.params.ignore_eos and len(stop_token_ids) <= MAX_STOP_IDS:
                 stop_ids = tuple(sorted(stop_token_ids))
-        return cls(drafter.max_ngram, drafter.max_matches, b.depth, b.nodes, b.width, max_len, stop_len, stop_ids)
+        return cls(drafter.max_ngram, drafter.max_matches, b.depth, b.nodes, b.width, max_len, stop_len, stop_ids,
+                   drafter.common, drafter.strong, drafter.pays_rate)
 
     def stop_args(self) -> list[int]:
         """stop0..3 and stop_len as the kernel takes them."""

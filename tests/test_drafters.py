@@ -128,14 +128,20 @@ def test_ngram_gate_lets_only_strong_matches_past_trees_that_did_not_pay():
     drafter = NgramDrafter(TreeBudget(16, 15, 4))
     seq = Seq([5, 1, 2, 3, 7, 8, 1, 2, 3])
     assert len(drafter.propose([seq], [1 << 20])[0]) > 1  # no tree step yet: the gate is open
-    drafter.commit(seq, [0], [6])  # nothing accepted: the tree step gave 1 token
-    seq.tokens += [6, 1, 2, 3]  # the same match of weight 3 + 2 (alpha is 1/3: no one-token matches)
-    assert len(drafter.propose([seq], [1 << 20])[0]) == 1
-    seq.tokens += [4, 9, 1, 2, 3, 4]  # "1 2 3 4" again: weight 4 + 3 + 2 >= NGRAM_STRONG
+    drafter.commit(seq, [0, 1], [7, 6])  # one draft accepted: 2 tokens < NGRAM_PAYS; alpha 2 / 4 (one-token matches count)
+    seq.tokens += [7, 6, 1, 2, 3]  # "1 2 3" again, found at two starts by 3 + 2 + 1: a weak match
+    assert drafter.acceptance(seq) == 0.5 and len(drafter.propose([seq], [1 << 20])[0]) == 1
+    seq.tokens += [4, 9, 1, 2, 3, 4]  # "1 2 3 4" again: every suffix of 4 down to 1 finds it, 4 + 3 + 2 + 1 >= NGRAM_STRONG
     tree = drafter.propose([seq], [1 << 20])[0]
     assert tree.token_list[:2] == [4, 9]
     drafter.commit(seq, [0, 1], [9, 1])
-    assert drafter.history[id(seq)].tree_tokens == 3 and drafter.history[id(seq)].tree_steps == 2
+    assert drafter.history[id(seq)].tree_tokens == 4 and drafter.history[id(seq)].tree_steps == 2
+    weak = NgramDrafter(TreeBudget(16, 15, 4), strong=11)  # the gate's settings are the drafter's
+    other = Seq(seq.tokens[:9])
+    weak.propose([other], [1 << 20])
+    weak.commit(other, [0, 1], [7, 6])
+    other.tokens = list(seq.tokens)  # ending in the match of weight 10 that passed the default gate
+    assert len(weak.propose([other], [1 << 20])[0]) == 1
     sampled = Seq([5, 1, 2, 3, 7, 8, 1, 2, 3], SamplingParams(temperature=0.7))  # sampled sequences are not gated
     drafter.propose([sampled], [1 << 20])
     drafter.commit(sampled, [0], [6])

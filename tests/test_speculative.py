@@ -306,16 +306,15 @@ def test_one_sequence_decodes_ahead_from_the_prefill(tiny_model, sampled):
 
 @pytest.mark.parametrize("gate", [True, False], ids=["gate", "no gate"])
 @pytest.mark.parametrize("sampled", [False, True])
-def test_ngram_decodes_ahead_between_drafts(tiny_model, sampled, gate, monkeypatch):
+def test_ngram_decodes_ahead_between_drafts(tiny_model, sampled, gate):
     """With the n-gram drafter, stretches where it finds no match run one step ahead of the host, and the
     drafter is asked after each token. Greedy: the tokens, stops and texts of step-by-step speculation.
     Sampled: the draws group otherwise (a stretch ends with a one-node step where step by step a tree is
     verified), so a seed repeats its own tokens, stops and texts. With the greedy gate (NGRAM_PAYS) and
     without it: the tiny random model's drafts mostly fail, so the gate leaves few trees."""
-    import minispec.drafters as drafters
-
-    monkeypatch.setattr(drafters, "NGRAM_PAYS", drafters.NGRAM_PAYS if gate else 0.0)
     llm = LLM(model=str(tiny_model), device="cpu", draft="ngram", tree=(8, 4, 2), max_model_len=120)
+    if not gate:
+        llm.engine.drafter.pays_rate = 0.0  # every sequence's tree steps "pay"
     prompts = ["abcabcabc " * 3 + "q", "zyx", "the cat sat on the mat, the cat sat on the"]
     params, kinds = stopping_requests(sampled, seed=3, budget=40, stop="b"), []
     spy_on_steps(llm, kinds)

@@ -280,7 +280,7 @@ class NumpyBackend:
         draft = None
         if L + 1 < stop_len and not any(token in stop for token in taken):  # not the end (Engine.take_tokens)
             alpha = accepted / tries
-            found = scan_match_starts(tokens, params.max_ngram, params.max_matches, 1 if alpha >= 0.5 else 2)
+            found = scan_match_starts(tokens, params.max_ngram, params.max_matches, 1 if alpha >= 0.5 else 2, params.common)
             if not tree_tokens >= params.pays * tree_steps and max(found.values(), default=0) < params.strong:
                 found = {}  # NgramDrafter.pays
             continuations = [(tokens[start : start + params.depth].tolist(), weight) for start, weight in found.items()]

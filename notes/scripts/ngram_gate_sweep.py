@@ -8,19 +8,17 @@ import json
 import sys
 
 sys.path.insert(0, "notes/scripts")
-import minispec.drafters as drafters  # noqa: E402
 import ngram_offline as replay  # noqa: E402
 from minispec.drafters import NGRAM_BUDGET, NgramDrafter  # noqa: E402
 from minispec.tree import Tree  # noqa: E402
 
-drafters.NGRAM_PAYS = 0.0  # the drafter's own gate off: every sequence's tree steps "pay"
 replay.AHEAD, replay.ONE, replay.TREE = 0.568, 0.62, {4: 0.80, 16: 0.85, 32: 1.05, 64: 1.08}
 
 
 class Gated(NgramDrafter):
     def __init__(self, budget, c, strong, prior=(3.0, 1.0)):
-        super().__init__(budget)
-        self.c, self.strong, self.prior = c, strong, prior
+        super().__init__(budget, pays=0.0)  # the drafter's own gate off: every sequence's tree steps "pay"
+        self.c, self.gate_strong, self.prior = c, strong, prior
         self.gained = {}  # id(seq) -> (tokens, tree steps)
 
     def propose(self, seqs, budgets):
@@ -28,7 +26,7 @@ class Gated(NgramDrafter):
         for seq, tree in zip(seqs, super().propose(seqs, budgets)):
             tokens, steps = self.gained.get(id(seq), (0, 0))
             rate = (tokens + self.prior[0] * self.prior[1]) / (steps + self.prior[1])
-            if len(tree) > 1 and rate < self.c and max((w for _, w in self.continuations(seq)), default=0) < self.strong:
+            if len(tree) > 1 and rate < self.c and max((w for _, w in self.continuations(seq)), default=0) < self.gate_strong:
                 tree = Tree.single(seq.tokens[-1])
                 self.history[id(seq)].tree = tree
             out.append(tree)

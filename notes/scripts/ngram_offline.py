@@ -5,6 +5,7 @@ can be replayed on the host and priced with measured step costs.
 python3 notes/scripts/ngram_offline.py outputs   # greedy outputs of the prompts, default model, NumPy backend
 python3 notes/scripts/ngram_offline.py           # replay: plain vs n-gram tree, with and without the one-ahead stretches
 python3 notes/scripts/ngram_offline.py oracle    # the bound of a drafter that knows which span the output copies next
+python3 notes/scripts/ngram_offline.py device    # the gate's settings at the device-drafted loop's costs (since stop 34)
 
 Costs (ms): the default model's graph steps on an H100 (notes/bench_e2e_h100_stop18.log: plain decode one step
 ahead 0.632, with the host in the loop 0.639, trees of <= 4 / 16 / 32 / 64 nodes 0.793 / 0.881 / 1.168 / 1.160)
@@ -144,5 +145,68 @@ def oracle():
         print(f"{name:<10} copying oracle {(len(truth) - 1) * AHEAD / ms:.2f}x plain")
 
 
+# Since stop 33 a greedy sequence's tree steps are drafted on the device, back to back (Engine.speculate_on_device):
+# a tree step costs DEVICE_TREE, each stretch of them STRETCH ms of idle GPU at its start and at its end, a plain step
+# one ahead DEVICE_AHEAD, and a generation DEVICE_FIXED more (the prefill, the first token), in both the plain and
+# the speculative runs. Fitted to stop 34's `bench e2e --quick` on a slow host (summarise 0.87x, rewrite 1.81x,
+# extract 2.09x measured; 0.87 / 1.78 / 2.01x replayed at (0.3, 0.34)); a fast host's (0.94 / 1.95 / 2.18x) sits
+# near (0.15, 0.17).
+DEVICE_AHEAD, DEVICE_TREE, DEVICE_FIXED = 0.295, 0.69, 1.7
+STRETCH = {"slow": (0.3, 0.34), "fast": (0.15, 0.17)}
+
+
+def replay_device(drafter, prompt, truth, start: float, end: float) -> float:
+    """ms of n-gram speculation over `truth` as the device drafts it: plain steps one ahead until the drafter has
+    drafts (one more token while the hand-over is seen), then tree steps until a tree is the root alone."""
+    seq, k, ms, stretch = Seq(prompt + truth[:1]), 1, DEVICE_FIXED, False
+    while k < len(truth):
+        tree = drafter.propose([seq], [1 << 20])[0]
+        if len(tree) == 1:
+            ms += end if stretch else 0.0
+            stretch = False
+            while k < len(truth):
+                seq.tokens.append(truth[k])
+                k, ms = k + 1, ms + DEVICE_AHEAD
+                if k < len(truth) and len(drafter.propose([seq], [1 << 20])[0]) > 1:
+                    seq.tokens.append(truth[k])
+                    k, ms = k + 1, ms + DEVICE_AHEAD
+                    break
+            continue
+        ms += start if not stretch else 0.0
+        stretch = True
+        node, path = 0, [0]
+        while k + len(path) - 1 < len(truth):
+            child = next((c for c in tree.children(node) if tree.tokens[c] == truth[k + len(path) - 1]), None)
+            if child is None:
+                break
+            node = child
+            path.append(child)
+        accepted = truth[k : k + len(path)]
+        drafter.commit(seq, path, accepted)
+        seq.tokens += accepted
+        k += len(accepted)
+        ms += DEVICE_TREE
+    drafter.release(seq)
+    return ms
+
+
+def device():
+    """The gate's settings (NgramDrafter's pays, strong) replayed at the device's costs, slow and fast host: each
+    stored prompt's ratio to plain decoding."""
+    data = json.loads(OUTPUTS.read_text())
+    gates = [(3.0, 8), (4.0, 8), (4.5, 8), (5.0, 8), (3.0, 9), (4.5, 9), (3.0, 10), (4.0, 10), (4.5, 10), (5.0, 10), (6.0, 10), (4.5, 99)]
+    for host, (start, end) in STRETCH.items():
+        print(f"{host} host: stretch start {start} ms, end {end} ms; n-gram x plain per prompt (strong 99: never)")
+        for pays, strong in gates:
+            totals, cells = [0.0, 0.0], []
+            for name, d in data.items():
+                truth = d["output"] + [2]
+                plain = DEVICE_FIXED + (len(truth) - 1) * DEVICE_AHEAD
+                ms = replay_device(NgramDrafter(NGRAM_BUDGET, pays=pays, strong=strong), d["prompt"], truth, start, end)
+                totals = [totals[0] + plain, totals[1] + ms]
+                cells.append(f"{name} {plain / ms:.2f}")
+            print(f"  pays {pays} strong {strong:>2}: all {totals[0] / totals[1]:.3f}  " + " ".join(cells))
+
+
 if __name__ == "__main__":
-    {"outputs": outputs, "oracle": oracle}.get(sys.argv[1] if sys.argv[1:] else "", main)()
+    {"outputs": outputs, "oracle": oracle, "device": device}.get(sys.argv[1] if sys.argv[1:] else "", main)()
