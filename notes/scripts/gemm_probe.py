@@ -39,6 +39,17 @@ def rotated(weight, total=100 << 20):
     return lambda: copies[next(turn) % len(copies)]
 
 
+def ring_cases(rows, rounds=2):
+    """(name, K, N, M, x, rotating weights) of the ring probes: every 8B shape but gate/up, `rounds` times."""
+    for _ in range(rounds):
+        for name, (K, N) in SHAPES.items():
+            if name == "8B gate/up":
+                continue
+            for M in rows:
+                x, weight = operands(K, N, M)
+                yield name, K, N, M, x, rotated(weight)
+
+
 if sys.argv[1] == "sweep":
     bandwidth = copy_bandwidth()
     print(f"gemm_stream per cluster size S on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; µs per call (graphs of 20)")
@@ -115,33 +126,27 @@ elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two 
     print(f"gemm_wgmma's ring, shallow ({rings['shallow'][1]}: two blocks fit an SM) and deep ({rings['deep'][1]}: one), by "
           f"warpgroups a block G and cluster size S, on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; % of copy per call "
           "(graphs of 20, rotated weight copies); GNoneSNone: the rule's G and S; cuBLAS and gemm_stream beside")
-    for rounds in range(2):
-        for name, (K, N) in SHAPES.items():
-            if name == "8B gate/up":
-                continue
-            for M in (32, 64):
-                x, weight = operands(K, N, M)
-                rotating = rotated(weight)
-                cells = []
-                for label, (b, stages) in rings.items():
-                    cuda_backend.WGMMA_GEMM_STAGES.update(stages)  # launch_wgmma sizes the ring's shared memory from it
-                    b.gemm = "own"
-                    for G, S in shapes:
-                        if S is not None and K % (64 * S):
-                            continue
-                        b.gemm_wgmma_groups, b.gemm_cluster = G, S
-                        t = time_captured(lambda: b.linear(x, rotating()))
-                        cells.append(f"{label} G{G}S{S} {N * K * 2 / bandwidth / t * 100:.0f}%")
-                    b.gemm = b.gemm_wgmma_groups = b.gemm_cluster = None
-                cuda_backend.WGMMA_GEMM_STAGES.update(committed)
-                backend.gemm = "cublas"
-                cells.append(f"cuBLAS {N * K * 2 / bandwidth / time_captured(lambda: backend.linear(x, rotating())) * 100:.0f}%")
-                y = cp.empty((M, N), dtype=cp.float32)
-                backend.gemm = "own"
-                cells.append(f"stream {N * K * 2 / bandwidth / time_captured(lambda: backend.gemm_stream(x, rotating(), y)) * 100:.0f}%")
-                backend.gemm = None
-                print(f"{name:<12} {M:>3}  " + "  ".join(cells), flush=True)
-                del rotating
+    for name, K, N, M, x, rotating in ring_cases((32, 64)):
+        cells = []
+        for label, (b, stages) in rings.items():
+            cuda_backend.WGMMA_GEMM_STAGES.update(stages)  # launch_wgmma sizes the ring's shared memory from it
+            b.gemm = "own"
+            for G, S in shapes:
+                if S is not None and K % (64 * S):
+                    continue
+                b.gemm_wgmma_groups, b.gemm_cluster = G, S
+                t = time_captured(lambda: b.linear(x, rotating()))
+                cells.append(f"{label} G{G}S{S} {N * K * 2 / bandwidth / t * 100:.0f}%")
+            b.gemm = b.gemm_wgmma_groups = b.gemm_cluster = None
+        cuda_backend.WGMMA_GEMM_STAGES.update(committed)
+        backend.gemm = "cublas"
+        cells.append(f"cuBLAS {N * K * 2 / bandwidth / time_captured(lambda: backend.linear(x, rotating())) * 100:.0f}%")
+        y = cp.empty((M, N), dtype=cp.float32)
+        backend.gemm = "own"
+        cells.append(f"stream {N * K * 2 / bandwidth / time_captured(lambda: backend.gemm_stream(x, rotating(), y)) * 100:.0f}%")
+        backend.gemm = None
+        print(f"{name:<12} {M:>3}  " + "  ".join(cells), flush=True)
+        del rotating
 elif sys.argv[1] == "stream-ring":  # gemm_stream's ring per staged rows R: as committed against deeper (one block an SM)
     import re
 
@@ -167,23 +172,17 @@ elif sys.argv[1] == "stream-ring":  # gemm_stream's ring per staged rows R: as c
     print(f"gemm_stream's ring (k per stage x stages, fewer where the shared memory runs out) by staged rows, on {card_name()}, "
           f"copy {bandwidth / 1e12:.2f} TB/s; % of copy per call (graphs of 20, rotated weight copies); committed: "
           "the engine's shape (k 128 x 3 up to 16 rows, k 64 x 4 above)")
-    for rounds in range(2):
-        for name, (K, N) in SHAPES.items():
-            if name == "8B gate/up":
-                continue
-            for M in (1, 16, 32, 64):
-                x, weight = operands(K, N, M)
-                rotating = rotated(weight)
-                y = cp.empty((M, N), dtype=cp.float32)
-                cells = [f"committed {N * K * 2 / bandwidth / time_captured(lambda: backend.gemm_stream(x, rotating(), y)) * 100:.0f}%"]
-                for (BK, stages), b in rings.items():
-                    R = min(64, max(8, 1 << (M - 1).bit_length()))
-                    cuda_backend.stream_shape = lambda R_, K_, S=1, BK=BK, stages=stages: (BK, fitted(R_, BK, stages))
-                    t = time_captured(lambda: b.gemm_stream(x, rotating(), y))
-                    cells.append(f"k{BK}x{fitted(R, BK, stages)} {N * K * 2 / bandwidth / t * 100:.0f}%")
-                cuda_backend.stream_shape = committed_shape
-                print(f"{name:<12} {M:>3}  " + "  ".join(cells), flush=True)
-                del rotating
+    for name, K, N, M, x, rotating in ring_cases((1, 16, 32, 64)):
+        y = cp.empty((M, N), dtype=cp.float32)
+        cells = [f"committed {N * K * 2 / bandwidth / time_captured(lambda: backend.gemm_stream(x, rotating(), y)) * 100:.0f}%"]
+        for (BK, stages), b in rings.items():
+            R = min(64, max(8, 1 << (M - 1).bit_length()))
+            cuda_backend.stream_shape = lambda R_, K_, S=1, BK=BK, stages=stages: (BK, fitted(R_, BK, stages))
+            t = time_captured(lambda: b.gemm_stream(x, rotating(), y))
+            cells.append(f"k{BK}x{fitted(R, BK, stages)} {N * K * 2 / bandwidth / t * 100:.0f}%")
+        cuda_backend.stream_shape = committed_shape
+        print(f"{name:<12} {M:>3}  " + "  ".join(cells), flush=True)
+        del rotating
 elif sys.argv[1] == "stages":
     import minispec.backends.cuda_backend as cuda_backend
 

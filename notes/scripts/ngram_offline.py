@@ -59,34 +59,46 @@ class Seq:
         self.params = params
 
 
+def decode_until_drafts(drafter, seq, truth, k: int) -> int:
+    """decode_ahead: plain steps one ahead from truth[k] until the drafter has drafts; the drafts are seen after the
+    host reads a token, when the next step is already in flight, so one more token comes at the plain step's cost
+    before the tree (until stop 16 the replay left it out and over-predicted the stretches: 1.16x where it now says
+    1.14x). Returns the next k."""
+    while k < len(truth):
+        seq.tokens.append(truth[k])
+        k += 1
+        if k < len(truth) and len(drafter.propose([seq], [1 << 20])[0]) > 1:
+            seq.tokens.append(truth[k])
+            return k + 1
+    return k
+
+
+def verify_and_commit(drafter, seq, tree, truth, k: int) -> int:
+    """Greedy verification of `tree` where the output continues at truth[k]: the drafted path that follows the
+    truth, then the bonus token, committed. Returns the next k."""
+    node, path = 0, [0]
+    while k + len(path) - 1 < len(truth):
+        child = next((c for c in tree.children(node) if tree.tokens[c] == truth[k + len(path) - 1]), None)
+        if child is None:
+            break
+        node = child
+        path.append(child)
+    accepted = truth[k : k + len(path)]  # the drafts on the path, then the bonus token
+    drafter.commit(seq, path, accepted)
+    seq.tokens += accepted
+    return k + len(accepted)
+
+
 def replay(drafter, prompt, truth, stretches):
     """ms of n-gram speculation over `truth` (the greedy output, then the stop token)."""
     seq, k, ms = Seq(prompt + truth[:1]), 1, 0.0  # the prefill chose the first token
     while k < len(truth):
         tree = drafter.propose([seq], [1 << 20])[0]
-        if stretches and len(tree) == 1:  # decode_ahead: a token at the plain step's cost until drafts come
-            while k < len(truth):
-                seq.tokens.append(truth[k])
-                k, ms = k + 1, ms + AHEAD
-                if k < len(truth) and len(drafter.propose([seq], [1 << 20])[0]) > 1:
-                    # the drafts are seen after the host reads this token, when the next step is already in
-                    # flight: one more token at the plain step's cost before the tree (until stop 16 the replay
-                    # left it out and over-predicted the stretches: 1.16x where it now says 1.14x)
-                    seq.tokens.append(truth[k])
-                    k, ms = k + 1, ms + AHEAD
-                    break
+        if stretches and len(tree) == 1:  # a token at the plain step's cost until drafts come
+            after = decode_until_drafts(drafter, seq, truth, k)
+            k, ms = after, ms + (after - k) * AHEAD
             continue
-        node, path = 0, [0]
-        while k + len(path) - 1 < len(truth):
-            child = next((c for c in tree.children(node) if tree.tokens[c] == truth[k + len(path) - 1]), None)
-            if child is None:
-                break
-            node = child
-            path.append(child)
-        accepted = truth[k : k + len(path)]  # the drafts on the path, then the bonus token
-        drafter.commit(seq, path, accepted)
-        seq.tokens += accepted
-        k += len(accepted)
+        k = verify_and_commit(drafter, seq, tree, truth, k)
         ms += HOST + (TREE[next(b for b in sorted(TREE) if b >= len(tree))] if len(tree) > 1 else ONE)
     drafter.release(seq)
     return ms
@@ -157,35 +169,16 @@ STRETCH = {"slow": (0.3, 0.34), "fast": (0.15, 0.17)}
 
 def replay_device(drafter, prompt, truth, start: float, end: float) -> float:
     """ms of n-gram speculation over `truth` as the device drafts it: plain steps one ahead until the drafter has
-    drafts (one more token while the hand-over is seen), then tree steps until a tree is the root alone."""
+    drafts, then tree steps until a tree is the root alone."""
     seq, k, ms, stretch = Seq(prompt + truth[:1]), 1, DEVICE_FIXED, False
     while k < len(truth):
         tree = drafter.propose([seq], [1 << 20])[0]
         if len(tree) == 1:
-            ms += end if stretch else 0.0
-            stretch = False
-            while k < len(truth):
-                seq.tokens.append(truth[k])
-                k, ms = k + 1, ms + DEVICE_AHEAD
-                if k < len(truth) and len(drafter.propose([seq], [1 << 20])[0]) > 1:
-                    seq.tokens.append(truth[k])
-                    k, ms = k + 1, ms + DEVICE_AHEAD
-                    break
+            after = decode_until_drafts(drafter, seq, truth, k)
+            k, ms, stretch = after, ms + (end if stretch else 0.0) + (after - k) * DEVICE_AHEAD, False
             continue
-        ms += start if not stretch else 0.0
-        stretch = True
-        node, path = 0, [0]
-        while k + len(path) - 1 < len(truth):
-            child = next((c for c in tree.children(node) if tree.tokens[c] == truth[k + len(path) - 1]), None)
-            if child is None:
-                break
-            node = child
-            path.append(child)
-        accepted = truth[k : k + len(path)]
-        drafter.commit(seq, path, accepted)
-        seq.tokens += accepted
-        k += len(accepted)
-        ms += DEVICE_TREE
+        k = verify_and_commit(drafter, seq, tree, truth, k)
+        ms, stretch = ms + (0.0 if stretch else start) + DEVICE_TREE, True
     drafter.release(seq)
     return ms
 
