@@ -17,7 +17,6 @@ every variant gives the same bits.
 
 import sys
 
-
 from minispec.bench_gpu import (backend_with_edit, card_name, copy_bandwidth, llama_8b_config, random_model_on_gpu,
                                 require_gpu, step_times, time_captured)
 from minispec.model import Model
