@@ -171,6 +171,22 @@ def scan_match_starts(tokens: np.ndarray, max_ngram: int, max_matches: int, shor
     return found
 
 
+def count_acceptance(tree: Tree, path, accepted: float, tries: float) -> tuple[float, float]:
+    """NgramHistory's acceptance counts after a verified path: every drafted child of an accepted node is a try,
+    accepted where the path goes on (the device's drafter counts the same, kernels/ngram_step.cu)."""
+    for j, node in enumerate(path):
+        if tree.children(node):
+            tries += 1
+            accepted += j + 1 < len(path)
+    return accepted, tries
+
+
+def gate_open(tree_tokens: int, tree_steps: int, weight: int, pays: float, strong: int) -> bool:
+    """Whether a greedy sequence drafts: its tree steps have paid (`pays` tokens each), or its best match start
+    weighs `strong` or more (NgramDrafter.pays)."""
+    return tree_tokens >= pays * tree_steps or weight >= strong
+
+
 class NoDrafter:
     """Plain decoding: the tree is the root alone (T = 1)."""
 
@@ -264,9 +280,8 @@ class NgramDrafter(NoDrafter):
         (extract sampled: 2.21 tokens a forward, 1.54-1.70x plain), but the gate, set on greedy replays, cut them to
         0.90-0.95x (notes/bench_e2e_quick_gate_h100_stop24.log)."""
         history = self.history[id(seq)]
-        if not seq.params.greedy or history.tree_tokens >= self.pays_rate * history.tree_steps:
-            return True
-        return max((n for _, n in continuations), default=0) >= self.strong
+        weight = max((n for _, n in continuations), default=0)
+        return not seq.params.greedy or gate_open(history.tree_tokens, history.tree_steps, weight, self.pays_rate, self.strong)
 
     def continuations(self, seq) -> list[tuple[list[int], int]]:
         """(continuation, weight) pairs, one per match start (match_starts), its tokens up to the budget's depth."""
@@ -317,10 +332,7 @@ class NgramDrafter(NoDrafter):
         if len(history.tree) > 1:
             history.tree_tokens += len(accepted)
             history.tree_steps += 1
-        for j, node in enumerate(path):
-            if history.tree.children(node):
-                history.tries += 1
-                history.accepted += j + 1 < len(path)
+        history.accepted, history.tries = count_acceptance(history.tree, path, history.accepted, history.tries)
 
     def release(self, seq) -> None:
         self.history.pop(id(seq), None)

@@ -88,14 +88,15 @@ class KVCache:
         return np.asarray(table, dtype=np.int64)[positions // self.page_size] * self.page_size + positions % self.page_size
 
     def commit(self, table: list[int], L: int, path: list[int]) -> None:
-        """Keep the accepted tree nodes: node path[j] (position L + path[j]) moves to position L + j.
+        """Keep the accepted tree nodes (move_accepted); afterwards the sequence holds L + len(path) positions and
+        pages past them are released."""
+        self.move_accepted(table, L, path)
+        self.truncate(table, L + len(path))
 
-        Sources and destinations overlap (accept 0, 2, 3 after rejecting 1), so the
-        backend reads every source before it writes. Afterwards the sequence holds
-        L + len(path) positions and pages past them are released.
-        """
+    def move_accepted(self, table, L: int, path: list[int]) -> None:
+        """Node path[j] (position L + path[j]) moves to position L + j, in every layer. Sources and destinations
+        overlap (accept 0, 2, 3 after rejecting 1), so the backend reads every source before it writes."""
         moves = [(L + node, L + j) for j, node in enumerate(path) if node != j]
         if moves:
             source, destination = zip(*moves)
             self.backend.move_slots(self.k, self.v, self.slots(table, source), self.slots(table, destination))
-        self.truncate(table, L + len(path))

@@ -186,20 +186,30 @@ def unpack_plan(packed: np.ndarray, N: int, W: int) -> StepPlan:
     )
 
 
-def pack_plan(plan: StepPlan, packed: np.ndarray, N: int, W: int) -> None:
-    """Write a one-sequence plan of every row's logits into `packed` (N rows: the padding as CapturedStep.fill writes
-    it, no mask, position 0, slot -1, a logit row of its own; the page table padded with -1)."""
-    o, n = packed_offsets(1, N, W), plan.num_tokens
-    packed[:] = 0
+def pack_plan(plan: StepPlan, packed: np.ndarray, N: int, W: int, offsets: list[int] | None = None) -> None:
+    """Write a plan of plan.batch_size sequences into `packed` (packed_offsets' layout, N rows, W page-table entries
+    a sequence), every element: rows past the plan's (a bucket's padding) see no tree node, sit at position 0,
+    write no K/V (slot -1) and have logit rows of their own; page tables are padded with -1. offsets: the layout,
+    where the caller keeps it (CapturedStep.fill, every step)."""
+    o = offsets or packed_offsets(plan.batch_size, N, W)
+    n, R = plan.num_tokens, len(plan.logit_rows)
+    if n < N:
+        packed[o[0] + 2 * n : o[1]] = 0
+        packed[o[1] + n : o[2]] = 0
+        packed[o[2] + n : o[3]] = 0
+        packed[o[3] + n : o[4]] = -1
+    if R < N:
+        packed[o[4] + R : o[5]] = np.arange(R, N)
     packed[o[0] : o[0] + 2 * n] = plan.masks.view(np.int32)
     packed[o[1] : o[1] + n] = plan.tokens
     packed[o[2] : o[2] + n] = plan.positions
-    packed[o[3] : o[4]] = -1
     packed[o[3] : o[3] + n] = plan.slots
-    packed[o[4] : o[5]] = np.arange(N)
+    packed[o[4] : o[4] + R] = plan.logit_rows
     packed[o[5] : o[6]] = plan.cu_q
     packed[o[6] : o[7]] = plan.kv_len
     packed[o[7] : o[8]] = plan.tree_start
     packed[o[8] : o[9]] = plan.causal
-    packed[o[9] : o[10]] = -1
-    packed[o[9] : o[9] + plan.page_tables.shape[1]] = plan.page_tables[0]
+    tables, width = packed[o[9] : o[10]].reshape(-1, W), plan.page_tables.shape[1]
+    if width < W:
+        tables[:, width:] = -1
+    tables[:, :width] = plan.page_tables

@@ -85,7 +85,7 @@ class HostOnlyCupy:
 
 
 def test_captured_step_fill_writes_the_documented_layout_and_pads_the_bucket():
-    """CapturedStep.fill against its docstring's layout, written here from scratch; a big plan then a smaller one into
+    """CapturedStep.fill against the documented layout (step.packed_offsets), written here from scratch; a big plan then a smaller one into
     the same buffers, so stale values of the first must not survive into the second's padding."""
     rng = np.random.default_rng(3)
     B, N, W, page_size = 2, 16, 9, 4

@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import MinispecError
-from ..step import StepPlan, packed_offsets, pow2_bucket
+from ..step import StepPlan, pack_plan, packed_offsets, pow2_bucket
 from . import CUDA_CAPABILITY, driver, tensor_map
 
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
@@ -145,8 +145,7 @@ class CapturedStep:
 
     Two kinds: decode / tree-verify steps (every row's logits) and prefill steps (causal chunks, the logits of
     each chunk's last row: `logit_rows` holds B rows).
-    Layout of `packed` (int32): masks as 2 * N int32 (uint64 view) | tokens N | positions N | slots N |
-    logit_rows N | cu_q B+1 | kv_len B | tree_start B | causal B | page_tables B * W.
+    Layout of `packed` (int32): step.packed_offsets; fill writes it with step.pack_plan.
     """
 
     def __init__(self, cp, B: int, N: int, W: int, max_position: int, context: int, prefill: bool = False, packed=None):
@@ -156,8 +155,6 @@ class CapturedStep:
         self.offsets = packed_offsets(B, N, W)  # Python ints: fill slices with them every step
         self.cp = cp
         self.host = np.zeros(self.offsets[-1], dtype=np.int32)
-        self.tables = self.host[self.offsets[9] : self.offsets[10]].reshape(B, W)  # a view: fill writes the page tables here
-        self.rows = np.arange(N, dtype=np.int32)
         self.packed = cp.zeros(self.offsets[-1], dtype=cp.int32) if packed is None else packed
         part = lambda i: self.packed[self.offsets[i] : self.offsets[i + 1]]  # noqa: E731
         self.plan = DevicePlan(
@@ -177,33 +174,14 @@ class CapturedStep:
         return self.views[R]
 
     def fill(self, plan: StepPlan, stream) -> None:
-        """Write the plan into the static inputs: into `host`, then one copy in `stream`'s order. Rows past the plan's
-        (the bucket's padding) see no tree node, sit at position 0, write no K/V and have logit rows of their own.
+        """Write the plan into the static inputs (step.pack_plan): into `host`, then one copy in `stream`'s order.
 
         The copy is from pageable memory: the driver takes the few KB at once, and on the GPU it costs ~1 µs between
         two graphs, where a copy from pinned memory (a DMA by a copy engine) cost decode one step ahead ~3%
         (3259-3288 against 3369-3393 tokens/s, H100, notes/host_tree_step_h100_stop31.log). One cudaMemcpyAsync
         call: CuPy's ndarray.set took the host 10.1 against 6.3 µs (notes/scripts/replay_host_probe.py)."""
-        n, R, host, o = plan.num_tokens, len(plan.logit_rows), self.host, self.offsets
-        if n < self.N:
-            host[o[0] + 2 * n : o[1]] = 0
-            host[o[1] + n : o[2]] = 0
-            host[o[2] + n : o[3]] = 0
-            host[o[3] + n : o[4]] = -1
-        if R < self.N:
-            host[o[4] + R : o[5]] = self.rows[R:]
-        host[o[0] : o[0] + 2 * n] = plan.masks.view(np.int32)
-        host[o[1] : o[1] + n] = plan.tokens
-        host[o[2] : o[2] + n] = plan.positions
-        host[o[3] : o[3] + n] = plan.slots
-        host[o[4] : o[4] + R] = plan.logit_rows
-        host[o[5] : o[6]] = plan.cu_q
-        host[o[6] : o[7]] = plan.kv_len
-        host[o[7] : o[8]] = plan.tree_start
-        host[o[8] : o[9]] = plan.causal
-        if plan.page_tables.shape[1] < self.W:
-            host[o[9] : o[10]] = -1
-        self.tables[:, : plan.page_tables.shape[1]] = plan.page_tables
+        host = self.host
+        pack_plan(plan, host, self.N, self.W, self.offsets)
         runtime = self.cp.cuda.runtime
         runtime.memcpyAsync(self.packed.data.ptr, host.ctypes.data, host.nbytes, runtime.memcpyHostToDevice, stream.ptr)
 
@@ -599,8 +577,7 @@ class CudaBackend:
             return stream_fits(N, K) and (K % 128 == 0 or -(-N // STREAM_ROWS) >= self.sm_count)
         if not self.wgmma_gemm_fits(M, K):
             return False
-        G = self.wgmma_groups(N)
-        S = self.wgmma_cluster_size(-(-N // (64 * G)), K)
+        G, S = self.wgmma_shape(N, K)
         return G == 2 or 64 * (K // S) * 2 >= 512 << 10
 
     def gemm_stream(self, x, weight, y) -> None:
@@ -632,13 +609,16 @@ class CudaBackend:
         N = weight.shape[0]
         if not self.wgmma_gemm_fits(M, K):
             raise ValueError(f"gemm_wgmma: x [{M}, {K}] needs Hopper, 17-64 rows and K % 64 == 0")
-        G = self.gemm_wgmma_groups or self.wgmma_groups(N)
-        rows = 64 * G
-        tiles = -(-N // rows)
-        S = self.gemm_cluster or self.wgmma_cluster_size(tiles, K)
+        G, S = self.wgmma_shape(N, K)
         if K % (64 * S):
             raise ValueError(f"gemm_wgmma: K = {K} is not a multiple of 64 x {S} blocks per cluster")
-        self.launch_wgmma(f"gemm_wgmma_w{G}_s{S}", G, (tiles, S), x, weight, rows, y, N)
+        self.launch_wgmma(f"gemm_wgmma_w{G}_s{S}", G, (-(-N // (64 * G)), S), x, weight, 64 * G, y, N)
+
+    def wgmma_shape(self, N: int, K: int) -> tuple[int, int]:
+        """gemm_wgmma's (warpgroups a block G, blocks a cluster S) for [N, K] weights: forced (gemm_wgmma_groups,
+        gemm_cluster), else by wgmma_groups and wgmma_cluster_size."""
+        G = self.gemm_wgmma_groups or self.wgmma_groups(N)
+        return G, self.gemm_cluster or self.wgmma_cluster_size(-(-N // (64 * G)), K)
 
     def launch_wgmma(self, name: str, G: int, grid, x, weight, box_rows: int, out, N: int) -> None:
         """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
@@ -699,10 +679,8 @@ class CudaBackend:
     def wgmma_glu_serves(self, M: int, N2: int, K: int) -> bool:
         """Whether gate_up_silu takes the gated gemm_wgmma: bf16, the own kernels chosen for this product (or
         forced, or no cuBLAS), and gemm_wgmma's choice for it one pass of two warpgroups a block."""
-        tiles = -(-N2 // 128)
         return (self.bf16 and self.own_gemm_chosen(M, N2, K) and self.wgmma_gemm_fits(M, K) and N2 % 2 == 0
-                and (self.gemm_wgmma_groups or self.wgmma_groups(N2)) == 2
-                and (self.gemm_cluster or self.wgmma_cluster_size(tiles, K)) == 1)
+                and self.wgmma_shape(N2, K) == (2, 1))
 
     def silu_mul(self, gate_up):
         """gate_up fp32 [N, 2I] -> silu(gate) * up [N, I] in the storage type."""
@@ -1214,8 +1192,6 @@ class CudaBackend:
 
     def ngram_load(self, buffers, tokens, state, tree, plan: StepPlan) -> None:
         """The sequence's tokens, its state and tree rows (ngram_device.state_row, tree_rows), and its first plan."""
-        from ..step import pack_plan
-
         self.flush_host_read()
         staging, head = buffers.staging, buffers.block.size - buffers.hist.size  # state | tree | packed, then hist
         staging[: state.size] = state

@@ -247,7 +247,7 @@ class NumpyBackend:
 
     def ngram_advance(self, cache, buffers, ids, slot: int, params) -> None:
         """Reference of the ngram_advance kernel (kernels/ngram_step.cu), from the host drafter's own pieces."""
-        from ..drafters import ngram_tree, scan_match_starts
+        from ..drafters import count_acceptance, gate_open, ngram_tree, scan_match_starts
         from ..ngram_device import OUT_TOKENS, state_row, tree_rows
         from ..step import StepItem, build_plan_one, pack_plan, packed_offsets
         from ..tree import Tree
@@ -260,18 +260,12 @@ class NumpyBackend:
             return
         tree = Tree(b.tree[0, :T].tolist(), b.tree[1, :T].tolist())
         path, bonus = verify_greedy(tree, np.asarray(ids)[:T])
-        for j, node in enumerate(path):  # NgramDrafter.commit's counts
-            if tree.children(node):
-                tries += 1
-                accepted += j + 1 < len(path)
+        accepted, tries = count_acceptance(tree, path, accepted, tries)  # NgramDrafter.commit's counts
         if T > 1:
             tree_tokens, tree_steps = tree_tokens + len(path), tree_steps + 1
         o = packed_offsets(1, b.N, b.W)
         table = b.packed[o[9] : o[10]]
-        moves = [(L + node, L + j) for j, node in enumerate(path) if node != j]  # KVCache.commit
-        if moves:
-            source, destination = (np.array(side) for side in zip(*moves))
-            self.move_slots(cache.k, cache.v, table[source // P] * P + source % P, table[destination // P] * P + destination % P)
+        cache.move_accepted(table, L, path)  # KVCache.commit's moves (its pages stay: the stretch holds them)
         taken = [tree.token_list[node] for node in path[1:]] + [int(bonus)]
         b.hist[L + 1 : L + 1 + len(taken)] = taken
         L += len(path)
@@ -281,7 +275,7 @@ class NumpyBackend:
         if L + 1 < stop_len and not any(token in stop for token in taken):  # not the end (Engine.take_tokens)
             alpha = accepted / tries
             found = scan_match_starts(tokens, params.max_ngram, params.max_matches, 1 if alpha >= 0.5 else 2, params.common)
-            if not tree_tokens >= params.pays * tree_steps and max(found.values(), default=0) < params.strong:
+            if not gate_open(tree_tokens, tree_steps, max(found.values(), default=0), params.pays, params.strong):
                 found = {}  # NgramDrafter.pays
             continuations = [(tokens[start : start + params.depth].tolist(), weight) for start, weight in found.items()]
             draft = ngram_tree(int(tokens[L]), continuations, alpha, min(params.nodes, params.max_len - L), params.width)
