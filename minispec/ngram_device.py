@@ -19,7 +19,7 @@ The device's state (backend arrays, NgramBuffers):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -85,7 +85,9 @@ class NgramBuffers:
     out: np.ndarray  # [2, OUT_SIZE] host-readable records (pinned memory on the GPU)
     done: list | None = None  # per record: an event the host waits for (GPU), None on the NumPy backend
     block: object = None  # (GPU) one allocation holding state | tree | packed | hist, loaded in one copy
-    staging: np.ndarray | None = None  # (GPU) the load's host side of `block`
+    staging: np.ndarray | None = None  # (GPU) the load's host side of `block` (pinned memory)
+    loaded: object = None  # (GPU) an event after the load's copy: the staging is free again once it has passed
+    launches: dict = field(default_factory=dict)  # (GPU) ngram_advance's launches, their arguments packed
 
 
 def state_row(L: int, T: int, accepted, tries, tree_tokens: int, tree_steps: int) -> np.ndarray:

@@ -334,6 +334,13 @@ class CudaBackend:
         else:
             kernel(grid, block, args, shared_mem=shared_mem)
 
+    def prepared_launch(self, kernel, grid, block, args, shared_mem: int = 0):
+        """launch(), to repeat with the same arguments: call the result to launch. Where `pdl` is on the arguments
+        are packed once (driver.PreparedLaunch); CuPy's launch packs them each call."""
+        if self.pdl:
+            return driver.PreparedLaunch(kernel, grid, block, args, shared_mem, self.stream.ptr)
+        return lambda: kernel(grid, block, args, shared_mem=shared_mem)
+
     def put(self, values, dtype):
         """A host value or array as a contiguous device array of `dtype`."""
         return self.cp.asarray(np.ascontiguousarray(values, dtype=dtype))
@@ -1180,7 +1187,8 @@ class CudaBackend:
             block = cp.zeros(at[-1], cp.int32)
             buffers = NgramBuffers(N, W, block[at[3] :], block[: at[1]], block[at[1] : at[2]].reshape(2, MAX_TREE_NODES),
                                    block[at[2] : at[3]], cupyx.empty_pinned((2, OUT_SIZE), np.int32),
-                                   [cp.cuda.Event(disable_timing=True) for _ in range(2)], block, np.zeros(at[-1], np.int32))
+                                   [cp.cuda.Event(disable_timing=True) for _ in range(2)], block,
+                                   cupyx.empty_pinned(at[-1], np.int32), cp.cuda.Event(disable_timing=True))
             self.graphs.put((model, cache), key, buffers)
         return buffers
 
@@ -1191,14 +1199,18 @@ class CudaBackend:
         runtime.memcpyAsync(array.data.ptr + 4 * offset, host.ctypes.data, host.nbytes, runtime.memcpyHostToDevice, self.stream.ptr)
 
     def ngram_load(self, buffers, tokens, state, tree, plan: StepPlan) -> None:
-        """The sequence's tokens, its state and tree rows (ngram_device.state_row, tree_rows), and its first plan."""
+        """The sequence's tokens, its state and tree rows (ngram_device.state_row, tree_rows), and its first plan,
+        in one copy from pinned memory: the call returns at once, so at a hand-over the host goes on to launch the
+        stretch while the plain step in flight runs (a copy from pageable memory may wait for the stream)."""
         self.flush_host_read()
+        buffers.loaded.synchronize()  # the last load's copy has read the staging (long since: a stretch ago)
         staging, head = buffers.staging, buffers.block.size - buffers.hist.size  # state | tree | packed, then hist
         staging[: state.size] = state
         staging[state.size : state.size + tree.size] = tree.reshape(-1)
         pack_plan(plan, staging[state.size + tree.size : head], buffers.N, buffers.W)
         staging[head : head + len(tokens)] = tokens
-        self.upload(buffers.block, staging[: head + len(tokens)])  # one copy: the GPU idles while the host loads
+        self.upload(buffers.block, staging[: head + len(tokens)])
+        buffers.loaded.record(self.stream)
 
     def ngram_table(self, buffers, table: list[int]) -> None:
         """The sequence's page table into the packed plan (pages added since), in stream order."""
@@ -1226,17 +1238,26 @@ class CudaBackend:
         return step.outputs(buffers.N)
 
     def ngram_advance(self, cache, buffers, ids, slot: int, params) -> None:
-        """The ngram_advance kernel after the step (kernels/ngram_step.cu): record `slot` is ready when its event is."""
+        """The ngram_advance kernel after the step (kernels/ngram_step.cu): record `slot` is ready when its event is.
+        Its arguments change only with the ids' array (a graph's static output, or the plain step's in flight at a
+        hand-over), the slot and the request's settings, so each such launch is packed once and kept with the
+        buffers (packing took ~85 µs of the host's ~270 at a hand-over, notes/handover_h100_stop35.log)."""
         b = buffers
-        _, Hkv, P, D = cache.k[0].shape
-        caches = self.cache_pointers(cache.k, cache.v)
-        row_words = D * np.dtype(self.store_dtype).itemsize // 4
-        i32 = np.int32
-        args = (ids, b.hist, b.state, b.tree, b.packed, np.uint64(b.out[slot].ctypes.data), caches, i32(len(caches)),
-                i32(Hkv), i32(P), i32(row_words), i32(b.N), i32(params.max_len), i32(params.max_ngram),
-                i32(params.max_matches), i32(params.depth), i32(params.nodes), i32(params.width), i32(params.common),
-                i32(params.strong), np.float64(params.pays), *map(i32, params.stop_args()))
-        self.launch(self.kernel("ngram_step.cu", "ngram_advance"), (1,), (256,), args)
+        key = (ids.data.ptr, slot, params)  # the same pointer is the same argument, whichever array holds it now
+        advance = b.launches.get(key)
+        if advance is None:
+            _, Hkv, P, D = cache.k[0].shape
+            caches = self.cache_pointers(cache.k, cache.v)
+            row_words = D * np.dtype(self.store_dtype).itemsize // 4
+            i32 = np.int32
+            args = (ids, b.hist, b.state, b.tree, b.packed, np.uint64(b.out[slot].ctypes.data), caches, i32(len(caches)),
+                    i32(Hkv), i32(P), i32(row_words), i32(b.N), i32(params.max_len), i32(params.max_ngram),
+                    i32(params.max_matches), i32(params.depth), i32(params.nodes), i32(params.width), i32(params.common),
+                    i32(params.strong), np.float64(params.pays), *map(i32, params.stop_args()))
+            if len(b.launches) >= 64:  # the settings hold each request's length limit: keep the recent ones
+                b.launches.clear()
+            advance = b.launches[key] = self.prepared_launch(self.kernel("ngram_step.cu", "ngram_advance"), (1,), (256,), args)
+        advance()
         b.done[slot].record(self.stream)
 
     def ngram_read(self, buffers, slot: int) -> np.ndarray:
