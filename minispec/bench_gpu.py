@@ -102,6 +102,13 @@ def backend_with_edit(file: str, kernel: str, edit):
     return backend
 
 
+def in_turn(names: list, round_: int) -> list:
+    """The variants of an A/B probe in round `round_`'s order, rotated every round: a variant always timed first
+    had been 1-3 µs faster on identical code (an A/A control of tree attention's, notes/attention_ab_h100_stop35.log)."""
+    k = round_ % len(names)
+    return names[k:] + names[:k]
+
+
 def random_bf16(cp, shape, scale: float = 1.0):
     """bf16 bits (uint16) of normal values times `scale`, made on the GPU: the top half of each float32."""
     return ((cp.random.standard_normal(shape, dtype=cp.float32) * np.float32(scale)).view(cp.uint32) >> 16).astype(cp.uint16)

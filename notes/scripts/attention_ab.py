@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from minispec.bench_gpu import attention_case, backend_with_edit, card_name, copy_bandwidth, require_gpu, time_captured
+from minispec.bench_gpu import attention_case, backend_with_edit, card_name, copy_bandwidth, in_turn, require_gpu, time_captured
 
 cp = require_gpu()
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 2
@@ -90,11 +90,9 @@ for c, (q, k, v_, plan) in inputs.items():
         same = bool((out == ref).all())
         a, b = ((x.astype(cp.uint32) << 16).view(cp.float32) for x in (out, ref))
         print(f"  {c}: {v} same bits as base: {same}; max |diff| {float(cp.abs(a - b).max()):.3g} (max |out| {float(cp.abs(b).max()):.3g})")
-# The variants take turns case by case, in an order that rotates every round: the variant timed first had been
-# 5-10% faster, its code the same (stop 35's A/A control), so no variant may always go first.
-for r in range(ROUNDS):
+for r in range(ROUNDS):  # the variants take turns case by case, in an order that rotates every round (in_turn)
     for c, (q, k, v_, plan) in inputs.items():
-        for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]:
+        for v in in_turn(VARIANTS, r):
             times[v, c].append(time_captured(lambda: backends[v].attention(q, k, v_, plan, 0.1)))
 print(f"{'B T ctx':<16} {'floor µs':>9} " + " ".join(f"{v:>14}" for v in VARIANTS))
 for c in CASES:
