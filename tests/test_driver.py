@@ -51,3 +51,35 @@ def test_launch_attribute_layout_matches_cuda_h():
     assert driver.LaunchConfig.stream.offset == 32 and driver.LaunchConfig.attrs.offset == 40
     # the attribute every launch carries: CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, allowed
     assert driver.SERIALIZATION.id == 6 and driver.SERIALIZATION.value[0] == 1 and not any(driver.SERIALIZATION.value[1:])
+
+
+class FakeKernel:
+    class Function:
+        ptr = 0x5555_0000
+
+    kernel = Function()
+
+
+def test_a_prepared_launch_passes_the_same_launch_each_call(monkeypatch):
+    """driver.PreparedLaunch packs once and hands cuLaunchKernelEx the same config and argument bytes at every call
+    (read here at each call, as the driver copies them); a failing call raises with the launch's shape."""
+    seen, results = [], iter([0, 0, 700])
+
+    def launch_ex(config, function, pointers, extra):
+        c = config._obj
+        attribute = c.attrs.contents
+        seen.append((tuple(c.grid), tuple(c.block), c.shared_bytes, c.stream, c.num_attrs, attribute.id, attribute.value[0],
+                     function.value, [ctypes.string_at(pointers[i], 8) for i in range(3)], extra))
+        return next(results)
+
+    monkeypatch.setattr(driver, "_driver_launch_ex", lambda: launch_ex)
+    args = [FakeDeviceArray(), np.int64(-3), np.float64(0.25)]
+    launch = driver.PreparedLaunch(FakeKernel(), (7, 2), (256,), args, 4096, 0xABC0)
+    del args  # the launch keeps its own packed copy
+    launch()
+    launch()
+    expected = ((7, 2, 1), (256, 1, 1), 4096, 0xABC0, 1, 6, 1, 0x5555_0000,
+                [(0x7F00_1234_5670).to_bytes(8, "little"), np.int64(-3).tobytes(), np.float64(0.25).tobytes()], None)
+    assert seen == [expected, expected]
+    with pytest.raises(RuntimeError, match=r"CUresult 700\) for grid \(7, 2, 1\), block \(256, 1, 1\), 4096 B shared"):
+        launch()
