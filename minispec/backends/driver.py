@@ -107,9 +107,9 @@ def pack_arguments(args):
 class PreparedLaunch:
     """A launch of `function` (a CuPy RawKernel) with programmatic stream serialization on the stream `stream_ptr`,
     its arguments packed once: calling it launches again with the same arguments for the cost of the driver call
-    alone. Packing is most of a launch's host time (ngram_advance's 27 arguments: ~85 µs a launch on an H100's
-    host, notes/handover_h100_stop35.log). The driver copies the arguments during each call (or into the graph
-    node while capturing), so reuse is safe whatever the kernel does with them."""
+    alone. Making and packing the arguments is most of a launch's host time (ngram_advance's 26: ~85 µs a launch
+    on an H100's host, ~21 once kept, notes/handover_h100_stop35.log). The driver copies the arguments during each
+    call (or into the graph node while capturing), so reuse is safe whatever the kernel does with them."""
 
     def __init__(self, function, grid, block, args, shared_bytes: int, stream_ptr: int):
         self.function = function
