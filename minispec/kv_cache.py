@@ -42,7 +42,7 @@ class KVCache:
     def _take_page(self) -> int:
         if not self.free:
             raise KVPoolFull(
-                f"KV cache is full ({self.num_pages} pages of {self.page_size} tokens): "
+                f"KV cache is full ({self.num_pages} page{'s' if self.num_pages != 1 else ''} of {self.page_size} tokens): "
                 "use fewer or shorter requests, or a larger kv_cache_tokens / --kv-cache-tokens"
             )
         page = self.free.pop()
