@@ -1,6 +1,6 @@
 """Device probe: variants of kernels/attention.cu by turns in one process (bench_gpu.backend_with_edit), the
 whole call (kernel + merge, as `bench attention` times it) for 8B heads, against the K/V floor, and whether each
-variant's output equals the committed kernel's bits (or how far it strays).
+variant's output equals the first variant's bits (or how far it strays).
 
   base     the committed kernel
   same     the committed kernel again, in a backend of its own (an A/A control: the harness's own spread)
@@ -76,7 +76,7 @@ def patched(source: str, variant: str) -> str:
 bw = copy_bandwidth()
 print(card_name(), f"copy {bw / 1e12:.2f} TB/s; variants {VARIANTS}, {ROUNDS} rounds", flush=True)
 backends = {v: backend_with_edit("attention.cu", "attention_merge", lambda s, v=v: patched(s, v)) for v in VARIANTS}
-inputs = {case: attention_case(cp, backends["base"], *case, 32, 8, 128) for case in CASES}
+inputs = {case: attention_case(cp, backends[VARIANTS[0]], *case, 32, 8, 128) for case in CASES}
 times = {(v, c): [] for v in VARIANTS for c in CASES}
 for c, (q, k, v_, plan) in inputs.items():
     ref = None
@@ -89,7 +89,7 @@ for c, (q, k, v_, plan) in inputs.items():
             continue
         same = bool((out == ref).all())
         a, b = ((x.astype(cp.uint32) << 16).view(cp.float32) for x in (out, ref))
-        print(f"  {c}: {v} same bits as base: {same}; max |diff| {float(cp.abs(a - b).max()):.3g} (max |out| {float(cp.abs(b).max()):.3g})")
+        print(f"  {c}: {v} same bits as {VARIANTS[0]}: {same}; max |diff| {float(cp.abs(a - b).max()):.3g} (max |out| {float(cp.abs(b).max()):.3g})")
 for r in range(ROUNDS):  # the variants take turns case by case, in an order that rotates every round (in_turn)
     for c, (q, k, v_, plan) in inputs.items():
         for v in in_turn(VARIANTS, r):
