@@ -213,7 +213,7 @@ class Engine:
         counts = (history.accepted, history.tries, history.tree_tokens, history.tree_steps)
         first = tree or Tree.single(seq.tokens[seq.L])  # (the plain step's plan carries the page table only)
         plan = build_plan([StepItem.tree(seq.table, seq.L, first)], cache.page_size)
-        backend.ngram_load(buffers, seq.tokens, state_row(seq.L, len(first), *counts), tree_rows(first), plan)
+        backend.ngram_load(buffers, seq.tokens, state_row(seq.L, len(first), *counts), tree_rows(first), plan, owner=seq)
         sizes = {0: len(first)}  # step -> its tree's nodes, once known
         launched = read = 0  # steps launched, steps whose record the host has read
         if inflight is not None:  # the plain step is step 0; step 1 goes behind it whatever its draft (an empty plan

@@ -87,6 +87,8 @@ class NgramBuffers:
     block: object = None  # (GPU) one allocation holding state | tree | packed | hist, loaded in one copy
     staging: np.ndarray | None = None  # (GPU) the load's host side of `block` (pinned memory)
     loaded: object = None  # (GPU) an event after the load's copy: the staging is free again once it has passed
+    owner: object = None  # (GPU) the sequence last loaded, and how many of its tokens the staging holds (ngram_load)
+    staged: int = 0
     launches: dict = field(default_factory=dict)  # (GPU) ngram_advance's launches, their arguments packed
 
 

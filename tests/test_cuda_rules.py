@@ -109,3 +109,66 @@ def test_captured_step_fill_writes_the_documented_layout_and_pads_the_bucket():
                                np.concatenate([plan.logit_rows, np.arange(len(plan.logit_rows), N)]), plan.cu_q,
                                plan.kv_len, plan.tree_start, plan.causal, tables.reshape(-1)])
         assert np.array_equal(step.packed, want.astype(np.int32)), sizes
+
+
+class SlicedTokens(list):
+    """A sequence's token list that notes where each slice taken of it starts (which tokens a load converts)."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.starts = []
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            self.starts.append(index.start or 0)
+        return super().__getitem__(index)
+
+
+def test_a_stretch_load_sends_every_token_and_converts_only_the_new_ones():
+    """CudaBackend.ngram_load on host memory (HostOnlyCupy): each load's one copy gives the "device" block the state,
+    the tree rows, the plan and every token; a load for the sequence loaded last converts only the tokens it gained
+    since (the staging keeps the rest), one for another sequence, or after another's, converts all. The staging past
+    what was converted and the whole block are poisoned before each load."""
+    from minispec.ngram_device import STATE_SIZE, NgramBuffers, state_row, tree_rows
+    from minispec.step import build_plan_one, pack_plan, packed_offsets
+    from minispec.tree import MAX_TREE_NODES
+
+    rng = np.random.default_rng(8)
+    cp, N, W, P, capacity = HostOnlyCupy(), 16, 12, 16, 200
+    sizes = [STATE_SIZE, 2 * MAX_TREE_NODES, packed_offsets(1, N, W)[-1], capacity]
+    at = np.cumsum([0, *sizes]).tolist()
+    block = cp.zeros(at[-1], np.int32)
+    event = SimpleNamespace(synchronize=lambda: None, record=lambda stream: None)
+    buffers = NgramBuffers(N, W, block[at[3] :], block[: at[1]], block[at[1] : at[2]].reshape(2, MAX_TREE_NODES),
+                           block[at[2] : at[3]], np.zeros((2, 8 + MAX_TREE_NODES), np.int32), None, block,
+                           np.zeros(at[-1], np.int32), event)
+    backend = CudaBackend.__new__(CudaBackend)  # what ngram_load uses of it: the CuPy module, the stream, no copy pending
+    backend.cp, backend.stream, backend._host_read = cp, SimpleNamespace(ptr=0), None
+
+    def load(tokens, owner):
+        L = len(tokens) - 1
+        tree = Tree(rng.integers(0, 50, 5), [-1, 0, 0, 1, 2])
+        state, rows = state_row(L, len(tree), 3, 4, 5, 6), tree_rows(tree)
+        plan = build_plan_one(StepItem.tree(list(range(-(-(L + 5) // P))), L, tree), P)
+        buffers.staging[at[3] + buffers.staged :] = -9  # (past what the staging holds for the last sequence)
+        block[:] = -7
+        tokens.starts.clear()
+        backend.ngram_load(buffers, tokens, state, rows, plan, owner=owner)
+        packed = np.zeros(sizes[2], np.int32)
+        pack_plan(plan, packed, N, W)
+        assert block[: at[1]].tolist() == state.tolist() and np.array_equal(block[at[1] : at[2]], rows.reshape(-1))
+        assert np.array_equal(block[at[2] : at[3]], packed)
+        assert block[at[3] : at[3] + len(tokens)].tolist() == list(tokens) and block[at[3] + len(tokens)] == -7
+        return list(tokens.starts)
+
+    first, second = object(), object()
+    a = SlicedTokens(rng.integers(0, 50, 60).tolist())
+    assert load(a, first) == [0]
+    a += rng.integers(0, 50, 9).tolist()  # decoded since (a stretch's records, plain steps)
+    assert load(a, first) == [60]  # the 9 new tokens alone
+    assert load(a, first) == [69]  # nothing new
+    b = SlicedTokens(rng.integers(0, 50, 30).tolist())
+    assert load(b, second) == [0]
+    a += [7]
+    assert load(a, first) == [0]  # another sequence's load came between: all of a's tokens again
+    assert load(SlicedTokens(list(a)), None) == [0]  # no owner: every token

@@ -218,8 +218,9 @@ class NumpyBackend:
                             np.zeros((2, MAX_TREE_NODES), np.int32), np.zeros(packed_offsets(1, N, W)[-1], np.int32),
                             np.zeros((2, OUT_SIZE), np.int32))
 
-    def ngram_load(self, buffers, tokens, state, tree, plan: StepPlan) -> None:
-        """The sequence's tokens, its state and tree rows (ngram_device.state_row, tree_rows), and its first plan."""
+    def ngram_load(self, buffers, tokens, state, tree, plan: StepPlan, owner=None) -> None:
+        """The sequence's tokens, its state and tree rows (ngram_device.state_row, tree_rows), and its first plan
+        (owner: the GPU's load keeps the tokens it converted for the same sequence; here every token is copied)."""
         from ..step import pack_plan
 
         buffers.hist[: len(tokens)] = tokens
