@@ -1,7 +1,7 @@
 #!/bin/bash
 # Device probe: the second of the two calls that bring the default model over (see notes/README.md), then
 # what is asked: "tests", "e2e", "profile", "attention", "gemm", "spec", "sampling", "kernels", "sweep-short", "sweep",
-# "op-times", "agreement", "spec-profile", "spec-profile-extract" (in the order given). Logs go to $OUT.
+# "op-times", "agreement", "spec-profile", "spec-profile-extract", "handover" (in the order given). Logs go to $OUT.
 set -o pipefail
 cat /root/parts/gguf.part.aa .parts/b/gguf.part.ab > /root/smollm2.gguf || exit 1
 export PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights PYTHONUNBUFFERED=1
@@ -27,6 +27,7 @@ for what in "$@"; do
     device-draft) timeout 200 python3 -m pytest -q tests/test_ngram_device.py 2>&1 | tail -15
         timeout 300 python3 notes/scripts/device_draft_ab.py 6 2>&1 | grep -v "it/s\]" | tee $OUT/device_draft_ab.log ;;
     spec) timeout 300 python3 -m minispec.cli bench spec --device cuda 2>&1 | tee $OUT/bench_spec.log ;;
+    handover) timeout 200 python3 notes/scripts/handover_probe.py 2>&1 | grep -v "it/s\]" | tee $OUT/handover.log ;;
     profile) for T in 64 1; do
         timeout 200 ncu --clock-control none --nvtx --nvtx-include "step/" --metrics gpu__time_duration.sum --csv \
           python3 notes/scripts/layer_profile.py $T 3 > $OUT/profile_T$T.csv 2> $OUT/profile_T$T.err
