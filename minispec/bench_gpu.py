@@ -102,6 +102,13 @@ def backend_with_edit(file: str, kernel: str, edit):
     return backend
 
 
+def swap(text: str, old: str, new: str) -> str:
+    """text with its one occurrence of `old` replaced (a kernel edit for backend_with_edit: an anchor that moved
+    or repeats fails here, not as a probe of the wrong code)."""
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
 def in_turn(names: list, round_: int) -> list:
     """The variants of an A/B probe in round `round_`'s order, rotated every round: a variant always timed first
     had been 1-3 µs faster on identical code (an A/A control of tree attention's, notes/attention_ab_h100_stop35.log)."""

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from minispec.bench_gpu import attention_case, backend_with_edit, card_name, copy_bandwidth, in_turn, require_gpu, time_captured
+from minispec.bench_gpu import attention_case, backend_with_edit, card_name, copy_bandwidth, in_turn, require_gpu, swap, time_captured
 
 cp = require_gpu()
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 2
@@ -36,10 +36,6 @@ POLY = """__device__ __forceinline__ float exp2_poly(float x) {  // 2^x on the F
 
 
 def patched(source: str, variant: str) -> str:
-    def swap(text, old, new):
-        assert text.count(old) == 1, old
-        return text.replace(old, new)
-
     if variant.startswith("ramp"):
         ramp = int(variant[4:])
         source = swap(source, WAIT, WAIT + f"            else if (j >= {ramp}) mbarrier_wait(full + (j - {ramp}) % RING, 0);\n")

@@ -18,7 +18,7 @@ every variant gives the same bits.
 import sys
 
 from minispec.bench_gpu import (backend_with_edit, card_name, copy_bandwidth, in_turn, llama_8b_config, random_model_on_gpu,
-                                require_gpu, step_times, time_captured)
+                                require_gpu, step_times, swap, time_captured)
 from minispec.model import Model
 
 cp = require_gpu()
@@ -37,10 +37,6 @@ WGMMA_BODY = "    extern __shared__ __align__(128) unsigned char shared[];\n    
 
 def patched(source: str, variant: str) -> str:
     """kernels/gemm.cu as `variant` has it (the committed text is stop 34's)."""
-    def swap(text, old, new):
-        assert text.count(old) == 1, old
-        return text.replace(old, new)
-
     if variant == "stop33":  # gemm_stream triggers once its ring has drained
         source = swap(source, TRIGGER, "")
         source = swap(source, DRAINED, DRAINED + "    pdl_trigger();\n")
