@@ -69,6 +69,14 @@ class TreeBudget:
 NGRAM_PAYS = 4.5
 NGRAM_STRONG = 10
 
+# The same gate for sampled sequences, whose trees are drafted and verified on the host step by step: there a tree
+# step cost ~1.5 ms against 0.36 ms a plain sampled step one ahead (H100, stop 36, from the steps and rates below).
+# Ungated since stop 25, whose one-seed try had a gate at 2 tokens cut extract 1.67x -> 0.90x; sampled outputs now
+# copy less (2.5-3.1 tokens a tree step) and plain sampled decoding runs 1.7x faster. By turns over 6-8 seeds in
+# three calls (notes/sampled_gate_h100_stop36.log, geometric means of n-gram / plain sampled per seed, means of the
+# calls): no gate 0.89 / 0.90 / 1.02x on summarise / rewrite / extract, 3 tokens 0.95 / 0.93 / 1.05x, 4.5 mixed.
+NGRAM_PAYS_SAMPLED = 3.0
+
 # A token that alone matches (no longer suffix does) and follows at NGRAM_COMMON or more earlier places is a common
 # one ("the", "a"), whose continuations disagree: no draft. Replayed on the 12 stored prompts at stop 31's H100 costs
 # (notes/scripts/ngram_offline.py; plain one ahead 0.296 ms, a T = 16 tree 0.72 ms + 0.15-0.3 ms of host): list
@@ -182,8 +190,8 @@ def count_acceptance(tree: Tree, path, accepted: float, tries: float) -> tuple[f
 
 
 def gate_open(tree_tokens: int, tree_steps: int, weight: int, pays: float, strong: int) -> bool:
-    """Whether a greedy sequence drafts: its tree steps have paid (`pays` tokens each), or its best match start
-    weighs `strong` or more (NgramDrafter.pays)."""
+    """Whether a sequence drafts: its tree steps have paid (`pays` tokens each), or its best match start weighs
+    `strong` or more (NgramDrafter.pays)."""
     return tree_tokens >= pays * tree_steps or weight >= strong
 
 
@@ -239,17 +247,19 @@ class NgramDrafter(NoDrafter):
     speculation from 1.06x to 1.16x plain in all (the worst prompt 0.80x ->
     0.93x) and left the copying prompts as they were.
 
-    A greedy tree step must also pay for itself: once this sequence's tree
-    steps give fewer than NGRAM_PAYS tokens each, it drafts only on a strong
-    match (NGRAM_STRONG), and plain decoding ahead runs the rest.
+    A tree step must also pay for itself: once this sequence's tree steps
+    give fewer than NGRAM_PAYS tokens each (NGRAM_PAYS_SAMPLED when it
+    samples), it drafts only on a strong match (NGRAM_STRONG), and plain
+    decoding ahead runs the rest.
     """
 
     def __init__(self, budget: TreeBudget, max_ngram: int = 4, max_matches: int = 8, *, pays: float = NGRAM_PAYS,
-                 strong: int = NGRAM_STRONG, common: int = NGRAM_COMMON):
+                 strong: int = NGRAM_STRONG, common: int = NGRAM_COMMON, pays_sampled: float = NGRAM_PAYS_SAMPLED):
         self.budget = budget
         self.max_ngram = max_ngram
         self.max_matches = max_matches if budget.width > 1 else 1
         self.pays_rate, self.strong, self.common = pays, strong, common  # the gate (NGRAM_PAYS, NGRAM_STRONG, NGRAM_COMMON)
+        self.pays_sampled = pays_sampled  # the gate's `pays` for sampled sequences (NGRAM_PAYS_SAMPLED; 0: never closed)
         self.history = {}  # id(seq) -> NgramHistory
         self.index = {}  # id(seq) -> (n-gram -> continuation starts, oldest first; tokens indexed so far)
 
@@ -275,13 +285,12 @@ class NgramDrafter(NoDrafter):
         return history.accepted / history.tries
 
     def pays(self, seq, continuations) -> bool:
-        """Whether this sequence drafts now: it samples, its tree steps have paid (NGRAM_PAYS tokens each), or a
-        match is strong. Sampled sequences always draft: their tree steps accept fewer tokens and still paid
-        (extract sampled: 2.21 tokens a forward, 1.54-1.70x plain), but the gate, set on greedy replays, cut them to
-        0.90-0.95x (notes/bench_e2e_quick_gate_h100_stop24.log)."""
+        """Whether this sequence drafts now: its tree steps have paid (NGRAM_PAYS tokens each, NGRAM_PAYS_SAMPLED
+        when it samples), or a match is strong."""
         history = self.history[id(seq)]
         weight = max((n for _, n in continuations), default=0)
-        return not seq.params.greedy or gate_open(history.tree_tokens, history.tree_steps, weight, self.pays_rate, self.strong)
+        pays = self.pays_rate if seq.params.greedy else self.pays_sampled
+        return gate_open(history.tree_tokens, history.tree_steps, weight, pays, self.strong)
 
     def continuations(self, seq) -> list[tuple[list[int], int]]:
         """(continuation, weight) pairs, one per match start (match_starts), its tokens up to the budget's depth."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minispec import MinispecError, SamplingParams
-from minispec.drafters import NGRAM_COMMON, NGRAM_PAYS, NGRAM_STRONG, NgramDrafter, TreeBudget
+from minispec.drafters import NGRAM_COMMON, NGRAM_PAYS, NGRAM_PAYS_SAMPLED, NGRAM_STRONG, NgramDrafter, TreeBudget
 from minispec.tree import Tree
 
 
@@ -142,8 +142,16 @@ def test_ngram_gate_lets_only_strong_matches_past_trees_that_did_not_pay():
     weak.commit(other, [0, 1], [7, 6])
     other.tokens = list(seq.tokens)  # ending in the match of weight 10 that passed the default gate
     assert len(weak.propose([other], [1 << 20])[0]) == 1
-    sampled = Seq([5, 1, 2, 3, 7, 8, 1, 2, 3], SamplingParams(temperature=0.7))  # sampled sequences are not gated
-    drafter.propose([sampled], [1 << 20])
-    drafter.commit(sampled, [0], [6])
-    sampled.tokens += [6, 1, 2, 3]
-    assert len(drafter.propose([sampled], [1 << 20])[0]) > 1
+    # sampled sequences: the same gate at NGRAM_PAYS_SAMPLED tokens a tree step (3); 0 never closes it
+    ungated, seqs = NgramDrafter(TreeBudget(16, 15, 4), pays_sampled=0.0), []
+    for gated, tokens_given in ((drafter, [7, 6, 2]), (drafter, [7, 6]), (ungated, [7, 6])):
+        sampled = Seq([5, 1, 2, 3, 7, 8, 1, 2, 3], SamplingParams(temperature=0.7))
+        seqs.append(sampled)  # (alive: the drafter keys its histories by id)
+        assert len(gated.propose([sampled], [1 << 20])[0]) > 1  # no tree step yet
+        gated.commit(sampled, [0, 1], tokens_given)
+        sampled.tokens += tokens_given + [1, 2, 3]  # a weak match again
+        drafts = len(gated.propose([sampled], [1 << 20])[0]) > 1
+        assert drafts == (gated is ungated or len(tokens_given) >= NGRAM_PAYS_SAMPLED), (tokens_given, drafts)
+    closed = seqs[1]
+    closed.tokens += [4, 9, 1, 2, 3, 4]  # a strong match passes the closed gate
+    assert len(drafter.propose([closed], [1 << 20])[0]) > 1
