@@ -196,7 +196,13 @@ class Engine:
 
         inflight: instead of `tree`, the argmax ids of a plain step already launched at L (decode_ahead hands its
         sequence over once drafts show): the device verifies that one-node step, drafts the first tree from its
-        token and the host launches that tree step at once, with no host draft or GPU idle time in between."""
+        token and the host launches that tree step at once, with no host draft or GPU idle time in between. And
+        where the device drafts nothing, the host launches the plain step at L as soon as it reads the record that
+        says so, behind the empty step in flight, and returns it as decode_ahead's pending step (launch_plain)
+        instead of True: the GPU goes back to plain decoding without waiting for the host's return to its loop
+        (~0.1-0.3 ms a stretch end, notes/device_draft_timeline_h100_stop33.log). It is the step decode_ahead would
+        launch first (the host's drafter, asked after it, drafts nothing at L either: the same rules), so the tokens
+        are the same."""
         backend, cache, drafter = self.model.backend, self.cache, self.drafter
         history = drafter.history[id(seq)]
         params = NgramParams.of(drafter, self.max_model_len, seq, self.tokenizer.stop_token_ids)
@@ -220,6 +226,7 @@ class Engine:
             backend.ngram_advance(cache, buffers, inflight, 0, params)  # costs ~0.04 ms)
             sizes[0], launched = 2, 1
         L, pages = seq.L, len(seq.table)  # L: what the records read so far make final
+        plain = None  # the plain step launched at the end (inflight)
         while True:
             size = sizes.get(launched, sizes.get(launched - 1, 0))  # the step to launch's tree, or the one in flight's
             if not seq.done and launched - read < 2 and size > 1 and L + 3 * N <= self.max_model_len:
@@ -249,9 +256,13 @@ class Engine:
             seq.stats.steps += 1
             seq.stats.accepted_lengths[int(taken)] += 1
             yield from self.emit(seq, record[OUT_TOKENS : OUT_TOKENS + taken].tolist())
+            if inflight is not None and sizes[read] == 0 and not seq.done and L + 3 * N <= self.max_model_len:
+                plain = self.launch_plain([seq])  # (its page is among those prepared for the stretch)
         history.asked = history.tree = None
         if not seq.done:
-            cache.truncate(seq.table, seq.L)
+            cache.truncate(seq.table, seq.L + (plain is not None))  # (the plain step in flight writes at L)
+        if plain is not None:  # (launched only where the device drafted nothing)
+            return plain
         # ended where the device drafted nothing (not at the end, the context limit or a full pool)
         return not seq.done and read > 0 and sizes[read] == 0 and seq.L + 3 * N <= self.max_model_len
 
@@ -266,6 +277,20 @@ class Engine:
         """Whether the drafter proposes more than the root for any of `seqs` (a host-only drafter: asking is cheap)."""
         trees = self.drafter.propose(seqs, [self.max_model_len - s.L for s in seqs])
         return any(len(tree) > 1 for tree in trees)
+
+    def launch_plain(self, rows: list[Sequence], ahead: int = 0, tokens=None) -> tuple:
+        """One plain step of `rows` launched, their roots at L + ahead: s.tokens[L] from the host, or `tokens` on the
+        device (a pending step's ids, one per row) -> decode_ahead's pending step (rows, ids on the device, their
+        host copy's wait, 1). A sampled step draws each row's uniform now (verify.tree_uniforms)."""
+        items = [StepItem.tree(s.table, s.L + ahead, Tree.single(s.tokens[s.L] if tokens is None else 0)) for s in rows]
+        logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache, tokens)  # (0: a placeholder)
+        if rows[0].params.greedy:
+            ids = logits.argmax_device()
+        else:
+            ids = logits.sample_device([s.params for s in rows], [tree_uniforms(s.rng, 1)[0] for s in rows])
+        # the copy starts with step k + 1, from that step's token input (CudaBackend.to_host_soon, defer): the ids
+        # are a graph's output or a fresh array, which nothing but a replay writes
+        return rows, ids, self.model.backend.to_host_soon(ids, defer=True), 1
 
     def decode_ahead(self, seqs: list[Sequence], until=None, first=None):
         """Decoding without drafts (all greedy, or all sampled), one step ahead of the host.
@@ -312,24 +337,13 @@ class Engine:
                     raise
                 rows = []
             if rows:
-                items = []
-                for s in rows:
-                    root = s.tokens[s.L] if pending is None else 0  # 0: a placeholder, the token is on the device
-                    items.append(StepItem.tree(s.table, s.L + ahead, Tree.single(root)))
                 tokens = None
                 if pending is not None:  # the pending ids as they are, or the rows of the sequences still going
                     tokens = pending[1]
                     if len(rows) < len(pending[0]):
                         where = {id(s): i for i, s in enumerate(pending[0])}
                         tokens = backend.gather(pending[1], [where[id(s)] for s in rows])
-                logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache, tokens)
-                if rows[0].params.greedy:
-                    ids = logits.argmax_device()
-                else:
-                    ids = logits.sample_device([s.params for s in rows], [tree_uniforms(s.rng, 1)[0] for s in rows])
-                # the copy starts with step k + 1, from that step's token input (CudaBackend.to_host_soon, defer):
-                # the ids are a graph's output or a fresh array, which nothing but a replay writes
-                launched = (rows, ids, backend.to_host_soon(ids, defer=True), 1)
+                launched = self.launch_plain(rows, ahead, tokens)
             if pending is not None:
                 for s, token in zip(pending[0], pending[2]()):  # waits for step k alone
                     if s.done:  # stopped at the previous token: this step ran past its end
@@ -347,9 +361,10 @@ class Engine:
                     # drafts show for a sequence that drafts on the device: the step in flight becomes that stretch's
                     # first (its token verified there), so no host draft and no idle GPU come between
                     handed = yield from self.speculate_on_device(launched[0][0], inflight=launched[1])
-                    if handed:
-                        pending, stopping = None, False  # the device drafted nothing: plain steps again from here
-                        continue  # (the host's drafter would say the same: it is asked after the next step)
+                    if handed:  # the device drafted nothing: plain steps again from here, from the one it launched
+                        pending = handed if isinstance(handed, tuple) else None  # (the host's drafter would say
+                        stopping = False  # the same: it is asked after that step)
+                        continue
                     if handed is not None:
                         return
                     # (None: no stretch started; the step in flight is read below as any other)

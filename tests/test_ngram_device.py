@@ -249,6 +249,28 @@ def test_engine_drafting_on_the_device_gives_the_host_loops_tokens_and_steps(tin
     assert calls > 0 and device[1] < len(device[0])  # tree steps ran on the device and took more than one token
 
 
+def test_a_stretch_that_drafts_nothing_launches_the_plain_step_before_its_last_record(tiny_model):
+    """Where the device drafts nothing, the host launches the plain step (launch_plain) as soon as it reads the record
+    that says so, before the empty step's record, and decode_ahead goes on from it: the host loop's tokens and steps."""
+    llm = tiny_llm(tiny_model)
+    llm.use_drafter("ngram")
+    backend, engine, events = llm.backend, llm.engine, []
+    spied = {"ngram_load": backend, "ngram_read": backend, "ngram_advance": backend, "launch_plain": engine}
+    for name, owner in spied.items():
+        setattr(owner, name, lambda *a, name=name, call=getattr(owner, name), **k: (events.append(name), call(*a, **k))[1])
+    try:
+        prompt = llm.tokenizer.encode("abcabcabd abcab")
+        (device, host), calls = generate_both_ways(llm, prompt, SamplingParams(temperature=0, max_tokens=160, ignore_eos=True))
+    finally:
+        for name, owner in spied.items():
+            delattr(owner, name)
+    assert device == host and calls > 0
+    # a plain launch followed by a stretch's record with no advance between: only a stretch's end does that (every
+    # stretch but the last, which may end at the length limit)
+    ends = sum(a == "launch_plain" and b == "ngram_read" for a, b in zip(events, events[1:]))
+    assert ends >= max(2, events.count("ngram_load") - 1), (ends, events.count("ngram_load"))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("store", ["bfloat16", "float32"])
 def test_ngram_advance_kernel_equals_the_reference(store):
