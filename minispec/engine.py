@@ -282,8 +282,9 @@ class Engine:
         """One plain step of `rows` launched, their roots at L + ahead: s.tokens[L] from the host, or `tokens` on the
         device (a pending step's ids, one per row) -> decode_ahead's pending step (rows, ids on the device, their
         host copy's wait, 1). A sampled step draws each row's uniform now (verify.tree_uniforms)."""
+        # (root 0: a placeholder where the token is on the device)
         items = [StepItem.tree(s.table, s.L + ahead, Tree.single(s.tokens[s.L] if tokens is None else 0)) for s in rows]
-        logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache, tokens)  # (0: a placeholder)
+        logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache, tokens)
         if rows[0].params.greedy:
             ids = logits.argmax_device()
         else:
