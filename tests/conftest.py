@@ -63,8 +63,15 @@ def make_tiny_checkpoint(
     dtype=np.float32,
     shards: int = 1,
     max_positions: int = 512,
+    cycle: int = 0,
 ) -> Path:
-    """A random Llama checkpoint in Hugging Face layout, written with NumPy only."""
+    """A random Llama checkpoint in Hugging Face layout, written with NumPy only.
+
+    cycle > 0: a model that loops, so that n-gram drafts get accepted. The token after t is mostly next(t), a
+    random permutation of the vocabulary made of cycles of `cycle` tokens: the embeddings are scaled up so that
+    the residual stream is mostly the last token's own (the layers, whose inputs are normalised, add less), and
+    the LM head's row next(t) gets a large component along t's embedding. The layers stay random, so every
+    kernel still does its work."""
     directory.mkdir(parents=True, exist_ok=True)
     V = write_byte_tokenizer(directory)
     D = head_dim or hidden // heads
@@ -76,6 +83,17 @@ def make_tiny_checkpoint(
     tensors = {"model.embed_tokens.weight": rng.normal(0.0, 1.0, size=(V, hidden)), "model.norm.weight": 1 + 0.1 * rng.normal(size=hidden)}
     if not tied:
         tensors["lm_head.weight"] = dense(V, hidden) * 4
+    if cycle:
+        order = rng.permutation(V)
+        following = np.empty(V, dtype=np.int64)  # following[t]: the token after t, cycles of `cycle` tokens along `order`
+        for start in range(0, V, cycle):
+            members = order[start : start + cycle]
+            following[members] = np.roll(members, -1)
+        embed = tensors["model.embed_tokens.weight"]
+        tensors["model.embed_tokens.weight"] = embed * 4
+        unit = embed / np.linalg.norm(embed, axis=1, keepdims=True)
+        head = tensors.setdefault("lm_head.weight", dense(V, hidden) * 4)
+        head[following] += 3 * unit  # (3: loops that now and then leave for another cycle, so drafts fail too)
     for i in range(layers):
         p = f"model.layers.{i}."
         tensors.update({
@@ -115,6 +133,13 @@ def make_tiny_checkpoint(
 @pytest.fixture
 def tiny_model(tmp_path) -> Path:
     return make_tiny_checkpoint(tmp_path / "tiny")
+
+
+@pytest.fixture
+def looping_model(tmp_path) -> Path:
+    """A tiny model whose greedy output runs in cycles of 7 tokens and now and then moves to another cycle: n-gram
+    trees are accepted whole, in part, or not at all (make_tiny_checkpoint's `cycle`)."""
+    return make_tiny_checkpoint(tmp_path / "looping", cycle=7)
 
 
 @pytest.fixture(scope="session")

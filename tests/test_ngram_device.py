@@ -234,46 +234,50 @@ def generate_both_ways(llm, prompt, params):
     return runs, len(calls)
 
 
-@pytest.mark.parametrize("open_gate", [True, False], ids=["open gate", "default gate"])
+@pytest.mark.parametrize("looping", [True, False], ids=["looping model", "random model"])
 @pytest.mark.parametrize("max_tokens,ignore_eos,ahead", [(120, True, True), (37, True, True), (200, False, True), (120, True, False)])
-def test_engine_drafting_on_the_device_gives_the_host_loops_tokens_and_steps(tiny_model, max_tokens, ignore_eos, ahead, open_gate):
+def test_engine_drafting_on_the_device_gives_the_host_loops_tokens_and_steps(tiny_model, looping_model, max_tokens, ignore_eos, ahead, looping):
     """The same tokens, steps and accepted lengths with the drafting on the device (NumPy reference) as on the
     host, and every page back. With decoding ahead (the default) decode_ahead hands its step in flight over to
-    the device's stretch; without, the host's loop starts each stretch from its own tree. The tiny random model
-    copies little of its own output, so its drafts mostly fail: with the default gate few trees run after the
-    first, with the gate open (pays 0) trees run all along and one at least takes two tokens."""
-    llm = tiny_llm(tiny_model)
+    the device's stretch; without, the host's loop starts each stretch from its own tree. The looping model's
+    trees are accepted whole, in part or not at all, so stretches run many tree steps and end where its output
+    leaves a cycle; the random model's drafts mostly fail, so its stretches are short and the gate closes."""
+    llm = tiny_llm(looping_model if looping else tiny_model)
     llm.use_drafter("ngram")
     llm.engine.decode_ahead_enabled = ahead
-    if open_gate:
-        llm.engine.drafter.pays_rate = 0.0
     prompt = llm.tokenizer.encode("abcabcabd abcab")
     (device, host), calls = generate_both_ways(llm, prompt, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=ignore_eos))
     assert device == host and calls > 0  # (calls: the device's steps ran)
-    if open_gate and ahead:
-        assert max(device[2]) > 1  # a tree step on the device took more than one token
+    if looping:  # long paths accepted, short ones, and none
+        assert max(device[2]) >= min(8, max_tokens // 4) and 1 in device[2] and len(device[2]) >= 3, device[2]
 
 
-def test_a_stretch_that_drafts_nothing_launches_the_plain_step_before_its_last_record(tiny_model):
+def test_a_stretch_that_drafts_nothing_launches_the_plain_step_before_its_last_record(looping_model):
     """Where the device drafts nothing, the host launches the plain step (launch_plain) as soon as it reads the record
     that says so, before the empty step's record, and decode_ahead goes on from it: the host loop's tokens and steps."""
-    llm = tiny_llm(tiny_model)
+    llm = tiny_llm(looping_model)
     llm.use_drafter("ngram")
-    backend, engine, events = llm.backend, llm.engine, []
-    spied = {"ngram_load": backend, "ngram_read": backend, "ngram_advance": backend, "launch_plain": engine}
+    backend, engine, cache, events = llm.backend, llm.engine, llm.cache, []
+    spied = {"ngram_load": backend, "ngram_read": backend, "ngram_advance": backend}
     for name, owner in spied.items():
-        setattr(owner, name, lambda *a, name=name, call=getattr(owner, name), **k: (events.append(name), call(*a, **k))[1])
+        setattr(owner, name, lambda *a, name=name, call=getattr(owner, name), **k: (events.append((name,)), call(*a, **k))[1])
+    launch, truncate = engine.launch_plain, cache.truncate
+    engine.launch_plain = lambda rows, *a: (events.append(("launch_plain", rows[0].L)), launch(rows, *a))[1]
+    cache.truncate = lambda table, length: (events.append(("truncate", length)), truncate(table, length))[1]
     try:
         prompt = llm.tokenizer.encode("abcabcabd abcab")
         (device, host), calls = generate_both_ways(llm, prompt, SamplingParams(temperature=0, max_tokens=160, ignore_eos=True))
     finally:
-        for name, owner in spied.items():
+        for name, owner in list(spied.items()) + [("launch_plain", engine), ("truncate", cache)]:
             delattr(owner, name)
     assert device == host and calls > 0
     # a plain launch followed by a stretch's record with no advance between: only a stretch's end does that (every
-    # stretch but the last, which may end at the length limit)
-    ends = sum(a == "launch_plain" and b == "ngram_read" for a, b in zip(events, events[1:]))
-    assert ends >= max(2, events.count("ngram_load") - 1), (ends, events.count("ngram_load"))
+    # stretch but the last, which may end at the length limit); the stretch then keeps the page the step writes (at L)
+    ends = [i for i in range(len(events) - 1) if events[i][0] == "launch_plain" and events[i + 1][0] == "ngram_read"]
+    assert len(ends) >= max(2, [e[0] for e in events].count("ngram_load") - 1), (ends, events)
+    for i in ends:
+        length = next(e[1] for e in events[i:] if e[0] == "truncate")
+        assert length > events[i][1], (events[i], length)
 
 
 @pytest.mark.gpu
