@@ -116,17 +116,23 @@ def test_tree_steps_give_plain_decodings_text(default_llm, prompt_ids, plain_out
         plain_stopped.text, plain_stopped.token_ids, plain_stopped.finish_reason)
 
 
+@pytest.mark.parametrize("cycle", [0, 7], ids=["random", "looping"])
 @pytest.mark.parametrize("draft", [None, "ngram", "self:1"])
-def test_tiny_model_speculation_and_page_sizes(tmp_path, draft):
+def test_tiny_model_speculation_and_page_sizes(tmp_path, draft, cycle):
+    """Speculative greedy decoding equals plain decoding at page sizes 1, 3 and 16; the looping model's n-gram
+    trees are accepted whole or in part, so accepted paths cross page boundaries (conftest: make_tiny_checkpoint)."""
     from .conftest import make_tiny_checkpoint
 
-    directory = make_tiny_checkpoint(tmp_path / "m", layers=3)
+    directory = make_tiny_checkpoint(tmp_path / "m", layers=3, cycle=cycle)
     outputs = []
     for page_size in (1, 3, 16):
         llm = LLM(model=str(directory), device="cpu", page_size=page_size, draft=draft, tree=(10, 4, 3))
         prompts = ["abcabcabcabc", "x", "the quick brown fox jumps over the lazy dog " * 3]
-        outputs.append([r.token_ids for r in llm.generate(prompts, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))])
+        results = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+        outputs.append([r.token_ids for r in results])
         assert llm.cache.free_pages == llm.cache.num_pages
+        if cycle and draft == "ngram":  # paths of several tokens accepted in every prompt
+            assert all(max(r.stats.accepted_lengths) >= 3 for r in results), [r.stats.accepted_lengths for r in results]
     plain = LLM(model=str(directory), device="cpu")
     expected = [r.token_ids for r in plain.generate(prompts, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))]
     assert all(o == expected for o in outputs)
