@@ -310,22 +310,28 @@ def test_one_sequence_decodes_ahead_from_the_prefill(tiny_model, sampled):
     assert len(ahead.token_ids) == 2 and ahead.samples[0].finish_reason == "length"
 
 
+@pytest.mark.parametrize("looping", [False, True], ids=["random", "looping"])
 @pytest.mark.parametrize("gate", [True, False], ids=["gate", "no gate"])
 @pytest.mark.parametrize("sampled", [False, True])
-def test_ngram_decodes_ahead_between_drafts(tiny_model, sampled, gate):
+def test_ngram_decodes_ahead_between_drafts(tiny_model, looping_model, sampled, gate, looping):
     """With the n-gram drafter, stretches where it finds no match run one step ahead of the host, and the
     drafter is asked after each token. Greedy: the tokens, stops and texts of step-by-step speculation.
     Sampled: the draws group otherwise (a stretch ends with a one-node step where step by step a tree is
     verified), so a seed repeats its own tokens, stops and texts. With the gate (NGRAM_PAYS, NGRAM_PAYS_SAMPLED)
-    and without it: the tiny random model's drafts mostly fail, so the gate leaves few trees."""
-    llm = LLM(model=str(tiny_model), device="cpu", draft="ngram", tree=(8, 4, 2), max_model_len=120)
+    and without it: the tiny random model's drafts mostly fail, so the gate leaves few trees; the looping
+    model's are accepted whole or in part, greedy and sampled."""
+    model = looping_model if looping else tiny_model
+    llm = LLM(model=str(model), device="cpu", draft="ngram", tree=(8, 4, 2), max_model_len=120)
     if not gate:
         llm.engine.drafter.pays_rate = llm.engine.drafter.pays_sampled = 0.0  # every sequence's tree steps "pay"
     prompts = ["abcabcabc " * 3 + "q", "zyx", "the cat sat on the mat, the cat sat on the"]
     params, kinds = stopping_requests(sampled, seed=3, budget=40, stop="b"), []
     spy_on_steps(llm, kinds)
     ahead = llm.generate(prompts, params)
-    assert kinds.count("ahead") > 10 and kinds.count("tree") > (1 if gate else 3)  # both kinds ran
+    # both kinds ran (the looping model's trees leave few steps to decode ahead)
+    assert kinds.count("ahead") > (2 if looping else 10) and kinds.count("tree") > (1 if gate else 3)
+    if looping:  # drafts accepted: paths of several tokens
+        assert max(max(s.stats.accepted_lengths) for r in ahead for s in r.samples) >= 4
     assert llm.cache.free_pages == llm.cache.num_pages
     if not sampled:
         llm.engine.decode_ahead_enabled = False
