@@ -314,6 +314,30 @@ def test_engine_drafting_on_the_device_on_gpu(default_model):
 
 
 @pytest.mark.gpu
+def test_looping_model_on_gpu_drafts_on_the_device_and_samples_losslessly(tmp_path):
+    """A looping tiny model in bf16 on the GPU (head dim 64, as the kernels take it): greedy, the device's drafting
+    (ngram_advance, the packed graphs) gives the host loop's tokens and steps over stretches of long accepted
+    paths; sampled, n-gram speculation verified on the device (verify_tree) draws from plain sampling's
+    distribution (conftest.sampled_speculation_chi2)."""
+    from .conftest import make_tiny_checkpoint, sampled_speculation_chi2
+
+    model = make_tiny_checkpoint(tmp_path / "looping", hidden=192, layers=3, heads=4, kv_heads=2, head_dim=64,
+                                 intermediate=384, dtype=ml_dtypes.bfloat16, cycle=7)
+    llm = tiny_llm(model, "cuda", kv_cache_tokens=1 << 15)
+    llm.use_drafter("ngram")
+    prompt = llm.tokenizer.encode("abcabcabd abcab")
+    (device, host), calls = generate_both_ways(llm, prompt, SamplingParams(temperature=0, max_tokens=160, ignore_eos=True))
+    assert device == host and calls > 0 and max(device[2]) >= 8, device[2]
+    plain = tiny_llm(model, "cuda", kv_cache_tokens=1 << 15)
+    start = plain.tokenizer.encode("ab")
+    cycle_prompt = start + plain.generate(start, SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)).token_ids
+    llm.use_drafter("ngram", (8, 4, 2))
+    chi2, df, accepted = sampled_speculation_chi2(plain, llm, cycle_prompt)
+    assert sum(v for k, v in accepted.items() if k >= 3) > 50, accepted
+    assert chi2 < df + 5 * np.sqrt(2 * df), (chi2, df, accepted)
+
+
+@pytest.mark.gpu
 # the fused kernel's CUDA-core instance (intermediate 328: up to 4 rows) and its tensor-core one (384: up to 16)
 @pytest.mark.parametrize("intermediate,T", [(328, 3), (384, 13)])
 def test_a_device_written_empty_plan_leaves_the_cache_untouched(tmp_path, intermediate, T):

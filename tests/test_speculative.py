@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pytest
 
@@ -367,28 +365,17 @@ def test_decode_ahead_needs_no_page_that_step_by_step_does_not(tiny_model):
 
 
 def test_sampled_ngram_speculation_draws_from_plain_samplings_distribution(looping_model):
-    """End to end, lossless: the first three tokens of 1,500 samples with n-gram trees verified (drafts accepted
-    whole, in part and not at all) follow the distribution of plain sampling. The prompt ends in two turns of
-    the looping model's cycle, so its trees draft the cycle; temperature 5 and top-k 3 have them accepted whole,
-    in part or refused, over a support small enough to count. Chi-square homogeneity of the (t1, t2, t3)
-    counts; the samples share their first token's draw, which only lowers the statistic (accepting drafts 1.5x
-    too often, or drawing the bonus from p rather than the residual, took it from ~2 to 170 and 140)."""
+    """End to end, lossless: the first three tokens of 1,500 samples with n-gram trees verified follow the
+    distribution of plain sampling (conftest.sampled_speculation_chi2). The prompt ends in two turns of the
+    looping model's cycle, so its trees draft the cycle; at temperature 5 and top-k 3 they are accepted whole,
+    in part or refused. Accepting drafts 1.5x too often, or drawing the bonus from p rather than the residual,
+    took the statistic from ~2 to 170 and 140 at 18 degrees of freedom."""
+    from .conftest import sampled_speculation_chi2
+
     plain = LLM(model=str(looping_model), device="cpu", kv_cache_tokens=1 << 15)
     spec = LLM(model=str(looping_model), device="cpu", draft="ngram", tree=(8, 4, 2), kv_cache_tokens=1 << 15)
     start = plain.tokenizer.encode("ab")
     prompt = start + plain.generate(start, SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)).token_ids
-    counts, accepted = [Counter(), Counter()], Counter()
-    for seed in range(3):
-        params = SamplingParams(n=500, temperature=5.0, top_k=3, seed=seed, max_tokens=3, ignore_eos=True)
-        for counter, llm in zip(counts, (plain, spec)):
-            result = llm.generate(prompt, params)
-            counter.update(tuple(s.token_ids) for s in result.samples)
-        accepted.update(result.stats.accepted_lengths)
+    chi2, df, accepted = sampled_speculation_chi2(plain, spec, prompt)
     assert accepted[1] > 100 and sum(v for k, v in accepted.items() if k >= 3) > 50, accepted  # drafts taken and refused
-    outcomes = sorted(set(counts[0]) | set(counts[1]))
-    table = np.array([[c[o] for o in outcomes] for c in counts], dtype=float)
-    table = table[:, table.sum(0) >= 10]  # (rare outcomes: too few for the statistic)
-    expected = table.sum(1, keepdims=True) * table.sum(0) / table.sum()
-    chi2 = float(((table - expected) ** 2 / expected).sum())
-    df = table.shape[1] - 1
     assert chi2 < df + 5 * np.sqrt(2 * df), (chi2, df)  # ~4 standard deviations over the mean of chi2(df)
