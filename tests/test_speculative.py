@@ -364,16 +364,19 @@ def test_decode_ahead_needs_no_page_that_step_by_step_does_not(tiny_model):
     assert results[0].token_ids == results[1].token_ids == output[: k + 1]  # the stop trims the text, not the tokens
 
 
-def test_sampled_ngram_speculation_draws_from_plain_samplings_distribution(looping_model):
-    """End to end, lossless: the first three tokens of 1,500 samples with n-gram trees verified follow the
+@pytest.mark.parametrize("draft", ["ngram", "self:1"])
+def test_sampled_speculation_draws_from_plain_samplings_distribution(looping_model, draft):
+    """End to end, lossless: the first three tokens of 1,500 samples with drafted trees verified follow the
     distribution of plain sampling (conftest.sampled_speculation_chi2). The prompt ends in two turns of the
     looping model's cycle, so its trees draft the cycle; at temperature 5 and top-k 3 they are accepted whole,
-    in part or refused. Accepting drafts 1.5x too often, or drawing the bonus from p rather than the residual,
-    took the statistic from ~2 to 170 and 140 at 18 degrees of freedom."""
+    in part or refused. The n-gram drafter's candidates are deterministic; the draft model's (the target's
+    first layer) are sampled from its q (verify's SpecInfer rule). With n-gram trees, accepting drafts 1.5x too
+    often, or drawing the bonus from p rather than the residual, took the statistic from ~2 to 170 and 140 at
+    18 degrees of freedom."""
     from .conftest import sampled_speculation_chi2
 
     plain = LLM(model=str(looping_model), device="cpu", kv_cache_tokens=1 << 15)
-    spec = LLM(model=str(looping_model), device="cpu", draft="ngram", tree=(8, 4, 2), kv_cache_tokens=1 << 15)
+    spec = LLM(model=str(looping_model), device="cpu", draft=draft, tree=(8, 4, 2), kv_cache_tokens=1 << 15)
     start = plain.tokenizer.encode("ab")
     prompt = start + plain.generate(start, SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)).token_ids
     chi2, df, accepted = sampled_speculation_chi2(plain, spec, prompt)
