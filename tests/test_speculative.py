@@ -369,10 +369,10 @@ def test_sampled_speculation_draws_from_plain_samplings_distribution(looping_mod
     """End to end, lossless: the first three tokens of 1,500 samples with drafted trees verified follow the
     distribution of plain sampling (conftest.sampled_speculation_chi2). The prompt ends in two turns of the
     looping model's cycle, so its trees draft the cycle; at temperature 5 and top-k 3 they are accepted whole,
-    in part or refused. The n-gram drafter's candidates are deterministic; the draft model's (the target's
-    first layer) are sampled from its q (verify's SpecInfer rule). With n-gram trees, accepting drafts 1.5x too
-    often, or drawing the bonus from p rather than the residual, took the statistic from ~2 to 170 and 140 at
-    18 degrees of freedom."""
+    in part or refused. Both drafters' candidates are deterministic: the n-gram drafter's continuations, and
+    the draft model's (the target's first layer) best-valued top-k tree. With n-gram trees, accepting drafts
+    1.5x too often, or drawing the bonus from p rather than the residual, took the statistic from ~2 to 170
+    and 140 at 18 degrees of freedom; the draft model's stays at 10-27 from 1,500 to 6,000 samples."""
     from .conftest import sampled_speculation_chi2
 
     plain = LLM(model=str(looping_model), device="cpu", kv_cache_tokens=1 << 15)
