@@ -130,15 +130,19 @@ def make_tiny_checkpoint(
     return directory
 
 
-def sampled_speculation_chi2(plain, spec, prompt: list[int], seeds=range(3), n: int = 500) -> tuple[float, int, dict]:
-    """Losslessness end to end: the first three tokens of n samples per seed from LLMs `plain` and `spec` (n-gram
-    drafting), at temperature 5 and top-k 3 (a support small enough to count) -> (chi-square homogeneity statistic
-    of the (t1, t2, t3) counts, its degrees of freedom, spec's accepted lengths). Outcomes seen fewer than 10 times
-    in all are left out; the samples of a seed share their first token's draw, which only lowers the statistic."""
+def sampled_speculation_chi2(plain, spec, seeds=range(3), n: int = 500) -> tuple[float, int, dict]:
+    """Losslessness end to end, on a looping model (make_tiny_checkpoint's `cycle`): the prompt ends in two turns
+    of its cycle (its greedy output after "ab"), so drafts follow the cycle; the first three tokens of n samples
+    per seed from LLMs `plain` and `spec` (drafting), at temperature 5 and top-k 3 (a support small enough to
+    count) -> (chi-square homogeneity statistic of the (t1, t2, t3) counts, its degrees of freedom, spec's
+    accepted lengths). Outcomes seen fewer than 10 times in all are left out; the samples of a seed share their
+    first token's draw, which only lowers the statistic."""
     from collections import Counter
 
     from minispec import SamplingParams
 
+    start = plain.tokenizer.encode("ab")
+    prompt = start + plain.generate(start, SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)).token_ids
     counts, accepted = [Counter(), Counter()], Counter()
     for seed in seeds:
         params = SamplingParams(n=n, temperature=5.0, top_k=3, seed=seed, max_tokens=3, ignore_eos=True)
