@@ -23,7 +23,7 @@
 //   sums in shared memory, the k-half 0 warps add theirs, then rank r of the cluster sums rows
 //   r * 128 / S .. +128 / S over the S blocks' shared memory (rank order, through distributed shared
 //   memory) and writes them to y, coalesced along N. So y is complete when the kernel ends.
-// gemm_wgmma_w{WGS}_s{S} (below, sm_90a): 17-64 rows on warpgroup MMA, operands brought by TMA.
+// gemm_wgmma_w{WGS}_x{XROWS}_s{S} (below, sm_90a): up to 64 rows on warpgroup MMA, operands brought by TMA.
 // gemm_bf16: the plain version for any K that is a multiple of 16 (one 4-byte weight load per fragment).
 // NumPy reference: numpy_backend.linear (on bf16-rounded x and W). Tests: tests/test_cuda_kernels.py.
 #include <cuda_bf16.h>
@@ -244,31 +244,33 @@ extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const 
 }
 
 // ------------------------------------------------------------------------------------------------
-// gemm_wgmma_w{WGS}_s{S} (sm_90a): the same product for 16 < M <= 64 rows, on warpgroup MMA with weights and x
-// brought by the tensor memory accelerator. y^T = W x^T: a block's 64 WGS weight rows are the M side of WGS
-// warpgroups' wgmma.m64n64k16 (64 rows each) and the x rows (zero past M) the N side; both operands K-major
-// from shared memory, 128-byte swizzled as TMA writes them. A producer warp fills a STAGES-deep ring (W
-// [64 WGS][64] and x [64][64] a stage) under full / empty mbarriers; each warpgroup keeps one stage's products
-// in flight. Split-K over a cluster of S blocks, summed in a fixed order through distributed shared memory as
-// in gemm_stream, so y is complete, with the same bits every time, when the kernel ends.
-// w_map: W [N, K] in 64 x 64 WGS boxes; x_map: x [M, K] in 64 x 64 boxes (rows past M read as zeros);
-// K % (64 S) == 0. Launch: grid (ceil(N / (64 WGS)), S), cluster (1, S, 1), block 128 WGS + 32 (two blocks fit
-// an SM), dynamic shared memory STAGES x (64 WGS + 64) x 128 + 1024 (alignment) + 64 (barriers).
+// gemm_wgmma_w{WGS}_x{XROWS}_s{S} (sm_90a): the same product for 16 < M <= 64 rows, on warpgroup MMA with weights
+// and x brought by the tensor memory accelerator. y^T = W x^T: a block's 64 WGS weight rows are the M side of WGS
+// warpgroups' wgmma.m64n{XROWS}k16 (64 rows each) and the x rows (XROWS = 32 or 64, zero past M) the N side; both
+// operands K-major from shared memory, 128-byte swizzled as TMA writes them. A producer warp fills a STAGES-deep
+// ring (W [64 WGS][64 k] and x [XROWS][64 k] a stage) under full / empty mbarriers; each warpgroup keeps one
+// stage's products in flight. These products are bound by how many weight bytes are in flight, so x takes 32-row
+// boxes where M allows: they leave room for more weight stages (notes/gemm_xrows_ab_h100_stop37.log). Split-K
+// over a cluster of S blocks, summed in a fixed order through distributed shared memory as in gemm_stream, so y
+// is complete, with the same bits every time, when the kernel ends.
+// w_map: W [N, K] in 64 x 64 WGS boxes; x_map: x [M, K] in 64 x XROWS boxes (rows past M read as zeros);
+// K % (64 S) == 0. Launch: grid (ceil(N / (64 WGS)), S), cluster (1, S, 1), block 128 WGS + 32, dynamic shared
+// memory STAGES x (64 WGS + XROWS) x 128 + 1024 (alignment) + 16 STAGES (barriers).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // GLU (the gated variant, WGS = 2, S = 1): W is the fused [gate; up] weight [2I, K] and N = I. A block's
 // warpgroup 0 takes gate rows n0 .. n0 + 63 and warpgroup 1 the up rows I + n0 .., so the epilogue writes
 // act [M, I] = silu(gate) * up in bf16 (the expression of elementwise.cu's silu_mul, so the bits are those of
 // the GEMM followed by silu_mul) and the fp32 [M, 2I] product never reaches memory.
-template <int WGS, int STAGES, int S, bool GLU = false>
+template <int WGS, int XROWS, int STAGES, int S, bool GLU = false>
 __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K) {
     static_assert(!GLU || (WGS == 2 && S == 1), "the gated epilogue pairs two warpgroups' rows in one block");
-    constexpr int ROWS = 64 * WGS, BK = 64, XROWS = 64, THREADS = 128 * WGS + 32;
+    constexpr int ROWS = 64 * WGS, BK = 64, THREADS = 128 * WGS + 32;
     constexpr int W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
     constexpr int RED_STRIDE = ROWS + 4;                     // floats per x row of the reduction buffer
     extern __shared__ __align__(128) unsigned char shared[];
     unsigned char* base = shared + (1024 - (unsigned)__cvta_generic_to_shared(shared) % 1024) % 1024;
     __nv_bfloat16* w_ring = reinterpret_cast<__nv_bfloat16*>(base);  // [STAGES][ROWS][64 k]
-    __nv_bfloat16* x_ring = w_ring + STAGES * W_TILE;                 // [STAGES][64 rows][64 k]
+    __nv_bfloat16* x_ring = w_ring + STAGES * W_TILE;                 // [STAGES][XROWS][64 k]
     unsigned long long* full = reinterpret_cast<unsigned long long*>(x_ring + STAGES * X_TILE);
     unsigned long long* empty = full + STAGES;
     // read through a shuffle so the compiler knows it warp-uniform (else ptxas serialises the wgmma)
@@ -279,28 +281,31 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
         for (int i = 0; i < STAGES; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 4 * WGS);
     __syncthreads();
 
-    float acc[8][4] = {};  // a consumer's 64 weight rows x the 64 x rows (m16n8 C fragments stacked over 8 tiles)
+    float acc[XROWS / 8][4] = {};  // a consumer's 64 weight rows x the XROWS x rows (m16n8 C fragments stacked)
     if (group == WGS) {
         if (lane == 0) {
-            auto load_weights = [&](int i) {
+            auto load_weights = [&](int i) {  // stage i's weights; its full barrier expects its x too
                 const int slot = i % STAGES;
                 mbarrier_expect_bytes(full + slot, (W_TILE + X_TILE) * 2);
                 tma_load(w_ring + slot * W_TILE, &w_map, k_begin + i * BK, n0, full + slot);
                 if (GLU) tma_load(w_ring + slot * W_TILE + 64 * BK, &w_map, k_begin + i * BK, N + n0, full + slot);  // up rows
             };
+            auto load_x = [&](int i) {  // stage i's x, after its weights were issued; the producer's arrival on it
+                tma_load(x_ring + i % STAGES * X_TILE, &x_map, k_begin + i * BK, 0, full + i % STAGES);
+                mbarrier_arrive(full + i % STAGES);
+            };
             // the whole ring's weights go out before the wait for the previous kernel (kernels/pdl.cuh): no kernel
-            // writes W, while x is the previous kernel's output
-            const int early = min(STAGES, steps);
-            for (int i = 0; i < early; i++) load_weights(i);
+            // writes W, while x is the previous kernel's output. (x from L2 in a shallower ring of its own, issued
+            // a few stages ahead so that more weight stages fit, starved the products: 4-6 x stages against 18-26
+            // weight stages ran at half the rate, notes/gemm_xrows_ab_h200_stop37.log)
+            for (int i = 0; i < min(STAGES, steps); i++) load_weights(i);
             pdl_wait();
             for (int i = 0; i < steps; i++) {
-                const int slot = i % STAGES;
-                if (i >= early) {
-                    mbarrier_wait(empty + slot, (i / STAGES - 1) & 1);  // step i - STAGES was read
+                if (i >= STAGES) {
+                    mbarrier_wait(empty + i % STAGES, (i / STAGES - 1) & 1);  // step i - STAGES was read
                     load_weights(i);
                 }
-                tma_load(x_ring + slot * X_TILE, &x_map, k_begin + i * BK, 0, full + slot);
-                mbarrier_arrive(full + slot);
+                load_x(i);
             }
         } else pdl_wait();
         __syncwarp();
@@ -314,12 +319,13 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
             const int slot = i % STAGES;
             mbarrier_wait(full + slot, (i / STAGES) & 1);
             const __nv_bfloat16* w_tile = w_ring + slot * W_TILE + group * 64 * BK;  // this warpgroup's 64 rows
+            const __nv_bfloat16* x_tile = x_ring + slot * X_TILE;
             wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < BK / 16; ks++)
-                wgmma_n64_ss(acc, smem_descriptor(w_tile + ks * 16, 16, 1024), smem_descriptor(x_ring + slot * X_TILE + ks * 16, 16, 1024), 1);
+                wgmma_ss<XROWS>(acc, smem_descriptor(w_tile + ks * 16, 16, 1024), smem_descriptor(x_tile + ks * 16, 16, 1024), 1);
             wgmma_commit();
-            wgmma_wait<1>();  // step i - 1's products are done: its slot can be refilled
+            wgmma_wait<1>();  // step i - 1's products are done: its slots can be refilled
             if (i > 0) release(i - 1);
         }
         wgmma_wait<0>();
@@ -329,10 +335,10 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     pdl_trigger();  // the next kernel may launch (a GEMM copies its first weights while these blocks reduce)
     __syncthreads();  // every product has read its stage: the ring becomes the reduction buffer
 
-    float* red = reinterpret_cast<float*>(base);  // [64 x rows][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
+    float* red = reinterpret_cast<float*>(base);  // [XROWS x rows][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
     if (group < WGS)
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < XROWS / 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
                 red[(8 * j + 2 * t + (e & 1)) * RED_STRIDE + group * 64 + warp % 4 * 16 + g + 8 * (e >> 1)] = acc[j][e];
@@ -350,26 +356,33 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out), M, N, n0);
 }
 
-// gemm_wgmma_w{WGS}_s{S}: WGS consumer warpgroups (64 weight rows each). One warpgroup serves weights with fewer
-// 128-row tiles than SMs (qkv, O, down), a grid of one block an SM: 12 stages (192 KB) keep 96 KB of weights in
-// flight (6 stages, two blocks an SM, gave 8B down 83-86% of copy, 12 gave 89-91%; qkv 65 -> 81%, O 64 -> 69-74%,
-// notes/gemm_wgmma_ring_h100_stop34.log). Two serve the rest (gate/up, LM head), two blocks an SM: 4 stages, 96 KB.
-#define GEMM_WGMMA(WGS, STAGES, S, CLUSTER)                                                                          \
-    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_s##S(               \
+// gemm_wgmma_w{WGS}_x{XROWS}_s{S}: WGS consumer warpgroups (64 weight rows each), x in XROWS-row boxes. One
+// warpgroup serves weights with fewer 128-row tiles than SMs (qkv, O, down), a grid of one block an SM whose ring
+// fills the shared memory: the weight bytes in flight are what these products run on (stop 34: 6 stages, two blocks
+// an SM, gave 8B down 83-86% of copy, 12 gave 89-91%, notes/gemm_wgmma_ring_h100_stop34.log), so the x boxes are as
+// small as M allows: 22 stages (176 KB of weights) with 16-row boxes, 18 (144 KB) with 32, 13 (104 KB) with 64
+// (stop 37: 8B qkv at 1-16 rows 89-94% -> 94-95% against gemm_stream, at 24-32 rows 80-81% -> 87-89%,
+// notes/gemm_xrows_ab_h100_stop37.log). Rings that leave room for a second block an SM, so that the next call's
+// blocks copy their first stages beside this one's, and x in a shallow ring of its own were slower (same log).
+// Two warpgroups serve the rest (gate/up, LM head), two blocks an SM: 4 stages, 96 KB.
+#define GEMM_WGMMA(WGS, XROWS, STAGES, S, CLUSTER)                                                                   \
+    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_x##XROWS##_s##S(    \
         const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { \
-        gemm_wgmma_body<WGS, STAGES, S>(w_map, x_map, y, M, N, K);                                                    \
+        gemm_wgmma_body<WGS, XROWS, STAGES, S>(w_map, x_map, y, M, N, K);                                             \
     }
-#define GEMM_WGMMA_CLUSTERS(WGS, STAGES)                            \
-    GEMM_WGMMA(WGS, STAGES, 1, )                                    \
-    GEMM_WGMMA(WGS, STAGES, 2, __cluster_dims__(1, 2, 1))           \
-    GEMM_WGMMA(WGS, STAGES, 4, __cluster_dims__(1, 4, 1))           \
-    GEMM_WGMMA(WGS, STAGES, 8, __cluster_dims__(1, 8, 1))
-GEMM_WGMMA_CLUSTERS(1, 12)
-GEMM_WGMMA_CLUSTERS(2, 4)
+#define GEMM_WGMMA_CLUSTERS(WGS, XROWS, STAGES)                     \
+    GEMM_WGMMA(WGS, XROWS, STAGES, 1, )                             \
+    GEMM_WGMMA(WGS, XROWS, STAGES, 2, __cluster_dims__(1, 2, 1))    \
+    GEMM_WGMMA(WGS, XROWS, STAGES, 4, __cluster_dims__(1, 4, 1))    \
+    GEMM_WGMMA(WGS, XROWS, STAGES, 8, __cluster_dims__(1, 8, 1))
+GEMM_WGMMA_CLUSTERS(1, 64, 13)
+GEMM_WGMMA_CLUSTERS(1, 32, 18)
+GEMM_WGMMA_CLUSTERS(1, 16, 22)
+GEMM_WGMMA_CLUSTERS(2, 64, 4)
 // gemm_wgmma_glu: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight (64-row boxes);
 // grid ceil(I / 64), block 288, the shared memory of gemm_wgmma_w2
 extern "C" __global__ void __launch_bounds__(288, 2) gemm_wgmma_glu(const __grid_constant__ TensorMap w_map,
         const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K) {
-    gemm_wgmma_body<2, 4, 1, true>(w_map, x_map, act, M, I, K);
+    gemm_wgmma_body<2, 64, 4, 1, true>(w_map, x_map, act, M, I, K);
 }
 #endif

@@ -37,6 +37,7 @@ __device__ __forceinline__ void wgmma_pin(float (&d)[NT][4]) {
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 #define WG_ACC4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define WG_ACC16 WG_ACC4(0), WG_ACC4(1), WG_ACC4(2), WG_ACC4(3)
 #define WG_ACC32 WG_ACC4(0), WG_ACC4(1), WG_ACC4(2), WG_ACC4(3), WG_ACC4(4), WG_ACC4(5), WG_ACC4(6), WG_ACC4(7)
 #define WG_ACC64 WG_ACC32, WG_ACC4(8), WG_ACC4(9), WG_ACC4(10), WG_ACC4(11), WG_ACC4(12), WG_ACC4(13), WG_ACC4(14), WG_ACC4(15)
 
@@ -53,20 +54,40 @@ __device__ __forceinline__ void wgmma_n64(float (&d)[8][4], const unsigned (&a)[
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate), "n"(TRANS_B));
 }
 
-// d[64 x 64] (+)= A[64 x 16] B[16 x 64], A from shared memory too (K-major): gemm_wgmma's weight tile.
+// d[64 x N] (+)= A[64 x 16] B[16 x N] for N = 16, 32 or 64, A from shared memory too (K-major): gemm_wgmma's weight
+// tile against x rows on the N side.
 // (The attention's S = Q K^T took Q this way from stop 12 to 20: with Q's fragments in registers, the ptxas of
 // then gave P's fragments the same registers at D = 64, and a 288-thread block capped the kernel at 168
 // registers. With setmaxnreg the SASS keeps them apart, and the attention tests would catch a repeat: every
 // key tile after the first would be multiplied by P.)
-__device__ __forceinline__ void wgmma_n64_ss(float (&d)[8][4], unsigned long long a, unsigned long long b, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, 0, 0;\n}\n"
-        : WG_ACC32
-        : "l"(a), "l"(b), "r"(accumulate));
+template <int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], unsigned long long a, unsigned long long b, int accumulate) {
+    static_assert(N == 16 || N == 32 || N == 64, "gemm_wgmma's x tiles are 16, 32 or 64 rows");
+    if constexpr (N == 64)
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+            "%32, %33, p, 1, 1, 0, 0;\n}\n"
+            : WG_ACC32
+            : "l"(a), "l"(b), "r"(accumulate));
+    else if constexpr (N == 32)
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+            "%16, %17, p, 1, 1, 0, 0;\n}\n"
+            : WG_ACC16
+            : "l"(a), "l"(b), "r"(accumulate));
+    else if constexpr (N == 16)
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+            "%8, %9, p, 1, 1, 0, 0;\n}\n"
+            : WG_ACC4(0), WG_ACC4(1)
+            : "l"(a), "l"(b), "r"(accumulate));
 }
 
 // d[64 x 128] (+)= A[64 x 16] B[16 x 128]

@@ -148,7 +148,7 @@ def card_name() -> str:
 
 def bench_gemm(args) -> None:
     cp = require_gpu()
-    from .backends.cuda_backend import CudaBackend
+    from .backends.cuda_backend import CudaBackend, stream_fits
 
     backend = CudaBackend("bfloat16")
     bandwidth = copy_bandwidth()
@@ -158,9 +158,9 @@ def bench_gemm(args) -> None:
           "own kernel and cuBLAS (ctypes, bf16) timed as captured graphs of 20 calls, CuPy fp16 matmul as 20 async calls; "
           f"consecutive calls read different copies of the weights (at least 2 x the {l2_bytes >> 20} MiB L2 in all), as a step's layers do; "
           "the three in an order rotated from one M to the next")
-    print("own: gemm_wgmma for 17-64 rows on Hopper, else gemm_stream where K % 64 == 0, else gemm_bf16; "
-          "serves: the engine's choice (own_gemm_serves)")
-    print(f"{'shape':<16} {'M':>4} {'own µs':>8} {'cuBLAS µs':>10} {'CuPy µs':>10} {'floor µs':>9} {'own/floor':>10} {'own GB/s':>9} {'% of copy':>9} {'serves':>7}")
+    print("own: the own kernel `linear` takes (kernel: gemm_wgmma on Hopper at 17-64 rows, and up to 16 where a block of one "
+          "warpgroup streams >= 512 KB; else gemm_stream where K % 64 == 0, else gemm_bf16); serves: the engine's choice (own_gemm_serves)")
+    print(f"{'shape':<16} {'M':>4} {'own µs':>8} {'cuBLAS µs':>10} {'CuPy µs':>10} {'floor µs':>9} {'own/floor':>10} {'own GB/s':>9} {'% of copy':>9} {'kernel':>7} {'serves':>7}")
     for name, (K, N) in shapes.items():
         weight = cp.asarray((np.random.default_rng(0).standard_normal((N, K), dtype=np.float32) / 30).astype(np.float16)).view(cp.uint16)
         copies = [weight] + [weight.copy() for _ in range(-(-2 * l2_bytes // weight.nbytes) - 1)]
@@ -181,7 +181,8 @@ def bench_gemm(args) -> None:
                     times[peer] = float("nan")
             backend.gemm = None
             own, captured_cublas, cublas = times["own"], times["cublas"], times["cupy"]
-            print(f"{name:<16} {M:>4} {own * 1e6:>8.1f} {captured_cublas * 1e6:>10.1f} {cublas * 1e6:>10.1f} {floor * 1e6:>9.1f} {own / floor:>10.2f} {N * K * 2 / own / 1e9:>9.0f} {N * K * 2 / own / bandwidth * 100:>8.0f}% {'own' if backend.own_gemm_serves(M, N, K) else 'cuBLAS':>7}")
+            kernel = "wgmma" if backend.wgmma_gemm_fits(M, N, K) else "stream" if stream_fits(N, K) else "bf16"
+            print(f"{name:<16} {M:>4} {own * 1e6:>8.1f} {captured_cublas * 1e6:>10.1f} {cublas * 1e6:>10.1f} {floor * 1e6:>9.1f} {own / floor:>10.2f} {N * K * 2 / own / 1e9:>9.0f} {N * K * 2 / own / bandwidth * 100:>8.0f}% {kernel:>7} {'own' if backend.own_gemm_serves(M, N, K) else 'cuBLAS':>7}")
 
 
 # ----------------------------------------------------------------------------- attention

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from minispec.backends import numpy_backend as ref
+from minispec.backends.cuda_backend import WGMMA_GEMM_STAGES
 
 from .attention_cases import make_problem, problem_specs
 
@@ -175,21 +176,24 @@ def check_cluster_gemm(be, gemm, M, N, K, rng, what):
     assert cp.array_equal(y, again), "the cluster's fixed-order sum gives the same bits every time"
 
 
+@pytest.mark.parametrize("X", [16, 32, 64])
 @pytest.mark.parametrize("G", [1, 2])
 @pytest.mark.parametrize("S", [1, 2, 4, 8])
-@pytest.mark.parametrize("M", [17, 33, 64])
+@pytest.mark.parametrize("M", [1, 16, 17, 32, 33, 64])
 @pytest.mark.parametrize("N,K", [(333, 1024), (1024, 2560), (4096, 4096), (700, 576)])
-def test_gemm_wgmma_every_cluster_size(M, S, G, N, K):
-    """gemm_wgmma_w{1,2}_s{1..8} (Hopper, 17-64 rows): both block heights, every cluster size, N off the tile,
-    K / S from 2 stages (fewer than the ring holds) up; y poisoned first, so every element is written; the
-    same bits twice."""
+def test_gemm_wgmma_every_cluster_size(M, S, G, X, N, K):
+    """gemm_wgmma_w{1,2}_x{16,32,64}_s{1..8} (Hopper, 1-64 rows): both block heights, every x box height (rows
+    past M zero-filled), every cluster size, N off the tile, K / S from 2 stages (fewer than the ring holds) up;
+    y poisoned first, so every element is written; the same bits twice."""
     be = backend("bfloat16")
     if not be.hopper:
         pytest.skip("gemm_wgmma needs a Hopper GPU")
     if K % (64 * S):
         pytest.skip(f"K = {K} is not a whole number of 64-wide stages per block at {S} blocks per cluster")
-    be.gemm_cluster, be.gemm_wgmma_groups = S, G
-    what = f"gemm_wgmma M={M} G={G} S={S} N={N} K={K}"
+    if M > X or (G, X) not in WGMMA_GEMM_STAGES:
+        pytest.skip(f"no gemm_wgmma kernel of {G} warpgroups a block takes {M} rows in {X}-row x boxes")
+    be.gemm_cluster, be.gemm_wgmma_groups, be.gemm_wgmma_xrows = S, G, X
+    what = f"gemm_wgmma M={M} G={G} X={X} S={S} N={N} K={K}"
     check_cluster_gemm(be, be.gemm_wgmma, M, N, K, np.random.default_rng(M * 8 + S + K + N + G), what)
 
 

@@ -172,3 +172,28 @@ def test_a_stretch_load_sends_every_token_and_converts_only_the_new_ones():
     a += [7]
     assert load(a, first) == [0]  # another sequence's load came between: all of a's tokens again
     assert load(SlicedTokens(list(a)), None) == [0]  # no owner: every token
+
+
+def gemm_rules_backend(sm_count: int = 132):
+    """A stand-in CudaBackend with the GEMM dispatch's rules and nothing forced (its methods, no GPU)."""
+    names = ("wgmma_gemm_fits", "wgmma_stream", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves")
+    rules = type("Rules", (), {name: getattr(CudaBackend, name) for name in names})()
+    rules.sm_count, rules.hopper, rules.gemm_wgmma_groups, rules.gemm_cluster = sm_count, True, None, None
+    return rules
+
+
+@pytest.mark.parametrize("M", [1, 8, 16, 17, 32, 64])
+def test_gemm_dispatch_takes_the_measured_kernels(M):
+    """Which kernel `linear` takes, as measured in notes/gemm_xrows_ab_h100_stop37.log: gemm_wgmma of one warpgroup
+    a block at 1-64 rows where a block streams 512 KB or more (8B qkv, O, down; O in 64 blocks of 512 KB rather than
+    128 of 256), gemm_stream at up to 16 rows where blocks of two warpgroups would serve (8B gate/up, LM head: there
+    16-row x boxes have no kernel), and the small default model's products at up to 16 rows."""
+    rules = gemm_rules_backend()
+    eight_b = {"qkv": (4096, 6144), "o": (4096, 4096), "down": (14336, 4096), "gate/up": (4096, 28672), "lm head": (4096, 128256)}
+    for name, (K, N) in eight_b.items():
+        one_group = name in ("qkv", "o", "down")
+        assert rules.wgmma_gemm_fits(M, N, K) == (one_group or M > 16), name
+        assert rules.own_gemm_serves(M, N, K), name
+        assert rules.wgmma_shape(N, K) == ((1, {"down": 2}.get(name, 1)) if one_group else (2, 1)), name
+    for K, N in ((576, 960), (576, 3072), (1536, 576)):  # the default model: short streams
+        assert rules.wgmma_gemm_fits(M, N, K) == (M > 16)

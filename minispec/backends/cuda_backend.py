@@ -24,7 +24,8 @@ from . import CUDA_CAPABILITY, driver, tensor_map
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by kernel_source
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
-WGMMA_GEMM_STAGES = {1: 12, 2: 4}  # gemm_wgmma's ring depth by consumer warpgroups (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
+# gemm_wgmma's ring depth by (consumer warpgroups, staged x rows) (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
+WGMMA_GEMM_STAGES = {(1, 64): 13, (1, 32): 18, (1, 16): 22, (2, 64): 4}
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
 SAMPLE_STATIC_SHARED = 40 << 10  # its blocks' static shared memory (SampleShared), rounded up
 FUSED_MAX_LAYERS = 64  # the fused kernel's layer table in shared memory (kernels/fused_layers.cuh, step_in_shared)
@@ -47,6 +48,16 @@ def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
     """gemm_stream's (k per stage, ring depth) for R staged x rows and S blocks per cluster, as instantiated in
     kernels/gemm.cu: k 128 x 3 up to 16 rows where K / S allows it, else k 64 x 4 (notes/gemm_stages_h100.log)."""
     return (128, 3) if R <= 16 and K % (128 * S) == 0 else (64, 4)
+
+
+def wgmma_xrows(M: int, G: int) -> int:
+    """gemm_wgmma's staged x rows (the N side of its wgmma) for M rows and G warpgroups a block: at one warpgroup 16
+    up to 16 rows, 32 up to 32, so that the ring holds 22 or 18 weight stages instead of 13 (these products run on
+    the weight bytes in flight: notes/gemm_xrows_ab_h100_stop37.log, 8B qkv at 24-32 rows 80-81% -> 87-89% of
+    copy bandwidth); two warpgroups (two blocks an SM) keep 64."""
+    if G == 2:
+        return 64
+    return 16 if M <= 16 else 32 if M <= 32 else 64
 
 
 def stream_fits(N: int, K: int) -> bool:
@@ -271,6 +282,7 @@ class CudaBackend:
         self.gemm = None
         self.gemm_cluster = None  # gemm_stream's / gemm_wgmma's blocks per cluster along K (None: by their rules)
         self.gemm_wgmma_groups = None  # gemm_wgmma's 64-row warpgroups per block, 1 or 2 (None: wgmma_groups)
+        self.gemm_wgmma_xrows = None  # gemm_wgmma's staged x rows, 32 or 64 (None: wgmma_xrows)
         self.use_graphs = use_graphs
         self.prefill_graph_limit = None  # most rows of a prefill step replayed as a graph (None: prefill_graph_rows)
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
@@ -556,7 +568,7 @@ class CudaBackend:
         y = cp.empty((M, N), dtype=cp.float32)
         if not self.own_gemm_chosen(M, N, K):
             self.cublas.gemm_bf16(x, weight, y)
-        elif self.wgmma_gemm_fits(M, K):
+        elif self.wgmma_gemm_fits(M, N, K):
             self.gemm_wgmma(x, weight, y)
         elif stream_fits(N, K):
             self.gemm_stream(x, weight, y)
@@ -571,21 +583,17 @@ class CudaBackend:
         return self.cublas is None or self.gemm == "own" or (self.gemm is None and self.own_gemm_serves(M, N, K))
 
     def own_gemm_serves(self, M: int, N: int, K: int) -> bool:
-        """Whether the own kernels serve rather than cuBLAS (`bench gemm`, notes/bench_gemm_h100_stop34.log):
-        gemm_stream up to 16 rows, where it beat cuBLAS on every 8B shape, and where K is not a multiple of 128
-        (the k 64 ring) if the weight has a 128-row tile for every SM: the default model's LM head, 20.7 / 21.2 /
-        23.3 µs against cuBLAS's 22.6 / 23.0 / 24.1 at 1 / 4 / 16 rows (notes/graph_tail_h100_stop24.log).
-        gemm_wgmma for 17-64 rows where the weight has a tile for every SM (the 8B gate/up and LM head: 2% and
-        8% faster), or where each block streams at least 512 KB of weights (8B qkv 81-82% of copy against
-        cuBLAS's 77-81%, down 89-91% against 84-87%; notes/gemm_wgmma_ring_h100_stop34.log). With shorter
-        streams (the 8B O, 256 KB a block) the ring's start, the split-K sum and x, which each block reads as
-        much of as of weights, weigh more: cuBLAS was faster there (74-76% against 69-74%)."""
-        if M <= 16:
-            return stream_fits(N, K) and (K % 128 == 0 or -(-N // STREAM_ROWS) >= self.sm_count)
-        if not self.wgmma_gemm_fits(M, K):
-            return False
-        G, S = self.wgmma_shape(N, K)
-        return G == 2 or 64 * (K // S) * 2 >= 512 << 10
+        """Whether the own kernels serve rather than cuBLAS (`bench gemm`): gemm_wgmma wherever it takes the product
+        (wgmma_gemm_fits), and gemm_stream elsewhere up to 16 rows where K is a multiple of 128, or where the weight
+        has a 128-row tile for every SM (the default model's LM head, 20.7 / 21.2 / 23.3 µs against cuBLAS's 22.6 /
+        23.0 / 24.1 at 1 / 4 / 16 rows, notes/graph_tail_h100_stop24.log). gemm_wgmma takes 17-64 rows where the
+        weight has a tile for every SM (the 8B gate/up and LM head: 2% and 8% faster), or where each block streams at
+        least 512 KB of weights (stop 37, notes/gemm_xrows_ab_h100_stop37.log: 8B qkv 82-89% of copy bandwidth
+        against cuBLAS's 77-81%, O 77-82% against 74-77%, down 89-94% against 84-87%; shorter streams gave way to
+        cuBLAS at stop 34, when O's blocks streamed 256 KB: 69-74% against 74-76%)."""
+        if self.wgmma_gemm_fits(M, N, K):
+            return M <= 16 or self.wgmma_shape(N, K)[0] == 2 or self.wgmma_stream(N, K) >= 512 << 10
+        return M <= 16 and stream_fits(N, K) and (K % 128 == 0 or -(-N // STREAM_ROWS) >= self.sm_count)
 
     def gemm_stream(self, x, weight, y) -> None:
         """gemm_stream_r{R}_k{BK}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: R staged x rows (one launch
@@ -604,39 +612,56 @@ class CudaBackend:
         allow_shared(kernel, shared)
         self.launch(kernel, (-(-N // STREAM_ROWS), S, -(-M // R)), (256,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)), shared)
 
-    def wgmma_gemm_fits(self, M: int, K: int) -> bool:
-        """Whether gemm_wgmma takes x [M, K]: Hopper, 17-64 rows (its 64-column tile; gemm_stream keeps up to 16),
-        K in whole 64-wide stages."""
-        return self.hopper and 16 < M <= 64 and K % 64 == 0
+    def wgmma_gemm_fits(self, M: int, N: int, K: int) -> bool:
+        """Whether `linear` takes gemm_wgmma for x [M, K] and W [N, K]: Hopper, K in whole 64-wide stages, and 17-64
+        rows, or up to 16 where the block has one warpgroup and streams 512 KB or more of weights (8B qkv, O and down:
+        x in 16-row boxes leaves room for 22 weight stages; 87-89%, 94-95% and 96-97% of copy bandwidth at 1-16 rows
+        against gemm_stream's 81-83%, 89-94% and 89-92%, notes/gemm_xrows_ab_h100_stop37.log). Up to 16 rows
+        elsewhere (the 8B gate/up and LM head, two warpgroups a block) gemm_stream serves."""
+        if not (self.hopper and 0 < M <= 64 and K % 64 == 0):
+            return False
+        if M > 16:
+            return True
+        G = self.wgmma_shape(N, K)[0]
+        return G == 1 and (G, wgmma_xrows(M, G)) in WGMMA_GEMM_STAGES and self.wgmma_stream(N, K) >= 512 << 10
+
+    def wgmma_stream(self, N: int, K: int) -> int:
+        """The weight bytes a gemm_wgmma block streams (its 64 G rows over K / S)."""
+        G, S = self.wgmma_shape(N, K)
+        return 64 * G * (K // S) * 2
 
     def gemm_wgmma(self, x, weight, y) -> None:
         """gemm_wgmma_w{G}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: G warpgroups of 64 weight rows a block, S
         blocks of a cluster share K and sum their parts on chip; W and x reach shared memory by TMA."""
         M, K = x.shape
         N = weight.shape[0]
-        if not self.wgmma_gemm_fits(M, K):
-            raise ValueError(f"gemm_wgmma: x [{M}, {K}] needs Hopper, 17-64 rows and K % 64 == 0")
+        if not (self.hopper and 0 < M <= 64 and K % 64 == 0):
+            raise ValueError(f"gemm_wgmma: x [{M}, {K}] needs Hopper, 1-64 rows and K % 64 == 0")
         G, S = self.wgmma_shape(N, K)
         if K % (64 * S):
             raise ValueError(f"gemm_wgmma: K = {K} is not a multiple of 64 x {S} blocks per cluster")
-        self.launch_wgmma(f"gemm_wgmma_w{G}_s{S}", G, (-(-N // (64 * G)), S), x, weight, 64 * G, y, N)
+        X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
+        if M > X or (G, X) not in WGMMA_GEMM_STAGES:
+            raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups a block takes {M} rows in {X}-row x boxes")
+        self.launch_wgmma(f"gemm_wgmma_w{G}_x{X}_s{S}", G, X, (-(-N // (64 * G)), S), x, weight, 64 * G, y, N)
 
     def wgmma_shape(self, N: int, K: int) -> tuple[int, int]:
         """gemm_wgmma's (warpgroups a block G, blocks a cluster S) for [N, K] weights: forced (gemm_wgmma_groups,
         gemm_cluster), else by wgmma_groups and wgmma_cluster_size."""
         G = self.gemm_wgmma_groups or self.wgmma_groups(N)
-        return G, self.gemm_cluster or self.wgmma_cluster_size(-(-N // (64 * G)), K)
+        return G, self.gemm_cluster or self.wgmma_cluster_size(-(-N // (64 * G)), K, G)
 
-    def launch_wgmma(self, name: str, G: int, grid, x, weight, box_rows: int, out, N: int) -> None:
+    def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int) -> None:
         """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
         descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it)."""
         M, K = x.shape
         w_map = self.tensor_maps.get((weight,), box_rows)
         if w_map is None:
             w_map = self.tensor_maps.put((weight,), box_rows, tensor_map.swizzled_rows(weight, weight.shape[0], K, box_rows))
-        x_map = tensor_map.swizzled_rows(x, M, K, 64)  # rows past M read as zeros
+        x_map = tensor_map.swizzled_rows(x, M, K, X)  # X-row boxes, rows past M read as zeros
         kernel = self.kernel("gemm.cu", name)
-        shared = WGMMA_GEMM_STAGES[G] * (64 * G + 64) * 64 * 2 + 1024 + 64  # the ring (W and x stages), alignment, barriers
+        stages = WGMMA_GEMM_STAGES[G, X]
+        shared = stages * (64 * G + X) * 64 * 2 + 1024 + 16 * stages  # the ring (W and x stages), alignment, barriers
         allow_shared(kernel, shared)
         self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K)), shared)
 
@@ -645,12 +670,16 @@ class CudaBackend:
         else 1, so that split-K clusters keep more k stages a block."""
         return 2 if -(-N // 128) >= self.sm_count else 1
 
-    def wgmma_cluster_size(self, tiles: int, K: int) -> int:
+    def wgmma_cluster_size(self, tiles: int, K: int, G: int = 1) -> int:
         """The most blocks per cluster (1, 2, 4, 8) that keep the grid within one block per SM, with at least 4
-        stages of K per block: the best or within 4% of it on the 8B shapes at 32 and 64 rows (notes/
-        gemm_wgmma_sweep_h100.log; filling two blocks an SM took down from 46 to 52 µs, O from 17 to 21)."""
+        stages of K per block (notes/gemm_wgmma_sweep_h100.log; filling two blocks an SM took down from 46 to 52 µs,
+        O from 17 to 21), and that cut no block's weight stream of 512 KB or more below that: a block's first ring
+        fill is a burst of a third of it, so fewer, longer streams beat more SMs (8B O at 32 rows, 64 blocks of 512 KB
+        82.8% of copy bandwidth against 128 of 256 KB 77.6%; notes/gemm_xrows_ab_h100_stop37.log)."""
+        stream = lambda S: 64 * G * (K // S) * 2  # a block's weight bytes
         S = 1
-        while S < 8 and tiles * S * 2 <= self.sm_count and K % (64 * S * 2) == 0 and K // (S * 2) >= 256:
+        while (S < 8 and tiles * S * 2 <= self.sm_count and K % (64 * S * 2) == 0 and K // (S * 2) >= 256
+               and (stream(S) < 512 << 10 or stream(2 * S) >= 512 << 10)):
             S *= 2
         return S
 
@@ -680,13 +709,13 @@ class CudaBackend:
         self._check(h, self.store_dtype, 2, "gate_up_silu input")
         I = N2 // 2
         act = self.cp.empty((M, I), dtype=self.store_dtype)
-        self.launch_wgmma("gemm_wgmma_glu", 2, (-(-I // 64),), h, w_gate_up, 64, act, I)  # gate and up in 64-row boxes
+        self.launch_wgmma("gemm_wgmma_glu", 2, 64, (-(-I // 64),), h, w_gate_up, 64, act, I)  # gate and up in 64-row boxes
         return act
 
     def wgmma_glu_serves(self, M: int, N2: int, K: int) -> bool:
         """Whether gate_up_silu takes the gated gemm_wgmma: bf16, the own kernels chosen for this product (or
         forced, or no cuBLAS), and gemm_wgmma's choice for it one pass of two warpgroups a block."""
-        return (self.bf16 and self.own_gemm_chosen(M, N2, K) and self.wgmma_gemm_fits(M, K) and N2 % 2 == 0
+        return (self.bf16 and self.own_gemm_chosen(M, N2, K) and self.wgmma_gemm_fits(M, N2, K) and N2 % 2 == 0
                 and self.wgmma_shape(N2, K) == (2, 1))
 
     def silu_mul(self, gate_up):

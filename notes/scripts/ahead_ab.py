@@ -18,7 +18,7 @@ tag = sys.argv[1]
 if "cublas-head" in tag:  # the LM head on cuBLAS, as before stop 24 (own kernels only where K % 128 == 0)
     from minispec.backends.cuda_backend import stream_fits
     CudaBackend.own_gemm_serves = lambda self, M, N, K: (K % 128 == 0 and stream_fits(N, K)) if M <= 16 else (
-        self.wgmma_gemm_fits(M, K) and -(-N // 128) >= self.sm_count)
+        self.wgmma_gemm_fits(M, N, K) and -(-N // 128) >= self.sm_count)
 contexts = [int(a) for a in sys.argv[2:]] or [100, 512]
 cfg = smollm2_135m_config()
 backend = CudaBackend()
