@@ -194,11 +194,13 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
         const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K) {                               \
         gemm_stream_body<R, S, BK, STAGES>(x, w, y, M, N, K);                                                          \
     }
-#define GEMM_STREAM_CLUSTERS(R, BK, STAGES)                          \
-    GEMM_STREAM(R, BK, STAGES, 1, )                                  \
-    GEMM_STREAM(R, BK, STAGES, 2, __cluster_dims__(1, 2, 1))         \
-    GEMM_STREAM(R, BK, STAGES, 4, __cluster_dims__(1, 4, 1))         \
-    GEMM_STREAM(R, BK, STAGES, 8, __cluster_dims__(1, 8, 1))
+// KERNEL(..., S, CLUSTER) for every split-K cluster size along grid y (1, 2, 4, 8), for gemm_stream and gemm_wgmma
+#define SPLIT_K_CLUSTERS(KERNEL, ...)                    \
+    KERNEL(__VA_ARGS__, 1, )                              \
+    KERNEL(__VA_ARGS__, 2, __cluster_dims__(1, 2, 1))     \
+    KERNEL(__VA_ARGS__, 4, __cluster_dims__(1, 4, 1))     \
+    KERNEL(__VA_ARGS__, 8, __cluster_dims__(1, 8, 1))
+#define GEMM_STREAM_CLUSTERS(R, BK, STAGES) SPLIT_K_CLUSTERS(GEMM_STREAM, R, BK, STAGES)
 GEMM_STREAM_CLUSTERS(8, 128, 3)
 GEMM_STREAM_CLUSTERS(16, 128, 3)
 GEMM_STREAM_CLUSTERS(8, 64, 4)   // K a multiple of 64, not of 128
@@ -370,11 +372,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
         const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { \
         gemm_wgmma_body<WGS, XROWS, STAGES, S>(w_map, x_map, y, M, N, K);                                             \
     }
-#define GEMM_WGMMA_CLUSTERS(WGS, XROWS, STAGES)                     \
-    GEMM_WGMMA(WGS, XROWS, STAGES, 1, )                             \
-    GEMM_WGMMA(WGS, XROWS, STAGES, 2, __cluster_dims__(1, 2, 1))    \
-    GEMM_WGMMA(WGS, XROWS, STAGES, 4, __cluster_dims__(1, 4, 1))    \
-    GEMM_WGMMA(WGS, XROWS, STAGES, 8, __cluster_dims__(1, 8, 1))
+#define GEMM_WGMMA_CLUSTERS(WGS, XROWS, STAGES) SPLIT_K_CLUSTERS(GEMM_WGMMA, WGS, XROWS, STAGES)
 GEMM_WGMMA_CLUSTERS(1, 64, 13)
 GEMM_WGMMA_CLUSTERS(1, 32, 18)
 GEMM_WGMMA_CLUSTERS(1, 16, 22)

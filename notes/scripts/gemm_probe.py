@@ -115,9 +115,9 @@ elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two 
     def ring(stages):
         def edit(text):
             for G, n in stages.items():
-                text = re.sub(rf"GEMM_WGMMA_CLUSTERS\({G}, \d+\)", f"GEMM_WGMMA_CLUSTERS({G}, {n})", text)
+                text = re.sub(rf"GEMM_WGMMA_CLUSTERS\({G}, 64, \d+\)", f"GEMM_WGMMA_CLUSTERS({G}, 64, {n})", text)
             return text
-        return backend_with_edit("gemm.cu", "gemm_wgmma_w1_s1", edit), stages
+        return backend_with_edit("gemm.cu", "gemm_wgmma_w1_x64_s1", edit), {(G, 64): n for G, n in stages.items()}
 
     committed = dict(cuda_backend.WGMMA_GEMM_STAGES)
     rings = {"shallow": ring({1: 6, 2: 4}), "deep": ring({1: 12, 2: 8})}
@@ -134,10 +134,10 @@ elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two 
             for G, S in shapes:
                 if S is not None and K % (64 * S):
                     continue
-                b.gemm_wgmma_groups, b.gemm_cluster = G, S
+                b.gemm_wgmma_groups, b.gemm_cluster, b.gemm_wgmma_xrows = G, S, 64  # (64-row x boxes, as then)
                 t = time_captured(lambda: b.linear(x, rotating()))
                 cells.append(f"{label} G{G}S{S} {N * K * 2 / bandwidth / t * 100:.0f}%")
-            b.gemm = b.gemm_wgmma_groups = b.gemm_cluster = None
+            b.gemm = b.gemm_wgmma_groups = b.gemm_cluster = b.gemm_wgmma_xrows = None
         cuda_backend.WGMMA_GEMM_STAGES.update(committed)
         backend.gemm = "cublas"
         cells.append(f"cuBLAS {N * K * 2 / bandwidth / time_captured(lambda: backend.linear(x, rotating())) * 100:.0f}%")

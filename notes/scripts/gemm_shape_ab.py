@@ -3,9 +3,9 @@ turns in one process against cuBLAS: G warpgroups of 64 weight rows a block, S b
 ring's depth. At one warpgroup a block each block reads as many bytes of x as of weights at 64 rows; two
 warpgroups share each x stage, so x is half the weights' bytes.
 
-  g1s{S}      the committed kernel, one warpgroup, 12 stages (one block an SM)
+  g1s{S}      the committed kernel, one warpgroup (12 stages then, 13 since stop 37; one block an SM)
   g2s{S}      the committed kernel, two warpgroups, 4 stages (two blocks an SM)
-  g2deep{S}   two warpgroups, 8 stages (kernels/gemm.cu patched: GEMM_WGMMA_CLUSTERS(2, 8); one block an SM)
+  g2deep{S}   two warpgroups, 8 stages (kernels/gemm.cu patched: GEMM_WGMMA_CLUSTERS(2, 64, 8); one block an SM)
   cublas      cuBLAS (ctypes, bf16)
 
 Prints per round the % of copy bandwidth of graphs of 20 calls (consecutive calls on different weight copies, >= 100
@@ -35,7 +35,7 @@ DEEP = 8
 
 def main():
     base = cuda_backend.CudaBackend("bfloat16")
-    deep = backend_with_edit("gemm.cu", "gemm_wgmma_w2_s1", lambda text: swap(text, "GEMM_WGMMA_CLUSTERS(2, 4)", f"GEMM_WGMMA_CLUSTERS(2, {DEEP})"))
+    deep = backend_with_edit("gemm.cu", "gemm_wgmma_w2_x64_s1", lambda text: swap(text, "GEMM_WGMMA_CLUSTERS(2, 64, 4)", f"GEMM_WGMMA_CLUSTERS(2, 64, {DEEP})"))
     stages = dict(cuda_backend.WGMMA_GEMM_STAGES)
     bandwidth = copy_bandwidth()
     print(f"gemm_wgmma block shapes on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; % of copy bandwidth per call", flush=True)
@@ -53,13 +53,14 @@ def main():
         G, S = int(variant[1]), int(variant[-1])
         backend = deep if "deep" in variant else base
         backend.gemm, backend.gemm_wgmma_groups, backend.gemm_cluster = "own", G, S
+        backend.gemm_wgmma_xrows = 64  # (x in 64-row boxes, as the kernel then had)
         return lambda: backend.linear(x, copies[next(turn) % len(copies)])
 
     def settle(variant):
         """the module's ring depths as the variant's kernels have them (launch_wgmma sizes shared memory from it)"""
         cuda_backend.WGMMA_GEMM_STAGES.update(stages)
         if "deep" in variant:
-            cuda_backend.WGMMA_GEMM_STAGES[2] = DEEP
+            cuda_backend.WGMMA_GEMM_STAGES[2, 64] = DEEP
 
     results, errors = {}, {}
     for r in range(ROUNDS):
