@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import MinispecError
+from .sampling import sample_from, target_distribution
 from .step import StepItem, build_plan
 from .tree import MAX_TREE_NODES, Tree
 
@@ -353,6 +354,7 @@ class Candidates:
 
     def __init__(self, root: int):
         self.tokens, self.parents, self.score = [root], [-1], [0.0]
+        self.q = {}  # node -> the draft distribution its children were drawn from (expand_sampled)
 
     def expand(self, nodes: list[int], logprobs: np.ndarray, width: int, limit: int) -> list[int]:
         """Give the `width` best of `nodes` (rows of `logprobs`) their `width` most probable children."""
@@ -367,8 +369,34 @@ class Candidates:
                 added.append(len(self.tokens) - 1)
         return added
 
+    def expand_sampled(self, nodes: list[int], logprobs: np.ndarray, params, width: int, limit: int, rng) -> list[int]:
+        """Give the `width` best of `nodes` `width` children each, drawn i.i.d. from their q (the draft's distribution,
+        rows of `logprobs`, under the sequence's sampling `params`) with the sequence's generator: a SpecInfer tree. Which
+        nodes grow depends on their own values, never on their children's, and a node cut short by `limit` keeps
+        the first of its draws: so the children of every node are i.i.d. draws from its q, which the SpecInfer rule
+        (verify.verify_sampled) needs to be lossless. No pruning by value follows (tree_sampled)."""
+        added = []
+        for i in sorted(range(len(nodes)), key=lambda i: -self.score[nodes[i]])[:width]:
+            if len(self.tokens) >= limit:
+                break
+            node = nodes[i]
+            q = self.q[node] = target_distribution(logprobs[i], params)
+            for u in rng.random(width):
+                if len(self.tokens) >= limit:
+                    return added
+                token = sample_from(q, u)
+                self.tokens.append(token)
+                self.parents.append(node)
+                self.score.append(self.score[node] + math.log(q[token]))
+                added.append(len(self.tokens) - 1)
+        return added
+
     def tree(self) -> Tree:
         return Tree(self.tokens, self.parents)
+
+    def tree_sampled(self) -> Tree:
+        """The whole sampled tree, each grown node's q in its row (leaves: None)."""
+        return Tree(self.tokens, self.parents, q=[self.q.get(node) for node in range(len(self.tokens))], sampled=True)
 
     def best(self, nodes: int) -> Tree:
         return best_subtree(self.tokens, self.parents, self.score, nodes)
@@ -383,6 +411,11 @@ class ModelDrafter(NoDrafter):
     target: node i at position L + i, the root at L); the best T - 1 nodes and
     the root make the tree. The draft keeps its own paged cache; tokens the
     target accepted are fed to it at the start of the next proposal.
+
+    A sampled sequence's children are instead drawn from q, the draft's distribution under the sequence's
+    temperature and filters (SpecInfer): verified by the SpecInfer rule, a draft that agrees with the target is
+    accepted however spread out p is, where the top-k children are accepted only with their share of p. Those
+    trees stop growing at T nodes and are not pruned (Candidates.expand_sampled says why).
     """
 
     host_only = False  # proposing runs the draft model, and its cache follows the target through commit
@@ -408,8 +441,10 @@ class ModelDrafter(NoDrafter):
         rows = list(self.forward(items)[:, None, :])  # per sequence [1, V]: q at the root
         grown = [Candidates(seq.tokens[seq.L]) for seq in seqs]
         frontier = [[0] for _ in seqs]
+        caps = [min(self.budget.nodes, cap) for cap in budgets]
         for level in range(self.budget.depth):
-            frontier = [c.expand(f, r, width, limit) if len(f) else [] for c, f, r in zip(grown, frontier, rows)]
+            frontier = [self.expand(seq, c, f, r, width, limit, cap) if len(f) else []
+                        for seq, c, f, r, cap in zip(seqs, grown, frontier, rows, caps)]
             if level == self.budget.depth - 1 or not any(frontier):
                 break
             items = []
@@ -422,7 +457,15 @@ class ModelDrafter(NoDrafter):
             for b, new in enumerate(frontier):
                 rows[b] = out[offset : offset + len(new)]
                 offset += len(new)
-        return [c.best(min(self.budget.nodes, cap)) for c, cap in zip(grown, budgets)]
+        return [c.best(cap) if seq.params.greedy else c.tree_sampled() for seq, c, cap in zip(seqs, grown, caps)]
+
+    @staticmethod
+    def expand(seq, candidates: Candidates, nodes: list[int], logprobs: np.ndarray, width: int, limit: int, cap: int) -> list[int]:
+        """One level of the tree: the top-k children of a greedy sequence's nodes (up to `limit`, pruned to the cap
+        afterwards), or children drawn from q for a sampled one (up to the cap)."""
+        if seq.params.greedy:
+            return candidates.expand(nodes, logprobs, width, limit)
+        return candidates.expand_sampled(nodes, logprobs, seq.params, width, cap, seq.rng)
 
     def commit(self, seq, path, accepted) -> None:
         state = self.state[id(seq)]

@@ -365,18 +365,25 @@ def test_decode_ahead_needs_no_page_that_step_by_step_does_not(tiny_model):
 
 
 @pytest.mark.parametrize("draft", ["ngram", "self:1"])
-def test_sampled_speculation_draws_from_plain_samplings_distribution(looping_model, draft):
+def test_sampled_speculation_draws_from_plain_samplings_distribution(looping_model, draft, monkeypatch):
     """End to end, lossless: the first three tokens of 1,500 samples with drafted trees verified follow the
     distribution of plain sampling (conftest.sampled_speculation_chi2). The prompt ends in two turns of the
     looping model's cycle, so its trees draft the cycle; at temperature 5 and top-k 3 they are accepted whole,
-    in part or refused. Both drafters' candidates are deterministic: the n-gram drafter's continuations, and
-    the draft model's (the target's first layer) best-valued top-k tree. With n-gram trees, accepting drafts
-    1.5x too often, or drawing the bonus from p rather than the residual, took the statistic from ~2 to 170
-    and 140 at 18 degrees of freedom; the draft model's stays at 10-27 from 1,500 to 6,000 samples."""
+    in part or refused. The n-gram drafter's candidates are deterministic (its continuations: the residual
+    rule); the draft model's (the target's first layer) are drawn from its q (the SpecInfer rule,
+    verify.verify_sampled, which these trees reach). With n-gram trees, accepting drafts 1.5x too often, or
+    drawing the bonus from p rather than the residual, took the statistic from ~2 to 170 and 140 at 18 degrees
+    of freedom; with the draft model's, a residual not reduced by q after a refusal took it from ~6 to 245."""
+    from minispec import verify as verification
+
     from .conftest import sampled_speculation_chi2
 
+    specinfer = []  # whether each tree verify_sampled saw was drawn from q (the NumPy verify_tree calls it too)
+    checked = verification.verify_sampled
+    monkeypatch.setattr(verification, "verify_sampled", lambda tree, *args: specinfer.append(tree.sampled) or checked(tree, *args))
     plain = LLM(model=str(looping_model), device="cpu", kv_cache_tokens=1 << 15)
     spec = LLM(model=str(looping_model), device="cpu", draft=draft, tree=(8, 4, 2), kv_cache_tokens=1 << 15)
     chi2, df, accepted = sampled_speculation_chi2(plain, spec)
+    assert (sum(specinfer) > 100) if draft == "self:1" else not any(specinfer)
     assert accepted[1] > 100 and sum(v for k, v in accepted.items() if k >= 3) > 50, accepted  # drafts taken and refused
     assert chi2 < df + 5 * np.sqrt(2 * df), (chi2, df)  # ~4 standard deviations over the mean of chi2(df)
