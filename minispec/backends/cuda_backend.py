@@ -282,7 +282,7 @@ class CudaBackend:
         self.gemm = None
         self.gemm_cluster = None  # gemm_stream's / gemm_wgmma's blocks per cluster along K (None: by their rules)
         self.gemm_wgmma_groups = None  # gemm_wgmma's 64-row warpgroups per block, 1 or 2 (None: wgmma_groups)
-        self.gemm_wgmma_xrows = None  # gemm_wgmma's staged x rows, 32 or 64 (None: wgmma_xrows)
+        self.gemm_wgmma_xrows = None  # gemm_wgmma's staged x rows, 16, 32 or 64 (None: wgmma_xrows)
         self.use_graphs = use_graphs
         self.prefill_graph_limit = None  # most rows of a prefill step replayed as a graph (None: prefill_graph_rows)
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
@@ -631,8 +631,9 @@ class CudaBackend:
         return 64 * G * (K // S) * 2
 
     def gemm_wgmma(self, x, weight, y) -> None:
-        """gemm_wgmma_w{G}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: G warpgroups of 64 weight rows a block, S
-        blocks of a cluster share K and sum their parts on chip; W and x reach shared memory by TMA."""
+        """gemm_wgmma_w{G}_x{X}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: G warpgroups of 64 weight rows a block, x
+        in X-row boxes (wgmma_xrows), S blocks of a cluster share K and sum their parts on chip; W and x reach shared
+        memory by TMA."""
         M, K = x.shape
         N = weight.shape[0]
         if not (self.hopper and 0 < M <= 64 and K % 64 == 0):
