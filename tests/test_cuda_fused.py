@@ -253,7 +253,7 @@ def test_graphs_are_not_replayed_into_a_freed_cache(tmp_path):
         gc.collect()
 
 
-@pytest.mark.parametrize("T", [16, 40])  # the own GEMMs: gemm_stream up to 16 rows, gemm_wgmma for 17-64
+@pytest.mark.parametrize("T", [16, 40])  # the own GEMMs on these small weights: gemm_stream up to 16 rows, gemm_wgmma above
 def test_programmatic_dependent_launch_keeps_the_bits(tmp_path, T):
     """A step launched with programmatic dependent launch (each GEMM's first weights copied before it waits for
     the kernel ahead of it) gives the bits of plain launches, eager and replayed, again and again: a kernel that
