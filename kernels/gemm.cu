@@ -248,7 +248,7 @@ extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const 
 // ------------------------------------------------------------------------------------------------
 // gemm_wgmma_w{WGS}_x{XROWS}_s{S} (sm_90a): the same product for M <= 64 rows, on warpgroup MMA with weights
 // and x brought by the tensor memory accelerator. y^T = W x^T: a block's 64 WGS weight rows are the M side of WGS
-// warpgroups' wgmma.m64n{XROWS}k16 (64 rows each) and the x rows (XROWS = 32 or 64, zero past M) the N side; both
+// warpgroups' wgmma.m64n{XROWS}k16 (64 rows each) and the x rows (XROWS = 16, 32 or 64, zero past M) the N side; both
 // operands K-major from shared memory, 128-byte swizzled as TMA writes them. A producer warp fills a STAGES-deep
 // ring (W [64 WGS][64 k] and x [XROWS][64 k] a stage) under full / empty mbarriers; each warpgroup keeps one
 // stage's products in flight. These products are bound by how many weight bytes are in flight, so x takes 32-row
