@@ -155,6 +155,16 @@ def build_plan_one(item: StepItem, page_size: int) -> StepPlan:
     )
 
 
+def empty_plan(L: int, table: np.ndarray) -> StepPlan:
+    """A one-sequence plan of no rows at L (cu_q = [0, 0], kv_len = tree_start = L): its step does no work. The device
+    drafter writes it where no tree follows (kernels/ngram_step.cu); packed, its rows are pack_plan's padding."""
+    none = np.zeros(0, dtype=np.int32)
+    return StepPlan(tokens=none, positions=none, slots=none, cu_q=np.zeros(2, dtype=np.int32),
+                    kv_len=np.array([L], dtype=np.int32), tree_start=np.array([L], dtype=np.int32),
+                    masks=np.zeros(0, dtype=np.uint64), causal=np.zeros(1, dtype=np.int32),
+                    page_tables=np.asarray(table, dtype=np.int32).reshape(1, -1), logit_rows=none)
+
+
 def pow2_bucket(n: int) -> int:
     """The smallest power of two >= n: captured graphs are keyed by it (a step's rows, a context's keys)."""
     return 1 << (n - 1).bit_length()

@@ -250,7 +250,7 @@ class NumpyBackend:
         """Reference of the ngram_advance kernel (kernels/ngram_step.cu), from the host drafter's own pieces."""
         from ..drafters import count_acceptance, gate_open, ngram_tree, scan_match_starts
         from ..ngram_device import OUT_TOKENS, state_row, tree_rows
-        from ..step import StepItem, build_plan_one, pack_plan, packed_offsets
+        from ..step import StepItem, build_plan_one, empty_plan, pack_plan, packed_offsets
         from ..tree import Tree
         from ..verify import verify_greedy
 
@@ -282,9 +282,7 @@ class NumpyBackend:
             draft = ngram_tree(int(tokens[L]), continuations, alpha, min(params.nodes, params.max_len - L), params.width)
         if draft is None or len(draft) == 1:  # the end, or no draft: an empty plan (no rows), no tree
             T = 0
-            b.packed[o[0] : o[4]] = 0
-            b.packed[o[3] : o[4]] = -1
-            b.packed[o[5] : o[9]] = [0, 0, L, L, 0]
+            pack_plan(empty_plan(L, table), b.packed, b.N, b.W)
             b.tree[0], b.tree[1] = 0, -1
         else:
             T = len(draft)
