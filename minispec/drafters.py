@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import MinispecError
-from .sampling import sample_from, target_distribution
+from .sampling import sample_from, target_distribution, top_indices
 from .step import StepItem, build_plan
 from .tree import MAX_TREE_NODES, Tree
 
@@ -360,7 +360,7 @@ class Candidates:
         """Give the `width` best of `nodes` (rows of `logprobs`) their `width` most probable children."""
         added = []
         for i in sorted(range(len(nodes)), key=lambda i: -self.score[nodes[i]])[:width]:
-            for token in np.argsort(-logprobs[i], kind="stable")[:width]:
+            for token in top_indices(logprobs[i], width):
                 if len(self.tokens) >= limit:
                     return added
                 self.tokens.append(int(token))

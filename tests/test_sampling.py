@@ -8,7 +8,7 @@ import pytest
 from minispec import MinispecError, SamplingParams
 from minispec.backends.numpy_backend import NumpyBackend
 from minispec.model import StepLogits
-from minispec.sampling import target_distribution
+from minispec.sampling import target_distribution, top_indices
 
 
 def choose_token(logits, params, rng):
@@ -60,6 +60,32 @@ def test_filters_sample_only_the_allowed_set_with_the_right_frequencies(filters)
     assert set(np.nonzero(counts)[0]) <= allowed
     # total variation within a bound far beyond sampling noise (~sqrt(V / draws))
     assert 0.5 * np.abs(counts / draws - expected).sum() < 0.015
+
+
+@pytest.mark.parametrize("scale,top_k,top_p", [(4.0, 0, 0.9), (3.0, 0, 0.9), (1.5, 0, 0.9), (0.05, 0, 0.99), (0.05, 3000, 0.99), (0.6, 700, 1.0)])
+def test_filters_of_a_large_vocabulary(scale, top_k, top_p):
+    """target_distribution sorts only a prefix of the order (the top k; for top-p alone 64 tokens, then 64 times more,
+    then the whole row): nuclei of 25, 575, 6,906 and 19,769 tokens of a 20,000-token row (found in the first,
+    second and last sorted prefix), with top-k, and top-k alone, against the definitions."""
+    rng = np.random.default_rng(int(scale * 100) + top_k)
+    V = 20_000
+    logits = rng.normal(size=V) * scale
+    tempered = np.exp(logits / 0.9 - (logits / 0.9).max())
+    tempered /= tempered.sum()
+    allowed = reference_allowed(tempered, top_k, top_p, 0.0)
+    expected = np.zeros(V)
+    expected[list(allowed)] = tempered[list(allowed)]
+    expected /= expected.sum()
+    np.testing.assert_allclose(target_distribution(logits, SamplingParams(temperature=0.9, top_k=top_k, top_p=top_p)), expected, rtol=1e-9, atol=1e-15)
+
+
+def test_top_indices_is_the_stable_sorts_prefix():
+    """top_indices(x, k) == np.argsort(-x, kind="stable")[:k], ties (by index) included, for every k."""
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        x = np.round(rng.normal(size=int(rng.integers(1, 400))) * 3, int(trial % 3))  # rounding makes ties
+        for k in (0, 1, 2, int(rng.integers(1, len(x) + 1)), len(x), len(x) + 3):
+            assert np.array_equal(top_indices(x, k), np.argsort(-x, kind="stable")[:k]), (trial, k)
 
 
 def test_greedy_is_argmax():
