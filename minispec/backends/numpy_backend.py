@@ -26,7 +26,9 @@ def add_rmsnorm(x: np.ndarray, residual: np.ndarray | None, weight: np.ndarray, 
 
 
 def linear(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    return x @ weight.T  # [M, K] x [N, K]^T -> [M, N]
+    """[M, K] x [N, K]^T -> [M, N], computed as (W x^T)^T: the same bits as x @ W^T from OpenBLAS, 1.2-1.9x faster at
+    2-64 rows on the default model's weights (notes/cpu_linear_stop37.log), where x @ W^T packs the whole weight."""
+    return (weight @ x.T).T
 
 
 def silu_mul(gate_up: np.ndarray) -> np.ndarray:
