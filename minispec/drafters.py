@@ -382,11 +382,10 @@ class Candidates:
             if len(self.tokens) >= limit:
                 break
             node = nodes[i]
-            q = self.q[node] = target_distribution(log_softmax(logits[i]), params)
-            for u in rng.random(width):
+            q = self.q[node] = target_distribution(logits[i], params)
+            for token in sample_from(q, rng.random(width)).tolist():
                 if len(self.tokens) >= limit:
                     return added
-                token = sample_from(q, u)
                 self.tokens.append(token)
                 self.parents.append(node)
                 self.score.append(self.score[node] + math.log(q[token]))

@@ -91,7 +91,9 @@ def target_distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarra
     return p / p.sum()
 
 
-def sample_from(p: np.ndarray, u: float) -> int:
-    """Inverse CDF in token order: the first token whose running mass exceeds u * total (u in [0, 1))."""
+def sample_from(p: np.ndarray, u):
+    """Inverse CDF in token order: the first token whose running mass exceeds u * total (u in [0, 1)). u may be an
+    array of draws, which share one running sum: an int array of tokens then."""
     cumulative = np.cumsum(p)
-    return int(min(np.searchsorted(cumulative, u * cumulative[-1], side="right"), np.flatnonzero(p)[-1]))
+    tokens = np.minimum(np.searchsorted(cumulative, np.asarray(u) * cumulative[-1], side="right"), np.flatnonzero(p)[-1])
+    return int(tokens) if tokens.ndim == 0 else tokens

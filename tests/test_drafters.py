@@ -159,16 +159,16 @@ def test_ngram_gate_lets_only_strong_matches_past_trees_that_did_not_pay():
 
 def test_sampled_draft_children_are_iid_draws_from_q():
     """Candidates.expand_sampled (a draft model's tree for a sampled sequence, SpecInfer): the `width` best frontier
-    nodes grow `width` children each, drawn from q = the draft row (normalised) under the sequence's filters with
+    nodes grow `width` children each, drawn from q = the draft row under the sequence's filters with
     the given generator, in draw order; a node cut short by the limit keeps its first draws; the tree carries each
     grown node's q (leaves None). Over many trees the root's children follow q."""
-    from minispec.drafters import Candidates, log_softmax
+    from minispec.drafters import Candidates
     from minispec.sampling import sample_from, target_distribution
 
     V, params = 12, SamplingParams(temperature=0.9, top_k=5)
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(3, V))
-    q_root = target_distribution(log_softmax(logits[0]), params)
+    q_root = target_distribution(logits[0], params)
     c = Candidates(root=7)
     seed_draws = np.random.default_rng(11).random(3)
     assert c.expand_sampled([0], logits[:1], params, 3, 64, np.random.default_rng(11)) == [1, 2, 3]
@@ -181,7 +181,7 @@ def test_sampled_draft_children_are_iid_draws_from_q():
     added = c.expand_sampled([1, 2, 3], frontier_rows, params, 2, 7, np.random.default_rng(5))
     assert added == [4, 5, 6] and c.parents[4:] == [1 + order[0], 1 + order[0], 1 + order[1]]
     u = np.random.default_rng(5).random(4)  # two draws a grown node, the second node's second unused
-    first, second = (target_distribution(log_softmax(frontier_rows[i]), params) for i in order)
+    first, second = (target_distribution(frontier_rows[i], params) for i in order)
     assert c.tokens[4:] == [sample_from(first, u[0]), sample_from(first, u[1]), sample_from(second, u[2])]
     tree = c.tree_sampled()
     assert tree.sampled and len(tree) == 7 and np.array_equal(tree.q[0], q_root) and tree.q[4] is None
