@@ -362,10 +362,9 @@ class Engine:
                     # drafts show for a sequence that drafts on the device: the step in flight becomes that stretch's
                     # first (its token verified there), so no host draft and no idle GPU come between
                     handed = yield from self.speculate_on_device(launched[0][0], inflight=launched[1])
-                    if handed:  # the device drafted nothing: plain steps again from here, from the one it launched
-                        pending = handed if isinstance(handed, tuple) else None  # (the host's drafter would say
-                        stopping = False  # the same: it is asked after that step)
-                        continue
+                    if isinstance(handed, tuple):  # the device drafted nothing: plain steps again from the one it
+                        pending, stopping = handed, False  # launched (the host's drafter, asked after that step,
+                        continue  # would say the same)
                     if handed is not None:
                         return
                     # (None: no stretch started; the step in flight is read below as any other)
