@@ -197,3 +197,15 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
         assert rules.wgmma_shape(N, K) == ((1, {"down": 2}.get(name, 1)) if one_group else (2, 1)), name
     for K, N in ((576, 960), (576, 3072), (1536, 576)):  # the default model: short streams
         assert rules.wgmma_gemm_fits(M, N, K) == (M > 16)
+
+
+def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
+    """The backend sizes gemm_wgmma's shared memory from WGMMA_GEMM_STAGES: every (warpgroups, x rows) it names must
+    be instantiated in kernels/gemm.cu with that ring depth (a deeper kernel than the table would overrun its
+    shared memory), and the gated kernel's body takes the (2, 64) entry's."""
+    from minispec.backends.cuda_backend import WGMMA_GEMM_STAGES
+
+    source = kernel_source("gemm.cu")
+    built = {(int(g), int(x)): int(s) for g, x, s in re.findall(r"^GEMM_WGMMA_CLUSTERS\((\d+), (\d+), (\d+)\)", source, re.M)}
+    assert built == WGMMA_GEMM_STAGES
+    assert re.search(r"gemm_wgmma_body<2, 64, (\d+), 1, true>", source).group(1) == str(WGMMA_GEMM_STAGES[2, 64])
