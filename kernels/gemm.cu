@@ -45,10 +45,20 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned shared_ad
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address));
 }
 
+// One y element of a split-K cluster: the S blocks' partial sums at `local` (the same offset in every block's
+// shared memory) added in rank order through distributed shared memory, so the same inputs give the same bits.
+template <int S>
+__device__ __forceinline__ float cluster_sum(const float* local) {
+    if constexpr (S == 1) return *local;
+    float sum = load_cluster(local, 0);
+#pragma unroll
+    for (int q = 1; q < S; q++) sum += load_cluster(local, q);
+    return sum;
+}
+
 // The end of a split-K block, for gemm_stream and gemm_wgmma: red [XROWS][RED_STRIDE] holds this block's sums
-// red[m][row] of y[m][n0 + row]; cluster rank r adds rows r ROWS / S .. of the S blocks' buffers in rank order
-// (through distributed shared memory, so the same inputs give the same bits) and writes them to y, coalesced
-// along N. With S = 1 the block writes its own sums.
+// red[m][row] of y[m][n0 + row]; cluster rank r adds rows r ROWS / S .. of the S blocks' buffers (cluster_sum) and
+// writes them to y, coalesced along N. With S = 1 the block writes its own sums.
 template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
 __device__ __forceinline__ void store_cluster_sums(const float* red, float* __restrict__ y, int M, int N, int n0) {
     if constexpr (S > 1) cluster_sync();  // every block's sums are in its shared memory
@@ -57,21 +67,34 @@ __device__ __forceinline__ void store_cluster_sums(const float* red, float* __re
     for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
         const int m = e / SLICE, row = rank * SLICE + e % SLICE;
         if (m >= M || n0 + row >= N) continue;
-        const float* local = red + m * RED_STRIDE + row;
-        float sum = *local;
-        if constexpr (S > 1) {
-            sum = load_cluster(local, 0);
-#pragma unroll
-            for (int q = 1; q < S; q++) sum += load_cluster(local, q);
-        }
-        y[(long long)m * N + n0 + row] = sum;
+        y[(long long)m * N + n0 + row] = cluster_sum<S>(red + m * RED_STRIDE + row);
     }
     if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
 }
 
-template <int R, int S, int BK, int STAGES>
+// The gated end (GLU) of a block whose 128 weight rows are 64 gate rows (columns c0 .. c0 + 63 of act) and the
+// 64 matching up rows: red[m][j] holds gate column c0 + j, red[m][64 + j] its up column. Rank r of the cluster
+// writes act [M, I] columns c0 + r 64 / S .. in bf16 as silu(gate) * up, the expression of elementwise.cu's
+// silu_mul on the same fp32 sums, so the bits are those of the GEMM followed by silu_mul.
+template <int S, int XROWS, int RED_STRIDE, int THREADS>
+__device__ __forceinline__ void store_cluster_glu(const float* red, __nv_bfloat16* __restrict__ act, int M, int I, int c0) {
+    if constexpr (S > 1) cluster_sync();
+    constexpr int SLICE = 64 / S;
+    const int rank = blockIdx.y;
+    for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
+        const int m = e / SLICE, j = rank * SLICE + e % SLICE;
+        if (m >= M || c0 + j >= I) continue;
+        const float gate = cluster_sum<S>(red + m * RED_STRIDE + j), up = cluster_sum<S>(red + m * RED_STRIDE + 64 + j);
+        act[(long long)m * I + c0 + j] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
+    }
+    if constexpr (S > 1) cluster_sync();
+}
+
+// GLU (gemm_stream_glu_*): W is the fused [gate; up] weight [2I, K], N = I, and out is act bf16 [M, I]; block bx
+// stages gate rows bx 64 .. +64 as its rows 0-63 and the matching up rows as 64-127 (store_cluster_glu).
+template <int R, int S, int BK, int STAGES, bool GLU = false>
 __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                                                 float* __restrict__ y, int M, int N, int K) {
+                                                 void* __restrict__ out, int M, int N, int K) {
     using namespace stream;
     constexpr int NT = R / 8;                                  // 8-column mma tiles over the staged x rows
     constexpr int CHUNKS = BK / 8, ROW_STEP = THREADS / CHUNKS;  // 16-byte chunks per staged row; a thread's row step
@@ -80,10 +103,9 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     extern __shared__ __align__(128) unsigned char shared[];  // STAGES x (W [128, BK] | x [R, BK]), then the reduction
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     const int group = warp & 3, half = warp >> 2;             // weight rows group*32 .. +32; k chunks half*4 .. +4
-    const int n0 = blockIdx.x * ROWS, k_len = K / S, k_begin = blockIdx.y * k_len, steps = k_len / BK;
+    const int n0 = blockIdx.x * (GLU ? ROWS / 2 : ROWS), k_len = K / S, k_begin = blockIdx.y * k_len, steps = k_len / BK;
     const int m_base = blockIdx.z * R;
     x += (long long)m_base * K;
-    y += (long long)m_base * N;
     M = min(M - m_base, R);
     const unsigned base = (unsigned)__cvta_generic_to_shared(shared);
 
@@ -92,7 +114,11 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     const unsigned chunk_offset = (r0 * CHUNKS + swizzle(r0, c)) * 16;
     unsigned w_src[W_LOADS], x_src[X_LOADS];                  // element offsets (32-bit: fewer registers than pointers)
 #pragma unroll
-    for (int j = 0; j < W_LOADS; j++) w_src[j] = (unsigned)min(n0 + r0 + ROW_STEP * j, N - 1) * K + k_begin + c * 8;
+    for (int j = 0; j < W_LOADS; j++) {
+        const int r = r0 + ROW_STEP * j;  // the block's weight row (rows past N repeat the last: their sums are not stored)
+        const int row = !GLU ? min(n0 + r, N - 1) : r < ROWS / 2 ? min(n0 + r, N - 1) : N + min(n0 + r - ROWS / 2, N - 1);
+        w_src[j] = (unsigned)row * K + k_begin + c * 8;
+    }
 #pragma unroll
     for (int j = 0; j < X_LOADS; j++) x_src[j] = (unsigned)min(r0 + ROW_STEP * j, M - 1) * K + k_begin + c * 8;
     auto load_weights = [&](int step) {
@@ -184,7 +210,10 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
         }
         __syncthreads();
     }
-    store_cluster_sums<S, ROWS, R, RED_STRIDE, THREADS>(red, y, M, N, n0);
+    if constexpr (GLU)
+        store_cluster_glu<S, R, RED_STRIDE, THREADS>(red, reinterpret_cast<__nv_bfloat16*>(out) + (long long)m_base * N, M, N, n0);
+    else
+        store_cluster_sums<S, ROWS, R, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out) + (long long)m_base * N, M, N, n0);
 }
 
 // Ring shapes measured best (notes/gemm_stages_h100.log): k 128 x 3 stages for up to 16 rows (longer runs
@@ -207,6 +236,17 @@ GEMM_STREAM_CLUSTERS(8, 64, 4)   // K a multiple of 64, not of 128
 GEMM_STREAM_CLUSTERS(16, 64, 4)
 GEMM_STREAM_CLUSTERS(32, 64, 4)
 GEMM_STREAM_CLUSTERS(64, 64, 4)
+// gemm_stream_glu_r{R}_k128_s{S}: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight, up to
+// 16 rows (the gate/up product of a decode step where gemm_wgmma_glu does not serve): grid (ceil(I / 64), S,
+// ceil(M / R)), otherwise gemm_stream's launch. The [M, 2I] fp32 product never reaches memory, and silu_mul's
+// launch is saved.
+#define GEMM_STREAM_GLU(R, BK, STAGES, S, CLUSTER)                                                                     \
+    extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_glu_r##R##_k##BK##_s##S(                 \
+        const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* act, int M, int I, int K) {                    \
+        gemm_stream_body<R, S, BK, STAGES, true>(x, w, act, M, I, K);                                                  \
+    }
+SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 8, 128, 3)
+SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 16, 128, 3)
 
 // C fragments of four m16 tiles (rows m_base ..) and one n8 tile (columns n0 ..) to y [M, N], bounds-checked.
 __device__ __forceinline__ void store_tiles(float* __restrict__ y, const float (*acc)[4], int m_base, int n0, int M, int N,
@@ -346,13 +386,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
                 red[(8 * j + 2 * t + (e & 1)) * RED_STRIDE + group * 64 + warp % 4 * 16 + g + 8 * (e >> 1)] = acc[j][e];
     __syncthreads();
     if constexpr (GLU) {
-        __nv_bfloat16* act = reinterpret_cast<__nv_bfloat16*>(out);
-        for (int e = threadIdx.x; e < 64 * XROWS; e += THREADS) {
-            const int m = e / 64, j = e % 64;
-            if (m >= M || n0 + j >= N) continue;
-            const float gate = red[m * RED_STRIDE + j], up = red[m * RED_STRIDE + 64 + j];
-            act[(long long)m * N + n0 + j] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
-        }
+        store_cluster_glu<1, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<__nv_bfloat16*>(out), M, N, n0);
         return;
     }
     store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out), M, N, n0);

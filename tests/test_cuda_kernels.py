@@ -209,7 +209,7 @@ def test_gemm_wgmma_glu_equals_gemm_then_silu_mul(M, I, K):
     if not be.hopper:
         pytest.skip("gemm_wgmma needs a Hopper GPU")
     be.gemm, be.gemm_cluster, be.gemm_wgmma_groups = "own", 1, 2  # one pass of two warpgroups, as the gated kernel
-    assert be.wgmma_glu_serves(M, 2 * I, K)
+    assert be.glu_kernel(M, 2 * I, K) == "wgmma"
     xs, ws = rng.normal(size=(M, K)).astype(np.float32), (rng.normal(size=(2 * I, K)) / np.sqrt(K)).astype(np.float32)
     x, w = be.convert(xs), be.convert(ws)
     fused = be.gate_up_silu(x, w)
@@ -218,6 +218,31 @@ def test_gemm_wgmma_glu_equals_gemm_then_silu_mul(M, I, K):
     assert cp.array_equal(fused, be.silu_mul(y)), "the gated epilogue gives the bits of gemm_wgmma then silu_mul"
     expected = ref.silu_mul(stored(xs, "bfloat16").astype(np.float64) @ stored(ws, "bfloat16").astype(np.float64).T)
     assert_close(host_float(fused, "bfloat16"), expected, 1e-2, 1e-2 * np.abs(expected).max(), f"gate_up_silu M={M} I={I} K={K}")
+
+
+@pytest.mark.parametrize("S", [1, 2, 4, 8])
+@pytest.mark.parametrize("M", [1, 8, 13, 16])
+@pytest.mark.parametrize("I,K", [(333, 1024), (2048, 2048)])
+def test_gemm_stream_glu_equals_gemm_then_silu_mul(M, S, I, K):
+    """gate_up_silu on the gated gemm_stream (up to 16 rows, every cluster size): the bits of gemm_stream followed
+    by silu_mul (the same blocks, k order and cluster sums, gate and up rows staged side by side), I off the
+    64-column tile (the last block's clamped rows must write nothing), act poisoned first; and close to
+    silu(gate) * up from float64 sums of the bf16 operands."""
+    import cupy as cp
+
+    be, rng = backend("bfloat16"), np.random.default_rng(M + I + K + S)
+    be.gemm, be.gemm_cluster = "own", S
+    assert be.glu_kernel(M, 2 * I, K) == "stream"
+    xs, ws = rng.normal(size=(M, K)).astype(np.float32), (rng.normal(size=(2 * I, K)) / np.sqrt(K)).astype(np.float32)
+    x, w = be.convert(xs), be.convert(ws)
+    fused = cp.full((M, I), cp.nan, dtype=be.store_dtype)
+    be.launch_stream("gemm_stream_glu", x, w, fused, I)
+    y = cp.full((M, 2 * I), cp.nan, dtype=cp.float32)
+    be.gemm_stream(x, w, y)
+    assert cp.array_equal(fused, be.silu_mul(y)), "the gated epilogue gives the bits of gemm_stream then silu_mul"
+    assert cp.array_equal(be.gate_up_silu(x, w), fused), "gate_up_silu takes the gated kernel"
+    expected = ref.silu_mul(stored(xs, "bfloat16").astype(np.float64) @ stored(ws, "bfloat16").astype(np.float64).T)
+    assert_close(host_float(fused, "bfloat16"), expected, 1e-2, 1e-2 * np.abs(expected).max(), f"gemm_stream_glu M={M} S={S} I={I} K={K}")
 
 
 def use_attention_kernel(be, kernel: str) -> None:

@@ -176,9 +176,11 @@ def test_a_stretch_load_sends_every_token_and_converts_only_the_new_ones():
 
 def gemm_rules_backend(sm_count: int = 132):
     """A stand-in CudaBackend with the GEMM dispatch's rules and nothing forced (its methods, no GPU)."""
-    names = ("wgmma_gemm_fits", "wgmma_stream", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves")
+    names = ("wgmma_gemm_fits", "wgmma_stream", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves",
+             "own_gemm_chosen", "glu_kernel", "stream_launch_shape", "stream_cluster_size")
     rules = type("Rules", (), {name: getattr(CudaBackend, name) for name in names})()
     rules.sm_count, rules.hopper, rules.gemm_wgmma_groups, rules.gemm_cluster = sm_count, True, None, None
+    rules.bf16, rules.gemm, rules.cublas = True, None, object()
     return rules
 
 
@@ -187,7 +189,9 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
     """Which kernel `linear` takes, as measured in notes/gemm_xrows_ab_h100_stop37.log: gemm_wgmma of one warpgroup
     a block at 1-64 rows where a block streams 512 KB or more (8B qkv, O, down; O in 64 blocks of 512 KB rather than
     128 of 256), gemm_stream at up to 16 rows where blocks of two warpgroups would serve (8B gate/up, LM head: there
-    16-row x boxes have no kernel), and the small default model's products at up to 16 rows."""
+    16-row x boxes have no kernel), and the small default model's products at up to 16 rows. The 8B gate/up
+    product takes a gated kernel at every M (gemm_stream_glu up to 16 rows, gemm_wgmma_glu past), the default
+    model's none (cuBLAS serves it)."""
     rules = gemm_rules_backend()
     eight_b = {"qkv": (4096, 6144), "o": (4096, 4096), "down": (14336, 4096), "gate/up": (4096, 28672), "lm head": (4096, 128256)}
     for name, (K, N) in eight_b.items():
@@ -197,6 +201,8 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
         assert rules.wgmma_shape(N, K) == ((1, {"down": 2}.get(name, 1)) if one_group else (2, 1)), name
     for K, N in ((576, 960), (576, 3072), (1536, 576)):  # the default model: short streams
         assert rules.wgmma_gemm_fits(M, N, K) == (M > 16)
+    assert rules.glu_kernel(M, 28672, 4096) == ("stream" if M <= 16 else "wgmma")
+    assert rules.glu_kernel(M, 3072, 576) is None
 
 
 def test_gemm_wgmma_ring_table_agrees_with_the_kernels():

@@ -598,19 +598,29 @@ class CudaBackend:
     def gemm_stream(self, x, weight, y) -> None:
         """gemm_stream_r{R}_k{BK}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: R staged x rows (one launch
         row-tile), BK k per ring stage, S blocks of a cluster share K and sum their parts on chip."""
+        self.launch_stream("gemm_stream", x, weight, y, weight.shape[0])
+
+    def stream_launch_shape(self, M: int, N: int, K: int) -> tuple[int, int, int, int]:
+        """gemm_stream's (staged x rows R, blocks a cluster S, k a stage BK, ring stages) for x [M, K], W [N, K]."""
+        R = min(64, max(8, pow2_bucket(M)))
+        S = self.gemm_cluster or self.stream_cluster_size(-(-N // STREAM_ROWS) * -(-M // R), K, stream_shape(R, K)[0])
+        return (R, S, *stream_shape(R, K, S))
+
+    def launch_stream(self, name: str, x, weight, out, columns: int) -> None:
+        """A gemm_stream kernel (plain or gated) on x [M, K] and W [N, K] into out [M, columns]: grid (N / 128
+        weight tiles, S, x row tiles)."""
         M, K = x.shape
         N = weight.shape[0]
-        R = min(64, max(8, pow2_bucket(M)))
         if not stream_fits(N, K):
-            raise ValueError(f"gemm_stream: [{N}, {K}] weights need K % 64 == 0 and N K < 2^32")
-        S = self.gemm_cluster or self.stream_cluster_size(-(-N // STREAM_ROWS) * -(-M // R), K, stream_shape(R, K)[0])
-        BK, stages = stream_shape(R, K, S)
+            raise ValueError(f"{name}: [{N}, {K}] weights need K % 64 == 0 and N K < 2^32")
+        R, S, BK, stages = self.stream_launch_shape(M, N, K)
         if K % (BK * S):
-            raise ValueError(f"gemm_stream: K = {K} is not a multiple of {BK} x {S} blocks per cluster")
+            raise ValueError(f"{name}: K = {K} is not a multiple of {BK} x {S} blocks per cluster")
         shared = stages * (STREAM_ROWS + R) * BK * 2
-        kernel = self.kernel("gemm.cu", f"gemm_stream_r{R}_k{BK}_s{S}")
+        kernel = self.kernel("gemm.cu", f"{name}_r{R}_k{BK}_s{S}")
         allow_shared(kernel, shared)
-        self.launch(kernel, (-(-N // STREAM_ROWS), S, -(-M // R)), (256,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)), shared)
+        args = (x, weight, out, np.int32(M), np.int32(columns), np.int32(K))
+        self.launch(kernel, (-(-N // STREAM_ROWS), S, -(-M // R)), (256,), args, shared)
 
     def wgmma_gemm_fits(self, M: int, N: int, K: int) -> bool:
         """Whether `linear` takes gemm_wgmma for x [M, K] and W [N, K]: Hopper, K in whole 64-wide stages, and 17-64
@@ -700,24 +710,36 @@ class CudaBackend:
         return self.linear(self.cp.ascontiguousarray(h), lm_head)
 
     def gate_up_silu(self, h, w_gate_up):
-        """silu(h W_gate^T) * (h W_up^T) [N, I] in the storage type, from the fused [2I, K] weight: one
-        gemm_wgmma_glu launch where gemm_wgmma would serve the whole product in one pass (two warpgroups a block,
-        no split-K), so the fp32 [N, 2I] product never reaches memory; else linear, then silu_mul."""
+        """silu(h W_gate^T) * (h W_up^T) [N, I] in the storage type, from the fused [2I, K] weight: one gated
+        launch where linear would take gemm_wgmma in one pass (two warpgroups a block, no split-K: gemm_wgmma_glu)
+        or gemm_stream with 128-wide k stages (gemm_stream_glu), so the fp32 [N, 2I] product never reaches memory
+        and silu_mul's launch is saved, with the same bits; else linear, then silu_mul."""
         M, K = h.shape
         N2 = w_gate_up.shape[0]
-        if not self.wgmma_glu_serves(M, N2, K):
+        glu = self.glu_kernel(M, N2, K)
+        if glu is None:
             return self.silu_mul(self.linear(h, w_gate_up))
         self._check(h, self.store_dtype, 2, "gate_up_silu input")
         I = N2 // 2
         act = self.cp.empty((M, I), dtype=self.store_dtype)
-        self.launch_wgmma("gemm_wgmma_glu", 2, 64, (-(-I // 64),), h, w_gate_up, 64, act, I)  # gate and up in 64-row boxes
+        if glu == "wgmma":
+            self.launch_wgmma("gemm_wgmma_glu", 2, 64, (-(-I // 64),), h, w_gate_up, 64, act, I)  # gate and up in 64-row boxes
+        else:
+            self.launch_stream("gemm_stream_glu", h, w_gate_up, act, I)
         return act
 
-    def wgmma_glu_serves(self, M: int, N2: int, K: int) -> bool:
-        """Whether gate_up_silu takes the gated gemm_wgmma: bf16, the own kernels chosen for this product (or
-        forced, or no cuBLAS), and gemm_wgmma's choice for it one pass of two warpgroups a block."""
-        return (self.bf16 and self.own_gemm_chosen(M, N2, K) and self.wgmma_gemm_fits(M, N2, K) and N2 % 2 == 0
-                and self.wgmma_shape(N2, K) == (2, 1))
+    def glu_kernel(self, M: int, N2: int, K: int):
+        """gate_up_silu's gated kernel for h [M, K] and the [N2 = 2I, K] weight: "wgmma", "stream", or None (linear,
+        then silu_mul). The gated kernels run the product linear would (the same kernel, blocks and cluster sums),
+        so they are taken only where linear takes one of them in a shape they have: bf16, the own kernels chosen,
+        and gemm_wgmma of one pass of two warpgroups, or gemm_stream up to 16 rows with 128-wide k stages."""
+        if not (self.bf16 and N2 % 2 == 0 and self.own_gemm_chosen(M, N2, K)):
+            return None
+        if self.wgmma_gemm_fits(M, N2, K):
+            return "wgmma" if self.wgmma_shape(N2, K) == (2, 1) else None
+        if M <= 16 and stream_fits(N2, K) and self.stream_launch_shape(M, N2, K)[2] == 128:
+            return "stream"
+        return None
 
     def silu_mul(self, gate_up):
         """gate_up fp32 [N, 2I] -> silu(gate) * up [N, I] in the storage type."""

@@ -1,0 +1,94 @@
+"""Device probe: GEMM dispatch variants inside the 8B layer-by-layer step (random weights, context 512), by turns in
+one process: plain decode and tree verify steps (bench e2e's step_times) and decode one step ahead, against the
+weight-bandwidth floor. Each variant overrides the backend's rules on the instance; every timing captures its graphs
+anew (step_times makes a new cache, which keys them).
+
+  rule       the committed rules
+  silu       gate/up up to 16 rows as gemm_stream, then silu_mul (before gemm_stream_glu)
+  stream2R   8B qkv and O up to R rows (default 16) on gemm_stream in clusters of 2 (64 / 96 blocks of 512 KB)
+             instead of gemm_wgmma in 16-row boxes
+  o32s2      8B O at 17-32 rows on gemm_wgmma in clusters of 2 (128 blocks of 256 KB) instead of 1
+  gu_cublas  8B gate/up at 17-64 rows on cuBLAS, then silu_mul, instead of gemm_wgmma_glu
+  head_stream  8B LM head at 17-64 rows on gemm_stream instead of gemm_wgmma (two warpgroups)
+  A+B        both
+
+    PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
+"""
+import sys
+
+import numpy as np
+
+from minispec.backends.cuda_backend import CudaBackend
+from minispec.bench_gpu import (card_name, copy_bandwidth, decode_ahead_time, in_turn, llama_8b_config, random_model_on_gpu,
+                                require_gpu, step_times, weight_bytes)
+from minispec.model import Model
+
+cp = require_gpu()
+ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+VARIANTS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["rule", "silu"]
+TREES = (16, 32, 64)
+be = CudaBackend()
+cfg = llama_8b_config()
+cp.random.seed(0)
+model = Model(cfg, random_model_on_gpu(cfg, be), be)
+O, QKV = (4096, 4096), (6144, 4096)  # (N, K)
+RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_size", "own_gemm_serves")
+
+
+def apply(variant: str) -> None:
+    for name in RULES:
+        be.__dict__.pop(name, None)
+    for part in variant.split("+"):
+        if part == "silu":
+            be.glu_kernel = lambda M, N2, K: None if M <= 16 else CudaBackend.glu_kernel(be, M, N2, K)
+        elif part.startswith("stream2"):
+            rows = int(part[7:] or 16)
+            be.wgmma_gemm_fits = lambda M, N, K, rows=rows: (
+                False if (N, K) in (O, QKV) and M <= rows else CudaBackend.wgmma_gemm_fits(be, M, N, K))
+            # gemm_stream's tiles for O and qkv at up to 16 rows (one row tile): 32 and 48
+            be.stream_cluster_size = lambda tiles, K, BK: (
+                2 if K == 4096 and tiles in (32, 48) else CudaBackend.stream_cluster_size(be, tiles, K, BK))
+        elif part == "o32s2":
+            # wgmma_shape has no M: the rows come from wgmma_gemm_fits, which linear and own_gemm_serves ask first
+            fits = be.wgmma_gemm_fits
+            be.wgmma_gemm_fits = lambda M, N, K, fits=fits: (setattr(be, "current_rows", M), fits(M, N, K))[1]
+            be.wgmma_cluster_size = lambda tiles, K, G=1: (
+                2 if (tiles, K, G) == (64, 4096, 1) and be.current_rows in range(17, 33) else CudaBackend.wgmma_cluster_size(be, tiles, K, G))
+            be.own_gemm_serves = lambda M, N, K: (
+                (be.wgmma_gemm_fits(M, N, K) and (N, K) == O and 17 <= M <= 32) or CudaBackend.own_gemm_serves(be, M, N, K))
+        elif part == "gu_cublas":  # the 8B gate/up at 17-64 rows on cuBLAS, then silu_mul
+            serves = be.own_gemm_serves
+            be.own_gemm_serves = lambda M, N, K, serves=serves: False if (N, K) == (28672, 4096) and M > 16 else serves(M, N, K)
+        elif part == "head_stream":  # the 8B LM head at 17-64 rows on gemm_stream
+            fits, serves = be.wgmma_gemm_fits, be.own_gemm_serves
+            be.wgmma_gemm_fits = lambda M, N, K, fits=fits: False if N == 128256 and M > 16 else fits(M, N, K)
+            be.own_gemm_serves = lambda M, N, K, serves=serves: True if N == 128256 else serves(M, N, K)
+        elif part != "rule":
+            raise ValueError(part)
+
+
+def main():
+    floor = weight_bytes(model.weights) / copy_bandwidth()
+    print(f"# dispatch_ab on {card_name()}: 8B shapes, context 512, weight floor {floor * 1e3:.3f} ms; ms a step", flush=True)
+    be.current_rows = 0
+    results = {}
+    for r in range(ROUNDS):
+        for variant in in_turn(VARIANTS, r):
+            apply(variant)
+            steps = step_times(model, 512, tree_sizes=TREES)
+            steps["ahead"] = decode_ahead_time(model, 512)
+            for key, t in steps.items():
+                results.setdefault((variant, key), []).append(t)
+            print(f"round {r} {variant:16s} " + "  ".join(f"{k}: {t * 1e3:.3f}" for k, t in steps.items()), flush=True)
+            apply("rule")
+    print("medians: ms (x floor for T = 1 and ahead, x plain for trees)")
+    for variant in VARIANTS:
+        med = {key: float(np.median(results[(variant, key)])) for key in (1, *TREES, "ahead")}
+        cells = [f"T=1 {med[1] * 1e3:.3f} ({med[1] / floor:.3f}x)"]
+        cells += [f"T={T} {med[T] * 1e3:.3f} ({med[T] / med[1]:.3f}x)" for T in TREES]
+        cells.append(f"ahead {med['ahead'] * 1e3:.3f} ({med['ahead'] / floor:.3f}x)")
+        print(f"{variant:16s} " + "  ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
