@@ -8,8 +8,11 @@ anew (step_times makes a new cache, which keys them).
   stream2R   8B qkv and O up to R rows (default 16) on gemm_stream in clusters of 2 (64 / 96 blocks of 512 KB)
              instead of gemm_wgmma in 16-row boxes
   o32s2      8B O at 17-32 rows on gemm_wgmma in clusters of 2 (128 blocks of 256 KB) instead of 1
+  os2        the same at 1-32 rows
   gu_cublas  8B gate/up at 17-64 rows on cuBLAS, then silu_mul, instead of gemm_wgmma_glu
   head_stream  8B LM head at 17-64 rows on gemm_stream instead of gemm_wgmma (two warpgroups)
+  rings2     one-warpgroup gemm_wgmma rings of 10 / 9 / 6 stages (16 / 32 / 64-row x boxes), two blocks an SM, so
+             that a GEMM's blocks copy their first weights beside the kernel before it
   A+B        both
 
     PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
@@ -18,9 +21,10 @@ import sys
 
 import numpy as np
 
+from minispec.backends import cuda_backend
 from minispec.backends.cuda_backend import CudaBackend
-from minispec.bench_gpu import (card_name, copy_bandwidth, decode_ahead_time, in_turn, llama_8b_config, random_model_on_gpu,
-                                require_gpu, step_times, weight_bytes)
+from minispec.bench_gpu import (backend_with_edit, card_name, copy_bandwidth, decode_ahead_time, in_turn, llama_8b_config, random_model_on_gpu,
+                                require_gpu, step_times, swap, weight_bytes)
 from minispec.model import Model
 
 cp = require_gpu()
@@ -35,9 +39,31 @@ O, QKV = (4096, 4096), (6144, 4096)  # (N, K)
 RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_size", "own_gemm_serves")
 
 
+SMALL_RINGS = {(1, 16): 10, (1, 32): 9, (1, 64): 6}  # <= 111 KB of shared memory: two blocks an SM
+COMMITTED_RINGS = dict(cuda_backend.WGMMA_GEMM_STAGES)
+be.kernel("gemm.cu", "gemm_wgmma_w1_x16_s1")
+modules = {tuple(sorted(COMMITTED_RINGS.items())): be.modules["gemm.cu"]}  # the committed build
+
+
+def use_rings(rings: dict) -> None:
+    """gemm.cu compiled with these one-warpgroup ring depths, swapped into `be` (its other files untouched)."""
+    key = tuple(sorted(rings.items()))
+    if key not in modules:
+        def edit(text):
+            for (G, X), stages in rings.items():
+                text = swap(text, f"GEMM_WGMMA_CLUSTERS({G}, {X}, {COMMITTED_RINGS[G, X]})", f"GEMM_WGMMA_CLUSTERS({G}, {X}, {stages})")
+            return text
+        modules[key] = backend_with_edit("gemm.cu", "gemm_wgmma_w1_x16_s1", edit).modules["gemm.cu"]
+    be.modules["gemm.cu"] = modules[key]
+    for name in [k for k in be.functions if k[0] == "gemm.cu"]:
+        del be.functions[name]
+    cuda_backend.WGMMA_GEMM_STAGES.update(rings)
+
+
 def apply(variant: str) -> None:
     for name in RULES:
         be.__dict__.pop(name, None)
+    use_rings(COMMITTED_RINGS)
     for part in variant.split("+"):
         if part == "silu":
             be.glu_kernel = lambda M, N2, K: None if M <= 16 else CudaBackend.glu_kernel(be, M, N2, K)
@@ -48,14 +74,16 @@ def apply(variant: str) -> None:
             # gemm_stream's tiles for O and qkv at up to 16 rows (one row tile): 32 and 48
             be.stream_cluster_size = lambda tiles, K, BK: (
                 2 if K == 4096 and tiles in (32, 48) else CudaBackend.stream_cluster_size(be, tiles, K, BK))
-        elif part == "o32s2":
+        elif part in ("o32s2", "os2"):  # os2: 1-32 rows
             # wgmma_shape has no M: the rows come from wgmma_gemm_fits, which linear and own_gemm_serves ask first
+            low = 1 if part == "os2" else 17
             fits = be.wgmma_gemm_fits
-            be.wgmma_gemm_fits = lambda M, N, K, fits=fits: (setattr(be, "current_rows", M), fits(M, N, K))[1]
+            be.wgmma_gemm_fits = lambda M, N, K, fits=fits: (
+                setattr(be, "current_rows", M), fits(M, N, K) or ((N, K) == O and low <= M <= 32))[1]
             be.wgmma_cluster_size = lambda tiles, K, G=1: (
-                2 if (tiles, K, G) == (64, 4096, 1) and be.current_rows in range(17, 33) else CudaBackend.wgmma_cluster_size(be, tiles, K, G))
+                2 if (tiles, K, G) == (64, 4096, 1) and low <= be.current_rows <= 32 else CudaBackend.wgmma_cluster_size(be, tiles, K, G))
             be.own_gemm_serves = lambda M, N, K: (
-                (be.wgmma_gemm_fits(M, N, K) and (N, K) == O and 17 <= M <= 32) or CudaBackend.own_gemm_serves(be, M, N, K))
+                (be.wgmma_gemm_fits(M, N, K) and (N, K) == O and low <= M <= 32) or CudaBackend.own_gemm_serves(be, M, N, K))
         elif part == "gu_cublas":  # the 8B gate/up at 17-64 rows on cuBLAS, then silu_mul
             serves = be.own_gemm_serves
             be.own_gemm_serves = lambda M, N, K, serves=serves: False if (N, K) == (28672, 4096) and M > 16 else serves(M, N, K)
@@ -63,6 +91,8 @@ def apply(variant: str) -> None:
             fits, serves = be.wgmma_gemm_fits, be.own_gemm_serves
             be.wgmma_gemm_fits = lambda M, N, K, fits=fits: False if N == 128256 and M > 16 else fits(M, N, K)
             be.own_gemm_serves = lambda M, N, K, serves=serves: True if N == 128256 else serves(M, N, K)
+        elif part == "rings2":  # one-warpgroup rings small enough for two blocks an SM
+            use_rings({**COMMITTED_RINGS, **SMALL_RINGS})
         elif part != "rule":
             raise ValueError(part)
 
