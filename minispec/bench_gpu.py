@@ -148,7 +148,7 @@ def card_name() -> str:
 
 def bench_gemm(args) -> None:
     cp = require_gpu()
-    from .backends.cuda_backend import CudaBackend, stream_fits
+    from .backends.cuda_backend import CudaBackend
 
     backend = CudaBackend("bfloat16")
     bandwidth = copy_bandwidth()
@@ -181,7 +181,7 @@ def bench_gemm(args) -> None:
                     times[peer] = float("nan")
             backend.gemm = None
             own, captured_cublas, cublas = times["own"], times["cublas"], times["cupy"]
-            kernel = "wgmma" if backend.wgmma_gemm_fits(M, N, K) else "stream" if stream_fits(N, K) else "bf16"
+            kernel = backend.own_kernel(M, N, K)
             print(f"{name:<16} {M:>4} {own * 1e6:>8.1f} {captured_cublas * 1e6:>10.1f} {cublas * 1e6:>10.1f} {floor * 1e6:>9.1f} {own / floor:>10.2f} {N * K * 2 / own / 1e9:>9.0f} {N * K * 2 / own / bandwidth * 100:>8.0f}% {kernel:>7} {'own' if backend.own_gemm_serves(M, N, K) else 'cuBLAS':>7}")
 
 

@@ -177,7 +177,7 @@ def test_a_stretch_load_sends_every_token_and_converts_only_the_new_ones():
 def gemm_rules_backend(sm_count: int = 132):
     """A stand-in CudaBackend with the GEMM dispatch's rules and nothing forced (its methods, no GPU)."""
     names = ("wgmma_gemm_fits", "wgmma_stream", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves",
-             "own_gemm_chosen", "glu_kernel", "stream_launch_shape", "stream_cluster_size")
+             "own_gemm_chosen", "own_kernel", "glu_kernel", "stream_launch_shape", "stream_cluster_size")
     rules = type("Rules", (), {name: getattr(CudaBackend, name) for name in names})()
     rules.sm_count, rules.hopper, rules.gemm_wgmma_groups, rules.gemm_cluster = sm_count, True, None, None
     rules.bf16, rules.gemm, rules.cublas = True, None, object()

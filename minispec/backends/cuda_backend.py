@@ -566,17 +566,25 @@ class CudaBackend:
         if not self.bf16:
             return cp.matmul(x, weight.T)
         y = cp.empty((M, N), dtype=cp.float32)
-        if not self.own_gemm_chosen(M, N, K):
+        kernel = self.own_kernel(M, N, K) if self.own_gemm_chosen(M, N, K) else "cublas"
+        if kernel == "cublas":
             self.cublas.gemm_bf16(x, weight, y)
-        elif self.wgmma_gemm_fits(M, N, K):
+        elif kernel == "wgmma":
             self.gemm_wgmma(x, weight, y)
-        elif stream_fits(N, K):
+        elif kernel == "stream":
             self.gemm_stream(x, weight, y)
         elif K % 16 == 0:
             self.launch(self.kernel("gemm.cu", "gemm_bf16"), ((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
         else:
             raise ValueError(f"linear: K = {K} must be a multiple of 16 for the tensor-core kernel")
         return y
+
+    def own_kernel(self, M: int, N: int, K: int) -> str:
+        """The own kernel `linear` takes for x [M, K] and W [N, K] where the own kernels serve: "wgmma", "stream"
+        (K in whole 64-wide stages), else "bf16"."""
+        if self.wgmma_gemm_fits(M, N, K):
+            return "wgmma"
+        return "stream" if stream_fits(N, K) else "bf16"
 
     def own_gemm_chosen(self, M: int, N: int, K: int) -> bool:
         """Whether this product runs on the own kernels: forced (`gemm`), by own_gemm_serves, or for want of cuBLAS."""
@@ -735,9 +743,10 @@ class CudaBackend:
         and gemm_wgmma of one pass of two warpgroups, or gemm_stream up to 16 rows with 128-wide k stages."""
         if not (self.bf16 and N2 % 2 == 0 and self.own_gemm_chosen(M, N2, K)):
             return None
-        if self.wgmma_gemm_fits(M, N2, K):
+        kernel = self.own_kernel(M, N2, K)
+        if kernel == "wgmma":
             return "wgmma" if self.wgmma_shape(N2, K) == (2, 1) else None
-        if M <= 16 and stream_fits(N2, K) and self.stream_launch_shape(M, N2, K)[2] == 128:
+        if kernel == "stream" and M <= 16 and self.stream_launch_shape(M, N2, K)[2] == 128:
             return "stream"
         return None
 
