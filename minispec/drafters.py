@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import MinispecError
-from .sampling import sample_from, target_distribution, top_indices
+from .sampling import sample_from, target_distribution, top_logprobs
 from .step import StepItem, build_plan
 from .tree import MAX_TREE_NODES, Tree
 
@@ -356,18 +356,19 @@ class Candidates:
         self.tokens, self.parents, self.score = [root], [-1], [0.0]
         self.q = {}  # node -> the draft distribution its children were drawn from (expand_sampled)
 
-    def expand(self, nodes: list[int], logits: np.ndarray, width: int, limit: int) -> list[int]:
-        """Give the `width` best of `nodes` (rows of the draft's `logits`) their `width` most probable children. Only
-        the rows of the nodes that grow are normalised (a row of the default model's vocabulary costs ~0.3 ms)."""
+    def expand(self, nodes: list[int], top: tuple[np.ndarray, np.ndarray], width: int, limit: int) -> list[int]:
+        """Give the `width` best of `nodes` their `width` most probable children; top: the draft's (ids, logprobs)
+        [len(nodes), >= width] (sampling.top_logprobs: the backend ranks each row, so only k ids and log-probabilities
+        a row come to the host)."""
+        ids, logprobs = top
         added = []
         for i in sorted(range(len(nodes)), key=lambda i: -self.score[nodes[i]])[:width]:
-            logprobs = log_softmax(logits[i])
-            for token in top_indices(logprobs, width):
+            for token, logprob in zip(ids[i][:width].tolist(), logprobs[i][:width].tolist()):
                 if len(self.tokens) >= limit:
                     return added
-                self.tokens.append(int(token))
+                self.tokens.append(token)
                 self.parents.append(nodes[i])
-                self.score.append(self.score[nodes[i]] + float(logprobs[token]))
+                self.score.append(self.score[nodes[i]] + logprob)
                 added.append(len(self.tokens) - 1)
         return added
 
@@ -427,9 +428,18 @@ class ModelDrafter(NoDrafter):
         self.cache = model.new_cache(num_pages, page_size)
         self.state = {}  # id(seq) -> DraftState
 
-    def forward(self, items) -> np.ndarray:
-        """The draft's logits of the items' rows, on the host (float32 [rows, V])."""
-        return self.model.forward(build_plan(items, self.cache.page_size), self.cache).host()
+    def forward(self, items, counts: list[int], greedy: list[bool]) -> list:
+        """The draft's rows of the items, `counts[b]` rows for sequence b: for a greedy sequence its rows' top
+        `width` (ids, logprobs), for a sampled one its logits rows (float32 [rows, V], its q). A level of greedy
+        sequences alone copies back only the tops (the backend ranks the rows: on the GPU ~0.1 MB a level instead of
+        the [rows, V] logits, and no host softmax over V)."""
+        logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)
+        width, offsets = self.budget.width, np.cumsum([0, *counts]).tolist()
+        if all(greedy):
+            ids, logprobs = logits.top_logprobs(width)
+            return [(ids[a:b], logprobs[a:b]) for a, b in zip(offsets, offsets[1:])]
+        rows = logits.host()
+        return [top_logprobs(rows[a:b], width) if g else rows[a:b] for a, b, g in zip(offsets, offsets[1:], greedy)]
 
     def propose(self, seqs, budgets) -> list[Tree]:
         width, limit = self.budget.width, MAX_TREE_NODES
@@ -440,7 +450,8 @@ class ModelDrafter(NoDrafter):
             self.cache.prepare(state.table, state.cached, len(new))
             items.append(StepItem.chunk(state.table, state.cached, new))
             state.cached = seq.L + 1
-        rows = list(self.forward(items)[:, None, :])  # per sequence [1, V]: q at the root
+        greedy = [seq.params.greedy for seq in seqs]
+        rows = self.forward(items, [1] * len(seqs), greedy)  # per sequence: the root's row
         grown = [Candidates(seq.tokens[seq.L]) for seq in seqs]
         frontier = [[0] for _ in seqs]
         caps = [min(self.budget.nodes, cap) for cap in budgets]
@@ -449,25 +460,25 @@ class ModelDrafter(NoDrafter):
                         for seq, c, f, r, cap in zip(seqs, grown, frontier, rows, caps)]
             if level == self.budget.depth - 1 or not any(frontier):
                 break
-            items = []
-            for seq, c, new in zip(seqs, grown, frontier):
-                if new:
-                    table = self.state[id(seq)].table
-                    self.cache.prepare(table, seq.L + new[0], new[-1] - new[0] + 1)
-                    items.append(StepItem.tree(table, seq.L, c.tree(), new))
-            out, offset = self.forward(items), 0  # [sum of new nodes, V]
-            for b, new in enumerate(frontier):
-                rows[b] = out[offset : offset + len(new)]
-                offset += len(new)
+            items, growing = [], [b for b, new in enumerate(frontier) if new]
+            for b in growing:
+                seq, new = seqs[b], frontier[b]
+                table = self.state[id(seq)].table
+                self.cache.prepare(table, seq.L + new[0], new[-1] - new[0] + 1)
+                items.append(StepItem.tree(table, seq.L, grown[b].tree(), new))
+            out = self.forward(items, [len(frontier[b]) for b in growing], [greedy[b] for b in growing])
+            for b, part in zip(growing, out):
+                rows[b] = part
         return [c.best(cap) if seq.params.greedy else c.tree_sampled() for seq, c, cap in zip(seqs, grown, caps)]
 
     @staticmethod
-    def expand(seq, candidates: Candidates, nodes: list[int], logits: np.ndarray, width: int, limit: int, cap: int) -> list[int]:
-        """One level of the tree: the top-k children of a greedy sequence's nodes (up to `limit`, pruned to the cap
-        afterwards), or children drawn from q for a sampled one (up to the cap)."""
+    def expand(seq, candidates: Candidates, nodes: list[int], rows, width: int, limit: int, cap: int) -> list[int]:
+        """One level of the tree: the top-k children of a greedy sequence's nodes (rows: their (ids, logprobs); up to
+        `limit`, pruned to the cap afterwards), or children drawn from q for a sampled one (rows: the logits rows;
+        up to the cap)."""
         if seq.params.greedy:
-            return candidates.expand(nodes, logits, width, limit)
-        return candidates.expand_sampled(nodes, logits, seq.params, width, cap, seq.rng)
+            return candidates.expand(nodes, rows, width, limit)
+        return candidates.expand_sampled(nodes, rows, seq.params, width, cap, seq.rng)
 
     def commit(self, seq, path, accepted) -> None:
         state = self.state[id(seq)]
@@ -484,12 +495,6 @@ class ModelDrafter(NoDrafter):
 class DraftState:
     table: list = field(default_factory=list)  # page table in the draft's cache
     cached: int = 0  # tokens of the sequence whose draft K/V is cached
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def make_drafter(draft, budget, target_model, tokenizer, backend, num_pages: int, page_size: int, load_model=None):

@@ -114,6 +114,10 @@ class StepLogits:
             self._host = np.asarray(self.backend.to_host(self.device), dtype=np.float32)
         return self._host
 
+    def top_logprobs(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's k most probable tokens and their log-probabilities, on the host ([R, k] each)."""
+        return self.backend.top_logprobs(self.device, k)
+
     def argmax(self) -> np.ndarray:  # [R]
         if self._argmax is None:
             self._argmax = self._argmax_read() if self._argmax_read else self.backend.to_host(self.argmax_device())

@@ -47,6 +47,28 @@ class SamplingParams:
         return self.temperature == 0
 
 
+def top_logprobs(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k most probable tokens and their log-probabilities (a draft model's greedy tree level):
+    (ids int32 [R, k], logprobs float64 [R, k]), ids by falling logit, ties by the lower index, NaN above every
+    number as numpy.argmax has it; logprobs = log_softmax(row)[ids] in float64. The top_share / top_merge kernels'
+    reference (kernels/sampling.cu)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    R, V = logits.shape
+    k = min(k, V)
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)  # log_softmax's order of operations, as the host's trees have always had it
+    log_total = np.log(np.exp(z).sum(axis=1))
+    ids = np.empty((R, k), dtype=np.int32)
+    for r in range(R):
+        nan = np.isnan(logits[r])
+        if nan.any():  # NaN first (by index), then the numbers
+            order = np.lexsort((np.arange(V), -np.where(nan, 0.0, logits[r]), ~nan))
+            ids[r] = order[:k]
+        else:
+            ids[r] = top_indices(logits[r], k)
+    return ids, np.take_along_axis(z, ids.astype(np.int64), axis=1) - log_total[:, None]
+
+
 def top_indices(x: np.ndarray, k: int) -> np.ndarray:
     """The k largest entries' indices, largest first, ties by index: np.argsort(-x, kind="stable")[:k], without
     sorting the whole row (a partition, then a sort of the k; a 49k-entry row's full sort took ~4 ms)."""

@@ -8,7 +8,7 @@ import pytest
 from minispec import MinispecError, SamplingParams
 from minispec.backends.numpy_backend import NumpyBackend
 from minispec.model import StepLogits
-from minispec.sampling import target_distribution, top_indices
+from minispec.sampling import target_distribution, top_indices, top_logprobs
 
 
 def choose_token(logits, params, rng):
@@ -86,6 +86,33 @@ def test_top_indices_is_the_stable_sorts_prefix():
         x = np.round(rng.normal(size=int(rng.integers(1, 400))) * 3, int(trial % 3))  # rounding makes ties
         for k in (0, 1, 2, int(rng.integers(1, len(x) + 1)), len(x), len(x) + 3):
             assert np.array_equal(top_indices(x, k), np.argsort(-x, kind="stable")[:k]), (trial, k)
+
+
+def test_top_logprobs_ranks_as_a_full_sort_and_normalises_in_float64():
+    """top_logprobs: a stable sort of each row (NaN first, then value, then index) and log softmax in float64, from
+    a reference that sorts the whole row and sums with math.fsum."""
+    import math
+
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        R, V = int(rng.integers(1, 5)), int(rng.integers(1, 300))
+        logits = (np.round(rng.normal(size=(R, V)) * 4, trial % 3) * rng.uniform(0.5, 20)).astype(np.float32)  # ties
+        if trial % 7 == 3:
+            logits[0, rng.integers(0, V, size=2)] = np.nan
+        k = int(rng.integers(1, 10))
+        ids, logprobs = top_logprobs(logits, k)
+        assert ids.shape == logprobs.shape == (R, min(k, V)) and ids.dtype == np.int32
+        for r in range(R):
+            row = logits[r].astype(np.float64)
+            nan = np.isnan(row)
+            order = sorted(range(V), key=lambda v: (not nan[v], -row[v] if not nan[v] else 0.0, v))[:k]
+            assert ids[r].tolist() == order, (trial, r)
+            if nan.any():
+                assert np.isnan(logprobs[r]).all()
+                continue
+            peak = row.max()
+            log_total = peak + math.log(math.fsum(math.exp(x - peak) for x in row))
+            np.testing.assert_allclose(logprobs[r], row[order] - log_total, rtol=1e-12, atol=1e-12)
 
 
 def test_greedy_is_argmax():

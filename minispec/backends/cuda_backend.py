@@ -24,6 +24,7 @@ from . import CUDA_CAPABILITY, driver, tensor_map
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by kernel_source
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
+TOP_K_MAX, TOP_THREADS, TOP_SHARES = 8, 256, 64  # kernels/sampling.cu's top_share / top_merge
 # gemm_wgmma's ring depth by (consumer warpgroups, staged x rows) (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
 WGMMA_GEMM_STAGES = {(1, 64): 13, (1, 32): 18, (1, 16): 22, (2, 64): 4}
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
@@ -1165,6 +1166,29 @@ class CudaBackend:
         self.launch(self.kernel("sampling.cu", "argmax_share"), (S, R), (256,), (logits, best_value, best_index, np.int32(V)))
         self.launch(self.kernel("sampling.cu", "argmax_merge"), (R,), (32,), (best_value, best_index, ids, np.int32(S)))
         return ids
+
+    def top_logprobs(self, logits, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's k most probable tokens and their log-probabilities on the host (ids int32 [R, k], logprobs
+        float32 [R, k]): a draft model's greedy tree level copies these back, not its [R, V] logits. Past TOP_K_MAX
+        the rows come to the host and the reference ranks them."""
+        cp = self.cp
+        logits = cp.ascontiguousarray(logits)
+        R, V = logits.shape
+        if not 1 <= k <= TOP_K_MAX:
+            from ..sampling import top_logprobs
+
+            return top_logprobs(cp.asnumpy(logits), k)
+        S = max(1, min(-(-V // 2048), -(-2 * self.sm_count // R), TOP_SHARES))  # as argmax_device, at most TOP_SHARES
+        share_value = cp.empty((R, S, k), dtype=cp.float32)
+        share_index = cp.empty((R, S, k), dtype=cp.int32)
+        share_ml = cp.empty((R, S, 2), dtype=cp.float32)
+        out = cp.empty((2, R, k), dtype=cp.int32)  # ids, then the logprobs' bits: one copy back
+        self.launch(self.kernel("sampling.cu", "top_share"), (S, R), (TOP_THREADS,),
+                    (logits, share_value, share_index, share_ml, np.int32(V), np.int32(k)))
+        self.launch(self.kernel("sampling.cu", "top_merge"), (R,), (32,),
+                    (share_value, share_index, share_ml, out[0], out[1].view(cp.float32), np.int32(S), np.int32(k)))
+        ids, logprobs = cp.asnumpy(out)
+        return ids, logprobs.view(np.float32)
 
     def gather(self, array, index: list[int]):
         """array[index] on the device, in stream order (rows of a step's tokens for the next step)."""
