@@ -403,7 +403,8 @@ def test_argmax_rows_first_index_on_ties(R, V):
 @pytest.mark.parametrize("R,V,k", [(1, 49152, 4), (5, 1000, 1), (16, 49152, 8), (3, 128256, 4), (7, 4099, 9), (2, 37, 8)])
 def test_top_logprobs_match_reference(R, V, k):
     """top_share / top_merge: each row's k best ids exactly as the reference ranks them (ties across shares by
-    index, NaN first) and their log-probabilities to fp32 accuracy; past TOP_K_MAX the host reference serves."""
+    index, NaN first) and their log-probabilities to fp32 accuracy; past TOP_K_MAX the host reference serves. A
+    second call on the same buffer replays the kept launches on its new values."""
     import cupy as cp
 
     from minispec.sampling import top_logprobs
@@ -415,12 +416,17 @@ def test_top_logprobs_match_reference(R, V, k):
         logits[1, [V - 3, V // 3]] = np.nan  # NaN above every number, as argmax has it
         logits[2, : V // 2] = -np.inf  # masked tokens count for nothing
         logits[3] = np.round(logits[3])  # many ties
-    ids, logprobs = be.top_logprobs(cp.asarray(logits), k)
-    want_ids, want_logprobs = top_logprobs(logits, k)
-    assert np.array_equal(ids, want_ids)
-    finite = ~np.isnan(want_logprobs)
-    assert np.array_equal(np.isnan(logprobs), ~finite)
-    np.testing.assert_allclose(logprobs[finite], want_logprobs[finite], rtol=2e-6, atol=2e-5)
+    device = cp.asarray(logits)
+    for again in range(2):  # the second call on the same buffer, new values in it: the kept launch reads them
+        if again:
+            logits = np.flip(logits, axis=1).copy()
+            device[...] = cp.asarray(logits)
+        ids, logprobs = be.top_logprobs(device, k)
+        want_ids, want_logprobs = top_logprobs(logits, k)
+        assert np.array_equal(ids, want_ids)
+        finite = ~np.isnan(want_logprobs)
+        assert np.array_equal(np.isnan(logprobs), ~finite)
+        np.testing.assert_allclose(logprobs[finite], want_logprobs[finite], rtol=2e-6, atol=2e-5)
 
 
 def test_to_host_soon_copies_in_stream_order_and_waits_for_nothing_later():

@@ -25,6 +25,7 @@ KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by kernel_source
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
 TOP_K_MAX, TOP_THREADS, TOP_SHARES = 8, 256, 64  # kernels/sampling.cu's top_share / top_merge
+TOP_LAUNCHES_KEPT = 16  # top_logprobs' packed launches kept (a draft model's level buckets and the rows ranked)
 # gemm_wgmma's ring depth by (consumer warpgroups, staged x rows) (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
 WGMMA_GEMM_STAGES = {(1, 64): 13, (1, 32): 18, (1, 16): 22, (2, 64): 4}
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
@@ -325,6 +326,7 @@ class CudaBackend:
         self.pointer_tables = {}  # the K and V cache pointers themselves -> the same as a uint64 device array
         self._host_read = None  # to_host_soon's copy, deferred to the next replay
         self.side_stream = None  # where a replay's token input is copied to the host (created on first use)
+        self.top_launches = {}  # top_logprobs' packed launches by (logits address, R, V, k, pdl), least recently used first
 
     # ------------------------------------------------------------------ compilation
     def kernel(self, file: str, name: str):
@@ -1178,16 +1180,29 @@ class CudaBackend:
             from ..sampling import top_logprobs
 
             return top_logprobs(cp.asnumpy(logits), k)
-        S = max(1, min(-(-V // 2048), -(-2 * self.sm_count // R), TOP_SHARES))  # as argmax_device, at most TOP_SHARES
-        share_value = cp.empty((R, S, k), dtype=cp.float32)
-        share_index = cp.empty((R, S, k), dtype=cp.int32)
-        share_ml = cp.empty((R, S, 2), dtype=cp.float32)
-        out = cp.empty((2, R, k), dtype=cp.int32)  # ids, then the logprobs' bits: one copy back
-        self.launch(self.kernel("sampling.cu", "top_share"), (S, R), (TOP_THREADS,),
-                    (logits, share_value, share_index, share_ml, np.int32(V), np.int32(k)))
-        self.launch(self.kernel("sampling.cu", "top_merge"), (R,), (32,),
-                    (share_value, share_index, share_ml, out[0], out[1].view(cp.float32), np.int32(S), np.int32(k)))
-        ids, logprobs = cp.asnumpy(out)
+        # a draft's levels rank the same graph output buffer again and again: its two launches are packed once (their
+        # buffers with them) and kept by the logits' address and shape, the last TOP_LAUNCHES_KEPT of them (packing
+        # the arguments and allocating took ~130 µs of the host a level, six levels a step)
+        key = (logits.data.ptr, R, V, k, self.pdl)
+        kept = self.top_launches.pop(key, None)
+        if kept is None:
+            S = max(1, min(-(-V // 2048), -(-2 * self.sm_count // R), TOP_SHARES))  # as argmax_device, at most TOP_SHARES
+            share_value = cp.empty((R, S, k), dtype=cp.float32)
+            share_index = cp.empty((R, S, k), dtype=cp.int32)
+            share_ml = cp.empty((R, S, 2), dtype=cp.float32)
+            out = cp.empty((2, R, k), dtype=cp.int32)  # ids, then the logprobs' bits: one copy back
+            share = self.prepared_launch(self.kernel("sampling.cu", "top_share"), (S, R), (TOP_THREADS,),
+                                         (logits, share_value, share_index, share_ml, np.int32(V), np.int32(k)))
+            merge = self.prepared_launch(self.kernel("sampling.cu", "top_merge"), (R,), (32,),
+                                         (share_value, share_index, share_ml, out[0], out[1].view(cp.float32), np.int32(S), np.int32(k)))
+            kept = (share, merge, out, (share_value, share_index, share_ml))
+            if len(self.top_launches) >= TOP_LAUNCHES_KEPT:
+                self.top_launches.pop(next(iter(self.top_launches)))  # the least recently used
+        self.top_launches[key] = kept  # (most recently used last)
+        share, merge, out, _ = kept
+        share()
+        merge()
+        ids, logprobs = cp.asnumpy(out)  # (waits: the next call may reuse the buffers)
         return ids, logprobs.view(np.float32)
 
     def gather(self, array, index: list[int]):
