@@ -387,3 +387,45 @@ def test_sampled_speculation_draws_from_plain_samplings_distribution(looping_mod
     assert (sum(specinfer) > 100) if draft == "self:1" else not any(specinfer)
     assert accepted[1] > 100 and sum(v for k, v in accepted.items() if k >= 3) > 50, accepted  # drafts taken and refused
     assert chi2 < df + 5 * np.sqrt(2 * df), (chi2, df)  # ~4 standard deviations over the mean of chi2(df)
+
+
+def test_draft_model_batch_of_greedy_and_sampled_sequences(tiny_model):
+    """A draft model's level with greedy and sampled sequences together: the rows come to the host, the greedy
+    ones ranked by sampling.top_logprobs, the sampled ones kept as q. The greedy sequence gives plain greedy's
+    tokens, the sampled one repeats itself per seed, and a level of greedy sequences alone (the backend's
+    top_logprobs) gives the same greedy tokens."""
+    from minispec import drafters
+
+    llm = LLM(model=str(tiny_model), device="cpu", draft="self:1", tree=(8, 4, 3))
+    prompts = ["the cat sat on the", "abcabc abc"]
+    greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    sampled = SamplingParams(temperature=0.9, top_p=0.9, seed=5, max_tokens=24, ignore_eos=True)
+    ranked, trees = [], []  # which path each level took (True: the backend ranked every row); the first trees
+    forward, propose = drafters.ModelDrafter.forward, drafters.ModelDrafter.propose
+
+    def spy(self, items, counts, greedy_rows):
+        ranked.append(all(greedy_rows))
+        return forward(self, items, counts, greedy_rows)
+
+    def first_trees(self, seqs, budgets):
+        proposed = propose(self, seqs, budgets)
+        trees.append([(t.token_list, list(t.parents)) for t in proposed])
+        return proposed
+
+    drafters.ModelDrafter.forward, drafters.ModelDrafter.propose = spy, first_trees
+    try:
+        mixed = llm.generate(prompts, [greedy, sampled])
+        assert False in ranked  # (a level where only the greedy sequence grows ranks on the backend)
+        mixed_tree = trees[0][0]
+        again = llm.generate(prompts, [greedy, sampled])
+        ranked.clear(), trees.clear()
+        alone = llm.generate(prompts[0], greedy)
+        assert ranked and all(ranked)
+        assert trees[0][0] == mixed_tree and len(mixed_tree[0]) > 1  # the greedy rows ranked alike on both paths
+    finally:
+        drafters.ModelDrafter.forward, drafters.ModelDrafter.propose = forward, propose
+    llm.use_drafter(None)
+    plain = llm.generate(prompts[0], greedy)
+    assert mixed[0].token_ids == alone.token_ids == plain.token_ids
+    assert mixed[1].token_ids == again[1].token_ids
+    assert llm.cache.free_pages == llm.cache.num_pages
