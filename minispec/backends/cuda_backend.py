@@ -1176,6 +1176,7 @@ class CudaBackend:
         cp = self.cp
         logits = cp.ascontiguousarray(logits)
         R, V = logits.shape
+        k = min(k, V)  # (as the reference: a vocabulary smaller than k gives V columns)
         if not 1 <= k <= TOP_K_MAX:
             from ..sampling import top_logprobs
 
