@@ -356,14 +356,18 @@ class Candidates:
         self.tokens, self.parents, self.score = [root], [-1], [0.0]
         self.q = {}  # node -> the draft distribution its children were drawn from (expand_sampled)
 
+    def growing(self, nodes: list[int], width: int) -> list[int]:
+        """Where in `nodes` the `width` best by score are (ties: the earlier first): the nodes a level expands."""
+        return sorted(range(len(nodes)), key=lambda i: -self.score[nodes[i]])[:width]
+
     def expand(self, nodes: list[int], top: tuple[np.ndarray, np.ndarray], width: int, limit: int) -> list[int]:
         """Give the `width` best of `nodes` their `width` most probable children; top: the draft's (ids, logprobs)
-        [len(nodes), >= width] (sampling.top_logprobs: the backend ranks each row, so only k ids and log-probabilities
-        a row come to the host)."""
+        [width, >= width] of those nodes' rows in growing()'s order (sampling.top_logprobs: the backend ranks the
+        rows, so only k ids and log-probabilities a row come to the host, and only the growing rows are ranked)."""
         ids, logprobs = top
         added = []
-        for i in sorted(range(len(nodes)), key=lambda i: -self.score[nodes[i]])[:width]:
-            for token, logprob in zip(ids[i][:width].tolist(), logprobs[i][:width].tolist()):
+        for row, i in enumerate(self.growing(nodes, width)):
+            for token, logprob in zip(ids[row][:width].tolist(), logprobs[row][:width].tolist()):
                 if len(self.tokens) >= limit:
                     return added
                 self.tokens.append(token)
@@ -379,7 +383,7 @@ class Candidates:
         the first of its draws: so the children of every node are i.i.d. draws from its q, which the SpecInfer rule
         (verify.verify_sampled) needs to be lossless. No pruning by value follows (tree_sampled)."""
         added = []
-        for i in sorted(range(len(nodes)), key=lambda i: -self.score[nodes[i]])[:width]:
+        for i in self.growing(nodes, width):
             if len(self.tokens) >= limit:
                 break
             node = nodes[i]
@@ -428,18 +432,21 @@ class ModelDrafter(NoDrafter):
         self.cache = model.new_cache(num_pages, page_size)
         self.state = {}  # id(seq) -> DraftState
 
-    def forward(self, items, counts: list[int], greedy: list[bool]) -> list:
-        """The draft's rows of the items, `counts[b]` rows for sequence b: for a greedy sequence its rows' top
-        `width` (ids, logprobs), for a sampled one its logits rows (float32 [rows, V], its q). A level of greedy
-        sequences alone copies back only the tops (the backend ranks the rows: on the GPU ~0.1 MB a level instead of
-        the [rows, V] logits, and no host softmax over V)."""
+    def forward(self, items, counts: list[int], greedy: list[bool], grows: list[list[int]]) -> list:
+        """The draft's rows of the items, `counts[b]` rows for sequence b: for a greedy sequence the top `width`
+        (ids, logprobs) of its rows `grows[b]` (the nodes that grow next, Candidates.growing), for a sampled one its
+        logits rows (float32 [counts[b], V], its q). A level of greedy sequences alone copies back only the tops (the
+        backend ranks the rows: on the GPU ~0.1 MB a level instead of the [rows, V] logits, and no host softmax over
+        V; the NumPy backend ranks the growing rows alone)."""
         logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)
         width, offsets = self.budget.width, np.cumsum([0, *counts]).tolist()
+        wanted = [[offsets[b] + i for i in grow] for b, grow in enumerate(grows)]
         if all(greedy):
-            ids, logprobs = logits.top_logprobs(width)
-            return [(ids[a:b], logprobs[a:b]) for a, b in zip(offsets, offsets[1:])]
+            ids, logprobs = logits.top_logprobs(width, [row for rows in wanted for row in rows])
+            ends = np.cumsum([0, *map(len, wanted)]).tolist()
+            return [(ids[a:b], logprobs[a:b]) for a, b in zip(ends, ends[1:])]
         rows = logits.host()
-        return [top_logprobs(rows[a:b], width) if g else rows[a:b] for a, b, g in zip(offsets, offsets[1:], greedy)]
+        return [top_logprobs(rows[w], width) if g else rows[a:b] for a, b, g, w in zip(offsets, offsets[1:], greedy, wanted)]
 
     def propose(self, seqs, budgets) -> list[Tree]:
         width, limit = self.budget.width, MAX_TREE_NODES
@@ -451,7 +458,7 @@ class ModelDrafter(NoDrafter):
             items.append(StepItem.chunk(state.table, state.cached, new))
             state.cached = seq.L + 1
         greedy = [seq.params.greedy for seq in seqs]
-        rows = self.forward(items, [1] * len(seqs), greedy)  # per sequence: the root's row
+        rows = self.forward(items, [1] * len(seqs), greedy, [[0]] * len(seqs))  # per sequence: the root's row
         grown = [Candidates(seq.tokens[seq.L]) for seq in seqs]
         frontier = [[0] for _ in seqs]
         caps = [min(self.budget.nodes, cap) for cap in budgets]
@@ -466,16 +473,17 @@ class ModelDrafter(NoDrafter):
                 table = self.state[id(seq)].table
                 self.cache.prepare(table, seq.L + new[0], new[-1] - new[0] + 1)
                 items.append(StepItem.tree(table, seq.L, grown[b].tree(), new))
-            out = self.forward(items, [len(frontier[b]) for b in growing], [greedy[b] for b in growing])
+            out = self.forward(items, [len(frontier[b]) for b in growing], [greedy[b] for b in growing],
+                               [grown[b].growing(frontier[b], width) for b in growing])
             for b, part in zip(growing, out):
                 rows[b] = part
         return [c.best(cap) if seq.params.greedy else c.tree_sampled() for seq, c, cap in zip(seqs, grown, caps)]
 
     @staticmethod
     def expand(seq, candidates: Candidates, nodes: list[int], rows, width: int, limit: int, cap: int) -> list[int]:
-        """One level of the tree: the top-k children of a greedy sequence's nodes (rows: their (ids, logprobs); up to
-        `limit`, pruned to the cap afterwards), or children drawn from q for a sampled one (rows: the logits rows;
-        up to the cap)."""
+        """One level of the tree: the top-k children of a greedy sequence's nodes (rows: the (ids, logprobs) of the
+        growing ones; up to `limit`, pruned to the cap afterwards), or children drawn from q for a sampled one (rows:
+        the logits rows; up to the cap)."""
         if seq.params.greedy:
             return candidates.expand(nodes, rows, width, limit)
         return candidates.expand_sampled(nodes, rows, seq.params, width, cap, seq.rng)

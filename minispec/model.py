@@ -114,9 +114,10 @@ class StepLogits:
             self._host = np.asarray(self.backend.to_host(self.device), dtype=np.float32)
         return self._host
 
-    def top_logprobs(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's k most probable tokens and their log-probabilities, on the host ([R, k] each)."""
-        return self.backend.top_logprobs(self.device, k)
+    def top_logprobs(self, k: int, rows: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k most probable tokens of rows `rows` (default: all) and their log-probabilities, on the host
+        ([len(rows), k] each)."""
+        return self.backend.top_logprobs(self.device, k, rows)
 
     def argmax(self) -> np.ndarray:  # [R]
         if self._argmax is None:

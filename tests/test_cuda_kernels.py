@@ -404,7 +404,7 @@ def test_argmax_rows_first_index_on_ties(R, V):
 def test_top_logprobs_match_reference(R, V, k):
     """top_share / top_merge: each row's k best ids exactly as the reference ranks them (ties across shares by
     index, NaN first) and their log-probabilities to fp32 accuracy; past TOP_K_MAX the host reference serves. A
-    second call on the same buffer replays the kept launches on its new values."""
+    second call on the same buffer replays the kept launches on its new values; rows picks some of them."""
     import cupy as cp
 
     from minispec.sampling import top_logprobs
@@ -427,6 +427,9 @@ def test_top_logprobs_match_reference(R, V, k):
         finite = ~np.isnan(want_logprobs)
         assert np.array_equal(np.isnan(logprobs), ~finite)
         np.testing.assert_allclose(logprobs[finite], want_logprobs[finite], rtol=2e-6, atol=2e-5)
+    rows = [R - 1, 0][: R]  # some rows, in another order (a draft level ranks its growing nodes' rows alone)
+    some_ids, some_logprobs = be.top_logprobs(device, k, rows)
+    assert np.array_equal(some_ids, ids[rows]) and np.array_equal(some_logprobs, logprobs[rows])
 
 
 def test_to_host_soon_copies_in_stream_order_and_waits_for_nothing_later():

@@ -403,9 +403,9 @@ def test_draft_model_batch_of_greedy_and_sampled_sequences(tiny_model):
     ranked, trees = [], []  # which path each level took (True: the backend ranked every row); the first trees
     forward, propose = drafters.ModelDrafter.forward, drafters.ModelDrafter.propose
 
-    def spy(self, items, counts, greedy_rows):
+    def spy(self, items, counts, greedy_rows, grows):
         ranked.append(all(greedy_rows))
-        return forward(self, items, counts, greedy_rows)
+        return forward(self, items, counts, greedy_rows, grows)
 
     def first_trees(self, seqs, budgets):
         proposed = propose(self, seqs, budgets)

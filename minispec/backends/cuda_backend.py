@@ -1169,10 +1169,15 @@ class CudaBackend:
         self.launch(self.kernel("sampling.cu", "argmax_merge"), (R,), (32,), (best_value, best_index, ids, np.int32(S)))
         return ids
 
-    def top_logprobs(self, logits, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's k most probable tokens and their log-probabilities on the host (ids int32 [R, k], logprobs
-        float32 [R, k]): a draft model's greedy tree level copies these back, not its [R, V] logits. Past TOP_K_MAX
-        the rows come to the host and the reference ranks them."""
+    def top_logprobs(self, logits, k: int, rows: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k most probable tokens of rows `rows` (default: all) and their log-probabilities on the host (ids
+        int32 [len(rows), k], logprobs float32): a draft model's greedy tree level copies these back, not its [R, V]
+        logits. Every row is ranked (one launch of each kernel, whichever rows are asked); past TOP_K_MAX the rows
+        come to the host and the reference ranks them."""
+        ids, logprobs = self.top_logprobs_all(logits, k)
+        return (ids, logprobs) if rows is None else (ids[rows], logprobs[rows])
+
+    def top_logprobs_all(self, logits, k: int) -> tuple[np.ndarray, np.ndarray]:  # top_logprobs of every row
         cp = self.cp
         logits = cp.ascontiguousarray(logits)
         R, V = logits.shape

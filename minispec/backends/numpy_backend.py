@@ -171,11 +171,11 @@ class NumpyBackend:
     def argmax_device(self, logits) -> np.ndarray:
         return np.argmax(logits, axis=-1).astype(np.int32)
 
-    def top_logprobs(self, logits, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Reference of the top_share / top_merge kernels."""
+    def top_logprobs(self, logits, k: int, rows: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Reference of the top_share / top_merge kernels, on rows `rows` alone (default: all)."""
         from ..sampling import top_logprobs
 
-        return top_logprobs(logits, k)
+        return top_logprobs(logits if rows is None else np.asarray(logits)[rows], k)
 
     def gather(self, array, index: list[int]):
         return np.asarray(array)[np.asarray(index, dtype=np.int64)]

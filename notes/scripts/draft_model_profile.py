@@ -23,9 +23,9 @@ forwards = [0]
 forward = drafters.ModelDrafter.forward
 
 
-def counted(self, items, counts, greedy):
+def counted(self, items, counts, greedy, grows):
     forwards[0] += 1
-    return forward(self, items, counts, greedy)
+    return forward(self, items, counts, greedy, grows)
 
 
 drafters.ModelDrafter.forward = counted
