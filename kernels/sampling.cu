@@ -33,28 +33,37 @@ __device__ __forceinline__ void argmax_warp(float& value, int& index) {
     }
 }
 
+// Block (s, r) of a (S, R) grid of THREADS threads visits share s of row r: visit(x, v) for each of its logits,
+// ascending v within a thread, ARGMAX_UNROLL loads issued before the first visit.
+template <int THREADS, typename Visit>
+__device__ __forceinline__ void scan_share(const float* __restrict__ logits, int V, Visit visit) {
+    const int S = gridDim.x, share = (V + S - 1) / S;
+    const int begin = blockIdx.x * share, end = min(V, begin + share);
+    const float* row = logits + (long long)blockIdx.y * V;
+    for (int base = begin + threadIdx.x; base < end; base += ARGMAX_UNROLL * THREADS) {
+        float x[ARGMAX_UNROLL];
+        #pragma unroll
+        for (int u = 0; u < ARGMAX_UNROLL; ++u) {  // every load issued before the first visit
+            const int v = base + u * THREADS;
+            x[u] = v < end ? row[v] : 0.0f;
+        }
+        #pragma unroll
+        for (int u = 0; u < ARGMAX_UNROLL; ++u) {
+            const int v = base + u * THREADS;
+            if (v < end) visit(x[u], v);
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
 argmax_share(const float* __restrict__ logits, float* __restrict__ best_value, int* __restrict__ best_index, int V) {
     pdl_begin();
     const int r = blockIdx.y, S = gridDim.x;
-    const int share = (V + S - 1) / S;
-    const int begin = blockIdx.x * share, end = min(V, begin + share);
-    const float* row = logits + (long long)r * V;
     float value = 0.0f;
     int index = NO_INDEX;
-    for (int base = begin + threadIdx.x; base < end; base += ARGMAX_UNROLL * ARGMAX_THREADS) {
-        float x[ARGMAX_UNROLL];
-        #pragma unroll
-        for (int u = 0; u < ARGMAX_UNROLL; ++u) {  // every load issued before the first compare
-            const int v = base + u * ARGMAX_THREADS;
-            x[u] = v < end ? row[v] : 0.0f;
-        }
-        #pragma unroll
-        for (int u = 0; u < ARGMAX_UNROLL; ++u) {  // ascending v within the thread: the first max stays
-            const int v = base + u * ARGMAX_THREADS;
-            if (v < end && argmax_beats(x[u], v, value, index)) { value = x[u]; index = v; }
-        }
-    }
+    scan_share<ARGMAX_THREADS>(logits, V, [&](float x, int v) {  // ascending v within the thread: the first max stays
+        if (argmax_beats(x, v, value, index)) { value = x; index = v; }
+    });
     argmax_warp(value, index);
     __shared__ float warp_value[ARGMAX_THREADS / 32];
     __shared__ int warp_index[ARGMAX_THREADS / 32];
@@ -130,38 +139,24 @@ top_share(const float* __restrict__ logits, float* __restrict__ share_value, int
           float* __restrict__ share_ml, int V, int k) {
     pdl_begin();
     const int r = blockIdx.y, S = gridDim.x;
-    const int share = (V + S - 1) / S;
-    const int begin = blockIdx.x * share, end = min(V, begin + share);
-    const float* row = logits + (long long)r * V;
     float value[TOP_K_MAX], m = NEG_INF, s = 0.0f;
     int index[TOP_K_MAX];
     #pragma unroll
     for (int j = 0; j < TOP_K_MAX; j++) { value[j] = 0.0f; index[j] = NO_INDEX; }
-    for (int base = begin + threadIdx.x; base < end; base += ARGMAX_UNROLL * TOP_THREADS) {
-        float x[ARGMAX_UNROLL];
-        #pragma unroll
-        for (int u = 0; u < ARGMAX_UNROLL; ++u) {  // every load issued before the first compare
-            const int v = base + u * TOP_THREADS;
-            x[u] = v < end ? row[v] : 0.0f;
-        }
-        #pragma unroll
-        for (int u = 0; u < ARGMAX_UNROLL; ++u) {
-            const int v = base + u * TOP_THREADS;
-            if (v >= end) continue;
-            lse_merge(m, s, x[u], 1.0f);
-            if (argmax_beats(x[u], v, value[TOP_K_MAX - 1], index[TOP_K_MAX - 1])) {
-                value[TOP_K_MAX - 1] = x[u];
-                index[TOP_K_MAX - 1] = v;
-                #pragma unroll
-                for (int j = TOP_K_MAX - 1; j > 0; j--) {  // bubble up: the list above it is sorted
-                    if (argmax_beats(value[j], index[j], value[j - 1], index[j - 1])) {
-                        const float tv = value[j]; value[j] = value[j - 1]; value[j - 1] = tv;
-                        const int ti = index[j]; index[j] = index[j - 1]; index[j - 1] = ti;
-                    }
+    scan_share<TOP_THREADS>(logits, V, [&](float x, int v) {
+        lse_merge(m, s, x, 1.0f);
+        if (argmax_beats(x, v, value[TOP_K_MAX - 1], index[TOP_K_MAX - 1])) {
+            value[TOP_K_MAX - 1] = x;
+            index[TOP_K_MAX - 1] = v;
+            #pragma unroll
+            for (int j = TOP_K_MAX - 1; j > 0; j--) {  // bubble up: the list above it is sorted
+                if (argmax_beats(value[j], index[j], value[j - 1], index[j - 1])) {
+                    const float tv = value[j]; value[j] = value[j - 1]; value[j - 1] = tv;
+                    const int ti = index[j]; index[j] = index[j - 1]; index[j - 1] = ti;
                 }
             }
         }
-    }
+    });
     __shared__ float warp_value[TOP_THREADS / 32], warp_m[TOP_THREADS / 32], warp_s[TOP_THREADS / 32];
     __shared__ int warp_index[TOP_THREADS / 32];
     __shared__ int round_index;
