@@ -15,4 +15,6 @@ python3 -m pytest -q --collect-only tests/test_cuda_kernels.py 2>/dev/null | gre
 total=$(wc -l < /root/kernel_ids); size=$(( (total + parts - 1) / parts ))
 sed -n "$(( part * size + 1 )),$(( (part + 1) * size ))p" /root/kernel_ids > /root/slice_ids
 echo "kernel tests $(( part * size + 1 ))-$(( (part + 1) * size )) of $total, then tests/test_cuda_engine.py"
-timeout 540 python3 -m pytest -q $(cat /root/slice_ids) tests/test_cuda_engine.py 2>&1 | tail -4 | tee $OUT/flake_bisect_${part}_of_${parts}.log
+# (test ids may hold spaces: passed from Python, not through the shell)
+timeout 540 python3 -c "import sys, pytest; sys.exit(pytest.main(['-q', *open('/root/slice_ids').read().splitlines(), 'tests/test_cuda_engine.py']))" 2>&1 \
+  | tail -4 | tee $OUT/flake_bisect_${part}_of_${parts}.log
