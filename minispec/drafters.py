@@ -360,13 +360,14 @@ class Candidates:
         """Where in `nodes` the `width` best by score are (ties: the earlier first): the nodes a level expands."""
         return sorted(range(len(nodes)), key=lambda i: -self.score[nodes[i]])[:width]
 
-    def expand(self, nodes: list[int], top: tuple[np.ndarray, np.ndarray], width: int, limit: int) -> list[int]:
-        """Give the `width` best of `nodes` their `width` most probable children; top: the draft's (ids, logprobs)
-        [width, >= width] of those nodes' rows in growing()'s order (sampling.top_logprobs: the backend ranks the
-        rows, so only k ids and log-probabilities a row come to the host, and only the growing rows are ranked)."""
+    def expand(self, nodes: list[int], grow: list[int], top: tuple[np.ndarray, np.ndarray], width: int, limit: int) -> list[int]:
+        """Give the `width` best of `nodes` (at positions `grow`: growing(nodes, width)) their `width` most probable
+        children; top: the draft's (ids, logprobs) [len(grow), >= width] of those nodes' rows in grow's order
+        (sampling.top_logprobs: the backend ranks the rows, so only k ids and log-probabilities a row come to the
+        host, and only the growing rows are ranked)."""
         ids, logprobs = top
         added = []
-        for row, i in enumerate(self.growing(nodes, width)):
+        for row, i in enumerate(grow):
             for token, logprob in zip(ids[row][:width].tolist(), logprobs[row][:width].tolist()):
                 if len(self.tokens) >= limit:
                     return added
@@ -458,13 +459,14 @@ class ModelDrafter(NoDrafter):
             items.append(StepItem.chunk(state.table, state.cached, new))
             state.cached = seq.L + 1
         greedy = [seq.params.greedy for seq in seqs]
-        rows = self.forward(items, [1] * len(seqs), greedy, [[0]] * len(seqs))  # per sequence: the root's row
+        grows = [[0] for _ in seqs]  # per sequence: where in its frontier the nodes that grow are (Candidates.growing)
+        rows = self.forward(items, [1] * len(seqs), greedy, grows)  # per sequence: the root's row
         grown = [Candidates(seq.tokens[seq.L]) for seq in seqs]
         frontier = [[0] for _ in seqs]
         caps = [min(self.budget.nodes, cap) for cap in budgets]
         for level in range(self.budget.depth):
-            frontier = [self.expand(seq, c, f, r, width, limit, cap) if len(f) else []
-                        for seq, c, f, r, cap in zip(seqs, grown, frontier, rows, caps)]
+            frontier = [self.expand(seq, c, f, g, r, width, limit, cap) if len(f) else []
+                        for seq, c, f, g, r, cap in zip(seqs, grown, frontier, grows, rows, caps)]
             if level == self.budget.depth - 1 or not any(frontier):
                 break
             items, growing = [], [b for b, new in enumerate(frontier) if new]
@@ -473,19 +475,19 @@ class ModelDrafter(NoDrafter):
                 table = self.state[id(seq)].table
                 self.cache.prepare(table, seq.L + new[0], new[-1] - new[0] + 1)
                 items.append(StepItem.tree(table, seq.L, grown[b].tree(), new))
-            out = self.forward(items, [len(frontier[b]) for b in growing], [greedy[b] for b in growing],
-                               [grown[b].growing(frontier[b], width) for b in growing])
+                grows[b] = grown[b].growing(new, width)
+            out = self.forward(items, [len(frontier[b]) for b in growing], [greedy[b] for b in growing], [grows[b] for b in growing])
             for b, part in zip(growing, out):
                 rows[b] = part
         return [c.best(cap) if seq.params.greedy else c.tree_sampled() for seq, c, cap in zip(seqs, grown, caps)]
 
     @staticmethod
-    def expand(seq, candidates: Candidates, nodes: list[int], rows, width: int, limit: int, cap: int) -> list[int]:
+    def expand(seq, candidates: Candidates, nodes: list[int], grow: list[int], rows, width: int, limit: int, cap: int) -> list[int]:
         """One level of the tree: the top-k children of a greedy sequence's nodes (rows: the (ids, logprobs) of the
-        growing ones; up to `limit`, pruned to the cap afterwards), or children drawn from q for a sampled one (rows:
-        the logits rows; up to the cap)."""
+        growing ones, at positions `grow`; up to `limit`, pruned to the cap afterwards), or children drawn from q for
+        a sampled one (rows: the logits rows, every node's; up to the cap)."""
         if seq.params.greedy:
-            return candidates.expand(nodes, rows, width, limit)
+            return candidates.expand(nodes, grow, rows, width, limit)
         return candidates.expand_sampled(nodes, rows, seq.params, width, cap, seq.rng)
 
     def commit(self, seq, path, accepted) -> None:

@@ -17,7 +17,7 @@ TREE = (8, 4, 2)
 mode, draft, temperature, seeds = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 prompt_text = sys.argv[5] if len(sys.argv) > 5 else "Write a short story about a robot who learns to paint."
 if mode == "topk":
-    drafters.ModelDrafter.expand = staticmethod(lambda seq, c, nodes, rows, width, limit, cap: c.expand(nodes, drafters.top_logprobs(rows, width), width, limit))
+    drafters.ModelDrafter.expand = staticmethod(lambda seq, c, nodes, grow, rows, width, limit, cap: c.expand(nodes, grow, drafters.top_logprobs(rows[grow], width), width, limit))
     drafters.Candidates.tree_sampled = lambda self: self.best(TREE[0])
 llm = LLM(draft=draft, tree=TREE, device="cpu")
 prompt = llm.chat_prompt([{"role": "user", "content": prompt_text}])
