@@ -62,6 +62,11 @@ def wgmma_xrows(M: int, G: int) -> int:
     return 16 if M <= 16 else 32 if M <= 32 else 64
 
 
+def wgmma_block_bytes(G: int, K: int, S: int) -> int:
+    """The weight bytes a gemm_wgmma block streams: its 64 G rows over K / S, in bf16."""
+    return 64 * G * (K // S) * 2
+
+
 def stream_fits(N: int, K: int) -> bool:
     """Whether gemm_stream takes [N, K] weights: K in whole 64-wide stages, N K within its 32-bit element offsets."""
     return K % 64 == 0 and N * K < 1 << 32
@@ -647,9 +652,9 @@ class CudaBackend:
         return G == 1 and (G, wgmma_xrows(M, G)) in WGMMA_GEMM_STAGES and self.wgmma_stream(N, K) >= 512 << 10
 
     def wgmma_stream(self, N: int, K: int) -> int:
-        """The weight bytes a gemm_wgmma block streams (its 64 G rows over K / S)."""
+        """The weight bytes a gemm_wgmma block streams for [N, K] weights (wgmma_block_bytes of its shape)."""
         G, S = self.wgmma_shape(N, K)
-        return 64 * G * (K // S) * 2
+        return wgmma_block_bytes(G, K, S)
 
     def gemm_wgmma(self, x, weight, y) -> None:
         """gemm_wgmma_w{G}_x{X}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: G warpgroups of 64 weight rows a block, x
@@ -698,10 +703,9 @@ class CudaBackend:
         O from 17 to 21), and that cut no block's weight stream of 512 KB or more below that: a block's first ring
         fill is a burst of a third of it, so fewer, longer streams beat more SMs (8B O at 32 rows, 64 blocks of 512 KB
         82.8% of copy bandwidth against 128 of 256 KB 77.6%; notes/gemm_xrows_ab_h100_stop37.log)."""
-        stream = lambda S: 64 * G * (K // S) * 2  # a block's weight bytes
         S = 1
         while (S < 8 and tiles * S * 2 <= self.sm_count and K % (64 * S * 2) == 0 and K // (S * 2) >= 256
-               and (stream(S) < 512 << 10 or stream(2 * S) >= 512 << 10)):
+               and (wgmma_block_bytes(G, K, S) < 512 << 10 or wgmma_block_bytes(G, K, 2 * S) >= 512 << 10)):
             S *= 2
         return S
 
@@ -1160,14 +1164,18 @@ class CudaBackend:
         cp = self.cp
         logits = cp.ascontiguousarray(logits)
         R, V = logits.shape
-        # shares of at least 2048 logits, about two blocks per SM in all
-        S = max(1, min(-(-V // 2048), -(-2 * self.sm_count // R)))
+        S = self.row_shares(R, V)
         best_value = cp.empty((R, S), dtype=cp.float32)
         best_index = cp.empty((R, S), dtype=cp.int32)
         ids = cp.empty(R, dtype=cp.int32)
         self.launch(self.kernel("sampling.cu", "argmax_share"), (S, R), (256,), (logits, best_value, best_index, np.int32(V)))
         self.launch(self.kernel("sampling.cu", "argmax_merge"), (R,), (32,), (best_value, best_index, ids, np.int32(S)))
         return ids
+
+    def row_shares(self, R: int, V: int) -> int:
+        """How many shares argmax_share / top_share cut each of R rows of V logits into: shares of at least 2048
+        logits, about two blocks per SM in all."""
+        return max(1, min(-(-V // 2048), -(-2 * self.sm_count // R)))
 
     def top_logprobs(self, logits, k: int, rows: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k most probable tokens of rows `rows` (default: all) and their log-probabilities on the host (ids
@@ -1192,7 +1200,7 @@ class CudaBackend:
         key = (logits.data.ptr, R, V, k, self.pdl)
         kept = self.top_launches.pop(key, None)
         if kept is None:
-            S = max(1, min(-(-V // 2048), -(-2 * self.sm_count // R), TOP_SHARES))  # as argmax_device, at most TOP_SHARES
+            S = min(self.row_shares(R, V), TOP_SHARES)
             share_value = cp.empty((R, S, k), dtype=cp.float32)
             share_index = cp.empty((R, S, k), dtype=cp.int32)
             share_ml = cp.empty((R, S, 2), dtype=cp.float32)
