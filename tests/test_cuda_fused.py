@@ -319,3 +319,46 @@ def test_deferred_host_reads_give_each_steps_ids(tmp_path, graphs):
     assert len(set(expected)) > 1  # (reads of the wrong step would show)
     assert [int(read()[0]) for read in reads] == expected
     assert be._host_read is None
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_norm_tail_keeps_the_layered_bits(rows):
+    """A model whose O and down products take gemm_wgmma_norm (hidden and intermediate 4096: 8B-wide layers, 2 of
+    them, random weights and norms made on the GPU) gives the logits of the same step with every norm launched on
+    its own, bit for bit, eager and replayed from a graph: the wiring of Model.final_hidden (each layer's norms and
+    the final one) and the kernel's bits together."""
+    import cupy as cp
+
+    from minispec.backends.cuda_backend import CudaBackend
+    from minispec.bench_gpu import random_model_on_gpu
+    from minispec.config import ModelConfig
+
+    be = CudaBackend("bfloat16")
+    if not be.hopper:
+        pytest.skip("gemm_wgmma_norm needs a Hopper GPU")
+    be.fused_max_rows, be.cluster_decode = 0, False  # layer by layer
+    config = ModelConfig(vocab_size=1000, hidden_size=4096, intermediate_size=4096, num_layers=2, num_heads=32, num_kv_heads=8,
+                         head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=4096, tie_word_embeddings=False)
+    cp.random.seed(rows)
+    weights = random_model_on_gpu(config, be)
+    for norm in [weights.final_norm] + [n for layer in weights.layers for n in (layer.attn_norm, layer.mlp_norm)]:
+        norm[...] = 1 + 0.1 * cp.random.standard_normal(norm.shape, dtype=cp.float32)
+    model = Model(config, weights, be)
+    assert be.norm_tail_serves(rows, 4096, 4096), "the O and down products of this model take the norm tail"
+    rng = np.random.default_rng(rows)
+    plan, used = random_step(rng, [(40, "single", 1), (75, "single", 1)][:rows], 16, 16)
+    cache = model.new_cache(16, 16)
+    start = [cp.asarray(rng.normal(size=c.shape).astype(BF16).view(np.uint16)) for c in [*cache.k, *cache.v]]
+
+    def logits(tail_rows, graphs):
+        be.norm_tail_rows, be.use_graphs = tail_rows, graphs
+        be.graphs.clear()
+        for c, values in zip([*cache.k, *cache.v], start):
+            c[...] = values
+        return [model.forward(plan, cache).host() for _ in range(2)]
+
+    plain = logits(0, False)[0]
+    assert np.isfinite(plain).all()
+    for graphs in (False, True):
+        for i, got in enumerate(logits(rows, graphs)):
+            assert np.array_equal(got, plain), f"graphs={graphs} run {i}: {np.count_nonzero(got != plain)} logits differ"
