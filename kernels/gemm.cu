@@ -317,13 +317,12 @@ struct NormTail {
 // is add_rmsnorm's to the bit: there each of 1024 threads v adds r[v + 1024 k]^2 in k order, each warp sums its
 // threads' values in an xor butterfly, and warp 0 sums the 32 warps' in another; here lane l of a warp forms
 // thread v = 32 w + l's sum for the block's warps w in turn, and the butterflies are the same.
-// stage: shared memory for 2 C + 1088 floats.
+// stage: shared memory for 2 C + 34 floats.
 template <int THREADS>
 __device__ void norm_rows(const float* __restrict__ r, const NormTail& tail, float* stage, int M, int C) {
     constexpr int WARPS = THREADS / 32, BATCH = 8;
     float* weight = stage + C;            // [C]
     float* partial = weight + C;          // [32] the 1024-thread block's warp sums, then [32] their total
-    float* sums = partial + 64;           // [1024] its threads' sums
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, C4 = C / 4;
     for (int m = 0; m < M; m++) {
         const float4* row = reinterpret_cast<const float4*>(r + (long long)m * C);
@@ -347,21 +346,9 @@ __device__ void norm_rows(const float* __restrict__ r, const NormTail& tail, flo
             }
         }
         __syncthreads();
-        // each of add_rmsnorm's threads' sums, formed here a few to a thread side by side
-#pragma unroll
-        for (int j = 0; j < (1024 + THREADS - 1) / THREADS; j++) {
-            const int v = threadIdx.x + j * THREADS;
-            if (v >= 1024) break;
+        for (int w = warp; w < 32; w += WARPS) {
             float square_sum = 0.0f;
-            for (int c = v; c < C; c += 1024) square_sum += stage[c] * stage[c];
-            sums[v] = square_sum;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int j = 0; j < (32 + WARPS - 1) / WARPS; j++) {
-            const int w = warp + j * WARPS;
-            if (w >= 32) break;
-            float square_sum = sums[32 * w + lane];
+            for (int c = 32 * w + lane; c < C; c += 1024) square_sum += stage[c] * stage[c];
             for (int offset = 16; offset > 0; offset >>= 1) square_sum += __shfl_xor_sync(0xffffffff, square_sum, offset);
             if (lane == 0) partial[w] = square_sum;
         }
@@ -389,7 +376,7 @@ __device__ void norm_rows(const float* __restrict__ r, const NormTail& tail, flo
 // and one word more for the flag.
 template <int THREADS>
 __device__ __forceinline__ void norm_after_last_block(const float* __restrict__ r, const NormTail& tail, float* stage, int M, int C) {
-    unsigned* last = reinterpret_cast<unsigned*>(stage + 2 * C + 33);  // past partial's total, before sums
+    unsigned* last = reinterpret_cast<unsigned*>(stage + 2 * C + 33);
     __threadfence();  // this thread's part of r is visible before the block is counted
     __syncthreads();
     if (threadIdx.x == 0) {
