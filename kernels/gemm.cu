@@ -58,9 +58,8 @@ __device__ __forceinline__ float cluster_sum(const float* local) {
 
 // The end of a split-K block, for gemm_stream and gemm_wgmma: red [XROWS][RED_STRIDE] holds this block's sums
 // red[m][row] of y[m][n0 + row]; cluster rank r adds rows r ROWS / S .. of the S blocks' buffers (cluster_sum) and
-// writes them to y, coalesced along N. With S = 1 the block writes its own sums. ADD: y += the sums (y is the
-// residual stream: the expression of elementwise.cu's add_rmsnorm, x + residual, on the same fp32 values).
-template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS, bool ADD = false>
+// writes them to y, coalesced along N. With S = 1 the block writes its own sums.
+template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
 __device__ __forceinline__ void store_cluster_sums(const float* red, float* __restrict__ y, int M, int N, int n0) {
     if constexpr (S > 1) cluster_sync();  // every block's sums are in its shared memory
     constexpr int SLICE = ROWS / S;
@@ -68,8 +67,7 @@ __device__ __forceinline__ void store_cluster_sums(const float* red, float* __re
     for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
         const int m = e / SLICE, row = rank * SLICE + e % SLICE;
         if (m >= M || n0 + row >= N) continue;
-        float& out = y[(long long)m * N + n0 + row];
-        out = ADD ? cluster_sum<S>(red + m * RED_STRIDE + row) + out : cluster_sum<S>(red + m * RED_STRIDE + row);
+        y[(long long)m * N + n0 + row] = cluster_sum<S>(red + m * RED_STRIDE + row);
     }
     if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
 }
@@ -301,104 +299,13 @@ extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const 
 // K % (64 S) == 0. Launch: grid (ceil(N / (64 WGS)), S), cluster (1, S, 1), block 128 WGS + 32, dynamic shared
 // memory STAGES x (64 WGS + XROWS) x 128 + 1024 (alignment) + 16 STAGES (barriers).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// NORM (gemm_wgmma_norm_*, WGS = 1, 16-row x boxes): the GEMM before an RMSNorm also does the norm, so a layer
-// saves a launch and the next GEMM copies its first weights while the norm runs (kernels/pdl.cuh). out is the
-// residual stream r [M, N], to which each block adds its sums (store_cluster_sums, ADD); the block that finishes
-// last (a counter in global memory, which it resets for the next launch) then writes h = r / sqrt(mean(r^2) + eps)
-// * weight in bf16 for every row, in the bits of elementwise.cu's add_rmsnorm (norm_rows).
-struct NormTail {
-    const float* weight;  // [N] the norm's weight
-    __nv_bfloat16* h;     // [M, N] the normalised rows: the next GEMM's input
-    unsigned* counter;    // blocks finished (0 between launches)
-    float eps;
-};
-
-// Rows 0 .. M-1 of r [M, C], complete in global memory, normalised by one block into tail.h. The sum of squares
-// is add_rmsnorm's to the bit: there each of 1024 threads v adds r[v + 1024 k]^2 in k order, each warp sums its
-// threads' values in an xor butterfly, and warp 0 sums the 32 warps' in another; here lane l of a warp forms
-// thread v = 32 w + l's sum for the block's warps w in turn, and the butterflies are the same.
-// stage: shared memory for 2 C + 34 floats.
-template <int THREADS>
-__device__ void norm_rows(const float* __restrict__ r, const NormTail& tail, float* stage, int M, int C) {
-    constexpr int WARPS = THREADS / 32, BATCH = 8;
-    float* weight = stage + C;            // [C]
-    float* partial = weight + C;          // [32] the 1024-thread block's warp sums, then [32] their total
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, C4 = C / 4;
-    for (int m = 0; m < M; m++) {
-        const float4* row = reinterpret_cast<const float4*>(r + (long long)m * C);
-        for (int i0 = threadIdx.x; i0 < C4; i0 += BATCH * THREADS) {  // every load of a batch in flight at once
-            float4 v[BATCH], w[BATCH];
-#pragma unroll
-            for (int j = 0; j < BATCH; j++) {
-                const int i = i0 + j * THREADS;
-                if (i < C4) {
-                    v[j] = __ldcg(row + i);
-                    if (m == 0) w[j] = __ldg(reinterpret_cast<const float4*>(tail.weight) + i);
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < BATCH; j++) {
-                const int i = i0 + j * THREADS;
-                if (i < C4) {
-                    reinterpret_cast<float4*>(stage)[i] = v[j];
-                    if (m == 0) reinterpret_cast<float4*>(weight)[i] = w[j];
-                }
-            }
-        }
-        __syncthreads();
-        for (int w = warp; w < 32; w += WARPS) {
-            float square_sum = 0.0f;
-            for (int c = 32 * w + lane; c < C; c += 1024) square_sum += stage[c] * stage[c];
-            for (int offset = 16; offset > 0; offset >>= 1) square_sum += __shfl_xor_sync(0xffffffff, square_sum, offset);
-            if (lane == 0) partial[w] = square_sum;
-        }
-        __syncthreads();
-        if (warp == 0) {
-            float total = partial[lane];
-            for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffff, total, offset);
-            if (lane == 0) partial[32] = total;
-        }
-        __syncthreads();
-        const float scale = rsqrtf(partial[32] / C + tail.eps);
-        __nv_bfloat16* h = tail.h + (long long)m * C;
-        for (int i = threadIdx.x; i < C4; i += THREADS) {
-            const float4 v = reinterpret_cast<const float4*>(stage)[i], w = reinterpret_cast<const float4*>(weight)[i];
-            __nv_bfloat162 lo = {__float2bfloat16_rn(v.x * scale * w.x), __float2bfloat16_rn(v.y * scale * w.y)};
-            __nv_bfloat162 hi = {__float2bfloat16_rn(v.z * scale * w.z), __float2bfloat16_rn(v.w * scale * w.w)};
-            reinterpret_cast<__nv_bfloat162*>(h)[2 * i] = lo;
-            reinterpret_cast<__nv_bfloat162*>(h)[2 * i + 1] = hi;
-        }
-        __syncthreads();  // the next row overwrites stage and partial
-    }
-}
-
-// After store_cluster_sums (ADD): the last block of the grid to get here normalises the rows. stage: as norm_rows,
-// and one word more for the flag.
-template <int THREADS>
-__device__ __forceinline__ void norm_after_last_block(const float* __restrict__ r, const NormTail& tail, float* stage, int M, int C) {
-    unsigned* last = reinterpret_cast<unsigned*>(stage + 2 * C + 33);
-    __threadfence();  // this thread's part of r is visible before the block is counted
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const bool is_last = atomicAdd(tail.counter, 1u) == gridDim.x * gridDim.y - 1;
-        if (is_last) *tail.counter = 0;  // every block has counted: ready for the next launch
-        *last = is_last;
-    }
-    __syncthreads();
-    if (!*last) return;
-    __threadfence();  // the other blocks' parts of r, counted before this block, are read after it
-    norm_rows<THREADS>(r, tail, stage, M, C);
-}
-
 // GLU (the gated variant, WGS = 2, S = 1): W is the fused [gate; up] weight [2I, K] and N = I. A block's
 // warpgroup 0 takes gate rows n0 .. n0 + 63 and warpgroup 1 the up rows I + n0 .., so the epilogue writes
 // act [M, I] = silu(gate) * up in bf16 (the expression of elementwise.cu's silu_mul, so the bits are those of
 // the GEMM followed by silu_mul) and the fp32 [M, 2I] product never reaches memory.
-template <int WGS, int XROWS, int STAGES, int S, bool GLU = false, bool NORM = false>
-__device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K,
-                                const NormTail& tail = {}) {
+template <int WGS, int XROWS, int STAGES, int S, bool GLU = false>
+__device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K) {
     static_assert(!GLU || (WGS == 2 && S == 1), "the gated epilogue pairs two warpgroups' rows in one block");
-    static_assert(!(GLU && NORM), "one epilogue");
     constexpr int ROWS = 64 * WGS, BK = 64, THREADS = 128 * WGS + 32;
     constexpr int W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
     constexpr int RED_STRIDE = ROWS + 4;                     // floats per x row of the reduction buffer
@@ -482,11 +389,6 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
         store_cluster_glu<1, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<__nv_bfloat16*>(out), M, N, n0);
         return;
     }
-    if constexpr (NORM) {
-        store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS, true>(red, reinterpret_cast<float*>(out), M, N, n0);
-        norm_after_last_block<THREADS>(reinterpret_cast<const float*>(out), tail, red + XROWS * RED_STRIDE, M, N);
-        return;
-    }
     store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out), M, N, n0);
 }
 
@@ -509,16 +411,6 @@ GEMM_WGMMA_CLUSTERS(1, 64, 13)
 GEMM_WGMMA_CLUSTERS(1, 32, 18)
 GEMM_WGMMA_CLUSTERS(1, 16, 22)
 GEMM_WGMMA_CLUSTERS(2, 64, 4)
-// gemm_wgmma_norm_w1_x16_s{S}: (h, r) = (RMSNorm(r + x W^T) in bf16, r + x W^T) for up to 16 rows, in place on r
-// (NORM above); the launch of gemm_wgmma_w1_x16_s{S}, with C = N <= 16384, N % 4 == 0, and a zeroed counter.
-#define GEMM_WGMMA_NORM(XROWS, STAGES, S, CLUSTER)                                                                   \
-    extern "C" __global__ void __launch_bounds__(160, 2) CLUSTER gemm_wgmma_norm_w1_x##XROWS##_s##S(                 \
-        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* residual, int M, int N,  \
-        int K, const float* norm_weight, __nv_bfloat16* h, unsigned* counter, float eps) {                          \
-        gemm_wgmma_body<1, XROWS, STAGES, S, false, true>(w_map, x_map, residual, M, N, K,                            \
-                                                          NormTail{norm_weight, h, counter, eps});                    \
-    }
-SPLIT_K_CLUSTERS(GEMM_WGMMA_NORM, 16, 22)
 // gemm_wgmma_glu: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight (64-row boxes);
 // grid ceil(I / 64), block 288, the shared memory of gemm_wgmma_w2
 extern "C" __global__ void __launch_bounds__(288, 2) gemm_wgmma_glu(const __grid_constant__ TensorMap w_map,

@@ -2,8 +2,7 @@
 
 Per layer: RMSNorm -> fused QKV GEMM -> RoPE + write K/V to slots -> paged tree
 attention -> O GEMM -> (+ residual) RMSNorm -> fused gate/up GEMM -> SiLU*mul ->
-down GEMM -> (+ residual) the next layer's RMSNorm. Then the final norm and the LM
-head, only for the rows that need logits.
+down GEMM. Then the final norm and the LM head, only for the rows that need logits.
 """
 
 from __future__ import annotations
@@ -78,21 +77,21 @@ class Model:
         ops, c, w = self.backend, self.config, self.weights
         H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_dim
         x = ops.embedding(w.embed, plan.tokens)  # x: [N, hidden]
+        residual = None
         rows = ops.fused_rows(self, plan)
         if rows:  # CUDA, small decode or tree step: every layer in one persistent launch (kernels/fused_layers.cuh)
             x = ops.fused_layers(self, plan, cache, x, rows)  # the residual stream after the last layer
-            return ops.add_rmsnorm(x, None, w.final_norm, c.rms_norm_eps)[0]
-        eps, layers = c.rms_norm_eps, w.layers[: self.num_layers]
-        # each GEMM before a norm is asked for the residual add and the norm too (linear_add_rmsnorm: on the GPU one
-        # launch where gemm_wgmma_norm serves)
-        h, residual = ops.add_rmsnorm(x, None, layers[0].attn_norm, eps)  # [N, hidden]; residual fp32 [N, hidden]
-        for i, layer in enumerate(layers):
-            qkv = ops.linear(h, layer.wqkv)  # [N, (H + 2 Hkv) D]
-            q = ops.rope_write_kv(qkv, plan, self.inv_freq, cache.k[i], cache.v[i], H, Hkv, D)  # [N, H, D]; K/V to slots
-            o = ops.attention(q, cache.k[i], cache.v[i], plan, self.scale)  # [N, H D]
-            h, residual = ops.linear_add_rmsnorm(o, layer.wo, residual, layer.mlp_norm, eps)
-            next_norm = layers[i + 1].attn_norm if i + 1 < len(layers) else w.final_norm
-            h, residual = ops.linear_add_rmsnorm(ops.gate_up_silu(h, layer.w_gate_up), layer.w_down, residual, next_norm, eps)
+        else:
+            for i in range(self.num_layers):
+                layer = w.layers[i]
+                h, residual = ops.add_rmsnorm(x, residual, layer.attn_norm, c.rms_norm_eps)  # [N, hidden]
+                qkv = ops.linear(h, layer.wqkv)  # [N, (H + 2 Hkv) D]
+                q = ops.rope_write_kv(qkv, plan, self.inv_freq, cache.k[i], cache.v[i], H, Hkv, D)  # [N, H, D]; K/V to slots
+                o = ops.attention(q, cache.k[i], cache.v[i], plan, self.scale)  # [N, H D]
+                x = ops.linear(o, layer.wo)  # [N, hidden]
+                h, residual = ops.add_rmsnorm(x, residual, layer.mlp_norm, c.rms_norm_eps)
+                x = ops.linear(ops.gate_up_silu(h, layer.w_gate_up), layer.w_down)  # [N, hidden]
+        h, _ = ops.add_rmsnorm(x, residual, w.final_norm, c.rms_norm_eps)
         return h
 
 

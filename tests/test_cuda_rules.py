@@ -205,25 +205,6 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
     assert rules.glu_kernel(M, 3072, 576) is None
 
 
-@pytest.mark.parametrize("M", [1, 2, 3, 16])
-def test_norm_tail_takes_the_8b_o_and_down_products_of_few_rows(M):
-    """linear_add_rmsnorm does the RMSNorm in the GEMM before it (gemm_wgmma_norm) for the 8B O and down products
-    of up to norm_tail_rows rows (one block normalises every row), not for the default model's (gemm_wgmma does
-    not take them), nor in float32 mode or where forced off."""
-    from minispec.backends.cuda_backend import NORM_TAIL_ROWS
-
-    rules = gemm_rules_backend()
-    rules.norm_tail_rows, rules.gemm_wgmma_xrows = NORM_TAIL_ROWS, None
-    serves = lambda M, N, K: CudaBackend.norm_tail_serves(rules, M, N, K)  # noqa: E731
-    for K, N in ((4096, 4096), (14336, 4096)):  # 8B O, down
-        assert serves(M, N, K) == (M <= NORM_TAIL_ROWS)
-    assert not serves(M, 576, 576) and not serves(M, 576, 1536)  # the default model's O and down
-    rules.norm_tail_rows = 0
-    assert not serves(M, 4096, 4096)
-    rules.norm_tail_rows, rules.bf16 = 16, False
-    assert not serves(M, 4096, 4096)
-
-
 def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     """The backend sizes gemm_wgmma's shared memory from WGMMA_GEMM_STAGES: every (warpgroups, x rows) it names must
     be instantiated in kernels/gemm.cu with that ring depth (a deeper kernel than the table would overrun its
@@ -234,5 +215,3 @@ def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     built = {(int(g), int(x)): int(s) for g, x, s in re.findall(r"^GEMM_WGMMA_CLUSTERS\((\d+), (\d+), (\d+)\)", source, re.M)}
     assert built == WGMMA_GEMM_STAGES
     assert re.search(r"gemm_wgmma_body<2, 64, (\d+), 1, true>", source).group(1) == str(WGMMA_GEMM_STAGES[2, 64])
-    # gemm_wgmma_norm is launched as gemm_wgmma_w1_x16 (its ring and shared memory)
-    assert re.search(r"^SPLIT_K_CLUSTERS\(GEMM_WGMMA_NORM, 16, (\d+)\)", source, re.M).group(1) == str(WGMMA_GEMM_STAGES[1, 16])

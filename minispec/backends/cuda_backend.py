@@ -28,7 +28,6 @@ TOP_K_MAX, TOP_THREADS, TOP_SHARES = 8, 256, 64  # kernels/sampling.cu's top_sha
 TOP_LAUNCHES_KEPT = 16  # top_logprobs' packed launches kept (a draft model's level buckets and the rows ranked)
 # gemm_wgmma's ring depth by (consumer warpgroups, staged x rows) (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
 WGMMA_GEMM_STAGES = {(1, 64): 13, (1, 32): 18, (1, 16): 22, (2, 64): 4}
-NORM_TAIL_ROWS = 2  # CudaBackend.norm_tail_rows' default
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
 SAMPLE_STATIC_SHARED = 40 << 10  # its blocks' static shared memory (SampleShared), rounded up
 FUSED_MAX_LAYERS = 64  # the fused kernel's layer table in shared memory (kernels/fused_layers.cuh, step_in_shared)
@@ -291,9 +290,6 @@ class CudaBackend:
         self.gemm_cluster = None  # gemm_stream's / gemm_wgmma's blocks per cluster along K (None: by their rules)
         self.gemm_wgmma_groups = None  # gemm_wgmma's 64-row warpgroups per block, 1 or 2 (None: wgmma_groups)
         self.gemm_wgmma_xrows = None  # gemm_wgmma's staged x rows, 16, 32 or 64 (None: wgmma_xrows)
-        # most rows whose RMSNorm the GEMM before it does (gemm_wgmma_norm, linear_add_rmsnorm; 0: never): one block
-        # normalises every row, so the saved launch pays only for few rows
-        self.norm_tail_rows = NORM_TAIL_ROWS
         self.use_graphs = use_graphs
         self.prefill_graph_limit = None  # most rows of a prefill step replayed as a graph (None: prefill_graph_rows)
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
@@ -311,9 +307,6 @@ class CudaBackend:
         # programmatic dependent launch for every kernel but the fused one (driver.py, kernels/pdl.cuh): a GEMM
         # copies its first weight stages while the kernel ahead of it finishes (tests and benchmarks turn it off)
         self.pdl = self.hopper and driver.launch_available()
-        # gemm_wgmma_norm's count of finished blocks, zero between launches (its last block resets it); one serves
-        # every launch, since they all queue on the one stream and count only after waiting for the kernel before
-        self.norm_counter = cp.zeros(1, dtype=cp.uint32) if self.hopper else None
         self.tensor_maps = IdentityTable()  # (k_cache, v_cache) -> TMA descriptors of the wgmma attention; (weight) -> gemm_wgmma's
         self.rope_cache = IdentityTable()  # (inv_freq) -> (cos, sin) device tables [positions, D/2]
         self.layer_tables = IdentityTable()  # (weights, cache), (layers) -> uint64 [L, 8] device pointers
@@ -570,45 +563,6 @@ class CudaBackend:
         )
         return out, residual
 
-    def linear_add_rmsnorm(self, x, weight, residual, norm_weight, eps):
-        """add_rmsnorm(linear(x, weight), residual, norm_weight, eps) -> (h, residual): one launch of
-        gemm_wgmma_norm (kernels/gemm.cu), which adds its product to `residual` in place and normalises it, where
-        norm_tail_serves; else the two ops. The bits are those of the two ops either way."""
-        M, K = x.shape
-        N = weight.shape[0]
-        if residual is None or not self.norm_tail_serves(M, N, K):
-            return self.add_rmsnorm(self.linear(x, weight), residual, norm_weight, eps)
-        h = self.cp.empty((M, N), dtype=self.store_dtype)
-        self.gemm_wgmma_norm(x, weight, residual, norm_weight, eps, h)
-        return h, residual
-
-    def gemm_wgmma_norm(self, x, weight, residual, norm_weight, eps: float, h) -> None:
-        """gemm_wgmma_norm_w1_x16_s{S} (kernels/gemm.cu): residual fp32 [M, N] += x W^T, then h [M, N] (storage
-        type) = its rows RMS-normalised and scaled by norm_weight fp32 [N]; S blocks of a cluster share K
-        (wgmma_shape, one warpgroup a block)."""
-        cp = self.cp
-        M, K = x.shape
-        N = weight.shape[0]
-        self._check(x, self.store_dtype, 2, "linear input")
-        self._check(residual, cp.float32, 2, "residual")
-        if residual.shape != (M, N) or h.shape != (M, N) or weight.shape[1] != K or norm_weight.shape != (N,):
-            raise ValueError(f"gemm_wgmma_norm: x {x.shape}, weight {weight.shape}, residual {residual.shape}, norm {norm_weight.shape}, h {h.shape}")
-        if not (self.hopper and 0 < M <= 16 and K % 64 == 0 and N % 4 == 0 and N <= 16384):
-            raise ValueError(f"gemm_wgmma_norm: x [{M}, {K}], W [{N}, {K}] needs Hopper, 1-16 rows, K % 64 == 0, N % 4 == 0, N <= 16384")
-        S = self.gemm_cluster or self.wgmma_cluster_size(-(-N // 64), K, 1)
-        if K % (64 * S):
-            raise ValueError(f"gemm_wgmma_norm: K = {K} is not a multiple of 64 x {S} blocks per cluster")
-        extra = (norm_weight, h, self.norm_counter, np.float32(eps))
-        self.launch_wgmma(f"gemm_wgmma_norm_w1_x16_s{S}", 1, 16, (-(-N // 64), S), x, weight, 64, residual, N, extra)
-
-    def norm_tail_serves(self, M: int, N: int, K: int) -> bool:
-        """Whether linear_add_rmsnorm takes gemm_wgmma_norm: where `linear` takes gemm_wgmma with one warpgroup a
-        block and 16-row x boxes (8B O and down), for up to norm_tail_rows rows of N <= 16384, N % 4 == 0 (its last
-        block stages a row and the norm's weight in shared memory as float4)."""
-        return (self.bf16 and M <= self.norm_tail_rows and N % 4 == 0 and N <= 16384 and self.own_gemm_chosen(M, N, K)
-                and self.own_kernel(M, N, K) == "wgmma" and self.wgmma_shape(N, K)[0] == 1
-                and (self.gemm_wgmma_xrows or wgmma_xrows(M, 1)) == 16)
-
     def linear(self, x, weight):
         """y fp32 [M, N] = x[M, K] W[N, K]^T: the own weight-streaming kernel or cuBLAS (bf16), cuBLAS through CuPy (float32)."""
         cp = self.cp
@@ -724,10 +678,9 @@ class CudaBackend:
         G = self.gemm_wgmma_groups or self.wgmma_groups(N)
         return G, self.gemm_cluster or self.wgmma_cluster_size(-(-N // (64 * G)), K, G)
 
-    def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int, extra=()) -> None:
+    def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int) -> None:
         """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
-        descriptor made once per weight), into out (then the `extra` arguments); x's descriptor per call (a captured
-        graph keeps it)."""
+        descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it)."""
         M, K = x.shape
         w_map = self.tensor_maps.get((weight,), box_rows)
         if w_map is None:
@@ -737,7 +690,7 @@ class CudaBackend:
         stages = WGMMA_GEMM_STAGES[G, X]
         shared = stages * (64 * G + X) * 64 * 2 + 1024 + 16 * stages  # the ring (W and x stages), alignment, barriers
         allow_shared(kernel, shared)
-        self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K), *extra), shared)
+        self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K)), shared)
 
     def wgmma_groups(self, N: int) -> int:
         """gemm_wgmma's warpgroups a block: 2 (128 rows) where that gives every SM a tile without splitting K,

@@ -13,7 +13,6 @@ anew (step_times makes a new cache, which keys them).
   head_stream  8B LM head at 17-64 rows on gemm_stream instead of gemm_wgmma (two warpgroups)
   rings2     one-warpgroup gemm_wgmma rings of 10 / 9 / 6 stages (16 / 32 / 64-row x boxes), two blocks an SM, so
              that a GEMM's blocks copy their first weights beside the kernel before it
-  nonorm     every RMSNorm launched on its own (norm_tail_rows = 0: before gemm_wgmma_norm, stop 40)
   A+B        both
 
     PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
@@ -65,7 +64,6 @@ def apply(variant: str) -> None:
     for name in RULES:
         be.__dict__.pop(name, None)
     use_rings(COMMITTED_RINGS)
-    be.norm_tail_rows = cuda_backend.NORM_TAIL_ROWS
     for part in variant.split("+"):
         if part == "silu":
             be.glu_kernel = lambda M, N2, K: None if M <= 16 else CudaBackend.glu_kernel(be, M, N2, K)
@@ -93,8 +91,6 @@ def apply(variant: str) -> None:
             fits, serves = be.wgmma_gemm_fits, be.own_gemm_serves
             be.wgmma_gemm_fits = lambda M, N, K, fits=fits: False if N == 128256 and M > 16 else fits(M, N, K)
             be.own_gemm_serves = lambda M, N, K, serves=serves: True if N == 128256 else serves(M, N, K)
-        elif part == "nonorm":
-            be.norm_tail_rows = 0
         elif part == "rings2":  # one-warpgroup rings small enough for two blocks an SM
             use_rings({**COMMITTED_RINGS, **SMALL_RINGS})
         elif part != "rule":
