@@ -319,3 +319,48 @@ def test_deferred_host_reads_give_each_steps_ids(tmp_path, graphs):
     assert len(set(expected)) > 1  # (reads of the wrong step would show)
     assert [int(read()[0]) for read in reads] == expected
     assert be._host_read is None
+
+
+@pytest.mark.parametrize("step", ["decode", "tree"])
+def test_rope_tail_keeps_the_layered_bits(step):
+    """A model whose QKV product rotates in its epilogue (gemm_wgmma_rope: 8B heads, 2 layers of random weights made
+    on the GPU) gives the logits and K/V pages of the same step with rope_write_kv launched on its own, bit for bit,
+    eager and replayed from a graph."""
+    import cupy as cp
+
+    from minispec.backends.cuda_backend import CudaBackend
+    from minispec.bench_gpu import random_model_on_gpu
+    from minispec.config import ModelConfig
+
+    be = CudaBackend("bfloat16")
+    if not be.hopper:
+        pytest.skip("gemm_wgmma_rope needs a Hopper GPU")
+    be.fused_max_rows, be.cluster_decode = 0, False  # layer by layer
+    config = ModelConfig(vocab_size=1000, hidden_size=4096, intermediate_size=1024, num_layers=2, num_heads=32, num_kv_heads=8,
+                         head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=4096, tie_word_embeddings=False)
+    cp.random.seed(len(step))
+    model = Model(config, random_model_on_gpu(config, be), be)
+    rng = np.random.default_rng(len(step))
+    specs = [(40, "single", 1), (75, "single", 1)] if step == "decode" else [(300, "random", 20), (33, "chain", 7)]
+    plan, used = random_step(rng, specs, 16, 32)
+    M = plan.num_tokens
+    assert be.rope_tail_serves(M, config.qkv_size, 4096, 128), "this model's QKV product takes the rope tail"
+    cache = model.new_cache(32, 16)
+    start = [cp.asarray(rng.normal(size=c.shape).astype(BF16).view(np.uint16)) for c in [*cache.k, *cache.v]]
+
+    def run(tail, graphs):
+        be.rope_tail_serves = (lambda *args: CudaBackend.rope_tail_serves(be, *args)) if tail else (lambda *args: False)
+        be.use_graphs = graphs
+        be.graphs.clear()
+        for c, values in zip([*cache.k, *cache.v], start):
+            c[...] = values
+        logits = [model.forward(plan, cache).host() for _ in range(2)]
+        return logits, [c.get() for c in [*cache.k, *cache.v]]
+
+    (plain, _), pages = run(False, False)
+    assert np.isfinite(plain).all()
+    for graphs in (False, True):
+        logits, got_pages = run(True, graphs)
+        for i, got in enumerate(logits):
+            assert np.array_equal(got, plain), f"graphs={graphs} run {i}: {np.count_nonzero(got != plain)} logits differ"
+        assert all(np.array_equal(a, b) for a, b in zip(got_pages, pages)), f"graphs={graphs}: K/V pages differ"
