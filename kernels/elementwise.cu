@@ -11,7 +11,7 @@
 //                all in flight at once (a loop over the row would wait an L2 round trip per element).
 // rope_write_kv: qkv float [N, (H + 2 Hkv) D] (q heads | k heads | v heads); rotate pairs (i, i + D/2) of every
 //                q and k head by angle positions[n] * inv_freq[i] (Hugging Face rotate_half):
-//                x1' = x1 cos - x2 sin,  x2' = x2 cos + x1 sin  (cos/sin float [positions, D/2] tables; rope.cuh)
+//                x1' = x1 cos - x2 sin,  x2' = x2 cos + x1 sin  (cos/sin float [positions, D/2] tables)
 //                q_out[n] = rotated q;  k/v of row n go to cache slot slots[n] (page slot / P, row slot % P;
 //                slot < 0: not written). caches store_t [NP, Hkv, P, D].
 //                grid (N, ceil(((H + Hkv) D / 2 + Hkv D) / 256)), block 256: a thread per rotated pair or
@@ -22,7 +22,6 @@
 // Tests: tests/test_cuda_kernels.py.
 #include "storage.cuh"
 #include "pdl.cuh"
-#include "rope.cuh"
 
 extern "C" __global__ void embedding(const store_t* __restrict__ table, const int* __restrict__ tokens,
                                      float* __restrict__ out, int C) {
@@ -99,7 +98,7 @@ extern "C" __global__ void rope_write_kv(const float* __restrict__ qkv,
         if (head >= H && slot < 0) return;
         const float x1 = qkv[row + head * D + i], x2 = qkv[row + head * D + i + half];
         const float c = cos_table[(long long)positions[n] * half + i], s = sin_table[(long long)positions[n] * half + i];
-        const float y1 = rope_rotate(x1, x2, c, s, true), y2 = rope_rotate(x1, x2, c, s, false);
+        const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
         if (head < H) {
             q_out[((long long)n * H + head) * D + i] = y1;
             q_out[((long long)n * H + head) * D + i + half] = y2;

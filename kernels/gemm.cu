@@ -31,7 +31,6 @@
 #include "cluster.cuh"
 #include "hopper.cuh"
 #include "pdl.cuh"
-#include "rope.cuh"
 
 namespace stream {
 constexpr int ROWS = 128;            // weight rows (columns of y) per block
@@ -300,56 +299,13 @@ extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const 
 // K % (64 S) == 0. Launch: grid (ceil(N / (64 WGS)), S), cluster (1, S, 1), block 128 WGS + 32, dynamic shared
 // memory STAGES x (64 WGS + XROWS) x 128 + 1024 (alignment) + 16 STAGES (barriers).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// ROPE (gemm_wgmma_rope_x{XROWS}: WGS = 1, S = 1, clusters of 2 blocks along N, head dim 128): the QKV GEMM also
-// does elementwise.cu's rope_write_kv, so a layer saves that launch and the fp32 qkv product never reaches memory.
-// A block's 64 columns are one half of a head (x1 = columns 0-63, x2 = 64-127), its cluster partner's the other;
-// each block reads the partner's sums of the same rows through distributed shared memory and writes its own half:
-// q rotated to out (fp32 [M, H, 128]), k rotated and v to their cache slots in bf16 (slot < 0: not written), in
-// the bits of rope_write_kv on the GEMM's output (rope.cuh).
-constexpr int ROPE_D = 128;
-struct RopeTail {
-    const int* positions;  // [M]
-    const float* cos;      // [positions, 64]
-    const float* sin;
-    const int* slots;      // [M]
-    __nv_bfloat16* k_cache;  // [NP, Hkv, P, 128]
-    __nv_bfloat16* v_cache;
-    int H, Hkv, P;
-};
-
-// red [XROWS][RED_STRIDE]: this block's sums, red[m][j] = qkv[m][n0 + j]; the partner's are complete (cluster_sync).
-template <int THREADS, int RED_STRIDE>
-__device__ __forceinline__ void rope_tail(const float* red, const RopeTail& r, float* __restrict__ q, int M, int n0) {
-    constexpr int HALF = ROPE_D / 2;
-    const unsigned partner = (blockIdx.x & 1) ^ 1;  // the cluster spans grid x in pairs
-    const int head = n0 / ROPE_D;
-    const bool first = n0 % ROPE_D == 0;
-    for (int e = threadIdx.x; e < M * HALF; e += THREADS) {
-        const int m = e / HALF, j = e % HALF, i = first ? j : HALF + j, slot = r.slots[m];
-        const float own = red[m * RED_STRIDE + j];
-        if (head < r.H + r.Hkv) {  // q and k heads rotate
-            if (head >= r.H && slot < 0) continue;
-            const float other = load_cluster(red + m * RED_STRIDE + j, partner);
-            const long long at = (long long)r.positions[m] * HALF + j;
-            const float c = r.cos[at], s = r.sin[at];
-            const float y = first ? rope_rotate(own, other, c, s, true) : rope_rotate(other, own, c, s, false);
-            if (head < r.H) q[((long long)m * r.H + head) * ROPE_D + i] = y;
-            else r.k_cache[(((long long)(slot / r.P) * r.Hkv + head - r.H) * r.P + slot % r.P) * ROPE_D + i] = __float2bfloat16_rn(y);
-        } else if (slot >= 0) {
-            r.v_cache[(((long long)(slot / r.P) * r.Hkv + head - r.H - r.Hkv) * r.P + slot % r.P) * ROPE_D + i] = __float2bfloat16_rn(own);
-        }
-    }
-}
-
 // GLU (the gated variant, WGS = 2, S = 1): W is the fused [gate; up] weight [2I, K] and N = I. A block's
 // warpgroup 0 takes gate rows n0 .. n0 + 63 and warpgroup 1 the up rows I + n0 .., so the epilogue writes
 // act [M, I] = silu(gate) * up in bf16 (the expression of elementwise.cu's silu_mul, so the bits are those of
 // the GEMM followed by silu_mul) and the fp32 [M, 2I] product never reaches memory.
-template <int WGS, int XROWS, int STAGES, int S, bool GLU = false, bool ROPE = false>
-__device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K,
-                                const RopeTail& rope = {}) {
+template <int WGS, int XROWS, int STAGES, int S, bool GLU = false>
+__device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K) {
     static_assert(!GLU || (WGS == 2 && S == 1), "the gated epilogue pairs two warpgroups' rows in one block");
-    static_assert(!ROPE || (WGS == 1 && S == 1 && !GLU), "the rotated epilogue pairs two blocks' 64 rows");
     constexpr int ROWS = 64 * WGS, BK = 64, THREADS = 128 * WGS + 32;
     constexpr int W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
     constexpr int RED_STRIDE = ROWS + 4;                     // floats per x row of the reduction buffer
@@ -433,12 +389,6 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
         store_cluster_glu<1, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<__nv_bfloat16*>(out), M, N, n0);
         return;
     }
-    if constexpr (ROPE) {
-        cluster_sync();  // the partner's sums are in its shared memory
-        rope_tail<THREADS, RED_STRIDE>(red, rope, reinterpret_cast<float*>(out), M, n0);
-        cluster_sync();  // no block leaves while its partner reads its shared memory
-        return;
-    }
     store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out), M, N, n0);
 }
 
@@ -461,19 +411,6 @@ GEMM_WGMMA_CLUSTERS(1, 64, 13)
 GEMM_WGMMA_CLUSTERS(1, 32, 18)
 GEMM_WGMMA_CLUSTERS(1, 16, 22)
 GEMM_WGMMA_CLUSTERS(2, 64, 4)
-// gemm_wgmma_rope_x{XROWS}: q fp32 [M, H, 128] and the K/V cache slots from x [M, K] and the fused QKV weight
-// [(H + 2 Hkv) 128, K] (ROPE above); the launch of gemm_wgmma_w1_x{XROWS}_s1, grid N / 64 (even), clusters (2, 1, 1).
-#define GEMM_WGMMA_ROPE(XROWS, STAGES)                                                                               \
-    extern "C" __global__ void __launch_bounds__(160, 2) __cluster_dims__(2, 1, 1) gemm_wgmma_rope_x##XROWS(         \
-        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* q, int M, int N, int K, \
-        const int* positions, const float* cos, const float* sin, const int* slots, __nv_bfloat16* k_cache,         \
-        __nv_bfloat16* v_cache, int H, int Hkv, int P) {                                                            \
-        gemm_wgmma_body<1, XROWS, STAGES, 1, false, true>(w_map, x_map, q, M, N, K,                                   \
-                                                          RopeTail{positions, cos, sin, slots, k_cache, v_cache, H, Hkv, P}); \
-    }
-GEMM_WGMMA_ROPE(16, 22)
-GEMM_WGMMA_ROPE(32, 18)
-GEMM_WGMMA_ROPE(64, 13)
 // gemm_wgmma_glu: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight (64-row boxes);
 // grid ceil(I / 64), block 288, the shared memory of gemm_wgmma_w2
 extern "C" __global__ void __launch_bounds__(288, 2) gemm_wgmma_glu(const __grid_constant__ TensorMap w_map,

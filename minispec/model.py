@@ -1,6 +1,6 @@
 """The Llama forward over a step plan, written once for every backend.
 
-Per layer: RMSNorm -> fused QKV GEMM -> RoPE + write K/V to slots (one op: the GPU may rotate in the GEMM) -> paged tree
+Per layer: RMSNorm -> fused QKV GEMM -> RoPE + write K/V to slots -> paged tree
 attention -> O GEMM -> (+ residual) RMSNorm -> fused gate/up GEMM -> SiLU*mul ->
 down GEMM. Then the final norm and the LM head, only for the rows that need logits.
 """
@@ -85,8 +85,8 @@ class Model:
             for i in range(self.num_layers):
                 layer = w.layers[i]
                 h, residual = ops.add_rmsnorm(x, residual, layer.attn_norm, c.rms_norm_eps)  # [N, hidden]
-                # the QKV product [N, (H + 2 Hkv) D], rotated: q [N, H, D]; K/V to their slots
-                q = ops.linear_rope_write_kv(h, layer.wqkv, plan, self.inv_freq, cache.k[i], cache.v[i], H, Hkv, D)
+                qkv = ops.linear(h, layer.wqkv)  # [N, (H + 2 Hkv) D]
+                q = ops.rope_write_kv(qkv, plan, self.inv_freq, cache.k[i], cache.v[i], H, Hkv, D)  # [N, H, D]; K/V to slots
                 o = ops.attention(q, cache.k[i], cache.v[i], plan, self.scale)  # [N, H D]
                 x = ops.linear(o, layer.wo)  # [N, hidden]
                 h, residual = ops.add_rmsnorm(x, residual, layer.mlp_norm, c.rms_norm_eps)

@@ -220,47 +220,6 @@ def test_gemm_wgmma_glu_equals_gemm_then_silu_mul(M, I, K):
     assert_close(host_float(fused, "bfloat16"), expected, 1e-2, 1e-2 * np.abs(expected).max(), f"gate_up_silu M={M} I={I} K={K}")
 
 
-@pytest.mark.parametrize("X", [16, 32, 64])
-@pytest.mark.parametrize("M", [1, 5, 16, 17, 40, 64])
-@pytest.mark.parametrize("H,Hkv,K", [(4, 2, 1024), (32, 8, 4096)])
-def test_gemm_wgmma_rope_equals_gemm_then_rope_write_kv(M, X, H, Hkv, K):
-    """linear_rope_write_kv on gemm_wgmma_rope (Hopper): the rotation in the QKV GEMM's epilogue, each block
-    reading its head's other half from its cluster partner, gives the bits of gemm_wgmma followed by rope_write_kv:
-    q (poisoned first), and K/V in their shuffled cache slots with padded rows (slot -1) writing none; every x box
-    height; positions past the first cos/sin table."""
-    import cupy as cp
-
-    be, rng = backend("bfloat16"), np.random.default_rng(M + X + H + K)
-    if not be.hopper:
-        pytest.skip("gemm_wgmma needs a Hopper GPU")
-    if M > X:
-        pytest.skip(f"{M} rows do not fit {X}-row x boxes")
-    D, NP, P = 128, 40, 16
-    N = (H + 2 * Hkv) * D
-    be.gemm, be.gemm_cluster, be.gemm_wgmma_groups, be.gemm_wgmma_xrows = "own", 1, 1, X
-    assert be.rope_tail_serves(M, N, K, D)
-    x = be.convert(rng.normal(size=(M, K)).astype(np.float32))
-    w = be.convert((rng.normal(size=(N, K)) / np.sqrt(K)).astype(np.float32))
-    inv_freq = 1.0 / (500000.0 ** (np.arange(0, D, 2) / D))
-
-    class Plan:  # what the rotation reads
-        max_position = 5000
-    plan = Plan()
-    plan.positions = cp.asarray(rng.integers(0, 5000, size=M).astype(np.int32))
-    slots = rng.permutation(NP * P)[:M].astype(np.int32)
-    slots[:: 3] = -1  # padded rows
-    plan.slots = cp.asarray(slots)
-    initial = rng.normal(size=(NP, Hkv, P, D)).astype(np.float32)
-    caches = [[be.convert(initial), be.convert(-initial)] for _ in range(2)]
-
-    y = cp.full((M, N), cp.nan, dtype=cp.float32)
-    be.gemm_wgmma(x, w, y)
-    q_expected = be.rope_write_kv(y, plan, inv_freq, *caches[0], H, Hkv, D)
-    q = be.linear_rope_write_kv(x, w, plan, inv_freq, *caches[1], H, Hkv, D)
-    assert cp.array_equal(q, q_expected), "rotated q: the bits of gemm_wgmma then rope_write_kv"
-    assert cp.array_equal(caches[1][0], caches[0][0]) and cp.array_equal(caches[1][1], caches[0][1]), "the same K/V in the same slots"
-
-
 @pytest.mark.parametrize("S", [1, 2, 4, 8])
 @pytest.mark.parametrize("M", [1, 8, 13, 16])
 @pytest.mark.parametrize("I,K", [(333, 1024), (2048, 2048)])

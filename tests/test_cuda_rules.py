@@ -205,21 +205,6 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
     assert rules.glu_kernel(M, 3072, 576) is None
 
 
-@pytest.mark.parametrize("M", [1, 16, 17, 64])
-def test_rope_tail_takes_the_8b_qkv_product(M):
-    """linear_rope_write_kv rotates inside the GEMM (gemm_wgmma_rope) where a head is two one-warpgroup blocks and
-    K is not split: the 8B QKV product at every row count, not the default model's (head dim 64), nor float32 mode,
-    nor a weight whose blocks would split K."""
-    rules = gemm_rules_backend()
-    rules.gemm_wgmma_xrows = None
-    serves = lambda M, N, K, D: CudaBackend.rope_tail_serves(rules, M, N, K, D)  # noqa: E731
-    assert serves(M, 6144, 4096, 128)
-    assert not serves(M, 960, 576, 64)
-    assert not serves(M, 1024, 16384, 128)  # 16 tiles of 2 MB: K split over clusters of 4 blocks
-    rules.bf16 = False
-    assert not serves(M, 6144, 4096, 128)
-
-
 def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     """The backend sizes gemm_wgmma's shared memory from WGMMA_GEMM_STAGES: every (warpgroups, x rows) it names must
     be instantiated in kernels/gemm.cu with that ring depth (a deeper kernel than the table would overrun its
@@ -230,6 +215,3 @@ def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     built = {(int(g), int(x)): int(s) for g, x, s in re.findall(r"^GEMM_WGMMA_CLUSTERS\((\d+), (\d+), (\d+)\)", source, re.M)}
     assert built == WGMMA_GEMM_STAGES
     assert re.search(r"gemm_wgmma_body<2, 64, (\d+), 1, true>", source).group(1) == str(WGMMA_GEMM_STAGES[2, 64])
-    # gemm_wgmma_rope_x{X} is launched as gemm_wgmma_w1_x{X} (its ring and shared memory)
-    rope = {(1, int(x)): int(s) for x, s in re.findall(r"^GEMM_WGMMA_ROPE\((\d+), (\d+)\)", source, re.M)}
-    assert rope == {key: stages for key, stages in WGMMA_GEMM_STAGES.items() if key[0] == 1}

@@ -678,10 +678,9 @@ class CudaBackend:
         G = self.gemm_wgmma_groups or self.wgmma_groups(N)
         return G, self.gemm_cluster or self.wgmma_cluster_size(-(-N // (64 * G)), K, G)
 
-    def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int, extra=()) -> None:
+    def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int) -> None:
         """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
-        descriptor made once per weight), into out (then the `extra` arguments); x's descriptor per call (a captured
-        graph keeps it)."""
+        descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it)."""
         M, K = x.shape
         w_map = self.tensor_maps.get((weight,), box_rows)
         if w_map is None:
@@ -691,7 +690,7 @@ class CudaBackend:
         stages = WGMMA_GEMM_STAGES[G, X]
         shared = stages * (64 * G + X) * 64 * 2 + 1024 + 16 * stages  # the ring (W and x stages), alignment, barriers
         allow_shared(kernel, shared)
-        self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K), *extra), shared)
+        self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K)), shared)
 
     def wgmma_groups(self, N: int) -> int:
         """gemm_wgmma's warpgroups a block: 2 (128 rows) where that gives every SM a tile without splitting K,
@@ -774,41 +773,6 @@ class CudaBackend:
             angle = np.arange(size, dtype=np.float64)[:, None] * inv_freq[None, :]  # float64 like the reference
             cached = self.rope_cache.put((inv_freq,), (), (self.cp.asarray(np.cos(angle).astype(np.float32)), self.cp.asarray(np.sin(angle).astype(np.float32))))
         return cached
-
-    def linear_rope_write_kv(self, h, wqkv, plan: DevicePlan, inv_freq, k_cache, v_cache, H, Hkv, D):
-        """rope_write_kv(linear(h, wqkv), ...): one launch of gemm_wgmma_rope (kernels/gemm.cu), which rotates
-        in the GEMM's epilogue, where rope_tail_serves; else the two ops. The same bits either way."""
-        M, K = h.shape
-        N = wqkv.shape[0]
-        if not self.rope_tail_serves(M, N, K, D):
-            return self.rope_write_kv(self.linear(h, wqkv), plan, inv_freq, k_cache, v_cache, H, Hkv, D)
-        q = self.cp.empty((M, H, D), dtype=self.cp.float32)
-        self.gemm_wgmma_rope(h, wqkv, plan, inv_freq, k_cache, v_cache, H, Hkv, q)
-        return q
-
-    def rope_tail_serves(self, M: int, N: int, K: int, D: int) -> bool:
-        """Whether linear_rope_write_kv takes gemm_wgmma_rope: head dim 128 (a head is two 64-row blocks), where
-        `linear` takes gemm_wgmma with one warpgroup a block and no split of K (the 8B QKV product at every M)."""
-        return (self.bf16 and D == 128 and N % 128 == 0 and self.own_gemm_chosen(M, N, K) and self.own_kernel(M, N, K) == "wgmma"
-                and self.wgmma_shape(N, K) == (1, 1))
-
-    def gemm_wgmma_rope(self, h, wqkv, plan: DevicePlan, inv_freq, k_cache, v_cache, H: int, Hkv: int, q) -> None:
-        """gemm_wgmma_rope_x{X} (kernels/gemm.cu): h [M, K] times the fused QKV weight [(H + 2 Hkv) 128, K], rotated
-        as rope_write_kv does: q fp32 [M, H, 128], k and v to their cache slots (plan.slots); x in X-row boxes
-        (wgmma_xrows), clusters of the two blocks of a head."""
-        M, K = h.shape
-        N, P = wqkv.shape[0], k_cache.shape[2]
-        self._check(h, self.store_dtype, 2, "linear input")
-        if not (self.hopper and self.bf16 and 0 < M <= 64 and K % 64 == 0 and N == (H + 2 * Hkv) * 128 and wqkv.shape[1] == K
-                and q.shape == (M, H, 128) and k_cache.shape[1:] == (Hkv, P, 128)):
-            raise ValueError(f"gemm_wgmma_rope: x [{M}, {K}], W {wqkv.shape}, q {q.shape}, cache {k_cache.shape} "
-                             f"(Hopper, bf16, 1-64 rows, K % 64 == 0, head dim 128, H = {H}, Hkv = {Hkv})")
-        X = self.gemm_wgmma_xrows or wgmma_xrows(M, 1)
-        if M > X or (1, X) not in WGMMA_GEMM_STAGES:
-            raise ValueError(f"gemm_wgmma_rope: no kernel takes {M} rows in {X}-row x boxes")
-        cos, sin = self.rope_tables(inv_freq, plan.max_position)
-        extra = (plan.positions, cos, sin, plan.slots, k_cache, v_cache, np.int32(H), np.int32(Hkv), np.int32(P))
-        self.launch_wgmma(f"gemm_wgmma_rope_x{X}", 1, X, (N // 64, 1), h, wqkv, 64, q, N, extra)
 
     def rope_write_kv(self, qkv, plan: DevicePlan, inv_freq, k_cache, v_cache, H, Hkv, D):
         """qkv fp32 [N, (H + 2 Hkv) D] -> rotated q fp32 [N, H, D]; rotated k and v go to their cache slots."""

@@ -163,10 +163,6 @@ class NumpyBackend:
         """silu(h W_gate^T) * (h W_up^T) from the fused [2I, K] weight (the CUDA backend may do both in one kernel)."""
         return silu_mul(linear(h, w_gate_up))
 
-    def linear_rope_write_kv(self, h, wqkv, plan: StepPlan, inv_freq, k_cache, v_cache, H, Hkv, D):
-        """rope_write_kv(linear(h, wqkv), ...) (the CUDA backend may rotate inside the GEMM)."""
-        return self.rope_write_kv(linear(h, wqkv), plan, inv_freq, k_cache, v_cache, H, Hkv, D)
-
     def rope_write_kv(self, qkv, plan: StepPlan, inv_freq, k_cache, v_cache, H, Hkv, D):
         q, k, v = split_qkv_rope(qkv, plan.positions, inv_freq, H, Hkv, D)
         write_kv(k_cache, v_cache, k, v, plan.slots, k_cache.shape[2])

@@ -13,7 +13,6 @@ anew (step_times makes a new cache, which keys them).
   head_stream  8B LM head at 17-64 rows on gemm_stream instead of gemm_wgmma (two warpgroups)
   rings2     one-warpgroup gemm_wgmma rings of 10 / 9 / 6 stages (16 / 32 / 64-row x boxes), two blocks an SM, so
              that a GEMM's blocks copy their first weights beside the kernel before it
-  norope     RoPE + K/V write launched on its own after the QKV GEMM (before gemm_wgmma_rope, stop 40)
   A+B        both
 
     PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
@@ -37,7 +36,7 @@ cfg = llama_8b_config()
 cp.random.seed(0)
 model = Model(cfg, random_model_on_gpu(cfg, be), be)
 O, QKV = (4096, 4096), (6144, 4096)  # (N, K)
-RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_size", "own_gemm_serves", "rope_tail_serves")
+RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_size", "own_gemm_serves")
 
 
 SMALL_RINGS = {(1, 16): 10, (1, 32): 9, (1, 64): 6}  # <= 111 KB of shared memory: two blocks an SM
@@ -92,8 +91,6 @@ def apply(variant: str) -> None:
             fits, serves = be.wgmma_gemm_fits, be.own_gemm_serves
             be.wgmma_gemm_fits = lambda M, N, K, fits=fits: False if N == 128256 and M > 16 else fits(M, N, K)
             be.own_gemm_serves = lambda M, N, K, serves=serves: True if N == 128256 else serves(M, N, K)
-        elif part == "norope":
-            be.rope_tail_serves = lambda M, N, K, D: False
         elif part == "rings2":  # one-warpgroup rings small enough for two blocks an SM
             use_rings({**COMMITTED_RINGS, **SMALL_RINGS})
         elif part != "rule":
