@@ -377,14 +377,15 @@ class Candidates:
                 added.append(len(self.tokens) - 1)
         return added
 
-    def expand_sampled(self, nodes: list[int], logits: np.ndarray, params, width: int, limit: int, rng) -> list[int]:
-        """Give the `width` best of `nodes` `width` children each, drawn i.i.d. from their q (the draft's distribution,
-        rows of `logits`, under the sequence's sampling `params`) with the sequence's generator: a SpecInfer tree. Which
+    def expand_sampled(self, nodes: list[int], grow: list[int], logits: np.ndarray, params, width: int, limit: int, rng) -> list[int]:
+        """Give the `width` best of `nodes` (at positions `grow`: growing(nodes, width)) `width` children each, drawn
+        i.i.d. from their q (the draft's distribution, rows of `logits`, one a node, under the sequence's sampling
+        `params`) with the sequence's generator: a SpecInfer tree. Which
         nodes grow depends on their own values, never on their children's, and a node cut short by `limit` keeps
         the first of its draws: so the children of every node are i.i.d. draws from its q, which the SpecInfer rule
         (verify.verify_sampled) needs to be lossless. No pruning by value follows (tree_sampled)."""
         added = []
-        for i in self.growing(nodes, width):
+        for i in grow:
             if len(self.tokens) >= limit:
                 break
             node = nodes[i]
@@ -488,7 +489,7 @@ class ModelDrafter(NoDrafter):
         a sampled one (rows: the logits rows, every node's; up to the cap)."""
         if seq.params.greedy:
             return candidates.expand(nodes, grow, rows, width, limit)
-        return candidates.expand_sampled(nodes, rows, seq.params, width, cap, seq.rng)
+        return candidates.expand_sampled(nodes, grow, rows, seq.params, width, cap, seq.rng)
 
     def commit(self, seq, path, accepted) -> None:
         state = self.state[id(seq)]

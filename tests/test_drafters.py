@@ -171,14 +171,14 @@ def test_sampled_draft_children_are_iid_draws_from_q():
     q_root = target_distribution(logits[0], params)
     c = Candidates(root=7)
     seed_draws = np.random.default_rng(11).random(3)
-    assert c.expand_sampled([0], logits[:1], params, 3, 64, np.random.default_rng(11)) == [1, 2, 3]
+    assert c.expand_sampled([0], [0], logits[:1], params, 3, 64, np.random.default_rng(11)) == [1, 2, 3]
     assert c.tokens[1:] == [sample_from(q_root, u) for u in seed_draws] and c.parents[1:] == [0, 0, 0]
     assert all(q_root[t] > 0 for t in c.tokens[1:])  # within the top-k
     assert np.isclose(c.score[1], np.log(q_root[c.tokens[1]]))
     # the next level: the two best of the three children grow (ties keep order), the limit cuts the second short
     order = sorted(range(3), key=lambda i: -c.score[1 + i])[:2]
     frontier_rows = logits[[1, 2, 1]]
-    added = c.expand_sampled([1, 2, 3], frontier_rows, params, 2, 7, np.random.default_rng(5))
+    added = c.expand_sampled([1, 2, 3], c.growing([1, 2, 3], 2), frontier_rows, params, 2, 7, np.random.default_rng(5))
     assert added == [4, 5, 6] and c.parents[4:] == [1 + order[0], 1 + order[0], 1 + order[1]]
     u = np.random.default_rng(5).random(4)  # two draws a grown node, the second node's second unused
     first, second = (target_distribution(frontier_rows[i], params) for i in order)
@@ -190,7 +190,7 @@ def test_sampled_draft_children_are_iid_draws_from_q():
     counts, draws = np.zeros(V), np.random.default_rng(0)
     for _ in range(4000):
         grown = Candidates(root=0)
-        grown.expand_sampled([0], logits[:1], params, 2, 64, draws)
+        grown.expand_sampled([0], [0], logits[:1], params, 2, 64, draws)
         for token in grown.tokens[1:]:
             counts[token] += 1
     assert 0.5 * np.abs(counts / counts.sum() - q_root).sum() < 0.02
