@@ -72,19 +72,19 @@ __device__ __forceinline__ void store_cluster_sums(const float* red, float* __re
     if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
 }
 
-// The gated end (GLU) of a block whose 128 weight rows are 64 gate rows (columns c0 .. c0 + 63 of act) and the
-// 64 matching up rows: red[m][j] holds gate column c0 + j, red[m][64 + j] its up column. Rank r of the cluster
-// writes act [M, I] columns c0 + r 64 / S .. in bf16 as silu(gate) * up, the expression of elementwise.cu's
+// The gated end (GLU) of a block whose 2 HALF weight rows are HALF gate rows (columns c0 .. c0 + HALF - 1 of act)
+// and the HALF matching up rows: red[m][j] holds gate column c0 + j, red[m][HALF + j] its up column. Rank r of the
+// cluster writes act [M, I] columns c0 + r HALF / S .. in bf16 as silu(gate) * up, the expression of elementwise.cu's
 // silu_mul on the same fp32 sums, so the bits are those of the GEMM followed by silu_mul.
-template <int S, int XROWS, int RED_STRIDE, int THREADS>
+template <int S, int XROWS, int RED_STRIDE, int THREADS, int HALF = 64>
 __device__ __forceinline__ void store_cluster_glu(const float* red, __nv_bfloat16* __restrict__ act, int M, int I, int c0) {
     if constexpr (S > 1) cluster_sync();
-    constexpr int SLICE = 64 / S;
+    constexpr int SLICE = HALF / S;
     const int rank = blockIdx.y;
     for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
         const int m = e / SLICE, j = rank * SLICE + e % SLICE;
         if (m >= M || c0 + j >= I) continue;
-        const float gate = cluster_sum<S>(red + m * RED_STRIDE + j), up = cluster_sum<S>(red + m * RED_STRIDE + 64 + j);
+        const float gate = cluster_sum<S>(red + m * RED_STRIDE + j), up = cluster_sum<S>(red + m * RED_STRIDE + HALF + j);
         act[(long long)m * I + c0 + j] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
     }
     if constexpr (S > 1) cluster_sync();
@@ -237,7 +237,7 @@ GEMM_STREAM_CLUSTERS(16, 64, 4)
 GEMM_STREAM_CLUSTERS(32, 64, 4)
 GEMM_STREAM_CLUSTERS(64, 64, 4)
 // gemm_stream_glu_r{R}_k128_s{S}: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight, up to
-// 16 rows (the gate/up product of a decode step where gemm_wgmma_glu does not serve): grid (ceil(I / 64), S,
+// 16 rows (the gate/up product of a decode step where gemm_wgmma_glu_w* does not serve): grid (ceil(I / 64), S,
 // ceil(M / R)), otherwise gemm_stream's launch. The [M, 2I] fp32 product never reaches memory, and silu_mul's
 // launch is saved.
 #define GEMM_STREAM_GLU(R, BK, STAGES, S, CLUSTER)                                                                     \
@@ -299,13 +299,14 @@ extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const 
 // K % (64 S) == 0. Launch: grid (ceil(N / (64 WGS)), S), cluster (1, S, 1), block 128 WGS + 32, dynamic shared
 // memory STAGES x (64 WGS + XROWS) x 128 + 1024 (alignment) + 16 STAGES (barriers).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// GLU (the gated variant, WGS = 2, S = 1): W is the fused [gate; up] weight [2I, K] and N = I. A block's
-// warpgroup 0 takes gate rows n0 .. n0 + 63 and warpgroup 1 the up rows I + n0 .., so the epilogue writes
+// GLU (the gated variant, WGS even, S = 1): W is the fused [gate; up] weight [2I, K] and N = I, read in 64-row
+// boxes. A block's first WGS / 2 warpgroups take gate rows n0 .. n0 + 32 WGS - 1 and the others the matching up
+// rows I + n0 .., so the epilogue writes
 // act [M, I] = silu(gate) * up in bf16 (the expression of elementwise.cu's silu_mul, so the bits are those of
 // the GEMM followed by silu_mul) and the fp32 [M, 2I] product never reaches memory.
 template <int WGS, int XROWS, int STAGES, int S, bool GLU = false>
 __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K) {
-    static_assert(!GLU || (WGS == 2 && S == 1), "the gated epilogue pairs two warpgroups' rows in one block");
+    static_assert(!GLU || (WGS % 2 == 0 && S == 1), "the gated epilogue pairs gate and up warpgroups' rows in one block");
     constexpr int ROWS = 64 * WGS, BK = 64, THREADS = 128 * WGS + 32;
     constexpr int W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
     constexpr int RED_STRIDE = ROWS + 4;                     // floats per x row of the reduction buffer
@@ -318,7 +319,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     // read through a shuffle so the compiler knows it warp-uniform (else ptxas serialises the wgmma)
     const int warp = __shfl_sync(0xffffffff, threadIdx.x / 32, 0), group = warp / 4;  // group WGS: the producer
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int n0 = blockIdx.x * (GLU ? 64 : ROWS), k_len = K / S, k_begin = blockIdx.y * k_len, steps = k_len / BK;
+    const int n0 = blockIdx.x * (GLU ? ROWS / 2 : ROWS), k_len = K / S, k_begin = blockIdx.y * k_len, steps = k_len / BK;
     if (threadIdx.x == 0)
         for (int i = 0; i < STAGES; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 4 * WGS);
     __syncthreads();
@@ -329,8 +330,12 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
             auto load_weights = [&](int i) {  // stage i's weights; its full barrier expects its x too
                 const int slot = i % STAGES;
                 mbarrier_expect_bytes(full + slot, (W_TILE + X_TILE) * 2);
-                tma_load(w_ring + slot * W_TILE, &w_map, k_begin + i * BK, n0, full + slot);
-                if (GLU) tma_load(w_ring + slot * W_TILE + 64 * BK, &w_map, k_begin + i * BK, N + n0, full + slot);  // up rows
+                if constexpr (GLU) {  // gate boxes, then the matching up boxes
+#pragma unroll
+                    for (int b = 0; b < WGS; b++)
+                        tma_load(w_ring + slot * W_TILE + b * 64 * BK, &w_map, k_begin + i * BK,
+                                 (b < WGS / 2 ? 0 : N) + n0 + b % (WGS / 2) * 64, full + slot);
+                } else tma_load(w_ring + slot * W_TILE, &w_map, k_begin + i * BK, n0, full + slot);
             };
             auto load_x = [&](int i) {  // stage i's x, after its weights were issued; the producer's arrival on it
                 tma_load(x_ring + i % STAGES * X_TILE, &x_map, k_begin + i * BK, 0, full + i % STAGES);
@@ -386,7 +391,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
                 red[(8 * j + 2 * t + (e & 1)) * RED_STRIDE + group * 64 + warp % 4 * 16 + g + 8 * (e >> 1)] = acc[j][e];
     __syncthreads();
     if constexpr (GLU) {
-        store_cluster_glu<1, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<__nv_bfloat16*>(out), M, N, n0);
+        store_cluster_glu<1, XROWS, RED_STRIDE, THREADS, ROWS / 2>(red, reinterpret_cast<__nv_bfloat16*>(out), M, N, n0);
         return;
     }
     store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out), M, N, n0);
@@ -411,10 +416,17 @@ GEMM_WGMMA_CLUSTERS(1, 64, 13)
 GEMM_WGMMA_CLUSTERS(1, 32, 18)
 GEMM_WGMMA_CLUSTERS(1, 16, 22)
 GEMM_WGMMA_CLUSTERS(2, 64, 4)
-// gemm_wgmma_glu: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight (64-row boxes);
-// grid ceil(I / 64), block 288, the shared memory of gemm_wgmma_w2
-extern "C" __global__ void __launch_bounds__(288, 2) gemm_wgmma_glu(const __grid_constant__ TensorMap w_map,
-        const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K) {
-    gemm_wgmma_body<2, 64, 4, 1, true>(w_map, x_map, act, M, I, K);
-}
+// gemm_wgmma_glu_w{WGS}: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight (64-row
+// boxes), 32 WGS gate columns a block; grid ceil(I / (32 WGS)), block 128 WGS + 32, STAGES x (64 WGS + 64) x 128 +
+// 1024 + 16 STAGES bytes of dynamic shared memory. w2: two blocks an SM, the ring of gemm_wgmma_w2. w4: one block an
+// SM, 5 stages (200 KB), for gate/up weights of at most a 128-column tile an SM: 8B gate/up (112 blocks) at 17 rows
+// 71.3 -> 63.0 µs, at 32 65.4 -> 63.6, at 64 level (64.1) on an H200 (notes/glu_groups_h200_stop41.log; the w2
+// kernel's x boxes are mostly TMA zero fill there, and each SM then issues twice as many of them).
+#define GEMM_WGMMA_GLU(WGS, STAGES, MIN_BLOCKS)                                                                      \
+    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, MIN_BLOCKS) gemm_wgmma_glu_w##WGS(                 \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K) { \
+        gemm_wgmma_body<WGS, 64, STAGES, 1, true>(w_map, x_map, act, M, I, K);                                        \
+    }
+GEMM_WGMMA_GLU(2, 4, 2)
+GEMM_WGMMA_GLU(4, 5, 1)
 #endif

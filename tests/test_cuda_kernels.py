@@ -197,25 +197,31 @@ def test_gemm_wgmma_every_cluster_size(M, S, G, X, N, K):
     check_cluster_gemm(be, be.gemm_wgmma, M, N, K, np.random.default_rng(M * 8 + S + K + N + G), what)
 
 
+@pytest.mark.parametrize("G", [2, 4])
 @pytest.mark.parametrize("M", [17, 40, 64])
 @pytest.mark.parametrize("I,K", [(333, 1024), (2048, 576)])
-def test_gemm_wgmma_glu_equals_gemm_then_silu_mul(M, I, K):
-    """gate_up_silu on the gated gemm_wgmma (Hopper): the bits of gemm_wgmma followed by silu_mul, I off the
-    64-row tile (the last block's gate box runs into up rows, whose columns it must not write), and close to
+def test_gemm_wgmma_glu_equals_gemm_then_silu_mul(M, I, K, G):
+    """gemm_wgmma_glu_w{G} (Hopper; G warpgroups a block, 32 G gate columns): the bits of gemm_wgmma of two
+    warpgroups followed by silu_mul, I off the block's tile (the last block's gate boxes run into up rows, whose
+    columns it must not write), act poisoned first; gate_up_silu takes a gated kernel with those bits; and close to
     silu(gate) * up from float64 sums of the bf16 operands."""
     import cupy as cp
 
-    be, rng = backend("bfloat16"), np.random.default_rng(M + I + K)
+    from minispec.backends.cuda_backend import WGMMA_GLU_STAGES
+
+    be, rng = backend("bfloat16"), np.random.default_rng(M + I + K + G)
     if not be.hopper:
         pytest.skip("gemm_wgmma needs a Hopper GPU")
-    be.gemm, be.gemm_cluster, be.gemm_wgmma_groups = "own", 1, 2  # one pass of two warpgroups, as the gated kernel
+    be.gemm, be.gemm_cluster, be.gemm_wgmma_groups = "own", 1, 2  # one pass of two warpgroups, as the gated kernels
     assert be.glu_kernel(M, 2 * I, K) == "wgmma"
     xs, ws = rng.normal(size=(M, K)).astype(np.float32), (rng.normal(size=(2 * I, K)) / np.sqrt(K)).astype(np.float32)
     x, w = be.convert(xs), be.convert(ws)
-    fused = be.gate_up_silu(x, w)
+    fused = cp.full((M, I), cp.nan, dtype=be.store_dtype)
+    be.launch_wgmma(f"gemm_wgmma_glu_w{G}", G, 64, (-(-I // (32 * G)),), x, w, 64, fused, I, WGMMA_GLU_STAGES[G])
     y = cp.full((M, 2 * I), cp.nan, dtype=cp.float32)
     be.gemm_wgmma(x, w, y)
     assert cp.array_equal(fused, be.silu_mul(y)), "the gated epilogue gives the bits of gemm_wgmma then silu_mul"
+    assert cp.array_equal(be.gate_up_silu(x, w), fused), "gate_up_silu takes a gated kernel of the same bits"
     expected = ref.silu_mul(stored(xs, "bfloat16").astype(np.float64) @ stored(ws, "bfloat16").astype(np.float64).T)
     assert_close(host_float(fused, "bfloat16"), expected, 1e-2, 1e-2 * np.abs(expected).max(), f"gate_up_silu M={M} I={I} K={K}")
 

@@ -177,7 +177,7 @@ def test_a_stretch_load_sends_every_token_and_converts_only_the_new_ones():
 def gemm_rules_backend(sm_count: int = 132):
     """A stand-in CudaBackend with the GEMM dispatch's rules and nothing forced (its methods, no GPU)."""
     names = ("wgmma_gemm_fits", "wgmma_stream", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves",
-             "own_gemm_chosen", "own_kernel", "glu_kernel", "stream_launch_shape", "stream_cluster_size")
+             "own_gemm_chosen", "own_kernel", "glu_kernel", "wgmma_glu_groups", "stream_launch_shape", "stream_cluster_size")
     rules = type("Rules", (), {name: getattr(CudaBackend, name) for name in names})()
     rules.sm_count, rules.hopper, rules.gemm_wgmma_groups, rules.gemm_cluster = sm_count, True, None, None
     rules.bf16, rules.gemm, rules.cublas = True, None, object()
@@ -190,8 +190,9 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
     a block at 1-64 rows where a block streams 512 KB or more (8B qkv, O, down; O in 64 blocks of 512 KB rather than
     128 of 256), gemm_stream at up to 16 rows where blocks of two warpgroups would serve (8B gate/up, LM head: there
     16-row x boxes have no kernel), and the small default model's products at up to 16 rows. The 8B gate/up
-    product takes a gated kernel at every M (gemm_stream_glu up to 16 rows, gemm_wgmma_glu past), the default
-    model's none (cuBLAS serves it)."""
+    product takes a gated kernel at every M (gemm_stream_glu up to 16 rows, gemm_wgmma_glu past, with four
+    warpgroups a block: its 112 blocks fit the SMs; notes/glu_groups_h200_stop41.log), the default model's none
+    (cuBLAS serves it)."""
     rules = gemm_rules_backend()
     eight_b = {"qkv": (4096, 6144), "o": (4096, 4096), "down": (14336, 4096), "gate/up": (4096, 28672), "lm head": (4096, 128256)}
     for name, (K, N) in eight_b.items():
@@ -202,16 +203,18 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
     for K, N in ((576, 960), (576, 3072), (1536, 576)):  # the default model: short streams
         assert rules.wgmma_gemm_fits(M, N, K) == (M > 16)
     assert rules.glu_kernel(M, 28672, 4096) == ("stream" if M <= 16 else "wgmma")
+    assert rules.wgmma_glu_groups(14336) == 4 and rules.wgmma_glu_groups(28672) == 2  # 8B: 112 blocks; 70B: 224
     assert rules.glu_kernel(M, 3072, 576) is None
 
 
 def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     """The backend sizes gemm_wgmma's shared memory from WGMMA_GEMM_STAGES: every (warpgroups, x rows) it names must
     be instantiated in kernels/gemm.cu with that ring depth (a deeper kernel than the table would overrun its
-    shared memory), and the gated kernel's body takes the (2, 64) entry's."""
-    from minispec.backends.cuda_backend import WGMMA_GEMM_STAGES
+    shared memory), and the gated kernels' depths are WGMMA_GLU_STAGES' (two warpgroups: the (2, 64) entry's)."""
+    from minispec.backends.cuda_backend import WGMMA_GEMM_STAGES, WGMMA_GLU_STAGES
 
     source = kernel_source("gemm.cu")
     built = {(int(g), int(x)): int(s) for g, x, s in re.findall(r"^GEMM_WGMMA_CLUSTERS\((\d+), (\d+), (\d+)\)", source, re.M)}
     assert built == WGMMA_GEMM_STAGES
-    assert re.search(r"gemm_wgmma_body<2, 64, (\d+), 1, true>", source).group(1) == str(WGMMA_GEMM_STAGES[2, 64])
+    glu = {int(g): int(s) for g, s, _ in re.findall(r"^GEMM_WGMMA_GLU\((\d+), (\d+), (\d+)\)", source, re.M)}
+    assert glu == WGMMA_GLU_STAGES and glu[2] == WGMMA_GEMM_STAGES[2, 64]

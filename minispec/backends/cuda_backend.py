@@ -28,6 +28,7 @@ TOP_K_MAX, TOP_THREADS, TOP_SHARES = 8, 256, 64  # kernels/sampling.cu's top_sha
 TOP_LAUNCHES_KEPT = 16  # top_logprobs' packed launches kept (a draft model's level buckets and the rows ranked)
 # gemm_wgmma's ring depth by (consumer warpgroups, staged x rows) (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
 WGMMA_GEMM_STAGES = {(1, 64): 13, (1, 32): 18, (1, 16): 22, (2, 64): 4}
+WGMMA_GLU_STAGES = {2: 4, 4: 5}  # gemm_wgmma_glu_w{G}'s ring depth by warpgroups a block (x in 64-row boxes)
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
 SAMPLE_STATIC_SHARED = 40 << 10  # its blocks' static shared memory (SampleShared), rounded up
 FUSED_MAX_LAYERS = 64  # the fused kernel's layer table in shared memory (kernels/fused_layers.cuh, step_in_shared)
@@ -289,6 +290,7 @@ class CudaBackend:
         self.gemm = None
         self.gemm_cluster = None  # gemm_stream's / gemm_wgmma's blocks per cluster along K (None: by their rules)
         self.gemm_wgmma_groups = None  # gemm_wgmma's 64-row warpgroups per block, 1 or 2 (None: wgmma_groups)
+        self.glu_groups = None  # gemm_wgmma_glu's warpgroups a block, 2 or 4 (None: wgmma_glu_groups)
         self.gemm_wgmma_xrows = None  # gemm_wgmma's staged x rows, 16, 32 or 64 (None: wgmma_xrows)
         self.use_graphs = use_graphs
         self.prefill_graph_limit = None  # most rows of a prefill step replayed as a graph (None: prefill_graph_rows)
@@ -678,7 +680,7 @@ class CudaBackend:
         G = self.gemm_wgmma_groups or self.wgmma_groups(N)
         return G, self.gemm_cluster or self.wgmma_cluster_size(-(-N // (64 * G)), K, G)
 
-    def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int) -> None:
+    def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int, stages: int = 0) -> None:
         """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
         descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it)."""
         M, K = x.shape
@@ -687,7 +689,7 @@ class CudaBackend:
             w_map = self.tensor_maps.put((weight,), box_rows, tensor_map.swizzled_rows(weight, weight.shape[0], K, box_rows))
         x_map = tensor_map.swizzled_rows(x, M, K, X)  # X-row boxes, rows past M read as zeros
         kernel = self.kernel("gemm.cu", name)
-        stages = WGMMA_GEMM_STAGES[G, X]
+        stages = stages or WGMMA_GEMM_STAGES[G, X]
         shared = stages * (64 * G + X) * 64 * 2 + 1024 + 16 * stages  # the ring (W and x stages), alignment, barriers
         allow_shared(kernel, shared)
         self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K)), shared)
@@ -726,8 +728,8 @@ class CudaBackend:
 
     def gate_up_silu(self, h, w_gate_up):
         """silu(h W_gate^T) * (h W_up^T) [N, I] in the storage type, from the fused [2I, K] weight: one gated
-        launch where linear would take gemm_wgmma in one pass (two warpgroups a block, no split-K: gemm_wgmma_glu)
-        or gemm_stream with 128-wide k stages (gemm_stream_glu), so the fp32 [N, 2I] product never reaches memory
+        launch where linear would take gemm_wgmma in one pass (two warpgroups a block, no split-K: gemm_wgmma_glu_w2,
+        or its four-warpgroup form, wgmma_glu_groups) or gemm_stream with 128-wide k stages (gemm_stream_glu), so the fp32 [N, 2I] product never reaches memory
         and silu_mul's launch is saved, with the same bits; else linear, then silu_mul."""
         M, K = h.shape
         N2 = w_gate_up.shape[0]
@@ -738,10 +740,18 @@ class CudaBackend:
         I = N2 // 2
         act = self.cp.empty((M, I), dtype=self.store_dtype)
         if glu == "wgmma":
-            self.launch_wgmma("gemm_wgmma_glu", 2, 64, (-(-I // 64),), h, w_gate_up, 64, act, I)  # gate and up in 64-row boxes
+            G = self.glu_groups or self.wgmma_glu_groups(I)  # 32 G gate columns a block; gate and up in 64-row boxes
+            self.launch_wgmma(f"gemm_wgmma_glu_w{G}", G, 64, (-(-I // (32 * G)),), h, w_gate_up, 64, act, I, WGMMA_GLU_STAGES[G])
         else:
             self.launch_stream("gemm_stream_glu", h, w_gate_up, act, I)
         return act
+
+    def wgmma_glu_groups(self, I: int) -> int:
+        """gemm_wgmma_glu's warpgroups a block for I gate columns: 4 (128 gate and 128 up rows, one block an SM with a
+        5-stage ring) where that leaves no SM two blocks, else 2 (two blocks an SM, 4 stages each). The bits are the
+        same. Measured on an H200 (notes/glu_groups_h200_stop41.log), 8B gate/up: 17 rows 71.3 -> 63.0 µs, 32 rows
+        65.4 -> 63.6, 64 rows level at 64.1; the T = 32 step 4.868 -> 4.841 ms, T = 64 level."""
+        return 4 if -(-I // 128) <= self.sm_count else 2
 
     def glu_kernel(self, M: int, N2: int, K: int):
         """gate_up_silu's gated kernel for h [M, K] and the [N2 = 2I, K] weight: "wgmma", "stream", or None (linear,
