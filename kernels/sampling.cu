@@ -33,6 +33,21 @@ __device__ __forceinline__ void argmax_warp(float& value, int& index) {
     }
 }
 
+// The best (value, index) of a block of THREADS threads in argmax's order, valid in warp 0 (every lane) when it
+// returns; warp_value / warp_index: a shared slot a warp. Every thread calls it (it holds a __syncthreads).
+template <int THREADS>
+__device__ __forceinline__ void argmax_block(float& value, int& index, float* warp_value, int* warp_index) {
+    argmax_warp(value, index);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) { warp_value[warp] = value; warp_index[warp] = index; }
+    __syncthreads();
+    if (warp == 0) {
+        value = lane < THREADS / 32 ? warp_value[lane] : 0.0f;
+        index = lane < THREADS / 32 ? warp_index[lane] : NO_INDEX;
+        argmax_warp(value, index);
+    }
+}
+
 // Block (s, r) of a (S, R) grid of THREADS threads visits share s of row r: visit(x, v) for each of its logits,
 // ascending v within a thread, ARGMAX_UNROLL loads issued before the first visit.
 template <int THREADS, typename Visit>
@@ -64,20 +79,12 @@ argmax_share(const float* __restrict__ logits, float* __restrict__ best_value, i
     scan_share<ARGMAX_THREADS>(logits, V, [&](float x, int v) {  // ascending v within the thread: the first max stays
         if (argmax_beats(x, v, value, index)) { value = x; index = v; }
     });
-    argmax_warp(value, index);
     __shared__ float warp_value[ARGMAX_THREADS / 32];
     __shared__ int warp_index[ARGMAX_THREADS / 32];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) { warp_value[warp] = value; warp_index[warp] = index; }
-    __syncthreads();
-    if (warp == 0) {
-        value = lane < ARGMAX_THREADS / 32 ? warp_value[lane] : 0.0f;
-        index = lane < ARGMAX_THREADS / 32 ? warp_index[lane] : NO_INDEX;
-        argmax_warp(value, index);
-        if (lane == 0) {
-            best_value[r * S + blockIdx.x] = value;
-            best_index[r * S + blockIdx.x] = index;
-        }
+    argmax_block<ARGMAX_THREADS>(value, index, warp_value, warp_index);
+    if (threadIdx.x == 0) {
+        best_value[r * S + blockIdx.x] = value;
+        best_index[r * S + blockIdx.x] = index;
     }
 }
 
@@ -167,13 +174,8 @@ top_share(const float* __restrict__ logits, float* __restrict__ share_value, int
     for (int j = 0; j < k; j++) {  // round j: the best head of all threads' lists
         float best = value[0];
         int best_index = index[0];
-        argmax_warp(best, best_index);
-        if (lane == 0) { warp_value[warp] = best; warp_index[warp] = best_index; }
-        __syncthreads();
+        argmax_block<TOP_THREADS>(best, best_index, warp_value, warp_index);
         if (warp == 0) {
-            best = lane < TOP_THREADS / 32 ? warp_value[lane] : 0.0f;
-            best_index = lane < TOP_THREADS / 32 ? warp_index[lane] : NO_INDEX;
-            argmax_warp(best, best_index);
             if (lane == 0) {
                 round_index = best_index;
                 share_value[out + j] = best;
