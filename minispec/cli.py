@@ -157,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "tree", None) and not getattr(args, "draft", None):  # else the budget would be ignored without a word
+        parser.error("--tree sets a drafter's tree budget: give --draft too (ngram, self:K or a draft model)")
     try:
         args.run(args)
     except MinispecError as error:

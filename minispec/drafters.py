@@ -511,8 +511,6 @@ class DraftState:
 def make_drafter(draft, budget, target_model, tokenizer, backend, num_pages: int, page_size: int, load_model=None):
     """None -> plain decoding; "ngram"; "self:K"; or a draft model directory with the target's tokenizer."""
     if draft is None or draft == "none":
-        if budget is not None:  # a tree budget alone would be ignored without a word
-            raise MinispecError("a tree budget needs a drafter: give draft='ngram', 'self:K' or a draft model (--draft)")
         return NoDrafter()
     if draft == "ngram":  # a continuation may fill the whole node budget (a draft model's depth is its draft forwards)
         return NgramDrafter(TreeBudget.parse(budget) if budget is not None else NGRAM_BUDGET)

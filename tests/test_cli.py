@@ -44,3 +44,8 @@ def test_help_explains_every_command():
     for command in ("fetch", "generate", "chat", "bench"):
         assert command in result.stdout
     assert "--draft" in run("generate", "--help").stdout
+
+
+def test_a_tree_budget_without_a_drafter_is_a_usage_error():
+    result = run("generate", "hi", "--tree", "8,4,2")
+    assert result.returncode == 2 and "give --draft too" in result.stderr
