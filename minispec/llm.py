@@ -103,8 +103,9 @@ class LLM:
         return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None) -> list[GenerationResult]:
-        """prompts: a string, a list of token ids, or a list of either. One result per prompt."""
+    def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None) -> GenerationResult | list[GenerationResult]:
+        """prompts: a string, a list of token ids, or a list of either, fed as they are (chat() applies the chat
+        template). One result per prompt: a single prompt gives its result, a list a list of them."""
         single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int))
         prompt_ids = [self._encode(p) for p in ([prompts] if single else prompts)]
         params = params or SamplingParams()
