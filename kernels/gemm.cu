@@ -420,8 +420,8 @@ GEMM_WGMMA_CLUSTERS(2, 64, 4)
 // boxes), 32 WGS gate columns a block; grid ceil(I / (32 WGS)), block 128 WGS + 32, STAGES x (64 WGS + 64) x 128 +
 // 1024 + 16 STAGES bytes of dynamic shared memory. w2: two blocks an SM, the ring of gemm_wgmma_w2. w4: one block an
 // SM, 5 stages (200 KB), for gate/up weights of at most a 128-column tile an SM: 8B gate/up (112 blocks) at 17 rows
-// 71.3 -> 63.0 µs, at 32 65.4 -> 63.6, at 64 level (64.1) on an H200 (notes/glu_groups_h200_stop41.log; the w2
-// kernel's x boxes are mostly TMA zero fill there, and each SM then issues twice as many of them).
+// 71.3 -> 63.0 µs, at 32 65.4 -> 63.6, at 64 level (64.1) on an H200 (notes/glu_groups_h200_stop41.log). Where it
+// gains, the w2 kernel's 64-row x boxes are mostly TMA zero fill, two a stage an SM against w4's one.
 #define GEMM_WGMMA_GLU(WGS, STAGES, MIN_BLOCKS)                                                                      \
     extern "C" __global__ void __launch_bounds__(128 * WGS + 32, MIN_BLOCKS) gemm_wgmma_glu_w##WGS(                 \
         const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K) { \

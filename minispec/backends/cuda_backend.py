@@ -729,8 +729,9 @@ class CudaBackend:
     def gate_up_silu(self, h, w_gate_up):
         """silu(h W_gate^T) * (h W_up^T) [N, I] in the storage type, from the fused [2I, K] weight: one gated
         launch where linear would take gemm_wgmma in one pass (two warpgroups a block, no split-K: gemm_wgmma_glu_w2,
-        or its four-warpgroup form, wgmma_glu_groups) or gemm_stream with 128-wide k stages (gemm_stream_glu), so the fp32 [N, 2I] product never reaches memory
-        and silu_mul's launch is saved, with the same bits; else linear, then silu_mul."""
+        or its four-warpgroup form by wgmma_glu_groups) or gemm_stream with 128-wide k stages (gemm_stream_glu), so
+        the fp32 [N, 2I] product never reaches memory and silu_mul's launch is saved, with the same bits; else
+        linear, then silu_mul."""
         M, K = h.shape
         N2 = w_gate_up.shape[0]
         glu = self.glu_kernel(M, N2, K)
