@@ -87,6 +87,11 @@ extern "C" __global__ void tree_attention(
 //
 // Launch: grid (row tiles (upper bound: ceil(N G / ROWS) + B - 1), Hkv, splits), block 32 x WARPS,
 // dynamic shared memory STAGES x 2 x KEYS x (D + 8) x 2 bytes.
+// trigger_first (both tensor-core kernels): 1 = let the next kernel launch first thing (pdl_trigger), which the
+// backend asks where the grid fits the GPU in one wave: the split merge's blocks are then placed during
+// attention, and as the merge triggers first thing, so are the O GEMM's, which copy their first weight stages
+// while attention runs instead of only during the merge (8B step on an H200, notes/attention_trigger_h200_stop41.log).
+// 0 = never trigger: the next kernel launches when attention ends (a grid of several waves keeps its SMs).
 // o_part float [splits, N, H, D], ml_part float [splits, N, H, 2]; attention_merge (below) combines them.
 // Fragments (g = lane / 4, t = lane % 4): A (g | g+8, k 2t..2t+1 | 2t+8..), B (k 2t.. | 2t+8.., n g),
 // C (g | g+8, n 2t..2t+1).
@@ -416,7 +421,8 @@ __device__ void tree_attention_mma(
         const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* cu_q,          \
         const int* kv_len, const int* tree_start, const unsigned long long* masks, const int* causal,           \
         const int* page_tables, int max_pages, int B, float* o_part, float* ml_part, __nv_bfloat16* out, int N,  \
-        int H, int Hkv, int P, float scale) {                                                                   \
+        int H, int Hkv, int P, float scale, int trigger_first) {                                                \
+        if (trigger_first) pdl_trigger();                                                                       \
         tree_attention_mma<D, WARPS, 32 * (WARPS / 4)>(q, k_cache, v_cache, cu_q, kv_len, tree_start, masks, causal, page_tables, \
                                      max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale);                  \
     }
@@ -653,7 +659,8 @@ __device__ void tree_attention_wgmma(
         const __grid_constant__ TensorMap k_map, const __grid_constant__ TensorMap v_map, int box_rows,         \
         const int* cu_q, const int* kv_len, const int* tree_start, const unsigned long long* masks,            \
         const int* causal, const int* page_tables, int max_pages, int B, float* o_part, float* ml_part,        \
-        __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale, int producers) {                         \
+        __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale, int producers, int trigger_first) {      \
+        if (trigger_first) pdl_trigger();                                                                       \
         tree_attention_wgmma<D, KEYS>(q, k_cache, v_cache, k_map, v_map, box_rows, cu_q, kv_len, tree_start,     \
                                       masks, causal, page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, \
                                       P, scale, producers);                                                      \

@@ -15,7 +15,8 @@
 //   pdl_trigger()  the short kernels, first thing: the next kernel may launch now. gemm_stream once its
 //                  blocks have issued their last weight copies, gemm_wgmma once its blocks have streamed
 //                  their weights (before their reduction).
-//                  Attention does not: blocks of the next kernel would sit on SMs that theirs may need
+//                  Attention only where its grid fits the GPU in one wave (trigger_first, kernels/attention.cu):
+//                  else blocks of the next kernel would sit on SMs that its later blocks need
 //                  (notes/pdl_probe_h100_stop16.log: with every kernel triggering first thing, the 8B T = 4
 //                  step was 8% slower).
 // Without the attribute (other GPUs, the fused kernel, cuBLAS) both are no-ops.

@@ -302,6 +302,27 @@ def test_tree_attention_split_kv_merge(splits, kernel):
     assert np.abs(cp.asnumpy(out) - expected).mean(axis=1).max() < 1e-2
 
 
+@pytest.mark.parametrize("kernel", ["w4", "w8", "wgmma"])
+def test_attention_trigger_first_keeps_the_bits(kernel):
+    """Letting the next kernel launch first thing (attention_trigger_first) changes when blocks are placed, not what
+    they compute: the split attention and its merge give the same bits either way, each into a poisoned output
+    pool, with a merge behind it that reads every share."""
+    import cupy as cp
+
+    be, rng = backend("bfloat16"), np.random.default_rng(5)
+    use_attention_kernel(be, kernel)
+    be.attention_splits = 4
+    q, k_cache, v_cache, plan, expected = make_problem(rng, 16, [(700, "random", 40), (300, "chunk", 24)], H=8, Hkv=2, D=128, dtype=BF16)
+    args = (cp.asarray(q), cp.asarray(k_cache.view(np.uint16)), cp.asarray(v_cache.view(np.uint16)), be.prepare_plan(plan), 1 / np.sqrt(128))
+    outs = []
+    for trigger in (False, True):
+        be.attention_early_trigger = trigger
+        cp.full(4 << 20, 0xFFFF, dtype=cp.uint16)  # freed at once: the pool's next blocks hold NaN bits
+        outs.append(be.attention(*args))
+    assert cp.array_equal(outs[0], outs[1])
+    assert_close(host_float(outs[1], "bfloat16"), expected, 6e-2, 6e-2, f"attention with the early trigger ({kernel})")
+
+
 @pytest.mark.parametrize("keys", [64, 128])
 @pytest.mark.parametrize("page_size", [3, 8, 16, 64])  # cp.async rows only; TMA boxes of 8, 16 and 64 rows
 @pytest.mark.parametrize("D", [64, 128])

@@ -218,3 +218,19 @@ def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     assert built == WGMMA_GEMM_STAGES
     glu = {int(g): int(s) for g, s, _ in re.findall(r"^GEMM_WGMMA_GLU\((\d+), (\d+), (\d+)\)", source, re.M)}
     assert glu == WGMMA_GLU_STAGES and glu[2] == WGMMA_GEMM_STAGES[2, 64]
+
+
+def test_attention_triggers_the_next_launch_only_when_its_grid_fits_one_wave():
+    """attention_trigger_first: the tensor-core attention lets the next kernel's blocks be placed early only where its
+    own grid is placed whole at once (one wave: 2 blocks an SM of 4 warps, 1 of 8), so none of them waits behind
+    them; never without programmatic dependent launch; forced either way by attention_early_trigger. The 8B T = 64
+    step at 512 keys (2 row tiles x 8 KV heads x 8 shares, 8 warps) and its decode (1 x 8 x 8, 4 warps) trigger."""
+    rules = type("Rules", (), {"attention_trigger_first": CudaBackend.attention_trigger_first})()
+    rules.sm_count, rules.pdl, rules.attention_early_trigger = 132, True, None
+    assert rules.attention_trigger_first(2 * 8 * 8, 8) and rules.attention_trigger_first(1 * 8 * 8, 4)
+    assert rules.attention_trigger_first(132, 8) and not rules.attention_trigger_first(133, 8)
+    assert rules.attention_trigger_first(264, 4) and not rules.attention_trigger_first(265, 4)
+    rules.attention_early_trigger = False
+    assert not rules.attention_trigger_first(16, 8)
+    rules.attention_early_trigger, rules.pdl = None, False
+    assert not rules.attention_trigger_first(16, 8)

@@ -321,6 +321,7 @@ class CudaBackend:
         self.attention_wgmma = None  # 8-warp blocks on wgmma (None: on Hopper from 2k keys; True / False: always / never)
         self.attention_producers = None  # TMA producer warps of the wgmma kernel, 1 or 2 (None: attention_producer_count)
         self.attention_keys = None  # the wgmma kernel's key tile, 64 or 128 (None: attention_tile_keys)
+        self.attention_early_trigger = None  # tensor-core attention triggers the next launch first (None: attention_trigger_first)
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
         self.cluster_clock = None  # uint64 [1 + 7 L + 3 x 64]: cluster_decode.cu's stamps (notes/scripts/step_anatomy.py)
@@ -506,7 +507,7 @@ class CudaBackend:
     def launch_settings(self) -> tuple:
         """The launch settings, part of a graph's key: changing one (tests, benchmarks) must capture anew."""
         return (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
-                self.attention_splits, self.attention_wgmma, self.pdl, self.cluster_decode)
+                self.attention_splits, self.attention_wgmma, self.attention_early_trigger, self.pdl, self.cluster_decode)
 
     def graph_positions(self, model) -> int:
         """RoPE positions a captured graph's tables cover (sized once: a graph keeps their pointer)."""
@@ -852,6 +853,7 @@ class CudaBackend:
         else:  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16
             kernel, shared = self.kernel("attention.cu", f"tree_attention_mma_d{D}_w{warps}"), 4 * 2 * 8 * warps * (D + 8) * 2
             args, threads = (q, k_cache, v_cache) + args, 32 * warps
+        args += (np.int32(self.attention_trigger_first(row_tiles * Hkv * splits, warps)),)
         allow_shared(kernel, shared)
         self.launch(kernel, (row_tiles, Hkv, splits), (threads,), args, shared)
         if splits == 1:
@@ -862,6 +864,16 @@ class CudaBackend:
             (o_part, ml_part, plan.cu_q, np.int32(B), out, np.int32(N), np.int32(H), np.int32(D), np.int32(splits)),
             rows * warps * 32 * 16)
         return out
+
+    def attention_trigger_first(self, blocks: int, warps: int) -> bool:
+        """Whether the tensor-core attention lets the next kernel launch first thing (trigger_first): where its grid
+        fits the GPU in one wave (attention_split_count's wave), so the blocks placed early (the split merge's, then
+        the O GEMM's, copying their first weights) take no SM that an attention block waits for. Measured on an H200,
+        8B step at 512 keys, by turns (notes/attention_trigger_h200_stop41.log): T = 64 5.124 -> 5.040 ms, T = 16
+        4.683 -> 4.630, T = 1 4.379 -> 4.360; decode one step ahead level."""
+        if self.attention_early_trigger is not None:
+            return self.attention_early_trigger
+        return self.pdl and blocks <= self.sm_count * (2 if warps == 4 else 1)
 
     def attention_kernel(self, rows: int, context: int, B: int, Hkv: int, D: int) -> tuple[int, bool]:
         """(warps, wgmma) of attention_mma's kernel for `rows` query rows per sequence's KV head at a context
