@@ -87,11 +87,11 @@ extern "C" __global__ void tree_attention(
 //
 // Launch: grid (row tiles (upper bound: ceil(N G / ROWS) + B - 1), Hkv, splits), block 32 x WARPS,
 // dynamic shared memory STAGES x 2 x KEYS x (D + 8) x 2 bytes.
-// trigger_first (both tensor-core kernels): 1 = let the next kernel launch first thing (pdl_trigger), which the
-// backend asks where the grid fits the GPU in one wave: the split merge's blocks are then placed during
-// attention, and as the merge triggers first thing, so are the O GEMM's, which copy their first weight stages
-// while attention runs instead of only during the merge (8B step on an H200, notes/attention_trigger_h200_stop41.log).
-// 0 = never trigger: the next kernel launches when attention ends (a grid of several waves keeps its SMs).
+// trigger_first (both tensor-core kernels): 1 = let the next kernel launch first thing (pdl_trigger; it launches once
+// every block of this grid has started), which the backend asks where the grid fits the GPU in one wave: the split
+// merge's blocks are then placed during attention, and as the merge triggers first thing, so are the O GEMM's,
+// which copy their first weight stages while attention runs instead of only during the merge (8B step on an H200,
+// notes/attention_trigger_h200_stop41.log). 0 = never trigger: the next kernel launches when attention ends.
 // o_part float [splits, N, H, D], ml_part float [splits, N, H, 2]; attention_merge (below) combines them.
 // Fragments (g = lane / 4, t = lane % 4): A (g | g+8, k 2t..2t+1 | 2t+8..), B (k 2t.. | 2t+8.., n g),
 // C (g | g+8, n 2t..2t+1).

@@ -15,10 +15,9 @@
 //   pdl_trigger()  the short kernels, first thing: the next kernel may launch now. gemm_stream once its
 //                  blocks have issued their last weight copies, gemm_wgmma once its blocks have streamed
 //                  their weights (before their reduction).
-//                  Attention only where its grid fits the GPU in one wave (trigger_first, kernels/attention.cu):
-//                  else blocks of the next kernel would sit on SMs that its later blocks need
-//                  (notes/pdl_probe_h100_stop16.log: with every kernel triggering first thing, the 8B T = 4
-//                  step was 8% slower).
+//                  Attention first thing where its grid fits the GPU in one wave (trigger_first,
+//                  kernels/attention.cu; the shapes measured, stop 41), else not at all: with every kernel
+//                  triggering first thing the 8B T = 4 step was 8% slower (notes/pdl_probe_h100_stop16.log).
 // Without the attribute (other GPUs, the fused kernel, cuBLAS) both are no-ops.
 #pragma once
 

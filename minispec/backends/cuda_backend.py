@@ -866,11 +866,14 @@ class CudaBackend:
         return out
 
     def attention_trigger_first(self, blocks: int, warps: int) -> bool:
-        """Whether the tensor-core attention lets the next kernel launch first thing (trigger_first): where its grid
-        fits the GPU in one wave (attention_split_count's wave), so the blocks placed early (the split merge's, then
-        the O GEMM's, copying their first weights) take no SM that an attention block waits for. Measured on an H200,
-        8B step at 512 keys, by turns (notes/attention_trigger_h200_stop41.log): T = 64 5.124 -> 5.040 ms, T = 16
-        4.683 -> 4.630, T = 1 4.379 -> 4.360; decode one step ahead level."""
+        """Whether the tensor-core attention lets the next kernel launch first thing (trigger_first), so that the
+        split merge's blocks and then the O GEMM's are placed during attention and the GEMM copies its first weights
+        there. The next kernel launches only once every attention block has started, so none of them waits behind
+        it; taken where the grid fits the GPU in one wave (attention_split_count's wave: the shapes measured) and
+        left off for larger grids (long prefill chunks, big batches: unmeasured; there the GEMM's early weight
+        copies would also share DRAM with attention's own stream). Measured on an H200, 8B step at 512 keys, by
+        turns (notes/attention_trigger_h200_stop41.log): T = 64 5.124 -> 5.040 ms, T = 16 4.683 -> 4.630, T = 1
+        4.379 -> 4.360; decode one step ahead level."""
         if self.attention_early_trigger is not None:
             return self.attention_early_trigger
         return self.pdl and blocks <= self.sm_count * (2 if warps == 4 else 1)
