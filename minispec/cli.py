@@ -161,6 +161,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "tree", None) and not getattr(args, "draft", None):  # else the budget would be ignored without a word
         parser.error("--tree sets a drafter's tree budget: give --draft too (ngram, self:K or a draft model)")
+    if args.run is command_chat and args.n != 1:  # chat streams one reply: the other samples would be drawn unseen
+        parser.error("-n: chat streams one reply a turn; use generate -n N for several samples of a prompt")
     try:
         args.run(args)
     except MinispecError as error:

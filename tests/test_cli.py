@@ -46,6 +46,8 @@ def test_help_explains_every_command():
     assert "--draft" in run("generate", "--help").stdout
 
 
-def test_a_tree_budget_without_a_drafter_is_a_usage_error():
-    result = run("generate", "hi", "--tree", "8,4,2")
+def test_settings_that_would_be_ignored_are_usage_errors():
+    result = run("generate", "hi", "--tree", "8,4,2")  # a tree budget with no drafter
     assert result.returncode == 2 and "give --draft too" in result.stderr
+    result = run("chat", "-n", "2")  # chat streams one reply a turn
+    assert result.returncode == 2 and "use generate -n N" in result.stderr
