@@ -207,8 +207,6 @@ def test_gemm_wgmma_glu_equals_gemm_then_silu_mul(M, I, K, G):
     silu(gate) * up from float64 sums of the bf16 operands."""
     import cupy as cp
 
-    from minispec.backends.cuda_backend import WGMMA_GLU_STAGES
-
     be, rng = backend("bfloat16"), np.random.default_rng(M + I + K + G)
     if not be.hopper:
         pytest.skip("gemm_wgmma needs a Hopper GPU")
@@ -217,7 +215,7 @@ def test_gemm_wgmma_glu_equals_gemm_then_silu_mul(M, I, K, G):
     xs, ws = rng.normal(size=(M, K)).astype(np.float32), (rng.normal(size=(2 * I, K)) / np.sqrt(K)).astype(np.float32)
     x, w = be.convert(xs), be.convert(ws)
     fused = cp.full((M, I), cp.nan, dtype=be.store_dtype)
-    be.launch_wgmma(f"gemm_wgmma_glu_w{G}", G, 64, (-(-I // (32 * G)),), x, w, 64, fused, I, WGMMA_GLU_STAGES[G])
+    be.launch_wgmma_glu(x, w, fused, G)
     y = cp.full((M, 2 * I), cp.nan, dtype=cp.float32)
     be.gemm_wgmma(x, w, y)
     assert cp.array_equal(fused, be.silu_mul(y)), "the gated epilogue gives the bits of gemm_wgmma then silu_mul"

@@ -742,11 +742,15 @@ class CudaBackend:
         I = N2 // 2
         act = self.cp.empty((M, I), dtype=self.store_dtype)
         if glu == "wgmma":
-            G = self.glu_groups or self.wgmma_glu_groups(I)  # 32 G gate columns a block; gate and up in 64-row boxes
-            self.launch_wgmma(f"gemm_wgmma_glu_w{G}", G, 64, (-(-I // (32 * G)),), h, w_gate_up, 64, act, I, WGMMA_GLU_STAGES[G])
+            self.launch_wgmma_glu(h, w_gate_up, act, self.glu_groups or self.wgmma_glu_groups(I))
         else:
             self.launch_stream("gemm_stream_glu", h, w_gate_up, act, I)
         return act
+
+    def launch_wgmma_glu(self, h, w_gate_up, act, G: int) -> None:
+        """gemm_wgmma_glu_w{G} into act [M, I]: 32 G gate columns a block, gate and up read in 64-row boxes."""
+        I = w_gate_up.shape[0] // 2
+        self.launch_wgmma(f"gemm_wgmma_glu_w{G}", G, 64, (-(-I // (32 * G)),), h, w_gate_up, 64, act, I, WGMMA_GLU_STAGES[G])
 
     def wgmma_glu_groups(self, I: int) -> int:
         """gemm_wgmma_glu's warpgroups a block for I gate columns: 4 (128 gate and 128 up rows, one block an SM with a
