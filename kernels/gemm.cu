@@ -76,7 +76,7 @@ __device__ __forceinline__ void store_cluster_sums(const float* red, float* __re
 // and the HALF matching up rows: red[m][j] holds gate column c0 + j, red[m][HALF + j] its up column. Rank r of the
 // cluster writes act [M, I] columns c0 + r HALF / S .. in bf16 as silu(gate) * up, the expression of elementwise.cu's
 // silu_mul on the same fp32 sums, so the bits are those of the GEMM followed by silu_mul.
-template <int S, int XROWS, int RED_STRIDE, int THREADS, int HALF = 64>
+template <int S, int XROWS, int RED_STRIDE, int THREADS, int HALF>
 __device__ __forceinline__ void store_cluster_glu(const float* red, __nv_bfloat16* __restrict__ act, int M, int I, int c0) {
     if constexpr (S > 1) cluster_sync();
     constexpr int SLICE = HALF / S;
@@ -211,7 +211,7 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
         __syncthreads();
     }
     if constexpr (GLU)
-        store_cluster_glu<S, R, RED_STRIDE, THREADS>(red, reinterpret_cast<__nv_bfloat16*>(out) + (long long)m_base * N, M, N, n0);
+        store_cluster_glu<S, R, RED_STRIDE, THREADS, ROWS / 2>(red, reinterpret_cast<__nv_bfloat16*>(out) + (long long)m_base * N, M, N, n0);
     else
         store_cluster_sums<S, ROWS, R, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out) + (long long)m_base * N, M, N, n0);
 }
