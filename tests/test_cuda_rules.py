@@ -176,7 +176,7 @@ def test_a_stretch_load_sends_every_token_and_converts_only_the_new_ones():
 
 def gemm_rules_backend(sm_count: int = 132):
     """A stand-in CudaBackend with the GEMM dispatch's rules and nothing forced (its methods, no GPU)."""
-    names = ("wgmma_gemm_fits", "wgmma_stream", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves",
+    names = ("wgmma_gemm_fits", "wgmma_tile_bytes", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves",
              "own_gemm_chosen", "own_kernel", "glu_kernel", "wgmma_glu_groups", "stream_launch_shape", "stream_cluster_size")
     rules = type("Rules", (), {name: getattr(CudaBackend, name) for name in names})()
     rules.sm_count, rules.hopper, rules.gemm_wgmma_groups, rules.gemm_cluster = sm_count, True, None, None
@@ -187,8 +187,8 @@ def gemm_rules_backend(sm_count: int = 132):
 @pytest.mark.parametrize("M", [1, 8, 16, 17, 32, 64])
 def test_gemm_dispatch_takes_the_measured_kernels(M):
     """Which kernel `linear` takes, as measured in notes/gemm_xrows_ab_h100_stop37.log: gemm_wgmma of one warpgroup
-    a block at 1-64 rows where a block streams 512 KB or more (8B qkv, O, down; O in 64 blocks of 512 KB rather than
-    128 of 256), gemm_stream at up to 16 rows where blocks of two warpgroups would serve (8B gate/up, LM head: there
+    a block at 1-64 rows where a tile streams 512 KB or more over K (8B qkv, O, down; O from 33 rows in 64 blocks of
+    512 KB rather than 128 of 256, up to 32 in 128: experiment/o-clusters, notes/attention_trigger_h200_stop41.log), gemm_stream at up to 16 rows where blocks of two warpgroups would serve (8B gate/up, LM head: there
     16-row x boxes have no kernel), and the small default model's products at up to 16 rows. The 8B gate/up
     product takes a gated kernel at every M (gemm_stream_glu up to 16 rows, gemm_wgmma_glu past, with four
     warpgroups a block: its 112 blocks fit the SMs; notes/glu_groups_h200_stop41.log), the default model's none
@@ -200,6 +200,9 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
         assert rules.wgmma_gemm_fits(M, N, K) == (one_group or M > 16), name
         assert rules.own_gemm_serves(M, N, K), name
         assert rules.wgmma_shape(N, K) == ((1, {"down": 2}.get(name, 1)) if one_group else (2, 1)), name
+        # up to 32 rows O's 64 tiles split in clusters of 2 (128 blocks of 256 KB), from 33 rows they keep 512 KB
+        clusters = {"down": 2, "o": 2 if M <= 32 else 1}.get(name, 1)
+        assert rules.wgmma_shape(N, K, M) == ((1, clusters) if one_group else (2, 1)), name
     for K, N in ((576, 960), (576, 3072), (1536, 576)):  # the default model: short streams
         assert rules.wgmma_gemm_fits(M, N, K) == (M > 16)
     assert rules.glu_kernel(M, 28672, 4096) == ("stream" if M <= 16 else "wgmma")

@@ -611,7 +611,7 @@ class CudaBackend:
         against cuBLAS's 77-81%, O 77-82% against 74-77%, down 89-94% against 84-87%; shorter streams gave way to
         cuBLAS at stop 34, when O's blocks streamed 256 KB: 69-74% against 74-76%)."""
         if self.wgmma_gemm_fits(M, N, K):
-            return M <= 16 or self.wgmma_shape(N, K)[0] == 2 or self.wgmma_stream(N, K) >= 512 << 10
+            return M <= 16 or self.wgmma_shape(N, K, M)[0] == 2 or self.wgmma_tile_bytes(N, K) >= 512 << 10
         return M <= 16 and stream_fits(N, K) and (K % 128 == 0 or -(-N // STREAM_ROWS) >= self.sm_count)
 
     def gemm_stream(self, x, weight, y) -> None:
@@ -651,13 +651,13 @@ class CudaBackend:
             return False
         if M > 16:
             return True
-        G = self.wgmma_shape(N, K)[0]
-        return G == 1 and (G, wgmma_xrows(M, G)) in WGMMA_GEMM_STAGES and self.wgmma_stream(N, K) >= 512 << 10
+        G = self.wgmma_shape(N, K, M)[0]
+        return G == 1 and (G, wgmma_xrows(M, G)) in WGMMA_GEMM_STAGES and self.wgmma_tile_bytes(N, K) >= 512 << 10
 
-    def wgmma_stream(self, N: int, K: int) -> int:
-        """The weight bytes a gemm_wgmma block streams for [N, K] weights (wgmma_block_bytes of its shape)."""
-        G, S = self.wgmma_shape(N, K)
-        return wgmma_block_bytes(G, K, S)
+    def wgmma_tile_bytes(self, N: int, K: int) -> int:
+        """The weight bytes of a gemm_wgmma tile over the whole of K (a block's stream without split-K): what decides
+        whether the kernel serves, whatever clusters split it (wgmma_cluster_size)."""
+        return wgmma_block_bytes(self.wgmma_shape(N, K)[0], K, 1)
 
     def gemm_wgmma(self, x, weight, y) -> None:
         """gemm_wgmma_w{G}_x{X}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: G warpgroups of 64 weight rows a block, x
@@ -667,7 +667,7 @@ class CudaBackend:
         N = weight.shape[0]
         if not (self.hopper and 0 < M <= 64 and K % 64 == 0):
             raise ValueError(f"gemm_wgmma: x [{M}, {K}] needs Hopper, 1-64 rows and K % 64 == 0")
-        G, S = self.wgmma_shape(N, K)
+        G, S = self.wgmma_shape(N, K, M)
         if K % (64 * S):
             raise ValueError(f"gemm_wgmma: K = {K} is not a multiple of 64 x {S} blocks per cluster")
         X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
@@ -675,11 +675,11 @@ class CudaBackend:
             raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups a block takes {M} rows in {X}-row x boxes")
         self.launch_wgmma(f"gemm_wgmma_w{G}_x{X}_s{S}", G, X, (-(-N // (64 * G)), S), x, weight, 64 * G, y, N)
 
-    def wgmma_shape(self, N: int, K: int) -> tuple[int, int]:
-        """gemm_wgmma's (warpgroups a block G, blocks a cluster S) for [N, K] weights: forced (gemm_wgmma_groups,
-        gemm_cluster), else by wgmma_groups and wgmma_cluster_size."""
+    def wgmma_shape(self, N: int, K: int, M: int = 64) -> tuple[int, int]:
+        """gemm_wgmma's (warpgroups a block G, blocks a cluster S) for [N, K] weights and M rows: forced
+        (gemm_wgmma_groups, gemm_cluster), else by wgmma_groups and wgmma_cluster_size."""
         G = self.gemm_wgmma_groups or self.wgmma_groups(N)
-        return G, self.gemm_cluster or self.wgmma_cluster_size(-(-N // (64 * G)), K, G)
+        return G, self.gemm_cluster or self.wgmma_cluster_size(-(-N // (64 * G)), K, G, M)
 
     def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int, stages: int = 0) -> None:
         """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
@@ -700,15 +700,18 @@ class CudaBackend:
         else 1, so that split-K clusters keep more k stages a block."""
         return 2 if -(-N // 128) >= self.sm_count else 1
 
-    def wgmma_cluster_size(self, tiles: int, K: int, G: int = 1) -> int:
+    def wgmma_cluster_size(self, tiles: int, K: int, G: int = 1, M: int = 64) -> int:
         """The most blocks per cluster (1, 2, 4, 8) that keep the grid within one block per SM, with at least 4
         stages of K per block (notes/gemm_wgmma_sweep_h100.log; filling two blocks an SM took down from 46 to 52 µs,
-        O from 17 to 21), and that cut no block's weight stream of 512 KB or more below that: a block's first ring
-        fill is a burst of a third of it, so fewer, longer streams beat more SMs (8B O at 32 rows, 64 blocks of 512 KB
-        82.8% of copy bandwidth against 128 of 256 KB 77.6%; notes/gemm_xrows_ab_h100_stop37.log)."""
+        O from 17 to 21), and, from 33 rows, that cut no block's weight stream of 512 KB or more below that: a
+        block's first ring fill is a burst of a third of it, so fewer, longer streams beat more SMs (8B O at 32 rows,
+        64 blocks of 512 KB 82.8% of copy bandwidth against 128 of 256 KB 77.6%, alone on an H100;
+        notes/gemm_xrows_ab_h100_stop37.log). Up to 32 rows more blocks win inside the step since attention lets
+        the O GEMM's blocks be placed while it runs (stop 41, H200: 8B O in 128 blocks, decode one step ahead 1.224 ->
+        1.202x the weight floor, notes/attention_trigger_h200_stop41.log; experiment, to be measured as a rule)."""
         S = 1
         while (S < 8 and tiles * S * 2 <= self.sm_count and K % (64 * S * 2) == 0 and K // (S * 2) >= 256
-               and (wgmma_block_bytes(G, K, S) < 512 << 10 or wgmma_block_bytes(G, K, 2 * S) >= 512 << 10)):
+               and (M <= 32 or wgmma_block_bytes(G, K, S) < 512 << 10 or wgmma_block_bytes(G, K, 2 * S) >= 512 << 10)):
             S *= 2
         return S
 

@@ -7,8 +7,8 @@ anew (step_times makes a new cache, which keys them).
   silu       gate/up up to 16 rows as gemm_stream, then silu_mul (before gemm_stream_glu)
   stream2R   8B qkv and O up to R rows (default 16) on gemm_stream in clusters of 2 (64 / 96 blocks of 512 KB)
              instead of gemm_wgmma in 16-row boxes
-  o32s2      8B O at 17-32 rows on gemm_wgmma in clusters of 2 (128 blocks of 256 KB) instead of 1
-  os2        the same at 1-32 rows
+  os1        8B O in 64 blocks of 512 KB at every row count (the rule before experiment/o-clusters, which splits
+             it in clusters of 2 up to 32 rows)
   gu_cublas  8B gate/up at 17-64 rows on cuBLAS, then silu_mul, instead of gemm_wgmma_glu
   head_stream  8B LM head at 17-64 rows on gemm_stream instead of gemm_wgmma (two warpgroups)
   rings2     one-warpgroup gemm_wgmma rings of 10 / 9 / 6 stages (16 / 32 / 64-row x boxes), two blocks an SM, so
@@ -78,16 +78,9 @@ def apply(variant: str) -> None:
             # gemm_stream's tiles for O and qkv at up to 16 rows (one row tile): 32 and 48
             be.stream_cluster_size = lambda tiles, K, BK: (
                 2 if K == 4096 and tiles in (32, 48) else CudaBackend.stream_cluster_size(be, tiles, K, BK))
-        elif part in ("o32s2", "os2"):  # os2: 1-32 rows
-            # wgmma_shape has no M: the rows come from wgmma_gemm_fits, which linear and own_gemm_serves ask first
-            low = 1 if part == "os2" else 17
-            fits = be.wgmma_gemm_fits
-            be.wgmma_gemm_fits = lambda M, N, K, fits=fits: (
-                setattr(be, "current_rows", M), fits(M, N, K) or ((N, K) == O and low <= M <= 32))[1]
-            be.wgmma_cluster_size = lambda tiles, K, G=1: (
-                2 if (tiles, K, G) == (64, 4096, 1) and low <= be.current_rows <= 32 else CudaBackend.wgmma_cluster_size(be, tiles, K, G))
-            be.own_gemm_serves = lambda M, N, K: (
-                (be.wgmma_gemm_fits(M, N, K) and (N, K) == O and low <= M <= 32) or CudaBackend.own_gemm_serves(be, M, N, K))
+        elif part == "os1":  # 8B O in one block a tile at every row count (the rule before experiment/o-clusters)
+            be.wgmma_cluster_size = lambda tiles, K, G=1, M=64: (
+                1 if (tiles, K, G) == (64, 4096, 1) else CudaBackend.wgmma_cluster_size(be, tiles, K, G, M))
         elif part == "gu_cublas":  # the 8B gate/up at 17-64 rows on cuBLAS, then silu_mul
             serves = be.own_gemm_serves
             be.own_gemm_serves = lambda M, N, K, serves=serves: False if (N, K) == (28672, 4096) and M > 16 else serves(M, N, K)
@@ -106,7 +99,6 @@ def apply(variant: str) -> None:
 def main():
     floor = weight_bytes(model.weights) / copy_bandwidth()
     print(f"# dispatch_ab on {card_name()}: 8B shapes, context 512, weight floor {floor * 1e3:.3f} ms; ms a step", flush=True)
-    be.current_rows = 0
     results = {}
     for r in range(ROUNDS):
         for variant in in_turn(VARIANTS, r):
