@@ -707,8 +707,10 @@ class CudaBackend:
         block's first ring fill is a burst of a third of it, so fewer, longer streams beat more SMs (8B O at 32 rows,
         64 blocks of 512 KB 82.8% of copy bandwidth against 128 of 256 KB 77.6%, alone on an H100;
         notes/gemm_xrows_ab_h100_stop37.log). Up to 32 rows more blocks win inside the step since attention lets
-        the O GEMM's blocks be placed while it runs (stop 41, H200: 8B O in 128 blocks, decode one step ahead 1.224 ->
-        1.202x the weight floor, notes/attention_trigger_h200_stop41.log; experiment, to be measured as a rule)."""
+        the O GEMM's blocks be placed while it runs (8B O in 128 blocks of 256 KB against 64 of 512 KB, H200, by
+        turns: plain decode 4.456 -> 4.307 ms, one step ahead 4.350 -> 4.275, T = 16 / 32 0.6-0.8% faster,
+        notes/o_clusters_h200_stop42.log); from 33 rows they do not (T = 64 5.041 -> 5.075 ms with 128 blocks,
+        notes/o2wide_h200_stop42.log)."""
         S = 1
         while (S < 8 and tiles * S * 2 <= self.sm_count and K % (64 * S * 2) == 0 and K // (S * 2) >= 256
                and (M <= 32 or wgmma_block_bytes(G, K, S) < 512 << 10 or wgmma_block_bytes(G, K, 2 * S) >= 512 << 10)):

@@ -9,6 +9,7 @@ anew (step_times makes a new cache, which keys them).
              instead of gemm_wgmma in 16-row boxes
   os1        8B O in 64 blocks of 512 KB at every row count (the rule before experiment/o-clusters, which splits
              it in clusters of 2 up to 32 rows)
+  o2wide     8B O in clusters of 2 (128 blocks of 256 KB) at every row count, 33-64 rows included
   gu_cublas  8B gate/up at 17-64 rows on cuBLAS, then silu_mul, instead of gemm_wgmma_glu
   head_stream  8B LM head at 17-64 rows on gemm_stream instead of gemm_wgmma (two warpgroups)
   rings2     one-warpgroup gemm_wgmma rings of 10 / 9 / 6 stages (16 / 32 / 64-row x boxes), two blocks an SM, so
@@ -81,6 +82,9 @@ def apply(variant: str) -> None:
         elif part == "os1":  # 8B O in one block a tile at every row count (the rule before experiment/o-clusters)
             be.wgmma_cluster_size = lambda tiles, K, G=1, M=64: (
                 1 if (tiles, K, G) == (64, 4096, 1) else CudaBackend.wgmma_cluster_size(be, tiles, K, G, M))
+        elif part == "o2wide":  # 8B O in clusters of 2 at every row count
+            be.wgmma_cluster_size = lambda tiles, K, G=1, M=64: (
+                2 if (tiles, K, G) == (64, 4096, 1) else CudaBackend.wgmma_cluster_size(be, tiles, K, G, M))
         elif part == "gu_cublas":  # the 8B gate/up at 17-64 rows on cuBLAS, then silu_mul
             serves = be.own_gemm_serves
             be.own_gemm_serves = lambda M, N, K, serves=serves: False if (N, K) == (28672, 4096) and M > 16 else serves(M, N, K)
