@@ -7,11 +7,15 @@ layers' caches, as op_times.py) and the whole T = 64 step (step_times, its graph
   sN        N key shares
   mma       the 8-warp mma.sync kernel instead of wgmma
   w4        the 4-warp mma.sync kernel (64-row tiles)
+  w8        the 8-warp kernel (mma.sync, or wgmma where the rule takes it)
   p1        one TMA producer warp
   A+B       both
 
-    PYTHONPATH=$PWD python3 notes/scripts/tree_attention_ab.py [rounds] [variant,...]
+    PYTHONPATH=$PWD [ATT_T=T] python3 notes/scripts/tree_attention_ab.py [rounds] [variant,...]
+
+ATT_T (default 64) sets the tree size: 1 is a decode step (the step column is then the plain step).
 """
+import os
 import sys
 
 import numpy as np
@@ -25,7 +29,7 @@ from minispec.tree import Tree
 cp = require_gpu()
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 VARIANTS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["rule", "s4", "s16", "mma", "w4"]
-CONTEXT, T = 512, 64
+CONTEXT, T = 512, int(os.environ.get("ATT_T", 64))
 be = CudaBackend()
 cfg = llama_8b_config()
 cp.random.seed(0)
@@ -54,6 +58,8 @@ def apply(variant):
             be.attention_wgmma = False
         elif part == "w4":
             be.attention_warps = 4
+        elif part == "w8":
+            be.attention_warps = 8
         elif part == "p1":
             be.attention_producers = 1
         elif part != "rule":
