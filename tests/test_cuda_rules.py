@@ -9,7 +9,7 @@ import pytest
 
 from minispec.backends.cuda_backend import (
     CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS, CapturedStep, CudaBackend,
-    kernel_source)
+    kernel_source, notice_if_slow)
 from minispec.step import StepItem, build_plan
 from minispec.tree import Tree
 
@@ -237,3 +237,23 @@ def test_attention_triggers_the_next_launch_only_when_its_grid_fits_one_wave():
     assert not rules.attention_trigger_first(16, 8)
     rules.attention_early_trigger, rules.pdl = None, False
     assert not rules.attention_trigger_first(16, 8)
+
+
+def test_slow_compiles_are_announced_and_cached_ones_are_silent(capsys):
+    """A machine's first run compiles the kernels (~20 s): the wait is named once it passes the threshold, with its
+    length at the end; a wait under it (a cached module) prints nothing; an error inside ends it as failed."""
+    import time
+
+    with notice_if_slow("compiling kernels/x.cu", after=0.05):
+        time.sleep(0.3)
+    err = capsys.readouterr().err
+    assert err.startswith("minispec: compiling kernels/x.cu ...\n") and re.search(r"minispec: done in 0\.[3-9] s\n$", err)
+    with notice_if_slow("compiling kernels/y.cu", after=0.5):
+        pass
+    time.sleep(0.6)  # past the threshold: the cancelled notice stays silent
+    assert capsys.readouterr().err == ""
+    with pytest.raises(RuntimeError):
+        with notice_if_slow("compiling kernels/z.cu", after=0.05):
+            time.sleep(0.2)
+            raise RuntimeError("nvrtc failed")
+    assert re.search(r"minispec: failed after 0\.[2-9] s\n$", capsys.readouterr().err)

@@ -118,3 +118,23 @@ def test_conversion_interrupted_while_writing_leaves_no_model(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(MinispecError, match="not fetched"):
         fetch.resolve_model(fetch.DEFAULT_MODEL, fetch_if_missing=False)
+
+
+def test_chat_template_errors_and_reuse(tiny_model):
+    """The compiled template is reused across turns and recompiled when the text changes; a template that does
+    not parse, or that raises, is a MinispecError when a chat is rendered."""
+    from minispec.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(tiny_model)
+    messages = [{"role": "user", "content": "hi"}]
+    first = tokenizer.apply_chat_template(messages)
+    compiled = tokenizer._template()
+    assert tokenizer.apply_chat_template(messages) == first and tokenizer._template() is compiled
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    assert tokenizer.apply_chat_template(messages) == "[hi]"
+    tokenizer.chat_template = "{% for m in messages %}"  # no endfor
+    with pytest.raises(MinispecError, match="chat template failed"):
+        tokenizer.apply_chat_template(messages)
+    tokenizer.chat_template = "{{ raise_exception('only user turns') }}"
+    with pytest.raises(MinispecError, match="only user turns"):
+        tokenizer.apply_chat_template(messages)

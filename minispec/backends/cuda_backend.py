@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
+import threading
+import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +82,30 @@ def allow_shared(kernel, nbytes: int) -> None:
     it grows, one driver call fewer per launch)."""
     if kernel.max_dynamic_shared_size_bytes < nbytes:
         kernel.max_dynamic_shared_size_bytes = nbytes
+
+
+@contextmanager
+def notice_if_slow(what: str, after: float = 1.0):
+    """Say on stderr what the program waits for once it has waited `after` seconds, and how long it took: a
+    machine's first run compiles the kernels for ~20 s (H200, notes/chat_latency_h200_stop42.log), which would
+    otherwise pass in silence; cached runs say nothing."""
+    start, said = time.perf_counter(), threading.Event()
+
+    def say():
+        said.set()
+        print(f"minispec: {what} ...", file=sys.stderr, flush=True)
+
+    timer = threading.Timer(after, say)
+    timer.daemon = True
+    timer.start()
+    outcome = "failed after"
+    try:
+        yield
+        outcome = "done in"
+    finally:
+        timer.cancel()
+        if said.is_set():
+            print(f"minispec: {outcome} {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 def kernel_source(name: str) -> str:
@@ -345,8 +373,13 @@ class CudaBackend:
                 options = ("-std=c++17", "-DSTORAGE_BF16") if self.bf16 else ("-std=c++17",)
                 options += ("-arch=sm_90a",) if self.hopper else ()
                 options += (f"-DSOURCE_HASH_{hashlib.sha1(source.encode()).hexdigest()[:12]}",)
-                self.modules[file] = self.cp.RawModule(code=source, options=options)
-            self.functions[(file, name)] = self.modules[file].get_function(name)
+                module = self.cp.RawModule(code=source, options=options)
+                # CuPy compiles on the first call and keeps the binary in its cache: only a machine's first run waits
+                with notice_if_slow(f"compiling kernels/{file} (once per machine: CuPy caches the binary)"):
+                    self.functions[(file, name)] = module.get_function(name)
+                self.modules[file] = module
+            else:
+                self.functions[(file, name)] = self.modules[file].get_function(name)
         return self.functions[(file, name)]
 
     def launch(self, kernel, grid, block, args, shared_mem: int = 0) -> None:
