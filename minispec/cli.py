@@ -44,12 +44,13 @@ def sampling_params(args):
     )
 
 
-def load_llm(args):
+def load_llm(args, prefix_caching: bool = False):
     from .llm import LLM
 
     return LLM(
         model=args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
         kv_cache_tokens=args.kv_cache_tokens, draft=args.draft, tree=args.tree, kv_memory_fraction=args.kv_memory_fraction,
+        prefix_caching=prefix_caching,
     )
 
 
@@ -76,7 +77,7 @@ def command_generate(args) -> None:
 
 def command_chat(args) -> None:
     params = sampling_params(args)
-    llm = load_llm(args)
+    llm = load_llm(args, prefix_caching=True)  # each turn re-sends the conversation: its KV pages are kept
     messages = [{"role": "system", "content": args.system}] if args.system else []
     print(f"minispec chat: {llm.model_dir.name} on {llm.backend.name}. /reset clears the conversation, /exit quits, "
           "Ctrl-C ends a reply.", file=sys.stderr)

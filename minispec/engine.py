@@ -87,6 +87,9 @@ class Engine:
         # one greedy sequence with the n-gram drafter: tree steps drafted, verified and committed on the device
         # (speculate_on_device); False keeps every tree step's host work between the steps
         self.device_drafting_enabled = True
+        # prefix caching (KVCache.keep_prefix / reuse_prefix): a finished sequence's full pages stay in the pool for
+        # the next prompt that starts with the same tokens (minispec chat: a turn re-sends the conversation)
+        self.prefix_caching = False
 
     # ------------------------------------------------------------------ the loop
     def run(self, prompts: list[list[int]], params: list[SamplingParams]):
@@ -96,6 +99,10 @@ class Engine:
         parents = [self.new_sequence(i, 0, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params))]
         seqs: list[Sequence] = []
         try:
+            if self.prefix_caching:  # kept pages of a run that began the same way; one token at least is prefilled
+                for parent in parents:
+                    parent.table = self.cache.reuse_prefix(parent.tokens, parent.prompt_len - 1)
+                    parent.L = len(parent.table) * self.cache.page_size
             last_rows = self.prefill(parents)  # KV for every prompt token; (logits, row) of each last token
             for parent in parents:
                 seqs += self.fork_samples(parent)  # n samples share the prompt's pages
@@ -164,6 +171,8 @@ class Engine:
             return seqs
         finally:
             for seq in parents + seqs:
+                if self.prefix_caching:  # positions below L hold tokens[:L]'s K/V at every point of the loop
+                    self.cache.keep_prefix(seq.table, seq.tokens, seq.L)
                 self.cache.release(seq.table)
                 self.drafter.release(seq)
 

@@ -5,9 +5,18 @@ page `table[s // P]`, row `s % P`; its flat slot id is `page * P + row`.
 Pages are shared between sequences by reference count (`fork`, for n > 1
 samples of one prompt); a shared page is copied before it is written
 (copy-on-write), so a sample never changes another's prefix.
+
+Prefix caching (`keep_prefix` / `reuse_prefix`, which `minispec chat` turns on): the full pages of a
+finished sequence stay in the pool, each holding one reference of the cache's and keyed by every token up
+to its end (a chained BLAKE2 digest), until the pool needs them; a request whose prompt starts with the same
+tokens shares them and is prefilled from there (a chat's next turn: the conversation so far). Their K/V
+agree with a fresh prefill's up to fp32 summation order (the launches that wrote them had other shapes).
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
 
 import numpy as np
 
@@ -30,16 +39,21 @@ class KVCache:
         self.v = [backend.empty_cache(shape) for _ in range(num_layers)]
         self.refcount = np.zeros(num_pages, dtype=np.int64)
         self.free = list(range(num_pages - 1, -1, -1))  # pop() hands out low page ids first
+        self.kept = OrderedDict()  # prefix key -> page, least recently used first (keep_prefix)
 
     # ------------------------------------------------------------------ page bookkeeping
     @property
     def free_pages(self) -> int:
-        return len(self.free)
+        """Pages a sequence can take: the free ones and the kept ones no sequence holds (evicted on demand)."""
+        kept = np.fromiter(self.kept.values(), dtype=np.int64, count=len(self.kept))
+        return len(self.free) + int(np.count_nonzero(self.refcount[kept] == 1))
 
     def pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
 
     def _take_page(self) -> int:
+        if not self.free:
+            self._evict_kept()
         if not self.free:
             raise KVPoolFull(
                 f"KV cache is full ({self.num_pages} page{'s' if self.num_pages != 1 else ''} of {self.page_size} tokens): "
@@ -81,6 +95,55 @@ class KVCache:
 
     def release(self, table: list[int]) -> None:
         self.truncate(table, 0)
+
+    # ------------------------------------------------------------------ prefix caching
+    def prefix_keys(self, tokens, pages: int) -> list[bytes]:
+        """The keys of a sequence's first `pages` pages: page i's digests tokens 0 .. (i + 1) P - 1, chained."""
+        keys, key, P = [], b"", self.page_size
+        data = np.asarray(tokens[: pages * P], dtype=np.int64)
+        for i in range(pages):
+            key = hashlib.blake2b(key + data[i * P : (i + 1) * P].tobytes(), digest_size=16).digest()
+            keys.append(key)
+        return keys
+
+    def keep_prefix(self, table: list[int], tokens, length: int) -> None:
+        """Keep the full pages of positions 0 .. length - 1 (K/V written for tokens[:length]) past the sequence's
+        release, the cache's reference on each. A page whose key is kept already (by another page or itself) stays
+        the sequence's alone."""
+        keys = self.prefix_keys(tokens, min(length // self.page_size, len(table)))
+        for page, key in zip(table, keys):
+            if key not in self.kept:
+                self.kept[key] = page
+                self.refcount[page] += 1
+        self._touch(keys)
+
+    def reuse_prefix(self, tokens, limit: int) -> list[int]:
+        """The kept pages that hold the longest run of tokens[:limit] from position 0 (whole pages), a reference
+        on each for the caller's table."""
+        table, keys = [], []
+        for key in self.prefix_keys(tokens, limit // self.page_size):
+            page = self.kept.get(key)
+            if page is None:
+                break
+            self.refcount[page] += 1
+            table.append(page)
+            keys.append(key)
+        self._touch(keys)
+        return table
+
+    def _touch(self, keys: list[bytes]) -> None:
+        """Mark a prefix's pages used now, its last page the least recent of them: a prefix's later pages are of no
+        use without its earlier ones, so eviction takes them first."""
+        for key in reversed(keys):
+            self.kept.move_to_end(key)
+
+    def _evict_kept(self) -> None:
+        """Free the least recently used kept page that no sequence holds."""
+        for key, page in self.kept.items():
+            if self.refcount[page] == 1:
+                del self.kept[key]
+                self._drop_page(page)
+                return
 
     def slots(self, table: list[int], positions: np.ndarray) -> np.ndarray:
         """Flat slot ids (page * P + row) of a sequence's positions."""

@@ -54,6 +54,11 @@ class LLM:
     tokenizer. tree: budget (T, depth, width) or "T,depth,width"; width 1 is a chain.
     kv_cache_tokens sizes the KV page pool; by default the GPU pool takes
     kv_memory_fraction of the memory left free after the weights.
+    prefix_caching: keep each finished request's full KV pages in the pool (until
+    it needs them) and start a prompt that begins with the same tokens from them:
+    a chat's next turn prefills only what was added (the pages were computed by
+    other launch shapes, so its bits may differ from a fresh prefill's in the
+    last place).
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class LLM:
         draft: str | None = None,
         tree=None,
         kv_memory_fraction: float = 0.5,
+        prefix_caching: bool = False,
     ):
         self.backend = make_backend(device, dtype, kv_memory_fraction)
         self.model_dir = resolve_model(model)
@@ -80,6 +86,7 @@ class LLM:
         tokens = kv_cache_tokens or self.backend.default_kv_tokens(config, self.max_model_len)
         self.cache = self.model.new_cache(-(-tokens // page_size), page_size)
         self.engine = Engine(self.model, self.tokenizer, self.cache, None, self.max_model_len, prefill_chunk)
+        self.engine.prefix_caching = prefix_caching
         self.use_drafter(draft, tree)
 
     def use_drafter(self, draft: str | None, tree=None) -> None:

@@ -226,3 +226,27 @@ def test_decode_ahead_equals_step_by_step_on_gpu(gpu_bf16, prompt_ids, use_graph
         gpu_bf16.backend.fused_max_rows = None
     assert ahead == step
     assert gpu_bf16.cache.free_pages == gpu_bf16.cache.num_pages
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prefix_caching_on_gpu(default_model, gpu_fp32, gpu_bf16, dtype, monkeypatch):
+    """A chat's second turn starts from the first turn's kept pages (its prefill begins past them) and agrees with
+    a run without the cache: the kept K/V were written by other launch shapes (decode steps, another prefill
+    bucket), so a near-tied argmax may flip late; the start must agree token for token."""
+    from minispec.engine import Engine
+
+    starts, prefill = [], Engine.prefill
+    monkeypatch.setattr(Engine, "prefill", lambda self, seqs: (starts.append(seqs[0].L), prefill(self, seqs))[1])
+    fresh = gpu_fp32 if dtype == "float32" else gpu_bf16
+    cached = LLM(model=str(default_model), device="cuda", dtype=dtype, prefix_caching=True)
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    messages = [{"role": "user", "content": "Name three colours."}]
+    first = cached.chat(messages, params)
+    assert first.token_ids == fresh.chat(messages, params).token_ids and starts[0] == 0
+    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And three more?"}]
+    ids = cached.chat_prompt(messages)
+    starts.clear()
+    second = cached.generate(ids, params).token_ids
+    assert starts[0] >= 16 * 2, starts  # the conversation's first pages were not prefilled again
+    assert second[:16] == fresh.generate(ids, params).token_ids[:16]
+    assert cached.cache.free_pages == cached.cache.num_pages

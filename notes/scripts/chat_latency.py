@@ -2,7 +2,10 @@
 Per turn of a growing conversation: rendering the prompt, the time to the first token, the whole reply, and the
 rate over the reply after its first token; then one turn under cProfile (the host's hot spots).
 
-    PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights python3 notes/scripts/chat_latency.py
+    PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights python3 notes/scripts/chat_latency.py [cuda|cpu] [prefix]
+
+prefix: with LLM(prefix_caching=True), as minispec chat runs since stop 42 (a turn reuses the conversation's kept
+KV pages and prefills only what was added).
 """
 import cProfile
 import pstats
@@ -13,10 +16,12 @@ from minispec import LLM, SamplingParams
 from minispec.bench_gpu import card_name
 
 device = sys.argv[1] if len(sys.argv) > 1 else "cuda"
-llm = LLM(device=device)
+prefix = "prefix" in sys.argv[2:]
+llm = LLM(device=device, prefix_caching=prefix)
 params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
 questions = ["Hello!", "Name a colour.", "Why is the sky blue?", "Say that again, shorter.", "Thanks!", "Name a colour."]
-print(f"# chat_latency on {card_name() if device == 'cuda' else device}: default model, {params.max_tokens} tokens a reply")
+print(f"# chat_latency on {card_name() if device == 'cuda' else device}: default model, {params.max_tokens} tokens a reply, "
+      f"prefix caching {'on' if prefix else 'off'}")
 
 
 def turn(messages):
