@@ -83,3 +83,30 @@ def test_kept_pages_give_way_to_new_requests(tiny_model):
     assert llm.cache.free_pages == llm.cache.num_pages
     kept = np.fromiter(llm.cache.kept.values(), dtype=np.int64)
     assert (llm.cache.refcount[kept] == 1).all() and not np.delete(llm.cache.refcount, kept).any()
+
+
+def test_many_requests_over_shared_prefixes(tiny_model, monkeypatch):
+    """Random requests that share prefixes to various depths, in a pool too small to keep them all, greedy and
+    sampled, with and without the n-gram drafter: the same tokens as a run without the cache, and after each
+    request every page is free or kept with the cache's reference alone."""
+    starts = prefill_starts(monkeypatch)
+    rng = np.random.default_rng(7)
+    kw = dict(model=str(tiny_model), device="cpu", page_size=P, kv_cache_tokens=40 * P)
+    cached, fresh = LLM(prefix_caching=True, **kw), LLM(**kw)
+    stems = [rng.integers(3, 200, 24).tolist() for _ in range(3)]
+    for i in range(24):
+        stem = stems[rng.integers(3)]
+        prompt = stem[: rng.integers(1, 25)] + rng.integers(3, 200, rng.integers(1, 9)).tolist()
+        params = SamplingParams(temperature=float(rng.choice([0.0, 0.8])), seed=i, n=int(rng.integers(1, 3)),
+                                max_tokens=int(rng.integers(1, 16)), ignore_eos=True)
+        draft = [None, "ngram"][i % 2]
+        for llm in (cached, fresh):
+            llm.use_drafter(draft)
+        got = [s.token_ids for s in cached.generate(prompt, params).samples]
+        assert got == [s.token_ids for s in fresh.generate(prompt, params).samples], i
+        cache = cached.cache
+        kept = np.fromiter(cache.kept.values(), dtype=np.int64, count=len(cache.kept))
+        assert (cache.refcount[kept] == 1).all() and not np.delete(cache.refcount, kept).any()
+        assert cache.free_pages == cache.num_pages and len(set(kept.tolist())) == len(kept)
+    cached_starts = starts[0::2]  # (the fresh LLM's prefills in between)
+    assert sum(s[0] > 0 for s in cached_starts) >= 6 and not any(s[0] for s in starts[1::2])
