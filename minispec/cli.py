@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(generate, temperature=0.0)
     generate.set_defaults(run=command_generate)
 
-    chat = commands.add_parser("chat", help="interactive chat (/reset, /exit; Ctrl-C ends a reply); prints tokens/s after each reply")
+    chat = commands.add_parser("chat", help="interactive chat (/reset, /exit; Ctrl-C ends a reply); prints tokens/s after each reply; "
+                                  "a turn reuses the KV pages of the conversation so far (prefix caching)")
     chat.add_argument("--system", default=None, help="system message")
     add_model_arguments(chat)
     add_sampling_arguments(chat, temperature=0.0)
