@@ -428,11 +428,14 @@ class ModelDrafter(NoDrafter):
 
     host_only = False  # proposing runs the draft model, and its cache follows the target through commit
 
-    def __init__(self, model, budget: TreeBudget, num_pages: int, page_size: int):
+    def __init__(self, model, budget: TreeBudget, num_pages: int, page_size: int, prefix_caching: bool = False):
         self.model = model
         self.budget = budget
         self.cache = model.new_cache(num_pages, page_size)
         self.state = {}  # id(seq) -> DraftState
+        # the draft's own pages kept between requests, as the target's (Engine.prefix_caching): a chat's next turn
+        # feeds the draft only what the kept pages lack
+        self.prefix_caching = prefix_caching
 
     def forward(self, items, counts: list[int], greedy: list[bool], grows: list[list[int]]) -> list:
         """The draft's rows of the items, `counts[b]` rows for sequence b: for a greedy sequence the top `width`
@@ -454,7 +457,10 @@ class ModelDrafter(NoDrafter):
         width, limit = self.budget.width, MAX_TREE_NODES
         items = []  # level 0: every token the draft has not cached yet, the root included
         for seq in seqs:
-            state = self.state.setdefault(id(seq), DraftState())
+            state = self.state.get(id(seq))
+            if state is None:  # its first proposal: from position 0, or past the kept pages that hold its tokens
+                table = self.cache.reuse_prefix(seq.tokens, seq.L) if self.prefix_caching else []
+                state = self.state[id(seq)] = DraftState(table, len(table) * self.cache.page_size)
             new = seq.tokens[state.cached : seq.L + 1]
             self.cache.prepare(state.table, state.cached, len(new))
             items.append(StepItem.chunk(state.table, state.cached, new))
@@ -499,6 +505,8 @@ class ModelDrafter(NoDrafter):
     def release(self, seq) -> None:
         state = self.state.pop(id(seq), None)
         if state:
+            if self.prefix_caching:  # positions below `cached` hold tokens[:cached]'s draft K/V
+                self.cache.keep_prefix(state.table, seq.tokens, state.cached)
             self.cache.release(state.table)
 
 
@@ -508,8 +516,10 @@ class DraftState:
     cached: int = 0  # tokens of the sequence whose draft K/V is cached
 
 
-def make_drafter(draft, budget, target_model, tokenizer, backend, num_pages: int, page_size: int, load_model=None):
-    """None -> plain decoding; "ngram"; "self:K"; or a draft model directory with the target's tokenizer."""
+def make_drafter(draft, budget, target_model, tokenizer, backend, num_pages: int, page_size: int, load_model=None,
+                 prefix_caching: bool = False):
+    """None -> plain decoding; "ngram"; "self:K"; or a draft model directory with the target's tokenizer.
+    prefix_caching: a draft model keeps its pages between requests (ModelDrafter)."""
     if draft is None or draft == "none":
         return NoDrafter()
     if draft == "ngram":  # a continuation may fill the whole node budget (a draft model's depth is its draft forwards)
@@ -522,8 +532,8 @@ def make_drafter(draft, budget, target_model, tokenizer, backend, num_pages: int
             raise MinispecError(f"draft {draft!r}: expected self:K with K an integer") from None
         if not 1 <= K < target_model.config.num_layers:
             raise MinispecError(f"draft {draft!r}: K must be in 1..{target_model.config.num_layers - 1} (the target has {target_model.config.num_layers} layers)")
-        return ModelDrafter(target_model.truncated(K), budget, num_pages, page_size)
+        return ModelDrafter(target_model.truncated(K), budget, num_pages, page_size, prefix_caching)
     draft_model, draft_tokenizer = load_model(draft)
     if draft_model.config.vocab_size != target_model.config.vocab_size or draft_tokenizer.hf.get_vocab() != tokenizer.hf.get_vocab():
         raise MinispecError(f"draft model {draft!r} has a different tokenizer or vocabulary than the target: it cannot draft for it")
-    return ModelDrafter(draft_model, budget, num_pages, page_size)
+    return ModelDrafter(draft_model, budget, num_pages, page_size, prefix_caching)

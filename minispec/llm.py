@@ -92,7 +92,8 @@ class LLM:
     def use_drafter(self, draft: str | None, tree=None) -> None:
         """Switch the drafter (None, "ngram", "self:K" or a model directory) and tree budget."""
         self.engine.drafter = make_drafter(
-            draft, tree, self.model, self.tokenizer, self.backend, self.cache.num_pages, self.cache.page_size, self._load_draft
+            draft, tree, self.model, self.tokenizer, self.backend, self.cache.num_pages, self.cache.page_size, self._load_draft,
+            self.engine.prefix_caching,
         )
 
     def _load_draft(self, path):

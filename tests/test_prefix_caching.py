@@ -110,3 +110,34 @@ def test_many_requests_over_shared_prefixes(tiny_model, monkeypatch):
         assert cache.free_pages == cache.num_pages and len(set(kept.tolist())) == len(kept)
     cached_starts = starts[0::2]  # (the fresh LLM's prefills in between)
     assert sum(s[0] > 0 for s in cached_starts) >= 6 and not any(s[0] for s in starts[1::2])
+
+
+def test_a_draft_model_keeps_its_own_pages(tiny_model):
+    """With a draft model (here the target's first layer) the draft's cache keeps its pages too: the next turn
+    feeds the draft only what they lack, and both pools account for every page afterwards."""
+    from minispec.drafters import ModelDrafter
+
+    llm = LLM(model=str(tiny_model), device="cpu", page_size=P, prefix_caching=True, draft="self:1", tree=(6, 3, 2))
+    drafter = llm.engine.drafter
+    fed, forward = [], ModelDrafter.forward
+
+    def spy(self, items, *args):
+        fed.append(items[0].tree_start if len(items[0].tokens) > 1 else None)  # a first proposal's catch-up chunk
+        return forward(self, items, *args)
+
+    ModelDrafter.forward = spy
+    try:
+        params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+        prompt = list(range(20, 35))
+        first = llm.generate(prompt, params)
+        turn = prompt + first.token_ids + [7, 8, 9]
+        fed.clear()
+        second = llm.generate(turn, params)
+    finally:
+        ModelDrafter.forward = forward
+    # the first run's draft K/V reach its last committed root at least: the prompt's whole pages and more
+    assert fed[0] % P == 0 and fed[0] > len(prompt) // P * P, fed
+    plain = LLM(model=str(tiny_model), device="cpu", page_size=P).generate(turn, params)
+    assert second.token_ids == plain.token_ids
+    for cache in (llm.cache, drafter.cache):
+        assert cache.kept and cache.free_pages == cache.num_pages
