@@ -76,8 +76,10 @@ class LLM:
         prefix_caching: bool = False,
     ):
         self.backend = make_backend(device, dtype, kv_memory_fraction)
+        self.backend.warm_up()  # kernels compile beside the weights' loading (a machine's first run)
         self.model_dir = resolve_model(model)
         self.model = Model.load(self.model_dir, self.backend)
+        self.backend.warm_up(self.model)
         config = self.model.config
         self.tokenizer = Tokenizer(self.model_dir, config.eos_token_ids)
         self.max_model_len = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)

@@ -257,3 +257,53 @@ def test_slow_compiles_are_announced_and_cached_ones_are_silent(capsys):
             time.sleep(0.2)
             raise RuntimeError("nvrtc failed")
     assert re.search(r"minispec: failed after 0\.[2-9] s\n$", capsys.readouterr().err)
+
+
+def test_precompile_compiles_side_by_side_and_kernel_waits_for_it():
+    """warm_up's files compile each on a thread of its own while the caller goes on; kernel() takes the module a
+    thread compiled (no second compile), compiles a file nobody started on the caller's thread, and raises a
+    thread's compile error where the module is needed."""
+    import threading
+    import time
+
+    broken = kernel_source("kv_cache.cu")
+    compiles = []
+
+    class Module:
+        def __init__(self, code, options):
+            self.code = code
+
+        def compile(self):
+            compiles.append(threading.current_thread().name)
+            time.sleep(0.3)
+            if self.code == broken:
+                raise RuntimeError("NVRTC rejected it")
+
+        def get_function(self, name):
+            return (self, name)
+
+    class Device:
+        def __init__(self, index):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    be = CudaBackend.__new__(CudaBackend)
+    be.cp = SimpleNamespace(RawModule=lambda code, options: Module(code, options), cuda=SimpleNamespace(Device=Device))
+    be.bf16, be.hopper, be.device_id, be.modules, be.compiling, be.functions = True, True, 0, {}, {}, {}
+    start = time.perf_counter()
+    be.precompile(["gemm.cu", "attention.cu", "sampling.cu", "kv_cache.cu"])
+    assert time.perf_counter() - start < 0.1  # the caller goes on at once
+    gemm = be.kernel("gemm.cu", "a")
+    assert be.kernel("attention.cu", "b")[0] is not gemm[0] and be.kernel("sampling.cu", "c")
+    assert time.perf_counter() - start < 0.6  # 0.3 s each, side by side
+    assert be.kernel("gemm.cu", "d")[0] is gemm[0] and len(compiles) == 4
+    assert all(name.startswith("minispec-compile-") for name in compiles)
+    with pytest.raises(RuntimeError, match="NVRTC rejected it"):
+        be.kernel("kv_cache.cu", "e")
+    be.kernel("elementwise.cu", "f")  # not precompiled: on this thread
+    assert compiles[-1] == threading.current_thread().name and len(compiles) == 5

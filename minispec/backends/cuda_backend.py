@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import weakref
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,7 +312,9 @@ class CudaBackend:
         self.store_dtype = cp.uint16 if self.bf16 else cp.float32
         self.kv_memory_fraction = kv_memory_fraction
         self.modules = {}  # kernel file -> RawModule (compiled for this backend's storage type)
+        self.compiling = {}  # kernel file -> Future of its RawModule, compiled on a thread of its own (precompile)
         self.functions = {}  # (file, kernel name) -> Function
+        self.device_id = cp.cuda.Device().id
         self.graphs = IdentityTable()  # (model, cache), (B, N bucket, context bucket, launch settings) -> CapturedStep
         # which GEMM serves `linear`: None follows `own_gemm_serves` (measured by `bench gemm`); "own" or "cublas"
         # forces one (tests, benchmarks); the own kernel also serves when cuBLAS cannot be loaded
@@ -369,18 +372,50 @@ class CudaBackend:
         """The compiled kernel `name` of kernels/`file` (module and function looked up once per process)."""
         if (file, name) not in self.functions:
             if file not in self.modules:
-                source = kernel_source(file)
-                options = ("-std=c++17", "-DSTORAGE_BF16") if self.bf16 else ("-std=c++17",)
-                options += ("-arch=sm_90a",) if self.hopper else ()
-                options += (f"-DSOURCE_HASH_{hashlib.sha1(source.encode()).hexdigest()[:12]}",)
-                module = self.cp.RawModule(code=source, options=options)
-                # CuPy compiles on the first call and keeps the binary in its cache: only a machine's first run waits
+                # CuPy keeps the binary in its cache: only a machine's first run waits (precompile shortens that)
                 with notice_if_slow(f"compiling kernels/{file} (once per machine: CuPy caches the binary)"):
-                    self.functions[(file, name)] = module.get_function(name)
-                self.modules[file] = module
-            else:
-                self.functions[(file, name)] = self.modules[file].get_function(name)
+                    future = self.compiling.pop(file, None)
+                    self.modules[file] = future.result() if future is not None else self.compile_module(file)
+            self.functions[(file, name)] = self.modules[file].get_function(name)
         return self.functions[(file, name)]
+
+    def compile_module(self, file: str):
+        """kernels/`file` compiled for this backend (storage type, architecture) and loaded, on any thread."""
+        source = kernel_source(file)
+        options = ("-std=c++17", "-DSTORAGE_BF16") if self.bf16 else ("-std=c++17",)
+        options += ("-arch=sm_90a",) if self.hopper else ()
+        options += (f"-DSOURCE_HASH_{hashlib.sha1(source.encode()).hexdigest()[:12]}",)
+        module = self.cp.RawModule(code=source, options=options)
+        with self.cp.cuda.Device(self.device_id):  # a thread's own current device: the module loads in ours
+            module.compile()
+        return module
+
+    def warm_up(self, model=None) -> None:
+        """Start compiling the kernel files a model's first steps launch (precompile): those of every model, and, given
+        a model with small layers, the one-launch decode (kernels/cluster_decode.cu). The rest (the fused tree steps,
+        the n-gram drafter's) compile when first used."""
+        files = ["gemm.cu", "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu"]
+        if model is not None and self.cluster_decode and self.small_layers(model):
+            files.append("cluster_decode.cu")
+        self.precompile(files)
+
+    def precompile(self, files) -> None:
+        """Compile kernel files side by side, each on a daemon thread (NVRTC releases the GIL), while the caller goes
+        on (LLM loads the weights meanwhile); kernel() waits for a file still compiling. On a machine's first run
+        the files the default model needs took ~18 s one after another (an H200, notes/chat_latency_h200_stop42.log);
+        with CuPy's cache warm each takes milliseconds either way."""
+        for file in files:
+            if file in self.modules or file in self.compiling:
+                continue
+            future = self.compiling[file] = Future()
+
+            def run(file=file, future=future):
+                try:
+                    future.set_result(self.compile_module(file))
+                except BaseException as error:  # (kernel() raises it where the module is needed)
+                    future.set_exception(error)
+
+            threading.Thread(target=run, name=f"minispec-compile-{file}", daemon=True).start()
 
     def launch(self, kernel, grid, block, args, shared_mem: int = 0) -> None:
         """Launch a project kernel on the compute stream: with programmatic dependent launch where `pdl` is on

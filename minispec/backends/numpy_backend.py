@@ -129,6 +129,9 @@ class NumpyBackend:
 
         return f"CPU (NumPy reference, {os.cpu_count()} cores, {platform.machine()})"
 
+    def warm_up(self, model=None) -> None:
+        """Nothing to compile (CudaBackend.warm_up compiles kernels ahead)."""
+
     def convert(self, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=np.float32)
 
