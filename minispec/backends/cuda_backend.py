@@ -88,8 +88,8 @@ def allow_shared(kernel, nbytes: int) -> None:
 @contextmanager
 def notice_if_slow(what: str, after: float = 1.0):
     """Say on stderr what the program waits for once it has waited `after` seconds, and how long it took: a
-    machine's first run compiles the kernels for ~20 s (H200, notes/chat_latency_h200_stop42.log), which would
-    otherwise pass in silence; cached runs say nothing."""
+    machine's first run waits seconds for NVRTC (gemm.cu 6-8 s on an H200, notes/first_run_compile_h200_stop42.log),
+    which would otherwise pass in silence; cached runs say nothing."""
     start, said = time.perf_counter(), threading.Event()
 
     def say():
@@ -401,9 +401,9 @@ class CudaBackend:
 
     def precompile(self, files) -> None:
         """Compile kernel files side by side, each on a daemon thread (NVRTC releases the GIL), while the caller goes
-        on (LLM loads the weights meanwhile); kernel() waits for a file still compiling. On a machine's first run
-        the files the default model needs took ~18 s one after another (an H200, notes/chat_latency_h200_stop42.log);
-        with CuPy's cache warm each takes milliseconds either way."""
+        on (LLM loads the weights meanwhile); kernel() waits for a file still compiling. A tiny model's first answer on
+        a fresh H200 took 19.6 s with the files compiled one after another, 8.5 s side by side
+        (notes/first_run_compile_h200_stop42.log); with CuPy's cache warm each takes milliseconds either way."""
         for file in files:
             if file in self.modules or file in self.compiling:
                 continue
