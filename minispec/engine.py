@@ -103,7 +103,7 @@ class Engine:
                 for parent in parents:
                     parent.table = self.cache.reuse_prefix(parent.tokens, parent.prompt_len - 1)
                     parent.L = len(parent.table) * self.cache.page_size
-            last_rows = self.prefill(parents)  # KV for every prompt token; (logits, row) of each last token
+            last_rows = self.prefill_sharing(parents)  # KV for every prompt token; (logits, row) of each last token
             for parent in parents:
                 seqs += self.fork_samples(parent)  # n samples share the prompt's pages
             # all greedy or all sampled: a step's next tokens come from one kernel (argmax or the sampler), so
@@ -417,6 +417,28 @@ class Engine:
                 if seqs[i].L == seqs[i].prompt_len:  # a copy of the row: a later step may replay this graph
                     last[i] = (logits.row(row), 0)
         return last
+
+    def prefill_sharing(self, parents: list[Sequence]) -> list[tuple]:
+        """prefill(parents); with prefix caching, prompts of the batch that begin with a whole page of an earlier
+        one's wait for its prefill and then start from its pages (a shared system prompt or examples prefilled
+        once, in a second round of prefill steps)."""
+        P = self.cache.page_size
+        first, later, seen = [], [], set()
+        for seq in parents:
+            keys = self.cache.prefix_keys(seq.tokens, (seq.prompt_len - 1) // P) if self.prefix_caching else []
+            (later if keys and keys[0] in seen else first).append(seq)
+            seen.update(keys)
+        if not later:
+            return self.prefill(parents)
+        rows = dict(zip(map(id, first), self.prefill(first)))
+        for seq in first:  # their prompts' whole pages, for the rest of the batch
+            self.cache.keep_prefix(seq.table, seq.tokens, seq.L)
+        for seq in later:  # nothing written yet: its kept pages give way to the longest run there is now
+            self.cache.release(seq.table)
+            seq.table = self.cache.reuse_prefix(seq.tokens, seq.prompt_len - 1)
+            seq.L = len(seq.table) * P
+        rows.update(zip(map(id, later), self.prefill(later)))
+        return [rows[id(seq)] for seq in parents]
 
     def fork_samples(self, parent: Sequence) -> list[Sequence]:
         if parent.params.n == 1:

@@ -56,7 +56,8 @@ class LLM:
     kv_memory_fraction of the memory left free after the weights.
     prefix_caching: keep each finished request's full KV pages in the pool (until
     it needs them) and start a prompt that begins with the same tokens from them:
-    a chat's next turn prefills only what was added (the pages were computed by
+    a chat's next turn prefills only what was added, and prompts of one call that
+    share whole pages prefill them once (the pages were computed by
     other launch shapes, so its bits may differ from a fresh prefill's in the
     last place).
     """

@@ -141,3 +141,22 @@ def test_a_draft_model_keeps_its_own_pages(tiny_model):
     assert second.token_ids == plain.token_ids
     for cache in (llm.cache, drafter.cache):
         assert cache.kept and cache.free_pages == cache.num_pages
+
+
+def test_a_batch_prefills_its_shared_pages_once(tiny_model, monkeypatch):
+    """Prompts of one request that begin with the same whole pages: the first is prefilled, the others start from
+    its pages in a second round, and every sample gives the tokens of a run without the cache."""
+    starts = prefill_starts(monkeypatch)
+    kw = dict(model=str(tiny_model), device="cpu", page_size=P)
+    cached, fresh = LLM(prefix_caching=True, **kw), LLM(**kw)
+    rng = np.random.default_rng(3)
+    shared = rng.integers(3, 200, 10).tolist()  # two whole pages and a half
+    prompts = [shared + rng.integers(3, 200, k).tolist() for k in (3, 5)] + [rng.integers(3, 200, 7).tolist(), shared[:9]]
+    params = SamplingParams(temperature=0, max_tokens=9, ignore_eos=True)
+    got = [r.token_ids for r in cached.generate(prompts, params)]
+    assert starts == [[0, 0], [8, 8]]  # the first and the unrelated prompt, then the two that share 2 pages with it
+    assert got == [r.token_ids for r in fresh.generate(prompts, params)]
+    sampled = SamplingParams(n=2, temperature=1.0, seed=5, max_tokens=6, ignore_eos=True)
+    assert [[s.token_ids for s in r.samples] for r in cached.generate(prompts, sampled)] == \
+        [[s.token_ids for s in r.samples] for r in fresh.generate(prompts, sampled)]
+    assert cached.cache.free_pages == cached.cache.num_pages
