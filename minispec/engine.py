@@ -99,10 +99,6 @@ class Engine:
         parents = [self.new_sequence(i, 0, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params))]
         seqs: list[Sequence] = []
         try:
-            if self.prefix_caching:  # kept pages of a run that began the same way; one token at least is prefilled
-                for parent in parents:
-                    parent.table = self.cache.reuse_prefix(parent.tokens, parent.prompt_len - 1)
-                    parent.L = len(parent.table) * self.cache.page_size
             last_rows = self.prefill_sharing(parents)  # KV for every prompt token; (logits, row) of each last token
             for parent in parents:
                 seqs += self.fork_samples(parent)  # n samples share the prompt's pages
@@ -419,25 +415,29 @@ class Engine:
         return last
 
     def prefill_sharing(self, parents: list[Sequence]) -> list[tuple]:
-        """prefill(parents); with prefix caching, prompts of the batch that begin with a whole page of an earlier
-        one's wait for its prefill and then start from its pages (a shared system prompt or examples prefilled
-        once, in a second round of prefill steps)."""
+        """prefill(parents); with prefix caching each prompt starts past the kept pages that hold its first tokens
+        (one token at least is prefilled), and prompts of the batch that begin with a whole page of an earlier one's
+        wait for its prefill and start from its pages too (a shared system prompt or examples prefilled once, in a
+        second round of prefill steps)."""
+        if not self.prefix_caching:
+            return self.prefill(parents)
         P = self.cache.page_size
         first, later, seen = [], [], set()
         for seq in parents:
-            keys = self.cache.prefix_keys(seq.tokens, (seq.prompt_len - 1) // P) if self.prefix_caching else []
+            keys = self.cache.prefix_keys(seq.tokens, (seq.prompt_len - 1) // P)
             (later if keys and keys[0] in seen else first).append(seq)
             seen.update(keys)
-        if not later:
-            return self.prefill(parents)
-        rows = dict(zip(map(id, first), self.prefill(first)))
-        for seq in first:  # their prompts' whole pages, for the rest of the batch
-            self.cache.keep_prefix(seq.table, seq.tokens, seq.L)
-        for seq in later:  # nothing written yet: its kept pages give way to the longest run there is now
-            self.cache.release(seq.table)
-            seq.table = self.cache.reuse_prefix(seq.tokens, seq.prompt_len - 1)
-            seq.L = len(seq.table) * P
-        rows.update(zip(map(id, later), self.prefill(later)))
+        rows = {}
+        for group in (first, later):
+            if not group:
+                continue
+            for seq in group:  # kept pages: earlier requests', and for the second group the first group's
+                seq.table = self.cache.reuse_prefix(seq.tokens, seq.prompt_len - 1)
+                seq.L = len(seq.table) * P
+            rows.update(zip(map(id, group), self.prefill(group)))
+            if group is first and later:  # their prompts' whole pages, for the rest of the batch
+                for seq in first:
+                    self.cache.keep_prefix(seq.table, seq.tokens, seq.L)
         return [rows[id(seq)] for seq in parents]
 
     def fork_samples(self, parent: Sequence) -> list[Sequence]:
