@@ -228,7 +228,8 @@ def test_attention_triggers_the_next_launch_only_when_its_grid_fits_one_wave():
     own grid is placed whole at once (one wave: 2 blocks an SM of 4 warps, 1 of 8), so none of them waits behind
     them; never without programmatic dependent launch; forced either way by attention_early_trigger. The 8B T = 64
     step at 512 keys (2 row tiles x 8 KV heads x 8 shares, 8 warps) and its decode (1 x 8 x 8, 4 warps) trigger."""
-    rules = type("Rules", (), {"attention_trigger_first": CudaBackend.attention_trigger_first})()
+    rules = type("Rules", (), {"attention_trigger_first": CudaBackend.attention_trigger_first,
+                               "attention_wave": CudaBackend.attention_wave})()
     rules.sm_count, rules.pdl, rules.attention_early_trigger = 132, True, None
     assert rules.attention_trigger_first(2 * 8 * 8, 8) and rules.attention_trigger_first(1 * 8 * 8, 4)
     assert rules.attention_trigger_first(132, 8) and not rules.attention_trigger_first(133, 8)

@@ -953,7 +953,7 @@ class CudaBackend:
         4.379 -> 4.360; decode one step ahead level."""
         if self.attention_early_trigger is not None:
             return self.attention_early_trigger
-        return self.pdl and blocks <= self.sm_count * (2 if warps == 4 else 1)
+        return self.pdl and blocks <= self.attention_wave(warps)
 
     def attention_kernel(self, rows: int, context: int, B: int, Hkv: int, D: int) -> tuple[int, bool]:
         """(warps, wgmma) of attention_mma's kernel for `rows` query rows per sequence's KV head at a context
@@ -1034,8 +1034,11 @@ class CudaBackend:
         count rounds down. Each share keeps at least 2 key tiles: 8 shares of 2 tiles beat 4 of 4 at 8B heads,
         T = 16, 512 keys (9.1 against 10.8 µs at stop 17; the older sweep, attention_sweep_short_h100.log, had
         shown 9.6 against 11.7); beyond 32 shares the merge costs more than the parallelism gains."""
-        wave = self.sm_count * (2 if warps == 4 else 1)
-        return max(1, min(wave // blocks, context // (128 if wgmma else 16 * warps), 32))
+        return max(1, min(self.attention_wave(warps) // blocks, context // (128 if wgmma else 16 * warps), 32))
+
+    def attention_wave(self, warps: int) -> int:
+        """Tensor-core attention blocks resident at once: two an SM of 4 warps, one of 8 (their shared memory)."""
+        return self.sm_count * (2 if warps == 4 else 1)
 
     # ------------------------------------------------------------------ fused layers
     def fused_row_limit(self, model) -> int:
