@@ -429,4 +429,99 @@ GEMM_WGMMA_CLUSTERS(2, 64, 4)
     }
 GEMM_WGMMA_GLU(2, 4, 2)
 GEMM_WGMMA_GLU(4, 5, 1)
+
+// gemm_wgmma_tiles_w{WGS}_x{XROWS} (sm_90a): gemm_wgmma without split-K (S = 1) for weights of many more tiles
+// than blocks (the LM heads), on persistent blocks: block b takes tiles b, b + gridDim.x, ... and its producer
+// runs one ring over all of them, so the next tile's weights stream while the consumers store this tile's sums.
+// With a block per tile, the blocks of a wave start and end together, and every SM's stream stops for their
+// first ring fill and their epilogue once a wave (the 8B LM head: 1002 tiles, 3.8 waves of two blocks an SM).
+// The sums go from the accumulator fragments straight to y: lanes g = 0..7 of a store write 8 consecutive
+// weight rows' columns of one x row (a whole 32-byte sector), so no shared-memory pass is needed; each tile's
+// products are those of gemm_wgmma_w{WGS}_x{XROWS}_s1 in the same order, so y has the same bits.
+// Launch: grid min(tiles, 2 SMs), block 128 WGS + 32, the dynamic shared memory of gemm_wgmma.
+template <int WGS, int XROWS, int STAGES>
+__device__ void gemm_wgmma_tiles_body(const TensorMap& w_map, const TensorMap& x_map, float* __restrict__ y, int M, int N, int K) {
+    constexpr int ROWS = 64 * WGS, BK = 64;
+    constexpr int W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
+    extern __shared__ __align__(128) unsigned char shared[];
+    unsigned char* base = shared + (1024 - (unsigned)__cvta_generic_to_shared(shared) % 1024) % 1024;
+    __nv_bfloat16* w_ring = reinterpret_cast<__nv_bfloat16*>(base);  // [STAGES][ROWS][64 k]
+    __nv_bfloat16* x_ring = w_ring + STAGES * W_TILE;                 // [STAGES][XROWS][64 k]
+    unsigned long long* full = reinterpret_cast<unsigned long long*>(x_ring + STAGES * X_TILE);
+    unsigned long long* empty = full + STAGES;
+    const int warp = __shfl_sync(0xffffffff, threadIdx.x / 32, 0), group = warp / 4;  // group WGS: the producer
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int steps = K / BK, tiles = (N + ROWS - 1) / ROWS;
+    const int my_tiles = blockIdx.x < tiles ? (tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0, total = my_tiles * steps;
+    if (threadIdx.x == 0)
+        for (int i = 0; i < STAGES; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 4 * WGS);
+    __syncthreads();
+
+    if (group == WGS) {
+        if (lane == 0) {  // ring step i: k stage i % steps of this block's tile i / steps
+            auto load_weights = [&](int i) {
+                const int slot = i % STAGES;
+                mbarrier_expect_bytes(full + slot, (W_TILE + X_TILE) * 2);
+                tma_load(w_ring + slot * W_TILE, &w_map, i % steps * BK, (blockIdx.x + i / steps * gridDim.x) * ROWS, full + slot);
+            };
+            auto load_x = [&](int i) {
+                tma_load(x_ring + i % STAGES * X_TILE, &x_map, i % steps * BK, 0, full + i % STAGES);
+                mbarrier_arrive(full + i % STAGES);
+            };
+            for (int i = 0; i < min(STAGES, total); i++) load_weights(i);  // before the wait, as gemm_wgmma
+            pdl_wait();
+            for (int i = 0; i < total; i++) {
+                if (i >= STAGES) {
+                    mbarrier_wait(empty + i % STAGES, (i / STAGES - 1) & 1);
+                    load_weights(i);
+                }
+                load_x(i);
+            }
+        } else pdl_wait();
+        __syncwarp();
+        pdl_trigger();
+        return;
+    }
+    pdl_wait();
+    auto release = [&](int i) {
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(empty + i % STAGES);
+    };
+    float acc[XROWS / 8][4] = {};
+    for (int tile = 0; tile < my_tiles; tile++) {
+        for (int s = 0; s < steps; s++) {
+            const int i = tile * steps + s, slot = i % STAGES;
+            mbarrier_wait(full + slot, (i / STAGES) & 1);
+            const __nv_bfloat16* w_tile = w_ring + slot * W_TILE + group * 64 * BK;
+            const __nv_bfloat16* x_tile = x_ring + slot * X_TILE;
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < BK / 16; ks++)
+                wgmma_ss<XROWS>(acc, smem_descriptor(w_tile + ks * 16, 16, 1024), smem_descriptor(x_tile + ks * 16, 16, 1024), 1);
+            wgmma_commit();
+            wgmma_wait<1>();
+            if (s > 0) release(i - 1);
+        }
+        wgmma_wait<0>();
+        wgmma_pin(acc);
+        release((tile + 1) * steps - 1);  // the producer refills the ring while this tile's sums are stored
+        if (tile == my_tiles - 1) pdl_trigger();
+        // fragment (j, e): x row 8 j + 2 t + (e & 1), weight row n0 + 16 (warp % 4) + g + 8 (e >> 1) of this group
+        const int n = (blockIdx.x + tile * gridDim.x) * ROWS + group * 64 + warp % 4 * 16 + g;
+#pragma unroll
+        for (int j = 0; j < XROWS / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int m = 8 * j + 2 * t + (e & 1), col = n + 8 * (e >> 1);
+                if (m < M && col < N) y[(long long)m * N + col] = acc[j][e];
+                acc[j][e] = 0.0f;  // (zeroed, not overwritten by the next tile's first product: the same bits as s1)
+            }
+    }
+}
+#define GEMM_WGMMA_TILES(WGS, XROWS, STAGES)                                                                          \
+    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) gemm_wgmma_tiles_w##WGS##_x##XROWS(              \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { \
+        gemm_wgmma_tiles_body<WGS, XROWS, STAGES>(w_map, x_map, y, M, N, K);                                          \
+    }
+GEMM_WGMMA_TILES(2, 64, 4)
 #endif

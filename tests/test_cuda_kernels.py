@@ -197,6 +197,31 @@ def test_gemm_wgmma_every_cluster_size(M, S, G, X, N, K):
     check_cluster_gemm(be, be.gemm_wgmma, M, N, K, np.random.default_rng(M * 8 + S + K + N + G), what)
 
 
+@pytest.mark.parametrize("M", [1, 17, 33, 64])
+@pytest.mark.parametrize("N,K", [(333, 1024), (40000, 576), (70001, 1024)])
+def test_gemm_wgmma_tiles_equals_a_block_a_tile(M, N, K):
+    """gemm_wgmma_tiles_w2_x64 (Hopper; persistent blocks, each over tiles b, b + grid, ..., one ring across them,
+    sums stored from the fragments): the bits of gemm_wgmma_w2_x64_s1 (a block a tile), N off the tile, blocks of
+    one, two and three tiles (a grid of two blocks an SM), K / 64 stages not a multiple of the ring's 4; y poisoned
+    first; close to float64 sums of the bf16 operands."""
+    import cupy as cp
+
+    be, rng = backend("bfloat16"), np.random.default_rng(M + N + K)
+    if not be.hopper:
+        pytest.skip("gemm_wgmma needs a Hopper GPU")
+    be.gemm_cluster, be.gemm_wgmma_groups, be.gemm_wgmma_xrows = 1, 2, 64
+    xs, ws = rng.normal(size=(M, K)).astype(np.float32), (rng.normal(size=(N, K)) / np.sqrt(K)).astype(np.float32)
+    x, w = be.convert(xs), be.convert(ws)
+    ys = {}
+    for persistent in (True, False):
+        be.gemm_wgmma_tiles = persistent
+        ys[persistent] = cp.full((M, N), cp.nan, dtype=cp.float32)
+        be.gemm_wgmma(x, w, ys[persistent])
+    assert cp.array_equal(ys[True], ys[False]), "persistent blocks give the bits of a block a tile"
+    expected = stored(xs, "bfloat16").astype(np.float64) @ stored(ws, "bfloat16").astype(np.float64).T
+    assert_close(cp.asnumpy(ys[True]), expected, 1e-3, 1e-3 * np.abs(expected).max(), f"gemm_wgmma_tiles M={M} N={N} K={K}")
+
+
 @pytest.mark.parametrize("G", [2, 4])
 @pytest.mark.parametrize("M", [17, 40, 64])
 @pytest.mark.parametrize("I,K", [(333, 1024), (2048, 576)])

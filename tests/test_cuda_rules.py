@@ -214,13 +214,31 @@ def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     """The backend sizes gemm_wgmma's shared memory from WGMMA_GEMM_STAGES: every (warpgroups, x rows) it names must
     be instantiated in kernels/gemm.cu with that ring depth (a deeper kernel than the table would overrun its
     shared memory), and the gated kernels' depths are WGMMA_GLU_STAGES' (two warpgroups: the (2, 64) entry's)."""
-    from minispec.backends.cuda_backend import WGMMA_GEMM_STAGES, WGMMA_GLU_STAGES
+    from minispec.backends.cuda_backend import WGMMA_GEMM_STAGES, WGMMA_GLU_STAGES, WGMMA_TILES
 
     source = kernel_source("gemm.cu")
     built = {(int(g), int(x)): int(s) for g, x, s in re.findall(r"^GEMM_WGMMA_CLUSTERS\((\d+), (\d+), (\d+)\)", source, re.M)}
     assert built == WGMMA_GEMM_STAGES
     glu = {int(g): int(s) for g, s, _ in re.findall(r"^GEMM_WGMMA_GLU\((\d+), (\d+), (\d+)\)", source, re.M)}
     assert glu == WGMMA_GLU_STAGES and glu[2] == WGMMA_GEMM_STAGES[2, 64]
+    # the persistent kernels share gemm_wgmma's ring (the backend sizes their shared memory from the same table)
+    tiles = {(int(g), int(x)): int(s) for g, x, s in re.findall(r"^GEMM_WGMMA_TILES\((\d+), (\d+), (\d+)\)", source, re.M)}
+    assert set(tiles) == WGMMA_TILES and all(tiles[key] == WGMMA_GEMM_STAGES[key] for key in tiles)
+
+
+def test_gemm_wgmma_runs_persistent_blocks_past_one_wave():
+    """gemm_wgmma_tiles (persistent blocks) takes a product of two warpgroups a block without split-K whose tiles
+    outnumber one wave of two blocks an SM (the LM heads at 17-64 rows), not one that fits a wave or splits K;
+    forced on or off by gemm_wgmma_tiles (never with split-K, which it does not do)."""
+    rules = SimpleNamespace(sm_count=132, gemm_wgmma_tiles=None)
+    persistent = lambda *args: CudaBackend.wgmma_persistent(rules, *args)  # noqa: E731 (tiles, G, X, S)
+    assert persistent(1002, 2, 64, 1) and persistent(384, 2, 64, 1)  # 8B and default model LM heads
+    assert not persistent(264, 2, 64, 1) and not persistent(224, 2, 64, 1)  # one wave; 8B gate/up's tiles
+    assert not persistent(1002, 1, 64, 1) and not persistent(1002, 2, 32, 1) and not persistent(1002, 2, 64, 2)
+    rules.gemm_wgmma_tiles = True
+    assert persistent(3, 2, 64, 1) and not persistent(3, 2, 64, 2)
+    rules.gemm_wgmma_tiles = False
+    assert not persistent(1002, 2, 64, 1)
 
 
 def test_attention_triggers_the_next_launch_only_when_its_grid_fits_one_wave():

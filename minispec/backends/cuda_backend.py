@@ -33,6 +33,7 @@ TOP_K_MAX, TOP_THREADS, TOP_SHARES = 8, 256, 64  # kernels/sampling.cu's top_sha
 TOP_LAUNCHES_KEPT = 16  # top_logprobs' packed launches kept (a draft model's level buckets and the rows ranked)
 # gemm_wgmma's ring depth by (consumer warpgroups, staged x rows) (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
 WGMMA_GEMM_STAGES = {(1, 64): 13, (1, 32): 18, (1, 16): 22, (2, 64): 4}
+WGMMA_TILES = {(2, 64)}  # gemm_wgmma_tiles_w{G}_x{X} kernels (the ring of gemm_wgmma_w{G}_x{X})
 WGMMA_GLU_STAGES = {2: 4, 4: 5}  # gemm_wgmma_glu_w{G}'s ring depth by warpgroups a block (x in 64-row boxes)
 SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
 SAMPLE_STATIC_SHARED = 40 << 10  # its blocks' static shared memory (SampleShared), rounded up
@@ -323,6 +324,7 @@ class CudaBackend:
         self.gemm_wgmma_groups = None  # gemm_wgmma's 64-row warpgroups per block, 1 or 2 (None: wgmma_groups)
         self.glu_groups = None  # gemm_wgmma_glu's warpgroups a block, 2 or 4 (None: wgmma_glu_groups)
         self.gemm_wgmma_xrows = None  # gemm_wgmma's staged x rows, 16, 32 or 64 (None: wgmma_xrows)
+        self.gemm_wgmma_tiles = None  # gemm_wgmma on persistent blocks, True / False (None: wgmma_persistent)
         self.use_graphs = use_graphs
         self.prefill_graph_limit = None  # most rows of a prefill step replayed as a graph (None: prefill_graph_rows)
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
@@ -575,7 +577,8 @@ class CudaBackend:
     def launch_settings(self) -> tuple:
         """The launch settings, part of a graph's key: changing one (tests, benchmarks) must capture anew."""
         return (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
-                self.attention_splits, self.attention_wgmma, self.attention_early_trigger, self.pdl, self.cluster_decode)
+                self.attention_splits, self.attention_wgmma, self.attention_early_trigger, self.pdl, self.cluster_decode,
+                self.gemm_wgmma_tiles)
 
     def graph_positions(self, model) -> int:
         """RoPE positions a captured graph's tables cover (sized once: a graph keeps their pointer)."""
@@ -741,7 +744,21 @@ class CudaBackend:
         X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
         if M > X or (G, X) not in WGMMA_GEMM_STAGES:
             raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups a block takes {M} rows in {X}-row x boxes")
-        self.launch_wgmma(f"gemm_wgmma_w{G}_x{X}_s{S}", G, X, (-(-N // (64 * G)), S), x, weight, 64 * G, y, N)
+        tiles = -(-N // (64 * G))
+        if self.wgmma_persistent(tiles, G, X, S):
+            self.launch_wgmma(f"gemm_wgmma_tiles_w{G}_x{X}", G, X, (min(tiles, 2 * self.sm_count),), x, weight, 64 * G, y, N)
+        else:
+            self.launch_wgmma(f"gemm_wgmma_w{G}_x{X}_s{S}", G, X, (tiles, S), x, weight, 64 * G, y, N)
+
+    def wgmma_persistent(self, tiles: int, G: int, X: int, S: int) -> bool:
+        """Whether gemm_wgmma runs as gemm_wgmma_tiles (persistent blocks, two an SM, each over several tiles): forced
+        (gemm_wgmma_tiles), else where the product has no split-K and more tiles than one wave of two blocks an SM
+        (the LM heads at 17-64 rows)."""
+        if (G, X) not in WGMMA_TILES:
+            return False
+        if self.gemm_wgmma_tiles is not None:
+            return self.gemm_wgmma_tiles and S == 1
+        return S == 1 and tiles > 2 * self.sm_count
 
     def wgmma_shape(self, N: int, K: int, M: int = 64) -> tuple[int, int]:
         """gemm_wgmma's (warpgroups a block G, blocks a cluster S) for [N, K] weights and M rows: forced

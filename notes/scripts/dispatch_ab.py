@@ -14,6 +14,7 @@ anew (step_times makes a new cache, which keys them).
   head_stream  8B LM head at 17-64 rows on gemm_stream instead of gemm_wgmma (two warpgroups)
   rings2     one-warpgroup gemm_wgmma rings of 10 / 9 / 6 stages (16 / 32 / 64-row x boxes), two blocks an SM, so
              that a GEMM's blocks copy their first weights beside the kernel before it
+  notiles    the LM heads at 17-64 rows on gemm_wgmma of a block a tile (before gemm_wgmma_tiles, persistent blocks)
   notrig     the tensor-core attention never triggers the next launch (before stop 41: attention_trigger_first
              lets it trigger first thing where its grid fits one wave, so the merge's and then the O GEMM's blocks
              are placed during attention; stop 41's A/B, atrig, compiled that as an edit of attention.cu)
@@ -69,6 +70,7 @@ def apply(variant: str) -> None:
         be.__dict__.pop(name, None)
     use_rings(COMMITTED_RINGS)
     be.attention_early_trigger = None
+    be.gemm_wgmma_tiles = None
     for part in variant.split("+"):
         if part == "silu":
             be.glu_kernel = lambda M, N2, K: None if M <= 16 else CudaBackend.glu_kernel(be, M, N2, K)
@@ -92,6 +94,8 @@ def apply(variant: str) -> None:
             fits, serves = be.wgmma_gemm_fits, be.own_gemm_serves
             be.wgmma_gemm_fits = lambda M, N, K, fits=fits: False if N == 128256 and M > 16 else fits(M, N, K)
             be.own_gemm_serves = lambda M, N, K, serves=serves: True if N == 128256 else serves(M, N, K)
+        elif part == "notiles":
+            be.gemm_wgmma_tiles = False
         elif part == "notrig":
             be.attention_early_trigger = False
         elif part == "rings2":  # one-warpgroup rings small enough for two blocks an SM
