@@ -67,6 +67,10 @@ class TreeBudget:
 # replay at those costs (notes/scripts/ngram_offline.py device, costs fitted to bench e2e's measured 0.87 / 1.81 /
 # 2.09x): 1.00x -> 1.04x plain in all, summarise 0.87x -> 0.92x, json 0.79x -> 0.94x, shorten 0.79x -> 0.87x, no
 # prompt slower (3 and 8 had been set for host-drafted steps; notes/ngram_gate_stop34.log).
+# So a gate that closed while alpha < 1/2 stays closed for the rest of the generation: one-token matches are not looked
+# up then, and a start weighs at most 4 + 3 + 2 = 9. Replayed (stop 43, notes/ngram_gate_reopen_stop43.log), letting
+# strong matches reopen it lost on json and shorten (0.94x -> 0.79x, 0.87x -> 0.79x), and never reopening a closed gate
+# at all lost a prompt whose copying comes late (1.68x -> 0.99x): the rule is the best of the three.
 NGRAM_PAYS = 4.5
 NGRAM_STRONG = 10
 

@@ -6,6 +6,7 @@ python3 notes/scripts/ngram_offline.py outputs   # greedy outputs of the prompts
 python3 notes/scripts/ngram_offline.py           # replay: plain vs n-gram tree, with and without the one-ahead stretches
 python3 notes/scripts/ngram_offline.py oracle    # the bound of a drafter that knows which span the output copies next
 python3 notes/scripts/ngram_offline.py device    # the gate's settings at the device-drafted loop's costs (since stop 34)
+python3 notes/scripts/ngram_offline.py reopen    # a closed gate that strong matches can reopen, against the rule (stop 43)
 
 Costs (ms): the default model's graph steps on an H100 (notes/bench_e2e_h100_stop18.log: plain decode one step
 ahead 0.632, with the host in the loop 0.639, trees of <= 4 / 16 / 32 / 64 nodes 0.793 / 0.881 / 1.168 / 1.160)
@@ -201,5 +202,34 @@ def device():
             print(f"  pays {pays} strong {strong:>2}: all {totals[0] / totals[1]:.3f}  " + " ".join(cells))
 
 
+def reopen():
+    """The gate as the drafter has it, against one that weighs a start as if one-token matches counted (+1 while
+    the drafts are accepted less than half the time, when they are not looked up): with the rule a start weighs at
+    most 4 + 3 + 2 = 9 < NGRAM_STRONG then, so a gate that closed with alpha < 1/2 never opens again. Also the
+    reopening gate at strong 12. Replayed at the device's costs on the stored prompts (a file of other outputs,
+    the same JSON layout, as the second argument)."""
+    from minispec.drafters import gate_open
+
+    class Reopening(NgramDrafter):
+        def pays(self, seq, continuations):
+            history = self.history[id(seq)]
+            weight = max((n for _, n in continuations), default=0)
+            weight += bool(weight) and self.acceptance(seq) < 0.5
+            return gate_open(history.tree_tokens, history.tree_steps, weight, self.pays_rate, self.strong)
+
+    data = json.loads((Path(sys.argv[2]) if sys.argv[2:] else OUTPUTS).read_text())
+    for host, (start, end) in STRETCH.items():
+        for label, make in (("rule", lambda: NgramDrafter(NGRAM_BUDGET)), ("reopening", lambda: Reopening(NGRAM_BUDGET)),
+                            ("reopening, strong 12", lambda: Reopening(NGRAM_BUDGET, strong=12))):
+            totals, cells = [0.0, 0.0], []
+            for name, d in data.items():
+                truth = d["output"] + [2]
+                plain = DEVICE_FIXED + (len(truth) - 1) * DEVICE_AHEAD
+                ms = replay_device(make(), d["prompt"], truth, start, end)
+                totals = [totals[0] + plain, totals[1] + ms]
+                cells.append(f"{name} {plain / ms:.2f}")
+            print(f"{host} host, {label:<20} all {totals[0] / totals[1]:.3f}  " + " ".join(cells))
+
+
 if __name__ == "__main__":
-    {"outputs": outputs, "oracle": oracle, "device": device}.get(sys.argv[1] if sys.argv[1:] else "", main)()
+    {"outputs": outputs, "oracle": oracle, "device": device, "reopen": reopen}.get(sys.argv[1] if sys.argv[1:] else "", main)()
