@@ -304,43 +304,83 @@ extern "C" __global__ void gemm_bf16(const __nv_bfloat16* __restrict__ x, const 
 // rows I + n0 .., so the epilogue writes
 // act [M, I] = silu(gate) * up in bf16 (the expression of elementwise.cu's silu_mul, so the bits are those of
 // the GEMM followed by silu_mul) and the fp32 [M, 2I] product never reaches memory.
+// The ring of gemm_wgmma and gemm_wgmma_tiles in dynamic shared memory, 1024-aligned for TMA's 128-byte swizzle:
+// STAGES x W [ROWS][64 k], STAGES x x [XROWS][64 k] (bf16), then a full and an empty barrier a stage. Ring step i
+// uses stage i % STAGES: the producer's TMA fills it (its full barrier expects the weights' and x's bytes and the
+// producer's arrival), the 4 WGS consumer warps release it (its empty barrier).
+template <int ROWS, int XROWS, int STAGES>
+struct WgmmaRing {
+    static constexpr int BK = 64, W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
+    unsigned char* base;
+    __nv_bfloat16 *w, *x;
+    unsigned long long *full, *empty;
+
+    __device__ explicit WgmmaRing(unsigned char* shared)
+        : base(shared + (1024 - (unsigned)__cvta_generic_to_shared(shared) % 1024) % 1024),
+          w(reinterpret_cast<__nv_bfloat16*>(base)), x(w + STAGES * W_TILE),
+          full(reinterpret_cast<unsigned long long*>(x + STAGES * X_TILE)), empty(full + STAGES) {}
+
+    __device__ void init(int consumer_warps) {  // then __syncthreads
+        if (threadIdx.x == 0)
+            for (int i = 0; i < STAGES; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, consumer_warps);
+    }
+    __device__ __nv_bfloat16* expect(int i) {  // step i's stage, its full barrier told the bytes to come
+        mbarrier_expect_bytes(full + i % STAGES, (W_TILE + X_TILE) * 2);
+        return w + i % STAGES * W_TILE;
+    }
+    __device__ void load_x(const TensorMap* x_map, int i, int k) {  // after the step's weights: the producer's arrival
+        tma_load(x + i % STAGES * X_TILE, x_map, k, 0, full + i % STAGES);
+        mbarrier_arrive(full + i % STAGES);
+    }
+    __device__ void wait_empty(int i) { mbarrier_wait(empty + i % STAGES, (i / STAGES - 1) & 1); }  // step i - STAGES read
+    __device__ void release(int i, int lane) {  // a consumer warp is done with step i's stage
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(empty + i % STAGES);
+    }
+    // A consumer warpgroup's products of step i on its 64 weight rows: the stage's wait, 4 wgmma over its 64 k, the
+    // commit, then the wait for step i - 1's products (whose stage the caller may then release).
+    template <int NT>
+    __device__ void products(float (&acc)[NT][4], int i, int group) const {
+        const int slot = i % STAGES;
+        mbarrier_wait(full + slot, (i / STAGES) & 1);
+        const __nv_bfloat16* w_tile = w + slot * W_TILE + group * 64 * BK;
+        const __nv_bfloat16* x_tile = x + slot * X_TILE;
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ks++)
+            wgmma_ss<XROWS>(acc, smem_descriptor(w_tile + ks * 16, 16, 1024), smem_descriptor(x_tile + ks * 16, 16, 1024), 1);
+        wgmma_commit();
+        wgmma_wait<1>();
+    }
+};
+
 template <int WGS, int XROWS, int STAGES, int S, bool GLU = false>
 __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K) {
     static_assert(!GLU || (WGS % 2 == 0 && S == 1), "the gated epilogue pairs gate and up warpgroups' rows in one block");
     constexpr int ROWS = 64 * WGS, BK = 64, THREADS = 128 * WGS + 32;
-    constexpr int W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
-    constexpr int RED_STRIDE = ROWS + 4;                     // floats per x row of the reduction buffer
+    constexpr int RED_STRIDE = ROWS + 4;  // floats per x row of the reduction buffer
     extern __shared__ __align__(128) unsigned char shared[];
-    unsigned char* base = shared + (1024 - (unsigned)__cvta_generic_to_shared(shared) % 1024) % 1024;
-    __nv_bfloat16* w_ring = reinterpret_cast<__nv_bfloat16*>(base);  // [STAGES][ROWS][64 k]
-    __nv_bfloat16* x_ring = w_ring + STAGES * W_TILE;                 // [STAGES][XROWS][64 k]
-    unsigned long long* full = reinterpret_cast<unsigned long long*>(x_ring + STAGES * X_TILE);
-    unsigned long long* empty = full + STAGES;
+    WgmmaRing<ROWS, XROWS, STAGES> ring(shared);
     // read through a shuffle so the compiler knows it warp-uniform (else ptxas serialises the wgmma)
     const int warp = __shfl_sync(0xffffffff, threadIdx.x / 32, 0), group = warp / 4;  // group WGS: the producer
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int n0 = blockIdx.x * (GLU ? ROWS / 2 : ROWS), k_len = K / S, k_begin = blockIdx.y * k_len, steps = k_len / BK;
-    if (threadIdx.x == 0)
-        for (int i = 0; i < STAGES; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 4 * WGS);
+    ring.init(4 * WGS);
     __syncthreads();
 
     float acc[XROWS / 8][4] = {};  // a consumer's 64 weight rows x the XROWS x rows (m16n8 C fragments stacked)
     if (group == WGS) {
         if (lane == 0) {
             auto load_weights = [&](int i) {  // stage i's weights; its full barrier expects its x too
-                const int slot = i % STAGES;
-                mbarrier_expect_bytes(full + slot, (W_TILE + X_TILE) * 2);
+                __nv_bfloat16* stage = ring.expect(i);
                 if constexpr (GLU) {  // gate boxes, then the matching up boxes
 #pragma unroll
                     for (int b = 0; b < WGS; b++)
-                        tma_load(w_ring + slot * W_TILE + b * 64 * BK, &w_map, k_begin + i * BK,
-                                 (b < WGS / 2 ? 0 : N) + n0 + b % (WGS / 2) * 64, full + slot);
-                } else tma_load(w_ring + slot * W_TILE, &w_map, k_begin + i * BK, n0, full + slot);
+                        tma_load(stage + b * 64 * BK, &w_map, k_begin + i * BK, (b < WGS / 2 ? 0 : N) + n0 + b % (WGS / 2) * 64,
+                                 ring.full + i % STAGES);
+                } else tma_load(stage, &w_map, k_begin + i * BK, n0, ring.full + i % STAGES);
             };
-            auto load_x = [&](int i) {  // stage i's x, after its weights were issued; the producer's arrival on it
-                tma_load(x_ring + i % STAGES * X_TILE, &x_map, k_begin + i * BK, 0, full + i % STAGES);
-                mbarrier_arrive(full + i % STAGES);
-            };
+            auto load_x = [&](int i) { ring.load_x(&x_map, i, k_begin + i * BK); };
             // the whole ring's weights go out before the wait for the previous kernel (kernels/pdl.cuh): no kernel
             // writes W, while x is the previous kernel's output. (x from L2 in a shallower ring of its own, issued
             // a few stages ahead so that more weight stages fit, starved the products: 4-6 x stages against 18-26
@@ -349,7 +389,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
             pdl_wait();
             for (int i = 0; i < steps; i++) {
                 if (i >= STAGES) {
-                    mbarrier_wait(empty + i % STAGES, (i / STAGES - 1) & 1);  // step i - STAGES was read
+                    ring.wait_empty(i);
                     load_weights(i);
                 }
                 load_x(i);
@@ -358,31 +398,18 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
         __syncwarp();
     } else {
         pdl_wait();
-        auto release = [&](int i) {
-            __syncwarp();
-            if (lane == 0) mbarrier_arrive(empty + i % STAGES);
-        };
         for (int i = 0; i < steps; i++) {
-            const int slot = i % STAGES;
-            mbarrier_wait(full + slot, (i / STAGES) & 1);
-            const __nv_bfloat16* w_tile = w_ring + slot * W_TILE + group * 64 * BK;  // this warpgroup's 64 rows
-            const __nv_bfloat16* x_tile = x_ring + slot * X_TILE;
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < BK / 16; ks++)
-                wgmma_ss<XROWS>(acc, smem_descriptor(w_tile + ks * 16, 16, 1024), smem_descriptor(x_tile + ks * 16, 16, 1024), 1);
-            wgmma_commit();
-            wgmma_wait<1>();  // step i - 1's products are done: its slots can be refilled
-            if (i > 0) release(i - 1);
+            ring.products(acc, i, group);
+            if (i > 0) ring.release(i - 1, lane);  // step i - 1's products are done: its stage can be refilled
         }
         wgmma_wait<0>();
         wgmma_pin(acc);
-        if (steps > 0) release(steps - 1);
+        if (steps > 0) ring.release(steps - 1, lane);
     }
     pdl_trigger();  // the next kernel may launch (a GEMM copies its first weights while these blocks reduce)
     __syncthreads();  // every product has read its stage: the ring becomes the reduction buffer
 
-    float* red = reinterpret_cast<float*>(base);  // [XROWS x rows][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
+    float* red = reinterpret_cast<float*>(ring.base);  // [XROWS x rows][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
     if (group < WGS)
 #pragma unroll
         for (int j = 0; j < XROWS / 8; j++)
@@ -442,40 +469,28 @@ GEMM_WGMMA_GLU(4, 5, 1)
 template <int WGS, int XROWS, int STAGES>
 __device__ void gemm_wgmma_tiles_body(const TensorMap& w_map, const TensorMap& x_map, float* __restrict__ y, int M, int N, int K) {
     constexpr int ROWS = 64 * WGS, BK = 64;
-    constexpr int W_TILE = ROWS * BK, X_TILE = XROWS * BK;  // elements per stage
     extern __shared__ __align__(128) unsigned char shared[];
-    unsigned char* base = shared + (1024 - (unsigned)__cvta_generic_to_shared(shared) % 1024) % 1024;
-    __nv_bfloat16* w_ring = reinterpret_cast<__nv_bfloat16*>(base);  // [STAGES][ROWS][64 k]
-    __nv_bfloat16* x_ring = w_ring + STAGES * W_TILE;                 // [STAGES][XROWS][64 k]
-    unsigned long long* full = reinterpret_cast<unsigned long long*>(x_ring + STAGES * X_TILE);
-    unsigned long long* empty = full + STAGES;
+    WgmmaRing<ROWS, XROWS, STAGES> ring(shared);
     const int warp = __shfl_sync(0xffffffff, threadIdx.x / 32, 0), group = warp / 4;  // group WGS: the producer
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int steps = K / BK, tiles = (N + ROWS - 1) / ROWS;
     const int my_tiles = blockIdx.x < tiles ? (tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0, total = my_tiles * steps;
-    if (threadIdx.x == 0)
-        for (int i = 0; i < STAGES; i++) mbarrier_init(full + i, 1), mbarrier_init(empty + i, 4 * WGS);
+    ring.init(4 * WGS);
     __syncthreads();
 
     if (group == WGS) {
         if (lane == 0) {  // ring step i: k stage i % steps of this block's tile i / steps
             auto load_weights = [&](int i) {
-                const int slot = i % STAGES;
-                mbarrier_expect_bytes(full + slot, (W_TILE + X_TILE) * 2);
-                tma_load(w_ring + slot * W_TILE, &w_map, i % steps * BK, (blockIdx.x + i / steps * gridDim.x) * ROWS, full + slot);
-            };
-            auto load_x = [&](int i) {
-                tma_load(x_ring + i % STAGES * X_TILE, &x_map, i % steps * BK, 0, full + i % STAGES);
-                mbarrier_arrive(full + i % STAGES);
+                tma_load(ring.expect(i), &w_map, i % steps * BK, (blockIdx.x + i / steps * gridDim.x) * ROWS, ring.full + i % STAGES);
             };
             for (int i = 0; i < min(STAGES, total); i++) load_weights(i);  // before the wait, as gemm_wgmma
             pdl_wait();
             for (int i = 0; i < total; i++) {
                 if (i >= STAGES) {
-                    mbarrier_wait(empty + i % STAGES, (i / STAGES - 1) & 1);
+                    ring.wait_empty(i);
                     load_weights(i);
                 }
-                load_x(i);
+                ring.load_x(&x_map, i, i % steps * BK);
             }
         } else pdl_wait();
         __syncwarp();
@@ -483,28 +498,15 @@ __device__ void gemm_wgmma_tiles_body(const TensorMap& w_map, const TensorMap& x
         return;
     }
     pdl_wait();
-    auto release = [&](int i) {
-        __syncwarp();
-        if (lane == 0) mbarrier_arrive(empty + i % STAGES);
-    };
     float acc[XROWS / 8][4] = {};
     for (int tile = 0; tile < my_tiles; tile++) {
         for (int s = 0; s < steps; s++) {
-            const int i = tile * steps + s, slot = i % STAGES;
-            mbarrier_wait(full + slot, (i / STAGES) & 1);
-            const __nv_bfloat16* w_tile = w_ring + slot * W_TILE + group * 64 * BK;
-            const __nv_bfloat16* x_tile = x_ring + slot * X_TILE;
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < BK / 16; ks++)
-                wgmma_ss<XROWS>(acc, smem_descriptor(w_tile + ks * 16, 16, 1024), smem_descriptor(x_tile + ks * 16, 16, 1024), 1);
-            wgmma_commit();
-            wgmma_wait<1>();
-            if (s > 0) release(i - 1);
+            ring.products(acc, tile * steps + s, group);
+            if (s > 0) ring.release(tile * steps + s - 1, lane);
         }
         wgmma_wait<0>();
         wgmma_pin(acc);
-        release((tile + 1) * steps - 1);  // the producer refills the ring while this tile's sums are stored
+        ring.release((tile + 1) * steps - 1, lane);  // the producer refills the ring while this tile's sums are stored
         if (tile == my_tiles - 1) pdl_trigger();
         // fragment (j, e): x row 8 j + 2 t + (e & 1), weight row n0 + 16 (warp % 4) + g + 8 (e >> 1) of this group
         const int n = (blockIdx.x + tile * gridDim.x) * ROWS + group * 64 + warp % 4 * 16 + g;
