@@ -14,6 +14,9 @@ anew (step_times makes a new cache, which keys them).
   head_stream  8B LM head at 17-64 rows on gemm_stream instead of gemm_wgmma (two warpgroups)
   rings2     one-warpgroup gemm_wgmma rings of 10 / 9 / 6 stages (16 / 32 / 64-row x boxes), two blocks an SM, so
              that a GEMM's blocks copy their first weights beside the kernel before it
+  down1      8B down at 33-64 rows in 64 blocks of 1.8 MB (no split-K) instead of clusters of 2 (128 blocks): more SMs
+             left to the kernels around it (stop 43: the stream-K gated product lost its lead alone to that overlap)
+  down1all   the same at every row count
   notiles    the LM heads at 17-64 rows on gemm_wgmma of a block a tile (before gemm_wgmma_tiles, persistent blocks)
   notrig     the tensor-core attention never triggers the next launch (before stop 41: attention_trigger_first
              lets it trigger first thing where its grid fits one wave, so the merge's and then the O GEMM's blocks
@@ -94,6 +97,10 @@ def apply(variant: str) -> None:
             fits, serves = be.wgmma_gemm_fits, be.own_gemm_serves
             be.wgmma_gemm_fits = lambda M, N, K, fits=fits: False if N == 128256 and M > 16 else fits(M, N, K)
             be.own_gemm_serves = lambda M, N, K, serves=serves: True if N == 128256 else serves(M, N, K)
+        elif part in ("down1", "down1all"):  # 8B down [4096, 14336] without split-K
+            rows = 32 if part == "down1" else 0
+            be.wgmma_cluster_size = lambda tiles, K, G=1, M=64, rows=rows: (
+                1 if (tiles, K, G) == (64, 14336, 1) and M > rows else CudaBackend.wgmma_cluster_size(be, tiles, K, G, M))
         elif part == "notiles":
             be.gemm_wgmma_tiles = False
         elif part == "notrig":
