@@ -24,6 +24,8 @@
 //   r * 128 / S .. +128 / S over the S blocks' shared memory (rank order, through distributed shared
 //   memory) and writes them to y, coalesced along N. So y is complete when the kernel ends.
 // gemm_wgmma_w{WGS}_x{XROWS}_s{S} (below, sm_90a): up to 64 rows on warpgroup MMA, operands brought by TMA.
+// gemm_wgmma_tiles_w{WGS}_x{XROWS} (below, sm_90a): the same without split-K on persistent blocks, for weights of
+//   many more tiles than blocks (the LM heads at 17-64 rows).
 // gemm_bf16: the plain version for any K that is a multiple of 16 (one 4-byte weight load per fragment).
 // NumPy reference: numpy_backend.linear (on bf16-rounded x and W). Tests: tests/test_cuda_kernels.py.
 #include <cuda_bf16.h>
