@@ -746,9 +746,10 @@ class CudaBackend:
             raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups a block takes {M} rows in {X}-row x boxes")
         tiles = -(-N // (64 * G))
         if self.wgmma_persistent(tiles, G, X, S):
-            self.launch_wgmma(f"gemm_wgmma_tiles_w{G}_x{X}", G, X, (min(tiles, 2 * self.sm_count),), x, weight, 64 * G, y, N)
+            name, grid = f"gemm_wgmma_tiles_w{G}_x{X}", (min(tiles, 2 * self.sm_count),)
         else:
-            self.launch_wgmma(f"gemm_wgmma_w{G}_x{X}_s{S}", G, X, (tiles, S), x, weight, 64 * G, y, N)
+            name, grid = f"gemm_wgmma_w{G}_x{X}_s{S}", (tiles, S)
+        self.launch_wgmma(name, G, X, grid, x, weight, 64 * G, y, N)
 
     def wgmma_persistent(self, tiles: int, G: int, X: int, S: int) -> bool:
         """Whether gemm_wgmma runs as gemm_wgmma_tiles (persistent blocks, two an SM, each over several tiles): forced
