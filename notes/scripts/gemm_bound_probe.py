@@ -15,6 +15,8 @@ captured graph of 20 calls on rotating weight copies, past L2), by turns:
   stagger  block b walks its k stages from stage 37 b mod (its stages) on, wrapping (the products' sums in another
          order): at any moment the blocks read different k columns, instead of all of them the same column of every
          weight row (addresses 2 K bytes apart, a power of two, which DRAM channel hashing may map unevenly)
+  stream  gate/up and the LM head at 64 rows on gemm_stream (cp.async, 64 staged rows in 64-wide k stages, mma.sync;
+         gate/up then silu_mul), the one-row kernels' stream, instead of gemm_wgmma_glu_w4 / gemm_wgmma_tiles
   tiled  each weight box read from 8 or 16 KB of contiguous memory (the weights viewed as [N K / 64, 64], box b of
          the product at rows 64 b ..): the bytes a weight laid out tile by tile would give, against boxes of 64 or
          128 rows of 128 bytes 2 K bytes apart; also at one row (qkv, O and down run gemm_wgmma there too)
@@ -83,6 +85,11 @@ def backend(variant):
         return CudaBackend("bfloat16")
     if variant == "w4":
         cuda_backend.WGMMA_GEMM_STAGES[4, 64] = 5  # (only a backend told gemm_wgmma_groups = 4 asks for it)
+    if variant == "stream":
+        be = CudaBackend("bfloat16")
+        be.wgmma_gemm_fits = lambda M, N, K: False if N in (28672, 128256) else CudaBackend.wgmma_gemm_fits(be, M, N, K)
+        be.own_gemm_serves = lambda M, N, K: True if N in (28672, 128256) else CudaBackend.own_gemm_serves(be, M, N, K)
+        return be
     return backend_with_edit("gemm.cu", "gemm_wgmma_w1_x64_s1", EDITS[variant])
 
 
