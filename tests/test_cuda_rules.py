@@ -241,6 +241,19 @@ def test_gemm_wgmma_runs_persistent_blocks_past_one_wave():
     assert not persistent(1002, 2, 64, 1)
 
 
+def test_gemm_wgmma_boxes_fetch_a_box_row_per_l2_miss_up_to_32_rows():
+    """gemm_wgmma's TMA boxes promote an L2 miss to 128 bytes (a box row) up to 32 rows and to the driver's usual 256
+    above (measured in the 8B step, stop 44); forced by gemm_l2_promotion to any value CUtensorMapL2promotion has."""
+    from minispec.backends.tensor_map import L2_PROMOTION
+
+    rules = SimpleNamespace(gemm_l2_promotion=None)
+    promotion = lambda M: CudaBackend.gemm_promotion(rules, M)  # noqa: E731
+    assert [promotion(M) for M in (1, 16, 32, 33, 64)] == [128, 128, 128, 256, 256]
+    rules.gemm_l2_promotion = 0
+    assert promotion(1) == promotion(64) == 0
+    assert L2_PROMOTION == {0: 0, 64: 1, 128: 2, 256: 3}  # cuda.h's CU_TENSOR_MAP_L2_PROMOTION_{NONE, L2_64B, ..}
+
+
 def test_attention_triggers_the_next_launch_only_when_its_grid_fits_one_wave():
     """attention_trigger_first: the tensor-core attention lets the next kernel's blocks be placed early only where its
     own grid is placed whole at once (one wave: 2 blocks an SM of 4 warps, 1 of 8), so none of them waits behind

@@ -325,6 +325,7 @@ class CudaBackend:
         self.glu_groups = None  # gemm_wgmma_glu's warpgroups a block, 2 or 4 (None: wgmma_glu_groups)
         self.gemm_wgmma_xrows = None  # gemm_wgmma's staged x rows, 16, 32 or 64 (None: wgmma_xrows)
         self.gemm_wgmma_tiles = None  # gemm_wgmma on persistent blocks, True / False (None: wgmma_persistent)
+        self.gemm_l2_promotion = None  # bytes an L2 miss of gemm_wgmma's TMA boxes fetches (None: gemm_promotion)
         self.use_graphs = use_graphs
         self.prefill_graph_limit = None  # most rows of a prefill step replayed as a graph (None: prefill_graph_rows)
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
@@ -578,7 +579,7 @@ class CudaBackend:
         """The launch settings, part of a graph's key: changing one (tests, benchmarks) must capture anew."""
         return (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
                 self.attention_splits, self.attention_wgmma, self.attention_early_trigger, self.pdl, self.cluster_decode,
-                self.gemm_wgmma_tiles)
+                self.gemm_wgmma_tiles, self.gemm_l2_promotion)
 
     def graph_positions(self, model) -> int:
         """RoPE positions a captured graph's tables cover (sized once: a graph keeps their pointer)."""
@@ -771,15 +772,30 @@ class CudaBackend:
         """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
         descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it)."""
         M, K = x.shape
-        w_map = self.tensor_maps.get((weight,), box_rows)
+        promotion = self.gemm_promotion(M)
+        w_map = self.tensor_maps.get((weight,), (box_rows, promotion))
         if w_map is None:
-            w_map = self.tensor_maps.put((weight,), box_rows, tensor_map.swizzled_rows(weight, weight.shape[0], K, box_rows))
-        x_map = tensor_map.swizzled_rows(x, M, K, X)  # X-row boxes, rows past M read as zeros
+            w_map = self.tensor_maps.put((weight,), (box_rows, promotion),
+                                         tensor_map.swizzled_rows(weight, weight.shape[0], K, box_rows, promotion=promotion))
+        x_map = tensor_map.swizzled_rows(x, M, K, X, promotion=promotion)  # X-row boxes, rows past M read as zeros
         kernel = self.kernel("gemm.cu", name)
         stages = stages or WGMMA_GEMM_STAGES[G, X]
         shared = stages * (64 * G + X) * 64 * 2 + 1024 + 16 * stages  # the ring (W and x stages), alignment, barriers
         allow_shared(kernel, shared)
         self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K)), shared)
+
+    def gemm_promotion(self, M: int) -> int:
+        """The bytes an L2 miss of gemm_wgmma's TMA boxes (64-128 weight rows of 128 bytes, 2K bytes apart) fetches at
+        least: 128, a box row, up to 32 rows; 256 (the driver's usual: the row and the next stage's 128 bytes of it)
+        above. Measured on an H200: alone as bench gemm times them (notes/gemm_bound_h200_stop44.log), 128 took the
+        8B qkv from 14.7 to 14.1 µs at one row, down 29.8 -> 28.4, O 11.1 -> 10.9, and at 64 rows qkv 16.9 -> 16.4,
+        gate/up 63.4 -> 62.3, down 32.5 -> 32.0; in the 8B step (notes/gemm_promotion_h200_stop44.log) plain decode
+        4.320 -> 4.278 ms, T = 16 4.618 -> 4.571, T = 32 level, but T = 64 5.077 -> 5.089: 256 stays from 33 rows,
+        where a GEMM's first weight copies (issued during the kernel before it, kernels/pdl.cuh) bring twice the bytes
+        into L2 while the longer kernels before it leave DRAM idle. No promotion measured as 128 within 0.2 µs."""
+        if self.gemm_l2_promotion is not None:
+            return self.gemm_l2_promotion
+        return 128 if M <= 32 else 256
 
     def wgmma_groups(self, N: int) -> int:
         """gemm_wgmma's warpgroups a block: 2 (128 rows) where that gives every SM a tile without splitting K,

@@ -12,7 +12,8 @@ import numpy as np
 
 from . import driver
 
-UINT16, INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_256B, OOB_FILL_NONE = 1, 0, 3, 3, 0  # cuda.h enums
+UINT16, INTERLEAVE_NONE, SWIZZLE_128B, OOB_FILL_NONE = 1, 0, 3, 0  # cuda.h enums
+L2_PROMOTION = {0: 0, 64: 1, 128: 2, 256: 3}  # bytes an L2 miss of a box row fetches at least -> CUtensorMapL2promotion
 DESCRIPTOR = np.dtype([("words", np.uint64, (16,))])  # a CUtensorMap's 128 bytes
 _encode = None
 
@@ -37,11 +38,11 @@ def available() -> bool:
     return _driver_encode() is not None
 
 
-def swizzled_rows(array, rows: int, cols: int, box_rows: int, box_cols: int = 64) -> np.ndarray:
+def swizzled_rows(array, rows: int, cols: int, box_rows: int, box_cols: int = 64, promotion: int = 256) -> np.ndarray:
     """The descriptor of a row-major [rows, cols] device array of 2-byte elements, read in boxes of box_rows x
     box_cols (box_cols x 2 = 128 bytes) that land in shared memory with the 128-byte swizzle: chunk c of a
-    box row r sits at chunk c ^ (r % 8). Returned as one 128-byte structured element (CuPy passes a size-one
-    host array by value)."""
+    box row r sits at chunk c ^ (r % 8); an L2 miss fetches at least `promotion` bytes (0, 64, 128 or 256).
+    Returned as one 128-byte structured element (CuPy passes a size-one host array by value)."""
     encode = _driver_encode()
     if encode is None:
         raise RuntimeError("the CUDA driver has no cuTensorMapEncodeTiled")
@@ -50,7 +51,7 @@ def swizzled_rows(array, rows: int, cols: int, box_rows: int, box_cols: int = 64
     window = buffer[start: start + 16]
     result = encode(window.ctypes.data, UINT16, 2, ctypes.c_void_p(array.data.ptr), (ctypes.c_uint64 * 2)(cols, rows),
                     (ctypes.c_uint64 * 1)(cols * 2), (ctypes.c_uint32 * 2)(box_cols, box_rows), (ctypes.c_uint32 * 2)(1, 1),
-                    INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_256B, OOB_FILL_NONE)
+                    INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION[promotion], OOB_FILL_NONE)
     if result != 0:
         raise RuntimeError(f"cuTensorMapEncodeTiled failed (CUresult {result}) for [{rows}, {cols}] in {box_rows} x {box_cols} boxes")
     return window.copy().view(DESCRIPTOR)

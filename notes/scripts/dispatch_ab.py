@@ -21,6 +21,8 @@ anew (step_times makes a new cache, which keys them).
   notrig     the tensor-core attention never triggers the next launch (before stop 41: attention_trigger_first
              lets it trigger first thing where its grid fits one wave, so the merge's and then the O GEMM's blocks
              are placed during attention; stop 41's A/B, atrig, compiled that as an edit of attention.cu)
+  promoN     gemm_wgmma's TMA boxes with L2 promotion N bytes (0, 64, 128, 256) at every row count instead of the
+             rule (gemm_promotion: 128 up to 32 rows, 256 above; 256 everywhere before stop 44)
   A+B        both
 
     PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
@@ -74,6 +76,7 @@ def apply(variant: str) -> None:
     use_rings(COMMITTED_RINGS)
     be.attention_early_trigger = None
     be.gemm_wgmma_tiles = None
+    be.gemm_l2_promotion = None
     for part in variant.split("+"):
         if part == "silu":
             be.glu_kernel = lambda M, N2, K: None if M <= 16 else CudaBackend.glu_kernel(be, M, N2, K)
@@ -103,6 +106,8 @@ def apply(variant: str) -> None:
                 1 if (tiles, K, G) == (64, 14336, 1) and M > rows else CudaBackend.wgmma_cluster_size(be, tiles, K, G, M))
         elif part == "notiles":
             be.gemm_wgmma_tiles = False
+        elif part.startswith("promo"):
+            be.gemm_l2_promotion = int(part[5:])
         elif part == "notrig":
             be.attention_early_trigger = False
         elif part == "rings2":  # one-warpgroup rings small enough for two blocks an SM

@@ -17,6 +17,8 @@ captured graph of 20 calls on rotating weight copies, past L2), by turns:
          weight row (addresses 2 K bytes apart, a power of two, which DRAM channel hashing may map unevenly)
   stream  gate/up and the LM head at 64 rows on gemm_stream (cp.async, 64 staged rows in 64-wide k stages, mma.sync;
          gate/up then silu_mul), the one-row kernels' stream, instead of gemm_wgmma_glu_w4 / gemm_wgmma_tiles
+  promoN  gemm_wgmma's tensor maps made with L2 promotion N bytes (0, 64, 128, 256) at every row count (the rule:
+         CudaBackend.gemm_promotion; 256 everywhere when this probe's first promo call ran)
   tiled  each weight box read from 8 or 16 KB of contiguous memory (the weights viewed as [N K / 64, 64], box b of
          the product at rows 64 b ..): the bytes a weight laid out tile by tile would give, against boxes of 64 or
          128 rows of 128 bytes 2 K bytes apart; also at one row (qkv, O and down run gemm_wgmma there too)
@@ -74,10 +76,10 @@ WEIGHTS = set()  # the weight copies' addresses: their tensor maps view them as 
 swizzled_rows = cuda_backend.tensor_map.swizzled_rows
 
 
-def flat_weights(array, rows, cols, box_rows, *rest):
+def flat_weights(array, rows, cols, box_rows, *rest, **options):
     if array.data.ptr in WEIGHTS:
-        return swizzled_rows(array, rows * cols // 64, 64, box_rows, *rest)
-    return swizzled_rows(array, rows, cols, box_rows, *rest)
+        return swizzled_rows(array, rows * cols // 64, 64, box_rows, *rest, **options)
+    return swizzled_rows(array, rows, cols, box_rows, *rest, **options)
 
 
 def backend(variant):
@@ -85,6 +87,10 @@ def backend(variant):
         return CudaBackend("bfloat16")
     if variant == "w4":
         cuda_backend.WGMMA_GEMM_STAGES[4, 64] = 5  # (only a backend told gemm_wgmma_groups = 4 asks for it)
+    if variant.startswith("promo"):
+        be = CudaBackend("bfloat16")
+        be.gemm_l2_promotion = int(variant[5:])
+        return be
     if variant == "stream":
         be = CudaBackend("bfloat16")
         be.wgmma_gemm_fits = lambda M, N, K: False if N in (28672, 128256) else CudaBackend.wgmma_gemm_fits(be, M, N, K)
@@ -108,7 +114,7 @@ def main():
     bandwidth = copy_bandwidth()
     print(f"# gemm_bound_probe on {card_name()}: 8B products at 64 rows, µs a call (% of copy bandwidth {bandwidth / 1e12:.2f} TB/s)", flush=True)
     backends = {v: backend(v) for v in {*VARIANTS, "rule"}}
-    COLUMNS[:] = ["1 row", *VARIANTS] + (["tiled 1 row"] if "tiled" in VARIANTS else [])
+    COLUMNS[:] = ["1 row", *VARIANTS] + [f"{v} 1 row" for v in VARIANTS if v == "tiled" or v.startswith("promo")]
     results = {}
     for name, (N, K) in SHAPES.items():
         copies = [random_bf16(cp, (N, K), 1 / np.sqrt(K)) for _ in range(max(2, -(-(400 << 20) // (N * K * 2))))]
