@@ -356,6 +356,7 @@ class CudaBackend:
         self.attention_producers = None  # TMA producer warps of the wgmma kernel, 1 or 2 (None: attention_producer_count)
         self.attention_keys = None  # the wgmma kernel's key tile, 64 or 128 (None: attention_tile_keys)
         self.attention_early_trigger = None  # tensor-core attention triggers the next launch first (None: attention_trigger_first)
+        self.attention_l2_promotion = 128  # bytes an L2 miss of the wgmma attention's K/V boxes fetches (attention_tensor_maps)
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
         self.cluster_clock = None  # uint64 [1 + 7 L + 3 x 64]: cluster_decode.cu's stamps (notes/scripts/step_anatomy.py)
@@ -579,7 +580,7 @@ class CudaBackend:
         """The launch settings, part of a graph's key: changing one (tests, benchmarks) must capture anew."""
         return (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
                 self.attention_splits, self.attention_wgmma, self.attention_early_trigger, self.pdl, self.cluster_decode,
-                self.gemm_wgmma_tiles, self.gemm_l2_promotion)
+                self.gemm_wgmma_tiles, self.gemm_l2_promotion, self.attention_l2_promotion)
 
     def graph_positions(self, model) -> int:
         """RoPE positions a captured graph's tables cover (sized once: a graph keeps their pointer)."""
@@ -1053,13 +1054,19 @@ class CudaBackend:
     def attention_tensor_maps(self, k_cache, v_cache):
         """(k map, v map, box rows) of one layer's caches for tree_attention_wgmma: [NP Hkv P, D] read a page
         segment (P rows of one head) per box when P divides the 64-key tile and is at least 8, else box rows 0
-        (the kernel then copies every row by cp.async; the maps are made with 1-row boxes and not read)."""
-        maps = self.tensor_maps.get((k_cache, v_cache))
+        (the kernel then copies every row by cp.async; the maps are made with 1-row boxes and not read). An L2 miss of a
+        box row fetches attention_l2_promotion bytes: 128 (the box row, one 64-dim atom of a K or V row at D = 128)
+        rather than the driver's usual 256, measured on an H200 (8B heads, K/V past L2,
+        notes/attention_promotion_h200_stop44.log): decode at 32k keys 37.2 -> 34.4 µs (0.86 -> 0.93 of the K/V
+        floor), batch 4 at 8k 37.9 -> 35.8, T = 64 at 32k 69.9 -> 65.0, T = 16 / 64 at 8k level."""
+        promotion = self.attention_l2_promotion
+        maps = self.tensor_maps.get((k_cache, v_cache), promotion)
         if maps is None:
             NP, Hkv, P, D = k_cache.shape
             box_rows = P if 64 % P == 0 and P >= 8 else 0
-            maps = self.tensor_maps.put((k_cache, v_cache), (), tuple(
-                tensor_map.swizzled_rows(cache, NP * Hkv * P, D, box_rows or 1) for cache in (k_cache, v_cache)) + (box_rows,))
+            maps = self.tensor_maps.put((k_cache, v_cache), promotion, tuple(
+                tensor_map.swizzled_rows(cache, NP * Hkv * P, D, box_rows or 1, promotion=promotion)
+                for cache in (k_cache, v_cache)) + (box_rows,))
         return maps
 
     def attention_split_count(self, blocks: int, context: int, warps: int, wgmma: bool = False) -> int:

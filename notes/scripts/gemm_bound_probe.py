@@ -145,7 +145,7 @@ def main():
             t = float(np.median(results[(name, variant)]))
             cells.append(f"{variant} {t:6.1f} ({floor / t * 100:3.0f}%)")
         print(f"{name:8s} floor {floor:6.1f}  " + "  ".join(cells), flush=True)
-        del copies
+        copies.clear()  # (free them before the next shape's)
 
 
 if __name__ == "__main__":
