@@ -23,6 +23,8 @@ anew (step_times makes a new cache, which keys them).
              are placed during attention; stop 41's A/B, atrig, compiled that as an edit of attention.cu)
   promoN     gemm_wgmma's TMA boxes with L2 promotion N bytes (0, 64, 128, 256) at every row count instead of the
              rule (gemm_promotion: 128 up to 32 rows, 256 above; 256 everywhere before stop 44)
+  evict      gemm.cu's weight boxes loaded with an L2 evict-first cache policy (weights are read once a step; the
+             activations, x and K/V pages then keep more of L2)
   A+B        both
 
     PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
@@ -70,6 +72,35 @@ def use_rings(rings: dict) -> None:
     cuda_backend.WGMMA_GEMM_STAGES.update(rings)
 
 
+EVICT_FIRST = '''
+__device__ __forceinline__ void tma_load_once(void* shared, const TensorMap* map, int c0, int c1, unsigned long long* bar) {
+    unsigned long long policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], [%4], %5;"
+                 ::"r"((unsigned)__cvta_generic_to_shared(shared)), "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1),
+                 "r"((unsigned)__cvta_generic_to_shared(bar)), "l"(policy) : "memory");
+}
+'''
+evict_module = {}
+
+
+def use_evict(on: bool) -> None:
+    """gemm.cu with its weight boxes' TMA loads under an evict-first L2 policy (on), or as committed, swapped into `be`."""
+    if on not in evict_module:
+        if not on:
+            evict_module[on] = modules[tuple(sorted(COMMITTED_RINGS.items()))]
+        else:
+            def edit(text):
+                text = swap(text, "template <int ROWS, int XROWS, int STAGES>\nstruct WgmmaRing {", EVICT_FIRST + "template <int ROWS, int XROWS, int STAGES>\nstruct WgmmaRing {")
+                text = swap(text, "tma_load(stage + b * 64 * BK, &w_map,", "tma_load_once(stage + b * 64 * BK, &w_map,")
+                text = swap(text, "} else tma_load(stage, &w_map,", "} else tma_load_once(stage, &w_map,")
+                return swap(text, "tma_load(ring.expect(i), &w_map,", "tma_load_once(ring.expect(i), &w_map,")
+            evict_module[on] = backend_with_edit("gemm.cu", "gemm_wgmma_w1_x16_s1", edit).modules["gemm.cu"]
+    be.modules["gemm.cu"] = evict_module[on]
+    for name in [k for k in be.functions if k[0] == "gemm.cu"]:
+        del be.functions[name]
+
+
 def apply(variant: str) -> None:
     for name in RULES:
         be.__dict__.pop(name, None)
@@ -106,6 +137,8 @@ def apply(variant: str) -> None:
                 1 if (tiles, K, G) == (64, 14336, 1) and M > rows else CudaBackend.wgmma_cluster_size(be, tiles, K, G, M))
         elif part == "notiles":
             be.gemm_wgmma_tiles = False
+        elif part == "evict":
+            use_evict(True)
         elif part.startswith("promo"):
             be.gemm_l2_promotion = int(part[5:])
         elif part == "notrig":
