@@ -790,10 +790,11 @@ class CudaBackend:
         least: 128, a box row, up to 32 rows; 256 (the driver's usual: the row and the next stage's 128 bytes of it)
         above. Measured on an H200: alone as bench gemm times them (notes/gemm_bound_h200_stop44.log), 128 took the
         8B qkv from 14.7 to 14.1 µs at one row, down 29.8 -> 28.4, O 11.1 -> 10.9, and at 64 rows qkv 16.9 -> 16.4,
-        gate/up 63.4 -> 62.3, down 32.5 -> 32.0; in the 8B step (notes/gemm_promotion_h200_stop44.log) plain decode
-        4.320 -> 4.278 ms, T = 16 4.618 -> 4.571, T = 32 level, but T = 64 5.077 -> 5.089: 256 stays from 33 rows,
-        where a GEMM's first weight copies (issued during the kernel before it, kernels/pdl.cuh) bring twice the bytes
-        into L2 while the longer kernels before it leave DRAM idle. No promotion measured as 128 within 0.2 µs."""
+        gate/up 63.4 -> 62.3, down 32.5 -> 32.0; in the 8B step (notes/gemm_promotion_h200_stop44.log) decode one step
+        ahead 4.276 -> 4.243 ms, T = 16 4.618 -> 4.571, T = 32 level, but T = 64 slower in six paired rounds of six (by
+        4-43 µs): 256 stays from 33 rows, where a GEMM's first weight copies (issued during the kernel before it,
+        kernels/pdl.cuh) bring twice the bytes into L2 while the longer kernels before it leave DRAM idle. No
+        promotion measured as 128 within 0.2 µs."""
         if self.gemm_l2_promotion is not None:
             return self.gemm_l2_promotion
         return 128 if M <= 32 else 256
