@@ -66,13 +66,18 @@ def command_generate(args) -> None:
     llm = load_llm(args)
     prompt = args.prompt if args.raw else llm.chat_prompt([{"role": "user", "content": args.prompt}])
     if params.n == 1:
-        for piece in llm.stream(prompt, params):
+        seq = None
+        for piece, seq in llm.stream_events(prompt, params):
             print(piece, end="", flush=True)
         print()
+        if seq is not None and (why := cut_short(seq.finish_reason, len(seq.tokens), llm.max_model_len)):
+            print(f"({why})", file=sys.stderr)
         return
     result = llm.generate(prompt, params)
     for i, sample in enumerate(result.samples):
         print(f"--- sample {i} ---\n{sample.text}")
+        if why := cut_short(sample.finish_reason, len(result.prompt_token_ids) + len(sample.token_ids), llm.max_model_len):
+            print(f"(sample {i}: {why})", file=sys.stderr)
 
 
 def command_chat(args) -> None:
@@ -96,7 +101,7 @@ def command_chat(args) -> None:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
-        start, reply, tokens, events = time.perf_counter(), "", 0, None
+        start, reply, tokens, events, seq = time.perf_counter(), "", 0, None, None
         try:
             events = llm.stream_events(llm.chat_prompt(messages), params)
             for piece, seq in events:
@@ -113,8 +118,21 @@ def command_chat(args) -> None:
             if events is not None:
                 events.close()  # the engine releases the reply's KV pages
         elapsed = time.perf_counter() - start
-        print(f"\n[{tokens} tokens, {tokens / elapsed:.1f} tokens/s]", file=sys.stderr)
+        why = cut_short(seq.finish_reason, len(seq.tokens), llm.max_model_len) if seq is not None else ""
+        if why.startswith("cut at the context"):
+            why += ": the conversation is full, /reset starts a new one"
+        print(f"\n[{tokens} tokens, {tokens / elapsed:.1f} tokens/s{'; ' + why if why else ''}]", file=sys.stderr)
         messages.append({"role": "assistant", "content": reply})
+
+
+def cut_short(finish_reason: str | None, total_tokens: int, max_model_len: int) -> str:
+    """Why an answer ended before its stop token (both are "length" in the engine): its prompt and output, total_tokens,
+    filled the context, or it reached --max-tokens; "" when it stopped by itself."""
+    if finish_reason != "length":
+        return ""
+    if total_tokens >= max_model_len:
+        return f"cut at the context limit of {max_model_len} tokens"
+    return "cut at --max-tokens"
 
 
 def command_bench(args) -> None:
@@ -143,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(generate, temperature=0.0)
     generate.set_defaults(run=command_generate)
 
-    chat = commands.add_parser("chat", help="interactive chat (/reset, /exit; Ctrl-C ends a reply); prints tokens/s after each reply; "
+    chat = commands.add_parser("chat", help="interactive chat (/reset, /exit; Ctrl-C ends a reply); prints tokens/s after each reply, and why it "
+                                  "stopped if --max-tokens or the context limit cut it; "
                                   "a turn reuses the KV pages of the conversation so far (prefix caching)")
     chat.add_argument("--system", default=None, help="system message")
     add_model_arguments(chat)

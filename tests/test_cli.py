@@ -38,6 +38,26 @@ def test_chat_survives_a_turn_over_the_context_limit(tiny_model):
     assert result.stderr.count("tokens/s") == 2  # the turns before and after the failed one were answered
 
 
+def test_chat_and_generate_say_why_an_answer_was_cut_short(tiny_model):
+    """A reply cut by --max-tokens says so; one cut by the context limit says the conversation is full and how to go
+    on (both finish by length in the engine: the CLI tells them apart); generate notes the same on stderr, per sample."""
+    from minispec import LLM
+
+    model = ["--model", str(tiny_model), "--device", "cpu"]
+    result = run("chat", *model, "--max-tokens", "4", stdin="hi\n/exit\n")
+    assert result.returncode == 0, result.stderr
+    assert "; cut at --max-tokens]" in result.stderr
+    limit = len(LLM(model=str(tiny_model), device="cpu").chat_prompt([{"role": "user", "content": "hi"}])) + 3
+    result = run("chat", *model, "--max-tokens", "500", "--max-model-len", str(limit), stdin="hi\n/exit\n")
+    assert result.returncode == 0, result.stderr
+    assert f"cut at the context limit of {limit} tokens: the conversation is full, /reset starts a new one" in result.stderr
+    result = run("generate", *model, "--max-tokens", "4", "hi")
+    assert result.returncode == 0 and result.stderr.strip().endswith("(cut at --max-tokens)"), result.stderr
+    result = run("generate", *model, "--max-tokens", "500", "--max-model-len", str(limit), "-n", "2", "--temperature", "1", "--seed", "0", "hi")
+    assert result.returncode == 0, result.stderr
+    assert f"(sample 0: cut at the context limit of {limit} tokens)" in result.stderr, result.stderr
+
+
 def test_help_explains_every_command():
     result = run("--help")
     assert result.returncode == 0
