@@ -23,6 +23,9 @@ anew (step_times makes a new cache, which keys them).
              are placed during attention; stop 41's A/B, atrig, compiled that as an edit of attention.cu)
   promoN     gemm_wgmma's TMA boxes with L2 promotion N bytes (0, 64, 128, 256) at every row count instead of the
              rule (gemm_promotion: 128 up to 32 rows, 256 above; 256 everywhere before stop 44)
+  wpN / xpN  gemm_wgmma's weight maps (wp) or x maps (xp) alone made with L2 promotion N bytes, the other kind's by
+             the rule (gemm_promotion); where the 64-row steps' preference for 256 comes from (stop 44: alone, the
+             64-row products preferred 128; in the T = 64 step 256 won)
   evict      gemm.cu's weight boxes loaded with an L2 evict-first cache policy (weights are read once a step; the
              activations, x and K/V pages then keep more of L2)
   A+B        both
@@ -101,6 +104,23 @@ def use_evict(on: bool) -> None:
         del be.functions[name]
 
 
+swizzled_rows = cuda_backend.tensor_map.swizzled_rows
+WEIGHTS = {w.data.ptr for layer in model.weights.layers for w in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down)}
+WEIGHTS.add(model.weights.lm_head.data.ptr)
+
+
+def maps_promoted(kind: str | None, promotion: int = 0) -> None:
+    """gemm_wgmma's weight ("w") or x ("x") maps made with `promotion` bytes whatever the rule says (None: as the
+    rule); the backend's cached maps are dropped, so that no map of one variant serves another."""
+    def made(array, rows, cols, box_rows, *rest, **options):
+        weight, x = array.data.ptr in WEIGHTS, array.data.ptr not in WEIGHTS and rows <= 64  # (not attention's K/V)
+        if (weight if kind == "w" else x) and "promotion" in options:
+            options["promotion"] = promotion
+        return swizzled_rows(array, rows, cols, box_rows, *rest, **options)
+    cuda_backend.tensor_map.swizzled_rows = made if kind else swizzled_rows
+    be.tensor_maps = type(be.tensor_maps)()
+
+
 def apply(variant: str) -> None:
     for name in RULES:
         be.__dict__.pop(name, None)
@@ -108,6 +128,7 @@ def apply(variant: str) -> None:
     be.attention_early_trigger = None
     be.gemm_wgmma_tiles = None
     be.gemm_l2_promotion = None
+    maps_promoted(None)
     for part in variant.split("+"):
         if part == "silu":
             be.glu_kernel = lambda M, N2, K: None if M <= 16 else CudaBackend.glu_kernel(be, M, N2, K)
@@ -137,6 +158,8 @@ def apply(variant: str) -> None:
                 1 if (tiles, K, G) == (64, 14336, 1) and M > rows else CudaBackend.wgmma_cluster_size(be, tiles, K, G, M))
         elif part == "notiles":
             be.gemm_wgmma_tiles = False
+        elif part[:2] in ("wp", "xp") and part[2:].isdigit():
+            maps_promoted(part[0], int(part[2:]))
         elif part == "evict":
             use_evict(True)
         elif part.startswith("promo"):
