@@ -244,7 +244,7 @@ def test_gemm_wgmma_runs_persistent_blocks_past_one_wave():
 def test_gemm_wgmma_boxes_fetch_a_box_row_per_l2_miss_up_to_32_rows():
     """gemm_wgmma's TMA boxes promote an L2 miss to 128 bytes (a box row) up to 32 rows and to the driver's usual 256
     above (measured in the 8B step, stop 44); forced by gemm_l2_promotion to any value CUtensorMapL2promotion has."""
-    from minispec.backends.tensor_map import L2_PROMOTION
+    from minispec.backends.tensor_map import L2_PROMOTION, swizzled_rows
 
     rules = SimpleNamespace(gemm_l2_promotion=None)
     promotion = lambda M: CudaBackend.gemm_promotion(rules, M)  # noqa: E731
@@ -252,6 +252,8 @@ def test_gemm_wgmma_boxes_fetch_a_box_row_per_l2_miss_up_to_32_rows():
     rules.gemm_l2_promotion = 0
     assert promotion(1) == promotion(64) == 0
     assert L2_PROMOTION == {0: 0, 64: 1, 128: 2, 256: 3}  # cuda.h's CU_TENSOR_MAP_L2_PROMOTION_{NONE, L2_64B, ..}
+    with pytest.raises(ValueError, match="L2 promotion of 32 bytes"):  # before any driver call
+        swizzled_rows(SimpleNamespace(), 64, 64, 64, promotion=32)
 
 
 def test_attention_triggers_the_next_launch_only_when_its_grid_fits_one_wave():

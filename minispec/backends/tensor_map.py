@@ -43,6 +43,8 @@ def swizzled_rows(array, rows: int, cols: int, box_rows: int, box_cols: int = 64
     box_cols (box_cols x 2 = 128 bytes) that land in shared memory with the 128-byte swizzle: chunk c of a
     box row r sits at chunk c ^ (r % 8); an L2 miss fetches at least `promotion` bytes (0, 64, 128 or 256).
     Returned as one 128-byte structured element (CuPy passes a size-one host array by value)."""
+    if promotion not in L2_PROMOTION:
+        raise ValueError(f"L2 promotion of {promotion} bytes: the driver takes {sorted(L2_PROMOTION)}")
     encode = _driver_encode()
     if encode is None:
         raise RuntimeError("the CUDA driver has no cuTensorMapEncodeTiled")
