@@ -118,20 +118,19 @@ def command_chat(args) -> None:
             if events is not None:
                 events.close()  # the engine releases the reply's KV pages
         elapsed = time.perf_counter() - start
-        why = cut_short(seq.finish_reason, len(seq.tokens), llm.max_model_len) if seq is not None else ""
-        if why.startswith("cut at the context"):
-            why += ": the conversation is full, /reset starts a new one"
+        why = "" if seq is None else cut_short(seq.finish_reason, len(seq.tokens), llm.max_model_len,
+                                               full=": the conversation is full, /reset starts a new one")
         print(f"\n[{tokens} tokens, {tokens / elapsed:.1f} tokens/s{'; ' + why if why else ''}]", file=sys.stderr)
         messages.append({"role": "assistant", "content": reply})
 
 
-def cut_short(finish_reason: str | None, total_tokens: int, max_model_len: int) -> str:
+def cut_short(finish_reason: str | None, total_tokens: int, max_model_len: int, full: str = "") -> str:
     """Why an answer ended before its stop token (both are "length" in the engine): its prompt and output, total_tokens,
-    filled the context, or it reached --max-tokens; "" when it stopped by itself."""
+    filled the context (then `full` follows), or it reached --max-tokens; "" when it stopped by itself."""
     if finish_reason != "length":
         return ""
     if total_tokens >= max_model_len:
-        return f"cut at the context limit of {max_model_len} tokens"
+        return f"cut at the context limit of {max_model_len} tokens{full}"
     return "cut at --max-tokens"
 
 
