@@ -1,8 +1,9 @@
-// Greedy n-gram speculation between two tree steps, on the device: verify the step just run, commit its accepted
+// n-gram speculation between two tree steps, on the device (greedy, or sampled: ids are then each node's draw at
+// its position, CudaBackend.ngram_draws, and the same walk verifies them, minispec/verify.py): verify the step just run, commit its accepted
 // K/V, append the tokens, draft the next tree, and write the next step's plan where its replay reads it. One block;
 // the host launches step k + 1 before it reads step k's tokens (minispec/ngram_device.py).
 //
-// Verify (verify.verify_greedy): from the root, follow the child whose token is the argmax ids[node]; where no
+// Verify (verify.verify_chosen): from the root, follow the child whose token is ids[node]; where no
 //   child matches, ids[node] is the bonus. path = accepted nodes from the root (P of them), tokens taken = the
 //   path's tokens after the root, then the bonus (P).
 // Commit (KVCache.commit): node path[j] at position L + path[j] moves to L + j, for j = 1 .. P-1 in order (path[j]

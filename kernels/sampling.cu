@@ -247,12 +247,14 @@ extern "C" __global__ void top_merge(const float* __restrict__ share_value, cons
 //     tau_k = the top_k[r]-th largest p (0 = off),  tau_p = the largest t with sum(p >= t) >= top_p[r]
 //     (top-k, top-p and min-p are each computed on p and intersected, as in sampling.target_distribution)
 //   token = first v (in index order) whose running sum of kept p exceeds u[r] * sum(kept p)
-//   u[r] in [0, 1) is drawn on the host from the request's own seeded generator, so a seed
-//   reproduces its samples and the NumPy backend draws the very same tokens.
+//   u[r] in [0, 1) is the row's position's uniform under the request's key (sampling.position_uniforms), so a
+//   seed reproduces its samples and the NumPy backend draws the very same tokens: given in settings (the host
+//   knows the position), or, where `positions` is not null, computed here at positions[r] (position_uniform; the
+//   device drafter's steps, whose positions only the plan on the device holds).
 // logits float [R_all, V]; settings float64 [R, 6]: row, temperature, top_k, top_p, min_p, u (one upload; in
 // double as the reference reads them: top_p = 0.999 as a float is 1.3e-8 larger, which at V = 49k moved the cut
 // by a token); tokens int32 [R]; probs float [R, V] or null: the kept p of each row (e units, 0 where filtered),
-// for tests.  grid (SAMPLE_CLUSTER, R), cluster (SAMPLE_CLUSTER, 1, 1), block SAMPLE_THREADS, dynamic shared memory
+// for tests; positions int32 [R] or null; key: the request's (with positions).  grid (SAMPLE_CLUSTER, R), cluster (SAMPLE_CLUSTER, 1, 1), block SAMPLE_THREADS, dynamic shared memory
 // slice_len(V) floats.
 // A row is cut into SAMPLE_CLUSTER slices, one a block of a cluster, each held in its block's shared memory for
 // the whole kernel: the row is read from global memory once, every later pass reads shared memory, and eight
@@ -283,6 +285,19 @@ extern "C" __global__ void top_merge(const float* __restrict__ share_value, cons
 #define SAMPLE_CANDIDATES 256  // top-k up to this many: top-p's threshold from the top-k candidates, not a radix select
 #define ROW_UNROLL 12  // logits in flight per thread while a slice is read (the row's one pass over global memory)
 
+// sampling.position_uniforms: splitmix64's finaliser over the counter (position | stream << 32), then over that xor
+// the key; the top 53 bits as a double in [0, 1) (exact, as numpy computes it).
+__device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+__device__ __forceinline__ double position_uniform(unsigned long long key, int position, int stream) {
+    const unsigned long long counter = (unsigned long long)(long long)position | ((unsigned long long)stream << 32);
+    return (double)(mix64(key ^ mix64(counter + 0x9E3779B97F4A7C15ull)) >> 11) * 0x1.0p-53;
+}
+
 __device__ __forceinline__ int slice_len(int V) { return (V + SAMPLE_CLUSTER - 1) / SAMPLE_CLUSTER; }
 
 // A bin's mass is kept as four 10-bit digit sums of the 40-bit fixed-point masses, each in its own 32-bit
@@ -304,7 +319,6 @@ struct SampleShared {
     unsigned long long mass;  // the slice's fixed-point mass
     float sum;                // the slice's kept p, summed in a fixed order (slice_sums)
     int last;                 // the slice's last index with p > 0 (-1: none)
-    int accepted, next_uniform;  // verify_tree: block 0's decision for the node
     int candidates;              // top-k with top-p: the slice's e >= tau_k (candidates_tau_p), the first ones in
     float candidate[SAMPLE_CANDIDATES];  // `candidate`
     float gathered[SAMPLE_CANDIDATES];   // every block's candidates, and their fixed-point masses (block-local)
@@ -690,7 +704,8 @@ __device__ int sample_index(const float* p, int n, int begin, double u, SampleSh
 }
 
 extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS, 2)
-sample_rows(const float* __restrict__ logits, const double* __restrict__ settings, int* __restrict__ tokens, float* __restrict__ probs, int V) {
+sample_rows(const float* __restrict__ logits, const double* __restrict__ settings, int* __restrict__ tokens, float* __restrict__ probs, int V,
+            const int* __restrict__ positions, unsigned long long key) {
     pdl_begin();
     extern __shared__ float p[];  // [slice_len(V)]
     __shared__ SampleShared sh;
@@ -699,64 +714,7 @@ sample_rows(const float* __restrict__ logits, const double* __restrict__ setting
     target_probs(logits + (long long)s[0] * V + begin, p, n, V, s[1], (int)s[2], s[3], s[4], sh);
     if (probs != nullptr)
         for (int i = threadIdx.x; i < n; i += blockDim.x) probs[(long long)r * V + begin + i] = p[i];
-    int token = sample_index(p, n, begin, s[5], sh);
+    const double u = positions != nullptr ? position_uniform(key, positions[r], 0) : s[5];
+    int token = sample_index(p, n, begin, u, sh);
     if (threadIdx.x == 0 && token >= 0) tokens[r] = token;
-}
-
-// verify_tree: lossless sampled verification of one tree of deterministic candidates (n-gram, top-k trees),
-// so a step copies back only the accepted path and the bonus token.
-//   From the root: r = p(node) (after the filters); try the node's children in order, accepting child c
-//   when u < r(c) / sum(r), else r(c) = 0; if none is accepted the bonus is drawn from r (inverse CDF).
-//   Uniforms u[0 .. T] are drawn on the host from the request's generator and used in order.
-// logits float [R, V] (the tree's rows start at row0); parents, tokens int32 [T]; uniforms float64 [T + 1];
-// out int32 [T + 2]: out[0] = path length, out[1] = bonus, out[2..] = path nodes. One cluster as in sample_rows:
-// grid (SAMPLE_CLUSTER), block SAMPLE_THREADS, dynamic shared memory slice_len(V) floats; thread 0 of block 0 tries
-// the children, reading (and zeroing) r(c) in the slice that holds c. Each node of the path is filtered as the walk
-// reaches it (~25-35 µs at V = 49152). Filtering the tree's first 16 rows at once ahead of the walk made a 16-node
-// path 3x cheaper but a root rejected at once ~15-20 µs dearer, and sampled speculation end to end level or up to 9%
-// slower: its paths are short (notes/sampling_h100_stop22.log). NumPy reference: minispec.verify.verify_sampled.
-// Tests: tests/test_cuda_kernels.py.
-extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS, 2)
-verify_tree(const float* __restrict__ logits, int row0, int T, const int* __restrict__ parents, const int* __restrict__ tokens,
-            double temperature, int top_k, double top_p, double min_p, const double* __restrict__ uniforms, int* __restrict__ out, int V) {
-    pdl_begin();
-    extern __shared__ float p[];  // [slice_len(V)]
-    __shared__ SampleShared sh;
-    const int S = slice_len(V), begin = blockIdx.x * S, n = max(0, min(V, begin + S) - begin);
-    int node = 0, length = 1, next_uniform = 0;
-    if (blockIdx.x == 0 && threadIdx.x == 0) out[2] = 0;
-    while (true) {
-        target_probs(logits + (long long)(row0 + node) * V + begin, p, n, V, temperature, top_k, top_p, min_p, sh);
-        slice_sums(p, n, begin, sh);
-        cluster_sync();
-        float mass = cluster_sum_in_order(&sh.sum);
-        if (blockIdx.x == 0 && threadIdx.x == 0) {
-            int accepted = -1;
-            for (int c = node + 1; c < T && accepted < 0; c++) {
-                if (parents[c] != node) continue;
-                const int token = tokens[c];
-                const float pc = load_cluster(p + token % S, token / S);
-                if (uniforms[next_uniform++] * mass < pc) {
-                    accepted = c;
-                } else {
-                    store_cluster(p + token % S, token / S, 0.0f);
-                    mass -= pc;
-                }
-            }
-            sh.accepted = accepted;
-            sh.next_uniform = next_uniform;
-        }
-        cluster_sync();  // (another block's slice is read and written above only while the others wait here)
-        const int accepted = load_cluster(&sh.accepted, 0);
-        next_uniform = load_cluster(&sh.next_uniform, 0);
-        if (accepted < 0) break;
-        node = accepted;
-        if (blockIdx.x == 0 && threadIdx.x == 0) out[2 + length] = node;
-        length++;
-    }
-    int bonus = sample_index(p, n, begin, uniforms[next_uniform], sh);
-    if (threadIdx.x == 0 && bonus >= 0) {
-        out[1] = bonus;
-        out[0] = length;
-    }
 }

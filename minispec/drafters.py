@@ -74,12 +74,15 @@ class TreeBudget:
 NGRAM_PAYS = 4.5
 NGRAM_STRONG = 10
 
-# The same gate for sampled sequences, whose trees are drafted and verified on the host step by step: there a tree
+# The same gate for sampled sequences, whose trees were drafted and verified on the host step by step: there a tree
 # step cost ~1.5 ms against 0.36 ms a plain sampled step one ahead (H100, stop 36, from the steps and rates below).
 # Ungated since stop 25, whose one-seed try had a gate at 2 tokens cut extract 1.67x -> 0.90x; sampled outputs now
 # copy less (2.5-3.1 tokens a tree step) and plain sampled decoding runs 1.7x faster. By turns over 6-8 seeds in
 # three calls (notes/sampled_gate_h100_stop36.log, geometric means of n-gram / plain sampled per seed, means of the
 # calls): no gate 0.89 / 0.90 / 1.02x on summarise / rewrite / extract, 3 tokens 0.95 / 0.93 / 1.05x, 4.5 mixed.
+# Since stop 45 one sampled sequence drafts on the device too (Engine.speculate_on_device), its tree steps as cheap
+# as greedy ones; by turns over 6 seeds on an H200 (notes/sampled_gate_h200_stop45.log) no gate, 3 and 4.5 gave
+# 0.80 / 0.96 / 0.94x on summarise and within 0.07 of each other elsewhere: 3 stays.
 NGRAM_PAYS_SAMPLED = 3.0
 
 # A token that alone matches (no longer suffix does) and follows at NGRAM_COMMON or more earlier places is a common

@@ -11,11 +11,11 @@ from .errors import MinispecError
 from .kv_cache import KVPoolFull
 from .drafters import NgramDrafter, NoDrafter
 from .ngram_device import OUT_TOKENS, NgramParams, state_row, tree_rows
-from .sampling import SamplingParams
+from .sampling import SamplingParams, position_uniforms, sequence_key
 from .step import StepItem, build_plan, pow2_bucket
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import Tree
-from .verify import tree_uniforms, verify
+from .verify import node_uniforms, verify_chosen, verify_sampled
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Stats:
 
 @dataclass
 class Sequence:
-    """One sample being generated: its tokens, pages, random stream and output."""
+    """One sample being generated: its tokens, pages, random key and stream, and output."""
 
     index: int  # which prompt
     sample: int  # which of its n samples
@@ -46,11 +46,19 @@ class Sequence:
     stats: Stats = field(default_factory=Stats)
     draft_state: object = None  # the drafter's own per-sequence state
     _rng: np.random.Generator | None = field(default=None, repr=False)
+    _key: int | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> int:
+        """This sample's key: its token after position p is drawn at u(key, p) (sampling.position_uniforms)."""
+        if self._key is None:
+            self._key = sequence_key(self.params.seed, self.sample)
+        return self._key
 
     @property
     def rng(self) -> np.random.Generator:
-        """This sample's random stream, made when first drawn from: a greedy sequence never draws, and an unseeded
-        generator costs ~50 µs of OS entropy before the prefill can launch."""
+        """This sample's random stream, for a draft model's sampled candidates (the tokens themselves are drawn at
+        `key`), made when first drawn from: an unseeded generator costs ~50 µs of OS entropy."""
         if self._rng is None:
             self._rng = sample_rng(self.params.seed, self.sample)
         return self._rng
@@ -66,6 +74,20 @@ class Sequence:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+
+def fetch_draws(seqs: list[Sequence], trees: list[Tree], logits) -> None:
+    """Queue the draws of every node of the sampled sequences' trees of deterministic candidates (each at its
+    position, verify.node_uniforms), in one launch, for verify_chosen (StepLogits.draws)."""
+    rows, params, uniforms, offset = [], [], [], 0
+    for seq, tree in zip(seqs, trees):
+        if not seq.params.greedy and not tree.sampled:
+            rows += range(offset, offset + len(tree))
+            params += [seq.params] * len(tree)
+            uniforms.append(node_uniforms(seq.key, tree, seq.L))
+        offset += len(tree)
+    if rows:
+        logits.fetch_draws(rows, params, np.concatenate(uniforms))
 
 
 def sample_rng(seed: int | None, sample: int) -> np.random.Generator:
@@ -108,7 +130,8 @@ class Engine:
             asks = None if type(self.drafter) is NoDrafter else self.drafts_ready
             greedy = all(s.params.greedy for s in seqs)
             if ahead:  # the first step launched behind the prefill, its roots the first tokens left on the device
-                firsts = [last_rows[s.index][0].choose_device(last_rows[s.index][1], s.params, s.rng) for s in seqs]
+                firsts = [last_rows[s.index][0].choose_device(last_rows[s.index][1], s.params, s.key, s.prompt_len - 1)
+                          for s in seqs]
                 self.drafter.start(seqs)
                 yield from self.decode_ahead(seqs, asks, self.model.backend.concat(firsts))
             else:
@@ -118,7 +141,7 @@ class Engine:
                 self.drafter.start(seqs)  # while the prefill's last step runs (nothing has waited for it yet)
                 for seq in seqs:
                     logits, row = last_rows[seq.index]
-                    yield from self.emit(seq, [logits.choose(row, seq.params, seq.rng)], from_step=False)
+                    yield from self.emit(seq, [logits.choose(row, seq.params, seq.key, seq.prompt_len - 1)], from_step=False)
             text_due = []  # (sequence, tokens) of the last step whose text is not out yet (see below)
             while active := [s for s in seqs if not s.done]:
                 budgets = [self.max_model_len - s.L for s in active]
@@ -141,6 +164,8 @@ class Engine:
                     logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [N, V]
                     if greedy:  # verification reads the ids next
                         logits.fetch_argmax()
+                    else:
+                        fetch_draws(active, trees, logits)
                 except Exception:  # (a full pool): the text of the tokens taken so far goes out before the error
                     yield from self.emit_text(text_due)
                     raise
@@ -151,7 +176,13 @@ class Engine:
                 text_due = []
                 offset = 0
                 for seq, tree in zip(active, trees):
-                    path, bonus = verify(tree, logits, seq.params, seq.rng, slice(offset, offset + len(tree)))
+                    rows = slice(offset, offset + len(tree))
+                    if seq.params.greedy:
+                        path, bonus = verify_chosen(tree, logits.argmax()[rows])
+                    elif tree.sampled:  # (a draft model's sampled candidates)
+                        path, bonus = verify_sampled(tree, logits.host()[rows], seq.params, seq.key, seq.L)
+                    else:
+                        path, bonus = verify_chosen(tree, logits.draws()[rows])
                     offset += len(tree)
                     self.cache.commit(seq.table, seq.L, path)  # accepted K/V to L .. L+len(path)-1
                     seq.L += len(path)
@@ -173,22 +204,24 @@ class Engine:
                 self.drafter.release(seq)
 
     def drafts_on_device(self, seqs: list[Sequence], trees: list[Tree]) -> bool:
-        """Whether the next tree steps run drafted on the device: one greedy sequence with the n-gram drafter whose
+        """Whether the next tree steps run drafted on the device: one sequence with the n-gram drafter whose
         tree has drafts (both backends can: the NumPy backend's is the kernel's reference), with room
         for the steps in flight before the context limit, and pages for them in the pool."""
         if not self.device_drafting_enabled or type(self.drafter) is not NgramDrafter or len(seqs) != 1:
             return False
         seq, drafter, cache = seqs[0], self.drafter, self.cache
         N = pow2_bucket(drafter.budget.nodes)
-        return (seq.params.greedy and len(trees[0]) > 1
+        return (len(trees[0]) > 1
                 and NgramParams.of(drafter, self.max_model_len).supported() and seq.L + 3 * N <= self.max_model_len
                 and cache.pages_for(seq.L + 3 * N) - len(seq.table) <= cache.free_pages)  # the stretch's pages
 
     def speculate_on_device(self, seq: Sequence, tree: Tree | None = None, inflight=None):
-        """Greedy tree steps of one sequence with the n-gram drafter's work on the device (minispec/ngram_device.py):
+        """Tree steps of one sequence with the n-gram drafter's work on the device (minispec/ngram_device.py):
         after each step one kernel verifies, commits, drafts the next tree and writes its plan, and the host launches
         step k + 1 before it reads step k's record (its tokens, the next tree's size, the drafter's counts). The tokens
-        and trees are those of the host's loop: the same rules, in the same order.
+        and trees are those of the host's loop: the same rules, in the same order. A sampled sequence's step draws
+        each node's token at its position (ngram_draws, the plan's positions read on the device) and the kernel
+        walks those draws as a greedy step's argmax ids (verify.py): the host's tokens again.
 
         Step k + 1 is launched while step k runs where step k's tree has drafts. Where the device's drafter gives no
         tree (no match, or tree steps that stopped paying) or the sequence ends, step k + 1's plan is empty: that step
@@ -199,7 +232,7 @@ class Engine:
         steps launched past its end, as in decode_ahead. Returns whether the stretch ended where the device drafted
         nothing (the sequence goes on with plain decoding).
 
-        inflight: instead of `tree`, the argmax ids of a plain step already launched at L (decode_ahead hands its
+        inflight: instead of `tree`, the argmax ids (or draws) of a plain step already launched at L (decode_ahead hands its
         sequence over once drafts show): the device verifies that one-node step, drafts the first tree from its
         token and the host launches that tree step at once, with no host draft or GPU idle time in between. And
         where the device drafts nothing, the host launches the plain step at L as soon as it reads the record that
@@ -244,7 +277,9 @@ class Engine:
                         backend.ngram_table(buffers, seq.table)
                         pages = len(seq.table)
                     # the most keys this step may have: the records in flight may each take N tokens
-                    _, ids = backend.replay_packed(self.model, cache, buffers, L + N * (launched - read + 1))
+                    logits, ids = backend.replay_packed(self.model, cache, buffers, L + N * (launched - read + 1))
+                    if not seq.params.greedy:  # each node's draw at its position, read from the plan on the device
+                        ids = backend.ngram_draws(buffers, logits, seq.key, seq.params)
                     backend.ngram_advance(cache, buffers, ids, launched % 2, params)
                     launched += 1
                     continue
@@ -286,14 +321,14 @@ class Engine:
     def launch_plain(self, rows: list[Sequence], ahead: int = 0, tokens=None) -> tuple:
         """One plain step of `rows` launched, their roots at L + ahead: s.tokens[L] from the host, or `tokens` on the
         device (a pending step's ids, one per row) -> decode_ahead's pending step (rows, ids on the device, their
-        host copy's wait, 1). A sampled step draws each row's uniform now (verify.tree_uniforms)."""
+        host copy's wait, 1). A sampled step draws each row at its root's position (sampling.position_uniforms)."""
         # (root 0: a placeholder where the token is on the device)
         items = [StepItem.tree(s.table, s.L + ahead, Tree.single(s.tokens[s.L] if tokens is None else 0)) for s in rows]
         logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache, tokens)
         if rows[0].params.greedy:
             ids = logits.argmax_device()
         else:
-            ids = logits.sample_device([s.params for s in rows], [tree_uniforms(s.rng, 1)[0] for s in rows])
+            ids = logits.sample_device([s.params for s in rows], [position_uniforms(s.key, [s.L + ahead])[0] for s in rows])
         # the copy starts with step k + 1, from that step's token input (CudaBackend.to_host_soon, defer): the ids
         # are a graph's output or a fresh array, which nothing but a replay writes
         return rows, ids, self.model.backend.to_host_soon(ids, defer=True), 1
@@ -305,16 +340,14 @@ class Engine:
         host reads that token, so the host's work between steps (the copy back, emitting text, stop checks,
         the next plan) overlaps the GPU's. A sequence that stops at step k's token wastes the step launched
         past it: its K/V landed beyond L on a page the sequence owns, and nothing reads it. The tokens are
-        those of step-by-step decoding (same kernels, same inputs; a sampled step draws each sequence's
-        uniforms when it is launched, as a step-by-step one-node tree draws them: verify.tree_uniforms). When
+        those of step-by-step decoding (same kernels, same inputs; a sampled step draws each sequence's token
+        at its root's position, as every step does: sampling.position_uniforms). When
         the pool has no page for the step ahead, that round waits for the pending tokens and goes step by
         step (a sequence that stops there never needed the page).
 
         until(sequences still going) -> bool, asked after each step's tokens: True launches no further step; the
-        one in flight is read (its token is the next one whatever drafts come) and the stretch returns. A greedy
-        run with a drafter gives the same tokens with or without stretches; a sampled one draws its uniforms in
-        other groups (a stretch's last step is a one-node step where step by step a tree would have been
-        verified), so a seed repeats its tokens but not those of a run without stretches.
+        one in flight is read (its token is the next one whatever drafts come) and the stretch returns. A run with a
+        drafter gives the same tokens with or without stretches, greedy or sampled (verify.py).
 
         first: the sequences' first tokens on the device, chosen from the prefill's logits (StepLogits.choose_device)
         and not yet emitted: the first step is launched behind the prefill with them as its roots (at L), so the

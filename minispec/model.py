@@ -17,6 +17,7 @@ import numpy as np
 from .checkpoint import ModelWeights, fuse_weights, read_checkpoint_tensors
 from .config import ModelConfig, rope_inv_freq
 from .kv_cache import KVCache
+from .sampling import position_uniforms
 from .step import StepPlan
 
 
@@ -101,7 +102,7 @@ class StepLogits:
     def __init__(self, backend, logits, ids=None):
         self.backend, self.device = backend, logits
         self.ids = ids  # argmax ids [R] on the backend where the step computed them already (a replayed graph)
-        self._host = self._argmax = self._argmax_read = None
+        self._host = self._argmax = self._argmax_read = self._draws = self._draws_read = self._draw_rows = None
 
     def row(self, r: int) -> "StepLogits":
         """Row r alone, copied: a replayed step's logits and ids are the graph's static buffers, which the next
@@ -137,14 +138,28 @@ class StepLogits:
     def sample_device(self, params, uniforms):  # [R] int32 on the backend: row r drawn with params[r] at u[r]
         return self.backend.sample_rows_device(self.device, list(range(len(params))), params, uniforms)
 
-    def choose(self, row: int, params, rng) -> int:
-        """One token from row `row`: argmax, or a sample drawn on the backend with u from the request's generator."""
+    def fetch_draws(self, rows: list[int], params: list, uniforms) -> None:
+        """Draw a token from each of `rows` (row rows[i] with params[i] at uniforms[i]) in one launch and queue the
+        copy to the host, for draws() to come (sampled verification; as fetch_argmax, the copy's host calls run
+        while the GPU works)."""
+        self._draw_rows = rows
+        self._draws_read = self.backend.to_host_soon(self.backend.sample_rows_device(self.device, rows, params, uniforms))
+
+    def draws(self) -> np.ndarray:
+        """int32 [R]: fetch_draws' tokens at their rows, -1 elsewhere."""
+        if self._draws is None:
+            self._draws = np.full(len(self.device), -1, dtype=np.int32)
+            self._draws[self._draw_rows] = self._draws_read()
+        return self._draws
+
+    def choose(self, row: int, params, key: int, position: int) -> int:
+        """One token from row `row`, a node at `position`: argmax, or drawn on the backend at u(key, position)."""
         if params.greedy:
             return int(self.argmax()[row])
-        return int(self.backend.to_host(self.choose_device(row, params, rng))[0])
+        return int(self.backend.to_host(self.choose_device(row, params, key, position))[0])
 
-    def choose_device(self, row: int, params, rng):
+    def choose_device(self, row: int, params, key: int, position: int):
         """choose's token left on the device ([1] int32, not waited for): the same argmax, or the same draw."""
         if params.greedy:
             return self.argmax_device()[row : row + 1]
-        return self.backend.sample_rows_device(self.device, [row], [params], [rng.random()])
+        return self.backend.sample_rows_device(self.device, [row], [params], position_uniforms(key, [position]))

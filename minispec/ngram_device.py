@@ -1,9 +1,9 @@
-"""Greedy n-gram speculation with verification, commit and drafting on the device (one sequence).
+"""n-gram speculation with verification, commit and drafting on the device (one sequence, greedy or sampled).
 
 Drafted on the host, a greedy tree step cannot start before the host has read the last step's argmax ids,
 verified them, committed, drafted the next tree and uploaded its plan: 0.15-0.3 ms with the GPU idle between two
 tree steps of ~0.67 ms (the default model, H100). Here one kernel after each step (kernels/ngram_step.cu) does that
-work on the device, the same drafter's rules in the same order (NgramDrafter: verify_greedy, KVCache.commit's moves,
+work on the device, the same drafter's rules in the same order (NgramDrafter: verify_chosen, KVCache.commit's moves,
 NgramDrafter.commit's counts, scan_match_starts, ngram_tree), and writes the next step's plan where that step's
 graph reads it. The host launches step k + 1 before it reads step k's tokens, so its reads, text and stop checks
 run while the GPU works, as in Engine.decode_ahead.
@@ -60,8 +60,9 @@ class NgramParams:
             stop_len = min(max_len, seq.prompt_len + seq.params.max_tokens)
             if not seq.params.ignore_eos and len(stop_token_ids) <= MAX_STOP_IDS:
                 stop_ids = tuple(sorted(stop_token_ids))
+        pays = drafter.pays_rate if seq is None or seq.params.greedy else drafter.pays_sampled  # (NgramDrafter.pays)
         return cls(drafter.max_ngram, drafter.max_matches, b.depth, b.nodes, b.width, max_len, stop_len, stop_ids,
-                   drafter.common, drafter.strong, drafter.pays_rate)
+                   drafter.common, drafter.strong, pays)
 
     def stop_args(self) -> list[int]:
         """stop0..3 and stop_len as the kernel takes them."""
@@ -89,7 +90,8 @@ class NgramBuffers:
     loaded: object = None  # (GPU) an event after the load's copy: the staging is free again once it has passed
     owner: object = None  # (GPU) the sequence last loaded, and how many of its tokens the staging holds (ngram_load)
     staged: int = 0
-    launches: dict = field(default_factory=dict)  # (GPU) ngram_advance's launches, their arguments packed
+    launches: dict = field(default_factory=dict)  # (GPU) ngram_advance's and ngram_draws' launches, their arguments packed
+    draws: object = None  # (GPU) a sampled step's draws [N] (ngram_draws)
 
 
 def state_row(L: int, T: int, accepted, tries, tree_tokens: int, tree_steps: int) -> np.ndarray:

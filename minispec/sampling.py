@@ -6,6 +6,7 @@ softmax, then renormalisation. temperature = 0 means greedy (argmax).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,6 +112,39 @@ def target_distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarra
         keep &= p >= params.min_p * p.max()
     p = np.where(keep, p, 0.0)
     return p / p.sum()
+
+
+# Counter-based uniforms: the token after position p is drawn at u(key, p), one number a position fixed by the
+# request's seed (and sample), not the next draw of a stream. So it does not matter how many steps, trees or drafts
+# came before: n-gram trees verified on the host or drafted on the device, decoding one step ahead or step by step,
+# all give the tokens of plain sampled decoding (verify.py). The hash is splitmix64's finaliser (Steele, Lea and
+# Flood, "Fast splittable pseudorandom number generators", 2014), twice: over the counter (position | stream << 32),
+# then over that xor the key; kernels/sampling.cu (position_uniform) computes the same bits.
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (products wrap modulo 2^64)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sequence_key(seed: int | None, sample: int) -> int:
+    """Sample `sample` of a request's 64-bit key: from the seed (any size) and the sample's index, or, unseeded, fresh
+    from the OS (8 bytes: cheap enough to make before a prefill)."""
+    if seed is None:
+        return secrets.randbits(64)
+    return int(np.random.SeedSequence([seed, sample]).generate_state(1, np.uint64)[0])
+
+
+def position_uniforms(key: int, positions, stream=0) -> np.ndarray:
+    """float64 in [0, 1): the uniform of each position under `key`, 53 random bits each (positions and stream
+    broadcast). stream > 0 gives other numbers at the same positions (verify_sampled's child tests)."""
+    streams = np.asarray(stream, dtype=np.uint64) << np.uint64(32)
+    counters = np.atleast_1d(np.asarray(positions, dtype=np.int64)).astype(np.uint64) | streams
+    h = mix64(np.uint64(key) ^ mix64(counters + GOLDEN))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def sample_from(p: np.ndarray, u):

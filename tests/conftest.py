@@ -155,8 +155,9 @@ def sampled_speculation_chi2(plain, spec, seeds=range(3), n: int = 500) -> tuple
     of its cycle (its greedy output after "ab"), so drafts follow the cycle; the first three tokens of n samples
     per seed from LLMs `plain` and `spec` (drafting), at temperature 5 and top-k 3 (a support small enough to
     count) -> (chi-square homogeneity statistic of the (t1, t2, t3) counts, its degrees of freedom, spec's
-    accepted lengths). Outcomes seen fewer than 10 times in all are left out; the samples of a seed share their
-    first token's draw, which only lowers the statistic."""
+    accepted lengths). Outcomes seen fewer than 10 times in all are left out. (With n-gram trees, deterministic
+    candidates, the two draw the same tokens sample for sample: the statistic is then 0, and the test that says
+    so is exact, test_speculative.test_sampled_ngram_speculation_emits_plain_samplings_tokens.)"""
     from collections import Counter
 
     from minispec import SamplingParams

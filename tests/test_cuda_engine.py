@@ -85,7 +85,7 @@ def test_speculative_agrees_with_plain_on_gpu_bf16(gpu_bf16, prompt_ids, draft, 
 
 @pytest.mark.parametrize("draft", [None, "ngram", "self:6"])
 def test_parallel_samples_reproducible_on_gpu(gpu_bf16, draft):
-    """n > 1 sampling repeats per seed: n-gram trees verified on the device by verify_tree, the draft model's trees
+    """n > 1 sampling repeats per seed: n-gram trees verified by each node's draw at its position, the draft model's trees
     drawn from its q and verified by the SpecInfer rule on the host."""
     gpu_bf16.use_drafter(draft, (16, 8, 4))
     prompt = "Repeat after me: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."

@@ -576,49 +576,29 @@ def test_sampling_a_degenerate_row_gives_a_valid_token():
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.8, top_k=30, top_p=0.9)])
-def test_verify_tree_matches_reference(settings):
-    """Same uniforms, same decisions as minispec.verify.verify_sampled (up to fp32 vs fp64 at a boundary), on trees
-    of up to 40 nodes."""
+def test_sample_rows_draws_at_the_positions_it_is_given(settings):
+    """Given positions and a key (the device drafter's sampled steps, CudaBackend.ngram_draws), the kernel draws
+    row r at u(key, positions[r]) of sampling.position_uniforms: the same 53 bits, so each token lies in its
+    CDF interval at the host's u (up to fp32 vs fp64 at a boundary); the settings' own u (0.5 here) is not read."""
     import cupy as cp
 
     from minispec import SamplingParams
-    from minispec.verify import verify_sampled
-
-    from .attention_cases import random_tree
+    from minispec.backends.cuda_backend import SAMPLE_CLUSTER, SAMPLE_THREADS
+    from minispec.sampling import position_uniforms, target_distribution
 
     be, rng = backend("bfloat16"), np.random.default_rng(4)
-    params = SamplingParams(**settings)
-    V, agree, trials = 300, 0, 200
-    for trial in range(trials):
-        T = int(rng.integers(1, 17)) if trial % 4 else int(rng.integers(17, 41))
-        logits = (rng.normal(size=(T + 3, V)) * 2).astype(np.float32)
-        tree = random_tree(rng, T, ["chain", "star", "random"][trial % 3])
-        # candidates drawn from the rows' likely tokens so that acceptances happen
-        tree.tokens[1:] = [int(np.argsort(-logits[2 + p])[rng.integers(0, 3)]) for p in tree.parents[1:]]
-        uniforms = rng.random(T + 1)
-        path, bonus = be.verify_tree(cp.asarray(logits), 2, tree, params, uniforms)
-        assert path[0] == 0 and all(tree.parents[b] == a for a, b in zip(path, path[1:])), "not a root path"
-        agree += (path, bonus) == verify_sampled(tree, logits[2 : 2 + T], params, uniforms)
-    assert agree >= 0.97 * trials
-
-
-def test_verify_tree_is_lossless():
-    """The first emitted token of a star tree follows p (total variation over 20k device verifications)."""
-    import cupy as cp
-
-    from minispec import SamplingParams
-    from minispec.sampling import target_distribution
-    from minispec.tree import Tree
-
-    be, rng = backend("bfloat16"), np.random.default_rng(6)
-    V = 8
-    logits = (rng.normal(size=(4, V)) * 1.5).astype(np.float32)
-    params = SamplingParams(temperature=1.0)
-    tree = Tree(tokens=[0, 1, 4, 6], parents=[-1, 0, 0, 0])
-    device_logits = cp.asarray(logits)
-    counts = np.zeros(V)
-    for _ in range(20_000):
-        path, bonus = be.verify_tree(device_logits, 0, tree, params, rng.random(5))
-        counts[int(tree.tokens[path[1]]) if len(path) > 1 else bonus] += 1
-    p = target_distribution(logits[0], params)
-    assert 0.5 * np.abs(counts / counts.sum() - p).sum() < 0.02
+    params, R, V = SamplingParams(**settings), 64, 4099
+    for trial in range(4):
+        logits = (rng.normal(size=(R, V)) * 2).astype(np.float32)
+        key = int(rng.integers(0, 2**63)) * 2 + trial % 2  # (the top bit set in half the trials)
+        positions = rng.integers(0, 2**31 - 1, R).astype(np.int32)
+        settings_rows = be.put([(r, params.temperature, params.top_k, params.top_p, params.min_p, 0.5) for r in range(R)], np.float64)
+        tokens = cp.full(R, -1, dtype=cp.int32)
+        kernel, shared = be.sampling_kernel("sample_rows", V)
+        be.launch(kernel, (SAMPLE_CLUSTER, R), (SAMPLE_THREADS,), (cp.asarray(logits), settings_rows, tokens, np.uint64(0),
+                  np.int32(V), cp.asarray(positions), np.uint64(key)), shared)
+        uniforms = position_uniforms(key, positions)
+        for r, (token, u) in enumerate(zip(cp.asnumpy(tokens), uniforms)):
+            p = target_distribution(logits[r], params)
+            assert p[token] > 0, "drew a filtered-out token"
+            assert p[:token].sum() - 1e-4 <= u <= p[: token + 1].sum() + 1e-4, f"row {r}: u={u} outside the token's CDF interval"

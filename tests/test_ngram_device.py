@@ -15,7 +15,7 @@ from minispec.drafters import NGRAM_BUDGET, NgramDrafter, TreeBudget
 from minispec.kv_cache import KVCache
 from minispec.ngram_device import OUT_TOKENS, NgramParams, state_row, tree_rows
 from minispec.step import StepItem, build_plan_one, pack_plan, packed_offsets, pow2_bucket
-from minispec.verify import verify_greedy
+from minispec.verify import verify_chosen
 
 
 class Seq:
@@ -54,7 +54,7 @@ class Owner:  # the model the buffers are kept for (a weak key on the CUDA backe
 
 def run_host_and_device(rng, tokens, budget: TreeBudget, vocab: int, steps: int, max_len: int, P: int = 4, device=None,
                         stop_ids=(), gate=None):
-    """The host's loop (NgramDrafter.propose, verify_greedy, KVCache.commit, NgramDrafter.commit) and the NumPy
+    """The host's loop (NgramDrafter.propose, verify_chosen, KVCache.commit, NgramDrafter.commit) and the NumPy
     reference's advance from the same first tree, step by step, compared after each; `device` (a CudaBackend) runs
     the kernel on the same ids and a copy of the same pages, and is compared with the reference. gate: the drafter's
     settings (pays, strong, common) where not the defaults. Returns the set of (a draft was accepted, the next tree has
@@ -100,7 +100,7 @@ def run_host_and_device(rng, tokens, budget: TreeBudget, vocab: int, steps: int,
         if device is not None:
             device.ngram_advance(device_cache, device_buffers, device.put(ids, np.int32), step % 2, params)
         # the host's loop
-        path, bonus = verify_greedy(tree, ids[: len(tree)])
+        path, bonus = verify_chosen(tree, ids[: len(tree)])
         accepted = [tree.token_list[n] for n in path[1:]] + [int(bonus)]
         mirror.commit(mirror_table, L, path)
         drafter.commit(seq, path, accepted)
@@ -252,6 +252,24 @@ def test_engine_drafting_on_the_device_gives_the_host_loops_tokens_and_steps(tin
         assert max(device[2]) >= min(8, max_tokens // 4) and 1 in device[2] and len(device[2]) >= 3, device[2]
 
 
+@pytest.mark.parametrize("looping", [True, False], ids=["looping model", "random model"])
+@pytest.mark.parametrize("ahead", [True, False])
+def test_sampled_drafting_on_the_device_gives_the_host_loops_tokens_and_steps(tiny_model, looping_model, ahead, looping):
+    """Sampled, the device's steps draw each node at its position (ngram_draws) and walk the draws: the host loop's
+    tokens, steps and accepted lengths (the gate at NGRAM_PAYS_SAMPLED on both), and plain sampling's tokens."""
+    llm = tiny_llm(looping_model if looping else tiny_model)
+    llm.use_drafter("ngram")
+    llm.engine.decode_ahead_enabled = ahead
+    prompt = llm.tokenizer.encode("abcabcabd abcab")
+    params = SamplingParams(temperature=1.0, top_k=3, seed=3, max_tokens=120, ignore_eos=True)
+    (device, host), calls = generate_both_ways(llm, prompt, params)
+    assert device == host and calls > 0
+    llm.use_drafter(None)
+    assert llm.generate([prompt], params)[0].token_ids == device[0]
+    if looping:  # paths accepted and refused
+        assert max(device[2]) >= 4 and 1 in device[2], device[2]
+
+
 def test_a_stretch_that_drafts_nothing_launches_the_plain_step_before_its_last_record(looping_model):
     """Where the device drafts nothing, the host launches the plain step (launch_plain) as soon as it reads the record
     that says so, before the empty step's record, and decode_ahead goes on from it: the host loop's tokens and steps."""
@@ -317,8 +335,8 @@ def test_engine_drafting_on_the_device_on_gpu(default_model):
 def test_looping_model_on_gpu_drafts_on_the_device_and_samples_losslessly(tmp_path):
     """A looping tiny model in bf16 on the GPU (head dim 64, as the kernels take it): greedy, the device's drafting
     (ngram_advance, the packed graphs) gives the host loop's tokens and steps over stretches of long accepted
-    paths; sampled, n-gram speculation verified on the device (verify_tree) draws from plain sampling's
-    distribution (conftest.sampled_speculation_chi2)."""
+    paths, and sampled the same (each node drawn at its position, ngram_draws); sampled in batches (the host's
+    loop), n-gram speculation draws from plain sampling's distribution (conftest.sampled_speculation_chi2)."""
     from .conftest import make_tiny_checkpoint, sampled_speculation_chi2
 
     model = make_tiny_checkpoint(tmp_path / "looping", hidden=192, layers=3, heads=4, kv_heads=2, head_dim=64,
@@ -328,6 +346,9 @@ def test_looping_model_on_gpu_drafts_on_the_device_and_samples_losslessly(tmp_pa
     prompt = llm.tokenizer.encode("abcabcabd abcab")
     (device, host), calls = generate_both_ways(llm, prompt, SamplingParams(temperature=0, max_tokens=160, ignore_eos=True))
     assert device == host and calls > 0 and max(device[2]) >= 8, device[2]
+    params = SamplingParams(temperature=1.0, top_k=3, seed=3, max_tokens=160, ignore_eos=True)
+    (device, host), calls = generate_both_ways(llm, prompt, params)
+    assert device == host and calls > 0 and max(device[2]) >= 4, device[2]
     plain = tiny_llm(model, "cuda", kv_cache_tokens=1 << 15)
     llm.use_drafter("ngram", (8, 4, 2))
     chi2, df, accepted = sampled_speculation_chi2(plain, llm)

@@ -8,12 +8,47 @@ import pytest
 from minispec import MinispecError, SamplingParams
 from minispec.backends.numpy_backend import NumpyBackend
 from minispec.model import StepLogits
-from minispec.sampling import target_distribution, top_indices, top_logprobs
+from minispec.sampling import position_uniforms, sequence_key, target_distribution, top_indices, top_logprobs
 
 
 def choose_token(logits, params, rng):
-    """The engine's path: one row chosen through StepLogits (greedy argmax or the backend's sampler)."""
-    return StepLogits(NumpyBackend(), logits[None]).choose(0, params, rng)
+    """The engine's path: one row chosen through StepLogits (greedy argmax or the backend's sampler), at a random
+    key and position."""
+    return StepLogits(NumpyBackend(), logits[None]).choose(0, params, int(rng.integers(0, 2**63)), int(rng.integers(0, 10**6)))
+
+
+def splitmix_uniform(key: int, position: int, stream: int) -> float:
+    """position_uniforms written again with Python integers: splitmix64's published finaliser, masked to 64 bits."""
+    mask = (1 << 64) - 1
+
+    def mix(x):
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    counter = ((position & mask) | (stream << 32)) & mask
+    return (mix(key ^ mix((counter + 0x9E3779B97F4A7C15) & mask)) >> 11) / 2.0**53
+
+
+def test_position_uniforms_match_the_hash_and_look_uniform():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        key, stream = int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2)), int(rng.integers(0, 4))
+        positions = rng.integers(0, 2**31, 7)
+        got = position_uniforms(key, positions, stream)
+        assert got.tolist() == [splitmix_uniform(key, int(p), stream) for p in positions]
+    u = position_uniforms(sequence_key(7, 0), np.arange(200_000))
+    assert 0 <= u.min() and u.max() < 1
+    # ten equal bins: chi-square with 9 degrees of freedom, far below its 0.1% point (27.9) for a fair generator
+    counts = np.bincount((u * 10).astype(int), minlength=10)
+    assert ((counts - 20_000) ** 2 / 20_000).sum() < 27.9
+    # neighbouring positions, streams and samples are not correlated
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01
+    other_stream = position_uniforms(sequence_key(7, 0), np.arange(200_000), stream=1)
+    other_sample = position_uniforms(sequence_key(7, 1), np.arange(200_000))
+    assert abs(np.corrcoef(u, other_stream)[0, 1]) < 0.01 and abs(np.corrcoef(u, other_sample)[0, 1]) < 0.01
+    assert sequence_key(7, 0) == sequence_key(7, 0) != sequence_key(8, 0)
+    assert sequence_key(None, 0) != sequence_key(None, 0)  # unseeded: fresh from the OS
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -237,14 +239,18 @@ def stopping_requests(sampled: bool, seed: int, budget: int, stop: str) -> list[
 
 def spy_on_steps(llm, kinds: list) -> None:
     """Record each target forward: "ahead" (its tokens come from the previous step on the backend), "tree"
-    (more rows than sequences) or "one"."""
-    forward = llm.model.forward
+    (more rows than sequences), "one", or "device" (a step drafted on the device, Engine.speculate_on_device)."""
+    forward, replay = llm.model.forward, llm.model.backend.replay_packed
 
     def spy(plan, cache, tokens=None):
         kinds.append("ahead" if tokens is not None else ("tree" if plan.num_tokens > plan.batch_size else "one"))
         return forward(plan, cache, tokens)
 
-    llm.model.forward = spy
+    def spy_replay(*args):
+        kinds.append("device")
+        return replay(*args)
+
+    llm.model.forward, llm.model.backend.replay_packed = spy, spy_replay
 
 
 def assert_same_outputs(results, others) -> None:
@@ -315,11 +321,10 @@ def test_one_sequence_decodes_ahead_from_the_prefill(tiny_model, sampled):
 @pytest.mark.parametrize("sampled", [False, True])
 def test_ngram_decodes_ahead_between_drafts(tiny_model, looping_model, sampled, gate, looping):
     """With the n-gram drafter, stretches where it finds no match run one step ahead of the host, and the
-    drafter is asked after each token. Greedy: the tokens, stops and texts of step-by-step speculation.
-    Sampled: the draws group otherwise (a stretch ends with a one-node step where step by step a tree is
-    verified), so a seed repeats its own tokens, stops and texts. With the gate (NGRAM_PAYS, NGRAM_PAYS_SAMPLED)
-    and without it: the tiny random model's drafts mostly fail, so the gate leaves few trees; the looping
-    model's are accepted whole or in part, greedy and sampled."""
+    drafter is asked after each token: the tokens, stops and texts of step-by-step speculation, greedy or sampled
+    (each token drawn at its position, whatever step drew it: verify.py). With the gate (NGRAM_PAYS,
+    NGRAM_PAYS_SAMPLED) and without it: the tiny random model's drafts mostly fail, so the gate leaves few trees;
+    the looping model's are accepted whole or in part, greedy and sampled."""
     model = looping_model if looping else tiny_model
     llm = LLM(model=str(model), device="cpu", draft="ngram", tree=(8, 4, 2), max_model_len=120)
     if not gate:
@@ -329,15 +334,15 @@ def test_ngram_decodes_ahead_between_drafts(tiny_model, looping_model, sampled, 
     spy_on_steps(llm, kinds)
     ahead = llm.generate(prompts, params)
     # both kinds ran (the looping model's trees leave few steps to decode ahead)
-    assert kinds.count("ahead") > (2 if looping else 10) and kinds.count("tree") > (1 if gate else 3)
+    trees = kinds.count("tree") + kinds.count("device")
+    assert kinds.count("ahead") > (2 if looping else 10) and trees > 1
     if looping:  # drafts accepted: paths of several tokens
         assert max(max(s.stats.accepted_lengths) for r in ahead for s in r.samples) >= 4
     assert llm.cache.free_pages == llm.cache.num_pages
-    if not sampled:
-        llm.engine.decode_ahead_enabled = False
+    llm.engine.decode_ahead_enabled = False
     kinds.clear()
     again = llm.generate(prompts, params)
-    assert sampled or "ahead" not in kinds
+    assert "ahead" not in kinds
     assert_same_outputs(ahead, again)
     assert llm.cache.free_pages == llm.cache.num_pages
 
@@ -364,27 +369,49 @@ def test_decode_ahead_needs_no_page_that_step_by_step_does_not(tiny_model):
     assert results[0].token_ids == results[1].token_ids == output[: k + 1]  # the stop trims the text, not the tokens
 
 
-@pytest.mark.parametrize("draft", ["ngram", "self:1"])
-def test_sampled_speculation_draws_from_plain_samplings_distribution(looping_model, draft, monkeypatch):
-    """End to end, lossless: the first three tokens of 1,500 samples with drafted trees verified follow the
-    distribution of plain sampling (conftest.sampled_speculation_chi2). The prompt ends in two turns of the
+@pytest.mark.parametrize("device", [True, False], ids=["device drafting", "host loop"])
+def test_sampled_ngram_speculation_emits_plain_samplings_tokens(looping_model, device):
+    """Sampled verification of deterministic candidates draws each node's token at its position (verify.py), so
+    n-gram speculation emits plain sampled decoding's tokens, seed for seed and sample for sample: in the host's
+    loop (n = 4: a batch) and in stretches drafted on the device (n = 1; here the NumPy backend's reference of
+    its kernels). The prompt ends in two turns of the looping model's cycle, so its trees draft the cycle; at
+    temperature 2 and top-k 3 they are accepted whole, in part or refused."""
+    plain = LLM(model=str(looping_model), device="cpu")
+    spec = LLM(model=str(looping_model), device="cpu", draft="ngram", tree=(8, 4, 2))
+    spec.engine.drafter.pays_sampled = 0.0  # every tree step "pays": trees wherever the drafter matches
+    spec.engine.device_drafting_enabled = device
+    kinds, accepted = [], Counter()
+    spy_on_steps(spec, kinds)
+    start = plain.tokenizer.encode("ab")
+    prompt = start + plain.generate(start, SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)).token_ids
+    for seed in range(4):
+        params = SamplingParams(n=1 if device else 4, temperature=2.0, top_k=3, seed=seed, max_tokens=24, ignore_eos=True)
+        expected = plain.generate(prompt, params)
+        got = spec.generate(prompt, params)
+        assert [s.token_ids for s in got.samples] == [s.token_ids for s in expected.samples]
+        accepted.update(got.stats.accepted_lengths)
+    assert kinds.count("device" if device else "tree") > 10
+    assert accepted[1] > 5 and sum(v for k, v in accepted.items() if k >= 3) > 3, accepted  # drafts taken and refused
+
+
+def test_sampled_draft_model_speculation_draws_from_plain_samplings_distribution(looping_model, monkeypatch):
+    """End to end, lossless: the first three tokens of 1,500 samples with a draft model's trees verified follow
+    the distribution of plain sampling (conftest.sampled_speculation_chi2). The prompt ends in two turns of the
     looping model's cycle, so its trees draft the cycle; at temperature 5 and top-k 3 they are accepted whole,
-    in part or refused. The n-gram drafter's candidates are deterministic (its continuations: the residual
-    rule); the draft model's (the target's first layer) are drawn from its q (the SpecInfer rule,
-    verify.verify_sampled, which these trees reach). With n-gram trees, accepting drafts 1.5x too often, or
-    drawing the bonus from p rather than the residual, took the statistic from ~2 to 170 and 140 at 18 degrees
-    of freedom; with the draft model's, a residual not reduced by q after a refusal took it from ~6 to 245."""
-    from minispec import verify as verification
+    in part or refused. The draft model's candidates (the target's first layer) are drawn from its q (the
+    SpecInfer rule, verify.verify_sampled, which these trees reach); a residual not reduced by q after a refusal
+    took the statistic from ~6 to 245. (n-gram trees: the tokens themselves, the test above.)"""
+    from minispec import engine
 
     from .conftest import sampled_speculation_chi2
 
-    specinfer = []  # whether each tree verify_sampled saw was drawn from q (the NumPy verify_tree calls it too)
-    checked = verification.verify_sampled
-    monkeypatch.setattr(verification, "verify_sampled", lambda tree, *args: specinfer.append(tree.sampled) or checked(tree, *args))
+    specinfer = []  # whether each tree verify_sampled saw was drawn from q
+    checked = engine.verify_sampled
+    monkeypatch.setattr(engine, "verify_sampled", lambda tree, *args: specinfer.append(tree.sampled) or checked(tree, *args))
     plain = LLM(model=str(looping_model), device="cpu", kv_cache_tokens=1 << 15)
-    spec = LLM(model=str(looping_model), device="cpu", draft=draft, tree=(8, 4, 2), kv_cache_tokens=1 << 15)
+    spec = LLM(model=str(looping_model), device="cpu", draft="self:1", tree=(8, 4, 2), kv_cache_tokens=1 << 15)
     chi2, df, accepted = sampled_speculation_chi2(plain, spec)
-    assert (sum(specinfer) > 100) if draft == "self:1" else not any(specinfer)
+    assert sum(specinfer) > 100 and all(specinfer)
     assert accepted[1] > 100 and sum(v for k, v in accepted.items() if k >= 3) > 50, accepted  # drafts taken and refused
     assert chi2 < df + 5 * np.sqrt(2 * df), (chi2, df)  # ~4 standard deviations over the mean of chi2(df)
 

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 
 from minispec import SamplingParams
-from minispec.sampling import target_distribution
+from minispec.sampling import sample_from, target_distribution
 from minispec.tree import Tree
-from minispec.backends.numpy_backend import NumpyBackend
-from minispec.model import StepLogits
-from minispec.verify import verify as verify_rows
-from minispec.verify import verify_greedy
+from minispec.verify import node_uniforms, verify_chosen, verify_sampled
 
 
-def verify(tree, logits, params, rng):
-    return verify_rows(tree, StepLogits(NumpyBackend(), np.asarray(logits, dtype=np.float32)), params, rng)
+def verify(tree, logits, params, rng, L=7):
+    """SpecInfer's rule (a tree of candidates sampled from q) at a fresh key."""
+    return verify_sampled(tree, np.asarray(logits, dtype=np.float32), params, int(rng.integers(0, 2**63)), L)
+
 
 V = 6
 
@@ -26,13 +25,13 @@ def test_greedy_follows_matching_children_and_returns_bonus():
     logits = np.full((5, V), -5.0)
     logits[0, 2] = 5  # root's argmax is token 2 -> node 2 (a leaf)
     logits[2, 5] = 5  # after node 2: bonus 5
-    assert verify_greedy(tree, np.argmax(logits, -1)) == ([0, 2], 5)
+    assert verify_chosen(tree, np.argmax(logits, -1)) == ([0, 2], 5)
     logits[0] = -5
     logits[0, 1] = 5
     logits[1, 3] = 5
     logits[3, 4] = 5
     logits[4, 0] = 5
-    assert verify_greedy(tree, np.argmax(logits, -1)) == ([0, 1, 3, 4], 0)
+    assert verify_chosen(tree, np.argmax(logits, -1)) == ([0, 1, 3, 4], 0)
 
 
 def total_variation(counts, p):
@@ -44,6 +43,19 @@ def first_emitted(tree, logits, params, rng):
     return int(tree.tokens[path[1]]) if len(path) > 1 else bonus
 
 
+def walks(tree, logits, params, rng, trials: int, L: int = 7) -> list[tuple[list[int], int]]:
+    """verify() at `trials` fresh keys, the draws of each row made at once (sample_from takes an array of u)."""
+    rows = [target_distribution(row, params) for row in np.asarray(logits, dtype=np.float32)]
+    uniforms = np.stack([node_uniforms(int(k), tree, L) for k in rng.integers(0, 2**63, trials)])  # [trials, T]
+    draws = np.stack([sample_from(rows[n], uniforms[:, n]) for n in range(len(tree))], axis=1)
+    return [verify_chosen(tree, d) for d in draws]
+
+
+def emitted(tree, path, bonus, at: int) -> int:
+    """The token the walk emits at path step `at` (1: the first)."""
+    return int(tree.tokens[path[at]]) if len(path) > at else bonus
+
+
 @pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=4), SamplingParams(temperature=1.3, top_p=0.85)])
 def test_deterministic_candidates_are_lossless(params):
     rng = np.random.default_rng(5)
@@ -51,8 +63,7 @@ def test_deterministic_candidates_are_lossless(params):
     p = target_distribution(logits[0], params)
     # root with three deterministic children (tokens 0, 3, 5), one of them with a child
     tree = Tree(tokens=[9, 0, 3, 5], parents=[-1, 0, 0, 0])
-    draws = 100_000
-    counts = np.bincount([first_emitted(tree, logits, params, rng) for _ in range(draws)], minlength=V)
+    counts = np.bincount([emitted(tree, *walk, 1) for walk in walks(tree, logits, params, rng, 100_000)], minlength=V)
     assert total_variation(counts, p) < 0.01
     # second position: given the first accepted token was 0 (node 1), the next follows p at node 1
     tree2 = Tree(tokens=[9, 0, 2, 4], parents=[-1, 0, 1, 1])
@@ -60,13 +71,8 @@ def test_deterministic_candidates_are_lossless(params):
     logits2[0] = -30
     logits2[0, 0] = 30  # node 1 always accepted
     p1 = target_distribution(logits2[1], params)
-    counts2 = np.bincount([first_second(tree2, logits2, params, rng) for _ in range(20_000)], minlength=V)
+    counts2 = np.bincount([emitted(tree2, *walk, 2) for walk in walks(tree2, logits2, params, rng, 20_000)], minlength=V)
     assert total_variation(counts2, p1) < 0.02
-
-
-def first_second(tree, logits, params, rng):
-    path, bonus = verify(tree, logits, params, rng)
-    return int(tree.tokens[path[2]]) if len(path) > 2 else bonus
 
 
 def test_candidates_sampled_from_q_are_lossless():

@@ -1377,7 +1377,7 @@ class CudaBackend:
         return arrays[0] if len(arrays) == 1 else self.cp.concatenate(arrays)
 
     def sample_rows(self, logits, rows, params, uniforms) -> np.ndarray:
-        """tokens[r] drawn from p of params[r] at uniform u[r] (u comes from the request's seeded generator)."""
+        """tokens[r] drawn from p of params[r] at uniform u[r] (the row's position's, sampling.position_uniforms)."""
         return self.cp.asnumpy(self.sample_rows_device(logits, rows, params, uniforms))
 
     def sample_rows_device(self, logits, rows, params, uniforms, probs=None):
@@ -1389,7 +1389,9 @@ class CudaBackend:
         settings = [(row, p.temperature, p.top_k, p.top_p, p.min_p, u) for row, p, u in zip(rows, params, uniforms)]
         tokens = cp.empty(R, dtype=cp.int32)
         kernel, shared = self.sampling_kernel("sample_rows", V)
-        self.launch(kernel, (SAMPLE_CLUSTER, R), (SAMPLE_THREADS,), (logits, self.put(settings, np.float64), tokens, np.uint64(0) if probs is None else probs, np.int32(V)), shared)
+        self.launch(kernel, (SAMPLE_CLUSTER, R), (SAMPLE_THREADS,),
+                    (logits, self.put(settings, np.float64), tokens, np.uint64(0) if probs is None else probs, np.int32(V),
+                     np.uint64(0), np.uint64(0)), shared)
         return tokens
 
     def sampling_kernel(self, name: str, V: int):
@@ -1401,27 +1403,6 @@ class CudaBackend:
         kernel = self.kernel("sampling.cu", name)
         allow_shared(kernel, shared)
         return kernel, shared
-
-    def verify_tree(self, logits, row0: int, tree, params, uniforms):
-        """Sampled verification of a deterministic-candidate tree on the device; only the path comes back."""
-        cp = self.cp
-        T, V = len(tree), logits.shape[1]
-        out = cp.empty(T + 2, dtype=cp.int32)
-        # one upload: uniforms float64 [T + 1], then parents and tokens int32 [T] each (a host-to-device copy costs the
-        # host ~15 µs, and this call runs once per sampled speculation step)
-        inputs = np.concatenate([np.asarray(uniforms, dtype=np.float64).view(np.uint8),
-                                 np.asarray(tree.parents, dtype=np.int32).view(np.uint8), np.asarray(tree.tokens, dtype=np.int32).view(np.uint8)])
-        device_inputs = self.put(inputs, np.uint8)
-        base = device_inputs.data.ptr
-        uniforms_at, parents_at, tokens_at = (np.uint64(base + offset) for offset in (0, 8 * (T + 1), 8 * (T + 1) + 4 * T))
-        kernel, shared = self.sampling_kernel("verify_tree", V)
-        self.launch(kernel, (SAMPLE_CLUSTER,), (SAMPLE_THREADS,),
-            (cp.ascontiguousarray(logits), np.int32(row0), np.int32(T), parents_at, tokens_at, np.float64(params.temperature),
-             np.int32(params.top_k), np.float64(params.top_p), np.float64(params.min_p), uniforms_at, out, np.int32(V)),
-            shared,
-        )
-        result = cp.asnumpy(out)  # (device_inputs stays alive until the kernel is done)
-        return [int(n) for n in result[2 : 2 + result[0]]], int(result[1])
 
     def cache_pointers(self, ks, vs):
         """Device table of every layer's K and V cache pointers (one per KVCache, made once)."""
@@ -1503,6 +1484,28 @@ class CudaBackend:
             return logits, self.argmax_device(logits)
         step.graph.launch(self.stream)
         return step.outputs(buffers.N)
+
+    def ngram_draws(self, buffers, logits, key: int, params):
+        """Each row's draw at its position in buffers.packed (the sample_rows kernel computes u(key, position)):
+        the sampled counterpart of replay_packed's argmax ids, into a buffer of the stretch's own, so that
+        ngram_advance's packed launch reads the same pointer every step. Its arguments change only with the logits
+        (a graph's static output), the key and the settings: packed once, kept with the buffers."""
+        b = buffers
+        key_ = ("draws", logits.data.ptr, key, params.temperature, params.top_k, params.top_p, params.min_p)
+        draws = b.launches.get(key_)
+        if draws is None:
+            R, V = logits.shape
+            if b.draws is None or len(b.draws) != R:
+                b.draws = self.cp.empty(R, dtype=self.cp.int32)
+            settings = self.cp.asarray(np.array([(r, params.temperature, params.top_k, params.top_p, params.min_p, 0.0)
+                                                 for r in range(R)], dtype=np.float64))
+            positions = np.uint64(b.packed.data.ptr + 4 * packed_offsets(1, b.N, b.W)[2])
+            kernel, shared = self.sampling_kernel("sample_rows", V)
+            launch = self.prepared_launch(kernel, (SAMPLE_CLUSTER, R), (SAMPLE_THREADS,),
+                                          (logits, settings, b.draws, np.uint64(0), np.int32(V), positions, np.uint64(key)), shared)
+            draws = b.launches[key_] = (launch, settings)  # (the settings array lives as long as its launch)
+        draws[0]()
+        return b.draws
 
     def ngram_advance(self, cache, buffers, ids, slot: int, params) -> None:
         """The ngram_advance kernel after the step (kernels/ngram_step.cu): record `slot` is ready when its event is.

@@ -186,12 +186,6 @@ class NumpyBackend:
     def concat(self, arrays):
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
-    def verify_tree(self, logits, row0: int, tree, params, uniforms):
-        """Reference of the verify_tree kernel."""
-        from ..verify import verify_sampled
-
-        return verify_sampled(tree, logits[row0 : row0 + len(tree)], params, uniforms)
-
     def sample_rows(self, logits, rows, params, uniforms) -> np.ndarray:
         """Reference of the sample_rows kernel: inverse CDF of p at u, in token order."""
         from ..sampling import sample_from, target_distribution
@@ -257,13 +251,22 @@ class NumpyBackend:
         logits = model.compute(plan, cache)
         return logits, self.argmax_device(logits)
 
+    def ngram_draws(self, buffers, logits, key: int, params):
+        """Each row's draw at its position in buffers.packed (u(key, position), sampling.position_uniforms): the
+        sampled counterpart of replay_packed's argmax ids."""
+        from ..sampling import position_uniforms
+        from ..step import packed_offsets
+
+        n, o = len(logits), packed_offsets(1, buffers.N, buffers.W)[2]
+        return self.sample_rows_device(logits, range(n), [params] * n, position_uniforms(key, buffers.packed[o : o + n]))
+
     def ngram_advance(self, cache, buffers, ids, slot: int, params) -> None:
         """Reference of the ngram_advance kernel (kernels/ngram_step.cu), from the host drafter's own pieces."""
         from ..drafters import count_acceptance, gate_open, ngram_tree, scan_match_starts
         from ..ngram_device import OUT_TOKENS, state_row, tree_rows
         from ..step import StepItem, build_plan_one, empty_plan, pack_plan, packed_offsets
         from ..tree import Tree
-        from ..verify import verify_greedy
+        from ..verify import verify_chosen
 
         b, P = buffers, cache.page_size
         L, T, accepted, tries, tree_tokens, tree_steps = b.state[:6].tolist()
@@ -271,7 +274,7 @@ class NumpyBackend:
             b.out[slot, :2] = 0
             return
         tree = Tree(b.tree[0, :T].tolist(), b.tree[1, :T].tolist())
-        path, bonus = verify_greedy(tree, np.asarray(ids)[:T])
+        path, bonus = verify_chosen(tree, np.asarray(ids)[:T])
         accepted, tries = count_acceptance(tree, path, accepted, tries)  # NgramDrafter.commit's counts
         if T > 1:
             tree_tokens, tree_steps = tree_tokens + len(path), tree_steps + 1

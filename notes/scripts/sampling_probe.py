@@ -12,6 +12,7 @@ from minispec import SamplingParams
 from minispec.backends.cuda_backend import CudaBackend
 from minispec.bench_gpu import card_name, require_gpu, time_captured, time_gpu
 from minispec.tree import Tree
+from minispec.verify import verify_chosen
 
 cp = require_gpu()
 be = CudaBackend()
@@ -25,9 +26,9 @@ for V in (49152, 128256):
     argmax16 = time_gpu(lambda: be.to_host(be.argmax_device(logits)), 3, 20)
     sample = time_gpu(lambda: be.sample_rows(logits, [0], [params], [0.5]), 3, 20)
     tree = Tree(rng.integers(0, V, 16), [-1] + list(range(15)))
-    verify = time_gpu(lambda: be.verify_tree(logits, 0, tree, params, rng.random(17)), 3, 20)
+    verify = time_gpu(lambda: verify_chosen(tree, be.sample_rows(logits, range(16), [params] * 16, rng.random(16))), 3, 20)
     print(f"V = {V}: argmax 1 row {argmax*1e6:.1f} us, 16 rows {argmax16*1e6:.1f} us; sample 1 row {sample*1e6:.1f} us; "
-          f"verify_tree T=16 (chain) {verify*1e6:.1f} us", flush=True)
+          f"sampled verification T=16 (16 draws, the walk) {verify*1e6:.1f} us", flush=True)
     tokens = cp.empty(16, dtype=cp.int32)
     cluster = hasattr(be, "sampling_kernel")  # since stop 22 a row spreads over a cluster of blocks
     for rows, settings in ((1, dict(temperature=0.8)), (1, dict(temperature=0.8, top_k=50)), (1, dict(temperature=0.8, top_p=0.9)),
@@ -39,25 +40,13 @@ for V in (49152, 128256):
             from minispec.backends.cuda_backend import SAMPLE_CLUSTER, SAMPLE_THREADS
 
             kernel, shared = be.sampling_kernel("sample_rows", V)
-            launch = lambda: be.launch(kernel, (SAMPLE_CLUSTER, rows), (SAMPLE_THREADS,), (logits, packed, tokens, np.uint64(0), np.int32(V)), shared)  # noqa: E731
+            launch = lambda: be.launch(kernel, (SAMPLE_CLUSTER, rows), (SAMPLE_THREADS,), (logits, packed, tokens, np.uint64(0), np.int32(V), np.uint64(0), np.uint64(0)), shared)  # noqa: E731
         else:
             probs = cp.empty((16, V), dtype=cp.float32)
             kernel = be.kernel("sampling.cu", "sample_rows")
             launch = lambda: kernel((rows,), (1024,), (logits, packed, probs, tokens, np.int32(V)))  # noqa: E731
         t = time_captured(launch)
         print(f"  kernel sample_rows, {rows} row(s), {settings}: {t*1e6:.1f} us", flush=True)
-
-    # sampled verification of a 16-node chain whose first `accept` drafts the target takes almost surely (their logit
-    # raised by 30), host calls
-    chain = Tree(rng.integers(0, V, 16), [-1] + list(range(15)))
-    for accept in (0, 3, 15):
-        peaked = logits.copy()
-        for c in range(1, accept + 1):
-            peaked[c - 1, int(chain.tokens[c])] += 30.0
-        u = rng.random(17)
-        t = time_gpu(lambda: be.verify_tree(peaked, 0, chain, params, u), 3, 20)
-        path, _ = be.verify_tree(peaked, 0, chain, params, u)
-        print(f"  verify_tree, 16-node chain, path of {len(path)}: {t*1e6:.1f} us", flush=True)
 
 # sampled decode one step ahead on random weights with the default model's shapes (bench e2e's line)
 from minispec.bench_gpu import decode_ahead_time, random_model_on_gpu, smollm2_135m_config
