@@ -38,6 +38,3 @@ __device__ __forceinline__ unsigned long long load_cluster(const unsigned long l
     asm volatile("ld.shared::cluster.u64 %0, [%1];\n" : "=l"(value) : "r"(cluster_address(local, rank)) : "memory");
     return value;
 }
-__device__ __forceinline__ void store_cluster(float* local, unsigned rank, float value) {
-    asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(cluster_address(local, rank)), "f"(value) : "memory");
-}

@@ -359,22 +359,14 @@ __device__ unsigned long long block_sum_u64(unsigned long long value, SampleShar
 }
 
 // Values each block of the cluster put at `local`'s offset, gathered by every warp (lane q reads block q's) and
-// combined; every lane gets the result. cluster_reduce: an order-free combine (max, integer sums), lanes past the
-// cluster holding `none`; cluster_sum_in_order: a float sum over the blocks in rank order.
+// combined; every lane gets the result: an order-free combine (max, integer sums), lanes past the cluster holding
+// `none`.
 template <typename T, typename Combine>
 __device__ __forceinline__ T cluster_reduce(const T* local, T none, Combine combine) {
     const int lane = threadIdx.x % 32;
     T value = lane < SAMPLE_CLUSTER ? load_cluster(local, lane) : none;
     for (int offset = 16; offset > 0; offset >>= 1) value = combine(value, __shfl_xor_sync(0xffffffffu, value, offset));
     return value;
-}
-__device__ __forceinline__ float cluster_sum_in_order(const float* local) {
-    const int lane = threadIdx.x % 32;
-    const float value = lane < SAMPLE_CLUSTER ? load_cluster(local, lane) : 0.0f;
-    float total = 0.0f;
-    #pragma unroll
-    for (int q = 0; q < SAMPLE_CLUSTER; q++) total += __shfl_sync(0xffffffffu, value, q);
-    return total;
 }
 
 // Bins in descending order: the bin where the running total first reaches `need` (and the total of the bins
