@@ -242,15 +242,17 @@ def test_gemm_wgmma_runs_persistent_blocks_past_one_wave():
 
 
 def test_gemm_wgmma_boxes_fetch_a_box_row_per_l2_miss_up_to_32_rows():
-    """gemm_wgmma's TMA boxes promote an L2 miss to 128 bytes (a box row) up to 32 rows and to the driver's usual 256
-    above (measured in the 8B step, stop 44); forced by gemm_l2_promotion to any value CUtensorMapL2promotion has."""
+    """gemm_wgmma's TMA boxes promote an L2 miss to 128 bytes (a box row) up to 32 rows at one warpgroup a block and
+    to the driver's usual 256 above and for blocks of more warpgroups (measured in the 8B step, stop 44, and bench
+    gemm, stop 45); forced by gemm_l2_promotion to any value CUtensorMapL2promotion has."""
     from minispec.backends.tensor_map import L2_PROMOTION, swizzled_rows
 
     rules = SimpleNamespace(gemm_l2_promotion=None)
-    promotion = lambda M: CudaBackend.gemm_promotion(rules, M)  # noqa: E731
+    promotion = lambda M, G=1: CudaBackend.gemm_promotion(rules, M, G)  # noqa: E731
     assert [promotion(M) for M in (1, 16, 32, 33, 64)] == [128, 128, 128, 256, 256]
+    assert [promotion(M, G) for M in (17, 32, 64) for G in (2, 4)] == [256] * 6
     rules.gemm_l2_promotion = 0
-    assert promotion(1) == promotion(64) == 0
+    assert promotion(1) == promotion(64) == promotion(32, 2) == 0
     assert L2_PROMOTION == {0: 0, 64: 1, 128: 2, 256: 3}  # cuda.h's CU_TENSOR_MAP_L2_PROMOTION_{NONE, L2_64B, ..}
     with pytest.raises(ValueError, match="L2 promotion of 32 bytes"):  # before any driver call
         swizzled_rows(SimpleNamespace(), 64, 64, 64, promotion=32)

@@ -773,7 +773,7 @@ class CudaBackend:
         """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
         descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it)."""
         M, K = x.shape
-        promotion = self.gemm_promotion(M)
+        promotion = self.gemm_promotion(M, G)
         w_map = self.tensor_maps.get((weight,), (box_rows, promotion))
         if w_map is None:
             w_map = self.tensor_maps.put((weight,), (box_rows, promotion),
@@ -785,10 +785,13 @@ class CudaBackend:
         allow_shared(kernel, shared)
         self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K)), shared)
 
-    def gemm_promotion(self, M: int) -> int:
+    def gemm_promotion(self, M: int, G: int = 1) -> int:
         """The bytes an L2 miss of gemm_wgmma's TMA boxes (64-128 weight rows of 128 bytes, 2K bytes apart) fetches at
-        least: 128, a box row, up to 32 rows; 256 (the driver's usual: the row and the next stage's 128 bytes of it)
-        above. Measured on an H200: alone as bench gemm times them (notes/gemm_bound_h200_stop44.log), 128 took the
+        least, for M rows and G warpgroups a block: 128, a box row, up to 32 rows at one warpgroup; 256 (the driver's
+        usual: the row and the next stage's 128 bytes of it) above, and for the kernels of two or four warpgroups
+        (gate/up and the LM heads, which take gemm_wgmma only from 17 rows): at 32 rows bench gemm had the 8B LM head
+        at 256.3 µs with 256 (notes/bench_gemm_h200_stop43.log) and 269.2 with 128, gate/up 67.0 and 68.5
+        (notes/bench_gemm_h200_stop45.log). Measured on an H200: alone as bench gemm times them (notes/gemm_bound_h200_stop44.log), 128 took the
         8B qkv from 14.7 to 14.1 µs at one row, down 29.8 -> 28.4, O 11.1 -> 10.9, and at 64 rows qkv 16.9 -> 16.4,
         gate/up 63.4 -> 62.3, down 32.5 -> 32.0; in the 8B step (notes/gemm_promotion_h200_stop44.log) decode one step
         ahead 4.276 -> 4.243 ms, T = 16 4.618 -> 4.571, T = 32 level, but T = 64 slower in six paired rounds of six (by
@@ -797,7 +800,7 @@ class CudaBackend:
         promotion measured as 128 within 0.2 µs."""
         if self.gemm_l2_promotion is not None:
             return self.gemm_l2_promotion
-        return 128 if M <= 32 else 256
+        return 128 if M <= 32 and G == 1 else 256
 
     def wgmma_groups(self, N: int) -> int:
         """gemm_wgmma's warpgroups a block: 2 (128 rows) where that gives every SM a tile without splitting K,

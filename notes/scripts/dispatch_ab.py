@@ -22,10 +22,13 @@ anew (step_times makes a new cache, which keys them).
              lets it trigger first thing where its grid fits one wave, so the merge's and then the O GEMM's blocks
              are placed during attention; stop 41's A/B, atrig, compiled that as an edit of attention.cu)
   promoN     gemm_wgmma's TMA boxes with L2 promotion N bytes (0, 64, 128, 256) at every row count instead of the
-             rule (gemm_promotion: 128 up to 32 rows, 256 above; 256 everywhere before stop 44)
+             rule (gemm_promotion: 128 up to 32 rows at one warpgroup a block, else 256; 256 everywhere before
+             stop 44)
   wpN / xpN  gemm_wgmma's weight maps (wp) or x maps (xp) alone made with L2 promotion N bytes, the other kind's by
              the rule (gemm_promotion); where the 64-row steps' preference for 256 comes from (stop 44: alone, the
              64-row products preferred 128; in the T = 64 step 256 won)
+  g2p128     stop 44's promotion rule: 128 bytes up to 32 rows for blocks of two or four warpgroups too (gate/up and
+             the LM heads at 17-32 rows; 256 for them since stop 45)
   evict      gemm.cu's weight boxes loaded with an L2 evict-first cache policy (weights are read once a step; the
              activations, x and K/V pages then keep more of L2)
   A+B        both
@@ -51,7 +54,7 @@ cfg = llama_8b_config()
 cp.random.seed(0)
 model = Model(cfg, random_model_on_gpu(cfg, be), be)
 O, QKV = (4096, 4096), (6144, 4096)  # (N, K)
-RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_size", "own_gemm_serves")
+RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_size", "own_gemm_serves", "gemm_promotion")
 
 
 SMALL_RINGS = {(1, 16): 10, (1, 32): 9, (1, 64): 6}  # <= 111 KB of shared memory: two blocks an SM
@@ -162,6 +165,8 @@ def apply(variant: str) -> None:
             maps_promoted(part[0], int(part[2:]))
         elif part == "evict":
             use_evict(True)
+        elif part == "g2p128":  # stop 44's rule: 128 up to 32 rows whatever the warpgroups (gate/up, LM head at 17-32)
+            be.gemm_promotion = lambda M, G=1: 128 if M <= 32 else 256
         elif part.startswith("promo"):
             be.gemm_l2_promotion = int(part[5:])
         elif part == "notrig":
