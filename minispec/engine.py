@@ -11,7 +11,7 @@ from .errors import MinispecError
 from .kv_cache import KVPoolFull
 from .drafters import NgramDrafter, NoDrafter
 from .ngram_device import OUT_TOKENS, NgramParams, state_row, tree_rows
-from .sampling import SamplingParams, position_uniforms, sequence_key
+from .sampling import SamplingParams, position_uniform, sequence_key
 from .step import StepItem, build_plan, pow2_bucket
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import Tree
@@ -328,7 +328,7 @@ class Engine:
         if rows[0].params.greedy:
             ids = logits.argmax_device()
         else:
-            ids = logits.sample_device([s.params for s in rows], [position_uniforms(s.key, [s.L + ahead])[0] for s in rows])
+            ids = logits.sample_device([s.params for s in rows], [position_uniform(s.key, s.L + ahead) for s in rows])
         # the copy starts with step k + 1, from that step's token input (CudaBackend.to_host_soon, defer): the ids
         # are a graph's output or a fresh array, which nothing but a replay writes
         return rows, ids, self.model.backend.to_host_soon(ids, defer=True), 1

@@ -17,7 +17,7 @@ import numpy as np
 from .checkpoint import ModelWeights, fuse_weights, read_checkpoint_tensors
 from .config import ModelConfig, rope_inv_freq
 from .kv_cache import KVCache
-from .sampling import position_uniforms
+from .sampling import position_uniform
 from .step import StepPlan
 
 
@@ -162,4 +162,4 @@ class StepLogits:
         """choose's token left on the device ([1] int32, not waited for): the same argmax, or the same draw."""
         if params.greedy:
             return self.argmax_device()[row : row + 1]
-        return self.backend.sample_rows_device(self.device, [row], [params], position_uniforms(key, [position]))
+        return self.backend.sample_rows_device(self.device, [row], [params], [position_uniform(key, position)])

@@ -121,6 +121,7 @@ def target_distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarra
 # Flood, "Fast splittable pseudorandom number generators", 2014), twice: over the counter (position | stream << 32),
 # then over that xor the key; kernels/sampling.cu (position_uniform) computes the same bits.
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MASK64 = (1 << 64) - 1
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -136,6 +137,19 @@ def sequence_key(seed: int | None, sample: int) -> int:
     if seed is None:
         return secrets.randbits(64)
     return int(np.random.SeedSequence([seed, sample]).generate_state(1, np.uint64)[0])
+
+
+def position_uniform(key: int, position: int, stream: int = 0) -> float:
+    """position_uniforms of one position in Python integers: ~1 µs, against ~16 for numpy's calls on a one-element
+    array (a plain sampled step draws one a sequence, and the host's time a step is what decoding ahead hides)."""
+    counter = ((position & MASK64) | (stream << 32)) + int(GOLDEN)
+    return (_mix64(key ^ _mix64(counter & MASK64)) >> 11) * 2.0**-53
+
+
+def _mix64(x: int) -> int:
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
 
 
 def position_uniforms(key: int, positions, stream=0) -> np.ndarray:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sampling import SamplingParams, position_uniforms, sample_from, target_distribution
+from .sampling import SamplingParams, position_uniform, position_uniforms, sample_from, target_distribution
 from .tree import Tree
 
 
@@ -53,7 +53,7 @@ def verify_sampled(tree: Tree, logits: np.ndarray, params: SamplingParams, key: 
     while True:
         residual, total, accepted = target_distribution(logits[node], params), 1.0, None  # r = p
         q, children, position = tree.q[node], tree.children(node), L + int(tree.depth[node])
-        tests = position_uniforms(key, position, stream=np.arange(1, len(children) + 2)).tolist()
+        tests = [position_uniform(key, position, stream) for stream in range(1, len(children) + 2)]
         for child, u in zip(children, tests):
             token = int(tree.tokens[child])
             if u < min(1.0, residual[token] / total / q[token]):  # accept with min(1, r/q), else r <- max(r - q, 0)

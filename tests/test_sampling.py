@@ -8,7 +8,7 @@ import pytest
 from minispec import MinispecError, SamplingParams
 from minispec.backends.numpy_backend import NumpyBackend
 from minispec.model import StepLogits
-from minispec.sampling import position_uniforms, sequence_key, target_distribution, top_indices, top_logprobs
+from minispec.sampling import position_uniform, position_uniforms, sequence_key, target_distribution, top_indices, top_logprobs
 
 
 def choose_token(logits, params, rng):
@@ -37,6 +37,7 @@ def test_position_uniforms_match_the_hash_and_look_uniform():
         positions = rng.integers(0, 2**31, 7)
         got = position_uniforms(key, positions, stream)
         assert got.tolist() == [splitmix_uniform(key, int(p), stream) for p in positions]
+        assert got.tolist() == [position_uniform(key, int(p), stream) for p in positions]  # the host's one-position form
     u = position_uniforms(sequence_key(7, 0), np.arange(200_000))
     assert 0 <= u.min() and u.max() < 1
     # ten equal bins: chi-square with 9 degrees of freedom, far below its 0.1% point (27.9) for a fair generator
