@@ -91,7 +91,7 @@ def fetch_draws(seqs: list[Sequence], trees: list[Tree], logits) -> None:
 
 
 def sample_rng(seed: int | None, sample: int) -> np.random.Generator:
-    """Sample i of a request draws from its own stream; the same seed gives the same output."""
+    """Sample i of a request's random stream (a draft model's sampled candidates); the same seed, the same stream."""
     if seed is None:
         return np.random.default_rng()
     return np.random.default_rng(np.random.SeedSequence([seed, sample]))
@@ -321,7 +321,7 @@ class Engine:
     def launch_plain(self, rows: list[Sequence], ahead: int = 0, tokens=None) -> tuple:
         """One plain step of `rows` launched, their roots at L + ahead: s.tokens[L] from the host, or `tokens` on the
         device (a pending step's ids, one per row) -> decode_ahead's pending step (rows, ids on the device, their
-        host copy's wait, 1). A sampled step draws each row at its root's position (sampling.position_uniforms)."""
+        host copy's wait, 1). A sampled step draws each row at its root's position (sampling.position_uniform)."""
         # (root 0: a placeholder where the token is on the device)
         items = [StepItem.tree(s.table, s.L + ahead, Tree.single(s.tokens[s.L] if tokens is None else 0)) for s in rows]
         logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache, tokens)
@@ -341,7 +341,7 @@ class Engine:
         the next plan) overlaps the GPU's. A sequence that stops at step k's token wastes the step launched
         past it: its K/V landed beyond L on a page the sequence owns, and nothing reads it. The tokens are
         those of step-by-step decoding (same kernels, same inputs; a sampled step draws each sequence's token
-        at its root's position, as every step does: sampling.position_uniforms). When
+        at its root's position, as every step does: sampling.position_uniform). When
         the pool has no page for the step ahead, that round waits for the pending tokens and goes step by
         step (a sequence that stops there never needed the page).
 

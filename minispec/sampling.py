@@ -131,6 +131,13 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def _mix64(x: int) -> int:
+    """mix64 of one Python integer."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
 def sequence_key(seed: int | None, sample: int) -> int:
     """Sample `sample` of a request's 64-bit key: from the seed (any size) and the sample's index, or, unseeded, fresh
     from the OS (8 bytes: cheap enough to make before a prefill)."""
@@ -144,12 +151,6 @@ def position_uniform(key: int, position: int, stream: int = 0) -> float:
     array (a plain sampled step draws one a sequence, and the host's time a step is what decoding ahead hides)."""
     counter = ((position & MASK64) | (stream << 32)) + int(GOLDEN)
     return (_mix64(key ^ _mix64(counter & MASK64)) >> 11) * 2.0**-53
-
-
-def _mix64(x: int) -> int:
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
-    return x ^ (x >> 31)
 
 
 def position_uniforms(key: int, positions, stream=0) -> np.ndarray:

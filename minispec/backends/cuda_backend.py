@@ -787,17 +787,18 @@ class CudaBackend:
 
     def gemm_promotion(self, M: int, G: int = 1) -> int:
         """The bytes an L2 miss of gemm_wgmma's TMA boxes (64-128 weight rows of 128 bytes, 2K bytes apart) fetches at
-        least, for M rows and G warpgroups a block: 128, a box row, up to 32 rows at one warpgroup; 256 (the driver's
-        usual: the row and the next stage's 128 bytes of it) above, and for the kernels of two or four warpgroups
-        (gate/up and the LM heads, which take gemm_wgmma only from 17 rows): at 32 rows bench gemm had the 8B LM head
-        at 256.3 µs with 256 (notes/bench_gemm_h200_stop43.log) and 269.2 with 128, gate/up 67.0 and 68.5
-        (notes/bench_gemm_h200_stop45.log). Measured on an H200: alone as bench gemm times them (notes/gemm_bound_h200_stop44.log), 128 took the
-        8B qkv from 14.7 to 14.1 µs at one row, down 29.8 -> 28.4, O 11.1 -> 10.9, and at 64 rows qkv 16.9 -> 16.4,
-        gate/up 63.4 -> 62.3, down 32.5 -> 32.0; in the 8B step (notes/gemm_promotion_h200_stop44.log) decode one step
-        ahead 4.276 -> 4.243 ms, T = 16 4.618 -> 4.571, T = 32 level, but T = 64 slower in six paired rounds of six (by
-        4-43 µs): 256 stays from 33 rows, where a GEMM's first weight copies (issued during the kernel before it,
-        kernels/pdl.cuh) bring twice the bytes into L2 while the longer kernels before it leave DRAM idle. No
-        promotion measured as 128 within 0.2 µs."""
+        least, for M rows and G warpgroups a block: 128, a box row, up to 32 rows at one warpgroup (qkv, O, down); 256
+        (the driver's usual: the row and the next stage's 128 bytes of it) above, and at two or four warpgroups.
+        Measured on an H200: alone as bench gemm times them (notes/gemm_bound_h200_stop44.log), 128 took the 8B qkv
+        from 14.7 to 14.1 µs at one row, down 29.8 -> 28.4, O 11.1 -> 10.9, and at 64 rows qkv 16.9 -> 16.4, gate/up
+        63.4 -> 62.3, down 32.5 -> 32.0; in the 8B step (notes/gemm_promotion_h200_stop44.log) decode one step ahead
+        4.276 -> 4.243 ms, T = 16 4.618 -> 4.571, but T = 64 slower in six paired rounds of six (by 4-43 µs): 256
+        stays from 33 rows, where a GEMM's first weight copies (issued during the kernel before it, kernels/pdl.cuh)
+        bring twice the bytes into L2 while the longer kernels before it leave DRAM idle. No promotion measured as 128
+        within 0.2 µs. The kernels of two or four warpgroups (gate/up, the LM heads: gemm_wgmma from 17 rows) lost
+        with 128 at 32 rows (bench gemm: the 8B LM head 256.3 µs with 256, notes/bench_gemm_h200_stop43.log, 269.2
+        with 128, notes/bench_gemm_h200_stop45.log; the 8B T = 32 step 4.917 -> 4.885 ms with 256 for them, in 4 of 4
+        paired rounds, notes/gemm_promotion_groups_h200_stop45.log)."""
         if self.gemm_l2_promotion is not None:
             return self.gemm_l2_promotion
         return 128 if M <= 32 and G == 1 else 256
@@ -1494,8 +1495,8 @@ class CudaBackend:
         ngram_advance's packed launch reads the same pointer every step. Its arguments change only with the logits
         (a graph's static output), the key and the settings: packed once, kept with the buffers."""
         b = buffers
-        key_ = ("draws", logits.data.ptr, key, params.temperature, params.top_k, params.top_p, params.min_p)
-        draws = b.launches.get(key_)
+        entry = ("draws", logits.data.ptr, key, params.temperature, params.top_k, params.top_p, params.min_p)
+        draws = b.launches.get(entry)
         if draws is None:
             R, V = logits.shape
             if b.draws is None or len(b.draws) != R:
@@ -1506,7 +1507,7 @@ class CudaBackend:
             kernel, shared = self.sampling_kernel("sample_rows", V)
             launch = self.prepared_launch(kernel, (SAMPLE_CLUSTER, R), (SAMPLE_THREADS,),
                                           (logits, settings, b.draws, np.uint64(0), np.int32(V), positions, np.uint64(key)), shared)
-            draws = b.launches[key_] = (launch, settings)  # (the settings array lives as long as its launch)
+            draws = b.launches[entry] = (launch, settings)  # (the settings array lives as long as its launch)
         draws[0]()
         return b.draws
 
