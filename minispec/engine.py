@@ -15,7 +15,7 @@ from .sampling import SamplingParams, position_uniform, sequence_key
 from .step import StepItem, build_plan, pow2_bucket
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import Tree
-from .verify import node_uniforms, verify_chosen, verify_sampled
+from .verify import node_uniforms, verify
 
 
 @dataclass
@@ -176,13 +176,7 @@ class Engine:
                 text_due = []
                 offset = 0
                 for seq, tree in zip(active, trees):
-                    rows = slice(offset, offset + len(tree))
-                    if seq.params.greedy:
-                        path, bonus = verify_chosen(tree, logits.argmax()[rows])
-                    elif tree.sampled:  # (a draft model's sampled candidates)
-                        path, bonus = verify_sampled(tree, logits.host()[rows], seq.params, seq.key, seq.L)
-                    else:
-                        path, bonus = verify_chosen(tree, logits.draws()[rows])
+                    path, bonus = verify(tree, logits, seq.params, seq.key, seq.L, slice(offset, offset + len(tree)))
                     offset += len(tree)
                     self.cache.commit(seq.table, seq.L, path)  # accepted K/V to L .. L+len(path)-1
                     seq.L += len(path)

@@ -65,3 +65,13 @@ def verify_sampled(tree: Tree, logits: np.ndarray, params: SamplingParams, key: 
             return path, sample_from(residual, tests[-1])
         path.append(accepted)
         node = accepted
+
+
+def verify(tree: Tree, logits, params: SamplingParams, key: int, L: int, rows: slice) -> tuple[list[int], int]:
+    """One tree of a step, rooted at position L, its rows `rows` of the step's StepLogits: greedy on the argmax ids,
+    SpecInfer on the host rows for candidates drawn from q, else on the node draws StepLogits.fetch_draws queued."""
+    if params.greedy:
+        return verify_chosen(tree, logits.argmax()[rows])
+    if tree.sampled:
+        return verify_sampled(tree, logits.host()[rows], params, key, L)
+    return verify_chosen(tree, logits.draws()[rows])

@@ -401,13 +401,13 @@ def test_sampled_draft_model_speculation_draws_from_plain_samplings_distribution
     in part or refused. The draft model's candidates (the target's first layer) are drawn from its q (the
     SpecInfer rule, verify.verify_sampled, which these trees reach); a residual not reduced by q after a refusal
     took the statistic from ~6 to 245. (n-gram trees: the tokens themselves, the test above.)"""
-    from minispec import engine
+    from minispec import verify as verification
 
     from .conftest import sampled_speculation_chi2
 
     specinfer = []  # whether each tree verify_sampled saw was drawn from q
-    checked = engine.verify_sampled
-    monkeypatch.setattr(engine, "verify_sampled", lambda tree, *args: specinfer.append(tree.sampled) or checked(tree, *args))
+    checked = verification.verify_sampled
+    monkeypatch.setattr(verification, "verify_sampled", lambda tree, *args: specinfer.append(tree.sampled) or checked(tree, *args))
     plain = LLM(model=str(looping_model), device="cpu", kv_cache_tokens=1 << 15)
     spec = LLM(model=str(looping_model), device="cpu", draft="self:1", tree=(8, 4, 2), kv_cache_tokens=1 << 15)
     chi2, df, accepted = sampled_speculation_chi2(plain, spec)
