@@ -15,7 +15,7 @@ from .sampling import SamplingParams, position_uniform, sequence_key
 from .step import StepItem, build_plan, pow2_bucket
 from .tokenizer import StreamDecoder, Tokenizer
 from .tree import Tree
-from .verify import node_uniforms, verify
+from .verify import fetch_draws, verify
 
 
 @dataclass
@@ -74,20 +74,6 @@ class Sequence:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
-
-
-def fetch_draws(seqs: list[Sequence], trees: list[Tree], logits) -> None:
-    """Queue the draws of every node of the sampled sequences' trees of deterministic candidates (each at its
-    position, verify.node_uniforms), in one launch, for verify_chosen (StepLogits.draws)."""
-    rows, params, uniforms, offset = [], [], [], 0
-    for seq, tree in zip(seqs, trees):
-        if not seq.params.greedy and not tree.sampled:
-            rows += range(offset, offset + len(tree))
-            params += [seq.params] * len(tree)
-            uniforms.append(node_uniforms(seq.key, tree, seq.L))
-        offset += len(tree)
-    if rows:
-        logits.fetch_draws(rows, params, np.concatenate(uniforms))
 
 
 def sample_rng(seed: int | None, sample: int) -> np.random.Generator:

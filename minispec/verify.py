@@ -67,6 +67,20 @@ def verify_sampled(tree: Tree, logits: np.ndarray, params: SamplingParams, key: 
         node = accepted
 
 
+def fetch_draws(seqs, trees: list[Tree], logits) -> None:
+    """Queue the draws verify() reads for a step's trees: every node of each sampled sequence's tree of deterministic
+    candidates at its position (node_uniforms), all in one launch (StepLogits.fetch_draws)."""
+    rows, params, uniforms, offset = [], [], [], 0
+    for seq, tree in zip(seqs, trees):
+        if not seq.params.greedy and not tree.sampled:
+            rows += range(offset, offset + len(tree))
+            params += [seq.params] * len(tree)
+            uniforms.append(node_uniforms(seq.key, tree, seq.L))
+        offset += len(tree)
+    if rows:
+        logits.fetch_draws(rows, params, np.concatenate(uniforms))
+
+
 def verify(tree: Tree, logits, params: SamplingParams, key: int, L: int, rows: slice) -> tuple[list[int], int]:
     """One tree of a step, rooted at position L, its rows `rows` of the step's StepLogits: greedy on the argmax ids,
     SpecInfer on the host rows for candidates drawn from q, else on the node draws StepLogits.fetch_draws queued."""
