@@ -1,7 +1,7 @@
-// n-gram speculation between two tree steps, on the device (greedy, or sampled: ids are then each node's draw at
-// its position, CudaBackend.ngram_draws, and the same walk verifies them, minispec/verify.py): verify the step just run, commit its accepted
-// K/V, append the tokens, draft the next tree, and write the next step's plan where its replay reads it. One block;
-// the host launches step k + 1 before it reads step k's tokens (minispec/ngram_device.py).
+// n-gram speculation between two tree steps, on the device: verify the step just run, commit its accepted K/V,
+// append the tokens, draft the next tree, and write the next step's plan where its replay reads it. One block; the
+// host launches step k + 1 before it reads step k's tokens (minispec/ngram_device.py). Greedy, ids are the argmax;
+// sampled, each node's draw at its position (CudaBackend.ngram_draws), which the same walk verifies (verify.py).
 //
 // Verify (verify.verify_chosen): from the root, follow the child whose token is ids[node]; where no
 //   child matches, ids[node] is the bonus. path = accepted nodes from the root (P of them), tokens taken = the

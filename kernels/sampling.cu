@@ -254,8 +254,8 @@ extern "C" __global__ void top_merge(const float* __restrict__ share_value, cons
 // logits float [R_all, V]; settings float64 [R, 6]: row, temperature, top_k, top_p, min_p, u (one upload; in
 // double as the reference reads them: top_p = 0.999 as a float is 1.3e-8 larger, which at V = 49k moved the cut
 // by a token); tokens int32 [R]; probs float [R, V] or null: the kept p of each row (e units, 0 where filtered),
-// for tests; positions int32 [R] or null; key: the request's (with positions).  grid (SAMPLE_CLUSTER, R), cluster (SAMPLE_CLUSTER, 1, 1), block SAMPLE_THREADS, dynamic shared memory
-// slice_len(V) floats.
+// for tests; positions int32 [R] or null; key: the request's (with positions).  grid (SAMPLE_CLUSTER, R), cluster
+// (SAMPLE_CLUSTER, 1, 1), block SAMPLE_THREADS, dynamic shared memory slice_len(V) floats.
 // A row is cut into SAMPLE_CLUSTER slices, one a block of a cluster, each held in its block's shared memory for
 // the whole kernel: the row is read from global memory once, every later pass reads shared memory, and eight
 // SMs share the passes. (One block a row read the row from L2 about ten times at one SM's pace: 70 µs at
