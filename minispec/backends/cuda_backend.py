@@ -1498,11 +1498,10 @@ class CudaBackend:
         entry = ("draws", logits.data.ptr, key, params.temperature, params.top_k, params.top_p, params.min_p)
         draws = b.launches.get(entry)
         if draws is None:
-            R, V = logits.shape
-            if b.draws is None or len(b.draws) != R:
-                b.draws = self.cp.empty(R, dtype=self.cp.int32)
-            settings = self.cp.asarray(np.array([(r, params.temperature, params.top_k, params.top_p, params.min_p, 0.0)
-                                                 for r in range(R)], dtype=np.float64))
+            R, V = logits.shape  # (R <= N: the graph's rows)
+            if b.draws is None:
+                b.draws = self.cp.empty(b.N, dtype=self.cp.int32)
+            settings = self.put([(r, params.temperature, params.top_k, params.top_p, params.min_p, 0.0) for r in range(R)], np.float64)
             positions = np.uint64(b.packed.data.ptr + 4 * packed_offsets(1, b.N, b.W)[2])
             kernel, shared = self.sampling_kernel("sample_rows", V)
             launch = self.prepared_launch(kernel, (SAMPLE_CLUSTER, R), (SAMPLE_THREADS,),
