@@ -84,6 +84,7 @@ NGRAM_STRONG = 10
 # as greedy ones; by turns over 6 seeds on an H200 (notes/sampled_gate_h200_stop45.log) no gate, 3 and 4.5 gave
 # 0.80 / 0.96 / 0.94x on summarise and within 0.07 of each other elsewhere: 3 stays.
 NGRAM_PAYS_SAMPLED = 3.0
+NGRAM_STRONG_SAMPLED = NGRAM_STRONG
 
 # A token that alone matches (no longer suffix does) and follows at NGRAM_COMMON or more earlier places is a common
 # one ("the", "a"), whose continuations disagree: no draft. Replayed on the 12 stored prompts at stop 31's H100 costs
@@ -262,12 +263,14 @@ class NgramDrafter(NoDrafter):
     """
 
     def __init__(self, budget: TreeBudget, max_ngram: int = 4, max_matches: int = 8, *, pays: float = NGRAM_PAYS,
-                 strong: int = NGRAM_STRONG, common: int = NGRAM_COMMON, pays_sampled: float = NGRAM_PAYS_SAMPLED):
+                 strong: int = NGRAM_STRONG, common: int = NGRAM_COMMON, pays_sampled: float = NGRAM_PAYS_SAMPLED,
+                 strong_sampled: int = NGRAM_STRONG_SAMPLED):
         self.budget = budget
         self.max_ngram = max_ngram
         self.max_matches = max_matches if budget.width > 1 else 1
         self.pays_rate, self.strong, self.common = pays, strong, common  # the gate (NGRAM_PAYS, NGRAM_STRONG, NGRAM_COMMON)
         self.pays_sampled = pays_sampled  # the gate's `pays` for sampled sequences (NGRAM_PAYS_SAMPLED; 0: never closed)
+        self.strong_sampled = strong_sampled  # ... and its `strong` (NGRAM_STRONG_SAMPLED)
         self.history = {}  # id(seq) -> NgramHistory
         self.index = {}  # id(seq) -> (n-gram -> continuation starts, oldest first; tokens indexed so far)
 
@@ -297,8 +300,11 @@ class NgramDrafter(NoDrafter):
         when it samples), or a match is strong."""
         history = self.history[id(seq)]
         weight = max((n for _, n in continuations), default=0)
-        pays = self.pays_rate if seq.params.greedy else self.pays_sampled
-        return gate_open(history.tree_tokens, history.tree_steps, weight, pays, self.strong)
+        return gate_open(history.tree_tokens, history.tree_steps, weight, *self.gate(seq.params.greedy))
+
+    def gate(self, greedy: bool) -> tuple[float, int]:
+        """(pays, strong) of the gate for a greedy or a sampled sequence."""
+        return (self.pays_rate, self.strong) if greedy else (self.pays_sampled, self.strong_sampled)
 
     def continuations(self, seq) -> list[tuple[list[int], int]]:
         """(continuation, weight) pairs, one per match start (match_starts), its tokens up to the budget's depth."""

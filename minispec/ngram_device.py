@@ -60,9 +60,9 @@ class NgramParams:
             stop_len = min(max_len, seq.prompt_len + seq.params.max_tokens)
             if not seq.params.ignore_eos and len(stop_token_ids) <= MAX_STOP_IDS:
                 stop_ids = tuple(sorted(stop_token_ids))
-        pays = drafter.pays_rate if seq is None or seq.params.greedy else drafter.pays_sampled  # (NgramDrafter.pays)
+        pays, strong = drafter.gate(seq is None or seq.params.greedy)  # (NgramDrafter.pays)
         return cls(drafter.max_ngram, drafter.max_matches, b.depth, b.nodes, b.width, max_len, stop_len, stop_ids,
-                   drafter.common, drafter.strong, pays)
+                   drafter.common, strong, pays)
 
     def stop_args(self) -> list[int]:
         """stop0..3 and stop_len as the kernel takes them."""
