@@ -22,6 +22,7 @@
 #include "pdl.cuh"
 #include "ampere.cuh"
 #include "hopper.cuh"
+#include "cluster.cuh"
 
 #define MAX_DIMS_PER_LANE 8
 
@@ -82,6 +83,9 @@ extern "C" __global__ void tree_attention(
 // (o, running max m, denominator l); attention_merge combines the shares. With one split the block
 // writes the normalised bf16 output itself and no merge runs. The share count follows the context bucket,
 // so a share may hold no tile: it writes only (m, l) = (-inf, 0), and the merge skips shares of weight 0.
+// Split merge inside the kernel (tree_attention_mma_d{D}_w{WARPS}_c{C}, sm_90): the C key shares of a (row tile, KV
+// head) pair are one thread block cluster (grid z = C), which merges them itself (merge_in_cluster, below): no
+// o_part, ml_part or attention_merge launch.
 // Programmatic dependent launch (kernels/pdl.cuh): the tiles wholly before tree_start, which this step does
 // not write, go into the ring before the wait for the kernel ahead; Q and everything else after it.
 //
@@ -263,6 +267,69 @@ __device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float m
     if (t == 0 && r.valid1) ml[r.qrow1 * 2] = m1, ml[r.qrow1 * 2 + 1] = l1;
 }
 
+// The split merge inside a cluster (the mma.sync kernel's _c{C} instances, sm_90): the C key shares of a (row tile,
+// KV head) pair are the blocks of one cluster (grid z = cluster z = C, so a block's rank is its share). After its
+// loop each block leaves its unnormalised partial in its own shared memory (the ring's bytes, free once every warp
+// is done with the last tile): o [ROWS][D + 8] floats, then (m, l) [ROWS] as float2. After a cluster barrier the C
+// blocks share the outputs by units of 4 dims of one row (unit u = rank THREADS + thread, stepping by C THREADS),
+// each unit reading its C partials through distributed shared memory in rank order:
+//   out = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s, M = max m_s over the shares with l_s > 0
+// (attention_merge's sum; a share with l_s = 0 saw no key: weight 0, its o not read). A second barrier keeps each
+// block's partial until its readers are done. Why: attention_merge is a launch of its own between attention and the
+// O projection; the 8B step at 512 keys ran 2.2-3.4% faster with it left out altogether (outputs then wrong: the
+// bound on what a merge inside could save; notes/attention_cluster_merge_h200_stop46.log).
+template <int D>
+__device__ __forceinline__ void stage_partial(const float (&acc)[D / 8][4], float m0, float m1, float l0, float l1, const QueryRows& r,
+                                              int local_row, int t, float* o_s, float2* ml_s) {
+    l0 += __shfl_xor_sync(0xffffffff, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffff, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffff, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffff, l1, 2);
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+        const int d = dt * 8 + 2 * t;
+        if (r.valid0) *reinterpret_cast<float2*>(o_s + local_row * (D + 8) + d) = make_float2(acc[dt][0], acc[dt][1]);
+        if (r.valid1) *reinterpret_cast<float2*>(o_s + (local_row + 8) * (D + 8) + d) = make_float2(acc[dt][2], acc[dt][3]);
+    }
+    if (t == 0 && r.valid0) ml_s[local_row] = make_float2(m0, l0);
+    if (t == 0 && r.valid1) ml_s[local_row + 8] = make_float2(m1, l1);
+}
+
+// live_rows: the tile's rows that exist (from tile_row0, packed as QueryRows packs them)
+template <int D, int THREADS, int C>
+__device__ __forceinline__ void merge_in_cluster(const float* o_s, const float2* ml_s, int live_rows, int tile_row0, int G,
+                                                 int kv_head, int H, int first_token, __nv_bfloat16* __restrict__ out) {
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    for (int u = blockIdx.z * THREADS + threadIdx.x; u < live_rows * (D / 4); u += C * THREADS) {
+        const int row = u / (D / 4), d = 4 * (u % (D / 4));
+        float2 ml[C];
+        float M = NEG_INF;
+#pragma unroll
+        for (int s = 0; s < C; s++) {
+            ml[s] = load_cluster(ml_s + row, s);
+            if (ml[s].y > 0.0f) M = fmaxf(M, ml[s].x);
+        }
+        float4 o[C];  // every share's o loaded at once (a share that saw no key: unwritten bytes, selected away below)
+#pragma unroll
+        for (int s = 0; s < C; s++) o[s] = load_cluster(reinterpret_cast<const float4*>(o_s + row * (D + 8) + d), s);
+        float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float L = 0.0f;
+#pragma unroll
+        for (int s = 0; s < C; s++) {
+            const float w = ml[s].y > 0.0f ? exp2_fast(ml[s].x - M) : 0.0f;
+            if (w != 0.0f) {
+                L += w * ml[s].y;
+                sum.x += w * o[s].x, sum.y += w * o[s].y, sum.z += w * o[s].z, sum.w += w * o[s].w;
+            }
+        }
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        const int packed = tile_row0 + row;
+        __nv_bfloat162* to = reinterpret_cast<__nv_bfloat162*>(out + ((long long)(first_token + packed / G) * H + kv_head * G + packed % G) * D + d);
+        to[0] = __floats2bfloat162_rn(sum.x * inv, sum.y * inv);
+        to[1] = __floats2bfloat162_rn(sum.z * inv, sum.w * inv);
+    }
+}
+
 // A share with no key tile (past the row tile's last key: the split count follows the context bucket, not
 // kv_len): only (m, l) = (-inf, 0) for its rows, which attention_merge weighs 0 without reading their o
 __device__ __forceinline__ void store_empty_share(const QueryRows& r, int t, float* __restrict__ ml_part, int N, int H) {
@@ -289,7 +356,7 @@ __device__ __forceinline__ int tiles_before_tree(int tile_begin, int tile_count,
     return early;
 }
 
-template <int D, int WARPS, int KEYS>
+template <int D, int WARPS, int KEYS, int CLUSTER = 1>
 __device__ void tree_attention_mma(
     const float* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache, const __nv_bfloat16* __restrict__ v_cache,
     const int* __restrict__ cu_q, const int* __restrict__ kv_len, const int* __restrict__ tree_start,
@@ -345,7 +412,7 @@ __device__ void tree_attention_mma(
         cp_async_commit();
     }
     pdl_wait();
-    if (tile_count == 0) {  // (never with one split: split 0 always has a tile)
+    if (CLUSTER == 1 && tile_count == 0) {  // (never with one split: split 0 always has a tile)
         store_empty_share(r, t, ml_part, N, H);
         return;
     }
@@ -410,7 +477,18 @@ __device__ void tree_attention_mma(
         }
     }
     cp_async_wait<0>();  // no copy may outlive the block
-    if (warp_active) store_rows<D>(acc, m0, m1, l0, l1, r, t, blockIdx.z, gridDim.z, o_part, ml_part, out, N, H);
+    if constexpr (CLUSTER > 1) {  // (a share with no tile stages m = -inf, l = 0)
+        static_assert(ROWS * (D + 8) * 4 + ROWS * 8 <= STAGES * 2 * TILE * 2, "the partial fits in the ring's bytes");
+        float* o_s = reinterpret_cast<float*>(ring);
+        float2* ml_s = reinterpret_cast<float2*>(o_s + ROWS * (D + 8));
+        __syncthreads();  // every warp is done with the ring
+        if (warp_active) stage_partial<D>(acc, m0, m1, l0, l1, r, warp * 16 + g, t, o_s, ml_s);
+        cluster_sync();
+        merge_in_cluster<D, THREADS, CLUSTER>(o_s, ml_s, min(ROWS, rows - tile * ROWS), tile * ROWS, G, kv_head, H, cu_q[b], out);
+        cluster_sync();  // the partials outlive their readers
+    } else if (warp_active) {
+        store_rows<D>(acc, m0, m1, l0, l1, r, t, blockIdx.z, gridDim.z, o_part, ml_part, out, N, H);
+    }
 }
 
 // tree_attention_mma_d{D}_w{WARPS}: 4 warps (64 rows, 32-key tiles: three blocks fit an SM) for few rows per
@@ -430,6 +508,28 @@ TREE_ATTENTION_MMA(64, 4)
 TREE_ATTENTION_MMA(64, 8)
 TREE_ATTENTION_MMA(128, 4)
 TREE_ATTENTION_MMA(128, 8)
+
+// tree_attention_mma_d{D}_w{WARPS}_c{C} (sm_90): the same with its C key shares one cluster, merged inside
+// (merge_in_cluster): grid z = C, no o_part / ml_part, no attention_merge behind it
+#if __CUDA_ARCH__ >= 900
+#define TREE_ATTENTION_MMA_CLUSTER(D, WARPS, C)                                                                  \
+    extern "C" __global__ void __cluster_dims__(1, 1, C) __launch_bounds__(32 * WARPS, 1)                       \
+    tree_attention_mma_d##D##_w##WARPS##_c##C(                                                                  \
+        const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* cu_q,          \
+        const int* kv_len, const int* tree_start, const unsigned long long* masks, const int* causal,           \
+        const int* page_tables, int max_pages, int B, float* o_part, float* ml_part, __nv_bfloat16* out, int N,  \
+        int H, int Hkv, int P, float scale, int trigger_first) {                                                \
+        if (trigger_first) pdl_trigger();                                                                       \
+        tree_attention_mma<D, WARPS, 32 * (WARPS / 4), C>(q, k_cache, v_cache, cu_q, kv_len, tree_start, masks, causal, \
+                                                          page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale); \
+    }
+#define TREE_ATTENTION_MMA_CLUSTERS(D, WARPS) \
+    TREE_ATTENTION_MMA_CLUSTER(D, WARPS, 2) TREE_ATTENTION_MMA_CLUSTER(D, WARPS, 4) TREE_ATTENTION_MMA_CLUSTER(D, WARPS, 8)
+TREE_ATTENTION_MMA_CLUSTERS(64, 4)
+TREE_ATTENTION_MMA_CLUSTERS(64, 8)
+TREE_ATTENTION_MMA_CLUSTERS(128, 4)
+TREE_ATTENTION_MMA_CLUSTERS(128, 8)
+#endif
 
 // ------------------------------------------------------------------------------------------------
 // Hopper version (sm_90a): both products on warpgroup MMA, K/V brought by the tensor memory accelerator.

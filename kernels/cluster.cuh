@@ -23,6 +23,17 @@ __device__ __forceinline__ float load_cluster(const float* local, unsigned rank)
     asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(value) : "r"(cluster_address(local, rank)) : "memory");
     return value;
 }
+__device__ __forceinline__ float2 load_cluster(const float2* local, unsigned rank) {
+    float2 value;
+    asm volatile("ld.shared::cluster.v2.f32 {%0, %1}, [%2];\n" : "=f"(value.x), "=f"(value.y) : "r"(cluster_address(local, rank)) : "memory");
+    return value;
+}
+__device__ __forceinline__ float4 load_cluster(const float4* local, unsigned rank) {
+    float4 value;
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(value.x), "=f"(value.y), "=f"(value.z), "=f"(value.w) : "r"(cluster_address(local, rank)) : "memory");
+    return value;
+}
 __device__ __forceinline__ int load_cluster(const int* local, unsigned rank) {
     int value;
     asm volatile("ld.shared::cluster.s32 %0, [%1];\n" : "=r"(value) : "r"(cluster_address(local, rank)) : "memory");

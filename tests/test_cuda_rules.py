@@ -275,6 +275,24 @@ def test_attention_triggers_the_next_launch_only_when_its_grid_fits_one_wave():
     assert not rules.attention_trigger_first(16, 8)
 
 
+def test_attention_merges_its_shares_in_clusters_the_kernel_has():
+    """attention_merge_cluster: the mma.sync kernel's shares merge in a cluster of the largest power of two up to the
+    share count and 8, on Hopper, unless turned off; kernels/attention.cu has an instance of every such size."""
+    rules = type("Rules", (), {"attention_merge_cluster": CudaBackend.attention_merge_cluster})()
+    rules.hopper, rules.attention_cluster_merge = True, None
+    assert [rules.attention_merge_cluster(s) for s in (1, 2, 3, 4, 7, 8, 16, 64)] == [0, 2, 2, 4, 4, 8, 8, 8]
+    rules.attention_cluster_merge = False
+    assert rules.attention_merge_cluster(8) == 0
+    rules.hopper, rules.attention_cluster_merge = False, None
+    assert rules.attention_merge_cluster(8) == 0
+    source = kernel_source("attention.cu")
+    for size in (2, 4, 8):
+        assert f"TREE_ATTENTION_MMA_CLUSTER(D, WARPS, {size})" in source
+    for D in (64, 128):
+        for warps in (4, 8):
+            assert f"TREE_ATTENTION_MMA_CLUSTERS({D}, {warps})" in source
+
+
 def test_slow_compiles_are_announced_and_cached_ones_are_silent(capsys):
     """A machine's first run compiles the kernels (~20 s): the wait is named once it passes the threshold, with its
     length at the end; a wait under it (a cached module) prints nothing; an error inside ends it as failed."""

@@ -356,6 +356,7 @@ class CudaBackend:
         self.attention_producers = None  # TMA producer warps of the wgmma kernel, 1 or 2 (None: attention_producer_count)
         self.attention_keys = None  # the wgmma kernel's key tile, 64 or 128 (None: attention_tile_keys)
         self.attention_early_trigger = None  # tensor-core attention triggers the next launch first (None: attention_trigger_first)
+        self.attention_cluster_merge = None  # the mma.sync kernel merges its key shares in a cluster (None: attention_merge_cluster)
         self.attention_l2_promotion = 128  # bytes an L2 miss of the wgmma attention's K/V boxes fetches (attention_tensor_maps)
         self.fused_blocks = self.sm_count  # one resident block per SM (tests shrink it to exercise the striding)
         self.fused_clock = None  # uint64 [1 + 6 L] device array: per-phase timestamps (`bench e2e` breakdown)
@@ -579,7 +580,8 @@ class CudaBackend:
     def launch_settings(self) -> tuple:
         """The launch settings, part of a graph's key: changing one (tests, benchmarks) must capture anew."""
         return (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
-                self.attention_splits, self.attention_wgmma, self.attention_early_trigger, self.pdl, self.cluster_decode,
+                self.attention_splits, self.attention_wgmma, self.attention_early_trigger, self.attention_cluster_merge, self.pdl,
+                self.cluster_decode,
                 self.gemm_wgmma_tiles, self.gemm_l2_promotion, self.attention_l2_promotion)
 
     def graph_positions(self, model) -> int:
@@ -952,9 +954,11 @@ class CudaBackend:
         row_tiles = -(-N * G // (16 * warps)) + B - 1
         splits = self.attention_splits or self.attention_split_count(B * -(-rows // (16 * warps)) * Hkv, context, warps, wgmma)
         splits = min(64, splits)  # the merge takes at most 64
+        cluster = 0 if wgmma else self.attention_merge_cluster(splits)
+        splits = cluster or splits
         out = cp.empty((N, H * D), dtype=self.store_dtype)
-        o_part = cp.empty((splits, N, H, D), dtype=cp.float32) if splits > 1 else out
-        ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32) if splits > 1 else out
+        o_part = cp.empty((splits, N, H, D), dtype=cp.float32) if splits > 1 and not cluster else out
+        ml_part = cp.empty((splits, N, H, 2), dtype=cp.float32) if splits > 1 and not cluster else out
         args = (plan.cu_q, plan.kv_len, plan.tree_start, plan.masks, plan.causal, plan.page_tables,
                 np.int32(plan.page_tables.shape[1]), np.int32(B), o_part, ml_part, out, np.int32(N), np.int32(H),
                 np.int32(Hkv), np.int32(P), np.float32(scale))
@@ -968,12 +972,13 @@ class CudaBackend:
             args = (q, k_cache, v_cache, k_map, v_map, np.int32(box_rows)) + args + (np.int32(producers),)
             threads = 384
         else:  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16
-            kernel, shared = self.kernel("attention.cu", f"tree_attention_mma_d{D}_w{warps}"), 4 * 2 * 8 * warps * (D + 8) * 2
+            name = f"tree_attention_mma_d{D}_w{warps}" + (f"_c{cluster}" if cluster else "")
+            kernel, shared = self.kernel("attention.cu", name), 4 * 2 * 8 * warps * (D + 8) * 2
             args, threads = (q, k_cache, v_cache) + args, 32 * warps
         args += (np.int32(self.attention_trigger_first(row_tiles * Hkv * splits, warps)),)
         allow_shared(kernel, shared)
         self.launch(kernel, (row_tiles, Hkv, splits), (threads,), args, shared)
-        if splits == 1:
+        if splits == 1 or cluster:
             return out
         warps, rows = self.merge_shape(N * H, splits)
         self.launch(self.kernel("attention.cu", "attention_merge"),
@@ -994,6 +999,16 @@ class CudaBackend:
         if self.attention_early_trigger is not None:
             return self.attention_early_trigger
         return self.pdl and blocks <= self.attention_wave(warps)
+
+    def attention_merge_cluster(self, splits: int) -> int:
+        """The cluster size (2, 4 or 8; 0: none) in which the mma.sync kernel's key shares merge themselves
+        (kernels/attention.cu, merge_in_cluster) instead of in attention_merge behind it: the largest power of two up
+        to `splits` and 8, on Hopper, where the step has more than one share. Clusters of 16 (a non-portable size,
+        which kept decode's 16 shares at 513-1024 keys) measured slower than 8 shares in clusters of 8
+        (notes/attention_cluster_merge_h200_stop46.log)."""
+        if splits < 2 or not self.hopper or self.attention_cluster_merge is False:
+            return 0
+        return min(8, 1 << (splits.bit_length() - 1))
 
     def attention_kernel(self, rows: int, context: int, B: int, Hkv: int, D: int) -> tuple[int, bool]:
         """(warps, wgmma) of attention_mma's kernel for `rows` query rows per sequence's KV head at a context

@@ -31,6 +31,11 @@ anew (step_times makes a new cache, which keys them).
              the LM heads at 17-32 rows; 256 for them since stop 45)
   evict      gemm.cu's weight boxes loaded with an L2 evict-first cache policy (weights are read once a step; the
              activations, x and K/V pages then keep more of L2)
+  nomerge    TIMING ONLY, wrong outputs: tensor-core attention's split merge not launched; the most a merge inside
+             the attention kernel (its splits a cluster) could save
+  nocmerge   the mma.sync attention's key shares merged by attention_merge, a launch of its own (before stop 46:
+             attention_merge_cluster merges them in the kernel, its shares a cluster)
+  splitN     tensor-core attention in N key shares at every step (attention_splits; 1: no merge)
   A+B        both
 
     PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
@@ -54,7 +59,8 @@ cfg = llama_8b_config()
 cp.random.seed(0)
 model = Model(cfg, random_model_on_gpu(cfg, be), be)
 O, QKV = (4096, 4096), (6144, 4096)  # (N, K)
-RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_size", "own_gemm_serves", "gemm_promotion")
+RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_size", "own_gemm_serves", "gemm_promotion",
+         "attention_merge_cluster")
 
 
 SMALL_RINGS = {(1, 16): 10, (1, 32): 9, (1, 64): 6}  # <= 111 KB of shared memory: two blocks an SM
@@ -129,6 +135,9 @@ def apply(variant: str) -> None:
         be.__dict__.pop(name, None)
     use_rings(COMMITTED_RINGS)
     be.attention_early_trigger = None
+    be.attention_splits = None
+    be.attention_cluster_merge = None
+    be.__dict__.pop("launch", None)
     be.gemm_wgmma_tiles = None
     be.gemm_l2_promotion = None
     maps_promoted(None)
@@ -169,6 +178,13 @@ def apply(variant: str) -> None:
             be.gemm_promotion = lambda M, G=1: 128 if M <= 32 else 256
         elif part.startswith("promo"):
             be.gemm_l2_promotion = int(part[5:])
+        elif part == "nomerge":
+            merge = be.kernel("attention.cu", "attention_merge")
+            be.launch = lambda kernel, *args, **kw: None if kernel is merge else CudaBackend.launch(be, kernel, *args, **kw)
+        elif part == "nocmerge":
+            be.attention_cluster_merge = False
+        elif part.startswith("split") and part[5:].isdigit():
+            be.attention_splits = int(part[5:])
         elif part == "notrig":
             be.attention_early_trigger = False
         elif part == "rings2":  # one-warpgroup rings small enough for two blocks an SM
