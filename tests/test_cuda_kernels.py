@@ -329,8 +329,8 @@ def test_tree_attention_split_kv_merge(splits, kernel):
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("kernel", ["w4", "w8"])
 def test_tree_attention_merges_its_shares_in_a_cluster(splits, D, kernel):
-    """The mma.sync kernel's key shares merged inside their cluster (merge_in_cluster; 5 shares run as 4, 16 and 64
-    as 8; more shares than some rows' tiles: shares with no key) give the dense reference's values, and
+    """The mma.sync kernel's key shares merged inside their cluster (merge_in_cluster; 5 shares run as 4, 16 as 8,
+    64 by attention_merge; more shares than some rows' tiles: shares with no key) give the dense reference's values, and
     attention_merge's up to rounding; each into a poisoned output pool."""
     import cupy as cp
 
@@ -339,7 +339,7 @@ def test_tree_attention_merges_its_shares_in_a_cluster(splits, D, kernel):
         pytest.skip("thread block clusters need a Hopper GPU")
     use_attention_kernel(be, kernel)
     be.attention_splits = splits
-    assert be.attention_merge_cluster(splits) == {2: 2, 5: 4, 8: 8, 16: 8, 64: 8}[splits]
+    assert be.attention_merge_cluster(splits) == {2: 2, 5: 4, 8: 8, 16: 8, 64: 0}[splits]
     q, k_cache, v_cache, plan, expected = make_problem(rng, 16, [(700, "random", 40), (1500, "single", 1), (300, "chunk", 70)], H=8, Hkv=2, D=D, dtype=BF16)
     args = (cp.asarray(q), cp.asarray(k_cache.view(np.uint16)), cp.asarray(v_cache.view(np.uint16)), be.prepare_plan(plan), 1 / np.sqrt(D))
     outs = {}
@@ -349,7 +349,7 @@ def test_tree_attention_merges_its_shares_in_a_cluster(splits, D, kernel):
         outs[cluster] = host_float(be.attention(*args), "bfloat16")
     assert_close(outs[True], expected, 6e-2, 6e-2, f"attention merged in clusters (splits={splits}, D={D}, {kernel})")
     assert np.abs(outs[True] - expected).mean(axis=1).max() < 1e-2
-    # (5, 16 and 64 shares ran as fewer in the cluster: P's bf16 rounding then follows other running maxima)
+    # (5 and 16 shares ran as fewer in the cluster: P's bf16 rounding then follows other running maxima)
     assert_close(outs[True], outs[False], 1e-2, 1e-2, "cluster merge vs attention_merge")
 
 

@@ -1006,7 +1006,7 @@ class CudaBackend:
         to `splits` and 8, on Hopper, where the step has more than one share. Clusters of 16 (a non-portable size,
         which kept decode's 16 shares at 513-1024 keys) measured slower than 8 shares in clusters of 8
         (notes/attention_cluster_merge_h200_stop46.log)."""
-        if splits < 2 or not self.hopper or self.attention_cluster_merge is False:
+        if splits < 2 or splits > 16 or not self.hopper or self.attention_cluster_merge is False:
             return 0
         return min(8, 1 << (splits.bit_length() - 1))
 
