@@ -85,7 +85,8 @@ extern "C" __global__ void tree_attention(
 // so a share may hold no tile: it writes only (m, l) = (-inf, 0), and the merge skips shares of weight 0.
 // Split merge inside the kernel (tree_attention_mma_d{D}_w{WARPS}_c{C}, sm_90): the C key shares of a (row tile, KV
 // head) pair are one thread block cluster (grid z = C), which merges them itself (merge_in_cluster, below): no
-// o_part, ml_part or attention_merge launch.
+// o_part, ml_part or attention_merge launch. The backend takes it where the split rule gives 2-16 shares
+// (CudaBackend.attention_merge_cluster).
 // Programmatic dependent launch (kernels/pdl.cuh): the tiles wholly before tree_start, which this step does
 // not write, go into the ring before the wait for the kernel ahead; Q and everything else after it.
 //

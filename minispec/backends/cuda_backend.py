@@ -1003,9 +1003,10 @@ class CudaBackend:
     def attention_merge_cluster(self, splits: int) -> int:
         """The cluster size (2, 4 or 8; 0: none) in which the mma.sync kernel's key shares merge themselves
         (kernels/attention.cu, merge_in_cluster) instead of in attention_merge behind it: the largest power of two up
-        to `splits` and 8, on Hopper, where the step has more than one share. Clusters of 16 (a non-portable size,
-        which kept decode's 16 shares at 513-1024 keys) measured slower than 8 shares in clusters of 8
-        (notes/attention_cluster_merge_h200_stop46.log)."""
+        to `splits` and 8, on Hopper, where the split rule gives 2-16 shares. Measured on an H200, 8B step
+        (notes/attention_cluster_merge_h200_stop46.log): decode at 512 keys (16 shares run as 8) one step ahead
+        0.4-0.7% faster; capping more shares at 8 lost far more than the merge's launch (decode at 2k / 4k / 8k keys,
+        32 shares: 1.6 / 5.5 / 15% slower), and clusters of 16 (a non-portable size) were slower than 8."""
         if splits < 2 or splits > 16 or not self.hopper or self.attention_cluster_merge is False:
             return 0
         return min(8, 1 << (splits.bit_length() - 1))
