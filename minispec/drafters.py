@@ -84,6 +84,9 @@ NGRAM_STRONG = 10
 # as greedy ones; by turns over 6 seeds on an H200 (notes/sampled_gate_h200_stop45.log) no gate, 3 and 4.5 gave
 # 0.80 / 0.96 / 0.94x on summarise and within 0.07 of each other elsewhere: 3 stays.
 NGRAM_PAYS_SAMPLED = 3.0
+# ... and its strong match: stop 45's gate at 1000 tokens left trees only at strong matches and still measured ~0.90x,
+# but a sampled gate that no match opens measured within the seeds' spread of this one at temperatures 0.7 and 0.3
+# (0.95 / 1.02 / 0.93x against 0.92 / 1.06 / 1.00x; notes/sampled_gate_strong_h200_stop46.log): the greedy value.
 NGRAM_STRONG_SAMPLED = NGRAM_STRONG
 
 # A token that alone matches (no longer suffix does) and follows at NGRAM_COMMON or more earlier places is a common
