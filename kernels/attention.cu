@@ -275,10 +275,11 @@ __device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float m
 // blocks share the outputs by units of 4 dims of one row (unit u = rank THREADS + thread, stepping by C THREADS),
 // each unit reading its C partials through distributed shared memory in rank order:
 //   out = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s, M = max m_s over the shares with l_s > 0
-// (attention_merge's sum; a share with l_s = 0 saw no key: weight 0, its o not read). A second barrier keeps each
-// block's partial until its readers are done. Why: attention_merge is a launch of its own between attention and the
-// O projection; the 8B step at 512 keys ran 2.2-3.4% faster with it left out altogether (outputs then wrong: the
-// bound on what a merge inside could save; notes/attention_cluster_merge_h200_stop46.log).
+// (attention_merge's sum; a share with l_s = 0 saw no key: weight 0, its o, unwritten bytes loaded with the others,
+// selected away). A second barrier keeps each block's partial until its readers are done. Why: attention_merge is a
+// launch of its own between attention and the O projection; the 8B step at 512 keys ran 2.2-3.4% faster with it left
+// out altogether (outputs then wrong: the bound on what a merge inside could save), and 0.4-0.7% faster (decode one
+// step ahead) with this merge (notes/attention_cluster_merge_h200_stop46.log).
 template <int D>
 __device__ __forceinline__ void stage_partial(const float (&acc)[D / 8][4], float m0, float m1, float l0, float l1, const QueryRows& r,
                                               int local_row, int t, float* o_s, float2* ml_s) {
