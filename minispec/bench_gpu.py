@@ -221,7 +221,7 @@ def bench_attention(args) -> None:
         torch = None
     print(f"minispec bench attention on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; tensor cores {rate / 1e12:.0f} "
           "TFLOP/s (cuBLAS bf16, 8192-cube); page size 16; bf16 KV; own kernel timed as a captured graph of 20 calls (kernel + split "
-          "merge; tree and no-mask each the mean of two, in the order tree, no mask, no mask, tree), SDPA (dense bool mask, gathered K/V) as 20 async calls")
+          "merge, or the kernel alone where its cluster merges its shares; tree and no-mask each the mean of two, in the order tree, no mask, no mask, tree), SDPA (dense bool mask, gathered K/V) as 20 async calls")
     print("floor: K/V bytes / copy bandwidth; tensor: the two products' flops (4 x rows x keys x D) / the tensor-core rate; "
           "limit/tree: the larger of the two over the kernel's time")
     print(f"{'heads':<10} {'B':>3} {'T':>3} {'context':>8} {'tree µs':>9} {'no-mask µs':>10} {'SDPA µs':>9} {'floor µs':>9} "
