@@ -58,9 +58,9 @@ class Sequence:
     @property
     def rng(self) -> np.random.Generator:
         """This sample's random stream, for a draft model's sampled candidates (the tokens themselves are drawn at
-        `key`), made when first drawn from: an unseeded generator costs ~50 µs of OS entropy."""
+        `key`): seeded by the key, so the same seed gives the same stream."""
         if self._rng is None:
-            self._rng = sample_rng(self.params.seed, self.sample)
+            self._rng = np.random.default_rng(self.key)
         return self._rng
 
     @property
@@ -74,13 +74,6 @@ class Sequence:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
-
-
-def sample_rng(seed: int | None, sample: int) -> np.random.Generator:
-    """Sample i of a request's random stream (a draft model's sampled candidates); the same seed, the same stream."""
-    if seed is None:
-        return np.random.default_rng()
-    return np.random.default_rng(np.random.SeedSequence([seed, sample]))
 
 
 class Engine:
