@@ -1406,13 +1406,18 @@ class CudaBackend:
         cp = self.cp
         logits = cp.ascontiguousarray(logits)
         R, V = len(rows), logits.shape[1]
-        settings = [(row, p.temperature, p.top_k, p.top_p, p.min_p, u) for row, p, u in zip(rows, params, uniforms)]
         tokens = cp.empty(R, dtype=cp.int32)
         kernel, shared = self.sampling_kernel("sample_rows", V)
         self.launch(kernel, (SAMPLE_CLUSTER, R), (SAMPLE_THREADS,),
-                    (logits, self.put(settings, np.float64), tokens, np.uint64(0) if probs is None else probs, np.int32(V),
+                    (logits, self.sample_settings(rows, params, uniforms), tokens, np.uint64(0) if probs is None else probs, np.int32(V),
                      np.uint64(0), np.uint64(0)), shared)
         return tokens
+
+    def sample_settings(self, rows, params, uniforms):
+        """sample_rows' settings on the device: a row (logits row, temperature, top_k, top_p, min_p, u) a draw,
+        float64 [R, 6] (the u column is unused where the kernel computes u from a key and positions)."""
+        return self.put([(row, p.temperature, p.top_k, p.top_p, p.min_p, u) for row, p, u in zip(rows, params, uniforms)],
+                        np.float64)
 
     def sampling_kernel(self, name: str, V: int):
         """A kernels/sampling.cu kernel that spreads a row of V logits over a cluster of SAMPLE_CLUSTER blocks, and
@@ -1517,7 +1522,7 @@ class CudaBackend:
             R, V = logits.shape  # (R <= N: the graph's rows)
             if b.draws is None:
                 b.draws = self.cp.empty(b.N, dtype=self.cp.int32)
-            settings = self.put([(r, params.temperature, params.top_k, params.top_p, params.min_p, 0.0) for r in range(R)], np.float64)
+            settings = self.sample_settings(range(R), [params] * R, [0.0] * R)
             positions = np.uint64(b.packed.data.ptr + 4 * packed_offsets(1, b.N, b.W)[2])
             kernel, shared = self.sampling_kernel("sample_rows", V)
             launch = self.prepared_launch(kernel, (SAMPLE_CLUSTER, R), (SAMPLE_THREADS,),

@@ -36,6 +36,14 @@ anew (step_times makes a new cache, which keys them).
   nocmerge   the mma.sync attention's key shares merged by attention_merge, a launch of its own (before stop 46:
              attention_merge_cluster merges them in the kernel, its shares a cluster)
   splitN     tensor-core attention in N key shares at every step (attention_splits; 1: no merge)
+  nonorm     TIMING ONLY, wrong outputs: no add_rmsnorm launch (its outputs left as allocated); the most an RMSNorm
+             folded into the GEMM after it (staging x normalised) could save
+  norope     TIMING ONLY, wrong outputs: no rope_write_kv launch (q left as allocated, K/V not written); the
+             most RoPE and the KV write folded into the qkv GEMM's epilogue could save
+  normoff    the qkv product's RMSNorm as a launch of its own (add_rmsnorm) at 1-2 rows too (before stop 47:
+             norm_in_gemm runs it inside gemm_wgmma_norm)
+  nowg       the mma.sync attention kernel where the rule takes the wgmma one (T = 32, 64 at 512 keys), so that its
+             shares merge in a cluster (attention_merge_cluster) instead of in attention_merge's launch
   A+B        both
 
     PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
@@ -137,7 +145,10 @@ def apply(variant: str) -> None:
     be.attention_early_trigger = None
     be.attention_splits = None
     be.attention_cluster_merge = None
-    be.__dict__.pop("launch", None)
+    be.attention_wgmma = None
+    be.gemm_norm = None
+    for name in ("launch", "add_rmsnorm", "rope_write_kv"):
+        be.__dict__.pop(name, None)
     be.gemm_wgmma_tiles = None
     be.gemm_l2_promotion = None
     maps_promoted(None)
@@ -181,6 +192,18 @@ def apply(variant: str) -> None:
         elif part == "nomerge":
             merge = be.kernel("attention.cu", "attention_merge")
             be.launch = lambda kernel, *args, **kw: None if kernel is merge else CudaBackend.launch(be, kernel, *args, **kw)
+        elif part == "nonorm":
+            def add_rmsnorm(x, residual, weight, eps):
+                return cp.empty(x.shape, dtype=be.store_dtype), x if residual is None else residual
+            be.add_rmsnorm = add_rmsnorm
+        elif part == "norope":
+            def rope_write_kv(qkv, plan, inv_freq, k_cache, v_cache, H, Hkv, D):
+                return cp.empty((len(qkv), H, D), dtype=cp.float32)
+            be.rope_write_kv = rope_write_kv
+        elif part == "normoff":
+            be.gemm_norm = False
+        elif part == "nowg":
+            be.attention_wgmma = False
         elif part == "nocmerge":
             be.attention_cluster_merge = False
         elif part.startswith("split") and part[5:].isdigit():
