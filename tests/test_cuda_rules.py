@@ -177,9 +177,11 @@ def test_a_stretch_load_sends_every_token_and_converts_only_the_new_ones():
 def gemm_rules_backend(sm_count: int = 132):
     """A stand-in CudaBackend with the GEMM dispatch's rules and nothing forced (its methods, no GPU)."""
     names = ("wgmma_gemm_fits", "wgmma_tile_bytes", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves",
-             "own_gemm_chosen", "own_kernel", "glu_kernel", "wgmma_glu_groups", "stream_launch_shape", "stream_cluster_size")
+             "own_gemm_chosen", "own_kernel", "glu_kernel", "wgmma_glu_groups", "stream_launch_shape", "stream_cluster_size",
+             "norm_split", "wgmma_persistent")
     rules = type("Rules", (), {name: getattr(CudaBackend, name) for name in names})()
     rules.sm_count, rules.hopper, rules.gemm_wgmma_groups, rules.gemm_cluster = sm_count, True, None, None
+    rules.gemm_norm, rules.gemm_wgmma_xrows, rules.gemm_wgmma_tiles = None, None, None
     rules.bf16, rules.gemm, rules.cublas = True, None, object()
     return rules
 
@@ -208,6 +210,21 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
     assert rules.glu_kernel(M, 28672, 4096) == ("stream" if M <= 16 else "wgmma")
     assert rules.wgmma_glu_groups(14336) == 4 and rules.wgmma_glu_groups(28672) == 2  # 8B: 112 blocks; 70B: 224
     assert rules.glu_kernel(M, 3072, 576) is None
+
+
+@pytest.mark.parametrize("M", [1, 16, 17, 33, 64])
+def test_the_o_and_down_products_begin_the_norm_behind_them(M):
+    """norm_split: the 8B O and down products (gemm_wgmma of one warpgroup a block) split the RMSNorm behind them with
+    the product after it up to 4 rows (decode; 16-64 rows measured slower); not where linear takes another kernel
+    (the default model's O: gemm_stream up to 16 rows, cuBLAS past; the 8B LM head's shape: two warpgroups), nor
+    with gemm_norm False; forced on (tests) at any row count gemm_wgmma of one warpgroup takes."""
+    rules = gemm_rules_backend()
+    assert rules.norm_split(M, 4096, 4096) == rules.norm_split(M, 4096, 14336) == (M <= 4)
+    assert not rules.norm_split(M, 576, 576) and not rules.norm_split(M, 128256, 4096)
+    rules.gemm_norm = True
+    assert rules.norm_split(M, 4096, 4096) and not rules.norm_split(M, 128256, 4096)
+    rules.gemm_norm = False
+    assert not rules.norm_split(M, 4096, 4096)
 
 
 def test_gemm_wgmma_ring_table_agrees_with_the_kernels():

@@ -41,6 +41,8 @@ anew (step_times makes a new cache, which keys them).
              nothing, branch experiment/norm-in-gemm, notes/norm_in_gemm_h200_stop47.log)
   norope     TIMING ONLY, wrong outputs: no rope_write_kv launch (q left as allocated, K/V not written); the
              most RoPE and the KV write folded into the qkv GEMM's epilogue could save
+  normoff    the RMSNorms after O and down as launches of their own (add_rmsnorm; before stop 47, norm_split has
+             those products begin the norm and the products after them finish it)
   nowg       the mma.sync attention kernel where the rule takes the wgmma one (T = 32, 64 at 512 keys), so that its
              shares merge in a cluster (attention_merge_cluster) instead of in attention_merge's launch (stop 47:
              T = 64 5.169 -> 5.457 ms, T = 32 4.759 -> 4.839: the merge's launch costs less than the kernel gains)
@@ -146,6 +148,7 @@ def apply(variant: str) -> None:
     be.attention_splits = None
     be.attention_cluster_merge = None
     be.attention_wgmma = None
+    be.gemm_norm = None
     for name in ("launch", "add_rmsnorm", "rope_write_kv"):
         be.__dict__.pop(name, None)
     be.gemm_wgmma_tiles = None
@@ -199,6 +202,8 @@ def apply(variant: str) -> None:
             def rope_write_kv(qkv, plan, inv_freq, k_cache, v_cache, H, Hkv, D):
                 return cp.empty((len(qkv), H, D), dtype=cp.float32)
             be.rope_write_kv = rope_write_kv
+        elif part == "normoff":
+            be.gemm_norm = False
         elif part == "nowg":
             be.attention_wgmma = False
         elif part == "nocmerge":
