@@ -61,10 +61,10 @@ __device__ __forceinline__ float cluster_sum(const float* local) {
 // The RMSNorm between two products, split so that neither waits for a grid-wide sum (GemmNorm; rows of N = K'
 // columns, h = r / sqrt(mean(r^2) + eps) * weight, r = y + residual the residual stream):
 // - the product before it (gemm_wgmma, x_out set) adds the residual to its columns of y (r -> residual_out),
-//   writes x' = bf16(r * weight) (x_out), and each block the sum of its columns' r^2 of each row, in order
+//   writes x' = bf16(r * weight) (x_out), and each block the sum of its columns' r^2 of each row (warp_row_sum)
 //   (partials_out [M][blocks]), and leaves at once;
 // - the product after it (gemm_wgmma, gemm_stream, their gated forms; scale_partials set) runs on x' and, at its
-//   end, scales each row's sums by s = rsqrt(sum of the row's partials, in block order, / K + eps): y = s (x' W^T)
+//   end, scales each row's sums by s = rsqrt(sum of the row's partials (warp_row_sum) / K + eps): y = s (x' W^T)
 //   (the gated end: silu(s gate) * (s up)).
 // So the norm's launch, and the waits for it, are gone, and no block waits for another. h W^T is formed as
 // s (bf16(r weight) W^T) instead of bf16(r s weight) W^T: the same rounding, at another place (not add_rmsnorm's
@@ -83,6 +83,16 @@ struct GemmNorm {
     const float *scale_partials, int scale_blocks, float eps, const float *residual, float *residual_out,               \
         const float *norm_weight, __nv_bfloat16 *x_out, float *partials_out
 #define GEMM_NORM_ARGS GemmNorm{scale_partials, scale_blocks, eps, residual, residual_out, norm_weight, x_out, partials_out}
+
+// The sum of values[0 .. count) in one fixed order, by a warp: lane l adds values l, l + 32, .. in turn, then a xor
+// butterfly; every lane gets it, and every block that sums the same values gets the same bits.
+__device__ __forceinline__ float warp_row_sum(const float* values, int count) {
+    float sum = 0.0f;
+    for (int i = threadIdx.x % 32; i < count; i += 32) sum += values[i];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    return sum;
+}
 
 // What a thread loads right after pdl_wait for the norm work at the kernel's end, so that the L2 round trip runs
 // under the products: in the product after a norm, its share of the rows' partial sums (p = tid + j THREADS); in
@@ -111,7 +121,7 @@ struct NormPrefetch {
 };
 
 // The product after: scales[m] for rows m < M (shared memory), from the partials (`from`, prefetched in part)
-// through `buffer` (M scale_blocks floats of shared memory), then each row summed in block order by one thread.
+// through `buffer` (M scale_blocks floats of shared memory), then each row summed by a warp (warp_row_sum).
 template <int THREADS>
 __device__ __forceinline__ void row_scales(const GemmNorm& g, const float* from, const NormPrefetch<THREADS>& pre, int M, int K,
                                            float* buffer, float* scales) {
@@ -124,10 +134,9 @@ __device__ __forceinline__ void row_scales(const GemmNorm& g, const float* from,
 #pragma unroll 8
     for (int p = threadIdx.x + NORM_PREFETCH * THREADS; p < count; p += THREADS) buffer[p] = from[p];
     __syncthreads();
-    for (int m = threadIdx.x; m < M; m += THREADS) {
-        float sum = 0.0f;
-        for (int k = 0; k < g.scale_blocks; k++) sum += buffer[m * g.scale_blocks + k];
-        scales[m] = rsqrtf(sum / K + g.eps);
+    for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row (not a thread: 128 dependent adds)
+        const float sum = warp_row_sum(buffer + m * g.scale_blocks, g.scale_blocks);
+        if (threadIdx.x % 32 == 0) scales[m] = rsqrtf(sum / K + g.eps);
     }
     __syncthreads();
 }
@@ -152,8 +161,8 @@ __device__ __forceinline__ void store_cluster_sums(const float* red, float* __re
 }
 
 // The product before a norm (GemmNorm, x_out set): as store_cluster_sums, r = y + residual to residual_out, x' to
-// x_out, and the block's partial sums of r^2 (its columns in order; squares: XROWS x ROWS / S floats of shared
-// memory) to partials_out[m][bx S + rank].
+// x_out, and the block's partial sums of r^2 (its columns by warp_row_sum; squares: XROWS x ROWS / S floats of
+// shared memory) to partials_out[m][bx S + rank].
 template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
 __device__ __forceinline__ void store_cluster_norm(const float* red, const GemmNorm& g, const NormPrefetch<THREADS>& pre, int M,
                                                    int N, int n0, float* squares) {
@@ -177,10 +186,9 @@ __device__ __forceinline__ void store_cluster_norm(const float* red, const GemmN
         squares[e] = square;
     }
     __syncthreads();
-    for (int m = threadIdx.x; m < M; m += THREADS) {
-        float sum = 0.0f;
-        for (int c = 0; c < SLICE; c++) sum += squares[m * SLICE + c];
-        g.partials_out[(long long)m * gridDim.x * S + block] = sum;
+    for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row
+        const float sum = warp_row_sum(squares + m * SLICE, SLICE);
+        if (threadIdx.x % 32 == 0) g.partials_out[(long long)m * gridDim.x * S + block] = sum;
     }
     if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
 }
