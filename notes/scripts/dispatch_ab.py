@@ -1,7 +1,8 @@
 """Device probe: GEMM dispatch variants inside the 8B layer-by-layer step (random weights, context 512), by turns in
-one process: plain decode and tree verify steps (bench e2e's step_times) and decode one step ahead, against the
-weight-bandwidth floor. Each variant overrides the backend's rules on the instance; every timing captures its graphs
-anew (step_times makes a new cache, which keys them).
+one process: plain decode and tree verify steps (bench e2e's step_times), decode one step ahead, against the
+weight-bandwidth floor, and a decode step of 4 sequences (B=4, against the plain step). Each variant overrides the
+backend's rules on the instance; every timing captures its graphs anew (step_times makes a new cache, which keys
+them).
 
   rule       the committed rules
   silu       gate/up up to 16 rows as gemm_stream, then silu_mul (before gemm_stream_glu)
@@ -218,6 +219,22 @@ def apply(variant: str) -> None:
             raise ValueError(part)
 
 
+def batch_decode_time(batch: int, context: int) -> float:
+    """Seconds per plain decode step of `batch` sequences at `context` keys each (a graph replayed, as step_times)."""
+    from minispec.bench_gpu import time_gpu
+    from minispec.step import StepItem, build_plan
+    from minispec.tree import Tree
+
+    cache = model.new_cache(batch * (-(-(context + 64) // 16) + 1), 16)
+    items = []
+    for b in range(batch):
+        table = []
+        cache.prepare(table, 0, context + 64)
+        items.append(StepItem.tree(table, context, Tree(np.array([b + 1]), [-1])))
+    plan = build_plan(items, 16)
+    return time_gpu(lambda: model.forward(plan, cache).argmax(), 2, 10)
+
+
 def main():
     floor = weight_bytes(model.weights) / copy_bandwidth()
     print(f"# dispatch_ab on {card_name()}: 8B shapes, context 512, weight floor {floor * 1e3:.3f} ms; ms a step", flush=True)
@@ -227,16 +244,18 @@ def main():
             apply(variant)
             steps = step_times(model, 512, tree_sizes=TREES)
             steps["ahead"] = decode_ahead_time(model, 512)
+            steps["B4"] = batch_decode_time(4, 512)
             for key, t in steps.items():
                 results.setdefault((variant, key), []).append(t)
             print(f"round {r} {variant:16s} " + "  ".join(f"{k}: {t * 1e3:.3f}" for k, t in steps.items()), flush=True)
             apply("rule")
     print("medians: ms (x floor for T = 1 and ahead, x plain for trees)")
     for variant in VARIANTS:
-        med = {key: float(np.median(results[(variant, key)])) for key in (1, *TREES, "ahead")}
+        med = {key: float(np.median(results[(variant, key)])) for key in (1, *TREES, "ahead", "B4")}
         cells = [f"T=1 {med[1] * 1e3:.3f} ({med[1] / floor:.3f}x)"]
         cells += [f"T={T} {med[T] * 1e3:.3f} ({med[T] / med[1]:.3f}x)" for T in TREES]
         cells.append(f"ahead {med['ahead'] * 1e3:.3f} ({med['ahead'] / floor:.3f}x)")
+        cells.append(f"B=4 {med['B4'] * 1e3:.3f} ({med['B4'] / med[1]:.3f}x)")
         print(f"{variant:16s} " + "  ".join(cells), flush=True)
 
 
