@@ -178,7 +178,7 @@ def gemm_rules_backend(sm_count: int = 132):
     """A stand-in CudaBackend with the GEMM dispatch's rules and nothing forced (its methods, no GPU)."""
     names = ("wgmma_gemm_fits", "wgmma_tile_bytes", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves",
              "own_gemm_chosen", "own_kernel", "glu_kernel", "wgmma_glu_groups", "stream_launch_shape", "stream_cluster_size",
-             "norm_split", "wgmma_persistent")
+             "norm_split", "wgmma_persistent", "finishes_norm")
     rules = type("Rules", (), {name: getattr(CudaBackend, name) for name in names})()
     rules.sm_count, rules.hopper, rules.gemm_wgmma_groups, rules.gemm_cluster = sm_count, True, None, None
     rules.gemm_norm, rules.gemm_wgmma_xrows, rules.gemm_wgmma_tiles = None, None, None
@@ -221,6 +221,9 @@ def test_the_o_and_down_products_begin_the_norm_behind_them(M):
     rules = gemm_rules_backend()
     assert rules.norm_split(M, 4096, 4096) == rules.norm_split(M, 4096, 14336) == (M <= 4)
     assert not rules.norm_split(M, 576, 576) and not rules.norm_split(M, 128256, 4096)
+    # the products after it finish the norm, except on the persistent kernel (a 70B-wide gate/up on gemm_wgmma)
+    assert rules.finishes_norm("wgmma", M, 6144, 4096) and rules.finishes_norm("stream", M, 28672, 4096)
+    assert not rules.finishes_norm("wgmma", M, 57344, 8192) and not rules.finishes_norm("cublas", M, 6144, 4096)
     rules.gemm_norm = True
     assert rules.norm_split(M, 4096, 4096) and not rules.norm_split(M, 128256, 4096)
     rules.gemm_norm = False

@@ -717,7 +717,7 @@ class CudaBackend:
         kernel = self.own_kernel(M, N, K) if self.bf16 and self.own_gemm_chosen(M, N, K) else "cublas"
         norm = NO_NORM
         if isinstance(x, NormedRows):
-            x, norm = (x.x, x.scale_args()) if kernel in ("wgmma", "stream") else (x.materialise(self), NO_NORM)
+            x, norm = (x.x, x.scale_args()) if self.finishes_norm(kernel, M, N, K) else (x.materialise(self), NO_NORM)
         self._check(x, self.store_dtype, 2, "linear input")
         if weight.shape[1] != K:
             raise ValueError(f"linear: x has K = {K}, weight is {weight.shape}")
@@ -822,10 +822,22 @@ class CudaBackend:
             raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups a block takes {M} rows in {X}-row x boxes")
         tiles = -(-N // (64 * G))
         if self.wgmma_persistent(tiles, G, X, S):
+            if norm is not NO_NORM:
+                raise ValueError("gemm_wgmma: the persistent kernel (gemm_wgmma_tiles) does not take a split norm")
             name, grid = f"gemm_wgmma_tiles_w{G}_x{X}", (min(tiles, 2 * self.sm_count),)
         else:
             name, grid = f"gemm_wgmma_w{G}_x{X}_s{S}", (tiles, S)
         self.launch_wgmma(name, G, X, grid, x, weight, 64 * G, y, N, norm=norm)
+
+    def finishes_norm(self, kernel: str, M: int, N: int, K: int) -> bool:
+        """Whether linear's kernel for x [M, K], W [N, K] can finish a split norm (NormedRows) at its end: gemm_stream,
+        and gemm_wgmma in one pass of blocks (its persistent form, the LM heads', does not)."""
+        if kernel == "stream":
+            return True
+        if kernel != "wgmma":
+            return False
+        G, S = self.wgmma_shape(N, K, M)
+        return not self.wgmma_persistent(-(-N // (64 * G)), G, self.gemm_wgmma_xrows or wgmma_xrows(M, G), S)
 
     def wgmma_persistent(self, tiles: int, G: int, X: int, S: int) -> bool:
         """Whether gemm_wgmma runs as gemm_wgmma_tiles (persistent blocks, two an SM, each over several tiles): forced
