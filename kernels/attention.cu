@@ -190,6 +190,17 @@ __device__ __forceinline__ void mask_scores(float (&s)[NT][4], int key0, int S, 
         }
 }
 
+// A C fragment's row lives in the 4 lanes of a quad (lane = 4 g + t): its max / sum over those lanes
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffff, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffff, v, 1);
+    return v + __shfl_xor_sync(0xffffffff, v, 2);
+}
+
 // Online softmax over one key tile (base 2), rows g (elements 0, 1) and g + 8 (elements 2, 3); a row's 4
 // lanes share it. s becomes the tile's unnormalised weights; m and l move on; corr scales the old O.
 template <int NT>
@@ -201,10 +212,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NT][4], float& m0, float
         mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
         mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
     }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 2));
+    mx0 = quad_max(mx0), mx1 = quad_max(mx1);
     const float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
     const float base0 = new0 == NEG_INF ? 0.0f : new0, base1 = new1 == NEG_INF ? 0.0f : new1;
     corr0 = exp2_fast(m0 - base0), corr1 = exp2_fast(m1 - base1);
@@ -242,10 +250,7 @@ template <int D>
 __device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float m0, float m1, float l0, float l1, const QueryRows& r,
                                            int t, int split, int splits, float* __restrict__ o_part, float* __restrict__ ml_part,
                                            __nv_bfloat16* __restrict__ out, int N, int H) {
-    l0 += __shfl_xor_sync(0xffffffff, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffff, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffff, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffff, l1, 2);
+    l0 = quad_sum(l0), l1 = quad_sum(l1);
     if (splits == 1) {
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++) {
@@ -283,10 +288,7 @@ __device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float m
 template <int D>
 __device__ __forceinline__ void stage_partial(const float (&acc)[D / 8][4], float m0, float m1, float l0, float l1, const QueryRows& r,
                                               int local_row, int t, float* o_s, float2* ml_s) {
-    l0 += __shfl_xor_sync(0xffffffff, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffff, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffff, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffff, l1, 2);
+    l0 = quad_sum(l0), l1 = quad_sum(l1);
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) {
         const int d = dt * 8 + 2 * t;
