@@ -60,29 +60,40 @@ __device__ __forceinline__ float cluster_sum(const float* local) {
 
 // The RMSNorm between two products, split so that neither waits for a grid-wide sum (GemmNorm; rows of N = K'
 // columns, h = r / sqrt(mean(r^2) + eps) * weight, r = y + residual the residual stream):
-// - the product before it (gemm_wgmma, x_out set) adds the residual to its columns of y (r -> residual_out),
+// - the product before it (gemm_wgmma, NORM_BEGIN) adds the residual to its columns of y (r -> residual_out),
 //   writes x' = bf16(r * weight) (x_out), and each block the sum of its columns' r^2 of each row (warp_row_sum)
 //   (partials_out [M][blocks]), and leaves at once;
-// - the product after it (gemm_wgmma, gemm_stream, their gated forms; scale_partials set) runs on x' and, at its
+// - the product after it (gemm_wgmma, gemm_stream, their gated forms; NORM_FINISH) runs on x' and, at its
 //   end, scales each row's sums by s = rsqrt(sum of the row's partials (warp_row_sum) / K + eps): y = s (x' W^T)
 //   (the gated end: silu(s gate) * (s up)).
 // So the norm's launch, and the waits for it, are gone, and no block waits for another. h W^T is formed as
 // s (bf16(r weight) W^T) instead of bf16(r s weight) W^T: the same rounding, at another place (not add_rmsnorm's
 // bits).
 struct GemmNorm {
-    const float* scale_partials;  // the product after: the rows' partial sums [M][scale_blocks], or nullptr
+    const float* scale_partials;  // the product after: the rows' partial sums [M][scale_blocks]
     int scale_blocks;
     float eps;
     const float* residual;        // the product before: [M, N] or nullptr (the first layer)
     float* residual_out;          // [M, N]
     const float* weight;          // [N]
-    __nv_bfloat16* x_out;         // [M, N]: x', or nullptr (a plain product)
+    __nv_bfloat16* x_out;         // [M, N]: x'
     float* partials_out;          // [M][gridDim.x S]
 };
-#define GEMM_NORM_PARAMS                                                                                                \
-    const float *scale_partials, int scale_blocks, float eps, const float *residual, float *residual_out,               \
-        const float *norm_weight, __nv_bfloat16 *x_out, float *partials_out
-#define GEMM_NORM_ARGS GemmNorm{scale_partials, scale_blocks, eps, residual, residual_out, norm_weight, x_out, partials_out}
+// A product's part in it, a template argument, so that a plain product's kernel has none of this code: the kernels
+// that finish a norm are the plain ones' names with "_finish" and three more arguments, those that begin one with
+// "_begin" and five (NORM_PARAMS_<suffix>). Built only where the split serves (cuda_backend.norm_split and
+// finishes_norm): gemm_wgmma of one warpgroup in 16-row boxes, gemm_stream and gemm_stream_glu in k 128 stages,
+// gemm_wgmma_glu.
+enum NormRole { NORM_NONE, NORM_FINISH, NORM_BEGIN };
+#define NORM_ROLE_ NORM_NONE
+#define NORM_PARAMS_
+#define NORM_ARGS_ GemmNorm{}
+#define NORM_ROLE__finish NORM_FINISH
+#define NORM_PARAMS__finish , const float *scale_partials, int scale_blocks, float eps
+#define NORM_ARGS__finish GemmNorm{scale_partials, scale_blocks, eps, nullptr, nullptr, nullptr, nullptr, nullptr}
+#define NORM_ROLE__begin NORM_BEGIN
+#define NORM_PARAMS__begin , const float *residual, float *residual_out, const float *norm_weight, __nv_bfloat16 *x_out, float *partials_out
+#define NORM_ARGS__begin GemmNorm{nullptr, 0, 0.0f, residual, residual_out, norm_weight, x_out, partials_out}
 
 // The sum of values[0 .. count) in one fixed order, by a warp: lane l adds values l, l + 32, .. in turn, then a xor
 // butterfly; every lane gets it, and every block that sums the same values gets the same bits.
@@ -215,7 +226,7 @@ __device__ __forceinline__ void store_cluster_glu(const float* red, __nv_bfloat1
 
 // GLU (gemm_stream_glu_*): W is the fused [gate; up] weight [2I, K], N = I, and out is act bf16 [M, I]; block bx
 // stages gate rows bx 64 .. +64 as its rows 0-63 and the matching up rows as 64-127 (store_cluster_glu).
-template <int R, int S, int BK, int STAGES, bool GLU = false>
+template <int R, int S, int BK, int STAGES, bool GLU, NormRole NORM>
 __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                                                  void* __restrict__ out, int M, int N, int K, const GemmNorm& norm) {
     using namespace stream;
@@ -269,9 +280,9 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     for (int s = 0; s < STAGES - 1; s++)
         if (s < steps) load_weights(s);
     pdl_wait();
-    NormPrefetch<THREADS> pre;  // the rows' partial sums of the norm before this product, if any (this row tile's)
+    NormPrefetch<THREADS> pre;  // the rows' partial sums of the norm before this product (this row tile's)
     const float* partials = norm.scale_partials + (long long)m_base * norm.scale_blocks;
-    if (norm.scale_partials) pre.partials(partials, M * norm.scale_blocks);
+    if constexpr (NORM == NORM_FINISH) pre.partials(partials, M * norm.scale_blocks);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
         if (s < steps) load_x(s);
@@ -337,7 +348,7 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
         __syncthreads();
     }
     float* scales = nullptr;  // the norm before this product (GemmNorm): its rows' scales, after the reduction buffer
-    if (norm.scale_partials) {
+    if constexpr (NORM == NORM_FINISH) {
         scales = red + R * RED_STRIDE;
         row_scales<THREADS>(norm, partials, pre, M, K, scales + R, scales);
     }
@@ -351,10 +362,11 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
 
 // Ring shapes measured best (notes/gemm_stages_h100.log): k 128 x 3 stages for up to 16 rows (longer runs
 // per weight row), k 64 x 4 for more (k 128 would leave one block per SM there). cuda_backend.stream_shape mirrors this.
-#define GEMM_STREAM(R, BK, STAGES, S, CLUSTER)                                                                         \
-    extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_r##R##_k##BK##_s##S(                     \
-        const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K, GEMM_NORM_PARAMS) {             \
-        gemm_stream_body<R, S, BK, STAGES>(x, w, y, M, N, K, GEMM_NORM_ARGS);                                          \
+// ROLE: empty (a plain product) or _finish (NormRole).
+#define GEMM_STREAM(R, BK, STAGES, ROLE, S, CLUSTER)                                                                   \
+    extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_r##R##_k##BK##_s##S##ROLE(               \
+        const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K NORM_PARAMS_##ROLE) {            \
+        gemm_stream_body<R, S, BK, STAGES, false, NORM_ROLE_##ROLE>(x, w, y, M, N, K, NORM_ARGS_##ROLE);              \
     }
 // KERNEL(..., S, CLUSTER) for every split-K cluster size along grid y (1, 2, 4, 8), for gemm_stream and gemm_wgmma
 #define SPLIT_K_CLUSTERS(KERNEL, ...)                    \
@@ -362,24 +374,28 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     KERNEL(__VA_ARGS__, 2, __cluster_dims__(1, 2, 1))     \
     KERNEL(__VA_ARGS__, 4, __cluster_dims__(1, 4, 1))     \
     KERNEL(__VA_ARGS__, 8, __cluster_dims__(1, 8, 1))
-#define GEMM_STREAM_CLUSTERS(R, BK, STAGES) SPLIT_K_CLUSTERS(GEMM_STREAM, R, BK, STAGES)
-GEMM_STREAM_CLUSTERS(8, 128, 3)
-GEMM_STREAM_CLUSTERS(16, 128, 3)
-GEMM_STREAM_CLUSTERS(8, 64, 4)   // K a multiple of 64, not of 128
-GEMM_STREAM_CLUSTERS(16, 64, 4)
-GEMM_STREAM_CLUSTERS(32, 64, 4)
-GEMM_STREAM_CLUSTERS(64, 64, 4)
+#define GEMM_STREAM_CLUSTERS(R, BK, STAGES, ...) SPLIT_K_CLUSTERS(GEMM_STREAM, R, BK, STAGES, __VA_ARGS__)
+GEMM_STREAM_CLUSTERS(8, 128, 3, )
+GEMM_STREAM_CLUSTERS(16, 128, 3, )
+GEMM_STREAM_CLUSTERS(8, 64, 4, )   // K a multiple of 64, not of 128
+GEMM_STREAM_CLUSTERS(16, 64, 4, )
+GEMM_STREAM_CLUSTERS(32, 64, 4, )
+GEMM_STREAM_CLUSTERS(64, 64, 4, )
+GEMM_STREAM_CLUSTERS(8, 128, 3, _finish)
+GEMM_STREAM_CLUSTERS(16, 128, 3, _finish)
 // gemm_stream_glu_r{R}_k128_s{S}: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight, up to
 // 16 rows (the gate/up product of a decode step where gemm_wgmma_glu_w* does not serve): grid (ceil(I / 64), S,
 // ceil(M / R)), otherwise gemm_stream's launch. The [M, 2I] fp32 product never reaches memory, and silu_mul's
 // launch is saved.
-#define GEMM_STREAM_GLU(R, BK, STAGES, S, CLUSTER)                                                                     \
-    extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_glu_r##R##_k##BK##_s##S(                 \
-        const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* act, int M, int I, int K, GEMM_NORM_PARAMS) {  \
-        gemm_stream_body<R, S, BK, STAGES, true>(x, w, act, M, I, K, GEMM_NORM_ARGS);                                  \
+#define GEMM_STREAM_GLU(R, BK, STAGES, ROLE, S, CLUSTER)                                                               \
+    extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_glu_r##R##_k##BK##_s##S##ROLE(           \
+        const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* act, int M, int I, int K NORM_PARAMS_##ROLE) {  \
+        gemm_stream_body<R, S, BK, STAGES, true, NORM_ROLE_##ROLE>(x, w, act, M, I, K, NORM_ARGS_##ROLE);             \
     }
-SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 8, 128, 3)
-SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 16, 128, 3)
+SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 8, 128, 3, )
+SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 16, 128, 3, )
+SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 8, 128, 3, _finish)
+SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 16, 128, 3, _finish)
 
 // C fragments of four m16 tiles (rows m_base ..) and one n8 tile (columns n0 ..) to y [M, N], bounds-checked.
 __device__ __forceinline__ void store_tiles(float* __restrict__ y, const float (*acc)[4], int m_base, int n0, int M, int N,
@@ -487,7 +503,7 @@ struct WgmmaRing {
     }
 };
 
-template <int WGS, int XROWS, int STAGES, int S, bool GLU = false>
+template <int WGS, int XROWS, int STAGES, int S, bool GLU, NormRole NORM>
 __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K,
                                 const GemmNorm& norm) {
     static_assert(!GLU || (WGS % 2 == 0 && S == 1), "the gated epilogue pairs gate and up warpgroups' rows in one block");
@@ -505,8 +521,8 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     float acc[XROWS / 8][4] = {};  // a consumer's 64 weight rows x the XROWS x rows (m16n8 C fragments stacked)
     NormPrefetch<THREADS> pre;
     auto prefetch = [&] {  // right after pdl_wait: the norm's values for the end (GemmNorm), under the products
-        if (norm.scale_partials) pre.partials(norm.scale_partials, M * norm.scale_blocks);
-        else if (norm.x_out) pre.residual(norm, M, N, n0 + blockIdx.y * (ROWS / S), ROWS / S, ROWS / S * XROWS);
+        if constexpr (NORM == NORM_FINISH) pre.partials(norm.scale_partials, M * norm.scale_blocks);
+        if constexpr (NORM == NORM_BEGIN) pre.residual(norm, M, N, n0 + blockIdx.y * (ROWS / S), ROWS / S, ROWS / S * XROWS);
     };
     if (group == WGS) {
         if (lane == 0) {
@@ -559,7 +575,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
                 red[(8 * j + 2 * t + (e & 1)) * RED_STRIDE + group * 64 + warp % 4 * 16 + g + 8 * (e >> 1)] = acc[j][e];
     __syncthreads();
     float* scales = nullptr;  // the norm before this product (GemmNorm): its rows' scales, after the reduction buffer
-    if (norm.scale_partials) {
+    if constexpr (NORM == NORM_FINISH) {
         scales = red + XROWS * RED_STRIDE;
         row_scales<THREADS>(norm, norm.scale_partials, pre, M, K, scales + XROWS, scales);
     }
@@ -567,7 +583,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
         store_cluster_glu<1, XROWS, RED_STRIDE, THREADS, ROWS / 2>(red, reinterpret_cast<__nv_bfloat16*>(out), M, N, n0, scales);
         return;
     }
-    if (norm.x_out)  // the norm after this product
+    if constexpr (NORM == NORM_BEGIN)  // the norm after this product
         store_cluster_norm<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, norm, pre, M, N, n0, red + XROWS * RED_STRIDE);
     else
         store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out), M, N, n0, scales);
@@ -582,31 +598,36 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
 // notes/gemm_xrows_ab_h100_stop37.log). Rings that leave room for a second block an SM, so that the next call's
 // blocks copy their first stages beside this one's, and x in a shallow ring of its own were slower (same log).
 // Two warpgroups serve the rest (gate/up, LM head), two blocks an SM: 4 stages, 96 KB.
-#define GEMM_WGMMA(WGS, XROWS, STAGES, S, CLUSTER)                                                                   \
-    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_x##XROWS##_s##S(    \
-        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K, \
-        GEMM_NORM_PARAMS) {                                                                                           \
-        gemm_wgmma_body<WGS, XROWS, STAGES, S>(w_map, x_map, y, M, N, K, GEMM_NORM_ARGS);                             \
+// ROLE: empty (a plain product), _finish or _begin (NormRole).
+#define GEMM_WGMMA(WGS, XROWS, STAGES, ROLE, S, CLUSTER)                                                             \
+    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_x##XROWS##_s##S##ROLE( \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K \
+            NORM_PARAMS_##ROLE) {                                                                                     \
+        gemm_wgmma_body<WGS, XROWS, STAGES, S, false, NORM_ROLE_##ROLE>(w_map, x_map, y, M, N, K, NORM_ARGS_##ROLE); \
     }
-#define GEMM_WGMMA_CLUSTERS(WGS, XROWS, STAGES) SPLIT_K_CLUSTERS(GEMM_WGMMA, WGS, XROWS, STAGES)
-GEMM_WGMMA_CLUSTERS(1, 64, 13)
-GEMM_WGMMA_CLUSTERS(1, 32, 18)
-GEMM_WGMMA_CLUSTERS(1, 16, 22)
-GEMM_WGMMA_CLUSTERS(2, 64, 4)
+#define GEMM_WGMMA_CLUSTERS(WGS, XROWS, STAGES, ...) SPLIT_K_CLUSTERS(GEMM_WGMMA, WGS, XROWS, STAGES, __VA_ARGS__)
+GEMM_WGMMA_CLUSTERS(1, 64, 13, )
+GEMM_WGMMA_CLUSTERS(1, 32, 18, )
+GEMM_WGMMA_CLUSTERS(1, 16, 22, )
+GEMM_WGMMA_CLUSTERS(2, 64, 4, )
+GEMM_WGMMA_CLUSTERS(1, 16, 22, _finish)
+GEMM_WGMMA_CLUSTERS(1, 16, 22, _begin)
 // gemm_wgmma_glu_w{WGS}: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight (64-row
 // boxes), 32 WGS gate columns a block; grid ceil(I / (32 WGS)), block 128 WGS + 32, STAGES x (64 WGS + 64) x 128 +
 // 1024 + 16 STAGES bytes of dynamic shared memory. w2: two blocks an SM, the ring of gemm_wgmma_w2. w4: one block an
 // SM, 5 stages (200 KB), for gate/up weights of at most a 128-column tile an SM: 8B gate/up (112 blocks) at 17 rows
 // 71.3 -> 63.0 µs, at 32 65.4 -> 63.6, at 64 level (64.1) on an H200 (notes/glu_groups_h200_stop41.log). Where it
 // gains, the w2 kernel's 64-row x boxes are mostly TMA zero fill, two a stage an SM against w4's one.
-#define GEMM_WGMMA_GLU(WGS, STAGES, MIN_BLOCKS)                                                                      \
-    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, MIN_BLOCKS) gemm_wgmma_glu_w##WGS(                 \
-        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K, \
-        GEMM_NORM_PARAMS) {                                                                                           \
-        gemm_wgmma_body<WGS, 64, STAGES, 1, true>(w_map, x_map, act, M, I, K, GEMM_NORM_ARGS);                        \
+#define GEMM_WGMMA_GLU(WGS, STAGES, MIN_BLOCKS, ROLE)                                                                \
+    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, MIN_BLOCKS) gemm_wgmma_glu_w##WGS##ROLE(           \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K \
+            NORM_PARAMS_##ROLE) {                                                                                     \
+        gemm_wgmma_body<WGS, 64, STAGES, 1, true, NORM_ROLE_##ROLE>(w_map, x_map, act, M, I, K, NORM_ARGS_##ROLE);    \
     }
-GEMM_WGMMA_GLU(2, 4, 2)
-GEMM_WGMMA_GLU(4, 5, 1)
+GEMM_WGMMA_GLU(2, 4, 2, )
+GEMM_WGMMA_GLU(4, 5, 1, )
+GEMM_WGMMA_GLU(2, 4, 2, _finish)
+GEMM_WGMMA_GLU(4, 5, 1, _finish)
 
 // gemm_wgmma_tiles_w{WGS}_x{XROWS} (sm_90a): gemm_wgmma without split-K (S = 1) for weights of many more tiles
 // than blocks (the LM heads), on persistent blocks: block b takes tiles b, b + gridDim.x, ... and its producer
@@ -673,8 +694,7 @@ __device__ void gemm_wgmma_tiles_body(const TensorMap& w_map, const TensorMap& x
 }
 #define GEMM_WGMMA_TILES(WGS, XROWS, STAGES)                                                                          \
     extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) gemm_wgmma_tiles_w##WGS##_x##XROWS(              \
-        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K, \
-        GEMM_NORM_PARAMS) { /* (the LM heads: no norm) */                                                             \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { \
         gemm_wgmma_tiles_body<WGS, XROWS, STAGES>(w_map, x_map, y, M, N, K);                                          \
     }
 GEMM_WGMMA_TILES(2, 64, 4)

@@ -190,8 +190,9 @@ class DevicePlan:
 
 
 NORM_SPLIT_ROWS = 4  # the most rows for which linear_norm splits the norm across two products (norm_split)
-# kernels/gemm.cu's GemmNorm arguments of a plain product (GEMM_NORM_PARAMS: no norm before or after it)
-NO_NORM = (np.uint64(0), np.int32(0), np.float32(0), np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0))
+# A product's part in a split norm (kernels/gemm.cu, NormRole) as (its kernels' name suffix, their further arguments):
+# a plain product has none ("_finish": NormedRows.finish; "_begin": linear_norm)
+NO_NORM = ("", ())
 
 
 @dataclass
@@ -210,9 +211,9 @@ class NormedRows:
     def shape(self):
         return self.x.shape
 
-    def scale_args(self) -> tuple:
-        """GEMM_NORM_PARAMS of the product after the norm."""
-        return (self.partials, np.int32(self.partials.shape[1]), np.float32(self.eps)) + NO_NORM[3:]
+    def finish(self) -> tuple:
+        """The product after the norm: its kernel's suffix and NORM_PARAMS__finish."""
+        return "_finish", (self.partials, np.int32(self.partials.shape[1]), np.float32(self.eps))
 
     def materialise(self, backend):
         """h in the storage type, as add_rmsnorm forms it from the residual (the same bits as the unsplit norm)."""
@@ -688,36 +689,43 @@ class CudaBackend:
         G, S = self.wgmma_shape(N, K, M)
         h, residual_out = cp.empty((M, N), dtype=self.store_dtype), cp.empty((M, N), dtype=cp.float32)
         partials = cp.empty((M, -(-N // 64) * S), dtype=cp.float32)
-        norm = NO_NORM[:3] + (np.uint64(0) if residual is None else residual, residual_out, norm_weight, h, partials)
-        self.gemm_wgmma(x, weight, np.uint64(0), norm)
+        begin = ("_begin", (np.uint64(0) if residual is None else residual, residual_out, norm_weight, h, partials))
+        self.gemm_wgmma(x, weight, np.uint64(0), begin)
         return NormedRows(h, partials, eps, residual_out, norm_weight), residual_out
 
     def norm_split(self, M: int, N: int, K: int) -> bool:
         """Whether linear_norm splits the RMSNorm across the products around it: up to NORM_SPLIT_ROWS rows, where
-        linear takes gemm_wgmma of one warpgroup a block in one pass of blocks (not gemm_wgmma_tiles), bf16 (the 8B
-        O and down products of a decode step). Measured on an H200, 8B step at 512 keys, by turns
+        linear takes gemm_wgmma of one warpgroup a block (wgmma_takes_norm), bf16 (the 8B O and down products of a
+        decode step). Measured on an H200, 8B step at 512 keys, by turns
         (notes/norm_in_gemm_h200_stop47.log): plain decode 4.331 -> 4.220 ms, one step ahead 4.305 -> 4.175; at 16-64
         rows 7-12% slower (each block of the product after loads M x 128 partials, most at its end). 2-4 rows are
-        not measured. gemm_norm forces it off, or on wherever gemm_wgmma can run (tests)."""
-        if self.gemm_norm is False or not (self.bf16 and self.hopper and 0 < M <= 64 and K % 64 == 0):
+        not measured. gemm_norm forces it off, or on wherever wgmma_takes_norm (tests)."""
+        if self.gemm_norm is False or not (self.bf16 and self.hopper):
             return False
         if self.gemm_norm is None and not (M <= NORM_SPLIT_ROWS and self.own_gemm_chosen(M, N, K) and self.own_kernel(M, N, K) == "wgmma"):
             return False
+        return self.wgmma_takes_norm(M, N, K)
+
+    def wgmma_takes_norm(self, M: int, N: int, K: int) -> bool:
+        """Whether gemm_wgmma for x [M, K], W [N, K] has kernels that begin or finish a split norm (kernels/gemm.cu
+        builds them for one warpgroup a block in 16-row x boxes, one pass of blocks)."""
+        if not (0 < M <= 16 and K % 64 == 0):
+            return False
         G, S = self.wgmma_shape(N, K, M)
         X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
-        return G == 1 and M <= X and (G, X) in WGMMA_GEMM_STAGES and K % (64 * S) == 0 and not self.wgmma_persistent(-(-N // 64), G, X, S)
+        return (G, X) == (1, 16) and K % (64 * S) == 0 and not self.wgmma_persistent(-(-N // 64), G, X, S)
 
     def linear(self, x, weight):
         """y fp32 [M, N] = x[M, K] W[N, K]^T: the own weight-streaming kernel or cuBLAS (bf16), cuBLAS through CuPy
-        (float32). x may be NormedRows (linear_norm): gemm_wgmma and gemm_stream finish the norm in their end, other
-        kernels take it materialised."""
+        (float32). x may be NormedRows (linear_norm): the kernels that can (finishes_norm) finish the norm in their
+        end, others take it materialised."""
         cp = self.cp
         M, K = x.shape
         N = weight.shape[0]
         kernel = self.own_kernel(M, N, K) if self.bf16 and self.own_gemm_chosen(M, N, K) else "cublas"
         norm = NO_NORM
         if isinstance(x, NormedRows):
-            x, norm = (x.x, x.scale_args()) if self.finishes_norm(kernel, M, N, K) else (x.materialise(self), NO_NORM)
+            x, norm = (x.x, x.finish()) if self.finishes_norm(kernel, M, N, K) else (x.materialise(self), NO_NORM)
         self._check(x, self.store_dtype, 2, "linear input")
         if weight.shape[1] != K:
             raise ValueError(f"linear: x has K = {K}, weight is {weight.shape}")
@@ -763,7 +771,7 @@ class CudaBackend:
     def gemm_stream(self, x, weight, y, norm: tuple = NO_NORM) -> None:
         """gemm_stream_r{R}_k{BK}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: R staged x rows (one launch
         row-tile), BK k per ring stage, S blocks of a cluster share K and sum their parts on chip. norm: GemmNorm's
-        arguments (NormedRows.scale_args: the rows' norm finished at the end)."""
+        part in a split norm (NormedRows.finish: the rows' norm finished at the end)."""
         self.launch_stream("gemm_stream", x, weight, y, weight.shape[0], norm)
 
     def stream_launch_shape(self, M: int, N: int, K: int) -> tuple[int, int, int, int]:
@@ -774,7 +782,7 @@ class CudaBackend:
 
     def launch_stream(self, name: str, x, weight, out, columns: int, norm: tuple = NO_NORM) -> None:
         """A gemm_stream kernel (plain or gated) on x [M, K] and W [N, K] into out [M, columns]: grid (N / 128
-        weight tiles, S, x row tiles)."""
+        weight tiles, S, x row tiles). norm: its part in a split norm (NO_NORM, or NormedRows.finish)."""
         M, K = x.shape
         N = weight.shape[0]
         if not stream_fits(N, K):
@@ -782,10 +790,13 @@ class CudaBackend:
         R, S, BK, stages = self.stream_launch_shape(M, N, K)
         if K % (BK * S):
             raise ValueError(f"{name}: K = {K} is not a multiple of {BK} x {S} blocks per cluster")
+        suffix, norm_args = norm
+        if suffix and BK != 128:
+            raise ValueError(f"{name}: only the k 128 kernels take a split norm (R = {R}, k {BK})")
         shared = stages * (STREAM_ROWS + R) * BK * 2
-        kernel = self.kernel("gemm.cu", f"{name}_r{R}_k{BK}_s{S}")
+        kernel = self.kernel("gemm.cu", f"{name}_r{R}_k{BK}_s{S}{suffix}")
         allow_shared(kernel, shared)
-        args = (x, weight, out, np.int32(M), np.int32(columns), np.int32(K), *norm)
+        args = (x, weight, out, np.int32(M), np.int32(columns), np.int32(K), *norm_args)
         self.launch(kernel, (-(-N // STREAM_ROWS), S, -(-M // R)), (256,), args, shared)
 
     def wgmma_gemm_fits(self, M: int, N: int, K: int) -> bool:
@@ -809,7 +820,8 @@ class CudaBackend:
     def gemm_wgmma(self, x, weight, y, norm: tuple = NO_NORM) -> None:
         """gemm_wgmma_w{G}_x{X}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: G warpgroups of 64 weight rows a block, x
         in X-row boxes (wgmma_xrows), S blocks of a cluster share K and sum their parts on chip; W and x reach shared
-        memory by TMA. norm: GemmNorm's arguments (a norm finished at the end, or begun: linear_norm)."""
+        memory by TMA. norm: its part in a split norm (NO_NORM; NormedRows.finish; linear_norm's begin), where
+        wgmma_takes_norm."""
         M, K = x.shape
         N = weight.shape[0]
         if not (self.hopper and 0 < M <= 64 and K % 64 == 0):
@@ -820,24 +832,21 @@ class CudaBackend:
         X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
         if M > X or (G, X) not in WGMMA_GEMM_STAGES:
             raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups a block takes {M} rows in {X}-row x boxes")
+        if norm != NO_NORM and not self.wgmma_takes_norm(M, N, K):
+            raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups in {X}-row x boxes takes a split norm")
         tiles = -(-N // (64 * G))
         if self.wgmma_persistent(tiles, G, X, S):
-            if norm is not NO_NORM:
-                raise ValueError("gemm_wgmma: the persistent kernel (gemm_wgmma_tiles) does not take a split norm")
             name, grid = f"gemm_wgmma_tiles_w{G}_x{X}", (min(tiles, 2 * self.sm_count),)
         else:
             name, grid = f"gemm_wgmma_w{G}_x{X}_s{S}", (tiles, S)
         self.launch_wgmma(name, G, X, grid, x, weight, 64 * G, y, N, norm=norm)
 
     def finishes_norm(self, kernel: str, M: int, N: int, K: int) -> bool:
-        """Whether linear's kernel for x [M, K], W [N, K] can finish a split norm (NormedRows) at its end: gemm_stream,
-        and gemm_wgmma in one pass of blocks (its persistent form, the LM heads', does not)."""
+        """Whether linear's kernel for x [M, K], W [N, K] can finish a split norm (NormedRows) at its end: gemm_stream
+        in k 128 stages (up to 16 rows), and gemm_wgmma where wgmma_takes_norm (kernels/gemm.cu builds no others)."""
         if kernel == "stream":
-            return True
-        if kernel != "wgmma":
-            return False
-        G, S = self.wgmma_shape(N, K, M)
-        return not self.wgmma_persistent(-(-N // (64 * G)), G, self.gemm_wgmma_xrows or wgmma_xrows(M, G), S)
+            return self.stream_launch_shape(M, N, K)[2] == 128
+        return kernel == "wgmma" and self.wgmma_takes_norm(M, N, K)
 
     def wgmma_persistent(self, tiles: int, G: int, X: int, S: int) -> bool:
         """Whether gemm_wgmma runs as gemm_wgmma_tiles (persistent blocks, two an SM, each over several tiles): forced
@@ -858,8 +867,8 @@ class CudaBackend:
     def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int, stages: int = 0,
                      norm: tuple = NO_NORM) -> None:
         """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
-        descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it). norm:
-        GemmNorm's arguments."""
+        descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it). norm: its
+        part in a split norm (kernels/gemm.cu's NormRole: the kernel's name suffix and further arguments)."""
         M, K = x.shape
         promotion = self.gemm_promotion(M, G)
         w_map = self.tensor_maps.get((weight,), (box_rows, promotion))
@@ -867,11 +876,11 @@ class CudaBackend:
             w_map = self.tensor_maps.put((weight,), (box_rows, promotion),
                                          tensor_map.swizzled_rows(weight, weight.shape[0], K, box_rows, promotion=promotion))
         x_map = tensor_map.swizzled_rows(x, M, K, X, promotion=promotion)  # X-row boxes, rows past M read as zeros
-        kernel = self.kernel("gemm.cu", name)
+        kernel = self.kernel("gemm.cu", name + norm[0])
         stages = stages or WGMMA_GEMM_STAGES[G, X]
         shared = stages * (64 * G + X) * 64 * 2 + 1024 + 16 * stages  # the ring (W and x stages), alignment, barriers
         allow_shared(kernel, shared)
-        self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K), *norm), shared)
+        self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K), *norm[1]), shared)
 
     def gemm_promotion(self, M: int, G: int = 1) -> int:
         """The bytes an L2 miss of gemm_wgmma's TMA boxes (64-128 weight rows of 128 bytes, 2K bytes apart) fetches at
@@ -939,7 +948,7 @@ class CudaBackend:
         glu = self.glu_kernel(M, N2, K)
         if glu is None:
             return self.silu_mul(self.linear(h, w_gate_up))
-        h, norm = (h.x, h.scale_args()) if isinstance(h, NormedRows) else (h, NO_NORM)
+        h, norm = (h.x, h.finish()) if isinstance(h, NormedRows) else (h, NO_NORM)  # (both gated kernels finish it)
         self._check(h, self.store_dtype, 2, "gate_up_silu input")
         I = N2 // 2
         act = self.cp.empty((M, I), dtype=self.store_dtype)

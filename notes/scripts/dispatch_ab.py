@@ -47,10 +47,13 @@ them).
   nowg       the mma.sync attention kernel where the rule takes the wgmma one (T = 32, 64 at 512 keys), so that its
              shares merge in a cluster (attention_merge_cluster) instead of in attention_merge's launch (stop 47:
              T = 64 5.169 -> 5.457 ms, T = 32 4.759 -> 4.839: the merge's launch costs less than the kernel gains)
+  basegemm   gemm.cu compiled from the text in $BASE_GEMM (kernel_source's inlined text of another build, whose
+             kernels take the same arguments or a prefix of them): the kernels alone A/B'd under the same rules
   A+B        both
 
     PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
 """
+import os
 import sys
 
 import numpy as np
@@ -120,6 +123,19 @@ def use_evict(on: bool) -> None:
                 return swap(text, "tma_load(ring.expect(i), &w_map,", "tma_load_once(ring.expect(i), &w_map,")
             evict_module[on] = backend_with_edit("gemm.cu", "gemm_wgmma_w1_x16_s1", edit).modules["gemm.cu"]
     be.modules["gemm.cu"] = evict_module[on]
+    for name in [k for k in be.functions if k[0] == "gemm.cu"]:
+        del be.functions[name]
+
+
+base_module = {}
+
+
+def use_base_gemm() -> None:
+    """gemm.cu compiled from $BASE_GEMM's text, swapped into `be` (extra trailing launch arguments are ignored)."""
+    if not base_module:
+        text = open(os.environ["BASE_GEMM"]).read()
+        base_module[0] = backend_with_edit("gemm.cu", "gemm_wgmma_w1_x16_s1", lambda _: text).modules["gemm.cu"]
+    be.modules["gemm.cu"] = base_module[0]
     for name in [k for k in be.functions if k[0] == "gemm.cu"]:
         del be.functions[name]
 
@@ -213,6 +229,8 @@ def apply(variant: str) -> None:
             be.attention_splits = int(part[5:])
         elif part == "notrig":
             be.attention_early_trigger = False
+        elif part == "basegemm":
+            use_base_gemm()
         elif part == "rings2":  # one-warpgroup rings small enough for two blocks an SM
             use_rings({**COMMITTED_RINGS, **SMALL_RINGS})
         elif part != "rule":
