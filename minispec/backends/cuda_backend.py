@@ -696,10 +696,10 @@ class CudaBackend:
     def norm_split(self, M: int, N: int, K: int) -> bool:
         """Whether linear_norm splits the RMSNorm across the products around it: up to NORM_SPLIT_ROWS rows, where
         linear takes gemm_wgmma of one warpgroup a block (wgmma_takes_norm), bf16 (the 8B O and down products of a
-        decode step). Measured on an H200, 8B step at 512 keys, by turns
-        (notes/norm_in_gemm_h200_stop47.log): plain decode 4.331 -> 4.220 ms, one step ahead 4.305 -> 4.175; at 16-64
-        rows 7-12% slower (each block of the product after loads M x 128 partials, most at its end). 2-4 rows are
-        not measured. gemm_norm forces it off, or on wherever wgmma_takes_norm (tests)."""
+        decode step). Measured on an H200, 8B step at 512 keys, by turns (notes/norm_split_h200_stop48.log): plain
+        decode 4.300 -> 4.115 ms, one step ahead 4.236 -> 4.085, a decode step of 4 sequences 4.557 -> 4.375; split
+        up to 16 rows too, a T = 16 tree step 4.573 -> 4.705 (each block of the product after loads 16 x 128
+        partials at its end). gemm_norm forces it off, or on wherever wgmma_takes_norm (tests)."""
         if self.gemm_norm is False or not (self.bf16 and self.hopper):
             return False
         if self.gemm_norm is None and not (M <= NORM_SPLIT_ROWS and self.own_gemm_chosen(M, N, K) and self.own_kernel(M, N, K) == "wgmma"):

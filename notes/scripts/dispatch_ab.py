@@ -44,6 +44,8 @@ them).
              most RoPE and the KV write folded into the qkv GEMM's epilogue could save
   normoff    the RMSNorms after O and down as launches of their own (add_rmsnorm; before stop 47, norm_split has
              those products begin the norm and the products after them finish it)
+  normon     the RMSNorm split wherever kernels/gemm.cu has its kernels (gemm_norm True: up to 16 rows), not only
+             up to NORM_SPLIT_ROWS
   nowg       the mma.sync attention kernel where the rule takes the wgmma one (T = 32, 64 at 512 keys), so that its
              shares merge in a cluster (attention_merge_cluster) instead of in attention_merge's launch (stop 47:
              T = 64 5.169 -> 5.457 ms, T = 32 4.759 -> 4.839: the merge's launch costs less than the kernel gains)
@@ -221,6 +223,8 @@ def apply(variant: str) -> None:
             be.rope_write_kv = rope_write_kv
         elif part == "normoff":
             be.gemm_norm = False
+        elif part == "normon":
+            be.gemm_norm = True
         elif part == "nowg":
             be.attention_wgmma = False
         elif part == "nocmerge":
