@@ -58,18 +58,148 @@ __device__ __forceinline__ float cluster_sum(const float* local) {
     return sum;
 }
 
+// The RMSNorm between two products, split so that neither waits for a grid-wide sum (GemmNorm; rows of N = K'
+// columns, h = r / sqrt(mean(r^2) + eps) * weight, r = y + residual the residual stream):
+// - the product before it (gemm_wgmma, NORM_BEGIN) adds the residual to its columns of y (r -> residual_out),
+//   writes x' = bf16(r * weight) (x_out), and each block the sum of its columns' r^2 of each row (warp_row_sum)
+//   (partials_out [M][blocks]), and leaves at once;
+// - the product after it (gemm_wgmma, gemm_stream, their gated forms; NORM_FINISH) runs on x' and, at its
+//   end, scales each row's sums by s = rsqrt(sum of the row's partials (warp_row_sum) / K + eps): y = s (x' W^T)
+//   (the gated end: silu(s gate) * (s up)).
+// So the norm's launch, and the waits for it, are gone, and no block waits for another. h W^T is formed as
+// s (bf16(r weight) W^T) instead of bf16(r s weight) W^T: the same rounding, at another place (not add_rmsnorm's
+// bits).
+struct GemmNorm {
+    const float* scale_partials;  // the product after: the rows' partial sums [M][scale_blocks]
+    int scale_blocks;
+    float eps;
+    const float* residual;        // the product before: [M, N] or nullptr (the first layer)
+    float* residual_out;          // [M, N]
+    const float* weight;          // [N]
+    __nv_bfloat16* x_out;         // [M, N]: x'
+    float* partials_out;          // [M][gridDim.x S]
+};
+// A product's part in it, a template argument, so that a plain product's kernel has none of this code: the kernels
+// that finish a norm are the plain ones' names with "_finish" and three more arguments, those that begin one with
+// "_begin" and five (NORM_PARAMS_<suffix>). Built only where the split serves (cuda_backend.norm_split and
+// finishes_norm): gemm_wgmma of one warpgroup in 16-row boxes, gemm_stream and gemm_stream_glu in k 128 stages,
+// gemm_wgmma_glu.
+enum NormRole { NORM_NONE, NORM_FINISH, NORM_BEGIN };
+#define NORM_ROLE_ NORM_NONE
+#define NORM_PARAMS_
+#define NORM_ARGS_ GemmNorm{}
+#define NORM_ROLE__finish NORM_FINISH
+#define NORM_PARAMS__finish , const float *scale_partials, int scale_blocks, float eps
+#define NORM_ARGS__finish GemmNorm{scale_partials, scale_blocks, eps, nullptr, nullptr, nullptr, nullptr, nullptr}
+#define NORM_ROLE__begin NORM_BEGIN
+#define NORM_PARAMS__begin , const float *residual, float *residual_out, const float *norm_weight, __nv_bfloat16 *x_out, float *partials_out
+#define NORM_ARGS__begin GemmNorm{nullptr, 0, 0.0f, residual, residual_out, norm_weight, x_out, partials_out}
+
+// The sum of values[0 .. count) in one fixed order, by a warp: lane l adds values l, l + 32, .. in turn, then a xor
+// butterfly; every lane gets it, and every block that sums the same values gets the same bits.
+__device__ __forceinline__ float warp_row_sum(const float* values, int count) {
+    float sum = 0.0f;
+    for (int i = threadIdx.x % 32; i < count; i += 32) sum += values[i];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    return sum;
+}
+
+// What a thread loads right after pdl_wait for the norm work at the kernel's end, so that the L2 round trip runs
+// under the products: in the product after a norm, its share of the rows' partial sums (p = tid + j THREADS); in
+// the product before one, the residual and weight of its store items (store_cluster_norm's e = tid + j THREADS).
+// Up to NORM_PREFETCH values each; the rest are loaded at the end.
+#define NORM_PREFETCH 4
+template <int THREADS>
+struct NormPrefetch {
+    float a[NORM_PREFETCH], b[NORM_PREFETCH];
+    __device__ __forceinline__ void partials(const float* from, int count) {
+#pragma unroll
+        for (int j = 0; j < NORM_PREFETCH; j++) {
+            const int p = threadIdx.x + j * THREADS;
+            a[j] = p < count ? from[p] : 0.0f;
+        }
+    }
+    __device__ __forceinline__ void residual(const GemmNorm& g, int M, int N, int col0, int slice, int items) {
+#pragma unroll
+        for (int j = 0; j < NORM_PREFETCH; j++) {
+            const int e = threadIdx.x + j * THREADS, m = e / slice, n = col0 + e % slice;
+            const bool item = e < items && m < M && n < N;
+            a[j] = item && g.residual ? g.residual[(long long)m * N + n] : 0.0f;
+            b[j] = item ? g.weight[n] : 0.0f;
+        }
+    }
+};
+
+// The product after: scales[m] for rows m < M (shared memory), from the partials (`from`, prefetched in part)
+// through `buffer` (M scale_blocks floats of shared memory), then each row summed by a warp (warp_row_sum).
+template <int THREADS>
+__device__ __forceinline__ void row_scales(const GemmNorm& g, const float* from, const NormPrefetch<THREADS>& pre, int M, int K,
+                                           float* buffer, float* scales) {
+    const int count = M * g.scale_blocks;
+#pragma unroll
+    for (int j = 0; j < NORM_PREFETCH; j++) {
+        const int p = threadIdx.x + j * THREADS;
+        if (p < count) buffer[p] = pre.a[j];
+    }
+#pragma unroll 8
+    for (int p = threadIdx.x + NORM_PREFETCH * THREADS; p < count; p += THREADS) buffer[p] = from[p];
+    __syncthreads();
+    for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row (not a thread: 128 dependent adds)
+        const float sum = warp_row_sum(buffer + m * g.scale_blocks, g.scale_blocks);
+        if (threadIdx.x % 32 == 0) scales[m] = rsqrtf(sum / K + g.eps);
+    }
+    __syncthreads();
+}
+
 // The end of a split-K block, for gemm_stream and gemm_wgmma: red [XROWS][RED_STRIDE] holds this block's sums
 // red[m][row] of y[m][n0 + row]; cluster rank r adds rows r ROWS / S .. of the S blocks' buffers (cluster_sum) and
 // writes them to y, coalesced along N. With S = 1 the block writes its own sums.
+// scales: the rows' norm scales (row_scales), or nullptr.
 template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
-__device__ __forceinline__ void store_cluster_sums(const float* red, float* __restrict__ y, int M, int N, int n0) {
+__device__ __forceinline__ void store_cluster_sums(const float* red, float* __restrict__ y, int M, int N, int n0,
+                                                   const float* scales = nullptr) {
     if constexpr (S > 1) cluster_sync();  // every block's sums are in its shared memory
     constexpr int SLICE = ROWS / S;
     const int rank = blockIdx.y;  // the cluster spans grid y, so this is the cluster rank
     for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
         const int m = e / SLICE, row = rank * SLICE + e % SLICE;
         if (m >= M || n0 + row >= N) continue;
-        y[(long long)m * N + n0 + row] = cluster_sum<S>(red + m * RED_STRIDE + row);
+        const float sum = cluster_sum<S>(red + m * RED_STRIDE + row);
+        y[(long long)m * N + n0 + row] = scales ? scales[m] * sum : sum;
+    }
+    if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
+}
+
+// The product before a norm (GemmNorm, x_out set): as store_cluster_sums, r = y + residual to residual_out, x' to
+// x_out, and the block's partial sums of r^2 (its columns by warp_row_sum; squares: XROWS x ROWS / S floats of
+// shared memory) to partials_out[m][bx S + rank].
+template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
+__device__ __forceinline__ void store_cluster_norm(const float* red, const GemmNorm& g, const NormPrefetch<THREADS>& pre, int M,
+                                                   int N, int n0, float* squares) {
+    if constexpr (S > 1) cluster_sync();
+    constexpr int SLICE = ROWS / S, ITEMS = (SLICE * XROWS + THREADS - 1) / THREADS;
+    const int rank = blockIdx.y, block = blockIdx.x * S + rank;
+#pragma unroll
+    for (int j = 0; j < ITEMS; j++) {
+        const int e = threadIdx.x + j * THREADS, m = e / SLICE, row = rank * SLICE + e % SLICE;
+        if (e >= SLICE * XROWS) break;
+        float square = 0.0f;
+        if (m < M && n0 + row < N) {
+            const long long at = (long long)m * N + n0 + row;
+            const float residual = j < NORM_PREFETCH ? pre.a[j] : g.residual ? g.residual[at] : 0.0f;
+            const float weight = j < NORM_PREFETCH ? pre.b[j] : g.weight[n0 + row];
+            const float r = cluster_sum<S>(red + m * RED_STRIDE + row) + residual;
+            g.residual_out[at] = r;
+            g.x_out[at] = __float2bfloat16_rn(r * weight);
+            square = r * r;
+        }
+        squares[e] = square;
+    }
+    __syncthreads();
+    for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row
+        const float sum = warp_row_sum(squares + m * SLICE, SLICE);
+        if (threadIdx.x % 32 == 0) g.partials_out[(long long)m * gridDim.x * S + block] = sum;
     }
     if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
 }
@@ -79,14 +209,16 @@ __device__ __forceinline__ void store_cluster_sums(const float* red, float* __re
 // cluster writes act [M, I] columns c0 + r HALF / S .. in bf16 as silu(gate) * up, the expression of elementwise.cu's
 // silu_mul on the same fp32 sums, so the bits are those of the GEMM followed by silu_mul.
 template <int S, int XROWS, int RED_STRIDE, int THREADS, int HALF>
-__device__ __forceinline__ void store_cluster_glu(const float* red, __nv_bfloat16* __restrict__ act, int M, int I, int c0) {
+__device__ __forceinline__ void store_cluster_glu(const float* red, __nv_bfloat16* __restrict__ act, int M, int I, int c0,
+                                                  const float* scales = nullptr) {
     if constexpr (S > 1) cluster_sync();
     constexpr int SLICE = HALF / S;
     const int rank = blockIdx.y;
     for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
         const int m = e / SLICE, j = rank * SLICE + e % SLICE;
         if (m >= M || c0 + j >= I) continue;
-        const float gate = cluster_sum<S>(red + m * RED_STRIDE + j), up = cluster_sum<S>(red + m * RED_STRIDE + HALF + j);
+        float gate = cluster_sum<S>(red + m * RED_STRIDE + j), up = cluster_sum<S>(red + m * RED_STRIDE + HALF + j);
+        if (scales) gate *= scales[m], up *= scales[m];
         act[(long long)m * I + c0 + j] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
     }
     if constexpr (S > 1) cluster_sync();
@@ -94,9 +226,9 @@ __device__ __forceinline__ void store_cluster_glu(const float* red, __nv_bfloat1
 
 // GLU (gemm_stream_glu_*): W is the fused [gate; up] weight [2I, K], N = I, and out is act bf16 [M, I]; block bx
 // stages gate rows bx 64 .. +64 as its rows 0-63 and the matching up rows as 64-127 (store_cluster_glu).
-template <int R, int S, int BK, int STAGES, bool GLU = false>
+template <int R, int S, int BK, int STAGES, bool GLU, NormRole NORM>
 __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                                                 void* __restrict__ out, int M, int N, int K) {
+                                                 void* __restrict__ out, int M, int N, int K, const GemmNorm& norm) {
     using namespace stream;
     constexpr int NT = R / 8;                                  // 8-column mma tiles over the staged x rows
     constexpr int CHUNKS = BK / 8, ROW_STEP = THREADS / CHUNKS;  // 16-byte chunks per staged row; a thread's row step
@@ -148,6 +280,9 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     for (int s = 0; s < STAGES - 1; s++)
         if (s < steps) load_weights(s);
     pdl_wait();
+    NormPrefetch<THREADS> pre;  // the rows' partial sums of the norm before this product (this row tile's)
+    const float* partials = norm.scale_partials + (long long)m_base * norm.scale_blocks;
+    if constexpr (NORM == NORM_FINISH) pre.partials(partials, M * norm.scale_blocks);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
         if (s < steps) load_x(s);
@@ -212,18 +347,26 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
         }
         __syncthreads();
     }
+    float* scales = nullptr;  // the norm before this product (GemmNorm): its rows' scales, after the reduction buffer
+    if constexpr (NORM == NORM_FINISH) {
+        scales = red + R * RED_STRIDE;
+        row_scales<THREADS>(norm, partials, pre, M, K, scales + R, scales);
+    }
     if constexpr (GLU)
-        store_cluster_glu<S, R, RED_STRIDE, THREADS, ROWS / 2>(red, reinterpret_cast<__nv_bfloat16*>(out) + (long long)m_base * N, M, N, n0);
+        store_cluster_glu<S, R, RED_STRIDE, THREADS, ROWS / 2>(red, reinterpret_cast<__nv_bfloat16*>(out) + (long long)m_base * N, M, N, n0,
+                                                              scales);
     else
-        store_cluster_sums<S, ROWS, R, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out) + (long long)m_base * N, M, N, n0);
+        store_cluster_sums<S, ROWS, R, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out) + (long long)m_base * N, M, N, n0,
+                                                            scales);
 }
 
 // Ring shapes measured best (notes/gemm_stages_h100.log): k 128 x 3 stages for up to 16 rows (longer runs
 // per weight row), k 64 x 4 for more (k 128 would leave one block per SM there). cuda_backend.stream_shape mirrors this.
-#define GEMM_STREAM(R, BK, STAGES, S, CLUSTER)                                                                         \
-    extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_r##R##_k##BK##_s##S(                     \
-        const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K) {                               \
-        gemm_stream_body<R, S, BK, STAGES>(x, w, y, M, N, K);                                                          \
+// ROLE: empty (a plain product) or _finish (NormRole).
+#define GEMM_STREAM(R, BK, STAGES, ROLE, S, CLUSTER)                                                                   \
+    extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_r##R##_k##BK##_s##S##ROLE(               \
+        const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K NORM_PARAMS_##ROLE) {            \
+        gemm_stream_body<R, S, BK, STAGES, false, NORM_ROLE_##ROLE>(x, w, y, M, N, K, NORM_ARGS_##ROLE);              \
     }
 // KERNEL(..., S, CLUSTER) for every split-K cluster size along grid y (1, 2, 4, 8), for gemm_stream and gemm_wgmma
 #define SPLIT_K_CLUSTERS(KERNEL, ...)                    \
@@ -231,24 +374,28 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     KERNEL(__VA_ARGS__, 2, __cluster_dims__(1, 2, 1))     \
     KERNEL(__VA_ARGS__, 4, __cluster_dims__(1, 4, 1))     \
     KERNEL(__VA_ARGS__, 8, __cluster_dims__(1, 8, 1))
-#define GEMM_STREAM_CLUSTERS(R, BK, STAGES) SPLIT_K_CLUSTERS(GEMM_STREAM, R, BK, STAGES)
-GEMM_STREAM_CLUSTERS(8, 128, 3)
-GEMM_STREAM_CLUSTERS(16, 128, 3)
-GEMM_STREAM_CLUSTERS(8, 64, 4)   // K a multiple of 64, not of 128
-GEMM_STREAM_CLUSTERS(16, 64, 4)
-GEMM_STREAM_CLUSTERS(32, 64, 4)
-GEMM_STREAM_CLUSTERS(64, 64, 4)
+#define GEMM_STREAM_CLUSTERS(R, BK, STAGES, ...) SPLIT_K_CLUSTERS(GEMM_STREAM, R, BK, STAGES, __VA_ARGS__)
+GEMM_STREAM_CLUSTERS(8, 128, 3, )
+GEMM_STREAM_CLUSTERS(16, 128, 3, )
+GEMM_STREAM_CLUSTERS(8, 64, 4, )   // K a multiple of 64, not of 128
+GEMM_STREAM_CLUSTERS(16, 64, 4, )
+GEMM_STREAM_CLUSTERS(32, 64, 4, )
+GEMM_STREAM_CLUSTERS(64, 64, 4, )
+GEMM_STREAM_CLUSTERS(8, 128, 3, _finish)
+GEMM_STREAM_CLUSTERS(16, 128, 3, _finish)
 // gemm_stream_glu_r{R}_k128_s{S}: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight, up to
 // 16 rows (the gate/up product of a decode step where gemm_wgmma_glu_w* does not serve): grid (ceil(I / 64), S,
 // ceil(M / R)), otherwise gemm_stream's launch. The [M, 2I] fp32 product never reaches memory, and silu_mul's
 // launch is saved.
-#define GEMM_STREAM_GLU(R, BK, STAGES, S, CLUSTER)                                                                     \
-    extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_glu_r##R##_k##BK##_s##S(                 \
-        const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* act, int M, int I, int K) {                    \
-        gemm_stream_body<R, S, BK, STAGES, true>(x, w, act, M, I, K);                                                  \
+#define GEMM_STREAM_GLU(R, BK, STAGES, ROLE, S, CLUSTER)                                                               \
+    extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_glu_r##R##_k##BK##_s##S##ROLE(           \
+        const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* act, int M, int I, int K NORM_PARAMS_##ROLE) {  \
+        gemm_stream_body<R, S, BK, STAGES, true, NORM_ROLE_##ROLE>(x, w, act, M, I, K, NORM_ARGS_##ROLE);             \
     }
-SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 8, 128, 3)
-SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 16, 128, 3)
+SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 8, 128, 3, )
+SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 16, 128, 3, )
+SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 8, 128, 3, _finish)
+SPLIT_K_CLUSTERS(GEMM_STREAM_GLU, 16, 128, 3, _finish)
 
 // C fragments of four m16 tiles (rows m_base ..) and one n8 tile (columns n0 ..) to y [M, N], bounds-checked.
 __device__ __forceinline__ void store_tiles(float* __restrict__ y, const float (*acc)[4], int m_base, int n0, int M, int N,
@@ -356,8 +503,9 @@ struct WgmmaRing {
     }
 };
 
-template <int WGS, int XROWS, int STAGES, int S, bool GLU = false>
-__device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K) {
+template <int WGS, int XROWS, int STAGES, int S, bool GLU, NormRole NORM>
+__device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K,
+                                const GemmNorm& norm) {
     static_assert(!GLU || (WGS % 2 == 0 && S == 1), "the gated epilogue pairs gate and up warpgroups' rows in one block");
     constexpr int ROWS = 64 * WGS, BK = 64, THREADS = 128 * WGS + 32;
     constexpr int RED_STRIDE = ROWS + 4;  // floats per x row of the reduction buffer
@@ -371,6 +519,11 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     __syncthreads();
 
     float acc[XROWS / 8][4] = {};  // a consumer's 64 weight rows x the XROWS x rows (m16n8 C fragments stacked)
+    NormPrefetch<THREADS> pre;
+    auto prefetch = [&] {  // right after pdl_wait: the norm's values for the end (GemmNorm), under the products
+        if constexpr (NORM == NORM_FINISH) pre.partials(norm.scale_partials, M * norm.scale_blocks);
+        if constexpr (NORM == NORM_BEGIN) pre.residual(norm, M, N, n0 + blockIdx.y * (ROWS / S), ROWS / S, ROWS / S * XROWS);
+    };
     if (group == WGS) {
         if (lane == 0) {
             auto load_weights = [&](int i) {  // stage i's weights; its full barrier expects its x too
@@ -389,6 +542,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
             // weight stages ran at half the rate, notes/gemm_xrows_ab_h200_stop37.log)
             for (int i = 0; i < min(STAGES, steps); i++) load_weights(i);
             pdl_wait();
+            prefetch();
             for (int i = 0; i < steps; i++) {
                 if (i >= STAGES) {
                     ring.wait_empty(i);
@@ -396,10 +550,11 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
                 }
                 load_x(i);
             }
-        } else pdl_wait();
+        } else pdl_wait(), prefetch();
         __syncwarp();
     } else {
         pdl_wait();
+        prefetch();
         for (int i = 0; i < steps; i++) {
             ring.products(acc, i, group);
             if (i > 0) ring.release(i - 1, lane);  // step i - 1's products are done: its stage can be refilled
@@ -419,11 +574,19 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
             for (int e = 0; e < 4; e++)
                 red[(8 * j + 2 * t + (e & 1)) * RED_STRIDE + group * 64 + warp % 4 * 16 + g + 8 * (e >> 1)] = acc[j][e];
     __syncthreads();
+    float* scales = nullptr;  // the norm before this product (GemmNorm): its rows' scales, after the reduction buffer
+    if constexpr (NORM == NORM_FINISH) {
+        scales = red + XROWS * RED_STRIDE;
+        row_scales<THREADS>(norm, norm.scale_partials, pre, M, K, scales + XROWS, scales);
+    }
     if constexpr (GLU) {
-        store_cluster_glu<1, XROWS, RED_STRIDE, THREADS, ROWS / 2>(red, reinterpret_cast<__nv_bfloat16*>(out), M, N, n0);
+        store_cluster_glu<1, XROWS, RED_STRIDE, THREADS, ROWS / 2>(red, reinterpret_cast<__nv_bfloat16*>(out), M, N, n0, scales);
         return;
     }
-    store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out), M, N, n0);
+    if constexpr (NORM == NORM_BEGIN)  // the norm after this product
+        store_cluster_norm<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, norm, pre, M, N, n0, red + XROWS * RED_STRIDE);
+    else
+        store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out), M, N, n0, scales);
 }
 
 // gemm_wgmma_w{WGS}_x{XROWS}_s{S}: WGS consumer warpgroups (64 weight rows each), x in XROWS-row boxes. One
@@ -435,29 +598,36 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
 // notes/gemm_xrows_ab_h100_stop37.log). Rings that leave room for a second block an SM, so that the next call's
 // blocks copy their first stages beside this one's, and x in a shallow ring of its own were slower (same log).
 // Two warpgroups serve the rest (gate/up, LM head), two blocks an SM: 4 stages, 96 KB.
-#define GEMM_WGMMA(WGS, XROWS, STAGES, S, CLUSTER)                                                                   \
-    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_x##XROWS##_s##S(    \
-        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K) { \
-        gemm_wgmma_body<WGS, XROWS, STAGES, S>(w_map, x_map, y, M, N, K);                                             \
+// ROLE: empty (a plain product), _finish or _begin (NormRole).
+#define GEMM_WGMMA(WGS, XROWS, STAGES, ROLE, S, CLUSTER)                                                             \
+    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_x##XROWS##_s##S##ROLE( \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K \
+            NORM_PARAMS_##ROLE) {                                                                                     \
+        gemm_wgmma_body<WGS, XROWS, STAGES, S, false, NORM_ROLE_##ROLE>(w_map, x_map, y, M, N, K, NORM_ARGS_##ROLE); \
     }
-#define GEMM_WGMMA_CLUSTERS(WGS, XROWS, STAGES) SPLIT_K_CLUSTERS(GEMM_WGMMA, WGS, XROWS, STAGES)
-GEMM_WGMMA_CLUSTERS(1, 64, 13)
-GEMM_WGMMA_CLUSTERS(1, 32, 18)
-GEMM_WGMMA_CLUSTERS(1, 16, 22)
-GEMM_WGMMA_CLUSTERS(2, 64, 4)
+#define GEMM_WGMMA_CLUSTERS(WGS, XROWS, STAGES, ...) SPLIT_K_CLUSTERS(GEMM_WGMMA, WGS, XROWS, STAGES, __VA_ARGS__)
+GEMM_WGMMA_CLUSTERS(1, 64, 13, )
+GEMM_WGMMA_CLUSTERS(1, 32, 18, )
+GEMM_WGMMA_CLUSTERS(1, 16, 22, )
+GEMM_WGMMA_CLUSTERS(2, 64, 4, )
+GEMM_WGMMA_CLUSTERS(1, 16, 22, _finish)
+GEMM_WGMMA_CLUSTERS(1, 16, 22, _begin)
 // gemm_wgmma_glu_w{WGS}: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight (64-row
 // boxes), 32 WGS gate columns a block; grid ceil(I / (32 WGS)), block 128 WGS + 32, STAGES x (64 WGS + 64) x 128 +
 // 1024 + 16 STAGES bytes of dynamic shared memory. w2: two blocks an SM, the ring of gemm_wgmma_w2. w4: one block an
 // SM, 5 stages (200 KB), for gate/up weights of at most a 128-column tile an SM: 8B gate/up (112 blocks) at 17 rows
 // 71.3 -> 63.0 µs, at 32 65.4 -> 63.6, at 64 level (64.1) on an H200 (notes/glu_groups_h200_stop41.log). Where it
 // gains, the w2 kernel's 64-row x boxes are mostly TMA zero fill, two a stage an SM against w4's one.
-#define GEMM_WGMMA_GLU(WGS, STAGES, MIN_BLOCKS)                                                                      \
-    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, MIN_BLOCKS) gemm_wgmma_glu_w##WGS(                 \
-        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K) { \
-        gemm_wgmma_body<WGS, 64, STAGES, 1, true>(w_map, x_map, act, M, I, K);                                        \
+#define GEMM_WGMMA_GLU(WGS, STAGES, MIN_BLOCKS, ROLE)                                                                \
+    extern "C" __global__ void __launch_bounds__(128 * WGS + 32, MIN_BLOCKS) gemm_wgmma_glu_w##WGS##ROLE(           \
+        const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, __nv_bfloat16* act, int M, int I, int K \
+            NORM_PARAMS_##ROLE) {                                                                                     \
+        gemm_wgmma_body<WGS, 64, STAGES, 1, true, NORM_ROLE_##ROLE>(w_map, x_map, act, M, I, K, NORM_ARGS_##ROLE);    \
     }
-GEMM_WGMMA_GLU(2, 4, 2)
-GEMM_WGMMA_GLU(4, 5, 1)
+GEMM_WGMMA_GLU(2, 4, 2, )
+GEMM_WGMMA_GLU(4, 5, 1, )
+GEMM_WGMMA_GLU(2, 4, 2, _finish)
+GEMM_WGMMA_GLU(4, 5, 1, _finish)
 
 // gemm_wgmma_tiles_w{WGS}_x{XROWS} (sm_90a): gemm_wgmma without split-K (S = 1) for weights of many more tiles
 // than blocks (the LM heads), on persistent blocks: block b takes tiles b, b + gridDim.x, ... and its producer

@@ -78,22 +78,24 @@ class Model:
         ops, c, w = self.backend, self.config, self.weights
         H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_dim
         x = ops.embedding(w.embed, plan.tokens)  # x: [N, hidden]
-        residual = None
+        eps = c.rms_norm_eps
         rows = ops.fused_rows(self, plan)
         if rows:  # CUDA, small decode or tree step: every layer in one persistent launch (kernels/fused_layers.cuh)
             x = ops.fused_layers(self, plan, cache, x, rows)  # the residual stream after the last layer
-        else:
-            for i in range(self.num_layers):
-                layer = w.layers[i]
-                h, residual = ops.add_rmsnorm(x, residual, layer.attn_norm, c.rms_norm_eps)  # [N, hidden]
-                qkv = ops.linear(h, layer.wqkv)  # [N, (H + 2 Hkv) D]
-                q = ops.rope_write_kv(qkv, plan, self.inv_freq, cache.k[i], cache.v[i], H, Hkv, D)  # [N, H, D]; K/V to slots
-                o = ops.attention(q, cache.k[i], cache.v[i], plan, self.scale)  # [N, H D]
-                x = ops.linear(o, layer.wo)  # [N, hidden]
-                h, residual = ops.add_rmsnorm(x, residual, layer.mlp_norm, c.rms_norm_eps)
-                x = ops.linear(ops.gate_up_silu(h, layer.w_gate_up), layer.w_down)  # [N, hidden]
-        h, _ = ops.add_rmsnorm(x, residual, w.final_norm, c.rms_norm_eps)
-        return h
+            return ops.add_rmsnorm(x, None, w.final_norm, eps)[0]
+        h, residual = ops.add_rmsnorm(x, None, w.layers[0].attn_norm, eps)  # [N, hidden] normalised; the residual stream
+        for i in range(self.num_layers):
+            layer = w.layers[i]
+            qkv = ops.linear(h, layer.wqkv)  # [N, (H + 2 Hkv) D]
+            q = ops.rope_write_kv(qkv, plan, self.inv_freq, cache.k[i], cache.v[i], H, Hkv, D)  # [N, H, D]; K/V to slots
+            o = ops.attention(q, cache.k[i], cache.v[i], plan, self.scale)  # [N, H D]
+            # each product with the residual add and the RMSNorm behind it (on CUDA, split across it and the next
+            # product: CudaBackend.linear_norm): the MLP's, then the next layer's, or the final one
+            h, residual = ops.linear_norm(o, layer.wo, residual, layer.mlp_norm, eps)
+            act = ops.gate_up_silu(h, layer.w_gate_up)  # [N, intermediate]
+            if i + 1 < self.num_layers:
+                h, residual = ops.linear_norm(act, layer.w_down, residual, w.layers[i + 1].attn_norm, eps)
+        return ops.add_rmsnorm(ops.linear(act, layer.w_down), residual, w.final_norm, eps)[0]
 
 
 class StepLogits:

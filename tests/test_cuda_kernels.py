@@ -197,6 +197,104 @@ def test_gemm_wgmma_every_cluster_size(M, S, G, X, N, K):
     check_cluster_gemm(be, be.gemm_wgmma, M, N, K, np.random.default_rng(M * 8 + S + K + N + G), what)
 
 
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("S", [1, 2, 4, 8])
+@pytest.mark.parametrize("M", [1, 5, 16])
+def test_the_norm_split_across_the_products_around_it(M, S, with_residual):
+    """linear_norm on gemm_wgmma (GemmNorm: the product adds the residual, leaves x' = bf16(r w) and each block's
+    partial sums of r^2) and the products after it that finish the norm (y = s x' W^T): the new residual has the bits
+    of gemm_wgmma plus the residual as add_rmsnorm forms it, x' the bits of bf16(r w), the partials sum to the rows'
+    sums of squares; linear and gate_up_silu on it, and each kind of kernel that finishes a norm (gemm_stream,
+    gemm_wgmma, gemm_stream_glu, gemm_wgmma_glu of 2 and 4 warpgroups), agree with the same products of add_rmsnorm's
+    h within bf16 rounding; materialised, it is add_rmsnorm's h to the bit. Every cluster size, without a residual
+    too, up to the 16 rows the _begin / _finish kernels take; outputs poisoned first."""
+    import cupy as cp
+
+    from minispec.backends.cuda_backend import NormedRows
+
+    be, rng = backend("bfloat16"), np.random.default_rng(M * 16 + S + with_residual)
+    if not be.hopper:
+        pytest.skip("gemm_wgmma needs a Hopper GPU")
+    N, K, I = 1024, 2048, 8448  # hidden, the product before's K, the gated product's columns (2I rows: two warpgroups)
+    be.gemm, be.gemm_cluster, be.gemm_norm = "own", S, True
+    xs, rs = rng.normal(size=(M, K)).astype(np.float32), rng.normal(size=(M, N)).astype(np.float32) if with_residual else None
+    wa, norm_w = (rng.normal(size=(N, K)) / np.sqrt(K)).astype(np.float32), rng.uniform(0.5, 1.5, N).astype(np.float32)
+    wb, wgu = (rng.normal(size=(333, N)) / np.sqrt(N)).astype(np.float32), (rng.normal(size=(2 * I, N)) / np.sqrt(N)).astype(np.float32)
+    x, w_a, nw, w_b, w_gu = be.convert(xs), be.convert(wa), be.convert(norm_w), be.convert(wb), be.convert(wgu)
+    residual = None if rs is None else cp.asarray(rs)
+    what = f"norm split M={M} S={S} residual={with_residual}"
+    assert be.norm_split(M, N, K), what
+    h, r = be.linear_norm(x, w_a, residual, nw, 1e-5)
+    assert isinstance(h, NormedRows), what
+    y_a = cp.empty((M, N), dtype=cp.float32)
+    be.gemm_wgmma(x, w_a, y_a)
+    h_ref, r_ref = be.add_rmsnorm(y_a, None if rs is None else cp.asarray(rs), nw, 1e-5)
+    assert cp.array_equal(r, r_ref), f"{what}: the new residual"
+    if rs is not None:
+        assert cp.array_equal(residual, cp.asarray(rs)), f"{what}: the old residual is left as it was"
+    r_host, w_host = cp.asnumpy(r), norm_w  # (norm weights are kept in float32)
+    assert np.array_equal(cp.asnumpy(h.x).view(BF16), (r_host * w_host).astype(BF16)), f"{what}: x' = bf16(r w)"
+    sums = cp.asnumpy(h.partials).astype(np.float64).sum(axis=1)
+    assert_close(sums, (r_host.astype(np.float64) ** 2).sum(axis=1), 1e-5, 0, f"{what}: the partial sums of squares")
+    assert cp.array_equal(h.materialise(be), h_ref), f"{what}: materialised, add_rmsnorm's h"
+    y, y_ref = be.linear(h, w_b), be.linear(h_ref, w_b)
+    assert_close(cp.asnumpy(y), cp.asnumpy(y_ref), 1e-2, 1e-2 * float(cp.abs(y_ref).max()), f"{what}: linear after it")
+    act, act_ref = be.gate_up_silu(h, w_gu), be.gate_up_silu(h_ref, w_gu)
+    expected = host_float(act_ref, "bfloat16")
+    assert_close(host_float(act, "bfloat16"), expected, 2e-2, 2e-2 * np.abs(expected).max(), f"{what}: gate_up_silu after it")
+    for kernel in ("stream", "wgmma"):  # whichever linear took, each finishing kernel on the same rows
+        y = cp.empty((M, 333), dtype=cp.float32)
+        (be.gemm_stream if kernel == "stream" else be.gemm_wgmma)(h.x, w_b, y, h.finish())
+        assert_close(cp.asnumpy(y), cp.asnumpy(y_ref), 1e-2, 1e-2 * float(cp.abs(y_ref).max()), f"{what}: gemm_{kernel} finishing it")
+    for glu in ("stream", 2, 4):
+        act = cp.empty((M, I), dtype=be.store_dtype)
+        if glu == "stream":
+            be.launch_stream("gemm_stream_glu", h.x, w_gu, act, I, h.finish())
+        else:
+            be.launch_wgmma_glu(h.x, w_gu, act, glu, h.finish())
+        assert_close(host_float(act, "bfloat16"), expected, 2e-2, 2e-2 * np.abs(expected).max(), f"{what}: gated kernel {glu} finishing it")
+
+
+def test_a_model_of_8b_widths_gives_the_same_logits_with_the_norm_split():
+    """A two-layer random model of Llama-3.1-8B's widths (O and down stream 512 KB tiles: both take norm_split at one
+    row): decode steps from 40 keys, replayed from captured graphs, give the logits of the unsplit norm
+    (add_rmsnorm's launches) within bf16 rounding, and the same argmax."""
+    import cupy as cp
+
+    from minispec.bench_gpu import random_model_on_gpu
+    from minispec.config import ModelConfig
+    from minispec.model import Model
+    from minispec.step import StepItem, build_plan
+    from minispec.tree import Tree
+
+    be = backend("bfloat16")
+    if not be.hopper:
+        pytest.skip("gemm_wgmma needs a Hopper GPU")
+    cfg = ModelConfig(vocab_size=1000, hidden_size=4096, intermediate_size=4096, num_layers=2, num_heads=32, num_kv_heads=8,
+                      head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192, tie_word_embeddings=False)
+    cp.random.seed(1)
+    model = Model(cfg, random_model_on_gpu(cfg, be), be)
+    assert be.norm_split(1, 4096, 4096)
+    prompt = np.random.default_rng(0).integers(0, 1000, 40)
+    logits = {}
+    for split in (None, False):
+        be.gemm_norm = split
+        cache = model.new_cache(8, 16)
+        table = []
+        cache.prepare(table, 0, 48)
+        prefill = build_plan([StepItem.tree(table, 0, Tree(prompt, list(range(-1, 39))))], 16)
+        model.forward(prefill, cache)
+        rows = []
+        for position in range(40, 44):  # each step twice: a graph is captured, then replayed
+            plan = build_plan([StepItem.tree(table, position, Tree(np.array([position]), [-1]))], 16)
+            model.forward(plan, cache)
+            rows.append(model.forward(plan, cache).host())
+        logits[split] = np.concatenate(rows)
+    split, plain = logits[None], logits[False]
+    assert_close(split, plain, 2e-2, 2e-2 * np.abs(plain).max(), "logits with the norm split")
+    assert (split.argmax(axis=1) == plain.argmax(axis=1)).all()
+
+
 @pytest.mark.parametrize("M", [1, 17, 33, 64])
 @pytest.mark.parametrize("N,K", [(333, 1024), (40000, 576), (70001, 1024)])
 def test_gemm_wgmma_tiles_equals_a_block_a_tile(M, N, K):

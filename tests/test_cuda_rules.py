@@ -177,9 +177,11 @@ def test_a_stretch_load_sends_every_token_and_converts_only_the_new_ones():
 def gemm_rules_backend(sm_count: int = 132):
     """A stand-in CudaBackend with the GEMM dispatch's rules and nothing forced (its methods, no GPU)."""
     names = ("wgmma_gemm_fits", "wgmma_tile_bytes", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves",
-             "own_gemm_chosen", "own_kernel", "glu_kernel", "wgmma_glu_groups", "stream_launch_shape", "stream_cluster_size")
+             "own_gemm_chosen", "own_kernel", "glu_kernel", "wgmma_glu_groups", "stream_launch_shape", "stream_cluster_size",
+             "norm_split", "wgmma_persistent", "finishes_norm", "wgmma_takes_norm")
     rules = type("Rules", (), {name: getattr(CudaBackend, name) for name in names})()
     rules.sm_count, rules.hopper, rules.gemm_wgmma_groups, rules.gemm_cluster = sm_count, True, None, None
+    rules.gemm_norm, rules.gemm_wgmma_xrows, rules.gemm_wgmma_tiles = None, None, None
     rules.bf16, rules.gemm, rules.cublas = True, None, object()
     return rules
 
@@ -210,6 +212,26 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
     assert rules.glu_kernel(M, 3072, 576) is None
 
 
+@pytest.mark.parametrize("M", [1, 16, 17, 33, 64])
+def test_the_o_and_down_products_begin_the_norm_behind_them(M):
+    """norm_split: the 8B O and down products (gemm_wgmma of one warpgroup a block) split the RMSNorm behind them with
+    the product after it up to 4 rows (decode; 16-64 rows measured slower); not where linear takes another kernel
+    (the default model's O: gemm_stream up to 16 rows, cuBLAS past; the 8B LM head's shape: two warpgroups), nor
+    with gemm_norm False; forced on (tests) wherever kernels/gemm.cu has the _begin kernel (one warpgroup, 16-row
+    x boxes)."""
+    rules = gemm_rules_backend()
+    assert rules.norm_split(M, 4096, 4096) == rules.norm_split(M, 4096, 14336) == (M <= 4)
+    assert not rules.norm_split(M, 576, 576) and not rules.norm_split(M, 128256, 4096)
+    # the products after it finish the norm where a _finish kernel is built (gemm_wgmma of one warpgroup in 16-row
+    # boxes, gemm_stream in k 128 stages: up to 16 rows); not two warpgroups (a 70B-wide gate/up), nor cuBLAS
+    assert rules.finishes_norm("wgmma", M, 6144, 4096) == rules.finishes_norm("stream", M, 28672, 4096) == (M <= 16)
+    assert not rules.finishes_norm("wgmma", M, 57344, 8192) and not rules.finishes_norm("cublas", M, 6144, 4096)
+    rules.gemm_norm = True
+    assert rules.norm_split(M, 4096, 4096) == (M <= 16) and not rules.norm_split(M, 128256, 4096)
+    rules.gemm_norm = False
+    assert not rules.norm_split(M, 4096, 4096)
+
+
 def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     """The backend sizes gemm_wgmma's shared memory from WGMMA_GEMM_STAGES: every (warpgroups, x rows) it names must
     be instantiated in kernels/gemm.cu with that ring depth (a deeper kernel than the table would overrun its
@@ -217,10 +239,13 @@ def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     from minispec.backends.cuda_backend import WGMMA_GEMM_STAGES, WGMMA_GLU_STAGES, WGMMA_TILES
 
     source = kernel_source("gemm.cu")
-    built = {(int(g), int(x)): int(s) for g, x, s in re.findall(r"^GEMM_WGMMA_CLUSTERS\((\d+), (\d+), (\d+)\)", source, re.M)}
-    assert built == WGMMA_GEMM_STAGES
-    glu = {int(g): int(s) for g, s, _ in re.findall(r"^GEMM_WGMMA_GLU\((\d+), (\d+), (\d+)\)", source, re.M)}
-    assert glu == WGMMA_GLU_STAGES and glu[2] == WGMMA_GEMM_STAGES[2, 64]
+    built = re.findall(r"^GEMM_WGMMA_CLUSTERS\((\d+), (\d+), (\d+), *(\w*)\)", source, re.M)
+    assert {(int(g), int(x), int(s)) for g, x, s, _ in built} == {(*key, s) for key, s in WGMMA_GEMM_STAGES.items()}
+    # the split norm's kernels where the backend takes them (wgmma_takes_norm: one warpgroup, 16-row boxes)
+    assert {(int(g), int(x), role) for g, x, _, role in built if role} == {(1, 16, "_finish"), (1, 16, "_begin")}
+    glu = re.findall(r"^GEMM_WGMMA_GLU\((\d+), (\d+), (\d+), *(\w*)\)", source, re.M)
+    assert {int(g): int(s) for g, s, _, _ in glu} == WGMMA_GLU_STAGES and WGMMA_GLU_STAGES[2] == WGMMA_GEMM_STAGES[2, 64]
+    assert {(int(g), int(s), role) for g, s, _, role in glu} == {(g, s, role) for g, s in WGMMA_GLU_STAGES.items() for role in ("", "_finish")}
     # the persistent kernels share gemm_wgmma's ring (the backend sizes their shared memory from the same table)
     tiles = {(int(g), int(x)): int(s) for g, x, s in re.findall(r"^GEMM_WGMMA_TILES\((\d+), (\d+), (\d+)\)", source, re.M)}
     assert set(tiles) == WGMMA_TILES and all(tiles[key] == WGMMA_GEMM_STAGES[key] for key in tiles)

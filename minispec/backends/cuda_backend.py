@@ -189,6 +189,37 @@ class DevicePlan:
     logit_rows: object
 
 
+NORM_SPLIT_ROWS = 4  # the most rows for which linear_norm splits the norm across two products (norm_split)
+# A product's part in a split norm (kernels/gemm.cu, NormRole) as (its kernels' name suffix, their further arguments):
+# a plain product has none ("_finish": NormedRows.finish; "_begin": linear_norm)
+NO_NORM = ("", ())
+
+
+@dataclass
+class NormedRows:
+    """An RMSNorm's output that the product before it left split (kernels/gemm.cu, GemmNorm): x' = bf16(r weight)
+    [M, K] and each row's partial sums of r^2 [M, blocks]; the product after it scales its rows by
+    rsqrt(sum / K + eps). residual (r, fp32) and weight remain for a product that cannot (materialise)."""
+
+    x: object
+    partials: object
+    eps: float
+    residual: object
+    weight: object
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def finish(self) -> tuple:
+        """The product after the norm: its kernel's suffix and NORM_PARAMS__finish."""
+        return "_finish", (self.partials, np.int32(self.partials.shape[1]), np.float32(self.eps))
+
+    def materialise(self, backend):
+        """h in the storage type, as add_rmsnorm forms it from the residual (the same bits as the unsplit norm)."""
+        return backend.add_rmsnorm(self.residual, None, self.weight, self.eps)[0]
+
+
 class CapturedStep:
     """One captured forward for (model, cache, B, N bucket, kind): static inputs in one device buffer, static logits.
 
@@ -326,6 +357,7 @@ class CudaBackend:
         self.gemm_wgmma_xrows = None  # gemm_wgmma's staged x rows, 16, 32 or 64 (None: wgmma_xrows)
         self.gemm_wgmma_tiles = None  # gemm_wgmma on persistent blocks, True / False (None: wgmma_persistent)
         self.gemm_l2_promotion = None  # bytes an L2 miss of gemm_wgmma's TMA boxes fetches (None: gemm_promotion)
+        self.gemm_norm = None  # the RMSNorm split across the products around it, True / False (None: norm_split's rule)
         self.use_graphs = use_graphs
         self.prefill_graph_limit = None  # most rows of a prefill step replayed as a graph (None: prefill_graph_rows)
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
@@ -582,7 +614,7 @@ class CudaBackend:
         return (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
                 self.attention_splits, self.attention_wgmma, self.attention_early_trigger, self.attention_cluster_merge, self.pdl,
                 self.cluster_decode,
-                self.gemm_wgmma_tiles, self.gemm_l2_promotion, self.attention_l2_promotion)
+                self.gemm_wgmma_tiles, self.gemm_l2_promotion, self.attention_l2_promotion, self.gemm_norm)
 
     def graph_positions(self, model) -> int:
         """RoPE positions a captured graph's tables cover (sized once: a graph keeps their pointer)."""
@@ -641,24 +673,71 @@ class CudaBackend:
         )
         return out, residual
 
-    def linear(self, x, weight):
-        """y fp32 [M, N] = x[M, K] W[N, K]^T: the own weight-streaming kernel or cuBLAS (bf16), cuBLAS through CuPy (float32)."""
-        cp = self.cp
-        self._check(x, self.store_dtype, 2, "linear input")
+    def linear_norm(self, x, weight, residual, norm_weight, eps):
+        """add_rmsnorm(linear(x, weight), residual, norm_weight, eps) -> (h, the new residual fp32 [M, N]). Where
+        norm_split serves, h is NormedRows: the product adds the residual and leaves x' and the rows' partial sums
+        (kernels/gemm.cu, GemmNorm), and the product after it (linear, gate_up_silu) finishes the norm; the norm's
+        launch is saved. Else the two ops."""
         M, K = x.shape
         N = weight.shape[0]
+        if not self.norm_split(M, N, K):
+            return self.add_rmsnorm(self.linear(x, weight), residual, norm_weight, eps)
+        cp = self.cp
+        self._check(x, self.store_dtype, 2, "linear_norm input")
+        if weight.shape[1] != K:
+            raise ValueError(f"linear_norm: x has K = {K}, weight is {weight.shape}")
+        G, S = self.wgmma_shape(N, K, M)
+        h, residual_out = cp.empty((M, N), dtype=self.store_dtype), cp.empty((M, N), dtype=cp.float32)
+        partials = cp.empty((M, -(-N // 64) * S), dtype=cp.float32)
+        begin = ("_begin", (np.uint64(0) if residual is None else residual, residual_out, norm_weight, h, partials))
+        self.gemm_wgmma(x, weight, np.uint64(0), begin)
+        return NormedRows(h, partials, eps, residual_out, norm_weight), residual_out
+
+    def norm_split(self, M: int, N: int, K: int) -> bool:
+        """Whether linear_norm splits the RMSNorm across the products around it: up to NORM_SPLIT_ROWS rows, where
+        linear takes gemm_wgmma of one warpgroup a block (wgmma_takes_norm), bf16 (the 8B O and down products of a
+        decode step). Measured on an H200, 8B step at 512 keys, by turns (notes/norm_split_h200_stop48.log): plain
+        decode 4.300 -> 4.115 ms, one step ahead 4.236 -> 4.085, a decode step of 4 sequences 4.557 -> 4.375; split
+        up to 16 rows too, a T = 16 tree step 4.573 -> 4.705 (each block of the product after loads 16 x 128
+        partials at its end). gemm_norm forces it off, or on wherever wgmma_takes_norm (tests)."""
+        if self.gemm_norm is False or not (self.bf16 and self.hopper):
+            return False
+        if self.gemm_norm is None and not (M <= NORM_SPLIT_ROWS and self.own_gemm_chosen(M, N, K) and self.own_kernel(M, N, K) == "wgmma"):
+            return False
+        return self.wgmma_takes_norm(M, N, K)
+
+    def wgmma_takes_norm(self, M: int, N: int, K: int) -> bool:
+        """Whether gemm_wgmma for x [M, K], W [N, K] has kernels that begin or finish a split norm (kernels/gemm.cu
+        builds them for one warpgroup a block in 16-row x boxes, one pass of blocks)."""
+        if not (0 < M <= 16 and K % 64 == 0):
+            return False
+        G, S = self.wgmma_shape(N, K, M)
+        X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
+        return (G, X) == (1, 16) and K % (64 * S) == 0 and not self.wgmma_persistent(-(-N // 64), G, X, S)
+
+    def linear(self, x, weight):
+        """y fp32 [M, N] = x[M, K] W[N, K]^T: the own weight-streaming kernel or cuBLAS (bf16), cuBLAS through CuPy
+        (float32). x may be NormedRows (linear_norm): the kernels that can (finishes_norm) finish the norm in their
+        end, others take it materialised."""
+        cp = self.cp
+        M, K = x.shape
+        N = weight.shape[0]
+        kernel = self.own_kernel(M, N, K) if self.bf16 and self.own_gemm_chosen(M, N, K) else "cublas"
+        norm = NO_NORM
+        if isinstance(x, NormedRows):
+            x, norm = (x.x, x.finish()) if self.finishes_norm(kernel, M, N, K) else (x.materialise(self), NO_NORM)
+        self._check(x, self.store_dtype, 2, "linear input")
         if weight.shape[1] != K:
             raise ValueError(f"linear: x has K = {K}, weight is {weight.shape}")
         if not self.bf16:
             return cp.matmul(x, weight.T)
         y = cp.empty((M, N), dtype=cp.float32)
-        kernel = self.own_kernel(M, N, K) if self.own_gemm_chosen(M, N, K) else "cublas"
         if kernel == "cublas":
             self.cublas.gemm_bf16(x, weight, y)
         elif kernel == "wgmma":
-            self.gemm_wgmma(x, weight, y)
+            self.gemm_wgmma(x, weight, y, norm)
         elif kernel == "stream":
-            self.gemm_stream(x, weight, y)
+            self.gemm_stream(x, weight, y, norm)
         elif K % 16 == 0:
             self.launch(self.kernel("gemm.cu", "gemm_bf16"), ((N + 31) // 32, (M + 63) // 64), (128,), (x, weight, y, np.int32(M), np.int32(N), np.int32(K)))
         else:
@@ -689,10 +768,11 @@ class CudaBackend:
             return M <= 16 or self.wgmma_shape(N, K, M)[0] == 2 or self.wgmma_tile_bytes(N, K) >= 512 << 10
         return M <= 16 and stream_fits(N, K) and (K % 128 == 0 or -(-N // STREAM_ROWS) >= self.sm_count)
 
-    def gemm_stream(self, x, weight, y) -> None:
+    def gemm_stream(self, x, weight, y, norm: tuple = NO_NORM) -> None:
         """gemm_stream_r{R}_k{BK}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: R staged x rows (one launch
-        row-tile), BK k per ring stage, S blocks of a cluster share K and sum their parts on chip."""
-        self.launch_stream("gemm_stream", x, weight, y, weight.shape[0])
+        row-tile), BK k per ring stage, S blocks of a cluster share K and sum their parts on chip. norm: GemmNorm's
+        part in a split norm (NormedRows.finish: the rows' norm finished at the end)."""
+        self.launch_stream("gemm_stream", x, weight, y, weight.shape[0], norm)
 
     def stream_launch_shape(self, M: int, N: int, K: int) -> tuple[int, int, int, int]:
         """gemm_stream's (staged x rows R, blocks a cluster S, k a stage BK, ring stages) for x [M, K], W [N, K]."""
@@ -700,9 +780,9 @@ class CudaBackend:
         S = self.gemm_cluster or self.stream_cluster_size(-(-N // STREAM_ROWS) * -(-M // R), K, stream_shape(R, K)[0])
         return (R, S, *stream_shape(R, K, S))
 
-    def launch_stream(self, name: str, x, weight, out, columns: int) -> None:
+    def launch_stream(self, name: str, x, weight, out, columns: int, norm: tuple = NO_NORM) -> None:
         """A gemm_stream kernel (plain or gated) on x [M, K] and W [N, K] into out [M, columns]: grid (N / 128
-        weight tiles, S, x row tiles)."""
+        weight tiles, S, x row tiles). norm: its part in a split norm (NO_NORM, or NormedRows.finish)."""
         M, K = x.shape
         N = weight.shape[0]
         if not stream_fits(N, K):
@@ -710,10 +790,13 @@ class CudaBackend:
         R, S, BK, stages = self.stream_launch_shape(M, N, K)
         if K % (BK * S):
             raise ValueError(f"{name}: K = {K} is not a multiple of {BK} x {S} blocks per cluster")
+        suffix, norm_args = norm
+        if suffix and BK != 128:
+            raise ValueError(f"{name}: only the k 128 kernels take a split norm (R = {R}, k {BK})")
         shared = stages * (STREAM_ROWS + R) * BK * 2
-        kernel = self.kernel("gemm.cu", f"{name}_r{R}_k{BK}_s{S}")
+        kernel = self.kernel("gemm.cu", f"{name}_r{R}_k{BK}_s{S}{suffix}")
         allow_shared(kernel, shared)
-        args = (x, weight, out, np.int32(M), np.int32(columns), np.int32(K))
+        args = (x, weight, out, np.int32(M), np.int32(columns), np.int32(K), *norm_args)
         self.launch(kernel, (-(-N // STREAM_ROWS), S, -(-M // R)), (256,), args, shared)
 
     def wgmma_gemm_fits(self, M: int, N: int, K: int) -> bool:
@@ -734,10 +817,11 @@ class CudaBackend:
         whether the kernel serves, whatever clusters split it (wgmma_cluster_size)."""
         return wgmma_block_bytes(self.wgmma_shape(N, K)[0], K, 1)
 
-    def gemm_wgmma(self, x, weight, y) -> None:
+    def gemm_wgmma(self, x, weight, y, norm: tuple = NO_NORM) -> None:
         """gemm_wgmma_w{G}_x{X}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: G warpgroups of 64 weight rows a block, x
         in X-row boxes (wgmma_xrows), S blocks of a cluster share K and sum their parts on chip; W and x reach shared
-        memory by TMA."""
+        memory by TMA. norm: its part in a split norm (NO_NORM; NormedRows.finish; linear_norm's begin), where
+        wgmma_takes_norm."""
         M, K = x.shape
         N = weight.shape[0]
         if not (self.hopper and 0 < M <= 64 and K % 64 == 0):
@@ -748,12 +832,21 @@ class CudaBackend:
         X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
         if M > X or (G, X) not in WGMMA_GEMM_STAGES:
             raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups a block takes {M} rows in {X}-row x boxes")
+        if norm != NO_NORM and not self.wgmma_takes_norm(M, N, K):
+            raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups in {X}-row x boxes takes a split norm")
         tiles = -(-N // (64 * G))
         if self.wgmma_persistent(tiles, G, X, S):
             name, grid = f"gemm_wgmma_tiles_w{G}_x{X}", (min(tiles, 2 * self.sm_count),)
         else:
             name, grid = f"gemm_wgmma_w{G}_x{X}_s{S}", (tiles, S)
-        self.launch_wgmma(name, G, X, grid, x, weight, 64 * G, y, N)
+        self.launch_wgmma(name, G, X, grid, x, weight, 64 * G, y, N, norm=norm)
+
+    def finishes_norm(self, kernel: str, M: int, N: int, K: int) -> bool:
+        """Whether linear's kernel for x [M, K], W [N, K] can finish a split norm (NormedRows) at its end: gemm_stream
+        in k 128 stages (up to 16 rows), and gemm_wgmma where wgmma_takes_norm (kernels/gemm.cu builds no others)."""
+        if kernel == "stream":
+            return self.stream_launch_shape(M, N, K)[2] == 128
+        return kernel == "wgmma" and self.wgmma_takes_norm(M, N, K)
 
     def wgmma_persistent(self, tiles: int, G: int, X: int, S: int) -> bool:
         """Whether gemm_wgmma runs as gemm_wgmma_tiles (persistent blocks, two an SM, each over several tiles): forced
@@ -771,9 +864,11 @@ class CudaBackend:
         G = self.gemm_wgmma_groups or self.wgmma_groups(N)
         return G, self.gemm_cluster or self.wgmma_cluster_size(-(-N // (64 * G)), K, G, M)
 
-    def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int, stages: int = 0) -> None:
+    def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int, stages: int = 0,
+                     norm: tuple = NO_NORM) -> None:
         """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
-        descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it)."""
+        descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it). norm: its
+        part in a split norm (kernels/gemm.cu's NormRole: the kernel's name suffix and further arguments)."""
         M, K = x.shape
         promotion = self.gemm_promotion(M, G)
         w_map = self.tensor_maps.get((weight,), (box_rows, promotion))
@@ -781,11 +876,11 @@ class CudaBackend:
             w_map = self.tensor_maps.put((weight,), (box_rows, promotion),
                                          tensor_map.swizzled_rows(weight, weight.shape[0], K, box_rows, promotion=promotion))
         x_map = tensor_map.swizzled_rows(x, M, K, X, promotion=promotion)  # X-row boxes, rows past M read as zeros
-        kernel = self.kernel("gemm.cu", name)
+        kernel = self.kernel("gemm.cu", name + norm[0])
         stages = stages or WGMMA_GEMM_STAGES[G, X]
         shared = stages * (64 * G + X) * 64 * 2 + 1024 + 16 * stages  # the ring (W and x stages), alignment, barriers
         allow_shared(kernel, shared)
-        self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K)), shared)
+        self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K), *norm[1]), shared)
 
     def gemm_promotion(self, M: int, G: int = 1) -> int:
         """The bytes an L2 miss of gemm_wgmma's TMA boxes (64-128 weight rows of 128 bytes, 2K bytes apart) fetches at
@@ -853,19 +948,21 @@ class CudaBackend:
         glu = self.glu_kernel(M, N2, K)
         if glu is None:
             return self.silu_mul(self.linear(h, w_gate_up))
+        h, norm = (h.x, h.finish()) if isinstance(h, NormedRows) else (h, NO_NORM)  # (both gated kernels finish it)
         self._check(h, self.store_dtype, 2, "gate_up_silu input")
         I = N2 // 2
         act = self.cp.empty((M, I), dtype=self.store_dtype)
         if glu == "wgmma":
-            self.launch_wgmma_glu(h, w_gate_up, act, self.glu_groups or self.wgmma_glu_groups(I))
+            self.launch_wgmma_glu(h, w_gate_up, act, self.glu_groups or self.wgmma_glu_groups(I), norm)
         else:
-            self.launch_stream("gemm_stream_glu", h, w_gate_up, act, I)
+            self.launch_stream("gemm_stream_glu", h, w_gate_up, act, I, norm)
         return act
 
-    def launch_wgmma_glu(self, h, w_gate_up, act, G: int) -> None:
+    def launch_wgmma_glu(self, h, w_gate_up, act, G: int, norm: tuple = NO_NORM) -> None:
         """gemm_wgmma_glu_w{G} into act [M, I]: 32 G gate columns a block, gate and up read in 64-row boxes."""
         I = w_gate_up.shape[0] // 2
-        self.launch_wgmma(f"gemm_wgmma_glu_w{G}", G, 64, (-(-I // (32 * G)),), h, w_gate_up, 64, act, I, WGMMA_GLU_STAGES[G])
+        self.launch_wgmma(f"gemm_wgmma_glu_w{G}", G, 64, (-(-I // (32 * G)),), h, w_gate_up, 64, act, I, WGMMA_GLU_STAGES[G],
+                          norm)
 
     def wgmma_glu_groups(self, I: int) -> int:
         """gemm_wgmma_glu's warpgroups a block for I gate columns: 4 (128 gate and 128 up rows, one block an SM with a

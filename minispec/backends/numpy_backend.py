@@ -162,6 +162,12 @@ class NumpyBackend:
     silu_mul = staticmethod(silu_mul)
 
     @staticmethod
+    def linear_norm(x, weight, residual, norm_weight, eps):
+        """add_rmsnorm(linear(x, weight), ...) -> (h, the new residual) (the CUDA backend splits the norm across the
+        products around it)."""
+        return add_rmsnorm(linear(x, weight), residual, norm_weight, eps)
+
+    @staticmethod
     def gate_up_silu(h, w_gate_up):
         """silu(h W_gate^T) * (h W_up^T) from the fused [2I, K] weight (the CUDA backend may do both in one kernel)."""
         return silu_mul(linear(h, w_gate_up))

@@ -42,13 +42,20 @@ them).
              nothing, branch experiment/norm-in-gemm, notes/norm_in_gemm_h200_stop47.log)
   norope     TIMING ONLY, wrong outputs: no rope_write_kv launch (q left as allocated, K/V not written); the
              most RoPE and the KV write folded into the qkv GEMM's epilogue could save
+  normoff    the RMSNorms after O and down as launches of their own (add_rmsnorm; before stop 47, norm_split has
+             those products begin the norm and the products after them finish it)
+  normon     the RMSNorm split wherever kernels/gemm.cu has its kernels (gemm_norm True: up to 16 rows), not only
+             up to NORM_SPLIT_ROWS
   nowg       the mma.sync attention kernel where the rule takes the wgmma one (T = 32, 64 at 512 keys), so that its
              shares merge in a cluster (attention_merge_cluster) instead of in attention_merge's launch (stop 47:
              T = 64 5.169 -> 5.457 ms, T = 32 4.759 -> 4.839: the merge's launch costs less than the kernel gains)
+  basegemm   gemm.cu compiled from the text in $BASE_GEMM (kernel_source's inlined text of another build, whose
+             kernels take the same arguments or a prefix of them): the kernels alone A/B'd under the same rules
   A+B        both
 
     PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
 """
+import os
 import sys
 
 import numpy as np
@@ -122,6 +129,19 @@ def use_evict(on: bool) -> None:
         del be.functions[name]
 
 
+base_module = {}
+
+
+def use_base_gemm() -> None:
+    """gemm.cu compiled from $BASE_GEMM's text, swapped into `be` (extra trailing launch arguments are ignored)."""
+    if not base_module:
+        text = open(os.environ["BASE_GEMM"]).read()
+        base_module[0] = backend_with_edit("gemm.cu", "gemm_wgmma_w1_x16_s1", lambda _: text).modules["gemm.cu"]
+    be.modules["gemm.cu"] = base_module[0]
+    for name in [k for k in be.functions if k[0] == "gemm.cu"]:
+        del be.functions[name]
+
+
 swizzled_rows = cuda_backend.tensor_map.swizzled_rows
 WEIGHTS = {w.data.ptr for layer in model.weights.layers for w in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down)}
 WEIGHTS.add(model.weights.lm_head.data.ptr)
@@ -147,6 +167,7 @@ def apply(variant: str) -> None:
     be.attention_splits = None
     be.attention_cluster_merge = None
     be.attention_wgmma = None
+    be.gemm_norm = None
     for name in ("launch", "add_rmsnorm", "rope_write_kv"):
         be.__dict__.pop(name, None)
     be.gemm_wgmma_tiles = None
@@ -200,6 +221,10 @@ def apply(variant: str) -> None:
             def rope_write_kv(qkv, plan, inv_freq, k_cache, v_cache, H, Hkv, D):
                 return cp.empty((len(qkv), H, D), dtype=cp.float32)
             be.rope_write_kv = rope_write_kv
+        elif part == "normoff":
+            be.gemm_norm = False
+        elif part == "normon":
+            be.gemm_norm = True
         elif part == "nowg":
             be.attention_wgmma = False
         elif part == "nocmerge":
@@ -208,6 +233,8 @@ def apply(variant: str) -> None:
             be.attention_splits = int(part[5:])
         elif part == "notrig":
             be.attention_early_trigger = False
+        elif part == "basegemm":
+            use_base_gemm()
         elif part == "rings2":  # one-warpgroup rings small enough for two blocks an SM
             use_rings({**COMMITTED_RINGS, **SMALL_RINGS})
         elif part != "rule":
