@@ -46,6 +46,9 @@ them).
              those products begin the norm and the products after them finish it)
   normon     the RMSNorm split wherever kernels/gemm.cu has its kernels (gemm_norm True: up to 16 rows), not only
              up to NORM_SPLIT_ROWS
+  onepart    TIMING ONLY, wrong outputs: the products that finish a split norm read one partial sum a row, not one
+             per block of the product before (the most a norm whose partials are summed before the product after
+             could save there)
   nowg       the mma.sync attention kernel where the rule takes the wgmma one (T = 32, 64 at 512 keys), so that its
              shares merge in a cluster (attention_merge_cluster) instead of in attention_merge's launch (stop 47:
              T = 64 5.169 -> 5.457 ms, T = 32 4.759 -> 4.839: the merge's launch costs less than the kernel gains)
@@ -159,6 +162,9 @@ def maps_promoted(kind: str | None, promotion: int = 0) -> None:
     be.tensor_maps = type(be.tensor_maps)()
 
 
+FINISH = cuda_backend.NormedRows.finish
+
+
 def apply(variant: str) -> None:
     for name in RULES:
         be.__dict__.pop(name, None)
@@ -168,6 +174,7 @@ def apply(variant: str) -> None:
     be.attention_cluster_merge = None
     be.attention_wgmma = None
     be.gemm_norm = None
+    cuda_backend.NormedRows.finish = FINISH
     for name in ("launch", "add_rmsnorm", "rope_write_kv"):
         be.__dict__.pop(name, None)
     be.gemm_wgmma_tiles = None
@@ -225,6 +232,8 @@ def apply(variant: str) -> None:
             be.gemm_norm = False
         elif part == "normon":
             be.gemm_norm = True
+        elif part == "onepart":
+            cuda_backend.NormedRows.finish = lambda rows: ("_finish", (rows.partials, np.int32(1), np.float32(rows.eps)))
         elif part == "nowg":
             be.attention_wgmma = False
         elif part == "nocmerge":
