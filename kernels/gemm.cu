@@ -33,6 +33,7 @@
 #include "cluster.cuh"
 #include "hopper.cuh"
 #include "pdl.cuh"
+#include "warp.cuh"
 
 namespace stream {
 constexpr int ROWS = 128;            // weight rows (columns of y) per block
@@ -68,7 +69,10 @@ __device__ __forceinline__ float cluster_sum(const float* local) {
 //   (the gated end: silu(s gate) * (s up)).
 // So the norm's launch, and the waits for it, are gone, and no block waits for another. h W^T is formed as
 // s (bf16(r weight) W^T) instead of bf16(r s weight) W^T: the same rounding, at another place (not add_rmsnorm's
-// bits).
+// bits). Why: the two norm launches a layer were 5.6% of the 8B decode step; split, that step went 4.300 -> 4.115 ms
+// on an H200 (notes/norm_split_h200_stop48.log). At 16 rows it was slower: each block of the product after loads
+// 16 x 128 partials, most at its end (read as one a row, timing only, it was 1.9% faster), so the backend splits up
+// to 4 rows.
 struct GemmNorm {
     const float* scale_partials;  // the product after: the rows' partial sums [M][scale_blocks]
     int scale_blocks;
@@ -100,9 +104,7 @@ enum NormRole { NORM_NONE, NORM_FINISH, NORM_BEGIN };
 __device__ __forceinline__ float warp_row_sum(const float* values, int count) {
     float sum = 0.0f;
     for (int i = threadIdx.x % 32; i < count; i += 32) sum += values[i];
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-    return sum;
+    return warp_sum(sum);
 }
 
 // What a thread loads right after pdl_wait for the norm work at the kernel's end, so that the L2 round trip runs
