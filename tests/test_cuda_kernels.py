@@ -257,8 +257,8 @@ def test_the_norm_split_across_the_products_around_it(M, S, with_residual):
 
 def test_a_model_of_8b_widths_gives_the_same_logits_with_the_norm_split():
     """A two-layer random model of Llama-3.1-8B's widths (O and down stream 512 KB tiles: both take norm_split at one
-    row): decode steps from 40 keys, replayed from captured graphs, give the logits of the unsplit norm
-    (add_rmsnorm's launches) within bf16 rounding, and the same argmax."""
+    row): decode steps from 40 keys, then a tree step of 4 nodes (4 rows: split too), replayed from captured graphs,
+    give the logits of the unsplit norm (add_rmsnorm's launches) within bf16 rounding, and the same argmax."""
     import cupy as cp
 
     from minispec.bench_gpu import random_model_on_gpu
@@ -274,7 +274,7 @@ def test_a_model_of_8b_widths_gives_the_same_logits_with_the_norm_split():
                       head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192, tie_word_embeddings=False)
     cp.random.seed(1)
     model = Model(cfg, random_model_on_gpu(cfg, be), be)
-    assert be.norm_split(1, 4096, 4096)
+    assert be.norm_split(1, 4096, 4096) and be.norm_split(4, 4096, 4096)
     prompt = np.random.default_rng(0).integers(0, 1000, 40)
     logits = {}
     for split in (None, False):
@@ -285,8 +285,10 @@ def test_a_model_of_8b_widths_gives_the_same_logits_with_the_norm_split():
         prefill = build_plan([StepItem.tree(table, 0, Tree(prompt, list(range(-1, 39))))], 16)
         model.forward(prefill, cache)
         rows = []
-        for position in range(40, 44):  # each step twice: a graph is captured, then replayed
-            plan = build_plan([StepItem.tree(table, position, Tree(np.array([position]), [-1]))], 16)
+        steps = [StepItem.tree(table, position, Tree(np.array([position]), [-1])) for position in range(40, 44)]
+        steps.append(StepItem.tree(table, 44, Tree(np.array([7, 8, 9, 10]), [-1, 0, 0, 1])))
+        for item in steps:  # each step twice: a graph is captured, then replayed
+            plan = build_plan([item], 16)
             model.forward(plan, cache)
             rows.append(model.forward(plan, cache).host())
         logits[split] = np.concatenate(rows)
