@@ -770,8 +770,8 @@ class CudaBackend:
 
     def gemm_stream(self, x, weight, y, norm: tuple = NO_NORM) -> None:
         """gemm_stream_r{R}_k{BK}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: R staged x rows (one launch
-        row-tile), BK k per ring stage, S blocks of a cluster share K and sum their parts on chip. norm: GemmNorm's
-        part in a split norm (NormedRows.finish: the rows' norm finished at the end)."""
+        row-tile), BK k per ring stage, S blocks of a cluster share K and sum their parts on chip. norm: its part in
+        a split norm (NO_NORM, or NormedRows.finish: the rows' norm finished at the end)."""
         self.launch_stream("gemm_stream", x, weight, y, weight.shape[0], norm)
 
     def stream_launch_shape(self, M: int, N: int, K: int) -> tuple[int, int, int, int]:
