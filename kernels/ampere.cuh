@@ -1,4 +1,4 @@
-// sm_80 building blocks shared by kernels/attention.cu, kernels/gemm.cu and kernels/fused_layers.cuh: the
+// sm_80 building blocks shared by the attention and GEMM kernels and kernels/fused_layers.cuh: the
 // m16n8k16 bf16 tensor-core product and cp.async copies. Python inlines this header into each kernel's source
 // (backends/cuda_backend.kernel_source).
 #pragma once

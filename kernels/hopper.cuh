@@ -1,4 +1,4 @@
-// Hopper (sm_90a) building blocks shared by kernels/attention.cu and kernels/gemm.cu: warpgroup MMA (wgmma)
+// Hopper (sm_90a) building blocks shared by kernels/attention_wgmma.cu and kernels/gemm_wgmma.cu: warpgroup MMA (wgmma)
 // with shared-memory descriptors, mbarriers, and tensor-memory-accelerator (TMA) tile loads. Python inlines
 // this header into each kernel's source (backends/cuda_backend.kernel_source); functions that use sm_90a-only
 // instructions are only compiled where a kernel built for sm_90a calls them.

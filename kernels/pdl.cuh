@@ -16,7 +16,7 @@
 //                  blocks have issued their last weight copies, gemm_wgmma once its blocks have streamed
 //                  their weights (before their reduction).
 //                  Attention first thing where its grid fits the GPU in one wave (trigger_first,
-//                  kernels/attention.cu; the shapes measured, stop 41), else not at all: with every kernel
+//                  kernels/attention_mma.cu, attention_wgmma.cu; the shapes measured, stop 41), else not at all: with every kernel
 //                  triggering first thing the 8B T = 4 step was 8% slower (notes/pdl_probe_h100_stop16.log).
 // Without the attribute (other GPUs, the fused kernel, cuBLAS) both are no-ops.
 #pragma once

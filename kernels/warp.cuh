@@ -1,6 +1,6 @@
 // Warp-wide reductions over all 32 lanes (every lane gets the result): call them where the whole warp is
 // converged, outside branches the compiler cannot prove warp-uniform. Shared by kernels/fused_layers.cuh,
-// kernels/cluster_decode.cu and kernels/gemm.cu.
+// kernels/cluster_decode.cu and kernels/gemm.cuh.
 #pragma once
 
 __device__ __forceinline__ float warp_sum(float v) {

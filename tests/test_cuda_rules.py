@@ -217,7 +217,7 @@ def test_the_o_and_down_products_begin_the_norm_behind_them(M):
     """norm_split: the 8B O and down products (gemm_wgmma of one warpgroup a block) split the RMSNorm behind them with
     the product after it up to 4 rows (decode; 16-64 rows measured slower); not where linear takes another kernel
     (the default model's O: gemm_stream up to 16 rows, cuBLAS past; the 8B LM head's shape: two warpgroups), nor
-    with gemm_norm False; forced on (tests) wherever kernels/gemm.cu has the _begin kernel (one warpgroup, 16-row
+    with gemm_norm False; forced on (tests) wherever kernels/gemm_wgmma.cu has the _begin kernel (one warpgroup, 16-row
     x boxes)."""
     rules = gemm_rules_backend()
     assert rules.norm_split(M, 4096, 4096) == rules.norm_split(M, 4096, 14336) == (M <= 4)
@@ -234,11 +234,11 @@ def test_the_o_and_down_products_begin_the_norm_behind_them(M):
 
 def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     """The backend sizes gemm_wgmma's shared memory from WGMMA_GEMM_STAGES: every (warpgroups, x rows) it names must
-    be instantiated in kernels/gemm.cu with that ring depth (a deeper kernel than the table would overrun its
+    be instantiated in kernels/gemm_wgmma.cu with that ring depth (a deeper kernel than the table would overrun its
     shared memory), and the gated kernels' depths are WGMMA_GLU_STAGES' (two warpgroups: the (2, 64) entry's)."""
     from minispec.backends.cuda_backend import WGMMA_GEMM_STAGES, WGMMA_GLU_STAGES, WGMMA_TILES
 
-    source = kernel_source("gemm.cu")
+    source = kernel_source("gemm_wgmma.cu")
     built = re.findall(r"^GEMM_WGMMA_CLUSTERS\((\d+), (\d+), (\d+), *(\w*)\)", source, re.M)
     assert {(int(g), int(x), int(s)) for g, x, s, _ in built} == {(*key, s) for key, s in WGMMA_GEMM_STAGES.items()}
     # the split norm's kernels where the backend takes them (wgmma_takes_norm: one warpgroup, 16-row boxes)
@@ -303,7 +303,7 @@ def test_attention_triggers_the_next_launch_only_when_its_grid_fits_one_wave():
 def test_attention_merges_its_shares_in_clusters_the_kernel_has():
     """attention_merge_cluster: the mma.sync kernel's shares merge in a cluster of the largest power of two up to the
     share count and 8, on Hopper, where the split rule gives at most 16 shares, unless turned off;
-    kernels/attention.cu has an instance of every such size."""
+    kernels/attention_mma.cu has an instance of every such size."""
     rules = type("Rules", (), {"attention_merge_cluster": CudaBackend.attention_merge_cluster})()
     rules.hopper, rules.attention_cluster_merge = True, None
     assert [rules.attention_merge_cluster(s) for s in (1, 2, 3, 4, 7, 8, 16, 17, 64)] == [0, 2, 2, 4, 4, 8, 8, 0, 0]
@@ -311,7 +311,7 @@ def test_attention_merges_its_shares_in_clusters_the_kernel_has():
     assert rules.attention_merge_cluster(8) == 0
     rules.hopper, rules.attention_cluster_merge = False, None
     assert rules.attention_merge_cluster(8) == 0
-    source = kernel_source("attention.cu")
+    source = kernel_source("attention_mma.cu")
     for size in (2, 4, 8):
         assert f"TREE_ATTENTION_MMA_CLUSTER(D, WARPS, {size})" in source
     for D in (64, 128):

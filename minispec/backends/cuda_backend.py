@@ -31,7 +31,7 @@ INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by 
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
 TOP_K_MAX, TOP_THREADS, TOP_SHARES = 8, 256, 64  # kernels/sampling.cu's top_share / top_merge
 TOP_LAUNCHES_KEPT = 16  # top_logprobs' packed launches kept (a draft model's level buckets and the rows ranked)
-# gemm_wgmma's ring depth by (consumer warpgroups, staged x rows) (kernels/gemm.cu, GEMM_WGMMA_CLUSTERS)
+# gemm_wgmma's ring depth by (consumer warpgroups, staged x rows) (kernels/gemm_wgmma.cu, GEMM_WGMMA_CLUSTERS)
 WGMMA_GEMM_STAGES = {(1, 64): 13, (1, 32): 18, (1, 16): 22, (2, 64): 4}
 WGMMA_TILES = {(2, 64)}  # gemm_wgmma_tiles_w{G}_x{X} kernels (the ring of gemm_wgmma_w{G}_x{X})
 WGMMA_GLU_STAGES = {2: 4, 4: 5}  # gemm_wgmma_glu_w{G}'s ring depth by warpgroups a block (x in 64-row boxes)
@@ -89,8 +89,8 @@ def allow_shared(kernel, nbytes: int) -> None:
 @contextmanager
 def notice_if_slow(what: str, after: float = 1.0):
     """Say on stderr what the program waits for once it has waited `after` seconds, and how long it took: a
-    machine's first run waits seconds for NVRTC (gemm.cu 6-8 s on an H200, notes/first_run_compile_h200_stop42.log),
-    which would otherwise pass in silence; cached runs say nothing."""
+    machine's first run waits seconds for NVRTC (the GEMM and attention files several each on an H200,
+    notes/first_run_compile_h200_stop49.log), which would otherwise pass in silence; cached runs say nothing."""
     start, said = time.perf_counter(), threading.Event()
 
     def say():
@@ -190,14 +190,14 @@ class DevicePlan:
 
 
 NORM_SPLIT_ROWS = 4  # the most rows for which linear_norm splits the norm across two products (norm_split)
-# A product's part in a split norm (kernels/gemm.cu, NormRole) as (its kernels' name suffix, their further arguments):
+# A product's part in a split norm (kernels/gemm.cuh, NormRole) as (its kernels' name suffix, their further arguments):
 # a plain product has none ("_finish": NormedRows.finish; "_begin": linear_norm)
 NO_NORM = ("", ())
 
 
 @dataclass
 class NormedRows:
-    """An RMSNorm's output that the product before it left split (kernels/gemm.cu, GemmNorm): x' = bf16(r weight)
+    """An RMSNorm's output that the product before it left split (kernels/gemm.cuh, GemmNorm): x' = bf16(r weight)
     [M, K] and each row's partial sums of r^2 [M, blocks]; the product after it scales its rows by
     rsqrt(sum / K + eps). residual (r, fp32) and weight remain for a product that cannot (materialise)."""
 
@@ -363,7 +363,7 @@ class CudaBackend:
         self.stream = compute_stream(cp)  # every launch goes here, so steps can be captured
         self.cublas, self.cublas_error = process_cublas(cp, self.stream)  # None: the own kernel serves every M
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-        if (props["major"], props["minor"]) < CUDA_CAPABILITY:  # gemm.cu and sampling.cu launch thread block clusters
+        if (props["major"], props["minor"]) < CUDA_CAPABILITY:  # the GEMMs and sampling.cu launch thread block clusters
             raise MinispecError(
                 f"the CUDA backend needs a GPU of compute capability {'.'.join(map(str, CUDA_CAPABILITY))} or later (Hopper); "
                 f"{props['name'].decode()} is {props['major']}.{props['minor']}: use --device cpu"
@@ -431,7 +431,7 @@ class CudaBackend:
         """Start compiling the kernel files a model's first steps launch (precompile): those of every model, and, given
         a model with small layers, the one-launch decode (kernels/cluster_decode.cu). The rest (the fused tree steps,
         the n-gram drafter's) compile when first used."""
-        files = ["gemm.cu", "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu"]
+        files = ["gemm.cu", "gemm_wgmma.cu", "attention.cu", "attention_mma.cu", "attention_wgmma.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu"]
         if model is not None and self.cluster_decode and self.small_layers(model):
             files.append("cluster_decode.cu")
         self.precompile(files)
@@ -440,7 +440,9 @@ class CudaBackend:
         """Compile kernel files side by side, each on a daemon thread (NVRTC releases the GIL), while the caller goes
         on (LLM loads the weights meanwhile); kernel() waits for a file still compiling. A tiny model's first answer on
         a fresh H200 took 19.6 s with the files compiled one after another, 8.5 s side by side
-        (notes/first_run_compile_h200_stop42.log); with CuPy's cache warm each takes milliseconds either way."""
+        (notes/first_run_compile_h200_stop42.log); the default model's, once the files had grown, 17.1 s, and 11.8 s
+        with the GEMM and attention kernels split into a file per family (notes/first_run_compile_h200_stop49.log).
+        With CuPy's cache warm each takes milliseconds either way."""
         for file in files:
             if file in self.modules or file in self.compiling:
                 continue
@@ -676,7 +678,7 @@ class CudaBackend:
     def linear_norm(self, x, weight, residual, norm_weight, eps):
         """add_rmsnorm(linear(x, weight), residual, norm_weight, eps) -> (h, the new residual fp32 [M, N]). Where
         norm_split serves, h is NormedRows: the product adds the residual and leaves x' and the rows' partial sums
-        (kernels/gemm.cu, GemmNorm), and the product after it (linear, gate_up_silu) finishes the norm; the norm's
+        (kernels/gemm.cuh, GemmNorm), and the product after it (linear, gate_up_silu) finishes the norm; the norm's
         launch is saved. Else the two ops."""
         M, K = x.shape
         N = weight.shape[0]
@@ -707,7 +709,7 @@ class CudaBackend:
         return self.wgmma_takes_norm(M, N, K)
 
     def wgmma_takes_norm(self, M: int, N: int, K: int) -> bool:
-        """Whether gemm_wgmma for x [M, K], W [N, K] has kernels that begin or finish a split norm (kernels/gemm.cu
+        """Whether gemm_wgmma for x [M, K], W [N, K] has kernels that begin or finish a split norm (kernels/gemm_wgmma.cu
         builds them for one warpgroup a block in 16-row x boxes, one pass of blocks)."""
         if not (0 < M <= 16 and K % 64 == 0):
             return False
@@ -818,7 +820,7 @@ class CudaBackend:
         return wgmma_block_bytes(self.wgmma_shape(N, K)[0], K, 1)
 
     def gemm_wgmma(self, x, weight, y, norm: tuple = NO_NORM) -> None:
-        """gemm_wgmma_w{G}_x{X}_s{S} (kernels/gemm.cu) into y fp32 [M, N]: G warpgroups of 64 weight rows a block, x
+        """gemm_wgmma_w{G}_x{X}_s{S} (kernels/gemm_wgmma.cu) into y fp32 [M, N]: G warpgroups of 64 weight rows a block, x
         in X-row boxes (wgmma_xrows), S blocks of a cluster share K and sum their parts on chip; W and x reach shared
         memory by TMA. norm: its part in a split norm (NO_NORM; NormedRows.finish; linear_norm's begin), where
         wgmma_takes_norm."""
@@ -843,7 +845,7 @@ class CudaBackend:
 
     def finishes_norm(self, kernel: str, M: int, N: int, K: int) -> bool:
         """Whether linear's kernel for x [M, K], W [N, K] can finish a split norm (NormedRows) at its end: gemm_stream
-        in k 128 stages (up to 16 rows), and gemm_wgmma where wgmma_takes_norm (kernels/gemm.cu builds no others)."""
+        in k 128 stages (up to 16 rows), and gemm_wgmma where wgmma_takes_norm (kernels/gemm.cu and gemm_wgmma.cu build no others)."""
         if kernel == "stream":
             return self.stream_launch_shape(M, N, K)[2] == 128
         return kernel == "wgmma" and self.wgmma_takes_norm(M, N, K)
@@ -868,7 +870,7 @@ class CudaBackend:
                      norm: tuple = NO_NORM) -> None:
         """A gemm_wgmma kernel (G warpgroups a block) on x [M, K] and a weight read in box_rows-row TMA boxes (its
         descriptor made once per weight), into out; x's descriptor per call (a captured graph keeps it). norm: its
-        part in a split norm (kernels/gemm.cu's NormRole: the kernel's name suffix and further arguments)."""
+        part in a split norm (kernels/gemm.cuh's NormRole: the kernel's name suffix and further arguments)."""
         M, K = x.shape
         promotion = self.gemm_promotion(M, G)
         w_map = self.tensor_maps.get((weight,), (box_rows, promotion))
@@ -876,7 +878,7 @@ class CudaBackend:
             w_map = self.tensor_maps.put((weight,), (box_rows, promotion),
                                          tensor_map.swizzled_rows(weight, weight.shape[0], K, box_rows, promotion=promotion))
         x_map = tensor_map.swizzled_rows(x, M, K, X, promotion=promotion)  # X-row boxes, rows past M read as zeros
-        kernel = self.kernel("gemm.cu", name + norm[0])
+        kernel = self.kernel("gemm_wgmma.cu", name + norm[0])
         stages = stages or WGMMA_GEMM_STAGES[G, X]
         shared = stages * (64 * G + X) * 64 * 2 + 1024 + 16 * stages  # the ring (W and x stages), alignment, barriers
         allow_shared(kernel, shared)
@@ -1063,14 +1065,14 @@ class CudaBackend:
             k_map, v_map, box_rows = self.attention_tensor_maps(k_cache, v_cache)
             producers = self.attention_producers or self.attention_producer_count(rows)
             keys = self.attention_tile_keys(context // splits, D, box_rows, producers)
-            ring = min(6, 196608 // (4 * keys * D))  # attention_ring in kernels/attention.cu
+            ring = min(6, 196608 // (4 * keys * D))  # attention_ring in kernels/attention_wgmma.cu
             # RING x (K, V) x keys x D, bf16, swizzled; 1024 to align them; 2 RING barriers
-            kernel, shared = self.kernel("attention.cu", f"tree_attention_wgmma_d{D}_k{keys}"), 2 * ring * keys * D * 2 + 1024 + 16 * ring
+            kernel, shared = self.kernel("attention_wgmma.cu", f"tree_attention_wgmma_d{D}_k{keys}"), 2 * ring * keys * D * 2 + 1024 + 16 * ring
             args = (q, k_cache, v_cache, k_map, v_map, np.int32(box_rows)) + args + (np.int32(producers),)
             threads = 384
         else:  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16
             name = f"tree_attention_mma_d{D}_w{warps}" + (f"_c{cluster}" if cluster else "")
-            kernel, shared = self.kernel("attention.cu", name), 4 * 2 * 8 * warps * (D + 8) * 2
+            kernel, shared = self.kernel("attention_mma.cu", name), 4 * 2 * 8 * warps * (D + 8) * 2
             args, threads = (q, k_cache, v_cache) + args, 32 * warps
         args += (np.int32(self.attention_trigger_first(row_tiles * Hkv * splits, warps)),)
         allow_shared(kernel, shared)
@@ -1099,7 +1101,7 @@ class CudaBackend:
 
     def attention_merge_cluster(self, splits: int) -> int:
         """The cluster size (2, 4 or 8; 0: none) in which the mma.sync kernel's key shares merge themselves
-        (kernels/attention.cu, merge_in_cluster) instead of in attention_merge behind it: the largest power of two up
+        (kernels/attention_mma.cu, merge_in_cluster) instead of in attention_merge behind it: the largest power of two up
         to `splits` and 8, on Hopper, where the split rule gives 2-16 shares. Measured on an H200, 8B step
         (notes/attention_cluster_merge_h200_stop46.log): decode at 512 keys (16 shares run as 8) one step ahead
         0.4-0.7% faster; capping more shares at 8 lost far more than the merge's launch (decode at 2k / 4k / 8k keys,

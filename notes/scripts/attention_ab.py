@@ -1,4 +1,4 @@
-"""Device probe: variants of kernels/attention.cu by turns in one process (bench_gpu.backend_with_edit), the
+"""Device probe: variants of the tree attention kernels (kernels/attention_wgmma.cu, attention.cu) by turns in one process (bench_gpu.backend_with_edit), the
 whole call (kernel + merge, as `bench attention` times it) for 8B heads, against the K/V floor, and whether each
 variant's output equals the first variant's bits (or how far it strays).
 
@@ -71,7 +71,11 @@ def patched(source: str, variant: str) -> str:
 
 bw = copy_bandwidth()
 print(card_name(), f"copy {bw / 1e12:.2f} TB/s; variants {VARIANTS}, {ROUNDS} rounds", flush=True)
-backends = {v: backend_with_edit("attention.cu", "attention_merge", lambda s, v=v: patched(s, v)) for v in VARIANTS}
+# the file each variant edits (since stop 49 the wgmma kernel and the softmax it inlines are attention_wgmma.cu's text,
+# the merge attention.cu's); an unedited file is the committed one
+FILES = {"merge8": ("attention.cu", "attention_merge")}
+backends = {v: backend_with_edit(*FILES.get(v, ("attention_wgmma.cu", "tree_attention_wgmma_d128_k64")), lambda s, v=v: patched(s, v))
+            for v in VARIANTS}
 inputs = {case: attention_case(cp, backends[VARIANTS[0]], *case, 32, 8, 128) for case in CASES}
 times = {(v, c): [] for v in VARIANTS for c in CASES}
 for c, (q, k, v_, plan) in inputs.items():

@@ -20,7 +20,7 @@ STORE = "    store_rows<D>(o, m0, m1, l0, l1, r, t, blockIdx.z, gridDim.z, o_par
 
 
 def stamped(source: str, anchors, store: tuple[int, int], points: int) -> str:
-    """attention.cu with thread 0 of every wgmma block writing %globaltimer into attn_stamps[block][k] (and, at
+    """attention_wgmma.cu with thread 0 of every wgmma block writing %globaltimer into attn_stamps[block][k] (and, at
     stamp 0, its SM into attn_sm): after the last line of each anchor's text (`guard`: a condition, for a stamp
     inside a lambda the loop calls), and before and after the stores (`store`)."""
     head = (f"__device__ unsigned long long attn_stamps[8192 * {points}];\n__device__ unsigned attn_sm[8192];\n"
@@ -56,7 +56,7 @@ original = cuda_backend.kernel_source
 
 def patched(name):
     source = original(name)
-    return stamped(source, ANCHORS, STORES, POINTS) if name == "attention.cu" else source
+    return stamped(source, ANCHORS, STORES, POINTS) if name == "attention_wgmma.cu" else source
 
 
 cuda_backend.kernel_source = patched
@@ -72,7 +72,7 @@ for B, T, ctx, splits in CASES:
     for _ in range(3):
         be.attention(q, k, v, plan, 0.1)
     cp.cuda.Device().synchronize()
-    module = be.modules["attention.cu"]
+    module = be.modules["attention_wgmma.cu"]
     stamps = cp.ndarray((8192, POINTS), dtype=cp.uint64, memptr=module.get_global("attn_stamps"))
     stamps.fill(0)
     if FIRST_TILE:  # in a graph of 20 calls, as `bench attention` times it (the kernel ahead: the last call's merge)

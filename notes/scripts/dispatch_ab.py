@@ -30,7 +30,7 @@ them).
              64-row products preferred 128; in the T = 64 step 256 won)
   g2p128     stop 44's promotion rule: 128 bytes up to 32 rows for blocks of two or four warpgroups too (gate/up and
              the LM heads at 17-32 rows; 256 for them since stop 45)
-  evict      gemm.cu's weight boxes loaded with an L2 evict-first cache policy (weights are read once a step; the
+  evict      gemm_wgmma.cu's weight boxes loaded with an L2 evict-first cache policy (weights are read once a step; the
              activations, x and K/V pages then keep more of L2)
   nomerge    TIMING ONLY, wrong outputs: tensor-core attention's split merge not launched; the most a merge inside
              the attention kernel (its splits a cluster) could save
@@ -44,7 +44,7 @@ them).
              most RoPE and the KV write folded into the qkv GEMM's epilogue could save
   normoff    the RMSNorms after O and down as launches of their own (add_rmsnorm; before stop 47, norm_split has
              those products begin the norm and the products after them finish it)
-  normon     the RMSNorm split wherever kernels/gemm.cu has its kernels (gemm_norm True: up to 16 rows), not only
+  normon     the RMSNorm split wherever the GEMM kernels have it (gemm_norm True: up to 16 rows), not only
              up to NORM_SPLIT_ROWS
   onepart    TIMING ONLY, wrong outputs: the products that finish a split norm read one partial sum a row, not one
              per block of the product before (the most a norm whose partials are summed before the product after
@@ -84,21 +84,21 @@ RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_
 
 SMALL_RINGS = {(1, 16): 10, (1, 32): 9, (1, 64): 6}  # <= 111 KB of shared memory: two blocks an SM
 COMMITTED_RINGS = dict(cuda_backend.WGMMA_GEMM_STAGES)
-be.kernel("gemm.cu", "gemm_wgmma_w1_x16_s1")
-modules = {tuple(sorted(COMMITTED_RINGS.items())): be.modules["gemm.cu"]}  # the committed build
+be.kernel("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1")
+modules = {tuple(sorted(COMMITTED_RINGS.items())): be.modules["gemm_wgmma.cu"]}  # the committed build
 
 
 def use_rings(rings: dict) -> None:
-    """gemm.cu compiled with these one-warpgroup ring depths, swapped into `be` (its other files untouched)."""
+    """gemm_wgmma.cu compiled with these one-warpgroup ring depths, swapped into `be` (its other files untouched)."""
     key = tuple(sorted(rings.items()))
     if key not in modules:
         def edit(text):
             for (G, X), stages in rings.items():
                 text = swap(text, f"GEMM_WGMMA_CLUSTERS({G}, {X}, {COMMITTED_RINGS[G, X]})", f"GEMM_WGMMA_CLUSTERS({G}, {X}, {stages})")
             return text
-        modules[key] = backend_with_edit("gemm.cu", "gemm_wgmma_w1_x16_s1", edit).modules["gemm.cu"]
-    be.modules["gemm.cu"] = modules[key]
-    for name in [k for k in be.functions if k[0] == "gemm.cu"]:
+        modules[key] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", edit).modules["gemm_wgmma.cu"]
+    be.modules["gemm_wgmma.cu"] = modules[key]
+    for name in [k for k in be.functions if k[0] == "gemm_wgmma.cu"]:
         del be.functions[name]
     cuda_backend.WGMMA_GEMM_STAGES.update(rings)
 
@@ -116,7 +116,7 @@ evict_module = {}
 
 
 def use_evict(on: bool) -> None:
-    """gemm.cu with its weight boxes' TMA loads under an evict-first L2 policy (on), or as committed, swapped into `be`."""
+    """gemm_wgmma.cu with its weight boxes' TMA loads under an evict-first L2 policy (on), or as committed, swapped into `be`."""
     if on not in evict_module:
         if not on:
             evict_module[on] = modules[tuple(sorted(COMMITTED_RINGS.items()))]
@@ -126,9 +126,9 @@ def use_evict(on: bool) -> None:
                 text = swap(text, "tma_load(stage + b * 64 * BK, &w_map,", "tma_load_once(stage + b * 64 * BK, &w_map,")
                 text = swap(text, "} else tma_load(stage, &w_map,", "} else tma_load_once(stage, &w_map,")
                 return swap(text, "tma_load(ring.expect(i), &w_map,", "tma_load_once(ring.expect(i), &w_map,")
-            evict_module[on] = backend_with_edit("gemm.cu", "gemm_wgmma_w1_x16_s1", edit).modules["gemm.cu"]
-    be.modules["gemm.cu"] = evict_module[on]
-    for name in [k for k in be.functions if k[0] == "gemm.cu"]:
+            evict_module[on] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", edit).modules["gemm_wgmma.cu"]
+    be.modules["gemm_wgmma.cu"] = evict_module[on]
+    for name in [k for k in be.functions if k[0] == "gemm_wgmma.cu"]:
         del be.functions[name]
 
 
@@ -136,13 +136,15 @@ base_module = {}
 
 
 def use_base_gemm() -> None:
-    """gemm.cu compiled from $BASE_GEMM's text, swapped into `be` (extra trailing launch arguments are ignored)."""
+    """$BASE_GEMM's text (a build's inlined gemm.cu, which before stop 49 held the gemm_wgmma kernels too) compiled and
+    swapped into `be` for both GEMM files (extra trailing launch arguments are ignored)."""
     if not base_module:
         text = open(os.environ["BASE_GEMM"]).read()
-        base_module[0] = backend_with_edit("gemm.cu", "gemm_wgmma_w1_x16_s1", lambda _: text).modules["gemm.cu"]
-    be.modules["gemm.cu"] = base_module[0]
-    for name in [k for k in be.functions if k[0] == "gemm.cu"]:
-        del be.functions[name]
+        base_module[0] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", lambda _: text).modules["gemm_wgmma.cu"]
+    for file in ("gemm.cu", "gemm_wgmma.cu"):
+        be.modules[file] = base_module[0]
+        for name in [k for k in be.functions if k[0] == file]:
+            del be.functions[name]
 
 
 swizzled_rows = cuda_backend.tensor_map.swizzled_rows

@@ -1,5 +1,5 @@
 """Device probe: what bounds the wgmma GEMMs at 64 rows, where the 8B products stream slower than at one row
-(gate/up 86% of copy bandwidth against 99%, stop 41-43). gemm.cu is compiled with parts of WgmmaRing edited out
+(gate/up 86% of copy bandwidth against 99%, stop 41-43). gemm_wgmma.cu is compiled with parts of WgmmaRing edited out
 (the results are wrong; only the time is read), and each 8B product is timed at 64 rows as bench gemm does (a
 captured graph of 20 calls on rotating weight copies, past L2), by turns:
 
@@ -96,7 +96,7 @@ def backend(variant):
         be.wgmma_gemm_fits = lambda M, N, K: False if N in (28672, 128256) else CudaBackend.wgmma_gemm_fits(be, M, N, K)
         be.own_gemm_serves = lambda M, N, K: True if N in (28672, 128256) else CudaBackend.own_gemm_serves(be, M, N, K)
         return be
-    return backend_with_edit("gemm.cu", "gemm_wgmma_w1_x64_s1", EDITS[variant])
+    return backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x64_s1", EDITS[variant])
 
 
 def call(be, name, x, w):

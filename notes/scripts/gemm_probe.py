@@ -117,7 +117,7 @@ elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two 
             for G, n in stages.items():
                 text = re.sub(rf"GEMM_WGMMA_CLUSTERS\({G}, 64, \d+\)", f"GEMM_WGMMA_CLUSTERS({G}, 64, {n})", text)
             return text
-        return backend_with_edit("gemm.cu", "gemm_wgmma_w1_x64_s1", edit), {(G, 64): n for G, n in stages.items()}
+        return backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x64_s1", edit), {(G, 64): n for G, n in stages.items()}
 
     committed = dict(cuda_backend.WGMMA_GEMM_STAGES)
     rings = {"shallow": ring({1: 6, 2: 4}), "deep": ring({1: 12, 2: 8})}

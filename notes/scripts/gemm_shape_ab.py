@@ -5,7 +5,7 @@ warpgroups share each x stage, so x is half the weights' bytes.
 
   g1s{S}      the committed kernel, one warpgroup (12 stages then, 13 since stop 37; one block an SM)
   g2s{S}      the committed kernel, two warpgroups, 4 stages (two blocks an SM)
-  g2deep{S}   two warpgroups, 8 stages (kernels/gemm.cu patched: GEMM_WGMMA_CLUSTERS(2, 64, 8); one block an SM)
+  g2deep{S}   two warpgroups, 8 stages (kernels/gemm_wgmma.cu patched: GEMM_WGMMA_CLUSTERS(2, 64, 8); one block an SM)
   cublas      cuBLAS (ctypes, bf16)
 
 Prints per round the % of copy bandwidth of graphs of 20 calls (consecutive calls on different weight copies, >= 100
@@ -35,7 +35,7 @@ DEEP = 8
 
 def main():
     base = cuda_backend.CudaBackend("bfloat16")
-    deep = backend_with_edit("gemm.cu", "gemm_wgmma_w2_x64_s1", lambda text: swap(text, "GEMM_WGMMA_CLUSTERS(2, 64, 4)", f"GEMM_WGMMA_CLUSTERS(2, 64, {DEEP})"))
+    deep = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w2_x64_s1", lambda text: swap(text, "GEMM_WGMMA_CLUSTERS(2, 64, 4)", f"GEMM_WGMMA_CLUSTERS(2, 64, {DEEP})"))
     stages = dict(cuda_backend.WGMMA_GEMM_STAGES)
     bandwidth = copy_bandwidth()
     print(f"gemm_wgmma block shapes on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; % of copy bandwidth per call", flush=True)

@@ -3,7 +3,7 @@ one process against cuBLAS. (Stop 37's first calls also tried rings small enough
 once the last copies are out, and a shallow ring of x apart from the weights': notes/gemm_xrows_ab_h100_stop37.log.)
 
   base               x in 64-row boxes, 12 stages, stop 36's cluster rule (stop 36's kernel)
-  rule               the committed kernels and rules (kernels/gemm.cu, CudaBackend.wgmma_shape, wgmma_xrows)
+  rule               the committed kernels and rules (kernels/gemm_wgmma.cu, CudaBackend.wgmma_shape, wgmma_xrows)
   [g2]x{X}d{D}[s{S}]  [two warpgroups,] X-row x boxes, D ring stages, [S blocks a cluster; else the committed rule]
   cublas      cuBLAS (ctypes, bf16)
 
@@ -34,7 +34,7 @@ def ring(G, X, stages):
     """a backend whose gemm_wgmma_w{G}_x{X} kernels have `stages` ring stages"""
     def edit(text):
         return re.sub(rf"GEMM_WGMMA_CLUSTERS\({G}, {X}, \d+\)", f"GEMM_WGMMA_CLUSTERS({G}, {X}, {stages})", text)
-    return backend_with_edit("gemm.cu", f"gemm_wgmma_w{G}_x{X}_s1", edit)
+    return backend_with_edit("gemm_wgmma.cu", f"gemm_wgmma_w{G}_x{X}_s1", edit)
 
 
 def variant_setup(name):

@@ -1,4 +1,4 @@
-"""Device probe: the wgmma helpers of kernels/attention.cu against NumPy, one warpgroup, one K and V tile.
+"""Device probe: the wgmma helpers of kernels/hopper.cuh (through attention_wgmma.cu) against NumPy, one warpgroup, one K and V tile.
 
   python3 notes/scripts/wgmma_probe.py
 
@@ -67,7 +67,7 @@ extern "C" __global__ void wgmma_probe(const __nv_bfloat16* A, const __nv_bfloat
 """
 
 cp = require_gpu()
-source = kernel_source("attention.cu") + PROBE
+source = kernel_source("attention_wgmma.cu") + PROBE
 try:
     module = cp.RawModule(code=source, options=("-std=c++17", "-DSTORAGE_BF16", "-arch=sm_90a"))
     kernel = module.get_function("wgmma_probe")

@@ -1,0 +1,193 @@
+// The pieces both families of small-M products (gemm.cu: gemm_stream, on mma.sync; gemm_wgmma.cu: gemm_wgmma, on
+// warpgroup MMA) share: the split-K cluster sums, the RMSNorm split across two products (GemmNorm), the gated
+// epilogue, and the instance macro over cluster sizes. The product and its layouts are described in gemm.cu. Python
+// inlines this header into each kernel's source (backends/cuda_backend.kernel_source).
+#pragma once
+#include <cuda_bf16.h>
+#include "cluster.cuh"
+#include "warp.cuh"
+
+// One y element of a split-K cluster: the S blocks' partial sums at `local` (the same offset in every block's
+// shared memory) added in rank order through distributed shared memory, so the same inputs give the same bits.
+template <int S>
+__device__ __forceinline__ float cluster_sum(const float* local) {
+    if constexpr (S == 1) return *local;
+    float sum = load_cluster(local, 0);
+#pragma unroll
+    for (int q = 1; q < S; q++) sum += load_cluster(local, q);
+    return sum;
+}
+
+// The RMSNorm between two products, split so that neither waits for a grid-wide sum (GemmNorm; rows of N = K'
+// columns, h = r / sqrt(mean(r^2) + eps) * weight, r = y + residual the residual stream):
+// - the product before it (gemm_wgmma, NORM_BEGIN) adds the residual to its columns of y (r -> residual_out),
+//   writes x' = bf16(r * weight) (x_out), and each block the sum of its columns' r^2 of each row (warp_row_sum)
+//   (partials_out [M][blocks]), and leaves at once;
+// - the product after it (gemm_wgmma, gemm_stream, their gated forms; NORM_FINISH) runs on x' and, at its
+//   end, scales each row's sums by s = rsqrt(sum of the row's partials (warp_row_sum) / K + eps): y = s (x' W^T)
+//   (the gated end: silu(s gate) * (s up)).
+// So the norm's launch, and the waits for it, are gone, and no block waits for another. h W^T is formed as
+// s (bf16(r weight) W^T) instead of bf16(r s weight) W^T: the same rounding, at another place (not add_rmsnorm's
+// bits). Why: the two norm launches a layer were 5.6% of the 8B decode step; split, that step went 4.300 -> 4.115 ms
+// on an H200 (notes/norm_split_h200_stop48.log). At 16 rows it was slower: each block of the product after loads
+// 16 x 128 partials, most at its end (read as one a row, timing only, it was 1.9% faster), so the backend splits up
+// to 4 rows.
+struct GemmNorm {
+    const float* scale_partials;  // the product after: the rows' partial sums [M][scale_blocks]
+    int scale_blocks;
+    float eps;
+    const float* residual;        // the product before: [M, N] or nullptr (the first layer)
+    float* residual_out;          // [M, N]
+    const float* weight;          // [N]
+    __nv_bfloat16* x_out;         // [M, N]: x'
+    float* partials_out;          // [M][gridDim.x S]
+};
+// A product's part in it, a template argument, so that a plain product's kernel has none of this code: the kernels
+// that finish a norm are the plain ones' names with "_finish" and three more arguments, those that begin one with
+// "_begin" and five (NORM_PARAMS_<suffix>). Built only where the split serves (cuda_backend.norm_split and
+// finishes_norm): gemm_wgmma of one warpgroup in 16-row boxes, gemm_stream and gemm_stream_glu in k 128 stages,
+// gemm_wgmma_glu.
+enum NormRole { NORM_NONE, NORM_FINISH, NORM_BEGIN };
+#define NORM_ROLE_ NORM_NONE
+#define NORM_PARAMS_
+#define NORM_ARGS_ GemmNorm{}
+#define NORM_ROLE__finish NORM_FINISH
+#define NORM_PARAMS__finish , const float *scale_partials, int scale_blocks, float eps
+#define NORM_ARGS__finish GemmNorm{scale_partials, scale_blocks, eps, nullptr, nullptr, nullptr, nullptr, nullptr}
+#define NORM_ROLE__begin NORM_BEGIN
+#define NORM_PARAMS__begin , const float *residual, float *residual_out, const float *norm_weight, __nv_bfloat16 *x_out, float *partials_out
+#define NORM_ARGS__begin GemmNorm{nullptr, 0, 0.0f, residual, residual_out, norm_weight, x_out, partials_out}
+
+// The sum of values[0 .. count) in one fixed order, by a warp: lane l adds values l, l + 32, .. in turn, then a xor
+// butterfly; every lane gets it, and every block that sums the same values gets the same bits.
+__device__ __forceinline__ float warp_row_sum(const float* values, int count) {
+    float sum = 0.0f;
+    for (int i = threadIdx.x % 32; i < count; i += 32) sum += values[i];
+    return warp_sum(sum);
+}
+
+// What a thread loads right after pdl_wait for the norm work at the kernel's end, so that the L2 round trip runs
+// under the products: in the product after a norm, its share of the rows' partial sums (p = tid + j THREADS); in
+// the product before one, the residual and weight of its store items (store_cluster_norm's e = tid + j THREADS).
+// Up to NORM_PREFETCH values each; the rest are loaded at the end.
+#define NORM_PREFETCH 4
+template <int THREADS>
+struct NormPrefetch {
+    float a[NORM_PREFETCH], b[NORM_PREFETCH];
+    __device__ __forceinline__ void partials(const float* from, int count) {
+#pragma unroll
+        for (int j = 0; j < NORM_PREFETCH; j++) {
+            const int p = threadIdx.x + j * THREADS;
+            a[j] = p < count ? from[p] : 0.0f;
+        }
+    }
+    __device__ __forceinline__ void residual(const GemmNorm& g, int M, int N, int col0, int slice, int items) {
+#pragma unroll
+        for (int j = 0; j < NORM_PREFETCH; j++) {
+            const int e = threadIdx.x + j * THREADS, m = e / slice, n = col0 + e % slice;
+            const bool item = e < items && m < M && n < N;
+            a[j] = item && g.residual ? g.residual[(long long)m * N + n] : 0.0f;
+            b[j] = item ? g.weight[n] : 0.0f;
+        }
+    }
+};
+
+// The product after: scales[m] for rows m < M (shared memory), from the partials (`from`, prefetched in part)
+// through `buffer` (M scale_blocks floats of shared memory), then each row summed by a warp (warp_row_sum).
+template <int THREADS>
+__device__ __forceinline__ void row_scales(const GemmNorm& g, const float* from, const NormPrefetch<THREADS>& pre, int M, int K,
+                                           float* buffer, float* scales) {
+    const int count = M * g.scale_blocks;
+#pragma unroll
+    for (int j = 0; j < NORM_PREFETCH; j++) {
+        const int p = threadIdx.x + j * THREADS;
+        if (p < count) buffer[p] = pre.a[j];
+    }
+#pragma unroll 8
+    for (int p = threadIdx.x + NORM_PREFETCH * THREADS; p < count; p += THREADS) buffer[p] = from[p];
+    __syncthreads();
+    for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row (not a thread: 128 dependent adds)
+        const float sum = warp_row_sum(buffer + m * g.scale_blocks, g.scale_blocks);
+        if (threadIdx.x % 32 == 0) scales[m] = rsqrtf(sum / K + g.eps);
+    }
+    __syncthreads();
+}
+
+// The end of a split-K block, for gemm_stream and gemm_wgmma: red [XROWS][RED_STRIDE] holds this block's sums
+// red[m][row] of y[m][n0 + row]; cluster rank r adds rows r ROWS / S .. of the S blocks' buffers (cluster_sum) and
+// writes them to y, coalesced along N. With S = 1 the block writes its own sums.
+// scales: the rows' norm scales (row_scales), or nullptr.
+template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
+__device__ __forceinline__ void store_cluster_sums(const float* red, float* __restrict__ y, int M, int N, int n0,
+                                                   const float* scales = nullptr) {
+    if constexpr (S > 1) cluster_sync();  // every block's sums are in its shared memory
+    constexpr int SLICE = ROWS / S;
+    const int rank = blockIdx.y;  // the cluster spans grid y, so this is the cluster rank
+    for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
+        const int m = e / SLICE, row = rank * SLICE + e % SLICE;
+        if (m >= M || n0 + row >= N) continue;
+        const float sum = cluster_sum<S>(red + m * RED_STRIDE + row);
+        y[(long long)m * N + n0 + row] = scales ? scales[m] * sum : sum;
+    }
+    if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
+}
+
+// The product before a norm (GemmNorm, x_out set): as store_cluster_sums, r = y + residual to residual_out, x' to
+// x_out, and the block's partial sums of r^2 (its columns by warp_row_sum; squares: XROWS x ROWS / S floats of
+// shared memory) to partials_out[m][bx S + rank].
+template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
+__device__ __forceinline__ void store_cluster_norm(const float* red, const GemmNorm& g, const NormPrefetch<THREADS>& pre, int M,
+                                                   int N, int n0, float* squares) {
+    if constexpr (S > 1) cluster_sync();
+    constexpr int SLICE = ROWS / S, ITEMS = (SLICE * XROWS + THREADS - 1) / THREADS;
+    const int rank = blockIdx.y, block = blockIdx.x * S + rank;
+#pragma unroll
+    for (int j = 0; j < ITEMS; j++) {
+        const int e = threadIdx.x + j * THREADS, m = e / SLICE, row = rank * SLICE + e % SLICE;
+        if (e >= SLICE * XROWS) break;
+        float square = 0.0f;
+        if (m < M && n0 + row < N) {
+            const long long at = (long long)m * N + n0 + row;
+            const float residual = j < NORM_PREFETCH ? pre.a[j] : g.residual ? g.residual[at] : 0.0f;
+            const float weight = j < NORM_PREFETCH ? pre.b[j] : g.weight[n0 + row];
+            const float r = cluster_sum<S>(red + m * RED_STRIDE + row) + residual;
+            g.residual_out[at] = r;
+            g.x_out[at] = __float2bfloat16_rn(r * weight);
+            square = r * r;
+        }
+        squares[e] = square;
+    }
+    __syncthreads();
+    for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row
+        const float sum = warp_row_sum(squares + m * SLICE, SLICE);
+        if (threadIdx.x % 32 == 0) g.partials_out[(long long)m * gridDim.x * S + block] = sum;
+    }
+    if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
+}
+
+// The gated end (GLU) of a block whose 2 HALF weight rows are HALF gate rows (columns c0 .. c0 + HALF - 1 of act)
+// and the HALF matching up rows: red[m][j] holds gate column c0 + j, red[m][HALF + j] its up column. Rank r of the
+// cluster writes act [M, I] columns c0 + r HALF / S .. in bf16 as silu(gate) * up, the expression of elementwise.cu's
+// silu_mul on the same fp32 sums, so the bits are those of the GEMM followed by silu_mul.
+template <int S, int XROWS, int RED_STRIDE, int THREADS, int HALF>
+__device__ __forceinline__ void store_cluster_glu(const float* red, __nv_bfloat16* __restrict__ act, int M, int I, int c0,
+                                                  const float* scales = nullptr) {
+    if constexpr (S > 1) cluster_sync();
+    constexpr int SLICE = HALF / S;
+    const int rank = blockIdx.y;
+    for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
+        const int m = e / SLICE, j = rank * SLICE + e % SLICE;
+        if (m >= M || c0 + j >= I) continue;
+        float gate = cluster_sum<S>(red + m * RED_STRIDE + j), up = cluster_sum<S>(red + m * RED_STRIDE + HALF + j);
+        if (scales) gate *= scales[m], up *= scales[m];
+        act[(long long)m * I + c0 + j] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
+    }
+    if constexpr (S > 1) cluster_sync();
+}
+
+// KERNEL(..., S, CLUSTER) for every split-K cluster size along grid y (1, 2, 4, 8), for gemm_stream and gemm_wgmma
+#define SPLIT_K_CLUSTERS(KERNEL, ...)                    \
+    KERNEL(__VA_ARGS__, 1, )                              \
+    KERNEL(__VA_ARGS__, 2, __cluster_dims__(1, 2, 1))     \
+    KERNEL(__VA_ARGS__, 4, __cluster_dims__(1, 4, 1))     \
+    KERNEL(__VA_ARGS__, 8, __cluster_dims__(1, 8, 1))
