@@ -319,6 +319,35 @@ def test_attention_merges_its_shares_in_clusters_the_kernel_has():
             assert f"TREE_ATTENTION_MMA_CLUSTERS({D}, {warps})" in source
 
 
+def test_every_kernel_the_backend_names_is_in_the_file_it_names():
+    """kernel(file, name) loads `name` from kernels/`file`'s module: each file the package names exists, each literal
+    kernel name is an entry point of that file, and the fixed text of each name built at run time (f-string) is in that
+    file's source (the GEMM and attention kernels sit in a file per family since stop 49: a name looked up in the
+    wrong file fails only on a GPU). The files of every model's first steps are the ones warm_up compiles."""
+    import minispec
+    from pathlib import Path
+
+    from minispec.backends.cuda_backend import KERNELS
+
+    sources = "".join(path.read_text() for path in Path(minispec.__file__).parent.rglob("*.py"))
+    calls = re.findall(r'kernel\("(\w+\.cu)", (f?)"([^"]*)"', sources)
+    assert len(calls) >= 15
+    for file, is_format, name in calls:
+        source = kernel_source(file)
+        entries = re.findall(r'extern "C" __global__ void (?:\w+\([^)]*\)\s*)*(\w+)\(', source)
+        if is_format:  # the text before the first field, in an entry point's name or a kernel macro's name pattern
+            assert name.split("{")[0] in source, (file, name)
+        else:
+            assert name in entries, (file, name)
+    common = {"gemm.cu", "gemm_wgmma.cu", "attention.cu", "attention_mma.cu", "attention_wgmma.cu", "elementwise.cu", "kv_cache.cu",
+              "sampling.cu"}
+    compiled = []
+    rules = type("Rules", (), {"warm_up": CudaBackend.warm_up, "precompile": lambda self, files: compiled.extend(files)})()
+    rules.warm_up()
+    named = set(re.findall(r'kernel\("(\w+\.cu)"', sources))
+    assert set(compiled) == common and common <= named and all((KERNELS / file).exists() for file in named)
+
+
 def test_slow_compiles_are_announced_and_cached_ones_are_silent(capsys):
     """A machine's first run compiles the kernels (~20 s): the wait is named once it passes the threshold, with its
     length at the end; a wait under it (a cached module) prints nothing; an error inside ends it as failed."""
