@@ -549,7 +549,10 @@ def make_drafter(draft, budget, target_model, tokenizer, backend, num_pages: int
         if not 1 <= K < target_model.config.num_layers:
             raise MinispecError(f"draft {draft!r}: K must be in 1..{target_model.config.num_layers - 1} (the target has {target_model.config.num_layers} layers)")
         return ModelDrafter(target_model.truncated(K), budget, num_pages, page_size, prefix_caching)
-    draft_model, draft_tokenizer = load_model(draft)
+    try:
+        draft_model, draft_tokenizer = load_model(draft)
+    except MinispecError as error:  # (a typo of ngram or self:K reads as a model that is not there)
+        raise MinispecError(f"draft {draft!r} is not 'ngram', 'self:K' or a usable draft model: {error}") from None
     if draft_model.config.vocab_size != target_model.config.vocab_size or draft_tokenizer.hf.get_vocab() != tokenizer.hf.get_vocab():
         raise MinispecError(f"draft model {draft!r} has a different tokenizer or vocabulary than the target: it cannot draft for it")
     return ModelDrafter(draft_model, budget, num_pages, page_size, prefix_caching)

@@ -194,6 +194,8 @@ def test_bad_speculation_settings_are_clear_errors(tiny_model, tmp_path):
     (other / "tokenizer.json").write_text((other / "tokenizer.json").read_text().replace('"a"', '"A_"', 1))
     with pytest.raises(MinispecError, match="different tokenizer"):
         LLM(model=str(tiny_model), device="cpu", draft=str(other))
+    with pytest.raises(MinispecError, match="'n-gram' is not 'ngram', 'self:K' or a usable draft model: model 'n-gram' not found"):
+        LLM(model=str(tiny_model), device="cpu", draft="n-gram")
 
 
 def test_running_out_of_pages_is_an_error_and_frees_everything(tiny_model):
