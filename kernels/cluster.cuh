@@ -1,7 +1,7 @@
 // Thread block clusters (sm_90): a cluster's blocks run at once on one GPC and read and write each other's
 // shared memory (distributed shared memory, DSMEM). Shared by kernels/gemm.cuh (split-K sums),
-// kernels/attention_mma.cu (key shares merged) and kernels/sampling.cu (a row's slices). A block's shared memory must outlive every access from its cluster:
-// kernels end with cluster_sync() after their last remote access.
+// kernels/attention_mma.cu (key shares merged) and kernels/sampling.cu (a row's slices). A block's shared memory
+// must outlive every access from its cluster: kernels end with cluster_sync() after their last remote access.
 #pragma once
 
 // every thread of every block of the cluster; the release/acquire pair orders the shared-memory writes before it

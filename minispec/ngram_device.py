@@ -60,7 +60,7 @@ class NgramParams:
             stop_len = min(max_len, seq.prompt_len + seq.params.max_tokens)
             if not seq.params.ignore_eos and len(stop_token_ids) <= MAX_STOP_IDS:
                 stop_ids = tuple(sorted(stop_token_ids))
-        pays, strong = drafter.gate(seq is None or seq.params.greedy)  # (NgramDrafter.pays)
+        pays, strong = drafter.gate(seq is None or seq.params.greedy)  # (the gate NgramDrafter.pays applies)
         return cls(drafter.max_ngram, drafter.max_matches, b.depth, b.nodes, b.width, max_len, stop_len, stop_ids,
                    drafter.common, strong, pays)
 

@@ -845,7 +845,8 @@ class CudaBackend:
 
     def finishes_norm(self, kernel: str, M: int, N: int, K: int) -> bool:
         """Whether linear's kernel for x [M, K], W [N, K] can finish a split norm (NormedRows) at its end: gemm_stream
-        in k 128 stages (up to 16 rows), and gemm_wgmma where wgmma_takes_norm (kernels/gemm.cu and gemm_wgmma.cu build no others)."""
+        in k 128 stages (up to 16 rows), and gemm_wgmma where wgmma_takes_norm (kernels/gemm.cu and gemm_wgmma.cu
+        build no others)."""
         if kernel == "stream":
             return self.stream_launch_shape(M, N, K)[2] == 128
         return kernel == "wgmma" and self.wgmma_takes_norm(M, N, K)
