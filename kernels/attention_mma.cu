@@ -40,6 +40,7 @@
 #include "pdl.cuh"
 #include "cluster.cuh"
 #include "attention.cuh"
+#include "head_dim.cuh"
 
 #define STAGES 4          // K/V tiles in the shared-memory ring
 
@@ -252,10 +253,10 @@ __device__ void tree_attention_mma(
         tree_attention_mma<D, WARPS, 32 * (WARPS / 4)>(q, k_cache, v_cache, cu_q, kv_len, tree_start, masks, causal, page_tables, \
                                      max_pages, B, o_part, ml_part, out, N, H, Hkv, P, scale);                  \
     }
-TREE_ATTENTION_MMA(64, 4)
-TREE_ATTENTION_MMA(64, 8)
-TREE_ATTENTION_MMA(128, 4)
-TREE_ATTENTION_MMA(128, 8)
+HEAD_DIM_64(TREE_ATTENTION_MMA(64, 4))
+HEAD_DIM_64(TREE_ATTENTION_MMA(64, 8))
+HEAD_DIM_128(TREE_ATTENTION_MMA(128, 4))
+HEAD_DIM_128(TREE_ATTENTION_MMA(128, 8))
 
 // tree_attention_mma_d{D}_w{WARPS}_c{C} (sm_90): the same with its C key shares one cluster, merged inside
 // (merge_in_cluster): grid z = C, no o_part / ml_part, no attention_merge behind it
@@ -273,8 +274,8 @@ TREE_ATTENTION_MMA(128, 8)
     }
 #define TREE_ATTENTION_MMA_CLUSTERS(D, WARPS) \
     TREE_ATTENTION_MMA_CLUSTER(D, WARPS, 2) TREE_ATTENTION_MMA_CLUSTER(D, WARPS, 4) TREE_ATTENTION_MMA_CLUSTER(D, WARPS, 8)
-TREE_ATTENTION_MMA_CLUSTERS(64, 4)
-TREE_ATTENTION_MMA_CLUSTERS(64, 8)
-TREE_ATTENTION_MMA_CLUSTERS(128, 4)
-TREE_ATTENTION_MMA_CLUSTERS(128, 8)
+HEAD_DIM_64(TREE_ATTENTION_MMA_CLUSTERS(64, 4))
+HEAD_DIM_64(TREE_ATTENTION_MMA_CLUSTERS(64, 8))
+HEAD_DIM_128(TREE_ATTENTION_MMA_CLUSTERS(128, 4))
+HEAD_DIM_128(TREE_ATTENTION_MMA_CLUSTERS(128, 8))
 #endif

@@ -43,6 +43,7 @@
 #include "pdl.cuh"
 #include "hopper.cuh"
 #include "attention.cuh"
+#include "head_dim.cuh"
 
 __host__ __device__ constexpr int attention_ring(int D, int KEYS) { return 196608 / (4 * KEYS * D) < 6 ? 196608 / (4 * KEYS * D) : 6; }
 template <int D, int KEYS>
@@ -239,8 +240,8 @@ __device__ void tree_attention_wgmma(
                                       masks, causal, page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, \
                                       P, scale, producers);                                                      \
     }
-TREE_ATTENTION_WGMMA(64, 64)
-TREE_ATTENTION_WGMMA(64, 128)
-TREE_ATTENTION_WGMMA(128, 64)
-TREE_ATTENTION_WGMMA(128, 128)
+HEAD_DIM_64(TREE_ATTENTION_WGMMA(64, 64))
+HEAD_DIM_64(TREE_ATTENTION_WGMMA(64, 128))
+HEAD_DIM_128(TREE_ATTENTION_WGMMA(128, 64))
+HEAD_DIM_128(TREE_ATTENTION_WGMMA(128, 128))
 #endif

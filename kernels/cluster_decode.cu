@@ -82,6 +82,7 @@
 #include "cluster.cuh"
 #include "warp.cuh"
 #include "pdl.cuh"
+#include "head_dim.cuh"
 
 #define CD_WARPS 16
 #define CD_THREADS (CD_WARPS * 32)
@@ -757,5 +758,5 @@ __device__ void cluster_decode_body(const Step& s) {
         cd::cluster_decode_body<D>(s);                                                                                  \
     }
 
-CLUSTER_DECODE(64)
-CLUSTER_DECODE(128)
+HEAD_DIM_64(CLUSTER_DECODE(64))
+HEAD_DIM_128(CLUSTER_DECODE(128))

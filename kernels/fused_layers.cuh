@@ -85,6 +85,7 @@
 #include "ampere.cuh"
 #include "warp.cuh"
 #include "counters.cuh"
+#include "head_dim.cuh"
 
 #define WARPS 16
 #define THREADS (WARPS * 32)

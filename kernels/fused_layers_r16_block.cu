@@ -2,5 +2,5 @@
 // 256 keys: attention and its merge in one phase, a block per (sequence, KV head, row group) (phase_attention, BLOCK).
 #include "fused_layers.cuh"
 
-FUSED_LAYERS_BLOCK(16, 64)
-FUSED_LAYERS_BLOCK(16, 128)
+HEAD_DIM_64(FUSED_LAYERS_BLOCK(16, 64))
+HEAD_DIM_128(FUSED_LAYERS_BLOCK(16, 128))

@@ -2,5 +2,5 @@
 // attention and its merge in one phase, a block per head (phase_attention, BLOCK).
 #include "fused_layers.cuh"
 
-FUSED_LAYERS_BLOCK(1, 64)
-FUSED_LAYERS_BLOCK(1, 128)
+HEAD_DIM_64(FUSED_LAYERS_BLOCK(1, 64))
+HEAD_DIM_128(FUSED_LAYERS_BLOCK(1, 128))

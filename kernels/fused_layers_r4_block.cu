@@ -2,5 +2,5 @@
 // steps of up to 256 keys: attention and its merge in one phase, a block per (sequence, KV head, row group) (BLOCK).
 #include "fused_layers.cuh"
 
-FUSED_LAYERS_BLOCK(4, 64)
-FUSED_LAYERS_BLOCK(4, 128)
+HEAD_DIM_64(FUSED_LAYERS_BLOCK(4, 64))
+HEAD_DIM_128(FUSED_LAYERS_BLOCK(4, 128))

@@ -87,17 +87,18 @@ def copy_bandwidth() -> float:
     return 2 * (1 << 31) / seconds  # both buffers go back to the pool on return
 
 
-def backend_with_edit(file: str, kernel: str, edit):
-    """A bf16 CudaBackend whose kernels/`file` (holding `kernel`) is compiled from edit(its text): A/B probes of
-    a kernel change run by turns in one process (notes/scripts/gemm_trigger_ab.py); each backend keeps its own
-    modules, so the file is read, edited and compiled here, once."""
+def backend_with_edit(file: str, kernel: str, edit, head_dim: int | None = None):
+    """A bf16 CudaBackend whose kernels/`file` (holding `kernel`; for the head dim given, a file of PER_HEAD_DIM)
+    is compiled from edit(its text): A/B probes of a kernel change run by turns in one process
+    (notes/scripts/gemm_trigger_ab.py); each backend keeps its own modules, so the file is read, edited and
+    compiled here, once."""
     from .backends import cuda_backend
 
     original = cuda_backend.kernel_source
     cuda_backend.kernel_source = lambda name: edit(original(name)) if name == file else original(name)
     try:
         backend = cuda_backend.CudaBackend("bfloat16")
-        backend.kernel(file, kernel)
+        backend.kernel(file, kernel, head_dim)
     finally:
         cuda_backend.kernel_source = original
     return backend

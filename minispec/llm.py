@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends import make_backend
+from .config import ModelConfig
 from .drafters import make_drafter
 from .engine import Engine, Stats
 from .errors import MinispecError
@@ -77,10 +78,10 @@ class LLM:
         prefix_caching: bool = False,
     ):
         self.backend = make_backend(device, dtype, kv_memory_fraction)
-        self.backend.warm_up()  # kernels compile beside the weights' loading (a machine's first run)
+        self.backend.warm_up()  # kernels compile beside the model's fetch and loading (a machine's first run)
         self.model_dir = resolve_model(model)
+        self.backend.warm_up(ModelConfig.from_file(self.model_dir / "config.json"))  # and those of its head dim
         self.model = Model.load(self.model_dir, self.backend)
-        self.backend.warm_up(self.model)
         config = self.model.config
         self.tokenizer = Tokenizer(self.model_dir, config.eos_token_ids)
         self.max_model_len = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
@@ -98,6 +99,8 @@ class LLM:
             draft, tree, self.model, self.tokenizer, self.backend, self.cache.num_pages, self.cache.page_size, self._load_draft,
             self.engine.prefix_caching,
         )
+        if draft is not None:
+            self.backend.warm_up_trees(self.model, ngram=draft == "ngram")
 
     def _load_draft(self, path):
         model_dir = resolve_model(path)

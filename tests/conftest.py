@@ -35,16 +35,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 def compile_every_kernel() -> None:
-    """Before GPU tests: every kernels/*.cu compiled side by side (CudaBackend.precompile) for each storage type,
-    so that the tests' backends find the modules in CuPy's per-process memo instead of compiling them one after
-    another (all 13 files took ~37 s in a row on the 2-core development machine, nvrtc_check.py). A file that does
-    not compile is left to the tests that need it, which then report the error."""
-    from minispec.backends.cuda_backend import KERNELS, CudaBackend
+    """Before GPU tests: every kernels/*.cu compiled side by side (CudaBackend.precompile) for each storage type
+    (and each head dim, for the files of PER_HEAD_DIM), so that the tests' backends find the modules in CuPy's
+    per-process memo instead of compiling them one after another (all 13 files took ~37 s in a row on the 2-core
+    development machine, nvrtc_check.py). A file that does not compile is left to the tests that need it, which then
+    report the error."""
+    from minispec.backends.cuda_backend import HEAD_DIMS, KERNELS, PER_HEAD_DIM, CudaBackend
 
     files = sorted(path.name for path in KERNELS.glob("*.cu"))
+    units = [(file, head_dim) for file in files for head_dim in (HEAD_DIMS if file in PER_HEAD_DIM else (None,))]
     for dtype in ("bfloat16", "float32"):
         backend = CudaBackend(dtype)
-        backend.precompile(files)
+        backend.precompile(units)
         for future in backend.compiling.values():
             future.exception()  # waits; the error, if any, is raised again where a test compiles the file
 

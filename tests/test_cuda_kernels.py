@@ -534,7 +534,7 @@ def test_long_decode_takes_wgmma_and_matches_reference(B, D, keys, step):
     be.launch = lambda kernel, *a, **kw: launched.append(kernel) or launch(kernel, *a, **kw)
     out = be.attention(cp.asarray(q), cp.asarray(k_cache.view(np.uint16)), cp.asarray(v_cache.view(np.uint16)), be.prepare_plan(plan), 1 / np.sqrt(D))
     be.launch = launch
-    assert launched[0] in [be.kernel("attention_wgmma.cu", f"tree_attention_wgmma_d{D}_k{tile}") for tile in (64, 128)]
+    assert launched[0] in [be.kernel("attention_wgmma.cu", f"tree_attention_wgmma_d{D}_k{tile}", D) for tile in (64, 128)]
     out = host_float(out, "bfloat16")
     assert_close(out, expected, 6e-2, 6e-2, f"long decode on wgmma (B={B}, D={D})")
     assert np.abs(out - expected).mean(axis=1).max() < 1e-2

@@ -323,29 +323,61 @@ def test_every_kernel_the_backend_names_is_in_the_file_it_names():
     """kernel(file, name) loads `name` from kernels/`file`'s module: each file the package names exists, each literal
     kernel name is an entry point of that file, and the fixed text of each name built at run time (f-string) is in that
     file's source (the GEMM and attention kernels sit in a file per family since stop 49: a name looked up in the
-    wrong file fails only on a GPU). The files of every model's first steps are the ones warm_up compiles."""
+    wrong file fails only on a GPU). A call passes a head dim exactly where its file's instances come per head dim
+    (kernels/head_dim.cuh, PER_HEAD_DIM). The files of every model's first steps are the ones warm_up compiles, and
+    given a config those of its head dim."""
     import minispec
     from pathlib import Path
 
-    from minispec.backends.cuda_backend import KERNELS
+    from minispec.backends.cuda_backend import KERNELS, PER_HEAD_DIM
+    from minispec.config import ModelConfig
 
+    per_head_dim = {path.name for path in KERNELS.glob("*.cu") if "#define HEAD_DIM_64(" in kernel_source(path.name)}
+    assert per_head_dim == PER_HEAD_DIM
     sources = "".join(path.read_text() for path in Path(minispec.__file__).parent.rglob("*.py"))
-    calls = re.findall(r'kernel\("(\w+\.cu)", (f?)"([^"]*)"', sources)
+    calls = re.findall(r'kernel\("(\w+\.cu)", (f?)"([^"]*)"(, [^()]+)?\)', sources)
     assert len(calls) >= 15
-    for file, is_format, name in calls:
+    for file, is_format, name, head_dim in calls:
         source = kernel_source(file)
         entries = re.findall(r'extern "C" __global__ void (?:\w+\([^)]*\)\s*)*(\w+)\(', source)
         if is_format:  # the text before the first field, in an entry point's name or a kernel macro's name pattern
             assert name.split("{")[0] in source, (file, name)
         else:
             assert name in entries, (file, name)
-    common = {"gemm.cu", "gemm_wgmma.cu", "attention.cu", "attention_mma.cu", "attention_wgmma.cu", "elementwise.cu", "kv_cache.cu",
-              "sampling.cu"}
+        assert bool(head_dim) == (file in PER_HEAD_DIM), (file, name)
+    assert re.search(r'kernel\(f"\{name\}\.cu", f"\{name\}_d\{D\}", D\)', sources)  # the fused layers' files
+    common = {"gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu"}
     compiled = []
-    rules = type("Rules", (), {"warm_up": CudaBackend.warm_up, "precompile": lambda self, files: compiled.extend(files)})()
-    rules.warm_up()
-    named = set(re.findall(r'kernel\("(\w+\.cu)"', sources))
-    assert set(compiled) == common and common <= named and all((KERNELS / file).exists() for file in named)
+    rules = SimpleNamespace(cluster_decode=True, bf16=True, precompile=compiled.extend)
+    rules.small_layers = lambda c: CudaBackend.small_layers(rules, c)
+    CudaBackend.warm_up(rules)
+    named = set(re.findall(r'"(\w+\.cu)"', sources))
+    for file, fused in (("gemm.cu", False), ("gemm_fused.cu", True)):  # launch_stream's choice between the two
+        instances = re.findall(r"^(?:GEMM_STREAM_CLUSTERS|SPLIT_K_CLUSTERS)\(.*\)", (KERNELS / file).read_text(), re.M)
+        assert instances and all(("_finish" in line or "GLU" in line) == fused for line in instances), file
+    assert set(compiled) == {(file, None) for file in common} and common <= named
+    assert all((KERNELS / file).exists() for file in named | PER_HEAD_DIM)
+    def config(C, H, Hkv, I):
+        return ModelConfig(vocab_size=1000, hidden_size=C, intermediate_size=I, num_layers=2, num_heads=H, num_kv_heads=Hkv,
+                           head_dim=C // H, rms_norm_eps=1e-5, rope_theta=1e4, max_position_embeddings=2048,
+                           tie_word_embeddings=False)
+
+    small, large = config(576, 9, 3, 1536), config(4096, 32, 8, 14336)  # the default model's shapes, 8B's
+    for config, extra in ((small, {("attention_mma.cu", 64), ("attention_wgmma.cu", 64), ("cluster_decode.cu", 64)}),
+                          (large, {("attention_mma.cu", 128), ("attention_wgmma.cu", 128)})):
+        compiled.clear()
+        CudaBackend.warm_up(rules, config)
+        assert set(compiled) == {(file, None) for file in common} | extra, config
+    # what speculation adds: the fused tree steps' instances (for the fused kernel's row limit) and the n-gram step
+    rules.fused_pass_rows = CudaBackend.fused_pass_rows
+    for limit, ngram, extra in ((16, True, {"fused_layers_r4.cu", "fused_layers_r4_block.cu", "fused_layers_r16.cu",
+                                             "fused_layers_r16_block.cu"}), (4, False, {"fused_layers_r4.cu", "fused_layers_r4_block.cu"}),
+                                (0, True, set())):
+        compiled.clear()
+        rules.fused_row_limit = lambda model, limit=limit: limit
+        CudaBackend.warm_up_trees(rules, SimpleNamespace(config=small), ngram)
+        assert set(compiled) == {(file, 64) for file in extra} | ({("ngram_step.cu", None)} if ngram else set())
+        assert all((KERNELS / file).exists() for file, _ in compiled)
 
 
 def test_slow_compiles_are_announced_and_cached_ones_are_silent(capsys):
@@ -371,19 +403,21 @@ def test_slow_compiles_are_announced_and_cached_ones_are_silent(capsys):
 def test_precompile_compiles_side_by_side_and_kernel_waits_for_it():
     """warm_up's files compile each on a thread of its own while the caller goes on; kernel() takes the module a
     thread compiled (no second compile), compiles a file nobody started on the caller's thread, and raises a
-    thread's compile error where the module is needed."""
+    thread's compile error where the module is needed. A file of PER_HEAD_DIM compiles per head dim (-DHEAD_DIM),
+    each dim a module of its own; the others without one. The threads are not daemons."""
     import threading
     import time
 
     broken = kernel_source("kv_cache.cu")
-    compiles = []
+    compiles, daemons = [], []
 
     class Module:
         def __init__(self, code, options):
-            self.code = code
+            self.code, self.options = code, options
 
         def compile(self):
             compiles.append(threading.current_thread().name)
+            daemons.append(threading.current_thread().daemon)
             time.sleep(0.3)
             if self.code == broken:
                 raise RuntimeError("NVRTC rejected it")
@@ -405,14 +439,21 @@ def test_precompile_compiles_side_by_side_and_kernel_waits_for_it():
     be.cp = SimpleNamespace(RawModule=lambda code, options: Module(code, options), cuda=SimpleNamespace(Device=Device))
     be.bf16, be.hopper, be.device_id, be.modules, be.compiling, be.functions = True, True, 0, {}, {}, {}
     start = time.perf_counter()
-    be.precompile(["gemm.cu", "attention.cu", "sampling.cu", "kv_cache.cu"])
+    be.precompile([("gemm.cu", None), ("attention.cu", None), ("sampling.cu", None), ("kv_cache.cu", None)])
     assert time.perf_counter() - start < 0.1  # the caller goes on at once
     gemm = be.kernel("gemm.cu", "a")
     assert be.kernel("attention.cu", "b")[0] is not gemm[0] and be.kernel("sampling.cu", "c")
     assert time.perf_counter() - start < 0.6  # 0.3 s each, side by side
     assert be.kernel("gemm.cu", "d")[0] is gemm[0] and len(compiles) == 4
     assert all(name.startswith("minispec-compile-") for name in compiles)
+    assert not any(daemons)  # a process's exit waits for NVRTC (one ending during a compile crashed)
     with pytest.raises(RuntimeError, match="NVRTC rejected it"):
         be.kernel("kv_cache.cu", "e")
     be.kernel("elementwise.cu", "f")  # not precompiled: on this thread
     assert compiles[-1] == threading.current_thread().name and len(compiles) == 5
+    d64, d128 = be.kernel("attention_mma.cu", "g", 64)[0], be.kernel("attention_mma.cu", "g", 128)[0]
+    assert d64 is not d128 and "-DHEAD_DIM=64" in d64.options and "-DHEAD_DIM=128" in d128.options and len(compiles) == 7
+    assert not any(option.startswith("-DHEAD_DIM") for option in gemm[0].options)
+    for file, head_dim in (("attention_wgmma.cu", None), ("gemm.cu", 64)):
+        with pytest.raises(ValueError, match="head dim"):
+            be.kernel(file, "h", head_dim)

@@ -28,6 +28,11 @@ from . import CUDA_CAPABILITY, driver, tensor_map
 
 KERNELS = Path(__file__).resolve().parent.parent.parent / "kernels"
 INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by kernel_source
+# Files whose instances come per head dim (kernels/head_dim.cuh): each is compiled for one head dim of HEAD_DIMS at a
+# time (kernel()'s head_dim), about half the compile of a machine's first run.
+HEAD_DIMS = (64, 128)
+PER_HEAD_DIM = {"attention_mma.cu", "attention_wgmma.cu", "cluster_decode.cu", "fused_layers_r1.cu", "fused_layers_r1_block.cu",
+                "fused_layers_r4.cu", "fused_layers_r4_block.cu", "fused_layers_r16.cu", "fused_layers_r16_block.cu"}
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
 TOP_K_MAX, TOP_THREADS, TOP_SHARES = 8, 256, 64  # kernels/sampling.cu's top_share / top_merge
 TOP_LAUNCHES_KEPT = 16  # top_logprobs' packed launches kept (a draft model's level buckets and the rows ranked)
@@ -343,9 +348,9 @@ class CudaBackend:
         use_graphs = self.bf16 if use_graphs is None else use_graphs  # float32 mode calls cuBLAS, which cannot be captured
         self.store_dtype = cp.uint16 if self.bf16 else cp.float32
         self.kv_memory_fraction = kv_memory_fraction
-        self.modules = {}  # kernel file -> RawModule (compiled for this backend's storage type)
-        self.compiling = {}  # kernel file -> Future of its RawModule, compiled on a thread of its own (precompile)
-        self.functions = {}  # (file, kernel name) -> Function
+        self.modules = {}  # (kernel file, head dim or None) -> RawModule (compiled for this backend's storage type)
+        self.compiling = {}  # (file, head dim or None) -> Future of its RawModule, compiled on a thread of its own
+        self.functions = {}  # (file, head dim or None, kernel name) -> Function
         self.device_id = cp.cuda.Device().id
         self.graphs = IdentityTable()  # (model, cache), (B, N bucket, context bucket, launch settings) -> CapturedStep
         # which GEMM serves `linear`: None follows `own_gemm_serves` (measured by `bench gemm`); "own" or "cublas"
@@ -405,56 +410,82 @@ class CudaBackend:
         self.top_launches = {}  # top_logprobs' packed launches by (logits address, R, V, k, pdl), least recently used first
 
     # ------------------------------------------------------------------ compilation
-    def kernel(self, file: str, name: str):
-        """The compiled kernel `name` of kernels/`file` (module and function looked up once per process)."""
-        if (file, name) not in self.functions:
-            if file not in self.modules:
+    def kernel(self, file: str, name: str, head_dim: int | None = None):
+        """The compiled kernel `name` of kernels/`file` (module and function looked up once per process). head_dim:
+        given for the files of PER_HEAD_DIM (and only for them), which are compiled for that head dim alone."""
+        unit = (file, head_dim)
+        if (*unit, name) not in self.functions:
+            if unit not in self.modules:
                 # CuPy keeps the binary in its cache: only a machine's first run waits (precompile shortens that)
-                with notice_if_slow(f"compiling kernels/{file} (once per machine: CuPy caches the binary)"):
-                    future = self.compiling.pop(file, None)
-                    self.modules[file] = future.result() if future is not None else self.compile_module(file)
-            self.functions[(file, name)] = self.modules[file].get_function(name)
-        return self.functions[(file, name)]
+                dim = f" for head dim {head_dim}" if head_dim else ""
+                with notice_if_slow(f"compiling kernels/{file}{dim} (once per machine: CuPy caches the binary)"):
+                    future = self.compiling.pop(unit, None)
+                    self.modules[unit] = future.result() if future is not None else self.compile_module(*unit)
+            self.functions[(*unit, name)] = self.modules[unit].get_function(name)
+        return self.functions[(*unit, name)]
 
-    def compile_module(self, file: str):
-        """kernels/`file` compiled for this backend (storage type, architecture) and loaded, on any thread."""
+    def compile_module(self, file: str, head_dim: int | None = None):
+        """kernels/`file` compiled for this backend (storage type, architecture; a head dim, for the files of
+        PER_HEAD_DIM) and loaded, on any thread."""
+        if (head_dim is None) == (file in PER_HEAD_DIM):
+            raise ValueError(f"kernels/{file} is compiled {'per' if head_dim is None else 'without a'} head dim")
         source = kernel_source(file)
         options = ("-std=c++17", "-DSTORAGE_BF16") if self.bf16 else ("-std=c++17",)
         options += ("-arch=sm_90a",) if self.hopper else ()
+        options += (f"-DHEAD_DIM={head_dim}",) if head_dim is not None else ()
         options += (f"-DSOURCE_HASH_{hashlib.sha1(source.encode()).hexdigest()[:12]}",)
         module = self.cp.RawModule(code=source, options=options)
         with self.cp.cuda.Device(self.device_id):  # a thread's own current device: the module loads in ours
             module.compile()
         return module
 
-    def warm_up(self, model=None) -> None:
-        """Start compiling the kernel files a model's first steps launch (precompile): those of every model, and, given
-        a model with small layers, the one-launch decode (kernels/cluster_decode.cu). The rest (the fused tree steps,
-        the n-gram drafter's) compile when first used."""
-        files = ["gemm.cu", "gemm_wgmma.cu", "attention.cu", "attention_mma.cu", "attention_wgmma.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu"]
-        if model is not None and self.cluster_decode and self.small_layers(model):
-            files.append("cluster_decode.cu")
-        self.precompile(files)
+    def warm_up(self, config=None) -> None:
+        """Start compiling the kernel files a model's first steps launch (precompile): those of every model, and,
+        given its config, the tensor-core attention for its head dim and, for small layers, the one-launch decode
+        (kernels/cluster_decode.cu). The rest (the fused tree steps, the n-gram drafter's) compile when first used."""
+        units = [(file, None) for file in ("gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu")]
+        if config is not None and config.head_dim in HEAD_DIMS:
+            units += [("attention_mma.cu", config.head_dim), ("attention_wgmma.cu", config.head_dim)]
+            if self.cluster_decode and self.small_layers(config):
+                units.append(("cluster_decode.cu", config.head_dim))
+        self.precompile(units)
 
-    def precompile(self, files) -> None:
-        """Compile kernel files side by side, each on a daemon thread (NVRTC releases the GIL), while the caller goes
-        on (LLM loads the weights meanwhile); kernel() waits for a file still compiling. A tiny model's first answer on
-        a fresh H200 took 19.6 s with the files compiled one after another, 8.5 s side by side
+    def warm_up_trees(self, model, ngram: bool) -> None:
+        """Start compiling what speculation launches beyond plain decoding: on models that take fused steps, the
+        fused-layers instances of 2-16 rows (their 4- and 16-row passes, with and without the attention in one
+        phase) for its head dim, and the n-gram drafter's device step. Compiled when first used, they had kept a
+        fresh machine's first tree steps waiting one file after another (~17 s, notes/bench_e2e_h200_stop49.log)."""
+        units = [("ngram_step.cu", None)] if ngram else []
+        c, limit = model.config, self.fused_row_limit(model)
+        if self.bf16 and limit > 1 and c.head_dim in HEAD_DIMS:
+            for rows in sorted({self.fused_pass_rows(c, rows) for rows in (2, limit)}):
+                units += [(f"fused_layers_r{rows}{block}.cu", c.head_dim) for block in ("", "_block")]
+        self.precompile(units)
+
+    def precompile(self, units) -> None:
+        """Compile kernel files side by side, each on a thread of its own (NVRTC releases the GIL), while the caller
+        goes on (LLM loads the weights meanwhile); kernel() waits for a file still compiling. A tiny model's first
+        answer on a fresh H200 took 19.6 s with the files compiled one after another, 8.5 s side by side
         (notes/first_run_compile_h200_stop42.log); the default model's, once the files had grown, 17.1 s, and 11.8 s
         with the GEMM and attention kernels split into a file per family (notes/first_run_compile_h200_stop49.log).
-        With CuPy's cache warm each takes milliseconds either way."""
-        for file in files:
-            if file in self.modules or file in self.compiling:
+        With CuPy's cache warm each takes milliseconds either way. units: (file, head dim or None) pairs, as
+        kernel() names them.
+        The threads are not daemons: a process whose answer came before a file it did not need had compiled ended
+        with NVRTC still running, and crashed on its way out (free(): invalid size, or a segmentation fault; stop 50,
+        notes/first_run_compile_h200_stop50.log). Its exit now waits for the compile, whose binary then lands in
+        CuPy's cache for the next run."""
+        for unit in units:
+            if unit in self.modules or unit in self.compiling:
                 continue
-            future = self.compiling[file] = Future()
+            future = self.compiling[unit] = Future()
 
-            def run(file=file, future=future):
+            def run(unit=unit, future=future):
                 try:
-                    future.set_result(self.compile_module(file))
+                    future.set_result(self.compile_module(*unit))
                 except BaseException as error:  # (kernel() raises it where the module is needed)
                     future.set_exception(error)
 
-            threading.Thread(target=run, name=f"minispec-compile-{file}", daemon=True).start()
+            threading.Thread(target=run, name=f"minispec-compile-{unit[0]}").start()
 
     def launch(self, kernel, grid, block, args, shared_mem: int = 0) -> None:
         """Launch a project kernel on the compute stream: with programmatic dependent launch where `pdl` is on
@@ -566,7 +597,7 @@ class CudaBackend:
         """Most rows of a prefill step that replays a graph: the engine's whole chunk on small models."""
         if self.prefill_graph_limit is not None:
             return self.prefill_graph_limit
-        return SMALL_PREFILL_GRAPH_ROWS if self.small_layers(model) else PREFILL_GRAPH_ROWS
+        return SMALL_PREFILL_GRAPH_ROWS if self.small_layers(model.config) else PREFILL_GRAPH_ROWS
 
     @staticmethod
     def is_prefill(plan: StepPlan) -> bool:
@@ -796,7 +827,8 @@ class CudaBackend:
         if suffix and BK != 128:
             raise ValueError(f"{name}: only the k 128 kernels take a split norm (R = {R}, k {BK})")
         shared = stages * (STREAM_ROWS + R) * BK * 2
-        kernel = self.kernel("gemm.cu", f"{name}_r{R}_k{BK}_s{S}{suffix}")
+        plain = name == "gemm_stream" and not suffix  # (gemm.cu; a fused epilogue's instances are in gemm_fused.cu)
+        kernel = self.kernel("gemm.cu" if plain else "gemm_fused.cu", f"{name}_r{R}_k{BK}_s{S}{suffix}")
         allow_shared(kernel, shared)
         args = (x, weight, out, np.int32(M), np.int32(columns), np.int32(K), *norm_args)
         self.launch(kernel, (-(-N // STREAM_ROWS), S, -(-M // R)), (256,), args, shared)
@@ -1068,12 +1100,12 @@ class CudaBackend:
             keys = self.attention_tile_keys(context // splits, D, box_rows, producers)
             ring = min(6, 196608 // (4 * keys * D))  # attention_ring in kernels/attention_wgmma.cu
             # RING x (K, V) x keys x D, bf16, swizzled; 1024 to align them; 2 RING barriers
-            kernel, shared = self.kernel("attention_wgmma.cu", f"tree_attention_wgmma_d{D}_k{keys}"), 2 * ring * keys * D * 2 + 1024 + 16 * ring
+            kernel, shared = self.kernel("attention_wgmma.cu", f"tree_attention_wgmma_d{D}_k{keys}", D), 2 * ring * keys * D * 2 + 1024 + 16 * ring
             args = (q, k_cache, v_cache, k_map, v_map, np.int32(box_rows)) + args + (np.int32(producers),)
             threads = 384
         else:  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16
             name = f"tree_attention_mma_d{D}_w{warps}" + (f"_c{cluster}" if cluster else "")
-            kernel, shared = self.kernel("attention_mma.cu", name), 4 * 2 * 8 * warps * (D + 8) * 2
+            kernel, shared = self.kernel("attention_mma.cu", name, D), 4 * 2 * 8 * warps * (D + 8) * 2
             args, threads = (q, k_cache, v_cache) + args, 32 * warps
         args += (np.int32(self.attention_trigger_first(row_tiles * Hkv * splits, warps)),)
         allow_shared(kernel, shared)
@@ -1215,7 +1247,7 @@ class CudaBackend:
             return 0
         if self.fused_max_rows is not None:
             return min(16, self.fused_max_rows)
-        if not self.small_layers(model):
+        if not self.small_layers(model.config):
             return 0
         c = model.config
         return 16 if self.fused_tensor_ok(c) and self.fused_shared_bytes(c, 16) <= self.max_shared - FUSED_STATIC_SHARED else 4
@@ -1233,11 +1265,10 @@ class CudaBackend:
             return 1
         return 16 if rows > 4 and cls.fused_tensor_ok(c) else 4
 
-    @staticmethod
-    def small_layers(model) -> bool:
-        """A layer's weights are at most 16 MiB: launch-bound, and the next layer's fit in L2 beside them."""
-        layer = model.weights.layers[0]
-        return sum(w.nbytes for w in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down)) <= 16 << 20
+    def small_layers(self, c) -> bool:
+        """A layer's weights (config c) are at most 16 MiB: launch-bound, and the next layer's fit in L2 beside them."""
+        elements = c.hidden_size * (c.qkv_size + c.num_heads * c.head_dim + 3 * c.intermediate_size)
+        return elements * (2 if self.bf16 else 4) <= 16 << 20
 
     def fused_rows(self, model, plan: DevicePlan) -> int:
         """The step's rows rounded up to a power of two (the staged rows of the fused-layers kernel), or 0 when
@@ -1309,12 +1340,12 @@ class CudaBackend:
         # for the merged rows, each on its own 128-byte line (fused_layers.cuh, head_done)
         barrier = cp.empty(32 * (2 + H + 2 * Hkv + N * H), dtype=cp.uint32)
         cp.cuda.runtime.memsetAsync(barrier.data.ptr, 0, barrier.nbytes, self.stream.ptr)
-        prefetch = self.small_layers(model)  # the next layer's weights go to L2 during this one
+        prefetch = self.small_layers(model.config)  # the next layer's weights go to L2 during this one
         kv_bytes = 2 * B * plan.max_kv_len * Hkv * D * 2  # one layer's K and V pages of the step (upper bound)
         prefetch_kv = kv_bytes <= 8 << 20
         pass_rows = self.fused_pass_rows(c, rows)
         name = f"fused_layers_r{pass_rows}" + ("_block" if block else "")
-        kernel = self.kernel(f"{name}.cu", f"{name}_d{D}")
+        kernel = self.kernel(f"{name}.cu", f"{name}_d{D}", D)
         shared = self.fused_shared_bytes(c, rows, block)
         allow_shared(kernel, shared)
         i32 = np.int32
@@ -1360,7 +1391,7 @@ class CudaBackend:
         if c.num_kv_heads > CLUSTER_DECODE_MAX_PARTIALS or model.num_layers > FUSED_MAX_LAYERS:
             return None
         span = -(-plan.max_kv_len // CLUSTER_DECODE_BLOCKS)  # (a graph's context bucket: any step of the bucket fits)
-        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_d{c.head_dim}")
+        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_d{c.head_dim}", c.head_dim)
         # every block must be resident at once (the polls would deadlock): ask the driver how many clusters fit,
         # which depends on the shared memory, which depends on how many MLP blocks share the intermediate groups
         clusters = self.sm_count // CLUSTER_DECODE_BLOCKS
@@ -1399,7 +1430,7 @@ class CudaBackend:
         resid = cp.empty((1, C), dtype=cp.float32)
         opart, dpart, epoch = self.cluster_decode_buffers(C)
         cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
-        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_d{c.head_dim}")
+        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_d{c.head_dim}", c.head_dim)
         allow_shared(kernel, shared)
         i32 = np.int32
         kernel(

@@ -129,8 +129,11 @@ class NumpyBackend:
 
         return f"CPU (NumPy reference, {os.cpu_count()} cores, {platform.machine()})"
 
-    def warm_up(self, model=None) -> None:
+    def warm_up(self, config=None) -> None:
         """Nothing to compile (CudaBackend.warm_up compiles kernels ahead)."""
+
+    def warm_up_trees(self, model, ngram: bool) -> None:
+        """Nothing to compile (CudaBackend.warm_up_trees)."""
 
     def convert(self, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=np.float32)

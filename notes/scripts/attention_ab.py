@@ -73,9 +73,11 @@ bw = copy_bandwidth()
 print(card_name(), f"copy {bw / 1e12:.2f} TB/s; variants {VARIANTS}, {ROUNDS} rounds", flush=True)
 # the file each variant edits (since stop 49 the wgmma kernel and the softmax it inlines are attention_wgmma.cu's text,
 # the merge attention.cu's); an unedited file is the committed one
-FILES = {"merge8": ("attention.cu", "attention_merge")}
-backends = {v: backend_with_edit(*FILES.get(v, ("attention_wgmma.cu", "tree_attention_wgmma_d128_k64")), lambda s, v=v: patched(s, v))
-            for v in VARIANTS}
+FILES = {"merge8": ("attention.cu", "attention_merge", None)}  # (file, kernel, head dim)
+backends = {}
+for v in VARIANTS:
+    file, kernel, head_dim = FILES.get(v, ("attention_wgmma.cu", "tree_attention_wgmma_d128_k64", 128))
+    backends[v] = backend_with_edit(file, kernel, lambda s, v=v: patched(s, v), head_dim)
 inputs = {case: attention_case(cp, backends[VARIANTS[0]], *case, 32, 8, 128) for case in CASES}
 times = {(v, c): [] for v in VARIANTS for c in CASES}
 for c, (q, k, v_, plan) in inputs.items():

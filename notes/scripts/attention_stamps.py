@@ -72,7 +72,7 @@ for B, T, ctx, splits in CASES:
     for _ in range(3):
         be.attention(q, k, v, plan, 0.1)
     cp.cuda.Device().synchronize()
-    module = be.modules["attention_wgmma.cu"]
+    module = be.modules[("attention_wgmma.cu", 128)]
     stamps = cp.ndarray((8192, POINTS), dtype=cp.uint64, memptr=module.get_global("attn_stamps"))
     stamps.fill(0)
     if FIRST_TILE:  # in a graph of 20 calls, as `bench attention` times it (the kernel ahead: the last call's merge)

@@ -23,7 +23,7 @@ def main():
     c = config
     C, H, Hkv, D, I, L = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, model.num_layers
     contexts = [int(a) for a in sys.argv[1:]] or [100, 512, 1024]
-    kernel = backend.kernel("cluster_decode.cu", f"cluster_decode_d{D}")
+    kernel = backend.kernel("cluster_decode.cu", f"cluster_decode_d{D}", D)
     import cupy
     from minispec.backends.cuda_backend import kernel_source
     variants = {name: cupy.RawModule(code=defines + kernel_source("cluster_decode.cu"),

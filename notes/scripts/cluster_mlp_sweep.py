@@ -26,7 +26,7 @@ def main():
     model = Model(c, random_model_on_gpu(c, backend), backend)
     w = model.weights
     C, H, Hkv, D, I, L = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, model.num_layers
-    kernel = backend.kernel("cluster_decode.cu", f"cluster_decode_d{D}")
+    kernel = backend.kernel("cluster_decode.cu", f"cluster_decode_d{D}", D)
     allow_shared(kernel, 200 << 10)
     fit = driver.max_active_clusters(kernel, 512, 200 << 10, 8)
     print(card_name(), f"SmolLM2-135M shapes, random weights; {fit} clusters of 8 fit", flush=True)

@@ -85,7 +85,7 @@ RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_
 SMALL_RINGS = {(1, 16): 10, (1, 32): 9, (1, 64): 6}  # <= 111 KB of shared memory: two blocks an SM
 COMMITTED_RINGS = dict(cuda_backend.WGMMA_GEMM_STAGES)
 be.kernel("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1")
-modules = {tuple(sorted(COMMITTED_RINGS.items())): be.modules["gemm_wgmma.cu"]}  # the committed build
+modules = {tuple(sorted(COMMITTED_RINGS.items())): be.modules[("gemm_wgmma.cu", None)]}  # the committed build
 
 
 def use_rings(rings: dict) -> None:
@@ -96,8 +96,8 @@ def use_rings(rings: dict) -> None:
             for (G, X), stages in rings.items():
                 text = swap(text, f"GEMM_WGMMA_CLUSTERS({G}, {X}, {COMMITTED_RINGS[G, X]})", f"GEMM_WGMMA_CLUSTERS({G}, {X}, {stages})")
             return text
-        modules[key] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", edit).modules["gemm_wgmma.cu"]
-    be.modules["gemm_wgmma.cu"] = modules[key]
+        modules[key] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", edit).modules[("gemm_wgmma.cu", None)]
+    be.modules[("gemm_wgmma.cu", None)] = modules[key]
     for name in [k for k in be.functions if k[0] == "gemm_wgmma.cu"]:
         del be.functions[name]
     cuda_backend.WGMMA_GEMM_STAGES.update(rings)
@@ -126,8 +126,8 @@ def use_evict(on: bool) -> None:
                 text = swap(text, "tma_load(stage + b * 64 * BK, &w_map,", "tma_load_once(stage + b * 64 * BK, &w_map,")
                 text = swap(text, "} else tma_load(stage, &w_map,", "} else tma_load_once(stage, &w_map,")
                 return swap(text, "tma_load(ring.expect(i), &w_map,", "tma_load_once(ring.expect(i), &w_map,")
-            evict_module[on] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", edit).modules["gemm_wgmma.cu"]
-    be.modules["gemm_wgmma.cu"] = evict_module[on]
+            evict_module[on] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", edit).modules[("gemm_wgmma.cu", None)]
+    be.modules[("gemm_wgmma.cu", None)] = evict_module[on]
     for name in [k for k in be.functions if k[0] == "gemm_wgmma.cu"]:
         del be.functions[name]
 
@@ -137,12 +137,12 @@ base_module = {}
 
 def use_base_gemm() -> None:
     """$BASE_GEMM's text (a build's inlined gemm.cu, which before stop 49 held the gemm_wgmma kernels too) compiled and
-    swapped into `be` for both GEMM files (extra trailing launch arguments are ignored)."""
+    swapped into `be` for the GEMM files (extra trailing launch arguments are ignored)."""
     if not base_module:
         text = open(os.environ["BASE_GEMM"]).read()
-        base_module[0] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", lambda _: text).modules["gemm_wgmma.cu"]
-    for file in ("gemm.cu", "gemm_wgmma.cu"):
-        be.modules[file] = base_module[0]
+        base_module[0] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", lambda _: text).modules[("gemm_wgmma.cu", None)]
+    for file in ("gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu"):
+        be.modules[(file, None)] = base_module[0]
         for name in [k for k in be.functions if k[0] == file]:
             del be.functions[name]
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Device probe: the second of the two calls that bring the default model over (see notes/README.md), then
-# what is asked: "tests", "e2e", "profile", "attention", "gemm", "spec", "sampling", "kernels", "sweep-short", "sweep",
+# what is asked: "first-run", "tests", "e2e", "profile", "attention", "gemm", "spec", "sampling", "kernels", "sweep-short", "sweep",
 # "op-times", "agreement", "spec-profile", "spec-profile-extract", "handover" (in the order given). Logs go to $OUT.
 set -o pipefail
 cat /root/parts/gguf.part.aa .parts/b/gguf.part.ab > /root/smollm2.gguf || exit 1
@@ -9,6 +9,15 @@ timeout 120 python3 -m minispec.cli fetch --from /root/smollm2.gguf > /dev/null 
 for what in "$@"; do
   case $what in
     tests) timeout 540 python3 -m pytest -q tests/test_cuda_kernels.py tests/test_cuda_engine.py tests/test_cuda_fused.py tests/test_ngram_device.py 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
+    first-run) # a fresh machine's first answers, CuPy's cache emptied before each build: .old's (git archive REV minispec
+      # kernels), if there, then this tree's; plain, then with --draft ngram (its tree steps' kernels), then plain again.
+      # Each line of output stamped with the seconds since the start; the last, the process's whole wall time.
+      TIMEFORMAT="%R s"
+      for dir in $([ -d .old ] && echo .old) .; do echo "## $dir" | tee -a $OUT/first_run.log; rm -rf ~/.cupy/kernel_cache
+        for args in "" "--draft ngram" ""; do echo "== generate $args" | tee -a $OUT/first_run.log
+          { time (cd $dir && PYTHONPATH=/root/site:$PWD timeout 120 python3 -m minispec.cli generate "What is the capital of France?" --device cuda $args 2>&1 \
+            | python3 -u -c 'import sys, time; s = float(sys.argv[1]); [print(f"[{time.time() - s:4.1f} s] {l}", end="") for l in sys.stdin]' $EPOCHREALTIME); } 2>&1 | tee -a $OUT/first_run.log
+        done; done ;;
     e2e) timeout 300 python3 -m minispec.cli bench e2e 2>&1 | grep -v "it/s\]" | tee $OUT/bench_e2e.log ;;
     e2e-quick) timeout 200 python3 -m minispec.cli bench e2e --quick 2>&1 | grep -v "it/s\]" | tee $OUT/bench_e2e_quick.log ;;
     attention) timeout 300 python3 -m minispec.cli bench attention 2>&1 | tee $OUT/bench_attention.log ;;

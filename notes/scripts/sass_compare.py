@@ -4,7 +4,9 @@ build, addresses and column padding left out. Stop 49 split gemm.cu and attentio
 with it: all 100 kernels the same.
 
     python3 notes/scripts/sass_compare.py OLD.cubin NEW.cubin [NEW2.cubin ...]
-    python3 notes/scripts/sass_compare.py --build OUT.cubin FILE.cu     (kernels/FILE.cu of the work tree, bf16 storage)
+    python3 notes/scripts/sass_compare.py --build OUT.cubin FILE.cu [-DNAME=VALUE ...]
+        (kernels/FILE.cu of the work tree, bf16 storage; e.g. -DHEAD_DIM=64 for one head dim's instances, as the
+        backend builds a file that includes kernels/head_dim.cuh)
 
 cuobjdump comes with the CUDA toolkit, or without one from pip: `pip download --no-deps nvidia-cuda-cuobjdump`, unzip
 the wheel, and point CUOBJDUMP at nvidia/cu13/bin/cuobjdump (the default is `cuobjdump` on PATH). To compare with an
@@ -19,13 +21,13 @@ import tempfile
 CUOBJDUMP = os.environ.get("CUOBJDUMP", "cuobjdump")
 
 
-def build(out: str, file: str) -> None:
+def build(out: str, file: str, *options: str) -> None:
     sys.path.insert(0, ".")
     from minispec.backends.cuda_backend import kernel_source
 
     with tempfile.NamedTemporaryFile("w", suffix=".cu", delete=False) as source:
         source.write(kernel_source(file))
-    subprocess.run(["nvcc", "-cubin", "-arch=sm_90a", "-std=c++17", "-DSTORAGE_BF16", source.name, "-o", out], check=True)
+    subprocess.run(["nvcc", "-cubin", "-arch=sm_90a", "-std=c++17", "-DSTORAGE_BF16", *options, source.name, "-o", out], check=True)
 
 
 def kernels(cubin: str) -> dict[str, list[str]]:
@@ -41,7 +43,7 @@ def kernels(cubin: str) -> dict[str, list[str]]:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--build":
-        build(sys.argv[2], sys.argv[3])
+        build(*sys.argv[2:])
         sys.exit(0)
     old, new = kernels(sys.argv[1]), {}
     for cubin in sys.argv[2:]:
