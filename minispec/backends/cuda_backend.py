@@ -94,8 +94,8 @@ def allow_shared(kernel, nbytes: int) -> None:
 @contextmanager
 def notice_if_slow(what: str, after: float = 1.0):
     """Say on stderr what the program waits for once it has waited `after` seconds, and how long it took: a
-    machine's first run waits seconds for NVRTC (the GEMM and attention files several each on an H200,
-    notes/first_run_compile_h200_stop49.log), which would otherwise pass in silence; cached runs say nothing."""
+    machine's first run waits seconds for NVRTC (the GEMM and attention files a few each on an H200,
+    notes/first_run_compile_h200_stop50.log), which would otherwise pass in silence; cached runs say nothing."""
     start, said = time.perf_counter(), threading.Event()
 
     def say():
@@ -467,13 +467,15 @@ class CudaBackend:
         goes on (LLM loads the weights meanwhile); kernel() waits for a file still compiling. A tiny model's first
         answer on a fresh H200 took 19.6 s with the files compiled one after another, 8.5 s side by side
         (notes/first_run_compile_h200_stop42.log); the default model's, once the files had grown, 17.1 s, and 11.8 s
-        with the GEMM and attention kernels split into a file per family (notes/first_run_compile_h200_stop49.log).
+        with the GEMM and attention kernels split into a file per family (notes/first_run_compile_h200_stop49.log);
+        7.2 s (12.7 for stop 49's code on the same machine) with the files compiled per head dim
+        (notes/first_run_compile_h200_stop50.log).
         With CuPy's cache warm each takes milliseconds either way. units: (file, head dim or None) pairs, as
         kernel() names them.
         The threads are not daemons: a process whose answer came before a file it did not need had compiled ended
-        with NVRTC still running, and crashed on its way out (free(): invalid size, or a segmentation fault; stop 50,
-        notes/first_run_compile_h200_stop50.log). Its exit now waits for the compile, whose binary then lands in
-        CuPy's cache for the next run."""
+        with NVRTC still running, and crashed on its way out (free(): invalid size, or a segmentation fault; stop 49's
+        code too, notes/first_run_compile_h200_stop50.log). Its exit now waits for the compile, whose binary then
+        lands in CuPy's cache for the next run."""
         for unit in units:
             if unit in self.modules or unit in self.compiling:
                 continue
