@@ -442,7 +442,8 @@ class CudaBackend:
     def warm_up(self, config=None) -> None:
         """Start compiling the kernel files a model's first steps launch (precompile): those of every model, and,
         given its config, the tensor-core attention for its head dim and, for small layers, the one-launch decode
-        (kernels/cluster_decode.cu). The rest (the fused tree steps, the n-gram drafter's) compile when first used."""
+        (kernels/cluster_decode.cu). warm_up_trees adds speculation's (LLM.use_drafter); the rest compile when first
+        used."""
         units = [(file, None) for file in ("gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu")]
         if config is not None and config.head_dim in HEAD_DIMS:
             units += [("attention_mma.cu", config.head_dim), ("attention_wgmma.cu", config.head_dim)]
@@ -453,8 +454,9 @@ class CudaBackend:
     def warm_up_trees(self, model, ngram: bool) -> None:
         """Start compiling what speculation launches beyond plain decoding: on models that take fused steps, the
         fused-layers instances of 2-16 rows (their 4- and 16-row passes, with and without the attention in one
-        phase) for its head dim, and the n-gram drafter's device step. Compiled when first used, they had kept a
-        fresh machine's first tree steps waiting one file after another (~17 s, notes/bench_e2e_h200_stop49.log)."""
+        phase) for its head dim, and the n-gram drafter's device step. Compiled when first used, they kept a fresh
+        machine's first tree steps waiting one file after another (16.6 s in all in notes/bench_e2e_h200_stop49.log's
+        first run)."""
         units = [("ngram_step.cu", None)] if ngram else []
         c, limit = model.config, self.fused_row_limit(model)
         if self.bf16 and limit > 1 and c.head_dim in HEAD_DIMS:
