@@ -191,6 +191,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    finally:
+        cuda = sys.modules.get("minispec.backends.cuda_backend")  # (loaded only where a GPU run began)
+        if cuda is not None:
+            try:
+                cuda.finish_compiles()
+            except KeyboardInterrupt:
+                pass  # (the exit still waits for them, silently)
     return 0
 
 

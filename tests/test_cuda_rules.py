@@ -9,7 +9,7 @@ import pytest
 
 from minispec.backends.cuda_backend import (
     CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS, CapturedStep, CudaBackend,
-    kernel_source, notice_if_slow)
+    finish_compiles, kernel_source, notice_if_slow)
 from minispec.step import StepItem, build_plan
 from minispec.tree import Tree
 
@@ -400,11 +400,12 @@ def test_slow_compiles_are_announced_and_cached_ones_are_silent(capsys):
     assert re.search(r"minispec: failed after 0\.[2-9] s\n$", capsys.readouterr().err)
 
 
-def test_precompile_compiles_side_by_side_and_kernel_waits_for_it():
+def test_precompile_compiles_side_by_side_and_kernel_waits_for_it(capsys):
     """warm_up's files compile each on a thread of its own while the caller goes on; kernel() takes the module a
     thread compiled (no second compile), compiles a file nobody started on the caller's thread, and raises a
     thread's compile error where the module is needed. A file of PER_HEAD_DIM compiles per head dim (-DHEAD_DIM),
-    each dim a module of its own; the others without one. The threads are not daemons."""
+    each dim a module of its own; the others without one. The threads are not daemons; finish_compiles (the CLI's
+    last call) waits for those still running and names a wait past half a second."""
     import threading
     import time
 
@@ -457,3 +458,13 @@ def test_precompile_compiles_side_by_side_and_kernel_waits_for_it():
     for file, head_dim in (("attention_wgmma.cu", None), ("gemm.cu", 64)):
         with pytest.raises(ValueError, match="head dim"):
             be.kernel(file, "h", head_dim)
+    # a file nobody asks for: finish_compiles (the CLI's last call) waits for it and names the wait past 0.5 s
+    capsys.readouterr()
+    be.precompile([("gemm_fused.cu", None), ("gemm_wgmma.cu", None)])  # 0.3 s each, side by side
+    finish_compiles()
+    assert all(future.done() for future in be.compiling.values()) and capsys.readouterr().err == ""
+    Module.compile, slow = (lambda self: time.sleep(0.8)), time.perf_counter()
+    be.precompile([("ngram_step.cu", None), ("fused_layers_r1.cu", 64)])
+    finish_compiles()
+    assert all(future.done() for future in be.compiling.values()) and time.perf_counter() - slow >= 0.8
+    assert "minispec: finishing the kernel compiles" in capsys.readouterr().err

@@ -33,6 +33,7 @@ INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by 
 HEAD_DIMS = (64, 128)
 PER_HEAD_DIM = {"attention_mma.cu", "attention_wgmma.cu", "cluster_decode.cu", "fused_layers_r1.cu", "fused_layers_r1_block.cu",
                 "fused_layers_r4.cu", "fused_layers_r4_block.cu", "fused_layers_r16.cu", "fused_layers_r16_block.cu"}
+COMPILING = weakref.WeakSet()  # the Futures of every precompile of this process (finish_compiles)
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
 TOP_K_MAX, TOP_THREADS, TOP_SHARES = 8, 256, 64  # kernels/sampling.cu's top_share / top_merge
 TOP_LAUNCHES_KEPT = 16  # top_logprobs' packed launches kept (a draft model's level buckets and the rows ranked)
@@ -113,6 +114,17 @@ def notice_if_slow(what: str, after: float = 1.0):
         timer.cancel()
         if said.is_set():
             print(f"minispec: {outcome} {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
+def finish_compiles() -> None:
+    """Wait for the kernel files still compiling on precompile's threads, and say so once the wait passes half a
+    second: a process's exit waits for them anyway (their threads are not daemons), and the CLI calls this before it
+    returns, so a first run's pause after its answer is named. Their binaries land in CuPy's cache for later runs."""
+    pending = [future for future in list(COMPILING) if not future.done()]
+    if pending:
+        with notice_if_slow("finishing the kernel compiles this run did not need (cached for later runs)", after=0.5):
+            for future in pending:
+                future.exception()  # waits; an error is raised where the module is needed, not here
 
 
 def kernel_source(name: str) -> str:
@@ -482,6 +494,7 @@ class CudaBackend:
             if unit in self.modules or unit in self.compiling:
                 continue
             future = self.compiling[unit] = Future()
+            COMPILING.add(future)
 
             def run(unit=unit, future=future):
                 try:
