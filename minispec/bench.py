@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from .errors import MinispecError
@@ -32,8 +33,13 @@ def timed_generate(llm, ids, params, repeats: int = 1):
     every CUDA graph bucket the run meets (step rows, context) is captured before the clock starts (a short
     warm-up left captures inside the timed run: one tree run measured 0.40x where its steady state is 1.16x).
     With repeats > 1 the median rate of that many timed runs: a short generation on the GPU is paced by the
-    host, whose speed varies from run to run (single runs of one build spread over ±20%)."""
+    host, whose speed varies from run to run (single runs of one build spread over ±20%). Kernel files still
+    compiling in the background (a drafter's, precompiled on a fresh machine) finish before the clock starts too:
+    their threads would take host time from a host-paced run."""
     llm.generate(ids, params)
+    cuda = sys.modules.get("minispec.backends.cuda_backend")
+    if cuda is not None:
+        cuda.finish_compiles()
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
