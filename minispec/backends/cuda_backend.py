@@ -664,7 +664,8 @@ class CudaBackend:
         return (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
                 self.attention_splits, self.attention_wgmma, self.attention_early_trigger, self.attention_cluster_merge, self.pdl,
                 self.cluster_decode,
-                self.gemm_wgmma_tiles, self.gemm_l2_promotion, self.attention_l2_promotion, self.gemm_norm)
+                self.gemm_wgmma_tiles, self.gemm_l2_promotion, self.attention_l2_promotion, self.gemm_norm, self.gemm,
+                self.gemm_cluster, self.gemm_wgmma_groups, self.gemm_wgmma_xrows, self.glu_groups)
 
     def graph_positions(self, model) -> int:
         """RoPE positions a captured graph's tables cover (sized once: a graph keeps their pointer)."""
