@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
+from .backends import finish_compiles
 from .errors import MinispecError
 
 SPEC_PROMPTS = {
@@ -37,9 +37,7 @@ def timed_generate(llm, ids, params, repeats: int = 1):
     compiling in the background (a drafter's, precompiled on a fresh machine) finish before the clock starts too:
     their threads would take host time from a host-paced run."""
     llm.generate(ids, params)
-    cuda = sys.modules.get("minispec.backends.cuda_backend")
-    if cuda is not None:
-        cuda.finish_compiles()
+    finish_compiles()
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()

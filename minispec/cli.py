@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from .backends import finish_compiles
 from .errors import MinispecError
 from .fetch import DEFAULT_MODEL
 
@@ -192,12 +193,10 @@ def main(argv=None) -> int:
         print(file=sys.stderr)
         return 130
     finally:
-        cuda = sys.modules.get("minispec.backends.cuda_backend")  # (loaded only where a GPU run began)
-        if cuda is not None:
-            try:
-                cuda.finish_compiles()
-            except KeyboardInterrupt:
-                pass  # (the exit still waits for them, silently)
+        try:
+            finish_compiles()
+        except KeyboardInterrupt:
+            pass  # (the exit still waits for them, silently)
     return 0
 
 

@@ -80,9 +80,9 @@ class LLM:
         self.backend = make_backend(device, dtype, kv_memory_fraction)
         self.backend.warm_up()  # kernels compile beside the model's fetch and loading (a machine's first run)
         self.model_dir = resolve_model(model)
-        self.backend.warm_up(ModelConfig.from_file(self.model_dir / "config.json"))  # and those of its head dim
-        self.model = Model.load(self.model_dir, self.backend)
-        config = self.model.config
+        config = ModelConfig.from_file(self.model_dir / "config.json")
+        self.backend.warm_up(config)  # and those of its head dim, before the weights load
+        self.model = Model.load(self.model_dir, self.backend, config)
         self.tokenizer = Tokenizer(self.model_dir, config.eos_token_ids)
         self.max_model_len = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
         if page_size < 1:

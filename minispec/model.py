@@ -31,8 +31,9 @@ class Model:
         self.scale = 1.0 / math.sqrt(config.head_dim)
 
     @classmethod
-    def load(cls, model_dir: Path, backend) -> "Model":
-        config = ModelConfig.from_file(Path(model_dir) / "config.json")
+    def load(cls, model_dir: Path, backend, config: ModelConfig | None = None) -> "Model":
+        """The checkpoint in model_dir on `backend`; config: its config.json, where the caller has read it already."""
+        config = config or ModelConfig.from_file(Path(model_dir) / "config.json")
         tensors = read_checkpoint_tensors(model_dir)
         backend.check_fits(config, tensors)  # fail before anything is half-loaded
         return cls(config, fuse_weights(config, tensors, backend.convert), backend)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from ..errors import MinispecError
 
 
@@ -20,6 +22,14 @@ def cuda_capability() -> tuple[int, int]:
 
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     return props["major"], props["minor"]
+
+
+def finish_compiles() -> None:
+    """Wait for the CUDA backend's kernel files still compiling in the background, naming a long wait
+    (cuda_backend.finish_compiles); nothing where no CUDA backend was made in this process."""
+    cuda = sys.modules.get(f"{__name__}.cuda_backend")
+    if cuda is not None:
+        cuda.finish_compiles()
 
 
 CUDA_CAPABILITY = (9, 0)  # the CUDA backend's kernels launch thread block clusters (CudaBackend refuses older GPUs)
