@@ -1,8 +1,16 @@
-// Every layer of a one-token decode step (one sequence, bf16) in ONE persistent launch of thread block clusters of 8,
-// in two roles that hand each layer to each other through tagged partial sums, instead of the fused-layers kernel's five
-// dependent grid-wide exchanges a layer. Who runs it: CudaBackend.decode_in_one_launch, where cluster_decode_shape
-// allows (Hopper, B = 1, T = 1, the models the fused kernel takes, when the clusters fit); batches and trees stay on the
+// Every layer of a one-token decode step, or of a tree step of up to 4 nodes (one sequence, bf16), in ONE persistent
+// launch of thread block clusters of 8, in two roles that hand each layer to each other through tagged partial sums,
+// instead of the fused-layers kernel's five dependent grid-wide exchanges a layer. Who runs it:
+// CudaBackend.decode_in_one_launch, where cluster_decode_shape allows (Hopper, B = 1, T = 1 or T <= cluster_tree_rows,
+// the models the fused kernel takes, when the clusters and the rows' buffers fit); batches and larger trees stay on the
 // fused kernel.
+// Instances cluster_decode_r{R}_d{D}: R = 1, 2 or 4 rows (a step of T <= R nodes; rows past T are padding, as a graph
+// bucket pads them). Every per-row buffer is R deep, and each piece of work reads its weights once for the R rows (the
+// qkv pairs, the O columns, the gate/up indices, the down columns) and its key row once for the R rows' queries of a
+// head. A tree row r attends to the keys before tree_start and the tree keys its ancestor bits name; the tree's keys
+// come from the rows' pushed k, v as the decode step's one key does. Measured on an H200 (random weights, default
+// model's shapes, 512 keys, notes/cluster_tree_h200_stop51.log): 10.3 / 13.5 / 20.8 µs a layer at 1 / 2 / 4 rows; a
+// forward (argmax included) at T = 2 0.71 -> 0.48 ms, at T = 4 0.76 -> 0.70 against the fused kernel.
 // Measured (random weights with the default model's shapes): 11.2-11.4 / 12.2-12.4 / 12.9-13.1 µs a layer at 100 / 512 /
 // 1024 keys against the fused kernel's 15.5 / 18.1 / 19.4 (H200, notes/cluster_decode_ab_h200_stop27.log); plain greedy
 // decode on the default model 1870 -> 2478 tokens/s (H100, notes/bench_e2e_quick_h100_stop27_final.log). Since stop 28
@@ -64,11 +72,12 @@
 // The roundings are those of the layer-by-layer path (bf16 GEMV inputs, fp32 sums, bf16 K/V and attention output);
 // they agree up to fp32 summation order. NumPy reference: Model.compute on numpy_backend.
 //
-// Layouts: tokens int [1] (the step's token), embed bf16 [V, C] (its row is h before layer 0), final_norm float [C],
-//   normed bf16 [C] out (bf16(rmsnorm(h) * final_norm) after the last layer: the LM head's input, so the step has no
-//   embedding or norm launch around this one), resid float [C] out (h after the last layer); layers uint64 [L, 8]
+// Layouts: tokens int [rows] (the step's tokens), embed bf16 [V, C] (their rows are h before layer 0), final_norm float
+//   [C], normed bf16 [rows, C] out (bf16(rmsnorm(h) * final_norm) after the last layer: the LM head's input, so the step
+//   has no embedding or norm launch around this one), resid float [rows, C] out (h after the last layer); positions,
+//   slots int [rows], masks uint64 [rows] (ancestor bits, R > 1), tree_start int [1] (R > 1); layers uint64 [L, 8]
 //   as kernels/fused_layers.cuh (attn_norm, wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm, w_gate_up [2 I, C],
-//   w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]); opart uint64 [2, Hkv, C], dpart uint64 [2, MLP clusters, C]
+//   w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]); opart uint64 [2, Hkv, R, C], dpart uint64 [2, MLP clusters, R, C]
 //   (tagged values, layer_tag below), epoch uint32 [1]: they outlive launches (CudaBackend.cluster_decode_buffers).
 //   C % 32 == 0, C <= 1024 (a lane's float4 of a slice), I % 8 == 0, L <= 64 (the tag's layer bits; 8 L table
 //   entries, one a thread), (G + 2) D / 16 <= 512 (a thread's RoPE pair), at most CD_MAX_PARTIALS clusters of each
@@ -114,6 +123,23 @@ __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc) {
     return acc;
 }
 
+// 8 bf16 as floats
+__device__ __forceinline__ void unpack8(uint4 v, float (&f)[8]) {
+    const unsigned* u = reinterpret_cast<const unsigned*>(&v);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 a = bf2(u[k]);
+        f[2 * k] = a.x, f[2 * k + 1] = a.y;
+    }
+}
+
+// dot of 8 unpacked weights with 8 bf16 inputs, added to acc (dot8's order: the same bits)
+__device__ __forceinline__ float dot8f(const float (&w)[8], const float (&x)[8], float acc) {
+#pragma unroll
+    for (int k = 0; k < 8; k++) acc = fmaf(w[k], x[k], acc);
+    return acc;
+}
+
 __device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 
 // `bytes` (a multiple of 16, both addresses 16-byte aligned) global -> this block's shared memory by the copy
@@ -152,6 +178,9 @@ struct Step {
     bf16* normed;
     float* resid;
     const int *positions, *slots, *kv_len, *page_table;
+    const unsigned long long* masks;  // a tree step's ancestor bits a row (R > 1)
+    const int* tree_start;            // its first tree key (R > 1)
+    int rows;                         // the step's rows (<= R; rows past it are padding)
     const float *cos_table, *sin_table;
     unsigned long long *opart, *dpart;
     unsigned* epoch;
@@ -178,11 +207,13 @@ __device__ __forceinline__ void launch_stamps(const Step& s, unsigned epoch, uns
     if (!out) atomicMax(ring + 1, t);  // (later launches stamp later: the slot's last cycle never wins)
 }
 
-// Shared memory carve-up (byte offsets; the backend's cluster_decode_shared_bytes mirrors it)
-template <int D>
+// Shared memory carve-up (byte offsets; the backend's cluster_decode_shared_bytes mirrors it): R rows of every
+// per-row region
+template <int D, int R>
 struct Layout {
     int G, pairs_block, OC, OK, ni_max, keys_max;
-    int h, hin, sq_in, xs, qkv_in, part_in, upart, attn, act, dred_in, red, polled, rope, norm_a, norm_m, bars, table, pages, wqkv, wo, wgu, wd, kv;
+    int h, hin, sq_in, xs, qkv_in, part_in, upart, attn, act, dred_in, red, polled, rope, norm_a, norm_m, bars, table, pages, masks, wqkv, wo,
+        wgu, wd, kv;
     __device__ Layout(const Step& s) {
         G = s.H / s.Hkv;
         pairs_block = ((G + 2) * D / 2 + CD_CLUSTER - 1) / CD_CLUSTER;
@@ -194,29 +225,33 @@ struct Layout {
         keys_max = s.span;
         int at = 0;
         auto take = [&](int bytes) { int o = at; at += (bytes + 15) / 16 * 16; return o; };
-        h = take(s.C * 4);
-        hin = take(s.C * 4);
-        sq_in = take(CD_CLUSTER * 4);
-        xs = take(max(s.C, OK) * 2);
-        qkv_in = take((G + 2) * D * 4);
-        part_in = take(CD_CLUSTER * G * (D + 2) * 4);
-        upart = take(G * ((keys_max + 31) / 32) * (D + 2) * 4);
-        attn = take(OK * 2);
-        act = take(ni_max * 4);
-        dred_in = take(CD_CLUSTER * OC * 4);
-        red = take(CD_WARPS * 4);
-        polled = take(CD_MAX_PARTIALS * (s.C / 32) * 16);
-        rope = take(pairs_block * 2 * 4);
+        h = take(R * s.C * 4);
+        hin = take(R * s.C * 4);
+        sq_in = take(R * CD_CLUSTER * 4);
+        xs = take(R * max(s.C, OK) * 2);
+        qkv_in = take(R * (G + 2) * D * 4);
+        part_in = take(R * CD_CLUSTER * G * (D + 2) * 4);
+        upart = take(R * G * ((keys_max + 31) / 32) * (D + 2) * 4);
+        attn = take(R * OK * 2);
+        act = take(R * ni_max * 4);
+        dred_in = take(R * CD_CLUSTER * OC * 4);
+        red = take(R * CD_WARPS * 4);
+        polled = take(R * max(s.Hkv, mlp_blocks / CD_CLUSTER) * (s.C / 32) * 16);  // (each role's partials: <= CD_MAX_PARTIALS)
+        rope = take(R * pairs_block * 2 * 4);
         norm_a = take(s.C * 4);
         norm_m = take(s.C * 4);
         bars = take(6 * 8);
         table = take(s.L * 8 * 8);
         pages = take((keys_max / s.P + 2) * 4);
+        masks = take(R * 8);
+        // a block's own role's weights (and K/V rows): the two roles' regions overlap
+        const int roles = at;
         wqkv = take(pairs_block * 2 * s.C * 2);
         wo = take(OC * OK * 2);
+        kv = take(2 * keys_max * D * 2);
+        at = roles;
         wgu = take(ni_max * 2 * s.C * 2);
         wd = take(s.C * ni_max * 2);
-        kv = take(2 * keys_max * D * 2);
     }
 };
 
@@ -261,6 +296,28 @@ __device__ __forceinline__ void stage_norm(const float* h, const float* w, uint4
     __syncthreads();
 }
 
+// stage_norm's folded form for R rows at once (one barrier): xs[r] = bf16(h[r] * rsqrt(mean(h[r]^2) + eps) * w), the
+// rows' sums of squares in sq_in [R][8] (added in rank order), thread t < R C / 8 taking 8 values of row t / (C / 8)
+template <int R>
+__device__ __forceinline__ void stage_norm_rows(const float* h, const float* w, uint4* xs, int xs_row, const float* sq_in, int C, float eps) {
+    const int C8 = C / 8;
+    for (int i = threadIdx.x; i < R * C8; i += CD_THREADS) {
+        const int r = i / C8, t = i % C8;
+        float total = 0.0f;
+        for (int k = 0; k < CD_CLUSTER; k++) total += sq_in[r * CD_CLUSTER + k];
+        const float f = rsqrtf(total / C + eps);
+        const float* v = h + r * C + 8 * t;
+        unsigned o[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            __nv_bfloat162 p = __floats2bfloat162_rn(v[2 * k] * f * w[8 * t + 2 * k], v[2 * k + 1] * f * w[8 * t + 2 * k + 1]);
+            o[k] = *reinterpret_cast<unsigned*>(&p);
+        }
+        xs[r * xs_row + t] = make_uint4(o[0], o[1], o[2], o[3]);
+    }
+    __syncthreads();
+}
+
 // ---- partial sums tagged with their layer: a u64 per value, (tag << 32) | the float's bits, written in ONE 8-byte
 // store (single-copy atomic), so a reader that sees the tag sees the value. No counter, no release fence: a reader
 // reloads until every value carries the tag it expects, one L2 round trip after the stores land, where a counter
@@ -288,33 +345,35 @@ __device__ __forceinline__ bool load_tagged4(const unsigned long long* at, unsig
 // 72 x 8 bytes on the default model, where every block adding all of h read 12 x 576 x 8; that read, on the critical
 // path, and the MLP blocks' 5.3 MB a layer beside it, cost the step 55 of 373 µs at 100 keys on the H100:
 // notes/cluster_decode_slices_stop29.log).
-// Warp w polls partial w (and w + 16) into polled [count][C / 32]; warp 0 sums them in k order, the norm's sum of squares
+// Warp w polls (partial, row) w (and w + 16, ...) into polled [count][R][C / 32]; warp r sums row r's in k order, the norm's sum of squares
 // is taken by slice and added in rank order: every block the same bits. Seconds of waiting mean a block is not
 // resident: fail, do not hang.
+template <int R>
 __device__ __forceinline__ void slice_partials(float* h, const unsigned long long* part, int count, int C, unsigned rank,
                                                float4* polled, unsigned tag, bool send, float* hin, float* sq_in,
                                                unsigned long long* bar) {
     const int t = threadIdx.x, w = t / 32, q = t % 32, Q = C / 32;  // Q float4 in the slice (C / 32 <= 32)
     const int col = (int)rank * (C / CD_CLUSTER) + 4 * q;
     if (q < Q)
-        for (int k = w; k < count; k += CD_WARPS) {
+        for (int kr = w; kr < count * R; kr += CD_WARPS) {  // partial k of row r: kr = k R + r (part [count][R][C])
             float4 v;
             unsigned spins = 0;
-            while (!load_tagged4(part + (long long)k * C + col, tag, v))
+            while (!load_tagged4(part + (long long)kr * C + col, tag, v))
                 if (++spins == (1u << 22)) __trap();  // seconds: a block is not resident
-            polled[k * Q + q] = v;
+            polled[kr * Q + q] = v;
         }
     __syncthreads();
-    if (w == 0) {
+    if (w < R) {  // warp r: row r
+        const int r = w;
         float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         float sq = 0.0f;
         if (q < Q) {
-            float4 sum = polled[q];  // (count >= 1)
+            float4 sum = polled[r * Q + q];  // (count >= 1)
             for (int k = 1; k < count; k++) {
-                const float4 v = polled[k * Q + q];
+                const float4 v = polled[(k * R + r) * Q + q];
                 sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
             }
-            float4* h4 = reinterpret_cast<float4*>(h) + col / 4;
+            float4* h4 = reinterpret_cast<float4*>(h + r * C) + col / 4;
             x = *h4;
             x.x += sum.x, x.y += sum.y, x.z += sum.z, x.w += sum.w;
             *h4 = x;
@@ -323,8 +382,8 @@ __device__ __forceinline__ void slice_partials(float* h, const unsigned long lon
         if (send) {
             sq = warp_sum(sq);
             if (q < Q)
-                for (int r = 0; r < CD_CLUSTER; r++) push4(hin + col, bar, r, x);
-            if (q < CD_CLUSTER) push(sq_in + rank, bar, q, sq);
+                for (int k = 0; k < CD_CLUSTER; k++) push4(hin + r * C + col, bar, k, x);
+            if (q < CD_CLUSTER) push(sq_in + r * CD_CLUSTER + rank, bar, q, sq);
         }
     }
     if (!send) __syncthreads();  // polled read before the next call writes it (where no other barrier comes between)
@@ -351,30 +410,30 @@ __device__ __forceinline__ float merge_partials(const float* first, int count, i
     return L;
 }
 
-template <int D>
+template <int D, int R>
 __device__ void cluster_decode_body(const Step& s) {
     const unsigned long long entered = s.clock != nullptr ? globaltimer() : 0;
     extern __shared__ __align__(128) unsigned char smem[];
-    const Layout<D> lay(s);
+    const Layout<D, R> lay(s);
     const int t = threadIdx.x, warp = t / 32, lane = t % 32;
     unsigned rank;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
     const int cluster = blockIdx.x / CD_CLUSTER;
     const bool attends = cluster < s.Hkv;  // this cluster's KV head: c = cluster
-    const int c = cluster, G = lay.G, C = s.C, C8 = C / 8;
-    float* h = reinterpret_cast<float*>(smem + lay.h);
-    float* hin = reinterpret_cast<float*>(smem + lay.hin);  // (attention role) h as the cluster's blocks send it, by slice
-    float* sq_in = reinterpret_cast<float*>(smem + lay.sq_in);  // and each slice's sum of squares
-    uint4* xs = reinterpret_cast<uint4*>(smem + lay.xs);
-    float* qkv_in = reinterpret_cast<float*>(smem + lay.qkv_in);
-    float* part_in = reinterpret_cast<float*>(smem + lay.part_in);
-    float* upart = reinterpret_cast<float*>(smem + lay.upart);
-    uint4* attn = reinterpret_cast<uint4*>(smem + lay.attn);
-    float* act = reinterpret_cast<float*>(smem + lay.act);
-    float* dred_in = reinterpret_cast<float*>(smem + lay.dred_in);
-    float* red = reinterpret_cast<float*>(smem + lay.red);
+    const int c = cluster, G = lay.G, C = s.C, C8 = C / 8, XS8 = max(C, lay.OK) / 8;
+    float* h = reinterpret_cast<float*>(smem + lay.h);        // [R][C]
+    float* hin = reinterpret_cast<float*>(smem + lay.hin);    // [R][C] (attention role) h as the cluster's blocks send it, by slice
+    float* sq_in = reinterpret_cast<float*>(smem + lay.sq_in);  // [R][8] and each slice's sum of squares
+    uint4* xs = reinterpret_cast<uint4*>(smem + lay.xs);        // [R][XS8]
+    float* qkv_in = reinterpret_cast<float*>(smem + lay.qkv_in);  // [R][(G + 2) D]
+    float* part_in = reinterpret_cast<float*>(smem + lay.part_in);  // [R][8 shares][G][D + 2]
+    float* upart = reinterpret_cast<float*>(smem + lay.upart);      // [R][G][chunks][D + 2]
+    uint4* attn = reinterpret_cast<uint4*>(smem + lay.attn);        // [R][OK] bf16
+    float* act = reinterpret_cast<float*>(smem + lay.act);          // [R][ni_max]
+    float* dred_in = reinterpret_cast<float*>(smem + lay.dred_in);  // [R][8][OC]
+    float* red = reinterpret_cast<float*>(smem + lay.red);          // [R][16]
     float4* polled = reinterpret_cast<float4*>(smem + lay.polled);
-    float* rope = reinterpret_cast<float*>(smem + lay.rope);
+    float* rope = reinterpret_cast<float*>(smem + lay.rope);  // [R][pairs_block][cos, sin]
     float* norm_a = reinterpret_cast<float*>(smem + lay.norm_a);
     float* norm_m = reinterpret_cast<float*>(smem + lay.norm_m);
     // mbarriers: pushes of qkv values, of attention partials, of down sums; copies of the attention group, of the MLP
@@ -382,42 +441,53 @@ __device__ void cluster_decode_body(const Step& s) {
     unsigned long long* bars = reinterpret_cast<unsigned long long*>(smem + lay.bars);
     unsigned long long* table = reinterpret_cast<unsigned long long*>(smem + lay.table);  // the layer table
     int* pages = reinterpret_cast<int*>(smem + lay.pages);  // page ids of this block's old keys, from page k0 / P
+    unsigned long long* masks = reinterpret_cast<unsigned long long*>(smem + lay.masks);  // [R] the rows' ancestor bits
     uint4* wqkv_s = reinterpret_cast<uint4*>(smem + lay.wqkv);
     uint4* wo_s = reinterpret_cast<uint4*>(smem + lay.wo);
     uint4* wgu_s = reinterpret_cast<uint4*>(smem + lay.wgu);
     uint4* wd_s = reinterpret_cast<uint4*>(smem + lay.wd);
     bf16* kv_s = reinterpret_cast<bf16*>(smem + lay.kv);  // [K, V][keys_max][D]
 
-    // step constants: the new token, its position and slot, the sequence length, this block's keys and MLP indices, and
-    // the layer table; their loads go out together (one round trip), this launch's epoch among them (layer_tag;
-    // block 0 counts it up at its end, when every block has read it)
-    const int n = s.kv_len[0], position = s.positions[0], slot = s.slots[0], token = s.tokens[0];
+    // step constants: the rows' tokens, positions and slots (rows past s.rows: padding, as a graph bucket pads them:
+    // token 0, position 0, no slot, no tree key), the sequence length, this block's keys and MLP indices, and the layer
+    // table; their loads go out together (one round trip), this launch's epoch among them (layer_tag; block 0 counts it
+    // up at its end, when every block has read it)
+    const int n = s.kv_len[0];
+    const int tree_start = R == 1 ? n - 1 : s.tree_start[0];  // keys [tree_start, n): the rows' own (one a live row)
+    int position[R], slot[R], token[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const bool live = R == 1 || r < s.rows;
+        position[r] = live ? s.positions[r] : 0, slot[r] = live ? s.slots[r] : -1, token[r] = live ? s.tokens[r] : 0;
+    }
+    const unsigned long long mask_entry = R > 1 && t < s.rows ? s.masks[t] : 0ull;
     unsigned epoch;
     asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(epoch) : "l"(s.epoch));
     const unsigned long long table_entry = t < 8 * s.L ? s.layers[t] : 0;  // (L <= 64: one entry a thread at most)
     launch_stamps(s, epoch, entered, false);
     const int share = (n + CD_CLUSTER - 1) / CD_CLUSTER;
     const int k0 = min(n, (int)rank * share), k1 = min(n, k0 + share), keys = k1 - k0;
-    const int old_end = max(k0, min(k1, n - 1));  // keys before the new one come from the cache
+    const int old_end = max(k0, min(k1, tree_start));  // keys before the tree's come from the cache
     const int pairs = (G + 2) * D / 2;
     const int my_pairs = attends ? (pairs - (int)rank + CD_CLUSTER - 1) / CD_CLUSTER : 0;
     const int attention_blocks = CD_CLUSTER * s.Hkv, mlp_blocks = gridDim.x - attention_blocks, mlp_clusters = mlp_blocks / CD_CLUSTER;
     const int groups = s.I / 8, b = blockIdx.x - attention_blocks;  // (MLP blocks: b >= 0)
     const int g0 = attends ? 0 : (int)((long long)b * groups / mlp_blocks), g1 = attends ? 0 : (int)((long long)(b + 1) * groups / mlp_blocks);
     const int i0 = 8 * g0, ni = 8 * (g1 - g0), M8 = lay.ni_max / 8;
-    // partial sums alternate between two buffers by layer (see the header)
-    auto opart = [&](int layer) { return s.opart + (long long)(layer % 2) * s.Hkv * C; };
-    auto dpart = [&](int layer) { return s.dpart + (long long)(layer % 2) * mlp_clusters * C; };
+    // partial sums alternate between two buffers by layer (see the header); each [count][R][C]
+    auto opart = [&](int layer) { return s.opart + (long long)(layer % 2) * s.Hkv * R * C; };
+    auto dpart = [&](int layer) { return s.dpart + (long long)(layer % 2) * mlp_clusters * R * C; };
     const int first_page = k0 / s.P, page_count = old_end > k0 ? (old_end - 1) / s.P - first_page + 1 : 0;
     const unsigned attention_bytes = attends ? (my_pairs * 2 * C + lay.OC * lay.OK + 2 * (old_end - k0) * D) * 2 + C * 4 : 0;
     const unsigned mlp_bytes = (ni * 2 * C + C * ni) * 2 + C * 4;
-    const unsigned slice_bytes = CD_CLUSTER * (C / CD_CLUSTER + 1) * 4;  // a round of slice_partials pushes
+    const unsigned slice_bytes = R * CD_CLUSTER * (C / CD_CLUSTER + 1) * 4;  // a round of slice_partials pushes
 
     if (t == 0) {
         for (int k = 0; k < 6; k++) mbarrier_init(&bars[k], 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     if (t < 8 * s.L) table[t] = table_entry;
+    if (t < R) masks[t] = mask_entry;
     __syncthreads();  // the table and the mbarriers, before the first copies use them
 
     // copy group "attention" of layer l (attention clusters): qkv pair rows, O slice, attn_norm, then the old K/V rows
@@ -467,22 +537,30 @@ __device__ void cluster_decode_body(const Step& s) {
     issue_attention(0);
     issue_mlp(0);
     // the second round trip: the page ids of this block's old keys (from page k0 / P), the RoPE factors of its pairs (v
-    // pairs: identity), the token's embedding row (h); the loads first, then the stores
+    // pairs: identity) at each row's position, the rows' embedding rows (h); the loads first, then the stores
     const int page0 = t < page_count ? s.page_table[first_page + t] : 0;
     const int u_rope = (int)rank + CD_CLUSTER * t, hg_rope = u_rope / (D / 2), d_rope = u_rope % (D / 2);
     const bool rotates = t < my_pairs && hg_rope <= G;
-    const float cs0 = rotates ? s.cos_table[(long long)position * (D / 2) + d_rope] : 1.0f;
-    const float sn0 = rotates ? s.sin_table[(long long)position * (D / 2) + d_rope] : 0.0f;
-    const uint4 e0 = t < C8 ? reinterpret_cast<const uint4*>(s.embed + (long long)token * C)[t] : make_uint4(0, 0, 0, 0);
+    float cs0[R], sn0[R];
+    uint4 e0[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        cs0[r] = rotates ? s.cos_table[(long long)position[r] * (D / 2) + d_rope] : 1.0f;
+        sn0[r] = rotates ? s.sin_table[(long long)position[r] * (D / 2) + d_rope] : 0.0f;
+        e0[r] = t < C8 ? reinterpret_cast<const uint4*>(s.embed + (long long)token[r] * C)[t] : make_uint4(0, 0, 0, 0);
+    }
     if (t < page_count) pages[t] = page0;
     for (int k = t + CD_THREADS; k < page_count; k += CD_THREADS) pages[k] = s.page_table[first_page + k];  // (page size 1)
-    if (t < my_pairs) rope[2 * t] = cs0, rope[2 * t + 1] = sn0;  // (my_pairs <= (G + 2) D / 16 <= CD_THREADS)
-    if (t < C8) {
-        const unsigned* eu = reinterpret_cast<const unsigned*>(&e0);
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const float2 f = bf2(eu[k]);
-            h[8 * t + 2 * k] = f.x, h[8 * t + 2 * k + 1] = f.y;
+    for (int r = 0; r < R; r++) {
+        if (t < my_pairs) rope[(r * lay.pairs_block + t) * 2] = cs0[r], rope[(r * lay.pairs_block + t) * 2 + 1] = sn0[r];  // (my_pairs <= (G + 2) D / 16 <= CD_THREADS)
+        if (t < C8) {
+            const unsigned* eu = reinterpret_cast<const unsigned*>(&e0[r]);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 f = bf2(eu[k]);
+                h[r * C + 8 * t + 2 * k] = f.x, h[r * C + 8 * t + 2 * k + 1] = f.y;
+            }
         }
     }
     __syncthreads();  // the page ids
@@ -506,67 +584,91 @@ __device__ void cluster_decode_body(const Step& s) {
             bf16* v_cache = reinterpret_cast<bf16*>(p[7]);
             if (l > 0) {  // the layer before's down sums into h (its O sums went in while the MLP clusters worked), by slice
                 if (t == 0) expect(&bars[5], slice_bytes);
-                slice_partials(h, dpart(l - 1), mlp_clusters, C, rank, polled, layer_tag(epoch, l - 1), true, hin, sq_in, &bars[5]);
+                slice_partials<R>(h, dpart(l - 1), mlp_clusters, C, rank, polled, layer_tag(epoch, l - 1), true, hin, sq_in, &bars[5]);
                 mbarrier_wait<true>(&bars[5], (l - 1) & 1);
             }
             CD_STAMP(0);
             if (!CD_COPY_ONCE || l == 0) mbarrier_wait<true>(&bars[3], parity);  // this layer's attention copies
             if (t == 0) {
-                expect(&bars[0], (G + 2) * D * 4);
-                expect(&bars[1], CD_CLUSTER * G * (D + 2) * 4);
+                expect(&bars[0], R * (G + 2) * D * 4);
+                expect(&bars[1], R * CD_CLUSTER * G * (D + 2) * 4);
             }
             if (l == 0)
-                stage_norm(h, norm_a, xs, red, C, s.eps);  // (no add before it)
-            else
+#pragma unroll
+                for (int r = 0; r < R; r++) stage_norm(h + r * C, norm_a, xs + r * XS8, red + r * CD_WARPS, C, s.eps);  // (no add before it)
+            else if (R == 1)
                 stage_norm(hin, norm_a, xs, sq_in, C, s.eps, true, CD_CLUSTER);
+            else
+                stage_norm_rows<R>(hin, norm_a, xs, XS8, sq_in, C, s.eps);
             // qkv: half-warp v (of 32) takes the block's pairs v, v + 32, ...; its 16 lanes the 16-byte chunks of both
-            // rows (20 pairs on the default model: one round, where a warp a pair took two for some warps). Every lane
-            // runs the loop to its warp's last round, the shuffles unconditional.
+            // rows (20 pairs on the default model: one round, where a warp a pair took two for some warps), each weight
+            // chunk against the R rows' inputs. Every lane runs the loop to its warp's last round, the shuffles
+            // unconditional.
             const int half = lane / 16, hl = lane % 16;
             for (int pr0 = 2 * warp; pr0 < my_pairs; pr0 += 2 * CD_WARPS) {
                 const int pr = pr0 + half;
                 const bool live = pr < my_pairs;
                 const uint4* w0 = wqkv_s + (live ? pr : 0) * 2 * C8;
-                float a0 = 0.0f, a1 = 0.0f;
+                float a0[R], a1[R];
+#pragma unroll
+                for (int r = 0; r < R; r++) a0[r] = 0.0f, a1[r] = 0.0f;
                 if (live)
                     for (int ch = hl; ch < C8; ch += 16) {
-                        const uint4 x = xs[ch];
-                        a0 = dot8(w0[ch], x, a0), a1 = dot8(w0[C8 + ch], x, a1);
+                        float wa[8], wb[8];
+                        unpack8(w0[ch], wa), unpack8(w0[C8 + ch], wb);
+#pragma unroll
+                        for (int r = 0; r < R; r++) {
+                            float x[8];
+                            unpack8(xs[r * XS8 + ch], x);
+                            a0[r] = dot8f(wa, x, a0[r]), a1[r] = dot8f(wb, x, a1[r]);
+                        }
                     }
 #pragma unroll
-                for (int o = 8; o > 0; o >>= 1) a0 += __shfl_xor_sync(0xffffffff, a0, o), a1 += __shfl_xor_sync(0xffffffff, a1, o);
+                for (int r = 0; r < R; r++)
+#pragma unroll
+                    for (int o = 8; o > 0; o >>= 1) a0[r] += __shfl_xor_sync(0xffffffff, a0[r], o), a1[r] += __shfl_xor_sync(0xffffffff, a1[r], o);
                 if (!live) continue;
                 const int u = (int)rank + CD_CLUSTER * pr, hg = u / (D / 2), d = u % (D / 2);
-                const float cs = rope[2 * pr], sn = rope[2 * pr + 1];
-                float y1 = a0 * cs - a1 * sn, y2 = a1 * cs + a0 * sn;
-                if (hg >= G) {  // key or value: bf16 in the cache, and as the attention reads it
-                    const bf16 b1 = __float2bfloat16_rn(y1), b2 = __float2bfloat16_rn(y2);
-                    y1 = __bfloat162float(b1), y2 = __bfloat162float(b2);
-                    if (hl == 0 && slot >= 0) {
-                        bf16* cache = hg == G ? k_cache : v_cache;
-                        bf16* dst = cache + (((long long)(slot / s.P) * s.Hkv + c) * s.P + slot % s.P) * D + d;
-                        dst[0] = b1, dst[D / 2] = b2;
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const float cs = rope[(r * lay.pairs_block + pr) * 2], sn = rope[(r * lay.pairs_block + pr) * 2 + 1];
+                    float y1 = a0[r] * cs - a1[r] * sn, y2 = a1[r] * cs + a0[r] * sn;
+                    if (hg >= G) {  // key or value: bf16 in the cache, and as the attention reads it
+                        const bf16 b1 = __float2bfloat16_rn(y1), b2 = __float2bfloat16_rn(y2);
+                        y1 = __bfloat162float(b1), y2 = __bfloat162float(b2);
+                        if (hl == 0 && slot[r] >= 0) {
+                            bf16* cache = hg == G ? k_cache : v_cache;
+                            bf16* dst = cache + (((long long)(slot[r] / s.P) * s.Hkv + c) * s.P + slot[r] % s.P) * D + d;
+                            dst[0] = b1, dst[D / 2] = b2;
+                        }
                     }
+                    push(qkv_in + (r * (G + 2) + hg) * D + d + (hl / CD_CLUSTER) * (D / 2), &bars[0], hl % CD_CLUSTER, hl < CD_CLUSTER ? y1 : y2);
                 }
-                push(qkv_in + hg * D + d + (hl / CD_CLUSTER) * (D / 2), &bars[0], hl % CD_CLUSTER, hl < CD_CLUSTER ? y1 : y2);
             }
             CD_STAMP(1);
             mbarrier_wait<true>(&bars[0], parity);
-            // the new key and value into the share that holds key n - 1
-            if (k1 == n && keys > 0)
-                for (int k = t; k < 2 * D; k += CD_THREADS)
-                    kv_s[((long long)(k / D) * lay.keys_max + (n - 1 - k0)) * D + k % D] = __float2bfloat16_rn(qkv_in[(G + k / D) * D + k % D]);
+            // the tree's keys and values (key tree_start + r: row r's) into the share that holds them
+            const int new0 = max(k0, tree_start), fresh = k1 - new0;
+            if (fresh > 0)
+                for (int k = t; k < 2 * D * fresh; k += CD_THREADS) {
+                    const int j = new0 + k / (2 * D), which = k / D % 2, e = k % D;
+                    kv_s[((long long)which * lay.keys_max + (j - k0)) * D + e] =
+                        __float2bfloat16_rn(qkv_in[((j - tree_start) * (G + 2) + G + which) * D + e]);
+                }
             __syncthreads();
-            // the share's partial (running max M, exp sum L, unnormalised o) of query head hg, from its warp to all 8 blocks
-            auto push_share = [&](int hg, float M, float Lsum, const float (&o)[D / 32]) {
-                float* dst = part_in + ((int)rank * G + hg) * (D + 2);
-                for (int r = 0; r < CD_CLUSTER; r++) {
+            // the share's partial (running max M, exp sum L, unnormalised o) of row r's query head hg, from its warp to all
+            // 8 blocks
+            auto push_share = [&](int r, int hg, float M, float Lsum, const float (&o)[D / 32]) {
+                float* dst = part_in + ((r * CD_CLUSTER + (int)rank) * G + hg) * (D + 2);
+                for (int k = 0; k < CD_CLUSTER; k++) {
 #pragma unroll
-                    for (int e = 0; e < D / 32; e += 2) push2(dst + (D / 32) * lane + e, &bars[1], r, o[e], o[e + 1]);
-                    if (lane == 0) push2(dst + D, &bars[1], r, M, Lsum);
+                    for (int e = 0; e < D / 32; e += 2) push2(dst + (D / 32) * lane + e, &bars[1], k, o[e], o[e + 1]);
+                    if (lane == 0) push2(dst + D, &bars[1], k, M, Lsum);
                 }
             };
-            // attention units: (query head hg, chunk of 32 keys); lane = key; then lanes own dims 2 lane .. (D = 64).
+            // attention units: (query head hg, chunk of 32 keys), the R rows' queries of that head at once (the key row read
+            // once, R independent chains); lane = key; then lanes own dims 2 lane .. (D = 64). Row r sees key j <
+            // tree_start, and a tree key j where bit j - tree_start of its mask is set.
             // A share of one chunk (up to 256 keys in all) is its unit's partial: pushed straight from the unit (the
             // merge below would weigh it by e^0 = 1: the same bits), with no block barrier and no pass through upart
             const int chunks = (keys + 31) / 32;
@@ -574,89 +676,123 @@ __device__ void cluster_decode_body(const Step& s) {
             for (int u = warp; u < G * chunks; u += CD_WARPS) {
                 const int hg = u / chunks, ch = u % chunks, j = 32 * ch + lane;
                 const bool valid = j < keys;
-                const float* q = qkv_in + hg * D;
+                const int key = k0 + j;
                 const uint4* krow = reinterpret_cast<const uint4*>(kv_s + (long long)(valid ? j : 0) * D);
-                float sc = 0.0f;
+                float sc[R];
+#pragma unroll
+                for (int r = 0; r < R; r++) sc[r] = 0.0f;
                 // lane j reads its row's 16-byte chunks from chunk j on (rows are 128 or 256 bytes: lanes reading the
                 // same chunk of consecutive rows would all hit one bank group); the sum order is then the lane's
 #pragma unroll
                 for (int e0 = 0; e0 < D / 8; e0++) {
                     const int e = (e0 + lane) % (D / 8);
-                    const uint4 kk = krow[e];
-                    const unsigned* ku = reinterpret_cast<const unsigned*>(&kk);
+                    float kf[8];
+                    unpack8(krow[e], kf);
 #pragma unroll
-                    for (int k = 0; k < 4; k++) {
-                        const float2 kf = bf2(ku[k]);
-                        sc = fmaf(q[8 * e + 2 * k], kf.x, sc);
-                        sc = fmaf(q[8 * e + 2 * k + 1], kf.y, sc);
+                    for (int r = 0; r < R; r++) {
+                        const float4* q = reinterpret_cast<const float4*>(qkv_in + (r * (G + 2) + hg) * D + 8 * e);
+                        const float4 qa = q[0], qb = q[1];
+                        const float qf[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
+#pragma unroll
+                        for (int k = 0; k < 8; k++) sc[r] = fmaf(qf[k], kf[k], sc[r]);
                     }
                 }
-                sc = valid ? sc * s.scale : CD_NEG_INF;
-                const float m = warp_max(sc);
-                const float pk = valid ? __expf(sc - m) : 0.0f;
-                const float lsum = warp_sum(pk);
-                float o[D / 32];
+                float pk[R], m[R], lsum[R], o[R][D / 32];
 #pragma unroll
-                for (int e = 0; e < D / 32; e++) o[e] = 0.0f;
+                for (int r = 0; r < R; r++) {
+                    const bool seen = valid && (R == 1 || key < tree_start || (masks[r] >> (key - tree_start) & 1ull));
+                    sc[r] = seen ? sc[r] * s.scale : CD_NEG_INF;
+                    m[r] = warp_max(sc[r]);
+                    pk[r] = seen ? __expf(sc[r] - m[r]) : 0.0f;
+                    lsum[r] = warp_sum(pk[r]);
+#pragma unroll
+                    for (int e = 0; e < D / 32; e++) o[r][e] = 0.0f;
+                }
                 const int count = min(32, keys - 32 * ch);
                 for (int kk = 0; kk < count; kk++) {
-                    const float w = __shfl_sync(0xffffffff, pk, kk);
                     const bf16* vrow = kv_s + ((long long)lay.keys_max + 32 * ch + kk) * D;
+                    float v[D / 32];
                     if constexpr (D == 64) {
-                        const float2 v = bf2(reinterpret_cast<const unsigned*>(vrow)[lane]);
-                        o[0] = fmaf(w, v.x, o[0]), o[1] = fmaf(w, v.y, o[1]);
+                        const float2 a = bf2(reinterpret_cast<const unsigned*>(vrow)[lane]);
+                        v[0] = a.x, v[1] = a.y;
                     } else {
                         const uint2 vv = reinterpret_cast<const uint2*>(vrow)[lane];
                         const float2 a = bf2(vv.x), b = bf2(vv.y);
-                        o[0] = fmaf(w, a.x, o[0]), o[1] = fmaf(w, a.y, o[1]), o[2] = fmaf(w, b.x, o[2]), o[3] = fmaf(w, b.y, o[3]);
+                        v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+                    }
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        const float w = __shfl_sync(0xffffffff, pk[r], kk);
+#pragma unroll
+                        for (int e = 0; e < D / 32; e++) o[r][e] = fmaf(w, v[e], o[r][e]);
                     }
                 }
-                if (direct) {
-                    push_share(hg, m, lsum, o);
-                    continue;
-                }
-                float* up = upart + u * (D + 2);
 #pragma unroll
-                for (int e = 0; e < D / 32; e++) up[(D / 32) * lane + e] = o[e];
-                if (lane == 0) up[D] = m, up[D + 1] = lsum;
+                for (int r = 0; r < R; r++) {
+                    if (direct) {
+                        push_share(r, hg, m[r], lsum[r], o[r]);
+                        continue;
+                    }
+                    float* up = upart + ((r * G + hg) * chunks + ch) * (D + 2);
+#pragma unroll
+                    for (int e = 0; e < D / 32; e++) up[(D / 32) * lane + e] = o[r][e];
+                    if (lane == 0) up[D] = m[r], up[D + 1] = lsum[r];
+                }
             }
             if (!direct) __syncthreads();
-            // the share's partial per query head (its chunks merged; a share with no keys: M = -inf, L = 0), pushed
-            for (int hg = warp; hg < G && !direct; hg += CD_WARPS) {
+            // the share's partial per (row, query head) (its chunks merged; a share with no keys: M = -inf, L = 0), pushed
+            for (int rh = warp; rh < R * G && !direct; rh += CD_WARPS) {
                 float M, o[D / 32];
-                const float Lsum = merge_partials<D>(upart + hg * chunks * (D + 2), chunks, D + 2, M, o);
-                push_share(hg, M, Lsum, o);
+                const float Lsum = merge_partials<D>(upart + rh * chunks * (D + 2), chunks, D + 2, M, o);
+                push_share(rh / G, rh % G, M, Lsum, o);
             }
             mbarrier_wait<true>(&bars[1], parity);
-            // merge the 8 shares of each query head (rank order): attn = bf16(sum w_r o_r / sum w_r l_r)
-            for (int hg = warp; hg < G; hg += CD_WARPS) {
+            // merge the 8 shares of each (row, query head) (rank order): attn = bf16(sum w_r o_r / sum w_r l_r) (a padded row
+            // that sees no key: 0)
+            for (int rh = warp; rh < R * G; rh += CD_WARPS) {
+                const int r = rh / G, hg = rh % G;
                 float M, o[D / 32];
-                const float Lsum = merge_partials<D>(part_in + hg * (D + 2), CD_CLUSTER, G * (D + 2), M, o);
-                __nv_bfloat16* a = reinterpret_cast<__nv_bfloat16*>(attn) + hg * D + (D / 32) * lane;
+                const float Lsum = merge_partials<D>(part_in + (r * CD_CLUSTER * G + hg) * (D + 2), CD_CLUSTER, G * (D + 2), M, o);
+                __nv_bfloat16* a = reinterpret_cast<__nv_bfloat16*>(attn) + r * lay.OK + hg * D + (D / 32) * lane;
 #pragma unroll
-                for (int e = 0; e < D / 32; e++) a[e] = __float2bfloat16_rn(o[e] / Lsum);
+                for (int e = 0; e < D / 32; e++) a[e] = __float2bfloat16_rn(R == 1 || Lsum > 0.0f ? o[e] / Lsum : 0.0f);
             }
             __syncthreads();
             CD_STAMP(2);
-            // O partial: columns rank * OC + oc, K = this cluster's G D attention values
+            // O partial: columns rank * OC + oc, K = this cluster's G D attention values, of each row
             const int OK8 = lay.OK / 8;
             // (8 lanes a column, 4 columns a warp at once: K is short, 24 chunks on the default model; a warp a column
             // took 1.43 µs, this 0.77, notes/cluster_decode_ab_h100_stop27.log)
             for (int oc0 = 4 * warp; oc0 < lay.OC; oc0 += 4 * CD_WARPS) {
                 const int oc = oc0 + lane / 8;
-                float acc = 0.0f;
+                float acc[R];
+#pragma unroll
+                for (int r = 0; r < R; r++) acc[r] = 0.0f;
                 if (oc < lay.OC)
-                    for (int ch = lane % 8; ch < OK8; ch += 8) acc = dot8(wo_s[oc * OK8 + ch], attn[ch], acc);
-                acc += __shfl_xor_sync(0xffffffff, acc, 4);
-                acc += __shfl_xor_sync(0xffffffff, acc, 2);
-                acc += __shfl_xor_sync(0xffffffff, acc, 1);
-                if (lane % 8 == 0 && oc < lay.OC) store_tagged(opart(l) + (long long)c * C + (int)rank * lay.OC + oc, acc, layer_tag(epoch, l));
+                    for (int ch = lane % 8; ch < OK8; ch += 8) {
+                        float wv[8];
+                        unpack8(wo_s[oc * OK8 + ch], wv);
+#pragma unroll
+                        for (int r = 0; r < R; r++) {
+                            float x[8];
+                            unpack8(attn[r * OK8 + ch], x);
+                            acc[r] = dot8f(wv, x, acc[r]);
+                        }
+                    }
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    acc[r] += __shfl_xor_sync(0xffffffff, acc[r], 4);
+                    acc[r] += __shfl_xor_sync(0xffffffff, acc[r], 2);
+                    acc[r] += __shfl_xor_sync(0xffffffff, acc[r], 1);
+                    if (lane % 8 == 0 && oc < lay.OC)
+                        store_tagged(opart(l) + ((long long)c * R + r) * C + (int)rank * lay.OC + oc, acc[r], layer_tag(epoch, l));
+                }
             }
             CD_STAMP(3);
             __syncthreads();  // the attention group's buffers are free
             // off the critical path: the layer's O sums, into this block's slice of h (every block keeps only its slice
             // current; hin, which stage_norm read, is not overwritten before this block's O columns went out)
-            slice_partials(h, opart(l), s.Hkv, C, rank, polled, layer_tag(epoch, l), false, hin, sq_in, &bars[5]);
+            slice_partials<R>(h, opart(l), s.Hkv, C, rank, polled, layer_tag(epoch, l), false, hin, sq_in, &bars[5]);
             // the next layer's copies, while the MLP clusters work. After the add, which waits as long as the MLP
             // clusters' own hand-over does: issued before it, they held that up (8.59 -> 8.18 µs a layer at 100 keys
             // without them there, H100, notes/cluster_decode_copy_late_h100_stop29.log)
@@ -668,73 +804,93 @@ __device__ void cluster_decode_body(const Step& s) {
         // worked), by slice: an MLP block keeps only its slice of h current
         if (t == 0) {
             expect(&bars[5], slice_bytes);
-            expect(&bars[2], CD_CLUSTER * lay.OC * 4);
+            expect(&bars[2], R * CD_CLUSTER * lay.OC * 4);
         }
-        slice_partials(h, opart(l), s.Hkv, C, rank, polled, layer_tag(epoch, l), true, hin, sq_in, &bars[5]);
+        slice_partials<R>(h, opart(l), s.Hkv, C, rank, polled, layer_tag(epoch, l), true, hin, sq_in, &bars[5]);
         mbarrier_wait<true>(&bars[5], parity);
         CD_STAMP(4);
         if (!CD_COPY_ONCE || l == 0) mbarrier_wait<true>(&bars[4], parity);  // this layer's MLP copies
-        stage_norm(hin, norm_m, xs, sq_in, C, s.eps, true, CD_CLUSTER);  // (the slices of the next layer come after this
-                                                                          // block's down sums: hin is not overwritten)
-        // gate/up: warp w takes index i0 + w (and + 16, ...)
+        // (the slices of the next layer come after this block's down sums: hin is not overwritten)
+        if (R == 1)
+            stage_norm(hin, norm_m, xs, sq_in, C, s.eps, true, CD_CLUSTER);
+        else
+            stage_norm_rows<R>(hin, norm_m, xs, XS8, sq_in, C, s.eps);
+        // gate/up: warp w takes index i0 + w (and + 16, ...), each weight chunk against the R rows' inputs
         for (int li = warp; li < ni; li += CD_WARPS) {
             const uint4* w0 = wgu_s + li * 2 * C8;
-            float a0 = 0.0f, a1 = 0.0f;
+            float a0[R], a1[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) a0[r] = 0.0f, a1[r] = 0.0f;
             for (int ch = lane; ch < C8; ch += 32) {
-                const uint4 x = xs[ch];
-                a0 = dot8(w0[ch], x, a0), a1 = dot8(w0[C8 + ch], x, a1);
+                float wa[8], wb[8];
+                unpack8(w0[ch], wa), unpack8(w0[C8 + ch], wb);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    float x[8];
+                    unpack8(xs[r * XS8 + ch], x);
+                    a0[r] = dot8f(wa, x, a0[r]), a1[r] = dot8f(wb, x, a1[r]);
+                }
             }
-            a0 = warp_sum(a0), a1 = warp_sum(a1);
-            if (lane == 0) act[li] = round_bf16(a0 / (1.0f + __expf(-a0)) * a1);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                a0[r] = warp_sum(a0[r]), a1[r] = warp_sum(a1[r]);
+                if (lane == 0) act[r * lay.ni_max + li] = round_bf16(a0[r] / (1.0f + __expf(-a0[r])) * a1[r]);
+            }
         }
         __syncthreads();
-        // down: thread t takes columns 4t .. 4t + 3 over the block's indices, pushed to the block that sums that slice
+        // down: thread t takes columns 4t .. 4t + 3 over the block's indices, of each row, pushed to the block that sums
+        // that slice. (Two rows a thread over twice the threads was level: notes/cluster_tree_h200_stop51.log.)
         if (t < C / 4) {
-            float y[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (int g = 0; g < ni / 8; g++) {
-                float a[8];
+            float y[R][4];
 #pragma unroll
-                for (int e = 0; e < 8; e++) a[e] = act[8 * g + e];
+            for (int r = 0; r < R; r++) y[r][0] = y[r][1] = y[r][2] = y[r][3] = 0.0f;
+            for (int g = 0; g < ni / 8; g++) {
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
-                    const uint4 w = wd_s[(4 * t + q) * M8 + g];
-                    const unsigned* wu = reinterpret_cast<const unsigned*>(&w);
+                    float wf[8];
+                    unpack8(wd_s[(4 * t + q) * M8 + g], wf);
 #pragma unroll
-                    for (int k = 0; k < 4; k++) {
-                        const float2 wf = bf2(wu[k]);
-                        y[q] = fmaf(a[2 * k], wf.x, y[q]);
-                        y[q] = fmaf(a[2 * k + 1], wf.y, y[q]);
+                    for (int r = 0; r < R; r++) {
+                        const float* a = act + r * lay.ni_max + 8 * g;
+#pragma unroll
+                        for (int k = 0; k < 8; k++) y[r][q] = fmaf(a[k], wf[k], y[r][q]);
                     }
                 }
             }
             const int col = 4 * t, dest = col / lay.OC;
-            push4(dred_in + (int)rank * lay.OC + col % lay.OC, &bars[2], dest, make_float4(y[0], y[1], y[2], y[3]));
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                push4(dred_in + (r * CD_CLUSTER + (int)rank) * lay.OC + col % lay.OC, &bars[2], dest, make_float4(y[r][0], y[r][1], y[r][2], y[r][3]));
         }
         CD_STAMP(5);
         mbarrier_wait<true>(&bars[2], parity);
-        for (int k = t; k < lay.OC; k += CD_THREADS) {
+        for (int k = t; k < R * lay.OC; k += CD_THREADS) {
+            const int r = k / lay.OC, kk = k % lay.OC;
             float sum = 0.0f;
-            for (int r = 0; r < CD_CLUSTER; r++) sum += dred_in[r * lay.OC + k];
-            store_tagged(dpart(l) + (long long)(cluster - s.Hkv) * C + (int)rank * lay.OC + k, sum, layer_tag(epoch, l));
+            for (int q = 0; q < CD_CLUSTER; q++) sum += dred_in[(r * CD_CLUSTER + q) * lay.OC + kk];
+            store_tagged(dpart(l) + ((long long)(cluster - s.Hkv) * R + r) * C + (int)rank * lay.OC + kk, sum, layer_tag(epoch, l));
         }
         CD_STAMP(6);
         __syncthreads();  // the MLP group's buffers are free
         // off the critical path: the layer's down sums, into this block's slice of h; then the next layer's copies, while
         // the attention clusters work (after the add, as above: out of the attention clusters' hand-over)
-        slice_partials(h, dpart(l), mlp_clusters, C, rank, polled, layer_tag(epoch, l), false, hin, sq_in, &bars[5]);
+        slice_partials<R>(h, dpart(l), mlp_clusters, C, rank, polled, layer_tag(epoch, l), false, hin, sq_in, &bars[5]);
         issue_mlp(l + 1);
     }
 #undef CD_STAMP
     if (blockIdx.x < CD_CLUSTER) {  // the last layer's sums, by slice in the first cluster: block 0 writes the residual
-                                    // stream and its final norm (the LM head's input)
+                                    // stream and its final norm (the LM head's input) of each row
         if (t == 0) expect(&bars[5], slice_bytes);
-        slice_partials(h, dpart(s.L - 1), mlp_clusters, C, rank, polled, layer_tag(epoch, s.L - 1), true, hin, sq_in, &bars[5]);
+        slice_partials<R>(h, dpart(s.L - 1), mlp_clusters, C, rank, polled, layer_tag(epoch, s.L - 1), true, hin, sq_in, &bars[5]);
         mbarrier_wait<true>(&bars[5], (s.L - 1) & 1);
         if (blockIdx.x == 0) {
             if (!CD_COPY_ONCE) mbarrier_wait<true>(&bars[3], s.L & 1);  // the final norm's weights, in norm_a
-            stage_norm(hin, CD_COPY_ONCE ? s.final_norm : norm_a, xs, sq_in, C, s.eps, true, CD_CLUSTER);
-            for (int k = t; k < C8; k += CD_THREADS) reinterpret_cast<uint4*>(s.normed)[k] = xs[k];
-            for (int k = t; k < C / 4; k += CD_THREADS) reinterpret_cast<float4*>(s.resid)[k] = reinterpret_cast<const float4*>(hin)[k];
+            for (int r = 0; r < R && (R == 1 || r < s.rows); r++) {
+                stage_norm(hin + r * C, CD_COPY_ONCE ? s.final_norm : norm_a, xs + r * XS8, sq_in + r * CD_CLUSTER, C, s.eps, true, CD_CLUSTER);
+                for (int k = t; k < C8; k += CD_THREADS) reinterpret_cast<uint4*>(s.normed)[r * C8 + k] = xs[r * XS8 + k];
+                for (int k = t; k < C / 4; k += CD_THREADS)
+                    reinterpret_cast<float4*>(s.resid)[r * (C / 4) + k] = reinterpret_cast<const float4*>(hin + r * C)[k];
+            }
             // every block has read the epoch: each block's values reach the slices just added, through the partial sums
             // and the slices sent within clusters
             if (t == 0) asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(s.epoch), "r"(epoch + 1) : "memory");
@@ -746,17 +902,22 @@ __device__ void cluster_decode_body(const Step& s) {
 
 }  // namespace cd
 
-#define CLUSTER_DECODE(D)                                                                                               \
-    extern "C" __global__ void __cluster_dims__(CD_CLUSTER, 1, 1) __launch_bounds__(CD_THREADS, 1) cluster_decode_d##D( \
+// cluster_decode_r{R}_d{D}: R rows at most (a one-token decode step: R = 1; a tree step of rows <= R nodes)
+#define CLUSTER_DECODE(R, D)                                                                                            \
+    extern "C" __global__ void __cluster_dims__(CD_CLUSTER, 1, 1) __launch_bounds__(CD_THREADS, 1) cluster_decode_r##R##_d##D( \
         const unsigned long long* layers, int L, const int* tokens, const bf16* embed, const float* final_norm,         \
         bf16* normed, float* resid, const int* positions, const int* slots, const int* kv_len, const int* page_table, \
-        const float* cos_table, const float* sin_table, unsigned long long* opart, unsigned long long* dpart,           \
-        unsigned* epoch, int C, int H, int Hkv, int I, int P, int span, float eps, float scale,                        \
-        unsigned long long* clock) {                                                                                    \
-        cd::Step s{layers, L, tokens, embed, final_norm, normed, resid, positions, slots, kv_len, page_table,          \
-                   cos_table, sin_table, opart, dpart, epoch, C, H, Hkv, I, P, span, eps, scale, clock};               \
-        cd::cluster_decode_body<D>(s);                                                                                  \
+        const unsigned long long* masks, const int* tree_start, int rows, const float* cos_table, const float* sin_table, \
+        unsigned long long* opart, unsigned long long* dpart, unsigned* epoch, int C, int H, int Hkv, int I, int P, int span, \
+        float eps, float scale, unsigned long long* clock) {                                                            \
+        cd::Step s{layers, L, tokens, embed, final_norm, normed, resid, positions, slots, kv_len, page_table, masks,   \
+                   tree_start, rows, cos_table, sin_table, opart, dpart, epoch, C, H, Hkv, I, P, span, eps, scale, clock}; \
+        cd::cluster_decode_body<D, R>(s);                                                                               \
     }
 
-HEAD_DIM_64(CLUSTER_DECODE(64))
-HEAD_DIM_128(CLUSTER_DECODE(128))
+HEAD_DIM_64(CLUSTER_DECODE(1, 64))
+HEAD_DIM_64(CLUSTER_DECODE(2, 64))
+HEAD_DIM_64(CLUSTER_DECODE(4, 64))
+HEAD_DIM_128(CLUSTER_DECODE(1, 128))
+HEAD_DIM_128(CLUSTER_DECODE(2, 128))
+HEAD_DIM_128(CLUSTER_DECODE(4, 128))

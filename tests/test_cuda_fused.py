@@ -86,10 +86,10 @@ def test_fused_layers_match_layer_by_layer_and_reference(tmp_path, step, D, page
         be.fused_max_rows = max_rows
         device_plan = be.prepare_plan(plan)
         assert (be.fused_rows(model, device_plan) > 0) == (max_rows > 0)
-        # one-sequence decode steps go to kernels/cluster_decode.cu on Hopper unless turned off
+        # one-sequence decode steps and trees of up to 4 nodes go to kernels/cluster_decode.cu on Hopper unless turned off
         if max_rows:
             clustered = be.cluster_decode_shape(model, device_plan, page_size) is not None
-            assert clustered == (be.cluster_decode and plan.batch_size == 1 and plan.num_tokens == 1)
+            assert clustered == (be.cluster_decode and plan.batch_size == 1 and plan.num_tokens <= be.cluster_tree_rows)
         logits = cp.asnumpy(model.compute(device_plan, cache))
         pages = [c.get().view(BF16).astype(np.float32)[used] for c in [*cache.k, *cache.v]]
         return logits, pages
@@ -164,9 +164,11 @@ def test_fused_layers_are_deterministic(tmp_path, intermediate):
 
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("context", [40, 300])
-def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, context):
-    """kernels/cluster_decode.cu against the fused-layers kernel on the same decode step (the same roundings, other
-    fp32 sum orders), the same bits on every run (fixed-order sums only), the same K/V written at the step's slot."""
+@pytest.mark.parametrize("tree", [("single", 1), ("chain", 2), ("random", 3), ("random", 4), ("star", 4)])
+def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, context, tree):
+    """kernels/cluster_decode.cu against the fused-layers kernel on the same decode or small tree step (the same
+    roundings, other fp32 sum orders), the same bits on every run (fixed-order sums only), the same K/V written at the
+    step's slots. A tree of 3 nodes runs the 4-row instance with a row of padding."""
     import cupy as cp
 
     from minispec.backends.cuda_backend import CudaBackend
@@ -175,13 +177,15 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
     if not be.cluster_decode:
         pytest.skip("kernels/cluster_decode.cu needs Hopper")
     model = Model.load(tiny_bf16_model(tmp_path / "model", D), be)
-    rng = np.random.default_rng(context + D)
-    plan, used = random_step(rng, [(context, "single", 1)], 16, 40)
+    shape, T = tree
+    rng = np.random.default_rng(context + D + 1000 * T)
+    plan, used = random_step(rng, [(context, shape, T)], 16, 40)
     cache = model.new_cache(40, 16)
     start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
     device_plan = be.prepare_plan(plan)
     shape = be.cluster_decode_shape(model, device_plan, 16)
     assert shape is not None and shape[0] > model.config.num_kv_heads  # attention clusters and MLP clusters
+    assert shape[3] == {1: 1, 2: 2, 3: 4, 4: 4}[T]  # the instance's rows
 
     def run():
         for c, values in zip([*cache.k, *cache.v], start):
@@ -190,6 +194,7 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
         return logits, [c.get().view(BF16).astype(np.float32)[used] for c in [*cache.k, *cache.v]]
 
     clustered, clustered_pages = run()
+    assert clustered.shape[0] == T and np.isfinite(clustered).all()
     for _ in range(10):
         again, again_pages = run()
         assert np.array_equal(again, clustered)
@@ -202,12 +207,15 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
     assert np.abs(clustered - fused).mean() <= 3e-3 * scale
     for got, want in zip(clustered_pages, fused_pages):
         assert_close(got, want, 0, 3e-2 * np.abs(want).max(), "K/V pages")
-    # a batch of two and a tree step stay on the fused kernel
+    # a batch of two and a tree step of more nodes than cluster_tree_rows stay on the fused kernel
     be.cluster_decode = True
     two, _ = random_step(rng, [(10, "single", 1), (20, "single", 1)], 16, 40)
-    tree, _ = random_step(rng, [(10, "random", 4)], 16, 40)
+    five, _ = random_step(rng, [(10, "random", 5)], 16, 40)
     assert be.cluster_decode_shape(model, be.prepare_plan(two), 16) is None
-    assert be.cluster_decode_shape(model, be.prepare_plan(tree), 16) is None
+    assert be.cluster_decode_shape(model, be.prepare_plan(five), 16) is None
+    if T > 1:
+        be.cluster_tree_rows = 0
+        assert be.cluster_decode_shape(model, device_plan, 16) is None
 
 
 def test_cluster_decode_leaves_long_contexts_to_the_fused_kernel(tmp_path):

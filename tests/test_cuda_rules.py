@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minispec.backends.cuda_backend import (
-    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS, CapturedStep, CudaBackend,
+    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, CLUSTER_DECODE_ROWS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS, CapturedStep, CudaBackend,
     finish_compiles, kernel_source, notice_if_slow)
 from minispec.step import StepItem, build_plan
 from minispec.tree import Tree
@@ -42,6 +42,9 @@ def test_cluster_decode_constants_agree_with_the_kernel():
     define = lambda name: int(re.search(rf"#define {name} (\d+)", source).group(1))  # noqa: E731
     assert define("CD_CLUSTER") == CLUSTER_DECODE_BLOCKS
     assert define("CD_MAX_PARTIALS") == CLUSTER_DECODE_MAX_PARTIALS
+    # an instance for each row count the backend picks, for both head dims
+    instances = set(re.findall(r"HEAD_DIM_\d+\(CLUSTER_DECODE\((\d+), (\d+)\)\)", source))
+    assert instances == {(str(R), str(D)) for R in CLUSTER_DECODE_ROWS for D in (64, 128)}
 
 
 def test_cluster_decode_takes_hidden_sizes_up_to_1024():
@@ -54,7 +57,7 @@ def test_cluster_decode_takes_hidden_sizes_up_to_1024():
     def kernel(*args):
         raise Looked  # past the shape rules: the backend asks for the kernel next
 
-    backend = SimpleNamespace(cluster_decode=True, kernel=kernel)
+    backend = SimpleNamespace(cluster_decode=True, cluster_tree_rows=4, kernel=kernel)
     plan = SimpleNamespace(batch_size=1, num_tokens=1, has_causal=False, max_kv_len=100)
 
     def model(hidden):

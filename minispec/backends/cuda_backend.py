@@ -57,6 +57,7 @@ FUSED_BLOCK_SPLITS = 8
 FUSED_GROUP_ROWS, FUSED_BLOCK_GROUP_ROWS = 4, 2
 CLUSTER_DECODE_BLOCKS = 8  # blocks per cluster of kernels/cluster_decode.cu (CD_CLUSTER)
 CLUSTER_DECODE_MAX_PARTIALS = 24  # partial sums of each role at most (CD_MAX_PARTIALS: the polled slices' buffer)
+CLUSTER_DECODE_ROWS = (1, 2, 4)  # cluster_decode.cu's instances: rows a step at most (a tree step of up to 4 nodes)
 
 
 def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
@@ -413,7 +414,9 @@ class CudaBackend:
         # one-sequence decode steps of small models on kernels/cluster_decode.cu where it applies (cluster_decode_shape);
         # False: the fused-layers kernel serves them (tests, the fused kernel's stamps)
         self.cluster_decode = self.hopper
-        self.cluster_counts = {}  # shared bytes -> clusters of cluster_decode.cu resident at once (the driver's answer)
+        # tree steps of one sequence and up to this many nodes on kernels/cluster_decode.cu too (0: the fused kernel)
+        self.cluster_tree_rows = 4
+        self.cluster_counts = {}  # (rows, shared bytes) -> clusters of cluster_decode.cu resident at once (the driver's answer)
         self.cluster_partials = {}  # hidden size -> cluster_decode.cu's tagged partial sums and epoch (cluster_decode_buffers)
         self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
         self.pointer_tables = {}  # the K and V cache pointers themselves -> the same as a uint64 device array
@@ -663,7 +666,7 @@ class CudaBackend:
         """The launch settings, part of a graph's key: changing one (tests, benchmarks) must capture anew."""
         return (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
                 self.attention_splits, self.attention_wgmma, self.attention_early_trigger, self.attention_cluster_merge, self.pdl,
-                self.cluster_decode,
+                self.cluster_decode, self.cluster_tree_rows,
                 self.gemm_wgmma_tiles, self.gemm_l2_promotion, self.attention_l2_promotion, self.gemm_norm, self.gemm,
                 self.gemm_cluster, self.gemm_wgmma_groups, self.gemm_wgmma_xrows, self.glu_groups)
 
@@ -1380,27 +1383,35 @@ class CudaBackend:
 
     # ------------------------------------------------------------------ cluster decode
     @staticmethod
-    def cluster_decode_shared_bytes(c, num_layers: int, mlp_blocks: int, span: int, page_size: int) -> int:
+    def cluster_decode_shared_bytes(c, num_layers: int, mlp_blocks: int, span: int, page_size: int, rows: int = 1) -> int:
         """Dynamic shared memory of kernels/cluster_decode.cu (its Layout, region by region, each rounded to 16 bytes)
-        for MLP blocks over the intermediate groups and `span` keys a block at most."""
+        for MLP blocks over the intermediate groups, `span` keys a block at most and the instance of `rows` rows."""
         C, D, I = c.hidden_size, c.head_dim, c.intermediate_size
         G = c.num_heads // c.num_kv_heads
         pairs_block = -(-((G + 2) * D // 2) // CLUSTER_DECODE_BLOCKS)
         OC, OK = C // CLUSTER_DECODE_BLOCKS, G * D
         ni_max = 8 * -(-(I // 8) // mlp_blocks)
-        regions = [C * 4, C * 4, 8 * 4, max(C, OK) * 2, (G + 2) * D * 4, 8 * G * (D + 2) * 4,
-                   G * -(-span // 32) * (D + 2) * 4, OK * 2, ni_max * 4, 8 * OC * 4, 16 * 4,
-                   CLUSTER_DECODE_MAX_PARTIALS * (C // 32) * 16, pairs_block * 2 * 4, C * 4, C * 4, 6 * 8, num_layers * 64,
-                   (span // page_size + 2) * 4, pairs_block * 2 * C * 2, OC * OK * 2, ni_max * 2 * C * 2, C * ni_max * 2,
-                   2 * span * D * 2]
-        return sum(-(-r // 16) * 16 for r in regions)
+        R = rows
+        regions = [R * C * 4, R * C * 4, R * 8 * 4, R * max(C, OK) * 2, R * (G + 2) * D * 4, R * 8 * G * (D + 2) * 4,
+                   R * G * -(-span // 32) * (D + 2) * 4, R * OK * 2, R * ni_max * 4, R * 8 * OC * 4, R * 16 * 4,
+                   R * max(c.num_kv_heads, mlp_blocks // CLUSTER_DECODE_BLOCKS) * (C // 32) * 16, R * pairs_block * 2 * 4, C * 4, C * 4, 6 * 8, num_layers * 64,
+                   (span // page_size + 2) * 4, R * 8]
+        attention = [pairs_block * 2 * C * 2, OC * OK * 2, 2 * span * D * 2]  # the two roles' weights overlap
+        mlp = [ni_max * 2 * C * 2, C * ni_max * 2]
+        size = lambda rs: sum(-(-r // 16) * 16 for r in rs)  # noqa: E731
+        return size(regions) + max(size(attention), size(mlp))
 
     def cluster_decode_shape(self, model, plan: DevicePlan, page_size: int):
-        """(clusters, keys a block at most, shared bytes) of kernels/cluster_decode.cu for this step, or None where the
-        fused-layers kernel serves it: decode steps of one sequence on a model the fused kernel takes, whose shapes
-        the kernel handles and whose attention share and weight slices fit one block's shared memory."""
+        """(clusters, keys a block at most, shared bytes, rows of the instance) of kernels/cluster_decode.cu for this step,
+        or None where the fused-layers kernel serves it: decode steps of one sequence, and its tree steps of up to
+        cluster_tree_rows nodes, on a model the fused kernel takes, whose shapes the kernel handles and whose attention
+        share and weight slices fit one block's shared memory."""
         c = model.config
-        if not (self.cluster_decode and plan.batch_size == 1 and plan.num_tokens == 1 and not plan.has_causal):
+        N = plan.num_tokens
+        if not (self.cluster_decode and plan.batch_size == 1 and (N == 1 or 1 < N <= self.cluster_tree_rows) and not plan.has_causal):
+            return None
+        rows = pow2_bucket(N)
+        if rows not in CLUSTER_DECODE_ROWS:
             return None
         if c.head_dim not in (64, 128) or c.hidden_size % (4 * CLUSTER_DECODE_BLOCKS) or c.intermediate_size % 8:
             return None
@@ -1409,7 +1420,7 @@ class CudaBackend:
         if c.num_kv_heads > CLUSTER_DECODE_MAX_PARTIALS or model.num_layers > FUSED_MAX_LAYERS:
             return None
         span = -(-plan.max_kv_len // CLUSTER_DECODE_BLOCKS)  # (a graph's context bucket: any step of the bucket fits)
-        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_d{c.head_dim}", c.head_dim)
+        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_r{rows}_d{c.head_dim}", c.head_dim)
         # every block must be resident at once (the polls would deadlock): ask the driver how many clusters fit,
         # which depends on the shared memory, which depends on how many MLP blocks share the intermediate groups
         clusters = self.sm_count // CLUSTER_DECODE_BLOCKS
@@ -1418,60 +1429,60 @@ class CudaBackend:
             if clusters < c.num_kv_heads + 1:
                 return None
             shared = self.cluster_decode_shared_bytes(c, model.num_layers, CLUSTER_DECODE_BLOCKS * (clusters - c.num_kv_heads),
-                                                      span, page_size)
+                                                      span, page_size, rows)
             if shared > self.max_shared:
                 return None
-            if shared not in self.cluster_counts:
+            if (rows, shared) not in self.cluster_counts:
                 allow_shared(kernel, shared)
-                self.cluster_counts[shared] = driver.max_active_clusters(kernel, 512, shared, CLUSTER_DECODE_BLOCKS)
-            if self.cluster_counts[shared] >= clusters:
-                return clusters, span, shared
-            clusters = self.cluster_counts[shared]
+                self.cluster_counts[rows, shared] = driver.max_active_clusters(kernel, 512, shared, CLUSTER_DECODE_BLOCKS)
+            if self.cluster_counts[rows, shared] >= clusters:
+                return clusters, span, shared, rows
+            clusters = self.cluster_counts[rows, shared]
         return None
 
     def decode_in_one_launch(self, model, plan: DevicePlan, cache):
-        """A one-sequence decode step's embedding, every layer and the final norm in one launch of
-        kernels/cluster_decode.cu -> the LM head's input, bf16 [1, C]; None where the step takes the other paths
+        """A one-sequence decode step's (or small tree step's) embeddings, every layer and the final norm in one launch
+        of kernels/cluster_decode.cu -> the LM head's input, bf16 [N, C]; None where the step takes the other paths
         (cluster_decode_shape)."""
-        if self.fused_rows(model, plan) != 1:
+        if not self.fused_rows(model, plan):
             return None
         shape = self.cluster_decode_shape(model, plan, cache.page_size)
         return None if shape is None else self.cluster_decode_layers(model, plan, cache, *shape)
 
-    def cluster_decode_layers(self, model, plan: DevicePlan, cache, clusters: int, span: int, shared: int):
-        """kernels/cluster_decode.cu on a one-token decode step -> the final norm of the residual stream after the last
-        layer, bf16 [1, C]. (The kernel also writes that residual stream, fp32, for probes that compare it with the
-        fused kernel's: notes/scripts/cluster_decode_probe.py.)"""
+    def cluster_decode_layers(self, model, plan: DevicePlan, cache, clusters: int, span: int, shared: int, rows: int = 1):
+        """kernels/cluster_decode.cu on a one-token decode step or a tree step of N <= rows nodes -> the final norm of the
+        residual stream after the last layer, bf16 [N, C]. (The kernel also writes that residual stream, fp32, for probes
+        that compare it with the fused kernel's: notes/scripts/cluster_decode_probe.py.)"""
         cp, c, w = self.cp, model.config, model.weights
-        C, Hkv = c.hidden_size, c.num_kv_heads
-        normed = cp.empty((1, C), dtype=self.store_dtype)
-        resid = cp.empty((1, C), dtype=cp.float32)
+        C, Hkv, N = c.hidden_size, c.num_kv_heads, plan.num_tokens
+        normed = cp.empty((N, C), dtype=self.store_dtype)
+        resid = cp.empty((N, C), dtype=cp.float32)
         opart, dpart, epoch = self.cluster_decode_buffers(C)
         cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
-        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_d{c.head_dim}", c.head_dim)
+        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_r{rows}_d{c.head_dim}", c.head_dim)
         allow_shared(kernel, shared)
         i32 = np.int32
         kernel(
             (CLUSTER_DECODE_BLOCKS * clusters,), (512,),
             (self.layer_table(model, cache), i32(model.num_layers), plan.tokens, w.embed, w.final_norm, normed, resid,
-             plan.positions, plan.slots, plan.kv_len, plan.page_tables, cos, sin, opart, dpart, epoch, i32(C),
-             i32(c.num_heads), i32(Hkv), i32(c.intermediate_size), i32(cache.page_size), i32(span),
-             np.float32(c.rms_norm_eps), np.float32(model.scale),
+             plan.positions, plan.slots, plan.kv_len, plan.page_tables, plan.masks, plan.tree_start, i32(N), cos, sin,
+             opart, dpart, epoch, i32(C), i32(c.num_heads), i32(Hkv), i32(c.intermediate_size), i32(cache.page_size),
+             i32(span), np.float32(c.rms_norm_eps), np.float32(model.scale),
              np.uint64(0) if self.cluster_clock is None else self.cluster_clock),
             shared_mem=shared,
         )
         return normed
 
     def cluster_decode_buffers(self, C: int):
-        """kernels/cluster_decode.cu's partial sums, tagged with (epoch, layer): uint64 [2 layers, MAX_PARTIALS, C] of
-        each role, and the epoch (uint32 [1]), which each launch counts up. They outlive launches and graphs: a
+        """kernels/cluster_decode.cu's partial sums, tagged with (epoch, layer): uint64 [2 layers, MAX_PARTIALS, rows, C]
+        of each role (room for the most rows an instance takes), and the epoch (uint32 [1]), which each launch counts up. They outlive launches and graphs: a
         launch tells its values from the last one's by the epoch alone, so they are made once, outside any capture
         (a captured zero fill would reset the epoch at every replay), by the eager warm-up before it."""
         if C not in self.cluster_partials:
             if self.stream.is_capturing():
                 raise RuntimeError("cluster_decode.cu's buffers must be made before a graph capture (run the step eagerly first)")
             cp = self.cp
-            parts = cp.zeros((2, 2, CLUSTER_DECODE_MAX_PARTIALS, C), dtype=cp.uint64)
+            parts = cp.zeros((2, 2, CLUSTER_DECODE_MAX_PARTIALS, max(CLUSTER_DECODE_ROWS), C), dtype=cp.uint64)
             epoch = cp.ones(1, dtype=cp.uint32)  # (tags of epoch 0, layer 0 would pass the zeros); both in stream order
             self.cluster_partials[C] = (parts[0], parts[1], epoch)
         return self.cluster_partials[C]

@@ -23,11 +23,11 @@ def main():
     c = config
     C, H, Hkv, D, I, L = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, model.num_layers
     contexts = [int(a) for a in sys.argv[1:]] or [100, 512, 1024]
-    kernel = backend.kernel("cluster_decode.cu", f"cluster_decode_d{D}", D)
+    kernel = backend.kernel("cluster_decode.cu", f"cluster_decode_r1_d{D}", D)
     import cupy
     from minispec.backends.cuda_backend import kernel_source
     variants = {name: cupy.RawModule(code=defines + kernel_source("cluster_decode.cu"),
-                                     options=("-std=c++17", "-DSTORAGE_BF16", "-arch=sm_90a")).get_function(f"cluster_decode_d{D}")
+                                     options=("-std=c++17", "-DSTORAGE_BF16", "-arch=sm_90a")).get_function(f"cluster_decode_r1_d{D}")
                 for name, defines in (("copy once", "#define CD_COPY_ONCE 1\n"),)}
     from minispec.backends import driver
     allow_shared(kernel, 200 << 10)
@@ -62,7 +62,7 @@ def main():
         def ours(resid, stamps=False, kernel=kernel):
             allow_shared(kernel, shared)
             kernel((blocks,), (512,), (layers, i32(L), dplan.tokens, model.weights.embed, model.weights.final_norm, normed,
-                                       resid, dplan.positions, dplan.slots, dplan.kv_len, dplan.page_tables,
+                                       resid, dplan.positions, dplan.slots, dplan.kv_len, dplan.page_tables, dplan.masks, dplan.tree_start, i32(1),
                                        cos, sin, opart, dpart, epoch, i32(C), i32(H), i32(Hkv), i32(I), i32(16), i32(span),
                                        np.float32(c.rms_norm_eps), np.float32(model.scale), clock if stamps else np.uint64(0)),
                    shared_mem=shared)

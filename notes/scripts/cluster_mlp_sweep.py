@@ -26,7 +26,7 @@ def main():
     model = Model(c, random_model_on_gpu(c, backend), backend)
     w = model.weights
     C, H, Hkv, D, I, L = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, model.num_layers
-    kernel = backend.kernel("cluster_decode.cu", f"cluster_decode_d{D}", D)
+    kernel = backend.kernel("cluster_decode.cu", f"cluster_decode_r1_d{D}", D)
     allow_shared(kernel, 200 << 10)
     fit = driver.max_active_clusters(kernel, 512, 200 << 10, 8)
     print(card_name(), f"SmolLM2-135M shapes, random weights; {fit} clusters of 8 fit", flush=True)
@@ -55,7 +55,7 @@ def main():
 
             def run(stamps=False):
                 kernel((blocks,), (512,), (layers, i32(L), dplan.tokens, w.embed, w.final_norm, normed, resid, dplan.positions,
-                                           dplan.slots, dplan.kv_len, dplan.page_tables, cos, sin, opart, dpart, epoch, i32(C),
+                                           dplan.slots, dplan.kv_len, dplan.page_tables, dplan.masks, dplan.tree_start, i32(1), cos, sin, opart, dpart, epoch, i32(C),
                                            i32(H), i32(Hkv), i32(I), i32(16), i32(span), np.float32(c.rms_norm_eps),
                                            np.float32(model.scale), clock if stamps else np.uint64(0)), shared_mem=shared)
 
