@@ -75,7 +75,8 @@
 // Layouts: tokens int [rows] (the step's tokens), embed bf16 [V, C] (their rows are h before layer 0), final_norm float
 //   [C], normed bf16 [rows, C] out (bf16(rmsnorm(h) * final_norm) after the last layer: the LM head's input, so the step
 //   has no embedding or norm launch around this one), resid float [rows, C] out (h after the last layer); positions,
-//   slots int [rows], masks uint64 [rows] (ancestor bits, R > 1), tree_start int [1] (R > 1); layers uint64 [L, 8]
+//   slots int [rows], masks uint64 [rows] (ancestor bits, R > 1), tree_start int [1] (R > 1), cu_q int [2] (rows past
+//   cu_q[1] are padding: no K/V written); layers uint64 [L, 8]
 //   as kernels/fused_layers.cuh (attn_norm, wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm, w_gate_up [2 I, C],
 //   w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]); opart uint64 [2, Hkv, R, C], dpart uint64 [2, MLP clusters, R, C]
 //   (tagged values, layer_tag below), epoch uint32 [1]: they outlive launches (CudaBackend.cluster_decode_buffers).
@@ -180,6 +181,7 @@ struct Step {
     const int *positions, *slots, *kv_len, *page_table;
     const unsigned long long* masks;  // a tree step's ancestor bits a row (R > 1)
     const int* tree_start;            // its first tree key (R > 1)
+    const int* cu_q;                  // [0, live rows]: a plan the device wrote may have fewer live rows than `rows`, or none
     int rows;                         // the step's rows (<= R; rows past it are padding)
     const float *cos_table, *sin_table;
     unsigned long long *opart, *dpart;
@@ -448,19 +450,20 @@ __device__ void cluster_decode_body(const Step& s) {
     uint4* wd_s = reinterpret_cast<uint4*>(smem + lay.wd);
     bf16* kv_s = reinterpret_cast<bf16*>(smem + lay.kv);  // [K, V][keys_max][D]
 
-    // step constants: the rows' tokens, positions and slots (rows past s.rows: padding, as a graph bucket pads them:
+    // step constants: the rows' tokens, positions and slots (rows past cu_q[1]: padding, as a graph bucket pads them:
     // token 0, position 0, no slot, no tree key), the sequence length, this block's keys and MLP indices, and the layer
     // table; their loads go out together (one round trip), this launch's epoch among them (layer_tag; block 0 counts it
     // up at its end, when every block has read it)
     const int n = s.kv_len[0];
     const int tree_start = R == 1 ? n - 1 : s.tree_start[0];  // keys [tree_start, n): the rows' own (one a live row)
+    const int live_rows = s.cu_q[1];  // (<= rows; 0: a step launched past its sequence's end, which must write nothing)
     int position[R], slot[R], token[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        const bool live = R == 1 || r < s.rows;
+        const bool live = r < live_rows;
         position[r] = live ? s.positions[r] : 0, slot[r] = live ? s.slots[r] : -1, token[r] = live ? s.tokens[r] : 0;
     }
-    const unsigned long long mask_entry = R > 1 && t < s.rows ? s.masks[t] : 0ull;
+    const unsigned long long mask_entry = R > 1 && t < live_rows ? s.masks[t] : 0ull;
     unsigned epoch;
     asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(epoch) : "l"(s.epoch));
     const unsigned long long table_entry = t < 8 * s.L ? s.layers[t] : 0;  // (L <= 64: one entry a thread at most)
@@ -907,11 +910,11 @@ __device__ void cluster_decode_body(const Step& s) {
     extern "C" __global__ void __cluster_dims__(CD_CLUSTER, 1, 1) __launch_bounds__(CD_THREADS, 1) cluster_decode_r##R##_d##D( \
         const unsigned long long* layers, int L, const int* tokens, const bf16* embed, const float* final_norm,         \
         bf16* normed, float* resid, const int* positions, const int* slots, const int* kv_len, const int* page_table, \
-        const unsigned long long* masks, const int* tree_start, int rows, const float* cos_table, const float* sin_table, \
+        const unsigned long long* masks, const int* tree_start, const int* cu_q, int rows, const float* cos_table, const float* sin_table, \
         unsigned long long* opart, unsigned long long* dpart, unsigned* epoch, int C, int H, int Hkv, int I, int P, int span, \
         float eps, float scale, unsigned long long* clock) {                                                            \
         cd::Step s{layers, L, tokens, embed, final_norm, normed, resid, positions, slots, kv_len, page_table, masks,   \
-                   tree_start, rows, cos_table, sin_table, opart, dpart, epoch, C, H, Hkv, I, P, span, eps, scale, clock}; \
+                   tree_start, cu_q, rows, cos_table, sin_table, opart, dpart, epoch, C, H, Hkv, I, P, span, eps, scale, clock}; \
         cd::cluster_decode_body<D, R>(s);                                                                               \
     }
 

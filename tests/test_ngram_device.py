@@ -357,11 +357,13 @@ def test_looping_model_on_gpu_drafts_on_the_device_and_samples_losslessly(tmp_pa
 
 
 @pytest.mark.gpu
-# the fused kernel's CUDA-core instance (intermediate 328: up to 4 rows) and its tensor-core one (384: up to 16)
+# the fused kernel's CUDA-core instance (intermediate 328: up to 4 rows; on Hopper cluster_decode.cu's 4-row instance
+# takes a 3-node step) and its tensor-core one (384: up to 16)
 @pytest.mark.parametrize("intermediate,T", [(328, 3), (384, 13)])
 def test_a_device_written_empty_plan_leaves_the_cache_untouched(tmp_path, intermediate, T):
     """A step launched past its sequence's end replays its graph on an empty plan (cu_q[1] = 0, as ngram_advance
-    writes it): the fused kernel returns at once, so no page of any layer changes. The same graph on the plan
+    writes it): the fused kernel returns at once, and cluster_decode.cu runs its rows as padding that writes no K/V, so
+    no page of any layer changes. The same graph on the plan
     it was captured for writes its rows' K/V (the check sees writes)."""
     import cupy as cp
 

@@ -1465,7 +1465,7 @@ class CudaBackend:
         kernel(
             (CLUSTER_DECODE_BLOCKS * clusters,), (512,),
             (self.layer_table(model, cache), i32(model.num_layers), plan.tokens, w.embed, w.final_norm, normed, resid,
-             plan.positions, plan.slots, plan.kv_len, plan.page_tables, plan.masks, plan.tree_start, i32(N), cos, sin,
+             plan.positions, plan.slots, plan.kv_len, plan.page_tables, plan.masks, plan.tree_start, plan.cu_q, i32(N), cos, sin,
              opart, dpart, epoch, i32(C), i32(c.num_heads), i32(Hkv), i32(c.intermediate_size), i32(cache.page_size),
              i32(span), np.float32(c.rms_norm_eps), np.float32(model.scale),
              np.uint64(0) if self.cluster_clock is None else self.cluster_clock),

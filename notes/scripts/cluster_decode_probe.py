@@ -62,7 +62,7 @@ def main():
         def ours(resid, stamps=False, kernel=kernel):
             allow_shared(kernel, shared)
             kernel((blocks,), (512,), (layers, i32(L), dplan.tokens, model.weights.embed, model.weights.final_norm, normed,
-                                       resid, dplan.positions, dplan.slots, dplan.kv_len, dplan.page_tables, dplan.masks, dplan.tree_start, i32(1),
+                                       resid, dplan.positions, dplan.slots, dplan.kv_len, dplan.page_tables, dplan.masks, dplan.tree_start, dplan.cu_q, i32(1),
                                        cos, sin, opart, dpart, epoch, i32(C), i32(H), i32(Hkv), i32(I), i32(16), i32(span),
                                        np.float32(c.rms_norm_eps), np.float32(model.scale), clock if stamps else np.uint64(0)),
                    shared_mem=shared)

@@ -55,7 +55,7 @@ def main():
 
             def run(stamps=False):
                 kernel((blocks,), (512,), (layers, i32(L), dplan.tokens, w.embed, w.final_norm, normed, resid, dplan.positions,
-                                           dplan.slots, dplan.kv_len, dplan.page_tables, dplan.masks, dplan.tree_start, i32(1), cos, sin, opart, dpart, epoch, i32(C),
+                                           dplan.slots, dplan.kv_len, dplan.page_tables, dplan.masks, dplan.tree_start, dplan.cu_q, i32(1), cos, sin, opart, dpart, epoch, i32(C),
                                            i32(H), i32(Hkv), i32(I), i32(16), i32(span), np.float32(c.rms_norm_eps),
                                            np.float32(model.scale), clock if stamps else np.uint64(0)), shared_mem=shared)
 
