@@ -246,7 +246,8 @@ struct Layout {
         table = take(s.L * 8 * 8);
         pages = take((keys_max / s.P + 2) * 4);
         masks = take(R * 8);
-        // a block's own role's weights (and K/V rows): the two roles' regions overlap
+        // a block's own role's weights (and K/V rows): the two roles' regions overlap (a decode step's shares then fit up
+        // to the 2048-key bucket, where they stopped at 1024)
         const int roles = at;
         wqkv = take(pairs_block * 2 * s.C * 2);
         wo = take(OC * OK * 2);
@@ -456,14 +457,19 @@ __device__ void cluster_decode_body(const Step& s) {
     // up at its end, when every block has read it)
     const int n = s.kv_len[0];
     const int tree_start = R == 1 ? n - 1 : s.tree_start[0];  // keys [tree_start, n): the rows' own (one a live row)
+    // (loaded for the rows the arrays hold, beside cu_q, and only then kept or not: no round trip waits for cu_q)
     const int live_rows = s.cu_q[1];  // (<= rows; 0: a step launched past its sequence's end, which must write nothing)
     int position[R], slot[R], token[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        const bool live = r < live_rows;
-        position[r] = live ? s.positions[r] : 0, slot[r] = live ? s.slots[r] : -1, token[r] = live ? s.tokens[r] : 0;
+        const bool held = R == 1 || r < s.rows;
+        position[r] = held ? s.positions[r] : 0, slot[r] = held ? s.slots[r] : -1, token[r] = held ? s.tokens[r] : 0;
     }
-    const unsigned long long mask_entry = R > 1 && t < live_rows ? s.masks[t] : 0ull;
+    unsigned long long mask_entry = R > 1 && t < s.rows ? s.masks[t] : 0ull;
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        if (r >= live_rows) position[r] = 0, slot[r] = -1, token[r] = 0;
+    if (t >= live_rows) mask_entry = 0ull;
     unsigned epoch;
     asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(epoch) : "l"(s.epoch));
     const unsigned long long table_entry = t < 8 * s.L ? s.layers[t] : 0;  // (L <= 64: one entry a thread at most)
@@ -693,11 +699,9 @@ __device__ void cluster_decode_body(const Step& s) {
                     unpack8(krow[e], kf);
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        const float4* q = reinterpret_cast<const float4*>(qkv_in + (r * (G + 2) + hg) * D + 8 * e);
-                        const float4 qa = q[0], qb = q[1];
-                        const float qf[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
+                        const float* q = qkv_in + (r * (G + 2) + hg) * D + 8 * e;
 #pragma unroll
-                        for (int k = 0; k < 8; k++) sc[r] = fmaf(qf[k], kf[k], sc[r]);
+                        for (int k = 0; k < 8; k++) sc[r] = fmaf(q[k], kf[k], sc[r]);
                     }
                 }
                 float pk[R], m[R], lsum[R], o[R][D / 32];
@@ -848,16 +852,19 @@ __device__ void cluster_decode_body(const Step& s) {
 #pragma unroll
             for (int r = 0; r < R; r++) y[r][0] = y[r][1] = y[r][2] = y[r][3] = 0.0f;
             for (int g = 0; g < ni / 8; g++) {
+                float a[R][8];
+#pragma unroll
+                for (int r = 0; r < R; r++)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) a[r][e] = act[r * lay.ni_max + 8 * g + e];
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
                     float wf[8];
                     unpack8(wd_s[(4 * t + q) * M8 + g], wf);
 #pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        const float* a = act + r * lay.ni_max + 8 * g;
+                    for (int r = 0; r < R; r++)
 #pragma unroll
-                        for (int k = 0; k < 8; k++) y[r][q] = fmaf(a[k], wf[k], y[r][q]);
-                    }
+                        for (int k = 0; k < 8; k++) y[r][q] = fmaf(a[r][k], wf[k], y[r][q]);
                 }
             }
             const int col = 4 * t, dest = col / lay.OC;
