@@ -38,13 +38,25 @@ def test_fused_attention_groups_agree_with_the_kernel():
 def test_cluster_decode_constants_agree_with_the_kernel():
     """The backend launches kernels/cluster_decode.cu in clusters of CLUSTER_DECODE_BLOCKS and gives each role at most
     CLUSTER_DECODE_MAX_PARTIALS partial sums, for which the kernel's buffer of polled slices is sized."""
+    from minispec.backends.cuda_backend import KERNELS
+
     source = kernel_source("cluster_decode.cu")
     define = lambda name: int(re.search(rf"#define {name} (\d+)", source).group(1))  # noqa: E731
     assert define("CD_CLUSTER") == CLUSTER_DECODE_BLOCKS
     assert define("CD_MAX_PARTIALS") == CLUSTER_DECODE_MAX_PARTIALS
     # an instance for each row count the backend picks, for both head dims
-    instances = set(re.findall(r"HEAD_DIM_\d+\(CLUSTER_DECODE\((\d+), (\d+)\)\)", source))
-    assert instances == {(str(R), str(D)) for R in CLUSTER_DECODE_ROWS for D in (64, 128)}
+    # (the one-row instances in cluster_decode.cu, the tree steps' in cluster_tree.cu: CudaBackend.cluster_kernel)
+    instance = r"HEAD_DIM_\d+\(CLUSTER_DECODE\((\d+), (\d+)\)\)"
+    one, tree = (set(re.findall(instance, (KERNELS / file).read_text())) for file in ("cluster_decode.cu", "cluster_tree.cu"))
+    assert one == {("1", "64"), ("1", "128")}
+    assert one | tree == {(str(R), str(D)) for R in CLUSTER_DECODE_ROWS for D in (64, 128)}
+    picked = []  # and the backend looks each one up in its file
+    for R in CLUSTER_DECODE_ROWS:
+        for D in (64, 128):
+            CudaBackend.cluster_kernel(SimpleNamespace(kernel=lambda *args: picked.append(args)), R, D)
+    for (file, name, D), (R, D2) in zip(picked, [(R, D) for R in CLUSTER_DECODE_ROWS for D in (64, 128)]):
+        assert name == f"cluster_decode_r{R}_d{D}" and D == D2
+        assert (str(R), str(D)) in (one if file == "cluster_decode.cu" else tree if file == "cluster_tree.cu" else set()), (file, name)
 
 
 def test_cluster_decode_takes_hidden_sizes_up_to_1024():
@@ -57,7 +69,7 @@ def test_cluster_decode_takes_hidden_sizes_up_to_1024():
     def kernel(*args):
         raise Looked  # past the shape rules: the backend asks for the kernel next
 
-    backend = SimpleNamespace(cluster_decode=True, cluster_tree_rows=4, kernel=kernel)
+    backend = SimpleNamespace(cluster_decode=True, cluster_tree_rows=4, cluster_kernel=kernel)
     plan = SimpleNamespace(batch_size=1, num_tokens=1, has_causal=False, max_kv_len=100)
 
     def model(hidden):
@@ -373,9 +385,10 @@ def test_every_kernel_the_backend_names_is_in_the_file_it_names():
         assert set(compiled) == {(file, None) for file in common} | extra, config
     # what speculation adds: the fused tree steps' instances (for the fused kernel's row limit) and the n-gram step
     rules.fused_pass_rows = CudaBackend.fused_pass_rows
+    rules.cluster_tree_rows = 4
     for limit, ngram, extra in ((16, True, {"fused_layers_r4.cu", "fused_layers_r4_block.cu", "fused_layers_r16.cu",
-                                             "fused_layers_r16_block.cu"}), (4, False, {"fused_layers_r4.cu", "fused_layers_r4_block.cu"}),
-                                (0, True, set())):
+                                             "fused_layers_r16_block.cu", "cluster_tree.cu"}),
+                                (4, False, {"fused_layers_r4.cu", "fused_layers_r4_block.cu", "cluster_tree.cu"}), (0, True, set())):
         compiled.clear()
         rules.fused_row_limit = lambda model, limit=limit: limit
         CudaBackend.warm_up_trees(rules, SimpleNamespace(config=small), ngram)

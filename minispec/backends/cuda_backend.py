@@ -31,7 +31,7 @@ INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by 
 # Files whose instances come per head dim (kernels/head_dim.cuh): each is compiled for one head dim of HEAD_DIMS at a
 # time (kernel()'s head_dim), about half the compile of a machine's first run.
 HEAD_DIMS = (64, 128)
-PER_HEAD_DIM = {"attention_mma.cu", "attention_wgmma.cu", "cluster_decode.cu", "fused_layers_r1.cu", "fused_layers_r1_block.cu",
+PER_HEAD_DIM = {"attention_mma.cu", "attention_wgmma.cu", "cluster_decode.cu", "cluster_tree.cu", "fused_layers_r1.cu", "fused_layers_r1_block.cu",
                 "fused_layers_r4.cu", "fused_layers_r4_block.cu", "fused_layers_r16.cu", "fused_layers_r16_block.cu"}
 COMPILING = weakref.WeakSet()  # the Futures of every precompile of this process (finish_compiles)
 STREAM_ROWS = 128  # gemm_stream's weight rows per block
@@ -57,7 +57,7 @@ FUSED_BLOCK_SPLITS = 8
 FUSED_GROUP_ROWS, FUSED_BLOCK_GROUP_ROWS = 4, 2
 CLUSTER_DECODE_BLOCKS = 8  # blocks per cluster of kernels/cluster_decode.cu (CD_CLUSTER)
 CLUSTER_DECODE_MAX_PARTIALS = 24  # partial sums of each role at most (CD_MAX_PARTIALS: the polled slices' buffer)
-CLUSTER_DECODE_ROWS = (1, 2, 4)  # cluster_decode.cu's instances: rows a step at most (a tree step of up to 4 nodes)
+CLUSTER_DECODE_ROWS = (1, 2, 4)  # cluster_decode.cuh's instances: rows a step at most (cluster_tree.cu: trees of up to 4 nodes)
 
 
 def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
@@ -414,7 +414,7 @@ class CudaBackend:
         # one-sequence decode steps of small models on kernels/cluster_decode.cu where it applies (cluster_decode_shape);
         # False: the fused-layers kernel serves them (tests, the fused kernel's stamps)
         self.cluster_decode = self.hopper
-        # tree steps of one sequence and up to this many nodes on kernels/cluster_decode.cu too (0: the fused kernel)
+        # tree steps of one sequence and up to this many nodes on cluster decode too (kernels/cluster_tree.cu; 0: the fused kernel)
         self.cluster_tree_rows = 4
         self.cluster_counts = {}  # (rows, shared bytes) -> clusters of cluster_decode.cu resident at once (the driver's answer)
         self.cluster_partials = {}  # hidden size -> cluster_decode.cu's tagged partial sums and epoch (cluster_decode_buffers)
@@ -469,7 +469,8 @@ class CudaBackend:
     def warm_up_trees(self, model, ngram: bool) -> None:
         """Start compiling what speculation launches beyond plain decoding: on models that take fused steps, the
         fused-layers instances of 2-16 rows (their 4- and 16-row passes, with and without the attention in one
-        phase) for its head dim, and the n-gram drafter's device step. Compiled when first used, they kept a fresh
+        phase) for its head dim, cluster decode's tree instances where they serve (Hopper), and the n-gram drafter's
+        device step. Compiled when first used, they kept a fresh
         machine's first tree steps waiting one file after another (16.6 s in all in notes/bench_e2e_h200_stop49.log's
         first run)."""
         units = [("ngram_step.cu", None)] if ngram else []
@@ -477,6 +478,8 @@ class CudaBackend:
         if self.bf16 and limit > 1 and c.head_dim in HEAD_DIMS:
             for rows in sorted({self.fused_pass_rows(c, rows) for rows in (2, limit)}):
                 units += [(f"fused_layers_r{rows}{block}.cu", c.head_dim) for block in ("", "_block")]
+            if self.cluster_decode and self.cluster_tree_rows > 1:  # trees of up to 4 nodes (cluster_decode_shape)
+                units.append(("cluster_tree.cu", c.head_dim))
         self.precompile(units)
 
     def precompile(self, units) -> None:
@@ -1384,7 +1387,7 @@ class CudaBackend:
     # ------------------------------------------------------------------ cluster decode
     @staticmethod
     def cluster_decode_shared_bytes(c, num_layers: int, mlp_blocks: int, span: int, page_size: int, rows: int = 1) -> int:
-        """Dynamic shared memory of kernels/cluster_decode.cu (its Layout, region by region, each rounded to 16 bytes)
+        """Dynamic shared memory of kernels/cluster_decode.cuh (its Layout, region by region, each rounded to 16 bytes)
         for MLP blocks over the intermediate groups, `span` keys a block at most and the instance of `rows` rows."""
         C, D, I = c.hidden_size, c.head_dim, c.intermediate_size
         G = c.num_heads // c.num_kv_heads
@@ -1402,7 +1405,7 @@ class CudaBackend:
         return size(regions) + max(size(attention), size(mlp))
 
     def cluster_decode_shape(self, model, plan: DevicePlan, page_size: int):
-        """(clusters, keys a block at most, shared bytes, rows of the instance) of kernels/cluster_decode.cu for this step,
+        """(clusters, keys a block at most, shared bytes, rows of the instance) of kernels/cluster_decode.cuh for this step,
         or None where the fused-layers kernel serves it: decode steps of one sequence, and its tree steps of up to
         cluster_tree_rows nodes, on a model the fused kernel takes, whose shapes the kernel handles and whose attention
         share and weight slices fit one block's shared memory."""
@@ -1420,7 +1423,7 @@ class CudaBackend:
         if c.num_kv_heads > CLUSTER_DECODE_MAX_PARTIALS or model.num_layers > FUSED_MAX_LAYERS:
             return None
         span = -(-plan.max_kv_len // CLUSTER_DECODE_BLOCKS)  # (a graph's context bucket: any step of the bucket fits)
-        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_r{rows}_d{c.head_dim}", c.head_dim)
+        kernel = self.cluster_kernel(rows, c.head_dim)
         # every block must be resident at once (the polls would deadlock): ask the driver how many clusters fit,
         # which depends on the shared memory, which depends on how many MLP blocks share the intermediate groups
         clusters = self.sm_count // CLUSTER_DECODE_BLOCKS
@@ -1440,9 +1443,16 @@ class CudaBackend:
             clusters = self.cluster_counts[rows, shared]
         return None
 
+    def cluster_kernel(self, rows: int, head_dim: int):
+        """cluster_decode.cuh's instance of `rows` rows: the decode step's in cluster_decode.cu, the tree steps' in
+        cluster_tree.cu (a file of their own, so that a generation's first step does not wait for their compile)."""
+        if rows == 1:
+            return self.kernel("cluster_decode.cu", f"cluster_decode_r{rows}_d{head_dim}", head_dim)
+        return self.kernel("cluster_tree.cu", f"cluster_decode_r{rows}_d{head_dim}", head_dim)
+
     def decode_in_one_launch(self, model, plan: DevicePlan, cache):
         """A one-sequence decode step's (or small tree step's) embeddings, every layer and the final norm in one launch
-        of kernels/cluster_decode.cu -> the LM head's input, bf16 [N, C]; None where the step takes the other paths
+        of kernels/cluster_decode.cuh -> the LM head's input, bf16 [N, C]; None where the step takes the other paths
         (cluster_decode_shape)."""
         if not self.fused_rows(model, plan):
             return None
@@ -1450,7 +1460,7 @@ class CudaBackend:
         return None if shape is None else self.cluster_decode_layers(model, plan, cache, *shape)
 
     def cluster_decode_layers(self, model, plan: DevicePlan, cache, clusters: int, span: int, shared: int, rows: int = 1):
-        """kernels/cluster_decode.cu on a one-token decode step or a tree step of N <= rows nodes -> the final norm of the
+        """kernels/cluster_decode.cuh on a one-token decode step or a tree step of N <= rows nodes -> the final norm of the
         residual stream after the last layer, bf16 [N, C]. (The kernel also writes that residual stream, fp32, for probes
         that compare it with the fused kernel's: notes/scripts/cluster_decode_probe.py.)"""
         cp, c, w = self.cp, model.config, model.weights
@@ -1459,7 +1469,7 @@ class CudaBackend:
         resid = cp.empty((N, C), dtype=cp.float32)
         opart, dpart, epoch = self.cluster_decode_buffers(C)
         cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
-        kernel = self.kernel("cluster_decode.cu", f"cluster_decode_r{rows}_d{c.head_dim}", c.head_dim)
+        kernel = self.cluster_kernel(rows, c.head_dim)
         allow_shared(kernel, shared)
         i32 = np.int32
         kernel(
