@@ -65,8 +65,8 @@ class Model:
     def compute(self, plan, cache: KVCache):
         """The layers over a backend plan -> logits [R, V] on the backend."""
         ops, w = self.backend, self.weights
-        # CUDA on Hopper, a one-sequence decode step: the embedding, every layer and the final norm in one launch
-        # (kernels/cluster_decode.cu)
+        # CUDA on Hopper, a one-sequence decode step or tree step of up to 4 nodes: the embeddings, every layer and the
+        # final norm in one launch (kernels/cluster_decode.cuh)
         h = ops.decode_in_one_launch(self, plan, cache)
         if h is None:
             h = self.final_hidden(plan, cache)
