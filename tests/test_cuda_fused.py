@@ -178,10 +178,10 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
     if not be.cluster_decode:
         pytest.skip("kernels/cluster_decode.cu needs Hopper")
     model = Model.load(tiny_bf16_model(tmp_path / "model", D), be)
-    shape, T = tree
+    kind, T = tree
     rng = np.random.default_rng(context + D + 1000 * T)
     pages = max(40, -(-(context + T) // 16) + 2)
-    plan, used = random_step(rng, [(context, shape, T)], 16, pages)
+    plan, used = random_step(rng, [(context, kind, T)], 16, pages)
     cache = model.new_cache(pages, 16)
     start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
     device_plan = be.prepare_plan(plan)

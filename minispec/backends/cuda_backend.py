@@ -1395,10 +1395,10 @@ class CudaBackend:
         OC, OK = C // CLUSTER_DECODE_BLOCKS, G * D
         ni_max = 8 * -(-(I // 8) // mlp_blocks)
         R = rows
+        polled = max(c.num_kv_heads, mlp_blocks // CLUSTER_DECODE_BLOCKS) * (C // 32) * 16  # a row's polled partials
         regions = [R * C * 4, R * C * 4, R * 8 * 4, R * max(C, OK) * 2, R * (G + 2) * D * 4, R * 8 * G * (D + 2) * 4,
-                   R * G * -(-span // 32) * (D + 2) * 4, R * OK * 2, R * ni_max * 4, R * 8 * OC * 4, R * 16 * 4,
-                   R * max(c.num_kv_heads, mlp_blocks // CLUSTER_DECODE_BLOCKS) * (C // 32) * 16, R * pairs_block * 2 * 4, C * 4, C * 4, 6 * 8, num_layers * 64,
-                   (span // page_size + 2) * 4, R * 8]
+                   R * G * -(-span // 32) * (D + 2) * 4, R * OK * 2, R * ni_max * 4, R * 8 * OC * 4, R * 16 * 4, R * polled,
+                   R * pairs_block * 2 * 4, C * 4, C * 4, 6 * 8, num_layers * 64, (span // page_size + 2) * 4, R * 8]
         attention = [pairs_block * 2 * C * 2, OC * OK * 2, 2 * span * D * 2]  # the two roles' weights overlap
         mlp = [ni_max * 2 * C * 2, C * ni_max * 2]
         size = lambda rs: sum(-(-r // 16) * 16 for r in rs)  # noqa: E731
@@ -1411,7 +1411,7 @@ class CudaBackend:
         share and weight slices fit one block's shared memory."""
         c = model.config
         N = plan.num_tokens
-        if not (self.cluster_decode and plan.batch_size == 1 and (N == 1 or 1 < N <= self.cluster_tree_rows) and not plan.has_causal):
+        if not (self.cluster_decode and plan.batch_size == 1 and 0 < N <= max(1, self.cluster_tree_rows) and not plan.has_causal):
             return None
         rows = pow2_bucket(N)
         if rows not in CLUSTER_DECODE_ROWS:
@@ -1484,9 +1484,9 @@ class CudaBackend:
         return normed
 
     def cluster_decode_buffers(self, C: int):
-        """kernels/cluster_decode.cu's partial sums, tagged with (epoch, layer): uint64 [2 layers, MAX_PARTIALS, rows, C]
-        of each role (room for the most rows an instance takes), and the epoch (uint32 [1]), which each launch counts up. They outlive launches and graphs: a
-        launch tells its values from the last one's by the epoch alone, so they are made once, outside any capture
+        """kernels/cluster_decode.cuh's partial sums, tagged with (epoch, layer): uint64 [2 layers, MAX_PARTIALS, rows, C]
+        of each role (room for the most rows an instance takes), and the epoch (uint32 [1]), which each launch counts
+        up. They outlive launches and graphs: a launch tells its values from the last one's by the epoch alone, so they are made once, outside any capture
         (a captured zero fill would reset the epoch at every replay), by the eager warm-up before it."""
         if C not in self.cluster_partials:
             if self.stream.is_capturing():
