@@ -755,13 +755,13 @@ __device__ void cluster_decode_body(const Step& s) {
             for (int rh = warp; rh < R * G && !direct; rh += CD_WARPS) {
                 float M, o[D / 32];
                 const float Lsum = merge_partials<D>(upart + rh * chunks * (D + 2), chunks, D + 2, M, o);
-                push_share(rh / G, rh % G, M, Lsum, o);
+                push_share(R == 1 ? 0 : rh / G, R == 1 ? rh : rh % G, M, Lsum, o);  // (one row: no division)
             }
             mbarrier_wait<true>(&bars[1], parity);
             // merge the 8 shares of each (row, query head) (rank order): attn = bf16(sum w_r o_r / sum w_r l_r) (a padded row
             // that sees no key: 0)
             for (int rh = warp; rh < R * G; rh += CD_WARPS) {
-                const int r = rh / G, hg = rh % G;
+                const int r = R == 1 ? 0 : rh / G, hg = R == 1 ? rh : rh % G;
                 float M, o[D / 32];
                 const float Lsum = merge_partials<D>(part_in + (r * CD_CLUSTER * G + hg) * (D + 2), CD_CLUSTER, G * (D + 2), M, o);
                 __nv_bfloat16* a = reinterpret_cast<__nv_bfloat16*>(attn) + r * lay.OK + hg * D + (D / 32) * lane;
@@ -879,7 +879,7 @@ __device__ void cluster_decode_body(const Step& s) {
         CD_STAMP(5);
         mbarrier_wait<true>(&bars[2], parity);
         for (int k = t; k < R * lay.OC; k += CD_THREADS) {
-            const int r = k / lay.OC, kk = k % lay.OC;
+            const int r = R == 1 ? 0 : k / lay.OC, kk = R == 1 ? k : k % lay.OC;
             float sum = 0.0f;
             for (int q = 0; q < CD_CLUSTER; q++) sum += dred_in[(r * CD_CLUSTER + q) * lay.OC + kk];
             store_tagged(dpart(l) + ((long long)(cluster - s.Hkv) * R + r) * C + (int)rank * lay.OC + kk, sum, layer_tag(epoch, l));
