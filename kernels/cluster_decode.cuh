@@ -95,6 +95,7 @@
 #include "hopper.cuh"
 #include "cluster.cuh"
 #include "warp.cuh"
+#include "bf16x8.cuh"
 #include "pdl.cuh"
 #include "head_dim.cuh"
 
@@ -113,8 +114,6 @@ using bf16 = __nv_bfloat16;
 
 namespace cd {
 
-__device__ __forceinline__ float2 bf2(unsigned u) { return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u)); }
-
 // dot of 8 bf16 weights with 8 bf16 inputs, added to acc
 __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc) {
     const unsigned* wu = reinterpret_cast<const unsigned*>(&w);
@@ -126,16 +125,6 @@ __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc) {
         acc = fmaf(a.y, b.y, acc);
     }
     return acc;
-}
-
-// 8 bf16 as floats
-__device__ __forceinline__ void unpack8(uint4 v, float (&f)[8]) {
-    const unsigned* u = reinterpret_cast<const unsigned*>(&v);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        const float2 a = bf2(u[k]);
-        f[2 * k] = a.x, f[2 * k + 1] = a.y;
-    }
 }
 
 // dot of 8 unpacked weights with 8 bf16 inputs, added to acc (dot8's order: the same bits)

@@ -84,6 +84,7 @@
 #include <cuda_bf16.h>
 #include "ampere.cuh"
 #include "warp.cuh"
+#include "bf16x8.cuh"
 #include "counters.cuh"
 #include "head_dim.cuh"
 
@@ -108,13 +109,6 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
     uint4 v;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
-}
-
-__device__ __forceinline__ float2 bf2(unsigned u) { return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u)); }
-
-__device__ __forceinline__ void unpack8(uint4 v, float* f) {
-    float2 a = bf2(v.x), b = bf2(v.y), c = bf2(v.z), d = bf2(v.w);
-    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y, f[4] = c.x, f[5] = c.y, f[6] = d.x, f[7] = d.y;
 }
 
 // All blocks arrive, then all leave: a monotonically growing counter, `target` = barriers so far x grid.
