@@ -13,7 +13,8 @@
 // come from the rows' pushed k, v as the decode step's one key does. Measured on an H200 (random weights, default
 // model's shapes, 512 keys, notes/cluster_tree_h200_stop51.log): 10.1 / 13.4 / 20.6 µs a layer at 1 / 2 / 4 rows; a
 // forward (argmax included) at T = 2 0.71 -> 0.48 ms, at T = 4 0.76 -> 0.70 against the fused kernel. The one-row
-// instance runs 0.3 µs a layer slower than stop 50's single-row kernel at 512 keys (cause not found; same log).
+// instance ran 0.3 µs a layer slower than stop 50's single-row kernel at 512 keys; half came back when its indices lost
+// their integer divisions (one step ahead 0.345 -> 0.339 ms against stop 50's 0.332, notes/cluster_r1_index_h200_stop52.log).
 // Measured (random weights with the default model's shapes): 11.2-11.4 / 12.2-12.4 / 12.9-13.1 µs a layer at 100 / 512 /
 // 1024 keys against the fused kernel's 15.5 / 18.1 / 19.4 (H200, notes/cluster_decode_ab_h200_stop27.log); plain greedy
 // decode on the default model 1870 -> 2478 tokens/s (H100, notes/bench_e2e_quick_h100_stop27_final.log). Since stop 28
