@@ -115,24 +115,29 @@ using bf16 = __nv_bfloat16;
 
 namespace cd {
 
-// dot of 8 bf16 weights with 8 bf16 inputs, added to acc
-__device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc) {
-    const unsigned* wu = reinterpret_cast<const unsigned*>(&w);
-    const unsigned* xu = reinterpret_cast<const unsigned*>(&x);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        float2 a = bf2(wu[k]), b = bf2(xu[k]);
-        acc = fmaf(a.x, b.x, acc);
-        acc = fmaf(a.y, b.y, acc);
-    }
-    return acc;
-}
-
-// dot of 8 unpacked weights with 8 bf16 inputs, added to acc (dot8's order: the same bits)
+// dot of 8 unpacked weights with 8 unpacked inputs, added to acc in element order
 __device__ __forceinline__ float dot8f(const float (&w)[8], const float (&x)[8], float acc) {
 #pragma unroll
     for (int k = 0; k < 8; k++) acc = fmaf(w[k], x[k], acc);
     return acc;
+}
+
+// qkv's and gate/up's loop over a weight pair (rows w0 and w0 + C8, C8 16-byte chunks each) against R input rows (xs,
+// XS8 chunks apart): a0[r] += w0 . x_r, a1[r] += w1 . x_r over the chunks first, first + step, .., each weight chunk
+// unpacked once for the R rows
+template <int R>
+__device__ __forceinline__ void pair_dots(const uint4* w0, const uint4* xs, int XS8, int C8, int first, int step, float (&a0)[R],
+                                          float (&a1)[R]) {
+    for (int ch = first; ch < C8; ch += step) {
+        float wa[8], wb[8];
+        unpack8(w0[ch], wa), unpack8(w0[C8 + ch], wb);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float x[8];
+            unpack8(xs[r * XS8 + ch], x);
+            a0[r] = dot8f(wa, x, a0[r]), a1[r] = dot8f(wb, x, a1[r]);
+        }
+    }
 }
 
 __device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
@@ -615,17 +620,7 @@ __device__ void cluster_decode_body(const Step& s) {
                 float a0[R], a1[R];
 #pragma unroll
                 for (int r = 0; r < R; r++) a0[r] = 0.0f, a1[r] = 0.0f;
-                if (live)
-                    for (int ch = hl; ch < C8; ch += 16) {
-                        float wa[8], wb[8];
-                        unpack8(w0[ch], wa), unpack8(w0[C8 + ch], wb);
-#pragma unroll
-                        for (int r = 0; r < R; r++) {
-                            float x[8];
-                            unpack8(xs[r * XS8 + ch], x);
-                            a0[r] = dot8f(wa, x, a0[r]), a1[r] = dot8f(wb, x, a1[r]);
-                        }
-                    }
+                if (live) pair_dots<R>(w0, xs, XS8, C8, hl, 16, a0, a1);
 #pragma unroll
                 for (int r = 0; r < R; r++)
 #pragma unroll
@@ -822,16 +817,7 @@ __device__ void cluster_decode_body(const Step& s) {
             float a0[R], a1[R];
 #pragma unroll
             for (int r = 0; r < R; r++) a0[r] = 0.0f, a1[r] = 0.0f;
-            for (int ch = lane; ch < C8; ch += 32) {
-                float wa[8], wb[8];
-                unpack8(w0[ch], wa), unpack8(w0[C8 + ch], wb);
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    float x[8];
-                    unpack8(xs[r * XS8 + ch], x);
-                    a0[r] = dot8f(wa, x, a0[r]), a1[r] = dot8f(wb, x, a1[r]);
-                }
-            }
+            pair_dots<R>(w0, xs, XS8, C8, lane, 32, a0, a1);
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 a0[r] = warp_sum(a0[r]), a1[r] = warp_sum(a1[r]);
