@@ -1,0 +1,32 @@
+"""Device probe: where kernels/cluster_decode.cu's one-row step spends its warps' time, for comparing two builds.
+Runs one decode step (random weights with the default model's shapes, graphs off) a few times, then once inside the
+NVTX range "step" for ncu. Run from a source tree's root (it imports that tree's minispec), e.g.
+  ncu --clock-control none --nvtx --nvtx-include "step/" --kernel-name regex:cluster_decode \
+      --section WarpStateStats --section SchedulerStats --section InstructionStats --csv --page details \
+      python3 notes/scripts/cluster_stalls.py [context]"""
+import sys
+
+sys.path.insert(0, ".")
+from minispec.backends.cuda_backend import CudaBackend  # noqa: E402
+from minispec.bench_gpu import random_model_on_gpu, require_gpu, smollm2_135m_config  # noqa: E402
+from minispec.model import Model  # noqa: E402
+from minispec.step import StepItem, build_plan  # noqa: E402
+from minispec.tree import Tree  # noqa: E402
+
+cp = require_gpu()
+context = int(sys.argv[1]) if len(sys.argv) > 1 else 512
+backend = CudaBackend()
+backend.use_graphs = False
+config = smollm2_135m_config()
+model = Model(config, random_model_on_gpu(config, backend), backend)
+cache = model.new_cache(-(-(context + 16) // 16) + 1, 16)
+table = []
+cache.prepare(table, 0, context + 1)
+plan = build_plan([StepItem.tree(table, context, Tree([7], [-1]))], 16)
+for _ in range(3):
+    model.forward(plan, cache).argmax()
+cp.cuda.get_current_stream().synchronize()
+cp.cuda.nvtx.RangePush("step")
+model.forward(plan, cache).argmax()
+cp.cuda.nvtx.RangePop()
+cp.cuda.get_current_stream().synchronize()
