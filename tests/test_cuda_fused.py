@@ -31,8 +31,8 @@ STEPS = {
     "long tree": [(300, "random", 16)],  # the split-and-merge path
     "small tree": [(50, "random", 6)],  # 6 rows of 8 staged (16 for the tensor-core instance)
     "mixed trees": [(20, "chain", 7), (33, "star", 5), (0, "single", 1), (130, "random", 3)],
-    # one sequence's trees of up to 4 nodes: kernels/cluster_decode.cu's 2- and 4-row instances on Hopper (page size 16),
-    # a 3-node tree with a padding row
+    # one sequence's trees of up to 4 nodes: cluster decode's 2- and 4-row instances (kernels/cluster_tree.cu) on Hopper
+    # unless `blocks` turns it off; a 3-node tree with a padding row
     "tree of 2": [(90, "chain", 2)],
     "tree of 3": [(300, "random", 3)],
     "tree of 4": [(17, "star", 4)],
