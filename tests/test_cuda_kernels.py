@@ -322,6 +322,24 @@ def test_gemm_wgmma_tiles_equals_a_block_a_tile(M, N, K):
     assert_close(cp.asnumpy(ys[True]), expected, 1e-3, 1e-3 * np.abs(expected).max(), f"gemm_wgmma_tiles M={M} N={N} K={K}")
 
 
+def check_gated_product(be, rng, M, I, K, launch, product, name):
+    """A gated kernel (launch(x, w, act)) on random x [M, K] and a fused [gate; up] weight [2 I, K]: act, poisoned first,
+    has the bits of its plain product (product(x, w, y)) followed by silu_mul; gate_up_silu takes a gated kernel of the
+    same bits; and act is close to silu(gate) * up from float64 sums of the bf16 operands."""
+    import cupy as cp
+
+    xs, ws = rng.normal(size=(M, K)).astype(np.float32), (rng.normal(size=(2 * I, K)) / np.sqrt(K)).astype(np.float32)
+    x, w = be.convert(xs), be.convert(ws)
+    fused = cp.empty((M, I), dtype=be.store_dtype)  # NaN bits (poisoned_allocations; cp.full(.., nan) cast NaN to 0)
+    launch(x, w, fused)
+    y = cp.full((M, 2 * I), cp.nan, dtype=cp.float32)
+    product(x, w, y)
+    assert cp.array_equal(fused, be.silu_mul(y)), f"{name}: the gated epilogue gives the bits of the product then silu_mul"
+    assert cp.array_equal(be.gate_up_silu(x, w), fused), f"{name}: gate_up_silu takes a gated kernel of the same bits"
+    expected = ref.silu_mul(stored(xs, "bfloat16").astype(np.float64) @ stored(ws, "bfloat16").astype(np.float64).T)
+    assert_close(host_float(fused, "bfloat16"), expected, 1e-2, 1e-2 * np.abs(expected).max(), f"{name} M={M} I={I} K={K}")
+
+
 @pytest.mark.parametrize("G", [2, 4])
 @pytest.mark.parametrize("M", [17, 40, 64])
 @pytest.mark.parametrize("I,K", [(333, 1024), (2048, 576)])
@@ -330,23 +348,12 @@ def test_gemm_wgmma_glu_equals_gemm_then_silu_mul(M, I, K, G):
     warpgroups followed by silu_mul, I off the block's tile (the last block's gate boxes run into up rows, whose
     columns it must not write), act poisoned first; gate_up_silu takes a gated kernel with those bits; and close to
     silu(gate) * up from float64 sums of the bf16 operands."""
-    import cupy as cp
-
     be, rng = backend("bfloat16"), np.random.default_rng(M + I + K + G)
     if not be.hopper:
         pytest.skip("gemm_wgmma needs a Hopper GPU")
     be.gemm, be.gemm_cluster, be.gemm_wgmma_groups = "own", 1, 2  # one pass of two warpgroups, as the gated kernels
     assert be.glu_kernel(M, 2 * I, K) == "wgmma"
-    xs, ws = rng.normal(size=(M, K)).astype(np.float32), (rng.normal(size=(2 * I, K)) / np.sqrt(K)).astype(np.float32)
-    x, w = be.convert(xs), be.convert(ws)
-    fused = cp.empty((M, I), dtype=be.store_dtype)  # NaN bits (poisoned_allocations; cp.full(.., nan) cast NaN to 0)
-    be.launch_wgmma_glu(x, w, fused, G)
-    y = cp.full((M, 2 * I), cp.nan, dtype=cp.float32)
-    be.gemm_wgmma(x, w, y)
-    assert cp.array_equal(fused, be.silu_mul(y)), "the gated epilogue gives the bits of gemm_wgmma then silu_mul"
-    assert cp.array_equal(be.gate_up_silu(x, w), fused), "gate_up_silu takes a gated kernel of the same bits"
-    expected = ref.silu_mul(stored(xs, "bfloat16").astype(np.float64) @ stored(ws, "bfloat16").astype(np.float64).T)
-    assert_close(host_float(fused, "bfloat16"), expected, 1e-2, 1e-2 * np.abs(expected).max(), f"gate_up_silu M={M} I={I} K={K}")
+    check_gated_product(be, rng, M, I, K, lambda x, w, act: be.launch_wgmma_glu(x, w, act, G), be.gemm_wgmma, f"gemm_wgmma_glu_w{G}")
 
 
 @pytest.mark.parametrize("S", [1, 2, 4, 8])
@@ -357,21 +364,11 @@ def test_gemm_stream_glu_equals_gemm_then_silu_mul(M, S, I, K):
     by silu_mul (the same blocks, k order and cluster sums, gate and up rows staged side by side), I off the
     64-column tile (the last block's clamped rows must write nothing), act poisoned first; and close to
     silu(gate) * up from float64 sums of the bf16 operands."""
-    import cupy as cp
-
     be, rng = backend("bfloat16"), np.random.default_rng(M + I + K + S)
     be.gemm, be.gemm_cluster = "own", S
     assert be.glu_kernel(M, 2 * I, K) == "stream"
-    xs, ws = rng.normal(size=(M, K)).astype(np.float32), (rng.normal(size=(2 * I, K)) / np.sqrt(K)).astype(np.float32)
-    x, w = be.convert(xs), be.convert(ws)
-    fused = cp.empty((M, I), dtype=be.store_dtype)  # NaN bits (poisoned_allocations; cp.full(.., nan) cast NaN to 0)
-    be.launch_stream("gemm_stream_glu", x, w, fused, I)
-    y = cp.full((M, 2 * I), cp.nan, dtype=cp.float32)
-    be.gemm_stream(x, w, y)
-    assert cp.array_equal(fused, be.silu_mul(y)), "the gated epilogue gives the bits of gemm_stream then silu_mul"
-    assert cp.array_equal(be.gate_up_silu(x, w), fused), "gate_up_silu takes the gated kernel"
-    expected = ref.silu_mul(stored(xs, "bfloat16").astype(np.float64) @ stored(ws, "bfloat16").astype(np.float64).T)
-    assert_close(host_float(fused, "bfloat16"), expected, 1e-2, 1e-2 * np.abs(expected).max(), f"gemm_stream_glu M={M} S={S} I={I} K={K}")
+    check_gated_product(be, rng, M, I, K, lambda x, w, act: be.launch_stream("gemm_stream_glu", x, w, act, I), be.gemm_stream,
+                        f"gemm_stream_glu S={S}")
 
 
 def use_attention_kernel(be, kernel: str) -> None:

@@ -255,6 +255,19 @@ def spy_on_steps(llm, kinds: list) -> None:
     llm.model.forward, llm.model.backend.replay_packed = spy, spy_replay
 
 
+def rerun_step_by_step(llm, prompts, params, kinds: list, ahead):
+    """The same requests again with decoding ahead off: no step decodes ahead, the outputs are `ahead`'s, and every
+    page is given back after each run. Returns the step-by-step results."""
+    assert llm.cache.free_pages == llm.cache.num_pages
+    llm.engine.decode_ahead_enabled = False
+    kinds.clear()
+    step = llm.generate(prompts, params)
+    assert "ahead" not in kinds
+    assert_same_outputs(ahead, step)
+    assert llm.cache.free_pages == llm.cache.num_pages
+    return step
+
+
 def assert_same_outputs(results, others) -> None:
     for a, b in zip(results, others):
         assert [s.token_ids for s in a.samples] == [s.token_ids for s in b.samples]
@@ -276,14 +289,8 @@ def test_decode_ahead_equals_step_by_step(tiny_model, sampled):
     ahead = llm.generate(prompts, params)
     assert kinds.count("ahead") > 50  # steps did take their tokens from the previous step's argmax
     assert "one" not in kinds  # the first step too: its roots were the prefill's tokens, left on the backend
-    assert llm.cache.free_pages == llm.cache.num_pages
-    llm.engine.decode_ahead_enabled = False
-    kinds.clear()
-    step = llm.generate(prompts, params)
-    assert "ahead" not in kinds
-    assert_same_outputs(ahead, step)
+    step = rerun_step_by_step(llm, prompts, params, kinds, ahead)
     assert [r.stats.steps for r in ahead] == [r.stats.steps for r in step]
-    assert llm.cache.free_pages == llm.cache.num_pages
 
 
 @pytest.mark.parametrize("sampled", [False, True])
@@ -340,13 +347,7 @@ def test_ngram_decodes_ahead_between_drafts(tiny_model, looping_model, sampled, 
     assert kinds.count("ahead") > (2 if looping else 10) and trees > 1
     if looping:  # drafts accepted: paths of several tokens
         assert max(max(s.stats.accepted_lengths) for r in ahead for s in r.samples) >= 4
-    assert llm.cache.free_pages == llm.cache.num_pages
-    llm.engine.decode_ahead_enabled = False
-    kinds.clear()
-    again = llm.generate(prompts, params)
-    assert "ahead" not in kinds
-    assert_same_outputs(ahead, again)
-    assert llm.cache.free_pages == llm.cache.num_pages
+    rerun_step_by_step(llm, prompts, params, kinds, ahead)
 
 
 def test_decode_ahead_needs_no_page_that_step_by_step_does_not(tiny_model):
