@@ -1,0 +1,41 @@
+"""Device probe (with a build whose kernels/cluster_decode stamp() records every block: [block][7 L] after the launch
+ring, see notes/cluster_r1_index_h200_stop52.log): every block's %globaltimer stamps of a one-token step at `context`
+keys (random weights, default model's shapes), `launches` eager launches, saved as uint64 [launches, blocks, L, 7] to
+OUT (npz). Run from a source tree's root: python3 notes/scripts/cluster_block_stamps.py OUT [context] [launches]"""
+import sys
+
+import numpy as np
+
+sys.path.insert(0, ".")
+from minispec.backends.cuda_backend import CudaBackend  # noqa: E402
+from minispec.bench_gpu import random_model_on_gpu, require_gpu, smollm2_135m_config  # noqa: E402
+from minispec.model import Model  # noqa: E402
+from minispec.step import StepItem, build_plan  # noqa: E402
+from minispec.tree import Tree  # noqa: E402
+
+cp = require_gpu()
+out = sys.argv[1]
+context = int(sys.argv[2]) if len(sys.argv) > 2 else 512
+launches = int(sys.argv[3]) if len(sys.argv) > 3 else 20
+config = smollm2_135m_config()
+backend = CudaBackend()
+model = Model(config, random_model_on_gpu(config, backend), backend)
+L = model.num_layers
+cache = model.new_cache(-(-(context + 16) // 16) + 1, 16)
+table = []
+cache.prepare(table, 0, context + 1)
+plan = build_plan([StepItem.tree(table, context, Tree([7], [-1]))], 16)
+device_plan = backend.prepare_plan(plan)
+clusters, span, shared, rows = backend.cluster_decode_shape(model, device_plan, 16)
+blocks = clusters * 8
+base = 1 + 7 * L + 3 * 64
+model.compute(device_plan, cache)  # compile, buffers
+runs = []
+for _ in range(launches):
+    backend.cluster_clock = cp.zeros(base + blocks * 7 * L, dtype=cp.uint64)
+    model.compute(device_plan, cache)
+    cp.cuda.get_current_stream().synchronize()
+    runs.append(backend.cluster_clock[base:].get().reshape(blocks, L, 7))
+    backend.cluster_clock = None
+np.savez(out, stamps=np.stack(runs), clusters=clusters, kv_heads=config.num_kv_heads, span=span, shared=shared)
+print(f"{launches} launches, {blocks} blocks ({config.num_kv_heads} attention clusters), span {span}, shared {shared}")
