@@ -15,6 +15,9 @@
 // forward (argmax included) at T = 2 0.71 -> 0.48 ms, at T = 4 0.76 -> 0.70 against the fused kernel. The one-row
 // instance ran 0.3 µs a layer slower than stop 50's single-row kernel at 512 keys; half came back when its indices lost
 // their integer divisions (one step ahead 0.345 -> 0.339 ms against stop 50's 0.332, notes/cluster_r1_index_h200_stop52.log).
+// Since stop 52 an MLP block copies its down weights as ni / 8 runs of a group-major copy (two on the default model)
+// instead of C runs of 2 ni bytes (576 copies of 32 bytes a block a layer): by turns, one step ahead 0.293 -> 0.284 ms
+// at 100 keys, 0.342 -> 0.335 at 512, a T = 4 forward 0.66 -> 0.61 and 0.76 -> 0.72 (notes/cluster_grouped_down_h200_stop52.log).
 // Measured (random weights with the default model's shapes): 11.2-11.4 / 12.2-12.4 / 12.9-13.1 µs a layer at 100 / 512 /
 // 1024 keys against the fused kernel's 15.5 / 18.1 / 19.4 (H200, notes/cluster_decode_ab_h200_stop27.log); plain greedy
 // decode on the default model 1870 -> 2478 tokens/s (H100, notes/bench_e2e_quick_h100_stop27_final.log). Since stop 28
@@ -82,7 +85,9 @@
 //   slots int [rows], masks uint64 [rows] (ancestor bits, R > 1), tree_start int [1] (R > 1), cu_q int [2] (rows past
 //   cu_q[1] are padding: no K/V written); layers uint64 [L, 8]
 //   as kernels/fused_layers.cuh (attn_norm, wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm, w_gate_up [2 I, C],
-//   w_down [C, I], k_cache, v_cache [NP, Hkv, P, D]); opart uint64 [2, Hkv, R, C], dpart uint64 [2, MLP clusters, R, C]
+//   k_cache, v_cache [NP, Hkv, P, D]) but for the down weight, w_down [C, I] group-major: bf16 [I / 8, C, 8], element
+//   (c, i) at ((i / 8) C + c) 8 + i % 8 (CudaBackend.grouped_down), so that an MLP block's indices (whole groups of 8)
+//   are ni / 8 runs of 16 C bytes; opart uint64 [2, Hkv, R, C], dpart uint64 [2, MLP clusters, R, C]
 //   (tagged values, layer_tag below), epoch uint32 [1]: they outlive launches (CudaBackend.cluster_decode_buffers).
 //   C % 32 == 0, C <= 1024 (a lane's float4 of a slice), I % 8 == 0, L <= 64 (the tag's layer bits; 8 L table
 //   entries, one a thread), (G + 2) D / 16 <= 512 (a thread's RoPE pair), at most CD_MAX_PARTIALS clusters of each
@@ -481,7 +486,7 @@ __device__ void cluster_decode_body(const Step& s) {
     const int attention_blocks = CD_CLUSTER * s.Hkv, mlp_blocks = gridDim.x - attention_blocks, mlp_clusters = mlp_blocks / CD_CLUSTER;
     const int groups = s.I / 8, b = blockIdx.x - attention_blocks;  // (MLP blocks: b >= 0)
     const int g0 = attends ? 0 : (int)((long long)b * groups / mlp_blocks), g1 = attends ? 0 : (int)((long long)(b + 1) * groups / mlp_blocks);
-    const int i0 = 8 * g0, ni = 8 * (g1 - g0), M8 = lay.ni_max / 8;
+    const int i0 = 8 * g0, ni = 8 * (g1 - g0);
     // partial sums alternate between two buffers by layer (see the header); each [count][R][C]
     auto opart = [&](int layer) { return s.opart + (long long)(layer % 2) * s.Hkv * R * C; };
     auto dpart = [&](int layer) { return s.dpart + (long long)(layer % 2) * mlp_clusters * R * C; };
@@ -532,14 +537,14 @@ __device__ void cluster_decode_body(const Step& s) {
                  (j1 - j0) * D * 2, &bars[3]);
         }
     };
-    // copy group "MLP" of layer l: gate/up rows and the down columns of this block's indices, mlp_norm (bars[4])
+    // copy group "MLP" of layer l: gate/up rows and the down weight of this block's indices (one run of the group-major
+    // copy: [ni / 8][C] uint4), mlp_norm (bars[4])
     auto issue_mlp = [&](int l) {
         if (attends || l >= s.L || (CD_COPY_ONCE && l > 0)) return;
         const unsigned long long* p = table + 8 * l;
         if (t == 0) expect(&bars[4], mlp_bytes);
         if (t < ni * 2) bulk(wgu_s + t * C8, reinterpret_cast<const bf16*>(p[4]) + (long long)((t % 2) * s.I + i0 + t / 2) * C, C * 2, &bars[4]);
-        if (ni > 0)
-            for (int k = t; k < C; k += CD_THREADS) bulk(wd_s + k * M8, reinterpret_cast<const bf16*>(p[5]) + (long long)k * s.I + i0, ni * 2, &bars[4]);
+        if (t < ni / 8) bulk(wd_s + t * C, reinterpret_cast<const bf16*>(p[5]) + (long long)(i0 + 8 * t) * C, C * 16, &bars[4]);
         if (t == CD_THREADS - 1) bulk(norm_m, reinterpret_cast<const float*>(p[3]), C * 4, &bars[4]);
     };
     issue_attention(0);
@@ -831,7 +836,8 @@ __device__ void cluster_decode_body(const Step& s) {
             float y[R][4];
 #pragma unroll
             for (int r = 0; r < R; r++) y[r][0] = y[r][1] = y[r][2] = y[r][3] = 0.0f;
-            for (int g = 0; g < ni / 8; g++) {
+            const uint4* wt = wd_s + 4 * t;  // group g's weights of columns 4t .. 4t + 3: wt[g C + q]
+            for (int g = 0; g < ni / 8; g++, wt += C) {
                 float a[R][8];
 #pragma unroll
                 for (int r = 0; r < R; r++)
@@ -840,7 +846,7 @@ __device__ void cluster_decode_body(const Step& s) {
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
                     float wf[8];
-                    unpack8(wd_s[(4 * t + q) * M8 + g], wf);
+                    unpack8(wt[q], wf);
 #pragma unroll
                     for (int r = 0; r < R; r++)
 #pragma unroll

@@ -243,6 +243,29 @@ def test_cluster_decode_leaves_long_contexts_to_the_fused_kernel(tmp_path):
     assert be.cluster_decode_shape(model, be.prepare_plan(long), 16) is None
 
 
+def test_cluster_decode_reads_the_down_weights_group_major(tmp_path):
+    """cluster_decode.cu's layer table points at each layer's down weight w_down [C, I] as bf16 [I / 8, C, 8]: element
+    (c, i) at ((i / 8) C + c) 8 + i % 8 (checked at random places, bit for bit), made once per model; the fused
+    kernel's table keeps w_down itself."""
+    from minispec.backends.cuda_backend import CudaBackend
+
+    be = CudaBackend("bfloat16")
+    model = Model.load(tiny_bf16_model(tmp_path / "model", 64), be)
+    cache = model.new_cache(8, 16)
+    rng = np.random.default_rng(6)
+    grouped = be.grouped_down(model)
+    assert be.grouped_down(model) is grouped  # made once
+    table = be.layer_table(model, cache, grouped_down=True).get()
+    plain = be.layer_table(model, cache).get()
+    for layer, down, row, plain_row in zip(model.weights.layers, grouped, table, plain):
+        C, I = layer.w_down.shape
+        w, flat = layer.w_down.get().view(np.uint16), down.get().view(np.uint16).reshape(-1)
+        c, i = rng.integers(0, C, 200), rng.integers(0, I, 200)
+        assert np.array_equal(flat[((i // 8) * C + c) * 8 + i % 8], w[c, i])
+        assert flat.size == C * I and row[5] == down.data.ptr and plain_row[5] == layer.w_down.data.ptr
+        assert np.array_equal(np.delete(row, 5), np.delete(plain_row, 5))
+
+
 def test_graphs_are_not_replayed_into_a_freed_cache(tmp_path):
     """Captured graphs are keyed by their cache: a new cache (of another size, at new addresses) created after
     the old one is freed may get the old id, and must not replay the old cache's graph (the entry goes with

@@ -395,7 +395,8 @@ class CudaBackend:
         self.pdl = self.hopper and driver.launch_available()
         self.tensor_maps = IdentityTable()  # (k_cache, v_cache) -> TMA descriptors of the wgmma attention; (weight) -> gemm_wgmma's
         self.rope_cache = IdentityTable()  # (inv_freq) -> (cos, sin) device tables [positions, D/2]
-        self.layer_tables = IdentityTable()  # (weights, cache), (layers) -> uint64 [L, 8] device pointers
+        self.layer_tables = IdentityTable()  # (weights, cache), (layers, grouped down) -> uint64 [L, 8] device pointers
+        self.grouped_downs = IdentityTable()  # (weights), (layers) -> the group-major down weights cluster decode reads
         # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
         # None: measured defaults, see fused_row_limit)
         self.fused_max_rows = None
@@ -1320,16 +1321,34 @@ class CudaBackend:
         shared = max(staged, 16 * (4 * c.head_dim + 4 * 32 + 64) * 4 + partials)
         return shared + FUSED_SLOT_BYTES if pass_rows == 1 else shared
 
-    def layer_table(self, model, cache):
-        """uint64 [L, 8] device pointers of each layer's norms, weights and K/V pages (made once per model and cache)."""
-        table = self.layer_tables.get((model.weights, cache), model.num_layers)
+    def layer_table(self, model, cache, grouped_down: bool = False):
+        """uint64 [L, 8] device pointers of each layer's norms, weights and K/V pages (made once per model and cache).
+        grouped_down: each layer's down weight as the group-major copy kernels/cluster_decode.cuh reads (grouped_down)."""
+        key = (model.num_layers, grouped_down)
+        table = self.layer_tables.get((model.weights, cache), key)
         if table is None:
+            layers = model.weights.layers[: model.num_layers]
+            downs = self.grouped_down(model) if grouped_down else [layer.w_down for layer in layers]
             rows = [
-                [a.data.ptr for a in (layer.attn_norm, layer.wqkv, layer.wo, layer.mlp_norm, layer.w_gate_up, layer.w_down, k, v)]
-                for layer, k, v in zip(model.weights.layers[: model.num_layers], cache.k, cache.v)
+                [a.data.ptr for a in (layer.attn_norm, layer.wqkv, layer.wo, layer.mlp_norm, layer.w_gate_up, down, k, v)]
+                for layer, down, k, v in zip(layers, downs, cache.k, cache.v)
             ]
-            table = self.layer_tables.put((model.weights, cache), model.num_layers, self.cp.asarray(np.array(rows, dtype=np.uint64)))
+            table = self.layer_tables.put((model.weights, cache), key, self.cp.asarray(np.array(rows, dtype=np.uint64)))
         return table
+
+    def grouped_down(self, model) -> list:
+        """Each layer's down weight w_down [C, I] as bf16 [I / 8, C, 8] (element (c, i) at ((i / 8) C + c) 8 + i % 8), made
+        once per model: the indices a cluster decode MLP block owns (whole groups of 8) are then one contiguous run, a
+        single bulk copy a layer, where the [C, I] rows took C copies of 2 ni bytes each."""
+        downs = self.grouped_downs.get((model.weights,), model.num_layers)
+        if downs is None:
+            if self.stream.is_capturing():
+                raise RuntimeError("the group-major down weights must be made before a graph capture (run the step eagerly first)")
+            C, I = model.config.hidden_size, model.config.intermediate_size
+            downs = [self.cp.ascontiguousarray(layer.w_down.reshape(C, I // 8, 8).transpose(1, 0, 2))
+                     for layer in model.weights.layers[: model.num_layers]]
+            self.grouped_downs.put((model.weights,), model.num_layers, downs)
+        return downs
 
     def fused_layers(self, model, plan: DevicePlan, cache, x, rows: int):
         """Every layer of a small step in one persistent launch; x: embeddings fp32 [N, C] -> residual stream."""
@@ -1474,8 +1493,8 @@ class CudaBackend:
         i32 = np.int32
         kernel(
             (CLUSTER_DECODE_BLOCKS * clusters,), (512,),
-            (self.layer_table(model, cache), i32(model.num_layers), plan.tokens, w.embed, w.final_norm, normed, resid,
-             plan.positions, plan.slots, plan.kv_len, plan.page_tables, plan.masks, plan.tree_start, plan.cu_q, i32(N), cos, sin,
+            (self.layer_table(model, cache, grouped_down=True), i32(model.num_layers), plan.tokens, w.embed, w.final_norm, normed,
+             resid, plan.positions, plan.slots, plan.kv_len, plan.page_tables, plan.masks, plan.tree_start, plan.cu_q, i32(N), cos, sin,
              opart, dpart, epoch, i32(C), i32(c.num_heads), i32(Hkv), i32(c.intermediate_size), i32(cache.page_size),
              i32(span), np.float32(c.rms_norm_eps), np.float32(model.scale),
              np.uint64(0) if self.cluster_clock is None else self.cluster_clock),
