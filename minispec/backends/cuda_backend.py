@@ -396,7 +396,7 @@ class CudaBackend:
         self.tensor_maps = IdentityTable()  # (k_cache, v_cache) -> TMA descriptors of the wgmma attention; (weight) -> gemm_wgmma's
         self.rope_cache = IdentityTable()  # (inv_freq) -> (cos, sin) device tables [positions, D/2]
         self.layer_tables = IdentityTable()  # (weights, cache), (layers, grouped down) -> uint64 [L, 8] device pointers
-        self.grouped_downs = IdentityTable()  # (weights), (layers) -> the group-major down weights cluster decode reads
+        self.grouped_downs = IdentityTable()  # (weights) -> the group-major down weights cluster decode reads (grouped_down)
         # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
         # None: measured defaults, see fused_row_limit)
         self.fused_max_rows = None
@@ -1337,18 +1337,18 @@ class CudaBackend:
         return table
 
     def grouped_down(self, model) -> list:
-        """Each layer's down weight w_down [C, I] as bf16 [I / 8, C, 8] (element (c, i) at ((i / 8) C + c) 8 + i % 8), made
-        once per model: the indices a cluster decode MLP block owns (whole groups of 8) are then one contiguous run, a
-        single bulk copy a layer, where the [C, I] rows took C copies of 2 ni bytes each."""
-        downs = self.grouped_downs.get((model.weights,), model.num_layers)
+        """The model's layers' down weights w_down [C, I] as bf16 [I / 8, C, 8] (element (c, i) at ((i / 8) C + c) 8 + i % 8),
+        made once per set of weights (a self-drafter's first layers share them): the indices a cluster decode MLP block
+        owns (whole groups of 8) are then one run of 16 C bytes a group, where the [C, I] rows took C copies of 2 ni
+        bytes each (576 of 32 bytes a block a layer on the default model; notes/cluster_grouped_down_h200_stop52.log)."""
+        downs = self.grouped_downs.get((model.weights,))
         if downs is None:
             if self.stream.is_capturing():
                 raise RuntimeError("the group-major down weights must be made before a graph capture (run the step eagerly first)")
             C, I = model.config.hidden_size, model.config.intermediate_size
-            downs = [self.cp.ascontiguousarray(layer.w_down.reshape(C, I // 8, 8).transpose(1, 0, 2))
-                     for layer in model.weights.layers[: model.num_layers]]
-            self.grouped_downs.put((model.weights,), model.num_layers, downs)
-        return downs
+            downs = [self.cp.ascontiguousarray(layer.w_down.reshape(C, I // 8, 8).transpose(1, 0, 2)) for layer in model.weights.layers]
+            self.grouped_downs.put((model.weights,), (), downs)
+        return downs[: model.num_layers]
 
     def fused_layers(self, model, plan: DevicePlan, cache, x, rows: int):
         """Every layer of a small step in one persistent launch; x: embeddings fp32 [N, C] -> residual stream."""
