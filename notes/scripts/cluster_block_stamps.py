@@ -3,13 +3,14 @@ ring, see notes/cluster_r1_index_h200_stop52.log): every block's %globaltimer st
 keys (random weights, default model's shapes), `launches` eager launches, saved as uint64 [launches, blocks, L, 7] to
 OUT (npz). Run from a source tree's root: python3 notes/scripts/cluster_block_stamps.py OUT [context] [launches]"""
 import sys
+from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, ".")
-from minispec.backends.cuda_backend import CudaBackend  # noqa: E402
-from minispec.bench_gpu import random_model_on_gpu, require_gpu, smollm2_135m_config  # noqa: E402
-from minispec.model import Model  # noqa: E402
+sys.path.insert(1, str(Path(__file__).parent))
+from cluster_tree_stamps import random_default_model  # noqa: E402
+from minispec.bench_gpu import require_gpu  # noqa: E402
 from minispec.step import StepItem, build_plan  # noqa: E402
 from minispec.tree import Tree  # noqa: E402
 
@@ -17,13 +18,8 @@ cp = require_gpu()
 out = sys.argv[1]
 context = int(sys.argv[2]) if len(sys.argv) > 2 else 512
 launches = int(sys.argv[3]) if len(sys.argv) > 3 else 20
-config = smollm2_135m_config()
-backend = CudaBackend()
-model = Model(config, random_model_on_gpu(config, backend), backend)
-L = model.num_layers
-cache = model.new_cache(-(-(context + 16) // 16) + 1, 16)
-table = []
-cache.prepare(table, 0, context + 1)
+backend, model, cache, table = random_default_model(context, 1)
+config, L = model.config, model.num_layers
 plan = build_plan([StepItem.tree(table, context, Tree([7], [-1]))], 16)
 device_plan = backend.prepare_plan(plan)
 clusters, span, shared, rows = backend.cluster_decode_shape(model, device_plan, 16)

@@ -5,23 +5,19 @@ NVTX range "step" for ncu. Run from a source tree's root (it imports that tree's
       --section WarpStateStats --section SchedulerStats --section InstructionStats --csv --page details \
       python3 notes/scripts/cluster_stalls.py [context]"""
 import sys
+from pathlib import Path
 
 sys.path.insert(0, ".")
-from minispec.backends.cuda_backend import CudaBackend  # noqa: E402
-from minispec.bench_gpu import random_model_on_gpu, require_gpu, smollm2_135m_config  # noqa: E402
-from minispec.model import Model  # noqa: E402
+sys.path.insert(1, str(Path(__file__).parent))
+from cluster_tree_stamps import random_default_model  # noqa: E402
+from minispec.bench_gpu import require_gpu  # noqa: E402
 from minispec.step import StepItem, build_plan  # noqa: E402
 from minispec.tree import Tree  # noqa: E402
 
 cp = require_gpu()
 context = int(sys.argv[1]) if len(sys.argv) > 1 else 512
-backend = CudaBackend()
+backend, model, cache, table = random_default_model(context, 1)
 backend.use_graphs = False
-config = smollm2_135m_config()
-model = Model(config, random_model_on_gpu(config, backend), backend)
-cache = model.new_cache(-(-(context + 16) // 16) + 1, 16)
-table = []
-cache.prepare(table, 0, context + 1)
 plan = build_plan([StepItem.tree(table, context, Tree([7], [-1]))], 16)
 for _ in range(3):
     model.forward(plan, cache).argmax()

@@ -16,16 +16,24 @@ from minispec.tree import Tree  # noqa: E402
 NAMES = ("qkv pushed", "merged", "O written", "MLP: O added", "down pushed", "down written", "next layer")
 
 
-def main():
-    cp = require_gpu()
-    context = int(sys.argv[1]) if len(sys.argv) > 1 else 512
+def random_default_model(context: int, rows: int):
+    """(backend, model, cache, page table) for probes: random weights with the default model's shapes on a new
+    CudaBackend, a cache of pages of 16 prepared for `context` keys and `rows` more. (Shared with
+    cluster_block_stamps.py and cluster_stalls.py.)"""
     config = smollm2_135m_config()
     backend = CudaBackend()
     model = Model(config, random_model_on_gpu(config, backend), backend)
-    L = model.num_layers
-    cache = model.new_cache(-(-(context + 64) // 16) + 1, 16)
+    cache = model.new_cache(-(-(context + rows) // 16) + 1, 16)
     table = []
-    cache.prepare(table, 0, context + 64)
+    cache.prepare(table, 0, context + rows)
+    return backend, model, cache, table
+
+
+def main():
+    cp = require_gpu()
+    context = int(sys.argv[1]) if len(sys.argv) > 1 else 512
+    backend, model, cache, table = random_default_model(context, 64)
+    L = model.num_layers
     print(card_name(), f"SmolLM2-135M shapes, random weights, context {context}", flush=True)
     for T in (1, 2, 3, 4):
         plan = build_plan([StepItem.tree(table, context, Tree(np.arange(T), list(range(-1, T - 1))))], 16)
