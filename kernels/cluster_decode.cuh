@@ -304,9 +304,14 @@ __device__ __forceinline__ void stage_norm(const float* h, const float* w, uint4
 }
 
 // stage_norm's folded form for R rows at once (one barrier): xs[r] = bf16(h[r] * rsqrt(mean(h[r]^2) + eps) * w), the
-// rows' sums of squares in sq_in [R][8] (added in rank order), thread t < R C / 8 taking 8 values of row t / (C / 8)
+// rows' sums of squares in sq_in [R][8] (added in rank order), thread t < R C / 8 taking 8 values of row t / (C / 8);
+// one row: stage_norm's own folded form
 template <int R>
-__device__ __forceinline__ void stage_norm_rows(const float* h, const float* w, uint4* xs, int xs_row, const float* sq_in, int C, float eps) {
+__device__ __forceinline__ void stage_norm_rows(const float* h, const float* w, uint4* xs, int xs_row, float* sq_in, int C, float eps) {
+    if constexpr (R == 1) {
+        stage_norm(h, w, xs, sq_in, C, eps, true, CD_CLUSTER);
+        return;
+    }
     const int C8 = C / 8;
     for (int i = threadIdx.x; i < R * C8; i += CD_THREADS) {
         const int r = i / C8, t = i % C8;
@@ -324,6 +329,11 @@ __device__ __forceinline__ void stage_norm_rows(const float* h, const float* w, 
     }
     __syncthreads();
 }
+
+// (row, index within the row) of flat index k over R rows of n values each: one row takes no division (its runtime
+// n would cost the one-row step integer divisions, notes/cluster_r1_index_h200_stop52.log)
+template <int R>
+__device__ __forceinline__ int2 row_split(int k, int n) { return R == 1 ? make_int2(0, k) : make_int2(k / n, k % n); }
 
 // ---- partial sums tagged with their layer: a u64 per value, (tag << 32) | the float's bits, written in ONE 8-byte
 // store (single-copy atomic), so a reader that sees the tag sees the value. No counter, no release fence: a reader
@@ -609,8 +619,6 @@ __device__ void cluster_decode_body(const Step& s) {
             if (l == 0)
 #pragma unroll
                 for (int r = 0; r < R; r++) stage_norm(h + r * C, norm_a, xs + r * XS8, red + r * CD_WARPS, C, s.eps);  // (no add before it)
-            else if (R == 1)
-                stage_norm(hin, norm_a, xs, sq_in, C, s.eps, true, CD_CLUSTER);
             else
                 stage_norm_rows<R>(hin, norm_a, xs, XS8, sq_in, C, s.eps);
             // qkv: half-warp v (of 32) takes the block's pairs v, v + 32, ...; its 16 lanes the 16-byte chunks of both
@@ -745,13 +753,15 @@ __device__ void cluster_decode_body(const Step& s) {
             for (int rh = warp; rh < R * G && !direct; rh += CD_WARPS) {
                 float M, o[D / 32];
                 const float Lsum = merge_partials<D>(upart + rh * chunks * (D + 2), chunks, D + 2, M, o);
-                push_share(R == 1 ? 0 : rh / G, R == 1 ? rh : rh % G, M, Lsum, o);  // (one row: no division)
+                const int2 rhg = row_split<R>(rh, G);
+                push_share(rhg.x, rhg.y, M, Lsum, o);
             }
             mbarrier_wait<true>(&bars[1], parity);
             // merge the 8 shares of each (row, query head) (rank order): attn = bf16(sum w_r o_r / sum w_r l_r) (a padded row
             // that sees no key: 0)
             for (int rh = warp; rh < R * G; rh += CD_WARPS) {
-                const int r = R == 1 ? 0 : rh / G, hg = R == 1 ? rh : rh % G;
+                const int2 rhg = row_split<R>(rh, G);
+                const int r = rhg.x, hg = rhg.y;
                 float M, o[D / 32];
                 const float Lsum = merge_partials<D>(part_in + (r * CD_CLUSTER * G + hg) * (D + 2), CD_CLUSTER, G * (D + 2), M, o);
                 __nv_bfloat16* a = reinterpret_cast<__nv_bfloat16*>(attn) + r * lay.OK + hg * D + (D / 32) * lane;
@@ -812,10 +822,7 @@ __device__ void cluster_decode_body(const Step& s) {
         CD_STAMP(4);
         if (!CD_COPY_ONCE || l == 0) mbarrier_wait<true>(&bars[4], parity);  // this layer's MLP copies
         // (the slices of the next layer come after this block's down sums: hin is not overwritten)
-        if (R == 1)
-            stage_norm(hin, norm_m, xs, sq_in, C, s.eps, true, CD_CLUSTER);
-        else
-            stage_norm_rows<R>(hin, norm_m, xs, XS8, sq_in, C, s.eps);
+        stage_norm_rows<R>(hin, norm_m, xs, XS8, sq_in, C, s.eps);
         // gate/up: warp w takes index i0 + w (and + 16, ...), each weight chunk against the R rows' inputs
         for (int li = warp; li < ni; li += CD_WARPS) {
             const uint4* w0 = wgu_s + li * 2 * C8;
@@ -861,7 +868,8 @@ __device__ void cluster_decode_body(const Step& s) {
         CD_STAMP(5);
         mbarrier_wait<true>(&bars[2], parity);
         for (int k = t; k < R * lay.OC; k += CD_THREADS) {
-            const int r = R == 1 ? 0 : k / lay.OC, kk = R == 1 ? k : k % lay.OC;
+            const int2 rk = row_split<R>(k, lay.OC);
+            const int r = rk.x, kk = rk.y;
             float sum = 0.0f;
             for (int q = 0; q < CD_CLUSTER; q++) sum += dred_in[(r * CD_CLUSTER + q) * lay.OC + kk];
             store_tagged(dpart(l) + ((long long)(cluster - s.Hkv) * R + r) * C + (int)rank * lay.OC + kk, sum, layer_tag(epoch, l));
