@@ -1465,9 +1465,8 @@ class CudaBackend:
     def cluster_kernel(self, rows: int, head_dim: int):
         """cluster_decode.cuh's instance of `rows` rows: the decode step's in cluster_decode.cu, the tree steps' in
         cluster_tree.cu (a file of their own, so that a generation's first step does not wait for their compile)."""
-        if rows == 1:
-            return self.kernel("cluster_decode.cu", f"cluster_decode_r{rows}_d{head_dim}", head_dim)
-        return self.kernel("cluster_tree.cu", f"cluster_decode_r{rows}_d{head_dim}", head_dim)
+        file = "cluster_decode.cu" if rows == 1 else "cluster_tree.cu"
+        return self.kernel(file, f"cluster_decode_r{rows}_d{head_dim}", head_dim)
 
     def decode_in_one_launch(self, model, plan: DevicePlan, cache):
         """A one-sequence decode step's (or small tree step's) embeddings, every layer and the final norm in one launch
@@ -1505,8 +1504,9 @@ class CudaBackend:
     def cluster_decode_buffers(self, C: int):
         """kernels/cluster_decode.cuh's partial sums, tagged with (epoch, layer): uint64 [2 layers, MAX_PARTIALS, rows, C]
         of each role (room for the most rows an instance takes), and the epoch (uint32 [1]), which each launch counts
-        up. They outlive launches and graphs: a launch tells its values from the last one's by the epoch alone, so they are made once, outside any capture
-        (a captured zero fill would reset the epoch at every replay), by the eager warm-up before it."""
+        up. They outlive launches and graphs: a launch tells its values from the last one's by the epoch alone, so they
+        are made once, outside any capture (a captured zero fill would reset the epoch at every replay), by the eager
+        warm-up before it."""
         if C not in self.cluster_partials:
             if self.stream.is_capturing():
                 raise RuntimeError("cluster_decode.cu's buffers must be made before a graph capture (run the step eagerly first)")
