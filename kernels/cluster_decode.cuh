@@ -18,6 +18,10 @@
 // Since stop 52 an MLP block copies its down weights as ni / 8 runs of a group-major copy (two on the default model)
 // instead of C runs of 2 ni bytes (576 copies of 32 bytes a block a layer): by turns, one step ahead 0.293 -> 0.284 ms
 // at 100 keys, 0.342 -> 0.335 at 512, a T = 4 forward 0.66 -> 0.61 and 0.76 -> 0.72 (notes/cluster_grouped_down_h200_stop52.log).
+// Since stop 53 the one-row instance's attention blocks copy their O slice as one run of a head-grouped copy of wo
+// instead of OC runs of 2 G D bytes: one step ahead 0.283 -> 0.278 ms at 100 keys, 0.334 -> 0.329 at 512; the 4-row
+// instance on that copy ran its T = 4 forward 4-8% slower (in 1, 4 or 8 runs; cause not found), so the tree instances
+// copy wo's rows (notes/cluster_grouped_o_h200_stop53.log).
 // Measured (random weights with the default model's shapes): 11.2-11.4 / 12.2-12.4 / 12.9-13.1 µs a layer at 100 / 512 /
 // 1024 keys against the fused kernel's 15.5 / 18.1 / 19.4 (H200, notes/cluster_decode_ab_h200_stop27.log); plain greedy
 // decode on the default model 1870 -> 2478 tokens/s (H100, notes/bench_e2e_quick_h100_stop27_final.log). Since stop 28
@@ -85,9 +89,11 @@
 //   slots int [rows], masks uint64 [rows] (ancestor bits, R > 1), tree_start int [1] (R > 1), cu_q int [2] (rows past
 //   cu_q[1] are padding: no K/V written); layers uint64 [L, 8]
 //   as kernels/fused_layers.cuh (attn_norm, wqkv [(H + 2 Hkv) D, C], wo [C, H D], mlp_norm, w_gate_up [2 I, C],
-//   k_cache, v_cache [NP, Hkv, P, D]) but for the down weight, w_down [C, I] group-major: bf16 [I / 8, C, 8], element
-//   (c, i) at ((i / 8) C + c) 8 + i % 8 (CudaBackend.grouped_down), so that an MLP block's indices (whole groups of 8)
-//   are ni / 8 runs of 16 C bytes; opart uint64 [2, Hkv, R, C], dpart uint64 [2, MLP clusters, R, C]
+//   k_cache, v_cache [NP, Hkv, P, D]) but for the down weight and, for R = 1, the O weight (CudaBackend.cluster_weights):
+//   w_down [C, I] group-major, bf16 [I / 8, C, 8], element (c, i) at ((i / 8) C + c) 8 + i % 8, so that an MLP block's
+//   indices (whole groups of 8) are ni / 8 runs of 16 C bytes; wo [C, H D] by head group, bf16 [Hkv, C, G D], element
+//   (c, j) at ((j / (G D)) C + c) G D + j % (G D), so that an attention block's O slice is one run of 2 OC G D bytes
+//   (R > 1: wo itself, OC runs of 2 G D bytes); opart uint64 [2, Hkv, R, C], dpart uint64 [2, MLP clusters, R, C]
 //   (tagged values, layer_tag below), epoch uint32 [1]: they outlive launches (CudaBackend.cluster_decode_buffers).
 //   C % 32 == 0, C <= 1024 (a lane's float4 of a slice), I % 8 == 0, L <= 64 (the tag's layer bits; 8 L table
 //   entries, one a thread), (G + 2) D / 16 <= 512 (a thread's RoPE pair), at most CD_MAX_PARTIALS clusters of each
@@ -530,10 +536,14 @@ __device__ void cluster_decode_body(const Step& s) {
             const int col = pair_column<D>(s, c, G, (int)rank + CD_CLUSTER * (t / 2)) + (t % 2) * (D / 2);
             bulk(wqkv_s + t * C8, reinterpret_cast<const bf16*>(p[1]) + (long long)col * C, C * 2, &bars[3]);
         }
-        const int OK8 = lay.OK / 8;
-        for (int k = t; k < lay.OC; k += CD_THREADS)
-            bulk(wo_s + k * OK8, reinterpret_cast<const bf16*>(p[2]) + (long long)((int)rank * lay.OC + k) * (s.H * D) + c * lay.OK,
-                 lay.OK * 2, &bars[3]);
+        if constexpr (R == 1) {  // the O slice: one run of wo's [Hkv, C, G D] copy
+            if (t == CD_THREADS - 2)
+                bulk(wo_s, reinterpret_cast<const bf16*>(p[2]) + ((long long)c * C + (int)rank * lay.OC) * lay.OK, lay.OC * lay.OK * 2, &bars[3]);
+        } else {  // a run of G D columns from each of its OC rows of wo [C, H D]
+            for (int k = t; k < lay.OC; k += CD_THREADS)
+                bulk(wo_s + k * (lay.OK / 8), reinterpret_cast<const bf16*>(p[2]) + (long long)((int)rank * lay.OC + k) * (s.H * D) + c * lay.OK,
+                     lay.OK * 2, &bars[3]);
+        }
         if (t == CD_THREADS - 1) bulk(norm_a, reinterpret_cast<const float*>(p[0]), C * 4, &bars[3]);
     };
     auto issue_kv = [&](int l) {

@@ -243,27 +243,34 @@ def test_cluster_decode_leaves_long_contexts_to_the_fused_kernel(tmp_path):
     assert be.cluster_decode_shape(model, be.prepare_plan(long), 16) is None
 
 
-def test_cluster_decode_reads_the_down_weights_group_major(tmp_path):
-    """cluster_decode.cu's layer table points at each layer's down weight w_down [C, I] as bf16 [I / 8, C, 8]: element
-    (c, i) at ((i / 8) C + c) 8 + i % 8 (checked at random places, bit for bit), made once per model; the fused
-    kernel's table keeps w_down itself."""
+def test_cluster_decode_reads_o_and_down_in_its_layouts(tmp_path):
+    """cluster_decode.cu's layer tables point at each layer's down weight w_down [C, I] as bf16 [I / 8, C, 8] (element
+    (c, i) at ((i / 8) C + c) 8 + i % 8) and, the one-row instance's, at its O weight wo [C, H D] as bf16 [Hkv, C, G D]
+    (element (c, j) at ((j / (G D)) C + c) G D + j % (G D)), checked at random places, bit for bit; made once per
+    model; the tree instances' tables keep wo, the fused kernel's wo and w_down."""
     from minispec.backends.cuda_backend import CudaBackend
 
     be = CudaBackend("bfloat16")
     model = Model.load(tiny_bf16_model(tmp_path / "model", 64), be)
     cache = model.new_cache(8, 16)
     rng = np.random.default_rng(6)
-    grouped = be.grouped_down(model)
-    assert all(a is b for a, b in zip(be.grouped_down(model), grouped))  # made once
-    table = be.layer_table(model, cache, grouped_down=True).get()
-    plain = be.layer_table(model, cache).get()
-    for layer, down, row, plain_row in zip(model.weights.layers, grouped, table, plain):
+    pairs = be.cluster_weights(model)
+    assert all(a is b and c is d for (a, c), (b, d) in zip(be.cluster_weights(model), pairs))  # made once
+    one, tree, plain = (be.layer_table(model, cache, cluster=R).get() for R in (1, 4, 0))
+    assert np.array_equal(be.layer_table(model, cache, cluster=2).get(), tree)
+    cfg = model.config
+    GD = cfg.num_heads // cfg.num_kv_heads * cfg.head_dim
+    for layer, (wo, down), *rows in zip(model.weights.layers, pairs, one, tree, plain):
         C, I = layer.w_down.shape
         w, flat = layer.w_down.get().view(np.uint16), down.get().view(np.uint16).reshape(-1)
         c, i = rng.integers(0, C, 200), rng.integers(0, I, 200)
-        assert np.array_equal(flat[((i // 8) * C + c) * 8 + i % 8], w[c, i])
-        assert flat.size == C * I and row[5] == down.data.ptr and plain_row[5] == layer.w_down.data.ptr
-        assert np.array_equal(np.delete(row, 5), np.delete(plain_row, 5))
+        assert np.array_equal(flat[((i // 8) * C + c) * 8 + i % 8], w[c, i]) and flat.size == C * I
+        w, flat = layer.wo.get().view(np.uint16), wo.get().view(np.uint16).reshape(-1)
+        c, j = rng.integers(0, C, 200), rng.integers(0, cfg.num_heads * cfg.head_dim, 200)
+        assert np.array_equal(flat[((j // GD) * C + c) * GD + j % GD], w[c, j]) and flat.size == w.size
+        assert [row[2] for row in rows] == [wo.data.ptr, layer.wo.data.ptr, layer.wo.data.ptr]
+        assert [row[5] for row in rows] == [down.data.ptr, down.data.ptr, layer.w_down.data.ptr]
+        assert all(np.array_equal(np.delete(row, [2, 5]), np.delete(rows[2], [2, 5])) for row in rows)
 
 
 def test_graphs_are_not_replayed_into_a_freed_cache(tmp_path):

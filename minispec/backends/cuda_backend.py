@@ -396,7 +396,7 @@ class CudaBackend:
         self.tensor_maps = IdentityTable()  # (k_cache, v_cache) -> TMA descriptors of the wgmma attention; (weight) -> gemm_wgmma's
         self.rope_cache = IdentityTable()  # (inv_freq) -> (cos, sin) device tables [positions, D/2]
         self.layer_tables = IdentityTable()  # (weights, cache), (layers, grouped down) -> uint64 [L, 8] device pointers
-        self.grouped_downs = IdentityTable()  # (weights) -> the group-major down weights cluster decode reads (grouped_down)
+        self.cluster_layouts = IdentityTable()  # (weights) -> the O and down weights as cluster decode reads them (cluster_weights)
         # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
         # None: measured defaults, see fused_row_limit)
         self.fused_max_rows = None
@@ -1321,34 +1321,43 @@ class CudaBackend:
         shared = max(staged, 16 * (4 * c.head_dim + 4 * 32 + 64) * 4 + partials)
         return shared + FUSED_SLOT_BYTES if pass_rows == 1 else shared
 
-    def layer_table(self, model, cache, grouped_down: bool = False):
+    def layer_table(self, model, cache, cluster: int = 0):
         """uint64 [L, 8] device pointers of each layer's norms, weights and K/V pages (made once per model and cache).
-        grouped_down: each layer's down weight as the group-major copy kernels/cluster_decode.cuh reads (grouped_down)."""
-        key = (model.num_layers, grouped_down)
+        cluster: the rows R of the cluster decode instance that reads it (0: the fused kernel), whose down weights, and
+        for R = 1 O weights, are in the layouts kernels/cluster_decode.cuh reads (cluster_weights)."""
+        key = (model.num_layers, min(cluster, 2))
         table = self.layer_tables.get((model.weights, cache), key)
         if table is None:
             layers = model.weights.layers[: model.num_layers]
-            downs = self.grouped_down(model) if grouped_down else [layer.w_down for layer in layers]
+            pairs = self.cluster_weights(model) if cluster else [(layer.wo, layer.w_down) for layer in layers]
             rows = [
-                [a.data.ptr for a in (layer.attn_norm, layer.wqkv, layer.wo, layer.mlp_norm, layer.w_gate_up, down, k, v)]
-                for layer, down, k, v in zip(layers, downs, cache.k, cache.v)
+                [a.data.ptr for a in (layer.attn_norm, layer.wqkv, layer.wo if cluster > 1 else wo, layer.mlp_norm, layer.w_gate_up, down, k, v)]
+                for layer, (wo, down), k, v in zip(layers, pairs, cache.k, cache.v)
             ]
             table = self.layer_tables.put((model.weights, cache), key, self.cp.asarray(np.array(rows, dtype=np.uint64)))
         return table
 
-    def grouped_down(self, model) -> list:
-        """The model's layers' down weights w_down [C, I] as bf16 [I / 8, C, 8] (element (c, i) at ((i / 8) C + c) 8 + i % 8),
-        made once per set of weights (a self-drafter's first layers share them): the indices a cluster decode MLP block
-        owns (whole groups of 8) are then one run of 16 C bytes a group, where the [C, I] rows took C copies of 2 ni
-        bytes each (576 of 32 bytes a block a layer on the default model; notes/cluster_grouped_down_h200_stop52.log)."""
-        downs = self.grouped_downs.get((model.weights,))
-        if downs is None:
+    def cluster_weights(self, model) -> list:
+        """(wo, w_down) of each of the model's layers as cluster decode reads them, made once per set of weights (a
+        self-drafter's first layers share them), so that a block's slice of each is one contiguous run:
+        - wo [C, H D] as bf16 [Hkv, C, G D] (element (c, j) at ((j / (G D)) C + c) G D + j % (G D)): attention block
+          (KV head k, rank r) takes rows [r C / 8, (r + 1) C / 8) of head group k, one run of C / 8 x G D x 2 bytes
+          where the [C, H D] rows took C / 8 runs of 2 G D bytes (72 of 384 bytes a block a layer on the default model):
+          decode one step ahead 0.283 -> 0.278 ms at 100 keys, 0.334 -> 0.329 at 512. The one-row instance alone reads
+          it: the 4-row instance's T = 4 forward ran 4-8% slower on it (notes/cluster_grouped_o_h200_stop53.log);
+        - w_down [C, I] as bf16 [I / 8, C, 8] (element (c, i) at ((i / 8) C + c) 8 + i % 8): the indices an MLP block
+          owns (whole groups of 8) are one run of 16 C bytes a group, where the [C, I] rows took C runs of 2 ni bytes
+          (576 of 32 bytes a block a layer on the default model; notes/cluster_grouped_down_h200_stop52.log)."""
+        pairs = self.cluster_layouts.get((model.weights,))
+        if pairs is None:
             if self.stream.is_capturing():
-                raise RuntimeError("the group-major down weights must be made before a graph capture (run the step eagerly first)")
-            C, I = model.config.hidden_size, model.config.intermediate_size
-            downs = [self.cp.ascontiguousarray(layer.w_down.reshape(C, I // 8, 8).transpose(1, 0, 2)) for layer in model.weights.layers]
-            self.grouped_downs.put((model.weights,), (), downs)
-        return downs[: model.num_layers]
+                raise RuntimeError("cluster decode's weight layouts must be made before a graph capture (run the step eagerly first)")
+            c, cp = model.config, self.cp
+            C, I, Hkv, GD = c.hidden_size, c.intermediate_size, c.num_kv_heads, c.num_heads // c.num_kv_heads * c.head_dim
+            pairs = [(cp.ascontiguousarray(layer.wo.reshape(C, Hkv, GD).transpose(1, 0, 2)),
+                      cp.ascontiguousarray(layer.w_down.reshape(C, I // 8, 8).transpose(1, 0, 2))) for layer in model.weights.layers]
+            self.cluster_layouts.put((model.weights,), (), pairs)
+        return pairs[: model.num_layers]
 
     def fused_layers(self, model, plan: DevicePlan, cache, x, rows: int):
         """Every layer of a small step in one persistent launch; x: embeddings fp32 [N, C] -> residual stream."""
@@ -1492,7 +1501,7 @@ class CudaBackend:
         i32 = np.int32
         kernel(
             (CLUSTER_DECODE_BLOCKS * clusters,), (512,),
-            (self.layer_table(model, cache, grouped_down=True), i32(model.num_layers), plan.tokens, w.embed, w.final_norm, normed,
+            (self.layer_table(model, cache, cluster=rows), i32(model.num_layers), plan.tokens, w.embed, w.final_norm, normed,
              resid, plan.positions, plan.slots, plan.kv_len, plan.page_tables, plan.masks, plan.tree_start, plan.cu_q, i32(N), cos, sin,
              opart, dpart, epoch, i32(C), i32(c.num_heads), i32(Hkv), i32(c.intermediate_size), i32(cache.page_size),
              i32(span), np.float32(c.rms_norm_eps), np.float32(model.scale),

@@ -42,7 +42,7 @@ def main():
         dplan = backend.prepare_plan(build_plan([StepItem.tree(table, context, Tree(np.array([7]), [-1]))], 16))
         cos, sin = backend.rope_tables(model.inv_freq, dplan.max_position)
         span = -(-n // 8)
-        layers = backend.layer_table(model, cache, grouped_down=True)
+        layers = backend.layer_table(model, cache, cluster=1)  # (the one-row instance's table)
         normed = cp.empty((1, C), dtype=cp.uint16)
         resid = cp.empty((1, C), dtype=cp.float32)
         clock = cp.zeros(1 + 7 * L + 3 * 64, dtype=cp.uint64)
