@@ -395,7 +395,7 @@ class CudaBackend:
         self.pdl = self.hopper and driver.launch_available()
         self.tensor_maps = IdentityTable()  # (k_cache, v_cache) -> TMA descriptors of the wgmma attention; (weight) -> gemm_wgmma's
         self.rope_cache = IdentityTable()  # (inv_freq) -> (cos, sin) device tables [positions, D/2]
-        self.layer_tables = IdentityTable()  # (weights, cache), (layers, grouped down) -> uint64 [L, 8] device pointers
+        self.layer_tables = IdentityTable()  # (weights, cache), (layers, 0 / 1 / 2: the fused kernel's / cluster decode's one-row / its tree instances') -> uint64 [L, 8] pointers
         self.cluster_layouts = IdentityTable()  # (weights) -> the O and down weights as cluster decode reads them (cluster_weights)
         # fused-layers kernel: one persistent launch per step for steps of at most this many rows (0: off;
         # None: measured defaults, see fused_row_limit)
