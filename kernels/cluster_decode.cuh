@@ -206,12 +206,21 @@ __device__ __forceinline__ unsigned long long globaltimer() {
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
 }
-__device__ __forceinline__ void stamp(const Step& s, int index, int block = 0) {
-    if (s.clock != nullptr && blockIdx.x == block && threadIdx.x == 0) s.clock[index] = globaltimer();
-}
 // a ring of the last CD_LAUNCH_RING launches after the layer stamps, by epoch: [block 0 in, the last block in, block 0
 // out], so a probe sees what a step spends outside this kernel (notes/scripts/step_anatomy.py)
 #define CD_LAUNCH_RING 64
+// experiment (notes/scripts/cluster_block_stamps.py): every block also records each layer stamp, [block][L][7] after
+// the launch ring, where the plain build records block 0's or the first MLP block's alone
+#ifndef CD_STAMP_BLOCKS
+#define CD_STAMP_BLOCKS 0
+#endif
+__device__ __forceinline__ void stamp(const Step& s, int index, int block = 0) {
+    if (s.clock != nullptr && blockIdx.x == block && threadIdx.x == 0) s.clock[index] = globaltimer();
+#if CD_STAMP_BLOCKS
+    if (s.clock != nullptr && threadIdx.x == 0 && index > 0)
+        s.clock[1 + 7 * s.L + 3 * CD_LAUNCH_RING + (long long)blockIdx.x * 7 * s.L + index - 1] = globaltimer();
+#endif
+}
 __device__ __forceinline__ void launch_stamps(const Step& s, unsigned epoch, unsigned long long t, bool out) {
     if (s.clock == nullptr || threadIdx.x != 0) return;
     unsigned long long* ring = s.clock + 1 + 7 * s.L + 3 * (epoch % CD_LAUNCH_RING);

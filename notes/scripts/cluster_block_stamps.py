@@ -1,7 +1,8 @@
-"""Device probe (with a build whose kernels/cluster_decode stamp() records every block: [block][7 L] after the launch
-ring, see notes/cluster_r1_index_h200_stop52.log): every block's %globaltimer stamps of a one-token step at `context`
-keys (random weights, default model's shapes), `launches` eager launches, saved as uint64 [launches, blocks, L, 7] to
-OUT (npz). Run from a source tree's root: python3 notes/scripts/cluster_block_stamps.py OUT [context] [launches]"""
+"""Device probe: every block's %globaltimer stamps of a one-token step at `context` keys (random weights, default model's
+shapes), `launches` eager launches, saved as uint64 [launches, blocks, L, 7] to OUT (npz). The cluster decode files are
+built with CD_STAMP_BLOCKS (kernels/cluster_decode.cuh: stamp() then also records every block's layer stamps,
+[block][L][7] after the launch ring; stop 52 patched stamp() by hand for it, notes/cluster_r1_index_h200_stop52.log).
+Run from a source tree's root: python3 notes/scripts/cluster_block_stamps.py OUT [context] [launches]"""
 import sys
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from minispec.bench_gpu import require_gpu  # noqa: E402
 from minispec.step import StepItem, build_plan  # noqa: E402
 from minispec.tree import Tree  # noqa: E402
 
+import minispec.backends.cuda_backend as cuda_backend  # noqa: E402
+
 cp = require_gpu()
+plain_source = cuda_backend.kernel_source
+cuda_backend.kernel_source = lambda name: ("#define CD_STAMP_BLOCKS 1\n" if name.startswith("cluster_") else "") + plain_source(name)
 out = sys.argv[1]
 context = int(sys.argv[2]) if len(sys.argv) > 2 else 512
 launches = int(sys.argv[3]) if len(sys.argv) > 3 else 20
