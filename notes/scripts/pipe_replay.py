@@ -7,7 +7,7 @@ engine's schedule and for this one.
 
   python3 notes/scripts/pipe_replay.py [HOST ms] [T = 16 tree ms] [OVERRUN ms]
 
-Stop 32 (README, "End to end, stop 32"): rewrite 1.82 -> 1.62x, extract 2.14 -> 2.32x, all 12 prompts 1.03 -> 1.05x
+Stop 32 (notes/HISTORY.md, "End to end, stop 32"): rewrite 1.82 -> 1.62x, extract 2.14 -> 2.32x, all 12 prompts 1.03 -> 1.05x
 at HOST 0.3: the plain step costs what the host's gap did, and the tree behind it loses its draft's first level."""
 import sys
 

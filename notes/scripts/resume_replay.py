@@ -6,7 +6,7 @@ Prints each stored prompt's ratio to plain decoding without and with it, at stop
 
   python3 notes/scripts/resume_replay.py [HOST ms] [MODES, e.g. sub,ins] [W] [MINACC]
 
-Stop 32 (README, "End to end, stop 32"): every setting tried left rewrite and extract slower or level; the default
+Stop 32 (notes/HISTORY.md, "End to end, stop 32"): every setting tried left rewrite and extract slower or level; the default
 model's rewrites are not one-token substitutions of the prompt."""
 import sys
 
