@@ -101,6 +101,14 @@ NGRAM_COMMON = 5
 # 4.91x, no prompt slower.
 NGRAM_BUDGET = TreeBudget(16, 15, 4)
 
+# A draft model's default on a GPU: a chain of 5 drafts, proposed with one wait (ModelDrafter.propose_chains). A tree
+# needs the host at every level (which nodes grow next); on an H200 the default model drafting for itself, greedy,
+# ran 2.0-2.2x faster on chains than on the default tree (self:8 677-730 against 336-346 tokens/s, self:20 529-569
+# against 276-294) though the trees took more tokens a forward (1.09-1.34 against 1.00-1.25;
+# notes/draft_model_chains_h200_stop54.log). On the CPU a level costs a draft forward, whose host work is all of it:
+# there the tree (TreeBudget's default) stays.
+DRAFT_CHAIN_GPU = TreeBudget(6, 5, 1)
+
 
 def best_subtree(tokens: list[int], parents: list[int], score, nodes: int, width: int | None = None) -> Tree:
     """The root and the best-scoring candidates (nodes in all, at most `width` children each) as a Tree.
@@ -443,6 +451,7 @@ class ModelDrafter(NoDrafter):
     """
 
     host_only = False  # proposing runs the draft model, and its cache follows the target through commit
+    device_chains = True  # greedy chains proposed with one wait (propose_chains); False: level by level (tests)
 
     def __init__(self, model, budget: TreeBudget, num_pages: int, page_size: int, prefix_caching: bool = False):
         self.model = model
@@ -469,9 +478,9 @@ class ModelDrafter(NoDrafter):
         rows = logits.host()
         return [top_logprobs(rows[w], width) if g else rows[a:b] for a, b, g, w in zip(offsets, offsets[1:], greedy, wanted)]
 
-    def propose(self, seqs, budgets) -> list[Tree]:
-        width, limit = self.budget.width, MAX_TREE_NODES
-        items = []  # level 0: every token the draft has not cached yet, the root included
+    def catch_up(self, seqs) -> list[StepItem]:
+        """Level 0 of a proposal: per sequence, every token the draft has not cached yet, the root included."""
+        items = []
         for seq in seqs:
             state = self.state.get(id(seq))
             if state is None:  # its first proposal: from position 0, or past the kept pages that hold its tokens
@@ -481,12 +490,20 @@ class ModelDrafter(NoDrafter):
             self.cache.prepare(state.table, state.cached, len(new))
             items.append(StepItem.chunk(state.table, state.cached, new))
             state.cached = seq.L + 1
+            state.chain = 0
+        return items
+
+    def propose(self, seqs, budgets) -> list[Tree]:
+        width, limit = self.budget.width, MAX_TREE_NODES
+        caps = [min(self.budget.nodes, cap) for cap in budgets]
         greedy = [seq.params.greedy for seq in seqs]
+        if width == 1 and all(greedy) and self.device_chains:
+            return self.propose_chains(seqs, caps)
+        items = self.catch_up(seqs)
         grows = [[0] for _ in seqs]  # per sequence: where in its frontier the nodes that grow are (Candidates.growing)
         rows = self.forward(items, [1] * len(seqs), greedy, grows)  # per sequence: the root's row
         grown = [Candidates(seq.tokens[seq.L]) for seq in seqs]
         frontier = [[0] for _ in seqs]
-        caps = [min(self.budget.nodes, cap) for cap in budgets]
         for level in range(self.budget.depth):
             frontier = [self.expand(seq, c, f, g, r, width, limit, cap) if len(f) else []
                         for seq, c, f, g, r, cap in zip(seqs, grown, frontier, grows, rows, caps)]
@@ -504,6 +521,43 @@ class ModelDrafter(NoDrafter):
                 rows[b] = part
         return [c.best(cap) if seq.params.greedy else c.tree_sampled() for seq, c, cap in zip(seqs, grown, caps)]
 
+    def propose_chains(self, seqs, caps: list[int]) -> list[Tree]:
+        """Chains (a width-1 budget) of greedy sequences, with one wait on the device: each level's argmax ids stay
+        on the device and are the next level's input tokens (Model.forward's `tokens`, as Engine.decode_ahead feeds
+        a step its predecessor's token), so the levels run back to back and the host reads every level's ids once,
+        at the end. Level k feeds chain node k at position L + k (the root at L) and gives node k + 1. The chains
+        are the level-by-level proposal's (the top-1 child of each node is its argmax), whose round trip a level
+        (a draft step, then its ranked ids) cost more than the draft step itself on a GPU."""
+        backend, P = self.model.backend, self.cache.page_size
+        lengths = [min(self.budget.depth, cap - 1) for cap in caps]  # draft nodes per chain
+        logits = self.model.forward(build_plan(self.catch_up(seqs), P), self.cache)
+        rows = list(range(len(seqs)))  # the sequences the last level fed, in its row order
+        ids = logits.argmax_device()
+        levels = [(rows, ids.copy())]  # (a replayed graph's ids are its static output: the next replay rewrites them)
+        for level in range(1, max(lengths, default=0)):
+            going = [b for b in rows if lengths[b] > level]
+            if len(going) < len(rows):
+                where = {b: i for i, b in enumerate(rows)}
+                ids = backend.gather(ids, [where[b] for b in going])
+            items = []
+            for b in going:
+                table = self.state[id(seqs[b])].table
+                self.cache.prepare(table, seqs[b].L + level, 1)
+                items.append(StepItem.tree(table, seqs[b].L + level, Tree.single(0)))  # (the token: from `ids`)
+            ids = self.model.forward(build_plan(items, P), self.cache, ids).argmax_device()
+            rows = going
+            levels.append((rows, ids.copy()))
+        host = backend.to_host(backend.concat([ids for _, ids in levels])).tolist()
+        chains, offset = [[seq.tokens[seq.L]] for seq in seqs], 0
+        for rows, _ in levels:
+            for i, b in enumerate(rows):
+                if len(chains[b]) <= lengths[b]:
+                    chains[b].append(host[offset + i])
+            offset += len(rows)
+        for seq, chain in zip(seqs, chains):
+            self.state[id(seq)].chain = len(chain) - 1
+        return [Tree(chain, list(range(-1, len(chain) - 1))) for chain in chains]
+
     @staticmethod
     def expand(seq, candidates: Candidates, nodes: list[int], grow: list[int], rows, width: int, limit: int, cap: int) -> list[int]:
         """One level of the tree: the top-k children of a greedy sequence's nodes (rows: the (ids, logprobs) of the
@@ -515,7 +569,10 @@ class ModelDrafter(NoDrafter):
 
     def commit(self, seq, path, accepted) -> None:
         state = self.state[id(seq)]
-        state.cached = seq.L - len(path) + 1  # the old root stays; accepted tokens are fed next time
+        # the old root stays; accepted tokens are fed next time, but for a chain's first n - 1 nodes, whose K/V its
+        # levels wrote at their positions (propose_chains; the last node was never fed)
+        root = seq.L - len(path)
+        state.cached = min(root + 1 + min(len(path) - 1, max(state.chain - 1, 0)), len(seq.tokens))
         self.cache.truncate(state.table, state.cached)
 
     def release(self, seq) -> None:
@@ -530,6 +587,7 @@ class ModelDrafter(NoDrafter):
 class DraftState:
     table: list = field(default_factory=list)  # page table in the draft's cache
     cached: int = 0  # tokens of the sequence whose draft K/V is cached
+    chain: int = 0  # draft nodes of the last proposal where it was a chain drafted by propose_chains, else 0
 
 
 def make_drafter(draft, budget, target_model, tokenizer, backend, num_pages: int, page_size: int, load_model=None,
@@ -540,7 +598,7 @@ def make_drafter(draft, budget, target_model, tokenizer, backend, num_pages: int
         return NoDrafter()
     if draft == "ngram":  # a continuation may fill the whole node budget (a draft model's depth is its draft forwards)
         return NgramDrafter(TreeBudget.parse(budget) if budget is not None else NGRAM_BUDGET)
-    budget = TreeBudget.parse(budget)
+    budget = TreeBudget.parse(budget) if budget is not None or backend.name != "cuda" else DRAFT_CHAIN_GPU
     if isinstance(draft, str) and draft.startswith("self:"):
         try:
             K = int(draft.split(":", 1)[1])

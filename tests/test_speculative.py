@@ -419,6 +419,73 @@ def test_sampled_draft_model_speculation_draws_from_plain_samplings_distribution
     assert chi2 < df + 5 * np.sqrt(2 * df), (chi2, df)  # ~4 standard deviations over the mean of chi2(df)
 
 
+@pytest.mark.parametrize("page_size", [1, 16])
+def test_draft_model_chains_wait_once_a_proposal(looping_model, monkeypatch, page_size):
+    """A width-1 budget of greedy sequences proposes its chains with one wait (ModelDrafter.propose_chains): the
+    levels' ids stay on the backend as the next level's tokens and come to the host once. The chains are the
+    level-by-level proposal's (the first proposals of a batch, compared exactly), the outputs plain greedy's, and
+    the nodes a chain's levels fed are not fed again: after the first proposal a level 0 feeds at most the last
+    accepted node and the bonus token. Budgets near the context limit cut the chains short."""
+    from minispec import drafters
+
+    prompts = [[3, 9, 4, 1, 7], [11, 2, 8, 2, 8, 2, 30, 5, 6]]
+    params = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)  # (both run to the context limit)
+    llm = LLM(model=str(looping_model), device="cpu", page_size=page_size, max_model_len=50, draft="self:1", tree=(6, 5, 1))
+    drafter = llm.engine.drafter
+    proposals, feeds, waits, caps = [], [], [], []  # per proposal: the trees, level 0's tokens per sequence, host reads
+    propose, forward, to_host = drafters.ModelDrafter.propose, drafter.model.forward, llm.backend.to_host
+
+    def spy_propose(self, seqs, budgets):
+        feeds.append(None), waits.append(0), caps.append([min(6, b) for b in budgets])
+        trees = propose(self, seqs, budgets)
+        proposals.append([(t.token_list, t.parents.tolist()) for t in trees])
+        return trees
+
+    def spy_forward(plan, cache, tokens=None):
+        if cache is drafter.cache and feeds[-1] is None:
+            feeds[-1] = np.diff(plan.cu_q).tolist()
+        return forward(plan, cache, tokens)
+
+    def spy_host(array):
+        waits[-1] += 1
+        return to_host(array)
+
+    monkeypatch.setattr(drafters.ModelDrafter, "propose", spy_propose)
+    monkeypatch.setattr(drafter.model, "forward", spy_forward)
+    monkeypatch.setattr(llm.backend, "to_host", spy_host)
+    chained = llm.generate(prompts, params)
+    chain_runs = (list(proposals), list(feeds), list(waits), list(caps))
+    proposals.clear(), feeds.clear(), waits.clear()
+    drafter.device_chains = False
+    by_level = llm.generate(prompts, params)
+    llm.use_drafter(None)
+    plain = llm.generate(prompts, params)
+    for run in (chained, by_level):
+        assert [r.token_ids for r in run] == [r.token_ids for r in plain]
+    trees, fed, waited, capped = chain_runs
+    assert trees[0] == proposals[0]
+    assert [[len(t[0]) for t in step] for step in trees] == capped and min(map(min, capped)) < 6  # full chains, or cut
+    assert all(t[1] == list(range(-1, len(t[0]) - 1)) for step in trees for t in step)
+    assert waited == [1] * len(trees)
+    assert all(n <= 2 for step in fed[1:] for n in step) and max(n for step in feeds[1:] for n in step) > 2
+    assert max(max(r.stats.accepted_lengths) for r in chained) >= 4
+    assert llm.cache.free_pages == llm.cache.num_pages and drafter.cache.free_pages == drafter.cache.num_pages
+
+
+def test_draft_models_default_budget_follows_the_device(tiny_model, monkeypatch):
+    """A draft model without --tree grows the default tree on the CPU and the chain DRAFT_CHAIN_GPU on a GPU (where
+    a tree's levels each wait for the host); a budget given is kept on either."""
+    from minispec import drafters
+
+    llm = LLM(model=str(tiny_model), device="cpu")
+    args = (llm.model, llm.tokenizer)
+    for name, tree, expected in [("cpu", None, drafters.TreeBudget()), ("cuda", None, drafters.DRAFT_CHAIN_GPU),
+                                 ("cuda", "8,4,2", drafters.TreeBudget(8, 4, 2)), ("cpu", "6,5,1", drafters.TreeBudget(6, 5, 1))]:
+        monkeypatch.setattr(llm.backend, "name", name)
+        assert drafters.make_drafter("self:1", tree, *args, llm.backend, 64, 16).budget == expected
+    assert drafters.DRAFT_CHAIN_GPU.width == 1
+
+
 def test_draft_model_batch_of_greedy_and_sampled_sequences(tiny_model):
     """A draft model's level with greedy and sampled sequences together: the rows come to the host, the greedy
     ones ranked by sampling.top_logprobs, the sampled ones kept as q. The greedy sequence gives plain greedy's

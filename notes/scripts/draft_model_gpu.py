@@ -1,9 +1,14 @@
 """Device probe: greedy generation with a draft model (the default model's first K layers, `self:K`) against plain
 greedy decoding, on the default model and the built-in input-grounded prompts: tokens/s (medians of ROUNDS after a
-warm-up, 128 tokens) and tokens a target forward. Stop 39 ran it on the final code and, in a second process, on the
-code before the draft's tree levels were ranked on the device (`.old`: git archive 1f3c822 minispec kernels):
+warm-up, 128 tokens) and tokens a target forward, for each variant:
 
-    PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights python3 notes/scripts/draft_model_gpu.py [K] [ROUNDS]
+  tree          the default tree budget (16,12,4), grown level by level with a host round trip a level
+  chain-levels  a chain (CHAIN, width 1) grown the same way (ModelDrafter.device_chains off)
+  chain         the same chain proposed with one wait (ModelDrafter.propose_chains, stop 54)
+
+Stop 39 ran its first form (plain and tree) on the final code and on `.old`; stop 54 added the chains:
+
+    PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights python3 notes/scripts/draft_model_gpu.py [K,...] [ROUNDS] [CHAIN]
 """
 import sys
 import time
@@ -14,26 +19,42 @@ from minispec import LLM, SamplingParams
 from minispec.bench import INPUT_GROUNDED, SPEC_PROMPTS
 from minispec.bench_gpu import card_name
 
-K = int(sys.argv[1]) if len(sys.argv) > 1 else 8
+KS = [int(k) for k in (sys.argv[1] if len(sys.argv) > 1 else "8").split(",")]
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+CHAIN = sys.argv[3] if len(sys.argv) > 3 else "6,5,1"
+VARIANTS = [("tree", None, True), ("chain-levels", CHAIN, False), ("chain", CHAIN, True)]
 llm = LLM(device="cuda")
-print(f"# draft_model_gpu on {card_name()}: self:{K} greedy, default tree budget, 128 tokens; tokens/s (tokens a forward)", flush=True)
+print(f"# draft_model_gpu on {card_name()}: self:K greedy, 128 tokens, chain budget {CHAIN}; tokens/s (tokens a forward)", flush=True)
 prompts = {key: llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}]) for key in INPUT_GROUNDED}
 params = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
-results = {}
+results, outputs = {}, {}
+names = ["plain"] + [f"self:{K} {name}" for K in KS for name, _, _ in VARIANTS]
+
+
+def run(name):
+    for key, ids in prompts.items():
+        llm.generate(ids, params)  # warm-up (graphs, the draft's cache)
+        start = time.perf_counter()
+        result = llm.generate(ids, params)
+        rate = len(result.token_ids) / (time.perf_counter() - start)
+        results.setdefault((name, key), []).append((rate, result.stats.tokens_per_step))
+        outputs.setdefault((name, key), result.token_ids)
+
+
 for r in range(ROUNDS):
-    for name, draft in (("plain", None), (f"self:{K}", f"self:{K}")):
-        llm.use_drafter(draft)
-        for key, ids in prompts.items():
-            llm.generate(ids, params)  # warm-up (graphs, the draft's cache)
-            start = time.perf_counter()
-            result = llm.generate(ids, params)
-            rate = len(result.token_ids) / (time.perf_counter() - start)
-            results.setdefault((name, key), []).append((rate, result.stats.tokens_per_step))
+    llm.use_drafter(None)
+    run("plain")
+    for K in KS:
+        for name, tree, chains in VARIANTS:
+            llm.use_drafter(f"self:{K}", tree)
+            llm.engine.drafter.device_chains = chains
+            run(f"self:{K} {name}")
+    print(f"round {r} done", flush=True)
 print("medians:")
 for key in prompts:
-    cells = []
-    for name in ("plain", f"self:{K}"):
+    print(key)
+    for name in names:
         rates, per = zip(*results[(name, key)])
-        cells.append(f"{name} {np.median(rates):7.0f} tok/s ({np.median(per):.2f})")
-    print(f"{key:10s} " + "  ".join(cells), flush=True)
+        got, plain = outputs[(name, key)], outputs[("plain", key)]
+        same = next((i for i, (a, b) in enumerate(zip(got, plain)) if a != b), min(len(got), len(plain)))
+        print(f"  {name:22s} {np.median(rates):7.0f} tok/s ({np.median(per):.2f} a forward; first {same} tokens as plain's)", flush=True)
