@@ -12,6 +12,8 @@ them).
              it in clusters of 2 up to 32 rows)
   o2wide     8B O in clusters of 2 (128 blocks of 256 KB) at every row count, 33-64 rows included
   gu_cublas  8B gate/up at 17-64 rows on cuBLAS, then silu_mul, instead of gemm_wgmma_glu
+  o_cublas / qkv_cublas  8B O / qkv at 33-64 rows on cuBLAS instead of gemm_wgmma (at 64 rows alone cuBLAS is 1.7 /
+             0.7 µs faster on an H200, notes/bench_gemm_h200_stop53.log)
   head_stream  8B LM head at 17-64 rows on gemm_stream instead of gemm_wgmma (two warpgroups)
   rings2     one-warpgroup gemm_wgmma rings of 10 / 9 / 6 stages (16 / 32 / 64-row x boxes), two blocks an SM, so
              that a GEMM's blocks copy their first weights beside the kernel before it
@@ -201,6 +203,9 @@ def apply(variant: str) -> None:
         elif part == "gu_cublas":  # the 8B gate/up at 17-64 rows on cuBLAS, then silu_mul
             serves = be.own_gemm_serves
             be.own_gemm_serves = lambda M, N, K, serves=serves: False if (N, K) == (28672, 4096) and M > 16 else serves(M, N, K)
+        elif part in ("o_cublas", "qkv_cublas"):  # the 8B O / qkv at 33-64 rows on cuBLAS (faster alone there, bench gemm)
+            shape, serves = O if part == "o_cublas" else QKV, be.own_gemm_serves
+            be.own_gemm_serves = lambda M, N, K, serves=serves, shape=shape: False if (N, K) == shape and M > 32 else serves(M, N, K)
         elif part == "head_stream":  # the 8B LM head at 17-64 rows on gemm_stream
             fits, serves = be.wgmma_gemm_fits, be.own_gemm_serves
             be.wgmma_gemm_fits = lambda M, N, K, fits=fits: False if N == 128256 and M > 16 else fits(M, N, K)
