@@ -442,7 +442,9 @@ class ModelDrafter(NoDrafter):
     draft forward per level over the new nodes (the same tree attention as the
     target: node i at position L + i, the root at L); the best T - 1 nodes and
     the root make the tree. The draft keeps its own paged cache; tokens the
-    target accepted are fed to it at the start of the next proposal.
+    target accepted are fed to it at the start of the next proposal. Greedy
+    chains (width 1: on a GPU the default, DRAFT_CHAIN_GPU) need no choice of
+    nodes between levels, and run their levels without the host (propose_chains).
 
     A sampled sequence's children are instead drawn from q, the draft's distribution under the sequence's
     temperature and filters (SpecInfer): verified by the SpecInfer rule, a draft that agrees with the target is
