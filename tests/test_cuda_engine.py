@@ -52,7 +52,7 @@ def test_bf16_logits_close_and_greedy_starts_identical(default_llm, gpu_bf16, pr
 
 
 SHAPES = [("ngram", (1, 1, 1)), ("ngram", (8, 7, 1)), ("ngram", (16, 6, 4)), ("ngram", (64, 8, 8)), ("self:6", (12, 4, 3)),
-          ("self:6", (6, 5, 1))]  # (the last: chains proposed with one wait, ModelDrafter.propose_chains)
+          ("self:6", (4, 3, 1))]  # (the last: the GPU's default draft chain, proposed with one wait: ModelDrafter.propose_chains)
 
 
 def speculative_and_plain(llm, prompt_ids, draft, tree):
