@@ -107,8 +107,8 @@ NGRAM_BUDGET = TreeBudget(16, 15, 4)
 # 529-569 against 276-294) though the trees took more tokens a forward (1.09-1.34 against 1.00-1.25;
 # notes/draft_model_chains_h200_stop54.log), and chains of 3 ran 1.3-1.4x chains of 5 at the same tokens a forward
 # (self:8 763-851, self:20 641-728; notes/draft_chain_length_h200_stop54.log): a verify step of 4 nodes is cheaper
-# than one of 6 (on the default model cluster decode's 4-row instance, not the 16-row fused kernel; on 8B shapes
-# 1.02x the plain step against ~1.05x), and a draft accepted at rate a per node gives as many tokens a step from 3
+# than one of 6 (on the default model cluster decode's 4-row instance, not the 16-row fused kernel; on 8B shapes a
+# 4-node step is 1.02x the plain step, a 16-node one 1.11x, and 6 nodes take the 8-row bucket between), and a draft accepted at rate a per node gives as many tokens a step from 3
 # drafts as from 5 up to a ~ 0.8 with a 1B-to-8B draft's costs. On the CPU a level costs a draft forward, whose host
 # work is all of it: there the tree (TreeBudget's default) stays.
 DRAFT_CHAIN_GPU = TreeBudget(4, 3, 1)
