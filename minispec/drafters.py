@@ -446,9 +446,9 @@ class ModelDrafter(NoDrafter):
     draft forward per level over the new nodes (the same tree attention as the
     target: node i at position L + i, the root at L); the best T - 1 nodes and
     the root make the tree. The draft keeps its own paged cache; tokens the
-    target accepted are fed to it at the start of the next proposal. Greedy
-    chains (width 1: on a GPU the default, DRAFT_CHAIN_GPU) need no choice of
-    nodes between levels, and run their levels without the host (propose_chains).
+    target accepted are fed to it at the start of the next proposal. Chains
+    (width 1: on a GPU the default, DRAFT_CHAIN_GPU) need no choice of nodes
+    between levels, and run their levels without the host (propose_chains).
 
     A sampled sequence's children are instead drawn from q, the draft's distribution under the sequence's
     temperature and filters (SpecInfer): verified by the SpecInfer rule, a draft that agrees with the target is
@@ -457,7 +457,7 @@ class ModelDrafter(NoDrafter):
     """
 
     host_only = False  # proposing runs the draft model, and its cache follows the target through commit
-    device_chains = True  # greedy chains proposed with one wait (propose_chains); False: level by level (tests)
+    device_chains = True  # chains proposed with one wait (propose_chains); False: level by level (tests)
 
     def __init__(self, model, budget: TreeBudget, num_pages: int, page_size: int, prefix_caching: bool = False):
         self.model = model
@@ -503,7 +503,7 @@ class ModelDrafter(NoDrafter):
         width, limit = self.budget.width, MAX_TREE_NODES
         caps = [min(self.budget.nodes, cap) for cap in budgets]
         greedy = [seq.params.greedy for seq in seqs]
-        if width == 1 and all(greedy) and self.device_chains:
+        if width == 1 and len(set(greedy)) == 1 and self.device_chains:
             return self.propose_chains(seqs, caps)
         items = self.catch_up(seqs)
         grows = [[0] for _ in seqs]  # per sequence: where in its frontier the nodes that grow are (Candidates.growing)
@@ -528,40 +528,56 @@ class ModelDrafter(NoDrafter):
         return [c.best(cap) if seq.params.greedy else c.tree_sampled() for seq, c, cap in zip(seqs, grown, caps)]
 
     def propose_chains(self, seqs, caps: list[int]) -> list[Tree]:
-        """Chains (a width-1 budget) of greedy sequences, with one wait on the device: each level's argmax ids stay
-        on the device and are the next level's input tokens (Model.forward's `tokens`, as Engine.decode_ahead feeds
-        a step its predecessor's token), so the levels run back to back and the host reads every level's ids once,
-        at the end. Level k feeds chain node k at position L + k (the root at L) and gives node k + 1. The chains
-        are the level-by-level proposal's (the top-1 child of each node is its argmax), whose round trip a level
-        (a draft step, then its ranked ids) cost more than the draft step itself on a GPU."""
+        """Chains (a width-1 budget) of sequences all greedy or all sampled, with one wait on the device: each
+        level's tokens stay on the device and are the next level's input tokens (Model.forward's `tokens`, as
+        Engine.decode_ahead feeds a step its predecessor's token), so the levels run back to back and the host reads
+        every level's tokens once, at the end. Level k feeds chain node k at position L + k (the root at L) and gives
+        node k + 1: its argmax, or for a sampled sequence its draw from q, the draft's distribution under the
+        sequence's sampling settings, at the next uniform of the sequence's generator (backend.draw_rows), with q
+        kept on the device beside it for SpecInfer's rule. The chains are the level-by-level proposal's (its top-1
+        child, or its one child drawn from q with the same uniform), whose round trip a level (a draft step, then its
+        ranked ids or logits rows) cost more than the draft step itself on a GPU."""
         backend, P = self.model.backend, self.cache.page_size
         lengths = [min(self.budget.depth, cap - 1) for cap in caps]  # draft nodes per chain
+        sampled = not seqs[0].params.greedy
+        # a sampled chain's uniforms, one a level: the draws the level-by-level proposal takes from the generator
+        uniforms = [seq.rng.random(n).tolist() if sampled and n else [] for seq, n in zip(seqs, lengths)]
         logits = self.model.forward(build_plan(self.catch_up(seqs), P), self.cache)
         rows = list(range(len(seqs)))  # the sequences the last level fed, in its row order
-        ids = logits.argmax_device()
-        levels = [(rows, ids.copy())]  # (a replayed graph's ids are its static output: the next replay rewrites them)
-        for level in range(1, max(lengths, default=0)):
-            going = [b for b in rows if lengths[b] > level]
-            if len(going) < len(rows):
-                where = {b: i for i, b in enumerate(rows)}
-                ids = backend.gather(ids, [where[b] for b in going])
+        levels, qs = [], []  # per level: (its sequences, their node's token); sampled: (its sequences, their q rows)
+        for level in range(max(lengths, default=0)):
+            keep = [i for i, b in enumerate(rows) if lengths[b] > level]  # the rows whose chain has node level + 1
+            rows = [rows[i] for i in keep]
+            if sampled:
+                ids, q = backend.draw_rows(logits.device, keep, [seqs[b].params for b in rows], [uniforms[b][level] for b in rows])
+                qs.append((rows, q))
+            else:
+                ids = logits.argmax_device()
+                ids = ids if len(keep) == len(logits.device) else backend.gather(ids, keep)
+            levels.append((rows, ids.copy()))  # (a replayed graph's ids are its static output: the next replay rewrites them)
+            going = [b for b in rows if lengths[b] > level + 1]
+            if not going:
+                break
             items = []
             for b in going:
                 table = self.state[id(seqs[b])].table
-                self.cache.prepare(table, seqs[b].L + level, 1)
-                items.append(StepItem.tree(table, seqs[b].L + level, Tree.single(0)))  # (the token: from `ids`)
-            ids = self.model.forward(build_plan(items, P), self.cache, ids).argmax_device()
-            rows = going
-            levels.append((rows, ids.copy()))
-        host = backend.to_host(backend.concat([ids for _, ids in levels])).tolist()
-        chains, offset = [[seq.tokens[seq.L]] for seq in seqs], 0
+                self.cache.prepare(table, seqs[b].L + level + 1, 1)
+                items.append(StepItem.tree(table, seqs[b].L + level + 1, Tree.single(0)))  # (the token: from `ids`)
+            feed = ids if len(going) == len(rows) else backend.gather(ids, [rows.index(b) for b in going])
+            logits = self.model.forward(build_plan(items, P), self.cache, feed)
+        host = backend.to_host(backend.concat([ids for _, ids in levels])).tolist() if levels else []
+        chains, q_rows, offset = [[seq.tokens[seq.L]] for seq in seqs], [[] for _ in seqs], 0
         for rows, _ in levels:
             for i, b in enumerate(rows):
-                if len(chains[b]) <= lengths[b]:
-                    chains[b].append(host[offset + i])
+                chains[b].append(host[offset + i])
             offset += len(rows)
+        for rows, q in qs:
+            for b, row in zip(rows, np.asarray(backend.to_host(q), dtype=np.float64)):
+                q_rows[b].append(row / row.sum())
         for seq, chain in zip(seqs, chains):
             self.state[id(seq)].chain = len(chain) - 1
+        if sampled:  # node k's children were drawn from q_rows[k]; the last node grew none
+            return [Tree(chain, list(range(-1, len(chain) - 1)), q=[*q, None], sampled=True) for chain, q in zip(chains, q_rows)]
         return [Tree(chain, list(range(-1, len(chain) - 1))) for chain in chains]
 
     @staticmethod

@@ -84,11 +84,12 @@ def test_speculative_agrees_with_plain_on_gpu_bf16(gpu_bf16, prompt_ids, draft, 
         assert s[:16] == p[:16]
 
 
-@pytest.mark.parametrize("draft", [None, "ngram", "self:6"])
-def test_parallel_samples_reproducible_on_gpu(gpu_bf16, draft):
+@pytest.mark.parametrize("draft,tree", [(None, None), ("ngram", (16, 8, 4)), ("self:6", (16, 8, 4)), ("self:6", (4, 3, 1))])
+def test_parallel_samples_reproducible_on_gpu(gpu_bf16, draft, tree):
     """n > 1 sampling repeats per seed: n-gram trees verified by each node's draw at its position, the draft model's trees
-    drawn from its q and verified by the SpecInfer rule on the host."""
-    gpu_bf16.use_drafter(draft, (16, 8, 4))
+    and chains drawn from its q (a chain's on the device, backend.draw_rows) and verified by the SpecInfer rule on the
+    host."""
+    gpu_bf16.use_drafter(draft, tree)
     prompt = "Repeat after me: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."
     params = SamplingParams(n=3, temperature=0.9, top_p=0.95, seed=11, max_tokens=32)
     try:

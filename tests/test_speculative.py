@@ -397,13 +397,15 @@ def test_sampled_ngram_speculation_emits_plain_samplings_tokens(looping_model, d
     assert accepted[1] > 5 and sum(v for k, v in accepted.items() if k >= 3) > 3, accepted  # drafts taken and refused
 
 
-def test_sampled_draft_model_speculation_draws_from_plain_samplings_distribution(looping_model, monkeypatch):
+@pytest.mark.parametrize("tree", [(8, 4, 2), (4, 3, 1)], ids=["tree", "chain"])
+def test_sampled_draft_model_speculation_draws_from_plain_samplings_distribution(looping_model, monkeypatch, tree):
     """End to end, lossless: the first three tokens of 1,500 samples with a draft model's trees verified follow
     the distribution of plain sampling (conftest.sampled_speculation_chi2). The prompt ends in two turns of the
     looping model's cycle, so its trees draft the cycle; at temperature 5 and top-k 3 they are accepted whole,
     in part or refused. The draft model's candidates (the target's first layer) are drawn from its q (the
     SpecInfer rule, verify.verify_sampled, which these trees reach); a residual not reduced by q after a refusal
-    took the statistic from ~6 to 245. (n-gram trees: the tokens themselves, the test above.)"""
+    took the statistic from ~6 to 245. (n-gram trees: the tokens themselves, the test above.) A chain's nodes are
+    drawn by backend.draw_rows with q kept beside them (ModelDrafter.propose_chains)."""
     from minispec import verify as verification
 
     from .conftest import sampled_speculation_chi2
@@ -412,7 +414,7 @@ def test_sampled_draft_model_speculation_draws_from_plain_samplings_distribution
     checked = verification.verify_sampled
     monkeypatch.setattr(verification, "verify_sampled", lambda tree, *args: specinfer.append(tree.sampled) or checked(tree, *args))
     plain = LLM(model=str(looping_model), device="cpu", kv_cache_tokens=1 << 15)
-    spec = LLM(model=str(looping_model), device="cpu", draft="self:1", tree=(8, 4, 2), kv_cache_tokens=1 << 15)
+    spec = LLM(model=str(looping_model), device="cpu", draft="self:1", tree=tree, kv_cache_tokens=1 << 15)
     chi2, df, accepted = sampled_speculation_chi2(plain, spec)
     assert sum(specinfer) > 100 and all(specinfer)
     assert accepted[1] > 100 and sum(v for k, v in accepted.items() if k >= 3) > 50, accepted  # drafts taken and refused
@@ -470,6 +472,42 @@ def test_draft_model_chains_wait_once_a_proposal(looping_model, monkeypatch, pag
     assert all(n <= 2 for step in fed[1:] for n in step) and max(n for step in feeds[1:] for n in step) > 2
     assert max(max(r.stats.accepted_lengths) for r in chained) >= 4
     assert llm.cache.free_pages == llm.cache.num_pages and drafter.cache.free_pages == drafter.cache.num_pages
+
+
+def test_sampled_draft_chains_draw_what_the_level_by_level_proposal_draws(looping_model, monkeypatch):
+    """Sampled chains proposed with one wait (ModelDrafter.propose_chains) draw each node from q at the uniform the
+    level-by-level proposal takes from the sequence's generator, with q kept for SpecInfer's rule
+    (backend.draw_rows): the same trees, tokens and q, so the same samples; a seed repeats them."""
+    from minispec import drafters
+
+    llm = LLM(model=str(looping_model), device="cpu", draft="self:1", tree=(4, 3, 1))
+    params = SamplingParams(n=3, temperature=1.5, top_k=5, seed=7, max_tokens=30, ignore_eos=True)
+    trees, propose = [], drafters.ModelDrafter.propose
+
+    def spy(self, seqs, budgets):
+        proposed = propose(self, seqs, budgets)
+        trees.append(proposed)
+        return proposed
+
+    monkeypatch.setattr(drafters.ModelDrafter, "propose", spy)
+    runs = []
+    for chains in (True, False, True):
+        llm.engine.drafter.device_chains = chains
+        trees.clear()
+        runs.append(([s.token_ids for s in llm.generate("abcabc", params).samples], list(trees)))
+    (chained, chain_trees), (by_level, level_trees), (again, _) = runs
+    assert chained == by_level == again and len({tuple(s) for s in chained}) > 1
+    assert len(chain_trees) == len(level_trees)
+    # (after the first step the chain keeps the K/V its levels wrote where the level-by-level proposal feeds the
+    # accepted tokens again as a chunk: the draft's float32 rows then differ in the last places)
+    for step, (step_a, step_b) in enumerate(zip(chain_trees, level_trees)):
+        for a, b in zip(step_a, step_b):
+            assert a.sampled and b.sampled and a.token_list == b.token_list and a.parents.tolist() == b.parents.tolist()
+            assert a.q[-1] is None and b.q[-1] is None
+            for x, y in zip(a.q[:-1], b.q[:-1]):
+                assert np.allclose(x, y, rtol=1e-12 if step == 0 else 1e-4, atol=0)
+    assert max(len(t) for step in chain_trees for t in step) == 4
+    assert llm.cache.free_pages == llm.cache.num_pages
 
 
 def test_draft_models_default_budget_follows_the_device(tiny_model, monkeypatch):

@@ -1611,6 +1611,13 @@ class CudaBackend:
                      np.uint64(0), np.uint64(0)), shared)
         return tokens
 
+    def draw_rows(self, logits, rows, params, uniforms):
+        """sample_rows_device's draws and, beside them on the device, each row's kept p as the draw walked it (float32
+        [R, V] in e units: p / max p, 0 where filtered): the q a draft model's sampled chain was drawn from, which
+        SpecInfer's rule reads (ModelDrafter.propose_chains normalises it on the host)."""
+        probs = self.cp.empty((len(rows), logits.shape[1]), dtype=self.cp.float32)
+        return self.sample_rows_device(logits, rows, params, uniforms, probs), probs
+
     def sample_settings(self, rows, params, uniforms):
         """sample_rows' settings on the device: a row (logits row, temperature, top_k, top_p, min_p, u) a draw,
         float64 [R, 6] (the u column is unused where the kernel computes u from a key and positions)."""

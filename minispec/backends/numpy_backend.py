@@ -204,6 +204,14 @@ class NumpyBackend:
     def sample_rows_device(self, logits, rows, params, uniforms) -> np.ndarray:
         return self.sample_rows(logits, rows, params, uniforms).astype(np.int32)
 
+    def draw_rows(self, logits, rows, params, uniforms) -> tuple[np.ndarray, np.ndarray]:
+        """Reference of CudaBackend.draw_rows: the draws of sample_rows and each row's p (float64 [R, V]), which
+        they were drawn from."""
+        from ..sampling import sample_from, target_distribution
+
+        q = np.array([target_distribution(logits[r], p) for r, p in zip(rows, params)]).reshape(len(rows), -1)
+        return np.array([sample_from(row, u) for row, u in zip(q, uniforms)], dtype=np.int32), q
+
     def attention(self, q, k_cache, v_cache, plan: StepPlan, scale: float):
         return attention(q, k_cache, v_cache, plan, scale)
 

@@ -2,13 +2,14 @@
 greedy decoding, on the default model and the built-in input-grounded prompts: tokens/s (medians of ROUNDS after a
 warm-up, 128 tokens) and tokens a target forward, for each variant:
 
-  tree          the default tree budget (16,12,4), grown level by level with a host round trip a level
+  tree          the tree budget 16,12,4 (the CPU's default), grown level by level with a host round trip a level
   chain-levels  a chain (CHAIN, width 1) grown the same way (ModelDrafter.device_chains off)
   chain         the same chain proposed with one wait (ModelDrafter.propose_chains, stop 54)
 
-Stop 39 ran its first form (plain and tree) on the final code and on `.old`; stop 54 added the chains:
+Stop 39 ran its first form (plain and tree) on the final code and on `.old`; stop 54 added the chains, and
+`sampled` (temperature 0.7, seeds 0-1: sampled chains drawn on the device or level by level, against plain sampling):
 
-    PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights python3 notes/scripts/draft_model_gpu.py [K,...] [ROUNDS] [CHAIN]
+    PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights python3 notes/scripts/draft_model_gpu.py [K,...] [ROUNDS] [CHAIN] [sampled]
 """
 import sys
 import time
@@ -22,11 +23,13 @@ from minispec.bench_gpu import card_name
 KS = [int(k) for k in (sys.argv[1] if len(sys.argv) > 1 else "8").split(",")]
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 CHAIN = sys.argv[3] if len(sys.argv) > 3 else "6,5,1"
-VARIANTS = [("tree", None, True), ("chain-levels", CHAIN, False), ("chain", CHAIN, True)]
+SAMPLED = "sampled" in sys.argv[4:]
+VARIANTS = [("tree", "16,12,4", True), ("chain-levels", CHAIN, False), ("chain", CHAIN, True)]
 llm = LLM(device="cuda")
-print(f"# draft_model_gpu on {card_name()}: self:K greedy, 128 tokens, chain budget {CHAIN}; tokens/s (tokens a forward)", flush=True)
+print(f"# draft_model_gpu on {card_name()}: self:K {'sampled (temperature 0.7, seeds 0-1)' if SAMPLED else 'greedy'}, 128 tokens, "
+      f"chain budget {CHAIN}; tokens/s (tokens a forward)", flush=True)
 prompts = {key: llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}]) for key in INPUT_GROUNDED}
-params = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
+params = SamplingParams(temperature=0.7, n=2, seed=0, max_tokens=128, ignore_eos=True) if SAMPLED else SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
 results, outputs = {}, {}
 names = ["plain"] + [f"self:{K} {name}" for K in KS for name, _, _ in VARIANTS]
 
@@ -36,7 +39,7 @@ def run(name):
         llm.generate(ids, params)  # warm-up (graphs, the draft's cache)
         start = time.perf_counter()
         result = llm.generate(ids, params)
-        rate = len(result.token_ids) / (time.perf_counter() - start)
+        rate = sum(len(s.token_ids) for s in result.samples) / (time.perf_counter() - start)
         results.setdefault((name, key), []).append((rate, result.stats.tokens_per_step))
         outputs.setdefault((name, key), result.token_ids)
 
