@@ -197,19 +197,17 @@ class NumpyBackend:
 
     def sample_rows(self, logits, rows, params, uniforms) -> np.ndarray:
         """Reference of the sample_rows kernel: inverse CDF of p at u, in token order."""
-        from ..sampling import sample_from, target_distribution
-
-        return np.array([sample_from(target_distribution(logits[r], p), u) for r, p, u in zip(rows, params, uniforms)])
+        return self.draw_rows(logits, rows, params, uniforms)[0]
 
     def sample_rows_device(self, logits, rows, params, uniforms) -> np.ndarray:
-        return self.sample_rows(logits, rows, params, uniforms).astype(np.int32)
+        return self.sample_rows(logits, rows, params, uniforms)
 
     def draw_rows(self, logits, rows, params, uniforms) -> tuple[np.ndarray, np.ndarray]:
-        """Reference of CudaBackend.draw_rows: the draws of sample_rows and each row's p (float64 [R, V]), which
-        they were drawn from."""
+        """Reference of CudaBackend.draw_rows: sample_rows' draws (int32 [R]) and each row's p (float64 [R, V]),
+        which they were drawn from."""
         from ..sampling import sample_from, target_distribution
 
-        q = np.array([target_distribution(logits[r], p) for r, p in zip(rows, params)]).reshape(len(rows), -1)
+        q = np.array([target_distribution(logits[r], p) for r, p in zip(rows, params)]) if len(rows) else np.zeros((0, np.shape(logits)[-1]))
         return np.array([sample_from(row, u) for row, u in zip(q, uniforms)], dtype=np.int32), q
 
     def attention(self, q, k_cache, v_cache, plan: StepPlan, scale: float):
