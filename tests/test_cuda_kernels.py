@@ -683,6 +683,39 @@ def test_kept_set_is_the_reference_s(settings, V):
         np.testing.assert_allclose(kept[r] / kept[r].sum(), p, rtol=2e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("V", [4099, 49152])
+def test_draw_rows_is_the_numpy_reference_s(V):
+    """backend.draw_rows (a sampled draft chain's level, ModelDrafter.propose_chains) against NumpyBackend.draw_rows:
+    rows picked out of order, each with its own settings, each uniform in the middle of a token's interval of the
+    reference CDF (so fp32 against fp64 cannot move the draw): the same tokens, and the q kept beside them, once
+    normalised, the reference's p (0 where filtered; the output is poisoned before the kernel writes it)."""
+    import cupy as cp
+
+    from minispec import SamplingParams
+    from minispec.backends.numpy_backend import NumpyBackend
+
+    be, rng = backend("bfloat16"), np.random.default_rng(V + 7)
+    logits = (rng.normal(size=(9, V)) * rng.uniform(1, 5, size=(9, 1))).astype(np.float32)
+    rows = [7, 2, 5, 0, 8]
+    params = [SamplingParams(temperature=0.7), SamplingParams(temperature=1.0, top_k=40),
+              SamplingParams(temperature=0.9, top_p=0.8), SamplingParams(temperature=1.3, min_p=0.02),
+              SamplingParams(temperature=0.6, top_k=300, top_p=0.95)]
+    _, p = NumpyBackend().draw_rows(logits, rows, params, [0.5] * len(rows))
+    wanted, uniforms = [], []
+    for row in p:  # a token with a wide interval, and u at its middle
+        token = int(rng.choice(np.flatnonzero(row >= min(1e-3, row.max()))))
+        wanted.append(token)
+        uniforms.append(float(row[:token].sum() + row[token] / 2))
+    ref_tokens, ref_q = NumpyBackend().draw_rows(logits, rows, params, uniforms)
+    assert ref_tokens.tolist() == wanted
+    tokens, q = be.draw_rows(cp.asarray(logits), rows, params, uniforms)
+    assert cp.asnumpy(tokens).tolist() == wanted
+    q = cp.asnumpy(q).astype(np.float64)
+    assert np.isfinite(q).all() and q.shape == ref_q.shape
+    assert np.array_equal(q > 0, ref_q > 0)
+    np.testing.assert_allclose(q / q.sum(axis=1, keepdims=True), ref_q, rtol=2e-5, atol=1e-9)
+
+
 def test_sampling_a_degenerate_row_gives_a_valid_token():
     """A step whose logits went NaN (or all -inf) must still hand the next step a token id in [0, V): decoding
     one step ahead feeds it to the embedding before the host sees it (an invalid id read far out of bounds)."""
