@@ -710,3 +710,68 @@ sample_rows(const float* __restrict__ logits, const double* __restrict__ setting
     int token = sample_index(p, n, begin, u, sh);
     if (threadIdx.x == 0 && token >= 0) tokens[r] = token;
 }
+
+// specinfer_rows: SpecInfer's test at the nodes of chains whose children were drawn from the draft's q (a draft
+// model's sampled chains, ModelDrafter.propose_chains), with each node's target p made as sample_rows makes it (kept
+// e units in the cluster's shared memory; never written out), so the host reads one int a node instead of the rows:
+//   a node whose child x was drawn from q (q_row >= 0): accept x iff u1 < min(1, p(x) / q(x)) (p and q normalised,
+//     the sums in a fixed order); token = -1 where accepted, else the draw at u2 from the residual
+//     r = max(p - q, 0) (sample_index: the first v whose running sum of r exceeds u2 * sum r);
+//   a node without one (q_row < 0: the chain's last): token = p's draw at u1, sample_rows' token.
+// verify.verify_sampled's rule on a chain (one child a node): the tests at a node at position L + k use the
+// uniforms of streams 1 and 2 there. settings float64 [R, 9]: row, temperature, top_k, top_p, min_p, u1, q_row,
+// child, u2; q float [Q, V]: the draft's kept q in e units (CudaBackend.draw_rows); tokens int32 [R].
+// grid (SAMPLE_CLUSTER, R), cluster (SAMPLE_CLUSTER, 1, 1), block SAMPLE_THREADS, dynamic shared memory
+// slice_len(V) floats. NumPy reference: NumpyBackend.specinfer_rows. Tests: test_cuda_kernels.py.
+extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(SAMPLE_THREADS, 2)
+specinfer_rows(const float* __restrict__ logits, const double* __restrict__ settings, const float* __restrict__ q,
+               int* __restrict__ tokens, int V) {
+    pdl_begin();
+    extern __shared__ float p[];  // [slice_len(V)]: p, then the residual
+    __shared__ SampleShared sh;
+    __shared__ float slice_p, slice_q, child_p, child_q;  // read by the cluster's blocks (never rewritten)
+    __shared__ float sum_p, sum_q;
+    __shared__ int accepted;
+    const int r = blockIdx.y, S = slice_len(V), begin = blockIdx.x * S, n = max(0, min(V, begin + S) - begin);
+    const double* s = settings + 9 * r;  // row, temperature, top_k, top_p, min_p, u1, q_row, child, u2
+    target_probs(logits + (long long)s[0] * V + begin, p, n, V, s[1], (int)s[2], s[3], s[4], sh);
+    const long long q_row = (long long)s[6];
+    if (q_row < 0) {  // the chain's last node: p's draw
+        const int token = sample_index(p, n, begin, s[5], sh);
+        if (threadIdx.x == 0 && token >= 0) tokens[r] = token;
+        return;
+    }
+    const int child = (int)s[7];
+    const float* qs = q + q_row * V + begin;
+    float ps = 0.0f, qsum = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) { ps += p[i]; qsum += qs[i]; }
+    ps = block_reduce(ps, false, sh.scratch);
+    qsum = block_reduce(qsum, false, sh.scratch);
+    if (threadIdx.x == 0) {
+        const bool here = child >= begin && child < begin + n;
+        slice_p = ps;
+        slice_q = qsum;
+        child_p = here ? p[child - begin] : 0.0f;
+        child_q = here ? qs[child - begin] : 0.0f;
+    }
+    cluster_sync();
+    if (threadIdx.x == 0) {  // every block decides alike: the slices' sums in rank order
+        float total_p = 0.0f, total_q = 0.0f;
+        for (int b = 0; b < SAMPLE_CLUSTER; b++) { total_p += load_cluster(&slice_p, b); total_q += load_cluster(&slice_q, b); }
+        const int holder = min(child / S, SAMPLE_CLUSTER - 1);
+        const double ratio = ((double)load_cluster(&child_p, holder) / total_p) / ((double)load_cluster(&child_q, holder) / total_q);
+        accepted = s[5] < fmin(1.0, ratio);  // (q(x) = 0 cannot be: x was drawn from q; NaN reads as 1, as on the host)
+        sum_p = total_p;
+        sum_q = total_q;
+    }
+    __syncthreads();
+    if (accepted) {
+        if (threadIdx.x == 0 && blockIdx.x == 0) tokens[r] = -1;
+        cluster_sync();  // (the other blocks may still read this one's sums)
+        return;
+    }
+    for (int i = threadIdx.x; i < n; i += blockDim.x) p[i] = fmaxf(p[i] / sum_p - qs[i] / sum_q, 0.0f);
+    __syncthreads();
+    const int token = sample_index(p, n, begin, s[8], sh);  // (its first cluster barrier: the sums' reads are done)
+    if (threadIdx.x == 0 && token >= 0) tokens[r] = token;
+}

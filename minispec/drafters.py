@@ -458,6 +458,7 @@ class ModelDrafter(NoDrafter):
 
     host_only = False  # proposing runs the draft model, and its cache follows the target through commit
     device_chains = True  # chains proposed with one wait (propose_chains); False: level by level (tests)
+    device_tests = True  # a sampled chain's q stays on the backend, where the target tests it; False: on the host (tests)
 
     def __init__(self, model, budget: TreeBudget, num_pages: int, page_size: int, prefix_caching: bool = False):
         self.model = model
@@ -534,7 +535,8 @@ class ModelDrafter(NoDrafter):
         every level's tokens once, at the end. Level k feeds chain node k at position L + k (the root at L) and gives
         node k + 1: its argmax, or for a sampled sequence its draw from q, the draft's distribution under the
         sequence's sampling settings, at the next uniform of the sequence's generator (backend.draw_rows), with q
-        kept on the device beside it for SpecInfer's rule. The chains are the level-by-level proposal's (its top-1
+        kept on the device beside it for SpecInfer's rule, which the target's step tests there too (Tree.q_backend,
+        verify.fetch_draws: neither q nor the target's rows come to the host; device_tests off: q does). The chains are the level-by-level proposal's (its top-1
         child, or its one child drawn from q with the same uniform), whose round trip a level (a draft step, then its
         ranked ids or logits rows) cost more than the draft step itself on a GPU."""
         backend, P = self.model.backend, self.cache.page_size
@@ -570,15 +572,18 @@ class ModelDrafter(NoDrafter):
         for rows, _ in levels:
             for i, b in enumerate(rows):
                 chains[b].append(host[offset + i])
+                q_rows[b].append(offset + i)  # (node k's q: row offset + i of the levels' q rows, in level order)
             offset += len(rows)
-        for rows, q in qs:
-            for b, row in zip(rows, np.asarray(backend.to_host(q), dtype=np.float64)):
-                q_rows[b].append(row / row.sum())
         for seq, chain in zip(seqs, chains):
             self.state[id(seq)].chain = len(chain) - 1
-        if sampled:  # node k's children were drawn from q_rows[k]; the last node grew none
-            return [Tree(chain, list(range(-1, len(chain) - 1)), q=[*q, None], sampled=True) for chain, q in zip(chains, q_rows)]
-        return [Tree(chain, list(range(-1, len(chain) - 1))) for chain in chains]
+        parents = [list(range(-1, len(chain) - 1)) for chain in chains]
+        if not sampled:
+            return [Tree(chain, up) for chain, up in zip(chains, parents)]
+        if qs and self.device_tests:  # node k's children were drawn from Q[q_rows[k]]; the last node grew none
+            Q = backend.concat([q for _, q in qs])
+            return [Tree(chain, up, sampled=True, q_backend=(Q, rows)) for chain, up, rows in zip(chains, parents, q_rows)]
+        host_q = [row / row.sum() for _, q in qs for row in np.asarray(backend.to_host(q), dtype=np.float64)]
+        return [Tree(chain, up, q=[*(host_q[j] for j in rows), None], sampled=True) for chain, up, rows in zip(chains, parents, q_rows)]
 
     @staticmethod
     def expand(seq, candidates: Candidates, nodes: list[int], grow: list[int], rows, width: int, limit: int, cap: int) -> list[int]:

@@ -106,6 +106,7 @@ class StepLogits:
         self.backend, self.device = backend, logits
         self.ids = ids  # argmax ids [R] on the backend where the step computed them already (a replayed graph)
         self._host = self._argmax = self._argmax_read = self._draws = self._draws_read = self._draw_rows = None
+        self._tests = self._tests_read = self._test_rows = None
 
     def row(self, r: int) -> "StepLogits":
         """Row r alone, copied: a replayed step's logits and ids are the graph's static buffers, which the next
@@ -154,6 +155,21 @@ class StepLogits:
             self._draws = np.full(len(self.device), -1, dtype=np.int32)
             self._draws[self._draw_rows] = self._draws_read()
         return self._draws
+
+    def fetch_tests(self, rows: list[int], params: list, uniforms, q, q_rows: list[int], children: list[int], residual_uniforms) -> None:
+        """SpecInfer's tests at chain nodes, rows `rows`, in one launch (backend.specinfer_rows, whose arguments these
+        are), the copy to the host queued for tests() to come (sampled verification of chains drafted on the backend)."""
+        self._test_rows = rows
+        self._tests_read = self.backend.to_host_soon(
+            self.backend.specinfer_rows(self.device, rows, params, uniforms, q, q_rows, children, residual_uniforms))
+
+    def tests(self) -> np.ndarray:
+        """int32 [R]: fetch_tests' outcomes at their rows (-1: the node's child accepted, else the token drawn there),
+        -2 elsewhere."""
+        if self._tests is None:
+            self._tests = np.full(len(self.device), -2, dtype=np.int32)
+            self._tests[self._test_rows] = self._tests_read()
+        return self._tests
 
     def choose(self, row: int, params, key: int, position: int) -> int:
         """One token from row `row`, a node at `position`: argmax, or drawn on the backend at u(key, position)."""

@@ -37,6 +37,9 @@ class Tree:
     parents: np.ndarray  # [T] int64, parents[0] = -1
     q: np.ndarray | None = None  # [T, V] draft distribution each node's children were sampled from (or None)
     sampled: bool = False  # True when children were sampled from q (SpecInfer rule applies)
+    # a chain drawn on the backend (ModelDrafter.propose_chains) in place of q: (Q, rows), node k's q being
+    # Q[rows[k]] (un-normalised) for each node but the last; the SpecInfer tests run there (verify.fetch_draws)
+    q_backend: tuple | None = None
     depth: np.ndarray = field(init=False)  # [T]
     anc: np.ndarray = field(init=False)  # [T] uint64
     token_list: list = field(init=False, repr=False)  # tokens as Python ints (the host's per-node loops)

@@ -18,7 +18,10 @@ position p (L + its depth) decides the token at p + 1.
   emit c with probability p(c) and else a token of p without the children.
 - Candidates sampled from q (SpecInfer multi-step rule): accept child c with
   min(1, r(c) / q(c)); on rejection r <- max(r - q, 0), renormalised. The tests
-  at a node at position p draw u(key, p) of streams 1, 2, ... in turn.
+  at a node at position p draw u(key, p) of streams 1, 2, ... in turn. A chain
+  drawn on the backend (Tree.q_backend: one child a node) is tested there, every
+  node at once (backend.specinfer_rows): whether its child is accepted, and the
+  token drawn from r if not; the walk reads one int a node (verify_tested).
 """
 
 from __future__ import annotations
@@ -67,25 +70,51 @@ def verify_sampled(tree: Tree, logits: np.ndarray, params: SamplingParams, key: 
         node = accepted
 
 
+def verify_tested(tree: Tree, tests: np.ndarray) -> tuple[list[int], int]:
+    """A chain's path and bonus from its nodes' SpecInfer tests (backend.specinfer_rows, [T]: -1 where the node's
+    child is accepted, else the token drawn there; the last node's is p's draw)."""
+    tests, path = tests.tolist(), [0]
+    while tests[path[-1]] == -1:
+        path.append(tree.children(path[-1])[0])
+    return path, tests[path[-1]]
+
+
 def fetch_draws(seqs, trees: list[Tree], logits) -> None:
     """Queue the draws verify() reads for a step's trees: every node of each sampled sequence's tree of deterministic
-    candidates at its position (node_uniforms), all in one launch (StepLogits.fetch_draws)."""
+    candidates at its position (node_uniforms), all in one launch (StepLogits.fetch_draws); and every node's test of
+    each chain drawn on the backend, in another (StepLogits.fetch_tests: the uniforms of streams 1 and 2 at the node's
+    position, verify_sampled's)."""
     rows, params, uniforms, offset = [], [], [], 0
+    tested, qs = ([], [], [], [], [], []), {}  # rows, params, u, q rows, children, residual u; id(Q) -> (Q, offset)
     for seq, tree in zip(seqs, trees):
-        if not seq.params.greedy and not tree.sampled:
+        if not seq.params.greedy and tree.q_backend is not None:
+            Q, q_rows = tree.q_backend
+            base = qs.setdefault(id(Q), (Q, sum(len(q) for q, _ in qs.values())))[1]
+            positions = seq.L + np.arange(len(tree))
+            for part, values in zip(tested, (range(offset, offset + len(tree)), [seq.params] * len(tree),
+                                             position_uniforms(seq.key, positions, 1), [base + j for j in q_rows] + [-1],
+                                             tree.token_list[1:] + [0], position_uniforms(seq.key, positions, 2))):
+                part.extend(values)
+        elif not seq.params.greedy and not tree.sampled:
             rows += range(offset, offset + len(tree))
             params += [seq.params] * len(tree)
             uniforms.append(node_uniforms(seq.key, tree, seq.L))
         offset += len(tree)
     if rows:
         logits.fetch_draws(rows, params, np.concatenate(uniforms))
+    if qs:
+        Qs = [q for q, _ in qs.values()]
+        logits.fetch_tests(*tested[:3], Qs[0] if len(Qs) == 1 else logits.backend.concat(Qs), *tested[3:])
 
 
 def verify(tree: Tree, logits, params: SamplingParams, key: int, L: int, rows: slice) -> tuple[list[int], int]:
     """One tree of a step, rooted at position L, its rows `rows` of the step's StepLogits: greedy on the argmax ids,
-    SpecInfer on the host rows for candidates drawn from q, else on the node draws StepLogits.fetch_draws queued."""
+    SpecInfer on the tests fetch_draws queued for a chain drawn on the backend, on the host rows for other candidates
+    drawn from q, else on the node draws fetch_draws queued."""
     if params.greedy:
         return verify_chosen(tree, logits.argmax()[rows])
+    if tree.q_backend is not None:
+        return verify_tested(tree, logits.tests()[rows])
     if tree.sampled:
         return verify_sampled(tree, logits.host()[rows], params, key, L)
     return verify_chosen(tree, logits.draws()[rows])

@@ -716,6 +716,61 @@ def test_draw_rows_is_the_numpy_reference_s(V):
     np.testing.assert_allclose(q / q.sum(axis=1, keepdims=True), ref_q, rtol=2e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("V", [4099, 49152])
+def test_specinfer_rows_is_the_numpy_reference_s(V):
+    """backend.specinfer_rows (SpecInfer's tests at a sampled chain's nodes, verify.fetch_draws) against
+    NumpyBackend.specinfer_rows: q the kept rows of draw_rows (e units, as the chains keep them), nodes accepted,
+    refused (the residual's draw) and last (p's draw), rows out of order, each with its own settings. Each uniform
+    sits well inside its outcome (u1 at half the acceptance ratio or halfway above it; u2 and a last node's u in
+    the middle of a token's interval of the reference CDF), so fp32 against fp64 cannot move it: the same ints."""
+    import cupy as cp
+
+    from minispec import SamplingParams
+    from minispec.backends.numpy_backend import NumpyBackend
+    from minispec.sampling import target_distribution
+
+    be, ref_be, rng = backend("bfloat16"), NumpyBackend(), np.random.default_rng(V + 11)
+    settings = [SamplingParams(temperature=0.8), SamplingParams(temperature=1.0, top_k=50),
+                SamplingParams(temperature=1.2, top_p=0.9), SamplingParams(temperature=0.9, min_p=0.01)]
+    draft = (rng.normal(size=(6, V)) * 3).astype(np.float32)
+    q_params = [settings[j % 4] for j in range(6)]
+    _, q = be.draw_rows(cp.asarray(draft), list(range(6)), q_params, [0.5] * 6)
+    q_host = cp.asnumpy(q).astype(np.float64)
+    rows = [3, 0, 7, 1, 5, 2, 9, 4, 6, 8]
+    q_rows = [0, 1, 2, 3, 4, 5, -1, -1, 0, 1]
+    target = rng.normal(size=(10, V)).astype(np.float32) * 3  # a tested row: its draft's logits, moved a little
+    for r, j in zip(rows, q_rows):
+        target[r] = draft[j] + rng.normal(size=V).astype(np.float32) * 0.7 if j >= 0 else target[r]
+    wanted_outcome = ["accept", "refuse", "accept", "refuse", "refuse", "accept", "last", "last", "refuse", "accept"]
+    params, children, uniforms, residual_uniforms = [], [], [], []
+
+    def middle_of(row):  # a token with a wide interval of row's CDF, and the u at its middle
+        token = int(rng.choice(np.flatnonzero(row >= min(1e-3, row.max()))))
+        return float((row[:token].sum() + row[token] / 2) / row.sum())
+
+    for r, j, outcome in zip(rows, q_rows, wanted_outcome):
+        settings_r = q_params[j] if j >= 0 else settings[r % 4]
+        params.append(settings_r)
+        p = target_distribution(target[r], settings_r)
+        if j < 0:
+            children.append(0)
+            uniforms.append(middle_of(p))
+            residual_uniforms.append(0.5)
+            continue
+        q_node = q_host[j] / q_host[j].sum()
+        ratio = np.where(q_node > 0, p / np.where(q_node > 0, q_node, 1), 0)
+        pick = (q_node > 1e-4) & ((ratio > 0.05) if outcome == "accept" else (ratio < 0.9))
+        child = int(rng.choice(np.flatnonzero(pick)))
+        children.append(child)
+        a = min(1.0, ratio[child])
+        uniforms.append(a / 2 if outcome == "accept" else (a + 1) / 2)
+        residual_uniforms.append(middle_of(np.maximum(p - q_node, 0.0)))
+    expected = ref_be.specinfer_rows(target, rows, params, uniforms, q_host, q_rows, children, residual_uniforms)
+    assert [("accept" if t == -1 else "refuse") if j >= 0 else "last" for t, j in zip(expected, q_rows)] == wanted_outcome
+    got = be.specinfer_rows(cp.asarray(target), rows, params, uniforms, q, q_rows, children, residual_uniforms)
+    assert cp.asnumpy(got).tolist() == expected.tolist()
+
+
 def test_sampling_a_degenerate_row_gives_a_valid_token():
     """A step whose logits went NaN (or all -inf) must still hand the next step a token id in [0, V): decoding
     one step ahead feeds it to the embedding before the host sees it (an invalid id read far out of bounds)."""

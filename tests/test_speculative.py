@@ -405,14 +405,16 @@ def test_sampled_draft_model_speculation_draws_from_plain_samplings_distribution
     in part or refused. The draft model's candidates (the target's first layer) are drawn from its q (the
     SpecInfer rule, verify.verify_sampled, which these trees reach); a residual not reduced by q after a refusal
     took the statistic from ~6 to 245. (n-gram trees: the tokens themselves, the test above.) A chain's nodes are
-    drawn by backend.draw_rows with q kept beside them (ModelDrafter.propose_chains)."""
+    drawn by backend.draw_rows with q kept beside them (ModelDrafter.propose_chains), and tested on the backend
+    (backend.specinfer_rows, read by verify.verify_tested)."""
     from minispec import verify as verification
 
     from .conftest import sampled_speculation_chi2
 
-    specinfer = []  # whether each tree verify_sampled saw was drawn from q
-    checked = verification.verify_sampled
-    monkeypatch.setattr(verification, "verify_sampled", lambda tree, *args: specinfer.append(tree.sampled) or checked(tree, *args))
+    specinfer = []  # whether each tree the rule saw was drawn from q
+    rule = "verify_tested" if tree[2] == 1 else "verify_sampled"
+    checked = getattr(verification, rule)
+    monkeypatch.setattr(verification, rule, lambda tree, *args: specinfer.append(tree.sampled) or checked(tree, *args))
     plain = LLM(model=str(looping_model), device="cpu", kv_cache_tokens=1 << 15)
     spec = LLM(model=str(looping_model), device="cpu", draft="self:1", tree=tree, kv_cache_tokens=1 << 15)
     chi2, df, accepted = sampled_speculation_chi2(plain, spec)
@@ -477,7 +479,8 @@ def test_draft_model_chains_wait_once_a_proposal(looping_model, monkeypatch, pag
 def test_sampled_draft_chains_draw_what_the_level_by_level_proposal_draws(looping_model, monkeypatch):
     """Sampled chains proposed with one wait (ModelDrafter.propose_chains) draw each node from q at the uniform the
     level-by-level proposal takes from the sequence's generator, with q kept for SpecInfer's rule
-    (backend.draw_rows): the same trees, tokens and q, so the same samples; a seed repeats them."""
+    (backend.draw_rows) on the backend, where the target tests them (Tree.q_backend): the same trees, tokens and q,
+    so the same samples; a seed repeats them."""
     from minispec import drafters
 
     llm = LLM(model=str(looping_model), device="cpu", draft="self:1", tree=(4, 3, 1))
@@ -503,9 +506,11 @@ def test_sampled_draft_chains_draw_what_the_level_by_level_proposal_draws(loopin
     for step, (step_a, step_b) in enumerate(zip(chain_trees, level_trees)):
         for a, b in zip(step_a, step_b):
             assert a.sampled and b.sampled and a.token_list == b.token_list and a.parents.tolist() == b.parents.tolist()
-            assert a.q[-1] is None and b.q[-1] is None
-            for x, y in zip(a.q[:-1], b.q[:-1]):
-                assert np.allclose(x, y, rtol=1e-12 if step == 0 else 1e-4, atol=0)
+            assert a.q is None and b.q[-1] is None
+            Q, rows = a.q_backend  # (node k's q: Q[rows[k]], on the backend: the target tests it there)
+            assert len(rows) == len(a) - 1
+            for j, y in zip(rows, b.q[:-1]):
+                assert np.allclose(Q[j] / Q[j].sum(), y, rtol=1e-12 if step == 0 else 1e-4, atol=0)
     assert max(len(t) for step in chain_trees for t in step) == 4
     assert llm.cache.free_pages == llm.cache.num_pages
 

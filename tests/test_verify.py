@@ -90,3 +90,45 @@ def test_candidates_sampled_from_q_are_lossless():
         tree = Tree(tokens=[0, *children], parents=[-1, 0, 0, 0], q=q_rows, sampled=True)
         counts[first_emitted(tree, logits, params, rng)] += 1
     assert total_variation(counts, p) < 0.01
+
+
+def test_a_chain_tested_on_the_backend_walks_as_verify_sampled():
+    """A chain drawn on the backend (Tree.q_backend) is tested there, every node at once (backend.specinfer_rows,
+    queued by fetch_draws, read by verify via verify_tested): the path and bonus of verify_sampled's walk on the
+    host rows with the same q, for random chains, settings, keys and positions, several sequences in one step.
+    Chains accepted whole, in part and refused at the first node (the residual's draw), and roots alone, all occur."""
+    from types import SimpleNamespace
+
+    from minispec.backends.numpy_backend import NumpyBackend
+    from minispec.model import StepLogits
+    from minispec.verify import fetch_draws, verify as verify_step
+
+    rng, V, outcomes = np.random.default_rng(5), 40, set()
+    settings = [SamplingParams(temperature=0.9), SamplingParams(temperature=1.3, top_k=12), SamplingParams(temperature=0.7, top_p=0.9)]
+    for trial in range(150):
+        seqs, trees, host_trees, q_all = [], [], [], []
+        for b in range(int(rng.integers(1, 4))):
+            params = settings[int(rng.integers(len(settings)))]
+            depth = int(rng.integers(0, 5))
+            # q: a random draft row (V = 40 and top-k 12: children are still taken often enough)
+            q = [target_distribution(rng.normal(size=V) * 2, params) for _ in range(depth)]
+            chain = [int(rng.integers(V))] + [int(rng.choice(V, p=row)) for row in q]
+            scale = rng.uniform(0.5, 3) if q else 1.0
+            rows = [len(q_all) + k for k in range(depth)]
+            q_all += [row * scale for row in q]  # (un-normalised on the backend)
+            seqs.append(SimpleNamespace(params=params, key=int(rng.integers(0, 2**63)), L=int(rng.integers(5, 500))))
+            trees.append((chain, rows))
+            host_trees.append(Tree(chain, list(range(-1, depth)), q=[*q, None], sampled=True))
+        Q = np.array(q_all) if q_all else np.zeros((0, V))
+        trees = [Tree(chain, list(range(-1, len(chain) - 1)), sampled=True, q_backend=(Q, rows)) for chain, rows in trees]
+        logits = rng.normal(size=(sum(map(len, trees)), V)).astype(np.float32)
+        step = StepLogits(NumpyBackend(), logits)
+        fetch_draws(seqs, trees, step)
+        offset = 0
+        for seq, tree, host_tree in zip(seqs, trees, host_trees):
+            rows = slice(offset, offset + len(tree))
+            path, bonus = verify_step(tree, step, seq.params, seq.key, seq.L, rows)
+            assert (path, bonus) == verify_sampled(host_tree, logits[rows], seq.params, seq.key, seq.L)
+            outcomes.add("root" if len(tree) == 1 else "whole" if len(path) == len(tree) else "taken" if len(path) > 1 else "refused")
+            offset += len(tree)
+    assert outcomes == {"root", "whole", "taken", "refused"}

@@ -1614,9 +1614,24 @@ class CudaBackend:
     def draw_rows(self, logits, rows, params, uniforms):
         """sample_rows_device's draws and, beside them on the device, each row's kept p as the draw walked it (float32
         [R, V] in e units: p / max p, 0 where filtered): the q a draft model's sampled chain was drawn from, which
-        SpecInfer's rule reads (ModelDrafter.propose_chains normalises it on the host)."""
+        SpecInfer's rule reads (specinfer_rows)."""
         probs = self.cp.empty((len(rows), logits.shape[1]), dtype=self.cp.float32)
         return self.sample_rows_device(logits, rows, params, uniforms, probs), probs
+
+    def specinfer_rows(self, logits, rows, params, uniforms, q, q_rows, children, residual_uniforms):
+        """SpecInfer's test at chain nodes (kernels/sampling.cu, specinfer_rows), left on the device (int32 [R], not
+        waited for): -1 where row rows[r]'s child children[r], drawn from q[q_rows[r]] (kept e units, draw_rows'),
+        is accepted at uniforms[r]; else the residual's draw at residual_uniforms[r]; where q_rows[r] < 0 (a chain's
+        last node), p's draw at uniforms[r]. p: the row under params[r]."""
+        cp = self.cp
+        logits = cp.ascontiguousarray(logits)
+        R, V = len(rows), logits.shape[1]
+        tokens = cp.empty(R, dtype=cp.int32)
+        settings = self.put([(row, p.temperature, p.top_k, p.top_p, p.min_p, u, j, c, w)
+                             for row, p, u, j, c, w in zip(rows, params, uniforms, q_rows, children, residual_uniforms)], np.float64)
+        kernel, shared = self.sampling_kernel("specinfer_rows", V)
+        self.launch(kernel, (SAMPLE_CLUSTER, R), (SAMPLE_THREADS,), (logits, settings, cp.ascontiguousarray(q), tokens, np.int32(V)), shared)
+        return tokens
 
     def sample_settings(self, rows, params, uniforms):
         """sample_rows' settings on the device: a row (logits row, temperature, top_k, top_p, min_p, u) a draw,

@@ -210,6 +210,22 @@ class NumpyBackend:
         q = np.array([target_distribution(logits[r], p) for r, p in zip(rows, params)]) if len(rows) else np.zeros((0, np.shape(logits)[-1]))
         return np.array([sample_from(row, u) for row, u in zip(q, uniforms)], dtype=np.int32), q
 
+    def specinfer_rows(self, logits, rows, params, uniforms, q, q_rows, children, residual_uniforms) -> np.ndarray:
+        """Reference of CudaBackend.specinfer_rows: verify.verify_sampled's test at a chain's node (its one child
+        drawn from q, normalised here), int32 [R]: -1 where accepted, else the residual's draw; p's draw where
+        q_rows[r] < 0."""
+        from ..sampling import sample_from, target_distribution
+
+        tokens = []
+        for row, settings, u, j, child, w in zip(rows, params, uniforms, q_rows, children, residual_uniforms):
+            p = target_distribution(logits[row], settings)
+            if j < 0:
+                tokens.append(sample_from(p, u))
+                continue
+            q_node = q[j] / q[j].sum()
+            tokens.append(-1 if u < min(1.0, p[child] / q_node[child]) else sample_from(np.maximum(p - q_node, 0.0), w))
+        return np.array(tokens, dtype=np.int32)
+
     def attention(self, q, k_cache, v_cache, plan: StepPlan, scale: float):
         return attention(q, k_cache, v_cache, plan, scale)
 

@@ -6,10 +6,14 @@ warm-up, 128 tokens) and tokens a target forward, for each variant:
   chain-levels  a chain (CHAIN, width 1) grown the same way (ModelDrafter.device_chains off)
   chain         the same chain proposed with one wait (ModelDrafter.propose_chains, stop 54)
 
-Stop 39 ran its first form (plain and tree) on the final code and on `.old`; stop 54 added the chains, and
-`sampled` (temperature 0.7, seeds 0-1: sampled chains drawn on the device or level by level, against plain sampling):
+  chain-host-tests  the chain with one wait, its q brought to the host and tested there (ModelDrafter.device_tests
+                off; sampled only: before stop 55 every sampled chain was verified so)
 
-    PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights python3 notes/scripts/draft_model_gpu.py [K,...] [ROUNDS] [CHAIN] [sampled]
+Stop 39 ran its first form (plain and tree) on the final code and on `.old`; stop 54 added the chains, and
+`sampled` (temperature 0.7, seeds 0-1: sampled chains drawn on the device or level by level, against plain sampling);
+stop 55 the host-tested chain and `only=NAME,...` (the variants to run):
+
+    PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights python3 notes/scripts/draft_model_gpu.py [K,...] [ROUNDS] [CHAIN] [sampled] [only=...]
 """
 import sys
 import time
@@ -24,14 +28,17 @@ KS = [int(k) for k in (sys.argv[1] if len(sys.argv) > 1 else "8").split(",")]
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 CHAIN = sys.argv[3] if len(sys.argv) > 3 else "6,5,1"
 SAMPLED = "sampled" in sys.argv[4:]
-VARIANTS = [("tree", "16,12,4", True), ("chain-levels", CHAIN, False), ("chain", CHAIN, True)]
+ONLY = next((a[5:].split(",") for a in sys.argv[4:] if a.startswith("only=")), None)
+VARIANTS = [("tree", "16,12,4", True, True), ("chain-levels", CHAIN, False, True), ("chain", CHAIN, True, True),
+            ("chain-host-tests", CHAIN, True, False)]
+VARIANTS = [v for v in VARIANTS if (ONLY is None and (SAMPLED or v[0] != "chain-host-tests")) or (ONLY and v[0] in ONLY)]
 llm = LLM(device="cuda")
 print(f"# draft_model_gpu on {card_name()}: self:K {'sampled (temperature 0.7, seeds 0-1)' if SAMPLED else 'greedy'}, 128 tokens, "
       f"chain budget {CHAIN}; tokens/s (tokens a forward)", flush=True)
 prompts = {key: llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}]) for key in INPUT_GROUNDED}
 params = SamplingParams(temperature=0.7, n=2, seed=0, max_tokens=128, ignore_eos=True) if SAMPLED else SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
 results, outputs = {}, {}
-names = ["plain"] + [f"self:{K} {name}" for K in KS for name, _, _ in VARIANTS]
+names = ["plain"] + [f"self:{K} {name}" for K in KS for name, _, _, _ in VARIANTS]
 
 
 def run(name):
@@ -48,9 +55,10 @@ for r in range(ROUNDS):
     llm.use_drafter(None)
     run("plain")
     for K in KS:
-        for name, tree, chains in VARIANTS:
+        for name, tree, chains, tests in VARIANTS:
             llm.use_drafter(f"self:{K}", tree)
             llm.engine.drafter.device_chains = chains
+            llm.engine.drafter.device_tests = tests
             run(f"self:{K} {name}")
     print(f"round {r} done", flush=True)
 print("medians:")
