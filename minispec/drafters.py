@@ -504,8 +504,13 @@ class ModelDrafter(NoDrafter):
         width, limit = self.budget.width, MAX_TREE_NODES
         caps = [min(self.budget.nodes, cap) for cap in budgets]
         greedy = [seq.params.greedy for seq in seqs]
-        if width == 1 and len(set(greedy)) == 1 and self.device_chains:
-            return self.propose_chains(seqs, caps)
+        if width == 1 and self.device_chains:  # greedy and sampled sequences chain apart: a wait for each kind
+            trees = [None] * len(seqs)
+            for kind in set(greedy):
+                group = [b for b, g in enumerate(greedy) if g == kind]
+                for b, tree in zip(group, self.propose_chains([seqs[b] for b in group], [caps[b] for b in group])):
+                    trees[b] = tree
+            return trees
         items = self.catch_up(seqs)
         grows = [[0] for _ in seqs]  # per sequence: where in its frontier the nodes that grow are (Candidates.growing)
         rows = self.forward(items, [1] * len(seqs), greedy, grows)  # per sequence: the root's row
@@ -529,7 +534,8 @@ class ModelDrafter(NoDrafter):
         return [c.best(cap) if seq.params.greedy else c.tree_sampled() for seq, c, cap in zip(seqs, grown, caps)]
 
     def propose_chains(self, seqs, caps: list[int]) -> list[Tree]:
-        """Chains (a width-1 budget) of sequences all greedy or all sampled, with one wait on the device: each
+        """Chains (a width-1 budget) of sequences all greedy or all sampled (propose splits a batch of both), with
+        one wait on the device: each
         level's tokens stay on the device and are the next level's input tokens (Model.forward's `tokens`, as
         Engine.decode_ahead feeds a step its predecessor's token), so the levels run back to back and the host reads
         every level's tokens once, at the end. Level k feeds chain node k at position L + k (the root at L) and gives

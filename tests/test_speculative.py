@@ -515,6 +515,39 @@ def test_sampled_draft_chains_draw_what_the_level_by_level_proposal_draws(loopin
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
+def test_draft_model_chains_for_a_batch_of_greedy_and_sampled_sequences(looping_model, monkeypatch):
+    """A chain budget with greedy and sampled sequences in one batch: each kind's chains are proposed apart
+    (propose_chains, a wait each), not level by level. The greedy sequence gives plain greedy's tokens, the sampled
+    one the level-by-level proposal's (the same draws from its generator) and repeats itself; both pools get every
+    page back."""
+    from minispec import drafters
+
+    llm = LLM(model=str(looping_model), device="cpu", draft="self:1", tree=(4, 3, 1))
+    prompts = ["abcabc", "abcab"]
+    params = [SamplingParams(temperature=0, max_tokens=30, ignore_eos=True),
+              SamplingParams(temperature=1.5, top_k=5, seed=3, max_tokens=30, ignore_eos=True)]
+    groups, chains = [], drafters.ModelDrafter.propose_chains
+
+    def spy(self, seqs, caps):
+        groups.append(tuple(s.params.greedy for s in seqs))
+        return chains(self, seqs, caps)
+
+    monkeypatch.setattr(drafters.ModelDrafter, "propose_chains", spy)
+    chained = [r.token_ids for r in llm.generate(prompts, params)]
+    assert (True,) in groups and (False,) in groups and all(len(g) == 1 for g in groups)
+    again = [r.token_ids for r in llm.generate(prompts, params)]
+    groups.clear()
+    llm.engine.drafter.device_chains = False
+    by_level = [r.token_ids for r in llm.generate(prompts, params)]
+    assert not groups
+    drafter = llm.engine.drafter
+    assert drafter.cache.free_pages == drafter.cache.num_pages
+    llm.use_drafter(None)
+    plain = llm.generate(prompts[0], params[0]).token_ids
+    assert chained == again == by_level and chained[0] == plain
+    assert llm.cache.free_pages == llm.cache.num_pages
+
+
 def test_draft_models_default_budget_follows_the_device(tiny_model, monkeypatch):
     """A draft model without --tree grows the default tree on the CPU and the chain DRAFT_CHAIN_GPU on a GPU (where
     a tree's levels each wait for the host); a budget given is kept on either."""
