@@ -84,11 +84,14 @@ def bench_spec(args) -> None:
     from .llm import LLM
     from .sampling import SamplingParams
 
+    from .drafters import DRAFT_BUDGET, TreeBudget
+
     T = 16
-    configs = [("plain", None, None), (f"chain T={T}", "ngram", (T, T - 1, 1)), (f"tree T={T}", "ngram", (T, T - 1, 4))]
-    if args.draft and args.draft != "ngram":
-        configs += [(f"{args.draft} chain", args.draft, (8, 7, 1)), (f"{args.draft} tree", args.draft, (T, 5, 3))]
     llm = LLM(model=args.model, device=args.device, dtype=args.dtype, kv_cache_tokens=args.kv_cache_tokens, kv_memory_fraction=args.kv_memory_fraction)
+    configs = [("plain", None, None), (f"chain T={T}", "ngram", (T, T - 1, 1)), (f"tree T={T}", "ngram", (T, T - 1, 4))]
+    if args.draft and args.draft != "ngram":  # a draft model's default budget (a chain), and a tree
+        budgets = [DRAFT_BUDGET, TreeBudget()]
+        configs += [(f"{args.draft} {b.nodes},{b.depth},{b.width}", args.draft, (b.nodes, b.depth, b.width)) for b in budgets]
     params = SamplingParams(temperature=0, max_tokens=48 if args.quick else 128)
     prompts = {k: v for k, v in SPEC_PROMPTS.items() if not args.quick or k in ("summarise", "chat")}
     print(f"minispec bench spec: {llm.model_dir.name} on {llm.backend.describe()}, greedy, {params.max_tokens} new tokens")

@@ -22,7 +22,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--draft", default=None, help="speculative drafter: ngram, self:K (first K layers) or a draft model directory (the default "
                        "model drafting for itself is slower than plain decoding: README, 'Speculation end to end')")
     group.add_argument("--tree", default=None, help="tree budget T,depth,width (default 16,15,4 for ngram; for a draft model, whose depth is its draft "
-                       "forwards, 16,12,4 on the CPU and the chain 4,3,1 on a GPU, where a chain's levels need no host round trip; width 1 = chain; T <= 64)")
+                       "forwards, the chain 4,3,1, whose levels need no host round trip; width 1 = chain; T <= 64)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, temperature: float) -> None:

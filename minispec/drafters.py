@@ -101,17 +101,20 @@ NGRAM_COMMON = 5
 # 4.91x, no prompt slower.
 NGRAM_BUDGET = TreeBudget(16, 15, 4)
 
-# A draft model's default on a GPU: a chain of 3 drafts, proposed with one wait (ModelDrafter.propose_chains). A tree
+# A draft model's default: a chain of 3 drafts, proposed with one wait (ModelDrafter.propose_chains). A tree
 # needs the host at every level (which nodes grow next); on an H200 the default model drafting for itself, greedy,
-# ran 2.0-2.2x faster on chains of 5 than on the default tree (self:8 677-730 against 336-346 tokens/s, self:20
+# ran 2.0-2.2x faster on chains of 5 than on the tree 16,12,4 (self:8 677-730 against 336-346 tokens/s, self:20
 # 529-569 against 276-294) though the trees took more tokens a forward (1.09-1.34 against 1.00-1.25;
 # notes/draft_model_chains_h200_stop54.log), and chains of 3 ran 1.3-1.4x chains of 5 at the same tokens a forward
 # (self:8 763-851, self:20 641-728; notes/draft_chain_length_h200_stop54.log): a verify step of 4 nodes is cheaper
 # than one of 6 (on the default model cluster decode's 4-row instance, not the 16-row fused kernel; on 8B shapes a
-# 4-node step is 1.02x the plain step, a 16-node one 1.11x, and 6 nodes take the 8-row bucket between), and a draft accepted at rate a per node gives as many tokens a step from 3
-# drafts as from 5 up to a ~ 0.8 with a 1B-to-8B draft's costs. On the CPU a level costs a draft forward, whose host
-# work is all of it: there the tree (TreeBudget's default) stays.
-DRAFT_CHAIN_GPU = TreeBudget(4, 3, 1)
+# 4-node step is 1.02x the plain step, a 16-node one 1.11x, and 6 nodes take the 8-row bucket between), and a draft
+# accepted at rate a per node gives as many tokens a step from 3 drafts as from 5 up to a ~ 0.8 with a 1B-to-8B
+# draft's costs. The CPU kept the tree until stop 55, on the reasoning that there a level's cost is its draft
+# forward whatever its shape; but the tree's levels are 12 forwards over up to 16 rows against the chain's 3 of one,
+# and `minispec bench spec --device cpu` ran the chain 2.6-3.1x faster (self:8 11.5-13.0 against 4.4-4.7 tokens/s,
+# self:20 8.7-11.0 against 3.4-3.8, at 0.96-1.22 against 1.00-1.32 tokens a forward; notes/bench_spec_cpu_stop55.log).
+DRAFT_BUDGET = TreeBudget(4, 3, 1)
 
 
 def best_subtree(tokens: list[int], parents: list[int], score, nodes: int, width: int | None = None) -> Tree:
@@ -447,7 +450,7 @@ class ModelDrafter(NoDrafter):
     target: node i at position L + i, the root at L); the best T - 1 nodes and
     the root make the tree. The draft keeps its own paged cache; tokens the
     target accepted are fed to it at the start of the next proposal. Chains
-    (width 1: on a GPU the default, DRAFT_CHAIN_GPU) need no choice of nodes
+    (width 1: the default, DRAFT_BUDGET) need no choice of nodes
     between levels, and run their levels without the host (propose_chains).
 
     A sampled sequence's children are instead drawn from q, the draft's distribution under the sequence's
@@ -631,7 +634,7 @@ def make_drafter(draft, budget, target_model, tokenizer, backend, num_pages: int
         return NoDrafter()
     if draft == "ngram":  # a continuation may fill the whole node budget (a draft model's depth is its draft forwards)
         return NgramDrafter(TreeBudget.parse(budget) if budget is not None else NGRAM_BUDGET)
-    budget = TreeBudget.parse(budget) if budget is not None or backend.name != "cuda" else DRAFT_CHAIN_GPU
+    budget = TreeBudget.parse(budget) if budget is not None else DRAFT_BUDGET
     if isinstance(draft, str) and draft.startswith("self:"):
         try:
             K = int(draft.split(":", 1)[1])

@@ -53,7 +53,7 @@ class LLM:
     "cuda" or "auto". draft: None (plain decoding), "ngram", "self:K" (the
     target's first K layers) or a draft model directory with the same
     tokenizer. tree: budget (T, depth, width) or "T,depth,width"; width 1 is a chain
-    (default: 16,15,4 for ngram; for a draft model 16,12,4 on the CPU, 4,3,1 on a GPU).
+    (default: 16,15,4 for ngram; for a draft model the chain 4,3,1).
     kv_cache_tokens sizes the KV page pool; by default the GPU pool takes
     kv_memory_fraction of the memory left free after the weights.
     prefix_caching: keep each finished request's full KV pages in the pool (until
