@@ -81,10 +81,9 @@ class SpeculationRounds:
 
 
 def bench_spec(args) -> None:
+    from .drafters import DRAFT_BUDGET, TreeBudget
     from .llm import LLM
     from .sampling import SamplingParams
-
-    from .drafters import DRAFT_BUDGET, TreeBudget
 
     T = 16
     llm = LLM(model=args.model, device=args.device, dtype=args.dtype, kv_cache_tokens=args.kv_cache_tokens, kv_memory_fraction=args.kv_memory_fraction)

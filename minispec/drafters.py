@@ -538,16 +538,16 @@ class ModelDrafter(NoDrafter):
 
     def propose_chains(self, seqs, caps: list[int]) -> list[Tree]:
         """Chains (a width-1 budget) of sequences all greedy or all sampled (propose splits a batch of both), with
-        one wait on the device: each
-        level's tokens stay on the device and are the next level's input tokens (Model.forward's `tokens`, as
-        Engine.decode_ahead feeds a step its predecessor's token), so the levels run back to back and the host reads
-        every level's tokens once, at the end. Level k feeds chain node k at position L + k (the root at L) and gives
-        node k + 1: its argmax, or for a sampled sequence its draw from q, the draft's distribution under the
-        sequence's sampling settings, at the next uniform of the sequence's generator (backend.draw_rows), with q
-        kept on the device beside it for SpecInfer's rule, which the target's step tests there too (Tree.q_backend,
-        verify.fetch_draws: neither q nor the target's rows come to the host; device_tests off: q does). The chains are the level-by-level proposal's (its top-1
-        child, or its one child drawn from q with the same uniform), whose round trip a level (a draft step, then its
-        ranked ids or logits rows) cost more than the draft step itself on a GPU."""
+        one wait on the device: each level's tokens stay on the device and are the next level's input tokens
+        (Model.forward's `tokens`, as Engine.decode_ahead feeds a step its predecessor's token), so the levels run
+        back to back and the host reads every level's tokens once, at the end. Level k feeds chain node k at
+        position L + k (the root at L) and gives node k + 1: its argmax, or for a sampled sequence its draw from q,
+        the draft's distribution under the sequence's sampling settings, at the next uniform of the sequence's
+        generator (backend.draw_rows), with q kept on the device beside it for SpecInfer's rule, which the target's
+        step tests there too (Tree.q_backend, verify.fetch_draws: neither q nor the target's rows come to the host;
+        with device_tests off, q does). The chains are the level-by-level proposal's (its top-1 child, or its one
+        child drawn from q with the same uniform), whose round trip a level (a draft step, then its ranked ids or
+        logits rows) cost more than the draft step itself on a GPU."""
         backend, P = self.model.backend, self.cache.page_size
         lengths = [min(self.budget.depth, cap - 1) for cap in caps]  # draft nodes per chain
         sampled = not seqs[0].params.greedy
