@@ -84,11 +84,29 @@ def test_speculative_agrees_with_plain_on_gpu_bf16(gpu_bf16, prompt_ids, draft, 
         assert s[:16] == p[:16]
 
 
+def test_sampled_chains_tested_on_the_device_give_the_host_tests_samples(gpu_fp32):
+    """A sampled draft chain's SpecInfer tests on the device (backend.specinfer_rows: p made in the kernel, q kept on
+    the device) give the samples of the same chains tested on the host (q and the target's rows copied,
+    verify.verify_sampled in float64), fp32, n = 3: the two differ only where a uniform falls within float32's
+    rounding of an acceptance ratio or a CDF boundary."""
+    gpu_fp32.use_drafter("self:6", (4, 3, 1))
+    prompt = "Repeat after me: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."
+    params = SamplingParams(n=3, temperature=0.9, top_p=0.95, seed=5, max_tokens=48)
+    try:
+        runs = []
+        for device_tests in (True, False):
+            gpu_fp32.engine.drafter.device_tests = device_tests
+            runs.append([s.token_ids for s in gpu_fp32.generate(prompt, params).samples])
+        assert runs[0] == runs[1] and len({tuple(r) for r in runs[0]}) > 1
+    finally:
+        gpu_fp32.use_drafter(None)
+
+
 @pytest.mark.parametrize("draft,tree", [(None, None), ("ngram", (16, 8, 4)), ("self:6", (16, 8, 4)), ("self:6", (4, 3, 1))])
 def test_parallel_samples_reproducible_on_gpu(gpu_bf16, draft, tree):
     """n > 1 sampling repeats per seed: n-gram trees verified by each node's draw at its position, the draft model's trees
-    and chains drawn from its q (a chain's on the device, backend.draw_rows) and verified by the SpecInfer rule on the
-    host."""
+    and chains drawn from its q (a chain's on the device, backend.draw_rows) and verified by the SpecInfer rule (a
+    tree's on the host, a chain's on the device: backend.specinfer_rows)."""
     gpu_bf16.use_drafter(draft, tree)
     prompt = "Repeat after me: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."
     params = SamplingParams(n=3, temperature=0.9, top_p=0.95, seed=11, max_tokens=32)
