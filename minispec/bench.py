@@ -91,9 +91,11 @@ def bench_spec(args) -> None:
     if args.draft and args.draft != "ngram":  # a draft model's default budget (a chain), and a tree
         budgets = [DRAFT_BUDGET, TreeBudget()]
         configs += [(f"{args.draft} {b.nodes},{b.depth},{b.width}", args.draft, (b.nodes, b.depth, b.width)) for b in budgets]
-    params = SamplingParams(temperature=0, max_tokens=48 if args.quick else 128)
+    temperature = getattr(args, "temperature", 0.0)
+    params = SamplingParams(temperature=temperature, seed=getattr(args, "seed", 0), max_tokens=48 if args.quick else 128)
     prompts = {k: v for k, v in SPEC_PROMPTS.items() if not args.quick or k in ("summarise", "chat")}
-    print(f"minispec bench spec: {llm.model_dir.name} on {llm.backend.describe()}, greedy, {params.max_tokens} new tokens")
+    how = f"sampled at temperature {temperature}, seed {params.seed}" if temperature else "greedy"
+    print(f"minispec bench spec: {llm.model_dir.name} on {llm.backend.describe()}, {how}, {params.max_tokens} new tokens")
     print(f"{'prompt':<10} {'decoding':<14} {'tokens/forward':>15} {'tokens/s':>9} {'speed-up':>9}  tokens equal to plain")
     for name, text in prompts.items():
         ids = llm.chat_prompt([{"role": "user", "content": text}])

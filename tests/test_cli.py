@@ -71,3 +71,20 @@ def test_settings_that_would_be_ignored_are_usage_errors():
     assert result.returncode == 2 and "give --draft too" in result.stderr
     result = run("chat", "-n", "2")  # chat streams one reply a turn
     assert result.returncode == 2 and "use generate -n N" in result.stderr
+
+
+def test_bench_spec_samples_when_given_a_temperature(looping_model, capsys):
+    """`minispec bench spec --temperature T --seed S`: every decoding samples with that seed; n-gram drafts, whose
+    nodes each draw at their position, give plain sampling's very tokens, and a draft model's rows (its default chain,
+    then the tree 16,12,4) are printed beside them."""
+    from minispec.bench import bench_spec
+    from minispec.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "spec", "--quick", "--device", "cpu", "--model", str(looping_model),
+                                      "--temperature", "0.9", "--seed", "4", "--draft", "self:1"])
+    bench_spec(args)
+    out = capsys.readouterr().out
+    assert "sampled at temperature 0.9, seed 4" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("summarise", "chat"))]
+    assert [r[1] for r in rows[:5]] == ["plain", "chain", "tree", "self:1", "self:1"] and rows[3][2] == "4,3,1"
+    assert all(r[-1] == "all" for r in rows if r[1] in ("chain", "tree"))
