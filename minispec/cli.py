@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer prompts / shapes")
     bench.add_argument("--temperature", type=float, default=0.0, help="spec: sample at this temperature (default 0: greedy), "
                        "seeded by --seed; a drafted sample follows plain sampling's distribution, and with --draft ngram its tokens "
-                       "(in bf16 up to rounding: README, 'Types and launches')")
+                       "(on a GPU in bf16 up to rounding: README, 'Types and launches')")
     bench.add_argument("--seed", type=int, default=0, help="spec: the seed of sampled runs (default 0)")
     add_model_arguments(bench)
     bench.set_defaults(run=command_bench)
