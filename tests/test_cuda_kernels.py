@@ -683,7 +683,7 @@ def test_kept_set_is_the_reference_s(settings, V):
         np.testing.assert_allclose(kept[r] / kept[r].sum(), p, rtol=2e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("V", [4099, 49152])
+@pytest.mark.parametrize("V", [4099, 49152, 128256])
 def test_draw_rows_is_the_numpy_reference_s(V):
     """backend.draw_rows (a sampled draft chain's level, ModelDrafter.propose_chains) against NumpyBackend.draw_rows:
     rows picked out of order, each with its own settings, each uniform in the middle of a token's interval of the
@@ -716,7 +716,7 @@ def test_draw_rows_is_the_numpy_reference_s(V):
     np.testing.assert_allclose(q / q.sum(axis=1, keepdims=True), ref_q, rtol=2e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("V", [4099, 49152])
+@pytest.mark.parametrize("V", [4099, 49152, 128256])
 def test_specinfer_rows_is_the_numpy_reference_s(V):
     """backend.specinfer_rows (SpecInfer's tests at a sampled chain's nodes, verify.fetch_draws) against
     NumpyBackend.specinfer_rows: q the kept rows of draw_rows (e units, as the chains keep them), nodes accepted,
