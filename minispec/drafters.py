@@ -115,6 +115,9 @@ NGRAM_BUDGET = TreeBudget(16, 15, 4)
 # and `minispec bench spec --device cpu` ran the chain 2.6-3.1x faster (self:8 11.5-13.0 against 4.4-4.7 tokens/s,
 # self:20 8.7-11.0 against 3.4-3.8, at 0.96-1.22 against 1.00-1.32 tokens a forward; notes/bench_spec_cpu_stop55.log).
 DRAFT_BUDGET = TreeBudget(4, 3, 1)
+# A chain proposal's level 0 (ModelDrafter.catch_up) goes as chain trees up to this many rows in all (a step's rows
+# that replay a tree step's graph); past it (a prompt's first catch-up) as causal chunks, a prefill.
+CATCH_UP_CHAIN_ROWS = 64
 
 
 def best_subtree(tokens: list[int], parents: list[int], score, nodes: int, width: int | None = None) -> Tree:
@@ -462,6 +465,7 @@ class ModelDrafter(NoDrafter):
     host_only = False  # proposing runs the draft model, and its cache follows the target through commit
     device_chains = True  # chains proposed with one wait (propose_chains); False: level by level (tests)
     device_tests = True  # a sampled chain's q stays on the backend, where the target tests it; False: on the host (tests)
+    chain_catch_up = True  # a chain proposal's level 0 as a chain tree where short (catch_up); False: a causal chunk
 
     def __init__(self, model, budget: TreeBudget, num_pages: int, page_size: int, prefix_caching: bool = False):
         self.model = model
@@ -488,9 +492,14 @@ class ModelDrafter(NoDrafter):
         rows = logits.host()
         return [top_logprobs(rows[w], width) if g else rows[a:b] for a, b, g, w in zip(offsets, offsets[1:], greedy, wanted)]
 
-    def catch_up(self, seqs) -> list[StepItem]:
-        """Level 0 of a proposal: per sequence, every token the draft has not cached yet, the root included."""
+    def catch_up(self, seqs, as_chains: bool = False) -> list[StepItem]:
+        """Level 0 of a proposal: per sequence, every token the draft has not cached yet, the root included, as a
+        causal chunk (its last row's logits), or with as_chains, where they are CATCH_UP_CHAIN_ROWS rows or fewer in
+        all, as a chain tree (every row's logits): the same keys and positions, but a tree step, which the decode
+        kernels take (a small draft's fused layers or cluster decode) where a causal chunk runs layer by layer."""
         items = []
+        chains = as_chains and sum(seq.L + 1 - self.state[id(seq)].cached if id(seq) in self.state else CATCH_UP_CHAIN_ROWS + 1
+                                   for seq in seqs) <= CATCH_UP_CHAIN_ROWS
         for seq in seqs:
             state = self.state.get(id(seq))
             if state is None:  # its first proposal: from position 0, or past the kept pages that hold its tokens
@@ -498,7 +507,8 @@ class ModelDrafter(NoDrafter):
                 state = self.state[id(seq)] = DraftState(table, len(table) * self.cache.page_size)
             new = seq.tokens[state.cached : seq.L + 1]
             self.cache.prepare(state.table, state.cached, len(new))
-            items.append(StepItem.chunk(state.table, state.cached, new))
+            items.append(StepItem.tree(state.table, state.cached, Tree(new, list(range(-1, len(new) - 1)))) if chains
+                         else StepItem.chunk(state.table, state.cached, new))
             state.cached = seq.L + 1
             state.chain = 0
         return items
@@ -553,18 +563,21 @@ class ModelDrafter(NoDrafter):
         sampled = not seqs[0].params.greedy
         # a sampled chain's uniforms, one a level: the draws the level-by-level proposal takes from the generator
         uniforms = [seq.rng.random(n).tolist() if sampled and n else [] for seq, n in zip(seqs, lengths)]
-        logits = self.model.forward(build_plan(self.catch_up(seqs), P), self.cache)
+        items = self.catch_up(seqs, as_chains=self.chain_catch_up)
+        logits = self.model.forward(build_plan(items, P), self.cache)
         rows = list(range(len(seqs)))  # the sequences the last level fed, in its row order
+        last = np.cumsum([len(item.tokens) if item.all_logits else 1 for item in items]) - 1  # their rows of logits
         levels, qs = [], []  # per level: (its sequences, their node's token); sampled: (its sequences, their q rows)
         for level in range(max(lengths, default=0)):
             keep = [i for i, b in enumerate(rows) if lengths[b] > level]  # the rows whose chain has node level + 1
             rows = [rows[i] for i in keep]
+            at = last[keep].tolist()  # (level 0: each sequence's last catch-up row; later levels feed one row each)
             if sampled:
-                ids, q = backend.draw_rows(logits.device, keep, [seqs[b].params for b in rows], [uniforms[b][level] for b in rows])
+                ids, q = backend.draw_rows(logits.device, at, [seqs[b].params for b in rows], [uniforms[b][level] for b in rows])
                 qs.append((rows, q))
             else:
                 ids = logits.argmax_device()
-                ids = ids if len(keep) == len(logits.device) else backend.gather(ids, keep)
+                ids = ids if at == list(range(len(logits.device))) else backend.gather(ids, at)
             levels.append((rows, ids.copy()))  # (a replayed graph's ids are its static output: the next replay rewrites them)
             going = [b for b in rows if lengths[b] > level + 1]
             if not going:
@@ -576,6 +589,7 @@ class ModelDrafter(NoDrafter):
                 items.append(StepItem.tree(table, seqs[b].L + level + 1, Tree.single(0)))  # (the token: from `ids`)
             feed = ids if len(going) == len(rows) else backend.gather(ids, [rows.index(b) for b in going])
             logits = self.model.forward(build_plan(items, P), self.cache, feed)
+            rows, last = going, np.arange(len(going))  # (the next level's rows of logits: one a sequence fed)
         host = backend.to_host(backend.concat([ids for _, ids in levels])).tolist() if levels else []
         chains, q_rows, offset = [[seq.tokens[seq.L]] for seq in seqs], [[] for _ in seqs], 0
         for rows, _ in levels:

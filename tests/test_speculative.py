@@ -515,6 +515,22 @@ def test_sampled_draft_chains_draw_what_the_level_by_level_proposal_draws(loopin
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
+def test_sampled_draft_chains_cut_by_the_context_limit(looping_model):
+    """Sampled chains of two sequences whose budgets the context limit cuts, the first one's sooner (the longer
+    prompt first): a level after the first sequence's chain ended draws from the rows of the sequences it fed,
+    the same samples as the level-by-level proposal's, and every page comes back."""
+    llm = LLM(model=str(looping_model), device="cpu", max_model_len=40, draft="self:1", tree=(6, 5, 1))
+    prompts = [[11, 2, 8, 2, 8, 2, 30, 5, 6, 7, 9], [3, 9, 4]]
+    params = SamplingParams(temperature=1.2, top_k=6, seed=2, max_tokens=60, ignore_eos=True)
+    runs = []
+    for chains in (True, False):
+        llm.engine.drafter.device_chains = chains
+        runs.append([r.token_ids for r in llm.generate(prompts, params)])
+    assert runs[0] == runs[1] and [len(t) for t in runs[0]] == [40 - 11, 40 - 3]
+    drafter = llm.engine.drafter
+    assert llm.cache.free_pages == llm.cache.num_pages and drafter.cache.free_pages == drafter.cache.num_pages
+
+
 def test_draft_model_chains_for_a_batch_of_greedy_and_sampled_sequences(looping_model, monkeypatch):
     """A chain budget with greedy and sampled sequences in one batch: each kind's chains are proposed apart
     (propose_chains, a wait each), not level by level. The greedy sequence gives plain greedy's tokens, the sampled

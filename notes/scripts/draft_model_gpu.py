@@ -8,10 +8,12 @@ warm-up, 128 tokens) and tokens a target forward, for each variant:
 
   chain-host-tests  the chain with one wait, its q brought to the host and tested there (ModelDrafter.device_tests
                 off; sampled only: before stop 55 every sampled chain was verified so)
+  chain-chunk-catch-up  the chain with one wait, its level 0 a causal chunk (ModelDrafter.chain_catch_up off; before
+                stop 55 always so), which runs layer by layer where a chain tree takes the decode kernels
 
 Stop 39 ran its first form (plain and tree) on the final code and on `.old`; stop 54 added the chains, and
 `sampled` (temperature 0.7, seeds 0-1: sampled chains drawn on the device or level by level, against plain sampling);
-stop 55 the host-tested chain and `only=NAME,...` (the variants to run):
+stop 55 the host-tested chain, the chunk catch-up and `only=NAME,...` (the variants to run):
 
     PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights python3 notes/scripts/draft_model_gpu.py [K,...] [ROUNDS] [CHAIN] [sampled] [only=...]
 """
@@ -29,16 +31,16 @@ ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 CHAIN = sys.argv[3] if len(sys.argv) > 3 else "6,5,1"
 SAMPLED = "sampled" in sys.argv[4:]
 ONLY = next((a[5:].split(",") for a in sys.argv[4:] if a.startswith("only=")), None)
-VARIANTS = [("tree", "16,12,4", True, True), ("chain-levels", CHAIN, False, True), ("chain", CHAIN, True, True),
-            ("chain-host-tests", CHAIN, True, False)]
-VARIANTS = [v for v in VARIANTS if (ONLY is None and (SAMPLED or v[0] != "chain-host-tests")) or (ONLY and v[0] in ONLY)]
+VARIANTS = [("tree", "16,12,4", True, True, True), ("chain-levels", CHAIN, False, True, True), ("chain", CHAIN, True, True, True),
+            ("chain-host-tests", CHAIN, True, False, True), ("chain-chunk-catch-up", CHAIN, True, True, False)]
+VARIANTS = [v for v in VARIANTS if (ONLY is None and v[0] in ("tree", "chain-levels", "chain")) or (ONLY and v[0] in ONLY)]
 llm = LLM(device="cuda")
 print(f"# draft_model_gpu on {card_name()}: self:K {'sampled (temperature 0.7, seeds 0-1)' if SAMPLED else 'greedy'}, 128 tokens, "
       f"chain budget {CHAIN}; tokens/s (tokens a forward)", flush=True)
 prompts = {key: llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}]) for key in INPUT_GROUNDED}
 params = SamplingParams(temperature=0.7, n=2, seed=0, max_tokens=128, ignore_eos=True) if SAMPLED else SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
 results, outputs = {}, {}
-names = ["plain"] + [f"self:{K} {name}" for K in KS for name, _, _, _ in VARIANTS]
+names = ["plain"] + [f"self:{K} {name}" for K in KS for name, *_ in VARIANTS]
 
 
 def run(name):
@@ -55,10 +57,11 @@ for r in range(ROUNDS):
     llm.use_drafter(None)
     run("plain")
     for K in KS:
-        for name, tree, chains, tests in VARIANTS:
+        for name, tree, chains, tests, catch_up in VARIANTS:
             llm.use_drafter(f"self:{K}", tree)
             llm.engine.drafter.device_chains = chains
             llm.engine.drafter.device_tests = tests
+            llm.engine.drafter.chain_catch_up = catch_up
             run(f"self:{K} {name}")
     print(f"round {r} done", flush=True)
 print("medians:")
