@@ -494,24 +494,25 @@ class ModelDrafter(NoDrafter):
 
     def catch_up(self, seqs, as_chains: bool = False) -> list[StepItem]:
         """Level 0 of a proposal: per sequence, every token the draft has not cached yet, the root included, as a
-        causal chunk (its last row's logits), or with as_chains, where they are CATCH_UP_CHAIN_ROWS rows or fewer in
-        all, as a chain tree (every row's logits): the same keys and positions, but a tree step, which the decode
-        kernels take (a small draft's fused layers or cluster decode) where a causal chunk runs layer by layer."""
-        items = []
-        chains = as_chains and sum(seq.L + 1 - self.state[id(seq)].cached if id(seq) in self.state else CATCH_UP_CHAIN_ROWS + 1
-                                   for seq in seqs) <= CATCH_UP_CHAIN_ROWS
+        causal chunk (its last row's logits), or with as_chains, where no sequence's prompt is among them and they
+        are CATCH_UP_CHAIN_ROWS rows or fewer in all, as a chain tree (every row's logits): the same keys and
+        positions, but a tree step, which the decode kernels take (a small draft's fused layers or cluster decode)
+        where a causal chunk runs layer by layer."""
+        spans = []  # per sequence: (its draft page table, the first position to feed, the tokens from there)
+        chains = as_chains  # (a sequence's first catch-up, its prompt, is a prefill)
         for seq in seqs:
             state = self.state.get(id(seq))
             if state is None:  # its first proposal: from position 0, or past the kept pages that hold its tokens
+                chains = False
                 table = self.cache.reuse_prefix(seq.tokens, seq.L) if self.prefix_caching else []
                 state = self.state[id(seq)] = DraftState(table, len(table) * self.cache.page_size)
             new = seq.tokens[state.cached : seq.L + 1]
             self.cache.prepare(state.table, state.cached, len(new))
-            items.append(StepItem.tree(state.table, state.cached, Tree(new, list(range(-1, len(new) - 1)))) if chains
-                         else StepItem.chunk(state.table, state.cached, new))
+            spans.append((state.table, state.cached, new))
             state.cached = seq.L + 1
             state.chain = 0
-        return items
+        chains = chains and sum(len(new) for *_, new in spans) <= CATCH_UP_CHAIN_ROWS
+        return [StepItem.tree(table, L, Tree.chain(new)) if chains else StepItem.chunk(table, L, new) for table, L, new in spans]
 
     def propose(self, seqs, budgets) -> list[Tree]:
         width, limit = self.budget.width, MAX_TREE_NODES
@@ -599,14 +600,13 @@ class ModelDrafter(NoDrafter):
             offset += len(rows)
         for seq, chain in zip(seqs, chains):
             self.state[id(seq)].chain = len(chain) - 1
-        parents = [list(range(-1, len(chain) - 1)) for chain in chains]
         if not sampled:
-            return [Tree(chain, up) for chain, up in zip(chains, parents)]
+            return [Tree.chain(chain) for chain in chains]
         if qs and self.device_tests:  # node k's children were drawn from Q[q_rows[k]]; the last node grew none
             Q = backend.concat([q for _, q in qs])
-            return [Tree(chain, up, sampled=True, q_backend=(Q, rows)) for chain, up, rows in zip(chains, parents, q_rows)]
+            return [Tree.chain(chain, sampled=True, q_backend=(Q, rows)) for chain, rows in zip(chains, q_rows)]
         host_q = [row / row.sum() for _, q in qs for row in np.asarray(backend.to_host(q), dtype=np.float64)]
-        return [Tree(chain, up, q=[*(host_q[j] for j in rows), None], sampled=True) for chain, up, rows in zip(chains, parents, q_rows)]
+        return [Tree.chain(chain, q=[*(host_q[j] for j in rows), None], sampled=True) for chain, rows in zip(chains, q_rows)]
 
     @staticmethod
     def expand(seq, candidates: Candidates, nodes: list[int], grow: list[int], rows, width: int, limit: int, cap: int) -> list[int]:

@@ -152,9 +152,14 @@ class StepLogits:
     def draws(self) -> np.ndarray:
         """int32 [R]: fetch_draws' tokens at their rows, -1 elsewhere."""
         if self._draws is None:
-            self._draws = np.full(len(self.device), -1, dtype=np.int32)
-            self._draws[self._draw_rows] = self._draws_read()
+            self._draws = self._at_rows(self._draw_rows, self._draws_read(), -1)
         return self._draws
+
+    def _at_rows(self, rows: list[int], values, fill: int) -> np.ndarray:
+        """int32 [R]: values at rows `rows`, `fill` elsewhere."""
+        out = np.full(len(self.device), fill, dtype=np.int32)
+        out[rows] = values
+        return out
 
     def fetch_tests(self, rows: list[int], params: list, uniforms, q, q_rows: list[int], children: list[int], residual_uniforms) -> None:
         """SpecInfer's tests at chain nodes, rows `rows`, in one launch (backend.specinfer_rows, whose arguments these
@@ -167,8 +172,7 @@ class StepLogits:
         """int32 [R]: fetch_tests' outcomes at their rows (-1: the node's child accepted, else the token drawn there),
         -2 elsewhere."""
         if self._tests is None:
-            self._tests = np.full(len(self.device), -2, dtype=np.int32)
-            self._tests[self._test_rows] = self._tests_read()
+            self._tests = self._at_rows(self._test_rows, self._tests_read(), -2)
         return self._tests
 
     def choose(self, row: int, params, key: int, position: int) -> int:

@@ -88,3 +88,8 @@ class Tree:
     def single(cls, token: int) -> "Tree":
         return cls(tokens=[token], parents=[-1])
 
+    @classmethod
+    def chain(cls, tokens: list[int], **fields) -> "Tree":
+        """Node i the parent of node i + 1 (a copied span, a draft model's chain, a catch-up as a tree step)."""
+        return cls(tokens, _CHAIN_PARENTS[: len(tokens)], **fields)
+

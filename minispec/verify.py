@@ -85,14 +85,14 @@ def fetch_draws(seqs, trees: list[Tree], logits) -> None:
     each chain drawn on the backend, in another (StepLogits.fetch_tests: the uniforms of streams 1 and 2 at the node's
     position, verify_sampled's)."""
     rows, params, uniforms, offset = [], [], [], 0
-    tested, qs = ([], [], [], [], [], []), {}  # rows, params, u, q rows, children, residual u; id(Q) -> (Q, offset)
+    tested, Q = ([], [], [], [], [], []), None  # rows, params, u, q rows, children, residual u; the chains' q rows
     for seq, tree in zip(seqs, trees):
         if not seq.params.greedy and tree.q_backend is not None:
+            assert Q is None or tree.q_backend[0] is Q, "a step's backend chains come from one proposal, which shares its q rows"
             Q, q_rows = tree.q_backend
-            base = qs.setdefault(id(Q), (Q, sum(len(q) for q, _ in qs.values())))[1]
             positions = seq.L + np.arange(len(tree))
             for part, values in zip(tested, (range(offset, offset + len(tree)), [seq.params] * len(tree),
-                                             position_uniforms(seq.key, positions, 1), [base + j for j in q_rows] + [-1],
+                                             position_uniforms(seq.key, positions, 1), [*q_rows, -1],
                                              tree.token_list[1:] + [0], position_uniforms(seq.key, positions, 2))):
                 part.extend(values)
         elif not seq.params.greedy and not tree.sampled:
@@ -102,9 +102,8 @@ def fetch_draws(seqs, trees: list[Tree], logits) -> None:
         offset += len(tree)
     if rows:
         logits.fetch_draws(rows, params, np.concatenate(uniforms))
-    if qs:
-        Qs = [q for q, _ in qs.values()]
-        logits.fetch_tests(*tested[:3], Qs[0] if len(Qs) == 1 else logits.backend.concat(Qs), *tested[3:])
+    if Q is not None:
+        logits.fetch_tests(*tested[:3], Q, *tested[3:])
 
 
 def verify(tree: Tree, logits, params: SamplingParams, key: int, L: int, rows: slice) -> tuple[list[int], int]:
