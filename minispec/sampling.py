@@ -21,7 +21,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # nucleus mass, in (0, 1]
     min_p: float = 0.0  # keep tokens with p >= min_p * max p
-    seed: int | None = None  # same seed, same output (with or without n-gram speculation: verify.py)
+    seed: int | None = None  # same seed, same output (with or without n-gram speculation: verify.py; up to rounding, README)
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)  # stop strings (not included in the text)
     ignore_eos: bool = False

@@ -618,3 +618,48 @@ def test_draft_model_batch_of_greedy_and_sampled_sequences(tiny_model):
     assert mixed[0].token_ids == alone.token_ids == plain.token_ids
     assert mixed[1].token_ids == again[1].token_ids
     assert llm.cache.free_pages == llm.cache.num_pages
+
+
+@pytest.fixture(scope="module")
+def fuzz_models(tmp_path_factory):
+    from .conftest import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("fuzz")
+    return [make_tiny_checkpoint(root / "tiny"), make_tiny_checkpoint(root / "looping", cycle=7)]
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_mixed_batches_keep_greedy_outputs_and_pages(fuzz_models, seed):
+    """Random batches mixing greedy and sampled requests (n of 1-2, top-k / top-p, max_tokens, EOS or not) under a
+    random drafter (none, n-gram, self:1; default or random budgets), page size, pool size and prefix caching, on the
+    tiny and the looping model: each greedy sample is the request's own plain decoding (alone, no drafter), no sample
+    passes max_tokens, the same batch run again gives the same samples, sampled ones too (without prefix caching,
+    whose kept pages change the second run's prefill shapes), and every page comes back (with prefix caching: as
+    many pages free or reclaimable as before). A request alone and in a batch may part where a sampled draw lies
+    within fp32's last bits of a CDF boundary (a one-row product rounds unlike a several-row one), so sampled
+    samples are compared only with themselves."""
+    rng = np.random.default_rng(seed)
+    model = fuzz_models[seed % 2]
+    draft = [None, "ngram", "ngram", "self:1", "self:1"][int(rng.integers(0, 5))]
+    tree = (int(rng.integers(1, 20)), int(rng.integers(1, 8)), int(rng.integers(1, 5))) if draft and rng.random() < 0.5 else None
+    prefix_caching = bool(rng.random() < 0.4)
+    prompts = [[int(t) for t in rng.integers(3, 259, int(rng.integers(1, 40)))] for _ in range(int(rng.integers(2, 5)))]
+    params = [SamplingParams(n=int(rng.integers(1, 3)), temperature=float(rng.choice([0.0, 0.5, 1.0])), top_k=int(rng.choice([0, 5])),
+                             top_p=float(rng.choice([1.0, 0.9])), seed=int(rng.integers(0, 100)), max_tokens=int(rng.integers(1, 50)),
+                             ignore_eos=bool(rng.random() < 0.7)) for _ in prompts]
+    llm = LLM(model=str(model), device="cpu", page_size=int(rng.choice([1, 3, 16])), max_model_len=160,
+              kv_cache_tokens=int(rng.choice([400, 2000])), prefix_caching=prefix_caching)
+    alone = [llm.generate(p, q) for p, q in zip(prompts, params)]
+    llm.use_drafter(draft, tree)
+    free = llm.cache.free_pages
+    runs = [llm.generate(prompts, params) for _ in range(2)]
+    what = f"draft={draft} tree={tree} prefix_caching={prefix_caching} params={params}"
+    for results in runs:
+        for result, single, q in zip(results, alone, params):
+            assert all(len(s.token_ids) <= q.max_tokens for s in result.samples), what
+            if q.greedy:
+                assert [s.token_ids for s in result.samples] == [s.token_ids for s in single.samples], what
+    if not prefix_caching:
+        assert [[s.token_ids for s in r.samples] for r in runs[0]] == [[s.token_ids for s in r.samples] for r in runs[1]], what
+        assert llm.cache.free_pages == llm.cache.num_pages
+    assert llm.cache.free_pages == free, what
