@@ -29,6 +29,18 @@ class Stats:
         return self.emitted / self.steps if self.steps else 0.0
 
 
+def held_back(text: str, stops: list[str]) -> int:
+    """The length of the longest tail of `text` that is a proper beginning of a stop string (0 without any): text a
+    stream must not show yet."""
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:k]):
+                longest = k
+                break
+    return longest
+
+
 @dataclass
 class Sequence:
     """One sample being generated: its tokens, pages, random key and stream, and output."""
@@ -43,6 +55,7 @@ class Sequence:
     L: int = 0  # tokens whose K/V is in the cache; tokens[L] is the root of the next tree
     finish_reason: str | None = None
     text: str = ""
+    streamed: int = 0  # characters of text yielded so far (a tail that may begin a stop string waits: emit_text)
     stats: Stats = field(default_factory=Stats)
     draft_state: object = None  # the drafter's own per-sequence state
     _rng: np.random.Generator | None = field(default=None, repr=False)
@@ -477,21 +490,28 @@ class Engine:
         return taken
 
     def emit_text(self, due: list[tuple[Sequence, list[int]]]):
-        """The text pieces of tokens take_tokens appended, in order; a stop string ends the sequence's text there."""
+        """The text pieces of tokens take_tokens appended, in order; a stop string ends the sequence's text there. A
+        piece stops short of a tail of the text that begins a stop string (the next tokens may complete it, and a
+        stop string is never shown); that tail follows once it cannot, or when the sequence ends otherwise."""
         for seq, tokens in due:
+            stops = seq.params.stop
             for token in tokens:
                 piece = seq.decoder.step(token)
                 if not piece:
                     continue
                 seq.text += piece
-                stop_at = min((seq.text.find(s) for s in seq.params.stop if s in seq.text), default=-1)
+                stop_at = min((seq.text.find(s) for s in stops if s in seq.text), default=-1)
                 if stop_at >= 0:
-                    piece = piece[: max(0, len(piece) - (len(seq.text) - stop_at))]
                     seq.text = seq.text[:stop_at]
                     seq.finish_reason = "stop"
-                yield seq, piece
-                if stop_at >= 0:
                     break
+                ready = len(seq.text) - held_back(seq.text, stops)
+                if ready > seq.streamed:
+                    yield seq, seq.text[seq.streamed : ready]
+                    seq.streamed = ready
+            if seq.done and len(seq.text) > seq.streamed:  # stopped (a stop string, a stop token) or cut at a limit
+                yield seq, seq.text[seq.streamed :]
+                seq.streamed = len(seq.text)
 
     def emit(self, seq: Sequence, tokens: list[int], from_step: bool = True):
         """Append accepted tokens until a stop condition; yield text pieces. With stop strings a token at a time: its

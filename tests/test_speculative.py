@@ -140,6 +140,28 @@ def test_tiny_model_speculation_and_page_sizes(tmp_path, draft, cycle):
     assert all(o == expected for o in outputs)
 
 
+@pytest.mark.parametrize("draft", [None, "ngram", "self:1"])
+def test_a_stream_never_shows_part_of_a_stop_string(looping_model, draft):
+    """Streamed pieces hold back a tail of the text that may begin a stop string (Engine.emit_text): they join into
+    generate's text, which ends before the stop string; a tail that turns out to begin none (the stop string's last
+    character never comes) follows later, or at the length limit."""
+    llm = LLM(model=str(looping_model), device="cpu", draft=draft, page_size=3)
+    prompt = "abcabcabc"
+    full = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)).samples[0].text
+    absent = next(c for c in "#%&@~^`|" if c not in full)
+    cases = 0
+    for a in range(0, len(full) - 3, 4):
+        for stop in (full[a : a + 3], full[a : a + 2] + absent):  # a stop string the text reaches, one it never does
+            params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop=[stop])
+            result = llm.generate(prompt, params).samples[0]
+            pieces = list(llm.stream(prompt, params))
+            expected = full[: full.index(stop)] if stop in full else full
+            assert "".join(pieces) == result.text == expected, (stop, pieces)
+            assert result.finish_reason == ("stop" if stop in full else "length")
+            cases += 1
+    assert cases >= 10
+
+
 def test_separate_draft_checkpoint(tmp_path):
     """A smaller checkpoint with the same tokenizer drafts for the target: greedy output unchanged."""
     from .conftest import make_tiny_checkpoint
