@@ -492,18 +492,21 @@ class Engine:
     def emit_text(self, due: list[tuple[Sequence, list[int]]]):
         """The text pieces of tokens take_tokens appended, in order; a stop string ends the sequence's text there. A
         piece stops short of a tail of the text that begins a stop string (the next tokens may complete it, and a
-        stop string is never shown); that tail follows once it cannot, or when the sequence ends otherwise."""
+        stop string is never shown); that tail follows once it cannot, or when the sequence ends otherwise. At the
+        end the decoder gives what it held back (a multi-byte character the last token cut), so the text is the
+        tokenizer's decode of the output, up to a stop string."""
         for seq, tokens in due:
-            stops = seq.params.stop
-            for token in tokens:
-                piece = seq.decoder.step(token)
+            stops, cut = seq.params.stop, False
+            for token in [*tokens, None]:  # None: the end, once the sequence is done (the decoder's held-back bytes)
+                if token is None and (cut or not seq.done):
+                    break
+                piece = seq.decoder.step(token) if token is not None else seq.decoder.finish()
                 if not piece:
                     continue
                 seq.text += piece
                 stop_at = min((seq.text.find(s) for s in stops if s in seq.text), default=-1)
                 if stop_at >= 0:
-                    seq.text = seq.text[:stop_at]
-                    seq.finish_reason = "stop"
+                    seq.text, seq.finish_reason, cut = seq.text[:stop_at], "stop", True
                     break
                 ready = len(seq.text) - held_back(seq.text, stops)
                 if ready > seq.streamed:

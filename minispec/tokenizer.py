@@ -108,6 +108,7 @@ class StreamDecoder:
         self.stream = decoders.DecodeStream(skip_special_tokens=True)
         self.token_ids: list[int] = []
         self.text = ""
+        self.finished = False
 
     def step(self, token_id: int) -> str:
         self.token_ids.append(int(token_id))
@@ -117,5 +118,16 @@ class StreamDecoder:
             full = self.tokenizer.decode(self.token_ids)
             piece = full[len(self.text):] if full.startswith(self.text) and "\ufffd" not in full else ""
             self.stream = decoders.DecodeStream(skip_special_tokens=True)
+        self.text += piece
+        return piece
+
+    def finish(self) -> str:
+        """Once, at the end: the text of tokens still held back (a multi-byte character cut by the last token),
+        as `decode` gives it (U+FFFD for the incomplete bytes), so the whole text is `decode`'s."""
+        if self.finished:
+            return ""
+        self.finished = True
+        full = self.tokenizer.decode(self.token_ids)
+        piece = full[len(self.text):] if full.startswith(self.text) else ""
         self.text += piece
         return piece

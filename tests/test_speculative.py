@@ -162,6 +162,23 @@ def test_a_stream_never_shows_part_of_a_stop_string(looping_model, draft):
     assert cases >= 10
 
 
+@pytest.mark.parametrize("draft", [None, "ngram"])
+def test_the_text_is_the_decoded_output_when_a_limit_cuts_a_character(tiny_model, draft):
+    """The tiny model's byte-level tokens make characters of several tokens, which the stream decoder holds back
+    until they are whole: where max_tokens or a stop token ends the output inside one, the text still ends as the
+    tokenizer's decode of the output does (U+FFFD for the incomplete bytes), streamed or not."""
+    llm = LLM(model=str(tiny_model), device="cpu", draft=draft)
+    cut = 0
+    for max_tokens in range(1, 30, 2):
+        params = SamplingParams(n=2, temperature=1.0, seed=max_tokens, max_tokens=max_tokens)
+        result = llm.generate("abc", params)
+        for sample in result.samples:
+            assert sample.text == llm.tokenizer.decode(sample.token_ids), (max_tokens, sample.token_ids)
+            cut += sample.text.endswith("\ufffd")
+        assert "".join(llm.stream("abc", params)) == result.samples[0].text
+    assert cut >= 3  # outputs that end inside a character
+
+
 def test_separate_draft_checkpoint(tmp_path):
     """A smaller checkpoint with the same tokenizer drafts for the target: greedy output unchanged."""
     from .conftest import make_tiny_checkpoint
