@@ -8,7 +8,6 @@ import dataclasses, sys
 import numpy as np
 from minispec import LLM, SamplingParams
 from minispec.bench import INPUT_GROUNDED, SPEC_PROMPTS, timed_generate
-import minispec
 llm = LLM(device="cuda")
 out = []
 for label, params, seeds in (("greedy", SamplingParams(temperature=0, max_tokens=128), (None,)), ("sampled", SamplingParams(temperature=0.7, max_tokens=128, ignore_eos=True), (0, 1, 2, 3))):
