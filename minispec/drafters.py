@@ -510,13 +510,42 @@ class ModelDrafter(NoDrafter):
             self.cache.prepare(state.table, state.cached, len(new))
             spans.append((state.table, state.cached, new))
             state.cached = seq.L + 1
-            state.chain = 0
+            state.chain, state.fed = 0, True
         chains = chains and sum(len(new) for *_, new in spans) <= CATCH_UP_CHAIN_ROWS
         return [StepItem.tree(table, L, Tree.chain(new)) if chains else StepItem.chunk(table, L, new) for table, L, new in spans]
 
     def propose(self, seqs, budgets) -> list[Tree]:
+        caps = self.fit(seqs, [min(self.budget.nodes, cap) for cap in budgets])
+        drafting = [b for b, cap in enumerate(caps) if cap > 1]
+        trees = [Tree.single(seq.tokens[seq.L]) for seq in seqs]
+        for seq, cap in zip(seqs, caps):
+            if cap == 1 and id(seq) in self.state:  # no draft this step: nothing fed (commit keeps the draft's cache)
+                self.state[id(seq)].fed = False
+        if drafting:
+            for b, tree in zip(drafting, self.propose_trees([seqs[b] for b in drafting], [caps[b] for b in drafting])):
+                trees[b] = tree
+        return trees
+
+    def fit(self, seqs, caps: list[int]) -> list[int]:
+        """The caps cut to the draft's own pool, whose pages go to the sequences in turn: a sequence's catch-up and
+        cap - 1 drafts write its draft K/V up to position L + cap - 1. One whose catch-up and a draft find no room
+        drafts nothing this step (cap 1): where the draft's pool is fuller than the target's (n samples share the
+        target's prompt pages, each has its own in the draft's), the target decodes on instead of failing."""
+        cache, free, fitted = self.cache, self.cache.free_pages, []
+        for seq, cap in zip(seqs, caps):
+            state = self.state.get(id(seq))
+            table, cached = (state.table, state.cached) if state else ([], 0)  # (a first proposal's kept pages: not counted)
+            pages = lambda nodes: cache.pages_to_write(table, cached, seq.L + nodes - cached)  # noqa: E731
+            while cap > 1 and pages(cap) > free:
+                cap -= 1
+            if cap > 1:
+                free -= pages(cap)
+            fitted.append(cap)
+        return fitted
+
+    def propose_trees(self, seqs, caps: list[int]) -> list[Tree]:
+        """The trees (or chains) of sequences that draft this step, each of at most its cap nodes."""
         width, limit = self.budget.width, MAX_TREE_NODES
-        caps = [min(self.budget.nodes, cap) for cap in budgets]
         greedy = [seq.params.greedy for seq in seqs]
         if width == 1 and self.device_chains:  # greedy and sampled sequences chain apart: a wait for each kind
             trees = [None] * len(seqs)
@@ -618,7 +647,9 @@ class ModelDrafter(NoDrafter):
         return candidates.expand_sampled(nodes, grow, rows, seq.params, width, cap, seq.rng)
 
     def commit(self, seq, path, accepted) -> None:
-        state = self.state[id(seq)]
+        state = self.state.get(id(seq))
+        if state is None or not state.fed:  # it drafted nothing this step (fit): the draft's cache is as it was
+            return
         # the old root stays; accepted tokens are fed next time, but for a chain's first n - 1 nodes, whose K/V its
         # levels wrote at their positions (propose_chains; the last node was never fed)
         root = seq.L - len(path)
@@ -638,6 +669,7 @@ class DraftState:
     table: list = field(default_factory=list)  # page table in the draft's cache
     cached: int = 0  # tokens of the sequence whose draft K/V is cached
     chain: int = 0  # draft nodes of the last proposal where it was a chain drafted by propose_chains, else 0
+    fed: bool = True  # the last proposal fed the draft (catch_up); False where it drafted nothing (ModelDrafter.fit)
 
 
 def make_drafter(draft, budget, target_model, tokenizer, backend, num_pages: int, page_size: int, load_model=None,

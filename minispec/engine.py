@@ -14,7 +14,7 @@ from .ngram_device import OUT_TOKENS, NgramParams, state_row, tree_rows
 from .sampling import SamplingParams, position_uniform, sequence_key
 from .step import StepItem, build_plan, pow2_bucket
 from .tokenizer import StreamDecoder, Tokenizer
-from .tree import Tree
+from .tree import MAX_TREE_NODES, Tree
 from .verify import fetch_draws, verify
 
 
@@ -136,8 +136,7 @@ class Engine:
                     yield from self.emit(seq, [logits.choose(row, seq.params, seq.key, seq.prompt_len - 1)], from_step=False)
             text_due = []  # (sequence, tokens) of the last step whose text is not out yet (see below)
             while active := [s for s in seqs if not s.done]:
-                budgets = [self.max_model_len - s.L for s in active]
-                trees = self.drafter.propose(active, budgets)  # tokens[T], parents[T] per sequence
+                trees = self.drafter.propose(active, self.tree_budgets(active))  # tokens[T], parents[T] per sequence
                 if ahead and all(len(tree) == 1 for tree in trees):
                     yield from self.emit_text(text_due)
                     text_due = []
@@ -180,14 +179,37 @@ class Engine:
                     else:
                         text_due.append((seq, self.take_tokens(seq, accepted)))
                     self.drafter.commit(seq, path, accepted)
+                    if seq.done:  # no step is in flight here: its pages go back now, for the sequences going on
+                        self.retire(seq)
             yield from self.emit_text(text_due)
             return seqs
         finally:
             for seq in parents + seqs:
-                if self.prefix_caching:  # positions below L hold tokens[:L]'s K/V at every point of the loop
-                    self.cache.keep_prefix(seq.table, seq.tokens, seq.L)
-                self.cache.release(seq.table)
-                self.drafter.release(seq)
+                self.retire(seq)
+
+    def retire(self, seq: Sequence) -> None:
+        """A sequence's pages back to the pool (with prefix caching its full ones kept), its drafter's state dropped;
+        again, nothing."""
+        if self.prefix_caching:  # positions below L hold tokens[:L]'s K/V at every point of the loop
+            self.cache.keep_prefix(seq.table, seq.tokens, seq.L)
+        self.cache.release(seq.table)
+        self.drafter.release(seq)
+
+    def tree_budgets(self, seqs: list[Sequence]) -> list[int]:
+        """Each sequence's most tree nodes: up to the context limit, and to the pages the pool can give once every
+        sequence has those of its next token (so near a full pool the trees shrink, down to plain decoding, instead of
+        the step failing where plain decoding would go on). The pages go to the sequences in turn."""
+        cache = self.cache
+        budgets = [min(self.max_model_len - s.L, MAX_TREE_NODES) for s in seqs]
+        need = [cache.pages_to_write(s.table, s.L, 1) for s in seqs]
+        spare = cache.free_pages - sum(need)
+        if spare < 0:  # not even a token each: the step's prepare reports the full pool
+            return budgets
+        for i, s in enumerate(seqs):
+            while budgets[i] > 1 and cache.pages_to_write(s.table, s.L, budgets[i]) > need[i] + spare:
+                budgets[i] -= 1
+            spare -= cache.pages_to_write(s.table, s.L, budgets[i]) - need[i]
+        return budgets
 
     def drafts_on_device(self, seqs: list[Sequence], trees: list[Tree]) -> bool:
         """Whether the next tree steps run drafted on the device: one sequence with the n-gram drafter whose

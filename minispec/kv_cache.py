@@ -69,6 +69,12 @@ class KVCache:
         if self.refcount[page] == 0:
             self.free.append(page)
 
+    def pages_to_write(self, table: list[int], start: int, num_tokens: int) -> int:
+        """The pages `prepare(table, start, num_tokens)` would take: copies of shared pages it writes, and new ones."""
+        end_pages = self.pages_for(start + num_tokens)
+        shared = sum(self.refcount[table[index]] > 1 for index in range(start // self.page_size, min(len(table), end_pages)))
+        return int(shared) + max(0, end_pages - len(table))
+
     def prepare(self, table: list[int], start: int, num_tokens: int) -> None:
         """Make positions start .. start+num_tokens-1 writable: copy shared pages, add new ones."""
         end = start + num_tokens

@@ -702,3 +702,30 @@ def test_random_mixed_batches_keep_greedy_outputs_and_pages(fuzz_models, seed):
         assert [[s.token_ids for s in r.samples] for r in runs[0]] == [[s.token_ids for s in r.samples] for r in runs[1]], what
         assert llm.cache.free_pages == llm.cache.num_pages
     assert llm.cache.free_pages == free, what
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_pool_that_fits_plain_decoding_fits_speculation(fuzz_models, seed):
+    """A KV pool sized for plain decoding (100-130% of the prompts' and outputs' tokens, n samples sharing their
+    prompt's pages, and the part-filled pages) serves the same greedy requests under the n-gram drafter and self:1 with plain decoding's tokens:
+    trees shrink to the pages left (Engine.tree_budgets), a draft model drafts only where its own pool, which holds
+    every sample's prompt, has room (ModelDrafter.fit), and a finished sequence's pages go back at once
+    (Engine.retire) rather than when the whole batch ends; every page comes back."""
+    rng = np.random.default_rng(100 + seed)
+    model, page_size = fuzz_models[seed % 2], int(rng.choice([1, 3, 8, 16]))
+    prompts = [[int(t) for t in rng.integers(3, 259, int(rng.integers(1, 60)))] for _ in range(int(rng.integers(1, 4)))]
+    params = [SamplingParams(n=int(rng.integers(1, 3)), temperature=0, max_tokens=int(rng.integers(1, 60)), ignore_eos=True) for _ in prompts]
+    tokens = sum(len(p) + q.max_tokens * q.n for p, q in zip(prompts, params))
+    kv = int(tokens * rng.uniform(1.0, 1.3)) + sum(2 * q.n for q in params) * page_size  # (pages part-filled)
+    outputs = {}
+    for draft in (None, "ngram", "self:1"):
+        llm = LLM(model=str(model), device="cpu", page_size=page_size, draft=draft, kv_cache_tokens=kv, max_model_len=400)
+        try:
+            outputs[draft] = [[s.token_ids for s in r.samples] for r in llm.generate(prompts, params)]
+        except MinispecError as error:
+            outputs[draft] = str(error)
+        assert llm.cache.free_pages == llm.cache.num_pages, draft
+    if isinstance(outputs[None], str):
+        pytest.skip(f"the pool is too small for plain decoding too: {outputs[None]}")
+    assert outputs["ngram"] == outputs[None] and outputs["self:1"] == outputs[None], (page_size, kv, tokens)
+
