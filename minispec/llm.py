@@ -18,6 +18,9 @@ from .step import StepItem, build_plan
 from .tokenizer import Tokenizer
 
 
+TOKEN_LISTS, TOKEN_IDS = (list, tuple, np.ndarray), (int, np.integer)  # what a prompt of token ids may be made of
+
+
 @dataclass
 class Sample:
     text: str
@@ -112,6 +115,8 @@ class LLM:
     def _encode(self, prompt) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
+        if not isinstance(prompt, TOKEN_LISTS) or not all(isinstance(t, TOKEN_IDS) for t in prompt):
+            raise MinispecError(f"a prompt is a string or a list of token ids (ints), got {type(prompt).__name__} {prompt!r:.60}")
         return [int(t) for t in prompt]
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
@@ -121,7 +126,9 @@ class LLM:
     def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None) -> GenerationResult | list[GenerationResult]:
         """prompts: a string, a list of token ids, or a list of either, fed as they are (chat() applies the chat
         template). One result per prompt: a single prompt gives its result, a list a list of them."""
-        single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int))
+        single = isinstance(prompts, str) or (isinstance(prompts, TOKEN_LISTS) and len(prompts) > 0 and isinstance(prompts[0], TOKEN_IDS))
+        if not single and not isinstance(prompts, (list, tuple)):
+            raise MinispecError(f"prompts: a string, a list of token ids, or a list of either, got {type(prompts).__name__}")
         prompt_ids = [self._encode(p) for p in ([prompts] if single else prompts)]
         params = params or SamplingParams()
         params_list = params if isinstance(params, list) else [params] * len(prompt_ids)

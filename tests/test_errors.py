@@ -59,6 +59,22 @@ def test_prompt_over_the_context_limit(tiny_model):
     assert result.finish_reason == "length" and len(result.token_ids) == 4
 
 
+def test_prompts_of_the_wrong_type_are_clear_errors(tiny_model):
+    """A prompt is a string or token ids (ints, NumPy's too, in a list, tuple or array); prompts a list of those.
+    Anything else is a MinispecError naming what came, not a TypeError from deep inside."""
+    import numpy as np
+
+    llm = LLM(model=str(tiny_model), device="cpu")
+    params = SamplingParams(temperature=0, max_tokens=3)
+    expected = llm.generate([5, 6], params).token_ids
+    assert llm.generate(np.array([5, 6]), params).token_ids == llm.generate((5, 6), params).token_ids == expected
+    assert [r.token_ids for r in llm.generate([np.array([5, 6]), (5, 6)], params)] == [expected, expected]
+    for bad, message in (([1.5], "got float"), ([[1.5]], "got list"), ({1, 2}, "got set"), (None, "got NoneType")):
+        with pytest.raises(MinispecError, match=message):
+            llm.generate(bad, params)
+    assert llm.cache.free_pages == llm.cache.num_pages
+
+
 def test_cuda_without_gpu_is_a_one_line_error(tiny_model):
     from minispec.backends import cuda_available
 
