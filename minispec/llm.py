@@ -132,6 +132,9 @@ class LLM:
         prompt_ids = [self._encode(p) for p in ([prompts] if single else prompts)]
         params = params or SamplingParams()
         params_list = params if isinstance(params, list) else [params] * len(prompt_ids)
+        if len(params_list) != len(prompt_ids) or not all(isinstance(p, SamplingParams) for p in params_list):
+            raise MinispecError(f"params: one SamplingParams, or a list of one a prompt ({len(prompt_ids)}), got "
+                                f"{type(params).__name__}" + (f" of {len(params_list)}" if isinstance(params, list) else ""))
         events = self.engine.run(prompt_ids, params_list)
         while True:  # drain the stream; the generator returns the finished sequences
             try:
@@ -162,7 +165,10 @@ class LLM:
 
     def stream_events(self, prompt, params: SamplingParams | None = None):
         """Yield (text piece, sequence) of one prompt's first sample; the sequence carries tokens and stats."""
-        for seq, piece in self.engine.run([self._encode(prompt)], [params or SamplingParams()]):
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise MinispecError(f"params: one SamplingParams, got {type(params).__name__}")
+        for seq, piece in self.engine.run([self._encode(prompt)], [params]):
             if seq.sample == 0:
                 yield piece, seq
 

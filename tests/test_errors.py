@@ -60,8 +60,9 @@ def test_prompt_over_the_context_limit(tiny_model):
 
 
 def test_prompts_of_the_wrong_type_are_clear_errors(tiny_model):
-    """A prompt is a string or token ids (ints, NumPy's too, in a list, tuple or array); prompts a list of those.
-    Anything else is a MinispecError naming what came, not a TypeError from deep inside."""
+    """A prompt is a string or token ids (ints, NumPy's too, in a list, tuple or array); prompts a list of those, with
+    one SamplingParams or a list of one a prompt. Anything else is a MinispecError naming what came, not a TypeError
+    or KeyError from deep inside."""
     import numpy as np
 
     llm = LLM(model=str(tiny_model), device="cpu")
@@ -72,6 +73,9 @@ def test_prompts_of_the_wrong_type_are_clear_errors(tiny_model):
     for bad, message in (([1.5], "got float"), ([[1.5]], "got list"), ({1, 2}, "got set"), (None, "got NoneType")):
         with pytest.raises(MinispecError, match=message):
             llm.generate(bad, params)
+    for prompts, bad in ((["a", "b", "c"], [params]), (["a"], [params] * 2), ("a", "greedy")):  # params: one, or one a prompt
+        with pytest.raises(MinispecError, match="params: one SamplingParams"):
+            llm.generate(prompts, bad)
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
