@@ -347,7 +347,8 @@ class Engine:
         Step k + 1 is launched with the token step k left on the device (Model.forward's `tokens`) before the
         host reads that token, so the host's work between steps (the copy back, emitting text, stop checks,
         the next plan) overlaps the GPU's. A sequence that stops at step k's token wastes the step launched
-        past it: its K/V landed beyond L on a page the sequence owns, and nothing reads it. The tokens are
+        past it: its K/V landed beyond L on a page the sequence owns, and nothing reads it; its pages go back once
+        that step is read (retire), those of one that step did not take at once. The tokens are
         those of step-by-step decoding (same kernels, same inputs; a sampled step draws each sequence's token
         at its root's position, as every step does: sampling.position_uniform). When
         the pool has no page for the step ahead, that round waits for the pending tokens and goes step by
@@ -402,6 +403,12 @@ class Engine:
                     s.stats.steps += 1
                     s.stats.accepted_lengths[1] += 1
                     yield from self.emit(s, [int(token)])
+                # a sequence done with this step's token and not in the step now in flight gives its pages back (one
+                # that stopped at a stop token is in that step, whose K/V lands on its page: it gives them after it)
+                in_flight = {id(s) for s in launched[0]} if launched is not None else set()
+                for s in pending[0]:
+                    if s.done and id(s) not in in_flight:
+                        self.retire(s)
                 live = [s for s in pending[0] if not s.done]
                 stopping = stopping or (until is not None and bool(live) and until(live))
                 if stopping and launched is not None and self.hands_over(launched[0]):

@@ -729,3 +729,23 @@ def test_a_pool_that_fits_plain_decoding_fits_speculation(fuzz_models, seed):
         pytest.skip(f"the pool is too small for plain decoding too: {outputs[None]}")
     assert outputs["ngram"] == outputs[None] and outputs["self:1"] == outputs[None], (page_size, kv, tokens)
 
+
+@pytest.mark.parametrize("sampled", [False, True])
+@pytest.mark.parametrize("draft", [None, "ngram"])
+def test_a_finished_sequence_gives_its_pages_to_the_batch(tiny_model, sampled, draft):
+    """Two prompts of 30 tokens, one stopping after 2 new tokens and one after 60, on 7 pages of 16: together they
+    hold 2 + 6 pages, so the long one finishes only on the short one's pages, which come back once it is done (decoding
+    one step ahead: once the step in flight is read; tree steps: at once); the tokens are those of each alone on a
+    large pool, and every page comes back."""
+    mode = dict(temperature=0.8, seed=3) if sampled else dict(temperature=0)
+    prompts = [[int(t) for t in np.random.default_rng(i).integers(3, 259, 30)] for i in range(2)]
+    params = [SamplingParams(max_tokens=2, ignore_eos=True, **mode), SamplingParams(max_tokens=60, ignore_eos=True, **mode)]
+    alone = LLM(model=str(tiny_model), device="cpu")
+    expected = [alone.generate(p, q).token_ids for p, q in zip(prompts, params)]
+    llm = LLM(model=str(tiny_model), device="cpu", draft=draft, kv_cache_tokens=7 * 16)
+    results = llm.generate(prompts, params)
+    assert [len(r.token_ids) for r in results] == [2, 60]
+    if not sampled or draft is None:  # (a sampled n-gram tree step rounds unlike a one-row step: README)
+        assert [r.token_ids for r in results] == expected
+    assert llm.cache.free_pages == llm.cache.num_pages
+
