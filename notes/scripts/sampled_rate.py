@@ -4,8 +4,11 @@ of builds run by turns (.old beside the tree). Needs the default model (MINISPEC
 
     PYTHONPATH=$PWD python3 notes/scripts/sampled_rate.py TAG
 """
-import dataclasses, sys
+import dataclasses
+import sys
+
 import numpy as np
+
 from minispec import LLM, SamplingParams
 from minispec.bench import INPUT_GROUNDED, SPEC_PROMPTS, timed_generate
 llm = LLM(device="cuda")
