@@ -136,7 +136,10 @@ class Engine:
                     yield from self.emit(seq, [logits.choose(row, seq.params, seq.key, seq.prompt_len - 1)], from_step=False)
             text_due = []  # (sequence, tokens) of the last step whose text is not out yet (see below)
             while active := [s for s in seqs if not s.done]:
-                trees = self.drafter.propose(active, self.tree_budgets(active))  # tokens[T], parents[T] per sequence
+                budgets = self.tree_budgets(active)
+                if 0 in budgets:  # the pool is short: those it cannot give a page wait for the others' (retire)
+                    active, budgets = [s for s, b in zip(active, budgets) if b], [b for b in budgets if b]
+                trees = self.drafter.propose(active, budgets)  # tokens[T], parents[T] per sequence
                 if ahead and all(len(tree) == 1 for tree in trees):
                     yield from self.emit_text(text_due)
                     text_due = []
@@ -198,14 +201,28 @@ class Engine:
     def tree_budgets(self, seqs: list[Sequence]) -> list[int]:
         """Each sequence's most tree nodes: up to the context limit, and to the pages the pool can give once every
         sequence has those of its next token (so near a full pool the trees shrink, down to plain decoding, instead of
-        the step failing where plain decoding would go on). The pages go to the sequences in turn."""
+        the step failing where plain decoding would go on). The pages go to the sequences in turn. Where the pool
+        cannot give every sequence its next token's pages, those it cannot (in turn) get 0: they wait a step, while
+        the others go on and, finishing, give pages back; where it can give none, the step's prepare reports the
+        full pool."""
         cache = self.cache
         budgets = [min(self.max_model_len - s.L, MAX_TREE_NODES) for s in seqs]
         need = [cache.pages_to_write(s.table, s.L, 1) for s in seqs]
-        spare = cache.free_pages - sum(need)
-        if spare < 0:  # not even a token each: the step's prepare reports the full pool
-            return budgets
+        spare, waiting = cache.free_pages - sum(need), set()
+        if spare < 0:
+            free = cache.free_pages
+            for i, pages in enumerate(need):
+                if pages <= free:
+                    free -= pages
+                else:
+                    waiting.add(i)
+            if len(waiting) == len(seqs):
+                return budgets
+            spare = free
         for i, s in enumerate(seqs):
+            if i in waiting:
+                budgets[i] = 0
+                continue
             while budgets[i] > 1 and cache.pages_to_write(s.table, s.L, budgets[i]) > need[i] + spare:
                 budgets[i] -= 1
             spare -= cache.pages_to_write(s.table, s.L, budgets[i]) - need[i]
@@ -376,14 +393,19 @@ class Engine:
             else:  # those the pending token cannot finish by length (a stop token shows only when it is read)
                 ahead = pending[3]
                 rows = [s for s in pending[0] if not s.done and s.output_len + 1 < s.params.max_tokens and s.L + ahead + 1 < self.max_model_len]
-            launched = None
+            launched, ready = None, []
             try:
                 for s in rows:  # the root of s sits at L, or at L + ahead behind the pending step's token
                     self.cache.prepare(s.table, s.L + ahead, 1)
+                    ready.append(s)
             except KVPoolFull:
-                if pending is None:
+                if pending is None and not ready:
                     raise
-                rows = []
+                if pending is not None:  # this round reads the pending tokens; the next goes step by step
+                    ready = []
+            # (step by step, the sequences the pool has no page for wait until those that step are done or short of
+            # pages themselves, which gives theirs back as they finish: retire)
+            rows = ready
             if rows:
                 tokens = None
                 if pending is not None:  # the pending ids as they are, or the rows of the sequences still going

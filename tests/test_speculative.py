@@ -749,3 +749,53 @@ def test_a_finished_sequence_gives_its_pages_to_the_batch(tiny_model, sampled, d
         assert [r.token_ids for r in results] == expected
     assert llm.cache.free_pages == llm.cache.num_pages
 
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_a_sequence_the_pool_cannot_give_a_page_waits_for_one_that_finishes(tiny_model, sampled):
+    """Two prompts of one page (16 tokens), 20 and 40 new tokens: 3 and 4 pages, on a pool of 5. Decoding one step
+    ahead, both reach position 32 together, where each needs a third page and one is free: step by step, the first
+    takes it and finishes there, and the other waits for the pages the first gives back (retire); each request gets
+    its own tokens, and every page comes back. (Sequences that all hold their pages and all need one more are still a
+    full pool's error: nothing is preempted, test_running_out_of_pages_is_an_error_and_frees_everything.)"""
+    mode = dict(temperature=0.8, seed=5) if sampled else dict(temperature=0)
+    prompts = [[int(t) for t in np.random.default_rng(10 + i).integers(3, 259, 16)] for i in range(2)]
+    params = [SamplingParams(max_tokens=20, ignore_eos=True, **mode), SamplingParams(max_tokens=40, ignore_eos=True, **mode)]
+    alone = LLM(model=str(tiny_model), device="cpu")
+    expected = [alone.generate(p, q).token_ids for p, q in zip(prompts, params)]
+    llm = LLM(model=str(tiny_model), device="cpu", kv_cache_tokens=5 * 16)
+    assert [r.token_ids for r in llm.generate(prompts, params)] == expected
+    assert llm.cache.free_pages == llm.cache.num_pages
+
+
+def test_tree_budgets_share_the_pages_left_and_make_the_rest_wait():
+    """Engine.tree_budgets on a pool of 6 pages of 4: the context limit and 64 nodes cap every budget; the pages past
+    each sequence's next token go to the sequences in turn (a page shared with another sample is copied: it counts);
+    where the pool cannot give every sequence its next token's page, those it cannot get 0 (they wait a step); where
+    it can give none, the budgets are left for the step's prepare to report the full pool."""
+    from types import SimpleNamespace
+
+    from minispec.backends.numpy_backend import NumpyBackend
+    from minispec.engine import Engine
+    from minispec.kv_cache import KVCache
+
+    cache = KVCache(NumpyBackend(), num_layers=1, num_pages=6, num_kv_heads=1, page_size=4, head_dim=2)
+    engine = SimpleNamespace(cache=cache, max_model_len=100)
+    seq = lambda L: SimpleNamespace(table=[], L=L)  # noqa: E731
+    a, b = seq(8), seq(5)
+    cache.prepare(a.table, 0, 8)  # 2 pages, full: its next token needs a third
+    cache.prepare(b.table, 0, 5)  # 2 pages, room for 3 more tokens in the second
+    budgets = lambda seqs: Engine.tree_budgets(engine, seqs)  # noqa: E731
+    assert budgets([a, b]) == [8, 3]  # 2 free: a needs one for its token, the other gives it 4 more; b has 3 in hand
+    assert budgets([b, a]) == [7, 4]  # in turn: b takes the spare page first
+    assert Engine.tree_budgets(SimpleNamespace(cache=cache, max_model_len=10), [a]) == [2]  # the context limit
+    assert budgets([seq(0)]) == [8]  # a new sequence: the 2 free pages
+    c = SimpleNamespace(table=cache.fork(b.table), L=5)  # shares b's pages: writing position 5 copies the second
+    assert budgets([c]) == [7]  # the copy and one new page: 3 + 4 positions
+    assert budgets([b]) == [7]  # b's page is shared too now: b would copy it as well
+    cache.release(c.table)
+    d = seq(8)
+    cache.prepare(d.table, 0, 4)
+    cache.prepare(d.table, 4, 4)  # 2 pages, full; the pool now has none free
+    assert cache.free_pages == 0
+    assert budgets([a, b]) == [0, 3]  # a waits; b goes on in its own page
+    assert budgets([a, d]) == [64, 64]  # none can step: prepare reports it
