@@ -369,7 +369,9 @@ class Engine:
         those of step-by-step decoding (same kernels, same inputs; a sampled step draws each sequence's token
         at its root's position, as every step does: sampling.position_uniform). When
         the pool has no page for the step ahead, that round waits for the pending tokens and goes step by
-        step (a sequence that stops there never needed the page).
+        step (a sequence that stops there never needed the page); step by step, the sequences it has no page for
+        wait while the others step, until those are done or short of pages too (their pages come back as they
+        finish: retire).
 
         until(sequences still going) -> bool, asked after each step's tokens: True launches no further step; the
         one in flight is read (its token is the next one whatever drafts come) and the stretch returns. A run with a
