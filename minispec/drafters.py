@@ -535,12 +535,11 @@ class ModelDrafter(NoDrafter):
         for seq, cap in zip(seqs, caps):
             state = self.state.get(id(seq))
             table, cached = (state.table, state.cached) if state else ([], 0)  # (a first proposal's kept pages: not counted)
-            pages = lambda nodes: cache.pages_to_write(table, cached, seq.L + nodes - cached)  # noqa: E731
-            while cap > 1 and pages(cap) > free:
-                cap -= 1
+            # positions cached .. L + cap - 1: cap = the tokens that fit, less the catch-up's before the root
+            cap = cache.fit_tokens(table, cached, seq.L + cap - cached, free) - (seq.L - cached)
             if cap > 1:
-                free -= pages(cap)
-            fitted.append(cap)
+                free -= cache.pages_to_write(table, cached, seq.L + cap - cached)
+            fitted.append(max(cap, 1))
         return fitted
 
     def propose_trees(self, seqs, caps: list[int]) -> list[Tree]:

@@ -208,9 +208,9 @@ class Engine:
         cache = self.cache
         budgets = [min(self.max_model_len - s.L, MAX_TREE_NODES) for s in seqs]
         need = [cache.pages_to_write(s.table, s.L, 1) for s in seqs]
-        spare, waiting = cache.free_pages - sum(need), set()
-        if spare < 0:
-            free = cache.free_pages
+        free = cache.free_pages
+        waiting = set()
+        if sum(need) > free:
             for i, pages in enumerate(need):
                 if pages <= free:
                     free -= pages
@@ -218,14 +218,11 @@ class Engine:
                     waiting.add(i)
             if len(waiting) == len(seqs):
                 return budgets
-            spare = free
-        for i, s in enumerate(seqs):
-            if i in waiting:
-                budgets[i] = 0
-                continue
-            while budgets[i] > 1 and cache.pages_to_write(s.table, s.L, budgets[i]) > need[i] + spare:
-                budgets[i] -= 1
-            spare -= cache.pages_to_write(s.table, s.L, budgets[i]) - need[i]
+        else:
+            free -= sum(need)
+        for i, s in enumerate(seqs):  # free: the pages left once every stepping sequence has its next token's
+            budgets[i] = 0 if i in waiting else cache.fit_tokens(s.table, s.L, budgets[i], need[i] + free)
+            free -= cache.pages_to_write(s.table, s.L, budgets[i]) - need[i] if budgets[i] else 0
         return budgets
 
     def drafts_on_device(self, seqs: list[Sequence], trees: list[Tree]) -> bool:

@@ -75,6 +75,12 @@ class KVCache:
         shared = sum(self.refcount[table[index]] > 1 for index in range(start // self.page_size, min(len(table), end_pages)))
         return int(shared) + max(0, end_pages - len(table))
 
+    def fit_tokens(self, table: list[int], start: int, most: int, pages: int) -> int:
+        """The most tokens (up to `most`, at least 0) from `start` whose writes take at most `pages` pages."""
+        while most > 0 and self.pages_to_write(table, start, most) > pages:
+            most -= 1
+        return most
+
     def prepare(self, table: list[int], start: int, num_tokens: int) -> None:
         """Make positions start .. start+num_tokens-1 writable: copy shared pages, add new ones."""
         end = start + num_tokens

@@ -21,6 +21,17 @@ from .tokenizer import Tokenizer
 TOKEN_LISTS, TOKEN_IDS = (list, tuple, np.ndarray), (int, np.integer)  # what a prompt of token ids may be made of
 
 
+def params_for(params, prompts: int, one: bool = False) -> list:
+    """A SamplingParams a prompt from `params`: None (the defaults), one SamplingParams, or (unless `one`) a list of one
+    a prompt; else a MinispecError naming what came."""
+    params = params or SamplingParams()
+    listed = params if isinstance(params, list) and not one else [params] * prompts
+    if len(listed) != prompts or not all(isinstance(p, SamplingParams) for p in listed):
+        raise MinispecError(f"params: one SamplingParams{'' if one else f', or a list of one a prompt ({prompts})'}, got "
+                            f"{type(params).__name__}" + (f" of {len(params)}" if isinstance(params, list) else ""))
+    return listed
+
+
 @dataclass
 class Sample:
     text: str
@@ -130,12 +141,7 @@ class LLM:
         if not single and not isinstance(prompts, (list, tuple)):
             raise MinispecError(f"prompts: a string, a list of token ids, or a list of either, got {type(prompts).__name__}")
         prompt_ids = [self._encode(p) for p in ([prompts] if single else prompts)]
-        params = params or SamplingParams()
-        params_list = params if isinstance(params, list) else [params] * len(prompt_ids)
-        if len(params_list) != len(prompt_ids) or not all(isinstance(p, SamplingParams) for p in params_list):
-            raise MinispecError(f"params: one SamplingParams, or a list of one a prompt ({len(prompt_ids)}), got "
-                                f"{type(params).__name__}" + (f" of {len(params_list)}" if isinstance(params, list) else ""))
-        events = self.engine.run(prompt_ids, params_list)
+        events = self.engine.run(prompt_ids, params_for(params, len(prompt_ids)))
         while True:  # drain the stream; the generator returns the finished sequences
             try:
                 next(events)
@@ -165,10 +171,7 @@ class LLM:
 
     def stream_events(self, prompt, params: SamplingParams | None = None):
         """Yield (text piece, sequence) of one prompt's first sample; the sequence carries tokens and stats."""
-        params = params or SamplingParams()
-        if not isinstance(params, SamplingParams):
-            raise MinispecError(f"params: one SamplingParams, got {type(params).__name__}")
-        for seq, piece in self.engine.run([self._encode(prompt)], [params]):
+        for seq, piece in self.engine.run([self._encode(prompt)], params_for(params, 1, one=True)):
             if seq.sample == 0:
                 yield piece, seq
 
