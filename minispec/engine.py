@@ -23,6 +23,7 @@ class Stats:
     steps: int = 0  # target forwards after prefill
     emitted: int = 0  # tokens emitted by those forwards
     accepted_lengths: Counter = field(default_factory=Counter)  # tokens per step -> count
+    preemptions: int = 0  # times its pages went back to the pool for the others' steps (Engine.preempt)
 
     @property
     def tokens_per_step(self) -> float:
@@ -107,43 +108,67 @@ class Engine:
 
     # ------------------------------------------------------------------ the loop
     def run(self, prompts: list[list[int]], params: list[SamplingParams]):
-        """Yield (sequence, text piece) as tokens are accepted; returns when every sequence is done."""
+        """Yield (sequence, text piece) as tokens are accepted; returns when every sequence is done.
+
+        A pool too small for the whole batch: prompts it cannot hold with the others wait to be prefilled (admit), a
+        sequence it cannot give its next page waits a step (tree_budgets), and where it can give no sequence one, the
+        last going one's pages go back and its tokens are prefilled again later (preempt, resume), first come first.
+        A full pool is an error only where one sequence alone needs more than it holds."""
         for prompt in prompts:
             self.check_prompt(prompt)
         parents = [self.new_sequence(i, 0, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params))]
+        queued = list(parents)  # prompts not prefilled yet, first come first (admit)
         seqs: list[Sequence] = []
         try:
-            last_rows = self.prefill_sharing(parents)  # KV for every prompt token; (logits, row) of each last token
-            for parent in parents:
-                seqs += self.fork_samples(parent)  # n samples share the prompt's pages
+            first = self.admit(queued, [])
             # all greedy or all sampled: a step's next tokens come from one kernel (argmax or the sampler), so
             # while there is nothing to verify the steps run one ahead of the host (decode_ahead)
-            ahead = self.decode_ahead_enabled and self.drafter.host_only and len({s.params.greedy for s in seqs}) == 1
+            ahead = self.decode_ahead_enabled and self.drafter.host_only and len({p.greedy for p in params}) == 1
             asks = None if type(self.drafter) is NoDrafter else self.drafts_ready
-            greedy = all(s.params.greedy for s in seqs)
+            greedy = all(p.greedy for p in params)
             if ahead:  # the first step launched behind the prefill, its roots the first tokens left on the device
+                last_rows = dict(zip([p.index for p in first], self.prefill_sharing(first)))  # (logits, row) of each last token
+                for parent in first:
+                    seqs += self.fork_samples(parent)  # n samples share the prompt's pages
                 firsts = [last_rows[s.index][0].choose_device(last_rows[s.index][1], s.params, s.key, s.prompt_len - 1)
                           for s in seqs]
                 self.drafter.start(seqs)
-                yield from self.decode_ahead(seqs, asks, self.model.backend.concat(firsts))
+                yield from self.decode_ahead(seqs, self.until_room(asks, queued), self.model.backend.concat(firsts))
             else:
-                for parent, (logits, _) in zip(parents, last_rows):
-                    if parent.params.greedy:  # its first token's id: the copy queued now, read below
-                        logits.fetch_argmax()
-                self.drafter.start(seqs)  # while the prefill's last step runs (nothing has waited for it yet)
-                for seq in seqs:
-                    logits, row = last_rows[seq.index]
-                    yield from self.emit(seq, [logits.choose(row, seq.params, seq.key, seq.prompt_len - 1)], from_step=False)
+                seqs += yield from self.start_sequences(first)
             text_due = []  # (sequence, tokens) of the last step whose text is not out yet (see below)
-            while active := [s for s in seqs if not s.done]:
-                budgets = self.tree_budgets(active)
+            preempted = []  # sequences whose pages went back to the pool (preempt), first preempted first
+            while True:  # (no step is in flight here)
+                for seq in seqs:  # finished in a device-drafted stretch: its pages back before any step or resume
+                    if seq.done and seq.table:
+                        self.retire(seq)
+                going = [s for s in seqs if not s.done and s.table]  # (a preempted sequence holds no pages)
+                if preempted:  # before new prompts: first come first
+                    self.resume(preempted, going)
+                elif queued and (admitted := self.admit(queued, going)):
+                    seqs += yield from self.start_sequences(admitted)
+                going = [s for s in seqs if not s.done and s.table]
+                if not going:
+                    if preempted or queued:  # (the ones resumed or admitted finished at once)
+                        continue
+                    break
+                budgets = self.tree_budgets(going)
+                while not any(budgets):  # the pool cannot give any sequence its next page: the last one's go back
+                    if len(going) == 1:
+                        raise self.cache.full_error("one sequence needs more pages than the pool holds")
+                    preempted.append(self.preempt(going.pop()))
+                    budgets = self.tree_budgets(going)
+                active = going
                 if 0 in budgets:  # the pool is short: those it cannot give a page wait for the others' (retire)
-                    active, budgets = [s for s, b in zip(active, budgets) if b], [b for b in budgets if b]
+                    active, budgets = [s for s, b in zip(going, budgets) if b], [b for b in budgets if b]
                 trees = self.drafter.propose(active, budgets)  # tokens[T], parents[T] per sequence
                 if ahead and all(len(tree) == 1 for tree in trees):
                     yield from self.emit_text(text_due)
                     text_due = []
-                    yield from self.decode_ahead(active, asks)  # until the drafter has drafts again
+                    # until the drafter has drafts again, or the pool has room for a sequence that waits
+                    stepping = {id(s) for s in active}
+                    waiting = [s for s in going if id(s) not in stepping]
+                    yield from self.decode_ahead(active, self.until_room(asks, waiting + preempted + queued))
                     continue
                 if self.drafts_on_device(active, trees):
                     yield from self.emit_text(text_due)
@@ -190,6 +215,92 @@ class Engine:
             for seq in parents + seqs:
                 self.retire(seq)
 
+    def preempt(self, seq: Sequence) -> Sequence:
+        """Give a going sequence's pages back to the pool (preemption by recompute: resume prefills its tokens again
+        once there is room); its tokens, text, stream and drafter state stay. With prefix caching its full pages are
+        kept, so resume takes back those that no other sequence's pages evicted meanwhile."""
+        if self.prefix_caching:
+            self.cache.keep_prefix(seq.table, seq.tokens, seq.L)
+        self.cache.release(seq.table)
+        seq.L = 0
+        seq.stats.preemptions += 1
+        return seq
+
+    def resume(self, preempted: list[Sequence], going: list[Sequence]) -> None:
+        """Prefill preempted sequences again, first preempted first, while the pool has room for all of a sequence's
+        tokens beside every going sequence's next page (with none going, the first at least: its prefill reports a
+        pool too small for it alone). A resumed sequence's K/V is the prefill's, whose products may round unlike the
+        decode steps' that wrote it first (README: "Types and launches")."""
+        cache = self.cache
+        room = cache.free_pages - sum(map(self.pages_to_go_on, going))
+        back = []
+        for seq in preempted:
+            need = self.pages_to_go_on(seq)
+            if need > room and (going or back):
+                break
+            room -= need
+            back.append(seq)
+        if not back:
+            return
+        del preempted[: len(back)]
+        for seq in back:  # tokens[L] is the next step's root, as before
+            seq.table = cache.reuse_prefix(seq.tokens, len(seq.tokens) - 1) if self.prefix_caching else []
+            seq.L = len(seq.table) * cache.page_size
+        self.prefill(back, [len(seq.tokens) - 1 for seq in back])
+
+    def admit(self, queued: list[Sequence], going: list[Sequence]) -> list[Sequence]:
+        """The queued prompts (taken off `queued`, first come first) that the pool has room for beside every going
+        sequence's next page: each one's pages and a page for each of its samples' first token; with none going, the
+        first at least (its prefill reports a pool too small for it alone)."""
+        room = self.cache.free_pages - sum(self.pages_to_go_on(s) for s in going)
+        taken = []
+        for parent in queued:
+            need = self.pages_to_go_on(parent)
+            if need > room and (going or taken):
+                break
+            room -= need
+            taken.append(parent)
+        del queued[: len(taken)]
+        return taken
+
+    def start_sequences(self, parents: list[Sequence]):
+        """Prefill prompts (prefill_sharing), fork their samples, and emit each sample's first token, chosen on the host
+        from its prompt's last row; returns the samples."""
+        last_rows = self.prefill_sharing(parents)  # KV for every prompt token; (logits, row) of each last token
+        seqs = [seq for parent in parents for seq in self.fork_samples(parent)]  # n samples share the prompt's pages
+        for parent, (logits, _) in zip(parents, last_rows):
+            if parent.params.greedy:  # its first token's id: the copy queued now, read below
+                logits.fetch_argmax()
+        self.drafter.start(seqs)  # while the prefill's last step runs (nothing has waited for it yet)
+        rows = dict(zip([parent.index for parent in parents], last_rows))
+        for seq in seqs:
+            logits, row = rows[seq.index]
+            yield from self.emit(seq, [logits.choose(row, seq.params, seq.key, seq.prompt_len - 1)], from_step=False)
+        return seqs
+
+    def pages_to_go_on(self, seq: Sequence) -> int:
+        """The pages a sequence needs for its next step: a going or waiting one's next token's, a preempted one's tokens
+        (resume: the root's page too), a queued prompt's and a page for each of its samples' first token (admit)."""
+        cache = self.cache
+        if seq.table:
+            return cache.pages_to_write(seq.table, seq.L, 1)
+        return cache.pages_for(len(seq.tokens)) + (seq.params.n if seq.output_len == 0 else 0)
+
+    def until_room(self, asks, sidelined: list[Sequence]):
+        """decode_ahead's `until` while some sequences wait for pages, are preempted or queued (sidelined): the drafter
+        asks (asks), or the pool has room again for one of them (pages_to_go_on) beside a page for each sequence
+        going."""
+        if not sidelined:
+            return asks
+        cache = self.cache
+
+        def until(live: list[Sequence]) -> bool:
+            if asks is not None and asks(live):
+                return True
+            return min(map(self.pages_to_go_on, sidelined)) + len(live) <= cache.free_pages
+
+        return until
+
     def retire(self, seq: Sequence) -> None:
         """A sequence's pages back to the pool (with prefix caching its full ones kept), its drafter's state dropped;
         again, nothing."""
@@ -203,8 +314,7 @@ class Engine:
         sequence has those of its next token (so near a full pool the trees shrink, down to plain decoding, instead of
         the step failing where plain decoding would go on). The pages go to the sequences in turn. Where the pool
         cannot give every sequence its next token's pages, those it cannot (in turn) get 0: they wait a step, while
-        the others go on and, finishing, give pages back; where it can give none, the step's prepare reports the
-        full pool."""
+        the others go on and, finishing, give pages back; where it can give none, all get 0 (run then preempts)."""
         cache = self.cache
         budgets = [min(self.max_model_len - s.L, MAX_TREE_NODES) for s in seqs]
         need = [cache.pages_to_write(s.table, s.L, 1) for s in seqs]
@@ -217,7 +327,7 @@ class Engine:
                 else:
                     waiting.add(i)
             if len(waiting) == len(seqs):
-                return budgets
+                return [0] * len(seqs)
         else:
             free -= sum(need)
         for i, s in enumerate(seqs):  # free: the pages left once every stepping sequence has its next token's
@@ -368,7 +478,7 @@ class Engine:
         the pool has no page for the step ahead, that round waits for the pending tokens and goes step by
         step (a sequence that stops there never needed the page); step by step, the sequences it has no page for
         wait while the others step, until those are done or short of pages too (their pages come back as they
-        finish: retire).
+        finish: retire); where it can give none a page, the stretch returns and run's loop preempts.
 
         until(sequences still going) -> bool, asked after each step's tokens: True launches no further step; the
         one in flight is read (its token is the next one whatever drafts come) and the stretch returns. A run with a
@@ -398,8 +508,8 @@ class Engine:
                     self.cache.prepare(s.table, s.L + ahead, 1)
                     ready.append(s)
             except KVPoolFull:
-                if pending is None and not ready:
-                    raise
+                if pending is None and not ready:  # run's loop makes room (preempt), or reports a full pool
+                    return
                 if pending is not None:  # this round reads the pending tokens; the next goes step by step
                     ready = []
             # (step by step, the sequences the pool has no page for wait until those that step are done or short of
@@ -461,14 +571,16 @@ class Engine:
     def new_sequence(self, index: int, sample: int, prompt: list[int], params: SamplingParams) -> Sequence:
         return Sequence(index, sample, list(prompt), len(prompt), params, self.tokenizer.stream_decoder())
 
-    def prefill(self, seqs: list[Sequence]) -> list[tuple]:
-        """Chunked prefill of every prompt, several sequences per step; (StepLogits, row) of each last token."""
+    def prefill(self, seqs: list[Sequence], ends: list[int] | None = None) -> list[tuple]:
+        """Chunked prefill of every prompt (or of each sequence's tokens up to ends[i]: a preempted one's, resume),
+        several sequences per step; (StepLogits, row) of each last token."""
+        ends = ends or [s.prompt_len for s in seqs]
         last = [None] * len(seqs)
-        while pending := [i for i, s in enumerate(seqs) if s.L < s.prompt_len]:
+        while pending := [i for i, s in enumerate(seqs) if s.L < ends[i]]:
             items, owners, budget = [], [], self.prefill_chunk
             for i in pending:
                 seq = seqs[i]
-                take = min(budget, seq.prompt_len - seq.L)
+                take = min(budget, ends[i] - seq.L)
                 if take == 0:
                     break
                 self.cache.prepare(seq.table, seq.L, take)
@@ -479,7 +591,7 @@ class Engine:
             logits = self.model.forward(build_plan(items, self.cache.page_size), self.cache)  # [B, V]
             for row, i in enumerate(owners):
                 seqs[i].L += len(items[row].tokens)
-                if seqs[i].L == seqs[i].prompt_len:  # a copy of the row: a later step may replay this graph
+                if seqs[i].L == ends[i]:  # a copy of the row: a later step may replay this graph
                     last[i] = (logits.row(row), 0)
         return last
 

@@ -55,13 +55,15 @@ class KVCache:
         if not self.free:
             self._evict_kept()
         if not self.free:
-            raise KVPoolFull(
-                f"KV cache is full ({self.num_pages} page{'s' if self.num_pages != 1 else ''} of {self.page_size} tokens): "
-                "use fewer or shorter requests, or a larger kv_cache_tokens / --kv-cache-tokens"
-            )
+            raise self.full_error()
         page = self.free.pop()
         self.refcount[page] = 1
         return page
+
+    def full_error(self, why: str = "") -> KVPoolFull:
+        pages = f"{self.num_pages} page{'s' if self.num_pages != 1 else ''} of {self.page_size} tokens"
+        return KVPoolFull(f"KV cache is full ({pages}){': ' + why if why else ''}: use fewer or shorter requests, or a larger "
+                          "kv_cache_tokens / --kv-cache-tokens")
 
     def _drop_page(self, page: int) -> None:
         self.refcount[page] -= 1

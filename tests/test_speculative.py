@@ -767,11 +767,77 @@ def test_a_sequence_the_pool_cannot_give_a_page_waits_for_one_that_finishes(tiny
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
+@pytest.mark.parametrize("prefix_caching", [False, True])
+@pytest.mark.parametrize("draft", [None, "ngram", "self:1"])
+@pytest.mark.parametrize("sampled", [False, True])
+def test_sequences_that_all_need_a_page_preempt_the_last_and_recompute_it(tiny_model, sampled, draft, prefix_caching):
+    """Three prompts of one page (16 tokens), 40 new tokens each (4 pages), the second as 2 samples sharing its
+    prompt's page, on a pool of 9 pages: together they need 16, and at position 48 every sequence holds 3 and needs a
+    fourth. The last ones' pages go back to the pool (Engine.preempt) and their tokens are prefilled again once the
+    others finish (resume), instead of the batch failing: every sample gets its tokens alone on a large pool (greedy;
+    sampled ones draw at their positions, so the same draws; but a sampled draft model's, whose trees the short pool
+    cuts, so whose residual draws differ), at least one was preempted, and every page comes back (with prefix caching:
+    as many pages free or reclaimable as before)."""
+    mode = dict(temperature=0.8, seed=7) if sampled else dict(temperature=0)
+    prompts = [[int(t) for t in np.random.default_rng(20 + i).integers(3, 259, 16)] for i in range(3)]
+    params = [SamplingParams(max_tokens=40, ignore_eos=True, n=2 if i == 1 else 1, **mode) for i in range(3)]
+    alone = LLM(model=str(tiny_model), device="cpu")
+    expected = [[s.token_ids for s in alone.generate(p, q).samples] for p, q in zip(prompts, params)]
+    llm = LLM(model=str(tiny_model), device="cpu", draft=draft, kv_cache_tokens=9 * 16, prefix_caching=prefix_caching)
+    free = llm.cache.free_pages
+    results = llm.generate(prompts, params)
+    outputs = [[s.token_ids for s in r.samples] for r in results]
+    if sampled and draft == "self:1":
+        assert [[len(o) for o in samples] for samples in outputs] == [[40], [40, 40], [40]]
+    else:
+        assert outputs == expected
+    assert sum(s.stats.preemptions for r in results for s in r.samples) > 0
+    assert llm.cache.free_pages == free == llm.cache.num_pages
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+@pytest.mark.parametrize("draft", [None, "ngram"])
+@pytest.mark.parametrize("sampled", [False, True])
+def test_prompts_the_pool_cannot_hold_together_wait_their_turn(tiny_model, sampled, draft, ahead):
+    """Six prompts of two pages (32 tokens), 20 new tokens each (4 pages alone), the third as 2 samples, on a pool of
+    6 pages: the prompts alone need 12. The first ones are prefilled and decode while the rest wait (Engine.admit), each
+    prefilled as pages come back, first come first; every sample gets its tokens alone on a large pool, and every page
+    comes back. (Before, the batch's prefill failed with a full pool.)"""
+    mode = dict(temperature=0.8, seed=11) if sampled else dict(temperature=0)
+    prompts = [[int(t) for t in np.random.default_rng(40 + i).integers(3, 259, 32)] for i in range(6)]
+    params = [SamplingParams(max_tokens=20, ignore_eos=True, n=2 if i == 2 else 1, **mode) for i in range(6)]
+    alone = LLM(model=str(tiny_model), device="cpu")
+    expected = [[s.token_ids for s in alone.generate(p, q).samples] for p, q in zip(prompts, params)]
+    llm = LLM(model=str(tiny_model), device="cpu", draft=draft, kv_cache_tokens=6 * 16)
+    llm.engine.decode_ahead_enabled = ahead
+    assert [[s.token_ids for s in r.samples] for r in llm.generate(prompts, params)] == expected
+    assert llm.cache.free_pages == llm.cache.num_pages
+
+
+def test_a_preempted_sequence_streams_its_text_once(tiny_model):
+    """A stream through preemption: each sequence's pieces join into its generate text, nothing repeated or lost
+    (a resumed sequence's prefill emits nothing: its tokens and text are already out)."""
+    prompts = [[int(t) for t in np.random.default_rng(30 + i).integers(3, 259, 16)] for i in range(3)]
+    params = [SamplingParams(max_tokens=40, ignore_eos=True, temperature=0)] * 3
+    llm = LLM(model=str(tiny_model), device="cpu", kv_cache_tokens=8 * 16)
+    pieces = {}
+    events = llm.engine.run(prompts, params)
+    try:
+        while True:
+            seq, piece = next(events)
+            pieces[seq.index] = pieces.get(seq.index, "") + piece
+    except StopIteration as finished:
+        seqs = finished.value
+    assert sum(s.stats.preemptions for s in seqs) > 0
+    assert {s.index: s.text for s in seqs} == pieces
+    assert [len(s.output) for s in seqs] == [40] * 3
+
+
 def test_tree_budgets_share_the_pages_left_and_make_the_rest_wait():
     """Engine.tree_budgets on a pool of 6 pages of 4: the context limit and 64 nodes cap every budget; the pages past
     each sequence's next token go to the sequences in turn (a page shared with another sample is copied: it counts);
     where the pool cannot give every sequence its next token's page, those it cannot get 0 (they wait a step); where
-    it can give none, the budgets are left for the step's prepare to report the full pool."""
+    it can give none, all get 0 (Engine.run then preempts)."""
     from types import SimpleNamespace
 
     from minispec.backends.numpy_backend import NumpyBackend
@@ -798,4 +864,4 @@ def test_tree_budgets_share_the_pages_left_and_make_the_rest_wait():
     cache.prepare(d.table, 4, 4)  # 2 pages, full; the pool now has none free
     assert cache.free_pages == 0
     assert budgets([a, b]) == [0, 3]  # a waits; b goes on in its own page
-    assert budgets([a, d]) == [64, 64]  # none can step: prepare reports it
+    assert budgets([a, d]) == [0, 0]  # none can step: run preempts

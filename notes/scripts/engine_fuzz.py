@@ -12,6 +12,8 @@ tests/test_speculative.py. A family prints one line per fault and a count at the
   pools    pools of 100-130% of a batch's tokens: speculation gives plain decoding's tokens wherever plain fits
   chat     multi-turn chats with prefix caching and a drafter against a fresh engine on each turn's whole prompt
   errors   small pools: requests that fail leave every page free, and the next requests give plain decoding's tokens
+  preempt  pools that hold any one sample's whole sequence, not the batch's, nor always its prompts together (stop 57's
+           admission and preemption): no error, greedy samples equal each request alone, pages back
 
     PYTHONPATH=$PWD python3 notes/scripts/engine_fuzz.py FAMILY [seed] [iterations]
 """
@@ -164,7 +166,29 @@ def errors(it: int) -> None:
             pages_back(llm.engine.drafter, (it, round_, "draft"))
 
 
-RUNS = {"batches": batches, "stops": stops, "text": text, "pools": pools, "chat": chat, "errors": errors}
+def preempt(it: int) -> None:
+    page, draft, prefix = int(rng.choice([1, 3, 8, 16])), DRAFTS[int(rng.integers(0, 3))], bool(rng.random() < 0.4)
+    prompts = [token_prompt(1, 40) for _ in range(int(rng.integers(2, 7)))]
+    params = [SamplingParams(n=int(rng.integers(1, 3)), temperature=0, max_tokens=int(rng.integers(1, 80)), ignore_eos=True) for _ in prompts]
+    pages = lambda tokens: -(-tokens // page)  # noqa: E731
+    # any one sample's whole sequence, and one prompt with a page for each of its samples' first token (admit)
+    one = max(max(pages(len(p) + q.max_tokens), pages(len(p)) + q.n) for p, q in zip(prompts, params))
+    kv = (one + int(rng.integers(0, 4))) * page
+    llm = LLM(model=MODELS[it % 2], device="cpu", page_size=page, draft=draft, kv_cache_tokens=kv, max_model_len=400, prefix_caching=prefix)
+    plain = LLM(model=MODELS[it % 2], device="cpu", page_size=page, max_model_len=400)
+    what = (it, page, draft, prefix, kv)
+    try:
+        results = llm.generate(prompts, params)
+    except MinispecError as error:
+        return fault("preempt error", *what, error)
+    if samples(results) != [samples([plain.generate(p, q)])[0] for p, q in zip(prompts, params)]:
+        fault("preempt tokens", *what)
+    if not prefix:
+        pages_back(llm, what)
+    print(it, "preemptions", sum(s.stats.preemptions for r in results for s in r.samples), flush=True)
+
+
+RUNS = {"batches": batches, "stops": stops, "text": text, "pools": pools, "chat": chat, "errors": errors, "preempt": preempt}
 for iteration in range(ITERATIONS):
     RUNS[FAMILY](iteration)
 print(f"{FAMILY}: {faults} faults in {ITERATIONS} iterations", flush=True)
