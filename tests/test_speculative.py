@@ -814,6 +814,21 @@ def test_prompts_the_pool_cannot_hold_together_wait_their_turn(tiny_model, sampl
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
+@pytest.mark.parametrize("pages", [5, 6])
+def test_a_sequence_done_in_a_device_stretch_gives_its_pages_to_those_waiting(looping_model, pages):
+    """Two prompts of 20 tokens, 30 and 50 new tokens (2 and 5 pages of 16 alone) with the n-gram drafter on the
+    looping model, on a pool of 5 or 6 pages: one sequence goes on alone (the other waits or is preempted), so its
+    tree steps are drafted on the device (Engine.speculate_on_device), and where it finishes there its pages must come
+    back before the other resumes (before, they came back only at the batch's end, and the resume found a full
+    pool). The tokens are plain decoding's on a large pool; every page comes back."""
+    prompts = [[int(t) for t in np.random.default_rng(50 + i).integers(3, 259, 20)] for i in range(2)]
+    params = [SamplingParams(max_tokens=n, ignore_eos=True, temperature=0) for n in (30, 50)]
+    expected = [r.token_ids for r in LLM(model=str(looping_model), device="cpu").generate(prompts, params)]
+    llm = LLM(model=str(looping_model), device="cpu", draft="ngram", kv_cache_tokens=pages * 16)
+    assert [r.token_ids for r in llm.generate(prompts, params)] == expected
+    assert llm.cache.free_pages == llm.cache.num_pages
+
+
 def test_a_preempted_sequence_streams_its_text_once(tiny_model):
     """A stream through preemption: each sequence's pieces join into its generate text, nothing repeated or lost
     (a resumed sequence's prefill emits nothing: its tokens and text are already out)."""
