@@ -69,7 +69,10 @@ class LLM:
     tokenizer. tree: budget (T, depth, width) or "T,depth,width"; width 1 is a chain
     (default: 16,15,4 for ngram; for a draft model the chain 4,3,1).
     kv_cache_tokens sizes the KV page pool; by default the GPU pool takes
-    kv_memory_fraction of the memory left free after the weights.
+    kv_memory_fraction of the memory left free after the weights. A batch
+    larger than the pool goes through, first come first: prompts wait to be
+    prefilled, and sequences short of a page are preempted and recomputed
+    (Engine.run); only a request that alone outgrows the pool is an error.
     prefix_caching: keep each finished request's full KV pages in the pool (until
     it needs them) and start a prompt that begins with the same tokens from them:
     a chat's next turn prefills only what was added, and prompts of one call that
