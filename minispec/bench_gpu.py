@@ -432,6 +432,7 @@ def bench_e2e(args) -> None:
     ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS["chat"]}])
     plain_rate, _ = timed_generate(llm, ids, SamplingParams(temperature=0, max_tokens=256, ignore_eos=True), repeats=5)
     print(f"\nplain greedy decode, default model: {plain_rate:.0f} tokens/s (median of 5 runs, as every rate below)")
+    print("  n-gram trees against plain decoding on input-grounded prompts, the two by turns (greedy: two rounds):")
     # n-gram tree speculation at the default budget vs our plain decode, greedy, then sampled (lossless verification)
     sampled_seeds = (0, 1, 2, 3)
     for label, params, seeds in (("", SamplingParams(temperature=0, max_tokens=128), (None,)),
@@ -466,24 +467,28 @@ def bench_e2e(args) -> None:
 
 def speculation_rates(llm, params, seeds=(None,)):
     """Per input-grounded prompt: (name, plain tokens/s, n-gram tree tokens/s, n-gram tokens a forward), each rate the
-    median of 5 generations after a warm-up (bench.timed_generate), at the engine's default tree budget. With
-    several seeds (sampled): each rate and the tokens a forward the geometric mean over the seeds, each seed's plain
-    and n-gram runs side by side (a sampled run's text, and so its speed, moves with the seed by +-30%,
-    notes/sampled_gate_h100_stop36.log)."""
+    median of 5 generations after a warm-up (bench.timed_generate), at the engine's default tree budget; each rate and
+    the tokens a forward the geometric mean over rounds, a round a seed (sampled: a sampled run's text, and so its
+    speed, moves with the seed by +-30%, notes/sampled_gate_h100_stop36.log), or two for one seed. A round's plain and
+    n-gram runs go side by side, in turn (plain first, then the n-gram drafter first): with plain always first, the
+    sampled rows measured 0.85-0.92x over stops 45-57, where by turns they are level (0.98-1.01x,
+    notes/sampled_ngram_h200_stop57.log)."""
     from .bench import INPUT_GROUNDED, SPEC_PROMPTS, timed_generate
 
+    rounds = list(seeds) if len(seeds) > 1 else list(seeds) * 2
     for key in INPUT_GROUNDED:
         ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}])
-        logs = np.zeros(3)  # log plain rate, log n-gram rate, log tokens a forward, summed over the seeds
-        for seed in seeds:
+        logs = np.zeros(3)  # log plain rate, log n-gram rate, log tokens a forward, summed over the rounds
+        for r, seed in enumerate(rounds):
             run = params if seed is None else dataclasses.replace(params, seed=seed)
-            for i, draft in enumerate((None, "ngram")):
+            for draft in in_turn([None, "ngram"], r):
                 llm.use_drafter(draft)
                 rate, result = timed_generate(llm, ids, run, repeats=5)
-                logs[i] += np.log(rate)
-            logs[2] += np.log(result.stats.tokens_per_step)
+                logs[0 if draft is None else 1] += np.log(rate)
+                if draft is not None:
+                    logs[2] += np.log(result.stats.tokens_per_step)
         llm.use_drafter(None)
-        yield (key, *map(float, np.exp(logs / len(seeds))))
+        yield (key, *map(float, np.exp(logs / len(rounds))))
 
 
 RUNNERS = {"gemm": bench_gemm, "attention": bench_attention, "e2e": bench_e2e}
