@@ -471,8 +471,8 @@ def speculation_rates(llm, params, seeds=(None,)):
     the tokens a forward the geometric mean over rounds, a round a seed (sampled: a sampled run's text, and so its
     speed, moves with the seed by +-30%, notes/sampled_gate_h100_stop36.log), or two for one seed. A round's plain and
     n-gram runs go side by side, in turn (plain first, then the n-gram drafter first): with plain always first, the
-    sampled rows measured 0.85-0.92x over stops 45-57, where by turns they are level (0.98-1.01x,
-    notes/sampled_ngram_h200_stop57.log)."""
+    sampled rows measured 0.85-0.92x over stops 45-57; by turns they measured 0.91-0.98x over these 4 seeds and
+    0.98-1.01x over 8 (notes/bench_e2e_h200_stop57_turns.log, notes/sampled_ngram_h200_stop57.log)."""
     from .bench import INPUT_GROUNDED, SPEC_PROMPTS, timed_generate
 
     rounds = list(seeds) if len(seeds) > 1 else list(seeds) * 2
