@@ -227,40 +227,31 @@ class Engine:
         return seq
 
     def resume(self, preempted: list[Sequence], going: list[Sequence]) -> None:
-        """Prefill preempted sequences again, first preempted first, while the pool has room for all of a sequence's
-        tokens beside every going sequence's next page (with none going, the first at least: its prefill reports a
-        pool too small for it alone). A resumed sequence's K/V is the prefill's, whose products may round unlike the
-        decode steps' that wrote it first (README: "Types and launches")."""
-        cache = self.cache
-        room = cache.free_pages - sum(map(self.pages_to_go_on, going))
-        back = []
-        for seq in preempted:
-            need = self.pages_to_go_on(seq)
-            if need > room and (going or back):
-                break
-            room -= need
-            back.append(seq)
+        """Prefill preempted sequences again, first preempted first, those the pool has room for (admit). A resumed
+        sequence's K/V is the prefill's, whose products may round unlike the decode steps' that wrote it first
+        (README: "Types and launches")."""
+        back = self.admit(preempted, going)
         if not back:
             return
-        del preempted[: len(back)]
         for seq in back:  # tokens[L] is the next step's root, as before
-            seq.table = cache.reuse_prefix(seq.tokens, len(seq.tokens) - 1) if self.prefix_caching else []
-            seq.L = len(seq.table) * cache.page_size
+            seq.table = self.cache.reuse_prefix(seq.tokens, len(seq.tokens) - 1) if self.prefix_caching else []
+            seq.L = len(seq.table) * self.cache.page_size
         self.prefill(back, [len(seq.tokens) - 1 for seq in back])
 
-    def admit(self, queued: list[Sequence], going: list[Sequence]) -> list[Sequence]:
-        """The queued prompts (taken off `queued`, first come first) that the pool has room for beside every going
-        sequence's next page: each one's pages and a page for each of its samples' first token; with none going, the
-        first at least (its prefill reports a pool too small for it alone)."""
-        room = self.cache.free_pages - sum(self.pages_to_go_on(s) for s in going)
+    def admit(self, waiting: list[Sequence], going: list[Sequence]) -> list[Sequence]:
+        """The first of `waiting` (queued prompts, or preempted sequences), taken off it in order, that the pool has
+        room for beside every going sequence's next page (pages_to_go_on: a prompt's pages and a page for each of its
+        samples' first token; a preempted sequence's tokens); with none going, the first at least (its prefill
+        reports a pool too small for it alone)."""
+        room = self.cache.free_pages - sum(map(self.pages_to_go_on, going))
         taken = []
-        for parent in queued:
-            need = self.pages_to_go_on(parent)
+        for seq in waiting:
+            need = self.pages_to_go_on(seq)
             if need > room and (going or taken):
                 break
             room -= need
-            taken.append(parent)
-        del queued[: len(taken)]
+            taken.append(seq)
+        del waiting[: len(taken)]
         return taken
 
     def start_sequences(self, parents: list[Sequence]):
