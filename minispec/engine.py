@@ -138,26 +138,10 @@ class Engine:
                 seqs += yield from self.start_sequences(first)
             text_due = []  # (sequence, tokens) of the last step whose text is not out yet (see below)
             preempted = []  # sequences whose pages went back to the pool (preempt), first preempted first
-            while True:  # (no step is in flight here)
-                for seq in seqs:  # finished in a device-drafted stretch: its pages back before any step or resume
-                    if seq.done and seq.table:
-                        self.retire(seq)
-                going = [s for s in seqs if not s.done and s.table]  # (a preempted sequence holds no pages)
-                if preempted:  # before new prompts: first come first
-                    self.resume(preempted, going)
-                elif queued and (admitted := self.admit(queued, going)):
-                    seqs += yield from self.start_sequences(admitted)
-                going = [s for s in seqs if not s.done and s.table]
-                if not going:
-                    if preempted or queued:  # (the ones resumed or admitted finished at once)
-                        continue
-                    break
-                budgets = self.tree_budgets(going)
-                while not any(budgets):  # the pool cannot give any sequence its next page: the last one's go back
-                    if len(going) == 1:
-                        raise self.cache.full_error("one sequence needs more pages than the pool holds")
-                    preempted.append(self.preempt(going.pop()))
-                    budgets = self.tree_budgets(going)
+            while scheduled := (yield from self.schedule(seqs, queued, preempted)):  # (no step is in flight here)
+                going, budgets = scheduled
+                if not going:  # (the ones resumed or admitted finished at once)
+                    continue
                 active = going
                 if 0 in budgets:  # the pool is short: those it cannot give a page wait for the others' (retire)
                     active, budgets = [s for s, b in zip(going, budgets) if b], [b for b in budgets if b]
@@ -214,6 +198,32 @@ class Engine:
         finally:
             for seq in parents + seqs:
                 self.retire(seq)
+
+    def schedule(self, seqs: list[Sequence], queued: list[Sequence], preempted: list[Sequence]):
+        """A round of the loop's scheduling, with no step in flight: the pages of a sequence finished in a
+        device-drafted stretch back; preempted sequences resumed or else (first come first) queued prompts admitted
+        where the pool has room, their samples added to seqs (their first tokens' text is yielded); then each going
+        sequence's tree budget (tree_budgets), the last going ones preempted where the pool can give none a page.
+        Returns (going, budgets), ([], []) where the ones resumed or admitted finished at once, or None when every
+        sequence is done."""
+        for seq in seqs:
+            if seq.done and seq.table:
+                self.retire(seq)
+        going = [s for s in seqs if not s.done and s.table]  # (a preempted sequence holds no pages)
+        if preempted:
+            self.resume(preempted, going)
+        elif queued and (admitted := self.admit(queued, going)):
+            seqs += yield from self.start_sequences(admitted)
+        going = [s for s in seqs if not s.done and s.table]
+        if not going:
+            return ([], []) if preempted or queued else None
+        budgets = self.tree_budgets(going)
+        while not any(budgets):  # the pool cannot give any sequence its next page: the last one's go back
+            if len(going) == 1:
+                raise self.cache.full_error("one sequence needs more pages than the pool holds")
+            preempted.append(self.preempt(going.pop()))
+            budgets = self.tree_budgets(going)
+        return going, budgets
 
     def preempt(self, seq: Sequence) -> Sequence:
         """Give a going sequence's pages back to the pool (preemption by recompute: resume prefills its tokens again
