@@ -138,7 +138,14 @@ class Engine:
                 seqs += yield from self.start_sequences(first)
             text_due = []  # (sequence, tokens) of the last step whose text is not out yet (see below)
             preempted = []  # sequences whose pages went back to the pool (preempt), first preempted first
-            while scheduled := (yield from self.schedule(seqs, queued, preempted)):  # (no step is in flight here)
+            while True:  # (no step is in flight here)
+                try:
+                    scheduled = yield from self.schedule(seqs, queued, preempted)
+                except KVPoolFull:  # (one sequence over the pool): the last step's text goes out before the error
+                    yield from self.emit_text(text_due)
+                    raise
+                if not scheduled:
+                    break
                 going, budgets = scheduled
                 if not going:  # (the ones resumed or admitted finished at once)
                     continue

@@ -267,6 +267,39 @@ def test_running_out_of_pages_is_an_error_and_frees_everything(tiny_model):
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
+def test_a_pool_too_small_for_one_sequence_streams_every_token_before_the_error(tiny_model):
+    """A drafter that keeps to its budgets (Engine.tree_budgets) on a pool too small for the one request: the full
+    pool shows in the loop's scheduling, before any step's prepare, and the text of every token taken so far (the
+    last tree step's included) is out before the error; every page comes back."""
+    llm = LLM(model=str(tiny_model), device="cpu", kv_cache_tokens=64, page_size=16)
+    params = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
+    prompt = llm._encode("a" * 30)
+    truth = prompt + LLM(model=str(tiny_model), device="cpu", page_size=16).generate(prompt, params).token_ids
+
+    class Copy(NoDrafter):  # chains of the greedy continuation, cut to the budget; no step decoded ahead
+        host_only = False
+
+        def propose(self, seqs, budgets):
+            return [Tree(truth[seq.L : seq.L + min(3, b)], [-1, 0, 1][: min(3, b)]) for seq, b in zip(seqs, budgets)]
+
+    llm.engine.drafter = Copy()
+    texted, emit_text = [], llm.engine.emit_text  # every token whose text went out (or is held back for the next)
+
+    def spy(due):
+        texted.extend(t for _, tokens in due for t in tokens)
+        return emit_text(due)
+
+    llm.engine.emit_text = spy
+    pieces, seq = [], None
+    with pytest.raises(MinispecError, match="one sequence needs more pages than the pool holds"):
+        for seq, piece in llm.engine.run([prompt], [params]):
+            pieces.append(piece)
+    decoder = llm.tokenizer.stream_decoder()
+    assert len(seq.output) > 10 and texted == seq.output
+    assert "".join(pieces) == "".join(decoder.step(t) or "" for t in seq.output)
+    assert llm.cache.free_pages == llm.cache.num_pages
+
+
 def stopping_requests(sampled: bool, seed: int, budget: int, stop: str) -> list[SamplingParams]:
     """Three requests that end three ways: a token budget, a stop string, the context limit (two samples
     sharing pages); greedy or seeded sampling."""
