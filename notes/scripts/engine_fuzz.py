@@ -14,6 +14,8 @@ tests/test_speculative.py. A family prints one line per fault and a count at the
   errors   small pools: requests that fail leave every page free, and the next requests give plain decoding's tokens
   preempt  pools that hold any one sample's whole sequence, not the batch's, nor always its prompts together (stop 57's
            admission and preemption): no error, greedy samples equal each request alone, pages back
+  crowded  the preempt family's pools with greedy and sampled requests mixed (top-k, stop strings, EOS or not) under
+           any drafter: no error, none past max_tokens, pages back (the target's and a draft model's)
 
     PYTHONPATH=$PWD python3 notes/scripts/engine_fuzz.py FAMILY [seed] [iterations]
 """
@@ -188,7 +190,31 @@ def preempt(it: int) -> None:
     print(it, "preemptions", sum(s.stats.preemptions for r in results for s in r.samples), flush=True)
 
 
-RUNS = {"batches": batches, "stops": stops, "text": text, "pools": pools, "chat": chat, "errors": errors, "preempt": preempt}
+def crowded(it: int) -> None:
+    page, draft, prefix = int(rng.choice([1, 3, 8, 16])), DRAFTS[int(rng.integers(0, 3))], bool(rng.random() < 0.4)
+    prompts = [token_prompt(1, 40) for _ in range(int(rng.integers(2, 7)))]
+    params = [SamplingParams(n=int(rng.integers(1, 3)), temperature=float(rng.choice([0.0, 0.7, 1.0])), top_k=int(rng.choice([0, 5])),
+                             seed=int(rng.integers(0, 100)), max_tokens=int(rng.integers(1, 80)), ignore_eos=bool(rng.random() < 0.7),
+                             stop=["a"] if rng.random() < 0.2 else []) for _ in prompts]
+    pages = lambda tokens: -(-tokens // page)  # noqa: E731
+    one = max(max(pages(len(p) + q.max_tokens), pages(len(p)) + q.n) for p, q in zip(prompts, params))
+    kv = (one + int(rng.integers(0, 4))) * page
+    llm = LLM(model=MODELS[it % 2], device="cpu", page_size=page, draft=draft, kv_cache_tokens=kv, max_model_len=400, prefix_caching=prefix)
+    what = (it, page, draft, prefix, kv)
+    try:
+        results = llm.generate(prompts, params)
+    except MinispecError as error:
+        return fault("crowded error", *what, error)
+    if any(len(s.token_ids) > q.max_tokens for r, q in zip(results, params) for s in r.samples):
+        fault("crowded length", *what)
+    if not prefix:
+        pages_back(llm, what)
+        if hasattr(llm.engine.drafter, "cache"):  # a draft model's own pool
+            pages_back(llm.engine.drafter, (*what, "draft"))
+
+
+RUNS = {"batches": batches, "stops": stops, "text": text, "pools": pools, "chat": chat, "errors": errors, "preempt": preempt,
+        "crowded": crowded}
 for iteration in range(ITERATIONS):
     RUNS[FAMILY](iteration)
 print(f"{FAMILY}: {faults} faults in {ITERATIONS} iterations", flush=True)
