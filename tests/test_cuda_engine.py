@@ -272,16 +272,17 @@ def test_prefix_caching_on_gpu(default_model, gpu_fp32, gpu_bf16, dtype, monkeyp
     assert cached.cache.free_pages == cached.cache.num_pages
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("draft", [None, "ngram"])
 @pytest.mark.parametrize("pages", [14, 9])
-def test_a_pool_smaller_than_the_batch_on_gpu(default_model, gpu_fp32, prompt_ids, draft, pages):
+def test_a_pool_smaller_than_the_batch_on_gpu(default_model, gpu_fp32, gpu_bf16, prompt_ids, draft, pages, dtype):
     """The three prompts, 64 new tokens each, on 14 pages of 16 (the prompts fit together, the whole batch does not:
     sequences are preempted and recomputed) and on 9 (the prompts wait to be prefilled too): the batch goes through
-    with the tokens of a large pool, and every page comes back. fp32, where the recomputed K/V (a prefill's products)
-    and the decode steps' agree to float32's last bits."""
+    with the tokens of a large pool, and every page comes back; in fp32 and in bf16 (the recomputed K/V are a prefill's
+    products, the first ones the decode steps': on these prompts they give the same tokens in both)."""
     params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
-    expected = [r.token_ids for r in gpu_fp32.generate(prompt_ids, params)]
-    small = LLM(model=str(default_model), device="cuda", dtype="float32", kv_cache_tokens=pages * 16, draft=draft)
+    expected = [r.token_ids for r in (gpu_fp32 if dtype == "float32" else gpu_bf16).generate(prompt_ids, params)]
+    small = LLM(model=str(default_model), device="cuda", dtype=dtype, kv_cache_tokens=pages * 16, draft=draft)
     results = small.generate(prompt_ids, params)
     assert [r.token_ids for r in results] == expected
     assert sum(r.stats.preemptions for r in results) > 0 or pages == 9
