@@ -159,7 +159,7 @@ class Engine:
                     # until the drafter has drafts again, or the pool has room for a sequence that waits
                     stepping = {id(s) for s in active}
                     waiting = [s for s in going if id(s) not in stepping]
-                    yield from self.decode_ahead(active, self.until_room(asks, waiting + preempted + queued))
+                    yield from self.decode_ahead(active, self.until_room(asks, waiting, preempted, queued))
                     continue
                 if self.drafts_on_device(active, trees):
                     yield from self.emit_text(text_due)
@@ -294,18 +294,19 @@ class Engine:
             return cache.pages_to_write(seq.table, seq.L, 1)
         return cache.pages_for(len(seq.tokens)) + (seq.params.n if seq.output_len == 0 else 0)
 
-    def until_room(self, asks, sidelined: list[Sequence]):
-        """decode_ahead's `until` while some sequences wait for pages, are preempted or queued (sidelined): the drafter
-        asks (asks), or the pool has room again for one of them (pages_to_go_on) beside a page for each sequence
-        going."""
-        if not sidelined:
+    def until_room(self, asks, *lines: list[Sequence]):
+        """decode_ahead's `until` while sequences wait in lines (sequences waiting for a page, preempted ones, queued
+        prompts; each served first come first): the drafter asks (asks), or the pool has room again for the first of a
+        line (pages_to_go_on) beside a page for each sequence going. The lines are read when asked (the queue a
+        stretch began with may be long)."""
+        if not any(lines):
             return asks
         cache = self.cache
 
         def until(live: list[Sequence]) -> bool:
             if asks is not None and asks(live):
                 return True
-            return min(map(self.pages_to_go_on, sidelined)) + len(live) <= cache.free_pages
+            return min(self.pages_to_go_on(line[0]) for line in lines if line) + len(live) <= cache.free_pages
 
         return until
 
