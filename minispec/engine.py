@@ -127,9 +127,7 @@ class Engine:
             asks = None if type(self.drafter) is NoDrafter else self.drafts_ready
             greedy = all(p.greedy for p in params)
             if ahead:  # the first step launched behind the prefill, its roots the first tokens left on the device
-                last_rows = dict(zip([p.index for p in first], self.prefill_sharing(first)))  # (logits, row) of each last token
-                for parent in first:
-                    seqs += self.fork_samples(parent)  # n samples share the prompt's pages
+                seqs, last_rows = self.prefill_samples(first)
                 firsts = [last_rows[s.index][0].choose_device(last_rows[s.index][1], s.params, s.key, s.prompt_len - 1)
                           for s in seqs]
                 self.drafter.start(seqs)
@@ -271,16 +269,20 @@ class Engine:
         del waiting[: len(taken)]
         return taken
 
+    def prefill_samples(self, parents: list[Sequence]) -> tuple[list[Sequence], dict]:
+        """Prefill prompts (prefill_sharing) and fork their samples, which share the prompt's pages: (the samples,
+        {prompt index: (StepLogits, row) of its last token})."""
+        rows = dict(zip([parent.index for parent in parents], self.prefill_sharing(parents)))
+        return [seq for parent in parents for seq in self.fork_samples(parent)], rows
+
     def start_sequences(self, parents: list[Sequence]):
-        """Prefill prompts (prefill_sharing), fork their samples, and emit each sample's first token, chosen on the host
-        from its prompt's last row; returns the samples."""
-        last_rows = self.prefill_sharing(parents)  # KV for every prompt token; (logits, row) of each last token
-        seqs = [seq for parent in parents for seq in self.fork_samples(parent)]  # n samples share the prompt's pages
-        for parent, (logits, _) in zip(parents, last_rows):
+        """prefill_samples, then emit each sample's first token, chosen on the host from its prompt's last row;
+        returns the samples."""
+        seqs, rows = self.prefill_samples(parents)
+        for parent in parents:
             if parent.params.greedy:  # its first token's id: the copy queued now, read below
-                logits.fetch_argmax()
+                rows[parent.index][0].fetch_argmax()
         self.drafter.start(seqs)  # while the prefill's last step runs (nothing has waited for it yet)
-        rows = dict(zip([parent.index for parent in parents], last_rows))
         for seq in seqs:
             logits, row = rows[seq.index]
             yield from self.emit(seq, [logits.choose(row, seq.params, seq.key, seq.prompt_len - 1)], from_step=False)
