@@ -157,7 +157,7 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
 }
 
 // Ring shapes measured best (notes/gemm_stages_h100.log): k 128 x 3 stages for up to 16 rows (longer runs
-// per weight row), k 64 x 4 for more (k 128 would leave one block per SM there). cuda_backend.stream_shape mirrors this.
+// per weight row), k 64 x 4 for more (k 128 would leave one block per SM there). cuda_gemm.stream_shape mirrors this.
 // ROLE: empty (a plain product) or _finish (NormRole).
 #define GEMM_STREAM(R, BK, STAGES, ROLE, S, CLUSTER)                                                                   \
     extern "C" __global__ void __launch_bounds__(256, 2) CLUSTER gemm_stream_r##R##_k##BK##_s##S##ROLE(               \

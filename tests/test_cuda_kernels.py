@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from minispec.backends import numpy_backend as ref
-from minispec.backends.cuda_backend import WGMMA_GEMM_STAGES
+from minispec.backends.cuda_gemm import WGMMA_GEMM_STAGES
 
 from .attention_cases import make_problem, problem_specs
 
@@ -210,7 +210,7 @@ def test_the_norm_split_across_the_products_around_it(M, S, with_residual):
     too, up to the 16 rows the _begin / _finish kernels take; outputs poisoned first."""
     import cupy as cp
 
-    from minispec.backends.cuda_backend import NormedRows
+    from minispec.backends.cuda_gemm import NormedRows
 
     be, rng = backend("bfloat16"), np.random.default_rng(M * 16 + S + with_residual)
     if not be.hopper:
@@ -796,7 +796,7 @@ def test_sample_rows_draws_at_the_positions_it_is_given(settings):
     import cupy as cp
 
     from minispec import SamplingParams
-    from minispec.backends.cuda_backend import SAMPLE_CLUSTER, SAMPLE_THREADS
+    from minispec.backends.cuda_sampling import SAMPLE_CLUSTER, SAMPLE_THREADS
     from minispec.sampling import position_uniforms, target_distribution
 
     be, rng = backend("bfloat16"), np.random.default_rng(4)

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from minispec.backends.cuda_backend import (
-    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, CLUSTER_DECODE_ROWS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS, CapturedStep, CudaBackend,
-    finish_compiles, kernel_source, notice_if_slow)
+from minispec.backends.cuda_backend import CudaBackend, finish_compiles, kernel_source, notice_if_slow
+from minispec.backends.cuda_fused import CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, CLUSTER_DECODE_ROWS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS
+from minispec.backends.cuda_steps import CapturedStep
 from minispec.step import StepItem, build_plan
 from minispec.tree import Tree
 
@@ -251,7 +251,7 @@ def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     """The backend sizes gemm_wgmma's shared memory from WGMMA_GEMM_STAGES: every (warpgroups, x rows) it names must
     be instantiated in kernels/gemm_wgmma.cu with that ring depth (a deeper kernel than the table would overrun its
     shared memory), and the gated kernels' depths are WGMMA_GLU_STAGES' (two warpgroups: the (2, 64) entry's)."""
-    from minispec.backends.cuda_backend import WGMMA_GEMM_STAGES, WGMMA_GLU_STAGES, WGMMA_TILES
+    from minispec.backends.cuda_gemm import WGMMA_GEMM_STAGES, WGMMA_GLU_STAGES, WGMMA_TILES
 
     source = kernel_source("gemm_wgmma.cu")
     built = re.findall(r"^GEMM_WGMMA_CLUSTERS\((\d+), (\d+), (\d+), *(\w*)\)", source, re.M)

@@ -126,6 +126,13 @@ class PreparedLaunch:
                                f"{c.shared_bytes} B shared")
 
 
+def allow_shared(kernel, nbytes: int) -> None:
+    """Let `kernel` take `nbytes` of dynamic shared memory (over 48 KiB needs the function's opt-in, which
+    CuPy's Function attribute sets through the driver; set only when it grows, one driver call fewer per launch)."""
+    if kernel.max_dynamic_shared_size_bytes < nbytes:
+        kernel.max_dynamic_shared_size_bytes = nbytes
+
+
 def launch(function, grid, block, args, shared_bytes: int, stream_ptr: int) -> None:
     """Launch `function` once (PreparedLaunch, not kept)."""
     PreparedLaunch(function, grid, block, args, shared_bytes, stream_ptr)()

@@ -16,7 +16,7 @@ from minispec.sampling import SamplingParams  # noqa: E402
 require_gpu()
 tag = sys.argv[1]
 if "cublas-head" in tag:  # the LM head on cuBLAS, as before stop 24 (own kernels only where K % 128 == 0)
-    from minispec.backends.cuda_backend import stream_fits
+    from minispec.backends.cuda_gemm import stream_fits
     CudaBackend.own_gemm_serves = lambda self, M, N, K: (K % 128 == 0 and stream_fits(N, K)) if M <= 16 else (
         self.wgmma_gemm_fits(M, N, K) and -(-N // 128) >= self.sm_count)
 contexts = [int(a) for a in sys.argv[2:]] or [100, 512]

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, ".")
-from minispec.backends.cuda_backend import CudaBackend, allow_shared  # noqa: E402
+from minispec.backends.cuda_backend import CudaBackend  # noqa: E402
+from minispec.backends.driver import allow_shared  # noqa: E402
 from minispec.bench_gpu import card_name, random_model_on_gpu, require_gpu, smollm2_135m_config, time_gpu  # noqa: E402
 from minispec.model import Model  # noqa: E402
 from minispec.step import StepItem, build_plan  # noqa: E402

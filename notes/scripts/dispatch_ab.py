@@ -65,7 +65,7 @@ import sys
 
 import numpy as np
 
-from minispec.backends import cuda_backend
+from minispec.backends import cuda_backend, cuda_gemm
 from minispec.backends.cuda_backend import CudaBackend
 from minispec.bench_gpu import (backend_with_edit, card_name, copy_bandwidth, decode_ahead_time, in_turn, llama_8b_config, random_model_on_gpu,
                                 require_gpu, step_times, swap, weight_bytes)
@@ -85,7 +85,7 @@ RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_
 
 
 SMALL_RINGS = {(1, 16): 10, (1, 32): 9, (1, 64): 6}  # <= 111 KB of shared memory: two blocks an SM
-COMMITTED_RINGS = dict(cuda_backend.WGMMA_GEMM_STAGES)
+COMMITTED_RINGS = dict(cuda_gemm.WGMMA_GEMM_STAGES)
 be.kernel("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1")
 modules = {tuple(sorted(COMMITTED_RINGS.items())): be.modules[("gemm_wgmma.cu", None)]}  # the committed build
 
@@ -102,7 +102,7 @@ def use_rings(rings: dict) -> None:
     be.modules[("gemm_wgmma.cu", None)] = modules[key]
     for name in [k for k in be.functions if k[0] == "gemm_wgmma.cu"]:
         del be.functions[name]
-    cuda_backend.WGMMA_GEMM_STAGES.update(rings)
+    cuda_gemm.WGMMA_GEMM_STAGES.update(rings)
 
 
 EVICT_FIRST = '''
@@ -166,7 +166,7 @@ def maps_promoted(kind: str | None, promotion: int = 0) -> None:
     be.tensor_maps = type(be.tensor_maps)()
 
 
-FINISH = cuda_backend.NormedRows.finish
+FINISH = cuda_gemm.NormedRows.finish
 
 
 def apply(variant: str) -> None:
@@ -178,7 +178,7 @@ def apply(variant: str) -> None:
     be.attention_cluster_merge = None
     be.attention_wgmma = None
     be.gemm_norm = None
-    cuda_backend.NormedRows.finish = FINISH
+    cuda_gemm.NormedRows.finish = FINISH
     for name in ("launch", "add_rmsnorm", "rope_write_kv"):
         be.__dict__.pop(name, None)
     be.gemm_wgmma_tiles = None
@@ -240,7 +240,7 @@ def apply(variant: str) -> None:
         elif part == "normon":
             be.gemm_norm = True
         elif part == "onepart":
-            cuda_backend.NormedRows.finish = lambda rows: ("_finish", (rows.partials, np.int32(1), np.float32(rows.eps)))
+            cuda_gemm.NormedRows.finish = lambda rows: ("_finish", (rows.partials, np.int32(1), np.float32(rows.eps)))
         elif part == "nowg":
             be.attention_wgmma = False
         elif part == "nocmerge":

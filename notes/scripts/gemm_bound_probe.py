@@ -32,7 +32,7 @@ import sys
 
 import numpy as np
 
-from minispec.backends import cuda_backend
+from minispec.backends import cuda_backend, cuda_gemm
 from minispec.backends.cuda_backend import CudaBackend
 from minispec.bench_gpu import backend_with_edit, card_name, copy_bandwidth, in_turn, random_bf16, require_gpu, swap, time_captured
 
@@ -86,7 +86,7 @@ def backend(variant):
     if variant == "rule":
         return CudaBackend("bfloat16")
     if variant == "w4":
-        cuda_backend.WGMMA_GEMM_STAGES[4, 64] = 5  # (only a backend told gemm_wgmma_groups = 4 asks for it)
+        cuda_gemm.WGMMA_GEMM_STAGES[4, 64] = 5  # (only a backend told gemm_wgmma_groups = 4 asks for it)
     if variant.startswith("promo"):
         be = CudaBackend("bfloat16")
         be.gemm_l2_promotion = int(variant[5:])

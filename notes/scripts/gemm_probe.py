@@ -109,7 +109,7 @@ elif sys.argv[1] == "wgmma":
 elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two warpgroups; two blocks fit an SM) and 12 / 8
     import re
 
-    import minispec.backends.cuda_backend as cuda_backend
+    import minispec.backends.cuda_gemm as cuda_gemm
     from minispec.bench_gpu import backend_with_edit
 
     def ring(stages):
@@ -119,7 +119,7 @@ elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two 
             return text
         return backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x64_s1", edit), {(G, 64): n for G, n in stages.items()}
 
-    committed = dict(cuda_backend.WGMMA_GEMM_STAGES)
+    committed = dict(cuda_gemm.WGMMA_GEMM_STAGES)
     rings = {"shallow": ring({1: 6, 2: 4}), "deep": ring({1: 12, 2: 8})}
     bandwidth = copy_bandwidth()
     shapes = [(1, 2), (1, 4), (2, 2), (2, 4), (None, None)]
@@ -129,7 +129,7 @@ elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two 
     for name, K, N, M, x, rotating in ring_cases((32, 64)):
         cells = []
         for label, (b, stages) in rings.items():
-            cuda_backend.WGMMA_GEMM_STAGES.update(stages)  # launch_wgmma sizes the ring's shared memory from it
+            cuda_gemm.WGMMA_GEMM_STAGES.update(stages)  # launch_wgmma sizes the ring's shared memory from it
             b.gemm = "own"
             for G, S in shapes:
                 if S is not None and K % (64 * S):
@@ -138,7 +138,7 @@ elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two 
                 t = time_captured(lambda: b.linear(x, rotating()))
                 cells.append(f"{label} G{G}S{S} {N * K * 2 / bandwidth / t * 100:.0f}%")
             b.gemm = b.gemm_wgmma_groups = b.gemm_cluster = b.gemm_wgmma_xrows = None
-        cuda_backend.WGMMA_GEMM_STAGES.update(committed)
+        cuda_gemm.WGMMA_GEMM_STAGES.update(committed)
         backend.gemm = "cublas"
         cells.append(f"cuBLAS {N * K * 2 / bandwidth / time_captured(lambda: backend.linear(x, rotating())) * 100:.0f}%")
         y = cp.empty((M, N), dtype=cp.float32)
@@ -150,7 +150,7 @@ elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two 
 elif sys.argv[1] == "stream-ring":  # gemm_stream's ring per staged rows R: as committed against deeper (one block an SM)
     import re
 
-    import minispec.backends.cuda_backend as cuda_backend
+    import minispec.backends.cuda_gemm as cuda_gemm
     from minispec.bench_gpu import backend_with_edit
 
     RINGS = [(128, 3), (128, 4), (128, 5), (64, 8)]  # (k per stage, stages); the first is committed up to 16 rows
@@ -166,7 +166,7 @@ elif sys.argv[1] == "stream-ring":  # gemm_stream's ring per staged rows R: as c
             return text + "".join(f"GEMM_STREAM_CLUSTERS({R}, {BK}, {fitted(R, BK, stages)})\n" for R in (8, 16, 32, 64))
         return backend_with_edit("gemm.cu", f"gemm_stream_r8_k{BK}_s1", edit)
 
-    committed_shape = cuda_backend.stream_shape
+    committed_shape = cuda_gemm.stream_shape
     rings = {ring: ring_backend(*ring) for ring in RINGS}
     bandwidth = copy_bandwidth()
     print(f"gemm_stream's ring (k per stage x stages, fewer where the shared memory runs out) by staged rows, on {card_name()}, "
@@ -177,20 +177,20 @@ elif sys.argv[1] == "stream-ring":  # gemm_stream's ring per staged rows R: as c
         cells = [f"committed {N * K * 2 / bandwidth / time_captured(lambda: backend.gemm_stream(x, rotating(), y)) * 100:.0f}%"]
         for (BK, stages), b in rings.items():
             R = min(64, max(8, 1 << (M - 1).bit_length()))
-            cuda_backend.stream_shape = lambda R_, K_, S=1, BK=BK, stages=stages: (BK, fitted(R_, BK, stages))
+            cuda_gemm.stream_shape = lambda R_, K_, S=1, BK=BK, stages=stages: (BK, fitted(R_, BK, stages))
             t = time_captured(lambda: b.gemm_stream(x, rotating(), y))
             cells.append(f"k{BK}x{fitted(R, BK, stages)} {N * K * 2 / bandwidth / t * 100:.0f}%")
-        cuda_backend.stream_shape = committed_shape
+        cuda_gemm.stream_shape = committed_shape
         print(f"{name:<12} {M:>3}  " + "  ".join(cells), flush=True)
         del rotating
 elif sys.argv[1] == "stages":
-    import minispec.backends.cuda_backend as cuda_backend
+    import minispec.backends.cuda_gemm as cuda_gemm
 
     print(f"gemm_stream's two ring shapes at up to 16 rows on {card_name()} (cluster size chosen as in the engine); µs per call "
           "(graphs of 20; consecutive calls read different weight copies, as in bench gemm)")
     print(f"{'shape':<12} {'M':>3} {'k64 x4':>9} {'k128 x3':>9} {'floor':>9}")
     bandwidth = copy_bandwidth()
-    chosen = cuda_backend.stream_shape
+    chosen = cuda_gemm.stream_shape
     backend.gemm = "own"
     for name, (K, N) in SHAPES.items():
         for M in (1, 4, 16):
@@ -198,12 +198,12 @@ elif sys.argv[1] == "stages":
             rotating = rotated(weight)
             cells = []
             for shape in ((64, 4), (128, 3)):
-                cuda_backend.stream_shape = lambda R, K, S=1, shape=shape: shape
+                cuda_gemm.stream_shape = lambda R, K, S=1, shape=shape: shape
                 cells.append(time_captured(lambda: backend.linear(x, rotating())) * 1e6)
             cells.append(N * K * 2 / bandwidth * 1e6)
             print(f"{name:<12} {M:>3} " + " ".join(f"{c:>9.1f}" for c in cells), flush=True)
             del rotating
-    cuda_backend.stream_shape = chosen
+    cuda_gemm.stream_shape = chosen
 else:
     backend.gemm = "own"
     for name, (K, N) in SHAPES.items():

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from minispec.backends import cuda_backend
+from minispec.backends import cuda_backend, cuda_gemm
 from minispec.bench_gpu import backend_with_edit, card_name, copy_bandwidth, in_turn, random_bf16, require_gpu, swap, time_captured
 
 cp = require_gpu()
@@ -36,7 +36,7 @@ DEEP = 8
 def main():
     base = cuda_backend.CudaBackend("bfloat16")
     deep = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w2_x64_s1", lambda text: swap(text, "GEMM_WGMMA_CLUSTERS(2, 64, 4)", f"GEMM_WGMMA_CLUSTERS(2, 64, {DEEP})"))
-    stages = dict(cuda_backend.WGMMA_GEMM_STAGES)
+    stages = dict(cuda_gemm.WGMMA_GEMM_STAGES)
     bandwidth = copy_bandwidth()
     print(f"gemm_wgmma block shapes on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; % of copy bandwidth per call", flush=True)
     operands = {}
@@ -58,9 +58,9 @@ def main():
 
     def settle(variant):
         """the module's ring depths as the variant's kernels have them (launch_wgmma sizes shared memory from it)"""
-        cuda_backend.WGMMA_GEMM_STAGES.update(stages)
+        cuda_gemm.WGMMA_GEMM_STAGES.update(stages)
         if "deep" in variant:
-            cuda_backend.WGMMA_GEMM_STAGES[2, 64] = DEEP
+            cuda_gemm.WGMMA_GEMM_STAGES[2, 64] = DEEP
 
     results, errors = {}, {}
     for r in range(ROUNDS):

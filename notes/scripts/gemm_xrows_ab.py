@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from minispec.backends import cuda_backend
+from minispec.backends import cuda_backend, cuda_gemm
 from minispec.bench_gpu import backend_with_edit, card_name, copy_bandwidth, in_turn, random_bf16, require_gpu, time_captured
 
 cp = require_gpu()
@@ -61,7 +61,7 @@ def old_cluster_size(backend, tiles, K):
 def main():
     bandwidth = copy_bandwidth()
     print(f"gemm_wgmma x boxes and rings on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; % of copy bandwidth per call", flush=True)
-    committed = dict(cuda_backend.WGMMA_GEMM_STAGES)
+    committed = dict(cuda_gemm.WGMMA_GEMM_STAGES)
     cublas = cuda_backend.CudaBackend("bfloat16")
     cublas.gemm = "cublas"
     setups = {v: variant_setup(v) for v in VARIANTS if v != "cublas"}
@@ -81,7 +81,7 @@ def main():
         backend.gemm, backend.gemm_wgmma_groups, backend.gemm_wgmma_xrows, backend.gemm_cluster = "own", G, X, S
 
         def call():
-            cuda_backend.WGMMA_GEMM_STAGES.update(stages)  # launch_wgmma sizes the ring's shared memory from it
+            cuda_gemm.WGMMA_GEMM_STAGES.update(stages)  # launch_wgmma sizes the ring's shared memory from it
             try:
                 weight = copies[next(turn) % len(copies)]
                 if X != 16:
@@ -90,7 +90,7 @@ def main():
                 backend.gemm_wgmma(x, weight, y)
                 return y
             finally:
-                cuda_backend.WGMMA_GEMM_STAGES.update(committed)
+                cuda_gemm.WGMMA_GEMM_STAGES.update(committed)
         return call
 
     def usable(variant, M):

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, ".")
-from minispec.backends.cuda_backend import CapturedStep, CudaBackend  # noqa: E402
+from minispec.backends.cuda_backend import CudaBackend  # noqa: E402
+from minispec.backends.cuda_steps import CapturedStep  # noqa: E402
 from minispec.bench_gpu import (  # noqa: E402
     card_name, copy_bandwidth, fused_stamps, random_model_on_gpu, require_gpu, smollm2_135m_config, time_captured, time_gpu)
 from minispec.model import Model  # noqa: E402

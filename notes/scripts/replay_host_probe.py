@@ -10,7 +10,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, ".")
-from minispec.backends.cuda_backend import CapturedStep, context_bucket, pow2_bucket  # noqa: E402
+from minispec.backends.cuda_steps import CapturedStep, context_bucket  # noqa: E402
+from minispec.step import pow2_bucket  # noqa: E402
 from minispec.bench_gpu import card_name, random_model_on_gpu, require_gpu, smollm2_135m_config  # noqa: E402
 from minispec.model import Model  # noqa: E402
 from minispec.step import StepItem, build_plan  # noqa: E402

@@ -37,7 +37,7 @@ for V in (49152, 128256):
         p = SamplingParams(**settings)
         packed = be.put([(r, p.temperature, p.top_k, p.top_p, p.min_p, 0.5) for r in range(rows)], np.float64)
         if cluster:
-            from minispec.backends.cuda_backend import SAMPLE_CLUSTER, SAMPLE_THREADS
+            from minispec.backends.cuda_sampling import SAMPLE_CLUSTER, SAMPLE_THREADS
 
             kernel, shared = be.sampling_kernel("sample_rows", V)
             launch = lambda: be.launch(kernel, (SAMPLE_CLUSTER, rows), (SAMPLE_THREADS,), (logits, packed, tokens, np.uint64(0), np.int32(V), np.uint64(0), np.uint64(0)), shared)  # noqa: E731

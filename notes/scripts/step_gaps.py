@@ -10,7 +10,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, ".")
-from minispec.backends.cuda_backend import CudaBackend, CapturedStep
+from minispec.backends.cuda_backend import CudaBackend
+from minispec.backends.cuda_steps import CapturedStep
 from minispec.bench_gpu import card_name, random_model_on_gpu, require_gpu, smollm2_135m_config
 from minispec.model import Model
 from minispec.step import StepItem, build_plan
