@@ -205,12 +205,12 @@ class Engine:
                 self.retire(seq)
 
     def schedule(self, seqs: list[Sequence], queued: list[Sequence], preempted: list[Sequence]):
-        """A round of the loop's scheduling, with no step in flight: the pages of a sequence finished in a
-        device-drafted stretch back; preempted sequences resumed or else (first come first) queued prompts admitted
-        where the pool has room, their samples added to seqs (their first tokens' text is yielded); then each going
-        sequence's tree budget (tree_budgets), the last going ones preempted where the pool can give none a page.
-        Returns (going, budgets), ([], []) where the ones resumed or admitted finished at once, or None when every
-        sequence is done."""
+        """A round of the loop's scheduling, with no step in flight: the pages of sequences that finished where no host
+        step gives them back (in a device-drafted stretch, or at their first token) back; preempted sequences resumed or
+        else (first come first) queued prompts admitted where the pool has room, their samples added to seqs (their
+        first tokens' text is yielded); then each going sequence's tree budget (tree_budgets), the last going ones
+        preempted where the pool can give none a page. Returns (going, budgets), ([], []) where the ones resumed or
+        admitted finished at once, or None when every sequence is done."""
         for seq in seqs:
             if seq.done and seq.table:
                 self.retire(seq)

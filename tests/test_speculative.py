@@ -862,6 +862,22 @@ def test_a_sequence_done_in_a_device_stretch_gives_its_pages_to_those_waiting(lo
     assert llm.cache.free_pages == llm.cache.num_pages
 
 
+@pytest.mark.parametrize("draft", [None, "ngram"])
+def test_a_sequence_done_at_its_first_token_gives_its_pages_to_those_waiting(tiny_model, draft):
+    """Two prompts of 32 tokens (2 pages) on a pool of 4 pages, the first asking for one token: it alone is admitted
+    (its prompt's pages and a page for its first token), finishes at its first token (start_sequences), and its pages
+    must come back before the second is prefilled (Engine.schedule), which then needs a third page for its own tokens:
+    where they stayed, it failed alone on a full pool. The tokens are each prompt's alone; every page comes back."""
+    prompts = [[int(t) for t in np.random.default_rng(60 + i).integers(3, 259, 32)] for i in range(2)]
+    params = [SamplingParams(max_tokens=n, ignore_eos=True, temperature=0) for n in (1, 12)]
+    alone = LLM(model=str(tiny_model), device="cpu")
+    expected = [alone.generate(p, q).token_ids for p, q in zip(prompts, params)]
+    llm = LLM(model=str(tiny_model), device="cpu", draft=draft, kv_cache_tokens=4 * 16)
+    llm.engine.decode_ahead_enabled = False  # (decoding ahead gives a sequence's pages back in its own stretch)
+    assert [r.token_ids for r in llm.generate(prompts, params)] == expected
+    assert llm.cache.free_pages == llm.cache.num_pages
+
+
 def test_a_preempted_sequence_streams_its_text_once(tiny_model):
     """A stream through preemption: each sequence's pieces join into its generate text, nothing repeated or lost
     (a resumed sequence's prefill emits nothing: its tokens and text are already out)."""
