@@ -1,4 +1,4 @@
-"""The public API: `LLM(model=..., device=...)`, `generate`, `chat`, `stream`, `logits`."""
+"""The public API: `LLM(model=..., device=...)`, `generate`, `chat`, `stream`, `stream_batch`, `logits`."""
 
 from __future__ import annotations
 
@@ -140,10 +140,7 @@ class LLM:
     def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None) -> GenerationResult | list[GenerationResult]:
         """prompts: a string, a list of token ids, or a list of either, fed as they are (chat() applies the chat
         template). One result per prompt: a single prompt gives its result, a list a list of them."""
-        single = isinstance(prompts, str) or (isinstance(prompts, TOKEN_LISTS) and len(prompts) > 0 and isinstance(prompts[0], TOKEN_IDS))
-        if not single and not isinstance(prompts, (list, tuple)):
-            raise MinispecError(f"prompts: a string, a list of token ids, or a list of either, got {type(prompts).__name__}")
-        prompt_ids = [self._encode(p) for p in ([prompts] if single else prompts)]
+        single, prompt_ids = self._prompts(prompts)
         events = self.engine.run(prompt_ids, params_for(params, len(prompt_ids)))
         while True:  # drain the stream; the generator returns the finished sequences
             try:
@@ -165,6 +162,13 @@ class LLM:
             results.append(GenerationResult(ids, [Sample(s.text, s.output, s.finish_reason, s.stats) for s in seqs], total))
         return results[0] if single else results
 
+    def _prompts(self, prompts) -> tuple[bool, list[list[int]]]:
+        """(whether `prompts` is a single prompt, the token ids of each prompt)."""
+        single = isinstance(prompts, str) or (isinstance(prompts, TOKEN_LISTS) and len(prompts) > 0 and isinstance(prompts[0], TOKEN_IDS))
+        if not single and not isinstance(prompts, (list, tuple)):
+            raise MinispecError(f"prompts: a string, a list of token ids, or a list of either, got {type(prompts).__name__}")
+        return single, [self._encode(p) for p in ([prompts] if single else prompts)]
+
     def chat(self, messages: list[dict], params: SamplingParams | None = None) -> GenerationResult:
         return self.generate(self.chat_prompt(messages), params)
 
@@ -178,6 +182,14 @@ class LLM:
         for seq, piece in self.engine.run([self._encode(prompt)], params_for(params, 1, one=True)):
             if seq.sample == 0:
                 yield piece, seq
+
+    def stream_batch(self, prompts, params: SamplingParams | list[SamplingParams] | None = None):
+        """Yield (prompt index, sample index, text piece) for every sample of every prompt as its tokens are accepted:
+        the batch is decoded together, as generate decodes it (prompts and params as generate takes them; a single
+        prompt is a batch of one). Each sample's pieces, joined, are its text in generate's result."""
+        _, prompt_ids = self._prompts(prompts)
+        for seq, piece in self.engine.run(prompt_ids, params_for(params, len(prompt_ids))):
+            yield seq.index, seq.sample, piece
 
     def logits(self, token_ids) -> np.ndarray:
         """float32 [n, V] logits of every position of `token_ids` (one causal forward, cache released)."""

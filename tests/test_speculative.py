@@ -209,6 +209,29 @@ def test_parallel_samples_share_the_prompt_and_reproduce_per_seed(tiny_model):
     assert [s.token_ids for s in plain.generate(prompt, params).samples] == [s.token_ids for s in plain.generate(prompt, params).samples]
 
 
+@pytest.mark.parametrize("draft", [None, "ngram"])
+def test_stream_batch_streams_every_sample_of_every_prompt(looping_model, draft):
+    """LLM.stream_batch: a batch of greedy (with a stop string), sampled (2 samples) and length-cut prompts streams
+    (prompt, sample, piece) events whose pieces, joined, are generate's texts of the same batch, for every sample of
+    every prompt; the prompts' pieces interleave (one batch, not one prompt after another)."""
+    llm = LLM(model=str(looping_model), device="cpu", draft=draft)
+    prompts = ["abcabc", [5, 9, 14, 5, 9, 14, 5], "stream me"]
+    greedy = llm.generate(prompts[0], SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)).text
+    stop = greedy[len(greedy) // 2 : len(greedy) // 2 + 2]  # a stop string its text meets midway
+    params = [SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, stop=[stop]),
+              SamplingParams(temperature=0.9, seed=3, n=2, max_tokens=20, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=7, ignore_eos=True)]
+    expected = {(i, j): sample.text for i, result in enumerate(llm.generate(prompts, params)) for j, sample in enumerate(result.samples)}
+    events = list(llm.stream_batch(prompts, params))
+    streamed = {}
+    for prompt, sample, piece in events:
+        streamed[prompt, sample] = streamed.get((prompt, sample), "") + piece
+    assert streamed == expected and len(expected) == 4 and len(expected[0, 0]) < len(greedy)  # (the stop string cut it)
+    order = [prompt for prompt, _, _ in events]
+    assert order != sorted(order)
+    assert llm.cache.free_pages == llm.cache.num_pages
+
+
 def test_prefill_pages_are_shared_between_samples(tiny_model):
     llm = LLM(model=str(tiny_model), device="cpu")
     prompt = list(range(3, 3 + 64))  # exactly 4 pages
