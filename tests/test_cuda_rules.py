@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from minispec.backends.cuda_backend import CudaBackend, finish_compiles, kernel_source, notice_if_slow
-from minispec.backends.cuda_fused import CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, CLUSTER_DECODE_ROWS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS
+from minispec.backends.cuda_fused import (
+    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, CLUSTER_DECODE_ROWS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS)
 from minispec.backends.cuda_steps import CapturedStep
 from minispec.step import StepItem, build_plan
 from minispec.tree import Tree
@@ -484,3 +485,15 @@ def test_precompile_compiles_side_by_side_and_kernel_waits_for_it(capsys):
     finish_compiles()
     assert all(future.done() for future in be.compiling.values()) and time.perf_counter() - slow >= 0.8
     assert "minispec: finishing the kernel compiles" in capsys.readouterr().err
+
+
+def test_the_backend_files_define_each_launcher_once():
+    """CudaBackend takes its launchers from a file per subject (cuda_gemm.py, cuda_attention.py, ...) as mixins: a name
+    defined in two of them, or in one and the core, would be shadowed in silence by the method resolution order."""
+    owners = {}
+    for part in CudaBackend.__mro__[:-1]:
+        for name in vars(part):
+            if not name.startswith("__"):
+                owners.setdefault(name, []).append(part.__name__)
+    assert {name: parts for name, parts in owners.items() if len(parts) > 1} == {}
+    assert {"linear", "attention", "fused_layers", "argmax_device", "ngram_advance", "replay"} <= owners.keys()
