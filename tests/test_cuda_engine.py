@@ -287,3 +287,27 @@ def test_a_pool_smaller_than_the_batch_on_gpu(default_model, gpu_fp32, gpu_bf16,
     assert [r.token_ids for r in results] == expected
     assert sum(r.stats.preemptions for r in results) > 0 or pages == 9
     assert small.cache.free_pages == small.cache.num_pages
+
+
+@pytest.mark.parametrize("draft", [None, "ngram"])
+def test_stream_batch_on_gpu(gpu_bf16, prompt_ids, draft):
+    """LLM.stream_batch on the GPU: the three prompts decoded one step ahead on the device (no drafter), and bench's
+    rewrite prompt alone with the n-gram drafter (tree steps drafted on the device; 3.9 tokens a step on the CPU): each
+    sample's pieces, joined, are generate's text."""
+    from minispec.bench import SPEC_PROMPTS
+
+    rewrite = gpu_bf16.chat_prompt([{"role": "user", "content": SPEC_PROMPTS["rewrite"]}])
+    prompts = prompt_ids if draft is None else rewrite
+    params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+    gpu_bf16.use_drafter(draft)
+    try:
+        results = gpu_bf16.generate(prompts, params)
+        expected = {(i, 0): r.text for i, r in enumerate(results if draft is None else [results])}
+        streamed = {}
+        for prompt, sample, piece in gpu_bf16.stream_batch(prompts, params):
+            streamed[prompt, sample] = streamed.get((prompt, sample), "") + piece
+        assert streamed == expected
+        assert draft is None or results.stats.tokens_per_step > 1.5  # (the drafter's tree steps ran)
+    finally:
+        gpu_bf16.use_drafter(None)
+    assert gpu_bf16.cache.free_pages == gpu_bf16.cache.num_pages
