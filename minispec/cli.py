@@ -65,8 +65,9 @@ def command_fetch(args) -> None:
 
 def command_generate(args) -> None:
     params = sampling_params(args)  # validate before loading anything
+    text = sys.stdin.read() if args.prompt == "-" else args.prompt  # (a document to summarise or rewrite, piped in)
     llm = load_llm(args)
-    prompt = args.prompt if args.raw else llm.chat_prompt([{"role": "user", "content": args.prompt}])
+    prompt = text if args.raw else llm.chat_prompt([{"role": "user", "content": text}])
     if params.n == 1:
         seq = None
         for piece, seq in llm.stream_events(prompt, params):
@@ -156,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(run=command_fetch)
 
     generate = commands.add_parser("generate", help="complete one prompt and stream the answer")
-    generate.add_argument("prompt", help="the user message (the model's chat template is applied unless --raw)")
+    generate.add_argument("prompt", help="the user message (the model's chat template is applied unless --raw); - reads it "
+                          "from standard input")
     generate.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
     add_model_arguments(generate)
     add_sampling_arguments(generate, temperature=0.0)

@@ -88,3 +88,14 @@ def test_bench_spec_samples_when_given_a_temperature(looping_model, capsys):
     rows = [line.split() for line in out.splitlines() if line.startswith(("summarise", "chat"))]
     assert [r[1] for r in rows[:5]] == ["plain", "chain", "tree", "self:1", "self:1"] and rows[3][2] == "4,3,1"
     assert all(r[-1] == "all" for r in rows if r[1] in ("chain", "tree"))
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_generate_reads_the_prompt_from_stdin_given_a_dash(tiny_model, raw):
+    """`minispec generate -` takes the prompt from standard input (a document piped in, lines and all): the answer is
+    the one the same text gets as an argument."""
+    text = "first line of a document\nsecond line, abc abc\n"
+    args = ["--model", str(tiny_model), "--device", "cpu", "--max-tokens", "8", *(["--raw"] if raw else [])]
+    piped, given = run("generate", *args, "-", stdin=text), run("generate", *args, text)
+    assert piped.returncode == 0 and given.returncode == 0, piped.stderr + given.stderr
+    assert piped.stdout == given.stdout and piped.stdout.strip()
