@@ -234,9 +234,7 @@ class Engine:
         """Give a going sequence's pages back to the pool (preemption by recompute: resume prefills its tokens again
         once there is room); its tokens, text, stream and drafter state stay. With prefix caching its full pages are
         kept, so resume takes back those that no other sequence's pages evicted meanwhile."""
-        if self.prefix_caching:
-            self.cache.keep_prefix(seq.table, seq.tokens, seq.L)
-        self.cache.release(seq.table)
+        self.release_pages(seq)
         seq.L = 0
         seq.stats.preemptions += 1
         return seq
@@ -313,12 +311,15 @@ class Engine:
         return until
 
     def retire(self, seq: Sequence) -> None:
-        """A sequence's pages back to the pool (with prefix caching its full ones kept), its drafter's state dropped;
-        again, nothing."""
+        """A sequence's pages back to the pool (release_pages), its drafter's state dropped; again, nothing."""
+        self.release_pages(seq)
+        self.drafter.release(seq)
+
+    def release_pages(self, seq: Sequence) -> None:
+        """A sequence's pages back to the pool, with prefix caching its full ones kept (retire, preempt)."""
         if self.prefix_caching:  # positions below L hold tokens[:L]'s K/V at every point of the loop
             self.cache.keep_prefix(seq.table, seq.tokens, seq.L)
         self.cache.release(seq.table)
-        self.drafter.release(seq)
 
     def tree_budgets(self, seqs: list[Sequence]) -> list[int]:
         """Each sequence's most tree nodes: up to the context limit, and to the pages the pool can give once every
