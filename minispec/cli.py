@@ -16,7 +16,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default=DEFAULT_MODEL, help=f"Hugging Face Llama-family directory or {DEFAULT_MODEL!r} (default; fetched on first use)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cpu = NumPy reference backend; auto picks cuda when a GPU is present")
     group.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="weight/KV dtype on cuda (default bfloat16)")
-    group.add_argument("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
+    group.add_argument("--max-model-len", type=int, default=None, help="context limit in tokens (default and most: the model's, max_position_embeddings)")
     group.add_argument("--kv-cache-tokens", type=int, default=None, help="size of the KV page pool in tokens (a batch larger than it waits and is preempted in turn; one request must fit)")
     group.add_argument("--kv-memory-fraction", type=float, default=0.5, help="GPU: share of free memory for the KV pool when --kv-cache-tokens is not given")
     group.add_argument("--draft", default=None, help="speculative drafter: ngram, self:K (first K layers) or a draft model directory (the default "

@@ -99,10 +99,15 @@ class LLM:
         self.backend.warm_up()  # kernels compile beside the model's fetch and loading (a machine's first run)
         self.model_dir = resolve_model(model)
         config = ModelConfig.from_file(self.model_dir / "config.json")
+        if max_model_len is not None and not 1 < max_model_len <= config.max_position_embeddings:
+            # past the positions the model was trained on its outputs are not to be trusted: refused, not clamped,
+            # before the weights load
+            raise MinispecError(f"max_model_len {max_model_len}: give 2..{config.max_position_embeddings} (the model's "
+                                f"context length, max_position_embeddings in its config.json)")
         self.backend.warm_up(config)  # and those of its head dim, before the weights load
         self.model = Model.load(self.model_dir, self.backend, config)
         self.tokenizer = Tokenizer(self.model_dir, config.eos_token_ids)
-        self.max_model_len = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
+        self.max_model_len = max_model_len or config.max_position_embeddings
         if page_size < 1:
             raise MinispecError("page_size must be >= 1")
         tokens = kv_cache_tokens or self.backend.default_kv_tokens(config, self.max_model_len)

@@ -59,6 +59,20 @@ def test_prompt_over_the_context_limit(tiny_model):
     assert result.finish_reason == "length" and len(result.token_ids) == 4
 
 
+def test_a_context_limit_past_the_models_is_refused_before_the_weights_load(tiny_model):
+    """max_model_len over the model's max_position_embeddings (512 here) is an error naming the range, not a silent
+    clamp to 512; it comes before the weights load (a truncated checkpoint does not get to say so)."""
+    path = tiny_model / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    for bad in (513, 100_000, 1, 0):
+        with pytest.raises(MinispecError, match=r"max_model_len -?\d+: give 2\.\.512"):
+            LLM(model=str(tiny_model), device="cpu", max_model_len=bad)
+    with pytest.raises(MinispecError, match="truncated"):  # a limit in range gets as far as the weights
+        LLM(model=str(tiny_model), device="cpu", max_model_len=512)
+    result = run_cli("generate", "hi", "--model", str(tiny_model), "--device", "cpu", "--max-model-len", "4096")
+    assert result.returncode == 1 and "max_model_len 4096: give 2..512" in result.stderr
+
+
 def test_prompts_of_the_wrong_type_are_clear_errors(tiny_model):
     """A prompt is a string or token ids (ints, NumPy's too, in a list, tuple or array); prompts a list of those, with
     one SamplingParams or a list of one a prompt. Anything else is a MinispecError naming what came, not a TypeError
