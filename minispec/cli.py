@@ -68,6 +68,7 @@ def command_generate(args) -> None:
     text = sys.stdin.read() if args.prompt == "-" else args.prompt  # (a document to summarise or rewrite, piped in)
     llm = load_llm(args)
     prompt = text if args.raw else llm.chat_prompt([{"role": "user", "content": text}])
+    start = time.perf_counter()
     if params.n == 1:
         seq = None
         for piece, seq in llm.stream_events(prompt, params):
@@ -75,12 +76,27 @@ def command_generate(args) -> None:
         print()
         if seq is not None and (why := cut_short(seq.finish_reason, len(seq.tokens), llm.max_model_len)):
             print(f"({why})", file=sys.stderr)
+        if args.stats and seq is not None:
+            print(stats_line(seq.stats, time.perf_counter() - start, len(seq.tokens) - seq.output_len), file=sys.stderr)
         return
     result = llm.generate(prompt, params)
+    elapsed = time.perf_counter() - start
     for i, sample in enumerate(result.samples):
         print(f"--- sample {i} ---\n{sample.text}")
         if why := cut_short(sample.finish_reason, len(result.prompt_token_ids) + len(sample.token_ids), llm.max_model_len):
             print(f"(sample {i}: {why})", file=sys.stderr)
+    if args.stats:
+        print(stats_line(result.stats, elapsed, len(result.prompt_token_ids), len(result.samples)), file=sys.stderr)
+
+
+def stats_line(stats, seconds: float, prompt_tokens: int, samples: int = 1) -> str:
+    """generate --stats: what the run took, and what speculation gave (tokens a target forward after the prefill)."""
+    tokens = stats.emitted + samples  # (each sample's first token comes from the prefill)
+    line = f"[{prompt_tokens} prompt tokens, {tokens} generated{f' in {samples} samples' if samples > 1 else ''} in {seconds:.2f} s: " \
+           f"{tokens / seconds:.1f} tokens/s"
+    if stats.steps:
+        line += f"; {stats.tokens_per_step:.2f} tokens a target forward over {stats.steps} forwards"
+    return line + "]"
 
 
 def command_chat(args) -> None:
@@ -160,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt", help="the user message (the model's chat template is applied unless --raw); - reads it "
                           "from standard input")
     generate.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
+    generate.add_argument("--stats", action="store_true", help="print on stderr the tokens, the time from the prompt to the "
+                          "last token, tokens/s, and the tokens a target forward gave (above 1 with --draft)")
     add_model_arguments(generate)
     add_sampling_arguments(generate, temperature=0.0)
     generate.set_defaults(run=command_generate)

@@ -99,3 +99,27 @@ def test_generate_reads_the_prompt_from_stdin_given_a_dash(tiny_model, raw):
     piped, given = run("generate", *args, "-", stdin=text), run("generate", *args, text)
     assert piped.returncode == 0 and given.returncode == 0, piped.stderr + given.stderr
     assert piped.stdout == given.stdout and piped.stdout.strip()
+
+
+def test_generate_stats_counts_the_tokens_and_what_speculation_gave(looping_model):
+    """`generate --stats` prints on stderr the prompt's tokens, the tokens generated and the tokens a target forward
+    gave: the latter above 1 where n-gram drafts are accepted (the looping model's cycles), and the counts those of
+    the answer (the same tokens with and without the drafter)."""
+    import re
+
+    args = ["--model", str(looping_model), "--device", "cpu", "--raw", "--max-tokens", "40", "--stats"]
+    prompt = "abcabcabcabc"
+    lines = {}
+    for draft in ([], ["--draft", "ngram"]):
+        result = run("generate", prompt, *args, *draft)
+        assert result.returncode == 0, result.stderr
+        found = re.search(r"\[(\d+) prompt tokens, (\d+) generated in [\d.]+ s: [\d.]+ tokens/s; ([\d.]+) tokens a target "
+                          r"forward over (\d+) forwards\]", result.stderr)
+        assert found, result.stderr
+        lines[bool(draft)] = (result.stdout, *(float(g) for g in found.groups()))
+    (plain_text, prompt_tokens, generated, plain_rate, forwards), (spec_text, *spec) = lines[False], lines[True]
+    assert spec_text == plain_text and spec[:2] == [prompt_tokens, generated]
+    assert plain_rate == 1.0 and forwards == generated - 1  # the prefill gives the first token
+    assert spec[2] > 1.5 and spec[3] < forwards
+    result = run("generate", prompt, *args, "-n", "2", "--temperature", "1", "--seed", "0")
+    assert re.search(r"\[\d+ prompt tokens, \d+ generated in 2 samples in", result.stderr), result.stderr
