@@ -316,6 +316,27 @@ def test_attention_triggers_the_next_launch_only_when_its_grid_fits_one_wave():
     assert not rules.attention_trigger_first(16, 8)
 
 
+def test_attention_key_tiles_follow_the_measured_shares():
+    """attention_tile_keys: the wgmma kernel takes 128-key tiles at D = 128 for tree steps (more than 16 rows a
+    sequence's KV head) from 2048 keys a share, for decode rows from 8192 (stop 59's H200 measurements), 64 keys
+    otherwise and always at D = 64; a tile's TMA boxes must fit the producer lanes (8-row pages: two producer warps
+    for 128 keys at D = 128), and attention_keys forces either size."""
+    rules = type("Rules", (), {"attention_tile_keys": CudaBackend.attention_tile_keys})()
+    rules.attention_keys = None
+    keys = lambda share, rows, D=128, box_rows=16, producers=2: rules.attention_tile_keys(share, D, box_rows, producers, rows)  # noqa: E731
+    assert [keys(share, 256) for share in (512, 1024, 2048, 4096)] == [64, 64, 128, 128]  # T = 64 at 8B heads
+    assert [keys(share, 64) for share in (1024, 2048)] == [64, 128]  # T = 16
+    assert [keys(share, 16, producers=1) for share in (2048, 4096, 8192)] == [64, 64, 128]  # T = 4, decode rows
+    assert keys(16384, 256, D=64) == 64
+    assert keys(8192, 256, box_rows=8) == 128 and keys(8192, 4, box_rows=8, producers=1) == 64
+    rules.attention_keys = 64
+    assert keys(16384, 256) == 64
+    rules.attention_keys = 128
+    assert keys(512, 4, producers=1) == 128
+    with pytest.raises(ValueError, match="more than 32"):
+        keys(512, 4, box_rows=8, producers=1)
+
+
 def test_attention_merges_its_shares_in_clusters_the_kernel_has():
     """attention_merge_cluster: the mma.sync kernel's shares merge in a cluster of the largest power of two up to the
     share count and 8, on Hopper, where the split rule gives at most 16 shares, unless turned off;

@@ -91,7 +91,7 @@ class AttentionLaunchers:
         if wgmma:
             k_map, v_map, box_rows = self.attention_tensor_maps(k_cache, v_cache)
             producers = self.attention_producers or self.attention_producer_count(rows)
-            keys = self.attention_tile_keys(context // splits, D, box_rows, producers)
+            keys = self.attention_tile_keys(context // splits, D, box_rows, producers, rows)
             ring = min(6, 196608 // (4 * keys * D))  # attention_ring in kernels/attention_wgmma.cu
             # RING x (K, V) x keys x D, bf16, swizzled; 1024 to align them; 2 RING barriers
             kernel, shared = self.kernel("attention_wgmma.cu", f"tree_attention_wgmma_d{D}_k{keys}", D), 2 * ring * keys * D * 2 + 1024 + 16 * ring
@@ -169,17 +169,23 @@ class AttentionLaunchers:
         (8193 keys, batch 1: 13.5 against 14.5 µs)."""
         return 1 if rows <= 16 else 2
 
-    def attention_tile_keys(self, share_keys: int, D: int, box_rows: int, producers: int) -> int:
+    def attention_tile_keys(self, share_keys: int, D: int, box_rows: int, producers: int, rows: int = 0) -> int:
         """Key positions per tile of tree_attention_wgmma, 64 or 128, for shares of `share_keys` (the context bucket
-        over the split count, so graph replays keep the shape). 128-key tiles halve the loop's per-tile work but
-        leave 3 ring slots at D = 128 and make short shares coarser. Measured on an H100 (stop 21,
-        notes/attention_keys_h100_stop21.log, both in one call), 8B heads: 128 from 8192 keys a share (T = 64 at
-        32k keys 72.5-73.3 -> 69.3-69.5 µs; batch 16 at 8k: T = 1 195 -> 184, T = 16 196 -> 190.5, T = 64
-        274-292 -> 263-269), 64 below (T = 64 at 512 keys 128 gave 15.3 against 12.8 µs, T = 16 at 8k 20 against
-        17.7). The default model's heads (D = 64) keep 64: at batch 16, 8k keys, 128 was faster at T = 64 (99
-        against 106-114 µs) but slower at T = 16 (50 against 47-48). A tile's TMA boxes must fit a lane each:
-        (keys / box_rows) x 2 x D / 64 <= 32 x producers."""
-        keys = self.attention_keys or (128 if share_keys >= 8192 and D == 128 else 64)
+        over the split count, so graph replays keep the shape) and `rows` query rows per sequence's KV head. 128-key
+        tiles halve the loop's per-tile work but leave 3 ring slots at D = 128 and make short shares coarser.
+        Measured on an H100 (stop 21, notes/attention_keys_h100_stop21.log, both in one call), 8B heads: 128 from
+        8192 keys a share (T = 64 at 32k keys 72.5-73.3 -> 69.3-69.5 µs; batch 16 at 8k: T = 1 195 -> 184, T = 16
+        196 -> 190.5, T = 64 274-292 -> 263-269), 64 below (T = 64 at 512 keys 128 gave 15.3 against 12.8 µs, T = 16
+        at 8k 20 against 17.7). On an H200 (stop 59, notes/attention_keys_h200_stop59.log), batch 1, tree steps (more
+        than 16 rows) take 128 from 2048 keys a share: T = 64 at 8k keys 28.0 -> 26.8 µs (the 8B step 5.590 ->
+        5.566 ms), at 16k 42.5 -> 39.1, T = 16 at 16k 26.9 -> 25.8, at 30k 40.2 -> 37.9, T = 32 at 16k level; with
+        1024 a share 128 was slower at every T (T = 64 at 4k-6k, T = 32 and 16 at 4k-8k); decode rows keep 8192
+        (T = 1 at 16k / 32k keys, 2048 / 4096 a share: 19.6 -> 21.4 and 33.5 -> 34.7 µs with 128). The default
+        model's heads (D = 64) keep 64: at batch 16, 8k keys, 128 was faster at T = 64 (99 against 106-114 µs) but
+        slower at T = 16 (50 against 47-48). A tile's TMA boxes must fit a lane each: (keys / box_rows) x 2 x D /
+        64 <= 32 x producers."""
+        shortest = 2048 if rows > 16 else 8192  # the shares that take 128-key tiles
+        keys = self.attention_keys or (128 if share_keys >= shortest and D == 128 else 64)
         if keys not in (64, 128):
             raise ValueError(f"attention_keys: {keys} (64 or 128)")
         if box_rows and keys // box_rows * 2 * (D // 64) > 32 * producers:

@@ -9,11 +9,14 @@ layers' caches, as op_times.py) and the whole T = 64 step (step_times, its graph
   w4        the 4-warp mma.sync kernel (64-row tiles)
   w8        the 8-warp kernel (mma.sync, or wgmma where the rule takes it)
   p1        one TMA producer warp
+  kN        the wgmma kernel's key tiles of N keys (64 or 128; attention_keys)
+  wg        the wgmma kernel wherever 8 warps run (attention_wgmma)
   A+B       both
 
-    PYTHONPATH=$PWD [ATT_T=T] python3 notes/scripts/tree_attention_ab.py [rounds] [variant,...]
+    PYTHONPATH=$PWD [ATT_T=T] [ATT_CONTEXT=keys] python3 notes/scripts/tree_attention_ab.py [rounds] [variant,...]
 
-ATT_T (default 64) sets the tree size: 1 is a decode step (the step column is then the plain step).
+ATT_T (default 64) sets the tree size: 1 is a decode step (the step column is then the plain step); ATT_CONTEXT
+(default 512) the keys before the tree; the step is timed up to the 8B config's 8192 positions.
 """
 import os
 import sys
@@ -29,7 +32,7 @@ from minispec.tree import Tree
 cp = require_gpu()
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 VARIANTS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["rule", "s4", "s16", "mma", "w4"]
-CONTEXT, T = 512, int(os.environ.get("ATT_T", 64))
+CONTEXT, T = int(os.environ.get("ATT_CONTEXT", 512)), int(os.environ.get("ATT_T", 64))
 be = CudaBackend()
 cfg = llama_8b_config()
 cp.random.seed(0)
@@ -62,6 +65,10 @@ def apply(variant):
             be.attention_warps = 8
         elif part == "p1":
             be.attention_producers = 1
+        elif part.startswith("k"):
+            be.attention_keys = int(part[1:])
+        elif part == "wg":
+            be.attention_warps, be.attention_wgmma = 8, True
         elif part != "rule":
             raise SystemExit(f"unknown variant {part}")
 
@@ -78,7 +85,8 @@ for r in range(ROUNDS):
         error = float(cp.abs(out - reference).max())
         layer = iter(range(10**9))
         alone = time_captured(lambda: (lambda i: be.attention(q, cache.k[i], cache.v[i], plan, model.scale))(next(layer) % L)) * 1e6
-        step = step_times(model, CONTEXT, tree_sizes=(T,))[T] * 1e3
+        # (the step only within the 8B config's positions: its captured steps' page tables are sized by them)
+        step = step_times(model, CONTEXT, tree_sizes=(T,))[T] * 1e3 if CONTEXT <= cfg.max_position_embeddings else float("nan")
         results.setdefault(variant, []).append((alone, step))
         print(f"round {r} {variant:12s} attention {alone:6.2f} µs  step {step:.3f} ms  (max |out - rule's| {error:.3g})", flush=True)
 apply("rule")
