@@ -30,7 +30,8 @@
 // with the boxes over two warps 121 (0.94 µs a tile); decode-like steps keep one producer warp (8193 keys
 // 14.5 -> 13.5 µs, where two gave 14.5). Q from registers instead of shared memory changed nothing alone.
 // 128-key tiles (8B heads, shares of 8192 keys or more): one split at 8k keys 121 -> 108 µs, T = 64 at 32k
-// keys 72.5 -> 69.5, batch 16 at 8k 3-8% faster; shorter shares lost (T = 64 at 512 keys 12.8 -> 15.3).
+// keys 72.5 -> 69.5, batch 16 at 8k 3-8% faster; shorter shares lost (T = 64 at 512 keys 12.8 -> 15.3). On an H200
+// tree steps gain from shares of 2048 keys (stop 59: T = 64 at 8k keys 28.0 -> 26.8 µs), decode rows do not.
 // Tried and not kept: the last split merging in the kernel instead of attention_merge (slower: one block then
 // reads every share serially), and every split block of a (row tile, KV head) pair merging a share of the pair's
 // rows once all have written (stop 26: 8B T = 64 step 6.61 -> 6.81 ms at 512 keys; attention_merge, a launch of its
