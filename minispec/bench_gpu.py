@@ -390,11 +390,29 @@ def bench_e2e(args) -> None:
     print(f"minispec bench e2e on {card_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     llm = LLM(model=args.model, device="cuda")
     backend = llm.backend
+    # end-to-end decoding on the default model first, as a fresh process runs it: measured after the step tables (the
+    # 8B model's rows) the same code had run 7% slower than in fresh processes on the same machine (3,320 against
+    # 3,542-3,580 tokens/s, notes/generate_rate_ab_h200_stop58.log)
+    from .bench import SPEC_PROMPTS, timed_generate
+
+    ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS["chat"]}])
+    plain_rate, _ = timed_generate(llm, ids, SamplingParams(temperature=0, max_tokens=256, ignore_eos=True), repeats=5)
+    print(f"plain greedy decode, default model: {plain_rate:.0f} tokens/s (median of 5 runs, as every rate below)")
+    print("  n-gram trees against plain decoding on input-grounded prompts, the two by turns (greedy: two rounds):")
+    # n-gram tree speculation at the default budget vs our plain decode, greedy, then sampled (lossless verification)
+    sampled_seeds = (0, 1, 2, 3)
+    for label, params, seeds in (("", SamplingParams(temperature=0, max_tokens=128), (None,)),
+                                 (f" (sampled, temperature 0.7, 128 tokens a run, geometric means over seeds {sampled_seeds})",
+                                  SamplingParams(temperature=0.7, max_tokens=128, ignore_eos=True), sampled_seeds)):
+        if label:
+            print(f"  the same{label}:")
+        for key, plain, ngram, per_forward in speculation_rates(llm, params, seeds):
+            print(f"  {key:<10} plain {plain:>7.0f} tok/s   n-gram tree {ngram:>7.0f} tok/s ({per_forward:.2f} tokens/forward)  x{ngram / plain:.2f}")
     rows = [("default (SmolLM2-135M)", llm.model)]
     if not args.quick:
         config = llama_8b_config()
         rows.append(("random Llama-3.1-8B shapes", Model(config, random_model_on_gpu(config, backend), backend)))
-    print("ms/step: the engine's choice (fused layers for steps of <= 16 rows on small models, those of 5-16 rows on tensor cores;")
+    print("\nms/step: the engine's choice (fused layers for steps of <= 16 rows on small models, those of 5-16 rows on tensor cores;")
     print("else, and on large models, layer by layer as a CUDA graph); layered: the layer-by-layer kernels as a CUDA graph;")
     print("no graph: the same launched one by one from Python")
     print(f"{'model':<28} {'step':<12} {'ms/step':>8} {'layered':>8} {'no graph':>9} {'floor ms':>9} {'x floor':>8} {'x plain':>8}")
@@ -425,23 +443,7 @@ def bench_e2e(args) -> None:
                 label += " (the fused kernel; the engine's decode is cluster decode)"
             print(f"  fused {label}, µs per layer: " + ", ".join(f"{n} {t:.1f}" for n, t in zip(FUSED_PHASES, phases)))
         backend.graphs.clear()
-        del model
-    # end-to-end decoding on the default model: ours, speculation, transformers
-    from .bench import SPEC_PROMPTS, timed_generate
-
-    ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS["chat"]}])
-    plain_rate, _ = timed_generate(llm, ids, SamplingParams(temperature=0, max_tokens=256, ignore_eos=True), repeats=5)
-    print(f"\nplain greedy decode, default model: {plain_rate:.0f} tokens/s (median of 5 runs, as every rate below)")
-    print("  n-gram trees against plain decoding on input-grounded prompts, the two by turns (greedy: two rounds):")
-    # n-gram tree speculation at the default budget vs our plain decode, greedy, then sampled (lossless verification)
-    sampled_seeds = (0, 1, 2, 3)
-    for label, params, seeds in (("", SamplingParams(temperature=0, max_tokens=128), (None,)),
-                                 (f" (sampled, temperature 0.7, 128 tokens a run, geometric means over seeds {sampled_seeds})",
-                                  SamplingParams(temperature=0.7, max_tokens=128, ignore_eos=True), sampled_seeds)):
-        if label:
-            print(f"  the same{label}:")
-        for key, plain, ngram, per_forward in speculation_rates(llm, params, seeds):
-            print(f"  {key:<10} plain {plain:>7.0f} tok/s   n-gram tree {ngram:>7.0f} tok/s ({per_forward:.2f} tokens/forward)  x{ngram / plain:.2f}")
+    del rows, model  # (the 8B model's 16 GB go back to the pool before transformers loads)
     try:
         import torch
         from transformers import AutoModelForCausalLM
