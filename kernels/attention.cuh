@@ -72,11 +72,18 @@ __device__ __forceinline__ void load_query(const float* __restrict__ q, const Qu
     }
 }
 
-// -inf where a key is not visible; only tiles reaching past the prefix (or the sequence end, or causal rows)
-// do any work
-template <int NT>
+// -inf where a key is not visible. Only tiles reaching past the keys every row sees (or past the sequence end) do
+// any work: a tree's rows all see the keys before tree_start, a causal chunk's rows those before its first token,
+// S - T (before stop 59 a causal row masked every tile: 8B heads, B = 16, T = 64 chunks at 8k keys 292.6 -> 266-272
+// µs on an H200, notes/attention_causal_mask_h200_stop59.log). CAUSAL_SKIP false keeps that older rule, the code of
+// attention_wgmma.cu's _tree instances (steps without causal rows, where the two rules mask the same tiles): in the
+// wgmma kernel's loop every form of the new rule slowed the tree rows (B = 1, T = 64, 8k keys ~27 -> ~29 µs).
+template <int NT, bool CAUSAL_SKIP = true>
 __device__ __forceinline__ void mask_scores(float (&s)[NT][4], int key0, int S, int start, int is_causal, int T, const QueryRows& r, int t) {
-    if (!(is_causal || key0 + NT * 8 > start || key0 + NT * 8 > S)) return;
+    if constexpr (CAUSAL_SKIP) {
+        const int seen_by_all = is_causal ? S - T : start;
+        if (key0 + NT * 8 <= seen_by_all && key0 + NT * 8 <= S) return;
+    } else if (!(is_causal || key0 + NT * 8 > start || key0 + NT * 8 > S)) return;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll

@@ -16,7 +16,8 @@
 // block barrier.
 // k_map / v_map: TMA descriptors of the caches viewed as [NP Hkv P rows, D] with 64 x box_rows boxes,
 // 128-byte swizzle (box_rows = P when P divides 64 and P >= 8, else 0: cp.async only).
-// Key tiles of KEYS = 64 or 128 positions (tree_attention_wgmma_d{D}_k{KEYS}): 128 halves the per-tile work of
+// Key tiles of KEYS = 64 or 128 positions (tree_attention_wgmma_d{D}_k{KEYS}, and _tree: the same for steps without
+// causal chunks, with the older mask rule, attention.cuh's mask_scores): 128 halves the per-tile work of
 // the loop (barriers, row maxima, P V's issue) and makes S one N = 128 product per k-step, but leaves 3 slots of
 // 64 KB at D = 128 and doubles the smallest share; the backend takes it for long shares (attention_tile_keys).
 // Launch: grid as attention_mma.cu's kernel with 128 rows per block, block 384, dynamic shared memory
@@ -47,7 +48,7 @@
 #include "head_dim.cuh"
 
 __host__ __device__ constexpr int attention_ring(int D, int KEYS) { return 196608 / (4 * KEYS * D) < 6 ? 196608 / (4 * KEYS * D) : 6; }
-template <int D, int KEYS>
+template <int D, int KEYS, bool CAUSAL_SKIP>
 __device__ void tree_attention_wgmma(
     const float* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache, const __nv_bfloat16* __restrict__ v_cache,
     const TensorMap& k_map, const TensorMap& v_map, int box_rows,
@@ -195,7 +196,7 @@ __device__ void tree_attention_wgmma(
     };
     auto softmax = [&](int i, float& corr0, float& corr1) {  // S(i) -> the weights of tile i
         wgmma_pin(s);
-        mask_scores(s, (tile_begin + i) * KEYS, S, start, is_causal, T, r, t);
+        mask_scores<NT, CAUSAL_SKIP>(s, (tile_begin + i) * KEYS, S, start, is_causal, T, r, t);
         softmax_tile(s, m0, m1, l0, l1, corr0, corr1);
     };
     float corr0, corr1;
@@ -229,20 +230,26 @@ __device__ void tree_attention_wgmma(
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TREE_ATTENTION_WGMMA(D, KEYS)                                                                            \
-    extern "C" __global__ void __launch_bounds__(384, 1) tree_attention_wgmma_d##D##_k##KEYS(                   \
+#define TREE_ATTENTION_WGMMA(D, KEYS, CAUSAL_SKIP, SUFFIX)                                                        \
+    extern "C" __global__ void __launch_bounds__(384, 1) tree_attention_wgmma_d##D##_k##KEYS##SUFFIX(           \
         const float* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,                          \
         const __grid_constant__ TensorMap k_map, const __grid_constant__ TensorMap v_map, int box_rows,         \
         const int* cu_q, const int* kv_len, const int* tree_start, const unsigned long long* masks,            \
         const int* causal, const int* page_tables, int max_pages, int B, float* o_part, float* ml_part,        \
         __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale, int producers, int trigger_first) {      \
         if (trigger_first) pdl_trigger();                                                                       \
-        tree_attention_wgmma<D, KEYS>(q, k_cache, v_cache, k_map, v_map, box_rows, cu_q, kv_len, tree_start,     \
+        tree_attention_wgmma<D, KEYS, CAUSAL_SKIP>(q, k_cache, v_cache, k_map, v_map, box_rows, cu_q, kv_len, tree_start,     \
                                       masks, causal, page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, \
                                       P, scale, producers);                                                      \
     }
-HEAD_DIM_64(TREE_ATTENTION_WGMMA(64, 64))
-HEAD_DIM_64(TREE_ATTENTION_WGMMA(64, 128))
-HEAD_DIM_128(TREE_ATTENTION_WGMMA(128, 64))
-HEAD_DIM_128(TREE_ATTENTION_WGMMA(128, 128))
+// the steps with causal chunks (prefill), and the _tree instances for steps of tree rows alone (decode, verify): with
+// the causal rows' mask rule in its loop the B = 1, T = 64 tree rows at 8k keys ran 26.4-27.0 -> 28.5-29.1 µs (stop 59)
+HEAD_DIM_64(TREE_ATTENTION_WGMMA(64, 64, true, ))
+HEAD_DIM_64(TREE_ATTENTION_WGMMA(64, 128, true, ))
+HEAD_DIM_64(TREE_ATTENTION_WGMMA(64, 64, false, _tree))
+HEAD_DIM_64(TREE_ATTENTION_WGMMA(64, 128, false, _tree))
+HEAD_DIM_128(TREE_ATTENTION_WGMMA(128, 64, true, ))
+HEAD_DIM_128(TREE_ATTENTION_WGMMA(128, 128, true, ))
+HEAD_DIM_128(TREE_ATTENTION_WGMMA(128, 64, false, _tree))
+HEAD_DIM_128(TREE_ATTENTION_WGMMA(128, 128, false, _tree))
 #endif
