@@ -7,6 +7,7 @@ python3 notes/scripts/ngram_offline.py           # replay: plain vs n-gram tree,
 python3 notes/scripts/ngram_offline.py oracle    # the bound of a drafter that knows which span the output copies next
 python3 notes/scripts/ngram_offline.py device    # the gate's settings at the device-drafted loop's costs (since stop 34)
 python3 notes/scripts/ngram_offline.py reopen    # a closed gate that strong matches can reopen, against the rule (stop 43)
+python3 notes/scripts/ngram_offline.py sizes     # a tree budget chosen step by step from the drafted nodes' values (stop 59)
 
 Costs (ms): the default model's graph steps on an H100 (notes/bench_e2e_h100_stop18.log: plain decode one step
 ahead 0.632, with the host in the loop 0.639, trees of <= 4 / 16 / 32 / 64 nodes 0.793 / 0.881 / 1.168 / 1.160)
@@ -231,5 +232,92 @@ def reopen():
             print(f"{host} host, {label:<20} all {totals[0] / totals[1]:.3f}  " + " ".join(cells))
 
 
+def sizes():
+    """A tree budget chosen step by step, at the device loop's costs as they would be with a graph per size: a step's
+    tree of T nodes is expected to give 1 + the sum of its drafted nodes' values (each the drafter's estimate of the
+    chance the target reaches it), so the drafter takes the 4-node tree where that expectation per ms beats the
+    16-node one's. Against the engine's rule (16 always) and an oracle that knows which size gives more tokens per ms
+    at each step (its bound), for a few costs of the smaller step (H200, stop 59: plain one ahead 0.326 ms; graph
+    steps of 4 / 16 nodes 0.674 / 0.856 ms in bench e2e, the device loop's ~0.8 of that)."""
+    import math
+
+    from minispec.drafters import best_subtree, continuation_trie
+
+    def kept_values(root, continuations, alpha, nodes, width):
+        """ngram_tree's tree with its nodes' values: the tree, and the sum of its drafted nodes' values."""
+        tokens, parents, weight = continuation_trie(root, continuations)
+        value = [math.inf] * len(tokens)
+        for node in range(1, len(tokens)):
+            value[node] = (1.0 if parents[node] == 0 else value[parents[node]]) * alpha * weight[node] / weight[parents[node]]
+        kept = best_subtree(list(range(len(tokens))), parents, value, nodes, width)  # tokens: the trie's indices
+        tree = best_subtree(tokens, parents, value, nodes, width)
+        return tree, sum(value[int(i)] for i in kept.tokens[1:])
+
+    class Sized(NgramDrafter):
+        """The engine's drafter, with the step's size chosen by expected tokens per ms (cost: size -> ms)."""
+        def __init__(self, cost, oracle_truth=None):
+            super().__init__(NGRAM_BUDGET)
+            self.cost, self.truth, self.sizes = cost, oracle_truth, {4: 0, 16: 0}
+
+        def propose(self, seqs, budgets):
+            trees = super().propose(seqs, budgets)
+            seq, tree = seqs[0], trees[0]
+            if len(tree) <= 4:
+                return trees
+            continuations = self.continuations(seq)
+            alpha = self.acceptance(seq)
+            small, small_value = kept_values(int(seq.tokens[-1]), continuations, alpha, 4, self.budget.width)
+            _, big_value = kept_values(int(seq.tokens[-1]), continuations, alpha, self.budget.nodes, self.budget.width)
+            if self.truth is not None:  # the oracle: the tokens each tree would give, from the truth
+                small_value, big_value = (accepted_along(t, self.truth, len(seq.tokens) - self.offset) - 1 for t in (small, tree))
+            take_small = (1 + small_value) / self.cost(4) >= (1 + big_value) / self.cost(16)
+            self.sizes[4 if take_small else 16] += 1
+            return [small] if take_small else trees
+
+    def accepted_along(tree, truth, k):
+        node, n = 0, 1
+        while k + n - 1 < len(truth):
+            child = next((c for c in tree.children(node) if tree.tokens[c] == truth[k + n - 1]), None)
+            if child is None:
+                break
+            node, n = child, n + 1
+        return n
+
+    def replay_sized(drafter, prompt, truth, cost, start, end):
+        seq, k, ms, stretch = Seq(prompt + truth[:1]), 1, DEVICE_FIXED, False
+        drafter.offset = len(prompt)
+        while k < len(truth):
+            tree = drafter.propose([seq], [1 << 20])[0]
+            if len(tree) == 1:
+                after = decode_until_drafts(drafter, seq, truth, k)
+                k, ms, stretch = after, ms + (end if stretch else 0.0) + (after - k) * AHEAD_H200, False
+                continue
+            k = verify_and_commit(drafter, seq, tree, truth, k)
+            ms, stretch = ms + (0.0 if stretch else start) + cost(4 if len(tree) <= 4 else 16), True
+        drafter.release(seq)
+        return ms
+
+    AHEAD_H200, (start, end) = 0.326, STRETCH["fast"]
+    data = json.loads(OUTPUTS.read_text())
+    for c4, c16 in ((0.69, 0.69), (0.60, 0.69), (0.55, 0.69), (0.45, 0.69)):
+        cost = {4: c4, 16: c16}.get
+        print(f"tree steps of <= 4 nodes {c4} ms, of 16 {c16} ms, plain one ahead {AHEAD_H200}: n-gram x plain per prompt")
+        for label, make in (("rule (16)", lambda truth: NgramDrafter(NGRAM_BUDGET)), ("by value", lambda truth: Sized(cost)),
+                            ("oracle", lambda truth: Sized(cost, truth))):
+            totals, cells, counts = [0.0, 0.0], [], {4: 0, 16: 0}
+            for name, d in data.items():
+                truth = d["output"] + [2]
+                plain = DEVICE_FIXED + (len(truth) - 1) * AHEAD_H200
+                drafter = make(truth)
+                drafter.offset = len(d["prompt"])
+                ms = replay_sized(drafter, d["prompt"], truth, cost, start, end)
+                for size, n in getattr(drafter, "sizes", {}).items():
+                    counts[size] += n
+                totals = [totals[0] + plain, totals[1] + ms]
+                cells.append(f"{name} {plain / ms:.2f}")
+            taken = f" (4 / 16 nodes taken {counts[4]} / {counts[16]})" if counts[4] + counts[16] else ""
+            print(f"  {label:<10} all {totals[0] / totals[1]:.3f}{taken}  " + " ".join(cells))
+
+
 if __name__ == "__main__":
-    {"outputs": outputs, "oracle": oracle, "device": device, "reopen": reopen}.get(sys.argv[1] if sys.argv[1:] else "", main)()
+    {"outputs": outputs, "oracle": oracle, "device": device, "reopen": reopen, "sizes": sizes}.get(sys.argv[1] if sys.argv[1:] else "", main)()
