@@ -238,9 +238,9 @@ __device__ void tree_attention_wgmma(
         const int* causal, const int* page_tables, int max_pages, int B, float* o_part, float* ml_part,        \
         __nv_bfloat16* out, int N, int H, int Hkv, int P, float scale, int producers, int trigger_first) {      \
         if (trigger_first) pdl_trigger();                                                                       \
-        tree_attention_wgmma<D, KEYS, CAUSAL_SKIP>(q, k_cache, v_cache, k_map, v_map, box_rows, cu_q, kv_len, tree_start,     \
-                                      masks, causal, page_tables, max_pages, B, o_part, ml_part, out, N, H, Hkv, \
-                                      P, scale, producers);                                                      \
+        tree_attention_wgmma<D, KEYS, CAUSAL_SKIP>(q, k_cache, v_cache, k_map, v_map, box_rows, cu_q, kv_len,    \
+                                                   tree_start, masks, causal, page_tables, max_pages, B, o_part, \
+                                                   ml_part, out, N, H, Hkv, P, scale, producers);                \
     }
 // the steps with causal chunks (prefill), and the _tree instances for steps of tree rows alone (decode, verify): with
 // the causal rows' mask rule in its loop the B = 1, T = 64 tree rows at 8k keys ran 26.4-27.0 -> 28.5-29.1 µs (stop 59)
