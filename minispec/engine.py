@@ -29,6 +29,13 @@ class Stats:
     def tokens_per_step(self) -> float:
         return self.emitted / self.steps if self.steps else 0.0
 
+    def add(self, other: "Stats") -> None:
+        """Count `other`'s steps, tokens and preemptions in these (a request's stats: its samples' summed)."""
+        self.steps += other.steps
+        self.emitted += other.emitted
+        self.accepted_lengths.update(other.accepted_lengths)
+        self.preemptions += other.preemptions
+
 
 def held_back(text: str, stops: list[str]) -> int:
     """The length of the longest tail of `text` that is a proper beginning of a stop string (0 without any): text a

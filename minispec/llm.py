@@ -160,10 +160,7 @@ class LLM:
             seqs = sorted(samples[index], key=lambda s: s.sample)
             total = Stats()
             for s in seqs:
-                total.steps += s.stats.steps
-                total.emitted += s.stats.emitted
-                total.accepted_lengths.update(s.stats.accepted_lengths)
-                total.preemptions += s.stats.preemptions
+                total.add(s.stats)
             results.append(GenerationResult(ids, [Sample(s.text, s.output, s.finish_reason, s.stats) for s in seqs], total))
         return results[0] if single else results
 
