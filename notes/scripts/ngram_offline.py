@@ -75,9 +75,9 @@ def decode_until_drafts(drafter, seq, truth, k: int) -> int:
     return k
 
 
-def verify_and_commit(drafter, seq, tree, truth, k: int) -> int:
-    """Greedy verification of `tree` where the output continues at truth[k]: the drafted path that follows the
-    truth, then the bonus token, committed. Returns the next k."""
+def accepted_path(tree, truth, k: int) -> list[int]:
+    """The nodes greedy verification of `tree` accepts where the output continues at truth[k]: the root, then the
+    drafted path that follows the truth."""
     node, path = 0, [0]
     while k + len(path) - 1 < len(truth):
         child = next((c for c in tree.children(node) if tree.tokens[c] == truth[k + len(path) - 1]), None)
@@ -85,6 +85,13 @@ def verify_and_commit(drafter, seq, tree, truth, k: int) -> int:
             break
         node = child
         path.append(child)
+    return path
+
+
+def verify_and_commit(drafter, seq, tree, truth, k: int) -> int:
+    """Greedy verification of `tree` where the output continues at truth[k]: the drafted path that follows the
+    truth, then the bonus token, committed. Returns the next k."""
+    path = accepted_path(tree, truth, k)
     accepted = truth[k : k + len(path)]  # the drafts on the path, then the bonus token
     drafter.commit(seq, path, accepted)
     seq.tokens += accepted
@@ -169,18 +176,20 @@ DEVICE_AHEAD, DEVICE_TREE, DEVICE_FIXED = 0.295, 0.69, 1.7
 STRETCH = {"slow": (0.3, 0.34), "fast": (0.15, 0.17)}
 
 
-def replay_device(drafter, prompt, truth, start: float, end: float) -> float:
-    """ms of n-gram speculation over `truth` as the device drafts it: plain steps one ahead until the drafter has
-    drafts, then tree steps until a tree is the root alone."""
+def replay_device(drafter, prompt, truth, start: float, end: float, ahead: float = DEVICE_AHEAD, tree_ms=None) -> float:
+    """ms of n-gram speculation over `truth` as the device drafts it: plain steps one ahead (`ahead` ms) until the
+    drafter has drafts, then tree steps (tree_ms(nodes), default DEVICE_TREE) until a tree is the root alone."""
+    tree_ms = tree_ms or (lambda nodes: DEVICE_TREE)
     seq, k, ms, stretch = Seq(prompt + truth[:1]), 1, DEVICE_FIXED, False
     while k < len(truth):
         tree = drafter.propose([seq], [1 << 20])[0]
         if len(tree) == 1:
             after = decode_until_drafts(drafter, seq, truth, k)
-            k, ms, stretch = after, ms + (end if stretch else 0.0) + (after - k) * DEVICE_AHEAD, False
+            k, ms, stretch = after, ms + (end if stretch else 0.0) + (after - k) * ahead, False
             continue
+        size = len(tree)
         k = verify_and_commit(drafter, seq, tree, truth, k)
-        ms, stretch = ms + (0.0 if stretch else start) + DEVICE_TREE, True
+        ms, stretch = ms + (0.0 if stretch else start) + tree_ms(size), True
     drafter.release(seq)
     return ms
 
@@ -268,34 +277,12 @@ def sizes():
             alpha = self.acceptance(seq)
             small, small_value = kept_values(int(seq.tokens[-1]), continuations, alpha, 4, self.budget.width)
             _, big_value = kept_values(int(seq.tokens[-1]), continuations, alpha, self.budget.nodes, self.budget.width)
-            if self.truth is not None:  # the oracle: the tokens each tree would give, from the truth
-                small_value, big_value = (accepted_along(t, self.truth, len(seq.tokens) - self.offset) - 1 for t in (small, tree))
+            if self.truth is not None:  # the oracle: the drafts each tree would have accepted, from the truth
+                k = len(seq.tokens) - self.offset
+                small_value, big_value = (len(accepted_path(t, self.truth, k)) - 1 for t in (small, tree))
             take_small = (1 + small_value) / self.cost(4) >= (1 + big_value) / self.cost(16)
             self.sizes[4 if take_small else 16] += 1
             return [small] if take_small else trees
-
-    def accepted_along(tree, truth, k):
-        node, n = 0, 1
-        while k + n - 1 < len(truth):
-            child = next((c for c in tree.children(node) if tree.tokens[c] == truth[k + n - 1]), None)
-            if child is None:
-                break
-            node, n = child, n + 1
-        return n
-
-    def replay_sized(drafter, prompt, truth, cost, start, end):
-        seq, k, ms, stretch = Seq(prompt + truth[:1]), 1, DEVICE_FIXED, False
-        drafter.offset = len(prompt)
-        while k < len(truth):
-            tree = drafter.propose([seq], [1 << 20])[0]
-            if len(tree) == 1:
-                after = decode_until_drafts(drafter, seq, truth, k)
-                k, ms, stretch = after, ms + (end if stretch else 0.0) + (after - k) * AHEAD_H200, False
-                continue
-            k = verify_and_commit(drafter, seq, tree, truth, k)
-            ms, stretch = ms + (0.0 if stretch else start) + cost(4 if len(tree) <= 4 else 16), True
-        drafter.release(seq)
-        return ms
 
     AHEAD_H200, (start, end) = 0.326, STRETCH["fast"]
     data = json.loads(OUTPUTS.read_text())
@@ -310,7 +297,7 @@ def sizes():
                 plain = DEVICE_FIXED + (len(truth) - 1) * AHEAD_H200
                 drafter = make(truth)
                 drafter.offset = len(d["prompt"])
-                ms = replay_sized(drafter, d["prompt"], truth, cost, start, end)
+                ms = replay_device(drafter, d["prompt"], truth, start, end, AHEAD_H200, lambda nodes: cost(4 if nodes <= 4 else 16))
                 for size, n in getattr(drafter, "sizes", {}).items():
                     counts[size] += n
                 totals = [totals[0] + plain, totals[1] + ms]
