@@ -81,10 +81,11 @@ extern "C" __global__ void __launch_bounds__(1024) attention_merge(
     const float* __restrict__ o_part, const float* __restrict__ ml_part, const int* __restrict__ cu_q, int B,
     store_t* __restrict__ out, int N, int H, int D, int splits) {
     extern __shared__ float4 partial[];  // [blockDim.y][W][32]
-    pdl_begin();
+    pdl_trigger();
     const int W = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32, per_lane = D / 32, d0 = lane * per_lane;
     const long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y, stride = (long long)N * H;
     const bool live = row < stride && row / H < cu_q[B];  // (no early return: the block meets at a barrier below)
+    pdl_wait();  // after the plan's cu_q (written before the step's first kernel, pdl.cuh): a round trip less after it
     const float NEG_INF = -__int_as_float(0x7f800000);
     float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float L = 0.0f;

@@ -52,11 +52,17 @@ __device__ float block_sum(float value) {
 extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, float* __restrict__ residual,
                                        int has_residual, const float* __restrict__ weight, store_t* __restrict__ out,
                                        int C, float eps) {
-    pdl_begin();
+    pdl_trigger();
     long long base = (long long)blockIdx.x * C;
     float square_sum = 0.0f;
     if (C <= NORM_HELD * (int)blockDim.x) {
-        float held[NORM_HELD];
+        float held[NORM_HELD], scaled_by[NORM_HELD];
+#pragma unroll
+        for (int k = 0; k < NORM_HELD; k++) {  // no kernel writes the weight: its loads go before the wait, off the path
+            const int c = threadIdx.x + k * blockDim.x;
+            scaled_by[k] = c < C ? weight[c] : 0.0f;
+        }
+        pdl_wait();
 #pragma unroll
         for (int k = 0; k < NORM_HELD; k++) {
             const int c = threadIdx.x + k * blockDim.x;
@@ -71,10 +77,11 @@ extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, float* __res
 #pragma unroll
         for (int k = 0; k < NORM_HELD; k++) {
             const int c = threadIdx.x + k * blockDim.x;
-            if (c < C) out[base + c] = to_store(held[k] * scale * weight[c]);
+            if (c < C) out[base + c] = to_store(held[k] * scale * scaled_by[k]);
         }
         return;
     }
+    pdl_wait();
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         float r = x[base + c] + (has_residual ? residual[base + c] : 0.0f);
         residual[base + c] = r;
@@ -89,16 +96,21 @@ extern "C" __global__ void rope_write_kv(const float* __restrict__ qkv,
                                          const float* __restrict__ sin_table, const int* __restrict__ slots,
                                          float* __restrict__ q_out, store_t* __restrict__ k_cache,
                                          store_t* __restrict__ v_cache, int H, int Hkv, int D, int P) {
-    pdl_begin();
+    pdl_trigger();
+    // the plan (slots, positions) and the tables are written before the step's first kernel (pdl.cuh): their
+    // loads go before the wait, so only the qkv loads are left on the path after it
     const int n = blockIdx.x, half = D / 2, width = (H + 2 * Hkv) * D, slot = slots[n];
     const int idx = blockIdx.y * blockDim.x + threadIdx.x, pairs = (H + Hkv) * half;
     const long long row = (long long)n * width;
     if (idx < pairs) {
         const int head = idx / half, i = idx % half;
-        if (head >= H && slot < 0) return;
-        const float x1 = qkv[row + head * D + i], x2 = qkv[row + head * D + i + half];
+        if (head >= H && slot < 0) return;  // reads and writes nothing: may leave before the wait (pdl.cuh)
         const float c = cos_table[(long long)positions[n] * half + i], s = sin_table[(long long)positions[n] * half + i];
-        const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+        pdl_wait();
+        const float x1 = qkv[row + head * D + i], x2 = qkv[row + head * D + i + half];
+        // the contraction written out (NVRTC's choice before the loads moved): left to the compiler it changed
+        // with the loads' placement, and the step's bits with it
+        const float y1 = __fmaf_rn(x1, c, -__fmul_rn(x2, s)), y2 = __fmaf_rn(x2, c, __fmul_rn(x1, s));
         if (head < H) {
             q_out[((long long)n * H + head) * D + i] = y1;
             q_out[((long long)n * H + head) * D + i + half] = y2;
@@ -108,6 +120,7 @@ extern "C" __global__ void rope_write_kv(const float* __restrict__ qkv,
             k_cache[dst + i + half] = to_store(y2);
         }
     } else if (idx - pairs < Hkv * D && slot >= 0) {  // V element idx - pairs
+        pdl_wait();
         const int e = idx - pairs, h = e / D, d = e % D;
         long long dst = (((long long)(slot / P) * Hkv + h) * P + slot % P) * D + d;
         v_cache[dst] = to_store(qkv[row + (H + Hkv) * D + e]);

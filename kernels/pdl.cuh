@@ -12,6 +12,13 @@
 //                  it, and waiting on the previous kernel is waiting on all earlier ones. (A block that reads
 //                  and writes nothing, an attention row tile past the last row, may leave without it: the
 //                  kernel's other blocks still wait.)
+//                  What is written before the step's first kernel may be read before it: weights, norm weights,
+//                  RoPE tables, and the step's plan (copied by the host, or written by ngram_step.cu ahead of the
+//                  step; rope_write_kv and attention_merge, which read it early, are launched behind a GEMM or
+//                  behind kernels behind one, and a GEMM triggers only after its own wait, so that writer has
+//                  finished). The short kernels load such values between pdl_trigger and pdl_wait, off the path
+//                  that follows the wait (add_rmsnorm, rope_write_kv, attention_merge: the 8B T = 64 step 1.0-1.6%
+//                  faster, notes/pdl_hoist_h200_stop60.log).
 //   pdl_trigger()  the short kernels, first thing: the next kernel may launch now. gemm_stream once its
 //                  blocks have issued their last weight copies, gemm_wgmma once its blocks have streamed
 //                  their weights (before their reduction).

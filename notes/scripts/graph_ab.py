@@ -1,5 +1,6 @@
 """A/B of step graphs: µs per replay (20 back to back) of model.forward(plan) on random weights.
-usage (repo root): PYTHONPATH=$PWD python3 notes/scripts/graph_ab.py TAG [smol,8b,8bfused]
+usage (repo root): PYTHONPATH=$PWD python3 notes/scripts/graph_ab.py TAG [smol,8b,8bfused] [nopdl]
+(nopdl: every launch through CuPy, without programmatic dependent launch, so no kernel overlaps the one before it)
 An older build beside it: `git archive REV minispec kernels | tar -x -C .old`, then in .old
 `PYTHONPATH=$PWD python3 ../notes/scripts/graph_ab.py old` (the script imports whichever minispec is on the path)."""
 import hashlib
@@ -16,11 +17,12 @@ tag = sys.argv[1]
 models = sys.argv[2].split(",") if len(sys.argv) > 2 else ["smol", "8b"]
 print(tag, minispec.__file__, flush=True)
 CASES = {"smol": [(513, 1), (513, 4), (513, 16), (1024, 1), (2049, 1), (2049, 4), (2049, 16), (4100, 1)],
-         "8b": [(512, 4), (512, 16), (512, 64), (2049, 1), (2049, 16), (2049, 64)],
+         "8b": [(512, 1), (512, 4), (512, 16), (512, 64), (2049, 1), (2049, 16), (2049, 64)],
          "8bfused": [(513, 1), (2049, 1), (4100, 1)]}
 for name in models:
     cfg = llama_8b_config() if name.startswith("8b") else smollm2_135m_config()
     be = CudaBackend()
+    be.pdl = be.pdl and "nopdl" not in sys.argv[3:]
     cp.random.seed(0)  # the same weights and pages in every build: equal digests mean equal bits
     model = Model(cfg, random_model_on_gpu(cfg, be), be)
     captured = []
