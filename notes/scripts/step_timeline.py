@@ -1,12 +1,16 @@
 """Device probe: where a captured 8B step's time goes inside its graph, kernel by kernel (CUPTI activity records).
 
-  python3 notes/scripts/step_timeline.py [T ...]        (needs cupti-python; random 8B weights, context 512)
+  python3 notes/scripts/step_timeline.py [T ...] [NAME=VALUE ...]   (needs cupti-python; random 8B weights, context 512)
+
+NAME=VALUE sets a CudaBackend attribute first (a Python literal: gemm_norm=True, attention_splits=4), as the A/B
+scripts' variants do.
 
 op_times.py times each op alone, 20 in a row; inside the step the ops overlap their neighbours (programmatic
 dependent launch) or wait on them, and the step differs from the ops' sum. Here CUPTI records every kernel node's
 start and end in replays of the step's graph. A kernel's share of the step is its marginal time: its end less the
 latest end before it (0 where it finishes under an earlier kernel). Printed per position in a layer (the mean over
 the middle layers) with the kernel's own span and the idle time before it (start after every earlier end)."""
+import ast
 import sys
 from collections import defaultdict
 
@@ -58,8 +62,12 @@ def period(names: list[str]) -> int:
 
 
 cp = require_gpu()
-sizes = [int(a) for a in sys.argv[1:]] or [64, 1]
+sizes = [int(a) for a in sys.argv[1:] if "=" not in a] or [64, 1]
 be = CudaBackend()
+for name, value in (a.split("=", 1) for a in sys.argv[1:] if "=" in a):
+    if not hasattr(be, name):
+        raise SystemExit(f"CudaBackend has no attribute {name!r}")
+    setattr(be, name, ast.literal_eval(value))
 cfg = llama_8b_config()
 model = Model(cfg, random_model_on_gpu(cfg, be), be)
 context, replays = 512, 5
@@ -68,7 +76,7 @@ table = []
 cache.prepare(table, 0, context + 64)
 rng = np.random.default_rng(0)
 print(f"# step_timeline on {card_name()}: 8B shapes, context {context}, µs; a kernel's marginal time is its end less "
-      f"the latest end before it, idle the time no kernel ran before it")
+      f"the latest end before it, idle the time no kernel ran before it; set: {[a for a in sys.argv[1:] if '=' in a]}")
 for T in sizes:
     parents = [-1] + [int(rng.integers(max(0, i - 4), i)) for i in range(1, T)]
     plan = build_plan([StepItem.tree(table, context, Tree(rng.integers(0, 1000, T), parents))], 16)
