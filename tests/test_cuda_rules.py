@@ -316,6 +316,20 @@ def test_attention_triggers_the_next_launch_only_when_its_grid_fits_one_wave():
     assert not rules.attention_trigger_first(16, 8)
 
 
+def test_argmax_takes_more_shares_than_top_k_where_rows_are_many():
+    """row_shares: shares of at least 2048 logits, about two blocks an SM in all for top_share and
+    ARGMAX_BLOCKS_PER_SM (8) for argmax_share, whose shares a block scans 2048 logits a round trip: Llama-3's 128k
+    logits at 64 rows go in 17 shares for the argmax (5 for top-k), at 1-4 rows in 63 either way (the 2048 floor)."""
+    from minispec.backends.cuda_sampling import ARGMAX_BLOCKS_PER_SM, SamplingLaunchers
+
+    rules = SimpleNamespace(sm_count=132)
+    shares = lambda R, V, *per_sm: SamplingLaunchers.row_shares(rules, R, V, *per_sm)  # noqa: E731
+    assert ARGMAX_BLOCKS_PER_SM == 8
+    assert [shares(R, 128256, 8) for R in (1, 4, 16, 32, 64)] == [63, 63, 63, 33, 17]
+    assert [shares(R, 128256) for R in (1, 4, 16, 32, 64)] == [63, 63, 17, 9, 5]
+    assert shares(64, 49152, 8) == 17 and shares(1, 49152, 8) == 24 and shares(4096, 128256, 8) == 1
+
+
 def test_attention_key_tiles_follow_the_measured_shares():
     """attention_tile_keys: the wgmma kernel takes 128-key tiles at D = 128 for tree steps (more than 16 rows a
     sequence's KV head) from 2048 keys a share, for decode rows from 8192 (stop 59's H200 measurements), 64 keys
