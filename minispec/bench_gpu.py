@@ -493,4 +493,56 @@ def speculation_rates(llm, params, seeds=(None,)):
         yield (key, *map(float, np.exp(logs / len(rounds))))
 
 
-RUNNERS = {"gemm": bench_gemm, "attention": bench_attention, "e2e": bench_e2e}
+def step_timeline(model, plan, cache, records, replays: int = 5):
+    """The StepTimeline of `plan`'s step (minispec/timeline.py): captured first, then `replays` replays recorded."""
+    from .timeline import StepTimeline
+
+    cp = require_gpu()
+    for _ in range(3):  # compile, capture, replay once
+        model.forward(plan, cache).argmax()
+    records.take()
+    for _ in range(replays):
+        model.forward(plan, cache).argmax()
+        cp.cuda.Device().synchronize()
+    return StepTimeline.of(records.take(), replays)
+
+
+def step_timelines(model, sizes, records, context: int = 512):
+    """(T, StepTimeline) of a batch-1 tree step of T nodes at `context` keys for each T in `sizes` (random trees)."""
+    from .step import StepItem, build_plan
+    from .tree import Tree
+
+    cache = model.new_cache(-(-(context + max(sizes)) // 16) + 1, 16)
+    table = []
+    cache.prepare(table, 0, context + max(sizes))
+    rng = np.random.default_rng(0)
+    for T in sizes:
+        parents = [-1] + [int(rng.integers(max(0, i - 4), i)) for i in range(1, T)]
+        plan = build_plan([StepItem.tree(table, context, Tree(rng.integers(0, 1000, T), parents))], 16)
+        yield T, step_timeline(model, plan, cache, records)
+
+
+def bench_timeline(args) -> None:
+    """The 8B-shape step's kernels inside its graph, at one row and 64 (a tree verify step): each kernel's marginal
+    time, the mean over the middle layers (minispec/timeline.py)."""
+    from .backends.cuda_backend import CudaBackend
+    from .model import Model
+    from .timeline import KernelRecords
+
+    require_gpu()  # (counts the devices: makes no context)
+    records = KernelRecords()  # before the GPU context: every kernel recorded
+    try:
+        backend, cfg = CudaBackend(), llama_8b_config()
+        model = Model(cfg, random_model_on_gpu(cfg, backend), backend)
+        print(f"minispec bench timeline on {card_name()}: random Llama-3.1-8B shapes, batch 1, context 512, µs; a "
+              f"kernel's marginal time is its end less the latest end before it (what it adds to the step), idle the "
+              f"time before it that no kernel ran")
+        for T, timeline in step_timelines(model, (1, 64), records):
+            print(f"\nT = {T}: {len(timeline.names)} kernels a step, {timeline.period} a layer; first start to last end "
+                  f"{timeline.span:.1f} µs, idle {timeline.idle.sum():.1f}")
+            print(timeline.table())
+    finally:
+        records.close()
+
+
+RUNNERS = {"gemm": bench_gemm, "attention": bench_attention, "e2e": bench_e2e, "timeline": bench_timeline}

@@ -190,8 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(chat, temperature=0.0)
     chat.set_defaults(run=command_chat)
 
-    bench = commands.add_parser("bench", help="benchmarks: spec, attention, gemm, e2e")
-    bench.add_argument("what", choices=["spec", "attention", "gemm", "e2e"], help="spec: tokens per target forward and tokens/s of plain, chain and tree decoding; attention, gemm, e2e: GPU kernels against their limits")
+    bench = commands.add_parser("bench", help="benchmarks: spec, attention, gemm, e2e, timeline")
+    bench.add_argument("what", choices=["spec", "attention", "gemm", "e2e", "timeline"],
+                       help="spec: tokens per target forward and tokens/s of plain, chain and tree decoding; attention, gemm, "
+                            "e2e: GPU kernels against their limits; timeline: each kernel's share of an 8B-shape step "
+                            "inside its CUDA graph (needs cupti-python)")
     bench.add_argument("--quick", action="store_true", help="fewer prompts / shapes")
     bench.add_argument("--temperature", type=float, default=0.0, help="spec: sample at this temperature (default 0: greedy), "
                        "seeded by --seed; a drafted sample follows plain sampling's distribution, and with --draft ngram its tokens "
