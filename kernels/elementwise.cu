@@ -58,7 +58,7 @@ extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, float* __res
     if (C <= NORM_HELD * (int)blockDim.x) {
         float held[NORM_HELD], scaled_by[NORM_HELD];
 #pragma unroll
-        for (int k = 0; k < NORM_HELD; k++) {  // no kernel writes the weight: its loads go before the wait, off the path
+        for (int k = 0; k < NORM_HELD; k++) {  // no kernel writes the weight (ptxas issues these loads after the wait, beside x's)
             const int c = threadIdx.x + k * blockDim.x;
             scaled_by[k] = c < C ? weight[c] : 0.0f;
         }

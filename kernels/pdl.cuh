@@ -17,8 +17,16 @@
 //                  step; rope_write_kv and attention_merge, which read it early, are launched behind a GEMM or
 //                  behind kernels behind one, and a GEMM triggers only after its own wait, so that writer has
 //                  finished). The short kernels load such values between pdl_trigger and pdl_wait, off the path
-//                  that follows the wait (add_rmsnorm, rope_write_kv, attention_merge: the 8B T = 64 step 1.0-1.6%
-//                  faster, notes/pdl_hoist_h200_stop60.log).
+//                  that follows the wait (rope_write_kv, attention_merge: the 8B T = 64 step 1.0-1.6% faster,
+//                  notes/pdl_hoist_h200_stop60.log; add_rmsnorm's weight loads are written there too, but ptxas
+//                  issues them after the wait, beside x's, as stop 61's SASS showed).
+//                  The compiler, not only the code, places loads: it takes const __restrict__ loads (ld.global.nc,
+//                  LDG.E.CONSTANT) for invariant and may issue them above this asm, "memory" clobber or not. When
+//                  add_rmsnorm read its residual rows before the wait (stop 61, not kept:
+//                  notes/norm_residual_early_h200_stop61.log), ptxas moved half of x's
+//                  loads there too and the 8B step's logits changed from run to run. What the kernel ahead writes
+//                  is safe from that only as an ordinary load (__ldcg); notes/scripts/pdl_audit.py lists the
+//                  parameters each kernel reads above its wait (today plan data and earlier steps' K/V only).
 //   pdl_trigger()  the short kernels, first thing: the next kernel may launch now. gemm_stream once its
 //                  blocks have issued their last weight copies, gemm_wgmma once its blocks have streamed
 //                  their weights (before their reduction).

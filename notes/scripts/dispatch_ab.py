@@ -44,6 +44,15 @@ them).
              nothing, branch experiment/norm-in-gemm, notes/norm_in_gemm_h200_stop47.log)
   norope     TIMING ONLY, wrong outputs: no rope_write_kv launch (q left as allocated, K/V not written); the
              most RoPE and the KV write folded into the qkv GEMM's epilogue could save
+  emptynorm  TIMING ONLY, wrong outputs: add_rmsnorm launched as now but doing nothing after pdl_begin: what a norm
+             launch costs the step beyond its work (nonorm: beyond no launch at all)
+  normpre    RACES (stop 61): add_rmsnorm loads its residual rows before pdl_wait (from L2, __ldcg): a kernel two or
+             more launches back wrote them (the norm before), and the GEMM ahead triggers only after its own wait;
+             but ptxas then also issues half of x's const __restrict__ loads above the wait (the logits change from
+             run to run, notes/norm_residual_early_h200_stop61.log): its timings are not a correct kernel's
+  normNNN    add_rmsnorm in blocks of NNN threads (512: 8 values a thread held, instead of 1024 threads holding 4)
+  normvec    add_rmsnorm4 (defined here): a row in blocks of C / 16 threads, each holding 4 float4 of it (16-byte
+             loads and stores, 8 warps to sum at C = 4096)
   normoff    the RMSNorms after O and down as launches of their own (add_rmsnorm; before stop 47, norm_split has
              those products begin the norm and the products after them finish it)
   normon     the RMSNorm split wherever the GEMM kernels have it (gemm_norm True: up to 16 rows), not only
@@ -168,6 +177,63 @@ def maps_promoted(kind: str | None, promotion: int = 0) -> None:
 
 FINISH = cuda_gemm.NormedRows.finish
 
+ADD_RMSNORM4 = '''
+extern "C" __global__ void add_rmsnorm4(const float* __restrict__ x, float* __restrict__ residual, int has_residual,
+                                        const float* __restrict__ weight, store_t* __restrict__ out, int C, float eps) {
+    pdl_trigger();
+    const long long base = (long long)blockIdx.x * C;
+    float4 w[4], h[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) w[k] = reinterpret_cast<const float4*>(weight)[threadIdx.x + k * blockDim.x];
+    pdl_wait();
+    const float4* x4 = reinterpret_cast<const float4*>(x + base);
+    float4* r4 = reinterpret_cast<float4*>(residual + base);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const int i = threadIdx.x + k * blockDim.x;
+        const float4 a = x4[i], b = has_residual ? r4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        h[k] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+    }
+    float square_sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        r4[threadIdx.x + k * blockDim.x] = h[k];
+        square_sum += h[k].x * h[k].x + h[k].y * h[k].y + h[k].z * h[k].z + h[k].w * h[k].w;
+    }
+    const float scale = rsqrtf(block_sum(square_sum) / C + eps);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const long long c = base + 4 * (threadIdx.x + k * blockDim.x);
+        out[c] = to_store(h[k].x * scale * w[k].x), out[c + 1] = to_store(h[k].y * scale * w[k].y);
+        out[c + 2] = to_store(h[k].z * scale * w[k].z), out[c + 3] = to_store(h[k].w * scale * w[k].w);
+    }
+}
+'''
+be.kernel("elementwise.cu", "add_rmsnorm")
+elementwise_modules = {"rule": be.modules[("elementwise.cu", None)]}
+
+
+def use_elementwise(name: str, edit=None) -> None:
+    """elementwise.cu compiled from edit(its text) (once, kept under `name`), swapped into `be`; "rule": as committed."""
+    if name not in elementwise_modules:
+        elementwise_modules[name] = backend_with_edit("elementwise.cu", "add_rmsnorm", edit).modules[("elementwise.cu", None)]
+    be.modules[("elementwise.cu", None)] = elementwise_modules[name]
+    for key in [k for k in be.functions if k[0] == "elementwise.cu"]:
+        del be.functions[key]
+
+
+def norm_launch(kernel: str, threads) -> None:
+    """be.add_rmsnorm launching `kernel` of elementwise.cu in blocks of threads(C) threads."""
+    def add_rmsnorm(x, residual, weight, eps):
+        N, C = x.shape
+        has_residual = residual is not None
+        residual = residual if has_residual else cp.empty((N, C), dtype=cp.float32)
+        out = cp.empty((N, C), dtype=be.store_dtype)
+        be.launch(be.kernel("elementwise.cu", kernel), (N,), (threads(C),),
+                  (x, residual, np.int32(has_residual), weight, out, np.int32(C), np.float32(eps)))
+        return out, residual
+    be.add_rmsnorm = add_rmsnorm
+
 
 def apply(variant: str) -> None:
     for name in RULES:
@@ -179,6 +245,7 @@ def apply(variant: str) -> None:
     be.attention_wgmma = None
     be.gemm_norm = None
     cuda_gemm.NormedRows.finish = FINISH
+    use_elementwise("rule")
     for name in ("launch", "add_rmsnorm", "rope_write_kv"):
         be.__dict__.pop(name, None)
     be.gemm_wgmma_tiles = None
@@ -235,6 +302,22 @@ def apply(variant: str) -> None:
             def rope_write_kv(qkv, plan, inv_freq, k_cache, v_cache, H, Hkv, D):
                 return cp.empty((len(qkv), H, D), dtype=cp.float32)
             be.rope_write_kv = rope_write_kv
+        elif part == "emptynorm":
+            use_elementwise(part, lambda text: swap(text, "    pdl_trigger();\n    long long base = (long long)blockIdx.x * C;",
+                                                    "    pdl_begin();\n    return;\n    long long base = (long long)blockIdx.x * C;"))
+        elif part == "normpre":
+            def edit(text):
+                text = swap(text, "float held[NORM_HELD], scaled_by[NORM_HELD];", "float held[NORM_HELD], scaled_by[NORM_HELD], before[NORM_HELD];")
+                text = swap(text, "            scaled_by[k] = c < C ? weight[c] : 0.0f;\n",
+                            "            scaled_by[k] = c < C ? weight[c] : 0.0f;\n            before[k] = c < C && has_residual ? __ldcg(residual + base + c) : 0.0f;\n")
+                return swap(text, "held[k] = c < C ? x[base + c] + (has_residual ? residual[base + c] : 0.0f) : 0.0f;",
+                            "held[k] = c < C ? x[base + c] + before[k] : 0.0f;")
+            use_elementwise(part, edit)
+        elif part.startswith("norm") and part[4:].isdigit():
+            norm_launch("add_rmsnorm", lambda C, threads=int(part[4:]): threads)
+        elif part == "normvec":
+            use_elementwise(part, lambda text: text + ADD_RMSNORM4)
+            norm_launch("add_rmsnorm4", lambda C: C // 16)
         elif part == "normoff":
             be.gemm_norm = False
         elif part == "normon":
@@ -276,6 +359,16 @@ def batch_decode_time(batch: int, context: int) -> float:
 def main():
     floor = weight_bytes(model.weights) / copy_bandwidth()
     print(f"# dispatch_ab on {card_name()}: 8B shapes, context 512, weight floor {floor * 1e3:.3f} ms; ms a step", flush=True)
+    for variant in [v for v in VARIANTS if v in ("normvec", "normpre")]:  # the probe kernel against the committed one on random rows (sums in another order)
+        x, res = cp.random.standard_normal((64, 4096), dtype=cp.float32), cp.random.standard_normal((64, 4096), dtype=cp.float32)
+        weight = cp.random.standard_normal(4096, dtype=cp.float32)
+        apply("rule")
+        ref = [a.astype(cp.float32) for a in be.add_rmsnorm(x, res.copy(), weight, 1e-5)]
+        apply(variant)
+        got = [a.astype(cp.float32) for a in be.add_rmsnorm(x, res.copy(), weight, 1e-5)]
+        apply("rule")
+        print(f"# {variant} against add_rmsnorm: out max |diff| {float(abs(got[0] - ref[0]).max()):.3g} (max |out| "
+              f"{float(abs(ref[0]).max()):.3g}), residual equal {bool((got[1] == ref[1]).all())}", flush=True)
     results = {}
     for r in range(ROUNDS):
         for variant in in_turn(VARIANTS, r):
