@@ -7,9 +7,7 @@ T = 1, 4, 16, 64 (random weights, context 512), with programmatic dependent laun
 import sys
 
 sys.path.insert(0, ".")
-from minispec.backends import cuda_backend  # noqa: E402
-from minispec.backends.cuda_backend import CudaBackend, kernel_source  # noqa: E402
-from minispec.bench_gpu import card_name, llama_8b_config, random_model_on_gpu, require_gpu, step_times, swap  # noqa: E402
+from minispec.bench_gpu import backend_with_edit, card_name, llama_8b_config, random_model_on_gpu, require_gpu, step_times, swap  # noqa: E402
 from minispec.model import Model  # noqa: E402
 
 cp = require_gpu()
@@ -28,16 +26,10 @@ def edit(text: str) -> str:
 
 
 print(f"# norm_early_probe on {card_name()}: 8B shapes, context 512", flush=True)
-source = edit(kernel_source("elementwise.cu"))
 for pdl in (True, False):
-    be = CudaBackend()
+    be = backend_with_edit("elementwise.cu", "add_rmsnorm", edit)
     be.pdl = be.pdl and pdl
-    cuda_backend.kernel_source = lambda name: source if name == "elementwise.cu" else kernel_source(name)
-    try:
-        module = be.compile_module("elementwise.cu", None)
-    finally:
-        cuda_backend.kernel_source = kernel_source
-    be.modules[("elementwise.cu", None)] = module
+    module = be.modules[("elementwise.cu", None)]
     cp.random.seed(0)
     model = Model(llama_8b_config(), random_model_on_gpu(llama_8b_config(), be), be)
     counters = [cp.ndarray((1,), dtype=cp.uint64, memptr=module.get_global(name)) for name in ("stale_values", "checked_values")]
