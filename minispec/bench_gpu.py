@@ -301,21 +301,25 @@ def weight_bytes(weights) -> int:
     return sum(a.nbytes for a in arrays) - weights.embed.nbytes  # the embedding is gathered, not streamed
 
 
-def step_times(model, context: int, tree_sizes=(4, 16, 32, 64)):
-    """Seconds per forward: plain decode (T = 1) and tree verify (T in tree_sizes), batch 1, at `context`."""
+def tree_step_plans(model, context: int, sizes):
+    """(T, plan, cache) of a batch-1 tree step of T nodes at `context` keys for each T in `sizes`, in one cache:
+    random trees whose nodes hang from one of the 4 before them (step_times, step_timelines)."""
     from .step import StepItem, build_plan
     from .tree import Tree
 
-    rng = np.random.default_rng(0)
-    cache = model.new_cache(-(-(context + 64) // 16) + 1, 16)
+    cache = model.new_cache(-(-(context + max(sizes)) // 16) + 1, 16)
     table = []
-    cache.prepare(table, 0, context + 64)
-    results = {}
-    for T in (1, *tree_sizes):
+    cache.prepare(table, 0, context + max(sizes))
+    rng = np.random.default_rng(0)
+    for T in sizes:
         parents = [-1] + [int(rng.integers(max(0, i - 4), i)) for i in range(1, T)]
-        plan = build_plan([StepItem.tree(table, context, Tree(rng.integers(0, 1000, T), parents))], 16)
-        results[T] = time_gpu(lambda: model.forward(plan, cache).argmax(), 2, 10)
-    return results
+        yield T, build_plan([StepItem.tree(table, context, Tree(rng.integers(0, 1000, T), parents))], 16), cache
+
+
+def step_times(model, context: int, tree_sizes=(4, 16, 32, 64)):
+    """Seconds per forward: plain decode (T = 1) and tree verify (T in tree_sizes), batch 1, at `context`."""
+    return {T: time_gpu(lambda: model.forward(plan, cache).argmax(), 2, 10)
+            for T, plan, cache in tree_step_plans(model, context, (1, *tree_sizes))}
 
 
 def decode_ahead_time(model, context: int, steps: int = 32, params=None) -> float:
@@ -508,17 +512,8 @@ def step_timeline(model, plan, cache, records, replays: int = 5):
 
 
 def step_timelines(model, sizes, records, context: int = 512):
-    """(T, StepTimeline) of a batch-1 tree step of T nodes at `context` keys for each T in `sizes` (random trees)."""
-    from .step import StepItem, build_plan
-    from .tree import Tree
-
-    cache = model.new_cache(-(-(context + max(sizes)) // 16) + 1, 16)
-    table = []
-    cache.prepare(table, 0, context + max(sizes))
-    rng = np.random.default_rng(0)
-    for T in sizes:
-        parents = [-1] + [int(rng.integers(max(0, i - 4), i)) for i in range(1, T)]
-        plan = build_plan([StepItem.tree(table, context, Tree(rng.integers(0, 1000, T), parents))], 16)
+    """(T, StepTimeline) of a batch-1 tree step of T nodes at `context` keys for each T in `sizes` (tree_step_plans)."""
+    for T, plan, cache in tree_step_plans(model, context, sizes):
         yield T, step_timeline(model, plan, cache, records)
 
 
