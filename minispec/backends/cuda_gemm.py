@@ -55,7 +55,6 @@ def stream_fits(N: int, K: int) -> bool:
     return K % 64 == 0 and N * K < 1 << 32
 
 
-
 NORM_SPLIT_ROWS = 4  # the most rows for which linear_norm splits the norm across two products (norm_split)
 # A product's part in a split norm (kernels/gemm.cuh, NormRole) as (its kernels' name suffix, their further arguments):
 # a plain product has none ("_finish": NormedRows.finish; "_begin": linear_norm)
@@ -85,7 +84,6 @@ class NormedRows:
     def materialise(self, backend):
         """h in the storage type, as add_rmsnorm forms it from the residual (the same bits as the unsplit norm)."""
         return backend.add_rmsnorm(self.residual, None, self.weight, self.eps)[0]
-
 
 
 class GemmLaunchers:

@@ -37,7 +37,6 @@ class DevicePlan:
     logit_rows: object
 
 
-
 class CapturedStep:
     """One captured forward for (model, cache, B, N bucket, kind): static inputs in one device buffer, static logits.
 
