@@ -39,6 +39,8 @@ them).
   nocmerge   the mma.sync attention's key shares merged by attention_merge, a launch of its own (before stop 46:
              attention_merge_cluster merges them in the kernel, its shares a cluster)
   splitN     tensor-core attention in N key shares at every step (attention_splits; 1: no merge)
+  w4         tensor-core attention on the 4-warp mma.sync kernel at every step (64-row blocks, whose shares merge
+             inside a cluster of up to 8: no merge launch), where the rule takes the 8-warp wgmma one for trees
   nonorm     TIMING ONLY, wrong outputs: no add_rmsnorm launch (its outputs left as allocated); the most an RMSNorm
              folded into the GEMM after it could save (stop 47: 5.6% at T = 1; inside the qkv GEMM it saved
              nothing, branch experiment/norm-in-gemm, notes/norm_in_gemm_h200_stop47.log)
@@ -239,6 +241,7 @@ def apply(variant: str) -> None:
     be.attention_splits = None
     be.attention_cluster_merge = None
     be.attention_wgmma = None
+    be.attention_warps = None
     be.gemm_norm = None
     cuda_gemm.NormedRows.finish = FINISH
     use_elementwise("rule")
@@ -322,6 +325,8 @@ def apply(variant: str) -> None:
             cuda_gemm.NormedRows.finish = lambda rows: ("_finish", (rows.partials, np.int32(1), np.float32(rows.eps)))
         elif part == "nowg":
             be.attention_wgmma = False
+        elif part == "w4":
+            be.attention_warps = 4
         elif part == "nocmerge":
             be.attention_cluster_merge = False
         elif part.startswith("split") and part[5:].isdigit():
