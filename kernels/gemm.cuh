@@ -18,6 +18,21 @@ __device__ __forceinline__ float cluster_sum(const float* local) {
     return sum;
 }
 
+// Four adjacent y elements at once (local 16-byte aligned): each the same rank-order sum as cluster_sum's, so the
+// same bits, with one 16-byte load a rank instead of four.
+template <int S>
+__device__ __forceinline__ float4 cluster_sum4(const float* local) {
+    const float4* at = reinterpret_cast<const float4*>(local);
+    if constexpr (S == 1) return *at;
+    float4 sum = load_cluster(at, 0);
+#pragma unroll
+    for (int q = 1; q < S; q++) {
+        const float4 v = load_cluster(at, q);
+        sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+    }
+    return sum;
+}
+
 // The RMSNorm between two products, split so that neither waits for a grid-wide sum (GemmNorm; rows of N = K'
 // columns, h = r / sqrt(mean(r^2) + eps) * weight, r = y + residual the residual stream):
 // - the product before it (gemm_wgmma, NORM_BEGIN) adds the residual to its columns of y (r -> residual_out),
@@ -121,13 +136,26 @@ template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
 __device__ __forceinline__ void store_cluster_sums(const float* red, float* __restrict__ y, int M, int N, int n0,
                                                    const float* scales = nullptr) {
     if constexpr (S > 1) cluster_sync();  // every block's sums are in its shared memory
-    constexpr int SLICE = ROWS / S;
+    // a thread takes 4 adjacent columns an item (16-byte loads and stores), the items unrolled: element by element,
+    // gemm_wgmma's 160 threads spent 1.8 µs here on 64 rows, 0.9 so (notes/gemm_epilogue_h200_stop62.log)
+    constexpr int SLICE = ROWS / S, QUADS = SLICE / 4, ITEMS = (QUADS * XROWS + THREADS - 1) / THREADS;
+    static_assert(SLICE % 4 == 0 && RED_STRIDE % 4 == 0, "16-byte items of the reduction buffer");
     const int rank = blockIdx.y;  // the cluster spans grid y, so this is the cluster rank
-    for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
-        const int m = e / SLICE, row = rank * SLICE + e % SLICE;
-        if (m >= M || n0 + row >= N) continue;
-        const float sum = cluster_sum<S>(red + m * RED_STRIDE + row);
-        y[(long long)m * N + n0 + row] = scales ? scales[m] * sum : sum;
+#pragma unroll
+    for (int j = 0; j < ITEMS; j++) {
+        const int e = threadIdx.x + j * THREADS, m = e / QUADS, row = rank * SLICE + e % QUADS * 4;
+        if (e >= QUADS * XROWS || m >= M || n0 + row >= N) continue;
+        float4 sum = cluster_sum4<S>(red + m * RED_STRIDE + row);
+        if (scales) {
+            const float scale = scales[m];
+            sum.x = scale * sum.x, sum.y = scale * sum.y, sum.z = scale * sum.z, sum.w = scale * sum.w;
+        }
+        float* to = y + (long long)m * N + n0 + row;
+        if (n0 + row + 4 <= N && reinterpret_cast<unsigned long long>(to) % 16 == 0) *reinterpret_cast<float4*>(to) = sum;
+        else {  // a ragged end of N, or a row start N % 4 leaves unaligned
+            const float v[4] = {sum.x, sum.y, sum.z, sum.w};
+            for (int c = 0; c < 4 && n0 + row + c < N; c++) to[c] = v[c];
+        }
     }
     if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
 }
@@ -173,14 +201,28 @@ template <int S, int XROWS, int RED_STRIDE, int THREADS, int HALF>
 __device__ __forceinline__ void store_cluster_glu(const float* red, __nv_bfloat16* __restrict__ act, int M, int I, int c0,
                                                   const float* scales = nullptr) {
     if constexpr (S > 1) cluster_sync();
-    constexpr int SLICE = HALF / S;
+    // 4 adjacent columns a thread an item (16-byte loads, an 8-byte store), as store_cluster_sums
+    constexpr int SLICE = HALF / S, QUADS = SLICE / 4, ITEMS = (QUADS * XROWS + THREADS - 1) / THREADS;
+    static_assert(SLICE % 4 == 0 && RED_STRIDE % 4 == 0 && HALF % 4 == 0, "16-byte items of the reduction buffer");
     const int rank = blockIdx.y;
-    for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
-        const int m = e / SLICE, j = rank * SLICE + e % SLICE;
-        if (m >= M || c0 + j >= I) continue;
-        float gate = cluster_sum<S>(red + m * RED_STRIDE + j), up = cluster_sum<S>(red + m * RED_STRIDE + HALF + j);
-        if (scales) gate *= scales[m], up *= scales[m];
-        act[(long long)m * I + c0 + j] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
+#pragma unroll
+    for (int i = 0; i < ITEMS; i++) {
+        const int e = threadIdx.x + i * THREADS, m = e / QUADS, j = rank * SLICE + e % QUADS * 4;
+        if (e >= QUADS * XROWS || m >= M || c0 + j >= I) continue;
+        const float4 gate4 = cluster_sum4<S>(red + m * RED_STRIDE + j), up4 = cluster_sum4<S>(red + m * RED_STRIDE + HALF + j);
+        const float gates[4] = {gate4.x, gate4.y, gate4.z, gate4.w}, ups[4] = {up4.x, up4.y, up4.z, up4.w};
+        __nv_bfloat16 v[4];
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            float gate = gates[c], up = ups[c];
+            if (scales) gate *= scales[m], up *= scales[m];
+            v[c] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
+        }
+        __nv_bfloat16* to = act + (long long)m * I + c0 + j;
+        if (c0 + j + 4 <= I && reinterpret_cast<unsigned long long>(to) % 8 == 0)
+            *reinterpret_cast<uint2*>(to) = make_uint2(*reinterpret_cast<unsigned*>(v), *reinterpret_cast<unsigned*>(v + 2));
+        else
+            for (int c = 0; c < 4 && c0 + j + c < I; c++) to[c] = v[c];
     }
     if constexpr (S > 1) cluster_sync();
 }
