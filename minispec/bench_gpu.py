@@ -38,8 +38,9 @@ def time_gpu(fn, warmup: int = 3, repeat: int = 20) -> float:
     return float(np.median(times))
 
 
-def time_captured(fn, reps: int = 20) -> float:
-    """Seconds per fn() on the GPU alone: `reps` calls captured into one CUDA graph, the graph timed."""
+def captured_graph(fn, reps: int = 20):
+    """`reps` calls of fn() captured into one CUDA graph on the compute stream: (graph, stream, the pool blocks its
+    launches use, which must outlive it)."""
     cp = require_gpu()
     from .backends.cuda_backend import compute_stream
 
@@ -54,7 +55,21 @@ def time_captured(fn, reps: int = 20) -> float:
         graph = stream.end_capture()
     finally:
         cp.cuda.set_allocator(previous)
+    return graph, stream, keep
+
+
+def time_captured(fn, reps: int = 20) -> float:
+    """Seconds per fn() on the GPU alone: `reps` calls captured into one CUDA graph, the graph timed."""
+    graph, stream, _kept = captured_graph(fn, reps)
     return time_gpu(lambda: graph.launch(stream), 2, 10) / reps
+
+
+def weight_copies(cp, N: int, K: int) -> list:
+    """Copies of one random [N, K] weight (fp16 bits, bf16-sized), at least twice the L2 in all, so that calls
+    taking them in turn read their weights from memory, as a step's layers do."""
+    l2_bytes = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["l2CacheSize"]
+    weight = cp.asarray((np.random.default_rng(0).standard_normal((N, K), dtype=np.float32) / 30).astype(np.float16)).view(cp.uint16)
+    return [weight] + [weight.copy() for _ in range(-(-2 * l2_bytes // weight.nbytes) - 1)]
 
 
 def time_async(fn, reps: int = 20) -> float:
@@ -163,8 +178,7 @@ def bench_gemm(args) -> None:
           "warpgroup streams >= 512 KB; else gemm_stream where K % 64 == 0, else gemm_bf16); serves: the engine's choice (own_gemm_serves)")
     print(f"{'shape':<16} {'M':>4} {'own µs':>8} {'cuBLAS µs':>10} {'CuPy µs':>10} {'floor µs':>9} {'own/floor':>10} {'own GB/s':>9} {'% of copy':>9} {'kernel':>7} {'serves':>7}")
     for name, (K, N) in shapes.items():
-        weight = cp.asarray((np.random.default_rng(0).standard_normal((N, K), dtype=np.float32) / 30).astype(np.float16)).view(cp.uint16)
-        copies = [weight] + [weight.copy() for _ in range(-(-2 * l2_bytes // weight.nbytes) - 1)]
+        copies = weight_copies(cp, N, K)
         turn = itertools.count()
         next_weight = lambda: copies[next(turn) % len(copies)]  # noqa: E731
         floor = N * K * 2 / bandwidth

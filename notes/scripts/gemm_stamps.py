@@ -14,7 +14,7 @@ import numpy as np
 sys.path.insert(0, ".")
 from minispec.backends import cuda_backend  # noqa: E402
 from minispec.backends.cuda_backend import CudaBackend  # noqa: E402
-from minispec.bench_gpu import card_name, require_gpu, time_captured  # noqa: E402
+from minispec.bench_gpu import card_name, require_gpu, time_captured, weight_copies  # noqa: E402
 
 POINTS = 6
 HEAD = ("__device__ unsigned long long gemm_stamps[4096 * 6];\n"
@@ -50,11 +50,9 @@ cp = require_gpu()
 be = CudaBackend("bfloat16")
 SHAPES = {"O": (4096, 4096), "qkv": (6144, 4096), "down": (4096, 14336)}  # (N, K)
 rows = [int(a) for a in sys.argv[1:]] or [1, 64]
-l2 = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["l2CacheSize"]
 print(f"# gemm_stamps on {card_name()}: the last of 20 calls of linear in a captured graph on rotating weight copies; µs")
 for name, (N, K) in SHAPES.items():
-    weight = cp.asarray((np.random.default_rng(0).standard_normal((N, K), dtype=np.float32) / 30).astype(np.float16)).view(cp.uint16)
-    copies = [weight] + [weight.copy() for _ in range(-(-2 * l2 // weight.nbytes) - 1)]
+    copies = weight_copies(cp, N, K)
     for M in rows:
         x = cp.random.standard_normal((M, K), dtype=cp.float32).astype(cp.float16).view(cp.uint16)
         turn = itertools.count()

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, ".")
-from minispec.backends.cuda_backend import CudaBackend, compute_stream  # noqa: E402
-from minispec.bench_gpu import card_name, copy_bandwidth, require_gpu  # noqa: E402
+from minispec.backends.cuda_backend import CudaBackend  # noqa: E402
+from minispec.bench_gpu import captured_graph, card_name, copy_bandwidth, require_gpu, weight_copies  # noqa: E402
 from minispec.timeline import KernelRecords, short_name  # noqa: E402
 
 cp = require_gpu()
@@ -23,26 +23,15 @@ READ_RATE = 4.5e12  # bytes/s: the 8B LM head's stream at one row (bench gemm, H
 CALLS = 20
 SHAPES = {"qkv": (6144, 4096), "O": (4096, 4096), "down": (4096, 14336)}  # (N, K)
 rows = [int(a) for a in sys.argv[1:]] or [1, 16, 64]
-l2 = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["l2CacheSize"]
 print(f"# gemm_timeline on {card_name()}: copy bandwidth {copy_bandwidth() / 1e12:.2f} TB/s; {CALLS} calls of linear a "
       f"captured graph on rotating weight copies; medians over the middle calls of the last of 5 replays; µs")
 print(f"{'shape':<6} {'M':>3} {'kernel':<32} {'blocks':>6} {'per call':>8} {'own':>6} {'gap':>6} {'stream':>7} {'own-stream':>10}")
 for name, (N, K) in SHAPES.items():
-    weight = cp.asarray((np.random.default_rng(0).standard_normal((N, K), dtype=np.float32) / 30).astype(np.float16)).view(cp.uint16)
-    copies = [weight] + [weight.copy() for _ in range(-(-2 * l2 // weight.nbytes) - 1)]
+    copies = weight_copies(cp, N, K)
     for M in rows:
         x = cp.random.standard_normal((M, K), dtype=cp.float32).astype(cp.float16).view(cp.uint16)
         turn = itertools.count()
-        be.linear(x, copies[0])  # compile, and leave pool blocks of the right sizes
-        stream, keep, previous, pool = compute_stream(cp), [], cp.cuda.get_allocator(), cp.get_default_memory_pool()
-        cp.cuda.set_allocator(lambda size: keep.append(pool.malloc(size)) or keep[-1])  # as bench_gpu.time_captured
-        try:
-            stream.begin_capture()
-            for _ in range(CALLS):
-                be.linear(x, copies[next(turn) % len(copies)])
-            graph = stream.end_capture()
-        finally:
-            cp.cuda.set_allocator(previous)
+        graph, stream, _kept = captured_graph(lambda: be.linear(x, copies[next(turn) % len(copies)]), CALLS)
         records.take()
         for _ in range(5):
             graph.launch(stream)
