@@ -77,7 +77,7 @@ def command_generate(args) -> None:
         if seq is not None and (why := cut_short(seq.finish_reason, len(seq.tokens), llm.max_model_len)):
             print(f"({why})", file=sys.stderr)
         if args.stats and seq is not None:
-            print(stats_line(seq.stats, time.perf_counter() - start, len(seq.tokens) - seq.output_len), file=sys.stderr)
+            print(stats_line(seq.stats, time.perf_counter() - start, seq.prompt_len, seq.output_len), file=sys.stderr)
         return
     result = llm.generate(prompt, params)
     elapsed = time.perf_counter() - start
@@ -86,12 +86,13 @@ def command_generate(args) -> None:
         if why := cut_short(sample.finish_reason, len(result.prompt_token_ids) + len(sample.token_ids), llm.max_model_len):
             print(f"(sample {i}: {why})", file=sys.stderr)
     if args.stats:
-        print(stats_line(result.stats, elapsed, len(result.prompt_token_ids), len(result.samples)), file=sys.stderr)
+        print(stats_line(result.stats, elapsed, len(result.prompt_token_ids), sum(len(s.token_ids) for s in result.samples),
+                         len(result.samples)), file=sys.stderr)
 
 
-def stats_line(stats, seconds: float, prompt_tokens: int, samples: int = 1) -> str:
-    """generate --stats: what the run took, and what speculation gave (tokens a target forward after the prefill)."""
-    tokens = stats.emitted + samples  # (each sample's first token comes from the prefill)
+def stats_line(stats, seconds: float, prompt_tokens: int, tokens: int, samples: int = 1) -> str:
+    """generate --stats: what the run took (`tokens` generated in all), and what speculation gave (tokens a target
+    forward after the prefill)."""
     line = f"[{prompt_tokens} prompt tokens, {tokens} generated{f' in {samples} samples' if samples > 1 else ''} in {seconds:.2f} s: " \
            f"{tokens / seconds:.1f} tokens/s"
     if stats.steps:
