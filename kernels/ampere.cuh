@@ -18,6 +18,11 @@ __device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, uns
 __device__ __forceinline__ void cp_async16(unsigned shared_address, const void* global, int bytes = 16) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address), "l"(global), "r"(bytes));
 }
+// 4 bytes global -> shared (through L1: .ca, the only path for copies under 16 bytes), for values with no
+// alignment to rely on
+__device__ __forceinline__ void cp_async4(void* shared, const void* global) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"((unsigned)__cvta_generic_to_shared(shared)), "l"(global));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // until at most N of this thread's committed groups are pending
 template <int N>

@@ -4,6 +4,7 @@
 // inlines this header into each kernel's source (backends/cuda_backend.kernel_source).
 #pragma once
 #include <cuda_bf16.h>
+#include "ampere.cuh"
 #include "cluster.cuh"
 #include "warp.cuh"
 
@@ -47,6 +48,12 @@ __device__ __forceinline__ float4 cluster_sum4(const float* local) {
 // on an H200 (notes/norm_split_h200_stop48.log). At 16 rows it was slower: each block of the product after loads
 // 16 x 128 partials, most at its end (read as one a row, timing only, it was 1.9% faster), so the backend splits up
 // to 4 rows.
+// 32- and 64-row gemm_wgmma kernels (not the gated ones) take the norm's values from shared memory instead
+// (NormStage): right after the wait their consumers copy them there with cp.async, past the ring, so the end reads
+// no global memory; and the product before a norm sums its split-K cluster's partials on chip, one a row a tile
+// (partials_out [M][gridDim.x]), which halves what the product after it copies at the 8B down's clusters of 2.
+// Why: at 64 rows stop 56's split lost 7.8 µs a layer in qkv's end (60 partials a thread loaded there, a round trip
+// at a time) and 3.8 in O's (notes/norm64_timeline_h200_stop60.log).
 struct GemmNorm {
     const float* scale_partials;  // the product after: the rows' partial sums [M][scale_blocks]
     int scale_blocks;
@@ -72,6 +79,32 @@ enum NormRole { NORM_NONE, NORM_FINISH, NORM_BEGIN };
 #define NORM_ROLE__begin NORM_BEGIN
 #define NORM_PARAMS__begin , const float *residual, float *residual_out, const float *norm_weight, __nv_bfloat16 *x_out, float *partials_out
 #define NORM_ARGS__begin GemmNorm{nullptr, 0, 0.0f, residual, residual_out, norm_weight, x_out, partials_out}
+
+// The norm's values in shared memory (32- and 64-row gemm_wgmma kernels): `at` floats past the ring, copied by the
+// block's THREADS consumer threads right after pdl_wait (one cp.async group each), waited for (cp_async_wait<0>) before
+// the barrier that ends the products. The product after a norm copies the rows' partials [M][scale_blocks]; the
+// product before one its slice of the residual [XROWS][SLICE] (columns col0 ..; zeros past M, N or without a
+// residual) and of the norm weight [SLICE].
+template <int THREADS>
+struct NormStage {
+    float* at;
+    __device__ __forceinline__ void partials(const GemmNorm& g, int M) {
+        const int count = M * g.scale_blocks;
+        for (int p = threadIdx.x; p < count; p += THREADS) cp_async4(at + p, g.scale_partials + p);
+        cp_async_commit();
+    }
+    template <int SLICE, int XROWS>
+    __device__ __forceinline__ void residual(const GemmNorm& g, int M, int N, int col0) {
+        for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
+            const int m = e / SLICE, n = col0 + e % SLICE;
+            if (g.residual && m < M && n < N) cp_async4(at + e, g.residual + (long long)m * N + n);
+            else at[e] = 0.0f;
+        }
+        for (int j = threadIdx.x; j < SLICE; j += THREADS)
+            if (col0 + j < N) cp_async4(at + SLICE * XROWS + j, g.weight + col0 + j);
+        cp_async_commit();
+    }
+};
 
 // The sum of values[0 .. count) in one fixed order, by a warp: lane l adds values l, l + 32, .. in turn, then a xor
 // butterfly; every lane gets it, and every block that sums the same values gets the same bits.
@@ -123,6 +156,16 @@ __device__ __forceinline__ void row_scales(const GemmNorm& g, const float* from,
     __syncthreads();
     for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row (not a thread: 128 dependent adds)
         const float sum = warp_row_sum(buffer + m * g.scale_blocks, g.scale_blocks);
+        if (threadIdx.x % 32 == 0) scales[m] = rsqrtf(sum / K + g.eps);
+    }
+    __syncthreads();
+}
+
+// row_scales, from partials already in shared memory (NormStage): the same sums in the same order.
+template <int THREADS>
+__device__ __forceinline__ void staged_row_scales(const GemmNorm& g, const float* partials, int M, int K, float* scales) {
+    for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row
+        const float sum = warp_row_sum(partials + m * g.scale_blocks, g.scale_blocks);
         if (threadIdx.x % 32 == 0) scales[m] = rsqrtf(sum / K + g.eps);
     }
     __syncthreads();
@@ -190,6 +233,44 @@ __device__ __forceinline__ void store_cluster_norm(const float* red, const GemmN
         const float sum = warp_row_sum(squares + m * SLICE, SLICE);
         if (threadIdx.x % 32 == 0) g.partials_out[(long long)m * gridDim.x * S + block] = sum;
     }
+    if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
+}
+
+// store_cluster_norm with the residual and weight slices in shared memory (NormStage: staged, the residual
+// [XROWS][SLICE] then the weight [SLICE]), and one partial a row a cluster: each block sums its columns' r^2 of each
+// row (warp_row_sum, into rowsum [XROWS] of shared memory), and rank 0 adds its cluster's in rank order to
+// partials_out[m][blockIdx.x]. squares: XROWS x SLICE floats of shared memory.
+template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
+__device__ __forceinline__ void store_cluster_norm_staged(const float* red, const GemmNorm& g, const float* staged, int M,
+                                                          int N, int n0, float* squares, float* rowsum) {
+    if constexpr (S > 1) cluster_sync();
+    constexpr int SLICE = ROWS / S;
+    const int rank = blockIdx.y;
+    for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
+        const int m = e / SLICE, j = e % SLICE, row = rank * SLICE + j;
+        float square = 0.0f;
+        if (m < M && n0 + row < N) {
+            const long long at = (long long)m * N + n0 + row;
+            const float r = cluster_sum<S>(red + m * RED_STRIDE + row) + staged[e];
+            g.residual_out[at] = r;
+            g.x_out[at] = __float2bfloat16_rn(r * staged[SLICE * XROWS + j]);
+            square = r * r;
+        }
+        squares[e] = square;
+    }
+    __syncthreads();
+    for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row
+        const float sum = warp_row_sum(squares + m * SLICE, SLICE);
+        if (threadIdx.x % 32 == 0) rowsum[m] = sum;
+    }
+    if constexpr (S > 1) cluster_sync(); else __syncthreads();  // every rank's row sums are in its shared memory
+    if (rank == 0)
+        for (int m = threadIdx.x; m < M; m += THREADS) {
+            float sum = rowsum[m];
+#pragma unroll
+            for (int q = 1; q < S; q++) sum += load_cluster(rowsum + m, q);
+            g.partials_out[(long long)m * gridDim.x + blockIdx.x] = sum;
+        }
     if constexpr (S > 1) cluster_sync();  // no block leaves while another reads its shared memory
 }
 

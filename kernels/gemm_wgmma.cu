@@ -9,7 +9,8 @@
 // is complete, with the same bits every time, when the kernel ends.
 // w_map: W [N, K] in 64 x 64 WGS boxes; x_map: x [M, K] in 64 x XROWS boxes (rows past M read as zeros);
 // K % (64 S) == 0. Launch: grid (ceil(N / (64 WGS)), S), cluster (1, S, 1), block 128 WGS + 32, dynamic shared
-// memory STAGES x (64 WGS + XROWS) x 128 + 1024 (alignment) + 16 STAGES (barriers).
+// memory STAGES x (64 WGS + XROWS) x 128 + 1024 (alignment) + 16 STAGES (barriers), and for the 32- and 64-row
+// kernels that begin or finish a split norm its NormStage (kernels/gemm.cuh) after that.
 #include <cuda_bf16.h>
 #include "hopper.cuh"
 #include "pdl.cuh"
@@ -87,10 +88,20 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     __syncthreads();
 
     float acc[XROWS / 8][4] = {};  // a consumer's 64 weight rows x the XROWS x rows (m16n8 C fragments stacked)
+    // the norm's values for the end (GemmNorm), fetched right after pdl_wait, under the products: in registers (16-row
+    // boxes, the gated kernels), or for 32- and 64-row boxes in shared memory past the ring's barriers (NormStage)
+    constexpr bool STAGED = NORM != NORM_NONE && !GLU && XROWS >= 32;
     NormPrefetch<THREADS> pre;
-    auto prefetch = [&] {  // right after pdl_wait: the norm's values for the end (GemmNorm), under the products
-        if constexpr (NORM == NORM_FINISH) pre.partials(norm.scale_partials, M * norm.scale_blocks);
-        if constexpr (NORM == NORM_BEGIN) pre.residual(norm, M, N, n0 + blockIdx.y * (ROWS / S), ROWS / S, ROWS / S * XROWS);
+    NormStage<128 * WGS> stage{reinterpret_cast<float*>(ring.empty + STAGES)};
+    auto prefetch = [&] {
+        if constexpr (STAGED) {
+            if (threadIdx.x >= 128 * WGS) return;  // the producer warp copies weights
+            if constexpr (NORM == NORM_FINISH) stage.partials(norm, M);
+            else stage.template residual<ROWS / S, XROWS>(norm, M, N, n0 + blockIdx.y * (ROWS / S));
+        } else {
+            if constexpr (NORM == NORM_FINISH) pre.partials(norm.scale_partials, M * norm.scale_blocks);
+            if constexpr (NORM == NORM_BEGIN) pre.residual(norm, M, N, n0 + blockIdx.y * (ROWS / S), ROWS / S, ROWS / S * XROWS);
+        }
     };
     if (group == WGS) {
         if (lane == 0) {
@@ -132,6 +143,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
         if (steps > 0) ring.release(steps - 1, lane);
     }
     pdl_trigger();  // the next kernel may launch (a GEMM copies its first weights while these blocks reduce)
+    if constexpr (STAGED) cp_async_wait<0>();  // this thread's NormStage copies (the barrier shows them to all)
     __syncthreads();  // every product has read its stage: the ring becomes the reduction buffer
 
     float* red = reinterpret_cast<float*>(ring.base);  // [XROWS x rows][RED_STRIDE]: red[m][row] = y[m][n0 + row] of this block
@@ -145,13 +157,17 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     float* scales = nullptr;  // the norm before this product (GemmNorm): its rows' scales, after the reduction buffer
     if constexpr (NORM == NORM_FINISH) {
         scales = red + XROWS * RED_STRIDE;
-        row_scales<THREADS>(norm, norm.scale_partials, pre, M, K, scales + XROWS, scales);
+        if constexpr (STAGED) staged_row_scales<THREADS>(norm, stage.at, M, K, scales);
+        else row_scales<THREADS>(norm, norm.scale_partials, pre, M, K, scales + XROWS, scales);
     }
     if constexpr (GLU) {
         store_cluster_glu<1, XROWS, RED_STRIDE, THREADS, ROWS / 2>(red, reinterpret_cast<__nv_bfloat16*>(out), M, N, n0, scales);
         return;
     }
-    if constexpr (NORM == NORM_BEGIN)  // the norm after this product
+    if constexpr (NORM == NORM_BEGIN && STAGED)  // the norm after this product
+        store_cluster_norm_staged<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, norm, stage.at, M, N, n0, red + XROWS * RED_STRIDE,
+                                                                       red + XROWS * RED_STRIDE + ROWS / S * XROWS);
+    else if constexpr (NORM == NORM_BEGIN)
         store_cluster_norm<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, norm, pre, M, N, n0, red + XROWS * RED_STRIDE);
     else
         store_cluster_sums<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, reinterpret_cast<float*>(out), M, N, n0, scales);
@@ -180,6 +196,10 @@ GEMM_WGMMA_CLUSTERS(1, 16, 22, )
 GEMM_WGMMA_CLUSTERS(2, 64, 4, )
 GEMM_WGMMA_CLUSTERS(1, 16, 22, _finish)
 GEMM_WGMMA_CLUSTERS(1, 16, 22, _begin)
+GEMM_WGMMA_CLUSTERS(1, 32, 18, _finish)  // NormStage: the partials (or the residual slice) past the ring
+GEMM_WGMMA_CLUSTERS(1, 32, 18, _begin)
+GEMM_WGMMA_CLUSTERS(1, 64, 13, _finish)
+GEMM_WGMMA_CLUSTERS(1, 64, 13, _begin)
 // gemm_wgmma_glu_w{WGS}: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight (64-row
 // boxes), 32 WGS gate columns a block; grid ceil(I / (32 WGS)), block 128 WGS + 32, STAGES x (64 WGS + 64) x 128 +
 // 1024 + 16 STAGES bytes of dynamic shared memory. w2: two blocks an SM, the ring of gemm_wgmma_w2. w4: one block an

@@ -194,9 +194,11 @@ def gemm_rules_backend(sm_count: int = 132):
     """A stand-in CudaBackend with the GEMM dispatch's rules and nothing forced (its methods, no GPU)."""
     names = ("wgmma_gemm_fits", "wgmma_tile_bytes", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves",
              "own_gemm_chosen", "own_kernel", "glu_kernel", "wgmma_glu_groups", "stream_launch_shape", "stream_cluster_size",
-             "norm_split", "wgmma_persistent", "finishes_norm", "wgmma_takes_norm")
+             "norm_split", "wgmma_persistent", "finishes_norm", "wgmma_takes_norm", "wgmma_stage_room", "wgmma_stage_bytes",
+             "wgmma_norm_stage_fits")
     rules = type("Rules", (), {name: getattr(CudaBackend, name) for name in names})()
     rules.sm_count, rules.hopper, rules.gemm_wgmma_groups, rules.gemm_cluster = sm_count, True, None, None
+    rules.shared_optin = 227 * 1024  # an H100's or H200's opt-in shared memory a block
     rules.gemm_norm, rules.gemm_wgmma_xrows, rules.gemm_wgmma_tiles = None, None, None
     rules.bf16, rules.gemm, rules.cublas = True, None, object()
     return rules
@@ -228,22 +230,29 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
     assert rules.glu_kernel(M, 3072, 576) is None
 
 
-@pytest.mark.parametrize("M", [1, 16, 17, 33, 64])
+@pytest.mark.parametrize("M", [1, 16, 17, 32, 33, 64])
 def test_the_o_and_down_products_begin_the_norm_behind_them(M):
     """norm_split: the 8B O and down products (gemm_wgmma of one warpgroup a block) split the RMSNorm behind them with
     the product after it up to 4 rows (decode; 16-64 rows measured slower); not where linear takes another kernel
     (the default model's O: gemm_stream up to 16 rows, cuBLAS past; the 8B LM head's shape: two warpgroups), nor
-    with gemm_norm False; forced on (tests) wherever kernels/gemm_wgmma.cu has the _begin kernel (one warpgroup, 16-row
-    x boxes)."""
+    with gemm_norm False; forced on (tests) wherever kernels/gemm_wgmma.cu has the _begin kernel (one warpgroup, 16-,
+    32- and 64-row x boxes). The 32- and 64-row kernels hold the norm's values in shared memory past their ring
+    (NormStage): the 8B's fit (the 64-row ring leaves 18,224 bytes: 64 rows of 64 partials, or a 64 x 64 residual
+    slice and its weights), a 70B-wide norm's 128 partials a row at full boxes do not, and that product takes the
+    norm materialised."""
     rules = gemm_rules_backend()
     assert rules.norm_split(M, 4096, 4096) == rules.norm_split(M, 4096, 14336) == (M <= 4)
     assert not rules.norm_split(M, 576, 576) and not rules.norm_split(M, 128256, 4096)
-    # the products after it finish the norm where a _finish kernel is built (gemm_wgmma of one warpgroup in 16-row
-    # boxes, gemm_stream in k 128 stages: up to 16 rows); not two warpgroups (a 70B-wide gate/up), nor cuBLAS
-    assert rules.finishes_norm("wgmma", M, 6144, 4096) == rules.finishes_norm("stream", M, 28672, 4096) == (M <= 16)
+    # the products after it finish the norm where a _finish kernel is built (gemm_wgmma of one warpgroup: up to 64
+    # rows; gemm_stream in k 128 stages: up to 16); not two warpgroups (a 70B-wide gate/up), nor cuBLAS
+    assert rules.finishes_norm("wgmma", M, 6144, 4096) and rules.finishes_norm("stream", M, 28672, 4096) == (M <= 16)
     assert not rules.finishes_norm("wgmma", M, 57344, 8192) and not rules.finishes_norm("cublas", M, 6144, 4096)
+    assert rules.wgmma_norm_stage_fits(M, 6144, 4096, M * 64)  # the 8B down's 64 tiles
+    # a 70B-wide qkv after 128 tiles: 32 or 64 rows of 128 partials overflow the room (9,952 / 18,224 bytes), 17 or
+    # 33 rows fit; 16-row boxes keep them in registers (no NormStage)
+    assert rules.wgmma_norm_stage_fits(M, 10240, 8192, M * 128) == (M not in (32, 64))
     rules.gemm_norm = True
-    assert rules.norm_split(M, 4096, 4096) == (M <= 16) and not rules.norm_split(M, 128256, 4096)
+    assert rules.norm_split(M, 4096, 4096) and not rules.norm_split(M, 128256, 4096)
     rules.gemm_norm = False
     assert not rules.norm_split(M, 4096, 4096)
 
@@ -257,8 +266,8 @@ def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     source = kernel_source("gemm_wgmma.cu")
     built = re.findall(r"^GEMM_WGMMA_CLUSTERS\((\d+), (\d+), (\d+), *(\w*)\)", source, re.M)
     assert {(int(g), int(x), int(s)) for g, x, s, _ in built} == {(*key, s) for key, s in WGMMA_GEMM_STAGES.items()}
-    # the split norm's kernels where the backend takes them (wgmma_takes_norm: one warpgroup, 16-row boxes)
-    assert {(int(g), int(x), role) for g, x, _, role in built if role} == {(1, 16, "_finish"), (1, 16, "_begin")}
+    # the split norm's kernels where the backend takes them (wgmma_takes_norm: one warpgroup, 16-, 32- and 64-row boxes)
+    assert {(int(g), int(x), role) for g, x, _, role in built if role} == {(1, x, role) for x in (16, 32, 64) for role in ("_finish", "_begin")}
     glu = re.findall(r"^GEMM_WGMMA_GLU\((\d+), (\d+), (\d+), *(\w*)\)", source, re.M)
     assert {int(g): int(s) for g, s, _, _ in glu} == WGMMA_GLU_STAGES and WGMMA_GLU_STAGES[2] == WGMMA_GEMM_STAGES[2, 64]
     assert {(int(g), int(s), role) for g, s, _, role in glu} == {(g, s, role) for g, s in WGMMA_GLU_STAGES.items() for role in ("", "_finish")}

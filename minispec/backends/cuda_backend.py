@@ -243,7 +243,8 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
         self.cluster_tree_rows = 4
         self.cluster_counts = {}  # (rows, shared bytes) -> clusters of cluster_decode.cu resident at once (the driver's answer)
         self.cluster_partials = {}  # hidden size -> cluster_decode.cu's tagged partial sums and epoch (cluster_decode_buffers)
-        self.max_shared = props["sharedMemPerBlockOptin"] - 2048  # dynamic shared memory, less the kernel's static
+        self.shared_optin = props["sharedMemPerBlockOptin"]  # a block's shared memory, static and dynamic
+        self.max_shared = self.shared_optin - 2048  # dynamic shared memory, less the kernel's static
         self.pointer_tables = {}  # the K and V cache pointers themselves -> the same as a uint64 device array
         self._host_read = None  # to_host_soon's copy, deferred to the next replay
         self.side_stream = None  # where a replay's token input is copied to the host (created on first use)

@@ -104,7 +104,9 @@ class GemmLaunchers:
             raise ValueError(f"linear_norm: x has K = {K}, weight is {weight.shape}")
         G, S = self.wgmma_shape(N, K, M)
         h, residual_out = cp.empty((M, N), dtype=self.store_dtype), cp.empty((M, N), dtype=cp.float32)
-        partials = cp.empty((M, -(-N // 64) * S), dtype=cp.float32)
+        # a partial a row a block; the 32- and 64-row kernels (NormStage) sum a cluster's on chip: one a tile
+        staged = (self.gemm_wgmma_xrows or wgmma_xrows(M, G)) >= 32
+        partials = cp.empty((M, -(-N // 64) * (1 if staged else S)), dtype=cp.float32)
         begin = ("_begin", (np.uint64(0) if residual is None else residual, residual_out, norm_weight, h, partials))
         self.gemm_wgmma(x, weight, np.uint64(0), begin)
         return NormedRows(h, partials, eps, residual_out, norm_weight), residual_out
@@ -124,12 +126,34 @@ class GemmLaunchers:
 
     def wgmma_takes_norm(self, M: int, N: int, K: int) -> bool:
         """Whether gemm_wgmma for x [M, K], W [N, K] has kernels that begin or finish a split norm (kernels/gemm_wgmma.cu
-        builds them for one warpgroup a block in 16-row x boxes, one pass of blocks)."""
-        if not (0 < M <= 16 and K % 64 == 0):
+        builds them for one warpgroup a block in 16-, 32- and 64-row x boxes, one pass of blocks; those of 32 and 64
+        take the norm's values in shared memory, NormStage, which must fit beside the ring)."""
+        if not (0 < M <= 64 and K % 64 == 0):
             return False
         G, S = self.wgmma_shape(N, K, M)
         X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
-        return (G, X) == (1, 16) and K % (64 * S) == 0 and not self.wgmma_persistent(-(-N // 64), G, X, S)
+        if G != 1 or X not in (16, 32, 64) or M > X or K % (64 * S) or self.wgmma_persistent(-(-N // 64), G, X, S):
+            return False
+        return X == 16 or self.wgmma_stage_bytes(X, S, "_begin") <= self.wgmma_stage_room(X)
+
+    def wgmma_stage_room(self, X: int) -> int:
+        """Shared memory left past gemm_wgmma's one-warpgroup ring of X-row x boxes (launch_wgmma's size; the kernel has
+        no static shared memory): 18,224 bytes at 64 rows, 9,952 at 32 on an H100 or H200."""
+        stages = WGMMA_GEMM_STAGES[1, X]
+        return self.shared_optin - (stages * (64 + X) * 64 * 2 + 1024 + 16 * stages)
+
+    def wgmma_stage_bytes(self, X: int, S: int, role: str, partials: int = 0) -> int:
+        """A 32- or 64-row norm kernel's NormStage (kernels/gemm.cuh): the product before a norm, its residual slice
+        [X][64 / S] and weight slice [64 / S]; the product after one, the `partials` floats; none in 16-row boxes."""
+        if X < 32 or not role:
+            return 0
+        return (X * 64 // S + 64 // S) * 4 if role == "_begin" else partials * 4
+
+    def wgmma_norm_stage_fits(self, M: int, N: int, K: int, partials: int) -> bool:
+        """Whether the gemm_wgmma kernel for x [M, K], W [N, K] can hold a norm's `partials` floats (NormStage)."""
+        G, _ = self.wgmma_shape(N, K, M)
+        X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
+        return self.wgmma_stage_bytes(X, 1, "_finish", partials) <= self.wgmma_stage_room(X) if X >= 32 else True
 
     def linear(self, x, weight):
         """y fp32 [M, N] = x[M, K] W[N, K]^T: the own weight-streaming kernel or cuBLAS (bf16), cuBLAS through CuPy
@@ -141,7 +165,8 @@ class GemmLaunchers:
         kernel = self.own_kernel(M, N, K) if self.bf16 and self.own_gemm_chosen(M, N, K) else "cublas"
         norm = NO_NORM
         if isinstance(x, NormedRows):
-            x, norm = (x.x, x.finish()) if self.finishes_norm(kernel, M, N, K) else (x.materialise(self), NO_NORM)
+            fits = self.finishes_norm(kernel, M, N, K) and (kernel != "wgmma" or self.wgmma_norm_stage_fits(M, N, K, x.partials.size))
+            x, norm = (x.x, x.finish()) if fits else (x.materialise(self), NO_NORM)
         self._check(x, self.store_dtype, 2, "linear input")
         if weight.shape[1] != K:
             raise ValueError(f"linear: x has K = {K}, weight is {weight.shape}")
@@ -251,6 +276,8 @@ class GemmLaunchers:
             raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups a block takes {M} rows in {X}-row x boxes")
         if norm != NO_NORM and not self.wgmma_takes_norm(M, N, K):
             raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups in {X}-row x boxes takes a split norm")
+        if norm[0] == "_finish" and not self.wgmma_norm_stage_fits(M, N, K, norm[1][0].size):
+            raise ValueError(f"gemm_wgmma: {norm[1][0].size} partials of a split norm do not fit beside the ring")
         tiles = -(-N // (64 * G))
         if self.wgmma_persistent(tiles, G, X, S):
             name, grid = f"gemm_wgmma_tiles_w{G}_x{X}", (min(tiles, 2 * self.sm_count),)
@@ -297,6 +324,8 @@ class GemmLaunchers:
         kernel = self.kernel("gemm_wgmma.cu", name + norm[0])
         stages = stages or WGMMA_GEMM_STAGES[G, X]
         shared = stages * (64 * G + X) * 64 * 2 + 1024 + 16 * stages  # the ring (W and x stages), alignment, barriers
+        if norm[0] and not name.startswith("gemm_wgmma_glu"):  # and a 32- or 64-row norm kernel's NormStage
+            shared += self.wgmma_stage_bytes(X, grid[1] if len(grid) > 1 else 1, norm[0], norm[1][0].size if norm[0] == "_finish" else 0)
         allow_shared(kernel, shared)
         self.launch(kernel, grid, (128 * G + 32,), (w_map, x_map, out, np.int32(M), np.int32(N), np.int32(K), *norm[1]), shared)
 
