@@ -87,24 +87,59 @@ enum NormRole { NORM_NONE, NORM_FINISH, NORM_BEGIN };
 // residual) and of the norm weight [SLICE].
 template <int THREADS>
 struct NormStage {
-    float* at;
+    float* at;  // 16-byte aligned (past the ring's 16 STAGES bytes of barriers)
+    // 16-byte copies where the source allows (the rows of partials, residual and weight are whole quads of floats at
+    // 16-byte addresses whenever their widths are multiples of 4), 4-byte ones else
     __device__ __forceinline__ void partials(const GemmNorm& g, int M) {
         const int count = M * g.scale_blocks;
-        for (int p = threadIdx.x; p < count; p += THREADS) cp_async4(at + p, g.scale_partials + p);
+        if (count % 4 == 0 && reinterpret_cast<unsigned long long>(g.scale_partials) % 16 == 0)
+            for (int p = 4 * threadIdx.x; p < count; p += 4 * THREADS)
+                cp_async16((unsigned)__cvta_generic_to_shared(at + p), g.scale_partials + p);
+        else
+            for (int p = threadIdx.x; p < count; p += THREADS) cp_async4(at + p, g.scale_partials + p);
         cp_async_commit();
     }
     template <int SLICE, int XROWS>
     __device__ __forceinline__ void residual(const GemmNorm& g, int M, int N, int col0) {
-        for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
-            const int m = e / SLICE, n = col0 + e % SLICE;
-            if (g.residual && m < M && n < N) cp_async4(at + e, g.residual + (long long)m * N + n);
-            else at[e] = 0.0f;
+        static_assert(SLICE % 4 == 0, "rows of whole quads");
+        const bool quads = N % 4 == 0 && col0 % 4 == 0 && reinterpret_cast<unsigned long long>(g.residual) % 16 == 0 &&
+                           reinterpret_cast<unsigned long long>(g.weight) % 16 == 0;
+        if (quads) {
+            for (int e = 4 * threadIdx.x; e < SLICE * XROWS; e += 4 * THREADS) {
+                const int m = e / SLICE, n = col0 + e % SLICE;
+                const bool copy = g.residual && m < M && n < N;  // N % 4 == 0: a quad is wholly in or out
+                cp_async16((unsigned)__cvta_generic_to_shared(at + e), copy ? g.residual + (long long)m * N + n : g.weight, copy ? 16 : 0);
+            }
+            for (int j = 4 * threadIdx.x; j < SLICE; j += 4 * THREADS)
+                if (col0 + j < N) cp_async16((unsigned)__cvta_generic_to_shared(at + SLICE * XROWS + j), g.weight + col0 + j);
+        } else {
+            for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
+                const int m = e / SLICE, n = col0 + e % SLICE;
+                if (g.residual && m < M && n < N) cp_async4(at + e, g.residual + (long long)m * N + n);
+                else at[e] = 0.0f;
+            }
+            for (int j = threadIdx.x; j < SLICE; j += THREADS)
+                if (col0 + j < N) cp_async4(at + SLICE * XROWS + j, g.weight + col0 + j);
         }
-        for (int j = threadIdx.x; j < SLICE; j += THREADS)
-            if (col0 + j < N) cp_async4(at + SLICE * XROWS + j, g.weight + col0 + j);
         cp_async_commit();
     }
 };
+
+// The sum of values[0 .. count) (count % 4 == 0, 16-byte aligned, shared memory) in one fixed order, by a group of
+// LANES consecutive lanes of a warp: lane q of the group adds the quads q, q + LANES, .. (each quad x + y + z + w),
+// then a xor butterfly over the group; every lane of the group gets it, with the same bits in every block.
+template <int LANES>
+__device__ __forceinline__ float group_row_sum(const float* values, int count) {
+    static_assert(32 % LANES == 0, "a group within a warp");
+    float sum = 0.0f;
+    for (int i = 4 * (threadIdx.x % LANES); i < count; i += 4 * LANES) {
+        const float4 v = *reinterpret_cast<const float4*>(values + i);
+        sum += v.x + v.y + v.z + v.w;
+    }
+#pragma unroll
+    for (int offset = LANES / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    return sum;
+}
 
 // The sum of values[0 .. count) in one fixed order, by a warp: lane l adds values l, l + 32, .. in turn, then a xor
 // butterfly; every lane gets it, and every block that sums the same values gets the same bits.
@@ -161,12 +196,23 @@ __device__ __forceinline__ void row_scales(const GemmNorm& g, const float* from,
     __syncthreads();
 }
 
-// row_scales, from partials already in shared memory (NormStage): the same sums in the same order.
+// row_scales, from partials already in shared memory (NormStage): a group of 8 lanes a row (group_row_sum), so a
+// warp sums 4 rows at once, every block in the same order (scale_blocks % 4 == 0: the 8B's 64 tiles; else a warp a
+// row, as row_scales).
 template <int THREADS>
 __device__ __forceinline__ void staged_row_scales(const GemmNorm& g, const float* partials, int M, int K, float* scales) {
-    for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row
-        const float sum = warp_row_sum(partials + m * g.scale_blocks, g.scale_blocks);
-        if (threadIdx.x % 32 == 0) scales[m] = rsqrtf(sum / K + g.eps);
+    if (g.scale_blocks % 4 == 0) {
+        const int group = threadIdx.x / 8;
+        for (int m0 = 0; m0 < M; m0 += THREADS / 8) {  // every lane of a warp takes part in its shuffles
+            const int m = min(m0 + group, M - 1);
+            const float sum = group_row_sum<8>(partials + m * g.scale_blocks, g.scale_blocks);
+            if (threadIdx.x % 8 == 0 && m0 + group < M) scales[m] = rsqrtf(sum / K + g.eps);
+        }
+    } else {
+        for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row
+            const float sum = warp_row_sum(partials + m * g.scale_blocks, g.scale_blocks);
+            if (threadIdx.x % 32 == 0) scales[m] = rsqrtf(sum / K + g.eps);
+        }
     }
     __syncthreads();
 }
@@ -237,32 +283,49 @@ __device__ __forceinline__ void store_cluster_norm(const float* red, const GemmN
 }
 
 // store_cluster_norm with the residual and weight slices in shared memory (NormStage: staged, the residual
-// [XROWS][SLICE] then the weight [SLICE]), and one partial a row a cluster: each block sums its columns' r^2 of each
-// row (warp_row_sum, into rowsum [XROWS] of shared memory), and rank 0 adds its cluster's in rank order to
-// partials_out[m][blockIdx.x]. squares: XROWS x SLICE floats of shared memory.
+// [XROWS][SLICE] then the weight [SLICE]), in 16-byte items (4 adjacent columns a thread, as store_cluster_sums), and
+// one partial a row a cluster: the QUADS = SLICE / 4 items of a row sit in QUADS consecutive lanes (THREADS % QUADS
+// == 0), which sum the row's r^2 over the block's columns by a butterfly into rowsum [XROWS] of shared memory; rank 0
+// adds its cluster's in rank order to partials_out[m][blockIdx.x]. squares: unused (the row sums stay in registers).
 template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
 __device__ __forceinline__ void store_cluster_norm_staged(const float* red, const GemmNorm& g, const float* staged, int M,
                                                           int N, int n0, float* squares, float* rowsum) {
     if constexpr (S > 1) cluster_sync();
-    constexpr int SLICE = ROWS / S;
+    constexpr int SLICE = ROWS / S, QUADS = SLICE / 4, ITEMS = (QUADS * XROWS + THREADS - 1) / THREADS;
+    static_assert(SLICE % 4 == 0 && 32 % QUADS == 0 && THREADS % QUADS == 0 && RED_STRIDE % 4 == 0,
+                  "a row's quads in consecutive lanes of one warp");
     const int rank = blockIdx.y;
-    for (int e = threadIdx.x; e < SLICE * XROWS; e += THREADS) {
-        const int m = e / SLICE, j = e % SLICE, row = rank * SLICE + j;
+    const bool vector = N % 4 == 0 && reinterpret_cast<unsigned long long>(g.residual_out) % 16 == 0 &&
+                        reinterpret_cast<unsigned long long>(g.x_out) % 8 == 0;
+#pragma unroll
+    for (int i = 0; i < ITEMS; i++) {
+        const int e = threadIdx.x + i * THREADS, m = e / QUADS, j = e % QUADS * 4, row = rank * SLICE + j;
         float square = 0.0f;
-        if (m < M && n0 + row < N) {
+        if (e < QUADS * XROWS && m < M && n0 + row < N) {
+            const float4 sum = cluster_sum4<S>(red + m * RED_STRIDE + row);
+            const float4 res = *reinterpret_cast<const float4*>(staged + m * SLICE + j);
+            const float4 w = *reinterpret_cast<const float4*>(staged + SLICE * XROWS + j);
+            const float4 r = make_float4(sum.x + res.x, sum.y + res.y, sum.z + res.z, sum.w + res.w);
             const long long at = (long long)m * N + n0 + row;
-            const float r = cluster_sum<S>(red + m * RED_STRIDE + row) + staged[e];
-            g.residual_out[at] = r;
-            g.x_out[at] = __float2bfloat16_rn(r * staged[SLICE * XROWS + j]);
-            square = r * r;
+            if (vector && n0 + row + 4 <= N) {
+                *reinterpret_cast<float4*>(g.residual_out + at) = r;
+                *reinterpret_cast<__nv_bfloat162*>(g.x_out + at) = __floats2bfloat162_rn(r.x * w.x, r.y * w.y);
+                *reinterpret_cast<__nv_bfloat162*>(g.x_out + at + 2) = __floats2bfloat162_rn(r.z * w.z, r.w * w.w);
+                square = r.x * r.x + r.y * r.y + r.z * r.z + r.w * r.w;
+            } else {  // a ragged end of N, or unaligned rows
+                const float rs[4] = {r.x, r.y, r.z, r.w}, ws[4] = {w.x, w.y, w.z, w.w};
+                for (int c = 0; c < 4 && n0 + row + c < N; c++) {
+                    g.residual_out[at + c] = rs[c];
+                    g.x_out[at + c] = __float2bfloat16_rn(rs[c] * ws[c]);
+                    square += rs[c] * rs[c];
+                }
+            }
         }
-        squares[e] = square;
+#pragma unroll
+        for (int offset = QUADS / 2; offset > 0; offset >>= 1) square += __shfl_xor_sync(0xffffffff, square, offset);
+        if (e % QUADS == 0 && e < QUADS * XROWS) rowsum[m] = square;
     }
-    __syncthreads();
-    for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row
-        const float sum = warp_row_sum(squares + m * SLICE, SLICE);
-        if (threadIdx.x % 32 == 0) rowsum[m] = sum;
-    }
+    (void)squares;
     if constexpr (S > 1) cluster_sync(); else __syncthreads();  // every rank's row sums are in its shared memory
     if (rank == 0)
         for (int m = threadIdx.x; m < M; m += THREADS) {
