@@ -154,10 +154,24 @@ __device__ __forceinline__ float warp_row_sum(const float* values, int count) {
 // the product before one, the residual and weight of its store items (store_cluster_norm's e = tid + j THREADS).
 // Up to NORM_PREFETCH values each; the rest are loaded at the end.
 #define NORM_PREFETCH 4
+// The partials come as quads (16-byte loads, 4 NORM_PREFETCH a thread) where they are whole quads at 16-byte
+// addresses (partials_quads: the 8B's 64 or 128 a row), else one float at a time.
+__device__ __forceinline__ bool partials_quads(const float* from, int blocks) {
+    return blocks % 4 == 0 && reinterpret_cast<unsigned long long>(from) % 16 == 0;
+}
 template <int THREADS>
 struct NormPrefetch {
     float a[NORM_PREFETCH], b[NORM_PREFETCH];
-    __device__ __forceinline__ void partials(const float* from, int count) {
+    float4 q[NORM_PREFETCH];  // the product after, partials_quads: quads p = 4 (tid + j THREADS)
+    __device__ __forceinline__ void partials(const float* from, int count, int blocks) {
+        if (partials_quads(from, blocks)) {
+#pragma unroll
+            for (int j = 0; j < NORM_PREFETCH; j++) {
+                const int p = 4 * (threadIdx.x + j * THREADS);
+                q[j] = p < count ? *reinterpret_cast<const float4*>(from + p) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+            return;
+        }
 #pragma unroll
         for (int j = 0; j < NORM_PREFETCH; j++) {
             const int p = threadIdx.x + j * THREADS;
@@ -175,33 +189,12 @@ struct NormPrefetch {
     }
 };
 
-// The product after: scales[m] for rows m < M (shared memory), from the partials (`from`, prefetched in part)
-// through `buffer` (M scale_blocks floats of shared memory), then each row summed by a warp (warp_row_sum).
+// scales[m] = rsqrt(sum of row m's partials / K + eps) for rows m < M from `partials` [M][blocks] in shared memory:
+// with whole quads (blocks % 4 == 0, 16-byte aligned) a group of 8 lanes a row (group_row_sum: a warp sums 4 rows at
+// once), else a warp a row (warp_row_sum); every block in the same order, so every block gets the same scales.
 template <int THREADS>
-__device__ __forceinline__ void row_scales(const GemmNorm& g, const float* from, const NormPrefetch<THREADS>& pre, int M, int K,
-                                           float* buffer, float* scales) {
-    const int count = M * g.scale_blocks;
-#pragma unroll
-    for (int j = 0; j < NORM_PREFETCH; j++) {
-        const int p = threadIdx.x + j * THREADS;
-        if (p < count) buffer[p] = pre.a[j];
-    }
-#pragma unroll 8
-    for (int p = threadIdx.x + NORM_PREFETCH * THREADS; p < count; p += THREADS) buffer[p] = from[p];
-    __syncthreads();
-    for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row (not a thread: 128 dependent adds)
-        const float sum = warp_row_sum(buffer + m * g.scale_blocks, g.scale_blocks);
-        if (threadIdx.x % 32 == 0) scales[m] = rsqrtf(sum / K + g.eps);
-    }
-    __syncthreads();
-}
-
-// row_scales, from partials already in shared memory (NormStage): a group of 8 lanes a row (group_row_sum), so a
-// warp sums 4 rows at once, every block in the same order (scale_blocks % 4 == 0: the 8B's 64 tiles; else a warp a
-// row, as row_scales).
-template <int THREADS>
-__device__ __forceinline__ void staged_row_scales(const GemmNorm& g, const float* partials, int M, int K, float* scales) {
-    if (g.scale_blocks % 4 == 0) {
+__device__ __forceinline__ void sum_row_scales(const GemmNorm& g, const float* partials, int M, int K, float* scales, bool quads) {
+    if (quads) {
         const int group = threadIdx.x / 8;
         for (int m0 = 0; m0 < M; m0 += THREADS / 8) {  // every lane of a warp takes part in its shuffles
             const int m = min(m0 + group, M - 1);
@@ -209,12 +202,47 @@ __device__ __forceinline__ void staged_row_scales(const GemmNorm& g, const float
             if (threadIdx.x % 8 == 0 && m0 + group < M) scales[m] = rsqrtf(sum / K + g.eps);
         }
     } else {
-        for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row
+        for (int m = threadIdx.x / 32; m < M; m += THREADS / 32) {  // a warp a row (not a thread: 128 dependent adds)
             const float sum = warp_row_sum(partials + m * g.scale_blocks, g.scale_blocks);
             if (threadIdx.x % 32 == 0) scales[m] = rsqrtf(sum / K + g.eps);
         }
     }
     __syncthreads();
+}
+
+// The product after: scales[m] for rows m < M (shared memory), from the partials (`from`, prefetched in part)
+// through `buffer` (M scale_blocks floats of shared memory, 16-byte aligned), then sum_row_scales.
+template <int THREADS>
+__device__ __forceinline__ void row_scales(const GemmNorm& g, const float* from, const NormPrefetch<THREADS>& pre, int M, int K,
+                                           float* buffer, float* scales) {
+    const int count = M * g.scale_blocks;
+    const bool quads = partials_quads(from, g.scale_blocks);
+    if (quads) {
+#pragma unroll
+        for (int j = 0; j < NORM_PREFETCH; j++) {
+            const int p = 4 * (threadIdx.x + j * THREADS);
+            if (p < count) *reinterpret_cast<float4*>(buffer + p) = pre.q[j];
+        }
+#pragma unroll 4
+        for (int p = 4 * (threadIdx.x + NORM_PREFETCH * THREADS); p < count; p += 4 * THREADS)
+            *reinterpret_cast<float4*>(buffer + p) = *reinterpret_cast<const float4*>(from + p);
+    } else {
+#pragma unroll
+        for (int j = 0; j < NORM_PREFETCH; j++) {
+            const int p = threadIdx.x + j * THREADS;
+            if (p < count) buffer[p] = pre.a[j];
+        }
+#pragma unroll 8
+        for (int p = threadIdx.x + NORM_PREFETCH * THREADS; p < count; p += THREADS) buffer[p] = from[p];
+    }
+    __syncthreads();
+    sum_row_scales<THREADS>(g, buffer, M, K, scales, quads);
+}
+
+// row_scales, from partials already in shared memory (NormStage, 16-byte aligned).
+template <int THREADS>
+__device__ __forceinline__ void staged_row_scales(const GemmNorm& g, const float* partials, int M, int K, float* scales) {
+    sum_row_scales<THREADS>(g, partials, M, K, scales, g.scale_blocks % 4 == 0);
 }
 
 // The end of a split-K block, for gemm_stream and gemm_wgmma: red [XROWS][RED_STRIDE] holds this block's sums

@@ -78,7 +78,7 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     pdl_wait();
     NormPrefetch<THREADS> pre;  // the rows' partial sums of the norm before this product (this row tile's)
     const float* partials = norm.scale_partials + (long long)m_base * norm.scale_blocks;
-    if constexpr (NORM == NORM_FINISH) pre.partials(partials, M * norm.scale_blocks);
+    if constexpr (NORM == NORM_FINISH) pre.partials(partials, M * norm.scale_blocks, norm.scale_blocks);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
         if (s < steps) load_x(s);

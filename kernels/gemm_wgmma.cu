@@ -99,7 +99,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
             if constexpr (NORM == NORM_FINISH) stage.partials(norm, M);
             else stage.template residual<ROWS / S, XROWS>(norm, M, N, n0 + blockIdx.y * (ROWS / S));
         } else {
-            if constexpr (NORM == NORM_FINISH) pre.partials(norm.scale_partials, M * norm.scale_blocks);
+            if constexpr (NORM == NORM_FINISH) pre.partials(norm.scale_partials, M * norm.scale_blocks, norm.scale_blocks);
             if constexpr (NORM == NORM_BEGIN) pre.residual(norm, M, N, n0 + blockIdx.y * (ROWS / S), ROWS / S, ROWS / S * XROWS);
         }
     };
