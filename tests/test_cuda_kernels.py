@@ -298,11 +298,11 @@ def test_a_model_of_8b_widths_gives_the_same_logits_with_the_norm_split():
     assert (split.argmax(axis=1) == plain.argmax(axis=1)).all()
 
 
-@pytest.mark.parametrize("T", [33, 64])
+@pytest.mark.parametrize("T", [16, 32, 33, 64])
 def test_tree_steps_of_8b_widths_give_the_same_logits_with_the_norm_split_forced(T):
-    """The split norm forced on (gemm_norm True) at 33 and 64 rows, where the O and down products begin it in 64-row
-    x boxes (NormStage: their residual slice in shared memory, down's clusters of 2 summing their partials on chip)
-    and qkv and the gated gate/up product finish it: a tree step of T nodes on a two-layer random model of
+    """The split norm on (gemm_norm True; the rule's choice up to 32 rows) at 16-64 rows, where from 17 rows the O
+    and down products begin it in 32- or 64-row x boxes (NormStage: their residual slice in shared memory, down's
+    clusters of 2 summing their partials on chip) and qkv and the gate/up product finish it: a tree step of T nodes on a two-layer random model of
     Llama-3.1-8B's widths, replayed from its captured graph, gives the logits of the unsplit norm within bf16 rounding
     and the same argmax."""
     import cupy as cp

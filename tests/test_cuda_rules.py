@@ -233,7 +233,7 @@ def test_gemm_dispatch_takes_the_measured_kernels(M):
 @pytest.mark.parametrize("M", [1, 16, 17, 32, 33, 64])
 def test_the_o_and_down_products_begin_the_norm_behind_them(M):
     """norm_split: the 8B O and down products (gemm_wgmma of one warpgroup a block) split the RMSNorm behind them with
-    the product after it up to 4 rows (decode; 16-64 rows measured slower); not where linear takes another kernel
+    the product after it up to 32 rows (decode, trees up to 32 nodes; 33-64 rows measured level); not where linear takes another kernel
     (the default model's O: gemm_stream up to 16 rows, cuBLAS past; the 8B LM head's shape: two warpgroups), nor
     with gemm_norm False; forced on (tests) wherever kernels/gemm_wgmma.cu has the _begin kernel (one warpgroup, 16-,
     32- and 64-row x boxes). The 32- and 64-row kernels hold the norm's values in shared memory past their ring
@@ -241,7 +241,7 @@ def test_the_o_and_down_products_begin_the_norm_behind_them(M):
     slice and its weights), a 70B-wide norm's 128 partials a row at full boxes do not, and that product takes the
     norm materialised."""
     rules = gemm_rules_backend()
-    assert rules.norm_split(M, 4096, 4096) == rules.norm_split(M, 4096, 14336) == (M <= 4)
+    assert rules.norm_split(M, 4096, 4096) == rules.norm_split(M, 4096, 14336) == (M <= 32)
     assert not rules.norm_split(M, 576, 576) and not rules.norm_split(M, 128256, 4096)
     # the products after it finish the norm where a _finish kernel is built (gemm_wgmma of one warpgroup: up to 64
     # rows; gemm_stream in k 128 stages: up to 16); not two warpgroups (a 70B-wide gate/up), nor cuBLAS

@@ -55,7 +55,7 @@ def stream_fits(N: int, K: int) -> bool:
     return K % 64 == 0 and N * K < 1 << 32
 
 
-NORM_SPLIT_ROWS = 4  # the most rows for which linear_norm splits the norm across two products (norm_split)
+NORM_SPLIT_ROWS = 32  # the most rows for which linear_norm splits the norm across two products (norm_split)
 # A product's part in a split norm (kernels/gemm.cuh, NormRole) as (its kernels' name suffix, their further arguments):
 # a plain product has none ("_finish": NormedRows.finish; "_begin": linear_norm)
 NO_NORM = ("", ())
@@ -114,10 +114,14 @@ class GemmLaunchers:
     def norm_split(self, M: int, N: int, K: int) -> bool:
         """Whether linear_norm splits the RMSNorm across the products around it: up to NORM_SPLIT_ROWS rows, where
         linear takes gemm_wgmma of one warpgroup a block (wgmma_takes_norm), bf16 (the 8B O and down products of a
-        decode step). Measured on an H200, 8B step at 512 keys, by turns (notes/norm_split_h200_stop48.log): plain
-        decode 4.300 -> 4.115 ms, one step ahead 4.236 -> 4.085, a decode step of 4 sequences 4.557 -> 4.375; split
-        up to 16 rows too, a T = 16 tree step 4.573 -> 4.705 (each block of the product after loads 16 x 128
-        partials at its end). gemm_norm forces it off, or on wherever wgmma_takes_norm (tests)."""
+        decode step and of trees up to 32 nodes). Measured on an H200, 8B step at 512 keys, by turns: decode
+        (notes/norm_split_h200_stop48.log) 4.300 -> 4.115 ms, one step ahead 4.236 -> 4.085, a decode step of 4
+        sequences 4.557 -> 4.375; trees (notes/norm_split_trees_h200_stop63.log, once the finishing products took
+        the partials in 16-byte quads) T = 16 4.479-4.505 -> 4.417-4.436, T = 32 4.642-4.656 -> 4.573-4.588, but
+        T = 64 level (4.861-4.882 -> 4.889-4.891): there O, qkv and gate/up each take ~2.5 µs more in the step
+        than unsplit, about what the two norm launches cost (a ring one stage shorter, room for the NormStage
+        beside a plain product's footprint, did not change it). gemm_norm forces it off, or on wherever
+        wgmma_takes_norm (tests)."""
         if self.gemm_norm is False or not (self.bf16 and self.hopper):
             return False
         if self.gemm_norm is None and not (M <= NORM_SPLIT_ROWS and self.own_gemm_chosen(M, N, K) and self.own_kernel(M, N, K) == "wgmma"):

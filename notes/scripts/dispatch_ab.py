@@ -57,8 +57,9 @@ them).
              loads and stores, 8 warps to sum at C = 4096)
   normoff    the RMSNorms after O and down as launches of their own (add_rmsnorm; before stop 47, norm_split has
              those products begin the norm and the products after them finish it)
-  normon     the RMSNorm split wherever the GEMM kernels have it (gemm_norm True: up to 16 rows), not only
-             up to NORM_SPLIT_ROWS
+  normon     the RMSNorm split wherever the GEMM kernels have it (gemm_norm True: up to 64 rows), not only up to
+             NORM_SPLIT_ROWS (32 since stop 63)
+  splitrowsN the RMSNorm split up to N rows (NORM_SPLIT_ROWS; 4 before stop 63)
   onepart    TIMING ONLY, wrong outputs: the products that finish a split norm read one partial sum a row, not one
              per block of the product before (the most a norm whose partials are summed before the product after
              could save there)
@@ -69,7 +70,7 @@ them).
              kernels take the same arguments or a prefix of them): the kernels alone A/B'd under the same rules
   A+B        both
 
-    PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
+    [TREES=8,16,...] PYTHONPATH=$PWD python3 notes/scripts/dispatch_ab.py [rounds] [variant,...]
 """
 import os
 import sys
@@ -85,7 +86,7 @@ from minispec.model import Model
 cp = require_gpu()
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 VARIANTS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["rule", "silu"]
-TREES = (16, 32, 64)
+TREES = tuple(int(t) for t in os.environ.get("TREES", "16,32,64").split(","))  # the tree steps timed
 be = CudaBackend()
 cfg = llama_8b_config()
 cp.random.seed(0)
@@ -178,6 +179,7 @@ def maps_promoted(kind: str | None, promotion: int = 0) -> None:
 
 
 FINISH = cuda_gemm.NormedRows.finish
+SPLIT_ROWS = cuda_gemm.NORM_SPLIT_ROWS
 
 ADD_RMSNORM4 = '''
 extern "C" __global__ void add_rmsnorm4(const float* __restrict__ x, float* __restrict__ residual, int has_residual,
@@ -243,6 +245,7 @@ def apply(variant: str) -> None:
     be.attention_wgmma = None
     be.attention_warps = None
     be.gemm_norm = None
+    cuda_gemm.NORM_SPLIT_ROWS = SPLIT_ROWS
     cuda_gemm.NormedRows.finish = FINISH
     use_elementwise("rule")
     for name in ("launch", "add_rmsnorm", "rope_write_kv"):
@@ -321,6 +324,8 @@ def apply(variant: str) -> None:
             be.gemm_norm = False
         elif part == "normon":
             be.gemm_norm = True
+        elif part.startswith("splitrows"):
+            cuda_gemm.NORM_SPLIT_ROWS = int(part[9:])
         elif part == "onepart":
             cuda_gemm.NormedRows.finish = lambda rows: ("_finish", (rows.partials, np.int32(1), np.float32(rows.eps)))
         elif part == "nowg":
