@@ -155,16 +155,22 @@ __device__ __forceinline__ float warp_row_sum(const float* values, int count) {
 // Up to NORM_PREFETCH values each; the rest are loaded at the end.
 #define NORM_PREFETCH 4
 // The partials come as quads (16-byte loads, 4 NORM_PREFETCH a thread) where they are whole quads at 16-byte
-// addresses (partials_quads: the 8B's 64 or 128 a row), else one float at a time.
+// addresses (partials_quads: the 8B's 64 or 128 a row) and the kernel takes them so (QUADS: gemm_stream's 16-row
+// kernels, gemm_wgmma's gated ones), else one float at a time. Measured on an H200 (the 8B step by turns,
+// notes/norm_split_trees_h200_stop63.log): quads in every finishing kernel took the T = 16 step ~84 µs below
+// scalar loads but decode 27 µs above (gemm_wgmma's 16-row kernel then needs 61 registers, not 34; one row's 128
+// partials are only 4 a lane for a warp), and still 13-18 above with gemm_stream's 8-row kernels scalar; quads
+// only where set here: T = 16 58 µs below, decode and T = 4 level with the same bits.
+template <bool QUADS>
 __device__ __forceinline__ bool partials_quads(const float* from, int blocks) {
-    return blocks % 4 == 0 && reinterpret_cast<unsigned long long>(from) % 16 == 0;
+    return QUADS && blocks % 4 == 0 && reinterpret_cast<unsigned long long>(from) % 16 == 0;
 }
-template <int THREADS>
+template <int THREADS, bool QUADS = true>
 struct NormPrefetch {
     float a[NORM_PREFETCH], b[NORM_PREFETCH];
     float4 q[NORM_PREFETCH];  // the product after, partials_quads: quads p = 4 (tid + j THREADS)
     __device__ __forceinline__ void partials(const float* from, int count, int blocks) {
-        if (partials_quads(from, blocks)) {
+        if (partials_quads<QUADS>(from, blocks)) {
 #pragma unroll
             for (int j = 0; j < NORM_PREFETCH; j++) {
                 const int p = 4 * (threadIdx.x + j * THREADS);
@@ -212,11 +218,11 @@ __device__ __forceinline__ void sum_row_scales(const GemmNorm& g, const float* p
 
 // The product after: scales[m] for rows m < M (shared memory), from the partials (`from`, prefetched in part)
 // through `buffer` (M scale_blocks floats of shared memory, 16-byte aligned), then sum_row_scales.
-template <int THREADS>
-__device__ __forceinline__ void row_scales(const GemmNorm& g, const float* from, const NormPrefetch<THREADS>& pre, int M, int K,
-                                           float* buffer, float* scales) {
+template <int THREADS, bool QUADS>
+__device__ __forceinline__ void row_scales(const GemmNorm& g, const float* from, const NormPrefetch<THREADS, QUADS>& pre, int M,
+                                           int K, float* buffer, float* scales) {
     const int count = M * g.scale_blocks;
-    const bool quads = partials_quads(from, g.scale_blocks);
+    const bool quads = partials_quads<QUADS>(from, g.scale_blocks);
     if (quads) {
 #pragma unroll
         for (int j = 0; j < NORM_PREFETCH; j++) {
@@ -280,8 +286,8 @@ __device__ __forceinline__ void store_cluster_sums(const float* red, float* __re
 // The product before a norm (GemmNorm, x_out set): as store_cluster_sums, r = y + residual to residual_out, x' to
 // x_out, and the block's partial sums of r^2 (its columns by warp_row_sum; squares: XROWS x ROWS / S floats of
 // shared memory) to partials_out[m][bx S + rank].
-template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
-__device__ __forceinline__ void store_cluster_norm(const float* red, const GemmNorm& g, const NormPrefetch<THREADS>& pre, int M,
+template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS, bool QUADS>
+__device__ __forceinline__ void store_cluster_norm(const float* red, const GemmNorm& g, const NormPrefetch<THREADS, QUADS>& pre, int M,
                                                    int N, int n0, float* squares) {
     if constexpr (S > 1) cluster_sync();
     constexpr int SLICE = ROWS / S, ITEMS = (SLICE * XROWS + THREADS - 1) / THREADS;

@@ -76,7 +76,7 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     for (int s = 0; s < STAGES - 1; s++)
         if (s < steps) load_weights(s);
     pdl_wait();
-    NormPrefetch<THREADS> pre;  // the rows' partial sums of the norm before this product (this row tile's)
+    NormPrefetch<THREADS, (R > 8)> pre;  // the rows' partial sums of the norm before this product (this row tile's)
     const float* partials = norm.scale_partials + (long long)m_base * norm.scale_blocks;
     if constexpr (NORM == NORM_FINISH) pre.partials(partials, M * norm.scale_blocks, norm.scale_blocks);
 #pragma unroll
@@ -146,7 +146,7 @@ __device__ __forceinline__ void gemm_stream_body(const __nv_bfloat16* __restrict
     float* scales = nullptr;  // the norm before this product (GemmNorm): its rows' scales, after the reduction buffer
     if constexpr (NORM == NORM_FINISH) {
         scales = red + R * RED_STRIDE;
-        row_scales<THREADS>(norm, partials, pre, M, K, scales + R, scales);
+        row_scales(norm, partials, pre, M, K, scales + R, scales);
     }
     if constexpr (GLU)
         store_cluster_glu<S, R, RED_STRIDE, THREADS, ROWS / 2>(red, reinterpret_cast<__nv_bfloat16*>(out) + (long long)m_base * N, M, N, n0,

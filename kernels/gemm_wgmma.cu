@@ -91,7 +91,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     // the norm's values for the end (GemmNorm), fetched right after pdl_wait, under the products: in registers (16-row
     // boxes, the gated kernels), or for 32- and 64-row boxes in shared memory past the ring's barriers (NormStage)
     constexpr bool STAGED = NORM != NORM_NONE && !GLU && XROWS >= 32;
-    NormPrefetch<THREADS> pre;
+    NormPrefetch<THREADS, XROWS == 64> pre;  // partials as quads in the gated kernels (kernels/gemm.cuh: NormPrefetch)
     NormStage<128 * WGS> stage{reinterpret_cast<float*>(ring.empty + STAGES)};
     auto prefetch = [&] {
         if constexpr (STAGED) {
@@ -158,7 +158,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     if constexpr (NORM == NORM_FINISH) {
         scales = red + XROWS * RED_STRIDE;
         if constexpr (STAGED) staged_row_scales<THREADS>(norm, stage.at, M, K, scales);
-        else row_scales<THREADS>(norm, norm.scale_partials, pre, M, K, scales + XROWS, scales);
+        else row_scales(norm, norm.scale_partials, pre, M, K, scales + XROWS, scales);
     }
     if constexpr (GLU) {
         store_cluster_glu<1, XROWS, RED_STRIDE, THREADS, ROWS / 2>(red, reinterpret_cast<__nv_bfloat16*>(out), M, N, n0, scales);

@@ -336,7 +336,19 @@ def test_tree_steps_of_8b_widths_give_the_same_logits_with_the_norm_split_forced
     be.gemm_norm = None
     split, plain = logits[True], logits[False]
     assert_close(split, plain, 2e-2, 2e-2 * np.abs(plain).max(), f"T = {T}: logits with the norm split")
-    assert (split.argmax(axis=1) == plain.argmax(axis=1)).all()
+    assert_argmax_agrees(split, plain, f"T = {T}: argmax with the norm split")
+
+
+def assert_argmax_agrees(got, ref, what: str) -> None:
+    """got's argmax is ref's in every row but near-ties: where they differ, ref's two candidates lie within the two
+    sets of logits' largest difference of each other (bf16 rounding in another order can flip either way there),
+    and that happens in at most one row in ten. (Random models have such rows: stop 63, T = 16, one row.)"""
+    a, b = got.argmax(axis=1), ref.argmax(axis=1)
+    rows = np.flatnonzero(a != b)
+    slack = float(np.abs(got - ref).max())
+    gaps = ref[rows, b[rows]] - ref[rows, a[rows]]
+    assert (gaps <= 2 * slack).all(), f"{what}: rows {rows.tolist()} differ by {gaps.tolist()} (rounding {slack})"
+    assert len(rows) <= len(ref) // 10, f"{what}: rows {rows.tolist()} of {len(ref)} differ"
 
 
 @pytest.mark.parametrize("M", [1, 17, 33, 64])

@@ -116,12 +116,13 @@ class GemmLaunchers:
         linear takes gemm_wgmma of one warpgroup a block (wgmma_takes_norm), bf16 (the 8B O and down products of a
         decode step and of trees up to 32 nodes). Measured on an H200, 8B step at 512 keys, by turns: decode
         (notes/norm_split_h200_stop48.log) 4.300 -> 4.115 ms, one step ahead 4.236 -> 4.085, a decode step of 4
-        sequences 4.557 -> 4.375; trees (notes/norm_split_trees_h200_stop63.log, once the finishing products took
-        the partials in 16-byte quads) T = 16 4.479-4.505 -> 4.417-4.436, T = 32 4.642-4.656 -> 4.573-4.588, but
-        T = 64 level (4.861-4.882 -> 4.889-4.891): there O, qkv and gate/up each take ~2.5 µs more in the step
-        than unsplit, about what the two norm launches cost (a ring one stage shorter, room for the NormStage
-        beside a plain product's footprint, did not change it). gemm_norm forces it off, or on wherever
-        wgmma_takes_norm (tests)."""
+        sequences 4.557 -> 4.375; trees (notes/norm_split_trees_h200_stop63.log), once gate/up takes the partials
+        in 16-byte quads (all 16 rows' 2,048 under its products, kernels/gemm.cuh NormPrefetch), by turns against
+        the split up to 4 rows: T = 16 4.466 -> 4.408 ms (4.631 -> 4.548 at 2,049 keys), T = 32 4.642-4.656 ->
+        4.573-4.588, T = 8 4.420 -> 4.307 (an earlier form of the kernels); at T = 64 level (4.861-4.882 ->
+        4.889-4.891): there O, qkv and gate/up each take ~2.5 µs more in the step than unsplit, about what the two
+        norm launches cost (a ring one stage shorter, room for the NormStage beside a plain product's footprint, did
+        not change it). gemm_norm forces it off, or on wherever wgmma_takes_norm (tests)."""
         if self.gemm_norm is False or not (self.bf16 and self.hopper):
             return False
         if self.gemm_norm is None and not (M <= NORM_SPLIT_ROWS and self.own_gemm_chosen(M, N, K) and self.own_kernel(M, N, K) == "wgmma"):
