@@ -45,9 +45,9 @@ __device__ __forceinline__ float4 cluster_sum4(const float* local) {
 // So the norm's launch, and the waits for it, are gone, and no block waits for another. h W^T is formed as
 // s (bf16(r weight) W^T) instead of bf16(r s weight) W^T: the same rounding, at another place (not add_rmsnorm's
 // bits). Why: the two norm launches a layer were 5.6% of the 8B decode step; split, that step went 4.300 -> 4.115 ms
-// on an H200 (notes/norm_split_h200_stop48.log). At 16 rows it was slower: each block of the product after loads
-// 16 x 128 partials, most at its end (read as one a row, timing only, it was 1.9% faster), so the backend splits up
-// to 4 rows.
+// on an H200 (notes/norm_split_h200_stop48.log). At 16 rows it was slower then: each block of the product after
+// loaded 16 x 128 partials, most at its end (read as one a row, timing only, it was 1.9% faster); since the gated
+// product takes them all under its products as quads (NormPrefetch) the backend splits up to 32 rows (stop 63).
 // 32- and 64-row gemm_wgmma kernels (not the gated ones) take the norm's values from shared memory instead
 // (NormStage): right after the wait their consumers copy them there with cp.async, past the ring, so the end reads
 // no global memory; and the product before a norm sums its split-K cluster's partials on chip, one a row a tile
@@ -320,10 +320,10 @@ __device__ __forceinline__ void store_cluster_norm(const float* red, const GemmN
 // [XROWS][SLICE] then the weight [SLICE]), in 16-byte items (4 adjacent columns a thread, as store_cluster_sums), and
 // one partial a row a cluster: the QUADS = SLICE / 4 items of a row sit in QUADS consecutive lanes (THREADS % QUADS
 // == 0), which sum the row's r^2 over the block's columns by a butterfly into rowsum [XROWS] of shared memory; rank 0
-// adds its cluster's in rank order to partials_out[m][blockIdx.x]. squares: unused (the row sums stay in registers).
+// adds its cluster's in rank order to partials_out[m][blockIdx.x].
 template <int S, int ROWS, int XROWS, int RED_STRIDE, int THREADS>
 __device__ __forceinline__ void store_cluster_norm_staged(const float* red, const GemmNorm& g, const float* staged, int M,
-                                                          int N, int n0, float* squares, float* rowsum) {
+                                                          int N, int n0, float* rowsum) {
     if constexpr (S > 1) cluster_sync();
     constexpr int SLICE = ROWS / S, QUADS = SLICE / 4, ITEMS = (QUADS * XROWS + THREADS - 1) / THREADS;
     static_assert(SLICE % 4 == 0 && 32 % QUADS == 0 && THREADS % QUADS == 0 && RED_STRIDE % 4 == 0,
@@ -359,7 +359,6 @@ __device__ __forceinline__ void store_cluster_norm_staged(const float* red, cons
         for (int offset = QUADS / 2; offset > 0; offset >>= 1) square += __shfl_xor_sync(0xffffffff, square, offset);
         if (e % QUADS == 0 && e < QUADS * XROWS) rowsum[m] = square;
     }
-    (void)squares;
     if constexpr (S > 1) cluster_sync(); else __syncthreads();  // every rank's row sums are in its shared memory
     if (rank == 0)
         for (int m = threadIdx.x; m < M; m += THREADS) {

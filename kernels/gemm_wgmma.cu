@@ -165,8 +165,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
         return;
     }
     if constexpr (NORM == NORM_BEGIN && STAGED)  // the norm after this product
-        store_cluster_norm_staged<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, norm, stage.at, M, N, n0, red + XROWS * RED_STRIDE,
-                                                                       red + XROWS * RED_STRIDE + ROWS / S * XROWS);
+        store_cluster_norm_staged<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, norm, stage.at, M, N, n0, red + XROWS * RED_STRIDE);
     else if constexpr (NORM == NORM_BEGIN)
         store_cluster_norm<S, ROWS, XROWS, RED_STRIDE, THREADS>(red, norm, pre, M, N, n0, red + XROWS * RED_STRIDE);
     else
