@@ -67,8 +67,8 @@ struct GemmNorm {
 // A product's part in it, a template argument, so that a plain product's kernel has none of this code: the kernels
 // that finish a norm are the plain ones' names with "_finish" and three more arguments, those that begin one with
 // "_begin" and five (NORM_PARAMS_<suffix>). Built only where the split serves (cuda_gemm.norm_split and
-// finishes_norm): gemm_wgmma of one warpgroup in 16-row boxes, gemm_stream and gemm_stream_glu in k 128 stages,
-// gemm_wgmma_glu.
+// finishes_norm): gemm_wgmma of one warpgroup in 16-, 32- and 64-row boxes, gemm_stream and gemm_stream_glu in k 128
+// stages, gemm_wgmma_glu.
 enum NormRole { NORM_NONE, NORM_FINISH, NORM_BEGIN };
 #define NORM_ROLE_ NORM_NONE
 #define NORM_PARAMS_
