@@ -195,7 +195,7 @@ def gemm_rules_backend(sm_count: int = 132):
     names = ("wgmma_gemm_fits", "wgmma_tile_bytes", "wgmma_shape", "wgmma_groups", "wgmma_cluster_size", "own_gemm_serves",
              "own_gemm_chosen", "own_kernel", "glu_kernel", "wgmma_glu_groups", "stream_launch_shape", "stream_cluster_size",
              "norm_split", "wgmma_persistent", "finishes_norm", "wgmma_takes_norm", "wgmma_stage_room", "wgmma_stage_bytes",
-             "wgmma_norm_stage_fits")
+             "wgmma_norm_stage_fits", "wgmma_box_rows")
     rules = type("Rules", (), {name: getattr(CudaBackend, name) for name in names})()
     rules.sm_count, rules.hopper, rules.gemm_wgmma_groups, rules.gemm_cluster = sm_count, True, None, None
     rules.shared_optin = 227 * 1024  # an H100's or H200's opt-in shared memory a block

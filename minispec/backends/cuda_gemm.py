@@ -105,7 +105,7 @@ class GemmLaunchers:
         G, S = self.wgmma_shape(N, K, M)
         h, residual_out = cp.empty((M, N), dtype=self.store_dtype), cp.empty((M, N), dtype=cp.float32)
         # a partial a row a block; the 32- and 64-row kernels (NormStage) sum a cluster's on chip: one a tile
-        staged = (self.gemm_wgmma_xrows or wgmma_xrows(M, G)) >= 32
+        staged = self.wgmma_box_rows(M, G) >= 32
         partials = cp.empty((M, -(-N // 64) * (1 if staged else S)), dtype=cp.float32)
         begin = ("_begin", (np.uint64(0) if residual is None else residual, residual_out, norm_weight, h, partials))
         self.gemm_wgmma(x, weight, np.uint64(0), begin)
@@ -136,7 +136,7 @@ class GemmLaunchers:
         if not (0 < M <= 64 and K % 64 == 0):
             return False
         G, S = self.wgmma_shape(N, K, M)
-        X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
+        X = self.wgmma_box_rows(M, G)
         if G != 1 or X not in (16, 32, 64) or M > X or K % (64 * S) or self.wgmma_persistent(-(-N // 64), G, X, S):
             return False
         return X == 16 or self.wgmma_stage_bytes(X, S, "_begin") <= self.wgmma_stage_room(X)
@@ -157,7 +157,7 @@ class GemmLaunchers:
     def wgmma_norm_stage_fits(self, M: int, N: int, K: int, partials: int) -> bool:
         """Whether the gemm_wgmma kernel for x [M, K], W [N, K] can hold a norm's `partials` floats (NormStage)."""
         G, _ = self.wgmma_shape(N, K, M)
-        X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
+        X = self.wgmma_box_rows(M, G)
         return self.wgmma_stage_bytes(X, 1, "_finish", partials) <= self.wgmma_stage_room(X) if X >= 32 else True
 
     def linear(self, x, weight):
@@ -276,7 +276,7 @@ class GemmLaunchers:
         G, S = self.wgmma_shape(N, K, M)
         if K % (64 * S):
             raise ValueError(f"gemm_wgmma: K = {K} is not a multiple of 64 x {S} blocks per cluster")
-        X = self.gemm_wgmma_xrows or wgmma_xrows(M, G)
+        X = self.wgmma_box_rows(M, G)
         if M > X or (G, X) not in WGMMA_GEMM_STAGES:
             raise ValueError(f"gemm_wgmma: no kernel of {G} warpgroups a block takes {M} rows in {X}-row x boxes")
         if norm != NO_NORM and not self.wgmma_takes_norm(M, N, K):
@@ -313,6 +313,11 @@ class GemmLaunchers:
         (gemm_wgmma_groups, gemm_cluster), else by wgmma_groups and wgmma_cluster_size."""
         G = self.gemm_wgmma_groups or self.wgmma_groups(N)
         return G, self.gemm_cluster or self.wgmma_cluster_size(-(-N // (64 * G)), K, G, M)
+
+    def wgmma_box_rows(self, M: int, G: int) -> int:
+        """gemm_wgmma's x rows a box (16, 32 or 64) for M rows at G warpgroups a block: forced (gemm_wgmma_xrows), else
+        wgmma_xrows."""
+        return self.gemm_wgmma_xrows or wgmma_xrows(M, G)
 
     def launch_wgmma(self, name: str, G: int, X: int, grid, x, weight, box_rows: int, out, N: int, stages: int = 0,
                      norm: tuple = NO_NORM) -> None:
