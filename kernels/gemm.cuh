@@ -70,12 +70,21 @@ struct GemmNorm {
 // finishes_norm): gemm_wgmma of one warpgroup in 16-, 32- and 64-row boxes, gemm_stream and gemm_stream_glu in k 128
 // stages, gemm_wgmma_glu.
 enum NormRole { NORM_NONE, NORM_FINISH, NORM_BEGIN };
+// whether gemm_wgmma's kernel of a role and XROWS takes the partials as quads (NormPrefetch's QUADS)
+#define NORM_QUADS_(XROWS) false
+#define NORM_QUADS__finish(XROWS) (XROWS == 64)
+#define NORM_QUADS__finishq(XROWS) true
+#define NORM_QUADS__begin(XROWS) (XROWS == 64)
 #define NORM_ROLE_ NORM_NONE
 #define NORM_PARAMS_
 #define NORM_ARGS_ GemmNorm{}
 #define NORM_ROLE__finish NORM_FINISH
 #define NORM_PARAMS__finish , const float *scale_partials, int scale_blocks, float eps
 #define NORM_ARGS__finish GemmNorm{scale_partials, scale_blocks, eps, nullptr, nullptr, nullptr, nullptr, nullptr}
+// _finishq (gemm_wgmma's 16-row boxes from 5 rows): _finish with the partials prefetched as quads (NormPrefetch)
+#define NORM_ROLE__finishq NORM_FINISH
+#define NORM_PARAMS__finishq NORM_PARAMS__finish
+#define NORM_ARGS__finishq NORM_ARGS__finish
 #define NORM_ROLE__begin NORM_BEGIN
 #define NORM_PARAMS__begin , const float *residual, float *residual_out, const float *norm_weight, __nv_bfloat16 *x_out, float *partials_out
 #define NORM_ARGS__begin GemmNorm{nullptr, 0, 0.0f, residual, residual_out, norm_weight, x_out, partials_out}

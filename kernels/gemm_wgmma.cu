@@ -72,7 +72,7 @@ struct WgmmaRing {
     }
 };
 
-template <int WGS, int XROWS, int STAGES, int S, bool GLU, NormRole NORM>
+template <int WGS, int XROWS, int STAGES, int S, bool GLU, NormRole NORM, bool QUADS = (XROWS == 64)>
 __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K,
                                 const GemmNorm& norm) {
     static_assert(!GLU || (WGS % 2 == 0 && S == 1), "the gated epilogue pairs gate and up warpgroups' rows in one block");
@@ -91,7 +91,7 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     // the norm's values for the end (GemmNorm), fetched right after pdl_wait, under the products: in registers (16-row
     // boxes, the gated kernels), or for 32- and 64-row boxes in shared memory past the ring's barriers (NormStage)
     constexpr bool STAGED = NORM != NORM_NONE && !GLU && XROWS >= 32;
-    NormPrefetch<THREADS, XROWS == 64> pre;  // partials as quads in the gated kernels (kernels/gemm.cuh: NormPrefetch)
+    NormPrefetch<THREADS, QUADS> pre;  // partials as quads: the gated kernels, _finishq (kernels/gemm.cuh: NormPrefetch)
     NormStage<128 * WGS> stage{reinterpret_cast<float*>(ring.empty + STAGES)};
     auto prefetch = [&] {
         if constexpr (STAGED) {
@@ -181,12 +181,13 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
 // notes/gemm_xrows_ab_h100_stop37.log). Rings that leave room for a second block an SM, so that the next call's
 // blocks copy their first stages beside this one's, and x in a shallow ring of its own were slower (same log).
 // Two warpgroups serve the rest (gate/up, LM head), two blocks an SM: 4 stages, 96 KB.
-// ROLE: empty (a plain product), _finish or _begin (NormRole).
+// ROLE: empty (a plain product), _finish, _finishq or _begin (NormRole).
 #define GEMM_WGMMA(WGS, XROWS, STAGES, ROLE, S, CLUSTER)                                                             \
     extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_x##XROWS##_s##S##ROLE( \
         const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K \
             NORM_PARAMS_##ROLE) {                                                                                     \
-        gemm_wgmma_body<WGS, XROWS, STAGES, S, false, NORM_ROLE_##ROLE>(w_map, x_map, y, M, N, K, NORM_ARGS_##ROLE); \
+        gemm_wgmma_body<WGS, XROWS, STAGES, S, false, NORM_ROLE_##ROLE, NORM_QUADS_##ROLE(XROWS)>(w_map, x_map, y, M, N, K, \
+                                                                                              NORM_ARGS_##ROLE);      \
     }
 #define GEMM_WGMMA_CLUSTERS(WGS, XROWS, STAGES, ...) SPLIT_K_CLUSTERS(GEMM_WGMMA, WGS, XROWS, STAGES, __VA_ARGS__)
 GEMM_WGMMA_CLUSTERS(1, 64, 13, )
@@ -194,6 +195,7 @@ GEMM_WGMMA_CLUSTERS(1, 32, 18, )
 GEMM_WGMMA_CLUSTERS(1, 16, 22, )
 GEMM_WGMMA_CLUSTERS(2, 64, 4, )
 GEMM_WGMMA_CLUSTERS(1, 16, 22, _finish)
+GEMM_WGMMA_CLUSTERS(1, 16, 22, _finishq)  // from 5 rows (cuda_gemm.FINISH_QUADS_ROWS)
 GEMM_WGMMA_CLUSTERS(1, 16, 22, _begin)
 GEMM_WGMMA_CLUSTERS(1, 32, 18, _finish)  // NormStage: the partials (or the residual slice) past the ring
 GEMM_WGMMA_CLUSTERS(1, 32, 18, _begin)

@@ -55,6 +55,9 @@ def stream_fits(N: int, K: int) -> bool:
     return K % 64 == 0 and N * K < 1 << 32
 
 
+# gemm_wgmma's 16-row kernels that finish a split norm take its partials one float a thread up to this many rows
+# (all of a row's 128 under the products up to 5 rows; quads cost decode ~0.5 µs a layer, stop 63), as quads above
+FINISH_SCALAR_ROWS = 4
 NORM_SPLIT_ROWS = 32  # the most rows for which linear_norm splits the norm across two products (norm_split)
 # A product's part in a split norm (kernels/gemm.cuh, NormRole) as (its kernels' name suffix, their further arguments):
 # a plain product has none ("_finish": NormedRows.finish; "_begin": linear_norm)
@@ -288,6 +291,8 @@ class GemmLaunchers:
             name, grid = f"gemm_wgmma_tiles_w{G}_x{X}", (min(tiles, 2 * self.sm_count),)
         else:
             name, grid = f"gemm_wgmma_w{G}_x{X}_s{S}", (tiles, S)
+        if norm[0] == "_finish" and X == 16 and M > FINISH_SCALAR_ROWS:
+            norm = ("_finishq", norm[1])  # the partials as quads (kernels/gemm.cuh, NormPrefetch)
         self.launch_wgmma(name, G, X, grid, x, weight, 64 * G, y, N, norm=norm)
 
     def finishes_norm(self, kernel: str, M: int, N: int, K: int) -> bool:

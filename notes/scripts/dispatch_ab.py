@@ -60,6 +60,8 @@ them).
   normon     the RMSNorm split wherever the GEMM kernels have it (gemm_norm True: up to 64 rows), not only up to
              NORM_SPLIT_ROWS (32 since stop 63)
   splitrowsN the RMSNorm split up to N rows (NORM_SPLIT_ROWS; 4 before stop 63)
+  scalarrowsN  gemm_wgmma's 16-row finishing kernels take the partials one float a thread up to N rows
+             (FINISH_SCALAR_ROWS; quads above, _finishq; scalarrows16: never quads, main before this branch)
   onepart    TIMING ONLY, wrong outputs: the products that finish a split norm read one partial sum a row, not one
              per block of the product before (the most a norm whose partials are summed before the product after
              could save there)
@@ -180,6 +182,7 @@ def maps_promoted(kind: str | None, promotion: int = 0) -> None:
 
 FINISH = cuda_gemm.NormedRows.finish
 SPLIT_ROWS = cuda_gemm.NORM_SPLIT_ROWS
+SCALAR_ROWS = cuda_gemm.FINISH_SCALAR_ROWS
 
 ADD_RMSNORM4 = '''
 extern "C" __global__ void add_rmsnorm4(const float* __restrict__ x, float* __restrict__ residual, int has_residual,
@@ -246,6 +249,7 @@ def apply(variant: str) -> None:
     be.attention_warps = None
     be.gemm_norm = None
     cuda_gemm.NORM_SPLIT_ROWS = SPLIT_ROWS
+    cuda_gemm.FINISH_SCALAR_ROWS = SCALAR_ROWS
     cuda_gemm.NormedRows.finish = FINISH
     use_elementwise("rule")
     for name in ("launch", "add_rmsnorm", "rope_write_kv"):
@@ -326,6 +330,8 @@ def apply(variant: str) -> None:
             be.gemm_norm = True
         elif part.startswith("splitrows"):
             cuda_gemm.NORM_SPLIT_ROWS = int(part[9:])
+        elif part.startswith("scalarrows"):
+            cuda_gemm.FINISH_SCALAR_ROWS = int(part[10:])
         elif part == "onepart":
             cuda_gemm.NormedRows.finish = lambda rows: ("_finish", (rows.partials, np.int32(1), np.float32(rows.eps)))
         elif part == "nowg":
