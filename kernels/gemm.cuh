@@ -165,11 +165,13 @@ __device__ __forceinline__ float warp_row_sum(const float* values, int count) {
 #define NORM_PREFETCH 4
 // The partials come as quads (16-byte loads, 4 NORM_PREFETCH a thread) where they are whole quads at 16-byte
 // addresses (partials_quads: the 8B's 64 or 128 a row) and the kernel takes them so (QUADS: gemm_stream's 16-row
-// kernels, gemm_wgmma's gated ones), else one float at a time. Measured on an H200 (the 8B step by turns,
-// notes/norm_split_trees_h200_stop63.log): quads in every finishing kernel took the T = 16 step ~84 µs below
-// scalar loads but decode 27 µs above (gemm_wgmma's 16-row kernel then needs 61 registers, not 34; one row's 128
-// partials are only 4 a lane for a warp), and still 13-18 above with gemm_stream's 8-row kernels scalar; quads
-// only where set here: T = 16 58 µs below, decode and T = 4 level with the same bits.
+// kernels, gemm_wgmma's gated ones and its 16-row _finishq, from 5 rows), else one float at a time. Measured on an
+// H200 (the 8B step by turns, notes/norm_split_trees_h200_stop63.log): quads in every finishing kernel took the
+// T = 16 step ~84 µs below scalar loads but decode 27 µs above (gemm_wgmma's 16-row kernel then needs 61 registers,
+// not 34; one row's 128 partials are only 4 a lane for a warp), and still 13-18 above with gemm_stream's 8-row
+// kernels scalar; quads only in those two: T = 16 58 µs below, decode and T = 4 level with the same bits; with
+// _finishq from 5 rows as well (stop 64, notes/finish_quads_h200_stop64.log) T = 16 another 31-33 µs below, T = 8
+// 27, decode, T = 4 and T = 64 level with the same bits.
 template <bool QUADS>
 __device__ __forceinline__ bool partials_quads(const float* from, int blocks) {
     return QUADS && blocks % 4 == 0 && reinterpret_cast<unsigned long long>(from) % 16 == 0;

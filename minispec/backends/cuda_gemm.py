@@ -57,6 +57,7 @@ def stream_fits(N: int, K: int) -> bool:
 
 # gemm_wgmma's 16-row kernels that finish a split norm take its partials one float a thread up to this many rows
 # (all of a row's 128 under the products up to 5 rows; quads cost decode ~0.5 µs a layer, stop 63), as quads above
+# (_finishq: the 8B T = 16 step 31-33 µs faster, T = 8 27, on an H200, notes/finish_quads_h200_stop64.log)
 FINISH_SCALAR_ROWS = 4
 NORM_SPLIT_ROWS = 32  # the most rows for which linear_norm splits the norm across two products (norm_split)
 # A product's part in a split norm (kernels/gemm.cuh, NormRole) as (its kernels' name suffix, their further arguments):
