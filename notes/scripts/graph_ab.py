@@ -1,9 +1,10 @@
 """A/B of step graphs: µs per replay (20 back to back) of model.forward(plan) on random weights.
-usage (repo root): PYTHONPATH=$PWD python3 notes/scripts/graph_ab.py TAG [smol,8b,8bfused] [nopdl]
+usage (repo root): [CASES=512/1,512/8] PYTHONPATH=$PWD python3 notes/scripts/graph_ab.py TAG [smol,8b,8bfused] [nopdl]
 (nopdl: every launch through CuPy, without programmatic dependent launch, so no kernel overlaps the one before it)
 An older build beside it: `git archive REV minispec kernels | tar -x -C .old`, then in .old
 `PYTHONPATH=$PWD python3 ../notes/scripts/graph_ab.py old` (the script imports whichever minispec is on the path)."""
 import hashlib
+import os
 import sys
 import numpy as np
 from minispec.backends.cuda_backend import CudaBackend
@@ -19,6 +20,8 @@ print(tag, minispec.__file__, flush=True)
 CASES = {"smol": [(513, 1), (513, 4), (513, 16), (1024, 1), (2049, 1), (2049, 4), (2049, 16), (4100, 1)],
          "8b": [(512, 1), (512, 4), (512, 16), (512, 64), (2049, 1), (2049, 16), (2049, 64)],
          "8bfused": [(513, 1), (2049, 1), (4100, 1)]}
+if os.environ.get("CASES"):  # CASES=512/1,512/8: these (context, T) for every model instead
+    CASES = {name: [tuple(int(v) for v in case.split("/")) for case in os.environ["CASES"].split(",")] for name in CASES}
 for name in models:
     cfg = llama_8b_config() if name.startswith("8b") else smollm2_135m_config()
     be = CudaBackend()
