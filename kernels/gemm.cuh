@@ -1,5 +1,6 @@
 // The pieces both families of small-M products (gemm_stream, on mma.sync: gemm_stream.cuh, instanced in gemm.cu and
-// gemm_fused.cu; gemm_wgmma.cu: gemm_wgmma, on warpgroup MMA) share: the split-K cluster sums, the RMSNorm split across two products (GemmNorm), the gated
+// gemm_fused.cu; gemm_wgmma, on warpgroup MMA: gemm_wgmma.cuh, instanced in gemm_wgmma.cu, gemm_wgmma_begin.cu and
+// gemm_wgmma_finish.cu) share: the split-K cluster sums, the RMSNorm split across two products (GemmNorm), the gated
 // epilogue, and the instance macro over cluster sizes. The product and its layouts are described in gemm.cu. Python
 // inlines this header into each kernel's source (backends/cuda_backend.kernel_source).
 #pragma once

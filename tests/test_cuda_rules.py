@@ -259,11 +259,15 @@ def test_the_o_and_down_products_begin_the_norm_behind_them(M):
 
 def test_gemm_wgmma_ring_table_agrees_with_the_kernels():
     """The backend sizes gemm_wgmma's shared memory from WGMMA_GEMM_STAGES: every (warpgroups, x rows) it names must
-    be instantiated in kernels/gemm_wgmma.cu with that ring depth (a deeper kernel than the table would overrun its
-    shared memory), and the gated kernels' depths are WGMMA_GLU_STAGES' (two warpgroups: the (2, 64) entry's)."""
-    from minispec.backends.cuda_gemm import WGMMA_GEMM_STAGES, WGMMA_GLU_STAGES, WGMMA_TILES
+    be instantiated in kernels/gemm_wgmma*.cu with that ring depth (a deeper kernel than the table would overrun its
+    shared memory), and the gated kernels' depths are WGMMA_GLU_STAGES' (two warpgroups: the (2, 64) entry's); each
+    role's kernels are in the file the backend loads them from (WGMMA_FILES)."""
+    from minispec.backends.cuda_gemm import WGMMA_FILES, WGMMA_GEMM_STAGES, WGMMA_GLU_STAGES, WGMMA_TILES
 
-    source = kernel_source("gemm_wgmma.cu")
+    instance = r"^GEMM_WGMMA_(?:CLUSTERS|GLU)\(\d+, \d+, \d+, *(\w*)\)"
+    for file in set(WGMMA_FILES.values()):
+        assert {role for role, name in WGMMA_FILES.items() if name == file} >= set(re.findall(instance, kernel_source(file), re.M)), file
+    source = "".join(kernel_source(file) for file in sorted(set(WGMMA_FILES.values())))
     built = re.findall(r"^GEMM_WGMMA_CLUSTERS\((\d+), (\d+), (\d+), *(\w*)\)", source, re.M)
     assert {(int(g), int(x), int(s)) for g, x, s, _ in built} == {(*key, s) for key, s in WGMMA_GEMM_STAGES.items()}
     # the split norm's kernels where the backend takes them (wgmma_takes_norm: one warpgroup, 16-, 32- and 64-row boxes;
@@ -408,7 +412,8 @@ def test_every_kernel_the_backend_names_is_in_the_file_it_names():
             assert name in entries, (file, name)
         assert bool(head_dim) == (file in PER_HEAD_DIM), (file, name)
     assert re.search(r'kernel\(f"\{name\}\.cu", f"\{name\}_d\{D\}", D\)', sources)  # the fused layers' files
-    common = {"gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu"}
+    common = {"gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "gemm_wgmma_begin.cu", "gemm_wgmma_finish.cu", "attention.cu",
+              "elementwise.cu", "kv_cache.cu", "sampling.cu"}
     compiled = []
     rules = SimpleNamespace(cluster_decode=True, bf16=True, precompile=compiled.extend)
     rules.small_layers = lambda c: CudaBackend.small_layers(rules, c)

@@ -285,7 +285,8 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
         given its config, the tensor-core attention for its head dim and, for small layers, the one-launch decode
         (kernels/cluster_decode.cu). warm_up_trees adds speculation's (LLM.use_drafter); the rest compile when first
         used."""
-        units = [(file, None) for file in ("gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu")]
+        units = [(file, None) for file in ("gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "gemm_wgmma_begin.cu", "gemm_wgmma_finish.cu",
+                                           "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu")]
         if config is not None and config.head_dim in HEAD_DIMS:
             units += [("attention_mma.cu", config.head_dim), ("attention_wgmma.cu", config.head_dim)]
             if self.cluster_decode and self.small_layers(config):

@@ -63,6 +63,9 @@ NORM_SPLIT_ROWS = 32  # the most rows for which linear_norm splits the norm acro
 # A product's part in a split norm (kernels/gemm.cuh, NormRole) as (its kernels' name suffix, their further arguments):
 # a plain product has none ("_finish": NormedRows.finish; "_begin": linear_norm)
 NO_NORM = ("", ())
+# gemm_wgmma's kernels by that suffix: their files, compiled side by side on a machine's first run (kernels/gemm_wgmma.cuh)
+WGMMA_FILES = {"": "gemm_wgmma.cu", "_begin": "gemm_wgmma_begin.cu", "_finish": "gemm_wgmma_finish.cu",
+               "_finishq": "gemm_wgmma_finish.cu"}
 
 
 @dataclass
@@ -337,7 +340,7 @@ class GemmLaunchers:
             w_map = self.tensor_maps.put((weight,), (box_rows, promotion),
                                          tensor_map.swizzled_rows(weight, weight.shape[0], K, box_rows, promotion=promotion))
         x_map = tensor_map.swizzled_rows(x, M, K, X, promotion=promotion)  # X-row boxes, rows past M read as zeros
-        kernel = self.kernel("gemm_wgmma.cu", name + norm[0])
+        kernel = self.kernel(WGMMA_FILES[norm[0]], name + norm[0])
         stages = stages or WGMMA_GEMM_STAGES[G, X]
         shared = stages * (64 * G + X) * 64 * 2 + 1024 + 16 * stages  # the ring (W and x stages), alignment, barriers
         if norm[0] and not name.startswith("gemm_wgmma_glu"):  # and a 32- or 64-row norm kernel's NormStage

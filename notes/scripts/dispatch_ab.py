@@ -157,7 +157,7 @@ def use_base_gemm() -> None:
     if not base_module:
         text = open(os.environ["BASE_GEMM"]).read()
         base_module[0] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", lambda _: text).modules[("gemm_wgmma.cu", None)]
-    for file in ("gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu"):
+    for file in ("gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "gemm_wgmma_begin.cu", "gemm_wgmma_finish.cu"):
         be.modules[(file, None)] = base_module[0]
         for name in [k for k in be.functions if k[0] == file]:
             del be.functions[name]
