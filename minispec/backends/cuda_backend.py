@@ -316,7 +316,9 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
         (notes/first_run_compile_h200_stop42.log); the default model's, once the files had grown, 17.1 s, and 11.8 s
         with the GEMM and attention kernels split into a file per family (notes/first_run_compile_h200_stop49.log);
         7.2 s (12.7 for stop 49's code on the same machine) with the files compiled per head dim
-        (notes/first_run_compile_h200_stop50.log).
+        (notes/first_run_compile_h200_stop50.log). Once the split norm's GEMM kernels had grown gemm_wgmma.cu to
+        ~11 s, the first process waited 9 s past its answer for it; with them in files of their own it ends at 9.4 s
+        instead of 19.0 (notes/first_run_compile_h200_stop64.log).
         With CuPy's cache warm each takes milliseconds either way. units: (file, head dim or None) pairs, as
         kernel() names them.
         The threads are not daemons: a process whose answer came before a file it did not need had compiled ended
