@@ -538,7 +538,7 @@ def test_wgmma_attention_tree_instances_equal_the_causal_ones_on_trees(D, keys):
     use_attention_kernel(be, "wgmma")
     be.attention_keys, be.attention_splits = keys, 3
     names, kernel = [], be.kernel
-    be.kernel = lambda file, name, *rest: (file == "attention_wgmma.cu" and names.append(name), kernel(file, name, *rest))[1]
+    be.kernel = lambda file, name, *rest: (file.startswith("attention_wgmma") and names.append((file, name)), kernel(file, name, *rest))[1]
     run = lambda q, k, v, plan: be.attention(cp.asarray(q), cp.asarray(k.view(np.uint16)), cp.asarray(v.view(np.uint16)), plan, 1 / np.sqrt(D))  # noqa: E731
     q, k, v, plan, expected = make_problem(rng, 16, [(700, "random", 40), (1500, "single", 1), (300, "chain", 64), (90, "star", 12)],
                                            H=8, Hkv=2, D=D, dtype=BF16)
@@ -547,7 +547,7 @@ def test_wgmma_attention_tree_instances_equal_the_causal_ones_on_trees(D, keys):
     for has_causal in (False, True):
         cp.full(4 << 20, 0xFFFF, dtype=cp.uint16)  # freed at once: the pool's next blocks hold NaN bits
         outs.append(run(q, k, v, dataclasses.replace(device_plan, has_causal=has_causal)))
-    assert names == [f"tree_attention_wgmma_d{D}_k{keys}_tree", f"tree_attention_wgmma_d{D}_k{keys}"]
+    assert names == [("attention_wgmma_tree.cu", f"tree_attention_wgmma_d{D}_k{keys}_tree"), ("attention_wgmma.cu", f"tree_attention_wgmma_d{D}_k{keys}")]
     assert cp.array_equal(outs[0], outs[1]), "the _tree instance and the causal one differ on tree rows"
     assert_close(host_float(outs[0], "bfloat16"), expected, 6e-2, 6e-2, f"wgmma _tree instance (D={D}, keys={keys})")
     q, k, v, plan, expected = make_problem(rng, 16, [(700, "chunk", 40), (900, "random", 30), (0, "chunk", 70), (130, "chunk", 5)],
@@ -620,7 +620,7 @@ def test_long_decode_takes_wgmma_and_matches_reference(B, D, keys, step):
     out = be.attention(cp.asarray(q), cp.asarray(k_cache.view(np.uint16)), cp.asarray(v_cache.view(np.uint16)), be.prepare_plan(plan), 1 / np.sqrt(D))
     be.launch = launch
     # (a decode step has no causal chunk: the _tree instances serve it)
-    assert launched[0] in [be.kernel("attention_wgmma.cu", f"tree_attention_wgmma_d{D}_k{tile}_tree", D) for tile in (64, 128)]
+    assert launched[0] in [be.kernel("attention_wgmma_tree.cu", f"tree_attention_wgmma_d{D}_k{tile}_tree", D) for tile in (64, 128)]
     out = host_float(out, "bfloat16")
     assert_close(out, expected, 6e-2, 6e-2, f"long decode on wgmma (B={B}, D={D})")
     assert np.abs(out - expected).mean(axis=1).max() < 1e-2

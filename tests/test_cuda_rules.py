@@ -402,7 +402,7 @@ def test_every_kernel_the_backend_names_is_in_the_file_it_names():
     assert per_head_dim == PER_HEAD_DIM
     sources = "".join(path.read_text() for path in Path(minispec.__file__).parent.rglob("*.py"))
     calls = re.findall(r'kernel\("(\w+\.cu)", (f?)"([^"]*)"(, [^()]+)?\)', sources)
-    assert len(calls) >= 15
+    assert len(calls) >= 12
     for file, is_format, name, head_dim in calls:
         source = kernel_source(file)
         entries = re.findall(r'extern "C" __global__ void (?:\w+\([^)]*\)\s*)*(\w+)\(', source)
@@ -412,6 +412,11 @@ def test_every_kernel_the_backend_names_is_in_the_file_it_names():
             assert name in entries, (file, name)
         assert bool(head_dim) == (file in PER_HEAD_DIM), (file, name)
     assert re.search(r'kernel\(f"\{name\}\.cu", f"\{name\}_d\{D\}", D\)', sources)  # the fused layers' files
+    # the tensor-core attention's two files by the step's kind: its _tree instances apart (cuda_attention.attention_mma)
+    assert re.search(r'kernel\(f"attention_wgmma\{tree\}\.cu", f"tree_attention_wgmma_d\{D\}_k\{keys\}\{tree\}", D\)', sources)
+    for file, suffix in (("attention_wgmma.cu", ""), ("attention_wgmma_tree.cu", "_tree")):
+        instances = re.findall(r"^HEAD_DIM_\d+\(TREE_ATTENTION_WGMMA\(\d+, \d+, (true|false), (\w*)\)\)", kernel_source(file), re.M)
+        assert len(instances) == 4 and {(skip, name) for skip, name in instances} == {(str(not suffix).lower(), suffix)}, file
     common = {"gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "gemm_wgmma_begin.cu", "gemm_wgmma_finish.cu", "attention.cu",
               "elementwise.cu", "kv_cache.cu", "sampling.cu"}
     compiled = []
@@ -430,8 +435,8 @@ def test_every_kernel_the_backend_names_is_in_the_file_it_names():
                            tie_word_embeddings=False)
 
     small, large = config(576, 9, 3, 1536), config(4096, 32, 8, 14336)  # the default model's shapes, 8B's
-    for config, extra in ((small, {("attention_mma.cu", 64), ("attention_wgmma.cu", 64), ("cluster_decode.cu", 64)}),
-                          (large, {("attention_mma.cu", 128), ("attention_wgmma.cu", 128)})):
+    for config, extra in ((small, {("attention_mma.cu", 64), ("attention_wgmma.cu", 64), ("attention_wgmma_tree.cu", 64), ("cluster_decode.cu", 64)}),
+                          (large, {("attention_mma.cu", 128), ("attention_wgmma.cu", 128), ("attention_wgmma_tree.cu", 128)})):
         compiled.clear()
         CudaBackend.warm_up(rules, config)
         assert set(compiled) == {(file, None) for file in common} | extra, config

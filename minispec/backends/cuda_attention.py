@@ -96,7 +96,8 @@ class AttentionLaunchers:
             # RING x (K, V) x keys x D, bf16, swizzled; 1024 to align them; 2 RING barriers
             # steps of tree rows alone (decode, tree verify) take the instances without the causal rows' mask skip
             tree = "" if plan.has_causal else "_tree"
-            kernel, shared = self.kernel("attention_wgmma.cu", f"tree_attention_wgmma_d{D}_k{keys}{tree}", D), 2 * ring * keys * D * 2 + 1024 + 16 * ring
+            kernel = self.kernel(f"attention_wgmma{tree}.cu", f"tree_attention_wgmma_d{D}_k{keys}{tree}", D)
+            shared = 2 * ring * keys * D * 2 + 1024 + 16 * ring
             args = (q, k_cache, v_cache, k_map, v_map, np.int32(box_rows)) + args + (np.int32(producers),)
             threads = 384
         else:  # STAGES x (K, V) x keys per tile (32 or 64) x padded row, bf16

@@ -47,7 +47,7 @@ INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by 
 # Files whose instances come per head dim (kernels/head_dim.cuh): each is compiled for one head dim of HEAD_DIMS at a
 # time (kernel()'s head_dim), about half the compile of a machine's first run.
 HEAD_DIMS = (64, 128)
-PER_HEAD_DIM = {"attention_mma.cu", "attention_wgmma.cu", "cluster_decode.cu", "cluster_tree.cu", "fused_layers_r1.cu", "fused_layers_r1_block.cu",
+PER_HEAD_DIM = {"attention_mma.cu", "attention_wgmma.cu", "attention_wgmma_tree.cu", "cluster_decode.cu", "cluster_tree.cu", "fused_layers_r1.cu", "fused_layers_r1_block.cu",
                 "fused_layers_r4.cu", "fused_layers_r4_block.cu", "fused_layers_r16.cu", "fused_layers_r16_block.cu"}
 COMPILING = weakref.WeakSet()  # the Futures of every precompile of this process (finish_compiles)
 
@@ -288,7 +288,7 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
         units = [(file, None) for file in ("gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "gemm_wgmma_begin.cu", "gemm_wgmma_finish.cu",
                                            "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu")]
         if config is not None and config.head_dim in HEAD_DIMS:
-            units += [("attention_mma.cu", config.head_dim), ("attention_wgmma.cu", config.head_dim)]
+            units += [(file, config.head_dim) for file in ("attention_mma.cu", "attention_wgmma.cu", "attention_wgmma_tree.cu")]
             if self.cluster_decode and self.small_layers(config):
                 units.append(("cluster_decode.cu", config.head_dim))
         self.precompile(units)
