@@ -554,7 +554,7 @@ def test_wgmma_attention_tree_instances_equal_the_causal_ones_on_trees(D, keys):
                                            H=8, Hkv=2, D=D, dtype=BF16)
     cp.full(4 << 20, 0xFFFF, dtype=cp.uint16)
     out = run(q, k, v, be.prepare_plan(plan))
-    assert names[-1] == f"tree_attention_wgmma_d{D}_k{keys}"
+    assert names[-1] == ("attention_wgmma.cu", f"tree_attention_wgmma_d{D}_k{keys}")
     assert_close(host_float(out, "bfloat16"), expected, 6e-2, 6e-2, f"wgmma causal instance (D={D}, keys={keys})")
     assert np.abs(host_float(out, "bfloat16") - expected).mean(axis=1).max() < 1e-2
 
