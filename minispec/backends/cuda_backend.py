@@ -318,7 +318,8 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
         7.2 s (12.7 for stop 49's code on the same machine) with the files compiled per head dim
         (notes/first_run_compile_h200_stop50.log). Once the split norm's GEMM kernels had grown gemm_wgmma.cu to
         ~11 s, the first process waited 9 s past its answer for it; with them in files of their own it ends at 9.4 s
-        instead of 19.0 (notes/first_run_compile_h200_stop64.log).
+        instead of 19.0, and with the tree attention's _tree instances apart from the prefill's the answer comes at
+        6.5 s instead of 8.8 (notes/first_run_compile_h200_stop64.log).
         With CuPy's cache warm each takes milliseconds either way. units: (file, head dim or None) pairs, as
         kernel() names them.
         The threads are not daemons: a process whose answer came before a file it did not need had compiled ended
