@@ -61,7 +61,7 @@ them).
              NORM_SPLIT_ROWS (32 since stop 63)
   splitrowsN the RMSNorm split up to N rows (NORM_SPLIT_ROWS; 4 before stop 63)
   scalarrowsN  gemm_wgmma's 16-row finishing kernels take the partials one float a thread up to N rows
-             (FINISH_SCALAR_ROWS; quads above, _finishq; scalarrows16: never quads, main before this branch)
+             (FINISH_SCALAR_ROWS; quads above, _finishq; scalarrows16: never quads, as before stop 64)
   onepart    TIMING ONLY, wrong outputs: the products that finish a split norm read one partial sum a row, not one
              per block of the product before (the most a norm whose partials are summed before the product after
              could save there)
