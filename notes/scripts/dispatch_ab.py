@@ -32,7 +32,7 @@ them).
              64-row products preferred 128; in the T = 64 step 256 won)
   g2p128     stop 44's promotion rule: 128 bytes up to 32 rows for blocks of two or four warpgroups too (gate/up and
              the LM heads at 17-32 rows; 256 for them since stop 45)
-  evict      gemm_wgmma.cu's weight boxes loaded with an L2 evict-first cache policy (weights are read once a step; the
+  evict      gemm_wgmma's weight boxes loaded with an L2 evict-first cache policy (weights are read once a step; the
              activations, x and K/V pages then keep more of L2)
   nomerge    TIMING ONLY, wrong outputs: tensor-core attention's split merge not launched; the most a merge inside
              the attention kernel (its splits a cluster) could save
@@ -100,22 +100,48 @@ RULES = ("glu_kernel", "wgmma_gemm_fits", "stream_cluster_size", "wgmma_cluster_
 
 SMALL_RINGS = {(1, 16): 10, (1, 32): 9, (1, 64): 6}  # <= 111 KB of shared memory: two blocks an SM
 COMMITTED_RINGS = dict(cuda_gemm.WGMMA_GEMM_STAGES)
-be.kernel("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1")
-modules = {tuple(sorted(COMMITTED_RINGS.items())): be.modules[("gemm_wgmma.cu", None)]}  # the committed build
+# gemm_wgmma's files (plain, and the split norm's since stop 64: cuda_gemm.WGMMA_FILES), a kernel of each to compile them by
+WGMMA_FILES = {"gemm_wgmma.cu": "gemm_wgmma_w1_x16_s1", "gemm_wgmma_begin.cu": "gemm_wgmma_w1_x16_s1_begin",
+               "gemm_wgmma_finish.cu": "gemm_wgmma_w1_x16_s1_finish"}
+assert set(WGMMA_FILES) == set(cuda_gemm.WGMMA_FILES.values())
+
+
+def wgmma_modules(pairs: list) -> dict:
+    """{file: module} of gemm_wgmma's files compiled with each (old, new) text of `pairs` replaced (none: as committed);
+    every `old` must occur in one file at least. All three files, so that a ring depth or a load policy is the same in
+    every product (the launcher sizes each kernel's shared memory from WGMMA_GEMM_STAGES)."""
+    if not pairs:
+        return {file: (be.kernel(file, kernel), be.modules[(file, None)])[1] for file, kernel in WGMMA_FILES.items()}
+    found = dict.fromkeys([old for old, _ in pairs], 0)
+
+    def edit(text):
+        for old, new in pairs:
+            found[old] += text.count(old)
+            text = text.replace(old, new)
+        return text
+    built = {file: backend_with_edit(file, kernel, edit).modules[(file, None)] for file, kernel in WGMMA_FILES.items()}
+    assert all(found.values()), [old for old, n in found.items() if not n]
+    return built
+
+
+def swap_wgmma(built: dict) -> None:
+    """These gemm_wgmma modules (wgmma_modules) in `be`, its other files untouched."""
+    for file, module in built.items():
+        be.modules[(file, None)] = module
+        for name in [k for k in be.functions if k[0] == file]:
+            del be.functions[name]
+
+
+modules = {tuple(sorted(COMMITTED_RINGS.items())): wgmma_modules([])}  # the committed build
 
 
 def use_rings(rings: dict) -> None:
-    """gemm_wgmma.cu compiled with these one-warpgroup ring depths, swapped into `be` (its other files untouched)."""
+    """gemm_wgmma's files compiled with these one-warpgroup ring depths, swapped into `be`."""
     key = tuple(sorted(rings.items()))
     if key not in modules:
-        def edit(text):
-            for (G, X), stages in rings.items():
-                text = swap(text, f"GEMM_WGMMA_CLUSTERS({G}, {X}, {COMMITTED_RINGS[G, X]})", f"GEMM_WGMMA_CLUSTERS({G}, {X}, {stages})")
-            return text
-        modules[key] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", edit).modules[("gemm_wgmma.cu", None)]
-    be.modules[("gemm_wgmma.cu", None)] = modules[key]
-    for name in [k for k in be.functions if k[0] == "gemm_wgmma.cu"]:
-        del be.functions[name]
+        modules[key] = wgmma_modules([(f"GEMM_WGMMA_CLUSTERS({G}, {X}, {COMMITTED_RINGS[G, X]}, ", f"GEMM_WGMMA_CLUSTERS({G}, {X}, {stages}, ")
+                                      for (G, X), stages in rings.items() if stages != COMMITTED_RINGS[G, X]])
+    swap_wgmma(modules[key])
     cuda_gemm.WGMMA_GEMM_STAGES.update(rings)
 
 
@@ -132,20 +158,16 @@ evict_module = {}
 
 
 def use_evict(on: bool) -> None:
-    """gemm_wgmma.cu with its weight boxes' TMA loads under an evict-first L2 policy (on), or as committed, swapped into `be`."""
+    """gemm_wgmma's files with their weight boxes' TMA loads under an evict-first L2 policy (on), or as committed,
+    swapped into `be`."""
     if on not in evict_module:
-        if not on:
-            evict_module[on] = modules[tuple(sorted(COMMITTED_RINGS.items()))]
-        else:
-            def edit(text):
-                text = swap(text, "template <int ROWS, int XROWS, int STAGES>\nstruct WgmmaRing {", EVICT_FIRST + "template <int ROWS, int XROWS, int STAGES>\nstruct WgmmaRing {")
-                text = swap(text, "tma_load(stage + b * 64 * BK, &w_map,", "tma_load_once(stage + b * 64 * BK, &w_map,")
-                text = swap(text, "} else tma_load(stage, &w_map,", "} else tma_load_once(stage, &w_map,")
-                return swap(text, "tma_load(ring.expect(i), &w_map,", "tma_load_once(ring.expect(i), &w_map,")
-            evict_module[on] = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x16_s1", edit).modules[("gemm_wgmma.cu", None)]
-    be.modules[("gemm_wgmma.cu", None)] = evict_module[on]
-    for name in [k for k in be.functions if k[0] == "gemm_wgmma.cu"]:
-        del be.functions[name]
+        ring = "template <int ROWS, int XROWS, int STAGES>\nstruct WgmmaRing {"
+        evict_module[on] = wgmma_modules([(ring, EVICT_FIRST + ring),
+                                          ("tma_load(stage + b * 64 * BK, &w_map,", "tma_load_once(stage + b * 64 * BK, &w_map,"),
+                                          ("} else tma_load(stage, &w_map,", "} else tma_load_once(stage, &w_map,"),
+                                          ("tma_load(ring.expect(i), &w_map,", "tma_load_once(ring.expect(i), &w_map,")]) if on \
+            else modules[tuple(sorted(COMMITTED_RINGS.items()))]
+    swap_wgmma(evict_module[on])
 
 
 base_module = {}
