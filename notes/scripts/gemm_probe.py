@@ -115,7 +115,8 @@ elif sys.argv[1] == "wgmma-ring":  # gemm_wgmma's ring: 6 / 4 stages (one / two 
     def ring(stages):
         def edit(text):
             for G, n in stages.items():
-                text = re.sub(rf"GEMM_WGMMA_CLUSTERS\({G}, 64, \d+\)", f"GEMM_WGMMA_CLUSTERS({G}, 64, {n})", text)
+                text, found = re.subn(rf"GEMM_WGMMA_CLUSTERS\({G}, 64, \d+, \)", f"GEMM_WGMMA_CLUSTERS({G}, 64, {n}, )", text)
+                assert found == 1, (G, found)  # the plain kernels' instance line (the split norm's are in files of their own)
             return text
         return backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w1_x64_s1", edit), {(G, 64): n for G, n in stages.items()}
 

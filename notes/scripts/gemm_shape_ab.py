@@ -35,7 +35,7 @@ DEEP = 8
 
 def main():
     base = cuda_backend.CudaBackend("bfloat16")
-    deep = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w2_x64_s1", lambda text: swap(text, "GEMM_WGMMA_CLUSTERS(2, 64, 4)", f"GEMM_WGMMA_CLUSTERS(2, 64, {DEEP})"))
+    deep = backend_with_edit("gemm_wgmma.cu", "gemm_wgmma_w2_x64_s1", lambda text: swap(text, "GEMM_WGMMA_CLUSTERS(2, 64, 4, )", f"GEMM_WGMMA_CLUSTERS(2, 64, {DEEP}, )"))
     stages = dict(cuda_gemm.WGMMA_GEMM_STAGES)
     bandwidth = copy_bandwidth()
     print(f"gemm_wgmma block shapes on {card_name()}, copy {bandwidth / 1e12:.2f} TB/s; % of copy bandwidth per call", flush=True)

@@ -33,7 +33,9 @@ ROWS = tuple(int(m) for m in sys.argv[4].split(",")) if len(sys.argv) > 4 else (
 def ring(G, X, stages):
     """a backend whose gemm_wgmma_w{G}_x{X} kernels have `stages` ring stages"""
     def edit(text):
-        return re.sub(rf"GEMM_WGMMA_CLUSTERS\({G}, {X}, \d+\)", f"GEMM_WGMMA_CLUSTERS({G}, {X}, {stages})", text)
+        text, found = re.subn(rf"GEMM_WGMMA_CLUSTERS\({G}, {X}, \d+, \)", f"GEMM_WGMMA_CLUSTERS({G}, {X}, {stages}, )", text)
+        assert found == 1, (G, X, found)  # the plain kernels' instance line (the split norm's are in files of their own)
+        return text
     return backend_with_edit("gemm_wgmma.cu", f"gemm_wgmma_w{G}_x{X}_s1", edit)
 
 
