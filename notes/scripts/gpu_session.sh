@@ -1,7 +1,7 @@
 #!/bin/bash
 # Device probe: the second of the two calls that bring the default model over (see notes/README.md), then
 # what is asked: "first-run", "tests", "e2e", "profile", "attention", "gemm", "spec", "sampling", "kernels", "sweep-short", "sweep",
-# "op-times", "agreement", "spec-profile", "spec-profile-extract", "handover" (in the order given). Logs go to $OUT.
+# "op-times", "agreement", "spec-profile", "spec-profile-extract", "handover", "phases" (in the order given). Logs go to $OUT.
 set -o pipefail
 cat /root/parts/gguf.part.aa .parts/b/gguf.part.ab > /root/smollm2.gguf || exit 1
 export PYTHONPATH=/root/site:$PWD MINISPEC_WEIGHTS=/root/weights PYTHONUNBUFFERED=1
@@ -18,6 +18,10 @@ for what in "$@"; do
           { time (cd $dir && PYTHONPATH=/root/site:$PWD timeout 120 python3 -m minispec.cli generate "What is the capital of France?" --device cuda $args 2>&1 \
             | python3 -u -c 'import sys, time; s = float(sys.argv[1]); [print(f"[{time.time() - s:4.1f} s] {l}", end="") for l in sys.stdin]' $EPOCHREALTIME); } 2>&1 | tee -a $OUT/first_run.log
         done; done ;;
+    phases) # a first run's stamps (notes/scripts/first_run_phases.py): CuPy's cache emptied, then again cached
+      rm -rf ~/.cupy/kernel_cache
+      for run in first cached; do echo "## $run" | tee -a $OUT/first_run_phases.log
+        timeout 120 python3 notes/scripts/first_run_phases.py 2>&1 | tee -a $OUT/first_run_phases.log; done ;;
     e2e) timeout 300 python3 -m minispec.cli bench e2e 2>&1 | grep -v "it/s\]" | tee $OUT/bench_e2e.log ;;
     e2e-quick) timeout 200 python3 -m minispec.cli bench e2e --quick 2>&1 | grep -v "it/s\]" | tee $OUT/bench_e2e_quick.log ;;
     attention) timeout 300 python3 -m minispec.cli bench attention 2>&1 | tee $OUT/bench_attention.log ;;
