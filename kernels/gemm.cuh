@@ -71,11 +71,12 @@ struct GemmNorm {
 // finishes_norm): gemm_wgmma of one warpgroup in 16-, 32- and 64-row boxes, gemm_stream and gemm_stream_glu in k 128
 // stages, gemm_wgmma_glu.
 enum NormRole { NORM_NONE, NORM_FINISH, NORM_BEGIN };
-// whether gemm_wgmma's kernel of a role and XROWS takes the partials as quads (NormPrefetch's QUADS)
-#define NORM_QUADS_(XROWS) false
-#define NORM_QUADS__finish(XROWS) (XROWS == 64)
-#define NORM_QUADS__finishq(XROWS) true
-#define NORM_QUADS__begin(XROWS) (XROWS == 64)
+// whether gemm_wgmma's (non-gated) kernel of a role takes the partials as quads (NormPrefetch's QUADS; the 32- and
+// 64-row kernels take the norm's values through NormStage instead)
+#define NORM_QUADS_ false
+#define NORM_QUADS__finish false
+#define NORM_QUADS__finishq true
+#define NORM_QUADS__begin false
 #define NORM_ROLE_ NORM_NONE
 #define NORM_PARAMS_
 #define NORM_ARGS_ GemmNorm{}
@@ -140,15 +141,12 @@ struct NormStage {
 // then a xor butterfly over the group; every lane of the group gets it, with the same bits in every block.
 template <int LANES>
 __device__ __forceinline__ float group_row_sum(const float* values, int count) {
-    static_assert(32 % LANES == 0, "a group within a warp");
     float sum = 0.0f;
     for (int i = 4 * (threadIdx.x % LANES); i < count; i += 4 * LANES) {
         const float4 v = *reinterpret_cast<const float4*>(values + i);
         sum += v.x + v.y + v.z + v.w;
     }
-#pragma unroll
-    for (int offset = LANES / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-    return sum;
+    return warp_sum<LANES>(sum);
 }
 
 // The sum of values[0 .. count) in one fixed order, by a warp: lane l adds values l, l + 32, .. in turn, then a xor
@@ -367,8 +365,7 @@ __device__ __forceinline__ void store_cluster_norm_staged(const float* red, cons
                 }
             }
         }
-#pragma unroll
-        for (int offset = QUADS / 2; offset > 0; offset >>= 1) square += __shfl_xor_sync(0xffffffff, square, offset);
+        square = warp_sum<QUADS>(square);  // the row's quads' lanes
         if (e % QUADS == 0 && e < QUADS * XROWS) rowsum[m] = square;
     }
     if constexpr (S > 1) cluster_sync(); else __syncthreads();  // every rank's row sums are in its shared memory

@@ -65,7 +65,7 @@ struct WgmmaRing {
     }
 };
 
-template <int WGS, int XROWS, int STAGES, int S, bool GLU, NormRole NORM, bool QUADS = (XROWS == 64)>
+template <int WGS, int XROWS, int STAGES, int S, bool GLU, NormRole NORM, bool QUADS = GLU>
 __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, void* __restrict__ out, int M, int N, int K,
                                 const GemmNorm& norm) {
     static_assert(!GLU || (WGS % 2 == 0 && S == 1), "the gated epilogue pairs gate and up warpgroups' rows in one block");
@@ -179,8 +179,8 @@ __device__ void gemm_wgmma_body(const TensorMap& w_map, const TensorMap& x_map, 
     extern "C" __global__ void __launch_bounds__(128 * WGS + 32, 2) CLUSTER gemm_wgmma_w##WGS##_x##XROWS##_s##S##ROLE( \
         const __grid_constant__ TensorMap w_map, const __grid_constant__ TensorMap x_map, float* y, int M, int N, int K \
             NORM_PARAMS_##ROLE) {                                                                                     \
-        gemm_wgmma_body<WGS, XROWS, STAGES, S, false, NORM_ROLE_##ROLE, NORM_QUADS_##ROLE(XROWS)>(w_map, x_map, y, M, N, K, \
-                                                                                              NORM_ARGS_##ROLE);      \
+        gemm_wgmma_body<WGS, XROWS, STAGES, S, false, NORM_ROLE_##ROLE, NORM_QUADS_##ROLE>(w_map, x_map, y, M, N, K,  \
+                                                                                       NORM_ARGS_##ROLE);             \
     }
 #define GEMM_WGMMA_CLUSTERS(WGS, XROWS, STAGES, ...) SPLIT_K_CLUSTERS(GEMM_WGMMA, WGS, XROWS, STAGES, __VA_ARGS__)
 // gemm_wgmma_glu_w{WGS}: act bf16 [M, I] = silu(x W_gate^T) * (x W_up^T) from the fused [2I, K] weight (64-row

@@ -3,9 +3,13 @@
 // kernels/cluster_decode.cu and kernels/gemm.cuh.
 #pragma once
 
+// LANES < 32: the sum over each group of LANES consecutive lanes (a xor butterfly within the group), every lane of
+// the warp still taking part in the shuffles.
+template <int LANES = 32>
 __device__ __forceinline__ float warp_sum(float v) {
+    static_assert(LANES > 0 && 32 % LANES == 0, "groups of a power of two lanes within a warp");
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    for (int o = LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
     return v;
 }
 
