@@ -28,8 +28,9 @@
 //   many more tiles than blocks (the LM heads at 17-64 rows).
 // gemm_bf16: the plain version for any K that is a multiple of 16 (one 4-byte weight load per fragment).
 // What both families share (split-K cluster sums, the split RMSNorm, the gated epilogue): gemm.cuh.
-// gemm_stream's body and instance macro: gemm_stream.cuh; this file holds its plain products, gemm_fused.cu those with a
-// fused epilogue (the split norm's finish, the gated product), so that a first run compiles the two side by side.
+// gemm_stream's body and instance macro: gemm_stream.cuh; this file holds its plain products of up to 16 rows,
+// gemm_stream_wide.cu those of 32 and 64, gemm_fused.cu those with a fused epilogue (the split norm's finish, the
+// gated product), so that a first run compiles them side by side, or not at all where no rule takes them.
 // NumPy reference: numpy_backend.linear (on bf16-rounded x and W). Tests: tests/test_cuda_kernels.py.
 #include <cuda_bf16.h>
 #include "ampere.cuh"
@@ -40,8 +41,8 @@ GEMM_STREAM_CLUSTERS(8, 128, 3, )
 GEMM_STREAM_CLUSTERS(16, 128, 3, )
 GEMM_STREAM_CLUSTERS(8, 64, 4, )   // K a multiple of 64, not of 128
 GEMM_STREAM_CLUSTERS(16, 64, 4, )
-GEMM_STREAM_CLUSTERS(32, 64, 4, )
-GEMM_STREAM_CLUSTERS(64, 64, 4, )
+// the 32- and 64-row instances, which no rule takes (cuBLAS or gemm_wgmma serve from 17 rows), are in
+// gemm_stream_wide.cu: they were two thirds of this file's compile, on a first answer's path
 
 // C fragments of four m16 tiles (rows m_base ..) and one n8 tile (columns n0 ..) to y [M, N], bounds-checked.
 __device__ __forceinline__ void store_tiles(float* __restrict__ y, const float (*acc)[4], int m_base, int n0, int M, int N,

@@ -10,6 +10,7 @@ import pytest
 from minispec.backends.cuda_backend import CudaBackend, finish_compiles, kernel_source, notice_if_slow
 from minispec.backends.cuda_fused import (
     CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, CLUSTER_DECODE_ROWS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS)
+from minispec.backends.cuda_gemm import stream_file
 from minispec.backends.cuda_steps import CapturedStep
 from minispec.step import StepItem, build_plan
 from minispec.tree import Tree
@@ -417,16 +418,24 @@ def test_every_kernel_the_backend_names_is_in_the_file_it_names():
     for file, suffix in (("attention_wgmma.cu", ""), ("attention_wgmma_tree.cu", "_tree")):
         instances = re.findall(r"^HEAD_DIM_\d+\(TREE_ATTENTION_WGMMA\(\d+, \d+, (true|false), (\w*)\)\)", kernel_source(file), re.M)
         assert len(instances) == 4 and {(skip, name) for skip, name in instances} == {(str(not suffix).lower(), suffix)}, file
-    common = {"gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "gemm_wgmma_begin.cu", "gemm_wgmma_finish.cu", "attention.cu",
-              "elementwise.cu", "kv_cache.cu", "sampling.cu"}
+    common = {"gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu",
+              "sampling_draw.cu"}
     compiled = []
-    rules = SimpleNamespace(cluster_decode=True, bf16=True, precompile=compiled.extend)
+    rules = gemm_rules_backend()
+    rules.cluster_decode, rules.precompile = True, compiled.extend
     rules.small_layers = lambda c: CudaBackend.small_layers(rules, c)
+    rules.splits_norms = lambda c: CudaBackend.splits_norms(rules, c)
     CudaBackend.warm_up(rules)
     named = set(re.findall(r'"(\w+\.cu)"', sources))
-    for file, fused in (("gemm.cu", False), ("gemm_fused.cu", True)):  # launch_stream's choice between the two
-        instances = re.findall(r"^(?:GEMM_STREAM_CLUSTERS|SPLIT_K_CLUSTERS)\(.*\)", (KERNELS / file).read_text(), re.M)
-        assert instances and all(("_finish" in line or "GLU" in line) == fused for line in instances), file
+    # launch_stream's choice among the three (cuda_gemm.stream_file): every instance in the file it names, and the
+    # wide one neither warmed up nor named literally
+    for file in ("gemm.cu", "gemm_fused.cu", "gemm_stream_wide.cu"):
+        instances = re.findall(r"^(?:GEMM_STREAM_CLUSTERS\(|SPLIT_K_CLUSTERS\((\w+), )(\d+), \d+, \d+, (\w*)\)", (KERNELS / file).read_text(), re.M)
+        assert instances, file
+        for body, R, role in instances:
+            name = "gemm_stream_glu" if body == "GEMM_STREAM_GLU" else "gemm_stream"
+            assert stream_file(name, int(R), role) == file, (file, body, R, role)
+    assert stream_file("gemm_stream", 32, "") not in {file for file, _ in compiled}
     assert set(compiled) == {(file, None) for file in common} and common <= named
     assert all((KERNELS / file).exists() for file in named | PER_HEAD_DIM)
     def config(C, H, Hkv, I):
@@ -435,8 +444,10 @@ def test_every_kernel_the_backend_names_is_in_the_file_it_names():
                            tie_word_embeddings=False)
 
     small, large = config(576, 9, 3, 1536), config(4096, 32, 8, 14336)  # the default model's shapes, 8B's
+    # the split norm's products for the 8B widths alone (norm_split: the default model's stream too little)
+    norm = {("gemm_wgmma_begin.cu", None), ("gemm_wgmma_finish.cu", None)}
     for config, extra in ((small, {("attention_mma.cu", 64), ("attention_wgmma.cu", 64), ("attention_wgmma_tree.cu", 64), ("cluster_decode.cu", 64)}),
-                          (large, {("attention_mma.cu", 128), ("attention_wgmma.cu", 128), ("attention_wgmma_tree.cu", 128)})):
+                          (large, {("attention_mma.cu", 128), ("attention_wgmma.cu", 128), ("attention_wgmma_tree.cu", 128)} | norm)):
         compiled.clear()
         CudaBackend.warm_up(rules, config)
         assert set(compiled) == {(file, None) for file in common} | extra, config

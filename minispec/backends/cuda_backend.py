@@ -282,11 +282,15 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
 
     def warm_up(self, config=None) -> None:
         """Start compiling the kernel files a model's first steps launch (precompile): those of every model, and,
-        given its config, the tensor-core attention for its head dim and, for small layers, the one-launch decode
+        given its config, the split norm's products where it takes them (splits_norms: not the default model), the
+        tensor-core attention for its head dim and, for small layers, the one-launch decode
         (kernels/cluster_decode.cu). warm_up_trees adds speculation's (LLM.use_drafter); the rest compile when first
-        used."""
-        units = [(file, None) for file in ("gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "gemm_wgmma_begin.cu", "gemm_wgmma_finish.cu",
-                                           "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu")]
+        used (gemm_stream_wide.cu, whose instances no rule takes)."""
+        files = ["gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu",
+                 "sampling_draw.cu"]
+        if config is not None and self.splits_norms(config):
+            files += ["gemm_wgmma_begin.cu", "gemm_wgmma_finish.cu"]
+        units = [(file, None) for file in files]
         if config is not None and config.head_dim in HEAD_DIMS:
             units += [(file, config.head_dim) for file in ("attention_mma.cu", "attention_wgmma.cu", "attention_wgmma_tree.cu")]
             if self.cluster_decode and self.small_layers(config):

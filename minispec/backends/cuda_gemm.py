@@ -4,8 +4,8 @@ x [M, K] (bf16, or NormedRows: an RMSNorm that the product before left split) ti
 - gemm_wgmma (kernels/gemm_wgmma.cu, Hopper): TMA weight boxes and warpgroup MMA, split-K in clusters; 17-64 rows,
   and 1-16 rows where a block streams 512 KB or more of weights; persistent blocks for weights of many more tiles
   than SMs (the LM heads);
-- gemm_stream (kernels/gemm.cu): a cp.async ring of weight stages a block, split-K in clusters; the other products
-  up to 16 rows;
+- gemm_stream (kernels/gemm.cu, gemm_fused.cu; gemm_stream_wide.cu): a cp.async ring of weight stages a block,
+  split-K in clusters; the other products up to 16 rows;
 - the gate/up product and SiLU·mul in one gated launch where linear would take one of those two;
 - cuBLAS (cublas.py) for large M, or where it measured faster (own_gemm_serves, from `minispec bench gemm`).
 Each rule names the measurement that set it. Part of CudaBackend (cuda_backend.py), whose state and launch helpers
@@ -33,6 +33,14 @@ def stream_shape(R: int, K: int, S: int = 1) -> tuple[int, int]:
     """gemm_stream's (k per stage, ring depth) for R staged x rows and S blocks per cluster, as instantiated in
     kernels/gemm.cu: k 128 x 3 up to 16 rows where K / S allows it, else k 64 x 4 (notes/gemm_stages_h100.log)."""
     return (128, 3) if R <= 16 and K % (128 * S) == 0 else (64, 4)
+
+
+def stream_file(name: str, R: int, suffix: str) -> str:
+    """The kernel file of a gemm_stream instance: the plain products in gemm.cu (up to 16 rows) or gemm_stream_wide.cu
+    (32 and 64, which no rule takes: a first run does not compile them), a fused epilogue's in gemm_fused.cu."""
+    if name != "gemm_stream" or suffix:
+        return "gemm_fused.cu"
+    return "gemm.cu" if R <= 16 else "gemm_stream_wide.cu"
 
 
 def wgmma_xrows(M: int, G: int) -> int:
@@ -135,6 +143,14 @@ class GemmLaunchers:
         if self.gemm_norm is None and not (M <= NORM_SPLIT_ROWS and self.own_gemm_chosen(M, N, K) and self.own_kernel(M, N, K) == "wgmma"):
             return False
         return self.wgmma_takes_norm(M, N, K)
+
+    def splits_norms(self, config) -> bool:
+        """Whether some step of a model of this config splits an RMSNorm (norm_split for its O or down product at 1 to
+        NORM_SPLIT_ROWS rows): warm_up compiles the split norm's gemm_wgmma files only then. The default model never
+        does (its products stream too little for gemm_wgmma), and a fresh machine's first run then compiles two
+        files fewer, ~4 s of nvcc each."""
+        C, I, attn = config.hidden_size, config.intermediate_size, config.num_heads * config.head_dim
+        return any(self.norm_split(M, C, K) for M in range(1, NORM_SPLIT_ROWS + 1) for K in (attn, I))
 
     def wgmma_takes_norm(self, M: int, N: int, K: int) -> bool:
         """Whether gemm_wgmma for x [M, K], W [N, K] has kernels that begin or finish a split norm (kernels/gemm_wgmma.cu
@@ -247,8 +263,7 @@ class GemmLaunchers:
         if suffix and BK != 128:
             raise ValueError(f"{name}: only the k 128 kernels take a split norm (R = {R}, k {BK})")
         shared = stages * (STREAM_ROWS + R) * BK * 2
-        plain = name == "gemm_stream" and not suffix  # (gemm.cu; a fused epilogue's instances are in gemm_fused.cu)
-        kernel = self.kernel("gemm.cu" if plain else "gemm_fused.cu", f"{name}_r{R}_k{BK}_s{S}{suffix}")
+        kernel = self.kernel(stream_file(name, R, suffix), f"{name}_r{R}_k{BK}_s{S}{suffix}")
         allow_shared(kernel, shared)
         args = (x, weight, out, np.int32(M), np.int32(columns), np.int32(K), *norm_args)
         self.launch(kernel, (-(-N // STREAM_ROWS), S, -(-M // R)), (256,), args, shared)

@@ -1,6 +1,6 @@
-"""Argmax, top-k log-probabilities and sampling on the CUDA backend (kernels/sampling.cu): a step's rows of logits in,
-ids or draws out, with no host round trip between the logits and the tokens. Part of CudaBackend (cuda_backend.py),
-whose state and launch helpers it uses.
+"""Argmax, top-k log-probabilities and sampling on the CUDA backend (kernels/sampling.cu; the draws in
+sampling_draw.cu): a step's rows of logits in, ids or draws out, with no host round trip between the logits and the
+tokens. Part of CudaBackend (cuda_backend.py), whose state and launch helpers it uses.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from .driver import allow_shared
 
 TOP_K_MAX, TOP_THREADS, TOP_SHARES = 8, 256, 64  # kernels/sampling.cu's top_share / top_merge
 TOP_LAUNCHES_KEPT = 16  # top_logprobs' packed launches kept (a draft model's level buckets and the rows ranked)
-SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling.cu)
+SAMPLE_CLUSTER, SAMPLE_THREADS = 8, 1024  # blocks a row of sampling spreads over, and their threads (kernels/sampling_draw.cu)
 SAMPLE_STATIC_SHARED = 40 << 10  # its blocks' static shared memory (SampleShared), rounded up
 # argmax_share's blocks an SM in all (row_shares): 8, where the others take 2. Measured on an H200
 # (notes/argmax_shares_h200_stop60.log), Llama-3's 128k logits: 16 rows 8.9 -> 7.0 µs, 32 rows 14.0 -> 8.7, 64 rows
@@ -109,7 +109,7 @@ class SamplingLaunchers:
         return self.sample_rows_device(logits, rows, params, uniforms, probs), probs
 
     def specinfer_rows(self, logits, rows, params, uniforms, q, q_rows, children, residual_uniforms):
-        """SpecInfer's test at chain nodes (kernels/sampling.cu, specinfer_rows), left on the device (int32 [R], not
+        """SpecInfer's test at chain nodes (kernels/sampling_draw.cu, specinfer_rows), left on the device (int32 [R], not
         waited for): -1 where row rows[r]'s child children[r], drawn from q[q_rows[r]] (kept e units, draw_rows'),
         is accepted at uniforms[r]; else the residual's draw at residual_uniforms[r]; where q_rows[r] < 0 (a chain's
         last node), p's draw at uniforms[r]. p: the row under params[r]."""
@@ -130,11 +130,11 @@ class SamplingLaunchers:
                         np.float64)
 
     def sampling_kernel(self, name: str, V: int):
-        """A kernels/sampling.cu kernel that spreads a row of V logits over a cluster of SAMPLE_CLUSTER blocks, and
+        """A kernels/sampling_draw.cu kernel that spreads a row of V logits over a cluster of SAMPLE_CLUSTER blocks, and
         the dynamic shared memory of a block's slice."""
         shared = -(-V // SAMPLE_CLUSTER) * 4
         if shared > self.max_shared - SAMPLE_STATIC_SHARED:
             raise MinispecError(f"sampling: a vocabulary of {V} tokens is over the {SAMPLE_CLUSTER} shared-memory slices the kernel holds")
-        kernel = self.kernel("sampling.cu", name)
+        kernel = self.kernel("sampling_draw.cu", name)
         allow_shared(kernel, shared)
         return kernel, shared

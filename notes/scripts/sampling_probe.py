@@ -43,7 +43,7 @@ for V in (49152, 128256):
             launch = lambda: be.launch(kernel, (SAMPLE_CLUSTER, rows), (SAMPLE_THREADS,), (logits, packed, tokens, np.uint64(0), np.int32(V), np.uint64(0), np.uint64(0)), shared)  # noqa: E731
         else:
             probs = cp.empty((16, V), dtype=cp.float32)
-            kernel = be.kernel("sampling.cu", "sample_rows")
+            kernel = be.kernel("sampling_draw.cu", "sample_rows")
             launch = lambda: kernel((rows,), (1024,), (logits, packed, probs, tokens, np.int32(V)))  # noqa: E731
         t = time_captured(launch)
         print(f"  kernel sample_rows, {rows} row(s), {settings}: {t*1e6:.1f} us", flush=True)
