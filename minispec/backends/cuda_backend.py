@@ -323,7 +323,10 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
         (notes/first_run_compile_h200_stop50.log). Once the split norm's GEMM kernels had grown gemm_wgmma.cu to
         ~11 s, the first process waited 9 s past its answer for it; with them in files of their own it ends at 9.4 s
         instead of 19.0, and with the tree attention's _tree instances apart from the prefill's the answer comes at
-        6.5 s instead of 8.8 (notes/first_run_compile_h200_stop64.log).
+        6.5 s instead of 8.8 (notes/first_run_compile_h200_stop64.log). With the files no rule of the default model
+        takes left out of its warm-up (gemm_stream_wide.cu, the split norm's) and argmax apart from the sampled draws,
+        by turns on one machine, the answer came 4.3-4.7 s into the process instead of 4.6-6.3 and it ended at
+        4.8-5.0 s instead of 6.1-7.5 (notes/first_run_split_h200_stop65.log).
         With CuPy's cache warm each takes milliseconds either way. units: (file, head dim or None) pairs, as
         kernel() names them.
         The threads are not daemons: a process whose answer came before a file it did not need had compiled ended
