@@ -5,8 +5,8 @@
 // This header holds the kernel; kernels/fused_layers_r{MR}.cu each instantiate one MR for both head dims, so
 // each file builds in a third of the time (all six in one file took ~20 s of nvcc on a 2-core machine) and
 // the backend compiles only the instance a step needs. fused_layers_r{MR}_block_d{D} (files of their own) serve
-// steps of up to 256 keys: attention and merge in one phase, a block per KV head and row group (phase_attention,
-// BLOCK).
+// decode steps of up to 256 keys and tree steps of up to 512: attention and merge in one phase, a block per KV head
+// and row group (phase_attention, BLOCK).
 //
 // Why: a decode step runs ~10 launches per layer. Inside a CUDA graph each still costs 3-4 µs of launch,
 // ramp-up and drain, while a small model's layer streams its weights in under 2 µs. Here one block per
@@ -719,7 +719,8 @@ __device__ __forceinline__ void merge_row(const Step& s, float* weights, long lo
 // bits) and writes attn. The splits meet in shared memory instead of L2: no merge phase and no grid barrier
 // (trees) or row_done counters (decode: one thread polls the head counters for the block, and the merging warp
 // counts on rows_merged). The price is one SM reading all of a KV head's keys (256 bytes a key at D = 64), which
-// is why it serves up to 8 splits of 32 keys. Separate instances, not a branch: with both paths in one kernel the
+// is why it serves decode up to 8 splits of 32 keys (tree steps, whose merge phase costs a grid barrier, up to 16
+// of the 512-key bucket: CudaBackend.fused_layers). Separate instances, not a branch: with both paths in one kernel the
 // split path's phases ran 3% slower (a bigger body). Measured: notes/fused_block_h100_stop23.log.
 template <int D, int ROWS, bool FLAGS, bool BLOCK>
 __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* v_cache, float* smem, int gw, int tw, int warp, int lane,
@@ -729,7 +730,7 @@ __device__ void phase_attention(const Step& s, const bf16* k_cache, const bf16* 
     int G = s.H / s.Hkv, units = FLAGS && BLOCK ? s.H : s.B * s.Hkv * s.groups * (BLOCK ? 1 : s.splits);
     float* qs = smem + warp * (ROWS * D + 32 * ROWS + 64);  // the warp's tiles: [ROWS][D] scaled queries, then attend's
     float* parts = smem + WARPS * (ROWS * D + 32 * ROWS + 64);  // BLOCK: [splits][ROWS][PART]
-    if (BLOCK && s.splits > WARPS) __trap();  // a split per warp (the host sends at most 8)
+    if (BLOCK && s.splits > WARPS) __trap();  // a split per warp (the host sends at most 16: FUSED_TREE_BLOCK_SPLITS)
     for (int u = BLOCK ? blockIdx.x : gw; u < units; u += BLOCK ? gridDim.x : tw) {
         int split, group, kv_head, b;
         if constexpr (FLAGS && BLOCK) split = warp, group = u % G, kv_head = u / G, b = 0;  // decode: one row, head u

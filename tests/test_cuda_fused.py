@@ -28,7 +28,8 @@ STEPS = {
     "decode short": [(2, "single", 1)],
     "decode batch": [(40, "single", 1), (0, "single", 1), (200, "single", 1), (17, "single", 1)],
     "tree": [(75, "random", 16)],
-    "long tree": [(300, "random", 16)],  # the split-and-merge path
+    "long tree": [(300, "random", 16)],  # past 256 keys: the block instance's 16 shares (FUSED_TREE_BLOCK_SPLITS)
+    "longer tree": [(560, "random", 16)],  # past 512 keys (the 1k bucket): the split-and-merge path
     "small tree": [(50, "random", 6)],  # 6 rows of 8 staged (16 for the tensor-core instance)
     "mixed trees": [(20, "chain", 7), (33, "star", 5), (0, "single", 1), (130, "random", 3)],
     # one sequence's trees of up to 4 nodes: cluster decode's 2- and 4-row instances (kernels/cluster_tree.cu) on Hopper

@@ -23,6 +23,12 @@ FUSED_SLOT_BYTES = 16 * 8 * 32 * 16  # the fused decode instance's weight slots:
 # shares (255 keys) 548 -> 512; a T = 16 tree at 100 keys 782 -> 718. 16 shares (the 512 bucket) were level over the
 # bucket for decode: 528 against ~550 µs at 300 keys, 571 against ~550 at 500.
 FUSED_BLOCK_SPLITS = 8
+# Tree steps take the block instances up to this context bucket, their keys in at most FUSED_TREE_BLOCK_SPLITS shares
+# (a warp of the block each: fused_layers.cuh's WARPS). Measured on an H200 (notes/fused_tree_block_h200_stop65.log),
+# the default model's shapes, by turns, the same bits: T = 16 at 300 / 400 / 480 keys 788 / 790 / 794 -> 711 / 739 /
+# 754 µs a step with 16 shares in the block (against 16 shares over the grid and a merge phase), T = 8 at 300 / 480
+# keys 721 / 722 -> 654 / 700.
+FUSED_TREE_BLOCK_BUCKET, FUSED_TREE_BLOCK_SPLITS = 512, 16
 # packed (node, head) rows per attention unit of a tree step: split keys, and the block instances (kernels/fused_layers.cuh,
 # GROUP_ROWS and BLOCK_GROUP_ROWS)
 FUSED_GROUP_ROWS, FUSED_BLOCK_GROUP_ROWS = 4, 2
@@ -151,11 +157,16 @@ class FusedLaunchers:
             return groups, max(1, min(256, self.fused_blocks * 16 // (B * Hkv * groups), context_bucket(plan.max_kv_len) // 32))
 
         groups, splits = shares(1 if decode else FUSED_GROUP_ROWS)
-        # at most FUSED_BLOCK_SPLITS shares: a block per (sequence, KV head, row group) merges them in its shared
-        # memory (fused_layers.cuh, BLOCK), so the split partials need no buffers (null pointers)
-        block = splits <= FUSED_BLOCK_SPLITS
-        if block and not decode:
-            groups, splits = shares(FUSED_BLOCK_GROUP_ROWS)
+        # the block instances: a block per (sequence, KV head, row group) merges the key shares in its shared memory
+        # (fused_layers.cuh, BLOCK), so the split partials need no buffers (null pointers); decode steps of at most
+        # FUSED_BLOCK_SPLITS shares, tree steps up to FUSED_TREE_BLOCK_BUCKET keys in at most FUSED_TREE_BLOCK_SPLITS
+        if decode:
+            block = splits <= FUSED_BLOCK_SPLITS
+        else:
+            block = splits <= FUSED_BLOCK_SPLITS or context_bucket(plan.max_kv_len) <= FUSED_TREE_BLOCK_BUCKET
+            if block:
+                groups, splits = shares(FUSED_BLOCK_GROUP_ROWS)
+                splits = min(splits, FUSED_TREE_BLOCK_SPLITS)
         cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
         q = cp.empty((N, H, D), dtype=cp.float32)
         o_part = np.uint64(0) if block else cp.empty((splits, N, H, D), dtype=cp.float32)
