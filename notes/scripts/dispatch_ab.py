@@ -39,6 +39,8 @@ them).
   nocmerge   the mma.sync attention's key shares merged by attention_merge, a launch of its own (before stop 46:
              attention_merge_cluster merges them in the kernel, its shares a cluster)
   splitN     tensor-core attention in N key shares at every step (attention_splits; 1: no merge)
+  mergeWxR   attention_merge with W warps a row and R rows a block (merge_shape; the rule gives T = 64 at 512 keys
+             2 warps a row, 2 rows a block: 1024 blocks)
   w4         tensor-core attention on the 4-warp mma.sync kernel at every step (64-row blocks, whose shares merge
              inside a cluster of up to 8: no merge launch), where the rule takes the 8-warp wgmma one for trees
   nonorm     TIMING ONLY, wrong outputs: no add_rmsnorm launch (its outputs left as allocated); the most an RMSNorm
@@ -274,7 +276,7 @@ def apply(variant: str) -> None:
     cuda_gemm.FINISH_SCALAR_ROWS = SCALAR_ROWS
     cuda_gemm.NormedRows.finish = FINISH
     use_elementwise("rule")
-    for name in ("launch", "add_rmsnorm", "rope_write_kv"):
+    for name in ("launch", "add_rmsnorm", "rope_write_kv", "merge_shape"):
         be.__dict__.pop(name, None)
     be.gemm_wgmma_tiles = None
     be.gemm_l2_promotion = None
@@ -319,6 +321,9 @@ def apply(variant: str) -> None:
             be.gemm_promotion = lambda M, G=1: 128 if M <= 32 else 256
         elif part.startswith("promo"):
             be.gemm_l2_promotion = int(part[5:])
+        elif part.startswith("merge") and "x" in part:
+            W, R = (int(v) for v in part[5:].split("x"))
+            be.merge_shape = lambda rows, splits, W=W, R=R: (W, R)
         elif part == "nomerge":
             merge = be.kernel("attention.cu", "attention_merge")
             be.launch = lambda kernel, *args, **kw: None if kernel is merge else CudaBackend.launch(be, kernel, *args, **kw)

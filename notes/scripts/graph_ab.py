@@ -1,8 +1,11 @@
 """A/B of step graphs: µs per replay (20 back to back) of model.forward(plan) on random weights.
-usage (repo root): [CASES=512/1,512/8] PYTHONPATH=$PWD python3 notes/scripts/graph_ab.py TAG [smol,8b,8bfused] [nopdl]
-(nopdl: every launch through CuPy, without programmatic dependent launch, so no kernel overlaps the one before it)
+usage (repo root): [CASES=512/1,512/8] [SET="knob=value ..."] PYTHONPATH=$PWD python3 notes/scripts/graph_ab.py TAG [smol,8b,8bfused] [nopdl]
+(nopdl: every launch through CuPy, without programmatic dependent launch, so no kernel overlaps the one before it;
+SET: backend attributes set on each model's CudaBackend, values Python literals, e.g. SET=fused_max_rows=0 for the
+layer-by-layer path where the fused kernel would serve)
 An older build beside it: `git archive REV minispec kernels | tar -x -C .old`, then in .old
 `PYTHONPATH=$PWD python3 ../notes/scripts/graph_ab.py old` (the script imports whichever minispec is on the path)."""
+import ast
 import hashlib
 import os
 import sys
@@ -26,6 +29,11 @@ for name in models:
     cfg = llama_8b_config() if name.startswith("8b") else smollm2_135m_config()
     be = CudaBackend()
     be.pdl = be.pdl and "nopdl" not in sys.argv[3:]
+    for item in os.environ.get("SET", "").split():
+        knob, value = item.split("=", 1)
+        if not hasattr(be, knob):
+            raise SystemExit(f"graph_ab: the backend has no {knob}")
+        setattr(be, knob, ast.literal_eval(value))
     cp.random.seed(0)  # the same weights and pages in every build: equal digests mean equal bits
     model = Model(cfg, random_model_on_gpu(cfg, be), be)
     captured = []
