@@ -28,10 +28,9 @@ def test_models_past_the_fused_layer_table_run_layer_by_layer():
 
 
 def test_long_context_trees_leave_the_fused_kernel():
-    """A sequence's steps of 5-16 rows run fused while their row bucket times the context bucket is at most
-    FUSED_TREE_KEY_ROWS (16 rows up to the 1k-key bucket, 8 up to 2k), layer by layer past it, where attention runs on
-    tensor cores (measured: cuda_fused); decode and trees of up to 4 rows, and batches of sequences, keep the fused
-    kernel at any context."""
+    """A sequence's tree steps run fused while their row bucket times the context bucket is at most FUSED_TREE_KEY_ROWS
+    (16 rows up to the 1k-key bucket, 8 up to 2k, 4 up to 4k), layer by layer past it, where attention runs on tensor
+    cores (measured: cuda_fused); decode, and batches of sequences, keep the fused kernel at any context."""
     from minispec.bench_gpu import smollm2_135m_config
 
     rules = SimpleNamespace(bf16=True, max_shared=227 * 1024, fused_row_limit=lambda model: 16,
@@ -44,7 +43,8 @@ def test_long_context_trees_leave_the_fused_kernel():
 
     assert rows(16, 1000) == 16 and rows(16, 1030) == 0 and rows(9, 1100) == 0 and rows(12, 6000) == 0
     assert rows(8, 1000) == 8 and rows(8, 2000) == 8 and rows(8, 2100) == 0 and rows(5, 4000) == 0
-    assert rows(4, 8000) == 4 and rows(3, 8000) == 4 and rows(1, 8000) == 1
+    assert rows(4, 4000) == 4 and rows(3, 4100) == 0 and rows(2, 8000) == 2 and rows(2, 8200) == 0
+    assert rows(1, 8000) == 1 and rows(1, 30000) == 1
     assert rows(16, 4000, B=4) == 16 and rows(8, 6000, B=8) == 8
     assert rows(17, 100) == 0  # past fused_row_limit
 

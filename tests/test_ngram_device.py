@@ -357,14 +357,39 @@ def test_looping_model_on_gpu_drafts_on_the_device_and_samples_losslessly(tmp_pa
 
 
 @pytest.mark.gpu
+def test_long_context_stretches_replay_layer_by_layer_graphs(tmp_path):
+    """Past 1,024 keys a 16-row tree leaves the fused kernel (cuda_fused.FUSED_TREE_KEY_ROWS): the device's stretches
+    then replay layer-by-layer graphs, the empty plans at their ends included, and give the host loop's tokens and
+    steps."""
+    from .conftest import make_tiny_checkpoint
+
+    model = make_tiny_checkpoint(tmp_path / "looping", hidden=192, layers=3, heads=4, kv_heads=2, head_dim=64,
+                                 intermediate=384, dtype=ml_dtypes.bfloat16, cycle=7, max_positions=2048)
+    llm = tiny_llm(model, "cuda", kv_cache_tokens=1 << 14)
+    llm.use_drafter("ngram")
+    backend, seen = llm.backend, []
+    fused_rows = backend.fused_rows
+    backend.fused_rows = lambda m, plan: (lambda rows: seen.append((plan.num_tokens, plan.max_kv_len, rows)) or rows)(fused_rows(m, plan))
+    rng = np.random.default_rng(0)
+    text = "".join(rng.choice(list("abcdefghij "), 1100)) + "abcabcabd abcab"
+    try:
+        (device, host), calls = generate_both_ways(llm, llm.tokenizer.encode(text), SamplingParams(temperature=0, max_tokens=120, ignore_eos=True))
+    finally:
+        del backend.fused_rows
+    assert device == host and calls > 0 and max(device[2]) >= 8, device[2]
+    assert any(N > 8 and keys > 1024 and rows == 0 for N, keys, rows in seen), seen[-5:]  # layered tree steps ran
+
+
+@pytest.mark.gpu
 # the fused kernel's CUDA-core instance (intermediate 328: up to 4 rows; on Hopper cluster_decode.cu's 4-row instance
-# takes a 3-node step) and its tensor-core one (384: up to 16)
-@pytest.mark.parametrize("intermediate,T", [(328, 3), (384, 13)])
-def test_a_device_written_empty_plan_leaves_the_cache_untouched(tmp_path, intermediate, T):
+# takes a 3-node step) and its tensor-core one (384: up to 16); and the layer-by-layer graph (fused_max_rows 0), which
+# long-context trees take
+@pytest.mark.parametrize("intermediate,T,fused", [(328, 3, True), (384, 13, True), (384, 13, False)])
+def test_a_device_written_empty_plan_leaves_the_cache_untouched(tmp_path, intermediate, T, fused):
     """A step launched past its sequence's end replays its graph on an empty plan (cu_q[1] = 0, as ngram_advance
-    writes it): the fused kernel returns at once, and cluster_decode.cu runs its rows as padding that writes no K/V, so
-    no page of any layer changes. The same graph on the plan
-    it was captured for writes its rows' K/V (the check sees writes)."""
+    writes it): the fused kernel returns at once, cluster_decode.cu runs its rows as padding that writes no K/V, and
+    the layer-by-layer kernels write nothing for padding rows, so no page of any layer changes. The same graph on the
+    plan it was captured for writes its rows' K/V (the check sees writes)."""
     import cupy as cp
 
     from minispec.backends.cuda_backend import CudaBackend
@@ -375,13 +400,15 @@ def test_a_device_written_empty_plan_leaves_the_cache_untouched(tmp_path, interm
 
     rng = np.random.default_rng(intermediate)
     be = CudaBackend("bfloat16")
+    if not fused:
+        be.fused_max_rows = 0
     model = Model.load(tiny_bf16_model(tmp_path / "model", 64, intermediate), be)
     P, num_pages, L = 16, 12, 50
     N = pow2_bucket(T)
     cache = model.new_cache(num_pages, P)
     table = [int(p) for p in rng.permutation(num_pages)[: -(-(L + T) // P)]]
     plan = build_plan_one(StepItem.tree(table, L, random_tree(rng, T, "random")), P)
-    assert be.fused_rows(model, be.prepare_plan(plan))  # the step runs on the fused kernel
+    assert bool(be.fused_rows(model, be.prepare_plan(plan))) == fused  # the step runs on the fused kernel, or not
     pages = [c for pair in zip(cache.k, cache.v) for c in pair]
     start = [rng.normal(size=c.shape).astype(ml_dtypes.bfloat16).view(np.uint16) for c in pages]
     buffers = be.ngram_buffers(model, cache, N, num_pages, 256)

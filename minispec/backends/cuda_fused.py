@@ -29,12 +29,14 @@ FUSED_BLOCK_SPLITS = 8
 # 754 µs a step with 16 shares in the block (against 16 shares over the grid and a merge phase), T = 8 at 300 / 480
 # keys 721 / 722 -> 654 / 700.
 FUSED_TREE_BLOCK_BUCKET, FUSED_TREE_BLOCK_SPLITS = 512, 16
-# A sequence's step of 5-16 rows (the tensor-core instance) runs fused while its row bucket times its context bucket is
-# at most this; past it, layer by layer, where attention runs on tensor cores (the fused kernel's CUDA-core attention
-# grows with the keys a warp reads). Measured on an H200 (notes/fused_vs_layered_trees_h200_stop65.log), the default
-# model's shapes, by turns, µs a step fused -> layered: 16 rows at 1000 keys 855 -> 951 (fused kept), at 1100 / 1300
-# / 1700 / 1900 / 4000 / 6000 keys 969 / 984 / 1006 / 1085 / 1234 / 1418 -> 986 / 962 / 972 / 984 / 1003 / 1015; 8 rows
-# at 1900 857 -> 900 (kept), at 2100 / 3000 / 4000 / 6000 926 / 1014 / 1063 / 1158 -> 935 / 918 / 923 / 930.
+# A sequence's tree step runs fused while its row bucket times its context bucket is at most this; past it, layer by
+# layer, where attention runs on tensor cores (the fused kernel's CUDA-core attention grows with the rows times the
+# keys). Measured on an H200 (notes/fused_vs_layered_trees_h200_stop65.log), the default model's shapes, by turns, µs a
+# step fused -> layered: 16 rows at 1000 keys 855 -> 951 (fused kept), at 1100 / 1300 / 1700 / 1900 / 4000 / 6000 keys
+# 969 / 984 / 1006 / 1085 / 1234 / 1418 -> 986 / 962 / 972 / 984 / 1003 / 1015; 8 rows at 1900 857 -> 900 (kept), at
+# 2100 / 3000 / 4000 / 6000 926 / 1014 / 1063 / 1158 -> 935 / 918 / 923 / 930; 4 rows at 2100 891 -> 881 (kept: the
+# bucket's product is 16384), at 4100 / 8000 943 / 1127 -> 923 / 982; 2 rows at 2100 808 -> 882. Decode keeps the
+# fused kernel at every context (2100 / 4100 / 8000 keys 688 / 761 / 924 against 863 / 906 / 964).
 FUSED_TREE_KEY_ROWS = 16384
 # packed (node, head) rows per attention unit of a tree step: split keys, and the block instances (kernels/fused_layers.cuh,
 # GROUP_ROWS and BLOCK_GROUP_ROWS)
@@ -84,8 +86,8 @@ class FusedLaunchers:
 
     def fused_rows(self, model, plan: DevicePlan) -> int:
         """The step's rows rounded up to a power of two (the staged rows of the fused-layers kernel), or 0 when
-        the step runs layer by layer: causal chunks, more rows than fused_row_limit, and a sequence's trees of 5-16
-        rows at long contexts (FUSED_TREE_KEY_ROWS)."""
+        the step runs layer by layer: causal chunks, more rows than fused_row_limit, and a sequence's tree steps at
+        long contexts (FUSED_TREE_KEY_ROWS)."""
         c = model.config
         N = plan.num_tokens
         if not self.bf16 or plan.has_causal or N > self.fused_row_limit(model) or c.head_dim not in (64, 128):
@@ -93,7 +95,7 @@ class FusedLaunchers:
         if c.hidden_size % 8 or c.intermediate_size % 8:
             return 0
         rows = pow2_bucket(N)
-        if plan.batch_size == 1 and rows > 4 and rows * context_bucket(plan.max_kv_len) > FUSED_TREE_KEY_ROWS:
+        if plan.batch_size == 1 and rows > 1 and rows * context_bucket(plan.max_kv_len) > FUSED_TREE_KEY_ROWS:
             return 0
         return rows if self.fused_shared_bytes(c, rows) <= self.max_shared - FUSED_STATIC_SHARED else 0
 
