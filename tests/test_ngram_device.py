@@ -386,10 +386,11 @@ def test_long_context_stretches_replay_layer_by_layer_graphs(tmp_path):
 # long-context trees take
 @pytest.mark.parametrize("intermediate,T,fused", [(328, 3, True), (384, 13, True), (384, 13, False)])
 def test_a_device_written_empty_plan_leaves_the_cache_untouched(tmp_path, intermediate, T, fused):
-    """A step launched past its sequence's end replays its graph on an empty plan (cu_q[1] = 0, as ngram_advance
-    writes it): the fused kernel returns at once, cluster_decode.cu runs its rows as padding that writes no K/V, and
-    the layer-by-layer kernels write nothing for padding rows, so no page of any layer changes. The same graph on the
-    plan it was captured for writes its rows' K/V (the check sees writes)."""
+    """A step launched past its sequence's end replays its graph on an empty plan (cu_q[1] = 0 and slot -1 a row, as
+    ngram_advance writes it), so no page of any layer changes: the fused kernel returns at once and cluster_decode.cu
+    runs its rows as padding that writes no K/V, both whatever the slots say (the check leaves the captured plan's);
+    the layer-by-layer graph's K/V write skips slot -1 (its kernels read cu_q only to zero padded rows' outputs). The
+    same graph on the plan it was captured for writes its rows' K/V (the check sees writes)."""
     import cupy as cp
 
     from minispec.backends.cuda_backend import CudaBackend
@@ -414,11 +415,14 @@ def test_a_device_written_empty_plan_leaves_the_cache_untouched(tmp_path, interm
     buffers = be.ngram_buffers(model, cache, N, num_pages, 256)
     packed = np.zeros(buffers.packed.size, np.int32)
     pack_plan(plan, packed, N, num_pages)
-    cu_q = packed_offsets(1, N, num_pages)[5]
+    offsets = packed_offsets(1, N, num_pages)
+    cu_q, slots = offsets[5], slice(offsets[3], offsets[4])
+    captured_slots = packed[slots].copy()
     for empty in (False, True, False, True):  # the graph is captured on the first, then replayed
         for c, values in zip(pages, start):
             c[...] = cp.asarray(values)
         packed[cu_q + 1] = 0 if empty else T
+        packed[slots] = -1 if empty and not fused else captured_slots
         buffers.packed[...] = cp.asarray(packed)
         be.replay_packed(model, cache, buffers, L + N)
         cp.cuda.Device().synchronize()
