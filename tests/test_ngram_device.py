@@ -369,7 +369,13 @@ def test_long_context_stretches_replay_layer_by_layer_graphs(tmp_path):
     llm.use_drafter("ngram")
     backend, seen = llm.backend, []
     fused_rows = backend.fused_rows
-    backend.fused_rows = lambda m, plan: (lambda rows: seen.append((plan.num_tokens, plan.max_kv_len, rows)) or rows)(fused_rows(m, plan))
+
+    def spied(model, plan):  # each step's (rows, keys, fused rows)
+        rows = fused_rows(model, plan)
+        seen.append((plan.num_tokens, plan.max_kv_len, rows))
+        return rows
+
+    backend.fused_rows = spied
     rng = np.random.default_rng(0)
     text = "".join(rng.choice(list("abcdefghij "), 1100)) + "abcabcabd abcab"
     try:

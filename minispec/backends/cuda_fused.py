@@ -162,23 +162,22 @@ class FusedLaunchers:
         # instances (fused_layers.cuh, phase_attention)
         decode = self.fused_pass_rows(c, rows) == 1
 
+        bucket = context_bucket(plan.max_kv_len)
+
         def shares(group_rows):  # (row groups, key shares)
             groups = -(-rows * (H // Hkv) // group_rows)
             # split the keys until every warp of the grid has a share, but no share under 32 keys; from the graph
             # buckets (rows, context), as in attention_mma, so eager launches and replays give the same bits
-            return groups, max(1, min(256, self.fused_blocks * 16 // (B * Hkv * groups), context_bucket(plan.max_kv_len) // 32))
+            return groups, max(1, min(256, self.fused_blocks * 16 // (B * Hkv * groups), bucket // 32))
 
         groups, splits = shares(1 if decode else FUSED_GROUP_ROWS)
         # the block instances: a block per (sequence, KV head, row group) merges the key shares in its shared memory
-        # (fused_layers.cuh, BLOCK), so the split partials need no buffers (null pointers); decode steps of at most
-        # FUSED_BLOCK_SPLITS shares, tree steps up to FUSED_TREE_BLOCK_BUCKET keys in at most FUSED_TREE_BLOCK_SPLITS
-        if decode:
-            block = splits <= FUSED_BLOCK_SPLITS
-        else:
-            block = splits <= FUSED_BLOCK_SPLITS or context_bucket(plan.max_kv_len) <= FUSED_TREE_BLOCK_BUCKET
-            if block:
-                groups, splits = shares(FUSED_BLOCK_GROUP_ROWS)
-                splits = min(splits, FUSED_TREE_BLOCK_SPLITS)
+        # (fused_layers.cuh, BLOCK), so the split partials need no buffers (null pointers); steps of at most
+        # FUSED_BLOCK_SPLITS shares, and tree steps up to FUSED_TREE_BLOCK_BUCKET keys in at most FUSED_TREE_BLOCK_SPLITS
+        block = splits <= FUSED_BLOCK_SPLITS or (not decode and bucket <= FUSED_TREE_BLOCK_BUCKET)
+        if block and not decode:
+            groups, splits = shares(FUSED_BLOCK_GROUP_ROWS)
+            splits = min(splits, FUSED_TREE_BLOCK_SPLITS)
         cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
         q = cp.empty((N, H, D), dtype=cp.float32)
         o_part = np.uint64(0) if block else cp.empty((splits, N, H, D), dtype=cp.float32)
