@@ -230,8 +230,14 @@ __device__ __forceinline__ void launch_stamps(const Step& s, unsigned epoch, uns
 
 // Shared memory carve-up (byte offsets; the backend's cluster_decode_shared_bytes mirrors it): R rows of every
 // per-row region
+// LATE_O (the one-row instance, a decode step): the O slice shares the qkv weights' region, copied there once the qkv
+// products are done, so that the attention blocks' shares of the 4096-key bucket fit (the default model: 212 KB a block,
+// against 244 KB with a region of its own), and the copy runs beside attention instead of ahead of it (a decode step 2-4%
+// faster from 512 keys, ~1% slower at 100, stop 66). The tree instances (R > 1) keep the O slice's own region, copied
+// with the attention group: late, their steps were 3-4% slower at 300 keys.
 template <int D, int R>
 struct Layout {
+    static constexpr bool LATE_O = R == 1;
     int G, pairs_block, OC, OK, ni_max, keys_max;
     int h, hin, sq_in, xs, qkv_in, part_in, upart, attn, act, dred_in, red, polled, rope, norm_a, norm_m, bars, table, pages, masks, wqkv, wo,
         wgu, wd, kv;
@@ -261,15 +267,15 @@ struct Layout {
         rope = take(R * pairs_block * 2 * 4);
         norm_a = take(s.C * 4);
         norm_m = take(s.C * 4);
-        bars = take(6 * 8);
+        bars = take((LATE_O ? 7 : 6) * 8);
         table = take(s.L * 8 * 8);
         pages = take((keys_max / s.P + 2) * 4);
         masks = take(R * 8);
         // a block's own role's weights (and K/V rows): the two roles' regions overlap (a decode step's shares then fit up
         // to the 2048-key bucket, where they stopped at 1024)
         const int roles = at;
-        wqkv = take(pairs_block * 2 * s.C * 2);
-        wo = take(OC * OK * 2);
+        wqkv = take(LATE_O ? max(pairs_block * 2 * s.C * 2, OC * OK * 2) : pairs_block * 2 * s.C * 2);
+        wo = LATE_O ? wqkv : take(OC * OK * 2);
         kv = take(2 * keys_max * D * 2);
         at = roles;
         wgu = take(ni_max * 2 * s.C * 2);
@@ -444,6 +450,7 @@ __device__ __forceinline__ float merge_partials(const float* first, int count, i
 
 template <int D, int R>
 __device__ void cluster_decode_body(const Step& s) {
+    constexpr bool LATE_O = Layout<D, R>::LATE_O;
     const unsigned long long entered = s.clock != nullptr ? globaltimer() : 0;
     extern __shared__ __align__(128) unsigned char smem[];
     const Layout<D, R> lay(s);
@@ -469,7 +476,7 @@ __device__ void cluster_decode_body(const Step& s) {
     float* norm_a = reinterpret_cast<float*>(smem + lay.norm_a);
     float* norm_m = reinterpret_cast<float*>(smem + lay.norm_m);
     // mbarriers: pushes of qkv values, of attention partials, of down sums; copies of the attention group, of the MLP
-    // group; pushes of h's slices (push_slice)
+    // group; pushes of h's slices (push_slice); LATE_O: the O slice's copy
     unsigned long long* bars = reinterpret_cast<unsigned long long*>(smem + lay.bars);
     unsigned long long* table = reinterpret_cast<unsigned long long*>(smem + lay.table);  // the layer table
     int* pages = reinterpret_cast<int*>(smem + lay.pages);  // page ids of this block's old keys, from page k0 / P
@@ -516,20 +523,26 @@ __device__ void cluster_decode_body(const Step& s) {
     auto opart = [&](int layer) { return s.opart + (long long)(layer % 2) * s.Hkv * R * C; };
     auto dpart = [&](int layer) { return s.dpart + (long long)(layer % 2) * mlp_clusters * R * C; };
     const int first_page = k0 / s.P, page_count = old_end > k0 ? (old_end - 1) / s.P - first_page + 1 : 0;
-    const unsigned attention_bytes = attends ? (my_pairs * 2 * C + lay.OC * lay.OK + 2 * (old_end - k0) * D) * 2 + C * 4 : 0;
+    const unsigned attention_bytes = attends ? (my_pairs * 2 * C + (LATE_O ? 0 : lay.OC * lay.OK) + 2 * (old_end - k0) * D) * 2 + C * 4 : 0;
     const unsigned mlp_bytes = (ni * 2 * C + C * ni) * 2 + C * 4;
     const unsigned slice_bytes = R * CD_CLUSTER * (C / CD_CLUSTER + 1) * 4;  // a round of slice_partials pushes
 
     if (t == 0) {
-        for (int k = 0; k < 6; k++) mbarrier_init(&bars[k], 1);
+        for (int k = 0; k < (LATE_O ? 7 : 6); k++) mbarrier_init(&bars[k], 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     if (t < 8 * s.L) table[t] = table_entry;
     if (t < R) masks[t] = mask_entry;
     __syncthreads();  // the table and the mbarriers, before the first copies use them
 
-    // copy group "attention" of layer l (attention clusters): qkv pair rows, O slice, attn_norm, then the old K/V rows
-    // (issue_kv: they need the page ids); a bulk copy per contiguous run, counted on bars[3]
+    // LATE_O: the O slice of layer l, one run of wo's [Hkv, C, G D] copy, counted on bars[6]
+    auto issue_o = [&](int l) {
+        if (t == CD_THREADS - 2)
+            bulk(wo_s, reinterpret_cast<const bf16*>(table[8 * l + 2]) + ((long long)c * C + (int)rank * lay.OC) * lay.OK,
+                 lay.OC * lay.OK * 2, &bars[6]);
+    };
+    // copy group "attention" of layer l (attention clusters): qkv pair rows, O slice (LATE_O: issue_o, later), attn_norm,
+    // then the old K/V rows (issue_kv: they need the page ids); a bulk copy per contiguous run, counted on bars[3]
     auto issue_attention = [&](int l) {
         if (!attends || (CD_COPY_ONCE && l > 0)) return;
         if (l >= s.L) {  // after the last layer: block 0's final norm weights (its last hand-over waits for them)
@@ -545,14 +558,10 @@ __device__ void cluster_decode_body(const Step& s) {
             const int col = pair_column<D>(s, c, G, (int)rank + CD_CLUSTER * (t / 2)) + (t % 2) * (D / 2);
             bulk(wqkv_s + t * C8, reinterpret_cast<const bf16*>(p[1]) + (long long)col * C, C * 2, &bars[3]);
         }
-        if constexpr (R == 1) {  // the O slice: one run of wo's [Hkv, C, G D] copy
-            if (t == CD_THREADS - 2)
-                bulk(wo_s, reinterpret_cast<const bf16*>(p[2]) + ((long long)c * C + (int)rank * lay.OC) * lay.OK, lay.OC * lay.OK * 2, &bars[3]);
-        } else {  // a run of G D columns from each of its OC rows of wo [C, H D]
+        if constexpr (!LATE_O)  // the O slice: a run of G D columns from each of its OC rows of wo [C, H D]
             for (int k = t; k < lay.OC; k += CD_THREADS)
                 bulk(wo_s + k * (lay.OK / 8), reinterpret_cast<const bf16*>(p[2]) + (long long)((int)rank * lay.OC + k) * (s.H * D) + c * lay.OK,
                      lay.OK * 2, &bars[3]);
-        }
         if (t == CD_THREADS - 1) bulk(norm_a, reinterpret_cast<const float*>(p[0]), C * 4, &bars[3]);
     };
     auto issue_kv = [&](int l) {
@@ -686,6 +695,16 @@ __device__ void cluster_decode_body(const Step& s) {
                         __float2bfloat16_rn(qkv_in[((j - tree_start) * (G + 2) + G + which) * D + e]);
                 }
             __syncthreads();
+            if constexpr (LATE_O) {  // every warp's qkv products are done with wqkv_s: the O slice into it, while attention runs
+                if (!CD_COPY_ONCE || l == 0) {
+                    if (t == 0) {
+                        fence_async_shared();  // the generic reads of the region before the copy engine's writes
+                        expect(&bars[6], lay.OC * lay.OK * 2);
+                    }
+                    __syncthreads();
+                    issue_o(l);
+                }
+            }
             // the share's partial (running max M, exp sum L, unnormalised o) of row r's query head hg, from its warp to all
             // 8 blocks
             auto push_share = [&](int r, int hg, float M, float Lsum, const float (&o)[D / 32]) {
@@ -789,6 +808,8 @@ __device__ void cluster_decode_body(const Step& s) {
             }
             __syncthreads();
             CD_STAMP(2);
+            if constexpr (LATE_O)
+                if (!CD_COPY_ONCE || l == 0) mbarrier_wait<true>(&bars[6], parity);  // the O slice, copied during attention
             // O partial: columns rank * OC + oc, K = this cluster's G D attention values, of each row
             const int OK8 = lay.OK / 8;
             // (8 lanes a column, 4 columns a warp at once: K is short, 24 chunks on the default model; a warp a column

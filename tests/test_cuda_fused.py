@@ -168,6 +168,25 @@ def test_fused_layers_are_deterministic(tmp_path, intermediate):
         assert np.array_equal(cp.asnumpy(model.compute(device_plan, cache)), first)
 
 
+def run_step(model, device_plan, cache, start, used):
+    """(logits, the used pages of every layer's K and V) of one step on pages reset to `start` (bf16 values)."""
+    import cupy as cp
+
+    for c, values in zip([*cache.k, *cache.v], start):
+        c[...] = cp.asarray(values.view(np.uint16))
+    logits = cp.asnumpy(model.compute(device_plan, cache))
+    return logits, [c.get().view(BF16).astype(np.float32)[used] for c in [*cache.k, *cache.v]]
+
+
+def assert_close_to_fused(clustered, clustered_pages, fused, fused_pages):
+    """cluster_decode.cu's step against the fused kernel's: the same roundings, other fp32 sum orders."""
+    scale = np.abs(fused).max()
+    assert_close(clustered, fused, 0, 3e-2 * scale, "cluster decode vs fused kernel")
+    assert np.abs(clustered - fused).mean() <= 3e-3 * scale
+    for got, want in zip(clustered_pages, fused_pages):
+        assert_close(got, want, 0, 3e-2 * np.abs(want).max(), "K/V pages")
+
+
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("context", [40, 300, 1500])
 @pytest.mark.parametrize("tree", [("single", 1), ("chain", 2), ("random", 3), ("random", 4), ("star", 4)])
@@ -176,8 +195,6 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
     roundings, other fp32 sum orders), the same bits on every run (fixed-order sums only), the same K/V written at the
     step's slots. A tree of 3 nodes runs the 4-row instance with a row of padding. At 1500 keys (shares of 188 keys) a
     decode step and a 2-node tree fit, the 4-row instance need not."""
-    import cupy as cp
-
     from minispec.backends.cuda_backend import CudaBackend
 
     be = CudaBackend("bfloat16")
@@ -198,10 +215,7 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
     assert shape[3] == {1: 1, 2: 2, 3: 4, 4: 4}[T]  # the instance's rows
 
     def run():
-        for c, values in zip([*cache.k, *cache.v], start):
-            c[...] = cp.asarray(values.view(np.uint16))
-        logits = cp.asnumpy(model.compute(device_plan, cache))
-        return logits, [c.get().view(BF16).astype(np.float32)[used] for c in [*cache.k, *cache.v]]
+        return run_step(model, device_plan, cache, start, used)
 
     clustered, clustered_pages = run()
     assert clustered.shape[0] == T and np.isfinite(clustered).all()
@@ -211,12 +225,7 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
         assert all(np.array_equal(a, b) for a, b in zip(again_pages, clustered_pages))
     be.cluster_decode = False
     assert be.cluster_decode_shape(model, device_plan, 16) is None
-    fused, fused_pages = run()
-    scale = np.abs(fused).max()
-    assert_close(clustered, fused, 0, 3e-2 * scale, "cluster decode vs fused kernel")
-    assert np.abs(clustered - fused).mean() <= 3e-3 * scale
-    for got, want in zip(clustered_pages, fused_pages):
-        assert_close(got, want, 0, 3e-2 * np.abs(want).max(), "K/V pages")
+    assert_close_to_fused(clustered, clustered_pages, *run())
     # a batch of two and a tree step of more nodes than cluster_tree_rows stay on the fused kernel
     be.cluster_decode = True
     two, _ = random_step(rng, [(10, "single", 1), (20, "single", 1)], 16, 40)
@@ -226,6 +235,36 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
     if T > 1:
         be.cluster_tree_rows = 0
         assert be.cluster_decode_shape(model, device_plan, 16) is None
+
+
+def test_cluster_decode_takes_the_4096_bucket_of_default_widths(tmp_path):
+    """The default model's widths (two layers): a decode step at 4,000 keys (shares of 501 keys; an eager step's shares
+    follow its keys, a graph's its bucket's: 512 in the 4096 bucket) fits cluster_decode.cu's blocks, whose one-row
+    instance copies the O slice into the qkv weights' region once the qkv products are done, and matches the fused
+    kernel there, the same bits on every run."""
+    from minispec.backends.cuda_backend import CudaBackend
+
+    from .conftest import make_tiny_checkpoint
+
+    be = CudaBackend("bfloat16")
+    if not be.cluster_decode:
+        pytest.skip("kernels/cluster_decode.cu needs Hopper")
+    directory = make_tiny_checkpoint(tmp_path / "model", hidden=576, layers=2, heads=9, kv_heads=3, head_dim=64,
+                                     intermediate=1536, dtype=BF16, max_positions=4096)
+    model = Model.load(directory, be)
+    rng = np.random.default_rng(4000)
+    pages = -(-4001 // 16) + 2
+    plan, used = random_step(rng, [(4000, "single", 1)], 16, pages)
+    cache = model.new_cache(pages, 16)
+    start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
+    device_plan = be.prepare_plan(plan)
+    shape = be.cluster_decode_shape(model, device_plan, 16)
+    assert shape is not None and shape[1] == -(-4001 // 8) and shape[3] == 1, shape
+    clustered, clustered_pages = run_step(model, device_plan, cache, start, used)
+    again, _ = run_step(model, device_plan, cache, start, used)
+    assert np.isfinite(clustered).all() and np.array_equal(again, clustered)
+    be.cluster_decode = False
+    assert_close_to_fused(clustered, clustered_pages, *run_step(model, device_plan, cache, start, used))
 
 
 def test_cluster_decode_leaves_long_contexts_to_the_fused_kernel(tmp_path):

@@ -106,6 +106,36 @@ def test_cluster_decode_takes_hidden_sizes_up_to_1024():
         CudaBackend.cluster_decode_shape(backend, model(1024), plan, 16)
 
 
+def test_cluster_decode_takes_the_default_models_decode_up_to_the_4096_bucket():
+    """The default model's decode fits cluster_decode.cu's blocks up to the 4096-key bucket (512 keys a block): its
+    one-row instance copies the O slice into the qkv weights' region once the qkv products are done, so the two share
+    their bytes (Layout's LATE_O, mirrored by cluster_decode_shared_bytes); the 8192 bucket goes to the fused kernel, and
+    so do 2-node trees past the 2048 bucket (their instance gives the O slice a region of its own)."""
+    from minispec.bench_gpu import smollm2_135m_config
+
+    config = smollm2_135m_config()
+
+    class Counts(dict):  # the driver's count of resident clusters, as asked: 16 of 8 blocks (132 SMs) at any size here
+        def __contains__(self, key):
+            return True
+
+        def __getitem__(self, key):
+            return 16
+
+    backend = SimpleNamespace(cluster_decode=True, cluster_tree_rows=4, cluster_kernel=lambda *args: None, sm_count=132,
+                              max_shared=225 * 1024, cluster_counts=Counts(),
+                              cluster_decode_shared_bytes=CudaBackend.cluster_decode_shared_bytes)
+    model = SimpleNamespace(config=config, num_layers=config.num_layers)
+
+    def shape(keys, rows=1):
+        plan = SimpleNamespace(batch_size=1, num_tokens=rows, has_causal=False, max_kv_len=keys)
+        return CudaBackend.cluster_decode_shape(backend, model, plan, 16)
+
+    assert shape(4096) == (16, 512, CudaBackend.cluster_decode_shared_bytes(config, 30, 8 * 13, 512, 16), 1)
+    assert shape(8192) is None
+    assert shape(2048, rows=2)[1] == 256 and shape(4096, rows=2) is None
+
+
 class HostOnlyCupy:
     """What CapturedStep needs of CuPy, without a GPU: its "device" buffer is host memory, its copy a memmove."""
 

@@ -212,18 +212,21 @@ class FusedLaunchers:
     @staticmethod
     def cluster_decode_shared_bytes(c, num_layers: int, mlp_blocks: int, span: int, page_size: int, rows: int = 1) -> int:
         """Dynamic shared memory of kernels/cluster_decode.cuh (its Layout, region by region, each rounded to 16 bytes)
-        for MLP blocks over the intermediate groups, `span` keys a block at most and the instance of `rows` rows."""
+        for MLP blocks over the intermediate groups, `span` keys a block at most and the instance of `rows` rows (the
+        one-row instance copies its O slice into the qkv weights' region once the qkv products are done: Layout's LATE_O)."""
         C, D, I = c.hidden_size, c.head_dim, c.intermediate_size
         G = c.num_heads // c.num_kv_heads
         pairs_block = -(-((G + 2) * D // 2) // CLUSTER_DECODE_BLOCKS)
         OC, OK = C // CLUSTER_DECODE_BLOCKS, G * D
         ni_max = 8 * -(-(I // 8) // mlp_blocks)
-        R = rows
+        R, late_o = rows, rows == 1
         polled = max(c.num_kv_heads, mlp_blocks // CLUSTER_DECODE_BLOCKS) * (C // 32) * 16  # a row's polled partials
         regions = [R * C * 4, R * C * 4, R * 8 * 4, R * max(C, OK) * 2, R * (G + 2) * D * 4, R * 8 * G * (D + 2) * 4,
                    R * G * -(-span // 32) * (D + 2) * 4, R * OK * 2, R * ni_max * 4, R * 8 * OC * 4, R * 16 * 4, R * polled,
-                   R * pairs_block * 2 * 4, C * 4, C * 4, 6 * 8, num_layers * 64, (span // page_size + 2) * 4, R * 8]
-        attention = [pairs_block * 2 * C * 2, OC * OK * 2, 2 * span * D * 2]  # the two roles' weights overlap
+                   R * pairs_block * 2 * 4, C * 4, C * 4, (7 if late_o else 6) * 8, num_layers * 64, (span // page_size + 2) * 4, R * 8]
+        # the two roles' weights overlap; late_o: the O slice inside the qkv weights' region
+        weights = [max(pairs_block * 2 * C * 2, OC * OK * 2)] if late_o else [pairs_block * 2 * C * 2, OC * OK * 2]
+        attention = weights + [2 * span * D * 2]
         mlp = [ni_max * 2 * C * 2, C * ni_max * 2]
         size = lambda rs: sum(-(-r // 16) * 16 for r in rs)  # noqa: E731
         return size(regions) + max(size(attention), size(mlp))
