@@ -56,7 +56,10 @@
 //          (st.async, counted on the receiver's mbarrier: only the receiver waits); k and v rounded to bf16 and
 //          written to the cache slot
 //     attention: block r takes keys [r share, (r+1) share) of n = kv_len; the old ones are in its shared memory
-//          (copied during the layer before), the new one is the pushed k, v. Per query head: the share's running
+//          (copied during the layer before), the new one is the pushed k, v. The PASSES instance (a decode step past
+//          what a block's shared memory holds whole: kernels/cluster_decode_passes.cu) runs a share in passes of
+//          pass_keys keys: the first copied during the layer before, each next one once the pass before it is done
+//          (counted on the last mbarrier). Per query head: the share's running
 //          max m, exp sum l and unnormalised o, pushed to all 8 blocks; every block merges the 8 shares in rank order
 //          into attn = bf16(sum_r e^(m_r - M) o_r / sum_r e^(m_r - M) l_r)
 //     O partial: block r: columns [r C/8, (r+1) C/8) of attn_c . Wo[:, c G D .. (c+1) G D]^T -> opart[l % 2][c, :]
@@ -196,7 +199,7 @@ struct Step {
     const float *cos_table, *sin_table;
     unsigned long long *opart, *dpart;
     unsigned* epoch;
-    int C, H, Hkv, I, P, span;
+    int C, H, Hkv, I, P, span, pass_keys;  // keys a block at most; of them, K/V rows held at once (a multiple of 32)
     float eps, scale;
     unsigned long long* clock;
 };
@@ -235,10 +238,13 @@ __device__ __forceinline__ void launch_stamps(const Step& s, unsigned epoch, uns
 // against 244 KB with a region of its own), and the copy runs beside attention instead of ahead of it (a decode step 2-4%
 // faster from 512 keys, ~1% slower at 100, stop 66). The tree instances (R > 1) keep the O slice's own region, copied
 // with the attention group: late, their steps were 3-4% slower at 300 keys.
-template <int D, int R>
+template <int D, int R, bool PASSES>
 struct Layout {
     static constexpr bool LATE_O = R == 1;
-    int G, pairs_block, OC, OK, ni_max, keys_max;
+    // mbarriers: pushes of qkv values, of attention partials, of down sums; copy groups attention, MLP; pushes of h's
+    // slices; LATE_O: the O slice's copy; PASSES: the K/V rows of a share's passes after the first
+    static constexpr int BARS = 6 + LATE_O + PASSES, PASS_BAR = 6 + LATE_O;
+    int G, pairs_block, OC, OK, ni_max, keys_max, chunks_max;
     int h, hin, sq_in, xs, qkv_in, part_in, upart, attn, act, dred_in, red, polled, rope, norm_a, norm_m, bars, table, pages, masks, wqkv, wo,
         wgu, wd, kv;
     __device__ Layout(const Step& s) {
@@ -249,7 +255,8 @@ struct Layout {
         const int groups = s.I / 8;
         const int mlp_blocks = gridDim.x - CD_CLUSTER * s.Hkv;
         ni_max = 8 * ((groups + mlp_blocks - 1) / mlp_blocks);
-        keys_max = s.span;
+        keys_max = PASSES ? s.pass_keys : s.span;  // K/V rows in shared memory: a pass's
+        chunks_max = (s.span + 31) / 32;           // 32-key chunks of a whole share
         int at = 0;
         auto take = [&](int bytes) { int o = at; at += (bytes + 15) / 16 * 16; return o; };
         h = take(R * s.C * 4);
@@ -258,7 +265,7 @@ struct Layout {
         xs = take(R * max(s.C, OK) * 2);
         qkv_in = take(R * (G + 2) * D * 4);
         part_in = take(R * CD_CLUSTER * G * (D + 2) * 4);
-        upart = take(R * G * ((keys_max + 31) / 32) * (D + 2) * 4);
+        upart = take(R * G * chunks_max * (D + 2) * 4);
         attn = take(R * OK * 2);
         act = take(R * ni_max * 4);
         dred_in = take(R * CD_CLUSTER * OC * 4);
@@ -267,9 +274,9 @@ struct Layout {
         rope = take(R * pairs_block * 2 * 4);
         norm_a = take(s.C * 4);
         norm_m = take(s.C * 4);
-        bars = take((LATE_O ? 7 : 6) * 8);
+        bars = take(BARS * 8);
         table = take(s.L * 8 * 8);
-        pages = take((keys_max / s.P + 2) * 4);
+        pages = take((s.span / s.P + 2) * 4);
         masks = take(R * 8);
         // a block's own role's weights (and K/V rows): the two roles' regions overlap (a decode step's shares then fit up
         // to the 2048-key bucket, where they stopped at 1024)
@@ -448,12 +455,13 @@ __device__ __forceinline__ float merge_partials(const float* first, int count, i
     return L;
 }
 
-template <int D, int R>
+template <int D, int R, bool PASSES>
 __device__ void cluster_decode_body(const Step& s) {
-    constexpr bool LATE_O = Layout<D, R>::LATE_O;
+    using Lay = Layout<D, R, PASSES>;
+    constexpr bool LATE_O = Lay::LATE_O;
     const unsigned long long entered = s.clock != nullptr ? globaltimer() : 0;
     extern __shared__ __align__(128) unsigned char smem[];
-    const Layout<D, R> lay(s);
+    const Lay lay(s);
     const int t = threadIdx.x, warp = t / 32, lane = t % 32;
     unsigned rank;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
@@ -476,7 +484,7 @@ __device__ void cluster_decode_body(const Step& s) {
     float* norm_a = reinterpret_cast<float*>(smem + lay.norm_a);
     float* norm_m = reinterpret_cast<float*>(smem + lay.norm_m);
     // mbarriers: pushes of qkv values, of attention partials, of down sums; copies of the attention group, of the MLP
-    // group; pushes of h's slices (push_slice); LATE_O: the O slice's copy
+    // group; pushes of h's slices (push_slice); LATE_O: the O slice's copy; the K/V rows of a share's passes after the first
     unsigned long long* bars = reinterpret_cast<unsigned long long*>(smem + lay.bars);
     unsigned long long* table = reinterpret_cast<unsigned long long*>(smem + lay.table);  // the layer table
     int* pages = reinterpret_cast<int*>(smem + lay.pages);  // page ids of this block's old keys, from page k0 / P
@@ -523,12 +531,19 @@ __device__ void cluster_decode_body(const Step& s) {
     auto opart = [&](int layer) { return s.opart + (long long)(layer % 2) * s.Hkv * R * C; };
     auto dpart = [&](int layer) { return s.dpart + (long long)(layer % 2) * mlp_clusters * R * C; };
     const int first_page = k0 / s.P, page_count = old_end > k0 ? (old_end - 1) / s.P - first_page + 1 : 0;
-    const unsigned attention_bytes = attends ? (my_pairs * 2 * C + (LATE_O ? 0 : lay.OC * lay.OK) + 2 * (old_end - k0) * D) * 2 + C * 4 : 0;
+    // PASSES: a share in passes of keys_max keys, pass p's keys [pass_begin(p), pass_end(p)), its old ones up to
+    // pass_old_end(p); otherwise one pass, the share
+    const int passes = PASSES ? max(1, (keys + lay.keys_max - 1) / lay.keys_max) : 1;
+    auto pass_begin = [&](int pass) { return PASSES ? k0 + pass * lay.keys_max : k0; };
+    auto pass_end = [&](int pass) { return PASSES ? min(k1, pass_begin(pass) + lay.keys_max) : k1; };
+    auto pass_old_end = [&](int pass) { return PASSES ? max(pass_begin(pass), min(old_end, pass_end(pass))) : old_end; };
+    auto pass_old = [&](int pass) { return pass_old_end(pass) - pass_begin(pass); };
+    const unsigned attention_bytes = attends ? (my_pairs * 2 * C + (LATE_O ? 0 : lay.OC * lay.OK) + 2 * pass_old(0) * D) * 2 + C * 4 : 0;
     const unsigned mlp_bytes = (ni * 2 * C + C * ni) * 2 + C * 4;
     const unsigned slice_bytes = R * CD_CLUSTER * (C / CD_CLUSTER + 1) * 4;  // a round of slice_partials pushes
 
     if (t == 0) {
-        for (int k = 0; k < (LATE_O ? 7 : 6); k++) mbarrier_init(&bars[k], 1);
+        for (int k = 0; k < Lay::BARS; k++) mbarrier_init(&bars[k], 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     if (t < 8 * s.L) table[t] = table_entry;
@@ -564,15 +579,18 @@ __device__ void cluster_decode_body(const Step& s) {
                      lay.OK * 2, &bars[3]);
         if (t == CD_THREADS - 1) bulk(norm_a, reinterpret_cast<const float*>(p[0]), C * 4, &bars[3]);
     };
-    auto issue_kv = [&](int l) {
+    // the old K/V rows of pass `pass` of layer l (a bulk copy per page's run), counted on bar
+    auto issue_kv = [&](int l, int pass, unsigned long long* bar) {
         if (!attends || l >= s.L || (CD_COPY_ONCE && l > 0)) return;
         const unsigned long long* p = table + 8 * l;
+        const int b0 = pass_begin(pass), b1 = pass_old_end(pass);
         for (int k = t; k < 2 * page_count; k += CD_THREADS) {  // K and V rows of one page: contiguous in the cache
             const int which = k / page_count, pg = k % page_count;
-            const int j0 = max(k0, (first_page + pg) * s.P), j1 = min(old_end, (first_page + pg + 1) * s.P);
+            const int j0 = max(b0, (first_page + pg) * s.P), j1 = min(b1, (first_page + pg + 1) * s.P);
+            if (PASSES && j1 <= j0) continue;  // (a page of another pass)
             const bf16* cache = reinterpret_cast<const bf16*>(p[6 + which]);
-            bulk(kv_s + ((long long)which * lay.keys_max + j0 - k0) * D, cache + (((long long)pages[pg] * s.Hkv + c) * s.P + j0 % s.P) * D,
-                 (j1 - j0) * D * 2, &bars[3]);
+            bulk(kv_s + ((long long)which * lay.keys_max + j0 - b0) * D, cache + (((long long)pages[pg] * s.Hkv + c) * s.P + j0 % s.P) * D,
+                 (j1 - j0) * D * 2, bar);
         }
     };
     // copy group "MLP" of layer l: gate/up rows and the down weight of this block's indices (one run of the group-major
@@ -615,7 +633,7 @@ __device__ void cluster_decode_body(const Step& s) {
         }
     }
     __syncthreads();  // the page ids
-    issue_kv(0);
+    issue_kv(0, 0, &bars[3]);
     cluster_sync();  // mbarriers initialised before any push reaches them; h and rope visible
     // the LM head may launch now (kernels/pdl.cuh): its blocks take the SMs no cluster holds, and those each block of
     // this launch leaves, and copy their first weight stages there before they wait for this launch to end. (Every
@@ -627,6 +645,7 @@ __device__ void cluster_decode_body(const Step& s) {
     // partials pushed, the down sums written
 #define CD_STAMP(i) stamp(s, 1 + 7 * l + (i), (i) < 4 ? 0 : CD_CLUSTER * s.Hkv)
 
+    unsigned kv_phase = 0;  // PASSES: the pass mbarrier's phases completed (the passes after the first; a count that varies by block)
     for (int l = 0; l < s.L; l++) {
         const unsigned long long* p = table + 8 * l;
         const unsigned parity = l & 1;
@@ -686,14 +705,16 @@ __device__ void cluster_decode_body(const Step& s) {
             }
             CD_STAMP(1);
             mbarrier_wait<true>(&bars[0], parity);
-            // the tree's keys and values (key tree_start + r: row r's) into the share that holds them
-            const int new0 = max(k0, tree_start), fresh = k1 - new0;
-            if (fresh > 0)
-                for (int k = t; k < 2 * D * fresh; k += CD_THREADS) {
-                    const int j = new0 + k / (2 * D), which = k / D % 2, e = k % D;
-                    kv_s[((long long)which * lay.keys_max + (j - k0)) * D + e] =
+            // the tree's keys and values (key tree_start + r: row r's) into the pass of the share that holds them
+            auto write_fresh = [&](int pass) {
+                const int b0 = pass_begin(pass), j0 = max(b0, tree_start), j1 = pass_end(pass);
+                for (int k = t; k < 2 * D * (j1 - j0); k += CD_THREADS) {
+                    const int j = j0 + k / (2 * D), which = k / D % 2, e = k % D;
+                    kv_s[((long long)which * lay.keys_max + (j - b0)) * D + e] =
                         __float2bfloat16_rn(qkv_in[((j - tree_start) * (G + 2) + G + which) * D + e]);
                 }
+            };
+            write_fresh(0);
             __syncthreads();
             if constexpr (LATE_O) {  // every warp's qkv products are done with wqkv_s: the O slice into it, while attention runs
                 if (!CD_COPY_ONCE || l == 0) {
@@ -722,68 +743,85 @@ __device__ void cluster_decode_body(const Step& s) {
             // merge below would weigh it by e^0 = 1: the same bits), with no block barrier and no pass through upart
             const int chunks = (keys + 31) / 32;
             const bool direct = chunks == 1;
-            for (int u = warp; u < G * chunks; u += CD_WARPS) {
-                const int hg = u / chunks, ch = u % chunks, j = 32 * ch + lane;
-                const bool valid = j < keys;
-                const int key = k0 + j;
-                const uint4* krow = reinterpret_cast<const uint4*>(kv_s + (long long)(valid ? j : 0) * D);
-                float sc[R];
+            for (int pass = 0; pass < passes; pass++) {
+                if (PASSES && pass > 0) {  // every warp is done with the pass before: this pass's old rows into kv_s, then its tree rows
+                    __syncthreads();
+                    if (t == 0) {
+                        fence_async_shared();  // the generic reads of kv_s before the copy engine's writes
+                        expect(&bars[Lay::PASS_BAR], 2 * pass_old(pass) * D * 2);
+                    }
+                    __syncthreads();
+                    issue_kv(l, pass, &bars[Lay::PASS_BAR]);
+                    write_fresh(pass);  // (rows past old_end: no copy writes them)
+                    mbarrier_wait<true>(&bars[Lay::PASS_BAR], kv_phase & 1);
+                    kv_phase++;
+                    __syncthreads();  // the tree rows
+                }
+                const int b0 = pass_begin(pass), pass_keys = pass_end(pass) - b0;
+                const int pass_chunks = (pass_keys + 31) / 32, c0 = PASSES ? pass * (lay.keys_max / 32) : 0;
+                for (int u = warp; u < G * pass_chunks; u += CD_WARPS) {
+                    const int hg = u / pass_chunks, ch = u % pass_chunks, j = 32 * ch + lane;
+                    const bool valid = j < pass_keys;
+                    const int key = b0 + j;
+                    const uint4* krow = reinterpret_cast<const uint4*>(kv_s + (long long)(valid ? j : 0) * D);
+                    float sc[R];
 #pragma unroll
-                for (int r = 0; r < R; r++) sc[r] = 0.0f;
-                // lane j reads its row's 16-byte chunks from chunk j on (rows are 128 or 256 bytes: lanes reading the
-                // same chunk of consecutive rows would all hit one bank group); the sum order is then the lane's
+                    for (int r = 0; r < R; r++) sc[r] = 0.0f;
+                    // lane j reads its row's 16-byte chunks from chunk j on (rows are 128 or 256 bytes: lanes reading the
+                    // same chunk of consecutive rows would all hit one bank group); the sum order is then the lane's
 #pragma unroll
-                for (int e0 = 0; e0 < D / 8; e0++) {
-                    const int e = (e0 + lane) % (D / 8);
-                    float kf[8];
-                    unpack8(krow[e], kf);
+                    for (int e0 = 0; e0 < D / 8; e0++) {
+                        const int e = (e0 + lane) % (D / 8);
+                        float kf[8];
+                        unpack8(krow[e], kf);
+#pragma unroll
+                        for (int r = 0; r < R; r++) {
+                            const float* q = qkv_in + (r * (G + 2) + hg) * D + 8 * e;
+#pragma unroll
+                            for (int k = 0; k < 8; k++) sc[r] = fmaf(q[k], kf[k], sc[r]);
+                        }
+                    }
+                    float pk[R], m[R], lsum[R], o[R][D / 32];
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        const float* q = qkv_in + (r * (G + 2) + hg) * D + 8 * e;
+                        const bool seen = valid && (R == 1 || key < tree_start || (masks[r] >> (key - tree_start) & 1ull));
+                        sc[r] = seen ? sc[r] * s.scale : CD_NEG_INF;
+                        m[r] = warp_max(sc[r]);
+                        pk[r] = seen ? __expf(sc[r] - m[r]) : 0.0f;
+                        lsum[r] = warp_sum(pk[r]);
 #pragma unroll
-                        for (int k = 0; k < 8; k++) sc[r] = fmaf(q[k], kf[k], sc[r]);
+                        for (int e = 0; e < D / 32; e++) o[r][e] = 0.0f;
                     }
-                }
-                float pk[R], m[R], lsum[R], o[R][D / 32];
+                    const int count = min(32, pass_keys - 32 * ch);
+                    for (int kk = 0; kk < count; kk++) {
+                        const bf16* vrow = kv_s + ((long long)lay.keys_max + 32 * ch + kk) * D;
+                        float v[D / 32];
+                        if constexpr (D == 64) {
+                            const float2 a = bf2(reinterpret_cast<const unsigned*>(vrow)[lane]);
+                            v[0] = a.x, v[1] = a.y;
+                        } else {
+                            const uint2 vv = reinterpret_cast<const uint2*>(vrow)[lane];
+                            const float2 a = bf2(vv.x), b = bf2(vv.y);
+                            v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+                        }
 #pragma unroll
-                for (int r = 0; r < R; r++) {
-                    const bool seen = valid && (R == 1 || key < tree_start || (masks[r] >> (key - tree_start) & 1ull));
-                    sc[r] = seen ? sc[r] * s.scale : CD_NEG_INF;
-                    m[r] = warp_max(sc[r]);
-                    pk[r] = seen ? __expf(sc[r] - m[r]) : 0.0f;
-                    lsum[r] = warp_sum(pk[r]);
+                        for (int r = 0; r < R; r++) {
+                            const float w = __shfl_sync(0xffffffff, pk[r], kk);
 #pragma unroll
-                    for (int e = 0; e < D / 32; e++) o[r][e] = 0.0f;
-                }
-                const int count = min(32, keys - 32 * ch);
-                for (int kk = 0; kk < count; kk++) {
-                    const bf16* vrow = kv_s + ((long long)lay.keys_max + 32 * ch + kk) * D;
-                    float v[D / 32];
-                    if constexpr (D == 64) {
-                        const float2 a = bf2(reinterpret_cast<const unsigned*>(vrow)[lane]);
-                        v[0] = a.x, v[1] = a.y;
-                    } else {
-                        const uint2 vv = reinterpret_cast<const uint2*>(vrow)[lane];
-                        const float2 a = bf2(vv.x), b = bf2(vv.y);
-                        v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+                            for (int e = 0; e < D / 32; e++) o[r][e] = fmaf(w, v[e], o[r][e]);
+                        }
                     }
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        const float w = __shfl_sync(0xffffffff, pk[r], kk);
+                        if (direct) {
+                            push_share(r, hg, m[r], lsum[r], o[r]);
+                            continue;
+                        }
+                        float* up = upart + ((r * G + hg) * chunks + c0 + ch) * (D + 2);
 #pragma unroll
-                        for (int e = 0; e < D / 32; e++) o[r][e] = fmaf(w, v[e], o[r][e]);
+                        for (int e = 0; e < D / 32; e++) up[(D / 32) * lane + e] = o[r][e];
+                        if (lane == 0) up[D] = m[r], up[D + 1] = lsum[r];
                     }
-                }
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    if (direct) {
-                        push_share(r, hg, m[r], lsum[r], o[r]);
-                        continue;
-                    }
-                    float* up = upart + ((r * G + hg) * chunks + ch) * (D + 2);
-#pragma unroll
-                    for (int e = 0; e < D / 32; e++) up[(D / 32) * lane + e] = o[r][e];
-                    if (lane == 0) up[D] = m[r], up[D + 1] = lsum[r];
                 }
             }
             if (!direct) __syncthreads();
@@ -848,7 +886,7 @@ __device__ void cluster_decode_body(const Step& s) {
             // clusters' own hand-over does: issued before it, they held that up (8.59 -> 8.18 µs a layer at 100 keys
             // without them there, H100, notes/cluster_decode_copy_late_h100_stop29.log)
             issue_attention(l + 1);
-            issue_kv(l + 1);
+            issue_kv(l + 1, 0, &bars[3]);
             continue;
         }
         // MLP clusters: the layer's O sums into h (the layer before's down sums went in while the attention clusters
@@ -946,15 +984,18 @@ __device__ void cluster_decode_body(const Step& s) {
 
 }  // namespace cd
 
-// cluster_decode_r{R}_d{D}: R rows at most (a one-token decode step: R = 1; a tree step of rows <= R nodes)
-#define CLUSTER_DECODE(R, D)                                                                                            \
-    extern "C" __global__ void __cluster_dims__(CD_CLUSTER, 1, 1) __launch_bounds__(CD_THREADS, 1) cluster_decode_r##R##_d##D( \
+// cluster_decode_r{R}_d{D}: R rows at most (a one-token decode step: R = 1; a tree step of rows <= R nodes);
+// cluster_decode_passes_r{R}_d{D}: the same, a share's K/V in passes of pass_keys keys
+#define CLUSTER_DECODE_AS(R, D, NAME, PASSES)                                                                           \
+    extern "C" __global__ void __cluster_dims__(CD_CLUSTER, 1, 1) __launch_bounds__(CD_THREADS, 1) NAME(               \
         const unsigned long long* layers, int L, const int* tokens, const bf16* embed, const float* final_norm,         \
         bf16* normed, float* resid, const int* positions, const int* slots, const int* kv_len, const int* page_table, \
         const unsigned long long* masks, const int* tree_start, const int* cu_q, int rows, const float* cos_table, const float* sin_table, \
-        unsigned long long* opart, unsigned long long* dpart, unsigned* epoch, int C, int H, int Hkv, int I, int P, int span, \
+        unsigned long long* opart, unsigned long long* dpart, unsigned* epoch, int C, int H, int Hkv, int I, int P, int span, int pass_keys, \
         float eps, float scale, unsigned long long* clock) {                                                            \
         cd::Step s{layers, L, tokens, embed, final_norm, normed, resid, positions, slots, kv_len, page_table, masks,   \
-                   tree_start, cu_q, rows, cos_table, sin_table, opart, dpart, epoch, C, H, Hkv, I, P, span, eps, scale, clock}; \
-        cd::cluster_decode_body<D, R>(s);                                                                               \
+                   tree_start, cu_q, rows, cos_table, sin_table, opart, dpart, epoch, C, H, Hkv, I, P, span, pass_keys, eps, scale, clock}; \
+        cd::cluster_decode_body<D, R, PASSES>(s);                                                                       \
     }
+#define CLUSTER_DECODE(R, D) CLUSTER_DECODE_AS(R, D, cluster_decode_r##R##_d##D, false)
+#define CLUSTER_DECODE_PASSES(R, D) CLUSTER_DECODE_AS(R, D, cluster_decode_passes_r##R##_d##D, true)

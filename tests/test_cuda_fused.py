@@ -3,6 +3,8 @@ path and the NumPy reference, on tiny random bf16 models (skipped without a GPU)
 
 from __future__ import annotations
 
+from unittest.mock import ANY
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -237,11 +239,12 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
         assert be.cluster_decode_shape(model, device_plan, 16) is None
 
 
-def test_cluster_decode_takes_the_4096_bucket_of_default_widths(tmp_path):
+@pytest.mark.parametrize("context, pass_keys", [(4000, 501), (8000, 512)])
+def test_cluster_decode_takes_long_contexts_of_default_widths(tmp_path, context, pass_keys):
     """The default model's widths (two layers): a decode step at 4,000 keys (shares of 501 keys; an eager step's shares
-    follow its keys, a graph's its bucket's: 512 in the 4096 bucket) fits cluster_decode.cu's blocks, whose one-row
-    instance copies the O slice into the qkv weights' region once the qkv products are done, and matches the fused
-    kernel there, the same bits on every run."""
+    follow its keys, a graph's its bucket's: 512 in the 4096 bucket) fits cluster_decode.cu's blocks whole, whose
+    one-row instance copies the O slice into the qkv weights' region once the qkv products are done; at 8,000 keys
+    (shares of 1,001) in two passes of 512. Either matches the fused kernel, the same bits on every run."""
     from minispec.backends.cuda_backend import CudaBackend
 
     from .conftest import make_tiny_checkpoint
@@ -250,16 +253,16 @@ def test_cluster_decode_takes_the_4096_bucket_of_default_widths(tmp_path):
     if not be.cluster_decode:
         pytest.skip("kernels/cluster_decode.cu needs Hopper")
     directory = make_tiny_checkpoint(tmp_path / "model", hidden=576, layers=2, heads=9, kv_heads=3, head_dim=64,
-                                     intermediate=1536, dtype=BF16, max_positions=4096)
+                                     intermediate=1536, dtype=BF16, max_positions=8192)
     model = Model.load(directory, be)
-    rng = np.random.default_rng(4000)
-    pages = -(-4001 // 16) + 2
-    plan, used = random_step(rng, [(4000, "single", 1)], 16, pages)
+    rng = np.random.default_rng(context)
+    pages = -(-(context + 1) // 16) + 2
+    plan, used = random_step(rng, [(context, "single", 1)], 16, pages)
     cache = model.new_cache(pages, 16)
     start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
     device_plan = be.prepare_plan(plan)
     shape = be.cluster_decode_shape(model, device_plan, 16)
-    assert shape is not None and shape[1] == -(-4001 // 8) and shape[3] == 1, shape
+    assert shape is not None and shape[1] == -(-(context + 1) // 8) and shape[3:] == (1, pass_keys), shape
     clustered, clustered_pages = run_step(model, device_plan, cache, start, used)
     again, _ = run_step(model, device_plan, cache, start, used)
     assert np.isfinite(clustered).all() and np.array_equal(again, clustered)
@@ -267,20 +270,33 @@ def test_cluster_decode_takes_the_4096_bucket_of_default_widths(tmp_path):
     assert_close_to_fused(clustered, clustered_pages, *run_step(model, device_plan, cache, start, used))
 
 
-def test_cluster_decode_leaves_long_contexts_to_the_fused_kernel(tmp_path):
-    """A block of cluster_decode.cu holds its eighth of the keys in shared memory: a context whose shares do not fit
-    stays on the fused kernel."""
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("context, pass_keys", [(300, 32), (1500, 32), (1500, 96)])
+def test_cluster_decode_in_passes_gives_the_bits_of_the_whole_share(tmp_path, D, context, pass_keys):
+    """A decode step's K/V share in passes of pass_keys keys (cluster_pass_keys forced) against the share held whole:
+    the same 32-key chunks' partials, merged in the same order, so the same logits and K/V pages, bit for bit. At 300
+    keys (shares of 38) each block's second pass holds 3-6 keys, rank 7's the step's new key among them; at 1,500
+    (shares of 188) 6 passes of 32 or 2 of 96."""
     from minispec.backends.cuda_backend import CudaBackend
 
     be = CudaBackend("bfloat16")
     if not be.cluster_decode:
         pytest.skip("kernels/cluster_decode.cu needs Hopper")
-    model = Model.load(tiny_bf16_model(tmp_path / "model", 64), be)
-    rng = np.random.default_rng(5)
-    short, _ = random_step(rng, [(1000, "single", 1)], 16, 1300)
-    long, _ = random_step(rng, [(20000, "single", 1)], 16, 1300)  # 2501 keys a block: 640 KB of K/V
-    assert be.cluster_decode_shape(model, be.prepare_plan(short), 16) is not None
-    assert be.cluster_decode_shape(model, be.prepare_plan(long), 16) is None
+    model = Model.load(tiny_bf16_model(tmp_path / "model", D), be)
+    rng = np.random.default_rng(context + D + pass_keys)
+    pages = -(-(context + 1) // 16) + 8
+    plan, used = random_step(rng, [(context, "single", 1)], 16, pages)
+    cache = model.new_cache(pages, 16)
+    start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
+    device_plan = be.prepare_plan(plan)
+    span = -(-(context + 1) // 8)
+    assert be.cluster_decode_shape(model, device_plan, 16)[1:] == (span, ANY, 1, span)
+    whole, whole_pages = run_step(model, device_plan, cache, start, used)
+    be.cluster_pass_keys = pass_keys
+    assert be.cluster_decode_shape(model, device_plan, 16)[3:] == (1, pass_keys)
+    passes, passes_pages = run_step(model, device_plan, cache, start, used)
+    assert np.isfinite(whole).all() and np.array_equal(passes, whole)
+    assert all(np.array_equal(a, b) for a, b in zip(passes_pages, whole_pages))
 
 
 def test_cluster_decode_reads_o_and_down_in_its_layouts(tmp_path):

@@ -73,6 +73,13 @@ def test_cluster_decode_constants_agree_with_the_kernel():
     instance = r"HEAD_DIM_\d+\(CLUSTER_DECODE\((\d+), (\d+)\)\)"
     one, tree = (set(re.findall(instance, (KERNELS / file).read_text())) for file in ("cluster_decode.cu", "cluster_tree.cu"))
     assert one == {("1", "64"), ("1", "128")}
+    # the one-row instances that run a share in passes, in a file of their own
+    passes = set(re.findall(r"HEAD_DIM_\d+\(CLUSTER_DECODE_PASSES\((\d+), (\d+)\)\)", (KERNELS / "cluster_decode_passes.cu").read_text()))
+    assert passes == one
+    looked = []
+    for D in (64, 128):
+        CudaBackend.cluster_kernel(SimpleNamespace(kernel=lambda *args: looked.append(args)), 1, D, passes=True)
+    assert looked == [("cluster_decode_passes.cu", f"cluster_decode_passes_r1_d{D}", D) for D in (64, 128)]
     assert one | tree == {(str(R), str(D)) for R in CLUSTER_DECODE_ROWS for D in (64, 128)}
     picked = []  # and the backend looks each one up in its file
     for R in CLUSTER_DECODE_ROWS:
@@ -93,11 +100,12 @@ def test_cluster_decode_takes_hidden_sizes_up_to_1024():
     def kernel(*args):
         raise Looked  # past the shape rules: the backend asks for the kernel next
 
-    backend = SimpleNamespace(cluster_decode=True, cluster_tree_rows=4, cluster_kernel=kernel)
+    backend = SimpleNamespace(cluster_decode=True, cluster_tree_rows=4, cluster_kernel=kernel, sm_count=132, max_shared=225 * 1024,
+                              cluster_pass_keys=None, cluster_counts={}, cluster_decode_shared_bytes=CudaBackend.cluster_decode_shared_bytes)
     plan = SimpleNamespace(batch_size=1, num_tokens=1, has_causal=False, max_kv_len=100)
 
     def model(hidden):
-        config = SimpleNamespace(head_dim=64, hidden_size=hidden, intermediate_size=4 * hidden, num_heads=hidden // 64,
+        config = SimpleNamespace(head_dim=64, hidden_size=hidden, intermediate_size=2 * hidden, num_heads=hidden // 64 // 3 * 3,
                                  num_kv_heads=3)
         return SimpleNamespace(config=config, num_layers=30)
 
@@ -106,11 +114,12 @@ def test_cluster_decode_takes_hidden_sizes_up_to_1024():
         CudaBackend.cluster_decode_shape(backend, model(1024), plan, 16)
 
 
-def test_cluster_decode_takes_the_default_models_decode_up_to_the_4096_bucket():
-    """The default model's decode fits cluster_decode.cu's blocks up to the 4096-key bucket (512 keys a block): its
-    one-row instance copies the O slice into the qkv weights' region once the qkv products are done, so the two share
-    their bytes (Layout's LATE_O, mirrored by cluster_decode_shared_bytes); the 8192 bucket goes to the fused kernel, and
-    so do 2-node trees past the 2048 bucket (their instance gives the O slice a region of its own)."""
+def test_cluster_decode_takes_the_default_models_decode_up_to_its_longest_context():
+    """The default model's decode fits cluster_decode.cu's blocks whole up to the 4096-key bucket (512 keys a block):
+    its one-row instance copies the O slice into the qkv weights' region once the qkv products are done, so the two
+    share their bytes (Layout's LATE_O, mirrored by cluster_decode_shared_bytes). The 8192 bucket (the model's longest
+    context) runs its shares in two passes of 512 keys; the 16384 bucket, which four passes do not fit, goes to the
+    fused kernel, and so do 2-node trees past the 2048 bucket (one pass, and the O slice in a region of its own)."""
     from minispec.bench_gpu import smollm2_135m_config
 
     config = smollm2_135m_config()
@@ -123,7 +132,7 @@ def test_cluster_decode_takes_the_default_models_decode_up_to_the_4096_bucket():
             return 16
 
     backend = SimpleNamespace(cluster_decode=True, cluster_tree_rows=4, cluster_kernel=lambda *args: None, sm_count=132,
-                              max_shared=225 * 1024, cluster_counts=Counts(),
+                              max_shared=225 * 1024, cluster_counts=Counts(), cluster_pass_keys=None,
                               cluster_decode_shared_bytes=CudaBackend.cluster_decode_shared_bytes)
     model = SimpleNamespace(config=config, num_layers=config.num_layers)
 
@@ -131,8 +140,11 @@ def test_cluster_decode_takes_the_default_models_decode_up_to_the_4096_bucket():
         plan = SimpleNamespace(batch_size=1, num_tokens=rows, has_causal=False, max_kv_len=keys)
         return CudaBackend.cluster_decode_shape(backend, model, plan, 16)
 
-    assert shape(4096) == (16, 512, CudaBackend.cluster_decode_shared_bytes(config, 30, 8 * 13, 512, 16), 1)
-    assert shape(8192) is None
+    assert shape(4096) == (16, 512, CudaBackend.cluster_decode_shared_bytes(config, 30, 8 * 13, 512, 16), 1, 512)
+    assert shape(8192) == (16, 1024, CudaBackend.cluster_decode_shared_bytes(config, 30, 8 * 13, 1024, 16, 1, 512), 1, 512)
+    assert shape(16384) is None
+    backend.cluster_pass_keys = 64  # forced (tests): passes at any context, whole 32-key chunks
+    assert shape(4096)[4] == 64 and shape(100)[4] == 13 and shape(2048, rows=2)[4] == 256
     assert shape(2048, rows=2)[1] == 256 and shape(4096, rows=2) is None
 
 

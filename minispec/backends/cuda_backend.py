@@ -47,8 +47,9 @@ INCLUDE = re.compile(r'#include "(\w+\.cuh)"')  # a kernels/ header, inlined by 
 # Files whose instances come per head dim (kernels/head_dim.cuh): each is compiled for one head dim of HEAD_DIMS at a
 # time (kernel()'s head_dim), about half the compile of a machine's first run.
 HEAD_DIMS = (64, 128)
-PER_HEAD_DIM = {"attention_mma.cu", "attention_wgmma.cu", "attention_wgmma_tree.cu", "cluster_decode.cu", "cluster_tree.cu", "fused_layers_r1.cu", "fused_layers_r1_block.cu",
-                "fused_layers_r4.cu", "fused_layers_r4_block.cu", "fused_layers_r16.cu", "fused_layers_r16_block.cu"}
+PER_HEAD_DIM = {"attention_mma.cu", "attention_wgmma.cu", "attention_wgmma_tree.cu", "cluster_decode.cu", "cluster_decode_passes.cu",
+                "cluster_tree.cu", "fused_layers_r1.cu", "fused_layers_r1_block.cu", "fused_layers_r4.cu", "fused_layers_r4_block.cu",
+                "fused_layers_r16.cu", "fused_layers_r16_block.cu"}
 COMPILING = weakref.WeakSet()  # the Futures of every precompile of this process (finish_compiles)
 
 
@@ -241,6 +242,9 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
         self.cluster_decode = self.hopper
         # tree steps of one sequence and up to this many nodes on cluster decode too (kernels/cluster_tree.cu; 0: the fused kernel)
         self.cluster_tree_rows = 4
+        # K/V rows a decode step's cluster_decode.cu block holds at once, at most (a multiple of 32; None: the share's,
+        # in passes only where it does not fit: cluster_decode_shape; tests force passes at short contexts)
+        self.cluster_pass_keys = None
         self.cluster_counts = {}  # (rows, shared bytes) -> clusters of cluster_decode.cu resident at once (the driver's answer)
         self.cluster_partials = {}  # hidden size -> cluster_decode.cu's tagged partial sums and epoch (cluster_decode_buffers)
         self.shared_optin = props["sharedMemPerBlockOptin"]  # a block's shared memory, static and dynamic
@@ -285,7 +289,8 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
         given its config, the split norm's products where it takes them (splits_norms: not the default model), the
         tensor-core attention for its head dim and, for small layers, the one-launch decode
         (kernels/cluster_decode.cu). warm_up_trees adds speculation's (LLM.use_drafter); the rest compile when first
-        used (gemm_stream_wide.cu, whose instances no rule takes)."""
+        used (gemm_stream_wide.cu, whose instances no rule takes; cluster_decode_passes.cu, decode steps whose K/V
+        shares do not fit a block whole: the default model's past 4,096 keys)."""
         files = ["gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu",
                  "sampling_draw.cu"]
         if config is not None and self.splits_norms(config):
@@ -506,7 +511,7 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
         """The launch settings, part of a graph's key: changing one (tests, benchmarks) must capture anew."""
         return (self.fused_max_rows, self.fused_blocks, id(self.fused_clock), id(self.cluster_clock), self.attention_warps,
                 self.attention_splits, self.attention_wgmma, self.attention_early_trigger, self.attention_cluster_merge, self.pdl,
-                self.cluster_decode, self.cluster_tree_rows,
+                self.cluster_decode, self.cluster_tree_rows, self.cluster_pass_keys,
                 self.gemm_wgmma_tiles, self.gemm_l2_promotion, self.attention_l2_promotion, self.gemm_norm, self.gemm,
                 self.gemm_cluster, self.gemm_wgmma_groups, self.gemm_wgmma_xrows, self.glu_groups)
 

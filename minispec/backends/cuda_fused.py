@@ -44,6 +44,9 @@ FUSED_GROUP_ROWS, FUSED_BLOCK_GROUP_ROWS = 4, 2
 CLUSTER_DECODE_BLOCKS = 8  # blocks per cluster of kernels/cluster_decode.cu (CD_CLUSTER)
 CLUSTER_DECODE_MAX_PARTIALS = 24  # partial sums of each role at most (CD_MAX_PARTIALS: the polled slices' buffer)
 CLUSTER_DECODE_ROWS = (1, 2, 4)  # cluster_decode.cuh's instances: rows a step at most (cluster_tree.cu: trees of up to 4 nodes)
+# a decode step's K/V share in up to this many passes where it does not fit a block's shared memory whole (the default
+# model past the 4096-key bucket); tree steps take one
+CLUSTER_DECODE_PASSES = 4
 
 
 class FusedLaunchers:
@@ -210,32 +213,36 @@ class FusedLaunchers:
 
     # ------------------------------------------------------------------ cluster decode
     @staticmethod
-    def cluster_decode_shared_bytes(c, num_layers: int, mlp_blocks: int, span: int, page_size: int, rows: int = 1) -> int:
+    def cluster_decode_shared_bytes(c, num_layers: int, mlp_blocks: int, span: int, page_size: int, rows: int = 1,
+                                    pass_keys: int | None = None) -> int:
         """Dynamic shared memory of kernels/cluster_decode.cuh (its Layout, region by region, each rounded to 16 bytes)
-        for MLP blocks over the intermediate groups, `span` keys a block at most and the instance of `rows` rows (the
-        one-row instance copies its O slice into the qkv weights' region once the qkv products are done: Layout's LATE_O)."""
+        for MLP blocks over the intermediate groups, `span` keys a block at most, K/V rows for `pass_keys` of them at once
+        (default: all) and the instance of `rows` rows (the one-row instance copies its O slice into the qkv weights'
+        region once the qkv products are done: Layout's LATE_O)."""
         C, D, I = c.hidden_size, c.head_dim, c.intermediate_size
         G = c.num_heads // c.num_kv_heads
         pairs_block = -(-((G + 2) * D // 2) // CLUSTER_DECODE_BLOCKS)
         OC, OK = C // CLUSTER_DECODE_BLOCKS, G * D
         ni_max = 8 * -(-(I // 8) // mlp_blocks)
         R, late_o = rows, rows == 1
+        pass_keys = span if pass_keys is None else pass_keys
         polled = max(c.num_kv_heads, mlp_blocks // CLUSTER_DECODE_BLOCKS) * (C // 32) * 16  # a row's polled partials
         regions = [R * C * 4, R * C * 4, R * 8 * 4, R * max(C, OK) * 2, R * (G + 2) * D * 4, R * 8 * G * (D + 2) * 4,
                    R * G * -(-span // 32) * (D + 2) * 4, R * OK * 2, R * ni_max * 4, R * 8 * OC * 4, R * 16 * 4, R * polled,
-                   R * pairs_block * 2 * 4, C * 4, C * 4, (7 if late_o else 6) * 8, num_layers * 64, (span // page_size + 2) * 4, R * 8]
+                   R * pairs_block * 2 * 4, C * 4, C * 4, (6 + late_o + (pass_keys < span)) * 8, num_layers * 64, (span // page_size + 2) * 4, R * 8]
         # the two roles' weights overlap; late_o: the O slice inside the qkv weights' region
         weights = [max(pairs_block * 2 * C * 2, OC * OK * 2)] if late_o else [pairs_block * 2 * C * 2, OC * OK * 2]
-        attention = weights + [2 * span * D * 2]
+        attention = weights + [2 * pass_keys * D * 2]
         mlp = [ni_max * 2 * C * 2, C * ni_max * 2]
         size = lambda rs: sum(-(-r // 16) * 16 for r in rs)  # noqa: E731
         return size(regions) + max(size(attention), size(mlp))
 
     def cluster_decode_shape(self, model, plan: DevicePlan, page_size: int):
-        """(clusters, keys a block at most, shared bytes, rows of the instance) of kernels/cluster_decode.cuh for this step,
-        or None where the fused-layers kernel serves it: decode steps of one sequence, and its tree steps of up to
-        cluster_tree_rows nodes, on a model the fused kernel takes, whose shapes the kernel handles and whose attention
-        share and weight slices fit one block's shared memory."""
+        """(clusters, keys a block at most, shared bytes, rows of the instance, K/V rows a block holds at once) of
+        kernels/cluster_decode.cuh for this step, or None where the fused-layers kernel serves it: decode steps of one
+        sequence, and its tree steps of up to cluster_tree_rows nodes, on a model the fused kernel takes, whose shapes
+        the kernel handles and whose weight slices and attention share fit one block's shared memory (a decode step's
+        share in up to CLUSTER_DECODE_PASSES passes)."""
         c = model.config
         N = plan.num_tokens
         if not (self.cluster_decode and plan.batch_size == 1 and 0 < N <= max(1, self.cluster_tree_rows) and not plan.has_causal):
@@ -250,7 +257,6 @@ class FusedLaunchers:
         if c.num_kv_heads > CLUSTER_DECODE_MAX_PARTIALS or model.num_layers > FUSED_MAX_LAYERS:
             return None
         span = -(-plan.max_kv_len // CLUSTER_DECODE_BLOCKS)  # (a graph's context bucket: any step of the bucket fits)
-        kernel = self.cluster_kernel(rows, c.head_dim)
         # every block must be resident at once (the polls would deadlock): ask the driver how many clusters fit,
         # which depends on the shared memory, which depends on how many MLP blocks share the intermediate groups
         clusters = self.sm_count // CLUSTER_DECODE_BLOCKS
@@ -258,21 +264,34 @@ class FusedLaunchers:
             clusters = min(clusters, c.num_kv_heads + CLUSTER_DECODE_MAX_PARTIALS)
             if clusters < c.num_kv_heads + 1:
                 return None
-            shared = self.cluster_decode_shared_bytes(c, model.num_layers, CLUSTER_DECODE_BLOCKS * (clusters - c.num_kv_heads),
-                                                      span, page_size, rows)
-            if shared > self.max_shared:
+            mlp_blocks = CLUSTER_DECODE_BLOCKS * (clusters - c.num_kv_heads)
+            for passes in range(1, (CLUSTER_DECODE_PASSES if rows == 1 else 1) + 1):
+                pass_keys = span if passes == 1 else 32 * -(-span // (32 * passes))  # (passes: whole 32-key chunks)
+                if rows == 1 and self.cluster_pass_keys:  # forced (tests)
+                    if self.cluster_pass_keys % 32:
+                        raise ValueError(f"cluster_pass_keys must be a multiple of 32, not {self.cluster_pass_keys}")
+                    pass_keys = min(pass_keys, self.cluster_pass_keys)
+                shared = self.cluster_decode_shared_bytes(c, model.num_layers, mlp_blocks, span, page_size, rows, pass_keys)
+                if shared <= self.max_shared:
+                    break
+            else:
                 return None
-            if (rows, shared) not in self.cluster_counts:
+            key = rows, shared, pass_keys < span
+            if key not in self.cluster_counts:
+                kernel = self.cluster_kernel(rows, c.head_dim, pass_keys < span)
                 allow_shared(kernel, shared)
-                self.cluster_counts[rows, shared] = driver.max_active_clusters(kernel, 512, shared, CLUSTER_DECODE_BLOCKS)
-            if self.cluster_counts[rows, shared] >= clusters:
-                return clusters, span, shared, rows
-            clusters = self.cluster_counts[rows, shared]
+                self.cluster_counts[key] = driver.max_active_clusters(kernel, 512, shared, CLUSTER_DECODE_BLOCKS)
+            if self.cluster_counts[key] >= clusters:
+                return clusters, span, shared, rows, pass_keys
+            clusters = self.cluster_counts[key]
         return None
 
-    def cluster_kernel(self, rows: int, head_dim: int):
+    def cluster_kernel(self, rows: int, head_dim: int, passes: bool = False):
         """cluster_decode.cuh's instance of `rows` rows: the decode step's in cluster_decode.cu, the tree steps' in
-        cluster_tree.cu (a file of their own, so that a generation's first step does not wait for their compile)."""
+        cluster_tree.cu (a file of their own, so that a generation's first step does not wait for their compile);
+        passes: the decode step's that runs a K/V share in passes, in cluster_decode_passes.cu (long contexts alone)."""
+        if passes:
+            return self.kernel("cluster_decode_passes.cu", f"cluster_decode_passes_r{rows}_d{head_dim}", head_dim)
         file = "cluster_decode.cu" if rows == 1 else "cluster_tree.cu"
         return self.kernel(file, f"cluster_decode_r{rows}_d{head_dim}", head_dim)
 
@@ -285,7 +304,8 @@ class FusedLaunchers:
         shape = self.cluster_decode_shape(model, plan, cache.page_size)
         return None if shape is None else self.cluster_decode_layers(model, plan, cache, *shape)
 
-    def cluster_decode_layers(self, model, plan: DevicePlan, cache, clusters: int, span: int, shared: int, rows: int = 1):
+    def cluster_decode_layers(self, model, plan: DevicePlan, cache, clusters: int, span: int, shared: int, rows: int = 1,
+                              pass_keys: int | None = None):
         """kernels/cluster_decode.cuh on a one-token decode step or a tree step of N <= rows nodes -> the final norm of the
         residual stream after the last layer, bf16 [N, C]. (The kernel also writes that residual stream, fp32, for probes
         that compare it with the fused kernel's: notes/scripts/cluster_decode_probe.py.)"""
@@ -295,7 +315,8 @@ class FusedLaunchers:
         resid = cp.empty((N, C), dtype=cp.float32)
         opart, dpart, epoch = self.cluster_decode_buffers(C)
         cos, sin = self.rope_tables(model.inv_freq, plan.max_position)
-        kernel = self.cluster_kernel(rows, c.head_dim)
+        pass_keys = span if pass_keys is None else pass_keys
+        kernel = self.cluster_kernel(rows, c.head_dim, pass_keys < span)
         allow_shared(kernel, shared)
         i32 = np.int32
         kernel(
@@ -303,7 +324,7 @@ class FusedLaunchers:
             (self.layer_table(model, cache, cluster=rows), i32(model.num_layers), plan.tokens, w.embed, w.final_norm, normed,
              resid, plan.positions, plan.slots, plan.kv_len, plan.page_tables, plan.masks, plan.tree_start, plan.cu_q, i32(N), cos, sin,
              opart, dpart, epoch, i32(C), i32(c.num_heads), i32(Hkv), i32(c.intermediate_size), i32(cache.page_size),
-             i32(span), np.float32(c.rms_norm_eps), np.float32(model.scale),
+             i32(span), i32(pass_keys), np.float32(c.rms_norm_eps), np.float32(model.scale),
              np.uint64(0) if self.cluster_clock is None else self.cluster_clock),
             shared_mem=shared,
         )

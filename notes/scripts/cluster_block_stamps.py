@@ -29,7 +29,7 @@ backend, model, cache, table = random_default_model(context, 1)
 config, L = model.config, model.num_layers
 plan = build_plan([StepItem.tree(table, context, Tree([7], [-1]))], 16)
 device_plan = backend.prepare_plan(plan)
-clusters, span, shared, rows = backend.cluster_decode_shape(model, device_plan, 16)
+clusters, span, shared, rows, pass_keys = backend.cluster_decode_shape(model, device_plan, 16)
 blocks = clusters * 8
 base = 1 + 7 * L + 3 * 64
 model.compute(device_plan, cache)  # compile, buffers
