@@ -271,29 +271,32 @@ def test_cluster_decode_takes_long_contexts_of_default_widths(tmp_path, context,
 
 
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("context, pass_keys", [(300, 32), (1500, 32), (1500, 96)])
-def test_cluster_decode_in_passes_gives_the_bits_of_the_whole_share(tmp_path, D, context, pass_keys):
-    """A decode step's K/V share in passes of pass_keys keys (cluster_pass_keys forced) against the share held whole:
-    the same 32-key chunks' partials, merged in the same order, so the same logits and K/V pages, bit for bit. At 300
-    keys (shares of 38) each block's second pass holds 3-6 keys, rank 7's the step's new key among them; at 1,500
-    (shares of 188) 6 passes of 32 or 2 of 96."""
+@pytest.mark.parametrize("context, pass_keys, tree", [(300, 32, ("single", 1)), (1500, 32, ("single", 1)), (1500, 96, ("single", 1)),
+                                                      (297, 32, ("chain", 2)), (1000, 32, ("chain", 2)), (1000, 64, ("chain", 2))])
+def test_cluster_decode_in_passes_gives_the_bits_of_the_whole_share(tmp_path, D, context, pass_keys, tree):
+    """A step's K/V share in passes of pass_keys keys (cluster_pass_keys forced) against the share held whole: the
+    same 32-key chunks' partials, merged in the same order, so the same logits and K/V pages, bit for bit. At 300 keys
+    (decode: shares of 38) each block's second pass holds 3-6 keys, rank 7's the step's new keys among them; at 1,500
+    (shares of 188) 6 passes of 32 or 2 of 96; a 2-node tree after 297 keys (shares of 38) has rank 7's 33 keys in two
+    passes of 32, its two nodes' keys one in each; after 1,000 keys (shares of 126) 4 passes of 32 or 2 of 64."""
     from minispec.backends.cuda_backend import CudaBackend
 
     be = CudaBackend("bfloat16")
     if not be.cluster_decode:
         pytest.skip("kernels/cluster_decode.cu needs Hopper")
     model = Model.load(tiny_bf16_model(tmp_path / "model", D), be)
-    rng = np.random.default_rng(context + D + pass_keys)
-    pages = -(-(context + 1) // 16) + 8
-    plan, used = random_step(rng, [(context, "single", 1)], 16, pages)
+    kind, T = tree
+    rng = np.random.default_rng(context + D + pass_keys + 1000 * T)
+    pages = -(-(context + T) // 16) + 8
+    plan, used = random_step(rng, [(context, kind, T)], 16, pages)
     cache = model.new_cache(pages, 16)
     start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
     device_plan = be.prepare_plan(plan)
-    span = -(-(context + 1) // 8)
-    assert be.cluster_decode_shape(model, device_plan, 16)[1:] == (span, ANY, 1, span)
+    span = -(-(context + T) // 8)
+    assert be.cluster_decode_shape(model, device_plan, 16)[1:] == (span, ANY, T, span)
     whole, whole_pages = run_step(model, device_plan, cache, start, used)
     be.cluster_pass_keys = pass_keys
-    assert be.cluster_decode_shape(model, device_plan, 16)[3:] == (1, pass_keys)
+    assert be.cluster_decode_shape(model, device_plan, 16)[3:] == (T, pass_keys)
     passes, passes_pages = run_step(model, device_plan, cache, start, used)
     assert np.isfinite(whole).all() and np.array_equal(passes, whole)
     assert all(np.array_equal(a, b) for a, b in zip(passes_pages, whole_pages))

@@ -9,7 +9,7 @@ import pytest
 
 from minispec.backends.cuda_backend import CudaBackend, finish_compiles, kernel_source, notice_if_slow
 from minispec.backends.cuda_fused import (
-    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, CLUSTER_DECODE_ROWS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS)
+    CLUSTER_DECODE_BLOCKS, CLUSTER_DECODE_MAX_PARTIALS, CLUSTER_DECODE_PASS_ROWS, CLUSTER_DECODE_ROWS, FUSED_BLOCK_GROUP_ROWS, FUSED_GROUP_ROWS, FUSED_MAX_LAYERS)
 from minispec.backends.cuda_gemm import stream_file
 from minispec.backends.cuda_steps import CapturedStep
 from minispec.step import StepItem, build_plan
@@ -73,13 +73,14 @@ def test_cluster_decode_constants_agree_with_the_kernel():
     instance = r"HEAD_DIM_\d+\(CLUSTER_DECODE\((\d+), (\d+)\)\)"
     one, tree = (set(re.findall(instance, (KERNELS / file).read_text())) for file in ("cluster_decode.cu", "cluster_tree.cu"))
     assert one == {("1", "64"), ("1", "128")}
-    # the one-row instances that run a share in passes, in a file of their own
+    # the instances that run a share in passes, of up to CLUSTER_DECODE_PASS_ROWS rows, in a file of their own
     passes = set(re.findall(r"HEAD_DIM_\d+\(CLUSTER_DECODE_PASSES\((\d+), (\d+)\)\)", (KERNELS / "cluster_decode_passes.cu").read_text()))
-    assert passes == one
+    pass_rows = [R for R in CLUSTER_DECODE_ROWS if R <= CLUSTER_DECODE_PASS_ROWS]
+    assert passes == {(str(R), str(D)) for R in pass_rows for D in (64, 128)}
     looked = []
-    for D in (64, 128):
-        CudaBackend.cluster_kernel(SimpleNamespace(kernel=lambda *args: looked.append(args)), 1, D, passes=True)
-    assert looked == [("cluster_decode_passes.cu", f"cluster_decode_passes_r1_d{D}", D) for D in (64, 128)]
+    for R in pass_rows:
+        CudaBackend.cluster_kernel(SimpleNamespace(kernel=lambda *args: looked.append(args)), R, 64, passes=True)
+    assert looked == [("cluster_decode_passes.cu", f"cluster_decode_passes_r{R}_d64", 64) for R in pass_rows]
     assert one | tree == {(str(R), str(D)) for R in CLUSTER_DECODE_ROWS for D in (64, 128)}
     picked = []  # and the backend looks each one up in its file
     for R in CLUSTER_DECODE_ROWS:
@@ -119,7 +120,9 @@ def test_cluster_decode_takes_the_default_models_decode_up_to_its_longest_contex
     its one-row instance copies the O slice into the qkv weights' region once the qkv products are done, so the two
     share their bytes (Layout's LATE_O, mirrored by cluster_decode_shared_bytes). The 8192 bucket (the model's longest
     context) runs its shares in two passes of 512 keys; the 16384 bucket, which four passes do not fit, goes to the
-    fused kernel, and so do 2-node trees past the 2048 bucket (one pass, and the O slice in a region of its own)."""
+    fused kernel. The tree instances give the O slice a region of their own and hold more rows' partials: 2-node trees
+    fit whole up to the 2048 bucket and in two passes of 256 keys in the 4096 bucket, 4-node trees whole up to the 1024
+    bucket (in passes they were slower than the fused kernel)."""
     from minispec.bench_gpu import smollm2_135m_config
 
     config = smollm2_135m_config()
@@ -143,9 +146,10 @@ def test_cluster_decode_takes_the_default_models_decode_up_to_its_longest_contex
     assert shape(4096) == (16, 512, CudaBackend.cluster_decode_shared_bytes(config, 30, 8 * 13, 512, 16), 1, 512)
     assert shape(8192) == (16, 1024, CudaBackend.cluster_decode_shared_bytes(config, 30, 8 * 13, 1024, 16, 1, 512), 1, 512)
     assert shape(16384) is None
+    assert shape(2048, rows=2)[4] == 256 and shape(4096, rows=2)[4] == 256 and shape(8192, rows=2) is None
+    assert shape(1024, rows=4)[4] == 128 and shape(2048, rows=4) is None
     backend.cluster_pass_keys = 64  # forced (tests): passes at any context, whole 32-key chunks
-    assert shape(4096)[4] == 64 and shape(100)[4] == 13 and shape(2048, rows=2)[4] == 256
-    assert shape(2048, rows=2)[1] == 256 and shape(4096, rows=2) is None
+    assert shape(4096)[4] == 64 and shape(100)[4] == 13 and shape(2048, rows=2)[4] == 64 and shape(1024, rows=4)[4] == 128
 
 
 class HostOnlyCupy:

@@ -242,8 +242,8 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
         self.cluster_decode = self.hopper
         # tree steps of one sequence and up to this many nodes on cluster decode too (kernels/cluster_tree.cu; 0: the fused kernel)
         self.cluster_tree_rows = 4
-        # K/V rows a decode step's cluster_decode.cu block holds at once, at most (a multiple of 32; None: the share's,
-        # in passes only where it does not fit: cluster_decode_shape; tests force passes at short contexts)
+        # K/V rows a cluster_decode.cu block holds at once, at most (a multiple of 32; None: the share's, in passes only
+        # where it does not fit: cluster_decode_shape; tests force passes at short contexts)
         self.cluster_pass_keys = None
         self.cluster_counts = {}  # (rows, shared bytes) -> clusters of cluster_decode.cu resident at once (the driver's answer)
         self.cluster_partials = {}  # hidden size -> cluster_decode.cu's tagged partial sums and epoch (cluster_decode_buffers)
@@ -289,8 +289,8 @@ class CudaBackend(GemmLaunchers, AttentionLaunchers, FusedLaunchers, SamplingLau
         given its config, the split norm's products where it takes them (splits_norms: not the default model), the
         tensor-core attention for its head dim and, for small layers, the one-launch decode
         (kernels/cluster_decode.cu). warm_up_trees adds speculation's (LLM.use_drafter); the rest compile when first
-        used (gemm_stream_wide.cu, whose instances no rule takes; cluster_decode_passes.cu, decode steps whose K/V
-        shares do not fit a block whole: the default model's past 4,096 keys)."""
+        used (gemm_stream_wide.cu, whose instances no rule takes; cluster_decode_passes.cu, steps whose K/V shares do
+        not fit a block whole: the default model's decode past 4,096 keys, its 2-node trees past 2,048)."""
         files = ["gemm.cu", "gemm_fused.cu", "gemm_wgmma.cu", "attention.cu", "elementwise.cu", "kv_cache.cu", "sampling.cu",
                  "sampling_draw.cu"]
         if config is not None and self.splits_norms(config):

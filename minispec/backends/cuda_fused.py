@@ -44,9 +44,10 @@ FUSED_GROUP_ROWS, FUSED_BLOCK_GROUP_ROWS = 4, 2
 CLUSTER_DECODE_BLOCKS = 8  # blocks per cluster of kernels/cluster_decode.cu (CD_CLUSTER)
 CLUSTER_DECODE_MAX_PARTIALS = 24  # partial sums of each role at most (CD_MAX_PARTIALS: the polled slices' buffer)
 CLUSTER_DECODE_ROWS = (1, 2, 4)  # cluster_decode.cuh's instances: rows a step at most (cluster_tree.cu: trees of up to 4 nodes)
-# a decode step's K/V share in up to this many passes where it does not fit a block's shared memory whole (the default
-# model past the 4096-key bucket); tree steps take one
-CLUSTER_DECODE_PASSES = 4
+# a step's K/V share in up to this many passes where it does not fit a block's shared memory whole (the default model:
+# decode past the 4096-key bucket, 2-node trees past 2048), on instances of up to CLUSTER_DECODE_PASS_ROWS rows: 4-node
+# trees in two passes at 1,500 keys took 945 µs a step against the fused kernel's 808 (notes/cluster_passes_h200_stop66.log)
+CLUSTER_DECODE_PASSES, CLUSTER_DECODE_PASS_ROWS = 4, 2
 
 
 class FusedLaunchers:
@@ -242,7 +243,7 @@ class FusedLaunchers:
         kernels/cluster_decode.cuh for this step, or None where the fused-layers kernel serves it: decode steps of one
         sequence, and its tree steps of up to cluster_tree_rows nodes, on a model the fused kernel takes, whose shapes
         the kernel handles and whose weight slices and attention share fit one block's shared memory (a decode step's
-        share in up to CLUSTER_DECODE_PASSES passes)."""
+        share in up to CLUSTER_DECODE_PASSES passes on cluster_decode_passes.cu, for steps of up to 2 nodes)."""
         c = model.config
         N = plan.num_tokens
         if not (self.cluster_decode and plan.batch_size == 1 and 0 < N <= max(1, self.cluster_tree_rows) and not plan.has_causal):
@@ -265,9 +266,9 @@ class FusedLaunchers:
             if clusters < c.num_kv_heads + 1:
                 return None
             mlp_blocks = CLUSTER_DECODE_BLOCKS * (clusters - c.num_kv_heads)
-            for passes in range(1, (CLUSTER_DECODE_PASSES if rows == 1 else 1) + 1):
+            for passes in range(1, (CLUSTER_DECODE_PASSES if rows <= CLUSTER_DECODE_PASS_ROWS else 1) + 1):
                 pass_keys = span if passes == 1 else 32 * -(-span // (32 * passes))  # (passes: whole 32-key chunks)
-                if rows == 1 and self.cluster_pass_keys:  # forced (tests)
+                if self.cluster_pass_keys and rows <= CLUSTER_DECODE_PASS_ROWS:  # forced (tests)
                     if self.cluster_pass_keys % 32:
                         raise ValueError(f"cluster_pass_keys must be a multiple of 32, not {self.cluster_pass_keys}")
                     pass_keys = min(pass_keys, self.cluster_pass_keys)
@@ -289,7 +290,7 @@ class FusedLaunchers:
     def cluster_kernel(self, rows: int, head_dim: int, passes: bool = False):
         """cluster_decode.cuh's instance of `rows` rows: the decode step's in cluster_decode.cu, the tree steps' in
         cluster_tree.cu (a file of their own, so that a generation's first step does not wait for their compile);
-        passes: the decode step's that runs a K/V share in passes, in cluster_decode_passes.cu (long contexts alone)."""
+        passes: the one that runs a K/V share in passes, in cluster_decode_passes.cu (long contexts alone)."""
         if passes:
             return self.kernel("cluster_decode_passes.cu", f"cluster_decode_passes_r{rows}_d{head_dim}", head_dim)
         file = "cluster_decode.cu" if rows == 1 else "cluster_tree.cu"
