@@ -25,7 +25,23 @@ SPEC_PROMPTS = {
     ),
     "chat": "Tell me a short story about a dragon who learns to bake bread.",
 }
-INPUT_GROUNDED = ("summarise", "rewrite", "extract")
+
+
+def delivery_log(days: int = 100) -> str:
+    """A long input-grounded prompt: a delivery log of `days` sentences to rewrite in the past tense, made from fixed
+    lists (the same text every run; 100 days: ~2,240 tokens on the default model's tokenizer). The other prompts stay
+    under 256 keys; this one takes a step's long-context paths (decode on cluster decode in the 4096-key bucket, tree
+    steps layer by layer)."""
+    names = ["Maria Lopez", "John Smith", "Akira Tanaka", "Fatima Khan", "Pierre Martin", "Anna Novak", "Kwame Mensah"]
+    cities = ["Madrid", "London", "Tokyo", "Lahore", "Paris", "Prague", "Accra"]
+    goods = ["apples", "books", "chairs", "lamps", "rice", "tiles", "paper"]
+    days = (f"On day {i + 1}, {names[i % 7]} drives from {cities[i % 7]} to {cities[(3 * i + 2) % 7]} with "
+            f"{(7 * i) % 40 + 3} boxes of {goods[(i // 7) % 7]}." for i in range(days))
+    return "Rewrite this delivery log in the past tense: " + " ".join(days)
+
+
+SPEC_PROMPTS["long log"] = delivery_log()
+INPUT_GROUNDED = ("summarise", "rewrite", "extract", "long log")
 
 
 def timed_generate(llm, ids, params, repeats: int = 1):
