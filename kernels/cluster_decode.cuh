@@ -56,8 +56,8 @@
 //          (st.async, counted on the receiver's mbarrier: only the receiver waits); k and v rounded to bf16 and
 //          written to the cache slot
 //     attention: block r takes keys [r share, (r+1) share) of n = kv_len; the old ones are in its shared memory
-//          (copied during the layer before), the new one is the pushed k, v. The PASSES instance (a decode step past
-//          what a block's shared memory holds whole: kernels/cluster_decode_passes.cu) runs a share in passes of
+//          (copied during the layer before), the new one is the pushed k, v. The PASSES instances (a step whose share
+//          a block's shared memory does not hold whole: kernels/cluster_decode_passes.cu) run a share in passes of
 //          pass_keys keys: the first copied during the layer before, each next one once the pass before it is done
 //          (counted on the last mbarrier). Per query head: the share's running
 //          max m, exp sum l and unnormalised o, pushed to all 8 blocks; every block merges the 8 shares in rank order

@@ -28,16 +28,18 @@ SPEC_PROMPTS = {
 
 
 def delivery_log(days: int = 100) -> str:
-    """A long input-grounded prompt: a delivery log of `days` sentences to rewrite in the past tense, made from fixed
-    lists (the same text every run; 100 days: ~2,240 tokens on the default model's tokenizer). The other prompts stay
-    under 256 keys; this one takes a step's long-context paths (decode on cluster decode in the 4096-key bucket, tree
-    steps layer by layer)."""
+    """A long input-grounded prompt: a delivery log of `days` sentences, made from fixed lists (the same text every
+    run; 100 days: ~2,280 tokens on the default model's tokenizer), then the instruction to rewrite it in the past
+    tense. The other prompts stay under 256 keys; this one takes a step's long-context paths (decode on cluster decode
+    in the 4096-key bucket, tree steps layer by layer). With the instruction first, the default model's greedy answer
+    commented on the log instead of copying it (1.00 tokens a forward, notes/bench_e2e_h200_stop66_final.log); after
+    the log, it copies the log's lines."""
     names = ["Maria Lopez", "John Smith", "Akira Tanaka", "Fatima Khan", "Pierre Martin", "Anna Novak", "Kwame Mensah"]
     cities = ["Madrid", "London", "Tokyo", "Lahore", "Paris", "Prague", "Accra"]
     goods = ["apples", "books", "chairs", "lamps", "rice", "tiles", "paper"]
     days = (f"On day {i + 1}, {names[i % 7]} drives from {cities[i % 7]} to {cities[(3 * i + 2) % 7]} with "
             f"{(7 * i) % 40 + 3} boxes of {goods[(i // 7) % 7]}." for i in range(days))
-    return "Rewrite this delivery log in the past tense: " + " ".join(days)
+    return f"Here is a delivery log: {' '.join(days)}\n\nRewrite the delivery log above in the past tense."
 
 
 SPEC_PROMPTS["long log"] = delivery_log()

@@ -8,6 +8,7 @@ python3 notes/scripts/ngram_offline.py oracle    # the bound of a drafter that k
 python3 notes/scripts/ngram_offline.py device    # the gate's settings at the device-drafted loop's costs (since stop 34)
 python3 notes/scripts/ngram_offline.py reopen    # a closed gate that strong matches can reopen, against the rule (stop 43)
 python3 notes/scripts/ngram_offline.py sizes     # a tree budget chosen step by step from the drafted nodes' values (stop 59)
+python3 notes/scripts/ngram_offline.py lengths   # the drafter's longest suffix match, 4 (the engine's) to 12 (stop 66)
 
 Costs (ms): the default model's graph steps on an H100 (notes/bench_e2e_h100_stop18.log: plain decode one step
 ahead 0.632, with the host in the loop 0.639, trees of <= 4 / 16 / 32 / 64 nodes 0.793 / 0.881 / 1.168 / 1.160)
@@ -306,5 +307,20 @@ def sizes():
             print(f"  {label:<10} all {totals[0] / totals[1]:.3f}{taken}  " + " ".join(cells))
 
 
+def lengths():
+    """Each stored prompt's ratio to plain decoding (replay, with stretches) for the drafter's longest suffix match
+    (NgramDrafter's max_ngram) from 4, the engine's, to 12. Stop 66 added "long log" (bench.delivery_log, ~2,280
+    tokens), whose lines share their 4-grams: the most recent 4-gram match is mostly another day's line, the tree
+    steps stop paying and the gate closes (1.02 tokens a forward measured, notes/bench_e2e_quick_h200_stop66_longlog.log)."""
+    data = json.loads(OUTPUTS.read_text())
+    sizes = (4, 5, 6, 8, 12)
+    print(f"{'prompt':<10} " + " ".join(f"{f'max_ngram {n}':>12}" for n in sizes))
+    for name, d in data.items():
+        truth = d["output"] + [2]
+        plain = (len(truth) - 1) * AHEAD
+        ratios = [plain / replay(NgramDrafter(NGRAM_BUDGET, max_ngram=n), d["prompt"], truth, True) for n in sizes]
+        print(f"{name:<10} " + " ".join(f"{r:>11.2f}x" for r in ratios))
+
+
 if __name__ == "__main__":
-    {"outputs": outputs, "oracle": oracle, "device": device, "reopen": reopen, "sizes": sizes}.get(sys.argv[1] if sys.argv[1:] else "", main)()
+    {"outputs": outputs, "oracle": oracle, "device": device, "reopen": reopen, "sizes": sizes, "lengths": lengths}.get(sys.argv[1] if sys.argv[1:] else "", main)()
