@@ -8,7 +8,7 @@ python3 notes/scripts/ngram_offline.py oracle    # the bound of a drafter that k
 python3 notes/scripts/ngram_offline.py device    # the gate's settings at the device-drafted loop's costs (since stop 34)
 python3 notes/scripts/ngram_offline.py reopen    # a closed gate that strong matches can reopen, against the rule (stop 43)
 python3 notes/scripts/ngram_offline.py sizes     # a tree budget chosen step by step from the drafted nodes' values (stop 59)
-python3 notes/scripts/ngram_offline.py lengths   # the drafter's longest suffix match, 4 (the engine's) to 12 (stop 66)
+python3 notes/scripts/ngram_offline.py lengths   # the drafter's longest suffix match (4, the engine's, to 12) and strong match (stop 66)
 
 Costs (ms): the default model's graph steps on an H100 (notes/bench_e2e_h100_stop18.log: plain decode one step
 ahead 0.632, with the host in the loop 0.639, trees of <= 4 / 16 / 32 / 64 nodes 0.793 / 0.881 / 1.168 / 1.160)
@@ -308,18 +308,33 @@ def sizes():
 
 
 def lengths():
-    """Each stored prompt's ratio to plain decoding (replay, with stretches) for the drafter's longest suffix match
-    (NgramDrafter's max_ngram) from 4, the engine's, to 12. Stop 66 added "long log" (bench.delivery_log, ~2,280
-    tokens), whose lines share their 4-grams: the most recent 4-gram match is mostly another day's line, the tree
-    steps stop paying and the gate closes (1.02 tokens a forward measured, notes/bench_e2e_quick_h200_stop66_longlog.log)."""
+    """Each stored prompt's ratio to plain decoding for the drafter's longest suffix match (NgramDrafter's max_ngram)
+    and its strong match (strong), the engine's (4, 10) first: replayed as the host drafts (with stretches, the costs
+    above) and as the device drafts (replay_device, slow and fast host). Stop 66 added "long log" (bench.delivery_log,
+    ~2,280 tokens), whose lines share their 4-grams: the most recent 4-gram match is mostly another day's line, the
+    tree steps stop paying and the gate closes (1.02 tokens a forward measured, notes/bench_e2e_quick_h200_stop66_longlog.log).
+    A longer match finds the line; a strong match then asks for a longer suffix too (21: every suffix of 6 tokens down
+    to 1 finds the start, where 10 was every suffix of 4 down to 1)."""
     data = json.loads(OUTPUTS.read_text())
-    sizes = (4, 5, 6, 8, 12)
-    print(f"{'prompt':<10} " + " ".join(f"{f'max_ngram {n}':>12}" for n in sizes))
-    for name, d in data.items():
-        truth = d["output"] + [2]
-        plain = (len(truth) - 1) * AHEAD
-        ratios = [plain / replay(NgramDrafter(NGRAM_BUDGET, max_ngram=n), d["prompt"], truth, True) for n in sizes]
-        print(f"{name:<10} " + " ".join(f"{r:>11.2f}x" for r in ratios))
+    settings = [(4, 10), (5, 10), (8, 10), (12, 10), (8, 21), (12, 15), (12, 21), (12, 28)]
+    costs = [("host", None)] + list(STRETCH.items())
+    for label, stretch in costs:
+        print(f"\n{label}: n-gram x plain per prompt for (max_ngram, strong)")
+        print(f"{'prompt':<10} " + " ".join(f"{f'{n}, {st}':>8}" for n, st in settings))
+        totals = [[0.0, 0.0] for _ in settings]
+        for name, d in data.items():
+            truth = d["output"] + [2]
+            cells = []
+            for i, (n, st) in enumerate(settings):
+                drafter = NgramDrafter(NGRAM_BUDGET, max_ngram=n, strong=st)
+                if stretch is None:
+                    plain, ms = (len(truth) - 1) * AHEAD, replay(drafter, d["prompt"], truth, True)
+                else:
+                    plain, ms = DEVICE_FIXED + (len(truth) - 1) * DEVICE_AHEAD, replay_device(drafter, d["prompt"], truth, *stretch)
+                totals[i] = [totals[i][0] + plain, totals[i][1] + ms]
+                cells.append(plain / ms)
+            print(f"{name:<10} " + " ".join(f"{c:>7.2f}x" for c in cells))
+        print(f"{'all':<10} " + " ".join(f"{a / b:>7.2f}x" for a, b in totals))
 
 
 if __name__ == "__main__":
