@@ -42,8 +42,10 @@ def delivery_log(days: int = 100) -> str:
     return f"Here is a delivery log: {' '.join(days)}\n\nRewrite the delivery log above in the past tense."
 
 
-SPEC_PROMPTS["long log"] = delivery_log()
-INPUT_GROUNDED = ("summarise", "rewrite", "extract", "long log")
+INPUT_GROUNDED = ("summarise", "rewrite", "extract")
+# bench e2e's input-grounded prompts past 256 keys, after INPUT_GROUNDED's (apart from SPEC_PROMPTS, which bench spec
+# runs on the CPU too, where a 2,280-token prefill takes the NumPy backend minutes, and which probes join and repeat)
+LONG_PROMPTS = {"long log": delivery_log()}
 
 
 def timed_generate(llm, ids, params, repeats: int = 1):

@@ -493,11 +493,12 @@ def speculation_rates(llm, params, seeds=(None,)):
     n-gram runs go side by side, in turn (plain first, then the n-gram drafter first): with plain always first, the
     sampled rows measured 0.85-0.92x over stops 45-57; by turns they measured 0.91-0.98x over these 4 seeds and
     0.98-1.01x over 8 (notes/bench_e2e_h200_stop57_turns.log, notes/sampled_ngram_h200_stop57.log)."""
-    from .bench import INPUT_GROUNDED, SPEC_PROMPTS, timed_generate
+    from .bench import INPUT_GROUNDED, LONG_PROMPTS, SPEC_PROMPTS, timed_generate
 
     rounds = list(seeds) if len(seeds) > 1 else list(seeds) * 2
-    for key in INPUT_GROUNDED:
-        ids = llm.chat_prompt([{"role": "user", "content": SPEC_PROMPTS[key]}])
+    prompts = {**{key: SPEC_PROMPTS[key] for key in INPUT_GROUNDED}, **LONG_PROMPTS}
+    for key, text in prompts.items():
+        ids = llm.chat_prompt([{"role": "user", "content": text}])
         logs = np.zeros(3)  # log plain rate, log n-gram rate, log tokens a forward, summed over the rounds
         for r, seed in enumerate(rounds):
             run = params if seed is None else dataclasses.replace(params, seed=seed)

@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from minispec.bench import SPEC_PROMPTS
+from minispec.bench import LONG_PROMPTS, SPEC_PROMPTS
 from minispec.drafters import NGRAM_BUDGET, NgramDrafter
 from minispec.sampling import SamplingParams
 
@@ -50,7 +50,7 @@ def outputs():
 
     llm = LLM(device="cpu")
     data = {}
-    for name, text in {**SPEC_PROMPTS, **MORE_PROMPTS}.items():
+    for name, text in {**SPEC_PROMPTS, **MORE_PROMPTS, **LONG_PROMPTS}.items():
         ids = llm.chat_prompt([{"role": "user", "content": text}])
         data[name] = {"prompt": ids, "output": llm.generate(ids, SamplingParams(temperature=0, max_tokens=128)).token_ids}
     OUTPUTS.write_text(json.dumps(data))
