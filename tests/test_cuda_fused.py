@@ -180,6 +180,25 @@ def run_step(model, device_plan, cache, start, used):
     return logits, [c.get().view(BF16).astype(np.float32)[used] for c in [*cache.k, *cache.v]]
 
 
+def cluster_backend():
+    """A bf16 CudaBackend that takes cluster decode (skips the test off Hopper)."""
+    from minispec.backends.cuda_backend import CudaBackend
+
+    be = CudaBackend("bfloat16")
+    if not be.cluster_decode:
+        pytest.skip("kernels/cluster_decode.cu needs Hopper")
+    return be
+
+
+def one_sequence_step(be, model, rng, context, kind, T, pages):
+    """(device plan, cache, start values of its pages, used pages) of one sequence's step: `context` keys, then a tree
+    of T nodes (random_tree's kind), over `pages` shuffled pages whose K/V start as random bf16 (run_step resets them)."""
+    plan, used = random_step(rng, [(context, kind, T)], 16, pages)
+    cache = model.new_cache(pages, 16)
+    start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
+    return be.prepare_plan(plan), cache, start, used
+
+
 def assert_close_to_fused(clustered, clustered_pages, fused, fused_pages):
     """cluster_decode.cu's step against the fused kernel's: the same roundings, other fp32 sum orders."""
     scale = np.abs(fused).max()
@@ -197,19 +216,11 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
     roundings, other fp32 sum orders), the same bits on every run (fixed-order sums only), the same K/V written at the
     step's slots. A tree of 3 nodes runs the 4-row instance with a row of padding. At 1500 keys (shares of 188 keys) a
     decode step and a 2-node tree fit, the 4-row instance need not."""
-    from minispec.backends.cuda_backend import CudaBackend
-
-    be = CudaBackend("bfloat16")
-    if not be.cluster_decode:
-        pytest.skip("kernels/cluster_decode.cu needs Hopper")
+    be = cluster_backend()
     model = Model.load(tiny_bf16_model(tmp_path / "model", D), be)
     kind, T = tree
     rng = np.random.default_rng(context + D + 1000 * T)
-    pages = max(40, -(-(context + T) // 16) + 2)
-    plan, used = random_step(rng, [(context, kind, T)], 16, pages)
-    cache = model.new_cache(pages, 16)
-    start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
-    device_plan = be.prepare_plan(plan)
+    device_plan, cache, start, used = one_sequence_step(be, model, rng, context, kind, T, max(40, -(-(context + T) // 16) + 2))
     shape = be.cluster_decode_shape(model, device_plan, 16)
     if shape is None and context > 1024 and T > 2:
         pytest.skip("the 4-row instance's shares do not fit this context")
@@ -245,22 +256,12 @@ def test_cluster_decode_takes_long_contexts_of_default_widths(tmp_path, context,
     follow its keys, a graph's its bucket's: 512 in the 4096 bucket) fits cluster_decode.cu's blocks whole, whose
     one-row instance copies the O slice into the qkv weights' region once the qkv products are done; at 8,000 keys
     (shares of 1,001) in two passes of 512. Either matches the fused kernel, the same bits on every run."""
-    from minispec.backends.cuda_backend import CudaBackend
-
-    from .conftest import make_tiny_checkpoint
-
-    be = CudaBackend("bfloat16")
-    if not be.cluster_decode:
-        pytest.skip("kernels/cluster_decode.cu needs Hopper")
+    be = cluster_backend()
     directory = make_tiny_checkpoint(tmp_path / "model", hidden=576, layers=2, heads=9, kv_heads=3, head_dim=64,
                                      intermediate=1536, dtype=BF16, max_positions=8192)
     model = Model.load(directory, be)
     rng = np.random.default_rng(context)
-    pages = -(-(context + 1) // 16) + 2
-    plan, used = random_step(rng, [(context, "single", 1)], 16, pages)
-    cache = model.new_cache(pages, 16)
-    start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
-    device_plan = be.prepare_plan(plan)
+    device_plan, cache, start, used = one_sequence_step(be, model, rng, context, "single", 1, -(-(context + 1) // 16) + 2)
     shape = be.cluster_decode_shape(model, device_plan, 16)
     assert shape is not None and shape[1] == -(-(context + 1) // 8) and shape[3:] == (1, pass_keys), shape
     clustered, clustered_pages = run_step(model, device_plan, cache, start, used)
@@ -279,19 +280,11 @@ def test_cluster_decode_in_passes_gives_the_bits_of_the_whole_share(tmp_path, D,
     (decode: shares of 38) each block's second pass holds 3-6 keys, rank 7's the step's new keys among them; at 1,500
     (shares of 188) 6 passes of 32 or 2 of 96; a 2-node tree after 297 keys (shares of 38) has rank 7's 33 keys in two
     passes of 32, its two nodes' keys one in each; after 1,000 keys (shares of 126) 4 passes of 32 or 2 of 64."""
-    from minispec.backends.cuda_backend import CudaBackend
-
-    be = CudaBackend("bfloat16")
-    if not be.cluster_decode:
-        pytest.skip("kernels/cluster_decode.cu needs Hopper")
+    be = cluster_backend()
     model = Model.load(tiny_bf16_model(tmp_path / "model", D), be)
     kind, T = tree
     rng = np.random.default_rng(context + D + pass_keys + 1000 * T)
-    pages = -(-(context + T) // 16) + 8
-    plan, used = random_step(rng, [(context, kind, T)], 16, pages)
-    cache = model.new_cache(pages, 16)
-    start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
-    device_plan = be.prepare_plan(plan)
+    device_plan, cache, start, used = one_sequence_step(be, model, rng, context, kind, T, -(-(context + T) // 16) + 8)
     span = -(-(context + T) // 8)
     assert be.cluster_decode_shape(model, device_plan, 16)[1:] == (span, ANY, T, span)
     whole, whole_pages = run_step(model, device_plan, cache, start, used)

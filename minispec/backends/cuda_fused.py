@@ -277,9 +277,9 @@ class FusedLaunchers:
                     break
             else:
                 return None
-            key = rows, shared, pass_keys < span
+            key = rows, shared, pass_keys < span  # (the instance: in passes or whole)
             if key not in self.cluster_counts:
-                kernel = self.cluster_kernel(rows, c.head_dim, pass_keys < span)
+                kernel = self.cluster_kernel(rows, c.head_dim, key[2])
                 allow_shared(kernel, shared)
                 self.cluster_counts[key] = driver.max_active_clusters(kernel, 512, shared, CLUSTER_DECODE_BLOCKS)
             if self.cluster_counts[key] >= clusters:
