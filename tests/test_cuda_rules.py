@@ -91,6 +91,14 @@ def test_cluster_decode_constants_agree_with_the_kernel():
         assert (str(R), str(D)) in (one if file == "cluster_decode.cu" else tree if file == "cluster_tree.cu" else set()), (file, name)
 
 
+def cluster_rules_backend(cluster_kernel, cluster_counts):
+    """What CudaBackend.cluster_decode_shape asks of the backend, without a GPU: an H200's 132 SMs and 225 KB of dynamic
+    shared memory a block, the rules' defaults, the kernel lookup and the driver's counts of resident clusters given."""
+    return SimpleNamespace(cluster_decode=True, cluster_tree_rows=4, cluster_kernel=cluster_kernel, sm_count=132,
+                           max_shared=225 * 1024, cluster_counts=cluster_counts, cluster_pass_keys=None,
+                           cluster_decode_shared_bytes=CudaBackend.cluster_decode_shared_bytes)
+
+
 def test_cluster_decode_takes_hidden_sizes_up_to_1024():
     """kernels/cluster_decode.cu holds a slice of C / 8 columns as one float4 a lane of a warp (slice_partials): a model
     wider than 1024 leaves one-sequence decode steps to the fused kernel, before any kernel is looked up."""
@@ -101,8 +109,7 @@ def test_cluster_decode_takes_hidden_sizes_up_to_1024():
     def kernel(*args):
         raise Looked  # past the shape rules: the backend asks for the kernel next
 
-    backend = SimpleNamespace(cluster_decode=True, cluster_tree_rows=4, cluster_kernel=kernel, sm_count=132, max_shared=225 * 1024,
-                              cluster_pass_keys=None, cluster_counts={}, cluster_decode_shared_bytes=CudaBackend.cluster_decode_shared_bytes)
+    backend = cluster_rules_backend(kernel, {})
     plan = SimpleNamespace(batch_size=1, num_tokens=1, has_causal=False, max_kv_len=100)
 
     def model(hidden):
@@ -134,9 +141,7 @@ def test_cluster_decode_takes_the_default_models_decode_up_to_its_longest_contex
         def __getitem__(self, key):
             return 16
 
-    backend = SimpleNamespace(cluster_decode=True, cluster_tree_rows=4, cluster_kernel=lambda *args: None, sm_count=132,
-                              max_shared=225 * 1024, cluster_counts=Counts(), cluster_pass_keys=None,
-                              cluster_decode_shared_bytes=CudaBackend.cluster_decode_shared_bytes)
+    backend = cluster_rules_backend(lambda *args: None, Counts())
     model = SimpleNamespace(config=config, num_layers=config.num_layers)
 
     def shape(keys, rows=1):
