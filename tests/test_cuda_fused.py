@@ -191,12 +191,13 @@ def cluster_backend():
 
 
 def one_sequence_step(be, model, rng, context, kind, T, pages):
-    """(device plan, cache, start values of its pages, used pages) of one sequence's step: `context` keys, then a tree
-    of T nodes (random_tree's kind), over `pages` shuffled pages whose K/V start as random bf16 (run_step resets them)."""
+    """(plan, device plan, cache, start values of its pages, used pages) of one sequence's step: `context` keys, then a
+    tree of T nodes (random_tree's kind), over `pages` shuffled pages whose K/V start as random bf16 (run_step resets
+    them)."""
     plan, used = random_step(rng, [(context, kind, T)], 16, pages)
     cache = model.new_cache(pages, 16)
     start = [rng.normal(size=c.shape).astype(BF16) for c in [*cache.k, *cache.v]]
-    return be.prepare_plan(plan), cache, start, used
+    return plan, be.prepare_plan(plan), cache, start, used
 
 
 def assert_close_to_fused(clustered, clustered_pages, fused, fused_pages):
@@ -220,7 +221,7 @@ def test_cluster_decode_matches_the_fused_kernel_and_repeats(tmp_path, D, contex
     model = Model.load(tiny_bf16_model(tmp_path / "model", D), be)
     kind, T = tree
     rng = np.random.default_rng(context + D + 1000 * T)
-    device_plan, cache, start, used = one_sequence_step(be, model, rng, context, kind, T, max(40, -(-(context + T) // 16) + 2))
+    _, device_plan, cache, start, used = one_sequence_step(be, model, rng, context, kind, T, max(40, -(-(context + T) // 16) + 2))
     shape = be.cluster_decode_shape(model, device_plan, 16)
     if shape is None and context > 1024 and T > 2:
         pytest.skip("the 4-row instance's shares do not fit this context")
@@ -261,7 +262,7 @@ def test_cluster_decode_takes_long_contexts_of_default_widths(tmp_path, context,
                                      intermediate=1536, dtype=BF16, max_positions=8192)
     model = Model.load(directory, be)
     rng = np.random.default_rng(context)
-    device_plan, cache, start, used = one_sequence_step(be, model, rng, context, "single", 1, -(-(context + 1) // 16) + 2)
+    _, device_plan, cache, start, used = one_sequence_step(be, model, rng, context, "single", 1, -(-(context + 1) // 16) + 2)
     shape = be.cluster_decode_shape(model, device_plan, 16)
     assert shape is not None and shape[1] == -(-(context + 1) // 8) and shape[3:] == (1, pass_keys), shape
     clustered, clustered_pages = run_step(model, device_plan, cache, start, used)
@@ -281,10 +282,11 @@ def test_cluster_decode_in_passes_gives_the_bits_of_the_whole_share(tmp_path, D,
     (shares of 188) 6 passes of 32 or 2 of 96; a 2-node tree after 297 keys (shares of 38) has rank 7's 33 keys in two
     passes of 32, its two nodes' keys one in each; after 1,000 keys (shares of 126) 4 passes of 32 or 2 of 64."""
     be = cluster_backend()
-    model = Model.load(tiny_bf16_model(tmp_path / "model", D), be)
+    directory = tiny_bf16_model(tmp_path / "model", D)
+    model = Model.load(directory, be)
     kind, T = tree
     rng = np.random.default_rng(context + D + pass_keys + 1000 * T)
-    device_plan, cache, start, used = one_sequence_step(be, model, rng, context, kind, T, -(-(context + T) // 16) + 8)
+    plan, device_plan, cache, start, used = one_sequence_step(be, model, rng, context, kind, T, -(-(context + T) // 16) + 8)
     span = -(-(context + T) // 8)
     assert be.cluster_decode_shape(model, device_plan, 16)[1:] == (span, ANY, T, span)
     whole, whole_pages = run_step(model, device_plan, cache, start, used)
@@ -293,6 +295,13 @@ def test_cluster_decode_in_passes_gives_the_bits_of_the_whole_share(tmp_path, D,
     passes, passes_pages = run_step(model, device_plan, cache, start, used)
     assert np.isfinite(whole).all() and np.array_equal(passes, whole)
     assert all(np.array_equal(a, b) for a, b in zip(passes_pages, whole_pages))
+    # and both against the NumPy reference on the same pages (bf16 roundings of the intermediates, other sum orders)
+    reference = Model.load(directory, NumpyBackend())
+    ref_cache = reference.new_cache(cache.k[0].shape[0], 16)
+    for c, values in zip([*ref_cache.k, *ref_cache.v], start):
+        c[...] = values.astype(np.float32)
+    expected = reference.compute(plan, ref_cache)
+    assert_close(passes, expected, 0, 3e-2 * np.abs(expected).max(), "cluster decode in passes vs NumPy reference")
 
 
 def test_cluster_decode_reads_o_and_down_in_its_layouts(tmp_path):
